@@ -1,0 +1,3 @@
+from vidbooth.cli.app import run
+
+run()

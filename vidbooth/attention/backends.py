@@ -1,0 +1,123 @@
+"""A small attention-backend registry.
+
+Every backend takes query/key/value shaped (B, heads, L, D) and an optional additive or boolean mask
+broadcastable to (B, heads, Lq, Lk), and returns (B, heads, Lq, D). `attention()` dispatches to the
+backend chosen by, in order: its `backend=` argument, the innermost `with attention_backend(...)`, or
+the process default set by `resolve_backend`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib.util
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vidbooth.errors import UserError
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    fn: AttentionFn
+    is_available: Callable[[torch.device | None], bool]
+    why_unavailable: str
+
+
+_REGISTRY: dict[str, Backend] = {}
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("vidbooth_attention", default="sdpa")
+
+
+def register_backend(name: str, is_available: Callable[[torch.device | None], bool] = lambda d: True, why: str = ""):
+    def decorator(fn: AttentionFn) -> AttentionFn:
+        _REGISTRY[name] = Backend(name, fn, is_available, why)
+        return fn
+
+    return decorator
+
+
+def _xformers_importable() -> bool:
+    return importlib.util.find_spec("xformers") is not None
+
+
+@register_backend("math")
+def _math(q, k, v, mask=None):
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, Lq, Lk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+@register_backend("sdpa")
+def _sdpa(q, k, v, mask=None):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@register_backend(
+    "xformers",
+    is_available=lambda device: _xformers_importable() and (device is None or device.type == "cuda"),
+    why="xformers runs only on CUDA and must be installed (pip install 'vidbooth[cuda]')",
+)
+def _xformers(q, k, v, mask=None):
+    import xformers.ops as xops
+
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    if mask is not None:
+        # xformers wants a dense (B, h, Lq, Lk) bias whose last dim is aligned in memory.
+        lk = k.shape[2]
+        padded = (lk + 7) // 8 * 8
+        bias = torch.zeros(q.shape[0], q.shape[1], q.shape[2], padded, dtype=q.dtype, device=q.device)
+        mask = bias[..., :lk].copy_(mask.expand(q.shape[0], q.shape[1], q.shape[2], lk))
+    out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=mask)
+    return out.transpose(1, 2)  # xformers works in (B, L, h, D)
+
+
+def registered_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    device = torch.device(device) if isinstance(device, str) else device
+    return [n for n in registered_backends() if _REGISTRY[n].is_available(device)]
+
+
+def resolve_backend(name: str, device: torch.device | str | None = None) -> str:
+    """Turn 'auto' or a backend name into a usable backend name for `device`, or raise a UserError."""
+    device = torch.device(device) if isinstance(device, str) else device
+    name = (name or "auto").lower()
+    if name == "auto":
+        if device is not None and device.type == "cuda" and _REGISTRY["xformers"].is_available(device):
+            return "xformers"
+        return "sdpa"
+    if name not in _REGISTRY:
+        raise UserError(f"unknown attention backend '{name}': choose one of auto, {', '.join(registered_backends())}")
+    backend = _REGISTRY[name]
+    if not backend.is_available(device):
+        choices = ", ".join(available_backends(device))
+        where = device.type if device is not None else "this machine"
+        raise UserError(f"attention backend '{name}' cannot run on {where}: {backend.why_unavailable}; choose {choices}")
+    return name
+
+
+def attention(q, k, v, mask: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+    """Scaled dot-product attention over (B, heads, L, D) tensors with the selected backend."""
+    return _REGISTRY[backend or _current.get()].fn(q, k, v, mask)
+
+
+@contextlib.contextmanager
+def attention_backend(name: str) -> Iterator[str]:
+    """Use backend `name` for every `attention()` call in this block (and this thread/task)."""
+    resolved = resolve_backend(name)
+    token = _current.set(resolved)
+    try:
+        yield resolved
+    finally:
+        _current.reset(token)

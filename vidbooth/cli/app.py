@@ -1,0 +1,91 @@
+"""The `vidbooth` command: a Typer app with one file per command.
+
+Each command module only parses flags, builds its config and calls one engine function. Heavy imports
+(torch, diffusers) happen inside the commands so that `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from vidbooth import __version__
+
+app = typer.Typer(
+    name="vidbooth",
+    help="Personalise text-to-video diffusion models: learn a subject from photos and a motion from a clip.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vidbooth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    home: str | None = typer.Option(None, "--home", help="vidbooth library folder (default: $VIDBOOTH_HOME)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug or os.environ.get("VIDBOOTH_DEBUG", "") not in ("", "0")
+    if home:
+        os.environ["VIDBOOTH_HOME"] = home
+
+
+def _register() -> None:
+    from vidbooth.cli import generate
+
+    app.command("generate", no_args_is_help=True)(generate.generate)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    from vidbooth.errors import Interrupted, UserError
+    from vidbooth.reporting import error
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        if _state["debug"]:
+            raise
+        error(str(exc))
+        return exc.exit_code
+    except Interrupted as exc:
+        error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        error("interrupted")
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        error("aborted")
+        return 1
+    except Exception as exc:  # click usage errors have their own exit codes
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,86 @@
+"""Merge defaults < recipe YAML < `--set a.b=c` < explicit flags into a typed config, with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vidbooth.errors import UserError
+
+T = TypeVar("T")
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def find_recipe(recipe: str) -> Path:
+    """A recipe is a YAML path, or a name under `recipes/` such as 'zeroscope/generate'."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    candidate = RECIPES_DIR / (recipe if recipe.endswith(".yaml") else recipe + ".yaml")
+    if candidate.is_file():
+        return candidate
+    known = sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml"))
+    raise UserError(f"recipe '{recipe}' not found: give a YAML file or one of: {', '.join(known) or 'none'}")
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    msg = str(exc).splitlines()[0]
+    return f"config key '{key}': {msg}" if key else msg
+
+
+def load_config(
+    schema: type[T],
+    recipe: str | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """Return a `schema` instance. Unknown keys and wrong types raise UserError naming the key.
+
+    `overrides` holds explicit CLI flags as dotted keys; `None` values mean "not given" and are skipped.
+    """
+    try:
+        merged = OmegaConf.structured(schema)
+        if recipe:
+            path = find_recipe(recipe)
+            try:
+                loaded = OmegaConf.load(path)
+            except Exception as exc:  # yaml errors have many types
+                raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+            merged = OmegaConf.merge(merged, loaded)
+        for item in sets or []:
+            if "=" not in item:
+                raise UserError(f"--set expects key=value, got '{item}'")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                OmegaConf.update(merged, key, value, merge=True)
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise UserError(_describe(exc)) from exc
+    _apply_env(obj)
+    return obj  # type: ignore[return-value]
+
+
+def _apply_env(obj: Any) -> None:
+    """VIDBOOTH_ATTENTION sets the attention backend when the config leaves it on 'auto'."""
+    runtime = getattr(obj, "runtime", None)
+    env = os.environ.get("VIDBOOTH_ATTENTION")
+    if runtime is not None and env and getattr(runtime, "attention", None) == "auto":
+        runtime.attention = env
+
+
+def to_yaml(config: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def save_config(config: Any, path: str | Path) -> Path:
+    """Write the resolved config (what actually ran) as YAML."""
+    path = Path(path)
+    path.write_text(to_yaml(config))
+    return path

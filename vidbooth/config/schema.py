@@ -1,0 +1,56 @@
+"""Schemas shared by every command. YAML key = dataclass field = CLI flag name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BackboneConfig:
+    base: str = "tiny"
+    """Base text-to-video model: a local diffusers folder, a hub id, or a built-in name ('tiny')."""
+    motion_adapter: str | None = None
+    """AnimateDiff only: a diffusers MotionAdapter (folder or hub id) to combine with an SD1.5-family base."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `base` is a hub id."""
+    variant: str | None = None
+    """Weights variant to load (e.g. 'fp16') when the model provides one."""
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
+    precision: str = "auto"
+    """auto | fp32 | fp16 | bf16. auto: fp16 on CUDA, fp32 on CPU."""
+    attention: str = "auto"
+    """Attention backend: auto | sdpa | xformers | math. Env: VIDBOOTH_ATTENTION."""
+    seed: int = 0
+
+
+@dataclass
+class SamplingConfig:
+    scheduler: str = "ddim"
+    """ddim | dpm++ (DPM-Solver++ multistep)."""
+    num_inference_steps: int = 25
+    guidance_scale: float = 9.0
+    negative_prompt: str = ""
+    num_frames: int = 8
+    height: int | None = None
+    """Output height in pixels; default: the model's native size."""
+    width: int | None = None
+    fps: int = 8
+    decode_chunk_size: int = 8
+    """Frames decoded by the VAE at once (lower = less memory)."""
+    eta: float = 0.0
+    """DDIM eta (0 = deterministic)."""
+
+
+@dataclass
+class GenerateConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompt: str = ""
+    out: str = "out.mp4"
+    """Output video (.mp4 or .gif); a contact sheet PNG and the resolved config are written beside it."""

@@ -1,0 +1,160 @@
+"""Video files in and out, with no system ffmpeg: imageio + imageio-ffmpeg for mp4/mov/webm/mkv, Pillow for gif.
+
+Frames are numpy arrays of shape (F, H, W, 3), dtype uint8, RGB.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vidbooth.errors import UserError
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
+WRITE_EXTENSIONS = (".mp4", ".gif")
+
+
+def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
+    """Read all frames (or the first `max_frames`) of a video file as (F, H, W, 3) uint8."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"video not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a video file")
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise UserError(f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}")
+    if path.stat().st_size == 0:
+        raise UserError(f"video file is empty (0 bytes): {path}")
+    try:
+        frames = _read_gif(path, max_frames) if path.suffix.lower() == ".gif" else _read_ffmpeg(path, max_frames)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot read video {path}: it is corrupt, truncated or in an unsupported codec") from exc
+    if len(frames) == 0:
+        raise UserError(f"video has no readable frames: {path}")
+    return np.stack(frames)
+
+
+def _read_gif(path: Path, max_frames: int | None) -> list[np.ndarray]:
+    frames = []
+    with Image.open(path) as im:
+        for i in range(getattr(im, "n_frames", 1)):
+            if max_frames is not None and i >= max_frames:
+                break
+            im.seek(i)
+            frames.append(np.asarray(im.convert("RGB")))
+    return frames
+
+
+def _read_ffmpeg(path: Path, max_frames: int | None) -> list[np.ndarray]:
+    import imageio.v2 as imageio
+
+    frames = []
+    reader = imageio.get_reader(str(path), format="FFMPEG")
+    try:
+        for i, frame in enumerate(reader):
+            if max_frames is not None and i >= max_frames:
+                break
+            frames.append(np.asarray(frame)[..., :3])
+    finally:
+        reader.close()
+    return frames
+
+
+def video_fps(path: str | Path, default: float = 8.0) -> float:
+    """Frames per second stored in the file, or `default` when it cannot be read."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".gif":
+            with Image.open(path) as im:
+                duration = im.info.get("duration") or 0
+            return 1000.0 / duration if duration else default
+        import imageio.v2 as imageio
+
+        reader = imageio.get_reader(str(path), format="FFMPEG")
+        try:
+            return float(reader.get_meta_data().get("fps") or default)
+        finally:
+            reader.close()
+    except Exception:
+        return default
+
+
+def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
+    """Write (F, H, W, 3) uint8 frames as .mp4 (h264) or .gif, atomically (temp file, then rename)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_EXTENSIONS:
+        raise UserError(f"cannot write '{suffix}' video {path}: use .mp4 or .gif")
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    ensure_writable_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix == ".gif":
+            images = [Image.fromarray(f) for f in frames]
+            images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        else:
+            _write_mp4(frames, tmp, fps)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _write_mp4(frames: np.ndarray, path: str, fps: int) -> None:
+    import imageio.v2 as imageio
+
+    # h264 with yuv420p needs even sizes; pad by repeating the last row/column.
+    h, w = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    writer = imageio.get_writer(
+        path, format="FFMPEG", fps=fps, codec="libx264", quality=8, pixelformat="yuv420p", macro_block_size=1
+    )
+    try:
+        for frame in frames:
+            writer.append_data(frame)
+    finally:
+        writer.close()
+
+
+def contact_sheet(frames: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """Tile (F, H, W, 3) frames into one image, left to right then top to bottom."""
+    f, h, w, c = frames.shape
+    columns = columns or min(f, 8)
+    rows = math.ceil(f / columns)
+    sheet = np.zeros((rows * h, columns * w, c), dtype=frames.dtype)
+    for i, frame in enumerate(frames):
+        r, col = divmod(i, columns)
+        sheet[r * h : (r + 1) * h, col * w : (col + 1) * w] = frame
+    return sheet
+
+
+def save_contact_sheet(frames: np.ndarray, path: str | Path, columns: int | None = None) -> Path:
+    path = Path(path)
+    ensure_writable_dir(path.parent)
+    tmp = path.with_name(f".tmp-{path.name}")
+    Image.fromarray(contact_sheet(frames, columns)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def ensure_writable_dir(folder: str | Path) -> Path:
+    """Create `folder` if needed; raise a UserError if it cannot be written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {folder}: {exc.strerror}") from exc
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output folder is not writable: {folder}; choose another with --out")
+    return folder

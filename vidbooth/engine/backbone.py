@@ -1,0 +1,309 @@
+"""One loader for every base model, and the `Backbone` that every command works on.
+
+Families:
+- 'unet3d': a diffusers `UNet3DConditionModel` text-to-video model (ModelScope T2V, zeroscope).
+- 'animatediff': an SD1.5-family image model plus a `MotionAdapter`, combined into a `UNetMotionModel`
+  (or a folder whose unet already is a `UNetMotionModel`).
+
+`base` is a local diffusers folder, a hub id (downloaded only when the network allows), or a built-in
+name ('tiny', 'tiny-animatediff': random tiny models for tests and smoke runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vidbooth.errors import UserError
+
+BUILTIN = {"tiny": "unet3d", "tiny-animatediff": "animatediff"}
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VIDBOOTH_CACHE", Path.home() / ".cache" / "vidbooth"))
+
+
+@dataclass
+class Backbone:
+    family: str
+    source: str
+    tokenizer: object
+    text_encoder: nn.Module
+    vae: nn.Module
+    unet: nn.Module
+    scheduler_config: dict
+    fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+    attention_backend: str = "sdpa"
+    extras: dict = field(default_factory=dict)
+
+    # ---- geometry -------------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def default_size(self) -> int:
+        """Native pixel size: the UNet's sample size times the VAE factor."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    # ---- layers where adapters go ---------------------------------------------------------------
+    def spatial_cross_attention_layers(self) -> dict[str, nn.Module]:
+        """Every cross-attention (`is_cross_attention`) outside the temporal layers."""
+        from diffusers.models.attention_processor import Attention
+
+        temporal = tuple(n + "." for n in self.temporal_layers())
+        return {
+            name: m
+            for name, m in self.unet.named_modules()
+            if isinstance(m, Attention) and m.is_cross_attention and not name.startswith(temporal)
+        }
+
+    def temporal_layers(self) -> dict[str, nn.Module]:
+        """Temporal transformers: UNet3D `transformer_in` and `temp_attentions.*`; AnimateDiff `motion_modules.*`."""
+        from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
+        kinds: tuple[type, ...] = (TransformerTemporalModel,)
+        if self.family == "animatediff":
+            from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+            kinds = (AnimateDiffTransformer3D,)
+        return {name: m for name, m in self.unet.named_modules() if isinstance(m, kinds)}
+
+    # ---- the three frozen pieces ----------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return ids.to(self.device)
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings (B, L, D) from the last hidden state, as diffusers' T2V pipelines use."""
+        return self.encode_ids(self.tokenize(prompts))
+
+    def encode_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids)[0].to(self.dtype)
+
+    def unet_forward(self, latents: torch.Tensor, timestep, text_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Noise prediction for latents (B, C, F, h, w) and text embeddings (B, L, D)."""
+        if self.family == "animatediff":
+            text_embeds = text_embeds.repeat_interleave(latents.shape[2], dim=0)  # one copy per frame
+        return self.unet(latents, timestep, encoder_hidden_states=text_embeds, return_dict=False, **kwargs)[0]
+
+    @torch.no_grad()
+    def encode_video(self, pixels: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+        """Pixels (B, F, 3, H, W) in [-1, 1] -> scaled latents (B, C, F, h, w)."""
+        b, f = pixels.shape[:2]
+        flat = pixels.flatten(0, 1).to(self.vae.device, self.vae.dtype)
+        dist = self.vae.encode(flat).latent_dist
+        latents = dist.sample(generator) if sample else dist.mean
+        latents = latents * self.vae.config.scaling_factor
+        return latents.unflatten(0, (b, f)).transpose(1, 2).to(self.dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
+        """Scaled latents (B, C, F, h, w) -> pixels (B, F, 3, H, W) in [-1, 1], decoded `chunk_size` frames at a time."""
+        b, _, f = latents.shape[:3]
+        flat = latents.transpose(1, 2).flatten(0, 1) / self.vae.config.scaling_factor
+        chunks = [
+            self.vae.decode(flat[i : i + chunk_size].to(self.vae.dtype)).sample for i in range(0, flat.shape[0], chunk_size)
+        ]
+        return torch.cat(chunks).float().unflatten(0, (b, f))
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.text_encoder, self.vae, self.unet]
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers progress bars and advice; vidbooth reports progress itself."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
+# ---- loading --------------------------------------------------------------------------------------
+def resolve_base(base: str, revision: str | None = None) -> Path:
+    """Return the local folder for `base`, building a built-in model or fetching a hub id when needed."""
+    if base in BUILTIN:
+        folder = cache_dir() / "builtin" / base
+        if not (folder / "model_index.json").is_file():
+            from vidbooth.engine.tiny import save_tiny_backbone
+
+            tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+            save_tiny_backbone(tmp, BUILTIN[base])
+            _replace_dir(tmp, folder)
+            adapter_tmp = tmp.with_name(tmp.name + "-motion-adapter")
+            if adapter_tmp.exists():
+                _replace_dir(adapter_tmp, folder.with_name(folder.name + "-motion-adapter"))
+        return folder
+    path = Path(base).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"base model must be a diffusers folder, got a file: {path}")
+        return path
+    looks_local = base.startswith((".", "/", "~")) or os.sep in base.strip("/").replace("/", os.sep, 1) or base.count("/") != 1
+    if looks_local:
+        raise UserError(f"base model not found: {base} (give a diffusers folder, a hub id like org/name, or 'tiny')")
+    return _from_hub(base, revision)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    import shutil
+
+    if dst.exists():
+        shutil.rmtree(src, ignore_errors=True)  # another process won the race; keep theirs
+        return
+    os.replace(src, dst)
+
+
+def _from_hub(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except Exception as exc:
+        raise UserError(
+            f"cannot fetch '{repo_id}' from the hub (offline, or no such model): download it where the network "
+            "allows and pass its local folder with --base"
+        ) from exc
+
+
+def _unet_class(folder: Path) -> str:
+    config = folder / "unet" / "config.json"
+    if not config.is_file():
+        missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+        raise UserError(
+            f"{folder} is not a diffusers text-to-video model: missing {', '.join(missing) or 'unet/config.json'}"
+        )
+    try:
+        return json.loads(config.read_text())["_class_name"]
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{config} is not a valid diffusers config") from exc
+
+
+def load_backbone(
+    base: str = "tiny",
+    motion_adapter: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    attention: str = "auto",
+    revision: str | None = None,
+    variant: str | None = None,
+) -> Backbone:
+    """Load a text-to-video backbone from a folder, hub id or built-in name; frozen and in eval mode."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from vidbooth.attention import resolve_backend, set_attention_backend
+    from vidbooth.engine.device import resolve_device, resolve_dtype
+
+    quiet_libraries()
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(precision, torch_device)
+    backend = resolve_backend(attention, torch_device)  # fail before loading gigabytes
+
+    folder = resolve_base(base, revision)
+    unet_class = _unet_class(folder)
+    if base in BUILTIN and BUILTIN[base] == "animatediff" and motion_adapter is None:
+        motion_adapter = str(folder.with_name(folder.name + "-motion-adapter"))
+    kw = {"variant": variant} if variant else {}
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", **kw)
+        adapter_source = None
+        if unet_class == "UNet3DConditionModel":
+            family, unet = "unet3d", UNet3DConditionModel.from_pretrained(folder / "unet", **kw)
+        elif unet_class == "UNetMotionModel":
+            family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw)
+        elif unet_class == "UNet2DConditionModel":
+            if not motion_adapter:
+                raise UserError(
+                    f"{folder} is an image model (UNet2DConditionModel): give --motion-adapter to animate it (AnimateDiff)"
+                )
+            adapter_source = resolve_base(motion_adapter) if not Path(motion_adapter).exists() else Path(motion_adapter)
+            adapter = MotionAdapter.from_pretrained(adapter_source)
+            unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
+            family, unet = "animatediff", UNetMotionModel.from_unet2d(unet2d, adapter)
+        else:
+            raise UserError(f"unsupported UNet class '{unet_class}' in {folder}: vidbooth supports UNet3D and AnimateDiff")
+        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot load the model in {folder}: {str(exc).splitlines()[0]}") from exc
+
+    fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet})
+    for module in (text_encoder, vae, unet):
+        module.requires_grad_(False).eval()
+    keep_vae_fp32 = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    text_encoder.to(torch_device, dtype)
+    unet.to(torch_device, dtype)
+    vae.to(torch_device, torch.float32 if keep_vae_fp32 else dtype)
+    set_attention_backend(unet, backend, torch_device)
+    set_attention_backend(vae, backend, torch_device)
+    return Backbone(
+        family=family,
+        source=str(base),
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=unet,
+        scheduler_config=scheduler_config,
+        fingerprint=fingerprint,
+        device=torch_device,
+        dtype=dtype,
+        attention_backend=backend,
+        extras={"folder": str(folder), "motion_adapter": str(adapter_source) if adapter_source else None},
+    )
+
+
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "_diffusers_version", "transformers_version", "_commit_hash", "torch_dtype", "dtype", "_use_default_values"}
+
+
+def compute_fingerprint(modules: dict[str, nn.Module], samples_per_module: int = 16) -> str:
+    """A stable short hash of each module's config, parameter names and shapes, and a sample of its weights.
+
+    Weights are sampled at evenly spaced parameters (first 8 values each) and rounded to fp16, so the
+    same model loaded in fp32 or fp16 has the same fingerprint. Adapters record it to catch mismatches.
+    """
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        module = modules[name]
+        config = getattr(module, "config", None)
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+        config = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
+        h.update(name.encode())
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
+        params = sorted(module.state_dict().items())
+        for key, tensor in params:
+            h.update(f"{key}:{tuple(tensor.shape)}".encode())
+        step = max(1, len(params) // samples_per_module)
+        for key, tensor in params[::step]:
+            sample = tensor.detach().flatten()[:8].to("cpu", torch.float16)
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]

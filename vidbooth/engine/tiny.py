@@ -1,0 +1,175 @@
+"""Tiny backbones of both families, built from configs and saved in diffusers layout.
+
+Used by the test suite and by `vidbooth generate --base tiny` (random weights: it proves the plumbing,
+not the quality). They are loaded back through `load_backbone`, the same code that loads real models.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+from vidbooth import __version__
+
+SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
+
+
+def tiny_tokenizer_files(folder: Path) -> None:
+    """A character-level CLIP BPE vocabulary (no merges): every word splits into characters."""
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = {}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    for c in chars:
+        vocab.setdefault(c + "</w>", len(vocab))
+    for tok in SPECIAL:
+        vocab[tok] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": 32, "clean_up_tokenization_spaces": False})
+    )
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": SPECIAL[0], "eos_token": SPECIAL[1], "unk_token": SPECIAL[1], "pad_token": SPECIAL[1]})
+    )
+
+
+def _text_encoder(vocab_size: int, dim: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=dim,
+        intermediate_size=dim * 2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        latent_channels=4,
+        sample_size=32,
+    )
+
+
+def _scheduler_config() -> dict:
+    return {
+        "_class_name": "DDIMScheduler",
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
+    }
+
+
+def build_tiny_unet3d(cross_attention_dim: int = 32):
+    from diffusers import UNet3DConditionModel
+
+    return UNet3DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+    )
+
+
+def build_tiny_unet2d(cross_attention_dim: int = 32):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+    )
+
+
+def build_tiny_motion_adapter():
+    from diffusers import MotionAdapter
+
+    return MotionAdapter(
+        block_out_channels=(16, 32),
+        motion_layers_per_block=1,
+        motion_num_attention_heads=2,
+        motion_norm_num_groups=8,
+        motion_max_seq_length=32,
+        use_motion_mid_block=False,
+    )
+
+
+def save_tiny_backbone(folder: str | Path, family: str = "unet3d", seed: int = 0) -> Path:
+    """Build a tiny backbone with seeded random weights and save it in diffusers layout.
+
+    family 'unet3d' writes a ModelScope-style folder; 'animatediff' writes an SD1.5-style folder plus a
+    sibling `<folder>-motion-adapter` MotionAdapter folder, as a user would have on disk.
+    Returns the base folder.
+    """
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    dim = 32
+    tiny_tokenizer_files(folder / "tokenizer")
+    vocab_size = len(json.loads((folder / "tokenizer" / "vocab.json").read_text()))
+    _text_encoder(vocab_size, dim).save_pretrained(folder / "text_encoder")
+    _vae().save_pretrained(folder / "vae")
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(_scheduler_config()))
+    if family == "unet3d":
+        build_tiny_unet3d(dim).save_pretrained(folder / "unet")
+        pipeline_class = "TextToVideoSDPipeline"
+    elif family == "animatediff":
+        build_tiny_unet2d(dim).save_pretrained(folder / "unet")
+        build_tiny_motion_adapter().save_pretrained(motion_adapter_folder(folder))
+        pipeline_class = "StableDiffusionPipeline"
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    index = {
+        "_class_name": pipeline_class,
+        "_diffusers_version": "0.42.0",
+        "_vidbooth_version": __version__,
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", "UNet3DConditionModel" if family == "unet3d" else "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def motion_adapter_folder(base_folder: str | Path) -> Path:
+    base_folder = Path(base_folder)
+    return base_folder.with_name(base_folder.name + "-motion-adapter")

@@ -1,0 +1,78 @@
+"""The one place where vidbooth talks to the user.
+
+Engine code never prints: it calls `info`, `warn`, `table` and `progress` here. Output goes to stderr
+so that stdout stays clean for machine-readable results (`--json`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+stdout_console = Console(highlight=False)
+
+
+def _quiet() -> bool:
+    return os.environ.get("VIDBOOTH_QUIET", "") not in ("", "0")
+
+
+def info(message: str) -> None:
+    if not _quiet():
+        console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def error(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], to_stdout: bool = False) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r])
+    (stdout_console if to_stdout else console).print(t)
+
+
+class _Task:
+    """Handle returned by `progress`: advance it and attach live figures (loss, it/s)."""
+
+    def __init__(self, progress: Progress | None, task_id: int | None):
+        self._progress, self._task_id = progress, task_id
+
+    def advance(self, n: int = 1, **fields: object) -> None:
+        if self._progress is not None:
+            speed = self._progress.tasks[0].speed if self._progress.tasks else None
+            shown = dict(fields, **({"it/s": speed} if speed else {}))
+            text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+            self._progress.update(self._task_id, advance=n, fields=text)
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int, completed: int = 0) -> Iterator[_Task]:
+    """A rich progress bar with ETA; a no-op when quiet."""
+    if _quiet():
+        yield _Task(None, None)
+        return
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[fields]}"),
+    ]
+    with Progress(*columns, console=console, transient=False) as p:
+        task_id = p.add_task(description, total=total, completed=completed, fields="")
+        yield _Task(p, task_id)
