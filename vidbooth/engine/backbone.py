@@ -66,7 +66,7 @@ class Backbone:
 
         temporal = tuple(n + "." for n in self.temporal_layers())
         return {
-            name: m
+            _unwrapped(name): m
             for name, m in self.unet.named_modules()
             if isinstance(m, Attention) and m.is_cross_attention and not name.startswith(temporal)
         }
@@ -80,7 +80,7 @@ class Backbone:
             from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
             kinds = (AnimateDiffTransformer3D,)
-        return {name: m for name, m in self.unet.named_modules() if isinstance(m, kinds)}
+        return {_unwrapped(name): m for name, m in self.unet.named_modules() if isinstance(m, kinds)}
 
     # ---- the three frozen pieces ----------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
@@ -138,6 +138,11 @@ def quiet_libraries() -> None:
     for lib in (diffusers, transformers):
         lib.utils.logging.set_verbosity_error()
         lib.utils.logging.disable_progress_bar()
+
+
+def _unwrapped(name: str) -> str:
+    """The name a layer had before an adapter wrapped it ('x.attn2.base_layer' -> 'x.attn2')."""
+    return name.replace(".base_layer", "")
 
 
 # ---- loading --------------------------------------------------------------------------------------

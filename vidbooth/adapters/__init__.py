@@ -1,0 +1,1 @@
+"""Adapters: small trainable modules injected beside frozen layers, saved apart from the base model."""

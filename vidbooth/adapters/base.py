@@ -1,0 +1,202 @@
+"""The bottleneck adapter, the wrapper that puts it in parallel to a frozen layer, and adapter file I/O.
+
+DreamVideo's adapters are one structure (`../shared/method.md` §2):
+    delta = GELU(h_e W_down) W_up,   h_e = h + broadcast(e W_cond) when a condition e is given,
+added to the wrapped layer's output. `W_up` starts at zero, so an injected model equals its base.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidbooth import __version__
+from vidbooth.errors import UserError
+
+
+class BottleneckAdapter(nn.Module):
+    """delta(h) = GELU((h + broadcast(e W_cond)) W_down) W_up, scaled by `scale` at inference."""
+
+    def __init__(self, dim: int, hidden_dim: int, cond_dim: int | None = None):
+        super().__init__()
+        self.down = nn.Linear(dim, hidden_dim)
+        self.up = nn.Linear(hidden_dim, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.cond = nn.Linear(cond_dim, dim, bias=False) if cond_dim else None
+        self.scale = 1.0
+        self.condition: torch.Tensor | None = None  # (B, cond_dim), set per forward by the method
+        self.enabled = True
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.cond is not None and self.condition is not None:
+            e = self.cond(self.condition.to(h.dtype))  # (B, dim)
+            e = e.repeat_interleave(h.shape[0] // e.shape[0], dim=0)  # one copy per token group of each sample
+            h = h + e.view(e.shape[0], *([1] * (h.ndim - 2)), e.shape[-1])
+        return self.up(F.gelu(self.down(h))) * self.scale
+
+
+class ParallelAdapter(nn.Module):
+    """Runs `base_layer` unchanged and adds the outputs of its adapters, computed from the layer's input."""
+
+    def __init__(self, base_layer: nn.Module, adapters: dict[str, BottleneckAdapter] | None = None):
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict(adapters or {})
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        out = self.base_layer(hidden_states, *args, **kwargs)
+        for adapter in self.adapters.values():
+            if adapter.enabled:
+                out = out + adapter(hidden_states).to(out.dtype)
+        return out
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["base_layer"], name)  # behave like the wrapped layer (e.g. .processor)
+
+
+def layer_width(module: nn.Module) -> int:
+    """Input width of a layer an adapter can wrap (attention or feed-forward)."""
+    if isinstance(module, ParallelAdapter):
+        module = module.base_layer
+    for attr in ("to_q", "proj_in"):
+        sub = getattr(module, attr, None)
+        if isinstance(sub, nn.Linear):
+            return sub.in_features
+    first = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise ValueError(f"cannot find the width of {type(module).__name__}")
+    return first.in_features
+
+
+def inject(
+    model: nn.Module,
+    targets: Iterable[str],
+    kind: str,
+    make_adapter: Callable[[str, nn.Module], BottleneckAdapter],
+) -> list[str]:
+    """Put an adapter of `kind` in parallel to every module named in `targets` (names from `model.named_modules()`).
+
+    Checks every target first so a failure leaves the model untouched. A module already wrapped gets
+    the new adapter beside the old ones. Adapter weights follow the base layer's device; they are kept in
+    fp32 for stable training. Returns the wrapped names.
+    """
+    targets = list(targets)
+    modules = dict(model.named_modules())
+    missing = [t for t in targets if t not in modules]
+    if missing:
+        raise ValueError(f"no such modules: {missing[:3]}")
+    for name in targets:
+        existing = modules[name]
+        wrapper = existing if isinstance(existing, ParallelAdapter) else None
+        if wrapper is not None and kind in wrapper.adapters:
+            raise ValueError(f"{name} already has a '{kind}' adapter")
+    for name in targets:
+        layer = modules[name]
+        base = layer.base_layer if isinstance(layer, ParallelAdapter) else layer
+        param = next(base.parameters())
+        adapter = make_adapter(name, base).to(param.device, torch.float32)
+        if isinstance(layer, ParallelAdapter):
+            layer.adapters[kind] = adapter
+        else:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, ParallelAdapter(layer, {kind: adapter}))
+    return targets
+
+
+def adapters_of(model: nn.Module, kind: str) -> dict[str, BottleneckAdapter]:
+    """{wrapped layer name: adapter} for every adapter of `kind` in `model`."""
+    return {
+        name: m.adapters[kind]
+        for name, m in model.named_modules()
+        if isinstance(m, ParallelAdapter) and kind in m.adapters
+    }
+
+
+def remove(model: nn.Module, kind: str) -> int:
+    """Take out every adapter of `kind`; wrappers left empty are replaced by their base layer."""
+    count = 0
+    for name, wrapper in list(model.named_modules()):
+        if isinstance(wrapper, ParallelAdapter) and kind in wrapper.adapters:
+            del wrapper.adapters[kind]
+            count += 1
+            if not wrapper.adapters:
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, child, wrapper.base_layer)
+    return count
+
+
+def set_scale(model: nn.Module, kind: str, scale: float) -> None:
+    for adapter in adapters_of(model, kind).values():
+        adapter.scale = float(scale)
+
+
+def set_condition(model: nn.Module, kind: str, condition: torch.Tensor | None) -> None:
+    """Give every conditioned adapter of `kind` the per-sample condition (B, cond_dim) for the next forwards."""
+    for adapter in adapters_of(model, kind).values():
+        adapter.condition = condition
+
+
+def adapter_state_dict(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
+    """Only the adapter tensors of `kind`, keyed '<wrapped layer>.<param>'."""
+    return {
+        f"{name}.{key}": value.detach().cpu().contiguous()
+        for name, adapter in adapters_of(model, kind).items()
+        for key, value in adapter.state_dict().items()
+    }
+
+
+def load_adapter_state_dict(model: nn.Module, kind: str, state: dict[str, torch.Tensor], source: str = "") -> None:
+    """Load tensors saved by `adapter_state_dict`; missing or unexpected keys are an error."""
+    adapters = adapters_of(model, kind)
+    expected = {f"{n}.{k}": (a, k) for n, a in adapters.items() for k in a.state_dict()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(
+            f"adapter file {source} does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected "
+            f"tensors, e.g. {(missing or unexpected)[0]}): it was trained on a different base model"
+        )
+    with torch.no_grad():
+        for key, (adapter, param_key) in expected.items():
+            target = adapter.get_parameter(param_key)
+            if target.shape != state[key].shape:
+                raise UserError(f"adapter file {source}: tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}")
+            target.copy_(state[key])
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """safetensors with the config and provenance as JSON metadata (the file describes itself)."""
+    from safetensors.torch import save_file
+
+    meta = {"format": "pt", "vidbooth_version": __version__}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()})
+    save_file(tensors, str(path), metadata=meta)
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file and its metadata. Pickle files are refused: they can run code when loaded."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UserError(f"refusing to load {path}: pickle files ({path.suffix}) can run code; convert it to .safetensors")
+    if not path.is_file():
+        raise UserError(f"adapter file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as exc:
+        raise UserError(f"{path} is not a valid safetensors file (corrupt or truncated): retrain or replace it") from exc

@@ -1,0 +1,213 @@
+"""The vidbooth library: learned subjects and motions on disk, written atomically.
+
+Layout (`$VIDBOOTH_HOME`, default `~/.local/share/vidbooth`, or `--home`):
+
+    subjects/<dir>/   manifest.json, adapter files (safetensors), photos/, preview.png
+    motions/<dir>/    manifest.json, adapter files (safetensors), clips/, preview.png
+    .staging/         artifacts being written (never read as artifacts)
+    .trash/           the previous version while an --overwrite swap is in flight
+    .locks/           one lock file per artifact being trained
+
+`<dir>` is the artifact name with every character outside [A-Za-z0-9_.-] percent-encoded ('S*' -> 'S%2A').
+An artifact appears only when complete: it is written under `.staging/` and renamed into place. An
+interrupted swap (SIGKILL between moving the old version aside and renaming the new one in) is rolled
+back to the old version the next time the library is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from vidbooth.errors import UserError
+
+KINDS = {"subject": "subjects", "motion": "motions"}
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^[\w*+@.\-]{1,64}$")
+_SAFE = re.compile(r"[A-Za-z0-9_.\-]")
+
+
+def library_home() -> Path:
+    env = os.environ.get("VIDBOOTH_HOME")
+    if env:
+        return Path(env).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "vidbooth"
+
+
+def validate_name(name: str, kind: str = "subject") -> str:
+    if not _NAME.match(name or "") or name.startswith(".") or name in ("..",):
+        raise UserError(
+            f"invalid {kind} name '{name}': use 1-64 letters, digits and _ - . * + @ (no spaces or / \\ : ? \" < > |)"
+        )
+    return name
+
+
+def dir_name(name: str) -> str:
+    return "".join(c if _SAFE.match(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+
+
+def _kind_root(kind: str) -> Path:
+    if kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    return library_home() / KINDS[kind]
+
+
+def known_names(kind: str) -> list[str]:
+    return sorted(m["name"] for m in list_artifacts(kind))
+
+
+def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
+    """The folder of artifact `name`; with must_exist, a UserError listing the known names if it is absent."""
+    validate_name(name, kind)
+    recover()
+    path = _kind_root(kind) / dir_name(name)
+    if must_exist and not (path / MANIFEST).is_file():
+        known = known_names(kind)
+        hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else f"no {KINDS[kind]} yet: train one first"
+        raise UserError(f"unknown {kind} '{name}' in {library_home()} ({hint})")
+    return path
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"manifest {path / MANIFEST} is missing or not valid JSON: retrain with --overwrite") from exc
+    if not isinstance(manifest, dict) or "name" not in manifest or "kind" not in manifest:
+        raise UserError(f"manifest {path / MANIFEST} lacks 'name'/'kind': retrain with --overwrite")
+    return manifest
+
+
+def list_artifacts(kind: str) -> list[dict]:
+    root = _kind_root(kind)
+    if not root.is_dir():
+        return []
+    out = []
+    for path in sorted(root.iterdir()):
+        if (path / MANIFEST).is_file():
+            try:
+                out.append(read_manifest(path) | {"path": str(path)})
+            except UserError:
+                continue
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover() -> None:
+    """Roll back swaps interrupted mid-way and drop staging folders of dead processes."""
+    home = library_home()
+    trash = home / ".trash"
+    if trash.is_dir():
+        for entry in trash.iterdir():
+            kind_dir, _, rest = entry.name.partition("__")
+            target_name = rest.rsplit(".", 2)[0]  # drop ".<pid>.<hex>"
+            live = home / kind_dir / target_name
+            if live.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                os.replace(entry, live)
+    staging = home / ".staging"
+    if staging.is_dir():
+        for entry in staging.iterdir():
+            pid = entry.name.rsplit(".", 2)[-2] if entry.name.count(".") >= 2 else ""
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def artifact_lock(kind: str, name: str) -> Iterator[Path]:
+    """Exclusive lock on training `name`; a lock left by a dead process is taken over."""
+    locks = library_home() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = locks / f"{KINDS[kind]}__{dir_name(name)}.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):
+                owner = 0
+            if owner and _pid_alive(owner):
+                raise UserError(
+                    f"{kind} '{name}' is being trained by another process (pid {owner}); wait for it to finish"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its owner died
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise UserError(f"cannot take the lock {lock}: remove it if no vidbooth process is running")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def check_free(kind: str, name: str, overwrite: bool) -> Path:
+    """Refuse early (before any training) when `name` exists and --overwrite was not given."""
+    path = artifact_dir(kind, name, must_exist=False)
+    if (path / MANIFEST).is_file() and not overwrite:
+        raise UserError(f"{kind} '{name}' already exists in {library_home()}: pass --overwrite to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder; on normal exit it atomically becomes the artifact `name`.
+
+    The staging folder must end up holding a manifest. On any exception it is removed and the library
+    is unchanged.
+    """
+    target = check_free(kind, name, overwrite)
+    home = library_home()
+    token = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    stage = home / ".staging" / f"{dir_name(name)}.{token}"
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        if not (stage / MANIFEST).is_file():
+            raise RuntimeError("an artifact must be written with its manifest")
+        _fsync_tree(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            if not overwrite:
+                raise UserError(f"{kind} '{name}' appeared while training: pass --overwrite to replace it")
+            aside = home / ".trash" / f"{KINDS[kind]}__{target.name}.{token}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(target, aside)
+            os.replace(stage, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(stage, target)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
