@@ -5,11 +5,15 @@ Frames are numpy arrays of shape (F, H, W, 3), dtype uint8, RGB.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import tempfile
+from collections.abc import Generator
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -19,8 +23,12 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
 WRITE_EXTENSIONS = (".mp4", ".gif")
 
 
-def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
-    """Read all frames (or the first `max_frames`) of a video file as (F, H, W, 3) uint8."""
+def read_video(path: str | Path, max_frames: int | None = None, max_short_side: int | None = None) -> np.ndarray:
+    """Read all frames (or the first `max_frames`) of a video file as (F, H, W, 3) uint8.
+
+    With `max_short_side`, each frame is shrunk as it is decoded (area resampling, never enlarged) so that its
+    shorter side is at most that many pixels: long 4K clips then fit in memory.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"video not found: {path}")
@@ -31,7 +39,9 @@ def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
     if path.stat().st_size == 0:
         raise UserError(f"video file is empty (0 bytes): {path}")
     try:
-        frames = _read_gif(path, max_frames) if path.suffix.lower() == ".gif" else _read_ffmpeg(path, max_frames)
+        decoder = _read_gif(path) if path.suffix.lower() == ".gif" else _read_ffmpeg(path)
+        with contextlib.closing(decoder) as decoded:
+            frames = [_shrink_frame(frame, max_short_side) for frame in itertools.islice(decoded, max_frames)]
     except UserError:
         raise
     except Exception as exc:
@@ -41,30 +51,31 @@ def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
     return np.stack(frames)
 
 
-def _read_gif(path: Path, max_frames: int | None) -> list[np.ndarray]:
-    frames = []
+def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
     with Image.open(path) as im:
         for i in range(getattr(im, "n_frames", 1)):
-            if max_frames is not None and i >= max_frames:
-                break
             im.seek(i)
-            frames.append(np.asarray(im.convert("RGB")))
-    return frames
+            yield np.asarray(im.convert("RGB"))
 
 
-def _read_ffmpeg(path: Path, max_frames: int | None) -> list[np.ndarray]:
+def _read_ffmpeg(path: Path) -> Generator[np.ndarray, None, None]:
     import imageio.v2 as imageio
 
-    frames = []
     reader = imageio.get_reader(str(path), format="FFMPEG")
     try:
-        for i, frame in enumerate(reader):
-            if max_frames is not None and i >= max_frames:
-                break
-            frames.append(np.asarray(frame)[..., :3])
+        for frame in reader:
+            yield np.asarray(frame)[..., :3]
     finally:
         reader.close()
-    return frames
+
+
+def _shrink_frame(frame: np.ndarray, max_short_side: int | None) -> np.ndarray:
+    height, width = frame.shape[:2]
+    if max_short_side is None or min(height, width) <= max_short_side:
+        return frame
+    scale = max_short_side / min(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
 def video_fps(path: str | Path, default: float = 8.0) -> float:
@@ -84,6 +95,29 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
             reader.close()
     except Exception:
         return default
+
+
+def video_frame_count(path: str | Path) -> int | None:
+    """How many frames the file's header promises (GIF frame count, or duration x fps), without decoding.
+
+    None when the header does not say. Comparing it with the frames actually decoded catches truncated files.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".gif":
+            with Image.open(path) as im:
+                return getattr(im, "n_frames", 1)
+        import imageio.v2 as imageio
+
+        reader = imageio.get_reader(str(path), format="FFMPEG")
+        try:
+            meta = reader.get_meta_data()
+        finally:
+            reader.close()
+    except Exception:
+        return None
+    duration, fps = meta.get("duration") or 0, meta.get("fps") or 0
+    return round(duration * fps) if duration > 0 and fps > 0 else None
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
