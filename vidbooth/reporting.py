@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -24,15 +25,15 @@ def _quiet() -> bool:
 
 def info(message: str) -> None:
     if not _quiet():
-        console.print(message)
+        console.print(escape(message))
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def error(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], to_stdout: bool = False) -> None:

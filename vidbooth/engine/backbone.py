@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from vidbooth.errors import UserError
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN = {"tiny": "unet3d", "tiny-animatediff": "animatediff"}
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
@@ -165,8 +167,7 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
         if not path.is_dir():
             raise UserError(f"base model must be a diffusers folder, got a file: {path}")
         return path
-    looks_local = base.startswith((".", "/", "~")) or os.sep in base.strip("/").replace("/", os.sep, 1) or base.count("/") != 1
-    if looks_local:
+    if not _HUB_ID.match(base):
         raise UserError(f"base model not found: {base} (give a diffusers folder, a hub id like org/name, or 'tiny')")
     return _from_hub(base, revision)
 

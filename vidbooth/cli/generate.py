@@ -1,0 +1,47 @@
+"""`vidbooth generate`: text (and learned subjects/motions) to video."""
+
+from __future__ import annotations
+
+import typer
+
+from vidbooth.cli import options
+
+
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="What the video shows."),
+    out: str = typer.Option(None, "--out", "-o", help="Output .mp4 or .gif (default out.mp4)."),
+    negative_prompt: str = typer.Option(None, "--negative-prompt", help="What to steer away from."),
+    num_frames: int = typer.Option(None, "--num-frames", "--frames", help="Frames to generate."),
+    height: int = typer.Option(None, "--height", help="Height in pixels (default: the model's)."),
+    width: int = typer.Option(None, "--width", help="Width in pixels (default: the model's)."),
+    num_inference_steps: int = typer.Option(None, "--num-inference-steps", "--steps", help="Denoising steps."),
+    guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance strength."),
+    scheduler: str = typer.Option(None, "--scheduler", help="ddim | dpm++"),
+    fps: int = typer.Option(None, "--fps", help="Frames per second of the written video."),
+    base: str = options.Base,
+    motion_adapter: str = options.MotionAdapterPath,
+    device: str = options.Device,
+    precision: str = options.Precision,
+    attention: str = options.Attention,
+    seed: int = options.Seed,
+    recipe: str = options.Recipe,
+    sets: list[str] = options.Sets,
+) -> None:
+    """Generate a video from a prompt."""
+    from vidbooth.config import GenerateConfig, load_config
+    from vidbooth.engine.generate import generate as run_generate
+
+    overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {
+        "prompt": prompt,
+        "out": out,
+        "sampling.negative_prompt": negative_prompt,
+        "sampling.num_frames": num_frames,
+        "sampling.height": height,
+        "sampling.width": width,
+        "sampling.num_inference_steps": num_inference_steps,
+        "sampling.guidance_scale": guidance_scale,
+        "sampling.scheduler": scheduler,
+        "sampling.fps": fps,
+    }
+    cfg = load_config(GenerateConfig, recipe, sets, overrides)
+    run_generate(cfg)

@@ -1,0 +1,81 @@
+"""`vidbooth generate`: load a backbone, sample, and write the video, its contact sheet and its config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vidbooth.config import GenerateConfig, save_config
+from vidbooth.data.video import WRITE_EXTENSIONS, ensure_writable_dir, save_contact_sheet, write_video
+from vidbooth.errors import UserError
+from vidbooth.reporting import info
+
+
+@dataclass
+class GenerateResult:
+    video: Path
+    contact_sheet: Path
+    config: Path
+    prompt: str
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """The video path and, beside it, '<stem>.png' (contact sheet) and '<stem>.yaml' (resolved config)."""
+    out = Path(out)
+    if out.suffix.lower() not in WRITE_EXTENSIONS:
+        raise UserError(f"--out {out} must end in .mp4 or .gif")
+    return out, out.with_suffix(".png"), out.with_suffix(".yaml")
+
+
+def generate(cfg: GenerateConfig) -> GenerateResult:
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.sampling import make_scheduler
+
+    if not cfg.prompt.strip():
+        raise UserError("--prompt is empty: describe the video to generate")
+    video_path, sheet_path, config_path = output_paths(cfg.out)
+    ensure_writable_dir(video_path.parent)
+    make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model
+    if cfg.sampling.num_frames < 1 or cfg.sampling.num_inference_steps < 1:
+        raise UserError("--num-frames and --num-inference-steps must be at least 1")
+
+    bb = load_backbone(
+        cfg.backbone.base,
+        motion_adapter=cfg.backbone.motion_adapter,
+        device=cfg.runtime.device,
+        precision=cfg.runtime.precision,
+        attention=cfg.runtime.attention,
+        revision=cfg.backbone.revision,
+        variant=cfg.backbone.variant,
+    )
+    info(f"base {cfg.backbone.base} ({bb.family}, fingerprint {bb.fingerprint}) on {bb.device} in {bb.dtype}, attention {bb.attention_backend}")
+    frames = sample_frames(bb, cfg, cfg.prompt)
+    write_video(frames, video_path, fps=cfg.sampling.fps)
+    save_contact_sheet(frames, sheet_path)
+    save_config(cfg, config_path)
+    info(f"wrote {video_path}, {sheet_path.name} and {config_path.name}")
+    return GenerateResult(video_path, sheet_path, config_path, cfg.prompt)
+
+
+def sample_frames(backbone, cfg: GenerateConfig, prompt: str):
+    """One video (F, H, W, 3) uint8 for `prompt` with the sampling settings of `cfg`."""
+    from vidbooth.engine.sampling import sample_video
+
+    s = cfg.sampling
+    generator = torch.Generator("cpu").manual_seed(cfg.runtime.seed)
+    return sample_video(
+        backbone,
+        prompt,
+        negative_prompt=s.negative_prompt,
+        num_frames=s.num_frames,
+        height=s.height,
+        width=s.width,
+        num_inference_steps=s.num_inference_steps,
+        guidance_scale=s.guidance_scale,
+        scheduler=s.scheduler,
+        generator=generator,
+        eta=s.eta,
+        decode_chunk_size=s.decode_chunk_size,
+    )[0]

@@ -1,0 +1,134 @@
+"""The denoising loop, written out in full over a diffusers scheduler.
+
+Classifier-free guidance as in the ModelScope/diffusers text-to-video pipelines: one UNet call on the
+batch [negative, positive], then `uncond + guidance_scale * (cond - uncond)`. With the same model,
+scheduler, steps and seed the result matches diffusers' `TextToVideoSDPipeline` (tested).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from vidbooth.errors import UserError
+from vidbooth.reporting import progress
+
+SCHEDULERS = ("ddim", "dpm++")
+_ALIASES = {"dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++"}
+
+
+def make_scheduler(name: str, scheduler_config: dict):
+    """A fresh scheduler of kind `name` ('ddim' or 'dpm++') from the model's scheduler config."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key == "ddim":
+        return DDIMScheduler.from_config(scheduler_config)
+    if key == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
+    raise UserError(f"unknown scheduler '{name}': choose one of {', '.join(SCHEDULERS)}")
+
+
+def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
+    """Raise a UserError for sizes and frame counts the model cannot take."""
+    if num_frames < 1:
+        raise UserError(f"--num-frames must be at least 1, got {num_frames}")
+    max_frames = getattr(backbone.unet.config, "motion_max_seq_length", None)
+    if max_frames and num_frames > max_frames:
+        raise UserError(f"--num-frames {num_frames} exceeds this motion module's maximum of {max_frames}")
+    factor = backbone.vae_scale_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+    for flag, value in (("--height", height), ("--width", width)):
+        if value <= 0 or value % factor:
+            raise UserError(f"{flag} {value} must be a positive multiple of {factor} for this model")
+
+
+@torch.no_grad()
+def sample_video(
+    backbone,
+    prompt: str | list[str],
+    negative_prompt: str | list[str] = "",
+    num_frames: int = 8,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 9.0,
+    scheduler: str = "ddim",
+    generator: torch.Generator | None = None,
+    latents: torch.Tensor | None = None,
+    eta: float = 0.0,
+    decode_chunk_size: int = 8,
+    output_type: str = "uint8",
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+):
+    """Generate videos for `prompt`.
+
+    output_type: 'uint8' -> (B, F, H, W, 3) uint8; 'np' -> the same in float32 [0, 1] (as diffusers);
+    'pt' -> (B, F, 3, H, W) float in [-1, 1]; 'latent' -> (B, C, F, h, w).
+    `on_step(i, latents)` is called after every step (e.g. to change adapter conditions).
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    height = height or backbone.default_size
+    width = width or backbone.default_size
+    check_geometry(backbone, num_frames, height, width)
+    if num_inference_steps < 1:
+        raise UserError(f"--num-inference-steps must be at least 1, got {num_inference_steps}")
+
+    guided = guidance_scale > 1.0
+    text = backbone.encode_prompt(negatives + prompts if guided else prompts)  # (2B or B, L, D)
+
+    sched = make_scheduler(scheduler, backbone.scheduler_config)
+    sched.set_timesteps(num_inference_steps, device=backbone.device)
+    shape = (
+        len(prompts),
+        backbone.latent_channels,
+        num_frames,
+        height // backbone.vae_scale_factor,
+        width // backbone.vae_scale_factor,
+    )  # (B, C, F, h, w)
+    if latents is None:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        latents = randn_tensor(shape, generator=generator, device=backbone.device, dtype=backbone.dtype)
+    latents = latents.to(backbone.device, backbone.dtype) * sched.init_noise_sigma
+    step_kwargs = _step_kwargs(sched, generator, eta)
+
+    with progress("sampling", total=len(sched.timesteps)) as bar:
+        for i, t in enumerate(sched.timesteps):
+            model_in = torch.cat([latents] * 2) if guided else latents
+            model_in = sched.scale_model_input(model_in, t)
+            noise = backbone.unet_forward(model_in, t, text)
+            if guided:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + guidance_scale * (cond - uncond)
+            latents = sched.step(noise, t, latents, **step_kwargs).prev_sample
+            if on_step is not None:
+                on_step(i, latents)
+            bar.advance()
+
+    if output_type == "latent":
+        return latents
+    video = backbone.decode_latents(latents, chunk_size=decode_chunk_size)  # (B, F, 3, H, W) in [-1, 1]
+    if output_type == "pt":
+        return video
+    video = (video / 2 + 0.5).clamp(0, 1).permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, F, H, W, 3)
+    if output_type == "np":
+        return video
+    return to_uint8(video)
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+    return (video * 255).round().astype(np.uint8)
+
+
+def _step_kwargs(scheduler, generator, eta: float) -> dict:
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in accepted:
+        kwargs["eta"] = eta
+    if "generator" in accepted:
+        kwargs["generator"] = generator
+    return kwargs
