@@ -1,0 +1,66 @@
+"""Shared fixtures: an isolated library and cache per test, tiny backbones of both families, slow-test gating."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+RUN_SLOW = os.environ.get("RUN_SLOW", "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    selected_slow = "slow" in (config.getoption("-m") or "")
+    skip_slow = pytest.mark.skip(reason="slow: set RUN_SLOW=1 (or -m slow) to run")
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "slow" in item.keywords and not (RUN_SLOW or selected_slow):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One cache for the whole session, so built-in tiny models are built once."""
+    return tmp_path_factory.mktemp("vidbooth-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, shared_cache, monkeypatch) -> Path:
+    """Every test gets an empty library; nothing touches the user's real one."""
+    home = tmp_path / "vidbooth-home"
+    monkeypatch.setenv("VIDBOOTH_HOME", str(home))
+    monkeypatch.setenv("VIDBOOTH_CACHE", str(shared_cache))
+    monkeypatch.setenv("VIDBOOTH_QUIET", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("VIDBOOTH_ATTENTION", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny models of each family saved in diffusers layout, as a user would have them on disk."""
+    from vidbooth.engine.tiny import save_tiny_backbone
+
+    root = tmp_path_factory.mktemp("tiny-bases")
+    return {family: save_tiny_backbone(root / family, family) for family in ("unet3d", "animatediff")}
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tiny_base_dirs):
+    """Loaded once per session through `load_backbone`; tests must not leave adapters injected."""
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.tiny import motion_adapter_folder
+
+    return {
+        "unet3d": load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu"),
+        "animatediff": load_backbone(
+            str(tiny_base_dirs["animatediff"]),
+            motion_adapter=str(motion_adapter_folder(tiny_base_dirs["animatediff"])),
+            device="cpu",
+        ),
+    }
