@@ -1,0 +1,154 @@
+"""The motion adapter on both tiny families: no-op at init, where it goes, what trains, condition layout, file round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidbooth.adapters.base import adapters_of, load_tensors, remove, save_tensors, set_scale
+from vidbooth.adapters.motion import (
+    KIND,
+    MotionAdapterSpec,
+    inject_motion_adapter,
+    load_motion_state_dict,
+    motion_parameters,
+    motion_state_dict,
+    set_appearance,
+)
+
+FAMILIES = ("unet3d", "animatediff")
+ALL_SUBLAYERS = ("attn1", "attn2", "ff")
+COND_DIM = 6
+
+
+@pytest.fixture(params=FAMILIES)
+def backbone(request, tiny_backbones):
+    bb = tiny_backbones[request.param]
+    yield bb
+    remove(bb.unet, KIND)  # the session backbones are shared: leave them as found
+    remove(bb.unet, "identity")
+
+
+def inputs(bb, batch=1, frames=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, 4, frames, 8, 8, generator=g)  # (B, C, F, h, w)
+    text = bb.encode_prompt(["a dog running"] * batch)
+    return latents, torch.tensor(500), text
+
+
+def forward(bb, latents, t, text):
+    with torch.no_grad():
+        return bb.unet_forward(latents, t, text)
+
+
+def inject(bb, targets=ALL_SUBLAYERS, cond_dim=COND_DIM):
+    return inject_motion_adapter(bb.unet, bb.temporal_layers(), MotionAdapterSpec(tuple(targets), 0.5, cond_dim))
+
+
+def randomise(adapters, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in adapters.values():
+            for p in adapter.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def test_adapter_is_a_no_op_at_init(backbone):
+    x = inputs(backbone)
+    before = forward(backbone, *x)
+    inject(backbone)
+    set_appearance(backbone.unet, torch.randn(1, COND_DIM))
+    after = forward(backbone, *x)
+    assert (after - before).abs().max().item() == 0.0
+    randomise(adapters_of(backbone.unet, KIND))  # proves the adapters are on the forward path
+    assert (forward(backbone, *x) - before).abs().max().item() > 1e-4
+
+
+def test_adapters_sit_in_every_temporal_block_and_only_there(backbone):
+    temporal = tuple(backbone.temporal_layers())
+    names = inject(backbone)
+    blocks = {n.rsplit(".", 1)[0] for n in names}
+    assert len(names) == 3 * len(blocks)
+    assert all(n.startswith(tuple(t + "." for t in temporal)) for n in names)
+    assert {n.rsplit(".", 1)[1] for n in names} == set(ALL_SUBLAYERS)
+    assert len({n.split(".transformer_blocks")[0] for n in names}) == len(temporal)
+
+
+def test_targets_are_configurable(backbone):
+    names = inject(backbone, targets=("ff",))
+    assert names and all(n.endswith(".ff") for n in names)
+    assert len(names) == len(backbone.temporal_layers())  # one block per temporal transformer in the tiny models
+
+
+def test_one_step_changes_only_adapter_parameters(backbone):
+    inject(backbone)
+    adapters = adapters_of(backbone.unet, KIND)
+    params = motion_parameters(backbone.unet)
+    assert {id(p) for p in backbone.unet.parameters() if p.requires_grad} == {id(p) for p in params}
+    frozen = {n: p.detach().clone() for n, p in backbone.unet.named_parameters() if not p.requires_grad}
+    ups = {n: a.up.weight.detach().clone() for n, a in adapters.items()}
+    downs = {n: a.down.weight.detach().clone() for n, a in adapters.items()}
+    latents, t, text = inputs(backbone)
+    set_appearance(backbone.unet, torch.randn(1, COND_DIM))
+    backbone.unet_forward(latents, t, text).pow(2).mean().backward()
+    torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0).step()
+    assert all(torch.equal(frozen[n], p) for n, p in backbone.unet.named_parameters() if n in frozen)
+    assert all(p.grad is None for n, p in backbone.unet.named_parameters() if n in frozen)
+    # W_up starts at zero, so the first step moves every up-projection and nothing upstream of it yet.
+    assert all((a.up.weight - ups[n]).abs().max().item() > 1e-3 for n, a in adapters.items())
+    assert all(torch.equal(a.down.weight, downs[n]) for n, a in adapters.items())
+
+
+def test_per_sample_condition_follows_the_token_layout(backbone):
+    """Rows of the condition go to their own sample, for a real batch and for CFG's doubled batch."""
+    inject(backbone)
+    randomise(adapters_of(backbone.unet, KIND))
+    latents, t, text = inputs(backbone, batch=2)
+    cond = torch.randn(2, COND_DIM, generator=torch.Generator().manual_seed(3))
+    set_appearance(backbone.unet, cond)
+    batched = forward(backbone, latents, t, text)
+    for i in range(2):
+        set_appearance(backbone.unet, cond[i : i + 1])
+        alone = forward(backbone, latents[i : i + 1], t, text[i : i + 1])
+        assert torch.allclose(batched[i : i + 1], alone, atol=1e-5)
+    set_appearance(backbone.unet, cond[:1])  # one row applies to every sample (CFG: [negative, positive])
+    shared = forward(backbone, latents, t, text)
+    set_appearance(backbone.unet, cond[:1].expand(2, -1))
+    assert torch.allclose(shared, forward(backbone, latents, t, text), atol=1e-6)
+    assert (shared - batched).abs().max().item() > 1e-5  # the condition does change the output
+
+
+def test_dropped_condition_equals_zero_embedding(backbone):
+    """At inference the condition is dropped (None); it must equal the zero embedding seen in training."""
+    inject(backbone)
+    randomise(adapters_of(backbone.unet, KIND))
+    x = inputs(backbone)
+    set_appearance(backbone.unet, None)
+    dropped = forward(backbone, *x)
+    set_appearance(backbone.unet, torch.zeros(1, COND_DIM))
+    assert torch.equal(dropped, forward(backbone, *x))
+
+
+def test_guidance_off_has_no_condition_layer(backbone):
+    inject(backbone, cond_dim=None)
+    assert all(a.cond is None for a in adapters_of(backbone.unet, KIND).values())
+    assert not any(".cond." in k for k in motion_state_dict(backbone.unet))
+
+
+def test_save_then_load_is_exact(backbone, tmp_path):
+    spec = MotionAdapterSpec(ALL_SUBLAYERS, 0.5, COND_DIM)
+    inject_motion_adapter(backbone.unet, backbone.temporal_layers(), spec)
+    randomise(adapters_of(backbone.unet, KIND))
+    set_scale(backbone.unet, KIND, 0.7)
+    x = inputs(backbone)
+    expected = forward(backbone, *x)
+    save_tensors(tmp_path / "m.safetensors", motion_state_dict(backbone.unet), {"spec": spec.to_json()})
+    remove(backbone.unet, KIND)
+
+    tensors, meta = load_tensors(tmp_path / "m.safetensors")
+    loaded_spec = MotionAdapterSpec.from_json(meta["spec"])
+    assert loaded_spec == spec
+    inject_motion_adapter(backbone.unet, backbone.temporal_layers(), loaded_spec)
+    load_motion_state_dict(backbone.unet, tensors, "m.safetensors")
+    set_scale(backbone.unet, KIND, 0.7)
+    assert torch.equal(forward(backbone, *x), expected)

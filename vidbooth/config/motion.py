@@ -1,0 +1,103 @@
+"""`MotionConfig`: everything `vidbooth train-motion` (alias `motion-adapter`) runs with.
+
+YAML key = dataclass field = flag name; recipes live in `recipes/<base>/motion.yaml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vidbooth.config.schema import BackboneConfig, RuntimeConfig
+from vidbooth.config.train import TrainConfig
+from vidbooth.errors import UserError
+
+SUBLAYERS = ("attn1", "attn2", "ff")
+
+
+@dataclass
+class MotionDataConfig:
+    num_frames: int = 8
+    """Frames in each training sample (ModelScope: 32). Longer clips give several windows; shorter ones are resampled."""
+    fps: float | None = 8.0
+    """Sample the clips at this frame rate (DreamVideo: 8). Ignored when `stride` is set."""
+    stride: int | None = None
+    """Take every `stride`-th source frame instead of resampling to `fps`."""
+    size: int | None = None
+    """Training frame size in pixels (square centre crop); default: the model's native size."""
+
+
+@dataclass
+class MotionAdapterConfig:
+    targets: list[str] = field(default_factory=lambda: list(SUBLAYERS))
+    """Sublayers of every temporal transformer block to adapt: attn1, attn2 (both temporal self-attention), ff."""
+    hidden_ratio: float = 0.5
+    """Bottleneck width as a fraction of the layer width (DreamVideo: 0.5)."""
+
+
+@dataclass
+class AppearanceConfig:
+    guidance: bool = True
+    """Condition the adapter on an image embedding of a random frame, so it learns the motion and not the looks."""
+    encoder: str | None = None
+    """Image encoder for the guidance: a CLIP vision folder or hub id, 'tiny-clip', or empty for the VAE fallback."""
+    p_image_zero: float = 0.5
+    """Probability of dropping the appearance embedding in a training step (DreamVideo: 0.5)."""
+
+
+@dataclass
+class PreviewConfig:
+    """`preview.png` in the artifact: the learned motion applied to the first caption (or 'a <class_noun>')."""
+
+    enabled: bool = True
+    num_inference_steps: int = 25
+    guidance_scale: float = 9.0
+
+
+@dataclass
+class MotionConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, steps=1000))
+    data: MotionDataConfig = field(default_factory=MotionDataConfig)
+    adapter: MotionAdapterConfig = field(default_factory=MotionAdapterConfig)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    name: str = ""
+    """Name of the motion in the library (what `generate --motion` takes)."""
+    clips: list[str] = field(default_factory=list)
+    """Training clips: video files (mp4, mov, webm, mkv, gif) or folders of frames."""
+    captions: list[str] = field(default_factory=list)
+    """One caption per clip, or one for all; default: 'a <class_noun>'."""
+    class_noun: str = ""
+    """What moves in the clips (person, dog, car): the default caption and the preview prompt."""
+    overwrite: bool = False
+    """Replace a motion of the same name."""
+
+    def check(self) -> None:
+        """Validate what the dataclass types cannot; raises UserError naming the key."""
+        if not self.name:
+            raise UserError("--name is required: the name the motion gets in the library")
+        if not self.clips:
+            raise UserError("no training clips given: pass one or more video files or frame folders")
+        if self.captions and len(self.captions) not in (1, len(self.clips)):
+            raise UserError(
+                f"{len(self.captions)} captions for {len(self.clips)} clips: give one --caption per clip, or one for all"
+            )
+        if self.data.num_frames < 2:
+            raise UserError(f"data.num_frames must be at least 2 to learn a motion, got {self.data.num_frames}")
+        if self.data.stride is not None and self.data.stride < 1:
+            raise UserError(f"data.stride must be at least 1, got {self.data.stride}")
+        if self.data.stride is None and self.data.fps is not None and not self.data.fps > 0:
+            raise UserError(f"data.fps must be positive, got {self.data.fps}")
+        if not 0 <= self.appearance.p_image_zero <= 1:
+            raise UserError(f"appearance.p_image_zero must be in [0, 1], got {self.appearance.p_image_zero}")
+        unknown = sorted(set(self.adapter.targets) - set(SUBLAYERS))
+        if unknown or not self.adapter.targets:
+            raise UserError(f"adapter.targets {self.adapter.targets} are invalid: choose from {', '.join(SUBLAYERS)}")
+        if not 0 < self.adapter.hidden_ratio <= 4:
+            raise UserError(f"adapter.hidden_ratio must be in (0, 4], got {self.adapter.hidden_ratio}")
+
+    def caption_for(self, index: int) -> str:
+        if self.captions:
+            return self.captions[index if len(self.captions) > 1 else 0]
+        return f"a {self.class_noun}" if self.class_noun else ""

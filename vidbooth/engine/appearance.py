@@ -1,0 +1,161 @@
+"""Appearance embeddings `e` for the motion adapter's guidance: one vector per video frame.
+
+The encoder is chosen by the recipe key `appearance.encoder`:
+- a CLIP vision model (`CLIPVisionModelWithProjection`) from a local folder or a hub id, e.g.
+  'openai/clip-vit-base-patch32': `e` is its projected image embedding. Preprocessing is ours (no
+  torchvision): resize the short side to the model's image size (bicubic, antialiased), centre crop,
+  normalise with the mean/std of the folder's `preprocessor_config.json` (OpenAI CLIP's by default);
+- 'tiny-clip': a tiny random CLIP vision model that the built-in tiny backbones use; it is built from a
+  config, saved under the cache folder and loaded back through the same loader as real models;
+- nothing (the default): the fallback, the backbone's own VAE latent of the frame average-pooled to a
+  4x4 grid and flattened (latent_channels * 16 values). It carries colour and coarse layout, which is
+  the appearance the guidance must explain, and needs no extra model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vidbooth.engine.backbone import Backbone, cache_dir, resolve_base
+from vidbooth.errors import UserError
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TINY_CLIP = "tiny-clip"
+VAE_GRID = 4
+BATCH = 16
+
+
+class AppearanceEncoder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, frames: np.ndarray) -> torch.Tensor:
+        """(N, H, W, 3) uint8 frames -> (N, dim) float32 embeddings on the backbone's device."""
+        ...
+
+
+class ClipImageEncoder:
+    def __init__(self, name: str, model, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.name = name
+        self.model = model
+        self.dim = int(model.config.projection_dim)
+        self.image_size = int(model.config.image_size)
+        param = next(model.parameters())
+        self.mean = torch.tensor(mean, device=param.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=param.device).view(1, 3, 1, 1)
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> normalised pixels (N, 3, S, S)."""
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.mean.device).permute(0, 3, 1, 2).float() / 255
+        h, w = pixels.shape[-2:]
+        scale = self.image_size / min(h, w)
+        size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
+        pixels = F.interpolate(pixels, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        pixels = pixels[..., top : top + self.image_size, left : left + self.image_size]
+        return (pixels - self.mean) / self.std
+
+    @torch.no_grad()
+    def embed(self, frames: np.ndarray) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        chunks = [
+            self.model(pixel_values=self.preprocess(frames[i : i + BATCH]).to(dtype)).image_embeds.float()
+            for i in range(0, len(frames), BATCH)
+        ]
+        return torch.cat(chunks)  # (N, dim)
+
+
+class VaeLatentEncoder:
+    """Fallback: the frame's VAE latent mean, average-pooled to a VAE_GRID x VAE_GRID grid."""
+
+    name = "vae"
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+        self.dim = int(backbone.vae.config.latent_channels) * VAE_GRID * VAE_GRID
+
+    @torch.no_grad()
+    def embed(self, frames: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, H, W)
+        chunks = []
+        for i in range(0, len(pixels), BATCH):
+            latents = self.backbone.encode_video(pixels[i : i + BATCH].unsqueeze(0))[0].transpose(0, 1)  # (n, C, h, w)
+            chunks.append(F.adaptive_avg_pool2d(latents.float(), VAE_GRID).flatten(1))
+        return torch.cat(chunks)  # (N, dim)
+
+
+def load_appearance_encoder(encoder: str | None, backbone: Backbone) -> AppearanceEncoder:
+    """The encoder named in the recipe (see the module docstring); the VAE fallback when none is named."""
+    if not encoder:
+        return VaeLatentEncoder(backbone)
+    from transformers import CLIPVisionModelWithProjection
+
+    folder = _tiny_clip_folder() if encoder == TINY_CLIP else _resolve_encoder(encoder)
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot load the image encoder '{encoder}' as a CLIP vision model: {str(exc).splitlines()[0]}"
+        ) from exc
+    dtype = backbone.dtype if backbone.device.type == "cuda" else torch.float32
+    model.requires_grad_(False).eval().to(backbone.device, dtype)
+    mean, std = _normalisation(Path(folder))
+    return ClipImageEncoder(encoder, model, mean, std)
+
+
+def _resolve_encoder(encoder: str) -> Path:
+    try:
+        return resolve_base(encoder)
+    except UserError as exc:
+        raise UserError(
+            f"image encoder '{encoder}' not found ({exc}): set appearance.encoder to a CLIP vision folder, a hub id "
+            f"already downloaded, '{TINY_CLIP}', or leave it empty for the VAE fallback"
+        ) from exc
+
+
+def _normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    config = folder / "preprocessor_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text())
+        if "image_mean" in data and "image_std" in data:
+            return tuple(data["image_mean"]), tuple(data["image_std"])
+    return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+
+def build_tiny_clip_vision(seed: int = 0):
+    """A 2-layer CLIP vision model on 32x32 images with 16-dim embeddings, seeded random weights."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        projection_dim=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    return CLIPVisionModelWithProjection(config)
+
+
+def _tiny_clip_folder() -> Path:
+    folder = cache_dir() / "builtin" / TINY_CLIP
+    if (folder / "config.json").is_file():
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    build_tiny_clip_vision().save_pretrained(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process saved it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
