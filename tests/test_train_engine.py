@@ -1,0 +1,178 @@
+"""The shared training loop on a toy method: determinism, resume, checkpoints, signals, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from vidbooth.config.train import TrainConfig
+from vidbooth.engine import train as engine
+from vidbooth.errors import Interrupted, UserError
+
+
+class ToyRegression:
+    """Fit y = x W + noise; implements the `Method` protocol with one frozen and one trainable layer."""
+
+    def __init__(self, poison_at_call: int | None = None, on_call=None):
+        self.frozen = nn.Linear(4, 4).requires_grad_(False)
+        self.head = nn.Linear(4, 2)
+        self.calls = 0
+        self.poison_at_call = poison_at_call
+        self.on_call = on_call
+
+    def trainable_parameters(self):
+        return list(self.head.parameters())
+
+    def loss(self, batch, generator):
+        self.calls += 1
+        if self.on_call is not None:
+            self.on_call(self.calls)
+        noise = torch.randn(batch["x"].shape[0], 2, generator=generator) * 0.1
+        pred = self.head(self.frozen(batch["x"]))
+        loss = nn.functional.mse_loss(pred, batch["y"] + noise)
+        return loss * float("nan") if self.calls == self.poison_at_call else loss
+
+    def state_dict(self):
+        return self.head.state_dict()
+
+    def load_state_dict(self, state):
+        self.head.load_state_dict(state)
+
+
+def toy_data(n: int = 7) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(n, 4, generator=g)
+    ys = xs[:, :2] * 2.0
+    return [{"x": x, "y": y} for x, y in zip(xs, ys)]
+
+
+def full_loss(method: ToyRegression) -> float:
+    batch = torch.utils.data.default_collate(toy_data())
+    with torch.no_grad():
+        return float(nn.functional.mse_loss(method.head(method.frozen(batch["x"])), batch["y"]))
+
+
+def make_method(**kw) -> ToyRegression:
+    engine.seed_everything(0)
+    return ToyRegression(**kw)
+
+
+def scrambled_method() -> ToyRegression:
+    """Same frozen layer, other trainable weights: what it ends with must come from the checkpoint."""
+    method = make_method()
+    with torch.no_grad():
+        for p in method.trainable_parameters():
+            p.add_(1.0)
+    return method
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(steps=12, lr=0.05, batch_size=3, grad_accumulation=2, checkpoint_every=4, lr_schedule="cosine")
+    return TrainConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    return engine.make_accelerator("auto", device="cpu")
+
+
+def test_loss_decreases_and_is_deterministic(tmp_path, accelerator):
+    a, b = make_method(), make_method()
+    before = full_loss(a)
+    ra = engine.train(a, toy_data(), config(), tmp_path / "a", accelerator)
+    rb = engine.train(b, toy_data(), config(), tmp_path / "b", accelerator)
+    assert ra.step == 12 and len(ra.losses) == 12
+    assert ra.losses == rb.losses
+    assert full_loss(a) < 0.9 * before
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not any(p.requires_grad for p in a.frozen.parameters())
+
+
+def test_resume_gives_bit_identical_weights(tmp_path, accelerator):
+    whole = make_method()
+    engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
+
+    run = tmp_path / "split"
+    first = make_method()
+    engine.train(first, toy_data(), config(steps=12, checkpoint_every=5), run, accelerator, signature={"k": 1})
+    # pretend the run died after step 5: keep only that checkpoint
+    for folder in engine.list_checkpoints(run)[1:]:
+        shutil.rmtree(folder)
+    assert [p.name for p in engine.list_checkpoints(run)] == ["step-0000005"]
+
+    second = scrambled_method()
+    result = engine.train(second, toy_data(), config(checkpoint_every=5), run, accelerator, resume=True, signature={"k": 1})
+    assert result.start_step == 5 and len(result.losses) == 7
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+
+
+def test_checkpoints_are_safetensors_and_json(tmp_path, accelerator):
+    engine.train(make_method(), toy_data(), config(keep_checkpoints=2), tmp_path, accelerator)
+    names = [p.name for p in engine.list_checkpoints(tmp_path)]
+    assert names == ["step-0000004", "step-0000008"]  # pruned to 2; none at the final step
+    files = sorted(p.name for p in engine.list_checkpoints(tmp_path)[-1].iterdir())
+    assert files == sorted([engine.OPTIMIZER_FILE, engine.STATE_FILE, engine.TRAINABLE_FILE])
+    state = json.loads((engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE).read_text())
+    assert state["step"] == 8 and state["signature"]["train"]["lr"] == 0.05
+
+
+def test_resume_refuses_other_settings(tmp_path, accelerator):
+    engine.train(make_method(), toy_data(), config(steps=4, checkpoint_every=2), tmp_path, accelerator)
+    with pytest.raises(UserError, match="different settings.*lr"):
+        engine.train(make_method(), toy_data(), config(steps=4, lr=0.1), tmp_path, accelerator, resume=True)
+
+
+def test_resume_without_checkpoint_starts_over(tmp_path, accelerator):
+    result = engine.train(make_method(), toy_data(), config(steps=2), tmp_path, accelerator, resume=True)
+    assert result.start_step == 0 and result.step == 2
+
+
+def test_signal_saves_checkpoint_and_resumes(tmp_path, accelerator):
+    def send_sigterm(call):
+        if call == 7:  # during step 4 (2 micro-batches per step)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted) as info:
+        engine.train(make_method(on_call=send_sigterm), toy_data(), config(checkpoint_every=0), tmp_path, accelerator)
+    assert info.value.exit_code == 143 and "--resume" in str(info.value)
+    assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000004"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+    whole = make_method()
+    engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
+    resumed = scrambled_method()
+    engine.train(resumed, toy_data(), config(checkpoint_every=0), tmp_path, accelerator, resume=True)
+    assert all(torch.equal(whole.state_dict()[k], v) for k, v in resumed.state_dict().items())
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, accelerator):
+    method = make_method(poison_at_call=11)  # step 6
+    with pytest.raises(UserError, match="loss became nan at step 6.*step-0000004"):
+        engine.train(method, toy_data(), config(), tmp_path, accelerator)
+    assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000004"]
+    assert all(torch.isfinite(v).all() for v in method.state_dict().values())
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=10, lr=1.0, lr_warmup_steps=2, lr_schedule="linear")
+    assert [engine.lr_at(s, cfg) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert engine.lr_at(9, cfg) == pytest.approx(1 / 8)
+
+
+def test_batches_cover_every_item_each_epoch():
+    first_epoch = engine.batch_indices(5, 5, seed=3, first_position=0)
+    assert sorted(first_epoch) == list(range(5))
+    assert engine.batch_indices(5, 2, seed=3, first_position=5) == engine.batch_indices(5, 5, 3, 5)[:2]
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=0.0), dict(lr_schedule="step"), dict(mixed_precision="fp8")])
+def test_config_validation(bad):
+    with pytest.raises(UserError, match="train\\."):
+        TrainConfig(**bad)

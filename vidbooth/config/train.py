@@ -1,0 +1,63 @@
+"""`TrainConfig`: the optimisation settings every training command shares (`vidbooth/engine/train.py` runs them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vidbooth.errors import UserError
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    """Optimizer steps. One step sees batch_size x grad_accumulation x processes samples."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW, weight decay 0)."""
+    lr_schedule: str = "constant"
+    """constant | linear | cosine: decay from `lr` to 0 over `steps`, after the warm-up."""
+    lr_warmup_steps: int = 0
+    """Steps of linear warm-up from 0 to `lr`."""
+    batch_size: int = 1
+    """Samples per micro-batch on each process."""
+    grad_accumulation: int = 1
+    """Micro-batches whose gradients are summed before each optimizer step."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm to this value; 0 turns clipping off."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    mixed_precision: str = "auto"
+    """auto | no | fp16 | bf16. auto: fp16 autocast on CUDA, none on CPU. Trainable weights stay fp32."""
+    checkpoint_every: int = 500
+    """Save a resumable checkpoint every N steps (0: only on interruption)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep in the run folder."""
+    seed: int = 0
+    """Seeds initialisation, batch order, noise and timesteps; the same seed gives the same weights on CPU."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "grad_accumulation": self.grad_accumulation,
+            "keep_checkpoints": self.keep_checkpoints,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise UserError(f"train.{key} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise UserError(f"train.lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"train.lr_schedule '{self.lr_schedule}' is unknown: use {', '.join(LR_SCHEDULES)}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise UserError(
+                f"train.mixed_precision '{self.mixed_precision}' is unknown: use {', '.join(MIXED_PRECISIONS)}"
+            )
+        for key in ("lr_warmup_steps", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise UserError(f"train.{key} must not be negative, got {getattr(self, key)}")
+        if self.max_grad_norm < 0:
+            raise UserError(f"train.max_grad_norm must not be negative, got {self.max_grad_norm}")

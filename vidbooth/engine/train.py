@@ -1,0 +1,514 @@
+"""The training loop every vidbooth method shares.
+
+A method (textual inversion, identity adapter, motion adapter, ...) implements the small `Method`
+protocol below. `train()` owns the rest: AdamW (weight decay 0) and its learning-rate schedule, gradient
+accumulation, `accelerate` (device, fp16/bf16 autocast with loss scaling, gradients averaged over
+processes), seeding, checkpoints, `--resume`, SIGINT/SIGTERM, the NaN guard and the progress bar.
+
+Usage (the order matters)::
+
+    accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
+    backbone = load_backbone(cfg.backbone.base, device=str(accelerator.device), ...)
+    seed_everything(cfg.train.seed)           # so that the method's initialisation is seeded
+    method = MyMethod(backbone, ...)          # frozen work (VAE latents, text embeddings) done here, once
+    data = [{"latents": ..., "caption": 0}, ...]   # items: dicts of tensors / numbers, collated per batch
+    result = train(method, data, cfg.train, run_folder("subject", name, "identity"), accelerator,
+                   resume=cfg.resume, signature={...settings that must match to resume...})
+
+Determinism: every micro-batch gets its own CPU `torch.Generator` derived from (seed, step, micro-batch,
+process), and batches are drawn from a per-epoch permutation derived from (seed, epoch). Nothing depends on
+the history of a run, so a resumed run ends with the same weights as an uninterrupted one (bit-identical on
+CPU). Methods must draw their randomness (noise, timesteps, dropout of conditions) from the generator they
+are given, on the CPU, and move it to the device.
+
+Checkpoints are folders `<run>/checkpoints/step-NNNNNNN/` holding `trainable.safetensors` (the method's
+`state_dict()`), `optimizer.safetensors` (AdamW moments and the RNG states) and `state.json` (step,
+parameter groups, loss scaler, run signature). Nothing is pickled. A checkpoint appears only when complete.
+
+Interruption: SIGINT or SIGTERM finishes the current step, saves a checkpoint and raises
+`vidbooth.errors.Interrupted` (exit 130 / 143); a second signal stops at once. A non-finite loss raises
+`UserError` before the optimizer step, so the last checkpoint on disk is the last good state.
+
+With `accelerate launch --num_processes N`, every process runs the same code on its own batches; only the
+main process writes checkpoints (`accelerator.is_main_process`); callers write artifacts on it alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from vidbooth import __version__, reporting
+from vidbooth.config.train import TrainConfig
+from vidbooth.errors import Interrupted, UserError
+
+CHECKPOINTS = "checkpoints"
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+CHECKPOINT_FORMAT = 1
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What a training method provides. Everything not returned by `trainable_parameters` stays frozen."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters to optimise, fp32, always in the same order (the optimizer state is keyed by it)."""
+        ...
+
+    def loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        """Scalar loss for one collated micro-batch; all randomness comes from `generator` (a CPU generator)."""
+        ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable state, as tensors (what a checkpoint stores)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore `state_dict()` exactly."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    step: int
+    """The step training ended at (== cfg.steps)."""
+    start_step: int
+    """The step this run started from (> 0 when resumed)."""
+    losses: list[float] = field(default_factory=list)
+    """Mean loss of every step run in this process (main process's batches)."""
+    seconds: float = 0.0
+    """Wall time of the steps run (checkpoint writes included)."""
+
+    @property
+    def loss(self) -> float:
+        """Mean of the last (up to) 10 step losses; nan when no step ran."""
+        tail = self.losses[-10:]
+        return sum(tail) / len(tail) if tail else float("nan")
+
+    @property
+    def step_seconds(self) -> float:
+        return self.seconds / len(self.losses) if self.losses else float("nan")
+
+
+# ---- setup ----------------------------------------------------------------------------------------
+def resolve_mixed_precision(mixed_precision: str, device_type: str) -> str:
+    """'auto' -> fp16 autocast on CUDA, none elsewhere; fp16 needs CUDA."""
+    if mixed_precision == "auto":
+        return "fp16" if device_type == "cuda" else "no"
+    if mixed_precision == "fp16" and device_type != "cuda":
+        raise UserError("train.mixed_precision fp16 needs CUDA: use 'no' or 'bf16' on this machine")
+    return mixed_precision
+
+
+def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
+    """The process's `accelerate.Accelerator`; load the backbone on its `.device`.
+
+    `device` is vidbooth's runtime device (auto | cpu | cuda | cuda:N). Under `accelerate launch` each
+    process gets its own device from the launcher. One process holds one mixed-precision setting.
+    """
+    from accelerate import Accelerator
+
+    from vidbooth.engine.device import resolve_device
+
+    on_cpu = resolve_device(device).type == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "") in ("1", "true")
+    precision = resolve_mixed_precision(mixed_precision, "cpu" if on_cpu else "cuda")
+    try:
+        return Accelerator(cpu=on_cpu, mixed_precision=precision)
+    except ValueError as exc:
+        raise UserError(f"cannot set up training: {str(exc).splitlines()[0]}") from exc
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) before building a method, so its initialisation is reproducible."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
+def run_folder(kind: str, name: str, stage: str) -> Path:
+    """Where the checkpoints of training artifact `name` (stage `stage`) live: `$VIDBOOTH_HOME/.runs/...`."""
+    from vidbooth.library import KINDS, dir_name, library_home, validate_name
+
+    validate_name(name, kind)
+    return library_home() / ".runs" / KINDS[kind] / dir_name(name) / stage
+
+
+def remove_run(run_dir: Path) -> None:
+    """Drop a finished run's checkpoints (call on the main process once the artifact is saved)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ---- randomness -----------------------------------------------------------------------------------
+def derived_seed(*parts: object) -> int:
+    """A 63-bit seed that depends only on `parts`."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed("step", seed, step, micro, rank))
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> tuple[int, ...]:
+    generator = torch.Generator().manual_seed(derived_seed("epoch", seed, epoch))
+    return tuple(torch.randperm(n, generator=generator).tolist())
+
+
+def batch_indices(n: int, batch_size: int, seed: int, first_position: int) -> list[int]:
+    """Items at stream positions [first, first + batch_size): each epoch is a fresh seeded permutation."""
+    positions = range(first_position, first_position + batch_size)
+    return [_epoch_order(seed, p // n, n)[p % n] for p in positions]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then the schedule's decay."""
+    if step < cfg.lr_warmup_steps:
+        return cfg.lr * (step + 1) / cfg.lr_warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.lr_warmup_steps) / max(1, cfg.steps - cfg.lr_warmup_steps)
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - progress)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints in `run_dir`, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    state = optimizer.state_dict()
+    tensors = {
+        f"optimizer.{index}.{key}": value.detach().cpu().contiguous()
+        for index, per_param in state["state"].items()
+        for key, value in per_param.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return tensors
+
+
+def save_checkpoint(run_dir: Path, step: int, method: Method, optimizer, accelerator, signature: dict, loss: float):
+    """Write checkpoint `step` atomically (a temporary folder renamed into place); returns its folder."""
+    from safetensors.torch import save_file
+
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    trainable = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
+    save_file(trainable, str(tmp / TRAINABLE_FILE), metadata={"format": "pt"})
+    moments, param_groups = _optimizer_tensors(optimizer)
+    save_file(moments | _rng_tensors(), str(tmp / OPTIMIZER_FILE), metadata={"format": "pt"})
+    scaler = getattr(accelerator, "scaler", None)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "vidbooth_version": __version__,
+        "step": step,
+        "loss": loss,
+        "signature": signature,
+        "param_groups": param_groups,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    }
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        trainable = load_file(str(folder / TRAINABLE_FILE))
+        extra = load_file(str(folder / OPTIMIZER_FILE))
+    except Exception as exc:
+        raise UserError(f"checkpoint {folder} is unreadable ({type(exc).__name__}): delete it and rerun") from exc
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint {folder} has format {state.get('format')}: rerun without --resume")
+    return state, trainable, extra
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}"""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _restore(folder: Path, method: Method, optimizer, accelerator, signature: dict) -> int:
+    """Load checkpoint `folder` into the method, optimizer, loss scaler and RNGs; returns its step."""
+    state, trainable, extra = _read_checkpoint(folder)
+    if state["signature"] != signature:
+        now, then = _flatten(signature), _flatten(state["signature"])
+        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+        raise UserError(
+            f"cannot resume from {folder}: it was trained with different settings ({', '.join(changed)}); "
+            "use the same settings, or rerun without --resume to start over"
+        )
+    method.load_state_dict({k: v.to(accelerator.device) for k, v in trainable.items()})
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in extra.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            per_param.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(extra["rng.torch"])
+    if torch.cuda.is_available():
+        cuda_states = [extra[k] for k in sorted(extra) if k.startswith("rng.cuda.")]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    return int(state["step"])
+
+
+# ---- signals --------------------------------------------------------------------------------------
+class _StopRequests:
+    """Turns SIGINT/SIGTERM into a request to stop after the current step; a second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+# ---- the loop -------------------------------------------------------------------------------------
+def _agree(accelerator, values: list[float]) -> list[float]:
+    """Element-wise sum over processes (so that every process takes the same decision)."""
+    if accelerator.num_processes == 1:
+        return values
+    from accelerate.utils import reduce
+
+    return reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum").tolist()
+
+
+def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import reduce
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = reduce(torch.cat([g.flatten() for g in grads]), "mean")
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = chunk.view_as(p).clone()
+
+
+def _broadcast_parameters(params: list[nn.Parameter], accelerator) -> None:
+    """Start every process from the main process's initial weights."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast
+
+    with torch.no_grad():
+        flat = broadcast(torch.cat([p.detach().flatten() for p in params]).contiguous())
+        for p, chunk in zip(params, flat.split([p.numel() for p in params])):
+            p.copy_(chunk.view_as(p))
+
+
+def _full_signature(cfg: TrainConfig, signature: dict) -> dict:
+    """The caller's signature plus the training settings that change the result (JSON round-tripped)."""
+    from dataclasses import asdict
+
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints")}
+    return json.loads(json.dumps({"train": settings} | signature, sort_keys=True, default=str))
+
+
+def _check_trainable(params: list[nn.Parameter]) -> None:
+    if not params:
+        raise ValueError("the method has no trainable parameters")
+    for p in params:
+        if not p.requires_grad or p.dtype != torch.float32:
+            raise ValueError(f"trainable parameters must be fp32 and require grad (got {p.dtype}, {p.requires_grad})")
+
+
+def _micro_batch(data: Sequence, cfg: TrainConfig, step: int, micro: int, accelerator):
+    from torch.utils.data import default_collate
+
+    position = ((step * cfg.grad_accumulation + micro) * accelerator.num_processes + accelerator.process_index)
+    indices = batch_indices(len(data), cfg.batch_size, cfg.seed, position * cfg.batch_size)
+    return default_collate([data[i] for i in indices])
+
+
+def _accumulate(method: Method, data: Sequence, cfg: TrainConfig, step: int, accelerator) -> float:
+    """Run the micro-batches of one optimizer step (backward included); returns their mean loss (nan if any is)."""
+    losses = []
+    for micro in range(cfg.grad_accumulation):
+        batch = _micro_batch(data, cfg, step, micro, accelerator)
+        generator = step_generator(cfg.seed, step, micro, accelerator.process_index)
+        with accelerator.autocast():
+            loss = method.loss(batch, generator)
+        value = float(loss.detach())
+        losses.append(value)
+        if not math.isfinite(value):
+            return value
+        accelerator.backward(loss / cfg.grad_accumulation)
+    return sum(losses) / len(losses)
+
+
+def _optimizer_step(optimizer, params: list[nn.Parameter], cfg: TrainConfig, step: int, accelerator) -> None:
+    _average_gradients(params, accelerator)
+    if cfg.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signature: dict) -> int:
+    """Restore the newest checkpoint (with resume) or start afresh; returns the first step to run."""
+    checkpoints = list_checkpoints(run_dir)
+    if resume and checkpoints:
+        step = _restore(checkpoints[-1], method, optimizer, accelerator, signature)
+        if accelerator.is_main_process:
+            reporting.info(f"resuming from step {step} ({checkpoints[-1]})")
+        return step
+    if resume and accelerator.is_main_process:
+        reporting.warn(f"nothing to resume in {run_dir}: starting from step 0")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
+    _broadcast_parameters(params, accelerator)
+    return 0
+
+
+class _NoProgress:
+    def advance(self, n: int = 1, **fields: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str, total: int, completed: int, accelerator) -> Iterator:
+    """The rich bar (loss, it/s, ETA) on the main process; nothing on the others."""
+    if accelerator.is_main_process:
+        with reporting.progress(description, total=total, completed=completed) as task:
+            yield task
+    else:
+        yield _NoProgress()
+
+
+def train(
+    method: Method,
+    data: Sequence,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    accelerator,
+    *,
+    resume: bool = False,
+    signature: dict | None = None,
+    description: str = "training",
+) -> TrainResult:
+    """Optimise `method` for `cfg.steps` steps on batches drawn from `data` and return how it went.
+
+    `signature`: JSON-able settings that must be equal to resume (the method's config, the data's hashes);
+    `cfg` is added to it (except the checkpoint knobs). A checkpoint with another signature is refused. Without `resume` old checkpoints in `run_dir` are
+    deleted. Raises `Interrupted` after saving a checkpoint on SIGINT/SIGTERM and `UserError` on a
+    non-finite loss. The run folder is left in place: `remove_run` it once the result is saved.
+    """
+    if len(data) == 0:
+        raise ValueError("no training data")
+    signature = _full_signature(cfg, signature or {})
+    params = list(method.trainable_parameters())
+    _check_trainable(params)
+    optimizer = accelerator.prepare(
+        torch.optim.AdamW(
+            params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, weight_decay=0.0
+        )
+    )
+    run_dir = Path(run_dir)
+    step = _start(run_dir, method, optimizer, params, accelerator, resume, signature)
+    result = TrainResult(step=step, start_step=step)
+
+    def checkpoint(at: int, loss: float) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(run_dir, at, method, optimizer, accelerator, signature, loss)
+            _prune_checkpoints(run_dir, cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    started = time.perf_counter()
+    with _StopRequests() as stop, _progress_bar(description, cfg.steps, step, accelerator) as bar:
+        while step < cfg.steps:
+            loss = _accumulate(method, data, cfg, step, accelerator)
+            signalled, bad_loss = _agree(accelerator, [float(stop.signum or 0), float(not math.isfinite(loss))])
+            if bad_loss:
+                last = list_checkpoints(run_dir)
+                kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
+                raise UserError(
+                    f"loss became {loss} at step {step + 1}: training stopped and {kept}; lower the learning rate "
+                    "or turn off mixed precision, then rerun (with --resume to continue from the checkpoint)"
+                )
+            _optimizer_step(optimizer, params, cfg, step, accelerator)
+            step += 1
+            result.losses.append(loss)
+            bar.advance(loss=loss)
+            if signalled:
+                checkpoint(step, loss)
+                signum = int(stop.signum or signal.SIGINT)
+                raise Interrupted(
+                    f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; checkpoint saved in "
+                    f"{run_dir}: rerun the same command with --resume to continue",
+                    128 + signum,
+                )
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                checkpoint(step, loss)
+    result.step = step
+    result.seconds = time.perf_counter() - started
+    return result
