@@ -42,9 +42,10 @@ def _root(
 
 
 def _register() -> None:
-    from vidbooth.cli import generate
+    from vidbooth.cli import evaluate, generate
 
     app.command("generate", no_args_is_help=True)(generate.generate)
+    app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)
 
 
 _register()

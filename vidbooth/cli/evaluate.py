@@ -1,0 +1,55 @@
+"""`vidbooth evaluate`: CLIP-T, CLIP-I, DINO-I, T.Cons and motion fidelity of generated videos."""
+
+from __future__ import annotations
+
+import typer
+
+from vidbooth.cli import options
+
+
+def evaluate(
+    videos: list[str] = typer.Argument(None, help="Videos to score; quoted glob patterns ('out/*.mp4') are expanded."),
+    prompt: str = typer.Option(None, "--prompt", "-p", help="The prompt the videos were made from (CLIP-T)."),
+    subject: str = typer.Option(None, "--subject", help="Library subject: its training photos are the reference images."),
+    ref_images: str = typer.Option(None, "--ref-images", help="Folder of reference images (CLIP-I, DINO-I)."),
+    motion: str = typer.Option(None, "--motion", help="Library motion: its training clip(s) are the reference motion."),
+    ref_video: str = typer.Option(None, "--ref-video", help="Reference motion clip (motion fidelity)."),
+    manifest: str = typer.Option(None, "--manifest", help="File of video|||ref_dir|||prompt lines (DreamVideo's format)."),
+    metrics: list[str] = typer.Option(
+        None, "--metrics", help="Comma-separated: clip_t, clip_i, dino_i, t_cons, motion_fidelity (default: auto)."
+    ),
+    clip_model: str = typer.Option(
+        None, "--clip-model", help="CLIP folder or hub id (default openai/clip-vit-base-patch32)."
+    ),
+    dino_model: str = typer.Option(None, "--dino-model", help="DINO folder or hub id (default facebook/dino-vits16)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Frames embedded at once (default 16)."),
+    json_path: str = typer.Option(None, "--json", help="Write per-video and mean results as JSON here."),
+    csv_path: str = typer.Option(None, "--csv", help="Write one CSV row per video here."),
+    device: str = options.Device,
+    recipe: str = options.Recipe,
+    sets: list[str] = options.Sets,
+) -> None:
+    """Score videos against their prompt, reference images and reference motion. Exit 1 if any video failed."""
+    from vidbooth.config import load_config
+    from vidbooth.config.evaluate import EvaluateConfig
+    from vidbooth.eval.evaluate import evaluate_videos
+
+    overrides = {
+        "videos": list(videos) if videos else None,
+        "prompt": prompt,
+        "subject": subject,
+        "ref_images": ref_images,
+        "motion": motion,
+        "ref_video": ref_video,
+        "manifest": manifest,
+        "metrics": list(metrics) if metrics else None,
+        "clip_model": clip_model,
+        "dino_model": dino_model,
+        "batch_size": batch_size,
+        "json": json_path,
+        "csv": csv_path,
+        "device": device,
+    }
+    report = evaluate_videos(load_config(EvaluateConfig, recipe, sets, overrides))
+    if report.failed:
+        raise typer.Exit(1)

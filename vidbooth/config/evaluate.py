@@ -1,0 +1,38 @@
+"""Schema of `vidbooth evaluate`. YAML key = dataclass field = CLI flag name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EvaluateConfig:
+    videos: list[str] = field(default_factory=list)
+    """Videos to score; glob patterns ('out/*.mp4') are expanded."""
+    manifest: str | None = None
+    """Text file of `video|||reference_image_folder|||prompt` lines (DreamVideo's format); paths relative to it."""
+    prompt: str | None = None
+    """Prompt of every video (CLIP-T); a manifest line's own prompt takes precedence."""
+    subject: str | None = None
+    """Library subject whose training photos are the reference images (CLIP-I, DINO-I)."""
+    ref_images: str | None = None
+    """Folder of reference images (CLIP-I, DINO-I); instead of `subject`."""
+    motion: str | None = None
+    """Library motion whose training clip(s) are the reference motion (motion fidelity)."""
+    ref_video: str | None = None
+    """Reference motion clip (motion fidelity); instead of `motion`."""
+    metrics: list[str] = field(default_factory=lambda: ["auto"])
+    """Metrics to compute, from clip_t, clip_i, dino_i, t_cons, motion_fidelity. 'auto': CLIP-T and T.Cons,
+    plus CLIP-I/DINO-I where reference images are given and motion fidelity where a reference motion is."""
+    clip_model: str = "openai/clip-vit-base-patch32"
+    """CLIP model (transformers CLIPModel): local folder or hub id."""
+    dino_model: str = "facebook/dino-vits16"
+    """DINO model (transformers ViTModel or Dinov2Model): local folder or hub id."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
+    batch_size: int = 16
+    """Frames embedded at once."""
+    json: str | None = None
+    """Write per-video and aggregate results as JSON to this path ('-' for stdout)."""
+    csv: str | None = None
+    """Write one CSV row per video to this path."""

@@ -1,0 +1,276 @@
+"""Image and text embeddings for the metrics, from models loaded with transformers.
+
+`load_clip` and `load_dino` take a local folder (anything written by `save_pretrained`) or a hub id and go
+through `from_pretrained`, so tiny test models and real ones share this code. A model that cannot be had
+(folder missing, hub id not cached while offline) raises `ModelUnavailable`; the evaluator then reports its
+metrics as unavailable and runs the others.
+
+Preprocessing is written here with PIL and numpy (no torchvision):
+- CLIP: resize the shorter side to the model's image size (bicubic), centre crop, CLIP mean/std.
+- DINO: resize the shorter side to 256/224 of the model's image size (bicubic), centre crop, ImageNet mean/std.
+
+Another family (for example a shipped model with its own CLIP-style towers) plugs in by implementing
+`ImageEmbedder` / `ImageTextEmbedder`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+from PIL import Image
+
+from vidbooth.errors import UserError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DINO_RESIZE_RATIO = 256 / 224
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class ModelUnavailable(Exception):
+    """A feature model could not be loaded; the message says why."""
+
+
+class ImageEmbedder(Protocol):
+    description: dict[str, Any]
+
+    def image_embeds(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, D) float32 embeddings of N (H, W, 3) uint8 RGB images (sizes may differ)."""
+        ...
+
+
+class ImageTextEmbedder(ImageEmbedder, Protocol):
+    def text_embeds(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32 embeddings of N prompts, in the same space as `image_embeds`."""
+        ...
+
+
+def preprocess(
+    images: Sequence[np.ndarray], resize_to: int, crop_to: int, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    """(N, 3, crop_to, crop_to) float32: shorter side to `resize_to` (bicubic), centre crop, normalise."""
+    batch = [_resize_and_crop(Image.fromarray(np.asarray(image)), resize_to, crop_to) for image in images]
+    pixels = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in batch])  # (N, H, W, 3)
+    pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+
+
+def _resize_and_crop(image: Image.Image, resize_to: int, crop_to: int) -> Image.Image:
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    long_resized = int(resize_to * long / short)
+    size = (resize_to, long_resized) if width <= height else (long_resized, resize_to)
+    image = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    left = int(round((size[0] - crop_to) / 2.0))
+    top = int(round((size[1] - crop_to) / 2.0))
+    return image.crop((left, top, left + crop_to, top + crop_to))
+
+
+@dataclass
+class ClipEmbedder:
+    """CLIP image and text towers with their projections (`CLIPModel`)."""
+
+    model: Any
+    tokenizer: Any
+    description: dict[str, Any]
+    device: str = "cpu"
+    batch_size: int = 16
+
+    def image_embeds(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        size = self.model.config.vision_config.image_size
+        return _embed_in_batches(
+            images, self.batch_size, lambda chunk: self._image_features(preprocess(chunk, size, size, CLIP_MEAN, CLIP_STD))
+        )
+
+    def text_embeds(self, prompts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        max_length = self.model.config.text_config.max_position_embeddings
+        tokens = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.inference_mode():
+            output = self.model.get_text_features(
+                input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
+            )
+        return _projected(output)
+
+    def _image_features(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            output = self.model.get_image_features(pixel_values=torch.from_numpy(pixels).to(self.device))
+        return _projected(output)
+
+
+@dataclass
+class DinoEmbedder:
+    """A DINO ViT (`ViTModel`) or DINOv2 (`Dinov2Model`); the embedding is the final CLS token."""
+
+    model: Any
+    description: dict[str, Any]
+    device: str = "cpu"
+    batch_size: int = 16
+
+    def image_embeds(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        crop = self.model.config.image_size
+        resize = round(crop * DINO_RESIZE_RATIO)
+        return _embed_in_batches(
+            images, self.batch_size, lambda chunk: self._cls_tokens(preprocess(chunk, resize, crop, IMAGENET_MEAN, IMAGENET_STD))
+        )
+
+    def _cls_tokens(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            hidden = self.model(pixel_values=torch.from_numpy(pixels).to(self.device)).last_hidden_state
+        return hidden[:, 0].float().cpu().numpy()
+
+
+def _embed_in_batches(images: Sequence[np.ndarray], batch_size: int, embed) -> np.ndarray:
+    chunks = [embed(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def _projected(output: Any) -> np.ndarray:
+    """transformers 4 returns the projected features; transformers 5 returns them as `pooler_output`."""
+    features = output if hasattr(output, "float") else output.pooler_output
+    return features.float().cpu().numpy()
+
+
+def load_clip(name_or_path: str, device: str = "auto", batch_size: int = 16) -> ClipEmbedder:
+    from transformers import AutoTokenizer, CLIPModel
+
+    source, options = _locate(name_or_path, "--clip-model")
+    with _quiet_transformers():
+        model = _attempt(lambda: CLIPModel.from_pretrained(source, **options), name_or_path, "a CLIP model", "--clip-model")
+        tokenizer = _attempt(
+            lambda: AutoTokenizer.from_pretrained(source, **options), name_or_path, "a CLIP tokenizer", "--clip-model"
+        )
+    device = resolve_device(device)
+    return ClipEmbedder(model.eval().to(device), tokenizer, _describe(model, name_or_path), device, batch_size)
+
+
+def load_dino(name_or_path: str, device: str = "auto", batch_size: int = 16) -> DinoEmbedder:
+    from transformers import AutoConfig, Dinov2Model, ViTModel
+
+    source, options = _locate(name_or_path, "--dino-model")
+    with _quiet_transformers():
+        config = _attempt(lambda: AutoConfig.from_pretrained(source, **options), name_or_path, "a model", "--dino-model")
+        if config.model_type not in ("vit", "dinov2"):
+            raise ModelUnavailable(
+                f"'{name_or_path}' is a '{config.model_type}' model, not a DINO ViT or DINOv2: "
+                "pass --dino-model <local folder> holding facebook/dino-vits16 or a DINOv2 model"
+            )
+        model_class, extra = (ViTModel, {"add_pooling_layer": False}) if config.model_type == "vit" else (Dinov2Model, {})
+        model = _attempt(
+            lambda: model_class.from_pretrained(source, **extra, **options), name_or_path, "a DINO model", "--dino-model"
+        )
+    device = resolve_device(device)
+    return DinoEmbedder(model.eval().to(device), _describe(model, name_or_path), device, batch_size)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu" or (name.startswith("cuda") and torch.cuda.is_available()):
+        return name
+    if name.startswith("cuda"):
+        raise UserError(f"--device {name} was asked for but CUDA is not available here: use --device cpu")
+    raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
+
+
+def _locate(name_or_path: str, flag: str) -> tuple[str, dict[str, Any]]:
+    """Where to load from and with which `from_pretrained` options, without waiting on a dead network."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path), {}
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+        raise ModelUnavailable(f"folder '{name_or_path}' not found: pass {flag} <local folder>")
+    if _in_hub_cache(name_or_path):
+        return name_or_path, {"local_files_only": True}
+    from huggingface_hub import constants
+
+    if _offline():
+        raise ModelUnavailable(
+            f"'{name_or_path}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set: pass {flag} <local folder>"
+        )
+    if not _hub_reachable(constants.ENDPOINT):
+        raise ModelUnavailable(
+            f"'{name_or_path}' is not in the Hugging Face cache and {constants.ENDPOINT} cannot be reached: "
+            f"pass {flag} <local folder>"
+        )
+    return name_or_path, {}
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set in the environment since."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _hub_reachable(endpoint: str) -> bool:
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _attempt(load, name_or_path: str, what: str, flag: str):
+    try:
+        return load()
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad or partial folder
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(f"cannot load {what} from '{name_or_path}' ({reason}): pass {flag} <local folder>") from exc
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' per-load progress bars; vidbooth shows its own progress."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
+def _describe(model: Any, name_or_path: str) -> dict[str, Any]:
+    import transformers
+
+    config = model.config
+    return {
+        "name": name_or_path,
+        "class": type(model).__name__,
+        "revision": getattr(config, "_commit_hash", None),
+        "saved_with_transformers": getattr(config, "transformers_version", None),
+        "loaded_with_transformers": transformers.__version__,
+    }
+

@@ -1,0 +1,84 @@
+"""What to evaluate: videos from the command line (globs expanded) and lines of a manifest.
+
+A manifest holds one `video|||reference_image_folder|||prompt` line per video, the format of DreamVideo's
+metric script. Blank lines and lines starting with '#' are skipped; relative paths are taken from the
+manifest's folder; an empty field falls back to the command's --ref-images/--subject or --prompt.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidbooth.data.video import VIDEO_EXTENSIONS
+from vidbooth.errors import UserError
+
+MANIFEST_SEPARATOR = "|||"
+GLOB_CHARACTERS = "*?["
+
+
+@dataclass
+class EvalJob:
+    video: str
+    prompt: str | None = None
+    reference_images: str | None = None
+    source: str | None = None
+    """Where the job came from when that is not the video itself, e.g. 'list.txt line 3'."""
+    problem: str | None = None
+    """Why the job cannot run at all (a malformed manifest line, a glob that matches nothing)."""
+
+
+def jobs_from_videos(patterns: list[str], prompt: str | None, reference_images: str | None) -> list[EvalJob]:
+    """One job per video; a pattern with * ? [ expands to the videos it matches, in name order."""
+    jobs = []
+    for pattern in patterns:
+        if not any(c in pattern for c in GLOB_CHARACTERS) or Path(pattern).exists():
+            jobs.append(EvalJob(pattern, prompt, reference_images))
+            continue
+        matches = sorted(
+            m for m in glob.glob(str(Path(pattern).expanduser()), recursive=True) if m.lower().endswith(VIDEO_EXTENSIONS)
+        )
+        if not matches:
+            problem = f"pattern '{pattern}' matches no video ({', '.join(VIDEO_EXTENSIONS)}): check the path"
+            jobs.append(EvalJob(pattern, problem=problem))
+        jobs.extend(EvalJob(match, prompt, reference_images) for match in matches)
+    return jobs
+
+
+def jobs_from_manifest(manifest: str | Path, prompt: str | None, reference_images: str | None) -> list[EvalJob]:
+    manifest = Path(manifest)
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read manifest {manifest}: give a UTF-8 text file of video|||ref_dir|||prompt lines") from exc
+    jobs = [_manifest_job(manifest, number, line, prompt, reference_images) for number, line in enumerate(lines, 1)]
+    jobs = [job for job in jobs if job is not None]
+    if not jobs:
+        raise UserError(f"manifest {manifest} has no video line: add lines of the form video|||ref_dir|||prompt")
+    return jobs
+
+
+def _manifest_job(
+    manifest: Path, number: int, line: str, prompt: str | None, reference_images: str | None
+) -> EvalJob | None:
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    source = f"{manifest} line {number}"
+    fields = [field.strip() for field in text.split(MANIFEST_SEPARATOR, 2)]
+    if len(fields) != 3 or not fields[0]:
+        problem = f"expected 'video|||reference_image_folder|||prompt' but got '{text[:80]}'"
+        return EvalJob("", source=source, problem=problem)
+    video, references, line_prompt = fields
+    return EvalJob(
+        video=_beside(manifest, video),
+        prompt=line_prompt or prompt,
+        reference_images=_beside(manifest, references) if references else reference_images,
+        source=source,
+    )
+
+
+def _beside(manifest: Path, path: str) -> str:
+    candidate = Path(path).expanduser()
+    return str(candidate if candidate.is_absolute() else manifest.parent / candidate)

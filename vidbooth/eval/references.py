@@ -1,0 +1,60 @@
+"""Reference inputs of the metrics: image folders, motion clips, and their places in the vidbooth library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vidbooth.data.video import VIDEO_EXTENSIONS, read_video
+from vidbooth.errors import UserError
+from vidbooth.reporting import warn
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def read_image_folder(folder: str | Path) -> list[np.ndarray]:
+    """Every readable image in `folder` as (H, W, 3) uint8 RGB, upright per its EXIF orientation."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"reference image folder not found: {folder}; pass a folder of .jpg/.png/.webp/.bmp images")
+    images = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+        try:
+            with Image.open(path) as image:
+                images.append(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
+        except (OSError, UnidentifiedImageError, ValueError):
+            warn(f"skipping unreadable image {path}")
+    if not images:
+        raise UserError(
+            f"reference image folder {folder} holds no readable image: add .jpg/.png/.webp/.bmp files or pass another"
+        )
+    return images
+
+
+def subject_photos(name: str) -> Path:
+    """The training photos of library subject `name`."""
+    from vidbooth.library import artifact_dir
+
+    return artifact_dir("subject", name) / "photos"
+
+
+def motion_clip_paths(name: str) -> list[Path]:
+    """The training clip(s) of library motion `name`."""
+    from vidbooth.library import artifact_dir
+
+    folder = artifact_dir("motion", name) / "clips"
+    clips = sorted(p for p in folder.glob("*") if p.suffix.lower() in VIDEO_EXTENSIONS) if folder.is_dir() else []
+    if not clips:
+        raise UserError(f"motion '{name}' has no training clip in {folder}: pass the clip with --ref-video instead")
+    return clips
+
+
+def read_motion_clip(path: str | Path) -> np.ndarray:
+    """A reference motion clip as (F, H, W, 3) uint8; it must have at least 2 frames."""
+    frames = read_video(path)
+    if len(frames) < 2:
+        raise UserError(f"reference motion clip {path} has a single frame: motion needs a clip with 2 or more frames")
+    return frames

@@ -1,0 +1,124 @@
+"""Results of `vidbooth evaluate`: per-video scores, means, and how they were measured; table, JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vidbooth import reporting
+
+METRIC_LABELS = {
+    "clip_t": "CLIP-T",
+    "clip_i": "CLIP-I",
+    "dino_i": "DINO-I",
+    "t_cons": "T.Cons",
+    "motion_fidelity": "Motion",
+}
+METRICS = tuple(METRIC_LABELS)
+
+
+@dataclass
+class VideoResult:
+    video: str
+    source: str | None = None
+    prompt: str | None = None
+    reference_images: str | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    """Requested metrics; None where the metric is unavailable or undefined (T.Cons/motion of a 1-frame video)."""
+    error: str | None = None
+
+
+@dataclass
+class EvaluationReport:
+    results: list[VideoResult]
+    unavailable: dict[str, str]
+    """Metric -> why it could not be computed and how to make it available."""
+    models: dict[str, dict[str, Any]]
+    reference_motion: list[str]
+    versions: dict[str, str]
+
+    @property
+    def failed(self) -> list[VideoResult]:
+        return [result for result in self.results if result.error]
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Every metric requested for at least one video, in the canonical order."""
+        return [name for name in METRICS if any(name in result.metrics for result in self.results)]
+
+    def aggregate(self) -> dict[str, dict[str, float | int | None]]:
+        """Mean of each metric over the videos that have a value for it."""
+        summary = {}
+        for name in self.metric_names:
+            values = [r.metrics[name] for r in self.results if r.metrics.get(name) is not None]
+            summary[name] = {"mean": sum(values) / len(values) if values else None, "count": len(values)}
+        return summary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "videos": [asdict(result) for result in self.results],
+            "aggregate": self.aggregate(),
+            "unavailable": self.unavailable,
+            "failed": len(self.failed),
+            "models": self.models,
+            "reference_motion": self.reference_motion,
+            "versions": self.versions,
+        }
+
+
+def show(report: EvaluationReport) -> None:
+    """The results table on stdout; unavailable metrics as warnings and failures as errors on stderr."""
+    names = report.metric_names
+    rows = [[result.video or result.source, *_cells(result, names)] for result in report.results]
+    means = report.aggregate()
+    rows.append(["mean", *[_cell(means[name]["mean"]) for name in names]])
+    reporting.table("vidbooth evaluate", ["video", *[METRIC_LABELS[name] for name in names]], rows, to_stdout=True)
+    for name, reason in report.unavailable.items():
+        reporting.warn(f"{METRIC_LABELS[name]} unavailable: {reason}")
+    for result in report.failed:
+        reporting.error(result.error)
+
+
+def _cells(result: VideoResult, names: list[str]) -> list[object]:
+    if result.error:
+        return ["failed", *[""] * (len(names) - 1)] if names else []
+    return [_cell(result.metrics.get(name)) if name in result.metrics else "" for name in names]
+
+
+def _cell(value: float | None) -> object:
+    return "n/a" if value is None else value
+
+
+def write_json(report: EvaluationReport, path: str | Path) -> Path:
+    return _write_atomically(path, json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def write_csv(report: EvaluationReport, path: str | Path) -> Path:
+    """One row per video; empty cells where a metric has no value."""
+    columns = ["video", "source", "prompt", "reference_images", *report.metric_names, "error"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for result in report.results:
+        row = {key: getattr(result, key) for key in ("video", "source", "prompt", "reference_images", "error")}
+        writer.writerow(row | {name: result.metrics.get(name) for name in report.metric_names})
+    return _write_atomically(path, buffer.getvalue())
+
+
+def _write_atomically(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
