@@ -1,0 +1,290 @@
+"""User photos in: any common file, any mode or size, turned into model-ready pixels.
+
+Policies (each one tested in tests/test_data_images.py):
+- Colour: every mode becomes RGB. Transparency (RGBA, LA, palette or single-colour transparency) is composited
+  on white; 16-bit grey (I;16, I) is scaled to 8 bits; CMYK is converted.
+- Orientation: the EXIF orientation tag is applied, so a portrait phone photo stays portrait.
+- Animation: an animated GIF/WebP/PNG given as a photo is accepted; its first frame is used and a warning says so.
+- Size: photos smaller than `MIN_SIDE` pixels on the shorter side are refused (upscaling them would only teach the
+  model blur). Photos larger than `MAX_PHOTO_PIXELS` are refused as likely decompression bombs. In between, photos
+  are shrunk on load so that their shorter side is at most `WORKING_SHORT_SIDE`; JPEGs are decoded at 1/2, 1/4 or
+  1/8 scale directly (`Image.draft`), so a 96-megapixel JPEG costs tens of megabytes, not gigabytes. Other formats
+  are decoded in full first (up to about 4 bytes per pixel).
+- Broken files: a file with a photo extension that is empty, truncated, corrupt or not an image raises a
+  `UserError` naming the file. Files with other extensions and hidden files are skipped when reading a folder.
+
+Sizes are `int` (square) or `(height, width)`, as in diffusers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from vidbooth import reporting
+from vidbooth.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")
+UNSUPPORTED_PHOTO_EXTENSIONS = (".heic", ".heif", ".dng", ".cr2", ".nef", ".arw", ".raw")
+MIN_SIDE = 64
+MAX_PHOTO_PIXELS = 250_000_000
+WORKING_SHORT_SIDE = 1024
+
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
+
+def load_image(path: str | Path, max_short_side: int | None = WORKING_SHORT_SIDE) -> Image.Image:
+    """Read one photo as an RGB image, oriented by EXIF and shrunk so its shorter side is at most `max_short_side`.
+
+    `max_short_side=None` keeps full resolution. Raises `UserError` naming the file when it is missing, empty,
+    not an image, corrupt, truncated, smaller than `MIN_SIDE` or larger than `MAX_PHOTO_PIXELS`.
+    """
+    path = Path(path)
+    _check_is_nonempty_file(path)
+    with _open_image(path) as im:
+        _check_dimensions(path, im)
+        _warn_if_animated(path, im)
+        _decode(path, im, max_short_side)
+        return _shrink(_to_rgb(im), max_short_side)
+
+
+def load_photo_folder(path: str | Path, min_count: int = 1) -> list[tuple[Path, Image.Image]]:
+    """Load every photo in a folder (or one photo file), in natural name order (`img2` before `img10`).
+
+    Hidden files, subfolders and files without a photo extension are skipped silently; camera formats Pillow
+    cannot read (HEIC, RAW) are skipped with a warning. A file with a photo extension that cannot be read raises
+    `UserError` naming it. Raises `UserError` when the path is missing or fewer than `min_count` photos are found.
+    """
+    path = Path(path)
+    files = _photo_files(path)
+    if len(files) < min_count:
+        raise UserError(
+            f"found {len(files)} photo(s) in {path} but at least {min_count} are needed: add more photos of the subject"
+        )
+    return [(file, load_image(file)) for file in files]
+
+
+def prepare_photo(img: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize (shorter side first, Lanczos) and centre-crop a photo to `size`; returns (H, W, 3) uint8."""
+    height, width = target_size(size)
+    return _resize_box(img, width, height, centre_crop_box(img.width, img.height, width, height))
+
+
+def augment_photo(
+    img: Image.Image,
+    size: int | tuple[int, int],
+    flip: bool = False,
+    scale_jitter: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """Like `prepare_photo`, plus random augmentation drawn from `generator` (deterministic for a seeded one).
+
+    `flip`: mirror left-right with probability 1/2. `scale_jitter` in [0, 1): zoom in by cropping a window
+    between `1 - scale_jitter` and 1 times the centre crop, at a random position inside it. Without augmentation
+    no random numbers are drawn.
+    """
+    import torch
+
+    if not 0.0 <= scale_jitter < 1.0:
+        raise UserError(f"scale_jitter must be in [0, 1), got {scale_jitter}: use e.g. 0.1 for up to 10% zoom")
+    if not flip and scale_jitter == 0.0:
+        return prepare_photo(img, size)
+    height, width = target_size(size)
+    flip_draw, zoom_draw, x_draw, y_draw = torch.rand(4, generator=generator).tolist()
+    crop = centre_crop_box(img.width, img.height, width, height)
+    pixels = _resize_box(img, width, height, _zoom_box(crop, 1.0 - scale_jitter * zoom_draw, x_draw, y_draw))
+    return np.ascontiguousarray(pixels[:, ::-1]) if flip and flip_draw < 0.5 else pixels
+
+
+def photos_to_tensor(
+    images: Sequence[Image.Image],
+    size: int | tuple[int, int],
+    flip: bool = False,
+    scale_jitter: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Photos as 1-frame videos: a float32 tensor (N, 1, 3, H, W) in [-1, 1], optionally augmented."""
+    pixels = np.stack([augment_photo(img, size, flip, scale_jitter, generator) for img in images])
+    return pixels_to_tensor(pixels).unsqueeze(1)
+
+
+def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> float32 tensor (N, 3, H, W) in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def hash_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, as hex, for manifests."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise UserError(f"cannot read {path} to fingerprint it: {exc.strerror}") from exc
+    return digest.hexdigest()
+
+
+def target_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """`size` as (height, width); an int means a square."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if height < 1 or width < 1:
+        raise UserError(f"height and width must be positive, got {height}x{width}: set a model resolution like 512")
+    return height, width
+
+
+def centre_crop_box(width: int, height: int, target_width: int, target_height: int) -> tuple[float, ...]:
+    """The largest centred (left, top, right, bottom) box of a width x height image with the target aspect ratio."""
+    scale = min(width / target_width, height / target_height)
+    crop_width, crop_height = target_width * scale, target_height * scale
+    left, top = (width - crop_width) / 2, (height - crop_height) / 2
+    return left, top, left + crop_width, top + crop_height
+
+
+def natural_sort_key(path: Path) -> list[str | int]:
+    """Sort key that orders digit runs by value: 'frame2.png' before 'frame10.png'."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def is_image_file(path: Path) -> bool:
+    """A visible file whose extension is one of `IMAGE_EXTENSIONS` (hidden files such as macOS '._x.jpg' are not)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def _zoom_box(box: tuple[float, ...], zoom: float, x_draw: float, y_draw: float) -> tuple[float, ...]:
+    left, top, right, bottom = box
+    width, height = (right - left) * zoom, (bottom - top) * zoom
+    left += (right - left - width) * x_draw
+    top += (bottom - top - height) * y_draw
+    return left, top, left + width, top + height
+
+
+def _resize_box(img: Image.Image, width: int, height: int, box: tuple[float, ...]) -> np.ndarray:
+    resized = _to_rgb(img).resize((width, height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    return np.asarray(resized)
+
+
+def _photo_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise UserError(f"photo path not found: {path}: check the spelling, or quote paths that contain spaces")
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise UserError(f"{path} is not a supported photo type: use one of {', '.join(IMAGE_EXTENSIONS)}")
+        return [path]
+    entries = sorted(path.iterdir(), key=natural_sort_key)
+    unreadable = [p.name for p in entries if p.suffix.lower() in UNSUPPORTED_PHOTO_EXTENSIONS]
+    if unreadable:
+        names = ", ".join(unreadable[:3])
+        reporting.warn(f"skipped {len(unreadable)} HEIC/RAW photo(s) in {path} ({names}): convert them to JPEG or PNG")
+    photos = [p for p in entries if is_image_file(p)]
+    if not photos:
+        kinds = ", ".join(IMAGE_EXTENSIONS[:4])
+        raise UserError(f"no photos found in {path}: add 3-5 photos of the subject as {kinds} files")
+    return photos
+
+
+def _check_is_nonempty_file(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"image not found: {path}: check the spelling")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file: give an image file")
+    if path.stat().st_size == 0:
+        raise UserError(f"image {path} is empty (0 bytes): remove or replace it")
+
+
+@contextlib.contextmanager
+def _pillow_pixel_limit_lifted() -> Iterator[None]:
+    """Open without Pillow's global decompression-bomb warning/error; `_check_dimensions` applies our limit."""
+    with _PIXEL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with _pillow_pixel_limit_lifted():
+            return Image.open(path)
+    except PermissionError as exc:
+        raise UserError(f"cannot read image {path}: permission denied; fix its permissions or copy it") from exc
+    except Exception as exc:
+        raise UserError(f"{path} is not an image Pillow can read (corrupt or misnamed): remove or replace it") from exc
+
+
+def _check_dimensions(path: Path, im: Image.Image) -> None:
+    width, height = im.size
+    if min(width, height) < MIN_SIDE:
+        raise UserError(
+            f"image {path} is too small ({width}x{height} pixels): "
+            f"replace it with one at least {MIN_SIDE} pixels on its shorter side"
+        )
+    if width * height > MAX_PHOTO_PIXELS:
+        raise UserError(
+            f"image {path} is too large ({width}x{height} = {width * height / 1e6:.0f} megapixels, limit "
+            f"{MAX_PHOTO_PIXELS / 1e6:.0f}): downscale it or replace it"
+        )
+
+
+def _warn_if_animated(path: Path, im: Image.Image) -> None:
+    if getattr(im, "is_animated", False):
+        reporting.warn(f"{path} is animated ({im.n_frames} frames): using its first frame only")
+
+
+def _decode(path: Path, im: Image.Image, max_short_side: int | None) -> None:
+    """Load pixels (JPEG at a reduced scale when that still covers `max_short_side`) and apply EXIF orientation."""
+    try:
+        if max_short_side is not None:
+            im.draft(im.mode, _short_side_size(im.size, max_short_side))
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception as exc:
+        raise UserError(f"cannot read image {path}: it is truncated or corrupt; remove or replace it") from exc
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """A new RGB image: transparency on white, 16-bit grey scaled to 8 bits, everything else converted."""
+    if img.mode in _HIGH_BIT_DEPTH_MODES:
+        img = _to_8bit_grey(img)
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_8bit_grey(img: Image.Image) -> Image.Image:
+    """16-bit modes map 0..65535 to 0..255; 32-bit int/float images are taken as 8-bit unless they exceed 255."""
+    values = np.asarray(img, dtype=np.float32)
+    if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+        values = values / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
+def _short_side_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    width, height = size
+    scale = short_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _shrink(img: Image.Image, max_short_side: int | None) -> Image.Image:
+    if max_short_side is None or min(img.size) <= max_short_side:
+        return img
+    return img.resize(_short_side_size(img.size, max_short_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
