@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from vidbooth.attention import (
+    attention,
+    attention_backend,
+    available_backends,
+    registered_backends,
+    resolve_backend,
+    set_attention_backend,
+)
+from vidbooth.errors import UserError
+
+
+def _qkv(seed=0, lq=7, lk=5):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, 3, lq, 8, generator=g), torch.randn(2, 3, lk, 8, generator=g), torch.randn(2, 3, lk, 8, generator=g))
+
+
+def test_registry_lists_the_three_backends():
+    assert registered_backends() == ["math", "sdpa", "xformers"]
+    assert "sdpa" in available_backends("cpu") and "math" in available_backends("cpu")
+    assert "xformers" not in available_backends("cpu")
+
+
+@pytest.mark.parametrize("backend", available_backends(torch.device("cpu")))
+def test_backend_matches_math(backend):
+    q, k, v = _qkv()
+    reference = attention(q, k, v, backend="math")
+    assert torch.allclose(attention(q, k, v, backend=backend), reference, atol=1e-5)
+    bool_mask = torch.rand(2, 1, 7, 5, generator=torch.Generator().manual_seed(1)) > 0.3
+    bool_mask[..., 0] = True  # every query keeps at least one key
+    additive = torch.zeros(bool_mask.shape).masked_fill(~bool_mask, float("-inf"))
+    ref_masked = attention(q, k, v, bool_mask, backend="math")
+    assert not torch.allclose(ref_masked, reference, atol=1e-3)  # the mask matters
+    assert torch.allclose(attention(q, k, v, bool_mask, backend=backend), ref_masked, atol=1e-5)
+    assert torch.allclose(attention(q, k, v, additive, backend=backend), ref_masked, atol=1e-5)
+
+
+def test_math_matches_explicit_softmax_formula():
+    q, k, v = _qkv(lq=3, lk=3)
+    expected = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1) @ v
+    assert torch.allclose(attention(q, k, v, backend="math"), expected, atol=1e-6)
+
+
+def test_context_manager_selects_backend(monkeypatch):
+    calls = []
+    from vidbooth.attention import backends
+
+    original = backends._REGISTRY["math"]
+    monkeypatch.setitem(
+        backends._REGISTRY, "math", backends.Backend("math", lambda *a: calls.append(1) or original.fn(*a), original.is_available, "")
+    )
+    q, k, v = _qkv()
+    attention(q, k, v)
+    assert calls == []
+    with attention_backend("math"):
+        attention(q, k, v)
+    assert calls == [1]
+
+
+def test_resolution_and_errors():
+    assert resolve_backend("auto", "cpu") == "sdpa"
+    with pytest.raises(UserError, match="unknown attention backend 'flash'.*math, sdpa, xformers"):
+        resolve_backend("flash", "cpu")
+    with pytest.raises(UserError, match="cannot run on cpu.*choose math, sdpa"):
+        resolve_backend("xformers", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("family", ["unet3d", "animatediff"])
+def test_whole_unet_forward_matches_math(tiny_backbones, family):
+    bb = tiny_backbones[family]
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 4, 8, 8, generator=g)
+    text = torch.randn(1, 32, 32, generator=g)
+    outputs = {}
+    try:
+        for backend in available_backends(bb.device):
+            set_attention_backend(bb.unet, backend, bb.device)
+            with torch.no_grad():
+                outputs[backend] = bb.unet_forward(latents, 500, text)
+    finally:
+        set_attention_backend(bb.unet, bb.attention_backend, bb.device)
+    assert set(outputs) >= {"math", "sdpa"}
+    for backend, out in outputs.items():
+        assert torch.allclose(out, outputs["math"], atol=1e-5), backend
+
+
+@pytest.mark.gpu
+def test_xformers_matches_math_on_cuda():
+    pytest.importorskip("xformers")
+    q, k, v = (t.cuda().half() for t in _qkv())
+    assert torch.allclose(attention(q, k, v, backend="xformers").float(), attention(q, k, v, backend="math").float(), atol=2e-3)

@@ -1,0 +1,97 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from vidbooth.attention import VidboothAttnProcessor
+from vidbooth.engine.backbone import load_backbone
+from vidbooth.engine.tiny import motion_adapter_folder, save_tiny_backbone
+from vidbooth.errors import UserError
+
+
+def test_unet3d_layers(tiny_backbones):
+    bb = tiny_backbones["unet3d"]
+    assert bb.family == "unet3d"
+    cross = bb.spatial_cross_attention_layers()
+    assert len(cross) == 4 and all(m.is_cross_attention for m in cross.values())  # down 1 + mid 1 + up 2
+    assert all(".attentions." in n for n in cross)  # spatial transformers, never temporal
+    temporal = bb.temporal_layers()
+    assert "transformer_in" in temporal and any(".temp_attentions." in n for n in temporal)
+
+
+def test_animatediff_layers(tiny_backbones):
+    bb = tiny_backbones["animatediff"]
+    assert bb.family == "animatediff"
+    assert all(".motion_modules." in n for n in bb.temporal_layers()) and bb.temporal_layers()
+    # motion modules' attn2 is a second temporal self-attention: it must not count as cross-attention
+    assert not any("motion_modules" in n for n in bb.spatial_cross_attention_layers())
+    assert len(bb.spatial_cross_attention_layers()) == 4  # down 1 + mid 1 + up 2
+
+
+def test_every_attention_uses_the_vidbooth_processor(tiny_backbones):
+    from diffusers.models.attention_processor import Attention
+
+    for bb in tiny_backbones.values():
+        processors = [m.processor for m in bb.unet.modules() if isinstance(m, Attention)]
+        assert processors and all(isinstance(p, VidboothAttnProcessor) for p in processors)
+
+
+def test_fingerprint_is_stable_and_discriminating(tiny_base_dirs, tmp_path):
+    a = load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu")
+    again = load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu", precision="bf16")
+    assert a.fingerprint == again.fingerprint  # precision does not change what model it is
+    assert again.unet.dtype == torch.bfloat16
+    other = load_backbone(str(save_tiny_backbone(tmp_path / "other", "unet3d", seed=1)), device="cpu")
+    assert other.fingerprint != a.fingerprint
+
+
+def test_encode_decode_shapes(tiny_backbones):
+    bb = tiny_backbones["unet3d"]
+    pixels = torch.rand(2, 3, 3, 32, 32) * 2 - 1  # (B, F, 3, H, W)
+    latents = bb.encode_video(pixels)
+    assert latents.shape == (2, 4, 3, 16, 16)
+    assert bb.decode_latents(latents, chunk_size=2).shape == (2, 3, 3, 32, 32)
+    assert bb.encode_prompt(["a dog", "a cat"]).shape == (2, 32, 32)
+
+
+def test_not_a_model_folder(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(UserError, match="is not a diffusers text-to-video model: missing tokenizer"):
+        load_backbone(str(tmp_path), device="cpu")
+
+
+def test_missing_base_and_offline_hub(tmp_path):
+    with pytest.raises(UserError, match="base model not found"):
+        load_backbone(str(tmp_path / "nope"), device="cpu")
+    with pytest.raises(UserError, match="cannot fetch 'someone/model' from the hub"):
+        load_backbone("someone/model", device="cpu")
+
+
+def test_image_model_needs_a_motion_adapter(tiny_base_dirs, tmp_path):
+    with pytest.raises(UserError, match="image model .* give --motion-adapter"):
+        load_backbone(str(tiny_base_dirs["animatediff"]), device="cpu")
+    ok = load_backbone(str(tiny_base_dirs["animatediff"]), motion_adapter=str(motion_adapter_folder(tiny_base_dirs["animatediff"])), device="cpu")
+    assert ok.family == "animatediff"
+
+
+def test_corrupt_config_is_a_user_error(tiny_base_dirs, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_base_dirs["unet3d"], broken)
+    (broken / "unet" / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a valid diffusers config"):
+        load_backbone(str(broken), device="cpu")
+    cfg = json.loads((tiny_base_dirs["unet3d"] / "unet" / "config.json").read_text())
+    (broken / "unet" / "config.json").write_text(json.dumps(cfg))
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot load the model"):
+        load_backbone(str(broken), device="cpu")
+
+
+def test_cuda_requested_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    with pytest.raises(UserError, match="CUDA is not available"):
+        load_backbone("tiny", device="cuda")
+    with pytest.raises(UserError, match="fp16 is not supported on CPU"):
+        load_backbone("tiny", device="cpu", precision="fp16")

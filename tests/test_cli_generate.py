@@ -1,0 +1,77 @@
+"""End to end: `vidbooth generate` through the real entry point, on a tiny model saved in diffusers layout."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vidbooth.cli.app import main
+from vidbooth.data.video import read_video
+
+
+def test_generate_writes_video_sheet_and_config(tiny_base_dirs, tmp_path):
+    out = tmp_path / "out dir ü" / "clip.mp4"
+    code = main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out", str(out),
+                 "--frames", "4", "--steps", "2", "--seed", "7", "--device", "cpu"])
+    assert code == 0
+    frames = read_video(out)
+    assert frames.shape == (4, 32, 32, 3)
+    sheet = out.with_suffix(".png")
+    assert sheet.is_file()
+    resolved = yaml.safe_load(out.with_suffix(".yaml").read_text())
+    assert resolved["runtime"]["seed"] == 7 and resolved["sampling"]["num_frames"] == 4
+    assert resolved["prompt"] == "a dog"
+
+
+def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
+    out = tmp_path / "clip.gif"
+    code = main(["generate", "--recipe", "tiny/generate", "--base", str(tiny_base_dirs["animatediff"]),
+                 "--motion-adapter", str(tiny_base_dirs["animatediff"]) + "-motion-adapter",
+                 "--set", "sampling.num_inference_steps=2", "--frames", "3", "--prompt", "a cat", "--out", str(out),
+                 "--scheduler", "dpm++"])
+    assert code == 0
+    assert read_video(out).shape[0] == 3
+    resolved = yaml.safe_load(out.with_suffix(".yaml").read_text())
+    assert resolved["sampling"]["guidance_scale"] == 4.0  # from the recipe
+    assert resolved["sampling"]["num_inference_steps"] == 2  # from --set
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--base", "/no/such/model"], "base model not found"),
+        (["--frames", "0"], "at least 1"),
+        (["--height", "30"], "must be a positive multiple of 4"),
+        (["--scheduler", "euler"], "unknown scheduler"),
+        (["--out", "x.avi"], "must end in .mp4 or .gif"),
+        (["--set", "sampling.nope=1"], "config key 'sampling.nope'"),
+        (["--attention", "xformers"], "cannot run on cpu"),
+        (["--base", "org/model"], "cannot fetch 'org/model' from the hub"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    code = main(["generate", "--prompt", "x", "--steps", "1", "--out", str(tmp_path / "o.mp4"), *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and message in " ".join(lines), err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_real_entry_point_reports_one_line_without_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "vidbooth", "generate", "--prompt", "x", "--base", str(tmp_path / "missing")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: base model not found") and "Traceback" not in result.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "vidbooth", "--debug", "generate", "--prompt", "x", "--base", "/no/such"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_help_lists_commands():
+    result = subprocess.run([sys.executable, "-m", "vidbooth", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "generate" in result.stdout

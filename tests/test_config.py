@@ -1,0 +1,65 @@
+import pytest
+
+from vidbooth.config import GenerateConfig, load_config, to_yaml
+from vidbooth.errors import UserError
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("sampling:\n  guidance_scale: 5.0\n  num_frames: 12\n  scheduler: dpm++\n")
+    return str(path)
+
+
+def test_precedence_defaults_recipe_set_flags(recipe):
+    assert load_config(GenerateConfig).sampling.guidance_scale == 9.0
+    cfg = load_config(GenerateConfig, recipe)
+    assert (cfg.sampling.guidance_scale, cfg.sampling.num_frames) == (5.0, 12)
+    cfg = load_config(GenerateConfig, recipe, ["sampling.num_frames=16", "sampling.guidance_scale=6"])
+    assert (cfg.sampling.guidance_scale, cfg.sampling.num_frames, cfg.sampling.scheduler) == (6.0, 16, "dpm++")
+    cfg = load_config(GenerateConfig, recipe, ["sampling.num_frames=16"], {"sampling.num_frames": 4, "sampling.height": None})
+    assert cfg.sampling.num_frames == 4 and cfg.sampling.height is None
+
+
+def test_named_recipes_resolve():
+    cfg = load_config(GenerateConfig, "zeroscope/generate")
+    assert cfg.backbone.base == "cerspense/zeroscope_v2_576w" and (cfg.sampling.width, cfg.sampling.height) == (576, 320)
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["sampling.bogus=1"], "config key 'sampling.bogus'"),
+        (["sampling.num_frames=many"], "config key 'sampling.num_frames'"),
+        (["nokey"], "--set expects key=value"),
+    ],
+)
+def test_bad_keys_and_types_name_the_key(sets, message):
+    with pytest.raises(UserError, match=message):
+        load_config(GenerateConfig, None, sets)
+
+
+def test_bad_recipe(tmp_path):
+    with pytest.raises(UserError, match="recipe 'nope' not found.*zeroscope/generate"):
+        load_config(GenerateConfig, "nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(GenerateConfig, str(bad))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("sampling:\n  guidance: 3\n")
+    with pytest.raises(UserError, match="config key 'sampling.guidance'"):
+        load_config(GenerateConfig, str(typo))
+
+
+def test_env_attention_only_when_config_says_auto(monkeypatch, recipe):
+    monkeypatch.setenv("VIDBOOTH_ATTENTION", "math")
+    assert load_config(GenerateConfig).runtime.attention == "math"
+    assert load_config(GenerateConfig, None, ["runtime.attention=sdpa"]).runtime.attention == "sdpa"
+
+
+def test_resolved_config_round_trips(recipe, tmp_path):
+    cfg = load_config(GenerateConfig, recipe, ["prompt=a dog"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(GenerateConfig, str(path)) == cfg
