@@ -1,0 +1,303 @@
+"""Photos in: every awkward file loads as RGB or is refused with a one-line UserError naming it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import badinputs
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from vidbooth.data import images
+from vidbooth.data.images import (
+    MIN_SIDE,
+    augment_photo,
+    hash_file,
+    load_image,
+    load_photo_folder,
+    photos_to_tensor,
+    prepare_photo,
+)
+from vidbooth.errors import UserError
+
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's peak (the pytest process, with torch loaded).
+MEASURE_HUGE_LOAD = r"""
+import json, re, sys, time
+from vidbooth.data.images import load_image
+def status_kib(field):
+    return int(re.search(field + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1))
+resident_kib = status_kib("VmRSS")
+start = time.perf_counter()
+img = load_image(sys.argv[1])
+seconds = time.perf_counter() - start
+peak_mib = (status_kib("VmHWM") - resident_kib) / 1024
+print(json.dumps({"size": img.size, "seconds": seconds, "peak_mib": peak_mib, "pixel": img.getpixel((9, 9))}))
+"""
+
+
+@pytest.fixture
+def warned(monkeypatch) -> list[str]:
+    return badinputs.capture_warnings(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def huge_jpeg(tmp_path_factory) -> Path:
+    return badinputs.make_bad_image("huge_jpeg", tmp_path_factory.mktemp("huge"))
+
+
+def rgb_at(img: Image.Image, x: int, y: int) -> tuple[int, ...]:
+    return tuple(img.getpixel((x, y)))
+
+
+def assert_close(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: int = 3) -> None:
+    assert np.abs(np.subtract(actual, expected)).max() <= tolerance, f"{actual} != {expected}"
+
+
+@pytest.mark.parametrize("kind", badinputs.REFUSED_IMAGE_KINDS)
+def test_refused_photo_raises_one_line_user_error_naming_the_file(kind, tmp_path):
+    path = badinputs.make_bad_image(kind, tmp_path)
+    with pytest.raises(UserError) as raised:
+        load_image(path)
+    message = str(raised.value)
+    assert str(path) in message and "\n" not in message
+    assert "replace" in message
+
+
+@pytest.mark.parametrize("kind", [k for k in badinputs.ACCEPTED_IMAGE_KINDS if k != "huge_jpeg"])
+def test_accepted_photo_loads_as_rgb(kind, tmp_path):
+    img = load_image(badinputs.make_bad_image(kind, tmp_path))
+    assert img.mode == "RGB"
+    assert min(img.size) >= MIN_SIDE
+
+
+def test_one_pixel_photo_message_states_the_minimum(tmp_path):
+    with pytest.raises(UserError, match=f"1x1 pixels.*at least {MIN_SIDE} pixels"):
+        load_image(badinputs.make_bad_image("one_pixel_png", tmp_path))
+
+
+def test_rgba_transparency_composites_on_white(tmp_path):
+    img = load_image(badinputs.make_bad_image("rgba_png", tmp_path))
+    assert rgb_at(img, 10, 10) == badinputs.WHITE
+    assert rgb_at(img, 100, 10) == badinputs.RED
+
+
+def test_palette_transparency_composites_on_white(tmp_path):
+    img = load_image(badinputs.make_bad_image("palette_png_transparent", tmp_path))
+    assert rgb_at(img, 10, 10) == badinputs.WHITE
+    assert rgb_at(img, 100, 10) == badinputs.BLUE
+
+
+def test_grey_with_alpha_blends_half_way_to_white(tmp_path):
+    img = load_image(badinputs.make_bad_image("la_png", tmp_path))
+    assert_close(rgb_at(img, 5, 5), (152, 152, 152), tolerance=2)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    img = load_image(badinputs.make_bad_image("png_16bit", tmp_path))
+    assert rgb_at(img, 5, 5) == (128, 128, 128)
+
+
+def test_grayscale_becomes_equal_rgb_channels(tmp_path):
+    assert rgb_at(load_image(badinputs.make_bad_image("grayscale_png", tmp_path)), 5, 5) == (100, 100, 100)
+
+
+def test_cmyk_jpeg_converts_to_rgb_colours(tmp_path):
+    assert_close(rgb_at(load_image(badinputs.make_bad_image("cmyk_jpeg", tmp_path)), 50, 50), badinputs.RED, 6)
+
+
+def test_exif_orientation_rotates_photo_upright(tmp_path):
+    img = load_image(badinputs.make_bad_image("exif_rotated_jpeg", tmp_path))
+    assert img.size == (96, 160)  # stored 160x96
+    # Rotating 90 degrees clockwise moves the stored top-left (red) quadrant to the top-right.
+    assert_close(rgb_at(img, 90, 5), badinputs.RED, 8)
+    assert_close(rgb_at(img, 5, 5), badinputs.BLUE, 8)
+
+
+@pytest.mark.parametrize("kind", ["animated_gif", "animated_webp", "animated_png"])
+def test_animated_photo_uses_first_frame_with_a_warning(kind, tmp_path, warned):
+    path = badinputs.make_bad_image(kind, tmp_path)
+    img = load_image(path)
+    assert_close(rgb_at(img, 48, 48), badinputs.RED)
+    assert len(warned) == 1 and str(path) in warned[0] and "first frame" in warned[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="measures resident memory through /proc")
+def test_huge_jpeg_loads_fast_in_bounded_memory(huge_jpeg):
+    """Decoding 96 MP in full peaks at about 730 MB; JPEG draft decoding at 1/4 scale needs about 65 MB."""
+    run = subprocess.run(
+        [sys.executable, "-c", MEASURE_HUGE_LOAD, str(huge_jpeg)], capture_output=True, text=True, check=True
+    )
+    measured = json.loads(run.stdout)
+    assert measured["size"] == [1536, 1024]
+    assert measured["peak_mib"] < 150
+    assert measured["seconds"] < 5
+    assert_close(tuple(measured["pixel"]), (230, 120, 30))
+    assert "DecompressionBomb" not in run.stderr
+
+
+def test_huge_jpeg_raises_no_decompression_bomb_warning_and_keeps_pillow_limit(huge_jpeg):
+    limit_before = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = load_image(huge_jpeg, max_short_side=512)
+    assert img.size == (768, 512)
+    assert Image.MAX_IMAGE_PIXELS == limit_before
+
+
+def test_photo_above_pixel_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_PHOTO_PIXELS", 10_000)
+    path = badinputs.write_photo(tmp_path / "big.png", 160, 120)
+    with pytest.raises(UserError, match="too large.*downscale it"):
+        load_image(path)
+
+
+def test_photo_shrunk_to_max_short_side_or_kept_at_full_resolution(tmp_path):
+    path = badinputs.write_photo(tmp_path / "p.png", 300, 200)
+    assert load_image(path, max_short_side=100).size == (150, 100)
+    assert load_image(path, max_short_side=None).size == (300, 200)
+    assert load_image(path).size == (300, 200)  # never enlarged
+
+
+def test_photo_folder_sorted_naturally_skipping_junk(tmp_path, warned):
+    for name in ("img10.png", "img2.jpg", "img1.webp"):
+        badinputs.write_photo(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / "._img1.jpg").write_bytes(b"macOS resource fork, not a jpeg")
+    badinputs.write_photo(tmp_path / "nested" / "img0.png")
+    photos = load_photo_folder(tmp_path)
+    assert [p.name for p, _ in photos] == ["img1.webp", "img2.jpg", "img10.png"]
+    assert all(img.mode == "RGB" for _, img in photos)
+    assert warned == []
+
+
+def test_photo_folder_accepts_a_single_file_and_unicode_paths(tmp_path):
+    path = badinputs.make_bad_image("unicode_path_png", tmp_path)
+    assert "🐶" in str(path) and " " in path.name
+    assert [p for p, _ in load_photo_folder(path)] == [path]
+    assert [p for p, _ in load_photo_folder(path.parent)] == [path]
+
+
+@pytest.mark.parametrize("kind", badinputs.REFUSED_PHOTO_FOLDER_KINDS)
+def test_refused_photo_folder_raises_user_error_naming_it(kind, tmp_path):
+    path = badinputs.make_bad_photo_folder(kind, tmp_path)
+    with pytest.raises(UserError) as raised:
+        load_photo_folder(path)
+    assert str(path) in str(raised.value)
+
+
+def test_corrupt_photo_in_folder_is_named(tmp_path):
+    path = badinputs.make_bad_photo_folder("folder_with_corrupt_photo", tmp_path)
+    with pytest.raises(UserError, match=r"b\.jpg.*remove or replace it"):
+        load_photo_folder(path)
+
+
+def test_heic_photos_are_skipped_with_advice(tmp_path, warned):
+    folder = badinputs.make_bad_photo_folder("folder_of_heic", tmp_path)
+    badinputs.write_photo(folder / "IMG_0002.jpg")
+    assert [p.name for p, _ in load_photo_folder(folder)] == ["IMG_0002.jpg"]
+    assert "IMG_0001.HEIC" in warned[0] and "convert" in warned[0]
+
+
+def test_photo_folder_minimum_count(tmp_path):
+    badinputs.write_photo(tmp_path / "a.png")
+    with pytest.raises(UserError, match="found 1 photo.*at least 3"):
+        load_photo_folder(tmp_path, min_count=3)
+
+
+@pytest.mark.parametrize(
+    "source, size, shape",
+    [((160, 120), 64, (64, 64, 3)), ((120, 160), (48, 80), (48, 80, 3)), ((67, 121), (64, 32), (64, 32, 3))],
+)
+def test_prepare_photo_shapes(source, size, shape):
+    pixels = prepare_photo(badinputs.quadrant_image(*source), size)
+    assert pixels.shape == shape and pixels.dtype == np.uint8
+
+
+def test_prepare_photo_centre_crops_the_long_side():
+    # 200x100: red|green over blue|yellow; a square centre crop keeps the middle 100 columns.
+    pixels = prepare_photo(badinputs.quadrant_image(200, 100), 50)
+    assert_close(tuple(pixels[5, 5]), badinputs.RED)
+    assert_close(tuple(pixels[5, 45]), badinputs.GREEN)
+    assert_close(tuple(pixels[45, 45]), badinputs.YELLOW)
+
+
+def test_prepare_photo_upscales_small_photos():
+    assert prepare_photo(badinputs.quadrant_image(64, 64), 256).shape == (256, 256, 3)
+
+
+def test_prepare_photo_rejects_non_positive_size():
+    with pytest.raises(UserError, match="positive"):
+        prepare_photo(badinputs.quadrant_image(64, 64), (0, 64))
+
+
+def test_photos_to_tensor_shape_and_range():
+    photos = [Image.new("RGB", (80, 64), badinputs.WHITE), Image.new("RGB", (64, 90), (0, 0, 0))]
+    tensor = photos_to_tensor(photos, (32, 48))
+    assert tensor.shape == (2, 1, 3, 32, 48) and tensor.dtype == torch.float32
+    assert torch.all(tensor[0] == 1.0) and torch.all(tensor[1] == -1.0)
+
+
+def test_photos_to_tensor_without_augmentation_leaves_global_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    photos_to_tensor([badinputs.quadrant_image(64, 64)], 32)
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_flip_is_deterministic_for_a_seeded_generator():
+    photos = [badinputs.quadrant_image(64, 64)] * 8
+    first = photos_to_tensor(photos, 32, flip=True, generator=torch.Generator().manual_seed(1))
+    again = photos_to_tensor(photos, 32, flip=True, generator=torch.Generator().manual_seed(1))
+    plain = photos_to_tensor(photos, 32)
+    assert torch.equal(first, again)
+    flipped = [not torch.equal(first[i], plain[i]) for i in range(8)]
+    assert any(flipped) and not all(flipped)
+    for i in np.flatnonzero(flipped):
+        assert torch.equal(first[i], plain[i].flip(-1))
+
+
+def test_scale_jitter_zooms_in_deterministically():
+    photo = badinputs.quadrant_image(128, 128)
+    zoomed = augment_photo(photo, 64, scale_jitter=0.5, generator=torch.Generator().manual_seed(3))
+    again = augment_photo(photo, 64, scale_jitter=0.5, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(zoomed, again)
+    assert zoomed.shape == (64, 64, 3)
+    assert not np.array_equal(zoomed, prepare_photo(photo, 64))
+
+
+@pytest.mark.parametrize("jitter", [-0.1, 1.0])
+def test_scale_jitter_out_of_range_is_refused(jitter):
+    with pytest.raises(UserError, match="scale_jitter"):
+        augment_photo(badinputs.quadrant_image(64, 64), 32, scale_jitter=jitter)
+
+
+def test_hash_file_is_sha256_hex(tmp_path):
+    path = badinputs.write_photo(tmp_path / "a.png")
+    assert hash_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(UserError, match="missing.png"):
+        hash_file(tmp_path / "missing.png")
+
+
+def test_huge_photo_is_not_decoded_at_full_size(huge_jpeg, monkeypatch):
+    decoded_sizes = []
+    original_load = ImageFile.ImageFile.load
+
+    def recording_load(self):
+        decoded_sizes.append(self.size)
+        return original_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    start = time.perf_counter()
+    load_image(huge_jpeg)
+    assert time.perf_counter() - start < 5
+    assert max(w * h for w, h in decoded_sizes) <= 3000 * 2000
