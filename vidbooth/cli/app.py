@@ -42,10 +42,12 @@ def _root(
 
 
 def _register() -> None:
-    from vidbooth.cli import evaluate, generate
+    from vidbooth.cli import evaluate, generate, motion
 
     app.command("generate", no_args_is_help=True)(generate.generate)
     app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)
+    app.command("train-motion", no_args_is_help=True)(motion.train_motion)
+    app.command("motion-adapter", no_args_is_help=True)(motion.train_motion)
 
 
 _register()

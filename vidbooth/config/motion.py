@@ -17,13 +17,13 @@ SUBLAYERS = ("attn1", "attn2", "ff")
 @dataclass
 class MotionDataConfig:
     num_frames: int = 8
-    """Frames in each training sample (ModelScope: 32). Longer clips give several windows; shorter ones are resampled."""
-    fps: float | None = 8.0
+    """Frames per clip, taken from its start (ModelScope: 32); a clip too short for them is spread evenly."""
+    fps: float = 8.0
     """Sample the clips at this frame rate (DreamVideo: 8). Ignored when `stride` is set."""
     stride: int | None = None
     """Take every `stride`-th source frame instead of resampling to `fps`."""
-    size: int | None = None
-    """Training frame size in pixels (square centre crop); default: the model's native size."""
+    resolution: int | None = None
+    """Square training size in pixels (centre crop; DreamVideo: 256); default: the model's native size."""
 
 
 @dataclass
@@ -72,6 +72,8 @@ class MotionConfig:
     """What moves in the clips (person, dog, car): the default caption and the preview prompt."""
     overwrite: bool = False
     """Replace a motion of the same name."""
+    resume: bool = False
+    """Continue an interrupted run from its last checkpoint."""
 
     def check(self) -> None:
         """Validate what the dataclass types cannot; raises UserError naming the key."""
@@ -87,7 +89,7 @@ class MotionConfig:
             raise UserError(f"data.num_frames must be at least 2 to learn a motion, got {self.data.num_frames}")
         if self.data.stride is not None and self.data.stride < 1:
             raise UserError(f"data.stride must be at least 1, got {self.data.stride}")
-        if self.data.stride is None and self.data.fps is not None and not self.data.fps > 0:
+        if not self.data.fps > 0:
             raise UserError(f"data.fps must be positive, got {self.data.fps}")
         if not 0 <= self.appearance.p_image_zero <= 1:
             raise UserError(f"appearance.p_image_zero must be in [0, 1], got {self.appearance.p_image_zero}")

@@ -1,0 +1,119 @@
+"""train-motion input handling: bad clips fail in one line with exit 2 before any model loads; odd ones are used."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.badinputs import ACCEPTED_CLIP_KINDS, REFUSED_CLIP_KINDS, make_bad_clip, write_clip
+from vidbooth.cli.app import main
+from vidbooth.config.motion import MotionConfig, MotionDataConfig
+from vidbooth.engine.motion import read_training_clips
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any attempt to load a backbone fails the test: inputs must be checked first."""
+    import vidbooth.engine.backbone
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone", refuse)
+
+
+def run(*args: str) -> int:
+    return main(["train-motion", *args, "--recipe", "tiny/motion"])
+
+
+def motion_dirs(home):
+    root = home / "motions"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+# Only the leading frames that sampling uses are decoded (`vidbooth.data.clips.load_and_sample_clip`'s policy), so a
+# file cut after them is used: see test_truncation_after_the_sampled_frames_is_not_noticed.
+CUT_AFTER_SAMPLED_FRAMES = "truncated_faststart_mp4"
+
+
+@pytest.mark.parametrize("kind", [k for k in REFUSED_CLIP_KINDS if k != CUT_AFTER_SAMPLED_FRAMES])
+def test_bad_clip_is_one_line_exit_2_and_leaves_no_artifact(kind, tmp_path, isolated_home, no_model_loading, capsys):
+    path = make_bad_clip(kind, tmp_path / "in")
+    assert run(str(path), "--name", "m") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and path.name in " ".join(err.split())
+    assert len(err.splitlines()) <= 2  # one message (rich may wrap a long path once)
+    assert motion_dirs(isolated_home) == []
+
+
+def test_truncation_after_the_sampled_frames_is_not_noticed(tmp_path):
+    path = make_bad_clip(CUT_AFTER_SAMPLED_FRAMES, tmp_path / "in")
+    clips = read_training_clips(MotionConfig(name="m", clips=[str(path)], data=MotionDataConfig(num_frames=8)))
+    assert clips[0].frames.shape[0] == 8 and clips[0].frames.std() > 10  # real (noise) frames, not padding
+
+
+def test_missing_clip_names_it(tmp_path, isolated_home, no_model_loading, capsys):
+    assert run(str(tmp_path / "nope.mp4"), "--name", "m") == 2
+    assert "nope.mp4" in capsys.readouterr().err
+    assert motion_dirs(isolated_home) == []
+
+
+def test_one_bad_clip_among_good_ones_fails_all(tmp_path, isolated_home, no_model_loading):
+    good = write_clip(tmp_path / "good.mp4", num_frames=12)
+    bad = make_bad_clip("zero_byte_mp4", tmp_path / "bad")
+    assert run(str(good), str(bad), "--name", "m") == 2
+    assert motion_dirs(isolated_home) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--caption", "a", "--caption", "b", "--caption", "c"], "3 captions for 2 clips"),
+        (["--set", "appearance.p_image_zero=1.5"], "p_image_zero"),
+        (["--set", "adapter.targets=[attn3]"], "adapter.targets"),
+        (["--num-frames", "1"], "num_frames"),
+    ],
+)
+def test_bad_settings_exit_2(args, message, tmp_path, no_model_loading, capsys):
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    assert run(clip, clip, "--name", "m", *args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_name_is_required_and_validated(tmp_path, no_model_loading, capsys):
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    assert run(clip) == 2
+    assert "--name" in capsys.readouterr().err
+    assert run(clip, "--name", "bad/name") == 2
+
+
+@pytest.mark.parametrize("kind", ACCEPTED_CLIP_KINDS)
+def test_odd_clips_are_sampled_to_num_frames(kind, tmp_path):
+    path = make_bad_clip(kind, tmp_path / "in")
+    clips = read_training_clips(MotionConfig(name="m", clips=[str(path)], data=MotionDataConfig(num_frames=8)))
+    assert len(clips) == 1
+    frames = clips[0].frames
+    assert frames.shape[0] == 8 and frames.shape[-1] == 3 and frames.dtype == np.uint8
+    assert len(clips[0].sha256) == 64
+
+
+def test_sampling_follows_fps_and_stride(tmp_path):
+    """A 24 fps clip sampled at 8 fps takes every third frame; stride 2 every second one."""
+    from tests.badinputs import frame_level
+
+    path = write_clip(tmp_path / "c.mp4", num_frames=30, fps=24)
+    at_8fps = read_training_clips(MotionConfig(name="m", clips=[str(path)], data=MotionDataConfig(num_frames=4, fps=8)))
+    levels = at_8fps[0].frames[:, 0, 0, 0].astype(int)
+    assert np.abs(levels - [frame_level(i) for i in (0, 3, 6, 9)]).max() <= 3
+    assert at_8fps[0].fps == 8
+    strided = read_training_clips(MotionConfig(name="m", clips=[str(path)], data=MotionDataConfig(num_frames=4, stride=2)))
+    levels = strided[0].frames[:, 0, 0, 0].astype(int)
+    assert np.abs(levels - [frame_level(i) for i in (0, 2, 4, 6)]).max() <= 3
+    assert strided[0].fps == 12
+
+
+def test_clip_hash_changes_with_content(tmp_path):
+    a = write_clip(tmp_path / "a.mp4", num_frames=12)
+    b = write_clip(tmp_path / "b.mp4", num_frames=13)
+    clips = read_training_clips(MotionConfig(name="m", clips=[str(a), str(b), str(a)]))
+    assert clips[0].sha256 == clips[2].sha256 != clips[1].sha256

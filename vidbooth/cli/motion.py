@@ -1,0 +1,68 @@
+"""`vidbooth train-motion` (stage name: `vidbooth motion-adapter`): learn a motion from one or a few clips."""
+
+from __future__ import annotations
+
+import typer
+
+from vidbooth.cli import options
+
+
+def train_motion(
+    clips: list[str] = typer.Argument(..., help="Video files (mp4, mov, webm, mkv, gif) or folders of frames."),
+    name: str = typer.Option(None, "--name", "-n", help="Name of the motion in the library (for generate --motion)."),
+    caption: list[str] = typer.Option(None, "--caption", help="Caption of each clip, in order (repeat), or one for all."),
+    class_noun: str = typer.Option(None, "--class-noun", help="What moves (person, dog): default caption and preview."),
+    steps: int = typer.Option(None, "--steps", help="Training steps (DreamVideo: 500-3000)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (DreamVideo: 1e-5)."),
+    num_frames: int = typer.Option(None, "--num-frames", "--frames", help="Frames per training clip."),
+    fps: float = typer.Option(None, "--fps", help="Sample the clips at this frame rate."),
+    stride: int = typer.Option(None, "--stride", help="Take every N-th source frame instead of --fps."),
+    resolution: int = typer.Option(None, "--resolution", help="Square training size in pixels (default: the model's)."),
+    appearance_guidance: bool = typer.Option(
+        None, "--appearance-guidance/--no-appearance-guidance", help="Condition on a frame's image embedding."
+    ),
+    image_encoder: str = typer.Option(None, "--image-encoder", help="CLIP vision folder or hub id for the guidance."),
+    p_image_zero: float = typer.Option(None, "--p-image-zero", help="Probability of dropping the appearance embedding."),
+    preview: bool = typer.Option(None, "--preview/--no-preview", help="Render preview.png into the artifact."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a motion of the same name."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    base: str = options.Base,
+    motion_adapter: str = options.MotionAdapterPath,
+    device: str = options.Device,
+    precision: str = options.Precision,
+    attention: str = options.Attention,
+    seed: int = options.Seed,
+    recipe: str = options.Recipe,
+    sets: list[str] = options.Sets,
+) -> None:
+    """Learn the motion in CLIPS as a motion adapter (DreamVideo), guided by appearance so it learns no looks."""
+    from vidbooth.config import load_config
+    from vidbooth.config.motion import MotionConfig
+    from vidbooth.engine.motion import train_motion as run_train_motion
+    from vidbooth.reporting import info
+
+    overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {
+        "name": name,
+        "clips": clips,
+        "captions": caption or None,
+        "class_noun": class_noun,
+        "overwrite": overwrite or None,
+        "resume": resume or None,
+        "train.steps": steps,
+        "train.lr": lr,
+        "train.seed": seed,
+        "data.num_frames": num_frames,
+        "data.fps": fps,
+        "data.stride": stride,
+        "data.resolution": resolution,
+        "appearance.guidance": appearance_guidance,
+        "appearance.encoder": image_encoder,
+        "appearance.p_image_zero": p_image_zero,
+        "preview.enabled": preview,
+    }
+    cfg = load_config(MotionConfig, recipe, sets, overrides)
+    result = run_train_motion(cfg)
+    info(
+        f"motion '{result.name}': {result.steps} steps, loss {result.loss:.4f}, {result.step_seconds:.2f} s/step, "
+        f"{result.trainable_parameters:,} trainable parameters -> {result.path}"
+    )

@@ -1,0 +1,329 @@
+"""Motion learning (DreamVideo §3.2, `../shared/method.md` §2): a motion adapter in the temporal layers, trained
+on one or a few clips with appearance guidance, stored in the library beside subjects.
+
+`train_motion(cfg)` runs on the shared training loop (`vidbooth.engine.train`). Frozen work is done once
+before it: the clips' VAE latents, their captions' text embeddings and the appearance embedding of every
+training frame. Each step then picks one random frame per sample for the guidance and drops its embedding
+with probability `appearance.p_image_zero` (a zero embedding: `W_cond` has no bias, so zero = no condition).
+
+`load_motion(backbone, name, scale)` puts a stored motion adapter on a backbone for generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidbooth import __version__
+from vidbooth.adapters.base import load_tensors, remove, save_tensors, set_scale
+from vidbooth.adapters.motion import (
+    KIND,
+    MotionAdapterSpec,
+    inject_motion_adapter,
+    load_motion_state_dict,
+    motion_parameters,
+    motion_state_dict,
+    set_appearance,
+)
+from vidbooth.config.motion import MotionConfig
+from vidbooth.data.clips import clip_fps, clip_to_tensor, frames_needed, load_clip, prepare_clip, sample_frames
+from vidbooth.data.images import hash_file, is_image_file, natural_sort_key
+from vidbooth.engine.backbone import Backbone
+from vidbooth.errors import UserError
+from vidbooth.reporting import info
+
+ADAPTER_FILE = "motion_adapter.safetensors"
+CLIPS_DIR = "clips"
+PREVIEW_FILE = "preview.png"
+STAGE = "motion"
+
+
+@dataclass
+class TrainingClip:
+    source: str
+    sha256: str
+    caption: str
+    frames: np.ndarray
+    """The sampled frames (F, H, W, 3) uint8, not yet sized for the model."""
+    fps: float
+    """Frame rate of the sampled frames."""
+
+
+@dataclass
+class MotionResult:
+    name: str
+    path: Path
+    steps: int
+    loss: float
+    step_seconds: float
+    trainable_parameters: int
+
+
+# ---- the method the training loop optimises --------------------------------------------------------
+class MotionAdapterMethod:
+    """The backbone's denoising loss with a motion adapter in its temporal layers; only the adapter trains."""
+
+    def __init__(self, backbone: Backbone, spec: MotionAdapterSpec, p_image_zero: float):
+        from vidbooth.engine.objective import training_scheduler
+
+        self.backbone = backbone
+        self.spec = spec
+        self.p_image_zero = p_image_zero
+        self.noise_scheduler = training_scheduler(backbone.scheduler_config)
+        inject_motion_adapter(backbone.unet, backbone.temporal_layers(), spec)
+        self.params = motion_parameters(backbone.unet)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return self.params
+
+    def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        from vidbooth.engine.objective import denoising_loss
+
+        bb = self.backbone
+        set_appearance(bb.unet, self._appearance(batch, generator))
+        latents = batch["latents"].to(bb.device, bb.dtype)  # (B, C, F, h, w)
+        text = batch["text"].to(bb.device, bb.dtype)  # (B, L, D)
+        return denoising_loss(bb, self.noise_scheduler, latents, text, generator).mean()
+
+    def _appearance(self, batch: dict, generator: torch.Generator) -> torch.Tensor | None:
+        """e of one random frame per sample, zeroed with probability p_image_zero; None without guidance."""
+        if self.spec.cond_dim is None:
+            return None
+        per_frame = batch["appearance"]  # (B, F, cond_dim)
+        b, f = per_frame.shape[:2]
+        frame = torch.randint(0, f, (b,), generator=generator)
+        keep = (torch.rand(b, generator=generator) >= self.p_image_zero).float()
+        return (per_frame[torch.arange(b), frame] * keep[:, None]).to(self.backbone.device)  # (B, cond_dim)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return motion_state_dict(self.backbone.unet)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_motion_state_dict(self.backbone.unet, state, "checkpoint")
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+def read_training_clips(cfg: MotionConfig) -> list[TrainingClip]:
+    """Decode and sample every clip (only the frames sampling uses); any bad clip raises a UserError first."""
+    data = cfg.data
+    target_fps = None if data.stride else data.fps
+    clips = []
+    for index, source in enumerate(cfg.clips):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise UserError(f"clip not found: {path}")
+        fps = clip_fps(path)
+        frames, fps = load_clip(path, max_frames=max(2, frames_needed(fps, data.num_frames, target_fps, data.stride)))
+        sampled = sample_frames(frames, fps, data.num_frames, target_fps, data.stride)
+        sampled_fps = fps / data.stride if data.stride else data.fps
+        clips.append(TrainingClip(str(path.resolve()), source_sha256(path), cfg.caption_for(index), sampled, sampled_fps))
+    return clips
+
+
+def source_sha256(path: Path) -> str:
+    """sha256 of a video file, or of a frame folder's (name, sha256) list in frame order."""
+    if not path.is_dir():
+        return hash_file(path)
+    digest = hashlib.sha256()
+    for frame in sorted((p for p in path.iterdir() if is_image_file(p)), key=natural_sort_key):
+        digest.update(f"{frame.name}:{hash_file(frame)}\n".encode())
+    return digest.hexdigest()
+
+
+def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, encoder) -> list[dict]:
+    """The frozen work, done once: per clip its latents (C, F, h, w), text embedding (L, D) and, with
+    guidance, the appearance embedding of every frame (F, cond_dim). All kept on the CPU."""
+    texts = {c: backbone.encode_prompt([c])[0].cpu() for c in {clip.caption for clip in clips}}
+    items = []
+    for clip in clips:
+        frames = prepare_clip(clip.frames, size)  # (F, S, S, 3)
+        item = {"latents": backbone.encode_video(clip_to_tensor(frames))[0].cpu(), "text": texts[clip.caption]}
+        if encoder is not None:
+            item["appearance"] = encoder.embed(frames).cpu()
+        items.append(item)
+    return items
+
+
+# ---- training -------------------------------------------------------------------------------------
+def train_motion(cfg: MotionConfig) -> MotionResult:
+    """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
+    from vidbooth.library import artifact_lock, check_free, validate_name
+
+    cfg.check()
+    validate_name(cfg.name, "motion")
+    check_free("motion", cfg.name, cfg.overwrite)
+    clips = read_training_clips(cfg)
+    with artifact_lock("motion", cfg.name):
+        return _train_locked(cfg, clips)
+
+
+def _train_locked(cfg: MotionConfig, clips: list[TrainingClip]) -> MotionResult:
+    from vidbooth.engine.appearance import load_appearance_encoder
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.sampling import check_geometry
+    from vidbooth.engine.train import make_accelerator, remove_run, run_folder, seed_everything, train
+
+    accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
+    backbone = load_backbone(
+        cfg.backbone.base,
+        motion_adapter=cfg.backbone.motion_adapter,
+        device=str(accelerator.device),
+        precision=cfg.runtime.precision,
+        attention=cfg.runtime.attention,
+        revision=cfg.backbone.revision,
+        variant=cfg.backbone.variant,
+    )
+    size = cfg.data.resolution or backbone.default_size
+    try:
+        check_geometry(backbone, cfg.data.num_frames, size, size)
+    except UserError as exc:
+        raise UserError(f"cannot train at data.resolution {size} with data.num_frames {cfg.data.num_frames}: {exc}") from exc
+    encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
+    info(
+        f"learning motion '{cfg.name}' from {len(clips)} clip(s), {cfg.data.num_frames} frames at {size}px on "
+        f"{cfg.backbone.base} ({backbone.family}); appearance guidance: {encoder.name if encoder else 'off'}"
+    )
+    items = training_items(backbone, clips, size, encoder)
+    spec = MotionAdapterSpec(tuple(cfg.adapter.targets), cfg.adapter.hidden_ratio, encoder.dim if encoder else None)
+    seed_everything(cfg.train.seed)
+    method = MotionAdapterMethod(backbone, spec, cfg.appearance.p_image_zero)
+    run_dir = run_folder("motion", cfg.name, STAGE)
+    started = time.perf_counter()
+    result = train(
+        method,
+        items,
+        cfg.train,
+        run_dir,
+        accelerator,
+        resume=cfg.resume,
+        signature=_signature(cfg, clips, spec, backbone, encoder),
+        description=f"motion {cfg.name}",
+    )
+    trainable = sum(p.numel() for p in method.params)
+    path = Path()
+    if accelerator.is_main_process:
+        set_appearance(backbone.unet, None)
+        path = save_motion(cfg, backbone, clips, spec, encoder, result, time.perf_counter() - started)
+        remove_run(run_dir)
+    accelerator.wait_for_everyone()
+    return MotionResult(cfg.name, path, result.step, result.loss, result.step_seconds, trainable)
+
+
+def _signature(cfg: MotionConfig, clips, spec: MotionAdapterSpec, backbone: Backbone, encoder) -> dict:
+    """Settings that must be equal for --resume to continue a run."""
+    return {
+        "method": "motion",
+        "base": backbone.fingerprint,
+        "clips": [c.sha256 for c in clips],
+        "captions": [c.caption for c in clips],
+        "data": asdict(cfg.data),
+        "adapter": spec.to_json(),
+        "appearance": {"encoder": encoder.name if encoder else None, "p_image_zero": cfg.appearance.p_image_zero},
+    }
+
+
+# ---- the artifact ---------------------------------------------------------------------------------
+def save_motion(cfg: MotionConfig, backbone: Backbone, clips, spec, encoder, result, seconds: float) -> Path:
+    """Write the artifact atomically: adapter tensors, the training clips, a preview and the manifest."""
+    from vidbooth.data.video import write_video
+    from vidbooth.library import MANIFEST, artifact_dir, staged_artifact, write_json
+
+    provenance = {"kind": "motion", "base_fingerprint": backbone.fingerprint, "spec": spec.to_json()}
+    with staged_artifact("motion", cfg.name, cfg.overwrite) as stage:
+        save_tensors(stage / ADAPTER_FILE, motion_state_dict(backbone.unet), provenance)
+        clip_files = []
+        for index, clip in enumerate(clips):
+            file = f"{CLIPS_DIR}/clip-{index:02d}.mp4"
+            write_video(clip.frames, stage / file, fps=max(1, round(clip.fps)))
+            clip_files.append(file)
+        preview_prompt = clips[0].caption
+        if cfg.preview.enabled:
+            _write_preview(backbone, cfg, preview_prompt, stage / PREVIEW_FILE)
+        manifest = {
+            "name": cfg.name,
+            "kind": "motion",
+            "base_fingerprint": backbone.fingerprint,
+            "base_source": backbone.source,
+            "family": backbone.family,
+            "vidbooth_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "class_noun": cfg.class_noun,
+            "adapter": {
+                "file": ADAPTER_FILE,
+                "targets": list(spec.targets),
+                "hidden_ratio": spec.hidden_ratio,
+                "cond_dim": spec.cond_dim,
+                "trainable_parameters": sum(p.numel() for p in motion_parameters(backbone.unet)),
+            },
+            "appearance_encoder": encoder.name if encoder else None,
+            "clips": [
+                {"source": c.source, "sha256": c.sha256, "caption": c.caption, "file": f, "frames": len(c.frames)}
+                for c, f in zip(clips, clip_files)
+            ],
+            "training": {"steps": result.step, "loss": result.loss, "seconds": round(seconds, 1)},
+            "preview": PREVIEW_FILE if cfg.preview.enabled else None,
+            "preview_prompt": preview_prompt,
+            "config": asdict(cfg),
+        }
+        write_json(stage / MANIFEST, manifest)
+    path = artifact_dir("motion", cfg.name)
+    info(f"saved motion '{cfg.name}' in {path}")
+    return path
+
+
+def _write_preview(backbone: Backbone, cfg: MotionConfig, prompt: str, path: Path) -> None:
+    from vidbooth.data.video import save_contact_sheet
+    from vidbooth.engine.sampling import sample_video
+
+    size = cfg.data.resolution or backbone.default_size
+    frames = sample_video(
+        backbone,
+        prompt,
+        num_frames=cfg.data.num_frames,
+        height=size,
+        width=size,
+        num_inference_steps=cfg.preview.num_inference_steps,
+        guidance_scale=cfg.preview.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(cfg.train.seed),
+    )[0]
+    save_contact_sheet(frames, path)
+
+
+# ---- using a stored motion ------------------------------------------------------------------------
+def read_motion_manifest(name: str) -> dict:
+    """The manifest of motion `name`; an unknown name raises a UserError listing the known motions."""
+    from vidbooth.library import artifact_dir, read_manifest
+
+    return read_manifest(artifact_dir("motion", name)) | {"path": str(artifact_dir("motion", name))}
+
+
+def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
+    """Put motion adapter `name` on `backbone` at strength `scale`, its appearance condition dropped.
+
+    Raises a UserError when it was learned on another base model. Returns its manifest.
+    """
+    manifest = read_motion_manifest(name)
+    if manifest.get("base_fingerprint") != backbone.fingerprint:
+        raise UserError(
+            f"motion '{name}' was learned on base {manifest.get('base_source')} (fingerprint "
+            f"{manifest.get('base_fingerprint')}), not on {backbone.source} ({backbone.fingerprint}): "
+            "generate with its base or retrain the motion on this one"
+        )
+    file = Path(manifest["path"]) / ADAPTER_FILE
+    tensors, metadata = load_tensors(file)
+    if "spec" not in metadata:
+        raise UserError(f"{file} lacks its adapter config in the metadata: retrain the motion with --overwrite")
+    inject_motion_adapter(backbone.unet, backbone.temporal_layers(), MotionAdapterSpec.from_json(metadata["spec"]))
+    try:
+        load_motion_state_dict(backbone.unet, tensors, str(file))
+    except UserError:
+        remove(backbone.unet, KIND)
+        raise
+    set_scale(backbone.unet, KIND, scale)
+    set_appearance(backbone.unet, None)
+    return manifest
