@@ -1,0 +1,230 @@
+"""Motion clips in: videos and frame folders load, sample and size predictably, or fail with a UserError."""
+
+from __future__ import annotations
+
+import badinputs
+import numpy as np
+import pytest
+import torch
+
+from vidbooth.data import clips
+from vidbooth.data.clips import (
+    clip_to_tensor,
+    frames_needed,
+    load_and_sample_clip,
+    load_clip,
+    prepare_clip,
+    sample_frames,
+    sample_indices,
+)
+from vidbooth.errors import UserError
+
+
+@pytest.fixture
+def warned(monkeypatch) -> list[str]:
+    return badinputs.capture_warnings(monkeypatch)
+
+
+def frame_levels(frames: np.ndarray) -> list[int]:
+    """The grey level of each frame, rounded to the nearest `badinputs.frame_level` step."""
+    return [int(round((frame.mean() - 16) / 8)) for frame in frames]
+
+
+@pytest.mark.parametrize("kind", badinputs.REFUSED_CLIP_KINDS)
+def test_refused_clip_raises_one_line_user_error_naming_it(kind, tmp_path):
+    path = badinputs.make_bad_clip(kind, tmp_path)
+    with pytest.raises(UserError) as raised:
+        load_clip(path)
+    message = str(raised.value)
+    assert str(path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind", badinputs.ACCEPTED_CLIP_KINDS)
+def test_accepted_clip_loads_as_uint8_frames(kind, tmp_path):
+    frames, fps = load_clip(badinputs.make_bad_clip(kind, tmp_path))
+    assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8
+    assert len(frames) >= 2 and fps > 0
+
+
+def test_one_frame_video_needs_two_frames(tmp_path):
+    with pytest.raises(UserError, match="needs at least 2 frames"):
+        load_clip(badinputs.make_bad_clip("one_frame_mp4", tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["truncated_mp4", "truncated_faststart_mp4"])
+def test_truncated_mp4_is_refused(kind, tmp_path):
+    with pytest.raises(UserError, match="truncated"):
+        load_clip(badinputs.make_bad_clip(kind, tmp_path))
+
+
+def test_truncated_video_is_fine_when_only_its_intact_start_is_needed(tmp_path):
+    frames, _ = load_clip(badinputs.make_bad_clip("truncated_faststart_mp4", tmp_path), max_frames=4)
+    assert len(frames) == 4
+
+
+def test_mp4_frames_and_fps(tmp_path):
+    frames, fps = load_clip(badinputs.write_clip(tmp_path / "clip.mp4", num_frames=12, fps=12))
+    assert frames.shape == (12, 64, 96, 3) and fps == 12.0
+    assert frame_levels(frames) == list(range(12))
+
+
+def test_max_frames_stops_decoding_early(tmp_path):
+    frames, _ = load_clip(badinputs.write_clip(tmp_path / "clip.mp4", num_frames=12), max_frames=5)
+    assert frame_levels(frames) == list(range(5))
+
+
+def test_frames_are_shrunk_while_decoding(tmp_path):
+    frames, _ = load_clip(badinputs.write_clip(tmp_path / "clip.mp4", num_frames=3, width=192, height=128), 3, 64)
+    assert frames.shape == (3, 64, 96, 3)
+
+
+def test_gif_clip_keeps_frame_order(tmp_path):
+    frames, fps = load_clip(badinputs.make_bad_clip("gif_clip", tmp_path))
+    assert frame_levels(frames) == list(range(6)) and fps == pytest.approx(8.0, rel=0.05)  # GIF stores centiseconds
+
+
+def test_portrait_odd_sized_video(tmp_path):
+    frames, _ = load_clip(badinputs.make_bad_clip("portrait_odd_mp4", tmp_path))
+    assert frames.shape == (6, 122, 68, 3)
+    assert prepare_clip(frames, (64, 32)).shape == (6, 64, 32, 3)
+
+
+def test_frame_folder_is_ordered_by_number_not_name(tmp_path, warned):
+    frames, fps = load_clip(badinputs.make_bad_clip("frames_unpadded_numbers", tmp_path), folder_fps=12.0)
+    assert frame_levels(frames) == list(range(1, 12)) and fps == 12.0
+    assert warned == []
+
+
+def test_frame_folder_with_gap_is_used_back_to_back_with_a_warning(tmp_path, warned):
+    path = badinputs.make_bad_clip("frames_with_gap", tmp_path)
+    frames, _ = load_clip(path)
+    assert frame_levels(frames) == [1, 2, 3, 7, 8]
+    assert len(warned) == 1 and str(path) in warned[0] and "missing 4-6" in warned[0]
+
+
+def test_frame_folder_with_mixed_sizes_is_resized_to_the_first_frame_with_a_warning(tmp_path, warned):
+    frames, _ = load_clip(badinputs.make_bad_clip("frames_mixed_sizes", tmp_path))
+    assert frames.shape == (4, 64, 96, 3)
+    assert frame_levels(frames) == [1, 2, 3, 4]
+    assert len(warned) == 1 and "frame_3.png is 80x80" in warned[0] and "96x64" in warned[0]
+
+
+def test_frame_folder_skips_hidden_and_non_image_files(tmp_path):
+    folder = badinputs.write_frame_folder(tmp_path / "frames", [1, 2, 3])
+    (folder / "notes.txt").write_text("shot on a phone")
+    (folder / "._frame_4.png").write_bytes(b"macOS resource fork")
+    frames, _ = load_clip(folder)
+    assert frame_levels(frames) == [1, 2, 3]
+
+
+def test_corrupt_frame_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"frame_3\.png.*remove or replace it"):
+        load_clip(badinputs.make_bad_clip("frames_with_corrupt_frame", tmp_path))
+
+
+def test_unicode_frame_folder(tmp_path):
+    path = badinputs.make_bad_clip("unicode_frames_folder", tmp_path)
+    assert "🐶" in str(path)
+    assert len(load_clip(path)[0]) == 3
+
+
+def test_stride_sampling_takes_every_nth_frame():
+    assert sample_indices(100, 24.0, 4, stride=5).tolist() == [0, 5, 10, 15]
+
+
+def test_target_fps_sampling_follows_time():
+    assert sample_indices(100, 30.0, 5, target_fps=8.0).tolist() == [0, 3, 7, 11, 15]
+
+
+def test_target_fps_above_clip_fps_repeats_frames():
+    assert sample_indices(100, 8.0, 5, target_fps=16.0).tolist() == [0, 0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("fps, expected_stride", [(24.0, 3), (30.0, 4), (8.0, 1), (5.0, 1), (60.0, 8)])
+def test_default_stride_aims_at_8_fps(fps, expected_stride):
+    assert sample_indices(1000, fps, 3).tolist() == [0, expected_stride, 2 * expected_stride]
+
+
+def test_long_clip_uses_only_its_start(warned):
+    assert sample_indices(100_000, 24.0, 16, stride=2).tolist() == list(range(0, 32, 2))
+    assert warned == []
+
+
+def test_short_clip_spreads_frames_evenly_with_a_warning(warned):
+    assert sample_indices(10, 24.0, 4, stride=5).tolist() == [0, 3, 6, 9]
+    assert len(warned) == 1 and "10 frames" in warned[0] and "need 16" in warned[0]
+
+
+def test_clip_shorter_than_num_frames_repeats_frames(warned):
+    indices = sample_indices(3, 24.0, 8, stride=1)
+    assert indices.tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
+
+
+def test_single_frame_never_crashes(warned):
+    assert sample_indices(1, 24.0, 4).tolist() == [0, 0, 0, 0]
+
+
+def test_sample_frames_returns_the_indexed_frames():
+    frames = badinputs.clip_frames(20)
+    assert frame_levels(sample_frames(frames, 24.0, 4, stride=2)) == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"stride": 2, "target_fps": 8.0}, "not both"),
+        ({"stride": 0}, "stride"),
+        ({"target_fps": 0.0}, "target_fps"),
+        ({"num_frames": 0}, "num_frames"),
+        ({"fps": 0.0}, "frame rate"),
+    ],
+)
+def test_invalid_sampling_settings_are_user_errors(kwargs, match):
+    arguments = {"frame_count": 50, "fps": 24.0, "num_frames": 4, **kwargs}
+    with pytest.raises(UserError, match=match):
+        sample_indices(**arguments)
+
+
+def test_frames_needed_matches_sampling():
+    assert frames_needed(24.0, 16) == 46
+    assert frames_needed(24.0, 16, stride=1) == 16
+    assert frames_needed(30.0, 5, target_fps=8.0) == 16
+
+
+@pytest.mark.parametrize(
+    "shape, size, expected", [((5, 64, 96), 32, (5, 32, 32, 3)), ((3, 121, 67), (48, 80), (3, 48, 80, 3))]
+)
+def test_prepare_clip_shapes(shape, size, expected):
+    frames = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    prepared = prepare_clip(frames, size)
+    assert prepared.shape == expected and prepared.dtype == np.uint8
+
+
+def test_clip_to_tensor_shape_and_range():
+    tensor = clip_to_tensor(np.stack([np.zeros((8, 12, 3), np.uint8), np.full((8, 12, 3), 255, np.uint8)]))
+    assert tensor.shape == (1, 2, 3, 8, 12) and tensor.dtype == torch.float32
+    assert torch.all(tensor[0, 0] == -1.0) and torch.all(tensor[0, 1] == 1.0)
+
+
+def test_load_and_sample_clip_decodes_only_the_frames_it_uses(tmp_path, monkeypatch):
+    path = badinputs.write_clip(tmp_path / "clip.mp4", num_frames=24, fps=24)
+    requested = []
+    original_read_video = clips.read_video
+
+    def recording_read_video(path, max_frames=None, max_short_side=None):
+        requested.append(max_frames)
+        return original_read_video(path, max_frames=max_frames, max_short_side=max_short_side)
+
+    monkeypatch.setattr(clips, "read_video", recording_read_video)
+    frames = load_and_sample_clip(path, num_frames=4, size=(32, 48))
+    assert requested == [10]  # 4 frames every 3 (24 fps -> 8 fps): indices 0, 3, 6, 9
+    assert frames.shape == (4, 32, 48, 3)
+    assert frame_levels(frames) == [0, 3, 6, 9]
+
+
+def test_load_and_sample_clip_from_short_folder(tmp_path, warned):
+    folder = badinputs.write_frame_folder(tmp_path / "frames", [1, 2, 3])
+    frames = load_and_sample_clip(folder, num_frames=6, size=32, stride=2)
+    assert frames.shape == (6, 32, 32, 3)
+    assert frame_levels(frames) == [1, 1, 2, 2, 3, 3]
+    assert len(warned) == 1
