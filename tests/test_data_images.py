@@ -242,7 +242,7 @@ def test_prepare_photo_rejects_non_positive_size():
 def test_photos_to_tensor_shape_and_range():
     photos = [Image.new("RGB", (80, 64), badinputs.WHITE), Image.new("RGB", (64, 90), (0, 0, 0))]
     tensor = photos_to_tensor(photos, (32, 48))
-    assert tensor.shape == (2, 1, 3, 32, 48) and tensor.dtype == torch.float32
+    assert tensor.shape == (2, 1, 3, 32, 48) and tensor.dtype == torch.float32 and tensor.is_contiguous()
     assert torch.all(tensor[0] == 1.0) and torch.all(tensor[1] == -1.0)
 
 

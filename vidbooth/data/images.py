@@ -125,7 +125,7 @@ def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> float32 tensor (N, 3, H, W) in [-1, 1]."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
 
 
 def hash_file(path: str | Path) -> str:
