@@ -5,6 +5,13 @@ from __future__ import annotations
 import typer
 
 from vidbooth.cli import options
+from vidbooth.errors import UserError
+
+
+class VideosFailed(UserError):
+    """Some videos of a batch could not be evaluated; the others were. Exit code 1 (2 is for bad input)."""
+
+    exit_code = 1
 
 
 def evaluate(
@@ -29,7 +36,11 @@ def evaluate(
     recipe: str = options.Recipe,
     sets: list[str] = options.Sets,
 ) -> None:
-    """Score videos against their prompt, reference images and reference motion. Exit 1 if any video failed."""
+    """Score videos against their prompt, reference images and reference motion.
+
+    Exit 0 when every video was evaluated, 1 when some videos of a batch failed (the others are still
+    reported), 2 for bad input.
+    """
     from vidbooth.config import load_config
     from vidbooth.config.evaluate import EvaluateConfig
     from vidbooth.eval.evaluate import evaluate_videos
@@ -52,4 +63,4 @@ def evaluate(
     }
     report = evaluate_videos(load_config(EvaluateConfig, recipe, sets, overrides))
     if report.failed:
-        raise typer.Exit(1)
+        raise VideosFailed(f"{len(report.failed)} of {len(report.results)} videos could not be evaluated: see above")

@@ -189,7 +189,7 @@ class _Scorer:
             embedder = loader(name, self.device, self.batch_size)
         except ModelUnavailable as exc:
             self.models[role] = {"name": name, "status": "unavailable", "reason": str(exc)}
-            self.unavailable.update({metric: str(exc) for metric in sorted(metrics)})
+            self.unavailable.update({metric: str(exc) for metric in METRICS if metric in metrics})
             return None
         self.models[role] = embedder.description | {"status": "loaded"}
         return embedder

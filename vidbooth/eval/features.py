@@ -6,8 +6,10 @@ through `from_pretrained`, so tiny test models and real ones share this code. A 
 metrics as unavailable and runs the others.
 
 Preprocessing is written here with PIL and numpy (no torchvision):
-- CLIP: resize the shorter side to the model's image size (bicubic), centre crop, CLIP mean/std.
-- DINO: resize the shorter side to 256/224 of the model's image size (bicubic), centre crop, ImageNet mean/std.
+- CLIP: resize the shorter side to the model's image size (bicubic), centre crop, CLIP mean/std; the same
+  pixels as transformers' CLIPImageProcessor.
+- DINO: resize the shorter side to 256/224 of the model's image size (bicubic), centre crop, ImageNet mean/std;
+  torchvision's Resize(256) + CenterCrop(224) + Normalize, as in DINO's evaluation.
 
 Another family (for example a shipped model with its own CLIP-style towers) plugs in by implementing
 `ImageEmbedder` / `ImageTextEmbedder`.
@@ -17,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +38,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_RESIZE_RATIO = 256 / 224
 HUB_PROBE_TIMEOUT_S = 3.0
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+"""What a hub id looks like ('openai/clip-vit-base-patch32'); anything else that is not a folder is a missing folder."""
 
 
 class ModelUnavailable(Exception):
@@ -55,24 +60,38 @@ class ImageTextEmbedder(ImageEmbedder, Protocol):
         ...
 
 
+def floor_half(excess: int) -> int:
+    """Centre-crop offset as transformers' CLIPImageProcessor computes it."""
+    return excess // 2
+
+
+def round_half(excess: int) -> int:
+    """Centre-crop offset as torchvision's CenterCrop (DINO's evaluation transform) computes it."""
+    return int(round(excess / 2.0))
+
+
 def preprocess(
-    images: Sequence[np.ndarray], resize_to: int, crop_to: int, mean: Sequence[float], std: Sequence[float]
+    images: Sequence[np.ndarray],
+    resize_to: int,
+    crop_to: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_offset: Callable[[int], int],
 ) -> np.ndarray:
     """(N, 3, crop_to, crop_to) float32: shorter side to `resize_to` (bicubic), centre crop, normalise."""
-    batch = [_resize_and_crop(Image.fromarray(np.asarray(image)), resize_to, crop_to) for image in images]
+    batch = [_resize_and_crop(Image.fromarray(np.asarray(image)), resize_to, crop_to, crop_offset) for image in images]
     pixels = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in batch])  # (N, H, W, 3)
     pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
 
 
-def _resize_and_crop(image: Image.Image, resize_to: int, crop_to: int) -> Image.Image:
+def _resize_and_crop(image: Image.Image, resize_to: int, crop_to: int, crop_offset: Callable[[int], int]) -> Image.Image:
     width, height = image.size
     short, long = min(width, height), max(width, height)
     long_resized = int(resize_to * long / short)
     size = (resize_to, long_resized) if width <= height else (long_resized, resize_to)
     image = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    left = int(round((size[0] - crop_to) / 2.0))
-    top = int(round((size[1] - crop_to) / 2.0))
+    left, top = crop_offset(size[0] - crop_to), crop_offset(size[1] - crop_to)
     return image.crop((left, top, left + crop_to, top + crop_to))
 
 
@@ -87,10 +106,7 @@ class ClipEmbedder:
     batch_size: int = 16
 
     def image_embeds(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        size = self.model.config.vision_config.image_size
-        return _embed_in_batches(
-            images, self.batch_size, lambda chunk: self._image_features(preprocess(chunk, size, size, CLIP_MEAN, CLIP_STD))
-        )
+        return _embed_in_batches(images, self.batch_size, self._image_features)
 
     def text_embeds(self, prompts: Sequence[str]) -> np.ndarray:
         import torch
@@ -103,9 +119,11 @@ class ClipEmbedder:
             )
         return _projected(output)
 
-    def _image_features(self, pixels: np.ndarray) -> np.ndarray:
+    def _image_features(self, images: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
+        size = self.model.config.vision_config.image_size
+        pixels = preprocess(images, size, size, CLIP_MEAN, CLIP_STD, floor_half)
         with torch.inference_mode():
             output = self.model.get_image_features(pixel_values=torch.from_numpy(pixels).to(self.device))
         return _projected(output)
@@ -121,15 +139,13 @@ class DinoEmbedder:
     batch_size: int = 16
 
     def image_embeds(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        crop = self.model.config.image_size
-        resize = round(crop * DINO_RESIZE_RATIO)
-        return _embed_in_batches(
-            images, self.batch_size, lambda chunk: self._cls_tokens(preprocess(chunk, resize, crop, IMAGENET_MEAN, IMAGENET_STD))
-        )
+        return _embed_in_batches(images, self.batch_size, self._cls_tokens)
 
-    def _cls_tokens(self, pixels: np.ndarray) -> np.ndarray:
+    def _cls_tokens(self, images: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
+        crop = self.model.config.image_size
+        pixels = preprocess(images, round(crop * DINO_RESIZE_RATIO), crop, IMAGENET_MEAN, IMAGENET_STD, round_half)
         with torch.inference_mode():
             hidden = self.model(pixel_values=torch.from_numpy(pixels).to(self.device)).last_hidden_state
         return hidden[:, 0].float().cpu().numpy()
@@ -196,7 +212,7 @@ def _locate(name_or_path: str, flag: str) -> tuple[str, dict[str, Any]]:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return str(path), {}
-    if path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+    if not HUB_ID.match(name_or_path):
         raise ModelUnavailable(f"folder '{name_or_path}' not found: pass {flag} <local folder>")
     if _in_hub_cache(name_or_path):
         return name_or_path, {"local_files_only": True}
@@ -222,12 +238,18 @@ def _offline() -> bool:
 
 
 def _in_hub_cache(repo_id: str) -> bool:
+    return _cached_revision(repo_id) is not None
+
+
+def _cached_revision(repo_id: str) -> str | None:
+    """The commit of the cached snapshot of hub model `repo_id`, or None when it is not cached."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+        config_path = try_to_load_from_cache(repo_id, "config.json")
     except ValueError:  # not a valid repo id
-        return False
+        return None
+    return Path(config_path).parent.name if isinstance(config_path, str) else None
 
 
 def _hub_reachable(endpoint: str) -> bool:
@@ -269,7 +291,7 @@ def _describe(model: Any, name_or_path: str) -> dict[str, Any]:
     return {
         "name": name_or_path,
         "class": type(model).__name__,
-        "revision": getattr(config, "_commit_hash", None),
+        "revision": None if Path(name_or_path).expanduser().is_dir() else _cached_revision(name_or_path),
         "saved_with_transformers": getattr(config, "transformers_version", None),
         "loaded_with_transformers": transformers.__version__,
     }

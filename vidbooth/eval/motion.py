@@ -105,9 +105,8 @@ def _rotation_and_zoom(vectors: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> n
     radial = np.sum(relative * offsets, axis=-1) / distance
     # Image y points down, so a positive cross product turns clockwise on screen.
     tangential = -(offsets[:, 0] * relative[:, 1] - offsets[:, 1] * relative[:, 0]) / distance
-    return np.array(
-        [radial.clip(min=0).sum(), -radial.clip(max=0).sum(), tangential.clip(min=0).sum(), -tangential.clip(max=0).sum()]
-    )
+    parts = [np.maximum(radial, 0), np.maximum(-radial, 0), np.maximum(tangential, 0), np.maximum(-tangential, 0)]
+    return np.array([part.sum() for part in parts])
 
 
 def _resample_in_time(steps: np.ndarray, count: int) -> np.ndarray:

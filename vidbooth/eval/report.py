@@ -79,8 +79,9 @@ def show(report: EvaluationReport) -> None:
     means = report.aggregate()
     rows.append(["mean", *[_cell(means[name]["mean"]) for name in names]])
     reporting.table("vidbooth evaluate", ["video", *[METRIC_LABELS[name] for name in names]], rows, to_stdout=True)
-    for name, reason in report.unavailable.items():
-        reporting.warn(f"{METRIC_LABELS[name]} unavailable: {reason}")
+    for reason in dict.fromkeys(report.unavailable.values()):
+        labels = ", ".join(METRIC_LABELS[name] for name, why in report.unavailable.items() if why == reason)
+        reporting.warn(f"{labels} unavailable: {reason}")
     for result in report.failed:
         reporting.error(result.error)
 

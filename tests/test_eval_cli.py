@@ -1,0 +1,183 @@
+"""`vidbooth evaluate` end to end through `vidbooth.cli.app.main`, with tiny CLIP/ViT models saved to disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_eval_metrics import moving_square, smooth_image, tiny_clip_dir, tiny_vit_dir  # noqa: F401 (fixtures)
+
+from vidbooth.cli.app import main
+from vidbooth.data.video import write_video
+from vidbooth.errors import UserError
+from vidbooth.eval.evaluate import requested_metrics
+
+
+@pytest.fixture
+def media(tmp_path) -> dict[str, Path]:
+    """Two generated videos (moving right, moving left), a reference clip (moving right) and reference photos."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(20 + i)).save(photos / f"photo{i}.png")
+    (tmp_path / "empty").mkdir()
+    return {
+        "right": write_video(moving_square(frames=8), tmp_path / "right.mp4"),
+        "left": write_video(moving_square(frames=8)[::-1].copy(), tmp_path / "left.gif"),
+        "reference_clip": write_video(moving_square(frames=10, seed=3, background=90), tmp_path / "reference.gif"),
+        "photos": photos,
+        "empty": tmp_path / "empty",
+    }
+
+
+def run(*args: object) -> int:
+    return main(["evaluate", *map(str, args)])
+
+
+def models(clip: Path, dino: Path) -> list[str]:
+    return ["--clip-model", str(clip), "--dino-model", str(dino)]
+
+
+def error_lines(captured) -> list[str]:
+    return [line for line in captured.err.splitlines() if line.startswith("error:")]
+
+
+def test_every_metric_is_computed_and_written_as_json_and_csv(media, tiny_clip_dir, tiny_vit_dir, tmp_path):
+    out_json, out_csv = tmp_path / "results" / "scores.json", tmp_path / "results" / "scores.csv"
+    code = run(
+        media["right"], media["left"], "--prompt", "a square", "--ref-images", media["photos"],
+        "--ref-video", media["reference_clip"], *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json, "--csv", out_csv,
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    right, left = (video["metrics"] for video in report["videos"])
+    assert set(right) == {"clip_t", "clip_i", "dino_i", "t_cons", "motion_fidelity"}
+    assert right["motion_fidelity"] > 0.9 and left["motion_fidelity"] < 0.2
+    assert all(-1.0 <= value <= 1.0 + 1e-6 for value in [*right.values(), *left.values()])
+    assert 0.9 < right["t_cons"] <= 1.0 + 1e-6
+    for name, summary in report["aggregate"].items():
+        assert summary["count"] == 2
+        assert summary["mean"] == pytest.approx((right[name] + left[name]) / 2)
+    assert report["failed"] == 0 and report["unavailable"] == {}
+    assert report["models"]["clip"]["name"] == str(tiny_clip_dir)
+    assert report["models"]["clip"]["class"] == "CLIPModel" and report["models"]["dino"]["class"] == "ViTModel"
+    assert "farneback" in report["models"]["motion"]["method"]
+    import transformers
+
+    assert report["versions"]["transformers"] == transformers.__version__ and report["versions"]["vidbooth"]
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [row["video"] for row in rows] == [str(media["right"]), str(media["left"])]
+    assert float(rows[1]["motion_fidelity"]) == pytest.approx(left["motion_fidelity"])
+    assert not list(out_json.parent.glob(".tmp-*"))
+
+
+def test_a_manifest_batch_reports_bad_lines_keeps_going_and_exits_1(media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(
+        "# video|||reference images|||prompt\n"
+        f"right.mp4|||photos|||a square moving right\n"
+        f"missing.mp4|||photos|||a square\n"
+        f"left.gif|||photos\n"
+        f"\n"
+        f"left.gif|||empty|||a square\n"
+        f"{media['left']}|||{media['photos']}|||a square moving left\n"
+    )
+    out_json = tmp_path / "scores.json"
+    code = run("--manifest", manifest, *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json)
+    assert code == 1
+    videos = json.loads(out_json.read_text())["videos"]
+    assert [video["error"] is None for video in videos] == [True, False, False, False, True]
+    assert videos[0]["prompt"] == "a square moving right" and videos[0]["metrics"]["clip_i"] is not None
+    assert videos[4]["metrics"]["dino_i"] is not None
+    errors = error_lines(capsys.readouterr())
+    assert any("list.txt line 3" in line and "missing.mp4" in line for line in errors)
+    assert any("list.txt line 4" in line and "expected 'video|||" in line for line in errors)
+    assert any("list.txt line 6" in line and "no readable image" in line for line in errors)
+    assert errors[-1] == "error: 3 of 5 videos could not be evaluated: see above"
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("unreadable video", "cannot read video"),
+        ("empty reference folder", "holds no readable image"),
+        ("no prompt", "no prompt for"),
+        ("unknown metric", "unknown metric(s) sharpness"),
+        ("unmatched glob", "matches no video"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_2(case, expected, media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video")
+    args = {
+        "unreadable video": [broken, "--prompt", "x"],
+        "empty reference folder": [media["right"], "--prompt", "x", "--ref-images", media["empty"]],
+        "no prompt": [media["right"]],
+        "unknown metric": [media["right"], "--prompt", "x", "--metrics", "clip_t,sharpness"],
+        "unmatched glob": [tmp_path / "nothing-*.mp4", "--prompt", "x"],
+    }[case]
+    assert run(*args, *models(tiny_clip_dir, tiny_vit_dir)) == 2
+    errors = error_lines(capsys.readouterr())
+    assert len(errors) == 1 and expected in errors[0]
+
+
+def test_an_unavailable_model_is_reported_and_the_other_metrics_still_run(media, tiny_vit_dir, tmp_path, capsys):
+    out_json = tmp_path / "scores.json"
+    missing = tmp_path / "no-clip-here"
+    code = run(media["right"], "-p", "x", "--ref-images", media["photos"], *models(missing, tiny_vit_dir), "--json", out_json)
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    assert set(report["unavailable"]) == {"clip_t", "clip_i", "t_cons"}
+    assert all("pass --clip-model <local folder>" in reason for reason in report["unavailable"].values())
+    assert report["models"]["clip"]["status"] == "unavailable"
+    metrics = report["videos"][0]["metrics"]
+    assert metrics["clip_t"] is None and metrics["dino_i"] > 0.5
+    assert "CLIP-T, CLIP-I, T.Cons unavailable" in capsys.readouterr().err
+
+
+def test_when_no_metric_can_be_computed_the_run_fails_saying_how_to_fix_it(media, tmp_path, capsys):
+    assert run(media["right"], "-p", "x", "--clip-model", tmp_path / "missing") == 2
+    errors = error_lines(capsys.readouterr())
+    assert len(errors) == 1 and "no metric can be computed" in errors[0] and "--clip-model" in errors[0]
+
+
+def test_subject_photos_and_motion_clips_come_from_the_library(media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
+    from vidbooth.library import artifact_dir
+
+    subject = artifact_dir("subject", "S*", must_exist=False)
+    (subject / "photos").mkdir(parents=True)
+    (subject / "manifest.json").write_text(json.dumps({"name": "S*", "kind": "subject"}))
+    Image.fromarray(smooth_image(7)).save(subject / "photos" / "a.jpg")
+    motion = artifact_dir("motion", "slide", must_exist=False)
+    (motion / "clips").mkdir(parents=True)
+    (motion / "manifest.json").write_text(json.dumps({"name": "slide", "kind": "motion"}))
+    (motion / "clips" / "clip.gif").write_bytes(media["reference_clip"].read_bytes())
+    out_json = tmp_path / "scores.json"
+    args = [media["right"], "-p", "x", "--subject", "S*", "--motion", "slide", *models(tiny_clip_dir, tiny_vit_dir)]
+    assert run(*args, "--json", out_json) == 0
+    report = json.loads(out_json.read_text())
+    assert report["videos"][0]["reference_images"] == str(subject / "photos")
+    assert report["reference_motion"] == [str(motion / "clips" / "clip.gif")]
+    assert report["videos"][0]["metrics"]["motion_fidelity"] > 0.9
+    assert run(media["right"], "-p", "x", "--subject", "nobody", *models(tiny_clip_dir, tiny_vit_dir)) == 2
+    assert "unknown subject 'nobody'" in error_lines(capsys.readouterr())[0]
+
+
+def test_a_glob_evaluates_every_matching_video(media, tiny_clip_dir, tiny_vit_dir, tmp_path):
+    out_json = tmp_path / "scores.json"
+    pattern = tmp_path / "*.gif"  # left.gif and reference.gif
+    assert run(pattern, "-p", "x", "--metrics", "t-cons", *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json) == 0
+    videos = json.loads(out_json.read_text())["videos"]
+    assert [Path(v["video"]).name for v in videos] == ["left.gif", "reference.gif"]
+    assert all(list(v["metrics"]) == ["t_cons"] for v in videos)
+
+
+def test_metric_names_are_read_leniently_and_checked():
+    assert requested_metrics(["auto"]) is None
+    assert requested_metrics(["T.Cons,CLIP-T", "motion"]) == ["clip_t", "t_cons", "motion_fidelity"]
+    with pytest.raises(UserError, match="choose from auto, clip_t"):
+        requested_metrics(["fvd"])
+    assert requested_metrics(["clip_i, dino_i"]) == ["clip_i", "dino_i"]

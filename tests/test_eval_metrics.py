@@ -1,0 +1,268 @@
+"""Evaluation metrics on cases with known answers, and the CLIP/DINO loaders on tiny models saved to disk.
+
+The tiny models and the synthetic videos defined here are reused by tests/test_eval_cli.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vidbooth.eval import metrics
+from vidbooth.eval.features import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ModelUnavailable,
+    floor_half,
+    load_clip,
+    load_dino,
+    preprocess,
+    round_half,
+)
+from vidbooth.eval.motion import motion_fidelity, motion_signature
+
+SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
+
+
+# ----- tiny models and synthetic media (shared with test_eval_cli.py) -----
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from vidbooth.engine.tiny import tiny_tokenizer_files
+
+    tiny_tokenizer_files(folder)
+    vocab_size = len(__import__("json").loads((folder / "vocab.json").read_text()))
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_vit(folder: Path) -> Path:
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    return save_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+
+
+def smooth_image(seed: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """A random but spatially smooth RGB image, so that resizing keeps its content."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    return np.kron(coarse, np.ones((8, 8, 1), dtype=np.uint8))
+
+
+def moving_square(
+    direction=(1, 0), frames=12, size=64, square=16, start=(10, 24), speed=2, seed=0, background=40
+) -> np.ndarray:
+    """(F, size, size, 3) uint8: a randomly textured square sliding `speed` px per frame along `direction`."""
+    rng = np.random.default_rng(seed)
+    texture = np.kron(rng.integers(0, 256, (square // 4, square // 4, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8))
+    video = np.full((frames, size, size, 3), background, dtype=np.uint8)
+    for i, frame in enumerate(video):
+        x, y = start[0] + direction[0] * speed * i, start[1] + direction[1] * speed * i
+        frame[y : y + square, x : x + square] = texture
+    return video
+
+
+# ----- embedding metrics -----
+
+
+def test_temporal_consistency_is_one_for_identical_frames_and_zero_for_orthogonal_ones():
+    same = np.tile([[3.0, 4.0, 0.0]], (5, 1))
+    alternating = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    assert metrics.temporal_consistency(same) == pytest.approx(1.0)
+    assert metrics.temporal_consistency(alternating) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        metrics.temporal_consistency(same[:1])
+
+
+def test_clip_t_and_reference_similarity_are_mean_cosines():
+    frames = np.array([[1.0, 0.0], [1.0, 1.0]])
+    assert metrics.clip_t(frames, np.array([2.0, 0.0])) == pytest.approx((1.0 + np.sqrt(0.5)) / 2)
+    references = np.array([[0.0, 5.0], [1.0, 0.0]])
+    # pairs: (f0,r0)=0, (f0,r1)=1, (f1,r0)=sqrt(.5), (f1,r1)=sqrt(.5)
+    assert metrics.reference_similarity(frames, references) == pytest.approx((1.0 + 2 * np.sqrt(0.5)) / 4)
+
+
+def test_clip_preprocessing_matches_transformers_clip_image_processor():
+    pytest.importorskip("transformers")
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    images = [smooth_image(1, 51, 95), smooth_image(2, 90, 50)]
+    expected = processor(images=images, return_tensors="np")["pixel_values"]
+    ours = preprocess(images, 32, 32, CLIP_MEAN, CLIP_STD, floor_half)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_dino_preprocessing_resizes_shorter_side_then_crops_the_centre_with_imagenet_statistics():
+    image = np.zeros((100, 300, 3), dtype=np.uint8)
+    image[:, 140:160] = 255  # a white band in the middle, black elsewhere
+    pixels = preprocess([image], 8, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), round_half)
+    # 100x300 -> 8x24, centre crop keeps columns 8..15, the band covers about columns 11..12 after resizing
+    assert pixels.shape == (1, 3, 8, 8)
+    assert pixels[0, 0, 4, 0] == pytest.approx(-2.0, abs=0.05)  # black: (0 - .5) / .25
+    assert pixels[0, 0, 4, 3:5].max() > 1.0  # the white band is kept by the centre crop
+    assert round_half(27) == 14 and floor_half(27) == 13
+
+
+# ----- loaders on tiny models -----
+
+
+def test_tiny_clip_loads_from_a_folder_and_embeds_images_and_text(tiny_clip_dir):
+    clip = load_clip(str(tiny_clip_dir), device="cpu")
+    images = np.stack([smooth_image(0), smooth_image(1), smooth_image(0)])
+    image_embeds = clip.image_embeds(images)
+    text_embeds = clip.text_embeds(["a sks dog", "a cat"])
+    assert image_embeds.shape == (3, 16) and text_embeds.shape == (2, 16)
+    np.testing.assert_allclose(image_embeds[0], image_embeds[2], atol=1e-6)
+    assert not np.allclose(text_embeds[0], text_embeds[1])
+    assert clip.description["class"] == "CLIPModel" and clip.description["name"] == str(tiny_clip_dir)
+
+
+def test_identical_frames_give_temporal_consistency_one(tiny_clip_dir):
+    clip = load_clip(str(tiny_clip_dir), device="cpu")
+    still = np.stack([smooth_image(3)] * 6)
+    changing = np.stack([smooth_image(seed) for seed in range(6)])
+    assert metrics.temporal_consistency(clip.image_embeds(still)) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.temporal_consistency(clip.image_embeds(changing)) < 0.9999
+
+
+def test_a_video_of_the_reference_image_scores_highest_clip_i_and_dino_i(tiny_clip_dir, tiny_vit_dir):
+    clip, dino = load_clip(str(tiny_clip_dir), device="cpu"), load_dino(str(tiny_vit_dir), device="cpu")
+    reference = smooth_image(10)
+    candidates = {"reference": np.stack([reference] * 4)} | {
+        f"other{seed}": np.stack([smooth_image(seed)] * 4) for seed in range(11, 15)
+    }
+    for embedder in (clip, dino):
+        reference_embeds = embedder.image_embeds([reference])
+        scores = {
+            name: metrics.reference_similarity(embedder.image_embeds(video), reference_embeds)
+            for name, video in candidates.items()
+        }
+        assert scores["reference"] == pytest.approx(1.0, abs=1e-5)
+        assert max(scores, key=scores.get) == "reference"
+        assert all(score < 1.0 - 1e-4 for name, score in scores.items() if name != "reference")
+
+
+def test_dinov2_models_are_loaded_too(tmp_path):
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    Dinov2Model(config).save_pretrained(tmp_path)
+    dino = load_dino(str(tmp_path), device="cpu")
+    assert dino.description["class"] == "Dinov2Model"
+    assert dino.image_embeds([smooth_image(0), smooth_image(1)]).shape == (2, 16)
+
+
+def test_hub_ids_load_from_the_hugging_face_cache_layout(tiny_clip_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-clip"
+    snapshot = repo / "snapshots" / SNAPSHOT
+    snapshot.mkdir(parents=True)
+    for file in tiny_clip_dir.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SNAPSHOT)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    clip = load_clip("tiny-org/tiny-clip", device="cpu")
+    assert clip.description["name"] == "tiny-org/tiny-clip"
+    assert clip.description["revision"] == SNAPSHOT
+    direct = load_clip(str(tiny_clip_dir), device="cpu")
+    np.testing.assert_allclose(clip.image_embeds([smooth_image(0)]), direct.image_embeds([smooth_image(0)]), atol=1e-6)
+
+
+def test_missing_models_are_unavailable_with_how_to_supply_them(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    with pytest.raises(ModelUnavailable, match=r"not found: pass --clip-model <local folder>"):
+        load_clip(str(tmp_path / "no-such-folder"), device="cpu")
+    with pytest.raises(ModelUnavailable, match=r"not in the Hugging Face cache and HF_HUB_OFFLINE is set"):
+        load_dino("facebook/dino-vits16", device="cpu")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    with pytest.raises(ModelUnavailable, match=r"cannot load a CLIP model from .*pass --clip-model"):
+        load_clip(str(tmp_path / "broken"), device="cpu")
+
+
+# ----- motion fidelity -----
+
+
+def test_motion_fidelity_of_a_clip_with_itself_is_one():
+    clip = moving_square()
+    assert motion_fidelity(clip, clip) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_reversed_and_perpendicular_motions_score_low():
+    right = moving_square()
+    up = moving_square(direction=(0, -1), start=(24, 44))
+    assert motion_fidelity(right[::-1], right) < 0.1
+    assert motion_fidelity(up, right) < 0.1
+
+
+def test_motion_fidelity_ignores_appearance_position_scale_and_frame_count():
+    reference = moving_square()
+    elsewhere_bigger_other_colours = moving_square(
+        frames=20, size=128, square=40, start=(5, 60), speed=3, seed=5, background=200
+    )
+    assert motion_fidelity(elsewhere_bigger_other_colours, reference) > 0.95
+
+
+def test_rotation_and_zoom_are_told_apart_from_their_opposites():
+    import cv2
+
+    image = cv2.resize(smooth_image(4, 64, 64), (96, 96), interpolation=cv2.INTER_LINEAR)
+
+    def warped(angle_step: float, zoom_step: float) -> np.ndarray:
+        matrices = [cv2.getRotationMatrix2D((48, 48), angle_step * i, 1 + zoom_step * i) for i in range(8)]
+        return np.stack([cv2.warpAffine(image, m, (96, 96), borderMode=cv2.BORDER_REFLECT) for m in matrices])
+
+    turning_left, turning_right = warped(3, 0), warped(-3, 0)
+    zooming_in, zooming_out = warped(0, 0.03), warped(0, -0.03)
+    assert motion_fidelity(turning_left, turning_left) == pytest.approx(1.0)
+    assert motion_fidelity(turning_left, turning_right) < 0.5
+    assert motion_fidelity(zooming_in, zooming_out) < 0.5
+    assert motion_fidelity(turning_left, zooming_in) < 0.5
+
+
+def test_a_still_video_has_an_all_zero_signature_and_zero_fidelity():
+    still = np.stack([smooth_image(0)] * 5)
+    assert not motion_signature(still).any()
+    assert motion_fidelity(still, moving_square(size=48)) == 0.0
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        motion_signature(still[:1])
