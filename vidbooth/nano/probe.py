@@ -82,19 +82,35 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
+def _opponent(pixels: np.ndarray) -> np.ndarray:
+    """(..., 2) opponent-colour coordinates of RGB pixels: their angle is the hue, grey is (0, 0)."""
+    pixels = pixels.astype(np.float32)
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    return np.stack([red - (green + blue) / 2.0, (math.sqrt(3.0) / 2.0) * (green - blue)], axis=-1)
+
+
+def _sprite_hue(pixels: np.ndarray) -> float | None:
+    """Hue in degrees of the pixels' summed opponent vector (colourful pixels weigh most); None if grey."""
+    x, y = _opponent(pixels).sum(axis=0)
+    return None if x == 0 and y == 0 else math.degrees(math.atan2(y, x)) % 360.0
+
+
 def _hue_distance(a: float, b: float) -> float:
     return abs((a - b + 180.0) % 360.0 - 180.0)
 
 
-def _classify_colour(pixels: np.ndarray) -> str:
-    """Nearest palette hue to the pixels' summed opponent-colour vector (colourful pixels weigh most)."""
-    red, green, blue = pixels.astype(np.float64).T
-    opponent_x = float(np.sum(red - (green + blue) / 2.0))
-    opponent_y = float(np.sum(math.sqrt(3.0) / 2.0 * (green - blue)))
-    if opponent_x == 0.0 and opponent_y == 0.0:
+def _colour_name(hue: float | None) -> str:
+    if hue is None:
         return UNKNOWN
-    hue = math.degrees(math.atan2(opponent_y, opponent_x)) % 360.0
     return min(COLOUR_HUES, key=lambda name: _hue_distance(hue, COLOUR_HUES[name]))
+
+
+def _hue_strength(frames: np.ndarray, hue: float, background_hint: np.ndarray | None) -> np.ndarray:
+    """How much of the sprite's hue each pixel holds; linear in the sprite's share of a blended pixel."""
+    opponent = _opponent(frames)
+    if background_hint is not None:
+        opponent -= _opponent(np.asarray(background_hint))
+    return opponent @ np.array([math.cos(math.radians(hue)), math.sin(math.radians(hue))], dtype=np.float32)
 
 
 def _normalised_blob(mask: np.ndarray) -> np.ndarray:
@@ -138,19 +154,18 @@ def _softness_by_blur(radius: float) -> np.ndarray:
     return np.maximum.accumulate(np.array(softness))
 
 
-def _edge_softness(contrast: np.ndarray, masks: np.ndarray, peak: float) -> float:
-    """Mean contrast just outside the blobs, from 0 at the background level (median) to 1 at `peak`."""
-    floor = float(np.median(contrast))
+def _edge_softness(strength: np.ndarray, masks: np.ndarray) -> float:
+    """Mean hue strength just outside the blobs as a fraction of the sprite's peak strength."""
     rings = np.stack([_outer_ring(mask) for mask in masks])
     if not rings.any():
         return 0.0
-    return (float(contrast[rings].mean()) - floor) / max(peak - floor, 1e-6)
+    return float(strength[rings].mean()) / max(float(np.percentile(strength[masks], 99.0)), 1e-6)
 
 
-def _estimate_blur(contrast: np.ndarray, masks: np.ndarray, areas: np.ndarray, peak: float) -> float:
+def _estimate_blur(strength: np.ndarray, masks: np.ndarray, areas: np.ndarray) -> float:
     """The Gaussian blur (px) whose edge softness matches the blobs', on _BLUR_GRID."""
     radius = max(1.0, round(math.sqrt(float(np.median(areas)) / math.pi)))
-    estimate = np.interp(_edge_softness(contrast, masks, peak), _softness_by_blur(radius), _BLUR_GRID)
+    estimate = np.interp(_edge_softness(strength, masks), _softness_by_blur(radius), _BLUR_GRID)
     return float(_BLUR_GRID[np.argmin(np.abs(_BLUR_GRID - estimate))])
 
 
@@ -257,11 +272,12 @@ def probe_video(frames: np.ndarray, background_hint: np.ndarray | None = None) -
     if not found.any():
         return _unknown(len(frames))
     masks[~found] = False
-    blur = _estimate_blur(contrast[found], masks[found], areas[found], peak)
+    hue = _sprite_hue(frames[masks])
+    blur = 0.0 if hue is None else _estimate_blur(_hue_strength(frames[found], hue, background_hint), masks[found], areas[found])
     scales = np.where(found, np.sqrt(areas), np.nan)
     centroids = _centroids(masks, found)
     return ProbeResult(
-        colour=_classify_colour(frames[masks]),
+        colour=_colour_name(hue),
         shape=_classify_shape(masks[found], areas[found], blur),
         motion=_classify_motion(centroids, scales, max(frames.shape[1:3])),
         centroids=centroids,

@@ -1,0 +1,113 @@
+"""The world probe reads colour, shape and motion back from the world's own ground-truth clips."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from vidbooth.errors import UserError
+from vidbooth.nano.probe import UNKNOWN, probe_accuracy, probe_video, score_against_caption
+from vidbooth.nano.world import COLOURS, MOTIONS, PATTERNS, SHAPES, Motion, Sprite, caption, render_clip
+
+CLIP_COUNT = 65  # every shape x motion pair once (5 x 13), colours and patterns cycling
+
+
+def _truths() -> list[tuple[Sprite, Motion]]:
+    return [
+        (Sprite(SHAPES[i % len(SHAPES)], COLOURS[i % len(COLOURS)], PATTERNS[i % len(PATTERNS)]), Motion(MOTIONS[i % 13]))
+        for i in range(CLIP_COUNT)
+    ]
+
+
+def _degrade(frames: np.ndarray, blur: float, noise: float, rng: np.random.Generator) -> np.ndarray:
+    blurred = np.stack([cv2.GaussianBlur(frame, (0, 0), blur) for frame in frames]) if blur else frames
+    return np.clip(blurred + rng.normal(0.0, noise, frames.shape), 0, 255).astype(np.uint8)
+
+
+def _ground_truth_clips(size: int, blur: float = 0.0, noise: float = 0.0) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    clips = [render_clip(sprite, motion, size=size, seed=100 + i)[0] for i, (sprite, motion) in enumerate(_truths())]
+    return [_degrade(clip, blur, noise, rng) for clip in clips] if blur or noise else clips
+
+
+def test_ground_truth_set_covers_every_shape_motion_and_colour():
+    truths = _truths()
+    assert len({(sprite.shape, motion.name) for sprite, motion in truths}) == len(SHAPES) * len(MOTIONS)
+    assert {sprite.colour for sprite, _ in truths} == set(COLOURS)
+
+
+# Measured on this set: 100% colour, shape and motion in every row except shape at (64, 1.5, 8.0): 97%.
+@pytest.mark.parametrize(
+    "size, blur, noise, least_shape",
+    [(64, 0.0, 0.0, 1.0), (32, 0.0, 0.0, 0.95), (64, 1.0, 6.0, 0.95), (32, 0.6, 4.0, 0.9), (64, 1.5, 8.0, 0.9)],
+)
+def test_probe_recovers_truth(size, blur, noise, least_shape):
+    accuracy = probe_accuracy(_ground_truth_clips(size, blur, noise), _truths())
+    assert accuracy["count"] == CLIP_COUNT
+    assert accuracy["colour"] >= 0.98 and accuracy["motion"] >= 0.95 and accuracy["shape"] >= least_shape, accuracy
+
+
+def test_probe_tracks_follow_the_true_trajectory():
+    for name in ("down-left", "circle", "bounce"):
+        frames, truth = render_clip(Sprite("diamond", "blue", "checkered"), Motion(name), seed=9)
+        result = probe_video(frames)
+        assert np.abs(result.centroids - truth.centres).max() < 1.0, name
+    frames, truth = render_clip(Sprite("circle", "green", "solid"), Motion("zoom-in"), seed=9)
+    measured = probe_video(frames).scales
+    assert np.allclose(measured / measured[0], truth.radii / truth.radii[0], rtol=0.1)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        np.zeros((8, 64, 64, 3), np.uint8),
+        np.full((8, 32, 32, 3), 128, np.uint8),
+        np.zeros((0, 64, 64, 3), np.uint8),
+        np.random.default_rng(0).integers(100, 110, (4, 64, 64, 1), dtype=np.uint8).repeat(3, axis=-1),
+    ],
+)
+def test_blank_videos_read_as_unknown(frames):
+    result = probe_video(frames)
+    assert (result.colour, result.shape, result.motion) == (UNKNOWN, UNKNOWN, UNKNOWN)
+    assert result.centroids.shape == (len(frames), 2) and result.scales.shape == (len(frames),)
+    assert np.isnan(result.centroids).all() and np.isnan(result.scales).all()
+
+
+def test_single_frame_has_colour_and_shape_but_unknown_motion():
+    frames, _ = render_clip(Sprite("triangle", "yellow", "dotted"), Motion("left"), seed=1)
+    result = probe_video(frames[:1])
+    assert (result.colour, result.shape, result.motion) == ("yellow", "triangle", UNKNOWN)
+
+
+def test_background_hint_separates_a_sprite_from_a_colourful_background():
+    background = np.array([40, 160, 200], np.uint8)
+    frames = np.tile(background, (6, 64, 64, 1))
+    for index, frame in enumerate(frames):
+        frame[24:36, 8 + 6 * index : 20 + 6 * index] = (230, 20, 20)
+    assert probe_video(frames).colour != "red"
+    result = probe_video(frames, background_hint=background)
+    assert (result.colour, result.shape, result.motion) == ("red", "square", "right")
+    with pytest.raises(UserError, match="background_hint"):
+        probe_video(frames, background_hint=np.zeros(4))
+
+
+def test_scores_accept_captions_or_pairs():
+    sprite, motion = Sprite("cross", "magenta", "striped"), Motion("up")
+    result = probe_video(render_clip(sprite, motion, seed=5)[0])
+    expected = {"colour_correct": True, "shape_correct": True, "motion_correct": True}
+    assert score_against_caption(result, caption(sprite, motion)) == expected
+    assert score_against_caption(result, (sprite, motion)) == expected
+    wrong = score_against_caption(result, "a red striped cross moving down")
+    assert wrong == {"colour_correct": False, "shape_correct": True, "motion_correct": False}
+    with pytest.raises(UserError):
+        score_against_caption(result, "a cross")
+
+
+def test_bad_inputs_are_user_errors():
+    with pytest.raises(UserError, match="shape"):
+        probe_video(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(UserError, match="uint8"):
+        probe_video(np.zeros((2, 64, 64, 3), np.float32))
+    with pytest.raises(UserError):
+        probe_accuracy([np.zeros((2, 32, 32, 3), np.uint8)], [])

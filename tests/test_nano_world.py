@@ -1,0 +1,187 @@
+"""The nano world: determinism, geometry, captions, the held-out split and pretraining batches."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from vidbooth.errors import UserError
+from vidbooth.nano.world import (
+    COLOURS,
+    MOTIONS,
+    PATTERNS,
+    SHAPES,
+    Motion,
+    Sprite,
+    all_motions,
+    all_sprites,
+    caption,
+    make_split,
+    parse_caption,
+    render_clip,
+    render_motion_clips,
+    render_photos,
+    sample_pretraining_batch,
+)
+
+RED_SQUARE = Sprite("square", "red", "striped")
+LINEAR_MOTIONS = ("left", "right", "up", "down", "up-left", "up-right", "down-left", "down-right")
+
+
+def _chroma(image: np.ndarray) -> np.ndarray:
+    pixels = image.astype(int)
+    return pixels.max(axis=-1) - pixels.min(axis=-1)
+
+
+def test_vocabularies_have_the_promised_sizes():
+    assert 4 <= len(SHAPES) <= 6 and 6 <= len(COLOURS) <= 8 and len(PATTERNS) == 4
+    assert len(all_sprites()) == len(SHAPES) * len(COLOURS) * len(PATTERNS)
+    assert {"left", "right", "up", "down", "circle", "zoom-in", "zoom-out", "bounce", "still"} <= set(MOTIONS)
+    assert len(all_motions()) == len(MOTIONS) == 13
+
+
+@pytest.mark.parametrize("size, num_frames", [(64, 8), (32, 8), (48, 3), (64, 16)])
+def test_clip_shape_dtype_and_trajectory(size, num_frames):
+    frames, truth = render_clip(RED_SQUARE, Motion("left"), num_frames=num_frames, size=size, seed=3)
+    assert frames.shape == (num_frames, size, size, 3) and frames.dtype == np.uint8
+    assert truth.centres.shape == (num_frames, 2) and truth.radii.shape == (num_frames,)
+
+
+def test_same_seed_same_clip_and_different_seeds_differ():
+    first, first_truth = render_clip(RED_SQUARE, Motion("circle"), seed=11)
+    again, again_truth = render_clip(RED_SQUARE, Motion("circle"), seed=11)
+    other, _ = render_clip(RED_SQUARE, Motion("circle"), seed=12)
+    assert np.array_equal(first, again) and np.array_equal(first_truth.centres, again_truth.centres)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_sprite_stays_in_frame_for_every_motion(size):
+    for motion, seed in itertools.product(all_motions(), range(20)):
+        _, truth = render_clip(RED_SQUARE, motion, size=size, seed=seed)
+        assert np.all(truth.centres - truth.radii[:, None] >= 0), (motion, seed)
+        assert np.all(truth.centres + truth.radii[:, None] <= size - 1), (motion, seed)
+
+
+@pytest.mark.parametrize("size, least_step", [(64, 3.0), (32, 1.5)])
+def test_linear_motions_move_visibly_every_frame_in_their_direction(size, least_step):
+    for name, seed in itertools.product(LINEAR_MOTIONS, range(5)):
+        _, truth = render_clip(RED_SQUARE, Motion(name), size=size, seed=seed)
+        steps = np.diff(truth.centres, axis=0)
+        assert np.all(np.hypot(steps[:, 0], steps[:, 1]) >= least_step), (name, seed)
+        expected_x = -1 if "left" in name else 1 if "right" in name else 0
+        expected_y = -1 if "up" in name else 1 if "down" in name else 0
+        assert np.all(np.sign(np.round(steps, 6)) == [expected_x, expected_y]), (name, seed)
+
+
+def test_special_motions_follow_their_definitions():
+    _, zoom_in = render_clip(RED_SQUARE, Motion("zoom-in"), seed=1)
+    _, zoom_out = render_clip(RED_SQUARE, Motion("zoom-out"), seed=1)
+    _, still = render_clip(RED_SQUARE, Motion("still"), seed=1)
+    _, bounce = render_clip(RED_SQUARE, Motion("bounce"), num_frames=9, seed=1)
+    _, circle = render_clip(RED_SQUARE, Motion("circle"), seed=1)
+    assert np.all(np.diff(zoom_in.radii) > 0) and np.all(np.diff(zoom_out.radii) < 0)
+    assert np.ptp(still.centres, axis=0).max() == 0 and np.ptp(still.radii) == 0
+    assert np.argmax(bounce.centres[:, 1]) == 4 and np.ptp(bounce.centres[:, 0]) == 0
+    distances = np.hypot(*(circle.centres - circle.centres.mean(axis=0)).T)
+    assert np.ptp(distances) < 1e-6 and distances[0] > 10
+
+
+def test_backgrounds_are_nearly_grey_and_sprites_are_strongly_coloured():
+    for seed, sprite in enumerate(all_sprites()[::7]):
+        frames, truth = render_clip(sprite, Motion("right"), seed=seed)
+        ys, xs = np.mgrid[0:64, 0:64]
+        for frame, (cx, cy), radius in zip(frames, truth.centres, truth.radii):
+            distance = np.hypot(xs - cx, ys - cy)
+            assert _chroma(frame)[distance > 1.6 * radius + 2].max() <= 26
+            assert _chroma(frame)[distance < 0.4 * radius].min() >= 130
+
+
+def test_captions_read_naturally_and_parse_back_for_every_pair():
+    assert caption(RED_SQUARE, Motion("left")) == "a red striped square moving left"
+    assert caption(RED_SQUARE, Motion("zoom-in")) == "a red striped square zooming in"
+    assert caption(RED_SQUARE, Motion("still")) == "a red striped square standing still"
+    for sprite, motion in itertools.product(all_sprites(), all_motions()):
+        assert parse_caption(caption(sprite, motion)) == (sprite, motion)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "a red square moving left", "a pink striped square moving left", "a red striped square flying"]
+)
+def test_unreadable_captions_are_user_errors(text):
+    with pytest.raises(UserError):
+        parse_caption(text)
+
+
+def test_bad_names_and_arguments_are_user_errors():
+    with pytest.raises(UserError, match="colour"):
+        Sprite("square", "pink", "solid")
+    with pytest.raises(UserError, match="motion"):
+        Motion("sideways")
+    for kwargs in ({"size": 16}, {"num_frames": 1}, {"seed": -1}, {"seed": 1.5}):
+        with pytest.raises(UserError):
+            render_clip(RED_SQUARE, Motion("left"), **kwargs)
+    with pytest.raises(UserError):
+        render_photos(RED_SQUARE, n=0)
+
+
+def test_photo_set_varies_position_scale_and_background_deterministically():
+    photos = render_photos(RED_SQUARE, n=5, size=64, seed=2)
+    assert len(photos) == 5 and all(photo.shape == (64, 64, 3) and photo.dtype == np.uint8 for photo in photos)
+    assert all(np.array_equal(a, b) for a, b in zip(photos, render_photos(RED_SQUARE, n=5, size=64, seed=2)))
+    sprite_masks = [_chroma(photo) > 100 for photo in photos]
+    assert len({int(mask.sum()) for mask in sprite_masks}) == 5
+    assert len({tuple(np.argwhere(mask).mean(axis=0).round()) for mask in sprite_masks}) == 5
+    backgrounds = [photo[~mask].mean(axis=0).round() for photo, mask in zip(photos, sprite_masks)]
+    assert len({tuple(colour) for colour in backgrounds}) == 5
+
+
+def test_motion_clip_set_repeats_one_motion_from_different_starts():
+    clips = render_motion_clips(Motion("down"), RED_SQUARE, n=3, num_frames=6, size=32, seed=4)
+    assert [clip.shape for clip in clips] == [(6, 32, 32, 3)] * 3
+    assert not np.array_equal(clips[0], clips[1])
+    assert all(np.array_equal(a, b) for a, b in zip(clips, render_motion_clips(Motion("down"), RED_SQUARE, 3, 6, 32, 4)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_split_keeps_heldout_sprites_and_motions_out_of_pretraining(seed):
+    split = make_split(seed)
+    pretraining_sprites = {sprite for sprite, _ in split.pretraining_pairs}
+    pretraining_motions = {motion for _, motion in split.pretraining_pairs}
+    assert not pretraining_sprites & set(split.heldout_sprites)
+    assert not pretraining_motions & set(split.heldout_motions)
+    assert pretraining_sprites == set(split.pretraining_sprites())
+    assert pretraining_motions == set(split.pretraining_motions())
+    assert Motion("circle") in split.heldout_motions and len(split.heldout_motions) == 2
+    unseen_combinations = {(s.shape, s.colour) for s in all_sprites()} - {(s.shape, s.colour) for s in pretraining_sprites}
+    assert len(unseen_combinations) >= 1
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_validation_pairs_are_known_parts_in_unseen_combinations(seed):
+    split = make_split(seed)
+    validation, pretraining = set(split.validation_pairs), set(split.pretraining_pairs)
+    assert len(validation) >= 50 and not validation & pretraining
+    everything_known = set(itertools.product(split.pretraining_sprites(), split.pretraining_motions()))
+    assert validation | pretraining == everything_known
+    assert {motion for _, motion in validation} == set(split.pretraining_motions())
+
+
+def test_split_and_demo_choice_are_deterministic_and_held_out():
+    assert make_split(5).heldout_sprites == make_split(5).heldout_sprites
+    assert len({make_split(seed).heldout_sprites for seed in range(4)}) > 1
+    split = make_split(0)
+    choices = {split.demo_choice(seed) for seed in range(20)}
+    assert all(sprite in split.heldout_sprites and motion in split.heldout_motions for sprite, motion in choices)
+    assert len(choices) > 1 and split.demo_choice(3) == split.demo_choice(3)
+
+
+def test_pretraining_batch_uses_only_pretraining_pairs():
+    split = make_split(0)
+    videos, captions = sample_pretraining_batch(np.random.default_rng(0), batch=24, num_frames=4, size=32, split=split)
+    assert videos.shape == (24, 4, 32, 32, 3) and videos.dtype == np.uint8 and len(captions) == 24
+    assert all(parse_caption(text) in set(split.pretraining_pairs) for text in captions)
+    again, _ = sample_pretraining_batch(np.random.default_rng(0), batch=24, num_frames=4, size=32, split=split)
+    assert np.array_equal(videos, again)
