@@ -43,11 +43,17 @@ def _root(
 
 def _register() -> None:
     from vidbooth.cli import evaluate, generate, motion
+    from vidbooth.cli import list as list_command
+    from vidbooth.cli import subject
 
     app.command("generate", no_args_is_help=True)(generate.generate)
     app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)
     app.command("train-motion", no_args_is_help=True)(motion.train_motion)
     app.command("motion-adapter", no_args_is_help=True)(motion.train_motion)
+    app.command("textual-inversion", no_args_is_help=True)(subject.textual_inversion)
+    app.command("identity-adapter", no_args_is_help=True)(subject.identity_adapter)
+    app.command("train-subject", no_args_is_help=True)(subject.train_subject)
+    app.command("list")(list_command.list_library)
 
 
 _register()

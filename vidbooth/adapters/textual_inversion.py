@@ -1,0 +1,141 @@
+"""Textual inversion: a new pseudo-word (`S*`) whose embedding rows are the only weights that train.
+
+DreamVideo's subject stage 1 (`../shared/method.md` §2). The placeholder token(s) are added to the
+tokenizer and the text encoder's embedding matrix grows by one row per vector. During training the
+embedding module is swapped for `PlaceholderEmbedding`, which keeps the old matrix frozen and looks up the
+new ids in a separate fp32 parameter: no other row can change, by construction. After training the rows
+are merged back into a plain `nn.Embedding`.
+
+With `num_vectors > 1` the tokens are `S*`, `S*_1`, ... and prompts must spell them all out
+(`expand_placeholder`), the convention of diffusers' `load_textual_inversion`, which loads our
+`learned_embeds.safetensors` (`{token: (num_vectors, dim)}`) as is.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vidbooth.adapters.base import load_tensors, save_tensors
+from vidbooth.errors import UserError
+
+EMBEDDINGS_FILE = "learned_embeds.safetensors"
+
+
+def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
+    """['S*'] or ['S*', 'S*_1', ..., 'S*_{n-1}']."""
+    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+
+
+def expand_placeholder(prompt: str, token: str, num_vectors: int) -> str:
+    """Write a multi-vector token out in full: 'a S* dog' -> 'a S* S*_1 dog' (the tokenizer ignores case)."""
+    if num_vectors == 1:
+        return prompt
+    spelled = " ".join(placeholder_tokens(token, num_vectors))
+    return re.sub(re.escape(token), lambda _: spelled, prompt, flags=re.IGNORECASE)
+
+
+def class_noun_ids(tokenizer, class_noun: str) -> list[int]:
+    """Token ids of the class noun, without the start/end tokens; a UserError when there are none."""
+    ids = tokenizer(class_noun, add_special_tokens=False).input_ids
+    if not ids:
+        raise UserError(f"class noun '{class_noun}' tokenises to nothing: give a plain word such as dog or person")
+    return list(ids)
+
+
+def check_placeholder_is_new(tokenizer, token: str, num_vectors: int, class_noun: str) -> None:
+    """Refuse a placeholder that already is a token (it would change an existing word) or equals the class noun."""
+    if token.lower() == class_noun.strip().lower():
+        raise UserError(f"the subject name '{token}' equals the class noun: pick a rare word such as sks or S*")
+    vocab = {key.lower() for key in tokenizer.get_vocab()}
+    taken = [t for t in placeholder_tokens(token, num_vectors) if t.lower() in vocab]
+    if taken:
+        raise UserError(
+            f"'{taken[0]}' is already a token of this model's tokenizer: pick a rare subject name such as sks or S*"
+        )
+
+
+def add_placeholder_tokens(tokenizer, text_encoder: nn.Module, tokens: list[str], rows: torch.Tensor) -> list[int]:
+    """Add `tokens` to the tokenizer, grow the (frozen) embedding matrix and set their rows (n, D); returns their ids."""
+    dim = text_encoder.get_input_embeddings().embedding_dim
+    if rows.shape != (len(tokens), dim):
+        raise UserError(
+            f"embedding for '{tokens[0]}' has shape {tuple(rows.shape)} but this text encoder needs "
+            f"({len(tokens)}, {dim}): it was learned on another base model"
+        )
+    if tokenizer.add_tokens(tokens) != len(tokens):
+        raise UserError(f"token '{tokens[0]}' is already in use (a subject loaded twice?): load each subject once")
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    embedding = text_encoder.get_input_embeddings().requires_grad_(False)
+    with torch.no_grad():
+        embedding.weight[ids] = rows.to(embedding.weight)
+    return ids
+
+
+def initial_rows(text_encoder: nn.Module, init_ids: list[int], num_vectors: int) -> torch.Tensor:
+    """(num_vectors, D): every vector starts at the mean embedding of the class noun's tokens."""
+    weight = text_encoder.get_input_embeddings().weight
+    return weight[init_ids].float().mean(0, keepdim=True).repeat(num_vectors, 1).detach()
+
+
+class PlaceholderEmbedding(nn.Module):
+    """The token embedding with consecutive ids [first_id, first_id + n) looked up in the trainable `rows`."""
+
+    def __init__(self, base: nn.Embedding, first_id: int, num_vectors: int):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.first_id = first_id
+        self.rows = nn.Parameter(base.weight[first_id : first_id + num_vectors].detach().float().clone())
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.base(input_ids)  # (B, L, D)
+        offset = input_ids - self.first_id
+        is_new = (offset >= 0) & (offset < self.rows.shape[0])
+        new = self.rows[offset.clamp(0, self.rows.shape[0] - 1)].to(embeds.dtype)  # (B, L, D)
+        return torch.where(is_new.unsqueeze(-1), new, embeds)
+
+
+def wrap_placeholder_embedding(text_encoder: nn.Module, ids: list[int]) -> PlaceholderEmbedding:
+    """Swap in a `PlaceholderEmbedding` for the new ids (consecutive, last in the vocabulary); returns it."""
+    if ids != list(range(ids[0], ids[0] + len(ids))):
+        raise ValueError(f"placeholder ids must be consecutive, got {ids}")
+    wrapper = PlaceholderEmbedding(text_encoder.get_input_embeddings(), ids[0], len(ids))
+    text_encoder.set_input_embeddings(wrapper)
+    return wrapper
+
+
+def merge_placeholder_embedding(text_encoder: nn.Module) -> torch.Tensor:
+    """Write the trained rows into the embedding matrix, restore the plain `nn.Embedding`; returns the rows (n, D)."""
+    wrapper = text_encoder.get_input_embeddings()
+    if not isinstance(wrapper, PlaceholderEmbedding):
+        raise ValueError("the text encoder has no placeholder embedding to merge")
+    rows = wrapper.rows.detach().float().cpu().clone()
+    with torch.no_grad():
+        wrapper.base.weight[wrapper.first_id : wrapper.first_id + rows.shape[0]] = rows.to(wrapper.base.weight)
+    text_encoder.set_input_embeddings(wrapper.base)
+    return rows
+
+
+def save_learned_embeddings(path: Path, token: str, rows: torch.Tensor, metadata: dict) -> None:
+    """`{token: (n, D)}`, the layout diffusers' `load_textual_inversion` reads."""
+    save_tensors(path, {token: rows.detach().float().cpu().contiguous()}, {"method": "textual_inversion"} | metadata)
+
+
+def read_learned_embeddings(path: Path) -> tuple[str, torch.Tensor]:
+    """The token and its rows (n, D) from a `learned_embeds.safetensors`."""
+    tensors, _ = load_tensors(path)
+    if len(tensors) != 1:
+        raise UserError(f"{path} holds {len(tensors)} tensors, expected one {{token: embedding}}: retrain the subject")
+    token, rows = next(iter(tensors.items()))
+    return token, rows if rows.ndim == 2 else rows.unsqueeze(0)
+
+
+def load_learned_embeddings(tokenizer, text_encoder: nn.Module, path: Path) -> tuple[str, int]:
+    """Add the learned token(s) of `path` to a tokenizer and text encoder; returns (token, num_vectors)."""
+    token, rows = read_learned_embeddings(path)
+    add_placeholder_tokens(tokenizer, text_encoder, placeholder_tokens(token, rows.shape[0]), rows)
+    return token, rows.shape[0]

@@ -1,0 +1,175 @@
+"""`vidbooth textual-inversion`, `identity-adapter` and `train-subject`: learn a subject from a few photos.
+
+Each command parses its flags into a `SubjectConfig` (defaults < recipe < --set < flags) and calls one
+engine function in `vidbooth.engine.subject`.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from vidbooth.cli import options
+
+Photos = typer.Argument(..., help="Folder with 3-5 photos of the subject (jpg, png, webp, bmp), or one photo.")
+Name = typer.Option(..., "--name", help="Subject name, also its pseudo-word in prompts (e.g. S* or sks).")
+ClassNoun = typer.Option(None, "--class-noun", help="What the subject is (dog, person, mug).")
+NumVectors = typer.Option(None, "--num-vectors", help="Embedding vectors for the pseudo-word (default 1).")
+HiddenRatio = typer.Option(None, "--hidden-ratio", help="Identity adapter width / layer width (default 0.5).")
+Resolution = typer.Option(None, "--resolution", help="Square training size in pixels (default: the model's).")
+Flip = typer.Option(None, "--flip/--no-flip", help="Augment with mirrored copies of the photos.")
+ScaleJitter = typer.Option(None, "--scale-jitter", help="Augment with random zoom-ins up to this fraction (e.g. 0.1).")
+BatchSize = typer.Option(None, "--batch-size", help="Photos per training step on each process.")
+CheckpointEvery = typer.Option(None, "--checkpoint-every", help="Save a resumable checkpoint every N steps.")
+PriorPreservation = typer.Option(None, "--prior-preservation", help="Also train on class images (DreamBooth).")
+ClassImages = typer.Option(None, "--class-images", help="Folder of class images (default: generate them).")
+NumClassImages = typer.Option(None, "--num-class-images", help="Class images to use (default 200).")
+PriorWeight = typer.Option(None, "--prior-weight", help="Weight of the class-image loss (default 1.0).")
+Overwrite = typer.Option(False, "--overwrite", help="Replace an existing subject of this name.")
+Resume = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
+
+STAGE_KEYS = {"textual_inversion": "textual_inversion.train", "identity": "identity.train"}
+
+
+def _common(photos, name, class_noun, resolution, flip, scale_jitter, overwrite, resume, runtime: dict) -> dict:
+    seeds = {f"{key}.seed": runtime["runtime.seed"] for key in STAGE_KEYS.values()}  # --seed seeds everything
+    return runtime | seeds | {
+        "photos": photos,
+        "name": name,
+        "class_noun": class_noun,
+        "data.resolution": resolution,
+        "data.flip": flip,
+        "data.scale_jitter": scale_jitter,
+        "overwrite": overwrite or None,
+        "resume": resume or None,
+    }
+
+
+def _train_flags(stage: str, steps, lr, batch_size, checkpoint_every) -> dict:
+    key = STAGE_KEYS[stage]
+    return {f"{key}.steps": steps, f"{key}.lr": lr, f"{key}.batch_size": batch_size, f"{key}.checkpoint_every": checkpoint_every}
+
+
+def _prior_flags(prior_preservation, class_images, num_class_images, prior_weight) -> dict:
+    return {
+        "prior.enabled": prior_preservation,
+        "prior.class_images": class_images,
+        "prior.num_class_images": num_class_images,
+        "prior.weight": prior_weight,
+    }
+
+
+def _load(recipe, sets, overrides):
+    from vidbooth.config import load_config
+    from vidbooth.config.subject import SubjectConfig
+
+    return load_config(SubjectConfig, recipe, sets, overrides)
+
+
+def textual_inversion(
+    photos: str = Photos,
+    name: str = Name,
+    class_noun: str = ClassNoun,
+    num_vectors: int = NumVectors,
+    steps: int = typer.Option(None, "--steps", help="Training steps (default 3000)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default 1e-4)."),
+    batch_size: int = BatchSize,
+    checkpoint_every: int = CheckpointEvery,
+    resolution: int = Resolution,
+    flip: bool = Flip,
+    scale_jitter: float = ScaleJitter,
+    overwrite: bool = Overwrite,
+    resume: bool = Resume,
+    base: str = options.Base,
+    motion_adapter: str = options.MotionAdapterPath,
+    device: str = options.Device,
+    precision: str = options.Precision,
+    attention: str = options.Attention,
+    seed: int = options.Seed,
+    recipe: str = options.Recipe,
+    sets: list[str] = options.Sets,
+) -> None:
+    """Learn a pseudo-word for the subject (stage 1): only its embedding trains."""
+    from vidbooth.engine.subject import train_textual_inversion
+
+    runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
+    overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, overwrite, resume, runtime)
+    overrides |= _train_flags("textual_inversion", steps, lr, batch_size, checkpoint_every)
+    overrides["textual_inversion.num_vectors"] = num_vectors
+    train_textual_inversion(_load(recipe, sets, overrides))
+
+
+def identity_adapter(
+    photos: str = Photos,
+    name: str = typer.Option(..., "--name", help="An existing subject (from textual-inversion)."),
+    hidden_ratio: float = HiddenRatio,
+    steps: int = typer.Option(None, "--steps", help="Training steps (default 1000)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default 1e-5)."),
+    batch_size: int = BatchSize,
+    checkpoint_every: int = CheckpointEvery,
+    resolution: int = Resolution,
+    flip: bool = Flip,
+    scale_jitter: float = ScaleJitter,
+    prior_preservation: bool = PriorPreservation,
+    class_images: str = ClassImages,
+    num_class_images: int = NumClassImages,
+    prior_weight: float = PriorWeight,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain the subject's existing identity adapter."),
+    resume: bool = Resume,
+    base: str = options.Base,
+    motion_adapter: str = options.MotionAdapterPath,
+    device: str = options.Device,
+    precision: str = options.Precision,
+    attention: str = options.Attention,
+    seed: int = options.Seed,
+    recipe: str = options.Recipe,
+    sets: list[str] = options.Sets,
+) -> None:
+    """Train the identity adapter of an existing subject (stage 2), its pseudo-word frozen."""
+    from vidbooth.engine.subject import train_identity_adapter
+
+    runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
+    overrides = _common(photos, name, None, resolution, flip, scale_jitter, overwrite, resume, runtime)
+    overrides |= _train_flags("identity", steps, lr, batch_size, checkpoint_every)
+    overrides |= _prior_flags(prior_preservation, class_images, num_class_images, prior_weight)
+    overrides["identity.hidden_ratio"] = hidden_ratio
+    train_identity_adapter(_load(recipe, sets, overrides))
+
+
+def train_subject(
+    photos: str = Photos,
+    name: str = Name,
+    class_noun: str = ClassNoun,
+    num_vectors: int = NumVectors,
+    hidden_ratio: float = HiddenRatio,
+    ti_steps: int = typer.Option(None, "--ti-steps", help="Textual-inversion steps (default 3000)."),
+    identity_steps: int = typer.Option(None, "--identity-steps", help="Identity-adapter steps (default 1000)."),
+    batch_size: int = BatchSize,
+    checkpoint_every: int = CheckpointEvery,
+    resolution: int = Resolution,
+    flip: bool = Flip,
+    scale_jitter: float = ScaleJitter,
+    prior_preservation: bool = PriorPreservation,
+    class_images: str = ClassImages,
+    num_class_images: int = NumClassImages,
+    prior_weight: float = PriorWeight,
+    overwrite: bool = Overwrite,
+    resume: bool = Resume,
+    base: str = options.Base,
+    motion_adapter: str = options.MotionAdapterPath,
+    device: str = options.Device,
+    precision: str = options.Precision,
+    attention: str = options.Attention,
+    seed: int = options.Seed,
+    recipe: str = options.Recipe,
+    sets: list[str] = options.Sets,
+) -> None:
+    """Learn a subject from photos: pseudo-word, then identity adapter (DreamVideo's subject learning)."""
+    from vidbooth.engine.subject import train_subject as run_train_subject
+
+    runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
+    overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, overwrite, resume, runtime)
+    overrides |= _train_flags("textual_inversion", ti_steps, None, batch_size, checkpoint_every)
+    overrides |= _train_flags("identity", identity_steps, None, batch_size, checkpoint_every)
+    overrides |= _prior_flags(prior_preservation, class_images, num_class_images, prior_weight)
+    overrides |= {"textual_inversion.num_vectors": num_vectors, "identity.hidden_ratio": hidden_ratio}
+    run_train_subject(_load(recipe, sets, overrides))

@@ -1,0 +1,134 @@
+"""`SubjectConfig`: what `vidbooth textual-inversion`, `identity-adapter` and `train-subject` run with.
+
+YAML key = dataclass field; recipes live in `recipes/<base>/subject.yaml`. Defaults are DreamVideo's
+official settings (`../shared/method.md` §2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vidbooth.config.schema import BackboneConfig, RuntimeConfig
+from vidbooth.config.train import TrainConfig
+from vidbooth.errors import UserError
+
+DEFAULT_CAPTIONS = [
+    "a photo of {}",
+    "a photo of a {}",
+    "a close-up photo of the {}",
+    "a good photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of my {}",
+    "a rendering of a {}",
+]
+
+
+@dataclass
+class SubjectDataConfig:
+    resolution: int | None = None
+    """Square training size in pixels (DreamVideo: 256); default: the model's native size."""
+    flip: bool = False
+    """Augment with left-right mirrored copies (only for subjects without a meaningful left and right)."""
+    scale_jitter: float = 0.0
+    """Augment with random zoom-ins of up to this fraction (0.1 = 10%)."""
+    views: int = 4
+    """Augmented copies of each photo, encoded once before training (used only with flip or scale_jitter)."""
+    captions: list[str] = field(default_factory=lambda: list(DEFAULT_CAPTIONS))
+    """Caption templates; '{}' becomes '<token> <class noun>' ('a photo of S* dog')."""
+
+
+@dataclass
+class TextualInversionConfig:
+    num_vectors: int = 1
+    """Embedding vectors for the pseudo-word (DreamVideo: 1). More vectors: tokens S*, S*_1, ..."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, steps=3000, batch_size=4))
+
+
+@dataclass
+class IdentityConfig:
+    hidden_ratio: float = 0.5
+    """Adapter bottleneck width as a fraction of each cross-attention layer's width (DreamVideo: 0.5)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, steps=1000, batch_size=4))
+
+
+@dataclass
+class PriorConfig:
+    """DreamBooth's prior preservation, for the identity-adapter stage (textual inversion cannot drift)."""
+
+    enabled: bool = False
+    """Train on class images too, so that '<class noun>' prompts keep their meaning."""
+    class_images: str | None = None
+    """Folder of class images; default: generate them with the frozen base model (cached for reuse)."""
+    num_class_images: int = 200
+    """Class images to use (DreamBooth: about 200)."""
+    weight: float = 1.0
+    """lambda: weight of the class-image loss."""
+    prompt: str = ""
+    """Prompt of the generated class images; default 'a photo of a <class noun>'."""
+    num_inference_steps: int = 25
+    guidance_scale: float = 9.0
+    sample_batch_size: int = 4
+    """Class images generated per batch."""
+
+
+@dataclass
+class SubjectPreviewConfig:
+    """`preview.png` in the artifact: a contact sheet of one video of the learned subject."""
+
+    enabled: bool = True
+    prompt: str = ""
+    """Default 'a photo of <token> <class noun>'."""
+    num_frames: int = 8
+    num_inference_steps: int = 25
+    guidance_scale: float = 9.0
+
+
+@dataclass
+class SubjectConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: SubjectDataConfig = field(default_factory=SubjectDataConfig)
+    textual_inversion: TextualInversionConfig = field(default_factory=TextualInversionConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    preview: SubjectPreviewConfig = field(default_factory=SubjectPreviewConfig)
+    name: str = ""
+    """The subject's name in the library, also its pseudo-word in prompts (S*, sks)."""
+    photos: str = ""
+    """A folder of 3-5 photos of the subject (or one photo file)."""
+    class_noun: str = ""
+    """What the subject is (dog, person, mug); initialises the pseudo-word and forms the captions."""
+    overwrite: bool = False
+    """Replace a subject of the same name (identity-adapter: retrain an existing identity adapter)."""
+    resume: bool = False
+    """Continue an interrupted run from its last checkpoint."""
+
+    def check(self, stages: tuple[str, ...]) -> None:
+        """Validate what the dataclass types cannot, for the stages that will run; raises UserError naming the key."""
+        if not self.name:
+            raise UserError("--name is required: the subject's name and pseudo-word, e.g. --name S*")
+        if not self.photos:
+            raise UserError("no photos given: pass a folder with 3-5 photos of the subject")
+        if "textual_inversion" in stages and not self.class_noun.strip():
+            raise UserError("--class-noun is required: what the subject is, e.g. --class-noun dog")
+        if self.data.resolution is not None and self.data.resolution < 8:
+            raise UserError(f"data.resolution must be at least 8 pixels, got {self.data.resolution}")
+        if not 0 <= self.data.scale_jitter < 1:
+            raise UserError(f"data.scale_jitter must be in [0, 1), got {self.data.scale_jitter}")
+        if self.data.views < 1:
+            raise UserError(f"data.views must be at least 1, got {self.data.views}")
+        bad = [c for c in self.data.captions if "{}" not in c]
+        if bad or not self.data.captions:
+            raise UserError(f"data.captions must each contain '{{}}' (the subject's place), got {bad or 'none'}")
+        if self.textual_inversion.num_vectors < 1:
+            raise UserError(f"textual_inversion.num_vectors must be at least 1, got {self.textual_inversion.num_vectors}")
+        if not 0 < self.identity.hidden_ratio <= 4:
+            raise UserError(f"identity.hidden_ratio must be in (0, 4], got {self.identity.hidden_ratio}")
+        if self.prior.enabled and (self.prior.num_class_images < 1 or self.prior.weight < 0):
+            raise UserError("prior.num_class_images must be at least 1 and prior.weight not negative")
+        if len(stages) > 1 and self.textual_inversion.train.mixed_precision != self.identity.train.mixed_precision:
+            raise UserError(
+                "textual_inversion.train.mixed_precision and identity.train.mixed_precision differ: one run "
+                "uses one setting, so make them equal"
+            )

@@ -1,0 +1,41 @@
+"""The diffusion training objective shared by the training methods: noise (or v) prediction MSE at random timesteps."""
+
+from __future__ import annotations
+
+import torch
+
+from vidbooth.errors import UserError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def training_scheduler(scheduler_config: dict):
+    """The DDPM noise schedule of the model (its scheduler config), used to noise training latents."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(scheduler_config)
+    if scheduler.config.prediction_type not in PREDICTION_TYPES:
+        raise UserError(
+            f"this model predicts '{scheduler.config.prediction_type}', which training does not support: "
+            f"use a model that predicts {' or '.join(PREDICTION_TYPES)}"
+        )
+    return scheduler
+
+
+def denoising_loss(backbone, scheduler, latents: torch.Tensor, text_embeds: torch.Tensor, generator: torch.Generator):
+    """Per-sample MSE (B,) between the UNet's prediction and its target, for latents (B, C, F, h, w).
+
+    Noise and timesteps are drawn on the CPU from `generator` (reproducible on any device). The target is the
+    noise for 'epsilon' models and the velocity for 'v_prediction' models.
+    """
+    batch = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)  # (B, C, F, h, w)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    timesteps = timesteps.to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    prediction = backbone.unet_forward(noisy, timesteps, text_embeds)
+    return (prediction.float() - target.float()).pow(2).flatten(1).mean(1)

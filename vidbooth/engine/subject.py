@@ -1,0 +1,449 @@
+"""Subject learning: DreamVideo's two subject stages with DreamBooth's prior preservation, and loading a subject.
+
+    train_textual_inversion(cfg)  stage 1: the pseudo-word's embedding           -> library subject
+    train_identity_adapter(cfg)   stage 2: identity adapter, embedding frozen    -> adds to the subject
+    train_subject(cfg)            both stages in one run (photo latents encoded once)
+    load_subject(backbone, name)  apply a stored subject (token rows + identity adapter) to a backbone
+
+Everything that can be checked without the model (name, library, photos, class noun, class images) is
+checked before it is loaded. A subject appears in the library only when complete; its folder holds
+`learned_embeds.safetensors`, `identity_adapter.safetensors` (after stage 2), `manifest.json`,
+`config.yaml`, `photos/` (copies of the training photos) and `preview.png`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from vidbooth import __version__, reporting
+from vidbooth.adapters.base import adapters_of, set_scale
+from vidbooth.adapters.identity import (
+    ADAPTER_FILE,
+    inject_identity_adapter,
+    load_identity_adapter,
+    save_identity_adapter,
+    subject_kind,
+)
+from vidbooth.adapters.textual_inversion import (
+    EMBEDDINGS_FILE,
+    add_placeholder_tokens,
+    check_placeholder_is_new,
+    class_noun_ids,
+    expand_placeholder,
+    initial_rows,
+    load_learned_embeddings,
+    merge_placeholder_embedding,
+    placeholder_tokens,
+    save_learned_embeddings,
+    wrap_placeholder_embedding,
+)
+from vidbooth.config import save_config
+from vidbooth.config.subject import SubjectConfig
+from vidbooth.engine.train import TrainResult, derived_seed, make_accelerator, remove_run, run_folder, seed_everything, train
+from vidbooth.errors import UserError
+
+KIND = "subject"
+STAGES = ("textual_inversion", "identity")
+STAGE_FOLDERS = {"textual_inversion": "textual-inversion", "identity": "identity"}
+PREVIEW_FILE = "preview.png"
+CONFIG_FILE = "config.yaml"
+ENCODE_CHUNK = 8
+
+
+def train_textual_inversion(cfg: SubjectConfig) -> Path:
+    """Stage 1 alone: a new subject holding the learned embedding. Returns the artifact folder."""
+    return _train(cfg, ("textual_inversion",))
+
+
+def train_identity_adapter(cfg: SubjectConfig) -> Path:
+    """Stage 2 alone, on an existing subject (its embedding frozen): adds the identity adapter."""
+    return _train(cfg, ("identity",))
+
+
+def train_subject(cfg: SubjectConfig) -> Path:
+    """Both stages: embedding, then identity adapter. Returns the artifact folder."""
+    return _train(cfg, STAGES)
+
+
+# ---- applying a stored subject ---------------------------------------------------------------------
+@dataclass
+class LoadedSubject:
+    name: str
+    token: str
+    num_vectors: int
+    class_noun: str
+    folder: Path
+    manifest: dict = field(repr=False)
+
+    def expand_prompt(self, prompt: str) -> str:
+        """Spell out a multi-vector token ('a S* dog' -> 'a S* S*_1 dog'); a no-op for one vector."""
+        return expand_placeholder(prompt, self.token, self.num_vectors)
+
+    @property
+    def default_prompt(self) -> str:
+        return f"a photo of {self.token} {self.class_noun}"
+
+
+def load_subject(backbone, name: str, scale: float = 1.0) -> LoadedSubject:
+    """Add subject `name`'s token(s) to the backbone's tokenizer/text encoder and its identity adapter (if any,
+    as adapter kind `subject_kind(name)`, at `scale`, in the backbone's dtype). Several subjects can be loaded.
+    Prompts must go through `LoadedSubject.expand_prompt`."""
+    from vidbooth.library import artifact_dir, read_manifest
+
+    folder = artifact_dir(KIND, name)
+    manifest = read_manifest(folder)
+    if manifest.get("base_fingerprint") != backbone.fingerprint:
+        reporting.warn(
+            f"subject '{name}' was learned on {manifest.get('base')} (fingerprint {manifest.get('base_fingerprint')}), "
+            f"not on this base ({backbone.fingerprint}): results may be poor"
+        )
+    adapter_file = manifest["files"].get("identity_adapter")
+    kind = subject_kind(name)
+    token, num_vectors = load_learned_embeddings(backbone.tokenizer, backbone.text_encoder, folder / EMBEDDINGS_FILE)
+    if adapter_file:
+        load_identity_adapter(backbone.unet, backbone.spatial_cross_attention_layers(), folder / adapter_file, kind)
+        for adapter in adapters_of(backbone.unet, kind).values():
+            adapter.to(backbone.dtype)
+        set_scale(backbone.unet, kind, scale)
+    return LoadedSubject(name, token, num_vectors, manifest["class_noun"], folder, manifest)
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+@dataclass
+class _Photos:
+    files: list[Path]
+    images: list[Image.Image]
+    hashes: list[str]
+
+
+@dataclass
+class _Run:
+    cfg: SubjectConfig
+    stages: tuple[str, ...]
+    class_noun: str
+    photos: _Photos
+    existing: dict | None  # manifest of the subject being extended (identity stage alone)
+    class_images: list[Image.Image] | None  # the user's class images, when given
+    backbone: object = None
+    accelerator: object = None
+    size: int = 0
+    latents: torch.Tensor | None = None  # (N x views, C, 1, h, w)
+    results: dict[str, TrainResult] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return self.cfg.name
+
+    @property
+    def num_vectors(self) -> int:
+        return self.existing["num_vectors"] if self.existing else self.cfg.textual_inversion.num_vectors
+
+    def captions(self) -> list[str]:
+        subject = f"{self.token} {self.class_noun}"
+        return [expand_placeholder(c.format(subject), self.token, self.num_vectors) for c in self.cfg.data.captions]
+
+
+def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
+    run = _prepare(cfg, stages)
+    run.accelerator = make_accelerator(getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device)
+    main = run.accelerator.is_main_process
+    from vidbooth.library import artifact_dir, artifact_lock
+
+    with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():
+        run.backbone = _load_backbone(cfg, run.accelerator)
+        run.size = _training_size(run.backbone, cfg.data.resolution)
+        run.latents = _encode_photos(run)
+        rows = _textual_inversion(run) if "textual_inversion" in stages else _load_existing_embedding(run)
+        if "identity" in stages:
+            _identity(run, rows)
+        if main:
+            _save_artifact(run, rows)
+            for stage in stages:
+                remove_run(run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]))
+        run.accelerator.wait_for_everyone()
+    return artifact_dir(KIND, cfg.name, must_exist=False)
+
+
+def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
+    """Every check that needs no model: name, library state, photos, class noun, class images."""
+    from vidbooth.data.images import load_photo_folder
+    from vidbooth.library import artifact_dir, check_free, read_manifest
+
+    cfg.check(stages)
+    existing = None
+    if "textual_inversion" in stages:
+        check_free(KIND, cfg.name, cfg.overwrite)
+    else:
+        existing = read_manifest(artifact_dir(KIND, cfg.name))
+        if existing["files"].get("identity_adapter") and not cfg.overwrite:
+            raise UserError(f"subject '{cfg.name}' already has an identity adapter: pass --overwrite to retrain it")
+    class_noun = cfg.class_noun.strip() or existing["class_noun"]
+    photos = _load_photos(cfg.photos)
+    if "textual_inversion" in stages:
+        _check_tokens(cfg, class_noun)
+    class_images = None
+    if "identity" in stages and cfg.prior.enabled and cfg.prior.class_images:
+        class_images = [image for _, image in load_photo_folder(cfg.prior.class_images)][: cfg.prior.num_class_images]
+    return _Run(cfg, stages, class_noun, photos, existing, class_images)
+
+
+def _load_photos(folder: str) -> _Photos:
+    from vidbooth.data.images import hash_file, load_photo_folder
+
+    loaded = load_photo_folder(folder)
+    if len(loaded) < 3:
+        reporting.warn(f"only {len(loaded)} photo(s) of the subject: 3-5 varied photos learn it better")
+    files = [path for path, _ in loaded]
+    return _Photos(files, [image for _, image in loaded], [hash_file(path) for path in files])
+
+
+def _check_tokens(cfg: SubjectConfig, class_noun: str) -> None:
+    """With the tokenizer alone: the class noun must tokenise to something and the pseudo-word must be new."""
+    from transformers import CLIPTokenizer
+
+    from vidbooth.engine.backbone import resolve_base
+
+    tokenizer = CLIPTokenizer.from_pretrained(resolve_base(cfg.backbone.base, cfg.backbone.revision) / "tokenizer")
+    class_noun_ids(tokenizer, class_noun)
+    check_placeholder_is_new(tokenizer, cfg.name, cfg.textual_inversion.num_vectors, class_noun)
+
+
+def _load_backbone(cfg: SubjectConfig, accelerator):
+    from vidbooth.engine.backbone import load_backbone
+
+    backbone = load_backbone(
+        cfg.backbone.base,
+        motion_adapter=cfg.backbone.motion_adapter,
+        device=str(accelerator.device),
+        precision=cfg.runtime.precision,
+        attention=cfg.runtime.attention,
+        revision=cfg.backbone.revision,
+        variant=cfg.backbone.variant,
+    )
+    if accelerator.is_main_process:
+        reporting.info(f"base {cfg.backbone.base} ({backbone.family}, {backbone.fingerprint}) on {backbone.device}")
+    return backbone
+
+
+def _training_size(backbone, resolution: int | None) -> int:
+    size = resolution or backbone.default_size
+    factor = backbone.vae_scale_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+    if size % factor:
+        raise UserError(f"data.resolution {size} must be a multiple of {factor} for this model")
+    return size
+
+
+def _encode_latents(backbone, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels (N, 1, 3, H, W) -> latent means (N, C, 1, h, w), a few at a time."""
+    chunks = [backbone.encode_video(pixels[i : i + ENCODE_CHUNK].to(backbone.device)) for i in range(0, len(pixels), ENCODE_CHUNK)]
+    return torch.cat(chunks)
+
+
+def _encode_photos(run: _Run) -> torch.Tensor:
+    """The photos (and their augmented views), encoded by the VAE once for every stage."""
+    from vidbooth.data.images import photos_to_tensor
+
+    data = run.cfg.data
+    augment = data.flip or data.scale_jitter > 0
+    generator = torch.Generator().manual_seed(derived_seed("views", run.cfg.runtime.seed))
+    views = [
+        photos_to_tensor(run.photos.images, run.size, data.flip, data.scale_jitter, generator)
+        for _ in range(data.views if augment else 1)
+    ]
+    return _encode_latents(run.backbone, torch.cat(views))  # (N x views, C, 1, h, w)
+
+
+def _signature(run: _Run, stage: str) -> dict:
+    cfg = run.cfg
+    signature = {
+        "stage": stage,
+        "base": run.backbone.fingerprint,
+        "photos": run.photos.hashes,
+        "token": run.token,
+        "class_noun": run.class_noun,
+        "data": OmegaConf.to_container(OmegaConf.structured(cfg.data)),
+        "runtime_seed": cfg.runtime.seed,
+    }
+    if stage == "textual_inversion":
+        return signature | {"num_vectors": cfg.textual_inversion.num_vectors}
+    prior = OmegaConf.to_container(OmegaConf.structured(cfg.prior)) if cfg.prior.enabled else None
+    return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior}
+
+
+def _caption_check(run: _Run, ids: torch.Tensor) -> None:
+    placeholder = run.backbone.tokenizer.convert_tokens_to_ids(run.token)
+    if not bool((ids == placeholder).any(dim=1).all()):
+        raise UserError("a caption is too long for the tokenizer: the subject's token was cut off; shorten data.captions")
+
+
+def _textual_inversion(run: _Run) -> torch.Tensor:
+    """Stage 1: add the placeholder token(s) initialised from the class noun and learn their rows; returns them."""
+    from vidbooth.engine.subject_methods import TextualInversionMethod
+
+    bb, ti = run.backbone, run.cfg.textual_inversion
+    init = initial_rows(bb.text_encoder, class_noun_ids(bb.tokenizer, run.class_noun), ti.num_vectors)
+    ids = add_placeholder_tokens(bb.tokenizer, bb.text_encoder, placeholder_tokens(run.token, ti.num_vectors), init)
+    caption_ids = bb.tokenize(run.captions())  # (T, L), tokenised once
+    _caption_check(run, caption_ids)
+    seed_everything(ti.train.seed)
+    method = TextualInversionMethod(bb, caption_ids, wrap_placeholder_embedding(bb.text_encoder, ids))
+    run.results["textual_inversion"] = train(
+        method,
+        [{"latents": latents} for latents in run.latents],
+        ti.train,
+        run_folder(KIND, run.cfg.name, STAGE_FOLDERS["textual_inversion"]),
+        run.accelerator,
+        resume=run.cfg.resume,
+        signature=_signature(run, "textual_inversion"),
+        description="textual inversion",
+    )
+    return merge_placeholder_embedding(bb.text_encoder)
+
+
+def _load_existing_embedding(run: _Run) -> torch.Tensor:
+    from vidbooth.adapters.textual_inversion import read_learned_embeddings
+    from vidbooth.library import artifact_dir
+
+    bb = run.backbone
+    if run.existing["base_fingerprint"] != bb.fingerprint:
+        raise UserError(
+            f"subject '{run.cfg.name}' was learned on base {run.existing['base']} ({run.existing['base_fingerprint']}), "
+            f"not this one ({bb.fingerprint}): pass --base {run.existing['base']}"
+        )
+    path = artifact_dir(KIND, run.cfg.name) / EMBEDDINGS_FILE
+    load_learned_embeddings(bb.tokenizer, bb.text_encoder, path)
+    return read_learned_embeddings(path)[1]
+
+
+def _class_prior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class latents (Nc, C, 1, h, w) and the class prompt's embedding (1, L, D), computed once."""
+    from vidbooth.data.images import photos_to_tensor
+    from vidbooth.engine.prior import class_image_folder, class_prompt, generate_class_images, read_class_images
+
+    prior, bb = run.cfg.prior, run.backbone
+    prompt = class_prompt(prior, run.class_noun)
+    images = run.class_images
+    if images is None:
+        if run.accelerator.is_main_process:  # the others wait, then read the same cached images
+            generate_class_images(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed)
+        run.accelerator.wait_for_everyone()
+        images = read_class_images(class_image_folder(bb.fingerprint, prompt, run.size, prior), prior.num_class_images)
+    latents = _encode_latents(bb, photos_to_tensor(images, run.size))
+    with torch.no_grad():
+        embeds = bb.encode_prompt([prompt])
+    return latents, embeds
+
+
+def _identity(run: _Run, rows: torch.Tensor) -> None:
+    """Stage 2: train identity adapters beside every spatial cross-attention, the embedding frozen."""
+    from vidbooth.engine.subject_methods import IdentityAdapterMethod
+
+    bb, ident = run.backbone, run.cfg.identity
+    class_latents, class_embeds = _class_prior(run) if run.cfg.prior.enabled else (None, None)
+    with torch.no_grad():
+        caption_embeds = bb.encode_prompt(run.captions())  # (T, L, D), encoded once
+    seed_everything(ident.train.seed)
+    inject_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), ident.hidden_ratio)
+    method = IdentityAdapterMethod(bb, caption_embeds, class_latents, class_embeds, run.cfg.prior.weight)
+    signature = _signature(run, "identity") | {"embedding": hashlib.sha256(rows.numpy().tobytes()).hexdigest()}
+    run.results["identity"] = train(
+        method,
+        [{"latents": latents} for latents in run.latents],
+        ident.train,
+        run_folder(KIND, run.cfg.name, STAGE_FOLDERS["identity"]),
+        run.accelerator,
+        resume=run.cfg.resume,
+        signature=signature,
+        description="identity adapter",
+    )
+
+
+# ---- the artifact ----------------------------------------------------------------------------------
+def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
+    from vidbooth.library import MANIFEST, staged_artifact, write_json
+
+    cfg, bb = run.cfg, run.backbone
+    provenance = {"base": cfg.backbone.base, "base_fingerprint": bb.fingerprint, "class_noun": run.class_noun}
+    with staged_artifact(KIND, cfg.name, overwrite=cfg.overwrite or run.existing is not None) as stage:
+        save_learned_embeddings(stage / EMBEDDINGS_FILE, run.token, rows, provenance)
+        if "identity" in run.stages:
+            save_identity_adapter(stage / ADAPTER_FILE, bb.unet, cfg.identity.hidden_ratio, provenance)
+        photos = _copy_photos(run.photos, stage / "photos")
+        save_config(cfg, stage / CONFIG_FILE)
+        preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
+        write_json(stage / MANIFEST, _manifest(run, photos, preview))
+    reporting.info(f"saved subject '{cfg.name}' (token {run.token}) in the library")
+
+
+def _copy_photos(photos: _Photos, folder: Path) -> list[dict]:
+    folder.mkdir()
+    entries = []
+    for index, (path, digest) in enumerate(zip(photos.files, photos.hashes)):
+        target = folder / f"{index:02d}-{path.name}"
+        shutil.copyfile(path, target)
+        entries.append({"file": f"photos/{target.name}", "source": str(path), "sha256": digest})
+    return entries
+
+
+def _render_preview(run: _Run, path: Path) -> str:
+    """A contact sheet of one video of the learned subject (identity adapter included when trained)."""
+    from vidbooth.data.video import save_contact_sheet
+    from vidbooth.engine.sampling import sample_video
+
+    preview, bb = run.cfg.preview, run.backbone
+    prompt = preview.prompt or f"a photo of {run.token} {run.class_noun}"
+    generator = torch.Generator().manual_seed(run.cfg.runtime.seed)
+    with run.accelerator.autocast():
+        frames = sample_video(
+            bb,
+            expand_placeholder(prompt, run.token, run.num_vectors),
+            num_frames=preview.num_frames,
+            num_inference_steps=preview.num_inference_steps,
+            guidance_scale=preview.guidance_scale,
+            generator=generator,
+        )[0]  # (F, H, W, 3)
+    save_contact_sheet(frames, path)
+    return path.name
+
+
+def _manifest(run: _Run, photos: list[dict], preview: str | None) -> dict:
+    cfg, bb = run.cfg, run.backbone
+    stages = dict(run.existing.get("stages", {})) if run.existing else {}
+    for stage, result in run.results.items():
+        stages[stage] = {
+            "steps": result.step,
+            "final_loss": result.loss,
+            "seconds": round(result.seconds, 2),
+            "photos": run.photos.hashes,
+        }
+    return {
+        "kind": KIND,
+        "name": cfg.name,
+        "token": run.token,
+        "tokens": placeholder_tokens(run.token, run.num_vectors),
+        "num_vectors": run.num_vectors,
+        "class_noun": run.class_noun,
+        "base": cfg.backbone.base,
+        "base_fingerprint": bb.fingerprint,
+        "family": bb.family,
+        "vidbooth_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": {
+            "embeddings": EMBEDDINGS_FILE,
+            "identity_adapter": ADAPTER_FILE if "identity" in run.stages else None,
+            "preview": preview,
+            "config": CONFIG_FILE,
+        },
+        "photos": photos,
+        "stages": stages,
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+    }
