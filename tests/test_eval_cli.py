@@ -47,10 +47,10 @@ def error_lines(captured) -> list[str]:
 
 def test_every_metric_is_computed_and_written_as_json_and_csv(media, tiny_clip_dir, tiny_vit_dir, tmp_path):
     out_json, out_csv = tmp_path / "results" / "scores.json", tmp_path / "results" / "scores.csv"
-    code = run(
-        media["right"], media["left"], "--prompt", "a square", "--ref-images", media["photos"],
-        "--ref-video", media["reference_clip"], *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json, "--csv", out_csv,
-    )  # fmt: skip
+    references = ["--ref-images", media["photos"], "--ref-video", media["reference_clip"]]
+    outputs = ["--json", out_json, "--csv", out_csv]
+    videos = [media["right"], media["left"]]
+    code = run(*videos, "--prompt", "a square", *references, *models(tiny_clip_dir, tiny_vit_dir), *outputs)
     assert code == 0
     report = json.loads(out_json.read_text())
     right, left = (video["metrics"] for video in report["videos"])
@@ -74,7 +74,9 @@ def test_every_metric_is_computed_and_written_as_json_and_csv(media, tiny_clip_d
     assert not list(out_json.parent.glob(".tmp-*"))
 
 
-def test_a_manifest_batch_reports_bad_lines_keeps_going_and_exits_1(media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
+def test_a_manifest_batch_reports_bad_lines_keeps_going_and_exits_1(
+    media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys
+):
     manifest = tmp_path / "list.txt"
     manifest.write_text(
         "# video|||reference images|||prompt\n"
@@ -127,7 +129,8 @@ def test_bad_input_is_one_error_line_and_exit_2(case, expected, media, tiny_clip
 def test_an_unavailable_model_is_reported_and_the_other_metrics_still_run(media, tiny_vit_dir, tmp_path, capsys):
     out_json = tmp_path / "scores.json"
     missing = tmp_path / "no-clip-here"
-    code = run(media["right"], "-p", "x", "--ref-images", media["photos"], *models(missing, tiny_vit_dir), "--json", out_json)
+    args = [media["right"], "-p", "x", "--ref-images", media["photos"], *models(missing, tiny_vit_dir)]
+    code = run(*args, "--json", out_json)
     assert code == 0
     report = json.loads(out_json.read_text())
     assert set(report["unavailable"]) == {"clip_t", "clip_i", "t_cons"}

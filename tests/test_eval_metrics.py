@@ -5,6 +5,7 @@ The tiny models and the synthetic videos defined here are reused by tests/test_e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ from vidbooth.eval.features import (
 from vidbooth.eval.motion import motion_fidelity, motion_signature
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
+TINY_VIT = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+)
 
 
 # ----- tiny models and synthetic media (shared with test_eval_cli.py) -----
@@ -36,7 +40,7 @@ def save_tiny_clip(folder: Path) -> Path:
     from vidbooth.engine.tiny import tiny_tokenizer_files
 
     tiny_tokenizer_files(folder)
-    vocab_size = len(__import__("json").loads((folder / "vocab.json").read_text()))
+    vocab_size = len(json.loads((folder / "vocab.json").read_text()))
     text = dict(
         vocab_size=vocab_size,
         hidden_size=16,
@@ -48,9 +52,8 @@ def save_tiny_clip(folder: Path) -> Path:
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
     )
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
     torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=TINY_VIT, projection_dim=16)).save_pretrained(folder)
     return folder
 
 
@@ -58,7 +61,7 @@ def save_tiny_vit(folder: Path) -> Path:
     import torch
     from transformers import ViTConfig, ViTModel
 
-    config = ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    config = ViTConfig(**TINY_VIT)
     torch.manual_seed(0)
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     return folder

@@ -17,18 +17,16 @@ class VideosFailed(UserError):
 def evaluate(
     videos: list[str] = typer.Argument(None, help="Videos to score; quoted glob patterns ('out/*.mp4') are expanded."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="The prompt the videos were made from (CLIP-T)."),
-    subject: str = typer.Option(None, "--subject", help="Library subject: its training photos are the reference images."),
+    subject: str = typer.Option(None, "--subject", help="Library subject: its training photos are the references."),
     ref_images: str = typer.Option(None, "--ref-images", help="Folder of reference images (CLIP-I, DINO-I)."),
     motion: str = typer.Option(None, "--motion", help="Library motion: its training clip(s) are the reference motion."),
     ref_video: str = typer.Option(None, "--ref-video", help="Reference motion clip (motion fidelity)."),
-    manifest: str = typer.Option(None, "--manifest", help="File of video|||ref_dir|||prompt lines (DreamVideo's format)."),
+    manifest: str = typer.Option(None, "--manifest", help="File of video|||ref_dir|||prompt lines (DreamVideo's)."),
     metrics: list[str] = typer.Option(
         None, "--metrics", help="Comma-separated: clip_t, clip_i, dino_i, t_cons, motion_fidelity (default: auto)."
     ),
-    clip_model: str = typer.Option(
-        None, "--clip-model", help="CLIP folder or hub id (default openai/clip-vit-base-patch32)."
-    ),
-    dino_model: str = typer.Option(None, "--dino-model", help="DINO folder or hub id (default facebook/dino-vits16)."),
+    clip_model: str = typer.Option(None, "--clip-model", help="CLIP folder or hub id (openai/clip-vit-base-patch32)."),
+    dino_model: str = typer.Option(None, "--dino-model", help="DINO folder or hub id (facebook/dino-vits16)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Frames embedded at once (default 16)."),
     json_path: str = typer.Option(None, "--json", help="Write per-video and mean results as JSON here."),
     csv_path: str = typer.Option(None, "--csv", help="Write one CSV row per video here."),

@@ -79,13 +79,15 @@ def preprocess(
     crop_offset: Callable[[int], int],
 ) -> np.ndarray:
     """(N, 3, crop_to, crop_to) float32: shorter side to `resize_to` (bicubic), centre crop, normalise."""
-    batch = [_resize_and_crop(Image.fromarray(np.asarray(image)), resize_to, crop_to, crop_offset) for image in images]
+    batch = [_resize_and_crop(Image.fromarray(np.asarray(i)), resize_to, crop_to, crop_offset) for i in images]
     pixels = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in batch])  # (N, H, W, 3)
     pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
 
 
-def _resize_and_crop(image: Image.Image, resize_to: int, crop_to: int, crop_offset: Callable[[int], int]) -> Image.Image:
+def _resize_and_crop(
+    image: Image.Image, resize_to: int, crop_to: int, crop_offset: Callable[[int], int]
+) -> Image.Image:
     width, height = image.size
     short, long = min(width, height), max(width, height)
     long_resized = int(resize_to * long / short)
@@ -112,7 +114,9 @@ class ClipEmbedder:
         import torch
 
         max_length = self.model.config.text_config.max_position_embeddings
-        tokens = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(prompts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         with torch.inference_mode():
             output = self.model.get_text_features(
                 input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
@@ -165,36 +169,31 @@ def _projected(output: Any) -> np.ndarray:
 def load_clip(name_or_path: str, device: str = "auto", batch_size: int = 16) -> ClipEmbedder:
     from transformers import AutoTokenizer, CLIPModel
 
-    source, options = _locate(name_or_path, "--clip-model")
-    with _quiet_transformers():
-        model = _attempt(lambda: CLIPModel.from_pretrained(source, **options), name_or_path, "a CLIP model", "--clip-model")
-        tokenizer = _attempt(
-            lambda: AutoTokenizer.from_pretrained(source, **options), name_or_path, "a CLIP tokenizer", "--clip-model"
-        )
-    device = resolve_device(device)
+    load = _pretrained_loader(name_or_path, "--clip-model")
+    model, tokenizer = load(CLIPModel, "a CLIP model"), load(AutoTokenizer, "a CLIP tokenizer")
+    device = _resolve_device(device)
     return ClipEmbedder(model.eval().to(device), tokenizer, _describe(model, name_or_path), device, batch_size)
 
 
 def load_dino(name_or_path: str, device: str = "auto", batch_size: int = 16) -> DinoEmbedder:
     from transformers import AutoConfig, Dinov2Model, ViTModel
 
-    source, options = _locate(name_or_path, "--dino-model")
-    with _quiet_transformers():
-        config = _attempt(lambda: AutoConfig.from_pretrained(source, **options), name_or_path, "a model", "--dino-model")
-        if config.model_type not in ("vit", "dinov2"):
-            raise ModelUnavailable(
-                f"'{name_or_path}' is a '{config.model_type}' model, not a DINO ViT or DINOv2: "
-                "pass --dino-model <local folder> holding facebook/dino-vits16 or a DINOv2 model"
-            )
-        model_class, extra = (ViTModel, {"add_pooling_layer": False}) if config.model_type == "vit" else (Dinov2Model, {})
-        model = _attempt(
-            lambda: model_class.from_pretrained(source, **extra, **options), name_or_path, "a DINO model", "--dino-model"
+    load = _pretrained_loader(name_or_path, "--dino-model")
+    model_type = load(AutoConfig, "a model config").model_type
+    if model_type == "vit":
+        model = load(ViTModel, "a DINO ViT", add_pooling_layer=False)
+    elif model_type == "dinov2":
+        model = load(Dinov2Model, "a DINOv2 model")
+    else:
+        raise ModelUnavailable(
+            f"'{name_or_path}' is a '{model_type}' model, not a DINO ViT or DINOv2: "
+            "pass --dino-model <local folder> holding facebook/dino-vits16 or a DINOv2 model"
         )
-    device = resolve_device(device)
+    device = _resolve_device(device)
     return DinoEmbedder(model.eval().to(device), _describe(model, name_or_path), device, batch_size)
 
 
-def resolve_device(name: str) -> str:
+def _resolve_device(name: str) -> str:
     import torch
 
     name = (name or "auto").lower()
@@ -205,6 +204,22 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda"):
         raise UserError(f"--device {name} was asked for but CUDA is not available here: use --device cpu")
     raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
+
+
+def _pretrained_loader(name_or_path: str, flag: str) -> Callable[..., Any]:
+    """`load(cls, what, **kwargs)`: `cls.from_pretrained` from where `name_or_path` can be had, or ModelUnavailable."""
+    source, options = _locate(name_or_path, flag)
+
+    def load(cls: Any, what: str, **kwargs: Any) -> Any:
+        try:
+            with _quiet_transformers():
+                return cls.from_pretrained(source, **options, **kwargs)
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad or partial folder
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = f"cannot load {what} from '{name_or_path}' ({reason}): pass {flag} <local folder>"
+            raise ModelUnavailable(message) from exc
+
+    return load
 
 
 def _locate(name_or_path: str, flag: str) -> tuple[str, dict[str, Any]]:
@@ -234,7 +249,8 @@ def _offline() -> bool:
     """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set in the environment since."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    from_environment = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return bool(constants.HF_HUB_OFFLINE) or from_environment
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -260,14 +276,6 @@ def _hub_reachable(endpoint: str) -> bool:
             return True
     except OSError:
         return False
-
-
-def _attempt(load, name_or_path: str, what: str, flag: str):
-    try:
-        return load()
-    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad or partial folder
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelUnavailable(f"cannot load {what} from '{name_or_path}' ({reason}): pass {flag} <local folder>") from exc
 
 
 @contextlib.contextmanager

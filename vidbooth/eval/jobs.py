@@ -36,9 +36,8 @@ def jobs_from_videos(patterns: list[str], prompt: str | None, reference_images: 
         if not any(c in pattern for c in GLOB_CHARACTERS) or Path(pattern).exists():
             jobs.append(EvalJob(pattern, prompt, reference_images))
             continue
-        matches = sorted(
-            m for m in glob.glob(str(Path(pattern).expanduser()), recursive=True) if m.lower().endswith(VIDEO_EXTENSIONS)
-        )
+        found = glob.glob(str(Path(pattern).expanduser()), recursive=True)
+        matches = sorted(match for match in found if match.lower().endswith(VIDEO_EXTENSIONS))
         if not matches:
             problem = f"pattern '{pattern}' matches no video ({', '.join(VIDEO_EXTENSIONS)}): check the path"
             jobs.append(EvalJob(pattern, problem=problem))
@@ -51,7 +50,9 @@ def jobs_from_manifest(manifest: str | Path, prompt: str | None, reference_image
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read manifest {manifest}: give a UTF-8 text file of video|||ref_dir|||prompt lines") from exc
+        raise UserError(
+            f"cannot read manifest {manifest}: give a UTF-8 text file of video|||ref_dir|||prompt lines"
+        ) from exc
     jobs = [_manifest_job(manifest, number, line, prompt, reference_images) for number, line in enumerate(lines, 1)]
     jobs = [job for job in jobs if job is not None]
     if not jobs:
