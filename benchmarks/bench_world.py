@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from vidbooth.nano.probe import probe_accuracy
-from vidbooth.nano.world import COLOURS, MOTIONS, PATTERNS, SHAPES, Motion, Sprite, render_clip, sample_pretraining_batch
+from vidbooth.nano.world import Motion, Sprite, cycling_pairs, render_clip, sample_pretraining_batch
 
 CONDITIONS = [  # (size, blur sigma px, noise sigma 0-255)
     (64, 0.0, 0.0),
@@ -32,13 +32,6 @@ def clips_per_second(num_frames: int, size: int, batch: int = 32, repeats: int =
     for _ in range(repeats):
         sample_pretraining_batch(rng, batch, num_frames, size)
     return batch * repeats / (time.perf_counter() - start)
-
-
-def truths(count: int) -> list[tuple[Sprite, Motion]]:
-    return [
-        (Sprite(SHAPES[i % len(SHAPES)], COLOURS[i % len(COLOURS)], PATTERNS[i % len(PATTERNS)]), Motion(MOTIONS[i % 13]))
-        for i in range(count)
-    ]
 
 
 def degraded_clips(pairs: list[tuple[Sprite, Motion]], size: int, blur: float, noise: float) -> list[np.ndarray]:
@@ -61,7 +54,7 @@ def main() -> None:
     for num_frames, size in [(8, 64), (8, 32), (16, 64)]:
         print(f"  {num_frames} frames x {size} px: {clips_per_second(num_frames, size):7.0f} clips/s")
 
-    pairs = truths(args.clips)
+    pairs = cycling_pairs(args.clips)
     print(f"\nprobe on {args.clips} ground-truth clips (every shape x motion, colours and patterns cycling)")
     print(f"  {'size':>4} {'blur':>4} {'noise':>5} | {'colour':>6} {'shape':>6} {'motion':>6} | {'videos/s':>8}")
     for size, blur, noise in CONDITIONS:

@@ -8,16 +8,9 @@ import pytest
 
 from vidbooth.errors import UserError
 from vidbooth.nano.probe import UNKNOWN, probe_accuracy, probe_video, score_against_caption
-from vidbooth.nano.world import COLOURS, MOTIONS, PATTERNS, SHAPES, Motion, Sprite, caption, render_clip
+from vidbooth.nano.world import COLOURS, MOTIONS, SHAPES, Motion, Sprite, caption, cycling_pairs, render_clip
 
 CLIP_COUNT = 65  # every shape x motion pair once (5 x 13), colours and patterns cycling
-
-
-def _truths() -> list[tuple[Sprite, Motion]]:
-    return [
-        (Sprite(SHAPES[i % len(SHAPES)], COLOURS[i % len(COLOURS)], PATTERNS[i % len(PATTERNS)]), Motion(MOTIONS[i % 13]))
-        for i in range(CLIP_COUNT)
-    ]
 
 
 def _degrade(frames: np.ndarray, blur: float, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -27,13 +20,14 @@ def _degrade(frames: np.ndarray, blur: float, noise: float, rng: np.random.Gener
 
 def _ground_truth_clips(size: int, blur: float = 0.0, noise: float = 0.0) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    clips = [render_clip(sprite, motion, size=size, seed=100 + i)[0] for i, (sprite, motion) in enumerate(_truths())]
+    pairs = cycling_pairs(CLIP_COUNT)
+    clips = [render_clip(sprite, motion, size=size, seed=100 + i)[0] for i, (sprite, motion) in enumerate(pairs)]
     return [_degrade(clip, blur, noise, rng) for clip in clips] if blur or noise else clips
 
 
 def test_ground_truth_set_covers_every_shape_motion_and_colour():
-    truths = _truths()
-    assert len({(sprite.shape, motion.name) for sprite, motion in truths}) == len(SHAPES) * len(MOTIONS)
+    truths = cycling_pairs(CLIP_COUNT)
+    assert len({(sprite.shape, motion.name) for sprite, motion in truths}) == len(SHAPES) * len(MOTIONS) == CLIP_COUNT
     assert {sprite.colour for sprite, _ in truths} == set(COLOURS)
 
 
@@ -43,7 +37,7 @@ def test_ground_truth_set_covers_every_shape_motion_and_colour():
     [(64, 0.0, 0.0, 1.0), (32, 0.0, 0.0, 0.95), (64, 1.0, 6.0, 0.95), (32, 0.6, 4.0, 0.9), (64, 1.5, 8.0, 0.9)],
 )
 def test_probe_recovers_truth(size, blur, noise, least_shape):
-    accuracy = probe_accuracy(_ground_truth_clips(size, blur, noise), _truths())
+    accuracy = probe_accuracy(_ground_truth_clips(size, blur, noise), cycling_pairs(CLIP_COUNT))
     assert accuracy["count"] == CLIP_COUNT
     assert accuracy["colour"] >= 0.98 and accuracy["motion"] >= 0.95 and accuracy["shape"] >= least_shape, accuracy
 

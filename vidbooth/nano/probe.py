@@ -3,6 +3,8 @@
 It relies on the nano world's promise that backgrounds are nearly grey: the most colourful blob is the sprite.
 Thresholds are relative to the video's most colourful pixels and only the largest blob per frame is kept, so
 blurry, noisy videos from a weak model still read; a video with no colourful blob reads as "unknown".
+Colour is the nearest palette hue; shape is the best match among shape templates blurred as much as the video's
+edges are; motion comes from the blob's track (scale change, spread, angular sweep, a fall and rise, velocity).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ _TEMPLATE_SIZE = 16
 _SUPERSAMPLING = 4
 _TEMPLATE_RADIUS = 12.0
 _BLUR_GRID = np.arange(0.0, 4.01, 0.25)  # px
+_RELATIVE_BLUR_STEP = 0.02  # template blur is quantised to this fraction of the sprite radius
 # Counter-clockwise from +x, with y pointing up on screen.
 _DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
 
@@ -49,9 +52,7 @@ class ProbeResult:
 
 
 def _unknown(frame_count: int) -> ProbeResult:
-    return ProbeResult(
-        UNKNOWN, UNKNOWN, UNKNOWN, np.full((frame_count, 2), np.nan), np.full(frame_count, np.nan)
-    )
+    return ProbeResult(UNKNOWN, UNKNOWN, UNKNOWN, np.full((frame_count, 2), np.nan), np.full(frame_count, np.nan))
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
@@ -70,7 +71,9 @@ def _contrast(frames: np.ndarray, background_hint: np.ndarray | None) -> np.ndar
         return np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
     hint = np.asarray(background_hint, dtype=np.float32)
     if hint.shape not in ((3,), frames.shape[1:]):
-        raise UserError(f"background_hint must be an RGB colour (3,) or an image {frames.shape[1:]}, got {hint.shape}")
+        raise UserError(
+            f"background_hint must be an RGB colour (3,) or an image {frames.shape[1:]}, got shape {hint.shape}"
+        )
     hint_red, hint_green, hint_blue = np.moveaxis(hint, -1, 0)
     return np.maximum(np.maximum(np.abs(red - hint_red), np.abs(green - hint_green)), np.abs(blue - hint_blue))
 
@@ -172,7 +175,8 @@ def _estimate_blur(strength: np.ndarray, masks: np.ndarray, areas: np.ndarray) -
 @functools.lru_cache(maxsize=1024)
 def _template(shape: str, relative_blur: float) -> np.ndarray:
     """`shape` blurred by `relative_blur` radii, thresholded like the probe's masks, normalised (drawn finely)."""
-    return _normalised_blob(_coverage(shape, _TEMPLATE_RADIUS, relative_blur * _TEMPLATE_RADIUS) > RELATIVE_THRESHOLD)
+    coverage = _coverage(shape, _TEMPLATE_RADIUS, relative_blur * _TEMPLATE_RADIUS)
+    return _normalised_blob(coverage > RELATIVE_THRESHOLD)
 
 
 def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -186,7 +190,8 @@ def _classify_shape(masks: np.ndarray, areas: np.ndarray, blur: float) -> str:
     for mask, area in zip(masks[large], areas[large]):
         blob = _normalised_blob(mask)
         for shape in SHAPES:
-            relative_blur = round(50.0 * blur / math.sqrt(area / _unit_area(shape))) / 50.0
+            radius = math.sqrt(area / _unit_area(shape))
+            relative_blur = round(blur / radius / _RELATIVE_BLUR_STEP) * _RELATIVE_BLUR_STEP
             fits[shape] += _soft_iou(blob, _template(shape, relative_blur))
     return max(SHAPES, key=fits.__getitem__)
 
@@ -273,7 +278,9 @@ def probe_video(frames: np.ndarray, background_hint: np.ndarray | None = None) -
         return _unknown(len(frames))
     masks[~found] = False
     hue = _sprite_hue(frames[masks])
-    blur = 0.0 if hue is None else _estimate_blur(_hue_strength(frames[found], hue, background_hint), masks[found], areas[found])
+    blur = 0.0
+    if hue is not None:
+        blur = _estimate_blur(_hue_strength(frames[found], hue, background_hint), masks[found], areas[found])
     scales = np.where(found, np.sqrt(areas), np.nan)
     centroids = _centroids(masks, found)
     return ProbeResult(
@@ -298,7 +305,9 @@ def score_against_caption(result: ProbeResult, truth: str | tuple[Sprite, Motion
 def probe_accuracy(videos: Sequence[np.ndarray], truths: Sequence[str | tuple[Sprite, Motion]]) -> dict[str, float]:
     """Probe every video and return the fraction with correct colour, shape and motion, and the count."""
     if len(videos) != len(truths) or not videos:
-        raise UserError(f"need one truth per video and at least one video, got {len(videos)} videos, {len(truths)} truths")
+        raise UserError(
+            f"need one truth per video and at least one video: got {len(videos)} videos, {len(truths)} truths"
+        )
     scores = [score_against_caption(probe_video(video), truth) for video, truth in zip(videos, truths)]
     return {
         "colour": float(np.mean([score["colour_correct"] for score in scores])),

@@ -107,6 +107,17 @@ def all_motions() -> tuple[Motion, ...]:
     return tuple(Motion(name) for name in MOTIONS)
 
 
+def cycling_pairs(count: int) -> list[tuple[Sprite, Motion]]:
+    """`count` pairs cycling shapes, colours, patterns and motions together; 65 hold every shape x motion pair."""
+    return [
+        (
+            Sprite(SHAPES[i % len(SHAPES)], COLOURS[i % len(COLOURS)], PATTERNS[i % len(PATTERNS)]),
+            Motion(MOTIONS[i % len(MOTIONS)]),
+        )
+        for i in range(count)
+    ]
+
+
 def caption(sprite: Sprite, motion: Motion) -> str:
     """E.g. 'a red striped square moving left', 'a blue solid circle zooming in'."""
     return f"a {sprite.colour} {sprite.pattern} {sprite.shape} {motion.phrase}"
@@ -117,11 +128,12 @@ def parse_caption(text: str) -> tuple[Sprite, Motion]:
     words = text.strip().lower().rstrip(".").split()
     example = caption(Sprite("square", "red", "striped"), Motion("left"))
     if len(words) < 5 or words[0] != "a":
-        raise UserError(f"cannot read caption '{text}': write 'a <colour> <pattern> <shape> <motion>', e.g. '{example}'")
+        raise UserError(f"cannot read caption '{text}': write 'a <colour> <pattern> <shape> <motion>' ('{example}')")
     phrase = " ".join(words[4:])
     names = [name for name, known in MOTION_PHRASES.items() if known == phrase]
     if not names:
-        raise UserError(f"unknown motion '{phrase}' in caption '{text}': use one of {', '.join(MOTION_PHRASES.values())}")
+        known_phrases = ", ".join(MOTION_PHRASES.values())
+        raise UserError(f"unknown motion '{phrase}' in caption '{text}': use one of {known_phrases}")
     return Sprite(shape=words[3], colour=words[1], pattern=words[2]), Motion(names[0])
 
 
@@ -333,7 +345,8 @@ def render_clip(
 ) -> tuple[np.ndarray, Trajectory]:
     """A (num_frames, size, size, 3) uint8 clip of `sprite` doing `motion`, and its ground-truth trajectory.
 
-    The seed picks the background, the sprite's size, start position and speed. The sprite stays fully in frame.
+    The seed picks the background, the sprite's size, start position and speed. Centre +- radius stays in frame
+    (a triangle's base corners, at 1.2 radii, may touch the edge).
     """
     _check_positive("num_frames", num_frames, 2)
     _check_positive("size", size, MIN_SIZE)
