@@ -1,4 +1,4 @@
-"""The motion adapter on both tiny families: no-op at init, where it goes, what trains, condition layout, file round trip."""
+"""The motion adapter on both tiny families: no-op at init, placement, training, condition layout, file round trip."""
 
 from __future__ import annotations
 

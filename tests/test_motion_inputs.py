@@ -106,7 +106,8 @@ def test_sampling_follows_fps_and_stride(tmp_path):
     levels = at_8fps[0].frames[:, 0, 0, 0].astype(int)
     assert np.abs(levels - [frame_level(i) for i in (0, 3, 6, 9)]).max() <= 3
     assert at_8fps[0].fps == 8
-    strided = read_training_clips(MotionConfig(name="m", clips=[str(path)], data=MotionDataConfig(num_frames=4, stride=2)))
+    every_2nd = MotionDataConfig(num_frames=4, stride=2)
+    strided = read_training_clips(MotionConfig(name="m", clips=[str(path)], data=every_2nd))
     levels = strided[0].frames[:, 0, 0, 0].astype(int)
     assert np.abs(levels - [frame_level(i) for i in (0, 2, 4, 6)]).max() <= 3
     assert strided[0].fps == 12

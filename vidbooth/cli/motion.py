@@ -10,7 +10,7 @@ from vidbooth.cli import options
 def train_motion(
     clips: list[str] = typer.Argument(..., help="Video files (mp4, mov, webm, mkv, gif) or folders of frames."),
     name: str = typer.Option(None, "--name", "-n", help="Name of the motion in the library (for generate --motion)."),
-    caption: list[str] = typer.Option(None, "--caption", help="Caption of each clip, in order (repeat), or one for all."),
+    caption: list[str] = typer.Option(None, "--caption", help="Caption of each clip, in order (repeat), or one."),
     class_noun: str = typer.Option(None, "--class-noun", help="What moves (person, dog): default caption and preview."),
     steps: int = typer.Option(None, "--steps", help="Training steps (DreamVideo: 500-3000)."),
     lr: float = typer.Option(None, "--lr", help="Learning rate (DreamVideo: 1e-5)."),
@@ -21,8 +21,8 @@ def train_motion(
     appearance_guidance: bool = typer.Option(
         None, "--appearance-guidance/--no-appearance-guidance", help="Condition on a frame's image embedding."
     ),
-    image_encoder: str = typer.Option(None, "--image-encoder", help="CLIP vision folder or hub id for the guidance."),
-    p_image_zero: float = typer.Option(None, "--p-image-zero", help="Probability of dropping the appearance embedding."),
+    image_encoder: str = typer.Option(None, "--image-encoder", help="CLIP vision folder or hub id for guidance."),
+    p_image_zero: float = typer.Option(None, "--p-image-zero", help="Chance of dropping the appearance embedding."),
     preview: bool = typer.Option(None, "--preview/--no-preview", help="Render preview.png into the artifact."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a motion of the same name."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),

@@ -83,7 +83,7 @@ class MotionConfig:
             raise UserError("no training clips given: pass one or more video files or frame folders")
         if self.captions and len(self.captions) not in (1, len(self.clips)):
             raise UserError(
-                f"{len(self.captions)} captions for {len(self.clips)} clips: give one --caption per clip, or one for all"
+                f"{len(self.captions)} captions for {len(self.clips)} clips: give one --caption per clip or one for all"
             )
         if self.data.num_frames < 2:
             raise UserError(f"data.num_frames must be at least 2 to learn a motion, got {self.data.num_frames}")
@@ -95,7 +95,8 @@ class MotionConfig:
             raise UserError(f"appearance.p_image_zero must be in [0, 1], got {self.appearance.p_image_zero}")
         unknown = sorted(set(self.adapter.targets) - set(SUBLAYERS))
         if unknown or not self.adapter.targets:
-            raise UserError(f"adapter.targets {self.adapter.targets} are invalid: choose from {', '.join(SUBLAYERS)}")
+            choices = ", ".join(SUBLAYERS)
+            raise UserError(f"adapter.targets {self.adapter.targets} are invalid: choose from {choices}")
         if not 0 < self.adapter.hidden_ratio <= 4:
             raise UserError(f"adapter.hidden_ratio must be in (0, 4], got {self.adapter.hidden_ratio}")
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vidbooth import __version__
-from vidbooth.adapters.base import load_tensors, remove, save_tensors, set_scale
+from vidbooth.adapters.base import adapters_of, load_tensors, remove, save_tensors, set_scale
 from vidbooth.adapters.motion import (
     KIND,
     MotionAdapterSpec,
@@ -35,11 +36,12 @@ from vidbooth.data.clips import clip_fps, clip_to_tensor, frames_needed, load_cl
 from vidbooth.data.images import hash_file, is_image_file, natural_sort_key
 from vidbooth.engine.backbone import Backbone
 from vidbooth.errors import UserError
-from vidbooth.reporting import info
+from vidbooth.reporting import info, warn
 
 ADAPTER_FILE = "motion_adapter.safetensors"
 CLIPS_DIR = "clips"
 PREVIEW_FILE = "preview.png"
+CONFIG_FILE = "config.yaml"
 STAGE = "motion"
 
 
@@ -121,7 +123,8 @@ def read_training_clips(cfg: MotionConfig) -> list[TrainingClip]:
         frames, fps = load_clip(path, max_frames=max(2, frames_needed(fps, data.num_frames, target_fps, data.stride)))
         sampled = sample_frames(frames, fps, data.num_frames, target_fps, data.stride)
         sampled_fps = fps / data.stride if data.stride else data.fps
-        clips.append(TrainingClip(str(path.resolve()), source_sha256(path), cfg.caption_for(index), sampled, sampled_fps))
+        caption = cfg.caption_for(index)
+        clips.append(TrainingClip(str(path.resolve()), source_sha256(path), caption, sampled, sampled_fps))
     return clips
 
 
@@ -165,7 +168,6 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip]) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone
-    from vidbooth.engine.sampling import check_geometry
     from vidbooth.engine.train import make_accelerator, remove_run, run_folder, seed_everything, train
 
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
@@ -178,11 +180,7 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip]) -> MotionResult:
         revision=cfg.backbone.revision,
         variant=cfg.backbone.variant,
     )
-    size = cfg.data.resolution or backbone.default_size
-    try:
-        check_geometry(backbone, cfg.data.num_frames, size, size)
-    except UserError as exc:
-        raise UserError(f"cannot train at data.resolution {size} with data.num_frames {cfg.data.num_frames}: {exc}") from exc
+    size = training_size(backbone, cfg)
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
     info(
         f"learning motion '{cfg.name}' from {len(clips)} clip(s), {cfg.data.num_frames} frames at {size}px on "
@@ -214,6 +212,18 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip]) -> MotionResult:
     return MotionResult(cfg.name, path, result.step, result.loss, result.step_seconds, trainable)
 
 
+def training_size(backbone: Backbone, cfg: MotionConfig) -> int:
+    """data.resolution, or the model's native size; a UserError when the model cannot take it."""
+    from vidbooth.engine.sampling import check_geometry
+
+    size = cfg.data.resolution or backbone.default_size
+    try:
+        check_geometry(backbone, cfg.data.num_frames, size, size)
+    except UserError as exc:
+        raise UserError(f"cannot train at data.resolution {size} with {cfg.data.num_frames} frames: {exc}") from exc
+    return size
+
+
 def _signature(cfg: MotionConfig, clips, spec: MotionAdapterSpec, backbone: Backbone, encoder) -> dict:
     """Settings that must be equal for --resume to continue a run."""
     return {
@@ -229,58 +239,65 @@ def _signature(cfg: MotionConfig, clips, spec: MotionAdapterSpec, backbone: Back
 
 # ---- the artifact ---------------------------------------------------------------------------------
 def save_motion(cfg: MotionConfig, backbone: Backbone, clips, spec, encoder, result, seconds: float) -> Path:
-    """Write the artifact atomically: adapter tensors, the training clips, a preview and the manifest."""
+    """Write the artifact atomically: adapter tensors, the training clips, a preview, the config and the manifest."""
+    from vidbooth.config import save_config
     from vidbooth.data.video import write_video
     from vidbooth.library import MANIFEST, artifact_dir, staged_artifact, write_json
 
-    provenance = {"kind": "motion", "base_fingerprint": backbone.fingerprint, "spec": spec.to_json()}
+    provenance = {"method": KIND, "base_fingerprint": backbone.fingerprint, "spec": spec.to_json()}
     with staged_artifact("motion", cfg.name, cfg.overwrite) as stage:
         save_tensors(stage / ADAPTER_FILE, motion_state_dict(backbone.unet), provenance)
-        clip_files = []
-        for index, clip in enumerate(clips):
-            file = f"{CLIPS_DIR}/clip-{index:02d}.mp4"
+        clip_files = [f"{CLIPS_DIR}/clip-{index:02d}.mp4" for index in range(len(clips))]
+        for clip, file in zip(clips, clip_files):
             write_video(clip.frames, stage / file, fps=max(1, round(clip.fps)))
-            clip_files.append(file)
         preview_prompt = clips[0].caption
         if cfg.preview.enabled:
             _write_preview(backbone, cfg, preview_prompt, stage / PREVIEW_FILE)
-        manifest = {
-            "name": cfg.name,
-            "kind": "motion",
-            "base_fingerprint": backbone.fingerprint,
-            "base_source": backbone.source,
-            "family": backbone.family,
-            "vidbooth_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "class_noun": cfg.class_noun,
-            "adapter": {
-                "file": ADAPTER_FILE,
-                "targets": list(spec.targets),
-                "hidden_ratio": spec.hidden_ratio,
-                "cond_dim": spec.cond_dim,
-                "trainable_parameters": sum(p.numel() for p in motion_parameters(backbone.unet)),
-            },
-            "appearance_encoder": encoder.name if encoder else None,
-            "clips": [
-                {"source": c.source, "sha256": c.sha256, "caption": c.caption, "file": f, "frames": len(c.frames)}
-                for c, f in zip(clips, clip_files)
-            ],
-            "training": {"steps": result.step, "loss": result.loss, "seconds": round(seconds, 1)},
-            "preview": PREVIEW_FILE if cfg.preview.enabled else None,
-            "preview_prompt": preview_prompt,
-            "config": asdict(cfg),
-        }
-        write_json(stage / MANIFEST, manifest)
+        save_config(cfg, stage / CONFIG_FILE)
+        write_json(stage / MANIFEST, _manifest(cfg, backbone, clips, clip_files, spec, encoder, result, seconds))
     path = artifact_dir("motion", cfg.name)
     info(f"saved motion '{cfg.name}' in {path}")
     return path
+
+
+def _manifest(cfg: MotionConfig, backbone: Backbone, clips, clip_files, spec, encoder, result, seconds) -> dict:
+    return {
+        "kind": "motion",
+        "name": cfg.name,
+        "class_noun": cfg.class_noun,
+        "base": cfg.backbone.base,
+        "base_fingerprint": backbone.fingerprint,
+        "family": backbone.family,
+        "vidbooth_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": {
+            "motion_adapter": ADAPTER_FILE,
+            "preview": PREVIEW_FILE if cfg.preview.enabled else None,
+            "config": CONFIG_FILE,
+            "clips": clip_files,
+        },
+        "adapter": {
+            "targets": list(spec.targets),
+            "hidden_ratio": spec.hidden_ratio,
+            "cond_dim": spec.cond_dim,
+            "appearance_encoder": encoder.name if encoder else None,
+            "trainable_parameters": sum(p.numel() for p in motion_parameters(backbone.unet)),
+        },
+        "clips": [
+            {"source": c.source, "sha256": c.sha256, "caption": c.caption, "frames": len(c.frames), "fps": c.fps}
+            for c in clips
+        ],
+        "training": {"steps": result.step, "final_loss": result.loss, "seconds": round(seconds, 2)},
+        "preview_prompt": clips[0].caption,
+        "config": asdict(cfg),
+    }
 
 
 def _write_preview(backbone: Backbone, cfg: MotionConfig, prompt: str, path: Path) -> None:
     from vidbooth.data.video import save_contact_sheet
     from vidbooth.engine.sampling import sample_video
 
-    size = cfg.data.resolution or backbone.default_size
+    size = training_size(backbone, cfg)
     frames = sample_video(
         backbone,
         prompt,
@@ -303,18 +320,21 @@ def read_motion_manifest(name: str) -> dict:
 
 
 def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
-    """Put motion adapter `name` on `backbone` at strength `scale`, its appearance condition dropped.
+    """Put motion adapter `name` on `backbone` at strength `scale`, in the backbone's dtype, appearance condition
+    dropped (see `vidbooth.engine.compose`). Returns its manifest.
 
-    Raises a UserError when it was learned on another base model. Returns its manifest.
+    A motion learned on another base (fingerprint) is loaded with a warning when its tensors fit, as motion
+    modules carry over between fine-tunes of one architecture (AnimateDiff's premise); otherwise a UserError.
     """
     manifest = read_motion_manifest(name)
     if manifest.get("base_fingerprint") != backbone.fingerprint:
-        raise UserError(
-            f"motion '{name}' was learned on base {manifest.get('base_source')} (fingerprint "
-            f"{manifest.get('base_fingerprint')}), not on {backbone.source} ({backbone.fingerprint}): "
-            "generate with its base or retrain the motion on this one"
+        warn(
+            f"motion '{name}' was learned on {manifest.get('base')} (fingerprint {manifest.get('base_fingerprint')}), "
+            f"not on this base ({backbone.fingerprint}): results may be poor"
         )
-    file = Path(manifest["path"]) / ADAPTER_FILE
+    if adapters_of(backbone.unet, KIND):
+        raise UserError(f"a motion adapter is already loaded: load one motion ('{name}') at a time")
+    file = Path(manifest["path"]) / manifest["files"]["motion_adapter"]
     tensors, metadata = load_tensors(file)
     if "spec" not in metadata:
         raise UserError(f"{file} lacks its adapter config in the metadata: retrain the motion with --overwrite")
@@ -324,6 +344,8 @@ def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
     except UserError:
         remove(backbone.unet, KIND)
         raise
+    for adapter in adapters_of(backbone.unet, KIND).values():
+        adapter.to(backbone.dtype)
     set_scale(backbone.unet, KIND, scale)
     set_appearance(backbone.unet, None)
     return manifest

@@ -1,0 +1,232 @@
+"""Joint inference: subject and motion adapters together, the prompt, and the checks before loading."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from vidbooth.adapters.base import BottleneckAdapter, ParallelAdapter, adapters_of, remove, set_scale
+from vidbooth.adapters.identity import KIND as IDENTITY, inject_identity_adapter, subject_kind
+from vidbooth.adapters.motion import KIND as MOTION, MotionAdapterSpec, inject_motion_adapter, set_appearance
+from vidbooth.engine.compose import apply_personalisation, with_subject_token
+from vidbooth.errors import UserError
+
+FAMILIES = ("unet3d", "animatediff")
+
+
+# ---- the adapters compose by addition, whatever the order ------------------------------------------
+@pytest.fixture(params=FAMILIES)
+def backbone(request, tiny_backbones):
+    bb = tiny_backbones[request.param]
+    yield bb
+    remove(bb.unet, MOTION)
+    remove(bb.unet, IDENTITY)
+
+
+def randomised(bb, kind, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in adapters_of(bb.unet, kind).values():
+            for p in adapter.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def add_identity(bb):
+    inject_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), 0.5)
+    randomised(bb, IDENTITY, seed=1)
+
+
+def add_motion(bb):
+    inject_motion_adapter(bb.unet, bb.temporal_layers(), MotionAdapterSpec(("attn1", "attn2", "ff"), 0.5, 6))
+    randomised(bb, MOTION, seed=2)
+    set_appearance(bb.unet, None)
+
+
+def output(bb):
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 4, 8, 8, generator=g)  # (B, C, F, h, w): a CFG-sized batch
+    with torch.no_grad():
+        return bb.unet_forward(latents, torch.tensor(400), bb.encode_prompt(["", "a dog running"]))
+
+
+def test_subject_and_motion_adapters_touch_disjoint_layers(backbone):
+    add_identity(backbone)
+    add_motion(backbone)
+    identity, motion = set(adapters_of(backbone.unet, IDENTITY)), set(adapters_of(backbone.unet, MOTION))
+    assert identity and motion and not identity & motion
+    temporal = tuple(name + "." for name in backbone.temporal_layers())
+    assert all(n.startswith(temporal) for n in motion) and not any(n.startswith(temporal) for n in identity)
+
+
+def test_composition_does_not_depend_on_loading_order(backbone):
+    add_identity(backbone)
+    add_motion(backbone)
+    subject_first = output(backbone)
+    remove(backbone.unet, IDENTITY)
+    remove(backbone.unet, MOTION)
+    add_motion(backbone)
+    add_identity(backbone)
+    assert torch.equal(output(backbone), subject_first)
+
+
+def test_each_scale_switches_its_adapter_alone(backbone):
+    base = output(backbone)
+    add_identity(backbone)
+    subject_only = output(backbone)
+    add_motion(backbone)
+    both = output(backbone)
+    set_scale(backbone.unet, MOTION, 0.0)
+    assert torch.equal(output(backbone), subject_only)
+    set_scale(backbone.unet, MOTION, 1.0)
+    set_scale(backbone.unet, IDENTITY, 0.0)
+    motion_only = output(backbone)
+    set_scale(backbone.unet, MOTION, 0.0)
+    assert torch.equal(output(backbone), base)
+    for a, b in ((both, subject_only), (both, motion_only), (subject_only, base), (motion_only, base)):
+        assert (a - b).abs().max().item() > 1e-4  # every adapter does change the output
+
+
+def test_adapters_on_one_layer_add_their_deltas():
+    """Where two adapters share a layer, the definition is out = base(h) + delta_1(h) + delta_2(h)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 8)
+    first, second = BottleneckAdapter(8, 4), BottleneckAdapter(8, 4, cond_dim=3)
+    for adapter in (first, second):
+        torch.nn.init.normal_(adapter.up.weight)
+    second.condition = torch.randn(1, 3)
+    h = torch.randn(5, 7, 8)
+    wrapped = ParallelAdapter(layer, {"a": first, "b": second})
+    expected = layer(h) + first(h) + second(h)
+    assert torch.allclose(wrapped(h), expected, atol=1e-6)
+    assert (wrapped(h) - layer(h)).abs().max().item() > 1e-3
+
+
+# ---- the prompt ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a dog running on the beach", "a S* dog running on the beach"),
+        ("A Dog surfing", "A S* Dog surfing"),
+        ("surfing on a wave", "a S* dog surfing on a wave"),
+        ("a hotdog stand", "a S* dog a hotdog stand"),
+    ],
+)
+def test_missing_token_is_inserted_with_a_note(prompt, expected):
+    updated, note = with_subject_token(prompt, "S*", "dog")
+    assert updated == expected
+    assert note is not None and expected in note
+
+
+def test_prompt_with_the_token_is_kept():
+    assert with_subject_token("S* dog jumps", "S*", "dog") == ("S* dog jumps", None)
+
+
+# ---- stored artifacts ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory, shared_cache):
+    """A library with subjects S* (dog) and T* (cat) and motion 'wave' on tiny, and motion 'wave-ad' on
+    tiny-animatediff."""
+    from tests.badinputs import write_clip, write_photo
+    from vidbooth.config import BackboneConfig
+    from vidbooth.config.motion import AppearanceConfig, MotionConfig, MotionDataConfig, PreviewConfig
+    from vidbooth.config.subject import IdentityConfig, SubjectConfig, SubjectPreviewConfig, TextualInversionConfig
+    from vidbooth.config.train import TrainConfig
+    from vidbooth.engine.motion import train_motion
+    from vidbooth.engine.subject import train_subject
+
+    root = tmp_path_factory.mktemp("compose")
+    photos = root / "photos"
+    for i in range(3):
+        write_photo(photos / f"p{i}.png")
+    clip = str(write_clip(root / "clip.mp4", num_frames=12))
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"VIDBOOTH_HOME": root / "home", "VIDBOOTH_CACHE": shared_cache, "VIDBOOTH_QUIET": 1}.items():
+            mp.setenv(key, str(value))
+        quick = TrainConfig(steps=1, batch_size=1)
+        for name, class_noun in (("S*", "dog"), ("T*", "cat")):
+            train_subject(
+                SubjectConfig(
+                    name=name,
+                    photos=str(photos),
+                    class_noun=class_noun,
+                    textual_inversion=TextualInversionConfig(train=quick),
+                    identity=IdentityConfig(train=quick),
+                    preview=SubjectPreviewConfig(enabled=False),
+                )
+            )
+        for name, base, encoder in (("wave", "tiny", "tiny-clip"), ("wave-ad", "tiny-animatediff", None)):
+            train_motion(
+                MotionConfig(
+                    name=name,
+                    clips=[clip],
+                    backbone=BackboneConfig(base=base),
+                    train=quick,
+                    data=MotionDataConfig(num_frames=4),
+                    appearance=AppearanceConfig(encoder=encoder),
+                    preview=PreviewConfig(enabled=False),
+                )
+            )
+    return root / "home"
+
+
+@pytest.fixture
+def library(stored, isolated_home):
+    for kind in ("subjects", "motions"):
+        shutil.copytree(stored / kind, isolated_home / kind)
+    return isolated_home
+
+
+def fresh(base="tiny"):
+    from vidbooth.engine.backbone import load_backbone
+
+    return load_backbone(base, device="cpu")
+
+
+def test_subject_and_motion_load_on_one_backbone(library):
+    bb = fresh()
+    result = apply_personalisation(bb, "a dog running", ["S*"], "wave", subject_scale=0.8, motion_scale=0.6)
+    assert result.prompt == "a S* dog running" and len(result.notes) == 1
+    assert result.motion["name"] == "wave" and [s.name for s in result.subjects] == ["S*"]
+    motion, identity = adapters_of(bb.unet, MOTION), adapters_of(bb.unet, subject_kind("S*"))
+    assert len(identity) == len(bb.spatial_cross_attention_layers())
+    assert len(motion) == 3 * len(bb.temporal_layers())
+    assert {a.scale for a in motion.values()} == {0.6} and {a.scale for a in identity.values()} == {0.8}
+    assert all(a.condition is None for a in motion.values())  # appearance dropped at inference
+    assert "S*" in bb.tokenizer.get_vocab()
+
+
+def test_either_may_be_omitted(library):
+    bb = fresh()
+    only_motion = apply_personalisation(bb, "a cat", [], "wave")
+    assert only_motion.prompt == "a cat" and only_motion.notes == []
+    assert not adapters_of(bb.unet, subject_kind("S*"))
+    bb = fresh()
+    only_subject = apply_personalisation(bb, "S* dog sleeps", ["S*"], None)
+    assert only_subject.motion is None and not adapters_of(bb.unet, MOTION)
+    assert adapters_of(bb.unet, subject_kind("S*"))
+
+
+def test_several_subjects_in_one_prompt(library):
+    bb = fresh()
+    result = apply_personalisation(bb, "a dog and a cat play", ["S*", "T*"], "wave")
+    assert result.prompt == "a S* dog and a T* cat play" and len(result.notes) == 2
+    assert adapters_of(bb.unet, subject_kind("S*")) and adapters_of(bb.unet, subject_kind("T*"))
+
+
+def test_subject_and_motion_from_different_bases_is_an_error_naming_both(library):
+    bb = fresh("tiny-animatediff")
+    with pytest.raises(UserError) as caught:
+        apply_personalisation(bb, "a dog", ["S*"], "wave-ad")
+    message = str(caught.value)
+    for part in ("subject 'S*'", "motion 'wave-ad'", "tiny-animatediff"):
+        assert part in message
+    assert not adapters_of(bb.unet, MOTION) and not adapters_of(bb.unet, subject_kind("S*"))  # nothing loaded
+
+
+@pytest.mark.parametrize(("subjects", "motion", "listed"), [(["R2"], None, "S*, T*"), (["S*"], "walk", "wave, wave-ad")])
+def test_unknown_names_list_the_known_ones(library, subjects, motion, listed):
+    with pytest.raises(UserError, match="unknown") as caught:
+        apply_personalisation(fresh(), "a dog", subjects, motion)
+    assert listed in str(caught.value)

@@ -1,0 +1,93 @@
+"""Joint inference (DreamVideo §3.3): learned subjects and a learned motion on one backbone.
+
+Subjects (pseudo-word embedding + identity adapter in the spatial cross-attentions) and motions (motion
+adapter in the temporal transformers) are trained apart on the frozen base and touch disjoint layers, so
+composing them is loading both: `apply_personalisation` does that after checking they belong together.
+
+The motion adapter's appearance condition is dropped at inference (zero embedding, which equals no
+condition as `W_cond` has no bias). Training dropped it half of the time, so the adapter has learned to
+produce the motion without it; giving it a frame of the training clip would pull that clip's looks back in,
+and the looks of the generated video must come from the prompt and the subject instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from vidbooth.errors import UserError
+
+
+@dataclass
+class Personalisation:
+    prompt: str
+    """The prompt to sample with: subject tokens inserted where missing, multi-vector tokens spelled out."""
+    notes: list[str] = field(default_factory=list)
+    """What was changed, for the user (e.g. the inserted subject token)."""
+    subjects: list = field(default_factory=list)
+    """`vidbooth.engine.subject.LoadedSubject` of each subject, in the order given."""
+    motion: dict | None = None
+    """The motion's manifest, when one was loaded."""
+
+
+def apply_personalisation(
+    backbone,
+    prompt: str,
+    subjects: list[str] | None = None,
+    motion: str | None = None,
+    subject_scale: float = 1.0,
+    motion_scale: float = 1.0,
+) -> Personalisation:
+    """Load `subjects` and `motion` (either may be empty) on `backbone` and return the prompt to sample with.
+
+    Every name is checked before anything is loaded: unknown names raise a UserError listing the known
+    ones, and a subject and a motion learned on different base models raise one naming both.
+    """
+    from vidbooth.engine.motion import load_motion, read_motion_manifest
+    from vidbooth.engine.subject import load_subject
+    from vidbooth.library import artifact_dir, read_manifest
+
+    subjects = list(dict.fromkeys(subjects or []))
+    subject_manifests = {name: read_manifest(artifact_dir("subject", name)) for name in subjects}
+    motion_manifest = read_motion_manifest(motion) if motion else None
+    if motion_manifest is not None:
+        for name, manifest in subject_manifests.items():
+            check_same_base(("subject", name, manifest), ("motion", motion, motion_manifest))
+
+    loaded = [load_subject(backbone, name, subject_scale) for name in subjects]
+    result = Personalisation(prompt=prompt, subjects=loaded)
+    for subject in loaded:
+        result.prompt, note = with_subject_token(result.prompt, subject.token, subject.class_noun)
+        if note:
+            result.notes.append(note)
+        result.prompt = subject.expand_prompt(result.prompt)
+    if motion:
+        result.motion = load_motion(backbone, motion, motion_scale)
+    return result
+
+
+def check_same_base(first: tuple[str, str, dict], second: tuple[str, str, dict]) -> None:
+    """(kind, name, manifest) pairs learned on different base models (fingerprints) raise a UserError naming both."""
+    (kind_a, name_a, a), (kind_b, name_b, b) = first, second
+    if a.get("base_fingerprint") != b.get("base_fingerprint"):
+        raise UserError(
+            f"{kind_a} '{name_a}' was learned on {a.get('base')} (fingerprint {a.get('base_fingerprint')}) but "
+            f"{kind_b} '{name_b}' on {b.get('base')} (fingerprint {b.get('base_fingerprint')}): they cannot be "
+            f"combined; retrain one of them on the other's base"
+        )
+
+
+def with_subject_token(prompt: str, token: str, class_noun: str) -> tuple[str, str | None]:
+    """Return the prompt with '<token> <class noun>' in it, and a note when it had to be inserted.
+
+    The token goes before the first whole-word class noun ('a dog running' -> 'a S* dog running');
+    without one, 'a <token> <class noun>' is put in front of the prompt.
+    """
+    if token in prompt:
+        return prompt, None
+    noun = re.search(rf"\b{re.escape(class_noun)}\b", prompt, flags=re.IGNORECASE) if class_noun else None
+    if noun:
+        updated = f"{prompt[: noun.start()]}{token} {prompt[noun.start():]}"
+    else:
+        updated = " ".join(part for part in ("a", token, class_noun, prompt.strip()) if part)
+    return updated, f"the prompt lacks the subject token '{token}': using \"{updated}\""
