@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vidbooth.eval import metrics
 from vidbooth.eval.features import (
@@ -118,7 +119,6 @@ def test_clip_t_and_reference_similarity_are_mean_cosines():
 
 
 def test_clip_preprocessing_matches_transformers_clip_image_processor():
-    pytest.importorskip("transformers")
     from transformers import CLIPImageProcessor
 
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -151,6 +151,32 @@ def test_tiny_clip_loads_from_a_folder_and_embeds_images_and_text(tiny_clip_dir)
     np.testing.assert_allclose(image_embeds[0], image_embeds[2], atol=1e-6)
     assert not np.allclose(text_embeds[0], text_embeds[1])
     assert clip.description["class"] == "CLIPModel" and clip.description["name"] == str(tiny_clip_dir)
+
+
+def test_embeddings_match_transformers_own_preprocessing(tiny_clip_dir, tiny_vit_dir):
+    """CLIP: CLIPImageProcessor at the model's size. DINO: shorter side to 256/224 of it (37 for 32), centre
+    crop, ImageNet statistics, which transformers' BitImageProcessor also computes; the embedding is the CLS token."""
+    import torch
+    from transformers import BitImageProcessor, CLIPImageProcessor, CLIPModel, ViTModel
+
+    images = [smooth_image(5, 48, 64), smooth_image(6, 64, 48)]
+    clip_pixels = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})(
+        images=images, return_tensors="pt"
+    )["pixel_values"]
+    dino_pixels = BitImageProcessor(
+        size={"shortest_edge": 37},
+        crop_size={"height": 32, "width": 32},
+        resample=Image.Resampling.BICUBIC,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )(images=images, return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        clip_expected = CLIPModel.from_pretrained(tiny_clip_dir).get_image_features(pixel_values=clip_pixels)
+        vit = ViTModel.from_pretrained(tiny_vit_dir, add_pooling_layer=False)
+        dino_expected = vit(pixel_values=dino_pixels).last_hidden_state[:, 0]
+    clip_expected = getattr(clip_expected, "pooler_output", clip_expected)
+    np.testing.assert_allclose(load_clip(str(tiny_clip_dir), "cpu").image_embeds(images), clip_expected, atol=1e-5)
+    np.testing.assert_allclose(load_dino(str(tiny_vit_dir), "cpu").image_embeds(images), dino_expected, atol=1e-5)
 
 
 def test_identical_frames_give_temporal_consistency_one(tiny_clip_dir):
