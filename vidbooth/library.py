@@ -17,6 +17,7 @@ back to the old version the next time the library is opened.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from vidbooth.errors import UserError
 
 KINDS = {"subject": "subjects", "motion": "motions"}
 MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
 _NAME = re.compile(r"^[\w*+@.\-]{1,64}$")
 _SAFE = re.compile(r"[A-Za-z0-9_.\-]")
 
@@ -75,14 +77,46 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
     return path
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path, verify: bool = True) -> dict:
+    """The artifact's manifest, validated; with `verify`, every tensor file must match its recorded sha256."""
+    where = path / MANIFEST
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(where.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"manifest {path / MANIFEST} is missing or not valid JSON: retrain with --overwrite") from exc
-    if not isinstance(manifest, dict) or "name" not in manifest or "kind" not in manifest:
-        raise UserError(f"manifest {path / MANIFEST} lacks 'name'/'kind': retrain with --overwrite")
+        raise UserError(f"manifest {where} is missing or not valid JSON: retrain with --overwrite") from exc
+    if not isinstance(manifest, dict) or not {"name", "kind", "schema_version", "files"} <= manifest.keys():
+        raise UserError(f"manifest {where} lacks name/kind/schema_version/files: retrain with --overwrite")
+    version = manifest["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise UserError(f"{where} has schema version {version}, newer than this vidbooth understands: upgrade vidbooth")
+    if verify:
+        _verify_files(path, manifest["files"])
     return manifest
+
+
+def _verify_files(path: Path, recorded: dict) -> None:
+    present = {str(p.relative_to(path)) for p in path.rglob("*.safetensors")}
+    if not isinstance(recorded, dict) or present != set(recorded):
+        raise UserError(f"artifact {path} does not match its manifest (tensor files added or removed): retrain with --overwrite")
+    for rel, digest in recorded.items():
+        if sha256_file(path / rel) != digest:
+            raise UserError(f"artifact {path}: {rel} does not match its manifest hash (modified or damaged): retrain with --overwrite")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _seal(stage: Path) -> None:
+    """Record the schema version and every tensor file's sha256 in the staged manifest."""
+    manifest = json.loads((stage / MANIFEST).read_text())
+    manifest["schema_version"] = SCHEMA_VERSION
+    manifest["files"] = {str(p.relative_to(stage)): sha256_file(p) for p in sorted(stage.rglob("*.safetensors"))}
+    write_json(stage / MANIFEST, manifest)
 
 
 def list_artifacts(kind: str) -> list[dict]:
@@ -93,7 +127,7 @@ def list_artifacts(kind: str) -> list[dict]:
     for path in sorted(root.iterdir()):
         if (path / MANIFEST).is_file():
             try:
-                out.append(read_manifest(path) | {"path": str(path)})
+                out.append(read_manifest(path, verify=False) | {"path": str(path)})
             except UserError:
                 continue
     return out
@@ -185,6 +219,7 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
         yield stage
         if not (stage / MANIFEST).is_file():
             raise RuntimeError("an artifact must be written with its manifest")
+        _seal(stage)
         _fsync_tree(stage)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
