@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_eval_metrics import moving_square, smooth_image, tiny_clip_dir, tiny_vit_dir  # noqa: F401 (fixtures)
@@ -28,6 +29,7 @@ def media(tmp_path) -> dict[str, Path]:
         "right": write_video(moving_square(frames=8), tmp_path / "right.mp4"),
         "left": write_video(moving_square(frames=8)[::-1].copy(), tmp_path / "left.gif"),
         "reference_clip": write_video(moving_square(frames=10, seed=3, background=90), tmp_path / "reference.gif"),
+        "still": write_video(np.stack([smooth_image(0)] * 4), tmp_path / "still.mp4"),
         "photos": photos,
         "empty": tmp_path / "empty",
     }
@@ -109,6 +111,9 @@ def test_a_manifest_batch_reports_bad_lines_keeps_going_and_exits_1(
         ("no prompt", "no prompt for"),
         ("unknown metric", "unknown metric(s) sharpness"),
         ("unmatched glob", "matches no video"),
+        ("no prompt for any video of a batch", "no prompt for"),
+        ("motion without a reference", "needs a reference motion"),
+        ("reference clip without motion", "shows no motion"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(case, expected, media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
@@ -120,6 +125,9 @@ def test_bad_input_is_one_error_line_and_exit_2(case, expected, media, tiny_clip
         "no prompt": [media["right"]],
         "unknown metric": [media["right"], "--prompt", "x", "--metrics", "clip_t,sharpness"],
         "unmatched glob": [tmp_path / "nothing-*.mp4", "--prompt", "x"],
+        "no prompt for any video of a batch": [media["right"], media["left"]],
+        "motion without a reference": [media["right"], "--prompt", "x", "--metrics", "motion"],
+        "reference clip without motion": [media["right"], "--prompt", "x", "--ref-video", media["still"]],
     }[case]
     assert run(*args, *models(tiny_clip_dir, tiny_vit_dir)) == 2
     errors = error_lines(capsys.readouterr())

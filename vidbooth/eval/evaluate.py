@@ -41,16 +41,17 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     if requested and "motion_fidelity" in requested and not motion_paths:
         raise UserError("motion_fidelity needs a reference motion: pass --motion NAME or --ref-video CLIP")
     single = len(jobs) == 1 and not config.manifest
-    planned = {id(job): _plan(job, requested, bool(motion_paths), single) for job in jobs}
-    needed = {name for metrics in planned.values() for name in metrics or ()}
+    # Without a manifest every job shares the prompt and references, so a gap in them concerns the whole run.
+    plans = [_plan(job, requested, bool(motion_paths), single, shared_inputs=not config.manifest) for job in jobs]
+    needed = {name for metrics in plans for name in metrics or ()}
     scorer = _Scorer(motion_paths, config.device, config.batch_size)
     scorer.load_models(needed, config.clip_model, config.dino_model)
     if needed and needed <= set(scorer.unavailable):
         raise UserError("no metric can be computed: " + "; ".join(sorted(set(scorer.unavailable.values()))))
     results = []
     with reporting.progress("evaluating", total=len(jobs)) as task:
-        for job in jobs:
-            results.append(_evaluate_job(job, planned[id(job)], scorer, single))
+        for job, metrics in zip(jobs, plans):
+            results.append(_evaluate_job(job, metrics, scorer, single))
             task.advance()
     report = EvaluationReport(results, scorer.unavailable, scorer.models, [str(p) for p in motion_paths], _versions())
     show(report)
@@ -104,12 +105,19 @@ def _reference_motion_paths(config: EvaluateConfig) -> list[Path]:
     return [Path(config.ref_video)] if config.ref_video else []
 
 
-def _plan(job: EvalJob, requested: list[str] | None, has_motion: bool, single: bool) -> list[str] | None:
-    """The metrics of `job`, or None when its inputs are incomplete (the reason goes to `job.problem`)."""
+def _plan(
+    job: EvalJob, requested: list[str] | None, has_motion: bool, single: bool, shared_inputs: bool
+) -> list[str] | None:
+    """The metrics of `job`, or None when it cannot run (the reason is then in `job.problem`).
+
+    Raises instead for a single video, and when the missing prompt or references are shared by every job.
+    """
     if job.problem is None:
         try:
             return _job_metrics(job, requested, has_motion)
         except UserError as exc:
+            if single or shared_inputs:
+                raise
             job.problem = str(exc)
     if single:
         raise UserError(_failure_message(job, job.problem))
