@@ -18,9 +18,9 @@ import numpy as np
 from vidbooth import __version__, reporting
 from vidbooth.data.video import ensure_writable_dir, read_video
 from vidbooth.errors import UserError
-from vidbooth.eval import metrics as M
 from vidbooth.eval.features import ImageEmbedder, ImageTextEmbedder, ModelUnavailable, load_clip, load_dino
 from vidbooth.eval.jobs import EvalJob, jobs_from_manifest, jobs_from_videos
+from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
 from vidbooth.eval.motion import METHOD, MIN_FLOW, WORK_SIDE, motion_signature, signature_similarity
 from vidbooth.eval.references import motion_clip_paths, read_image_folder, read_motion_clip, subject_photos
 from vidbooth.eval.report import METRIC_LABELS, METRICS, EvaluationReport, VideoResult, show, write_csv, write_json
@@ -208,14 +208,14 @@ class _Scorer:
         if self.clip is not None and set(metrics) & set(CLIP_METRICS):
             frame_embeds = self.clip.image_embeds(frames)
             if "clip_t" in metrics:
-                values["clip_t"] = M.clip_t(frame_embeds, self._text_embed(job.prompt))
+                values["clip_t"] = clip_t(frame_embeds, self._text_embed(job.prompt))
             if "clip_i" in metrics:
-                values["clip_i"] = M.reference_similarity(frame_embeds, self._reference_embeds(self.clip, "clip", job))
+                values["clip_i"] = reference_similarity(frame_embeds, self._reference_embeds(self.clip, "clip", job))
             if "t_cons" in metrics and len(frames) > 1:
-                values["t_cons"] = M.temporal_consistency(frame_embeds)
+                values["t_cons"] = temporal_consistency(frame_embeds)
         if self.dino is not None and "dino_i" in metrics:
             reference_embeds = self._reference_embeds(self.dino, "dino", job)
-            values["dino_i"] = M.reference_similarity(self.dino.image_embeds(frames), reference_embeds)
+            values["dino_i"] = reference_similarity(self.dino.image_embeds(frames), reference_embeds)
         if "motion_fidelity" in metrics and len(frames) > 1:
             values["motion_fidelity"] = self._motion_fidelity(frames)
         return values
