@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from vidbooth.reporting import error
 
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
     except UserError as exc:
         if _state["debug"]:
             raise
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:
