@@ -270,7 +270,7 @@ def _manifest(cfg: MotionConfig, backbone: Backbone, clips, clip_files, spec, en
         "family": backbone.family,
         "vidbooth_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {
+        "paths": {  # "files" is the library's seal: {tensor file: sha256}
             "motion_adapter": ADAPTER_FILE,
             "preview": PREVIEW_FILE if cfg.preview.enabled else None,
             "config": CONFIG_FILE,
@@ -288,6 +288,7 @@ def _manifest(cfg: MotionConfig, backbone: Backbone, clips, clip_files, spec, en
             for c in clips
         ],
         "training": {"steps": result.step, "final_loss": result.loss, "seconds": round(seconds, 2)},
+        "captions": [c.caption for c in clips],
         "preview_prompt": clips[0].caption,
         "config": asdict(cfg),
     }
@@ -334,7 +335,7 @@ def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
         )
     if adapters_of(backbone.unet, KIND):
         raise UserError(f"a motion adapter is already loaded: load one motion ('{name}') at a time")
-    file = Path(manifest["path"]) / manifest["files"]["motion_adapter"]
+    file = Path(manifest["path"]) / manifest["paths"]["motion_adapter"]
     tensors, metadata = load_tensors(file)
     if "spec" not in metadata:
         raise UserError(f"{file} lacks its adapter config in the metadata: retrain the motion with --overwrite")

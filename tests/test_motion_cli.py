@@ -1,0 +1,149 @@
+"""End to end with the tiny models: train-motion -> library artifact -> list -> generate --motion; resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.badinputs import write_clip
+from vidbooth.adapters.base import adapters_of, load_tensors
+from vidbooth.adapters.motion import KIND
+from vidbooth.cli.app import main
+from vidbooth.data.images import hash_file
+from vidbooth.data.video import read_video
+
+QUICK = ["--recipe", "tiny/motion", "--steps", "2", "--num-frames", "4", "--set", "preview.num_inference_steps=1"]
+
+
+def square_clip(path, num_frames=12, size=64):
+    """A red square sliding right over black: a motion, at 8 fps."""
+    frames = np.zeros((num_frames, size, size, 3), dtype=np.uint8)
+    for i in range(num_frames):
+        frames[i, 20:44, 4 + 3 * i : 28 + 3 * i] = (230, 30, 30)
+    from vidbooth.data.video import write_video
+
+    return write_video(frames, path)
+
+
+@pytest.mark.parametrize("base", ["tiny", "tiny-animatediff"])
+def test_train_motion_writes_a_complete_artifact(base, tmp_path, isolated_home, capsys):
+    clip = square_clip(tmp_path / "slide.mp4")
+    assert main(["train-motion", str(clip), "--name", "slide", "--class-noun", "square", "--base", base, *QUICK]) == 0
+    folder = isolated_home / "motions" / "slide"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    from vidbooth.engine.backbone import load_backbone
+
+    bb = load_backbone(base, device="cpu")
+    assert manifest["kind"] == "motion" and manifest["base_fingerprint"] == bb.fingerprint
+    assert manifest["clips"][0]["sha256"] == hash_file(clip) and manifest["captions"] == ["a square"]
+    assert manifest["training"]["steps"] == 2 and manifest["config"]["train"]["steps"] == 2
+    assert manifest["adapter"]["appearance_encoder"] == "tiny-clip" and manifest["adapter"]["cond_dim"] == 16
+
+    tensors, metadata = load_tensors(folder / manifest["paths"]["motion_adapter"])
+    assert metadata["base_fingerprint"] == bb.fingerprint
+    assert sum(t.numel() for t in tensors.values()) == manifest["adapter"]["trainable_parameters"]
+    ups = [t for k, t in tensors.items() if k.endswith(".up.weight")]
+    assert len(ups) == 3 * len(bb.temporal_layers()) and max(t.abs().max().item() for t in ups) > 0  # it trained
+
+    clip_frames = read_video(folder / manifest["paths"]["clips"][0])
+    assert clip_frames.shape[0] == 4
+    preview = np.asarray(Image.open(folder / manifest["paths"]["preview"]))
+    assert preview.shape == (32, 4 * 32, 3)  # 4 frames of 32x32 side by side
+    assert not list((isolated_home / ".staging").glob("*")) and not list((isolated_home / ".runs").rglob("step-*"))
+
+
+def test_stage_alias_list_and_generate_with_the_motion(tmp_path, isolated_home, capsys):
+    clip = square_clip(tmp_path / "slide.mp4")
+    assert main(["motion-adapter", str(clip), "--name", "slide", "--caption", "a red square", *QUICK]) == 0
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "slide" in listed and "motion" in listed and "a red square" in listed
+
+    out = tmp_path / "out.mp4"
+    args = ["generate", "--prompt", "a red square", "--motion", "slide", "--motion-scale", "0.8", "--out", str(out)]
+    assert main([*args, "--recipe", "tiny/generate", "--steps", "2", "--num-frames", "4"]) == 0
+    assert read_video(out).shape == (4, 32, 32, 3)
+
+
+def test_generate_with_an_unknown_motion_lists_the_known_ones(tmp_path, isolated_home, capsys):
+    clip = square_clip(tmp_path / "slide.mp4")
+    assert main(["train-motion", str(clip), "--name", "slide", *QUICK, "--no-preview"]) == 0
+    capsys.readouterr()
+    args = ["generate", "--prompt", "x", "--motion", "walk", "--out", str(tmp_path / "o.mp4"), "--steps", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unknown motion 'walk'" in err and "slide" in err
+
+
+def test_existing_name_needs_overwrite(tmp_path, isolated_home, capsys):
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    assert main(["train-motion", clip, "--name", "m", *QUICK, "--no-preview"]) == 0
+    first = (isolated_home / "motions" / "m" / "manifest.json").read_text()
+    assert main(["train-motion", clip, "--name", "m", *QUICK, "--no-preview"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (isolated_home / "motions" / "m" / "manifest.json").read_text() == first
+    assert main(["train-motion", clip, "--name", "m", *QUICK, "--no-preview", "--overwrite", "--steps", "3"]) == 0
+    assert json.loads((isolated_home / "motions" / "m" / "manifest.json").read_text())["training"]["steps"] == 3
+
+
+def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tmp_path, isolated_home, monkeypatch):
+    """Ctrl-C in step 2 of 3: a checkpoint, exit 130, no artifact; --resume ends bit-identical to an uninterrupted run."""
+    import os
+    import signal
+
+    from vidbooth.engine import motion
+
+    clip = str(square_clip(tmp_path / "slide.mp4"))
+    args = ["train-motion", clip, "--recipe", "tiny/motion", "--num-frames", "4", "--steps", "3", "--no-preview"]
+    assert main([*args, "--name", "reference"]) == 0
+    reference, _ = load_tensors(isolated_home / "motions" / "reference" / "motion_adapter.safetensors")
+
+    real_loss, calls = motion.MotionAdapterMethod.loss, []
+
+    def loss_with_ctrl_c(self, batch, generator):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the training loop finishes this step, saves, and stops
+        return real_loss(self, batch, generator)
+
+    monkeypatch.setattr(motion.MotionAdapterMethod, "loss", loss_with_ctrl_c)
+    assert main([*args, "--name", "m"]) == 130
+    assert len(calls) == 2 and not (isolated_home / "motions" / "m").exists()
+    assert [p.name for p in (isolated_home / ".runs").rglob("step-*")] == ["step-0000002"]
+    monkeypatch.setattr(motion.MotionAdapterMethod, "loss", real_loss)
+    assert main([*args, "--name", "m", "--resume"]) == 0
+    resumed, _ = load_tensors(isolated_home / "motions" / "m" / "motion_adapter.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_guidance_off_trains_an_unconditioned_adapter(tmp_path, isolated_home):
+    clip = str(square_clip(tmp_path / "slide.mp4"))
+    assert main(["train-motion", clip, "--name", "m", *QUICK, "--no-preview", "--no-appearance-guidance"]) == 0
+    manifest = json.loads((isolated_home / "motions" / "m" / "manifest.json").read_text())
+    assert manifest["adapter"]["cond_dim"] is None and manifest["adapter"]["appearance_encoder"] is None
+    tensors, _ = load_tensors(isolated_home / "motions" / "m" / "motion_adapter.safetensors")
+    assert not any(".cond." in k for k in tensors)
+
+
+def test_loaded_motion_reproduces_the_trained_model(tmp_path, isolated_home):
+    """The artifact's adapter, loaded on a fresh backbone, gives exactly the trained weights and a changed output."""
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.motion import load_motion
+
+    clip = str(square_clip(tmp_path / "slide.mp4"))
+    assert main(["train-motion", clip, "--name", "m", *QUICK, "--no-preview", "--lr", "0.05"]) == 0
+    tensors, _ = load_tensors(isolated_home / "motions" / "m" / "motion_adapter.safetensors")
+    bb = load_backbone("tiny", device="cpu")
+    latents, text = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(0)), bb.encode_prompt(["x"])
+    with torch.no_grad():
+        before = bb.unet_forward(latents, torch.tensor(500), text)
+        load_motion(bb, "m", scale=1.0)
+        after = bb.unet_forward(latents, torch.tensor(500), text)
+    loaded = {f"{n}.{k}": v for n, a in adapters_of(bb.unet, KIND).items() for k, v in a.state_dict().items()}
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert (after - before).abs().max().item() > 1e-4
