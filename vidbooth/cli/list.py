@@ -11,7 +11,7 @@ def _summary(manifest: dict) -> list[str]:
     """name, kind, what it is, base, created."""
     if manifest["kind"] == "subject":
         what = f"{manifest.get('token', manifest['name'])} {manifest.get('class_noun', '')}".strip()
-        if not (manifest.get("files") or {}).get("identity_adapter"):
+        if not manifest.get("paths", {}).get("identity_adapter"):
             what += " (embedding only)"
     else:
         what = manifest.get("class_noun") or ", ".join(manifest.get("captions", [])[:1])

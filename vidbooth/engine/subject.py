@@ -48,7 +48,16 @@ from vidbooth.adapters.textual_inversion import (
 )
 from vidbooth.config import save_config
 from vidbooth.config.subject import SubjectConfig
-from vidbooth.engine.train import TrainResult, derived_seed, make_accelerator, remove_run, run_folder, seed_everything, train
+from vidbooth.engine.train import (
+    TrainResult,
+    backbone_device,
+    derived_seed,
+    make_accelerator,
+    remove_run,
+    run_folder,
+    seed_everything,
+    train,
+)
 from vidbooth.errors import UserError
 
 KIND = "subject"
@@ -106,9 +115,10 @@ def load_subject(backbone, name: str, scale: float = 1.0) -> LoadedSubject:
             f"subject '{name}' was learned on {manifest.get('base')} (fingerprint {manifest.get('base_fingerprint')}), "
             f"not on this base ({backbone.fingerprint}): results may be poor"
         )
-    adapter_file = manifest["files"].get("identity_adapter")
+    adapter_file = manifest["paths"]["identity_adapter"]
     kind = subject_kind(name)
-    token, num_vectors = load_learned_embeddings(backbone.tokenizer, backbone.text_encoder, folder / EMBEDDINGS_FILE)
+    embeddings = folder / manifest["paths"]["embeddings"]
+    token, num_vectors = load_learned_embeddings(backbone.tokenizer, backbone.text_encoder, embeddings)
     if adapter_file:
         load_identity_adapter(backbone.unet, backbone.spatial_cross_attention_layers(), folder / adapter_file, kind)
         for adapter in adapters_of(backbone.unet, kind).values():
@@ -184,7 +194,7 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
         check_free(KIND, cfg.name, cfg.overwrite)
     else:
         existing = read_manifest(artifact_dir(KIND, cfg.name))
-        if existing["files"].get("identity_adapter") and not cfg.overwrite:
+        if existing["paths"]["identity_adapter"] and not cfg.overwrite:
             raise UserError(f"subject '{cfg.name}' already has an identity adapter: pass --overwrite to retrain it")
     class_noun = cfg.class_noun.strip() or existing["class_noun"]
     photos = _load_photos(cfg.photos)
@@ -223,7 +233,7 @@ def _load_backbone(cfg: SubjectConfig, accelerator):
     backbone = load_backbone(
         cfg.backbone.base,
         motion_adapter=cfg.backbone.motion_adapter,
-        device=str(accelerator.device),
+        device=backbone_device(accelerator),
         precision=cfg.runtime.precision,
         attention=cfg.runtime.attention,
         revision=cfg.backbone.revision,
@@ -319,7 +329,7 @@ def _load_existing_embedding(run: _Run) -> torch.Tensor:
             f"subject '{run.cfg.name}' was learned on base {run.existing['base']} ({run.existing['base_fingerprint']}), "
             f"not this one ({bb.fingerprint}): pass --base {run.existing['base']}"
         )
-    path = artifact_dir(KIND, run.cfg.name) / EMBEDDINGS_FILE
+    path = artifact_dir(KIND, run.cfg.name) / run.existing["paths"]["embeddings"]
     load_learned_embeddings(bb.tokenizer, bb.text_encoder, path)
     return read_learned_embeddings(path)[1]
 
@@ -423,6 +433,7 @@ def _manifest(run: _Run, photos: list[dict], preview: str | None) -> dict:
             "steps": result.step,
             "final_loss": result.loss,
             "seconds": round(result.seconds, 2),
+            "processes": run.accelerator.num_processes,
             "photos": run.photos.hashes,
         }
     return {
@@ -437,7 +448,7 @@ def _manifest(run: _Run, photos: list[dict], preview: str | None) -> dict:
         "family": bb.family,
         "vidbooth_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {
+        "paths": {  # "files" is the library's seal: {tensor file: sha256}
             "embeddings": EMBEDDINGS_FILE,
             "identity_adapter": ADAPTER_FILE if "identity" in run.stages else None,
             "preview": preview,

@@ -8,7 +8,7 @@ processes), seeding, checkpoints, `--resume`, SIGINT/SIGTERM, the NaN guard and 
 Usage (the order matters)::
 
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
-    backbone = load_backbone(cfg.backbone.base, device=str(accelerator.device), ...)
+    backbone = load_backbone(cfg.backbone.base, device=backbone_device(accelerator), ...)
     seed_everything(cfg.train.seed)           # so that the method's initialisation is seeded
     method = MyMethod(backbone, ...)          # frozen work (VAE latents, text embeddings) done here, once
     data = [{"latents": ..., "caption": 0}, ...]   # items: dicts of tensors / numbers, collated per batch
@@ -29,8 +29,10 @@ Interruption: SIGINT or SIGTERM finishes the current step, saves a checkpoint an
 `vidbooth.errors.Interrupted` (exit 130 / 143); a second signal stops at once. A non-finite loss raises
 `UserError` before the optimizer step, so the last checkpoint on disk is the last good state.
 
-With `accelerate launch --num_processes N`, every process runs the same code on its own batches; only the
-main process writes checkpoints (`accelerator.is_main_process`); callers write artifacts on it alone.
+With several processes (`accelerate launch --multi_gpu --num_processes N`, or torchrun; on CPU they use gloo),
+every process runs the same code on its own batches and gradients are averaged over processes before each
+step; only the main process writes checkpoints (`accelerator.is_main_process`); callers write artifacts on it
+alone. (`accelerate launch --cpu --num_processes N` starts N processes only through mpirun.)
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def resolve_mixed_precision(mixed_precision: str, device_type: str) -> str:
 
 
 def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
-    """The process's `accelerate.Accelerator`; load the backbone on its `.device`.
+    """The process's `accelerate.Accelerator`; load the backbone on `backbone_device(accelerator)`.
 
     `device` is vidbooth's runtime device (auto | cpu | cuda | cuda:N). Under `accelerate launch` each
     process gets its own device from the launcher. One process holds one mixed-precision setting.
@@ -127,12 +129,30 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
 
     from vidbooth.engine.device import resolve_device
 
-    on_cpu = resolve_device(device).type == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "") in ("1", "true")
+    on_cpu = resolve_device(device).type == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     precision = resolve_mixed_precision(mixed_precision, "cpu" if on_cpu else "cuda")
     try:
-        return Accelerator(cpu=on_cpu, mixed_precision=precision)
+        accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision)
     except ValueError as exc:
         raise UserError(f"cannot set up training: {str(exc).splitlines()[0]}") from exc
+    if accelerator.num_processes == 1 and _asked_for_several_cpu_processes():
+        reporting.warn(
+            "accelerate launch --cpu started a single process (it runs several only through mpirun): for N CPU "
+            "processes with gloo use `accelerate launch --multi_gpu --num_processes N ... --device cpu` or torchrun"
+        )
+    return accelerator
+
+
+def backbone_device(accelerator) -> str:
+    """The `load_backbone(device=...)` name of this process's device ('cpu', or 'cuda:N' under a launcher)."""
+    device = accelerator.device
+    return "cpu" if device.type == "cpu" else str(device)
+
+
+def _asked_for_several_cpu_processes() -> bool:
+    """`accelerate launch --cpu --num_processes N>1` sets these for the one process it starts without mpirun."""
+    env = os.environ
+    return env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and "MASTER_ADDR" in env and "WORLD_SIZE" not in env
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,257 @@
+"""Subject learning end to end through `vidbooth.cli.app.main`, on the tiny built-in models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vidbooth.adapters.base import load_tensors
+from vidbooth.cli.app import main
+from vidbooth.library import list_artifacts, write_json
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = [
+    "--recipe", "tiny/subject",
+    "--set", "data.resolution=16",
+    "--set", "preview.num_frames=2",
+    "--set", "preview.num_inference_steps=1",
+    "--set", "preview.guidance_scale=1.0",
+    "--set", "prior.num_inference_steps=1",
+    "--set", "prior.guidance_scale=1.0",
+    "--batch-size", "1",
+]  # fmt: skip
+BASES = {"unet3d": "tiny", "animatediff": "tiny-animatediff"}
+
+
+def write_photos(folder: Path, count: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / f"photo{i}.png")
+    return folder
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    return write_photos(tmp_path / "photos")
+
+
+def subject_dir(home: Path, name: str = "S*") -> Path:
+    return home / "subjects" / name.replace("*", "%2A")
+
+
+def library_is_empty(home: Path) -> bool:
+    staged = list((home / ".staging").iterdir()) if (home / ".staging").is_dir() else []
+    return not list_artifacts("subject") and not staged
+
+
+def train_subject(photos: Path, *extra: str, name: str = "S*", steps: int = 2) -> int:
+    args = ["train-subject", str(photos), "--name", name, "--class-noun", "dog", *FAST]
+    return main([*args, "--ti-steps", str(steps), "--identity-steps", str(steps), *extra])
+
+
+@pytest.mark.parametrize("family", list(BASES))
+def test_train_subject_writes_a_complete_subject(family, photos, isolated_home, capsys, tiny_backbones):
+    assert train_subject(photos, "--base", BASES[family]) == 0
+    folder = subject_dir(isolated_home)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.yaml", "identity_adapter.safetensors", "learned_embeds.safetensors", "manifest.json", "photos",
+        "preview.png",
+    ]  # fmt: skip
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["name"] == manifest["token"] == "S*" and manifest["class_noun"] == "dog"
+    assert manifest["family"] == family and manifest["vidbooth_version"]
+    assert len(manifest["base_fingerprint"]) == 16 and manifest["config"]["identity"]["hidden_ratio"] == 0.5
+    assert [p["sha256"] for p in manifest["photos"]] == manifest["stages"]["identity"]["photos"]
+    assert all((folder / p["file"]).is_file() for p in manifest["photos"])
+    assert set(load_tensors(folder / "learned_embeds.safetensors")[0]) == {"S*"}
+    assert not (isolated_home / ".runs" / "subjects" / "S%2A" / "identity").exists()  # checkpoints dropped
+
+    capsys.readouterr()
+    assert main(["list"]) == 0
+    assert "S* dog" in capsys.readouterr().out
+
+
+def test_load_subject_applies_token_and_adapter(photos, isolated_home, tiny_backbones):
+    import copy
+
+    from vidbooth.adapters.base import adapters_of
+    from vidbooth.adapters.identity import subject_kind
+    from vidbooth.engine.subject import load_subject
+
+    assert train_subject(photos, "--set", "identity.train.lr=0.05") == 0
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def output(prompt):
+        with torch.no_grad():
+            return bb.unet_forward(latents, torch.tensor(500), bb.encode_prompt([prompt]))
+
+    base = output("a photo of a dog")
+    subject = load_subject(bb, "S*", scale=1.0)
+    assert subject.expand_prompt("a S* dog") == "a S* dog" and subject.class_noun == "dog"
+    assert len(adapters_of(bb.unet, subject_kind("S*"))) == len(bb.spatial_cross_attention_layers())
+    assert not torch.equal(output("a photo of a dog"), base)  # the identity adapter acts
+    from vidbooth.adapters.base import set_scale
+
+    set_scale(bb.unet, subject_kind("S*"), 0.0)
+    assert torch.equal(output("a photo of a dog"), base)
+
+
+def test_stages_one_by_one(photos, isolated_home, capsys):
+    ti = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--steps", "2"]
+    assert main(ti) == 0
+    manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
+    assert manifest["paths"]["identity_adapter"] is None and "identity" not in manifest["stages"]
+    capsys.readouterr()
+    main(["list"])
+    assert "(embedding only)" in capsys.readouterr().out
+
+    identity = ["identity-adapter", str(photos), "--name", "S*", *FAST, "--steps", "2"]
+    assert main(identity) == 0
+    manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
+    assert manifest["paths"]["identity_adapter"] == "identity_adapter.safetensors"
+    assert set(manifest["stages"]) == {"textual_inversion", "identity"}
+
+    capsys.readouterr()
+    assert main(identity) == 2
+    assert "already has an identity adapter" in capsys.readouterr().err
+
+
+def test_frozen_work_is_computed_once(photos, monkeypatch):
+    from vidbooth.engine.backbone import Backbone
+
+    calls = {"encode_video": 0, "encode_prompt": 0}
+
+    def counted(name):
+        original = getattr(Backbone, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls[name] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(Backbone, name, counted(name))
+    assert train_subject(photos, "--set", "preview.enabled=false", steps=4) == 0
+    assert calls == {"encode_video": 1, "encode_prompt": 1}  # photos once; identity captions once
+
+
+def test_prior_preservation_generates_class_images_once(photos, isolated_home):
+    from vidbooth.engine.backbone import cache_dir
+
+    assert train_subject(photos, "--prior-preservation", "--num-class-images", "2") == 0
+    images = sorted((cache_dir() / "class-images").rglob("*.png"))
+    assert len(images) == 2
+    stamps = [p.stat().st_mtime_ns for p in images]
+    manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
+    assert manifest["config"]["prior"]["enabled"] is True
+
+    assert train_subject(photos, "--prior-preservation", "--num-class-images", "2", name="T*") == 0
+    assert [p.stat().st_mtime_ns for p in sorted((cache_dir() / "class-images").rglob("*.png"))] == stamps
+
+
+def test_prior_preservation_with_given_class_images(photos, tmp_path, monkeypatch):
+    import vidbooth.engine.prior as prior
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("class images were generated although a folder was given")
+
+    monkeypatch.setattr(prior, "generate_class_images", refuse)
+    class_dir = write_photos(tmp_path / "dogs", count=2)
+    assert train_subject(photos, "--prior-preservation", "--class-images", str(class_dir)) == 0
+
+
+def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypatch):
+    from vidbooth.engine.subject_methods import TextualInversionMethod
+
+    args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--steps", "4"]
+    args += ["--set", "preview.enabled=false"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(["--home", str(whole), *args]) == 0
+
+    original_loss = TextualInversionMethod.loss
+    calls = []
+
+    def interrupting_loss(self, batch, generator):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_loss(self, batch, generator)
+
+    monkeypatch.setattr(TextualInversionMethod, "loss", interrupting_loss)
+    assert main(["--home", str(split), *args]) == 130
+    assert not (split / "subjects").exists() or not list((split / "subjects").iterdir())
+    monkeypatch.setattr(TextualInversionMethod, "loss", original_loss)
+    assert main(["--home", str(split), *args, "--resume"]) == 0
+
+    finished = [load_tensors(subject_dir(home) / "learned_embeds.safetensors")[0]["S*"] for home in (whole, split)]
+    assert torch.equal(*finished)
+
+
+def fake_subject(home: Path, name: str) -> None:
+    folder = subject_dir(home, name)
+    folder.mkdir(parents=True)
+    write_json(folder / "manifest.json", {"kind": "subject", "name": name, "schema_version": 1, "files": {}})
+
+
+BAD_INPUTS = {
+    "missing folder": (lambda d: d / "nope", [], "not found"),
+    "empty folder": (lambda d: d, [], "no photos"),
+    "no readable image": (lambda d: (d / "notes.txt").write_text("hi") and d, [], "no photos"),
+    "corrupt image": (lambda d: (d / "a.jpg").write_bytes(b"not a jpeg at all") and d, [], "a.jpg"),
+    "zero-byte image": (lambda d: (d / "a.png").touch() or d, [], "0 bytes"),
+    "invalid name": (lambda d: write_photos(d), ["--name", "my dog"], "invalid subject name"),
+    "class noun of nothing": (lambda d: write_photos(d), ["--class-noun", "\u200b"], "tokenises to nothing"),
+    "name exists": (lambda d: write_photos(d), ["--name", "taken"], "already exists"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, isolated_home, capsys):
+    make_photos, extra, message = BAD_INPUTS[case]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photos = make_photos(folder)
+    fake_subject(isolated_home, "taken")
+    before = sorted(p.relative_to(isolated_home) for p in isolated_home.rglob("*"))
+    args = ["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    after = sorted(p.relative_to(isolated_home) for p in isolated_home.rglob("*") if ".locks" not in p.parts)
+    assert after == before
+
+
+def test_identity_adapter_needs_an_existing_subject(photos, capsys):
+    assert main(["identity-adapter", str(photos), "--name", "ghost", *FAST]) == 2
+    assert "unknown subject 'ghost'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_subject(photos, isolated_home):
+    """Two CPU processes with gloo: completes and writes one artifact (about 20 s).
+
+    `accelerate launch --cpu` starts several processes only through mpirun; `--multi_gpu` uses torchrun's
+    launcher, and `--device cpu` keeps each process on the CPU (gloo).
+    """
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no"]
+    command += ["-m", "vidbooth", "train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *FAST]
+    command += ["--ti-steps", "3", "--identity-steps", "3", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [m["name"] for m in list_artifacts("subject")] == ["S*"]
+    manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
+    assert manifest["stages"]["identity"]["processes"] == 2

@@ -1,0 +1,126 @@
+"""Textual inversion: only the new rows train, initialisation from the class noun, file format, bad names."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vidbooth.adapters import textual_inversion as ti
+from vidbooth.config.train import TrainConfig
+from vidbooth.engine.objective import denoising_loss, training_scheduler
+from vidbooth.engine.subject_methods import TextualInversionMethod
+from vidbooth.engine.train import make_accelerator, seed_everything, train
+from vidbooth.errors import UserError
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+@pytest.fixture
+def bb(tiny_backbones):
+    return copy.deepcopy(tiny_backbones["unet3d"])
+
+
+def add_token(bb, num_vectors=1, class_noun="dog"):
+    init = ti.initial_rows(bb.text_encoder, ti.class_noun_ids(bb.tokenizer, class_noun), num_vectors)
+    return ti.add_placeholder_tokens(bb.tokenizer, bb.text_encoder, ti.placeholder_tokens("S*", num_vectors), init)
+
+
+def test_training_changes_only_the_new_rows(bb, tmp_path):
+    original = bb.text_encoder.get_input_embeddings().weight.detach().clone()
+    ids = add_token(bb, num_vectors=2)
+    init = bb.text_encoder.get_input_embeddings().weight[ids].detach().clone()
+    caption_ids = bb.tokenize([ti.expand_placeholder("a photo of S* dog", "S*", 2)])
+    seed_everything(0)
+    method = TextualInversionMethod(bb, caption_ids, ti.wrap_placeholder_embedding(bb.text_encoder, ids))
+    data = [{"latents": torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(i))} for i in range(3)]
+    cfg = TrainConfig(steps=3, lr=1e-2, batch_size=2, checkpoint_every=0)
+    train(method, data, cfg, tmp_path, make_accelerator("auto", "cpu"))
+    rows = ti.merge_placeholder_embedding(bb.text_encoder)
+
+    weight = bb.text_encoder.get_input_embeddings().weight
+    assert type(bb.text_encoder.get_input_embeddings()) is torch.nn.Embedding
+    assert torch.equal(weight[: original.shape[0]], original)  # every old row bit-identical
+    assert torch.equal(weight[ids], rows)
+    assert all((rows[i] - init[i]).abs().max() > 0 for i in range(2))  # both new rows moved
+    assert not any(p.requires_grad for p in bb.text_encoder.parameters())
+
+
+def test_rows_start_at_the_mean_class_noun_embedding(bb):
+    noun_ids = ti.class_noun_ids(bb.tokenizer, "dog")
+    assert len(noun_ids) == 3  # the tiny tokenizer spells words out: d, o, g</w>
+    expected = bb.text_encoder.get_input_embeddings().weight[noun_ids].mean(0)
+    ids = add_token(bb, num_vectors=2)
+    assert ids == [ids[0], ids[0] + 1]
+    rows = bb.text_encoder.get_input_embeddings().weight[ids]
+    assert torch.allclose(rows, expected.expand(2, -1))
+    assert bb.tokenizer.tokenize("a photo of S* S*_1 dog")[-5:-3] == ["s*", "s*_1"]
+
+
+def test_expand_placeholder():
+    assert ti.expand_placeholder("a S* dog", "S*", 1) == "a S* dog"
+    assert ti.expand_placeholder("a S* dog and s*", "S*", 3) == "a S* S*_1 S*_2 dog and S* S*_1 S*_2"
+
+
+def test_diffusers_load_textual_inversion_reads_our_file(tiny_base_dirs, bb, tmp_path):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    add_token(bb, num_vectors=2)
+    rows = torch.randn(2, bb.text_encoder.config.hidden_size)
+    path = tmp_path / ti.EMBEDDINGS_FILE
+    ti.save_learned_embeddings(path, "S*", rows, {"class_noun": "dog"})
+
+    folder = tiny_base_dirs["animatediff"]
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(folder / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(folder / "unet"),
+        scheduler=DDIMScheduler.from_pretrained(folder / "scheduler"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.load_textual_inversion(str(path))
+    ids = pipe.tokenizer.convert_tokens_to_ids(["S*", "S*_1"])
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], rows)
+
+
+def test_load_rejects_embeddings_of_another_width(bb, tmp_path):
+    path = tmp_path / ti.EMBEDDINGS_FILE
+    ti.save_learned_embeddings(path, "S*", torch.randn(1, 7), {})
+    vocab = len(bb.tokenizer)
+    with pytest.raises(UserError, match="another base model"):
+        ti.load_learned_embeddings(bb.tokenizer, bb.text_encoder, path)
+    assert len(bb.tokenizer) == vocab  # nothing was added
+
+
+@pytest.mark.parametrize(
+    ("name", "class_noun", "message"),
+    [
+        ("S*", "\u200b", "tokenises to nothing"),  # only unknown characters for the tiny vocabulary
+        ("dog", "dog", "equals the class noun"),
+        ("a</w>", "dog", "already a token"),
+    ],
+)
+def test_bad_names(bb, name, class_noun, message):
+    with pytest.raises(UserError, match=message):
+        ti.class_noun_ids(bb.tokenizer, class_noun)
+        ti.check_placeholder_is_new(bb.tokenizer, name, 1, class_noun)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_denoising_loss_follows_the_prediction_type(bb, prediction_type):
+    scheduler = training_scheduler(bb.scheduler_config | {"prediction_type": prediction_type})
+    latents = torch.randn(2, 4, 1, 8, 8)
+    text = bb.encode_prompt(["a dog", "a cat"])
+    loss = denoising_loss(bb, scheduler, latents, text, torch.Generator().manual_seed(0))
+    again = denoising_loss(bb, scheduler, latents, text, torch.Generator().manual_seed(0))
+    assert loss.shape == (2,) and torch.equal(loss, again)
+
+
+def test_sample_prediction_is_refused(bb):
+    with pytest.raises(UserError, match="predicts 'sample'"):
+        training_scheduler(bb.scheduler_config | {"prediction_type": "sample"})
