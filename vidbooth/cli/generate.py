@@ -18,6 +18,10 @@ def generate(
     guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance strength."),
     scheduler: str = typer.Option(None, "--scheduler", help="ddim | dpm++"),
     fps: int = typer.Option(None, "--fps", help="Frames per second of the written video."),
+    subject: list[str] = typer.Option(None, "--subject", "-s", help="Learned subject to include (repeatable)."),
+    motion: str = typer.Option(None, "--motion", "-m", help="Learned motion to apply."),
+    subject_scale: float = typer.Option(None, "--subject-scale", help="Identity adapter strength (0 = token only)."),
+    motion_scale: float = typer.Option(None, "--motion-scale", help="Motion adapter strength (0 = base motion)."),
     base: str = options.Base,
     motion_adapter: str = options.MotionAdapterPath,
     device: str = options.Device,
@@ -27,7 +31,7 @@ def generate(
     recipe: str = options.Recipe,
     sets: list[str] = options.Sets,
 ) -> None:
-    """Generate a video from a prompt."""
+    """Generate a video from a prompt, optionally with learned subjects and a learned motion."""
     from vidbooth.config import GenerateConfig, load_config
     from vidbooth.engine.generate import generate as run_generate
 
@@ -42,6 +46,10 @@ def generate(
         "sampling.guidance_scale": guidance_scale,
         "sampling.scheduler": scheduler,
         "sampling.fps": fps,
+        "subjects": subject or None,
+        "motion": motion,
+        "subject_scale": subject_scale,
+        "motion_scale": motion_scale,
     }
     cfg = load_config(GenerateConfig, recipe, sets, overrides)
     run_generate(cfg)

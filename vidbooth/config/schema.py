@@ -54,3 +54,11 @@ class GenerateConfig:
     prompt: str = ""
     out: str = "out.mp4"
     """Output video (.mp4 or .gif); a contact sheet PNG and the resolved config are written beside it."""
+    subjects: list[str] = field(default_factory=list)
+    """Learned subjects to use (library names); their tokens go into the prompt."""
+    motion: str | None = None
+    """A learned motion (library name)."""
+    subject_scale: float = 1.0
+    """Strength of the subjects' identity adapters (0 = pseudo-word only)."""
+    motion_scale: float = 1.0
+    """Strength of the motion adapter (0 = the base model's motion)."""

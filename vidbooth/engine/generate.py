@@ -10,6 +10,7 @@ import torch
 from vidbooth.config import GenerateConfig, save_config
 from vidbooth.data.video import WRITE_EXTENSIONS, ensure_writable_dir, save_contact_sheet, write_video
 from vidbooth.errors import UserError
+from vidbooth.library import artifact_dir
 from vidbooth.reporting import info
 
 
@@ -40,6 +41,10 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model
     if cfg.sampling.num_frames < 1 or cfg.sampling.num_inference_steps < 1:
         raise UserError("--num-frames and --num-inference-steps must be at least 1")
+    for name in cfg.subjects:
+        artifact_dir("subject", name)  # unknown names fail before the model loads
+    if cfg.motion:
+        artifact_dir("motion", cfg.motion)
 
     bb = load_backbone(
         cfg.backbone.base,
@@ -51,12 +56,20 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         variant=cfg.backbone.variant,
     )
     info(f"base {cfg.backbone.base} ({bb.family}, fingerprint {bb.fingerprint}) on {bb.device} in {bb.dtype}, attention {bb.attention_backend}")
-    frames = sample_frames(bb, cfg, cfg.prompt)
+    prompt = cfg.prompt
+    if cfg.subjects or cfg.motion:
+        from vidbooth.engine.compose import apply_personalisation
+
+        applied = apply_personalisation(bb, prompt, cfg.subjects, cfg.motion, cfg.subject_scale, cfg.motion_scale)
+        for note in applied.notes:
+            info(note)
+        prompt = applied.prompt
+    frames = sample_frames(bb, cfg, prompt)
     write_video(frames, video_path, fps=cfg.sampling.fps)
     save_contact_sheet(frames, sheet_path)
     save_config(cfg, config_path)
     info(f"wrote {video_path}, {sheet_path.name} and {config_path.name}")
-    return GenerateResult(video_path, sheet_path, config_path, cfg.prompt)
+    return GenerateResult(video_path, sheet_path, config_path, prompt)
 
 
 def sample_frames(backbone, cfg: GenerateConfig, prompt: str):
