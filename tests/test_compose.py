@@ -13,6 +13,8 @@ from vidbooth.adapters.motion import KIND as MOTION, MotionAdapterSpec, inject_m
 from vidbooth.engine.compose import apply_personalisation, with_subject_token
 from vidbooth.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAMILIES = ("unet3d", "animatediff")
 
 

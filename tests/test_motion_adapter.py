@@ -16,6 +16,8 @@ from vidbooth.adapters.motion import (
     set_appearance,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAMILIES = ("unet3d", "animatediff")
 ALL_SUBLAYERS = ("attn1", "attn2", "ff")
 COND_DIM = 6

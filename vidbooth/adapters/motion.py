@@ -86,6 +86,12 @@ def motion_parameters(unet: nn.Module) -> list[nn.Parameter]:
     return [p for adapter in adapters_of(unet, KIND).values() for p in adapter.parameters()]
 
 
+def cast_motion_adapter(unet: nn.Module, dtype: torch.dtype) -> None:
+    """Adapters train in fp32; for inference they take the backbone's dtype (fp16/bf16 activations)."""
+    for adapter in adapters_of(unet, KIND).values():
+        adapter.to(dtype)
+
+
 def set_appearance(unet: nn.Module, embedding: torch.Tensor | None) -> None:
     """Appearance condition e for the next forwards: (B, cond_dim) one row per sample, (1, cond_dim), or None."""
     set_condition(unet, KIND, embedding)

@@ -25,6 +25,7 @@ from vidbooth.adapters.base import adapters_of, load_tensors, remove, save_tenso
 from vidbooth.adapters.motion import (
     KIND,
     MotionAdapterSpec,
+    cast_motion_adapter,
     inject_motion_adapter,
     load_motion_state_dict,
     motion_parameters,
@@ -247,6 +248,7 @@ def save_motion(cfg: MotionConfig, backbone: Backbone, clips, spec, encoder, res
     provenance = {"method": KIND, "base_fingerprint": backbone.fingerprint, "spec": spec.to_json()}
     with staged_artifact("motion", cfg.name, cfg.overwrite) as stage:
         save_tensors(stage / ADAPTER_FILE, motion_state_dict(backbone.unet), provenance)
+        cast_motion_adapter(backbone.unet, backbone.dtype)  # for the preview; the file keeps fp32
         clip_files = [f"{CLIPS_DIR}/clip-{index:02d}.mp4" for index in range(len(clips))]
         for clip, file in zip(clips, clip_files):
             write_video(clip.frames, stage / file, fps=max(1, round(clip.fps)))
@@ -345,8 +347,7 @@ def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
     except UserError:
         remove(backbone.unet, KIND)
         raise
-    for adapter in adapters_of(backbone.unet, KIND).values():
-        adapter.to(backbone.dtype)
+    cast_motion_adapter(backbone.unet, backbone.dtype)
     set_scale(backbone.unet, KIND, scale)
     set_appearance(backbone.unet, None)
     return manifest
