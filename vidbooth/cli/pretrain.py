@@ -1,0 +1,38 @@
+"""`vidbooth pretrain`: train the nano base model from scratch on the procedural world, or continue a run."""
+
+from __future__ import annotations
+
+import typer
+
+from vidbooth.cli import options
+
+
+def pretrain(
+    out: str = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, state.json, curve.csv, model/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Checkpoint and stop after this many minutes."),
+    export: str = typer.Option(None, "--export", help="Also write the finished model here (diffusers layout)."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
+    seed: int = options.Seed,
+    recipe: str = typer.Option("nano/pretrain", "--recipe", "-r", help="Recipe YAML file or name under recipes/."),
+    sets: list[str] = options.Sets,
+) -> None:
+    """Pretrain nano (autoencoder, tiny CLIP, UNet3D) with a probe curve; resumable and deterministic by seed."""
+    from vidbooth.config import load_config
+    from vidbooth.config.pretrain import PretrainConfig
+    from vidbooth.nano.pretrain import pretrain as run_pretrain
+    from vidbooth.reporting import info
+
+    overrides = {
+        "out": out,
+        "resume": resume or None,
+        "max_minutes": max_minutes,
+        "export": export,
+        "threads": threads,
+        "seed": seed,
+    }
+    cfg = load_config(PretrainConfig, recipe, sets, overrides)
+    result = run_pretrain(cfg)
+    steps = ", ".join(f"{stage} {count}" for stage, count in result.steps.items())
+    state = "finished" if result.finished else "stopped (continue with --resume)"
+    info(f"pretraining {state}: {steps} steps; run folder {result.run_dir}")

@@ -1,0 +1,85 @@
+"""`PretrainConfig`: everything `vidbooth pretrain` runs with (recipe: recipes/nano/pretrain.yaml).
+
+Three stages run in order, each resumable: the autoencoder (the VAE), the tiny CLIP, then the UNet.
+`steps` of a stage may be raised on `--resume` to train longer, as long as no later stage has begun.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vidbooth.errors import UserError
+from vidbooth.nano.model import NanoArch
+
+
+@dataclass
+class AutoencoderStage:
+    steps: int = 600
+    batch: int = 8
+    """Clips per step; two random frames of each are reconstructed."""
+    lr: float = 2e-3
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class ClipStage:
+    steps: int = 1200
+    batch: int = 64
+    """Clips per step; one random frame of each is paired with its caption."""
+    lr: float = 2e-3
+
+
+@dataclass
+class UNetStage:
+    steps: int = 4000
+    batch: int = 16
+    lr: float = 5e-4
+    temporal_lr_scale: float = 2.0
+    """Learning-rate multiplier for the temporal layers (temporal convolutions and temporal transformers)."""
+    warmup_steps: int = 100
+    caption_dropout: float = 0.1
+    """Chance of training on the empty prompt, so that classifier-free guidance works."""
+    eval_every: int = 300
+    """Generate the evaluation prompts and probe them every this many steps (0: only at the end)."""
+    eval_prompts: int = 50
+    """Held-out prompts (the split's validation pairs: known sprites and motions in unseen combinations)."""
+    eval_inference_steps: int = 10
+    eval_guidance_scale: float = 4.0
+
+
+@dataclass
+class PretrainConfig:
+    arch: NanoArch = field(default_factory=NanoArch)
+    autoencoder: AutoencoderStage = field(default_factory=AutoencoderStage)
+    clip: ClipStage = field(default_factory=ClipStage)
+    unet: UNetStage = field(default_factory=UNetStage)
+    seed: int = 0
+    """Seeds the initial weights and every step's data and noise (a resumed run continues the same stream)."""
+    split_seed: int = 0
+    """The world's held-out split (vidbooth.nano.world.make_split); recorded in the model's nano.json."""
+    tokenizer: str = "nano"
+    """'nano' (the packaged model's tokenizer/), a CLIPTokenizer folder, or an open-clip-torch wheel (.whl)."""
+    out: str = "runs/nano"
+    """Run folder: checkpoints (safetensors), state.json, curve.csv, and the exported model in model/."""
+    export: str = ""
+    """Also write the finished diffusers-layout model here (e.g. vidbooth/assets/nano)."""
+    resume: bool = False
+    """Continue the run in `out` from its last checkpoint."""
+    max_minutes: float = 0.0
+    """Stop (after a checkpoint) once this much wall time has passed; 0: no limit."""
+    checkpoint_minutes: float = 5.0
+    threads: int = 2
+    """torch CPU threads."""
+
+    def check(self) -> None:
+        for name, stage in (("autoencoder", self.autoencoder), ("clip", self.clip), ("unet", self.unet)):
+            if stage.steps < 0 or stage.batch < 1 or not stage.lr > 0:
+                raise UserError(f"{name}: steps must be >= 0, batch >= 1 and lr > 0 (got {stage})")
+        if self.arch.size < 32 or self.arch.size % 2 ** (len(self.arch.vae.block_out_channels) - 1):
+            raise UserError(f"arch.size {self.arch.size} must be >= 32 and divisible by the VAE factor")
+        if self.arch.num_frames < 2:
+            raise UserError(f"arch.num_frames must be at least 2, got {self.arch.num_frames}")
+        if not 0 <= self.unet.caption_dropout < 1:
+            raise UserError(f"unet.caption_dropout must be in [0, 1), got {self.unet.caption_dropout}")
+        if self.unet.eval_prompts < 1 or self.max_minutes < 0 or self.threads < 1:
+            raise UserError("unet.eval_prompts and threads must be >= 1 and max_minutes >= 0")

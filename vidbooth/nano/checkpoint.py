@@ -1,0 +1,82 @@
+"""A pretraining run folder: per-stage weights and optimizer moments (safetensors) and `state.json`.
+
+Layout of `out/`:
+- state.json: stage steps done, wall seconds per stage, the architecture, the probe curve;
+- <stage>.safetensors: the stage's model weights; <stage>.optim.safetensors: its AdamW moments;
+- curve.csv: the probe curve, one row per evaluation.
+Files are written to a temporary name and renamed, so an interrupted write never leaves a torn checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from vidbooth.errors import UserError
+
+STATE_FILE = "state.json"
+CURVE_FILE = "curve.csv"
+CURVE_COLUMNS = ("unet_step", "unet_minutes", "loss", "colour", "shape", "motion", "direction", "prompts")
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} is unreadable ({type(exc).__name__}): delete the run folder and rerun") from exc
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW moments and step counts as flat tensors ('<param index>.<key>')."""
+    return {
+        f"{index}.{key}": torch.as_tensor(value)
+        for index, per_param in optimizer.state_dict()["state"].items()
+        for key, value in per_param.items()
+    }
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def read_state(run_dir: Path) -> dict | None:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON: delete the run folder and rerun") from exc
+
+
+def write_state(run_dir: Path, state: dict) -> None:
+    path = run_dir / STATE_FILE
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(state, indent=2, sort_keys=True)))
+    rows = state.get("curve", [])
+    with open(run_dir / CURVE_FILE, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

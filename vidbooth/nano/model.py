@@ -1,0 +1,209 @@
+"""nano's architecture: sizes as dataclasses, builders for each part, and the diffusers-layout folder they make.
+
+nano is a text-to-video model in miniature, laid out like ModelScope T2V so that `load_backbone` loads it:
+- vae/: an `AutoencoderKL`, 64x64 RGB frames -> 8x8 latents of `latent_channels` (factor 8, as Stable Diffusion);
+- text_encoder/ + image_encoder/: the two towers of a tiny CLIP trained contrastively on world frames and captions
+  (`CLIPTextModel`, whose last hidden state conditions the UNet; `CLIPVisionModelWithProjection`, whose
+  embeddings serve the motion adapter's appearance guidance and CLIP-style scores);
+- unet/: a `UNet3DConditionModel` predicting the clean latents (`prediction_type: sample`);
+- scheduler/: DDIM on a cosine schedule, `timestep_spacing: trailing` so sampling starts from pure noise;
+- tokenizer/: OpenAI CLIP's BPE vocabulary (`vidbooth.nano.tokenizer`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from vidbooth import __version__
+
+CLIP_MEAN = (0.5, 0.5, 0.5)
+CLIP_STD = (0.5, 0.5, 0.5)
+"""nano's CLIP sees pixels in [-1, 1], like the VAE; written to image_encoder/preprocessor_config.json."""
+
+
+@dataclass
+class VaeArch:
+    block_out_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    """One entry per level; the spatial factor is 2 ** (levels - 1)."""
+    latent_channels: int = 8
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+
+
+@dataclass
+class ClipArch:
+    hidden_size: int = 64
+    """Width of both towers; the text width is also the UNet's cross-attention width."""
+    intermediate_size: int = 256
+    text_layers: int = 3
+    vision_layers: int = 3
+    heads: int = 4
+    patch_size: int = 8
+    projection_dim: int = 64
+    max_length: int = 77
+
+
+@dataclass
+class UNetArch:
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    attention_heads: int = 4
+    """diffusers' `attention_head_dim`, which in UNet3DConditionModel is the number of heads."""
+    norm_num_groups: int = 8
+
+
+@dataclass
+class NanoArch:
+    size: int = 64
+    """Frame side in pixels."""
+    num_frames: int = 8
+    vae: VaeArch = field(default_factory=VaeArch)
+    clip: ClipArch = field(default_factory=ClipArch)
+    unet: UNetArch = field(default_factory=UNetArch)
+
+    @property
+    def latent_size(self) -> int:
+        return self.size // 2 ** (len(self.vae.block_out_channels) - 1)
+
+
+def build_vae(arch: NanoArch):
+    from diffusers import AutoencoderKL
+
+    levels = len(arch.vae.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(arch.vae.block_out_channels),
+        layers_per_block=arch.vae.layers_per_block,
+        norm_num_groups=arch.vae.norm_num_groups,
+        latent_channels=arch.vae.latent_channels,
+        sample_size=arch.size,
+    )
+
+
+def build_clip(arch: NanoArch, tokenizer):
+    """A `CLIPModel` (both towers, projections, temperature) sized by `arch.clip`, ids from `tokenizer`."""
+    from transformers import CLIPConfig, CLIPModel
+
+    c = arch.clip
+    tower = {
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_attention_heads": c.heads,
+        "projection_dim": c.projection_dim,
+    }
+    text = dict(
+        tower,
+        vocab_size=len(tokenizer),
+        num_hidden_layers=c.text_layers,
+        max_position_embeddings=c.max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(tower, num_hidden_layers=c.vision_layers, image_size=arch.size, patch_size=c.patch_size)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=c.projection_dim))
+
+
+def build_unet(arch: NanoArch):
+    from diffusers import UNet3DConditionModel
+
+    u = arch.unet
+    levels = len(u.block_out_channels)
+    return UNet3DConditionModel(
+        sample_size=arch.latent_size,
+        in_channels=arch.vae.latent_channels,
+        out_channels=arch.vae.latent_channels,
+        down_block_types=("CrossAttnDownBlock3D",) * (levels - 1) + ("DownBlock3D",),
+        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (levels - 1),
+        block_out_channels=tuple(u.block_out_channels),
+        layers_per_block=u.layers_per_block,
+        norm_num_groups=u.norm_num_groups,
+        cross_attention_dim=arch.clip.hidden_size,
+        attention_head_dim=u.attention_heads,
+    )
+
+
+def scheduler_config() -> dict:
+    return {
+        "_class_name": "DDIMScheduler",
+        "num_train_timesteps": 1000,
+        "beta_schedule": "squaredcos_cap_v2",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 0,
+        "timestep_spacing": "trailing",
+        "prediction_type": "sample",
+    }
+
+
+def text_encoder_of(clip):
+    """The text tower of a `CLIPModel` as a standalone `CLIPTextModel` (what diffusers pipelines load)."""
+    from transformers import CLIPTextModel
+
+    model = CLIPTextModel(clip.config.text_config)
+    model.load_state_dict(clip.text_model.state_dict())
+    return model
+
+
+def image_encoder_of(clip):
+    """The image tower and its projection as a `CLIPVisionModelWithProjection`."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(**dict(clip.config.vision_config.to_dict(), projection_dim=clip.config.projection_dim))
+    model = CLIPVisionModelWithProjection(config)
+    model.vision_model.load_state_dict(clip.vision_model.state_dict())
+    model.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+    return model
+
+
+def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> Path:
+    """Write the diffusers-layout folder (fp16 weights) that `load_backbone` and the appearance encoder read."""
+    folder = Path(folder)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    for name, model in (
+        ("text_encoder", text_encoder_of(clip)),
+        ("image_encoder", image_encoder_of(clip)),
+        ("vae", vae),
+        ("unet", unet),
+    ):
+        _half_copy(model).save_pretrained(folder / name)
+    processor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": arch.size},
+        "crop_size": {"height": arch.size, "width": arch.size},
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+    }
+    (folder / "image_encoder" / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(), indent=2))
+    index = {
+        "_class_name": "TextToVideoSDPipeline",
+        "_diffusers_version": "0.42.0",
+        "_vidbooth_version": __version__,
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", "UNet3DConditionModel"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    (folder / "nano.json").write_text(json.dumps(dict(provenance, architecture=asdict(arch)), indent=2))
+    return folder
+
+
+def _half_copy(model):
+    import copy
+
+    return copy.deepcopy(model).to(torch.float16)
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,355 @@
+"""Pretrain nano on the procedural world: autoencoder, then tiny CLIP, then UNet; resumable and deterministic.
+
+Every step draws its clips, noise, timesteps and dropout from seeds derived from (seed, stage, step), so a run
+stopped and resumed from its checkpoint continues exactly as an uninterrupted one. Checkpoints hold weights and
+AdamW moments in safetensors and the rest in state.json (see `vidbooth.nano.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vidbooth.config.pretrain import PretrainConfig
+from vidbooth.errors import UserError
+from vidbooth.nano import checkpoint as ckpt
+from vidbooth.nano.evaluation import eval_pairs, probe_backbone
+from vidbooth.nano.model import build_clip, build_unet, build_vae, save_nano, scheduler_config
+from vidbooth.nano.world import make_split, sample_pretraining_batch
+from vidbooth.reporting import info, progress
+
+STAGES = ("autoencoder", "clip", "unet")
+TEMPORAL = ("temp_convs", "temp_attentions", "transformer_in")
+PACKAGED = Path(__file__).resolve().parents[1] / "assets" / "nano"
+WARMUP_FRACTION = 0.05
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    finished: bool
+    """False when stopped by --max-minutes (resume to continue)."""
+    steps: dict[str, int]
+    curve: list[dict] = field(default_factory=list)
+    model_dir: Path | None = None
+
+
+@dataclass
+class _Models:
+    tokenizer: object
+    vae: torch.nn.Module
+    clip: torch.nn.Module
+    unet: torch.nn.Module
+
+    def of(self, stage: str) -> torch.nn.Module:
+        return {"autoencoder": self.vae, "clip": self.clip, "unet": self.unet}[stage]
+
+
+class _Run:
+    """The run folder's state plus the wall clock: when to checkpoint and when to stop."""
+
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.out)
+        self.split = make_split(cfg.split_seed)
+        self.started = time.monotonic()
+        self.mark = self.started
+        self.last_save = self.started
+        state = ckpt.read_state(self.dir)
+        arch = asdict(cfg.arch)
+        if state is not None and not cfg.resume:
+            raise UserError(f"{self.dir} already holds a pretraining run: pass --resume to continue it, or another --out")
+        if state is None and cfg.resume:
+            raise UserError(f"nothing to resume in {self.dir}: run without --resume to start")
+        if state is not None and (state["arch"], state["seed"], state["split_seed"]) != (arch, cfg.seed, cfg.split_seed):
+            raise UserError(f"{self.dir} was trained with another arch, seed or split_seed: use a new --out")
+        self.state = state or {
+            "arch": arch,
+            "seed": cfg.seed,
+            "split_seed": cfg.split_seed,
+            "steps": dict.fromkeys(STAGES, 0),
+            "seconds": dict.fromkeys(STAGES, 0.0),
+            "curve": [],
+        }
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def out_of_time(self) -> bool:
+        return self.cfg.max_minutes > 0 and time.monotonic() - self.started > self.cfg.max_minutes * 60
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_save > self.cfg.checkpoint_minutes * 60
+
+    def tick(self, stage: str) -> None:
+        """Add the wall time since the last tick to `stage`."""
+        now = time.monotonic()
+        self.state["seconds"][stage] += now - self.mark
+        self.mark = now
+
+    def minutes(self, stage: str) -> float:
+        return (self.state["seconds"][stage] + time.monotonic() - self.mark) / 60
+
+    def save(self, stage: str, model: torch.nn.Module, optimizer, step: int) -> None:
+        self.tick(stage)
+        ckpt.save_tensors(self.dir / f"{stage}.safetensors", model.state_dict())
+        ckpt.save_tensors(self.dir / f"{stage}.optim.safetensors", ckpt.optimizer_tensors(optimizer))
+        self.state["steps"][stage] = step
+        ckpt.write_state(self.dir, self.state)
+        self.last_save = time.monotonic()
+
+
+def step_seed(seed: int, stage: str, step: int) -> int:
+    return int(np.random.SeedSequence([seed, STAGES.index(stage), step]).generate_state(1)[0])
+
+
+def load_tokenizer(source: str, max_length: int):
+    from transformers import CLIPTokenizer
+
+    from vidbooth.nano.tokenizer import build_clip_tokenizer
+
+    if source.endswith(".whl"):
+        return build_clip_tokenizer(source, max_length)
+    folder = PACKAGED / "tokenizer" if source == "nano" else Path(source)
+    if not folder.is_dir():
+        raise UserError(
+            f"tokenizer '{source}' not found: give 'nano', a CLIPTokenizer folder or an open-clip-torch wheel (.whl)"
+        )
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def pixels(videos: np.ndarray) -> torch.Tensor:
+    """(B, F, H, W, 3) uint8 -> (B, F, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(videos).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+
+
+def _lr_factor(step: int, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, then constant."""
+    return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+
+def _build(cfg: PretrainConfig, run: _Run) -> _Models:
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg.arch.clip.max_length)
+    models = _Models(tokenizer, build_vae(cfg.arch), build_clip(cfg.arch, tokenizer), build_unet(cfg.arch))
+    for stage in STAGES:
+        path = run.dir / f"{stage}.safetensors"
+        if run.state["steps"][stage] and path.is_file():
+            models.of(stage).load_state_dict(ckpt.load_tensors(path))
+    if "vae_scaling_factor" in run.state:
+        models.vae.register_to_config(scaling_factor=run.state["vae_scaling_factor"])
+    return models
+
+
+def _loop(
+    run: _Run,
+    stage: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    total: int,
+    warmup: int,
+    loss_at: Callable[[int, np.random.Generator, torch.Generator], torch.Tensor],
+    after_step: Callable[[int, float], None] | None = None,
+) -> bool:
+    """Train `stage` from its recorded step to `total`; False when stopped by the time limit."""
+    start = run.state["steps"][stage]
+    optim_path = run.dir / f"{stage}.optim.safetensors"
+    if start and optim_path.is_file():
+        ckpt.load_optimizer_tensors(optimizer, ckpt.load_tensors(optim_path))
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    model.train()
+    loss_value = float("nan")
+    with progress(stage, total=total, completed=start) as bar:
+        for step in range(start, total):
+            seed = step_seed(run.cfg.seed, stage, step)
+            torch.manual_seed(seed)
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr * _lr_factor(step, warmup)
+            loss = loss_at(step, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+            if not torch.isfinite(loss):
+                raise UserError(f"{stage} loss became {loss.item()} at step {step}: lower {stage}.lr and --resume")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = loss.item()
+            bar.advance(loss=loss_value)
+            if after_step is not None:
+                after_step(step + 1, loss_value)
+            if run.due() or run.out_of_time() or step + 1 == total:
+                run.save(stage, model, optimizer, step + 1)
+            if run.out_of_time() and step + 1 < total:
+                return False
+    run.state["last_loss"] = dict(run.state.get("last_loss", {}), **{stage: loss_value})
+    return True
+
+
+def _later_stage_started(run: _Run, stage: str) -> bool:
+    return any(run.state["steps"][s] for s in STAGES[STAGES.index(stage) + 1 :])
+
+
+def _autoencoder_stage(run: _Run, models: _Models) -> bool:
+    cfg, arch, vae = run.cfg.autoencoder, run.cfg.arch, models.vae
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+
+    def loss_at(step, rng, generator):
+        videos, _ = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
+        picks = rng.integers(arch.num_frames, size=(cfg.batch, 2))
+        frames = pixels(np.stack([videos[i, picks[i]] for i in range(cfg.batch)])).flatten(0, 1)  # (2B, 3, H, W)
+        posterior = vae.encode(frames).latent_dist
+        recon = vae.decode(posterior.sample(generator)).sample
+        return F.mse_loss(recon, frames) + cfg.kl_weight * posterior.kl().mean()
+
+    done = _loop(run, "autoencoder", vae, optimizer, cfg.steps, int(cfg.steps * WARMUP_FRACTION), loss_at)
+    if done:
+        run.state["vae_scaling_factor"] = _scaling_factor(run, vae)
+        vae.register_to_config(scaling_factor=run.state["vae_scaling_factor"])
+    return done
+
+
+@torch.no_grad()
+def _scaling_factor(run: _Run, vae) -> float:
+    """1 / std of the latents of a fixed batch of frames, so that latents have unit variance (as SD's 0.18215)."""
+    arch = run.cfg.arch
+    videos, _ = sample_pretraining_batch(np.random.default_rng(run.cfg.seed), 16, arch.num_frames, arch.size, run.split)
+    vae.eval()
+    latents = vae.encode(pixels(videos).flatten(0, 1)).latent_dist.mean
+    return float(1.0 / latents.std())
+
+
+def _clip_stage(run: _Run, models: _Models) -> bool:
+    cfg, arch, clip = run.cfg.clip, run.cfg.arch, models.clip
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=0.0)
+
+    def loss_at(step, rng, generator):
+        videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
+        frames = pixels(videos[np.arange(cfg.batch), rng.integers(arch.num_frames, size=cfg.batch)][:, None])[:, 0]
+        ids = models.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        out = clip(input_ids=ids, pixel_values=frames)
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+        targets = same / same.sum(1, keepdim=True)  # duplicates of a caption share the probability
+        return (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
+
+    return _loop(run, "clip", clip, optimizer, cfg.steps, int(cfg.steps * WARMUP_FRACTION), loss_at)
+
+
+def eval_backbone(models: _Models):
+    """The models being trained as a `Backbone`, so that the shared sampling loop generates with them."""
+    from vidbooth.engine.backbone import Backbone
+
+    return Backbone(
+        family="unet3d",
+        source="nano-pretraining",
+        tokenizer=models.tokenizer,
+        text_encoder=models.clip.text_model,
+        vae=models.vae,
+        unet=models.unet,
+        scheduler_config=scheduler_config(),
+        fingerprint="",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+
+
+def _evaluate(run: _Run, models: _Models, step: int, loss: float) -> dict:
+    cfg = run.cfg.unet
+    models.unet.eval()
+    pairs = eval_pairs(run.split, cfg.eval_prompts)
+    with torch.no_grad():
+        scores = probe_backbone(
+            eval_backbone(models), pairs, run.cfg.arch.num_frames, cfg.eval_inference_steps, cfg.eval_guidance_scale
+        )
+    models.unet.train()
+    row = {"unet_step": step, "unet_minutes": round(run.minutes("unet"), 2), "loss": round(loss, 5), **scores}
+    run.state["curve"] = [r for r in run.state["curve"] if r["unet_step"] != step] + [row]
+    info(
+        f"probe at unet step {step} ({row['unet_minutes']:.1f} min): colour {scores['colour']:.0%}, "
+        f"shape {scores['shape']:.0%}, motion {scores['motion']:.0%}, direction {scores['direction']:.0%} "
+        f"over {scores['prompts']} held-out prompts"
+    )
+    return row
+
+
+def _unet_stage(run: _Run, models: _Models) -> bool:
+    from diffusers import DDPMScheduler
+
+    cfg, arch, unet = run.cfg.unet, run.cfg.arch, models.unet
+    for module in (models.vae, models.clip):
+        module.requires_grad_(False).eval()
+    noise_schedule = DDPMScheduler.from_config(scheduler_config())
+    temporal = [p for n, p in unet.named_parameters() if any(t in n.split(".") for t in TEMPORAL)]
+    temporal_ids = {id(p) for p in temporal}
+    spatial = [p for p in unet.parameters() if id(p) not in temporal_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": spatial, "lr": cfg.lr}, {"params": temporal, "lr": cfg.lr * cfg.temporal_lr_scale}],
+        weight_decay=0.0,
+    )
+    scale = models.vae.config.scaling_factor
+
+    def loss_at(step, rng, generator):
+        videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
+        captions = ["" if drop else c for c, drop in zip(captions, rng.random(cfg.batch) < cfg.caption_dropout)]
+        with torch.no_grad():
+            frames = pixels(videos).flatten(0, 1)
+            latents = models.vae.encode(frames).latent_dist.mean * scale
+            latents = latents.unflatten(0, (cfg.batch, arch.num_frames)).transpose(1, 2)  # (B, C, F, h, w)
+            ids = models.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+            text = models.clip.text_model(ids)[0]  # (B, L, D)
+        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (cfg.batch,), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = noise_schedule.add_noise(latents, noise, timesteps)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
+        return F.mse_loss(prediction, latents)  # prediction_type 'sample': the clean latents
+
+    def after_step(step: int, loss: float) -> None:
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            _evaluate(run, models, step, loss)
+
+    return _loop(run, "unet", unet, optimizer, cfg.steps, cfg.warmup_steps, loss_at, after_step)
+
+
+def pretrain(cfg: PretrainConfig) -> PretrainResult:
+    """Run (or resume) the stages in order and export the model when all are done."""
+    from vidbooth.engine.backbone import quiet_libraries
+
+    cfg.check()
+    quiet_libraries()
+    torch.set_num_threads(cfg.threads)
+    run = _Run(cfg)
+    models = _build(cfg, run)
+    stage_fns = {"autoencoder": _autoencoder_stage, "clip": _clip_stage, "unet": _unet_stage}
+    for stage in STAGES:
+        total = getattr(cfg, stage).steps
+        if run.state["steps"][stage] >= total:
+            continue
+        if _later_stage_started(run, stage):
+            raise UserError(f"{stage}.steps was raised to {total} after a later stage began: use a new --out")
+        run.mark = time.monotonic()
+        if not stage_fns[stage](run, models):
+            info(f"stopped after {cfg.max_minutes:g} minutes at {stage} step {run.state['steps'][stage]}: --resume")
+            model_dir = export(run, models) if run.state["steps"]["unet"] else None  # the weights so far
+            return PretrainResult(run.dir, False, dict(run.state["steps"]), run.state["curve"], model_dir)
+        ckpt.write_state(run.dir, run.state)
+    model_dir = export(run, models)
+    return PretrainResult(run.dir, True, dict(run.state["steps"]), run.state["curve"], model_dir)
+
+
+def export(run: _Run, models: _Models) -> Path:
+    provenance = {
+        "seed": run.cfg.seed,
+        "split_seed": run.cfg.split_seed,
+        "steps": run.state["steps"],
+        "minutes": {k: round(v / 60, 1) for k, v in run.state["seconds"].items()},
+        "logit_scale": float(models.clip.logit_scale.exp()),
+        "curve": run.state["curve"],
+    }
+    folder = save_nano(run.dir / "model", run.cfg.arch, models.tokenizer, models.vae, models.clip, models.unet, provenance)
+    if run.cfg.export:
+        save_nano(run.cfg.export, run.cfg.arch, models.tokenizer, models.vae, models.clip, models.unet, provenance)
+    info(f"nano model written to {folder}" + (f" and {run.cfg.export}" if run.cfg.export else ""))
+    return folder
