@@ -6,7 +6,8 @@ Families:
   (or a folder whose unet already is a `UNetMotionModel`).
 
 `base` is a local diffusers folder, a hub id (downloaded only when the network allows), or a built-in
-name ('tiny', 'tiny-animatediff': random tiny models for tests and smoke runs).
+name ('tiny', 'tiny-animatediff': random tiny models for tests and smoke runs; 'nano': the small model
+vidbooth ships, pretrained on its procedural world, in `vidbooth/assets/nano/`, see docs/nano.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vidbooth.errors import UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN = {"tiny": "unet3d", "tiny-animatediff": "animatediff"}
+NANO = Path(__file__).resolve().parents[1] / "assets" / "nano"
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
 
@@ -150,6 +152,10 @@ def _unwrapped(name: str) -> str:
 # ---- loading --------------------------------------------------------------------------------------
 def resolve_base(base: str, revision: str | None = None) -> Path:
     """Return the local folder for `base`, building a built-in model or fetching a hub id when needed."""
+    if base == "nano":
+        if not (NANO / "unet").is_dir():
+            raise UserError(f"the packaged nano model is missing from {NANO}: reinstall vidbooth")
+        return NANO
     if base in BUILTIN:
         folder = cache_dir() / "builtin" / base
         if not (folder / "model_index.json").is_file():
@@ -168,7 +174,9 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
             raise UserError(f"base model must be a diffusers folder, got a file: {path}")
         return path
     if not _HUB_ID.match(base):
-        raise UserError(f"base model not found: {base} (give a diffusers folder, a hub id like org/name, or 'tiny')")
+        raise UserError(
+            f"base model not found: {base} (give a diffusers folder, a hub id like org/name, 'nano' or 'tiny')"
+        )
     return _from_hub(base, revision)
 
 

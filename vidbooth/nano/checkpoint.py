@@ -42,7 +42,7 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise UserError(f"checkpoint {path} is unreadable ({type(exc).__name__}): delete the run folder and rerun") from exc
+        raise UserError(f"checkpoint {path} is unreadable ({type(exc).__name__}): delete the run folder") from exc
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

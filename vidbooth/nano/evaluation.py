@@ -13,7 +13,7 @@ CHUNK = 25
 
 
 def eval_pairs(split: Split, count: int) -> list[tuple[Sprite, Motion]]:
-    """`count` of the split's validation pairs (known sprites and motions, combinations never trained), evenly spread."""
+    """`count` of the split's validation pairs (known sprites and motions in untrained combinations), spread evenly."""
     pairs = split.validation_pairs
     indices = np.linspace(0, len(pairs) - 1, min(count, len(pairs))).round().astype(int)
     return [pairs[i] for i in indices]

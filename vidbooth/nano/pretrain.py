@@ -64,10 +64,11 @@ class _Run:
         state = ckpt.read_state(self.dir)
         arch = asdict(cfg.arch)
         if state is not None and not cfg.resume:
-            raise UserError(f"{self.dir} already holds a pretraining run: pass --resume to continue it, or another --out")
+            raise UserError(f"{self.dir} already holds a pretraining run: pass --resume to continue, or another --out")
         if state is None and cfg.resume:
             raise UserError(f"nothing to resume in {self.dir}: run without --resume to start")
-        if state is not None and (state["arch"], state["seed"], state["split_seed"]) != (arch, cfg.seed, cfg.split_seed):
+        identity = (arch, cfg.seed, cfg.split_seed)
+        if state is not None and (state["arch"], state["seed"], state["split_seed"]) != identity:
             raise UserError(f"{self.dir} was trained with another arch, seed or split_seed: use a new --out")
         self.state = state or {
             "arch": arch,
@@ -124,9 +125,43 @@ def load_tokenizer(source: str, max_length: int):
     return tokenizer
 
 
-def pixels(videos: np.ndarray) -> torch.Tensor:
-    """(B, F, H, W, 3) uint8 -> (B, F, 3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(videos).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+def pixels(images: np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def autoencoder_loss(vae, frames: torch.Tensor, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
+    """Reconstruction MSE of frames (N, 3, H, W) through a sampled latent, plus a small KL term."""
+    posterior = vae.encode(frames).latent_dist
+    recon = vae.decode(posterior.sample(generator)).sample
+    return F.mse_loss(recon, frames) + kl_weight * posterior.kl().mean()
+
+
+def clip_loss(clip, tokenizer, frames: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Symmetric contrastive loss of frames (B, 3, H, W) against their captions; equal captions share the target."""
+    ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    out = clip(input_ids=ids, pixel_values=frames)
+    same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+    targets = same / same.sum(1, keepdim=True)
+    return (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
+
+
+@torch.no_grad()
+def encode_clips(vae, text_model, tokenizer, videos: np.ndarray, captions: list[str]):
+    """Scaled VAE latents (B, C, F, h, w) of uint8 videos (B, F, H, W, 3) and text embeddings (B, L, D)."""
+    batch, frames = videos.shape[:2]
+    latents = vae.encode(pixels(videos).flatten(0, 1)).latent_dist.mean * vae.config.scaling_factor
+    ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    return latents.unflatten(0, (batch, frames)).transpose(1, 2), text_model(ids)[0]
+
+
+def unet_loss(unet, noise_schedule, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator):
+    """x0-prediction MSE (prediction_type 'sample') at uniformly drawn timesteps."""
+    batch = latents.shape[0]
+    timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    noisy = noise_schedule.add_noise(latents, noise, timesteps)
+    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, latents)
 
 
 def _lr_factor(step: int, warmup: int) -> float:
@@ -154,7 +189,7 @@ def _loop(
     optimizer: torch.optim.Optimizer,
     total: int,
     warmup: int,
-    loss_at: Callable[[int, np.random.Generator, torch.Generator], torch.Tensor],
+    loss_at: Callable[[np.random.Generator, torch.Generator], torch.Tensor],
     after_step: Callable[[int, float], None] | None = None,
 ) -> bool:
     """Train `stage` from its recorded step to `total`; False when stopped by the time limit."""
@@ -171,7 +206,7 @@ def _loop(
             torch.manual_seed(seed)
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * _lr_factor(step, warmup)
-            loss = loss_at(step, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+            loss = loss_at(np.random.default_rng(seed), torch.Generator().manual_seed(seed))
             if not torch.isfinite(loss):
                 raise UserError(f"{stage} loss became {loss.item()} at step {step}: lower {stage}.lr and --resume")
             optimizer.zero_grad(set_to_none=True)
@@ -197,13 +232,11 @@ def _autoencoder_stage(run: _Run, models: _Models) -> bool:
     cfg, arch, vae = run.cfg.autoencoder, run.cfg.arch, models.vae
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
 
-    def loss_at(step, rng, generator):
+    def loss_at(rng, generator):
         videos, _ = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
         picks = rng.integers(arch.num_frames, size=(cfg.batch, 2))
         frames = pixels(np.stack([videos[i, picks[i]] for i in range(cfg.batch)])).flatten(0, 1)  # (2B, 3, H, W)
-        posterior = vae.encode(frames).latent_dist
-        recon = vae.decode(posterior.sample(generator)).sample
-        return F.mse_loss(recon, frames) + cfg.kl_weight * posterior.kl().mean()
+        return autoencoder_loss(vae, frames, generator, cfg.kl_weight)
 
     done = _loop(run, "autoencoder", vae, optimizer, cfg.steps, int(cfg.steps * WARMUP_FRACTION), loss_at)
     if done:
@@ -226,14 +259,10 @@ def _clip_stage(run: _Run, models: _Models) -> bool:
     cfg, arch, clip = run.cfg.clip, run.cfg.arch, models.clip
     optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=0.0)
 
-    def loss_at(step, rng, generator):
+    def loss_at(rng, generator):
         videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
-        frames = pixels(videos[np.arange(cfg.batch), rng.integers(arch.num_frames, size=cfg.batch)][:, None])[:, 0]
-        ids = models.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
-        out = clip(input_ids=ids, pixel_values=frames)
-        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
-        targets = same / same.sum(1, keepdim=True)  # duplicates of a caption share the probability
-        return (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
+        frames = pixels(videos[np.arange(cfg.batch), rng.integers(arch.num_frames, size=cfg.batch)])  # (B, 3, H, W)
+        return clip_loss(clip, models.tokenizer, frames, captions)
 
     return _loop(run, "clip", clip, optimizer, cfg.steps, int(cfg.steps * WARMUP_FRACTION), loss_at)
 
@@ -289,22 +318,12 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
         [{"params": spatial, "lr": cfg.lr}, {"params": temporal, "lr": cfg.lr * cfg.temporal_lr_scale}],
         weight_decay=0.0,
     )
-    scale = models.vae.config.scaling_factor
 
-    def loss_at(step, rng, generator):
+    def loss_at(rng, generator):
         videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
         captions = ["" if drop else c for c, drop in zip(captions, rng.random(cfg.batch) < cfg.caption_dropout)]
-        with torch.no_grad():
-            frames = pixels(videos).flatten(0, 1)
-            latents = models.vae.encode(frames).latent_dist.mean * scale
-            latents = latents.unflatten(0, (cfg.batch, arch.num_frames)).transpose(1, 2)  # (B, C, F, h, w)
-            ids = models.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
-            text = models.clip.text_model(ids)[0]  # (B, L, D)
-        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (cfg.batch,), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        noisy = noise_schedule.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
-        return F.mse_loss(prediction, latents)  # prediction_type 'sample': the clean latents
+        latents, text = encode_clips(models.vae, models.clip.text_model, models.tokenizer, videos, captions)
+        return unet_loss(unet, noise_schedule, latents, text, generator)
 
     def after_step(step: int, loss: float) -> None:
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
@@ -348,8 +367,9 @@ def export(run: _Run, models: _Models) -> Path:
         "logit_scale": float(models.clip.logit_scale.exp()),
         "curve": run.state["curve"],
     }
-    folder = save_nano(run.dir / "model", run.cfg.arch, models.tokenizer, models.vae, models.clip, models.unet, provenance)
+    parts = (run.cfg.arch, models.tokenizer, models.vae, models.clip, models.unet, provenance)
+    folder = save_nano(run.dir / "model", *parts)
     if run.cfg.export:
-        save_nano(run.cfg.export, run.cfg.arch, models.tokenizer, models.vae, models.clip, models.unet, provenance)
+        save_nano(run.cfg.export, *parts)
     info(f"nano model written to {folder}" + (f" and {run.cfg.export}" if run.cfg.export else ""))
     return folder

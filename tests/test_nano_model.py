@@ -1,0 +1,143 @@
+"""nano: build from config, training steps reduce each stage's loss, diffusers layout loads through `load_backbone`,
+resume continues exactly, bad input is refused. Models are miniature (32 px, 4 frames, character tokenizer)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vidbooth.config.pretrain import PretrainConfig
+from vidbooth.errors import UserError
+from vidbooth.nano import pretrain as nano
+from vidbooth.nano.model import ClipArch, NanoArch, UNetArch, VaeArch, build_clip, build_unet, build_vae
+from vidbooth.nano.world import make_split, sample_pretraining_batch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_arch() -> NanoArch:
+    return NanoArch(
+        size=32,
+        num_frames=4,
+        vae=VaeArch(block_out_channels=[8, 8, 8], latent_channels=4),
+        clip=ClipArch(hidden_size=16, intermediate_size=32, text_layers=1, vision_layers=1, heads=2, projection_dim=8,
+                      max_length=32),
+        unet=UNetArch(block_out_channels=[16, 16], attention_heads=2),
+    )
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer(tmp_path_factory):
+    from vidbooth.engine.tiny import tiny_tokenizer_files
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tiny_tokenizer_files(folder)
+    return folder
+
+
+def tiny_config(tmp_path, tokenizer_folder, unet_steps: int = 2, **kw) -> PretrainConfig:
+    cfg = PretrainConfig(arch=tiny_arch(), tokenizer=str(tokenizer_folder), out=str(tmp_path / "run"), threads=1, **kw)
+    cfg.autoencoder.steps, cfg.autoencoder.batch = 2, 2
+    cfg.clip.steps, cfg.clip.batch = 2, 4
+    cfg.unet.steps, cfg.unet.batch, cfg.unet.warmup_steps = unet_steps, 2, 1
+    cfg.unet.eval_every, cfg.unet.eval_prompts, cfg.unet.eval_inference_steps = 0, 2, 1
+    return cfg
+
+
+def test_builds_from_config(char_tokenizer):
+    arch = tiny_arch()
+    tokenizer = nano.load_tokenizer(str(char_tokenizer), arch.clip.max_length)
+    vae, clip, unet = build_vae(arch), build_clip(arch, tokenizer), build_unet(arch)
+    latents = vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean
+    assert latents.shape == (1, 4, arch.latent_size, arch.latent_size) == (1, 4, 8, 8)
+    assert clip.config.text_config.vocab_size == len(tokenizer)
+    text = clip.text_model(torch.zeros(2, 5, dtype=torch.long))[0]
+    out = unet(torch.zeros(2, 4, 4, 8, 8), 10, encoder_hidden_states=text).sample
+    assert out.shape == (2, 4, 4, 8, 8)
+
+
+def _fit(loss_fn, params, steps: int = 12, lr: float = 3e-3) -> tuple[float, float]:
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    losses = []
+    for step in range(steps):
+        loss = loss_fn(torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses[0], losses[-1]
+
+
+def test_training_steps_reduce_each_loss(char_tokenizer):
+    from diffusers import DDPMScheduler
+
+    from vidbooth.nano.model import scheduler_config
+
+    torch.manual_seed(0)
+    arch = tiny_arch()
+    tokenizer = nano.load_tokenizer(str(char_tokenizer), arch.clip.max_length)
+    vae, clip, unet = build_vae(arch), build_clip(arch, tokenizer), build_unet(arch)
+    videos, captions = sample_pretraining_batch(np.random.default_rng(0), 4, arch.num_frames, arch.size, make_split(0))
+
+    frames = nano.pixels(videos[:, 0])
+    first, last = _fit(lambda g: nano.autoencoder_loss(vae, frames, g, 1e-6), vae.parameters())
+    assert last < 0.7 * first
+    first, last = _fit(lambda g: nano.clip_loss(clip, tokenizer, frames, captions), clip.parameters())
+    assert last < 0.7 * first
+
+    latents, text = nano.encode_clips(vae, clip.text_model, tokenizer, videos, captions)
+    schedule = DDPMScheduler.from_config(scheduler_config())
+    fixed = torch.Generator().manual_seed(0)  # the same noise and timesteps every step: a fit, not a lottery
+    first, last = _fit(lambda g: nano.unet_loss(unet, schedule, latents, text, fixed.manual_seed(0)), unet.parameters())
+    assert last < 0.7 * first
+
+
+def test_pretrain_writes_a_model_load_backbone_loads(tmp_path, char_tokenizer):
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.sampling import sample_video
+
+    result = nano.pretrain(tiny_config(tmp_path, char_tokenizer))
+    assert result.finished and result.steps == {"autoencoder": 2, "clip": 2, "unet": 2}
+    folder = result.model_dir
+    for part in ("tokenizer", "text_encoder", "vae", "unet", "scheduler", "image_encoder", "model_index.json"):
+        assert (folder / part).exists(), part
+    assert json.loads((folder / "nano.json").read_text())["split_seed"] == 0
+    assert [row["unet_step"] for row in result.curve] == [2]
+    assert (tmp_path / "run" / "curve.csv").read_text().splitlines()[0].startswith("unet_step,")
+
+    backbone = load_backbone(str(folder), device="cpu")
+    assert backbone.family == "unet3d" and backbone.default_size == 32
+    assert backbone.scheduler_config["prediction_type"] == "sample"
+    video = sample_video(backbone, "a red solid circle moving left", num_frames=4, num_inference_steps=2)
+    assert video.shape == (1, 4, 32, 32, 3)
+
+    from vidbooth.engine.appearance import load_appearance_encoder
+
+    encoder = load_appearance_encoder(str(folder / "image_encoder"), backbone)
+    assert encoder.embed(video[0]).shape == (4, 8)
+
+
+def test_resume_continues_exactly(tmp_path, char_tokenizer):
+    from safetensors.torch import load_file
+
+    straight = nano.pretrain(tiny_config(tmp_path / "a", char_tokenizer, unet_steps=4))
+    nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, unet_steps=2))
+    resumed = nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, unet_steps=4, resume=True))
+    assert resumed.steps == straight.steps
+    a = load_file(str(straight.run_dir / "unet.safetensors"))
+    b = load_file(str(resumed.run_dir / "unet.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refuses_bad_runs(tmp_path, char_tokenizer):
+    with pytest.raises(UserError, match="nothing to resume"):
+        nano.pretrain(tiny_config(tmp_path, char_tokenizer, resume=True))
+    with pytest.raises(UserError, match="tokenizer"):
+        nano.pretrain(tiny_config(tmp_path, tmp_path / "missing"))
+    bad = tiny_config(tmp_path, char_tokenizer)
+    bad.unet.caption_dropout = 1.5
+    with pytest.raises(UserError, match="caption_dropout"):
+        nano.pretrain(bad)
