@@ -131,6 +131,11 @@ def test_resume_continues_exactly(tmp_path, char_tokenizer):
     b = load_file(str(resumed.run_dir / "unet.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    cfg = tiny_config(tmp_path / "c", char_tokenizer, unet_steps=5, init_from=str(resumed.model_dir))
+    continued = nano.pretrain(cfg)
+    assert continued.finished and continued.steps["unet"] == 5
+    assert [row["unet_step"] for row in continued.curve] == [2, 4, 5]  # run b was evaluated at 2, 4; then 5
+
 
 def test_refuses_bad_runs(tmp_path, char_tokenizer):
     with pytest.raises(UserError, match="nothing to resume"):

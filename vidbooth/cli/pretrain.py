@@ -10,6 +10,7 @@ from vidbooth.cli import options
 def pretrain(
     out: str = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, state.json, curve.csv, model/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    init_from: str = typer.Option(None, "--init-from", help="Start from an exported model ('nano': the packaged one)."),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Checkpoint and stop after this many minutes."),
     export: str = typer.Option(None, "--export", help="Also write the finished model here (diffusers layout)."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
@@ -26,6 +27,7 @@ def pretrain(
     overrides = {
         "out": out,
         "resume": resume or None,
+        "init_from": init_from,
         "max_minutes": max_minutes,
         "export": export,
         "threads": threads,

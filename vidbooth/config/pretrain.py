@@ -14,7 +14,7 @@ from vidbooth.nano.model import NanoArch
 
 @dataclass
 class AutoencoderStage:
-    steps: int = 600
+    steps: int = 900
     batch: int = 8
     """Clips per step; two random frames of each are reconstructed."""
     lr: float = 2e-3
@@ -23,7 +23,7 @@ class AutoencoderStage:
 
 @dataclass
 class ClipStage:
-    steps: int = 1200
+    steps: int = 300
     batch: int = 64
     """Clips per step; one random frame of each is paired with its caption."""
     lr: float = 2e-3
@@ -31,8 +31,8 @@ class ClipStage:
 
 @dataclass
 class UNetStage:
-    steps: int = 4000
-    batch: int = 16
+    steps: int = 6000
+    batch: int = 8
     lr: float = 5e-4
     temporal_lr_scale: float = 2.0
     """Learning-rate multiplier for the temporal layers (temporal convolutions and temporal transformers)."""
@@ -65,10 +65,13 @@ class PretrainConfig:
     """Also write the finished diffusers-layout model here (e.g. vidbooth/assets/nano)."""
     resume: bool = False
     """Continue the run in `out` from its last checkpoint."""
+    init_from: str = ""
+    """Start a new run in `out` from an exported nano model ('nano': the packaged one) at its recorded steps:
+    its weights, fresh AdamW moments, the same seeds, so the data stream continues where it stopped."""
     max_minutes: float = 0.0
     """Stop (after a checkpoint) once this much wall time has passed; 0: no limit."""
     checkpoint_minutes: float = 5.0
-    threads: int = 2
+    threads: int = 1
     """torch CPU threads."""
 
     def check(self) -> None:
@@ -81,5 +84,7 @@ class PretrainConfig:
             raise UserError(f"arch.num_frames must be at least 2, got {self.arch.num_frames}")
         if not 0 <= self.unet.caption_dropout < 1:
             raise UserError(f"unet.caption_dropout must be in [0, 1), got {self.unet.caption_dropout}")
+        if self.init_from and self.resume:
+            raise UserError("give --init-from to start a run from a model, or --resume to continue a run, not both")
         if self.unet.eval_prompts < 1 or self.max_minutes < 0 or self.threads < 1:
             raise UserError("unet.eval_prompts and threads must be >= 1 and max_minutes >= 0")

@@ -1,7 +1,7 @@
 """nano's architecture: sizes as dataclasses, builders for each part, and the diffusers-layout folder they make.
 
 nano is a text-to-video model in miniature, laid out like ModelScope T2V so that `load_backbone` loads it:
-- vae/: an `AutoencoderKL`, 64x64 RGB frames -> 8x8 latents of `latent_channels` (factor 8, as Stable Diffusion);
+- vae/: an `AutoencoderKL`, 64x64 RGB frames -> 8x8x16 latents (factor 8, as Stable Diffusion's);
 - text_encoder/ + image_encoder/: the two towers of a tiny CLIP trained contrastively on world frames and captions
   (`CLIPTextModel`, whose last hidden state conditions the UNet; `CLIPVisionModelWithProjection`, whose
   embeddings serve the motion adapter's appearance guidance and CLIP-style scores);
@@ -29,7 +29,7 @@ CLIP_STD = (0.5, 0.5, 0.5)
 class VaeArch:
     block_out_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     """One entry per level; the spatial factor is 2 ** (levels - 1)."""
-    latent_channels: int = 8
+    latent_channels: int = 16
     layers_per_block: int = 1
     norm_num_groups: int = 8
 

@@ -7,6 +7,7 @@ AdamW moments in safetensors and the rest in state.json (see `vidbooth.nano.chec
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -67,8 +68,8 @@ class _Run:
             raise UserError(f"{self.dir} already holds a pretraining run: pass --resume to continue, or another --out")
         if state is None and cfg.resume:
             raise UserError(f"nothing to resume in {self.dir}: run without --resume to start")
-        identity = (arch, cfg.seed, cfg.split_seed)
-        if state is not None and (state["arch"], state["seed"], state["split_seed"]) != identity:
+        self.identity = (arch, cfg.seed, cfg.split_seed)
+        if state is not None and (state["arch"], state["seed"], state["split_seed"]) != self.identity:
             raise UserError(f"{self.dir} was trained with another arch, seed or split_seed: use a new --out")
         self.state = state or {
             "arch": arch,
@@ -169,9 +170,41 @@ def _lr_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
 
+def _adopt_model(run: _Run, source: str, tokenizer) -> None:
+    """Fill a new run folder from an exported nano model: stage weights, steps, minutes, curve, VAE scaling."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextModel, CLIPVisionModelWithProjection
+
+    folder = PACKAGED if source == "nano" else Path(source)
+    try:
+        provenance = json.loads((folder / "nano.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder} is not an exported nano model (no readable nano.json): check --init-from") from exc
+    if (provenance["architecture"], provenance["seed"], provenance["split_seed"]) != run.identity:
+        raise UserError(f"{folder} was trained with another arch, seed or split_seed than this recipe")
+    clip = build_clip(run.cfg.arch, tokenizer)  # text projection and temperature stay fresh: the CLIP stage is done
+    clip.text_model.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
+    image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
+    clip.vision_model.load_state_dict(image.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(image.visual_projection.state_dict())
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    unet = UNet3DConditionModel.from_pretrained(folder / "unet")
+    for stage, model in (("autoencoder", vae), ("clip", clip), ("unet", unet)):
+        ckpt.save_tensors(run.dir / f"{stage}.safetensors", {k: v.float() for k, v in model.state_dict().items()})
+    run.state.update(
+        steps=provenance["steps"],
+        seconds={stage: minutes * 60 for stage, minutes in provenance["minutes"].items()},
+        curve=provenance["curve"],
+        vae_scaling_factor=vae.config.scaling_factor,
+    )
+    ckpt.write_state(run.dir, run.state)
+
+
 def _build(cfg: PretrainConfig, run: _Run) -> _Models:
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.tokenizer, cfg.arch.clip.max_length)
+    if cfg.init_from:
+        _adopt_model(run, cfg.init_from, tokenizer)
     models = _Models(tokenizer, build_vae(cfg.arch), build_clip(cfg.arch, tokenizer), build_unet(cfg.arch))
     for stage in STAGES:
         path = run.dir / f"{stage}.safetensors"
