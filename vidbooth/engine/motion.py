@@ -169,13 +169,13 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip]) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone
-    from vidbooth.engine.train import make_accelerator, remove_run, run_folder, seed_everything, train
+    from vidbooth.engine.train import backbone_device, make_accelerator, remove_run, run_folder, seed_everything, train
 
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
     backbone = load_backbone(
         cfg.backbone.base,
         motion_adapter=cfg.backbone.motion_adapter,
-        device=str(accelerator.device),
+        device=backbone_device(accelerator),
         precision=cfg.runtime.precision,
         attention=cfg.runtime.attention,
         revision=cfg.backbone.revision,
