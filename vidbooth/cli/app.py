@@ -42,7 +42,7 @@ def _root(
 
 
 def _register() -> None:
-    from vidbooth.cli import evaluate, generate, motion, pretrain
+    from vidbooth.cli import demo, evaluate, generate, motion, pretrain
     from vidbooth.cli import list as list_command
     from vidbooth.cli import subject
 
@@ -55,6 +55,7 @@ def _register() -> None:
     app.command("train-subject", no_args_is_help=True)(subject.train_subject)
     app.command("list")(list_command.list_library)
     app.command("pretrain")(pretrain.pretrain)
+    app.command("demo")(demo.demo)
 
 
 _register()

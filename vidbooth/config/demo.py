@@ -1,0 +1,28 @@
+"""`DemoConfig`: what `vidbooth demo` runs with (see docs/demo.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vidbooth.config.schema import RuntimeConfig
+
+
+@dataclass
+class DemoConfig:
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    base: str = "nano"
+    """Base model; 'nano' falls back to the random 'tiny' model while nano's weights are not shipped."""
+    out: str = "demo"
+    """Folder for inputs, videos, contact sheets, metrics.json and the demo's own library."""
+    seed: int = 0
+    """Picks the held-out subject and motion, and seeds training and sampling."""
+    fast: bool = False
+    """Fewer training and sampling steps and fewer videos: about half the time, noisier numbers."""
+    num_videos: int = 6
+    """Videos per variant (each with its own noise); the scores are averaged over them."""
+    subject_steps: int = 0
+    """Textual-inversion steps (0: the recipe's); the identity adapter trains half as many."""
+    motion_steps: int = 0
+    """Motion-adapter steps (0: the recipe's)."""
+    num_inference_steps: int = 0
+    """Sampling steps (0: the recipe's)."""
