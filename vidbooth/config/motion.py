@@ -39,7 +39,7 @@ class AppearanceConfig:
     guidance: bool = True
     """Condition the adapter on an image embedding of a random frame, so it learns the motion and not the looks."""
     encoder: str | None = None
-    """Image encoder for the guidance: a CLIP vision folder or hub id, 'tiny-clip', or empty for the VAE fallback."""
+    """Image encoder: a CLIP vision folder or hub id, 'tiny-clip', 'vae'; empty: the base's image_encoder/ or 'vae'."""
     p_image_zero: float = 0.5
     """Probability of dropping the appearance embedding in a training step (DreamVideo: 0.5)."""
 

@@ -1,15 +1,17 @@
 """Appearance embeddings `e` for the motion adapter's guidance: one vector per video frame.
 
 The encoder is chosen by the recipe key `appearance.encoder`:
+- empty (the default): the base model's own image encoder when its folder has one (`image_encoder/`, as the
+  packaged nano model does), else the VAE fallback below;
 - a CLIP vision model (`CLIPVisionModelWithProjection`) from a local folder or a hub id, e.g.
   'openai/clip-vit-base-patch32': `e` is its projected image embedding. Preprocessing is ours (no
   torchvision): resize the short side to the model's image size (bicubic, antialiased), centre crop,
   normalise with the mean/std of the folder's `preprocessor_config.json` (OpenAI CLIP's by default);
-- 'tiny-clip': a tiny random CLIP vision model that the built-in tiny backbones use; it is built from a
-  config, saved under the cache folder and loaded back through the same loader as real models;
-- nothing (the default): the fallback, the backbone's own VAE latent of the frame average-pooled to a
-  4x4 grid and flattened (latent_channels * 16 values). It carries colour and coarse layout, which is
-  the appearance the guidance must explain, and needs no extra model.
+- 'tiny-clip': a tiny random CLIP vision model for the built-in tiny backbones; it is built from a config,
+  saved under the cache folder and loaded back through the same loader as real models;
+- 'vae': the fallback, the backbone's own VAE latent of the frame average-pooled to a 4x4 grid and
+  flattened (latent_channels * 16 values). It carries colour and coarse layout, which is the appearance
+  the guidance must explain, and needs no extra model.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vidbooth.errors import UserError
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TINY_CLIP = "tiny-clip"
+VAE = "vae"
 VAE_GRID = 4
 BATCH = 16
 
@@ -77,7 +80,7 @@ class ClipImageEncoder:
 class VaeLatentEncoder:
     """Fallback: the frame's VAE latent mean, average-pooled to a VAE_GRID x VAE_GRID grid."""
 
-    name = "vae"
+    name = VAE
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
@@ -94,22 +97,30 @@ class VaeLatentEncoder:
 
 
 def load_appearance_encoder(encoder: str | None, backbone: Backbone) -> AppearanceEncoder:
-    """The encoder named in the recipe (see the module docstring); the VAE fallback when none is named."""
-    if not encoder:
+    """The encoder named in the recipe, or the default for this backbone (see the module docstring)."""
+    if encoder == VAE:
         return VaeLatentEncoder(backbone)
+    if not encoder:
+        own = Path(backbone.extras["folder"]) / "image_encoder"
+        if not (own / "config.json").is_file():
+            return VaeLatentEncoder(backbone)
+        return _clip_encoder(f"{backbone.source}/image_encoder", own, backbone)
+    folder = _tiny_clip_folder() if encoder == TINY_CLIP else _resolve_encoder(encoder)
+    return _clip_encoder(encoder, folder, backbone)
+
+
+def _clip_encoder(name: str, folder: Path, backbone: Backbone) -> ClipImageEncoder:
     from transformers import CLIPVisionModelWithProjection
 
-    folder = _tiny_clip_folder() if encoder == TINY_CLIP else _resolve_encoder(encoder)
     try:
         model = CLIPVisionModelWithProjection.from_pretrained(folder)
     except (OSError, ValueError) as exc:
-        raise UserError(
-            f"cannot load the image encoder '{encoder}' as a CLIP vision model: {str(exc).splitlines()[0]}"
-        ) from exc
+        reason = str(exc).splitlines()[0]
+        raise UserError(f"cannot load the image encoder '{name}' as a CLIP vision model: {reason}") from exc
     dtype = backbone.dtype if backbone.device.type == "cuda" else torch.float32
     model.requires_grad_(False).eval().to(backbone.device, dtype)
     mean, std = _normalisation(Path(folder))
-    return ClipImageEncoder(encoder, model, mean, std)
+    return ClipImageEncoder(name, model, mean, std)
 
 
 def _resolve_encoder(encoder: str) -> Path:
@@ -118,7 +129,7 @@ def _resolve_encoder(encoder: str) -> Path:
     except UserError as exc:
         raise UserError(
             f"image encoder '{encoder}' not found ({exc}): set appearance.encoder to a CLIP vision folder, a hub id "
-            f"already downloaded, '{TINY_CLIP}', or leave it empty for the VAE fallback"
+            f"already downloaded, '{TINY_CLIP}' or '{VAE}', or leave it empty for the base model's default"
         ) from exc
 
 

@@ -1,0 +1,78 @@
+"""Appearance encoders for the motion adapter's guidance: which one is chosen, preprocessing, output shapes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from vidbooth.engine.appearance import (
+    ClipImageEncoder,
+    VaeLatentEncoder,
+    build_tiny_clip_vision,
+    load_appearance_encoder,
+)
+from vidbooth.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def frames(n=3, height=40, width=56, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+
+
+def test_vae_fallback_pools_the_latent(tiny_backbones):
+    bb = tiny_backbones["unet3d"]
+    encoder = load_appearance_encoder("vae", bb)
+    assert isinstance(encoder, VaeLatentEncoder) and encoder.dim == 4 * 16
+    e = encoder.embed(frames())
+    assert e.shape == (3, 64) and e.dtype == torch.float32
+    assert (e[0] - e[1]).abs().max().item() > 1e-3  # different frames, different embeddings
+    assert torch.allclose(encoder.embed(frames()[:1]), e[:1], atol=1e-5)  # alone = within a batch
+
+
+def test_default_is_the_vae_for_a_base_without_an_image_encoder(tiny_backbones):
+    assert isinstance(load_appearance_encoder(None, tiny_backbones["unet3d"]), VaeLatentEncoder)
+
+
+def test_default_is_the_bases_own_image_encoder(tiny_base_dirs, tmp_path):
+    """A base folder with image_encoder/ (as the packaged nano model) brings its own encoder and normalisation."""
+    from vidbooth.engine.backbone import load_backbone
+
+    base = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "with-encoder")
+    build_tiny_clip_vision(seed=3).save_pretrained(base / "image_encoder")
+    (base / "image_encoder" / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    )
+    encoder = load_appearance_encoder("", load_backbone(str(base), device="cpu"))
+    assert isinstance(encoder, ClipImageEncoder) and encoder.name.endswith("/image_encoder") and encoder.dim == 16
+    white = encoder.preprocess(np.full((1, 40, 40, 3), 255, dtype=np.uint8))
+    assert torch.allclose(white, torch.ones_like(white), atol=1e-5)  # (1 - 0.5) / 0.5
+    assert encoder.embed(frames()).shape == (3, 16)
+
+
+def test_clip_preprocessing_crops_the_centre_of_portrait_and_landscape_frames(tiny_backbones):
+    encoder = load_appearance_encoder("tiny-clip", tiny_backbones["unet3d"])
+    portrait = np.zeros((1, 120, 60, 3), dtype=np.uint8)
+    portrait[:, 30:90] = 255  # white middle half, black top and bottom quarters
+    pixels = encoder.preprocess(portrait)
+    assert pixels.shape == (1, 3, 32, 32)
+    white = (1 - encoder.mean.flatten()) / encoder.std.flatten()
+    assert torch.allclose(pixels[0, :, 4:28, :].mean(dim=(1, 2)), white, atol=0.05)  # the crop is the white middle
+    landscape = encoder.preprocess(frames(height=30, width=90))
+    assert landscape.shape == (3, 3, 32, 32)
+
+
+def test_tiny_clip_is_deterministic_across_loads(tiny_backbones):
+    bb = tiny_backbones["unet3d"]
+    first = load_appearance_encoder("tiny-clip", bb).embed(frames())
+    again = load_appearance_encoder("tiny-clip", bb).embed(frames())
+    assert torch.equal(first, again) and first.shape == (3, 16)
+
+
+def test_unknown_encoder_is_a_user_error_with_the_choices(tiny_backbones, tmp_path):
+    with pytest.raises(UserError, match="tiny-clip' or 'vae'"):
+        load_appearance_encoder(str(tmp_path / "no-such-encoder"), tiny_backbones["unet3d"])
