@@ -34,7 +34,7 @@ def stage_speeds(repeats: int) -> dict[str, float]:
 
     def autoencoder(generator):
         videos, _ = sample_pretraining_batch(rng, cfg.autoencoder.batch, arch.num_frames, arch.size, split)
-        return nano.autoencoder_loss(vae, nano.pixels(videos[:, :2]).flatten(0, 1), generator, 1e-6)
+        return nano.autoencoder_loss(vae, nano.pixels(videos[:, :2]).flatten(0, 1), generator, 1e-6, 8.0)
 
     def clip_step(generator):
         videos, captions = sample_pretraining_batch(rng, cfg.clip.batch, arch.num_frames, arch.size, split)

@@ -19,6 +19,8 @@ class AutoencoderStage:
     """Clips per step; two random frames of each are reconstructed."""
     lr: float = 2e-3
     kl_weight: float = 1e-6
+    sprite_weight: float = 8.0
+    """Extra loss weight per unit of pixel chroma (see `autoencoder_loss`); 300 plain-MSE steps lost sprite hues."""
 
 
 @dataclass

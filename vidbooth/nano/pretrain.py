@@ -131,11 +131,19 @@ def pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).float() / 127.5 - 1.0
 
 
-def autoencoder_loss(vae, frames: torch.Tensor, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
-    """Reconstruction MSE of frames (N, 3, H, W) through a sampled latent, plus a small KL term."""
+def autoencoder_loss(
+    vae, frames: torch.Tensor, generator: torch.Generator, kl_weight: float, sprite_weight: float
+) -> torch.Tensor:
+    """Reconstruction MSE of frames (N, 3, H, W) through a sampled latent, plus a small KL term.
+
+    Pixels weigh 1 + sprite_weight * chroma (0 for grey, 1 for pure colour): the world's sprites are saturated
+    and its backgrounds nearly grey, so the few sprite pixels are not drowned by the background's many.
+    """
     posterior = vae.encode(frames).latent_dist
     recon = vae.decode(posterior.sample(generator)).sample
-    return F.mse_loss(recon, frames) + kl_weight * posterior.kl().mean()
+    chroma = (frames.amax(dim=1, keepdim=True) - frames.amin(dim=1, keepdim=True)) / 2  # (N, 1, H, W) in [0, 1]
+    weights = 1.0 + sprite_weight * chroma
+    return (weights * (recon - frames) ** 2).mean() / weights.mean() + kl_weight * posterior.kl().mean()
 
 
 def clip_loss(clip, tokenizer, frames: torch.Tensor, captions: list[str]) -> torch.Tensor:
@@ -269,7 +277,7 @@ def _autoencoder_stage(run: _Run, models: _Models) -> bool:
         videos, _ = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
         picks = rng.integers(arch.num_frames, size=(cfg.batch, 2))
         frames = pixels(np.stack([videos[i, picks[i]] for i in range(cfg.batch)])).flatten(0, 1)  # (2B, 3, H, W)
-        return autoencoder_loss(vae, frames, generator, cfg.kl_weight)
+        return autoencoder_loss(vae, frames, generator, cfg.kl_weight, cfg.sprite_weight)
 
     done = _loop(run, "autoencoder", vae, optimizer, cfg.steps, int(cfg.steps * WARMUP_FRACTION), loss_at)
     if done:
