@@ -43,7 +43,7 @@ def stage_speeds(repeats: int) -> dict[str, float]:
     def unet_step(generator):
         videos, captions = sample_pretraining_batch(rng, cfg.unet.batch, arch.num_frames, arch.size, split)
         latents, text = nano.encode_clips(vae, clip.text_model, tokenizer, videos, captions)
-        return nano.unet_loss(unet, schedule, latents, text, generator)
+        return nano.unet_loss(unet, schedule, latents, text, generator, cfg.unet.motion_loss_weight)
 
     speeds = {}
     for name, model, batch, step in (

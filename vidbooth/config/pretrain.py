@@ -35,9 +35,11 @@ class ClipStage:
 class UNetStage:
     steps: int = 6000
     batch: int = 8
-    lr: float = 5e-4
-    temporal_lr_scale: float = 2.0
+    lr: float = 1e-3
+    temporal_lr_scale: float = 1.5
     """Learning-rate multiplier for the temporal layers (temporal convolutions and temporal transformers)."""
+    motion_loss_weight: float = 3.0
+    """Weight of the frame-difference term of the UNet loss (see `vidbooth.nano.pretrain.unet_loss`)."""
     warmup_steps: int = 100
     caption_dropout: float = 0.1
     """Chance of training on the empty prompt, so that classifier-free guidance works."""
