@@ -107,7 +107,8 @@ def test_resume_gives_bit_identical_weights(tmp_path, accelerator):
     assert [p.name for p in engine.list_checkpoints(run)] == ["step-0000005"]
 
     second = scrambled_method()
-    result = engine.train(second, toy_data(), config(checkpoint_every=5), run, accelerator, resume=True, signature={"k": 1})
+    cfg = config(checkpoint_every=5)
+    result = engine.train(second, toy_data(), cfg, run, accelerator, resume=True, signature={"k": 1})
     assert result.start_step == 5 and len(result.losses) == 7
     for key, value in whole.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key

@@ -59,7 +59,7 @@ def check_placeholder_is_new(tokenizer, token: str, num_vectors: int, class_noun
 
 
 def add_placeholder_tokens(tokenizer, text_encoder: nn.Module, tokens: list[str], rows: torch.Tensor) -> list[int]:
-    """Add `tokens` to the tokenizer, grow the (frozen) embedding matrix and set their rows (n, D); returns their ids."""
+    """Add `tokens` to the tokenizer, grow the frozen embedding matrix, set their rows (n, D); returns their ids."""
     dim = text_encoder.get_input_embeddings().embedding_dim
     if rows.shape != (len(tokens), dim):
         raise UserError(

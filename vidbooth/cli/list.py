@@ -36,7 +36,7 @@ def list_library(
         stdout_console.print_json(json.dumps(manifests, default=str))
         return
     if not manifests:
-        info(f"the library in {library_home()} is empty: learn a subject with train-subject or a motion with train-motion")
+        info(f"the library in {library_home()} is empty: learn a subject (train-subject) or a motion (train-motion)")
         return
     rows = [_summary(m) for m in manifests]
     table(f"vidbooth library ({library_home()})", ["name", "kind", "what", "base", "created"], rows, to_stdout=True)

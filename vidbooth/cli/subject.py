@@ -45,8 +45,8 @@ def _common(photos, name, class_noun, resolution, flip, scale_jitter, overwrite,
 
 
 def _train_flags(stage: str, steps, lr, batch_size, checkpoint_every) -> dict:
-    key = STAGE_KEYS[stage]
-    return {f"{key}.steps": steps, f"{key}.lr": lr, f"{key}.batch_size": batch_size, f"{key}.checkpoint_every": checkpoint_every}
+    values = {"steps": steps, "lr": lr, "batch_size": batch_size, "checkpoint_every": checkpoint_every}
+    return {f"{STAGE_KEYS[stage]}.{field}": value for field, value in values.items()}
 
 
 def _prior_flags(prior_preservation, class_images, num_class_images, prior_weight) -> dict:

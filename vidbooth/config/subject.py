@@ -122,7 +122,8 @@ class SubjectConfig:
         if bad or not self.data.captions:
             raise UserError(f"data.captions must each contain '{{}}' (the subject's place), got {bad or 'none'}")
         if self.textual_inversion.num_vectors < 1:
-            raise UserError(f"textual_inversion.num_vectors must be at least 1, got {self.textual_inversion.num_vectors}")
+            vectors = self.textual_inversion.num_vectors
+            raise UserError(f"textual_inversion.num_vectors must be at least 1, got {vectors}")
         if not 0 < self.identity.hidden_ratio <= 4:
             raise UserError(f"identity.hidden_ratio must be in (0, 4], got {self.identity.hidden_ratio}")
         if self.prior.enabled and (self.prior.num_class_images < 1 or self.prior.weight < 0):

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from vidbooth import __version__, reporting
-from vidbooth.adapters.base import adapters_of, set_scale
+from vidbooth.adapters.base import adapters_of, remove, set_scale
 from vidbooth.adapters.identity import (
     ADAPTER_FILE,
     inject_identity_adapter,
@@ -59,6 +59,15 @@ from vidbooth.engine.train import (
     train,
 )
 from vidbooth.errors import UserError
+from vidbooth.library import (
+    MANIFEST,
+    artifact_dir,
+    artifact_lock,
+    check_free,
+    read_manifest,
+    staged_artifact,
+    write_json,
+)
 
 KIND = "subject"
 STAGES = ("textual_inversion", "identity")
@@ -97,33 +106,31 @@ class LoadedSubject:
         """Spell out a multi-vector token ('a S* dog' -> 'a S* S*_1 dog'); a no-op for one vector."""
         return expand_placeholder(prompt, self.token, self.num_vectors)
 
-    @property
-    def default_prompt(self) -> str:
-        return f"a photo of {self.token} {self.class_noun}"
-
 
 def load_subject(backbone, name: str, scale: float = 1.0) -> LoadedSubject:
     """Add subject `name`'s token(s) to the backbone's tokenizer/text encoder and its identity adapter (if any,
     as adapter kind `subject_kind(name)`, at `scale`, in the backbone's dtype). Several subjects can be loaded.
     Prompts must go through `LoadedSubject.expand_prompt`."""
-    from vidbooth.library import artifact_dir, read_manifest
-
     folder = artifact_dir(KIND, name)
     manifest = read_manifest(folder)
     if manifest.get("base_fingerprint") != backbone.fingerprint:
         reporting.warn(
-            f"subject '{name}' was learned on {manifest.get('base')} (fingerprint {manifest.get('base_fingerprint')}), "
-            f"not on this base ({backbone.fingerprint}): results may be poor"
+            f"subject '{name}' was learned on {manifest.get('base')} (fingerprint "
+            f"{manifest.get('base_fingerprint')}), not on this base ({backbone.fingerprint}): results may be poor"
         )
     adapter_file = manifest["paths"]["identity_adapter"]
     kind = subject_kind(name)
-    embeddings = folder / manifest["paths"]["embeddings"]
-    token, num_vectors = load_learned_embeddings(backbone.tokenizer, backbone.text_encoder, embeddings)
-    if adapter_file:
+    if adapter_file:  # first: a failed load takes its adapters out again
         load_identity_adapter(backbone.unet, backbone.spatial_cross_attention_layers(), folder / adapter_file, kind)
         for adapter in adapters_of(backbone.unet, kind).values():
             adapter.to(backbone.dtype)
         set_scale(backbone.unet, kind, scale)
+    try:
+        embeddings = folder / manifest["paths"]["embeddings"]
+        token, num_vectors = load_learned_embeddings(backbone.tokenizer, backbone.text_encoder, embeddings)
+    except UserError:
+        remove(backbone.unet, kind)
+        raise
     return LoadedSubject(name, token, num_vectors, manifest["class_noun"], folder, manifest)
 
 
@@ -163,11 +170,11 @@ class _Run:
 
 
 def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
+    """Check the inputs, then (holding the subject's lock) load the model, encode the photos once, run the
+    stages and, on the main process, save the subject and drop the run's checkpoints."""
     run = _prepare(cfg, stages)
     run.accelerator = make_accelerator(getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device)
     main = run.accelerator.is_main_process
-    from vidbooth.library import artifact_dir, artifact_lock
-
     with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():
         run.backbone = _load_backbone(cfg, run.accelerator)
         run.size = _training_size(run.backbone, cfg.data.resolution)
@@ -186,7 +193,6 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
 def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     """Every check that needs no model: name, library state, photos, class noun, class images."""
     from vidbooth.data.images import load_photo_folder
-    from vidbooth.library import artifact_dir, check_free, read_manifest
 
     cfg.check(stages)
     existing = None
@@ -222,7 +228,10 @@ def _check_tokens(cfg: SubjectConfig, class_noun: str) -> None:
 
     from vidbooth.engine.backbone import resolve_base
 
-    tokenizer = CLIPTokenizer.from_pretrained(resolve_base(cfg.backbone.base, cfg.backbone.revision) / "tokenizer")
+    folder = resolve_base(cfg.backbone.base, cfg.backbone.revision) / "tokenizer"
+    if not folder.is_dir():
+        return  # not a diffusers model: load_backbone says what is missing
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
     class_noun_ids(tokenizer, class_noun)
     check_placeholder_is_new(tokenizer, cfg.name, cfg.textual_inversion.num_vectors, class_noun)
 
@@ -254,7 +263,8 @@ def _training_size(backbone, resolution: int | None) -> int:
 
 def _encode_latents(backbone, pixels: torch.Tensor) -> torch.Tensor:
     """Pixels (N, 1, 3, H, W) -> latent means (N, C, 1, h, w), a few at a time."""
-    chunks = [backbone.encode_video(pixels[i : i + ENCODE_CHUNK].to(backbone.device)) for i in range(0, len(pixels), ENCODE_CHUNK)]
+    starts = range(0, len(pixels), ENCODE_CHUNK)
+    chunks = [backbone.encode_video(pixels[i : i + ENCODE_CHUNK].to(backbone.device)) for i in starts]
     return torch.cat(chunks)
 
 
@@ -290,9 +300,10 @@ def _signature(run: _Run, stage: str) -> dict:
 
 
 def _caption_check(run: _Run, ids: torch.Tensor) -> None:
+    """Every tokenised caption (T, L) must still hold the placeholder after truncation."""
     placeholder = run.backbone.tokenizer.convert_tokens_to_ids(run.token)
     if not bool((ids == placeholder).any(dim=1).all()):
-        raise UserError("a caption is too long for the tokenizer: the subject's token was cut off; shorten data.captions")
+        raise UserError("a caption is too long: the tokenizer cuts off the subject's token; shorten data.captions")
 
 
 def _textual_inversion(run: _Run) -> torch.Tensor:
@@ -321,13 +332,12 @@ def _textual_inversion(run: _Run) -> torch.Tensor:
 
 def _load_existing_embedding(run: _Run) -> torch.Tensor:
     from vidbooth.adapters.textual_inversion import read_learned_embeddings
-    from vidbooth.library import artifact_dir
 
     bb = run.backbone
     if run.existing["base_fingerprint"] != bb.fingerprint:
         raise UserError(
-            f"subject '{run.cfg.name}' was learned on base {run.existing['base']} ({run.existing['base_fingerprint']}), "
-            f"not this one ({bb.fingerprint}): pass --base {run.existing['base']}"
+            f"subject '{run.cfg.name}' was learned on base {run.existing['base']} "
+            f"({run.existing['base_fingerprint']}), not this one ({bb.fingerprint}): pass --base {run.existing['base']}"
         )
     path = artifact_dir(KIND, run.cfg.name) / run.existing["paths"]["embeddings"]
     load_learned_embeddings(bb.tokenizer, bb.text_encoder, path)
@@ -379,7 +389,6 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
 
 # ---- the artifact ----------------------------------------------------------------------------------
 def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
-    from vidbooth.library import MANIFEST, staged_artifact, write_json
 
     cfg, bb = run.cfg, run.backbone
     provenance = {"base": cfg.backbone.base, "base_fingerprint": bb.fingerprint, "class_noun": run.class_noun}

@@ -97,6 +97,8 @@ class TrainResult:
     """Mean loss of every step run in this process (main process's batches)."""
     seconds: float = 0.0
     """Wall time of the steps run (checkpoint writes included)."""
+    step_times: list[float] = field(default_factory=list)
+    """Wall time of each step run (checkpoint writes excluded)."""
 
     @property
     def loss(self) -> float:
@@ -107,6 +109,12 @@ class TrainResult:
     @property
     def step_seconds(self) -> float:
         return self.seconds / len(self.losses) if self.losses else float("nan")
+
+    @property
+    def median_step_seconds(self) -> float:
+        """Median step time: steadier than the mean on a shared machine."""
+        ordered = sorted(self.step_times)
+        return ordered[len(ordered) // 2] if ordered else float("nan")
 
 
 # ---- setup ----------------------------------------------------------------------------------------
@@ -152,7 +160,8 @@ def backbone_device(accelerator) -> str:
 def _asked_for_several_cpu_processes() -> bool:
     """`accelerate launch --cpu --num_processes N>1` sets these for the one process it starts without mpirun."""
     env = os.environ
-    return env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and "MASTER_ADDR" in env and "WORLD_SIZE" not in env
+    on_cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    return on_cpu and "MASTER_ADDR" in env and "WORLD_SIZE" not in env
 
 
 def seed_everything(seed: int) -> None:
@@ -479,9 +488,10 @@ def train(
     """Optimise `method` for `cfg.steps` steps on batches drawn from `data` and return how it went.
 
     `signature`: JSON-able settings that must be equal to resume (the method's config, the data's hashes);
-    `cfg` is added to it (except the checkpoint knobs). A checkpoint with another signature is refused. Without `resume` old checkpoints in `run_dir` are
-    deleted. Raises `Interrupted` after saving a checkpoint on SIGINT/SIGTERM and `UserError` on a
-    non-finite loss. The run folder is left in place: `remove_run` it once the result is saved.
+    `cfg` is added to it (except the checkpoint knobs). A checkpoint with another signature is refused. Without
+    `resume` old checkpoints in `run_dir` are deleted. Raises `Interrupted` after saving a checkpoint on
+    SIGINT/SIGTERM and `UserError` on a non-finite loss. The run folder is left in place: `remove_run` it once
+    the result is saved.
     """
     if len(data) == 0:
         raise ValueError("no training data")
@@ -506,6 +516,7 @@ def train(
     started = time.perf_counter()
     with _StopRequests() as stop, _progress_bar(description, cfg.steps, step, accelerator) as bar:
         while step < cfg.steps:
+            step_started = time.perf_counter()
             loss = _accumulate(method, data, cfg, step, accelerator)
             signalled, bad_loss = _agree(accelerator, [float(stop.signum or 0), float(not math.isfinite(loss))])
             if bad_loss:
@@ -518,6 +529,7 @@ def train(
             _optimizer_step(optimizer, params, cfg, step, accelerator)
             step += 1
             result.losses.append(loss)
+            result.step_times.append(time.perf_counter() - step_started)
             bar.advance(loss=loss)
             if signalled:
                 checkpoint(step, loss)
