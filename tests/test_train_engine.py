@@ -100,7 +100,8 @@ def test_resume_gives_bit_identical_weights(tmp_path, accelerator):
 
     run = tmp_path / "split"
     first = make_method()
-    engine.train(first, toy_data(), config(steps=12, checkpoint_every=5), run, accelerator, signature={"k": 1})
+    cfg = config(checkpoint_every=5, keep_checkpoints=3)
+    engine.train(first, toy_data(), cfg, run, accelerator, signature={"k": 1})
     # pretend the run died after step 5: keep only that checkpoint
     for folder in engine.list_checkpoints(run)[1:]:
         shutil.rmtree(folder)
@@ -117,11 +118,20 @@ def test_resume_gives_bit_identical_weights(tmp_path, accelerator):
 def test_checkpoints_are_safetensors_and_json(tmp_path, accelerator):
     engine.train(make_method(), toy_data(), config(keep_checkpoints=2), tmp_path, accelerator)
     names = [p.name for p in engine.list_checkpoints(tmp_path)]
-    assert names == ["step-0000004", "step-0000008"]  # pruned to 2; none at the final step
+    assert names == ["step-0000008", "step-0000012"]  # every 4 steps and the last, pruned to 2
     files = sorted(p.name for p in engine.list_checkpoints(tmp_path)[-1].iterdir())
     assert files == sorted([engine.OPTIMIZER_FILE, engine.STATE_FILE, engine.TRAINABLE_FILE])
     state = json.loads((engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE).read_text())
-    assert state["step"] == 8 and state["signature"]["train"]["lr"] == 0.05
+    assert state["step"] == 12 and state["signature"]["train"]["lr"] == 0.05
+
+
+def test_resuming_a_finished_run_runs_no_step(tmp_path, accelerator):
+    done = make_method()
+    engine.train(done, toy_data(), config(), tmp_path, accelerator)
+    again = scrambled_method()
+    result = engine.train(again, toy_data(), config(), tmp_path, accelerator, resume=True)
+    assert result.start_step == result.step == 12 and result.losses == []
+    assert all(torch.equal(done.state_dict()[k], v) for k, v in again.state_dict().items())
 
 
 def test_resume_refuses_other_settings(tmp_path, accelerator):

@@ -32,7 +32,7 @@ class TrainConfig:
     mixed_precision: str = "auto"
     """auto | no | fp16 | bf16. auto: fp16 autocast on CUDA, none on CPU. Trainable weights stay fp32."""
     checkpoint_every: int = 500
-    """Save a resumable checkpoint every N steps (0: only on interruption)."""
+    """Save a resumable checkpoint every N steps (0: only on interruption); one is also saved at the last step."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep in the run folder."""
     seed: int = 0

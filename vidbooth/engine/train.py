@@ -21,9 +21,10 @@ the history of a run, so a resumed run ends with the same weights as an uninterr
 CPU). Methods must draw their randomness (noise, timesteps, dropout of conditions) from the generator they
 are given, on the CPU, and move it to the device.
 
-Checkpoints are folders `<run>/checkpoints/step-NNNNNNN/` holding `trainable.safetensors` (the method's
-`state_dict()`), `optimizer.safetensors` (AdamW moments and the RNG states) and `state.json` (step,
-parameter groups, loss scaler, run signature). Nothing is pickled. A checkpoint appears only when complete.
+Checkpoints, every `checkpoint_every` steps and at the last step, are folders `<run>/checkpoints/step-NNNNNNN/`
+holding `trainable.safetensors` (the method's `state_dict()`), `optimizer.safetensors` (AdamW moments and the
+RNG states) and `state.json` (step, parameter groups, loss scaler, run signature). Nothing is pickled. A
+checkpoint appears only when complete; resuming a finished run restores its last one and runs no step.
 
 Interruption: SIGINT or SIGTERM finishes the current step, saves a checkpoint and raises
 `vidbooth.errors.Interrupted` (exit 130 / 143); a second signal stops at once. A non-finite loss raises
@@ -539,8 +540,8 @@ def train(
                     f"{run_dir}: rerun the same command with --resume to continue",
                     128 + signum,
                 )
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                checkpoint(step, loss)
+            if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                checkpoint(step, loss)  # the last one lets a finished stage "resume" at once
     result.step = step
     result.seconds = time.perf_counter() - started
     return result
