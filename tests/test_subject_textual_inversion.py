@@ -111,7 +111,7 @@ def test_bad_names(bb, name, class_noun, message):
         ti.check_placeholder_is_new(bb.tokenizer, name, 1, class_noun)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_denoising_loss_follows_the_prediction_type(bb, prediction_type):
     scheduler = training_scheduler(bb.scheduler_config | {"prediction_type": prediction_type})
     latents = torch.randn(2, 4, 1, 8, 8)
@@ -121,6 +121,24 @@ def test_denoising_loss_follows_the_prediction_type(bb, prediction_type):
     assert loss.shape == (2,) and torch.equal(loss, again)
 
 
-def test_sample_prediction_is_refused(bb):
-    with pytest.raises(UserError, match="predicts 'sample'"):
-        training_scheduler(bb.scheduler_config | {"prediction_type": "sample"})
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_denoising_loss_target(prediction_type):
+    """With a model that predicts zeros, the loss is the mean square of the target itself."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine.tiny import _scheduler_config
+
+    scheduler = training_scheduler(_scheduler_config() | {"prediction_type": prediction_type})
+    zero_model = SimpleNamespace(unet_forward=lambda noisy, t, text: torch.zeros_like(noisy))
+    latents = torch.randn(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    loss = denoising_loss(zero_model, scheduler, latents, None, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(latents.shape, generator=g)
+    timesteps = torch.randint(0, 1000, (2,), generator=g)
+    target = {"epsilon": noise, "sample": latents, "v_prediction": scheduler.get_velocity(latents, noise, timesteps)}
+    assert torch.allclose(loss, target[prediction_type].pow(2).flatten(1).mean(1))
+
+
+def test_unknown_prediction_type_is_refused(bb):
+    with pytest.raises(UserError, match="predicts 'flow'"):
+        training_scheduler(bb.scheduler_config | {"prediction_type": "flow"})

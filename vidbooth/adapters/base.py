@@ -52,8 +52,8 @@ class ParallelAdapter(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         out = self.base_layer(hidden_states, *args, **kwargs)
         for adapter in self.adapters.values():
-            if adapter.enabled:
-                out = out + adapter(hidden_states).to(out.dtype)
+            if adapter.enabled:  # the adapter runs in its own dtype (fp32 while training on a half base)
+                out = out + adapter(hidden_states.to(adapter.up.weight.dtype)).to(out.dtype)
         return out
 
     def __getattr__(self, name: str):

@@ -1,4 +1,4 @@
-"""The diffusion training objective shared by the training methods: noise (or v) prediction MSE at random timesteps."""
+"""The diffusion training objective shared by the training methods: MSE of the model's prediction at random timesteps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 
 from vidbooth.errors import UserError
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def training_scheduler(scheduler_config: dict):
@@ -25,16 +25,19 @@ def training_scheduler(scheduler_config: dict):
 def denoising_loss(backbone, scheduler, latents: torch.Tensor, text_embeds: torch.Tensor, generator: torch.Generator):
     """Per-sample MSE (B,) between the UNet's prediction and its target, for latents (B, C, F, h, w).
 
-    Noise and timesteps are drawn on the CPU from `generator` (reproducible on any device). The target is the
-    noise for 'epsilon' models and the velocity for 'v_prediction' models.
+    Noise and timesteps are drawn on the CPU from `generator` (reproducible on any device). The target is what
+    the model predicts: the noise ('epsilon'), the velocity ('v_prediction') or the clean latents ('sample').
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)  # (B, C, F, h, w)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
     timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    if scheduler.config.prediction_type == "epsilon":
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
         target = noise
+    elif kind == "sample":
+        target = latents
     else:
         target = scheduler.get_velocity(latents, noise, timesteps)
     prediction = backbone.unet_forward(noisy, timesteps, text_embeds)

@@ -1,0 +1,49 @@
+import torch
+from torch import nn
+
+from vidbooth.adapters.base import BottleneckAdapter, ParallelAdapter, adapters_of, inject, layer_width, remove
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+
+def test_fp32_adapter_on_a_half_precision_layer():
+    model = _model().to(torch.bfloat16)
+    inject(model, ["0"], "a", lambda name, m: BottleneckAdapter(layer_width(m), 4))
+    adapter = adapters_of(model, "a")["0"]
+    assert adapter.up.weight.dtype == torch.float32  # trainable weights stay fp32
+    nn.init.normal_(adapter.up.weight)
+    out = model(torch.randn(3, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_wrapper_behaves_like_its_layer_and_removal_restores_it():
+    model = _model()
+    x = torch.randn(2, 8)
+    before = model(x)
+    inject(model, ["0", "2"], "a", lambda name, m: BottleneckAdapter(layer_width(m), 4, cond_dim=3))
+    inject(model, ["0"], "b", lambda name, m: BottleneckAdapter(layer_width(m), 2))
+    assert isinstance(model[0], ParallelAdapter) and model[0].in_features == 8  # attribute passthrough
+    assert torch.equal(model(x), before)  # zero-initialised W_up: an exact no-op
+    for adapter in adapters_of(model, "a").values():
+        nn.init.normal_(adapter.up.weight)
+        adapter.condition = torch.ones(2, 3)
+    changed = model(x)
+    assert not torch.allclose(changed, before)
+    assert remove(model, "a") == 2 and isinstance(model[2], nn.Linear) and isinstance(model[0], ParallelAdapter)
+    assert remove(model, "b") == 1 and isinstance(model[0], nn.Linear)
+    assert torch.equal(model(x), before)
+
+
+def test_condition_is_broadcast_per_sample():
+    adapter = BottleneckAdapter(4, 4, cond_dim=2)
+    nn.init.normal_(adapter.up.weight)
+    h = torch.randn(6, 5, 4)  # 2 samples x 3 token groups, 5 frames
+    adapter.condition = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    together = adapter(h)
+    for sample in range(2):
+        adapter.condition = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[sample : sample + 1]
+        alone = adapter(h[sample * 3 : (sample + 1) * 3])
+        assert torch.allclose(together[sample * 3 : (sample + 1) * 3], alone, atol=1e-6)
