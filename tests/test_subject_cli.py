@@ -174,15 +174,16 @@ def test_prior_preservation_with_given_class_images(photos, tmp_path, monkeypatc
 
 
 def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypatch):
-    from vidbooth.engine.subject_methods import TextualInversionMethod
+    """SIGINT in stage 2: exit 130 and nothing in the library; --resume skips the finished stage 1 and ends
+    with the weights of an uninterrupted run."""
+    from vidbooth.engine.subject_methods import IdentityAdapterMethod, TextualInversionMethod
 
-    args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--steps", "4"]
-    args += ["--set", "preview.enabled=false"]
+    args = ["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--ti-steps", "3"]
+    args += ["--identity-steps", "4", "--set", "preview.enabled=false", "--set", "identity.train.lr=0.01"]
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(["--home", str(whole), *args]) == 0
 
-    original_loss = TextualInversionMethod.loss
-    calls = []
+    original_loss, calls = IdentityAdapterMethod.loss, []
 
     def interrupting_loss(self, batch, generator):
         calls.append(1)
@@ -190,14 +191,20 @@ def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypat
             os.kill(os.getpid(), signal.SIGINT)
         return original_loss(self, batch, generator)
 
-    monkeypatch.setattr(TextualInversionMethod, "loss", interrupting_loss)
+    monkeypatch.setattr(IdentityAdapterMethod, "loss", interrupting_loss)
     assert main(["--home", str(split), *args]) == 130
     assert not (split / "subjects").exists() or not list((split / "subjects").iterdir())
-    monkeypatch.setattr(TextualInversionMethod, "loss", original_loss)
-    assert main(["--home", str(split), *args, "--resume"]) == 0
+    monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
 
-    finished = [load_tensors(subject_dir(home) / "learned_embeds.safetensors")[0]["S*"] for home in (whole, split)]
-    assert torch.equal(*finished)
+    def no_stage_one(*args):
+        raise AssertionError("stage 1 ran again")
+
+    monkeypatch.setattr(TextualInversionMethod, "loss", no_stage_one)
+    assert main(["--home", str(split), *args, "--resume"]) == 0
+    for file in ("learned_embeds.safetensors", "identity_adapter.safetensors"):
+        finished = [load_tensors(subject_dir(home) / file)[0] for home in (whole, split)]
+        assert finished[0].keys() == finished[1].keys()
+        assert all(torch.equal(finished[0][key], finished[1][key]) for key in finished[0]), file
 
 
 def fake_subject(home: Path, name: str) -> None:
