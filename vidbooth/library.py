@@ -17,6 +17,7 @@ back to the old version the next time the library is opened.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -167,8 +168,8 @@ def recover() -> None:
 @contextlib.contextmanager
 def artifact_lock(kind: str, name: str) -> Iterator[Path]:
     """Exclusive lock on training `name`; a lock left by a dead process is taken over."""
-    locks = library_home() / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
+    locks = writable_home() / ".locks"
+    locks.mkdir(exist_ok=True)
     lock = locks / f"{KINDS[kind]}__{dir_name(name)}.lock"
     for _ in range(2):
         try:
@@ -195,8 +196,22 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
         lock.unlink(missing_ok=True)
 
 
+def writable_home() -> Path:
+    """The library folder, created if needed; a UserError if it cannot be written."""
+    home = library_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to the library {home} ({exc.strerror}): choose another with --home") from exc
+    return home
+
+
 def check_free(kind: str, name: str, overwrite: bool) -> Path:
-    """Refuse early (before any training) when `name` exists and --overwrite was not given."""
+    """Refuse early (before any training) when the library is not writable, or `name` exists without --overwrite."""
+    writable_home()
     path = artifact_dir(kind, name, must_exist=False)
     if (path / MANIFEST).is_file() and not overwrite:
         raise UserError(f"{kind} '{name}' already exists in {library_home()}: pass --overwrite to replace it")
@@ -232,6 +247,13 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(stage, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(
+                f"the disk is full: {kind} '{name}' was not saved and the library is unchanged; free space in "
+                f"{home} and run the same command with --resume"
+            ) from exc
+        raise
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Interruptions and failures during a save never corrupt the library; untrusted files are never unpickled."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vidbooth import library
+from vidbooth.adapters.base import load_tensors
+from vidbooth.cli.app import main
+from vidbooth.errors import UserError
+
+FAST = ["--class-noun", "ball", "--ti-steps", "1", "--identity-steps", "1", "--device", "cpu", "--batch-size", "1",
+        "--set", "data.resolution=16"]
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _train(photos, base, *extra) -> int:
+    return main(["train-subject", str(photos), "--name", "S*", "--base", str(base), *FAST, *extra])
+
+
+def _files(name="S*"):
+    return library.read_manifest(library.artifact_dir("subject", name))["files"]
+
+
+@pytest.mark.slow
+def test_sigkill_during_save_leaves_the_old_artifact(photos, tiny_base_dirs, isolated_home):
+    assert _train(photos, tiny_base_dirs["unet3d"], "--set", "preview.enabled=false") == 0
+    old = _files()
+    cmd = [sys.executable, "-m", "vidbooth", "train-subject", str(photos), "--name", "S*", "--overwrite",
+           "--base", str(tiny_base_dirs["unet3d"]), *FAST, "--seed", "1",
+           "--set", "preview.num_inference_steps=50"]  # a slow preview keeps the save open long enough
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = isolated_home / ".staging"
+    deadline = time.monotonic() + 240
+    while not (staging.is_dir() and any(staging.iterdir())):
+        assert proc.poll() is None, "training ended before it started saving"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)  # mid-save: the new artifact is partly written
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _files() == old  # the old version, intact (hashes verified by read_manifest)
+    assert not any(staging.iterdir())  # the dead writer's staging folder was cleaned up
+    # the killed trainer's lock is stale: the next training takes it over and replaces the subject
+    assert _train(photos, tiny_base_dirs["unet3d"], "--overwrite", "--seed", "2", "--set", "preview.enabled=false") == 0
+    assert _files() != old
+
+
+def test_full_disk_during_save_keeps_the_library(photos, tiny_base_dirs, isolated_home, monkeypatch, capsys):
+    assert _train(photos, tiny_base_dirs["unet3d"], "--set", "preview.enabled=false") == 0
+    old = _files()
+
+    def disk_full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(library, "_fsync_tree", disk_full)
+    code = _train(photos, tiny_base_dirs["unet3d"], "--overwrite", "--seed", "3", "--set", "preview.enabled=false")
+    err = capsys.readouterr().err
+    assert code == 2 and "the disk is full" in err and "library is unchanged" in err
+    assert _files() == old and not any((isolated_home / ".staging").iterdir())
+
+
+def test_unwritable_library_is_one_line(photos, tiny_base_dirs, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["--home", str(blocker / "lib"), "train-subject", str(photos), "--name", "S*",
+                 "--base", str(tiny_base_dirs["unet3d"]), *FAST])
+    assert code == 2
+    assert "cannot write to the library" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".pt", ".ckpt", ".pth"])
+def test_pickle_files_are_refused(tmp_path, suffix):
+    path = tmp_path / f"embedding{suffix}"
+    path.write_bytes(pickle.dumps({"S*": [1.0, 2.0]}))
+    with pytest.raises(UserError, match="refusing to load.*pickle"):
+        load_tensors(path)
+
+
+def test_a_pickle_renamed_to_safetensors_is_not_unpickled(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "adapter.safetensors"
+    path.write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(UserError, match="not a valid safetensors file"):
+        load_tensors(path)
+    assert not (tmp_path / "pwned").exists()
