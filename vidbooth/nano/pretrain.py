@@ -414,7 +414,7 @@ def export(run: _Run, models: _Models) -> Path:
         "split_seed": run.cfg.split_seed,
         "steps": run.state["steps"],
         "minutes": {k: round(v / 60, 1) for k, v in run.state["seconds"].items()},
-        "logit_scale": float(models.clip.logit_scale.exp()),
+        "logit_scale": models.clip.logit_scale.exp().item(),
         "curve": run.state["curve"],
     }
     parts = (run.cfg.arch, models.tokenizer, models.vae, models.clip, models.unet, provenance)
