@@ -147,3 +147,14 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
     bad.unet.caption_dropout = 1.5
     with pytest.raises(UserError, match="caption_dropout"):
         nano.pretrain(bad)
+
+
+def test_packaged_nano_loads_offline():
+    from vidbooth.engine.backbone import NANO, load_backbone, resolve_base
+
+    assert resolve_base("nano") == NANO
+    backbone = load_backbone("nano", device="cpu")
+    assert backbone.family == "unet3d" and backbone.default_size == 64 and backbone.latent_channels == 16
+    assert json.loads((NANO / "nano.json").read_text())["steps"]["unet"] > 0
+    weights = sum(path.stat().st_size for path in NANO.rglob("*.safetensors"))
+    assert weights <= 30 * 2**20, f"shipped weights are {weights / 2**20:.1f} MB, over the 30 MB budget"
