@@ -66,10 +66,15 @@ def test_real_entry_point_reports_one_line_without_traceback(tmp_path):
     assert result.stderr.strip().startswith("error: base model not found") and "Traceback" not in result.stderr
 
 
-def test_debug_shows_traceback(tmp_path):
-    cmd = [sys.executable, "-m", "vidbooth", "--debug", "generate", "--prompt", "x", "--base", "/no/such"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "Traceback" in result.stderr
+def test_debug_raises_instead_of_one_line(tmp_path):
+    from vidbooth.cli import app as cli_app
+    from vidbooth.errors import UserError
+
+    try:
+        with pytest.raises(UserError, match="base model not found"):
+            main(["--debug", "generate", "--prompt", "x", "--base", str(tmp_path / "missing")])
+    finally:
+        cli_app._state["debug"] = False
 
 
 def test_help_lists_commands():

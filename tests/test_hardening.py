@@ -41,7 +41,6 @@ def _files(name="S*"):
     return library.read_manifest(library.artifact_dir("subject", name))["files"]
 
 
-@pytest.mark.slow
 def test_sigkill_during_save_leaves_the_old_artifact(photos, tiny_base_dirs, isolated_home):
     assert _train(photos, tiny_base_dirs["unet3d"], "--set", "preview.enabled=false") == 0
     old = _files()
