@@ -105,7 +105,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
         seconds["train-motion"] = time.perf_counter() - started
         started = time.perf_counter()
         variants = _variants(sprite, motion, noun)
-        _generate_and_score(cfg, base, family, variants, sprite, motion, reference, out)
+        _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out)
         seconds["generate+evaluate"] = time.perf_counter() - started
 
     report = DemoReport(base, caption(sprite, motion).split(" moving")[0], motion.name, variants, seconds, out)
@@ -166,7 +166,7 @@ def _variants(sprite, motion, noun: str) -> list[Variant]:
     ]
 
 
-def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, out: Path) -> None:
+def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos: Path, out: Path) -> None:
     from vidbooth.adapters.base import set_scale
     from vidbooth.adapters.identity import subject_kind
     from vidbooth.adapters.motion import KIND as MOTION_KIND
@@ -182,6 +182,10 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
         steps = max(2, steps // 2)
     r = cfg.runtime
     backbone = load_backbone(base, device=r.device, precision=r.precision, attention=r.attention)
+    from vidbooth.engine.appearance import load_appearance_encoder
+
+    encoder = load_appearance_encoder(None, backbone)  # nano's image tower (the VAE's latents on bases without one)
+    photo_embeds = encoder.embed(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())]))
     loaded = apply_personalisation(backbone, f"a {SUBJECT}", [SUBJECT], MOTION)
     subject = loaded.subjects[0]
     videos_dir = ensure_writable_dir(out / "videos")
@@ -199,6 +203,7 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
         save_contact_sheet(videos.reshape(-1, *videos.shape[2:]), videos_dir / f"{variant.key}.png",
                            columns=videos.shape[1])
         variant.scores = score_videos(videos, sprite, motion, reference)
+        variant.scores["image_similarity"] = image_similarity(encoder, videos, photo_embeds)
 
 
 def score_videos(videos: np.ndarray, sprite, motion, reference: np.ndarray) -> dict[str, float]:
@@ -210,6 +215,14 @@ def score_videos(videos: np.ndarray, sprite, motion, reference: np.ndarray) -> d
     scores = {key: float(np.mean([p[key] for p in probed])) for key in ("colour_correct", "shape_correct", "motion_correct")}
     scores["motion_fidelity"] = float(np.mean([motion_fidelity(v, reference) for v in videos]))
     return scores
+
+
+def image_similarity(encoder, videos: np.ndarray, photo_embeds: torch.Tensor) -> float:
+    """CLIP-I computed with the base's own image tower: mean cosine of every frame with every subject photo."""
+    from vidbooth.eval.metrics import reference_similarity
+
+    frames = encoder.embed(videos.reshape(-1, *videos.shape[2:])).float().cpu().numpy()
+    return reference_similarity(frames, photo_embeds.float().cpu().numpy())
 
 
 def _write_metrics(report: DemoReport) -> None:
@@ -228,11 +241,11 @@ def _write_metrics(report: DemoReport) -> None:
 
 def _show(report: DemoReport) -> None:
     rows = [
-        (v.label, v.prompt, v.scores["colour_correct"], v.scores["shape_correct"], v.scores["motion_correct"],
-         v.scores["motion_fidelity"])
+        (v.label, v.prompt, v.scores["image_similarity"], v.scores["colour_correct"], v.scores["shape_correct"],
+         v.scores["motion_correct"], v.scores["motion_fidelity"])
         for v in report.variants
     ]
     table(f"vidbooth demo on '{report.base}': subject {report.subject}, motion {report.motion}",
-          ["variant", "prompt", "colour", "shape", "motion", "motion fidelity"], rows, to_stdout=True)
+          ["variant", "prompt", "image sim.", "colour", "shape", "motion", "motion fid."], rows, to_stdout=True)
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in report.seconds.items())
     info(f"wrote {report.folder}/ (videos/, inputs/, metrics.json); time: {timing}")

@@ -1,0 +1,34 @@
+"""`vidbooth demo` end to end at reduced steps."""
+
+import json
+
+from vidbooth.cli.app import main
+
+VARIANTS = {"class_noun", "textual_inversion", "identity", "base_motion", "motion_adapter", "both"}
+SCORES = {"image_similarity", "colour_correct", "shape_correct", "motion_correct", "motion_fidelity"}
+
+
+def _run(out, base, *extra):
+    return main(["demo", "--out", str(out), "--base", base, "--num-videos", "2", "--device", "cpu",
+                 "--set", "subject_steps=2", "--set", "motion_steps=2", "--set", "num_inference_steps=2", *extra])
+
+
+def _check(out):
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["variants"]) == VARIANTS
+    for scores in metrics["variants"].values():
+        assert SCORES <= set(scores) and all(0.0 <= scores[k] <= 1.0 for k in SCORES - {"image_similarity"})
+    for key in VARIANTS:
+        assert (out / "videos" / f"{key}.mp4").is_file() and (out / "videos" / f"{key}.png").is_file()
+    assert len(list((out / "inputs" / "photos").iterdir())) == 4 and (out / "inputs" / "motion.mp4").is_file()
+    assert (out / "library" / "subjects" / "S%2A" / "manifest.json").is_file()
+    return metrics
+
+
+def test_demo_at_reduced_steps(tmp_path, isolated_home):
+    out = tmp_path / "demo"
+    assert _run(out, "nano", "--fast") == 0
+    metrics = _check(out)
+    assert metrics["base"] == "nano"
+    assert set(metrics["seconds"]) == {"inputs", "train-subject", "train-motion", "generate+evaluate"}
+    assert not (isolated_home / "subjects").exists()  # the user's library is untouched
