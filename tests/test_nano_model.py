@@ -158,3 +158,18 @@ def test_packaged_nano_loads_offline():
     assert json.loads((NANO / "nano.json").read_text())["steps"]["unet"] > 0
     weights = sum(path.stat().st_size for path in NANO.rglob("*.safetensors"))
     assert weights <= 30 * 2**20, f"shipped weights are {weights / 2**20:.1f} MB, over the 30 MB budget"
+
+
+def test_cli_runs_a_recipe_and_refuses_to_overwrite(tmp_path, char_tokenizer):
+    from omegaconf import OmegaConf
+
+    from vidbooth.cli.app import main
+
+    cfg = tiny_config(tmp_path, char_tokenizer)
+    recipe = tmp_path / "tiny.yaml"
+    OmegaConf.save(OmegaConf.structured(cfg), recipe)
+    out = str(tmp_path / "cli-run")
+    assert main(["pretrain", "--recipe", str(recipe), "--out", out]) == 0
+    assert (tmp_path / "cli-run" / "model" / "unet").is_dir()
+    assert main(["pretrain", "--recipe", str(recipe), "--out", out]) == 2  # a UserError: pass --resume
+    assert main(["pretrain", "--recipe", str(recipe), "--out", out, "--resume"]) == 0  # nothing left to train
