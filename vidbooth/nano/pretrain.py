@@ -240,9 +240,12 @@ def _loop(
     total: int,
     warmup: int,
     loss_at: Callable[[np.random.Generator, torch.Generator], torch.Tensor],
-    after_step: Callable[[int, float], None] | None = None,
+    after_step: Callable[[int, float], bool] | None = None,
 ) -> bool:
-    """Train `stage` from its recorded step to `total`; False when stopped by the time limit."""
+    """Train `stage` from its recorded step to `total`; False when stopped by the time limit.
+
+    `after_step(steps_done, loss)` returning True (it evaluated) forces a checkpoint, so weights match the curve.
+    """
     start = run.state["steps"][stage]
     optim_path = run.dir / f"{stage}.optim.safetensors"
     if start and optim_path.is_file():
@@ -264,9 +267,8 @@ def _loop(
             optimizer.step()
             loss_value = loss.item()
             bar.advance(loss=loss_value)
-            if after_step is not None:
-                after_step(step + 1, loss_value)
-            if run.due() or run.out_of_time() or step + 1 == total:
+            evaluated = after_step is not None and after_step(step + 1, loss_value)
+            if evaluated or run.due() or run.out_of_time() or step + 1 == total:
                 run.save(stage, model, optimizer, step + 1)
             if run.out_of_time() and step + 1 < total:
                 return False
@@ -335,7 +337,7 @@ def eval_backbone(models: _Models):
     )
 
 
-def _evaluate(run: _Run, models: _Models, step: int, loss: float) -> dict:
+def _evaluate(run: _Run, models: _Models, step: int, loss: float) -> None:
     cfg = run.cfg.unet
     models.unet.eval()
     pairs = eval_pairs(run.split, cfg.eval_prompts)
@@ -351,7 +353,6 @@ def _evaluate(run: _Run, models: _Models, step: int, loss: float) -> dict:
         f"shape {scores['shape']:.0%}, motion {scores['motion']:.0%}, direction {scores['direction']:.0%} "
         f"over {scores['prompts']} held-out prompts"
     )
-    return row
 
 
 def _unet_stage(run: _Run, models: _Models) -> bool:
@@ -375,9 +376,11 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
         latents, text = encode_clips(models.vae, models.clip.text_model, models.tokenizer, videos, captions)
         return unet_loss(unet, noise_schedule, latents, text, generator, cfg.motion_loss_weight)
 
-    def after_step(step: int, loss: float) -> None:
+    def after_step(step: int, loss: float) -> bool:
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             _evaluate(run, models, step, loss)
+            return True
+        return False
 
     return _loop(run, "unet", unet, optimizer, cfg.steps, cfg.warmup_steps, loss_at, after_step)
 
