@@ -6,14 +6,15 @@ size, learning rate and seed:
   captions tokenised once (textual inversion) or encoded once by the text encoder (identity adapter).
 - straightforward: every step resizes the photos, VAE-encodes the batch, tokenises and encodes the captions.
 
-Seconds per optimizer step are the median over the steps after a warm-up; peak memory is CUDA's peak
-allocation, or on CPU the peak growth of the resident set over its level before training (sampled every
-2 ms). Each (loop, stage) runs in a fresh process, `--repeats` times, interleaved; medians are reported.
+Seconds per optimizer step are averaged over the steps after a warm-up: on CUDA wall time, on CPU the
+process's CPU time (what the step costs, whatever else the shared cores run). Peak memory is CUDA's peak
+allocation, or on CPU (Linux) the peak growth of the resident set over its level before training. Each
+(loop, stage) runs in a fresh process, `--repeats` times, interleaved; medians are reported.
 Prints both and the vidbooth / straightforward ratios (below 1 means vidbooth is better).
 
     python benchmarks/bench_subject.py [--resolution 64] [--batch-size 4] [--steps 10] [--warmup 2] [--repeats 3]
                                        [--device cpu] [--threads N]
-    --threads: torch CPU threads (1 gives steadier figures on shared cores).
+    --threads: torch CPU threads, default 1: with more, the CPU time includes OpenMP workers spinning idle.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,39 +38,43 @@ SUBJECT = "S* dog"
 
 
 class PeakMemory:
-    """Peak CUDA allocation, or peak resident-set growth of this process on CPU, while the block runs."""
+    """Peak CUDA allocation, or on CPU the peak growth of the resident set (Linux's VmHWM, reset on entry).
+
+    No sampling thread: one would compete with training for the GIL and skew the step times.
+    """
+
+    STATUS = Path("/proc/self/status")
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.peak = 0
-        self._running = False
+        self.peak = float("nan")
 
-    def _rss(self) -> int:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-
-    def _sample(self, baseline: int) -> None:
-        while self._running:
-            self.peak = max(self.peak, self._rss() - baseline)
-            time.sleep(0.002)
+    def _status_bytes(self, field: str) -> int:
+        line = next(line for line in self.STATUS.read_text().splitlines() if line.startswith(field + ":"))
+        return int(line.split()[1]) * 1024  # reported in kB
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._baseline = torch.cuda.memory_allocated(self.device)
-        else:
-            self._running = True
-            self._thread = threading.Thread(target=self._sample, args=(self._rss(),), daemon=True)
-            self._thread.start()
+        elif self.STATUS.is_file():
+            Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark to the current RSS
+            self._baseline = self._status_bytes("VmRSS")
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device) - self._baseline
-        else:
-            self._running = False
-            self._thread.join()
+        elif self.STATUS.is_file():
+            self.peak = self._status_bytes("VmHWM") - self._baseline
+
+
+def _clock(device: torch.device) -> float:
+    """CPU time of the process on CPU; wall time after the queued kernels on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return time.process_time()
 
 
 def _add_placeholder(bb):
@@ -104,7 +108,9 @@ def _vidbooth_seconds(bb, stage: str, images, args) -> float:
         return TrainConfig(steps=steps, lr=1e-4, batch_size=args.batch_size, checkpoint_every=0)
 
     train(method, data, config(args.warmup), run, accelerator)
-    return train(method, data, config(args.steps), run, accelerator).median_step_seconds
+    start = _clock(bb.device)
+    train(method, data, config(args.steps), run, accelerator)
+    return (_clock(bb.device) - start) / args.steps
 
 
 def _straightforward_seconds(bb, stage: str, images, args) -> float:
@@ -117,9 +123,9 @@ def _straightforward_seconds(bb, stage: str, images, args) -> float:
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     scheduler = training_scheduler(bb.scheduler_config)
     generator = torch.Generator().manual_seed(0)
-    times = []
-    for _ in range(args.warmup + args.steps):
-        start = time.perf_counter()
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            start = _clock(bb.device)
         pick = torch.randint(len(images), (args.batch_size,), generator=generator).tolist()
         pixels = photos_to_tensor([images[i] for i in pick], args.resolution).to(bb.device)  # (B, 1, 3, H, W)
         latents = bb.encode_video(pixels)
@@ -128,10 +134,7 @@ def _straightforward_seconds(bb, stage: str, images, args) -> float:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if bb.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[args.warmup :])
+    return (_clock(bb.device) - start) / args.steps
 
 
 def child(loop: str, stage: str, args) -> None:
@@ -139,8 +142,7 @@ def child(loop: str, stage: str, args) -> None:
     from vidbooth.data.images import load_photo_folder
     from vidbooth.engine.backbone import load_backbone
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     bb = load_backbone(str(args.folder / "model"), device=args.device)
     images = [image for _, image in load_photo_folder(args.folder / "photos")]
     torch.manual_seed(0)
@@ -182,7 +184,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", nargs=2, metavar=("LOOP", "STAGE"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,16 +207,16 @@ def main() -> None:
         for key, measured in runs.items()
     }
 
-    threads = args.threads or torch.get_num_threads()
     print(
         f"tiny UNet3D, {args.resolution}px photos, batch {args.batch_size}, {args.steps} steps, {args.device}, "
-        f"{threads} threads, median of {args.repeats}"
+        f"{args.threads} threads, median of {args.repeats}"
     )
-    print(f"{'stage':<18} {'loop':<16} {'s/step':>8} {'peak MB':>8}")
+    unit = "s/step" if args.device.startswith("cuda") else "CPU s/step"
+    print(f"{'stage':<18} {'loop':<16} {unit:>10} {'peak MB':>8}")
     for stage in STAGES:
         for loop in LOOPS:
             r = results[loop, stage]
-            print(f"{stage:<18} {loop:<16} {r['seconds']:>8.3f} {r['peak_mb']:>8.1f}")
+            print(f"{stage:<18} {loop:<16} {r['seconds']:>10.3f} {r['peak_mb']:>8.1f}")
     for stage in STAGES:
         ours, plain = results["vidbooth", stage], results["straightforward", stage]
         time_ratio = ours["seconds"] / plain["seconds"]

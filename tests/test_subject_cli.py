@@ -241,6 +241,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, isolate
     assert after == before
 
 
+def test_list_shows_subjects_and_motions(isolated_home, capsys):
+    fake_subject(isolated_home, "S*")
+    motion = isolated_home / "motions" / "wave"
+    motion.mkdir(parents=True)
+    write_json(motion / "manifest.json", {"kind": "motion", "name": "wave", "schema_version": 1, "files": {}})
+    assert main(["list", "--json"]) == 0
+    assert [(m["kind"], m["name"]) for m in json.loads(capsys.readouterr().out)] == [("subject", "S*"), ("motion", "wave")]
+    assert main(["list", "--kind", "motion"]) == 0
+    out = capsys.readouterr().out
+    assert "wave" in out and "S*" not in out
+    assert main(["list", "--kind", "robots"]) == 2
+
+
 def test_identity_adapter_needs_an_existing_subject(photos, capsys):
     assert main(["identity-adapter", str(photos), "--name", "ghost", *FAST]) == 2
     assert "unknown subject 'ghost'" in capsys.readouterr().err

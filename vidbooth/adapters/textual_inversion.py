@@ -43,7 +43,7 @@ def class_noun_ids(tokenizer, class_noun: str) -> list[int]:
     ids = [i for i in tokenizer(class_noun, add_special_tokens=False).input_ids if i != tokenizer.unk_token_id]
     if not ids:
         raise UserError(f"class noun '{class_noun}' tokenises to nothing: give a plain word such as dog or person")
-    return list(ids)
+    return ids
 
 
 def check_placeholder_is_new(tokenizer, token: str, num_vectors: int, class_noun: str) -> None:
