@@ -20,7 +20,8 @@ stdout_console = Console(highlight=False)
 
 
 def _quiet() -> bool:
-    return os.environ.get("VIDBOOTH_QUIET", "") not in ("", "0")
+    """Quiet when asked, and on every process but the first under a multi-process launcher."""
+    return os.environ.get("VIDBOOTH_QUIET", "") not in ("", "0") or os.environ.get("RANK", "0") != "0"
 
 
 def info(message: str) -> None:

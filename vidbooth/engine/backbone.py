@@ -60,6 +60,11 @@ class Backbone:
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     @property
+    def size_multiple(self) -> int:
+        """Heights and widths must be multiples of this: the VAE factor times the UNet's downsampling."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
     def latent_channels(self) -> int:
         return int(self.unet.config.in_channels)
 
@@ -294,6 +299,26 @@ def load_backbone(
         attention_backend=backend,
         extras={"folder": str(folder), "motion_adapter": str(adapter_source) if adapter_source else None},
     )
+
+
+def load_backbone_for(backbone_config, runtime_config, device: str | None = None) -> Backbone:
+    """`load_backbone` with a run's `BackboneConfig` and `RuntimeConfig` (`device` overrides the runtime's)."""
+    from vidbooth.reporting import info
+
+    backbone = load_backbone(
+        backbone_config.base,
+        motion_adapter=backbone_config.motion_adapter,
+        device=device or runtime_config.device,
+        precision=runtime_config.precision,
+        attention=runtime_config.attention,
+        revision=backbone_config.revision,
+        variant=backbone_config.variant,
+    )
+    info(
+        f"base {backbone_config.base} ({backbone.family}, fingerprint {backbone.fingerprint}) on {backbone.device} "
+        f"in {str(backbone.dtype).removeprefix('torch.')}, attention {backbone.attention_backend}"
+    )
+    return backbone
 
 
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "_diffusers_version", "transformers_version", "_commit_hash", "torch_dtype", "dtype", "_use_default_values"}

@@ -171,7 +171,8 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     from vidbooth.adapters.identity import subject_kind
     from vidbooth.adapters.motion import KIND as MOTION_KIND
     from vidbooth.config import GenerateConfig, load_config
-    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.config import BackboneConfig
+    from vidbooth.engine.backbone import load_backbone_for
     from vidbooth.engine.compose import apply_personalisation
     from vidbooth.engine.sampling import sample_video
 
@@ -180,8 +181,7 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     count = max(2, cfg.num_videos // 2) if cfg.fast else cfg.num_videos
     if cfg.fast:
         steps = max(2, steps // 2)
-    r = cfg.runtime
-    backbone = load_backbone(base, device=r.device, precision=r.precision, attention=r.attention)
+    backbone = load_backbone_for(BackboneConfig(base=base), cfg.runtime)
     from vidbooth.engine.appearance import load_appearance_encoder
 
     encoder = load_appearance_encoder(None, backbone)  # nano's image tower (the VAE's latents on bases without one)

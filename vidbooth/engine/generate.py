@@ -31,7 +31,7 @@ def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
-    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.backbone import load_backbone_for
     from vidbooth.engine.sampling import make_scheduler
 
     if not cfg.prompt.strip():
@@ -46,16 +46,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     if cfg.motion:
         artifact_dir("motion", cfg.motion)
 
-    bb = load_backbone(
-        cfg.backbone.base,
-        motion_adapter=cfg.backbone.motion_adapter,
-        device=cfg.runtime.device,
-        precision=cfg.runtime.precision,
-        attention=cfg.runtime.attention,
-        revision=cfg.backbone.revision,
-        variant=cfg.backbone.variant,
-    )
-    info(f"base {cfg.backbone.base} ({bb.family}, fingerprint {bb.fingerprint}) on {bb.device} in {bb.dtype}, attention {bb.attention_backend}")
+    bb = load_backbone_for(cfg.backbone, cfg.runtime)
     prompt = cfg.prompt
     if cfg.subjects or cfg.motion:
         from vidbooth.engine.compose import apply_personalisation

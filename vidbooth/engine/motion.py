@@ -168,19 +168,11 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
 
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip]) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
-    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.backbone import load_backbone_for
     from vidbooth.engine.train import backbone_device, make_accelerator, remove_run, run_folder, seed_everything, train
 
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
-    backbone = load_backbone(
-        cfg.backbone.base,
-        motion_adapter=cfg.backbone.motion_adapter,
-        device=backbone_device(accelerator),
-        precision=cfg.runtime.precision,
-        attention=cfg.runtime.attention,
-        revision=cfg.backbone.revision,
-        variant=cfg.backbone.variant,
-    )
+    backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     size = training_size(backbone, cfg)
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
     info(

@@ -39,10 +39,9 @@ def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
     max_frames = getattr(backbone.unet.config, "motion_max_seq_length", None)
     if max_frames and num_frames > max_frames:
         raise UserError(f"--num-frames {num_frames} exceeds this motion module's maximum of {max_frames}")
-    factor = backbone.vae_scale_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
     for flag, value in (("--height", height), ("--width", width)):
-        if value <= 0 or value % factor:
-            raise UserError(f"{flag} {value} must be a positive multiple of {factor} for this model")
+        if value <= 0 or value % backbone.size_multiple:
+            raise UserError(f"{flag} {value} must be a positive multiple of {backbone.size_multiple} for this model")
 
 
 @torch.no_grad()

@@ -48,6 +48,7 @@ from vidbooth.adapters.textual_inversion import (
 )
 from vidbooth.config import save_config
 from vidbooth.config.subject import SubjectConfig
+from vidbooth.engine.backbone import load_backbone_for
 from vidbooth.engine.train import (
     TrainResult,
     backbone_device,
@@ -176,7 +177,7 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
     run.accelerator = make_accelerator(getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device)
     main = run.accelerator.is_main_process
     with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():
-        run.backbone = _load_backbone(cfg, run.accelerator)
+        run.backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(run.accelerator))
         run.size = _training_size(run.backbone, cfg.data.resolution)
         run.latents = _encode_photos(run)
         rows = _textual_inversion(run) if "textual_inversion" in stages else _load_existing_embedding(run)
@@ -236,28 +237,10 @@ def _check_tokens(cfg: SubjectConfig, class_noun: str) -> None:
     check_placeholder_is_new(tokenizer, cfg.name, cfg.textual_inversion.num_vectors, class_noun)
 
 
-def _load_backbone(cfg: SubjectConfig, accelerator):
-    from vidbooth.engine.backbone import load_backbone
-
-    backbone = load_backbone(
-        cfg.backbone.base,
-        motion_adapter=cfg.backbone.motion_adapter,
-        device=backbone_device(accelerator),
-        precision=cfg.runtime.precision,
-        attention=cfg.runtime.attention,
-        revision=cfg.backbone.revision,
-        variant=cfg.backbone.variant,
-    )
-    if accelerator.is_main_process:
-        reporting.info(f"base {cfg.backbone.base} ({backbone.family}, {backbone.fingerprint}) on {backbone.device}")
-    return backbone
-
-
 def _training_size(backbone, resolution: int | None) -> int:
     size = resolution or backbone.default_size
-    factor = backbone.vae_scale_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
-    if size % factor:
-        raise UserError(f"data.resolution {size} must be a multiple of {factor} for this model")
+    if size % backbone.size_multiple:
+        raise UserError(f"data.resolution {size} must be a multiple of {backbone.size_multiple} for this model")
     return size
 
 
