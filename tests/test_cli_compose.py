@@ -65,4 +65,9 @@ def test_unknown_names_and_mismatched_bases(tiny_base_dirs, inputs, tmp_path, ca
                  "--motion", "M", "--steps", "1", "--out", out]) == 2
     err = capsys.readouterr().err
     assert "subject 'S*'" in err and "motion 'M'" in err and "cannot be combined" in err
+    # a subject used on another base than it was learned on
+    assert main(["generate", "--base", str(tiny_base_dirs["animatediff"]), "--motion-adapter",
+                 str(tiny_base_dirs["animatediff"]) + "-motion-adapter", "--prompt", "x", "--subject", "S*",
+                 "--steps", "1", "--out", out]) == 2
+    assert "subject 'S*' was learned on" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()

@@ -104,6 +104,15 @@ def _verify_files(path: Path, recorded: dict) -> None:
             raise UserError(f"artifact {path}: {rel} does not match its manifest hash (modified or damaged): retrain with --overwrite")
 
 
+def check_base(kind: str, name: str, manifest: dict, base: str, fingerprint: str) -> None:
+    """A UserError when artifact `name` was learned on another base model than the one loaded."""
+    if manifest.get("base_fingerprint") != fingerprint:
+        raise UserError(
+            f"{kind} '{name}' was learned on {manifest.get('base')} (fingerprint {manifest.get('base_fingerprint')}), "
+            f"not on {base} (fingerprint {fingerprint}): use --base {manifest.get('base')}, or retrain it on this base"
+        )
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

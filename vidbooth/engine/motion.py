@@ -37,7 +37,7 @@ from vidbooth.data.clips import clip_fps, clip_to_tensor, frames_needed, load_cl
 from vidbooth.data.images import hash_file, is_image_file, natural_sort_key
 from vidbooth.engine.backbone import Backbone
 from vidbooth.errors import UserError
-from vidbooth.reporting import info, warn
+from vidbooth.reporting import info
 
 ADAPTER_FILE = "motion_adapter.safetensors"
 CLIPS_DIR = "clips"
@@ -318,15 +318,12 @@ def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
     """Put motion adapter `name` on `backbone` at strength `scale`, in the backbone's dtype, appearance condition
     dropped (see `vidbooth.engine.compose`). Returns its manifest.
 
-    A motion learned on another base (fingerprint) is loaded with a warning when its tensors fit, as motion
-    modules carry over between fine-tunes of one architecture (AnimateDiff's premise); otherwise a UserError.
+    A motion learned on another base (fingerprint) is refused with a UserError naming both.
     """
+    from vidbooth.library import check_base
+
     manifest = read_motion_manifest(name)
-    if manifest.get("base_fingerprint") != backbone.fingerprint:
-        warn(
-            f"motion '{name}' was learned on {manifest.get('base')} (fingerprint {manifest.get('base_fingerprint')}), "
-            f"not on this base ({backbone.fingerprint}): results may be poor"
-        )
+    check_base(KIND, name, manifest, backbone.source, backbone.fingerprint)
     if adapters_of(backbone.unet, KIND):
         raise UserError(f"a motion adapter is already loaded: load one motion ('{name}') at a time")
     file = Path(manifest["path"]) / manifest["paths"]["motion_adapter"]

@@ -64,6 +64,7 @@ from vidbooth.library import (
     MANIFEST,
     artifact_dir,
     artifact_lock,
+    check_base,
     check_free,
     read_manifest,
     staged_artifact,
@@ -114,11 +115,7 @@ def load_subject(backbone, name: str, scale: float = 1.0) -> LoadedSubject:
     Prompts must go through `LoadedSubject.expand_prompt`."""
     folder = artifact_dir(KIND, name)
     manifest = read_manifest(folder)
-    if manifest.get("base_fingerprint") != backbone.fingerprint:
-        reporting.warn(
-            f"subject '{name}' was learned on {manifest.get('base')} (fingerprint "
-            f"{manifest.get('base_fingerprint')}), not on this base ({backbone.fingerprint}): results may be poor"
-        )
+    check_base(KIND, name, manifest, backbone.source, backbone.fingerprint)
     adapter_file = manifest["paths"]["identity_adapter"]
     kind = subject_kind(name)
     if adapter_file:  # first: a failed load takes its adapters out again
