@@ -1,4 +1,4 @@
-"""`vidbooth evaluate`: CLIP-T, CLIP-I, DINO-I, T.Cons and motion fidelity of generated videos."""
+"""`vidbooth evaluate`: CLIP-T, CLIP-I, DINO-I, T.Cons, motion fidelity (and nano's own scores) of videos."""
 
 from __future__ import annotations
 
@@ -25,8 +25,13 @@ def evaluate(
     metrics: list[str] = typer.Option(
         None, "--metrics", help="Comma-separated: clip_t, clip_i, dino_i, t_cons, motion_fidelity (default: auto)."
     ),
-    clip_model: str = typer.Option(None, "--clip-model", help="CLIP folder or hub id (openai/clip-vit-base-patch32)."),
+    clip_model: str = typer.Option(
+        None, "--clip-model", help="CLIP folder or hub id (openai/clip-vit-base-patch32), or nano (labelled nano-*)."
+    ),
     dino_model: str = typer.Option(None, "--dino-model", help="DINO folder or hub id (facebook/dino-vits16)."),
+    probe: bool = typer.Option(
+        None, "--probe", help="World-probe metrics (colour, shape, motion) for world-caption prompts (on with nano)."
+    ),
     batch_size: int = typer.Option(None, "--batch-size", help="Frames embedded at once (default 16)."),
     json_path: str = typer.Option(None, "--json", help="Write per-video and mean results as JSON here."),
     csv_path: str = typer.Option(None, "--csv", help="Write one CSV row per video here."),
@@ -54,6 +59,7 @@ def evaluate(
         "metrics": list(metrics) if metrics else None,
         "clip_model": clip_model,
         "dino_model": dino_model,
+        "probe": probe,
         "batch_size": batch_size,
         "json": json_path,
         "csv": csv_path,

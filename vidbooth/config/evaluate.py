@@ -22,10 +22,14 @@ class EvaluateConfig:
     ref_video: str | None = None
     """Reference motion clip (motion fidelity); instead of `motion`."""
     metrics: list[str] = field(default_factory=lambda: ["auto"])
-    """Metrics to compute, from clip_t, clip_i, dino_i, t_cons, motion_fidelity. 'auto': CLIP-T and T.Cons,
-    plus CLIP-I/DINO-I where reference images are given and motion fidelity where a reference motion is."""
+    """Metrics to compute, from clip_t, clip_i, dino_i, t_cons, motion_fidelity, probe_colour, probe_shape,
+    probe_motion ('probe': all three). 'auto': CLIP-T and T.Cons, plus CLIP-I/DINO-I where reference images are
+    given and motion fidelity where a reference motion is; with clip_model 'nano', the probe metrics too."""
     clip_model: str = "openai/clip-vit-base-patch32"
-    """CLIP model (transformers CLIPModel): local folder or hub id."""
+    """CLIP model (transformers CLIPModel): local folder or hub id; 'nano' for the shipped nano model's image
+    tower, whose metrics are reported as nano-T (unavailable), nano-I and nano T.Cons."""
+    probe: bool = False
+    """Add the world-probe metrics (probe colour/shape/motion) for videos whose prompt is a world caption."""
     dino_model: str = "facebook/dino-vits16"
     """DINO model (transformers ViTModel or Dinov2Model): local folder or hub id."""
     device: str = "auto"

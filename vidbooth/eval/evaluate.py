@@ -18,7 +18,16 @@ import numpy as np
 from vidbooth import __version__, reporting
 from vidbooth.data.video import ensure_writable_dir, read_video
 from vidbooth.errors import UserError
-from vidbooth.eval.features import ImageEmbedder, ImageTextEmbedder, ModelUnavailable, load_clip, load_dino
+from vidbooth.eval.features import (
+    NANO_NO_TEXT_REASON,
+    ImageEmbedder,
+    ImageTextEmbedder,
+    ModelUnavailable,
+    is_nano,
+    load_clip,
+    load_dino,
+    load_nano_image,
+)
 from vidbooth.eval.jobs import EvalJob, jobs_from_manifest, jobs_from_videos
 from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
 from vidbooth.eval.motion import METHOD, MIN_FLOW, WORK_SIDE, motion_signature, signature_similarity
@@ -29,8 +38,17 @@ if TYPE_CHECKING:
     from vidbooth.config.evaluate import EvaluateConfig
 
 CLIP_METRICS = ("clip_t", "clip_i", "t_cons")
+NANO_METRICS = ("nano_t", "nano_i", "nano_t_cons")
+NANO_NAMES = dict(zip(CLIP_METRICS, NANO_METRICS))
+"""With --clip-model nano, each CLIP metric is measured by nano's towers and reported under its nano name."""
+IMAGE_TOWER_METRICS = CLIP_METRICS + NANO_METRICS
 DINO_METRICS = ("dino_i",)
-REFERENCE_IMAGE_METRICS = ("clip_i", "dino_i")
+REFERENCE_IMAGE_METRICS = ("clip_i", "nano_i", "dino_i")
+PROBE_METRICS = ("probe_colour", "probe_shape", "probe_motion")
+_ALIASES = {"motion": ("motion_fidelity",), "probe": PROBE_METRICS} | {
+    nano: (clip,) for clip, nano in NANO_NAMES.items()
+}
+SELECTABLE = tuple(name for name in METRICS if name not in NANO_METRICS)
 
 
 def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
@@ -41,8 +59,9 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     if requested and "motion_fidelity" in requested and not motion_paths:
         raise UserError("motion_fidelity needs a reference motion: pass --motion NAME or --ref-video CLIP")
     single = len(jobs) == 1 and not config.manifest
+    choice = _MetricChoice(requested, bool(motion_paths), nano=is_nano(config.clip_model), probe=bool(config.probe))
     # Without a manifest every job shares the prompt and references, so a gap in them concerns the whole run.
-    plans = [_plan(job, requested, bool(motion_paths), single, shared_inputs=not config.manifest) for job in jobs]
+    plans = [_plan(job, choice, single, shared_inputs=not config.manifest) for job in jobs]
     needed = {name for metrics in plans for name in metrics or ()}
     scorer = _Scorer(motion_paths, config.device, config.batch_size)
     scorer.load_models(needed, config.clip_model, config.dino_model)
@@ -63,19 +82,20 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
 
 
 def requested_metrics(names: list[str]) -> list[str] | None:
-    """Canonical metric names in canonical order, or None for 'auto'. Accepts 'CLIP-T', 't.cons', 'motion'."""
-    wanted = {_canonical(part) for name in names for part in str(name).split(",") if part.strip()}
+    """Canonical metric names in canonical order, or None for 'auto'. Accepts 'CLIP-T', 't.cons', 'motion',
+    'probe' (the three probe metrics) and the nano names ('nano-I' asks for what nano reports as nano-I)."""
+    wanted = {alias for name in names for part in str(name).split(",") if part.strip() for alias in _canonical(part)}
     if not wanted or wanted == {"auto"}:
         return None
-    unknown = sorted(wanted - set(METRICS))
+    unknown = sorted(wanted - set(SELECTABLE))
     if unknown:
-        raise UserError(f"unknown metric(s) {', '.join(unknown)}: choose from auto, {', '.join(METRICS)}")
-    return [name for name in METRICS if name in wanted]
+        raise UserError(f"unknown metric(s) {', '.join(unknown)}: choose from auto, {', '.join(SELECTABLE)}, probe")
+    return [name for name in SELECTABLE if name in wanted]
 
 
-def _canonical(name: str) -> str:
-    name = name.strip().lower().replace("-", "_").replace(".", "_")
-    return "motion_fidelity" if name == "motion" else name
+def _canonical(name: str) -> tuple[str, ...]:
+    name = name.strip().lower().replace("-", "_").replace(".", "_").replace(" ", "_")
+    return _ALIASES.get(name, (name,))
 
 
 def _check_outputs(config: EvaluateConfig) -> None:
@@ -105,16 +125,23 @@ def _reference_motion_paths(config: EvaluateConfig) -> list[Path]:
     return [Path(config.ref_video)] if config.ref_video else []
 
 
-def _plan(
-    job: EvalJob, requested: list[str] | None, has_motion: bool, single: bool, shared_inputs: bool
-) -> list[str] | None:
+class _MetricChoice:
+    """What was asked for: metric names (None for auto), whether a reference motion is given, whether the
+    image-tower model is nano, and whether the world probe runs (asked for with --probe, or nano under auto)."""
+
+    def __init__(self, requested: list[str] | None, has_motion: bool, nano: bool, probe: bool):
+        self.requested, self.has_motion, self.nano = requested, has_motion, nano
+        self.probe = probe or (nano and requested is None)
+
+
+def _plan(job: EvalJob, choice: _MetricChoice, single: bool, shared_inputs: bool) -> list[str] | None:
     """The metrics of `job`, or None when it cannot run (the reason is then in `job.problem`).
 
     Raises instead for a single video, and when the missing prompt or references are shared by every job.
     """
     if job.problem is None:
         try:
-            return _job_metrics(job, requested, has_motion)
+            return _job_metrics(job, choice)
         except UserError as exc:
             if single or shared_inputs:
                 raise
@@ -124,10 +151,16 @@ def _plan(
     return None
 
 
-def _job_metrics(job: EvalJob, requested: list[str] | None, has_motion: bool) -> list[str]:
+def _job_metrics(job: EvalJob, choice: _MetricChoice) -> list[str]:
+    requested = choice.requested
     if requested is None:
-        auto = {"clip_t", "t_cons"} | (set(REFERENCE_IMAGE_METRICS) if job.reference_images else set())
-        requested = [name for name in METRICS if name in auto or (name == "motion_fidelity" and has_motion)]
+        auto = {"clip_t", "t_cons"} | ({"clip_i", "dino_i"} if job.reference_images else set())
+        requested = [name for name in METRICS if name in auto or (name == "motion_fidelity" and choice.has_motion)]
+    if choice.nano:  # nano-T needs no prompt check: it is reported unavailable whatever the prompt
+        requested = [NANO_NAMES.get(name, name) for name in requested]
+    if choice.probe:
+        requested = [*requested, *PROBE_METRICS]
+    requested = [name for name in METRICS if name in requested]
     if "clip_t" in requested and not job.prompt:
         raise UserError(
             f"no prompt for {job.video}: CLIP-T needs one; pass --prompt, fill the manifest's third field, "
@@ -147,6 +180,10 @@ def _evaluate_job(job: EvalJob, metrics: list[str] | None, scorer: _Scorer, sing
     if metrics is None:
         result.error = _failure_message(job, job.problem)
         return result
+    if set(metrics) & set(PROBE_METRICS):
+        problem = world_caption_problem(job.prompt)
+        if problem is not None:
+            result.notes["probe"] = problem
     try:
         result.metrics = scorer.score(job, metrics)
     except UserError as exc:
@@ -189,6 +226,11 @@ class _Scorer:
     def load_models(self, needed: set[str], clip_model: str, dino_model: str) -> None:
         if needed & set(CLIP_METRICS):
             self.clip = self._load("clip", load_clip, clip_model, needed & set(CLIP_METRICS))
+        if needed & set(NANO_METRICS):
+            nano_metrics = needed & set(NANO_METRICS)
+            self.clip = self._load("nano", lambda _, *args: load_nano_image(*args), clip_model, nano_metrics)
+            if "nano_t" in needed and "nano_t" not in self.unavailable:
+                self.unavailable["nano_t"] = NANO_NO_TEXT_REASON
         if needed & set(DINO_METRICS):
             self.dino = self._load("dino", load_dino, dino_model, needed & set(DINO_METRICS))
 
@@ -205,19 +247,23 @@ class _Scorer:
     def score(self, job: EvalJob, metrics: list[str]) -> dict[str, float | None]:
         frames = read_video(job.video)
         values: dict[str, float | None] = dict.fromkeys(metrics)
-        if self.clip is not None and set(metrics) & set(CLIP_METRICS):
+        if self.clip is not None and set(metrics) & set(IMAGE_TOWER_METRICS) - {"nano_t"}:
             frame_embeds = self.clip.image_embeds(frames)
             if "clip_t" in metrics:
                 values["clip_t"] = clip_t(frame_embeds, self._text_embed(job.prompt))
-            if "clip_i" in metrics:
-                values["clip_i"] = reference_similarity(frame_embeds, self._reference_embeds(self.clip, "clip", job))
-            if "t_cons" in metrics and len(frames) > 1:
-                values["t_cons"] = temporal_consistency(frame_embeds)
+            for name in ("clip_i", "nano_i"):
+                if name in metrics:
+                    values[name] = reference_similarity(frame_embeds, self._reference_embeds(self.clip, "clip", job))
+            for name in ("t_cons", "nano_t_cons"):
+                if name in metrics and len(frames) > 1:
+                    values[name] = temporal_consistency(frame_embeds)
         if self.dino is not None and "dino_i" in metrics:
             reference_embeds = self._reference_embeds(self.dino, "dino", job)
             values["dino_i"] = reference_similarity(self.dino.image_embeds(frames), reference_embeds)
         if "motion_fidelity" in metrics and len(frames) > 1:
             values["motion_fidelity"] = self._motion_fidelity(frames)
+        if set(metrics) & set(PROBE_METRICS):
+            values.update({name: value for name, value in probe_scores(frames, job.prompt).items() if name in metrics})
         return values
 
     def _text_embed(self, prompt: str) -> np.ndarray:
@@ -236,6 +282,37 @@ class _Scorer:
     def _motion_fidelity(self, frames: np.ndarray) -> float:
         signature = motion_signature(frames)
         return float(np.mean([signature_similarity(signature, ref) for ref in self._reference_signatures]))
+
+
+def probe_scores(frames: np.ndarray, prompt: str | None) -> dict[str, float | None]:
+    """probe colour/shape/motion: 1.0 where the world probe reads from `frames` what the world caption `prompt`
+    says, 0.0 where it does not; None for each when `prompt` is not a world caption."""
+    if world_caption_problem(prompt) is not None:
+        return dict.fromkeys(PROBE_METRICS)
+    from vidbooth.nano.probe import probe_video, score_against_caption
+
+    correct = score_against_caption(probe_video(frames), prompt)
+    return {
+        "probe_colour": float(correct["colour_correct"]),
+        "probe_shape": float(correct["shape_correct"]),
+        "probe_motion": float(correct["motion_correct"]),
+    }
+
+
+def world_caption_problem(prompt: str | None) -> str | None:
+    """Why the probe metrics of a video with `prompt` are n/a, or None when `prompt` is a world caption."""
+    if not prompt:
+        return "probe metrics n/a: no prompt (the probe needs a world caption, e.g. 'a red striped square moving left')"
+    from vidbooth.nano.world import parse_caption
+
+    try:
+        parse_caption(prompt)
+    except UserError:
+        return (
+            f"probe metrics n/a: prompt '{prompt}' is not a world caption "
+            "('a <colour> <pattern> <shape> <motion>', e.g. 'a red striped square moving left')"
+        )
+    return None
 
 
 def _versions() -> dict[str, str]:

@@ -11,8 +11,11 @@ Preprocessing is written here with PIL and numpy (no torchvision):
 - DINO: resize the shorter side to 256/224 of the model's image size (bicubic), centre crop, ImageNet mean/std;
   torchvision's Resize(256) + CenterCrop(224) + Normalize, as in DINO's evaluation.
 
-Another family (for example a shipped model with its own CLIP-style towers) plugs in by implementing
-`ImageEmbedder` / `ImageTextEmbedder`.
+- nano (the shipped small base model, `--clip-model nano`): its `image_encoder` (`CLIPVisionModelWithProjection`)
+  with the resize, crop, mean and std of its own `preprocessor_config.json`. It is an image embedder only: nano's
+  text tower has no projection into the image space, so there is no text-image score with it.
+
+Another family plugs in by implementing `ImageEmbedder` / `ImageTextEmbedder`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_RESIZE_RATIO = 256 / 224
 HUB_PROBE_TIMEOUT_S = 3.0
+NANO_NAME = "nano"
+NANO_DESCRIPTION = "nano image tower (not OpenAI CLIP)"
+NANO_NO_TEXT_REASON = (
+    "nano's text tower (CLIPTextModel) has no projection into its image embedding space, so no text-image "
+    "score can be computed with nano: use --clip-model with a CLIP model for CLIP-T"
+)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 """What a hub id looks like ('openai/clip-vit-base-patch32'); anything else that is not a folder is a missing folder."""
 
@@ -153,6 +162,76 @@ class DinoEmbedder:
         with torch.inference_mode():
             hidden = self.model(pixel_values=torch.from_numpy(pixels).to(self.device)).last_hidden_state
         return hidden[:, 0].float().cpu().numpy()
+
+
+@dataclass
+class NanoImageEmbedder:
+    """nano's image tower (`CLIPVisionModelWithProjection`): projected, unit-normalised image embeddings."""
+
+    model: Any
+    resize_to: int
+    crop_to: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    description: dict[str, Any]
+    device: str = "cpu"
+    batch_size: int = 16
+
+    def image_embeds(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return _embed_in_batches(images, self.batch_size, self._embeds)
+
+    def _embeds(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        pixels = preprocess(images, self.resize_to, self.crop_to, self.mean, self.std, floor_half)
+        with torch.inference_mode():
+            embeds = self.model(pixel_values=torch.from_numpy(pixels).to(self.device)).image_embeds
+        embeds = embeds.float().cpu().numpy()
+        return embeds / np.maximum(np.linalg.norm(embeds, axis=-1, keepdims=True), 1e-12)
+
+
+def is_nano(name: str | None) -> bool:
+    """Whether `--clip-model` names the shipped nano model."""
+    return str(name or "").strip().lower() == NANO_NAME
+
+
+def nano_folder() -> Path:
+    """The shipped nano model folder (the same folder as `vidbooth.engine.backbone.NANO`; eval does not import
+    engine)."""
+    import vidbooth
+
+    return Path(vidbooth.__file__).resolve().parent / "assets" / "nano"
+
+
+def load_nano_image(device: str = "auto", batch_size: int = 16) -> NanoImageEmbedder:
+    import json
+
+    import torch
+    from transformers import CLIPVisionModelWithProjection
+
+    folder = nano_folder() / "image_encoder"
+    if not (folder / "config.json").is_file():
+        raise ModelUnavailable(f"the packaged nano model's image_encoder is missing from {folder}: reinstall vidbooth")
+    try:
+        settings = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+        size = settings.get("size", {})
+        resize_to = int(size["shortest_edge"] if isinstance(size, dict) else size)
+        crop = settings.get("crop_size", resize_to)
+        crop_to = int(crop["height"] if isinstance(crop, dict) else crop)
+        mean = tuple(float(v) for v in settings.get("image_mean", CLIP_MEAN))
+        std = tuple(float(v) for v in settings.get("image_std", CLIP_STD))
+        with _quiet_transformers():
+            model = CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=torch.float32)
+    except Exception as exc:  # a damaged package: bad JSON, missing keys, unreadable weights
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(f"cannot load nano's image tower from {folder} ({reason}): reinstall vidbooth") from exc
+    device = _resolve_device(device)
+    description = _describe(model, NANO_NAME) | {
+        "model": NANO_DESCRIPTION,
+        "path": str(folder),
+        "preprocessing": {"resize": resize_to, "crop": crop_to, "mean": list(mean), "std": list(std)},
+    }
+    return NanoImageEmbedder(model.eval().to(device), resize_to, crop_to, mean, std, description, device, batch_size)
 
 
 def _embed_in_batches(images: Sequence[np.ndarray], batch_size: int, embed) -> np.ndarray:
@@ -299,7 +378,9 @@ def _describe(model: Any, name_or_path: str) -> dict[str, Any]:
     return {
         "name": name_or_path,
         "class": type(model).__name__,
-        "revision": None if Path(name_or_path).expanduser().is_dir() else _cached_revision(name_or_path),
+        "revision": None
+        if is_nano(name_or_path) or Path(name_or_path).expanduser().is_dir()
+        else _cached_revision(name_or_path),
         "saved_with_transformers": getattr(config, "transformers_version", None),
         "loaded_with_transformers": transformers.__version__,
     }

@@ -15,11 +15,19 @@ from vidbooth import reporting
 
 METRIC_LABELS = {
     "clip_t": "CLIP-T",
+    "nano_t": "nano-T",
     "clip_i": "CLIP-I",
+    "nano_i": "nano-I",
     "dino_i": "DINO-I",
     "t_cons": "T.Cons",
+    "nano_t_cons": "nano T.Cons",
     "motion_fidelity": "Motion",
+    "probe_colour": "probe colour",
+    "probe_shape": "probe shape",
+    "probe_motion": "probe motion",
 }
+"""Metric name (JSON and CSV key) -> table label. With `--clip-model nano` the image-tower metrics are the nano_*
+ones, so nothing measured by nano's towers is labelled CLIP."""
 METRICS = tuple(METRIC_LABELS)
 
 
@@ -32,6 +40,9 @@ class VideoResult:
     metrics: dict[str, float | None] = field(default_factory=dict)
     """Requested metrics; None where the metric is unavailable or undefined (T.Cons/motion of a 1-frame video)."""
     error: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+    """Why a metric of this video has no value when the reason is the video's own (a prompt that is not a world
+    caption for the probe metrics)."""
 
 
 @dataclass
@@ -82,6 +93,9 @@ def show(report: EvaluationReport) -> None:
     for reason in dict.fromkeys(report.unavailable.values()):
         labels = ", ".join(METRIC_LABELS[name] for name, why in report.unavailable.items() if why == reason)
         reporting.warn(f"{labels} unavailable: {reason}")
+    for result in report.results:
+        for note in dict.fromkeys(result.notes.values()):
+            reporting.warn(f"{result.video or result.source}: {note}")
     for result in report.failed:
         reporting.error(result.error)
 

@@ -1,0 +1,116 @@
+"""`vidbooth evaluate` with the shipped nano model: its image tower (nano-I, nano T.Cons) and the world probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vidbooth.cli.app import main
+from vidbooth.data.video import write_video
+from vidbooth.eval.features import load_nano_image
+from vidbooth.eval.metrics import reference_similarity
+from vidbooth.nano.world import Motion, Sprite, caption, render_clip, render_photos
+
+RED_SQUARE = Sprite("square", "red", "solid")
+BLUE_CIRCLE = Sprite("circle", "blue", "striped")
+RIGHT = Motion("right")
+
+
+@pytest.fixture(scope="module")
+def nano():
+    return load_nano_image("cpu")
+
+
+@pytest.fixture
+def world(tmp_path) -> dict[str, Path]:
+    """A ground-truth clip of a red square moving right, and photo folders of that sprite and of another one."""
+    clip, _ = render_clip(RED_SQUARE, RIGHT, seed=1)
+    folders = {}
+    for name, sprite in (("own", RED_SQUARE), ("other", BLUE_CIRCLE)):
+        folder = folders[name] = tmp_path / name
+        folder.mkdir()
+        for i, photo in enumerate(render_photos(sprite, n=4, seed=2)):
+            Image.fromarray(photo).save(folder / f"{i}.png")
+    return {"video": write_video(clip, tmp_path / "clip.mp4"), **folders}
+
+
+def run(*args: object) -> int:
+    return main(["evaluate", *map(str, args)])
+
+
+def test_the_nano_image_tower_loads_offline_and_gives_unit_embeddings(nano, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    embedder = load_nano_image("cpu", batch_size=2)
+    images = [np.zeros((64, 80, 3), np.uint8), np.full((40, 40, 3), 200, np.uint8), *render_photos(RED_SQUARE, 2)]
+    embeds = embedder.image_embeds(images)
+    assert embeds.shape == (4, 64) and embeds.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeds, axis=1), 1.0, atol=1e-5)
+    assert embedder.description["model"] == "nano image tower (not OpenAI CLIP)"
+    assert embedder.description["class"] == "CLIPVisionModelWithProjection"
+
+
+def test_nano_i_is_higher_against_the_videos_own_sprite(nano):
+    frames, _ = render_clip(RED_SQUARE, RIGHT, seed=1)
+    frame_embeds = nano.image_embeds(list(frames))
+    own = reference_similarity(frame_embeds, nano.image_embeds(render_photos(RED_SQUARE, 4, seed=2)))
+    other = reference_similarity(frame_embeds, nano.image_embeds(render_photos(BLUE_CIRCLE, 4, seed=2)))
+    assert own > other
+
+
+def test_a_world_clip_scores_1_on_the_probe_and_nothing_of_nano_is_labelled_clip(world, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    prompt = caption(RED_SQUARE, RIGHT)
+    args = [world["video"], "-p", prompt, "--ref-images", world["own"], "--clip-model", "nano"]
+    assert run(*args, "--dino-model", tmp_path / "no-dino", "--json", out) == 0
+    report = json.loads(out.read_text())
+    metrics = report["videos"][0]["metrics"]
+    assert {name: metrics[name] for name in ("probe_colour", "probe_shape", "probe_motion")} == dict.fromkeys(
+        ("probe_colour", "probe_shape", "probe_motion"), 1.0
+    )
+    assert report["aggregate"]["probe_motion"] == {"mean": 1.0, "count": 1}
+    assert metrics["nano_i"] > 0.5 and 0.9 < metrics["nano_t_cons"] <= 1.0 + 1e-6 and metrics["nano_t"] is None
+    assert "no projection" in report["unavailable"]["nano_t"]
+    assert report["models"]["nano"]["model"] == "nano image tower (not OpenAI CLIP)" and "clip" not in report["models"]
+    nano_names = [name for name in [*metrics, *report["aggregate"], *report["unavailable"]] if name != "dino_i"]
+    assert not [name for name in nano_names if "clip" in name.lower()]
+    table = capsys.readouterr().out
+    assert "nano-I" in table and "T.Cons" in table and "CLIP" not in table  # the table may wrap 'nano T.Cons'
+
+
+def test_a_prompt_that_is_not_a_world_caption_gives_n_a_with_the_reason(world, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    assert run(world["video"], "-p", "a photo of S* moving right", "--metrics", "probe", "--json", out) == 0
+    video = json.loads(out.read_text())["videos"][0]
+    assert video["metrics"] == dict.fromkeys(("probe_colour", "probe_shape", "probe_motion"))
+    assert "not a world caption" in video["notes"]["probe"]
+    assert "not a world caption" in capsys.readouterr().err
+
+
+def test_the_probe_flag_adds_the_probe_to_other_metrics_without_a_model(world, tmp_path):
+    out = tmp_path / "scores.json"
+    prompt = caption(RED_SQUARE, RIGHT)
+    args = [world["video"], "-p", prompt, "--probe", "--metrics", "motion", "--ref-video", world["video"]]
+    assert run(*args, "--json", out) == 0
+    report = json.loads(out.read_text())
+    assert set(report["videos"][0]["metrics"]) == {"motion_fidelity", "probe_colour", "probe_shape", "probe_motion"}
+    assert "clip" not in report["models"] and "nano" not in report["models"]
+
+
+def test_nano_i_ranks_the_videos_own_sprite_first_through_the_cli(world, tmp_path):
+    scores = []
+    for folder in ("own", "other"):
+        out = tmp_path / f"{folder}.json"
+        args = [world["video"], "--ref-images", world[folder], "--clip-model", "nano", "--metrics", "nano-I"]
+        assert run(*args, "--json", out) == 0
+        scores.append(json.loads(out.read_text())["videos"][0]["metrics"]["nano_i"])
+    assert scores[0] > scores[1]
+
+
+def test_only_nano_t_asked_for_is_one_error_line_saying_why(world, capsys):
+    assert run(world["video"], "-p", "a dog", "--clip-model", "nano", "--metrics", "clip_t") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no metric can be computed" in errors[0] and "no projection" in errors[0]
