@@ -150,6 +150,7 @@ def stored(tmp_path_factory, shared_cache):
         for name, class_noun in (("S*", "dog"), ("T*", "cat")):
             train_subject(
                 SubjectConfig(
+                    backbone=BackboneConfig(base="tiny"),
                     name=name,
                     photos=str(photos),
                     class_noun=class_noun,

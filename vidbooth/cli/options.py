@@ -6,7 +6,7 @@ import typer
 
 Recipe = typer.Option(None, "--recipe", "-r", help="Recipe YAML file or name under recipes/ (e.g. zeroscope/generate).")
 Sets = typer.Option(None, "--set", help="Override any config key: --set sampling.guidance_scale=7.5 (repeatable).")
-Base = typer.Option(None, "--base", help="Base model: diffusers folder, hub id, or built-in name (default: tiny).")
+Base = typer.Option(None, "--base", help="Base model: diffusers folder, hub id, or built-in name (default: nano).")
 MotionAdapterPath = typer.Option(None, "--motion-adapter", help="AnimateDiff MotionAdapter (folder or hub id) for an SD1.5 base.")
 Device = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
 Precision = typer.Option(None, "--precision", help="auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU).")

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class BackboneConfig:
-    base: str = "tiny"
-    """Base text-to-video model: a local diffusers folder, a hub id, or a built-in name ('tiny')."""
+    base: str = "nano"
+    """Base text-to-video model: a local diffusers folder, a hub id, or a built-in name ('nano', the shipped small
+    model; 'tiny', 'tiny-animatediff': random tiny models for smoke tests)."""
     motion_adapter: str | None = None
     """AnimateDiff only: a diffusers MotionAdapter (folder or hub id) to combine with an SD1.5-family base."""
     revision: str | None = None
