@@ -18,11 +18,11 @@ class DemoConfig:
     """Picks the held-out subject and motion, and seeds training and sampling."""
     fast: bool = False
     """Fewer training and sampling steps and fewer videos: about half the time, noisier numbers."""
-    num_videos: int = 4
+    num_videos: int = 8
     """Videos per variant (each with its own noise); the scores are averaged over them."""
-    subject_steps: int = 100
+    subject_steps: int = 300
     """Textual-inversion steps (0: the recipe's); the identity adapter trains half as many."""
-    motion_steps: int = 100
+    motion_steps: int = 300
     """Motion-adapter steps (0: the recipe's)."""
     num_inference_steps: int = 0
     """Sampling steps (0: the recipe's)."""
