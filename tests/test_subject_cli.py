@@ -259,9 +259,8 @@ def test_identity_adapter_needs_an_existing_subject(photos, capsys):
     assert "unknown subject 'ghost'" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_two_processes_train_one_subject(photos, isolated_home):
-    """Two CPU processes with gloo: completes and writes one artifact (about 20 s).
+    """Two CPU processes with gloo: completes and writes one artifact (about 13 s).
 
     `accelerate launch --cpu` starts several processes only through mpirun; `--multi_gpu` uses torchrun's
     launcher, and `--device cpu` keeps each process on the CPU (gloo).
