@@ -135,9 +135,6 @@ class Backbone:
         ]
         return torch.cat(chunks).float().unflatten(0, (b, f))
 
-    def frozen_modules(self) -> list[nn.Module]:
-        return [self.text_encoder, self.vae, self.unet]
-
 
 def quiet_libraries() -> None:
     """Silence diffusers/transformers progress bars and advice; vidbooth reports progress itself."""
