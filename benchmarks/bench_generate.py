@@ -9,7 +9,6 @@ median time ratio (target <= 1.0) and the max absolute difference of the outputs
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -28,12 +27,9 @@ def main() -> None:
     parser.add_argument("--scheduler", default="ddim")
     args = parser.parse_args()
 
-    from diffusers import AutoencoderKL, TextToVideoSDPipeline, UNet3DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     from vidbooth.engine.backbone import load_backbone, quiet_libraries
-    from vidbooth.engine.sampling import make_scheduler, sample_video
-    from vidbooth.engine.tiny import save_tiny_backbone
+    from vidbooth.engine.sampling import sample_video
+    from vidbooth.engine.tiny import diffusers_reference_pipeline, save_tiny_backbone
 
     import os
 
@@ -41,17 +37,7 @@ def main() -> None:
     quiet_libraries()
     folder = save_tiny_backbone(Path(tempfile.mkdtemp()) / "tiny", "unet3d")
     backbone = load_backbone(str(folder), device="cpu")
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = TextToVideoSDPipeline(
-            vae=AutoencoderKL.from_pretrained(folder / "vae"),
-            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
-            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            unet=UNet3DConditionModel.from_pretrained(folder / "unet"),
-            scheduler=make_scheduler(args.scheduler, scheduler_config),
-        )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = diffusers_reference_pipeline(folder, args.scheduler)
     kwargs = dict(num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=9.0, height=32, width=32)
 
     def run_ours():

@@ -60,7 +60,8 @@ def test_clip_preprocessing_crops_the_centre_of_portrait_and_landscape_frames(ti
     portrait[:, 30:90] = 255  # white middle half, black top and bottom quarters
     pixels = encoder.preprocess(portrait)
     assert pixels.shape == (1, 3, 32, 32)
-    white = (1 - encoder.mean.flatten()) / encoder.std.flatten()
+    mean, std = (torch.tensor(v) for v in encoder.mean_std)
+    white = (1 - mean) / std
     assert torch.allclose(pixels[0, :, 4:28, :].mean(dim=(1, 2)), white, atol=0.05)  # the crop is the white middle
     landscape = encoder.preprocess(frames(height=30, width=90))
     assert landscape.shape == (3, 3, 32, 32)

@@ -1,38 +1,17 @@
-import json
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
 from vidbooth.engine.backbone import load_backbone
 from vidbooth.engine.sampling import make_scheduler, sample_video
+from vidbooth.engine.tiny import diffusers_reference_pipeline
 from vidbooth.errors import UserError
-
-
-def _diffusers_pipeline(folder, scheduler_name):
-    """diffusers' own TextToVideoSDPipeline on the same files, with diffusers' default attention processors."""
-    from diffusers import AutoencoderKL, TextToVideoSDPipeline, UNet3DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = TextToVideoSDPipeline(
-            vae=AutoencoderKL.from_pretrained(folder / "vae"),
-            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
-            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            unet=UNet3DConditionModel.from_pretrained(folder / "unet"),
-            scheduler=make_scheduler(scheduler_name, scheduler_config),
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
 def test_matches_diffusers_text_to_video_pipeline(tiny_base_dirs, tiny_backbones, scheduler):
     folder = tiny_base_dirs["unet3d"]
-    pipe = _diffusers_pipeline(folder, scheduler)
+    pipe = diffusers_reference_pipeline(folder, scheduler)
     kwargs = dict(num_frames=4, height=32, width=32, num_inference_steps=5, guidance_scale=7.5)
     expected = pipe(
         "a red dog", negative_prompt="blurry", generator=torch.Generator().manual_seed(3), output_type="np", **kwargs

@@ -52,20 +52,14 @@ class ClipImageEncoder:
         self.model = model
         self.dim = int(model.config.projection_dim)
         self.image_size = int(model.config.image_size)
-        param = next(model.parameters())
-        self.mean = torch.tensor(mean, device=param.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=param.device).view(1, 3, 1, 1)
+        self.mean_std = (tuple(mean), tuple(std))
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> normalised pixels (N, 3, S, S)."""
-        pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.mean.device).permute(0, 3, 1, 2).float() / 255
-        h, w = pixels.shape[-2:]
-        scale = self.image_size / min(h, w)
-        size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
-        pixels = F.interpolate(pixels, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
-        pixels = pixels[..., top : top + self.image_size, left : left + self.image_size]
-        return (pixels - self.mean) / self.std
+        """uint8 (N, H, W, 3) -> normalised pixels (N, 3, S, S), exactly as CLIP's image processor (eval's)."""
+        from vidbooth.eval.features import floor_half, preprocess
+
+        pixels = preprocess(frames, self.image_size, self.image_size, self.mean_std[0], self.mean_std[1], floor_half)
+        return torch.from_numpy(pixels).to(next(self.model.parameters()).device)
 
     @torch.no_grad()
     def embed(self, frames: np.ndarray) -> torch.Tensor:

@@ -170,6 +170,31 @@ def save_tiny_backbone(folder: str | Path, family: str = "unet3d", seed: int = 0
     return folder
 
 
+def diffusers_reference_pipeline(folder: str | Path, scheduler: str = "ddim"):
+    """diffusers' own (deprecated) TextToVideoSDPipeline on a UNet3D folder, with diffusers' default attention
+    processors: the reference our sampling loop is tested and benchmarked against."""
+    import warnings
+
+    from diffusers import AutoencoderKL, TextToVideoSDPipeline, UNet3DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from vidbooth.engine.sampling import make_scheduler
+
+    folder = Path(folder)
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = TextToVideoSDPipeline(
+            vae=AutoencoderKL.from_pretrained(folder / "vae"),
+            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+            unet=UNet3DConditionModel.from_pretrained(folder / "unet"),
+            scheduler=make_scheduler(scheduler, scheduler_config),
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def motion_adapter_folder(base_folder: str | Path) -> Path:
     base_folder = Path(base_folder)
     return base_folder.with_name(base_folder.name + "-motion-adapter")
