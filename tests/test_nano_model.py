@@ -88,7 +88,8 @@ def test_training_steps_reduce_each_loss(char_tokenizer):
     first, last = _fit(lambda g: nano.clip_loss(clip, tokenizer, frames, captions), clip.parameters())
     assert last < 0.7 * first
 
-    latents, text = nano.encode_clips(vae, clip.text_model, tokenizer, videos, captions)
+    with torch.no_grad():
+        latents, text = nano.encode_clips(vae, clip.text_model, tokenizer, videos, captions)
     schedule = DDPMScheduler.from_config(scheduler_config())
     fixed = torch.Generator().manual_seed(0)  # the same noise and timesteps every step: a fit, not a lottery
     first, last = _fit(lambda g: nano.unet_loss(unet, schedule, latents, text, fixed.manual_seed(0), 3.0),
@@ -138,6 +139,26 @@ def test_resume_continues_exactly(tmp_path, char_tokenizer):
     assert [row["unet_step"] for row in continued.curve] == [2, 4, 5]  # run b was evaluated at 2, 4; then 5
 
 
+def test_unet_stage_trains_the_text_tower_unless_its_lr_is_zero(tmp_path, char_tokenizer):
+    from safetensors.torch import load_file
+
+    def text_weights(run_dir, stage):
+        tensors = load_file(str(run_dir / f"{stage}.safetensors"))
+        prefix = "text_encoder." if stage == "unet" else "text_model."
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    trained = nano.pretrain(tiny_config(tmp_path / "a", char_tokenizer))
+    before, after = text_weights(trained.run_dir, "clip"), text_weights(trained.run_dir, "unet")
+    assert before.keys() == after.keys() and before
+    assert not torch.equal(before["embeddings.token_embedding.weight"], after["embeddings.token_embedding.weight"])
+
+    cfg = tiny_config(tmp_path / "b", char_tokenizer)
+    cfg.unet.text_encoder_lr = 0.0
+    frozen = nano.pretrain(cfg)
+    before, after = text_weights(frozen.run_dir, "clip"), text_weights(frozen.run_dir, "unet")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_refuses_bad_runs(tmp_path, char_tokenizer):
     with pytest.raises(UserError, match="nothing to resume"):
         nano.pretrain(tiny_config(tmp_path, char_tokenizer, resume=True))
@@ -146,6 +167,10 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
     bad = tiny_config(tmp_path, char_tokenizer)
     bad.unet.caption_dropout = 1.5
     with pytest.raises(UserError, match="caption_dropout"):
+        nano.pretrain(bad)
+    bad = tiny_config(tmp_path, char_tokenizer)
+    bad.unet.text_encoder_lr = -1.0
+    with pytest.raises(UserError, match="text_encoder_lr"):
         nano.pretrain(bad)
 
 

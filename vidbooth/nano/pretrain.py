@@ -48,8 +48,12 @@ class _Models:
     clip: torch.nn.Module
     unet: torch.nn.Module
 
+    def denoiser(self) -> torch.nn.ModuleDict:
+        """What the UNet stage trains and checkpoints: the UNet and the text tower (shared with `clip`)."""
+        return torch.nn.ModuleDict({"unet": self.unet, "text_encoder": self.clip.text_model})
+
     def of(self, stage: str) -> torch.nn.Module:
-        return {"autoencoder": self.vae, "clip": self.clip, "unet": self.unet}[stage]
+        return {"autoencoder": self.vae, "clip": self.clip, "unet": self.denoiser()}[stage]
 
 
 class _Run:
@@ -155,11 +159,14 @@ def clip_loss(clip, tokenizer, frames: torch.Tensor, captions: list[str]) -> tor
     return (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
 
 
-@torch.no_grad()
 def encode_clips(vae, text_model, tokenizer, videos: np.ndarray, captions: list[str]):
-    """Scaled VAE latents (B, C, F, h, w) of uint8 videos (B, F, H, W, 3) and text embeddings (B, L, D)."""
+    """Scaled VAE latents (B, C, F, h, w) of uint8 videos (B, F, H, W, 3) and text embeddings (B, L, D).
+
+    The text embeddings carry gradients when the text tower's parameters require them.
+    """
     batch, frames = videos.shape[:2]
-    latents = vae.encode(pixels(videos).flatten(0, 1)).latent_dist.mean * vae.config.scaling_factor
+    with torch.no_grad():
+        latents = vae.encode(pixels(videos).flatten(0, 1)).latent_dist.mean * vae.config.scaling_factor
     ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
     return latents.unflatten(0, (batch, frames)).transpose(1, 2), text_model(ids)[0]
 
@@ -206,7 +213,8 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     clip.visual_projection.load_state_dict(image.visual_projection.state_dict())
     vae = AutoencoderKL.from_pretrained(folder / "vae")
     unet = UNet3DConditionModel.from_pretrained(folder / "unet")
-    for stage, model in (("autoencoder", vae), ("clip", clip), ("unet", unet)):
+    denoiser = _Models(tokenizer, vae, clip, unet).denoiser()
+    for stage, model in (("autoencoder", vae), ("clip", clip), ("unet", denoiser)):
         ckpt.save_tensors(run.dir / f"{stage}.safetensors", {k: v.float() for k, v in model.state_dict().items()})
     run.state.update(
         steps=provenance["steps"],
@@ -361,14 +369,16 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
     cfg, arch, unet = run.cfg.unet, run.cfg.arch, models.unet
     for module in (models.vae, models.clip):
         module.requires_grad_(False).eval()
+    text_model = models.clip.text_model
+    text_model.requires_grad_(cfg.text_encoder_lr > 0)
     noise_schedule = DDPMScheduler.from_config(scheduler_config())
     temporal = [p for n, p in unet.named_parameters() if any(t in n.split(".") for t in TEMPORAL)]
     temporal_ids = {id(p) for p in temporal}
     spatial = [p for p in unet.parameters() if id(p) not in temporal_ids]
-    optimizer = torch.optim.AdamW(
-        [{"params": spatial, "lr": cfg.lr}, {"params": temporal, "lr": cfg.lr * cfg.temporal_lr_scale}],
-        weight_decay=0.0,
-    )
+    groups = [{"params": spatial, "lr": cfg.lr}, {"params": temporal, "lr": cfg.lr * cfg.temporal_lr_scale}]
+    if cfg.text_encoder_lr > 0:
+        groups.append({"params": list(text_model.parameters()), "lr": cfg.text_encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
 
     def loss_at(rng, generator):
         videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
@@ -382,7 +392,7 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
             return True
         return False
 
-    return _loop(run, "unet", unet, optimizer, cfg.steps, cfg.warmup_steps, loss_at, after_step)
+    return _loop(run, "unet", models.denoiser(), optimizer, cfg.steps, cfg.warmup_steps, loss_at, after_step)
 
 
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
