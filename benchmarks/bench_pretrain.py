@@ -49,7 +49,7 @@ def stage_speeds(repeats: int) -> dict[str, float]:
     for name, model, batch, step in (
         ("autoencoder", vae, cfg.autoencoder.batch, autoencoder),
         ("clip", clip, cfg.clip.batch, clip_step),
-        ("unet", unet, cfg.unet.batch, unet_step),
+        ("unet", torch.nn.ModuleDict({"unet": unet, "text": clip.text_model}), cfg.unet.batch, unet_step),
     ):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for index in range(repeats + 1):

@@ -147,7 +147,9 @@ def test_unet_stage_trains_the_text_tower_unless_its_lr_is_zero(tmp_path, char_t
         prefix = "text_encoder." if stage == "unet" else "text_model."
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-    trained = nano.pretrain(tiny_config(tmp_path / "a", char_tokenizer))
+    cfg = tiny_config(tmp_path / "a", char_tokenizer)
+    cfg.unet.text_encoder_lr = 1e-3
+    trained = nano.pretrain(cfg)
     before, after = text_weights(trained.run_dir, "clip"), text_weights(trained.run_dir, "unet")
     assert before.keys() == after.keys() and before
     assert not torch.equal(before["embeddings.token_embedding.weight"], after["embeddings.token_embedding.weight"])
@@ -157,6 +159,17 @@ def test_unet_stage_trains_the_text_tower_unless_its_lr_is_zero(tmp_path, char_t
     frozen = nano.pretrain(cfg)
     before, after = text_weights(frozen.run_dir, "clip"), text_weights(frozen.run_dir, "unet")
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_high_noise_fraction_moves_timesteps_to_the_top_of_the_schedule():
+    from vidbooth.engine.objective import sample_timesteps
+
+    uniform = sample_timesteps(4000, 1000, torch.Generator().manual_seed(0))
+    assert uniform.min() < 50 and uniform.max() > 950 and abs(uniform.float().mean().item() - 500) < 20
+    biased = sample_timesteps(4000, 1000, torch.Generator().manual_seed(0), 0.8, 600)
+    high = (biased >= 600).float().mean().item()
+    assert abs(high - (0.8 + 0.2 * 0.4)) < 0.03 and biased.min() < 50
+    assert (sample_timesteps(100, 1000, torch.Generator(), 1.0, 600) >= 600).all()
 
 
 def test_refuses_bad_runs(tmp_path, char_tokenizer):
@@ -171,6 +184,10 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
     bad = tiny_config(tmp_path, char_tokenizer)
     bad.unet.text_encoder_lr = -1.0
     with pytest.raises(UserError, match="text_encoder_lr"):
+        nano.pretrain(bad)
+    bad = tiny_config(tmp_path, char_tokenizer)
+    bad.unet.high_noise_fraction = 2.0
+    with pytest.raises(UserError, match="high_noise_fraction"):
         nano.pretrain(bad)
 
 

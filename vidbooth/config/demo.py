@@ -11,7 +11,7 @@ from vidbooth.config.schema import RuntimeConfig
 class DemoConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     base: str = "nano"
-    """Base model; 'nano' falls back to the random 'tiny' model while nano's weights are not shipped."""
+    """Base model: 'nano' (trained with recipes/nano/*) or any other base (trained with recipes/tiny/*)."""
     out: str = "demo"
     """Folder for inputs, videos, contact sheets, metrics.json and the demo's own library."""
     seed: int = 0

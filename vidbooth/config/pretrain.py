@@ -40,10 +40,13 @@ class UNetStage:
     """Learning-rate multiplier for the temporal layers (temporal convolutions and temporal transformers)."""
     motion_loss_weight: float = 3.0
     """Weight of the frame-difference term of the UNet loss (see `vidbooth.nano.pretrain.unet_loss`)."""
-    text_encoder_lr: float = 5e-4
+    text_encoder_lr: float = 0.0
     """Learning rate of the text tower, trained with the UNet (0: frozen). The CLIP stage sees single frames, so
     it leaves motion words nearly indistinguishable ("moving up" and "moving down" differ by 1% of the hidden
     state's norm); the UNet stage needs them apart."""
+    high_noise_fraction: float = 0.0
+    """Fraction of clips trained at a timestep drawn from [high_noise_from, 1000) instead of [0, 1000)."""
+    high_noise_from: int = 600
     warmup_steps: int = 100
     caption_dropout: float = 0.1
     """Chance of training on the empty prompt, so that classifier-free guidance works."""
@@ -90,6 +93,8 @@ class PretrainConfig:
             raise UserError(f"arch.size {self.arch.size} must be >= 32 and divisible by the VAE factor")
         if self.arch.num_frames < 2:
             raise UserError(f"arch.num_frames must be at least 2, got {self.arch.num_frames}")
+        if not (0 <= self.unet.high_noise_fraction <= 1 and 0 <= self.unet.high_noise_from < 1000):
+            raise UserError("unet.high_noise_fraction must be in [0, 1] and unet.high_noise_from in [0, 1000)")
         if self.unet.text_encoder_lr < 0:
             raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {self.unet.text_encoder_lr}")
         if not 0 <= self.unet.caption_dropout < 1:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from vidbooth.config.demo import DemoConfig
 from vidbooth.data.video import ensure_writable_dir, save_contact_sheet, write_video
-from vidbooth.reporting import info, table, warn
+from vidbooth.reporting import info, table
 
 SUBJECT, MOTION = "S*", "M"
 
@@ -65,22 +65,12 @@ def _library_at(folder: Path) -> Iterator[None]:
             os.environ["VIDBOOTH_HOME"] = previous
 
 
-def demo_base(requested: str) -> tuple[str, str]:
-    """(base, recipe family): nano when its weights are shipped, else the random tiny model."""
-    from vidbooth.engine.backbone import NANO
-
-    if requested == "nano" and not (NANO / "unet" / "config.json").is_file():
-        warn("nano's pretrained weights are not in this package yet: the demo runs on the random 'tiny' model, "
-             "so it shows the pipeline working, not learned likeness or motion")
-        return "tiny", "tiny"
-    return requested, "nano" if requested == "nano" else "tiny"
-
-
 def run_demo(cfg: DemoConfig) -> DemoReport:
     from vidbooth.nano.world import caption, make_split, render_motion_clips, render_photos
 
     out = ensure_writable_dir(cfg.out)
-    base, family = demo_base(cfg.base)
+    base = cfg.base
+    family = "nano" if base == "nano" else "tiny"  # the recipes the demo trains with
     split = make_split()
     sprite, motion = split.demo_choice(cfg.seed)
     performer = next(s for s in split.pretraining_sprites() if s.colour != sprite.colour and s.shape != sprite.shape)

@@ -22,15 +22,37 @@ def training_scheduler(scheduler_config: dict):
     return scheduler
 
 
-def denoising_loss(backbone, scheduler, latents: torch.Tensor, text_embeds: torch.Tensor, generator: torch.Generator):
+def sample_timesteps(
+    batch: int, total: int, generator: torch.Generator, high_noise_fraction: float = 0.0, high_noise_from: int = 0
+) -> torch.Tensor:
+    """`batch` timesteps uniform in [0, total), except a `high_noise_fraction` of them uniform in
+    [high_noise_from, total): the noise levels at which a video's layout and motion are decided."""
+    timesteps = torch.randint(0, total, (batch,), generator=generator)
+    if high_noise_fraction:
+        high = torch.randint(high_noise_from, total, (batch,), generator=generator)
+        timesteps = torch.where(torch.rand(batch, generator=generator) < high_noise_fraction, high, timesteps)
+    return timesteps
+
+
+def denoising_loss(
+    backbone,
+    scheduler,
+    latents: torch.Tensor,
+    text_embeds: torch.Tensor,
+    generator: torch.Generator,
+    high_noise_fraction: float = 0.0,
+    high_noise_from: int = 0,
+):
     """Per-sample MSE (B,) between the UNet's prediction and its target, for latents (B, C, F, h, w).
 
-    Noise and timesteps are drawn on the CPU from `generator` (reproducible on any device). The target is what
-    the model predicts: the noise ('epsilon'), the velocity ('v_prediction') or the clean latents ('sample').
+    Noise and timesteps are drawn on the CPU from `generator` (reproducible on any device); see
+    `sample_timesteps` for the high-noise share. The target is what the model predicts: the noise
+    ('epsilon'), the velocity ('v_prediction') or the clean latents ('sample').
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)  # (B, C, F, h, w)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    total = scheduler.config.num_train_timesteps
+    timesteps = sample_timesteps(batch, total, generator, high_noise_fraction, high_noise_from)
     timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     kind = scheduler.config.prediction_type

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from vidbooth.config.pretrain import PretrainConfig
+from vidbooth.engine.objective import sample_timesteps
 from vidbooth.errors import UserError
 from vidbooth.nano import checkpoint as ckpt
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
@@ -172,14 +173,24 @@ def encode_clips(vae, text_model, tokenizer, videos: np.ndarray, captions: list[
 
 
 def unet_loss(
-    unet, noise_schedule, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator, motion_weight: float
+    unet,
+    noise_schedule,
+    latents: torch.Tensor,
+    text: torch.Tensor,
+    generator: torch.Generator,
+    motion_weight: float,
+    high_noise_fraction: float = 0.0,
+    high_noise_from: int = 600,
 ) -> torch.Tensor:
     """x0-prediction MSE (prediction_type 'sample') at uniform timesteps, plus `motion_weight` x the MSE of the
     frame-to-frame differences. The world's backgrounds are static, so those differences are the sprite's motion;
     the extra term has the same minimiser (the differences of the conditional mean), it only weighs motion more.
+
+    A `high_noise_fraction` of the clips instead get a timestep in [high_noise_from, T): that is where a
+    trajectory is decided (noised to t=700 and denoised, a clip keeps its motion; from t=900 it does not).
     """
-    batch = latents.shape[0]
-    timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch,), generator=generator)
+    total = noise_schedule.config.num_train_timesteps
+    timesteps = sample_timesteps(latents.shape[0], total, generator, high_noise_fraction, high_noise_from)
     noise = torch.randn(latents.shape, generator=generator)
     noisy = noise_schedule.add_noise(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample  # (B, C, F, h, w)
@@ -384,7 +395,10 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
         videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
         captions = ["" if drop else c for c, drop in zip(captions, rng.random(cfg.batch) < cfg.caption_dropout)]
         latents, text = encode_clips(models.vae, models.clip.text_model, models.tokenizer, videos, captions)
-        return unet_loss(unet, noise_schedule, latents, text, generator, cfg.motion_loss_weight)
+        return unet_loss(
+            unet, noise_schedule, latents, text, generator, cfg.motion_loss_weight, cfg.high_noise_fraction,
+            cfg.high_noise_from,
+        )
 
     def after_step(step: int, loss: float) -> bool:
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:

@@ -1,0 +1,47 @@
+"""`vidbooth demo`'s wall time per stage and its scores, for one or more seeds.
+
+Usage: python benchmarks/bench_demo.py [--seeds 0 1 2] [--fast] [--out /tmp/vidbooth-bench-demo]
+Each seed runs the whole demo (held-out subject and motion, train-subject, train-motion, six generated
+variants scored with the world probe) on the shipped nano model, as `vidbooth demo --seed N` does.
+The "each step better" columns compare class noun -> pseudo-word -> + identity (image similarity) and
+base -> + motion adapter (motion fidelity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    from vidbooth.config.demo import DemoConfig
+    from vidbooth.engine.demo import run_demo
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--fast", action="store_true")
+    parser.add_argument("--out", default=tempfile.mkdtemp(prefix="vidbooth-bench-demo-"))
+    args = parser.parse_args()
+
+    print(f"{'seed':>4} {'total s':>8} {'inputs':>7} {'subject':>8} {'motion':>7} {'gen+eval':>9}   "
+          f"image sim. noun -> S* -> +id    motion fid. base -> +adapter")
+    for seed in args.seeds:
+        started = time.perf_counter()
+        report = run_demo(DemoConfig(out=str(Path(args.out) / f"seed{seed}"), seed=seed, fast=args.fast))
+        total = time.perf_counter() - started
+        s = report.seconds
+        v = {variant.key: variant.scores for variant in report.variants}
+        sims = [v[k]["image_similarity"] for k in ("class_noun", "textual_inversion", "identity")]
+        fids = [v[k]["motion_fidelity"] for k in ("base_motion", "motion_adapter")]
+        subject_ok = sims[0] < sims[1] < sims[2]
+        motion_ok = fids[0] < fids[1]
+        print(f"{seed:>4} {total:>8.0f} {s['inputs']:>7.1f} {s['train-subject']:>8.0f} {s['train-motion']:>7.0f} "
+              f"{s['generate+evaluate']:>9.0f}   {sims[0]:.3f} -> {sims[1]:.3f} -> {sims[2]:.3f} "
+              f"({'better each step' if subject_ok else 'NOT better each step'})    "
+              f"{fids[0]:.3f} -> {fids[1]:.3f} ({'better' if motion_ok else 'NOT better'})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
