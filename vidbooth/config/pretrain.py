@@ -42,8 +42,7 @@ class UNetStage:
     """Weight of the frame-difference term of the UNet loss (see `vidbooth.nano.pretrain.unet_loss`)."""
     text_encoder_lr: float = 0.0
     """Learning rate of the text tower, trained with the UNet (0: frozen). The CLIP stage sees single frames, so
-    it leaves motion words nearly indistinguishable ("moving up" and "moving down" differ by 1% of the hidden
-    state's norm); the UNet stage needs them apart."""
+    it leaves motion words nearly indistinguishable (docs/nano.md, "Training further")."""
     high_noise_fraction: float = 0.0
     """Fraction of clips trained at a timestep drawn from [high_noise_from, 1000) instead of [0, 1000)."""
     high_noise_from: int = 600

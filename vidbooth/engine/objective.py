@@ -34,25 +34,16 @@ def sample_timesteps(
     return timesteps
 
 
-def denoising_loss(
-    backbone,
-    scheduler,
-    latents: torch.Tensor,
-    text_embeds: torch.Tensor,
-    generator: torch.Generator,
-    high_noise_fraction: float = 0.0,
-    high_noise_from: int = 0,
-):
+def denoising_loss(backbone, scheduler, latents: torch.Tensor, text_embeds: torch.Tensor, generator: torch.Generator):
     """Per-sample MSE (B,) between the UNet's prediction and its target, for latents (B, C, F, h, w).
 
-    Noise and timesteps are drawn on the CPU from `generator` (reproducible on any device); see
-    `sample_timesteps` for the high-noise share. The target is what the model predicts: the noise
-    ('epsilon'), the velocity ('v_prediction') or the clean latents ('sample').
+    Noise and timesteps (uniform) are drawn on the CPU from `generator` (reproducible on any device). The target
+    is what the model predicts: the noise ('epsilon'), the velocity ('v_prediction') or the clean latents ('sample').
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)  # (B, C, F, h, w)
     total = scheduler.config.num_train_timesteps
-    timesteps = sample_timesteps(batch, total, generator, high_noise_fraction, high_noise_from)
+    timesteps = sample_timesteps(batch, total, generator)
     timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     kind = scheduler.config.prediction_type

@@ -187,7 +187,7 @@ def unet_loss(
     the extra term has the same minimiser (the differences of the conditional mean), it only weighs motion more.
 
     A `high_noise_fraction` of the clips instead get a timestep in [high_noise_from, T): that is where a
-    trajectory is decided (noised to t=700 and denoised, a clip keeps its motion; from t=900 it does not).
+    trajectory is decided (noised to t=799 and denoised, a clip keeps its motion; from t=899 it does not).
     """
     total = noise_schedule.config.num_train_timesteps
     timesteps = sample_timesteps(latents.shape[0], total, generator, high_noise_fraction, high_noise_from)

@@ -118,14 +118,9 @@ def cycling_pairs(count: int) -> list[tuple[Sprite, Motion]]:
     ]
 
 
-def appearance(sprite: Sprite) -> str:
-    """What one frame shows of a sprite, e.g. 'a red striped square'."""
-    return f"a {sprite.colour} {sprite.pattern} {sprite.shape}"
-
-
 def caption(sprite: Sprite, motion: Motion) -> str:
     """E.g. 'a red striped square moving left', 'a blue solid circle zooming in'."""
-    return f"{appearance(sprite)} {motion.phrase}"
+    return f"a {sprite.colour} {sprite.pattern} {sprite.shape} {motion.phrase}"
 
 
 def parse_caption(text: str) -> tuple[Sprite, Motion]:
