@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from vidbooth.errors import UserError
+from vidbooth.fileio import publish
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
 WRITE_EXTENSIONS = (".mp4", ".gif")
@@ -138,7 +139,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
             images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
         else:
             _write_mp4(frames, tmp, fps)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vidbooth import reporting
+from vidbooth.fileio import publish
 
 METRIC_LABELS = {
     "clip_t": "CLIP-T",
@@ -132,7 +133,7 @@ def _write_atomically(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
             file.write(text)
-        os.replace(temporary, path)
+        publish(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
