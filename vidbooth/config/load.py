@@ -13,7 +13,7 @@ from vidbooth.errors import UserError
 
 T = TypeVar("T")
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # a link to the top-level recipes/, packaged
 
 
 def find_recipe(recipe: str) -> Path:
