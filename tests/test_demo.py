@@ -39,10 +39,10 @@ def test_demo_at_reduced_steps(tmp_path, isolated_home):
 @pytest.mark.slow
 def test_demo_personalisation_helps_on_the_shipped_model(tmp_path, isolated_home):
     """The demo at its default training steps, with 4 videos per variant, on seed 1: each subject step raises
-    image similarity, and the pseudo-word fixes the colour that the class noun alone gets wrong."""
+    image similarity, and personalisation fixes the colour that the class noun alone gets wrong."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--seed", "1", "--num-videos", "4", "--device", "cpu"]) == 0
     scores = _check(out)["variants"]
     similarity = [scores[k]["image_similarity"] for k in ("class_noun", "textual_inversion", "identity")]
-    assert similarity[0] + 0.3 < similarity[1] < similarity[2], similarity
-    assert scores["class_noun"]["colour_correct"] <= 0.25 and scores["textual_inversion"]["colour_correct"] >= 0.75
+    assert similarity[0] + 0.5 < similarity[1] < similarity[2], similarity
+    assert scores["class_noun"]["colour_correct"] <= 0.25 and scores["identity"]["colour_correct"] >= 0.75

@@ -74,7 +74,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     split = make_split()
     sprite, motion = split.demo_choice(cfg.seed)
     performer = next(s for s in split.pretraining_sprites() if s.colour != sprite.colour and s.shape != sprite.shape)
-    noun = sprite.shape
+    noun = "shape"  # the subject's class, as "dog" is for a dog: the base draws any shape for it
     info(f"demo subject: {caption(sprite, motion).split(' moving')[0]} (held out); motion: {motion.name} (held out)")
 
     seconds: dict[str, float] = {}
@@ -142,10 +142,7 @@ def _runtime(cfg: DemoConfig) -> dict:
 
 
 def _variants(sprite, motion, noun: str) -> list[Variant]:
-    from vidbooth.nano.world import caption
-
-    described = caption(sprite, motion)  # "a red striped square moving in a circle"
-    moving = described.split(noun, 1)[1].strip()  # "moving in a circle"
+    moving = motion.phrase  # "moving in a circle"
     return [
         Variant("class_noun", "subject: class noun only", f"a {noun}", 0.0, 0.0),
         Variant("textual_inversion", "subject: pseudo-word", f"a {SUBJECT} {noun}", 0.0, 0.0),
