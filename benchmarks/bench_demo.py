@@ -22,14 +22,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--fast", action="store_true")
-    parser.add_argument("--out", default=tempfile.mkdtemp(prefix="vidbooth-bench-demo-"))
+    parser.add_argument("--out", help="folder for the demo runs (default: a new temporary folder)")
     args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="vidbooth-bench-demo-"))
 
     print(f"{'seed':>4} {'total s':>8} {'inputs':>7} {'subject':>8} {'motion':>7} {'gen+eval':>9}   "
           f"image sim. noun -> S* -> +id    motion fid. base -> +adapter")
     for seed in args.seeds:
         started = time.perf_counter()
-        report = run_demo(DemoConfig(out=str(Path(args.out) / f"seed{seed}"), seed=seed, fast=args.fast))
+        report = run_demo(DemoConfig(out=str(out / f"seed{seed}"), seed=seed, fast=args.fast))
         total = time.perf_counter() - started
         s = report.seconds
         v = {variant.key: variant.scores for variant in report.variants}

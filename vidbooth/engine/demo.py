@@ -29,6 +29,8 @@ from vidbooth.data.video import ensure_writable_dir, save_contact_sheet, write_v
 from vidbooth.reporting import info, table
 
 SUBJECT, MOTION = "S*", "M"
+CLASS_NOUN = "shape"
+"""The class of every demo subject and motion performer, as "dog" is for a dog: the base draws any shape for it."""
 
 
 @dataclass
@@ -74,8 +76,8 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     split = make_split()
     sprite, motion = split.demo_choice(cfg.seed)
     performer = next(s for s in split.pretraining_sprites() if s.colour != sprite.colour and s.shape != sprite.shape)
-    noun = "shape"  # the subject's class, as "dog" is for a dog: the base draws any shape for it
-    info(f"demo subject: {caption(sprite, motion).split(' moving')[0]} (held out); motion: {motion.name} (held out)")
+    described = caption(sprite, motion).split(" moving")[0]  # "a red striped square"
+    info(f"demo subject: {described} (held out); motion: {motion.name} (held out)")
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -88,29 +90,29 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
 
     with _library_at(out / "library"):
         started = time.perf_counter()
-        _train_subject(cfg, base, family, photos_dir, noun)
+        _train_subject(cfg, base, family, photos_dir)
         seconds["train-subject"] = time.perf_counter() - started
         started = time.perf_counter()
-        _train_motion(cfg, base, family, clip_path, noun)
+        _train_motion(cfg, base, family, clip_path)
         seconds["train-motion"] = time.perf_counter() - started
         started = time.perf_counter()
-        variants = _variants(sprite, motion, noun)
+        variants = _variants(motion)
         _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out)
         seconds["generate+evaluate"] = time.perf_counter() - started
 
-    report = DemoReport(base, caption(sprite, motion).split(" moving")[0], motion.name, variants, seconds, out)
+    report = DemoReport(base, described, motion.name, variants, seconds, out)
     _write_metrics(report)
     _show(report)
     return report
 
 
-def _train_subject(cfg: DemoConfig, base: str, family: str, photos: Path, noun: str) -> None:
+def _train_subject(cfg: DemoConfig, base: str, family: str, photos: Path) -> None:
     from vidbooth.config import load_config
     from vidbooth.config.subject import SubjectConfig
     from vidbooth.engine.subject import train_subject
 
     subject = load_config(SubjectConfig, f"{family}/subject", None, _runtime(cfg) | {
-        "backbone.base": base, "name": SUBJECT, "photos": str(photos), "class_noun": noun, "overwrite": True,
+        "backbone.base": base, "name": SUBJECT, "photos": str(photos), "class_noun": CLASS_NOUN, "overwrite": True,
     })
     steps = cfg.subject_steps or subject.textual_inversion.train.steps
     if cfg.fast:
@@ -121,13 +123,13 @@ def _train_subject(cfg: DemoConfig, base: str, family: str, photos: Path, noun: 
     train_subject(subject)
 
 
-def _train_motion(cfg: DemoConfig, base: str, family: str, clip: Path, noun: str) -> None:
+def _train_motion(cfg: DemoConfig, base: str, family: str, clip: Path) -> None:
     from vidbooth.config import load_config
     from vidbooth.config.motion import MotionConfig
     from vidbooth.engine.motion import train_motion
 
     motion = load_config(MotionConfig, f"{family}/motion", None, _runtime(cfg) | {
-        "backbone.base": base, "name": MOTION, "clips": [str(clip)], "class_noun": "shape", "overwrite": True,
+        "backbone.base": base, "name": MOTION, "clips": [str(clip)], "class_noun": CLASS_NOUN, "overwrite": True,
     })
     steps = cfg.motion_steps or motion.train.steps
     motion.train.steps = max(1, steps // 2) if cfg.fast else steps
@@ -141,8 +143,8 @@ def _runtime(cfg: DemoConfig) -> dict:
             "runtime.seed": cfg.seed}
 
 
-def _variants(sprite, motion, noun: str) -> list[Variant]:
-    moving = motion.phrase  # "moving in a circle"
+def _variants(motion) -> list[Variant]:
+    noun, moving = CLASS_NOUN, motion.phrase  # "moving in a circle"
     return [
         Variant("class_noun", "subject: class noun only", f"a {noun}", 0.0, 0.0),
         Variant("textual_inversion", "subject: pseudo-word", f"a {SUBJECT} {noun}", 0.0, 0.0),
