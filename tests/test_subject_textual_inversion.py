@@ -139,6 +139,32 @@ def test_denoising_loss_target(prediction_type):
     assert torch.allclose(loss, target[prediction_type].pow(2).flatten(1).mean(1))
 
 
+def test_denoising_loss_draws_the_high_noise_share_from_the_top_of_the_schedule():
+    from types import SimpleNamespace
+
+    from vidbooth.engine.objective import HighNoise
+    from vidbooth.engine.tiny import _scheduler_config
+
+    scheduler = training_scheduler(_scheduler_config())
+    seen = []
+    model = SimpleNamespace(unet_forward=lambda noisy, t, text: seen.append(t) or torch.zeros_like(noisy))
+    latents = torch.randn(64, 4, 1, 2, 2)
+    denoising_loss(model, scheduler, latents, None, torch.Generator().manual_seed(0))
+    denoising_loss(model, scheduler, latents, None, torch.Generator().manual_seed(0), HighNoise(1.0, 990))
+    uniform, high = seen
+    assert (high >= 990).all() and (uniform < 990).sum() > 50
+    with pytest.raises(UserError, match="high_noise_from must be below the model's 1000"):
+        denoising_loss(model, scheduler, latents, None, torch.Generator(), HighNoise(0.5, 1000))
+
+
+@pytest.mark.parametrize("key, value", [("high_noise_fraction", 1.5), ("high_noise_fraction", -0.1), ("high_noise_from", -1)])
+def test_train_config_refuses_bad_high_noise_settings(key, value):
+    from vidbooth.config.train import TrainConfig
+
+    with pytest.raises(UserError, match=f"train.{key}"):
+        TrainConfig(**{key: value})
+
+
 def test_unknown_prediction_type_is_refused(bb):
     with pytest.raises(UserError, match="predicts 'flow'"):
         training_scheduler(bb.scheduler_config | {"prediction_type": "flow"})

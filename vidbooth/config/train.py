@@ -35,6 +35,12 @@ class TrainConfig:
     """Save a resumable checkpoint every N steps (0: only on interruption); one is also saved at the last step."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep in the run folder."""
+    high_noise_fraction: float = 0.0
+    """Fraction of samples trained at a timestep drawn from [high_noise_from, T) instead of [0, T), T being the
+    model's `num_train_timesteps`. A video's layout and motion are decided at high noise, so motion learning
+    gains from a share there (docs/motion.md); 0 keeps uniform timesteps."""
+    high_noise_from: int = 600
+    """First timestep of the high-noise range."""
     seed: int = 0
     """Seeds initialisation, batch order, noise and timesteps; the same seed gives the same weights on CPU."""
 
@@ -59,5 +65,9 @@ class TrainConfig:
         for key in ("lr_warmup_steps", "checkpoint_every"):
             if getattr(self, key) < 0:
                 raise UserError(f"train.{key} must not be negative, got {getattr(self, key)}")
+        if not 0 <= self.high_noise_fraction <= 1:
+            raise UserError(f"train.high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}")
+        if self.high_noise_from < 0:
+            raise UserError(f"train.high_noise_from must not be negative, got {self.high_noise_from}")
         if self.max_grad_norm < 0:
             raise UserError(f"train.max_grad_norm must not be negative, got {self.max_grad_norm}")

@@ -36,6 +36,7 @@ from vidbooth.config.motion import MotionConfig
 from vidbooth.data.clips import clip_fps, clip_to_tensor, frames_needed, load_clip, prepare_clip, sample_frames
 from vidbooth.data.images import hash_file, is_image_file, natural_sort_key
 from vidbooth.engine.backbone import Backbone
+from vidbooth.engine.objective import HighNoise, denoising_loss, training_scheduler
 from vidbooth.errors import UserError
 from vidbooth.reporting import info
 
@@ -71,10 +72,11 @@ class MotionResult:
 class MotionAdapterMethod:
     """The backbone's denoising loss with a motion adapter in its temporal layers; only the adapter trains."""
 
-    def __init__(self, backbone: Backbone, spec: MotionAdapterSpec, p_image_zero: float):
-        from vidbooth.engine.objective import training_scheduler
-
+    def __init__(
+        self, backbone: Backbone, spec: MotionAdapterSpec, p_image_zero: float, high_noise: HighNoise = HighNoise()
+    ):
         self.backbone = backbone
+        self.high_noise = high_noise
         self.spec = spec
         self.p_image_zero = p_image_zero
         self.noise_scheduler = training_scheduler(backbone.scheduler_config)
@@ -85,13 +87,11 @@ class MotionAdapterMethod:
         return self.params
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        from vidbooth.engine.objective import denoising_loss
-
         bb = self.backbone
         set_appearance(bb.unet, self._appearance(batch, generator))
         latents = batch["latents"].to(bb.device, bb.dtype)  # (B, C, F, h, w)
         text = batch["text"].to(bb.device, bb.dtype)  # (B, L, D)
-        return denoising_loss(bb, self.noise_scheduler, latents, text, generator).mean()
+        return denoising_loss(bb, self.noise_scheduler, latents, text, generator, self.high_noise).mean()
 
     def _appearance(self, batch: dict, generator: torch.Generator) -> torch.Tensor | None:
         """e of one random frame per sample, zeroed with probability p_image_zero; None without guidance."""
@@ -182,7 +182,7 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip]) -> MotionResult:
     items = training_items(backbone, clips, size, encoder)
     spec = MotionAdapterSpec(tuple(cfg.adapter.targets), cfg.adapter.hidden_ratio, encoder.dim if encoder else None)
     seed_everything(cfg.train.seed)
-    method = MotionAdapterMethod(backbone, spec, cfg.appearance.p_image_zero)
+    method = MotionAdapterMethod(backbone, spec, cfg.appearance.p_image_zero, HighNoise.of(cfg.train))
     run_dir = run_folder("motion", cfg.name, STAGE)
     started = time.perf_counter()
     result = train(

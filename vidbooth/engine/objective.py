@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from vidbooth.errors import UserError
@@ -34,16 +36,37 @@ def sample_timesteps(
     return timesteps
 
 
-def denoising_loss(backbone, scheduler, latents: torch.Tensor, text_embeds: torch.Tensor, generator: torch.Generator):
+@dataclass(frozen=True)
+class HighNoise:
+    """Which share of training timesteps to draw from [start, T) instead of [0, T) (`TrainConfig.high_noise_*`)."""
+
+    fraction: float = 0.0
+    start: int = 0
+
+    @classmethod
+    def of(cls, train_config) -> HighNoise:
+        return cls(train_config.high_noise_fraction, train_config.high_noise_from)
+
+
+def denoising_loss(
+    backbone,
+    scheduler,
+    latents: torch.Tensor,
+    text_embeds: torch.Tensor,
+    generator: torch.Generator,
+    high_noise: HighNoise = HighNoise(),
+):
     """Per-sample MSE (B,) between the UNet's prediction and its target, for latents (B, C, F, h, w).
 
-    Noise and timesteps (uniform) are drawn on the CPU from `generator` (reproducible on any device). The target
+    Noise and timesteps (uniform, but for `high_noise`) are drawn on the CPU from `generator` (reproducible on any device). The target
     is what the model predicts: the noise ('epsilon'), the velocity ('v_prediction') or the clean latents ('sample').
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)  # (B, C, F, h, w)
     total = scheduler.config.num_train_timesteps
-    timesteps = sample_timesteps(batch, total, generator)
+    if high_noise.fraction and not 0 <= high_noise.start < total:
+        raise UserError(f"train.high_noise_from must be below the model's {total} training timesteps, got {high_noise.start}")
+    timesteps = sample_timesteps(batch, total, generator, high_noise.fraction, high_noise.start)
     timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     kind = scheduler.config.prediction_type

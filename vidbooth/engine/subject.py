@@ -288,6 +288,7 @@ def _caption_check(run: _Run, ids: torch.Tensor) -> None:
 
 def _textual_inversion(run: _Run) -> torch.Tensor:
     """Stage 1: add the placeholder token(s) initialised from the class noun and learn their rows; returns them."""
+    from vidbooth.engine.objective import HighNoise
     from vidbooth.engine.subject_methods import TextualInversionMethod
 
     bb, ti = run.backbone, run.cfg.textual_inversion
@@ -296,7 +297,9 @@ def _textual_inversion(run: _Run) -> torch.Tensor:
     caption_ids = bb.tokenize(run.captions())  # (T, L), tokenised once
     _caption_check(run, caption_ids)
     seed_everything(ti.train.seed)
-    method = TextualInversionMethod(bb, caption_ids, wrap_placeholder_embedding(bb.text_encoder, ids))
+    method = TextualInversionMethod(
+        bb, caption_ids, wrap_placeholder_embedding(bb.text_encoder, ids), HighNoise.of(ti.train)
+    )
     run.results["textual_inversion"] = train(
         method,
         [{"latents": latents} for latents in run.latents],
@@ -345,6 +348,7 @@ def _class_prior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _identity(run: _Run, rows: torch.Tensor) -> None:
     """Stage 2: train identity adapters beside every spatial cross-attention, the embedding frozen."""
+    from vidbooth.engine.objective import HighNoise
     from vidbooth.engine.subject_methods import IdentityAdapterMethod
 
     bb, ident = run.backbone, run.cfg.identity
@@ -353,7 +357,9 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
         caption_embeds = bb.encode_prompt(run.captions())  # (T, L, D), encoded once
     seed_everything(ident.train.seed)
     inject_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), ident.hidden_ratio)
-    method = IdentityAdapterMethod(bb, caption_embeds, class_latents, class_embeds, run.cfg.prior.weight)
+    method = IdentityAdapterMethod(
+        bb, caption_embeds, class_latents, class_embeds, run.cfg.prior.weight, HighNoise.of(ident.train)
+    )
     signature = _signature(run, "identity") | {"embedding": hashlib.sha256(rows.numpy().tobytes()).hexdigest()}
     run.results["identity"] = train(
         method,

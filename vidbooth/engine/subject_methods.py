@@ -17,7 +17,7 @@ from vidbooth.adapters.base import load_adapter_state_dict
 from vidbooth.adapters.identity import KIND as IDENTITY_KIND
 from vidbooth.adapters.identity import identity_parameters, identity_state_dict
 from vidbooth.adapters.textual_inversion import PlaceholderEmbedding
-from vidbooth.engine.objective import denoising_loss, training_scheduler
+from vidbooth.engine.objective import HighNoise, denoising_loss, training_scheduler
 
 
 def _pick(count: int, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -27,8 +27,11 @@ def _pick(count: int, batch: int, generator: torch.Generator, device: torch.devi
 class TextualInversionMethod:
     """Learn the placeholder rows of `embedding` from photos captioned by `caption_ids` (T, L)."""
 
-    def __init__(self, backbone, caption_ids: torch.Tensor, embedding: PlaceholderEmbedding):
+    def __init__(
+        self, backbone, caption_ids: torch.Tensor, embedding: PlaceholderEmbedding, high_noise: HighNoise = HighNoise()
+    ):
         self.backbone = backbone
+        self.high_noise = high_noise
         self.caption_ids = caption_ids
         self.embedding = embedding
         self.scheduler = training_scheduler(backbone.scheduler_config)
@@ -40,7 +43,7 @@ class TextualInversionMethod:
         latents = batch["latents"]  # (B, C, 1, h, w)
         ids = self.caption_ids[_pick(len(self.caption_ids), latents.shape[0], generator, self.caption_ids.device)]
         text = self.backbone.encode_ids(ids)  # (B, L, D), through the placeholder rows
-        return denoising_loss(self.backbone, self.scheduler, latents, text, generator).mean()
+        return denoising_loss(self.backbone, self.scheduler, latents, text, generator, self.high_noise).mean()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"rows": self.embedding.rows.detach()}
@@ -60,8 +63,10 @@ class IdentityAdapterMethod:
         class_latents: torch.Tensor | None = None,
         class_embeds: torch.Tensor | None = None,
         prior_weight: float = 1.0,
+        high_noise: HighNoise = HighNoise(),
     ):
         self.backbone = backbone
+        self.high_noise = high_noise
         self.caption_embeds = caption_embeds  # (T, L, D), computed once
         self.class_latents = class_latents  # (Nc, C, 1, h, w) or None
         self.class_embeds = class_embeds  # (1, L, D) or None
@@ -76,11 +81,11 @@ class IdentityAdapterMethod:
         b, device = latents.shape[0], latents.device
         text = self.caption_embeds[_pick(len(self.caption_embeds), b, generator, device)]  # (B, L, D)
         if self.class_latents is None:
-            return denoising_loss(self.backbone, self.scheduler, latents, text, generator).mean()
+            return denoising_loss(self.backbone, self.scheduler, latents, text, generator, self.high_noise).mean()
         class_latents = self.class_latents[_pick(len(self.class_latents), b, generator, device)]
         latents = torch.cat([latents, class_latents])  # (2B, C, 1, h, w): one UNet call for both terms
         text = torch.cat([text, self.class_embeds.expand(b, -1, -1)])
-        per_sample = denoising_loss(self.backbone, self.scheduler, latents, text, generator)  # (2B,)
+        per_sample = denoising_loss(self.backbone, self.scheduler, latents, text, generator, self.high_noise)  # (2B,)
         return per_sample[:b].mean() + self.prior_weight * per_sample[b:].mean()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
