@@ -157,7 +157,9 @@ def test_denoising_loss_draws_the_high_noise_share_from_the_top_of_the_schedule(
         denoising_loss(model, scheduler, latents, None, torch.Generator(), HighNoise(0.5, 1000))
 
 
-@pytest.mark.parametrize("key, value", [("high_noise_fraction", 1.5), ("high_noise_fraction", -0.1), ("high_noise_from", -1)])
+@pytest.mark.parametrize(
+    "key, value", [("high_noise_fraction", 1.5), ("high_noise_fraction", -0.1), ("high_noise_from", -1)]
+)
 def test_train_config_refuses_bad_high_noise_settings(key, value):
     from vidbooth.config.train import TrainConfig
 

@@ -58,14 +58,17 @@ def denoising_loss(
 ):
     """Per-sample MSE (B,) between the UNet's prediction and its target, for latents (B, C, F, h, w).
 
-    Noise and timesteps (uniform, but for `high_noise`) are drawn on the CPU from `generator` (reproducible on any device). The target
-    is what the model predicts: the noise ('epsilon'), the velocity ('v_prediction') or the clean latents ('sample').
+    Noise and timesteps (uniform but for the `high_noise` share) are drawn on the CPU from `generator`
+    (reproducible on any device). The target is what the model predicts: the noise ('epsilon'), the velocity
+    ('v_prediction') or the clean latents ('sample').
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)  # (B, C, F, h, w)
     total = scheduler.config.num_train_timesteps
     if high_noise.fraction and not 0 <= high_noise.start < total:
-        raise UserError(f"train.high_noise_from must be below the model's {total} training timesteps, got {high_noise.start}")
+        raise UserError(
+            f"train.high_noise_from must be below the model's {total} training timesteps, got {high_noise.start}"
+        )
     timesteps = sample_timesteps(batch, total, generator, high_noise.fraction, high_noise.start)
     timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
