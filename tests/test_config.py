@@ -63,3 +63,23 @@ def test_resolved_config_round_trips(recipe, tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(to_yaml(cfg))
     assert load_config(GenerateConfig, str(path)) == cfg
+
+
+@pytest.mark.parametrize(
+    "recipe, command, sets, base, expected",
+    [
+        (None, "generate", [], None, "nano/generate"),  # the default base is nano
+        (None, "motion", [], "nano", "nano/motion"),
+        (None, "subject", ["backbone.base=nano"], None, "nano/subject"),
+        (None, "generate", [], "tiny", None),  # other bases keep the generic defaults
+        (None, "generate", ["backbone.base=tiny"], None, None),
+        (None, "generate", ["backbone.base=tiny"], "nano", "nano/generate"),  # the flag beats --set
+        (None, "generate", ["backbone.base=tiny", "backbone.base=nano"], None, "nano/generate"),  # last --set wins
+        (None, "evaluate", [], None, None),  # nano has no recipe for this command
+        ("zeroscope/generate", "generate", [], None, "zeroscope/generate"),  # a given recipe always wins
+    ],
+)
+def test_nano_recipes_apply_when_no_recipe_is_given(recipe, command, sets, base, expected):
+    from vidbooth.config.load import recipe_or_default
+
+    assert recipe_or_default(recipe, command, sets, {"backbone.base": base}) == expected

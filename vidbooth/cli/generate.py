@@ -33,6 +33,7 @@ def generate(
 ) -> None:
     """Generate a video from a prompt, optionally with learned subjects and a learned motion."""
     from vidbooth.config import GenerateConfig, load_config
+    from vidbooth.config.load import recipe_or_default
     from vidbooth.engine.generate import generate as run_generate
 
     overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {
@@ -51,5 +52,5 @@ def generate(
         "subject_scale": subject_scale,
         "motion_scale": motion_scale,
     }
-    cfg = load_config(GenerateConfig, recipe, sets, overrides)
+    cfg = load_config(GenerateConfig, recipe_or_default(recipe, "generate", sets, overrides), sets, overrides)
     run_generate(cfg)

@@ -37,6 +37,7 @@ def train_motion(
 ) -> None:
     """Learn the motion in CLIPS as a motion adapter (DreamVideo), guided by appearance so it learns no looks."""
     from vidbooth.config import load_config
+    from vidbooth.config.load import recipe_or_default
     from vidbooth.config.motion import MotionConfig
     from vidbooth.engine.motion import train_motion as run_train_motion
     from vidbooth.reporting import info
@@ -60,7 +61,7 @@ def train_motion(
         "appearance.p_image_zero": p_image_zero,
         "preview.enabled": preview,
     }
-    cfg = load_config(MotionConfig, recipe, sets, overrides)
+    cfg = load_config(MotionConfig, recipe_or_default(recipe, "motion", sets, overrides), sets, overrides)
     result = run_train_motion(cfg)
     info(
         f"motion '{result.name}': {result.steps} steps, loss {result.loss:.4f}, {result.step_seconds:.2f} s/step, "

@@ -60,9 +60,10 @@ def _prior_flags(prior_preservation, class_images, num_class_images, prior_weigh
 
 def _load(recipe, sets, overrides):
     from vidbooth.config import load_config
+    from vidbooth.config.load import recipe_or_default
     from vidbooth.config.subject import SubjectConfig
 
-    return load_config(SubjectConfig, recipe, sets, overrides)
+    return load_config(SubjectConfig, recipe_or_default(recipe, "subject", sets, overrides), sets, overrides)
 
 
 def textual_inversion(

@@ -28,6 +28,29 @@ def find_recipe(recipe: str) -> Path:
     raise UserError(f"recipe '{recipe}' not found: give a YAML file or one of: {', '.join(known) or 'none'}")
 
 
+SHIPPED_BASE = "nano"
+"""The built-in base whose own recipes (`recipes/nano/<command>.yaml`) apply when no --recipe is given."""
+
+
+def recipe_or_default(
+    recipe: str | None, command: str, sets: list[str] | None, overrides: dict[str, Any]
+) -> str | None:
+    """`recipe`, or `nano/<command>` when none is given and the base (flag, `--set backbone.base=`, else the
+    default) is the shipped nano model: its settings (10 sampling steps, the motion recipe's timesteps) are
+    what make nano work, and the generic defaults are those of the large models."""
+    if recipe:
+        return recipe
+    base = SHIPPED_BASE
+    for item in sets or []:
+        key, _, value = item.partition("=")
+        if key.strip() == "backbone.base":
+            base = value.strip()
+    base = overrides.get("backbone.base") or base
+    if base != SHIPPED_BASE or not (RECIPES_DIR / SHIPPED_BASE / f"{command}.yaml").is_file():
+        return None
+    return f"{SHIPPED_BASE}/{command}"
+
+
 def _describe(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
