@@ -75,6 +75,7 @@ def test_resolved_config_round_trips(recipe, tmp_path):
         (None, "generate", ["backbone.base=tiny"], None, None),
         (None, "generate", ["backbone.base=tiny"], "nano", "nano/generate"),  # the flag beats --set
         (None, "generate", ["backbone.base=tiny", "backbone.base=nano"], None, "nano/generate"),  # last --set wins
+        (None, "generate", ['backbone.base="nano"'], None, "nano/generate"),  # values parse as load_config's do
         (None, "evaluate", [], None, None),  # nano has no recipe for this command
         ("zeroscope/generate", "generate", [], None, "zeroscope/generate"),  # a given recipe always wins
     ],

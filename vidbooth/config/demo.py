@@ -22,7 +22,7 @@ class DemoConfig:
     """Videos per variant (each with its own noise); the scores are averaged over them."""
     subject_steps: int = 300
     """Textual-inversion steps (0: the recipe's); the identity adapter trains half as many."""
-    motion_steps: int = 400
+    motion_steps: int = 0
     """Motion-adapter steps (0: the recipe's)."""
     num_inference_steps: int = 0
     """Sampling steps (0: the recipe's)."""

@@ -42,9 +42,8 @@ def recipe_or_default(
         return recipe
     base = SHIPPED_BASE
     for item in sets or []:
-        key, _, value = item.partition("=")
-        if key.strip() == "backbone.base":
-            base = value.strip()
+        if "=" in item:  # load_config reports a malformed --set
+            base = OmegaConf.select(OmegaConf.from_dotlist([item]), "backbone.base", default=base)
     base = overrides.get("backbone.base") or base
     if base != SHIPPED_BASE or not (RECIPES_DIR / SHIPPED_BASE / f"{command}.yaml").is_file():
         return None

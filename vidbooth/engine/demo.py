@@ -76,7 +76,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     split = make_split()
     sprite, motion = split.demo_choice(cfg.seed)
     performer = next(s for s in split.pretraining_sprites() if s.colour != sprite.colour and s.shape != sprite.shape)
-    described = caption(sprite, motion).split(" moving")[0]  # "a red striped square"
+    described = caption(sprite, motion).removesuffix(f" {motion.phrase}")  # "a red striped square"
     info(f"demo subject: {described} (held out); motion: {motion.name} (held out)")
 
     seconds: dict[str, float] = {}

@@ -49,6 +49,7 @@ from vidbooth.adapters.textual_inversion import (
 from vidbooth.config import save_config
 from vidbooth.config.subject import SubjectConfig
 from vidbooth.engine.backbone import load_backbone_for
+from vidbooth.engine.objective import HighNoise
 from vidbooth.engine.train import (
     TrainResult,
     backbone_device,
@@ -288,7 +289,6 @@ def _caption_check(run: _Run, ids: torch.Tensor) -> None:
 
 def _textual_inversion(run: _Run) -> torch.Tensor:
     """Stage 1: add the placeholder token(s) initialised from the class noun and learn their rows; returns them."""
-    from vidbooth.engine.objective import HighNoise
     from vidbooth.engine.subject_methods import TextualInversionMethod
 
     bb, ti = run.backbone, run.cfg.textual_inversion
@@ -348,7 +348,6 @@ def _class_prior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _identity(run: _Run, rows: torch.Tensor) -> None:
     """Stage 2: train identity adapters beside every spatial cross-attention, the embedding frozen."""
-    from vidbooth.engine.objective import HighNoise
     from vidbooth.engine.subject_methods import IdentityAdapterMethod
 
     bb, ident = run.backbone, run.cfg.identity
