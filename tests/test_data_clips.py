@@ -83,6 +83,32 @@ def test_gif_clip_keeps_frame_order(tmp_path):
     assert frame_levels(frames) == list(range(6)) and fps == pytest.approx(8.0, rel=0.05)  # GIF stores centiseconds
 
 
+def _grey_frames(levels: list[int]) -> np.ndarray:
+    return np.stack([np.full((64, 64, 3), 16 + 8 * level, np.uint8) for level in levels])
+
+
+def test_gif_that_pauses_reads_back_every_frame_at_its_rate(tmp_path):
+    from vidbooth.data.video import read_video, video_fps, video_frame_count, write_video
+
+    levels = [0, 1, 1, 1, 2, 2, 2, 2]  # Pillow stores the repeats as 3 frames held 1x, 3x and 4x as long
+    path = write_video(_grey_frames(levels), tmp_path / "pause.gif", fps=8)
+    assert frame_levels(read_video(path)) == levels
+    assert video_frame_count(path) == len(levels) and video_fps(path) == pytest.approx(8.0, rel=0.05)
+    frames, fps = load_clip(path)
+    assert frame_levels(frames) == levels and fps == pytest.approx(8.0, rel=0.05)
+
+
+def test_gif_with_uneven_frame_times_is_resampled_to_its_shortest(tmp_path):
+    from PIL import Image
+
+    from vidbooth.data.video import read_video, video_fps
+
+    images = [Image.fromarray(frame) for frame in _grey_frames([0, 1, 2])]
+    path = tmp_path / "uneven.gif"
+    images[0].save(path, save_all=True, append_images=images[1:], duration=[100, 300, 100], loop=0)
+    assert frame_levels(read_video(path)) == [0, 1, 1, 1, 2] and video_fps(path) == pytest.approx(10.0)
+
+
 def test_portrait_odd_sized_video(tmp_path):
     frames, _ = load_clip(badinputs.make_bad_clip("portrait_odd_mp4", tmp_path))
     assert frames.shape == (6, 122, 68, 3)

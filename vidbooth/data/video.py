@@ -52,11 +52,37 @@ def read_video(path: str | Path, max_frames: int | None = None, max_short_side: 
     return np.stack(frames)
 
 
+GIF_DEFAULT_DURATION_MS = 100
+"""What browsers show a GIF frame with no stored duration for (10 fps)."""
+
+
+def _gif_durations(im) -> list[int]:
+    """Each frame's display time in ms, as stored (0 or missing counts as GIF_DEFAULT_DURATION_MS)."""
+    durations = []
+    for i in range(getattr(im, "n_frames", 1)):
+        im.seek(i)
+        durations.append(int(im.info.get("duration") or 0) or GIF_DEFAULT_DURATION_MS)
+    im.seek(0)
+    return durations
+
+
+def _gif_repeats(durations: list[int]) -> list[int]:
+    """How many times to show each frame at the GIF's base rate (its shortest frame time).
+
+    GIF encoders, Pillow's included, store a frame that does not change as one frame held longer: a clip that
+    pauses, or is still throughout, would otherwise read back short and with its timing lost.
+    """
+    base = min(durations)
+    return [max(1, round(d / base)) for d in durations]
+
+
 def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
     with Image.open(path) as im:
-        for i in range(getattr(im, "n_frames", 1)):
+        for i, repeats in enumerate(_gif_repeats(_gif_durations(im))):
             im.seek(i)
-            yield np.asarray(im.convert("RGB"))
+            frame = np.asarray(im.convert("RGB"))
+            for _ in range(repeats):
+                yield frame
 
 
 def _read_ffmpeg(path: Path) -> Generator[np.ndarray, None, None]:
@@ -85,8 +111,7 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
     try:
         if path.suffix.lower() == ".gif":
             with Image.open(path) as im:
-                duration = im.info.get("duration") or 0
-            return 1000.0 / duration if duration else default
+                return 1000.0 / min(_gif_durations(im))
         import imageio.v2 as imageio
 
         reader = imageio.get_reader(str(path), format="FFMPEG")
@@ -107,7 +132,7 @@ def video_frame_count(path: str | Path) -> int | None:
     try:
         if path.suffix.lower() == ".gif":
             with Image.open(path) as im:
-                return getattr(im, "n_frames", 1)
+                return sum(_gif_repeats(_gif_durations(im)))
         import imageio.v2 as imageio
 
         reader = imageio.get_reader(str(path), format="FFMPEG")
