@@ -23,7 +23,14 @@ def test_registry_lists_the_three_backends():
     assert "xformers" not in available_backends("cpu")
 
 
-@pytest.mark.parametrize("backend", available_backends(torch.device("cpu")))
+_NON_MATH_BACKENDS = [b for b in available_backends(torch.device("cpu")) if b != "math"]
+
+
+def test_some_non_math_backend_is_available():
+    assert _NON_MATH_BACKENDS  # otherwise test_backend_matches_math compares nothing
+
+
+@pytest.mark.parametrize("backend", _NON_MATH_BACKENDS)
 def test_backend_matches_math(backend):
     q, k, v = _qkv()
     reference = attention(q, k, v, backend="math")
@@ -41,6 +48,17 @@ def test_math_matches_explicit_softmax_formula():
     q, k, v = _qkv(lq=3, lk=3)
     expected = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1) @ v
     assert torch.allclose(attention(q, k, v, backend="math"), expected, atol=1e-6)
+
+
+def test_math_with_additive_mask_matches_explicit_formula():
+    q, k, v = _qkv(lq=7, lk=5)
+    g = torch.Generator().manual_seed(2)
+    additive = torch.randn(2, 1, 7, 5, generator=g)
+    additive[..., 1] = float("-inf")  # key 1 is hidden from every query
+    expected = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5 + additive, dim=-1) @ v
+    got = attention(q, k, v, additive, backend="math")
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, attention(q, k, v, backend="math"), atol=1e-3)  # the mask matters
 
 
 def test_context_manager_selects_backend(monkeypatch):

@@ -37,9 +37,11 @@ def test_refused_photo_is_one_line_exit_2_naming_the_file(kind, tmp_path, isolat
 def test_refused_photo_folder_is_one_line_exit_2(kind, tmp_path, isolated_home, capsys):
     folder = badinputs.make_bad_photo_folder(kind, tmp_path / "in")
     assert main(["textual-inversion", str(folder), "--name", "S*", *FAST]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
     assert lines[-1].startswith("error:")  # one error line; a warning may come first (skipped HEIC files)
     assert not any(line.startswith("error:") for line in lines[:-1])
+    assert "".join(str(folder).split()) in "".join(err.split())  # names the folder, however rich wraps it
     assert not (isolated_home / "subjects").exists()
 
 

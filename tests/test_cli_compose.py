@@ -42,6 +42,7 @@ def test_generate_with_subject_and_motion(tiny_base_dirs, inputs, tmp_path, caps
     assert read_video(out).shape == (4, 32, 32, 3)
     # the adapters change the video; at scale 0 both adapters are off and only the pseudo-word remains
     assert main([*args, "--out", str(tmp_path / "off.mp4"), "--subject-scale", "0", "--motion-scale", "0"]) == 0
+    assert not np.array_equal(read_video(out), read_video(tmp_path / "off.mp4"))
     assert main(["generate", "--base", str(base), "--prompt", "a S* ball rolling", "--subject", "S*", "--frames", "4",
                  "--steps", "2", "--device", "cpu", "--subject-scale", "0", "--out", str(tmp_path / "ti.mp4")]) == 0
     assert np.array_equal(read_video(tmp_path / "off.mp4"), read_video(tmp_path / "ti.mp4"))

@@ -106,7 +106,7 @@ def test_temporal_consistency_is_one_for_identical_frames_and_zero_for_orthogona
     alternating = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
     assert metrics.temporal_consistency(same) == pytest.approx(1.0)
     assert metrics.temporal_consistency(alternating) == pytest.approx(0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least 2 frames"):
         metrics.temporal_consistency(same[:1])
 
 

@@ -58,10 +58,12 @@ def test_missing_clip_names_it(tmp_path, isolated_home, no_model_loading, capsys
     assert motion_dirs(isolated_home) == []
 
 
-def test_one_bad_clip_among_good_ones_fails_all(tmp_path, isolated_home, no_model_loading):
+def test_one_bad_clip_among_good_ones_fails_all(tmp_path, isolated_home, no_model_loading, capsys):
     good = write_clip(tmp_path / "good.mp4", num_frames=12)
     bad = make_bad_clip("zero_byte_mp4", tmp_path / "bad")
     assert run(str(good), str(bad), "--name", "m") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error:") and bad.name in err and good.name not in err
     assert motion_dirs(isolated_home) == []
 
 
@@ -85,6 +87,7 @@ def test_name_is_required_and_validated(tmp_path, no_model_loading, capsys):
     assert run(clip) == 2
     assert "--name" in capsys.readouterr().err
     assert run(clip, "--name", "bad/name") == 2
+    assert "invalid motion name 'bad/name'" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.parametrize("kind", ACCEPTED_CLIP_KINDS)

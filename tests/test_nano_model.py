@@ -202,7 +202,7 @@ def test_packaged_nano_loads_offline():
     assert weights <= 30 * 2**20, f"shipped weights are {weights / 2**20:.1f} MB, over the 30 MB budget"
 
 
-def test_cli_runs_a_recipe_and_refuses_to_overwrite(tmp_path, char_tokenizer):
+def test_cli_runs_a_recipe_and_refuses_to_overwrite(tmp_path, char_tokenizer, capsys):
     from omegaconf import OmegaConf
 
     from vidbooth.cli.app import main
@@ -213,5 +213,7 @@ def test_cli_runs_a_recipe_and_refuses_to_overwrite(tmp_path, char_tokenizer):
     out = str(tmp_path / "cli-run")
     assert main(["pretrain", "--recipe", str(recipe), "--out", out]) == 0
     assert (tmp_path / "cli-run" / "model" / "unet").is_dir()
+    capsys.readouterr()
     assert main(["pretrain", "--recipe", str(recipe), "--out", out]) == 2  # a UserError: pass --resume
+    assert "already holds a pretraining run: pass --resume" in " ".join(capsys.readouterr().err.split())
     assert main(["pretrain", "--recipe", str(recipe), "--out", out, "--resume"]) == 0  # nothing left to train

@@ -94,7 +94,7 @@ def test_scores_accept_captions_or_pairs():
     assert score_against_caption(result, (sprite, motion)) == expected
     wrong = score_against_caption(result, "a red striped cross moving down")
     assert wrong == {"colour_correct": False, "shape_correct": True, "motion_correct": False}
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="cannot read caption 'a cross'"):
         score_against_caption(result, "a cross")
 
 
@@ -103,5 +103,5 @@ def test_bad_inputs_are_user_errors():
         probe_video(np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(UserError, match="uint8"):
         probe_video(np.zeros((2, 64, 64, 3), np.float32))
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="one truth per video.*got 1 videos, 0 truths"):
         probe_accuracy([np.zeros((2, 32, 32, 3), np.uint8)], [])

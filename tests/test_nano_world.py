@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -47,6 +48,10 @@ def test_clip_shape_dtype_and_trajectory(size, num_frames):
     frames, truth = render_clip(RED_SQUARE, Motion("left"), num_frames=num_frames, size=size, seed=3)
     assert frames.shape == (num_frames, size, size, 3) and frames.dtype == np.uint8
     assert truth.centres.shape == (num_frames, 2) and truth.radii.shape == (num_frames,)
+    assert np.all(np.diff(truth.centres[:, 0]) < 0)  # moving left
+    for frame, centre in zip(frames, truth.centres):
+        sprite_pixels = np.argwhere(_chroma(frame) > 70)  # (y, x); backgrounds <= 25, the square's stripes >= 140
+        assert np.abs(sprite_pixels.mean(axis=0)[::-1] - centre).max() <= 1.0, centre
 
 
 def test_same_seed_same_clip_and_different_seeds_differ():
@@ -108,10 +113,16 @@ def test_captions_read_naturally_and_parse_back_for_every_pair():
 
 
 @pytest.mark.parametrize(
-    "text", ["", "a red square moving left", "a pink striped square moving left", "a red striped square flying"]
+    ("text", "message"),
+    [
+        ("", "cannot read caption ''"),
+        ("a red square moving left", "unknown motion 'left' in caption"),
+        ("a pink striped square moving left", "unknown colour 'pink'"),
+        ("a red striped square flying", "unknown motion 'flying' in caption"),
+    ],
 )
-def test_unreadable_captions_are_user_errors(text):
-    with pytest.raises(UserError):
+def test_unreadable_captions_are_user_errors(text, message):
+    with pytest.raises(UserError, match=message):
         parse_caption(text)
 
 
@@ -120,10 +131,15 @@ def test_bad_names_and_arguments_are_user_errors():
         Sprite("square", "pink", "solid")
     with pytest.raises(UserError, match="motion"):
         Motion("sideways")
-    for kwargs in ({"size": 16}, {"num_frames": 1}, {"seed": -1}, {"seed": 1.5}):
-        with pytest.raises(UserError):
+    for kwargs, message in (
+        ({"size": 16}, "size must be an integer >= 32, got 16"),
+        ({"num_frames": 1}, "num_frames must be an integer >= 2, got 1"),
+        ({"seed": -1}, "seed must be a non-negative integer, got -1"),
+        ({"seed": 1.5}, "seed must be a non-negative integer, got 1.5"),
+    ):
+        with pytest.raises(UserError, match=re.escape(message)):
             render_clip(RED_SQUARE, Motion("left"), **kwargs)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="n must be an integer >= 1, got 0"):
         render_photos(RED_SQUARE, n=0)
 
 

@@ -33,9 +33,9 @@ FAST = [
 BASES = {"unet3d": "tiny", "animatediff": "tiny-animatediff"}
 
 
-def write_photos(folder: Path, count: int = 3) -> Path:
+def write_photos(folder: Path, count: int = 3, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for i in range(count):
         Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / f"photo{i}.png")
     return folder
@@ -162,15 +162,35 @@ def test_prior_preservation_generates_class_images_once(photos, isolated_home):
     assert [p.stat().st_mtime_ns for p in sorted((cache_dir() / "class-images").rglob("*.png"))] == stamps
 
 
-def test_prior_preservation_with_given_class_images(photos, tmp_path, monkeypatch):
+def record_encoded_pixels(monkeypatch) -> list[torch.Tensor]:
+    """The pixels of every `Backbone.encode_video` call from now on, in call order."""
+    from vidbooth.engine.backbone import Backbone
+
+    encoded, original = [], Backbone.encode_video
+
+    def recording(self, pixels, *args, **kwargs):
+        encoded.append(pixels.cpu())
+        return original(self, pixels, *args, **kwargs)
+
+    monkeypatch.setattr(Backbone, "encode_video", recording)
+    return encoded
+
+
+def test_prior_preservation_with_given_class_images(photos, tmp_path, isolated_home, monkeypatch):
     import vidbooth.engine.prior as prior
+    from vidbooth.data.images import load_photo_folder, photos_to_tensor
 
     def refuse(*args, **kwargs):
         raise AssertionError("class images were generated although a folder was given")
 
     monkeypatch.setattr(prior, "generate_class_images", refuse)
-    class_dir = write_photos(tmp_path / "dogs", count=2)
+    class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)  # unlike the subject's photos
+    encoded = record_encoded_pixels(monkeypatch)
     assert train_subject(photos, "--prior-preservation", "--class-images", str(class_dir)) == 0
+    class_pixels = photos_to_tensor([image for _, image in load_photo_folder(class_dir)], 16)  # data.resolution
+    assert len(encoded) == 2 and torch.equal(encoded[1], class_pixels)  # the photos, then the class images
+    prior_config = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["config"]["prior"]
+    assert prior_config["enabled"] is True and prior_config["class_images"] == str(class_dir)
 
 
 def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypatch):
@@ -252,6 +272,7 @@ def test_list_shows_subjects_and_motions(isolated_home, capsys):
     out = capsys.readouterr().out
     assert "wave" in out and "S*" not in out
     assert main(["list", "--kind", "robots"]) == 2
+    assert "--kind robots is unknown: use subject, motion or all" in capsys.readouterr().err
 
 
 def test_identity_adapter_needs_an_existing_subject(photos, capsys):
