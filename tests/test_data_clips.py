@@ -6,6 +6,7 @@ import badinputs
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from vidbooth.data import clips
 from vidbooth.data.clips import (
@@ -17,6 +18,7 @@ from vidbooth.data.clips import (
     sample_frames,
     sample_indices,
 )
+from vidbooth.data.video import read_video, video_fps, video_frame_count, write_video
 from vidbooth.errors import UserError
 
 
@@ -88,8 +90,6 @@ def _grey_frames(levels: list[int]) -> np.ndarray:
 
 
 def test_gif_that_pauses_reads_back_every_frame_at_its_rate(tmp_path):
-    from vidbooth.data.video import read_video, video_fps, video_frame_count, write_video
-
     levels = [0, 1, 1, 1, 2, 2, 2, 2]  # Pillow stores the repeats as 3 frames held 1x, 3x and 4x as long
     path = write_video(_grey_frames(levels), tmp_path / "pause.gif", fps=8)
     assert frame_levels(read_video(path)) == levels
@@ -99,10 +99,6 @@ def test_gif_that_pauses_reads_back_every_frame_at_its_rate(tmp_path):
 
 
 def test_gif_with_uneven_frame_times_is_resampled_to_its_shortest(tmp_path):
-    from PIL import Image
-
-    from vidbooth.data.video import read_video, video_fps
-
     images = [Image.fromarray(frame) for frame in _grey_frames([0, 1, 2])]
     path = tmp_path / "uneven.gif"
     images[0].save(path, save_all=True, append_images=images[1:], duration=[100, 300, 100], loop=0)

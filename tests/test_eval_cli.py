@@ -51,20 +51,19 @@ def error_lines(captured) -> list[str]:
     return [line for line in captured.err.splitlines() if line.startswith("error:")]
 
 
-def dino_i(video: Path, photos: Path, dino: Path) -> float:
-    """DINO-I of `video` against the images in `photos`, computed here from the library's own functions."""
-    embedder = load_dino(str(dino))
+def dino_i(video: Path, photos: Path, dino) -> float:
+    """DINO-I of `video` against the images in `photos` with the loaded `dino`, from the library's own functions."""
     return embedding_metrics.reference_similarity(
-        embedder.image_embeds(read_video(video)), embedder.image_embeds(read_image_folder(photos))
+        dino.image_embeds(read_video(video)), dino.image_embeds(read_image_folder(photos))
     )
 
 
-def expected_metrics(video: Path, prompt: str, photos: Path, reference_clip: Path, clip: Path, dino: Path) -> dict:
-    """Every metric of `video`, computed here from the library's loaders and metric functions."""
-    frames, embedder = read_video(video), load_clip(str(clip))
-    frame_embeds, photo_embeds = embedder.image_embeds(frames), embedder.image_embeds(read_image_folder(photos))
+def expected_metrics(video: Path, prompt: str, photos: Path, reference_clip: Path, clip, dino) -> dict:
+    """Every metric of `video` with the loaded `clip` and `dino`, from the library's own metric functions."""
+    frames = read_video(video)
+    frame_embeds, photo_embeds = clip.image_embeds(frames), clip.image_embeds(read_image_folder(photos))
     return {
-        "clip_t": embedding_metrics.clip_t(frame_embeds, embedder.text_embeds([prompt])[0]),
+        "clip_t": embedding_metrics.clip_t(frame_embeds, clip.text_embeds([prompt])[0]),
         "clip_i": embedding_metrics.reference_similarity(frame_embeds, photo_embeds),
         "dino_i": dino_i(video, photos, dino),
         "t_cons": embedding_metrics.temporal_consistency(frame_embeds),
@@ -83,7 +82,8 @@ def test_every_metric_is_computed_and_written_as_json_and_csv(media, tiny_clip_d
     right, left = (video["metrics"] for video in report["videos"])
     assert set(right) == {"clip_t", "clip_i", "dino_i", "t_cons", "motion_fidelity"}
     assert right["motion_fidelity"] > 0.9 and left["motion_fidelity"] < 0.2
-    inputs = ("a square", media["photos"], media["reference_clip"], tiny_clip_dir, tiny_vit_dir)
+    inputs = ("a square", media["photos"], media["reference_clip"], load_clip(str(tiny_clip_dir)),
+              load_dino(str(tiny_vit_dir)))
     assert right == pytest.approx(expected_metrics(media["right"], *inputs), abs=1e-5)
     assert left == pytest.approx(expected_metrics(media["left"], *inputs), abs=1e-5)
     for name, summary in report["aggregate"].items():
@@ -172,7 +172,7 @@ def test_an_unavailable_model_is_reported_and_the_other_metrics_still_run(media,
     assert report["models"]["clip"]["status"] == "unavailable"
     metrics = report["videos"][0]["metrics"]
     assert metrics["clip_t"] is None
-    assert metrics["dino_i"] == pytest.approx(dino_i(media["right"], media["photos"], tiny_vit_dir), abs=1e-5)
+    assert metrics["dino_i"] == pytest.approx(dino_i(media["right"], media["photos"], load_dino(str(tiny_vit_dir))), abs=1e-5)
     assert "CLIP-T, CLIP-I, T.Cons unavailable" in capsys.readouterr().err
 
 

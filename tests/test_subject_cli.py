@@ -128,24 +128,31 @@ def test_stages_one_by_one(photos, isolated_home, capsys):
     assert "already has an identity adapter" in capsys.readouterr().err
 
 
-def test_frozen_work_is_computed_once(photos, monkeypatch):
+def record_calls(monkeypatch, *names: str) -> dict[str, list]:
+    """The first argument of every call to each `Backbone.<name>` from now on, in call order."""
     from vidbooth.engine.backbone import Backbone
 
-    calls = {"encode_video": 0, "encode_prompt": 0}
+    calls = {name: [] for name in names}
 
-    def counted(name):
+    def recording(name):
         original = getattr(Backbone, name)
 
-        def wrapper(self, *args, **kwargs):
-            calls[name] += 1
-            return original(self, *args, **kwargs)
+        def wrapper(self, first, *args, **kwargs):
+            calls[name].append(first.cpu() if isinstance(first, torch.Tensor) else first)
+            return original(self, first, *args, **kwargs)
 
         return wrapper
 
-    for name in calls:
-        monkeypatch.setattr(Backbone, name, counted(name))
+    for name in names:
+        monkeypatch.setattr(Backbone, name, recording(name))
+    return calls
+
+
+def test_frozen_work_is_computed_once(photos, monkeypatch):
+    calls = record_calls(monkeypatch, "encode_video", "encode_prompt")
     assert train_subject(photos, "--set", "preview.enabled=false", steps=4) == 0
-    assert calls == {"encode_video": 1, "encode_prompt": 1}  # photos once; identity captions once
+    counts = {name: len(made) for name, made in calls.items()}
+    assert counts == {"encode_video": 1, "encode_prompt": 1}  # photos once; identity captions once
 
 
 def test_prior_preservation_generates_class_images_once(photos, isolated_home):
@@ -162,20 +169,6 @@ def test_prior_preservation_generates_class_images_once(photos, isolated_home):
     assert [p.stat().st_mtime_ns for p in sorted((cache_dir() / "class-images").rglob("*.png"))] == stamps
 
 
-def record_encoded_pixels(monkeypatch) -> list[torch.Tensor]:
-    """The pixels of every `Backbone.encode_video` call from now on, in call order."""
-    from vidbooth.engine.backbone import Backbone
-
-    encoded, original = [], Backbone.encode_video
-
-    def recording(self, pixels, *args, **kwargs):
-        encoded.append(pixels.cpu())
-        return original(self, pixels, *args, **kwargs)
-
-    monkeypatch.setattr(Backbone, "encode_video", recording)
-    return encoded
-
-
 def test_prior_preservation_with_given_class_images(photos, tmp_path, isolated_home, monkeypatch):
     import vidbooth.engine.prior as prior
     from vidbooth.data.images import load_photo_folder, photos_to_tensor
@@ -185,7 +178,7 @@ def test_prior_preservation_with_given_class_images(photos, tmp_path, isolated_h
 
     monkeypatch.setattr(prior, "generate_class_images", refuse)
     class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)  # unlike the subject's photos
-    encoded = record_encoded_pixels(monkeypatch)
+    encoded = record_calls(monkeypatch, "encode_video")["encode_video"]
     assert train_subject(photos, "--prior-preservation", "--class-images", str(class_dir)) == 0
     class_pixels = photos_to_tensor([image for _, image in load_photo_folder(class_dir)], 16)  # data.resolution
     assert len(encoded) == 2 and torch.equal(encoded[1], class_pixels)  # the photos, then the class images

@@ -6,6 +6,7 @@ Frames are numpy arrays of shape (F, H, W, 3), dtype uint8, RGB.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -56,29 +57,39 @@ GIF_DEFAULT_DURATION_MS = 100
 """What browsers show a GIF frame with no stored duration for (10 fps)."""
 
 
-def _gif_durations(im) -> list[int]:
+def _gif_durations(path: Path) -> tuple[int, ...]:
     """Each frame's display time in ms, as stored (0 or missing counts as GIF_DEFAULT_DURATION_MS)."""
-    durations = []
-    for i in range(getattr(im, "n_frames", 1)):
-        im.seek(i)
-        durations.append(int(im.info.get("duration") or 0) or GIF_DEFAULT_DURATION_MS)
-    im.seek(0)
-    return durations
+    stat = path.stat()
+    return _gif_durations_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-def _gif_repeats(durations: list[int]) -> list[int]:
+@functools.lru_cache(maxsize=16)
+def _gif_durations_cached(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
+    """Seeking decodes every frame, so fps, frame count and reading one clip share one pass (keyed by the file's
+    size and mtime, so a rewritten file is read again)."""
+    with Image.open(path) as im:
+        durations = []
+        for i in range(getattr(im, "n_frames", 1)):
+            im.seek(i)
+            durations.append(int(im.info.get("duration") or 0) or GIF_DEFAULT_DURATION_MS)
+    return tuple(durations)
+
+
+def _gif_repeats(durations: tuple[int, ...]) -> list[int]:
     """How many times to show each frame at the GIF's base rate (its shortest frame time).
 
     GIF encoders, Pillow's included, store a frame that does not change as one frame held longer: a clip that
-    pauses, or is still throughout, would otherwise read back short and with its timing lost.
+    pauses would otherwise read back short and with its timing lost. (A GIF still throughout is one frame and
+    stays one.)
     """
     base = min(durations)
     return [max(1, round(d / base)) for d in durations]
 
 
 def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
+    repeats_of = _gif_repeats(_gif_durations(path))
     with Image.open(path) as im:
-        for i, repeats in enumerate(_gif_repeats(_gif_durations(im))):
+        for i, repeats in enumerate(repeats_of):
             im.seek(i)
             frame = np.asarray(im.convert("RGB"))
             for _ in range(repeats):
@@ -110,8 +121,7 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
     path = Path(path)
     try:
         if path.suffix.lower() == ".gif":
-            with Image.open(path) as im:
-                return 1000.0 / min(_gif_durations(im))
+            return 1000.0 / min(_gif_durations(path))
         import imageio.v2 as imageio
 
         reader = imageio.get_reader(str(path), format="FFMPEG")
@@ -131,8 +141,7 @@ def video_frame_count(path: str | Path) -> int | None:
     path = Path(path)
     try:
         if path.suffix.lower() == ".gif":
-            with Image.open(path) as im:
-                return sum(_gif_repeats(_gif_durations(im)))
+            return sum(_gif_repeats(_gif_durations(path)))
         import imageio.v2 as imageio
 
         reader = imageio.get_reader(str(path), format="FFMPEG")
