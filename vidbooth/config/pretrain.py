@@ -29,6 +29,8 @@ class ClipStage:
     batch: int = 64
     """Clips per step; one random frame of each is paired with its caption."""
     lr: float = 2e-3
+    caption_word_weight: float = 0.0
+    """Weight of recovering each caption's words from its end-of-text state (`caption_word_loss`); 0: off."""
 
 
 @dataclass
@@ -96,6 +98,8 @@ class PretrainConfig:
             raise UserError("unet.high_noise_fraction must be in [0, 1] and unet.high_noise_from in [0, 1000)")
         if self.unet.text_encoder_lr < 0:
             raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {self.unet.text_encoder_lr}")
+        if self.clip.caption_word_weight < 0:
+            raise UserError(f"clip.caption_word_weight must be >= 0 (0 turns it off), got {self.clip.caption_word_weight}")
         if not 0 <= self.unet.caption_dropout < 1:
             raise UserError(f"unet.caption_dropout must be in [0, 1), got {self.unet.caption_dropout}")
         if self.init_from and self.resume:

@@ -160,6 +160,22 @@ def clip_loss(clip, tokenizer, frames: torch.Tensor, captions: list[str]) -> tor
     return (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
 
 
+def caption_word_loss(text_model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Recover each caption's words from its end-of-text state, read out through the tower's own token table.
+
+    Cross-entropy against a uniform target over the caption's tokens (between start and end of text). A frame
+    cannot show motion, so the contrastive loss alone leaves motion words nearly identical in the tower
+    (docs/nano.md); this term keeps every word of the caption apart at the state the later tokens copy.
+    """
+    hidden = text_model(input_ids).last_hidden_state  # (B, L, D), final layer norm applied
+    end = (input_ids == text_model.config.eos_token_id).int().argmax(dim=1)  # the first end-of-text token
+    logits = hidden[torch.arange(len(input_ids)), end] @ text_model.embeddings.token_embedding.weight.T  # (B, V)
+    positions = torch.arange(input_ids.shape[1])[None]
+    words = (positions > 0) & (positions < end[:, None])
+    targets = torch.zeros_like(logits).scatter_add_(1, input_ids, words.float())
+    return F.cross_entropy(logits, targets / targets.sum(dim=1, keepdim=True).clamp(min=1))
+
+
 def encode_clips(vae, text_model, tokenizer, videos: np.ndarray, captions: list[str]):
     """Scaled VAE latents (B, C, F, h, w) of uint8 videos (B, F, H, W, 3) and text embeddings (B, L, D).
 
@@ -333,7 +349,11 @@ def _clip_stage(run: _Run, models: _Models) -> bool:
     def loss_at(rng, generator):
         videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
         frames = pixels(videos[np.arange(cfg.batch), rng.integers(arch.num_frames, size=cfg.batch)])  # (B, 3, H, W)
-        return clip_loss(clip, models.tokenizer, frames, captions)
+        loss = clip_loss(clip, models.tokenizer, frames, captions)
+        if cfg.caption_word_weight:
+            ids = models.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+            loss = loss + cfg.caption_word_weight * caption_word_loss(clip.text_model, ids)
+        return loss
 
     return _loop(run, "clip", clip, optimizer, cfg.steps, int(cfg.steps * WARMUP_FRACTION), loss_at)
 
