@@ -190,9 +190,15 @@ def test_split_and_demo_choice_are_deterministic_and_held_out():
     assert make_split(5).heldout_sprites == make_split(5).heldout_sprites
     assert len({make_split(seed).heldout_sprites for seed in range(4)}) > 1
     split = make_split(0)
-    choices = {split.demo_choice(seed) for seed in range(20)}
-    assert all(sprite in split.heldout_sprites and motion in split.heldout_motions for sprite, motion in choices)
-    assert len(choices) > 1 and split.demo_choice(3) == split.demo_choice(3)
+    everything = set(itertools.product(split.heldout_sprites, split.heldout_motions))
+    first_lap = [split.demo_choice(seed) for seed in range(len(everything))]
+    assert set(first_lap) == everything  # every held-out pair, none twice
+    first_sprites = [sprite for sprite, _ in first_lap[: len(split.heldout_sprites)]]
+    assert sorted(first_sprites) == sorted(split.heldout_sprites)
+    looks = [(sprite.shape, sprite.colour) for sprite in first_sprites]
+    assert all(a != b for a, b in zip(looks, looks[1:]))  # neighbouring seeds show different-looking subjects
+    assert len({motion for _, motion in first_lap[:4]}) == len(split.heldout_motions)
+    assert split.demo_choice(len(everything) + 3) == split.demo_choice(3) == make_split(0).demo_choice(3)
 
 
 def test_pretraining_batch_uses_only_pretraining_pairs():

@@ -402,10 +402,29 @@ class Split:
         return tuple(motion for motion in all_motions() if motion not in self.heldout_motions)
 
     def demo_choice(self, seed: int = 0) -> tuple[Sprite, Motion]:
-        """One held-out sprite and one held-out motion, picked by `seed`."""
-        rng = _rng(seed)
-        sprite = self.heldout_sprites[rng.integers(len(self.heldout_sprites))]
-        return sprite, self.heldout_motions[rng.integers(len(self.heldout_motions))]
+        """One held-out sprite and one held-out motion, picked by `seed`.
+
+        Consecutive seeds walk through every (sprite, motion) pair once before any repeats: seeds 0 to
+        len(heldout_sprites) - 1 give each held-out sprite once, neighbours differing in shape or colour where
+        possible (patterns alone barely survive nano's autoencoder); the held-out motions take turns every two seeds.
+        """
+        sprites = _alternate_looks(self.heldout_sprites)
+        lap = seed // len(sprites)
+        return sprites[seed % len(sprites)], self.heldout_motions[(seed // 2 + lap) % len(self.heldout_motions)]
+
+
+def _alternate_looks(sprites: tuple[Sprite, ...]) -> list[Sprite]:
+    """`sprites` reordered so that neighbours differ in (shape, colour) where possible: the fullest group goes next."""
+    groups: dict[tuple[str, str], list[Sprite]] = {}
+    for sprite in sorted(sprites):
+        groups.setdefault((sprite.shape, sprite.colour), []).append(sprite)
+    order: list[Sprite] = []
+    last = None
+    while len(order) < len(sprites):
+        candidates = [key for key, left in groups.items() if left and key != last] or [last]
+        last = max(candidates, key=lambda key: len(groups[key]))  # max keeps the first of equals: sorted order
+        order.append(groups[last].pop(0))
+    return order
 
 
 def _pick_heldout_sprites(rng: np.random.Generator) -> tuple[Sprite, ...]:
