@@ -2,9 +2,9 @@
 
 Usage: python benchmarks/bench_motion_words.py [--base nano] [--noises 16]
 
-1. Text tower: how far the hidden states of "a red striped square moving <word>" lie from those of
-   the nearest other direction word's, relative to their norm, at the motion word and the end-of-text token. The UNet
-   cross-attends to these states, so directions the tower maps to the same states cannot be told apart.
+1. Text tower: how far the hidden states of "a red striped square moving <word>" lie from those of the
+   nearest other direction word, relative to their norm, at the motion word and at the end-of-text token.
+   The UNet cross-attends to these states, so directions the tower maps to the same states look alike.
 2. UNet at the top of the schedule (the first DDIM step, where nano decides a path): the clean-latent
    prediction averaged over `--noises` noise draws, decoded and read by the world probe, for each word.
    With the noise averaged out, a base that follows its motion words moves the sprite each word's way; the
@@ -30,12 +30,11 @@ def main() -> None:
     parser.add_argument("--base", default="nano")
     parser.add_argument("--noises", type=int, default=16)
     args = parser.parse_args()
-    torch.manual_seed(0)
     backbone = load_backbone(args.base, device="cpu", precision="fp32")
     prompts = [f"a red striped square moving {word}" for word in WORDS]
     ids = backbone.tokenize(prompts)
     word_at = int((ids[0] != ids[1]).nonzero()[0])  # the first token where "left" and "right" differ
-    end_at = int(ids[0].argmax())  # CLIP's end-of-text id is the largest
+    end_at = int((ids[0] == backbone.tokenizer.eos_token_id).nonzero()[0])
     with torch.no_grad():
         hidden = backbone.encode_ids(ids).float()
     print(f"text tower: |h(word) - h(nearest other word)| / |h(word)| at the motion word (token {word_at}) "
@@ -43,8 +42,8 @@ def main() -> None:
     for index, word in enumerate(WORDS):
         gaps = []
         for at in (word_at, end_at):
-            others = [float((hidden[index, at] - hidden[other, at]).norm()) for other in range(len(WORDS)) if other != index]
-            gaps.append(min(others) / float(hidden[index, at].norm()))
+            others = [hidden[index, at] - hidden[other, at] for other in range(len(WORDS)) if other != index]
+            gaps.append(min(float(gap.norm()) for gap in others) / float(hidden[index, at].norm()))
         print(f"  {word:>6}: {gaps[0]:.3f}  {gaps[1]:.3f}")
 
     frames = 8

@@ -173,7 +173,8 @@ def test_caption_word_loss_reads_every_caption_word_from_the_end_of_text_state(c
         state = text_model(row[None]).last_hidden_state[0, end]
         log_probs = torch.log_softmax(state @ text_model.embeddings.token_embedding.weight.T, dim=0)
         expected.append(-log_probs[row[1:end]].mean())  # uniform over the tokens between start and end
-    assert nano.caption_word_loss(text_model, ids).item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    loss = nano.caption_word_loss(text_model, ids).item()
+    assert loss == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
 
     # Trained on it alone, the end-of-text state of "ab" comes to name b rather than c, and that of "ac" c.
     pair = tokenizer(["ab", "ac"], padding="max_length", truncation=True, return_tensors="pt").input_ids

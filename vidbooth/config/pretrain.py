@@ -99,7 +99,8 @@ class PretrainConfig:
         if self.unet.text_encoder_lr < 0:
             raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {self.unet.text_encoder_lr}")
         if self.clip.caption_word_weight < 0:
-            raise UserError(f"clip.caption_word_weight must be >= 0 (0 turns it off), got {self.clip.caption_word_weight}")
+            weight = self.clip.caption_word_weight
+            raise UserError(f"clip.caption_word_weight must be >= 0 (0 turns it off), got {weight}")
         if not 0 <= self.unet.caption_dropout < 1:
             raise UserError(f"unet.caption_dropout must be in [0, 1), got {self.unet.caption_dropout}")
         if self.init_from and self.resume:
