@@ -23,7 +23,7 @@ WORDS = ("left", "right", "up", "down")
 
 def main() -> None:
     from vidbooth.engine.backbone import load_backbone
-    from vidbooth.engine.sampling import to_uint8
+    from vidbooth.engine.sampling import to_numpy_frames, to_uint8
     from vidbooth.nano.probe import probe_video
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,8 +63,7 @@ def main() -> None:
     between_noises = (predictions - means[:, None]).pow(2).mean().sqrt()
     print(f"UNet at t={top}, noise-averaged clean latents: change between words / change between noise draws "
           f"= {float(between_words / between_noises):.3f}")
-    pixels = backbone.decode_latents(means.to(backbone.dtype)).permute(0, 1, 3, 4, 2)  # (words, F, H, W, 3)
-    videos = to_uint8(((pixels + 1) / 2).clamp(0, 1).cpu().numpy())
+    videos = to_uint8(to_numpy_frames(backbone.decode_latents(means.to(backbone.dtype))))  # (words, F, H, W, 3)
     for word, video in zip(WORDS, videos):
         probed = probe_video(video)
         shift = np.nan_to_num(probed.centroids[-1] - probed.centroids[0])

@@ -165,7 +165,8 @@ def test_caption_word_loss_reads_every_caption_word_from_the_end_of_text_state(c
     torch.manual_seed(0)
     arch = tiny_arch()
     tokenizer = nano.load_tokenizer(str(char_tokenizer), arch.clip.max_length)
-    text_model = build_clip(arch, tokenizer).text_model
+    clip = build_clip(arch, tokenizer)
+    text_model = clip.text_model
     ids = tokenizer(["ab", "abc"], padding="max_length", truncation=True, return_tensors="pt").input_ids
     expected = []
     for row in ids:
@@ -175,6 +176,10 @@ def test_caption_word_loss_reads_every_caption_word_from_the_end_of_text_state(c
         expected.append(-log_probs[row[1:end]].mean())  # uniform over the tokens between start and end
     loss = nano.caption_word_loss(text_model, ids).item()
     assert loss == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    frames = torch.rand(2, 3, arch.size, arch.size) * 2 - 1  # the CLIP stage adds it from its own text forward pass
+    captions = ["ab", "abc"]
+    added = nano.clip_loss(clip, tokenizer, frames, captions, 0.5) - nano.clip_loss(clip, tokenizer, frames, captions)
+    assert added.item() == pytest.approx(0.5 * loss, rel=1e-5)
 
     # Trained on it alone, the end-of-text state of "ab" comes to name b rather than c, and that of "ac" c.
     pair = tokenizer(["ab", "ac"], padding="max_length", truncation=True, return_tensors="pt").input_ids

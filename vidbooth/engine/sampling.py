@@ -113,10 +113,15 @@ def sample_video(
     video = backbone.decode_latents(latents, chunk_size=decode_chunk_size)  # (B, F, 3, H, W) in [-1, 1]
     if output_type == "pt":
         return video
-    video = (video / 2 + 0.5).clamp(0, 1).permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, F, H, W, 3)
+    video = to_numpy_frames(video)
     if output_type == "np":
         return video
     return to_uint8(video)
+
+
+def to_numpy_frames(video: torch.Tensor) -> np.ndarray:
+    """Decoded pixels (B, F, 3, H, W) in [-1, 1] -> (B, F, H, W, 3) floats in [0, 1]."""
+    return (video / 2 + 0.5).clamp(0, 1).permute(0, 1, 3, 4, 2).cpu().numpy()
 
 
 def to_uint8(video: np.ndarray) -> np.ndarray:

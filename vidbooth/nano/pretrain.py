@@ -151,23 +151,34 @@ def autoencoder_loss(
     return (weights * (recon - frames) ** 2).mean() / weights.mean() + kl_weight * posterior.kl().mean()
 
 
-def clip_loss(clip, tokenizer, frames: torch.Tensor, captions: list[str]) -> torch.Tensor:
-    """Symmetric contrastive loss of frames (B, 3, H, W) against their captions; equal captions share the target."""
+def clip_loss(
+    clip, tokenizer, frames: torch.Tensor, captions: list[str], caption_word_weight: float = 0.0
+) -> torch.Tensor:
+    """Symmetric contrastive loss of frames (B, 3, H, W) against their captions; equal captions share the target.
+
+    Plus `caption_word_weight` x `caption_word_loss`, from the same forward pass of the text tower.
+    """
     ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
     out = clip(input_ids=ids, pixel_values=frames)
     same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
     targets = same / same.sum(1, keepdim=True)
-    return (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
+    loss = (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
+    if caption_word_weight:
+        hidden = out.text_model_output.last_hidden_state
+        loss = loss + caption_word_weight * caption_word_loss(clip.text_model, ids, hidden)
+    return loss
 
 
-def caption_word_loss(text_model, input_ids: torch.Tensor) -> torch.Tensor:
+def caption_word_loss(text_model, input_ids: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
     """Recover each caption's words from its end-of-text state, read out through the tower's own token table.
 
     Cross-entropy against a uniform target over the caption's tokens (between start and end of text). A frame
     cannot show motion, so the contrastive loss alone leaves motion words nearly identical in the tower
     (docs/nano.md); this term keeps every word of the caption apart at the state the later tokens copy.
+    `hidden` is the tower's last hidden state (B, L, D) for `input_ids` when the caller already has it.
     """
-    hidden = text_model(input_ids).last_hidden_state  # (B, L, D), final layer norm applied
+    if hidden is None:
+        hidden = text_model(input_ids).last_hidden_state  # final layer norm applied
     end = (input_ids == text_model.config.eos_token_id).int().argmax(dim=1)  # the first end-of-text token
     logits = hidden[torch.arange(len(input_ids)), end] @ text_model.embeddings.token_embedding.weight.T  # (B, V)
     positions = torch.arange(input_ids.shape[1])[None]
@@ -349,11 +360,7 @@ def _clip_stage(run: _Run, models: _Models) -> bool:
     def loss_at(rng, generator):
         videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
         frames = pixels(videos[np.arange(cfg.batch), rng.integers(arch.num_frames, size=cfg.batch)])  # (B, 3, H, W)
-        loss = clip_loss(clip, models.tokenizer, frames, captions)
-        if cfg.caption_word_weight:
-            ids = models.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
-            loss = loss + cfg.caption_word_weight * caption_word_loss(clip.text_model, ids)
-        return loss
+        return clip_loss(clip, models.tokenizer, frames, captions, cfg.caption_word_weight)
 
     return _loop(run, "clip", clip, optimizer, cfg.steps, int(cfg.steps * WARMUP_FRACTION), loss_at)
 
