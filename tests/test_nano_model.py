@@ -139,6 +139,17 @@ def test_resume_continues_exactly(tmp_path, char_tokenizer):
     assert [row["unet_step"] for row in continued.curve] == [2, 4, 5]  # run b was evaluated at 2, 4; then 5
 
 
+def test_a_run_and_its_model_keep_the_world_they_were_trained_on(tmp_path, char_tokenizer):
+    edge = nano.pretrain(tiny_config(tmp_path / "edge", char_tokenizer, linear_paths="edge"))
+    assert json.loads((edge.model_dir / "nano.json").read_text())["linear_paths"] == "edge"
+    with pytest.raises(UserError, match="another arch, seed, split_seed or linear_paths: use a new --out"):
+        nano.pretrain(tiny_config(tmp_path / "edge", char_tokenizer, unet_steps=3, resume=True))
+    with pytest.raises(UserError, match="another arch, seed, split_seed or linear_paths than this recipe"):
+        nano.pretrain(tiny_config(tmp_path / "new", char_tokenizer, init_from=str(edge.model_dir)))
+    resumed = nano.pretrain(tiny_config(tmp_path / "edge", char_tokenizer, 3, resume=True, linear_paths="edge"))
+    assert resumed.finished and resumed.steps["unet"] == 3
+
+
 def test_unet_stage_trains_the_text_tower_unless_its_lr_is_zero(tmp_path, char_tokenizer):
     from safetensors.torch import load_file
 
@@ -236,6 +247,9 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
     bad = tiny_config(tmp_path, char_tokenizer)
     bad.clip.caption_word_weight = -1.0
     with pytest.raises(UserError, match="caption_word_weight"):
+        nano.pretrain(bad)
+    bad = tiny_config(tmp_path, char_tokenizer, linear_paths="diagonal")
+    with pytest.raises(UserError, match="linear_paths must be one of random, edge, got 'diagonal'"):
         nano.pretrain(bad)
     bad = tiny_config(tmp_path, char_tokenizer)
     bad.unet.high_noise_fraction = 2.0

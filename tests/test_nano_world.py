@@ -81,6 +81,36 @@ def test_linear_motions_move_visibly_every_frame_in_their_direction(size, least_
         assert np.all(np.sign(np.round(steps, 6)) == [expected_x, expected_y]), (name, seed)
 
 
+@pytest.mark.parametrize("size", [64, 32])
+def test_edge_paths_cross_the_frame_from_the_edge_the_word_names(size):
+    jitter = 0.06 * size
+    for name, seed in itertools.product(LINEAR_MOTIONS, range(10)):
+        frames, truth = render_clip(RED_SQUARE, Motion(name), size=size, seed=seed, linear_paths="edge")
+        near, far = truth.radii[0] + 1.0, size - 2.0 - truth.radii[0]
+        step = (-1 if "left" in name else 1 if "right" in name else 0, -1 if "up" in name else 1 if "down" in name else 0)
+        for axis in range(2):
+            path = truth.centres[:, axis]
+            if step[axis] == 0:
+                assert np.ptp(path) == 0 and near <= path[0] <= far, (name, seed)
+                continue
+            first, last = (path[0], path[-1]) if step[axis] > 0 else (size - 1 - path[0], size - 1 - path[-1])
+            low = near if step[axis] > 0 else size - 1 - far
+            assert low <= first <= low + jitter and size - 1 - low - jitter <= last <= size - 1 - low, (name, seed)
+        steps = np.diff(truth.centres, axis=0)
+        assert np.all(np.sign(np.round(steps, 6)) == step), (name, seed)
+        assert np.all(truth.centres - truth.radii[:, None] >= 0) and np.all(truth.centres + truth.radii[:, None] <= size - 1)
+        assert frames.shape == (8, size, size, 3)
+
+
+def test_edge_paths_change_only_linear_motions():
+    for motion in all_motions():
+        default, default_truth = render_clip(RED_SQUARE, motion, seed=4)
+        edge, edge_truth = render_clip(RED_SQUARE, motion, seed=4, linear_paths="edge")
+        assert np.array_equal(default, edge) == (motion.name not in LINEAR_MOTIONS), motion
+    with pytest.raises(UserError, match="unknown linear_paths 'corner': use one of random, edge"):
+        render_clip(RED_SQUARE, Motion("left"), linear_paths="corner")
+
+
 def test_special_motions_follow_their_definitions():
     _, zoom_in = render_clip(RED_SQUARE, Motion("zoom-in"), seed=1)
     _, zoom_out = render_clip(RED_SQUARE, Motion("zoom-out"), seed=1)
@@ -208,3 +238,21 @@ def test_pretraining_batch_uses_only_pretraining_pairs():
     assert all(parse_caption(text) in set(split.pretraining_pairs) for text in captions)
     again, _ = sample_pretraining_batch(np.random.default_rng(0), batch=24, num_frames=4, size=32, split=split)
     assert np.array_equal(videos, again)
+
+
+def test_pretraining_batch_lays_out_linear_motions_as_asked():
+    split = make_split(0)
+    start_gap = {}
+    for paths in ("random", "edge"):
+        videos, captions = sample_pretraining_batch(np.random.default_rng(1), 160, 2, 32, split, linear_paths=paths)
+        start_gap[paths] = []
+        for video, text in zip(videos, captions):
+            name = parse_caption(text)[1].name
+            if name not in LINEAR_MOTIONS:
+                continue
+            y, x = np.argwhere(_chroma(video[0]) > 70).mean(axis=0)
+            gaps = [x if "right" in name else 31 - x if "left" in name else 0,
+                    y if "down" in name else 31 - y if "up" in name else 0]
+            start_gap[paths].append(max(gaps))  # how far the first centre is from the edge the motion leaves
+    assert len(start_gap["edge"]) > 50 and max(start_gap["edge"]) < 9  # radius (<= 4.8) + 1 + jitter (1.9) + rounding
+    assert max(start_gap["random"]) > 12

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from vidbooth.errors import UserError
 from vidbooth.nano.model import NanoArch
+from vidbooth.nano.world import LINEAR_PATHS
 
 
 @dataclass
@@ -69,6 +70,8 @@ class PretrainConfig:
     """Seeds the initial weights and every step's data and noise (a resumed run continues the same stream)."""
     split_seed: int = 0
     """The world's held-out split (vidbooth.nano.world.make_split); recorded in the model's nano.json."""
+    linear_paths: str = "random"
+    """How the world lays out linear motions: 'random' starts or 'edge' to edge, so the word fixes the path."""
     tokenizer: str = "nano"
     """'nano' (the packaged model's tokenizer/), a CLIPTokenizer folder, or an open-clip-torch wheel (.whl)."""
     out: str = "runs/nano"
@@ -103,6 +106,8 @@ class PretrainConfig:
             raise UserError(f"clip.caption_word_weight must be >= 0 (0 turns it off), got {weight}")
         if not 0 <= self.unet.caption_dropout < 1:
             raise UserError(f"unet.caption_dropout must be in [0, 1), got {self.unet.caption_dropout}")
+        if self.linear_paths not in LINEAR_PATHS:
+            raise UserError(f"linear_paths must be one of {', '.join(LINEAR_PATHS)}, got '{self.linear_paths}'")
         if self.init_from and self.resume:
             raise UserError("give --init-from to start a run from a model, or --resume to continue a run, not both")
         if self.unet.eval_prompts < 1 or self.max_minutes < 0 or self.threads < 1:

@@ -73,18 +73,24 @@ class _Run:
             raise UserError(f"{self.dir} already holds a pretraining run: pass --resume to continue, or another --out")
         if state is None and cfg.resume:
             raise UserError(f"nothing to resume in {self.dir}: run without --resume to start")
-        self.identity = (arch, cfg.seed, cfg.split_seed)
-        if state is not None and (state["arch"], state["seed"], state["split_seed"]) != self.identity:
-            raise UserError(f"{self.dir} was trained with another arch, seed or split_seed: use a new --out")
+        self.identity = (arch, cfg.seed, cfg.split_seed, cfg.linear_paths)
+        if state is not None and _identity(state) != self.identity:
+            raise UserError(f"{self.dir} was trained with another arch, seed, split_seed or linear_paths: use a new --out")
         self.state = state or {
             "arch": arch,
             "seed": cfg.seed,
             "split_seed": cfg.split_seed,
+            "linear_paths": cfg.linear_paths,
             "steps": dict.fromkeys(STAGES, 0),
             "seconds": dict.fromkeys(STAGES, 0.0),
             "curve": [],
         }
         self.dir.mkdir(parents=True, exist_ok=True)
+
+    def world_batch(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, list[str]]:
+        """`batch` pretraining clips (B, F, H, W, 3) uint8 and their captions, from the recipe's world."""
+        arch = self.cfg.arch
+        return sample_pretraining_batch(rng, batch, arch.num_frames, arch.size, self.split, self.cfg.linear_paths)
 
     def out_of_time(self) -> bool:
         return self.cfg.max_minutes > 0 and time.monotonic() - self.started > self.cfg.max_minutes * 60
@@ -108,6 +114,13 @@ class _Run:
         self.state["steps"][stage] = step
         ckpt.write_state(self.dir, self.state)
         self.last_save = time.monotonic()
+
+
+def _identity(record: dict) -> tuple:
+    """What a run folder or exported model must share with the recipe to be continued (runs before linear_paths
+    existed used random starts)."""
+    arch = record.get("arch", record.get("architecture"))
+    return (arch, record["seed"], record["split_seed"], record.get("linear_paths", "random"))
 
 
 def step_seed(seed: int, stage: str, step: int) -> int:
@@ -242,8 +255,8 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
         provenance = json.loads((folder / "nano.json").read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder} is not an exported nano model (no readable nano.json): check --init-from") from exc
-    if (provenance["architecture"], provenance["seed"], provenance["split_seed"]) != run.identity:
-        raise UserError(f"{folder} was trained with another arch, seed or split_seed than this recipe")
+    if _identity(provenance) != run.identity:
+        raise UserError(f"{folder} was trained with another arch, seed, split_seed or linear_paths than this recipe")
     clip = build_clip(run.cfg.arch, tokenizer)  # text projection and temperature stay fresh: the CLIP stage is done
     clip.text_model.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
     image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
@@ -331,7 +344,7 @@ def _autoencoder_stage(run: _Run, models: _Models) -> bool:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
 
     def loss_at(rng, generator):
-        videos, _ = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
+        videos, _ = run.world_batch(rng, cfg.batch)
         picks = rng.integers(arch.num_frames, size=(cfg.batch, 2))
         frames = pixels(np.stack([videos[i, picks[i]] for i in range(cfg.batch)])).flatten(0, 1)  # (2B, 3, H, W)
         return autoencoder_loss(vae, frames, generator, cfg.kl_weight, cfg.sprite_weight)
@@ -346,8 +359,7 @@ def _autoencoder_stage(run: _Run, models: _Models) -> bool:
 @torch.no_grad()
 def _scaling_factor(run: _Run, vae) -> float:
     """1 / std of the latents of a fixed batch of frames, so that latents have unit variance (as SD's 0.18215)."""
-    arch = run.cfg.arch
-    videos, _ = sample_pretraining_batch(np.random.default_rng(run.cfg.seed), 16, arch.num_frames, arch.size, run.split)
+    videos, _ = run.world_batch(np.random.default_rng(run.cfg.seed), 16)
     vae.eval()
     latents = vae.encode(pixels(videos).flatten(0, 1)).latent_dist.mean
     return float(1.0 / latents.std())
@@ -358,7 +370,7 @@ def _clip_stage(run: _Run, models: _Models) -> bool:
     optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=0.0)
 
     def loss_at(rng, generator):
-        videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
+        videos, captions = run.world_batch(rng, cfg.batch)
         frames = pixels(videos[np.arange(cfg.batch), rng.integers(arch.num_frames, size=cfg.batch)])  # (B, 3, H, W)
         return clip_loss(clip, models.tokenizer, frames, captions, cfg.caption_word_weight)
 
@@ -404,7 +416,7 @@ def _evaluate(run: _Run, models: _Models, step: int, loss: float) -> None:
 def _unet_stage(run: _Run, models: _Models) -> bool:
     from diffusers import DDPMScheduler
 
-    cfg, arch, unet = run.cfg.unet, run.cfg.arch, models.unet
+    cfg, unet = run.cfg.unet, models.unet
     for module in (models.vae, models.clip):
         module.requires_grad_(False).eval()
     text_model = models.clip.text_model
@@ -419,7 +431,7 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
 
     def loss_at(rng, generator):
-        videos, captions = sample_pretraining_batch(rng, cfg.batch, arch.num_frames, arch.size, run.split)
+        videos, captions = run.world_batch(rng, cfg.batch)
         captions = ["" if drop else c for c, drop in zip(captions, rng.random(cfg.batch) < cfg.caption_dropout)]
         latents, text = encode_clips(models.vae, models.clip.text_model, models.tokenizer, videos, captions)
         return unet_loss(
@@ -466,6 +478,7 @@ def export(run: _Run, models: _Models) -> Path:
     provenance = {
         "seed": run.cfg.seed,
         "split_seed": run.cfg.split_seed,
+        "linear_paths": run.cfg.linear_paths,
         "steps": run.state["steps"],
         "minutes": {k: round(v / 60, 1) for k, v in run.state["seconds"].items()},
         "logit_scale": models.clip.logit_scale.exp().item(),

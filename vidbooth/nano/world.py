@@ -38,6 +38,8 @@ MOTION_PHRASES = {
 }
 MOTIONS = tuple(MOTION_PHRASES)
 BACKGROUNDS = ("plain", "gradient", "noise", "stripes", "checker")
+LINEAR_PATHS = ("random", "edge")
+"""How linear motions are laid out: from a random start, or across the frame from edge to edge (`_edge_path`)."""
 MIN_SIZE = 32
 VALIDATION_PAIRS_PER_MOTION = 6
 
@@ -53,6 +55,7 @@ _LINEAR_STEPS = {
 }
 _DIAGONALS = ("up-left", "up-right", "down-left", "down-right")
 _PATTERN_DARKNESS = 0.55
+_EDGE_JITTER = 0.06  # an edge-to-edge path starts and ends up to this fraction of the frame inside its edges
 _ZOOM_RANGE = (0.6, 1.6)
 _SPRITE_REACH = 1.25  # every shape fits in a box of +-1.25 radii around its centre
 
@@ -297,6 +300,25 @@ def _linear_path(name: str, frame_count: int, radius: float, size: int, rng: np.
     return start + np.linspace(0.0, 1.0, frame_count)[:, None] * offset
 
 
+def _edge_path(name: str, frame_count: int, radius: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Across the frame: from near one edge to near the opposite one along each moving axis, on a random lane.
+
+    The motion word alone then says where the sprite starts and ends (within a few pixels), as "a car driving
+    left" crosses the picture. With random starts the mean clip at high noise is nearly the same smear for every
+    direction, so the x0 loss there hardly rewards following the word (docs/nano.md, "Training further").
+    """
+    step = _LINEAR_STEPS[name]
+    near, far = radius + 1.0, size - 2.0 - radius
+    start, end = np.empty(2), np.empty(2)
+    for axis in range(2):
+        if step[axis]:
+            low, high = near + rng.uniform(0.0, _EDGE_JITTER * size), far - rng.uniform(0.0, _EDGE_JITTER * size)
+            start[axis], end[axis] = (low, high) if step[axis] > 0 else (high, low)
+        else:
+            start[axis] = end[axis] = rng.uniform(near, far)
+    return start + np.linspace(0.0, 1.0, frame_count)[:, None] * (end - start)
+
+
 def _circle_path(frame_count: int, radius: float, size: int, rng: np.random.Generator) -> np.ndarray:
     """Counter-clockwise on screen, one full turn spread evenly over the frames."""
     orbit = size * rng.uniform(0.2, 0.26)
@@ -321,12 +343,14 @@ def _fixed_point_path(frame_count: int, room: float, size: int, rng: np.random.G
     return np.repeat(centre[None], frame_count, axis=0)
 
 
-def _plan_trajectory(motion: Motion, frame_count: int, size: int, rng: np.random.Generator) -> Trajectory:
+def _plan_trajectory(
+    motion: Motion, frame_count: int, size: int, rng: np.random.Generator, linear_paths: str
+) -> Trajectory:
     radius = size * rng.uniform(0.11, 0.15)
     radii = np.full(frame_count, radius)
     name = motion.name
     if name in _LINEAR_STEPS:
-        centres = _linear_path(name, frame_count, radius, size, rng)
+        centres = (_edge_path if linear_paths == "edge" else _linear_path)(name, frame_count, radius, size, rng)
     elif name == "circle":
         centres = _circle_path(frame_count, radius, size, rng)
     elif name == "bounce":
@@ -341,18 +365,19 @@ def _plan_trajectory(motion: Motion, frame_count: int, size: int, rng: np.random
 
 
 def render_clip(
-    sprite: Sprite, motion: Motion, num_frames: int = 8, size: int = 64, seed: int = 0
+    sprite: Sprite, motion: Motion, num_frames: int = 8, size: int = 64, seed: int = 0, linear_paths: str = "random"
 ) -> tuple[np.ndarray, Trajectory]:
     """A (num_frames, size, size, 3) uint8 clip of `sprite` doing `motion`, and its ground-truth trajectory.
 
     The seed picks the background, the sprite's size, start position and speed. Centre +- radius stays in frame
-    (a triangle's base corners, at 1.2 radii, may touch the edge).
+    (a triangle's base corners, at 1.2 radii, may touch the edge). `linear_paths` is one of LINEAR_PATHS.
     """
     _check_positive("num_frames", num_frames, 2)
     _check_positive("size", size, MIN_SIZE)
+    _check_choice("linear_paths", linear_paths, LINEAR_PATHS)
     rng = _rng(seed)
     background = _random_background(size, rng)
-    trajectory = _plan_trajectory(motion, num_frames, size, rng)
+    trajectory = _plan_trajectory(motion, num_frames, size, rng, linear_paths)
     return _draw(sprite, trajectory, background), trajectory
 
 
@@ -460,7 +485,12 @@ def make_split(seed: int = 0) -> Split:
 
 
 def sample_pretraining_batch(
-    rng: np.random.Generator, batch: int, num_frames: int = 8, size: int = 64, split: Split | None = None
+    rng: np.random.Generator,
+    batch: int,
+    num_frames: int = 8,
+    size: int = 64,
+    split: Split | None = None,
+    linear_paths: str = "random",
 ) -> tuple[np.ndarray, list[str]]:
     """`batch` random clips over the split's pretraining pairs: videos (B, F, H, W, 3) uint8 and their captions."""
     _check_positive("batch", batch, 1)
@@ -468,6 +498,6 @@ def sample_pretraining_batch(
     videos, captions = [], []
     for _ in range(batch):
         sprite, motion = pairs[rng.integers(len(pairs))]
-        videos.append(render_clip(sprite, motion, num_frames, size, int(rng.integers(2**31)))[0])
+        videos.append(render_clip(sprite, motion, num_frames, size, int(rng.integers(2**31)), linear_paths)[0])
         captions.append(caption(sprite, motion))
     return np.stack(videos), captions
