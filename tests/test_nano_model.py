@@ -150,6 +150,34 @@ def test_a_run_and_its_model_keep_the_world_they_were_trained_on(tmp_path, char_
     assert resumed.finished and resumed.steps["unet"] == 3
 
 
+def test_a_unet_with_position_channels_trains_loads_and_samples(tmp_path, char_tokenizer):
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.objective import denoising_loss, training_scheduler
+    from vidbooth.engine.sampling import sample_video
+
+    cfg = tiny_config(tmp_path, char_tokenizer)
+    cfg.arch.unet.position_channels = 3
+    result = nano.pretrain(cfg)
+    backbone = load_backbone(str(result.model_dir), device="cpu")
+    assert backbone.unet.config.in_channels == 4 + 3 and backbone.latent_channels == 4
+    video = sample_video(backbone, "a red solid circle moving left", num_frames=4, num_inference_steps=2)
+    assert video.shape == (1, 4, 32, 32, 3)
+    latents = torch.zeros(2, 4, 4, 4, 4)
+    text = backbone.encode_prompt(["a red solid circle moving left"] * 2)
+    with torch.no_grad():  # the adapters' training objective goes through the same unet_forward
+        loss = denoising_loss(backbone, training_scheduler(backbone.scheduler_config), latents, text,
+                              torch.Generator().manual_seed(0))
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+
+
+def test_runs_from_before_the_world_and_position_options_are_the_default_world():
+    record = {"architecture": json.loads(json.dumps(nano.asdict(NanoArch()))), "seed": 0, "split_seed": 0}
+    del record["architecture"]["unet"]["position_channels"]
+    assert nano._identity(record) == nano._identity(
+        {"arch": nano.asdict(NanoArch()), "seed": 0, "split_seed": 0, "linear_paths": "random"}
+    )
+
+
 def test_unet_stage_trains_the_text_tower_unless_its_lr_is_zero(tmp_path, char_tokenizer):
     from safetensors.torch import load_file
 
@@ -247,6 +275,10 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
     bad = tiny_config(tmp_path, char_tokenizer)
     bad.clip.caption_word_weight = -1.0
     with pytest.raises(UserError, match="caption_word_weight"):
+        nano.pretrain(bad)
+    bad = tiny_config(tmp_path, char_tokenizer)
+    bad.arch.unet.position_channels = 2
+    with pytest.raises(UserError, match="arch.unet.position_channels must be 0 or 3, got 2"):
         nano.pretrain(bad)
     bad = tiny_config(tmp_path, char_tokenizer, linear_paths="diagonal")
     with pytest.raises(UserError, match="linear_paths must be one of random, edge, got 'diagonal'"):

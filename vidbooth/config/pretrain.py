@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vidbooth.engine.positions import POSITION_CHANNELS
 from vidbooth.errors import UserError
 from vidbooth.nano.model import NanoArch
 from vidbooth.nano.world import LINEAR_PATHS
@@ -106,6 +107,9 @@ class PretrainConfig:
             raise UserError(f"clip.caption_word_weight must be >= 0 (0 turns it off), got {weight}")
         if not 0 <= self.unet.caption_dropout < 1:
             raise UserError(f"unet.caption_dropout must be in [0, 1), got {self.unet.caption_dropout}")
+        if self.arch.unet.position_channels not in (0, POSITION_CHANNELS):
+            channels = self.arch.unet.position_channels
+            raise UserError(f"arch.unet.position_channels must be 0 or {POSITION_CHANNELS}, got {channels}")
         if self.linear_paths not in LINEAR_PATHS:
             raise UserError(f"linear_paths must be one of {', '.join(LINEAR_PATHS)}, got '{self.linear_paths}'")
         if self.init_from and self.resume:

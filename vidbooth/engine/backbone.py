@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.errors import UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -66,7 +67,7 @@ class Backbone:
 
     @property
     def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        return int(self.unet.config.out_channels)
 
     # ---- layers where adapters go ---------------------------------------------------------------
     def spatial_cross_attention_layers(self) -> dict[str, nn.Module]:
@@ -113,6 +114,8 @@ class Backbone:
         """Noise prediction for latents (B, C, F, h, w) and text embeddings (B, L, D)."""
         if self.family == "animatediff":
             text_embeds = text_embeds.repeat_interleave(latents.shape[2], dim=0)  # one copy per frame
+        else:
+            latents = with_positions(latents, extra_input_channels(self.unet, latents.shape[1]))
         return self.unet(latents, timestep, encoder_hidden_states=text_embeds, return_dict=False, **kwargs)[0]
 
     @torch.no_grad()
@@ -254,6 +257,7 @@ def load_backbone(
         adapter_source = None
         if unet_class == "UNet3DConditionModel":
             family, unet = "unet3d", UNet3DConditionModel.from_pretrained(folder / "unet", **kw)
+            extra_input_channels(unet, int(unet.config.out_channels))  # refuse unknown extra inputs now
         elif unet_class == "UNetMotionModel":
             family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw)
         elif unet_class == "UNet2DConditionModel":

@@ -54,6 +54,8 @@ class UNetArch:
     attention_heads: int = 4
     """diffusers' `attention_head_dim`, which in UNet3DConditionModel is the number of heads."""
     norm_num_groups: int = 8
+    position_channels: int = 0
+    """3: the UNet also takes x, y and frame-position maps after the latents (`vidbooth.engine.positions`); 0: not."""
 
 
 @dataclass
@@ -118,7 +120,7 @@ def build_unet(arch: NanoArch):
     levels = len(u.block_out_channels)
     return UNet3DConditionModel(
         sample_size=arch.latent_size,
-        in_channels=arch.vae.latent_channels,
+        in_channels=arch.vae.latent_channels + u.position_channels,
         out_channels=arch.vae.latent_channels,
         down_block_types=("CrossAttnDownBlock3D",) * (levels - 1) + ("DownBlock3D",),
         up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (levels - 1),

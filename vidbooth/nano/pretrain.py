@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from vidbooth.config.pretrain import PretrainConfig
 from vidbooth.engine.objective import sample_timesteps
+from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.errors import UserError
 from vidbooth.nano import checkpoint as ckpt
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
@@ -73,7 +74,8 @@ class _Run:
             raise UserError(f"{self.dir} already holds a pretraining run: pass --resume to continue, or another --out")
         if state is None and cfg.resume:
             raise UserError(f"nothing to resume in {self.dir}: run without --resume to start")
-        self.identity = (arch, cfg.seed, cfg.split_seed, cfg.linear_paths)
+        self.identity = _identity({"arch": arch, "seed": cfg.seed, "split_seed": cfg.split_seed,
+                                   "linear_paths": cfg.linear_paths})
         if state is not None and _identity(state) != self.identity:
             raise UserError(f"{self.dir} was trained with another arch, seed, split_seed or linear_paths: use a new --out")
         self.state = state or {
@@ -117,9 +119,10 @@ class _Run:
 
 
 def _identity(record: dict) -> tuple:
-    """What a run folder or exported model must share with the recipe to be continued (runs before linear_paths
-    existed used random starts)."""
-    arch = record.get("arch", record.get("architecture"))
+    """What a run folder or exported model must share with the recipe to be continued (runs from before
+    linear_paths and position_channels existed used random starts and no position channels)."""
+    arch = json.loads(json.dumps(record.get("arch", record.get("architecture"))))
+    arch["unet"].setdefault("position_channels", 0)
     return (arch, record["seed"], record["split_seed"], record.get("linear_paths", "random"))
 
 
@@ -233,7 +236,8 @@ def unet_loss(
     timesteps = sample_timesteps(latents.shape[0], total, generator, high_noise_fraction, high_noise_from)
     noise = torch.randn(latents.shape, generator=generator)
     noisy = noise_schedule.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample  # (B, C, F, h, w)
+    unet_input = with_positions(noisy, extra_input_channels(unet, latents.shape[1]))
+    prediction = unet(unet_input, timesteps, encoder_hidden_states=text).sample  # (B, C, F, h, w)
     loss = F.mse_loss(prediction, latents)
     if motion_weight:
         loss = loss + motion_weight * F.mse_loss(prediction.diff(dim=2), latents.diff(dim=2))
