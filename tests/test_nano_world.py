@@ -87,7 +87,8 @@ def test_edge_paths_cross_the_frame_from_the_edge_the_word_names(size):
     for name, seed in itertools.product(LINEAR_MOTIONS, range(10)):
         frames, truth = render_clip(RED_SQUARE, Motion(name), size=size, seed=seed, linear_paths="edge")
         near, far = truth.radii[0] + 1.0, size - 2.0 - truth.radii[0]
-        step = (-1 if "left" in name else 1 if "right" in name else 0, -1 if "up" in name else 1 if "down" in name else 0)
+        step = (-1 if "left" in name else 1 if "right" in name else 0,
+                -1 if "up" in name else 1 if "down" in name else 0)
         for axis in range(2):
             path = truth.centres[:, axis]
             if step[axis] == 0:
@@ -98,7 +99,8 @@ def test_edge_paths_cross_the_frame_from_the_edge_the_word_names(size):
             assert low <= first <= low + jitter and size - 1 - low - jitter <= last <= size - 1 - low, (name, seed)
         steps = np.diff(truth.centres, axis=0)
         assert np.all(np.sign(np.round(steps, 6)) == step), (name, seed)
-        assert np.all(truth.centres - truth.radii[:, None] >= 0) and np.all(truth.centres + truth.radii[:, None] <= size - 1)
+        reach = truth.radii[:, None]
+        assert np.all(truth.centres - reach >= 0) and np.all(truth.centres + reach <= size - 1), (name, seed)
         assert frames.shape == (8, size, size, 3)
 
 

@@ -77,7 +77,9 @@ class _Run:
         self.identity = _identity({"arch": arch, "seed": cfg.seed, "split_seed": cfg.split_seed,
                                    "linear_paths": cfg.linear_paths})
         if state is not None and _identity(state) != self.identity:
-            raise UserError(f"{self.dir} was trained with another arch, seed, split_seed or linear_paths: use a new --out")
+            raise UserError(
+                f"{self.dir} was trained with another arch, seed, split_seed or linear_paths: use a new --out"
+            )
         self.state = state or {
             "arch": arch,
             "seed": cfg.seed,
