@@ -4,6 +4,7 @@ resume continues exactly, bad input is refused. Models are miniature (32 px, 4 f
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -160,6 +161,7 @@ def test_a_unet_with_position_channels_trains_loads_and_samples(tmp_path, char_t
     result = nano.pretrain(cfg)
     backbone = load_backbone(str(result.model_dir), device="cpu")
     assert backbone.unet.config.in_channels == 4 + 3 and backbone.latent_channels == 4
+    assert backbone.position_channels == 3
     video = sample_video(backbone, "a red solid circle moving left", num_frames=4, num_inference_steps=2)
     assert video.shape == (1, 4, 32, 32, 3)
     latents = torch.zeros(2, 4, 4, 4, 4)
@@ -171,10 +173,10 @@ def test_a_unet_with_position_channels_trains_loads_and_samples(tmp_path, char_t
 
 
 def test_runs_from_before_the_world_and_position_options_are_the_default_world():
-    record = {"architecture": json.loads(json.dumps(nano.asdict(NanoArch()))), "seed": 0, "split_seed": 0}
+    record = {"architecture": asdict(NanoArch()), "seed": 0, "split_seed": 0}
     del record["architecture"]["unet"]["position_channels"]
     assert nano._identity(record) == nano._identity(
-        {"arch": nano.asdict(NanoArch()), "seed": 0, "split_seed": 0, "linear_paths": "random"}
+        {"arch": asdict(NanoArch()), "seed": 0, "split_seed": 0, "linear_paths": "random"}
     )
 
 
@@ -295,6 +297,7 @@ def test_packaged_nano_loads_offline():
     assert resolve_base("nano") == NANO
     backbone = load_backbone("nano", device="cpu")
     assert backbone.family == "unet3d" and backbone.default_size == 64 and backbone.latent_channels == 16
+    assert backbone.position_channels == 0  # the shipped UNet takes latents only
     assert json.loads((NANO / "nano.json").read_text())["steps"]["unet"] > 0
     weights = sum(path.stat().st_size for path in NANO.rglob("*.safetensors"))
     assert weights <= 30 * 2**20, f"shipped weights are {weights / 2**20:.1f} MB, over the 30 MB budget"

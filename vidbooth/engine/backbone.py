@@ -12,6 +12,7 @@ vidbooth ships, pretrained on its procedural world, in `vidbooth/assets/nano/`, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -69,6 +70,11 @@ class Backbone:
     def latent_channels(self) -> int:
         return int(self.unet.config.out_channels)
 
+    @functools.cached_property
+    def position_channels(self) -> int:
+        """Channels the UNet takes after its latents (0, or 3 position maps: `vidbooth.engine.positions`)."""
+        return extra_input_channels(self.unet, self.latent_channels)
+
     # ---- layers where adapters go ---------------------------------------------------------------
     def spatial_cross_attention_layers(self) -> dict[str, nn.Module]:
         """Every cross-attention (`is_cross_attention`) outside the temporal layers."""
@@ -115,7 +121,7 @@ class Backbone:
         if self.family == "animatediff":
             text_embeds = text_embeds.repeat_interleave(latents.shape[2], dim=0)  # one copy per frame
         else:
-            latents = with_positions(latents, extra_input_channels(self.unet, latents.shape[1]))
+            latents = with_positions(latents, self.position_channels)
         return self.unet(latents, timestep, encoder_hidden_states=text_embeds, return_dict=False, **kwargs)[0]
 
     @torch.no_grad()

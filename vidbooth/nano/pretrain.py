@@ -7,6 +7,7 @@ AdamW moments in safetensors and the rest in state.json (see `vidbooth.nano.chec
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -123,7 +124,7 @@ class _Run:
 def _identity(record: dict) -> tuple:
     """What a run folder or exported model must share with the recipe to be continued (runs from before
     linear_paths and position_channels existed used random starts and no position channels)."""
-    arch = json.loads(json.dumps(record.get("arch", record.get("architecture"))))
+    arch = copy.deepcopy(record.get("arch", record.get("architecture")))
     arch["unet"].setdefault("position_channels", 0)
     return (arch, record["seed"], record["split_seed"], record.get("linear_paths", "random"))
 
