@@ -261,6 +261,36 @@ def test_high_noise_fraction_moves_timesteps_to_the_top_of_the_schedule():
     assert (sample_timesteps(100, 1000, torch.Generator(), 1.0, 600) >= 600).all()
 
 
+def test_path_steps_train_linear_motions_at_the_top_of_the_schedule_first(tmp_path, char_tokenizer, monkeypatch):
+    from vidbooth.nano.world import LINEAR_MOTIONS, parse_caption
+
+    seen = []  # (captions, timesteps) of each UNet step, in order
+    captions_of_step = []
+    encode, sample = nano.encode_clips, nano.sample_timesteps
+
+    def recording_encode(vae, text_model, tokenizer, videos, captions):
+        captions_of_step.append(list(captions))
+        return encode(vae, text_model, tokenizer, videos, captions)
+
+    def recording_sample(*args):
+        timesteps = sample(*args)
+        seen.append((captions_of_step[-1], timesteps.tolist()))
+        return timesteps
+
+    monkeypatch.setattr(nano, "encode_clips", recording_encode)
+    monkeypatch.setattr(nano, "sample_timesteps", recording_sample)
+    cfg = tiny_config(tmp_path, char_tokenizer, unet_steps=12)
+    cfg.unet.batch, cfg.unet.caption_dropout, cfg.unet.path_steps, cfg.unet.path_from = 4, 0.0, 6, 980
+    nano.pretrain(cfg)
+    assert len(seen) == 12
+    first, rest = seen[:6], seen[6:]
+    assert all(parse_caption(c)[1].name in LINEAR_MOTIONS for captions, _ in first for c in captions)
+    assert all(t >= 980 for _, timesteps in first for t in timesteps)
+    later_motions = {parse_caption(c)[1].name for captions, _ in rest for c in captions}
+    assert later_motions - set(LINEAR_MOTIONS)  # 24 clips over all motions include others
+    assert min(t for _, timesteps in rest for t in timesteps) < 980
+
+
 def test_refuses_bad_runs(tmp_path, char_tokenizer):
     with pytest.raises(UserError, match="nothing to resume"):
         nano.pretrain(tiny_config(tmp_path, char_tokenizer, resume=True))
@@ -288,6 +318,10 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
     bad = tiny_config(tmp_path, char_tokenizer)
     bad.unet.high_noise_fraction = 2.0
     with pytest.raises(UserError, match="high_noise_fraction"):
+        nano.pretrain(bad)
+    bad = tiny_config(tmp_path, char_tokenizer)
+    bad.unet.path_from = 1000
+    with pytest.raises(UserError, match=r"unet.path_from in \[0, 1000\), got 0 and 1000"):
         nano.pretrain(bad)
 
 

@@ -242,6 +242,14 @@ def test_pretraining_batch_uses_only_pretraining_pairs():
     assert np.array_equal(videos, again)
 
 
+def test_pretraining_batch_can_keep_to_linear_motions():
+    split = make_split(0)
+    _, captions = sample_pretraining_batch(np.random.default_rng(0), 64, 2, 32, split, linear_only=True)
+    pairs = [parse_caption(text) for text in captions]
+    assert all(pair in set(split.pretraining_pairs) and pair[1].name in LINEAR_MOTIONS for pair in pairs)
+    assert len({motion.name for _, motion in pairs}) == 7  # every linear pretraining motion (one diagonal held out)
+
+
 def test_pretraining_batch_lays_out_linear_motions_as_asked():
     split = make_split(0)
     start_gap = {}

@@ -6,9 +6,8 @@ import numpy as np
 import torch
 
 from vidbooth.nano.probe import probe_video, score_against_caption
-from vidbooth.nano.world import Motion, Sprite, Split, caption
+from vidbooth.nano.world import LINEAR_MOTIONS, Motion, Sprite, Split, caption
 
-DIRECTIONS = ("left", "right", "up", "down", "up-left", "up-right", "down-left", "down-right")
 CHUNK = 25
 
 
@@ -22,7 +21,7 @@ def eval_pairs(split: Split, count: int) -> list[tuple[Sprite, Motion]]:
 def score_videos(videos, pairs: list[tuple[Sprite, Motion]]) -> dict[str, float]:
     """Fractions of videos whose probed colour, shape and motion match; `direction`: motion over linear motions only."""
     scores = [score_against_caption(probe_video(video), pair) for video, pair in zip(videos, pairs)]
-    linear = [s["motion_correct"] for s, (_, motion) in zip(scores, pairs) if motion.name in DIRECTIONS]
+    linear = [s["motion_correct"] for s, (_, motion) in zip(scores, pairs) if motion.name in LINEAR_MOTIONS]
     return {
         "colour": float(np.mean([s["colour_correct"] for s in scores])),
         "shape": float(np.mean([s["shape_correct"] for s in scores])),

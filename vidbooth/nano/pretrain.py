@@ -92,10 +92,12 @@ class _Run:
         }
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def world_batch(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, list[str]]:
+    def world_batch(
+        self, rng: np.random.Generator, batch: int, linear_only: bool = False
+    ) -> tuple[np.ndarray, list[str]]:
         """`batch` pretraining clips (B, F, H, W, 3) uint8 and their captions, from the recipe's world."""
-        arch = self.cfg.arch
-        return sample_pretraining_batch(rng, batch, arch.num_frames, arch.size, self.split, self.cfg.linear_paths)
+        arch, paths = self.cfg.arch, self.cfg.linear_paths
+        return sample_pretraining_batch(rng, batch, arch.num_frames, arch.size, self.split, paths, linear_only)
 
     def out_of_time(self) -> bool:
         return self.cfg.max_minutes > 0 and time.monotonic() - self.started > self.cfg.max_minutes * 60
@@ -305,7 +307,7 @@ def _loop(
     optimizer: torch.optim.Optimizer,
     total: int,
     warmup: int,
-    loss_at: Callable[[np.random.Generator, torch.Generator], torch.Tensor],
+    loss_at: Callable[[int, np.random.Generator, torch.Generator], torch.Tensor],
     after_step: Callable[[int, float], bool] | None = None,
 ) -> bool:
     """Train `stage` from its recorded step to `total`; False when stopped by the time limit.
@@ -325,7 +327,7 @@ def _loop(
             torch.manual_seed(seed)
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * _lr_factor(step, warmup)
-            loss = loss_at(np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+            loss = loss_at(step, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
             if not torch.isfinite(loss):
                 raise UserError(f"{stage} loss became {loss.item()} at step {step}: lower {stage}.lr and --resume")
             optimizer.zero_grad(set_to_none=True)
@@ -350,7 +352,7 @@ def _autoencoder_stage(run: _Run, models: _Models) -> bool:
     cfg, arch, vae = run.cfg.autoencoder, run.cfg.arch, models.vae
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
 
-    def loss_at(rng, generator):
+    def loss_at(step, rng, generator):
         videos, _ = run.world_batch(rng, cfg.batch)
         picks = rng.integers(arch.num_frames, size=(cfg.batch, 2))
         frames = pixels(np.stack([videos[i, picks[i]] for i in range(cfg.batch)])).flatten(0, 1)  # (2B, 3, H, W)
@@ -376,7 +378,7 @@ def _clip_stage(run: _Run, models: _Models) -> bool:
     cfg, arch, clip = run.cfg.clip, run.cfg.arch, models.clip
     optimizer = torch.optim.AdamW(clip.parameters(), lr=cfg.lr, weight_decay=0.0)
 
-    def loss_at(rng, generator):
+    def loss_at(step, rng, generator):
         videos, captions = run.world_batch(rng, cfg.batch)
         frames = pixels(videos[np.arange(cfg.batch), rng.integers(arch.num_frames, size=cfg.batch)])  # (B, 3, H, W)
         return clip_loss(clip, models.tokenizer, frames, captions, cfg.caption_word_weight)
@@ -437,14 +439,13 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
         groups.append({"params": list(text_model.parameters()), "lr": cfg.text_encoder_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
 
-    def loss_at(rng, generator):
-        videos, captions = run.world_batch(rng, cfg.batch)
+    def loss_at(step, rng, generator):
+        on_paths = step < cfg.path_steps
+        videos, captions = run.world_batch(rng, cfg.batch, linear_only=on_paths)
         captions = ["" if drop else c for c, drop in zip(captions, rng.random(cfg.batch) < cfg.caption_dropout)]
         latents, text = encode_clips(models.vae, models.clip.text_model, models.tokenizer, videos, captions)
-        return unet_loss(
-            unet, noise_schedule, latents, text, generator, cfg.motion_loss_weight, cfg.high_noise_fraction,
-            cfg.high_noise_from,
-        )
+        high_noise = (1.0, cfg.path_from) if on_paths else (cfg.high_noise_fraction, cfg.high_noise_from)
+        return unet_loss(unet, noise_schedule, latents, text, generator, cfg.motion_loss_weight, *high_noise)
 
     def after_step(step: int, loss: float) -> bool:
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:

@@ -53,6 +53,8 @@ _LINEAR_STEPS = {
     "down-left": (-1, 1),
     "down-right": (1, 1),
 }
+LINEAR_MOTIONS = tuple(_LINEAR_STEPS)
+"""The motions along a straight line (the direction words)."""
 _DIAGONALS = ("up-left", "up-right", "down-left", "down-right")
 _PATTERN_DARKNESS = 0.55
 _EDGE_JITTER = 0.06  # an edge-to-edge path starts and ends up to this fraction of the frame inside its edges
@@ -491,10 +493,14 @@ def sample_pretraining_batch(
     size: int = 64,
     split: Split | None = None,
     linear_paths: str = "random",
+    linear_only: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
-    """`batch` random clips over the split's pretraining pairs: videos (B, F, H, W, 3) uint8 and their captions."""
+    """`batch` random clips over the split's pretraining pairs (`linear_only`: those with a linear motion):
+    videos (B, F, H, W, 3) uint8 and their captions."""
     _check_positive("batch", batch, 1)
     pairs = (split or make_split()).pretraining_pairs
+    if linear_only:
+        pairs = tuple(pair for pair in pairs if pair[1].name in LINEAR_MOTIONS)
     videos, captions = [], []
     for _ in range(batch):
         sprite, motion = pairs[rng.integers(len(pairs))]
