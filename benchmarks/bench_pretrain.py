@@ -38,7 +38,7 @@ def stage_speeds(repeats: int) -> dict[str, float]:
 
     def clip_step(generator):
         videos, captions = sample_pretraining_batch(rng, cfg.clip.batch, arch.num_frames, arch.size, split)
-        return nano.clip_loss(clip, tokenizer, nano.pixels(videos[:, 0]), captions)
+        return nano.clip_loss(clip, tokenizer, nano.pixels(videos[:, 0]), captions, cfg.clip.caption_word_weight)
 
     def unet_step(generator):
         videos, captions = sample_pretraining_batch(rng, cfg.unet.batch, arch.num_frames, arch.size, split)

@@ -261,7 +261,7 @@ def test_high_noise_fraction_moves_timesteps_to_the_top_of_the_schedule():
     assert (sample_timesteps(100, 1000, torch.Generator(), 1.0, 600) >= 600).all()
 
 
-def test_path_steps_train_linear_motions_at_the_top_of_the_schedule_first(tmp_path, char_tokenizer, monkeypatch):
+def test_path_steps_train_linear_motions_at_the_top_of_the_schedule(tmp_path, char_tokenizer, monkeypatch):
     from vidbooth.nano.world import LINEAR_MOTIONS, parse_caption
 
     seen = []  # (captions, timesteps) of each UNet step, in order
@@ -279,16 +279,17 @@ def test_path_steps_train_linear_motions_at_the_top_of_the_schedule_first(tmp_pa
 
     monkeypatch.setattr(nano, "encode_clips", recording_encode)
     monkeypatch.setattr(nano, "sample_timesteps", recording_sample)
-    cfg = tiny_config(tmp_path, char_tokenizer, unet_steps=12)
-    cfg.unet.batch, cfg.unet.caption_dropout, cfg.unet.path_steps, cfg.unet.path_from = 4, 0.0, 6, 980
+    cfg = tiny_config(tmp_path, char_tokenizer, unet_steps=15)
+    cfg.unet.batch, cfg.unet.caption_dropout, cfg.unet.path_from = 4, 0.0, 980
+    cfg.unet.path_start, cfg.unet.path_steps = 3, 6
     nano.pretrain(cfg)
-    assert len(seen) == 12
-    first, rest = seen[:6], seen[6:]
+    assert len(seen) == 15
+    first, rest = seen[3:9], seen[:3] + seen[9:]
     assert all(parse_caption(c)[1].name in LINEAR_MOTIONS for captions, _ in first for c in captions)
     assert all(t >= 980 for _, timesteps in first for t in timesteps)
     later_motions = {parse_caption(c)[1].name for captions, _ in rest for c in captions}
-    assert later_motions - set(LINEAR_MOTIONS)  # 24 clips over all motions include others
-    assert min(t for _, timesteps in rest for t in timesteps) < 980
+    assert later_motions - set(LINEAR_MOTIONS)  # 36 clips over all motions include others
+    assert all(min(timesteps) < 980 for _, timesteps in rest)  # every step outside the phase: uniform timesteps
 
 
 def test_refuses_bad_runs(tmp_path, char_tokenizer):
@@ -321,7 +322,7 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
         nano.pretrain(bad)
     bad = tiny_config(tmp_path, char_tokenizer)
     bad.unet.path_from = 1000
-    with pytest.raises(UserError, match=r"unet.path_from in \[0, 1000\), got 0 and 1000"):
+    with pytest.raises(UserError, match=r"unet.path_from in \[0, 1000\), got 0, 0 and 1000"):
         nano.pretrain(bad)
 
 

@@ -51,9 +51,10 @@ class UNetStage:
     """Fraction of clips trained at a timestep drawn from [high_noise_from, 1000) instead of [0, 1000)."""
     high_noise_from: int = 600
     path_steps: int = 0
-    """The first this many steps train on linear motions only, all at a timestep in [path_from, 1000): where a
-    sample's path is chosen. Trained on every motion and timestep from the start, nano's UNet never learnt to
-    choose the path from the direction word (docs/nano.md, "Training further"); 0: off."""
+    """This many steps, from step `path_start` on, train on linear motions only, all at a timestep in
+    [path_from, 1000): where a sample's path is chosen. Trained on every motion and timestep throughout, nano's
+    UNet never learnt to choose the path from the direction word (docs/nano.md, "Training further"); 0: off."""
+    path_start: int = 0
     path_from: int = 990
     warmup_steps: int = 100
     caption_dropout: float = 0.1
@@ -105,9 +106,12 @@ class PretrainConfig:
             raise UserError(f"arch.num_frames must be at least 2, got {self.arch.num_frames}")
         if not (0 <= self.unet.high_noise_fraction <= 1 and 0 <= self.unet.high_noise_from < 1000):
             raise UserError("unet.high_noise_fraction must be in [0, 1] and unet.high_noise_from in [0, 1000)")
-        if self.unet.path_steps < 0 or not 0 <= self.unet.path_from < 1000:
+        if min(self.unet.path_steps, self.unet.path_start) < 0 or not 0 <= self.unet.path_from < 1000:
             unet = self.unet
-            raise UserError(f"unet.path_steps must be >= 0 and unet.path_from in [0, 1000), got {unet.path_steps} and {unet.path_from}")
+            raise UserError(
+                "unet.path_steps and unet.path_start must be >= 0 and unet.path_from in [0, 1000), "
+                f"got {unet.path_steps}, {unet.path_start} and {unet.path_from}"
+            )
         if self.unet.text_encoder_lr < 0:
             raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {self.unet.text_encoder_lr}")
         if self.clip.caption_word_weight < 0:

@@ -440,7 +440,7 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
 
     def loss_at(step, rng, generator):
-        on_paths = step < cfg.path_steps
+        on_paths = cfg.path_start <= step < cfg.path_start + cfg.path_steps
         videos, captions = run.world_batch(rng, cfg.batch, linear_only=on_paths)
         captions = ["" if drop else c for c, drop in zip(captions, rng.random(cfg.batch) < cfg.caption_dropout)]
         latents, text = encode_clips(models.vae, models.clip.text_model, models.tokenizer, videos, captions)
