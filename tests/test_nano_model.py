@@ -332,7 +332,7 @@ def test_packaged_nano_loads_offline():
     assert resolve_base("nano") == NANO
     backbone = load_backbone("nano", device="cpu")
     assert backbone.family == "unet3d" and backbone.default_size == 64 and backbone.latent_channels == 16
-    assert backbone.position_channels == 0  # the shipped UNet takes latents only
+    assert backbone.position_channels == 3  # the shipped UNet takes latents plus x, y and frame maps
     assert json.loads((NANO / "nano.json").read_text())["steps"]["unet"] > 0
     weights = sum(path.stat().st_size for path in NANO.rglob("*.safetensors"))
     assert weights <= 30 * 2**20, f"shipped weights are {weights / 2**20:.1f} MB, over the 30 MB budget"
