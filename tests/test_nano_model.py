@@ -324,6 +324,10 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
     bad.unet.path_from = 1000
     with pytest.raises(UserError, match=r"unet.path_from in \[0, 1000\), got 0, 0 and 1000"):
         nano.pretrain(bad)
+    bad = tiny_config(tmp_path, char_tokenizer)
+    bad.unet.path_start, bad.unet.path_steps = 2, 5  # the tiny run has 2 UNet steps: 0 and 1
+    with pytest.raises(UserError, match="unet.path_start 2 is past the last UNet step"):
+        nano.pretrain(bad)
 
 
 def test_packaged_nano_loads_offline():

@@ -112,6 +112,12 @@ class PretrainConfig:
                 "unet.path_steps and unet.path_start must be >= 0 and unet.path_from in [0, 1000), "
                 f"got {unet.path_steps}, {unet.path_start} and {unet.path_from}"
             )
+        if self.unet.path_steps and self.unet.path_start >= self.unet.steps:
+            unet = self.unet
+            raise UserError(
+                f"unet.path_start {unet.path_start} is past the last UNet step ({unet.steps}), so the path phase "
+                "would never run: lower unet.path_start or set unet.path_steps to 0"
+            )
         if self.unet.text_encoder_lr < 0:
             raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {self.unet.text_encoder_lr}")
         if self.clip.caption_word_weight < 0:
