@@ -292,6 +292,36 @@ def test_path_steps_train_linear_motions_at_the_top_of_the_schedule(tmp_path, ch
     assert all(min(timesteps) < 980 for _, timesteps in rest)  # every step outside the phase: uniform timesteps
 
 
+def test_path_replay_keeps_part_of_each_later_batch_on_the_path_phase(tmp_path, char_tokenizer, monkeypatch):
+    from vidbooth.nano.world import LINEAR_MOTIONS, parse_caption
+
+    seen = []  # (captions, timesteps) given to the UNet loss at each step, in order
+    encode, loss = nano.encode_clips, nano.unet_loss
+
+    def recording_encode(vae, text_model, tokenizer, videos, captions):
+        seen.append([list(captions)])
+        return encode(vae, text_model, tokenizer, videos, captions)
+
+    def recording_loss(*args):
+        seen[-1].append(args[-1].tolist())
+        return loss(*args)
+
+    monkeypatch.setattr(nano, "encode_clips", recording_encode)
+    monkeypatch.setattr(nano, "unet_loss", recording_loss)
+    cfg = tiny_config(tmp_path, char_tokenizer, unet_steps=14)
+    cfg.unet.batch, cfg.unet.caption_dropout, cfg.unet.path_from = 4, 0.0, 980
+    cfg.unet.path_start, cfg.unet.path_steps, cfg.unet.path_replay = 2, 2, 1
+    nano.pretrain(cfg)
+    assert len(seen) == 14
+    before, after = seen[:2], seen[4:]
+    assert all(min(timesteps) < 980 for _, timesteps in before)  # no replay before or without the phase
+    for captions, timesteps in after:
+        assert parse_caption(captions[-1])[1].name in LINEAR_MOTIONS and timesteps[-1] >= 980
+    rest_motions = {parse_caption(c)[1].name for captions, _ in after for c in captions[:-1]}
+    assert rest_motions - set(LINEAR_MOTIONS)  # the other 3 clips of a batch: every motion
+    assert min(t for _, timesteps in after for t in timesteps[:-1]) < 980  # ... and uniform timesteps
+
+
 def test_refuses_bad_runs(tmp_path, char_tokenizer):
     with pytest.raises(UserError, match="nothing to resume"):
         nano.pretrain(tiny_config(tmp_path, char_tokenizer, resume=True))
@@ -328,6 +358,11 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
     bad.unet.path_start, bad.unet.path_steps = 2, 5  # the tiny run has 2 UNet steps: 0 and 1
     with pytest.raises(UserError, match="unet.path_start 2 is past the last UNet step"):
         nano.pretrain(bad)
+    for steps, replay in ((0, 1), (3, 2), (3, -1)):  # no path phase; a whole batch (of 2); negative
+        bad = tiny_config(tmp_path, char_tokenizer)
+        bad.unet.path_steps, bad.unet.path_replay = steps, replay
+        with pytest.raises(UserError, match=f"unet.path_replay {replay} must be below unet.batch"):
+            nano.pretrain(bad)
 
 
 def test_packaged_nano_loads_offline():

@@ -56,6 +56,9 @@ class UNetStage:
     UNet never learnt to choose the path from the direction word (docs/nano.md, "Training further"); 0: off."""
     path_start: int = 0
     path_from: int = 990
+    path_replay: int = 0
+    """After the path phase, this many clips of each batch stay on it (linear motions at t >= path_from), so the
+    ordinary steps that follow do not wash the word-chosen paths out again; 0: off."""
     warmup_steps: int = 100
     caption_dropout: float = 0.1
     """Chance of training on the empty prompt, so that classifier-free guidance works."""
@@ -117,6 +120,12 @@ class PretrainConfig:
             raise UserError(
                 f"unet.path_start {unet.path_start} is past the last UNet step ({unet.steps}), so the path phase "
                 "would never run: lower unet.path_start or set unet.path_steps to 0"
+            )
+        if self.unet.path_replay and not (self.unet.path_steps and 0 < self.unet.path_replay < self.unet.batch):
+            unet = self.unet
+            raise UserError(
+                f"unet.path_replay {unet.path_replay} must be below unet.batch ({unet.batch}) and needs a path phase "
+                "(unet.path_steps > 0); set it to 0 to turn replay off"
             )
         if self.unet.text_encoder_lr < 0:
             raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {self.unet.text_encoder_lr}")

@@ -227,18 +227,16 @@ def unet_loss(
     text: torch.Tensor,
     generator: torch.Generator,
     motion_weight: float,
-    high_noise_fraction: float = 0.0,
-    high_noise_from: int = 600,
+    timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x0-prediction MSE (prediction_type 'sample') at uniform timesteps, plus `motion_weight` x the MSE of the
-    frame-to-frame differences. The world's backgrounds are static, so those differences are the sprite's motion;
-    the extra term has the same minimiser (the differences of the conditional mean), it only weighs motion more.
-
-    A `high_noise_fraction` of the clips instead get a timestep in [high_noise_from, T): that is where a
-    trajectory is decided (noised to t=799 and denoised, a clip keeps its motion; from t=899 it does not).
+    """x0-prediction MSE (prediction_type 'sample') at `timesteps` (default: uniform), plus `motion_weight` x the
+    MSE of the frame-to-frame differences. The world's backgrounds are static, so those differences are the
+    sprite's motion; the extra term has the same minimiser (the differences of the conditional mean), it only
+    weighs motion more.
     """
     total = noise_schedule.config.num_train_timesteps
-    timesteps = sample_timesteps(latents.shape[0], total, generator, high_noise_fraction, high_noise_from)
+    if timesteps is None:
+        timesteps = sample_timesteps(latents.shape[0], total, generator)
     noise = torch.randn(latents.shape, generator=generator)
     noisy = noise_schedule.add_noise(latents, noise, timesteps)
     unet_input = with_positions(noisy, extra_input_channels(unet, latents.shape[1]))
@@ -431,6 +429,7 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
     text_model = models.clip.text_model
     text_model.requires_grad_(cfg.text_encoder_lr > 0)
     noise_schedule = DDPMScheduler.from_config(scheduler_config())
+    total_timesteps = noise_schedule.config.num_train_timesteps
     temporal = [p for n, p in unet.named_parameters() if any(t in n.split(".") for t in TEMPORAL)]
     temporal_ids = {id(p) for p in temporal}
     spatial = [p for p in unet.parameters() if id(p) not in temporal_ids]
@@ -440,12 +439,22 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
 
     def loss_at(step, rng, generator):
+        # A high_noise_fraction of the clips get a timestep in [high_noise_from, T): that is where a trajectory
+        # is decided (noised to t=799 and denoised, a clip keeps its motion; from t=899 it does not). The path
+        # phase puts every clip there, and path_replay clips of each later batch stay on it.
         on_paths = cfg.path_start <= step < cfg.path_start + cfg.path_steps
-        videos, captions = run.world_batch(rng, cfg.batch, linear_only=on_paths)
+        replay = cfg.path_replay if cfg.path_steps and step >= cfg.path_start + cfg.path_steps else 0
+        videos, captions = run.world_batch(rng, cfg.batch - replay, linear_only=on_paths)
+        if replay:
+            path_videos, path_captions = run.world_batch(rng, replay, linear_only=True)
+            videos, captions = np.concatenate([videos, path_videos]), captions + path_captions
         captions = ["" if drop else c for c, drop in zip(captions, rng.random(cfg.batch) < cfg.caption_dropout)]
         latents, text = encode_clips(models.vae, models.clip.text_model, models.tokenizer, videos, captions)
         high_noise = (1.0, cfg.path_from) if on_paths else (cfg.high_noise_fraction, cfg.high_noise_from)
-        return unet_loss(unet, noise_schedule, latents, text, generator, cfg.motion_loss_weight, *high_noise)
+        timesteps = sample_timesteps(cfg.batch, total_timesteps, generator, *high_noise)
+        if replay:
+            timesteps[-replay:] = sample_timesteps(replay, total_timesteps, generator, 1.0, cfg.path_from)
+        return unet_loss(unet, noise_schedule, latents, text, generator, cfg.motion_loss_weight, timesteps)
 
     def after_step(step: int, loss: float) -> bool:
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
