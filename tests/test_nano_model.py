@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidbooth.config.pretrain import PretrainConfig
+from vidbooth.config.pretrain import PathPhase, PretrainConfig
 from vidbooth.errors import UserError
 from vidbooth.nano import pretrain as nano
 from vidbooth.nano.model import ClipArch, NanoArch, UNetArch, VaeArch, build_clip, build_unet, build_vae
@@ -281,10 +281,10 @@ def test_path_steps_train_linear_motions_at_the_top_of_the_schedule(tmp_path, ch
     monkeypatch.setattr(nano, "sample_timesteps", recording_sample)
     cfg = tiny_config(tmp_path, char_tokenizer, unet_steps=15)
     cfg.unet.batch, cfg.unet.caption_dropout, cfg.unet.path_from = 4, 0.0, 980
-    cfg.unet.path_start, cfg.unet.path_steps = 3, 6
+    cfg.unet.path_phases = [PathPhase(3, 4), PathPhase(10, 2)]
     nano.pretrain(cfg)
     assert len(seen) == 15
-    first, rest = seen[3:9], seen[:3] + seen[9:]
+    first, rest = seen[3:7] + seen[10:12], seen[:3] + seen[7:10] + seen[12:]
     assert all(parse_caption(c)[1].name in LINEAR_MOTIONS for captions, _ in first for c in captions)
     assert all(t >= 980 for _, timesteps in first for t in timesteps)
     later_motions = {parse_caption(c)[1].name for captions, _ in rest for c in captions}
@@ -310,7 +310,7 @@ def test_path_replay_keeps_part_of_each_later_batch_on_the_path_phase(tmp_path, 
     monkeypatch.setattr(nano, "unet_loss", recording_loss)
     cfg = tiny_config(tmp_path, char_tokenizer, unet_steps=14)
     cfg.unet.batch, cfg.unet.caption_dropout, cfg.unet.path_from = 4, 0.0, 980
-    cfg.unet.path_start, cfg.unet.path_steps, cfg.unet.path_replay = 2, 2, 1
+    cfg.unet.path_phases, cfg.unet.path_replay = [PathPhase(2, 2)], 1
     nano.pretrain(cfg)
     assert len(seen) == 14
     before, after = seen[:2], seen[4:]
@@ -352,15 +352,20 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
         nano.pretrain(bad)
     bad = tiny_config(tmp_path, char_tokenizer)
     bad.unet.path_from = 1000
-    with pytest.raises(UserError, match=r"unet.path_from in \[0, 1000\), got 0, 0 and 1000"):
+    with pytest.raises(UserError, match=r"unet.path_from must be in \[0, 1000\), got 1000"):
         nano.pretrain(bad)
     bad = tiny_config(tmp_path, char_tokenizer)
-    bad.unet.path_start, bad.unet.path_steps = 2, 5  # the tiny run has 2 UNet steps: 0 and 1
-    with pytest.raises(UserError, match="unet.path_start 2 is past the last UNet step"):
+    bad.unet.path_phases = [PathPhase(2, 5)]  # the tiny run has 2 UNet steps: 0 and 1
+    with pytest.raises(UserError, match="starts at step 2, past the last UNet step"):
         nano.pretrain(bad)
-    for steps, replay in ((0, 1), (3, 2), (3, -1)):  # no path phase; a whole batch (of 2); negative
+    for phases in ([PathPhase(0, 0)], [PathPhase(0, 2), PathPhase(1, 1)], [PathPhase(-1, 1)]):  # empty, overlap
         bad = tiny_config(tmp_path, char_tokenizer)
-        bad.unet.path_steps, bad.unet.path_replay = steps, replay
+        bad.unet.path_phases = phases
+        with pytest.raises(UserError, match="each phase needs steps >= 1 and must start at or after"):
+            nano.pretrain(bad)
+    for phases, replay in (([], 1), ([PathPhase(0, 1)], 2), ([PathPhase(0, 1)], -1)):  # no phase; a whole batch
+        bad = tiny_config(tmp_path, char_tokenizer)
+        bad.unet.path_phases, bad.unet.path_replay = phases, replay
         with pytest.raises(UserError, match=f"unet.path_replay {replay} must be below unet.batch"):
             nano.pretrain(bad)
 

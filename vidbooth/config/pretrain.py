@@ -36,6 +36,14 @@ class ClipStage:
 
 
 @dataclass
+class PathPhase:
+    """UNet steps start .. start + steps - 1 train on linear motions only, every clip at t >= unet.path_from."""
+
+    start: int = 0
+    steps: int = 0
+
+
+@dataclass
 class UNetStage:
     steps: int = 6000
     batch: int = 8
@@ -50,15 +58,14 @@ class UNetStage:
     high_noise_fraction: float = 0.0
     """Fraction of clips trained at a timestep drawn from [high_noise_from, 1000) instead of [0, 1000)."""
     high_noise_from: int = 600
-    path_steps: int = 0
-    """This many steps, from step `path_start` on, train on linear motions only, all at a timestep in
-    [path_from, 1000): where a sample's path is chosen. Trained on every motion and timestep throughout, nano's
-    UNet never learnt to choose the path from the direction word (docs/nano.md, "Training further"); 0: off."""
-    path_start: int = 0
+    path_phases: list[PathPhase] = field(default_factory=list)
+    """Path phases, in order: their steps train on linear motions only, all at a timestep in [path_from, 1000),
+    where a sample's path is chosen. Trained on every motion and timestep throughout, nano's UNet never learnt to
+    choose the path from the direction word (docs/nano.md, "Training further"); empty: none."""
     path_from: int = 990
     path_replay: int = 0
-    """After the path phase, this many clips of each batch stay on it (linear motions at t >= path_from), so the
-    ordinary steps that follow do not wash the word-chosen paths out again; 0: off."""
+    """After the last path phase, this many clips of each batch stay on it (linear motions at t >= path_from),
+    so the ordinary steps that follow do not wash the word-chosen paths out again; 0: off."""
     warmup_steps: int = 100
     caption_dropout: float = 0.1
     """Chance of training on the empty prompt, so that classifier-free guidance works."""
@@ -109,23 +116,26 @@ class PretrainConfig:
             raise UserError(f"arch.num_frames must be at least 2, got {self.arch.num_frames}")
         if not (0 <= self.unet.high_noise_fraction <= 1 and 0 <= self.unet.high_noise_from < 1000):
             raise UserError("unet.high_noise_fraction must be in [0, 1] and unet.high_noise_from in [0, 1000)")
-        if min(self.unet.path_steps, self.unet.path_start) < 0 or not 0 <= self.unet.path_from < 1000:
-            unet = self.unet
-            raise UserError(
-                "unet.path_steps and unet.path_start must be >= 0 and unet.path_from in [0, 1000), "
-                f"got {unet.path_steps}, {unet.path_start} and {unet.path_from}"
-            )
-        if self.unet.path_steps and self.unet.path_start >= self.unet.steps:
-            unet = self.unet
-            raise UserError(
-                f"unet.path_start {unet.path_start} is past the last UNet step ({unet.steps}), so the path phase "
-                "would never run: lower unet.path_start or set unet.path_steps to 0"
-            )
-        if self.unet.path_replay and not (self.unet.path_steps and 0 < self.unet.path_replay < self.unet.batch):
-            unet = self.unet
+        unet = self.unet
+        if not 0 <= unet.path_from < 1000:
+            raise UserError(f"unet.path_from must be in [0, 1000), got {unet.path_from}")
+        previous_end = 0
+        for phase in unet.path_phases:
+            if phase.start < previous_end or phase.steps < 1:
+                raise UserError(
+                    f"unet.path_phases: each phase needs steps >= 1 and must start at or after the end of the one "
+                    f"before (step {previous_end}), got start {phase.start}, steps {phase.steps}"
+                )
+            if phase.start >= unet.steps:
+                raise UserError(
+                    f"unet.path_phases: a phase starts at step {phase.start}, past the last UNet step ({unet.steps}), "
+                    "so it would never run: lower its start or raise unet.steps"
+                )
+            previous_end = phase.start + phase.steps
+        if unet.path_replay and not (unet.path_phases and 0 < unet.path_replay < unet.batch):
             raise UserError(
                 f"unet.path_replay {unet.path_replay} must be below unet.batch ({unet.batch}) and needs a path phase "
-                "(unet.path_steps > 0); set it to 0 to turn replay off"
+                "(unet.path_phases); set it to 0 to turn replay off"
             )
         if self.unet.text_encoder_lr < 0:
             raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {self.unet.text_encoder_lr}")

@@ -441,9 +441,10 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
     def loss_at(step, rng, generator):
         # A high_noise_fraction of the clips get a timestep in [high_noise_from, T): that is where a trajectory
         # is decided (noised to t=799 and denoised, a clip keeps its motion; from t=899 it does not). The path
-        # phase puts every clip there, and path_replay clips of each later batch stay on it.
-        on_paths = cfg.path_start <= step < cfg.path_start + cfg.path_steps
-        replay = cfg.path_replay if cfg.path_steps and step >= cfg.path_start + cfg.path_steps else 0
+        # phases put every clip there, and path_replay clips of each batch after the last stay on it.
+        on_paths = any(phase.start <= step < phase.start + phase.steps for phase in cfg.path_phases)
+        after_paths = bool(cfg.path_phases) and step >= cfg.path_phases[-1].start + cfg.path_phases[-1].steps
+        replay = cfg.path_replay if after_paths else 0
         videos, captions = run.world_batch(rng, cfg.batch - replay, linear_only=on_paths)
         if replay:
             path_videos, path_captions = run.world_batch(rng, replay, linear_only=True)
