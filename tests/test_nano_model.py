@@ -261,7 +261,7 @@ def test_high_noise_fraction_moves_timesteps_to_the_top_of_the_schedule():
     assert (sample_timesteps(100, 1000, torch.Generator(), 1.0, 600) >= 600).all()
 
 
-def test_path_steps_train_linear_motions_at_the_top_of_the_schedule(tmp_path, char_tokenizer, monkeypatch):
+def test_path_phases_train_linear_motions_at_the_top_of_the_schedule(tmp_path, char_tokenizer, monkeypatch):
     from vidbooth.nano.world import LINEAR_MOTIONS, parse_caption
 
     seen = []  # (captions, timesteps) of each UNet step, in order

@@ -437,14 +437,15 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
     if cfg.text_encoder_lr > 0:
         groups.append({"params": list(text_model.parameters()), "lr": cfg.text_encoder_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    last = cfg.path_phases[-1] if cfg.path_phases else None
+    replay_from = last.start + last.steps if last else cfg.steps  # path_replay needs a phase (checked)
 
     def loss_at(step, rng, generator):
         # A high_noise_fraction of the clips get a timestep in [high_noise_from, T): that is where a trajectory
         # is decided (noised to t=799 and denoised, a clip keeps its motion; from t=899 it does not). The path
         # phases put every clip there, and path_replay clips of each batch after the last stay on it.
         on_paths = any(phase.start <= step < phase.start + phase.steps for phase in cfg.path_phases)
-        after_paths = bool(cfg.path_phases) and step >= cfg.path_phases[-1].start + cfg.path_phases[-1].steps
-        replay = cfg.path_replay if after_paths else 0
+        replay = cfg.path_replay if step >= replay_from else 0
         videos, captions = run.world_batch(rng, cfg.batch - replay, linear_only=on_paths)
         if replay:
             path_videos, path_captions = run.world_batch(rng, replay, linear_only=True)
@@ -452,7 +453,7 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
         captions = ["" if drop else c for c, drop in zip(captions, rng.random(cfg.batch) < cfg.caption_dropout)]
         latents, text = encode_clips(models.vae, models.clip.text_model, models.tokenizer, videos, captions)
         high_noise = (1.0, cfg.path_from) if on_paths else (cfg.high_noise_fraction, cfg.high_noise_from)
-        timesteps = sample_timesteps(cfg.batch, total_timesteps, generator, *high_noise)
+        timesteps = sample_timesteps(cfg.batch, total_timesteps, generator, *high_noise)  # the stream without replay
         if replay:
             timesteps[-replay:] = sample_timesteps(replay, total_timesteps, generator, 1.0, cfg.path_from)
         return unet_loss(unet, noise_schedule, latents, text, generator, cfg.motion_loss_weight, timesteps)
