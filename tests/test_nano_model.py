@@ -110,6 +110,9 @@ def test_pretrain_writes_a_model_load_backbone_loads(tmp_path, char_tokenizer):
     assert json.loads((folder / "nano.json").read_text())["split_seed"] == 0
     assert [row["unet_step"] for row in result.curve] == [2]
     assert (tmp_path / "run" / "curve.csv").read_text().splitlines()[0].startswith("unet_step,")
+    saved = json.loads((folder / "tokenizer" / "tokenizer.json").read_text())
+    assert saved["padding"] is None and saved["truncation"] is None  # training's encoding state is not saved
+    assert "local_files_only" not in json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
 
     backbone = load_backbone(str(folder), device="cpu")
     assert backbone.family == "unet3d" and backbone.default_size == 32

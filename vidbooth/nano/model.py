@@ -12,6 +12,7 @@ nano is a text-to-video model in miniature, laid out like ModelScope T2V so that
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,10 +166,21 @@ def image_encoder_of(clip):
     return model
 
 
+def _save_tokenizer(tokenizer, folder: Path) -> None:
+    """Save `tokenizer` as loaded: without the padding and truncation that encoding leaves set on its fast
+    backend, or the loading options `from_pretrained` records (a re-export leaves the shipped files as they are)."""
+    clean = copy.deepcopy(tokenizer)
+    clean.backend_tokenizer.no_padding()
+    clean.backend_tokenizer.no_truncation()
+    for option in ("is_local", "local_files_only"):
+        clean.init_kwargs.pop(option, None)
+    clean.save_pretrained(folder)
+
+
 def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> Path:
     """Write the diffusers-layout folder (fp16 weights) that `load_backbone` and the appearance encoder read."""
     folder = Path(folder)
-    tokenizer.save_pretrained(folder / "tokenizer")
+    _save_tokenizer(tokenizer, folder / "tokenizer")
     for name, model in (
         ("text_encoder", text_encoder_of(clip)),
         ("image_encoder", image_encoder_of(clip)),
