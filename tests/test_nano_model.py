@@ -141,6 +141,8 @@ def test_resume_continues_exactly(tmp_path, char_tokenizer):
     continued = nano.pretrain(cfg)
     assert continued.finished and continued.steps["unet"] == 5
     assert [row["unet_step"] for row in continued.curve] == [2, 4, 5]  # run b was evaluated at 2, 4; then 5
+    scale = [json.loads((r.model_dir / "nano.json").read_text())["logit_scale"] for r in (resumed, continued)]
+    assert scale[1] == pytest.approx(scale[0], rel=1e-3) and scale[0] != pytest.approx(1 / 0.07)  # learned, kept
 
 
 def test_a_run_and_its_model_keep_the_world_they_were_trained_on(tmp_path, char_tokenizer):

@@ -269,6 +269,8 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
     clip.vision_model.load_state_dict(image.vision_model.state_dict())
     clip.visual_projection.load_state_dict(image.visual_projection.state_dict())
+    if "logit_scale" in provenance:  # the learned temperature, kept so that the new export reports it too
+        clip.logit_scale.data.fill_(float(np.log(provenance["logit_scale"])))
     vae = AutoencoderKL.from_pretrained(folder / "vae")
     unet = UNet3DConditionModel.from_pretrained(folder / "unet")
     denoiser = _Models(tokenizer, vae, clip, unet).denoiser()
