@@ -83,10 +83,10 @@ def test_help_lists_commands():
 
 
 def test_generate_on_nano_without_a_recipe_uses_nanos_own(tmp_path):
-    """The default base, no --recipe: nano's sampling settings (10 steps, guidance 4), not the large models'."""
+    """The default base, no --recipe: nano's sampling settings (10 steps, guidance 2), not the large models'."""
     out = tmp_path / "clip.mp4"
     assert main(["generate", "--prompt", "a red solid circle moving left", "--out", str(out), "--device", "cpu"]) == 0
     resolved = yaml.safe_load(out.with_suffix(".yaml").read_text())
     assert resolved["backbone"]["base"] == "nano"
-    assert resolved["sampling"]["num_inference_steps"] == 10 and resolved["sampling"]["guidance_scale"] == 4.0
+    assert resolved["sampling"]["num_inference_steps"] == 10 and resolved["sampling"]["guidance_scale"] == 2.0
     assert read_video(out).shape == (8, 64, 64, 3)

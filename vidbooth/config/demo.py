@@ -20,7 +20,7 @@ class DemoConfig:
     """Fewer training and sampling steps and fewer videos: about half the time, noisier numbers."""
     num_videos: int = 8
     """Videos per variant (each with its own noise); the scores are averaged over them."""
-    subject_steps: int = 300
+    subject_steps: int = 600
     """Textual-inversion steps (0: the recipe's); the identity adapter trains half as many."""
     motion_steps: int = 0
     """Motion-adapter steps (0: the recipe's)."""

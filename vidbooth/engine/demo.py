@@ -29,8 +29,8 @@ from vidbooth.data.video import ensure_writable_dir, save_contact_sheet, write_v
 from vidbooth.reporting import info, table
 
 SUBJECT, MOTION = "S*", "M"
-CLASS_NOUN = "shape"
-"""The class of every demo subject and motion performer, as "dog" is for a dog: the base draws any shape for it."""
+MOTION_NOUN = "shape"
+"""The class of every demo motion performer: the base draws any shape for it, so the clip's sprite is not learned."""
 
 
 @dataclass
@@ -90,13 +90,13 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
 
     with _library_at(out / "library"):
         started = time.perf_counter()
-        _train_subject(cfg, base, family, photos_dir)
+        _train_subject(cfg, base, family, photos_dir, sprite.shape)
         seconds["train-subject"] = time.perf_counter() - started
         started = time.perf_counter()
         _train_motion(cfg, base, family, clip_path)
         seconds["train-motion"] = time.perf_counter() - started
         started = time.perf_counter()
-        variants = _variants(motion)
+        variants = _variants(sprite.shape, motion)
         _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out)
         seconds["generate+evaluate"] = time.perf_counter() - started
 
@@ -106,13 +106,13 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     return report
 
 
-def _train_subject(cfg: DemoConfig, base: str, family: str, photos: Path) -> None:
+def _train_subject(cfg: DemoConfig, base: str, family: str, photos: Path, class_noun: str) -> None:
     from vidbooth.config import load_config
     from vidbooth.config.subject import SubjectConfig
     from vidbooth.engine.subject import train_subject
 
     subject = load_config(SubjectConfig, f"{family}/subject", None, _runtime(cfg) | {
-        "backbone.base": base, "name": SUBJECT, "photos": str(photos), "class_noun": CLASS_NOUN, "overwrite": True,
+        "backbone.base": base, "name": SUBJECT, "photos": str(photos), "class_noun": class_noun, "overwrite": True,
     })
     steps = cfg.subject_steps or subject.textual_inversion.train.steps
     if cfg.fast:
@@ -129,7 +129,7 @@ def _train_motion(cfg: DemoConfig, base: str, family: str, clip: Path) -> None:
     from vidbooth.engine.motion import train_motion
 
     motion = load_config(MotionConfig, f"{family}/motion", None, _runtime(cfg) | {
-        "backbone.base": base, "name": MOTION, "clips": [str(clip)], "class_noun": CLASS_NOUN, "overwrite": True,
+        "backbone.base": base, "name": MOTION, "clips": [str(clip)], "class_noun": MOTION_NOUN, "overwrite": True,
     })
     steps = cfg.motion_steps or motion.train.steps
     motion.train.steps = max(1, steps // 2) if cfg.fast else steps
@@ -143,14 +143,20 @@ def _runtime(cfg: DemoConfig) -> dict:
             "runtime.seed": cfg.seed}
 
 
-def _variants(motion) -> list[Variant]:
-    noun, moving = CLASS_NOUN, motion.phrase  # "moving in a circle"
+def _variants(subject_noun: str, motion) -> list[Variant]:
+    """The demo's prompts: the subject's class noun is its shape ("circle"), the performer's is `MOTION_NOUN`.
+
+    The subject prompts say the subject is at rest, as the captions of its photos do (recipes/nano/subject.yaml).
+    """
+    from vidbooth.nano.world import MOTION_PHRASES
+
+    noun, moving, at_rest = subject_noun, motion.phrase, MOTION_PHRASES["still"]  # "moving in a circle"
     return [
-        Variant("class_noun", "subject: class noun only", f"a {noun}", 0.0, 0.0),
-        Variant("textual_inversion", "subject: pseudo-word", f"a {SUBJECT} {noun}", 0.0, 0.0),
-        Variant("identity", "subject: pseudo-word + identity adapter", f"a {SUBJECT} {noun}", 1.0, 0.0),
-        Variant("base_motion", "motion: base model", f"a {noun} {moving}", 0.0, 0.0),
-        Variant("motion_adapter", "motion: + motion adapter", f"a {noun} {moving}", 0.0, 1.0),
+        Variant("class_noun", "subject: class noun only", f"a {noun} {at_rest}", 0.0, 0.0),
+        Variant("textual_inversion", "subject: pseudo-word", f"a {SUBJECT} {noun} {at_rest}", 0.0, 0.0),
+        Variant("identity", "subject: pseudo-word + identity adapter", f"a {SUBJECT} {noun} {at_rest}", 1.0, 0.0),
+        Variant("base_motion", "motion: base model", f"a {MOTION_NOUN} {moving}", 0.0, 0.0),
+        Variant("motion_adapter", "motion: + motion adapter", f"a {MOTION_NOUN} {moving}", 0.0, 1.0),
         Variant("both", "subject + motion", f"a {SUBJECT} {noun} {moving}", 1.0, 1.0),
     ]
 
@@ -178,10 +184,11 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     loaded = apply_personalisation(backbone, f"a {SUBJECT}", [SUBJECT], MOTION)
     subject = loaded.subjects[0]
     videos_dir = ensure_writable_dir(out / "videos")
-    for index, variant in enumerate(variants):
+    for variant in variants:
         set_scale(backbone.unet, subject_kind(SUBJECT), variant.identity_scale)
         set_scale(backbone.unet, MOTION_KIND, variant.motion_scale)
-        generator = torch.Generator("cpu").manual_seed(cfg.seed * 1000 + index)
+        # The same noise for every variant: each comparison is paired, so differences come from the prompt and adapters
+        generator = torch.Generator("cpu").manual_seed(cfg.seed)
         videos = sample_video(
             backbone, [subject.expand_prompt(variant.prompt)] * count, num_frames=sampling.num_frames,
             num_inference_steps=steps, guidance_scale=sampling.guidance_scale, scheduler=sampling.scheduler,
