@@ -1,6 +1,6 @@
 """`vidbooth demo`'s wall time per stage and its scores, for one or more seeds.
 
-Usage: python benchmarks/bench_demo.py [--seeds 0 1 2] [--fast] [--out /tmp/vidbooth-bench-demo]
+Usage: python benchmarks/bench_demo.py [--seeds 0 1 2] [--fast] [--threads N] [--out /tmp/vidbooth-bench-demo]
 Each seed runs the whole demo (held-out subject and motion, train-subject, train-motion, six generated
 variants scored with the world probe) on the shipped nano model, as `vidbooth demo --seed N` does.
 The "each step better" columns compare class noun -> pseudo-word -> + identity (image similarity) and
@@ -23,7 +23,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--out", help="folder for the demo runs (default: a new temporary folder)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: torch's; 1 is faster beside other jobs on 2 cores)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out or tempfile.mkdtemp(prefix="vidbooth-bench-demo-"))
 
     print(f"{'seed':>4} {'total s':>8} {'inputs':>7} {'subject':>8} {'motion':>7} {'gen+eval':>9}   "
