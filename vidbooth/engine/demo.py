@@ -143,14 +143,14 @@ def _runtime(cfg: DemoConfig) -> dict:
             "runtime.seed": cfg.seed}
 
 
-def _variants(subject_noun: str, motion) -> list[Variant]:
+def _variants(noun: str, motion) -> list[Variant]:
     """The demo's prompts: the subject's class noun is its shape ("circle"), the performer's is `MOTION_NOUN`.
 
     The subject prompts say the subject is at rest, as the captions of its photos do (recipes/nano/subject.yaml).
     """
     from vidbooth.nano.world import MOTION_PHRASES
 
-    noun, moving, at_rest = subject_noun, motion.phrase, MOTION_PHRASES["still"]  # "moving in a circle"
+    moving, at_rest = motion.phrase, MOTION_PHRASES["still"]  # "moving in a circle", "standing still"
     return [
         Variant("class_noun", "subject: class noun only", f"a {noun} {at_rest}", 0.0, 0.0),
         Variant("textual_inversion", "subject: pseudo-word", f"a {SUBJECT} {noun} {at_rest}", 0.0, 0.0),

@@ -264,7 +264,7 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
         raise UserError(f"{folder} is not an exported nano model (no readable nano.json): check --init-from") from exc
     if _identity(provenance) != run.identity:
         raise UserError(f"{folder} was trained with another arch, seed, split_seed or linear_paths than this recipe")
-    clip = build_clip(run.cfg.arch, tokenizer)  # text projection and temperature stay fresh: the CLIP stage is done
+    clip = build_clip(run.cfg.arch, tokenizer)  # the text projection stays fresh: the CLIP stage is done
     clip.text_model.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
     image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
     clip.vision_model.load_state_dict(image.vision_model.state_dict())
