@@ -3,9 +3,9 @@
 1. The procedural world (vidbooth.nano.world) picks a held-out sprite and a held-out motion by seed,
    renders 4 photos of the sprite and one clip of the motion (performed by another sprite).
 2. train-subject and train-motion run on the base into the demo's own library (`<out>/library`).
-3. Six variants are generated, `num_videos` each: the subject with the class noun only, with the
+3. Seven variants are generated, `num_videos` each: the subject with the class noun only, with the
    pseudo-word only (identity adapter at 0), with pseudo-word + identity adapter; the motion by the
-   base alone and with the motion adapter; and both together.
+   base alone and with the motion adapter; the pseudo-word with the motion adapter; and all together.
 4. Every video is scored against the truth: the world probe reads colour, shape and motion; motion
    fidelity compares its optical flow with the reference clip's (vidbooth.eval.motion).
 """
@@ -51,6 +51,9 @@ class DemoReport:
     variants: list[Variant]
     seconds: dict[str, float]
     folder: Path
+    autoencoder_ceiling: float
+    """Image similarity of the subject photos passed through the base's autoencoder, against the photos: every
+    video is decoded by that autoencoder, so videos can be expected to score near or below it."""
 
 
 @contextlib.contextmanager
@@ -97,10 +100,10 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
         seconds["train-motion"] = time.perf_counter() - started
         started = time.perf_counter()
         variants = _variants(sprite.shape, motion)
-        _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out)
+        ceiling = _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out)
         seconds["generate+evaluate"] = time.perf_counter() - started
 
-    report = DemoReport(base, described, motion.name, variants, seconds, out)
+    report = DemoReport(base, described, motion.name, variants, seconds, out, ceiling)
     _write_metrics(report)
     _show(report)
     return report
@@ -157,11 +160,14 @@ def _variants(noun: str, motion) -> list[Variant]:
         Variant("identity", "subject: pseudo-word + identity adapter", f"a {SUBJECT} {noun} {at_rest}", 1.0, 0.0),
         Variant("base_motion", "motion: base model", f"a {MOTION_NOUN} {moving}", 0.0, 0.0),
         Variant("motion_adapter", "motion: + motion adapter", f"a {MOTION_NOUN} {moving}", 0.0, 1.0),
+        # The identity adapter, trained on still photos, can hold the sprite still: this row shows the motion without it
+        Variant("textual_inversion_motion", "pseudo-word + motion", f"a {SUBJECT} {noun} {moving}", 0.0, 1.0),
         Variant("both", "subject + motion", f"a {SUBJECT} {noun} {moving}", 1.0, 1.0),
     ]
 
 
-def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos: Path, out: Path) -> None:
+def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos: Path, out: Path) -> float:
+    """Generate and score every variant (filling `variant.scores`); returns the autoencoder ceiling of image similarity."""
     from vidbooth.adapters.base import set_scale
     from vidbooth.adapters.identity import subject_kind
     from vidbooth.adapters.motion import KIND as MOTION_KIND
@@ -180,7 +186,9 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     from vidbooth.engine.appearance import load_appearance_encoder
 
     encoder = load_appearance_encoder(None, backbone)  # nano's image tower (the VAE's latents on bases without one)
-    photo_embeds = encoder.embed(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())]))
+    photo_pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())])
+    photo_embeds = encoder.embed(photo_pixels)
+    ceiling = image_similarity(encoder, through_autoencoder(backbone, photo_pixels)[:, None], photo_embeds)
     loaded = apply_personalisation(backbone, f"a {SUBJECT}", [SUBJECT], MOTION)
     subject = loaded.subjects[0]
     videos_dir = ensure_writable_dir(out / "videos")
@@ -200,6 +208,17 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
                            columns=videos.shape[1])
         variant.scores = score_videos(videos, sprite, motion, reference)
         variant.scores["image_similarity"] = image_similarity(encoder, videos, photo_embeds)
+    return ceiling
+
+
+def through_autoencoder(backbone, images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 images encoded and decoded by the backbone's VAE, as generated frames are decoded."""
+    from vidbooth.data.images import pixels_to_tensor
+    from vidbooth.engine.sampling import to_numpy_frames, to_uint8
+
+    with torch.no_grad():
+        latents = backbone.encode_video(pixels_to_tensor(images).unsqueeze(1).to(backbone.device, backbone.dtype))
+    return to_uint8(to_numpy_frames(backbone.decode_latents(latents)))[:, 0]
 
 
 def score_videos(videos: np.ndarray, sprite, motion, reference: np.ndarray) -> dict[str, float]:
@@ -227,6 +246,7 @@ def _write_metrics(report: DemoReport) -> None:
         "subject": report.subject,
         "motion": report.motion,
         "seconds": report.seconds,
+        "photos_through_autoencoder": {"image_similarity": report.autoencoder_ceiling},
         "variants": {v.key: {"label": v.label, "prompt": v.prompt, **v.scores} for v in report.variants},
     }
     path = report.folder / "metrics.json"
@@ -243,5 +263,7 @@ def _show(report: DemoReport) -> None:
     ]
     table(f"vidbooth demo on '{report.base}': subject {report.subject}, motion {report.motion}",
           ["variant", "prompt", "image sim.", "colour", "shape", "motion", "motion fid."], rows, to_stdout=True)
+    info(f"image sim. of the photos themselves through {report.base}'s autoencoder: {report.autoencoder_ceiling:.3f} "
+         "(videos, decoded by it, can be expected to score near or below this)")
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in report.seconds.items())
     info(f"wrote {report.folder}/ (videos/, inputs/, metrics.json); time: {timing}")
