@@ -33,7 +33,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="vidbooth-bench-demo-"))
 
     print(f"{'seed':>4} {'total s':>8} {'inputs':>7} {'subject':>8} {'motion':>7} {'gen+eval':>9}   "
-          f"image sim. noun -> S* -> +id (autoencoder ceiling)    motion fid. base -> +adapter")
+          f"image sim. noun -> S* -> +id (photos through the autoencoder)    motion fid. base -> +adapter")
     for seed in args.seeds:
         started = time.perf_counter()
         report = run_demo(DemoConfig(out=str(out / f"seed{seed}"), seed=seed, fast=args.fast))
@@ -46,7 +46,7 @@ def main() -> None:
         motion_ok = fids[0] < fids[1]
         print(f"{seed:>4} {total:>8.0f} {s['inputs']:>7.1f} {s['train-subject']:>8.0f} {s['train-motion']:>7.0f} "
               f"{s['generate+evaluate']:>9.0f}   {sims[0]:.3f} -> {sims[1]:.3f} -> {sims[2]:.3f} "
-              f"({report.autoencoder_ceiling:.3f}) "
+              f"({report.photos_through_autoencoder:.3f}) "
               f"({'better each step' if subject_ok else 'NOT better each step'})    "
               f"{fids[0]:.3f} -> {fids[1]:.3f} ({'better' if motion_ok else 'NOT better'})", flush=True)
 

@@ -64,8 +64,8 @@ def _check_scores_match_the_videos(out, metrics, seed, count):
     encoder = load_appearance_encoder(None, backbone)
     photos = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((out / "inputs" / "photos").iterdir())])
     photo_embeds = encoder.embed(photos)
-    ceiling = image_similarity(encoder, through_autoencoder(backbone, photos)[:, None], photo_embeds)
-    assert metrics["photos_through_autoencoder"]["image_similarity"] == pytest.approx(ceiling, abs=1e-6)
+    photos_score = image_similarity(encoder, through_autoencoder(backbone, photos)[:, None], photo_embeds)
+    assert metrics["photos_through_autoencoder"]["image_similarity"] == pytest.approx(photos_score, abs=1e-6)
     for key, recorded in metrics["variants"].items():
         videos = _videos_from_sheet(out, key)
         assert len(videos) == count, key
@@ -87,7 +87,7 @@ def test_demo_at_reduced_steps(tmp_path, isolated_home):
 
 
 def test_photos_through_nanos_autoencoder_are_a_real_round_trip_that_keeps_colour():
-    """The demo's ceiling of image similarity: the subject photos as nano's autoencoder gives them back."""
+    """The demo's reference score: the subject photos as nano's autoencoder gives them back."""
     from vidbooth.engine.backbone import load_backbone
     from vidbooth.engine.demo import through_autoencoder
     from vidbooth.nano.probe import probe_video
@@ -98,7 +98,8 @@ def test_photos_through_nanos_autoencoder_are_a_real_round_trip_that_keeps_colou
     back = through_autoencoder(load_backbone("nano", device="cpu"), photos)
     assert back.shape == photos.shape and back.dtype == np.uint8
     assert np.abs(back.astype(float) - photos).mean() > 2  # changed by the round trip (blurred) ...
-    assert [probe_video(np.repeat(image[None], 8, axis=0)).colour for image in back] == [sprite.colour] * 4  # ... colour kept
+    colours = [probe_video(np.repeat(image[None], 8, axis=0)).colour for image in back]
+    assert colours == [sprite.colour] * 4  # ... with the colour kept
 
 
 @pytest.mark.slow

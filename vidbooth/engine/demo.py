@@ -51,7 +51,7 @@ class DemoReport:
     variants: list[Variant]
     seconds: dict[str, float]
     folder: Path
-    autoencoder_ceiling: float
+    photos_through_autoencoder: float
     """Image similarity of the subject photos passed through the base's autoencoder, against the photos: every
     video is decoded by that autoencoder, so videos can be expected to score near or below it."""
 
@@ -100,10 +100,10 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
         seconds["train-motion"] = time.perf_counter() - started
         started = time.perf_counter()
         variants = _variants(sprite.shape, motion)
-        ceiling = _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out)
+        photos_score = _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out)
         seconds["generate+evaluate"] = time.perf_counter() - started
 
-    report = DemoReport(base, described, motion.name, variants, seconds, out, ceiling)
+    report = DemoReport(base, described, motion.name, variants, seconds, out, photos_score)
     _write_metrics(report)
     _show(report)
     return report
@@ -167,7 +167,8 @@ def _variants(noun: str, motion) -> list[Variant]:
 
 
 def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos: Path, out: Path) -> float:
-    """Generate and score every variant (filling `variant.scores`); returns the autoencoder ceiling of image similarity."""
+    """Generate and score every variant (filling `variant.scores`); returns the photos' own image similarity
+    after a round trip through the base's autoencoder."""
     from vidbooth.adapters.base import set_scale
     from vidbooth.adapters.identity import subject_kind
     from vidbooth.adapters.motion import KIND as MOTION_KIND
@@ -188,7 +189,7 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     encoder = load_appearance_encoder(None, backbone)  # nano's image tower (the VAE's latents on bases without one)
     photo_pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())])
     photo_embeds = encoder.embed(photo_pixels)
-    ceiling = image_similarity(encoder, through_autoencoder(backbone, photo_pixels)[:, None], photo_embeds)
+    photos_score = image_similarity(encoder, through_autoencoder(backbone, photo_pixels)[:, None], photo_embeds)
     loaded = apply_personalisation(backbone, f"a {SUBJECT}", [SUBJECT], MOTION)
     subject = loaded.subjects[0]
     videos_dir = ensure_writable_dir(out / "videos")
@@ -208,7 +209,7 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
                            columns=videos.shape[1])
         variant.scores = score_videos(videos, sprite, motion, reference)
         variant.scores["image_similarity"] = image_similarity(encoder, videos, photo_embeds)
-    return ceiling
+    return photos_score
 
 
 def through_autoencoder(backbone, images: np.ndarray) -> np.ndarray:
@@ -246,7 +247,7 @@ def _write_metrics(report: DemoReport) -> None:
         "subject": report.subject,
         "motion": report.motion,
         "seconds": report.seconds,
-        "photos_through_autoencoder": {"image_similarity": report.autoencoder_ceiling},
+        "photos_through_autoencoder": {"image_similarity": report.photos_through_autoencoder},
         "variants": {v.key: {"label": v.label, "prompt": v.prompt, **v.scores} for v in report.variants},
     }
     path = report.folder / "metrics.json"
@@ -263,7 +264,7 @@ def _show(report: DemoReport) -> None:
     ]
     table(f"vidbooth demo on '{report.base}': subject {report.subject}, motion {report.motion}",
           ["variant", "prompt", "image sim.", "colour", "shape", "motion", "motion fid."], rows, to_stdout=True)
-    info(f"image sim. of the photos themselves through {report.base}'s autoencoder: {report.autoencoder_ceiling:.3f} "
-         "(videos, decoded by it, can be expected to score near or below this)")
+    info(f"image sim. of the photos themselves through {report.base}'s autoencoder: "
+         f"{report.photos_through_autoencoder:.3f} (videos, decoded by it, can be expected to score near or below it)")
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in report.seconds.items())
     info(f"wrote {report.folder}/ (videos/, inputs/, metrics.json); time: {timing}")
