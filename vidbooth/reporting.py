@@ -38,12 +38,17 @@ def error(message: str) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], to_stdout: bool = False) -> None:
+    """A titled table; in a terminal it fits the window, into a file or pipe each row stays on one line."""
     t = Table(title=title)
     for c in columns:
         t.add_column(c)
     for r in rows:
         t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r])
-    (stdout_console if to_stdout else console).print(t)
+    target = stdout_console if to_stdout else console
+    if not target.is_terminal:  # rich would wrap at 80 columns; a console as wide as the table does not
+        natural = target.measure(t, options=target.options.update_width(10_000)).maximum
+        target = Console(file=target.file, width=max(target.width, natural), highlight=False)
+    target.print(t)
 
 
 class _Task:

@@ -1,0 +1,12 @@
+"""The reporting layer: what users see on stdout/stderr."""
+
+from vidbooth import reporting
+
+
+def test_table_into_a_pipe_keeps_each_row_on_one_line(capsys):
+    long_prompt = "a S* circle moving in a circle, " * 4  # far wider than rich's 80-column default off a terminal
+    reporting.table("demo", ["variant", "prompt", "score"], [("subject", long_prompt.strip(), 0.12345)], to_stdout=True)
+    lines = capsys.readouterr().out.splitlines()
+    row = [line for line in lines if "subject" in line]
+    assert len(row) == 1, lines
+    assert long_prompt.strip() in row[0] and "0.1235" in row[0]
