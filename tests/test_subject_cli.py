@@ -288,3 +288,22 @@ def test_two_processes_train_one_subject(photos, isolated_home):
     assert [m["name"] for m in list_artifacts("subject")] == ["S*"]
     manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
     assert manifest["stages"]["identity"]["processes"] == 2
+
+
+def test_guided_textual_inversion_learns_under_guidance(photos, tmp_path, monkeypatch, capsys):
+    """textual_inversion.guidance_scale reaches the loss: one extra, empty prompt is encoded and other rows are
+    learned; a negative scale is a one-line error."""
+    ti = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--steps", "3"]
+    ti += ["--set", "preview.enabled=false", "--set", "textual_inversion.train.lr=0.05"]
+    assert main(["--home", str(tmp_path / "plain"), *ti]) == 0
+    calls = record_calls(monkeypatch, "encode_prompt")
+    assert main(["--home", str(tmp_path / "guided"), *ti, "--set", "textual_inversion.guidance_scale=3"]) == 0
+    assert calls["encode_prompt"] == [[""]]
+    rows = [load_tensors(subject_dir(tmp_path / run) / "learned_embeds.safetensors")[0] for run in ("plain", "guided")]
+    assert rows[0].keys() == rows[1].keys()
+    assert all(not torch.allclose(rows[0][key], rows[1][key]) for key in rows[0])
+
+    capsys.readouterr()
+    assert main(["--home", str(tmp_path / "bad"), *ti, "--set", "textual_inversion.guidance_scale=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "textual_inversion.guidance_scale must be 0 (off) or positive" in err

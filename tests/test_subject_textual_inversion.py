@@ -176,3 +176,27 @@ def test_train_config_refuses_bad_high_noise_settings(key, value):
 def test_unknown_prediction_type_is_refused(bb):
     with pytest.raises(UserError, match="predicts 'flow'"):
         training_scheduler(bb.scheduler_config | {"prediction_type": "flow"})
+
+
+def test_guided_loss_is_on_the_guided_prediction_with_a_frozen_unconditional_pass():
+    """uncond + s * (cond - uncond) against the target; gradients reach only the conditional text."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine.objective import Guidance
+    from vidbooth.engine.tiny import _scheduler_config
+
+    scheduler = training_scheduler(_scheduler_config() | {"prediction_type": "sample"})
+    # a model whose prediction is its text embedding's mean, broadcast: cond and uncond are known numbers
+    model = SimpleNamespace(unet_forward=lambda noisy, t, text: text.mean((1, 2)).view(-1, 1, 1, 1, 1).expand_as(noisy))
+    latents = torch.zeros(2, 4, 1, 2, 2)
+    cond = torch.full((2, 3, 5), 0.5, requires_grad=True)
+    negative = torch.full((1, 3, 5), 0.2, requires_grad=True)
+    plain = denoising_loss(model, scheduler, latents, cond, torch.Generator().manual_seed(0))
+    guided = denoising_loss(model, scheduler, latents, cond, torch.Generator().manual_seed(0), guidance=Guidance(3.0, negative))
+    assert torch.allclose(plain, torch.full((2,), 0.25))  # 0.5 ** 2
+    assert torch.allclose(guided, torch.full((2,), 1.1**2))  # 0.2 + 3 * (0.5 - 0.2) = 1.1
+    guided.sum().backward()
+    assert negative.grad is None and cond.grad.abs().sum() > 0
+    one = denoising_loss(model, scheduler, latents, cond, torch.Generator().manual_seed(0), guidance=Guidance(1.0, negative))
+    assert torch.allclose(one, plain)
+

@@ -42,6 +42,10 @@ class SubjectDataConfig:
 class TextualInversionConfig:
     num_vectors: int = 1
     """Embedding vectors for the pseudo-word (DreamVideo: 1). More vectors: tokens S*, S*_1, ..."""
+    guidance_scale: float = 0.0
+    """Above 1: learn the pseudo-word under classifier-free guidance at this scale (the loss is on the guided
+    prediction, the empty prompt unconditional), as generation samples it. Set it to generation's guidance_scale
+    when guidance shifts the learned subject's colour. 1 or below: the plain conditional loss (DreamVideo)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, steps=3000, batch_size=4))
 
 
@@ -124,6 +128,9 @@ class SubjectConfig:
         if self.textual_inversion.num_vectors < 1:
             vectors = self.textual_inversion.num_vectors
             raise UserError(f"textual_inversion.num_vectors must be at least 1, got {vectors}")
+        if self.textual_inversion.guidance_scale < 0:
+            scale = self.textual_inversion.guidance_scale
+            raise UserError(f"textual_inversion.guidance_scale must be 0 (off) or positive, got {scale}")
         if not 0 < self.identity.hidden_ratio <= 4:
             raise UserError(f"identity.hidden_ratio must be in (0, 4], got {self.identity.hidden_ratio}")
         if self.prior.enabled and (self.prior.num_class_images < 1 or self.prior.weight < 0):

@@ -48,6 +48,15 @@ class HighNoise:
         return cls(train_config.high_noise_fraction, train_config.high_noise_from)
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance inside the loss: the prediction trained is uncond + scale * (cond - uncond),
+    where uncond, the prediction for `negative_embeds` (1, L, D), is computed without gradients."""
+
+    scale: float
+    negative_embeds: torch.Tensor
+
+
 def denoising_loss(
     backbone,
     scheduler,
@@ -55,12 +64,14 @@ def denoising_loss(
     text_embeds: torch.Tensor,
     generator: torch.Generator,
     high_noise: HighNoise = HighNoise(),
+    guidance: Guidance | None = None,
 ):
     """Per-sample MSE (B,) between the UNet's prediction and its target, for latents (B, C, F, h, w).
 
     Noise and timesteps (uniform but for the `high_noise` share) are drawn on the CPU from `generator`
     (reproducible on any device). The target is what the model predicts: the noise ('epsilon'), the velocity
-    ('v_prediction') or the clean latents ('sample').
+    ('v_prediction') or the clean latents ('sample'). With `guidance`, the prediction is the guided one that
+    sampling at that scale would use.
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)  # (B, C, F, h, w)
@@ -80,4 +91,9 @@ def denoising_loss(
     else:
         target = scheduler.get_velocity(latents, noise, timesteps)
     prediction = backbone.unet_forward(noisy, timesteps, text_embeds)
+    if guidance is not None:
+        with torch.no_grad():
+            negative = guidance.negative_embeds.expand(batch, -1, -1)
+            unconditional = backbone.unet_forward(noisy, timesteps, negative)
+        prediction = unconditional + guidance.scale * (prediction - unconditional)
     return (prediction.float() - target.float()).pow(2).flatten(1).mean(1)

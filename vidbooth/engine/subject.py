@@ -49,7 +49,7 @@ from vidbooth.adapters.textual_inversion import (
 from vidbooth.config import save_config
 from vidbooth.config.subject import SubjectConfig
 from vidbooth.engine.backbone import load_backbone_for
-from vidbooth.engine.objective import HighNoise
+from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.train import (
     TrainResult,
     backbone_device,
@@ -275,7 +275,9 @@ def _signature(run: _Run, stage: str) -> dict:
         "runtime_seed": cfg.runtime.seed,
     }
     if stage == "textual_inversion":
-        return signature | {"num_vectors": cfg.textual_inversion.num_vectors}
+        ti = cfg.textual_inversion
+        guided = {"guidance_scale": ti.guidance_scale} if ti.guidance_scale > 1 else {}  # older runs stay resumable
+        return signature | {"num_vectors": ti.num_vectors} | guided
     prior = OmegaConf.to_container(OmegaConf.structured(cfg.prior)) if cfg.prior.enabled else None
     return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior}
 
@@ -297,8 +299,12 @@ def _textual_inversion(run: _Run) -> torch.Tensor:
     caption_ids = bb.tokenize(run.captions())  # (T, L), tokenised once
     _caption_check(run, caption_ids)
     seed_everything(ti.train.seed)
+    guidance = None
+    if ti.guidance_scale > 1:
+        with torch.no_grad():
+            guidance = Guidance(ti.guidance_scale, bb.encode_prompt([""]))  # no placeholder in it: fixed
     method = TextualInversionMethod(
-        bb, caption_ids, wrap_placeholder_embedding(bb.text_encoder, ids), HighNoise.of(ti.train)
+        bb, caption_ids, wrap_placeholder_embedding(bb.text_encoder, ids), HighNoise.of(ti.train), guidance
     )
     run.results["textual_inversion"] = train(
         method,

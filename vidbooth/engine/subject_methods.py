@@ -3,7 +3,7 @@
 Both train on photo latents as 1-frame videos (B, C, 1, h, w), encoded once before training. Captions are
 drawn per sample from the step's generator.
 - `TextualInversionMethod`: only the placeholder rows train, so the text encoder runs every step on
-  caption ids tokenised once.
+  caption ids tokenised once. Optionally its loss is on the classifier-free-guided prediction.
 - `IdentityAdapterMethod`: the text encoder is frozen, so caption embeddings are computed once; with
   prior preservation each step also denoises as many class images, weighted by `prior_weight`.
 """
@@ -17,7 +17,7 @@ from vidbooth.adapters.base import load_adapter_state_dict
 from vidbooth.adapters.identity import KIND as IDENTITY_KIND
 from vidbooth.adapters.identity import identity_parameters, identity_state_dict
 from vidbooth.adapters.textual_inversion import PlaceholderEmbedding
-from vidbooth.engine.objective import HighNoise, denoising_loss, training_scheduler
+from vidbooth.engine.objective import Guidance, HighNoise, denoising_loss, training_scheduler
 
 
 def _pick(count: int, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -28,10 +28,16 @@ class TextualInversionMethod:
     """Learn the placeholder rows of `embedding` from photos captioned by `caption_ids` (T, L)."""
 
     def __init__(
-        self, backbone, caption_ids: torch.Tensor, embedding: PlaceholderEmbedding, high_noise: HighNoise = HighNoise()
+        self,
+        backbone,
+        caption_ids: torch.Tensor,
+        embedding: PlaceholderEmbedding,
+        high_noise: HighNoise = HighNoise(),
+        guidance: Guidance | None = None,
     ):
         self.backbone = backbone
         self.high_noise = high_noise
+        self.guidance = guidance
         self.caption_ids = caption_ids
         self.embedding = embedding
         self.scheduler = training_scheduler(backbone.scheduler_config)
@@ -43,7 +49,9 @@ class TextualInversionMethod:
         latents = batch["latents"]  # (B, C, 1, h, w)
         ids = self.caption_ids[_pick(len(self.caption_ids), latents.shape[0], generator, self.caption_ids.device)]
         text = self.backbone.encode_ids(ids)  # (B, L, D), through the placeholder rows
-        return denoising_loss(self.backbone, self.scheduler, latents, text, generator, self.high_noise).mean()
+        return denoising_loss(
+            self.backbone, self.scheduler, latents, text, generator, self.high_noise, self.guidance
+        ).mean()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"rows": self.embedding.rows.detach()}
