@@ -10,3 +10,12 @@ def test_table_into_a_pipe_keeps_each_row_on_one_line(capsys):
     row = [line for line in lines if "subject" in line]
     assert len(row) == 1, lines
     assert long_prompt.strip() in row[0] and "0.1235" in row[0]
+
+
+def test_long_messages_into_a_pipe_stay_on_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    message = "image sim. of the photos themselves through nano's autoencoder: 0.743 " * 3
+    reporting.info(message.strip())
+    reporting.warn(message.strip())
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [message.strip(), "warning: " + message.strip()]

@@ -26,11 +26,11 @@ def _quiet() -> bool:
 
 def info(message: str) -> None:
     if not _quiet():
-        console.print(escape(message))
+        console.print(escape(message), soft_wrap=True)  # one line each: a terminal wraps it, a log keeps it whole
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def error(message: str) -> None:
