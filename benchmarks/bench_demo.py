@@ -1,7 +1,7 @@
 """`vidbooth demo`'s wall time per stage and its scores, for one or more seeds.
 
 Usage: python benchmarks/bench_demo.py [--seeds 0 1 2] [--fast] [--threads N] [--out /tmp/vidbooth-bench-demo]
-Each seed runs the whole demo (held-out subject and motion, train-subject, train-motion, six generated
+Each seed runs the whole demo (held-out subject and motion, train-subject, train-motion, seven generated
 variants scored with the world probe) on the shipped nano model, as `vidbooth demo --seed N` does.
 The "each step better" columns compare class noun -> pseudo-word -> + identity (image similarity) and
 base -> + motion adapter (motion fidelity).

@@ -186,17 +186,21 @@ def test_guided_loss_is_on_the_guided_prediction_with_a_frozen_unconditional_pas
     from vidbooth.engine.tiny import _scheduler_config
 
     scheduler = training_scheduler(_scheduler_config() | {"prediction_type": "sample"})
-    # a model whose prediction is its text embedding's mean, broadcast: cond and uncond are known numbers
-    model = SimpleNamespace(unet_forward=lambda noisy, t, text: text.mean((1, 2)).view(-1, 1, 1, 1, 1).expand_as(noisy))
+
+    def text_mean(noisy, t, text):  # the prediction is the text embedding's mean: cond and uncond are known numbers
+        return text.mean((1, 2)).view(-1, 1, 1, 1, 1).expand_as(noisy)
+
+    model = SimpleNamespace(unet_forward=text_mean)
     latents = torch.zeros(2, 4, 1, 2, 2)
     cond = torch.full((2, 3, 5), 0.5, requires_grad=True)
     negative = torch.full((1, 3, 5), 0.2, requires_grad=True)
-    plain = denoising_loss(model, scheduler, latents, cond, torch.Generator().manual_seed(0))
-    guided = denoising_loss(model, scheduler, latents, cond, torch.Generator().manual_seed(0), guidance=Guidance(3.0, negative))
+
+    def loss(guidance=None):
+        return denoising_loss(model, scheduler, latents, cond, torch.Generator().manual_seed(0), guidance=guidance)
+
+    plain, guided = loss(), loss(Guidance(3.0, negative))
     assert torch.allclose(plain, torch.full((2,), 0.25))  # 0.5 ** 2
     assert torch.allclose(guided, torch.full((2,), 1.1**2))  # 0.2 + 3 * (0.5 - 0.2) = 1.1
     guided.sum().backward()
     assert negative.grad is None and cond.grad.abs().sum() > 0
-    one = denoising_loss(model, scheduler, latents, cond, torch.Generator().manual_seed(0), guidance=Guidance(1.0, negative))
-    assert torch.allclose(one, plain)
-
+    assert torch.allclose(loss(Guidance(1.0, negative)), plain)
