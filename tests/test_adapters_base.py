@@ -47,3 +47,27 @@ def test_condition_is_broadcast_per_sample():
         adapter.condition = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[sample : sample + 1]
         alone = adapter(h[sample * 3 : (sample + 1) * 3])
         assert torch.allclose(together[sample * 3 : (sample + 1) * 3], alone, atol=1e-6)
+
+
+def test_conditional_half_only_zeroes_the_unconditional_half_and_resets():
+    from vidbooth.adapters.base import adapters_off, conditional_half_only
+
+    layer = nn.Linear(4, 4)
+    model = nn.Sequential(layer)
+    inject(model, ["0"], "id", lambda name, base: BottleneckAdapter(4, 2))
+    adapter = adapters_of(model, "id")["0"]
+    nn.init.normal_(adapter.up.weight)
+    adapter.conditional_only = True
+    h = torch.randn(2 * 2 * 3, 5, 4)  # guidance batch of 2 + 2 samples, 3 frames each, 5 tokens
+    with conditional_half_only(model, batch_size=2):
+        out = model(h)
+    base = layer(h)
+    assert torch.equal(out[:6], base[:6])  # the unconditional samples: the base layer alone
+    assert not torch.allclose(out[6:], base[6:])
+    assert adapter.sample_weights is None and torch.allclose(model(h), base + adapter(h))  # reset after the block
+    adapter.conditional_only = False
+    with conditional_half_only(model, batch_size=2):
+        assert torch.allclose(model(h), base + adapter(h))  # an ordinary adapter acts on both halves
+    with adapters_off(model, "id"):
+        assert torch.equal(model(h), base)
+    assert adapter.enabled

@@ -107,7 +107,7 @@ def test_demo_personalisation_helps_on_the_shipped_model(tmp_path, isolated_home
     """The demo at its default training steps, with 4 videos per variant, on the default seed 0: each subject
     step raises image similarity and the identity adapter keeps the subject's colour; the motion adapter raises
     motion fidelity and makes the held-out motion (a circle) appear; without the identity adapter the composed
-    videos keep the motion more often (measured, 4 videos: -0.268 -> 0.683 -> 0.726; colour 4/4; fidelity
+    videos keep the motion more often (measured, 4 videos: -0.268 -> 0.683 -> 0.768; colour 4/4; fidelity
     0.359 -> 0.648; circle 0/4 -> 2/4; composed, circle 1/4 with the identity adapter, 3/4 without, colour
     4/4 and 3/4)."""
     out = tmp_path / "demo"

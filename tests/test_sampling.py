@@ -85,3 +85,29 @@ def test_bad_settings(tiny_backbones, kwargs, message):
 def test_too_many_frames_for_motion_module(tiny_backbones):
     with pytest.raises(UserError, match="exceeds this motion module's maximum of 32"):
         sample_video(tiny_backbones["animatediff"], "x", num_frames=33)
+
+
+@pytest.mark.parametrize("family", ["unet3d", "animatediff"])
+def test_conditional_only_adapters_act_on_the_conditional_half(tiny_backbones, family):
+    """During guided sampling a `conditional_only` adapter leaves the unconditional half to the base layer."""
+    import copy
+
+    from vidbooth.adapters.base import ParallelAdapter, adapters_of
+    from vidbooth.adapters.identity import inject_identity_adapter, mark_conditional_only
+
+    bb = copy.deepcopy(tiny_backbones[family])
+    inject_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), 0.5)
+    for adapter in adapters_of(bb.unet, "identity").values():
+        torch.nn.init.normal_(adapter.up.weight, std=0.1)
+    mark_conditional_only(bb.unet)
+    wrapper = next(m for m in bb.unet.modules() if isinstance(m, ParallelAdapter))
+    seen = []
+    wrapper.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append((module.base_layer(*args, **kwargs), out)), with_kwargs=True
+    )
+    sample_video(bb, ["a cat", "a dog"], num_frames=2, num_inference_steps=1, guidance_scale=3.0,
+                 generator=torch.Generator().manual_seed(0), output_type="latent")
+    base, out = seen[0]
+    half = out.shape[0] // 2  # [negatives, prompts], each sample's frames together
+    assert torch.allclose(out[:half], base[:half]) and not torch.allclose(out[half:], base[half:], atol=1e-4)
+    assert all(a.sample_weights is None for a in adapters_of(bb.unet, "identity").values())

@@ -101,6 +101,7 @@ def test_load_subject_applies_token_and_adapter(photos, isolated_home, tiny_back
     subject = load_subject(bb, "S*", scale=1.0)
     assert subject.expand_prompt("a S* dog") == "a S* dog" and subject.class_noun == "dog"
     assert len(adapters_of(bb.unet, subject_kind("S*"))) == len(bb.spatial_cross_attention_layers())
+    assert not any(a.conditional_only for a in adapters_of(bb.unet, subject_kind("S*")).values())  # both halves
     assert not torch.equal(output("a photo of a dog"), base)  # the identity adapter acts
     from vidbooth.adapters.base import set_scale
 
@@ -307,3 +308,34 @@ def test_guided_textual_inversion_learns_under_guidance(photos, tmp_path, monkey
     assert main(["--home", str(tmp_path / "bad"), *ti, "--set", "textual_inversion.guidance_scale=-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "textual_inversion.guidance_scale must be 0 (off) or positive" in err
+
+
+def test_identity_adapter_under_guidance_is_conditional_only(photos, isolated_home, tiny_backbones, monkeypatch):
+    """identity.guidance_scale: the unconditional pass of every training step runs with the adapters off, the
+    file records `conditional_only`, and a loaded subject's adapters act on the conditional half only."""
+    import contextlib
+    import copy
+
+    import vidbooth.engine.subject as subject_engine
+    from vidbooth.adapters.base import adapters_of
+    from vidbooth.adapters.identity import subject_kind
+    from vidbooth.engine.subject import load_subject
+
+    switched_off = []
+    original = subject_engine.adapters_off
+
+    @contextlib.contextmanager
+    def recording(model, kind):
+        with original(model, kind):
+            switched_off.append(all(not a.enabled for a in adapters_of(model, kind).values()))
+            yield
+
+    monkeypatch.setattr(subject_engine, "adapters_off", recording)
+    extra = ["--set", "identity.guidance_scale=2", "--set", "preview.enabled=false"]
+    assert train_subject(photos, *extra, steps=3) == 0
+    assert switched_off == [True] * 3  # once per identity step, none in textual inversion
+    _, metadata = load_tensors(subject_dir(isolated_home) / "identity_adapter.safetensors")
+    assert metadata["conditional_only"] == "true"
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    load_subject(bb, "S*")
+    assert all(a.conditional_only for a in adapters_of(bb.unet, subject_kind("S*")).values())

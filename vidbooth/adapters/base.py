@@ -7,8 +7,9 @@ added to the wrapped layer's output. `W_up` starts at zero, so an injected model
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -32,13 +33,20 @@ class BottleneckAdapter(nn.Module):
         self.scale = 1.0
         self.condition: torch.Tensor | None = None  # (B, cond_dim), set per forward by the method
         self.enabled = True
+        self.conditional_only = False
+        """Learned for the conditional half of classifier-free guidance only: the sampler zeroes it on the other."""
+        self.sample_weights: torch.Tensor | None = None  # (B,) multipliers of each sample's delta, when set
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.cond is not None and self.condition is not None:
             e = self.cond(self.condition.to(h.dtype))  # (B, dim)
             e = e.repeat_interleave(h.shape[0] // e.shape[0], dim=0)  # one copy per token group of each sample
             h = h + e.view(e.shape[0], *([1] * (h.ndim - 2)), e.shape[-1])
-        return self.up(F.gelu(self.down(h))) * self.scale
+        delta = self.up(F.gelu(self.down(h))) * self.scale
+        if self.sample_weights is not None:
+            w = self.sample_weights.to(delta).repeat_interleave(h.shape[0] // self.sample_weights.shape[0])
+            delta = delta * w.view(-1, *([1] * (h.ndim - 1)))
+        return delta
 
 
 class ParallelAdapter(nn.Module):
@@ -139,6 +147,35 @@ def remove(model: nn.Module, kind: str) -> int:
 def set_scale(model: nn.Module, kind: str, scale: float) -> None:
     for adapter in adapters_of(model, kind).values():
         adapter.scale = float(scale)
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module, kind: str) -> Iterator[None]:
+    """Every adapter of `kind` switched off inside the block (as if not injected)."""
+    adapters = list(adapters_of(model, kind).values())
+    states = [a.enabled for a in adapters]
+    for a in adapters:
+        a.enabled = False
+    try:
+        yield
+    finally:
+        for a, state in zip(adapters, states):
+            a.enabled = state
+
+
+@contextlib.contextmanager
+def conditional_half_only(model: nn.Module, batch_size: int) -> Iterator[None]:
+    """For a guidance batch [unconditional x batch_size, conditional x batch_size]: adapters marked
+    `conditional_only` act on the conditional half only inside the block."""
+    weights = torch.cat([torch.zeros(batch_size), torch.ones(batch_size)])
+    adapters = [m for m in model.modules() if isinstance(m, BottleneckAdapter) and m.conditional_only]
+    for a in adapters:
+        a.sample_weights = weights
+    try:
+        yield
+    finally:
+        for a in adapters:
+            a.sample_weights = None
 
 
 def set_condition(model: nn.Module, kind: str, condition: torch.Tensor | None) -> None:

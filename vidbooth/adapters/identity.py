@@ -4,7 +4,8 @@
 
 (`../shared/method.md` §2, subject stage 2). The learned `S*` embedding stays frozen while it trains.
 Saved as `identity_adapter.safetensors`: the adapter tensors keyed '<cross-attention layer>.<param>',
-with `hidden_ratio` in the metadata so the adapters can be rebuilt before loading.
+with `hidden_ratio` in the metadata so the adapters can be rebuilt before loading, and `conditional_only`
+when it was trained for the conditional half of classifier-free guidance only (`identity.guidance_scale`).
 """
 
 from __future__ import annotations
@@ -65,8 +66,17 @@ def identity_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
     return adapter_state_dict(unet, KIND)
 
 
+def mark_conditional_only(unet: nn.Module, kind: str = KIND) -> None:
+    """The adapters of `kind` act on the conditional half of guidance only (the sampler zeroes the other)."""
+    for adapter in adapters_of(unet, kind).values():
+        adapter.conditional_only = True
+
+
 def save_identity_adapter(path: Path, unet: nn.Module, hidden_ratio: float, metadata: dict) -> None:
+    conditional_only = any(a.conditional_only for a in adapters_of(unet, KIND).values())
     meta = {"method": KIND, "hidden_ratio": json.dumps(hidden_ratio)} | metadata
+    if conditional_only:
+        meta["conditional_only"] = "true"
     save_tensors(path, identity_state_dict(unet), meta)
 
 
@@ -83,4 +93,6 @@ def load_identity_adapter(
     except UserError:
         remove(unet, kind)  # leave the model as it was
         raise
+    if metadata.get("conditional_only") == "true":
+        mark_conditional_only(unet, kind)
     return metadata

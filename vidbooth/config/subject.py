@@ -53,6 +53,10 @@ class TextualInversionConfig:
 class IdentityConfig:
     hidden_ratio: float = 0.5
     """Adapter bottleneck width as a fraction of each cross-attention layer's width (DreamVideo: 0.5)."""
+    guidance_scale: float = 0.0
+    """Above 1: train the adapter under classifier-free guidance at this scale with the adapter in the conditional
+    pass only (the unconditional pass is the base's), and apply it to the conditional half of guidance at
+    sampling (recorded in the adapter file). 1 or below: the plain loss, the adapter on both halves (DreamVideo)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, steps=1000, batch_size=4))
 
 
@@ -131,6 +135,9 @@ class SubjectConfig:
         if self.textual_inversion.guidance_scale < 0:
             scale = self.textual_inversion.guidance_scale
             raise UserError(f"textual_inversion.guidance_scale must be 0 (off) or positive, got {scale}")
+        if self.identity.guidance_scale < 0:
+            scale = self.identity.guidance_scale
+            raise UserError(f"identity.guidance_scale must be 0 (off) or positive, got {scale}")
         if not 0 < self.identity.hidden_ratio <= 4:
             raise UserError(f"identity.hidden_ratio must be in (0, 4], got {self.identity.hidden_ratio}")
         if self.prior.enabled and (self.prior.num_class_images < 1 or self.prior.weight < 0):

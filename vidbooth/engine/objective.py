@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -51,10 +53,12 @@ class HighNoise:
 @dataclass(frozen=True)
 class Guidance:
     """Classifier-free guidance inside the loss: the prediction trained is uncond + scale * (cond - uncond),
-    where uncond, the prediction for `negative_embeds` (1, L, D), is computed without gradients."""
+    where uncond, the prediction for `negative_embeds` (1, L, D), is computed without gradients and inside
+    `unconditional_context()` (e.g. with the adapters being trained switched off)."""
 
     scale: float
     negative_embeds: torch.Tensor
+    unconditional_context: Callable[[], contextlib.AbstractContextManager] = field(default=contextlib.nullcontext)
 
 
 def denoising_loss(
@@ -92,7 +96,7 @@ def denoising_loss(
         target = scheduler.get_velocity(latents, noise, timesteps)
     prediction = backbone.unet_forward(noisy, timesteps, text_embeds)
     if guidance is not None:
-        with torch.no_grad():
+        with torch.no_grad(), guidance.unconditional_context():
             negative = guidance.negative_embeds.expand(batch, -1, -1)
             unconditional = backbone.unet_forward(noisy, timesteps, negative)
         prediction = unconditional + guidance.scale * (prediction - unconditional)

@@ -1,18 +1,21 @@
 """The denoising loop, written out in full over a diffusers scheduler.
 
 Classifier-free guidance as in the ModelScope/diffusers text-to-video pipelines: one UNet call on the
-batch [negative, positive], then `uncond + guidance_scale * (cond - uncond)`. With the same model,
+batch [negative, positive], then `uncond + guidance_scale * (cond - uncond)`; adapters learned for the
+conditional half only (`conditional_only`) act on the positive half. With the same model,
 scheduler, steps and seed the result matches diffusers' `TextToVideoSDPipeline` (tested).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from vidbooth.adapters.base import conditional_half_only
 from vidbooth.errors import UserError
 from vidbooth.reporting import progress
 
@@ -95,7 +98,8 @@ def sample_video(
     latents = latents.to(backbone.device, backbone.dtype) * sched.init_noise_sigma
     step_kwargs = _step_kwargs(sched, generator, eta)
 
-    with progress("sampling", total=len(sched.timesteps)) as bar:
+    halves = conditional_half_only(backbone.unet, len(prompts)) if guided else contextlib.nullcontext()
+    with progress("sampling", total=len(sched.timesteps)) as bar, halves:
         for i, t in enumerate(sched.timesteps):
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = sched.scale_model_input(model_in, t)

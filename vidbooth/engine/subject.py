@@ -25,11 +25,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from vidbooth import __version__, reporting
-from vidbooth.adapters.base import adapters_of, remove, set_scale
+from vidbooth.adapters.base import adapters_of, adapters_off, remove, set_scale
+from vidbooth.adapters.identity import KIND as IDENTITY_KIND
 from vidbooth.adapters.identity import (
     ADAPTER_FILE,
     inject_identity_adapter,
     load_identity_adapter,
+    mark_conditional_only,
     save_identity_adapter,
     subject_kind,
 )
@@ -279,7 +281,8 @@ def _signature(run: _Run, stage: str) -> dict:
         guided = {"guidance_scale": ti.guidance_scale} if ti.guidance_scale > 1 else {}  # older runs stay resumable
         return signature | {"num_vectors": ti.num_vectors} | guided
     prior = OmegaConf.to_container(OmegaConf.structured(cfg.prior)) if cfg.prior.enabled else None
-    return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior}
+    guided = {"guidance_scale": cfg.identity.guidance_scale} if cfg.identity.guidance_scale > 1 else {}
+    return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior} | guided
 
 
 def _caption_check(run: _Run, ids: torch.Tensor) -> None:
@@ -362,8 +365,13 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
         caption_embeds = bb.encode_prompt(run.captions())  # (T, L, D), encoded once
     seed_everything(ident.train.seed)
     inject_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), ident.hidden_ratio)
+    guidance = None
+    if ident.guidance_scale > 1:  # the adapter learns the conditional pass; the unconditional one is the base's
+        with torch.no_grad():
+            negative = bb.encode_prompt([""])
+        guidance = Guidance(ident.guidance_scale, negative, lambda: adapters_off(bb.unet, IDENTITY_KIND))
     method = IdentityAdapterMethod(
-        bb, caption_embeds, class_latents, class_embeds, run.cfg.prior.weight, HighNoise.of(ident.train)
+        bb, caption_embeds, class_latents, class_embeds, run.cfg.prior.weight, HighNoise.of(ident.train), guidance
     )
     signature = _signature(run, "identity") | {"embedding": hashlib.sha256(rows.numpy().tobytes()).hexdigest()}
     run.results["identity"] = train(
@@ -376,6 +384,8 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
         signature=signature,
         description="identity adapter",
     )
+    if guidance is not None:
+        mark_conditional_only(bb.unet, IDENTITY_KIND)  # for the preview, and recorded in the adapter file
 
 
 # ---- the artifact ----------------------------------------------------------------------------------

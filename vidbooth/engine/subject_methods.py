@@ -5,7 +5,8 @@ drawn per sample from the step's generator.
 - `TextualInversionMethod`: only the placeholder rows train, so the text encoder runs every step on
   caption ids tokenised once. Optionally its loss is on the classifier-free-guided prediction.
 - `IdentityAdapterMethod`: the text encoder is frozen, so caption embeddings are computed once; with
-  prior preservation each step also denoises as many class images, weighted by `prior_weight`.
+  prior preservation each step also denoises as many class images, weighted by `prior_weight`. Optionally
+  its loss is on the guided prediction with the adapters in the conditional pass only.
 """
 
 from __future__ import annotations
@@ -72,9 +73,11 @@ class IdentityAdapterMethod:
         class_embeds: torch.Tensor | None = None,
         prior_weight: float = 1.0,
         high_noise: HighNoise = HighNoise(),
+        guidance: Guidance | None = None,
     ):
         self.backbone = backbone
         self.high_noise = high_noise
+        self.guidance = guidance
         self.caption_embeds = caption_embeds  # (T, L, D), computed once
         self.class_latents = class_latents  # (Nc, C, 1, h, w) or None
         self.class_embeds = class_embeds  # (1, L, D) or None
@@ -89,11 +92,16 @@ class IdentityAdapterMethod:
         b, device = latents.shape[0], latents.device
         text = self.caption_embeds[_pick(len(self.caption_embeds), b, generator, device)]  # (B, L, D)
         if self.class_latents is None:
-            return denoising_loss(self.backbone, self.scheduler, latents, text, generator, self.high_noise).mean()
+            losses = denoising_loss(
+                self.backbone, self.scheduler, latents, text, generator, self.high_noise, self.guidance
+            )
+            return losses.mean()
         class_latents = self.class_latents[_pick(len(self.class_latents), b, generator, device)]
         latents = torch.cat([latents, class_latents])  # (2B, C, 1, h, w): one UNet call for both terms
         text = torch.cat([text, self.class_embeds.expand(b, -1, -1)])
-        per_sample = denoising_loss(self.backbone, self.scheduler, latents, text, generator, self.high_noise)  # (2B,)
+        per_sample = denoising_loss(
+            self.backbone, self.scheduler, latents, text, generator, self.high_noise, self.guidance
+        )  # (2B,)
         return per_sample[:b].mean() + self.prior_weight * per_sample[b:].mean()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
