@@ -167,8 +167,12 @@ def adapters_off(model: nn.Module, kind: str) -> Iterator[None]:
 def conditional_half_only(model: nn.Module, batch_size: int) -> Iterator[None]:
     """For a guidance batch [unconditional x batch_size, conditional x batch_size]: adapters marked
     `conditional_only` act on the conditional half only inside the block."""
-    weights = torch.cat([torch.zeros(batch_size), torch.ones(batch_size)])
     adapters = [m for m in model.modules() if isinstance(m, BottleneckAdapter) and m.conditional_only]
+    if not adapters:
+        yield
+        return
+    device = adapters[0].up.weight.device  # made once, not moved in every layer's forward
+    weights = torch.cat([torch.zeros(batch_size, device=device), torch.ones(batch_size, device=device)])
     for a in adapters:
         a.sample_weights = weights
     try:

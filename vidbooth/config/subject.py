@@ -132,12 +132,9 @@ class SubjectConfig:
         if self.textual_inversion.num_vectors < 1:
             vectors = self.textual_inversion.num_vectors
             raise UserError(f"textual_inversion.num_vectors must be at least 1, got {vectors}")
-        if self.textual_inversion.guidance_scale < 0:
-            scale = self.textual_inversion.guidance_scale
-            raise UserError(f"textual_inversion.guidance_scale must be 0 (off) or positive, got {scale}")
-        if self.identity.guidance_scale < 0:
-            scale = self.identity.guidance_scale
-            raise UserError(f"identity.guidance_scale must be 0 (off) or positive, got {scale}")
+        for stage, stage_cfg in (("textual_inversion", self.textual_inversion), ("identity", self.identity)):
+            if stage_cfg.guidance_scale < 0:
+                raise UserError(f"{stage}.guidance_scale must be 0 (off) or positive, got {stage_cfg.guidance_scale}")
         if not 0 < self.identity.hidden_ratio <= 4:
             raise UserError(f"identity.hidden_ratio must be in (0, 4], got {self.identity.hidden_ratio}")
         if self.prior.enabled and (self.prior.num_class_images < 1 or self.prior.weight < 0):

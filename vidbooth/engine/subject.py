@@ -278,11 +278,25 @@ def _signature(run: _Run, stage: str) -> dict:
     }
     if stage == "textual_inversion":
         ti = cfg.textual_inversion
-        guided = {"guidance_scale": ti.guidance_scale} if ti.guidance_scale > 1 else {}  # older runs stay resumable
-        return signature | {"num_vectors": ti.num_vectors} | guided
+        return signature | {"num_vectors": ti.num_vectors} | _guided_signature(ti.guidance_scale)
     prior = OmegaConf.to_container(OmegaConf.structured(cfg.prior)) if cfg.prior.enabled else None
-    guided = {"guidance_scale": cfg.identity.guidance_scale} if cfg.identity.guidance_scale > 1 else {}
-    return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior} | guided
+    return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior} | _guided_signature(
+        cfg.identity.guidance_scale
+    )
+
+
+def _guided_signature(guidance_scale: float) -> dict:
+    """The guidance of a guided stage; nothing for a plain one, so that runs from before the key stay resumable."""
+    return {"guidance_scale": guidance_scale} if guidance_scale > 1 else {}
+
+
+def _loss_guidance(bb, scale: float, unconditional_context=contextlib.nullcontext) -> Guidance | None:
+    """Classifier-free guidance for a stage's loss, the empty prompt as unconditional; None at scale 1 or below."""
+    if scale <= 1:
+        return None
+    with torch.no_grad():
+        negative = bb.encode_prompt([""])  # no placeholder in it: fixed while the stage trains
+    return Guidance(scale, negative, unconditional_context)
 
 
 def _caption_check(run: _Run, ids: torch.Tensor) -> None:
@@ -302,12 +316,9 @@ def _textual_inversion(run: _Run) -> torch.Tensor:
     caption_ids = bb.tokenize(run.captions())  # (T, L), tokenised once
     _caption_check(run, caption_ids)
     seed_everything(ti.train.seed)
-    guidance = None
-    if ti.guidance_scale > 1:
-        with torch.no_grad():
-            guidance = Guidance(ti.guidance_scale, bb.encode_prompt([""]))  # no placeholder in it: fixed
     method = TextualInversionMethod(
-        bb, caption_ids, wrap_placeholder_embedding(bb.text_encoder, ids), HighNoise.of(ti.train), guidance
+        bb, caption_ids, wrap_placeholder_embedding(bb.text_encoder, ids), HighNoise.of(ti.train),
+        _loss_guidance(bb, ti.guidance_scale),
     )
     run.results["textual_inversion"] = train(
         method,
@@ -365,11 +376,8 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
         caption_embeds = bb.encode_prompt(run.captions())  # (T, L, D), encoded once
     seed_everything(ident.train.seed)
     inject_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), ident.hidden_ratio)
-    guidance = None
-    if ident.guidance_scale > 1:  # the adapter learns the conditional pass; the unconditional one is the base's
-        with torch.no_grad():
-            negative = bb.encode_prompt([""])
-        guidance = Guidance(ident.guidance_scale, negative, lambda: adapters_off(bb.unet, IDENTITY_KIND))
+    # guided: the adapter learns the conditional pass; the unconditional one is the base's
+    guidance = _loss_guidance(bb, ident.guidance_scale, lambda: adapters_off(bb.unet, IDENTITY_KIND))
     method = IdentityAdapterMethod(
         bb, caption_embeds, class_latents, class_embeds, run.cfg.prior.weight, HighNoise.of(ident.train), guidance
     )
