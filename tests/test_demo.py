@@ -57,7 +57,7 @@ def _check_scores_match_the_videos(out, metrics, seed, count):
     """Re-score every variant's written videos with the demo's own scoring: metrics.json must agree."""
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone
-    from vidbooth.engine.demo import image_similarity, score_videos, through_autoencoder
+    from vidbooth.engine.demo import image_similarity, image_similarity_per_video, score_each_video, through_autoencoder
 
     sprite, motion, reference = _demo_truth(seed)
     backbone = load_backbone(metrics["base"], device="cpu")
@@ -69,14 +69,33 @@ def _check_scores_match_the_videos(out, metrics, seed, count):
     for key, recorded in metrics["variants"].items():
         videos = _videos_from_sheet(out, key)
         assert len(videos) == count, key
-        scores = score_videos(videos, sprite, motion, reference)
-        scores["image_similarity"] = image_similarity(encoder, videos, photo_embeds)
-        assert scores == pytest.approx({k: recorded[k] for k in SCORES}, abs=1e-6), key
+        per_video = score_each_video(videos, sprite, motion, reference)
+        per_video["image_similarity"] = list(image_similarity_per_video(encoder, videos, photo_embeds))
+        assert set(per_video) == set(recorded["per_video"]) == SCORES
+        for score, values in per_video.items():
+            assert values == pytest.approx(recorded["per_video"][score], abs=1e-6), (key, score)
+        assert {k: np.mean(v) for k, v in per_video.items()} == pytest.approx({k: recorded[k] for k in SCORES}, abs=1e-6)
+    _check_steps(metrics, count)
 
 
-def test_demo_at_reduced_steps(tmp_path, isolated_home):
+def _check_steps(metrics, count):
+    """Each recorded step is its two variants' per-video scores compared in pairs."""
+    variants = metrics["variants"]
+    assert [(s["variant"], s["over"], s["score"]) for s in metrics["steps"]] == [
+        ("textual_inversion", "class_noun", "image_similarity"), ("identity", "textual_inversion", "image_similarity"),
+        ("motion_adapter", "base_motion", "motion_fidelity")]
+    for step in metrics["steps"]:
+        ours, theirs = (np.array(variants[k]["per_video"][step["score"]]) for k in (step["variant"], step["over"]))
+        assert step["videos"] == count and step["better_in"] == int((ours > theirs).sum())
+        assert step["difference"] == pytest.approx(variants[step["variant"]][step["score"]] - variants[step["over"]][step["score"]], abs=1e-6)
+
+
+def test_demo_at_reduced_steps(tmp_path, isolated_home, capsys):
     out = tmp_path / "demo"
     assert _run(out, "nano", "--fast") == 0
+    printed = capsys.readouterr().out
+    assert "does each step help?" in printed and "+ identity adapter over pseudo-word" in printed
+    assert " of 2 " in printed  # 'better in' counts the 2 paired videos
     metrics = _check(out)
     assert metrics["base"] == "nano"
     assert set(metrics["seconds"]) == {"inputs", "train-subject", "train-motion", "generate+evaluate"}
@@ -122,3 +141,37 @@ def test_demo_personalisation_helps_on_the_shipped_model(tmp_path, isolated_home
     composed, without_identity = scores["both"], scores["textual_inversion_motion"]
     assert without_identity["colour_correct"] >= 0.75 and composed["colour_correct"] >= 0.75
     assert without_identity["motion_correct"] > composed["motion_correct"]
+
+
+def test_paired_steps_compare_each_video_with_the_same_noise_in_the_variant_before():
+    from vidbooth.engine.demo import Variant, paired_steps
+
+    def variant(key, similarity, fidelity):
+        return Variant(key, key, "", 0.0, 0.0, per_video={"image_similarity": similarity, "motion_fidelity": fidelity})
+
+    steps = paired_steps([
+        variant("class_noun", [0.1, 0.2, 0.3], [0, 0, 0]),
+        variant("textual_inversion", [0.2, 0.5, 0.2], [0, 0, 0]),  # differences 0.1, 0.3, -0.1
+        variant("identity", [0.2, 0.5, 0.2], [0, 0, 0]),  # a tie is not better
+        variant("base_motion", [0, 0, 0], [0.5, 0.5, 0.5]),
+        variant("motion_adapter", [0, 0, 0], [0.4, 0.4, 0.4]),
+    ])
+    first, tie, motion = steps
+    assert (first.variant, first.over, first.score) == ("textual_inversion", "class_noun", "image_similarity")
+    assert first.difference == pytest.approx(0.1) and first.better_in == 2 and first.videos == 3
+    assert first.standard_error == pytest.approx(0.2 / math.sqrt(3))  # sample sd of (0.1, 0.3, -0.1) is 0.2
+    assert tie.difference == 0 and tie.better_in == 0 and tie.standard_error == 0
+    assert motion.score == "motion_fidelity" and motion.difference == pytest.approx(-0.1) and motion.better_in == 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--num-videos", "0"], "--num-videos must be at least 1, got 0"),
+    (["--set", "subject_steps=-1"], "subject_steps must not be negative"),
+    (["--set", "num_inference_steps=-2"], "num_inference_steps must not be negative"),
+])
+def test_bad_demo_settings_are_one_error_line_before_anything_is_written(args, expected, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *args]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert not out.exists()

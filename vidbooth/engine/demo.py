@@ -8,6 +8,8 @@
    base alone and with the motion adapter; the pseudo-word with the motion adapter; and all together.
 4. Every video is scored against the truth: the world probe reads colour, shape and motion; motion
    fidelity compares its optical flow with the reference clip's (vidbooth.eval.motion).
+5. Each personalisation step is compared with the variant before it, video by video (every variant is sampled
+   from the same noise): the mean difference, its standard error and in how many videos the step did better.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,32 @@ class Variant:
     identity_scale: float
     motion_scale: float
     scores: dict = field(default_factory=dict)
+    """Means over the variant's videos."""
+    per_video: dict = field(default_factory=dict)
+    """Each score, one value per video, in sampling order."""
+
+
+STEPS = (
+    ("pseudo-word over class noun", "textual_inversion", "class_noun", "image_similarity"),
+    ("+ identity adapter over pseudo-word", "identity", "textual_inversion", "image_similarity"),
+    ("+ motion adapter over base model", "motion_adapter", "base_motion", "motion_fidelity"),
+)
+"""What the demo claims: each variant (second) does better than the one before it (third) on a score (fourth)."""
+
+
+@dataclass
+class Step:
+    label: str
+    variant: str
+    over: str
+    score: str
+    difference: float
+    """Mean over videos of variant's score minus the other's on the same noise."""
+    standard_error: float | None
+    """Of that mean: the differences' sample standard deviation over the square root of their number (one video:
+    None)."""
+    better_in: int
+    videos: int
 
 
 @dataclass
@@ -54,6 +82,7 @@ class DemoReport:
     photos_through_autoencoder: float
     """Image similarity of the subject photos passed through the base's autoencoder, against the photos: every
     video is decoded by that autoencoder, so videos can be expected to score near or below it."""
+    steps: list[Step] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -103,7 +132,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
         photos_score = _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out)
         seconds["generate+evaluate"] = time.perf_counter() - started
 
-    report = DemoReport(base, described, motion.name, variants, seconds, out, photos_score)
+    report = DemoReport(base, described, motion.name, variants, seconds, out, photos_score, paired_steps(variants))
     _write_metrics(report)
     _show(report)
     return report
@@ -207,8 +236,9 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
         write_video(videos[0], videos_dir / f"{variant.key}.gif", fps=sampling.fps)
         save_contact_sheet(videos.reshape(-1, *videos.shape[2:]), videos_dir / f"{variant.key}.png",
                            columns=videos.shape[1])
-        variant.scores = score_videos(videos, sprite, motion, reference)
-        variant.scores["image_similarity"] = image_similarity(encoder, videos, photo_embeds)
+        variant.per_video = score_each_video(videos, sprite, motion, reference)
+        variant.per_video["image_similarity"] = image_similarity_per_video(encoder, videos, photo_embeds).tolist()
+        variant.scores = {key: float(np.mean(values)) for key, values in variant.per_video.items()}
     return photos_score
 
 
@@ -222,23 +252,48 @@ def through_autoencoder(backbone, images: np.ndarray) -> np.ndarray:
     return to_uint8(to_numpy_frames(backbone.decode_latents(latents)))[:, 0]
 
 
-def score_videos(videos: np.ndarray, sprite, motion, reference: np.ndarray) -> dict[str, float]:
-    """Mean over videos: the probe's colour/shape/motion correctness against the truth, and motion fidelity."""
+def score_each_video(videos: np.ndarray, sprite, motion, reference: np.ndarray) -> dict[str, list[float]]:
+    """Per video: the probe's colour/shape/motion correctness (0 or 1) against the truth, and motion fidelity."""
     from vidbooth.eval.motion import motion_fidelity
     from vidbooth.nano.probe import probe_video, score_against_caption
 
     probed = [score_against_caption(probe_video(v), (sprite, motion)) for v in videos]
-    scores = {key: float(np.mean([p[key] for p in probed])) for key in ("colour_correct", "shape_correct", "motion_correct")}
-    scores["motion_fidelity"] = float(np.mean([motion_fidelity(v, reference) for v in videos]))
+    scores = {key: [float(p[key]) for p in probed] for key in ("colour_correct", "shape_correct", "motion_correct")}
+    scores["motion_fidelity"] = [float(motion_fidelity(v, reference)) for v in videos]
     return scores
 
 
-def image_similarity(encoder, videos: np.ndarray, photo_embeds: torch.Tensor) -> float:
-    """CLIP-I computed with the base's own image tower: mean cosine of every frame with every subject photo."""
-    from vidbooth.eval.metrics import reference_similarity
+def score_videos(videos: np.ndarray, sprite, motion, reference: np.ndarray) -> dict[str, float]:
+    """`score_each_video`, averaged over the videos."""
+    return {key: float(np.mean(values)) for key, values in score_each_video(videos, sprite, motion, reference).items()}
+
+
+def image_similarity_per_video(encoder, videos: np.ndarray, photo_embeds: torch.Tensor) -> np.ndarray:
+    """(N,) CLIP-I with the base's own image tower: per video, the mean cosine of each frame with each photo."""
+    from vidbooth.eval.metrics import normalise
 
     frames = encoder.embed(videos.reshape(-1, *videos.shape[2:])).float().cpu().numpy()
-    return reference_similarity(frames, photo_embeds.float().cpu().numpy())
+    cosines = normalise(frames) @ normalise(photo_embeds.float().cpu().numpy()).T  # (N * F, photos)
+    return cosines.reshape(len(videos), -1).mean(axis=1)
+
+
+def image_similarity(encoder, videos: np.ndarray, photo_embeds: torch.Tensor) -> float:
+    """CLIP-I over all videos: the mean cosine of every frame with every subject photo."""
+    return float(image_similarity_per_video(encoder, videos, photo_embeds).mean())
+
+
+def paired_steps(variants: list[Variant]) -> list[Step]:
+    """Each of `STEPS` measured video by video: the variants share their noise, so the pairs differ only by the
+    prompt and adapters."""
+    by_key = {v.key: v for v in variants}
+    steps = []
+    for label, key, over, score in STEPS:
+        differences = np.subtract(by_key[key].per_video[score], by_key[over].per_video[score])
+        count = len(differences)
+        error = float(differences.std(ddof=1) / np.sqrt(count)) if count > 1 else None
+        better = int((differences > 0).sum())
+        steps.append(Step(label, key, over, score, float(differences.mean()), error, better, count))
+    return steps
 
 
 def _write_metrics(report: DemoReport) -> None:
@@ -248,7 +303,10 @@ def _write_metrics(report: DemoReport) -> None:
         "motion": report.motion,
         "seconds": report.seconds,
         "photos_through_autoencoder": {"image_similarity": report.photos_through_autoencoder},
-        "variants": {v.key: {"label": v.label, "prompt": v.prompt, **v.scores} for v in report.variants},
+        "variants": {
+            v.key: {"label": v.label, "prompt": v.prompt, **v.scores, "per_video": v.per_video} for v in report.variants
+        },
+        "steps": [asdict(step) for step in report.steps],
     }
     path = report.folder / "metrics.json"
     tmp = path.with_name(".metrics.json.tmp")
@@ -264,6 +322,14 @@ def _show(report: DemoReport) -> None:
     ]
     table(f"vidbooth demo on '{report.base}': subject {report.subject}, motion {report.motion}",
           ["variant", "prompt", "image sim.", "colour", "shape", "motion", "motion fid."], rows, to_stdout=True)
+    names = {"image_similarity": "image sim.", "motion_fidelity": "motion fid."}
+    table(
+        "does each step help? the same noise for every variant, so videos are compared in pairs",
+        ["step", "score", "difference", "s.e.", "better in"],
+        [(s.label, names[s.score], f"{s.difference:+.3f}",
+          "-" if s.standard_error is None else f"{s.standard_error:.3f}", f"{s.better_in} of {s.videos}") for s in report.steps],
+        to_stdout=True,
+    )
     info(f"image sim. of the photos themselves through {report.base}'s autoencoder: "
          f"{report.photos_through_autoencoder:.3f} (videos, decoded by it, can be expected to score near or below it)")
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in report.seconds.items())
