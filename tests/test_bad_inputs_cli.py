@@ -67,3 +67,144 @@ def test_generate_into_an_unwritable_place(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["generate", "--prompt", "x", "--out", str(blocker / "out.mp4"), "--steps", "1"]) == 2
     assert "cannot create output folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+# Nonsense numbers in flags and --set keys: refused up front in one line, before a model loads or anything is
+# written (no output folder, no run folder, nothing in the library).
+
+SEED_RANGE = "must be a whole number from 0 to 4294967295"
+NOT_NEGATIVE = "must be a finite number of 0 or more"
+
+
+def _written(root) -> list:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if ".locks" not in p.parts)
+
+
+def _refused_in_one_line(argv, message, root, capsys) -> None:
+    before = _written(root)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+    assert _written(root) == before  # nothing written, not even an empty folder
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--num-frames", "0"], "sampling.num_frames (--num-frames) must be at least 1, got 0"),
+        (["--num-inference-steps", "-1"], "sampling.num_inference_steps (--num-inference-steps) must be at least 1"),
+        (["--height", "0"], "sampling.height (--height) must be a positive number of pixels, got 0"),
+        (["--width", "-8"], "sampling.width (--width) must be a positive number of pixels, got -8"),
+        (["--height", "30"], "--height 30 must be a positive multiple of 4"),  # the model's own check
+        (["--guidance-scale", "-1"], f"sampling.guidance_scale (--guidance-scale) {NOT_NEGATIVE}"),
+        (["--guidance-scale", "nan"], f"sampling.guidance_scale (--guidance-scale) {NOT_NEGATIVE}"),
+        (["--fps", "0"], "sampling.fps (--fps) must be at least 1, got 0"),
+        (["--seed", "-1"], f"runtime.seed (--seed) {SEED_RANGE}, got -1"),
+        (["--seed", str(2**64)], f"runtime.seed (--seed) {SEED_RANGE}"),
+        (["--subject-scale", "-1"], "subject_scale (--subject-scale) must be a finite number of 0 or more"),
+        (["--motion-scale", "inf"], "motion_scale (--motion-scale) must be a finite number of 0 or more"),
+        (["--set", "sampling.decode_chunk_size=0"], "sampling.decode_chunk_size must be at least 1, got 0"),
+        (["--set", "sampling.eta=5"], "sampling.eta must be in [0, 1]"),
+    ],
+)
+def test_generate_refuses_bad_numbers(args, message, tmp_path, tiny_base_dirs, capsys):
+    out = tmp_path / "videos" / "new" / "clip.mp4"
+    argv = ["generate", "--prompt", "a ball", "--out", str(out), "--base", str(tiny_base_dirs["unet3d"]),
+            "--device", "cpu", "--steps", "1", "--frames", "2", *args]
+    _refused_in_one_line(argv, message, tmp_path, capsys)
+
+
+TRAIN_FAST = {
+    "textual-inversion": ["--class-noun", "ball", "--steps", "1", "--batch-size", "1"],
+    "train-subject": ["--class-noun", "ball", "--ti-steps", "1", "--identity-steps", "1", "--batch-size", "1"],
+}
+PREVIEW = ["--set", "preview.enabled=true", "--set", "preview.num_frames=2", "--set", "preview.num_inference_steps=1"]
+PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_inference_steps=1"]
+
+
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        ("textual-inversion", ["--seed", "-1"], f"runtime.seed (--seed) {SEED_RANGE}, got -1"),
+        ("textual-inversion", ["--set", "textual_inversion.train.seed=4294967296"],
+         f"train.seed (--seed) {SEED_RANGE}"),
+        ("textual-inversion", ["--lr", "inf"], "train.lr must be a finite positive number, got inf"),
+        ("textual-inversion", ["--set", "textual_inversion.train.adam_beta1=1.5"],
+         "train.adam_beta1 must be in [0, 1)"),
+        ("textual-inversion", ["--set", "textual_inversion.train.adam_epsilon=-1"],
+         "train.adam_epsilon must be a finite positive number"),
+        ("textual-inversion", ["--set", "textual_inversion.train.max_grad_norm=nan"],
+         "train.max_grad_norm must be a finite number of 0 or more"),
+        ("textual-inversion", ["--set", "textual_inversion.guidance_scale=nan"],
+         "textual_inversion.guidance_scale must be 0 (off) or positive, got nan"),
+        ("textual-inversion", [*PREVIEW, "--set", "preview.num_frames=0"], "preview.num_frames must be at least 1"),
+        ("textual-inversion", [*PREVIEW, "--set", "preview.num_inference_steps=0"],
+         "preview.num_inference_steps must be at least 1"),
+        ("textual-inversion", [*PREVIEW, "--set", "preview.guidance_scale=-1"],
+         "preview.guidance_scale must be a finite number of 0 or more"),
+        ("train-subject", [*PRIOR, "--set", "prior.sample_batch_size=0"], "prior.sample_batch_size must be at least 1"),
+        ("train-subject", [*PRIOR, "--set", "prior.guidance_scale=-1"],
+         "prior.guidance_scale must be a finite number of 0 or more"),
+        ("train-subject", [*PRIOR, "--prior-weight", "nan"],
+         "prior.weight (--prior-weight) must be a finite number of 0 or more, got nan"),
+    ],
+)
+def test_subject_training_refuses_bad_numbers(command, args, message, tmp_path, tiny_base_dirs, capsys):
+    folder = tmp_path / "photos"
+    for i in range(3):
+        badinputs.write_photo(folder / f"{i}.png", 64, 64)
+    argv = [command, str(folder), "--name", "S*", "--base", str(tiny_base_dirs["unet3d"]), "--device", "cpu",
+            *TRAIN_FAST[command], "--set", "data.resolution=16", "--set", "preview.enabled=false", *args]
+    _refused_in_one_line(argv, message, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--resolution", "0"], "data.resolution must be at least 8 pixels, got 0"),
+        (["--fps", "inf"], "data.fps (--fps) must be a finite positive number, got inf"),
+        (["--seed", "4294967296"], f"runtime.seed (--seed) {SEED_RANGE}"),
+        (["--preview", "--set", "preview.num_inference_steps=0"], "preview.num_inference_steps must be at least 1"),
+        (["--preview", "--set", "preview.num_inference_steps=1", "--set", "preview.guidance_scale=nan"],
+         "preview.guidance_scale must be a finite number of 0 or more"),
+    ],
+)
+def test_train_motion_refuses_bad_numbers(args, message, tmp_path, tiny_base_dirs, capsys):
+    clip = badinputs.write_clip(tmp_path / "clip.mp4", num_frames=4, width=64, height=64)
+    argv = ["train-motion", str(clip), "--name", "m", "--base", str(tiny_base_dirs["unet3d"]), "--device", "cpu",
+            "--steps", "1", "--num-frames", "2", "--resolution", "16", "--no-preview", *args]
+    _refused_in_one_line(argv, message, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    "video, args, message",
+    [
+        ("clip.mp4", ["--batch-size", "0"], "batch_size (--batch-size) must be at least 1, got 0"),
+        ("clip.mp4", ["--set", "batch_size=-2"], "batch_size (--batch-size) must be at least 1, got -2"),
+        ("missing.mp4", [], "video not found"),  # a later error: the --json folder used to be made before it
+    ],
+)
+def test_evaluate_refuses_bad_numbers(video, args, message, tmp_path, capsys):
+    badinputs.write_clip(tmp_path / "clip.mp4", num_frames=4, width=64, height=64)
+    argv = ["evaluate", str(tmp_path / video), "--prompt", "a ball", "--clip-model", "nano", "--metrics", "t_cons",
+            "--device", "cpu", "--json", str(tmp_path / "scores" / "new" / "scores.json"), *args]
+    _refused_in_one_line(argv, message, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--prompt", "x", "--bogus"], "No such option: --bogus"),
+        (["generate", "--prompt", "x", "--num-frames", "abc"], "Invalid value for '--num-frames'"),
+        (["train-motion", "--name", "m"], "Missing argument 'clips'"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
+def test_usage_errors_are_a_usage_message_and_exit_2_not_a_traceback(argv, message, capsys):
+    """typer 0.20+ raises usage errors from its own copy of click (typer._click), not from click."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err

@@ -239,6 +239,7 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
     token = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
     stage = home / ".staging" / f"{dir_name(name)}.{token}"
     stage.mkdir(parents=True)
+    aside = None  # where the old version waits during an --overwrite swap
     try:
         yield stage
         if not (stage / MANIFEST).is_file():
@@ -264,6 +265,11 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
             ) from exc
         raise
     finally:
+        if aside is not None and aside.exists():
+            if target.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:  # interrupted between moving the old version aside and renaming the new one in: put it back
+                os.replace(aside, target)
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
 

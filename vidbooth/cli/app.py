@@ -61,6 +61,19 @@ def _register() -> None:
 _register()
 
 
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """Usage-error classes of click and of the copy of click that typer 0.20+ bundles (`typer._click`)."""
+    import importlib
+
+    classes = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            classes.append(importlib.import_module(module).ClickException)
+        except ImportError:
+            continue
+    return tuple(classes)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     from vidbooth.errors import Interrupted, UserError
@@ -84,10 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         error("aborted")
         return 1
-    except Exception as exc:  # click usage errors have their own exit codes
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # click usage errors (a missing or unknown option) have their own exit codes
+        if isinstance(exc, _click_exceptions()):
             exc.show()
             return exc.exit_code
         raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vidbooth.config import checks
+
 
 @dataclass
 class EvaluateConfig:
@@ -37,6 +39,9 @@ class EvaluateConfig:
     batch_size: int = 16
     """Frames embedded at once."""
     json: str | None = None
-    """Write per-video and aggregate results as JSON to this path ('-' for stdout)."""
+    """Write per-video and aggregate results as JSON to this path."""
     csv: str | None = None
     """Write one CSV row per video to this path."""
+
+    def __post_init__(self) -> None:
+        checks.at_least("batch_size", self.batch_size, 1, "--batch-size")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vidbooth.config import checks
 from vidbooth.config.schema import BackboneConfig, RuntimeConfig
 from vidbooth.config.train import TrainConfig
 from vidbooth.errors import UserError
@@ -52,6 +53,9 @@ class PreviewConfig:
     num_inference_steps: int = 25
     guidance_scale: float = 9.0
 
+    def __post_init__(self) -> None:
+        checks.sampling("preview", None, self.num_inference_steps, self.guidance_scale)
+
 
 @dataclass
 class MotionConfig:
@@ -65,7 +69,7 @@ class MotionConfig:
     name: str = ""
     """Name of the motion in the library (what `generate --motion` takes)."""
     clips: list[str] = field(default_factory=list)
-    """Training clips: video files (mp4, mov, webm, mkv, gif) or folders of frames."""
+    """Training clips: video files (mp4, mov, webm, mkv, avi, m4v, gif) or folders of frames."""
     captions: list[str] = field(default_factory=list)
     """One caption per clip, or one for all; default: 'a <class_noun>'."""
     class_noun: str = ""
@@ -89,8 +93,9 @@ class MotionConfig:
             raise UserError(f"data.num_frames must be at least 2 to learn a motion, got {self.data.num_frames}")
         if self.data.stride is not None and self.data.stride < 1:
             raise UserError(f"data.stride must be at least 1, got {self.data.stride}")
-        if not self.data.fps > 0:
-            raise UserError(f"data.fps must be positive, got {self.data.fps}")
+        checks.positive("data.fps", self.data.fps, "--fps")
+        if self.data.resolution is not None and self.data.resolution < 8:
+            raise UserError(f"data.resolution must be at least 8 pixels, got {self.data.resolution}")
         if not 0 <= self.appearance.p_image_zero <= 1:
             raise UserError(f"appearance.p_image_zero must be in [0, 1], got {self.appearance.p_image_zero}")
         unknown = sorted(set(self.adapter.targets) - set(SUBLAYERS))

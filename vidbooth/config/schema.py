@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vidbooth.config import checks
+from vidbooth.errors import UserError
+
 
 @dataclass
 class BackboneConfig:
@@ -27,6 +30,10 @@ class RuntimeConfig:
     attention: str = "auto"
     """Attention backend: auto | sdpa | xformers | math. Env: VIDBOOTH_ATTENTION."""
     seed: int = 0
+    """0 to 2**32 - 1."""
+
+    def __post_init__(self) -> None:
+        checks.seed("runtime.seed", self.seed)
 
 
 @dataclass
@@ -44,7 +51,25 @@ class SamplingConfig:
     decode_chunk_size: int = 8
     """Frames decoded by the VAE at once (lower = less memory)."""
     eta: float = 0.0
-    """DDIM eta (0 = deterministic)."""
+    """DDIM eta in [0, 1] (0 = deterministic)."""
+
+    def __post_init__(self) -> None:
+        # checked before the model loads or the output folder is made
+        checks.at_least("sampling.num_frames", self.num_frames, 1, "--num-frames")
+        checks.at_least("sampling.num_inference_steps", self.num_inference_steps, 1, "--num-inference-steps")
+        checks.non_negative("sampling.guidance_scale", self.guidance_scale, "--guidance-scale",
+                            " (1 or less: no guidance)")
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(
+                    f"sampling.{key} (--{key}) must be a positive number of pixels, got {value}: "
+                    f"leave it out for the model's own size"
+                )
+        checks.at_least("sampling.fps", self.fps, 1, "--fps")
+        checks.at_least("sampling.decode_chunk_size", self.decode_chunk_size, 1)
+        if not 0 <= self.eta <= 1:
+            raise UserError(f"sampling.eta must be in [0, 1] (0: deterministic DDIM), got {self.eta}")
 
 
 @dataclass
@@ -63,3 +88,8 @@ class GenerateConfig:
     """Strength of the subjects' identity adapters (0 = pseudo-word only)."""
     motion_scale: float = 1.0
     """Strength of the motion adapter (0 = the base model's motion)."""
+
+    def __post_init__(self) -> None:
+        hint = " (0: the adapter off, 1: as trained)"
+        checks.non_negative("subject_scale", self.subject_scale, "--subject-scale", hint)
+        checks.non_negative("motion_scale", self.motion_scale, "--motion-scale", hint)

@@ -6,8 +6,10 @@ official settings (`../shared/method.md` §2).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from vidbooth.config import checks
 from vidbooth.config.schema import BackboneConfig, RuntimeConfig
 from vidbooth.config.train import TrainConfig
 from vidbooth.errors import UserError
@@ -79,6 +81,10 @@ class PriorConfig:
     sample_batch_size: int = 4
     """Class images generated per batch."""
 
+    def __post_init__(self) -> None:
+        checks.sampling("prior", None, self.num_inference_steps, self.guidance_scale)
+        checks.at_least("prior.sample_batch_size", self.sample_batch_size, 1)
+
 
 @dataclass
 class SubjectPreviewConfig:
@@ -90,6 +96,9 @@ class SubjectPreviewConfig:
     num_frames: int = 8
     num_inference_steps: int = 25
     guidance_scale: float = 9.0
+
+    def __post_init__(self) -> None:
+        checks.sampling("preview", self.num_frames, self.num_inference_steps, self.guidance_scale)
 
 
 @dataclass
@@ -133,12 +142,13 @@ class SubjectConfig:
             vectors = self.textual_inversion.num_vectors
             raise UserError(f"textual_inversion.num_vectors must be at least 1, got {vectors}")
         for stage, stage_cfg in (("textual_inversion", self.textual_inversion), ("identity", self.identity)):
-            if stage_cfg.guidance_scale < 0:
+            if not (stage_cfg.guidance_scale >= 0 and math.isfinite(stage_cfg.guidance_scale)):
                 raise UserError(f"{stage}.guidance_scale must be 0 (off) or positive, got {stage_cfg.guidance_scale}")
         if not 0 < self.identity.hidden_ratio <= 4:
             raise UserError(f"identity.hidden_ratio must be in (0, 4], got {self.identity.hidden_ratio}")
-        if self.prior.enabled and (self.prior.num_class_images < 1 or self.prior.weight < 0):
-            raise UserError("prior.num_class_images must be at least 1 and prior.weight not negative")
+        if self.prior.enabled:
+            checks.at_least("prior.num_class_images", self.prior.num_class_images, 1, "--num-class-images")
+            checks.non_negative("prior.weight", self.prior.weight, "--prior-weight")
         if len(stages) > 1 and self.textual_inversion.train.mixed_precision != self.identity.train.mixed_precision:
             raise UserError(
                 "textual_inversion.train.mixed_precision and identity.train.mixed_precision differ: one run "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vidbooth.config import checks
 from vidbooth.errors import UserError
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -54,8 +55,7 @@ class TrainConfig:
         for key, value in positive.items():
             if value < 1:
                 raise UserError(f"train.{key} must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise UserError(f"train.lr must be positive, got {self.lr}")
+        checks.positive("train.lr", self.lr)
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"train.lr_schedule '{self.lr_schedule}' is unknown: use {', '.join(LR_SCHEDULES)}")
         if self.mixed_precision not in MIXED_PRECISIONS:
@@ -69,5 +69,9 @@ class TrainConfig:
             raise UserError(f"train.high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}")
         if self.high_noise_from < 0:
             raise UserError(f"train.high_noise_from must not be negative, got {self.high_noise_from}")
-        if self.max_grad_norm < 0:
-            raise UserError(f"train.max_grad_norm must not be negative, got {self.max_grad_norm}")
+        checks.non_negative("train.max_grad_norm", self.max_grad_norm, hint=" (0: no clipping)")
+        for key in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise UserError(f"train.{key} must be in [0, 1), got {getattr(self, key)}")
+        checks.positive("train.adam_epsilon", self.adam_epsilon)
+        checks.seed("train.seed", self.seed)

@@ -209,12 +209,32 @@ def contact_sheet(frames: np.ndarray, columns: int | None = None) -> np.ndarray:
 
 
 def save_contact_sheet(frames: np.ndarray, path: str | Path, columns: int | None = None) -> Path:
+    """Write the contact sheet as PNG, atomically (temp file, then rename; no temp file is left on failure)."""
     path = Path(path)
     ensure_writable_dir(path.parent)
-    tmp = path.with_name(f".tmp-{path.name}")
-    Image.fromarray(contact_sheet(frames, columns)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=".tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(contact_sheet(frames, columns)).save(tmp, format="PNG")
+        publish(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
+
+
+def check_writable_dir(folder: str | Path) -> Path:
+    """Raise a UserError if `folder` could not be created or written, without creating anything: its nearest
+    existing ancestor must be a writable folder. `ensure_writable_dir` creates it when there is something to write."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UserError(f"cannot create output folder {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == folder:
+            raise UserError(f"output folder is not writable: {folder}; choose another place for the output")
+        raise UserError(f"cannot create output folder {folder}: {existing} is not writable; choose another place")
+    return folder
 
 
 def ensure_writable_dir(folder: str | Path) -> Path:

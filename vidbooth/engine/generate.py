@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vidbooth.config import GenerateConfig, save_config
-from vidbooth.data.video import WRITE_EXTENSIONS, ensure_writable_dir, save_contact_sheet, write_video
+from vidbooth.data.video import (
+    WRITE_EXTENSIONS,
+    check_writable_dir,
+    ensure_writable_dir,
+    save_contact_sheet,
+    write_video,
+)
 from vidbooth.errors import UserError
+from vidbooth.fileio import publish
 from vidbooth.library import artifact_dir
 from vidbooth.reporting import info
 
@@ -37,10 +47,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     if not cfg.prompt.strip():
         raise UserError("--prompt is empty: describe the video to generate")
     video_path, sheet_path, config_path = output_paths(cfg.out)
-    ensure_writable_dir(video_path.parent)
+    check_writable_dir(video_path.parent)  # made only when the video is written: a later error leaves nothing
     make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model
-    if cfg.sampling.num_frames < 1 or cfg.sampling.num_inference_steps < 1:
-        raise UserError("--num-frames and --num-inference-steps must be at least 1")
     for name in cfg.subjects:
         artifact_dir("subject", name)  # unknown names fail before the model loads
     if cfg.motion:
@@ -56,11 +64,32 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             info(note)
         prompt = applied.prompt
     frames = sample_frames(bb, cfg, prompt)
-    write_video(frames, video_path, fps=cfg.sampling.fps)
-    save_contact_sheet(frames, sheet_path)
-    save_config(cfg, config_path)
+    _write_outputs(
+        (video_path, lambda tmp: write_video(frames, tmp, fps=cfg.sampling.fps)),
+        (sheet_path, lambda tmp: save_contact_sheet(frames, tmp)),
+        (config_path, lambda tmp: save_config(cfg, tmp)),
+    )
     info(f"wrote {video_path}, {sheet_path.name} and {config_path.name}")
     return GenerateResult(video_path, sheet_path, config_path, prompt)
+
+
+def _write_outputs(*writes: tuple[Path, Callable[[Path], object]]) -> None:
+    """Write every output to a temporary file beside it, then rename them all into place: a failure or Ctrl-C
+    while writing leaves the previous outputs as they were (never a truncated file, nor a new video beside an
+    old contact sheet or config) and no temporary file behind."""
+    ensure_writable_dir(writes[0][0].parent)
+    temporaries: list[Path] = []
+    try:
+        for path, write in writes:
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+            os.close(fd)
+            temporaries.append(Path(tmp))
+            write(Path(tmp))
+        for tmp, (path, _) in zip(temporaries, writes):
+            publish(tmp, path)
+    finally:
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
 
 
 def sample_frames(backbone, cfg: GenerateConfig, prompt: str):

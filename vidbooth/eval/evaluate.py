@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vidbooth import __version__, reporting
-from vidbooth.data.video import ensure_writable_dir, read_video
+from vidbooth.data.video import check_writable_dir, ensure_writable_dir, read_video
 from vidbooth.errors import UserError
 from vidbooth.eval.features import (
     NANO_NO_TEXT_REASON,
@@ -32,7 +32,7 @@ from vidbooth.eval.jobs import EvalJob, jobs_from_manifest, jobs_from_videos
 from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
 from vidbooth.eval.motion import METHOD, MIN_FLOW, WORK_SIDE, motion_signature, signature_similarity
 from vidbooth.eval.references import motion_clip_paths, read_image_folder, read_motion_clip, subject_photos
-from vidbooth.eval.report import METRIC_LABELS, METRICS, EvaluationReport, VideoResult, show, write_csv, write_json
+from vidbooth.eval.report import METRIC_LABELS, METRICS, EvaluationReport, VideoResult, show, write_reports
 
 if TYPE_CHECKING:
     from vidbooth.config.evaluate import EvaluateConfig
@@ -74,10 +74,10 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
             task.advance()
     report = EvaluationReport(results, scorer.unavailable, scorer.models, [str(p) for p in motion_paths], _versions())
     show(report)
-    if config.json:
-        write_json(report, config.json)
-    if config.csv:
-        write_csv(report, config.csv)
+    for path in (config.json, config.csv):
+        if path:
+            ensure_writable_dir(Path(path).parent)
+    write_reports(report, config.json, config.csv)  # both or neither: never a new JSON beside an old CSV
     return report
 
 
@@ -99,9 +99,10 @@ def _canonical(name: str) -> tuple[str, ...]:
 
 
 def _check_outputs(config: EvaluateConfig) -> None:
+    """That the output folders can be made, without making them: a later error must leave nothing behind."""
     for path in (config.json, config.csv):
         if path:
-            ensure_writable_dir(Path(path).parent)
+            check_writable_dir(Path(path).parent)
 
 
 def _gather_jobs(config: EvaluateConfig) -> list[EvalJob]:

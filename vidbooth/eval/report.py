@@ -112,11 +112,28 @@ def _cell(value: float | None) -> object:
 
 
 def write_json(report: EvaluationReport, path: str | Path) -> Path:
-    return _write_atomically(path, json.dumps(report.to_dict(), indent=2) + "\n")
+    return write_reports(report, json_path=path)[0]
 
 
 def write_csv(report: EvaluationReport, path: str | Path) -> Path:
     """One row per video; empty cells where a metric has no value."""
+    return write_reports(report, csv_path=path)[0]
+
+
+def write_reports(report: EvaluationReport, json_path: str | Path | None = None,
+                  csv_path: str | Path | None = None) -> list[Path]:
+    """Write the JSON and/or CSV report together: both are written to temporary files first, then renamed into
+    place, so a failure or Ctrl-C leaves the previous pair as it was (never a new JSON beside an old CSV)."""
+    texts = []
+    if json_path:
+        texts.append((Path(json_path), json.dumps(report.to_dict(), indent=2) + "\n"))
+    if csv_path:
+        texts.append((Path(csv_path), _csv_text(report)))
+    _write_atomically(texts)
+    return [path for path, _ in texts]
+
+
+def _csv_text(report: EvaluationReport) -> str:
     columns = ["video", "source", "prompt", "reference_images", *report.metric_names, "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -124,17 +141,20 @@ def write_csv(report: EvaluationReport, path: str | Path) -> Path:
     for result in report.results:
         row = {key: getattr(result, key) for key in ("video", "source", "prompt", "reference_images", "error")}
         writer.writerow(row | {name: result.metrics.get(name) for name in report.metric_names})
-    return _write_atomically(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
-def _write_atomically(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+def _write_atomically(texts: list[tuple[Path, str]]) -> None:
+    temporaries = []
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-        publish(temporary, path)
+        for path, text in texts:
+            fd, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+            temporaries.append(temporary)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+                file.write(text)
+        for temporary, (path, _) in zip(temporaries, texts):
+            publish(temporary, path)
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.unlink(temporary)

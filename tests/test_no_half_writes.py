@@ -1,0 +1,122 @@
+"""A command that fails or is interrupted mid-write leaves the library and its outputs as they were, or complete.
+
+Each test makes one write fail part-way (a monkeypatched function raises KeyboardInterrupt, as Ctrl-C would)
+and checks that the previous files are untouched and that no temporary file is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from vidbooth import library
+from vidbooth.cli.app import main
+
+
+def _stage(stage, value: float) -> None:
+    save_file({"w": torch.full((3,), value)}, str(stage / "adapter.safetensors"))
+    library.write_json(stage / library.MANIFEST, {"name": "S*", "kind": "subject"})
+
+
+def test_ctrl_c_during_an_overwrite_swap_puts_the_old_artifact_back(isolated_home, monkeypatch):
+    """Ctrl-C after the old version was moved aside and before the new one is renamed in: the old version is back
+    in place when the command ends, not only after the next `recover()` (`vidbooth list` does not recover)."""
+    with library.staged_artifact("subject", "S*") as stage:
+        _stage(stage, 1.0)
+    live = isolated_home / "subjects" / library.dir_name("S*")
+    real_replace = os.replace
+
+    def ctrl_c_on_rename_in(src, dst):
+        if ".staging" in str(src) and str(dst) == str(live):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", ctrl_c_on_rename_in)
+    with pytest.raises(KeyboardInterrupt):
+        with library.staged_artifact("subject", "S*", overwrite=True) as stage:
+            _stage(stage, 2.0)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (live / library.MANIFEST).is_file()  # checked before anything calls recover()
+    assert load_file(str(live / "adapter.safetensors"))["w"][0] == 1.0
+    assert [m["name"] for m in library.list_artifacts("subject")] == ["S*"]
+    assert not any((isolated_home / ".trash").iterdir()) and not any((isolated_home / ".staging").iterdir())
+    library.read_manifest(live)  # hashes still match
+
+
+def _partial_png_then_ctrl_c(self, fp, *args, **kwargs):
+    with open(fp, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n half")
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_writing_a_contact_sheet_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from vidbooth.data.video import save_contact_sheet
+
+    sheet = tmp_path / "sheet.png"
+    sheet.write_bytes(b"old sheet")
+    monkeypatch.setattr(Image.Image, "save", _partial_png_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        save_contact_sheet(np.zeros((2, 8, 8, 3), dtype=np.uint8), sheet)
+    assert sheet.read_bytes() == b"old sheet"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sheet.png"]
+
+
+def test_generate_interrupted_while_writing_keeps_the_previous_outputs(tmp_path, monkeypatch):
+    """Ctrl-C while the config is written: no truncated .yaml, and no new video beside the old sheet/config."""
+    from vidbooth.engine import backbone
+    from vidbooth.engine import generate as generate_engine
+
+    out = tmp_path / "clip.mp4"
+    old = {out: b"old video", out.with_suffix(".png"): b"old sheet", out.with_suffix(".yaml"): b"old: config\n"}
+    for path, data in old.items():
+        path.write_bytes(data)
+    monkeypatch.setattr(backbone, "load_backbone_for", lambda *args, **kwargs: types.SimpleNamespace())
+    monkeypatch.setattr(generate_engine, "sample_frames", lambda *args: np.zeros((2, 16, 16, 3), dtype=np.uint8))
+
+    def half_a_config_then_ctrl_c(cfg, path):
+        with open(path, "w") as handle:
+            handle.write("prompt: a d")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate_engine, "save_config", half_a_config_then_ctrl_c)
+    code = main(["generate", "--prompt", "a dog", "--out", str(out), "--frames", "2", "--steps", "1",
+                 "--device", "cpu"])
+    assert code == 130
+    assert {path: path.read_bytes() for path in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "clip.png", "clip.yaml"]
+
+
+def test_evaluate_interrupted_while_writing_keeps_the_previous_json_and_csv(tmp_path, monkeypatch):
+    """Ctrl-C while the CSV is written: not a new JSON beside the old CSV."""
+    from vidbooth.data.video import write_video
+    from vidbooth.eval import report
+
+    frames = np.zeros((4, 16, 16, 3), dtype=np.uint8)
+    for i in range(4):
+        frames[i, 4:10, 2 + 2 * i : 8 + 2 * i] = 255  # a square moving right
+    video = write_video(frames, tmp_path / "video.gif")
+    reference = write_video(frames, tmp_path / "reference.gif")
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    out_json.write_text('{"old": true}\n')
+    out_csv.write_text("old\n")
+    calls = []
+    real_mkstemp = report.tempfile.mkstemp
+
+    def mkstemp_ctrl_c_on_the_second_file(*args, **kwargs):
+        calls.append(kwargs.get("prefix"))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(report, "tempfile", types.SimpleNamespace(mkstemp=mkstemp_ctrl_c_on_the_second_file))
+    code = main(["evaluate", str(video), "--ref-video", str(reference), "--metrics", "motion_fidelity",
+                 "--json", str(out_json), "--csv", str(out_csv), "--device", "cpu"])
+    assert code == 130 and len(calls) == 2
+    assert out_json.read_text() == '{"old": true}\n' and out_csv.read_text() == "old\n"
+    assert not list(tmp_path.glob(".tmp-*"))

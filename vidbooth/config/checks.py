@@ -1,0 +1,47 @@
+"""Value checks shared by the config dataclasses: each raises a one-line `UserError` naming the key (and the flag
+that sets it, where there is one), so that bad numbers stop a command before it loads a model or writes a file."""
+
+from __future__ import annotations
+
+import math
+
+from vidbooth.errors import UserError
+
+MAX_SEED = 2**32 - 1
+"""Largest seed every seeded library takes (NumPy's legacy seeding, which accelerate's `set_seed` uses)."""
+
+
+def _name(key: str, flag: str | None) -> str:
+    return f"{key} ({flag})" if flag else key
+
+
+def at_least(key: str, value: int | float, minimum: int, flag: str | None = None) -> None:
+    """`value` >= `minimum` (NaN fails)."""
+    if not value >= minimum:
+        raise UserError(f"{_name(key, flag)} must be at least {minimum}, got {value}")
+
+
+def non_negative(key: str, value: float, flag: str | None = None, hint: str = "") -> None:
+    """A finite number >= 0 (NaN and infinity fail)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise UserError(f"{_name(key, flag)} must be a finite number of 0 or more{hint}, got {value}")
+
+
+def positive(key: str, value: float, flag: str | None = None) -> None:
+    """A finite number > 0 (NaN and infinity fail)."""
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{_name(key, flag)} must be a finite positive number, got {value}")
+
+
+def seed(key: str, value: int, flag: str | None = "--seed") -> None:
+    """A seed every library takes: 0 to 2**32 - 1."""
+    if not 0 <= value <= MAX_SEED:
+        raise UserError(f"{_name(key, flag)} must be a whole number from 0 to {MAX_SEED}, got {value}")
+
+
+def sampling(prefix: str, num_frames: int | None, num_inference_steps: int, guidance_scale: float) -> None:
+    """The sampling settings of a preview or of class-image generation."""
+    if num_frames is not None:
+        at_least(f"{prefix}.num_frames", num_frames, 1)
+    at_least(f"{prefix}.num_inference_steps", num_inference_steps, 1)
+    non_negative(f"{prefix}.guidance_scale", guidance_scale, hint=" (1 or less: no guidance)")
