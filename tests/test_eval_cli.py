@@ -219,3 +219,34 @@ def test_metric_names_are_read_leniently_and_checked():
     with pytest.raises(UserError, match="choose from auto, clip_t"):
         requested_metrics(["fvd"])
     assert requested_metrics(["clip_i, dino_i"]) == ["clip_i", "dino_i"]
+
+
+def test_a_generated_video_is_scored_against_the_prompt_it_was_generated_from(
+    media, tiny_clip_dir, tiny_vit_dir, tmp_path
+):
+    """`vidbooth generate` writes out.yaml beside out.mp4: without --prompt, CLIP-T uses its prompt with the
+    subject's pseudo-word taken out, as the README's `evaluate out.mp4 --subject S* --motion M` expects."""
+    video = media["right"]
+    video.with_suffix(".yaml").write_text("prompt: S* square moving right, S*'s way\nsubjects: [S*]\n")
+    out_json = tmp_path / "scores.json"
+    assert run(video, "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json) == 0
+    result = json.loads(out_json.read_text())["videos"][0]
+    assert result["prompt"] == "square moving right, S*'s way"  # whole words only
+    clip = load_clip(str(tiny_clip_dir))
+    expected = embedding_metrics.clip_t(clip.image_embeds(read_video(video)), clip.text_embeds([result["prompt"]])[0])
+    assert result["metrics"]["clip_t"] == pytest.approx(expected, abs=1e-5)
+    # an explicit --prompt wins; a video without a readable config beside it still needs one
+    assert run(video, "-p", "a ball", "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json) == 0
+    assert json.loads(out_json.read_text())["videos"][0]["prompt"] == "a ball"
+    video.with_suffix(".yaml").write_text("prompt: [unclosed\n")
+    assert run(video, "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir)) == 2
+
+
+def test_reference_folders_read_every_photo_type_that_subject_training_takes(tmp_path, capsys):
+    """A subject's photos are copied into the library as given: a .tiff or .gif one must count as a reference."""
+    for i, suffix in enumerate((".png", ".tiff", ".gif")):
+        Image.fromarray(smooth_image(i)).save(tmp_path / f"photo{i}{suffix}")
+    (tmp_path / "._photo0.png").write_bytes(b"macOS metadata, not an image")
+    images = read_image_folder(tmp_path)
+    assert len(images) == 3 and all(image.shape == (48, 64, 3) for image in images)
+    assert "skipping" not in capsys.readouterr().err  # the hidden file is not an image to skip

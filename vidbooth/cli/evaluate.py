@@ -23,7 +23,10 @@ def evaluate(
     ref_video: str = typer.Option(None, "--ref-video", help="Reference motion clip (motion fidelity)."),
     manifest: str = typer.Option(None, "--manifest", help="File of video|||ref_dir|||prompt lines (DreamVideo's)."),
     metrics: list[str] = typer.Option(
-        None, "--metrics", help="Comma-separated: clip_t, clip_i, dino_i, t_cons, motion_fidelity (default: auto)."
+        None,
+        "--metrics",
+        help="Comma-separated: clip_t, clip_i, dino_i, t_cons, motion_fidelity, probe (probe_colour, probe_shape, "
+        "probe_motion); with --clip-model nano also nano_t, nano_i, nano_t_cons (default: auto).",
     ),
     clip_model: str = typer.Option(
         None, "--clip-model", help="CLIP folder or hub id (openai/clip-vit-base-patch32), or nano (labelled nano-*)."

@@ -8,7 +8,9 @@ from vidbooth.cli import options
 
 
 def train_motion(
-    clips: list[str] = typer.Argument(..., help="Video files (mp4, mov, webm, mkv, gif) or folders of frames."),
+    clips: list[str] = typer.Argument(
+        ..., help="Video files (mp4, mov, webm, mkv, avi, m4v, gif) or folders of frames."
+    ),
     name: str = typer.Option(None, "--name", "-n", help="Name of the motion in the library (for generate --motion)."),
     caption: list[str] = typer.Option(None, "--caption", help="Caption of each clip, in order (repeat), or one."),
     class_noun: str = typer.Option(None, "--class-noun", help="What moves (person, dog): default caption and preview."),

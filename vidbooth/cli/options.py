@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import typer
 
-Recipe = typer.Option(None, "--recipe", "-r", help="Recipe YAML file or name under recipes/ (e.g. zeroscope/generate).")
-Sets = typer.Option(None, "--set", help="Override any config key: --set sampling.guidance_scale=7.5 (repeatable).")
+Recipe = typer.Option(
+    None, "--recipe", "-r", help="Recipe YAML file, or a name under recipes/ such as zeroscope/subject."
+)
+Sets = typer.Option(
+    None, "--set", help="Override any config key of this command (see its docs page): --set key=value (repeatable)."
+)
 Base = typer.Option(None, "--base", help="Base model: diffusers folder, hub id, or built-in name (default: nano).")
 MotionAdapterPath = typer.Option(None, "--motion-adapter", help="AnimateDiff MotionAdapter (folder or hub id) for an SD1.5 base.")
 Device = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")

@@ -22,7 +22,9 @@ BatchSize = typer.Option(None, "--batch-size", help="Photos per training step on
 CheckpointEvery = typer.Option(None, "--checkpoint-every", help="Save a resumable checkpoint every N steps.")
 PriorPreservation = typer.Option(None, "--prior-preservation", help="Also train on class images (DreamBooth).")
 ClassImages = typer.Option(None, "--class-images", help="Folder of class images (default: generate them).")
-NumClassImages = typer.Option(None, "--num-class-images", help="Class images to use (default 200).")
+NumClassImages = typer.Option(
+    None, "--num-class-images", help="Class images to use (default: the recipe's; nano 8, DreamBooth 200)."
+)
 PriorWeight = typer.Option(None, "--prior-weight", help="Weight of the class-image loss (default 1.0).")
 Overwrite = typer.Option(False, "--overwrite", help="Replace an existing subject of this name.")
 Resume = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
@@ -71,8 +73,12 @@ def textual_inversion(
     name: str = Name,
     class_noun: str = ClassNoun,
     num_vectors: int = NumVectors,
-    steps: int = typer.Option(None, "--steps", help="Training steps (default 3000)."),
-    lr: float = typer.Option(None, "--lr", help="Learning rate (default 1e-4)."),
+    steps: int = typer.Option(
+        None, "--steps", help="Training steps (default: the recipe's; nano 150, DreamVideo 3000)."
+    ),
+    lr: float = typer.Option(
+        None, "--lr", help="Learning rate (default: the recipe's; nano 5e-3, DreamVideo 1e-4)."
+    ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,
     resolution: int = Resolution,
@@ -103,8 +109,12 @@ def identity_adapter(
     photos: str = Photos,
     name: str = typer.Option(..., "--name", help="An existing subject (from textual-inversion)."),
     hidden_ratio: float = HiddenRatio,
-    steps: int = typer.Option(None, "--steps", help="Training steps (default 1000)."),
-    lr: float = typer.Option(None, "--lr", help="Learning rate (default 1e-5)."),
+    steps: int = typer.Option(
+        None, "--steps", help="Training steps (default: the recipe's; nano 100, DreamVideo 1000)."
+    ),
+    lr: float = typer.Option(
+        None, "--lr", help="Learning rate (default: the recipe's; nano 3e-3, DreamVideo 1e-5)."
+    ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,
     resolution: int = Resolution,
@@ -142,8 +152,12 @@ def train_subject(
     class_noun: str = ClassNoun,
     num_vectors: int = NumVectors,
     hidden_ratio: float = HiddenRatio,
-    ti_steps: int = typer.Option(None, "--ti-steps", help="Textual-inversion steps (default 3000)."),
-    identity_steps: int = typer.Option(None, "--identity-steps", help="Identity-adapter steps (default 1000)."),
+    ti_steps: int = typer.Option(
+        None, "--ti-steps", help="Textual-inversion steps (default: the recipe's; nano 150, DreamVideo 3000)."
+    ),
+    identity_steps: int = typer.Option(
+        None, "--identity-steps", help="Identity-adapter steps (default: the recipe's; nano 100, DreamVideo 1000)."
+    ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,
     resolution: int = Resolution,

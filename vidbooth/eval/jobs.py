@@ -3,11 +3,16 @@
 A manifest holds one `video|||reference_image_folder|||prompt` line per video, the format of DreamVideo's
 metric script. Blank lines and lines starting with '#' are skipped; relative paths are taken from the
 manifest's folder; an empty field falls back to the command's --ref-images/--subject or --prompt.
+
+A video written by `vidbooth generate` has its resolved config beside it (`out.mp4` -> `out.yaml`): with no
+prompt given, the prompt is read from there, the learned subjects' pseudo-words taken out ("S* dog on the
+beach" -> "dog on the beach"), as prompt fidelity is measured for personalised models (DreamBooth, DreamVideo).
 """
 
 from __future__ import annotations
 
 import glob
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +39,14 @@ def jobs_from_videos(patterns: list[str], prompt: str | None, reference_images: 
     jobs = []
     for pattern in patterns:
         if not any(c in pattern for c in GLOB_CHARACTERS) or Path(pattern).exists():
-            jobs.append(EvalJob(pattern, prompt, reference_images))
+            jobs.append(EvalJob(pattern, prompt or generated_prompt(pattern), reference_images))
             continue
         found = glob.glob(str(Path(pattern).expanduser()), recursive=True)
         matches = sorted(match for match in found if match.lower().endswith(VIDEO_EXTENSIONS))
         if not matches:
             problem = f"pattern '{pattern}' matches no video ({', '.join(VIDEO_EXTENSIONS)}): check the path"
             jobs.append(EvalJob(pattern, problem=problem))
-        jobs.extend(EvalJob(match, prompt, reference_images) for match in matches)
+        jobs.extend(EvalJob(match, prompt or generated_prompt(match), reference_images) for match in matches)
     return jobs
 
 
@@ -72,9 +77,10 @@ def _manifest_job(
         problem = f"expected 'video|||reference_image_folder|||prompt' but got '{text[:80]}'"
         return EvalJob("", source=source, problem=problem)
     video, references, line_prompt = fields
+    video = _beside(manifest, video)
     return EvalJob(
-        video=_beside(manifest, video),
-        prompt=line_prompt or prompt,
+        video=video,
+        prompt=line_prompt or prompt or generated_prompt(video),
         reference_images=_beside(manifest, references) if references else reference_images,
         source=source,
     )
@@ -83,3 +89,23 @@ def _manifest_job(
 def _beside(manifest: Path, path: str) -> str:
     candidate = Path(path).expanduser()
     return str(candidate if candidate.is_absolute() else manifest.parent / candidate)
+
+
+def generated_prompt(video: str | Path) -> str | None:
+    """The prompt in the config that `vidbooth generate` wrote beside `video` ('<stem>.yaml'), without the
+    subjects' pseudo-words; None when there is no such file or it names no prompt."""
+    from omegaconf import OmegaConf
+
+    path = Path(video).with_suffix(".yaml")
+    if not path.is_file():
+        return None
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # not a config generate wrote: the video simply has no known prompt
+        return None
+    prompt = config.get("prompt") if isinstance(config, dict) else None
+    if not isinstance(prompt, str):
+        return None
+    for name in config.get("subjects") or []:
+        prompt = re.sub(rf"(?<!\S){re.escape(str(name))}(?!\S)", " ", prompt)
+    return " ".join(prompt.split()) or None

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file
 from vidbooth.data.video import VIDEO_EXTENSIONS, read_video
 from vidbooth.errors import UserError
 from vidbooth.reporting import warn
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_KINDS = "/".join(IMAGE_EXTENSIONS)
+"""The photo types subject training takes, so that a subject's own photos are always readable references."""
 
 
 def read_image_folder(folder: str | Path) -> list[np.ndarray]:
@@ -19,9 +21,9 @@ def read_image_folder(folder: str | Path) -> list[np.ndarray]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"reference image folder not found: {folder}; pass a folder of .jpg/.png/.webp/.bmp images")
+        raise UserError(f"reference image folder not found: {folder}; pass a folder of {IMAGE_KINDS} images")
     images = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+    for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
         try:
             with Image.open(path) as image:
                 images.append(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
@@ -29,7 +31,7 @@ def read_image_folder(folder: str | Path) -> list[np.ndarray]:
             warn(f"skipping unreadable image {path}")
     if not images:
         raise UserError(
-            f"reference image folder {folder} holds no readable image: add .jpg/.png/.webp/.bmp files or pass another"
+            f"reference image folder {folder} holds no readable image: add {IMAGE_KINDS} files or pass another"
         )
     return images
 
