@@ -4,7 +4,8 @@ Usage: python benchmarks/bench_demo.py [--seeds 0 1 2] [--fast] [--threads N] [-
 Each seed runs the whole demo (held-out subject and motion, train-subject, train-motion, seven generated
 variants scored with the world probe) on the shipped nano model, as `vidbooth demo --seed N` does.
 The "each step better" columns compare class noun -> pseudo-word -> + identity (image similarity) and
-base -> + motion adapter (motion fidelity).
+base -> + motion adapter (motion fidelity); below each seed, each step video by video (mean difference, its
+standard error, and in how many of the paired videos the step scored higher).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def main() -> None:
               f"({report.photos_through_autoencoder:.3f}) "
               f"({'better each step' if subject_ok else 'NOT better each step'})    "
               f"{fids[0]:.3f} -> {fids[1]:.3f} ({'better' if motion_ok else 'NOT better'})", flush=True)
+        for step in report.steps:  # video by video: the variants share their noise
+            error = "-" if step.standard_error is None else f"{step.standard_error:.3f}"
+            print(f"{'':>4}   {step.label}: {step.difference:+.3f} ± {error} (s.e.), better in {step.better_in} of "
+                  f"{step.videos} videos", flush=True)
 
 
 if __name__ == "__main__":
