@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,19 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(isolated_home):
     lock.write_text(dead.stdout.strip())  # stale lock of a process that has exited
     with library.artifact_lock("subject", "S*"):
         assert lock.read_text() == str(os.getpid())
+
+
+def test_a_lock_never_exists_without_its_owners_pid(isolated_home, monkeypatch):
+    """Taken by a hard link to a file already holding the pid: another process can never read an empty lock
+    (no owner) and take it over while its owner is still writing the pid."""
+    seen = []
+    real_link = os.link
+
+    def link_and_look(src, dst):
+        real_link(src, dst)
+        seen.append(Path(dst).read_text())  # what a second process would read the instant the lock appears
+
+    monkeypatch.setattr(os, "link", link_and_look)
+    with library.artifact_lock("motion", "M") as lock:
+        assert seen == [str(os.getpid())] and lock.read_text() == str(os.getpid())
+        assert sorted(p.name for p in lock.parent.iterdir()) == [lock.name]  # no temporary file left

@@ -181,9 +181,7 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
     locks.mkdir(exist_ok=True)
     lock = locks / f"{KINDS[kind]}__{dir_name(name)}.lock"
     for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+        if not _create_holding_pid(lock):
             try:
                 owner = int(lock.read_text().strip() or "0")
             except (OSError, ValueError):
@@ -194,8 +192,6 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
                 ) from None
             lock.unlink(missing_ok=True)  # stale: its owner died
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
         break
     else:
         raise UserError(f"cannot take the lock {lock}: remove it if no vidbooth process is running")
@@ -203,6 +199,29 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
         yield lock
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _create_holding_pid(lock: Path) -> bool:
+    """Create `lock` holding this process's pid, atomically: it never exists empty, where another process would
+    read no owner and take it over. False if it exists already."""
+    pid = str(os.getpid())
+    temporary = lock.with_name(f".{lock.name}.{pid}.{uuid.uuid4().hex[:8]}")
+    temporary.write_text(pid)
+    try:
+        os.link(temporary, lock)  # fails if the lock exists
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: exclusive create, then the pid
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(pid)
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def writable_home() -> Path:
