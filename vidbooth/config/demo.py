@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vidbooth.config import checks
 from vidbooth.config.schema import RuntimeConfig
-from vidbooth.errors import UserError
 
 
 @dataclass
@@ -28,10 +28,7 @@ class DemoConfig:
     num_inference_steps: int = 0
     """Sampling steps (0: the recipe's)."""
 
-    def __post_init__(self) -> None:
-        # checked before anything is trained or written
-        if self.num_videos < 1:
-            raise UserError(f"--num-videos must be at least 1, got {self.num_videos}")
+    def __post_init__(self) -> None:  # checked before anything is trained or written
+        checks.at_least("num_videos", self.num_videos, 1, "--num-videos")
         for key in ("subject_steps", "motion_steps", "num_inference_steps"):
-            if getattr(self, key) < 0:
-                raise UserError(f"{key} must not be negative (0: the recipe's), got {getattr(self, key)}")
+            checks.at_least(key, getattr(self, key), 0)  # 0: the recipe's
