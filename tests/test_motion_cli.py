@@ -168,3 +168,21 @@ def test_low_precision_trains_previews_and_loads(tmp_path, isolated_home, fresh_
     with torch.no_grad():
         out = bb.unet_forward(torch.randn(1, 4, 4, 8, 8, dtype=torch.bfloat16), torch.tensor(10), bb.encode_prompt(["x"]))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_two_processes_train_one_motion(tmp_path, isolated_home):
+    """`accelerate launch` with two CPU processes (gloo): completes, writes one artifact, and records both."""
+    import os
+    import subprocess
+    import sys
+
+    clip = square_clip(tmp_path / "slide.mp4")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no"]
+    command += ["-m", "vidbooth", "train-motion", str(clip), "--name", "slide", "--class-noun", "square", "--base", "tiny"]
+    command += [*QUICK, "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (isolated_home / "motions").iterdir()) == ["slide"]
+    manifest = json.loads((isolated_home / "motions" / "slide" / "manifest.json").read_text())
+    assert manifest["training"]["processes"] == 2 and manifest["training"]["steps"] == 2

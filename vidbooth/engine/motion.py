@@ -11,6 +11,7 @@ with probability `appearance.p_image_zero` (a zero embedding: `W_cond` has no bi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import asdict, dataclass
@@ -156,22 +157,24 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 # ---- training -------------------------------------------------------------------------------------
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
+    from vidbooth.engine.train import make_accelerator
     from vidbooth.library import artifact_lock, check_free, validate_name
 
     cfg.check()
     validate_name(cfg.name, "motion")
     check_free("motion", cfg.name, cfg.overwrite)
     clips = read_training_clips(cfg)
-    with artifact_lock("motion", cfg.name):
-        return _train_locked(cfg, clips)
+    accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
+    # one lock for the run, held by the main process (the others of an `accelerate launch` run share it)
+    with artifact_lock("motion", cfg.name) if accelerator.is_main_process else contextlib.nullcontext():
+        return _train_locked(cfg, clips, accelerator)
 
 
-def _train_locked(cfg: MotionConfig, clips: list[TrainingClip]) -> MotionResult:
+def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone_for
-    from vidbooth.engine.train import backbone_device, make_accelerator, remove_run, run_folder, seed_everything, train
+    from vidbooth.engine.train import backbone_device, remove_run, run_folder, seed_everything, train
 
-    accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     size = training_size(backbone, cfg)
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
@@ -199,7 +202,9 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip]) -> MotionResult:
     path = Path()
     if accelerator.is_main_process:
         set_appearance(backbone.unet, None)
-        path = save_motion(cfg, backbone, clips, spec, encoder, result, time.perf_counter() - started)
+        path = save_motion(
+            cfg, backbone, clips, spec, encoder, result, time.perf_counter() - started, accelerator.num_processes
+        )
         remove_run(run_dir)
     accelerator.wait_for_everyone()
     return MotionResult(cfg.name, path, result.step, result.loss, result.step_seconds, trainable)
@@ -231,7 +236,9 @@ def _signature(cfg: MotionConfig, clips, spec: MotionAdapterSpec, backbone: Back
 
 
 # ---- the artifact ---------------------------------------------------------------------------------
-def save_motion(cfg: MotionConfig, backbone: Backbone, clips, spec, encoder, result, seconds: float) -> Path:
+def save_motion(
+    cfg: MotionConfig, backbone: Backbone, clips, spec, encoder, result, seconds: float, processes: int = 1
+) -> Path:
     """Write the artifact atomically: adapter tensors, the training clips, a preview, the config and the manifest."""
     from vidbooth.config import save_config
     from vidbooth.data.video import write_video
@@ -248,13 +255,16 @@ def save_motion(cfg: MotionConfig, backbone: Backbone, clips, spec, encoder, res
         if cfg.preview.enabled:
             _write_preview(backbone, cfg, preview_prompt, stage / PREVIEW_FILE)
         save_config(cfg, stage / CONFIG_FILE)
-        write_json(stage / MANIFEST, _manifest(cfg, backbone, clips, clip_files, spec, encoder, result, seconds))
+        manifest = _manifest(cfg, backbone, clips, clip_files, spec, encoder, result, seconds, processes)
+        write_json(stage / MANIFEST, manifest)
     path = artifact_dir("motion", cfg.name)
     info(f"saved motion '{cfg.name}' in {path}")
     return path
 
 
-def _manifest(cfg: MotionConfig, backbone: Backbone, clips, clip_files, spec, encoder, result, seconds) -> dict:
+def _manifest(
+    cfg: MotionConfig, backbone: Backbone, clips, clip_files, spec, encoder, result, seconds, processes
+) -> dict:
     return {
         "kind": "motion",
         "name": cfg.name,
@@ -281,7 +291,9 @@ def _manifest(cfg: MotionConfig, backbone: Backbone, clips, clip_files, spec, en
             {"source": c.source, "sha256": c.sha256, "caption": c.caption, "frames": len(c.frames), "fps": c.fps}
             for c in clips
         ],
-        "training": {"steps": result.step, "final_loss": result.loss, "seconds": round(seconds, 2)},
+        "training": {
+            "steps": result.step, "final_loss": result.loss, "seconds": round(seconds, 2), "processes": processes
+        },
         "captions": [c.caption for c in clips],
         "preview_prompt": clips[0].caption,
         "config": asdict(cfg),
