@@ -124,3 +124,19 @@ def test_a_lock_never_exists_without_its_owners_pid(isolated_home, monkeypatch):
     with library.artifact_lock("motion", "M") as lock:
         assert seen == [str(os.getpid())] and lock.read_text() == str(os.getpid())
         assert sorted(p.name for p in lock.parent.iterdir()) == [lock.name]  # no temporary file left
+
+
+def test_a_lock_is_taken_without_hard_links_too(isolated_home, monkeypatch):
+    """On a filesystem without hard links: exclusive create, then the pid; a second taker is refused."""
+
+    def no_links(src, dst):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with library.artifact_lock("motion", "M") as lock:
+        assert lock.read_text() == str(os.getpid())
+        with pytest.raises(UserError, match="being trained by another process"):
+            with library.artifact_lock("motion", "M"):
+                pass
+        assert sorted(p.name for p in lock.parent.iterdir()) == [lock.name]
+    assert not lock.exists()

@@ -94,8 +94,8 @@ def test_generate_interrupted_while_writing_keeps_the_previous_outputs(tmp_path,
 
 def test_evaluate_interrupted_while_writing_keeps_the_previous_json_and_csv(tmp_path, monkeypatch):
     """Ctrl-C while the CSV is written: not a new JSON beside the old CSV."""
+    from vidbooth import fileio
     from vidbooth.data.video import write_video
-    from vidbooth.eval import report
 
     frames = np.zeros((4, 16, 16, 3), dtype=np.uint8)
     for i in range(4):
@@ -106,7 +106,7 @@ def test_evaluate_interrupted_while_writing_keeps_the_previous_json_and_csv(tmp_
     out_json.write_text('{"old": true}\n')
     out_csv.write_text("old\n")
     calls = []
-    real_mkstemp = report.tempfile.mkstemp
+    real_mkstemp = fileio.tempfile.mkstemp
 
     def mkstemp_ctrl_c_on_the_second_file(*args, **kwargs):
         calls.append(kwargs.get("prefix"))
@@ -114,7 +114,7 @@ def test_evaluate_interrupted_while_writing_keeps_the_previous_json_and_csv(tmp_
             raise KeyboardInterrupt
         return real_mkstemp(*args, **kwargs)
 
-    monkeypatch.setattr(report, "tempfile", types.SimpleNamespace(mkstemp=mkstemp_ctrl_c_on_the_second_file))
+    monkeypatch.setattr(fileio, "tempfile", types.SimpleNamespace(mkstemp=mkstemp_ctrl_c_on_the_second_file))
     code = main(["evaluate", str(video), "--ref-video", str(reference), "--metrics", "motion_fidelity",
                  "--json", str(out_json), "--csv", str(out_csv), "--device", "cpu"])
     assert code == 130 and len(calls) == 2

@@ -1,8 +1,11 @@
-"""Publishing a finished temporary file under its final name, with the permissions a new file would get."""
+"""Writing files atomically: each is written to a temporary file beside it, then renamed over its final name
+with the permissions a new file would get."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -17,3 +20,21 @@ def publish(temporary: str | Path, path: str | Path) -> None:
     (0600); the published file gets the usual 0666 minus the umask, like any file the user creates."""
     os.chmod(temporary, 0o666 & ~current_umask())
     os.replace(temporary, path)
+
+
+def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> None:
+    """For each (path, write): `write(temporary)` fills a temporary file beside `path`; once all are written they
+    are published. A failure or Ctrl-C while writing leaves every path as it was (never a new file beside an old
+    companion, never a truncated one) and no temporary file behind."""
+    temporaries: list[Path] = []
+    try:
+        for path, write in writes:
+            fd, temporary = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+            os.close(fd)
+            temporaries.append(Path(temporary))
+            write(Path(temporary))
+        for temporary, (path, _) in zip(temporaries, writes):
+            publish(temporary, path)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ import functools
 import itertools
 import math
 import os
-import tempfile
 from collections.abc import Generator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from vidbooth.errors import UserError
-from vidbooth.fileio import publish
+from vidbooth.fileio import write_together
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
 WRITE_EXTENSIONS = (".mp4", ".gif")
@@ -165,19 +164,16 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        if suffix == ".gif":
-            images = [Image.fromarray(f) for f in frames]
-            images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-        else:
-            _write_mp4(frames, tmp, fps)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_together([(path, lambda tmp: _encode(frames, tmp, fps))])
     return path
+
+
+def _encode(frames: np.ndarray, path: Path, fps: int) -> None:
+    if path.suffix.lower() == ".gif":
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    else:
+        _write_mp4(frames, str(path), fps)
 
 
 def _write_mp4(frames: np.ndarray, path: str, fps: int) -> None:
@@ -212,14 +208,8 @@ def save_contact_sheet(frames: np.ndarray, path: str | Path, columns: int | None
     """Write the contact sheet as PNG, atomically (temp file, then rename; no temp file is left on failure)."""
     path = Path(path)
     ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=".tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(contact_sheet(frames, columns)).save(tmp, format="PNG")
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    sheet = Image.fromarray(contact_sheet(frames, columns))
+    write_together([(path, lambda tmp: sheet.save(tmp, format="PNG"))])
     return path
 
 

@@ -42,10 +42,13 @@ class Variant:
     prompt: str
     identity_scale: float
     motion_scale: float
-    scores: dict = field(default_factory=dict)
-    """Means over the variant's videos."""
-    per_video: dict = field(default_factory=dict)
+    per_video: dict[str, list[float]] = field(default_factory=dict)
     """Each score, one value per video, in sampling order."""
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Each score's mean over the variant's videos."""
+        return {key: float(np.mean(values)) for key, values in self.per_video.items()}
 
 
 STEPS = (
@@ -196,7 +199,7 @@ def _variants(noun: str, motion) -> list[Variant]:
 
 
 def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos: Path, out: Path) -> float:
-    """Generate and score every variant (filling `variant.scores`); returns the photos' own image similarity
+    """Generate and score every variant (filling `variant.per_video`); returns the photos' own image similarity
     after a round trip through the base's autoencoder."""
     from vidbooth.adapters.base import set_scale
     from vidbooth.adapters.identity import subject_kind
@@ -238,7 +241,6 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
                            columns=videos.shape[1])
         variant.per_video = score_each_video(videos, sprite, motion, reference)
         variant.per_video["image_similarity"] = image_similarity_per_video(encoder, videos, photo_embeds).tolist()
-        variant.scores = {key: float(np.mean(values)) for key, values in variant.per_video.items()}
     return photos_score
 
 
@@ -261,11 +263,6 @@ def score_each_video(videos: np.ndarray, sprite, motion, reference: np.ndarray) 
     scores = {key: [float(p[key]) for p in probed] for key in ("colour_correct", "shape_correct", "motion_correct")}
     scores["motion_fidelity"] = [float(motion_fidelity(v, reference)) for v in videos]
     return scores
-
-
-def score_videos(videos: np.ndarray, sprite, motion, reference: np.ndarray) -> dict[str, float]:
-    """`score_each_video`, averaged over the videos."""
-    return {key: float(np.mean(values)) for key, values in score_each_video(videos, sprite, motion, reference).items()}
 
 
 def image_similarity_per_video(encoder, videos: np.ndarray, photo_embeds: torch.Tensor) -> np.ndarray:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from vidbooth.data.video import (
     write_video,
 )
 from vidbooth.errors import UserError
-from vidbooth.fileio import publish
+from vidbooth.fileio import write_together
 from vidbooth.library import artifact_dir
 from vidbooth.reporting import info
 
@@ -64,32 +61,14 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             info(note)
         prompt = applied.prompt
     frames = sample_frames(bb, cfg, prompt)
-    _write_outputs(
+    ensure_writable_dir(video_path.parent)
+    write_together([  # all or none: never a new video beside an old contact sheet or config
         (video_path, lambda tmp: write_video(frames, tmp, fps=cfg.sampling.fps)),
         (sheet_path, lambda tmp: save_contact_sheet(frames, tmp)),
         (config_path, lambda tmp: save_config(cfg, tmp)),
-    )
+    ])
     info(f"wrote {video_path}, {sheet_path.name} and {config_path.name}")
     return GenerateResult(video_path, sheet_path, config_path, prompt)
-
-
-def _write_outputs(*writes: tuple[Path, Callable[[Path], object]]) -> None:
-    """Write every output to a temporary file beside it, then rename them all into place: a failure or Ctrl-C
-    while writing leaves the previous outputs as they were (never a truncated file, nor a new video beside an
-    old contact sheet or config) and no temporary file behind."""
-    ensure_writable_dir(writes[0][0].parent)
-    temporaries: list[Path] = []
-    try:
-        for path, write in writes:
-            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
-            os.close(fd)
-            temporaries.append(Path(tmp))
-            write(Path(tmp))
-        for tmp, (path, _) in zip(temporaries, writes):
-            publish(tmp, path)
-    finally:
-        for tmp in temporaries:
-            tmp.unlink(missing_ok=True)
 
 
 def sample_frames(backbone, cfg: GenerateConfig, prompt: str):

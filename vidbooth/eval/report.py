@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vidbooth import reporting
-from vidbooth.fileio import publish
+from vidbooth.fileio import write_together
 
 METRIC_LABELS = {
     "clip_t": "CLIP-T",
@@ -129,7 +127,9 @@ def write_reports(report: EvaluationReport, json_path: str | Path | None = None,
         texts.append((Path(json_path), json.dumps(report.to_dict(), indent=2) + "\n"))
     if csv_path:
         texts.append((Path(csv_path), _csv_text(report)))
-    _write_atomically(texts)
+    write_together(
+        [(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8", newline="")) for path, text in texts]
+    )
     return [path for path, _ in texts]
 
 
@@ -143,18 +143,3 @@ def _csv_text(report: EvaluationReport) -> str:
         writer.writerow(row | {name: result.metrics.get(name) for name in report.metric_names})
     return buffer.getvalue()
 
-
-def _write_atomically(texts: list[tuple[Path, str]]) -> None:
-    temporaries = []
-    try:
-        for path, text in texts:
-            fd, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-            temporaries.append(temporary)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-                file.write(text)
-        for temporary, (path, _) in zip(temporaries, texts):
-            publish(temporary, path)
-    finally:
-        for temporary in temporaries:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
