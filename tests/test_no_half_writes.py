@@ -120,3 +120,46 @@ def test_evaluate_interrupted_while_writing_keeps_the_previous_json_and_csv(tmp_
     assert code == 130 and len(calls) == 2
     assert out_json.read_text() == '{"old": true}\n' and out_csv.read_text() == "old\n"
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_an_interrupted_checkpoint_save_leaves_the_previous_checkpoints_and_no_temporary_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from vidbooth.engine.train import list_checkpoints, save_checkpoint
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    weight.grad = torch.ones(3)
+    optimizer.step()
+    method = types.SimpleNamespace(state_dict=lambda: {"w": weight.detach()})
+    first = save_checkpoint(tmp_path, 10, method, optimizer, None, {"run": "a"}, 0.5)
+
+    def ctrl_c(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", ctrl_c)  # the last file of the checkpoint, after both tensor files
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 20, method, optimizer, None, {"run": "a"}, 0.4)
+    assert list_checkpoints(tmp_path) == [first]
+    assert [p.name for p in first.parent.iterdir()] == [first.name]
+
+
+def test_an_interrupted_build_of_a_builtin_base_leaves_nothing_and_the_next_run_builds_it(tmp_path, monkeypatch):
+    import vidbooth.engine.tiny as tiny
+    from vidbooth.engine.backbone import resolve_base
+
+    monkeypatch.setenv("VIDBOOTH_CACHE", str(tmp_path / "cache"))
+    real_save = tiny.save_tiny_backbone
+
+    def half_then_ctrl_c(folder, *args, **kwargs):
+        (folder / "unet").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tiny, "save_tiny_backbone", half_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_base("tiny-animatediff")
+    assert list((tmp_path / "cache" / "builtin").iterdir()) == []
+    monkeypatch.setattr(tiny, "save_tiny_backbone", real_save)
+    folder = resolve_base("tiny-animatediff")
+    assert (folder / "model_index.json").is_file() and tiny.motion_adapter_folder(folder).is_dir()
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name, tiny.motion_adapter_folder(folder).name]

@@ -1,11 +1,13 @@
-"""Writing files atomically: each is written to a temporary file beside it, then renamed over its final name
-with the permissions a new file would get."""
+"""Writing files and folders atomically: each is written to a temporary file or folder beside it, then renamed
+over its final name with the permissions a new one would get."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -38,3 +40,15 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> N
     finally:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def folder_beside(path: Path) -> Iterator[Path]:
+    """A new empty folder beside `path` for the block to fill and move into place. Whatever is left of it when the
+    block ends (it failed, was interrupted, or lost a race and did not move it) is removed."""
+    temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    os.chmod(temporary, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a published folder gets the usual mode
+    try:
+        yield temporary
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from vidbooth.engine.backbone import Backbone, cache_dir, resolve_base
 from vidbooth.errors import UserError
+from vidbooth.fileio import folder_beside
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -157,10 +157,12 @@ def _tiny_clip_folder() -> Path:
     folder = cache_dir() / "builtin" / TINY_CLIP
     if (folder / "config.json").is_file():
         return folder
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    build_tiny_clip_vision().save_pretrained(tmp)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process saved it first
-        shutil.rmtree(tmp, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with folder_beside(folder) as tmp:  # an interrupted save leaves nothing behind
+        build_tiny_clip_vision().save_pretrained(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process saved it first
+            if not folder.is_dir():
+                raise
     return folder

@@ -25,6 +25,7 @@ from torch import nn
 
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.errors import UserError
+from vidbooth.fileio import folder_beside
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN = {"tiny": "unet3d", "tiny-animatediff": "animatediff"}
@@ -170,14 +171,14 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
     if base in BUILTIN:
         folder = cache_dir() / "builtin" / base
         if not (folder / "model_index.json").is_file():
-            from vidbooth.engine.tiny import save_tiny_backbone
+            from vidbooth.engine.tiny import motion_adapter_folder, save_tiny_backbone
 
-            tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-            save_tiny_backbone(tmp, BUILTIN[base])
-            _replace_dir(tmp, folder)
-            adapter_tmp = tmp.with_name(tmp.name + "-motion-adapter")
-            if adapter_tmp.exists():
-                _replace_dir(adapter_tmp, folder.with_name(folder.name + "-motion-adapter"))
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            with folder_beside(folder) as stage:  # an interrupted build leaves nothing behind
+                built = save_tiny_backbone(stage / folder.name, BUILTIN[base])
+                _replace_dir(built, folder)
+                if motion_adapter_folder(built).exists():
+                    _replace_dir(motion_adapter_folder(built), motion_adapter_folder(folder))
         return folder
     path = Path(base).expanduser()
     if path.exists():
@@ -192,12 +193,12 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    import shutil
-
-    if dst.exists():
-        shutil.rmtree(src, ignore_errors=True)  # another process won the race; keep theirs
-        return
-    os.replace(src, dst)
+    """Move the built folder `src` to `dst`, unless another process got there first (then keep theirs)."""
+    try:
+        os.replace(src, dst)
+    except OSError:
+        if not dst.is_dir():
+            raise
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Path:

@@ -28,6 +28,7 @@ from PIL import Image
 
 from vidbooth.config.demo import DemoConfig
 from vidbooth.data.video import ensure_writable_dir, save_contact_sheet, write_video
+from vidbooth.fileio import write_together
 from vidbooth.reporting import info, table
 
 SUBJECT, MOTION = "S*", "M"
@@ -305,10 +306,8 @@ def _write_metrics(report: DemoReport) -> None:
         },
         "steps": [asdict(step) for step in report.steps],
     }
-    path = report.folder / "metrics.json"
-    tmp = path.with_name(".metrics.json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2)
+    write_together([(report.folder / "metrics.json", lambda tmp: tmp.write_text(text))])
 
 
 def _show(report: DemoReport) -> None:

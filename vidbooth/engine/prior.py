@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from PIL import Image
 from vidbooth import reporting
 from vidbooth.config.subject import PriorConfig
 from vidbooth.engine.backbone import cache_dir
+from vidbooth.fileio import write_together
 
 
 def class_prompt(prior: PriorConfig, class_noun: str) -> str:
@@ -56,7 +56,8 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
     if have >= count:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "settings.json").write_text(json.dumps({"prompt": prompt, "base": backbone.source, "size": size}))
+    settings = json.dumps({"prompt": prompt, "base": backbone.source, "size": size})
+    write_together([(folder / "settings.json", lambda tmp: tmp.write_text(settings))])
     reporting.info(f"generating {count - have} class images for '{prompt}' (cached in {folder})")
     for first in range(have, count, prior.sample_batch_size):
         batch = min(prior.sample_batch_size, count - first)
@@ -71,11 +72,10 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
             guidance_scale=prior.guidance_scale,
             generator=generator,
         )  # (B, 1, H, W, 3) uint8
-        for offset, video in enumerate(frames):
-            path = folder / f"{first + offset:05d}.png"
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            Image.fromarray(video[0]).save(tmp, format="PNG")
-            os.replace(tmp, path)
+        write_together([
+            (folder / f"{first + offset:05d}.png", lambda tmp, frame=video[0]: Image.fromarray(frame).save(tmp, format="PNG"))
+            for offset, video in enumerate(frames)
+        ])
     return folder
 
 

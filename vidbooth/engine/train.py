@@ -59,6 +59,7 @@ from torch import nn
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
 from vidbooth.errors import Interrupted, UserError
+from vidbooth.fileio import folder_beside
 
 CHECKPOINTS = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -254,26 +255,24 @@ def save_checkpoint(run_dir: Path, step: int, method: Method, optimizer, acceler
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    trainable = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
-    save_file(trainable, str(tmp / TRAINABLE_FILE), metadata={"format": "pt"})
-    moments, param_groups = _optimizer_tensors(optimizer)
-    save_file(moments | _rng_tensors(), str(tmp / OPTIMIZER_FILE), metadata={"format": "pt"})
-    scaler = getattr(accelerator, "scaler", None)
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "vidbooth_version": __version__,
-        "step": step,
-        "loss": loss,
-        "signature": signature,
-        "param_groups": param_groups,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-    }
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with folder_beside(final) as tmp:  # a failed or interrupted save leaves no half-written folder behind
+        trainable = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
+        save_file(trainable, str(tmp / TRAINABLE_FILE), metadata={"format": "pt"})
+        moments, param_groups = _optimizer_tensors(optimizer)
+        save_file(moments | _rng_tensors(), str(tmp / OPTIMIZER_FILE), metadata={"format": "pt"})
+        scaler = getattr(accelerator, "scaler", None)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "vidbooth_version": __version__,
+            "step": step,
+            "loss": loss,
+            "signature": signature,
+            "param_groups": param_groups,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
     return final
 
 

@@ -11,29 +11,23 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from vidbooth.errors import UserError
+from vidbooth.fileio import write_together
 
 STATE_FILE = "state.json"
 CURVE_FILE = "curve.csv"
 CURVE_COLUMNS = ("unet_step", "unet_minutes", "loss", "colour", "shape", "motion", "direction", "prompts")
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    write_together([(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))])
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -74,7 +68,7 @@ def read_state(run_dir: Path) -> dict | None:
 
 def write_state(run_dir: Path, state: dict) -> None:
     path = run_dir / STATE_FILE
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(state, indent=2, sort_keys=True)))
+    write_together([(path, lambda tmp: tmp.write_text(json.dumps(state, indent=2, sort_keys=True)))])
     rows = state.get("curve", [])
     with open(run_dir / CURVE_FILE, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
