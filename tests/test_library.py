@@ -96,47 +96,85 @@ def test_tampered_or_damaged_artifacts_are_refused():
         library.read_manifest(path)
 
 
-def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(isolated_home):
+def test_lock_refuses_a_holder_and_is_free_again_when_it_is_released(isolated_home):
     with library.artifact_lock("subject", "S*") as lock:
         assert lock.read_text() == str(os.getpid())
-        with pytest.raises(UserError, match="being trained by another process"):
+        with pytest.raises(UserError, match=rf"being trained by another process \(pid {os.getpid()}\)"):
             with library.artifact_lock("subject", "S*"):
                 pass
     assert not lock.exists()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text(dead.stdout.strip())  # stale lock of a process that has exited
+    lock.write_text("999999")  # a lock file left behind, not locked by anyone: not a holder
     with library.artifact_lock("subject", "S*"):
         assert lock.read_text() == str(os.getpid())
 
 
-def test_a_lock_never_exists_without_its_owners_pid(isolated_home, monkeypatch):
-    """Taken by a hard link to a file already holding the pid: another process can never read an empty lock
-    (no owner) and take it over while its owner is still writing the pid."""
-    seen = []
-    real_link = os.link
-
-    def link_and_look(src, dst):
-        real_link(src, dst)
-        seen.append(Path(dst).read_text())  # what a second process would read the instant the lock appears
-
-    monkeypatch.setattr(os, "link", link_and_look)
-    with library.artifact_lock("motion", "M") as lock:
-        assert seen == [str(os.getpid())] and lock.read_text() == str(os.getpid())
-        assert sorted(p.name for p in lock.parent.iterdir()) == [lock.name]  # no temporary file left
+_HOLD_LOCK = """
+import sys, time
+from vidbooth import library
+with library.artifact_lock("motion", "M"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
 
 
-def test_a_lock_is_taken_without_hard_links_too(isolated_home, monkeypatch):
-    """On a filesystem without hard links: exclusive create, then the pid; a second taker is refused."""
-
-    def no_links(src, dst):
-        raise PermissionError("hard links not supported")
-
-    monkeypatch.setattr(os, "link", no_links)
+def test_a_lock_whose_holder_was_killed_is_free_at_once(isolated_home):
+    """The operating system releases the lock when its holder dies (here SIGKILL, which skips every cleanup)."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK], stdout=subprocess.PIPE, text=True, env=os.environ)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"another process \(pid {holder.pid}\)"):
+            with library.artifact_lock("motion", "M"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
     with library.artifact_lock("motion", "M") as lock:
         assert lock.read_text() == str(os.getpid())
+
+
+def test_a_lock_file_removed_by_its_last_holder_is_not_the_one_taken(isolated_home, monkeypatch):
+    """A taker that opened the lock file just before its holder released and removed it locks a file no longer
+    in the folder; it must notice and lock the file at the path, where a third process could otherwise take a
+    second lock at the same time."""
+    (isolated_home / ".locks").mkdir(parents=True)
+    lock = isolated_home / ".locks" / "motions__M.lock"
+    removed = isolated_home / ".locks" / "removed"
+    real_open = os.open
+    opened = []
+
+    def open_the_removed_file_first(path, flags, *args):
+        if Path(path) != lock:
+            return real_open(path, flags, *args)
+        opened.append(Path(path).name)
+        if len(opened) == 1:
+            removed.write_text("123")
+            fd = real_open(removed, flags, *args)
+            removed.unlink()  # its holder removed it as it finished
+            return fd
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_the_removed_file_first)
+    with library.artifact_lock("motion", "M") as taken:
+        assert opened == [lock.name, lock.name] and taken == lock
+        assert lock.read_text() == str(os.getpid())
+        monkeypatch.setattr(os, "open", real_open)
         with pytest.raises(UserError, match="being trained by another process"):
             with library.artifact_lock("motion", "M"):
                 pass
-        assert sorted(p.name for p in lock.parent.iterdir()) == [lock.name]
     assert not lock.exists()
+
+
+def test_recover_leaves_a_swap_in_flight_alone(isolated_home):
+    """An old version moved aside by a live process is that process's to put back or delete; `recover()` in
+    another process must not move it back into place while the new version is being renamed in."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        aside = isolated_home / ".trash" / f"subjects__my.dog.{holder.pid}.0123abcd"
+        aside.mkdir(parents=True)
+        library.recover()
+        assert aside.is_dir() and not (isolated_home / "subjects" / "my.dog").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    library.recover()  # its owner is dead now: the interrupted swap is rolled back
+    assert not aside.exists() and (isolated_home / "subjects" / "my.dog").is_dir()

@@ -160,11 +160,14 @@ def recover() -> None:
     if trash.is_dir():
         for entry in trash.iterdir():
             kind_dir, _, rest = entry.name.partition("__")
-            target_name = rest.rsplit(".", 2)[0]  # drop ".<pid>.<hex>"
+            target_name, pid, _ = (rest.rsplit(".", 2) + ["", ""])[:3]  # '<dir>.<pid>.<hex>'
+            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                continue  # its swap is in flight: leave it to that process
             live = home / kind_dir / target_name
             if live.exists():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
+                live.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(entry, live)
     staging = home / ".staging"
     if staging.is_dir():
@@ -176,52 +179,60 @@ def recover() -> None:
 
 @contextlib.contextmanager
 def artifact_lock(kind: str, name: str) -> Iterator[Path]:
-    """Exclusive lock on training `name`; a lock left by a dead process is taken over."""
+    """Exclusive lock on training `name`: an operating-system lock on a file under `.locks/`, which the system
+    releases when its holder exits however it ends, so there is no stale lock to take over (and no race between
+    two processes taking one over). The file holds the holder's pid, for the message a second process gets."""
     locks = writable_home() / ".locks"
     locks.mkdir(exist_ok=True)
     lock = locks / f"{KINDS[kind]}__{dir_name(name)}.lock"
-    for _ in range(2):
-        if not _create_holding_pid(lock):
-            try:
-                owner = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                owner = 0
-            if owner and _pid_alive(owner):
-                raise UserError(
-                    f"{kind} '{name}' is being trained by another process (pid {owner}); wait for it to finish"
-                ) from None
-            lock.unlink(missing_ok=True)  # stale: its owner died
-            continue
-        break
-    else:
-        raise UserError(f"cannot take the lock {lock}: remove it if no vidbooth process is running")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _try_lock(fd):
+            owner = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise UserError(
+                f"{kind} '{name}' is being trained by another process (pid {owner or 'unknown'}); wait for it to finish"
+            )
+        if _is_file(fd, lock):
+            break
+        os.close(fd)  # we locked a file its last holder had just removed; lock the one at the path now
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
         yield lock
     finally:
-        lock.unlink(missing_ok=True)
+        if os.name != "nt":  # removed while still locked, so that nobody locks a file that is about to go
+            lock.unlink(missing_ok=True)
+        os.close(fd)
+        if os.name == "nt":  # Windows cannot remove an open file; a leftover unlocked lock file is harmless
+            with contextlib.suppress(OSError):
+                lock.unlink(missing_ok=True)
 
 
-def _create_holding_pid(lock: Path) -> bool:
-    """Create `lock` holding this process's pid, atomically: it never exists empty, where another process would
-    read no owner and take it over. False if it exists already."""
-    pid = str(os.getpid())
-    temporary = lock.with_name(f".{lock.name}.{pid}.{uuid.uuid4().hex[:8]}")
-    temporary.write_text(pid)
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive, non-blocking lock on the open file `fd`; False if another open file holds it."""
     try:
-        os.link(temporary, lock)  # fails if the lock exists
-        return True
-    except FileExistsError:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         return False
-    except OSError:  # a filesystem without hard links: exclusive create, then the pid
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(pid)
-        return True
-    finally:
-        temporary.unlink(missing_ok=True)
+    return True
+
+
+def _is_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is the file now at `path`."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def writable_home() -> Path:
