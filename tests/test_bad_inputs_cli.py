@@ -197,9 +197,26 @@ def test_evaluate_refuses_bad_numbers(video, args, message, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["train-subject", "--name", "S*", "--class-noun", "ball"], "no photos given"),
+        (["train-subject", "photos"], "--name is required"),
+        (["identity-adapter", "photos"], "--name is required"),
+        (["train-motion", "--name", "m"], "no training clips given"),
+        (["generate", "--seed", "1"], "no prompt: pass --prompt"),
+    ],
+)
+def test_a_missing_input_that_a_recipe_could_give_is_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    """PHOTOS, CLIPS, --name and --prompt may come from a --recipe (a saved config.yaml), so the parser lets them
+    be absent; without one, the command still says what is missing."""
+    monkeypatch.chdir(tmp_path)
+    _refused_in_one_line(argv, message, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
         (["generate", "--prompt", "x", "--bogus"], "No such option: --bogus"),
         (["generate", "--prompt", "x", "--num-frames", "abc"], "Invalid value for '--num-frames'"),
-        (["train-motion", "--name", "m"], "Missing argument 'clips'"),
+        (["train-motion", "clip.mp4", "--name"], "Option '--name' requires an argument"),
         (["nosuch"], "No such command 'nosuch'"),
     ],
 )

@@ -90,3 +90,20 @@ def test_generate_on_nano_without_a_recipe_uses_nanos_own(tmp_path):
     assert resolved["backbone"]["base"] == "nano"
     assert resolved["sampling"]["num_inference_steps"] == 10 and resolved["sampling"]["guidance_scale"] == 2.0
     assert read_video(out).shape == (8, 64, 64, 3)
+
+
+def test_the_written_yaml_reruns_the_same_video_without_the_prompt_again(tiny_base_dirs, tmp_path):
+    first = tmp_path / "first.mp4"
+    assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out", str(first),
+                 "--frames", "3", "--steps", "2", "--seed", "11", "--device", "cpu"]) == 0
+    again = tmp_path / "again.mp4"
+    assert main(["generate", "--recipe", str(first.with_suffix(".yaml")), "--out", str(again)]) == 0
+    assert (read_video(again) == read_video(first)).all()
+    assert yaml.safe_load(again.with_suffix(".yaml").read_text())["prompt"] == "a dog"
+
+
+def test_no_prompt_and_no_recipe_is_one_line(tmp_path, capsys):
+    assert main(["generate", "--out", str(tmp_path / "o.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == 'error: no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)'
+    assert not list(tmp_path.iterdir())

@@ -186,3 +186,27 @@ def test_two_processes_train_one_motion(tmp_path, isolated_home):
     assert sorted(p.name for p in (isolated_home / "motions").iterdir()) == ["slide"]
     manifest = json.loads((isolated_home / "motions" / "slide" / "manifest.json").read_text())
     assert manifest["training"]["processes"] == 2 and manifest["training"]["steps"] == 2
+
+
+def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_home, monkeypatch):
+    """`config.yaml` in the artifact is a recipe: `--recipe config.yaml --overwrite` retrains the same motion to the
+    same weights, with no clips or --name given again, from another folder (the clips' paths are absolute)."""
+    import yaml
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    write_clip(tmp_path / "work" / "c.mp4")
+    assert main(["train-motion", "c.mp4", "--name", "m", *QUICK, "--no-preview", "--seed", "3"]) == 0
+    folder = isolated_home / "motions" / "m"
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    assert saved["clips"] == [str(tmp_path / "work" / "c.mp4")] and saved["name"] == "m"
+    assert saved["overwrite"] is False and saved["resume"] is False  # this run's mode, not part of the recipe
+    first = load_tensors(folder / "motion_adapter.safetensors")[0]
+    recipe = tmp_path / "motion.yaml"
+    recipe.write_text((folder / "config.yaml").read_text())
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train-motion", "--recipe", str(recipe)]) == 2  # the motion exists: replacing it is asked for
+    assert main(["train-motion", "--recipe", str(recipe), "--overwrite"]) == 0
+    again = load_tensors(folder / "motion_adapter.safetensors")[0]
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)

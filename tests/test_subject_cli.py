@@ -339,3 +339,28 @@ def test_identity_adapter_under_guidance_is_conditional_only(photos, isolated_ho
     bb = copy.deepcopy(tiny_backbones["unet3d"])
     load_subject(bb, "S*")
     assert all(a.conditional_only for a in adapters_of(bb.unet, subject_kind("S*")).values())
+
+
+def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_home, monkeypatch, tiny_backbones):
+    """`config.yaml` in the subject is a recipe: `--recipe config.yaml --overwrite` retrains it to the same tensors
+    with no PHOTOS or --name given again, from another folder (the photos' path is absolute)."""
+    import yaml
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    write_photos(tmp_path / "photos")
+    assert train_subject(Path("photos"), "--base", "tiny", "--seed", "5") == 0
+    folder = subject_dir(isolated_home)
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    assert saved["photos"] == str(tmp_path / "photos") and saved["name"] == "S*"
+    assert saved["overwrite"] is False and saved["resume"] is False  # this run's mode, not part of the recipe
+    files = ("learned_embeds.safetensors", "identity_adapter.safetensors")
+    first = [load_tensors(folder / f)[0] for f in files]
+    recipe = tmp_path / "subject.yaml"
+    recipe.write_text((folder / "config.yaml").read_text())
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train-subject", "--recipe", str(recipe)]) == 2  # the subject exists: replacing it is asked for
+    assert main(["train-subject", "--recipe", str(recipe), "--overwrite"]) == 0
+    for before, file in zip(first, files):
+        after = load_tensors(folder / file)[0]
+        assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

@@ -8,7 +8,9 @@ from vidbooth.cli import options
 
 
 def generate(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="What the video shows."),
+    prompt: str = typer.Option(
+        None, "--prompt", "-p", help="What the video shows (required unless the --recipe gives one)."
+    ),
     out: str = typer.Option(None, "--out", "-o", help="Output .mp4 or .gif (default out.mp4)."),
     negative_prompt: str = typer.Option(None, "--negative-prompt", help="What to steer away from."),
     num_frames: int = typer.Option(None, "--num-frames", "--frames", help="Frames to generate."),

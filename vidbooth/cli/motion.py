@@ -9,7 +9,9 @@ from vidbooth.cli import options
 
 def train_motion(
     clips: list[str] = typer.Argument(
-        ..., help="Video files (mp4, mov, webm, mkv, avi, m4v, gif) or folders of frames."
+        None,
+        help="Video files (mp4, mov, webm, mkv, avi, m4v, gif) or folders of frames (required unless the --recipe "
+        "gives clips).",
     ),
     name: str = typer.Option(None, "--name", "-n", help="Name of the motion in the library (for generate --motion)."),
     caption: list[str] = typer.Option(None, "--caption", help="Caption of each clip, in order (repeat), or one."),
@@ -46,7 +48,7 @@ def train_motion(
 
     overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {
         "name": name,
-        "clips": clips,
+        "clips": clips or None,
         "captions": caption or None,
         "class_noun": class_noun,
         "overwrite": overwrite or None,

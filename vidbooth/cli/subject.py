@@ -10,8 +10,12 @@ import typer
 
 from vidbooth.cli import options
 
-Photos = typer.Argument(..., help="Folder with 3-5 photos of the subject (jpg, png, webp, bmp), or one photo.")
-Name = typer.Option(..., "--name", help="Subject name, also its pseudo-word in prompts (e.g. S* or sks).")
+Photos = typer.Argument(
+    None,
+    help="Folder with 3-5 photos of the subject (jpg, png, webp, bmp), or one photo (required unless the --recipe "
+    "gives photos).",
+)
+Name = typer.Option(None, "--name", help="Subject name, also its pseudo-word in prompts (e.g. S* or sks).")
 ClassNoun = typer.Option(None, "--class-noun", help="What the subject is (dog, person, mug).")
 NumVectors = typer.Option(None, "--num-vectors", help="Embedding vectors for the pseudo-word (default 1).")
 HiddenRatio = typer.Option(None, "--hidden-ratio", help="Identity adapter width / layer width (default 0.5).")
@@ -107,7 +111,7 @@ def textual_inversion(
 
 def identity_adapter(
     photos: str = Photos,
-    name: str = typer.Option(..., "--name", help="An existing subject (from textual-inversion)."),
+    name: str = typer.Option(None, "--name", help="An existing subject (from textual-inversion)."),
     hidden_ratio: float = HiddenRatio,
     steps: int = typer.Option(
         None, "--steps", help="Training steps (default: the recipe's; nano 100, DreamVideo 1000)."

@@ -42,7 +42,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     from vidbooth.engine.sampling import make_scheduler
 
     if not cfg.prompt.strip():
-        raise UserError("--prompt is empty: describe the video to generate")
+        raise UserError('no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)')
     video_path, sheet_path, config_path = output_paths(cfg.out)
     check_writable_dir(video_path.parent)  # made only when the video is written: a later error leaves nothing
     make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model

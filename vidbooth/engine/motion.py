@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -254,7 +254,9 @@ def save_motion(
         preview_prompt = clips[0].caption
         if cfg.preview.enabled:
             _write_preview(backbone, cfg, preview_prompt, stage / PREVIEW_FILE)
-        save_config(cfg, stage / CONFIG_FILE)
+        # a recipe to rerun it from anywhere: `--recipe config.yaml --overwrite` (the run's own mode flags dropped)
+        rerun = replace(cfg, clips=[str(Path(c).resolve()) for c in cfg.clips], overwrite=False, resume=False)
+        save_config(rerun, stage / CONFIG_FILE)
         manifest = _manifest(cfg, backbone, clips, clip_files, spec, encoder, result, seconds, processes)
         write_json(stage / MANIFEST, manifest)
     path = artifact_dir("motion", cfg.name)

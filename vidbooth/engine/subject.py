@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -406,7 +406,9 @@ def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
         if "identity" in run.stages:
             save_identity_adapter(stage / ADAPTER_FILE, bb.unet, cfg.identity.hidden_ratio, provenance)
         photos = _copy_photos(run.photos, stage / "photos")
-        save_config(cfg, stage / CONFIG_FILE)
+        # a recipe to rerun it from anywhere: `--recipe config.yaml --overwrite` (the run's own mode flags dropped)
+        rerun = replace(cfg, photos=str(Path(cfg.photos).resolve()), overwrite=False, resume=False)
+        save_config(rerun, stage / CONFIG_FILE)
         preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
         write_json(stage / MANIFEST, _manifest(run, photos, preview))
     reporting.info(f"saved subject '{cfg.name}' (token {run.token}) in the library")
