@@ -105,5 +105,6 @@ def test_the_written_yaml_reruns_the_same_video_without_the_prompt_again(tiny_ba
 def test_no_prompt_and_no_recipe_is_one_line(tmp_path, capsys):
     assert main(["generate", "--out", str(tmp_path / "o.mp4")]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == 'error: no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)'
+    last = err.strip().splitlines()[-1]
+    assert last == 'error: no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)'
     assert not list(tmp_path.iterdir())

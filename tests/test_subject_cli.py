@@ -109,6 +109,47 @@ def test_load_subject_applies_token_and_adapter(photos, isolated_home, tiny_back
     assert torch.equal(output("a photo of a dog"), base)
 
 
+def test_identity_layers_choose_where_the_adapter_goes_and_loading_follows_the_file(
+    photos, isolated_home, tiny_backbones
+):
+    import copy
+
+    from vidbooth.adapters.base import adapters_of, set_scale
+    from vidbooth.adapters.identity import subject_kind
+    from vidbooth.engine.subject import load_subject
+
+    layers = "identity.layers=[mid_block.*,up_blocks.1.*]"
+    assert train_subject(photos, "--set", layers, "--set", "identity.train.lr=0.05") == 0
+    tensors = load_tensors(subject_dir(isolated_home) / "identity_adapter.safetensors")[0]
+    assert {key.rsplit(".", 2)[0] for key in tensors} == {
+        "mid_block.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.1.attentions.1.transformer_blocks.0.attn2",
+    }  # not down_blocks.0's
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def output():
+        with torch.no_grad():
+            return bb.unet_forward(latents, torch.tensor(500), bb.encode_prompt(["a S* dog"]))
+
+    load_subject(bb, "S*", scale=1.0)
+    assert sorted(adapters_of(bb.unet, subject_kind("S*"))) == sorted({key.rsplit(".", 2)[0] for key in tensors})
+    adapted = output()
+    set_scale(bb.unet, subject_kind("S*"), 0.0)
+    assert not torch.equal(adapted, output())
+
+
+def test_identity_layers_that_match_no_layer_are_refused_before_training(photos, isolated_home, capsys, monkeypatch):
+    from vidbooth.engine import subject
+
+    monkeypatch.setattr(subject, "_textual_inversion", lambda run: pytest.fail("trained before the check"))
+    assert train_subject(photos, "--set", "identity.layers=[up_blocks.9.*]") == 2
+    err = capsys.readouterr().err
+    assert "identity.layers ['up_blocks.9.*'] matches none of this model's 4 spatial cross-attention layers" in err
+    assert library_is_empty(isolated_home)
+
+
 def test_stages_one_by_one(photos, isolated_home, capsys):
     ti = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--steps", "2"]
     assert main(ti) == 0

@@ -1,4 +1,5 @@
-"""DreamVideo's identity adapter: a bottleneck adapter in parallel to every spatial cross-attention layer.
+"""DreamVideo's identity adapter: a bottleneck adapter in parallel to every spatial cross-attention layer (or to
+those `identity.layers` names).
 
     h' = h + GELU(h W_down) W_up,   W_up = 0 at init,   hidden = hidden_ratio x layer width
 
@@ -10,6 +11,7 @@ when it was trained for the conditional half of classifier-free guidance only (`
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -58,6 +60,21 @@ def inject_identity_adapter(
     return inject(unet, list(cross_attention_layers), kind, make_adapter)
 
 
+def select_layers(cross_attention_layers: dict[str, nn.Module], patterns: list[str]) -> dict[str, nn.Module]:
+    """The layers whose module name matches one of `patterns` (`*` any text); a UserError if none does."""
+    chosen = {
+        name: layer for name, layer in cross_attention_layers.items()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    }
+    if not chosen:
+        example = next(iter(cross_attention_layers), "none")
+        raise UserError(
+            f"identity.layers {patterns} matches none of this model's {len(cross_attention_layers)} spatial "
+            f"cross-attention layers (such as '{example}'): fix the patterns or use ['*']"
+        )
+    return chosen
+
+
 def identity_parameters(unet: nn.Module) -> list[nn.Parameter]:
     return [p for adapter in adapters_of(unet, KIND).values() for p in adapter.parameters()]
 
@@ -83,11 +100,15 @@ def save_identity_adapter(path: Path, unet: nn.Module, hidden_ratio: float, meta
 def load_identity_adapter(
     unet: nn.Module, cross_attention_layers: dict[str, nn.Module], path: Path, kind: str = KIND
 ) -> dict[str, str]:
-    """Inject identity adapters of `kind` shaped as in `path` and load its tensors; returns the file's metadata."""
+    """Inject identity adapters of `kind` shaped as in `path`, beside the layers it holds tensors for, and load its
+    tensors; returns the file's metadata."""
     tensors, metadata = load_tensors(path)
     if "hidden_ratio" not in metadata:
         raise UserError(f"{path} has no 'hidden_ratio' in its metadata: it is not a vidbooth identity adapter")
-    inject_identity_adapter(unet, cross_attention_layers, float(json.loads(metadata["hidden_ratio"])), kind)
+    held = {
+        name: layer for name, layer in cross_attention_layers.items() if any(k.startswith(f"{name}.") for k in tensors)
+    }  # none: a file for another model, which loading below reports
+    inject_identity_adapter(unet, held or cross_attention_layers, float(json.loads(metadata["hidden_ratio"])), kind)
     try:
         load_adapter_state_dict(unet, kind, tensors, str(path))
     except UserError:

@@ -55,6 +55,9 @@ class TextualInversionConfig:
 class IdentityConfig:
     hidden_ratio: float = 0.5
     """Adapter bottleneck width as a fraction of each cross-attention layer's width (DreamVideo: 0.5)."""
+    layers: list[str] = field(default_factory=lambda: ["*"])
+    """Which spatial cross-attention layers get an adapter: patterns (`*` any text) matched against their module
+    names, such as 'mid_block.*' (DreamVideo: every one, '*'). The adapter file holds the layers it was given."""
     guidance_scale: float = 0.0
     """Above 1: train the adapter under classifier-free guidance at this scale with the adapter in the conditional
     pass only (the unconditional pass is the base's), and apply it to the conditional half of guidance at
@@ -144,6 +147,8 @@ class SubjectConfig:
         for stage, stage_cfg in (("textual_inversion", self.textual_inversion), ("identity", self.identity)):
             if not (stage_cfg.guidance_scale >= 0 and math.isfinite(stage_cfg.guidance_scale)):
                 raise UserError(f"{stage}.guidance_scale must be 0 (off) or positive, got {stage_cfg.guidance_scale}")
+        if not self.identity.layers:
+            raise UserError("identity.layers is empty: give patterns of the cross-attention layers, e.g. ['*']")
         if not 0 < self.identity.hidden_ratio <= 4:
             raise UserError(f"identity.hidden_ratio must be in (0, 4], got {self.identity.hidden_ratio}")
         if self.prior.enabled:

@@ -73,7 +73,7 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
             generator=generator,
         )  # (B, 1, H, W, 3) uint8
         write_together([
-            (folder / f"{first + offset:05d}.png", lambda tmp, frame=video[0]: Image.fromarray(frame).save(tmp, format="PNG"))
+            (folder / f"{first + offset:05d}.png", lambda tmp, image=Image.fromarray(video[0]): image.save(tmp, "PNG"))
             for offset, video in enumerate(frames)
         ])
     return folder

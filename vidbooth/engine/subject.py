@@ -33,6 +33,7 @@ from vidbooth.adapters.identity import (
     load_identity_adapter,
     mark_conditional_only,
     save_identity_adapter,
+    select_layers,
     subject_kind,
 )
 from vidbooth.adapters.textual_inversion import (
@@ -178,6 +179,8 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
     main = run.accelerator.is_main_process
     with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():
         run.backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(run.accelerator))
+        if "identity" in stages:
+            select_layers(run.backbone.spatial_cross_attention_layers(), cfg.identity.layers)  # before any training
         run.size = _training_size(run.backbone, cfg.data.resolution)
         run.latents = _encode_photos(run)
         rows = _textual_inversion(run) if "textual_inversion" in stages else _load_existing_embedding(run)
@@ -280,7 +283,8 @@ def _signature(run: _Run, stage: str) -> dict:
         ti = cfg.textual_inversion
         return signature | {"num_vectors": ti.num_vectors} | _guided_signature(ti.guidance_scale)
     prior = OmegaConf.to_container(OmegaConf.structured(cfg.prior)) if cfg.prior.enabled else None
-    return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior} | _guided_signature(
+    layers = {"layers": list(cfg.identity.layers)} if cfg.identity.layers != ["*"] else {}  # as for guidance below
+    return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior} | layers | _guided_signature(
         cfg.identity.guidance_scale
     )
 
@@ -367,7 +371,8 @@ def _class_prior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _identity(run: _Run, rows: torch.Tensor) -> None:
-    """Stage 2: train identity adapters beside every spatial cross-attention, the embedding frozen."""
+    """Stage 2: train identity adapters beside the spatial cross-attentions `identity.layers` names, the embedding
+    frozen."""
     from vidbooth.engine.subject_methods import IdentityAdapterMethod
 
     bb, ident = run.backbone, run.cfg.identity
@@ -375,7 +380,8 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
     with torch.no_grad():
         caption_embeds = bb.encode_prompt(run.captions())  # (T, L, D), encoded once
     seed_everything(ident.train.seed)
-    inject_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), ident.hidden_ratio)
+    layers = select_layers(bb.spatial_cross_attention_layers(), ident.layers)
+    inject_identity_adapter(bb.unet, layers, ident.hidden_ratio)
     # guided: the adapter learns the conditional pass; the unconditional one is the base's
     guidance = _loss_guidance(bb, ident.guidance_scale, lambda: adapters_off(bb.unet, IDENTITY_KIND))
     method = IdentityAdapterMethod(
