@@ -188,7 +188,10 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         if not _try_lock(fd):
-            owner = os.read(fd, 32).decode(errors="replace").strip()
+            try:
+                owner = os.read(fd, 32).decode(errors="replace").strip()
+            except OSError:  # Windows refuses to read a locked byte
+                owner = ""
             os.close(fd)
             raise UserError(
                 f"{kind} '{name}' is being trained by another process (pid {owner or 'unknown'}); wait for it to finish"
