@@ -163,3 +163,58 @@ def test_an_interrupted_build_of_a_builtin_base_leaves_nothing_and_the_next_run_
     folder = resolve_base("tiny-animatediff")
     assert (folder / "model_index.json").is_file() and tiny.motion_adapter_folder(folder).is_dir()
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name, tiny.motion_adapter_folder(folder).name]
+
+
+def _disk_full(path):
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes_from_the_last_one(tmp_path, isolated_home,
+                                                                                       monkeypatch, capsys):
+    import safetensors.torch
+
+    from tests.badinputs import write_clip
+
+    clip = str(write_clip(tmp_path / "c.mp4", num_frames=6, width=64, height=64))
+    args = ["train-motion", clip, "--name", "m", "--recipe", "tiny/motion", "--num-frames", "4", "--steps", "4",
+            "--set", "train.checkpoint_every=2", "--no-preview"]
+    real_save = safetensors.torch.save_file
+
+    def full_at_step_4(tensors, path, *rest, **kwargs):
+        if "step-0000004" in str(path):
+            raise _disk_full(path)
+        return real_save(tensors, path, *rest, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_at_step_4)
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[-1].startswith("error: the disk is full: the checkpoint of step 4 was not saved and the last "
+                              "checkpoint is "), err
+    runs = isolated_home / ".runs"
+    assert [p.name for p in runs.rglob("*") if "step-" in p.name] == ["step-0000002"]  # no half-written step 4
+    assert not (isolated_home / "motions" / "m").exists()
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    assert main([*args, "--resume"]) == 0
+    assert (isolated_home / "motions" / "m" / "manifest.json").is_file()
+
+
+def test_a_full_disk_while_writing_a_video_is_one_line_and_leaves_nothing(tmp_path, tiny_base_dirs, monkeypatch,
+                                                                           capsys):
+    import vidbooth.data.video as video
+
+    def full(frames, path, fps):
+        Path(path).write_bytes(b"half")
+        raise _disk_full(path)
+
+    from pathlib import Path
+
+    monkeypatch.setattr(video, "_encode", full)
+    out = tmp_path / "out" / "clip.mp4"
+    code = main(["generate", "--prompt", "a dog", "--out", str(out), "--base", str(tiny_base_dirs["unet3d"]),
+                 "--device", "cpu", "--steps", "1", "--frames", "2"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and err[-1].startswith("error: the disk is full writing ") and "Traceback" not in "".join(err)
+    assert err[-1].endswith(": free space and run the command again")
+    assert not out.parent.exists() or not any(out.parent.iterdir())

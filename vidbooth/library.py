@@ -17,7 +17,6 @@ back to the old version the next time the library is opened.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vidbooth.errors import UserError
+from vidbooth.fileio import disk_full
 
 KINDS = {"subject": "subjects", "motion": "motions"}
 MANIFEST = "manifest.json"
@@ -291,7 +291,7 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
         else:
             os.replace(stage, target)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if disk_full(exc):
             raise UserError(
                 f"the disk is full: {kind} '{name}' was not saved and the library is unchanged; free space in "
                 f"{home} and run the same command with --resume"

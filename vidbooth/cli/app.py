@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         error("aborted")
         return 1
+    except OSError as exc:
+        from vidbooth.fileio import disk_full
+
+        if not disk_full(exc) or _state["debug"]:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        error(f"the disk is full{where}: free space and run the command again")
+        return 2
     except Exception as exc:  # click usage errors (a missing or unknown option) have their own exit codes
         if isinstance(exc, _click_exceptions()):
             exc.show()

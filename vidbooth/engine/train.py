@@ -59,7 +59,7 @@ from torch import nn
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
 from vidbooth.errors import Interrupted, UserError
-from vidbooth.fileio import folder_beside
+from vidbooth.fileio import disk_full, folder_beside
 
 CHECKPOINTS = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -509,7 +509,17 @@ def train(
 
     def checkpoint(at: int, loss: float) -> None:
         if accelerator.is_main_process:
-            save_checkpoint(run_dir, at, method, optimizer, accelerator, signature, loss)
+            try:
+                save_checkpoint(run_dir, at, method, optimizer, accelerator, signature, loss)
+            except OSError as exc:
+                if not disk_full(exc):
+                    raise
+                last = list_checkpoints(run_dir)
+                kept = f"the last checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
+                raise UserError(
+                    f"the disk is full: the checkpoint of step {at} was not saved and {kept}; free space in "
+                    f"{run_dir.parent}, then rerun the same command (with --resume to continue from the checkpoint)"
+                ) from exc
             _prune_checkpoints(run_dir, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 
