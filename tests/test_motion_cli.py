@@ -210,3 +210,44 @@ def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_h
     assert main(["train-motion", "--recipe", str(recipe), "--overwrite"]) == 0
     again = load_tensors(folder / "motion_adapter.safetensors")[0]
     assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+
+
+_FULL_DISK_AT_CHECKPOINTS = """
+import errno
+import safetensors.torch
+
+_save = safetensors.torch.save_file
+
+
+def _full_at_checkpoints(tensors, path, *args, **kwargs):
+    if "step-" in str(path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    return _save(tensors, path, *args, **kwargs)
+
+
+safetensors.torch.save_file = _full_at_checkpoints
+"""
+
+
+def test_two_processes_stop_together_when_the_main_one_meets_a_full_disk(tmp_path, isolated_home):
+    """Only the main process writes checkpoints; when it cannot, it stops with the one-line error and the launcher
+    ends the other process too (no process left waiting at a barrier)."""
+    import os
+    import subprocess
+    import sys
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_FULL_DISK_AT_CHECKPOINTS)  # runs first in every launched process
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    clip = square_clip(tmp_path / "slide.mp4")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no"]
+    command += ["-m", "vidbooth", "train-motion", str(clip), "--name", "slide", "--base", "tiny", *QUICK]
+    command += ["--device", "cpu", "--no-preview"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0
+    message = "error: the disk is full: the checkpoint of step 2 was not saved and no checkpoint was saved yet"
+    assert message in done.stderr
+    assert not (isolated_home / "motions" / "slide").exists()
+    assert not list((isolated_home / ".runs").rglob("*step-*"))
