@@ -95,3 +95,24 @@ def test_cuda_requested_without_cuda():
         load_backbone("tiny", device="cuda")
     with pytest.raises(UserError, match="fp16 is not supported on CPU"):
         load_backbone("tiny", device="cpu", precision="fp16")
+
+
+def test_a_builtin_model_built_on_a_process_other_than_rank_0_is_complete(tmp_path, monkeypatch):
+    """Under `accelerate launch` every process may build a missing built-in model and the first to finish
+    publishes it; transformers 5's `save_pretrained` writes weights on rank 0 only, so rank 1's copy had no text
+    encoder weights and broke the cache for every later run."""
+    import torch.distributed
+
+    from vidbooth.engine.appearance import build_tiny_clip_vision
+    from vidbooth.engine.tiny import save_transformers_model
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda *args, **kwargs: 1)
+    folder = save_tiny_backbone(tmp_path / "tiny", "unet3d")
+    save_transformers_model(build_tiny_clip_vision(), tmp_path / "clip")
+    monkeypatch.undo()
+    assert (folder / "text_encoder" / "model.safetensors").is_file()
+    assert load_backbone(str(folder), device="cpu").text_encoder is not None
+    from transformers import CLIPVisionModelWithProjection
+
+    CLIPVisionModelWithProjection.from_pretrained(tmp_path / "clip")

@@ -231,7 +231,8 @@ safetensors.torch.save_file = _full_at_checkpoints
 
 def test_two_processes_stop_together_when_the_main_one_meets_a_full_disk(tmp_path, isolated_home):
     """Only the main process writes checkpoints; when it cannot, it stops with the one-line error and the launcher
-    ends the other process too (no process left waiting at a barrier)."""
+    ends the other process too (no process left waiting at a barrier). With an empty cache, both processes build
+    the tiny base first, so this also checks that whichever copy is published loads."""
     import os
     import subprocess
     import sys
@@ -240,6 +241,7 @@ def test_two_processes_stop_together_when_the_main_one_meets_a_full_disk(tmp_pat
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(_FULL_DISK_AT_CHECKPOINTS)  # runs first in every launched process
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env["VIDBOOTH_CACHE"] = str(tmp_path / "cache")  # both processes build the tiny base: the copy that wins must work
     clip = square_clip(tmp_path / "slide.mp4")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no"]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from vidbooth.engine.backbone import Backbone, cache_dir, resolve_base
+from vidbooth.engine.tiny import save_transformers_model
 from vidbooth.errors import UserError
 from vidbooth.fileio import folder_beside
 
@@ -159,7 +160,7 @@ def _tiny_clip_folder() -> Path:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with folder_beside(folder) as tmp:  # an interrupted save leaves nothing behind
-        build_tiny_clip_vision().save_pretrained(tmp)
+        save_transformers_model(build_tiny_clip_vision(), tmp)
         try:
             os.replace(tmp, folder)
         except OSError:  # another process saved it first

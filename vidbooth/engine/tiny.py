@@ -38,6 +38,19 @@ def tiny_tokenizer_files(folder: Path) -> None:
     )
 
 
+def save_transformers_model(model, folder: Path) -> None:
+    """What `model.save_pretrained(folder)` writes (config.json, model.safetensors), from any process. transformers
+    5 writes the weights only on torch.distributed rank 0, so a built-in model that another rank built under
+    `accelerate launch` had none, and when that rank's copy reached the cache first every later load failed."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
 def _text_encoder(vocab_size: int, dim: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -143,7 +156,7 @@ def save_tiny_backbone(folder: str | Path, family: str = "unet3d", seed: int = 0
     dim = 32
     tiny_tokenizer_files(folder / "tokenizer")
     vocab_size = len(json.loads((folder / "tokenizer" / "vocab.json").read_text()))
-    _text_encoder(vocab_size, dim).save_pretrained(folder / "text_encoder")
+    save_transformers_model(_text_encoder(vocab_size, dim), folder / "text_encoder")
     _vae().save_pretrained(folder / "vae")
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(_scheduler_config()))
