@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vidbooth.data.video import write_video
-from vidbooth.eval.report import EvaluationReport, write_json
+from vidbooth.eval.report import EvaluationReport, write_reports
 
 
 @pytest.fixture
@@ -37,4 +37,4 @@ def test_umask_is_respected(tmp_path):
 
 
 def test_evaluation_reports_are_readable_by_others(tmp_path, umask_022):
-    assert _mode(write_json(EvaluationReport([], {}, {}, [], {}), tmp_path / "report.json")) == 0o644
+    assert _mode(write_reports(EvaluationReport([], {}, {}, [], {}), tmp_path / "report.json")[0]) == 0o644

@@ -51,10 +51,22 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> N
 @contextmanager
 def folder_beside(path: Path) -> Iterator[Path]:
     """A new empty folder beside `path` for the block to fill and move into place. Whatever is left of it when the
-    block ends (it failed, was interrupted, or lost a race and did not move it) is removed."""
+    block ends (it failed, was interrupted, or lost a race and did not move it) is removed. `path`'s parent is
+    created if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     os.chmod(temporary, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a published folder gets the usual mode
     try:
         yield temporary
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def publish_folder(built: Path, path: Path) -> None:
+    """Rename the finished folder `built` to `path`, unless another process published one there first (then
+    theirs is kept and `built` stays for its `folder_beside` to remove)."""
+    try:
+        os.replace(built, path)
+    except OSError:
+        if not Path(path).is_dir():
+            raise

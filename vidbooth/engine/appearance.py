@@ -17,7 +17,6 @@ The encoder is chosen by the recipe key `appearance.encoder`:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from vidbooth.engine.backbone import Backbone, cache_dir, resolve_base
 from vidbooth.engine.tiny import save_transformers_model
 from vidbooth.errors import UserError
-from vidbooth.fileio import folder_beside
+from vidbooth.fileio import folder_beside, publish_folder
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -158,12 +157,7 @@ def _tiny_clip_folder() -> Path:
     folder = cache_dir() / "builtin" / TINY_CLIP
     if (folder / "config.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
     with folder_beside(folder) as tmp:  # an interrupted save leaves nothing behind
         save_transformers_model(build_tiny_clip_vision(), tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process saved it first
-            if not folder.is_dir():
-                raise
+        publish_folder(tmp, folder)
     return folder

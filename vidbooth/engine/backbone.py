@@ -25,7 +25,7 @@ from torch import nn
 
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.errors import UserError
-from vidbooth.fileio import folder_beside
+from vidbooth.fileio import folder_beside, publish_folder
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN = {"tiny": "unet3d", "tiny-animatediff": "animatediff"}
@@ -173,12 +173,11 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
         if not (folder / "model_index.json").is_file():
             from vidbooth.engine.tiny import motion_adapter_folder, save_tiny_backbone
 
-            folder.parent.mkdir(parents=True, exist_ok=True)
             with folder_beside(folder) as stage:  # an interrupted build leaves nothing behind
                 built = save_tiny_backbone(stage / folder.name, BUILTIN[base])
-                _replace_dir(built, folder)
+                publish_folder(built, folder)
                 if motion_adapter_folder(built).exists():
-                    _replace_dir(motion_adapter_folder(built), motion_adapter_folder(folder))
+                    publish_folder(motion_adapter_folder(built), motion_adapter_folder(folder))
         return folder
     path = Path(base).expanduser()
     if path.exists():
@@ -190,15 +189,6 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
             f"base model not found: {base} (give a diffusers folder, a hub id like org/name, 'nano' or 'tiny')"
         )
     return _from_hub(base, revision)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the built folder `src` to `dst`, unless another process got there first (then keep theirs)."""
-    try:
-        os.replace(src, dst)
-    except OSError:
-        if not dst.is_dir():
-            raise
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Path:

@@ -109,15 +109,6 @@ def _cell(value: float | None) -> object:
     return "n/a" if value is None else value
 
 
-def write_json(report: EvaluationReport, path: str | Path) -> Path:
-    return write_reports(report, json_path=path)[0]
-
-
-def write_csv(report: EvaluationReport, path: str | Path) -> Path:
-    """One row per video; empty cells where a metric has no value."""
-    return write_reports(report, csv_path=path)[0]
-
-
 def write_reports(report: EvaluationReport, json_path: str | Path | None = None,
                   csv_path: str | Path | None = None) -> list[Path]:
     """Write the JSON and/or CSV report together: both are written to temporary files first, then renamed into
@@ -134,6 +125,7 @@ def write_reports(report: EvaluationReport, json_path: str | Path | None = None,
 
 
 def _csv_text(report: EvaluationReport) -> str:
+    """One row per video; empty cells where a metric has no value."""
     columns = ["video", "source", "prompt", "reference_images", *report.metric_names, "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -142,4 +134,3 @@ def _csv_text(report: EvaluationReport) -> str:
         row = {key: getattr(result, key) for key in ("video", "source", "prompt", "reference_images", "error")}
         writer.writerow(row | {name: result.metrics.get(name) for name in report.metric_names})
     return buffer.getvalue()
-

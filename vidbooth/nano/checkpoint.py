@@ -10,6 +10,7 @@ Files are written to a temporary name and renamed, so an interrupted write never
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -67,10 +68,12 @@ def read_state(run_dir: Path) -> dict | None:
 
 
 def write_state(run_dir: Path, state: dict) -> None:
-    path = run_dir / STATE_FILE
-    write_together([(path, lambda tmp: tmp.write_text(json.dumps(state, indent=2, sort_keys=True)))])
-    rows = state.get("curve", [])
-    with open(run_dir / CURVE_FILE, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    """The run's state and its probe curve (as CSV), replaced together."""
+    curve = io.StringIO()
+    writer = csv.DictWriter(curve, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(state.get("curve", []))
+    write_together([
+        (run_dir / STATE_FILE, lambda tmp: tmp.write_text(json.dumps(state, indent=2, sort_keys=True))),
+        (run_dir / CURVE_FILE, lambda tmp: tmp.write_text(curve.getvalue(), newline="")),
+    ])
