@@ -182,6 +182,24 @@ def test_when_no_metric_can_be_computed_the_run_fails_saying_how_to_fix_it(media
     assert len(errors) == 1 and "no metric can be computed" in errors[0] and "--clip-model" in errors[0]
 
 
+@pytest.mark.parametrize(
+    "video, expected",
+    [("missing.mp4", "video not found"), ("empty.mp4", "(0 bytes)"), ("photos", "is a folder, not a video file"),
+     ("notes.txt", "unsupported video type '.txt'")],
+)
+def test_a_video_that_is_not_there_is_the_error_before_any_model_loads(video, expected, media, tmp_path, capsys,
+                                                                       monkeypatch):
+    """A mistyped path is named, not hidden behind the default CLIP model's 'not in the cache' (offline)."""
+    (tmp_path / "empty.mp4").touch()
+    (tmp_path / "notes.txt").write_text("not a video")
+    loaded = []
+    monkeypatch.setattr("vidbooth.eval.evaluate._Scorer.load_models", lambda self, *args: loaded.append(args))
+    assert run(tmp_path / video, "-p", "x", "--clip-model", tmp_path / "missing") == 2
+    errors = error_lines(capsys.readouterr())
+    assert len(errors) == 1 and expected in errors[0] and video in errors[0], errors
+    assert loaded == []
+
+
 def test_subject_photos_and_motion_clips_come_from_the_library(media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
     from vidbooth.library import artifact_dir
 

@@ -178,3 +178,19 @@ def test_recover_leaves_a_swap_in_flight_alone(isolated_home):
         holder.wait()
     library.recover()  # its owner is dead now: the interrupted swap is rolled back
     assert not aside.exists() and (isolated_home / "subjects" / "my.dog").is_dir()
+
+
+@pytest.mark.parametrize("argv", [["list"], ["generate", "--prompt", "a S* ball", "--subject", "S*"],
+                                  ["train-subject", "photos", "--name", "S*", "--class-noun", "ball"]])
+def test_a_library_path_that_is_a_file_is_one_line_naming_it(argv, tmp_path, capsys, monkeypatch):
+    from vidbooth.cli.app import main
+
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("keep me")
+    (tmp_path / "photos").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--home", str(not_a_folder), *argv]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"the library {not_a_folder} is a file, not a folder" in errors[0], err
+    assert not_a_folder.read_text() == "keep me"

@@ -44,6 +44,14 @@ def library_home() -> Path:
     return Path(data) / "vidbooth"
 
 
+def _folder_home() -> Path:
+    """The library folder; a UserError when something other than a folder is at that path."""
+    home = library_home()
+    if home.exists() and not home.is_dir():
+        raise UserError(f"the library {home} is a file, not a folder: choose another with --home or $VIDBOOTH_HOME")
+    return home
+
+
 def validate_name(name: str, kind: str = "subject") -> str:
     if not _NAME.match(name or "") or name.startswith(".") or name in ("..",):
         raise UserError(
@@ -59,7 +67,7 @@ def dir_name(name: str) -> str:
 def _kind_root(kind: str) -> Path:
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
-    return library_home() / KINDS[kind]
+    return _folder_home() / KINDS[kind]
 
 
 def known_names(kind: str) -> list[str]:
@@ -155,7 +163,7 @@ def _pid_alive(pid: int) -> bool:
 
 def recover() -> None:
     """Roll back swaps interrupted mid-way and drop staging folders of dead processes."""
-    home = library_home()
+    home = _folder_home()
     trash = home / ".trash"
     if trash.is_dir():
         for entry in trash.iterdir():
@@ -240,7 +248,7 @@ def _is_file(fd: int, path: Path) -> bool:
 
 def writable_home() -> Path:
     """The library folder, created if needed; a UserError if it cannot be written."""
-    home = library_home()
+    home = _folder_home()
     try:
         home.mkdir(parents=True, exist_ok=True)
         probe = home / f".write-test-{os.getpid()}"

@@ -31,14 +31,9 @@ def read_video(path: str | Path, max_frames: int | None = None, max_short_side: 
     shorter side is at most that many pixels: long 4K clips then fit in memory.
     """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"video not found: {path}")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a video file")
-    if path.suffix.lower() not in VIDEO_EXTENSIONS:
-        raise UserError(f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}")
-    if path.stat().st_size == 0:
-        raise UserError(f"video file is empty (0 bytes): {path}")
+    problem = video_file_problem(path)
+    if problem:
+        raise UserError(problem)
     try:
         decoder = _read_gif(path) if path.suffix.lower() == ".gif" else _read_ffmpeg(path)
         with contextlib.closing(decoder) as decoded:
@@ -50,6 +45,20 @@ def read_video(path: str | Path, max_frames: int | None = None, max_short_side: 
     if len(frames) == 0:
         raise UserError(f"video has no readable frames: {path}")
     return np.stack(frames)
+
+
+def video_file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be a video file, judged without decoding it (missing, a folder, another type, empty)."""
+    path = Path(path)
+    if not path.exists():
+        return f"video not found: {path}"
+    if path.is_dir():
+        return f"{path} is a folder, not a video file"
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        return f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}"
+    if path.stat().st_size == 0:
+        return f"video file is empty (0 bytes): {path}"
+    return None
 
 
 GIF_DEFAULT_DURATION_MS = 100

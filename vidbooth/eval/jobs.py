@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidbooth.data.video import VIDEO_EXTENSIONS
+from vidbooth.data.video import VIDEO_EXTENSIONS, video_file_problem
 from vidbooth.errors import UserError
 
 MANIFEST_SEPARATOR = "|||"
@@ -31,7 +31,8 @@ class EvalJob:
     source: str | None = None
     """Where the job came from when that is not the video itself, e.g. 'list.txt line 3'."""
     problem: str | None = None
-    """Why the job cannot run at all (a malformed manifest line, a glob that matches nothing)."""
+    """Why the job cannot run at all (a malformed manifest line, a glob that matches nothing, a missing or
+    non-video file)."""
 
 
 def jobs_from_videos(patterns: list[str], prompt: str | None, reference_images: str | None) -> list[EvalJob]:
@@ -39,7 +40,8 @@ def jobs_from_videos(patterns: list[str], prompt: str | None, reference_images: 
     jobs = []
     for pattern in patterns:
         if not any(c in pattern for c in GLOB_CHARACTERS) or Path(pattern).exists():
-            jobs.append(EvalJob(pattern, prompt or generated_prompt(pattern), reference_images))
+            problem = video_file_problem(pattern)  # before any model loads: a mistyped path is the first error
+            jobs.append(EvalJob(pattern, prompt or generated_prompt(pattern), reference_images, problem=problem))
             continue
         found = glob.glob(str(Path(pattern).expanduser()), recursive=True)
         matches = sorted(match for match in found if match.lower().endswith(VIDEO_EXTENSIONS))
@@ -83,6 +85,7 @@ def _manifest_job(
         prompt=line_prompt or prompt or generated_prompt(video),
         reference_images=_beside(manifest, references) if references else reference_images,
         source=source,
+        problem=video_file_problem(video),
     )
 
 
