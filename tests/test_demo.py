@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,6 +169,8 @@ def test_paired_steps_compare_each_video_with_the_same_noise_in_the_variant_befo
     (["--num-videos", "0"], "num_videos (--num-videos) must be at least 1, got 0"),
     (["--set", "subject_steps=-1"], "subject_steps must be at least 0, got -1"),
     (["--set", "num_inference_steps=-2"], "num_inference_steps must be at least 0, got -2"),
+    (["--base", "no/such/base/here"], "base model not found: no/such/base/here"),
+    (["--base", str(Path(__file__).parent)], "is not a diffusers text-to-video model"),
 ])
 def test_bad_demo_settings_are_one_error_line_before_anything_is_written(args, expected, tmp_path, capsys):
     out = tmp_path / "demo"

@@ -152,6 +152,9 @@ def test_a_run_and_its_model_keep_the_world_they_were_trained_on(tmp_path, char_
         nano.pretrain(tiny_config(tmp_path / "edge", char_tokenizer, unet_steps=3, resume=True))
     with pytest.raises(UserError, match="another arch, seed, split_seed or linear_paths than this recipe"):
         nano.pretrain(tiny_config(tmp_path / "new", char_tokenizer, init_from=str(edge.model_dir)))
+    with pytest.raises(UserError, match="is not an exported nano model"):
+        nano.pretrain(tiny_config(tmp_path / "new", char_tokenizer, init_from=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "new").exists()  # a refused --init-from leaves no run folder to --resume or clean up
     resumed = nano.pretrain(tiny_config(tmp_path / "edge", char_tokenizer, 3, resume=True, linear_paths="edge"))
     assert resumed.finished and resumed.steps["unet"] == 3
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from vidbooth.config.demo import DemoConfig
-from vidbooth.data.video import ensure_writable_dir, save_contact_sheet, write_video
+from vidbooth.data.video import check_writable_dir, ensure_writable_dir, save_contact_sheet, write_video
 from vidbooth.fileio import write_together
 from vidbooth.reporting import info, table
 
@@ -104,10 +104,13 @@ def _library_at(folder: Path) -> Iterator[None]:
 
 
 def run_demo(cfg: DemoConfig) -> DemoReport:
+    from vidbooth.engine.backbone import check_base
     from vidbooth.nano.world import caption, make_split, render_motion_clips, render_photos
 
-    out = ensure_writable_dir(cfg.out)
     base = cfg.base
+    check_writable_dir(cfg.out)
+    check_base(base)  # a wrong --base is its one error line, with nothing written yet
+    out = ensure_writable_dir(cfg.out)
     family = "nano" if base == "nano" else "tiny"  # the recipes the demo trains with
     split = make_split()
     sprite, motion = split.demo_choice(cfg.seed)

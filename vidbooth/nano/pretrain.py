@@ -90,7 +90,6 @@ class _Run:
             "seconds": dict.fromkeys(STAGES, 0.0),
             "curve": [],
         }
-        self.dir.mkdir(parents=True, exist_ok=True)
 
     def world_batch(
         self, rng: np.random.Generator, batch: int, linear_only: bool = False
@@ -274,6 +273,7 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     vae = AutoencoderKL.from_pretrained(folder / "vae")
     unet = UNet3DConditionModel.from_pretrained(folder / "unet")
     denoiser = _Models(tokenizer, vae, clip, unet).denoiser()
+    run.dir.mkdir(parents=True, exist_ok=True)  # only now: a bad --init-from leaves no run folder behind
     for stage, model in (("autoencoder", vae), ("clip", clip), ("unet", denoiser)):
         ckpt.save_tensors(run.dir / f"{stage}.safetensors", {k: v.float() for k, v in model.state_dict().items()})
     run.state.update(
@@ -297,6 +297,7 @@ def _build(cfg: PretrainConfig, run: _Run) -> _Models:
             models.of(stage).load_state_dict(ckpt.load_tensors(path))
     if "vae_scaling_factor" in run.state:
         models.vae.register_to_config(scaling_factor=run.state["vae_scaling_factor"])
+    run.dir.mkdir(parents=True, exist_ok=True)
     return models
 
 
