@@ -200,6 +200,22 @@ def test_a_video_that_is_not_there_is_the_error_before_any_model_loads(video, ex
     assert loaded == []
 
 
+@pytest.mark.parametrize("flag, target, expected", [
+    ("--json", "right.mp4", "--json {} must end in .json"),  # was: the video replaced by the scores
+    ("--csv", "right.mp4", "--csv {} must end in .csv"),
+    ("--json", "photos", "--json {} is a folder: give a file in it"),  # was: a traceback
+])
+def test_an_output_that_is_not_a_file_of_its_type_is_refused_and_nothing_is_replaced(flag, target, expected, media,
+                                                                                     tmp_path, capsys):
+    path = tmp_path / target
+    before = sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*"))
+    assert run(media["right"], "-p", "x", "--clip-model", "nano", "--metrics", "t_cons", flag, path) == 2
+    errors = error_lines(capsys.readouterr())
+    assert len(errors) == 1 and expected.format(path) in errors[0], errors
+    assert sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*")) == before
+    assert read_video(media["right"]).shape[0] == 8
+
+
 def test_subject_photos_and_motion_clips_come_from_the_library(media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
     from vidbooth.library import artifact_dir
 

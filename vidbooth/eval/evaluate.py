@@ -99,10 +99,16 @@ def _canonical(name: str) -> tuple[str, ...]:
 
 
 def _check_outputs(config: EvaluateConfig) -> None:
-    """That the output folders can be made, without making them: a later error must leave nothing behind."""
-    for path in (config.json, config.csv):
-        if path:
-            check_writable_dir(Path(path).parent)
+    """That the outputs are files of their type whose folders can be made, without making them: a later error
+    must leave nothing behind, and a mistyped --json must not replace a video."""
+    for flag, path, suffix in (("--json", config.json, ".json"), ("--csv", config.csv, ".csv")):
+        if not path:
+            continue
+        if Path(path).is_dir():
+            raise UserError(f"{flag} {path} is a folder: give a file in it, e.g. {Path(path) / ('scores' + suffix)}")
+        if Path(path).suffix.lower() != suffix:
+            raise UserError(f"{flag} {path} must end in {suffix}")
+        check_writable_dir(Path(path).parent)
 
 
 def _gather_jobs(config: EvaluateConfig) -> list[EvalJob]:
