@@ -190,11 +190,12 @@ def record_calls(monkeypatch, *names: str) -> dict[str, list]:
     return calls
 
 
-def test_frozen_work_is_computed_once(photos, monkeypatch):
+def test_frozen_work_is_computed_once(photos, monkeypatch, isolated_home):
     calls = record_calls(monkeypatch, "encode_video", "encode_prompt")
-    assert train_subject(photos, "--set", "preview.enabled=false", steps=4) == 0
+    assert train_subject(photos, "--no-preview", steps=4) == 0
     counts = {name: len(made) for name, made in calls.items()}
     assert counts == {"encode_video": 1, "encode_prompt": 1}  # photos once; identity captions once
+    assert not (subject_dir(isolated_home) / "preview.png").exists()
 
 
 def test_prior_preservation_generates_class_images_once(photos, isolated_home):

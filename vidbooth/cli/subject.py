@@ -30,13 +30,14 @@ NumClassImages = typer.Option(
     None, "--num-class-images", help="Class images to use (default: the recipe's; nano 8, DreamBooth 200)."
 )
 PriorWeight = typer.Option(None, "--prior-weight", help="Weight of the class-image loss (default 1.0).")
+Preview = typer.Option(None, "--preview/--no-preview", help="Render preview.png into the subject (default: on).")
 Overwrite = typer.Option(False, "--overwrite", help="Replace an existing subject of this name.")
 Resume = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
 
 STAGE_KEYS = {"textual_inversion": "textual_inversion.train", "identity": "identity.train"}
 
 
-def _common(photos, name, class_noun, resolution, flip, scale_jitter, overwrite, resume, runtime: dict) -> dict:
+def _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, overwrite, resume, runtime: dict) -> dict:
     seeds = {f"{key}.seed": runtime["runtime.seed"] for key in STAGE_KEYS.values()}  # --seed seeds everything
     return runtime | seeds | {
         "photos": photos,
@@ -45,6 +46,7 @@ def _common(photos, name, class_noun, resolution, flip, scale_jitter, overwrite,
         "data.resolution": resolution,
         "data.flip": flip,
         "data.scale_jitter": scale_jitter,
+        "preview.enabled": preview,
         "overwrite": overwrite or None,
         "resume": resume or None,
     }
@@ -88,6 +90,7 @@ def textual_inversion(
     resolution: int = Resolution,
     flip: bool = Flip,
     scale_jitter: float = ScaleJitter,
+    preview: bool = Preview,
     overwrite: bool = Overwrite,
     resume: bool = Resume,
     base: str = options.Base,
@@ -103,7 +106,7 @@ def textual_inversion(
     from vidbooth.engine.subject import train_textual_inversion
 
     runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
-    overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, overwrite, resume, runtime)
+    overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
     overrides |= _train_flags("textual_inversion", steps, lr, batch_size, checkpoint_every)
     overrides["textual_inversion.num_vectors"] = num_vectors
     train_textual_inversion(_load(recipe, sets, overrides))
@@ -128,6 +131,7 @@ def identity_adapter(
     class_images: str = ClassImages,
     num_class_images: int = NumClassImages,
     prior_weight: float = PriorWeight,
+    preview: bool = Preview,
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain the subject's existing identity adapter."),
     resume: bool = Resume,
     base: str = options.Base,
@@ -143,7 +147,7 @@ def identity_adapter(
     from vidbooth.engine.subject import train_identity_adapter
 
     runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
-    overrides = _common(photos, name, None, resolution, flip, scale_jitter, overwrite, resume, runtime)
+    overrides = _common(photos, name, None, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
     overrides |= _train_flags("identity", steps, lr, batch_size, checkpoint_every)
     overrides |= _prior_flags(prior_preservation, class_images, num_class_images, prior_weight)
     overrides["identity.hidden_ratio"] = hidden_ratio
@@ -171,6 +175,7 @@ def train_subject(
     class_images: str = ClassImages,
     num_class_images: int = NumClassImages,
     prior_weight: float = PriorWeight,
+    preview: bool = Preview,
     overwrite: bool = Overwrite,
     resume: bool = Resume,
     base: str = options.Base,
@@ -186,7 +191,7 @@ def train_subject(
     from vidbooth.engine.subject import train_subject as run_train_subject
 
     runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
-    overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, overwrite, resume, runtime)
+    overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
     overrides |= _train_flags("textual_inversion", ti_steps, None, batch_size, checkpoint_every)
     overrides |= _train_flags("identity", identity_steps, None, batch_size, checkpoint_every)
     overrides |= _prior_flags(prior_preservation, class_images, num_class_images, prior_weight)
