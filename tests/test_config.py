@@ -84,3 +84,18 @@ def test_nano_recipes_apply_when_no_recipe_is_given(recipe, command, sets, base,
     from vidbooth.config.load import recipe_or_default
 
     assert recipe_or_default(recipe, command, sets, {"backbone.base": base}) == expected
+
+
+def test_a_plain_string_where_a_list_is_expected_is_a_one_item_list(tmp_path):
+    """`photos: ./dog` in a recipe (what saved subject configs held before photos became a list), `--set
+    clips=a.mp4`, and a string from Python all mean that one path; lists pass as they are."""
+    from vidbooth.config.motion import MotionConfig
+    from vidbooth.config.subject import SubjectConfig
+
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("photos: /data/dog\nname: S*\ndata:\n  captions: 'a photo of {}'\n")
+    loaded = load_config(SubjectConfig, str(recipe))
+    assert loaded.photos == ["/data/dog"] and loaded.data.captions == ["a photo of {}"]
+    assert load_config(SubjectConfig, str(recipe), ["photos=[a.png,b.png]"]).photos == ["a.png", "b.png"]
+    assert load_config(MotionConfig, None, ["clips=a.mp4"]).clips == ["a.mp4"]
+    assert SubjectConfig(photos=tmp_path).photos == [str(tmp_path)]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from vidbooth.adapters.base import load_tensors
@@ -386,7 +387,6 @@ def test_identity_adapter_under_guidance_is_conditional_only(photos, isolated_ho
 def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_home, monkeypatch, tiny_backbones):
     """`config.yaml` in the subject is a recipe: `--recipe config.yaml --overwrite` retrains it to the same tensors
     with no PHOTOS or --name given again, from another folder (the photos' path is absolute)."""
-    import yaml
 
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -394,7 +394,7 @@ def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_h
     assert train_subject(Path("photos"), "--base", "tiny", "--seed", "5") == 0
     folder = subject_dir(isolated_home)
     saved = yaml.safe_load((folder / "config.yaml").read_text())
-    assert saved["photos"] == str(tmp_path / "photos") and saved["name"] == "S*"
+    assert saved["photos"] == [str(tmp_path / "photos")] and saved["name"] == "S*"
     assert saved["overwrite"] is False and saved["resume"] is False  # this run's mode, not part of the recipe
     files = ("learned_embeds.safetensors", "identity_adapter.safetensors")
     first = [load_tensors(folder / f)[0] for f in files]
@@ -406,3 +406,18 @@ def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_h
     for before, file in zip(first, files):
         after = load_tensors(folder / file)[0]
         assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_photos_can_be_given_as_files_and_folders_each_photo_once(tmp_path, isolated_home):
+    """`train-subject photos/*.png` (the shell's expansion) trains on those files; a file also inside a given
+    folder is one photo, not two."""
+    first = write_photos(tmp_path / "a", count=2)
+    second = write_photos(tmp_path / "b", count=2, seed=1)
+    given = [first / "photo0.png", first / "photo1.png", second, second / "photo1.png"]
+    args = ["train-subject", *map(str, given), "--name", "S*", "--class-noun", "dog", *FAST]
+    assert main([*args, "--ti-steps", "1", "--identity-steps", "1"]) == 0
+    manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
+    sources = [Path(p["source"]) for p in manifest["photos"]]
+    assert sources == [first / "photo0.png", first / "photo1.png", second / "photo0.png", second / "photo1.png"]
+    saved = yaml.safe_load((subject_dir(isolated_home) / "config.yaml").read_text())
+    assert saved["photos"] == [str(path) for path in given]

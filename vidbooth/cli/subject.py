@@ -12,8 +12,8 @@ from vidbooth.cli import options
 
 Photos = typer.Argument(
     None,
-    help="Folder with 3-5 photos of the subject (jpg, png, webp, bmp), or one photo (required unless the --recipe "
-    "gives photos).",
+    help="3-5 photos of the subject (jpg, png, webp, bmp): a folder of them, or the files (photos/*.jpg); required "
+    "unless the --recipe gives photos.",
 )
 Name = typer.Option(None, "--name", help="Subject name, also its pseudo-word in prompts (e.g. S* or sks).")
 ClassNoun = typer.Option(None, "--class-noun", help="What the subject is (dog, person, mug).")
@@ -40,7 +40,7 @@ STAGE_KEYS = {"textual_inversion": "textual_inversion.train", "identity": "ident
 def _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, overwrite, resume, runtime: dict) -> dict:
     seeds = {f"{key}.seed": runtime["runtime.seed"] for key in STAGE_KEYS.values()}  # --seed seeds everything
     return runtime | seeds | {
-        "photos": photos,
+        "photos": photos or None,
         "name": name,
         "class_noun": class_noun,
         "data.resolution": resolution,
@@ -75,7 +75,7 @@ def _load(recipe, sets, overrides):
 
 
 def textual_inversion(
-    photos: str = Photos,
+    photos: list[str] = Photos,
     name: str = Name,
     class_noun: str = ClassNoun,
     num_vectors: int = NumVectors,
@@ -113,7 +113,7 @@ def textual_inversion(
 
 
 def identity_adapter(
-    photos: str = Photos,
+    photos: list[str] = Photos,
     name: str = typer.Option(None, "--name", help="An existing subject (from textual-inversion)."),
     hidden_ratio: float = HiddenRatio,
     steps: int = typer.Option(
@@ -155,7 +155,7 @@ def identity_adapter(
 
 
 def train_subject(
-    photos: str = Photos,
+    photos: list[str] = Photos,
     name: str = Name,
     class_noun: str = ClassNoun,
     num_vectors: int = NumVectors,

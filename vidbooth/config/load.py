@@ -74,11 +74,11 @@ def load_config(
                 loaded = OmegaConf.load(path)
             except Exception as exc:  # yaml errors have many types
                 raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-            merged = OmegaConf.merge(merged, loaded)
+            merged = OmegaConf.merge(merged, _strings_as_lists(merged, loaded))
         for item in sets or []:
             if "=" not in item:
                 raise UserError(f"--set expects key=value, got '{item}'")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = OmegaConf.merge(merged, _strings_as_lists(merged, OmegaConf.from_dotlist([item])))
         for key, value in (overrides or {}).items():
             if value is not None:
                 OmegaConf.update(merged, key, value, merge=True)
@@ -87,6 +87,21 @@ def load_config(
         raise UserError(_describe(exc)) from exc
     _apply_env(obj)
     return obj  # type: ignore[return-value]
+
+
+def _strings_as_lists(schema: Any, given: Any) -> Any:
+    """`given` with a plain string where `schema` holds a list made a one-item list (`photos: ./dog`, `--set
+    clips=a.mp4`), at any depth."""
+    if OmegaConf.is_dict(given) and OmegaConf.is_dict(schema):
+        for key in given:
+            if key not in schema or OmegaConf.is_interpolation(given, key):
+                continue  # the merge names an unknown key; an interpolation is resolved later
+            value, wanted = given[key], schema[key]
+            if isinstance(value, str) and OmegaConf.is_list(wanted):
+                given[key] = [value]
+            else:
+                _strings_as_lists(wanted, value)
+    return given
 
 
 def _apply_env(obj: Any) -> None:

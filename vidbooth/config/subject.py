@@ -7,6 +7,7 @@ official settings (`../shared/method.md` §2).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from vidbooth.config import checks
@@ -115,8 +116,9 @@ class SubjectConfig:
     preview: SubjectPreviewConfig = field(default_factory=SubjectPreviewConfig)
     name: str = ""
     """The subject's name in the library, also its pseudo-word in prompts (S*, sks)."""
-    photos: str = ""
-    """A folder of 3-5 photos of the subject (or one photo file)."""
+    photos: list[str] = field(default_factory=list)
+    """Photos of the subject, 3-5 in all: folders of photos and/or photo files. A recipe may give one path as a
+    plain string."""
     class_noun: str = ""
     """What the subject is (dog, person, mug); initialises the pseudo-word and forms the captions."""
     overwrite: bool = False
@@ -124,12 +126,16 @@ class SubjectConfig:
     resume: bool = False
     """Continue an interrupted run from its last checkpoint."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.photos, (str, os.PathLike)):  # SubjectConfig(photos="dog/") from Python
+            self.photos = [os.fspath(self.photos)]
+
     def check(self, stages: tuple[str, ...]) -> None:
         """Validate what the dataclass types cannot, for the stages that will run; raises UserError naming the key."""
         if not self.name:
             raise UserError("--name is required: the subject's name and pseudo-word, e.g. --name S*")
         if not self.photos:
-            raise UserError("no photos given: pass a folder with 3-5 photos of the subject")
+            raise UserError("no photos given: pass a folder with 3-5 photos of the subject, or the photo files")
         if "textual_inversion" in stages and not self.class_noun.strip():
             raise UserError("--class-noun is required: what the subject is, e.g. --class-noun dog")
         if self.data.resolution is not None and self.data.resolution < 8:

@@ -77,6 +77,16 @@ def load_photo_folder(path: str | Path, min_count: int = 1) -> list[tuple[Path, 
     return [(file, load_image(file)) for file in files]
 
 
+def load_photos(paths: list[str | Path]) -> list[tuple[Path, Image.Image]]:
+    """The photos of every folder or photo file in `paths` (each as `load_photo_folder` reads it), in the order
+    given; a photo named twice (a file and its folder, say) is loaded once."""
+    files: dict[Path, Path] = {}
+    for path in paths:
+        for file in _photo_files(Path(path)):
+            files.setdefault(file.resolve(), file)
+    return [(file, load_image(file)) for file in files.values()]
+
+
 def prepare_photo(img: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
     """Resize (shorter side first, Lanczos) and centre-crop a photo to `size`; returns (H, W, 3) uint8."""
     height, width = target_size(size)

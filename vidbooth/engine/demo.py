@@ -151,7 +151,7 @@ def _train_subject(cfg: DemoConfig, base: str, family: str, photos: Path, class_
     from vidbooth.engine.subject import train_subject
 
     subject = load_config(SubjectConfig, f"{family}/subject", None, _runtime(cfg) | {
-        "backbone.base": base, "name": SUBJECT, "photos": str(photos), "class_noun": class_noun, "overwrite": True,
+        "backbone.base": base, "name": SUBJECT, "photos": [str(photos)], "class_noun": class_noun, "overwrite": True,
     })
     steps = cfg.subject_steps or subject.textual_inversion.train.steps
     if cfg.fast:

@@ -216,10 +216,10 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     return _Run(cfg, stages, class_noun, photos, existing, class_images)
 
 
-def _load_photos(folder: str) -> _Photos:
-    from vidbooth.data.images import hash_file, load_photo_folder
+def _load_photos(paths: list[str]) -> _Photos:
+    from vidbooth.data.images import hash_file, load_photos
 
-    loaded = load_photo_folder(folder)
+    loaded = load_photos(paths)
     if len(loaded) < 3:
         reporting.warn(f"only {len(loaded)} photo(s) of the subject: 3-5 varied photos learn it better")
     files = [path for path, _ in loaded]
@@ -413,7 +413,7 @@ def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
             save_identity_adapter(stage / ADAPTER_FILE, bb.unet, cfg.identity.hidden_ratio, provenance)
         photos = _copy_photos(run.photos, stage / "photos")
         # a recipe to rerun it from anywhere: `--recipe config.yaml --overwrite` (the run's own mode flags dropped)
-        rerun = replace(cfg, photos=str(Path(cfg.photos).resolve()), overwrite=False, resume=False)
+        rerun = replace(cfg, photos=[str(Path(path).resolve()) for path in cfg.photos], overwrite=False, resume=False)
         save_config(rerun, stage / CONFIG_FILE)
         preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
         write_json(stage / MANIFEST, _manifest(run, photos, preview))
