@@ -169,8 +169,8 @@ def test_denoising_loss_draws_the_high_noise_share_from_the_top_of_the_schedule(
 def test_train_config_refuses_bad_high_noise_settings(key, value):
     from vidbooth.config.train import TrainConfig
 
-    with pytest.raises(UserError, match=f"train.{key}"):
-        TrainConfig(**{key: value})
+    with pytest.raises(UserError, match=f"^train.{key}"):
+        TrainConfig(**{key: value}).check()
 
 
 def test_unknown_prediction_type_is_refused(bb):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from vidbooth.config.subject import IdentityConfig
 from vidbooth.config.train import TrainConfig
 from vidbooth.engine import train as engine
 from vidbooth.errors import Interrupted, UserError
@@ -185,5 +186,7 @@ def test_batches_cover_every_item_each_epoch():
 
 @pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=0.0), dict(lr_schedule="step"), dict(mixed_precision="fp8")])
 def test_config_validation(bad):
-    with pytest.raises(UserError, match="train\\."):
-        TrainConfig(**bad)
+    with pytest.raises(UserError, match="^train\\."):
+        TrainConfig(**bad).check()
+    with pytest.raises(UserError, match="^identity\\.train\\."):  # named where it sits in a subject's config
+        IdentityConfig(train=TrainConfig(**bad))

@@ -79,6 +79,9 @@ class MotionConfig:
     resume: bool = False
     """Continue an interrupted run from its last checkpoint."""
 
+    def __post_init__(self) -> None:
+        self.train.check("train")
+
     def check(self) -> None:
         """Validate what the dataclass types cannot; raises UserError naming the key."""
         if not self.name:

@@ -138,7 +138,8 @@ class PretrainConfig:
                 "(unet.path_phases); set it to 0 to turn replay off"
             )
         if self.unet.text_encoder_lr < 0:
-            raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {self.unet.text_encoder_lr}")
+            lr = self.unet.text_encoder_lr
+            raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {lr}")
         if self.clip.caption_word_weight < 0:
             weight = self.clip.caption_word_weight
             raise UserError(f"clip.caption_word_weight must be >= 0 (0 turns it off), got {weight}")

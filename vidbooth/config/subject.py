@@ -51,6 +51,9 @@ class TextualInversionConfig:
     when guidance shifts the learned subject's colour. 1 or below: the plain conditional loss (DreamVideo)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, steps=3000, batch_size=4))
 
+    def __post_init__(self) -> None:
+        self.train.check("textual_inversion.train")
+
 
 @dataclass
 class IdentityConfig:
@@ -64,6 +67,9 @@ class IdentityConfig:
     pass only (the unconditional pass is the base's), and apply it to the conditional half of guidance at
     sampling (recorded in the adapter file). 1 or below: the plain loss, the adapter on both halves (DreamVideo)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, steps=1000, batch_size=4))
+
+    def __post_init__(self) -> None:
+        self.train.check("identity.train")
 
 
 @dataclass

@@ -45,7 +45,9 @@ class TrainConfig:
     seed: int = 0
     """Seeds initialisation, batch order, noise and timesteps; the same seed gives the same weights on CPU."""
 
-    def __post_init__(self) -> None:
+    def check(self, prefix: str = "train") -> None:
+        """Raise a UserError naming the first bad value by its key, `prefix` being where this config sits
+        ('identity.train' in a subject's config). The configs that hold one call it when they are built."""
         positive = {
             "steps": self.steps,
             "batch_size": self.batch_size,
@@ -54,24 +56,24 @@ class TrainConfig:
         }
         for key, value in positive.items():
             if value < 1:
-                raise UserError(f"train.{key} must be at least 1, got {value}")
-        checks.positive("train.lr", self.lr)
+                raise UserError(f"{prefix}.{key} must be at least 1, got {value}")
+        checks.positive(f"{prefix}.lr", self.lr)
         if self.lr_schedule not in LR_SCHEDULES:
-            raise UserError(f"train.lr_schedule '{self.lr_schedule}' is unknown: use {', '.join(LR_SCHEDULES)}")
+            raise UserError(f"{prefix}.lr_schedule '{self.lr_schedule}' is unknown: use {', '.join(LR_SCHEDULES)}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise UserError(
-                f"train.mixed_precision '{self.mixed_precision}' is unknown: use {', '.join(MIXED_PRECISIONS)}"
+                f"{prefix}.mixed_precision '{self.mixed_precision}' is unknown: use {', '.join(MIXED_PRECISIONS)}"
             )
         for key in ("lr_warmup_steps", "checkpoint_every"):
             if getattr(self, key) < 0:
-                raise UserError(f"train.{key} must not be negative, got {getattr(self, key)}")
+                raise UserError(f"{prefix}.{key} must not be negative, got {getattr(self, key)}")
         if not 0 <= self.high_noise_fraction <= 1:
-            raise UserError(f"train.high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}")
+            raise UserError(f"{prefix}.high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}")
         if self.high_noise_from < 0:
-            raise UserError(f"train.high_noise_from must not be negative, got {self.high_noise_from}")
-        checks.non_negative("train.max_grad_norm", self.max_grad_norm, hint=" (0: no clipping)")
+            raise UserError(f"{prefix}.high_noise_from must not be negative, got {self.high_noise_from}")
+        checks.non_negative(f"{prefix}.max_grad_norm", self.max_grad_norm, hint=" (0: no clipping)")
         for key in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, key) < 1:
-                raise UserError(f"train.{key} must be in [0, 1), got {getattr(self, key)}")
-        checks.positive("train.adam_epsilon", self.adam_epsilon)
-        checks.seed("train.seed", self.seed)
+                raise UserError(f"{prefix}.{key} must be in [0, 1), got {getattr(self, key)}")
+        checks.positive(f"{prefix}.adam_epsilon", self.adam_epsilon)
+        checks.seed(f"{prefix}.seed", self.seed)
