@@ -55,6 +55,18 @@ def test_encode_decode_shapes(tiny_backbones):
     assert bb.encode_prompt(["a dog", "a cat"]).shape == (2, 32, 32)
 
 
+def test_a_prompt_longer_than_the_text_encoder_reads_is_cut_with_one_warning(tiny_backbones, capsys):
+    bb = tiny_backbones["unet3d"]
+    limit = bb.tokenizer.model_max_length
+    long_prompt = " ".join(["dog"] * (limit + 10))
+    ids = bb.tokenize([long_prompt, long_prompt, "a dog"])
+    assert ids.shape == (3, limit) and torch.equal(ids[0], ids[1])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"reads {limit}: the end is ignored" in warnings[0], warnings
+    bb.tokenize(["a dog"])
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_not_a_model_folder(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(UserError, match="is not a diffusers text-to-video model: missing tokenizer"):

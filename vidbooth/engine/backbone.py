@@ -101,14 +101,17 @@ class Backbone:
 
     # ---- the three frozen pieces ----------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return ids.to(self.device)
+        """Token ids padded to the text encoder's length; a prompt longer than that is cut, with a warning."""
+        limit = self.tokenizer.model_max_length
+        for prompt in dict.fromkeys(prompts):
+            count = len(self.tokenizer(prompt, truncation=False).input_ids)
+            if count > limit:
+                from vidbooth.reporting import warn
+
+                warn(f"the prompt is {count} tokens but the text encoder reads {limit}: the end is ignored "
+                     f"('{prompt[:40]}...'); shorten it")
+        ids = self.tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+        return ids.input_ids.to(self.device)
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """Text embeddings (B, L, D) from the last hidden state, as diffusers' T2V pipelines use."""
