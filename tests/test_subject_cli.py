@@ -310,6 +310,14 @@ def test_list_shows_subjects_and_motions(isolated_home, capsys):
     assert "wave" in out and "S*" not in out
     assert main(["list", "--kind", "robots"]) == 2
     assert "--kind robots is unknown: use subject, motion or all" in capsys.readouterr().err
+    newer = isolated_home / "motions" / "jump"
+    newer.mkdir()
+    write_json(newer / "manifest.json", {"kind": "motion", "name": "jump", "schema_version": 99, "files": {}})
+    assert main(["list"]) == 0  # the others are still listed; the one it cannot read is named, not hidden
+    captured = capsys.readouterr()
+    assert "wave" in captured.out and "S*" in captured.out and "jump" not in captured.out
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "not listed:" in warnings[0] and "jump" in warnings[0] and "upgrade" in warnings[0]
 
 
 def test_identity_adapter_needs_an_existing_subject(photos, capsys):

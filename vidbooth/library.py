@@ -137,7 +137,9 @@ def _seal(stage: Path) -> None:
     write_json(stage / MANIFEST, manifest)
 
 
-def list_artifacts(kind: str) -> list[dict]:
+def list_artifacts(kind: str, problems: list[str] | None = None) -> list[dict]:
+    """The manifests of the artifacts of `kind`; one that cannot be read is left out, and why is appended to
+    `problems` when it is given."""
     root = _kind_root(kind)
     if not root.is_dir():
         return []
@@ -146,8 +148,9 @@ def list_artifacts(kind: str) -> list[dict]:
         if (path / MANIFEST).is_file():
             try:
                 out.append(read_manifest(path, verify=False) | {"path": str(path)})
-            except UserError:
-                continue
+            except UserError as exc:
+                if problems is not None:
+                    problems.append(str(exc))
     return out
 
 

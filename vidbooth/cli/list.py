@@ -27,11 +27,14 @@ def list_library(
 
     from vidbooth.errors import UserError
     from vidbooth.library import library_home, list_artifacts
-    from vidbooth.reporting import info, stdout_console, table
+    from vidbooth.reporting import info, stdout_console, table, warn
 
     if kind not in (*KINDS, "all"):
         raise UserError(f"--kind {kind} is unknown: use subject, motion or all")
-    manifests = [m for k in KINDS if kind in (k, "all") for m in list_artifacts(k)]
+    problems: list[str] = []
+    manifests = [m for k in KINDS if kind in (k, "all") for m in list_artifacts(k, problems)]
+    for problem in problems:
+        warn(f"not listed: {problem}")
     if as_json:
         stdout_console.print_json(json.dumps(manifests, default=str))
         return
