@@ -134,6 +134,7 @@ def test_a_manifest_batch_reports_bad_lines_keeps_going_and_exits_1(
     [
         ("unreadable video", "cannot read video"),
         ("empty reference folder", "holds no readable image"),
+        ("reference image file", "is a file, not a folder: pass the folder that holds them"),
         ("no prompt", "no prompt for"),
         ("unknown metric", "unknown metric(s) sharpness"),
         ("unmatched glob", "matches no video"),
@@ -148,6 +149,7 @@ def test_bad_input_is_one_error_line_and_exit_2(case, expected, media, tiny_clip
     args = {
         "unreadable video": [broken, "--prompt", "x"],
         "empty reference folder": [media["right"], "--prompt", "x", "--ref-images", media["empty"]],
+        "reference image file": [media["right"], "--prompt", "x", "--ref-images", media["photos"] / "photo0.png"],
         "no prompt": [media["right"]],
         "unknown metric": [media["right"], "--prompt", "x", "--metrics", "clip_t,sharpness"],
         "unmatched glob": [tmp_path / "nothing-*.mp4", "--prompt", "x"],

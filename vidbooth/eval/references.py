@@ -20,6 +20,8 @@ def read_image_folder(folder: str | Path) -> list[np.ndarray]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     folder = Path(folder)
+    if folder.is_file():
+        raise UserError(f"reference images {folder} is a file, not a folder: pass the folder that holds them")
     if not folder.is_dir():
         raise UserError(f"reference image folder not found: {folder}; pass a folder of {IMAGE_KINDS} images")
     images = []
