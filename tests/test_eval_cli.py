@@ -218,6 +218,16 @@ def test_an_output_that_is_not_a_file_of_its_type_is_refused_and_nothing_is_repl
     assert read_video(media["right"]).shape[0] == 8
 
 
+def test_a_batch_in_which_every_video_fails_is_its_errors_and_no_empty_table(media, tmp_path, capsys):
+    (tmp_path / "empty.mp4").touch()
+    assert run(tmp_path / "missing.mp4", tmp_path / "empty.mp4", "-p", "x", "--clip-model", "nano") == 1
+    captured = capsys.readouterr()
+    assert captured.out.strip() == ""
+    errors = error_lines(captured)
+    assert len(errors) == 3 and "video not found" in errors[0] and "(0 bytes)" in errors[1], errors
+    assert errors[2] == "error: 2 of 2 videos could not be evaluated: see above"
+
+
 def test_subject_photos_and_motion_clips_come_from_the_library(media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
     from vidbooth.library import artifact_dir
 

@@ -88,7 +88,8 @@ def show(report: EvaluationReport) -> None:
     rows = [[result.video or result.source, *_cells(result, names)] for result in report.results]
     means = report.aggregate()
     rows.append(["mean", *[_cell(means[name]["mean"]) for name in names]])
-    reporting.table("vidbooth evaluate", ["video", *[METRIC_LABELS[name] for name in names]], rows, to_stdout=True)
+    if names:  # none when every video failed before scoring: the errors below say it all
+        reporting.table("vidbooth evaluate", ["video", *[METRIC_LABELS[name] for name in names]], rows, to_stdout=True)
     for reason in dict.fromkeys(report.unavailable.values()):
         labels = ", ".join(METRIC_LABELS[name] for name, why in report.unavailable.items() if why == reason)
         reporting.warn(f"{labels} unavailable: {reason}")
