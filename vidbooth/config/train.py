@@ -48,15 +48,8 @@ class TrainConfig:
     def check(self, prefix: str = "train") -> None:
         """Raise a UserError naming the first bad value by its key, `prefix` being where this config sits
         ('identity.train' in a subject's config). The configs that hold one call it when they are built."""
-        positive = {
-            "steps": self.steps,
-            "batch_size": self.batch_size,
-            "grad_accumulation": self.grad_accumulation,
-            "keep_checkpoints": self.keep_checkpoints,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise UserError(f"{prefix}.{key} must be at least 1, got {value}")
+        for key in ("steps", "batch_size", "grad_accumulation", "keep_checkpoints"):
+            checks.at_least(f"{prefix}.{key}", getattr(self, key), 1)
         checks.positive(f"{prefix}.lr", self.lr)
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"{prefix}.lr_schedule '{self.lr_schedule}' is unknown: use {', '.join(LR_SCHEDULES)}")
@@ -64,13 +57,10 @@ class TrainConfig:
             raise UserError(
                 f"{prefix}.mixed_precision '{self.mixed_precision}' is unknown: use {', '.join(MIXED_PRECISIONS)}"
             )
-        for key in ("lr_warmup_steps", "checkpoint_every"):
-            if getattr(self, key) < 0:
-                raise UserError(f"{prefix}.{key} must not be negative, got {getattr(self, key)}")
+        for key in ("lr_warmup_steps", "checkpoint_every", "high_noise_from"):
+            checks.at_least(f"{prefix}.{key}", getattr(self, key), 0)
         if not 0 <= self.high_noise_fraction <= 1:
             raise UserError(f"{prefix}.high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}")
-        if self.high_noise_from < 0:
-            raise UserError(f"{prefix}.high_noise_from must not be negative, got {self.high_noise_from}")
         checks.non_negative(f"{prefix}.max_grad_norm", self.max_grad_norm, hint=" (0: no clipping)")
         for key in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, key) < 1:

@@ -156,6 +156,7 @@ class _Run:
     accelerator: object = None
     size: int = 0
     latents: torch.Tensor | None = None  # (N x views, C, 1, h, w)
+    identity_layers: dict | None = None  # the cross-attention layers `identity.layers` names (identity stage)
     results: dict[str, TrainResult] = field(default_factory=dict)
 
     @property
@@ -180,7 +181,8 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
     with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():
         run.backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(run.accelerator))
         if "identity" in stages:
-            select_layers(run.backbone.spatial_cross_attention_layers(), cfg.identity.layers)  # before any training
+            # checked before any training, used by the identity stage
+            run.identity_layers = select_layers(run.backbone.spatial_cross_attention_layers(), cfg.identity.layers)
         run.size = _training_size(run.backbone, cfg.data.resolution)
         run.latents = _encode_photos(run)
         rows = _textual_inversion(run) if "textual_inversion" in stages else _load_existing_embedding(run)
@@ -380,8 +382,7 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
     with torch.no_grad():
         caption_embeds = bb.encode_prompt(run.captions())  # (T, L, D), encoded once
     seed_everything(ident.train.seed)
-    layers = select_layers(bb.spatial_cross_attention_layers(), ident.layers)
-    inject_identity_adapter(bb.unet, layers, ident.hidden_ratio)
+    inject_identity_adapter(bb.unet, run.identity_layers, ident.hidden_ratio)
     # guided: the adapter learns the conditional pass; the unconditional one is the base's
     guidance = _loss_guidance(bb, ident.guidance_scale, lambda: adapters_off(bb.unet, IDENTITY_KIND))
     method = IdentityAdapterMethod(
