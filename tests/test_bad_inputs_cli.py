@@ -131,7 +131,15 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
         ("textual-inversion", ["--seed", "-1"], f"runtime.seed (--seed) {SEED_RANGE}, got -1"),
         ("textual-inversion", ["--set", "textual_inversion.train.seed=4294967296"],
          f"train.seed (--seed) {SEED_RANGE}"),
-        ("textual-inversion", ["--lr", "inf"], "textual_inversion.train.lr must be a finite positive number, got inf"),
+        ("textual-inversion", ["--lr", "inf"],
+         "textual_inversion.train.lr (--lr) must be a finite positive number, got inf"),
+        ("train-subject", ["--ti-steps", "0"], "textual_inversion.train.steps (--ti-steps) must be at least 1, got 0"),
+        ("train-subject", ["--batch-size", "0"],
+         "textual_inversion.train.batch_size (--batch-size) must be at least 1, got 0"),
+        ("train-subject", ["--set", "identity.train.lr=-1"],  # train-subject has no --lr: the key alone
+         "identity.train.lr must be a finite positive number, got -1.0"),
+        ("textual-inversion", ["--scale-jitter", "1"], "data.scale_jitter (--scale-jitter) must be in [0, 1), got 1.0"),
+        ("train-subject", ["--hidden-ratio", "0"], "identity.hidden_ratio (--hidden-ratio) must be in (0, 4], got 0.0"),
         ("textual-inversion", ["--set", "textual_inversion.train.adam_beta1=1.5"],
          "textual_inversion.train.adam_beta1 must be in [0, 1)"),
         ("textual-inversion", ["--set", "textual_inversion.train.adam_epsilon=-1"],
@@ -164,8 +172,11 @@ def test_subject_training_refuses_bad_numbers(command, args, message, tmp_path, 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--resolution", "0"], "data.resolution must be at least 8 pixels, got 0"),
+        (["--resolution", "0"], "data.resolution (--resolution) must be at least 8 pixels, got 0"),
         (["--fps", "inf"], "data.fps (--fps) must be a finite positive number, got inf"),
+        (["--stride", "0"], "data.stride (--stride) must be at least 1, got 0"),
+        (["--steps", "0"], "train.steps (--steps) must be at least 1, got 0"),
+        (["--set", "adapter.hidden_ratio=5"], "adapter.hidden_ratio must be in (0, 4], got 5.0"),
         (["--seed", "4294967296"], f"runtime.seed (--seed) {SEED_RANGE}"),
         (["--preview", "--set", "preview.num_inference_steps=0"], "preview.num_inference_steps must be at least 1"),
         (["--preview", "--set", "preview.num_inference_steps=1", "--set", "preview.guidance_scale=nan"],
@@ -177,6 +188,22 @@ def test_train_motion_refuses_bad_numbers(args, message, tmp_path, tiny_base_dir
     argv = ["train-motion", str(clip), "--name", "m", "--base", str(tiny_base_dirs["unet3d"]), "--device", "cpu",
             "--steps", "1", "--num-frames", "2", "--resolution", "16", "--no-preview", *args]
     _refused_in_one_line(argv, message, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--threads", "0"], "threads (--threads) must be at least 1, got 0"),
+        (["--max-minutes", "-1"], "max_minutes (--max-minutes) must be a finite number of 0 or more (0: no limit)"),
+        (["--seed", "-1"], f"seed (--seed) {SEED_RANGE}, got -1"),
+        (["--set", "unet.batch=0"], "unet.batch must be at least 1, got 0"),
+        (["--set", "clip.lr=0"], "clip.lr must be a finite positive number, got 0.0"),
+        (["--set", "unet.high_noise_from=1000"], "unet.high_noise_from must be in [0, 1000), got 1000"),
+        (["--set", "unet.eval_prompts=0"], "unet.eval_prompts must be at least 1, got 0"),
+    ],
+)
+def test_pretrain_refuses_bad_numbers(args, message, tmp_path, capsys):
+    _refused_in_one_line(["pretrain", "--out", str(tmp_path / "run"), *args], message, tmp_path, capsys)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,17 @@ import typer
 
 from vidbooth.cli import options
 
+FLAGS = {
+    "train.steps": "--steps",
+    "train.lr": "--lr",
+    "train.seed": "--seed",
+    "data.num_frames": "--num-frames",
+    "data.stride": "--stride",
+    "data.resolution": "--resolution",
+    "appearance.p_image_zero": "--p-image-zero",
+}
+"""Config key -> flag, for the error of a bad value."""
+
 
 def train_motion(
     clips: list[str] = typer.Argument(
@@ -65,7 +76,8 @@ def train_motion(
         "appearance.p_image_zero": p_image_zero,
         "preview.enabled": preview,
     }
-    cfg = load_config(MotionConfig, recipe_or_default(recipe, "motion", sets, overrides), sets, overrides)
+    recipe = recipe_or_default(recipe, "motion", sets, overrides)
+    cfg = load_config(MotionConfig, recipe, sets, overrides, flags=FLAGS)
     result = run_train_motion(cfg)
     info(
         f"motion '{result.name}': {result.steps} steps, loss {result.loss:.4f}, {result.step_seconds:.2f} s/step, "

@@ -57,6 +57,16 @@ def _train_flags(stage: str, steps, lr, batch_size, checkpoint_every) -> dict:
     return {f"{STAGE_KEYS[stage]}.{field}": value for field, value in values.items()}
 
 
+COMMON_FLAGS = {"data.resolution": "--resolution", "data.scale_jitter": "--scale-jitter"}
+PRIOR_FLAGS = {"prior.num_class_images": "--num-class-images", "prior.weight": "--prior-weight"}
+
+
+def _train_flag_names(stage: str, steps_flag: str, lr_flag: str | None) -> dict[str, str]:
+    """Config key -> this command's flag for a stage's training settings, for the error of a bad value."""
+    names = {"steps": steps_flag, "lr": lr_flag, "batch_size": "--batch-size", "checkpoint_every": "--checkpoint-every"}
+    return {f"{STAGE_KEYS[stage]}.{field}": flag for field, flag in names.items() if flag}
+
+
 def _prior_flags(prior_preservation, class_images, num_class_images, prior_weight) -> dict:
     return {
         "prior.enabled": prior_preservation,
@@ -66,12 +76,13 @@ def _prior_flags(prior_preservation, class_images, num_class_images, prior_weigh
     }
 
 
-def _load(recipe, sets, overrides):
+def _load(recipe, sets, overrides, flags: dict[str, str]):
     from vidbooth.config import load_config
     from vidbooth.config.load import recipe_or_default
     from vidbooth.config.subject import SubjectConfig
 
-    return load_config(SubjectConfig, recipe_or_default(recipe, "subject", sets, overrides), sets, overrides)
+    recipe = recipe_or_default(recipe, "subject", sets, overrides)
+    return load_config(SubjectConfig, recipe, sets, overrides, flags=flags)
 
 
 def textual_inversion(
@@ -109,7 +120,9 @@ def textual_inversion(
     overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
     overrides |= _train_flags("textual_inversion", steps, lr, batch_size, checkpoint_every)
     overrides["textual_inversion.num_vectors"] = num_vectors
-    train_textual_inversion(_load(recipe, sets, overrides))
+    flags = COMMON_FLAGS | _train_flag_names("textual_inversion", "--steps", "--lr")
+    flags["textual_inversion.num_vectors"] = "--num-vectors"
+    train_textual_inversion(_load(recipe, sets, overrides, flags))
 
 
 def identity_adapter(
@@ -151,7 +164,9 @@ def identity_adapter(
     overrides |= _train_flags("identity", steps, lr, batch_size, checkpoint_every)
     overrides |= _prior_flags(prior_preservation, class_images, num_class_images, prior_weight)
     overrides["identity.hidden_ratio"] = hidden_ratio
-    train_identity_adapter(_load(recipe, sets, overrides))
+    flags = COMMON_FLAGS | PRIOR_FLAGS | _train_flag_names("identity", "--steps", "--lr")
+    flags["identity.hidden_ratio"] = "--hidden-ratio"
+    train_identity_adapter(_load(recipe, sets, overrides, flags))
 
 
 def train_subject(
@@ -196,4 +211,7 @@ def train_subject(
     overrides |= _train_flags("identity", identity_steps, None, batch_size, checkpoint_every)
     overrides |= _prior_flags(prior_preservation, class_images, num_class_images, prior_weight)
     overrides |= {"textual_inversion.num_vectors": num_vectors, "identity.hidden_ratio": hidden_ratio}
-    run_train_subject(_load(recipe, sets, overrides))
+    flags = COMMON_FLAGS | PRIOR_FLAGS | _train_flag_names("textual_inversion", "--ti-steps", None)
+    flags |= _train_flag_names("identity", "--identity-steps", None)
+    flags |= {"textual_inversion.num_vectors": "--num-vectors", "identity.hidden_ratio": "--hidden-ratio"}
+    run_train_subject(_load(recipe, sets, overrides, flags))

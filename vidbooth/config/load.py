@@ -61,10 +61,12 @@ def load_config(
     recipe: str | None = None,
     sets: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> T:
     """Return a `schema` instance. Unknown keys and wrong types raise UserError naming the key.
 
     `overrides` holds explicit CLI flags as dotted keys; `None` values mean "not given" and are skipped.
+    `flags` maps dotted keys to the command's flag for them, so that the error of a bad value names the flag too.
     """
     try:
         merged = OmegaConf.structured(schema)
@@ -85,8 +87,19 @@ def load_config(
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise UserError(_describe(exc)) from exc
+    except UserError as exc:  # a value check in a config's __post_init__
+        raise UserError(_name_flag(str(exc), flags or {})) from exc
     _apply_env(obj)
     return obj  # type: ignore[return-value]
+
+
+def _name_flag(message: str, flags: dict[str, str]) -> str:
+    """`message` with the flag of the key it starts with added after the key ("train.steps (--steps) must ..."),
+    unless it names one already."""
+    key = message.split(" ", 1)[0]
+    if key in flags and not message.startswith(f"{key} ("):
+        return f"{key} ({flags[key]}){message[len(key):]}"
+    return message
 
 
 def _strings_as_lists(schema: Any, given: Any) -> Any:

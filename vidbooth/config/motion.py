@@ -80,18 +80,8 @@ class MotionConfig:
     """Continue an interrupted run from its last checkpoint."""
 
     def __post_init__(self) -> None:
+        """Validate what the dataclass types cannot when the config is built; raises UserError naming the key."""
         self.train.check("train")
-
-    def check(self) -> None:
-        """Validate what the dataclass types cannot; raises UserError naming the key."""
-        if not self.name:
-            raise UserError("--name is required: the name the motion gets in the library")
-        if not self.clips:
-            raise UserError("no training clips given: pass one or more video files or frame folders")
-        if self.captions and len(self.captions) not in (1, len(self.clips)):
-            raise UserError(
-                f"{len(self.captions)} captions for {len(self.clips)} clips: give one --caption per clip or one for all"
-            )
         if self.data.num_frames < 2:
             raise UserError(f"data.num_frames must be at least 2 to learn a motion, got {self.data.num_frames}")
         if self.data.stride is not None and self.data.stride < 1:
@@ -107,6 +97,17 @@ class MotionConfig:
             raise UserError(f"adapter.targets {self.adapter.targets} are invalid: choose from {choices}")
         if not 0 < self.adapter.hidden_ratio <= 4:
             raise UserError(f"adapter.hidden_ratio must be in (0, 4], got {self.adapter.hidden_ratio}")
+
+    def check(self) -> None:
+        """Check that what training needs is given; raises UserError naming what is missing."""
+        if not self.name:
+            raise UserError("--name is required: the name the motion gets in the library")
+        if not self.clips:
+            raise UserError("no training clips given: pass one or more video files or frame folders")
+        if self.captions and len(self.captions) not in (1, len(self.clips)):
+            raise UserError(
+                f"{len(self.captions)} captions for {len(self.clips)} clips: give one --caption per clip or one for all"
+            )
 
     def caption_for(self, index: int) -> str:
         if self.captions:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vidbooth.config import checks
 from vidbooth.engine.positions import POSITION_CHANNELS
 from vidbooth.errors import UserError
 from vidbooth.nano.model import NanoArch
@@ -107,15 +108,29 @@ class PretrainConfig:
     """torch CPU threads."""
 
     def check(self) -> None:
+        """Raise a UserError naming the first bad value by its key (and flag, where it has one)."""
+        checks.non_negative("max_minutes", self.max_minutes, "--max-minutes", hint=" (0: no limit)")
+        checks.at_least("threads", self.threads, 1, "--threads")
+        checks.seed("seed", self.seed)
+        checks.seed("split_seed", self.split_seed, flag=None)
+        checks.positive("checkpoint_minutes", self.checkpoint_minutes)
         for name, stage in (("autoencoder", self.autoencoder), ("clip", self.clip), ("unet", self.unet)):
-            if stage.steps < 0 or stage.batch < 1 or not stage.lr > 0:
-                raise UserError(f"{name}: steps must be >= 0, batch >= 1 and lr > 0 (got {stage})")
+            checks.at_least(f"{name}.steps", stage.steps, 0)
+            checks.at_least(f"{name}.batch", stage.batch, 1)
+            checks.positive(f"{name}.lr", stage.lr)
+        for key in ("warmup_steps", "eval_every"):
+            checks.at_least(f"unet.{key}", getattr(self.unet, key), 0)
+        checks.at_least("unet.eval_prompts", self.unet.eval_prompts, 1)
+        checks.at_least("unet.eval_inference_steps", self.unet.eval_inference_steps, 1)
+        checks.non_negative("unet.eval_guidance_scale", self.unet.eval_guidance_scale)
         if self.arch.size < 32 or self.arch.size % 2 ** (len(self.arch.vae.block_out_channels) - 1):
             raise UserError(f"arch.size {self.arch.size} must be >= 32 and divisible by the VAE factor")
         if self.arch.num_frames < 2:
             raise UserError(f"arch.num_frames must be at least 2, got {self.arch.num_frames}")
-        if not (0 <= self.unet.high_noise_fraction <= 1 and 0 <= self.unet.high_noise_from < 1000):
-            raise UserError("unet.high_noise_fraction must be in [0, 1] and unet.high_noise_from in [0, 1000)")
+        if not 0 <= self.unet.high_noise_fraction <= 1:
+            raise UserError(f"unet.high_noise_fraction must be in [0, 1], got {self.unet.high_noise_fraction}")
+        if not 0 <= self.unet.high_noise_from < 1000:
+            raise UserError(f"unet.high_noise_from must be in [0, 1000), got {self.unet.high_noise_from}")
         unet = self.unet
         if not 0 <= unet.path_from < 1000:
             raise UserError(f"unet.path_from must be in [0, 1000), got {unet.path_from}")
@@ -152,5 +167,3 @@ class PretrainConfig:
             raise UserError(f"linear_paths must be one of {', '.join(LINEAR_PATHS)}, got '{self.linear_paths}'")
         if self.init_from and self.resume:
             raise UserError("give --init-from to start a run from a model, or --resume to continue a run, not both")
-        if self.unet.eval_prompts < 1 or self.max_minutes < 0 or self.threads < 1:
-            raise UserError("unet.eval_prompts and threads must be >= 1 and max_minutes >= 0")

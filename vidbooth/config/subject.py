@@ -135,15 +135,24 @@ class SubjectConfig:
     def __post_init__(self) -> None:
         if isinstance(self.photos, (str, os.PathLike)):  # SubjectConfig(photos="dog/") from Python
             self.photos = [os.fspath(self.photos)]
+        self._check_values()
 
     def check(self, stages: tuple[str, ...]) -> None:
-        """Validate what the dataclass types cannot, for the stages that will run; raises UserError naming the key."""
+        """Check that what the stages that will run need is given; raises UserError naming what is missing."""
         if not self.name:
             raise UserError("--name is required: the subject's name and pseudo-word, e.g. --name S*")
         if not self.photos:
             raise UserError("no photos given: pass a folder with 3-5 photos of the subject, or the photo files")
         if "textual_inversion" in stages and not self.class_noun.strip():
             raise UserError("--class-noun is required: what the subject is, e.g. --class-noun dog")
+        if len(stages) > 1 and self.textual_inversion.train.mixed_precision != self.identity.train.mixed_precision:
+            raise UserError(
+                "textual_inversion.train.mixed_precision and identity.train.mixed_precision differ: one run "
+                "uses one setting, so make them equal"
+            )
+
+    def _check_values(self) -> None:
+        """Validate what the dataclass types cannot when the config is built; raises UserError naming the key."""
         if self.data.resolution is not None and self.data.resolution < 8:
             raise UserError(f"data.resolution must be at least 8 pixels, got {self.data.resolution}")
         if not 0 <= self.data.scale_jitter < 1:
@@ -166,8 +175,3 @@ class SubjectConfig:
         if self.prior.enabled:
             checks.at_least("prior.num_class_images", self.prior.num_class_images, 1, "--num-class-images")
             checks.non_negative("prior.weight", self.prior.weight, "--prior-weight")
-        if len(stages) > 1 and self.textual_inversion.train.mixed_precision != self.identity.train.mixed_precision:
-            raise UserError(
-                "textual_inversion.train.mixed_precision and identity.train.mixed_precision differ: one run "
-                "uses one setting, so make them equal"
-            )
