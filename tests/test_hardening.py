@@ -87,6 +87,22 @@ def test_unwritable_library_is_one_line(photos, tiny_base_dirs, tmp_path, capsys
     assert "cannot write to the library" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["train-subject", "{empty}", "--name", "S*", "--class-noun", "dog"], "no photos found"),
+        (["train-motion", "{empty}/missing.mp4", "--name", "m"], "missing.mp4"),
+    ],
+)
+def test_a_refused_training_does_not_create_the_library(command, message, tmp_path, capsys):
+    home, empty = tmp_path / "new-library", tmp_path / "empty"
+    empty.mkdir()
+    code = main(["--home", str(home), *[arg.format(empty=empty) for arg in command]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not home.exists()  # the checks before training write nothing, not even the library folder
+
+
 @pytest.mark.parametrize("suffix", [".bin", ".pt", ".ckpt", ".pth"])
 def test_pickle_files_are_refused(tmp_path, suffix):
     path = tmp_path / f"embedding{suffix}"

@@ -249,9 +249,16 @@ def _is_file(fd: int, path: Path) -> bool:
     return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
-def writable_home() -> Path:
-    """The library folder, created if needed; a UserError if it cannot be written."""
+def writable_home(create: bool = True) -> Path:
+    """The library folder, created if needed; a UserError if it cannot be written. With `create` False a folder
+    that does not exist yet is left uncreated, its nearest existing parent checked instead (for checks that run
+    before anything is written)."""
     home = _folder_home()
+    if not create and not home.exists():
+        parent = next(folder for folder in home.parents if folder.exists())
+        if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+            raise UserError(f"cannot write to the library {home} (cannot create it in {parent}): choose another with --home")
+        return home
     try:
         home.mkdir(parents=True, exist_ok=True)
         probe = home / f".write-test-{os.getpid()}"
@@ -263,8 +270,9 @@ def writable_home() -> Path:
 
 
 def check_free(kind: str, name: str, overwrite: bool) -> Path:
-    """Refuse early (before any training) when the library is not writable, or `name` exists without --overwrite."""
-    writable_home()
+    """Refuse early (before any training) when the library is not writable, or `name` exists without --overwrite;
+    writes nothing."""
+    writable_home(create=False)
     path = artifact_dir(kind, name, must_exist=False)
     if (path / MANIFEST).is_file() and not overwrite:
         raise UserError(f"{kind} '{name}' already exists in {library_home()}: pass --overwrite to replace it")
