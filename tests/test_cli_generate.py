@@ -108,3 +108,12 @@ def test_no_prompt_and_no_recipe_is_one_line(tmp_path, capsys):
     last = err.strip().splitlines()[-1]
     assert last == 'error: no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)'
     assert not list(tmp_path.iterdir())
+
+
+def test_an_adapter_scale_without_its_adapter_is_warned(tiny_base_dirs, tmp_path, capsys):
+    code = main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out",
+                 str(tmp_path / "a.mp4"), "--frames", "2", "--steps", "1", "--device", "cpu",
+                 "--subject-scale", "0.5", "--motion-scale", "1"])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: --subject-scale 0.5 has no effect without --subject" in err, err
+    assert "--motion-scale" not in err  # 1, the default, says nothing

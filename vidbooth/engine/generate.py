@@ -18,7 +18,7 @@ from vidbooth.data.video import (
 from vidbooth.errors import UserError
 from vidbooth.fileio import write_together
 from vidbooth.library import artifact_dir
-from vidbooth.reporting import info
+from vidbooth.reporting import info, warn
 
 
 @dataclass
@@ -50,6 +50,10 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         artifact_dir("subject", name)  # unknown names fail before the model loads
     if cfg.motion:
         artifact_dir("motion", cfg.motion)
+    if cfg.subject_scale != 1 and not cfg.subjects:
+        warn(f"--subject-scale {cfg.subject_scale:g} has no effect without --subject")
+    if cfg.motion_scale != 1 and not cfg.motion:
+        warn(f"--motion-scale {cfg.motion_scale:g} has no effect without --motion")
 
     bb = load_backbone_for(cfg.backbone, cfg.runtime)
     prompt = cfg.prompt
