@@ -194,6 +194,7 @@ def test_train_motion_refuses_bad_numbers(args, message, tmp_path, tiny_base_dir
     "args, message",
     [
         (["--threads", "0"], "threads (--threads) must be at least 1, got 0"),
+        (["--out", ""], "--out is empty: give the run folder"),
         (["--max-minutes", "-1"], "max_minutes (--max-minutes) must be a finite number of 0 or more (0: no limit)"),
         (["--seed", "-1"], f"seed (--seed) {SEED_RANGE}, got -1"),
         (["--set", "unet.batch=0"], "unet.batch must be at least 1, got 0"),

@@ -178,3 +178,10 @@ def test_bad_demo_settings_are_one_error_line_before_anything_is_written(args, e
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(errors) == 1 and expected in errors[0], errors
     assert not out.exists()
+
+
+def test_an_empty_out_is_refused_rather_than_writing_into_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

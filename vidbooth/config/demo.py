@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from vidbooth.config import checks
 from vidbooth.config.schema import RuntimeConfig
+from vidbooth.errors import UserError
 
 
 @dataclass
@@ -29,6 +30,8 @@ class DemoConfig:
     """Sampling steps (0: the recipe's)."""
 
     def __post_init__(self) -> None:  # checked before anything is trained or written
+        if not self.out.strip():
+            raise UserError("--out is empty: give the folder the demo writes into (default: demo)")
         checks.at_least("num_videos", self.num_videos, 1, "--num-videos")
         for key in ("subject_steps", "motion_steps", "num_inference_steps"):
             checks.at_least(key, getattr(self, key), 0)  # 0: the recipe's

@@ -109,6 +109,8 @@ class PretrainConfig:
 
     def check(self) -> None:
         """Raise a UserError naming the first bad value by its key (and flag, where it has one)."""
+        if not self.out.strip():
+            raise UserError("--out is empty: give the run folder (default: runs/nano)")
         checks.non_negative("max_minutes", self.max_minutes, "--max-minutes", hint=" (0: no limit)")
         checks.at_least("threads", self.threads, 1, "--threads")
         checks.seed("seed", self.seed)
