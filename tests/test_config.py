@@ -99,3 +99,4 @@ def test_a_plain_string_where_a_list_is_expected_is_a_one_item_list(tmp_path):
     assert load_config(SubjectConfig, str(recipe), ["photos=[a.png,b.png]"]).photos == ["a.png", "b.png"]
     assert load_config(MotionConfig, None, ["clips=a.mp4"]).clips == ["a.mp4"]
     assert SubjectConfig(photos=tmp_path).photos == [str(tmp_path)]
+    assert load_config(SubjectConfig, None, None, {"photos": "/data/dog", "name": "S*"}).photos == ["/data/dog"]

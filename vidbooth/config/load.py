@@ -83,6 +83,8 @@ def load_config(
             merged = OmegaConf.merge(merged, _strings_as_lists(merged, OmegaConf.from_dotlist([item])))
         for key, value in (overrides or {}).items():
             if value is not None:
+                if isinstance(value, str) and OmegaConf.is_list(OmegaConf.select(merged, key)):
+                    value = [value]  # load_config(..., overrides={"photos": "dog/"}) from Python
                 OmegaConf.update(merged, key, value, merge=True)
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
