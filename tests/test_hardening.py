@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import badinputs
 from vidbooth import library
 from vidbooth.adapters.base import load_tensors
 from vidbooth.cli.app import main
@@ -92,12 +93,18 @@ def test_unwritable_library_is_one_line(photos, tiny_base_dirs, tmp_path, capsys
     [
         (["train-subject", "{empty}", "--name", "S*", "--class-noun", "dog"], "no photos found"),
         (["train-motion", "{empty}/missing.mp4", "--name", "m"], "missing.mp4"),
+        (["train-subject", "{photos}", "--name", "S*", "--class-noun", "dog", "--base", "{empty}"],
+         "is not a diffusers text-to-video model"),
+        (["train-motion", "{clip}", "--name", "m", "--base", "{empty}"], "is not a diffusers text-to-video model"),
     ],
 )
 def test_a_refused_training_does_not_create_the_library(command, message, tmp_path, capsys):
     home, empty = tmp_path / "new-library", tmp_path / "empty"
     empty.mkdir()
-    code = main(["--home", str(home), *[arg.format(empty=empty) for arg in command]])
+    photos = [badinputs.write_photo(tmp_path / "photos" / f"{i}.png", 64, 64) for i in range(3)][0].parent
+    clip = badinputs.write_clip(tmp_path / "clip.mp4", num_frames=4, width=64, height=64)
+    command = [arg.format(empty=empty, photos=photos, clip=clip) for arg in command]
+    code = main(["--home", str(home), *command])
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert not home.exists()  # the checks before training write nothing, not even the library folder

@@ -194,7 +194,7 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
     return _from_hub(base, revision)
 
 
-def check_base(base: str, revision: str | None = None) -> Path:
+def base_model_folder(base: str, revision: str | None = None) -> Path:
     """The local folder of `base` once it is known to hold a diffusers text-to-video model, without loading it:
     for commands that write before they load the model."""
     folder = resolve_base(base, revision)

@@ -104,12 +104,12 @@ def _library_at(folder: Path) -> Iterator[None]:
 
 
 def run_demo(cfg: DemoConfig) -> DemoReport:
-    from vidbooth.engine.backbone import check_base
+    from vidbooth.engine.backbone import base_model_folder
     from vidbooth.nano.world import caption, make_split, render_motion_clips, render_photos
 
     base = cfg.base
     check_writable_dir(cfg.out)
-    check_base(base)  # a wrong --base is its one error line, with nothing written yet
+    base_model_folder(base)  # a wrong --base is its one error line, with nothing written yet
     out = ensure_writable_dir(cfg.out)
     family = "nano" if base == "nano" else "tiny"  # the recipes the demo trains with
     split = make_split()

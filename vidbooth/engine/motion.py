@@ -157,6 +157,7 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 # ---- training -------------------------------------------------------------------------------------
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
+    from vidbooth.engine.backbone import base_model_folder
     from vidbooth.engine.train import make_accelerator
     from vidbooth.library import artifact_lock, check_free, validate_name
 
@@ -164,6 +165,7 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
     validate_name(cfg.name, "motion")
     check_free("motion", cfg.name, cfg.overwrite)
     clips = read_training_clips(cfg)
+    base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
     # one lock for the run, held by the main process (the others of an `accelerate launch` run share it)
     with artifact_lock("motion", cfg.name) if accelerator.is_main_process else contextlib.nullcontext():

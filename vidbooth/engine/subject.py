@@ -51,7 +51,7 @@ from vidbooth.adapters.textual_inversion import (
 )
 from vidbooth.config import save_config
 from vidbooth.config.subject import SubjectConfig
-from vidbooth.engine.backbone import load_backbone_for
+from vidbooth.engine.backbone import base_model_folder, load_backbone_for
 from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.train import (
     TrainResult,
@@ -210,8 +210,9 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
             raise UserError(f"subject '{cfg.name}' already has an identity adapter: pass --overwrite to retrain it")
     class_noun = cfg.class_noun.strip() or existing["class_noun"]
     photos = _load_photos(cfg.photos)
+    base_folder = base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
     if "textual_inversion" in stages:
-        _check_tokens(cfg, class_noun)
+        _check_tokens(cfg, class_noun, base_folder)
     class_images = None
     if "identity" in stages and cfg.prior.enabled and cfg.prior.class_images:
         class_images = [image for _, image in load_photo_folder(cfg.prior.class_images)][: cfg.prior.num_class_images]
@@ -228,15 +229,13 @@ def _load_photos(paths: list[str]) -> _Photos:
     return _Photos(files, [image for _, image in loaded], [hash_file(path) for path in files])
 
 
-def _check_tokens(cfg: SubjectConfig, class_noun: str) -> None:
+def _check_tokens(cfg: SubjectConfig, class_noun: str, base_folder: Path) -> None:
     """With the tokenizer alone: the class noun must tokenise to something and the pseudo-word must be new."""
     from transformers import CLIPTokenizer
 
-    from vidbooth.engine.backbone import resolve_base
-
-    folder = resolve_base(cfg.backbone.base, cfg.backbone.revision) / "tokenizer"
+    folder = base_folder / "tokenizer"
     if not folder.is_dir():
-        return  # not a diffusers model: load_backbone says what is missing
+        return  # load_backbone says what is missing
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     class_noun_ids(tokenizer, class_noun)
     check_placeholder_is_new(tokenizer, cfg.name, cfg.textual_inversion.num_vectors, class_noun)
