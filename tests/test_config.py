@@ -100,3 +100,19 @@ def test_a_plain_string_where_a_list_is_expected_is_a_one_item_list(tmp_path):
     assert load_config(MotionConfig, None, ["clips=a.mp4"]).clips == ["a.mp4"]
     assert SubjectConfig(photos=tmp_path).photos == [str(tmp_path)]
     assert load_config(SubjectConfig, None, None, {"photos": "/data/dog", "name": "S*"}).photos == ["/data/dog"]
+
+
+def test_a_recipe_for_another_command_or_not_a_mapping_is_one_clear_error(tmp_path):
+    from vidbooth.config.subject import SubjectConfig
+
+    with pytest.raises(UserError, match=r"recipe .*subject.yaml: config key 'data'.*is it a recipe for another command"):
+        load_config(GenerateConfig, "nano/subject")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("data:\n  flipp: true\n")
+    with pytest.raises(UserError, match=r"config key 'data.flipp'") as caught:
+        load_config(SubjectConfig, str(typo))
+    assert "another command" not in str(caught.value)  # a known section with a wrong key is a typo
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="must be a mapping of settings"):
+        load_config(GenerateConfig, str(listed))

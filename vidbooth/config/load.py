@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from vidbooth.errors import UserError
 
@@ -76,7 +76,14 @@ def load_config(
                 loaded = OmegaConf.load(path)
             except Exception as exc:  # yaml errors have many types
                 raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-            merged = OmegaConf.merge(merged, _strings_as_lists(merged, loaded))
+            if not OmegaConf.is_dict(loaded):
+                raise UserError(f"recipe {path} must be a mapping of settings (key: value), got a YAML list or value")
+            try:
+                merged = OmegaConf.merge(merged, _strings_as_lists(merged, loaded))
+            except ConfigKeyError as exc:
+                other_command = "." not in str(getattr(exc, "full_key", "") or "")  # a whole section is unknown
+                hint = ": is it a recipe for another command?" if other_command else ""
+                raise UserError(f"recipe {path}: {_describe(exc)}{hint}") from exc
         for item in sets or []:
             if "=" not in item:
                 raise UserError(f"--set expects key=value, got '{item}'")
