@@ -114,3 +114,36 @@ def test_only_nano_t_asked_for_is_one_error_line_saying_why(world, capsys):
     assert run(world["video"], "-p", "a dog", "--clip-model", "nano", "--metrics", "clip_t") == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no metric can be computed" in errors[0] and "no projection" in errors[0]
+
+
+@pytest.mark.parametrize("base, expected", [("nano", "nano"), ("tiny", "clip"), (None, "clip")])
+def test_the_default_clip_model_follows_the_base_that_generated_the_video(
+    base, expected, world, tmp_path, capsys, monkeypatch
+):
+    """With no --clip-model, a video whose generate config names nano is scored with nano's towers (offline);
+    any other base, or no config, asks for OpenAI CLIP, which this offline machine has not got."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")  # the choice is said in an info line
+    if base:
+        world["video"].with_suffix(".yaml").write_text(f"backbone:\n  base: {base}\nprompt: a red square\n")
+    out = tmp_path / "scores.json"
+    code = run(world["video"], "--ref-images", world["own"], "--metrics", "clip_i", "--json", out)
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    if expected == "nano":
+        assert code == 0 and "scoring with nano's own towers" in err, err
+        assert json.loads(out.read_text())["videos"][0]["metrics"]["nano_i"] > 0.5
+    else:
+        assert code == 2 and "openai/clip-vit-base-patch32" in err and "nano's own towers" not in err, err
+
+
+def test_a_library_subject_on_nano_makes_the_default_clip_model_nano(world, tmp_path, isolated_home, capsys):
+    subject = isolated_home / "subjects" / "S%2A"
+    (subject / "photos").mkdir(parents=True)
+    for photo in Path(world["own"]).iterdir():
+        (subject / "photos" / photo.name).write_bytes(photo.read_bytes())
+    manifest = {"kind": "subject", "name": "S*", "schema_version": 1, "base": "nano", "paths": {}, "files": {}}
+    (subject / "manifest.json").write_text(json.dumps(manifest))
+    assert run(world["video"], "--subject", "S*", "--metrics", "clip_i", "--json", tmp_path / "s.json") == 0, (
+        capsys.readouterr().err
+    )
+    assert "nano_i" in json.loads((tmp_path / "s.json").read_text())["videos"][0]["metrics"]

@@ -29,7 +29,8 @@ def evaluate(
         "probe_motion); with --clip-model nano also nano_t, nano_i, nano_t_cons (default: auto).",
     ),
     clip_model: str = typer.Option(
-        None, "--clip-model", help="CLIP folder or hub id (openai/clip-vit-base-patch32), or nano (labelled nano-*)."
+        None, "--clip-model", help="CLIP folder or hub id, or nano (labelled nano-*); default auto: nano for videos "
+        "of nano, else openai/clip-vit-base-patch32."
     ),
     dino_model: str = typer.Option(None, "--dino-model", help="DINO folder or hub id (facebook/dino-vits16)."),
     probe: bool = typer.Option(

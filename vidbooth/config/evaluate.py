@@ -27,9 +27,11 @@ class EvaluateConfig:
     """Metrics to compute, from clip_t, clip_i, dino_i, t_cons, motion_fidelity, probe_colour, probe_shape,
     probe_motion ('probe': all three). 'auto': CLIP-T and T.Cons, plus CLIP-I/DINO-I where reference images are
     given and motion fidelity where a reference motion is; with clip_model 'nano', the probe metrics too."""
-    clip_model: str = "openai/clip-vit-base-patch32"
+    clip_model: str = "auto"
     """CLIP model (transformers CLIPModel): local folder or hub id; 'nano' for the shipped nano model's image
-    tower, whose metrics are reported as nano-T (unavailable), nano-I and nano T.Cons."""
+    tower, whose metrics are reported as nano-T (unavailable), nano-I and nano T.Cons. 'auto': nano when what is
+    evaluated comes from nano (the config `generate` wrote beside each video, the library subject and motion),
+    else openai/clip-vit-base-patch32."""
     probe: bool = False
     """Add the world-probe metrics (probe colour/shape/motion) for videos whose prompt is a world caption."""
     dino_model: str = "facebook/dino-vits16"

@@ -22,13 +22,14 @@ from vidbooth.eval.features import (
     NANO_NO_TEXT_REASON,
     ImageEmbedder,
     ImageTextEmbedder,
+    NANO_NAME,
     ModelUnavailable,
     is_nano,
     load_clip,
     load_dino,
     load_nano_image,
 )
-from vidbooth.eval.jobs import EvalJob, jobs_from_manifest, jobs_from_videos
+from vidbooth.eval.jobs import EvalJob, generated_base, jobs_from_manifest, jobs_from_videos
 from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
 from vidbooth.eval.motion import METHOD, MIN_FLOW, WORK_SIDE, motion_signature, signature_similarity
 from vidbooth.eval.references import motion_clip_paths, read_image_folder, read_motion_clip, subject_photos
@@ -49,6 +50,9 @@ _ALIASES = {"motion": ("motion_fidelity",), "probe": PROBE_METRICS} | {
     nano: (clip,) for clip, nano in NANO_NAMES.items()
 }
 SELECTABLE = tuple(name for name in METRICS if name not in NANO_METRICS)
+AUTO = "auto"
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+"""The CLIP of DreamVideo's metric script, for videos of any base but nano."""
 
 
 def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
@@ -59,12 +63,13 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     if requested and "motion_fidelity" in requested and not motion_paths:
         raise UserError("motion_fidelity needs a reference motion: pass --motion NAME or --ref-video CLIP")
     single = len(jobs) == 1 and not config.manifest
-    choice = _MetricChoice(requested, bool(motion_paths), nano=is_nano(config.clip_model), probe=bool(config.probe))
+    clip_model = _clip_model(config, jobs)
+    choice = _MetricChoice(requested, bool(motion_paths), nano=is_nano(clip_model), probe=bool(config.probe))
     # Without a manifest every job shares the prompt and references, so a gap in them concerns the whole run.
     plans = [_plan(job, choice, single, shared_inputs=not config.manifest) for job in jobs]
     needed = {name for metrics in plans for name in metrics or ()}
     scorer = _Scorer(motion_paths, config.device, config.batch_size)
-    scorer.load_models(needed, config.clip_model, config.dino_model)
+    scorer.load_models(needed, clip_model, config.dino_model)
     if needed and needed <= set(scorer.unavailable):
         raise UserError("no metric can be computed: " + "; ".join(sorted(set(scorer.unavailable.values()))))
     results = []
@@ -79,6 +84,25 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
             ensure_writable_dir(Path(path).parent)
     write_reports(report, config.json, config.csv)  # both or neither: never a new JSON beside an old CSV
     return report
+
+
+def _clip_model(config: EvaluateConfig, jobs: list[EvalJob]) -> str:
+    """`--clip-model`, or for 'auto': nano's own towers when what is evaluated comes from nano (the base in the
+    config `generate` wrote beside each video, and the library subject's and motion's), else DEFAULT_CLIP_MODEL."""
+    if config.clip_model != AUTO:
+        return config.clip_model
+    from vidbooth.library import artifact_dir, read_manifest
+
+    bases = {generated_base(job.video) for job in jobs if not job.problem}
+    for kind, name in (("subject", config.subject), ("motion", config.motion)):
+        if name:
+            bases.add(read_manifest(artifact_dir(kind, name), verify=False).get("base"))
+    known = bases - {None}
+    if known and all(is_nano(base) for base in known):
+        reporting.info(f"scoring with nano's own towers, as the base of what is evaluated is {NANO_NAME} "
+                       f"(--clip-model chooses another)")
+        return NANO_NAME
+    return DEFAULT_CLIP_MODEL
 
 
 def requested_metrics(names: list[str]) -> list[str] | None:

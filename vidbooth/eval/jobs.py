@@ -94,9 +94,8 @@ def _beside(manifest: Path, path: str) -> str:
     return str(candidate if candidate.is_absolute() else manifest.parent / candidate)
 
 
-def generated_prompt(video: str | Path) -> str | None:
-    """The prompt in the config that `vidbooth generate` wrote beside `video` ('<stem>.yaml'), without the
-    subjects' pseudo-words; None when there is no such file or it names no prompt."""
+def _generated_config(video: str | Path) -> dict | None:
+    """The config that `vidbooth generate` wrote beside `video` ('<stem>.yaml'); None when there is none."""
     from omegaconf import OmegaConf
 
     path = Path(video).with_suffix(".yaml")
@@ -104,9 +103,23 @@ def generated_prompt(video: str | Path) -> str | None:
         return None
     try:
         config = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception:  # not a config generate wrote: the video simply has no known prompt
+    except Exception:  # not a config generate wrote: the video simply has no known settings
         return None
-    prompt = config.get("prompt") if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def generated_base(video: str | Path) -> str | None:
+    """The base model that generated `video`, from the config beside it; None when unknown."""
+    backbone = (_generated_config(video) or {}).get("backbone")
+    base = backbone.get("base") if isinstance(backbone, dict) else None
+    return base if isinstance(base, str) else None
+
+
+def generated_prompt(video: str | Path) -> str | None:
+    """The prompt in the config that `vidbooth generate` wrote beside `video` ('<stem>.yaml'), without the
+    subjects' pseudo-words; None when there is no such file or it names no prompt."""
+    config = _generated_config(video) or {}
+    prompt = config.get("prompt")
     if not isinstance(prompt, str):
         return None
     for name in config.get("subjects") or []:
