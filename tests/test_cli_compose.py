@@ -1,6 +1,7 @@
 """End to end: train-subject and train-motion on a tiny base, then generate with both."""
 
 import numpy as np
+import yaml
 import pytest
 from PIL import Image
 
@@ -72,3 +73,26 @@ def test_unknown_names_and_mismatched_bases(tiny_base_dirs, inputs, tmp_path, ca
                  "--steps", "1", "--out", out]) == 2
     assert "subject 'S*' was learned on" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_without_base_the_base_they_were_learned_on_is_used(tiny_base_dirs, inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    photos, clip = inputs
+    base = str(tiny_base_dirs["animatediff"])
+    adapter = base + "-motion-adapter"
+    on_base = ["--base", base, "--motion-adapter", adapter]
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", *on_base,
+                 "--ti-steps", "1", "--identity-steps", "1", *FAST]) == 0
+    assert main(["train-motion", str(clip), "--name", "M", *on_base, "--steps", "1", "--no-preview",
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "x.mp4"
+    generate = ["generate", "--prompt", "a S* ball", "--subject", "S*", "--motion", "M", "--frames", "2",
+                "--steps", "1", "--device", "cpu", "--out", str(out)]
+    assert main(generate) == 0  # no --base: nano would be refused, as the adapters were learned on another base
+    assert f"using base {base}, on which subject S* and motion M were learned" in capsys.readouterr().err
+    written = yaml.safe_load(out.with_suffix(".yaml").read_text())["backbone"]
+    assert (written["base"], written["motion_adapter"]) == (base, adapter)
+    assert main(["identity-adapter", str(photos), "--name", "S*", "--overwrite", "--steps", "1", *FAST]) == 0
+    assert main([*generate, "--base", str(tiny_base_dirs["unet3d"])]) == 2  # a --base given is kept
+    assert "was learned on" in capsys.readouterr().err

@@ -54,5 +54,7 @@ def generate(
         "subject_scale": subject_scale,
         "motion_scale": motion_scale,
     }
+    named = [("subject", name) for name in subject or []] + ([("motion", motion)] if motion else [])
+    overrides |= options.learned_backbone(recipe, sets, overrides, named)
     cfg = load_config(GenerateConfig, recipe_or_default(recipe, "generate", sets, overrides), sets, overrides)
     run_generate(cfg)

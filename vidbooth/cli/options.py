@@ -28,3 +28,37 @@ def runtime_overrides(base, motion_adapter, device, precision, attention, seed) 
         "runtime.attention": attention,
         "runtime.seed": seed,
     }
+
+
+def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict, named: list[tuple[str, str]]) -> dict:
+    """Without --base, `--set backbone.base=` or --recipe: the backbone settings (base, motion adapter, revision,
+    variant) that the named library artifacts (kind, name) were learned with, as dotted config keys, when they
+    all agree and name another base than the default; using them on any other base is an error. Flags given
+    stay. Empty when nothing applies (an unknown name is reported by the command itself)."""
+    from omegaconf import OmegaConf
+
+    from vidbooth.config.load import SHIPPED_BASE, given_base
+    from vidbooth.errors import UserError
+    from vidbooth.library import artifact_dir, read_manifest
+    from vidbooth.reporting import info
+
+    if recipe or given_base(sets, overrides) or not named:
+        return {}
+    found = set()
+    for kind, name in named:
+        try:
+            folder = artifact_dir(kind, name)
+            config = OmegaConf.load(folder / read_manifest(folder, verify=False)["paths"]["config"])
+            backbone = OmegaConf.to_container(config.get("backbone") or OmegaConf.create())
+        except (UserError, OSError, KeyError, TypeError, ValueError):
+            return {}
+        found.add(tuple(sorted((key, value) for key, value in backbone.items() if value is not None)))
+    if len(found) != 1:
+        return {}
+    learned = {f"backbone.{key}": value for key, value in found.pop()}
+    if learned.get("backbone.base", SHIPPED_BASE) == SHIPPED_BASE and len(learned) <= 1:
+        return {}
+    names = " and ".join(f"{kind} {name}" for kind, name in named)
+    were = "was" if len(named) == 1 else "were"
+    info(f"using base {learned.get('backbone.base')}, on which {names} {were} learned (--base chooses another)")
+    return {key: value for key, value in learned.items() if overrides.get(key) is None}

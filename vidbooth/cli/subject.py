@@ -164,6 +164,7 @@ def identity_adapter(
     overrides |= _train_flags("identity", steps, lr, batch_size, checkpoint_every)
     overrides |= _prior_flags(prior_preservation, class_images, num_class_images, prior_weight)
     overrides["identity.hidden_ratio"] = hidden_ratio
+    overrides |= options.learned_backbone(recipe, sets, overrides, [("subject", name)] if name else [])
     flags = COMMON_FLAGS | PRIOR_FLAGS | _train_flag_names("identity", "--steps", "--lr")
     flags["identity.hidden_ratio"] = "--hidden-ratio"
     train_identity_adapter(_load(recipe, sets, overrides, flags))

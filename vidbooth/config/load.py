@@ -40,14 +40,19 @@ def recipe_or_default(
     what make nano work, and the generic defaults are those of the large models."""
     if recipe:
         return recipe
-    base = SHIPPED_BASE
-    for item in sets or []:
-        if "=" in item:  # load_config reports a malformed --set
-            base = OmegaConf.select(OmegaConf.from_dotlist([item]), "backbone.base", default=base)
-    base = overrides.get("backbone.base") or base
+    base = given_base(sets, overrides) or SHIPPED_BASE
     if base != SHIPPED_BASE or not (RECIPES_DIR / SHIPPED_BASE / f"{command}.yaml").is_file():
         return None
     return f"{SHIPPED_BASE}/{command}"
+
+
+def given_base(sets: list[str] | None, overrides: dict[str, Any]) -> str | None:
+    """The base model named by the --base flag or `--set backbone.base=`; None when neither names one."""
+    base = None
+    for item in sets or []:
+        if "=" in item:  # load_config reports a malformed --set
+            base = OmegaConf.select(OmegaConf.from_dotlist([item]), "backbone.base", default=base)
+    return overrides.get("backbone.base") or base
 
 
 def _describe(exc: OmegaConfBaseException) -> str:
