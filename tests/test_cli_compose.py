@@ -1,8 +1,8 @@
 """End to end: train-subject and train-motion on a tiny base, then generate with both."""
 
 import numpy as np
-import yaml
 import pytest
+import yaml
 from PIL import Image
 
 from vidbooth.cli.app import main

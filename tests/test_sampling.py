@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vidbooth.engine.backbone import load_backbone
-from vidbooth.engine.sampling import make_scheduler, sample_video
+from vidbooth.engine.sampling import sample_video
 from vidbooth.engine.tiny import diffusers_reference_pipeline
 from vidbooth.errors import UserError
 

@@ -257,7 +257,9 @@ def writable_home(create: bool = True) -> Path:
     if not create and not home.exists():
         parent = next(folder for folder in home.parents if folder.exists())
         if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
-            raise UserError(f"cannot write to the library {home} (cannot create it in {parent}): choose another with --home")
+            raise UserError(
+                f"cannot write to the library {home} (cannot create it in {parent}): choose another with --home"
+            )
         return home
     try:
         home.mkdir(parents=True, exist_ok=True)

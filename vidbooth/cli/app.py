@@ -42,9 +42,8 @@ def _root(
 
 
 def _register() -> None:
-    from vidbooth.cli import demo, evaluate, generate, motion, pretrain
+    from vidbooth.cli import demo, evaluate, generate, motion, pretrain, subject
     from vidbooth.cli import list as list_command
-    from vidbooth.cli import subject
 
     app.command("generate", no_args_is_help=True)(generate.generate)
     app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)

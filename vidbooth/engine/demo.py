@@ -208,8 +208,7 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     from vidbooth.adapters.base import set_scale
     from vidbooth.adapters.identity import subject_kind
     from vidbooth.adapters.motion import KIND as MOTION_KIND
-    from vidbooth.config import GenerateConfig, load_config
-    from vidbooth.config import BackboneConfig
+    from vidbooth.config import BackboneConfig, GenerateConfig, load_config
     from vidbooth.engine.backbone import load_backbone_for
     from vidbooth.engine.compose import apply_personalisation
     from vidbooth.engine.sampling import sample_video

@@ -19,10 +19,10 @@ from vidbooth import __version__, reporting
 from vidbooth.data.video import check_writable_dir, ensure_writable_dir, read_video
 from vidbooth.errors import UserError
 from vidbooth.eval.features import (
+    NANO_NAME,
     NANO_NO_TEXT_REASON,
     ImageEmbedder,
     ImageTextEmbedder,
-    NANO_NAME,
     ModelUnavailable,
     is_nano,
     load_clip,
@@ -100,7 +100,7 @@ def _clip_model(config: EvaluateConfig, jobs: list[EvalJob]) -> str:
     known = bases - {None}
     if known and all(is_nano(base) for base in known):
         reporting.info(f"scoring with nano's own towers, as the base of what is evaluated is {NANO_NAME} "
-                       f"(--clip-model chooses another)")
+                       "(--clip-model chooses another)")
         return NANO_NAME
     return DEFAULT_CLIP_MODEL
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from vidbooth.nano.probe import probe_video, score_against_caption
-from vidbooth.nano.world import LINEAR_MOTIONS, Motion, Sprite, Split, caption
+from vidbooth.nano.world import LINEAR_MOTIONS, Motion, Split, Sprite, caption
 
 CHUNK = 25
 
