@@ -94,5 +94,7 @@ def test_without_base_the_base_they_were_learned_on_is_used(tiny_base_dirs, inpu
     written = yaml.safe_load(out.with_suffix(".yaml").read_text())["backbone"]
     assert (written["base"], written["motion_adapter"]) == (base, adapter)
     assert main(["identity-adapter", str(photos), "--name", "S*", "--overwrite", "--steps", "1", *FAST]) == 0
+    assert main([*generate, "--set", "backbone.motion_adapter=/no/such/adapter"]) == 2  # a --set given is kept
+    assert "/no/such/adapter" in capsys.readouterr().err
     assert main([*generate, "--base", str(tiny_base_dirs["unet3d"])]) == 2  # a --base given is kept
     assert "was learned on" in capsys.readouterr().err

@@ -33,8 +33,8 @@ def runtime_overrides(base, motion_adapter, device, precision, attention, seed) 
 def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict, named: list[tuple[str, str]]) -> dict:
     """Without --base, `--set backbone.base=` or --recipe: the backbone settings (base, motion adapter, revision,
     variant) that the named library artifacts (kind, name) were learned with, as dotted config keys, when they
-    all agree and name another base than the default; using them on any other base is an error. Flags given
-    stay. Empty when nothing applies (an unknown name is reported by the command itself)."""
+    all agree and name another base than the default; using them on any other base is an error. What a flag or
+    --set gives stays. Empty when nothing applies (an unknown name is reported by the command itself)."""
     from omegaconf import OmegaConf
 
     from vidbooth.config.load import SHIPPED_BASE, given_base
@@ -61,4 +61,5 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
     names = " and ".join(f"{kind} {name}" for kind, name in named)
     were = "was" if len(named) == 1 else "were"
     info(f"using base {learned.get('backbone.base')}, on which {names} {were} learned (--base chooses another)")
-    return {key: value for key, value in learned.items() if overrides.get(key) is None}
+    set_keys = {item.split("=", 1)[0].strip() for item in sets or [] if "=" in item}
+    return {key: value for key, value in learned.items() if overrides.get(key) is None and key not in set_keys}
