@@ -117,3 +117,15 @@ def test_an_adapter_scale_without_its_adapter_is_warned(tiny_base_dirs, tmp_path
     err = capsys.readouterr().err
     assert code == 0 and "warning: --subject-scale 0.5 has no effect without --subject" in err, err
     assert "--motion-scale" not in err  # 1, the default, says nothing
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    import vidbooth.engine.generate as engine
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "generate", interrupted)
+    assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "a.mp4")]) == 130
+    assert capsys.readouterr().err.strip().endswith("error: interrupted")
+    assert not list(tmp_path.iterdir())

@@ -73,6 +73,10 @@ def _click_exceptions() -> tuple[type[Exception], ...]:
     return tuple(classes)
 
 
+INTERRUPTED = 130
+"""Exit code of a command stopped by Ctrl-C (128 + SIGINT)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     from vidbooth.errors import Interrupted, UserError
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         error("interrupted")
-        return 130
+        return INTERRUPTED
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
+    if code == INTERRUPTED:  # typer returns Ctrl-C as this exit code, silently
+        error("interrupted")
     return code if isinstance(code, int) else 0
 
 
