@@ -185,3 +185,16 @@ def test_an_empty_out_is_refused_rather_than_writing_into_the_current_folder(tmp
     assert main(["demo", "--out", ""]) == 2
     assert "--out is empty" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_demo_says_to_run_it_again_not_to_resume(tmp_path, isolated_home, monkeypatch, capsys):
+    import vidbooth.engine.demo as demo
+    from vidbooth.errors import Interrupted
+
+    def stopped(*args):
+        raise Interrupted("stopped by SIGTERM at step 3/600; ...: rerun the same command with --resume", 143)
+
+    monkeypatch.setattr(demo, "_train_subject", stopped)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--base", "tiny"]) == 143
+    err = capsys.readouterr().err
+    assert "the demo was stopped by SIGTERM: run it again to start over" in err and "--resume" not in err

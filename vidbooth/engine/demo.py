@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from PIL import Image
 
 from vidbooth.config.demo import DemoConfig
 from vidbooth.data.video import check_writable_dir, ensure_writable_dir, save_contact_sheet, write_video
+from vidbooth.errors import Interrupted
 from vidbooth.fileio import write_together
 from vidbooth.reporting import info, table
 
@@ -103,6 +105,16 @@ def _library_at(folder: Path) -> Iterator[None]:
             os.environ["VIDBOOTH_HOME"] = previous
 
 
+@contextlib.contextmanager
+def _restart_when_interrupted() -> Iterator[None]:
+    """Training's 'rerun with --resume' does not apply to the demo, which has no --resume: it starts over."""
+    try:
+        yield
+    except Interrupted as exc:
+        signal_name = signal.Signals(exc.exit_code - 128).name if exc.exit_code > 128 else "a signal"
+        raise Interrupted(f"the demo was stopped by {signal_name}: run it again to start over", exc.exit_code) from exc
+
+
 def run_demo(cfg: DemoConfig) -> DemoReport:
     from vidbooth.engine.backbone import base_model_folder
     from vidbooth.nano.world import caption, make_split, render_motion_clips, render_photos
@@ -127,7 +139,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     clip_path = write_video(reference, out / "inputs" / "motion.mp4")
     seconds["inputs"] = time.perf_counter() - started
 
-    with _library_at(out / "library"):
+    with _library_at(out / "library"), _restart_when_interrupted():
         started = time.perf_counter()
         _train_subject(cfg, base, family, photos_dir, sprite.shape)
         seconds["train-subject"] = time.perf_counter() - started
