@@ -147,3 +147,16 @@ def test_a_library_subject_on_nano_makes_the_default_clip_model_nano(world, tmp_
         capsys.readouterr().err
     )
     assert "nano_i" in json.loads((tmp_path / "s.json").read_text())["videos"][0]["metrics"]
+
+
+def test_a_prompt_naming_part_of_the_truth_is_probed_for_that_part(world, tmp_path, capsys):
+    """'a S* square moving right' less its pseudo-word names the shape and the motion but not the colour."""
+    out = tmp_path / "scores.json"
+    assert run(world["video"], "-p", "a square moving right", "--metrics", "probe", "--json", out) == 0
+    video = json.loads(out.read_text())["videos"][0]
+    assert video["metrics"]["probe_colour"] is None and video["metrics"]["probe_motion"] == 1.0
+    assert video["metrics"]["probe_shape"] in (0.0, 1.0)
+    assert "probe colour n/a: prompt 'a square moving right' names no colour" in video["notes"]["probe"]
+    assert main(["evaluate", str(world["video"]), "-p", "a square moving left", "--metrics", "probe_motion",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["videos"][0]["metrics"]["probe_motion"] == 0.0

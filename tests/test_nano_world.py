@@ -21,6 +21,7 @@ from vidbooth.nano.world import (
     caption,
     make_split,
     parse_caption,
+    read_prompt,
     render_clip,
     render_motion_clips,
     render_photos,
@@ -266,3 +267,20 @@ def test_pretraining_batch_lays_out_linear_motions_as_asked():
             start_gap[paths].append(max(gaps))  # how far the first centre is from the edge the motion leaves
     assert len(start_gap["edge"]) > 50 and max(start_gap["edge"]) < 9  # radius (<= 4.8) + 1 + jitter (1.9) + rounding
     assert max(start_gap["random"]) > 12
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("a red striped square moving left", ("red", "striped", "square", "left")),
+    ("a square moving in a circle", (None, None, "square", "circle")),  # 'a S* square ...' less its pseudo-word
+    ("a shape moving in a circle", (None, None, None, "circle")),  # 'shape': any sprite
+    ("A red square moving up and left.", ("red", None, "square", "up-left")),
+    ("a moving left", (None, None, None, "left")),
+    ("a S* square moving left", None),  # a word the world does not have
+    ("a square red moving left", None),  # out of caption order
+    ("a red square", None),  # no motion
+    ("red square moving left", None),
+    ("", None),
+])
+def test_read_prompt_takes_what_a_prompt_in_the_worlds_words_says(prompt, expected):
+    truth = read_prompt(prompt)
+    assert (truth and (truth.colour, truth.pattern, truth.shape, truth.motion)) == expected

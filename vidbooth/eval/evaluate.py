@@ -316,33 +316,40 @@ class _Scorer:
 
 
 def probe_scores(frames: np.ndarray, prompt: str | None) -> dict[str, float | None]:
-    """probe colour/shape/motion: 1.0 where the world probe reads from `frames` what the world caption `prompt`
-    says, 0.0 where it does not; None for each when `prompt` is not a world caption."""
-    if world_caption_problem(prompt) is not None:
-        return dict.fromkeys(PROBE_METRICS)
-    from vidbooth.nano.probe import probe_video, score_against_caption
+    """probe colour/shape/motion: 1.0 where the world probe reads from `frames` what `prompt`, in the world's
+    words, says, 0.0 where it does not; None for what the prompt does not say (all three when it is not in the
+    world's words)."""
+    from vidbooth.nano.world import read_prompt
 
-    correct = score_against_caption(probe_video(frames), prompt)
+    truth = read_prompt(prompt)
+    if truth is None:
+        return dict.fromkeys(PROBE_METRICS)
+    from vidbooth.nano.probe import probe_video
+
+    read = probe_video(frames)
     return {
-        "probe_colour": float(correct["colour_correct"]),
-        "probe_shape": float(correct["shape_correct"]),
-        "probe_motion": float(correct["motion_correct"]),
+        f"probe_{part}": None if getattr(truth, part) is None else float(getattr(read, part) == getattr(truth, part))
+        for part in ("colour", "shape", "motion")
     }
 
 
 def world_caption_problem(prompt: str | None) -> str | None:
-    """Why the probe metrics of a video with `prompt` are n/a, or None when `prompt` is a world caption."""
-    if not prompt:
-        return "probe metrics n/a: no prompt (the probe needs a world caption, e.g. 'a red striped square moving left')"
-    from vidbooth.nano.world import parse_caption
+    """Why some or all probe metrics of a video with `prompt` are n/a, or None when the prompt says all the probe
+    reads (colour, shape and motion)."""
+    from vidbooth.nano.world import read_prompt
 
-    try:
-        parse_caption(prompt)
-    except UserError:
+    example = "e.g. 'a red striped square moving left'"
+    if not prompt:
+        return f"probe metrics n/a: no prompt (the probe needs a world caption, {example})"
+    truth = read_prompt(prompt)
+    if truth is None:
         return (
             f"probe metrics n/a: prompt '{prompt}' is not a world caption "
-            "('a <colour> <pattern> <shape> <motion>', e.g. 'a red striped square moving left')"
+            f"('a [<colour>] [<pattern>] [<shape>] <motion>', {example})"
         )
+    unsaid = [part for part in ("colour", "shape") if getattr(truth, part) is None]
+    if unsaid:
+        return f"probe {' and '.join(unsaid)} n/a: prompt '{prompt}' names no {' or '.join(unsaid)}"
     return None
 
 

@@ -142,6 +142,42 @@ def parse_caption(text: str) -> tuple[Sprite, Motion]:
     return Sprite(shape=words[3], colour=words[1], pattern=words[2]), Motion(names[0])
 
 
+@dataclass(frozen=True)
+class PromptTruth:
+    """What a prompt in the world's words says of the sprite and its motion; None where it says nothing."""
+
+    colour: str | None
+    pattern: str | None
+    shape: str | None
+    motion: str | None
+
+
+GENERIC_SHAPE = "shape"
+"""The word for a sprite of any shape ('a shape moving in a circle')."""
+
+
+def read_prompt(text: str | None) -> PromptTruth | None:
+    """The world words of a prompt 'a [<colour>] [<pattern>] [<shape>] <motion phrase>' (a caption names all
+    four; 'a square moving in a circle', the words left of 'a S* square moving in a circle', names two); None
+    when the prompt is not in the world's words."""
+    words = (text or "").strip().lower().rstrip(".").split()
+    phrases = sorted(MOTION_PHRASES.items(), key=lambda item: -len(item[1].split()))
+    motion = next((name for name, phrase in phrases if words[-len(phrase.split()):] == phrase.split()), None)
+    if motion is None or not words or words[0] != "a":
+        return None
+    middle = words[1 : len(words) - len(MOTION_PHRASES[motion].split())]
+    said: dict[str, str | None] = {"colour": None, "pattern": None, "shape": None}
+    slots = [("colour", COLOURS), ("pattern", PATTERNS), ("shape", (*SHAPES, GENERIC_SHAPE))]
+    for word in middle:  # in caption order, each slot at most once
+        while slots and word not in slots[0][1]:
+            slots.pop(0)
+        if not slots:
+            return None
+        key, _ = slots.pop(0)
+        said[key] = None if word == GENERIC_SHAPE else word
+    return PromptTruth(said["colour"], said["pattern"], said["shape"], motion)
+
+
 def _rng(seed: int) -> np.random.Generator:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
