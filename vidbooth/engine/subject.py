@@ -26,7 +26,6 @@ from PIL import Image
 
 from vidbooth import __version__, reporting
 from vidbooth.adapters.base import adapters_of, adapters_off, remove, set_scale
-from vidbooth.adapters.identity import KIND as IDENTITY_KIND
 from vidbooth.adapters.identity import (
     ADAPTER_FILE,
     inject_identity_adapter,
@@ -36,6 +35,7 @@ from vidbooth.adapters.identity import (
     select_layers,
     subject_kind,
 )
+from vidbooth.adapters.identity import KIND as IDENTITY_KIND
 from vidbooth.adapters.textual_inversion import (
     EMBEDDINGS_FILE,
     add_placeholder_tokens,
