@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from vidbooth import reporting
 from vidbooth.config.pretrain import PathPhase, PretrainConfig
 from vidbooth.errors import UserError
 from vidbooth.nano import pretrain as nano
@@ -143,6 +144,42 @@ def test_resume_continues_exactly(tmp_path, char_tokenizer):
     assert [row["unet_step"] for row in continued.curve] == [2, 4, 5]  # run b was evaluated at 2, 4; then 5
     scale = [json.loads((r.model_dir / "nano.json").read_text())["logit_scale"] for r in (resumed, continued)]
     assert scale[1] == pytest.approx(scale[0], rel=1e-3) and scale[0] != pytest.approx(1 / 0.07)  # learned, kept
+
+
+def test_a_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, char_tokenizer, monkeypatch):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from vidbooth.errors import Interrupted
+
+    straight = nano.pretrain(tiny_config(tmp_path / "a", char_tokenizer, unet_steps=4))
+    advance = reporting._Task.advance
+    calls = []
+
+    def signalled_at_unet_step_2(self, n=1, **fields):  # the 2 autoencoder and 2 CLIP steps come first
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        advance(self, n, **fields)
+
+    def unhandled(signum, frame):  # what the signal does if pretraining does not take it over
+        raise RuntimeError("SIGTERM reached the default handler")
+
+    monkeypatch.setattr(reporting._Task, "advance", signalled_at_unet_step_2)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with pytest.raises(Interrupted, match="stopped by SIGTERM at unet step 2; .*continue with --resume") as caught:
+            nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, unet_steps=4))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert caught.value.exit_code == 143
+    monkeypatch.setattr(reporting._Task, "advance", advance)
+    resumed = nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, unet_steps=4, resume=True))
+    a = load_file(str(straight.run_dir / "unet.safetensors"))
+    b = load_file(str(resumed.run_dir / "unet.safetensors"))
+    assert resumed.steps == straight.steps and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_run_and_its_model_keep_the_world_they_were_trained_on(tmp_path, char_tokenizer):

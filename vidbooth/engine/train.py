@@ -335,7 +335,7 @@ def _restore(folder: Path, method: Method, optimizer, accelerator, signature: di
 
 
 # ---- signals --------------------------------------------------------------------------------------
-class _StopRequests:
+class StopRequests:
     """Turns SIGINT/SIGTERM into a request to stop after the current step; a second signal stops at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -349,7 +349,7 @@ class _StopRequests:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __enter__(self) -> _StopRequests:
+    def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -524,7 +524,7 @@ def train(
         accelerator.wait_for_everyone()
 
     started = time.perf_counter()
-    with _StopRequests() as stop, _progress_bar(description, cfg.steps, step, accelerator) as bar:
+    with StopRequests() as stop, _progress_bar(description, cfg.steps, step, accelerator) as bar:
         while step < cfg.steps:
             step_started = time.perf_counter()
             loss = _accumulate(method, data, cfg, step, accelerator)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from vidbooth.config.pretrain import PretrainConfig
 from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
-from vidbooth.errors import UserError
+from vidbooth.engine.train import StopRequests
+from vidbooth.errors import Interrupted, UserError
 from vidbooth.nano import checkpoint as ckpt
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
 from vidbooth.nano.model import build_clip, build_unet, build_vae, save_nano, scheduler_config
@@ -322,7 +324,7 @@ def _loop(
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     model.train()
     loss_value = float("nan")
-    with progress(stage, total=total, completed=start) as bar:
+    with StopRequests() as stop, progress(stage, total=total, completed=start) as bar:
         for step in range(start, total):
             seed = step_seed(run.cfg.seed, stage, step)
             torch.manual_seed(seed)
@@ -337,8 +339,15 @@ def _loop(
             loss_value = loss.item()
             bar.advance(loss=loss_value)
             evaluated = after_step is not None and after_step(step + 1, loss_value)
-            if evaluated or run.due() or run.out_of_time() or step + 1 == total:
+            if evaluated or stop.signum or run.due() or run.out_of_time() or step + 1 == total:
                 run.save(stage, model, optimizer, step + 1)
+            if stop.signum:
+                name = signal.Signals(stop.signum).name
+                raise Interrupted(
+                    f"pretraining stopped by {name} at {stage} step {step + 1}; checkpoint saved in {run.dir}: "
+                    "continue with --resume",
+                    128 + stop.signum,
+                )
             if run.out_of_time() and step + 1 < total:
                 return False
     run.state["last_loss"] = dict(run.state.get("last_loss", {}), **{stage: loss_value})
