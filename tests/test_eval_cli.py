@@ -170,7 +170,8 @@ def test_an_unavailable_model_is_reported_and_the_other_metrics_still_run(media,
     assert code == 0
     report = json.loads(out_json.read_text())
     assert set(report["unavailable"]) == {"clip_t", "clip_i", "t_cons"}
-    assert all("pass --clip-model <local folder>" in reason for reason in report["unavailable"].values())
+    assert all("pass --clip-model <local folder> (--clip-model nano for videos of nano)" in reason
+               for reason in report["unavailable"].values())
     assert report["models"]["clip"]["status"] == "unavailable"
     metrics = report["videos"][0]["metrics"]
     assert metrics["clip_t"] is None

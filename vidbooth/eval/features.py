@@ -304,22 +304,20 @@ def _pretrained_loader(name_or_path: str, flag: str) -> Callable[..., Any]:
 def _locate(name_or_path: str, flag: str) -> tuple[str, dict[str, Any]]:
     """Where to load from and with which `from_pretrained` options, without waiting on a dead network."""
     path = Path(name_or_path).expanduser()
+    fix = f"pass {flag} <local folder>" + (f" ({flag} nano for videos of nano)" if flag == "--clip-model" else "")
     if path.is_dir():
         return str(path), {}
     if not HUB_ID.match(name_or_path):
-        raise ModelUnavailable(f"folder '{name_or_path}' not found: pass {flag} <local folder>")
+        raise ModelUnavailable(f"folder '{name_or_path}' not found: {fix}")
     if _in_hub_cache(name_or_path):
         return name_or_path, {"local_files_only": True}
     from huggingface_hub import constants
 
     if _offline():
-        raise ModelUnavailable(
-            f"'{name_or_path}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set: pass {flag} <local folder>"
-        )
+        raise ModelUnavailable(f"'{name_or_path}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set: {fix}")
     if not _hub_reachable(constants.ENDPOINT):
         raise ModelUnavailable(
-            f"'{name_or_path}' is not in the Hugging Face cache and {constants.ENDPOINT} cannot be reached: "
-            f"pass {flag} <local folder>"
+            f"'{name_or_path}' is not in the Hugging Face cache and {constants.ENDPOINT} cannot be reached: {fix}"
         )
     return name_or_path, {}
 
