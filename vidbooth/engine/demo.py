@@ -110,9 +110,9 @@ def _restart_when_interrupted() -> Iterator[None]:
     """Training's 'rerun with --resume' does not apply to the demo, which has no --resume: it starts over."""
     try:
         yield
-    except Interrupted as exc:
-        signal_name = signal.Signals(exc.exit_code - 128).name if exc.exit_code > 128 else "a signal"
-        raise Interrupted(f"the demo was stopped by {signal_name}: run it again to start over", exc.exit_code) from exc
+    except Interrupted as exc:  # its exit code is 128 + the signal's number
+        name = signal.Signals(exc.exit_code - 128).name
+        raise Interrupted(f"the demo was stopped by {name}: run it again to start over", exc.exit_code) from exc
 
 
 def run_demo(cfg: DemoConfig) -> DemoReport:
