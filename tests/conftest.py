@@ -76,3 +76,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny CLIP (text and image towers) saved in transformers' layout."""
+    from media import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    """A tiny ViT saved in transformers' layout, standing in for DINO."""
+    from media import save_tiny_vit
+
+    return save_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))

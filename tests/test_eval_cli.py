@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media import moving_square, smooth_image
 from PIL import Image
-from test_eval_metrics import moving_square, smooth_image, tiny_clip_dir, tiny_vit_dir  # noqa: F401 (fixtures)
 
 from vidbooth.cli.app import main
 from vidbooth.data.video import read_video, write_video

@@ -50,7 +50,7 @@ def test_clip_shape_dtype_and_trajectory(size, num_frames):
     assert frames.shape == (num_frames, size, size, 3) and frames.dtype == np.uint8
     assert truth.centres.shape == (num_frames, 2) and truth.radii.shape == (num_frames,)
     assert np.all(np.diff(truth.centres[:, 0]) < 0)  # moving left
-    for frame, centre in zip(frames, truth.centres):
+    for frame, centre in zip(frames, truth.centres, strict=True):
         sprite_pixels = np.argwhere(_chroma(frame) > 70)  # (y, x); backgrounds <= 25, the square's stripes >= 140
         assert np.abs(sprite_pixels.mean(axis=0)[::-1] - centre).max() <= 1.0, centre
 
@@ -131,7 +131,7 @@ def test_backgrounds_are_nearly_grey_and_sprites_are_strongly_coloured():
     for seed, sprite in enumerate(all_sprites()[::7]):
         frames, truth = render_clip(sprite, Motion("right"), seed=seed)
         ys, xs = np.mgrid[0:64, 0:64]
-        for frame, (cx, cy), radius in zip(frames, truth.centres, truth.radii):
+        for frame, (cx, cy), radius in zip(frames, truth.centres, truth.radii, strict=True):
             distance = np.hypot(xs - cx, ys - cy)
             assert _chroma(frame)[distance > 1.6 * radius + 2].max() <= 26
             assert _chroma(frame)[distance < 0.4 * radius].min() >= 130
@@ -179,11 +179,11 @@ def test_bad_names_and_arguments_are_user_errors():
 def test_photo_set_varies_position_scale_and_background_deterministically():
     photos = render_photos(RED_SQUARE, n=5, size=64, seed=2)
     assert len(photos) == 5 and all(photo.shape == (64, 64, 3) and photo.dtype == np.uint8 for photo in photos)
-    assert all(np.array_equal(a, b) for a, b in zip(photos, render_photos(RED_SQUARE, n=5, size=64, seed=2)))
+    assert all(np.array_equal(a, b) for a, b in zip(photos, render_photos(RED_SQUARE, n=5, size=64, seed=2), strict=True))
     sprite_masks = [_chroma(photo) > 100 for photo in photos]
     assert len({int(mask.sum()) for mask in sprite_masks}) == 5
     assert len({tuple(np.argwhere(mask).mean(axis=0).round()) for mask in sprite_masks}) == 5
-    backgrounds = [photo[~mask].mean(axis=0).round() for photo, mask in zip(photos, sprite_masks)]
+    backgrounds = [photo[~mask].mean(axis=0).round() for photo, mask in zip(photos, sprite_masks, strict=True)]
     assert len({tuple(colour) for colour in backgrounds}) == 5
 
 
@@ -192,7 +192,7 @@ def test_motion_clip_set_repeats_one_motion_from_different_starts():
     assert [clip.shape for clip in clips] == [(6, 32, 32, 3)] * 3
     assert not np.array_equal(clips[0], clips[1])
     again = render_motion_clips(Motion("down"), RED_SQUARE, n=3, num_frames=6, size=32, seed=4)
-    assert all(np.array_equal(a, b) for a, b in zip(clips, again))
+    assert all(np.array_equal(a, b) for a, b in zip(clips, again, strict=True))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
@@ -257,7 +257,7 @@ def test_pretraining_batch_lays_out_linear_motions_as_asked():
     for paths in ("random", "edge"):
         videos, captions = sample_pretraining_batch(np.random.default_rng(1), 160, 2, 32, split, linear_paths=paths)
         start_gap[paths] = []
-        for video, text in zip(videos, captions):
+        for video, text in zip(videos, captions, strict=True):
             name = parse_caption(text)[1].name
             if name not in LINEAR_MOTIONS:
                 continue

@@ -411,7 +411,7 @@ def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_h
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["train-subject", "--recipe", str(recipe)]) == 2  # the subject exists: replacing it is asked for
     assert main(["train-subject", "--recipe", str(recipe), "--overwrite"]) == 0
-    for before, file in zip(first, files):
+    for before, file in zip(first, files, strict=True):
         after = load_tensors(folder / file)[0]
         assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 

@@ -50,7 +50,7 @@ def toy_data(n: int = 7) -> list[dict]:
     g = torch.Generator().manual_seed(1)
     xs = torch.randn(n, 4, generator=g)
     ys = xs[:, :2] * 2.0
-    return [{"x": x, "y": y} for x, y in zip(xs, ys)]
+    return [{"x": x, "y": y} for x, y in zip(xs, ys, strict=True)]
 
 
 def full_loss(method: ToyRegression) -> float:
