@@ -297,3 +297,18 @@ def test_reference_folders_read_every_photo_type_that_subject_training_takes(tmp
     images = read_image_folder(tmp_path)
     assert len(images) == 3 and all(image.shape == (48, 64, 3) for image in images)
     assert "skipping" not in capsys.readouterr().err  # the hidden file is not an image to skip
+
+
+def test_reference_images_are_read_as_subject_training_reads_photos(tmp_path, capsys):
+    """CLIP-I/DINO-I compare with the photos as the subject learned them: transparency on white (not black),
+    16-bit grey scaled to 8 bits (not clipped to white); a broken file is skipped with the reason."""
+    cutout = np.zeros((64, 64, 4), np.uint8)
+    cutout[16:48, 16:48] = (200, 50, 50, 255)
+    Image.fromarray(cutout, "RGBA").save(tmp_path / "a-cutout.png")
+    Image.fromarray(np.full((64, 64), 32768, np.uint16)).save(tmp_path / "b-grey16.png")
+    (tmp_path / "c-broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    cutout_read, grey_read = read_image_folder(tmp_path)
+    assert cutout_read[0, 0].tolist() == [255, 255, 255] and cutout_read[32, 32].tolist() == [200, 50, 50]
+    assert grey_read[0, 0].tolist() == [128, 128, 128]
+    err = capsys.readouterr().err
+    assert "skipping reference image" in err and "c-broken.jpg" in err and "corrupt" in err

@@ -46,16 +46,18 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _PIXEL_LIMIT_LOCK = threading.Lock()
 
 
-def load_image(path: str | Path, max_short_side: int | None = WORKING_SHORT_SIDE) -> Image.Image:
+def load_image(
+    path: str | Path, max_short_side: int | None = WORKING_SHORT_SIDE, min_side: int = MIN_SIDE
+) -> Image.Image:
     """Read one photo as an RGB image, oriented by EXIF and shrunk so its shorter side is at most `max_short_side`.
 
     `max_short_side=None` keeps full resolution. Raises `UserError` naming the file when it is missing, empty,
-    not an image, corrupt, truncated, smaller than `MIN_SIDE` or larger than `MAX_PHOTO_PIXELS`.
+    not an image, corrupt, truncated, smaller than `min_side` or larger than `MAX_PHOTO_PIXELS`.
     """
     path = Path(path)
     _check_is_nonempty_file(path)
     with _open_image(path) as im:
-        _check_dimensions(path, im)
+        _check_dimensions(path, im, min_side)
         _warn_if_animated(path, im)
         _decode(path, im, max_short_side)
         return _shrink(_to_rgb(im), max_short_side)
@@ -239,12 +241,12 @@ def _open_image(path: Path) -> Image.Image:
         raise UserError(f"{path} is not an image Pillow can read (corrupt or misnamed): remove or replace it") from exc
 
 
-def _check_dimensions(path: Path, im: Image.Image) -> None:
+def _check_dimensions(path: Path, im: Image.Image, min_side: int) -> None:
     width, height = im.size
-    if min(width, height) < MIN_SIDE:
+    if min(width, height) < min_side:
         raise UserError(
             f"image {path} is too small ({width}x{height} pixels): "
-            f"replace it with one at least {MIN_SIDE} pixels on its shorter side"
+            f"replace it with one at least {min_side} pixels on its shorter side"
         )
     if width * height > MAX_PHOTO_PIXELS:
         raise UserError(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file
+from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image
 from vidbooth.data.video import VIDEO_EXTENSIONS, read_video
 from vidbooth.errors import UserError
 from vidbooth.reporting import warn
@@ -16,9 +16,9 @@ IMAGE_KINDS = "/".join(IMAGE_EXTENSIONS)
 
 
 def read_image_folder(folder: str | Path) -> list[np.ndarray]:
-    """Every readable image in `folder` as (H, W, 3) uint8 RGB, upright per its EXIF orientation."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
+    """Every readable image in `folder` as (H, W, 3) uint8 RGB, read as subject training reads its photos
+    (`load_image`: upright per EXIF, transparency on white, 16-bit grey scaled, shorter side at most 1024); an
+    image that cannot be read is skipped with a warning saying why."""
     folder = Path(folder)
     if folder.is_file():
         raise UserError(f"reference images {folder} is a file, not a folder: pass the folder that holds them")
@@ -27,10 +27,9 @@ def read_image_folder(folder: str | Path) -> list[np.ndarray]:
     images = []
     for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
         try:
-            with Image.open(path) as image:
-                images.append(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
-        except (OSError, UnidentifiedImageError, ValueError):
-            warn(f"skipping unreadable image {path}")
+            images.append(np.asarray(load_image(path, min_side=1)))
+        except UserError as exc:
+            warn(f"skipping reference image: {exc}")
     if not images:
         raise UserError(
             f"reference image folder {folder} holds no readable image: add {IMAGE_KINDS} files or pass another"
