@@ -32,11 +32,30 @@ def test_named_recipes_resolve():
         (["sampling.bogus=1"], "config key 'sampling.bogus'"),
         (["sampling.num_frames=many"], "config key 'sampling.num_frames'"),
         (["nokey"], "--set expects key=value"),
+        (["=3"], "--set expects key=value"),
+        (["sampling.guidance_scale=[1"], r"--set sampling.guidance_scale=\[1 cannot be read .*as in YAML"),
     ],
 )
 def test_bad_keys_and_types_name_the_key(sets, message):
     with pytest.raises(UserError, match=message):
         load_config(GenerateConfig, None, sets)
+
+
+def test_set_keeps_text_settings_as_typed_and_reads_other_values_as_yaml():
+    """A name, prompt or path given with --set is taken as typed: YAML would turn `007` into 7, `off` into False
+    and `*.mp4` into a parse error. Numbers, booleans, lists and `null` are still read as YAML."""
+    from vidbooth.config.evaluate import EvaluateConfig
+    from vidbooth.config.subject import SubjectConfig
+
+    sets = ["name=007", "photos=dog/", "class_noun=1:30", "backbone.revision=null", "data.flip=false",
+            "textual_inversion.train.lr=1e-3"]
+    cfg = load_config(SubjectConfig, None, sets)
+    assert (cfg.name, cfg.photos, cfg.class_noun, cfg.backbone.revision) == ("007", ["dog/"], "1:30", None)
+    assert cfg.data.flip is False and cfg.textual_inversion.train.lr == 1e-3
+    cfg = load_config(EvaluateConfig, None, ["videos=*.mp4", "prompt=off", "metrics=[clip_t, t_cons]"])
+    assert (cfg.videos, cfg.prompt, cfg.metrics) == (["*.mp4"], "off", ["clip_t", "t_cons"])
+    cfg = load_config(GenerateConfig, None, ["prompt=a dog: running, fast"])
+    assert cfg.prompt == "a dog: running, fast"
 
 
 def test_bad_recipe(tmp_path):

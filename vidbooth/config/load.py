@@ -50,8 +50,9 @@ def given_base(sets: list[str] | None, overrides: dict[str, Any]) -> str | None:
     """The base model named by the --base flag or `--set backbone.base=`; None when neither names one."""
     base = None
     for item in sets or []:
-        if "=" in item:  # load_config reports a malformed --set
-            base = OmegaConf.select(OmegaConf.from_dotlist([item]), "backbone.base", default=base)
+        key, equals, text = item.partition("=")
+        if equals and key.strip() == "backbone.base":  # load_config reports a malformed --set
+            base = OmegaConf.select(_read_set(item, OmegaConf.create({"backbone": {"base": ""}})), "backbone.base")
     return overrides.get("backbone.base") or base
 
 
@@ -90,9 +91,7 @@ def load_config(
                 hint = ": is it a recipe for another command?" if other_command else ""
                 raise UserError(f"recipe {path}: {_describe(exc)}{hint}") from exc
         for item in sets or []:
-            if "=" not in item:
-                raise UserError(f"--set expects key=value, got '{item}'")
-            merged = OmegaConf.merge(merged, _strings_as_lists(merged, OmegaConf.from_dotlist([item])))
+            merged = OmegaConf.merge(merged, _strings_as_lists(merged, _read_set(item, merged)))
         for key, value in (overrides or {}).items():
             if value is not None:
                 if isinstance(value, str) and OmegaConf.is_list(OmegaConf.select(merged, key)):
@@ -114,6 +113,44 @@ def _name_flag(message: str, flags: dict[str, str]) -> str:
     if key in flags and not message.startswith(f"{key} ("):
         return f"{key} ({flags[key]}){message[len(key):]}"
     return message
+
+
+def _read_set(item: str, schema: Any) -> Any:
+    """One `--set key=value` as a config. A text setting (a name, a prompt, a path) takes the value as typed, so
+    that `name=007` stays '007' and `prompt=off` stays 'off' (`null` still means none, and a quoted text is
+    unquoted); any other value is read as YAML (`true`, `1e-4`, `[a, b]`)."""
+    key, equals, text = item.partition("=")
+    key = key.strip()
+    if not equals or not key:
+        raise UserError(f"--set expects key=value, got '{item}'")
+    kind = _text_kind(schema, key)
+    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+    if (kind == "str" and not quoted) or (kind == "list" and not quoted and not text.lstrip().startswith("[")):
+        config = OmegaConf.create()
+        OmegaConf.update(config, key, None if text in ("null", "~") else text, force_add=True)
+        return config
+    try:
+        return OmegaConf.from_dotlist([f"{key}={text}"])
+    except Exception as exc:  # yaml errors have many types
+        reason = str(exc).splitlines()[0]
+        hint = "write the value as in YAML, e.g. 1e-4, true or [a, b]"
+        raise UserError(f"--set {key}={text} cannot be read ({reason}): {hint}") from exc
+
+
+def _text_kind(schema: Any, key: str) -> str | None:
+    """'str' when `key` is a text setting of `schema`, 'list' when it is a list of texts, else None."""
+    from omegaconf.nodes import StringNode
+
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(schema, parent_key, default=None) if parent_key else schema
+    if not OmegaConf.is_dict(parent) or leaf not in parent:
+        return None
+    node = parent._get_node(leaf)
+    if isinstance(node, StringNode):
+        return "str"
+    if OmegaConf.is_list(node) and node._metadata.element_type is str:
+        return "list"
+    return None
 
 
 def _strings_as_lists(schema: Any, given: Any) -> Any:
