@@ -1,7 +1,10 @@
-"""Files vidbooth writes through a temporary file get the permissions of any new file, not mkstemp's 0600."""
+"""Files vidbooth writes through a temporary file get the permissions of any new file, not mkstemp's 0600; a
+refused write reaches the caller as the operating system's error."""
 
 import os
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -38,3 +41,29 @@ def test_umask_is_respected(tmp_path):
 
 def test_evaluation_reports_are_readable_by_others(tmp_path, umask_022):
     assert _mode(write_reports(EvaluationReport([], {}, {}, [], {}), tmp_path / "report.json")[0]) == 0o644
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
+def test_write_safetensors_reports_a_failed_write_as_the_os_error(tmp_path):
+    """A write the operating system refuses (here a file-size limit, EFBIG; a full disk is ENOSPC) reaches the
+    caller as OSError with its errno, which the full-disk handlers read; safetensors' own writer raises
+    SafetensorError without one. Run in a child process so that the limit binds nothing else."""
+    script = f"""
+import errno, resource, signal, torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+from vidbooth.fileio import write_safetensors
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+tensors = {{"w": torch.zeros(10_000)}}
+try:
+    write_safetensors({str(tmp_path / "a.safetensors")!r}, tensors)
+except OSError as exc:
+    print("vidbooth", errno.errorcode[exc.errno])
+try:
+    save_file(tensors, {str(tmp_path / "b.safetensors")!r})
+except SafetensorError:
+    print("safetensors SafetensorError")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:2] == ["vidbooth EFBIG", "safetensors SafetensorError"], out.stderr

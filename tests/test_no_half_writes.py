@@ -173,21 +173,26 @@ def _disk_full(path):
 
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes_from_the_last_one(tmp_path, isolated_home,
                                                                                        monkeypatch, capsys):
-    import safetensors.torch
+    import io
 
+    import vidbooth.fileio as fileio
     from tests.badinputs import write_clip
 
     clip = str(write_clip(tmp_path / "c.mp4", num_frames=6, width=64, height=64))
     args = ["train-motion", clip, "--name", "m", "--recipe", "tiny/motion", "--num-frames", "4", "--steps", "4",
             "--set", "train.checkpoint_every=2", "--no-preview"]
-    real_save = safetensors.torch.save_file
 
-    def full_at_step_4(tensors, path, *rest, **kwargs):
-        if "step-0000004" in str(path):
-            raise _disk_full(path)
-        return real_save(tensors, path, *rest, **kwargs)
+    class FullDisk(io.FileIO):
+        def write(self, data):  # the operating system's answer when the disk fills mid-file
+            super().write(bytes(data)[:10])
+            raise _disk_full(self.name)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full_at_step_4)
+    def full_at_step_4(path, mode="r", *rest, **kwargs):
+        if "step-0000004" in str(path) and "w" in mode:
+            return FullDisk(path, "w")
+        return open(path, mode, *rest, **kwargs)
+
+    monkeypatch.setattr(fileio, "open", full_at_step_4, raising=False)
     assert main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err[-1].startswith("error: the disk is full: the checkpoint of step 4 was not saved and the last "
@@ -195,7 +200,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes_from_the_la
     runs = isolated_home / ".runs"
     assert [p.name for p in runs.rglob("*") if "step-" in p.name] == ["step-0000002"]  # no half-written step 4
     assert not (isolated_home / "motions" / "m").exists()
-    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    monkeypatch.delattr(fileio, "open")
     assert main([*args, "--resume"]) == 0
     assert (isolated_home / "motions" / "m" / "manifest.json").is_file()
 

@@ -17,6 +17,16 @@ def disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` as a safetensors file through Python's file I/O, so that a full disk raises `OSError`
+    (ENOSPC) like every other write: safetensors' own writer reports it as a `SafetensorError` with no errno."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    with open(path, "wb") as file:
+        file.write(data)
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

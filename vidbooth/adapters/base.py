@@ -18,6 +18,7 @@ from torch import nn
 
 from vidbooth import __version__
 from vidbooth.errors import UserError
+from vidbooth.fileio import write_safetensors
 
 
 class BottleneckAdapter(nn.Module):
@@ -217,11 +218,9 @@ def load_adapter_state_dict(model: nn.Module, kind: str, state: dict[str, torch.
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
     """safetensors with the config and provenance as JSON metadata (the file describes itself)."""
-    from safetensors.torch import save_file
-
     meta = {"format": "pt", "vidbooth_version": __version__}
     meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()})
-    save_file(tensors, str(path), metadata=meta)
+    write_safetensors(path, tensors, meta)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

@@ -59,7 +59,7 @@ from torch import nn
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
 from vidbooth.errors import Interrupted, UserError
-from vidbooth.fileio import disk_full, folder_beside
+from vidbooth.fileio import disk_full, folder_beside, write_safetensors
 
 CHECKPOINTS = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -250,16 +250,14 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
 
 def save_checkpoint(run_dir: Path, step: int, method: Method, optimizer, accelerator, signature: dict, loss: float):
     """Write checkpoint `step` atomically (a temporary folder renamed into place); returns its folder."""
-    from safetensors.torch import save_file
-
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     with folder_beside(final) as tmp:  # a failed or interrupted save leaves no half-written folder behind
         trainable = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
-        save_file(trainable, str(tmp / TRAINABLE_FILE), metadata={"format": "pt"})
+        write_safetensors(tmp / TRAINABLE_FILE, trainable, {"format": "pt"})
         moments, param_groups = _optimizer_tensors(optimizer)
-        save_file(moments | _rng_tensors(), str(tmp / OPTIMIZER_FILE), metadata={"format": "pt"})
+        write_safetensors(tmp / OPTIMIZER_FILE, moments | _rng_tensors(), {"format": "pt"})
         scaler = getattr(accelerator, "scaler", None)
         state = {
             "format": CHECKPOINT_FORMAT,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vidbooth.errors import UserError
-from vidbooth.fileio import write_together
+from vidbooth.fileio import write_safetensors, write_together
 
 STATE_FILE = "state.json"
 CURVE_FILE = "curve.csv"
@@ -25,10 +25,8 @@ CURVE_COLUMNS = ("unet_step", "unet_minutes", "loss", "colour", "shape", "motion
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    write_together([(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))])
+    write_together([(path, lambda tmp: write_safetensors(tmp, tensors, {"format": "pt"}))])
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
