@@ -262,6 +262,10 @@ def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypat
         finished = [load_tensors(subject_dir(home) / file)[0] for home in (whole, split)]
         assert finished[0].keys() == finished[1].keys()
         assert all(torch.equal(finished[0][key], finished[1][key]) for key in finished[0]), file
+    # the finished stage ran no step on resume: its manifest loss is the checkpoint's, not NaN (invalid JSON)
+    text = (subject_dir(split) / "manifest.json").read_text()
+    stage_one = json.loads(text)["stages"]["textual_inversion"]
+    assert "NaN" not in text and stage_one["steps"] == 3 and 0 < stage_one["final_loss"] < 10
 
 
 def fake_subject(home: Path, name: str) -> None:

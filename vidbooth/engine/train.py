@@ -101,12 +101,17 @@ class TrainResult:
     """Wall time of the steps run (checkpoint writes included)."""
     step_times: list[float] = field(default_factory=list)
     """Wall time of each step run (checkpoint writes excluded)."""
+    resumed_loss: float | None = None
+    """The loss saved with the checkpoint this run resumed from."""
 
     @property
     def loss(self) -> float:
-        """Mean of the last (up to) 10 step losses; nan when no step ran."""
+        """Mean of the last (up to) 10 step losses; when no step ran, the loss of the checkpoint resumed from (a
+        finished stage resumes at its end), else nan."""
         tail = self.losses[-10:]
-        return sum(tail) / len(tail) if tail else float("nan")
+        if tail:
+            return sum(tail) / len(tail)
+        return float("nan") if self.resumed_loss is None else self.resumed_loss
 
     @property
     def step_seconds(self) -> float:
@@ -304,8 +309,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _restore(folder: Path, method: Method, optimizer, accelerator, signature: dict) -> int:
-    """Load checkpoint `folder` into the method, optimizer, loss scaler and RNGs; returns its step."""
+def _restore(folder: Path, method: Method, optimizer, accelerator, signature: dict) -> tuple[int, float]:
+    """Load checkpoint `folder` into the method, optimizer, loss scaler and RNGs; returns its step and loss."""
     state, trainable, extra = _read_checkpoint(folder)
     if state["signature"] != signature:
         now, then = _flatten(signature), _flatten(state["signature"])
@@ -329,7 +334,7 @@ def _restore(folder: Path, method: Method, optimizer, accelerator, signature: di
         cuda_states = [extra[k] for k in sorted(extra) if k.startswith("rng.cuda.")]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
-    return int(state["step"])
+    return int(state["step"]), float(state["loss"])
 
 
 # ---- signals --------------------------------------------------------------------------------------
@@ -440,21 +445,22 @@ def _optimizer_step(optimizer, params: list[nn.Parameter], cfg: TrainConfig, ste
     optimizer.zero_grad(set_to_none=True)
 
 
-def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signature: dict) -> int:
-    """Restore the newest checkpoint (with resume) or start afresh; returns the first step to run."""
+def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signature: dict) -> TrainResult:
+    """Restore the newest checkpoint (with resume) or start afresh; returns a result starting at the first step
+    to run."""
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
-        step = _restore(checkpoints[-1], method, optimizer, accelerator, signature)
+        step, loss = _restore(checkpoints[-1], method, optimizer, accelerator, signature)
         if accelerator.is_main_process:
             reporting.info(f"resuming from step {step} ({checkpoints[-1]})")
-        return step
+        return TrainResult(step=step, start_step=step, resumed_loss=loss)
     if resume and accelerator.is_main_process:
         reporting.warn(f"nothing to resume in {run_dir}: starting from step 0")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
     _broadcast_parameters(params, accelerator)
-    return 0
+    return TrainResult(step=0, start_step=0)
 
 
 class _NoProgress:
@@ -502,8 +508,8 @@ def train(
         )
     )
     run_dir = Path(run_dir)
-    step = _start(run_dir, method, optimizer, params, accelerator, resume, signature)
-    result = TrainResult(step=step, start_step=step)
+    result = _start(run_dir, method, optimizer, params, accelerator, resume, signature)
+    step = result.step
 
     def checkpoint(at: int, loss: float) -> None:
         if accelerator.is_main_process:
