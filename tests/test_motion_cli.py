@@ -214,18 +214,16 @@ def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_h
 
 _FULL_DISK_AT_CHECKPOINTS = """
 import errno
-import safetensors.torch
-
-_save = safetensors.torch.save_file
+import vidbooth.fileio
 
 
-def _full_at_checkpoints(tensors, path, *args, **kwargs):
-    if "step-" in str(path):
+def _full_at_checkpoints(path, mode="r", *args, **kwargs):
+    if "step-" in str(path) and "w" in mode:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    return _save(tensors, path, *args, **kwargs)
+    return open(path, mode, *args, **kwargs)
 
 
-safetensors.torch.save_file = _full_at_checkpoints
+vidbooth.fileio.open = _full_at_checkpoints
 """
 
 
