@@ -128,3 +128,22 @@ def test_a_builtin_model_built_on_a_process_other_than_rank_0_is_complete(tmp_pa
     from transformers import CLIPVisionModelWithProjection
 
     CLIPVisionModelWithProjection.from_pretrained(tmp_path / "clip")
+
+
+@pytest.mark.parametrize("family, component", [("unet3d", "unet"), ("unet3d", "text_encoder"), ("animatediff", "motion")])
+def test_pickled_weights_in_a_model_folder_are_refused_not_loaded(family, component, tiny_base_dirs, tmp_path, capsys):
+    """A base or motion-adapter folder whose weights are a pickle (.bin) is refused in one line: loading it would
+    unpickle a user's file, and the same model from the hub (safetensors only) would not load either."""
+    from safetensors.torch import load_file
+
+    folder = shutil.copytree(tiny_base_dirs[family], tmp_path / "base")
+    adapter = None
+    if family == "animatediff":
+        adapter = shutil.copytree(motion_adapter_folder(tiny_base_dirs[family]), tmp_path / "adapter")
+    weights_folder = adapter if component == "motion" else folder / component
+    (weights,) = list(weights_folder.glob("*.safetensors"))
+    torch.save(load_file(str(weights)), weights.with_suffix(".bin"))
+    weights.unlink()
+    with pytest.raises(UserError, match=r"only \.safetensors weights.*never pickled") as error:
+        load_backbone(str(folder), motion_adapter=str(adapter) if adapter else None, device="cpu")
+    assert "\n" not in str(error.value) and capsys.readouterr().err == ""

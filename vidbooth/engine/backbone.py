@@ -150,13 +150,17 @@ class Backbone:
 
 
 def quiet_libraries() -> None:
-    """Silence diffusers/transformers progress bars and advice; vidbooth reports progress itself."""
+    """Silence diffusers/transformers progress bars and advice; vidbooth reports progress itself. diffusers also
+    logs, at error level, each missing weights file that it then raises about: vidbooth reports the error."""
+    import logging
+
     import diffusers
     import transformers
 
     for lib in (diffusers, transformers):
         lib.utils.logging.set_verbosity_error()
         lib.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity(logging.CRITICAL)
 
 
 def _unwrapped(name: str) -> str:
@@ -192,6 +196,9 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
             f"base model not found: {base} (give a diffusers folder, a hub id like org/name, 'nano' or 'tiny')"
         )
     return _from_hub(base, revision)
+
+
+_PICKLE_HINT = " (vidbooth loads only .safetensors weights, never pickled .bin/.pt files: convert them)"
 
 
 def base_model_folder(base: str, revision: str | None = None) -> Path:
@@ -257,7 +264,7 @@ def load_backbone(
     unet_class = _unet_class(folder)
     if base in BUILTIN and BUILTIN[base] == "animatediff" and motion_adapter is None:
         motion_adapter = str(folder.with_name(folder.name + "-motion-adapter"))
-    kw = {"variant": variant} if variant else {}
+    kw = {"use_safetensors": True} | ({"variant": variant} if variant else {})  # never unpickle a user's file
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
@@ -274,7 +281,7 @@ def load_backbone(
                     f"{folder} is an image model (UNet2DConditionModel): give --motion-adapter to animate it (AnimateDiff)"
                 )
             adapter_source = resolve_base(motion_adapter) if not Path(motion_adapter).exists() else Path(motion_adapter)
-            adapter = MotionAdapter.from_pretrained(adapter_source)
+            adapter = MotionAdapter.from_pretrained(adapter_source, use_safetensors=True)
             unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
             family, unet = "animatediff", UNetMotionModel.from_unet2d(unet2d, adapter)
         else:
@@ -283,7 +290,9 @@ def load_backbone(
     except UserError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot load the model in {folder}: {str(exc).splitlines()[0]}") from exc
+        reason = str(exc).splitlines()[0]
+        hint = _PICKLE_HINT if "safetensors" in str(exc) else ""
+        raise UserError(f"cannot load the model in {folder}: {reason}{hint}") from exc
 
     fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet})
     for module in (text_encoder, vae, unet):
