@@ -121,8 +121,26 @@ def test_missing_token_is_inserted_with_a_note(prompt, expected):
     assert note is not None and expected in note
 
 
-def test_prompt_with_the_token_is_kept():
-    assert with_subject_token("S* dog jumps", "S*", "dog") == ("S* dog jumps", None)
+@pytest.mark.parametrize("prompt", ["S* dog jumps", "s* dog jumps", "S*'s dog jumps", "a dog, S*, jumps"])
+def test_prompt_with_the_token_is_kept(prompt):
+    """The token counts where the tokenizer reads it: in any case, beside punctuation."""
+    assert with_subject_token(prompt, "S*", "dog") == (prompt, None)
+
+
+def test_a_token_inside_a_longer_word_is_not_the_subject(tiny_backbones):
+    """'sks' inside 'tasks' is neither taken for the subject in the prompt nor read as it by the tokenizer."""
+    import copy
+
+    from vidbooth.adapters import textual_inversion as ti
+
+    updated, note = with_subject_token("a dog finishing its tasks", "sks", "dog")
+    assert updated == "a sks dog finishing its tasks" and note is not None
+    tokenizer = copy.deepcopy(tiny_backbones["unet3d"].tokenizer)
+    before = tokenizer.tokenize("tasks")
+    rows = torch.zeros(1, tiny_backbones["unet3d"].text_encoder.get_input_embeddings().embedding_dim)
+    ti.add_placeholder_tokens(tokenizer, copy.deepcopy(tiny_backbones["unet3d"].text_encoder), ["sks"], rows)
+    assert tokenizer.tokenize("tasks") == before
+    assert tokenizer.tokenize("a SKS dog")[1] == tokenizer.tokenize("sks's")[0] == "sks"
 
 
 # ---- stored artifacts ---------------------------------------------------------------------------

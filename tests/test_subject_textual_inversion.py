@@ -61,6 +61,7 @@ def test_rows_start_at_the_mean_class_noun_embedding(bb):
 def test_expand_placeholder():
     assert ti.expand_placeholder("a S* dog", "S*", 1) == "a S* dog"
     assert ti.expand_placeholder("a S* dog and s*", "S*", 3) == "a S* S*_1 S*_2 dog and S* S*_1 S*_2"
+    assert ti.expand_placeholder("a sks dog's tasks, sks.", "sks", 2) == "a sks sks_1 dog's tasks, sks sks_1."
 
 
 def test_diffusers_load_textual_inversion_reads_our_file(tiny_base_dirs, bb, tmp_path):

@@ -30,12 +30,18 @@ def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
+def token_pattern(token: str) -> re.Pattern:
+    """`token` where the tokenizer reads it: in any case, and not inside a longer word ('sks' in 'a SKS dog' and
+    "sks's", not in 'tasks'), as `add_placeholder_tokens` registers it."""
+    return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)", flags=re.IGNORECASE)
+
+
 def expand_placeholder(prompt: str, token: str, num_vectors: int) -> str:
     """Write a multi-vector token out in full: 'a S* dog' -> 'a S* S*_1 dog' (the tokenizer ignores case)."""
     if num_vectors == 1:
         return prompt
     spelled = " ".join(placeholder_tokens(token, num_vectors))
-    return re.sub(re.escape(token), lambda _: spelled, prompt, flags=re.IGNORECASE)
+    return token_pattern(token).sub(lambda _: spelled, prompt)
 
 
 def class_noun_ids(tokenizer, class_noun: str) -> list[int]:
@@ -66,7 +72,10 @@ def add_placeholder_tokens(tokenizer, text_encoder: nn.Module, tokens: list[str]
             f"embedding for '{tokens[0]}' has shape {tuple(rows.shape)} but this text encoder needs "
             f"({len(tokens)}, {dim}): it was learned on another base model"
         )
-    if tokenizer.add_tokens(tokens) != len(tokens):
+    from tokenizers import AddedToken
+
+    # single_word: 'sks' is the subject in 'a sks dog' and "sks's", never a piece of 'tasks'
+    if tokenizer.add_tokens([AddedToken(token, single_word=True) for token in tokens]) != len(tokens):
         raise UserError(f"token '{tokens[0]}' is already in use (a subject loaded twice?): load each subject once")
     ids = tokenizer.convert_tokens_to_ids(tokens)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from vidbooth.adapters.textual_inversion import token_pattern
 from vidbooth.errors import UserError
 
 
@@ -83,7 +84,7 @@ def with_subject_token(prompt: str, token: str, class_noun: str) -> tuple[str, s
     The token goes before the first whole-word class noun ('a dog running' -> 'a S* dog running');
     without one, 'a <token> <class noun>' is put in front of the prompt.
     """
-    if token in prompt:
+    if token_pattern(token).search(prompt):
         return prompt, None
     noun = re.search(rf"\b{re.escape(class_noun)}\b", prompt, flags=re.IGNORECASE) if class_noun else None
     if noun:

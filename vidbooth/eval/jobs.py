@@ -123,5 +123,5 @@ def generated_prompt(video: str | Path) -> str | None:
     if not isinstance(prompt, str):
         return None
     for name in config.get("subjects") or []:
-        prompt = re.sub(rf"(?<!\S){re.escape(str(name))}(?!\S)", " ", prompt)
+        prompt = re.sub(rf"(?<!\w){re.escape(str(name))}(?!\w)", " ", prompt, flags=re.IGNORECASE)  # as tokenized
     return " ".join(prompt.split()) or None
