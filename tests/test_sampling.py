@@ -74,12 +74,23 @@ def test_chunked_decode_matches_single_pass(tiny_backbones):
         (dict(height=30), "--height 30 must be a positive multiple of 4"),
         (dict(width=-8), "--width -8"),
         (dict(scheduler="euler"), "unknown scheduler 'euler'"),
-        (dict(num_inference_steps=0), "at least 1"),
+        (dict(num_inference_steps=0), "from 1 to 999"),
+        (dict(num_inference_steps=1000, scheduler="dpm++"), r"from 1 to 999 \(the model was trained on 1000 noise"),
+        (dict(num_inference_steps=1500), "from 1 to 999"),
     ],
 )
 def test_bad_settings(tiny_backbones, kwargs, message):
     with pytest.raises(UserError, match=message):
         sample_video(tiny_backbones["unet3d"], "x", **kwargs)
+
+
+def test_a_sample_that_diverges_is_an_error_not_a_video(tiny_backbones, monkeypatch):
+    """NaN latents (fp16 overflow on a GPU, say) stop with advice instead of writing garbage frames."""
+    bb = tiny_backbones["unet3d"]
+    forward = bb.unet_forward
+    monkeypatch.setattr(bb, "unet_forward", lambda *args, **kwargs: forward(*args, **kwargs) * float("nan"))
+    with pytest.raises(UserError, match=r"NaN or infinite values \(ddim, 2 steps\): lower --guidance-scale"):
+        sample_video(bb, "x", num_frames=2, num_inference_steps=2, height=16, width=16)
 
 
 def test_too_many_frames_for_motion_module(tiny_backbones):

@@ -76,8 +76,12 @@ def sample_video(
     height = height or backbone.default_size
     width = width or backbone.default_size
     check_geometry(backbone, num_frames, height, width)
-    if num_inference_steps < 1:
-        raise UserError(f"--num-inference-steps must be at least 1, got {num_inference_steps}")
+    noise_levels = int(backbone.scheduler_config.get("num_train_timesteps", 1000))
+    if not 1 <= num_inference_steps < noise_levels:
+        raise UserError(
+            f"--num-inference-steps must be from 1 to {noise_levels - 1} (the model was trained on {noise_levels} "
+            f"noise levels), got {num_inference_steps}"
+        )
 
     guided = guidance_scale > 1.0
     text = backbone.encode_prompt(negatives + prompts if guided else prompts)  # (2B or B, L, D)
@@ -112,6 +116,9 @@ def sample_video(
                 on_step(i, latents)
             bar.advance()
 
+    if not torch.isfinite(latents).all():  # never write a video of garbage frames as if it were a result
+        advice = "run with --precision fp32 (or bf16)" if backbone.dtype == torch.float16 else "lower --guidance-scale"
+        raise UserError(f"sampling produced NaN or infinite values ({scheduler}, {num_inference_steps} steps): {advice}")
     if output_type == "latent":
         return latents
     video = backbone.decode_latents(latents, chunk_size=decode_chunk_size)  # (B, F, 3, H, W) in [-1, 1]
