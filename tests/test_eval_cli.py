@@ -289,6 +289,23 @@ def test_a_generated_video_is_scored_against_the_prompt_it_was_generated_from(
     assert run(video, "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir)) == 2
 
 
+def test_in_a_batch_a_video_without_its_own_prompt_fails_alone(media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
+    """Without --prompt each video's prompt is its own (from the config beside it): one video lacking it fails
+    that video, exit 1, and the others are still scored."""
+    media["right"].with_suffix(".yaml").write_text("prompt: a square moving right\n")
+    out_json = tmp_path / "scores.json"
+    code = run(media["right"], media["still"], "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir),
+               "--json", out_json)
+    assert code == 1
+    assert error_lines(capsys.readouterr()) == [
+        f"error: no prompt for {media['still']}: CLIP-T needs one; pass --prompt, fill the manifest's third field, "
+        "or choose --metrics without clip_t",
+        "error: 1 of 2 videos could not be evaluated: see above",
+    ]
+    videos = json.loads(out_json.read_text())["videos"]
+    assert [v["prompt"] for v in videos][:1] == ["a square moving right"] and "clip_t" in videos[0]["metrics"]
+
+
 def test_reference_folders_read_every_photo_type_that_subject_training_takes(tmp_path, capsys):
     """A subject's photos are copied into the library as given: a .tiff or .gif one must count as a reference."""
     for i, suffix in enumerate((".png", ".tiff", ".gif")):
