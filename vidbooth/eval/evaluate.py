@@ -68,10 +68,8 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     # Without a manifest every job shares the references, and the prompt when --prompt gives it (or when no video
     # has one): a gap in them concerns the whole run. A prompt read from the config beside a video is its own.
     no_prompts = not any(job.prompt for job in jobs)
-    plans = [
-        _plan(job, choice, single, shared_inputs=not config.manifest and bool(config.prompt or job.prompt or no_prompts))
-        for job in jobs
-    ]
+    shared = [not config.manifest and bool(config.prompt or job.prompt or no_prompts) for job in jobs]
+    plans = [_plan(job, choice, single, shared_inputs) for job, shared_inputs in zip(jobs, shared)]
     needed = {name for metrics in plans for name in metrics or ()}
     scorer = _Scorer(motion_paths, config.device, config.batch_size)
     scorer.load_models(needed, clip_model, config.dino_model)
