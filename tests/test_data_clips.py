@@ -105,6 +105,32 @@ def test_gif_with_uneven_frame_times_is_resampled_to_its_shortest(tmp_path):
     assert frame_levels(read_video(path)) == [0, 1, 1, 1, 2] and video_fps(path) == pytest.approx(10.0)
 
 
+def test_variable_frame_rate_mp4_reads_back_at_the_rate_it_reports(tmp_path):
+    """A phone clip's frame times vary: here 4 frames held 0.5 s each, then 8 at 1/8 s (3 s, 4 fps on average).
+    The decoded frames must span the clip's 3 seconds at the rate `video_fps` reports, so that sampling by time
+    keeps the motion's speed, and must reach its last frame."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    levels, durations = list(range(12)), [0.5] * 4 + [0.125] * 8
+    listing = []
+    for level, (frame, duration) in enumerate(zip(_grey_frames(levels), durations, strict=True)):
+        Image.fromarray(frame).save(tmp_path / f"{level:02d}.png")
+        listing += [f"file '{level:02d}.png'", f"duration {duration}"]
+    listing.append("file '11.png'")  # the concat demuxer takes the last frame's duration from a repeat
+    (tmp_path / "frames.txt").write_text("\n".join(listing) + "\n")
+    path = tmp_path / "vfr.mp4"
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "concat", "-i", str(tmp_path / "frames.txt"),
+               "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    frames, fps = read_video(path), video_fps(path)
+    assert fps < 5  # the average rate, not the 8 fps base rate of the fast part
+    assert len(frames) / fps == pytest.approx(3.0, abs=0.6)
+    decoded = frame_levels(frames)
+    assert decoded == sorted(decoded) and decoded[0] == 0 and decoded[-1] == 11
+
+
 def test_portrait_odd_sized_video(tmp_path):
     frames, _ = load_clip(badinputs.make_bad_clip("portrait_odd_mp4", tmp_path))
     assert frames.shape == (6, 122, 68, 3)

@@ -105,9 +105,14 @@ def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
 
 
 def _read_ffmpeg(path: Path) -> Generator[np.ndarray, None, None]:
+    """Frames at the file's average frame rate, the one `video_fps` reports. Left to itself ffmpeg emits a
+    variable-frame-rate file at its base rate instead (often 25 or 30 fps for an 8 fps phone clip, pauses copied
+    as runs of equal frames), so the frames and the reported rate would disagree and motion would be learned and
+    measured at the wrong speed."""
     import imageio.v2 as imageio
 
-    reader = imageio.get_reader(str(path), format="FFMPEG")
+    fps = _stream_fps(path)
+    reader = imageio.get_reader(str(path), format="FFMPEG", **({"fps": fps} if fps else {}))
     try:
         for frame in reader:
             yield np.asarray(frame)[..., :3]
@@ -130,15 +135,21 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
     try:
         if path.suffix.lower() == ".gif":
             return 1000.0 / min(_gif_durations(path))
-        import imageio.v2 as imageio
-
-        reader = imageio.get_reader(str(path), format="FFMPEG")
-        try:
-            return float(reader.get_meta_data().get("fps") or default)
-        finally:
-            reader.close()
+        return _stream_fps(path) or default
     except Exception:
         return default
+
+
+def _stream_fps(path: Path) -> float | None:
+    """The video stream's average frame rate as ffmpeg reports it, or None when it does not say."""
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(str(path), format="FFMPEG")
+    try:
+        fps = reader.get_meta_data().get("fps")
+    finally:
+        reader.close()
+    return float(fps) if fps and np.isfinite(fps) and fps > 0 else None
 
 
 def video_frame_count(path: str | Path) -> int | None:
