@@ -133,12 +133,32 @@ def test_resuming_a_finished_run_runs_no_step(tmp_path, accelerator):
     result = engine.train(again, toy_data(), config(), tmp_path, accelerator, resume=True)
     assert result.start_step == result.step == 12 and result.losses == []
     assert all(torch.equal(done.state_dict()[k], v) for k, v in again.state_dict().items())
+    last = json.loads((engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE).read_text())
+    assert result.loss == last["loss"] > 0  # the checkpoint's loss, not NaN (the manifests record it)
 
 
 def test_resume_refuses_other_settings(tmp_path, accelerator):
     engine.train(make_method(), toy_data(), config(steps=4, checkpoint_every=2), tmp_path, accelerator)
     with pytest.raises(UserError, match="different settings.*lr"):
         engine.train(make_method(), toy_data(), config(steps=4, lr=0.1), tmp_path, accelerator, resume=True)
+
+
+def test_resume_signature_holds_process_count_and_precision_beyond_the_defaults():
+    """Another process count changes the batch per step and the data order, another precision the numbers: a
+    run continued under them is refused. The single-process full-precision signature keeps its old form, so
+    runs checkpointed before these keys existed stay resumable."""
+    from types import SimpleNamespace
+
+    def signature(processes, mixed_precision, dtype=torch.float32):
+        launch = SimpleNamespace(num_processes=processes, mixed_precision=mixed_precision)
+        return engine._full_signature(config(), {"k": 1} | engine.dtype_signature(dtype), launch)
+
+    plain = signature(1, "no")
+    assert set(plain) == {"train", "k"} and not {"processes", "resolved_mixed_precision"} & set(plain["train"])
+    assert signature(2, "no")["train"]["processes"] == 2
+    assert signature(1, "bf16")["train"]["resolved_mixed_precision"] == "bf16"
+    assert signature(1, "no", torch.float16)["base_dtype"] == "torch.float16"
+    assert len({json.dumps(s, sort_keys=True) for s in (plain, signature(2, "no"), signature(1, "bf16"))}) == 3
 
 
 def test_resume_without_checkpoint_starts_over(tmp_path, accelerator):

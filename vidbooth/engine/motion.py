@@ -226,6 +226,8 @@ def training_size(backbone: Backbone, cfg: MotionConfig) -> int:
 
 def _signature(cfg: MotionConfig, clips, spec: MotionAdapterSpec, backbone: Backbone, encoder) -> dict:
     """Settings that must be equal for --resume to continue a run."""
+    from vidbooth.engine.train import dtype_signature
+
     return {
         "method": "motion",
         "base": backbone.fingerprint,
@@ -234,7 +236,7 @@ def _signature(cfg: MotionConfig, clips, spec: MotionAdapterSpec, backbone: Back
         "data": asdict(cfg.data),
         "adapter": spec.to_json(),
         "appearance": {"encoder": encoder.name if encoder else None, "p_image_zero": cfg.appearance.p_image_zero},
-    }
+    } | dtype_signature(backbone.dtype)
 
 
 # ---- the artifact ---------------------------------------------------------------------------------

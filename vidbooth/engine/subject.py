@@ -57,6 +57,7 @@ from vidbooth.engine.train import (
     TrainResult,
     backbone_device,
     derived_seed,
+    dtype_signature,
     make_accelerator,
     remove_run,
     run_folder,
@@ -279,7 +280,7 @@ def _signature(run: _Run, stage: str) -> dict:
         "class_noun": run.class_noun,
         "data": OmegaConf.to_container(OmegaConf.structured(cfg.data)),
         "runtime_seed": cfg.runtime.seed,
-    }
+    } | dtype_signature(run.backbone.dtype)
     if stage == "textual_inversion":
         ti = cfg.textual_inversion
         return signature | {"num_vectors": ti.num_vectors} | _guided_signature(ti.guidance_scale)

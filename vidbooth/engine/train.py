@@ -395,12 +395,23 @@ def _broadcast_parameters(params: list[nn.Parameter], accelerator) -> None:
             p.copy_(chunk.view_as(p))
 
 
-def _full_signature(cfg: TrainConfig, signature: dict) -> dict:
-    """The caller's signature plus the training settings that change the result (JSON round-tripped)."""
+def _full_signature(cfg: TrainConfig, signature: dict, accelerator) -> dict:
+    """The caller's signature plus the training settings that change the result (JSON round-tripped): the
+    config, and the process count (the batch per step and the data order follow it) and resolved mixed precision
+    where they are not the single-process, full-precision defaults (so older single-process runs stay resumable)."""
     from dataclasses import asdict
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints")}
+    if accelerator.num_processes != 1:
+        settings["processes"] = accelerator.num_processes
+    if str(accelerator.mixed_precision) != "no":
+        settings["resolved_mixed_precision"] = str(accelerator.mixed_precision)
     return json.loads(json.dumps({"train": settings} | signature, sort_keys=True, default=str))
+
+
+def dtype_signature(dtype: torch.dtype) -> dict:
+    """The frozen base's precision for a resume signature; nothing for fp32, so older runs stay resumable."""
+    return {} if dtype == torch.float32 else {"base_dtype": str(dtype)}
 
 
 def _check_trainable(params: list[nn.Parameter]) -> None:
@@ -499,7 +510,7 @@ def train(
     """
     if len(data) == 0:
         raise ValueError("no training data")
-    signature = _full_signature(cfg, signature or {})
+    signature = _full_signature(cfg, signature or {}, accelerator)
     params = list(method.trainable_parameters())
     _check_trainable(params)
     optimizer = accelerator.prepare(
@@ -536,9 +547,11 @@ def train(
             if bad_loss:
                 last = list_checkpoints(run_dir)
                 kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
-                raise UserError(
-                    f"loss became {loss} at step {step + 1}: training stopped and {kept}; lower the learning rate "
-                    "or turn off mixed precision, then rerun (with --resume to continue from the checkpoint)"
+                half = str(accelerator.mixed_precision) != "no"  # on CUDA the frozen base is fp16 too
+                fp32 = " (or train in fp32: --precision fp32, mixed_precision no)" if half else ""
+                raise UserError(  # a resume would repeat the same steps: other settings mean starting over
+                    f"loss became {loss} at step {step + 1}: training stopped and {kept}; lower the learning rate"
+                    f"{fp32} and run again without --resume"
                 )
             _optimizer_step(optimizer, params, cfg, step, accelerator)
             step += 1
