@@ -210,3 +210,30 @@ def test_config_validation(bad):
         TrainConfig(**bad).check()
     with pytest.raises(UserError, match="^identity\\.train\\."):  # named where it sits in a subject's config
         IdentityConfig(train=TrainConfig(**bad))
+
+
+def test_a_cuda_index_picks_the_gpu_of_a_single_process(monkeypatch):
+    """`--device cuda:1` trains on GPU 1: accelerate gives one process the current GPU, so vidbooth makes that
+    GPU current, and loads the base there. Under a launcher the launcher's GPU stands. (CUDA faked: no GPU here.)"""
+    import accelerate
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[-1] if current else 0)
+
+    class OneGpuAccelerator:  # what accelerate sets up for one process on a GPU
+        num_processes, device = 1, torch.device("cuda")
+
+        def __init__(self, cpu, mixed_precision):
+            assert not cpu
+
+    monkeypatch.setattr(accelerate, "Accelerator", OneGpuAccelerator)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert engine.backbone_device(engine.make_accelerator("no", "cuda:1")) == "cuda:1" and current == [1]
+    with pytest.raises(UserError, match=r"--device cuda:2: this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+        engine.make_accelerator("no", "cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    engine.make_accelerator("no", "cuda:0")
+    assert current == [1]

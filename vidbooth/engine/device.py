@@ -16,7 +16,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from exc
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise UserError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+        return device
     if name == "cpu":
         return torch.device("cpu")
     raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")

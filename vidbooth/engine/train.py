@@ -144,8 +144,11 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
 
     from vidbooth.engine.device import resolve_device
 
-    on_cpu = resolve_device(device).type == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    resolved = resolve_device(device)
+    on_cpu = resolved.type == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     precision = resolve_mixed_precision(mixed_precision, "cpu" if on_cpu else "cuda")
+    if not on_cpu and resolved.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(resolved.index)  # one process: accelerate takes the current GPU, so make it this one
     try:
         accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision)
     except ValueError as exc:
@@ -161,7 +164,9 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
 def backbone_device(accelerator) -> str:
     """The `load_backbone(device=...)` name of this process's device ('cpu', or 'cuda:N' under a launcher)."""
     device = accelerator.device
-    return "cpu" if device.type == "cpu" else str(device)
+    if device.type == "cpu":
+        return "cpu"
+    return str(device) if device.index is not None else f"cuda:{torch.cuda.current_device()}"
 
 
 def _asked_for_several_cpu_processes() -> bool:
