@@ -76,6 +76,25 @@ def test_interrupted_swap_rolls_back_to_old_version(isolated_home):
     assert not any(aside.parent.iterdir()) and not any((isolated_home / ".staging").iterdir())
 
 
+def test_entries_written_from_another_machine_are_left_to_it_until_stale(isolated_home, monkeypatch):
+    """A library shared over the network: a swap or save in flight on another machine carries a pid that means
+    nothing here, so it is left alone while recent, and cleaned up once stale."""
+    with library.staged_artifact("subject", "S*") as stage:
+        _write(stage, 1.0)
+    live = library.artifact_dir("subject", "S*")
+    assert library._host_tag() != "0ther0ne"
+    aside = isolated_home / ".trash" / f"subjects__{live.name}.0ther0ne-1.abcdef01"  # pid 1 is alive here
+    aside.parent.mkdir(parents=True)
+    os.replace(live, aside)
+    staging = isolated_home / ".staging" / f"{live.name}.0ther0ne-999999999.deadbeef"  # dead here, maybe not there
+    staging.mkdir(parents=True)
+    library.recover()
+    assert aside.is_dir() and staging.is_dir() and not live.exists()
+    monkeypatch.setattr(library, "FOREIGN_WRITER_SECONDS", 0)
+    library.recover()
+    assert (live / library.MANIFEST).is_file() and not aside.exists() and not staging.exists()
+
+
 def test_tampered_or_damaged_artifacts_are_refused():
     with library.staged_artifact("subject", "S*") as stage:
         _write(stage)

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+FOREIGN_WRITER_SECONDS = 3600
+"""How long a staging or swap entry written from another machine (a library shared over the network) is left
+alone: its writer's pid means nothing here, and saving an artifact takes seconds."""
+
+
+def _host_tag() -> str:
+    """This machine (and boot) in the names of staging and swap entries, so that another machine sharing the
+    library never judges them by a pid of its own."""
+    import socket
+
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    boot_id = boot.read_text().strip() if boot.is_file() else ""
+    return hashlib.sha256(f"{socket.gethostname()}/{boot_id}".encode()).hexdigest()[:8]
+
+
+def _writer(field: str, entry: Path) -> tuple[bool, bool]:
+    """(may still be writing, is this process) for a staging or swap entry whose name holds `field`:
+    '<host>-<pid>', or '<pid>' as written before host tags."""
+    host, _, pid = field.rpartition("-")
+    if not pid.isdigit():
+        return False, False
+    if host and host != _host_tag():
+        try:
+            status = entry.stat()  # ctime: a rename into .trash/ changes it, not the moved folder's mtime
+        except FileNotFoundError:
+            return False, False
+        return time.time() - max(status.st_mtime, status.st_ctime) < FOREIGN_WRITER_SECONDS, False
+    return _pid_alive(int(pid)), int(pid) == os.getpid()
+
+
 def recover() -> None:
     """Roll back swaps interrupted mid-way and drop staging folders of dead processes."""
     home = _folder_home()
@@ -171,8 +202,9 @@ def recover() -> None:
     if trash.is_dir():
         for entry in trash.iterdir():
             kind_dir, _, rest = entry.name.partition("__")
-            target_name, pid, _ = (rest.rsplit(".", 2) + ["", ""])[:3]  # '<dir>.<pid>.<hex>'
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            target_name, writer, _ = (rest.rsplit(".", 2) + ["", ""])[:3]  # '<dir>.<host>-<pid>.<hex>'
+            alive, is_self = _writer(writer, entry)
+            if alive and not is_self:
                 continue  # its swap is in flight: leave it to that process
             live = home / kind_dir / target_name
             if live.exists():
@@ -183,8 +215,8 @@ def recover() -> None:
     staging = home / ".staging"
     if staging.is_dir():
         for entry in staging.iterdir():
-            pid = entry.name.rsplit(".", 2)[-2] if entry.name.count(".") >= 2 else ""
-            if not pid.isdigit() or not _pid_alive(int(pid)):
+            writer = entry.name.rsplit(".", 2)[-2] if entry.name.count(".") >= 2 else ""
+            if not _writer(writer, entry)[0]:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -290,7 +322,7 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
     """
     target = check_free(kind, name, overwrite)
     home = library_home()
-    token = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    token = f"{_host_tag()}-{os.getpid()}.{uuid.uuid4().hex[:8]}"
     stage = home / ".staging" / f"{dir_name(name)}.{token}"
     stage.mkdir(parents=True)
     aside = None  # where the old version waits during an --overwrite swap
