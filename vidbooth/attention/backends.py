@@ -49,7 +49,7 @@ def _xformers_importable() -> bool:
 
 @register_backend("math")
 def _math(q, k, v, mask=None):
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, Lq, Lk)
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)  # (B, h, Lq, Lk); scaled first: fp16 range
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
