@@ -119,6 +119,15 @@ def test_an_adapter_scale_without_its_adapter_is_warned(tiny_base_dirs, tmp_path
     assert "--motion-scale" not in err  # 1, the default, says nothing
 
 
+def test_a_negative_prompt_without_guidance_is_warned(tiny_base_dirs, tmp_path, capsys):
+    args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out", str(tmp_path / "a.mp4"),
+            "--frames", "2", "--steps", "1", "--device", "cpu", "--negative-prompt", "blurry"]
+    assert main([*args, "--guidance-scale", "1"]) == 0
+    assert "warning: --negative-prompt has no effect at --guidance-scale 1" in capsys.readouterr().err
+    assert main([*args, "--guidance-scale", "2"]) == 0
+    assert "--negative-prompt" not in capsys.readouterr().err
+
+
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     import vidbooth.engine.generate as engine
 

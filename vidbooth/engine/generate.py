@@ -54,6 +54,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         warn(f"--subject-scale {cfg.subject_scale:g} has no effect without --subject")
     if cfg.motion_scale != 1 and not cfg.motion:
         warn(f"--motion-scale {cfg.motion_scale:g} has no effect without --motion")
+    if cfg.sampling.negative_prompt.strip() and cfg.sampling.guidance_scale <= 1:
+        warn(f"--negative-prompt has no effect at --guidance-scale {cfg.sampling.guidance_scale:g}: it acts through "
+             "classifier-free guidance, which needs a scale above 1")
 
     bb = load_backbone_for(cfg.backbone, cfg.runtime)
     prompt = cfg.prompt
