@@ -130,7 +130,9 @@ def test_a_builtin_model_built_on_a_process_other_than_rank_0_is_complete(tmp_pa
     CLIPVisionModelWithProjection.from_pretrained(tmp_path / "clip")
 
 
-@pytest.mark.parametrize("family, component", [("unet3d", "unet"), ("unet3d", "text_encoder"), ("animatediff", "motion")])
+@pytest.mark.parametrize(
+    "family, component", [("unet3d", "unet"), ("unet3d", "text_encoder"), ("animatediff", "motion")]
+)
 def test_pickled_weights_in_a_model_folder_are_refused_not_loaded(family, component, tiny_base_dirs, tmp_path, capsys):
     """A base or motion-adapter folder whose weights are a pickle (.bin) is refused in one line: loading it would
     unpickle a user's file, and the same model from the hub (safetensors only) would not load either."""

@@ -278,7 +278,7 @@ def test_a_generated_video_is_scored_against_the_prompt_it_was_generated_from(
     out_json = tmp_path / "scores.json"
     assert run(video, "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json) == 0
     result = json.loads(out_json.read_text())["videos"][0]
-    assert result["prompt"] == "square moving right, as does, not XS*"  # as the tokenizer reads it: any case, whole words
+    assert result["prompt"] == "square moving right, as does, not XS*"  # as tokenized: any case, whole words
     clip = load_clip(str(tiny_clip_dir))
     expected = embedding_metrics.clip_t(clip.image_embeds(read_video(video)), clip.text_embeds([result["prompt"]])[0])
     assert result["metrics"]["clip_t"] == pytest.approx(expected, abs=1e-5)

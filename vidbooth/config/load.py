@@ -52,7 +52,7 @@ def given_base(sets: list[str] | None, overrides: dict[str, Any]) -> str | None:
     for item in sets or []:
         key, equals, text = item.partition("=")
         if equals and key.strip() == "backbone.base":  # load_config reports a malformed --set
-            base = OmegaConf.select(_read_set(item, OmegaConf.create({"backbone": {"base": ""}})), "backbone.base")
+            base = _unquoted(text)
     return overrides.get("backbone.base") or base
 
 
@@ -124,7 +124,7 @@ def _read_set(item: str, schema: Any) -> Any:
     if not equals or not key:
         raise UserError(f"--set expects key=value, got '{item}'")
     kind = _text_kind(schema, key)
-    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+    quoted = _is_quoted(text)
     if (kind == "str" and not quoted) or (kind == "list" and not quoted and not text.lstrip().startswith("[")):
         config = OmegaConf.create()
         OmegaConf.update(config, key, None if text in ("null", "~") else text, force_add=True)
@@ -135,6 +135,19 @@ def _read_set(item: str, schema: Any) -> Any:
         reason = str(exc).splitlines()[0]
         hint = "write the value as in YAML, e.g. 1e-4, true or [a, b]"
         raise UserError(f"--set {key}={text} cannot be read ({reason}): {hint}") from exc
+
+
+def _is_quoted(text: str) -> bool:
+    return len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+
+
+def _unquoted(text: str) -> str:
+    """A text setting's value as `--set` gives it: as typed, or what is inside the quotes around it."""
+    if not _is_quoted(text):
+        return text
+    import yaml
+
+    return str(yaml.safe_load(text))
 
 
 def _text_kind(schema: Any, key: str) -> str | None:

@@ -109,7 +109,8 @@ def _clip_encoder(name: str, folder: Path, backbone: Backbone) -> ClipImageEncod
     try:
         model = CLIPVisionModelWithProjection.from_pretrained(folder, use_safetensors=True)
     except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] + (" (only .safetensors weights are loaded)" if "safetensors" in str(exc) else "")
+        reason = str(exc).splitlines()[0]
+        reason += " (only .safetensors weights are loaded)" if "safetensors" in str(exc) else ""
         raise UserError(f"cannot load the image encoder '{name}' as a CLIP vision model: {reason}") from exc
     dtype = backbone.dtype if backbone.device.type == "cuda" else torch.float32
     model.requires_grad_(False).eval().to(backbone.device, dtype)

@@ -118,7 +118,8 @@ def sample_video(
 
     if not torch.isfinite(latents).all():  # never write a video of garbage frames as if it were a result
         advice = "run with --precision fp32 (or bf16)" if backbone.dtype == torch.float16 else "lower --guidance-scale"
-        raise UserError(f"sampling produced NaN or infinite values ({scheduler}, {num_inference_steps} steps): {advice}")
+        settings = f"{scheduler}, {num_inference_steps} steps"
+        raise UserError(f"sampling produced NaN or infinite values ({settings}): {advice}")
     if output_type == "latent":
         return latents
     video = backbone.decode_latents(latents, chunk_size=decode_chunk_size)  # (B, F, 3, H, W) in [-1, 1]
