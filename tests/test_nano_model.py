@@ -146,7 +146,10 @@ def test_resume_continues_exactly(tmp_path, char_tokenizer):
     assert scale[1] == pytest.approx(scale[0], rel=1e-3) and scale[0] != pytest.approx(1 / 0.07)  # learned, kept
 
 
-def test_a_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, char_tokenizer, monkeypatch):
+@pytest.mark.parametrize("call, where", [(6, "unet step 2"), (2, "autoencoder step 2")])
+def test_a_signal_saves_a_checkpoint_that_resumes_exactly(call, where, tmp_path, char_tokenizer, monkeypatch):
+    """Stopped in the UNet stage, or right after the autoencoder's last step (before its latent scale was
+    measured): the resumed run ends with the same weights and the same scaling factor."""
     import os
     import signal
 
@@ -160,7 +163,7 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, char_tokeniz
 
     def signalled_at_unet_step_2(self, n=1, **fields):  # the 2 autoencoder and 2 CLIP steps come first
         calls.append(1)
-        if len(calls) == 6:
+        if len(calls) == call:
             os.kill(os.getpid(), signal.SIGTERM)
         advance(self, n, **fields)
 
@@ -170,7 +173,7 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, char_tokeniz
     monkeypatch.setattr(reporting._Task, "advance", signalled_at_unet_step_2)
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
-        with pytest.raises(Interrupted, match="stopped by SIGTERM at unet step 2; .*continue with --resume") as caught:
+        with pytest.raises(Interrupted, match=f"stopped by SIGTERM at {where}; .*continue with --resume") as caught:
             nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, unet_steps=4))
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -180,6 +183,59 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, char_tokeniz
     a = load_file(str(straight.run_dir / "unet.safetensors"))
     b = load_file(str(resumed.run_dir / "unet.safetensors"))
     assert resumed.steps == straight.steps and all(torch.equal(a[k], b[k]) for k in a)
+    scales = [json.loads((r.run_dir / "state.json").read_text())["vae_scaling_factor"] for r in (straight, resumed)]
+    assert scales[0] == scales[1] != 0.18215
+
+
+def test_a_checkpoint_torn_by_a_stop_while_saving_is_refused_not_mixed(tmp_path, char_tokenizer):
+    """Weights of one step beside the state of another (a kill between renames), or a missing file, stop the
+    resume with one line instead of silently training from fresh weights or fresh moments."""
+    from vidbooth.errors import UserError
+    from vidbooth.nano import checkpoint as ckpt
+
+    run = nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=2)).run_dir
+    weights = ckpt.load_tensors(run / "unet.safetensors", 2)
+    ckpt.save_tensors(run / "unet.safetensors", weights, step=1)
+    with pytest.raises(UserError, match=r"unet.safetensors holds step 1 but state.json says 2 .*stopped while saving"):
+        nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=4, resume=True))
+    ckpt.save_tensors(run / "unet.safetensors", weights, step=2)
+    (run / "unet.optim.safetensors").unlink()
+    with pytest.raises(UserError, match=r"unet.optim.safetensors is missing"):
+        nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=4, resume=True))
+
+
+def test_an_export_replaces_the_folder_whole_or_not_at_all(tmp_path, char_tokenizer, monkeypatch, capsys):
+    """A stop while exporting (as into vidbooth/assets/nano) leaves the earlier model as it was, not a mix of
+    two; a folder holding anything but a nano model is refused before training, as an export replaces it whole."""
+    from vidbooth.errors import UserError
+    from vidbooth.nano import model as nano_model
+
+    export = tmp_path / "export"
+    first = nano.pretrain(tiny_config(tmp_path / "a", char_tokenizer, export=str(export)))
+    before = {p.relative_to(export): p.read_bytes() for p in export.rglob("*") if p.is_file()}
+    copies = []
+
+    def stopped_at_the_third_part(model):  # the text and image towers are written, then Ctrl-C
+        copies.append(model)
+        if len(copies) == 3:
+            raise KeyboardInterrupt
+        return model.to(torch.float16)
+
+    monkeypatch.setattr(nano_model, "_half_copy", stopped_at_the_third_part)
+    arch = tiny_arch()
+    tokenizer = nano.load_tokenizer(str(char_tokenizer), arch.clip.max_length)
+    with pytest.raises(KeyboardInterrupt):
+        nano_model.save_nano(export, arch, tokenizer, build_vae(arch), build_clip(arch, tokenizer), build_unet(arch), {})
+    after = {p.relative_to(export): p.read_bytes() for p in export.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["a", "export"]
+    assert first.model_dir.is_dir()
+
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "dog.jpg").write_bytes(b"a user's file")
+    with pytest.raises(UserError, match="holds other files than a nano model.*replaces the whole folder"):
+        nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, export=str(other)))
+    assert not (tmp_path / "b").exists() and (other / "dog.jpg").read_bytes() == b"a user's file"
 
 
 def test_a_run_and_its_model_keep_the_world_they_were_trained_on(tmp_path, char_tokenizer):

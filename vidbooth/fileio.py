@@ -80,3 +80,22 @@ def publish_folder(built: Path, path: Path) -> None:
     except OSError:
         if not Path(path).is_dir():
             raise
+
+
+def replace_folder(built: Path, path: Path) -> None:
+    """Put the finished folder `built` at `path`, replacing what is there: the old folder is renamed aside, the
+    new one renamed in, and the old one removed, so `path` is never a mix of the two. (A kill between the two
+    renames leaves the old folder beside `path`, named `.old-<name>-*`.)"""
+    path = Path(path)
+    if not path.exists():
+        os.replace(built, path)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".old-{path.name}-", dir=path.parent))
+    os.replace(path, aside / path.name)
+    try:
+        os.replace(built, path)
+    except BaseException:
+        os.replace(aside / path.name, path)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)

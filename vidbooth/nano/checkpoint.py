@@ -4,7 +4,8 @@ Layout of `out/`:
 - state.json: stage steps done, wall seconds per stage, the architecture, the probe curve;
 - <stage>.safetensors: the stage's model weights; <stage>.optim.safetensors: its AdamW moments;
 - curve.csv: the probe curve, one row per evaluation.
-Files are written to a temporary name and renamed, so an interrupted write never leaves a torn checkpoint.
+A checkpoint's files are written to temporary names and renamed together, and each weights file records its
+step, so an interrupted save never leaves weights of one step beside the state of another unnoticed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,18 +26,35 @@ CURVE_FILE = "curve.csv"
 CURVE_COLUMNS = ("unet_step", "unet_minutes", "loss", "colour", "shape", "motion", "direction", "prompts")
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def tensors_write(path: Path, tensors: dict[str, torch.Tensor], step: int) -> tuple[Path, Callable[[Path], None]]:
+    """The (path, write) of a `write_together` that saves `tensors` as of `step`."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    write_together([(path, lambda tmp: write_safetensors(tmp, tensors, {"format": "pt"}))])
+    return path, lambda tmp: write_safetensors(tmp, tensors, {"format": "pt", "step": str(step)})
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], step: int = 0) -> None:
+    write_together([tensors_write(path, tensors, step)])
 
+
+def load_tensors(path: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    """The tensors in `path`; with `step`, refused unless they were saved at that step (files from before steps
+    were recorded pass)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} is missing: delete the run folder, or pass another --out, and start over")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as file:
+            saved_step = (file.metadata() or {}).get("step")
+            tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as exc:
         raise UserError(f"checkpoint {path} is unreadable ({type(exc).__name__}): delete the run folder") from exc
+    if step is not None and saved_step is not None and int(saved_step) != step:
+        raise UserError(
+            f"checkpoint {path} holds step {saved_step} but {STATE_FILE} says {step} (the run was stopped while "
+            "saving): delete the run folder, or pass another --out, and start over"
+        )
+    return tensors
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -65,13 +84,19 @@ def read_state(run_dir: Path) -> dict | None:
         raise UserError(f"{path} is not valid JSON: delete the run folder and rerun") from exc
 
 
-def write_state(run_dir: Path, state: dict) -> None:
-    """The run's state and its probe curve (as CSV), replaced together."""
+def state_writes(run_dir: Path, state: dict) -> list[tuple[Path, Callable[[Path], object]]]:
+    """The (path, write) pairs of a `write_together` that saves the run's state and its probe curve (as CSV)."""
     curve = io.StringIO()
     writer = csv.DictWriter(curve, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(state.get("curve", []))
-    write_together([
-        (run_dir / STATE_FILE, lambda tmp: tmp.write_text(json.dumps(state, indent=2, sort_keys=True))),
+    text = json.dumps(state, indent=2, sort_keys=True)
+    return [
+        (run_dir / STATE_FILE, lambda tmp: tmp.write_text(text)),
         (run_dir / CURVE_FILE, lambda tmp: tmp.write_text(curve.getvalue(), newline="")),
-    ])
+    ]
+
+
+def write_state(run_dir: Path, state: dict) -> None:
+    """The run's state and its probe curve, replaced together."""
+    write_together(state_writes(run_dir, state))

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from vidbooth import __version__
+from vidbooth.errors import UserError
+from vidbooth.fileio import folder_beside, replace_folder
 
 CLIP_MEAN = (0.5, 0.5, 0.5)
 CLIP_STD = (0.5, 0.5, 0.5)
@@ -177,9 +179,28 @@ def _save_tokenizer(tokenizer, folder: Path) -> None:
     clean.save_pretrained(folder)
 
 
-def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> Path:
-    """Write the diffusers-layout folder (fp16 weights) that `load_backbone` and the appearance encoder read."""
+def check_export_folder(folder: str | Path) -> None:
+    """Refuse to export over a folder that holds anything but an earlier nano export: it is replaced whole."""
     folder = Path(folder)
+    if folder.is_file() or (folder.is_dir() and any(folder.iterdir()) and not (folder / "nano.json").is_file()):
+        raise UserError(
+            f"{folder} holds other files than a nano model, and an export replaces the whole folder: "
+            "give a new or empty folder, or an earlier export"
+        )
+
+
+def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> Path:
+    """Write the diffusers-layout folder (fp16 weights) that `load_backbone` and the appearance encoder read. It is
+    built beside `folder` and then replaces it whole: a stop while exporting leaves the old model as it was."""
+    final = Path(folder)
+    check_export_folder(final)
+    with folder_beside(final) as folder:
+        _write_nano(folder, arch, tokenizer, vae, clip, unet, provenance)
+        replace_folder(folder, final)
+    return final
+
+
+def _write_nano(folder: Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> None:
     _save_tokenizer(tokenizer, folder / "tokenizer")
     for name, model in (
         ("text_encoder", text_encoder_of(clip)),
@@ -210,7 +231,6 @@ def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, pr
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     (folder / "nano.json").write_text(json.dumps(dict(provenance, architecture=asdict(arch)), indent=2))
-    return folder
 
 
 def _half_copy(model):

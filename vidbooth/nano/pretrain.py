@@ -24,9 +24,17 @@ from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
 from vidbooth.errors import Interrupted, UserError
+from vidbooth.fileio import write_together
 from vidbooth.nano import checkpoint as ckpt
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
-from vidbooth.nano.model import build_clip, build_unet, build_vae, save_nano, scheduler_config
+from vidbooth.nano.model import (
+    build_clip,
+    build_unet,
+    build_vae,
+    check_export_folder,
+    save_nano,
+    scheduler_config,
+)
 from vidbooth.nano.world import make_split, sample_pretraining_batch
 from vidbooth.reporting import info, progress
 
@@ -116,11 +124,18 @@ class _Run:
         return (self.state["seconds"][stage] + time.monotonic() - self.mark) / 60
 
     def save(self, stage: str, model: torch.nn.Module, optimizer, step: int) -> None:
+        """Weights, optimizer moments, state and curve, written together (see `write_together`)."""
         self.tick(stage)
-        ckpt.save_tensors(self.dir / f"{stage}.safetensors", model.state_dict())
-        ckpt.save_tensors(self.dir / f"{stage}.optim.safetensors", ckpt.optimizer_tensors(optimizer))
-        self.state["steps"][stage] = step
-        ckpt.write_state(self.dir, self.state)
+        state = copy.deepcopy(self.state)
+        state["steps"][stage] = step
+        if stage in state.get("fresh_moments", []):
+            state["fresh_moments"].remove(stage)  # its moments are saved from now on
+        write_together([
+            ckpt.tensors_write(self.dir / f"{stage}.safetensors", model.state_dict(), step),
+            ckpt.tensors_write(self.dir / f"{stage}.optim.safetensors", ckpt.optimizer_tensors(optimizer), step),
+            *ckpt.state_writes(self.dir, state),
+        ])
+        self.state = state
         self.last_save = time.monotonic()
 
 
@@ -277,12 +292,14 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     denoiser = _Models(tokenizer, vae, clip, unet).denoiser()
     run.dir.mkdir(parents=True, exist_ok=True)  # only now: a bad --init-from leaves no run folder behind
     for stage, model in (("autoencoder", vae), ("clip", clip), ("unet", denoiser)):
-        ckpt.save_tensors(run.dir / f"{stage}.safetensors", {k: v.float() for k, v in model.state_dict().items()})
+        tensors = {k: v.float() for k, v in model.state_dict().items()}
+        ckpt.save_tensors(run.dir / f"{stage}.safetensors", tensors, provenance["steps"][stage])
     run.state.update(
         steps=provenance["steps"],
         seconds={stage: minutes * 60 for stage, minutes in provenance["minutes"].items()},
         curve=provenance["curve"],
         vae_scaling_factor=vae.config.scaling_factor,
+        fresh_moments=list(STAGES),  # an exported model has no optimizer moments: a continued stage starts them anew
     )
     ckpt.write_state(run.dir, run.state)
 
@@ -294,9 +311,9 @@ def _build(cfg: PretrainConfig, run: _Run) -> _Models:
         _adopt_model(run, cfg.init_from, tokenizer)
     models = _Models(tokenizer, build_vae(cfg.arch), build_clip(cfg.arch, tokenizer), build_unet(cfg.arch))
     for stage in STAGES:
-        path = run.dir / f"{stage}.safetensors"
-        if run.state["steps"][stage] and path.is_file():
-            models.of(stage).load_state_dict(ckpt.load_tensors(path))
+        if run.state["steps"][stage]:
+            step = run.state["steps"][stage]
+            models.of(stage).load_state_dict(ckpt.load_tensors(run.dir / f"{stage}.safetensors", step))
     if "vae_scaling_factor" in run.state:
         models.vae.register_to_config(scaling_factor=run.state["vae_scaling_factor"])
     run.dir.mkdir(parents=True, exist_ok=True)
@@ -318,9 +335,8 @@ def _loop(
     `after_step(steps_done, loss)` returning True (it evaluated) forces a checkpoint, so weights match the curve.
     """
     start = run.state["steps"][stage]
-    optim_path = run.dir / f"{stage}.optim.safetensors"
-    if start and optim_path.is_file():
-        ckpt.load_optimizer_tensors(optimizer, ckpt.load_tensors(optim_path))
+    if start and stage not in run.state.get("fresh_moments", []):
+        ckpt.load_optimizer_tensors(optimizer, ckpt.load_tensors(run.dir / f"{stage}.optim.safetensors", start))
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     model.train()
     loss_value = float("nan")
@@ -368,11 +384,7 @@ def _autoencoder_stage(run: _Run, models: _Models) -> bool:
         frames = pixels(np.stack([videos[i, picks[i]] for i in range(cfg.batch)])).flatten(0, 1)  # (2B, 3, H, W)
         return autoencoder_loss(vae, frames, generator, cfg.kl_weight, cfg.sprite_weight)
 
-    done = _loop(run, "autoencoder", vae, optimizer, cfg.steps, int(cfg.steps * WARMUP_FRACTION), loss_at)
-    if done:
-        run.state["vae_scaling_factor"] = _scaling_factor(run, vae)
-        vae.register_to_config(scaling_factor=run.state["vae_scaling_factor"])
-    return done
+    return _loop(run, "autoencoder", vae, optimizer, cfg.steps, int(cfg.steps * WARMUP_FRACTION), loss_at)
 
 
 @torch.no_grad()
@@ -484,6 +496,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     from vidbooth.engine.backbone import quiet_libraries
 
     cfg.check()
+    if cfg.export:
+        check_export_folder(cfg.export)  # before hours of training, not after
     quiet_libraries()
     torch.set_num_threads(cfg.threads)
     run = _Run(cfg)
@@ -491,16 +505,20 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     stage_fns = {"autoencoder": _autoencoder_stage, "clip": _clip_stage, "unet": _unet_stage}
     for stage in STAGES:
         total = getattr(cfg, stage).steps
-        if run.state["steps"][stage] >= total:
-            continue
-        if _later_stage_started(run, stage):
-            raise UserError(f"{stage}.steps was raised to {total} after a later stage began: use a new --out")
-        run.mark = time.monotonic()
-        if not stage_fns[stage](run, models):
-            info(f"stopped after {cfg.max_minutes:g} minutes at {stage} step {run.state['steps'][stage]}: --resume")
-            model_dir = export(run, models) if run.state["steps"]["unet"] else None  # the weights so far
-            return PretrainResult(run.dir, False, dict(run.state["steps"]), run.state["curve"], model_dir)
-        ckpt.write_state(run.dir, run.state)
+        if run.state["steps"][stage] < total:
+            if _later_stage_started(run, stage):
+                raise UserError(f"{stage}.steps was raised to {total} after a later stage began: use a new --out")
+            run.mark = time.monotonic()
+            if not stage_fns[stage](run, models):
+                info(f"stopped after {cfg.max_minutes:g} minutes at {stage} step {run.state['steps'][stage]}: --resume")
+                model_dir = export(run, models) if run.state["steps"]["unet"] else None  # the weights so far
+                return PretrainResult(run.dir, False, dict(run.state["steps"]), run.state["curve"], model_dir)
+            ckpt.write_state(run.dir, run.state)
+        if stage == "autoencoder" and "vae_scaling_factor" not in run.state:
+            # here, not at the stage's end: a run stopped right after its last autoencoder step comes back here
+            run.state["vae_scaling_factor"] = _scaling_factor(run, models.vae)
+            models.vae.register_to_config(scaling_factor=run.state["vae_scaling_factor"])
+            ckpt.write_state(run.dir, run.state)
     model_dir = export(run, models)
     return PretrainResult(run.dir, True, dict(run.state["steps"]), run.state["curve"], model_dir)
 
