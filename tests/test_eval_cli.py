@@ -289,6 +289,26 @@ def test_a_generated_video_is_scored_against_the_prompt_it_was_generated_from(
     assert run(video, "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir)) == 2
 
 
+def test_a_given_prompt_is_scored_without_the_subjects_pseudo_word(media, tiny_clip_dir, tiny_vit_dir, tmp_path,
+                                                                    capsys, monkeypatch):
+    """`-p "a S* square moving right" --subject S*`: CLIP-T (and the probe) score the prompt without S*."""
+    from vidbooth import library
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")  # the change is said in an info line
+
+    with library.staged_artifact("subject", "S*") as stage:  # a subject whose photos are the reference images
+        (stage / "photos").mkdir()
+        for photo in media["photos"].iterdir():
+            (stage / "photos" / photo.name).write_bytes(photo.read_bytes())
+        library.write_json(stage / library.MANIFEST, {"kind": "subject", "name": "S*"})
+    out_json = tmp_path / "scores.json"
+    code = run(media["right"], "-p", "a s* square moving right", "--subject", "S*", "--metrics", "clip_t",
+               *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json)
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(out_json.read_text())["videos"][0]["prompt"] == "a square moving right"
+    assert 'scoring against "a square moving right": the prompt without S*' in capsys.readouterr().err
+
+
 def test_in_a_batch_a_video_without_its_own_prompt_fails_alone(media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
     """Without --prompt each video's prompt is its own (from the config beside it): one video lacking it fails
     that video, exit 1, and the others are still scored."""

@@ -276,6 +276,7 @@ def test_pretraining_batch_lays_out_linear_motions_as_asked():
     ("a shape moving in a circle", (None, None, None, "circle")),  # 'shape': any sprite
     ("A red square moving up and left.", ("red", None, "square", "up-left")),
     ("a moving left", (None, None, None, "left")),
+    ("a red striped square, moving left!", ("red", "striped", "square", "left")),  # punctuation says nothing
     ("a S* square moving left", None),  # a word the world does not have
     ("a square red moving left", None),  # out of caption order
     ("a red square", None),  # no motion

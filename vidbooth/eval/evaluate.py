@@ -29,7 +29,7 @@ from vidbooth.eval.features import (
     load_dino,
     load_nano_image,
 )
-from vidbooth.eval.jobs import EvalJob, generated_base, jobs_from_manifest, jobs_from_videos
+from vidbooth.eval.jobs import EvalJob, generated_base, jobs_from_manifest, jobs_from_videos, without_pseudo_words
 from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
 from vidbooth.eval.motion import METHOD, MIN_FLOW, WORK_SIDE, motion_signature, signature_similarity
 from vidbooth.eval.references import motion_clip_paths, read_image_folder, read_motion_clip, subject_photos
@@ -144,8 +144,12 @@ def _gather_jobs(config: EvaluateConfig) -> list[EvalJob]:
     references = str(subject_photos(config.subject)) if config.subject else config.ref_images
     if references:
         read_image_folder(references)  # shared by every job: a bad folder stops the run here
-    jobs = jobs_from_manifest(config.manifest, config.prompt, references) if config.manifest else []
-    jobs += jobs_from_videos(list(config.videos), config.prompt, references)
+    prompt = config.prompt
+    if prompt and config.subject and without_pseudo_words(prompt, [config.subject]) != " ".join(prompt.split()):
+        prompt = without_pseudo_words(prompt, [config.subject])
+        reporting.info(f"scoring against \"{prompt}\": the prompt without {config.subject}, which CLIP has never seen")
+    jobs = jobs_from_manifest(config.manifest, prompt, references) if config.manifest else []
+    jobs += jobs_from_videos(list(config.videos), prompt, references)
     if not jobs:
         raise UserError("no video to evaluate: give one or more VIDEO files or globs, or --manifest FILE")
     return jobs

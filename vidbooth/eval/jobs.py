@@ -122,6 +122,12 @@ def generated_prompt(video: str | Path) -> str | None:
     prompt = config.get("prompt")
     if not isinstance(prompt, str):
         return None
-    for name in config.get("subjects") or []:
-        prompt = re.sub(rf"(?<!\w){re.escape(str(name))}(?!\w)", " ", prompt, flags=re.IGNORECASE)  # as tokenized
-    return " ".join(prompt.split()) or None
+    return without_pseudo_words(prompt, [str(name) for name in config.get("subjects") or []]) or None
+
+
+def without_pseudo_words(prompt: str, names: list[str]) -> str:
+    """`prompt` without the subject pseudo-words `names`, found as the tokenizer finds them (any case, whole
+    words): CLIP has never seen them."""
+    for name in names:
+        prompt = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", " ", prompt, flags=re.IGNORECASE)
+    return " ".join(prompt.split())

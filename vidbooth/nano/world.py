@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -160,7 +161,7 @@ def read_prompt(text: str | None) -> PromptTruth | None:
     """The world words of a prompt 'a [<colour>] [<pattern>] [<shape>] <motion phrase>' (a caption names all
     four; 'a square moving in a circle', the words left of 'a S* square moving in a circle', names two); None
     when the prompt is not in the world's words."""
-    words = (text or "").strip().lower().rstrip(".").split()
+    words = re.sub(r"[.,;:!?]", " ", (text or "").lower()).split()  # punctuation says nothing here
     phrases = sorted(MOTION_PHRASES.items(), key=lambda item: -len(item[1].split()))
     motion = next((name for name, phrase in phrases if words[-len(phrase.split()):] == phrase.split()), None)
     if motion is None or not words or words[0] != "a":
