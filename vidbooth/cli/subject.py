@@ -91,7 +91,7 @@ def textual_inversion(
     class_noun: str = ClassNoun,
     num_vectors: int = NumVectors,
     steps: int = typer.Option(
-        None, "--steps", help="Training steps (default: the recipe's; nano 150, DreamVideo 3000)."
+        None, "--steps", help="Training steps (default: the recipe's; nano 600, DreamVideo 3000)."
     ),
     lr: float = typer.Option(
         None, "--lr", help="Learning rate (default: the recipe's; nano 5e-3, DreamVideo 1e-4)."
@@ -130,7 +130,7 @@ def identity_adapter(
     name: str = typer.Option(None, "--name", help="An existing subject (from textual-inversion)."),
     hidden_ratio: float = HiddenRatio,
     steps: int = typer.Option(
-        None, "--steps", help="Training steps (default: the recipe's; nano 100, DreamVideo 1000)."
+        None, "--steps", help="Training steps (default: the recipe's; nano 300, DreamVideo 1000)."
     ),
     lr: float = typer.Option(
         None, "--lr", help="Learning rate (default: the recipe's; nano 3e-3, DreamVideo 1e-5)."
@@ -177,10 +177,10 @@ def train_subject(
     num_vectors: int = NumVectors,
     hidden_ratio: float = HiddenRatio,
     ti_steps: int = typer.Option(
-        None, "--ti-steps", help="Textual-inversion steps (default: the recipe's; nano 150, DreamVideo 3000)."
+        None, "--ti-steps", help="Textual-inversion steps (default: the recipe's; nano 600, DreamVideo 3000)."
     ),
     identity_steps: int = typer.Option(
-        None, "--identity-steps", help="Identity-adapter steps (default: the recipe's; nano 100, DreamVideo 1000)."
+        None, "--identity-steps", help="Identity-adapter steps (default: the recipe's; nano 300, DreamVideo 1000)."
     ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,

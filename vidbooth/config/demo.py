@@ -22,8 +22,8 @@ class DemoConfig:
     """Fewer training and sampling steps and fewer videos: about half the time, noisier numbers."""
     num_videos: int = 8
     """Videos per variant (each with its own noise); the scores are averaged over them."""
-    subject_steps: int = 600
-    """Textual-inversion steps (0: the recipe's); the identity adapter trains half as many."""
+    subject_steps: int = 0
+    """Textual-inversion steps, the identity adapter training half as many (0: the recipe's, nano 600 and 300)."""
     motion_steps: int = 0
     """Motion-adapter steps (0: the recipe's)."""
     num_inference_steps: int = 0

@@ -165,11 +165,11 @@ def _train_subject(cfg: DemoConfig, base: str, family: str, photos: Path, class_
     subject = load_config(SubjectConfig, f"{family}/subject", None, _runtime(cfg) | {
         "backbone.base": base, "name": SUBJECT, "photos": [str(photos)], "class_noun": class_noun, "overwrite": True,
     })
-    steps = cfg.subject_steps or subject.textual_inversion.train.steps
+    ti, identity = subject.textual_inversion.train, subject.identity.train
+    if cfg.subject_steps:
+        ti.steps, identity.steps = cfg.subject_steps, max(1, cfg.subject_steps // 2)
     if cfg.fast:
-        steps = max(1, steps // 2)
-    subject.textual_inversion.train.steps = steps
-    subject.identity.train.steps = max(1, steps // 2)
+        ti.steps, identity.steps = max(1, ti.steps // 2), max(1, identity.steps // 2)
     subject.preview.enabled = False
     train_subject(subject)
 
