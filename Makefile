@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Each creates .venv if missing and installs torch==2.13.0 (CPU wheel) before anything else,
-# so that no package drags in a CUDA build of torch.
+# Each creates .venv if missing and installs torch==2.13.0 before anything else, so that no package
+# drags in another torch build (pip's configured index decides which: a CPU wheel on our CI machines;
+# docs/installation.md says how to get one elsewhere).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
