@@ -59,6 +59,29 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("taken", ["o.png", "o.yaml", "o.mp4"])
+def test_an_output_a_folder_takes_is_refused_before_any_work(tmp_path, capsys, taken):
+    """The video, its contact sheet or its config where a folder is: one line before sampling, nothing written."""
+    (tmp_path / taken).mkdir()
+    code = main(["generate", "--prompt", "x", "--base", "tiny", "--steps", "1", "--out", str(tmp_path / "o.mp4")])
+    assert code == 2
+    assert f"{tmp_path / taken} is a folder, and generate writes a file there" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [taken]
+
+
+def test_a_video_of_the_other_type_beside_the_output_is_not_replaced_silently(tiny_base_dirs, tmp_path, capsys):
+    """a.mp4 and a.gif would share a.png and a.yaml: the second would take the first's config (which evaluate
+    reads as the first's prompt). Regenerating the same file is fine."""
+    args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--frames", "2", "--steps", "1", "--device", "cpu"]
+    assert main([*args, "--prompt", "a red dog", "--out", str(tmp_path / "a.mp4")]) == 0
+    assert main([*args, "--prompt", "a red dog", "--out", str(tmp_path / "a.mp4")]) == 0
+    assert main([*args, "--prompt", "a blue cat", "--out", str(tmp_path / "a.gif")]) == 2
+    assert "a.mp4 is beside it and its contact sheet and config (a.png, a.yaml) would be replaced" in (
+        capsys.readouterr().err)
+    assert yaml.safe_load((tmp_path / "a.yaml").read_text())["prompt"] == "a red dog"
+    assert not (tmp_path / "a.gif").exists()
+
+
 def test_real_entry_point_reports_one_line_without_traceback(tmp_path):
     cmd = [sys.executable, "-m", "vidbooth", "generate", "--prompt", "x", "--base", str(tmp_path / "missing")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -426,6 +426,11 @@ def test_path_replay_keeps_part_of_each_later_batch_on_the_path_phase(tmp_path, 
 def test_refuses_bad_runs(tmp_path, char_tokenizer):
     with pytest.raises(UserError, match="nothing to resume"):
         nano.pretrain(tiny_config(tmp_path, char_tokenizer, resume=True))
+    (tmp_path / "taken.gif").write_bytes(b"a file")
+    taken = tiny_config(tmp_path, char_tokenizer)
+    taken.out = str(tmp_path / "taken.gif")
+    with pytest.raises(UserError, match="--out .*taken.gif is a file: give the run folder"):
+        nano.pretrain(taken)
     with pytest.raises(UserError, match="tokenizer"):
         nano.pretrain(tiny_config(tmp_path, tmp_path / "missing"))
     bad = tiny_config(tmp_path, char_tokenizer)

@@ -47,7 +47,8 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> N
     temporaries: list[Path] = []
     try:
         for path, write in writes:
-            fd, temporary = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+            # a short prefix: a name near the file system's 255-byte limit must still leave room for it
+            fd, temporary = tempfile.mkstemp(prefix=f".tmp-{path.stem[:24]}-", suffix=path.suffix, dir=path.parent)
             os.close(fd)
             temporaries.append(Path(temporary))
             write(Path(temporary))
@@ -64,7 +65,7 @@ def folder_beside(path: Path) -> Iterator[Path]:
     block ends (it failed, was interrupted, or lost a race and did not move it) is removed. `path`'s parent is
     created if needed."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name[:24]}-", dir=path.parent))
     os.chmod(temporary, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a published folder gets the usual mode
     try:
         yield temporary

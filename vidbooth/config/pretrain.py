@@ -7,6 +7,7 @@ Three stages run in order, each resumable: the autoencoder (the VAE), the tiny C
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from vidbooth.config import checks
 from vidbooth.engine.positions import POSITION_CHANNELS
@@ -111,6 +112,8 @@ class PretrainConfig:
         """Raise a UserError naming the first bad value by its key (and flag, where it has one)."""
         if not self.out.strip():
             raise UserError("--out is empty: give the run folder (default: runs/nano)")
+        if Path(self.out).expanduser().exists() and not Path(self.out).expanduser().is_dir():
+            raise UserError(f"--out {self.out} is a file: give the run folder (default: runs/nano)")
         checks.non_negative("max_minutes", self.max_minutes, "--max-minutes", hint=" (0: no limit)")
         checks.at_least("threads", self.threads, 1, "--threads")
         checks.seed("seed", self.seed)

@@ -30,11 +30,24 @@ class GenerateResult:
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
-    """The video path and, beside it, '<stem>.png' (contact sheet) and '<stem>.yaml' (resolved config)."""
-    out = Path(out)
+    """The video path and, beside it, '<stem>.png' (contact sheet) and '<stem>.yaml' (resolved config). Refused
+    before any work: a path that a folder takes, and a video of the other type beside it (it owns the same
+    contact sheet and config, which this one would replace)."""
+    out = Path(out).expanduser()
     if out.suffix.lower() not in WRITE_EXTENSIONS:
         raise UserError(f"--out {out} must end in .mp4 or .gif")
-    return out, out.with_suffix(".png"), out.with_suffix(".yaml")
+    paths = out, out.with_suffix(".png"), out.with_suffix(".yaml")
+    for path in paths:
+        if path.is_dir():
+            raise UserError(f"--out {out}: {path} is a folder, and generate writes a file there: choose another --out")
+    for suffix in WRITE_EXTENSIONS:
+        sibling = out.with_suffix(suffix)
+        if suffix != out.suffix.lower() and sibling.exists():
+            raise UserError(
+                f"--out {out}: {sibling} is beside it and its contact sheet and config ({paths[1].name}, "
+                f"{paths[2].name}) would be replaced: choose another name, or delete {sibling.name}"
+            )
+    return paths
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
