@@ -161,3 +161,48 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "a.mp4")]) == 130
     assert capsys.readouterr().err.strip().endswith("error: interrupted")
     assert not list(tmp_path.iterdir())
+
+
+def _signalled_while_loading(monkeypatch, signum: int, in_a_finaliser: bool = False) -> None:
+    """The signal arrives while the model loads; with `in_a_finaliser`, while an object is being finalised, where
+    Python drops the KeyboardInterrupt it raises ('Exception ignored in ...') and the command would go on."""
+    import gc
+    import os
+
+    import vidbooth.engine.backbone as backbone
+
+    class Finalised:
+        def __del__(self):
+            os.kill(os.getpid(), signum)
+            sum(range(10_000))  # the handler runs here, inside __del__
+
+    load = backbone.load_backbone_for
+
+    def load_and_signal(*args, **kwargs):
+        if in_a_finaliser:
+            Finalised()
+            gc.collect()
+        else:
+            os.kill(os.getpid(), signum)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(backbone, "load_backbone_for", load_and_signal)
+
+
+def test_sigterm_is_one_line_and_exit_143_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import signal
+
+    _signalled_while_loading(monkeypatch, signal.SIGTERM)
+    code = main(["generate", "--prompt", "a dog", "--base", "tiny", "--steps", "1", "--out", str(tmp_path / "a.mp4")])
+    assert code == 143 and capsys.readouterr().err.strip().endswith("error: stopped by SIGTERM")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt
+def test_a_ctrl_c_that_python_drops_in_a_finaliser_still_stops_the_command(tmp_path, monkeypatch, capsys):
+    import signal
+
+    _signalled_while_loading(monkeypatch, signal.SIGINT, in_a_finaliser=True)
+    code = main(["generate", "--prompt", "a dog", "--base", "tiny", "--steps", "1", "--out", str(tmp_path / "a.mp4")])
+    assert code == 130 and capsys.readouterr().err.strip().endswith("error: interrupted")
+    assert not list(tmp_path.iterdir())

@@ -18,8 +18,38 @@ class UserError(Exception):
 
 
 class Interrupted(Exception):
-    """Training was stopped by a signal after saving a resumable checkpoint."""
+    """A command was stopped by a signal (training: after saving a resumable checkpoint); exit 128 + signal."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+_stops: list[int] = []
+"""Signals the command line's handlers have received. Python drops an exception raised while a finaliser runs
+('Exception ignored in ... KeyboardInterrupt'), so a Ctrl-C can be lost; the record lets the next phase see it."""
+
+
+def note_stop(signum: int) -> None:
+    _stops.append(signum)
+
+
+def pending_stop() -> int | None:
+    """The first signal noted and not yet cleared, if any."""
+    return _stops[0] if _stops else None
+
+
+def clear_stops() -> None:
+    _stops.clear()
+
+
+def raise_pending_stop() -> None:
+    """Raise what the signal would have raised, if one was noted (and lost)."""
+    signum = pending_stop()
+    if signum is None:
+        return
+    import signal
+
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}", 128 + signum)

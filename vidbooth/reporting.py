@@ -15,6 +15,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from vidbooth.errors import raise_pending_stop
+
 console = Console(stderr=True, highlight=False)
 stdout_console = Console(highlight=False)
 
@@ -67,7 +69,9 @@ class _Task:
 
 @contextlib.contextmanager
 def progress(description: str, total: int, completed: int = 0) -> Iterator[_Task]:
-    """A rich progress bar with ETA; a no-op when quiet."""
+    """A rich progress bar with ETA; a no-op when quiet. Each long phase starts here, so a stop signal that was
+    lost on the way (see `errors.pending_stop`) ends the command here."""
+    raise_pending_stop()
     if _quiet():
         yield _Task(None, None)
         return

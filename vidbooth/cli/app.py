@@ -6,8 +6,10 @@ Each command module only parses flags, builds its config and calls one engine fu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import typer
 
@@ -79,11 +81,13 @@ INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
-    from vidbooth.errors import Interrupted, UserError
+    from vidbooth.errors import Interrupted, UserError, clear_stops
     from vidbooth.reporting import error
 
+    clear_stops()
     try:
-        code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
+        with _stop_signals():
+            code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
     except UserError as exc:
         if _state["debug"]:
             raise
@@ -116,6 +120,36 @@ def main(argv: list[str] | None = None) -> int:
     if code == INTERRUPTED:  # typer returns Ctrl-C as this exit code, silently
         error("interrupted")
     return code if isinstance(code, int) else 0
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM outside training (which checkpoints first): noted, then raised as KeyboardInterrupt
+    and `Interrupted` (exit 143), so that clean-up runs and one line says what happened. SIGTERM's default would
+    end the process silently, with no clean-up."""
+    import signal
+    import threading
+
+    from vidbooth.errors import Interrupted, note_stop
+
+    def interrupt(signum, frame):
+        note_stop(signum)
+        raise KeyboardInterrupt
+
+    def terminate(signum, frame):
+        note_stop(signum)
+        raise Interrupted("stopped by SIGTERM", 128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum, handler in
+                ((signal.SIGINT, interrupt), (signal.SIGTERM, terminate))}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run() -> None:
