@@ -166,6 +166,19 @@ def test_resume_without_checkpoint_starts_over(tmp_path, accelerator):
     assert result.start_step == 0 and result.step == 2
 
 
+def test_a_run_without_resume_says_it_discards_an_earlier_checkpoint(tmp_path, accelerator, monkeypatch):
+    import badinputs
+
+    warned = badinputs.capture_warnings(monkeypatch)
+    engine.train(make_method(), toy_data(), config(steps=2, checkpoint_every=1), tmp_path, accelerator)
+    assert warned == []
+    result = engine.train(make_method(), toy_data(), config(steps=2), tmp_path, accelerator)
+    assert result.start_step == 0 and warned == [
+        "starting over: the checkpoint of an earlier, stopped run (step-0000002) is discarded; --resume continues "
+        "a stopped run instead"
+    ]
+
+
 def test_signal_saves_checkpoint_and_resumes(tmp_path, accelerator):
     def send_sigterm(call):
         if call == 7:  # during step 4 (2 micro-batches per step)

@@ -472,6 +472,11 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
         return TrainResult(step=step, start_step=step, resumed_loss=loss)
     if resume and accelerator.is_main_process:
         reporting.warn(f"nothing to resume in {run_dir}: starting from step 0")
+    if checkpoints and not resume and accelerator.is_main_process:
+        reporting.warn(
+            f"starting over: the checkpoint of an earlier, stopped run ({checkpoints[-1].name}) is discarded; "
+            "--resume continues a stopped run instead"
+        )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
