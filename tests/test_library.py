@@ -23,6 +23,12 @@ def test_names_and_folder_encoding():
     for bad in ["", "a/b", "a\\b", "..", ".hidden", "x" * 65, "a b", 'a"b', "a:b", "a?b", "a|b"]:
         with pytest.raises(UserError, match="invalid subject name"):
             library.validate_name(bad)
+    # 43 letters, but 258 bytes once percent-encoded: past what a file name may hold with its lock's suffix
+    with pytest.raises(UserError, match="too long as a folder name .258 characters.*at most 180"):
+        library.validate_name("é" * 43)
+    with library.staged_artifact("subject", "é" * 30) as stage:  # the longest that fits: 180 characters
+        library.write_json(stage / library.MANIFEST, {"kind": "subject", "name": "é" * 30})
+    assert library.artifact_dir("subject", "é" * 30).is_dir()
 
 
 def test_artifact_appears_only_when_complete(isolated_home):

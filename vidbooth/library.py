@@ -35,6 +35,9 @@ MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 _NAME = re.compile(r"^[\w*+@.\-]{1,64}$")
 _SAFE = re.compile(r"[A-Za-z0-9_.\-]")
+MAX_DIR_NAME = 180
+"""Longest encoded name: with the prefixes and suffixes of lock, staging and swap entries it stays within the
+255 bytes a file name may have."""
 
 
 def library_home() -> Path:
@@ -57,6 +60,11 @@ def validate_name(name: str, kind: str = "subject") -> str:
     if not _NAME.match(name or "") or name.startswith(".") or name in ("..",):
         raise UserError(
             f"invalid {kind} name '{name}': use 1-64 letters, digits and _ - . * + @ (no spaces or / \\ : ? \" < > |)"
+        )
+    if len(dir_name(name)) > MAX_DIR_NAME:
+        raise UserError(
+            f"{kind} name '{name}' is too long as a folder name ({len(dir_name(name))} characters once its non-ASCII "
+            f"letters are encoded, at most {MAX_DIR_NAME}): use a shorter name"
         )
     return name
 
