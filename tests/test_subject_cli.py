@@ -324,6 +324,23 @@ def test_list_shows_subjects_and_motions(isolated_home, capsys):
     assert len(warnings) == 1 and "not listed:" in warnings[0] and "jump" in warnings[0] and "upgrade" in warnings[0]
 
 
+def test_list_says_what_kind_is_missing_and_reads_sparse_manifests(isolated_home, capsys, monkeypatch):
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    motion = isolated_home / "motions" / "wave"
+    motion.mkdir(parents=True)
+    manifest = {"kind": "motion", "name": "wave", "schema_version": 1, "files": {}, "captions": None, "base": None}
+    write_json(motion / "manifest.json", manifest)
+    assert main(["list", "--kind", "subject"]) == 0
+    assert f"no subjects in the library {isolated_home}: learn one with train-subject" in capsys.readouterr().err
+    assert main(["list"]) == 0  # nulls where details go are shown as blanks, not a traceback
+    assert "wave" in capsys.readouterr().out
+    fake_subject(isolated_home, "S*")
+    write_json(subject_dir(isolated_home) / "manifest.json",
+               {"kind": "subject", "name": "S*", "schema_version": 1, "files": {}, "paths": None, "token": None})
+    assert main(["list", "--kind", "subject"]) == 0
+    assert "S* (embedding only)" in capsys.readouterr().out
+
+
 def test_identity_adapter_needs_an_existing_subject(photos, capsys):
     assert main(["identity-adapter", str(photos), "--name", "ghost", *FAST]) == 2
     assert "unknown subject 'ghost'" in capsys.readouterr().err

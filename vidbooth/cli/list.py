@@ -8,14 +8,17 @@ KINDS = ("subject", "motion")
 
 
 def _summary(manifest: dict) -> list[str]:
-    """name, kind, what it is, base, created."""
+    """name, kind, what it is, base, created; read leniently (a manifest that passed validation may still hold
+    nulls where optional details go)."""
     if manifest["kind"] == "subject":
-        what = f"{manifest.get('token', manifest['name'])} {manifest.get('class_noun', '')}".strip()
-        if not manifest.get("paths", {}).get("identity_adapter"):
+        what = f"{manifest.get('token') or manifest['name']} {manifest.get('class_noun') or ''}".strip()
+        if not (manifest.get("paths") or {}).get("identity_adapter"):
             what += " (embedding only)"
     else:
-        what = manifest.get("class_noun") or ", ".join(manifest.get("captions", [])[:1])
-    return [manifest["name"], manifest["kind"], what, str(manifest.get("base", "")), str(manifest.get("created", ""))]
+        captions = manifest.get("captions")
+        what = manifest.get("class_noun") or (str(captions[0]) if isinstance(captions, list) and captions else "")
+    return [manifest["name"], manifest["kind"], str(what), str(manifest.get("base") or ""),
+            str(manifest.get("created") or "")]
 
 
 def list_library(
@@ -39,7 +42,9 @@ def list_library(
         stdout_console.print_json(json.dumps(manifests, default=str))
         return
     if not manifests:
-        info(f"the library in {library_home()} is empty: learn a subject (train-subject) or a motion (train-motion)")
+        wanted = {"subject": "no subjects", "motion": "no motions", "all": "nothing"}[kind]
+        how = {"subject": "train-subject", "motion": "train-motion", "all": "train-subject or train-motion"}[kind]
+        info(f"{wanted} in the library {library_home()}: learn one with {how}")
         return
     rows = [_summary(m) for m in manifests]
     table(f"vidbooth library ({library_home()})", ["name", "kind", "what", "base", "created"], rows, to_stdout=True)
