@@ -105,6 +105,15 @@ def test_help_lists_commands():
     assert result.returncode == 0 and "generate" in result.stdout
 
 
+@pytest.mark.parametrize("command", ["demo", "generate", "train-subject", "train-motion", "evaluate"])
+def test_help_shows_no_value_after_a_flag_and_names_repeated_values(command, capsys):
+    """`--fast` takes no value, so the help must not show one (`--fast <bool>` made `--fast true` look right)."""
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "<bool>" not in out and "--set KEY=VALUE" in out and "--help " in out
+    assert "<list[str]>" not in out.split("Options:")[1]
+
+
 def test_generate_on_nano_without_a_recipe_uses_nanos_own(tmp_path):
     """The default base, no --recipe: nano's sampling settings (10 steps, guidance 2), not the large models'."""
     out = tmp_path / "clip.mp4"

@@ -15,16 +15,23 @@ class VideosFailed(UserError):
 
 
 def evaluate(
-    videos: list[str] = typer.Argument(None, help="Videos to score; quoted glob patterns ('out/*.mp4') are expanded."),
+    videos: list[str] = typer.Argument(
+        None, metavar="VIDEOS", help="Videos to score; quoted glob patterns ('out/*.mp4') are expanded."
+    ),
     prompt: str = typer.Option(None, "--prompt", "-p", help="The prompt the videos were made from (CLIP-T)."),
-    subject: str = typer.Option(None, "--subject", help="Library subject: its training photos are the references."),
+    subject: str = typer.Option(
+        None, "--subject", "-s", help="Library subject: its training photos are the references."
+    ),
     ref_images: str = typer.Option(None, "--ref-images", help="Folder of reference images (CLIP-I, DINO-I)."),
-    motion: str = typer.Option(None, "--motion", help="Library motion: its training clip(s) are the reference motion."),
+    motion: str = typer.Option(
+        None, "--motion", "-m", help="Library motion: its training clip(s) are the reference motion."
+    ),
     ref_video: str = typer.Option(None, "--ref-video", help="Reference motion clip (motion fidelity)."),
     manifest: str = typer.Option(None, "--manifest", help="File of video|||ref_dir|||prompt lines (DreamVideo's)."),
     metrics: list[str] = typer.Option(
         None,
         "--metrics",
+        metavar="LIST",
         help="Comma-separated: clip_t, clip_i, dino_i, t_cons, motion_fidelity, probe (probe_colour, probe_shape, "
         "probe_motion); with --clip-model nano also nano_t, nano_i, nano_t_cons (default: auto).",
     ),

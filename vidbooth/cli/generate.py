@@ -20,7 +20,9 @@ def generate(
     guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance strength."),
     scheduler: str = typer.Option(None, "--scheduler", help="ddim | dpm++"),
     fps: int = typer.Option(None, "--fps", help="Frames per second of the written video."),
-    subject: list[str] = typer.Option(None, "--subject", "-s", help="Learned subject to include (repeatable)."),
+    subject: list[str] = typer.Option(
+        None, "--subject", "-s", metavar="NAME", help="Learned subject to include (repeatable)."
+    ),
     motion: str = typer.Option(None, "--motion", "-m", help="Learned motion to apply."),
     subject_scale: float = typer.Option(None, "--subject-scale", help="Identity adapter strength (0 = token only)."),
     motion_scale: float = typer.Option(None, "--motion-scale", help="Motion adapter strength (0 = base motion)."),

@@ -21,11 +21,14 @@ FLAGS = {
 def train_motion(
     clips: list[str] = typer.Argument(
         None,
+        metavar="CLIPS",
         help="Video files (mp4, mov, webm, mkv, avi, m4v, gif) or folders of frames (required unless the --recipe "
         "gives clips).",
     ),
     name: str = typer.Option(None, "--name", "-n", help="Name of the motion in the library (for generate --motion)."),
-    caption: list[str] = typer.Option(None, "--caption", help="Caption of each clip, in order (repeat), or one."),
+    caption: list[str] = typer.Option(
+        None, "--caption", metavar="TEXT", help="Caption of each clip, in order (repeat), or one."
+    ),
     class_noun: str = typer.Option(None, "--class-noun", help="What moves (person, dog): default caption and preview."),
     steps: int = typer.Option(None, "--steps", help="Training steps (DreamVideo: 500-3000)."),
     lr: float = typer.Option(None, "--lr", help="Learning rate (DreamVideo: 1e-5)."),

@@ -8,7 +8,10 @@ Recipe = typer.Option(
     None, "--recipe", "-r", help="Recipe YAML file, or a name under recipes/ such as zeroscope/subject."
 )
 Sets = typer.Option(
-    None, "--set", help="Override any config key of this command (see its docs page): --set key=value (repeatable)."
+    None,
+    "--set",
+    metavar="KEY=VALUE",
+    help="Override any config key of this command (see its docs page): --set key=value (repeatable).",
 )
 Base = typer.Option(None, "--base", help="Base model: diffusers folder, hub id, or built-in name (default: nano).")
 MotionAdapterPath = typer.Option(None, "--motion-adapter", help="AnimateDiff MotionAdapter (folder or hub id) for an SD1.5 base.")

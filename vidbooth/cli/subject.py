@@ -12,10 +12,11 @@ from vidbooth.cli import options
 
 Photos = typer.Argument(
     None,
+    metavar="PHOTOS",
     help="3-5 photos of the subject (jpg, png, webp, bmp): a folder of them, or the files (photos/*.jpg); required "
     "unless the --recipe gives photos.",
 )
-Name = typer.Option(None, "--name", help="Subject name, also its pseudo-word in prompts (e.g. S* or sks).")
+Name = typer.Option(None, "--name", "-n", help="Subject name, also its pseudo-word in prompts (e.g. S* or sks).")
 ClassNoun = typer.Option(None, "--class-noun", help="What the subject is (dog, person, mug).")
 NumVectors = typer.Option(None, "--num-vectors", help="Embedding vectors for the pseudo-word (default 1).")
 HiddenRatio = typer.Option(None, "--hidden-ratio", help="Identity adapter width / layer width (default 0.5).")
@@ -127,7 +128,7 @@ def textual_inversion(
 
 def identity_adapter(
     photos: list[str] = Photos,
-    name: str = typer.Option(None, "--name", help="An existing subject (from textual-inversion)."),
+    name: str = typer.Option(None, "--name", "-n", help="An existing subject (from textual-inversion)."),
     hidden_ratio: float = HiddenRatio,
     steps: int = typer.Option(
         None, "--steps", help="Training steps (default: the recipe's; nano 300, DreamVideo 1000)."
