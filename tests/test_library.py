@@ -219,3 +219,13 @@ def test_a_library_path_that_is_a_file_is_one_line_naming_it(argv, tmp_path, cap
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"the library {not_a_folder} is a file, not a folder" in errors[0], err
     assert not_a_folder.read_text() == "keep me"
+
+
+def test_an_empty_home_is_refused_not_taken_for_the_default(capsys, monkeypatch):
+    from vidbooth.cli.app import main
+
+    monkeypatch.setattr(library, "library_home", lambda: pytest.fail("the default library was used"))
+    assert main(["--home", "", "list"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --home is empty: give the library folder, or leave --home out for the default"
+    )

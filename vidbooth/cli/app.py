@@ -40,6 +40,10 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     _state["debug"] = debug or os.environ.get("VIDBOOTH_DEBUG", "") not in ("", "0")
+    if home is not None and not home.strip():
+        from vidbooth.errors import UserError
+
+        raise UserError("--home is empty: give the library folder, or leave --home out for the default")
     if home:
         os.environ["VIDBOOTH_HOME"] = home
 

@@ -58,8 +58,11 @@ def train_motion(
     from vidbooth.config.load import recipe_or_default
     from vidbooth.config.motion import MotionConfig
     from vidbooth.engine.motion import train_motion as run_train_motion
+    from vidbooth.errors import UserError
     from vidbooth.reporting import info
 
+    if fps is not None and stride is not None:
+        raise UserError(f"--fps {fps:g} and --stride {stride} both choose the clips' frames: give one of them")
     overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {
         "name": name,
         "clips": clips or None,
