@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     clear_stops()
     try:
         with _stop_signals():
-            code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
+            try:
+                code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
+            finally:
+                clear_stops()  # the command has ended: a signal it got is answered below, or was acted on
     except UserError as exc:
         if _state["debug"]:
             raise
