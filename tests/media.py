@@ -16,21 +16,10 @@ def save_tiny_clip(folder: Path) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from vidbooth.engine.tiny import tiny_tokenizer_files
+    from vidbooth.engine.tiny import tiny_text_config, tiny_tokenizer_files
 
     tiny_tokenizer_files(folder)
-    vocab_size = len(json.loads((folder / "vocab.json").read_text()))
-    text = dict(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
+    text = tiny_text_config(len(json.loads((folder / "vocab.json").read_text())), dim=16, layers=1)
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=TINY_VIT, projection_dim=16)).save_pretrained(folder)
     return folder

@@ -26,17 +26,14 @@ class Interrupted(Exception):
 
 
 _stops: list[int] = []
-"""Signals the command line's handlers have received. Python drops an exception raised while a finaliser runs
+"""Signals the command line's handler has received. Python drops an exception raised while a finaliser runs
 ('Exception ignored in ... KeyboardInterrupt'), so a Ctrl-C can be lost; the record lets the next phase see it."""
 
 
-def note_stop(signum: int) -> None:
+def stop(signum: int, frame: object = None) -> None:
+    """Signal handler for a command: note `signum`, then raise KeyboardInterrupt (SIGINT) or `Interrupted`."""
     _stops.append(signum)
-
-
-def pending_stop() -> int | None:
-    """The first signal noted and not yet cleared, if any."""
-    return _stops[0] if _stops else None
+    _raise_for(signum)
 
 
 def clear_stops() -> None:
@@ -44,10 +41,12 @@ def clear_stops() -> None:
 
 
 def raise_pending_stop() -> None:
-    """Raise what the signal would have raised, if one was noted (and lost)."""
-    signum = pending_stop()
-    if signum is None:
-        return
+    """Raise what the first noted signal raised, in case Python dropped it."""
+    if _stops:
+        _raise_for(_stops[0])
+
+
+def _raise_for(signum: int) -> None:
     import signal
 
     if signum == signal.SIGINT:

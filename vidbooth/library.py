@@ -17,6 +17,7 @@ back to the old version the next time the library is opened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -178,6 +179,7 @@ FOREIGN_WRITER_SECONDS = 3600
 alone: its writer's pid means nothing here, and saving an artifact takes seconds."""
 
 
+@functools.cache
 def _host_tag() -> str:
     """This machine (and boot) in the names of staging and swap entries, so that another machine sharing the
     library never judges them by a pid of its own."""

@@ -70,7 +70,7 @@ class _Task:
 @contextlib.contextmanager
 def progress(description: str, total: int, completed: int = 0) -> Iterator[_Task]:
     """A rich progress bar with ETA; a no-op when quiet. Each long phase starts here, so a stop signal that was
-    lost on the way (see `errors.pending_stop`) ends the command here."""
+    lost on the way (see `errors.stop`) ends the command here."""
     raise_pending_stop()
     if _quiet():
         yield _Task(None, None)

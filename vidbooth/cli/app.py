@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     from vidbooth.errors import Interrupted, UserError, clear_stops
     from vidbooth.reporting import error
 
-    clear_stops()
     try:
         with _stop_signals():
             try:
@@ -138,21 +137,12 @@ def _stop_signals() -> Iterator[None]:
     import signal
     import threading
 
-    from vidbooth.errors import Interrupted, note_stop
-
-    def interrupt(signum, frame):
-        note_stop(signum)
-        raise KeyboardInterrupt
-
-    def terminate(signum, frame):
-        note_stop(signum)
-        raise Interrupted("stopped by SIGTERM", 128 + signum)
+    from vidbooth.errors import stop
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, handler) for signum, handler in
-                ((signal.SIGINT, interrupt), (signal.SIGTERM, terminate))}
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

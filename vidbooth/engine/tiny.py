@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from vidbooth import __version__
+from vidbooth.fileio import write_safetensors
 
 SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 
@@ -42,30 +43,32 @@ def save_transformers_model(model, folder: Path) -> None:
     """What `model.save_pretrained(folder)` writes (config.json, model.safetensors), from any process. transformers
     5 writes the weights only on torch.distributed rank 0, so a built-in model that another rank built under
     `accelerate launch` had none, and when that rank's copy reached the cache first every later load failed."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(folder)
     tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    write_safetensors(folder / "model.safetensors", tensors, {"format": "pt"})
 
 
-def _text_encoder(vocab_size: int, dim: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
+def tiny_text_config(vocab_size: int, dim: int, layers: int = 2) -> dict:
+    """A tiny CLIP text tower's settings (`CLIPTextConfig` keywords) for the tiny tokenizer's `vocab_size`."""
+    return dict(
         vocab_size=vocab_size,
         hidden_size=dim,
         intermediate_size=dim * 2,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         max_position_embeddings=32,
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
     )
-    return CLIPTextModel(config)
+
+
+def _text_encoder(vocab_size: int, dim: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**tiny_text_config(vocab_size, dim)))
 
 
 def _vae():

@@ -145,9 +145,11 @@ def _gather_jobs(config: EvaluateConfig) -> list[EvalJob]:
     if references:
         read_image_folder(references)  # shared by every job: a bad folder stops the run here
     prompt = config.prompt
-    if prompt and config.subject and without_pseudo_words(prompt, [config.subject]) != " ".join(prompt.split()):
-        prompt = without_pseudo_words(prompt, [config.subject])
-        reporting.info(f"scoring against \"{prompt}\": the prompt without {config.subject}, which CLIP has never seen")
+    if prompt and config.subject:
+        stripped = without_pseudo_words(prompt, [config.subject])
+        if stripped != " ".join(prompt.split()):
+            prompt = stripped
+            reporting.info(f"scoring against \"{prompt}\": the prompt without {config.subject}, which CLIP never saw")
     jobs = jobs_from_manifest(config.manifest, prompt, references) if config.manifest else []
     jobs += jobs_from_videos(list(config.videos), prompt, references)
     if not jobs:
