@@ -98,3 +98,17 @@ def test_without_base_the_base_they_were_learned_on_is_used(tiny_base_dirs, inpu
     assert "/no/such/adapter" in capsys.readouterr().err
     assert main([*generate, "--base", str(tiny_base_dirs["unet3d"])]) == 2  # a --base given is kept
     assert "was learned on" in capsys.readouterr().err
+
+
+def test_a_multi_vector_subject_is_spelled_out_in_the_negative_prompt_too(tiny_base_dirs, inputs, monkeypatch, tmp_path):
+    import vidbooth.engine.generate as generate_engine
+
+    base, (photos, _) = tiny_base_dirs["unet3d"], inputs
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", "--base", str(base),
+                 "--num-vectors", "2", "--ti-steps", "1", "--identity-steps", "1", *FAST]) == 0
+    sampled = []
+    monkeypatch.setattr(generate_engine, "sample_frames", lambda bb, cfg, prompt, negative: sampled.append(
+        (prompt, negative)) or np.zeros((2, 16, 16, 3), dtype=np.uint8))
+    assert main(["generate", "--base", str(base), "--subject", "S*", "--prompt", "a S* ball", "--negative-prompt",
+                 "S* blurred", "--out", str(tmp_path / "v.gif"), "--device", "cpu"]) == 0
+    assert sampled == [("a S* S*_1 ball", "S* S*_1 blurred")]  # the encoder sees both rows in both prompts

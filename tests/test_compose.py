@@ -165,14 +165,14 @@ def stored(tmp_path_factory, shared_cache):
         for key, value in {"VIDBOOTH_HOME": root / "home", "VIDBOOTH_CACHE": shared_cache, "VIDBOOTH_QUIET": 1}.items():
             mp.setenv(key, str(value))
         quick = TrainConfig(steps=1, batch_size=1)
-        for name, class_noun in (("S*", "dog"), ("T*", "cat")):
+        for name, class_noun, num_vectors in (("S*", "dog", 1), ("T*", "cat", 2)):
             train_subject(
                 SubjectConfig(
                     backbone=BackboneConfig(base="tiny"),
                     name=name,
                     photos=str(photos),
                     class_noun=class_noun,
-                    textual_inversion=TextualInversionConfig(train=quick),
+                    textual_inversion=TextualInversionConfig(num_vectors=num_vectors, train=quick),
                     identity=IdentityConfig(train=quick),
                     preview=SubjectPreviewConfig(enabled=False),
                 )
@@ -231,8 +231,9 @@ def test_either_may_be_omitted(library):
 
 def test_several_subjects_in_one_prompt(library):
     bb = fresh()
-    result = apply_personalisation(bb, "a dog and a cat play", ["S*", "T*"], "wave")
-    assert result.prompt == "a S* dog and a T* cat play" and len(result.notes) == 2
+    result = apply_personalisation(bb, "a dog and a cat play", ["S*", "T*"], "wave", negative_prompt="T* asleep, S*")
+    assert result.prompt == "a S* dog and a T* T*_1 cat play" and len(result.notes) == 2  # T* has two vectors
+    assert result.negative_prompt == "T* T*_1 asleep, S*"  # spelled out as in the prompt, nothing inserted
     assert adapters_of(bb.unet, subject_kind("S*")) and adapters_of(bb.unet, subject_kind("T*"))
 
 

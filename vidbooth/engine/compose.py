@@ -23,6 +23,8 @@ from vidbooth.errors import UserError
 class Personalisation:
     prompt: str
     """The prompt to sample with: subject tokens inserted where missing, multi-vector tokens spelled out."""
+    negative_prompt: str = ""
+    """The negative prompt with multi-vector tokens spelled out (nothing inserted)."""
     notes: list[str] = field(default_factory=list)
     """What was changed, for the user (e.g. the inserted subject token)."""
     subjects: list = field(default_factory=list)
@@ -38,8 +40,9 @@ def apply_personalisation(
     motion: str | None = None,
     subject_scale: float = 1.0,
     motion_scale: float = 1.0,
+    negative_prompt: str = "",
 ) -> Personalisation:
-    """Load `subjects` and `motion` (either may be empty) on `backbone` and return the prompt to sample with.
+    """Load `subjects` and `motion` (either may be empty) on `backbone` and return the prompts to sample with.
 
     Every name is checked before anything is loaded: unknown names raise a UserError listing the known
     ones, and a subject and a motion learned on different base models raise one naming both.
@@ -56,12 +59,13 @@ def apply_personalisation(
             check_same_base(("subject", name, manifest), ("motion", motion, motion_manifest))
 
     loaded = [load_subject(backbone, name, subject_scale) for name in subjects]
-    result = Personalisation(prompt=prompt, subjects=loaded)
+    result = Personalisation(prompt=prompt, negative_prompt=negative_prompt, subjects=loaded)
     for subject in loaded:
         result.prompt, note = with_subject_token(result.prompt, subject.token, subject.class_noun)
         if note:
             result.notes.append(note)
         result.prompt = subject.expand_prompt(result.prompt)
+        result.negative_prompt = subject.expand_prompt(result.negative_prompt)
     if motion:
         result.motion = load_motion(backbone, motion, motion_scale)
     return result

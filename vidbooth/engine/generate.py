@@ -72,15 +72,17 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
              "classifier-free guidance, which needs a scale above 1")
 
     bb = load_backbone_for(cfg.backbone, cfg.runtime)
-    prompt = cfg.prompt
+    prompt, negative_prompt = cfg.prompt, cfg.sampling.negative_prompt
     if cfg.subjects or cfg.motion:
         from vidbooth.engine.compose import apply_personalisation
 
-        applied = apply_personalisation(bb, prompt, cfg.subjects, cfg.motion, cfg.subject_scale, cfg.motion_scale)
+        applied = apply_personalisation(
+            bb, prompt, cfg.subjects, cfg.motion, cfg.subject_scale, cfg.motion_scale, negative_prompt
+        )
         for note in applied.notes:
             info(note)
-        prompt = applied.prompt
-    frames = sample_frames(bb, cfg, prompt)
+        prompt, negative_prompt = applied.prompt, applied.negative_prompt
+    frames = sample_frames(bb, cfg, prompt, negative_prompt)
     ensure_writable_dir(video_path.parent)
     write_together([  # all or none: never a new video beside an old contact sheet or config
         (video_path, lambda tmp: write_video(frames, tmp, fps=cfg.sampling.fps)),
@@ -91,8 +93,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     return GenerateResult(video_path, sheet_path, config_path, prompt)
 
 
-def sample_frames(backbone, cfg: GenerateConfig, prompt: str):
-    """One video (F, H, W, 3) uint8 for `prompt` with the sampling settings of `cfg`."""
+def sample_frames(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: str):
+    """One video (F, H, W, 3) uint8 for `prompt` and `negative_prompt` with the other sampling settings of `cfg`."""
     from vidbooth.engine.sampling import sample_video
 
     s = cfg.sampling
@@ -100,7 +102,7 @@ def sample_frames(backbone, cfg: GenerateConfig, prompt: str):
     return sample_video(
         backbone,
         prompt,
-        negative_prompt=s.negative_prompt,
+        negative_prompt=negative_prompt,
         num_frames=s.num_frames,
         height=s.height,
         width=s.width,
