@@ -198,3 +198,49 @@ def test_an_interrupted_demo_says_to_run_it_again_not_to_resume(tmp_path, isolat
     assert main(["demo", "--out", str(tmp_path / "demo"), "--base", "tiny"]) == 143
     err = capsys.readouterr().err
     assert "the demo was stopped by SIGTERM: run it again to start over" in err and "--resume" not in err
+    assert not (tmp_path / "demo").exists()  # what it had written (its inputs) is gone with the folder it made
+
+
+def _earlier_demo(out):
+    (out / "videos").mkdir(parents=True)
+    (out / "videos" / "identity.png").write_bytes(b"earlier")
+    (out / "metrics.json").write_text("{}")
+    return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_a_demo_stopped_over_an_earlier_one_puts_the_earlier_one_back(tmp_path, isolated_home, monkeypatch):
+    import vidbooth.engine.demo as demo
+    from vidbooth.errors import Interrupted
+
+    out = tmp_path / "demo"
+    earlier = _earlier_demo(out)
+    trained = []
+
+    def stopped(*args):  # after train-subject has written into the demo's library
+        trained.append(sorted(p.name for p in out.iterdir()))
+        raise Interrupted("stopped by SIGINT", 130)
+
+    monkeypatch.setattr(demo, "_train_motion", stopped)
+    assert _run(out, "tiny") == 130
+    assert trained and "library" in trained[0] and "inputs" in trained[0]  # the new demo was being written in place
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "videos"]  # nothing set aside is left
+
+
+def test_a_finished_demo_replaces_an_earlier_one_whole(tmp_path, isolated_home):
+    out = tmp_path / "demo"
+    _earlier_demo(out)
+    (out / ".previous-killed").mkdir()  # set aside by a run that was killed outright
+    assert _run(out, "tiny") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["inputs", "library", "metrics.json", "videos"]
+    assert (out / "videos" / "identity.png").read_bytes() != b"earlier" and json.loads((out / "metrics.json").read_text())
+
+
+def test_a_folder_holding_other_files_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "project"
+    (out / "videos").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    assert _run(out, "tiny") == 2
+    err = capsys.readouterr().err
+    assert "holds files that no demo wrote (notes.txt)" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "videos"]

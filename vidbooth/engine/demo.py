@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,7 +31,7 @@ from PIL import Image
 
 from vidbooth.config.demo import DemoConfig
 from vidbooth.data.video import check_writable_dir, ensure_writable_dir, save_contact_sheet, write_video
-from vidbooth.errors import Interrupted
+from vidbooth.errors import Interrupted, UserError
 from vidbooth.fileio import write_together
 from vidbooth.reporting import info, table
 
@@ -105,6 +107,57 @@ def _library_at(folder: Path) -> Iterator[None]:
             os.environ["VIDBOOTH_HOME"] = previous
 
 
+DEMO_ENTRIES = ("inputs", "library", "videos", "metrics.json")
+"""What a demo writes in its folder."""
+_ASIDE_PREFIX = ".previous-"
+
+
+def check_demo_folder(out: Path) -> None:
+    """A demo replaces what an earlier demo wrote in its folder, so `out` must be new, empty or an earlier demo's."""
+    if not out.is_dir():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES and not p.name.startswith(_ASIDE_PREFIX))
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(f"--out {out} holds files that no demo wrote ({listed}), and a demo replaces what is in its "
+                        "folder: give a new or empty folder, or an earlier demo's")
+
+
+@contextlib.contextmanager
+def _replacing_earlier_demo(out: Path) -> Iterator[None]:
+    """The block writes a new demo into `out`. An earlier demo there is first set aside (in `out/.previous-*`) and
+    removed only when the block succeeds; when it fails or is stopped, what it wrote is removed and the earlier demo
+    put back, so `out` never mixes two demos' files. (After a kill -9 the next run removes what is set aside.)"""
+    created = not out.exists()
+    ensure_writable_dir(out)
+    for leftover in out.glob(f"{_ASIDE_PREFIX}*"):
+        _remove(leftover)
+    aside = Path(tempfile.mkdtemp(prefix=_ASIDE_PREFIX, dir=out))
+    for name in DEMO_ENTRIES:
+        if os.path.lexists(out / name):
+            os.replace(out / name, aside / name)
+    try:
+        yield
+    except BaseException:
+        for name in DEMO_ENTRIES:
+            _remove(out / name)
+        for entry in aside.iterdir():
+            os.replace(entry, out / entry.name)
+        _remove(aside)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if nothing else appeared in it meanwhile
+        raise
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _restart_when_interrupted() -> Iterator[None]:
     """Training's 'rerun with --resume' does not apply to the demo, which has no --resume: it starts over."""
@@ -117,12 +170,19 @@ def _restart_when_interrupted() -> Iterator[None]:
 
 def run_demo(cfg: DemoConfig) -> DemoReport:
     from vidbooth.engine.backbone import base_model_folder
+
+    base = cfg.base
+    out = check_writable_dir(cfg.out)
+    check_demo_folder(out)
+    base_model_folder(base)  # a wrong --base is its one error line, with nothing written yet
+    with _replacing_earlier_demo(out):
+        return _run_demo(cfg, out)
+
+
+def _run_demo(cfg: DemoConfig, out: Path) -> DemoReport:
     from vidbooth.nano.world import caption, make_split, render_motion_clips, render_photos
 
     base = cfg.base
-    check_writable_dir(cfg.out)
-    base_model_folder(base)  # a wrong --base is its one error line, with nothing written yet
-    out = ensure_writable_dir(cfg.out)
     family = "nano" if base == "nano" else "tiny"  # the recipes the demo trains with
     split = make_split()
     sprite, motion = split.demo_choice(cfg.seed)
