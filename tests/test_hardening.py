@@ -128,3 +128,37 @@ def test_a_pickle_renamed_to_safetensors_is_not_unpickled(tmp_path):
     with pytest.raises(UserError, match="not a valid safetensors file"):
         load_tensors(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_running_out_of_memory_is_one_line_with_the_size_and_what_to_lower(photos, tiny_base_dirs, isolated_home,
+                                                                           monkeypatch, tmp_path, capsys):
+    import torch
+
+    import vidbooth.engine.generate as generate_engine
+    import vidbooth.engine.train as train_engine
+
+    assert _train(photos, tiny_base_dirs["unet3d"], "--set", "preview.enabled=false") == 0
+    old = _files()
+
+    def cuda_full(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                     "79.15 GiB of which 1.2 GiB is free.")
+
+    monkeypatch.setattr(train_engine, "_accumulate", cuda_full)
+    code = _train(photos, tiny_base_dirs["unet3d"], "--overwrite", "--seed", "3", "--set", "preview.enabled=false")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: out of memory (it asked for 2.00 GiB more): ask for less at once")
+    assert "Traceback" not in "".join(err) and _files() == old  # the stored subject is untouched
+
+    monkeypatch.setattr(generate_engine, "sample_frames", lambda *args: torch.empty(10**14))  # the CPU allocator fails
+    out = tmp_path / "v.mp4"
+    code = main(["generate", "--prompt", "a dog", "--out", str(out), "--base", str(tiny_base_dirs["unet3d"]),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: out of memory (it asked for 372529.0 GiB at once)")
+    assert "--num-frames" in err[-1] and not out.exists()
+
+    monkeypatch.setattr(generate_engine, "sample_frames", lambda *args: torch.zeros(2) @ torch.zeros(3))
+    with pytest.raises(RuntimeError, match="size mismatch|shapes|size"):  # any other error keeps its traceback
+        main(["generate", "--prompt", "a dog", "--out", str(out), "--base", str(tiny_base_dirs["unet3d"]),
+              "--device", "cpu"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 
@@ -119,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f" writing {exc.filename}" if exc.filename else ""
         error(f"the disk is full{where}: free space and run the command again")
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        message = out_of_memory_message(exc)
+        if message is None or _state["debug"]:
+            raise
+        error(message)
+        return 2
     except Exception as exc:  # click usage errors (a missing or unknown option) have their own exit codes
         if isinstance(exc, _click_exceptions()):
             exc.show()
@@ -127,6 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     if code == INTERRUPTED:  # typer returns Ctrl-C as this exit code, silently
         error("interrupted")
     return code if isinstance(code, int) else 0
+
+
+def out_of_memory_message(exc: BaseException) -> str | None:
+    """One line for an allocation that failed (torch's CUDA or CPU allocator, or Python's MemoryError) with the
+    size asked for when the error says it; None for any other error."""
+    text = str(exc)
+    failed = (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+              or "out of memory" in text.lower() or "can't allocate memory" in text)
+    if not failed:
+        return None
+    asked = ""
+    if found := re.search(r"tried to allocate (\d+) bytes", text, flags=re.IGNORECASE):
+        asked = f" (it asked for {int(found.group(1)) / 2**30:.1f} GiB at once)"
+    elif found := re.search(r"tried to allocate ([\d.]+ [KMGT]i?B)", text, flags=re.IGNORECASE):
+        asked = f" (it asked for {found.group(1)} more)"
+    return (f"out of memory{asked}: ask for less at once (fewer --num-frames, a smaller --height/--width or "
+            "--batch-size), or use --precision fp16 on a GPU, and run the command again")
 
 
 @contextlib.contextmanager
