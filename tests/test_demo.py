@@ -244,3 +244,20 @@ def test_a_folder_holding_other_files_is_refused_before_anything_is_written(tmp_
     err = capsys.readouterr().err
     assert "holds files that no demo wrote (notes.txt)" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "videos"]
+
+
+def test_a_second_demo_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    from vidbooth.engine.demo import _replacing_earlier_demo
+
+    out = tmp_path / "demo"
+    earlier = _earlier_demo(out)
+    with _replacing_earlier_demo(out):  # a demo running in this folder
+        (out / "metrics.json").write_text('{"running": true}')
+        assert _run(out, "tiny") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another demo (pid " in err[0] and "is writing into" in err[0]
+        assert (out / "metrics.json").read_text() == '{"running": true}'  # the running demo's files are untouched
+    assert not (out / ".demo.lock").exists()
+    # the running demo finished: what it wrote replaced the earlier demo
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == {
+        Path("metrics.json"): b'{"running": true}'} and earlier

@@ -8,8 +8,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from vidbooth.errors import UserError
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -100,3 +102,59 @@ def replace_folder(built: Path, path: Path) -> None:
         raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextmanager
+def exclusive_lock(lock: Path, busy: str) -> Iterator[Path]:
+    """Hold an operating-system lock on the file `lock` for the block; the system releases it when its holder exits
+    however it ends, so there is no stale lock to take over (and no race between two processes taking one over).
+    The file holds the holder's pid; a second process gets a UserError with `busy`, its '{owner}' the pid."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _try_lock(fd):
+            try:
+                owner = os.read(fd, 32).decode(errors="replace").strip()
+            except OSError:  # Windows refuses to read a locked byte
+                owner = ""
+            os.close(fd)
+            raise UserError(busy.format(owner=owner or "unknown"))
+        if _is_file(fd, lock):
+            break
+        os.close(fd)  # we locked a file its last holder had just removed; lock the one at the path now
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield lock
+    finally:
+        if os.name != "nt":  # removed while still locked, so that nobody locks a file that is about to go
+            lock.unlink(missing_ok=True)
+        os.close(fd)
+        if os.name == "nt":  # Windows cannot remove an open file; a leftover unlocked lock file is harmless
+            with suppress(OSError):
+                lock.unlink(missing_ok=True)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive, non-blocking lock on the open file `fd`; False if another open file holds it."""
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _is_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is the file now at `path`."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)

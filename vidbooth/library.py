@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vidbooth.errors import UserError
-from vidbooth.fileio import disk_full
+from vidbooth.fileio import disk_full, exclusive_lock
 
 KINDS = {"subject": "subjects", "motion": "motions"}
 MANIFEST = "manifest.json"
@@ -232,63 +232,12 @@ def recover() -> None:
 
 @contextlib.contextmanager
 def artifact_lock(kind: str, name: str) -> Iterator[Path]:
-    """Exclusive lock on training `name`: an operating-system lock on a file under `.locks/`, which the system
-    releases when its holder exits however it ends, so there is no stale lock to take over (and no race between
-    two processes taking one over). The file holds the holder's pid, for the message a second process gets."""
+    """Exclusive lock on training `name` (`fileio.exclusive_lock` on a file under `.locks/`)."""
     locks = writable_home() / ".locks"
     locks.mkdir(exist_ok=True)
-    lock = locks / f"{KINDS[kind]}__{dir_name(name)}.lock"
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        if not _try_lock(fd):
-            try:
-                owner = os.read(fd, 32).decode(errors="replace").strip()
-            except OSError:  # Windows refuses to read a locked byte
-                owner = ""
-            os.close(fd)
-            raise UserError(
-                f"{kind} '{name}' is being trained by another process (pid {owner or 'unknown'}); wait for it to finish"
-            )
-        if _is_file(fd, lock):
-            break
-        os.close(fd)  # we locked a file its last holder had just removed; lock the one at the path now
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+    busy = f"{kind} '{name}' is being trained by another process (pid {{owner}}); wait for it to finish"
+    with exclusive_lock(locks / f"{KINDS[kind]}__{dir_name(name)}.lock", busy) as lock:
         yield lock
-    finally:
-        if os.name != "nt":  # removed while still locked, so that nobody locks a file that is about to go
-            lock.unlink(missing_ok=True)
-        os.close(fd)
-        if os.name == "nt":  # Windows cannot remove an open file; a leftover unlocked lock file is harmless
-            with contextlib.suppress(OSError):
-                lock.unlink(missing_ok=True)
-
-
-def _try_lock(fd: int) -> bool:
-    """Take an exclusive, non-blocking lock on the open file `fd`; False if another open file holds it."""
-    try:
-        if os.name == "nt":
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-def _is_file(fd: int, path: Path) -> bool:
-    """Whether the open file `fd` is the file now at `path`."""
-    try:
-        at_path = os.stat(path)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(fd)
-    return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def writable_home(create: bool = True) -> Path:

@@ -32,7 +32,7 @@ from PIL import Image
 from vidbooth.config.demo import DemoConfig
 from vidbooth.data.video import check_writable_dir, ensure_writable_dir, save_contact_sheet, write_video
 from vidbooth.errors import Interrupted, UserError
-from vidbooth.fileio import write_together
+from vidbooth.fileio import exclusive_lock, write_together
 from vidbooth.reporting import info, table
 
 SUBJECT, MOTION = "S*", "M"
@@ -110,13 +110,15 @@ def _library_at(folder: Path) -> Iterator[None]:
 DEMO_ENTRIES = ("inputs", "library", "videos", "metrics.json")
 """What a demo writes in its folder."""
 _ASIDE_PREFIX = ".previous-"
+_LOCK = ".demo.lock"
 
 
 def check_demo_folder(out: Path) -> None:
     """A demo replaces what an earlier demo wrote in its folder, so `out` must be new, empty or an earlier demo's."""
     if not out.is_dir():
         return
-    others = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES and not p.name.startswith(_ASIDE_PREFIX))
+    ours = (*DEMO_ENTRIES, _LOCK)
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(_ASIDE_PREFIX))
     if others:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise UserError(f"--out {out} holds files that no demo wrote ({listed}), and a demo replaces what is in its "
@@ -125,30 +127,36 @@ def check_demo_folder(out: Path) -> None:
 
 @contextlib.contextmanager
 def _replacing_earlier_demo(out: Path) -> Iterator[None]:
-    """The block writes a new demo into `out`. An earlier demo there is first set aside (in `out/.previous-*`) and
-    removed only when the block succeeds; when it fails or is stopped, what it wrote is removed and the earlier demo
-    put back, so `out` never mixes two demos' files. (After a kill -9 the next run removes what is set aside.)"""
+    """The block writes a new demo into `out`, which it holds locked (a second demo into the same folder is refused).
+    An earlier demo there is first set aside (in `out/.previous-*`) and removed only when the block succeeds; when
+    it fails or is stopped, what it wrote is removed and the earlier demo put back, so `out` never mixes two demos'
+    files. (After a kill -9 the next run removes what is set aside.)"""
     created = not out.exists()
     ensure_writable_dir(out)
-    for leftover in out.glob(f"{_ASIDE_PREFIX}*"):
-        _remove(leftover)
-    aside = Path(tempfile.mkdtemp(prefix=_ASIDE_PREFIX, dir=out))
-    for name in DEMO_ENTRIES:
-        if os.path.lexists(out / name):
-            os.replace(out / name, aside / name)
+    busy = f"another demo (pid {{owner}}) is writing into {out}: wait for it to finish, or give another --out"
     try:
-        yield
+        with exclusive_lock(out / _LOCK, busy):
+            for leftover in out.glob(f"{_ASIDE_PREFIX}*"):
+                _remove(leftover)
+            aside = Path(tempfile.mkdtemp(prefix=_ASIDE_PREFIX, dir=out))
+            for name in DEMO_ENTRIES:
+                if os.path.lexists(out / name):
+                    os.replace(out / name, aside / name)
+            try:
+                yield
+            except BaseException:
+                for name in DEMO_ENTRIES:
+                    _remove(out / name)
+                for entry in aside.iterdir():
+                    os.replace(entry, out / entry.name)
+                raise
+            finally:
+                _remove(aside)
     except BaseException:
-        for name in DEMO_ENTRIES:
-            _remove(out / name)
-        for entry in aside.iterdir():
-            os.replace(entry, out / entry.name)
-        _remove(aside)
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if nothing else appeared in it meanwhile
         raise
-    _remove(aside)
 
 
 def _remove(path: Path) -> None:
@@ -172,7 +180,8 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     from vidbooth.engine.backbone import base_model_folder
 
     base = cfg.base
-    out = check_writable_dir(cfg.out)
+    check_writable_dir(cfg.out)
+    out = Path(cfg.out)
     check_demo_folder(out)
     base_model_folder(base)  # a wrong --base is its one error line, with nothing written yet
     with _replacing_earlier_demo(out):
