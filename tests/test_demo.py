@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -249,13 +250,13 @@ def test_a_folder_holding_other_files_is_refused_before_anything_is_written(tmp_
 def test_a_second_demo_into_a_folder_being_written_is_refused(tmp_path, capsys):
     from vidbooth.engine.demo import _replacing_earlier_demo
 
-    out = tmp_path / "demo"
+    out = tmp_path / "demo {owner}{0}"  # braces in the path stay as they are in the message
     earlier = _earlier_demo(out)
     with _replacing_earlier_demo(out):  # a demo running in this folder
         (out / "metrics.json").write_text('{"running": true}')
         assert _run(out, "tiny") == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "another demo (pid " in err[0] and "is writing into" in err[0]
+        assert len(err) == 1 and f"another demo (pid {os.getpid()}) is writing into {out}:" in err[0]
         assert (out / "metrics.json").read_text() == '{"running": true}'  # the running demo's files are untouched
     assert not (out / ".demo.lock").exists()
     # the running demo finished: what it wrote replaced the earlier demo

@@ -105,10 +105,10 @@ def replace_folder(built: Path, path: Path) -> None:
 
 
 @contextmanager
-def exclusive_lock(lock: Path, busy: str) -> Iterator[Path]:
+def exclusive_lock(lock: Path, busy: Callable[[str], str]) -> Iterator[Path]:
     """Hold an operating-system lock on the file `lock` for the block; the system releases it when its holder exits
     however it ends, so there is no stale lock to take over (and no race between two processes taking one over).
-    The file holds the holder's pid; a second process gets a UserError with `busy`, its '{owner}' the pid."""
+    The file holds the holder's pid; a second process gets a UserError with the message `busy(pid)`."""
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         if not _try_lock(fd):
@@ -117,7 +117,7 @@ def exclusive_lock(lock: Path, busy: str) -> Iterator[Path]:
             except OSError:  # Windows refuses to read a locked byte
                 owner = ""
             os.close(fd)
-            raise UserError(busy.format(owner=owner or "unknown"))
+            raise UserError(busy(owner or "unknown"))
         if _is_file(fd, lock):
             break
         os.close(fd)  # we locked a file its last holder had just removed; lock the one at the path now

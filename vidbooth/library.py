@@ -235,7 +235,9 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
     """Exclusive lock on training `name` (`fileio.exclusive_lock` on a file under `.locks/`)."""
     locks = writable_home() / ".locks"
     locks.mkdir(exist_ok=True)
-    busy = f"{kind} '{name}' is being trained by another process (pid {{owner}}); wait for it to finish"
+    def busy(owner: str) -> str:
+        return f"{kind} '{name}' is being trained by another process (pid {owner}); wait for it to finish"
+
     with exclusive_lock(locks / f"{KINDS[kind]}__{dir_name(name)}.lock", busy) as lock:
         yield lock
 

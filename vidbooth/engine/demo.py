@@ -133,7 +133,9 @@ def _replacing_earlier_demo(out: Path) -> Iterator[None]:
     files. (After a kill -9 the next run removes what is set aside.)"""
     created = not out.exists()
     ensure_writable_dir(out)
-    busy = f"another demo (pid {{owner}}) is writing into {out}: wait for it to finish, or give another --out"
+    def busy(owner: str) -> str:
+        return f"another demo (pid {owner}) is writing into {out}: wait for it to finish, or give another --out"
+
     try:
         with exclusive_lock(out / _LOCK, busy):
             for leftover in out.glob(f"{_ASIDE_PREFIX}*"):
