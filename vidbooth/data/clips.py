@@ -32,7 +32,7 @@ from vidbooth.data.images import (
     pixels_to_tensor,
     prepare_photo,
 )
-from vidbooth.data.video import read_video, video_fps, video_frame_count
+from vidbooth.data.video import read_video, video_fps
 from vidbooth.errors import UserError
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 DEFAULT_FOLDER_FPS = 8.0
 DEFAULT_SAMPLE_FPS = 8.0
-TRUNCATION_TOLERANCE = 0.1
 
 
 def load_clip(
@@ -57,8 +56,7 @@ def load_clip(
     if path.is_dir():
         frames = _load_frame_folder(path, max_frames, max_short_side)
     else:
-        frames = read_video(path, max_frames=max_frames, max_short_side=max_short_side)
-        _check_not_truncated(path, len(frames), max_frames)
+        frames = read_video(path, max_frames=max_frames, max_short_side=max_short_side)  # refuses truncated files
     _check_frames(path, frames)
     return frames, clip_fps(path, folder_fps)
 
@@ -146,17 +144,6 @@ def _sampling_step(fps: float, num_frames: int, target_fps: float | None, stride
             raise UserError(f"target_fps must be positive, got {target_fps}")
         return fps / target_fps
     return float(max(1, round(fps / DEFAULT_SAMPLE_FPS)))
-
-
-def _check_not_truncated(path: Path, decoded: int, max_frames: int | None) -> None:
-    if max_frames is not None and decoded >= max_frames:
-        return
-    promised = video_frame_count(path)
-    if promised and promised - decoded > max(2, TRUNCATION_TOLERANCE * promised):
-        raise UserError(
-            f"video {path} ends early (decoded {decoded} of the {promised} frames its header lists): "
-            "it is truncated or corrupt; re-export or re-download it"
-        )
 
 
 def _check_frames(path: Path, frames: np.ndarray) -> None:

@@ -25,17 +25,20 @@ WRITE_EXTENSIONS = (".mp4", ".gif")
 
 
 def read_video(path: str | Path, max_frames: int | None = None, max_short_side: int | None = None) -> np.ndarray:
-    """Read all frames (or the first `max_frames`) of a video file as (F, H, W, 3) uint8.
+    """Read all frames (or the first `max_frames`) of a video file as (F, H, W, 3) uint8, upright (rotation
+    metadata applied) and at their displayed shape (non-square pixels stretched out).
 
     With `max_short_side`, each frame is shrunk as it is decoded (area resampling, never enlarged) so that its
-    shorter side is at most that many pixels: long 4K clips then fit in memory.
+    shorter side is at most that many pixels: long 4K clips then fit in memory. A file that decodes to clearly fewer
+    frames than it holds (truncated or damaged) is refused.
     """
     path = Path(path)
     problem = video_file_problem(path)
     if problem:
         raise UserError(problem)
+    as_gif = path.suffix.lower() == ".gif" and _is_gif(path)
     try:
-        decoder = _read_gif(path) if path.suffix.lower() == ".gif" else _read_ffmpeg(path)
+        decoder = _read_gif(path) if as_gif else _read_ffmpeg(path)
         with contextlib.closing(decoder) as decoded:
             frames = [_shrink_frame(frame, max_short_side) for frame in itertools.islice(decoded, max_frames)]
     except UserError:
@@ -44,6 +47,8 @@ def read_video(path: str | Path, max_frames: int | None = None, max_short_side: 
         raise UserError(f"cannot read video {path}: it is corrupt, truncated or in an unsupported codec") from exc
     if len(frames) == 0:
         raise UserError(f"video has no readable frames: {path}")
+    if max_frames is None or len(frames) < max_frames:
+        _check_complete(path, len(frames), as_gif)
     return np.stack(frames)
 
 
@@ -62,11 +67,17 @@ def video_file_problem(path: str | Path) -> str | None:
 
 
 GIF_DEFAULT_DURATION_MS = 100
-"""What browsers show a GIF frame with no stored duration for (10 fps)."""
+"""What browsers show a GIF frame for when its stored time is missing or 10 ms or less (10 fps)."""
+
+
+def _is_gif(path: Path) -> bool:
+    """Whether the file really is a GIF: sites often serve MP4s named .gif, which ffmpeg then reads."""
+    with open(path, "rb") as file:
+        return file.read(6) in (b"GIF87a", b"GIF89a")
 
 
 def _gif_durations(path: Path) -> tuple[int, ...]:
-    """Each frame's display time in ms, as stored (0 or missing counts as GIF_DEFAULT_DURATION_MS)."""
+    """Each frame's display time in ms, as browsers show it (GIF_DEFAULT_DURATION_MS for 10 ms or less)."""
     stat = path.stat()
     return _gif_durations_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
@@ -79,7 +90,8 @@ def _gif_durations_cached(path: str, size: int, mtime_ns: int) -> tuple[int, ...
         durations = []
         for i in range(getattr(im, "n_frames", 1)):
             im.seek(i)
-            durations.append(int(im.info.get("duration") or 0) or GIF_DEFAULT_DURATION_MS)
+            stored = int(im.info.get("duration") or 0)
+            durations.append(stored if stored > 10 else GIF_DEFAULT_DURATION_MS)
     return tuple(durations)
 
 
@@ -104,20 +116,48 @@ def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
                 yield frame
 
 
+_DISPLAY_SHAPE = ["-vf", r"scale=iw*max(1\,sar):ih*max(1\,1/sar),setsar=1"]
+"""ffmpeg's filter that stretches non-square pixels (a stored 120x96 shown as 160x96) to the shape players show."""
+
+
 def _read_ffmpeg(path: Path) -> Generator[np.ndarray, None, None]:
     """Frames at the file's average frame rate, the one `video_fps` reports. Left to itself ffmpeg emits a
     variable-frame-rate file at its base rate instead (often 25 or 30 fps for an 8 fps phone clip, pauses copied
     as runs of equal frames), so the frames and the reported rate would disagree and motion would be learned and
-    measured at the wrong speed."""
-    import imageio.v2 as imageio
-
+    measured at the wrong speed. ffmpeg applies rotation metadata itself."""
     fps = _stream_fps(path)
-    reader = imageio.get_reader(str(path), format="FFMPEG", **({"fps": fps} if fps else {}))
+    rate = ["-r", f"{fps:.6g}"] if fps else []
+    frames = _ffmpeg_frames(path, rate + _DISPLAY_SHAPE)
     try:
-        for frame in reader:
-            yield np.asarray(frame)[..., :3]
+        width, height = next(frames)["size"]
+        for raw in frames:
+            yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
     finally:
-        reader.close()
+        frames.close()
+
+
+def _ffmpeg_frames(path: Path, output_params: list[str] | None = None) -> Generator:
+    """imageio-ffmpeg's reader: its header dict, then each frame's RGB bytes. A file with no video stream is a
+    UserError saying so; imageio-ffmpeg's note that rotation changes the frame size is not shown."""
+    import logging
+
+    import imageio_ffmpeg
+
+    frames = imageio_ffmpeg.read_frames(str(path), output_params=output_params)
+    logger = logging.getLogger("imageio_ffmpeg")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the header is parsed while the first item is taken
+    try:
+        header = next(frames)
+    except OSError as exc:
+        frames.close()
+        if "Audio:" in str(exc) and "Video:" not in str(exc):
+            raise UserError(f"{path} has no video stream (only sound): give a video file") from exc
+        raise
+    finally:
+        logger.setLevel(level)
+    yield header
+    yield from frames
 
 
 def _shrink_frame(frame: np.ndarray, max_short_side: int | None) -> np.ndarray:
@@ -133,7 +173,7 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
     """Frames per second stored in the file, or `default` when it cannot be read."""
     path = Path(path)
     try:
-        if path.suffix.lower() == ".gif":
+        if path.suffix.lower() == ".gif" and _is_gif(path):
             return 1000.0 / min(_gif_durations(path))
         return _stream_fps(path) or default
     except Exception:
@@ -142,36 +182,70 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
 
 def _stream_fps(path: Path) -> float | None:
     """The video stream's average frame rate as ffmpeg reports it, or None when it does not say."""
-    import imageio.v2 as imageio
-
-    reader = imageio.get_reader(str(path), format="FFMPEG")
-    try:
-        fps = reader.get_meta_data().get("fps")
-    finally:
-        reader.close()
+    fps = _ffmpeg_header(path).get("fps")
     return float(fps) if fps and np.isfinite(fps) and fps > 0 else None
+
+
+def _ffmpeg_header(path: Path) -> dict:
+    """What ffmpeg's header says of the file (fps, duration, sizes), without decoding a frame."""
+    frames = _ffmpeg_frames(path)
+    try:
+        return next(frames)
+    finally:
+        frames.close()
+
+
+TRUNCATION_TOLERANCE = 0.1
+"""A file may decode to this share of its frames fewer (at least 2) than it lists before it counts as truncated."""
 
 
 def video_frame_count(path: str | Path) -> int | None:
     """How many frames the file's header promises (GIF frame count, or duration x fps), without decoding.
 
-    None when the header does not say. Comparing it with the frames actually decoded catches truncated files.
+    None when the header does not say. The duration is the longest stream's, so a file whose sound runs on past
+    its picture promises more frames than its video has: `_check_complete` tells the two apart.
     """
     path = Path(path)
     try:
-        if path.suffix.lower() == ".gif":
+        if path.suffix.lower() == ".gif" and _is_gif(path):
             return sum(_gif_repeats(_gif_durations(path)))
-        import imageio.v2 as imageio
-
-        reader = imageio.get_reader(str(path), format="FFMPEG")
-        try:
-            meta = reader.get_meta_data()
-        finally:
-            reader.close()
+        meta = _ffmpeg_header(path)
     except Exception:
         return None
     duration, fps = meta.get("duration") or 0, meta.get("fps") or 0
     return round(duration * fps) if duration > 0 and fps > 0 else None
+
+
+def _check_complete(path: Path, decoded: int, as_gif: bool) -> None:
+    """Refuse a file that decoded to clearly fewer frames than it holds: truncated or damaged."""
+    promised = video_frame_count(path)
+    if not promised or promised - decoded <= max(2, TRUNCATION_TOLERANCE * promised):
+        return
+    if not as_gif:
+        stored, damaged = _video_packets(path)
+        if not damaged and stored is not None and stored - decoded <= max(2, TRUNCATION_TOLERANCE * stored):
+            return  # the picture is whole and just ends before the file's sound does
+    raise UserError(
+        f"video {path} ends early (decoded {decoded} of the {promised} frames its header lists): "
+        "it is truncated or corrupt; re-export or re-download it"
+    )
+
+
+def _video_packets(path: Path) -> tuple[int | None, bool]:
+    """How many frames the file's video stream stores, counted by copying its packets (nothing decoded), and
+    whether ffmpeg found the file damaged on the way (such as 'partial file' for a cut MP4)."""
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
+               "-c", "copy", "-f", "null", "-"]
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=600)
+    counts = re.findall(r"frame=\s*(\d+)", result.stderr)
+    damaged = result.returncode != 0 or bool(re.search(r"partial file|invalid data|truncat|corrupt", result.stderr,
+                                                       flags=re.IGNORECASE))
+    return (int(counts[-1]) if counts else None), damaged
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:

@@ -1,0 +1,84 @@
+"""Reading the videos people actually have: phone clips with sound, non-square pixels, rotation, GIFs that are
+MP4s, browser GIF timing, files with no picture."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vidbooth.data.clips import load_clip
+from vidbooth.data.video import read_video, video_fps
+from vidbooth.errors import UserError
+
+
+def _ffmpeg(*args: str) -> None:
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *args], check=True, capture_output=True,
+                   timeout=60)
+
+
+def _test_pattern(path, size="160x96", rate=24, seconds=1, *extra):
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}", *extra, "-c:v", "libx264",
+            "-pix_fmt", "yuv420p", str(path))
+    return path
+
+
+def test_sound_that_runs_past_the_picture_is_not_truncation(tmp_path):
+    """Phones often stop the picture before the sound: the container's duration (3 s) is the sound's, the video's
+    24 frames are all there."""
+    picture = _test_pattern(tmp_path / "picture.mp4")
+    path = tmp_path / "with_sound.mp4"
+    _ffmpeg("-i", str(picture), "-f", "lavfi", "-i", "sine=duration=3", "-c:v", "copy", "-c:a", "aac", str(path))
+    frames, fps = load_clip(path, max_frames=48)  # sampling asks for more than the clip has
+    assert len(frames) == 24 and fps == 24
+    assert np.array_equal(read_video(path), read_video(picture))
+
+
+def test_a_cut_file_is_refused_wherever_it_is_read(tmp_path):
+    whole = _test_pattern(tmp_path / "whole.mp4", "160x96", 24, 4, "-movflags", "+faststart")  # index first
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    with pytest.raises(UserError, match=r"ends early \(decoded \d+ of the 96 frames"):
+        read_video(cut)  # evaluate reads videos this way: it scored cut files as if whole
+    assert len(read_video(cut, max_frames=8)) == 8  # the intact start alone is fine
+
+
+def test_non_square_pixels_are_read_at_the_shape_players_show(tmp_path):
+    square = _test_pattern(tmp_path / "square.mp4")
+    wide = _test_pattern(tmp_path / "wide.mp4", "160x96", 24, 1, "-vf", "scale=120:96,setsar=4/3")  # shown 160x96
+    tall = _test_pattern(tmp_path / "tall.mp4", "160x96", 24, 1, "-vf", "setsar=3/4")  # shown as 160x128
+    assert read_video(wide).shape == (24, 96, 160, 3) and read_video(tall).shape == (24, 128, 160, 3)
+    # stretched back, not cropped: the square-pixel picture it was squeezed from, within resampling and compression
+    error = np.abs(read_video(wide).astype(float) - read_video(square)).mean()
+    assert error < 12, error  # 8.0 here: resampled twice, compressed twice
+
+
+def test_rotated_phone_video_is_upright_and_quiet(tmp_path, caplog):
+    path = tmp_path / "rotated.mp4"
+    _ffmpeg("-display_rotation", "90", "-i", str(_test_pattern(tmp_path / "flat.mp4")), "-c", "copy", str(path))
+    with caplog.at_level(logging.WARNING):
+        frames = read_video(path)
+        video_fps(path)
+    assert frames.shape == (24, 160, 96, 3)
+    assert not [r for r in caplog.records if "frame size" in r.getMessage()]  # imageio-ffmpeg's note is not shown
+
+
+def test_an_mp4_named_gif_is_read_as_the_mp4_it_is(tmp_path):
+    mp4 = _test_pattern(tmp_path / "clip.mp4")
+    named_gif = tmp_path / "from_a_site.gif"
+    named_gif.write_bytes(mp4.read_bytes())
+    assert np.array_equal(read_video(named_gif), read_video(mp4)) and video_fps(named_gif) == 24
+
+
+def test_gif_frame_times_of_10_ms_or_less_play_as_browsers_play_them(tmp_path):
+    images = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(4)]
+    path = tmp_path / "fast.gif"
+    images[0].save(path, save_all=True, append_images=images[1:], duration=[10, 10, 60, 10], loop=0)
+    assert video_fps(path) == pytest.approx(1000 / 60)  # 10 ms is shown for 100 ms
+    levels = [int(frame[0, 0, 0]) // 40 for frame in read_video(path)]
+    assert levels == [0, 0, 1, 1, 2, 3, 3]  # 100, 100, 60, 100 ms shown at 60 ms a frame
