@@ -349,3 +349,23 @@ def test_reference_images_are_read_as_subject_training_reads_photos(tmp_path, ca
     assert grey_read[0, 0].tolist() == [128, 128, 128]
     err = capsys.readouterr().err
     assert "skipping reference image" in err and "c-broken.jpg" in err and "corrupt" in err
+
+
+def test_large_videos_are_scored_from_frames_shrunk_while_decoding(tmp_path, monkeypatch):
+    """A long phone clip at full size would fill the memory; what evaluate decodes has a shorter side of 512."""
+    import vidbooth.eval.evaluate as evaluate_module
+    import vidbooth.eval.references as references_module
+
+    decoded = []
+
+    def recording(path, **kwargs):
+        frames = read_video(path, **kwargs)
+        decoded.append(frames.shape)
+        return frames
+
+    monkeypatch.setattr(evaluate_module, "read_video", recording)
+    monkeypatch.setattr(references_module, "read_video", recording)
+    big = np.kron(moving_square(frames=6), np.ones((1, 9, 12, 1), np.uint8))  # 6 frames of 768x576 (w x h)
+    video, clip = write_video(big, tmp_path / "big.mp4"), write_video(big[::-1].copy(), tmp_path / "clip.mp4")
+    assert run(video, "--ref-video", clip, "--metrics", "motion", "--device", "cpu") == 0
+    assert decoded == [(6, 512, 683, 3)] * 2  # the video, then the reference clip

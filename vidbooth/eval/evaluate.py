@@ -32,7 +32,13 @@ from vidbooth.eval.features import (
 from vidbooth.eval.jobs import EvalJob, generated_base, jobs_from_manifest, jobs_from_videos, without_pseudo_words
 from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
 from vidbooth.eval.motion import METHOD, MIN_FLOW, WORK_SIDE, motion_signature, signature_similarity
-from vidbooth.eval.references import motion_clip_paths, read_image_folder, read_motion_clip, subject_photos
+from vidbooth.eval.references import (
+    VIDEO_SHORT_SIDE,
+    motion_clip_paths,
+    read_image_folder,
+    read_motion_clip,
+    subject_photos,
+)
 from vidbooth.eval.report import METRIC_LABELS, METRICS, EvaluationReport, VideoResult, show, write_reports
 
 if TYPE_CHECKING:
@@ -285,7 +291,7 @@ class _Scorer:
         return embedder
 
     def score(self, job: EvalJob, metrics: list[str]) -> dict[str, float | None]:
-        frames = read_video(job.video)
+        frames = read_video(job.video, max_short_side=VIDEO_SHORT_SIDE)
         values: dict[str, float | None] = dict.fromkeys(metrics)
         if self.clip is not None and set(metrics) & set(IMAGE_TOWER_METRICS) - {"nano_t"}:
             frame_embeds = self.clip.image_embeds(frames)

@@ -11,6 +11,11 @@ from vidbooth.data.video import VIDEO_EXTENSIONS, read_video
 from vidbooth.errors import UserError
 from vidbooth.reporting import warn
 
+VIDEO_SHORT_SIDE = 512
+"""Videos are scored with their frames shrunk while decoding to at most this shorter side: the image towers see
+224-448 px and motion fidelity 128 px, and a long phone clip at full size would fill the memory. Generated videos
+(nano 64, ModelScope 256, zeroscope 320, AnimateDiff 512) are scored at their own size."""
+
 IMAGE_KINDS = "/".join(IMAGE_EXTENSIONS)
 """The photo types subject training takes, so that a subject's own photos are always readable references."""
 
@@ -57,7 +62,7 @@ def motion_clip_paths(name: str) -> list[Path]:
 
 def read_motion_clip(path: str | Path) -> np.ndarray:
     """A reference motion clip as (F, H, W, 3) uint8; it must have at least 2 frames."""
-    frames = read_video(path)
+    frames = read_video(path, max_short_side=VIDEO_SHORT_SIDE)
     if len(frames) < 2:
         raise UserError(f"reference motion clip {path} has a single frame: motion needs a clip with 2 or more frames")
     return frames
