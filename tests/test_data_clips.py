@@ -184,8 +184,16 @@ def test_target_fps_sampling_follows_time():
     assert sample_indices(100, 30.0, 5, target_fps=8.0).tolist() == [0, 3, 7, 11, 15]
 
 
-def test_target_fps_above_clip_fps_repeats_frames():
+def test_target_fps_above_clip_fps_repeats_frames_with_a_warning(warned):
     assert sample_indices(100, 8.0, 5, target_fps=16.0).tolist() == [0, 0, 1, 1, 2]
+    assert len(warned) == 1 and "3 frames in use repeat to make 5" in warned[0] and "--fps 8" in warned[0]
+
+
+def test_a_clip_so_slow_that_sampling_takes_one_frame_only_is_refused(warned):
+    """8 frames at 8 fps span 1 s: a 1 fps clip has one frame in it, and the motion learned would be stillness."""
+    with pytest.raises(UserError, match=r"takes only the first frame of this 1 fps clip.*--fps 1 or --stride 1"):
+        sample_indices(4, 1.0, 8, target_fps=8.0)
+    assert sample_indices(4, 1.0, 4, target_fps=1.0).tolist() == [0, 1, 2, 3] and warned == []
 
 
 @pytest.mark.parametrize("fps, expected_stride", [(24.0, 3), (30.0, 4), (8.0, 1), (5.0, 1), (60.0, 8)])

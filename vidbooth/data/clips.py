@@ -86,12 +86,31 @@ def sample_indices(
     step = _sampling_step(fps, num_frames, target_fps, stride)
     wanted = _stepped_indices(step, num_frames)
     if wanted[-1] < frame_count:
+        _check_frames_differ(wanted, fps, step)
         return wanted
     reporting.warn(
         f"the clip has {frame_count} frames but {num_frames} frames taken every {step:g} frames need "
         f"{wanted[-1] + 1}: spreading them evenly over the clip; use a longer clip, fewer frames or a smaller stride"
     )
     return np.floor(np.linspace(0, frame_count - 1, num_frames) + 0.5).astype(np.int64)
+
+
+def _check_frames_differ(indices: np.ndarray, fps: float, step: float) -> None:
+    """A clip sampled faster than its own frame rate repeats frames: refused when all are one frame (the motion
+    would be stillness), warned about otherwise."""
+    distinct = len(np.unique(indices))
+    if distinct == len(indices):
+        return
+    sampled_at = fps / step
+    if distinct < 2:
+        raise UserError(
+            f"sampling {len(indices)} frames at {sampled_at:g} fps takes only the first frame of this {fps:g} fps "
+            f"clip, so there is no motion to learn: sample it at {fps:g} fps or less (--fps {fps:g} or --stride 1)"
+        )
+    reporting.warn(
+        f"the clip has {fps:g} frames a second and is sampled at {sampled_at:g}: its {distinct} frames in use repeat "
+        f"to make {len(indices)}; sample it at {fps:g} fps (--fps {fps:g} or --stride 1) to use each frame once"
+    )
 
 
 def frames_needed(fps: float, num_frames: int, target_fps: float | None = None, stride: int | None = None) -> int:
