@@ -284,3 +284,11 @@ def test_load_and_sample_clip_from_short_folder(tmp_path, warned):
     assert frames.shape == (6, 32, 32, 3)
     assert frame_levels(frames) == [1, 1, 2, 2, 3, 3]
     assert len(warned) == 1
+
+
+def test_a_numbered_frame_folder_with_an_unnumbered_image_is_refused(tmp_path):
+    """A 'cover.jpg' beside frame_0001.png... had silently become the clip's first frame."""
+    folder = badinputs.write_frame_folder(tmp_path / "frames", [1, 2, 3])
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "cover.jpg")
+    with pytest.raises(UserError, match=r"without a number \(cover\.jpg\).*remove them or number them"):
+        load_clip(folder)

@@ -301,3 +301,27 @@ def test_huge_photo_is_not_decoded_at_full_size(huge_jpeg, monkeypatch):
     load_image(huge_jpeg)
     assert time.perf_counter() - start < 5
     assert max(w * h for w, h in decoded_sizes) <= 3000 * 2000
+
+
+def test_a_name_with_a_superscript_digit_sorts_instead_of_crashing(tmp_path):
+    """'²' is a digit to str.isdigit but not to the regex that splits names: int() of it had crashed."""
+    for name in ("2.png", "10.png", "²1 notes.png", "①.png"):
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / name)
+    names = [path.name for path, _ in load_photo_folder(tmp_path)]
+    assert names[:2] == ["2.png", "10.png"] and set(names[2:]) == {"①.png", "²1 notes.png"}
+
+
+def test_a_broken_link_among_the_photos_is_named_not_skipped(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "moved.jpg").symlink_to(tmp_path / "elsewhere" / "moved.jpg")
+    with pytest.raises(UserError, match=r"moved\.jpg is a link to a missing file .*: fix the link or remove it"):
+        load_photo_folder(tmp_path)
+
+
+def test_a_phone_photo_with_a_depth_map_is_not_called_animated(tmp_path, warned):
+    """Ultra HDR and portrait-mode JPEGs hold a second picture (MPO): the first is the photo."""
+    path = tmp_path / "phone.jpg"
+    photo = Image.new("RGB", (200, 120), "red")
+    photo.save(path, format="MPO", save_all=True, append_images=[photo.resize((100, 60))])
+    assert np.asarray(load_image(path)).shape == (120, 200, 3) and warned == []

@@ -190,8 +190,15 @@ def _frame_files(folder: Path) -> list[Path]:
             f"{folder} has {len(files)} image frame(s): a motion clip needs at least 2; "
             "give a video file or a folder of numbered frames (.png, .jpg)"
         )
-    if any(_frame_number(file) is None for file in files):
-        return files
+    unnumbered = [file.name for file in files if _frame_number(file) is None]
+    if len(unnumbered) == len(files):
+        return files  # in name order
+    if unnumbered:
+        shown = ", ".join(unnumbered[:3]) + (", ..." if len(unnumbered) > 3 else "")
+        raise UserError(
+            f"{folder} holds numbered frames and {len(unnumbered)} image(s) without a number ({shown}), whose place "
+            "in the clip is unknown: remove them or number them"
+        )
     files.sort(key=lambda file: (_frame_number(file), natural_sort_key(file)))
     _check_unique_numbers(folder, files)
     return files

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -170,12 +171,15 @@ def centre_crop_box(width: int, height: int, target_width: int, target_height: i
 
 def natural_sort_key(path: Path) -> list[str | int]:
     """Sort key that orders digit runs by value: 'frame2.png' before 'frame10.png'."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+    return [int(part) if part.isdecimal() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
 def is_image_file(path: Path) -> bool:
-    """A visible file whose extension is one of `IMAGE_EXTENSIONS` (hidden files such as macOS '._x.jpg' are not)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+    """A visible file whose extension is one of `IMAGE_EXTENSIONS` (hidden files such as macOS '._x.jpg' are not);
+    a link to a missing file counts, so that reading it says so rather than the photo going missing unnoticed."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
+        return False
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def _zoom_box(box: tuple[float, ...], zoom: float, x_draw: float, y_draw: float) -> tuple[float, ...]:
@@ -211,6 +215,8 @@ def _photo_files(path: Path) -> list[Path]:
 
 
 def _check_is_nonempty_file(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{path} is a link to a missing file ({os.readlink(path)}): fix the link or remove it")
     if not path.exists():
         raise UserError(f"image not found: {path}: check the spelling")
     if not path.is_file():
@@ -256,7 +262,7 @@ def _check_dimensions(path: Path, im: Image.Image, min_side: int) -> None:
 
 
 def _warn_if_animated(path: Path, im: Image.Image) -> None:
-    if getattr(im, "is_animated", False):
+    if getattr(im, "is_animated", False) and im.format != "MPO":  # MPO: a phone photo with its depth or gain map
         reporting.warn(f"{path} is animated ({im.n_frames} frames): using its first frame only")
 
 
