@@ -82,3 +82,14 @@ def test_gif_frame_times_of_10_ms_or_less_play_as_browsers_play_them(tmp_path):
     assert video_fps(path) == pytest.approx(1000 / 60)  # 10 ms is shown for 100 ms
     levels = [int(frame[0, 0, 0]) // 40 for frame in read_video(path)]
     assert levels == [0, 0, 1, 1, 2, 3, 3]  # 100, 100, 60, 100 ms shown at 60 ms a frame
+
+
+def test_transparent_gif_pixels_are_white_as_in_photos(tmp_path):
+    frames = [Image.new("RGBA", (16, 16), (0, 0, 0, 0)) for _ in range(2)]
+    for i, frame in enumerate(frames):
+        frame.paste((200, 30, 30, 255), (4 * i, 4, 4 * i + 8, 12))  # a red square moving right on transparency
+    path = tmp_path / "sticker.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0, disposal=2)
+    video = read_video(path)
+    assert video.shape == (2, 16, 16, 3) and (video[:, 0, 0] == 255).all()  # not black, not the palette's colour
+    assert np.abs(video[0, 8, 6].astype(int) - (200, 30, 30)).max() < 8

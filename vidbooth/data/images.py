@@ -61,7 +61,7 @@ def load_image(
         _check_dimensions(path, im, min_side)
         _warn_if_animated(path, im)
         _decode(path, im, max_short_side)
-        return _shrink(_to_rgb(im), max_short_side)
+        return _shrink(to_rgb(im), max_short_side)
 
 
 def load_photo_folder(path: str | Path, min_count: int = 1) -> list[tuple[Path, Image.Image]]:
@@ -191,7 +191,7 @@ def _zoom_box(box: tuple[float, ...], zoom: float, x_draw: float, y_draw: float)
 
 
 def _resize_box(img: Image.Image, width: int, height: int, box: tuple[float, ...]) -> np.ndarray:
-    resized = _to_rgb(img).resize((width, height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    resized = to_rgb(img).resize((width, height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     return np.asarray(resized)
 
 
@@ -277,7 +277,7 @@ def _decode(path: Path, im: Image.Image, max_short_side: int | None) -> None:
         raise UserError(f"cannot read image {path}: it is truncated or corrupt; remove or replace it") from exc
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """A new RGB image: transparency on white, 16-bit grey scaled to 8 bits, everything else converted."""
     if img.mode in _HIGH_BIT_DEPTH_MODES:
         img = _to_8bit_grey(img)

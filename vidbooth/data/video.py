@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vidbooth.data.images import to_rgb
 from vidbooth.errors import UserError
 from vidbooth.fileio import write_together
 
@@ -111,7 +112,7 @@ def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
     with Image.open(path) as im:
         for i, repeats in enumerate(repeats_of):
             im.seek(i)
-            frame = np.asarray(im.convert("RGB"))
+            frame = np.asarray(to_rgb(im))  # transparency on white, as photos
             for _ in range(repeats):
                 yield frame
 
