@@ -369,3 +369,18 @@ def test_large_videos_are_scored_from_frames_shrunk_while_decoding(tmp_path, mon
     video, clip = write_video(big, tmp_path / "big.mp4"), write_video(big[::-1].copy(), tmp_path / "clip.mp4")
     assert run(video, "--ref-video", clip, "--metrics", "motion", "--device", "cpu") == 0
     assert decoded == [(6, 512, 683, 3)] * 2  # the video, then the reference clip
+
+
+def test_file_names_with_brackets_are_scored_shown_and_written(media, tmp_path, capsys):
+    """Rich had read 'x[/].mp4' as markup: a traceback after scoring, and no JSON."""
+    import shutil
+
+    odd = tmp_path / "x[/].mp4"  # the file '].mp4' in the folder 'x['
+    odd.parent.mkdir()
+    shutil.copy(media["right"], odd)
+    bold = shutil.copy(media["right"], tmp_path / "take[bold].mp4")
+    out = tmp_path / "scores.json"
+    assert run(odd, bold, "--clip-model", "nano", "-p", "a square", "--metrics", "t_cons", "--json", out) == 0
+    shown = capsys.readouterr().out
+    assert "x[/].mp4" in shown and "take[bold].mp4" in shown
+    assert [v["video"] for v in json.loads(out.read_text())["videos"]] == [str(odd), str(bold)]

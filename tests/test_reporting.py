@@ -19,3 +19,13 @@ def test_long_messages_into_a_pipe_stay_on_one_line(capsys, monkeypatch):
     reporting.warn(message.strip())
     lines = capsys.readouterr().err.splitlines()
     assert lines == [message.strip(), "warning: " + message.strip()]
+
+
+def test_table_and_progress_show_names_as_they_are_not_as_markup(capsys, monkeypatch):
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    reporting.table("library [red]x", ["video"], [("take[bold].mp4",), ("x[/].mp4",)], to_stdout=True)
+    with reporting.progress("motion [/]M", total=1) as task:
+        task.advance(loss=0.5)
+    captured = capsys.readouterr()
+    assert "library [red]x" in captured.out and "take[bold].mp4" in captured.out and "x[/].mp4" in captured.out
+    assert "motion [/]M" in captured.err

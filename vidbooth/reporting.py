@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from vidbooth.errors import raise_pending_stop
 
@@ -40,12 +41,13 @@ def error(message: str) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], to_stdout: bool = False) -> None:
-    """A titled table; in a terminal it fits the window, into a file or pipe each row stays on one line."""
-    t = Table(title=title)
+    """A titled table; in a terminal it fits the window, into a file or pipe each row stays on one line. Every text
+    is shown as it is (a file name such as 'take[bold].mp4' is not read as markup)."""
+    t = Table(title=Text(title))
     for c in columns:
-        t.add_column(c)
+        t.add_column(Text(c))
     for r in rows:
-        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r])
+        t.add_row(*[Text(f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r])
     target = stdout_console if to_stdout else console
     if not target.is_terminal:  # rich would wrap at 80 columns; a console as wide as the table does not
         natural = target.measure(t, options=target.options.update_width(10_000)).maximum
@@ -76,13 +78,13 @@ def progress(description: str, total: int, completed: int = 0) -> Iterator[_Task
         yield _Task(None, None)
         return
     columns = [
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # holds names the user chose
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[fields]}"),
+        TextColumn("{task.fields[fields]}", markup=False),
     ]
     with Progress(*columns, console=console, transient=False) as p:
         task_id = p.add_task(description, total=total, completed=completed, fields="")

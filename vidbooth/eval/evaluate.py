@@ -87,11 +87,11 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
             results.append(_evaluate_job(job, metrics, scorer, single))
             task.advance()
     report = EvaluationReport(results, scorer.unavailable, scorer.models, [str(p) for p in motion_paths], _versions())
-    show(report)
     for path in (config.json, config.csv):
         if path:
             ensure_writable_dir(Path(path).parent)
     write_reports(report, config.json, config.csv)  # both or neither: never a new JSON beside an old CSV
+    show(report)  # after the files: the scores are kept whatever happens while showing them
     return report
 
 
