@@ -134,6 +134,24 @@ def test_the_written_yaml_reruns_the_same_video_without_the_prompt_again(tiny_ba
     assert yaml.safe_load(again.with_suffix(".yaml").read_text())["prompt"] == "a dog"
 
 
+@pytest.mark.parametrize("prompt", ["a dog under ${oc.env:HOME}", "a sign reading ${price} and \\${x}"])
+def test_a_prompt_is_used_as_typed_and_its_yaml_reruns_it(tiny_base_dirs, tmp_path, prompt, monkeypatch):
+    """OmegaConf had read '${...}' in a prompt as an interpolation: the environment went into the prompt, or the
+    run failed, or the .yaml it wrote failed to load."""
+    import vidbooth.engine.generate as generate_engine
+
+    seen = []
+    original = generate_engine.sample_frames
+    monkeypatch.setattr(generate_engine, "sample_frames", lambda *a: seen.append(a[2]) or original(*a))
+    first = tmp_path / "first.mp4"
+    args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--frames", "2", "--steps", "1", "--device", "cpu"]
+    assert main([*args, "--prompt", prompt, "--out", str(first)]) == 0
+    assert main(["generate", "--recipe", str(first.with_suffix(".yaml")), "--out", str(tmp_path / "again.mp4")]) == 0
+    assert main([*args, "--set", f"prompt={prompt}", "--out", str(tmp_path / "set.mp4")]) == 0
+    assert seen == [prompt] * 3
+    assert yaml.safe_load((tmp_path / "again.yaml").read_text())["prompt"] != prompt  # escaped for OmegaConf
+
+
 def test_no_prompt_and_no_recipe_is_one_line(tmp_path, capsys):
     assert main(["generate", "--out", str(tmp_path / "o.mp4")]) == 2
     err = capsys.readouterr().err

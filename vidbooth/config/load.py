@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,7 +97,7 @@ def load_config(
             if value is not None:
                 if isinstance(value, str) and OmegaConf.is_list(OmegaConf.select(merged, key)):
                     value = [value]  # load_config(..., overrides={"photos": "dog/"}) from Python
-                OmegaConf.update(merged, key, value, merge=True)
+                OmegaConf.update(merged, key, literal(value), merge=True)
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise UserError(_describe(exc)) from exc
@@ -125,9 +126,10 @@ def _read_set(item: str, schema: Any) -> Any:
         raise UserError(f"--set expects key=value, got '{item}'")
     kind = _text_kind(schema, key)
     quoted = _is_quoted(text)
-    if (kind == "str" and not quoted) or (kind == "list" and not quoted and not text.lstrip().startswith("[")):
+    if kind == "str" or (kind == "list" and not text.lstrip().startswith("[")):
         config = OmegaConf.create()
-        OmegaConf.update(config, key, None if text in ("null", "~") else text, force_add=True)
+        value = None if text in ("null", "~") else literal(_unquoted(text))
+        OmegaConf.update(config, key, value, force_add=True)
         return config
     try:
         return OmegaConf.from_dotlist([f"{key}={text}"])
@@ -189,7 +191,26 @@ def _apply_env(obj: Any) -> None:
         runtime.attention = env
 
 
+def literal(value: Any) -> Any:
+    """`value` (a text, or a list or dict of them) escaped for OmegaConf so that it stays as typed: a prompt such as
+    'a sign reading ${price}' is not an interpolation to resolve (or to fail on). Each `${` gets a backslash, and
+    backslashes just before it are doubled, which is how OmegaConf reads them back."""
+    if isinstance(value, str):
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, list | tuple):
+        return [literal(item) for item in value]
+    if isinstance(value, dict):
+        return {key: literal(item) for key, item in value.items()}
+    return value
+
+
 def to_yaml(config: Any) -> str:
+    """The config as YAML that loads back to the same values (texts holding '${' escaped)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(config):
+        structured = OmegaConf.structured(type(config))
+        return OmegaConf.to_yaml(OmegaConf.merge(structured, literal(dataclasses.asdict(config))))
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
