@@ -233,3 +233,21 @@ def test_a_ctrl_c_that_python_drops_in_a_finaliser_still_stops_the_command(tmp_p
     code = main(["generate", "--prompt", "a dog", "--base", "tiny", "--steps", "1", "--out", str(tmp_path / "a.mp4")])
     assert code == 130 and capsys.readouterr().err.strip().endswith("error: interrupted")
     assert not list(tmp_path.iterdir())
+
+
+def test_files_beside_the_output_that_no_video_owns_are_not_replaced(tiny_base_dirs, tmp_path, capsys):
+    """`generate --recipe r/corgi.yaml --out r/corgi.mp4` had overwritten the recipe (and a corgi.png beside it)."""
+    recipe = tmp_path / "corgi.yaml"
+    recipe.write_text(f"# my recipe\nbackbone:\n  base: {tiny_base_dirs['unet3d']}\nprompt: a corgi\n")
+    code = main(["generate", "--recipe", str(recipe), "--out", str(tmp_path / "corgi.mp4"), "--frames", "2",
+                 "--steps", "1", "--device", "cpu"])
+    assert code == 2 and f"{recipe} exists and no video beside it was written with it" in capsys.readouterr().err
+    assert recipe.read_text().startswith("# my recipe") and not (tmp_path / "corgi.mp4").exists()
+
+
+def test_a_video_of_the_other_type_in_other_letters_is_not_replaced(tiny_base_dirs, tmp_path, capsys):
+    args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--frames", "2", "--steps", "1", "--device", "cpu"]
+    assert main([*args, "--prompt", "a red dog", "--out", str(tmp_path / "A.GIF")]) == 0
+    assert main([*args, "--prompt", "a blue cat", "--out", str(tmp_path / "A.mp4")]) == 2
+    assert "A.GIF is beside it" in capsys.readouterr().err
+    assert yaml.safe_load((tmp_path / "A.yaml").read_text())["prompt"] == "a red dog"

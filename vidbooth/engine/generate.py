@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +41,23 @@ def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     for path in paths:
         if path.is_dir():
             raise UserError(f"--out {out}: {path} is a folder, and generate writes a file there: choose another --out")
-    for suffix in WRITE_EXTENSIONS:
-        sibling = out.with_suffix(suffix)
-        if suffix != out.suffix.lower() and sibling.exists():
+    videos = [p for p in out.parent.glob(f"{glob.escape(out.stem)}.*")
+              if p.stem == out.stem and p.suffix.lower() in WRITE_EXTENSIONS] if out.parent.is_dir() else []
+    for sibling in videos:
+        same = sibling.name == out.name or (out.exists() and sibling.samefile(out))  # letter case may not count
+        if not same:  # another type, or the same in other letters (a.GIF beside a.gif)
             raise UserError(
                 f"--out {out}: {sibling} is beside it and its contact sheet and config ({paths[1].name}, "
                 f"{paths[2].name}) would be replaced: choose another name, or delete {sibling.name}"
             )
+    if not videos:  # no earlier video owns them: they are someone's files (a --recipe, a photo)
+        for path in paths[1:]:
+            if path.exists():
+                raise UserError(
+                    f"--out {out}: {path} exists and no video beside it was written with it, so generate would "
+                    "replace a file that is not its own (a recipe, a picture): choose another --out, or delete it if "
+                    "it is left from an earlier video"
+                )
     return paths
 
 
