@@ -229,3 +229,25 @@ def test_an_empty_home_is_refused_not_taken_for_the_default(capsys, monkeypatch)
     assert capsys.readouterr().err.strip() == (
         "error: --home is empty: give the library folder, or leave --home out for the default"
     )
+
+
+def test_damaged_renamed_and_foreign_folders_are_named_by_list_and_never_crash_a_lookup(isolated_home):
+    with library.staged_artifact("subject", "S*") as stage:
+        _write(stage)
+    root = isolated_home / "subjects"
+    (root / "nullname").mkdir()
+    (root / "nullname" / library.MANIFEST).write_text(json.dumps(
+        {"name": None, "kind": "subject", "schema_version": 1, "files": {}}))
+    import shutil
+
+    shutil.copytree(root / "S%2A", root / "dog2")  # renamed by hand: its manifest still says 'S*'
+    (root / "notes").mkdir()  # no manifest at all
+    problems = []
+    assert [m["name"] for m in library.list_artifacts("subject", problems)] == ["S*"]
+    assert len(problems) == 3 and any("dog2 holds subject 'S*', whose folder is named S%2A" in p for p in problems)
+    assert any("nullname" in p and "no text name" in p for p in problems)
+    assert any("notes has no manifest.json" in p for p in problems)
+    with pytest.raises(UserError, match=r"unknown subject 'nosuch'.*known subjects: S\*\)"):  # had been a TypeError
+        library.artifact_dir("subject", "nosuch")
+    with pytest.raises(UserError, match="rename the folder back"):
+        library.read_manifest(library.artifact_dir("subject", "dog2"))

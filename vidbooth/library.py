@@ -105,6 +105,13 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
         raise UserError(f"manifest {where} is missing or not valid JSON: retrain with --overwrite") from exc
     if not isinstance(manifest, dict) or not {"name", "kind", "schema_version", "files"} <= manifest.keys():
         raise UserError(f"manifest {where} lacks name/kind/schema_version/files: retrain with --overwrite")
+    if not all(isinstance(manifest[key], str) and manifest[key] for key in ("name", "kind")):
+        raise UserError(f"manifest {where} has no text name or kind (damaged): retrain with --overwrite")
+    if dir_name(manifest["name"]) != path.name:
+        raise UserError(
+            f"{path} holds {manifest['kind']} '{manifest['name']}', whose folder is named {dir_name(manifest['name'])}: "
+            f"rename the folder back, or retrain it under the new name"
+        )
     version = manifest["schema_version"]
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise UserError(f"{where} has schema version {version}, newer than this vidbooth understands: upgrade vidbooth")
@@ -155,12 +162,15 @@ def list_artifacts(kind: str, problems: list[str] | None = None) -> list[dict]:
         return []
     out = []
     for path in sorted(root.iterdir()):
-        if (path / MANIFEST).is_file():
-            try:
-                out.append(read_manifest(path, verify=False) | {"path": str(path)})
-            except UserError as exc:
-                if problems is not None:
-                    problems.append(str(exc))
+        try:
+            if not path.is_dir() or path.name.startswith("."):
+                continue
+            if not (path / MANIFEST).is_file():
+                raise UserError(f"{path} has no {MANIFEST}: it is not a vidbooth {kind}; remove it or retrain")
+            out.append(read_manifest(path, verify=False) | {"path": str(path)})
+        except UserError as exc:
+            if problems is not None:
+                problems.append(str(exc))
     return out
 
 
