@@ -48,9 +48,11 @@ def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
         (["--set", "sampling.nope=1"], "config key 'sampling.nope'"),
         (["--attention", "xformers"], "cannot run on cpu"),
         (["--base", "org/model"], "cannot fetch 'org/model' from the hub"),
+        (["--out", "{tmp}/o.GIF", "--fps", "60"], "more than a GIF can show (50"),  # it had played at 10 fps
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     code = main(["generate", "--prompt", "x", "--steps", "1", "--out", str(tmp_path / "o.mp4"), *args])
     err = capsys.readouterr().err
     assert code == 2, err

@@ -36,6 +36,10 @@ class RuntimeConfig:
         checks.seed("runtime.seed", self.seed)
 
 
+GIF_MAX_FPS = 50
+"""A GIF frame lasts a whole number of hundredths of a second, and browsers show 1 or 0 as 10."""
+
+
 @dataclass
 class SamplingConfig:
     scheduler: str = "ddim"
@@ -93,3 +97,9 @@ class GenerateConfig:
         hint = " (0: the adapter off, 1: as trained)"
         checks.non_negative("subject_scale", self.subject_scale, "--subject-scale", hint)
         checks.non_negative("motion_scale", self.motion_scale, "--motion-scale", hint)
+        if self.out.lower().endswith(".gif") and self.sampling.fps > GIF_MAX_FPS:
+            raise UserError(
+                f"sampling.fps (--fps) {self.sampling.fps} is more than a GIF can show ({GIF_MAX_FPS}: its frame "
+                "times are in hundredths of a second, and browsers slow faster ones to 10 fps): use --fps "
+                f"{GIF_MAX_FPS} or less, or write .mp4"
+            )
