@@ -149,3 +149,12 @@ def test_pickled_weights_in_a_model_folder_are_refused_not_loaded(family, compon
     with pytest.raises(UserError, match=r"only \.safetensors weights.*never pickled") as error:
         load_backbone(str(folder), motion_adapter=str(adapter) if adapter else None, device="cpu")
     assert "\n" not in str(error.value) and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("value, expected", [("", ".cache/vidbooth"), ("~/vbc", "vbc")])
+def test_the_cache_variable_empty_is_the_default_and_a_tilde_is_home(value, expected, monkeypatch, tmp_path):
+    from vidbooth.engine.backbone import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("VIDBOOTH_CACHE", value)
+    assert cache_dir() == tmp_path / expected  # had been the current folder, or a folder named '~'

@@ -384,3 +384,16 @@ def test_file_names_with_brackets_are_scored_shown_and_written(media, tmp_path, 
     shown = capsys.readouterr().out
     assert "x[/].mp4" in shown and "take[bold].mp4" in shown
     assert [v["video"] for v in json.loads(out.read_text())["videos"]] == [str(odd), str(bold)]
+
+
+def test_a_tilde_in_output_and_reference_paths_is_the_home_folder(media, tmp_path, monkeypatch):
+    """`--json=~/scores.json` reaches vidbooth unexpanded (the shell expands ~ only at a word's start)."""
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    shutil.copy(media["reference_clip"], tmp_path / "home" / "ref.gif")
+    monkeypatch.chdir(tmp_path)
+    assert run(media["right"], "--ref-video=~/ref.gif", "--metrics", "motion", "--json=~/s.json", "--csv=~/s.csv") == 0
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["ref.gif", "s.csv", "s.json"]
+    assert not (tmp_path / "~").exists()

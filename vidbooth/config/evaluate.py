@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from vidbooth.config import checks
@@ -46,4 +47,9 @@ class EvaluateConfig:
     """Write one CSV row per video to this path."""
 
     def __post_init__(self) -> None:
+        # '~' as the shell would have expanded it, also where it could not (`--json=~/scores.json`, a recipe)
+        self.videos = [os.path.expanduser(video) for video in self.videos]
+        for key in ("manifest", "ref_images", "ref_video", "json", "csv"):
+            if getattr(self, key):
+                setattr(self, key, os.path.expanduser(getattr(self, key)))
         checks.at_least("batch_size", self.batch_size, 1, "--batch-size")

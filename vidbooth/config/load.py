@@ -125,7 +125,6 @@ def _read_set(item: str, schema: Any) -> Any:
     if not equals or not key:
         raise UserError(f"--set expects key=value, got '{item}'")
     kind = _text_kind(schema, key)
-    quoted = _is_quoted(text)
     if kind == "str" or (kind == "list" and not text.lstrip().startswith("[")):
         config = OmegaConf.create()
         value = None if text in ("null", "~") else literal(_unquoted(text))

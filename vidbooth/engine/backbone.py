@@ -34,7 +34,9 @@ COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("VIDBOOTH_CACHE", Path.home() / ".cache" / "vidbooth"))
+    """$VIDBOOTH_CACHE ('~' expanded; empty means unset, as for $VIDBOOTH_HOME), else ~/.cache/vidbooth."""
+    env = os.environ.get("VIDBOOTH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vidbooth"
 
 
 @dataclass
