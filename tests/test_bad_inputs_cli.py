@@ -254,3 +254,5 @@ def test_usage_errors_are_a_usage_message_and_exit_2_not_a_traceback(argv, messa
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err  # it had been four lines: usage, hint, blank, error

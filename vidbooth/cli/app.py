@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # click usage errors (a missing or unknown option) have their own exit codes
         if isinstance(exc, _click_exceptions()):
-            exc.show()
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command: its help is the answer
+                exc.show()
+            else:  # one line, as every other error
+                ctx = getattr(exc, "ctx", None)
+                error(exc.format_message() + (f" (see '{ctx.command_path} --help')" if ctx else ""))
             return exc.exit_code
         raise
     if code == INTERRUPTED:  # typer returns Ctrl-C as this exit code, silently
