@@ -397,3 +397,9 @@ def test_a_tilde_in_output_and_reference_paths_is_the_home_folder(media, tmp_pat
     assert run(media["right"], "--ref-video=~/ref.gif", "--metrics", "motion", "--json=~/s.json", "--csv=~/s.csv") == 0
     assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["ref.gif", "s.csv", "s.json"]
     assert not (tmp_path / "~").exists()
+
+
+def test_an_unreadable_reference_image_is_warned_about_once(media, tmp_path, capsys):
+    (media["photos"] / "bad.png").write_text("junk")
+    assert run(media["right"], "--ref-images", media["photos"], "--clip-model", "nano", "--metrics", "nano_i") == 0
+    assert capsys.readouterr().err.count("skipping reference image") == 1

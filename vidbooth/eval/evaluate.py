@@ -64,7 +64,7 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     requested = requested_metrics(config.metrics)
     _check_outputs(config)
-    jobs = _gather_jobs(config)
+    jobs, shared_images = _gather_jobs(config)
     motion_paths = _reference_motion_paths(config)
     if requested and "motion_fidelity" in requested and not motion_paths:
         raise UserError("motion_fidelity needs a reference motion: pass --motion NAME or --ref-video CLIP")
@@ -77,7 +77,7 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     shared = [not config.manifest and bool(config.prompt or job.prompt or no_prompts) for job in jobs]
     plans = [_plan(job, choice, single, shared_inputs) for job, shared_inputs in zip(jobs, shared)]
     needed = {name for metrics in plans for name in metrics or ()}
-    scorer = _Scorer(motion_paths, config.device, config.batch_size)
+    scorer = _Scorer(motion_paths, config.device, config.batch_size, shared_images)
     scorer.load_models(needed, clip_model, config.dino_model)
     if needed and needed <= set(scorer.unavailable):
         raise UserError("no metric can be computed: " + "; ".join(sorted(set(scorer.unavailable.values()))))
@@ -144,12 +144,12 @@ def _check_outputs(config: EvaluateConfig) -> None:
         check_writable_dir(Path(path).parent)
 
 
-def _gather_jobs(config: EvaluateConfig) -> list[EvalJob]:
+def _gather_jobs(config: EvaluateConfig) -> tuple[list[EvalJob], dict[str, list[np.ndarray]]]:
+    """The videos to score, and the reference images every job shares, read once (keyed by their folder)."""
     if config.subject and config.ref_images:
         raise UserError("--subject and --ref-images both give reference images: pass only one")
     references = str(subject_photos(config.subject)) if config.subject else config.ref_images
-    if references:
-        read_image_folder(references)  # shared by every job: a bad folder stops the run here
+    shared_images = {references: read_image_folder(references)} if references else {}  # a bad folder stops here
     prompt = config.prompt
     if prompt and config.subject:
         stripped = without_pseudo_words(prompt, [config.subject])
@@ -160,7 +160,7 @@ def _gather_jobs(config: EvaluateConfig) -> list[EvalJob]:
     jobs += jobs_from_videos(list(config.videos), prompt, references)
     if not jobs:
         raise UserError("no video to evaluate: give one or more VIDEO files or globs, or --manifest FILE")
-    return jobs
+    return jobs, shared_images
 
 
 def _reference_motion_paths(config: EvaluateConfig) -> list[Path]:
@@ -246,7 +246,8 @@ def _failure_message(job: EvalJob, message: str) -> str:
 class _Scorer:
     """Feature models, reference embeddings and motion signatures, each computed once and reused per job."""
 
-    def __init__(self, motion_paths: list[Path], device: str, batch_size: int):
+    def __init__(self, motion_paths: list[Path], device: str, batch_size: int,
+                 images: dict[str, list[np.ndarray]] | None = None):
         self.device, self.batch_size = device, batch_size
         self.clip: ImageTextEmbedder | None = None
         self.dino: ImageEmbedder | None = None
@@ -256,7 +257,7 @@ class _Scorer:
         if motion_paths:
             self.models["motion"] = {"method": METHOD}
         self._texts: dict[str, np.ndarray] = {}
-        self._images: dict[str, list[np.ndarray]] = {}
+        self._images: dict[str, list[np.ndarray]] = dict(images or {})  # read once: a bad image warned about once
         self._references: dict[tuple[str, str], np.ndarray] = {}
 
     @staticmethod
