@@ -39,7 +39,8 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
     home: str | None = typer.Option(
         None, "--home",
-        help="vidbooth library folder (default: $VIDBOOTH_HOME, else $XDG_DATA_HOME/vidbooth or ~/.local/share/vidbooth).",
+        help="vidbooth library folder (default: $VIDBOOTH_HOME, else $XDG_DATA_HOME/vidbooth or "
+        "~/.local/share/vidbooth).",
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
