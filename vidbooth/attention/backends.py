@@ -98,7 +98,10 @@ def resolve_backend(name: str, device: torch.device | str | None = None) -> str:
             return "xformers"
         return "sdpa"
     if name not in _REGISTRY:
-        raise UserError(f"unknown attention backend '{name}': choose one of auto, {', '.join(registered_backends())}")
+        raise UserError(
+            f"unknown attention backend '{name}' (from --attention, or $VIDBOOTH_ATTENTION when the flag is auto): "
+            f"choose one of auto, {', '.join(registered_backends())}"
+        )
     backend = _REGISTRY[name]
     if not backend.is_available(device):
         choices = ", ".join(available_backends(device))
