@@ -157,8 +157,11 @@ def _ffmpeg_frames(path: Path, output_params: list[str] | None = None) -> Genera
         raise
     finally:
         logger.setLevel(level)
-    yield header
-    yield from frames
+    try:
+        yield header
+        yield from frames
+    finally:
+        frames.close()  # ends ffmpeg now, also when only the header was wanted
 
 
 def _shrink_frame(frame: np.ndarray, max_short_side: int | None) -> np.ndarray:
@@ -189,7 +192,14 @@ def _stream_fps(path: Path) -> float | None:
 
 def _ffmpeg_header(path: Path) -> dict:
     """What ffmpeg's header says of the file (fps, duration, sizes), without decoding a frame."""
-    frames = _ffmpeg_frames(path)
+    stat = path.stat()
+    return dict(_ffmpeg_header_cached(str(path), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=16)
+def _ffmpeg_header_cached(path: str, size: int, mtime_ns: int) -> dict:
+    """One ffmpeg start for the frame rate and the frame count of one read (keyed as `_gif_durations_cached`)."""
+    frames = _ffmpeg_frames(Path(path))
     try:
         return next(frames)
     finally:
