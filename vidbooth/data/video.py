@@ -230,33 +230,38 @@ def video_frame_count(path: str | Path) -> int | None:
 def _check_complete(path: Path, decoded: int, as_gif: bool) -> None:
     """Refuse a file that decoded to clearly fewer frames than it holds: truncated or damaged."""
     promised = video_frame_count(path)
-    if not promised or promised - decoded <= max(2, TRUNCATION_TOLERANCE * promised):
+    tolerance = max(2, TRUNCATION_TOLERANCE * promised) if promised else 0
+    if not promised or promised - decoded <= tolerance:
         return
-    if not as_gif:
-        stored, damaged = _video_packets(path)
-        if not damaged and stored is not None and stored - decoded <= max(2, TRUNCATION_TOLERANCE * stored):
-            return  # the picture is whole and just ends before the file's sound does
+    if not as_gif:  # the header's duration is the longest stream's: the sound may run on past the picture
+        meta = _ffmpeg_header(path)
+        stored, damaged = _stored_seconds(path)
+        if not damaged and stored is not None and (meta["duration"] - stored) * meta["fps"] <= tolerance:
+            return  # every stream's packets are there to the end: the picture just ends first
     raise UserError(
         f"video {path} ends early (decoded {decoded} of the {promised} frames its header lists): "
         "it is truncated or corrupt; re-export or re-download it"
     )
 
 
-def _video_packets(path: Path) -> tuple[int | None, bool]:
-    """How many frames the file's video stream stores, counted by copying its packets (nothing decoded), and
-    whether ffmpeg found the file damaged on the way (such as 'partial file' for a cut MP4)."""
+def _stored_seconds(path: Path) -> tuple[float | None, bool]:
+    """How far into the file its packets reach, in seconds, counted by copying every stream's packets (nothing
+    decoded), and whether ffmpeg found the file damaged on the way (such as 'partial file' for a cut MP4)."""
     import re
     import subprocess
 
     import imageio_ffmpeg
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
-               "-c", "copy", "-f", "null", "-"]
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0", "-c", "copy",
+               "-f", "null", "-"]
     result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=600)
-    counts = re.findall(r"frame=\s*(\d+)", result.stderr)
+    times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", result.stderr)
     damaged = result.returncode != 0 or bool(re.search(r"partial file|invalid data|truncat|corrupt", result.stderr,
                                                        flags=re.IGNORECASE))
-    return (int(counts[-1]) if counts else None), damaged
+    if not times:
+        return None, damaged
+    hours, minutes, seconds = times[-1]
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds), damaged
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
