@@ -10,6 +10,8 @@ import functools
 import itertools
 import math
 import os
+import re
+import subprocess
 from collections.abc import Generator
 from pathlib import Path
 
@@ -37,7 +39,7 @@ def read_video(path: str | Path, max_frames: int | None = None, max_short_side: 
     problem = video_file_problem(path)
     if problem:
         raise UserError(problem)
-    as_gif = path.suffix.lower() == ".gif" and _is_gif(path)
+    as_gif = _is_gif(path)
     try:
         decoder = _read_gif(path) if as_gif else _read_ffmpeg(path)
         with contextlib.closing(decoder) as decoded:
@@ -72,7 +74,9 @@ GIF_DEFAULT_DURATION_MS = 100
 
 
 def _is_gif(path: Path) -> bool:
-    """Whether the file really is a GIF: sites often serve MP4s named .gif, which ffmpeg then reads."""
+    """Whether the file is named .gif and really is a GIF: sites often serve MP4s named .gif, which ffmpeg reads."""
+    if path.suffix.lower() != ".gif":
+        return False
     with open(path, "rb") as file:
         return file.read(6) in (b"GIF87a", b"GIF89a")
 
@@ -177,7 +181,7 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
     """Frames per second stored in the file, or `default` when it cannot be read."""
     path = Path(path)
     try:
-        if path.suffix.lower() == ".gif" and _is_gif(path):
+        if _is_gif(path):
             return 1000.0 / min(_gif_durations(path))
         return _stream_fps(path) or default
     except Exception:
@@ -218,7 +222,7 @@ def video_frame_count(path: str | Path) -> int | None:
     """
     path = Path(path)
     try:
-        if path.suffix.lower() == ".gif" and _is_gif(path):
+        if _is_gif(path):
             return sum(_gif_repeats(_gif_durations(path)))
         meta = _ffmpeg_header(path)
     except Exception:
@@ -247,9 +251,6 @@ def _check_complete(path: Path, decoded: int, as_gif: bool) -> None:
 def _stored_seconds(path: Path) -> tuple[float | None, bool]:
     """How far into the file its packets reach, in seconds, counted by copying every stream's packets (nothing
     decoded), and whether ffmpeg found the file damaged on the way (such as 'partial file' for a cut MP4)."""
-    import re
-    import subprocess
-
     import imageio_ffmpeg
 
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0", "-c", "copy",
