@@ -34,7 +34,8 @@ from vidbooth.fileio import disk_full, exclusive_lock
 KINDS = {"subject": "subjects", "motion": "motions"}
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
-_NAME = re.compile(r"^[\w*+@.\-]{1,64}$")
+_NAME = re.compile(r"[\w*+@.\-]{1,64}")
+"""A whole name (`fullmatch`: `$` would also accept a name ending in a newline)."""
 _SAFE = re.compile(r"[A-Za-z0-9_.\-]")
 MAX_DIR_NAME = 180
 """Longest encoded name: with the prefixes and suffixes of lock, staging and swap entries it stays within the
@@ -58,9 +59,11 @@ def _folder_home() -> Path:
 
 
 def validate_name(name: str, kind: str = "subject") -> str:
-    if not _NAME.match(name or "") or name.startswith(".") or name in ("..",):
+    if not _NAME.fullmatch(name or "") or name.startswith(".") or name in ("..",):
+        shown = f"'{name}'" if (name or "").isprintable() else repr(name)  # escaped, so that a line break shows as \n
         raise UserError(
-            f"invalid {kind} name '{name}': use 1-64 letters, digits and _ - . * + @ (no spaces or / \\ : ? \" < > |)"
+            f"invalid {kind} name {shown}: use 1-64 letters, digits and _ - . * + @ (no spaces, line breaks or "
+            f"/ \\ : ? \" < > |)"
         )
     if len(dir_name(name)) > MAX_DIR_NAME:
         raise UserError(
