@@ -15,3 +15,93 @@ def test_a_name_with_a_line_break_is_refused_and_shown_escaped(name):
         library.validate_name(name, "motion")
     assert "\n" not in str(refused.value)
     assert library.validate_name("S*") == "S*"
+
+
+# ---- something that is not an artifact at an artifact's folder --------------------------------------------------
+def _save(name="S*", kind="subject", overwrite=False, value=b"{}"):
+    with library.staged_artifact(kind, name, overwrite=overwrite) as stage:
+        (stage / "adapter.bin").write_bytes(value)
+        library.write_json(stage / library.MANIFEST, {"name": name, "kind": kind})
+
+
+def _hand_made(isolated_home, kind_dir="subjects", name="S%2A"):
+    folder = isolated_home / kind_dir / name
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    return folder
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_hand_made_folder_in_the_way_is_refused_up_front_and_kept(isolated_home, overwrite):
+    folder = _hand_made(isolated_home)
+    with pytest.raises(UserError, match=r"S%2A is in the way of subject 'S\*': it is a folder without manifest.json, "
+                       r"not a vidbooth subject.*never deletes.*move it out of .*subjects, then run the command again"):
+        library.check_free("subject", "S*", overwrite=overwrite)
+    with pytest.raises(UserError, match="in the way"):
+        _save(overwrite=overwrite)
+    assert (folder / "notes.txt").read_text() == "mine" and sorted(folder.iterdir()) == [folder / "notes.txt"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_hand_made_folder_that_appears_while_training_is_kept_and_the_error_says_resume(isolated_home, overwrite):
+    if overwrite:
+        _save(value=b"old")
+    with pytest.raises(UserError, match=r"subject 'S\*' was not saved .the library is unchanged.*--resume") as refused:
+        with library.staged_artifact("subject", "S*", overwrite=overwrite) as stage:
+            (stage / "adapter.bin").write_bytes(b"new")
+            library.write_json(stage / library.MANIFEST, {"name": "S*", "kind": "subject"})
+            target = isolated_home / "subjects" / "S%2A"
+            if overwrite:  # the user replaced the old version by a folder of their own while training ran
+                import shutil
+
+                shutil.rmtree(target)
+            (target).mkdir(parents=True)
+            (target / "notes.txt").write_text("mine")
+    assert "\n" not in str(refused.value) and "never deletes" in str(refused.value)
+    assert (isolated_home / "subjects" / "S%2A" / "notes.txt").read_text() == "mine"
+    assert not list((isolated_home / ".staging").iterdir())
+    assert not (isolated_home / ".trash").exists() or not list((isolated_home / ".trash").iterdir())
+
+
+def test_a_file_or_a_link_in_the_way_is_refused_and_an_empty_folder_is_not(isolated_home, tmp_path):
+    root = isolated_home / "subjects"
+    root.mkdir(parents=True)
+    (root / "a").write_text("a file")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "b").symlink_to(elsewhere)
+    for name, what in (("a", "a file"), ("b", "a link")):
+        with pytest.raises(UserError, match=f"in the way of subject '{name}': it is {what}"):
+            _save(name, overwrite=True)
+    assert (root / "a").read_text() == "a file" and (root / "b").resolve() == elsewhere.resolve()
+    (root / "c").mkdir()  # empty: nothing to lose, so it needs no --overwrite
+    _save("c")
+    assert library.read_manifest(root / "c", verify=False)["name"] == "c"
+
+
+def test_overwrite_still_replaces_an_artifact(isolated_home):
+    _save(value=b"old")
+    _save(overwrite=True, value=b"new")
+    assert (isolated_home / "subjects" / "S%2A" / "adapter.bin").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_train_motion_refuses_a_hand_made_folder_before_loading_a_model(overwrite, tmp_path, isolated_home,
+                                                                        monkeypatch, capsys):
+    import vidbooth.engine.backbone
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded (and trained) before the library was checked")
+
+    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone", refuse)
+    folder = _hand_made(isolated_home, "motions", "m")
+    clip = write_clip(tmp_path / "clip.mp4")
+    assert main(["train-motion", str(clip), "--name", "m", "--recipe", "tiny/motion", *overwrite]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [" ".join(err.split())]
+    assert "is in the way of motion 'm'" in err and "move it out of" in " ".join(err.split())
+    assert sorted(p.relative_to(isolated_home) for p in isolated_home.rglob("*")) == [
+        folder.parent.relative_to(isolated_home), folder.relative_to(isolated_home),
+        (folder / "notes.txt").relative_to(isolated_home)]

@@ -17,18 +17,20 @@ back to the old version the next time the library is opened.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from vidbooth.errors import UserError
+from vidbooth.errors import Interrupted, UserError
 from vidbooth.fileio import disk_full, exclusive_lock
 
 KINDS = {"subject": "subjects", "motion": "motions"}
@@ -169,7 +171,7 @@ def list_artifacts(kind: str, problems: list[str] | None = None) -> list[dict]:
             if not path.is_dir() or path.name.startswith("."):
                 continue
             if not (path / MANIFEST).is_file():
-                raise UserError(f"{path} has no {MANIFEST}: it is not a vidbooth {kind}; remove it or retrain")
+                raise UserError(f"{path} has no {MANIFEST}: it is not a vidbooth {kind}; move it out of {root}")
             out.append(read_manifest(path, verify=False) | {"path": str(path)})
         except UserError as exc:
             if problems is not None:
@@ -277,11 +279,38 @@ def writable_home(create: bool = True) -> Path:
     return home
 
 
+def _in_the_way(path: Path) -> str | None:
+    """What is at artifact folder `path` when it is something vidbooth must not replace (a file, a link, a folder
+    holding things but no manifest, such as one made by hand); None when `path` is free, an empty folder, or an
+    artifact (damaged or not: --overwrite replaces it)."""
+    if path.is_symlink():
+        return "a link"
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return "a file"
+    if (path / MANIFEST).is_file():
+        return None
+    try:
+        empty = not any(path.iterdir())
+    except OSError:
+        return "a folder vidbooth cannot read"
+    return None if empty else f"a folder without {MANIFEST}"
+
+
+NEVER_DELETED = "vidbooth never deletes what is not an artifact (not even with --overwrite)"
+
+
 def check_free(kind: str, name: str, overwrite: bool) -> Path:
-    """Refuse early (before any training) when the library is not writable, or `name` exists without --overwrite;
-    writes nothing."""
+    """Refuse early (before any training) when the library is not writable, something that is not an artifact is
+    at `name`'s folder, or `name` exists without --overwrite; writes nothing."""
     writable_home(create=False)
     path = artifact_dir(kind, name, must_exist=False)
+    if what := _in_the_way(path):
+        raise UserError(
+            f"{path} is in the way of {kind} '{name}': it is {what}, not a vidbooth {kind}, and {NEVER_DELETED}; "
+            f"move it out of {path.parent}, then run the command again"
+        )
     if (path / MANIFEST).is_file() and not overwrite:
         raise UserError(f"{kind} '{name}' already exists in {library_home()}: pass --overwrite to replace it")
     return path
@@ -300,6 +329,8 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
     stage = home / ".staging" / f"{dir_name(name)}.{token}"
     stage.mkdir(parents=True)
     aside = None  # where the old version waits during an --overwrite swap
+    saved = False
+    unsaved = f"{kind} '{name}' was not saved (the library is unchanged)"
     try:
         yield stage
         if not (stage / MANIFEST).is_file():
@@ -307,29 +338,63 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
         _seal(stage)
         _fsync_tree(stage)
         target.parent.mkdir(parents=True, exist_ok=True)
+        # what is at the target now, as check_free judged it before training: only an artifact is ever replaced
+        if what := _in_the_way(target):
+            raise UserError(
+                f"{unsaved}: {what} that is not a vidbooth {kind} appeared at {target} while training, and "
+                f"{NEVER_DELETED}; move it out of {target.parent}, then rerun the same command with --resume to "
+                "save what was trained"
+            )
+        if target.is_dir() and not (target / MANIFEST).is_file():
+            with contextlib.suppress(OSError):
+                target.rmdir()  # an empty folder holds nothing to lose (rmdir fails if anything is put in it)
         if target.exists():
             if not overwrite:
-                raise UserError(f"{kind} '{name}' appeared while training: pass --overwrite to replace it")
+                raise UserError(
+                    f"{unsaved}: a {kind} of that name appeared in the library while training; rerun the same "
+                    "command with --resume --overwrite to replace it with what was trained"
+                )
             aside = home / ".trash" / f"{KINDS[kind]}__{target.name}.{token}"
             aside.parent.mkdir(parents=True, exist_ok=True)
             os.replace(target, aside)
+            if not (aside / MANIFEST).is_file():  # replaced by something else since the check above: keep it
+                os.replace(aside, target)
+                raise UserError(
+                    f"{unsaved}: {target} changed while it was being saved and is no vidbooth {kind} now, and "
+                    f"{NEVER_DELETED}; move it out of {target.parent}, then rerun the same command with --resume"
+                )
             os.replace(stage, target)
+            saved = True
             shutil.rmtree(aside, ignore_errors=True)
         else:
-            os.replace(stage, target)
+            os.replace(stage, target)  # a folder that appeared since is never replaced: rename refuses a full one
+            saved = True
     except OSError as exc:
         if disk_full(exc):
             raise UserError(
-                f"the disk is full: {kind} '{name}' was not saved and the library is unchanged; free space in "
-                f"{home} and run the same command with --resume"
+                f"the disk is full: {unsaved}; free space in {home} and run the same command with --resume"
+            ) from exc
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR) and not saved:
+            raise UserError(
+                f"{unsaved}: {target} appeared while it was being saved; move it out of {target.parent}, then "
+                "rerun the same command with --resume to save what was trained"
             ) from exc
         raise
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if saved:
+            raise
+        signum = exc.exit_code - 128 if isinstance(exc, Interrupted) else signal.SIGINT
+        raise Interrupted(
+            f"stopped by {signal.Signals(signum).name} while saving: {unsaved}; the training is kept: rerun the "
+            "same command with --resume to save it",
+            128 + signum,
+        ) from exc
     finally:
         if aside is not None and aside.exists():
-            if target.exists():
+            if saved:
                 shutil.rmtree(aside, ignore_errors=True)
-            else:  # interrupted between moving the old version aside and renaming the new one in: put it back
-                os.replace(aside, target)
+            elif not target.exists():  # stopped between moving the old version aside and renaming the new in
+                os.replace(aside, target)  # put it back (what appeared there meanwhile, `recover` judges later)
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
 
