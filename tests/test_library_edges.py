@@ -105,3 +105,45 @@ def test_train_motion_refuses_a_hand_made_folder_before_loading_a_model(overwrit
     assert sorted(p.relative_to(isolated_home) for p in isolated_home.rglob("*")) == [
         folder.parent.relative_to(isolated_home), folder.relative_to(isolated_home),
         (folder / "notes.txt").relative_to(isolated_home)]
+
+
+# ---- Ctrl-C while an artifact is saved --------------------------------------------------------------------------
+def test_ctrl_c_while_saving_leaves_the_library_unchanged_and_says_resume(isolated_home):
+    from vidbooth.errors import Interrupted
+
+    _save(value=b"old")
+    with pytest.raises(Interrupted, match=r"stopped by SIGINT while saving: subject 'S\*' was not saved .the library "
+                       r"is unchanged.; the training is kept: rerun the same command with --resume") as stopped:
+        with library.staged_artifact("subject", "S*", overwrite=True) as stage:
+            (stage / "adapter.bin").write_bytes(b"new")
+            raise KeyboardInterrupt  # Ctrl-C while the preview renders
+    assert stopped.value.exit_code == 130
+    assert (isolated_home / "subjects" / "S%2A" / "adapter.bin").read_bytes() == b"old"
+    assert not list((isolated_home / ".staging").iterdir())
+
+
+def test_ctrl_c_during_the_preview_then_resume_saves_without_training_again(tmp_path, isolated_home, monkeypatch,
+                                                                            capsys):
+    import vidbooth.engine.motion
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    argv = ["train-motion", str(clip), "--name", "m", "--recipe", "tiny/motion", "--steps", "2", "--num-frames", "2",
+            "--resolution", "16", "--preview", "--set", "preview.num_inference_steps=1"]
+    real_preview = vidbooth.engine.motion._write_preview
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vidbooth.engine.motion, "_write_preview", ctrl_c)
+    assert main(argv) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "while saving: motion 'm' was not saved" in err and "rerun the same command with --resume" in err
+    assert not (isolated_home / "motions" / "m").exists()
+    monkeypatch.setattr(vidbooth.engine.motion, "_write_preview", real_preview)
+    steps = []
+    monkeypatch.setattr("vidbooth.engine.train._optimizer_step", lambda *args: steps.append(args))
+    assert main([*argv, "--resume"]) == 0
+    assert steps == []  # the checkpoint of the last step was kept: nothing is trained again
+    assert (isolated_home / "motions" / "m" / "preview.png").is_file()
