@@ -217,12 +217,24 @@ def test_batches_cover_every_item_each_epoch():
     assert engine.batch_indices(5, 2, seed=3, first_position=5) == engine.batch_indices(5, 5, 3, 5)[:2]
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=0.0), dict(lr_schedule="step"), dict(mixed_precision="fp8")])
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=0.0), dict(lr_schedule="step"), dict(mixed_precision="fp8"),
+                                 dict(lr=1e39), dict(lr=1e37, adam_beta1=0.99999)])
 def test_config_validation(bad):
     with pytest.raises(UserError, match="^train\\."):
         TrainConfig(**bad).check()
     with pytest.raises(UserError, match="^identity\\.train\\."):  # named where it sits in a subject's config
         IdentityConfig(train=TrainConfig(**bad))
+
+
+def test_the_largest_accepted_lr_trains_without_overflowing_float32(tmp_path, accelerator):
+    """1e39 used to reach AdamW and end in a traceback ('value cannot be converted to type float without
+    overflow'); now the check refuses it, and the largest rate it accepts runs (to a NaN loss, caught as usual)."""
+    with pytest.raises(UserError, match=r"^train\.lr must be at most 3\.4e\+37, got 1e\+38: .*overflows float32"):
+        config(lr=1e38).check()
+    largest = config(lr=3.4e37, steps=3)
+    largest.check()
+    with pytest.raises(UserError, match="loss became"):
+        engine.train(make_method(), toy_data(), largest, tmp_path / "run", accelerator)
 
 
 def test_a_cuda_index_picks_the_gpu_of_a_single_process(monkeypatch):

@@ -9,6 +9,8 @@ from vidbooth.errors import UserError
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest float32: the trainable weights and the optimizer's state are float32."""
 
 
 @dataclass
@@ -65,5 +67,10 @@ class TrainConfig:
         for key in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise UserError(f"{prefix}.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.lr / (1 - self.adam_beta1) > FLOAT32_MAX:  # AdamW's first step: lr over its bias correction
+            raise UserError(
+                f"{prefix}.lr must be at most {FLOAT32_MAX * (1 - self.adam_beta1):.3g}, got {self.lr}: a larger rate "
+                f"overflows float32 in AdamW's first step (lr / (1 - adam_beta1), adam_beta1 being {self.adam_beta1})"
+            )
         checks.positive(f"{prefix}.adam_epsilon", self.adam_epsilon)
         checks.seed(f"{prefix}.seed", self.seed)
