@@ -53,3 +53,75 @@ def moving_square(
         x, y = start[0] + direction[0] * speed * i, start[1] + direction[1] * speed * i
         frame[y : y + square, x : x + square] = texture
     return video
+
+
+def ffmpeg(*args: str) -> None:
+    """Run the ffmpeg that imageio-ffmpeg bundles (the one vidbooth reads with), quietly, failing loudly."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *args], check=True, capture_output=True,
+                   timeout=60)
+
+
+def joined_video(path: Path, *segments: tuple[str, str], rate: int = 8, seconds: int = 1) -> Path:
+    """Test-pattern segments joined the way people join clips, with ffmpeg's concat demuxer and no re-encoding, so
+    the stream changes part-way just as its segments differ. Each segment is (size, pixel format), e.g.
+    ("64x48", "yuv420p"); the codec follows the suffix: h264 for .mp4/.mkv, VP9 for .webm."""
+    codec = ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8"] if path.suffix == ".webm" else [
+        "-c:v", "libx264"]
+    parts = []
+    for i, (size, pix_fmt) in enumerate(segments):
+        part = path.with_name(f"{path.stem}.part{i}{path.suffix}")
+        ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}", *codec, "-pix_fmt", pix_fmt,
+               str(part))
+        parts.append(part)
+    listing = path.with_name(f"{path.stem}.parts.txt")
+    listing.write_text("".join(f"file '{part.name}'\n" for part in parts))
+    ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(path))
+    for leftover in (*parts, listing):
+        leftover.unlink()
+    return path
+
+
+def _gif_blocks(data: bytes) -> tuple[bytes, bytes, list[bytes]]:
+    """A GIF split into its header with logical screen (6 + 7 bytes), its global colour table and its blocks
+    (extensions and images, each whole, the trailer left off)."""
+    flags = data[10]
+    table_end = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    blocks, at = [], table_end
+    while data[at] != 0x3B:  # ';' ends the file
+        start = at
+        if data[at] == 0x21:  # '!' extension: label, then sub-blocks
+            at += 2
+        else:  # ',' image: descriptor, local colour table, LZW code size, then sub-blocks
+            image_flags = data[at + 9]
+            at += 10 + (3 << ((image_flags & 7) + 1) if image_flags & 0x80 else 0) + 1
+        while data[at]:
+            at += data[at] + 1
+        blocks.append(data[start : at + 1])
+        at += 1
+    return data[:13], data[13:table_end], blocks
+
+
+def gif_with_oversized_frame(path: Path, first: np.ndarray, second: np.ndarray) -> Path:
+    """A two-frame GIF whose logical screen is `first`'s size and whose second frame, `second`, is larger (some
+    encoders write these; browsers clip such a frame to the screen). Made from two one-frame GIFs by Pillow, the
+    second's global colour table moved into its image as a local one."""
+    import io
+
+    from PIL import Image
+
+    encoded = []
+    for frame in (first, second):
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="GIF")
+        encoded.append(buffer.getvalue())
+    screen, table, blocks = _gif_blocks(encoded[0])
+    second_screen, second_table, second_blocks = _gif_blocks(encoded[1])
+    image = next(block for block in second_blocks if block[0] == 0x2C)
+    local_flags = (image[9] & 0x40) | 0x80 | (second_screen[10] & 7)  # keep interlacing; table size as it was
+    image = image[:9] + bytes([local_flags]) + second_table + image[10:]
+    path.write_bytes(screen + table + b"".join(blocks) + image + b";")
+    return path

@@ -4,22 +4,17 @@ MP4s, browser GIF timing, files with no picture."""
 from __future__ import annotations
 
 import logging
-import subprocess
+import re
 
 import numpy as np
 import pytest
+from media import ffmpeg as _ffmpeg
+from media import gif_with_oversized_frame, joined_video
 from PIL import Image
 
 from vidbooth.data.clips import load_clip
-from vidbooth.data.video import read_video, video_fps
+from vidbooth.data.video import _DISPLAY_SHAPE, read_video, video_fps
 from vidbooth.errors import UserError
-
-
-def _ffmpeg(*args: str) -> None:
-    import imageio_ffmpeg
-
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *args], check=True, capture_output=True,
-                   timeout=60)
 
 
 def _test_pattern(path, size="160x96", rate=24, seconds=1, *extra):
@@ -97,3 +92,45 @@ def test_transparent_gif_pixels_are_white_as_in_photos(tmp_path):
     video = read_video(path)
     assert video.shape == (2, 16, 16, 3) and (video[:, 0, 0] == 255).all()  # not black, not the palette's colour
     assert np.abs(video[0, 8, 6].astype(int) - (200, 30, 30)).max() < 8
+
+
+def test_frames_are_those_imageio_ffmpeg_decodes(tmp_path):
+    """vidbooth runs ffmpeg itself (to read its log); the frames are still byte for byte imageio-ffmpeg's."""
+    import imageio_ffmpeg
+
+    path = _test_pattern(tmp_path / "wide.mp4", "160x96", 24, 1, "-vf", "scale=120:96,setsar=4/3")
+    reader = imageio_ffmpeg.read_frames(str(path), output_params=["-r", "24", *_DISPLAY_SHAPE])
+    width, height = next(reader)["size"]
+    expected = np.stack([np.frombuffer(raw, np.uint8).reshape(height, width, 3) for raw in reader])
+    assert np.array_equal(read_video(path), expected)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_a_video_whose_frame_size_changes_part_way_is_refused_not_stretched(tmp_path, suffix):
+    """Clips joined without re-encoding: ffmpeg stretched the 96x64 half to 64x48 without a word. The message's
+    ffmpeg command makes a file that reads."""
+    path = joined_video(tmp_path / f"joined{suffix}", ("64x48", "yuv420p"), ("96x64", "yuv420p"))
+    message = rf"video {re.escape(str(path))} changes frame size part-way \(64x48, then 96x64\)"
+    with pytest.raises(UserError, match=message):
+        read_video(path)
+    with pytest.raises(UserError, match=message) as refused:
+        load_clip(path, max_frames=12)  # training reads only the frames it samples: the change is among them
+    source, scale, fixed = re.search(r"ffmpeg -i (\S+) -vf (\S+) (\S+),", str(refused.value)).groups()
+    _ffmpeg("-i", source, "-vf", scale, fixed)
+    assert read_video(fixed).shape == (16, 48, 64, 3)
+
+
+def test_a_change_of_pixel_format_alone_is_read_as_before(tmp_path):
+    path = joined_video(tmp_path / "joined.mp4", ("64x48", "yuv420p"), ("64x48", "yuv444p"))
+    assert read_video(path).shape == (16, 48, 64, 3)
+
+
+def test_a_gif_frame_larger_than_its_screen_is_clipped_as_browsers_show_it(tmp_path):
+    """Pillow grew the picture at that frame, and the frames, no longer one size, failed with a ValueError."""
+    red, wide = np.zeros((48, 64, 3), np.uint8), np.zeros((64, 96, 3), np.uint8)
+    red[..., 0] = 200
+    wide[..., 1] = 200
+    wide[48:, :, 2] = wide[:, 64:, 2] = 200  # blue only outside the 64x48 screen
+    video = read_video(gif_with_oversized_frame(tmp_path / "grows.gif", red, wide))
+    assert video.shape == (2, 48, 64, 3)
+    assert (video[0] == (200, 0, 0)).all() and (video[1] == (0, 200, 0)).all()

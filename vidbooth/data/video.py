@@ -11,7 +11,9 @@ import itertools
 import math
 import os
 import re
+import shlex
 import subprocess
+import threading
 from collections.abc import Generator
 from pathlib import Path
 
@@ -112,11 +114,15 @@ def _gif_repeats(durations: tuple[int, ...]) -> list[int]:
 
 
 def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
+    """Frames composited on the GIF's screen, cropped to its size as browsers do: Pillow, like them, enlarges the
+    screen to a first frame larger than it, but it also grows it for a later frame that is larger, which browsers
+    clip (and the frames would then differ in size)."""
     repeats_of = _gif_repeats(_gif_durations(path))
     with Image.open(path) as im:
+        width, height = im.size  # after the first frame
         for i, repeats in enumerate(repeats_of):
             im.seek(i)
-            frame = np.asarray(to_rgb(im))  # transparency on white, as photos
+            frame = np.asarray(to_rgb(im))[:height, :width]  # transparency on white, as photos
             for _ in range(repeats):
                 yield frame
 
@@ -132,13 +138,102 @@ def _read_ffmpeg(path: Path) -> Generator[np.ndarray, None, None]:
     measured at the wrong speed. ffmpeg applies rotation metadata itself."""
     fps = _stream_fps(path)
     rate = ["-r", f"{fps:.6g}"] if fps else []
-    frames = _ffmpeg_frames(path, rate + _DISPLAY_SHAPE)
+    yield from _decode_ffmpeg(path, rate + _DISPLAY_SHAPE)
+
+
+_SIZE_CHANGED = re.compile(r"video parameters changed to .*?, (\d+)x(\d+)")
+"""What ffmpeg (6.1 on) logs when a decoded frame's size or format differs from the frame before it."""
+
+_STREAM_SIZE = re.compile(r" (\d+)x(\d+)[, ]")
+
+
+def _decode_ffmpeg(path: Path, output_params: list[str]) -> Generator[np.ndarray, None, None]:
+    """Each frame ffmpeg decodes, as RGB, in one ffmpeg run whose log is read alongside (the command
+    imageio-ffmpeg's reader runs, which hides that log).
+
+    The log is how a frame size that changes part-way is seen at no extra cost: ffmpeg would stretch every frame to
+    the first one's size without a word (`_refuse_size_change`). When reading stops early, the frames handed out
+    are checked too, since ffmpeg logs a change before it outputs the changed frame; so may be a few frames after
+    them, which ffmpeg had decoded ahead.
+    """
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-nostats", "-i", str(path),
+               "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", *output_params, "-"]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    changes: list[tuple[int, int]] = []
+    log_reader = None
     try:
-        width, height = next(frames)["size"]
-        for raw in frames:
+        (width, height), stored = _read_log_head(process)
+        log_reader = threading.Thread(target=_collect_size_changes, args=(process.stderr, changes), daemon=True)
+        log_reader.start()
+        frame_bytes = width * height * 3
+        while raw := process.stdout.read(frame_bytes):
+            if len(raw) < frame_bytes:
+                raise RuntimeError(f"ffmpeg's output of {path} ends part-way through a frame")
             yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+    except GeneratorExit:
+        pass  # the caller wants no more frames; those it has are still checked
     finally:
-        frames.close()
+        _end_ffmpeg(process)
+        if log_reader is not None:
+            log_reader.join(timeout=5)
+    _refuse_size_change(path, stored, changes)
+
+
+def _read_log_head(process: subprocess.Popen) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """From ffmpeg's log up to its description of the output (written before the first frame): the (width, height)
+    of the frames it outputs, and the stored size of the video stream it decodes (None if not found)."""
+    lines, stored_sizes, decoded, in_output = [], {}, None, False
+    for raw in process.stderr:
+        line = raw.decode(errors="replace")
+        lines.append(line)
+        in_output = in_output or line.startswith("Output")
+        stream = re.match(r"\s*Stream #0:(\d+)\S*: Video: .*", line)
+        size = _STREAM_SIZE.search(line) if stream else None
+        if stream and size and not in_output:
+            stored_sizes[stream[1]] = (int(size[1]), int(size[2]))
+        mapping = re.match(r"\s*Stream #0:(\d+) -> ", line)
+        if mapping and decoded is None:
+            decoded = stored_sizes.get(mapping[1])
+        if stream and size and in_output:
+            return (int(size[1]), int(size[2])), decoded
+    raise RuntimeError("ffmpeg gave no video output:\n" + "".join(lines[-20:]))
+
+
+def _collect_size_changes(stderr, changes: list[tuple[int, int]]) -> None:
+    """Read the rest of ffmpeg's log (so that it never blocks on it), keeping the frame sizes it changes to."""
+    for raw in stderr:
+        match = _SIZE_CHANGED.search(raw.decode(errors="replace"))
+        if match:
+            changes.append((int(match[1]), int(match[2])))
+
+
+def _end_ffmpeg(process: subprocess.Popen) -> None:
+    """Stop ffmpeg now if it is still writing (closing its output ends it), else reap it."""
+    process.stdout.close()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _refuse_size_change(path: Path, first: tuple[int, int] | None, changes: list[tuple[int, int]]) -> None:
+    """Refuse a video whose frames change size part-way from `first` (clips joined without re-encoding, some screen
+    and call recordings): it could only be read stretched or cropped to one size, so the user decides how. A change
+    of pixel format alone is fine."""
+    other = next((size for size in changes if size != first), None)
+    if first is None or other is None:
+        return
+    width, height = first[0] + first[0] % 2, first[1] + first[1] % 2
+    fixed = shlex.quote(str(path.with_name(f"{path.stem}_{width}x{height}.mp4")))
+    raise UserError(
+        f"video {path} changes frame size part-way ({first[0]}x{first[1]}, then {other[0]}x{other[1]}) and would "
+        f"be read stretched: re-encode it at one size, e.g. ffmpeg -i {shlex.quote(str(path))} -vf "
+        f"scale={width}:{height}:force_original_aspect_ratio=decrease,pad={width}:{height}:-1:-1 {fixed}, "
+        "or cut it where the size changes"
+    )
 
 
 def _ffmpeg_frames(path: Path, output_params: list[str] | None = None) -> Generator:
