@@ -121,3 +121,57 @@ def test_clip_hash_changes_with_content(tmp_path):
     b = write_clip(tmp_path / "b.mp4", num_frames=13)
     clips = read_training_clips(MotionConfig(name="m", clips=[str(a), str(b), str(a)]))
     assert clips[0].sha256 == clips[2].sha256 != clips[1].sha256
+
+
+@pytest.fixture
+def ran(monkeypatch) -> list:
+    """The configs train-motion would train with (nothing is trained)."""
+    import vidbooth.engine.motion
+
+    configs = []
+
+    def record(cfg):
+        configs.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(vidbooth.engine.motion, "train_motion", record)
+    return configs
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fps", "4", "--set", "data.stride=2"],
+         "--fps 4 and --set data.stride=2 both choose the clips' frames: give one of them"),
+        (["--set", "data.fps=4", "--stride", "3"],
+         "--set data.fps=4 and --stride 3 both choose the clips' frames: give one of them"),
+        (["--recipe", "{strided}", "--fps", "4"],  # --fps had been ignored without a word
+         "--fps 4 and data.stride: 2 in recipe {strided} both choose the clips' frames: drop --fps 4, or add --set "
+         "data.stride=null to sample at 4 fps"),
+        (["--recipe", "{strided}", "--set", "data.fps=4"],
+         "--set data.fps=4 and data.stride: 2 in recipe {strided} both choose the clips' frames"),
+    ],
+)
+def test_a_frame_rate_given_with_a_stride_is_refused_not_ignored(args, message, tmp_path, ran, capsys):
+    strided = tmp_path / "strided.yaml"
+    strided.write_text("backbone: {base: tiny}\ndata: {fps: 8, stride: 2}\n")
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    argv = ["train-motion", clip, "--name", "m", *[a.format(strided=strided) for a in args]]
+    if "--recipe" not in args:
+        argv += ["--recipe", "tiny/motion"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.format(strided=strided) in " ".join(err.split())
+    assert ran == []
+
+
+def test_a_stride_wins_over_a_recipes_frame_rate_and_null_clears_a_recipes_stride(tmp_path, ran):
+    strided = tmp_path / "strided.yaml"
+    strided.write_text("backbone: {base: tiny}\ndata: {fps: 8, stride: 2}\n")
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    for args in (["--recipe", "tiny/motion", "--stride", "3"],  # the shipped recipe's fps: 8 gives way
+                 ["--recipe", str(strided)],  # a saved config.yaml holds both
+                 ["--recipe", str(strided), "--set", "data.stride=null", "--fps", "4"]):
+        with pytest.raises(SystemExit):
+            main(["train-motion", clip, "--name", "m", *args])
+    assert [(cfg.data.fps, cfg.data.stride) for cfg in ran] == [(8, 3), (8, 2), (4, None)]

@@ -11,6 +11,7 @@ FLAGS = {
     "train.lr": "--lr",
     "train.seed": "--seed",
     "data.num_frames": "--num-frames",
+    "data.fps": "--fps",
     "data.stride": "--stride",
     "data.resolution": "--resolution",
     "appearance.p_image_zero": "--p-image-zero",
@@ -61,8 +62,6 @@ def train_motion(
     from vidbooth.errors import UserError
     from vidbooth.reporting import info
 
-    if fps is not None and stride is not None:
-        raise UserError(f"--fps {fps:g} and --stride {stride} both choose the clips' frames: give one of them")
     overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {
         "name": name,
         "clips": clips or None,
@@ -84,8 +83,27 @@ def train_motion(
     }
     recipe = recipe_or_default(recipe, "motion", sets, overrides)
     cfg = load_config(MotionConfig, recipe, sets, overrides, flags=FLAGS)
+    _check_fps_or_stride(cfg, recipe, sets, overrides)
     result = run_train_motion(cfg)
     info(
         f"motion '{result.name}': {result.steps} steps, loss {result.loss:.4f}, {result.step_seconds:.2f} s/step, "
         f"{result.trainable_parameters:,} trainable parameters -> {result.path}"
     )
+
+
+def _check_fps_or_stride(cfg, recipe: str | None, sets: list[str] | None, overrides: dict) -> None:
+    """A stride, wherever it comes from, decides which frames are taken, and data.fps goes unused: so a frame rate
+    given on the command line (--fps, or --set data.fps=) with a stride is refused rather than ignored. A recipe's
+    data.fps (every shipped recipe has one, and so does a saved config.yaml) gives way to a stride."""
+    from vidbooth.config.load import given_by
+    from vidbooth.errors import UserError
+
+    fps = given_by("data.fps", None, sets, overrides, FLAGS["data.fps"])  # no recipe: the command line only
+    if cfg.data.stride is None or fps is None:
+        return
+    where, stride = given_by("data.stride", recipe, sets, overrides, FLAGS["data.stride"]) or ("", "data.stride")
+    if where in ("flag", "set"):
+        hint = "give one of them"
+    else:  # the recipe's
+        hint = f"drop {fps[1]}, or add --set data.stride=null to sample at {cfg.data.fps:g} fps"
+    raise UserError(f"{fps[1]} and {stride} both choose the clips' frames: {hint}")

@@ -57,6 +57,32 @@ def given_base(sets: list[str] | None, overrides: dict[str, Any]) -> str | None:
     return overrides.get("backbone.base") or base
 
 
+def given_by(
+    key: str, recipe: str | None, sets: list[str] | None, overrides: dict[str, Any], flag: str | None = None
+) -> tuple[str, str] | None:
+    """Where the config key `key` gets a value from, and how a message names it: ('flag', '--fps 4') when its flag
+    gave one (`overrides` holds the flags by key), else ('set', '--set data.fps=4') for the last `--set` of it, else
+    ('recipe', 'data.fps: 4 in recipe PATH'); None when none of them gives it a value (the default stands). Call it
+    after `load_config`, which reports a recipe that cannot be read."""
+    value = overrides.get(key)
+    if value is not None:
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        return "flag", f"{flag or key} {shown}"
+    for item in reversed(sets or []):
+        set_key, equals, _ = item.partition("=")
+        if equals and set_key.strip() == key:
+            return "set", f"--set {item.strip()}"
+    if recipe:
+        path = find_recipe(recipe)
+        try:
+            value = OmegaConf.select(OmegaConf.load(path), key, default=None, throw_on_missing=False)
+        except Exception:  # load_config has read it: nothing more to say
+            return None
+        if value is not None:
+            return "recipe", f"{key}: {value} in recipe {path}"
+    return None
+
+
 def _describe(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
