@@ -134,3 +134,14 @@ def test_a_gif_frame_larger_than_its_screen_is_clipped_as_browsers_show_it(tmp_p
     video = read_video(gif_with_oversized_frame(tmp_path / "grows.gif", red, wide))
     assert video.shape == (2, 48, 64, 3)
     assert (video[0] == (200, 0, 0)).all() and (video[1] == (0, 200, 0)).all()
+
+
+def test_a_file_with_two_video_streams_is_read_from_its_first_at_that_streams_rate(tmp_path):
+    """ffmpeg decodes the largest stream unless told, while the frame rate and count come from the first: an 8 fps
+    64x48 stream beside a 24 fps 160x96 one was read as the large one's frames at 8 fps."""
+    small = _test_pattern(tmp_path / "small.mp4", "64x48", 8, 2)
+    large = _test_pattern(tmp_path / "large.mp4", "160x96", 24, 2)
+    both = tmp_path / "both.mp4"
+    _ffmpeg("-i", str(small), "-i", str(large), "-map", "0:v", "-map", "1:v", "-c", "copy", str(both))
+    assert video_fps(both) == 8
+    assert np.array_equal(read_video(both), read_video(small))

@@ -131,6 +131,11 @@ _DISPLAY_SHAPE = ["-vf", r"scale=iw*max(1\,sar):ih*max(1\,1/sar),setsar=1"]
 """ffmpeg's filter that stretches non-square pixels (a stored 120x96 shown as 160x96) to the shape players show."""
 
 
+_FIRST_VIDEO = ["-map", "0:v:0"]
+"""The file's first video stream, the one whose frame rate and duration the header gives (`_ffmpeg_header`); left
+to itself ffmpeg decodes the largest, so a file holding two would be read at the other's rate."""
+
+
 def _read_ffmpeg(path: Path) -> Generator[np.ndarray, None, None]:
     """Frames at the file's average frame rate, the one `video_fps` reports. Left to itself ffmpeg emits a
     variable-frame-rate file at its base rate instead (often 25 or 30 fps for an 8 fps phone clip, pauses copied
@@ -138,7 +143,7 @@ def _read_ffmpeg(path: Path) -> Generator[np.ndarray, None, None]:
     measured at the wrong speed. ffmpeg applies rotation metadata itself."""
     fps = _stream_fps(path)
     rate = ["-r", f"{fps:.6g}"] if fps else []
-    yield from _decode_ffmpeg(path, rate + _DISPLAY_SHAPE)
+    yield from _decode_ffmpeg(path, _FIRST_VIDEO + rate + _DISPLAY_SHAPE)
 
 
 _SIZE_CHANGED = re.compile(r"video parameters changed to .*?, (\d+)x(\d+)")
