@@ -135,3 +135,19 @@ def test_a_recipe_for_another_command_or_not_a_mapping_is_one_clear_error(tmp_pa
     listed.write_text("- a\n- b\n")
     with pytest.raises(UserError, match="must be a mapping of settings"):
         load_config(GenerateConfig, str(listed))
+
+
+def test_each_train_config_knows_its_key_and_the_commands_flags_for_the_engines_messages():
+    from vidbooth.config.motion import MotionConfig
+    from vidbooth.config.subject import SubjectConfig
+
+    flags = {"textual_inversion.train.steps": "--ti-steps", "identity.train.steps": "--identity-steps",
+             "data.resolution": "--resolution"}
+    subject = load_config(SubjectConfig, None, None, None, flags=flags)
+    assert subject.textual_inversion.train.setting_name("steps") == "textual_inversion.train.steps (--ti-steps)"
+    assert subject.identity.train.setting_name("steps") == "identity.train.steps (--identity-steps)"
+    assert subject.identity.train.setting_name("lr") == "identity.train.lr"  # no flag sets it in this command
+    assert subject.identity.train.setting_name("data.resolution") == "data.resolution (--resolution)"
+    motion = load_config(MotionConfig, None, None, None, flags={"train.lr": "--lr"})
+    assert motion.train.setting_name("lr") == "train.lr (--lr)"
+    assert "_key" not in to_yaml(motion) and "_flags" not in to_yaml(motion)  # not settings

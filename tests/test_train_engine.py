@@ -139,8 +139,25 @@ def test_resuming_a_finished_run_runs_no_step(tmp_path, accelerator):
 
 def test_resume_refuses_other_settings(tmp_path, accelerator):
     engine.train(make_method(), toy_data(), config(steps=4, checkpoint_every=2), tmp_path, accelerator)
-    with pytest.raises(UserError, match="different settings.*lr"):
+    with pytest.raises(UserError, match=r"other settings \(train\.lr was 0\.05, now 0\.1\)"):
         engine.train(make_method(), toy_data(), config(steps=4, lr=0.1), tmp_path, accelerator, resume=True)
+
+
+def test_a_resume_refusal_names_the_stage_and_the_flag_the_user_passes(tmp_path, accelerator):
+    """It had said only 'train.lr', whatever the stage ('identity.train' in a subject) and whatever its flag."""
+    flags = {"identity.train.lr": "--lr", "identity.train.steps": "--identity-steps", "data.num_frames": "--frames"}
+    first = config(steps=4, checkpoint_every=2)
+    first.locate("identity.train", flags)
+    engine.train(make_method(), toy_data(), first, tmp_path, accelerator, signature={"data": {"num_frames": 8}})
+    second = config(steps=4, lr=0.1)
+    second.locate("identity.train", flags)
+    with pytest.raises(UserError) as refused:
+        engine.train(make_method(), toy_data(), second, tmp_path, accelerator, resume=True,
+                     signature={"data": {"num_frames": 4}, "photos": ["a" * 64]})
+    assert (
+        "it was trained with other settings (data.num_frames (--frames) was 8, now 4; photos; identity.train.lr (--lr) "
+        "was 0.05, now 0.1); use the same settings, or rerun without --resume to start over"
+    ) in str(refused.value)
 
 
 def test_resume_signature_holds_process_count_and_precision_beyond_the_defaults():

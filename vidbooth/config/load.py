@@ -130,7 +130,24 @@ def load_config(
     except UserError as exc:  # a value check in a config's __post_init__
         raise UserError(_name_flag(str(exc), flags or {})) from exc
     _apply_env(obj)
+    _locate_train_configs(obj, flags)
     return obj  # type: ignore[return-value]
+
+
+def _locate_train_configs(config: Any, flags: dict[str, str] | None, prefix: str = "") -> None:
+    """Tell each `TrainConfig` in `config` its key and the command's flags, for the training engine's messages."""
+    import dataclasses
+
+    from vidbooth.config.train import TrainConfig
+
+    if not dataclasses.is_dataclass(config):
+        return
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, TrainConfig):
+            value.locate(prefix + field.name, flags)
+        elif dataclasses.is_dataclass(value):
+            _locate_train_configs(value, flags, f"{prefix}{field.name}.")
 
 
 def _name_flag(message: str, flags: dict[str, str]) -> str:

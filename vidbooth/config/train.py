@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from vidbooth.config import checks
 from vidbooth.errors import UserError
@@ -46,6 +46,23 @@ class TrainConfig:
     """First timestep of the high-noise range."""
     seed: int = 0
     """Seeds initialisation, batch order, noise and timesteps; the same seed gives the same weights on CPU."""
+
+    # Not settings (no annotation, so not dataclass fields): where this config sits in its command's config and
+    # that command's flags, which `load_config` notes so that the training engine's messages name them.
+    _key = "train"
+    _flags = None  # dict[str, str]: config key -> flag
+
+    def locate(self, key: str, flags: dict[str, str] | None) -> None:
+        """Note that this config is `key` ('identity.train') of a command whose flags are `flags` (config key ->
+        flag)."""
+        self._key, self._flags = key, dict(flags or {})
+
+    def setting_name(self, key: str) -> str:
+        """How a message names the setting `key`: one of this config's ('lr'), or a key of the command's config
+        ('data.num_frames'), as its full key followed by the flag that sets it, if any: 'identity.train.lr (--lr)'."""
+        full = f"{self._key}.{key}" if key in {f.name for f in fields(self)} else key
+        flag = (self._flags or {}).get(full)
+        return f"{full} ({flag})" if flag else full
 
     def check(self, prefix: str = "train") -> None:
         """Raise a UserError naming the first bad value by its key, `prefix` being where this config sits

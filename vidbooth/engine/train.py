@@ -314,15 +314,40 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _restore(folder: Path, method: Method, optimizer, accelerator, signature: dict) -> tuple[int, float]:
+_UNNAMED_SETTINGS = {
+    "train.processes": ("the number of processes", 1),
+    "train.resolved_mixed_precision": ("the mixed precision", "no"),
+    "base_dtype": ("the base model's precision (--precision)", "torch.float32"),
+}
+"""Signature keys that are no config key: how a message names each, and its value when the signature lacks it."""
+
+
+def _changed_settings(now: dict, then: dict, cfg: TrainConfig) -> str:
+    """The settings that differ between two signatures, named as the user sets them ('identity.train.lr (--lr)
+    was 0.001, now 0.002'); a value is shown when it is short."""
+    now, then = _flatten(now), _flatten(then)
+    described = []
+    for key in sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k)):
+        name, default = _UNNAMED_SETTINGS.get(key, (None, None))
+        if name is None:
+            head, _, rest = key.partition(".")
+            name = cfg.setting_name(rest if head == "train" else key)
+        old, new = then.get(key, default), now.get(key, default)
+        short = all(isinstance(v, int | float | str | bool) and len(str(v)) <= 40 for v in (old, new))
+        described.append(f"{name} was {old}, now {new}" if short else name)
+    return "; ".join(described)
+
+
+def _restore(
+    folder: Path, method: Method, optimizer, accelerator, signature: dict, cfg: TrainConfig
+) -> tuple[int, float]:
     """Load checkpoint `folder` into the method, optimizer, loss scaler and RNGs; returns its step and loss."""
     state, trainable, extra = _read_checkpoint(folder)
     if state["signature"] != signature:
-        now, then = _flatten(signature), _flatten(state["signature"])
-        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
         raise UserError(
-            f"cannot resume from {folder}: it was trained with different settings ({', '.join(changed)}); "
-            "use the same settings, or rerun without --resume to start over"
+            f"cannot resume from {folder}: it was trained with other settings "
+            f"({_changed_settings(signature, state['signature'], cfg)}); use the same settings, or rerun without "
+            "--resume to start over"
         )
     method.load_state_dict({k: v.to(accelerator.device) for k, v in trainable.items()})
     per_param: dict[int, dict[str, torch.Tensor]] = {}
@@ -461,12 +486,12 @@ def _optimizer_step(optimizer, params: list[nn.Parameter], cfg: TrainConfig, ste
     optimizer.zero_grad(set_to_none=True)
 
 
-def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signature: dict) -> TrainResult:
+def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signature: dict, cfg) -> TrainResult:
     """Restore the newest checkpoint (with resume) or start afresh; returns a result starting at the first step
     to run."""
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
-        step, loss = _restore(checkpoints[-1], method, optimizer, accelerator, signature)
+        step, loss = _restore(checkpoints[-1], method, optimizer, accelerator, signature, cfg)
         if accelerator.is_main_process:
             reporting.info(f"resuming from step {step} ({checkpoints[-1]})")
         return TrainResult(step=step, start_step=step, resumed_loss=loss)
@@ -529,7 +554,7 @@ def train(
         )
     )
     run_dir = Path(run_dir)
-    result = _start(run_dir, method, optimizer, params, accelerator, resume, signature)
+    result = _start(run_dir, method, optimizer, params, accelerator, resume, signature, cfg)
     step = result.step
 
     def checkpoint(at: int, loss: float) -> None:
