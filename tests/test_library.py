@@ -127,7 +127,8 @@ def test_lock_refuses_a_holder_and_is_free_again_when_it_is_released(isolated_ho
         with pytest.raises(UserError, match=rf"being trained by another process \(pid {os.getpid()}\)"):
             with library.artifact_lock("subject", "S*"):
                 pass
-    assert not lock.exists()
+    assert not lock.exists() and not isolated_home.exists()  # the library it created is removed again, empty
+    lock.parent.mkdir(parents=True)
     lock.write_text("999999")  # a lock file left behind, not locked by anyone: not a holder
     with library.artifact_lock("subject", "S*"):
         assert lock.read_text() == str(os.getpid())

@@ -147,3 +147,60 @@ def test_ctrl_c_during_the_preview_then_resume_saves_without_training_again(tmp_
     assert main([*argv, "--resume"]) == 0
     assert steps == []  # the checkpoint of the last step was kept: nothing is trained again
     assert (isolated_home / "motions" / "m" / "preview.png").is_file()
+
+
+# ---- what a refused or finished run leaves behind -------------------------------------------------------------
+def test_the_lock_leaves_a_library_it_created_as_it_found_it(isolated_home):
+    assert not isolated_home.exists()
+    with pytest.raises(UserError, match="refused"):
+        with library.artifact_lock("motion", "m"):
+            assert (isolated_home / ".locks").is_dir()
+            raise UserError("refused after the lock was taken (say, by the model's own size check)")
+    assert not isolated_home.exists()  # it had kept .locks/, and the library folder with it
+    isolated_home.mkdir()
+    (isolated_home / "mine.txt").write_text("x")
+    with library.artifact_lock("motion", "m"):
+        pass
+    assert sorted(p.name for p in isolated_home.iterdir()) == ["mine.txt"]
+
+
+def test_a_run_folder_is_removed_with_its_last_stage_and_kept_while_another_holds_a_checkpoint(isolated_home):
+    from vidbooth.engine.train import remove_run, run_folder
+
+    stages = {stage: run_folder("subject", "S*", stage) for stage in ("textual-inversion", "identity")}
+    for folder in stages.values():
+        (folder / "checkpoints" / "step-0000001").mkdir(parents=True)
+    remove_run(stages["textual-inversion"])
+    assert not stages["textual-inversion"].exists() and stages["identity"].is_dir()  # a stopped stage's checkpoint
+    remove_run(stages["identity"])
+    assert not stages["identity"].parent.exists()  # .runs/subjects/S%2A/ had been left behind, empty
+    assert (isolated_home / ".runs" / "subjects").is_dir()  # a library's own folder, shared with other names
+
+
+def test_train_motion_refused_after_the_lock_leaves_no_library_and_a_finished_one_no_run_folder(
+    tmp_path, isolated_home, capsys
+):
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    argv = ["train-motion", clip, "--name", "m", "--recipe", "tiny/motion", "--steps", "1", "--num-frames", "2",
+            "--no-preview"]
+    assert main([*argv, "--resolution", "30"]) == 2  # refused by the model's own size check, once it is loaded
+    assert "30 must be a positive multiple of 4" in capsys.readouterr().err
+    assert not isolated_home.exists()
+    assert main([*argv, "--resolution", "16"]) == 0
+    assert sorted(p.name for p in isolated_home.iterdir()) == ["motions"]
+    assert main([*argv, "--resolution", "16", "--overwrite"]) == 0  # in a library that exists
+    assert not (isolated_home / ".runs" / "motions" / "m").exists()
+
+
+def test_a_lock_whose_folder_was_just_removed_makes_it_again(tmp_path):
+    """The last user of a new library's `.locks/` removes it when it is empty; a process about to lock a file in
+    it must make it again rather than fail."""
+    from vidbooth.fileio import exclusive_lock
+
+    lock = tmp_path / "gone" / ".locks" / "motions__m.lock"
+    with exclusive_lock(lock, lambda owner: f"busy {owner}") as held:
+        assert held.read_text().isdigit()
+    assert not lock.exists()

@@ -110,7 +110,11 @@ def exclusive_lock(lock: Path, busy: Callable[[str], str]) -> Iterator[Path]:
     however it ends, so there is no stale lock to take over (and no race between two processes taking one over).
     The file holds the holder's pid; a second process gets a UserError with the message `busy(pid)`."""
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # its folder was removed (empty, by its last user) since we made it: make it again
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            continue
         if not _try_lock(fd):
             try:
                 owner = os.read(fd, 32).decode(errors="replace").strip()

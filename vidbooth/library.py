@@ -247,14 +247,29 @@ def recover() -> None:
 
 @contextlib.contextmanager
 def artifact_lock(kind: str, name: str) -> Iterator[Path]:
-    """Exclusive lock on training `name` (`fileio.exclusive_lock` on a file under `.locks/`)."""
+    """Exclusive lock on training `name` (`fileio.exclusive_lock` on a file under `.locks/`). The library's own
+    folders that this creates are removed again at the end when they are empty, so that a run refused (or
+    stopped) before it saved anything leaves a library it created as it found it: absent."""
+    home = _folder_home()
+    new_home = not home.exists()
     locks = writable_home() / ".locks"
-    locks.mkdir(exist_ok=True)
+    new_locks = not locks.exists()
+
     def busy(owner: str) -> str:
         return f"{kind} '{name}' is being trained by another process (pid {owner}); wait for it to finish"
 
-    with exclusive_lock(locks / f"{KINDS[kind]}__{dir_name(name)}.lock", busy) as lock:
-        yield lock
+    try:
+        with exclusive_lock(locks / f"{KINDS[kind]}__{dir_name(name)}.lock", busy) as lock:
+            yield lock
+    finally:
+        made = [locks] if new_locks or new_home else []
+        if new_home:  # and whatever empty folder the run left in it (a run that saved a checkpoint is not empty)
+            runs = home / ".runs" / KINDS[kind]
+            made += [home / ".staging", home / ".trash", home / KINDS[kind], runs / dir_name(name), runs, runs.parent,
+                     home]
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty (or gone): kept
+                folder.rmdir()
 
 
 def writable_home(create: bool = True) -> Path:

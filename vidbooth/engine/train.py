@@ -192,8 +192,11 @@ def run_folder(kind: str, name: str, stage: str) -> Path:
 
 
 def remove_run(run_dir: Path) -> None:
-    """Drop a finished run's checkpoints (call on the main process once the artifact is saved)."""
+    """Drop a finished run's checkpoints (call on the main process once the artifact is saved), and the artifact's
+    run folder with them when no other stage's run is left in it."""
     shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another stage's checkpoints are kept, and their folder with them
+        Path(run_dir).parent.rmdir()
 
 
 # ---- randomness -----------------------------------------------------------------------------------
