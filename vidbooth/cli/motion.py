@@ -34,7 +34,9 @@ def train_motion(
     steps: int = typer.Option(None, "--steps", help="Training steps (DreamVideo: 500-3000)."),
     lr: float = typer.Option(None, "--lr", help="Learning rate (DreamVideo: 1e-5)."),
     num_frames: int = typer.Option(None, "--num-frames", "--frames", help="Frames per training clip."),
-    fps: float = typer.Option(None, "--fps", help="Sample the clips at this frame rate."),
+    fps: float = typer.Option(
+        None, "--fps", help="Sample the clips at this frame rate (refused with a stride: --stride or data.stride)."
+    ),
     stride: int = typer.Option(None, "--stride", help="Take every N-th source frame instead of --fps."),
     resolution: int = typer.Option(None, "--resolution", help="Square training size in pixels (default: the model's)."),
     appearance_guidance: bool = typer.Option(
