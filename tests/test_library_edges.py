@@ -204,3 +204,27 @@ def test_a_lock_whose_folder_was_just_removed_makes_it_again(tmp_path):
     with exclusive_lock(lock, lambda owner: f"busy {owner}") as held:
         assert held.read_text().isdigit()
     assert not lock.exists()
+
+
+def test_a_refused_resume_names_the_stage_key_and_the_flag_of_the_command(tmp_path, tiny_base_dirs, monkeypatch,
+                                                                           capsys):
+    import badinputs
+    import vidbooth.engine.subject
+    from vidbooth.cli.app import main
+
+    folder = tmp_path / "photos"
+    for i in range(3):
+        badinputs.write_photo(folder / f"{i}.png", 64, 64)
+    argv = ["textual-inversion", str(folder), "--name", "S*", "--class-noun", "ball", "--base",
+            str(tiny_base_dirs["unet3d"]), "--device", "cpu", "--steps", "1", "--batch-size", "1", "--set",
+            "data.resolution=16", "--no-preview", "--lr", "0.005"]
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vidbooth.engine.subject, "_save_artifact", ctrl_c)  # stopped after training: kept
+    assert main(argv) == 130
+    capsys.readouterr()
+    assert main([*argv[:-1], "0.001", "--resume"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "other settings (textual_inversion.train.lr (--lr) was 0.005, now 0.001)" in err, err
