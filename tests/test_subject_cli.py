@@ -76,7 +76,7 @@ def test_train_subject_writes_a_complete_subject(family, photos, isolated_home, 
     assert [p["sha256"] for p in manifest["photos"]] == manifest["stages"]["identity"]["photos"]
     assert all((folder / p["file"]).is_file() for p in manifest["photos"])
     assert set(load_tensors(folder / "learned_embeds.safetensors")[0]) == {"S*"}
-    assert not (isolated_home / ".runs" / "subjects" / "S%2A" / "identity").exists()  # checkpoints dropped
+    assert not (isolated_home / ".runs" / "subjects" / "S%2A").exists()  # checkpoints dropped, and their folder
 
     capsys.readouterr()
     assert main(["list"]) == 0
@@ -232,7 +232,9 @@ def test_prior_preservation_with_given_class_images(photos, tmp_path, isolated_h
 
 def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypatch):
     """SIGINT in stage 2: exit 130 and nothing in the library; --resume skips the finished stage 1 and ends
-    with the weights of an uninterrupted run."""
+    with the weights of an uninterrupted run, and the manifest keeps the time stage 1 took before."""
+    import time
+
     from vidbooth.engine.subject_methods import IdentityAdapterMethod, TextualInversionMethod
 
     args = ["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--ti-steps", "3"]
@@ -249,6 +251,13 @@ def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypat
         return original_loss(self, batch, generator)
 
     monkeypatch.setattr(IdentityAdapterMethod, "loss", interrupting_loss)
+    original_ti_loss = TextualInversionMethod.loss
+
+    def slow_loss(self, batch, generator):  # stage 1 takes at least 3 x 0.05 s
+        time.sleep(0.05)
+        return original_ti_loss(self, batch, generator)
+
+    monkeypatch.setattr(TextualInversionMethod, "loss", slow_loss)
     assert main(["--home", str(split), *args]) == 130
     assert not (split / "subjects").exists() or not list((split / "subjects").iterdir())
     monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
@@ -266,6 +275,7 @@ def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypat
     text = (subject_dir(split) / "manifest.json").read_text()
     stage_one = json.loads(text)["stages"]["textual_inversion"]
     assert "NaN" not in text and stage_one["steps"] == 3 and 0 < stage_one["final_loss"] < 10
+    assert stage_one["seconds"] >= 0.15  # the first run's time, not the resumed run's 0 s
 
 
 def fake_subject(home: Path, name: str) -> None:
@@ -450,3 +460,106 @@ def test_photos_can_be_given_as_files_and_folders_each_photo_once(tmp_path, isol
     assert sources == [first / "photo0.png", first / "photo1.png", second / "photo0.png", second / "photo1.png"]
     saved = yaml.safe_load((subject_dir(isolated_home) / "config.yaml").read_text())
     assert saved["photos"] == [str(path) for path in given]
+
+
+def test_a_class_image_depends_on_its_index_and_seed_not_on_its_batch(tiny_backbones, tmp_path, monkeypatch):
+    """Three class images made in one batch equal those made one, then two at a time (the cache held one); another
+    seed is another cache folder with other images."""
+    from vidbooth.config.subject import PriorConfig
+    from vidbooth.engine.prior import class_image_folder, generate_class_images, read_class_images
+
+    bb = tiny_backbones["unet3d"]
+    prior = PriorConfig(num_inference_steps=2, guidance_scale=1.0, sample_batch_size=4)
+
+    def made(cache: str, counts: list[int], seed: int = 0) -> list[np.ndarray]:
+        monkeypatch.setenv("VIDBOOTH_CACHE", str(tmp_path / cache))
+        for count in counts:
+            folder = generate_class_images(bb, "a photo of a dog", count, 16, prior, seed)
+        assert folder == class_image_folder(bb.fingerprint, "a photo of a dog", 16, prior, seed)
+        return [np.asarray(image) for image in read_class_images(folder, 3)]
+
+    together, apart = made("together", [3]), made("apart", [1, 3])
+    assert len(together) == len(apart) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(together, apart))
+    assert not np.array_equal(together[0], together[1])  # each image its own noise
+    other_seed = made("together", [3], seed=1)
+    assert class_image_folder(bb.fingerprint, "a photo of a dog", 16, prior, 1) != class_image_folder(
+        bb.fingerprint, "a photo of a dog", 16, prior, 0
+    )
+    assert not any(np.array_equal(a, b) for a, b in zip(together, other_seed))
+
+
+def interrupt_identity_stage(monkeypatch, at_call: int = 2):
+    """SIGINT from the identity stage's `at_call`-th loss: the run checkpoints and stops (exit 130). Returns the
+    original loss."""
+    from vidbooth.engine.subject_methods import IdentityAdapterMethod
+
+    original_loss, calls = IdentityAdapterMethod.loss, []
+
+    def interrupting_loss(self, batch, generator):
+        calls.append(1)
+        if len(calls) == at_call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_loss(self, batch, generator)
+
+    monkeypatch.setattr(IdentityAdapterMethod, "loss", interrupting_loss)
+    return original_loss
+
+
+def test_resume_is_refused_when_a_class_image_changed(photos, tmp_path, isolated_home, monkeypatch, capsys):
+    """The class images' contents are part of what a resumed run must find unchanged, not just their folder."""
+    from vidbooth.engine.subject_methods import IdentityAdapterMethod
+
+    class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)
+    args = [*FAST, "--no-preview", "--prior-preservation", "--class-images", str(class_dir)]
+    original_loss = interrupt_identity_stage(monkeypatch)
+    assert train_subject(photos, *args, steps=3) == 130
+    monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
+    write_photos(class_dir, count=1, seed=2)  # photo0.png: same name and size, other pixels
+    capsys.readouterr()
+    assert train_subject(photos, *args, "--resume", steps=3) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot resume" in err and "class_images_sha256" in err and "\n" not in err
+    assert library_is_empty(isolated_home)
+
+
+@pytest.mark.parametrize(
+    "flags", [["--class-images", "dogs"], ["--num-class-images", "2"], ["--class-images", "x", "--prior-weight", "0.5"]]
+)
+@pytest.mark.parametrize("command", ["train-subject", "identity-adapter"])
+def test_prior_flags_without_prior_preservation_are_refused(command, flags, photos, isolated_home, capsys):
+    args = [command, str(photos), "--name", "S*", *FAST, *flags]
+    assert main(args + (["--class-noun", "dog"] if command == "train-subject" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    named = " and ".join(flag for flag in flags if flag.startswith("--"))
+    assert f"error: {named} need" in err and "add --prior-preservation" in err and "\n" not in err
+    assert library_is_empty(isolated_home)
+
+
+def test_prior_flags_apply_when_a_recipe_or_set_enables_the_prior(photos, monkeypatch):
+    import vidbooth.engine.subject as engine
+
+    ran = []
+    monkeypatch.setattr(engine, "train_subject", ran.append)
+    args = ["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--prior-weight", "0.5"]
+    assert main([*args, "--set", "prior.enabled=true"]) == 0
+    assert ran[0].prior.enabled and ran[0].prior.weight == 0.5
+
+
+CLASS_IMAGE_ERRORS = {
+    "missing folder": (lambda d: d / "nope", "class image folder not found"),
+    "a file": (lambda d: write_photos(d, count=1) / "photo0.png", "--class-images must be a folder of class images"),
+    "no images": (lambda d: (d / "notes.txt").write_text("hi") and d, "no class images found in"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLASS_IMAGE_ERRORS))
+def test_bad_class_images_are_one_line_about_class_images(case, photos, tmp_path, isolated_home, capsys):
+    make, message = CLASS_IMAGE_ERRORS[case]
+    folder = tmp_path / "dogs"
+    folder.mkdir()
+    given = make(folder)
+    assert train_subject(photos, "--prior-preservation", "--class-images", str(given)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(given) in err and "photo" not in err.replace(str(given), "") and "\n" not in err
+    assert library_is_empty(isolated_home)

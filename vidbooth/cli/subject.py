@@ -77,6 +77,21 @@ def _prior_flags(prior_preservation, class_images, num_class_images, prior_weigh
     }
 
 
+def _check_prior_flags(cfg, class_images, num_class_images, prior_weight) -> None:
+    """The prior's flags do nothing without prior preservation (the flag, or `prior.enabled` in the recipe or a
+    --set): refuse them rather than ignore them."""
+    given = {"--class-images": class_images, "--num-class-images": num_class_images, "--prior-weight": prior_weight}
+    named = [flag for flag, value in given.items() if value is not None]
+    if named and not cfg.prior.enabled:
+        from vidbooth.errors import UserError
+
+        flags = " and ".join(named)
+        raise UserError(
+            f"{flags} {'needs' if len(named) == 1 else 'need'} --prior-preservation (without it no class images "
+            f"are used): add --prior-preservation, or drop {flags}"
+        )
+
+
 def _load(recipe, sets, overrides, flags: dict[str, str]):
     from vidbooth.config import load_config
     from vidbooth.config.load import recipe_or_default
@@ -168,7 +183,9 @@ def identity_adapter(
     overrides |= options.learned_backbone(recipe, sets, overrides, [("subject", name)] if name else [])
     flags = COMMON_FLAGS | PRIOR_FLAGS | _train_flag_names("identity", "--steps", "--lr")
     flags["identity.hidden_ratio"] = "--hidden-ratio"
-    train_identity_adapter(_load(recipe, sets, overrides, flags))
+    cfg = _load(recipe, sets, overrides, flags)
+    _check_prior_flags(cfg, class_images, num_class_images, prior_weight)
+    train_identity_adapter(cfg)
 
 
 def train_subject(
@@ -216,4 +233,6 @@ def train_subject(
     flags = COMMON_FLAGS | PRIOR_FLAGS | _train_flag_names("textual_inversion", "--ti-steps", None)
     flags |= _train_flag_names("identity", "--identity-steps", None)
     flags |= {"textual_inversion.num_vectors": "--num-vectors", "identity.hidden_ratio": "--hidden-ratio"}
-    run_train_subject(_load(recipe, sets, overrides, flags))
+    cfg = _load(recipe, sets, overrides, flags)
+    _check_prior_flags(cfg, class_images, num_class_images, prior_weight)
+    run_train_subject(cfg)

@@ -15,6 +15,9 @@ from vidbooth.config.schema import BackboneConfig, RuntimeConfig
 from vidbooth.config.train import TrainConfig
 from vidbooth.errors import UserError
 
+STAGES = ("textual_inversion", "identity")
+"""The subject stages, in the order they run: the pseudo-word's embedding, then the identity adapter."""
+
 DEFAULT_CAPTIONS = [
     "a photo of {}",
     "a photo of a {}",
@@ -131,6 +134,10 @@ class SubjectConfig:
     """Replace a subject of the same name (identity-adapter: retrain an existing identity adapter)."""
     resume: bool = False
     """Continue an interrupted run from its last checkpoint."""
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    """The stages `train-subject` runs: both (default), [textual_inversion] alone, or [identity] alone (added to an
+    existing subject). A subject's config.yaml records the stages its files hold, so that it reruns as built;
+    `textual-inversion` and `identity-adapter` run their own stage whatever this says."""
 
     def __post_init__(self) -> None:
         if isinstance(self.photos, (str, os.PathLike)):  # SubjectConfig(photos="dog/") from Python
@@ -168,6 +175,11 @@ class SubjectConfig:
         for stage, stage_cfg in (("textual_inversion", self.textual_inversion), ("identity", self.identity)):
             if not (stage_cfg.guidance_scale >= 0 and math.isfinite(stage_cfg.guidance_scale)):
                 raise UserError(f"{stage}.guidance_scale must be 0 (off) or positive, got {stage_cfg.guidance_scale}")
+        if not self.stages or [s for s in STAGES if s in self.stages] != list(self.stages):
+            raise UserError(
+                f"stages must be {list(STAGES)}, [{STAGES[0]}] or [{STAGES[1]}] (each once, in that order), "
+                f"got {list(self.stages)}"
+            )
         if not self.identity.layers:
             raise UserError("identity.layers is empty: give patterns of the cross-attention layers, e.g. ['*']")
         if not 0 < self.identity.hidden_ratio <= 4:

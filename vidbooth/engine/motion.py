@@ -208,6 +208,8 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
             cfg, backbone, clips, spec, encoder, result, time.perf_counter() - started, accelerator.num_processes
         )
         remove_run(run_dir)
+        with contextlib.suppress(OSError):  # the motion's runs folder, once empty
+            run_dir.parent.rmdir()
     accelerator.wait_for_everyone()
     return MotionResult(cfg.name, path, result.step, result.loss, result.step_seconds, trainable)
 
@@ -258,14 +260,37 @@ def save_motion(
         preview_prompt = clips[0].caption
         if cfg.preview.enabled:
             _write_preview(backbone, cfg, preview_prompt, stage / PREVIEW_FILE)
-        # a recipe to rerun it from anywhere: `--recipe config.yaml --overwrite` (the run's own mode flags dropped)
-        rerun = replace(cfg, clips=[str(Path(c).resolve()) for c in cfg.clips], overwrite=False, resume=False)
+        rerun = rerun_config(cfg)
         save_config(rerun, stage / CONFIG_FILE)
         manifest = _manifest(cfg, backbone, clips, clip_files, spec, encoder, result, seconds, processes)
+        manifest |= {"base": rerun.backbone.base, "config": asdict(rerun)}  # as config.yaml holds them
         write_json(stage / MANIFEST, manifest)
     path = artifact_dir("motion", cfg.name)
     info(f"saved motion '{cfg.name}' in {path}")
     return path
+
+
+def rerun_config(cfg: MotionConfig) -> MotionConfig:
+    """The recipe that retrains the motion from anywhere, `train-motion --recipe config.yaml --overwrite`: `cfg`
+    with every local path (clips, base, motion adapter, appearance encoder) absolute and the run's own mode flags
+    (--overwrite, --resume) dropped. Hub ids and built-in names stay as they are."""
+    from vidbooth.engine.appearance import TINY_CLIP, VAE
+    from vidbooth.engine.backbone import BUILTIN
+    from vidbooth.engine.subject import absolute_path
+
+    builtin = {"nano", *BUILTIN}
+    return replace(
+        cfg,
+        clips=[absolute_path(clip) for clip in cfg.clips],
+        backbone=replace(
+            cfg.backbone,
+            base=absolute_path(cfg.backbone.base, builtin),
+            motion_adapter=absolute_path(cfg.backbone.motion_adapter),
+        ),
+        appearance=replace(cfg.appearance, encoder=absolute_path(cfg.appearance.encoder, {VAE, TINY_CLIP, *builtin})),
+        overwrite=False,
+        resume=False,
+    )
 
 
 def _manifest(

@@ -8,15 +8,21 @@
 Everything that can be checked without the model (name, library, photos, class noun, class images) is
 checked before it is loaded. A subject appears in the library only when complete; its folder holds
 `learned_embeds.safetensors`, `identity_adapter.safetensors` (after stage 2), `manifest.json`,
-`config.yaml`, `photos/` (copies of the training photos) and `preview.png`.
+`config.yaml`, `photos/` (copies of the training photos) and `preview.png`. `config.yaml` is the recipe that
+rebuilds the subject as it is in one `train-subject --recipe config.yaml --overwrite` run: the stages it holds,
+each with the settings that trained it (stage 1's from the subject's own config.yaml when a later run added
+stage 2), every local path absolute.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
-from dataclasses import dataclass, field, replace
+import time
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,8 +55,7 @@ from vidbooth.adapters.textual_inversion import (
     save_learned_embeddings,
     wrap_placeholder_embedding,
 )
-from vidbooth.config import save_config
-from vidbooth.config.subject import SubjectConfig
+from vidbooth.config.subject import STAGES, SubjectConfig
 from vidbooth.engine.backbone import base_model_folder, load_backbone_for
 from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.train import (
@@ -58,6 +63,7 @@ from vidbooth.engine.train import (
     backbone_device,
     derived_seed,
     dtype_signature,
+    list_checkpoints,
     make_accelerator,
     remove_run,
     run_folder,
@@ -77,11 +83,12 @@ from vidbooth.library import (
 )
 
 KIND = "subject"
-STAGES = ("textual_inversion", "identity")
 STAGE_FOLDERS = {"textual_inversion": "textual-inversion", "identity": "identity"}
 PREVIEW_FILE = "preview.png"
 CONFIG_FILE = "config.yaml"
 ENCODE_CHUNK = 8
+SECONDS_FILE = "seconds.json"
+"""Beside a stage's checkpoints: the wall time spent on the stage so far, for a resumed run's manifest."""
 
 
 def train_textual_inversion(cfg: SubjectConfig) -> Path:
@@ -95,8 +102,9 @@ def train_identity_adapter(cfg: SubjectConfig) -> Path:
 
 
 def train_subject(cfg: SubjectConfig) -> Path:
-    """Both stages: embedding, then identity adapter. Returns the artifact folder."""
-    return _train(cfg, STAGES)
+    """The stages `cfg.stages` names (default both: embedding, then identity adapter). Returns the artifact
+    folder."""
+    return _train(cfg, tuple(cfg.stages))
 
 
 # ---- applying a stored subject ---------------------------------------------------------------------
@@ -152,13 +160,16 @@ class _Run:
     class_noun: str
     photos: _Photos
     existing: dict | None  # manifest of the subject being extended (identity stage alone)
+    earlier: SubjectConfig | None  # the config that built the subject being extended, when readable
     class_images: list[Image.Image] | None  # the user's class images, when given
+    class_images_sha256: str | None  # their names and bytes, for --resume
     backbone: object = None
     accelerator: object = None
     size: int = 0
     latents: torch.Tensor | None = None  # (N x views, C, 1, h, w)
     identity_layers: dict | None = None  # the cross-attention layers `identity.layers` names (identity stage)
     results: dict[str, TrainResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, earlier runs of a resumed stage included
 
     @property
     def token(self) -> str:
@@ -193,31 +204,54 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
             _save_artifact(run, rows)
             for stage in stages:
                 remove_run(run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]))
+            with contextlib.suppress(OSError):  # the subject's runs folder, unless another stage's run is in it
+                run_folder(KIND, cfg.name, STAGE_FOLDERS[stages[0]]).parent.rmdir()
         run.accelerator.wait_for_everyone()
     return artifact_dir(KIND, cfg.name, must_exist=False)
 
 
 def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     """Every check that needs no model: name, library state, photos, class noun, class images."""
-    from vidbooth.data.images import load_photo_folder
+    from vidbooth.data.images import load_image
+    from vidbooth.engine.prior import class_image_files, class_images_sha256
 
     cfg.check(stages)
-    existing = None
+    existing = earlier = None
     if "textual_inversion" in stages:
         check_free(KIND, cfg.name, cfg.overwrite)
     else:
         existing = read_manifest(artifact_dir(KIND, cfg.name))
         if existing["paths"]["identity_adapter"] and not cfg.overwrite:
             raise UserError(f"subject '{cfg.name}' already has an identity adapter: pass --overwrite to retrain it")
+        earlier = _earlier_config(cfg.name, existing)
     class_noun = cfg.class_noun.strip() or existing["class_noun"]
     photos = _load_photos(cfg.photos)
     base_folder = base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
     if "textual_inversion" in stages:
         _check_tokens(cfg, class_noun, base_folder)
-    class_images = None
+    class_images = digest = None
     if "identity" in stages and cfg.prior.enabled and cfg.prior.class_images:
-        class_images = [image for _, image in load_photo_folder(cfg.prior.class_images)][: cfg.prior.num_class_images]
-    return _Run(cfg, stages, class_noun, photos, existing, class_images)
+        files = class_image_files(cfg.prior.class_images, cfg.prior.num_class_images)
+        class_images, digest = [load_image(file) for file in files], class_images_sha256(files)
+    return _Run(cfg, stages, class_noun, photos, existing, earlier, class_images, digest)
+
+
+def _earlier_config(name: str, existing: dict) -> SubjectConfig | None:
+    """The config.yaml of subject `name` (its manifest `existing`): the settings that trained its pseudo-word.
+    None, with a warning, when it cannot be read (a subject from another vidbooth version, say)."""
+    from vidbooth.config import load_config
+
+    path = artifact_dir(KIND, name) / (existing.get("paths", {}).get("config") or CONFIG_FILE)
+    try:
+        if not path.is_file():
+            raise UserError(f"{path.name} is missing")
+        return load_config(SubjectConfig, str(path))
+    except UserError as exc:
+        reporting.warn(
+            f"cannot read the settings that learned the pseudo-word of subject '{name}' ({exc}): its new "
+            "config.yaml records this run's textual_inversion settings instead"
+        )
+        return None
 
 
 def _load_photos(paths: list[str]) -> _Photos:
@@ -285,6 +319,8 @@ def _signature(run: _Run, stage: str) -> dict:
         ti = cfg.textual_inversion
         return signature | {"num_vectors": ti.num_vectors} | _guided_signature(ti.guidance_scale)
     prior = OmegaConf.to_container(OmegaConf.structured(cfg.prior)) if cfg.prior.enabled else None
+    if prior is not None and run.class_images_sha256:  # the given class images' contents, not just their folder
+        prior["class_images_sha256"] = run.class_images_sha256
     layers = {"layers": list(cfg.identity.layers)} if cfg.identity.layers != ["*"] else {}  # as for guidance below
     return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior} | layers | _guided_signature(
         cfg.identity.guidance_scale
@@ -326,17 +362,38 @@ def _textual_inversion(run: _Run) -> torch.Tensor:
         bb, caption_ids, wrap_placeholder_embedding(bb.text_encoder, ids), HighNoise.of(ti.train),
         _loss_guidance(bb, ti.guidance_scale),
     )
-    run.results["textual_inversion"] = train(
-        method,
-        [{"latents": latents} for latents in run.latents],
-        ti.train,
-        run_folder(KIND, run.cfg.name, STAGE_FOLDERS["textual_inversion"]),
-        run.accelerator,
-        resume=run.cfg.resume,
-        signature=_signature(run, "textual_inversion"),
-        description="textual inversion",
-    )
+    _train_stage(run, "textual_inversion", method, _signature(run, "textual_inversion"), "textual inversion")
     return merge_placeholder_embedding(bb.text_encoder)
+
+
+def _train_stage(run: _Run, stage: str, method, signature: dict, description: str) -> None:
+    """Train one stage on the photo latents; records its result and its wall time, which for a resumed stage
+    adds the time its earlier runs spent (kept beside its checkpoints, as `SECONDS_FILE`)."""
+    run_dir = run_folder(KIND, run.cfg.name, STAGE_FOLDERS[stage])
+    record = run_dir / SECONDS_FILE
+    earlier = 0.0
+    if run.cfg.resume and list_checkpoints(run_dir):
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            earlier = float(json.loads(record.read_text())["seconds"])
+    started, spent = time.perf_counter(), None
+    try:
+        result = train(
+            method,
+            [{"latents": latents} for latents in run.latents],
+            getattr(run.cfg, stage).train,
+            run_dir,
+            run.accelerator,
+            resume=run.cfg.resume,
+            signature=signature,
+            description=description,
+        )
+        spent = earlier + result.seconds
+    finally:
+        if run.accelerator.is_main_process and list_checkpoints(run_dir):  # a stopped run resumes with it
+            total = spent if spent is not None else earlier + time.perf_counter() - started
+            with contextlib.suppress(OSError):
+                record.write_text(json.dumps({"seconds": total}))
+    run.results[stage], run.seconds[stage] = result, spent
 
 
 def _load_existing_embedding(run: _Run) -> torch.Tensor:
@@ -365,7 +422,8 @@ def _class_prior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
         if run.accelerator.is_main_process:  # the others wait, then read the same cached images
             generate_class_images(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed)
         run.accelerator.wait_for_everyone()
-        images = read_class_images(class_image_folder(bb.fingerprint, prompt, run.size, prior), prior.num_class_images)
+        folder = class_image_folder(bb.fingerprint, prompt, run.size, prior, run.cfg.runtime.seed)
+        images = read_class_images(folder, prior.num_class_images)
     latents = _encode_latents(bb, photos_to_tensor(images, run.size))
     with torch.no_grad():
         embeds = bb.encode_prompt([prompt])
@@ -389,23 +447,13 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
         bb, caption_embeds, class_latents, class_embeds, run.cfg.prior.weight, HighNoise.of(ident.train), guidance
     )
     signature = _signature(run, "identity") | {"embedding": hashlib.sha256(rows.numpy().tobytes()).hexdigest()}
-    run.results["identity"] = train(
-        method,
-        [{"latents": latents} for latents in run.latents],
-        ident.train,
-        run_folder(KIND, run.cfg.name, STAGE_FOLDERS["identity"]),
-        run.accelerator,
-        resume=run.cfg.resume,
-        signature=signature,
-        description="identity adapter",
-    )
+    _train_stage(run, "identity", method, signature, "identity adapter")
     if guidance is not None:
         mark_conditional_only(bb.unet, IDENTITY_KIND)  # for the preview, and recorded in the adapter file
 
 
 # ---- the artifact ----------------------------------------------------------------------------------
 def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
-
     cfg, bb = run.cfg, run.backbone
     provenance = {"base": cfg.backbone.base, "base_fingerprint": bb.fingerprint, "class_noun": run.class_noun}
     with staged_artifact(KIND, cfg.name, overwrite=cfg.overwrite or run.existing is not None) as stage:
@@ -413,12 +461,88 @@ def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
         if "identity" in run.stages:
             save_identity_adapter(stage / ADAPTER_FILE, bb.unet, cfg.identity.hidden_ratio, provenance)
         photos = _copy_photos(run.photos, stage / "photos")
-        # a recipe to rerun it from anywhere: `--recipe config.yaml --overwrite` (the run's own mode flags dropped)
-        rerun = replace(cfg, photos=[str(Path(path).resolve()) for path in cfg.photos], overwrite=False, resume=False)
-        save_config(rerun, stage / CONFIG_FILE)
+        rerun = rerun_config(run)
+        (stage / CONFIG_FILE).write_text(_recipe_yaml(rerun))
         preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
-        write_json(stage / MANIFEST, _manifest(run, photos, preview))
+        write_json(stage / MANIFEST, _manifest(run, photos, preview, _held_settings(asdict(rerun))))
     reporting.info(f"saved subject '{cfg.name}' (token {run.token}) in the library")
+
+
+def rerun_config(run: _Run) -> SubjectConfig:
+    """The recipe that rebuilds the subject as saved, from anywhere: `train-subject --recipe config.yaml
+    --overwrite`. This run's settings, with the stages the subject holds, stage 1's settings (and class noun) from
+    the config that built it when this run only added stage 2, every local path absolute, and the run's own mode
+    flags (--overwrite, --resume) dropped."""
+    from vidbooth.engine.backbone import BUILTIN
+
+    cfg = run.cfg
+    held = list(STAGES) if "identity" in run.stages else ["textual_inversion"]
+    ti = replace(run.earlier.textual_inversion if run.earlier else cfg.textual_inversion, num_vectors=run.num_vectors)
+    if run.existing is not None and run.earlier is not None:
+        _warn_if_not_one_run(run, run.earlier)
+    return replace(
+        cfg,
+        stages=held,
+        class_noun=run.class_noun,
+        textual_inversion=ti,
+        photos=[absolute_path(path) for path in cfg.photos],
+        backbone=replace(
+            cfg.backbone,
+            base=absolute_path(cfg.backbone.base, {"nano", *BUILTIN}),
+            motion_adapter=absolute_path(cfg.backbone.motion_adapter),
+        ),
+        prior=replace(cfg.prior, class_images=absolute_path(cfg.prior.class_images)),
+        overwrite=False,
+        resume=False,
+    )
+
+
+def absolute_path(value: str | None, names: Collection[str] = ()) -> str | None:
+    """`value` as an absolute path when it names an existing local file or folder and is none of the built-in
+    `names` (which win over a folder of the same name); anything else (None, a hub id, a built-in) as it is."""
+    if not value or value in names:
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def _warn_if_not_one_run(run: _Run, earlier: SubjectConfig) -> None:
+    """Stage 2 added to a subject whose stage 1 ran with other shared settings (photos, data, ...): one run
+    of config.yaml uses one value for both stages, so it cannot rebuild the subject exactly; say which differ."""
+    cfg = run.cfg
+    stage_one = run.existing.get("stages", {}).get("textual_inversion", {})
+    differ = {
+        "photos": stage_one.get("photos", run.photos.hashes) != run.photos.hashes,
+        "class_noun": run.existing.get("class_noun", run.class_noun) != run.class_noun,
+        "data": earlier.data != cfg.data,
+        "runtime.seed": (cfg.data.flip or cfg.data.scale_jitter > 0) and earlier.runtime.seed != cfg.runtime.seed,
+        "runtime.precision": earlier.runtime.precision != cfg.runtime.precision,
+        "mixed_precision": earlier.textual_inversion.train.mixed_precision != cfg.identity.train.mixed_precision,
+    }
+    keys = [key for key, differs in differ.items() if differs]
+    if keys:
+        reporting.warn(
+            f"the pseudo-word of subject '{cfg.name}' was learned with other {', '.join(keys)} than this identity "
+            "adapter: its config.yaml holds this run's, so rerunning it in one run will not rebuild the subject "
+            "exactly"
+        )
+
+
+def _held_settings(settings: dict) -> dict:
+    """A subject's settings without the sections of a stage it does not hold (a subject of textual inversion
+    alone records no identity-adapter or prior settings it never ran with)."""
+    if "identity" in settings["stages"]:
+        return settings
+    return {key: value for key, value in settings.items() if key not in ("identity", "prior")}
+
+
+def _recipe_yaml(cfg: SubjectConfig) -> str:
+    """`cfg` as config.yaml: YAML that loads back to the same values (texts holding '${' escaped), with only the
+    sections of the stages the subject holds."""
+    from vidbooth.config.load import literal
+
+    merged = OmegaConf.merge(OmegaConf.structured(SubjectConfig), literal(asdict(cfg)))
+    return OmegaConf.to_yaml(OmegaConf.create(_held_settings(OmegaConf.to_container(merged))))
 
 
 def _copy_photos(photos: _Photos, folder: Path) -> list[dict]:
@@ -452,14 +576,14 @@ def _render_preview(run: _Run, path: Path) -> str:
     return path.name
 
 
-def _manifest(run: _Run, photos: list[dict], preview: str | None) -> dict:
+def _manifest(run: _Run, photos: list[dict], preview: str | None, settings: dict) -> dict:
     cfg, bb = run.cfg, run.backbone
     stages = dict(run.existing.get("stages", {})) if run.existing else {}
     for stage, result in run.results.items():
         stages[stage] = {
             "steps": result.step,
             "final_loss": result.loss,
-            "seconds": round(result.seconds, 2),
+            "seconds": round(run.seconds.get(stage, result.seconds), 2),
             "processes": run.accelerator.num_processes,
             "photos": run.photos.hashes,
         }
@@ -470,7 +594,7 @@ def _manifest(run: _Run, photos: list[dict], preview: str | None) -> dict:
         "tokens": placeholder_tokens(run.token, run.num_vectors),
         "num_vectors": run.num_vectors,
         "class_noun": run.class_noun,
-        "base": cfg.backbone.base,
+        "base": settings["backbone"]["base"],  # absolute when a local folder
         "base_fingerprint": bb.fingerprint,
         "family": bb.family,
         "vidbooth_version": __version__,
@@ -483,5 +607,5 @@ def _manifest(run: _Run, photos: list[dict], preview: str | None) -> dict:
         },
         "photos": photos,
         "stages": stages,
-        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+        "config": settings,  # as config.yaml holds them
     }

@@ -1,0 +1,187 @@
+"""A learned artifact's config.yaml is the recipe that rebuilds it: the settings each stage it holds really ran
+with, and every local path absolute, so that `--recipe <artifact>/config.yaml --overwrite` works from anywhere."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.badinputs import write_clip
+from vidbooth.adapters.base import load_tensors
+from vidbooth.cli.app import main
+from vidbooth.engine.appearance import build_tiny_clip_vision
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = [
+    "--recipe", "tiny/subject",
+    "--set", "data.resolution=16",
+    "--set", "prior.num_inference_steps=1",
+    "--set", "prior.guidance_scale=1.0",
+    "--batch-size", "1",
+    "--no-preview",
+]  # fmt: skip
+SUBJECT_FILES = ("learned_embeds.safetensors", "identity_adapter.safetensors")
+
+
+def write_images(folder: Path, count: int = 3, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / f"image{i}.png")
+    return folder
+
+
+def subject_dir(home: Path) -> Path:
+    return home / "subjects" / "S%2A"
+
+
+def saved(folder: Path) -> tuple[dict, dict]:
+    """(config.yaml, manifest.json) of an artifact."""
+    return yaml.safe_load((folder / "config.yaml").read_text()), json.loads((folder / "manifest.json").read_text())
+
+
+def tensors(folder: Path, files) -> list[dict[str, torch.Tensor]]:
+    return [load_tensors(folder / file)[0] for file in files]
+
+
+def assert_same_tensors(before: list[dict], after: list[dict]) -> None:
+    for first, second in zip(before, after, strict=True):
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def rerun(folder: Path, tmp_path: Path, monkeypatch, command: str) -> None:
+    """`<command> --recipe <copy of config.yaml> --overwrite` from a folder that is not the one trained in."""
+    recipe = tmp_path / f"{folder.name}.yaml"
+    recipe.write_text((folder / "config.yaml").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    monkeypatch.chdir(elsewhere)
+    assert main([command, "--recipe", str(recipe), "--overwrite"]) == 0
+
+
+def test_a_subject_built_in_two_runs_records_what_each_stage_ran_with_and_reruns_in_one(
+    tmp_path, isolated_home, monkeypatch
+):
+    """textual-inversion, then identity-adapter with other settings: config.yaml holds stage 1's settings from the
+    first run (class noun, vectors, steps, lr, seed) and stage 2's from the second, and one train-subject run of
+    it ends with the same tensors."""
+    monkeypatch.chdir(tmp_path)
+    write_images(tmp_path / "photos")
+    stage_one = ["--name", "S*", "--class-noun", "dog", "--num-vectors", "2", "--steps", "2", "--lr", "0.02"]
+    assert main(["textual-inversion", "photos", *stage_one, *FAST, "--seed", "4"]) == 0
+    assert main(["identity-adapter", "photos", "--name", "S*", "--steps", "3", *FAST, "--seed", "7"]) == 0
+    folder = subject_dir(isolated_home)
+    config, manifest = saved(folder)
+    assert config["stages"] == ["textual_inversion", "identity"]
+    assert config["class_noun"] == "dog" and config["textual_inversion"]["num_vectors"] == 2
+    ti, identity = config["textual_inversion"]["train"], config["identity"]["train"]
+    assert (ti["steps"], ti["lr"], ti["seed"]) == (2, 0.02, 4)
+    assert (identity["steps"], identity["seed"], config["runtime"]["seed"]) == (3, 7, 7)
+    assert manifest["config"] == config
+    assert {stage: entry["steps"] for stage, entry in manifest["stages"].items()} == {
+        "textual_inversion": 2, "identity": 3
+    }  # fmt: skip
+
+    built = tensors(folder, SUBJECT_FILES)
+    rerun(folder, tmp_path, monkeypatch, "train-subject")
+    assert_same_tensors(built, tensors(folder, SUBJECT_FILES))
+    assert set(saved(folder)[1]["stages"]) == {"textual_inversion", "identity"}
+
+
+def test_a_textual_inversion_subject_records_that_stage_alone_and_reruns_as_one(tmp_path, isolated_home, monkeypatch):
+    """No identity-adapter (or prior) settings in the config of a subject that has no adapter, and train-subject
+    on that config learns the embedding alone again. A built-in base stays a name even beside a folder so named."""
+    monkeypatch.chdir(tmp_path)
+    write_images(tmp_path / "photos")
+    (tmp_path / "tiny").mkdir()  # not the base: 'tiny' is the built-in model
+    args = ["textual-inversion", "photos", "--name", "S*", "--class-noun", "dog", "--steps", "2", "--base", "tiny"]
+    assert main([*args, *FAST]) == 0
+    folder = subject_dir(isolated_home)
+    config, manifest = saved(folder)
+    assert config["stages"] == ["textual_inversion"] and "identity" not in config and "prior" not in config
+    assert config["textual_inversion"]["train"]["steps"] == 2 and config["backbone"]["base"] == "tiny"
+    assert manifest["config"] == config and manifest["base"] == "tiny"
+
+    built = tensors(folder, SUBJECT_FILES[:1])
+    rerun(folder, tmp_path, monkeypatch, "train-subject")
+    assert_same_tensors(built, tensors(folder, SUBJECT_FILES[:1]))
+    assert not (folder / SUBJECT_FILES[1]).exists() and set(saved(folder)[1]["stages"]) == {"textual_inversion"}
+
+
+def test_a_subject_config_holds_absolute_paths(tmp_path, isolated_home, monkeypatch, tiny_base_dirs):
+    """Base folder, photos and class images given relative to two working folders are absolute in config.yaml and
+    the manifest; identity-adapter finds the relative base of stage 1 from another folder."""
+    work, other = tmp_path / "work", tmp_path / "other"
+    shutil.copytree(tiny_base_dirs["unet3d"], work / "models" / "t2v")
+    write_images(work / "photos")
+    write_images(other / "dogs", count=2, seed=1)
+    monkeypatch.chdir(work)
+    args = ["--name", "S*", "--class-noun", "dog", "--steps", "1", "--base", "models/t2v"]
+    assert main(["textual-inversion", "photos", *args, *FAST]) == 0
+    monkeypatch.chdir(other)
+    prior = ["--prior-preservation", "--class-images", "dogs", "--num-class-images", "2"]
+    no_base = FAST[2:]  # without --recipe or --base: the subject's own base, which its config.yaml names
+    assert main(["identity-adapter", "../work/photos", "--name", "S*", "--steps", "1", *prior, *no_base]) == 0
+
+    config, manifest = saved(subject_dir(isolated_home))
+    assert config["backbone"]["base"] == manifest["base"] == str(work / "models" / "t2v")
+    assert config["photos"] == [str(work / "photos")] and config["prior"]["class_images"] == str(other / "dogs")
+    assert manifest["config"] == config
+
+
+def test_a_motion_config_holds_absolute_paths(tmp_path, isolated_home, monkeypatch, tiny_base_dirs):
+    """train-motion with a relative base folder, clip and appearance encoder: all absolute in config.yaml (a hub id
+    would stay as given), and the config reruns from another folder."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny_base_dirs["unet3d"], work / "models" / "t2v")
+    build_tiny_clip_vision(seed=3).save_pretrained(work / "models" / "clip")
+    write_clip(work / "c.mp4")
+    monkeypatch.chdir(work)
+    args = ["train-motion", "c.mp4", "--name", "m", "--recipe", "tiny/motion", "--steps", "1", "--num-frames", "4"]
+    args += ["--base", "models/t2v", "--image-encoder", "models/clip", "--no-preview"]
+    assert main(args) == 0
+    folder = isolated_home / "motions" / "m"
+    config, manifest = saved(folder)
+    assert config["clips"] == [str(work / "c.mp4")]
+    assert config["backbone"]["base"] == manifest["base"] == str(work / "models" / "t2v")
+    assert config["appearance"]["encoder"] == str(work / "models" / "clip")
+    assert manifest["config"] == config
+    assert not (isolated_home / ".runs" / "motions" / "m").exists()  # no empty runs folder left behind
+
+    built = tensors(folder, ["motion_adapter.safetensors"])
+    rerun(folder, tmp_path, monkeypatch, "train-motion")
+    assert_same_tensors(built, tensors(folder, ["motion_adapter.safetensors"]))
+
+
+def test_absolute_path_keeps_what_is_not_a_local_path(tmp_path, monkeypatch):
+    from vidbooth.engine.subject import absolute_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nano").mkdir()
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    assert absolute_path("org/model") == str(tmp_path / "org" / "model")  # a folder wins over a hub id, as loading
+    assert absolute_path("other/model") == "other/model"  # a hub id
+    assert absolute_path("nano", {"nano"}) == "nano"  # a built-in wins over a folder, as loading
+    assert absolute_path(None) is None and absolute_path("") == ""
+
+
+def test_a_second_stage_on_other_photos_warns_that_the_config_cannot_rebuild_the_subject(
+    tmp_path, isolated_home, capsys
+):
+    photos, fewer = write_images(tmp_path / "photos"), write_images(tmp_path / "fewer", count=2)
+    assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *FAST]) == 0
+    assert "will not rebuild" not in capsys.readouterr().err  # the same photos: one run rebuilds it
+    assert main(["identity-adapter", str(fewer), "--name", "S*", "--steps", "1", "--overwrite", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "learned with other photos than this identity adapter" in err and "will not rebuild" in err
+    assert yaml.safe_load((subject_dir(isolated_home) / "config.yaml").read_text())["photos"] == [str(fewer)]
