@@ -331,6 +331,11 @@ def check_free(kind: str, name: str, overwrite: bool) -> Path:
     return path
 
 
+class SaveInterrupted(Interrupted, KeyboardInterrupt):
+    """Ctrl-C while an artifact was saved: an `Interrupted`, whose message the command line prints (and the demo
+    rewords), and still a KeyboardInterrupt for code that stops on one."""
+
+
 @contextlib.contextmanager
 def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder; on normal exit it atomically becomes the artifact `name`.
@@ -399,7 +404,8 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
         if saved:
             raise
         signum = exc.exit_code - 128 if isinstance(exc, Interrupted) else signal.SIGINT
-        raise Interrupted(
+        stopped = SaveInterrupted if signum == signal.SIGINT else Interrupted
+        raise stopped(
             f"stopped by {signal.Signals(signum).name} while saving: {unsaved}; the training is kept: rerun the "
             "same command with --resume to save it",
             128 + signum,

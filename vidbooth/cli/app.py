@@ -7,10 +7,11 @@ Each command module only parses flags, builds its config and calls one engine fu
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import typer
 
@@ -53,20 +54,39 @@ def _root(
         os.environ["VIDBOOTH_HOME"] = home
 
 
+def _said(command: Callable) -> Callable:
+    """`command`, with a Ctrl-C that says what it stopped (`library.SaveInterrupted`: both a KeyboardInterrupt and
+    an `Interrupted`) raised as a plain `Interrupted`, whose message `main` prints: typer turns every
+    KeyboardInterrupt into a bare exit code 130."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from vidbooth.errors import Interrupted
+
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Interrupted):
+                raise Interrupted(str(exc), exc.exit_code) from exc
+            raise
+
+    return run
+
+
 def _register() -> None:
     from vidbooth.cli import demo, evaluate, generate, motion, pretrain, subject
     from vidbooth.cli import list as list_command
 
-    app.command("generate", no_args_is_help=True)(generate.generate)
-    app.command("evaluate", no_args_is_help=True)(evaluate.evaluate)
-    app.command("train-motion", no_args_is_help=True)(motion.train_motion)
-    app.command("motion-adapter", no_args_is_help=True)(motion.train_motion)
-    app.command("textual-inversion", no_args_is_help=True)(subject.textual_inversion)
-    app.command("identity-adapter", no_args_is_help=True)(subject.identity_adapter)
-    app.command("train-subject", no_args_is_help=True)(subject.train_subject)
-    app.command("list")(list_command.list_library)
-    app.command("pretrain")(pretrain.pretrain)
-    app.command("demo")(demo.demo)
+    app.command("generate", no_args_is_help=True)(_said(generate.generate))
+    app.command("evaluate", no_args_is_help=True)(_said(evaluate.evaluate))
+    app.command("train-motion", no_args_is_help=True)(_said(motion.train_motion))
+    app.command("motion-adapter", no_args_is_help=True)(_said(motion.train_motion))
+    app.command("textual-inversion", no_args_is_help=True)(_said(subject.textual_inversion))
+    app.command("identity-adapter", no_args_is_help=True)(_said(subject.identity_adapter))
+    app.command("train-subject", no_args_is_help=True)(_said(subject.train_subject))
+    app.command("list")(_said(list_command.list_library))
+    app.command("pretrain")(_said(pretrain.pretrain))
+    app.command("demo")(_said(demo.demo))
 
 
 _register()
