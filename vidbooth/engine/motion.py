@@ -208,8 +208,6 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
             cfg, backbone, clips, spec, encoder, result, time.perf_counter() - started, accelerator.num_processes
         )
         remove_run(run_dir)
-        with contextlib.suppress(OSError):  # the motion's runs folder, once empty
-            run_dir.parent.rmdir()
     accelerator.wait_for_everyone()
     return MotionResult(cfg.name, path, result.step, result.loss, result.step_seconds, trainable)
 

@@ -204,8 +204,6 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
             _save_artifact(run, rows)
             for stage in stages:
                 remove_run(run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]))
-            with contextlib.suppress(OSError):  # the subject's runs folder, unless another stage's run is in it
-                run_folder(KIND, cfg.name, STAGE_FOLDERS[stages[0]]).parent.rmdir()
         run.accelerator.wait_for_everyone()
     return artifact_dir(KIND, cfg.name, must_exist=False)
 
