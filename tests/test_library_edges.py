@@ -228,3 +228,11 @@ def test_a_refused_resume_names_the_stage_key_and_the_flag_of_the_command(tmp_pa
     assert main([*argv[:-1], "0.001", "--resume"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "other settings (textual_inversion.train.lr (--lr) was 0.005, now 0.001)" in err, err
+
+
+def test_using_a_name_whose_folder_was_made_by_hand_says_so_not_unknown(isolated_home):
+    folder = _hand_made(isolated_home)
+    with pytest.raises(UserError, match=r"S%2A is a folder without manifest.json, not a vidbooth subject: move it "
+                       r"out of .*subjects, then train 'S\*'"):
+        library.artifact_dir("subject", "S*")  # what identity-adapter and generate --subject look up
+    assert (folder / "notes.txt").is_file()
