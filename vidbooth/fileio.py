@@ -109,10 +109,14 @@ def exclusive_lock(lock: Path, busy: Callable[[str], str]) -> Iterator[Path]:
     """Hold an operating-system lock on the file `lock` for the block; the system releases it when its holder exits
     however it ends, so there is no stale lock to take over (and no race between two processes taking one over).
     The file holds the holder's pid; a second process gets a UserError with the message `busy(pid)`."""
+    folder_gone = 0
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:  # its folder was removed (empty, by its last user) since we made it: make it again
+        except FileNotFoundError:  # its folder was removed (empty, by its last user) since it was made: make it again
+            folder_gone += 1
+            if folder_gone > 3:
+                raise
             lock.parent.mkdir(parents=True, exist_ok=True)
             continue
         if not _try_lock(fd):

@@ -318,6 +318,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 _UNNAMED_SETTINGS = {
+    "base": ("the base model (--base; its fingerprint)", None),
+    "runtime_seed": ("runtime.seed (--seed)", None),
     "train.processes": ("the number of processes", 1),
     "train.resolved_mixed_precision": ("the mixed precision", "no"),
     "base_dtype": ("the base model's precision (--precision)", "torch.float32"),
