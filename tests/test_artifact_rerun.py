@@ -185,3 +185,33 @@ def test_a_second_stage_on_other_photos_warns_that_the_config_cannot_rebuild_the
     err = capsys.readouterr().err
     assert "learned with other photos than this identity adapter" in err and "will not rebuild" in err
     assert yaml.safe_load((subject_dir(isolated_home) / "config.yaml").read_text())["photos"] == [str(fewer)]
+
+
+@pytest.mark.parametrize(
+    ("stages", "flags", "named"),
+    [
+        ("[textual_inversion]", ["--identity-steps", "3"], "--identity-steps acts on the identity stage"),
+        ("[textual_inversion]", ["--prior-preservation", "--hidden-ratio", "1"],
+         "--hidden-ratio and --prior-preservation act on the identity stage"),
+        ("[identity]", ["--num-vectors", "2"], "--num-vectors acts on the textual_inversion stage"),
+    ],
+)  # fmt: skip
+def test_train_subject_refuses_flags_of_a_stage_it_leaves_out(stages, flags, named, tmp_path, isolated_home, capsys):
+    """A textual-inversion subject's config.yaml reruns that stage alone: a flag of the other stage would do
+    nothing, so it is refused in one line before anything is written."""
+    photos = write_images(tmp_path / "photos")
+    args = ["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--set", f"stages={stages}"]
+    assert main([*args, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and "\n" not in err and not (isolated_home / "subjects").exists()
+
+
+@pytest.mark.parametrize("stages", ["[]", "[identity,textual_inversion]", "[identity,identity]", "[motion]"])
+def test_stages_must_be_known_each_once_in_order(stages):
+    from vidbooth.config import load_config
+    from vidbooth.config.subject import SubjectConfig
+    from vidbooth.errors import UserError
+
+    with pytest.raises(UserError, match=r"stages must be \[textual_inversion, identity\], \[textual_inversion\] or"):
+        load_config(SubjectConfig, None, [f"stages={stages}"])
+    assert load_config(SubjectConfig, None, ["stages=[identity]"]).stages == ["identity"]

@@ -92,6 +92,22 @@ def _check_prior_flags(cfg, class_images, num_class_images, prior_weight) -> Non
         )
 
 
+def _check_stage_flags(cfg, given: dict[str, dict[str, object]]) -> None:
+    """train-subject runs the stages `cfg.stages` names (a subject's config.yaml may name one): a flag of a stage
+    that will not run would do nothing, so it is refused. `given`: stage -> {flag: value, None when not given}."""
+    for stage, flags in given.items():
+        named = [flag for flag, value in flags.items() if value is not None]
+        if named and stage not in cfg.stages:
+            from vidbooth.errors import UserError
+
+            listed = " and ".join(named)
+            raise UserError(
+                f"{listed} {'acts' if len(named) == 1 else 'act'} on the {stage} stage, which this run leaves out "
+                f"(stages: {list(cfg.stages)}): drop {listed}, or run both with "
+                "--set 'stages=[textual_inversion,identity]'"
+            )
+
+
 def _load(recipe, sets, overrides, flags: dict[str, str]):
     from vidbooth.config import load_config
     from vidbooth.config.load import recipe_or_default
@@ -234,5 +250,13 @@ def train_subject(
     flags |= _train_flag_names("identity", "--identity-steps", None)
     flags |= {"textual_inversion.num_vectors": "--num-vectors", "identity.hidden_ratio": "--hidden-ratio"}
     cfg = _load(recipe, sets, overrides, flags)
+    _check_stage_flags(cfg, {
+        "textual_inversion": {"--num-vectors": num_vectors, "--ti-steps": ti_steps},
+        "identity": {
+            "--identity-steps": identity_steps, "--hidden-ratio": hidden_ratio,
+            "--prior-preservation": prior_preservation, "--class-images": class_images,
+            "--num-class-images": num_class_images, "--prior-weight": prior_weight,
+        },
+    })  # fmt: skip
     _check_prior_flags(cfg, class_images, num_class_images, prior_weight)
     run_train_subject(cfg)

@@ -177,8 +177,8 @@ class SubjectConfig:
                 raise UserError(f"{stage}.guidance_scale must be 0 (off) or positive, got {stage_cfg.guidance_scale}")
         if not self.stages or [s for s in STAGES if s in self.stages] != list(self.stages):
             raise UserError(
-                f"stages must be {list(STAGES)}, [{STAGES[0]}] or [{STAGES[1]}] (each once, in that order), "
-                f"got {list(self.stages)}"
+                f"stages must be [{', '.join(STAGES)}], [{STAGES[0]}] or [{STAGES[1]}] (each once, in that order), "
+                f"got [{', '.join(map(str, self.stages))}]"
             )
         if not self.identity.layers:
             raise UserError("identity.layers is empty: give patterns of the cross-attention layers, e.g. ['*']")
