@@ -102,9 +102,11 @@ def test_existing_name_needs_overwrite(tmp_path, isolated_home, capsys):
 
 
 def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tmp_path, isolated_home, monkeypatch):
-    """Ctrl-C in step 2 of 3: a checkpoint, exit 130, no artifact; --resume ends bit-identical to an uninterrupted run."""
+    """Ctrl-C in step 2 of 3: a checkpoint, exit 130, no artifact; --resume ends bit-identical to an uninterrupted run,
+    and the manifest's training time counts both runs."""
     import os
     import signal
+    import time
 
     from vidbooth.engine import motion
 
@@ -117,6 +119,7 @@ def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tmp_path
 
     def loss_with_ctrl_c(self, batch, generator):
         calls.append(1)
+        time.sleep(0.2)  # the stopped run takes at least 0.4 s
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGINT)  # the training loop finishes this step, saves, and stops
         return real_loss(self, batch, generator)
@@ -130,6 +133,8 @@ def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tmp_path
     resumed, _ = load_tensors(isolated_home / "motions" / "m" / "motion_adapter.safetensors")
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    manifest = json.loads((isolated_home / "motions" / "m" / "manifest.json").read_text())
+    assert manifest["training"]["seconds"] >= 0.4  # the stopped run's time too, not only the resumed step's
 
 
 def test_guidance_off_trains_an_unconditioned_adapter(tmp_path, isolated_home):

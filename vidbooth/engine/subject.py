@@ -365,17 +365,11 @@ def _textual_inversion(run: _Run) -> torch.Tensor:
 
 
 def _train_stage(run: _Run, stage: str, method, signature: dict, description: str) -> None:
-    """Train one stage on the photo latents; records its result and its wall time, which for a resumed stage
-    adds the time its earlier runs spent (kept beside its checkpoints, as `SECONDS_FILE`)."""
+    """Train one stage on the photo latents; records its result and its wall time (a resumed stage's with the
+    time its earlier runs spent)."""
     run_dir = run_folder(KIND, run.cfg.name, STAGE_FOLDERS[stage])
-    record = run_dir / SECONDS_FILE
-    earlier = 0.0
-    if run.cfg.resume and list_checkpoints(run_dir):
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            earlier = float(json.loads(record.read_text())["seconds"])
-    started, spent = time.perf_counter(), None
-    try:
-        result = train(
+    with stage_clock(run_dir, run.cfg.resume, run.accelerator.is_main_process) as clock:
+        run.results[stage] = train(
             method,
             [{"latents": latents} for latents in run.latents],
             getattr(run.cfg, stage).train,
@@ -385,13 +379,27 @@ def _train_stage(run: _Run, stage: str, method, signature: dict, description: st
             signature=signature,
             description=description,
         )
-        spent = earlier + result.seconds
+    run.seconds[stage] = clock["seconds"]
+
+
+@contextlib.contextmanager
+def stage_clock(run_dir: Path, resume: bool, main_process: bool):
+    """Time the training of a stage whose checkpoints are in `run_dir`: yields a dict whose "seconds", once the
+    block ends, is its wall time plus, when it resumes, the time its earlier runs spent. That total is kept beside
+    the checkpoints (`SECONDS_FILE`, by the main process, also when the run stops), for the next resume."""
+    record = Path(run_dir) / SECONDS_FILE
+    earlier = 0.0
+    if resume and list_checkpoints(run_dir):
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            earlier = float(json.loads(record.read_text())["seconds"])
+    clock, started = {"seconds": earlier}, time.perf_counter()
+    try:
+        yield clock
     finally:
-        if run.accelerator.is_main_process and list_checkpoints(run_dir):  # a stopped run resumes with it
-            total = spent if spent is not None else earlier + time.perf_counter() - started
+        clock["seconds"] = earlier + time.perf_counter() - started
+        if main_process and list_checkpoints(run_dir):  # none: nothing to resume, nothing to add to
             with contextlib.suppress(OSError):
-                record.write_text(json.dumps({"seconds": total}))
-    run.results[stage], run.seconds[stage] = result, spent
+                record.write_text(json.dumps({"seconds": clock["seconds"]}))
 
 
 def _load_existing_embedding(run: _Run) -> torch.Tensor:
@@ -581,7 +589,7 @@ def _manifest(run: _Run, photos: list[dict], preview: str | None, settings: dict
         stages[stage] = {
             "steps": result.step,
             "final_loss": result.loss,
-            "seconds": round(run.seconds.get(stage, result.seconds), 2),
+            "seconds": round(run.seconds[stage], 2),
             "processes": run.accelerator.num_processes,
             "photos": run.photos.hashes,
         }
