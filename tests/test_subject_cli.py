@@ -463,8 +463,8 @@ def test_photos_can_be_given_as_files_and_folders_each_photo_once(tmp_path, isol
 
 
 def test_a_class_image_depends_on_its_index_and_seed_not_on_its_batch(tiny_backbones, tmp_path, monkeypatch):
-    """Three class images made in one batch equal those made one, then two at a time (the cache held one); another
-    seed is another cache folder with other images."""
+    """Three class images made in one batch equal those made one, then two at a time (the cache held one), and an
+    image lost from the cache is made again the same; another seed is another cache folder with other images."""
     from vidbooth.config.subject import PriorConfig
     from vidbooth.engine.prior import class_image_folder, generate_class_images, read_class_images
 
@@ -481,6 +481,8 @@ def test_a_class_image_depends_on_its_index_and_seed_not_on_its_batch(tiny_backb
     together, apart = made("together", [3]), made("apart", [1, 3])
     assert len(together) == len(apart) == 3
     assert all(np.array_equal(a, b) for a, b in zip(together, apart))
+    (class_image_folder(bb.fingerprint, "a photo of a dog", 16, prior, 0) / "00001.png").unlink()
+    assert np.array_equal(made("apart", [3])[1], together[1])  # a lost image is made again, the same
     assert not np.array_equal(together[0], together[1])  # each image its own noise
     other_seed = made("together", [3], seed=1)
     assert class_image_folder(bb.fingerprint, "a photo of a dog", 16, prior, 1) != class_image_folder(

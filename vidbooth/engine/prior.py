@@ -42,30 +42,26 @@ def class_image_folder(fingerprint: str, prompt: str, size: int, prior: PriorCon
     return cache_dir() / "class-images" / fingerprint / key
 
 
-def cached_class_images(folder: Path) -> list[Path]:
-    return sorted(folder.glob("[0-9]*.png")) if folder.is_dir() else []
-
-
 def generate_class_images(backbone, prompt: str, count: int, size: int, prior: PriorConfig, seed: int) -> Path:
-    """Make sure the cache holds at least `count` class images for `prompt`; returns the folder.
+    """Make sure the cache holds class images 0 to `count` - 1 for `prompt`; returns the folder.
 
     Image i starts from its own noise, drawn on the CPU from a generator seeded by (seed, i), and is sampled
-    with DDIM (no noise after the first), so it does not depend on the batch it is made in; images are made
-    `prior.sample_batch_size` at a time. Files are written to a temporary name and renamed, so an interrupted
-    run leaves only complete images.
+    with DDIM (no noise after the first), so it does not depend on the batch it is made in or on which images
+    the cache held already; the missing ones are made `prior.sample_batch_size` at a time. Files are written to
+    a temporary name and renamed, so an interrupted run leaves only complete images.
     """
     from vidbooth.engine.sampling import sample_video
 
     folder = class_image_folder(backbone.fingerprint, prompt, size, prior, seed)
-    have = len(cached_class_images(folder))
-    if have >= count:
+    missing = [index for index in range(count) if not _class_image_file(folder, index).is_file()]
+    if not missing:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     settings = json.dumps({"prompt": prompt, "base": backbone.source, "size": size, "seed": seed})
     write_together([(folder / "settings.json", lambda tmp: tmp.write_text(settings))])
-    reporting.info(f"generating {count - have} class images for '{prompt}' (cached in {folder})")
-    for first in range(have, count, prior.sample_batch_size):
-        indices = range(first, min(first + prior.sample_batch_size, count))
+    reporting.info(f"generating {len(missing)} class images for '{prompt}' (cached in {folder})")
+    for first in range(0, len(missing), prior.sample_batch_size):
+        indices = missing[first : first + prior.sample_batch_size]
         frames = sample_video(
             backbone,
             [prompt] * len(indices),
@@ -78,10 +74,14 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
             latents=torch.stack([class_image_noise(backbone, size, seed, index) for index in indices]),
         )  # (B, 1, H, W, 3) uint8
         write_together([
-            (folder / f"{first + offset:05d}.png", lambda tmp, image=Image.fromarray(video[0]): image.save(tmp, "PNG"))
-            for offset, video in enumerate(frames)
+            (_class_image_file(folder, index), lambda tmp, image=Image.fromarray(video[0]): image.save(tmp, "PNG"))
+            for index, video in zip(indices, frames, strict=True)
         ])
     return folder
+
+
+def _class_image_file(folder: Path, index: int) -> Path:
+    return folder / f"{index:05d}.png"
 
 
 def class_image_noise(backbone, size: int, seed: int, index: int) -> torch.Tensor:
@@ -94,11 +94,14 @@ def class_image_noise(backbone, size: int, seed: int, index: int) -> torch.Tenso
 
 
 def read_class_images(folder: Path, count: int) -> list[Image.Image]:
-    """The first `count` generated class images of a cache folder, as RGB images."""
+    """Generated class images 0 to `count` - 1 of a cache folder, as RGB images."""
     images = []
-    for path in cached_class_images(folder)[:count]:
-        with Image.open(path) as im:
-            images.append(im.convert("RGB"))
+    for path in (_class_image_file(folder, index) for index in range(count)):
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except OSError as exc:  # removed or damaged since it was made
+            raise UserError(f"cannot read the cached class image {path}: delete {folder} and run again") from exc
     return images
 
 
