@@ -135,6 +135,8 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
          "textual_inversion.train.lr (--lr) must be a finite positive number, got inf"),
         ("textual-inversion", ["--lr", "1e39"],  # had reached AdamW: a float32 overflow traceback
          "textual_inversion.train.lr (--lr) must be at most 3.4e+37, got 1e+39"),
+        ("train-subject", ["--resolution", "30"],  # the model's own check, once loaded: it had named --height
+         "data.resolution (--resolution) 30 must be a positive multiple of 4 for this model: use e.g. 32"),
         ("train-subject", ["--ti-steps", "0"], "textual_inversion.train.steps (--ti-steps) must be at least 1, got 0"),
         ("train-subject", ["--batch-size", "0"],
          "textual_inversion.train.batch_size (--batch-size) must be at least 1, got 0"),

@@ -187,7 +187,7 @@ def test_train_motion_refused_after_the_lock_leaves_no_library_and_a_finished_on
     argv = ["train-motion", clip, "--name", "m", "--recipe", "tiny/motion", "--steps", "1", "--num-frames", "2",
             "--no-preview"]
     assert main([*argv, "--resolution", "30"]) == 2  # refused by the model's own size check, once it is loaded
-    assert "30 must be a positive multiple of 4" in capsys.readouterr().err
+    assert "data.resolution (--resolution) 30 must be a positive multiple of 4" in capsys.readouterr().err
     assert not isolated_home.exists()
     assert main([*argv, "--resolution", "16"]) == 0
     assert sorted(p.name for p in isolated_home.iterdir()) == ["motions"]

@@ -212,9 +212,9 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
 
 def training_size(backbone: Backbone, cfg: MotionConfig) -> int:
     """data.resolution, or the model's native size; a UserError when the model cannot take it."""
-    from vidbooth.engine.sampling import check_geometry
+    from vidbooth.engine.sampling import check_geometry, training_resolution
 
-    size = cfg.data.resolution or backbone.default_size
+    size = training_resolution(backbone, cfg.data.resolution)
     try:
         check_geometry(backbone, cfg.data.num_frames, size, size)
     except UserError as exc:

@@ -47,6 +47,19 @@ def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
             raise UserError(f"{flag} {value} must be a positive multiple of {backbone.size_multiple} for this model")
 
 
+def training_resolution(backbone, resolution: int | None) -> int:
+    """data.resolution, or the model's native size; a UserError naming the flag when the model cannot take it."""
+    size = resolution or backbone.default_size
+    multiple = backbone.size_multiple
+    if size <= 0 or size % multiple:
+        nearest = max(multiple, round(size / multiple) * multiple)
+        raise UserError(
+            f"data.resolution (--resolution) {size} must be a positive multiple of {multiple} for this model: "
+            f"use e.g. {nearest}"
+        )
+    return size
+
+
 @torch.no_grad()
 def sample_video(
     backbone,

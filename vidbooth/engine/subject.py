@@ -58,6 +58,7 @@ from vidbooth.adapters.textual_inversion import (
 from vidbooth.config.subject import STAGES, SubjectConfig
 from vidbooth.engine.backbone import base_model_folder, load_backbone_for
 from vidbooth.engine.objective import Guidance, HighNoise
+from vidbooth.engine.sampling import training_resolution
 from vidbooth.engine.train import (
     TrainResult,
     backbone_device,
@@ -195,7 +196,7 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
         if "identity" in stages:
             # checked before any training, used by the identity stage
             run.identity_layers = select_layers(run.backbone.spatial_cross_attention_layers(), cfg.identity.layers)
-        run.size = _training_size(run.backbone, cfg.data.resolution)
+        run.size = training_resolution(run.backbone, cfg.data.resolution)
         run.latents = _encode_photos(run)
         rows = _textual_inversion(run) if "textual_inversion" in stages else _load_existing_embedding(run)
         if "identity" in stages:
@@ -272,13 +273,6 @@ def _check_tokens(cfg: SubjectConfig, class_noun: str, base_folder: Path) -> Non
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     class_noun_ids(tokenizer, class_noun)
     check_placeholder_is_new(tokenizer, cfg.name, cfg.textual_inversion.num_vectors, class_noun)
-
-
-def _training_size(backbone, resolution: int | None) -> int:
-    size = resolution or backbone.default_size
-    if size % backbone.size_multiple:
-        raise UserError(f"data.resolution {size} must be a multiple of {backbone.size_multiple} for this model")
-    return size
 
 
 def _encode_latents(backbone, pixels: torch.Tensor) -> torch.Tensor:
