@@ -77,3 +77,28 @@ def test_tiny_clip_is_deterministic_across_loads(tiny_backbones):
 def test_unknown_encoder_is_a_user_error_with_the_choices(tiny_backbones, tmp_path):
     with pytest.raises(UserError, match="tiny-clip' or 'vae'"):
         load_appearance_encoder(str(tmp_path / "no-such-encoder"), tiny_backbones["unet3d"])
+
+
+def test_a_whole_clip_folder_is_taken_as_its_vision_tower(tiny_backbones, tmp_path):
+    """As openai/clip-vit-large-patch14 ships: its projection width sits at the config's top level, and the encoder
+    had failed to load with a traceback (a projection of the default 512 wide); the embedding is CLIP's own."""
+    from media import save_tiny_clip
+    from transformers import CLIPModel
+
+    folder = save_tiny_clip(tmp_path / "clip")
+    encoder = load_appearance_encoder(str(folder), tiny_backbones["unet3d"])
+    assert isinstance(encoder, ClipImageEncoder) and encoder.dim == 16
+    pixels = encoder.preprocess(frames())
+    with torch.no_grad():
+        expected = CLIPModel.from_pretrained(folder).get_image_features(pixel_values=pixels)
+    expected = getattr(expected, "pooler_output", expected)
+    assert torch.allclose(encoder.embed(frames()), expected, atol=1e-5)
+
+
+def test_weights_that_do_not_fit_their_config_are_a_one_line_error(tiny_backbones, tmp_path):
+    folder = tmp_path / "bad"
+    build_tiny_clip_vision().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"projection_dim": config["projection_dim"] * 2}))
+    with pytest.raises(UserError, match="cannot load the image encoder .* as a CLIP vision model"):
+        load_appearance_encoder(str(folder), tiny_backbones["unet3d"])

@@ -107,8 +107,9 @@ def _clip_encoder(name: str, folder: Path, backbone: Backbone) -> ClipImageEncod
     from transformers import CLIPVisionModelWithProjection
 
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(folder, use_safetensors=True)
-    except (OSError, ValueError) as exc:
+        config = _vision_config(Path(folder))
+        model = CLIPVisionModelWithProjection.from_pretrained(folder, config=config, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: weights of other shapes than the config's
         reason = str(exc).splitlines()[0]
         reason += " (only .safetensors weights are loaded)" if "safetensors" in str(exc) else ""
         raise UserError(f"cannot load the image encoder '{name}' as a CLIP vision model: {reason}") from exc
@@ -116,6 +117,20 @@ def _clip_encoder(name: str, folder: Path, backbone: Backbone) -> ClipImageEncod
     model.requires_grad_(False).eval().to(backbone.device, dtype)
     mean, std = _normalisation(Path(folder))
     return ClipImageEncoder(name, model, mean, std)
+
+
+def _vision_config(folder: Path):
+    """The vision tower's config, also from a whole CLIP's folder (model_type 'clip', as openai/clip-vit-large-patch14
+    ships), which keeps the projection width at its top level: transformers takes the tower's settings from its
+    vision_config but leaves projection_dim at its default, and the projection's weights then fail to load."""
+    from transformers import CLIPVisionConfig
+
+    config = CLIPVisionConfig.from_pretrained(folder)
+    whole = folder / "config.json"
+    data = json.loads(whole.read_text()) if whole.is_file() else {}
+    if data.get("model_type") == "clip" and "projection_dim" in data:
+        config.projection_dim = data["projection_dim"]
+    return config
 
 
 def _resolve_encoder(encoder: str) -> Path:
