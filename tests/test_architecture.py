@@ -85,14 +85,6 @@ COMMAND_PAGES = {
     "pretrain": "pretrain.md",
     "demo": "demo.md",
 }
-NOT_YET_DOCUMENTED = {
-    command: {"--motion-adapter", "--precision", "--attention"}
-    for command in ("train-subject", "textual-inversion", "identity-adapter")
-}
-"""Flags their page does not name yet (docs/subject.md has no row for the runtime flags, as docs/motion.md does):
-to be emptied, not added to."""
-
-
 def _commands() -> dict:
     import typer
 
@@ -127,7 +119,7 @@ def test_every_flag_is_named_on_its_commands_page():
         page = (ROOT / "docs" / COMMAND_PAGES[name]).read_text()
         flags = {opt for param in command.params for opt in param.opts if opt.startswith("--")}
         unnamed = {flag for flag in flags if f"`{flag}" not in page and f", {flag}" not in page}
-        missing += [f"{name} {flag}" for flag in sorted(unnamed - NOT_YET_DOCUMENTED.get(name, set()))]
+        missing += [f"{name} {flag}" for flag in sorted(unnamed)]
     assert missing == [], f"flags that their command's docs page does not name: {missing}"
 
 

@@ -20,7 +20,8 @@ class MotionDataConfig:
     num_frames: int = 8
     """Frames per clip, taken from its start (ModelScope: 32); a clip too short for them is spread evenly."""
     fps: float = 8.0
-    """Sample the clips at this frame rate (DreamVideo: 8). Ignored when `stride` is set."""
+    """Sample the clips at this frame rate (DreamVideo: 8). A recipe's `fps` gives way to a `stride`; one given on the
+    command line (`--fps`, `--set data.fps=`) with a stride is refused (cli/motion.py)."""
     stride: int | None = None
     """Take every `stride`-th source frame instead of resampling to `fps`."""
     resolution: int | None = None
