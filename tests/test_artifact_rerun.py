@@ -187,6 +187,19 @@ def test_a_second_stage_on_other_photos_warns_that_the_config_cannot_rebuild_the
     assert yaml.safe_load((subject_dir(isolated_home) / "config.yaml").read_text())["photos"] == [str(fewer)]
 
 
+def test_a_subject_built_in_two_runs_with_other_mixed_precisions_reruns_with_one(tmp_path, isolated_home, monkeypatch):
+    """One train-subject run refuses two mixed precisions, so the config.yaml of a subject whose stage 1 ran with
+    another one holds the second run's for both stages (with the warning that the rerun is not exact)."""
+    photos = write_images(tmp_path / "photos")
+    args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1", *FAST]
+    assert main([*args, "--set", "textual_inversion.train.mixed_precision=no"]) == 0
+    assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *FAST]) == 0
+    config = saved(subject_dir(isolated_home))[0]
+    assert config["textual_inversion"]["train"]["mixed_precision"] == "auto"
+    assert config["identity"]["train"]["mixed_precision"] == "auto"
+    rerun(subject_dir(isolated_home), tmp_path, monkeypatch, "train-subject")
+
+
 @pytest.mark.parametrize(
     ("stages", "flags", "named"),
     [

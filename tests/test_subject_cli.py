@@ -213,7 +213,7 @@ def test_prior_preservation_generates_class_images_once(photos, isolated_home):
     assert [p.stat().st_mtime_ns for p in sorted((cache_dir() / "class-images").rglob("*.png"))] == stamps
 
 
-def test_prior_preservation_with_given_class_images(photos, tmp_path, isolated_home, monkeypatch):
+def test_prior_preservation_with_given_class_images(photos, tmp_path, isolated_home, monkeypatch, capsys):
     import vidbooth.engine.prior as prior
     from vidbooth.data.images import load_photo_folder, photos_to_tensor
 
@@ -224,6 +224,8 @@ def test_prior_preservation_with_given_class_images(photos, tmp_path, isolated_h
     class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)  # unlike the subject's photos
     encoded = record_calls(monkeypatch, "encode_video")["encode_video"]
     assert train_subject(photos, "--prior-preservation", "--class-images", str(class_dir)) == 0
+    err = capsys.readouterr().err  # the tiny recipe asks for 4
+    assert f"only 2 class images in {class_dir}, fewer than prior.num_class_images (--num-class-images) 4" in err
     class_pixels = photos_to_tensor([image for _, image in load_photo_folder(class_dir)], 16)  # data.resolution
     assert len(encoded) == 2 and torch.equal(encoded[1], class_pixels)  # the photos, then the class images
     prior_config = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["config"]["prior"]
@@ -276,6 +278,40 @@ def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypat
     stage_one = json.loads(text)["stages"]["textual_inversion"]
     assert "NaN" not in text and stage_one["steps"] == 3 and 0 < stage_one["final_loss"] < 10
     assert stage_one["seconds"] >= 0.15  # the first run's time, not the resumed run's 0 s
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_stop_between_the_stages_says_to_resume_and_the_resume_keeps_stage_one(
+    signum, code, photos, isolated_home, monkeypatch, capsys
+):
+    """Ctrl-C (or SIGTERM) while the class images are made, after stage 1 finished: like a stop in training, one
+    line says that stage 1's checkpoint is kept and to resume; --resume does not train stage 1 again."""
+    import vidbooth.engine.prior as prior
+    from vidbooth.engine.subject_methods import TextualInversionMethod
+    from vidbooth.engine.train import list_checkpoints
+
+    original_generate = prior.generate_class_images
+
+    def stopped_generate(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(prior, "generate_class_images", stopped_generate)
+    args = [*FAST, "--no-preview", "--prior-preservation", "--num-class-images", "2"]
+    assert train_subject(photos, *args) == code
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: stopped by {signal.Signals(signum).name} before the identity adapter's training")
+    assert line.endswith("rerun the same command with --resume to continue")
+    assert library_is_empty(isolated_home)
+    assert list_checkpoints(isolated_home / ".runs" / "subjects" / "S%2A" / "textual-inversion")
+
+    def no_stage_one(*args):
+        raise AssertionError("stage 1 ran again")
+
+    monkeypatch.setattr(prior, "generate_class_images", original_generate)
+    monkeypatch.setattr(TextualInversionMethod, "loss", no_stage_one)
+    assert train_subject(photos, *args, "--resume") == 0
 
 
 def fake_subject(home: Path, name: str) -> None:
@@ -513,7 +549,7 @@ def test_resume_is_refused_when_a_class_image_changed(photos, tmp_path, isolated
     from vidbooth.engine.subject_methods import IdentityAdapterMethod
 
     class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)
-    args = [*FAST, "--no-preview", "--prior-preservation", "--class-images", str(class_dir)]
+    args = [*FAST, "--no-preview", "--prior-preservation", "--class-images", str(class_dir), "--num-class-images", "2"]
     original_loss = interrupt_identity_stage(monkeypatch)
     assert train_subject(photos, *args, steps=3) == 130
     monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import signal
 import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
@@ -71,7 +72,7 @@ from vidbooth.engine.train import (
     seed_everything,
     train,
 )
-from vidbooth.errors import UserError
+from vidbooth.errors import Interrupted, UserError
 from vidbooth.library import (
     MANIFEST,
     artifact_dir,
@@ -231,8 +232,16 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     class_images = digest = None
     if "identity" in stages and cfg.prior.enabled and cfg.prior.class_images:
         files = class_image_files(cfg.prior.class_images, cfg.prior.num_class_images)
+        if len(files) < cfg.prior.num_class_images:
+            reporting.warn(
+                f"only {len(files)} class images in {cfg.prior.class_images}, fewer than prior.num_class_images "
+                f"(--num-class-images) {cfg.prior.num_class_images}: training uses these {len(files)}"
+            )
         class_images, digest = [load_image(file) for file in files], class_images_sha256(files)
-    return _Run(cfg, stages, class_noun, photos, existing, earlier, class_images, digest)
+    run = _Run(cfg, stages, class_noun, photos, existing, earlier, class_images, digest)
+    if earlier is not None:  # said before training, not after
+        _warn_if_not_one_run(run, earlier)
+    return run
 
 
 def _earlier_config(name: str, existing: dict) -> SubjectConfig | None:
@@ -436,20 +445,40 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
     from vidbooth.engine.subject_methods import IdentityAdapterMethod
 
     bb, ident = run.backbone, run.cfg.identity
-    class_latents, class_embeds = _class_prior(run) if run.cfg.prior.enabled else (None, None)
-    with torch.no_grad():
-        caption_embeds = bb.encode_prompt(run.captions())  # (T, L, D), encoded once
-    seed_everything(ident.train.seed)
-    inject_identity_adapter(bb.unet, run.identity_layers, ident.hidden_ratio)
-    # guided: the adapter learns the conditional pass; the unconditional one is the base's
-    guidance = _loss_guidance(bb, ident.guidance_scale, lambda: adapters_off(bb.unet, IDENTITY_KIND))
-    method = IdentityAdapterMethod(
-        bb, caption_embeds, class_latents, class_embeds, run.cfg.prior.weight, HighNoise.of(ident.train), guidance
-    )
+    with _stage_one_kept(run):
+        class_latents, class_embeds = _class_prior(run) if run.cfg.prior.enabled else (None, None)
+        with torch.no_grad():
+            caption_embeds = bb.encode_prompt(run.captions())  # (T, L, D), encoded once
+        seed_everything(ident.train.seed)
+        inject_identity_adapter(bb.unet, run.identity_layers, ident.hidden_ratio)
+        # guided: the adapter learns the conditional pass; the unconditional one is the base's
+        guidance = _loss_guidance(bb, ident.guidance_scale, lambda: adapters_off(bb.unet, IDENTITY_KIND))
+        method = IdentityAdapterMethod(
+            bb, caption_embeds, class_latents, class_embeds, run.cfg.prior.weight, HighNoise.of(ident.train), guidance
+        )
     signature = _signature(run, "identity") | {"embedding": hashlib.sha256(rows.numpy().tobytes()).hexdigest()}
     _train_stage(run, "identity", method, signature, "identity adapter")
     if guidance is not None:
         mark_conditional_only(bb.unet, IDENTITY_KIND)  # for the preview, and recorded in the adapter file
+
+
+@contextlib.contextmanager
+def _stage_one_kept(run: _Run):
+    """Around what runs between the two stages of one run (class images, encodings): a Ctrl-C or SIGTERM there
+    leaves stage 1's final checkpoint, so the message says to resume, as a stop during training does."""
+    if "textual_inversion" not in run.results:  # stage 1 did not run here: nothing of this run is kept
+        yield
+        return
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted) as exc:  # the command line's handler raises these for SIGINT, SIGTERM
+        signum = exc.exit_code - 128 if isinstance(exc, Interrupted) else signal.SIGINT
+        kept = run_folder(KIND, run.cfg.name, STAGE_FOLDERS["textual_inversion"])
+        raise Interrupted(
+            f"stopped by {signal.Signals(signum).name} before the identity adapter's training; the textual "
+            f"inversion's checkpoint is kept in {kept}: rerun the same command with --resume to continue",
+            128 + signum,
+        ) from exc
 
 
 # ---- the artifact ----------------------------------------------------------------------------------
@@ -470,21 +499,23 @@ def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
 
 def rerun_config(run: _Run) -> SubjectConfig:
     """The recipe that rebuilds the subject as saved, from anywhere: `train-subject --recipe config.yaml
-    --overwrite`. This run's settings, with the stages the subject holds, stage 1's settings (and class noun) from
-    the config that built it when this run only added stage 2, every local path absolute, and the run's own mode
-    flags (--overwrite, --resume) dropped."""
+    --overwrite`. This run's settings, with the stages the subject holds and the subject's class noun; when this
+    run only added stage 2, `textual_inversion.*` from the config that built stage 1 (but this run's mixed
+    precision, which one run of both stages shares); every local path absolute, and the run's own mode flags
+    (--overwrite, --resume) dropped."""
     from vidbooth.engine.backbone import BUILTIN
 
     cfg = run.cfg
     held = list(STAGES) if "identity" in run.stages else ["textual_inversion"]
-    ti = replace(run.earlier.textual_inversion if run.earlier else cfg.textual_inversion, num_vectors=run.num_vectors)
-    if run.existing is not None and run.earlier is not None:
-        _warn_if_not_one_run(run, run.earlier)
+    ti = cfg.textual_inversion
+    if run.earlier is not None:  # stage 1 ran before; one run of both stages takes one mixed precision: this run's
+        earlier = run.earlier.textual_inversion
+        ti = replace(earlier, train=replace(earlier.train, mixed_precision=cfg.identity.train.mixed_precision))
     return replace(
         cfg,
         stages=held,
         class_noun=run.class_noun,
-        textual_inversion=ti,
+        textual_inversion=replace(ti, num_vectors=run.num_vectors),
         photos=[absolute_path(path) for path in cfg.photos],
         backbone=replace(
             cfg.backbone,
@@ -507,8 +538,9 @@ def absolute_path(value: str | None, names: Collection[str] = ()) -> str | None:
 
 
 def _warn_if_not_one_run(run: _Run, earlier: SubjectConfig) -> None:
-    """Stage 2 added to a subject whose stage 1 ran with other shared settings (photos, data, ...): one run
-    of config.yaml uses one value for both stages, so it cannot rebuild the subject exactly; say which differ."""
+    """Stage 2 about to be added to a subject whose stage 1 ran with other shared settings (photos, data, ...):
+    one run of config.yaml uses one value for both stages (this run's), so it cannot rebuild the subject exactly;
+    say which differ."""
     cfg = run.cfg
     stage_one = run.existing.get("stages", {}).get("textual_inversion", {})
     differ = {
@@ -523,7 +555,7 @@ def _warn_if_not_one_run(run: _Run, earlier: SubjectConfig) -> None:
     if keys:
         reporting.warn(
             f"the pseudo-word of subject '{cfg.name}' was learned with other {', '.join(keys)} than this identity "
-            "adapter: its config.yaml holds this run's, so rerunning it in one run will not rebuild the subject "
+            "adapter: its config.yaml will hold this run's, so rerunning it in one run will not rebuild the subject "
             "exactly"
         )
 
