@@ -561,6 +561,22 @@ def test_resume_is_refused_when_a_class_image_changed(photos, tmp_path, isolated
     assert library_is_empty(isolated_home)
 
 
+def test_resume_finds_the_same_class_images_named_another_way(photos, tmp_path, isolated_home, monkeypatch):
+    """What a resume checks of given class images is their names and bytes: the same folder, given relative
+    before and absolute now, resumes."""
+    from vidbooth.engine.subject_methods import IdentityAdapterMethod
+
+    class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)
+    monkeypatch.chdir(tmp_path)
+    args = [*FAST, "--no-preview", "--prior-preservation", "--num-class-images", "2", "--class-images"]
+    original_loss = interrupt_identity_stage(monkeypatch)
+    assert train_subject(photos, *args, "dogs", steps=3) == 130
+    monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
+    assert train_subject(photos, *args, str(class_dir), "--resume", steps=3) == 0
+    config = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["config"]
+    assert config["prior"]["class_images"] == str(class_dir)
+
+
 @pytest.mark.parametrize(
     "flags", [["--class-images", "dogs"], ["--num-class-images", "2"], ["--class-images", "x", "--prior-weight", "0.5"]]
 )

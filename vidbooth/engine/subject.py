@@ -320,7 +320,8 @@ def _signature(run: _Run, stage: str) -> dict:
         ti = cfg.textual_inversion
         return signature | {"num_vectors": ti.num_vectors} | _guided_signature(ti.guidance_scale)
     prior = OmegaConf.to_container(OmegaConf.structured(cfg.prior)) if cfg.prior.enabled else None
-    if prior is not None and run.class_images_sha256:  # the given class images' contents, not just their folder
+    if prior is not None and run.class_images_sha256:  # the given class images by names and bytes, not by path
+        del prior["class_images"]  # the same folder named another way (relative, from elsewhere) still resumes
         prior["class_images_sha256"] = run.class_images_sha256
     layers = {"layers": list(cfg.identity.layers)} if cfg.identity.layers != ["*"] else {}  # as for guidance below
     return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior} | layers | _guided_signature(
