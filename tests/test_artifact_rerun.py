@@ -187,6 +187,27 @@ def test_a_second_stage_on_other_photos_warns_that_the_config_cannot_rebuild_the
     assert yaml.safe_load((subject_dir(isolated_home) / "config.yaml").read_text())["photos"] == [str(fewer)]
 
 
+@pytest.mark.parametrize("change", ["edited", "deleted"])
+def test_stage_one_settings_come_from_the_manifest_when_config_yaml_was_edited_or_deleted(
+    change, tmp_path, isolated_home, capsys
+):
+    """config.yaml is a copy for rerunning, which its user may edit or delete: what identity-adapter records as
+    stage 1's settings is the manifest's record of what trained it."""
+    photos = write_images(tmp_path / "photos")
+    args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "2", *FAST]
+    assert main([*args, "--set", "textual_inversion.train.lr=0.02"]) == 0
+    recipe = subject_dir(isolated_home) / "config.yaml"
+    if change == "edited":
+        recipe.write_text("textual_inversion: {train: {steps: 999}}\n")
+    else:
+        recipe.unlink()
+    capsys.readouterr()
+    assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *FAST]) == 0
+    assert "cannot read" not in capsys.readouterr().err
+    ti = saved(subject_dir(isolated_home))[0]["textual_inversion"]["train"]
+    assert (ti["steps"], ti["lr"]) == (2, 0.02)
+
+
 def test_a_subject_built_in_two_runs_with_other_mixed_precisions_reruns_with_one(tmp_path, isolated_home, monkeypatch):
     """One train-subject run refuses two mixed precisions, so the config.yaml of a subject whose stage 1 ran with
     another one holds the second run's for both stages (with the warning that the rerun is not exact)."""

@@ -10,7 +10,7 @@ checked before it is loaded. A subject appears in the library only when complete
 `learned_embeds.safetensors`, `identity_adapter.safetensors` (after stage 2), `manifest.json`,
 `config.yaml`, `photos/` (copies of the training photos) and `preview.png`. `config.yaml` is the recipe that
 rebuilds the subject as it is in one `train-subject --recipe config.yaml --overwrite` run: the stages it holds,
-each with the settings that trained it (stage 1's from the subject's own config.yaml when a later run added
+each with the settings that trained it (stage 1's from the subject's manifest when a later run added
 stage 2), every local path absolute.
 """
 
@@ -245,10 +245,17 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
 
 
 def _earlier_config(name: str, existing: dict) -> SubjectConfig | None:
-    """The config.yaml of subject `name` (its manifest `existing`): the settings that trained its pseudo-word.
-    None, with a warning, when it cannot be read (a subject from another vidbooth version, say)."""
-    from vidbooth.config import load_config
+    """The settings that built subject `name` (its manifest `existing`), above all its pseudo-word's: the manifest's
+    record of them (config.yaml is a copy for rerunning, which its user may have edited or deleted), else
+    config.yaml. None, with a warning, when neither can be read (a subject from another vidbooth version, say)."""
+    from omegaconf.errors import OmegaConfBaseException
 
+    from vidbooth.config import load_config
+    from vidbooth.config.load import literal
+
+    with contextlib.suppress(KeyError, TypeError, ValueError, OmegaConfBaseException, UserError):
+        recorded = OmegaConf.merge(OmegaConf.structured(SubjectConfig), literal(existing["config"]))
+        return OmegaConf.to_object(recorded)
     path = artifact_dir(KIND, name) / (existing.get("paths", {}).get("config") or CONFIG_FILE)
     try:
         if not path.is_file():
