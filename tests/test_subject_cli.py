@@ -525,6 +525,9 @@ def test_a_class_image_depends_on_its_index_and_seed_not_on_its_batch(tiny_backb
         bb.fingerprint, "a photo of a dog", 16, prior, 0
     )
     assert not any(np.array_equal(a, b) for a, b in zip(together, other_seed))
+    settings_file = class_image_folder(bb.fingerprint, "a photo of a dog", 16, prior, 1) / "settings.json"
+    settings = json.loads(settings_file.read_text())  # what the folder's key holds, for a person looking in
+    assert settings["seed"] == 1 and settings["num_inference_steps"] == 2 and settings["guidance_scale"] == 1.0
 
 
 def interrupt_identity_stage(monkeypatch, at_call: int = 2):

@@ -28,9 +28,9 @@ def class_prompt(prior: PriorConfig, class_noun: str) -> str:
     return prior.prompt or f"a photo of a {class_noun}"
 
 
-def class_image_folder(fingerprint: str, prompt: str, size: int, prior: PriorConfig, seed: int) -> Path:
-    """The cache folder of generated class images for this base, prompt, size, seed and sampling settings."""
-    settings = {
+def _cache_settings(prompt: str, size: int, prior: PriorConfig, seed: int) -> dict:
+    """What generated class images depend on besides the base model: their cache folder's key."""
+    return {
         "prompt": prompt,
         "size": size,
         "num_inference_steps": prior.num_inference_steps,
@@ -38,6 +38,11 @@ def class_image_folder(fingerprint: str, prompt: str, size: int, prior: PriorCon
         "seed": seed,
         "noise": "per-image",  # how image i's noise is drawn (earlier caches drew it per batch)
     }
+
+
+def class_image_folder(fingerprint: str, prompt: str, size: int, prior: PriorConfig, seed: int) -> Path:
+    """The cache folder of generated class images for this base, prompt, size, seed and sampling settings."""
+    settings = _cache_settings(prompt, size, prior, seed)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "class-images" / fingerprint / key
 
@@ -57,7 +62,8 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
     if not missing:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    settings = json.dumps({"prompt": prompt, "base": backbone.source, "size": size, "seed": seed})
+    # for whoever looks into the cache: every setting of the folder's key, and the base
+    settings = json.dumps({"base": backbone.source} | _cache_settings(prompt, size, prior, seed), indent=1)
     write_together([(folder / "settings.json", lambda tmp: tmp.write_text(settings))])
     reporting.info(f"generating {len(missing)} class images for '{prompt}' (cached in {folder})")
     for first in range(0, len(missing), prior.sample_batch_size):
