@@ -150,6 +150,15 @@ def ran(monkeypatch) -> list:
          "data.stride=null to sample at 4 fps"),
         (["--recipe", "{strided}", "--set", "data.fps=4"],
          "--set data.fps=4 and data.stride: 2 in recipe {strided} both choose the clips' frames"),
+        # a section given whole ({{ }}: formatted): its fps had been ignored without a word, its stride named as a
+        # recipe's
+        (["--set", "data={{stride: 2, fps: 4}}"],
+         "--set data={{stride: 2, fps: 4}} gives data.fps and data.stride, which both choose the clips' frames: give "
+         "one of them"),
+        (["--set", "data.fps=4", "--set", "data={{stride: 2}}"],
+         "--set data.fps=4 and --set data={{stride: 2}} both choose the clips' frames: give one of them"),
+        (["--fps", "4", "--set", "data={{stride: 2}}", "--set", "data={{num_frames: 4}}"],
+         "--fps 4 and --set data={{stride: 2}} both choose the clips' frames: give one of them"),
     ],
 )
 def test_a_frame_rate_given_with_a_stride_is_refused_not_ignored(args, message, tmp_path, ran, capsys):

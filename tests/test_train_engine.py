@@ -160,6 +160,28 @@ def test_a_resume_refusal_names_the_stage_and_the_flag_the_user_passes(tmp_path,
     ) in str(refused.value)
 
 
+def test_a_resume_refusal_shows_an_unset_value_a_short_list_and_what_changed_in_an_adapter_spec(tmp_path, accelerator):
+    """train-motion --resume with --stride on a run that had none, another --caption, or another adapter.hidden_ratio
+    had been named without values ('data.stride (--stride)', 'captions', 'adapter': the spec is JSON text)."""
+    from vidbooth.cli.motion import FLAGS
+
+    def spec(hidden_ratio):
+        return json.dumps({"cond_dim": 16, "hidden_ratio": hidden_ratio, "targets": ["ff"]}, sort_keys=True)
+
+    def located():
+        cfg = config(steps=2)
+        cfg.locate("train", FLAGS)
+        return cfg
+
+    then = {"data": {"stride": None}, "captions": [""], "adapter": spec(0.5), "clips": ["a" * 64]}
+    engine.train(make_method(), toy_data(), located(), tmp_path, accelerator, signature=then)
+    now = {"data": {"stride": 2}, "captions": ["a dog"], "adapter": spec(0.25), "clips": ["b" * 64]}
+    with pytest.raises(UserError) as refused:
+        engine.train(make_method(), toy_data(), located(), tmp_path, accelerator, resume=True, signature=now)
+    assert ("other settings (adapter.hidden_ratio was 0.5, now 0.25; captions (--caption) was [''], now [a dog]; "
+            "clips; data.stride (--stride) was none, now 2)") in str(refused.value)
+
+
 def test_resume_signature_holds_process_count_and_precision_beyond_the_defaults():
     """Another process count changes the batch per step and the data order, another precision the numbers: a
     run continued under them is refused. The single-process full-precision signature keeps its old form, so

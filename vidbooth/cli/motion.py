@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 
 from vidbooth.cli import options
@@ -10,13 +12,14 @@ FLAGS = {
     "train.steps": "--steps",
     "train.lr": "--lr",
     "train.seed": "--seed",
+    "captions": "--caption",
     "data.num_frames": "--num-frames",
     "data.fps": "--fps",
     "data.stride": "--stride",
     "data.resolution": "--resolution",
     "appearance.p_image_zero": "--p-image-zero",
 }
-"""Config key -> flag, for the error of a bad value."""
+"""Config key -> flag, for the error of a bad value and a refused --resume."""
 
 
 def train_motion(
@@ -87,8 +90,10 @@ def train_motion(
     cfg = load_config(MotionConfig, recipe, sets, overrides, flags=FLAGS)
     _check_fps_or_stride(cfg, recipe, sets, overrides)
     result = run_train_motion(cfg)
+    # a run resumed at its last step (stopped while saving) runs no step to time
+    timed = f"{result.step_seconds:.2f} s/step" if math.isfinite(result.step_seconds) else "no step run now"
     info(
-        f"motion '{result.name}': {result.steps} steps, loss {result.loss:.4f}, {result.step_seconds:.2f} s/step, "
+        f"motion '{result.name}': {result.steps} steps, loss {result.loss:.4f}, {timed}, "
         f"{result.trainable_parameters:,} trainable parameters -> {result.path}"
     )
 
@@ -108,4 +113,5 @@ def _check_fps_or_stride(cfg, recipe: str | None, sets: list[str] | None, overri
         hint = "give one of them"
     else:  # the recipe's
         hint = f"drop {fps[1]}, or add --set data.stride=null to sample at {cfg.data.fps:g} fps"
-    raise UserError(f"{fps[1]} and {stride} both choose the clips' frames: {hint}")
+    both = f"{fps[1]} gives data.fps and data.stride, which" if stride == fps[1] else f"{fps[1]} and {stride}"
+    raise UserError(f"{both} both choose the clips' frames: {hint}")

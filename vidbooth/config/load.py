@@ -61,16 +61,17 @@ def given_by(
     key: str, recipe: str | None, sets: list[str] | None, overrides: dict[str, Any], flag: str | None = None
 ) -> tuple[str, str] | None:
     """Where the config key `key` gets a value from, and how a message names it: ('flag', '--fps 4') when its flag
-    gave one (`overrides` holds the flags by key), else ('set', '--set data.fps=4') for the last `--set` of it, else
-    ('recipe', 'data.fps: 4 in recipe PATH'); None when none of them gives it a value (the default stands). Call it
+    gave one (`overrides` holds the flags by key), else ('set', '--set data.fps=4') for the last `--set` that gives
+    it (`--set data={fps: 4}` too), else ('recipe', 'data.fps: 4 in recipe PATH'); None when none of them gives it a value (the default stands). Call it
     after `load_config`, which reports a recipe that cannot be read."""
     value = overrides.get(key)
     if value is not None:
         shown = f"{value:g}" if isinstance(value, float) else str(value)
         return "flag", f"{flag or key} {shown}"
     for item in reversed(sets or []):
-        set_key, equals, _ = item.partition("=")
-        if equals and set_key.strip() == key:
+        set_key, equals, text = item.partition("=")
+        set_key = set_key.strip()
+        if equals and (set_key == key or key.startswith(f"{set_key}.") and _sets(set_key, text, key)):
             return "set", f"--set {item.strip()}"
     if recipe:
         path = find_recipe(recipe)
@@ -81,6 +82,14 @@ def given_by(
         if value is not None:
             return "recipe", f"{key}: {value} in recipe {path}"
     return None
+
+
+def _sets(set_key: str, text: str, key: str) -> bool:
+    """Whether `--set set_key=text`, a section given whole (`data={stride: 2}`), gives the key `key` a value."""
+    try:
+        return OmegaConf.select(OmegaConf.from_dotlist([f"{set_key}={text}"]), key, default=None) is not None
+    except Exception:  # load_config has reported a --set it cannot read
+        return False
 
 
 def _describe(exc: OmegaConfBaseException) -> str:

@@ -307,9 +307,13 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}"""
+    """{'a': {'b': 1}} -> {'a.b': 1}; a value that is a JSON object in text (a motion adapter's spec) is flattened
+    too, so that a message names the setting in it that changed."""
     flat = {}
     for key, value in tree.items():
+        if isinstance(value, str) and value.startswith("{"):
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
@@ -327,6 +331,18 @@ _UNNAMED_SETTINGS = {
 """Signature keys that are no config key: how a message names each, and its value when the signature lacks it."""
 
 
+def _shown(value: object) -> str | None:
+    """A setting's value as a message shows it (`none`, `''`, a list in brackets); None when it is too long to."""
+    def one(item: object) -> str | None:
+        if item is None:
+            return "none"
+        return (str(item) or "''") if isinstance(item, int | float | str | bool) else None
+
+    items = [one(item) for item in value] if isinstance(value, list) else []
+    text = f"[{', '.join(items)}]" if isinstance(value, list) and None not in items else one(value)
+    return text if text is not None and len(text) <= 40 else None
+
+
 def _changed_settings(now: dict, then: dict, cfg: TrainConfig) -> str:
     """The settings that differ between two signatures, named as the user sets them ('identity.train.lr (--lr)
     was 0.001, now 0.002'); a value is shown when it is short."""
@@ -337,9 +353,8 @@ def _changed_settings(now: dict, then: dict, cfg: TrainConfig) -> str:
         if name is None:
             head, _, rest = key.partition(".")
             name = cfg.setting_name(rest if head == "train" else key)
-        old, new = then.get(key, default), now.get(key, default)
-        short = all(isinstance(v, int | float | str | bool) and len(str(v)) <= 40 for v in (old, new))
-        described.append(f"{name} was {old}, now {new}" if short else name)
+        old, new = _shown(then.get(key, default)), _shown(now.get(key, default))
+        described.append(f"{name} was {old}, now {new}" if old is not None and new is not None else name)
     return "; ".join(described)
 
 
