@@ -3,6 +3,8 @@ leaves behind, and Ctrl-C while an artifact is saved."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vidbooth import library
@@ -144,8 +146,11 @@ def test_ctrl_c_during_the_preview_then_resume_saves_without_training_again(tmp_
     monkeypatch.setattr(vidbooth.engine.motion, "_write_preview", real_preview)
     steps = []
     monkeypatch.setattr("vidbooth.engine.train._optimizer_step", lambda *args: steps.append(args))
+    monkeypatch.delenv("VIDBOOTH_QUIET")
     assert main([*argv, "--resume"]) == 0
     assert steps == []  # the checkpoint of the last step was kept: nothing is trained again
+    said = " ".join(capsys.readouterr().err.split())
+    assert "motion 'm': 2 steps" in said and "no step run now" in said and "nan" not in said  # had said 'nan s/step'
     assert (isolated_home / "motions" / "m" / "preview.png").is_file()
 
 
@@ -236,3 +241,116 @@ def test_using_a_name_whose_folder_was_made_by_hand_says_so_not_unknown(isolated
                        r"out of .*subjects, then train 'S\*'"):
         library.artifact_dir("subject", "S*")  # what identity-adapter and generate --subject look up
     assert (folder / "notes.txt").is_file()
+
+
+# ---- what appears while training, and a library this process may not write ---------------------------------------
+@pytest.mark.parametrize("what", ["a hand-made folder", "an artifact"])
+def test_what_appears_at_the_folder_while_training_is_refused_at_the_save_with_resume(isolated_home, what):
+    """check_free passed before training; the save's own check had repeated check_free's message ('then run the
+    command again', 'pass --overwrite'), and a run without --resume discards what was trained."""
+    target = library.check_free("subject", "S*", overwrite=False)
+    if what == "an artifact":  # say, saved from another library path or by hand while this run trained
+        _save(value=b"theirs")
+        fix = "rerun the same command with --resume --overwrite"
+    else:
+        _hand_made(isolated_home)
+        fix = "move it out of .*subjects, then rerun the same command with --resume"
+    with pytest.raises(UserError, match=rf"subject 'S\*' was not saved .the library is unchanged.*{fix}") as refused:
+        _save(value=b"ours")
+    assert "run the command again" not in str(refused.value) and "\n" not in str(refused.value)
+    kept = "adapter.bin" if what == "an artifact" else "notes.txt"
+    assert (target / kept).read_bytes() == (b"theirs" if what == "an artifact" else b"mine")
+    assert not list(isolated_home.glob(".staging/*"))  # refused before the preview: nothing was staged
+
+
+def test_recover_leaves_a_swap_it_cannot_roll_back_on_a_read_only_library(isolated_home, monkeypatch):
+    """generate, identity-adapter and every lookup recover the library first: on a library this process may not
+    write, that had been a PermissionError traceback."""
+    import os
+
+    _save()
+    live = isolated_home / "subjects" / "S%2A"
+    aside = isolated_home / ".trash" / f"subjects__S%2A.{library._host_tag()}-999999999.abcdef01"  # a dead writer's
+    aside.parent.mkdir()
+    os.replace(live, aside)
+
+    def read_only(src, dst):
+        raise PermissionError(13, "Permission denied", str(src), None, str(dst))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(library.os, "replace", read_only)
+        with pytest.raises(UserError, match="unknown subject 'S\\*'"):
+            library.artifact_dir("subject", "S*")
+        assert aside.is_dir()  # left for a process that may write
+    assert library.artifact_dir("subject", "S*") == live and not aside.exists()
+
+
+def test_a_save_the_library_refuses_is_one_line_that_keeps_the_training(isolated_home, monkeypatch):
+    import os
+
+    real_replace = os.replace
+
+    def read_only_folder(src, dst, *args, **kwargs):
+        if ".staging" in str(src):
+            raise PermissionError(13, "Permission denied", str(src), None, str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(library.os, "replace", read_only_folder)
+    with pytest.raises(UserError, match=r"subject 'S\*' was not saved .the library is unchanged.: Permission denied "
+                       r".*rerun the same command with --resume") as refused:
+        _save()
+    assert "\n" not in str(refused.value) and not (isolated_home / "subjects" / "S%2A").exists()
+
+
+def test_a_folder_of_the_library_that_training_writes_in_is_checked_before_training(isolated_home, monkeypatch):
+    """A subjects/ (or .locks/, .runs/...) of another user: the save, or the lock, had failed with a traceback."""
+    import os
+
+    _save("other")
+    real_access = os.access
+    monkeypatch.setattr(library.os, "access", lambda path, mode: Path(path).name != "subjects" and
+                        real_access(path, mode))
+    with pytest.raises(UserError, match=r"cannot write to .*subjects in the library .*: make it writable for you, or "
+                       "choose another library with --home"):
+        library.check_free("subject", "S*", overwrite=False)
+
+
+def test_a_lock_file_of_another_user_that_is_held_says_busy(tmp_path, monkeypatch):
+    """Another user's run holds the lock; its file (mode 0644) cannot be opened for writing here: that had been a
+    PermissionError traceback, not 'being trained by another process'."""
+    import os
+
+    from vidbooth import fileio
+
+    lock = tmp_path / ".locks" / "motions__m.lock"
+    lock.parent.mkdir()
+    real_open = os.open
+
+    def not_writable(path, flags, *args):
+        if flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    with fileio.exclusive_lock(lock, lambda owner: f"busy {owner}"), monkeypatch.context() as patched:
+        patched.setattr(fileio.os, "open", not_writable)
+        with pytest.raises(UserError, match=f"busy {os.getpid()}"):
+            with fileio.exclusive_lock(lock, lambda owner: f"busy {owner}"):
+                pass
+    monkeypatch.setattr(fileio.os, "open", not_writable)
+    with pytest.raises(PermissionError):  # not held: the error stands (the command line makes it one line)
+        with fileio.exclusive_lock(lock, lambda owner: f"busy {owner}"):
+            pass
+
+
+def test_a_permission_error_is_one_line_on_the_command_line(monkeypatch, capsys):
+    import vidbooth.library
+    from vidbooth.cli.app import main
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/shared/vidbooth/motions")
+
+    monkeypatch.setattr(vidbooth.library, "list_artifacts", unreadable)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: permission denied: /shared/vidbooth/motions: give yourself "
+                                                   "access to it, or use another folder (for the library: --home)")

@@ -119,13 +119,13 @@ def exclusive_lock(lock: Path, busy: Callable[[str], str]) -> Iterator[Path]:
                 raise
             lock.parent.mkdir(parents=True, exist_ok=True)
             continue
+        except PermissionError:  # another user's lock file (mode 0644): busy when it is held, else the error stands
+            _refuse_if_held(lock, busy)
+            raise
         if not _try_lock(fd):
-            try:
-                owner = os.read(fd, 32).decode(errors="replace").strip()
-            except OSError:  # Windows refuses to read a locked byte
-                owner = ""
+            owner = _holder(fd)
             os.close(fd)
-            raise UserError(busy(owner or "unknown"))
+            raise UserError(busy(owner))
         if _is_file(fd, lock):
             break
         os.close(fd)  # we locked a file its last holder had just removed; lock the one at the path now
@@ -140,6 +140,28 @@ def exclusive_lock(lock: Path, busy: Callable[[str], str]) -> Iterator[Path]:
         if os.name == "nt":  # Windows cannot remove an open file; a leftover unlocked lock file is harmless
             with suppress(OSError):
                 lock.unlink(missing_ok=True)
+
+
+def _refuse_if_held(lock: Path, busy: Callable[[str], str]) -> None:
+    """A UserError `busy(pid)` when another process holds the lock on the file `lock`, which this process may read
+    but not write."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        if not _try_lock(fd):  # flock takes a file open for reading too
+            raise UserError(busy(_holder(fd)))
+    finally:
+        os.close(fd)  # a lock taken here is released with it
+
+
+def _holder(fd: int) -> str:
+    """The pid written in the open lock file `fd`, or 'unknown'."""
+    try:
+        return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+    except OSError:  # Windows refuses to read a locked byte
+        return "unknown"
 
 
 def _try_lock(fd: int) -> bool:

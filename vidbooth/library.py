@@ -236,7 +236,8 @@ def recover() -> None:
             live = home / kind_dir / target_name
             if live.exists():
                 shutil.rmtree(entry, ignore_errors=True)
-            else:
+                continue
+            with contextlib.suppress(OSError):  # a library this process may not write: left for one that may
                 live.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(entry, live)
     staging = home / ".staging"
@@ -264,7 +265,7 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
         with exclusive_lock(locks / f"{KINDS[kind]}__{dir_name(name)}.lock", busy) as lock:
             yield lock
     finally:
-        made = [locks] if new_locks or new_home else []
+        made = [locks] if new_locks else []
         if new_home:  # and whatever empty folder the run left in it (a run that saved a checkpoint is not empty)
             runs = home / ".runs" / KINDS[kind]
             made += [home / ".staging", home / ".trash", home / KINDS[kind], runs / dir_name(name), runs, runs.parent,
@@ -296,6 +297,12 @@ def writable_home(create: bool = True) -> Path:
     return home
 
 
+def _is_artifact(path: Path) -> bool:
+    """Whether `path` is an artifact's own folder (damaged or not), which --overwrite may replace: a folder, not a
+    link, holding a manifest.json file."""
+    return not path.is_symlink() and (path / MANIFEST).is_file()
+
+
 def _in_the_way(path: Path) -> str | None:
     """What is at artifact folder `path` when it is something vidbooth must not replace (a file, a link, a folder
     holding things but no manifest, such as one made by hand); None when `path` is free, an empty folder, or an
@@ -306,7 +313,7 @@ def _in_the_way(path: Path) -> str | None:
         return None
     if not path.is_dir():
         return "a file"
-    if (path / MANIFEST).is_file():
+    if _is_artifact(path):
         return None
     try:
         empty = not any(path.iterdir())
@@ -315,21 +322,38 @@ def _in_the_way(path: Path) -> str | None:
     return None if empty else f"a folder without {MANIFEST}"
 
 
+def _check_writable(home: Path, folders: list[Path]) -> None:
+    """A UserError naming the first of `folders` that exists and that this process may not write in."""
+    for folder in folders:
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(
+                f"cannot write to {folder} in the library {home}: make it writable for you, or choose another "
+                "library with --home"
+            )
+
+
 NEVER_DELETED = "vidbooth never deletes what is not an artifact (not even with --overwrite)"
 
 
 def check_free(kind: str, name: str, overwrite: bool) -> Path:
-    """Refuse early (before any training) when the library is not writable, something that is not an artifact is
-    at `name`'s folder, or `name` exists without --overwrite; writes nothing."""
-    writable_home(create=False)
+    """Refuse early (before any training) when the library, or a folder of it that training `name` writes in, is not
+    writable, something that is not an artifact is at `name`'s folder, or `name` exists without --overwrite;
+    writes nothing."""
+    home = writable_home(create=False)
     path = artifact_dir(kind, name, must_exist=False)
+    runs = home / ".runs" / KINDS[kind] / dir_name(name)
+    stages = [folder for folder in runs.iterdir() if folder.is_dir()] if runs.is_dir() else []  # of a stopped run
+    _check_writable(home, [path.parent, home / ".locks", home / ".staging", home / ".trash", *runs.parents[:2], runs,
+                           *stages])
     if what := _in_the_way(path):
         raise UserError(
             f"{path} is in the way of {kind} '{name}': it is {what}, not a vidbooth {kind}, and {NEVER_DELETED}; "
             f"move it out of {path.parent}, then run the command again"
         )
-    if (path / MANIFEST).is_file() and not overwrite:
+    if _is_artifact(path) and not overwrite:
         raise UserError(f"{kind} '{name}' already exists in {library_home()}: pass --overwrite to replace it")
+    if _is_artifact(path):
+        _check_writable(home, [path])  # --overwrite moves it to .trash/, which rewrites its '..'
     return path
 
 
@@ -343,54 +367,58 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
     """Yield an empty staging folder; on normal exit it atomically becomes the artifact `name`.
 
     The staging folder must end up holding a manifest. On any exception it is removed and the library
-    is unchanged.
+    is unchanged. What `check_free` refused before training is refused again, before the block (the preview) and
+    before the rename, with messages that keep the training: rerun with --resume.
     """
-    target = check_free(kind, name, overwrite)
+    target = artifact_dir(kind, name, must_exist=False)
     home = library_home()
     token = f"{_host_tag()}-{os.getpid()}.{uuid.uuid4().hex[:8]}"
     stage = home / ".staging" / f"{dir_name(name)}.{token}"
-    stage.mkdir(parents=True)
     aside = None  # where the old version waits during an --overwrite swap
     saved = False
     unsaved = f"{kind} '{name}' was not saved (the library is unchanged)"
+    resume = "then rerun the same command with --resume to save what was trained"
+
+    def refuse_what_appeared() -> None:
+        if what := _in_the_way(target):
+            raise UserError(
+                f"{unsaved}: {target} is in the way of {kind} '{name}': it is {what}, not a vidbooth {kind}, and "
+                f"{NEVER_DELETED}; move it out of {target.parent}, {resume}"
+            )
+        if _is_artifact(target) and not overwrite:
+            raise UserError(
+                f"{unsaved}: a {kind} of that name appeared in the library while training; rerun the same command "
+                "with --resume --overwrite to replace it with what was trained"
+            )
+
     try:
+        refuse_what_appeared()  # before the preview renders
+        stage.mkdir(parents=True)
         yield stage
         if not (stage / MANIFEST).is_file():
             raise RuntimeError("an artifact must be written with its manifest")
         _seal(stage)
         _fsync_tree(stage)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # what is at the target now, as check_free judged it before training: only an artifact is ever replaced
-        if what := _in_the_way(target):
-            raise UserError(
-                f"{unsaved}: {what} that is not a vidbooth {kind} appeared at {target} while training, and "
-                f"{NEVER_DELETED}; move it out of {target.parent}, then rerun the same command with --resume to "
-                "save what was trained"
-            )
-        if target.is_dir() and not (target / MANIFEST).is_file():
+        refuse_what_appeared()  # only an artifact is ever replaced
+        if target.is_dir() and not _is_artifact(target):
             with contextlib.suppress(OSError):
                 target.rmdir()  # an empty folder holds nothing to lose (rmdir fails if anything is put in it)
         if target.exists():
             if not overwrite:
-                raise UserError(
-                    f"{unsaved}: a {kind} of that name appeared in the library while training; rerun the same "
-                    "command with --resume --overwrite to replace it with what was trained"
-                )
+                raise UserError(f"{unsaved}: {target} appeared while it was being saved; move it out of "
+                                f"{target.parent}, {resume}")
             aside = home / ".trash" / f"{KINDS[kind]}__{target.name}.{token}"
             aside.parent.mkdir(parents=True, exist_ok=True)
             os.replace(target, aside)
-            if not (aside / MANIFEST).is_file():  # replaced by something else since the check above: keep it
+            if not _is_artifact(aside):  # replaced by something else since the check above: keep it
                 os.replace(aside, target)
                 raise UserError(
                     f"{unsaved}: {target} changed while it was being saved and is no vidbooth {kind} now, and "
-                    f"{NEVER_DELETED}; move it out of {target.parent}, then rerun the same command with --resume"
+                    f"{NEVER_DELETED}; move it out of {target.parent}, {resume}"
                 )
-            os.replace(stage, target)
-            saved = True
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(stage, target)  # a folder that appeared since is never replaced: rename refuses a full one
-            saved = True
+        os.replace(stage, target)  # a folder that appeared since is never replaced: rename refuses a full one
+        saved = True
     except OSError as exc:
         if disk_full(exc):
             raise UserError(
@@ -398,8 +426,11 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
             ) from exc
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR) and not saved:
             raise UserError(
-                f"{unsaved}: {target} appeared while it was being saved; move it out of {target.parent}, then "
-                "rerun the same command with --resume to save what was trained"
+                f"{unsaved}: {target} appeared while it was being saved; move it out of {target.parent}, {resume}"
+            ) from exc
+        if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+            raise UserError(
+                f"{unsaved}: {exc.strerror} ({exc.filename or home}); make the library writable for you, {resume}"
             ) from exc
         raise
     except (KeyboardInterrupt, Interrupted) as exc:

@@ -137,12 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         error("aborted")
         return 1
     except OSError as exc:
-        from vidbooth.fileio import disk_full
-
-        if not disk_full(exc) or _state["debug"]:
+        message = os_error_message(exc)
+        if message is None or _state["debug"]:
             raise
-        where = f" writing {exc.filename}" if exc.filename else ""
-        error(f"the disk is full{where}: free space and run the command again")
+        error(message)
         return 2
     except (MemoryError, RuntimeError) as exc:
         message = out_of_memory_message(exc)
@@ -162,6 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     if code == INTERRUPTED:  # typer returns Ctrl-C as this exit code, silently
         error("interrupted")
     return code if isinstance(code, int) else 0
+
+
+def os_error_message(exc: OSError) -> str | None:
+    """One line for a full disk, or for a file or folder this process may not use (a library or cache of another
+    user, a read-only file system); None for any other error."""
+    import errno
+
+    from vidbooth.fileio import disk_full
+
+    if disk_full(exc):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"the disk is full{where}: free space and run the command again"
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name) or "a file or folder"
+        return (f"{(exc.strerror or 'permission denied').lower()}: {where}: give yourself access to it, or use another "
+                "folder (for the library: --home), and run the command again")
+    return None
 
 
 def out_of_memory_message(exc: BaseException) -> str | None:
