@@ -240,6 +240,19 @@ def test_train_subject_refuses_flags_of_a_stage_it_leaves_out(stages, flags, nam
     assert named in err and "\n" not in err and not (isolated_home / "subjects").exists()
 
 
+def test_train_subject_of_the_identity_stage_alone_takes_the_base_from_the_subject(tmp_path, isolated_home):
+    """Like identity-adapter, train-subject adding stage 2 to a subject trains on the subject's base when no
+    --base or --recipe names one (it loaded the default base, then refused it)."""
+    photos = write_images(tmp_path / "photos")
+    quick = ["--set", "data.resolution=16", "--batch-size", "1", "--no-preview"]
+    args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--steps", "1"]
+    assert main([*args, *quick]) == 0
+    args = ["train-subject", str(photos), "--name", "S*", "--set", "stages=[identity]"]
+    assert main([*args, "--set", "identity.train.steps=1", *quick]) == 0
+    config, manifest = saved(subject_dir(isolated_home))
+    assert manifest["base"] == config["backbone"]["base"] == "tiny" and manifest["stages"]["identity"]["steps"] == 1
+
+
 @pytest.mark.parametrize("stages", ["[]", "[identity,textual_inversion]", "[identity,identity]", "[motion]"])
 def test_stages_must_be_known_each_once_in_order(stages):
     from vidbooth.config import load_config

@@ -250,6 +250,10 @@ def train_subject(
     flags |= _train_flag_names("identity", "--identity-steps", None)
     flags |= {"textual_inversion.num_vectors": "--num-vectors", "identity.hidden_ratio": "--hidden-ratio"}
     cfg = _load(recipe, sets, overrides, flags)
+    if "textual_inversion" not in cfg.stages and cfg.name:  # adds to a subject: its base, as identity-adapter takes
+        learned = options.learned_backbone(recipe, sets, overrides, [("subject", cfg.name)])
+        if learned:
+            cfg = _load(recipe, sets, overrides | learned, flags)
     _check_stage_flags(cfg, {
         "textual_inversion": {"--num-vectors": num_vectors, "--ti-steps": ti_steps},
         "identity": {
