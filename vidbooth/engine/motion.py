@@ -258,8 +258,8 @@ def save_motion(
             _write_preview(backbone, cfg, preview_prompt, stage / PREVIEW_FILE)
         rerun = rerun_config(cfg)
         save_config(rerun, stage / CONFIG_FILE)
-        manifest = _manifest(cfg, backbone, clips, clip_files, spec, encoder, result, seconds, processes)
-        manifest |= {"base": rerun.backbone.base, "config": asdict(rerun)}  # as config.yaml holds them
+        # the manifest's base and config as config.yaml holds them
+        manifest = _manifest(rerun, backbone, clips, clip_files, spec, encoder, result, seconds, processes)
         write_json(stage / MANIFEST, manifest)
     path = artifact_dir("motion", cfg.name)
     info(f"saved motion '{cfg.name}' in {path}")
@@ -292,6 +292,7 @@ def rerun_config(cfg: MotionConfig) -> MotionConfig:
 def _manifest(
     cfg: MotionConfig, backbone: Backbone, clips, clip_files, spec, encoder, result, seconds, processes
 ) -> dict:
+    """The manifest; `cfg` is the config that config.yaml holds (`rerun_config`), so both name the same base."""
     return {
         "kind": "motion",
         "name": cfg.name,
