@@ -566,7 +566,8 @@ def test_resume_is_refused_when_a_class_image_changed(photos, tmp_path, isolated
 
 def test_resume_finds_the_same_class_images_named_another_way(photos, tmp_path, isolated_home, monkeypatch):
     """What a resume checks of given class images is their names and bytes: the same folder, given relative
-    before and absolute now, resumes."""
+    before and absolute now, resumes; so do settings that change no image (the batch of generated ones, and the
+    generation settings, unused with given images), which had been refused."""
     from vidbooth.engine.subject_methods import IdentityAdapterMethod
 
     class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)
@@ -575,7 +576,8 @@ def test_resume_finds_the_same_class_images_named_another_way(photos, tmp_path, 
     original_loss = interrupt_identity_stage(monkeypatch)
     assert train_subject(photos, *args, "dogs", steps=3) == 130
     monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
-    assert train_subject(photos, *args, str(class_dir), "--resume", steps=3) == 0
+    unused = ["--set", "prior.sample_batch_size=1", "--set", "prior.num_inference_steps=7"]
+    assert train_subject(photos, *args, str(class_dir), *unused, "--resume", steps=3) == 0
     config = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["config"]
     assert config["prior"]["class_images"] == str(class_dir)
 

@@ -326,14 +326,24 @@ def _signature(run: _Run, stage: str) -> dict:
     if stage == "textual_inversion":
         ti = cfg.textual_inversion
         return signature | {"num_vectors": ti.num_vectors} | _guided_signature(ti.guidance_scale)
-    prior = OmegaConf.to_container(OmegaConf.structured(cfg.prior)) if cfg.prior.enabled else None
-    if prior is not None and run.class_images_sha256:  # the given class images by names and bytes, not by path
-        del prior["class_images"]  # the same folder named another way (relative, from elsewhere) still resumes
-        prior["class_images_sha256"] = run.class_images_sha256
     layers = {"layers": list(cfg.identity.layers)} if cfg.identity.layers != ["*"] else {}  # as for guidance below
-    return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": prior} | layers | _guided_signature(
-        cfg.identity.guidance_scale
+    return signature | {"hidden_ratio": cfg.identity.hidden_ratio, "prior": _prior_signature(run)} | layers | (
+        _guided_signature(cfg.identity.guidance_scale)
     )
+
+
+def _prior_signature(run: _Run) -> dict | None:
+    """What decides the class images and their loss: given ones by their names and bytes (not by path, so the same
+    folder named another way still resumes), generated ones by how they are sampled (the seed is the run's). Not
+    prior.sample_batch_size: each image has its own noise, so the batch layout changes nothing."""
+    prior = run.cfg.prior
+    if not prior.enabled:
+        return None
+    used = {"weight": prior.weight, "num_class_images": prior.num_class_images}
+    if run.class_images_sha256:
+        return used | {"class_images_sha256": run.class_images_sha256}
+    sampling = {"prompt": prior.prompt, "num_inference_steps": prior.num_inference_steps}
+    return used | sampling | {"guidance_scale": prior.guidance_scale}
 
 
 def _guided_signature(guidance_scale: float) -> dict:
