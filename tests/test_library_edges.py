@@ -19,6 +19,23 @@ def test_a_name_with_a_line_break_is_refused_and_shown_escaped(name):
     assert library.validate_name("S*") == "S*"
 
 
+@pytest.mark.parametrize(("name", "why"), [
+    ("cafe\u0301", "it holds a combining acute accent (U+0301): type the accented letter as one character"),
+    ("my dog", "' ' (space) is not allowed"),
+    ("dog\U0001F600", "(grinning face) is not allowed"),
+    ("a\tb", "a control character (U+0009) is not allowed"),
+    (".x", "it starts with '.'"),
+    ("x" * 65, "it has 65 characters"),
+])
+def test_a_refused_name_says_what_in_it_is_refused(name, why):
+    """'café' pasted from a macOS file name is 'cafe' + a combining accent: it had been refused as if it were not
+    letters, without saying which character was wrong."""
+    with pytest.raises(UserError, match="invalid motion name") as refused:
+        library.validate_name(name, "motion")
+    assert f"{why}; use 1-64 letters" in str(refused.value)
+    assert library.validate_name("caf\u00e9") == "caf\u00e9"  # the same letters, é as one character
+
+
 # ---- something that is not an artifact at an artifact's folder --------------------------------------------------
 def _save(name="S*", kind="subject", overwrite=False, value=b"{}"):
     with library.staged_artifact(kind, name, overwrite=overwrite) as stage:

@@ -61,11 +61,11 @@ def _folder_home() -> Path:
 
 
 def validate_name(name: str, kind: str = "subject") -> str:
-    if not _NAME.fullmatch(name or "") or name.startswith(".") or name in ("..",):
+    if not _NAME.fullmatch(name or "") or name.startswith("."):
         shown = f"'{name}'" if (name or "").isprintable() else repr(name)  # escaped, so that a line break shows as \n
         raise UserError(
-            f"invalid {kind} name {shown}: use 1-64 letters, digits and _ - . * + @ (no spaces, line breaks or "
-            f"/ \\ : ? \" < > |)"
+            f"invalid {kind} name {shown}: {_why_refused(name or '')}; use 1-64 letters, digits and _ - . * + @ (no "
+            f"spaces, line breaks or / \\ : ? \" < > |)"
         )
     if len(dir_name(name)) > MAX_DIR_NAME:
         raise UserError(
@@ -73,6 +73,27 @@ def validate_name(name: str, kind: str = "subject") -> str:
             f"letters are encoded, at most {MAX_DIR_NAME}): use a shorter name"
         )
     return name
+
+
+def _why_refused(name: str) -> str:
+    """What makes `name` no valid name, in words: its first character that no name may hold (by its Unicode name, a
+    combining accent with how to type it), or its length, or its leading dot."""
+    import unicodedata
+
+    refused = next((c for c in name if not _NAME.fullmatch(c)), None)
+    if refused is not None:
+        code = f"U+{ord(refused):04X}"
+        if refused in "\r\n":
+            return "a line break is not allowed"
+        if not refused.isprintable():
+            return f"a control character ({code}) is not allowed"
+        what = unicodedata.name(refused, code).lower()
+        if unicodedata.combining(refused):  # as in a name pasted from macOS, whose é is e + U+0301
+            return f"it holds a {what} ({code}): type the accented letter as one character"
+        return f"'{refused}' ({what}) is not allowed"
+    if not name:
+        return "it is empty"
+    return f"it has {len(name)} characters" if len(name) > 64 else "it starts with '.'"
 
 
 def dir_name(name: str) -> str:
