@@ -44,6 +44,15 @@ def write_photo(path: Path, width: int = 160, height: int = 120) -> Path:
     return path
 
 
+def write_photos(folder: Path, count: int = 3, seed: int = 0) -> Path:
+    """`count` random 96x80 photos, photo0.png, photo1.png, ..., in `folder` (made if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / f"photo{i}.png")
+    return folder
+
+
 def frame_level(index: int) -> int:
     """Grey level of frame `index` in `clip_frames` (distinct for up to 30 frames, far apart enough for h264)."""
     return 16 + 8 * index

@@ -7,13 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
-from tests.badinputs import write_clip
+from tests.badinputs import write_clip, write_photos
 from vidbooth.adapters.base import load_tensors
 from vidbooth.cli.app import main
 from vidbooth.engine.appearance import build_tiny_clip_vision
@@ -29,14 +27,6 @@ FAST = [
     "--no-preview",
 ]  # fmt: skip
 SUBJECT_FILES = ("learned_embeds.safetensors", "identity_adapter.safetensors")
-
-
-def write_images(folder: Path, count: int = 3, seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / f"image{i}.png")
-    return folder
 
 
 def subject_dir(home: Path) -> Path:
@@ -74,7 +64,7 @@ def test_a_subject_built_in_two_runs_records_what_each_stage_ran_with_and_reruns
     first run (class noun, vectors, steps, lr, seed) and stage 2's from the second, and one train-subject run of
     it ends with the same tensors."""
     monkeypatch.chdir(tmp_path)
-    write_images(tmp_path / "photos")
+    write_photos(tmp_path / "photos")
     stage_one = ["--name", "S*", "--class-noun", "dog", "--num-vectors", "2", "--steps", "2", "--lr", "0.02"]
     assert main(["textual-inversion", "photos", *stage_one, *FAST, "--seed", "4"]) == 0
     assert main(["identity-adapter", "photos", "--name", "S*", "--steps", "3", *FAST, "--seed", "7"]) == 0
@@ -100,7 +90,7 @@ def test_a_textual_inversion_subject_records_that_stage_alone_and_reruns_as_one(
     """No identity-adapter (or prior) settings in the config of a subject that has no adapter, and train-subject
     on that config learns the embedding alone again. A built-in base stays a name even beside a folder so named."""
     monkeypatch.chdir(tmp_path)
-    write_images(tmp_path / "photos")
+    write_photos(tmp_path / "photos")
     (tmp_path / "tiny").mkdir()  # not the base: 'tiny' is the built-in model
     args = ["textual-inversion", "photos", "--name", "S*", "--class-noun", "dog", "--steps", "2", "--base", "tiny"]
     assert main([*args, *FAST]) == 0
@@ -121,8 +111,8 @@ def test_a_subject_config_holds_absolute_paths(tmp_path, isolated_home, monkeypa
     the manifest; identity-adapter finds the relative base of stage 1 from another folder."""
     work, other = tmp_path / "work", tmp_path / "other"
     shutil.copytree(tiny_base_dirs["unet3d"], work / "models" / "t2v")
-    write_images(work / "photos")
-    write_images(other / "dogs", count=2, seed=1)
+    write_photos(work / "photos")
+    write_photos(other / "dogs", count=2, seed=1)
     monkeypatch.chdir(work)
     args = ["--name", "S*", "--class-noun", "dog", "--steps", "1", "--base", "models/t2v"]
     assert main(["textual-inversion", "photos", *args, *FAST]) == 0
@@ -176,7 +166,7 @@ def test_absolute_path_keeps_what_is_not_a_local_path(tmp_path, monkeypatch):
 def test_a_second_stage_on_other_photos_warns_that_the_config_cannot_rebuild_the_subject(
     tmp_path, isolated_home, capsys
 ):
-    photos, fewer = write_images(tmp_path / "photos"), write_images(tmp_path / "fewer", count=2)
+    photos, fewer = write_photos(tmp_path / "photos"), write_photos(tmp_path / "fewer", count=2)
     assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1", *FAST]) == 0
     capsys.readouterr()
     assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *FAST]) == 0
@@ -193,7 +183,7 @@ def test_stage_one_settings_come_from_the_manifest_when_config_yaml_was_edited_o
 ):
     """config.yaml is a copy for rerunning, which its user may edit or delete: what identity-adapter records as
     stage 1's settings is the manifest's record of what trained it."""
-    photos = write_images(tmp_path / "photos")
+    photos = write_photos(tmp_path / "photos")
     args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "2", *FAST]
     assert main([*args, "--set", "textual_inversion.train.lr=0.02"]) == 0
     recipe = subject_dir(isolated_home) / "config.yaml"
@@ -211,7 +201,7 @@ def test_stage_one_settings_come_from_the_manifest_when_config_yaml_was_edited_o
 def test_a_subject_built_in_two_runs_with_other_mixed_precisions_reruns_with_one(tmp_path, isolated_home, monkeypatch):
     """One train-subject run refuses two mixed precisions, so the config.yaml of a subject whose stage 1 ran with
     another one holds the second run's for both stages (with the warning that the rerun is not exact)."""
-    photos = write_images(tmp_path / "photos")
+    photos = write_photos(tmp_path / "photos")
     args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1", *FAST]
     assert main([*args, "--set", "textual_inversion.train.mixed_precision=no"]) == 0
     assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *FAST]) == 0
@@ -233,7 +223,7 @@ def test_a_subject_built_in_two_runs_with_other_mixed_precisions_reruns_with_one
 def test_train_subject_refuses_flags_of_a_stage_it_leaves_out(stages, flags, named, tmp_path, isolated_home, capsys):
     """A textual-inversion subject's config.yaml reruns that stage alone: a flag of the other stage would do
     nothing, so it is refused in one line before anything is written."""
-    photos = write_images(tmp_path / "photos")
+    photos = write_photos(tmp_path / "photos")
     args = ["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--set", f"stages={stages}"]
     assert main([*args, *flags]) == 2
     err = capsys.readouterr().err.strip()
@@ -243,7 +233,7 @@ def test_train_subject_refuses_flags_of_a_stage_it_leaves_out(stages, flags, nam
 def test_train_subject_of_the_identity_stage_alone_takes_the_base_from_the_subject(tmp_path, isolated_home):
     """Like identity-adapter, train-subject adding stage 2 to a subject trains on the subject's base when no
     --base or --recipe names one (it loaded the default base, then refused it)."""
-    photos = write_images(tmp_path / "photos")
+    photos = write_photos(tmp_path / "photos")
     quick = ["--set", "data.resolution=16", "--batch-size", "1", "--no-preview"]
     args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--steps", "1"]
     assert main([*args, *quick]) == 0

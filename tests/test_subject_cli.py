@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
+from tests.badinputs import write_photos
 from vidbooth.adapters.base import load_tensors
 from vidbooth.cli.app import main
 from vidbooth.library import list_artifacts, write_json
@@ -32,14 +32,6 @@ FAST = [
     "--batch-size", "1",
 ]  # fmt: skip
 BASES = {"unet3d": "tiny", "animatediff": "tiny-animatediff"}
-
-
-def write_photos(folder: Path, count: int = 3, seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / f"photo{i}.png")
-    return folder
 
 
 @pytest.fixture
