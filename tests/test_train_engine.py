@@ -236,6 +236,25 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, accelerator):
     assert all(torch.equal(whole.state_dict()[k], v) for k, v in resumed.state_dict().items())
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_in_the_last_step_after_the_check_still_stops(tmp_path, accelerator, monkeypatch, signum):
+    """Ctrl-C during the last step's optimizer step or checkpoint, after the loop had checked for a signal: the run
+    had ended as if nothing happened, and the command went on to save (and render a preview) and exit 0."""
+    real_step, steps = engine._optimizer_step, []
+
+    def step_then_signal(*args):
+        real_step(*args)
+        steps.append(1)
+        if len(steps) == 3:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(engine, "_optimizer_step", step_then_signal)
+    with pytest.raises(Interrupted, match="at step 3/3; checkpoint saved") as info:
+        engine.train(make_method(), toy_data(), config(steps=3), tmp_path, accelerator)
+    assert info.value.exit_code == 128 + signum
+    assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000003"]  # --resume saves at once
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, accelerator):
     method = make_method(poison_at_call=11)  # step 6
     with pytest.raises(UserError, match="loss became nan at step 6.*step-0000004"):

@@ -412,6 +412,17 @@ class StopRequests:
             signal.signal(s, handler)
 
 
+def _stopped(signum: int | None, step: int, cfg: TrainConfig, run_dir: Path) -> Interrupted:
+    """The error of a run stopped by `signum` (SIGINT when only another process got one) once checkpoint `step` is
+    saved."""
+    signum = int(signum or signal.SIGINT)
+    return Interrupted(
+        f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; checkpoint saved in {run_dir}: rerun "
+        "the same command with --resume to continue",
+        128 + signum,
+    )
+
+
 # ---- the loop -------------------------------------------------------------------------------------
 def _agree(accelerator, values: list[float]) -> list[float]:
     """Element-wise sum over processes (so that every process takes the same decision)."""
@@ -615,14 +626,13 @@ def train(
             bar.advance(loss=loss)
             if signalled:
                 checkpoint(step, loss)
-                signum = int(stop.signum or signal.SIGINT)
-                raise Interrupted(
-                    f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; checkpoint saved in "
-                    f"{run_dir}: rerun the same command with --resume to continue",
-                    128 + signum,
-                )
+                raise _stopped(stop.signum, step, cfg, run_dir)
             if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 checkpoint(step, loss)  # the last one lets a finished stage "resume" at once
+        # a signal after the last step's check (in its optimizer step or checkpoint): that checkpoint is saved, so the
+        # run stops as any stop does, rather than go on to save the artifact and render its preview
+        if _agree(accelerator, [float(stop.signum or 0)])[0]:
+            raise _stopped(stop.signum, step, cfg, run_dir)
     result.step = step
     result.seconds = time.perf_counter() - started
     return result
