@@ -371,3 +371,27 @@ def test_a_permission_error_is_one_line_on_the_command_line(monkeypatch, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: permission denied: /shared/vidbooth/motions: give yourself "
                                                    "access to it, or use another folder (for the library: --home)")
+
+
+def test_train_motion_checks_the_name_again_once_it_holds_the_lock(tmp_path, isolated_home, monkeypatch, capsys):
+    """Two terminals: the second run passed its first check while the first still trained, then got the lock once
+    the first had saved the motion. It had trained in full, then been refused at the save."""
+    import vidbooth.engine.backbone
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+
+    real_lock = library.artifact_lock
+
+    def first_run_saves_then_releases(kind, name):
+        _save(name, kind)
+        return real_lock(kind, name)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded (and trained) for a name that another run had just saved")
+
+    monkeypatch.setattr(library, "artifact_lock", first_run_saves_then_releases)
+    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone", refuse)
+    clip = write_clip(tmp_path / "clip.mp4")
+    assert main(["train-motion", str(clip), "--name", "m", "--recipe", "tiny/motion"]) == 2
+    assert "motion 'm' already exists" in capsys.readouterr().err
+    assert not list(isolated_home.glob(".locks/*"))

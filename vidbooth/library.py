@@ -7,6 +7,7 @@ Layout (`$VIDBOOTH_HOME`, default `~/.local/share/vidbooth`, or `--home`):
     .staging/         artifacts being written (never read as artifacts)
     .trash/           the previous version while an --overwrite swap is in flight
     .locks/           one lock file per artifact being trained
+    .runs/            training checkpoints (`engine.train.run_folder`), kept while a stopped run may --resume
 
 `<dir>` is the artifact name with every character outside [A-Za-z0-9_.-] percent-encoded ('S*' -> 'S%2A').
 An artifact appears only when complete: it is written under `.staging/` and renamed into place. An
@@ -359,7 +360,7 @@ NEVER_DELETED = "vidbooth never deletes what is not an artifact (not even with -
 def check_free(kind: str, name: str, overwrite: bool) -> Path:
     """Refuse early (before any training) when the library, or a folder of it that training `name` writes in, is not
     writable, something that is not an artifact is at `name`'s folder, or `name` exists without --overwrite;
-    writes nothing."""
+    creates nothing (an existing library gets a probe file, removed at once)."""
     home = writable_home(create=False)
     path = artifact_dir(kind, name, must_exist=False)
     runs = home / ".runs" / KINDS[kind] / dir_name(name)

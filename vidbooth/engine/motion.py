@@ -168,6 +168,8 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
     # one lock for the run, held by the main process (the others of an `accelerate launch` run share it)
     with artifact_lock("motion", cfg.name) if accelerator.is_main_process else contextlib.nullcontext():
+        if accelerator.is_main_process:  # again: a run of this name that held the lock until now may have saved it
+            check_free("motion", cfg.name, cfg.overwrite)
         return _train_locked(cfg, clips, accelerator)
 
 
