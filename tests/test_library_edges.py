@@ -395,3 +395,14 @@ def test_train_motion_checks_the_name_again_once_it_holds_the_lock(tmp_path, iso
     assert main(["train-motion", str(clip), "--name", "m", "--recipe", "tiny/motion"]) == 2
     assert "motion 'm' already exists" in capsys.readouterr().err
     assert not list(isolated_home.glob(".locks/*"))
+
+
+@pytest.mark.parametrize("folder", ["subjects", ".locks", ".staging", ".trash", ".runs", ".runs/subjects"])
+def test_a_file_where_the_library_keeps_a_folder_is_refused_before_training(isolated_home, folder):
+    """A file at subjects/ had let a run train in full and then be refused as if motions/<name> had appeared; one at
+    .locks/ had been a NotADirectoryError traceback."""
+    (isolated_home / folder).parent.mkdir(parents=True, exist_ok=True)
+    (isolated_home / folder).write_text("mine")
+    with pytest.raises(UserError, match=f"{folder} is a file where the library .* keeps a folder: move it out of"):
+        library.check_free("subject", "S*", overwrite=False)
+    assert (isolated_home / folder).read_text() == "mine"

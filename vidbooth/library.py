@@ -345,8 +345,14 @@ def _in_the_way(path: Path) -> str | None:
 
 
 def _check_writable(home: Path, folders: list[Path]) -> None:
-    """A UserError naming the first of `folders` that exists and that this process may not write in."""
+    """A UserError naming the first of the library's `folders` that is a file (made by hand, say), or a folder that
+    this process may not write in; those that do not exist yet are fine, and so is a link to a folder."""
     for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise UserError(
+                f"{folder} is a file where the library {home} keeps a folder: move it out of {folder.parent}, or "
+                "choose another library with --home"
+            )
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise UserError(
                 f"cannot write to {folder} in the library {home}: make it writable for you, or choose another "
@@ -358,9 +364,9 @@ NEVER_DELETED = "vidbooth never deletes what is not an artifact (not even with -
 
 
 def check_free(kind: str, name: str, overwrite: bool) -> Path:
-    """Refuse early (before any training) when the library, or a folder of it that training `name` writes in, is not
-    writable, something that is not an artifact is at `name`'s folder, or `name` exists without --overwrite;
-    creates nothing (an existing library gets a probe file, removed at once)."""
+    """Refuse early (before any training) when the library, or a folder of it that training `name` writes in, is a
+    file or is not writable, something that is not an artifact is at `name`'s folder, or `name` exists without
+    --overwrite; creates nothing (an existing library gets a probe file, removed at once)."""
     home = writable_home(create=False)
     path = artifact_dir(kind, name, must_exist=False)
     runs = home / ".runs" / KINDS[kind] / dir_name(name)
