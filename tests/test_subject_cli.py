@@ -614,3 +614,40 @@ def test_bad_class_images_are_one_line_about_class_images(case, photos, tmp_path
     err = capsys.readouterr().err.strip()
     assert message in err and str(given) in err and "photo" not in err.replace(str(given), "") and "\n" not in err
     assert library_is_empty(isolated_home)
+
+
+@pytest.mark.parametrize("command", ["train-subject", "identity-adapter"])
+def test_a_subject_saved_by_another_run_while_this_one_waited_for_the_lock_is_refused_before_training(
+    command, photos, isolated_home, monkeypatch, capsys
+):
+    """Two terminals: the second run passed its first check while the first still trained, then got the lock once
+    the first had saved. It had trained in full, then been refused at its save."""
+    import vidbooth.engine.subject as engine
+    from vidbooth import library
+
+    if command == "identity-adapter":
+        assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1",
+                     *FAST, "--no-preview"]) == 0
+    real_lock = library.artifact_lock
+
+    def first_run_saves_then_releases(kind, name):
+        manifest = subject_dir(isolated_home) / "manifest.json"
+        if command == "train-subject":  # the other run's whole subject
+            with library.staged_artifact(kind, name) as stage:
+                write_json(stage / library.MANIFEST, {"name": name, "kind": kind})
+        else:  # the other run's identity adapter, added to the subject
+            data = json.loads(manifest.read_text())
+            write_json(manifest, data | {"paths": data["paths"] | {"identity_adapter": "identity_adapter.safetensors"}})
+        return real_lock(kind, name)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded (and trained) for a subject another run had just saved")
+
+    monkeypatch.setattr(engine, "artifact_lock", first_run_saves_then_releases)
+    monkeypatch.setattr(engine, "load_backbone_for", refuse)
+    capsys.readouterr()
+    args = [command, str(photos), "--name", "S*", *FAST, *(["--class-noun", "dog"] if command == "train-subject" else [])]
+    assert main([*args, "--steps" if command == "identity-adapter" else "--ti-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "already exists" if command == "train-subject" else "already has an identity adapter"
+    assert expected in err and "\n" not in err

@@ -193,6 +193,11 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
     run.accelerator = make_accelerator(getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device)
     main = run.accelerator.is_main_process
     with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():
+        # again: another run of this name that held the lock until now may have saved it
+        if main and _check_library(cfg, stages) != run.existing:
+            raise UserError(
+                f"subject '{cfg.name}' was changed by another run while this one waited for it: run the command again"
+            )
         run.backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(run.accelerator))
         if "identity" in stages:
             # checked before any training, used by the identity stage
@@ -210,20 +215,26 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
     return artifact_dir(KIND, cfg.name, must_exist=False)
 
 
+def _check_library(cfg: SubjectConfig, stages: tuple[str, ...]) -> dict | None:
+    """Refuse what the library holds under the name (a subject without --overwrite, or, to add stage 2, no subject
+    or one that has it); returns the manifest of the subject that stage 2 extends."""
+    if "textual_inversion" in stages:
+        check_free(KIND, cfg.name, cfg.overwrite)
+        return None
+    existing = read_manifest(artifact_dir(KIND, cfg.name))
+    if existing["paths"]["identity_adapter"] and not cfg.overwrite:
+        raise UserError(f"subject '{cfg.name}' already has an identity adapter: pass --overwrite to retrain it")
+    return existing
+
+
 def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     """Every check that needs no model: name, library state, photos, class noun, class images."""
     from vidbooth.data.images import load_image
     from vidbooth.engine.prior import class_image_files, class_images_sha256
 
     cfg.check(stages)
-    existing = earlier = None
-    if "textual_inversion" in stages:
-        check_free(KIND, cfg.name, cfg.overwrite)
-    else:
-        existing = read_manifest(artifact_dir(KIND, cfg.name))
-        if existing["paths"]["identity_adapter"] and not cfg.overwrite:
-            raise UserError(f"subject '{cfg.name}' already has an identity adapter: pass --overwrite to retrain it")
-        earlier = _earlier_config(cfg.name, existing)
+    existing = _check_library(cfg, stages)
+    earlier = None if existing is None else _earlier_config(cfg.name, existing)
     class_noun = cfg.class_noun.strip() or existing["class_noun"]
     photos = _load_photos(cfg.photos)
     base_folder = base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
