@@ -152,7 +152,7 @@ def test_a_motion_config_holds_absolute_paths(tmp_path, isolated_home, monkeypat
 
 
 def test_absolute_path_keeps_what_is_not_a_local_path(tmp_path, monkeypatch):
-    from vidbooth.engine.subject import absolute_path
+    from vidbooth.fileio import absolute_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nano").mkdir()

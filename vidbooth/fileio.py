@@ -7,7 +7,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -188,3 +188,12 @@ def _is_file(fd: int, path: Path) -> bool:
         return False
     opened = os.fstat(fd)
     return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+def absolute_path(value: str | None, names: Collection[str] = ()) -> str | None:
+    """`value` as an absolute path when it names an existing local file or folder and is none of the built-in
+    `names` (which win over a folder of the same name); anything else (None, a hub id, a built-in) as it is."""
+    if not value or value in names:
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value

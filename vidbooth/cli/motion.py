@@ -64,7 +64,6 @@ def train_motion(
     from vidbooth.config.load import recipe_or_default
     from vidbooth.config.motion import MotionConfig
     from vidbooth.engine.motion import train_motion as run_train_motion
-    from vidbooth.errors import UserError
     from vidbooth.reporting import info
 
     overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {

@@ -176,8 +176,7 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone_for
-    from vidbooth.engine.subject import stage_clock
-    from vidbooth.engine.train import backbone_device, remove_run, run_folder, seed_everything, train
+    from vidbooth.engine.train import backbone_device, remove_run, run_folder, seed_everything, stage_clock, train
 
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     size = training_size(backbone, cfg)
@@ -274,7 +273,7 @@ def rerun_config(cfg: MotionConfig) -> MotionConfig:
     (--overwrite, --resume) dropped. Hub ids and built-in names stay as they are."""
     from vidbooth.engine.appearance import TINY_CLIP, VAE
     from vidbooth.engine.backbone import BUILTIN
-    from vidbooth.engine.subject import absolute_path
+    from vidbooth.fileio import absolute_path
 
     builtin = {"nano", *BUILTIN}
     return replace(

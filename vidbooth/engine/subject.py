@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import shutil
 import signal
-import time
-from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,11 +58,11 @@ from vidbooth.engine.backbone import base_model_folder, load_backbone_for
 from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.sampling import training_resolution
 from vidbooth.engine.train import (
+    stage_clock,
     TrainResult,
     backbone_device,
     derived_seed,
     dtype_signature,
-    list_checkpoints,
     make_accelerator,
     remove_run,
     run_folder,
@@ -73,6 +70,7 @@ from vidbooth.engine.train import (
     train,
 )
 from vidbooth.errors import Interrupted, UserError
+from vidbooth.fileio import absolute_path
 from vidbooth.library import (
     MANIFEST,
     artifact_dir,
@@ -89,9 +87,6 @@ STAGE_FOLDERS = {"textual_inversion": "textual-inversion", "identity": "identity
 PREVIEW_FILE = "preview.png"
 CONFIG_FILE = "config.yaml"
 ENCODE_CHUNK = 8
-SECONDS_FILE = "seconds.json"
-"""Beside a stage's checkpoints: the wall time spent on the stage so far, for a resumed run's manifest."""
-
 
 def train_textual_inversion(cfg: SubjectConfig) -> Path:
     """Stage 1 alone: a new subject holding the learned embedding. Returns the artifact folder."""
@@ -414,26 +409,6 @@ def _train_stage(run: _Run, stage: str, method, signature: dict, description: st
     run.seconds[stage] = clock["seconds"]
 
 
-@contextlib.contextmanager
-def stage_clock(run_dir: Path, resume: bool, main_process: bool):
-    """Time the training of a stage whose checkpoints are in `run_dir`: yields a dict whose "seconds", once the
-    block ends, is its wall time plus, when it resumes, the time its earlier runs spent. That total is kept beside
-    the checkpoints (`SECONDS_FILE`, by the main process, also when the run stops), for the next resume."""
-    record = Path(run_dir) / SECONDS_FILE
-    earlier = 0.0
-    if resume and list_checkpoints(run_dir):
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            earlier = float(json.loads(record.read_text())["seconds"])
-    clock, started = {"seconds": earlier}, time.perf_counter()
-    try:
-        yield clock
-    finally:
-        clock["seconds"] = earlier + time.perf_counter() - started
-        if main_process and list_checkpoints(run_dir):  # none: nothing to resume, nothing to add to
-            with contextlib.suppress(OSError):
-                record.write_text(json.dumps({"seconds": clock["seconds"]}))
-
-
 def _load_existing_embedding(run: _Run) -> torch.Tensor:
     from vidbooth.adapters.textual_inversion import read_learned_embeddings
 
@@ -555,15 +530,6 @@ def rerun_config(run: _Run) -> SubjectConfig:
         overwrite=False,
         resume=False,
     )
-
-
-def absolute_path(value: str | None, names: Collection[str] = ()) -> str | None:
-    """`value` as an absolute path when it names an existing local file or folder and is none of the built-in
-    `names` (which win over a folder of the same name); anything else (None, a hub id, a built-in) as it is."""
-    if not value or value in names:
-        return value
-    path = Path(value).expanduser()
-    return str(path.resolve()) if path.exists() else value
 
 
 def _warn_if_not_one_run(run: _Run, earlier: SubjectConfig) -> None:

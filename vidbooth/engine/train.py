@@ -636,3 +636,27 @@ def train(
     result.step = step
     result.seconds = time.perf_counter() - started
     return result
+
+
+SECONDS_FILE = "seconds.json"
+"""Beside a stage's checkpoints: the wall time spent on the stage so far, for a resumed run's manifest."""
+
+
+@contextlib.contextmanager
+def stage_clock(run_dir: Path, resume: bool, main_process: bool):
+    """Time the training of a stage whose checkpoints are in `run_dir`: yields a dict whose "seconds", once the
+    block ends, is its wall time plus, when it resumes, the time its earlier runs spent. That total is kept beside
+    the checkpoints (`SECONDS_FILE`, by the main process, also when the run stops), for the next resume."""
+    record = Path(run_dir) / SECONDS_FILE
+    earlier = 0.0
+    if resume and list_checkpoints(run_dir):
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            earlier = float(json.loads(record.read_text())["seconds"])
+    clock, started = {"seconds": earlier}, time.perf_counter()
+    try:
+        yield clock
+    finally:
+        clock["seconds"] = earlier + time.perf_counter() - started
+        if main_process and list_checkpoints(run_dir):  # none: nothing to resume, nothing to add to
+            with contextlib.suppress(OSError):
+                record.write_text(json.dumps({"seconds": clock["seconds"]}))
