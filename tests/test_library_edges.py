@@ -3,6 +3,7 @@ leaves behind, and Ctrl-C while an artifact is saved."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -406,3 +407,17 @@ def test_a_file_where_the_library_keeps_a_folder_is_refused_before_training(isol
     with pytest.raises(UserError, match=f"{folder} is a file where the library .* keeps a folder: move it out of"):
         library.check_free("subject", "S*", overwrite=False)
     assert (isolated_home / folder).read_text() == "mine"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_name_that_reaches_another_names_folder_by_letter_case_is_refused(isolated_home, monkeypatch, overwrite):
+    """On macOS or Windows `s*` reaches the folder of `S*`, and --overwrite would have replaced that subject. Such a
+    file system is imitated here: a link `s%2A` to `S%2A` that the folder's listing does not show."""
+    _save("S*")
+    subjects = isolated_home / "subjects"
+    (subjects / "s%2A").symlink_to("S%2A")
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda folder: [e for e in real_listdir(folder) if e != "s%2A"])
+    with pytest.raises(UserError, match=r"subject 's\*' would be saved in .*S%2A, another name's folder: .*letter case"):
+        library.check_free("subject", "s*", overwrite)
+    assert library.read_manifest(subjects / "S%2A")["name"] == "S*"

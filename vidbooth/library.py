@@ -325,6 +325,14 @@ def _is_artifact(path: Path) -> bool:
     return not path.is_symlink() and (path / MANIFEST).is_file()
 
 
+def _other_name_at(path: Path) -> str | None:
+    """The folder of another name that `path` reaches on a file system that does not tell letter case apart (macOS
+    and Windows by default: `s*` reaches `S%2A`), whose --overwrite would replace that artifact; else None."""
+    if not path.exists() or path.name in os.listdir(path.parent):
+        return None
+    return next((entry for entry in os.listdir(path.parent) if os.path.samefile(path.parent / entry, path)), None)
+
+
 def _in_the_way(path: Path) -> str | None:
     """What is at artifact folder `path` when it is something vidbooth must not replace (a file, a link, a folder
     holding things but no manifest, such as one made by hand); None when `path` is free, an empty folder, or an
@@ -373,6 +381,11 @@ def check_free(kind: str, name: str, overwrite: bool) -> Path:
     stages = [folder for folder in runs.iterdir() if folder.is_dir()] if runs.is_dir() else []  # of a stopped run
     _check_writable(home, [path.parent, home / ".locks", home / ".staging", home / ".trash", *runs.parents[:2], runs,
                            *stages])
+    if other := _other_name_at(path):
+        raise UserError(
+            f"{kind} '{name}' would be saved in {path.parent / other}, another name's folder: this file system does "
+            "not tell names apart by letter case, so choose a name that differs in more than case"
+        )
     if what := _in_the_way(path):
         raise UserError(
             f"{path} is in the way of {kind} '{name}': it is {what}, not a vidbooth {kind}, and {NEVER_DELETED}; "
