@@ -160,3 +160,38 @@ def test_a_prompt_naming_part_of_the_truth_is_probed_for_that_part(world, tmp_pa
     assert main(["evaluate", str(world["video"]), "-p", "a square moving left", "--metrics", "probe_motion",
                  "--json", str(out)]) == 0
     assert json.loads(out.read_text())["videos"][0]["metrics"]["probe_motion"] == 0.0
+
+
+def _nano_subject(world, home: Path) -> None:
+    subject = home / "subjects" / "S%2A"
+    (subject / "photos").mkdir(parents=True)
+    for photo in Path(world["own"]).iterdir():
+        (subject / "photos" / photo.name).write_bytes(photo.read_bytes())
+    manifest = {"kind": "subject", "name": "S*", "schema_version": 1, "base": "nano", "paths": {}, "files": {}}
+    (subject / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["nope.mp4"], "error: video not found: nope.mp4"),
+    (["VIDEO", "--ref-video", "nothere.mp4"], "nothere.mp4"),
+])
+def test_bad_input_with_a_nano_subject_is_one_error_line_and_no_tower_line(
+    extra, expected, world, isolated_home, capsys, monkeypatch
+):
+    """The choice of nano's towers is said only once the inputs are checked: a bad one is the only line."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    _nano_subject(world, isolated_home)
+    args = [str(world["video"]) if arg == "VIDEO" else arg for arg in extra]
+    assert run(*args, "--subject", "S*") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
+
+
+def test_motion_fidelity_alone_says_nothing_of_the_towers_it_does_not_use(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    world["video"].with_suffix(".yaml").write_text("backbone:\n  base: nano\nprompt: a red square moving right\n")
+    out = tmp_path / "scores.json"
+    assert run(world["video"], "--ref-video", world["video"], "--metrics", "motion", "--json", out) == 0
+    captured = capsys.readouterr()
+    assert "towers" not in captured.out + captured.err, captured.err
+    assert json.loads(out.read_text())["videos"][0]["metrics"]["motion_fidelity"] > 0.9

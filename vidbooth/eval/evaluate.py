@@ -69,7 +69,7 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     if requested and "motion_fidelity" in requested and not motion_paths:
         raise UserError("motion_fidelity needs a reference motion: pass --motion NAME or --ref-video CLIP")
     single = len(jobs) == 1 and not config.manifest
-    clip_model = _clip_model(config, jobs)
+    clip_model, auto_nano = _clip_model(config, jobs)
     choice = _MetricChoice(requested, bool(motion_paths), nano=is_nano(clip_model), probe=bool(config.probe))
     # Without a manifest every job shares the references, and the prompt when --prompt gives it (or when no video
     # has one): a gap in them concerns the whole run. A prompt read from the config beside a video is its own.
@@ -77,7 +77,10 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     shared = [not config.manifest and bool(config.prompt or job.prompt or no_prompts) for job in jobs]
     plans = [_plan(job, choice, single, shared_inputs) for job, shared_inputs in zip(jobs, shared)]
     needed = {name for metrics in plans for name in metrics or ()}
-    scorer = _Scorer(motion_paths, config.device, config.batch_size, shared_images)
+    scorer = _Scorer(motion_paths, config.device, config.batch_size, shared_images)  # reads the reference motion
+    if auto_nano and needed & set(IMAGE_TOWER_METRICS):  # said once the inputs are checked, and only when used
+        reporting.info(f"scoring with nano's own towers, as the base of what is evaluated is {NANO_NAME} "
+                       "(--clip-model chooses another)")
     scorer.load_models(needed, clip_model, config.dino_model)
     if needed and needed <= set(scorer.unavailable):
         raise UserError("no metric can be computed: " + "; ".join(sorted(set(scorer.unavailable.values()))))
@@ -95,11 +98,12 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     return report
 
 
-def _clip_model(config: EvaluateConfig, jobs: list[EvalJob]) -> str:
+def _clip_model(config: EvaluateConfig, jobs: list[EvalJob]) -> tuple[str, bool]:
     """`--clip-model`, or for 'auto': nano's own towers when what is evaluated comes from nano (the base in the
-    config `generate` wrote beside each video, and the library subject's and motion's), else DEFAULT_CLIP_MODEL."""
+    config `generate` wrote beside each video, and the library subject's and motion's), else DEFAULT_CLIP_MODEL.
+    The flag is whether 'auto' chose nano, which the caller says in an info line once the inputs are checked."""
     if config.clip_model != AUTO:
-        return config.clip_model
+        return config.clip_model, False
     from vidbooth.library import artifact_dir, read_manifest
 
     bases = {generated_base(job.video) for job in jobs if not job.problem}
@@ -108,10 +112,8 @@ def _clip_model(config: EvaluateConfig, jobs: list[EvalJob]) -> str:
             bases.add(read_manifest(artifact_dir(kind, name), verify=False).get("base"))
     known = bases - {None}
     if known and all(is_nano(base) for base in known):
-        reporting.info(f"scoring with nano's own towers, as the base of what is evaluated is {NANO_NAME} "
-                       "(--clip-model chooses another)")
-        return NANO_NAME
-    return DEFAULT_CLIP_MODEL
+        return NANO_NAME, True
+    return DEFAULT_CLIP_MODEL, False
 
 
 def requested_metrics(names: list[str]) -> list[str] | None:
