@@ -39,7 +39,7 @@ def test_generate_with_subject_and_motion(tiny_base_dirs, inputs, tmp_path, caps
             "--frames", "4", "--steps", "2", "--device", "cpu"]
     assert main([*args, "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "lacks the subject token 'S*'" in err and "a S* ball rolling" in err
+    assert "warning: the prompt lacks the subject token 'S*'" in err and "a S* ball rolling" in err
     assert read_video(out).shape == (4, 32, 32, 3)
     # the adapters change the video; at scale 0 both adapters are off and only the pseudo-word remains
     assert main([*args, "--out", str(tmp_path / "off.mp4"), "--subject-scale", "0", "--motion-scale", "0"]) == 0

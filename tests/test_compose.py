@@ -121,6 +121,15 @@ def test_missing_token_is_inserted_with_a_note(prompt, expected):
     assert note is not None and expected in note
 
 
+def test_the_token_without_its_star_gets_a_hint():
+    """'a S dog' (the shell, or a typo, dropped the '*'): the note asks whether S* was meant."""
+    updated, note = with_subject_token("a S dog jumps", "S*", "dog")
+    assert updated == "a S S* dog jumps" and note.endswith("did you mean S*?")
+    for prompt in ["a dog jumps", "a Sam dog jumps"]:
+        assert "did you mean" not in with_subject_token(prompt, "S*", "dog")[1]
+    assert "did you mean" not in with_subject_token("a dog finishing its tasks", "sks", "dog")[1]
+
+
 @pytest.mark.parametrize("prompt", ["S* dog jumps", "s* dog jumps", "S*'s dog jumps", "a dog, S*, jumps"])
 def test_prompt_with_the_token_is_kept(prompt):
     """The token counts where the tokenizer reads it: in any case, beside punctuation."""

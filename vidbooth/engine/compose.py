@@ -83,7 +83,7 @@ def check_same_base(first: tuple[str, str, dict], second: tuple[str, str, dict])
 
 
 def with_subject_token(prompt: str, token: str, class_noun: str) -> tuple[str, str | None]:
-    """Return the prompt with '<token> <class noun>' in it, and a note when it had to be inserted.
+    """Return the prompt with '<token> <class noun>' in it, and a warning's text when it had to be inserted.
 
     The token goes before the first whole-word class noun ('a dog running' -> 'a S* dog running');
     without one, 'a <token> <class noun>' is put in front of the prompt.
@@ -95,4 +95,8 @@ def with_subject_token(prompt: str, token: str, class_noun: str) -> tuple[str, s
         updated = f"{prompt[: noun.start()]}{token} {prompt[noun.start():]}"
     else:
         updated = " ".join(part for part in ("a", token, class_noun, prompt.strip()) if part)
-    return updated, f"the prompt lacks the subject token '{token}': using \"{updated}\""
+    note = f"the prompt lacks the subject token '{token}': using \"{updated}\""
+    bare = re.sub(r"\W", "", token)
+    if bare and bare != token and bare in re.findall(r"\w+", prompt):
+        note += f"; did you mean {token}?"  # 'a S dog': the shell or a typo dropped the '*'
+    return updated, note

@@ -91,7 +91,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             bb, prompt, cfg.subjects, cfg.motion, cfg.subject_scale, cfg.motion_scale, negative_prompt
         )
         for note in applied.notes:
-            info(note)
+            warn(note)
         prompt, negative_prompt = applied.prompt, applied.negative_prompt
     frames = sample_frames(bb, cfg, prompt, negative_prompt)
     ensure_writable_dir(video_path.parent)
