@@ -325,3 +325,10 @@ def test_a_phone_photo_with_a_depth_map_is_not_called_animated(tmp_path, warned)
     photo = Image.new("RGB", (200, 120), "red")
     photo.save(path, format="MPO", save_all=True, append_images=[photo.resize((100, 60))])
     assert np.asarray(load_image(path)).shape == (120, 200, 3) and warned == []
+
+
+def test_a_folder_without_photos_names_every_accepted_type(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(UserError, match="no photos found") as caught:
+        images._photo_files(tmp_path)
+    assert all(extension in str(caught.value) for extension in images.IMAGE_EXTENSIONS)

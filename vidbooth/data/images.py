@@ -209,7 +209,7 @@ def _photo_files(path: Path) -> list[Path]:
         reporting.warn(f"skipped {len(unreadable)} HEIC/RAW photo(s) in {path} ({names}): convert them to JPEG or PNG")
     photos = [p for p in entries if is_image_file(p)]
     if not photos:
-        kinds = ", ".join(IMAGE_EXTENSIONS[:4])
+        kinds = f"{', '.join(IMAGE_EXTENSIONS[:-1])} or {IMAGE_EXTENSIONS[-1]}"  # every accepted type
         raise UserError(f"no photos found in {path}: add 3-5 photos of the subject as {kinds} files")
     return photos
 
