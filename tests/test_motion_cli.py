@@ -256,3 +256,34 @@ def test_two_processes_stop_together_when_the_main_one_meets_a_full_disk(tmp_pat
     assert message in done.stderr
     assert not (isolated_home / "motions" / "slide").exists()
     assert not list((isolated_home / ".runs").rglob("*step-*"))
+
+
+def _fake_artifact(home, kind: str, name: str, base: str, fingerprint: str) -> None:
+    from vidbooth.library import dir_name
+
+    folder = home / f"{kind}s" / dir_name(name)
+    folder.mkdir(parents=True)
+    manifest = {"kind": kind, "name": name, "schema_version": 1, "base": base, "base_fingerprint": fingerprint,
+                "paths": {}, "files": {}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_subject_and_a_motion_of_different_bases_are_refused_before_the_model_loads(
+    tmp_path, isolated_home, capsys, monkeypatch
+):
+    """Their manifests say both bases: the refusal needs no model, so none is loaded (nor any 'base ...' line)."""
+    import vidbooth.engine.backbone as backbone
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(backbone, "load_backbone_for", no_loading)
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    _fake_artifact(isolated_home, "subject", "T1", "tiny", "aaaa")
+    _fake_artifact(isolated_home, "motion", "wave", "nano", "bbbb")
+    code = main(["generate", "--prompt", "a T1 dog", "--subject", "T1", "--motion", "wave", "--device", "cpu",
+                 "--out", str(tmp_path / "x.mp4")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "subject 'T1' was learned on tiny" in lines[0] and "motion 'wave' on nano" in lines[0], lines
+    assert "cannot be combined" in lines[0] and not (tmp_path / "x.mp4").exists()

@@ -59,4 +59,24 @@ def generate(
     named = [("subject", name) for name in subject or []] + ([("motion", motion)] if motion else [])
     overrides |= options.learned_backbone(recipe, sets, overrides, named)
     cfg = load_config(GenerateConfig, recipe_or_default(recipe, "generate", sets, overrides), sets, overrides)
+    check_learned_together(cfg.subjects, cfg.motion)
     run_generate(cfg)
+
+
+def check_learned_together(subjects: list[str], motion: str | None) -> None:
+    """A subject and a motion learned on different bases fail here, from their manifests, before the model loads
+    (loading it takes seconds, and applying them, where the same check is made again, comes after). A name that
+    cannot be read is left to `generate`, which reports it as it always has."""
+    from vidbooth.engine.compose import check_same_base
+    from vidbooth.errors import UserError
+    from vidbooth.library import artifact_dir, read_manifest
+
+    if not subjects or not motion:
+        return
+    try:
+        motion_manifest = read_manifest(artifact_dir("motion", motion), verify=False)
+        subject_manifests = {name: read_manifest(artifact_dir("subject", name), verify=False) for name in subjects}
+    except UserError:
+        return
+    for name, manifest in subject_manifests.items():
+        check_same_base(("subject", name, manifest), ("motion", motion, motion_manifest))
