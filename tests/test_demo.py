@@ -262,3 +262,13 @@ def test_a_second_demo_into_a_folder_being_written_is_refused(tmp_path, capsys):
     # the running demo finished: what it wrote replaced the earlier demo
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == {
         Path("metrics.json"): b'{"running": true}'}
+
+
+def test_the_demos_recipe_help_describes_the_demos_yaml_not_a_training_recipe():
+    import typer
+
+    from vidbooth.cli.app import app
+
+    demo = typer.main.get_command(app).commands["demo"]
+    (recipe,) = [param for param in demo.params if "--recipe" in param.opts]
+    assert "recipes/" not in recipe.help and "demo" in recipe.help

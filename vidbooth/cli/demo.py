@@ -16,7 +16,9 @@ def demo(
     device: str = options.Device,
     precision: str = options.Precision,
     attention: str = options.Attention,
-    recipe: str = options.Recipe,
+    recipe: str = typer.Option(  # not options.Recipe: the demo has no recipes under recipes/
+        None, "--recipe", "-r", help="YAML file of the demo's settings (the keys of docs/demo.md, e.g. fast: true)."
+    ),
     sets: list[str] = options.Sets,
 ) -> None:
     """Make photos of a subject and a clip of a motion the base never saw, learn both, generate, and score."""
