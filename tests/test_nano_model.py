@@ -503,3 +503,18 @@ def test_cli_runs_a_recipe_and_refuses_to_overwrite(tmp_path, char_tokenizer, ca
     assert main(["pretrain", "--recipe", str(recipe), "--out", out]) == 2  # a UserError: pass --resume
     assert "already holds a pretraining run: pass --resume" in " ".join(capsys.readouterr().err.split())
     assert main(["pretrain", "--recipe", str(recipe), "--out", out, "--resume"]) == 0  # nothing left to train
+
+
+def test_a_run_stopped_by_max_minutes_says_once_how_to_continue(tmp_path, char_tokenizer, capsys, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from vidbooth.cli.app import main
+
+    monkeypatch.delenv("VIDBOOTH_QUIET", raising=False)
+    recipe = tmp_path / "tiny.yaml"
+    OmegaConf.save(OmegaConf.structured(tiny_config(tmp_path, char_tokenizer)), recipe)
+    out = str(tmp_path / "stopped")
+    assert main(["pretrain", "--recipe", str(recipe), "--out", out, "--max-minutes", "0.000001"]) == 0
+    printed = " ".join("".join(capsys.readouterr()).split())
+    assert "at autoencoder step 1: rerun the same command with --resume to continue" in printed
+    assert printed.count("--resume") == 1 and "pretraining stopped: autoencoder 1," in printed

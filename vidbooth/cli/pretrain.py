@@ -36,5 +36,5 @@ def pretrain(
     cfg = load_config(PretrainConfig, recipe, sets, overrides)
     result = run_pretrain(cfg)
     steps = ", ".join(f"{stage} {count}" for stage, count in result.steps.items())
-    state = "finished" if result.finished else "stopped (continue with --resume)"
+    state = "finished" if result.finished else "stopped"  # the stop's own line said how to continue
     info(f"pretraining {state}: {steps} steps; run folder {result.run_dir}")

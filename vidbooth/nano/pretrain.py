@@ -510,7 +510,10 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                 raise UserError(f"{stage}.steps was raised to {total} after a later stage began: use a new --out")
             run.mark = time.monotonic()
             if not stage_fns[stage](run, models):
-                info(f"stopped after {cfg.max_minutes:g} minutes at {stage} step {run.state['steps'][stage]}: --resume")
+                info(
+                    f"stopped after {cfg.max_minutes:g} minutes at {stage} step {run.state['steps'][stage]}: "
+                    "rerun the same command with --resume to continue"
+                )
                 model_dir = export(run, models) if run.state["steps"]["unet"] else None  # the weights so far
                 return PretrainResult(run.dir, False, dict(run.state["steps"]), run.state["curve"], model_dir)
             ckpt.write_state(run.dir, run.state)
