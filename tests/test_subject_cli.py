@@ -651,3 +651,22 @@ def test_a_subject_saved_by_another_run_while_this_one_waited_for_the_lock_is_re
     err = capsys.readouterr().err.strip()
     expected = "already exists" if command == "train-subject" else "already has an identity adapter"
     assert expected in err and "\n" not in err
+
+
+def test_a_stopped_runs_checkpoint_is_neither_continued_nor_discarded_unasked(photos, isolated_home, monkeypatch, capsys):
+    """Rerunning a stopped command without --resume had thrown its checkpoints away with a warning (hours of a real
+    run); it is refused before a model loads, and --overwrite starts over."""
+    from vidbooth.engine.subject_methods import IdentityAdapterMethod
+
+    original_loss = interrupt_identity_stage(monkeypatch)
+    assert train_subject(photos, "--no-preview", steps=3) == 130
+    monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
+    runs = isolated_home / ".runs" / "subjects" / "S%2A"
+    kept = sorted(p.relative_to(runs) for p in runs.rglob("step-*"))
+    capsys.readouterr()
+    assert train_subject(photos, "--no-preview", steps=3) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a stopped run left a checkpoint in" in err and "rerun with --resume to continue it, or with --overwrite" in err
+    assert "\n" not in err and sorted(p.relative_to(runs) for p in runs.rglob("step-*")) == kept
+    assert train_subject(photos, "--no-preview", "--overwrite", steps=3) == 0
+    assert "starting over" in capsys.readouterr().err and not runs.exists()

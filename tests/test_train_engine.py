@@ -156,7 +156,7 @@ def test_a_resume_refusal_names_the_stage_and_the_flag_the_user_passes(tmp_path,
                      signature={"data": {"num_frames": 4}, "photos": ["a" * 64]})
     assert (
         "it was trained with other settings (data.num_frames (--frames) was 8, now 4; photos; identity.train.lr (--lr) "
-        "was 0.05, now 0.1); use the same settings, or rerun without --resume to start over"
+        "was 0.05, now 0.1); use the same settings, or rerun with --overwrite instead of --resume to start over"
     ) in str(refused.value)
 
 

@@ -64,6 +64,7 @@ from vidbooth.engine.train import (
     derived_seed,
     dtype_signature,
     make_accelerator,
+    refuse_to_discard,
     remove_run,
     run_folder,
     seed_everything,
@@ -229,6 +230,7 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
 
     cfg.check(stages)
     existing = _check_library(cfg, stages)
+    refuse_to_discard([run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]) for stage in stages], cfg.resume, cfg.overwrite)
     earlier = None if existing is None else _earlier_config(cfg.name, existing)
     class_noun = cfg.class_noun.strip() or existing["class_noun"]
     photos = _load_photos(cfg.photos)

@@ -191,6 +191,19 @@ def run_folder(kind: str, name: str, stage: str) -> Path:
     return library_home() / ".runs" / KINDS[kind] / dir_name(name) / stage
 
 
+def refuse_to_discard(run_dirs: Sequence[Path], resume: bool, overwrite: bool) -> None:
+    """Before a model loads: a stopped run's checkpoint in one of `run_dirs` is neither continued nor thrown away
+    unasked; --resume continues it, --overwrite starts over (as `pretrain` refuses a run folder in use)."""
+    if resume or overwrite:
+        return
+    for run_dir in run_dirs:
+        if checkpoints := list_checkpoints(run_dir):
+            raise UserError(
+                f"a stopped run left a checkpoint in {run_dir} ({checkpoints[-1].name}): rerun with --resume to "
+                "continue it, or with --overwrite to start over"
+            )
+
+
 def remove_run(run_dir: Path) -> None:
     """Drop a finished run's checkpoints (call on the main process once the artifact is saved), and the artifact's
     run folder with them when no other stage's run is left in it."""
@@ -302,7 +315,7 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
     except Exception as exc:
         raise UserError(f"checkpoint {folder} is unreadable ({type(exc).__name__}): delete it and rerun") from exc
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint {folder} has format {state.get('format')}: rerun without --resume")
+        raise UserError(f"checkpoint {folder} has format {state.get('format')}: rerun with --overwrite to start over")
     return state, trainable, extra
 
 
@@ -366,8 +379,8 @@ def _restore(
     if state["signature"] != signature:
         raise UserError(
             f"cannot resume from {folder}: it was trained with other settings "
-            f"({_changed_settings(signature, state['signature'], cfg)}); use the same settings, or rerun without "
-            "--resume to start over"
+            f"({_changed_settings(signature, state['signature'], cfg)}); use the same settings, or rerun with "
+            "--overwrite instead of --resume to start over"
         )
     method.load_state_dict({k: v.to(accelerator.device) for k, v in trainable.items()})
     per_param: dict[int, dict[str, torch.Tensor]] = {}
@@ -617,7 +630,7 @@ def train(
                 fp32 = " (or train in fp32: --precision fp32, mixed_precision no)" if half else ""
                 raise UserError(  # a resume would repeat the same steps: other settings mean starting over
                     f"loss became {loss} at step {step + 1}: training stopped and {kept}; lower the learning rate"
-                    f"{fp32} and run again without --resume"
+                    f"{fp32} and run again with --overwrite instead of --resume"
                 )
             _optimizer_step(optimizer, params, cfg, step, accelerator)
             step += 1
