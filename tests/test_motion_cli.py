@@ -287,3 +287,22 @@ def test_a_subject_and_a_motion_of_different_bases_are_refused_before_the_model_
     assert code == 2 and len(lines) == 1, lines
     assert "subject 'T1' was learned on tiny" in lines[0] and "motion 'wave' on nano" in lines[0], lines
     assert "cannot be combined" in lines[0] and not (tmp_path / "x.mp4").exists()
+
+
+def test_a_clip_in_which_nothing_moves_is_warned_about_before_training(tmp_path, isolated_home, capsys, monkeypatch):
+    """evaluate --motion refuses such a clip as its reference; train-motion, by the same test, says so up front."""
+    from vidbooth.data.video import write_video
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    still = np.zeros((12, 64, 64, 3), dtype=np.uint8)
+    still[:, 20:44, 20:44] = (230, 30, 30)
+    clip = write_video(still, tmp_path / "still.mp4")
+    assert main(["train-motion", str(clip), "--name", "still", *QUICK, "--steps", "1"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if "shows no motion" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: clip ") and "still.mp4" in warnings[0], err
+    assert "learn stillness" in warnings[0]
+    learning = next(i for i, line in enumerate(err) if line.startswith("learning motion"))
+    assert err.index(warnings[0]) < learning  # before training
+    assert main(["evaluate", str(clip), "--motion", "still", "--metrics", "motion"]) == 2
+    assert "shows no motion" in capsys.readouterr().err  # the motion it warned of, refused as evaluate's reference

@@ -184,3 +184,22 @@ def test_a_stride_wins_over_a_recipes_frame_rate_and_null_clears_a_recipes_strid
         with pytest.raises(SystemExit):
             main(["train-motion", clip, "--name", "m", *args])
     assert [(cfg.data.fps, cfg.data.stride) for cfg in ran] == [(8, 3), (8, 2), (4, None)]
+
+
+def test_only_a_clip_in_which_nothing_moves_is_warned_about(tmp_path, monkeypatch):
+    """The test is evaluate's (`vidbooth.eval.motion.moving_signature`): a still clip is warned of, a moving one not."""
+    from tests.badinputs import capture_warnings
+    from vidbooth.data.video import write_video
+    from vidbooth.engine.motion import warn_of_still_clips
+
+    frames = np.zeros((12, 64, 64, 3), dtype=np.uint8)
+    still, moving = frames.copy(), frames.copy()
+    still[:, 20:44, 20:44] = 200
+    for i in range(len(moving)):
+        moving[i, 20:44, 4 + 3 * i : 28 + 3 * i] = 200
+    paths = [write_video(still, tmp_path / "still.mp4"), write_video(moving, tmp_path / "moving.mp4")]
+    clips = read_training_clips(MotionConfig(name="m", clips=[str(p) for p in paths]))
+    warnings = capture_warnings(monkeypatch)
+    warn_of_still_clips(clips)
+    assert len(warnings) == 1 and "still.mp4 shows no motion" in warnings[0], warnings
+    assert "learn stillness" in warnings[0] and "moving.mp4" not in warnings[0]

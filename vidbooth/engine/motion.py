@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidbooth import __version__
+from vidbooth import __version__, reporting
 from vidbooth.adapters.base import adapters_of, load_tensors, remove, save_tensors, set_scale
 from vidbooth.adapters.motion import (
     KIND,
@@ -38,6 +38,7 @@ from vidbooth.data.images import hash_file, is_image_file, natural_sort_key
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, denoising_loss, training_scheduler
 from vidbooth.errors import UserError
+from vidbooth.eval.motion import NO_MOTION, moving_signature
 from vidbooth.reporting import info
 
 ADAPTER_FILE = "motion_adapter.safetensors"
@@ -129,6 +130,15 @@ def read_training_clips(cfg: MotionConfig) -> list[TrainingClip]:
     return clips
 
 
+def warn_of_still_clips(clips: list[TrainingClip]) -> None:
+    """One warning for each clip in which nothing moves, by the test with which `evaluate --motion` refuses such a
+    clip as its reference: a motion learned from it learns stillness, and could never be evaluated."""
+    for clip in clips:
+        if len(clip.frames) > 1 and moving_signature(clip.frames) is None:
+            reporting.warn(f"clip {clip.source} {NO_MOTION}: the motion adapter will learn stillness; choose a clip "
+                           "with visible motion")
+
+
 def source_sha256(path: Path) -> str:
     """sha256 of a video file, or of a frame folder's (name, sha256) list in frame order."""
     if not path.is_dir():
@@ -181,6 +191,8 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     size = training_size(backbone, cfg)
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
+    if accelerator.is_main_process:  # once every input is checked (a bad one stays a single error line)
+        warn_of_still_clips(clips)
     info(
         f"learning motion '{cfg.name}' from {len(clips)} clip(s), {cfg.data.num_frames} frames at {size}px on "
         f"{cfg.backbone.base} ({backbone.family}); appearance guidance: {encoder.name if encoder else 'off'}"

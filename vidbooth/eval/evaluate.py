@@ -31,7 +31,7 @@ from vidbooth.eval.features import (
 )
 from vidbooth.eval.jobs import EvalJob, generated_base, jobs_from_manifest, jobs_from_videos, without_pseudo_words
 from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
-from vidbooth.eval.motion import METHOD, MIN_FLOW, WORK_SIDE, motion_signature, signature_similarity
+from vidbooth.eval.motion import METHOD, NO_MOTION, motion_signature, moving_signature, signature_similarity
 from vidbooth.eval.references import (
     VIDEO_SHORT_SIDE,
     motion_clip_paths,
@@ -264,12 +264,9 @@ class _Scorer:
 
     @staticmethod
     def _reference_signature(path: Path) -> np.ndarray:
-        signature = motion_signature(read_motion_clip(path))
-        if not signature.any():
-            raise UserError(
-                f"reference motion clip {path} shows no motion (nothing moves more than {MIN_FLOW} px between frames "
-                f"at {WORK_SIDE} px): choose a clip with visible motion"
-            )
+        signature = moving_signature(read_motion_clip(path))
+        if signature is None:
+            raise UserError(f"reference motion clip {path} {NO_MOTION}: choose a clip with visible motion")
         return signature
 
     def load_models(self, needed: set[str], clip_model: str, dino_model: str) -> None:

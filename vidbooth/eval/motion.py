@@ -36,6 +36,17 @@ METHOD = (
 )
 
 
+NO_MOTION = f"shows no motion (nothing moves more than {MIN_FLOW} px between frames at {WORK_SIDE} px)"
+"""What is said of a clip whose signature is all zeros (`moving_signature` gives None), after its name."""
+
+
+def moving_signature(frames: np.ndarray) -> np.ndarray | None:
+    """The motion signature of (F >= 2, H, W, 3) uint8 `frames`, or None when nothing in them moves: such a clip
+    cannot be a reference motion (evaluate refuses it), and a motion learned from it learns stillness."""
+    signature = motion_signature(frames)
+    return signature if signature.any() else None
+
+
 def motion_fidelity(generated: np.ndarray, reference: np.ndarray) -> float:
     """Cosine similarity in [0, 1] of the motion signatures of two (F, H, W, 3) uint8 videos."""
     return signature_similarity(motion_signature(generated), motion_signature(reference))
