@@ -106,12 +106,14 @@ class Backbone:
         """Token ids padded to the text encoder's length; a prompt longer than that is cut, with a warning."""
         limit = self.tokenizer.model_max_length
         for prompt in dict.fromkeys(prompts):
-            count = len(self.tokenizer(prompt, truncation=False).input_ids)
-            if count > limit:
+            ids = self.tokenizer(prompt, truncation=False).input_ids
+            if len(ids) > limit:
                 from vidbooth.reporting import warn
 
-                warn(f"the prompt is {count} tokens but the text encoder reads {limit}: the end is ignored "
-                     f"('{prompt[:40]}...'); shorten it")
+                dropped = self.tokenizer.decode(ids[limit - 1 : -1]).strip()  # the last kept place holds the end token
+                shown = dropped if len(dropped) <= 40 else f"{dropped[:40]}..."
+                warn(f"the prompt is {len(ids)} tokens but the text encoder reads {limit}: its end is ignored, from "
+                     f"'{shown}'; shorten it")
         ids = self.tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         return ids.input_ids.to(self.device)
 
