@@ -403,13 +403,3 @@ def test_an_unreadable_reference_image_is_warned_about_once(media, tmp_path, cap
     (media["photos"] / "bad.png").write_text("junk")
     assert run(media["right"], "--ref-images", media["photos"], "--clip-model", "nano", "--metrics", "nano_i") == 0
     assert capsys.readouterr().err.count("skipping reference image") == 1
-
-
-@pytest.mark.parametrize("doc", ["evaluate.md", "library.md"])
-def test_command_examples_quote_a_name_the_shell_would_expand(doc):
-    """`--subject S*` unquoted is a file pattern to the shell (Screenshot.png), which zsh refuses when nothing matches."""
-    import re
-
-    text = (Path(__file__).parent.parent / "docs" / doc).read_text()
-    unquoted = re.findall(r"(?:--subject|--name|-s)[ =]S\*", text)
-    assert not unquoted, unquoted
