@@ -129,6 +129,8 @@ def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tmp_path
     assert len(calls) == 2 and not (isolated_home / "motions" / "m").exists()
     assert [p.name for p in (isolated_home / ".runs").rglob("step-*")] == ["step-0000002"]
     monkeypatch.setattr(motion.MotionAdapterMethod, "loss", real_loss)
+    assert main([*args, "--name", "m"]) == 2  # without --resume: refused, the checkpoint kept (it had been discarded)
+    assert [p.name for p in (isolated_home / ".runs").rglob("step-*")] == ["step-0000002"]
     assert main([*args, "--name", "m", "--resume"]) == 0
     resumed, _ = load_tensors(isolated_home / "motions" / "m" / "motion_adapter.safetensors")
     assert resumed.keys() == reference.keys()

@@ -167,12 +167,13 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
     from vidbooth.engine.backbone import base_model_folder
-    from vidbooth.engine.train import make_accelerator
+    from vidbooth.engine.train import make_accelerator, refuse_to_discard, run_folder
     from vidbooth.library import artifact_lock, check_free, validate_name
 
     cfg.check()
     validate_name(cfg.name, "motion")
     check_free("motion", cfg.name, cfg.overwrite)
+    refuse_to_discard([run_folder("motion", cfg.name, STAGE)], cfg.resume, cfg.overwrite)
     clips = read_training_clips(cfg)
     base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
