@@ -67,7 +67,7 @@ def video_file_problem(path: str | Path) -> str | None:
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         return f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}"
     if path.stat().st_size == 0:
-        return f"video file is empty (0 bytes): {path}"
+        return f"video file is empty (0 bytes): {path}; copy or export it again (a download or copy may have failed)"
     return None
 
 
