@@ -418,6 +418,7 @@ def test_a_name_that_reaches_another_names_folder_by_letter_case_is_refused(isol
     (subjects / "s%2A").symlink_to("S%2A")
     real_listdir = os.listdir
     monkeypatch.setattr(os, "listdir", lambda folder: [e for e in real_listdir(folder) if e != "s%2A"])
-    with pytest.raises(UserError, match=r"subject 's\*' would be saved in .*S%2A, another name's folder: .*letter case"):
+    refused = r"subject 's\*' would be saved in .*S%2A, another name's folder: .*letter case"
+    with pytest.raises(UserError, match=refused):
         library.check_free("subject", "s*", overwrite)
     assert library.read_manifest(subjects / "S%2A")["name"] == "S*"

@@ -646,14 +646,17 @@ def test_a_subject_saved_by_another_run_while_this_one_waited_for_the_lock_is_re
     monkeypatch.setattr(engine, "artifact_lock", first_run_saves_then_releases)
     monkeypatch.setattr(engine, "load_backbone_for", refuse)
     capsys.readouterr()
-    args = [command, str(photos), "--name", "S*", *FAST, *(["--class-noun", "dog"] if command == "train-subject" else [])]
+    noun = ["--class-noun", "dog"] if command == "train-subject" else []
+    args = [command, str(photos), "--name", "S*", *FAST, *noun]
     assert main([*args, "--steps" if command == "identity-adapter" else "--ti-steps", "1"]) == 2
     err = capsys.readouterr().err.strip()
     expected = "already exists" if command == "train-subject" else "already has an identity adapter"
     assert expected in err and "\n" not in err
 
 
-def test_a_stopped_runs_checkpoint_is_neither_continued_nor_discarded_unasked(photos, isolated_home, monkeypatch, capsys):
+def test_a_stopped_runs_checkpoint_is_neither_continued_nor_discarded_unasked(
+    photos, isolated_home, monkeypatch, capsys
+):
     """Rerunning a stopped command without --resume had thrown its checkpoints away with a warning (hours of a real
     run); it is refused before a model loads, and --overwrite starts over."""
     from vidbooth.engine.subject_methods import IdentityAdapterMethod
@@ -666,7 +669,8 @@ def test_a_stopped_runs_checkpoint_is_neither_continued_nor_discarded_unasked(ph
     capsys.readouterr()
     assert train_subject(photos, "--no-preview", steps=3) == 2
     err = capsys.readouterr().err.strip()
-    assert "a stopped run left a checkpoint in" in err and "rerun with --resume to continue it, or with --overwrite" in err
+    assert "a stopped run left a checkpoint in" in err
+    assert "rerun with --resume to continue it, or with --overwrite" in err
     assert "\n" not in err and sorted(p.relative_to(runs) for p in runs.rglob("step-*")) == kept
     assert train_subject(photos, "--no-preview", "--overwrite", steps=3) == 0
     assert "starting over" in capsys.readouterr().err and not runs.exists()

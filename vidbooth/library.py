@@ -118,7 +118,9 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
     path = _kind_root(kind) / dir_name(name)
     if must_exist and not (path / MANIFEST).is_file():
         if what := _in_the_way(path):
-            raise UserError(f"{path} is {what}, not a vidbooth {kind}: move it out of {path.parent}, then train '{name}'")
+            raise UserError(
+                f"{path} is {what}, not a vidbooth {kind}: move it out of {path.parent}, then train '{name}'"
+            )
         known = known_names(kind)
         hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else f"no {KINDS[kind]} yet: train one first"
         raise UserError(f"unknown {kind} '{name}' in {library_home()} ({hint})")

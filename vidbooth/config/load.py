@@ -62,8 +62,8 @@ def given_by(
 ) -> tuple[str, str] | None:
     """Where the config key `key` gets a value from, and how a message names it: ('flag', '--fps 4') when its flag
     gave one (`overrides` holds the flags by key), else ('set', '--set data.fps=4') for the last `--set` that gives
-    it (`--set data={fps: 4}` too), else ('recipe', 'data.fps: 4 in recipe PATH'); None when none of them gives it a value (the default stands). Call it
-    after `load_config`, which reports a recipe that cannot be read."""
+    it (`--set data={fps: 4}` too), else ('recipe', 'data.fps: 4 in recipe PATH'); None when none of them gives it
+    a value (the default stands). Call it after `load_config`, which reports a recipe that cannot be read."""
     value = overrides.get(key)
     if value is not None:
         shown = f"{value:g}" if isinstance(value, float) else str(value)
