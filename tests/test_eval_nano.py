@@ -72,8 +72,8 @@ def test_a_world_clip_scores_1_on_the_probe_and_nothing_of_nano_is_labelled_clip
         ("probe_colour", "probe_shape", "probe_motion"), 1.0
     )
     assert report["aggregate"]["probe_motion"] == {"mean": 1.0, "count": 1}
-    assert metrics["nano_i"] > 0.5 and 0.9 < metrics["nano_t_cons"] <= 1.0 + 1e-6 and metrics["nano_t"] is None
-    assert "no projection" in report["unavailable"]["nano_t"]
+    assert metrics["nano_i"] > 0.5 and 0.9 < metrics["nano_t_cons"] <= 1.0 + 1e-6
+    assert "nano_t" not in metrics and "nano_t" not in report["unavailable"]  # never computable: not chosen by auto
     assert report["models"]["nano"]["model"] == "nano image tower (not OpenAI CLIP)" and "clip" not in report["models"]
     nano_names = [name for name in [*metrics, *report["aggregate"], *report["unavailable"]] if name != "dino_i"]
     assert not [name for name in nano_names if "clip" in name.lower()]
@@ -195,3 +195,11 @@ def test_motion_fidelity_alone_says_nothing_of_the_towers_it_does_not_use(world,
     captured = capsys.readouterr()
     assert "towers" not in captured.out + captured.err, captured.err
     assert json.loads(out.read_text())["videos"][0]["metrics"]["motion_fidelity"] > 0.9
+
+
+def test_nano_t_asked_for_is_reported_unavailable_with_its_reason(world, tmp_path):
+    out = tmp_path / "scores.json"
+    args = [world["video"], "-p", caption(RED_SQUARE, RIGHT), "--clip-model", "nano", "--metrics", "clip_t,t_cons"]
+    assert run(*args, "--json", out) == 0
+    report = json.loads(out.read_text())
+    assert report["videos"][0]["metrics"]["nano_t"] is None and "no projection" in report["unavailable"]["nano_t"]

@@ -202,7 +202,8 @@ def _plan(job: EvalJob, choice: _MetricChoice, single: bool, shared_inputs: bool
 def _job_metrics(job: EvalJob, choice: _MetricChoice) -> list[str]:
     requested = choice.requested
     if requested is None:
-        auto = {"clip_t", "t_cons"} | ({"clip_i", "dino_i"} if job.reference_images else set())
+        auto = {"t_cons"} | ({"clip_i", "dino_i"} if job.reference_images else set())
+        auto |= set() if choice.nano else {"clip_t"}  # nano has no text-image score: asked for, it is unavailable
         requested = [name for name in METRICS if name in auto or (name == "motion_fidelity" and choice.has_motion)]
     if choice.nano:  # nano-T needs no prompt check: it is reported unavailable whatever the prompt
         requested = [NANO_NAMES.get(name, name) for name in requested]
