@@ -32,10 +32,15 @@ def square_clip(path, num_frames=12, size=64):
 
 
 @pytest.mark.parametrize("base", ["tiny", "tiny-animatediff"])
-def test_train_motion_writes_a_complete_artifact_that_loads_exactly(base, tmp_path, isolated_home):
+def test_train_motion_writes_a_complete_artifact_that_loads_exactly(base, tmp_path, isolated_home, monkeypatch):
+    import vidbooth.engine.sampling as sampling
+
+    bars, real_progress = [], sampling.progress
+    monkeypatch.setattr(sampling, "progress", lambda name, **kwargs: bars.append(name) or real_progress(name, **kwargs))
     clip = square_clip(tmp_path / "slide.mp4")
     args = ["--name", "slide", "--class-noun", "square", "--base", base, "--lr", "0.05"]
     assert main(["train-motion", str(clip), *args, *QUICK]) == 0
+    assert bars == ["preview (--no-preview skips it)"]  # a bar that says what it samples (it had said 'sampling')
     from vidbooth.engine.backbone import load_backbone
     from vidbooth.engine.motion import load_motion
 

@@ -319,7 +319,7 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
         videos = sample_video(
             backbone, [subject.expand_prompt(variant.prompt)] * count, num_frames=sampling.num_frames,
             num_inference_steps=steps, guidance_scale=sampling.guidance_scale, scheduler=sampling.scheduler,
-            generator=generator,
+            generator=generator, description=f"sampling {variant.key}",
         )  # (N, F, H, W, 3)
         write_video(videos[0], videos_dir / f"{variant.key}.mp4", fps=sampling.fps)
         write_video(videos[0], videos_dir / f"{variant.key}.gif", fps=sampling.fps)

@@ -350,6 +350,7 @@ def _write_preview(backbone: Backbone, cfg: MotionConfig, prompt: str, path: Pat
     frames = sample_video(
         backbone,
         prompt,
+        description="preview (--no-preview skips it)",
         num_frames=cfg.data.num_frames,
         height=size,
         width=size,

@@ -71,6 +71,7 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
         frames = sample_video(
             backbone,
             [prompt] * len(indices),
+            description="class images",
             num_frames=1,
             height=size,
             width=size,

@@ -77,12 +77,14 @@ def sample_video(
     decode_chunk_size: int = 8,
     output_type: str = "uint8",
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    description: str = "sampling",
 ):
     """Generate videos for `prompt`.
 
     output_type: 'uint8' -> (B, F, H, W, 3) uint8; 'np' -> the same in float32 [0, 1] (as diffusers);
     'pt' -> (B, F, 3, H, W) float in [-1, 1]; 'latent' -> (B, C, F, h, w).
-    `on_step(i, latents)` is called after every step (e.g. to change adapter conditions).
+    `on_step(i, latents)` is called after every step (e.g. to change adapter conditions). `description` names the
+    progress bar: what is being sampled ('preview', 'class images', a demo variant).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -116,7 +118,7 @@ def sample_video(
     step_kwargs = _step_kwargs(sched, generator, eta)
 
     halves = conditional_half_only(backbone.unet, len(prompts)) if guided else contextlib.nullcontext()
-    with progress("sampling", total=len(sched.timesteps)) as bar, halves:
+    with progress(description, total=len(sched.timesteps)) as bar, halves:
         for i, t in enumerate(sched.timesteps):
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = sched.scale_model_input(model_in, t)

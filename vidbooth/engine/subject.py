@@ -596,6 +596,7 @@ def _render_preview(run: _Run, path: Path) -> str:
         frames = sample_video(
             bb,
             expand_placeholder(prompt, run.token, run.num_vectors),
+            description="preview (--no-preview skips it)",
             num_frames=preview.num_frames,
             num_inference_steps=preview.num_inference_steps,
             guidance_scale=preview.guidance_scale,
