@@ -313,3 +313,17 @@ def test_a_clip_in_which_nothing_moves_is_warned_about_before_training(tmp_path,
     assert err.index(warnings[0]) < learning  # before training
     assert main(["evaluate", str(clip), "--motion", "still", "--metrics", "motion"]) == 2
     assert "shows no motion" in capsys.readouterr().err  # the motion it warned of, refused as evaluate's reference
+
+
+def test_a_motion_without_caption_or_class_noun_says_so_and_lists_as_such(
+    tmp_path, isolated_home, capsys, monkeypatch
+):
+    """The empty caption had been used without a word, and `list` showed an empty cell."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    clip = square_clip(tmp_path / "slide.mp4")
+    assert main(["train-motion", str(clip), "--name", "bare", *QUICK, "--no-preview"]) == 0
+    assert "no --class-noun or --caption: the clips are learned with the empty caption" in capsys.readouterr().err
+    assert main(["list"]) == 0
+    assert "(no caption)" in capsys.readouterr().out
+    assert main(["train-motion", str(clip), "--name", "named", "--class-noun", "square", *QUICK, "--no-preview"]) == 0
+    assert "empty caption" not in capsys.readouterr().err

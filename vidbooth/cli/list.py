@@ -17,6 +17,7 @@ def _summary(manifest: dict) -> list[str]:
     else:
         captions = manifest.get("captions")
         what = manifest.get("class_noun") or (str(captions[0]) if isinstance(captions, list) and captions else "")
+        what = what or "(no caption)"
     return [manifest["name"], manifest["kind"], str(what), str(manifest.get("base") or ""),
             str(manifest.get("created") or "")]
 
