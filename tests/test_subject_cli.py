@@ -674,3 +674,15 @@ def test_a_stopped_runs_checkpoint_is_neither_continued_nor_discarded_unasked(
     assert "\n" not in err and sorted(p.relative_to(runs) for p in runs.rglob("step-*")) == kept
     assert train_subject(photos, "--no-preview", "--overwrite", steps=3) == 0
     assert "starting over" in capsys.readouterr().err and not runs.exists()
+
+
+def test_the_saved_line_names_the_subjects_folder_and_an_added_identity_adapter(
+    photos, isolated_home, monkeypatch, capsys
+):
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    folder = subject_dir(isolated_home)
+    assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1", *FAST,
+                 "--no-preview"]) == 0
+    assert f"saved subject 'S*' (token S*) in {folder}" in capsys.readouterr().err
+    assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *FAST, "--no-preview"]) == 0
+    assert f"saved subject 'S*' (token S*, identity adapter added) in {folder}" in capsys.readouterr().err

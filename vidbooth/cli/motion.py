@@ -93,7 +93,7 @@ def train_motion(
     timed = f"{result.step_seconds:.2f} s/step" if math.isfinite(result.step_seconds) else "no step run now"
     info(
         f"motion '{result.name}': {result.steps} steps, loss {result.loss:.4f}, {timed}, "
-        f"{result.trainable_parameters:,} trainable parameters -> {result.path}"
+        f"{result.trainable_parameters:,} trainable parameters"
     )
 
 

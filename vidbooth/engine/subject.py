@@ -500,7 +500,8 @@ def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
         (stage / CONFIG_FILE).write_text(_recipe_yaml(rerun))
         preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
         write_json(stage / MANIFEST, _manifest(run, photos, preview, _held_settings(asdict(rerun))))
-    reporting.info(f"saved subject '{cfg.name}' (token {run.token}) in the library")
+    added = ", identity adapter added" if run.existing is not None else ""
+    reporting.info(f"saved subject '{cfg.name}' (token {run.token}{added}) in {artifact_dir(KIND, cfg.name)}")
 
 
 def rerun_config(run: _Run) -> SubjectConfig:
