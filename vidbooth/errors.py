@@ -25,6 +25,13 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
+def stopping_signal(exc: BaseException):
+    """The signal (a `signal.Signals`) that `exc`, a KeyboardInterrupt or an `Interrupted`, stands for."""
+    import signal
+
+    return signal.Signals(exc.exit_code - 128) if isinstance(exc, Interrupted) else signal.SIGINT
+
+
 _stops: list[int] = []
 """Signals the command line's handler has received. Python drops an exception raised while a finaliser runs
 ('Exception ignored in ... KeyboardInterrupt'), so a Ctrl-C can be lost; the record lets the next phase see it."""

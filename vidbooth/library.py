@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from vidbooth.errors import Interrupted, UserError
+from vidbooth.errors import Interrupted, UserError, stopping_signal
 from vidbooth.fileio import disk_full, exclusive_lock
 
 KINDS = {"subject": "subjects", "motion": "motions"}
@@ -479,12 +479,12 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
     except (KeyboardInterrupt, Interrupted) as exc:
         if saved:
             raise
-        signum = exc.exit_code - 128 if isinstance(exc, Interrupted) else signal.SIGINT
-        stopped = SaveInterrupted if signum == signal.SIGINT else Interrupted
+        stopped_by = stopping_signal(exc)
+        stopped = SaveInterrupted if stopped_by == signal.SIGINT else Interrupted
         raise stopped(
-            f"stopped by {signal.Signals(signum).name} while saving: {unsaved}; the training is kept: rerun the "
-            "same command with --resume to save it",
-            128 + signum,
+            f"stopped by {stopped_by.name} while saving: {unsaved}; the training is kept: rerun the same command "
+            "with --resume to save it",
+            128 + stopped_by,
         ) from exc
     finally:
         if aside is not None and aside.exists():

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from PIL import Image
 
 from vidbooth.config.demo import DemoConfig
 from vidbooth.data.video import check_writable_dir, ensure_writable_dir, save_contact_sheet, write_video
-from vidbooth.errors import Interrupted, UserError
+from vidbooth.errors import Interrupted, UserError, stopping_signal
 from vidbooth.fileio import exclusive_lock, write_together
 from vidbooth.reporting import info, table
 
@@ -174,7 +173,7 @@ def _restart_when_interrupted() -> Iterator[None]:
     try:
         yield
     except Interrupted as exc:  # its exit code is 128 + the signal's number
-        name = signal.Signals(exc.exit_code - 128).name
+        name = stopping_signal(exc).name
         raise Interrupted(f"the demo was stopped by {name}: run it again to start over", exc.exit_code) from exc
 
 
