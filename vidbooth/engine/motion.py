@@ -187,7 +187,7 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone_for
-    from vidbooth.engine.train import backbone_device, remove_run, run_folder, seed_everything, stage_clock, train
+    from vidbooth.engine.train import backbone_device, remove_run, run_folder, seed_everything, train
 
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     size = training_size(backbone, cfg)
@@ -205,22 +205,21 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
     seed_everything(cfg.train.seed)
     method = MotionAdapterMethod(backbone, spec, cfg.appearance.p_image_zero, HighNoise.of(cfg.train))
     run_dir = run_folder("motion", cfg.name, STAGE)
-    with stage_clock(run_dir, cfg.resume, accelerator.is_main_process) as clock:  # a resumed run adds earlier time
-        result = train(
-            method,
-            items,
-            cfg.train,
-            run_dir,
-            accelerator,
-            resume=cfg.resume,
-            signature=_signature(cfg, clips, spec, backbone, encoder),
-            description=f"motion {cfg.name}",
-        )
+    result = train(
+        method,
+        items,
+        cfg.train,
+        run_dir,
+        accelerator,
+        resume=cfg.resume,
+        signature=_signature(cfg, clips, spec, backbone, encoder),
+        description=f"motion {cfg.name}",
+    )
     trainable = sum(p.numel() for p in method.params)
     path = Path()
     if accelerator.is_main_process:
         set_appearance(backbone.unet, None)
-        path = save_motion(cfg, backbone, clips, spec, encoder, result, clock["seconds"], accelerator.num_processes)
+        path = save_motion(cfg, backbone, clips, spec, encoder, result, result.total_seconds, accelerator.num_processes)
         remove_run(run_dir)
     accelerator.wait_for_everyone()
     return MotionResult(cfg.name, path, result.step, result.loss, result.step_seconds, trainable)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
-import signal
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +57,6 @@ from vidbooth.engine.backbone import base_model_folder, load_backbone_for
 from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.sampling import training_resolution
 from vidbooth.engine.train import (
-    stage_clock,
     TrainResult,
     backbone_device,
     derived_seed,
@@ -70,7 +68,7 @@ from vidbooth.engine.train import (
     seed_everything,
     train,
 )
-from vidbooth.errors import Interrupted, UserError
+from vidbooth.errors import Interrupted, UserError, stopping_signal
 from vidbooth.fileio import absolute_path
 from vidbooth.library import (
     MANIFEST,
@@ -88,6 +86,7 @@ STAGE_FOLDERS = {"textual_inversion": "textual-inversion", "identity": "identity
 PREVIEW_FILE = "preview.png"
 CONFIG_FILE = "config.yaml"
 ENCODE_CHUNK = 8
+
 
 def train_textual_inversion(cfg: SubjectConfig) -> Path:
     """Stage 1 alone: a new subject holding the learned embedding. Returns the artifact folder."""
@@ -167,7 +166,6 @@ class _Run:
     latents: torch.Tensor | None = None  # (N x views, C, 1, h, w)
     identity_layers: dict | None = None  # the cross-attention layers `identity.layers` names (identity stage)
     results: dict[str, TrainResult] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)  # per stage, earlier runs of a resumed stage included
 
     @property
     def token(self) -> str:
@@ -394,21 +392,18 @@ def _textual_inversion(run: _Run) -> torch.Tensor:
 
 
 def _train_stage(run: _Run, stage: str, method, signature: dict, description: str) -> None:
-    """Train one stage on the photo latents; records its result and its wall time (a resumed stage's with the
-    time its earlier runs spent)."""
+    """Train one stage on the photo latents and record its result."""
     run_dir = run_folder(KIND, run.cfg.name, STAGE_FOLDERS[stage])
-    with stage_clock(run_dir, run.cfg.resume, run.accelerator.is_main_process) as clock:
-        run.results[stage] = train(
-            method,
-            [{"latents": latents} for latents in run.latents],
-            getattr(run.cfg, stage).train,
-            run_dir,
-            run.accelerator,
-            resume=run.cfg.resume,
-            signature=signature,
-            description=description,
-        )
-    run.seconds[stage] = clock["seconds"]
+    run.results[stage] = train(
+        method,
+        [{"latents": latents} for latents in run.latents],
+        getattr(run.cfg, stage).train,
+        run_dir,
+        run.accelerator,
+        resume=run.cfg.resume,
+        signature=signature,
+        description=description,
+    )
 
 
 def _load_existing_embedding(run: _Run) -> torch.Tensor:
@@ -478,12 +473,12 @@ def _stage_one_kept(run: _Run):
     try:
         yield
     except (KeyboardInterrupt, Interrupted) as exc:  # the command line's handler raises these for SIGINT, SIGTERM
-        signum = exc.exit_code - 128 if isinstance(exc, Interrupted) else signal.SIGINT
+        stopped_by = stopping_signal(exc)
         kept = run_folder(KIND, run.cfg.name, STAGE_FOLDERS["textual_inversion"])
         raise Interrupted(
-            f"stopped by {signal.Signals(signum).name} before the identity adapter's training; the textual "
+            f"stopped by {stopped_by.name} before the identity adapter's training; the textual "
             f"inversion's checkpoint is kept in {kept}: rerun the same command with --resume to continue",
-            128 + signum,
+            128 + stopped_by,
         ) from exc
 
 
@@ -614,7 +609,7 @@ def _manifest(run: _Run, photos: list[dict], preview: str | None, settings: dict
         stages[stage] = {
             "steps": result.step,
             "final_loss": result.loss,
-            "seconds": round(run.seconds[stage], 2),
+            "seconds": round(result.total_seconds, 2),
             "processes": run.accelerator.num_processes,
             "photos": run.photos.hashes,
         }

@@ -99,6 +99,8 @@ class TrainResult:
     """Mean loss of every step run in this process (main process's batches)."""
     seconds: float = 0.0
     """Wall time of the steps run (checkpoint writes included)."""
+    total_seconds: float = 0.0
+    """Wall time of the stage over all its runs: a resumed one adds what its stopped runs spent."""
     step_times: list[float] = field(default_factory=list)
     """Wall time of each step run (checkpoint writes excluded)."""
     resumed_loss: float | None = None
@@ -436,6 +438,30 @@ def _stopped(signum: int | None, step: int, cfg: TrainConfig, run_dir: Path) -> 
     )
 
 
+SECONDS_FILE = "seconds.json"
+"""Beside a stage's checkpoints: the wall time spent on the stage so far, for a resumed run's manifest."""
+
+
+@contextlib.contextmanager
+def _stage_clock(run_dir: Path, resume: bool, main_process: bool):
+    """Time the training of a stage whose checkpoints are in `run_dir`: yields a dict whose "seconds", once the
+    block ends, is its wall time plus, when it resumes, the time its earlier runs spent. That total is kept beside
+    the checkpoints (`SECONDS_FILE`, by the main process, also when the run stops), for the next resume."""
+    record = Path(run_dir) / SECONDS_FILE
+    earlier = 0.0
+    if resume and list_checkpoints(run_dir):
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            earlier = float(json.loads(record.read_text())["seconds"])
+    clock, started = {"seconds": earlier}, time.perf_counter()
+    try:
+        yield clock
+    finally:
+        clock["seconds"] = earlier + time.perf_counter() - started
+        if main_process and list_checkpoints(run_dir):  # none: nothing to resume, nothing to add to
+            with contextlib.suppress(OSError):
+                record.write_text(json.dumps({"seconds": clock["seconds"]}))
+
+
 # ---- the loop -------------------------------------------------------------------------------------
 def _agree(accelerator, values: list[float]) -> list[float]:
     """Element-wise sum over processes (so that every process takes the same decision)."""
@@ -618,7 +644,11 @@ def train(
         accelerator.wait_for_everyone()
 
     started = time.perf_counter()
-    with StopRequests() as stop, _progress_bar(description, cfg.steps, step, accelerator) as bar:
+    with (
+        _stage_clock(run_dir, resume, accelerator.is_main_process) as clock,
+        StopRequests() as stop,
+        _progress_bar(description, cfg.steps, step, accelerator) as bar,
+    ):
         while step < cfg.steps:
             step_started = time.perf_counter()
             loss = _accumulate(method, data, cfg, step, accelerator)
@@ -647,29 +677,6 @@ def train(
         if _agree(accelerator, [float(stop.signum or 0)])[0]:
             raise _stopped(stop.signum, step, cfg, run_dir)
     result.step = step
-    result.seconds = time.perf_counter() - started
+    result.seconds, result.total_seconds = time.perf_counter() - started, clock["seconds"]
     return result
 
-
-SECONDS_FILE = "seconds.json"
-"""Beside a stage's checkpoints: the wall time spent on the stage so far, for a resumed run's manifest."""
-
-
-@contextlib.contextmanager
-def stage_clock(run_dir: Path, resume: bool, main_process: bool):
-    """Time the training of a stage whose checkpoints are in `run_dir`: yields a dict whose "seconds", once the
-    block ends, is its wall time plus, when it resumes, the time its earlier runs spent. That total is kept beside
-    the checkpoints (`SECONDS_FILE`, by the main process, also when the run stops), for the next resume."""
-    record = Path(run_dir) / SECONDS_FILE
-    earlier = 0.0
-    if resume and list_checkpoints(run_dir):
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            earlier = float(json.loads(record.read_text())["seconds"])
-    clock, started = {"seconds": earlier}, time.perf_counter()
-    try:
-        yield clock
-    finally:
-        clock["seconds"] = earlier + time.perf_counter() - started
-        if main_process and list_checkpoints(run_dir):  # none: nothing to resume, nothing to add to
-            with contextlib.suppress(OSError):
-                record.write_text(json.dumps({"seconds": clock["seconds"]}))
