@@ -330,9 +330,12 @@ def _is_artifact(path: Path) -> bool:
 def _other_name_at(path: Path) -> str | None:
     """The folder of another name that `path` reaches on a file system that does not tell letter case apart (macOS
     and Windows by default: `s*` reaches `S%2A`), whose --overwrite would replace that artifact; else None."""
-    if not path.exists() or path.name in os.listdir(path.parent):
+    if not path.exists():
         return None
-    return next((entry for entry in os.listdir(path.parent) if os.path.samefile(path.parent / entry, path)), None)
+    entries = os.listdir(path.parent)
+    if path.name in entries:
+        return None
+    return next((entry for entry in entries if os.path.samefile(path.parent / entry, path)), None)
 
 
 def _in_the_way(path: Path) -> str | None:

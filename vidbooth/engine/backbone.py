@@ -33,6 +33,24 @@ NANO = Path(__file__).resolve().parents[1] / "assets" / "nano"
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
 
+BUILTIN_NAMES = frozenset({"nano", *BUILTIN})
+"""The base names that are no path, even where a folder of that name exists."""
+
+
+def with_absolute_paths(backbone_config):
+    """A `BackboneConfig` whose base and motion adapter, where they name a local folder, are absolute paths (for a
+    saved config.yaml that reruns from anywhere); hub ids and built-in names stay as given."""
+    from dataclasses import replace
+
+    from vidbooth.fileio import absolute_path
+
+    return replace(
+        backbone_config,
+        base=absolute_path(backbone_config.base, BUILTIN_NAMES),
+        motion_adapter=absolute_path(backbone_config.motion_adapter),
+    )
+
+
 def cache_dir() -> Path:
     """$VIDBOOTH_CACHE ('~' expanded; empty means unset, as for $VIDBOOTH_HOME), else ~/.cache/vidbooth."""
     env = os.environ.get("VIDBOOTH_CACHE")

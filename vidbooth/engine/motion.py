@@ -286,19 +286,15 @@ def rerun_config(cfg: MotionConfig) -> MotionConfig:
     with every local path (clips, base, motion adapter, appearance encoder) absolute and the run's own mode flags
     (--overwrite, --resume) dropped. Hub ids and built-in names stay as they are."""
     from vidbooth.engine.appearance import TINY_CLIP, VAE
-    from vidbooth.engine.backbone import BUILTIN
+    from vidbooth.engine.backbone import BUILTIN_NAMES, with_absolute_paths
     from vidbooth.fileio import absolute_path
 
-    builtin = {"nano", *BUILTIN}
+    encoders = {VAE, TINY_CLIP, *BUILTIN_NAMES}
     return replace(
         cfg,
         clips=[absolute_path(clip) for clip in cfg.clips],
-        backbone=replace(
-            cfg.backbone,
-            base=absolute_path(cfg.backbone.base, builtin),
-            motion_adapter=absolute_path(cfg.backbone.motion_adapter),
-        ),
-        appearance=replace(cfg.appearance, encoder=absolute_path(cfg.appearance.encoder, {VAE, TINY_CLIP, *builtin})),
+        backbone=with_absolute_paths(cfg.backbone),
+        appearance=replace(cfg.appearance, encoder=absolute_path(cfg.appearance.encoder, encoders)),
         overwrite=False,
         resume=False,
     )

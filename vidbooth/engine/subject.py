@@ -505,7 +505,7 @@ def rerun_config(run: _Run) -> SubjectConfig:
     run only added stage 2, `textual_inversion.*` from the config that built stage 1 (but this run's mixed
     precision, which one run of both stages shares); every local path absolute, and the run's own mode flags
     (--overwrite, --resume) dropped."""
-    from vidbooth.engine.backbone import BUILTIN
+    from vidbooth.engine.backbone import with_absolute_paths
 
     cfg = run.cfg
     held = list(STAGES) if "identity" in run.stages else ["textual_inversion"]
@@ -519,11 +519,7 @@ def rerun_config(run: _Run) -> SubjectConfig:
         class_noun=run.class_noun,
         textual_inversion=replace(ti, num_vectors=run.num_vectors),
         photos=[absolute_path(path) for path in cfg.photos],
-        backbone=replace(
-            cfg.backbone,
-            base=absolute_path(cfg.backbone.base, {"nano", *BUILTIN}),
-            motion_adapter=absolute_path(cfg.backbone.motion_adapter),
-        ),
+        backbone=with_absolute_paths(cfg.backbone),
         prior=replace(cfg.prior, class_images=absolute_path(cfg.prior.class_images)),
         overwrite=False,
         resume=False,
