@@ -137,12 +137,7 @@ def test_the_default_clip_model_follows_the_base_that_generated_the_video(
 
 
 def test_a_library_subject_on_nano_makes_the_default_clip_model_nano(world, tmp_path, isolated_home, capsys):
-    subject = isolated_home / "subjects" / "S%2A"
-    (subject / "photos").mkdir(parents=True)
-    for photo in Path(world["own"]).iterdir():
-        (subject / "photos" / photo.name).write_bytes(photo.read_bytes())
-    manifest = {"kind": "subject", "name": "S*", "schema_version": 1, "base": "nano", "paths": {}, "files": {}}
-    (subject / "manifest.json").write_text(json.dumps(manifest))
+    _nano_subject(world, isolated_home)
     assert run(world["video"], "--subject", "S*", "--metrics", "clip_i", "--json", tmp_path / "s.json") == 0, (
         capsys.readouterr().err
     )
