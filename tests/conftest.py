@@ -92,3 +92,17 @@ def tiny_vit_dir(tmp_path_factory) -> Path:
     from media import save_tiny_vit
 
     return save_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """One process holds one mixed-precision setting; reset it around a test that needs another (as accelerate's
+    own test cases do). The fixture's value resets it again, for a test that changes it part-way."""
+    from accelerate.state import AcceleratorState
+
+    def reset() -> None:
+        AcceleratorState._reset_state(True)
+
+    reset()
+    yield reset
+    reset()

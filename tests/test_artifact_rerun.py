@@ -177,6 +177,25 @@ def test_a_second_stage_on_other_photos_warns_that_the_config_cannot_rebuild_the
     assert yaml.safe_load((subject_dir(isolated_home) / "config.yaml").read_text())["photos"] == [str(fewer)]
 
 
+def test_precision_settings_differ_only_by_what_they_mean_on_this_device(
+    tmp_path, isolated_home, capsys, fresh_accelerate_state
+):
+    """On a CPU `auto` is fp32 and no mixed precision: a stage 1 run with `fp32`/`no` and a stage 2 run with
+    `auto` rebuild alike in one run, so nothing warns; bf16 mixed precision does differ."""
+    photos = write_photos(tmp_path / "photos")
+    explicit = ["--precision", "fp32", "--set", "textual_inversion.train.mixed_precision=no"]
+    args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1", *explicit]
+    assert main([*args, *FAST]) == 0
+    capsys.readouterr()
+    assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *FAST]) == 0
+    assert "will not rebuild" not in capsys.readouterr().err
+    bf16 = ["--set", "identity.train.mixed_precision=bf16"]
+    fresh_accelerate_state()
+    assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", "--overwrite", *FAST, *bf16]) == 0
+    err = capsys.readouterr().err
+    assert "learned with other mixed_precision than this identity adapter" in err and "runtime.precision" not in err
+
+
 @pytest.mark.parametrize("change", ["edited", "deleted"])
 def test_stage_one_settings_come_from_the_manifest_when_config_yaml_was_edited_or_deleted(
     change, tmp_path, isolated_home, capsys

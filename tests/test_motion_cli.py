@@ -153,17 +153,6 @@ def test_guidance_off_trains_an_unconditioned_adapter(tmp_path, isolated_home):
     assert not any(".cond." in k for k in tensors)
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """One process holds one mixed-precision setting; reset it around a test that needs another (as accelerate's
-    own test cases do)."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
 def test_low_precision_trains_previews_and_loads(tmp_path, isolated_home, fresh_accelerate_state):
     """bf16 backbone (as fp16 on CUDA): adapters train in fp32 under autocast, preview and load in the model's dtype."""
     from vidbooth.engine.backbone import load_backbone

@@ -54,6 +54,7 @@ from vidbooth.adapters.textual_inversion import (
 )
 from vidbooth.config.subject import STAGES, SubjectConfig
 from vidbooth.engine.backbone import base_model_folder, load_backbone_for
+from vidbooth.engine.device import resolve_device, resolve_dtype
 from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.sampling import training_resolution
 from vidbooth.engine.train import (
@@ -64,6 +65,7 @@ from vidbooth.engine.train import (
     make_accelerator,
     refuse_to_discard,
     remove_run,
+    resolve_mixed_precision,
     run_folder,
     seed_everything,
     train,
@@ -531,14 +533,20 @@ def _warn_if_not_one_run(run: _Run, earlier: SubjectConfig) -> None:
     one run of config.yaml uses one value for both stages (this run's), so it cannot rebuild the subject exactly;
     say which differ."""
     cfg = run.cfg
+    device = resolve_device(cfg.runtime.device)
     stage_one = run.existing.get("stages", {}).get("textual_inversion", {})
     differ = {
         "photos": stage_one.get("photos", run.photos.hashes) != run.photos.hashes,
         "class_noun": run.existing.get("class_noun", run.class_noun) != run.class_noun,
         "data": earlier.data != cfg.data,
         "runtime.seed": (cfg.data.flip or cfg.data.scale_jitter > 0) and earlier.runtime.seed != cfg.runtime.seed,
-        "runtime.precision": earlier.runtime.precision != cfg.runtime.precision,
-        "mixed_precision": earlier.textual_inversion.train.mixed_precision != cfg.identity.train.mixed_precision,
+        "runtime.precision": _differ_here(earlier.runtime.precision, cfg.runtime.precision, resolve_dtype, device),
+        "mixed_precision": _differ_here(
+            earlier.textual_inversion.train.mixed_precision,
+            cfg.identity.train.mixed_precision,
+            lambda setting, on: resolve_mixed_precision(setting, on.type),
+            device,
+        ),
     }
     keys = [key for key, differs in differ.items() if differs]
     if keys:
@@ -547,6 +555,16 @@ def _warn_if_not_one_run(run: _Run, earlier: SubjectConfig) -> None:
             "adapter: its config.yaml will hold this run's, so rerunning it in one run will not rebuild the subject "
             "exactly"
         )
+
+
+def _differ_here(earlier: str, this: str, resolve, device: torch.device) -> bool:
+    """Whether two precision settings mean different things on `device` (`auto` is fp32 and no mixed precision
+    on a CPU, so `auto` and `fp32` or `no` do not differ there); a setting `device` cannot take (fp16 on a CPU,
+    from a run on a GPU) differs by name. `resolve(setting, device)`."""
+    try:
+        return resolve(earlier, device) != resolve(this, device)
+    except UserError:
+        return earlier != this
 
 
 def _held_settings(settings: dict) -> dict:
