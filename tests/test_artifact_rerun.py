@@ -125,6 +125,9 @@ def test_a_subject_config_holds_absolute_paths(tmp_path, isolated_home, monkeypa
     assert config["backbone"]["base"] == manifest["base"] == str(work / "models" / "t2v")
     assert config["photos"] == [str(work / "photos")] and config["prior"]["class_images"] == str(other / "dogs")
     assert manifest["config"] == config
+    assert [Path(photo["source"]).parent for photo in manifest["photos"]] == [work / "photos"] * 3
+    for file in SUBJECT_FILES:  # the tensors' own record of their base
+        assert load_tensors(subject_dir(isolated_home) / file)[1]["base"] == str(work / "models" / "t2v")
 
 
 def test_a_motion_config_holds_absolute_paths(tmp_path, isolated_home, monkeypatch, tiny_base_dirs):
@@ -143,7 +146,7 @@ def test_a_motion_config_holds_absolute_paths(tmp_path, isolated_home, monkeypat
     assert config["clips"] == [str(work / "c.mp4")]
     assert config["backbone"]["base"] == manifest["base"] == str(work / "models" / "t2v")
     assert config["appearance"]["encoder"] == str(work / "models" / "clip")
-    assert manifest["config"] == config
+    assert manifest["config"] == config and manifest["clips"][0]["source"] == str(work / "c.mp4")
     assert not (isolated_home / ".runs" / "motions" / "m").exists()  # no empty runs folder left behind
 
     built = tensors(folder, ["motion_adapter.safetensors"])

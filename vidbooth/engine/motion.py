@@ -38,6 +38,7 @@ from vidbooth.data.images import hash_file, is_image_file, natural_sort_key
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, denoising_loss, training_scheduler
 from vidbooth.errors import UserError
+from vidbooth.fileio import absolute_path
 from vidbooth.eval.motion import NO_MOTION, moving_signature
 from vidbooth.reporting import info
 
@@ -287,7 +288,6 @@ def rerun_config(cfg: MotionConfig) -> MotionConfig:
     (--overwrite, --resume) dropped. Hub ids and built-in names stay as they are."""
     from vidbooth.engine.appearance import TINY_CLIP, VAE
     from vidbooth.engine.backbone import BUILTIN_NAMES, with_absolute_paths
-    from vidbooth.fileio import absolute_path
 
     encoders = {VAE, TINY_CLIP, *BUILTIN_NAMES}
     return replace(
@@ -327,7 +327,10 @@ def _manifest(
             "trainable_parameters": sum(p.numel() for p in motion_parameters(backbone.unet)),
         },
         "clips": [
-            {"source": c.source, "sha256": c.sha256, "caption": c.caption, "frames": len(c.frames), "fps": c.fps}
+            {
+                "source": absolute_path(c.source), "sha256": c.sha256, "caption": c.caption,
+                "frames": len(c.frames), "fps": c.fps,
+            }
             for c in clips
         ],
         "training": {

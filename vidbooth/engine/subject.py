@@ -487,13 +487,13 @@ def _stage_one_kept(run: _Run):
 # ---- the artifact ----------------------------------------------------------------------------------
 def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
     cfg, bb = run.cfg, run.backbone
-    provenance = {"base": cfg.backbone.base, "base_fingerprint": bb.fingerprint, "class_noun": run.class_noun}
+    rerun = rerun_config(run)  # its base is absolute when a local folder, as the tensors' metadata records it
+    provenance = {"base": rerun.backbone.base, "base_fingerprint": bb.fingerprint, "class_noun": run.class_noun}
     with staged_artifact(KIND, cfg.name, overwrite=cfg.overwrite or run.existing is not None) as stage:
         save_learned_embeddings(stage / EMBEDDINGS_FILE, run.token, rows, provenance)
         if "identity" in run.stages:
             save_identity_adapter(stage / ADAPTER_FILE, bb.unet, cfg.identity.hidden_ratio, provenance)
         photos = _copy_photos(run.photos, stage / "photos")
-        rerun = rerun_config(run)
         (stage / CONFIG_FILE).write_text(_recipe_yaml(rerun))
         preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
         write_json(stage / MANIFEST, _manifest(run, photos, preview, _held_settings(asdict(rerun))))
@@ -590,7 +590,7 @@ def _copy_photos(photos: _Photos, folder: Path) -> list[dict]:
     for index, (path, digest) in enumerate(zip(photos.files, photos.hashes)):
         target = folder / f"{index:02d}-{path.name}"
         shutil.copyfile(path, target)
-        entries.append({"file": f"photos/{target.name}", "source": str(path), "sha256": digest})
+        entries.append({"file": f"photos/{target.name}", "source": str(path.resolve()), "sha256": digest})
     return entries
 
 
