@@ -4,6 +4,7 @@ leaves behind, and Ctrl-C while an artifact is saved."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,63 @@ def test_ctrl_c_while_saving_leaves_the_library_unchanged_and_says_resume(isolat
     assert not list((isolated_home / ".staging").iterdir())
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_tidying_up_a_saved_artifact_finishes_it_then_stops(signum):
+    from vidbooth.errors import Interrupted, held_stops
+
+    finished = []
+    with pytest.raises(Interrupted, match=rf"^stopped by {signum.name}; motion 'm' is saved$") as stopped:
+        with held_stops("motion 'm' is saved"):
+            os.kill(os.getpid(), signum)
+            finished.append(True)  # the signal did not cut the block short
+    assert finished and stopped.value.exit_code == 128 + signum
+    assert isinstance(stopped.value, KeyboardInterrupt) == (signum == signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # pytest's own handlers are back
+
+
+def test_ctrl_c_at_the_rename_or_while_checkpoints_are_removed_says_the_artifact_is_saved(
+    tmp_path, isolated_home, monkeypatch, capsys
+):
+    """It had said 'interrupted' (at the rename, 'was not saved') though the motion was saved."""
+    import shutil
+
+    import vidbooth.engine.train
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.motion import load_motion
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    argv = ["train-motion", str(clip), "--name", "m", "--recipe", "tiny/motion", "--steps", "1", "--num-frames", "2",
+            "--resolution", "16", "--no-preview"]
+    real_rmtree, real_replace = shutil.rmtree, os.replace
+
+    def ctrl_c_then(real):
+        def call(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+        return call
+
+    run_dir = vidbooth.engine.train.run_folder("motion", "m", "motion")
+    monkeypatch.setattr(vidbooth.engine.train.shutil, "rmtree", lambda path, **kwargs: (  # the run's own folder
+        ctrl_c_then(real_rmtree) if Path(path) == run_dir else real_rmtree)(path, **kwargs))
+    assert main(argv) == 130
+    monkeypatch.setattr(vidbooth.engine.train.shutil, "rmtree", real_rmtree)
+    home = isolated_home
+    assert "stopped by SIGINT; motion 'm' is saved" in capsys.readouterr().err
+    assert not run_dir.exists() and not run_dir.parent.exists()  # the checkpoints are gone all the same
+    load_motion(load_backbone("tiny", device="cpu"), "m")
+
+    monkeypatch.setattr(library.os, "replace", lambda src, dst: (  # Ctrl-C as the staged motion is renamed in
+        ctrl_c_then(real_replace) if Path(src).parent.name == ".staging" else real_replace)(src, dst))
+    assert main([*argv, "--overwrite"]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"stopped by SIGINT; motion 'm' is saved in {home / 'motions' / 'm'}" in err and "not saved" not in err
+    monkeypatch.setattr(library.os, "replace", real_replace)
+    assert not list((home / ".trash").iterdir()) and not list((home / ".staging").iterdir())
+    load_motion(load_backbone("tiny", device="cpu"), "m")
+
+
 def test_ctrl_c_during_the_preview_then_resume_saves_without_training_again(tmp_path, isolated_home, monkeypatch,
                                                                             capsys):
     import vidbooth.engine.motion
@@ -193,9 +251,9 @@ def test_a_run_folder_is_removed_with_its_last_stage_and_kept_while_another_hold
     stages = {stage: run_folder("subject", "S*", stage) for stage in ("textual-inversion", "identity")}
     for folder in stages.values():
         (folder / "checkpoints" / "step-0000001").mkdir(parents=True)
-    remove_run(stages["textual-inversion"])
+    remove_run(stages["textual-inversion"], "subject 'S*'")
     assert not stages["textual-inversion"].exists() and stages["identity"].is_dir()  # a stopped stage's checkpoint
-    remove_run(stages["identity"])
+    remove_run(stages["identity"], "subject 'S*'")
     assert not stages["identity"].parent.exists()  # .runs/subjects/S%2A/ had been left behind, empty
     assert (isolated_home / ".runs" / "subjects").is_dir()  # a library's own folder, shared with other names
 

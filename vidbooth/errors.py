@@ -7,6 +7,9 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class UserError(Exception):
     """A problem with the user's input or environment, reported as one line with exit code 2."""
@@ -23,6 +26,40 @@ class Interrupted(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class KeyboardInterrupted(Interrupted, KeyboardInterrupt):
+    """Ctrl-C with a message: an `Interrupted`, whose message the command line prints (and the demo rewords), and
+    still a KeyboardInterrupt for code that stops on one."""
+
+
+def stopped(signum: int, message: str) -> Interrupted:
+    """The error that stops a command on signal `signum` with `message` (a `KeyboardInterrupted` for Ctrl-C)."""
+    import signal
+
+    return (KeyboardInterrupted if signum == signal.SIGINT else Interrupted)(message, 128 + signum)
+
+
+@contextlib.contextmanager
+def held_stops(done: str) -> Iterator[None]:
+    """Run the block to its end even when SIGINT or SIGTERM arrives (tidying up after an artifact is saved, which a
+    stop would only leave half done), then stop: "stopped by SIGINT; <done>". Only the main thread gets signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda got, frame: held.append(got))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+    if held:
+        raise stopped(held[0], f"stopped by {signal.Signals(held[0]).name}; {done}")
 
 
 def stopping_signal(exc: BaseException):

@@ -25,13 +25,12 @@ import json
 import os
 import re
 import shutil
-import signal
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from vidbooth.errors import Interrupted, UserError, stopping_signal
+from vidbooth.errors import Interrupted, UserError, held_stops, stopped, stopping_signal
 from vidbooth.fileio import disk_full, exclusive_lock
 
 KINDS = {"subject": "subjects", "motion": "motions"}
@@ -403,11 +402,6 @@ def check_free(kind: str, name: str, overwrite: bool) -> Path:
     return path
 
 
-class SaveInterrupted(Interrupted, KeyboardInterrupt):
-    """Ctrl-C while an artifact was saved: an `Interrupted`, whose message the command line prints (and the demo
-    rewords), and still a KeyboardInterrupt for code that stops on one."""
-
-
 @contextlib.contextmanager
 def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder; on normal exit it atomically becomes the artifact `name`.
@@ -423,6 +417,7 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
     aside = None  # where the old version waits during an --overwrite swap
     saved = False
     unsaved = f"{kind} '{name}' was not saved (the library is unchanged)"
+    done = f"{kind} '{name}' is saved in {target}"
     resume = "then rerun the same command with --resume to save what was trained"
 
     def refuse_what_appeared() -> None:
@@ -463,8 +458,9 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
                     f"{unsaved}: {target} changed while it was being saved and is no vidbooth {kind} now, and "
                     f"{NEVER_DELETED}; move it out of {target.parent}, {resume}"
                 )
-        os.replace(stage, target)  # a folder that appeared since is never replaced: rename refuses a full one
-        saved = True
+        with held_stops(done):  # the rename and its record are one step
+            os.replace(stage, target)  # a folder that appeared since is never replaced: rename refuses a full one
+            saved = True
     except OSError as exc:
         if disk_full(exc):
             raise UserError(
@@ -480,23 +476,23 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
             ) from exc
         raise
     except (KeyboardInterrupt, Interrupted) as exc:
-        if saved:
+        if saved:  # held by the rename: its message says the artifact is saved
             raise
         stopped_by = stopping_signal(exc)
-        stopped = SaveInterrupted if stopped_by == signal.SIGINT else Interrupted
         raise stopped(
+            stopped_by,
             f"stopped by {stopped_by.name} while saving: {unsaved}; the training is kept: rerun the same command "
             "with --resume to save it",
-            128 + stopped_by,
         ) from exc
     finally:
-        if aside is not None and aside.exists():
-            if saved:
-                shutil.rmtree(aside, ignore_errors=True)
-            elif not target.exists():  # stopped between moving the old version aside and renaming the new in
-                os.replace(aside, target)  # put it back (what appeared there meanwhile, `recover` judges later)
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+        with held_stops(done) if saved else contextlib.nullcontext():  # a saved artifact's tidying-up is finished
+            if aside is not None and aside.exists():
+                if saved:
+                    shutil.rmtree(aside, ignore_errors=True)
+                elif not target.exists():  # stopped between moving the old version aside and renaming the new in
+                    os.replace(aside, target)  # put it back (what appeared there meanwhile, `recover` judges later)
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -55,7 +55,7 @@ def _root(
 
 
 def _said(command: Callable) -> Callable:
-    """`command`, with a Ctrl-C that says what it stopped (`library.SaveInterrupted`: both a KeyboardInterrupt and
+    """`command`, with a Ctrl-C that says what it stopped (`errors.KeyboardInterrupted`: both a KeyboardInterrupt and
     an `Interrupted`) raised as a plain `Interrupted`, whose message `main` prints: typer turns every
     KeyboardInterrupt into a bare exit code 130."""
 

@@ -221,7 +221,7 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
     if accelerator.is_main_process:
         set_appearance(backbone.unet, None)
         path = save_motion(cfg, backbone, clips, spec, encoder, result, result.total_seconds, accelerator.num_processes)
-        remove_run(run_dir)
+        remove_run(run_dir, f"motion '{cfg.name}'")
     accelerator.wait_for_everyone()
     return MotionResult(cfg.name, path, result.step, result.loss, result.step_seconds, trainable)
 

@@ -206,7 +206,7 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
         if main:
             _save_artifact(run, rows)
             for stage in stages:
-                remove_run(run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]))
+                remove_run(run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]), f"subject '{cfg.name}'")
         run.accelerator.wait_for_everyone()
     return artifact_dir(KIND, cfg.name, must_exist=False)
 

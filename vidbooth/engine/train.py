@@ -58,7 +58,7 @@ from torch import nn
 
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
-from vidbooth.errors import Interrupted, UserError
+from vidbooth.errors import Interrupted, UserError, held_stops
 from vidbooth.fileio import disk_full, folder_beside, write_safetensors
 
 CHECKPOINTS = "checkpoints"
@@ -206,12 +206,14 @@ def refuse_to_discard(run_dirs: Sequence[Path], resume: bool, overwrite: bool) -
             )
 
 
-def remove_run(run_dir: Path) -> None:
+def remove_run(run_dir: Path, saved: str) -> None:
     """Drop a finished run's checkpoints (call on the main process once the artifact is saved), and the artifact's
-    run folder with them when no other stage's run is left in it."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):  # another stage's checkpoints are kept, and their folder with them
-        Path(run_dir).parent.rmdir()
+    run folder with them when no other stage's run is left in it. A Ctrl-C or SIGTERM meanwhile stops the command
+    once they are gone, saying that `saved` ("subject 'S*'") is saved."""
+    with held_stops(f"{saved} is saved"):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another stage's checkpoints are kept, and their folder with them
+            Path(run_dir).parent.rmdir()
 
 
 # ---- randomness -----------------------------------------------------------------------------------
