@@ -30,8 +30,15 @@ def shared_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path, shared_cache, monkeypatch) -> Path:
-    """Every test gets an empty library; nothing touches the user's real one."""
+def isolated_home(tmp_path, shared_cache, monkeypatch, request) -> Path:
+    """Every test gets an empty library; nothing touches the user's real one. Tests not marked gpu run on the CPU
+    also where a GPU is visible (in this process and in the ones they start): the numbers they check, bit-identical
+    reruns and resumes among them, are the CPU's."""
+    if "gpu" not in request.node.keywords:
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     home = tmp_path / "vidbooth-home"
     monkeypatch.setenv("VIDBOOTH_HOME", str(home))
     monkeypatch.setenv("VIDBOOTH_CACHE", str(shared_cache))

@@ -123,6 +123,7 @@ def test_generate_on_nano_without_a_recipe_uses_nanos_own(tmp_path):
     resolved = yaml.safe_load(out.with_suffix(".yaml").read_text())
     assert resolved["backbone"]["base"] == "nano"
     assert resolved["sampling"]["num_inference_steps"] == 10 and resolved["sampling"]["guidance_scale"] == 2.0
+    assert resolved["runtime"]["precision"] == "fp32"  # also where auto would be fp16 (CUDA)
     assert read_video(out).shape == (8, 64, 64, 3)
 
 

@@ -105,6 +105,27 @@ def test_nano_recipes_apply_when_no_recipe_is_given(recipe, command, sets, base,
     assert recipe_or_default(recipe, command, sets, {"backbone.base": base}) == expected
 
 
+def test_nano_recipes_keep_fp32_on_every_device_unless_a_flag_says_otherwise():
+    """Half precision saves nano nothing and changes its videos on a GPU (docs/precision.md): its recipes say fp32
+    and no mixed precision, which --precision and --set still override; the demo's auto leaves them."""
+    from vidbooth.config.demo import DemoConfig
+    from vidbooth.config.motion import MotionConfig
+    from vidbooth.config.subject import SubjectConfig
+    from vidbooth.engine.demo import _runtime
+
+    subject, motion = load_config(SubjectConfig, "nano/subject"), load_config(MotionConfig, "nano/motion")
+    generate = load_config(GenerateConfig, "nano/generate")
+    assert {subject.runtime.precision, motion.runtime.precision, generate.runtime.precision} == {"fp32"}
+    trains = [subject.textual_inversion.train, subject.identity.train, motion.train]
+    assert [train.mixed_precision for train in trains] == ["no", "no", "no"]
+    assert load_config(GenerateConfig, "nano/generate", None, {"runtime.precision": "fp16"}).runtime.precision == "fp16"
+    assert load_config(MotionConfig, "nano/motion", ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    demo = DemoConfig()
+    assert load_config(GenerateConfig, "nano/generate", None, _runtime(demo)).runtime.precision == "fp32"
+    demo.runtime.precision = "bf16"
+    assert load_config(GenerateConfig, "nano/generate", None, _runtime(demo)).runtime.precision == "bf16"
+
+
 def test_a_plain_string_where_a_list_is_expected_is_a_one_item_list(tmp_path):
     """`photos: ./dog` in a recipe (what saved subject configs held before photos became a list), `--set
     clips=a.mp4`, and a string from Python all mean that one path; lists pass as they are."""

@@ -259,9 +259,11 @@ def _train_motion(cfg: DemoConfig, base: str, family: str, clip: Path) -> None:
 
 
 def _runtime(cfg: DemoConfig) -> dict:
+    """The demo's runtime settings as overrides of a recipe's: those left on auto leave the recipe's (nano's
+    recipes keep fp32 on a GPU too)."""
     r = cfg.runtime
-    return {"runtime.device": r.device, "runtime.precision": r.precision, "runtime.attention": r.attention,
-            "runtime.seed": cfg.seed}
+    chosen = {"runtime.device": r.device, "runtime.precision": r.precision, "runtime.attention": r.attention}
+    return {key: value for key, value in chosen.items() if value != "auto"} | {"runtime.seed": cfg.seed}
 
 
 def _variants(noun: str, motion) -> list[Variant]:
@@ -295,12 +297,13 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     from vidbooth.engine.compose import apply_personalisation
     from vidbooth.engine.sampling import sample_video
 
-    sampling = load_config(GenerateConfig, f"{family}/generate").sampling
+    recipe = load_config(GenerateConfig, f"{family}/generate", None, _runtime(cfg))
+    sampling = recipe.sampling
     steps = cfg.num_inference_steps or sampling.num_inference_steps
     count = max(2, cfg.num_videos // 2) if cfg.fast else cfg.num_videos
     if cfg.fast:
         steps = max(2, steps // 2)
-    backbone = load_backbone_for(BackboneConfig(base=base), cfg.runtime)
+    backbone = load_backbone_for(BackboneConfig(base=base), recipe.runtime)
     from vidbooth.engine.appearance import load_appearance_encoder
 
     encoder = load_appearance_encoder(None, backbone)  # nano's image tower (the VAE's latents on bases without one)
