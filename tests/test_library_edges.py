@@ -200,6 +200,33 @@ def test_ctrl_c_at_the_rename_or_while_checkpoints_are_removed_says_the_artifact
     load_motion(load_backbone("tiny", device="cpu"), "m")
 
 
+def test_ctrl_c_while_a_subjects_first_run_folder_is_removed_still_removes_the_second(
+    tmp_path, isolated_home, monkeypatch, capsys
+):
+    import shutil
+
+    import vidbooth.engine.train
+    from tests.badinputs import write_photos
+    from vidbooth.cli.app import main
+
+    runs = isolated_home / ".runs" / "subjects" / "S%2A"
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, **kwargs):
+        if Path(path).parent == runs and not list(Path(path).parent.glob("*-stopped")):
+            os.kill(os.getpid(), signal.SIGINT)  # once, at the first stage's folder
+            (runs / "x-stopped").mkdir()
+        return real_rmtree(path, **kwargs)
+
+    monkeypatch.setattr(vidbooth.engine.train.shutil, "rmtree", rmtree)
+    photos = write_photos(tmp_path / "photos")
+    args = ["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", "--recipe", "tiny/subject",
+            "--ti-steps", "1", "--identity-steps", "1", "--set", "data.resolution=16", "--no-preview"]
+    assert main(args) == 130
+    assert "stopped by SIGINT; subject 'S*' is saved" in capsys.readouterr().err
+    assert sorted(p.name for p in runs.iterdir()) == ["x-stopped"]  # both stages' checkpoints are gone
+
+
 def test_ctrl_c_during_the_preview_then_resume_saves_without_training_again(tmp_path, isolated_home, monkeypatch,
                                                                             capsys):
     import vidbooth.engine.motion
@@ -246,14 +273,14 @@ def test_the_lock_leaves_a_library_it_created_as_it_found_it(isolated_home):
 
 
 def test_a_run_folder_is_removed_with_its_last_stage_and_kept_while_another_holds_a_checkpoint(isolated_home):
-    from vidbooth.engine.train import remove_run, run_folder
+    from vidbooth.engine.train import remove_runs, run_folder
 
     stages = {stage: run_folder("subject", "S*", stage) for stage in ("textual-inversion", "identity")}
     for folder in stages.values():
         (folder / "checkpoints" / "step-0000001").mkdir(parents=True)
-    remove_run(stages["textual-inversion"], "subject 'S*'")
+    remove_runs([stages["textual-inversion"]], "subject 'S*'")
     assert not stages["textual-inversion"].exists() and stages["identity"].is_dir()  # a stopped stage's checkpoint
-    remove_run(stages["identity"], "subject 'S*'")
+    remove_runs([stages["identity"]], "subject 'S*'")
     assert not stages["identity"].parent.exists()  # .runs/subjects/S%2A/ had been left behind, empty
     assert (isolated_home / ".runs" / "subjects").is_dir()  # a library's own folder, shared with other names
 

@@ -188,7 +188,7 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone_for
-    from vidbooth.engine.train import backbone_device, remove_run, run_folder, seed_everything, train
+    from vidbooth.engine.train import backbone_device, remove_runs, run_folder, seed_everything, train
 
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     size = training_size(backbone, cfg)
@@ -221,7 +221,7 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
     if accelerator.is_main_process:
         set_appearance(backbone.unet, None)
         path = save_motion(cfg, backbone, clips, spec, encoder, result, result.total_seconds, accelerator.num_processes)
-        remove_run(run_dir, f"motion '{cfg.name}'")
+        remove_runs([run_dir], f"motion '{cfg.name}'")
     accelerator.wait_for_everyone()
     return MotionResult(cfg.name, path, result.step, result.loss, result.step_seconds, trainable)
 

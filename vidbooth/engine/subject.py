@@ -64,7 +64,7 @@ from vidbooth.engine.train import (
     dtype_signature,
     make_accelerator,
     refuse_to_discard,
-    remove_run,
+    remove_runs,
     resolve_mixed_precision,
     run_folder,
     seed_everything,
@@ -205,8 +205,8 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
             _identity(run, rows)
         if main:
             _save_artifact(run, rows)
-            for stage in stages:
-                remove_run(run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]), f"subject '{cfg.name}'")
+            runs = [run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]) for stage in stages]
+            remove_runs(runs, f"subject '{cfg.name}'")
         run.accelerator.wait_for_everyone()
     return artifact_dir(KIND, cfg.name, must_exist=False)
 

@@ -206,14 +206,15 @@ def refuse_to_discard(run_dirs: Sequence[Path], resume: bool, overwrite: bool) -
             )
 
 
-def remove_run(run_dir: Path, saved: str) -> None:
-    """Drop a finished run's checkpoints (call on the main process once the artifact is saved), and the artifact's
+def remove_runs(run_dirs: Sequence[Path], saved: str) -> None:
+    """Drop finished runs' checkpoints (call on the main process once the artifact is saved), and the artifact's
     run folder with them when no other stage's run is left in it. A Ctrl-C or SIGTERM meanwhile stops the command
     once they are gone, saying that `saved` ("subject 'S*'") is saved."""
     with held_stops(f"{saved} is saved"):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):  # another stage's checkpoints are kept, and their folder with them
-            Path(run_dir).parent.rmdir()
+        for run_dir in run_dirs:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another stage's checkpoints are kept, and their folder with them
+                Path(run_dir).parent.rmdir()
 
 
 # ---- randomness -----------------------------------------------------------------------------------
@@ -612,7 +613,7 @@ def train(
     `signature`: JSON-able settings that must be equal to resume (the method's config, the data's hashes);
     `cfg` is added to it (except the checkpoint knobs). A checkpoint with another signature is refused. Without
     `resume` old checkpoints in `run_dir` are deleted. Raises `Interrupted` after saving a checkpoint on
-    SIGINT/SIGTERM and `UserError` on a non-finite loss. The run folder is left in place: `remove_run` it once
+    SIGINT/SIGTERM and `UserError` on a non-finite loss. The run folder is left in place: `remove_runs` it once
     the result is saved.
     """
     if len(data) == 0:
