@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -509,8 +510,14 @@ def test_a_class_image_depends_on_its_index_and_seed_not_on_its_batch(tiny_backb
     together, apart = made("together", [3]), made("apart", [1, 3])
     assert len(together) == len(apart) == 3
     assert all(np.array_equal(a, b) for a, b in zip(together, apart))
-    (class_image_folder(bb.fingerprint, "a photo of a dog", 16, prior, 0) / "00001.png").unlink()
+    folder = class_image_folder(bb.fingerprint, "a photo of a dog", 16, prior, 0)
+    (folder / "00001.png").unlink()
+    stale, fresh = folder / ".tmp-00001-killed.png", folder / ".tmp-00002-writing.png"
+    for temporary in (stale, fresh):
+        temporary.write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * 3600,) * 2)  # left by a run killed two hours ago
     assert np.array_equal(made("apart", [3])[1], together[1])  # a lost image is made again, the same
+    assert not stale.exists() and fresh.exists()  # another run may be writing the fresh one
     assert not np.array_equal(together[0], together[1])  # each image its own noise
     other_seed = made("together", [3], seed=1)
     assert class_image_folder(bb.fingerprint, "a photo of a dog", 16, prior, 1) != class_image_folder(

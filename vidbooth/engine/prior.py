@@ -10,6 +10,7 @@ made it and however many images the cache held before.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -62,6 +63,7 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
     if not missing:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(folder)
     # for whoever looks into the cache: every setting of the folder's key, and the base
     settings = json.dumps({"base": backbone.source} | _cache_settings(prompt, size, prior, seed), indent=1)
     write_together([(folder / "settings.json", lambda tmp: tmp.write_text(settings))])
@@ -85,6 +87,20 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
             for index, video in zip(indices, frames, strict=True)
         ])
     return folder
+
+
+STALE_TEMPORARY_S = 3600
+"""A temporary image older than this was left by a killed run (a running one publishes each within seconds)."""
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove the half-written images (`.tmp-*`) that a run killed while it wrote them left in the cache folder."""
+    import time
+
+    for temporary in folder.glob(".tmp-*"):
+        with contextlib.suppress(OSError):  # another run published or removed it meanwhile
+            if time.time() - temporary.stat().st_mtime > STALE_TEMPORARY_S:
+                temporary.unlink()
 
 
 def _class_image_file(folder: Path, index: int) -> Path:
