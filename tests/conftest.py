@@ -113,3 +113,21 @@ def fresh_accelerate_state():
     reset()
     yield reset
     reset()
+
+
+@pytest.fixture
+def world_inputs(tmp_path) -> tuple[Path, Path]:
+    """(photos folder, clip): 3 photos of a red striped circle and a clip of a blue square moving right, 64x64."""
+    from PIL import Image
+
+    from vidbooth.data.video import write_video
+    from vidbooth.nano.world import Motion, Sprite, render_motion_clips, render_photos
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(render_photos(Sprite("circle", "red", "striped"), n=3, size=64, seed=1)):
+        Image.fromarray(image).save(photos / f"{i}.png")
+    clip = tmp_path / "clip.mp4"
+    write_video(render_motion_clips(Motion("right"), Sprite("square", "blue", "solid"), n=1, size=64)[0], clip)
+    return photos, clip
+

@@ -1,26 +1,12 @@
 """End to end: train-subject and train-motion on a tiny base, then generate with both."""
 
 import numpy as np
-import pytest
 import yaml
-from PIL import Image
 
 from vidbooth.cli.app import main
-from vidbooth.data.video import read_video, write_video
-from vidbooth.nano.world import Motion, Sprite, render_motion_clips, render_photos
+from vidbooth.data.video import read_video
 
 FAST = ["--device", "cpu", "--set", "preview.enabled=false"]
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, image in enumerate(render_photos(Sprite("circle", "red", "striped"), n=3, size=64, seed=1)):
-        Image.fromarray(image).save(photos / f"{i}.png")
-    clip = tmp_path / "clip.mp4"
-    write_video(render_motion_clips(Motion("right"), Sprite("square", "blue", "solid"), n=1, size=64)[0], clip)
-    return photos, clip
 
 
 def _train(base, photos, clip, subject="S*", motion="M"):
@@ -30,10 +16,10 @@ def _train(base, photos, clip, subject="S*", motion="M"):
                  "--no-preview", "--device", "cpu"]) == 0
 
 
-def test_generate_with_subject_and_motion(tiny_base_dirs, inputs, tmp_path, capsys, monkeypatch):
+def test_generate_with_subject_and_motion(tiny_base_dirs, world_inputs, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("VIDBOOTH_QUIET")
     base = tiny_base_dirs["unet3d"]
-    _train(base, *inputs)
+    _train(base, *world_inputs)
     out = tmp_path / "both.mp4"
     args = ["generate", "--base", str(base), "--subject", "S*", "--motion", "M", "--prompt", "a ball rolling",
             "--frames", "4", "--steps", "2", "--device", "cpu"]
@@ -49,8 +35,8 @@ def test_generate_with_subject_and_motion(tiny_base_dirs, inputs, tmp_path, caps
     assert np.array_equal(read_video(tmp_path / "off.mp4"), read_video(tmp_path / "ti.mp4"))
 
 
-def test_unknown_names_and_mismatched_bases(tiny_base_dirs, inputs, tmp_path, capsys):
-    photos, clip = inputs
+def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_path, capsys):
+    photos, clip = world_inputs
     assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", "--base",
                  str(tiny_base_dirs["unet3d"]), "--ti-steps", "1", "--identity-steps", "1", *FAST]) == 0
     assert main(["train-motion", str(clip), "--name", "M", "--base", str(tiny_base_dirs["animatediff"]),
@@ -75,9 +61,11 @@ def test_unknown_names_and_mismatched_bases(tiny_base_dirs, inputs, tmp_path, ca
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_without_base_the_base_they_were_learned_on_is_used(tiny_base_dirs, inputs, tmp_path, capsys, monkeypatch):
+def test_without_base_the_base_they_were_learned_on_is_used(
+    tiny_base_dirs, world_inputs, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")
-    photos, clip = inputs
+    photos, clip = world_inputs
     base = str(tiny_base_dirs["animatediff"])
     adapter = base + "-motion-adapter"
     on_base = ["--base", base, "--motion-adapter", adapter]
@@ -100,10 +88,12 @@ def test_without_base_the_base_they_were_learned_on_is_used(tiny_base_dirs, inpu
     assert "was learned on" in capsys.readouterr().err
 
 
-def test_a_multi_vector_subject_is_spelled_out_in_the_negative_prompt_too(tiny_base_dirs, inputs, monkeypatch, tmp_path):
+def test_a_multi_vector_subject_is_spelled_out_in_the_negative_prompt_too(
+    tiny_base_dirs, world_inputs, monkeypatch, tmp_path
+):
     import vidbooth.engine.generate as generate_engine
 
-    base, (photos, _) = tiny_base_dirs["unet3d"], inputs
+    base, (photos, _) = tiny_base_dirs["unet3d"], world_inputs
     assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", "--base", str(base),
                  "--num-vectors", "2", "--ti-steps", "1", "--identity-steps", "1", *FAST]) == 0
     sampled = []

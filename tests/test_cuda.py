@@ -12,12 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from vidbooth.adapters.base import load_tensors
 from vidbooth.cli.app import main
-from vidbooth.data.video import read_video, write_video
-from vidbooth.nano.world import Motion, Sprite, render_motion_clips, render_photos
+from vidbooth.data.video import read_video
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("fresh_accelerate_state")]  # CUDA fp16, then the CPU's
 
@@ -25,25 +23,14 @@ DEVICE, PRECISION = "cuda", "fp16"
 ON_GPU = ["--device", DEVICE, "--precision", PRECISION]
 
 
-@pytest.fixture
-def inputs(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, image in enumerate(render_photos(Sprite("circle", "red", "striped"), n=3, size=64, seed=1)):
-        Image.fromarray(image).save(photos / f"{i}.png")
-    clip = tmp_path / "clip.mp4"
-    write_video(render_motion_clips(Motion("right"), Sprite("square", "blue", "solid"), n=1, size=64)[0], clip)
-    return photos, clip
-
-
 @pytest.mark.parametrize("family", ["unet3d", "animatediff"])
-def test_subject_and_motion_train_under_fp16_and_generate_on_cuda(family, tiny_base_dirs, inputs, tmp_path):
+def test_subject_and_motion_train_under_fp16_and_generate_on_cuda(family, tiny_base_dirs, world_inputs, tmp_path):
     """Both stages of train-subject and train-motion under fp16 autocast (train.mixed_precision auto) on an fp16
     model; the adapters are saved in fp32 and finite; generate with both runs in fp16, and in fp32 gives the video
     the CPU gives."""
     from vidbooth.engine.tiny import motion_adapter_folder
 
-    photos, clip = inputs
+    photos, clip = world_inputs
     base = ["--base", str(tiny_base_dirs[family])]
     if family == "animatediff":
         base += ["--motion-adapter", str(motion_adapter_folder(tiny_base_dirs[family]))]
