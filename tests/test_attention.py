@@ -114,6 +114,47 @@ def test_whole_unet_forward_matches_math(tiny_backbones, family):
         assert torch.allclose(out, outputs["math"], atol=1e-5), backend
 
 
+@pytest.fixture
+def stand_in_xformers(monkeypatch):
+    """A CPU stand-in for `xformers.ops.memory_efficient_attention` with the real one's contract: (B, L, h, D)
+    inputs, and a bias whose rows are aligned to 8 elements in memory (xformers refuses others). It checks the
+    layout and the mask handling of vidbooth's xformers backend where xformers cannot run; the gpu test below runs
+    the real one."""
+    import sys
+    import types
+
+    calls = []
+
+    def memory_efficient_attention(q, k, v, attn_bias=None):
+        assert q.dim() == k.dim() == v.dim() == 4 and q.shape[2] == k.shape[2] and k.shape[1] == v.shape[1]
+        if attn_bias is not None:
+            assert attn_bias.shape == (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+            assert attn_bias.stride(-2) % 8 == 0, "xformers: the bias's last dimension must be aligned to 8"
+        calls.append(attn_bias is not None)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + (0 if attn_bias is None else attn_bias)
+        return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)
+
+    ops = types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention)
+    monkeypatch.setitem(sys.modules, "xformers", types.SimpleNamespace(ops=ops))
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    return calls
+
+
+@pytest.mark.parametrize("lk", [5, 8, 77])
+def test_the_xformers_backend_passes_layout_and_masks_as_xformers_takes_them(stand_in_xformers, lk):
+    """(B, h, L, D) in and out; a boolean or additive mask of any broadcastable shape becomes a dense aligned bias."""
+    from vidbooth.attention.backends import _xformers
+
+    q, k, v = _qkv(lq=7, lk=lk)
+    assert torch.allclose(_xformers(q, k, v), attention(q, k, v, backend="math"), atol=1e-5)
+    keep = torch.rand(2, 1, 1, lk, generator=torch.Generator().manual_seed(2)) > 0.3
+    keep[..., 0] = True
+    for mask in (keep, torch.zeros(keep.shape).masked_fill(~keep, float("-inf")), keep.expand(2, 3, 7, lk)):
+        assert torch.allclose(_xformers(q, k, v, mask), attention(q, k, v, keep, backend="math"), atol=1e-5)
+    assert stand_in_xformers == [False, True, True, True]
+
+
 @pytest.mark.gpu
 def test_xformers_matches_math_on_cuda():
     pytest.importorskip("xformers")
