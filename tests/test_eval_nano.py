@@ -81,6 +81,32 @@ def test_a_world_clip_scores_1_on_the_probe_and_nothing_of_nano_is_labelled_clip
     assert "nano-I" in table and "T.Cons" in table and "CLIP" not in table  # the table may wrap 'nano T.Cons'
 
 
+def test_auto_scores_dino_i_on_nanos_videos_only_where_the_dino_model_is_here(
+    world, tmp_path, tiny_vit_dir, monkeypatch, capsys
+):
+    """nano is for machines with no network: under auto, DINO-I of nano's videos is left out with an info line
+    (no hub probe, no warning) when the DINO model is not on this machine, and computed when it is; asked for by
+    name, it is tried and reported unavailable as before."""
+    import vidbooth.eval.features as features
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setattr(features, "_hub_reachable", lambda endpoint: pytest.fail("probed the hub"))
+    args = [world["video"], "-p", caption(RED_SQUARE, RIGHT), "--ref-images", world["own"], "--clip-model", "nano"]
+
+    def scored(*extra) -> dict:
+        out = tmp_path / "scores.json"
+        assert run(*args, *extra, "--json", out) == 0
+        return json.loads(out.read_text())
+
+    report = scored()  # the default facebook/dino-vits16 is in no cache here
+    assert "dino_i" not in report["videos"][0]["metrics"] and "dino_i" not in report["unavailable"]
+    err = capsys.readouterr().err
+    assert "DINO-I left out: facebook/dino-vits16 is not on this machine" in err and "warning" not in err
+    assert scored("--dino-model", tiny_vit_dir)["videos"][0]["metrics"]["dino_i"] is not None
+    asked = scored("--metrics", "nano-I,dino_i", "--dino-model", tmp_path / "no-dino")
+    assert "dino_i" in asked["unavailable"] and "left out" not in capsys.readouterr().err
+
+
 def test_a_prompt_that_is_not_a_world_caption_gives_n_a_with_the_reason(world, tmp_path, capsys):
     out = tmp_path / "scores.json"
     assert run(world["video"], "-p", "a photo of S* moving right", "--metrics", "probe", "--json", out) == 0

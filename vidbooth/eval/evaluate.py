@@ -28,6 +28,7 @@ from vidbooth.eval.features import (
     load_clip,
     load_dino,
     load_nano_image,
+    on_this_machine,
 )
 from vidbooth.eval.jobs import EvalJob, generated_base, jobs_from_manifest, jobs_from_videos, without_pseudo_words
 from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
@@ -70,7 +71,10 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
         raise UserError("motion_fidelity needs a reference motion: pass --motion NAME or --ref-video CLIP")
     single = len(jobs) == 1 and not config.manifest
     clip_model, auto_nano = _clip_model(config, jobs)
-    choice = _MetricChoice(requested, bool(motion_paths), nano=is_nano(clip_model), probe=bool(config.probe))
+    nano = is_nano(clip_model)
+    # DINO-I under auto for nano's videos only when its model is here: nano is for machines with no network
+    dino = not nano or requested is not None or on_this_machine(config.dino_model)
+    choice = _MetricChoice(requested, bool(motion_paths), nano=nano, probe=bool(config.probe), dino=dino)
     # Without a manifest every job shares the references, and the prompt when --prompt gives it (or when no video
     # has one): a gap in them concerns the whole run. A prompt read from the config beside a video is its own.
     no_prompts = not any(job.prompt for job in jobs)
@@ -81,6 +85,9 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     if auto_nano and needed & set(IMAGE_TOWER_METRICS):  # said once the inputs are checked, and only when used
         reporting.info(f"scoring with nano's own towers, as the base of what is evaluated is {NANO_NAME} "
                        "(--clip-model chooses another)")
+    if not dino and any(job.reference_images for job in jobs):
+        reporting.info(f"DINO-I left out: {config.dino_model} is not on this machine (--metrics with dino_i, or "
+                       "--dino-model <folder>, asks for it)")
     scorer.load_models(needed, clip_model, config.dino_model)
     if needed and needed <= set(scorer.unavailable):
         raise UserError("no metric can be computed: " + "; ".join(sorted(set(scorer.unavailable.values()))))
@@ -175,10 +182,11 @@ def _reference_motion_paths(config: EvaluateConfig) -> list[Path]:
 
 class _MetricChoice:
     """What was asked for: metric names (None for auto), whether a reference motion is given, whether the
-    image-tower model is nano, and whether the world probe runs (asked for with --probe, or nano under auto)."""
+    image-tower model is nano, whether the world probe runs (asked for with --probe, or nano under auto), and
+    whether auto includes DINO-I."""
 
-    def __init__(self, requested: list[str] | None, has_motion: bool, nano: bool, probe: bool):
-        self.requested, self.has_motion, self.nano = requested, has_motion, nano
+    def __init__(self, requested: list[str] | None, has_motion: bool, nano: bool, probe: bool, dino: bool):
+        self.requested, self.has_motion, self.nano, self.dino = requested, has_motion, nano, dino
         self.probe = probe or (nano and requested is None)
 
 
@@ -202,7 +210,8 @@ def _plan(job: EvalJob, choice: _MetricChoice, single: bool, shared_inputs: bool
 def _job_metrics(job: EvalJob, choice: _MetricChoice) -> list[str]:
     requested = choice.requested
     if requested is None:
-        auto = {"t_cons"} | ({"clip_i", "dino_i"} if job.reference_images else set())
+        references = {"clip_i", "dino_i"} if choice.dino else {"clip_i"}
+        auto = {"t_cons"} | (references if job.reference_images else set())
         auto |= set() if choice.nano else {"clip_t"}  # nano has no text-image score: asked for, it is unavailable
         requested = [name for name in METRICS if name in auto or (name == "motion_fidelity" and choice.has_motion)]
     if choice.nano:  # nano-T needs no prompt check: it is reported unavailable whatever the prompt

@@ -322,6 +322,13 @@ def _locate(name_or_path: str, flag: str) -> tuple[str, dict[str, Any]]:
     return name_or_path, {}
 
 
+def on_this_machine(name_or_path: str) -> bool:
+    """Whether model `name_or_path` loads with no network: a local folder, or a hub id in the Hugging Face cache."""
+    if Path(name_or_path).expanduser().is_dir():
+        return True
+    return bool(HUB_ID.match(name_or_path)) and _in_hub_cache(name_or_path)
+
+
 def _offline() -> bool:
     """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set in the environment since."""
     from huggingface_hub import constants
