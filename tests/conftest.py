@@ -131,3 +131,18 @@ def world_inputs(tmp_path) -> tuple[Path, Path]:
     write_video(render_motion_clips(Motion("right"), Sprite("square", "blue", "solid"), n=1, size=64)[0], clip)
     return photos, clip
 
+
+@pytest.fixture
+def two_process_launch() -> list[str]:
+    """The start of an `accelerate launch` command of two CPU processes (gloo), on a free port: the default 29500
+    may be held (a training on this machine, another test's processes not yet gone)."""
+    import socket
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no",
+            "--main_process_port", str(port)]
+
