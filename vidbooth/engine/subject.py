@@ -70,7 +70,7 @@ from vidbooth.engine.train import (
     seed_everything,
     train,
 )
-from vidbooth.errors import Interrupted, UserError, stopping_signal
+from vidbooth.errors import Interrupted, UserError, stopped, stopping_signal
 from vidbooth.fileio import absolute_path
 from vidbooth.library import (
     MANIFEST,
@@ -477,10 +477,10 @@ def _stage_one_kept(run: _Run):
     except (KeyboardInterrupt, Interrupted) as exc:  # the command line's handler raises these for SIGINT, SIGTERM
         stopped_by = stopping_signal(exc)
         kept = run_folder(KIND, run.cfg.name, STAGE_FOLDERS["textual_inversion"])
-        raise Interrupted(
+        raise stopped(
+            stopped_by,
             f"stopped by {stopped_by.name} before the identity adapter's training; the textual "
             f"inversion's checkpoint is kept in {kept}: rerun the same command with --resume to continue",
-            128 + stopped_by,
         ) from exc
 
 
@@ -590,7 +590,7 @@ def _copy_photos(photos: _Photos, folder: Path) -> list[dict]:
     for index, (path, digest) in enumerate(zip(photos.files, photos.hashes)):
         target = folder / f"{index:02d}-{path.name}"
         shutil.copyfile(path, target)
-        entries.append({"file": f"photos/{target.name}", "source": str(path.resolve()), "sha256": digest})
+        entries.append({"file": f"photos/{target.name}", "source": absolute_path(str(path)), "sha256": digest})
     return entries
 
 

@@ -58,7 +58,7 @@ from torch import nn
 
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
-from vidbooth.errors import Interrupted, UserError, held_stops
+from vidbooth.errors import Interrupted, UserError, held_stops, stopped
 from vidbooth.fileio import disk_full, folder_beside, write_safetensors
 
 CHECKPOINTS = "checkpoints"
@@ -434,10 +434,10 @@ def _stopped(signum: int | None, step: int, cfg: TrainConfig, run_dir: Path) -> 
     """The error of a run stopped by `signum` (SIGINT when only another process got one) once checkpoint `step` is
     saved."""
     signum = int(signum or signal.SIGINT)
-    return Interrupted(
+    return stopped(
+        signum,
         f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; checkpoint saved in {run_dir}: rerun "
         "the same command with --resume to continue",
-        128 + signum,
     )
 
 

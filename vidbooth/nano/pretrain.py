@@ -23,7 +23,7 @@ from vidbooth.config.pretrain import PretrainConfig
 from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
-from vidbooth.errors import Interrupted, UserError
+from vidbooth.errors import UserError, stopped
 from vidbooth.fileio import write_together
 from vidbooth.nano import checkpoint as ckpt
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
@@ -359,10 +359,10 @@ def _loop(
                 run.save(stage, model, optimizer, step + 1)
             if stop.signum:
                 name = signal.Signals(stop.signum).name
-                raise Interrupted(
+                raise stopped(
+                    stop.signum,
                     f"pretraining stopped by {name} at {stage} step {step + 1}; checkpoint saved in {run.dir}: "
                     "continue with --resume",
-                    128 + stop.signum,
                 )
             if run.out_of_time() and step + 1 < total:
                 return False
