@@ -333,9 +333,12 @@ def test_a_refused_resume_names_the_stage_key_and_the_flag_of_the_command(tmp_pa
     monkeypatch.setattr(vidbooth.engine.subject, "_save_artifact", ctrl_c)  # stopped after training: kept
     assert main(argv) == 130
     capsys.readouterr()
+    loads = []
+    monkeypatch.setattr(vidbooth.engine.subject, "load_backbone_for", lambda *args: loads.append(args))
     assert main([*argv[:-1], "0.001", "--resume"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "other settings (textual_inversion.train.lr (--lr) was 0.005, now 0.001)" in err, err
+    assert loads == []  # refused before the model loads (it had taken the load's seconds first)
 
 
 def test_using_a_name_whose_folder_was_made_by_hand_says_so_not_unknown(isolated_home):

@@ -106,9 +106,11 @@ def test_existing_name_needs_overwrite(tmp_path, isolated_home, capsys):
     assert json.loads((isolated_home / "motions" / "m" / "manifest.json").read_text())["training"]["steps"] == 3
 
 
-def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tmp_path, isolated_home, monkeypatch):
-    """Ctrl-C in step 2 of 3: a checkpoint, exit 130, no artifact; --resume ends bit-identical to an uninterrupted run,
-    and the manifest's training time counts both runs."""
+def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tmp_path, isolated_home, monkeypatch,
+                                                                           capsys):
+    """Ctrl-C in step 2 of 3: a checkpoint, exit 130, no artifact; --resume with another --lr is refused before the
+    model loads; --resume ends bit-identical to an uninterrupted run, and the manifest's training time counts both
+    runs."""
     import os
     import signal
     import time
@@ -136,6 +138,13 @@ def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tmp_path
     monkeypatch.setattr(motion.MotionAdapterMethod, "loss", real_loss)
     assert main([*args, "--name", "m"]) == 2  # without --resume: refused, the checkpoint kept (it had been discarded)
     assert [p.name for p in (isolated_home / ".runs").rglob("step-*")] == ["step-0000002"]
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        loads = []
+        patched.setattr("vidbooth.engine.backbone.load_backbone_for", lambda *args: loads.append(args))
+        assert main([*args, "--name", "m", "--resume", "--lr", "0.5"]) == 2
+    assert "other settings (train.lr (--lr) was 0.001, now 0.5)" in " ".join(capsys.readouterr().err.split())
+    assert loads == []
     assert main([*args, "--name", "m", "--resume"]) == 0
     resumed, _ = load_tensors(isolated_home / "motions" / "m" / "motion_adapter.safetensors")
     assert resumed.keys() == reference.keys()

@@ -143,6 +143,23 @@ def test_resume_refuses_other_settings(tmp_path, accelerator):
         engine.train(make_method(), toy_data(), config(steps=4, lr=0.1), tmp_path, accelerator, resume=True)
 
 
+def test_other_settings_are_refused_before_the_model_loads_from_what_is_known_without_it(tmp_path, accelerator):
+    """refuse_other_settings compares the training settings and the given keys only (the base's fingerprint needs
+    the model); it passes what it cannot judge on to resuming."""
+    engine.train(make_method(), toy_data(), config(steps=4, checkpoint_every=2), tmp_path, accelerator,
+                 signature={"base": "abc", "photos": ["a"]})
+    engine.refuse_other_settings(tmp_path, True, config(steps=4), {"photos": ["a"]}, accelerator)  # the same
+    engine.refuse_other_settings(tmp_path, False, config(steps=4, lr=0.1), {"photos": ["b"]}, accelerator)
+    engine.refuse_other_settings(tmp_path / "none", True, config(steps=4, lr=0.1), {}, accelerator)
+    with pytest.raises(UserError, match=r"step-0000004: it was trained with other settings \(photos was \[a\], "
+                       r"now \[b\]; train\.lr was 0\.05, now 0\.1\); use the same settings"):
+        engine.refuse_other_settings(tmp_path, True, config(steps=4, lr=0.1), {"photos": ["b"]}, accelerator)
+    with pytest.raises(UserError, match=r"other settings \(data"):  # a key the checkpoint lacks differs too
+        engine.refuse_other_settings(tmp_path, True, config(steps=4), {"data": 1}, accelerator)
+    (engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE).write_text("{")
+    engine.refuse_other_settings(tmp_path, True, config(steps=4, lr=0.1), {}, accelerator)  # resuming says so
+
+
 def test_a_resume_refusal_names_the_stage_and_the_flag_the_user_passes(tmp_path, accelerator):
     """It had said only 'train.lr', whatever the stage ('identity.train' in a subject) and whatever its flag."""
     flags = {"identity.train.lr": "--lr", "identity.train.steps": "--identity-steps", "data.num_frames": "--frames"}

@@ -168,7 +168,7 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
     from vidbooth.engine.backbone import base_model_folder
-    from vidbooth.engine.train import make_accelerator, refuse_to_discard, run_folder
+    from vidbooth.engine.train import make_accelerator, refuse_other_settings, refuse_to_discard, run_folder
     from vidbooth.library import artifact_lock, check_free, validate_name
 
     cfg.check()
@@ -178,6 +178,9 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
     clips = read_training_clips(cfg)
     base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
+    # a --resume with other settings is refused before the model loads
+    refuse_other_settings(run_folder("motion", cfg.name, STAGE), cfg.resume, cfg.train, _settings_signature(cfg, clips),
+                          accelerator)
     # one lock for the run, held by the main process (the others of an `accelerate launch` run share it)
     with artifact_lock("motion", cfg.name) if accelerator.is_main_process else contextlib.nullcontext():
         if accelerator.is_main_process:  # again: a run of this name that held the lock until now may have saved it
@@ -242,15 +245,21 @@ def _signature(cfg: MotionConfig, clips, spec: MotionAdapterSpec, backbone: Back
     """Settings that must be equal for --resume to continue a run."""
     from vidbooth.engine.train import dtype_signature
 
-    return {
-        "method": "motion",
+    return _settings_signature(cfg, clips) | {
         "base": backbone.fingerprint,
-        "clips": [c.sha256 for c in clips],
-        "captions": [c.caption for c in clips],
-        "data": asdict(cfg.data),
         "adapter": spec.to_json(),
         "appearance": {"encoder": encoder.name if encoder else None, "p_image_zero": cfg.appearance.p_image_zero},
     } | dtype_signature(backbone.dtype)
+
+
+def _settings_signature(cfg: MotionConfig, clips) -> dict:
+    """The part of the resume signature known before the model loads."""
+    return {
+        "method": "motion",
+        "clips": [c.sha256 for c in clips],
+        "captions": [c.caption for c in clips],
+        "data": asdict(cfg.data),
+    }
 
 
 # ---- the artifact ---------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from vidbooth.engine.train import (
     derived_seed,
     dtype_signature,
     make_accelerator,
+    refuse_other_settings,
     refuse_to_discard,
     remove_runs,
     resolve_mixed_precision,
@@ -187,6 +188,10 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
     stages and, on the main process, save the subject and drop the run's checkpoints."""
     run = _prepare(cfg, stages)
     run.accelerator = make_accelerator(getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device)
+    for stage in stages:  # a --resume with other settings is refused before the model loads
+        run_dir = run_folder(KIND, cfg.name, STAGE_FOLDERS[stage])
+        refuse_other_settings(run_dir, cfg.resume, getattr(cfg, stage).train, _settings_signature(run, stage),
+                              run.accelerator)
     main = run.accelerator.is_main_process
     with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():
         # again: another run of this name that held the lock until now may have saved it
@@ -321,16 +326,21 @@ def _encode_photos(run: _Run) -> torch.Tensor:
 
 
 def _signature(run: _Run, stage: str) -> dict:
+    """What must be equal for --resume to continue `stage`."""
+    return _settings_signature(run, stage) | {"base": run.backbone.fingerprint} | dtype_signature(run.backbone.dtype)
+
+
+def _settings_signature(run: _Run, stage: str) -> dict:
+    """The part of `stage`'s resume signature known before the model loads (all but the base and its precision)."""
     cfg = run.cfg
     signature = {
         "stage": stage,
-        "base": run.backbone.fingerprint,
         "photos": run.photos.hashes,
         "token": run.token,
         "class_noun": run.class_noun,
         "data": OmegaConf.to_container(OmegaConf.structured(cfg.data)),
         "runtime_seed": cfg.runtime.seed,
-    } | dtype_signature(run.backbone.dtype)
+    }
     if stage == "textual_inversion":
         ti = cfg.textual_inversion
         return signature | {"num_vectors": ti.num_vectors} | _guided_signature(ti.guidance_scale)

@@ -376,17 +376,36 @@ def _changed_settings(now: dict, then: dict, cfg: TrainConfig) -> str:
     return "; ".join(described)
 
 
+def _other_settings(folder: Path, now: dict, then: dict, cfg: TrainConfig) -> UserError:
+    return UserError(
+        f"cannot resume from {folder}: it was trained with other settings ({_changed_settings(now, then, cfg)}); "
+        "use the same settings, or rerun with --overwrite instead of --resume to start over"
+    )
+
+
+def refuse_other_settings(run_dir: Path, resume: bool, cfg: TrainConfig, known: dict, accelerator) -> None:
+    """Before the model loads: with `resume`, refuse the newest checkpoint in `run_dir` when the settings known
+    without the model (`cfg`, and the top-level signature keys in `known`) differ from those it recorded, with the
+    message resuming would give once the model is loaded. The whole signature is compared again on resuming."""
+    if not resume or not (checkpoints := list_checkpoints(run_dir)):
+        return
+    try:
+        then = json.loads((checkpoints[-1] / STATE_FILE).read_text())["signature"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # resuming says the checkpoint is unreadable
+    now = _full_signature(cfg, known, accelerator)
+    if not isinstance(then, dict) or any(then.get(key) != value for key, value in now.items()):
+        then = then if isinstance(then, dict) else {}
+        raise _other_settings(checkpoints[-1], now, {key: then[key] for key in now if key in then}, cfg)
+
+
 def _restore(
     folder: Path, method: Method, optimizer, accelerator, signature: dict, cfg: TrainConfig
 ) -> tuple[int, float]:
     """Load checkpoint `folder` into the method, optimizer, loss scaler and RNGs; returns its step and loss."""
     state, trainable, extra = _read_checkpoint(folder)
     if state["signature"] != signature:
-        raise UserError(
-            f"cannot resume from {folder}: it was trained with other settings "
-            f"({_changed_settings(signature, state['signature'], cfg)}); use the same settings, or rerun with "
-            "--overwrite instead of --resume to start over"
-        )
+        raise _other_settings(folder, signature, state["signature"], cfg)
     method.load_state_dict({k: v.to(accelerator.device) for k, v in trainable.items()})
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in extra.items():
