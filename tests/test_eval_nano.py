@@ -183,6 +183,57 @@ def test_a_prompt_naming_part_of_the_truth_is_probed_for_that_part(world, tmp_pa
     assert json.loads(out.read_text())["videos"][0]["metrics"]["probe_motion"] == 0.0
 
 
+def test_a_prompt_naming_no_colour_is_probed_against_the_reference_images_colour(world, tmp_path, isolated_home,
+                                                                                 capsys, monkeypatch):
+    """'a S* square moving right' with --subject S*: the pseudo-word carries the colour, so the probe compares the
+    video's colour with the one it reads in the subject's photos (red), or in other reference images (blue)."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    _nano_subject(world, isolated_home)
+    out = tmp_path / "scores.json"
+    assert run(world["video"], "--subject", "S*", "-p", "a S* square moving right", "--metrics", "probe",
+               "--json", out) == 0
+    video = json.loads(out.read_text())["videos"][0]
+    assert video["reference_colour"] == "red" and video["notes"] == {}
+    assert video["metrics"]["probe_colour"] == 1.0 and video["metrics"]["probe_motion"] == 1.0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "clip.mp4, whose prompt names no colour: against red, the colour of the reference images " in err
+    assert run(world["video"], "--ref-images", world["other"], "-p", "a square moving right", "--metrics", "probe",
+               "--json", out) == 0
+    video = json.loads(out.read_text())["videos"][0]
+    assert video["reference_colour"] == "blue" and video["metrics"]["probe_colour"] == 0.0
+    assert run(world["video"], "--ref-images", world["other"], "-p", "a red square moving right", "--metrics",
+               "probe", "--json", out) == 0
+    video = json.loads(out.read_text())["videos"][0]  # a colour the prompt names is the truth
+    assert video["reference_colour"] is None and video["metrics"]["probe_colour"] == 1.0
+
+
+def test_reference_images_of_no_one_colour_leave_probe_colour_unscored(world, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for index, photo in enumerate([*Path(world["own"]).glob("[01].png"), *Path(world["other"]).glob("[01].png")]):
+        (mixed / f"{index}.png").write_bytes(photo.read_bytes())
+    out = tmp_path / "scores.json"
+    assert run(world["video"], "--ref-images", mixed, "-p", "a square moving right", "--metrics", "probe",
+               "--json", out) == 0
+    video = json.loads(out.read_text())["videos"][0]
+    assert video["reference_colour"] is None and video["metrics"]["probe_colour"] is None
+    assert video["notes"]["probe"] == ("probe colour n/a: prompt 'a square moving right' names no colour and the "
+                                       "reference images show no one colour")
+
+
+def test_the_probe_reads_every_colour_from_the_worlds_photos():
+    from vidbooth.eval.evaluate import images_colour
+    from vidbooth.nano.world import COLOURS, PATTERNS, SHAPES
+
+    for index, colour in enumerate(COLOURS):
+        for shape in SHAPES:
+            sprite = Sprite(shape, colour, PATTERNS[index % len(PATTERNS)])
+            photos = render_photos(sprite, n=4, seed=index)
+            assert images_colour(photos) == colour, sprite
+    grey = [np.full((64, 64, 3), 128, np.uint8)] * 3
+    assert images_colour(grey) is None and images_colour([]) is None
+
+
 def _nano_subject(world, home: Path) -> None:
     subject = home / "subjects" / "S%2A"
     (subject / "photos").mkdir(parents=True)

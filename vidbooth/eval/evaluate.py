@@ -238,16 +238,17 @@ def _evaluate_job(job: EvalJob, metrics: list[str] | None, scorer: _Scorer, sing
     if metrics is None:
         result.error = _failure_message(job, job.problem)
         return result
-    if set(metrics) & set(PROBE_METRICS):
-        problem = world_caption_problem(job.prompt)
-        if problem is not None:
-            result.notes["probe"] = problem
     try:
         result.metrics = scorer.score(job, metrics)
     except UserError as exc:
         if single:
             raise
         result.error = _failure_message(job, str(exc))
+    if set(metrics) & set(PROBE_METRICS):
+        result.reference_colour = scorer.reference_colour(job)
+        problem = world_caption_problem(job.prompt, result.reference_colour, bool(job.reference_images))
+        if problem is not None:
+            result.notes["probe"] = problem
     return result
 
 
@@ -271,6 +272,7 @@ class _Scorer:
         self._texts: dict[str, np.ndarray] = {}
         self._images: dict[str, list[np.ndarray]] = dict(images or {})  # read once: a bad image warned about once
         self._references: dict[tuple[str, str], np.ndarray] = {}
+        self._colours: dict[str, str | None] = {}
 
     @staticmethod
     def _reference_signature(path: Path) -> np.ndarray:
@@ -319,8 +321,24 @@ class _Scorer:
         if "motion_fidelity" in metrics and len(frames) > 1:
             values["motion_fidelity"] = self._motion_fidelity(frames)
         if set(metrics) & set(PROBE_METRICS):
-            values.update({name: value for name, value in probe_scores(frames, job.prompt).items() if name in metrics})
+            scores = probe_scores(frames, job.prompt, self.reference_colour(job))
+            values.update({name: value for name, value in scores.items() if name in metrics})
         return values
+
+    def reference_colour(self, job: EvalJob) -> str | None:
+        """The colour the probe reads in the job's reference images when its prompt, a world caption, names none;
+        else None."""
+        from vidbooth.nano.world import read_prompt
+
+        truth = read_prompt(job.prompt)
+        if truth is None or truth.colour is not None or not job.reference_images:
+            return None
+        folder = job.reference_images
+        if folder not in self._colours:
+            if folder not in self._images:
+                self._images[folder] = read_image_folder(folder)
+            self._colours[folder] = images_colour(self._images[folder])
+        return self._colours[folder]
 
     def _text_embed(self, prompt: str) -> np.ndarray:
         if prompt not in self._texts:
@@ -340,10 +358,12 @@ class _Scorer:
         return float(np.mean([signature_similarity(signature, ref) for ref in self._reference_signatures]))
 
 
-def probe_scores(frames: np.ndarray, prompt: str | None) -> dict[str, float | None]:
+def probe_scores(frames: np.ndarray, prompt: str | None, colour: str | None = None) -> dict[str, float | None]:
     """probe colour/shape/motion: 1.0 where the world probe reads from `frames` what `prompt`, in the world's
     words, says, 0.0 where it does not; None for what the prompt does not say (all three when it is not in the
-    world's words)."""
+    world's words). `colour` stands in for a colour the prompt does not name (the subject photos')."""
+    from dataclasses import replace
+
     from vidbooth.nano.world import read_prompt
 
     truth = read_prompt(prompt)
@@ -351,6 +371,8 @@ def probe_scores(frames: np.ndarray, prompt: str | None) -> dict[str, float | No
         return dict.fromkeys(PROBE_METRICS)
     from vidbooth.nano.probe import probe_video
 
+    if truth.colour is None:
+        truth = replace(truth, colour=colour)
     read = probe_video(frames)
     return {
         f"probe_{part}": None if getattr(truth, part) is None else float(getattr(read, part) == getattr(truth, part))
@@ -358,9 +380,22 @@ def probe_scores(frames: np.ndarray, prompt: str | None) -> dict[str, float | No
     }
 
 
-def world_caption_problem(prompt: str | None) -> str | None:
+def images_colour(images: list[np.ndarray]) -> str | None:
+    """The colour the world probe reads in more than half of `images` (each read as a 1-frame video), or None when
+    no colour is read that often."""
+    from collections import Counter
+
+    from vidbooth.nano.probe import UNKNOWN, probe_video
+
+    reads = Counter(probe_video(image[None]).colour for image in images)
+    colour, count = reads.most_common(1)[0] if reads else (UNKNOWN, 0)
+    return colour if colour != UNKNOWN and 2 * count > len(images) else None
+
+
+def world_caption_problem(prompt: str | None, colour: str | None = None, references: bool = False) -> str | None:
     """Why some or all probe metrics of a video with `prompt` are n/a, or None when the prompt says all the probe
-    reads (colour, shape and motion)."""
+    reads (colour, shape and motion; the colour may come from the reference images instead, `colour`, when
+    `references` are given)."""
     from vidbooth.nano.world import read_prompt
 
     example = "e.g. 'a red striped square moving left'"
@@ -372,9 +407,11 @@ def world_caption_problem(prompt: str | None) -> str | None:
             f"probe metrics n/a: prompt '{prompt}' is not a world caption "
             f"('a [<colour>] [<pattern>] [<shape>] <motion>', {example})"
         )
-    unsaid = [part for part in ("colour", "shape") if getattr(truth, part) is None]
+    said = {"colour": truth.colour or colour, "shape": truth.shape}
+    unsaid = [part for part, value in said.items() if value is None]
     if unsaid:
-        return f"probe {' and '.join(unsaid)} n/a: prompt '{prompt}' names no {' or '.join(unsaid)}"
+        shown = " and the reference images show no one colour" if references and "colour" in unsaid else ""
+        return f"probe {' and '.join(unsaid)} n/a: prompt '{prompt}' names no {' or '.join(unsaid)}{shown}"
     return None
 
 

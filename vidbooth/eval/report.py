@@ -42,6 +42,9 @@ class VideoResult:
     notes: dict[str, str] = field(default_factory=dict)
     """Why a metric of this video has no value when the reason is the video's own (a prompt that is not a world
     caption for the probe metrics)."""
+    reference_colour: str | None = None
+    """The colour the world probe reads in the reference images, when the prompt names none: probe colour compares
+    the video's colour with it."""
 
 
 @dataclass
@@ -93,6 +96,15 @@ def show(report: EvaluationReport) -> None:
     for reason in dict.fromkeys(report.unavailable.values()):
         labels = ", ".join(METRIC_LABELS[name] for name, why in report.unavailable.items() if why == reason)
         reporting.warn(f"{labels} unavailable: {reason}")
+    colours: dict[tuple[str, str], list[str]] = {}  # (reference folder, its colour) -> videos scored against it
+    for result in report.results:
+        if result.reference_colour and not result.error:
+            key = (result.reference_images, result.reference_colour)
+            colours.setdefault(key, []).append(result.video or result.source)
+    for (folder, colour), videos in colours.items():
+        whose = f"{videos[0]}, whose prompt names" if len(videos) == 1 else f"{len(videos)} videos whose prompts name"
+        reporting.info(f"probe colour of {whose} no colour: against {colour}, the colour of the reference images "
+                       f"{folder}")
     for result in report.results:
         for note in dict.fromkeys(result.notes.values()):
             reporting.warn(f"{result.video or result.source}: {note}")
