@@ -133,11 +133,17 @@ def world_inputs(tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def two_process_launch() -> list[str]:
+def two_process_launch(tmp_path, monkeypatch) -> list[str]:
     """The start of an `accelerate launch` command of two CPU processes (gloo), on a free port: the default 29500
-    may be held (a training on this machine, another test's processes not yet gone)."""
+    may be held (a training on this machine, another test's processes not yet gone). The launcher's temporary
+    folders (torchelastic_*, which it leaves behind) go to the test's own: TMPDIR is set for the processes started
+    with this environment."""
     import socket
     import sys
+
+    launch_tmp = tmp_path / "launch-tmp"
+    launch_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(launch_tmp))
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -397,6 +397,7 @@ def test_two_processes_train_one_subject(photos, isolated_home, two_process_laun
     assert [m["name"] for m in list_artifacts("subject")] == ["S*"]
     manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
     assert manifest["stages"]["identity"]["processes"] == 2
+    assert list((photos.parent / "launch-tmp").glob("torchelastic_*"))  # the launcher's leftovers stay in tmp_path
 
 
 def test_guided_textual_inversion_learns_under_guidance(photos, tmp_path, monkeypatch, capsys):
