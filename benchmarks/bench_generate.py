@@ -35,7 +35,8 @@ def main() -> None:
 
     os.environ["VIDBOOTH_QUIET"] = "1"
     quiet_libraries()
-    folder = save_tiny_backbone(Path(tempfile.mkdtemp()) / "tiny", "unet3d")
+    scratch = tempfile.TemporaryDirectory()  # removed at exit
+    folder = save_tiny_backbone(Path(scratch.name) / "tiny", "unet3d")
     backbone = load_backbone(str(folder), device="cpu")
     pipe = diffusers_reference_pipeline(folder, args.scheduler)
     kwargs = dict(num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=9.0, height=32, width=32)

@@ -102,7 +102,7 @@ def _vidbooth_seconds(bb, stage: str, images, args) -> float:
         method = IdentityAdapterMethod(bb, caption_embeds)
     data = [{"latents": x} for x in latents]
     accelerator = make_accelerator("no", args.device)
-    run = Path(tempfile.mkdtemp())
+    run = Path(args.folder) / f"run-{stage}-{os.getpid()}"  # inside the parent's temporary folder
 
     def config(steps: int) -> TrainConfig:
         return TrainConfig(steps=steps, lr=1e-4, batch_size=args.batch_size, checkpoint_every=0)
@@ -196,12 +196,13 @@ def main() -> None:
     from vidbooth.engine.backbone import quiet_libraries
 
     quiet_libraries()
-    args.folder = Path(tempfile.mkdtemp())
-    prepare(args.folder, args.photos)
     runs = {(loop, stage): [] for stage in STAGES for loop in LOOPS}
-    for _ in range(args.repeats):
-        for loop, stage in runs:
-            runs[loop, stage].append(_run_child(loop, stage, args))
+    with tempfile.TemporaryDirectory() as folder:
+        args.folder = Path(folder)
+        prepare(args.folder, args.photos)
+        for _ in range(args.repeats):
+            for loop, stage in runs:
+                runs[loop, stage].append(_run_child(loop, stage, args))
     results = {
         key: {field: statistics.median(r[field] for r in measured) for field in ("seconds", "peak_mb")}
         for key, measured in runs.items()
