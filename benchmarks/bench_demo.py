@@ -54,6 +54,7 @@ def main() -> None:
             error = "-" if step.standard_error is None else f"{step.standard_error:.3f}"
             print(f"{'':>4}   {step.label}: {step.difference:+.3f} ± {error} (s.e.), better in {step.better_in} of "
                   f"{step.videos} videos", flush=True)
+    print(f"demo folders (videos, contact sheets, metrics.json): {out}/seed<N>")
 
 
 if __name__ == "__main__":
