@@ -221,6 +221,23 @@ def test_reference_images_of_no_one_colour_leave_probe_colour_unscored(world, tm
                                        "reference images show no one colour")
 
 
+def test_a_manifest_line_whose_reference_folder_cannot_be_read_fails_alone(world, tmp_path, capsys, monkeypatch):
+    """The reference colour is read after scoring: a line whose folder holds no image is one failure, and the
+    line whose photos are red is probed against red."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    (tmp_path / "empty").mkdir()
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{world['video']}|||{tmp_path / 'empty'}|||a square moving right\n"
+                        f"{world['video']}|||{world['own']}|||a square moving right\n")
+    out = tmp_path / "scores.json"
+    assert run("--manifest", manifest, "--metrics", "probe", "--json", out) == 1
+    failed, scored = json.loads(out.read_text())["videos"]
+    assert "no readable image" in failed["error"] and failed["reference_colour"] is None
+    assert scored["reference_colour"] == "red" and scored["metrics"]["probe_colour"] == 1.0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "clip.mp4, whose prompt names no colour: against red, the colour of the reference images" in err, err
+
+
 def test_the_probe_reads_every_colour_from_the_worlds_photos():
     from vidbooth.eval.evaluate import images_colour
     from vidbooth.nano.world import COLOURS, PATTERNS, SHAPES

@@ -244,7 +244,7 @@ def _evaluate_job(job: EvalJob, metrics: list[str] | None, scorer: _Scorer, sing
         if single:
             raise
         result.error = _failure_message(job, str(exc))
-    if set(metrics) & set(PROBE_METRICS):
+    if set(metrics) & set(PROBE_METRICS) and result.error is None:  # (reference images it could not read, say)
         result.reference_colour = scorer.reference_colour(job)
         problem = world_caption_problem(job.prompt, result.reference_colour, bool(job.reference_images))
         if problem is not None:
