@@ -137,6 +137,8 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
          "textual_inversion.train.lr (--lr) must be at most 3.4e+37, got 1e+39"),
         ("train-subject", ["--resolution", "30"],  # the model's own check, once loaded: it had named --height
          "data.resolution (--resolution) 30 must be a positive multiple of 4 for this model: use e.g. 32"),
+        ("train-subject", ["--resolution", "100000"],  # it had trained on, for hours
+         "data.resolution (--resolution) 100000 is more than 8 times this model's native size (32): use at most 256"),
         ("train-subject", ["--ti-steps", "0"], "textual_inversion.train.steps (--ti-steps) must be at least 1, got 0"),
         ("train-subject", ["--batch-size", "0"],
          "textual_inversion.train.batch_size (--batch-size) must be at least 1, got 0"),

@@ -67,3 +67,28 @@ except SafetensorError:
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.stdout.split("\n")[:2] == ["vidbooth EFBIG", "safetensors SafetensorError"], out.stderr
+
+
+def test_a_folder_that_takes_no_new_files_is_one_user_error_naming_the_output(tmp_path, monkeypatch):
+    """/proc as root: writable by its mode, yet creating a file there fails with ENOENT, which had reached the user
+    as a FileNotFoundError about a temporary name. A permission error stays itself (the command line words it)."""
+    import errno
+    import tempfile
+
+    from vidbooth import fileio
+    from vidbooth.errors import UserError
+
+    def refuse(error):
+        def mkstemp(*args, **kwargs):
+            raise error
+        return mkstemp
+
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse(FileNotFoundError(errno.ENOENT, "No such file or directory")))
+    with pytest.raises(UserError, match=rf"cannot write {tmp_path / 'out.mp4'}: {tmp_path} takes no new files "
+                                        r"\(no such file or directory\)"):
+        write_video(frames, tmp_path / "out.mp4")
+    monkeypatch.setattr(tempfile, "mkstemp", refuse(PermissionError(errno.EACCES, "Permission denied")))
+    with pytest.raises(PermissionError):
+        fileio.write_together([(tmp_path / "a.json", lambda tmp: tmp.write_text("{}"))])
+    assert list(tmp_path.iterdir()) == []

@@ -50,7 +50,7 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> N
     try:
         for path, write in writes:
             # a short prefix: a name near the file system's 255-byte limit must still leave room for it
-            fd, temporary = tempfile.mkstemp(prefix=f".tmp-{path.stem[:24]}-", suffix=path.suffix, dir=path.parent)
+            fd, temporary = _temporary_file(path)
             os.close(fd)
             temporaries.append(Path(temporary))
             write(Path(temporary))
@@ -59,6 +59,18 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> N
     finally:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)
+
+
+def _temporary_file(path: Path) -> tuple[int, str]:
+    """mkstemp beside `path`. A folder that refuses new files for a reason other than a full disk or permissions
+    (which the command line says in its own words), such as /proc, is a UserError naming `path`."""
+    try:
+        return tempfile.mkstemp(prefix=f".tmp-{path.stem[:24]}-", suffix=path.suffix, dir=path.parent)
+    except OSError as exc:
+        if disk_full(exc) or isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+            raise
+        reason = (exc.strerror or str(exc)).lower()
+        raise UserError(f"cannot write {path}: {path.parent} takes no new files ({reason})") from exc
 
 
 @contextmanager

@@ -20,6 +20,11 @@ from vidbooth.errors import UserError
 from vidbooth.reporting import progress
 
 SCHEDULERS = ("ddim", "dpm++")
+MAX_SIZE_FACTOR = 8
+"""Heights and widths up to this many times the model's native size are taken. Beyond it no model is of use, and a
+typo (`--width 100000`) would run for hours inside one layer, where Ctrl-C cannot stop it."""
+MAX_FRAMES = 1024
+"""Frames per video taken at most, for the same reason (text-to-video models are trained on 16-32)."""
 _ALIASES = {"dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++"}
 
 
@@ -42,9 +47,22 @@ def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
     max_frames = getattr(backbone.unet.config, "motion_max_seq_length", None)
     if max_frames and num_frames > max_frames:
         raise UserError(f"--num-frames {num_frames} exceeds this motion module's maximum of {max_frames}")
+    if num_frames > MAX_FRAMES:
+        raise UserError(f"--num-frames {num_frames} is more than vidbooth takes ({MAX_FRAMES}): ask for fewer")
     for flag, value in (("--height", height), ("--width", width)):
         if value <= 0 or value % backbone.size_multiple:
             raise UserError(f"{flag} {value} must be a positive multiple of {backbone.size_multiple} for this model")
+        check_not_too_large(backbone, flag, value)
+
+
+def check_not_too_large(backbone, flag: str, size: int) -> None:
+    """A UserError when `size` (pixels) is over MAX_SIZE_FACTOR times the model's native size."""
+    limit = MAX_SIZE_FACTOR * backbone.default_size
+    if size > limit:
+        raise UserError(
+            f"{flag} {size} is more than {MAX_SIZE_FACTOR} times this model's native size ({backbone.default_size}): "
+            f"use at most {limit}"
+        )
 
 
 def training_resolution(backbone, resolution: int | None) -> int:
@@ -57,6 +75,7 @@ def training_resolution(backbone, resolution: int | None) -> int:
             f"data.resolution (--resolution) {size} must be a positive multiple of {multiple} for this model: "
             f"use e.g. {nearest}"
         )
+    check_not_too_large(backbone, "data.resolution (--resolution)", size)
     return size
 
 
