@@ -168,6 +168,7 @@ def test_paired_steps_compare_each_video_with_the_same_noise_in_the_variant_befo
 
 @pytest.mark.parametrize("args, expected", [
     (["--num-videos", "0"], "num_videos (--num-videos) must be at least 1, got 0"),
+    (["--num-videos", "100000"], "num_videos (--num-videos) must be at most 256, got 100000"),  # one batch: no memory
     (["--set", "subject_steps=-1"], "subject_steps must be at least 0, got -1"),
     (["--set", "num_inference_steps=-2"], "num_inference_steps must be at least 0, got -2"),
     (["--base", "no/such/base/here"], "base model not found: no/such/base/here"),
