@@ -137,11 +137,15 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
          "textual_inversion.train.lr (--lr) must be at most 3.4e+37, got 1e+39"),
         ("train-subject", ["--resolution", "30"],  # the model's own check, once loaded: it had named --height
          "data.resolution (--resolution) 30 must be a positive multiple of 4 for this model: use e.g. 32"),
+        ("textual-inversion", ["--num-vectors", "40"],  # cut at 32 tokens: it had learned without the class noun
+         "with textual_inversion.num_vectors (--num-vectors) 40 takes 54 tokens, more than the text encoder's 32"),
         ("train-subject", ["--resolution", "100000"],  # it had trained on, for hours
          "data.resolution (--resolution) 100000 is more than 8 times this model's native size (32): use at most 256"),
         ("train-subject", ["--ti-steps", "0"], "textual_inversion.train.steps (--ti-steps) must be at least 1, got 0"),
         ("train-subject", ["--batch-size", "0"],
          "textual_inversion.train.batch_size (--batch-size) must be at least 1, got 0"),
+        ("train-subject", ["--batch-size", "100000"],  # one UNet call that ran for minutes, past Ctrl-C
+         "textual_inversion.train.batch_size (--batch-size) must be at most 1024, got 100000"),
         ("train-subject", ["--set", "identity.train.lr=-1"],  # train-subject has no --lr: the key alone
          "identity.train.lr must be a finite positive number, got -1.0"),
         ("textual-inversion", ["--scale-jitter", "1"], "data.scale_jitter (--scale-jitter) must be in [0, 1), got 1.0"),

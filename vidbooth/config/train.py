@@ -8,6 +8,9 @@ from vidbooth.config import checks
 from vidbooth.errors import UserError
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+MAX_BATCH_SIZE = 1024
+"""Samples per process and micro-batch at most: one micro-batch is one UNet call, which Ctrl-C cannot stop midway
+(a typo of 100000 ran for minutes in it on nano without finishing a step)."""
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest float32: the trainable weights and the optimizer's state are float32."""
@@ -69,6 +72,9 @@ class TrainConfig:
         ('identity.train' in a subject's config). The configs that hold one call it when they are built."""
         for key in ("steps", "batch_size", "grad_accumulation", "keep_checkpoints"):
             checks.at_least(f"{prefix}.{key}", getattr(self, key), 1)
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise UserError(f"{prefix}.batch_size must be at most {MAX_BATCH_SIZE}, got {self.batch_size} (for a larger "
+                            "batch per step, raise grad_accumulation)")
         checks.positive(f"{prefix}.lr", self.lr)
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"{prefix}.lr_schedule '{self.lr_schedule}' is unknown: use {', '.join(LR_SCHEDULES)}")

@@ -302,6 +302,22 @@ def _check_tokens(cfg: SubjectConfig, class_noun: str, base_folder: Path) -> Non
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     class_noun_ids(tokenizer, class_noun)
     check_placeholder_is_new(tokenizer, cfg.name, cfg.textual_inversion.num_vectors, class_noun)
+    _check_caption_lengths(tokenizer, cfg, class_noun)
+
+
+def _check_caption_lengths(tokenizer, cfg: SubjectConfig, class_noun: str) -> None:
+    """Each caption with the pseudo-word written out in its `num_vectors` tokens must fit the text encoder whole:
+    cut, it would lose the class noun (or the pseudo-word's last vectors) without a word."""
+    num_vectors, limit = cfg.textual_inversion.num_vectors, tokenizer.model_max_length
+    for caption in cfg.data.captions:
+        # the pseudo-word is not in the vocabulary yet: "a", one token, stands in for each of its vectors
+        length = len(tokenizer(caption.format(f"a {class_noun}")).input_ids) - 1 + num_vectors
+        if length > limit:
+            raise UserError(
+                f"caption '{caption.format(f'{cfg.name} {class_noun}')}' with textual_inversion.num_vectors "
+                f"(--num-vectors) {num_vectors} takes {length} tokens, more than the text encoder's {limit}: use "
+                "fewer vectors or shorter data.captions"
+            )
 
 
 def _encode_latents(backbone, pixels: torch.Tensor) -> torch.Tensor:
