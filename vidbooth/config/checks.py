@@ -21,6 +21,12 @@ def at_least(key: str, value: int | float, minimum: int, flag: str | None = None
         raise UserError(f"{_name(key, flag)} must be at least {minimum}, got {value}")
 
 
+def at_most(key: str, value: int | float, maximum: int, flag: str | None = None, hint: str = "") -> None:
+    """`value` <= `maximum`."""
+    if value > maximum:
+        raise UserError(f"{_name(key, flag)} must be at most {maximum}, got {value}{hint}")
+
+
 def non_negative(key: str, value: float, flag: str | None = None, hint: str = "") -> None:
     """A finite number >= 0 (NaN and infinity fail)."""
     if not (math.isfinite(value) and value >= 0):

@@ -8,7 +8,6 @@ from vidbooth.config import checks
 from vidbooth.config.schema import RuntimeConfig
 from vidbooth.errors import UserError
 
-
 MAX_VIDEOS = 256
 
 
@@ -37,7 +36,6 @@ class DemoConfig:
         if not self.out.strip():
             raise UserError("--out is empty: give the folder the demo writes into (default: demo)")
         checks.at_least("num_videos", self.num_videos, 1, "--num-videos")
-        if self.num_videos > MAX_VIDEOS:
-            raise UserError(f"num_videos (--num-videos) must be at most {MAX_VIDEOS}, got {self.num_videos}")
+        checks.at_most("num_videos", self.num_videos, MAX_VIDEOS, "--num-videos")
         for key in ("subject_steps", "motion_steps", "num_inference_steps"):
             checks.at_least(key, getattr(self, key), 0)  # 0: the recipe's

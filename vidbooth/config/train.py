@@ -72,9 +72,8 @@ class TrainConfig:
         ('identity.train' in a subject's config). The configs that hold one call it when they are built."""
         for key in ("steps", "batch_size", "grad_accumulation", "keep_checkpoints"):
             checks.at_least(f"{prefix}.{key}", getattr(self, key), 1)
-        if self.batch_size > MAX_BATCH_SIZE:
-            raise UserError(f"{prefix}.batch_size must be at most {MAX_BATCH_SIZE}, got {self.batch_size} (for a larger "
-                            "batch per step, raise grad_accumulation)")
+        checks.at_most(f"{prefix}.batch_size", self.batch_size, MAX_BATCH_SIZE,
+                       hint=" (for a larger batch per step, raise grad_accumulation)")
         checks.positive(f"{prefix}.lr", self.lr)
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"{prefix}.lr_schedule '{self.lr_schedule}' is unknown: use {', '.join(LR_SCHEDULES)}")

@@ -390,12 +390,11 @@ def refuse_other_settings(run_dir: Path, resume: bool, cfg: TrainConfig, known: 
     if not resume or not (checkpoints := list_checkpoints(run_dir)):
         return
     try:
-        then = json.loads((checkpoints[-1] / STATE_FILE).read_text())["signature"]
+        then = dict(json.loads((checkpoints[-1] / STATE_FILE).read_text())["signature"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # resuming says the checkpoint is unreadable
     now = _full_signature(cfg, known, accelerator)
-    if not isinstance(then, dict) or any(then.get(key) != value for key, value in now.items()):
-        then = then if isinstance(then, dict) else {}
+    if any(then.get(key) != value for key, value in now.items()):  # only the keys known here are compared
         raise _other_settings(checkpoints[-1], now, {key: then[key] for key in now if key in then}, cfg)
 
 

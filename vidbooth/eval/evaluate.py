@@ -238,15 +238,17 @@ def _evaluate_job(job: EvalJob, metrics: list[str] | None, scorer: _Scorer, sing
     if metrics is None:
         result.error = _failure_message(job, job.problem)
         return result
+    probing = bool(set(metrics) & set(PROBE_METRICS))
     try:
-        result.metrics = scorer.score(job, metrics)
+        colour = scorer.reference_colour(job) if probing else None
+        result.metrics = scorer.score(job, metrics, colour)
     except UserError as exc:
         if single:
             raise
         result.error = _failure_message(job, str(exc))
-    if set(metrics) & set(PROBE_METRICS) and result.error is None:  # (reference images it could not read, say)
-        result.reference_colour = scorer.reference_colour(job)
-        problem = world_caption_problem(job.prompt, result.reference_colour, bool(job.reference_images))
+    if probing and result.error is None:
+        result.reference_colour = colour
+        problem = world_caption_problem(job.prompt, colour, bool(job.reference_images))
         if problem is not None:
             result.notes["probe"] = problem
     return result
@@ -302,7 +304,8 @@ class _Scorer:
         self.models[role] = embedder.description | {"status": "loaded"}
         return embedder
 
-    def score(self, job: EvalJob, metrics: list[str]) -> dict[str, float | None]:
+    def score(self, job: EvalJob, metrics: list[str], colour: str | None = None) -> dict[str, float | None]:
+        """The job's `metrics`; `colour` is the probe's truth where the prompt names none (`reference_colour`)."""
         frames = read_video(job.video, max_short_side=VIDEO_SHORT_SIDE)
         values: dict[str, float | None] = dict.fromkeys(metrics)
         if self.clip is not None and set(metrics) & set(IMAGE_TOWER_METRICS) - {"nano_t"}:
@@ -321,7 +324,7 @@ class _Scorer:
         if "motion_fidelity" in metrics and len(frames) > 1:
             values["motion_fidelity"] = self._motion_fidelity(frames)
         if set(metrics) & set(PROBE_METRICS):
-            scores = probe_scores(frames, job.prompt, self.reference_colour(job))
+            scores = probe_scores(frames, job.prompt, colour)
             values.update({name: value for name, value in scores.items() if name in metrics})
         return values
 
@@ -335,9 +338,7 @@ class _Scorer:
             return None
         folder = job.reference_images
         if folder not in self._colours:
-            if folder not in self._images:
-                self._images[folder] = read_image_folder(folder)
-            self._colours[folder] = images_colour(self._images[folder])
+            self._colours[folder] = images_colour(self._reference_images(folder))
         return self._colours[folder]
 
     def _text_embed(self, prompt: str) -> np.ndarray:
@@ -347,11 +348,14 @@ class _Scorer:
 
     def _reference_embeds(self, embedder: ImageEmbedder, role: str, job: EvalJob) -> np.ndarray:
         folder = job.reference_images
+        if (role, folder) not in self._references:
+            self._references[role, folder] = embedder.image_embeds(self._reference_images(folder))
+        return self._references[role, folder]
+
+    def _reference_images(self, folder: str) -> list[np.ndarray]:
         if folder not in self._images:
             self._images[folder] = read_image_folder(folder)
-        if (role, folder) not in self._references:
-            self._references[role, folder] = embedder.image_embeds(self._images[folder])
-        return self._references[role, folder]
+        return self._images[folder]
 
     def _motion_fidelity(self, frames: np.ndarray) -> float:
         signature = motion_signature(frames)
