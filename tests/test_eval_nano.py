@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -114,6 +115,20 @@ def test_a_prompt_that_is_not_a_world_caption_gives_n_a_with_the_reason(world, t
     assert video["metrics"] == dict.fromkeys(("probe_colour", "probe_shape", "probe_motion"))
     assert "not a world caption" in video["notes"]["probe"]
     assert "not a world caption" in capsys.readouterr().err
+
+
+def test_the_csv_holds_the_reference_colour_and_the_notes_as_the_json_does(world, tmp_path):
+    out_json, out_csv = tmp_path / "scores.json", tmp_path / "scores.csv"
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{world['video']}|||{world['own']}|||a square moving right\n"
+                        f"{world['video']}|||{world['own']}|||a photo of S* moving right\n")
+    assert run("--manifest", manifest, "--metrics", "probe", "--json", out_json, "--csv", out_csv) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    videos = json.loads(out_json.read_text())["videos"]
+    assert [row["reference_colour"] for row in rows] == ["red", ""] == [v["reference_colour"] or "" for v in videos]
+    assert rows[0]["probe_colour"] == "1.0" and rows[0]["notes"] == ""
+    assert rows[1]["probe_colour"] == "" and rows[1]["notes"] == videos[1]["notes"]["probe"]
+    assert "not a world caption" in rows[1]["notes"]
 
 
 def test_the_probe_flag_adds_the_probe_to_other_metrics_without_a_model(world, tmp_path):

@@ -137,13 +137,17 @@ def write_reports(report: EvaluationReport, json_path: str | Path | None = None,
     return [path for path, _ in texts]
 
 
+_CSV_FIELDS = ("video", "source", "prompt", "reference_images", "reference_colour")
+
+
 def _csv_text(report: EvaluationReport) -> str:
-    """One row per video; empty cells where a metric has no value."""
-    columns = ["video", "source", "prompt", "reference_images", *report.metric_names, "error"]
+    """One row per video; empty cells where a metric has no value, and the notes saying why, joined by '; '."""
+    columns = [*_CSV_FIELDS, *report.metric_names, "notes", "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for result in report.results:
-        row = {key: getattr(result, key) for key in ("video", "source", "prompt", "reference_images", "error")}
+        row = {key: getattr(result, key) for key in (*_CSV_FIELDS, "error")}
+        row["notes"] = "; ".join(dict.fromkeys(result.notes.values())) or None
         writer.writerow(row | {name: result.metrics.get(name) for name in report.metric_names})
     return buffer.getvalue()
