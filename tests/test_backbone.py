@@ -83,9 +83,16 @@ def test_missing_base_and_offline_hub(tmp_path):
         load_backbone("someone/model", device="cpu")
 
 
-def test_image_model_needs_a_motion_adapter(tiny_base_dirs, tmp_path):
-    with pytest.raises(UserError, match="image model .* give --motion-adapter"):
-        load_backbone(str(tiny_base_dirs["animatediff"]), device="cpu")
+def test_an_image_model_without_a_motion_adapter_is_text2video_zero(tiny_base_dirs, tmp_path):
+    from vidbooth.attention.cross_frame import CrossFrameAttnProcessor
+
+    zero = load_backbone(str(tiny_base_dirs["animatediff"]), device="cpu")
+    assert zero.family == "text2video-zero" and zero.temporal_layers() == {}
+    assert zero.spatial_cross_attention_layers()  # where identity adapters go
+    wrapped = {name for name, p in zero.unet.attn_processors.items() if isinstance(p, CrossFrameAttnProcessor)}
+    assert wrapped and all(".attn1." in name for name in wrapped)  # self-attention only, every one of them
+    assert not any(".attn2." in name for name in wrapped)
+    assert len(wrapped) == sum(".attn1." in name for name in zero.unet.attn_processors)
     ok = load_backbone(str(tiny_base_dirs["animatediff"]), motion_adapter=str(motion_adapter_folder(tiny_base_dirs["animatediff"])), device="cpu")
     assert ok.family == "animatediff"
 

@@ -24,6 +24,9 @@ def test_precedence_defaults_recipe_set_flags(recipe):
 def test_named_recipes_resolve():
     cfg = load_config(GenerateConfig, "zeroscope/generate")
     assert cfg.backbone.base == "cerspense/zeroscope_v2_576w" and (cfg.sampling.width, cfg.sampling.height) == (576, 320)
+    zero = load_config(GenerateConfig, "text2video-zero/generate")
+    assert zero.backbone.motion_adapter is None and zero.sampling.num_inference_steps == 50
+    assert (zero.sampling.zero_shot.t0, zero.sampling.zero_shot.t1) == (0.88, 0.94)  # diffusers' 44 and 47 of 50
 
 
 @pytest.mark.parametrize(

@@ -57,18 +57,21 @@ def test_subject_and_motion_train_under_fp16_and_generate_on_cuda(family, tiny_b
     assert difference < 1
 
 
-@pytest.mark.parametrize("family", ["unet3d", "animatediff"])
+@pytest.mark.parametrize("family", ["unet3d", "animatediff", "text2video-zero"])
 def test_every_attention_backend_matches_fp32_math_on_cuda(family, tiny_base_dirs):
+    """text2video-zero: the image model alone, with cross-frame attention around each backend."""
     from vidbooth.attention import available_backends, set_attention_backend
     from vidbooth.engine.backbone import load_backbone
     from vidbooth.engine.tiny import motion_adapter_folder
 
-    adapter = str(motion_adapter_folder(tiny_base_dirs[family])) if family == "animatediff" else None
+    folder = tiny_base_dirs["animatediff" if family == "text2video-zero" else family]
+    adapter = str(motion_adapter_folder(folder)) if family == "animatediff" else None
     g = torch.Generator().manual_seed(0)
     latents, text = torch.randn(1, 4, 4, 8, 8, generator=g), torch.randn(1, 32, 32, generator=g)
     outputs = {}
     for precision in ("fp32", PRECISION):
-        bb = load_backbone(str(tiny_base_dirs[family]), motion_adapter=adapter, device=DEVICE, precision=precision)
+        bb = load_backbone(str(folder), motion_adapter=adapter, device=DEVICE, precision=precision)
+        assert bb.family == family
         for backend in available_backends(bb.device) if precision == PRECISION else ["math"]:
             set_attention_backend(bb.unet, backend, bb.device)
             with torch.no_grad():
@@ -101,3 +104,23 @@ def test_nano_on_cuda_draws_what_it_draws_on_the_cpu():
     half = [probe_video(video).colour for video in frames[DEVICE, PRECISION]]
     print(f"nano: mean |cuda - cpu| in fp32 = {difference:.2f} of 255; colours read in {PRECISION}: {half}")
     assert difference < 1 and half == colours
+
+
+def test_text2video_zero_samples_in_fp16_on_cuda_and_gives_the_cpus_video_in_fp32(tiny_base_dirs):
+    """An image model alone on CUDA: fp16 samples a finite video (compared by value it would differ, as every half
+    precision video of the random tiny models does, above), and fp32 gives the CPU's video."""
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.sampling import sample_video
+
+    noise = torch.randn(1, 4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(num_inference_steps=6, guidance_scale=3.0, output_type="np")
+    videos = {}
+    for device, precision in ((DEVICE, PRECISION), (DEVICE, "fp32"), ("cpu", "fp32")):
+        bb = load_backbone(str(tiny_base_dirs["animatediff"]), device=device, precision=precision)
+        assert bb.family == "text2video-zero"
+        videos[device, precision] = sample_video(bb, "a cat", num_frames=4, latents=noise,
+                                                 generator=torch.Generator().manual_seed(1), **kwargs)[0]
+    assert videos[DEVICE, PRECISION].shape == (4, 32, 32, 3) and np.isfinite(videos[DEVICE, PRECISION]).all()
+    difference = np.abs(videos[DEVICE, "fp32"] - videos["cpu", "fp32"]).mean() * 255
+    print(f"text2video-zero: mean |cuda - cpu| in fp32 = {difference:.2f} of 255")
+    assert difference < 1

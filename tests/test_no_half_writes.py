@@ -76,7 +76,7 @@ def test_generate_interrupted_while_writing_keeps_the_previous_outputs(tmp_path,
     old = {out: b"old video", out.with_suffix(".png"): b"old sheet", out.with_suffix(".yaml"): b"old: config\n"}
     for path, data in old.items():
         path.write_bytes(data)
-    monkeypatch.setattr(backbone, "load_backbone_for", lambda *args, **kwargs: types.SimpleNamespace())
+    monkeypatch.setattr(backbone, "load_backbone_for", lambda *args, **kwargs: types.SimpleNamespace(family="unet3d"))
     monkeypatch.setattr(generate_engine, "sample_frames", lambda *args: np.zeros((2, 16, 16, 3), dtype=np.uint8))
 
     def half_a_config_then_ctrl_c(cfg, path):

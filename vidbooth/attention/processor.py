@@ -55,11 +55,17 @@ class VidboothAttnProcessor:
 
 
 def set_attention_backend(model: nn.Module, backend: str, device: torch.device | str | None = None) -> str:
-    """Install a `VidboothAttnProcessor` on every diffusers `Attention` in `model`; return the backend used."""
+    """Install a `VidboothAttnProcessor` on every diffusers `Attention` in `model`; return the backend used. A layer
+    with cross-frame attention (`cross_frame.use_cross_frame_attention`) keeps it around the new processor."""
     from diffusers.models.attention_processor import Attention
+
+    from vidbooth.attention.cross_frame import CrossFrameAttnProcessor
 
     resolved = resolve_backend(backend, device)
     for module in model.modules():
         if isinstance(module, Attention):
-            module.set_processor(VidboothAttnProcessor(resolved))
+            processor = VidboothAttnProcessor(resolved)
+            if isinstance(module.processor, CrossFrameAttnProcessor):
+                processor = CrossFrameAttnProcessor(processor)
+            module.set_processor(processor)
     return resolved

@@ -26,6 +26,14 @@ def generate(
     motion: str = typer.Option(None, "--motion", "-m", help="Learned motion to apply."),
     subject_scale: float = typer.Option(None, "--subject-scale", help="Identity adapter strength (0 = token only)."),
     motion_scale: float = typer.Option(None, "--motion-scale", help="Motion adapter strength (0 = base motion)."),
+    motion_field_strength_x: float = typer.Option(
+        None, "--motion-field-strength-x", help="Image models (Text2Video-Zero): pixels per frame the scene moves "
+        "left (negative: right). Default 12."
+    ),
+    motion_field_strength_y: float = typer.Option(
+        None, "--motion-field-strength-y", help="Image models (Text2Video-Zero): pixels per frame the scene moves "
+        "up (negative: down). Default 12."
+    ),
     base: str = options.Base,
     motion_adapter: str = options.MotionAdapterPath,
     device: str = options.Device,
@@ -55,6 +63,8 @@ def generate(
         "motion": motion,
         "subject_scale": subject_scale,
         "motion_scale": motion_scale,
+        "sampling.zero_shot.motion_field_strength_x": motion_field_strength_x,
+        "sampling.zero_shot.motion_field_strength_y": motion_field_strength_y,
     }
     named = [("subject", name) for name in subject or []] + ([("motion", motion)] if motion else [])
     overrides |= options.learned_backbone(recipe, sets, overrides, named)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from vidbooth.config import checks
@@ -41,6 +42,37 @@ GIF_MAX_FPS = 50
 
 
 @dataclass
+class ZeroShotConfig:
+    """Text2Video-Zero's motion in the latents, for an image model without a motion adapter: the first frame is
+    denoised alone to `t0`, translated by (`motion_field_strength_x`, `motion_field_strength_y`) pixels per frame
+    to make the others, noised back to `t1`, and all frames are denoised from there together."""
+
+    motion_field_strength_x: float = 12.0
+    """Pixels per frame by which the scene moves left (negative: right); diffusers' default, 12 (its unit is a
+    512th of the frame: a pixel at 512 x 512)."""
+    motion_field_strength_y: float = 12.0
+    """Pixels per frame by which the scene moves up (negative: down)."""
+    t0: float = 0.88
+    """Where in the schedule (1: pure noise, 0: clean) the first frame is translated; diffusers' t0 = 44 of 50."""
+    t1: float = 0.94
+    """Where the translated frames are noised back to, and all frames denoised from; diffusers' t1 = 47 of 50."""
+
+    def __post_init__(self) -> None:
+        for axis in ("x", "y"):
+            value = getattr(self, f"motion_field_strength_{axis}")
+            if not math.isfinite(value):
+                raise UserError(
+                    f"sampling.zero_shot.motion_field_strength_{axis} (--motion-field-strength-{axis}) must be a "
+                    f"finite number of pixels per frame, got {value}"
+                )
+        if not 0 < self.t0 < self.t1 < 1:
+            raise UserError(
+                f"sampling.zero_shot.t0 and t1 must be in (0, 1) with t0 below t1 (1 is pure noise), got t0 "
+                f"{self.t0} and t1 {self.t1}"
+            )
+
+
+@dataclass
 class SamplingConfig:
     scheduler: str = "ddim"
     """ddim | dpm++ (DPM-Solver++ multistep)."""
@@ -56,6 +88,8 @@ class SamplingConfig:
     """Frames decoded by the VAE at once (lower = less memory)."""
     eta: float = 0.0
     """DDIM eta in [0, 1] (0 = deterministic)."""
+    zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    """Used by image models without a motion adapter only (Text2Video-Zero)."""
 
     def __post_init__(self) -> None:
         # checked before the model loads or the output folder is made

@@ -4,6 +4,8 @@ Families:
 - 'unet3d': a diffusers `UNet3DConditionModel` text-to-video model (ModelScope T2V, zeroscope).
 - 'animatediff': an SD1.5-family image model plus a `MotionAdapter`, combined into a `UNetMotionModel`
   (or a folder whose unet already is a `UNetMotionModel`).
+- 'text2video-zero': an image model (`UNet2DConditionModel`) given no motion adapter, run zero-shot on the frames
+  of a video with cross-frame attention (Text2Video-Zero; its latent motion is in `vidbooth.engine.zero_shot`).
 
 `base` is a local diffusers folder, a hub id (downloaded only when the network allows), or a built-in
 name ('tiny', 'tiny-animatediff': random tiny models for tests and smoke runs; 'nano': the small model
@@ -29,6 +31,8 @@ from vidbooth.fileio import folder_beside, publish_folder
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN = {"tiny": "unet3d", "tiny-animatediff": "animatediff"}
+ZERO_SHOT = "text2video-zero"
+"""The family of an image model without a motion adapter."""
 NANO = Path(__file__).resolve().parents[1] / "assets" / "nano"
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
@@ -144,6 +148,17 @@ class Backbone:
 
     def unet_forward(self, latents: torch.Tensor, timestep, text_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
         """Noise prediction for latents (B, C, F, h, w) and text embeddings (B, L, D)."""
+        if self.family == ZERO_SHOT:  # the frames as a batch of images, each video's frames attending to its first
+            from vidbooth.attention.cross_frame import frames_per_video
+
+            frames = latents.shape[2]
+            images = latents.transpose(1, 2).flatten(0, 1)  # (B * F, C, h, w)
+            if torch.is_tensor(timestep) and timestep.ndim:  # one per video -> one per frame
+                timestep = timestep.repeat_interleave(frames, dim=0)
+            with frames_per_video(frames):
+                noise = self.unet(images, timestep, encoder_hidden_states=text_embeds.repeat_interleave(frames, dim=0),
+                                  return_dict=False, **kwargs)[0]
+            return noise.unflatten(0, (-1, frames)).transpose(1, 2)
         if self.family == "animatediff":
             text_embeds = text_embeds.repeat_interleave(latents.shape[2], dim=0)  # one copy per frame
         else:
@@ -297,17 +312,18 @@ def load_backbone(
             extra_input_channels(unet, int(unet.config.out_channels))  # refuse unknown extra inputs now
         elif unet_class == "UNetMotionModel":
             family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw)
+        elif unet_class == "UNet2DConditionModel" and not motion_adapter:
+            family, unet = ZERO_SHOT, UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
         elif unet_class == "UNet2DConditionModel":
-            if not motion_adapter:
-                raise UserError(
-                    f"{folder} is an image model (UNet2DConditionModel): give --motion-adapter to animate it (AnimateDiff)"
-                )
             adapter_source = resolve_base(motion_adapter) if not Path(motion_adapter).exists() else Path(motion_adapter)
             adapter = MotionAdapter.from_pretrained(adapter_source, use_safetensors=True)
             unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
             family, unet = "animatediff", UNetMotionModel.from_unet2d(unet2d, adapter)
         else:
-            raise UserError(f"unsupported UNet class '{unet_class}' in {folder}: vidbooth supports UNet3D and AnimateDiff")
+            raise UserError(
+                f"unsupported UNet class '{unet_class}' in {folder}: vidbooth supports UNet3D, AnimateDiff and image "
+                "models (UNet2DConditionModel)"
+            )
         scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     except UserError:
         raise
@@ -325,6 +341,10 @@ def load_backbone(
     vae.to(torch_device, torch.float32 if keep_vae_fp32 else dtype)
     set_attention_backend(unet, backend, torch_device)
     set_attention_backend(vae, backend, torch_device)
+    if family == ZERO_SHOT:
+        from vidbooth.attention.cross_frame import use_cross_frame_attention
+
+        use_cross_frame_attention(unet)
     return Backbone(
         family=family,
         source=str(base),

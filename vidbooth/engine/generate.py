@@ -62,7 +62,7 @@ def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
-    from vidbooth.engine.backbone import load_backbone_for
+    from vidbooth.engine.backbone import ZERO_SHOT, load_backbone_for
     from vidbooth.engine.sampling import make_scheduler
 
     if not cfg.prompt.strip():
@@ -83,6 +83,11 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
              "classifier-free guidance, which needs a scale above 1")
 
     bb = load_backbone_for(cfg.backbone, cfg.runtime)
+    if bb.family == ZERO_SHOT and cfg.sampling.num_frames > 1:
+        z = cfg.sampling.zero_shot
+        info(f"{cfg.backbone.base} is an image model with no motion adapter: its frames are made zero-shot "
+             f"(Text2Video-Zero, the scene moving by {z.motion_field_strength_x:g}, {z.motion_field_strength_y:g} "
+             "pixels per frame); --motion-adapter animates it with an AnimateDiff motion module instead")
     prompt, negative_prompt = cfg.prompt, cfg.sampling.negative_prompt
     if cfg.subjects or cfg.motion:
         from vidbooth.engine.compose import apply_personalisation
@@ -123,4 +128,5 @@ def sample_frames(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: s
         generator=generator,
         eta=s.eta,
         decode_chunk_size=s.decode_chunk_size,
+        zero_shot=s.zero_shot,
     )[0]

@@ -190,10 +190,15 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
 
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
-    from vidbooth.engine.backbone import load_backbone_for
+    from vidbooth.engine.backbone import ZERO_SHOT, load_backbone_for
     from vidbooth.engine.train import backbone_device, remove_runs, run_folder, seed_everything, train
 
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
+    if backbone.family == ZERO_SHOT:
+        raise UserError(
+            f"{cfg.backbone.base} is an image model: it has no temporal layers for a motion adapter to learn in; give "
+            "--motion-adapter (an AnimateDiff motion module) to learn a motion on it"
+        )
     size = training_size(backbone, cfg)
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
     if accelerator.is_main_process:  # once every input is checked (a bad one stays a single error line)

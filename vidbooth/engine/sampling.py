@@ -16,6 +16,9 @@ import numpy as np
 import torch
 
 from vidbooth.adapters.base import conditional_half_only
+from vidbooth.config.schema import ZeroShotConfig
+from vidbooth.engine.backbone import ZERO_SHOT
+from vidbooth.engine.zero_shot import other_frames, warp_steps
 from vidbooth.errors import UserError
 from vidbooth.reporting import progress
 
@@ -97,13 +100,16 @@ def sample_video(
     output_type: str = "uint8",
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     description: str = "sampling",
+    zero_shot: ZeroShotConfig | None = None,
 ):
     """Generate videos for `prompt`.
 
     output_type: 'uint8' -> (B, F, H, W, 3) uint8; 'np' -> the same in float32 [0, 1] (as diffusers);
     'pt' -> (B, F, 3, H, W) float in [-1, 1]; 'latent' -> (B, C, F, h, w).
     `on_step(i, latents)` is called after every step (e.g. to change adapter conditions). `description` names the
-    progress bar: what is being sampled ('preview', 'class images', a demo variant).
+    progress bar: what is being sampled ('preview', 'class images', a demo variant). An image model without a motion
+    adapter makes videos of several frames with Text2Video-Zero (`zero_shot`'s settings, default ones if None):
+    the first frame alone is denoised for a few more steps, and `on_step` sees only the steps of all frames.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -135,10 +141,13 @@ def sample_video(
         latents = randn_tensor(shape, generator=generator, device=backbone.device, dtype=backbone.dtype)
     latents = latents.to(backbone.device, backbone.dtype) * sched.init_noise_sigma
     step_kwargs = _step_kwargs(sched, generator, eta)
+    zero_shot_steps = None
+    if backbone.family == ZERO_SHOT and num_frames > 1:
+        zero_shot = zero_shot or ZeroShotConfig()
+        zero_shot_steps = warp_steps(num_inference_steps, zero_shot.t0, zero_shot.t1)
 
-    halves = conditional_half_only(backbone.unet, len(prompts)) if guided else contextlib.nullcontext()
-    with progress(description, total=len(sched.timesteps)) as bar, halves:
-        for i, t in enumerate(sched.timesteps):
+    def denoise(latents, steps, sched, bar, on_step=None):
+        for i, t in steps:
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = sched.scale_model_input(model_in, t)
             noise = backbone.unet_forward(model_in, t, text)
@@ -149,6 +158,23 @@ def sample_video(
             if on_step is not None:
                 on_step(i, latents)
             bar.advance()
+        return latents
+
+    steps = list(enumerate(sched.timesteps))
+    halves = conditional_half_only(backbone.unet, len(prompts)) if guided else contextlib.nullcontext()
+    extra_steps = zero_shot_steps[1] if zero_shot_steps else 0
+    with progress(description, total=len(steps) + extra_steps) as bar, halves:
+        if zero_shot_steps:  # Text2Video-Zero: the first frame alone to t1, then t0; the others made from it
+            i1, i0 = zero_shot_steps
+            first_at_t1 = denoise(latents[:, :, :1], steps[:i1], sched, bar)
+            first_at_t0 = denoise(first_at_t1, steps[i1:i0], sched, bar)
+            alpha = lambda i: float(sched.alphas_cumprod[int(steps[i][1])]) if i < len(steps) else 1.0  # end: clean
+            others = other_frames(first_at_t0, num_frames, zero_shot, height, width, alpha(i0), alpha(i1), generator)
+            latents = torch.cat([first_at_t1, others], dim=2)
+            sched = make_scheduler(scheduler, backbone.scheduler_config)  # a multistep solver starts afresh at t1
+            sched.set_timesteps(num_inference_steps, device=backbone.device)
+            steps = steps[i1:]
+        latents = denoise(latents, steps, sched, bar, on_step)
 
     if not torch.isfinite(latents).all():  # never write a video of garbage frames as if it were a result
         advice = "run with --precision fp32 (or bf16)" if backbone.dtype == torch.float16 else "lower --guidance-scale"

@@ -1,0 +1,77 @@
+"""Text2Video-Zero's motion dynamics in the latents (arXiv 2303.13439), for an image model without a motion adapter.
+
+The first frame is denoised alone from pure noise to `t0`, then copied and translated by a global motion field,
+frame k by k times (motion_field_strength_x, motion_field_strength_y) pixels, to make the other frames.
+Those are noised back (DDPM forward) to `t1`, a higher noise level, joined to the first frame as it was at `t1`,
+and all frames are denoised together from `t1`, with cross-frame attention (`vidbooth.attention.cross_frame`)
+keeping them one scene. `t0` and `t1` are positions in the schedule (1: pure noise); diffusers'
+`TextToVideoZeroPipeline` gives them as steps of 50 (44 and 47), which are 0.88 and 0.94 here. The paper's
+optional background smoothing needs a salient-object detector and is not done.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vidbooth.config.schema import ZeroShotConfig
+
+
+
+def warp_steps(num_inference_steps: int, t0: float, t1: float) -> tuple[int, int]:
+    """The sampling-step indices (i1, i0) at which the first frame reaches t1 and t0: step i starts at the i-th
+    timestep of the schedule, and i0 = num_inference_steps is the clean end. diffusers' t1 = 47 and t0 = 44 of 50
+    steps are i1 = 2 and i0 = 5; with one step the first frame is denoised whole, then noised back to the start."""
+    last = num_inference_steps - 1
+    i1 = min(max(0, last - round(t1 * num_inference_steps)), max(last - 1, 0))
+    i0 = min(max(i1 + 1, last - round(t0 * num_inference_steps)), max(last, 1))
+    return i1, i0
+
+
+def translate_frames(
+    first: torch.Tensor, num_frames: int, strength_x: float, strength_y: float, height: int, width: int
+) -> torch.Tensor:
+    """The first frame's latents (B, C, 1, h, w) translated to make frames 1 to num_frames - 1, (B, C, F - 1, h, w).
+
+    Frame k shows what the first shows k * (strength_x, strength_y) pixels of the `height` x `width` video further
+    on (the nearest latent pixel, the edges mirrored), so positive strengths move the scene left and up. This is
+    diffusers' warp (`create_motion_field_and_warp_latents`: a flow on a pixel grid, its coordinates scaled to
+    [-1, 1] and resized to the latents' size), computed in closed form; diffusers' flow is always on a 512 x 512
+    grid, so its strengths are 512ths of the frame, which are pixels at SD1.5's 512 x 512.
+    """
+    b, c, _, h, w = first.shape
+    shift = torch.arange(1, num_frames, dtype=torch.float64)[:, None, None]  # (F - 1, 1, 1)
+
+    def axis(n_latent: int, n_pixels: int, strength: float) -> torch.Tensor:
+        pixel = (torch.arange(n_latent, dtype=torch.float64) + 0.5) * n_pixels / n_latent - 0.5  # a bilinear resize
+        return (pixel + strength * shift) / n_pixels * 2 - 1  # (F - 1, 1, n_latent)
+
+    x = axis(w, width, strength_x).expand(-1, h, w)
+    y = axis(h, height, strength_y).transpose(1, 2).expand(-1, h, w)
+    grid = torch.stack([x, y], dim=-1).to(first.device, torch.float32).repeat(b, 1, 1, 1)  # (B * (F - 1), h, w, 2)
+    image = first[:, :, 0].float().repeat_interleave(num_frames - 1, dim=0)  # (B * (F - 1), C, h, w)
+    moved = F.grid_sample(image, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    return moved.to(first.dtype).unflatten(0, (b, num_frames - 1)).transpose(1, 2)
+
+
+def renoise(latents: torch.Tensor, alpha_t0: float, alpha_t1: float, noise: torch.Tensor) -> torch.Tensor:
+    """DDPM forward from the noise level of cumulative alpha `alpha_t0` to the higher one of `alpha_t1`."""
+    ratio = alpha_t1 / alpha_t0
+    return ratio**0.5 * latents + (1 - ratio) ** 0.5 * noise.to(latents)
+
+
+def other_frames(
+    first_at_t0: torch.Tensor, num_frames: int, settings: ZeroShotConfig, height: int, width: int,
+    alpha_t0: float, alpha_t1: float, generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Frames 1 to num_frames - 1 at t1, (B, C, F - 1, h, w), from the first frame's latents at t0 (B, C, 1, h, w):
+    translated by `settings`' motion field, then noised back from cumulative alpha `alpha_t0` to `alpha_t1`. The
+    noise is drawn frame by frame, as diffusers' pipeline draws it for its one video."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    moved = translate_frames(
+        first_at_t0, num_frames, settings.motion_field_strength_x, settings.motion_field_strength_y, height, width
+    )
+    b, c, f, h, w = moved.shape
+    noise = randn_tensor((b * f, c, h, w), generator=generator, device=moved.device, dtype=moved.dtype)
+    return renoise(moved, alpha_t0, alpha_t1, noise.unflatten(0, (b, f)).transpose(1, 2))
