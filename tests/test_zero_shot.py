@@ -224,6 +224,23 @@ def test_generate_on_an_image_model_writes_a_zero_shot_video(tiny_base_dirs, tmp
     assert "the scene moving by -8, 12 pixels per frame" in err
 
 
+def test_zero_shot_settings_on_a_video_model_are_warned_about(tiny_base_dirs, tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out", str(out), "--frames",
+            "2", "--steps", "1", "--device", "cpu"]
+    assert main([*args, "--motion-field-strength-y", "0"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "sampling.zero_shot (--motion-field-strength-x/-y) has no effect on " in err and "a unet3d model" in err
+    assert main(args) == 0 and "zero_shot" not in capsys.readouterr().err
+
+
+def test_dpm_solver_makes_a_zero_shot_video(image_model):
+    """The multistep solver starts afresh at t1 for all frames (its history of the first frame alone is dropped)."""
+    video = sample_video(image_model, "a cat", num_frames=3, num_inference_steps=5, scheduler="dpm++",
+                         generator=torch.Generator().manual_seed(0), output_type="np")
+    assert video.shape == (1, 3, 32, 32, 3) and np.isfinite(video).all()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--motion-field-strength-x", "nan"], "sampling.zero_shot.motion_field_strength_x (--motion-field-strength-x) "
                                            "must be a finite number of pixels per frame, got nan"),

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from vidbooth.config import GenerateConfig, save_config
+from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.data.video import (
     WRITE_EXTENSIONS,
     check_writable_dir,
@@ -83,11 +84,14 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
              "classifier-free guidance, which needs a scale above 1")
 
     bb = load_backbone_for(cfg.backbone, cfg.runtime)
+    z = cfg.sampling.zero_shot
     if bb.family == ZERO_SHOT and cfg.sampling.num_frames > 1:
-        z = cfg.sampling.zero_shot
         info(f"{cfg.backbone.base} is an image model with no motion adapter: its frames are made zero-shot "
              f"(Text2Video-Zero, the scene moving by {z.motion_field_strength_x:g}, {z.motion_field_strength_y:g} "
              "pixels per frame); --motion-adapter animates it with an AnimateDiff motion module instead")
+    elif bb.family != ZERO_SHOT and z != ZeroShotConfig():
+        warn(f"sampling.zero_shot (--motion-field-strength-x/-y) has no effect on {cfg.backbone.base}, a "
+             f"{bb.family} model: it moves the videos of image models without a motion adapter (Text2Video-Zero)")
     prompt, negative_prompt = cfg.prompt, cfg.sampling.negative_prompt
     if cfg.subjects or cfg.motion:
         from vidbooth.engine.compose import apply_personalisation
