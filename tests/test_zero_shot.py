@@ -14,6 +14,7 @@ import yaml
 from vidbooth.attention import VidboothAttnProcessor
 from vidbooth.attention.cross_frame import CrossFrameAttnProcessor, frames_per_video
 from vidbooth.cli.app import main
+from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.data.video import read_video
 from vidbooth.engine.backbone import load_backbone
 from vidbooth.engine.sampling import sample_video
@@ -131,53 +132,25 @@ def test_cross_frame_attention_matches_diffusers_processor():
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
-def test_matches_diffusers_text_to_video_zero_pipeline(tiny_base_dirs, image_model, monkeypatch):
-    """The whole sampler: diffusers' pipeline with its flow grid at the video's size (it is fixed at 512 there) and
-    its forward noising from t0 to t1 exact (it multiplies the alphas of t0 to t1 - 1, one step short)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def test_matches_diffusers_text_to_video_zero_pipeline(tiny_base_dirs, image_model):
+    """The whole sampler, against diffusers' pipeline with its flow grid at the video's size (512 x 512 there) and
+    its noising back from t0 to t1 exact (one noise level short there): `diffusers_zero_shot_reference`."""
+    from vidbooth.engine.tiny import diffusers_zero_shot_reference
 
-    module, folder = _t2vz_module(), tiny_base_dirs["animatediff"]
     height = width = 32
-
-    def flow_at_video_size(motion_field_strength_x, motion_field_strength_y, frame_ids, device, dtype):
-        flow = torch.zeros((len(frame_ids), 2, height, width), device=device, dtype=dtype)
-        for index, frame in enumerate(frame_ids):
-            flow[index, 0], flow[index, 1] = motion_field_strength_x * frame, motion_field_strength_y * frame
-        return flow
-
-    monkeypatch.setattr(module, "create_motion_field", flow_at_video_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = module.TextToVideoZeroPipeline(
-            vae=AutoencoderKL.from_pretrained(folder / "vae"),
-            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
-            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            unet=UNet2DConditionModel.from_pretrained(folder / "unet"),
-            scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    alphas = pipe.scheduler.alphas_cumprod
-
-    def exact_forward(x_t0, t0, t1, generator):
-        from diffusers.utils.torch_utils import randn_tensor
-
-        noise = randn_tensor(x_t0.size(), generator=generator, dtype=x_t0.dtype, device=x_t0.device)
-        return renoise(x_t0, float(alphas[t0]), float(alphas[t1]), noise)
-
-    pipe.forward_loop = exact_forward
+    pipe = diffusers_zero_shot_reference(tiny_base_dirs["animatediff"], height, width)
     steps, frames = 10, 4
     i1, i0 = warp_steps(steps, 0.88, 0.94)
     first = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
-    expected = pipe(
-        "a red dog", video_length=frames, height=height, width=width, num_inference_steps=steps, guidance_scale=6.0,
-        negative_prompt="blurry", latents=first, generator=torch.Generator().manual_seed(9), t0=steps - 1 - i0,
-        t1=steps - 1 - i1, motion_field_strength_x=6, motion_field_strength_y=-4, output_type="np",
-    ).images
+    try:
+        expected = pipe(
+            "a red dog", video_length=frames, height=height, width=width, num_inference_steps=steps, guidance_scale=6.0,
+            negative_prompt="blurry", latents=first, generator=torch.Generator().manual_seed(9), t0=steps - 1 - i0,
+            t1=steps - 1 - i1, motion_field_strength_x=6, motion_field_strength_y=-4, output_type="np",
+        ).images
+    finally:
+        pipe.restore()
     latents = first[:, :, None].repeat(1, 1, frames, 1, 1)  # the first frame's noise; the others' is not used
-    from vidbooth.config.schema import ZeroShotConfig
-
     ours = sample_video(
         image_model, "a red dog", negative_prompt="blurry", num_frames=frames, height=height, width=width,
         num_inference_steps=steps, guidance_scale=6.0, latents=latents, generator=torch.Generator().manual_seed(9),

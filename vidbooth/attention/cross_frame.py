@@ -28,25 +28,26 @@ def frames_per_video(num_frames: int) -> Iterator[None]:
         _frames.reset(token)
 
 
-def first_frame_context(hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """(B * F, L, D) -> the first frame of each video repeated over its frames, (B * F, L, D)."""
-    videos = hidden_states.unflatten(0, (-1, num_frames))  # (B, F, L, D)
-    return videos[:, :1].expand_as(videos).flatten(0, 1)
-
-
 class CrossFrameAttnProcessor:
-    """Wraps a self-attention layer's processor: its keys and values come from each video's first frame."""
+    """Wraps a self-attention layer's processor: its keys and values come from each video's first frame.
+
+    Every frame of a video attends to the same keys and values, so the layer runs once per video, on the queries of
+    all its frames in one sequence (B, F * L, D) against its first frame (B, L, D): the same numbers as frame by
+    frame, with the keys and values projected once instead of F times (every other step of the layer, the
+    projections, output and residual, is token by token)."""
 
     def __init__(self, inner):
         self.inner = inner
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
         num_frames = _frames.get()
-        if encoder_hidden_states is None and num_frames > 1:
-            if hidden_states.shape[0] % num_frames:
-                raise ValueError(f"a batch of {hidden_states.shape[0]} is not whole videos of {num_frames} frames")
-            encoder_hidden_states = first_frame_context(hidden_states, num_frames)
-        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        if encoder_hidden_states is not None or num_frames == 1 or hidden_states.ndim != 3:
+            return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        if hidden_states.shape[0] % num_frames:
+            raise ValueError(f"a batch of {hidden_states.shape[0]} is not whole videos of {num_frames} frames")
+        videos = hidden_states.unflatten(0, (-1, num_frames))  # (B, F, L, D)
+        out = self.inner(attn, videos.flatten(1, 2), videos[:, 0], *args, **kwargs)  # (B, F * L, D)
+        return out.unflatten(1, (num_frames, -1)).flatten(0, 1)
 
 
 def use_cross_frame_attention(model: nn.Module) -> list[str]:

@@ -211,6 +211,56 @@ def diffusers_reference_pipeline(folder: str | Path, scheduler: str = "ddim"):
     return pipe
 
 
+def diffusers_zero_shot_reference(folder: str | Path, height: int, width: int):
+    """diffusers' own (deprecated) TextToVideoZeroPipeline on an image-model folder: the reference vidbooth's
+    Text2Video-Zero is tested and benchmarked against, with two differences undone. Its motion field is put on a
+    `height` x `width` grid (diffusers always makes it 512 x 512, so its strengths are 512ths of the frame where
+    vidbooth's are pixels), and it noises back from t0 to t1 exactly (diffusers multiplies the alphas of t0 to
+    t1 - 1, one noise level short). The pipeline's module is patched while the returned pipeline exists; call
+    `restore()` on it to undo that."""
+    import sys
+    import warnings
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers.utils.torch_utils import randn_tensor
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from vidbooth.engine.zero_shot import renoise
+
+    folder = Path(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import TextToVideoZeroPipeline
+
+        module = sys.modules[TextToVideoZeroPipeline.__module__]
+        pipe = TextToVideoZeroPipeline(
+            vae=AutoencoderKL.from_pretrained(folder / "vae"),
+            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+            unet=UNet2DConditionModel.from_pretrained(folder / "unet"),
+            scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+
+    def flow_at_video_size(motion_field_strength_x, motion_field_strength_y, frame_ids, device, dtype):
+        flow = torch.zeros((len(frame_ids), 2, height, width), device=device, dtype=dtype)
+        for index, frame in enumerate(frame_ids):
+            flow[index, 0], flow[index, 1] = motion_field_strength_x * frame, motion_field_strength_y * frame
+        return flow
+
+    def exact_forward(x_t0, t0, t1, generator):
+        alphas = pipe.scheduler.alphas_cumprod
+        noise = randn_tensor(x_t0.size(), generator=generator, dtype=x_t0.dtype, device=x_t0.device)
+        return renoise(x_t0, float(alphas[t0]), float(alphas[t1]), noise)
+
+    original = module.create_motion_field
+    module.create_motion_field = flow_at_video_size
+    pipe.forward_loop = exact_forward
+    pipe.restore = lambda: setattr(module, "create_motion_field", original)
+    return pipe
+
+
 def motion_adapter_folder(base_folder: str | Path) -> Path:
     base_folder = Path(base_folder)
     return base_folder.with_name(base_folder.name + "-motion-adapter")
