@@ -50,16 +50,12 @@ class CrossFrameAttnProcessor:
         return out.unflatten(1, (num_frames, -1)).flatten(0, 1)
 
 
-def use_cross_frame_attention(model: nn.Module) -> list[str]:
-    """Wrap the processor of every self-attention (not `is_cross_attention`) in `model`; returns their names.
-    Call it after the attention backend is set, which installs fresh processors."""
+def use_cross_frame_attention(model: nn.Module) -> None:
+    """Wrap the processor of every self-attention (not `is_cross_attention`) in `model`; `set_attention_backend`
+    keeps the wrapping when it installs another backend's processors."""
     from diffusers.models.attention_processor import Attention
 
-    names = []
-    for name, module in model.named_modules():
+    for module in model.modules():
         if isinstance(module, Attention) and not module.is_cross_attention:
-            processor = module.processor
-            if not isinstance(processor, CrossFrameAttnProcessor):
-                module.set_processor(CrossFrameAttnProcessor(processor))
-            names.append(name)
-    return names
+            if not isinstance(module.processor, CrossFrameAttnProcessor):
+                module.set_processor(CrossFrameAttnProcessor(module.processor))
