@@ -97,6 +97,18 @@ def test_an_image_model_without_a_motion_adapter_is_text2video_zero(tiny_base_di
     assert ok.family == "animatediff"
 
 
+def test_an_sdxl_style_image_model_is_refused_before_its_weights_load(tiny_base_dirs, tmp_path, monkeypatch):
+    import diffusers
+
+    sdxl = tmp_path / "sdxl"
+    shutil.copytree(tiny_base_dirs["animatediff"], sdxl)
+    config = json.loads((sdxl / "unet" / "config.json").read_text())
+    (sdxl / "unet" / "config.json").write_text(json.dumps(config | {"addition_embed_type": "text_time"}))
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "from_pretrained", None)  # never reached
+    with pytest.raises(UserError, match="is an SDXL-style model .*'text_time'.* supports SD1.5-family image models"):
+        load_backbone(str(sdxl), device="cpu")
+
+
 def test_corrupt_config_is_a_user_error(tiny_base_dirs, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_base_dirs["unet3d"], broken)

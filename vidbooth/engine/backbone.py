@@ -271,9 +271,17 @@ def _unet_class(folder: Path) -> str:
             f"{folder} is not a diffusers text-to-video model: missing {', '.join(missing) or 'unet/config.json'}"
         )
     try:
-        return json.loads(config.read_text())["_class_name"]
-    except (ValueError, KeyError) as exc:
+        settings = json.loads(config.read_text())
+        unet_class = settings["_class_name"]
+    except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{config} is not a valid diffusers config") from exc
+    if settings.get("addition_embed_type"):  # SDXL: a second text encoder and size conditions the loop does not give
+        raise UserError(
+            f"{folder} is an SDXL-style model (its UNet takes added '{settings['addition_embed_type']}' conditions "
+            "and a second text encoder): vidbooth supports SD1.5-family image models, ModelScope/zeroscope and "
+            "AnimateDiff"
+        )
+    return unet_class
 
 
 def load_backbone(
