@@ -182,6 +182,16 @@ def test_bad_demo_settings_are_one_error_line_before_anything_is_written(args, e
     assert not out.exists()
 
 
+def test_an_image_model_base_is_refused_before_anything_is_written(tiny_base_dirs, tmp_path, capsys):
+    """It would make videos zero-shot, but the demo's motion step needs temporal layers: refused at once, not after
+    minutes of subject training."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--base", str(tiny_base_dirs["animatediff"])]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and "is an image model: the demo also learns a motion" in errors[0], errors
+    assert not out.exists()
+
+
 def test_an_empty_out_is_refused_rather_than_writing_into_the_current_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--out", ""]) == 2
