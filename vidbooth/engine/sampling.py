@@ -168,8 +168,8 @@ def sample_video(
             i1, i0 = zero_shot_steps
             first_at_t1 = denoise(latents[:, :, :1], steps[:i1], sched, bar)
             first_at_t0 = denoise(first_at_t1, steps[i1:i0], sched, bar)
-            alpha = lambda i: float(sched.alphas_cumprod[int(steps[i][1])]) if i < len(steps) else 1.0  # end: clean
-            others = other_frames(first_at_t0, num_frames, zero_shot, height, width, alpha(i0), alpha(i1), generator)
+            alphas = [float(sched.alphas_cumprod[int(t)]) for _, t in steps] + [1.0]  # after the last step: clean
+            others = other_frames(first_at_t0, num_frames, zero_shot, height, width, alphas[i0], alphas[i1], generator)
             latents = torch.cat([first_at_t1, others], dim=2)
             sched = make_scheduler(scheduler, backbone.scheduler_config)  # a multistep solver starts afresh at t1
             sched.set_timesteps(num_inference_steps, device=backbone.device)
