@@ -19,9 +19,9 @@ from vidbooth.config.schema import ZeroShotConfig
 
 def warp_steps(num_inference_steps: int, t0: float, t1: float) -> tuple[int, int]:
     """The sampling-step indices (i1, i0) at which the first frame reaches t1 and t0 (step i starts at the i-th
-    timestep of the schedule), with 0 <= i1 < i0 < num_inference_steps. diffusers' t1 = 47 and t0 = 44 of 50 steps
-    are i1 = 2 and i0 = 5. With one step, i0 = 1 is the clean end: the first frame is denoised whole, then its
-    translations are noised back to the start."""
+    timestep of the schedule), with 0 <= i1 < i0 < num_inference_steps; diffusers' t1 = 47 and t0 = 44 of 50 steps
+    are i1 = 2 and i0 = 5. The one exception is a single step: i0 = 1 is then the clean end, the first frame denoised
+    whole before its translations are noised back to the start."""
     last = num_inference_steps - 1
     i1 = min(max(0, last - round(t1 * num_inference_steps)), max(last - 1, 0))
     i0 = min(max(i1 + 1, last - round(t0 * num_inference_steps)), max(last, 1))
