@@ -218,6 +218,8 @@ def test_dpm_solver_makes_a_zero_shot_video(image_model):
     (["--motion-field-strength-x", "nan"], "sampling.zero_shot.motion_field_strength_x (--motion-field-strength-x) "
                                            "must be a finite number of pixels per frame, got nan"),
     (["--set", "sampling.zero_shot.t0=0.95"], "t0 and t1 must be in (0, 1) with t0 below t1"),
+    (["--motion-field-strength-y=-1e30"], "--motion-field-strength-y -1e+30 moves the scene a whole frame (32 pixels) "
+                                          "or more per frame: use less than 32"),
 ])
 def test_bad_zero_shot_settings_are_one_error_line(args, message, tiny_base_dirs, tmp_path, capsys):
     out = tmp_path / "zero.mp4"

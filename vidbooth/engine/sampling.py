@@ -18,7 +18,7 @@ import torch
 from vidbooth.adapters.base import conditional_half_only
 from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.engine.backbone import ZERO_SHOT
-from vidbooth.engine.zero_shot import other_frames, warp_steps
+from vidbooth.engine.zero_shot import check_strengths, other_frames, warp_steps
 from vidbooth.errors import UserError
 from vidbooth.reporting import progress
 
@@ -144,6 +144,7 @@ def sample_video(
     zero_shot_steps = None
     if backbone.family == ZERO_SHOT and num_frames > 1:
         zero_shot = zero_shot or ZeroShotConfig()
+        check_strengths(zero_shot, height, width)
         zero_shot_steps = warp_steps(num_inference_steps, zero_shot.t0, zero_shot.t1)
 
     def denoise(latents, steps, sched, bar, on_step=None):

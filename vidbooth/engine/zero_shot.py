@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vidbooth.config.schema import ZeroShotConfig
+from vidbooth.errors import UserError
 
 
 def warp_steps(num_inference_steps: int, t0: float, t1: float) -> tuple[int, int]:
@@ -26,6 +27,18 @@ def warp_steps(num_inference_steps: int, t0: float, t1: float) -> tuple[int, int
     i1 = min(max(0, last - round(t1 * num_inference_steps)), max(last - 1, 0))
     i0 = min(max(i1 + 1, last - round(t0 * num_inference_steps)), max(last, 1))
     return i1, i0
+
+
+def check_strengths(settings: ZeroShotConfig, height: int, width: int) -> None:
+    """A UserError for a motion field that moves the scene a whole frame or more per frame (the mirrored edges
+    would then repeat it, not move it)."""
+    for axis, strength, size in (("x", settings.motion_field_strength_x, width), ("y", settings.motion_field_strength_y,
+                                                                                   height)):
+        if abs(strength) >= size:
+            raise UserError(
+                f"--motion-field-strength-{axis} {strength:g} moves the scene a whole frame ({size} pixels) or more "
+                f"per frame: use less than {size} (diffusers' default is 12)"
+            )
 
 
 def translate_frames(
