@@ -231,8 +231,12 @@ def test_bad_zero_shot_settings_are_one_error_line(args, message, tiny_base_dirs
 
 
 def test_train_motion_on_an_image_model_says_it_needs_a_motion_adapter(tiny_base_dirs, tmp_path, isolated_home,
-                                                                         capsys):
+                                                                         capsys, monkeypatch):
+    """Refused from the model's config, before its weights load."""
+    import vidbooth.engine.backbone as backbone
     from tests.badinputs import write_clip
+
+    monkeypatch.setattr(backbone, "load_backbone", None)  # never reached
 
     clip = write_clip(tmp_path / "clip.mp4")
     code = main(["train-motion", str(clip), "--name", "M", "--base", str(tiny_base_dirs["animatediff"]),

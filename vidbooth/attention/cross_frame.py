@@ -12,7 +12,6 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-import torch
 from torch import nn
 
 _frames: contextvars.ContextVar[int] = contextvars.ContextVar("vidbooth_cross_frame_frames", default=1)

@@ -167,7 +167,7 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 # ---- training -------------------------------------------------------------------------------------
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
-    from vidbooth.engine.backbone import base_model_folder
+    from vidbooth.engine.backbone import base_model_folder, is_image_model
     from vidbooth.engine.train import make_accelerator, refuse_other_settings, refuse_to_discard, run_folder
     from vidbooth.library import artifact_lock, check_free, validate_name
 
@@ -176,7 +176,12 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
     check_free("motion", cfg.name, cfg.overwrite)
     refuse_to_discard([run_folder("motion", cfg.name, STAGE)], cfg.resume, cfg.overwrite)
     clips = read_training_clips(cfg)
-    base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
+    folder = base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
+    if not cfg.backbone.motion_adapter and is_image_model(cfg.backbone.base, folder):
+        raise UserError(
+            f"{cfg.backbone.base} is an image model: it has no temporal layers for a motion adapter to learn in; give "
+            "--motion-adapter (an AnimateDiff motion module) to learn a motion on it"
+        )
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
     # a --resume with other settings is refused before the model loads
     refuse_other_settings(run_folder("motion", cfg.name, STAGE), cfg.resume, cfg.train, _settings_signature(cfg, clips),
@@ -190,15 +195,10 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
 
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
-    from vidbooth.engine.backbone import ZERO_SHOT, load_backbone_for
+    from vidbooth.engine.backbone import load_backbone_for
     from vidbooth.engine.train import backbone_device, remove_runs, run_folder, seed_everything, train
 
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
-    if backbone.family == ZERO_SHOT:
-        raise UserError(
-            f"{cfg.backbone.base} is an image model: it has no temporal layers for a motion adapter to learn in; give "
-            "--motion-adapter (an AnimateDiff motion module) to learn a motion on it"
-        )
     size = training_size(backbone, cfg)
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
     if accelerator.is_main_process:  # once every input is checked (a bad one stays a single error line)
