@@ -453,6 +453,10 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
     with pytest.raises(UserError, match="linear_paths must be one of random, edge, got 'diagonal'"):
         nano.pretrain(bad)
     bad = tiny_config(tmp_path, char_tokenizer)
+    bad.clip.batch = 100000  # one forward pass of 100000 clips: it would exhaust memory
+    with pytest.raises(UserError, match="clip.batch must be at most 1024, got 100000"):
+        nano.pretrain(bad)
+    bad = tiny_config(tmp_path, char_tokenizer)
     bad.unet.high_noise_fraction = 2.0
     with pytest.raises(UserError, match="high_noise_fraction"):
         nano.pretrain(bad)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidbooth.config import checks
+from vidbooth.config.train import MAX_BATCH_SIZE
 from vidbooth.engine.positions import POSITION_CHANNELS
 from vidbooth.errors import UserError
 from vidbooth.nano.model import NanoArch
@@ -122,6 +123,7 @@ class PretrainConfig:
         for name, stage in (("autoencoder", self.autoencoder), ("clip", self.clip), ("unet", self.unet)):
             checks.at_least(f"{name}.steps", stage.steps, 0)
             checks.at_least(f"{name}.batch", stage.batch, 1)
+            checks.at_most(f"{name}.batch", stage.batch, MAX_BATCH_SIZE)  # one forward: a typo would exhaust memory
             checks.positive(f"{name}.lr", stage.lr)
         for key in ("warmup_steps", "eval_every"):
             checks.at_least(f"unet.{key}", getattr(self.unet, key), 0)
