@@ -161,6 +161,17 @@ def test_matches_diffusers_text_to_video_zero_pipeline(tiny_base_dirs, image_mod
     assert np.abs(ours[1:] - ours[:1]).max() > 1e-2  # the frames are not one picture
 
 
+def test_the_video_is_the_same_for_any_chunk_size(image_model):
+    """Frames denoised a few at a time, each chunk with the first frame, give the video of all frames at once."""
+    noise = torch.randn(2, 4, 7, 16, 16, generator=torch.Generator().manual_seed(0))
+    videos = [sample_video(image_model, ["a cat", "a dog"], num_frames=7, num_inference_steps=4, guidance_scale=3.0,
+                           latents=noise, generator=torch.Generator().manual_seed(1), output_type="latent",
+                           zero_shot=ZeroShotConfig(chunk_size=size)) for size in (8, 2, 3)]
+    for chunked in videos[1:]:
+        assert torch.allclose(chunked, videos[0], atol=1e-5)
+    assert (videos[0][:, :, 1:] - videos[0][:, :, :1]).abs().mean() > 0.1
+
+
 def test_one_sampling_step_makes_a_video_too(image_model):
     """A one-step preview: the first frame denoised whole, translated, noised back to the start, then every frame
     denoised in one step (two UNet calls)."""
@@ -190,7 +201,8 @@ def test_generate_on_an_image_model_writes_a_zero_shot_video(tiny_base_dirs, tmp
     assert main(args) == 0
     assert read_video(out).shape == (4, 32, 32, 3)
     resolved = yaml.safe_load(out.with_suffix(".yaml").read_text())["sampling"]["zero_shot"]
-    assert resolved == {"motion_field_strength_x": -8.0, "motion_field_strength_y": 12.0, "t0": 0.88, "t1": 0.94}
+    assert resolved == {"motion_field_strength_x": -8.0, "motion_field_strength_y": 12.0, "t0": 0.88, "t1": 0.94,
+                        "chunk_size": 8}
     err = " ".join(capsys.readouterr().err.split())
     assert "(text2video-zero, fingerprint" in err
     assert "is an image model with no motion adapter: its frames are made zero-shot (Text2Video-Zero" in err
@@ -218,6 +230,7 @@ def test_dpm_solver_makes_a_zero_shot_video(image_model):
     (["--motion-field-strength-x", "nan"], "sampling.zero_shot.motion_field_strength_x (--motion-field-strength-x) "
                                            "must be a finite number of pixels per frame, got nan"),
     (["--set", "sampling.zero_shot.t0=0.95"], "t0 and t1 must be in (0, 1) with t0 below t1"),
+    (["--set", "sampling.zero_shot.chunk_size=1"], "sampling.zero_shot.chunk_size must be at least 2, got 1"),
     (["--motion-field-strength-y=-1e30"], "--motion-field-strength-y -1e+30 moves the scene a whole frame (32 pixels) "
                                           "or more per frame: use less than 32"),
 ])

@@ -56,6 +56,9 @@ class ZeroShotConfig:
     """Where in the schedule (1: pure noise, 0: clean) the first frame is translated; diffusers' t0 = 44 of 50."""
     t1: float = 0.94
     """Where the translated frames are noised back to, and all frames denoised from; diffusers' t1 = 47 of 50."""
+    chunk_size: int = 8
+    """Frames the UNet denoises at once (lower = less memory), each chunk with the first frame: a frame depends on
+    itself and the first frame only, so the video is the same for any chunk size."""
 
     def __post_init__(self) -> None:
         for axis in ("x", "y"):
@@ -65,6 +68,7 @@ class ZeroShotConfig:
                     f"sampling.zero_shot.motion_field_strength_{axis} (--motion-field-strength-{axis}) must be a "
                     f"finite number of pixels per frame, got {value}"
                 )
+        checks.at_least("sampling.zero_shot.chunk_size", self.chunk_size, 2)
         if not 0 < self.t0 < self.t1 < 1:
             raise UserError(
                 f"sampling.zero_shot.t0 and t1 must be in (0, 1) with t0 below t1 (1 is pure noise), got t0 "

@@ -18,7 +18,7 @@ import torch
 from vidbooth.adapters.base import conditional_half_only
 from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.engine.backbone import ZERO_SHOT
-from vidbooth.engine.zero_shot import check_strengths, other_frames, warp_steps
+from vidbooth.engine.zero_shot import check_strengths, chunked_unet_forward, other_frames, warp_steps
 from vidbooth.errors import UserError
 from vidbooth.reporting import progress
 
@@ -151,7 +151,10 @@ def sample_video(
         for i, t in steps:
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = sched.scale_model_input(model_in, t)
-            noise = backbone.unet_forward(model_in, t, text)
+            if zero_shot_steps:
+                noise = chunked_unet_forward(backbone, model_in, t, text, zero_shot.chunk_size)
+            else:
+                noise = backbone.unet_forward(model_in, t, text)
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)

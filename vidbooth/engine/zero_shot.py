@@ -88,3 +88,17 @@ def other_frames(
     b, c, f, h, w = moved.shape
     noise = randn_tensor((b * f, c, h, w), generator=generator, device=moved.device, dtype=moved.dtype)
     return renoise(moved, alpha_t0, alpha_t1, noise.unflatten(0, (b, f)).transpose(1, 2))
+
+
+def chunked_unet_forward(backbone, latents: torch.Tensor, timestep, text: torch.Tensor, chunk_size: int):
+    """`backbone.unet_forward` on the frames of (B, C, F, h, w) latents `chunk_size` at a time, the first frame in
+    every chunk: with cross-frame attention a frame's prediction depends on itself and the first frame only, so
+    this is the prediction of all frames at once, with the memory of `chunk_size` frames."""
+    frames = latents.shape[2]
+    if frames <= chunk_size:
+        return backbone.unet_forward(latents, timestep, text)
+    outputs = [backbone.unet_forward(latents[:, :, :chunk_size], timestep, text)]
+    for start in range(chunk_size, frames, chunk_size - 1):
+        frame_ids = [0, *range(start, min(start + chunk_size - 1, frames))]
+        outputs.append(backbone.unet_forward(latents[:, :, frame_ids], timestep, text)[:, :, 1:])
+    return torch.cat(outputs, dim=2)
