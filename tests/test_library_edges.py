@@ -510,3 +510,21 @@ def test_a_name_that_reaches_another_names_folder_by_letter_case_is_refused(isol
     with pytest.raises(UserError, match=refused):
         library.check_free("subject", "s*", overwrite)
     assert library.read_manifest(subjects / "S%2A")["name"] == "S*"
+
+
+def test_recover_takes_a_staging_or_trash_folder_that_goes_while_it_is_listed(isolated_home, monkeypatch):
+    """A run that made a new library removes its empty .staging and .trash when it ends; the other rank of an
+    `accelerate launch` recovering at that moment had failed with FileNotFoundError (seen in the two-process test)."""
+    for folder in (".staging", ".trash"):
+        (isolated_home / folder).mkdir(parents=True)
+    real_iterdir = Path.iterdir
+
+    def removed_meanwhile(self):
+        if self.name in (".staging", ".trash"):
+            self.rmdir()  # gone between the check and the listing
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", removed_meanwhile)
+    library.recover()
+    assert not (isolated_home / ".staging").exists() and not (isolated_home / ".trash").exists()
+    library.recover()  # and absent from the start

@@ -248,27 +248,33 @@ def _writer(field: str, entry: Path) -> tuple[bool, bool]:
 def recover() -> None:
     """Roll back swaps interrupted mid-way and drop staging folders of dead processes."""
     home = _folder_home()
-    trash = home / ".trash"
-    if trash.is_dir():
-        for entry in trash.iterdir():
-            kind_dir, _, rest = entry.name.partition("__")
-            target_name, writer, _ = (rest.rsplit(".", 2) + ["", ""])[:3]  # '<dir>.<host>-<pid>.<hex>'
-            alive, is_self = _writer(writer, entry)
-            if alive and not is_self:
-                continue  # its swap is in flight: leave it to that process
-            live = home / kind_dir / target_name
-            if live.exists():
-                shutil.rmtree(entry, ignore_errors=True)
-                continue
-            with contextlib.suppress(OSError):  # a library this process may not write: left for one that may
-                live.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(entry, live)
-    staging = home / ".staging"
-    if staging.is_dir():
-        for entry in staging.iterdir():
-            writer = entry.name.rsplit(".", 2)[-2] if entry.name.count(".") >= 2 else ""
-            if not _writer(writer, entry)[0]:
-                shutil.rmtree(entry, ignore_errors=True)
+    for entry in _entries(home / ".trash"):
+        kind_dir, _, rest = entry.name.partition("__")
+        target_name, writer, _ = (rest.rsplit(".", 2) + ["", ""])[:3]  # '<dir>.<host>-<pid>.<hex>'
+        alive, is_self = _writer(writer, entry)
+        if alive and not is_self:
+            continue  # its swap is in flight: leave it to that process
+        live = home / kind_dir / target_name
+        if live.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
+        with contextlib.suppress(OSError):  # a library this process may not write: left for one that may
+            live.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(entry, live)
+    for entry in _entries(home / ".staging"):
+        writer = entry.name.rsplit(".", 2)[-2] if entry.name.count(".") >= 2 else ""
+        if not _writer(writer, entry)[0]:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What `folder` holds; nothing when it is absent or goes while it is listed (a run that made a new library
+    removes its empty `.staging` and `.trash` when it ends, while another process, the other rank of an
+    `accelerate launch` say, may be recovering)."""
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 @contextlib.contextmanager
