@@ -14,7 +14,11 @@ Sets = typer.Option(
     help="Override any config key of this command (see its docs page): --set key=value (repeatable).",
 )
 Base = typer.Option(None, "--base", help="Base model: diffusers folder, hub id, or built-in name (default: nano).")
-MotionAdapterPath = typer.Option(None, "--motion-adapter", help="AnimateDiff MotionAdapter (folder or hub id) for an SD1.5 base.")
+MotionAdapterPath = typer.Option(
+    None, "--motion-adapter",
+    help="AnimateDiff MotionAdapter (folder or hub id) for an SD1.5 base; without one, its videos are zero-shot "
+    "(Text2Video-Zero).",
+)
 Device = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
 Precision = typer.Option(None, "--precision", help="auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU).")
 Attention = typer.Option(None, "--attention", help="Attention backend: auto | sdpa | xformers | math.")
