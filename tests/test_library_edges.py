@@ -528,3 +528,25 @@ def test_recover_takes_a_staging_or_trash_folder_that_goes_while_it_is_listed(is
     library.recover()
     assert not (isolated_home / ".staging").exists() and not (isolated_home / ".trash").exists()
     library.recover()  # and absent from the start
+
+
+def test_an_artifact_is_saved_when_the_library_folder_it_goes_into_is_removed_meanwhile(isolated_home, monkeypatch):
+    """A run that made a new library removes the library's empty folders when it ends: subjects/ may go between
+    another run's making it and renaming its artifact into it. The save makes it again."""
+    import contextlib
+
+    from tests.test_library import _write
+
+    real_held_stops = library.held_stops
+
+    @contextlib.contextmanager
+    def subjects_removed_first(message):
+        with contextlib.suppress(OSError):
+            (isolated_home / "subjects").rmdir()  # empty: the other run's tidying-up
+        with real_held_stops(message):
+            yield
+
+    monkeypatch.setattr(library, "held_stops", subjects_removed_first)
+    with library.staged_artifact("subject", "S*") as stage:
+        _write(stage)
+    assert [m["name"] for m in library.list_artifacts("subject")] == ["S*"]

@@ -267,6 +267,16 @@ def recover() -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def _into_folder(action, folder: Path) -> None:
+    """`action()`, a mkdir or rename into `folder`, making `folder` (again) if it is not there: a run that made a
+    new library removes the library's empty folders when it ends, maybe while another run saves into them."""
+    try:
+        action()
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)
+        action()
+
+
 def _entries(folder: Path) -> list[Path]:
     """What `folder` holds; nothing when it is absent or goes while it is listed (a run that made a new library
     removes its empty `.staging` and `.trash` when it ends, while another process, the other rank of an
@@ -440,7 +450,7 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
 
     try:
         refuse_what_appeared()  # before the preview renders
-        stage.mkdir(parents=True)
+        _into_folder(stage.mkdir, stage.parent)
         yield stage
         if not (stage / MANIFEST).is_file():
             raise RuntimeError("an artifact must be written with its manifest")
@@ -456,8 +466,7 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
                 raise UserError(f"{unsaved}: {target} appeared while it was being saved; move it out of "
                                 f"{target.parent}, {resume}")
             aside = home / ".trash" / f"{KINDS[kind]}__{target.name}.{token}"
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(target, aside)
+            _into_folder(lambda: os.replace(target, aside), aside.parent)
             if not _is_artifact(aside):  # replaced by something else since the check above: keep it
                 os.replace(aside, target)
                 raise UserError(
@@ -465,7 +474,8 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
                     f"{NEVER_DELETED}; move it out of {target.parent}, {resume}"
                 )
         with held_stops(done):  # the rename and its record are one step
-            os.replace(stage, target)  # a folder that appeared since is never replaced: rename refuses a full one
+            # a folder that appeared since is never replaced: rename refuses a full one
+            _into_folder(lambda: os.replace(stage, target), target.parent)
             saved = True
     except OSError as exc:
         if disk_full(exc):
