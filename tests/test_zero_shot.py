@@ -4,7 +4,6 @@ whole sampler against diffusers' (deprecated) TextToVideoZeroPipeline."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -18,22 +17,13 @@ from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.data.video import read_video
 from vidbooth.engine.backbone import load_backbone
 from vidbooth.engine.sampling import sample_video
+from vidbooth.engine.tiny import diffusers_zero_shot_module
 from vidbooth.engine.zero_shot import renoise, translate_frames, warp_steps
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
     pytest.mark.filterwarnings("ignore:.*(meshgrid|align_corners).*:UserWarning"),  # inside diffusers' pipeline
 ]
-
-
-def _t2vz_module():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from diffusers import TextToVideoZeroPipeline
-
-    import sys
-
-    return sys.modules[TextToVideoZeroPipeline.__module__]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def image_model(tiny_base_dirs):
 
 def test_translation_matches_diffusers_warp_at_512_pixels():
     """diffusers' flow grid is always 512 x 512; a 512-pixel video's strengths are the same pixels here."""
-    warp = _t2vz_module().create_motion_field_and_warp_latents
+    warp = diffusers_zero_shot_module().create_motion_field_and_warp_latents
     first = torch.randn(1, 4, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     for strength_x, strength_y in ((12, 12), (-7, 3), (0.3, 0), (40, -25)):
         ours = translate_frames(first, 5, strength_x, strength_y, 512, 512)
@@ -124,7 +114,7 @@ def test_cross_frame_attention_matches_diffusers_processor():
     attn = _attention()
     hidden = torch.randn(2 * 4, 6, 16)  # guidance's [unconditional, conditional] of one 4-frame video
     with torch.no_grad():
-        attn.set_processor(_t2vz_module().CrossFrameAttnProcessor2_0(batch_size=2))
+        attn.set_processor(diffusers_zero_shot_module().CrossFrameAttnProcessor2_0(batch_size=2))
         theirs = attn(hidden)
         attn.set_processor(CrossFrameAttnProcessor(VidboothAttnProcessor("sdpa")))
         with frames_per_video(4):

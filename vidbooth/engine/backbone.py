@@ -246,11 +246,11 @@ def base_model_folder(base: str, revision: str | None = None) -> Path:
     return folder
 
 
-def is_image_model(base: str, folder: Path) -> bool:
-    """Whether `base` (its `folder` from `base_model_folder`) loads as an image model alone (Text2Video-Zero) when no
-    motion adapter is given: a `UNet2DConditionModel`, other than the built-in 'tiny-animatediff', which comes with
-    its own motion adapter."""
-    return _unet_class(folder) == "UNet2DConditionModel" and base not in BUILTIN
+def is_image_model(base: str, revision: str | None = None) -> bool:
+    """Whether `base` loads as an image model alone (Text2Video-Zero) when no motion adapter is given: a
+    `UNet2DConditionModel`, other than the built-in 'tiny-animatediff', which comes with its own motion adapter.
+    Checks `base` as `base_model_folder` does (a UserError when it is no diffusers model), without loading it."""
+    return _unet_class(resolve_base(base, revision)) == "UNet2DConditionModel" and base not in BUILTIN
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Path:

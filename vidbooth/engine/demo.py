@@ -178,13 +178,13 @@ def _restart_when_interrupted() -> Iterator[None]:
 
 
 def run_demo(cfg: DemoConfig) -> DemoReport:
-    from vidbooth.engine.backbone import base_model_folder, is_image_model
+    from vidbooth.engine.backbone import is_image_model
 
     base = cfg.base
     check_writable_dir(cfg.out)
     out = Path(cfg.out)
     check_demo_folder(out)
-    if is_image_model(base, base_model_folder(base)):  # a wrong --base is its one error line, with nothing written yet
+    if is_image_model(base):  # a wrong --base is its one error line, with nothing written yet
         raise UserError(
             f"--base {base} is an image model: the demo also learns a motion, which needs a video model's temporal "
             "layers; use nano (the default) or a ModelScope/zeroscope folder"

@@ -167,7 +167,7 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 # ---- training -------------------------------------------------------------------------------------
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
-    from vidbooth.engine.backbone import base_model_folder, is_image_model
+    from vidbooth.engine.backbone import is_image_model
     from vidbooth.engine.train import make_accelerator, refuse_other_settings, refuse_to_discard, run_folder
     from vidbooth.library import artifact_lock, check_free, validate_name
 
@@ -176,8 +176,8 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
     check_free("motion", cfg.name, cfg.overwrite)
     refuse_to_discard([run_folder("motion", cfg.name, STAGE)], cfg.resume, cfg.overwrite)
     clips = read_training_clips(cfg)
-    folder = base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
-    if not cfg.backbone.motion_adapter and is_image_model(cfg.backbone.base, folder):
+    # a wrong --base fails here, early, and so does an image model without a motion adapter
+    if is_image_model(cfg.backbone.base, cfg.backbone.revision) and not cfg.backbone.motion_adapter:
         raise UserError(
             f"{cfg.backbone.base} is an image model: it has no temporal layers for a motion adapter to learn in; give "
             "--motion-adapter (an AnimateDiff motion module) to learn a motion on it"

@@ -211,6 +211,19 @@ def diffusers_reference_pipeline(folder: str | Path, scheduler: str = "ddim"):
     return pipe
 
 
+def diffusers_zero_shot_module():
+    """The module of diffusers' deprecated TextToVideoZeroPipeline (its warp and cross-frame processor live there),
+    imported without its deprecation warning."""
+    import sys
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import TextToVideoZeroPipeline
+
+    return sys.modules[TextToVideoZeroPipeline.__module__]
+
+
 def diffusers_zero_shot_reference(folder: str | Path, height: int, width: int):
     """diffusers' own (deprecated) TextToVideoZeroPipeline on an image-model folder: the reference vidbooth's
     Text2Video-Zero is tested and benchmarked against, with two differences undone. Its motion field is put on a
@@ -218,7 +231,6 @@ def diffusers_zero_shot_reference(folder: str | Path, height: int, width: int):
     vidbooth's are pixels), and it noises back from t0 to t1 exactly (diffusers multiplies the alphas of t0 to
     t1 - 1, one noise level short). The pipeline's module is patched while the returned pipeline exists; call
     `restore()` on it to undo that."""
-    import sys
     import warnings
 
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -228,12 +240,10 @@ def diffusers_zero_shot_reference(folder: str | Path, height: int, width: int):
     from vidbooth.engine.zero_shot import renoise
 
     folder = Path(folder)
+    module = diffusers_zero_shot_module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from diffusers import TextToVideoZeroPipeline
-
-        module = sys.modules[TextToVideoZeroPipeline.__module__]
-        pipe = TextToVideoZeroPipeline(
+        pipe = module.TextToVideoZeroPipeline(
             vae=AutoencoderKL.from_pretrained(folder / "vae"),
             text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
             tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),

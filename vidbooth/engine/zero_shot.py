@@ -32,8 +32,8 @@ def warp_steps(num_inference_steps: int, t0: float, t1: float) -> tuple[int, int
 def check_strengths(settings: ZeroShotConfig, height: int, width: int) -> None:
     """A UserError for a motion field that moves the scene a whole frame or more per frame (the mirrored edges
     would then repeat it, not move it)."""
-    for axis, strength, size in (("x", settings.motion_field_strength_x, width), ("y", settings.motion_field_strength_y,
-                                                                                   height)):
+    for axis, size in (("x", width), ("y", height)):
+        strength = getattr(settings, f"motion_field_strength_{axis}")
         if abs(strength) >= size:
             raise UserError(
                 f"--motion-field-strength-{axis} {strength:g} moves the scene a whole frame ({size} pixels) or more "
