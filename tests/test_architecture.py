@@ -84,6 +84,7 @@ COMMAND_PAGES = {
     "list": "list.md",
     "pretrain": "pretrain.md",
     "demo": "demo.md",
+    "train-image-prompt": "image-prompt.md",
 }
 def _commands() -> dict:
     import typer

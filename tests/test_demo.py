@@ -12,8 +12,9 @@ from PIL import Image
 from vidbooth.cli.app import main
 from vidbooth.data.video import read_video
 
-VARIANTS = {"class_noun", "textual_inversion", "identity", "base_motion", "motion_adapter", "textual_inversion_motion",
-            "both"}
+VARIANTS = {"class_noun", "textual_inversion", "identity", "image_prompt", "base_motion", "motion_adapter",
+            "textual_inversion_motion", "both"}
+"""On nano, which has its own image-prompt model."""
 SCORES = {"image_similarity", "colour_correct", "shape_correct", "motion_correct", "motion_fidelity"}
 
 

@@ -167,8 +167,9 @@ def adapters_off(model: nn.Module, kind: str) -> Iterator[None]:
 @contextlib.contextmanager
 def conditional_half_only(model: nn.Module, batch_size: int) -> Iterator[None]:
     """For a guidance batch [unconditional x batch_size, conditional x batch_size]: adapters marked
-    `conditional_only` act on the conditional half only inside the block."""
-    adapters = [m for m in model.modules() if isinstance(m, BottleneckAdapter) and m.conditional_only]
+    `conditional_only` act on the conditional half only inside the block (any adapter module with the
+    `conditional_only` and `sample_weights` attributes of `BottleneckAdapter`)."""
+    adapters = [m for m in model.modules() if getattr(m, "conditional_only", False) and hasattr(m, "sample_weights")]
     if not adapters:
         yield
         return

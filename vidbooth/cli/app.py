@@ -74,7 +74,7 @@ def _said(command: Callable) -> Callable:
 
 
 def _register() -> None:
-    from vidbooth.cli import demo, evaluate, generate, motion, pretrain, subject
+    from vidbooth.cli import demo, evaluate, generate, image_prompt, motion, pretrain, subject
     from vidbooth.cli import list as list_command
 
     app.command("generate", no_args_is_help=True)(_said(generate.generate))
@@ -84,6 +84,7 @@ def _register() -> None:
     app.command("textual-inversion", no_args_is_help=True)(_said(subject.textual_inversion))
     app.command("identity-adapter", no_args_is_help=True)(_said(subject.identity_adapter))
     app.command("train-subject", no_args_is_help=True)(_said(subject.train_subject))
+    app.command("train-image-prompt")(_said(image_prompt.train_image_prompt))
     app.command("list")(_said(list_command.list_library))
     app.command("pretrain")(_said(pretrain.pretrain))
     app.command("demo")(_said(demo.demo))

@@ -34,6 +34,20 @@ def generate(
         None, "--motion-field-strength-y", help="Image models (Text2Video-Zero): pixels per frame the scene moves "
         "up (negative: down). Default 12."
     ),
+    image_prompt: str = typer.Option(
+        None, "--image-prompt", metavar="PHOTO", help="A photo of the subject to show, with no training (VideoBooth); "
+        "the prompt names it by the image-prompt model's word, e.g. 'a sprite moving left' on nano."
+    ),
+    image_prompt_model: str = typer.Option(
+        None, "--image-prompt-model", help="Image-prompt model (.safetensors from train-image-prompt); default: the "
+        "base's own (nano ships one)."
+    ),
+    image_prompt_word: str = typer.Option(
+        None, "--image-prompt-word", help="The prompt's word the image prompt replaces (default: the model's)."
+    ),
+    image_prompt_scale: float = typer.Option(
+        None, "--image-prompt-scale", help="Strength of the image prompt's fine features (0: its tokens only)."
+    ),
     base: str = options.Base,
     motion_adapter: str = options.MotionAdapterPath,
     device: str = options.Device,
@@ -65,6 +79,10 @@ def generate(
         "motion_scale": motion_scale,
         "sampling.zero_shot.motion_field_strength_x": motion_field_strength_x,
         "sampling.zero_shot.motion_field_strength_y": motion_field_strength_y,
+        "image_prompt": image_prompt,
+        "image_prompt_model": image_prompt_model,
+        "image_prompt_word": image_prompt_word,
+        "image_prompt_scale": image_prompt_scale,
     }
     named = [("subject", name) for name in subject or []] + ([("motion", motion)] if motion else [])
     overrides |= options.learned_backbone(recipe, sets, overrides, named)

@@ -130,11 +130,23 @@ class GenerateConfig:
     """Strength of the subjects' identity adapters (0 = pseudo-word only)."""
     motion_scale: float = 1.0
     """Strength of the motion adapter (0 = the base model's motion)."""
+    image_prompt: str | None = None
+    """A photo of the subject to show (VideoBooth: no training per subject); the prompt names it by the image-prompt
+    model's word ('a sprite moving left' on nano)."""
+    image_prompt_model: str | None = None
+    """The image-prompt model (`vidbooth train-image-prompt`'s .safetensors); default: the base's own
+    `image_prompt.safetensors` (nano ships one)."""
+    image_prompt_word: str | None = None
+    """The prompt's word that the image prompt replaces; default: the one the image-prompt model was trained with."""
+    image_prompt_scale: float = 1.0
+    """Strength of the image prompt's fine features (0: its tokens in the prompt only)."""
 
     def __post_init__(self) -> None:
         hint = " (0: the adapter off, 1: as trained)"
         checks.non_negative("subject_scale", self.subject_scale, "--subject-scale", hint)
         checks.non_negative("motion_scale", self.motion_scale, "--motion-scale", hint)
+        checks.non_negative("image_prompt_scale", self.image_prompt_scale, "--image-prompt-scale",
+                            " (0: the image prompt's tokens only, 1: as trained)")
         if self.out.lower().endswith(".gif") and self.sampling.fps > GIF_MAX_FPS:
             raise UserError(
                 f"sampling.fps (--fps) {self.sampling.fps} is more than a GIF can show ({GIF_MAX_FPS}: its frame "

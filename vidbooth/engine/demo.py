@@ -35,6 +35,8 @@ from vidbooth.fileio import exclusive_lock, write_together
 from vidbooth.reporting import info, table
 
 SUBJECT, MOTION = "S*", "M"
+IMAGE_PROMPT_FILE = "image_prompt.png"
+"""In `inputs/`: the photo the image-prompt variant shows (on a base with its own image-prompt model)."""
 MOTION_NOUN = "shape"
 """The class of every demo motion performer: the base draws any shape for it, so the clip's sprite is not learned."""
 
@@ -46,6 +48,8 @@ class Variant:
     prompt: str
     identity_scale: float
     motion_scale: float
+    image_prompt: bool = False
+    """Made from a photo of the subject by the base's image-prompt model (VideoBooth), with no training."""
     per_video: dict[str, list[float]] = field(default_factory=dict)
     """Each score, one value per video, in sampling order."""
 
@@ -221,8 +225,13 @@ def _run_demo(cfg: DemoConfig, out: Path) -> DemoReport:
         _train_motion(cfg, base, family, clip_path)
         seconds["train-motion"] = time.perf_counter() - started
         started = time.perf_counter()
-        variants = _variants(sprite.shape, motion)
-        photos_score = _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out)
+        image_prompt = _own_image_prompt(base)
+        if image_prompt:
+            Image.fromarray(render_photos(sprite, n=1, size=64, seed=cfg.seed + 1)[0]).save(
+                out / "inputs" / IMAGE_PROMPT_FILE)  # another photo than the 4 the videos are scored against
+        variants = _variants(sprite.shape, motion, image_prompt[1] if image_prompt else None)
+        photos_score = _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos_dir, out,
+                                           image_prompt[0] if image_prompt else None)
         seconds["generate+evaluate"] = time.perf_counter() - started
 
     report = DemoReport(base, described, motion.name, variants, seconds, out, photos_score, paired_steps(variants))
@@ -270,18 +279,35 @@ def _runtime(cfg: DemoConfig) -> dict:
     return {key: value for key, value in chosen.items() if value != "auto"} | {"runtime.seed": cfg.seed}
 
 
-def _variants(noun: str, motion) -> list[Variant]:
+def _own_image_prompt(base: str) -> tuple[Path, str] | None:
+    """The base's own image-prompt model (nano ships one) and the word its prompts name the subject by."""
+    from vidbooth.adapters.base import load_tensors
+    from vidbooth.engine.backbone import resolve_base
+    from vidbooth.engine.generate import OWN_IMAGE_PROMPT_MODEL
+
+    path = resolve_base(base) / OWN_IMAGE_PROMPT_MODEL
+    if not path.is_file():
+        return None
+    return path, json.loads(load_tensors(path)[1]["spec"])["word"]
+
+
+def _variants(noun: str, motion, image_prompt_word: str | None = None) -> list[Variant]:
     """The demo's prompts: the subject's class noun is its shape ("circle"), the performer's is `MOTION_NOUN`.
 
     The subject prompts say the subject is at rest, as the captions of its photos do (recipes/nano/subject.yaml).
+    With `image_prompt_word` (a base with its own image-prompt model) the subject is also shown from a photo with
+    no training, the word standing for it.
     """
     from vidbooth.nano.world import MOTION_PHRASES
 
     moving, at_rest = motion.phrase, MOTION_PHRASES["still"]  # "moving in a circle", "standing still"
+    from_photo = [Variant("image_prompt", "subject: image prompt, no training", f"a {image_prompt_word} {at_rest}",
+                          0.0, 0.0, image_prompt=True)] if image_prompt_word else []
     return [
         Variant("class_noun", "subject: class noun only", f"a {noun} {at_rest}", 0.0, 0.0),
         Variant("textual_inversion", "subject: pseudo-word", f"a {SUBJECT} {noun} {at_rest}", 0.0, 0.0),
         Variant("identity", "subject: pseudo-word + identity adapter", f"a {SUBJECT} {noun} {at_rest}", 1.0, 0.0),
+        *from_photo,
         Variant("base_motion", "motion: base model", f"a {MOTION_NOUN} {moving}", 0.0, 0.0),
         Variant("motion_adapter", "motion: + motion adapter", f"a {MOTION_NOUN} {moving}", 0.0, 1.0),
         # The identity adapter, trained on still photos, can hold the sprite still: this row shows the motion without it
@@ -290,9 +316,11 @@ def _variants(noun: str, motion) -> list[Variant]:
     ]
 
 
-def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos: Path, out: Path) -> float:
+def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, photos: Path, out: Path,
+                        image_prompt_model: Path | None = None) -> float:
     """Generate and score every variant (filling `variant.per_video`); returns the photos' own image similarity
-    after a round trip through the base's autoencoder."""
+    after a round trip through the base's autoencoder. An image-prompt variant shows `inputs/image_prompt.png`
+    through `image_prompt_model`."""
     from vidbooth.adapters.base import set_scale
     from vidbooth.adapters.identity import subject_kind
     from vidbooth.adapters.motion import KIND as MOTION_KIND
@@ -320,13 +348,18 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     for variant in variants:
         set_scale(backbone.unet, subject_kind(SUBJECT), variant.identity_scale)
         set_scale(backbone.unet, MOTION_KIND, variant.motion_scale)
+        condition = _image_prompt_condition(backbone, image_prompt_model, out, variant, cfg.seed)
+        extra = {"prompt_embeds": condition.prompt_embeds.expand(count, -1, -1),
+                 "before_unet": condition.before_unet} if condition else {}
         # The same noise for every variant: each comparison is paired, so differences come from the prompt and adapters
         generator = torch.Generator("cpu").manual_seed(cfg.seed)
         videos = sample_video(
             backbone, [subject.expand_prompt(variant.prompt)] * count, num_frames=sampling.num_frames,
             num_inference_steps=steps, guidance_scale=sampling.guidance_scale, scheduler=sampling.scheduler,
-            generator=generator, description=f"sampling {variant.key}",
+            generator=generator, description=f"sampling {variant.key}", **extra,
         )  # (N, F, H, W, 3)
+        if condition:
+            condition.close()
         write_video(videos[0], videos_dir / f"{variant.key}.mp4", fps=sampling.fps)
         write_video(videos[0], videos_dir / f"{variant.key}.gif", fps=sampling.fps)
         save_contact_sheet(videos.reshape(-1, *videos.shape[2:]), videos_dir / f"{variant.key}.png",
@@ -334,6 +367,18 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
         variant.per_video = score_each_video(videos, sprite, motion, reference)
         variant.per_video["image_similarity"] = image_similarity_per_video(encoder, videos, photo_embeds).tolist()
     return photos_score
+
+
+def _image_prompt_condition(backbone, model_path: Path | None, out: Path, variant: Variant, seed: int):
+    """The image-prompt condition of `variant` (None unless it is the image-prompt one): the photo
+    `inputs/image_prompt.png` in place of the model's word."""
+    if not variant.image_prompt:
+        return None
+    from vidbooth.engine.image_prompt import load_image_prompt_model, prepare_image_prompt
+
+    model = load_image_prompt_model(backbone, model_path)
+    photo = np.asarray(Image.open(out / "inputs" / IMAGE_PROMPT_FILE).convert("RGB")).copy()
+    return prepare_image_prompt(model, photo, variant.prompt, torch.Generator("cpu").manual_seed(seed + 1))
 
 
 def through_autoencoder(backbone, images: np.ndarray) -> np.ndarray:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import glob
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vidbooth.config import GenerateConfig, save_config
@@ -21,6 +23,10 @@ from vidbooth.errors import UserError
 from vidbooth.fileio import write_together
 from vidbooth.library import artifact_dir
 from vidbooth.reporting import info, warn
+
+
+OWN_IMAGE_PROMPT_MODEL = "image_prompt.safetensors"
+"""A base folder's own image-prompt model, used when `--image-prompt` comes without `--image-prompt-model`."""
 
 
 @dataclass
@@ -79,6 +85,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         warn(f"--subject-scale {cfg.subject_scale:g} has no effect without --subject")
     if cfg.motion_scale != 1 and not cfg.motion:
         warn(f"--motion-scale {cfg.motion_scale:g} has no effect without --motion")
+    image_prompt = _check_image_prompt(cfg)
     if cfg.sampling.negative_prompt.strip() and cfg.sampling.guidance_scale <= 1:
         warn(f"--negative-prompt has no effect at --guidance-scale {cfg.sampling.guidance_scale:g}: it acts through "
              "classifier-free guidance, which needs a scale above 1")
@@ -102,7 +109,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         for note in applied.notes:
             warn(note)
         prompt, negative_prompt = applied.prompt, applied.negative_prompt
-    frames = sample_frames(bb, cfg, prompt, negative_prompt)
+    condition = _image_prompt(bb, cfg, *image_prompt, prompt) if image_prompt else None
+    frames = sample_frames(bb, cfg, prompt, negative_prompt, condition)
     ensure_writable_dir(video_path.parent)
     write_together([  # all or none: never a new video beside an old contact sheet or config
         (video_path, lambda tmp: write_video(frames, tmp, fps=cfg.sampling.fps)),
@@ -113,8 +121,65 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     return GenerateResult(video_path, sheet_path, config_path, prompt)
 
 
-def sample_frames(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: str):
-    """One video (F, H, W, 3) uint8 for `prompt` and `negative_prompt` with the other sampling settings of `cfg`."""
+def _check_image_prompt(cfg: GenerateConfig):
+    """The image prompt's photo and model file, checked before the model loads (a bad one is one error line); None
+    without an image prompt. Without --image-prompt-model the base's own is taken."""
+    from vidbooth.data.images import load_image
+
+    if cfg.image_prompt is None:
+        for key, default in (("image_prompt_model", None), ("image_prompt_word", None), ("image_prompt_scale", 1.0)):
+            if getattr(cfg, key) != default:
+                warn(f"--{key.replace('_', '-')} has no effect without --image-prompt")
+        return None
+    from vidbooth.adapters.base import load_tensors
+    from vidbooth.engine.backbone import resolve_base
+
+    if cfg.image_prompt_model is None:
+        path = resolve_base(cfg.backbone.base, cfg.backbone.revision) / OWN_IMAGE_PROMPT_MODEL
+        if not path.is_file():
+            raise UserError(
+                f"{cfg.backbone.base} has no image-prompt model of its own: train one with `vidbooth "
+                "train-image-prompt` and pass it with --image-prompt-model"
+            )
+    else:
+        path = Path(cfg.image_prompt_model).expanduser()
+    metadata = load_tensors(path)[1]  # missing, pickled or corrupt: fail now
+    word = cfg.image_prompt_word or _trained_word(metadata)
+    if word and word.lower() not in cfg.prompt.lower():  # the tokens are checked once the model is loaded
+        raise UserError(
+            f"the prompt does not contain '{word}', the word the image prompt replaces: write it where the subject "
+            f"goes, e.g. \"a {word} moving left\" (or pass --image-prompt-word)"
+        )
+    return load_image(cfg.image_prompt), path
+
+
+def _trained_word(metadata: dict) -> str | None:
+    try:
+        return json.loads(metadata["spec"])["word"]
+    except (KeyError, ValueError, TypeError):
+        return None  # not an image-prompt model: loading it says so
+
+
+def _image_prompt(backbone, cfg: GenerateConfig, photo, path: Path, prompt: str):
+    """The image prompt's condition for `sample_video`: its model (`path`) on `backbone`, its photo at the video's
+    size."""
+    from vidbooth.adapters.image_prompt import set_injection_scale
+    from vidbooth.data.images import prepare_photo
+    from vidbooth.engine.image_prompt import load_image_prompt_model, prepare_image_prompt
+
+    model = load_image_prompt_model(backbone, path)
+    set_injection_scale(backbone.unet, cfg.image_prompt_scale)
+    height = cfg.sampling.height or backbone.default_size
+    width = cfg.sampling.width or backbone.default_size
+    generator = torch.Generator("cpu").manual_seed(cfg.runtime.seed + 1)
+    info(f"image prompt {cfg.image_prompt} in place of '{cfg.image_prompt_word or model.spec.word}' ({path})")
+    pixels = np.array(prepare_photo(photo, (height, width)))  # a writable copy for torch
+    return prepare_image_prompt(model, pixels, prompt, generator, cfg.image_prompt_word)
+
+
+def sample_frames(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: str, image_prompt=None):
+    """One video (F, H, W, 3) uint8 for `prompt` and `negative_prompt` with the other sampling settings of `cfg`;
+    `image_prompt`: an `ImagePromptCondition` to show its subject."""
     from vidbooth.engine.sampling import sample_video
 
     s = cfg.sampling
@@ -133,4 +198,6 @@ def sample_frames(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: s
         eta=s.eta,
         decode_chunk_size=s.decode_chunk_size,
         zero_shot=s.zero_shot,
+        prompt_embeds=image_prompt.prompt_embeds if image_prompt else None,
+        before_unet=image_prompt.before_unet if image_prompt else None,
     )[0]

@@ -101,6 +101,8 @@ def sample_video(
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     description: str = "sampling",
     zero_shot: ZeroShotConfig | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    before_unet: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ):
     """Generate videos for `prompt`.
 
@@ -110,6 +112,8 @@ def sample_video(
     progress bar: what is being sampled ('preview', 'class images', a demo variant). An image model without a motion
     adapter makes videos of several frames with Text2Video-Zero (`zero_shot`'s settings, default ones if None):
     the first frame alone is denoised for a few more steps, and `on_step` sees only the steps of all frames.
+    `prompt_embeds` (B, L, D), when given, replace the encoded `prompt` (an image prompt's tokens in them);
+    `before_unet(t, text_embeds)` runs before every UNet call (an image prompt's pass at that timestep).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -124,7 +128,11 @@ def sample_video(
         )
 
     guided = guidance_scale > 1.0
-    text = backbone.encode_prompt(negatives + prompts if guided else prompts)  # (2B or B, L, D)
+    if prompt_embeds is None:
+        text = backbone.encode_prompt(negatives + prompts if guided else prompts)  # (2B or B, L, D)
+    else:
+        positive = prompt_embeds.to(backbone.device, backbone.dtype)
+        text = torch.cat([backbone.encode_prompt(negatives), positive]) if guided else positive
 
     sched = make_scheduler(scheduler, backbone.scheduler_config)
     sched.set_timesteps(num_inference_steps, device=backbone.device)
@@ -151,6 +159,8 @@ def sample_video(
         for i, t in steps:
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = sched.scale_model_input(model_in, t)
+            if before_unet is not None:
+                before_unet(t, text)
             if zero_shot_steps:
                 noise = chunked_unet_forward(backbone, model_in, t, text, zero_shot.chunk_size)
             else:

@@ -1,0 +1,297 @@
+"""VideoBooth's image prompts: the token mapper and splice, the attention injections (an exact no-op until trained,
+the unconditional half of guidance without them), the coarse-to-fine training, its file, resume, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vidbooth.adapters.base import conditional_half_only, load_tensors
+from vidbooth.adapters.image_prompt import (
+    TokenMapper,
+    capturing,
+    clear_references,
+    find_span,
+    injections,
+    set_injection_scale,
+    splice_tokens,
+)
+from vidbooth.cli.app import main
+from vidbooth.config.image_prompt import ImagePromptConfig
+from vidbooth.config.schema import ZeroShotConfig
+from vidbooth.config.train import TrainConfig
+from vidbooth.data.video import read_video
+from vidbooth.engine.appearance import load_appearance_encoder
+from vidbooth.engine.image_prompt import (
+    ImagePromptModel,
+    ImagePromptSpec,
+    load_image_prompt_model,
+    prepare_image_prompt,
+    train_image_prompt,
+)
+from vidbooth.engine.sampling import sample_video
+from vidbooth.errors import UserError
+from vidbooth.nano.world import Sprite, render_photos
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _config(out, base, **changes) -> ImagePromptConfig:
+    cfg = ImagePromptConfig(out=str(out), **changes)
+    cfg.backbone.base = str(base)
+    cfg.runtime.device = "cpu"
+    cfg.data.clips = 4
+    cfg.data.num_frames = 2
+    cfg.coarse = TrainConfig(lr=1e-3, steps=2, batch_size=2, checkpoint_every=1)
+    cfg.fine = TrainConfig(lr=1e-3, steps=2, batch_size=2, checkpoint_every=1)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base_dirs, tmp_path_factory):
+    """An image-prompt model of the tiny UNet3D base, 2 + 2 steps."""
+    out = tmp_path_factory.mktemp("image-prompt") / "tiny.safetensors"
+    return train_image_prompt(_config(out, tiny_base_dirs["unet3d"]))
+
+
+def _model(backbone) -> ImagePromptModel:
+    encoder = load_appearance_encoder(None, backbone)
+    dim = int(backbone.text_encoder.config.hidden_size)
+    return ImagePromptModel(backbone, ImagePromptSpec("sprite", 1, encoder.dim, dim, 4 * dim, ""), encoder)
+
+
+def test_splice_replaces_the_span_and_keeps_the_length():
+    text = torch.arange(6, dtype=torch.float32).view(1, 6, 1).repeat(2, 1, 1)  # positions 0..5
+    one = splice_tokens(text, [(2, 4), (1, 2)], torch.full((2, 1, 1), -1.0))
+    assert one[0, :, 0].tolist() == [0, 1, -1, 4, 5, 5]  # two places become one: the last is repeated
+    assert one[1, :, 0].tolist() == [0, -1, 2, 3, 4, 5]
+    three = splice_tokens(text[:1], [(1, 2)], torch.full((1, 3, 1), -1.0))
+    assert three[0, :, 0].tolist() == [0, -1, -1, -1, 2, 3]  # one becomes three: the end is cut
+    assert find_span([5, 7, 8, 9], [8, 9]) == (2, 4) and find_span([5, 7], [8]) is None
+
+
+def test_token_mapper_gives_layer_normed_tokens():
+    mapper = TokenMapper(image_dim=5, text_dim=8, num_tokens=3)
+    tokens = mapper(torch.randn(2, 5))
+    assert tokens.shape == (2, 3, 8)
+    assert torch.allclose(tokens.mean(-1), torch.zeros(2, 3), atol=1e-5)
+
+
+def test_untrained_injections_change_nothing_and_train_only_themselves(tiny_backbones):
+    bb = tiny_backbones["unet3d"]
+    latents = torch.randn(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = bb.encode_prompt(["a sprite", "a cat"])
+    before = bb.unet_forward(latents, torch.tensor([500, 20]), text)
+    model = _model(bb)
+    try:
+        assert model.layers and all(".attn1" in name for name in model.layers)
+        with capturing(bb.unet):
+            bb.unet_forward(latents[:, :, :1], torch.tensor([500, 20]), text)
+        assert all(layer.reference is not None for layer in injections(bb.unet).values())
+        assert torch.equal(bb.unet_forward(latents, torch.tensor([500, 20]), text), before)
+        tensors = model.state_dict()
+        assert {k.split(".")[0] for k in tensors} == {"mapper", "inject"}
+        assert all(not p.requires_grad for p in bb.unet.parameters() if not any(p is q for q in _own(bb)))
+    finally:
+        model.remove()
+    assert not injections(bb.unet)
+
+
+def _own(bb):
+    return [p for layer in injections(bb.unet).values() for p in layer.parameters()]
+
+
+def test_injections_act_on_the_conditional_half_of_guidance_only(tiny_backbones):
+    bb = tiny_backbones["unet3d"]
+    model = _model(bb)
+    try:
+        for layer in injections(bb.unet).values():
+            torch.nn.init.normal_(layer.up.weight, std=0.5)  # as if trained
+        latents = torch.randn(1, 4, 2, 16, 16, generator=torch.Generator().manual_seed(1))
+        text = bb.encode_prompt(["", "a sprite"])
+        with capturing(bb.unet):
+            bb.unet_forward(latents[:, :, :1].repeat(2, 1, 1, 1, 1), torch.tensor([300, 300]), text)
+        batch = latents.repeat(2, 1, 1, 1, 1)
+        with conditional_half_only(bb.unet, 1):
+            guided = bb.unet_forward(batch, torch.tensor([300, 300]), text)
+        set_injection_scale(bb.unet, 0.0)
+        plain = bb.unet_forward(batch, torch.tensor([300, 300]), text)
+        assert torch.equal(guided[0], plain[0])  # unconditional: as without the image prompt
+        assert not torch.allclose(guided[1], plain[1])
+    finally:
+        model.remove()
+
+
+def test_training_writes_one_safetensors_file_that_loads_back(trained, tiny_backbones):
+    tensors, metadata = load_tensors(trained)
+    assert metadata["method"] == "image_prompt" and json.loads(metadata["spec"])["word"] == "sprite"
+    assert set(json.loads(metadata["losses"])) == {"coarse", "fine"}
+    assert not trained.with_name(trained.name + ".run").exists()  # checkpoints go once the model is saved
+    bb = tiny_backbones["unet3d"]
+    model = load_image_prompt_model(bb, trained)
+    try:
+        assert model.state_dict().keys() == tensors.keys()
+        assert all(torch.equal(model.state_dict()[k], tensors[k]) for k in tensors)
+        assert any(layer.up.weight.abs().sum() > 0 for layer in injections(bb.unet).values())  # the fine stage ran
+    finally:
+        model.remove()
+
+
+def test_an_image_prompt_model_of_another_base_is_refused(trained, tiny_backbones):
+    bb = tiny_backbones["animatediff"]
+    with pytest.raises(UserError, match="trained on another base"):
+        load_image_prompt_model(bb, trained)
+    assert not injections(bb.unet)
+
+
+def test_the_prompt_must_name_the_word(trained, tiny_backbones):
+    bb = tiny_backbones["unet3d"]
+    model = load_image_prompt_model(bb, trained)
+    try:
+        photo = render_photos(Sprite("circle", "red", "solid"), 1, 32)[0]
+        with pytest.raises(UserError, match="does not contain 'sprite'"):
+            prepare_image_prompt(model, photo, "a dog running", torch.Generator())
+    finally:
+        model.remove()
+
+
+def test_the_image_prompt_changes_the_video_and_its_tokens_alone_do_too(trained, tiny_backbones):
+    bb = tiny_backbones["unet3d"]
+    model = load_image_prompt_model(bb, trained)
+    try:
+        photo = render_photos(Sprite("circle", "red", "solid"), 1, 32)[0]
+
+        def video(**kwargs):
+            return sample_video(bb, "a sprite", num_frames=2, num_inference_steps=3, guidance_scale=3.0,
+                                generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs)
+
+        cond = prepare_image_prompt(model, photo, "a sprite", torch.Generator().manual_seed(1))
+        full = video(prompt_embeds=cond.prompt_embeds, before_unet=cond.before_unet)
+        set_injection_scale(bb.unet, 0.0)
+        tokens_only = video(prompt_embeds=cond.prompt_embeds, before_unet=cond.before_unet)
+        clear_references(bb.unet)
+        assert torch.equal(tokens_only, video(prompt_embeds=cond.prompt_embeds))
+        assert not torch.equal(full, tokens_only) and not torch.equal(tokens_only, video())
+    finally:
+        model.remove()
+
+
+def test_a_stopped_training_resumes_to_the_same_model(tiny_base_dirs, tmp_path, monkeypatch):
+    import vidbooth.engine.train as engine
+
+    base = tiny_base_dirs["unet3d"]
+    reference = train_image_prompt(_config(tmp_path / "whole.safetensors", base))
+    real_train = engine.train
+
+    def stop_in_fine(method, *args, **kwargs):
+        if method.stage == "fine":
+            raise UserError("stopped")
+        return real_train(method, *args, **kwargs)
+
+    out = tmp_path / "stopped.safetensors"
+    monkeypatch.setattr(engine, "train", stop_in_fine)
+    with pytest.raises(UserError, match="stopped"):
+        train_image_prompt(_config(out, base))
+    monkeypatch.setattr(engine, "train", real_train)
+    assert not out.exists() and (tmp_path / "stopped.safetensors.run" / "coarse").is_dir()
+    with pytest.raises(UserError, match="--resume"):
+        train_image_prompt(_config(out, base))
+    train_image_prompt(_config(out, base, resume=True))
+    ours, theirs = load_tensors(out)[0], load_tensors(reference)[0]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_cli_trains_then_generates_from_an_image_prompt(tiny_base_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    base = str(tiny_base_dirs["unet3d"])
+    model = tmp_path / "ip.safetensors"
+    assert main(["train-image-prompt", "--base", base, "--out", str(model), "--coarse-steps", "2", "--fine-steps",
+                 "1", "--clips", "2", "--set", "data.num_frames=2", "--device", "cpu"]) == 0
+    assert "saved the image-prompt model in" in capsys.readouterr().err and model.is_file()
+    photo = tmp_path / "subject.png"
+    Image.fromarray(render_photos(Sprite("square", "blue", "striped"), 1, 64)[0]).save(photo)
+    out = tmp_path / "v.mp4"
+    args = ["generate", "--base", base, "--image-prompt", str(photo), "--image-prompt-model", str(model),
+            "--prompt", "a sprite jumping", "--out", str(out), "--frames", "3", "--steps", "2", "--device", "cpu"]
+    assert main(args) == 0
+    assert "image prompt" in capsys.readouterr().err and read_video(out).shape == (3, 32, 32, 3)
+    config = out.with_suffix(".yaml").read_text()
+    assert "image_prompt: " in config and str(model) in config
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "a dog"], "does not contain 'sprite'"),
+    (["--prompt", "a sprite", "--image-prompt", "missing.png"], "missing.png"),
+    (["--prompt", "a sprite", "--image-prompt-model", "none.safetensors"], "not found"),
+    (["--prompt", "a sprite", "--image-prompt-model", "model.bin"], "pickle"),
+    (["--prompt", "a sprite", "--image-prompt-scale", "-1"], "image_prompt_scale"),
+])
+def test_bad_image_prompt_inputs_are_one_error_line(args, message, trained, tiny_base_dirs, tmp_path, capsys):
+    photo = tmp_path / "subject.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
+    (tmp_path / "model.bin").write_bytes(b"x")
+    out = tmp_path / "out" / "v.mp4"
+    given = ["--image-prompt", str(photo), "--image-prompt-model", str(trained)]
+    code = main(["generate", "--base", str(tiny_base_dirs["unet3d"]), *given, *[
+        str(tmp_path / a) if a.endswith((".png", ".safetensors", ".bin")) else a for a in args
+    ], "--out", str(out), "--frames", "2", "--steps", "1", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not out.parent.exists()
+
+
+def test_a_base_without_its_own_image_prompt_model_says_how_to_get_one(tiny_base_dirs, tmp_path, capsys):
+    photo = tmp_path / "subject.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
+    code = main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--image-prompt", str(photo), "--prompt",
+                 "a sprite", "--out", str(tmp_path / "v.mp4"), "--frames", "2", "--steps", "1", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no image-prompt model of its own" in err and "train-image-prompt" in err
+    assert not (tmp_path / "v.mp4").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "m.pt"], "must end in .safetensors"),
+    (["--clips", "0"], "data.clips"),
+    (["--set", "word=two words"], "one word"),
+    (["--set", "num_tokens=0"], "num_tokens"),
+])
+def test_bad_training_inputs_are_one_error_line(args, message, tiny_base_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--device", "cpu", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_existing_model_file_is_kept_without_overwrite(trained, tiny_base_dirs, tmp_path, capsys):
+    out = tmp_path / "kept.safetensors"
+    out.write_bytes(trained.read_bytes())
+    code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--out", str(out), "--device", "cpu"])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == trained.read_bytes()
+
+
+def test_an_image_model_learns_image_prompts_and_animates_them_zero_shot(tiny_base_dirs, tmp_path):
+    """Text2Video-Zero with an image prompt: the photo's pass runs once per video, its features reach every frame
+    of every chunk."""
+    from vidbooth.engine.backbone import load_backbone
+
+    base = tiny_base_dirs["animatediff"]  # its folder alone: an image model
+    path = train_image_prompt(_config(tmp_path / "image-model.safetensors", base))
+    bb = load_backbone(str(base), device="cpu")
+    assert bb.family == "text2video-zero"
+    model = load_image_prompt_model(bb, path)
+    photo = render_photos(Sprite("circle", "red", "solid"), 1, 32)[0]
+    cond = prepare_image_prompt(model, photo, "a sprite", torch.Generator().manual_seed(1))
+    videos = [
+        sample_video(bb, "a sprite", num_frames=5, num_inference_steps=3, guidance_scale=3.0,
+                     generator=torch.Generator().manual_seed(0), output_type="latent",
+                     prompt_embeds=cond.prompt_embeds, before_unet=cond.before_unet, zero_shot=zero_shot)
+        for zero_shot in (ZeroShotConfig(chunk_size=2), ZeroShotConfig(chunk_size=8))
+    ]
+    assert torch.allclose(videos[0], videos[1], atol=1e-5)  # chunked or not, the same video

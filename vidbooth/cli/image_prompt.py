@@ -1,0 +1,43 @@
+"""`vidbooth train-image-prompt`: learn a base's image-prompt model (VideoBooth), once, for every subject."""
+
+from __future__ import annotations
+
+import typer
+
+from vidbooth.cli import options
+
+
+def train_image_prompt(
+    out: str = typer.Option(None, "--out", "-o", help="The model file to write (.safetensors)."),
+    coarse_steps: int = typer.Option(None, "--coarse-steps", help="Steps of stage 1 (the image-to-token mapper)."),
+    fine_steps: int = typer.Option(None, "--fine-steps", help="Steps of stage 2 (the attention injections)."),
+    clips: int = typer.Option(None, "--clips", help="World clips to train on."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out; start a stopped run over."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last checkpoint."),
+    base: str = options.Base,
+    device: str = options.Device,
+    precision: str = options.Precision,
+    attention: str = options.Attention,
+    seed: int = options.Seed,
+    recipe: str = options.Recipe,
+    sets: list[str] = options.Sets,
+) -> None:
+    """Train the image-prompt model of a base on nano's world, coarse (mapper) then fine (injections)."""
+    from vidbooth.config import load_config
+    from vidbooth.config.image_prompt import ImagePromptConfig
+    from vidbooth.config.load import recipe_or_default
+    from vidbooth.engine.image_prompt import train_image_prompt as run
+
+    overrides = options.runtime_overrides(base, None, device, precision, attention, None) | {
+        "out": out,
+        "coarse.steps": coarse_steps,
+        "fine.steps": fine_steps,
+        "data.clips": clips,
+        "overwrite": overwrite or None,
+        "resume": resume or None,
+        "coarse.seed": seed,
+        "fine.seed": seed,
+        "data.seed": seed,
+    }
+    cfg = load_config(ImagePromptConfig, recipe_or_default(recipe, "image-prompt", sets, overrides), sets, overrides)
+    run(cfg)

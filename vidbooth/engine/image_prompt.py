@@ -1,0 +1,362 @@
+"""VideoBooth: videos of the subject in an image prompt, with no per-subject training (`../shared/method.md` §5).
+
+An image-prompt model is learned once per base, coarse to fine (`train_image_prompt`), on clips whose subject is
+known: nano's procedural world, which renders each clip's sprite in a photo of its own (another place, size and
+background) and captions the clip with a generic word ('a sprite moving left') that the image prompt stands for.
+
+1. coarse: `TokenMapper` maps the photo's image embedding (the base's image encoder, as the motion adapter's
+   appearance guidance uses) to tokens that replace the word in the encoded prompt;
+2. fine, with the mapper frozen: `ImageInjection`s let every spatial self-attention attend to the photo's features,
+   taken from a UNet pass over the photo's latent noised to the same timestep.
+(Trained together the fine path would learn everything and the coarse one nothing: the paper's finding.)
+
+`generate --image-prompt photo.png --image-prompt-model model.safetensors` then makes a video of the photo's
+subject: `prepare_image_prompt` and `capture_hook` drive the sampler.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidbooth.adapters.base import load_tensors, save_tensors
+from vidbooth.adapters.image_prompt import (
+    KIND,
+    TokenMapper,
+    capturing,
+    clear_references,
+    find_span,
+    inject_image_injection,
+    injections,
+    remove_image_injection,
+    spatial_self_attention_layers,
+    splice_tokens,
+)
+from vidbooth.config.image_prompt import ImagePromptConfig
+from vidbooth.engine.backbone import Backbone
+from vidbooth.engine.objective import sample_timesteps, training_scheduler
+from vidbooth.errors import UserError
+from vidbooth.reporting import info, warn
+
+STAGES = ("coarse", "fine")
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ImagePromptSpec:
+    """What rebuilds an image-prompt model before its tensors load (saved in the file's metadata)."""
+
+    word: str
+    num_tokens: int
+    image_dim: int
+    text_dim: int
+    hidden_dim: int
+    encoder: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class ImagePromptModel:
+    """An image-prompt model put on a backbone: the mapper, the image encoder it reads, and the injections."""
+
+    def __init__(self, backbone: Backbone, spec: ImagePromptSpec, encoder, with_injections: bool = True):
+        self.backbone, self.spec, self.encoder = backbone, spec, encoder
+        self.mapper = TokenMapper(spec.image_dim, spec.text_dim, spec.num_tokens, spec.hidden_dim).to(backbone.device)
+        self.layers: list[str] = []
+        if with_injections:
+            self.add_injections()
+
+    def add_injections(self) -> None:
+        temporal = tuple(f"{name}." for name in self.backbone.temporal_layers())
+        layers = spatial_self_attention_layers(self.backbone.unet, temporal)
+        if not layers:
+            raise UserError("this model has no spatial self-attention layers for the image prompt's features")
+        self.layers = inject_image_injection(self.backbone.unet, layers)
+
+    def remove(self) -> None:
+        remove_image_injection(self.backbone.unet)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        tensors = {f"mapper.{k}": v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()}
+        for name, layer in injections(self.backbone.unet).items():
+            tensors |= {f"inject.{name.replace('.base_layer', '')}.{k}": v.detach().cpu().contiguous()
+                        for k, v in layer.state_dict().items()}
+        return tensors
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "") -> None:
+        expected = self.state_dict()
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise UserError(
+                f"image-prompt model {source} does not fit this base ({len(missing)} missing, {len(unexpected)} "
+                f"unexpected tensors, e.g. {(missing or unexpected)[0]}): it was trained on another base model"
+            )
+        for key, value in expected.items():
+            if tensors[key].shape != value.shape:
+                raise UserError(f"image-prompt model {source}: tensor {key} has shape {tuple(tensors[key].shape)}, "
+                                f"expected {tuple(value.shape)} (its metadata does not match its tensors)")
+        with torch.no_grad():
+            mapper = {key.removeprefix("mapper."): value for key, value in tensors.items() if key.startswith("mapper.")}
+            self.mapper.load_state_dict(mapper)
+            for name, layer in injections(self.backbone.unet).items():
+                for key, param in layer.state_dict(keep_vars=True).items():
+                    param.copy_(tensors[f"inject.{name.replace('.base_layer', '')}.{key}"])
+
+    # ---- the condition ------------------------------------------------------------------------------
+    def image_embeds(self, images: np.ndarray) -> torch.Tensor:
+        """(N, H, W, 3) uint8 photos -> (N, image_dim) embeddings."""
+        return self.encoder.embed(images).to(self.backbone.device)
+
+    def word_span(self, input_ids: torch.Tensor, word: str | None = None) -> list[tuple[int, int]]:
+        """Where the word stands in each tokenized prompt; a UserError when a prompt lacks it."""
+        word = word or self.spec.word
+        word_ids = self.backbone.tokenizer(word, add_special_tokens=False).input_ids
+        spans = []
+        for ids in input_ids.tolist():
+            span = find_span(ids, word_ids) if word_ids else None
+            if span is None:
+                raise UserError(
+                    f"the prompt does not contain '{word}', the word the image prompt replaces: write it where the "
+                    f"subject goes, e.g. \"a {word} moving left\" (or pass --image-prompt-word)"
+                )
+            spans.append(span)
+        return spans
+
+    def prompt_embeds(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, word: str | None = None):
+        """The encoded prompts with the word replaced by the mapped image tokens."""
+        text = self.backbone.encode_ids(input_ids)
+        tokens = self.mapper(image_embeds.float())
+        return splice_tokens(text, self.word_span(input_ids, word), tokens)
+
+
+def image_latents(backbone: Backbone, images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> scaled latents (N, C, 1, h, w), the VAE's mean."""
+    from vidbooth.data.images import pixels_to_tensor
+
+    return backbone.encode_video(pixels_to_tensor(images).unsqueeze(1).to(backbone.device))
+
+
+def capture(backbone: Backbone, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+            text_embeds: torch.Tensor) -> None:
+    """One UNet pass over the image prompts' latents (B, C, 1, h, w) noised to `timesteps`, which leaves each
+    injection its layer's input as the reference; `text_embeds` (B, L, D) are the videos' prompts."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    with torch.no_grad(), capturing(backbone.unet):
+        backbone.unet_forward(noisy.to(backbone.dtype), timesteps, text_embeds)
+
+
+class ImagePromptCondition:
+    """A prepared image prompt for `sample_video`: its prompt embeddings, and the hook that refreshes the
+    injections' references at each step's timestep (`before_unet`)."""
+
+    def __init__(self, model: ImagePromptModel, prompt_embeds: torch.Tensor, latents: torch.Tensor,
+                 noise: torch.Tensor):
+        self.model, self.prompt_embeds, self.latents, self.noise = model, prompt_embeds, latents, noise
+        self.scheduler = training_scheduler(model.backbone.scheduler_config)
+
+    def before_unet(self, timestep: torch.Tensor, text_embeds: torch.Tensor) -> None:
+        layers = injections(self.model.backbone.unet).values()
+        if all(layer.scale == 0 for layer in layers):
+            return  # tokens only: the photo's features would be multiplied by 0
+        videos = self.latents.shape[0]
+        copies = text_embeds.shape[0] // videos  # 2 under guidance: [negative, positive]
+        timesteps = timestep.reshape(-1)[:1].expand(videos).to(self.latents.device)
+        # the positive half only: the injections act on it alone (the negative half's references are never used)
+        capture(self.model.backbone, self.scheduler, self.latents, self.noise, timesteps, text_embeds[-videos:])
+        for layer in layers:
+            layer.reference = layer.reference.repeat(copies, 1, 1)
+
+    def close(self) -> None:
+        clear_references(self.model.backbone.unet)
+
+
+def prepare_image_prompt(model: ImagePromptModel, photo: np.ndarray, prompt: str, generator: torch.Generator,
+                         word: str | None = None) -> ImagePromptCondition:
+    """The condition for one video of `prompt` showing the subject of `photo`, (H, W, 3) uint8 at the video's size;
+    `generator` draws the noise of the photo's latent (the same at every step, as in training)."""
+    bb = model.backbone
+    ids = bb.tokenize([prompt])
+    embeds = model.prompt_embeds(ids, model.image_embeds(photo[None]), word)
+    latents = image_latents(bb, photo[None])
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    return ImagePromptCondition(model, embeds, latents, noise)
+
+
+def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePromptModel:
+    """Put the image-prompt model saved in `path` on `backbone` (which must be the base it was trained on)."""
+    from vidbooth.engine.appearance import load_appearance_encoder
+
+    path = Path(path).expanduser()
+    tensors, metadata = load_tensors(path)
+    if metadata.get("method") != KIND or "spec" not in metadata:
+        raise UserError(f"{path} is not a vidbooth image-prompt model (made by `vidbooth train-image-prompt`)")
+    trained_on = metadata.get("base_fingerprint")
+    if trained_on != backbone.fingerprint:
+        raise UserError(
+            f"image-prompt model {path} was trained on another base ({metadata.get('base', '?')}, fingerprint "
+            f"{trained_on}) than {backbone.source} (fingerprint {backbone.fingerprint}): use it with its own base"
+        )
+    spec = ImagePromptSpec(**json.loads(metadata["spec"]))
+    encoder = load_appearance_encoder(spec.encoder or None, backbone)
+    if encoder.dim != spec.image_dim:
+        raise UserError(f"image-prompt model {path} reads {spec.image_dim}-wide image embeddings; {encoder.name} "
+                        f"gives {encoder.dim}")
+    model = ImagePromptModel(backbone, spec, encoder)
+    try:
+        model.load_state_dict(tensors, str(path))
+    except UserError:
+        model.remove()
+        raise
+    model.mapper.eval()
+    return model
+
+
+# ---- training -------------------------------------------------------------------------------------
+class _Method:
+    """One stage: 'coarse' trains the mapper (no injections yet), 'fine' the injections (the mapper frozen)."""
+
+    def __init__(self, model: ImagePromptModel, stage: str):
+        self.model, self.stage = model, stage
+        self.scheduler = training_scheduler(model.backbone.scheduler_config)
+        if stage == "coarse":
+            self.params = list(model.mapper.parameters())
+        else:
+            model.mapper.requires_grad_(False)
+            self.params = [p for layer in injections(model.backbone.unet).values() for p in layer.parameters()]
+        for p in self.params:
+            p.requires_grad_(True)
+
+    def trainable_parameters(self):
+        return self.params
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {str(i): p.detach().cpu().clone() for i, p in enumerate(self.params)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                p.copy_(state[str(i)])
+
+    def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        bb = self.model.backbone
+        latents = batch["latents"].to(bb.device, bb.dtype)
+        tokens = self.model.mapper(batch["image_embeds"].to(bb.device).float())
+        spans = [tuple(span) for span in batch["span"].tolist()]
+        text = splice_tokens(batch["text"].to(bb.device, bb.dtype), spans, tokens)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        timesteps = sample_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, generator)
+        timesteps = timesteps.to(bb.device)
+        if self.stage == "fine":
+            images = batch["image_latents"].to(bb.device, bb.dtype)
+            image_noise = torch.randn(images.shape, generator=generator).to(images)
+            capture(bb, self.scheduler, images, image_noise, timesteps, text)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        prediction = bb.unet_forward(noisy, timesteps, text)
+        kind = self.scheduler.config.prediction_type
+        target = {"epsilon": noise, "sample": latents}.get(kind)
+        if target is None:
+            target = self.scheduler.get_velocity(latents, noise, timesteps)
+        loss = (prediction.float() - target.float()).pow(2).mean()
+        clear_references(bb.unet)
+        return loss
+
+
+def world_items(model: ImagePromptModel, cfg: ImagePromptConfig, size: int) -> list[dict]:
+    """cfg.data.clips clips of nano's world (pretraining sprites and motions), each with a photo of its sprite."""
+    from vidbooth.data.images import pixels_to_tensor
+    from vidbooth.nano.world import make_split, render_clip, render_photos
+
+    bb = model.backbone
+    split = make_split(cfg.data.split_seed)
+    sprites, motions = split.pretraining_sprites(), split.pretraining_motions()
+    rng = np.random.default_rng(cfg.data.seed)
+    prompts, clips, photos = [], [], []
+    for _ in range(cfg.data.clips):
+        sprite, motion = sprites[rng.integers(len(sprites))], motions[rng.integers(len(motions))]
+        clips.append(render_clip(sprite, motion, cfg.data.num_frames, size, int(rng.integers(2**31)))[0])
+        photos.append(render_photos(sprite, 1, size, int(rng.integers(2**31)))[0])
+        prompts.append(f"a {cfg.word} {motion.phrase}")
+    items = []
+    for start in range(0, len(clips), 16):
+        chunk = slice(start, start + 16)
+        videos = torch.stack([pixels_to_tensor(c) for c in clips[chunk]]).to(bb.device)  # (n, F, 3, H, W)
+        latents = bb.encode_video(videos).float().cpu()
+        photo_batch = np.stack(photos[chunk])
+        image = image_latents(bb, photo_batch).float().cpu()
+        embeds = model.image_embeds(photo_batch).float().cpu()
+        ids = bb.tokenize(prompts[chunk])
+        with torch.no_grad():
+            text = bb.encode_ids(ids).float().cpu()
+        spans = model.word_span(ids, cfg.word)
+        for i in range(len(latents)):
+            items.append({"latents": latents[i], "image_latents": image[i], "image_embeds": embeds[i],
+                          "text": text[i], "span": torch.tensor(spans[i])})
+    return items
+
+
+def train_image_prompt(cfg: ImagePromptConfig) -> Path:
+    """Train the image-prompt model of `cfg.backbone` coarse to fine on nano's world and save it to `cfg.out`."""
+    from vidbooth.data.video import check_writable_dir, ensure_writable_dir
+    from vidbooth.engine.appearance import load_appearance_encoder
+    from vidbooth.engine.backbone import load_backbone_for
+    from vidbooth.engine.sampling import training_resolution
+    from vidbooth.engine.train import (
+        backbone_device,
+        make_accelerator,
+        refuse_to_discard,
+        remove_runs,
+        seed_everything,
+        train,
+    )
+
+    out = Path(cfg.out).expanduser()
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out} must end in .safetensors (the image-prompt model is one safetensors file)")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file path ending in .safetensors")
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+    check_writable_dir(out.parent)  # not made until the model is saved
+    run_root = out.with_name(out.name + ".run")
+    run_dirs = [run_root / stage for stage in STAGES]
+    refuse_to_discard(run_dirs, cfg.resume, cfg.overwrite)
+    accelerator = make_accelerator(cfg.coarse.mixed_precision, device=cfg.runtime.device)
+    bb = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
+    if cfg.backbone.base != "nano":
+        warn(f"the training clips come from nano's procedural world: on {cfg.backbone.base} this checks that "
+             "training runs, and the model it makes knows only the world's sprites")
+    size = training_resolution(bb, cfg.data.resolution)
+    encoder = load_appearance_encoder(cfg.encoder or None, bb)
+    text_dim = int(bb.text_encoder.config.hidden_size)
+    spec = ImagePromptSpec(cfg.word, cfg.num_tokens, encoder.dim, text_dim, cfg.hidden_dim or 4 * text_dim,
+                           cfg.encoder or "")
+    seed_everything(cfg.coarse.seed)
+    model = ImagePromptModel(bb, spec, encoder, with_injections=False)
+    info(f"image-prompt model for {cfg.backbone.base}: {cfg.data.clips} world clips, {cfg.data.num_frames} frames at "
+         f"{size}px; the word '{cfg.word}' becomes {cfg.num_tokens} image token(s) ({encoder.name})")
+    items = world_items(model, cfg, size)
+    signature = {"method": KIND, "spec": spec.to_json(), "data": asdict(cfg.data), "base": bb.fingerprint}
+    losses = {}
+    for stage, train_cfg, run_dir in zip(STAGES, (cfg.coarse, cfg.fine), run_dirs):
+        if stage == "fine":
+            model.add_injections()
+        method = _Method(model, stage)
+        result = train(method, items, train_cfg, run_dir, accelerator, resume=cfg.resume,
+                       signature=signature | {"stage": stage}, description=f"image prompt: {stage}")
+        losses[stage] = result.loss
+    if accelerator.is_main_process:
+        metadata = {"method": KIND, "format": str(FORMAT), "spec": spec.to_json(), "base": cfg.backbone.base,
+                    "base_fingerprint": bb.fingerprint, "losses": losses,
+                    "steps": {"coarse": cfg.coarse.steps, "fine": cfg.fine.steps}}
+        ensure_writable_dir(out.parent)
+        save_tensors(out, model.state_dict(), metadata)
+        remove_runs(run_dirs, f"image-prompt model {out}")
+        info(f"saved the image-prompt model in {out} (losses: coarse {losses['coarse']:.4f}, fine "
+             f"{losses['fine']:.4f})")
+    accelerator.wait_for_everyone()
+    return out
