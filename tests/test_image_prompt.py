@@ -295,3 +295,40 @@ def test_an_image_model_learns_image_prompts_and_animates_them_zero_shot(tiny_ba
         for zero_shot in (ZeroShotConfig(chunk_size=2), ZeroShotConfig(chunk_size=8))
     ]
     assert torch.allclose(videos[0], videos[1], atol=1e-5)  # chunked or not, the same video
+
+
+def test_two_processes_train_one_image_prompt_model(tmp_path, two_process_launch):
+    """`accelerate launch` with two CPU processes (gloo): both train on their own batches, one file is written."""
+    import os
+    import subprocess
+
+    out = tmp_path / "two.safetensors"
+    command = [*two_process_launch, "-m", "vidbooth", "train-image-prompt", "--base", "tiny", "--out", str(out),
+               "--coarse-steps", "2", "--fine-steps", "2", "--clips", "4", "--set", "data.num_frames=2",
+               "--set", "coarse.batch_size=1", "--set", "fine.batch_size=1", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "launch-tmp") == ["two.safetensors"]
+    assert json.loads(load_tensors(out)[1]["processes"]) == 2
+
+
+def test_the_photos_pass_runs_conditional_only_adapters_whole_and_serves_every_video(trained, tiny_backbones):
+    """With a subject whose identity adapter acts on guidance's conditional half only, and several videos: the
+    photo's pass (the positive half's size) runs those adapters on all of it, and each video gets the photo."""
+    from vidbooth.adapters.identity import inject_identity_adapter, mark_conditional_only, remove as remove_kind
+
+    bb = tiny_backbones["unet3d"]
+    inject_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), 0.5, "identity:test")
+    mark_conditional_only(bb.unet, "identity:test")
+    model = load_image_prompt_model(bb, trained)
+    try:
+        photo = render_photos(Sprite("circle", "red", "solid"), 1, 32)[0]
+        cond = prepare_image_prompt(model, photo, "a sprite", torch.Generator().manual_seed(1), num_videos=3)
+        assert cond.prompt_embeds.shape[0] == cond.latents.shape[0] == 3
+        videos = sample_video(bb, ["a sprite"] * 3, num_frames=2, num_inference_steps=2, guidance_scale=3.0,
+                              latents=torch.randn(1, 4, 2, 16, 16).repeat(3, 1, 1, 1, 1), output_type="latent",
+                              prompt_embeds=cond.prompt_embeds, before_unet=cond.before_unet)
+        assert torch.allclose(videos[0], videos[2], atol=1e-5)  # the same noise and photo: the same video
+    finally:
+        model.remove()
+        remove_kind(bb.unet, "identity:test")

@@ -123,15 +123,22 @@ def remove_image_injection(unet: nn.Module) -> int:
 
 @contextlib.contextmanager
 def capturing(unet: nn.Module) -> Iterator[None]:
-    """Inside the block the injections keep their layers' inputs as references (and add nothing)."""
+    """Inside the block the injections keep their layers' inputs as references (and add nothing). The photo's pass
+    is a conditional one: adapters that act on guidance's conditional half only (`sample_weights`) act on all of it."""
     layers = list(injections(unet).values())
+    weighted = [m for m in unet.modules() if getattr(m, "sample_weights", None) is not None]
+    weights = [m.sample_weights for m in weighted]
     for layer in layers:
         layer.capturing = True
+    for module in weighted:
+        module.sample_weights = None
     try:
         yield
     finally:
         for layer in layers:
             layer.capturing = False
+        for module, w in zip(weighted, weights):
+            module.sample_weights = w
 
 
 def clear_references(unet: nn.Module) -> None:

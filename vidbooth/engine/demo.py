@@ -348,9 +348,8 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     for variant in variants:
         set_scale(backbone.unet, subject_kind(SUBJECT), variant.identity_scale)
         set_scale(backbone.unet, MOTION_KIND, variant.motion_scale)
-        condition = _image_prompt_condition(backbone, image_prompt_model, out, variant, cfg.seed)
-        extra = {"prompt_embeds": condition.prompt_embeds.expand(count, -1, -1),
-                 "before_unet": condition.before_unet} if condition else {}
+        condition = _image_prompt_condition(backbone, image_prompt_model, out, variant, cfg.seed, count)
+        extra = {"prompt_embeds": condition.prompt_embeds, "before_unet": condition.before_unet} if condition else {}
         # The same noise for every variant: each comparison is paired, so differences come from the prompt and adapters
         generator = torch.Generator("cpu").manual_seed(cfg.seed)
         videos = sample_video(
@@ -369,16 +368,17 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     return photos_score
 
 
-def _image_prompt_condition(backbone, model_path: Path | None, out: Path, variant: Variant, seed: int):
-    """The image-prompt condition of `variant` (None unless it is the image-prompt one): the photo
-    `inputs/image_prompt.png` in place of the model's word."""
+def _image_prompt_condition(backbone, model_path: Path | None, out: Path, variant: Variant, seed: int, count: int):
+    """The image-prompt condition of `variant` for `count` videos (None unless it is the image-prompt one): the
+    photo `inputs/image_prompt.png` in place of the model's word."""
     if not variant.image_prompt:
         return None
     from vidbooth.engine.image_prompt import load_image_prompt_model, prepare_image_prompt
 
     model = load_image_prompt_model(backbone, model_path)
     photo = np.asarray(Image.open(out / "inputs" / IMAGE_PROMPT_FILE).convert("RGB")).copy()
-    return prepare_image_prompt(model, photo, variant.prompt, torch.Generator("cpu").manual_seed(seed + 1))
+    return prepare_image_prompt(model, photo, variant.prompt, torch.Generator("cpu").manual_seed(seed + 1),
+                                num_videos=count)
 
 
 def through_autoencoder(backbone, images: np.ndarray) -> np.ndarray:

@@ -163,7 +163,7 @@ class ImagePromptCondition:
         layers = injections(self.model.backbone.unet).values()
         if all(layer.scale == 0 for layer in layers):
             return  # tokens only: the photo's features would be multiplied by 0
-        videos = self.latents.shape[0]
+        videos = self.latents.shape[0]  # as many as prompt_embeds: the positive half of text_embeds
         copies = text_embeds.shape[0] // videos  # 2 under guidance: [negative, positive]
         timesteps = timestep.reshape(-1)[:1].expand(videos).to(self.latents.device)
         # the positive half only: the injections act on it alone (the negative half's references are never used)
@@ -176,15 +176,16 @@ class ImagePromptCondition:
 
 
 def prepare_image_prompt(model: ImagePromptModel, photo: np.ndarray, prompt: str, generator: torch.Generator,
-                         word: str | None = None) -> ImagePromptCondition:
-    """The condition for one video of `prompt` showing the subject of `photo`, (H, W, 3) uint8 at the video's size;
-    `generator` draws the noise of the photo's latent (the same at every step, as in training)."""
+                         word: str | None = None, num_videos: int = 1) -> ImagePromptCondition:
+    """The condition for `num_videos` videos of `prompt` showing the subject of `photo`, (H, W, 3) uint8 at the
+    video's size; `generator` draws the noise of the photo's latent (the same at every step, as in training)."""
     bb = model.backbone
     ids = bb.tokenize([prompt])
     embeds = model.prompt_embeds(ids, model.image_embeds(photo[None]), word)
     latents = image_latents(bb, photo[None])
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    return ImagePromptCondition(model, embeds, latents, noise)
+    per_video = [x.repeat(num_videos, *[1] * (x.ndim - 1)) for x in (embeds, latents, noise)]
+    return ImagePromptCondition(model, *per_video)
 
 
 def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePromptModel:
@@ -352,7 +353,8 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     if accelerator.is_main_process:
         metadata = {"method": KIND, "format": str(FORMAT), "spec": spec.to_json(), "base": cfg.backbone.base,
                     "base_fingerprint": bb.fingerprint, "losses": losses,
-                    "steps": {"coarse": cfg.coarse.steps, "fine": cfg.fine.steps}}
+                    "steps": {"coarse": cfg.coarse.steps, "fine": cfg.fine.steps},
+                    "processes": accelerator.num_processes}
         ensure_writable_dir(out.parent)
         save_tensors(out, model.state_dict(), metadata)
         remove_runs(run_dirs, f"image-prompt model {out}")

@@ -131,6 +131,8 @@ def sample_video(
     if prompt_embeds is None:
         text = backbone.encode_prompt(negatives + prompts if guided else prompts)  # (2B or B, L, D)
     else:
+        if prompt_embeds.shape[0] != len(prompts):
+            raise ValueError(f"prompt_embeds holds {prompt_embeds.shape[0]} prompts, not {len(prompts)}")
         positive = prompt_embeds.to(backbone.device, backbone.dtype)
         text = torch.cat([backbone.encode_prompt(negatives), positive]) if guided else positive
 
