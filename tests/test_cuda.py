@@ -124,3 +124,25 @@ def test_text2video_zero_samples_in_fp16_on_cuda_and_gives_the_cpus_video_in_fp3
     difference = np.abs(videos[DEVICE, "fp32"] - videos["cpu", "fp32"]).mean() * 255
     print(f"text2video-zero: mean |cuda - cpu| in fp32 = {difference:.2f} of 255")
     assert difference < 1
+
+
+def test_nano_image_prompts_on_cuda_give_the_subjects_colour_and_the_cpus_video_in_fp32(tmp_path):
+    """`generate --image-prompt` with nano's shipped image-prompt model: on CUDA in fp16 the probe reads the photo's
+    colour in the video; in fp32 CUDA gives the CPU's video."""
+    from PIL import Image
+
+    from vidbooth.nano.probe import probe_video
+    from vidbooth.nano.world import Sprite, render_photos
+
+    photo = tmp_path / "subject.png"
+    Image.fromarray(render_photos(Sprite("circle", "red", "solid"), 1, 64, seed=3)[0]).save(photo)
+    videos = {}
+    for device, precision in ((DEVICE, PRECISION), (DEVICE, "fp32"), ("cpu", "fp32")):
+        out = tmp_path / f"{device}-{precision}.mp4"
+        assert main(["generate", "--image-prompt", str(photo), "--prompt", "a sprite moving right", "--out", str(out),
+                     "--device", device, "--precision", precision]) == 0
+        videos[device, precision] = read_video(out).astype(np.float32)
+    difference = np.abs(videos[DEVICE, "fp32"] - videos["cpu", "fp32"]).mean()
+    colour = probe_video(videos[DEVICE, PRECISION].astype(np.uint8)).colour
+    print(f"image prompt: mean |cuda - cpu| in fp32 = {difference:.2f} of 255 (mp4); colour in {PRECISION}: {colour}")
+    assert difference < 2 and colour == "red"
