@@ -134,7 +134,7 @@ def test_a_manifest_batch_reports_bad_lines_keeps_going_and_exits_1(
     [
         ("unreadable video", "cannot read video"),
         ("empty reference folder", "holds no readable image"),
-        ("reference image file", "is a file, not a folder: pass the folder that holds them"),
+        ("reference file that is no image", "is neither a folder nor a"),
         ("no prompt", "no prompt for"),
         ("unknown metric", "unknown metric(s) sharpness"),
         ("unmatched glob", "matches no video"),
@@ -149,7 +149,7 @@ def test_bad_input_is_one_error_line_and_exit_2(case, expected, media, tiny_clip
     args = {
         "unreadable video": [broken, "--prompt", "x"],
         "empty reference folder": [media["right"], "--prompt", "x", "--ref-images", media["empty"]],
-        "reference image file": [media["right"], "--prompt", "x", "--ref-images", media["photos"] / "photo0.png"],
+        "reference file that is no image": [media["right"], "--prompt", "x", "--ref-images", broken],
         "no prompt": [media["right"]],
         "unknown metric": [media["right"], "--prompt", "x", "--metrics", "clip_t,sharpness"],
         "unmatched glob": [tmp_path / "nothing-*.mp4", "--prompt", "x"],
@@ -334,6 +334,23 @@ def test_reference_folders_read_every_photo_type_that_subject_training_takes(tmp
     images = read_image_folder(tmp_path)
     assert len(images) == 3 and all(image.shape == (48, 64, 3) for image in images)
     assert "skipping" not in capsys.readouterr().err  # the hidden file is not an image to skip
+
+
+def test_one_photo_is_a_reference_too(media, tiny_clip_dir, tiny_vit_dir, tmp_path):
+    """An image prompt's photo, given as it is: the same scores as a folder holding only it."""
+    photo = media["photos"] / "photo0.png"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "photo0.png").write_bytes(photo.read_bytes())
+    one, folder = read_image_folder(photo), read_image_folder(alone)
+    assert len(one) == len(folder) == 1 and np.array_equal(one[0], folder[0])
+    results = []
+    for reference in (photo, alone):
+        out = tmp_path / f"{reference.name}.json"
+        assert main(["evaluate", str(media["right"]), "-p", "x", "--ref-images", str(reference),
+                     *models(tiny_clip_dir, tiny_vit_dir), "--json", str(out)]) == 0
+        results.append(json.loads(out.read_text())["videos"][0]["metrics"]["clip_i"])
+    assert results[0] is not None and results[0] == results[1]
 
 
 def test_reference_images_are_read_as_subject_training_reads_photos(tmp_path, capsys):

@@ -332,3 +332,27 @@ def test_the_photos_pass_runs_conditional_only_adapters_whole_and_serves_every_v
     finally:
         model.remove()
         remove_kind(bb.unet, "identity:test")
+
+
+def test_an_animatediff_base_takes_image_prompts_beside_its_motion_modules(tmp_path):
+    """The injections go beside the image model's self-attention only, never the motion modules' attention."""
+    from vidbooth.engine.backbone import load_backbone
+
+    path = train_image_prompt(_config(tmp_path / "animatediff.safetensors", "tiny-animatediff"))
+    bb = load_backbone("tiny-animatediff", device="cpu")
+    model = load_image_prompt_model(bb, path)
+    try:
+        assert model.layers and not any("motion_modules" in name for name in model.layers)
+        photo = render_photos(Sprite("circle", "red", "solid"), 1, 32)[0]
+        cond = prepare_image_prompt(model, photo, "a sprite", torch.Generator().manual_seed(1))
+
+        def video(scale):
+            set_injection_scale(bb.unet, scale)
+            return sample_video(bb, "a sprite", num_frames=3, num_inference_steps=2, guidance_scale=3.0,
+                                generator=torch.Generator().manual_seed(0), output_type="latent",
+                                prompt_embeds=cond.prompt_embeds, before_unet=cond.before_unet)
+
+        full, tokens_only = video(1.0), video(0.0)
+        assert torch.isfinite(full).all() and not torch.equal(full, tokens_only)
+    finally:
+        model.remove()

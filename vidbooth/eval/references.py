@@ -21,12 +21,15 @@ IMAGE_KINDS = "/".join(IMAGE_EXTENSIONS)
 
 
 def read_image_folder(folder: str | Path) -> list[np.ndarray]:
-    """Every readable image in `folder` as (H, W, 3) uint8 RGB, read as subject training reads its photos
-    (`load_image`: upright per EXIF, transparency on white, 16-bit grey scaled, shorter side at most 1024); an
-    image that cannot be read is skipped with a warning saying why."""
+    """Every readable image in `folder` (or the one photo `folder` names) as (H, W, 3) uint8 RGB, read as subject
+    training reads its photos (`load_image`: upright per EXIF, transparency on white, 16-bit grey scaled, shorter
+    side at most 1024); an image in a folder that cannot be read is skipped with a warning saying why."""
     folder = Path(folder)
-    if folder.is_file():
-        raise UserError(f"reference images {folder} is a file, not a folder: pass the folder that holds them")
+    if folder.is_file():  # one photo: an image prompt's, say
+        if not is_image_file(folder):
+            raise UserError(f"reference images {folder} is neither a folder nor a {IMAGE_KINDS} image: pass the "
+                            "folder that holds them, or one photo")
+        return [np.asarray(load_image(folder, min_side=1))]
     if not folder.is_dir():
         raise UserError(f"reference image folder not found: {folder}; pass a folder of {IMAGE_KINDS} images")
     images = []
