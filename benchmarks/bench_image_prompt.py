@@ -27,13 +27,13 @@ def main() -> None:
 
     from vidbooth.adapters.image_prompt import clear_references, set_injection_scale
     from vidbooth.engine.backbone import NANO, load_backbone
-    from vidbooth.engine.image_prompt import load_image_prompt_model, prepare_image_prompt
+    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL, load_image_prompt_model, prepare_image_prompt
     from vidbooth.engine.sampling import sample_video
     from vidbooth.nano.world import Sprite, render_photos
 
     os.environ["VIDBOOTH_QUIET"] = "1"
     backbone = load_backbone("nano", device="cpu")
-    model = load_image_prompt_model(backbone, NANO / "image_prompt.safetensors")
+    model = load_image_prompt_model(backbone, NANO / OWN_IMAGE_PROMPT_MODEL)
     photo = render_photos(Sprite("circle", "red", "striped"), 1, 64)[0]
     prompt = "a sprite moving left"
     condition = prepare_image_prompt(model, photo, prompt, torch.Generator().manual_seed(1))

@@ -283,7 +283,7 @@ def _own_image_prompt(base: str) -> tuple[Path, str] | None:
     """The base's own image-prompt model (nano ships one) and the word its prompts name the subject by."""
     from vidbooth.adapters.base import load_tensors
     from vidbooth.engine.backbone import resolve_base
-    from vidbooth.engine.generate import OWN_IMAGE_PROMPT_MODEL
+    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL
 
     path = resolve_base(base) / OWN_IMAGE_PROMPT_MODEL
     if not path.is_file():

@@ -25,10 +25,6 @@ from vidbooth.library import artifact_dir
 from vidbooth.reporting import info, warn
 
 
-OWN_IMAGE_PROMPT_MODEL = "image_prompt.safetensors"
-"""A base folder's own image-prompt model, used when `--image-prompt` comes without `--image-prompt-model`."""
-
-
 @dataclass
 class GenerateResult:
     video: Path
@@ -133,6 +129,7 @@ def _check_image_prompt(cfg: GenerateConfig):
         return None
     from vidbooth.adapters.base import load_tensors
     from vidbooth.engine.backbone import resolve_base
+    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL
 
     if cfg.image_prompt_model is None:
         path = resolve_base(cfg.backbone.base, cfg.backbone.revision) / OWN_IMAGE_PROMPT_MODEL

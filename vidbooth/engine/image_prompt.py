@@ -43,6 +43,8 @@ from vidbooth.errors import UserError
 from vidbooth.reporting import info, warn
 
 STAGES = ("coarse", "fine")
+OWN_IMAGE_PROMPT_MODEL = "image_prompt.safetensors"
+"""A base folder's own image-prompt model, used when `--image-prompt` comes without `--image-prompt-model`."""
 FORMAT = 1
 
 
