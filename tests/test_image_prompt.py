@@ -356,3 +356,23 @@ def test_an_animatediff_base_takes_image_prompts_beside_its_motion_modules(tmp_p
         assert torch.isfinite(full).all() and not torch.equal(full, tokens_only)
     finally:
         model.remove()
+
+
+def test_an_image_prompt_composes_with_a_learned_subject_and_motion(trained, tiny_base_dirs, world_inputs, tmp_path,
+                                                                   isolated_home):
+    """`generate --subject --motion --image-prompt` end to end: the subject's identity adapter (learned for the
+    conditional half of guidance only), the motion adapter and the photo's injections in one video."""
+    photos, clip = world_inputs
+    base = str(tiny_base_dirs["unet3d"])
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", "--base", base, "--recipe",
+                 "tiny/subject", "--set", "data.resolution=32", "--set", "preview.enabled=false", "--set",
+                 "identity.guidance_scale=3", "--batch-size", "1", "--ti-steps", "2", "--identity-steps", "2"]) == 0
+    assert main(["train-motion", str(clip), "--name", "M", "--base", base, "--recipe", "tiny/motion", "--steps", "2",
+                 "--num-frames", "4", "--set", "data.resolution=32", "--no-preview"]) == 0
+    identity = load_tensors(isolated_home / "subjects" / "S%2A" / "identity_adapter.safetensors")[1]
+    assert identity["conditional_only"] == "true"
+    out = tmp_path / "all.mp4"
+    assert main(["generate", "--subject", "S*", "--motion", "M", "--image-prompt", str(photos / "0.png"),
+                 "--image-prompt-model", str(trained), "--prompt", "a S* dog and a sprite", "--out", str(out),
+                 "--frames", "3", "--steps", "2", "--guidance-scale", "3", "--device", "cpu"]) == 0
+    assert read_video(out).shape == (3, 32, 32, 3)
