@@ -229,6 +229,18 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors file and its metadata. Pickle files are refused: they can run code when loaded."""
+    with _safetensors(path) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def load_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file, checked as `load_tensors` checks it, without reading its tensors."""
+    with _safetensors(path) as f:
+        return dict(f.metadata() or {})
+
+
+@contextlib.contextmanager
+def _safetensors(path: Path):
     from safetensors import safe_open
 
     path = Path(path)
@@ -238,6 +250,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise UserError(f"adapter file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            yield f
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"{path} is not a valid safetensors file (corrupt or truncated): retrain or replace it") from exc

@@ -97,17 +97,6 @@ class ImageInjection(nn.Module):
         return delta
 
 
-def spatial_self_attention_layers(unet: nn.Module, temporal_prefixes: tuple[str, ...]) -> dict[str, nn.Module]:
-    """Every self-attention of `unet` outside the layers named by `temporal_prefixes` ('name.')."""
-    from diffusers.models.attention_processor import Attention
-
-    return {
-        name.replace(".base_layer", ""): m
-        for name, m in unet.named_modules()
-        if isinstance(m, Attention) and not m.is_cross_attention and not name.startswith(temporal_prefixes)
-    }
-
-
 def inject_image_injection(unet: nn.Module, layers: dict[str, nn.Module]) -> list[str]:
     """Put a zero-initialised `ImageInjection` beside every layer in `layers`; returns their names."""
     return inject(unet, list(layers), KIND, lambda _name, layer: ImageInjection(layer))

@@ -103,13 +103,20 @@ class Backbone:
     # ---- layers where adapters go ---------------------------------------------------------------
     def spatial_cross_attention_layers(self) -> dict[str, nn.Module]:
         """Every cross-attention (`is_cross_attention`) outside the temporal layers."""
+        return self._spatial_attention_layers(cross=True)
+
+    def spatial_self_attention_layers(self) -> dict[str, nn.Module]:
+        """Every self-attention outside the temporal layers (where image prompts' features go)."""
+        return self._spatial_attention_layers(cross=False)
+
+    def _spatial_attention_layers(self, cross: bool) -> dict[str, nn.Module]:
         from diffusers.models.attention_processor import Attention
 
         temporal = tuple(n + "." for n in self.temporal_layers())
         return {
             _unwrapped(name): m
             for name, m in self.unet.named_modules()
-            if isinstance(m, Attention) and m.is_cross_attention and not name.startswith(temporal)
+            if isinstance(m, Attention) and m.is_cross_attention == cross and not name.startswith(temporal)
         }
 
     def temporal_layers(self) -> dict[str, nn.Module]:

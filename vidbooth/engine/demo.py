@@ -281,14 +281,12 @@ def _runtime(cfg: DemoConfig) -> dict:
 
 def _own_image_prompt(base: str) -> tuple[Path, str] | None:
     """The base's own image-prompt model (nano ships one) and the word its prompts name the subject by."""
-    from vidbooth.adapters.base import load_tensors
     from vidbooth.engine.backbone import resolve_base
-    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL
+    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL, trained_word
 
     path = resolve_base(base) / OWN_IMAGE_PROMPT_MODEL
-    if not path.is_file():
-        return None
-    return path, json.loads(load_tensors(path)[1]["spec"])["word"]
+    word = trained_word(path) if path.is_file() else None
+    return (path, word) if word else None
 
 
 def _variants(noun: str, motion, image_prompt_word: str | None = None) -> list[Variant]:

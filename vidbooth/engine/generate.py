@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +126,8 @@ def _check_image_prompt(cfg: GenerateConfig):
             if getattr(cfg, key) != default:
                 warn(f"--{key.replace('_', '-')} has no effect without --image-prompt")
         return None
-    from vidbooth.adapters.base import load_tensors
     from vidbooth.engine.backbone import resolve_base
-    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL
+    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL, trained_word
 
     if cfg.image_prompt_model is None:
         path = resolve_base(cfg.backbone.base, cfg.backbone.revision) / OWN_IMAGE_PROMPT_MODEL
@@ -140,21 +138,14 @@ def _check_image_prompt(cfg: GenerateConfig):
             )
     else:
         path = Path(cfg.image_prompt_model).expanduser()
-    metadata = load_tensors(path)[1]  # missing, pickled or corrupt: fail now
-    word = cfg.image_prompt_word or _trained_word(metadata)
+    trained = trained_word(path)  # missing, pickled or corrupt: fail now
+    word = cfg.image_prompt_word or trained
     if word and word.lower() not in cfg.prompt.lower():  # the tokens are checked once the model is loaded
         raise UserError(
             f"the prompt does not contain '{word}', the word the image prompt replaces: write it where the subject "
             f"goes, e.g. \"a {word} moving left\" (or pass --image-prompt-word)"
         )
     return load_image(cfg.image_prompt), path
-
-
-def _trained_word(metadata: dict) -> str | None:
-    try:
-        return json.loads(metadata["spec"])["word"]
-    except (KeyError, ValueError, TypeError):
-        return None  # not an image-prompt model: loading it says so
 
 
 def _image_prompt(backbone, cfg: GenerateConfig, photo, path: Path, prompt: str):

@@ -11,7 +11,7 @@ background) and captions the clip with a generic word ('a sprite moving left') t
 (Trained together the fine path would learn everything and the coarse one nothing: the paper's finding.)
 
 `generate --image-prompt photo.png --image-prompt-model model.safetensors` then makes a video of the photo's
-subject: `prepare_image_prompt` and `capture_hook` drive the sampler.
+subject: `prepare_image_prompt` makes the `ImagePromptCondition` that drives the sampler.
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidbooth.adapters.base import load_tensors, save_tensors
+from vidbooth.adapters.base import (
+    adapter_state_dict,
+    load_adapter_state_dict,
+    load_metadata,
+    load_tensors,
+    save_tensors,
+)
 from vidbooth.adapters.image_prompt import (
     KIND,
     TokenMapper,
@@ -33,7 +39,6 @@ from vidbooth.adapters.image_prompt import (
     inject_image_injection,
     injections,
     remove_image_injection,
-    spatial_self_attention_layers,
     splice_tokens,
 )
 from vidbooth.config.image_prompt import ImagePromptConfig
@@ -69,45 +74,33 @@ class ImagePromptModel:
     def __init__(self, backbone: Backbone, spec: ImagePromptSpec, encoder, with_injections: bool = True):
         self.backbone, self.spec, self.encoder = backbone, spec, encoder
         self.mapper = TokenMapper(spec.image_dim, spec.text_dim, spec.num_tokens, spec.hidden_dim).to(backbone.device)
-        self.layers: list[str] = []
         if with_injections:
             self.add_injections()
 
     def add_injections(self) -> None:
-        temporal = tuple(f"{name}." for name in self.backbone.temporal_layers())
-        layers = spatial_self_attention_layers(self.backbone.unet, temporal)
+        layers = self.backbone.spatial_self_attention_layers()
         if not layers:
             raise UserError("this model has no spatial self-attention layers for the image prompt's features")
-        self.layers = inject_image_injection(self.backbone.unet, layers)
+        inject_image_injection(self.backbone.unet, layers)
 
     def remove(self) -> None:
         remove_image_injection(self.backbone.unet)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"mapper.{k}": v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()}
-        for name, layer in injections(self.backbone.unet).items():
-            tensors |= {f"inject.{name.replace('.base_layer', '')}.{k}": v.detach().cpu().contiguous()
-                        for k, v in layer.state_dict().items()}
-        return tensors
+        return tensors | {f"inject.{k}": v for k, v in adapter_state_dict(self.backbone.unet, KIND).items()}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "") -> None:
-        expected = self.state_dict()
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise UserError(
-                f"image-prompt model {source} does not fit this base ({len(missing)} missing, {len(unexpected)} "
-                f"unexpected tensors, e.g. {(missing or unexpected)[0]}): it was trained on another base model"
-            )
-        for key, value in expected.items():
-            if tensors[key].shape != value.shape:
-                raise UserError(f"image-prompt model {source}: tensor {key} has shape {tuple(tensors[key].shape)}, "
-                                f"expected {tuple(value.shape)} (its metadata does not match its tensors)")
-        with torch.no_grad():
-            mapper = {key.removeprefix("mapper."): value for key, value in tensors.items() if key.startswith("mapper.")}
-            self.mapper.load_state_dict(mapper)
-            for name, layer in injections(self.backbone.unet).items():
-                for key, param in layer.state_dict(keep_vars=True).items():
-                    param.copy_(tensors[f"inject.{name.replace('.base_layer', '')}.{key}"])
+        """Load `state_dict()`'s tensors; missing, unexpected or misshapen ones are a UserError."""
+        mapper = {k.removeprefix("mapper."): v for k, v in tensors.items() if k.startswith("mapper.")}
+        own = self.mapper.state_dict()
+        wrong = sorted(set(own) ^ set(mapper)) or [k for k in own if own[k].shape != mapper[k].shape]
+        if wrong:
+            raise UserError(f"image-prompt model {source} does not fit this base (mapper tensor {wrong[0]}): it was "
+                            "trained on another base model")
+        injected = {k.removeprefix("inject."): v for k, v in tensors.items() if not k.startswith("mapper.")}
+        load_adapter_state_dict(self.backbone.unet, KIND, injected, source)  # checks names and shapes too
+        self.mapper.load_state_dict(mapper)
 
     # ---- the condition ------------------------------------------------------------------------------
     def image_embeds(self, images: np.ndarray) -> torch.Tensor:
@@ -188,6 +181,15 @@ def prepare_image_prompt(model: ImagePromptModel, photo: np.ndarray, prompt: str
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     per_video = [x.repeat(num_videos, *[1] * (x.ndim - 1)) for x in (embeds, latents, noise)]
     return ImagePromptCondition(model, *per_video)
+
+
+def trained_word(path: str | Path) -> str | None:
+    """The word an image-prompt model file replaces, read from its metadata alone (a UserError when the file is
+    missing, pickled or no safetensors; None when it is no image-prompt model, which loading it reports)."""
+    try:
+        return json.loads(load_metadata(Path(path).expanduser())["spec"])["word"]
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePromptModel:
