@@ -125,3 +125,27 @@ def gif_with_oversized_frame(path: Path, first: np.ndarray, second: np.ndarray) 
     image = image[:9] + bytes([local_flags]) + second_table + image[10:]
     path.write_bytes(screen + table + b"".join(blocks) + image + b";")
     return path
+
+
+def make_subject_clips(folder: Path, count=3, word="subject", masks=(2,), size=64):
+    """`count` world clips of red sprites moving right, captioned with `word`; a photo beside each, except the
+    clips in `masks`, which get the mask of their first frame (a disc inside the sprite) instead."""
+    from PIL import Image
+
+    from vidbooth.data.video import write_video
+    from vidbooth.nano.world import Motion, Sprite, render_clip, render_photos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        sprite = Sprite(("circle", "square", "triangle")[index % 3], "red", "solid")
+        frames, truth = render_clip(sprite, Motion("right"), 8, size, seed=index)
+        write_video(frames, folder / f"clip{index + 1}.mp4")
+        (folder / f"clip{index + 1}.txt").write_text(f"a {word}\n  moving right\n")
+        if index in masks:
+            ys, xs = np.mgrid[:size, :size]
+            (x, y), radius = truth.centres[0], truth.radii[0] * 0.95  # inside a circle sprite
+            disc = ((xs - x) ** 2 + (ys - y) ** 2 <= radius**2).astype(np.uint8) * 255
+            Image.fromarray(disc).save(folder / f"clip{index + 1}.mask.png")
+        else:
+            Image.fromarray(render_photos(sprite, 1, size, seed=index)[0]).save(folder / f"clip{index + 1}.png")
+    return folder

@@ -4,6 +4,7 @@ the unconditional half of guidance without them), the coarse-to-fine training, i
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -29,13 +30,20 @@ from vidbooth.engine.appearance import load_appearance_encoder
 from vidbooth.engine.image_prompt import (
     ImagePromptModel,
     ImagePromptSpec,
+    folder_examples,
     load_image_prompt_model,
     prepare_image_prompt,
     train_image_prompt,
+    training_items,
 )
 from vidbooth.engine.sampling import sample_video
+from vidbooth.data.images import pixels_to_tensor
+from vidbooth.data.subject_clips import find_subject_clips, load_subject_clip
 from vidbooth.errors import UserError
+from vidbooth.fileio import exclusive_lock
 from vidbooth.nano.world import Sprite, render_photos
+
+from tests.media import make_subject_clips
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -259,6 +267,8 @@ def test_a_base_without_its_own_image_prompt_model_says_how_to_get_one(tiny_base
     (["--out", "m.pt"], "must end in .safetensors"),
     (["--clips", "0"], "data.clips"),
     (["--set", "word=two words"], "one word"),
+    (["--data", "missing"], "--data missing: not found"),
+    (["--data", "missing", "--clips", "3"], "drop --clips"),
     (["--set", "num_tokens=0"], "num_tokens"),
 ])
 def test_bad_training_inputs_are_one_error_line(args, message, tiny_base_dirs, tmp_path, capsys, monkeypatch):
@@ -267,6 +277,95 @@ def test_bad_training_inputs_are_one_error_line(args, message, tiny_base_dirs, t
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_trains_on_a_folder_of_clips_then_generates(tiny_base_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    base = str(tiny_base_dirs["unet3d"])
+    clips = make_subject_clips(tmp_path / "clips", count=3, word="dog")
+    model = tmp_path / "ip.safetensors"
+    assert main(["train-image-prompt", "--base", base, "--data", str(clips), "--word", "dog", "--out", str(model),
+                 "--coarse-steps", "2", "--fine-steps", "1", "--set", "data.num_frames=2", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"3 clips of {clips}" in err and "procedural world" not in err
+    metadata = load_tensors(model)[1]
+    assert json.loads(metadata["spec"])["word"] == "dog" and metadata["data"] == f"3 clips of {clips}"
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--base", base, "--image-prompt", str(clips / "clip1.png"), "--image-prompt-model",
+                 str(model), "--prompt", "a dog jumping", "--out", str(out), "--frames", "3", "--steps", "2",
+                 "--device", "cpu"]) == 0
+    assert read_video(out).shape == (3, 32, 32, 3)
+
+
+def test_a_folders_training_items_are_its_clips_captions_and_photos(tiny_backbones, tmp_path):
+    bb = tiny_backbones["unet3d"]
+    model = _model(bb)
+    model.remove()
+    clips = make_subject_clips(tmp_path / "clips", count=2, word="sprite", masks=(1,))
+    cfg = _config(tmp_path / "m.safetensors", "unused")
+    examples = find_subject_clips(clips, "sprite")
+    items = training_items(model, folder_examples(examples, cfg, 32), "sprite", chunk=1)
+    assert len(items) == 2
+    frames, photo = load_subject_clip(examples[1], cfg.data.num_frames, 32)  # the one cut out by its mask
+    with torch.no_grad():
+        latents = bb.encode_video(pixels_to_tensor(frames)[None]).float()[0]
+        photo_latents = bb.encode_video(pixels_to_tensor(photo[None])[None]).float()[0]
+    assert torch.allclose(items[1]["latents"], latents, atol=1e-5)
+    assert torch.allclose(items[1]["image_latents"], photo_latents, atol=1e-5)
+    assert torch.allclose(items[1]["image_embeds"], model.image_embeds(photo[None]).float()[0], atol=1e-5)
+    ids = bb.tokenize(["a sprite moving right"])
+    assert items[1]["span"].tolist() == list(model.word_span(ids)[0])
+    assert torch.allclose(items[1]["text"], bb.encode_ids(ids).float()[0], atol=1e-5)
+
+
+def test_resuming_on_changed_clips_is_refused(tiny_base_dirs, tmp_path, monkeypatch):
+    import vidbooth.engine.train as engine
+
+    clips = make_subject_clips(tmp_path / "clips", count=2)
+    real_train = engine.train
+
+    def stop_in_fine(method, *args, **kwargs):
+        if method.stage == "fine":
+            raise UserError("stopped")
+        return real_train(method, *args, **kwargs)
+
+    out = tmp_path / "stopped.safetensors"
+
+    def config(**changes):
+        cfg = _config(out, tiny_base_dirs["unet3d"], word="subject", **changes)
+        cfg.data.folder = str(clips)
+        return cfg
+
+    monkeypatch.setattr(engine, "train", stop_in_fine)
+    with pytest.raises(UserError, match="stopped"):
+        train_image_prompt(config())
+    monkeypatch.setattr(engine, "train", real_train)
+    (clips / "clip2.txt").write_text("a subject moving left")
+    with pytest.raises(UserError, match=r"cannot resume .*data.folder was contents \w+, now contents \w+"):
+        train_image_prompt(config(resume=True))
+    (clips / "clip2.txt").write_text("a subject moving right")
+    assert train_image_prompt(config(resume=True)) == out and out.is_file()
+
+
+def test_a_second_run_writing_the_same_model_is_refused(tiny_base_dirs, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    with exclusive_lock(out.with_name(out.name + ".lock"), lambda owner: "busy"):
+        code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--out", str(out), "--device",
+                     "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"another train-image-prompt (pid {os.getpid()}) is writing {out}" in err, err
+    assert not out.exists() and not out.with_name(out.name + ".run").exists()
+
+
+def test_a_failed_run_leaves_no_folder_it_made(tiny_base_dirs, tmp_path, capsys):
+    clips = make_subject_clips(tmp_path / "clips", count=1, masks=(0,))
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(clips / "clip1.mask.png")  # found, refused when read
+    out = tmp_path / "new" / "deeper" / "m.safetensors"
+    code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--data", str(clips), "--word",
+                 "subject", "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "marks nothing" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "new").exists()
 
 
 def test_an_existing_model_file_is_kept_without_overwrite(trained, tiny_base_dirs, tmp_path, capsys):

@@ -11,7 +11,10 @@ def train_image_prompt(
     out: str = typer.Option(None, "--out", "-o", help="The model file to write (.safetensors)."),
     coarse_steps: int = typer.Option(None, "--coarse-steps", help="Steps of stage 1 (the image-to-token mapper)."),
     fine_steps: int = typer.Option(None, "--fine-steps", help="Steps of stage 2 (the attention injections)."),
-    clips: int = typer.Option(None, "--clips", help="World clips to train on."),
+    data: str = typer.Option(None, "--data", help="A folder of clips, each with a caption and a subject photo or "
+                             "mask (default: nano's world)."),
+    word: str = typer.Option(None, "--word", help="The captions' word that the photo replaces (default: sprite)."),
+    clips: int = typer.Option(None, "--clips", help="World clips to train on (without --data)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out; start a stopped run over."),
     resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last checkpoint."),
     base: str = options.Base,
@@ -22,16 +25,21 @@ def train_image_prompt(
     recipe: str = options.Recipe,
     sets: list[str] = options.Sets,
 ) -> None:
-    """Train the image-prompt model of a base on nano's world, coarse (mapper) then fine (injections)."""
+    """Train the image-prompt model of a base, coarse (mapper) then fine (injections), on your clips or nano's world."""
     from vidbooth.config import load_config
     from vidbooth.config.image_prompt import ImagePromptConfig
     from vidbooth.config.load import recipe_or_default
     from vidbooth.engine.image_prompt import train_image_prompt as run
+    from vidbooth.errors import UserError
 
+    if data is not None and clips is not None:
+        raise UserError("--clips counts world clips; with --data every clip of the folder is used: drop --clips")
     overrides = options.runtime_overrides(base, None, device, precision, attention, None) | {
         "out": out,
         "coarse.steps": coarse_steps,
         "fine.steps": fine_steps,
+        "data.folder": data,
+        "word": word,
         "data.clips": clips,
         "overwrite": overwrite or None,
         "resume": resume or None,

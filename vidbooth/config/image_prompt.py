@@ -17,8 +17,12 @@ MAX_CLIPS = 100_000
 
 @dataclass
 class ImagePromptDataConfig:
+    folder: str | None = None
+    """A folder of clips, each with a caption and a photo (or mask) of its subject (docs/image-prompt.md);
+    default: none, nano's procedural world."""
     clips: int = 512
-    """World clips made for training, each of a pretraining sprite and motion with a photo of its sprite."""
+    """World clips made for training, each of a pretraining sprite and motion with a photo of its sprite (with a
+    folder: all of its clips are used)."""
     num_frames: int = 8
     resolution: int | None = None
     """Square training size in pixels; default: the model's native size."""

@@ -82,7 +82,7 @@ class VaeLatentEncoder:
 
     @torch.no_grad()
     def embed(self, frames: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, H, W)
+        pixels = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, H, W)
         chunks = []
         for i in range(0, len(pixels), BATCH):
             latents = self.backbone.encode_video(pixels[i : i + BATCH].unsqueeze(0))[0].transpose(0, 1)  # (n, C, h, w)

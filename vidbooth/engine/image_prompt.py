@@ -16,7 +16,10 @@ subject: `prepare_image_prompt` makes the `ImagePromptCondition` that drives the
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,9 +45,11 @@ from vidbooth.adapters.image_prompt import (
     splice_tokens,
 )
 from vidbooth.config.image_prompt import ImagePromptConfig
+from vidbooth.data.subject_clips import SubjectClip, find_subject_clips, folder_digest, load_subject_clip
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import sample_timesteps, training_scheduler
 from vidbooth.errors import UserError
+from vidbooth.fileio import exclusive_lock
 from vidbooth.reporting import info, warn
 
 STAGES = ("coarse", "fine")
@@ -271,33 +276,44 @@ class _Method:
         return loss
 
 
-def world_items(model: ImagePromptModel, cfg: ImagePromptConfig, size: int) -> list[dict]:
-    """cfg.data.clips clips of nano's world (pretraining sprites and motions), each with a photo of its sprite."""
-    from vidbooth.data.images import pixels_to_tensor
+def world_examples(cfg: ImagePromptConfig, size: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """cfg.data.clips (caption, clip, photo) of nano's world: pretraining sprites and motions, each clip with a
+    photo of its sprite rendered apart."""
     from vidbooth.nano.world import make_split, render_clip, render_photos
 
-    bb = model.backbone
     split = make_split(cfg.data.split_seed)
     sprites, motions = split.pretraining_sprites(), split.pretraining_motions()
     rng = np.random.default_rng(cfg.data.seed)
-    prompts, clips, photos = [], [], []
     for _ in range(cfg.data.clips):
         sprite, motion = sprites[rng.integers(len(sprites))], motions[rng.integers(len(motions))]
-        clips.append(render_clip(sprite, motion, cfg.data.num_frames, size, int(rng.integers(2**31)))[0])
-        photos.append(render_photos(sprite, 1, size, int(rng.integers(2**31)))[0])
-        prompts.append(f"a {cfg.word} {motion.phrase}")
-    items = []
-    for start in range(0, len(clips), 16):
-        chunk = slice(start, start + 16)
-        videos = torch.stack([pixels_to_tensor(c) for c in clips[chunk]]).to(bb.device)  # (n, F, 3, H, W)
+        clip = render_clip(sprite, motion, cfg.data.num_frames, size, int(rng.integers(2**31)))[0]
+        photo = render_photos(sprite, 1, size, int(rng.integers(2**31)))[0]
+        yield f"a {cfg.word} {motion.phrase}", clip, photo
+
+
+def folder_examples(examples: list[SubjectClip], cfg: ImagePromptConfig, size: int):
+    """(caption, clip, photo) of each clip of a `--data` folder (`data.subject_clips`)."""
+    for example in examples:
+        yield example.caption, *load_subject_clip(example, cfg.data.num_frames, size)
+
+
+def training_items(model: ImagePromptModel, examples, word: str, chunk: int = 16) -> list[dict]:
+    """The examples encoded once for training: the clips' and photos' latents, the photos' image embeddings, the
+    encoded captions and where `word` stands in each (read `chunk` examples at a time)."""
+    from vidbooth.data.images import pixels_to_tensor
+
+    bb, items, examples = model.backbone, [], iter(examples)
+    while batch := list(itertools.islice(examples, chunk)):
+        prompts, clips, photos = zip(*batch)
+        videos = torch.stack([pixels_to_tensor(c) for c in clips]).to(bb.device)  # (n, F, 3, H, W)
         latents = bb.encode_video(videos).float().cpu()
-        photo_batch = np.stack(photos[chunk])
+        photo_batch = np.stack(photos)
         image = image_latents(bb, photo_batch).float().cpu()
         embeds = model.image_embeds(photo_batch).float().cpu()
-        ids = bb.tokenize(prompts[chunk])
+        ids = bb.tokenize(list(prompts))
         with torch.no_grad():
             text = bb.encode_ids(ids).float().cpu()
-        spans = model.word_span(ids, cfg.word)
+        spans = model.word_span(ids, word)
         for i in range(len(latents)):
             items.append({"latents": latents[i], "image_latents": image[i], "image_embeds": embeds[i],
                           "text": text[i], "span": torch.tensor(spans[i])})
@@ -305,19 +321,10 @@ def world_items(model: ImagePromptModel, cfg: ImagePromptConfig, size: int) -> l
 
 
 def train_image_prompt(cfg: ImagePromptConfig) -> Path:
-    """Train the image-prompt model of `cfg.backbone` coarse to fine on nano's world and save it to `cfg.out`."""
-    from vidbooth.data.video import check_writable_dir, ensure_writable_dir
-    from vidbooth.engine.appearance import load_appearance_encoder
-    from vidbooth.engine.backbone import load_backbone_for
-    from vidbooth.engine.sampling import training_resolution
-    from vidbooth.engine.train import (
-        backbone_device,
-        make_accelerator,
-        refuse_to_discard,
-        remove_runs,
-        seed_everything,
-        train,
-    )
+    """Train the image-prompt model of `cfg.backbone` coarse to fine, on the clips of `cfg.data.folder` or else on
+    nano's world, and save it to `cfg.out` (a second run writing the same file meanwhile is refused)."""
+    from vidbooth.data.video import check_writable_dir
+    from vidbooth.engine.train import make_accelerator
 
     out = Path(cfg.out).expanduser()
     if out.suffix != ".safetensors":
@@ -326,15 +333,40 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
         raise UserError(f"--out {out} is a folder: give a file path ending in .safetensors")
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-    check_writable_dir(out.parent)  # not made until the model is saved
+    check_writable_dir(out.parent)
+    examples = find_subject_clips(cfg.data.folder, cfg.word) if cfg.data.folder else None
+    accelerator = make_accelerator(cfg.coarse.mixed_precision, device=cfg.runtime.device)
+    if not accelerator.is_main_process:  # the main process holds the lock for them all
+        return _train(cfg, out, examples, accelerator)
+    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
+
+    def busy(owner: str) -> str:
+        return f"another train-image-prompt (pid {owner}) is writing {out}: wait for it to end, or give another --out"
+
+    try:
+        with exclusive_lock(out.with_name(out.name + ".lock"), busy):  # makes the folder
+            return _train(cfg, out, examples, accelerator)
+    except BaseException:
+        for folder in made:  # folders made for the lock alone (no checkpoint was written) go again
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None, accelerator) -> Path:
+    from vidbooth.data.video import ensure_writable_dir
+    from vidbooth.engine.appearance import load_appearance_encoder
+    from vidbooth.engine.backbone import load_backbone_for
+    from vidbooth.engine.sampling import training_resolution
+    from vidbooth.engine.train import backbone_device, refuse_to_discard, remove_runs, seed_everything, train
+
     run_root = out.with_name(out.name + ".run")
     run_dirs = [run_root / stage for stage in STAGES]
     refuse_to_discard(run_dirs, cfg.resume, cfg.overwrite)
-    accelerator = make_accelerator(cfg.coarse.mixed_precision, device=cfg.runtime.device)
     bb = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
-    if cfg.backbone.base != "nano":
-        warn(f"the training clips come from nano's procedural world: on {cfg.backbone.base} this checks that "
-             "training runs, and the model it makes knows only the world's sprites")
+    if examples is None and cfg.backbone.base != "nano":
+        warn(f"the training clips come from nano's procedural world: on {cfg.backbone.base} this checks that training "
+             "runs, and the model it makes knows only the world's sprites; train on your own clips with --data")
     size = training_resolution(bb, cfg.data.resolution)
     encoder = load_appearance_encoder(cfg.encoder or None, bb)
     text_dim = int(bb.text_encoder.config.hidden_size)
@@ -342,10 +374,17 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
                            cfg.encoder or "")
     seed_everything(cfg.coarse.seed)
     model = ImagePromptModel(bb, spec, encoder, with_injections=False)
-    info(f"image-prompt model for {cfg.backbone.base}: {cfg.data.clips} world clips, {cfg.data.num_frames} frames at "
-         f"{size}px; the word '{cfg.word}' becomes {cfg.num_tokens} image token(s) ({encoder.name})")
-    items = world_items(model, cfg, size)
-    signature = {"method": KIND, "spec": spec.to_json(), "data": asdict(cfg.data), "base": bb.fingerprint}
+    data = asdict(cfg.data)
+    if examples is None:
+        source = f"{cfg.data.clips} world clips"
+        items = training_items(model, world_examples(cfg, size), cfg.word)
+    else:
+        source = f"{len(examples)} clips of {cfg.data.folder}"
+        data |= {"folder": f"contents {folder_digest(examples)}", "clips": len(examples), "split_seed": None, "seed": None}
+        items = training_items(model, folder_examples(examples, cfg, size), cfg.word)
+    info(f"image-prompt model for {cfg.backbone.base}: {source}, {cfg.data.num_frames} frames at {size}px; the word "
+         f"'{cfg.word}' becomes {cfg.num_tokens} image token(s) ({encoder.name})")
+    signature = {"method": KIND, "spec": spec.to_json(), "data": data, "base": bb.fingerprint}
     losses = {}
     for stage, train_cfg, run_dir in zip(STAGES, (cfg.coarse, cfg.fine), run_dirs):
         if stage == "fine":
@@ -356,7 +395,7 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
         losses[stage] = result.loss
     if accelerator.is_main_process:
         metadata = {"method": KIND, "format": str(FORMAT), "spec": spec.to_json(), "base": cfg.backbone.base,
-                    "base_fingerprint": bb.fingerprint, "losses": losses,
+                    "base_fingerprint": bb.fingerprint, "losses": losses, "data": source,
                     "steps": {"coarse": cfg.coarse.steps, "fine": cfg.fine.steps},
                     "processes": accelerator.num_processes}
         ensure_writable_dir(out.parent)

@@ -1,0 +1,111 @@
+"""A folder of clips with captions and subject photos or masks (`train-image-prompt --data`): what is found, what is
+refused before any decoding, and the photo a mask cuts out of the first frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vidbooth.data.subject_clips import cut_out, find_subject_clips, folder_digest, load_subject_clip
+from vidbooth.errors import UserError
+from vidbooth.nano.world import Motion, Sprite, render_clip
+
+from tests.media import make_subject_clips
+
+
+def test_each_clip_is_found_with_its_caption_and_its_photo_or_mask(tmp_path):
+    folder = make_subject_clips(tmp_path / "clips", count=3)
+    (folder / "notes.md").write_text("not a clip")
+    (folder / ".hidden.mp4").write_bytes(b"")
+    found = find_subject_clips(folder, "subject")
+    assert [c.clip.name for c in found] == ["clip1.mp4", "clip2.mp4", "clip3.mp4"]
+    assert found[0].caption == "a subject moving right"  # whitespace and line breaks made single spaces
+    assert found[0].photo.name == "clip1.png" and found[0].mask is None
+    assert found[2].photo is None and found[2].mask.name == "clip3.mask.png"
+
+
+def test_a_folder_of_frames_is_a_clip_too(tmp_path):
+    folder = tmp_path / "clips"
+    frames = render_clip(Sprite("circle", "blue", "solid"), Motion("left"), 8, 64)[0]
+    (folder / "walk").mkdir(parents=True)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / "walk" / f"{index:03}.png")
+    (folder / "walk.txt").write_text("a dog walking")
+    Image.fromarray(frames[0]).save(folder / "walk.jpg")
+    (found,) = find_subject_clips(folder, "dog")
+    clip, photo = load_subject_clip(found, 4, 32)
+    assert found.photo.name == "walk.jpg" and clip.shape == (4, 32, 32, 3) and photo.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: (f / "clip2.txt").unlink(), "clip2.mp4 has no caption: write it in"),
+    (lambda f: (f / "clip1.png").unlink(), "clip1.mp4 has no subject photo: add clip1.png"),
+    (lambda f: (f / "clip1.txt").write_text("a dog moving right"), "does not contain 'subject'"),
+    (lambda f: (f / "clip1.txt").write_text("two subjects"), "does not contain 'subject'"),
+    (lambda f: (f / "clip1.txt").write_bytes(b"\xff\xfe\x00a"), "UTF-8"),
+    (lambda f: (f / "clip1.gif").write_bytes(b"GIF89a"), "are both clips named 'clip1'"),
+])
+def test_a_clip_without_what_it_needs_is_named_before_anything_loads(change, message, tmp_path):
+    folder = make_subject_clips(tmp_path / "clips", count=3)
+    change(folder)
+    with pytest.raises(UserError, match=message):
+        find_subject_clips(folder, "subject")
+
+
+def test_every_clip_with_a_problem_is_counted(tmp_path):
+    folder = make_subject_clips(tmp_path / "clips", count=3)
+    for index in (1, 2, 3):
+        (folder / f"clip{index}.txt").unlink()
+    with pytest.raises(UserError, match=r"clip1.mp4 has no caption.*\(2 more clip\(s\) have a problem\)"):
+        find_subject_clips(folder, "subject")
+
+
+def test_a_missing_or_empty_folder_is_refused(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        find_subject_clips(tmp_path / "missing", "subject")
+    with pytest.raises(UserError, match="no clips in"):
+        find_subject_clips(tmp_path, "subject")
+
+
+def test_a_mask_cuts_the_subject_out_of_the_first_frame_onto_white(tmp_path):
+    folder = make_subject_clips(tmp_path / "clips", count=1, masks=(0,))
+    (example,) = find_subject_clips(folder, "subject")
+    frames, photo = load_subject_clip(example, 8, 64)
+    assert frames.shape == (8, 64, 64, 3)
+    red = (photo[..., 0] > 150) & (photo[..., 1] < 100) & (photo[..., 2] < 100)
+    white = photo.min(axis=-1) > 235
+    assert red.mean() > 0.3  # the subject fills the crop
+    assert white[0].all() and white[-1].all() and white[:, 0].all() and white[:, -1].all()  # on white, with a margin
+    assert red.mean() + white.mean() > 0.9  # and nothing of the background
+
+
+def test_cut_out_centres_the_mask_in_a_square_with_a_margin():
+    frame = np.zeros((40, 60, 3), np.uint8)
+    frame[10:20, 5:25] = 7
+    mask = np.zeros((40, 60), bool)
+    mask[10:20, 5:25] = True
+    photo = cut_out(frame, mask)
+    assert photo.shape == (24, 24, 3)  # 20 px wide, 10% free on each side
+    assert (photo[7:17, 2:22] == 7).all() and (photo == 7).sum() == 20 * 10 * 3 and (photo == 255).all(-1).sum() == 376
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.zeros((64, 64), np.uint8), "marks nothing"),
+    (np.full((64, 128), 255, np.uint8), "is 128x64 but its clip's frames are 64x64"),
+])
+def test_a_mask_that_does_not_fit_is_refused(mask, message, tmp_path):
+    folder = make_subject_clips(tmp_path / "clips", count=1, masks=(0,))
+    Image.fromarray(mask).save(folder / "clip1.mask.png")
+    (example,) = find_subject_clips(folder, "subject")
+    with pytest.raises(UserError, match=message):
+        load_subject_clip(example, 8, 64)
+
+
+def test_the_digest_changes_with_a_caption_and_not_with_the_folder(tmp_path):
+    folder = make_subject_clips(tmp_path / "clips", count=2)
+    digest = folder_digest(find_subject_clips(folder, "subject"))
+    moved = folder.rename(tmp_path / "moved")
+    assert folder_digest(find_subject_clips(moved, "subject")) == digest
+    (moved / "clip2.txt").write_text("a subject moving left")
+    assert folder_digest(find_subject_clips(moved, "subject")) != digest

@@ -1,0 +1,157 @@
+"""A folder of clips whose subject is known, for training an image-prompt model on real videos (VideoBooth's data).
+
+    clips/
+      walk.mp4          a clip: any video vidbooth reads (mp4, mov, webm, gif, ...) or a folder of its frames
+      walk.txt          its caption, naming the subject by the model's word: "a subject walking on the beach"
+      walk.png          a photo of the clip's subject (any photo type), or instead
+      walk.mask.png     a mask of the subject in the clip's first frame (white on black), which cuts it out
+                        onto white and crops it, as the paper segments the subject from the first frame
+
+`find_subject_clips` checks the whole folder from its files alone (no decoding), so that a missing caption or photo
+is refused before any model loads; `load_subject_clip` reads one example at the training size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vidbooth.data.clips import load_and_sample_clip, load_clip
+from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, natural_sort_key, prepare_photo, to_rgb
+from vidbooth.data.video import VIDEO_EXTENSIONS
+from vidbooth.errors import UserError
+
+MASK_SUFFIX = ".mask"
+CAPTION_SUFFIX = ".txt"
+MASK_MARGIN = 0.1
+"""The cut-out subject's crop leaves this fraction of its larger side free around it."""
+
+
+@dataclass(frozen=True)
+class SubjectClip:
+    clip: Path
+    caption: str
+    photo: Path | None
+    """A photo of the subject, or None when `mask` cuts it out of the first frame."""
+    mask: Path | None
+
+
+def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
+    """Every clip of `folder` with its caption and its photo or mask, in natural name order. A UserError names the
+    first clip that lacks one, or whose caption does not contain `word`, and says how many more do."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        problem = "not found" if not folder.exists() else "not a folder"
+        raise UserError(f"--data {folder}: {problem}; give a folder of clips, each with a caption and a subject photo "
+                        "(docs/image-prompt.md#training-on-your-own-clips)")
+    clips = [entry for entry in sorted(folder.iterdir(), key=natural_sort_key) if _is_clip(entry)]
+    if not clips:
+        raise UserError(f"no clips in {folder}: add videos ({', '.join(VIDEO_EXTENSIONS)}) or folders of frames, each "
+                        "with a caption <name>.txt and a subject photo <name>.png or mask <name>.mask.png")
+    stems: dict[str, Path] = {}
+    for clip in clips:
+        other = stems.setdefault(_stem(clip).lower(), clip)
+        if other != clip:
+            raise UserError(f"{other.name} and {clip.name} in {folder} are both clips named '{_stem(clip)}': rename "
+                            "one (its caption, photo and mask go by that name; a subject photo cannot be a .gif)")
+    found, problems = [], []
+    pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
+    for clip in clips:
+        caption_file = clip.with_name(_stem(clip) + CAPTION_SUFFIX)
+        if not caption_file.is_file():
+            problems.append(f"{clip} has no caption: write it in {caption_file}")
+            continue
+        try:
+            caption = " ".join(caption_file.read_text(encoding="utf-8").split())
+        except (OSError, UnicodeDecodeError):
+            problems.append(f"cannot read {caption_file} as UTF-8 text: save it again as plain text")
+            continue
+        if not pattern.search(caption):
+            problems.append(f"the caption of {clip} ('{caption[:60]}') does not contain '{word}', the word the "
+                            f"subject's photo replaces: write it where the subject is named")
+            continue
+        photo, mask = _companion(clip, ""), _companion(clip, MASK_SUFFIX)
+        if photo is None and mask is None:
+            problems.append(f"{clip} has no subject photo: add {_stem(clip)}.png (a photo of its subject) or "
+                            f"{_stem(clip)}{MASK_SUFFIX}.png (its mask in the first frame)")
+            continue
+        found.append(SubjectClip(clip, caption, photo, None if photo else mask))
+    if problems:
+        more = f" ({len(problems) - 1} more clip(s) have a problem)" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
+    return found
+
+
+def load_subject_clip(example: SubjectClip, num_frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clip's first `num_frames` frames (sampled at about 8 fps, as train-motion does) and its subject photo,
+    both resized and centre-cropped to `size`: (F, size, size, 3) and (size, size, 3) uint8."""
+    frames = load_and_sample_clip(example.clip, num_frames, size)
+    if example.photo is not None:
+        return frames, prepare_photo(load_image(example.photo), size)
+    first = load_clip(example.clip, max_frames=2)[0][0]  # (a clip of one frame is refused)
+    return frames, prepare_photo(Image.fromarray(cut_out(first, _read_mask(example.mask, first.shape[:2]))), size)
+
+
+def cut_out(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The masked subject of `frame` (H, W, 3) on white, in a square crop around it with `MASK_MARGIN` free."""
+    ys, xs = np.nonzero(mask)
+    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    side = int(np.ceil(max(bottom - top, right - left) * (1 + 2 * MASK_MARGIN)))
+    canvas = np.full((side, side, 3), 255, np.uint8)
+    y0, x0 = (side - (bottom - top)) // 2, (side - (right - left)) // 2
+    region = np.where(mask[top:bottom, left:right, None], frame[top:bottom, left:right], 255)
+    canvas[y0:y0 + bottom - top, x0:x0 + right - left] = region
+    return canvas
+
+
+def folder_digest(examples: list[SubjectClip]) -> str:
+    """What a resumed run checks is the same data: each file's name and size, and the captions."""
+    digest = hashlib.sha256()
+    for example in examples:
+        for path in (example.clip, example.photo, example.mask):
+            if path is not None:
+                size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
+                digest.update(f"{path.name}:{size};".encode())
+        digest.update(example.caption.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The mask at `path` as a boolean (H, W) at the frame's `shape`; a UserError when its shape differs or it is
+    empty."""
+    image = load_image(path, max_short_side=None, min_side=1)
+    height, width = shape
+    if abs(image.width / image.height - width / height) > 0.02:
+        raise UserError(f"mask {path} is {image.width}x{image.height} but its clip's frames are {width}x{height}: "
+                        "make the mask from the clip's first frame, at its size")
+    grey = np.asarray(to_rgb(image).convert("L").resize((width, height), Image.Resampling.NEAREST))
+    mask = grey > 127
+    if not mask.any():
+        raise UserError(f"mask {path} marks nothing: paint the subject white on black")
+    return mask
+
+
+def _is_clip(entry: Path) -> bool:
+    if entry.name.startswith("."):
+        return False
+    if entry.is_dir():
+        return any(is_image_file(f) for f in entry.iterdir())
+    return entry.suffix.lower() in VIDEO_EXTENSIONS and entry.is_file()
+
+
+def _stem(clip: Path) -> str:
+    return clip.name if clip.is_dir() else clip.stem
+
+
+def _companion(clip: Path, suffix: str) -> Path | None:
+    """`<stem><suffix>.<photo extension>` beside the clip (not .gif, which is a clip)."""
+    for extension in IMAGE_EXTENSIONS:
+        candidate = clip.with_name(_stem(clip) + suffix + extension)
+        if extension not in VIDEO_EXTENSIONS and is_image_file(candidate):
+            return candidate
+    return None
