@@ -380,7 +380,8 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
         items = training_items(model, world_examples(cfg, size), cfg.word)
     else:
         source = f"{len(examples)} clips of {cfg.data.folder}"
-        data |= {"folder": f"contents {folder_digest(examples)}", "clips": len(examples), "split_seed": None, "seed": None}
+        data |= {"folder": f"contents {folder_digest(examples)}", "clips": len(examples), "split_seed": None,
+                 "seed": None}
         items = training_items(model, folder_examples(examples, cfg, size), cfg.word)
     info(f"image-prompt model for {cfg.backbone.base}: {source}, {cfg.data.num_frames} frames at {size}px; the word "
          f"'{cfg.word}' becomes {cfg.num_tokens} image token(s) ({encoder.name})")
