@@ -304,7 +304,7 @@ def test_a_folders_training_items_are_its_clips_captions_and_photos(tiny_backbon
     clips = make_subject_clips(tmp_path / "clips", count=2, word="sprite", masks=(1,))
     cfg = _config(tmp_path / "m.safetensors", "unused")
     examples = find_subject_clips(clips, "sprite")
-    items = training_items(model, folder_examples(examples, cfg, 32), "sprite", chunk=1)
+    items = training_items(model, folder_examples(examples, cfg, 32), "sprite", total=2, chunk=1)
     assert len(items) == 2
     frames, photo = load_subject_clip(examples[1], cfg.data.num_frames, 32)  # the one cut out by its mask
     with torch.no_grad():

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vidbooth.data.clips import load_and_sample_clip, load_clip
+from vidbooth.data.clips import clip_fps, frames_needed, load_clip, prepare_clip, sample_frames
 from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, natural_sort_key, prepare_photo, to_rgb
 from vidbooth.data.video import VIDEO_EXTENSIONS
 from vidbooth.errors import UserError
@@ -90,11 +90,13 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
 def load_subject_clip(example: SubjectClip, num_frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The clip's first `num_frames` frames (sampled at about 8 fps, as train-motion does) and its subject photo,
     both resized and centre-cropped to `size`: (F, size, size, 3) and (size, size, 3) uint8."""
-    frames = load_and_sample_clip(example.clip, num_frames, size)
+    fps = clip_fps(example.clip)
+    frames, fps = load_clip(example.clip, max_frames=max(2, frames_needed(fps, num_frames)))  # one decode
+    clip = prepare_clip(sample_frames(frames, fps, num_frames), size)
     if example.photo is not None:
-        return frames, prepare_photo(load_image(example.photo), size)
-    first = load_clip(example.clip, max_frames=2)[0][0]  # (a clip of one frame is refused)
-    return frames, prepare_photo(Image.fromarray(cut_out(first, _read_mask(example.mask, first.shape[:2]))), size)
+        return clip, prepare_photo(load_image(example.photo), size)
+    subject = cut_out(frames[0], _read_mask(example.mask, frames.shape[1:3]))
+    return clip, prepare_photo(Image.fromarray(subject), size)
 
 
 def cut_out(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:

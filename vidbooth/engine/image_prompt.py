@@ -50,7 +50,7 @@ from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import sample_timesteps, training_scheduler
 from vidbooth.errors import UserError
 from vidbooth.fileio import exclusive_lock
-from vidbooth.reporting import info, warn
+from vidbooth.reporting import info, progress, warn
 
 STAGES = ("coarse", "fine")
 OWN_IMAGE_PROMPT_MODEL = "image_prompt.safetensors"
@@ -297,26 +297,28 @@ def folder_examples(examples: list[SubjectClip], cfg: ImagePromptConfig, size: i
         yield example.caption, *load_subject_clip(example, cfg.data.num_frames, size)
 
 
-def training_items(model: ImagePromptModel, examples, word: str, chunk: int = 16) -> list[dict]:
-    """The examples encoded once for training: the clips' and photos' latents, the photos' image embeddings, the
-    encoded captions and where `word` stands in each (read `chunk` examples at a time)."""
+def training_items(model: ImagePromptModel, examples, word: str, total: int, chunk: int = 16) -> list[dict]:
+    """The `total` examples encoded once for training: the clips' and photos' latents, the photos' image embeddings,
+    the encoded captions and where `word` stands in each (read `chunk` examples at a time)."""
     from vidbooth.data.images import pixels_to_tensor
 
     bb, items, examples = model.backbone, [], iter(examples)
-    while batch := list(itertools.islice(examples, chunk)):
-        prompts, clips, photos = zip(*batch)
-        videos = torch.stack([pixels_to_tensor(c) for c in clips]).to(bb.device)  # (n, F, 3, H, W)
-        latents = bb.encode_video(videos).float().cpu()
-        photo_batch = np.stack(photos)
-        image = image_latents(bb, photo_batch).float().cpu()
-        embeds = model.image_embeds(photo_batch).float().cpu()
-        ids = bb.tokenize(list(prompts))
-        with torch.no_grad():
-            text = bb.encode_ids(ids).float().cpu()
-        spans = model.word_span(ids, word)
-        for i in range(len(latents)):
-            items.append({"latents": latents[i], "image_latents": image[i], "image_embeds": embeds[i],
-                          "text": text[i], "span": torch.tensor(spans[i])})
+    with progress("image prompt: reading clips", total=total) as bar:
+        while batch := list(itertools.islice(examples, chunk)):
+            prompts, clips, photos = zip(*batch)
+            videos = torch.stack([pixels_to_tensor(c) for c in clips]).to(bb.device)  # (n, F, 3, H, W)
+            latents = bb.encode_video(videos).float().cpu()
+            photo_batch = np.stack(photos)
+            image = image_latents(bb, photo_batch).float().cpu()
+            embeds = model.image_embeds(photo_batch).float().cpu()
+            ids = bb.tokenize(list(prompts))
+            with torch.no_grad():
+                text = bb.encode_ids(ids).float().cpu()
+            spans = model.word_span(ids, word)
+            for i in range(len(latents)):
+                items.append({"latents": latents[i], "image_latents": image[i], "image_embeds": embeds[i],
+                              "text": text[i], "span": torch.tensor(spans[i])})
+            bar.advance(len(batch))
     return items
 
 
@@ -376,15 +378,14 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     model = ImagePromptModel(bb, spec, encoder, with_injections=False)
     data = asdict(cfg.data)
     if examples is None:
-        source = f"{cfg.data.clips} world clips"
-        items = training_items(model, world_examples(cfg, size), cfg.word)
+        source, count = f"{cfg.data.clips} world clips", cfg.data.clips
     else:
-        source = f"{len(examples)} clips of {cfg.data.folder}"
-        data |= {"folder": f"contents {folder_digest(examples)}", "clips": len(examples), "split_seed": None,
-                 "seed": None}
-        items = training_items(model, folder_examples(examples, cfg, size), cfg.word)
+        source, count = f"{len(examples)} clips of {cfg.data.folder}", len(examples)
+        data |= {"folder": f"contents {folder_digest(examples)}", "clips": count, "split_seed": None, "seed": None}
     info(f"image-prompt model for {cfg.backbone.base}: {source}, {cfg.data.num_frames} frames at {size}px; the word "
          f"'{cfg.word}' becomes {cfg.num_tokens} image token(s) ({encoder.name})")
+    read = world_examples(cfg, size) if examples is None else folder_examples(examples, cfg, size)
+    items = training_items(model, read, cfg.word, count)
     signature = {"method": KIND, "spec": spec.to_json(), "data": data, "base": bb.fingerprint}
     losses = {}
     for stage, train_cfg, run_dir in zip(STAGES, (cfg.coarse, cfg.fine), run_dirs):
