@@ -306,7 +306,10 @@ def test_a_folders_training_items_are_its_clips_captions_and_photos(tiny_backbon
     examples = find_subject_clips(clips, "sprite")
     items = training_items(model, folder_examples(examples, cfg, 32), "sprite", total=2, chunk=1)
     assert len(items) == 2
-    frames, photo = load_subject_clip(examples[1], cfg.data.num_frames, 32)  # the one cut out by its mask
+    # the one cut out by its mask, put at a random size and place drawn for it
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.data.seed).spawn(2)[1])
+    frames, photo = load_subject_clip(examples[1], cfg.data.num_frames, 32, rng)
+    assert not np.array_equal(photo, load_subject_clip(examples[1], cfg.data.num_frames, 32)[1])
     with torch.no_grad():
         latents = bb.encode_video(pixels_to_tensor(frames)[None]).float()[0]
         photo_latents = bb.encode_video(pixels_to_tensor(photo[None])[None]).float()[0]

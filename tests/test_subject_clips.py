@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vidbooth.data.subject_clips import cut_out, find_subject_clips, folder_digest, load_subject_clip
+from vidbooth.data.subject_clips import (
+    cut_out,
+    find_subject_clips,
+    folder_digest,
+    load_subject_clip,
+    place_at_random,
+)
 from vidbooth.errors import UserError
 from vidbooth.nano.world import Motion, Sprite, render_clip
 
@@ -88,6 +94,24 @@ def test_cut_out_centres_the_mask_in_a_square_with_a_margin():
     photo = cut_out(frame, mask)
     assert photo.shape == (24, 24, 3)  # 20 px wide, 10% free on each side
     assert (photo[7:17, 2:22] == 7).all() and (photo == 7).sum() == 20 * 10 * 3 and (photo == 255).all(-1).sum() == 376
+
+
+def test_a_cut_out_subject_is_put_at_a_random_size_and_place_on_white():
+    photo = np.full((40, 40, 3), 255, np.uint8)
+    photo[4:36, 4:36] = (200, 30, 30)
+    sides = []
+    for seed in range(20):
+        placed = place_at_random(photo, np.random.default_rng(seed))
+        red = (placed[..., 0] > 150) & (placed[..., 1] < 100)
+        ys, xs = np.nonzero(red)
+        sides.append(xs.max() - xs.min() + 1)
+        outside = np.ones(red.shape, bool)
+        outside[max(ys.min() - 3, 0):ys.max() + 4, max(xs.min() - 3, 0):xs.max() + 4] = False
+        assert placed.shape == photo.shape and (placed[outside] == 255).all()  # white but for resampling's edge
+        assert abs((ys.max() - ys.min()) - (xs.max() - xs.min())) <= 1  # the shape kept
+    assert 14 <= min(sides) < 24 and max(sides) >= 28  # from about half its size to all of it
+    again = [place_at_random(photo, np.random.default_rng(3)) for _ in range(2)]
+    assert np.array_equal(*again)
 
 
 @pytest.mark.parametrize("mask, message", [

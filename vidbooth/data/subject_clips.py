@@ -87,16 +87,19 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
     return found
 
 
-def load_subject_clip(example: SubjectClip, num_frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def load_subject_clip(example: SubjectClip, num_frames: int, size: int,
+                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The clip's first `num_frames` frames (sampled at about 8 fps, as train-motion does) and its subject photo,
-    both resized and centre-cropped to `size`: (F, size, size, 3) and (size, size, 3) uint8."""
+    both resized and centre-cropped to `size`: (F, size, size, 3) and (size, size, 3) uint8. With `rng`, a subject
+    cut out by a mask is put at a random size and place on white (`place_at_random`)."""
     fps = clip_fps(example.clip)
     frames, fps = load_clip(example.clip, max_frames=max(2, frames_needed(fps, num_frames)))  # one decode
     clip = prepare_clip(sample_frames(frames, fps, num_frames), size)
     if example.photo is not None:
         return clip, prepare_photo(load_image(example.photo), size)
     subject = cut_out(frames[0], _read_mask(example.mask, frames.shape[1:3]))
-    return clip, prepare_photo(Image.fromarray(subject), size)
+    photo = prepare_photo(Image.fromarray(subject), size)
+    return clip, photo if rng is None else place_at_random(photo, rng)
 
 
 def cut_out(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -109,6 +112,18 @@ def cut_out(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     region = np.where(mask[top:bottom, left:right, None], frame[top:bottom, left:right], 255)
     canvas[y0:y0 + bottom - top, x0:x0 + right - left] = region
     return canvas
+
+
+def place_at_random(photo: np.ndarray, rng: np.random.Generator, smallest: float = 0.5) -> np.ndarray:
+    """A square photo on white, shrunk to between `smallest` and all of its side and put at a random place on white,
+    so that the photo cut from a clip's own first frame does not match its frame pixel for pixel."""
+    side = photo.shape[0]
+    new_side = max(1, round(side * rng.uniform(smallest, 1.0)))
+    small = np.asarray(Image.fromarray(photo).resize((new_side, new_side), Image.Resampling.LANCZOS))
+    top, left = (int(rng.integers(side - new_side + 1)) for _ in range(2))
+    placed = np.full_like(photo, 255)
+    placed[top:top + new_side, left:left + new_side] = small
+    return placed
 
 
 def folder_digest(examples: list[SubjectClip]) -> str:

@@ -291,10 +291,20 @@ def world_examples(cfg: ImagePromptConfig, size: int) -> Iterator[tuple[str, np.
         yield f"a {cfg.word} {motion.phrase}", clip, photo
 
 
-def folder_examples(examples: list[SubjectClip], cfg: ImagePromptConfig, size: int):
-    """(caption, clip, photo) of each clip of a `--data` folder (`data.subject_clips`)."""
-    for example in examples:
-        yield example.caption, *load_subject_clip(example, cfg.data.num_frames, size)
+def folder_examples(examples: list[SubjectClip], cfg: ImagePromptConfig, size: int, threads: int = 4, window: int = 32):
+    """(caption, clip, photo) of each clip of a `--data` folder (`data.subject_clips`), read by `threads` threads
+    (decoding runs in ffmpeg processes) `window` clips at a time; a subject cut out by its mask is put at a random
+    size and place, drawn for each clip from `cfg.data.seed`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rngs = [np.random.default_rng(seed) for seed in np.random.SeedSequence(cfg.data.seed).spawn(len(examples))]
+
+    def read(index: int):
+        return examples[index].caption, *load_subject_clip(examples[index], cfg.data.num_frames, size, rngs[index])
+
+    with ThreadPoolExecutor(threads) as pool:
+        for start in range(0, len(examples), window):
+            yield from pool.map(read, range(start, min(start + window, len(examples))))
 
 
 def training_items(model: ImagePromptModel, examples, word: str, total: int, chunk: int = 16) -> list[dict]:
@@ -381,7 +391,7 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
         source, count = f"{cfg.data.clips} world clips", cfg.data.clips
     else:
         source, count = f"{len(examples)} clips of {cfg.data.folder}", len(examples)
-        data |= {"folder": f"contents {folder_digest(examples)}", "clips": count, "split_seed": None, "seed": None}
+        data |= {"folder": f"contents {folder_digest(examples)}", "clips": count, "split_seed": None}
     info(f"image-prompt model for {cfg.backbone.base}: {source}, {cfg.data.num_frames} frames at {size}px; the word "
          f"'{cfg.word}' becomes {cfg.num_tokens} image token(s) ({encoder.name})")
     read = world_examples(cfg, size) if examples is None else folder_examples(examples, cfg, size)
