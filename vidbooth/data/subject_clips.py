@@ -3,9 +3,10 @@
     clips/
       walk.mp4          a clip: any video vidbooth reads (mp4, mov, webm, gif, ...) or a folder of its frames
       walk.txt          its caption, naming the subject by the model's word: "a subject walking on the beach"
-      walk.png          a photo of the clip's subject (any photo type), or instead
+      walk.png          a photo of the clip's subject (any photo type but .gif, which is a clip), or instead
       walk.mask.png     a mask of the subject in the clip's first frame (white on black), which cuts it out
-                        onto white and crops it, as the paper segments the subject from the first frame
+                        onto white and crops it, as the paper segments the subject from the first frame (in
+                        training, then put at a random size and place: `place_at_random`)
 
 `find_subject_clips` checks the whole folder from its files alone (no decoding), so that a missing caption or photo
 is refused before any model loads; `load_subject_clip` reads one example at the training size.
