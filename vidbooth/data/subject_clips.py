@@ -74,7 +74,8 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
             continue
         if not pattern.search(caption):
             problems.append(f"the caption of {clip} ('{caption[:60]}') does not contain '{word}', the word the "
-                            f"subject's photo replaces: write it where the subject is named")
+                            "subject's photo replaces: write it where the subject is named, or give the captions' "
+                            "word with --word")
             continue
         photo, mask = _companion(clip, ""), _companion(clip, MASK_SUFFIX)
         if photo is None and mask is None:
