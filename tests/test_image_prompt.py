@@ -189,11 +189,10 @@ def test_the_image_prompt_changes_the_video_and_its_tokens_alone_do_too(trained,
         model.remove()
 
 
-def test_a_stopped_training_resumes_to_the_same_model(tiny_base_dirs, tmp_path, monkeypatch):
+def _stop_in_fine(cfg: ImagePromptConfig, monkeypatch) -> None:
+    """Train `cfg` until its fine stage starts, where it stops as a killed run would."""
     import vidbooth.engine.train as engine
 
-    base = tiny_base_dirs["unet3d"]
-    reference = train_image_prompt(_config(tmp_path / "whole.safetensors", base))
     real_train = engine.train
 
     def stop_in_fine(method, *args, **kwargs):
@@ -201,11 +200,17 @@ def test_a_stopped_training_resumes_to_the_same_model(tiny_base_dirs, tmp_path, 
             raise UserError("stopped")
         return real_train(method, *args, **kwargs)
 
-    out = tmp_path / "stopped.safetensors"
     monkeypatch.setattr(engine, "train", stop_in_fine)
     with pytest.raises(UserError, match="stopped"):
-        train_image_prompt(_config(out, base))
+        train_image_prompt(cfg)
     monkeypatch.setattr(engine, "train", real_train)
+
+
+def test_a_stopped_training_resumes_to_the_same_model(tiny_base_dirs, tmp_path, monkeypatch):
+    base = tiny_base_dirs["unet3d"]
+    reference = train_image_prompt(_config(tmp_path / "whole.safetensors", base))
+    out = tmp_path / "stopped.safetensors"
+    _stop_in_fine(_config(out, base), monkeypatch)
     assert not out.exists() and (tmp_path / "stopped.safetensors.run" / "coarse").is_dir()
     with pytest.raises(UserError, match="--resume"):
         train_image_prompt(_config(out, base))
@@ -322,16 +327,7 @@ def test_a_folders_training_items_are_its_clips_captions_and_photos(tiny_backbon
 
 
 def test_resuming_on_changed_clips_is_refused(tiny_base_dirs, tmp_path, monkeypatch):
-    import vidbooth.engine.train as engine
-
     clips = make_subject_clips(tmp_path / "clips", count=2)
-    real_train = engine.train
-
-    def stop_in_fine(method, *args, **kwargs):
-        if method.stage == "fine":
-            raise UserError("stopped")
-        return real_train(method, *args, **kwargs)
-
     out = tmp_path / "stopped.safetensors"
 
     def config(**changes):
@@ -339,10 +335,7 @@ def test_resuming_on_changed_clips_is_refused(tiny_base_dirs, tmp_path, monkeypa
         cfg.data.folder = str(clips)
         return cfg
 
-    monkeypatch.setattr(engine, "train", stop_in_fine)
-    with pytest.raises(UserError, match="stopped"):
-        train_image_prompt(config())
-    monkeypatch.setattr(engine, "train", real_train)
+    _stop_in_fine(config(), monkeypatch)
     (clips / "clip2.txt").write_text("a subject moving left")
     with pytest.raises(UserError, match=r"cannot resume .*data.folder was contents \w+, now contents \w+"):
         train_image_prompt(config(resume=True))
