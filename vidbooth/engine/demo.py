@@ -281,10 +281,9 @@ def _runtime(cfg: DemoConfig) -> dict:
 
 def _own_image_prompt(base: str) -> tuple[Path, str] | None:
     """The base's own image-prompt model (nano ships one) and the word its prompts name the subject by."""
-    from vidbooth.engine.backbone import resolve_base
-    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL, trained_word
+    from vidbooth.engine.image_prompt import own_image_prompt_model, trained_word
 
-    path = resolve_base(base) / OWN_IMAGE_PROMPT_MODEL
+    path = own_image_prompt_model(base)
     word = trained_word(path) if path.is_file() else None
     return (path, word) if word else None
 
@@ -374,7 +373,7 @@ def _image_prompt_condition(backbone, model_path: Path | None, out: Path, varian
     from vidbooth.engine.image_prompt import load_image_prompt_model, prepare_image_prompt
 
     model = load_image_prompt_model(backbone, model_path)
-    photo = np.asarray(Image.open(out / "inputs" / IMAGE_PROMPT_FILE).convert("RGB")).copy()
+    photo = np.asarray(Image.open(out / "inputs" / IMAGE_PROMPT_FILE).convert("RGB"))
     return prepare_image_prompt(model, photo, variant.prompt, torch.Generator("cpu").manual_seed(seed + 1),
                                 num_videos=count)
 

@@ -6,7 +6,6 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vidbooth.config import GenerateConfig, save_config
@@ -126,11 +125,10 @@ def _check_image_prompt(cfg: GenerateConfig):
             if getattr(cfg, key) != default:
                 warn(f"--{key.replace('_', '-')} has no effect without --image-prompt")
         return None
-    from vidbooth.engine.backbone import resolve_base
-    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL, trained_word
+    from vidbooth.engine.image_prompt import own_image_prompt_model, trained_word
 
     if cfg.image_prompt_model is None:
-        path = resolve_base(cfg.backbone.base, cfg.backbone.revision) / OWN_IMAGE_PROMPT_MODEL
+        path = own_image_prompt_model(cfg.backbone.base, cfg.backbone.revision)
         if not path.is_file():
             raise UserError(
                 f"{cfg.backbone.base} has no image-prompt model of its own: train one with `vidbooth "
@@ -161,7 +159,7 @@ def _image_prompt(backbone, cfg: GenerateConfig, photo, path: Path, prompt: str)
     width = cfg.sampling.width or backbone.default_size
     generator = torch.Generator("cpu").manual_seed(cfg.runtime.seed + 1)
     info(f"image prompt {cfg.image_prompt} in place of '{cfg.image_prompt_word or model.spec.word}' ({path})")
-    pixels = np.array(prepare_photo(photo, (height, width)))  # a writable copy for torch
+    pixels = prepare_photo(photo, (height, width))
     return prepare_image_prompt(model, pixels, prompt, generator, cfg.image_prompt_word)
 
 

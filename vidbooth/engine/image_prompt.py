@@ -188,6 +188,14 @@ def prepare_image_prompt(model: ImagePromptModel, photo: np.ndarray, prompt: str
     return ImagePromptCondition(model, *per_video)
 
 
+def own_image_prompt_model(base: str, revision: str | None = None) -> Path:
+    """Where the base keeps its own image-prompt model (nano ships one), used without `--image-prompt-model`; the
+    file may not exist."""
+    from vidbooth.engine.backbone import resolve_base
+
+    return resolve_base(base, revision) / OWN_IMAGE_PROMPT_MODEL
+
+
 def trained_word(path: str | Path) -> str | None:
     """The word an image-prompt model file replaces, read from its metadata alone (a UserError when the file is
     missing, pickled or no safetensors; None when it is no image-prompt model, which loading it reports)."""
