@@ -13,7 +13,7 @@ from media import gif_with_oversized_frame, joined_video
 from PIL import Image
 
 from vidbooth.data.clips import load_clip
-from vidbooth.data.video import _DISPLAY_SHAPE, read_video, video_fps
+from vidbooth.data.video import _DISPLAY_SHAPE, read_video, video_fps, video_frame_count, write_video
 from vidbooth.errors import UserError
 
 
@@ -145,3 +145,22 @@ def test_a_file_with_two_video_streams_is_read_from_its_first_at_that_streams_ra
     _ffmpeg("-i", str(small), "-i", str(large), "-map", "0:v", "-map", "1:v", "-c", "copy", str(both))
     assert video_fps(both) == 8
     assert np.array_equal(read_video(both), read_video(small))
+
+
+def test_a_1000_fps_file_reads_back_at_1000_fps(tmp_path):
+    """ffmpeg writes such a rate as "1k fps", from which imageio-ffmpeg reads none: it was said to be 8 fps."""
+    frames = np.stack([np.full((16, 16, 3), 10 * i, dtype=np.uint8) for i in range(20)])
+    path = write_video(frames, tmp_path / "fast.mp4", fps=1000)
+    assert video_fps(path) == pytest.approx(1000)
+    assert video_frame_count(path) == 20 and len(read_video(path)) == 20
+
+
+def test_a_webm_without_a_frame_rate_is_read_at_its_average_rate(tmp_path):
+    """As a browser records it: frames at uneven times, no rate in the file, and a header that shows its time base
+    (1 ms) as "1k fps". It was read as 1,394 frames (every millisecond) said to be 8 fps: motion 100 times slower."""
+    path = tmp_path / "recorded.webm"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=1000", "-vf",
+            r"select=not(mod(n\,83))+not(mod(n\,97))", "-fps_mode", "passthrough", "-frames:v", "30",
+            "-c:v", "libvpx", str(path))  # 30 frames over 1.33 s, 83 or 97 ms apart
+    assert video_fps(path) == pytest.approx(29 / 1.328, rel=0.01)
+    assert abs(len(read_video(path)) - 30) <= 1

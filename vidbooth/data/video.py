@@ -289,9 +289,37 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
 
 
 def _stream_fps(path: Path) -> float | None:
-    """The video stream's average frame rate as ffmpeg reports it, or None when it does not say."""
+    """The video stream's average frame rate as ffmpeg reports it, or None when it cannot be known.
+
+    Where ffmpeg's header gives none that can be read (imageio-ffmpeg reads none from "1k fps", ffmpeg's way of
+    writing 1,000 or more, and none is written for a stream whose rate is unknown, as in browser-recorded WebM,
+    whose header then says its time base's "1k"), the rate is counted from the packets' timestamps instead: else
+    such a clip was read frame by frame at 1,000 fps and said to be 8 fps, its motion slowed a hundredfold.
+    """
     fps = _ffmpeg_header(path).get("fps")
-    return float(fps) if fps and np.isfinite(fps) and fps > 0 else None
+    if fps and np.isfinite(fps) and fps > 0:
+        return float(fps)
+    stat = path.stat()
+    return _packet_rate_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _packet_rate_cached(path: str, size: int, mtime_ns: int) -> float | None:
+    """The first video stream's average frame rate from its packets' presentation times (copied, not decoded):
+    the frames after the first over the time from the first to the last. None for fewer than two timed frames."""
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", path,
+               *_FIRST_VIDEO, "-c", "copy", "-f", "framecrc", "-"]
+    listing = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=600).stdout
+    time_base = re.search(r"^#tb 0: (\d+)/(\d+)$", listing, flags=re.MULTILINE)
+    times = [int(fields[2]) for line in listing.splitlines() if not line.startswith("#")
+             and len(fields := line.split(",")) > 2 and fields[2].strip().lstrip("-").isdigit()
+             and int(fields[2]) > -2**62]  # ffmpeg lists a packet without a time as the smallest int64
+    if time_base is None or len(times) < 2 or max(times) == min(times):
+        return None
+    seconds = (max(times) - min(times)) * int(time_base[1]) / int(time_base[2])
+    return (len(times) - 1) / seconds
 
 
 def _ffmpeg_header(path: Path) -> dict:
@@ -315,9 +343,9 @@ TRUNCATION_TOLERANCE = 0.1
 
 
 def video_frame_count(path: str | Path) -> int | None:
-    """How many frames the file's header promises (GIF frame count, or duration x fps), without decoding.
+    """How many frames the file's header promises (GIF frame count, or duration x `_stream_fps`), without decoding.
 
-    None when the header does not say. The duration is the longest stream's, so a file whose sound runs on past
+    None when the header gives no duration. The duration is the longest stream's, so a file whose sound runs on past
     its picture promises more frames than its video has: `_check_complete` tells the two apart.
     """
     path = Path(path)
@@ -327,7 +355,7 @@ def video_frame_count(path: str | Path) -> int | None:
         meta = _ffmpeg_header(path)
     except Exception:
         return None
-    duration, fps = meta.get("duration") or 0, meta.get("fps") or 0
+    duration, fps = meta.get("duration") or 0, _stream_fps(path) or 0
     return round(duration * fps) if duration > 0 and fps > 0 else None
 
 
@@ -340,7 +368,7 @@ def _check_complete(path: Path, decoded: int, as_gif: bool) -> None:
     if not as_gif:  # the header's duration is the longest stream's: the sound may run on past the picture
         meta = _ffmpeg_header(path)
         stored, damaged = _stored_seconds(path)
-        if not damaged and stored is not None and (meta["duration"] - stored) * meta["fps"] <= tolerance:
+        if not damaged and stored is not None and (meta["duration"] - stored) * _stream_fps(path) <= tolerance:
             return  # every stream's packets are there to the end: the picture just ends first
     raise UserError(
         f"video {path} ends early (decoded {decoded} of the {promised} frames its header lists): "
