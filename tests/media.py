@@ -127,9 +127,9 @@ def gif_with_oversized_frame(path: Path, first: np.ndarray, second: np.ndarray) 
     return path
 
 
-def make_subject_clips(folder: Path, count=3, word="subject", masks=(2,), size=64):
-    """`count` world clips of red sprites moving right, captioned with `word`; a photo beside each, except the
-    clips in `masks`, which get the mask of their first frame (a disc inside the sprite) instead."""
+def make_subject_clips(folder: Path, count=3, word="subject", masks=(2,), size=64, num_frames=8):
+    """`count` world clips of `num_frames` frames of red sprites moving right, captioned with `word`; a photo beside
+    each, except the clips in `masks`, which get the mask of their first frame (a disc inside the sprite) instead."""
     from PIL import Image
 
     from vidbooth.data.video import write_video
@@ -138,7 +138,7 @@ def make_subject_clips(folder: Path, count=3, word="subject", masks=(2,), size=6
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         sprite = Sprite(("circle", "square", "triangle")[index % 3], "red", "solid")
-        frames, truth = render_clip(sprite, Motion("right"), 8, size, seed=index)
+        frames, truth = render_clip(sprite, Motion("right"), num_frames, size, seed=index)
         write_video(frames, folder / f"clip{index + 1}.mp4")
         (folder / f"clip{index + 1}.txt").write_text(f"a {word}\n  moving right\n")
         if index in masks:

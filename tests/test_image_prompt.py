@@ -28,6 +28,7 @@ from vidbooth.config.train import TrainConfig
 from vidbooth.data.video import read_video
 from vidbooth.engine.appearance import load_appearance_encoder
 from vidbooth.engine.image_prompt import (
+    WARNINGS_SHOWN,
     ImagePromptModel,
     ImagePromptSpec,
     folder_examples,
@@ -324,6 +325,23 @@ def test_a_folders_training_items_are_its_clips_captions_and_photos(tiny_backbon
     ids = bb.tokenize(["a sprite moving right"])
     assert items[1]["span"].tolist() == list(model.word_span(ids)[0])
     assert torch.allclose(items[1]["text"], bb.encode_ids(ids).float()[0], atol=1e-5)
+
+
+def test_a_folder_of_short_clips_warns_a_few_times_naming_the_clips(tmp_path, monkeypatch):
+    """Each clip too short for the frames sampled warned on its own, without its name: a folder of 2,000 warned
+    2,000 times."""
+    warned = []
+    monkeypatch.setattr("vidbooth.engine.image_prompt.warn", warned.append)
+    clips = make_subject_clips(tmp_path / "clips", count=5, masks=(), num_frames=4)
+    examples = find_subject_clips(clips, "subject")
+    cfg = _config(tmp_path / "m.safetensors", "unused")
+    cfg.data.num_frames = 8
+    read = list(folder_examples(examples, cfg, 32))
+    assert [clip.shape for _, clip, _ in read] == [(8, 32, 32, 3)] * 5  # 4 frames spread over 8
+    assert len(warned) == WARNINGS_SHOWN + 1
+    for index, message in enumerate(warned[:WARNINGS_SHOWN]):
+        assert message.startswith(f"clip clip{index + 1}.mp4: the clip has 4 frames but 8 frames"), message
+    assert warned[-1] == f"2 more such warning(s), for 2 more clip(s) of {clips}"
 
 
 def test_resuming_on_changed_clips_is_refused(tiny_base_dirs, tmp_path, monkeypatch):

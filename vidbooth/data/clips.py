@@ -16,6 +16,7 @@ Policies (each one tested in tests/test_data_clips.py):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,34 +69,38 @@ def clip_fps(path: str | Path, folder_fps: float = DEFAULT_FOLDER_FPS) -> float:
 
 
 def sample_frames(
-    frames: np.ndarray, fps: float, num_frames: int, target_fps: float | None = None, stride: int | None = None
+    frames: np.ndarray, fps: float, num_frames: int, target_fps: float | None = None, stride: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Pick `num_frames` frames from the start of a clip; see `sample_indices` for which ones."""
-    return frames[sample_indices(len(frames), fps, num_frames, target_fps, stride)]
+    return frames[sample_indices(len(frames), fps, num_frames, target_fps, stride, warn)]
 
 
 def sample_indices(
-    frame_count: int, fps: float, num_frames: int, target_fps: float | None = None, stride: int | None = None
+    frame_count: int, fps: float, num_frames: int, target_fps: float | None = None, stride: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Indices of `num_frames` frames taken every `stride` frames, or at `target_fps`, from frame 0.
 
     With neither, the stride is the whole number of frames closest to an 8 fps result (3 for a 24 fps clip, at
     least 1). When the clip is shorter than that needs, the frames are spread evenly over the whole clip instead
-    (repeating frames when it has fewer than `num_frames`) and a warning says so.
+    (repeating frames when it has fewer than `num_frames`) and a warning says so (given to `warn`, by default
+    `reporting.warn`, which a reader of many clips replaces to gather them).
     """
+    warn = warn or reporting.warn
     step = _sampling_step(fps, num_frames, target_fps, stride)
     wanted = _stepped_indices(step, num_frames)
     if wanted[-1] < frame_count:
-        _check_frames_differ(wanted, fps, step)
+        _check_frames_differ(wanted, fps, step, warn)
         return wanted
-    reporting.warn(
+    warn(
         f"the clip has {frame_count} frames but {num_frames} frames taken every {step:g} frames need "
         f"{wanted[-1] + 1}: spreading them evenly over the clip; use a longer clip, fewer frames or a smaller stride"
     )
     return np.floor(np.linspace(0, frame_count - 1, num_frames) + 0.5).astype(np.int64)
 
 
-def _check_frames_differ(indices: np.ndarray, fps: float, step: float) -> None:
+def _check_frames_differ(indices: np.ndarray, fps: float, step: float, warn: Callable[[str], None]) -> None:
     """A clip sampled faster than its own frame rate repeats frames: refused when all are one frame (the motion
     would be stillness), warned about otherwise."""
     distinct = len(np.unique(indices))
@@ -107,7 +112,7 @@ def _check_frames_differ(indices: np.ndarray, fps: float, step: float) -> None:
             f"sampling {len(indices)} frames at {sampled_at:g} fps takes only the first frame of this {fps:g} fps "
             f"clip, so there is no motion to learn: sample it at {fps:g} fps or less (--fps {fps:g} or --stride 1)"
         )
-    reporting.warn(
+    warn(
         f"the clip has {fps:g} frames a second and is sampled at {sampled_at:g}: its {distinct} frames in use repeat "
         f"to make {len(indices)}; sample it at {fps:g} fps (--fps {fps:g} or --stride 1) to use each frame once"
     )

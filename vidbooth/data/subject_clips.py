@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,14 +90,15 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
     return found
 
 
-def load_subject_clip(example: SubjectClip, num_frames: int, size: int,
-                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_subject_clip(example: SubjectClip, num_frames: int, size: int, rng: np.random.Generator | None = None,
+                      warn: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The clip's first `num_frames` frames (sampled at about 8 fps, as train-motion does) and its subject photo,
     both resized and centre-cropped to `size`: (F, size, size, 3) and (size, size, 3) uint8. With `rng`, a subject
-    cut out by a mask is put at a random size and place on white (`place_at_random`)."""
+    cut out by a mask is put at a random size and place on white (`place_at_random`). Sampling's warnings (a clip
+    too short) go to `warn`."""
     fps = clip_fps(example.clip)
     frames, fps = load_clip(example.clip, max_frames=max(2, frames_needed(fps, num_frames)))  # one decode
-    clip = prepare_clip(sample_frames(frames, fps, num_frames), size)
+    clip = prepare_clip(sample_frames(frames, fps, num_frames, warn=warn), size)
     if example.photo is not None:
         return clip, prepare_photo(load_image(example.photo), size)
     subject = cut_out(frames[0], _read_mask(example.mask, frames.shape[1:3]))

@@ -56,6 +56,8 @@ STAGES = ("coarse", "fine")
 OWN_IMAGE_PROMPT_MODEL = "image_prompt.safetensors"
 """A base folder's own image-prompt model, used when `--image-prompt` comes without `--image-prompt-model`."""
 FORMAT = 1
+WARNINGS_SHOWN = 3
+"""How many of the clips' sampling warnings `folder_examples` shows before it counts the rest."""
 
 
 @dataclass(frozen=True)
@@ -302,17 +304,28 @@ def world_examples(cfg: ImagePromptConfig, size: int) -> Iterator[tuple[str, np.
 def folder_examples(examples: list[SubjectClip], cfg: ImagePromptConfig, size: int, threads: int = 4, window: int = 32):
     """(caption, clip, photo) of each clip of a `--data` folder (`data.subject_clips`), read by `threads` threads
     (decoding runs in ffmpeg processes) `window` clips at a time; a subject cut out by its mask is put at a random
-    size and place, drawn for each clip from `cfg.data.seed`."""
+    size and place, drawn for each clip from `cfg.data.seed`. Sampling's warnings name their clip and come once all
+    are read, the first `WARNINGS_SHOWN` of them and how many more (a folder of short clips warned once per clip)."""
     from concurrent.futures import ThreadPoolExecutor
 
     rngs = [np.random.default_rng(seed) for seed in np.random.SeedSequence(cfg.data.seed).spawn(len(examples))]
+    warnings: list[tuple[int, str]] = []  # (clip index, warning): list.append is safe across threads
 
     def read(index: int):
-        return examples[index].caption, *load_subject_clip(examples[index], cfg.data.num_frames, size, rngs[index])
+        example = examples[index]
+        return example.caption, *load_subject_clip(example, cfg.data.num_frames, size, rngs[index],
+                                                   warn=lambda message: warnings.append((index, message)))
 
     with ThreadPoolExecutor(threads) as pool:
         for start in range(0, len(examples), window):
             yield from pool.map(read, range(start, min(start + window, len(examples))))
+    warnings.sort()
+    for index, message in warnings[:WARNINGS_SHOWN]:
+        warn(f"clip {examples[index].clip.name}: {message}")
+    if len(warnings) > WARNINGS_SHOWN:
+        clips = len({index for index, _ in warnings[WARNINGS_SHOWN:]})
+        warn(f"{len(warnings) - WARNINGS_SHOWN} more such warning(s), for {clips} more clip(s) of "
+             f"{examples[0].clip.parent}")
 
 
 def training_items(model: ImagePromptModel, examples, word: str, total: int, chunk: int = 16) -> list[dict]:
