@@ -100,6 +100,18 @@ def test_odd_clips_are_sampled_to_num_frames(kind, tmp_path):
     assert len(clips[0].sha256) == 64
 
 
+def test_a_short_clip_among_several_is_named_in_its_warning(tmp_path, monkeypatch):
+    from tests.badinputs import capture_warnings
+
+    warned = capture_warnings(monkeypatch)
+    long, short = write_clip(tmp_path / "long.mp4", num_frames=12), write_clip(tmp_path / "short.mp4", num_frames=5)
+    data = MotionDataConfig(num_frames=8)
+    read_training_clips(MotionConfig(name="m", clips=[str(long), str(short)], data=data))
+    assert len(warned) == 1 and warned[0].startswith(f"clip {short}: the clip has 5 frames but 8"), warned
+    read_training_clips(MotionConfig(name="m", clips=[str(short)], data=data))
+    assert warned[1].startswith("the clip has 5 frames")  # one clip: no name needed
+
+
 def test_sampling_follows_fps_and_stride(tmp_path):
     """A 24 fps clip sampled at 8 fps takes every third frame; stride 2 every second one."""
     from tests.badinputs import frame_level

@@ -124,7 +124,9 @@ def read_training_clips(cfg: MotionConfig) -> list[TrainingClip]:
             raise UserError(f"clip not found: {path}")
         fps = clip_fps(path)
         frames, fps = load_clip(path, max_frames=max(2, frames_needed(fps, data.num_frames, target_fps, data.stride)))
-        sampled = sample_frames(frames, fps, data.num_frames, target_fps, data.stride)
+        named = len(cfg.clips) > 1  # which clip a warning is about
+        sampled = sample_frames(frames, fps, data.num_frames, target_fps, data.stride,
+                                warn=(lambda message: reporting.warn(f"clip {path}: {message}")) if named else None)
         sampled_fps = fps / data.stride if data.stride else data.fps
         caption = cfg.caption_for(index)
         clips.append(TrainingClip(str(path.resolve()), source_sha256(path), caption, sampled, sampled_fps))
