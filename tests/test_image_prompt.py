@@ -259,6 +259,29 @@ def test_bad_image_prompt_inputs_are_one_error_line(args, message, trained, tiny
     assert not out.parent.exists()
 
 
+def test_a_transparent_photo_prompts_as_its_subject_cut_out_onto_white(trained, tiny_base_dirs, tmp_path):
+    """A background remover's PNG: the sprite at the left of a wide canvas, transparent elsewhere. Centre-cropped,
+    as before, the photo kept none of the sprite."""
+    sprite = render_photos(Sprite("square", "blue", "striped"), 1, 96)[0]
+    canvas = np.zeros((160, 400, 4), np.uint8)
+    canvas[32:128, 4:100, :3], canvas[32:128, 4:100, 3] = sprite, 255
+    Image.fromarray(canvas, "RGBA").save(tmp_path / "transparent.png")
+    cut = np.full((116, 116, 3), 255, np.uint8)  # 96 px and 10% free on each side (116 = 96 x 1.2, rounded up)
+    cut[10:106, 10:106] = sprite
+    Image.fromarray(cut).save(tmp_path / "cut.png")
+    videos = []
+    for name in ("transparent", "cut", "centre"):
+        if name == "centre":  # the old reading: transparency on white, centre-cropped
+            Image.fromarray(np.where(canvas[..., 3:] > 0, canvas[..., :3], 255).astype(np.uint8)).save(
+                tmp_path / "centre.png")
+        out = tmp_path / "videos" / f"{name}.mp4"
+        assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--image-prompt",
+                     str(tmp_path / f"{name}.png"), "--image-prompt-model", str(trained), "--prompt", "a sprite",
+                     "--out", str(out), "--frames", "2", "--steps", "2", "--device", "cpu"]) == 0
+        videos.append(read_video(out))
+    assert np.array_equal(videos[0], videos[1]) and not np.array_equal(videos[0], videos[2])
+
+
 def test_a_base_without_its_own_image_prompt_model_says_how_to_get_one(tiny_base_dirs, tmp_path, capsys):
     photo = tmp_path / "subject.png"
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)

@@ -12,6 +12,7 @@ from vidbooth.data.subject_clips import (
     find_subject_clips,
     folder_digest,
     load_subject_clip,
+    load_subject_photo,
     place_at_random,
 )
 from vidbooth.errors import UserError
@@ -94,6 +95,45 @@ def test_cut_out_centres_the_mask_in_a_square_with_a_margin():
     photo = cut_out(frame, mask)
     assert photo.shape == (24, 24, 3)  # 20 px wide, 10% free on each side
     assert (photo[7:17, 2:22] == 7).all() and (photo == 7).sum() == 20 * 10 * 3 and (photo == 255).all(-1).sum() == 376
+
+
+def _transparent_photo(path, opaque_alpha=255):
+    """A 200x100 photo, transparent but for a red 30x20 subject at its left edge (as a background remover saves a
+    subject off the middle), where a centre crop would keep none of it."""
+    pixels = np.zeros((100, 200, 4), np.uint8)
+    pixels[..., :3] = (0, 200, 0)  # the removed background's colour stays under alpha 0
+    pixels[40:60, 5:35] = (220, 0, 0, opaque_alpha)
+    Image.fromarray(pixels, "RGBA").save(path)
+    return path
+
+
+def test_a_photo_with_a_transparent_background_is_cut_out_around_its_subject(tmp_path):
+    photo = np.asarray(load_subject_photo(_transparent_photo(tmp_path / "dog.png")))
+    assert photo.shape == (36, 36, 3)  # a square around the 30 px subject, 10% free on each side
+    red = (photo == (220, 0, 0)).all(-1)
+    assert red.sum() == 30 * 20 and red[8:28, 3:33].all() and (photo[~red] == 255).all()
+
+
+def test_a_photo_without_transparency_is_used_as_it_is(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    Image.fromarray(np.dstack([pixels, np.full((64, 96), 255, np.uint8)]), "RGBA").save(tmp_path / "opaque.png")
+    assert np.array_equal(np.asarray(load_subject_photo(tmp_path / "plain.png")), pixels)
+    assert np.array_equal(np.asarray(load_subject_photo(tmp_path / "opaque.png")), pixels)
+
+
+def test_a_photo_transparent_everywhere_is_refused(tmp_path):
+    with pytest.raises(UserError, match="transparent everywhere"):
+        load_subject_photo(_transparent_photo(tmp_path / "empty.png", opaque_alpha=0))
+
+
+def test_a_folders_transparent_photo_is_cut_out_too(tmp_path):
+    folder = make_subject_clips(tmp_path / "clips", count=1, masks=())
+    _transparent_photo(folder / "clip1.png")
+    (example,) = find_subject_clips(folder, "subject")
+    photo = load_subject_clip(example, 8, 64)[1]
+    red = (photo[..., 0] > 150) & (photo[..., 1] < 100)
+    assert 0.41 < red.mean() < 0.52 and photo[0].min() > 235  # 600 of 36x36 pixels (46%), centred on white
 
 
 def test_a_cut_out_subject_is_put_at_a_random_size_and_place_on_white():

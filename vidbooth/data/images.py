@@ -48,12 +48,14 @@ _PIXEL_LIMIT_LOCK = threading.Lock()
 
 
 def load_image(
-    path: str | Path, max_short_side: int | None = WORKING_SHORT_SIDE, min_side: int = MIN_SIDE
+    path: str | Path, max_short_side: int | None = WORKING_SHORT_SIDE, min_side: int = MIN_SIDE,
+    keep_alpha: bool = False,
 ) -> Image.Image:
     """Read one photo as an RGB image, oriented by EXIF and shrunk so its shorter side is at most `max_short_side`.
 
-    `max_short_side=None` keeps full resolution. Raises `UserError` naming the file when it is missing, empty,
-    not an image, corrupt, truncated, smaller than `min_side` or larger than `MAX_PHOTO_PIXELS`.
+    `max_short_side=None` keeps full resolution. Transparency is put on white, or with `keep_alpha` a photo that
+    has it comes as RGBA. Raises `UserError` naming the file when it is missing, empty, not an image, corrupt,
+    truncated, smaller than `min_side` or larger than `MAX_PHOTO_PIXELS`.
     """
     path = Path(path)
     _check_is_nonempty_file(path)
@@ -61,7 +63,8 @@ def load_image(
         _check_dimensions(path, im, min_side)
         _warn_if_animated(path, im)
         _decode(path, im, max_short_side)
-        return _shrink(to_rgb(im), max_short_side)
+        keep = keep_alpha and im.mode not in _HIGH_BIT_DEPTH_MODES and _has_alpha(im)
+        return _shrink(im.convert("RGBA") if keep else to_rgb(im), max_short_side)
 
 
 def load_photo_folder(path: str | Path, min_count: int = 1) -> list[tuple[Path, Image.Image]]:
@@ -281,11 +284,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """A new RGB image: transparency on white, 16-bit grey scaled to 8 bits, everything else converted."""
     if img.mode in _HIGH_BIT_DEPTH_MODES:
         img = _to_8bit_grey(img)
-    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+    if _has_alpha(img):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in _ALPHA_MODES or "transparency" in img.info
 
 
 def _to_8bit_grey(img: Image.Image) -> Image.Image:

@@ -3,7 +3,8 @@
     clips/
       walk.mp4          a clip: any video vidbooth reads (mp4, mov, webm, gif, ...) or a folder of its frames
       walk.txt          its caption, naming the subject by the model's word: "a subject walking on the beach"
-      walk.png          a photo of the clip's subject (any photo type but .gif, which is a clip), or instead
+      walk.png          a photo of the clip's subject (any photo type but .gif, which is a clip; a transparent
+                        background is cut away: `load_subject_photo`), or instead
       walk.mask.png     a mask of the subject in the clip's first frame (white on black), which cuts it out
                         onto white and crops it, as the paper segments the subject from the first frame (in
                         training, then put at a random size and place: `place_at_random`)
@@ -100,10 +101,24 @@ def load_subject_clip(example: SubjectClip, num_frames: int, size: int, rng: np.
     frames, fps = load_clip(example.clip, max_frames=max(2, frames_needed(fps, num_frames)))  # one decode
     clip = prepare_clip(sample_frames(frames, fps, num_frames, warn=warn), size)
     if example.photo is not None:
-        return clip, prepare_photo(load_image(example.photo), size)
+        return clip, prepare_photo(load_subject_photo(example.photo), size)
     subject = cut_out(frames[0], _read_mask(example.mask, frames.shape[1:3]))
     photo = prepare_photo(Image.fromarray(subject), size)
     return clip, photo if rng is None else place_at_random(photo, rng)
+
+
+def load_subject_photo(path: str | Path) -> Image.Image:
+    """A photo of a subject, as RGB. One with a transparent background (as background removers save it) is cut out
+    as a mask cuts a clip's subject: its opaque pixels on white, in a square crop around them (`cut_out`), so that a
+    subject off the middle of a wide photo is neither cropped away nor small."""
+    image = load_image(path, keep_alpha=True)
+    if image.mode != "RGBA":
+        return image
+    opaque = np.asarray(image.getchannel("A")) >= 128
+    if not opaque.any():
+        raise UserError(f"{path} is transparent everywhere: give a photo in which the subject shows")
+    rgb = to_rgb(image)
+    return rgb if opaque.all() else Image.fromarray(cut_out(np.asarray(rgb), opaque))
 
 
 def cut_out(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:

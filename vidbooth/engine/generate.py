@@ -118,7 +118,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 def _check_image_prompt(cfg: GenerateConfig):
     """The image prompt's photo and model file, checked before the model loads (a bad one is one error line); None
     without an image prompt. Without --image-prompt-model the base's own is taken."""
-    from vidbooth.data.images import load_image
+    from vidbooth.data.subject_clips import load_subject_photo
 
     if cfg.image_prompt is None:
         for key, default in (("image_prompt_model", None), ("image_prompt_word", None), ("image_prompt_scale", 1.0)):
@@ -143,7 +143,7 @@ def _check_image_prompt(cfg: GenerateConfig):
             f"the prompt does not contain '{word}', the word the image prompt replaces: write it where the subject "
             f"goes, e.g. \"a {word} moving left\" (or pass --image-prompt-word)"
         )
-    return load_image(cfg.image_prompt), path
+    return load_subject_photo(cfg.image_prompt), path
 
 
 def _image_prompt(backbone, cfg: GenerateConfig, photo, path: Path, prompt: str):
