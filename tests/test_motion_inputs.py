@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from tests.badinputs import ACCEPTED_CLIP_KINDS, REFUSED_CLIP_KINDS, make_bad_cl
 from vidbooth.cli.app import main
 from vidbooth.config.motion import MotionConfig, MotionDataConfig
 from vidbooth.engine.motion import read_training_clips
+from vidbooth.errors import UserError
 
 
 @pytest.fixture
@@ -110,6 +113,13 @@ def test_a_short_clip_among_several_is_named_in_its_warning(tmp_path, monkeypatc
     assert len(warned) == 1 and warned[0].startswith(f"clip {short}: the clip has 5 frames but 8"), warned
     read_training_clips(MotionConfig(name="m", clips=[str(short)], data=data))
     assert warned[1].startswith("the clip has 5 frames")  # one clip: no name needed
+
+
+def test_a_too_slow_clip_among_several_is_named_in_its_refusal(tmp_path):
+    good, slow = write_clip(tmp_path / "good.mp4", num_frames=12), write_clip(tmp_path / "slow.gif", num_frames=4, fps=1)
+    cfg = MotionConfig(name="m", clips=[str(good), str(slow)], data=MotionDataConfig(num_frames=8))
+    with pytest.raises(UserError, match=rf"^clip {re.escape(str(slow))}: sampling 8 frames at 8 fps takes only"):
+        read_training_clips(cfg)
 
 
 def test_sampling_follows_fps_and_stride(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,15 +123,29 @@ def read_training_clips(cfg: MotionConfig) -> list[TrainingClip]:
         path = Path(source).expanduser()
         if not path.exists():
             raise UserError(f"clip not found: {path}")
-        fps = clip_fps(path)
-        frames, fps = load_clip(path, max_frames=max(2, frames_needed(fps, data.num_frames, target_fps, data.stride)))
-        named = len(cfg.clips) > 1  # which clip a warning is about
-        sampled = sample_frames(frames, fps, data.num_frames, target_fps, data.stride,
-                                warn=(lambda message: reporting.warn(f"clip {path}: {message}")) if named else None)
+        named = len(cfg.clips) > 1  # which clip a warning or refusal is about
+        with _naming_clip(path) if named else contextlib.nullcontext():
+            fps = clip_fps(path)
+            needed = frames_needed(fps, data.num_frames, target_fps, data.stride)
+            frames, fps = load_clip(path, max_frames=max(2, needed))
+            sampled = sample_frames(frames, fps, data.num_frames, target_fps, data.stride,
+                                    warn=(lambda message: reporting.warn(f"clip {path}: {message}")) if named else None)
         sampled_fps = fps / data.stride if data.stride else data.fps
         caption = cfg.caption_for(index)
         clips.append(TrainingClip(str(path.resolve()), source_sha256(path), caption, sampled, sampled_fps))
     return clips
+
+
+@contextlib.contextmanager
+def _naming_clip(path: Path) -> Iterator[None]:
+    """A UserError raised inside that does not name `path` is raised again naming it: with several clips, the
+    refusal of 'this 1 fps clip' did not say which."""
+    try:
+        yield
+    except UserError as exc:
+        if str(path) in str(exc):
+            raise
+        raise UserError(f"clip {path}: {exc}") from exc
 
 
 def warn_of_still_clips(clips: list[TrainingClip]) -> None:
