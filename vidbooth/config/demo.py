@@ -37,5 +37,6 @@ class DemoConfig:
             raise UserError("--out is empty: give the folder the demo writes into (default: demo)")
         checks.at_least("num_videos", self.num_videos, 1, "--num-videos")
         checks.at_most("num_videos", self.num_videos, MAX_VIDEOS, "--num-videos")
+        checks.seed("seed", self.seed)
         for key in ("subject_steps", "motion_steps", "num_inference_steps"):
             checks.at_least(key, getattr(self, key), 0)  # 0: the recipe's

@@ -253,6 +253,16 @@ def base_model_folder(base: str, revision: str | None = None) -> Path:
     return folder
 
 
+def noise_levels(base: str, revision: str | None = None) -> int:
+    """How many noise levels `base` was trained on (its scheduler's `num_train_timesteps`), without loading it:
+    sampling takes fewer steps than that."""
+    config = base_model_folder(base, revision) / "scheduler" / "scheduler_config.json"
+    try:
+        return int(json.loads(config.read_text()).get("num_train_timesteps", 1000))
+    except (OSError, ValueError, AttributeError):
+        return 1000  # as diffusers' schedulers default
+
+
 def is_image_model(base: str, revision: str | None = None) -> bool:
     """Whether `base` loads as an image model alone (Text2Video-Zero) when no motion adapter is given: a
     `UNet2DConditionModel`, other than the built-in 'tiny-animatediff', which comes with its own motion adapter.
