@@ -59,6 +59,10 @@ def test_set_keeps_text_settings_as_typed_and_reads_other_values_as_yaml():
     assert (cfg.videos, cfg.prompt, cfg.metrics) == (["*.mp4"], "off", ["clip_t", "t_cons"])
     cfg = load_config(GenerateConfig, None, ["prompt=a dog: running, fast"])
     assert cfg.prompt == "a dog: running, fast"
+    # `null` is none only where a setting may be none: a prompt, which may not, was refused (even beside -p)
+    cfg = load_config(GenerateConfig, None, ["prompt=null", "sampling.negative_prompt=~", "image_prompt=null"])
+    assert (cfg.prompt, cfg.sampling.negative_prompt, cfg.image_prompt) == ("null", "~", None)
+    assert load_config(GenerateConfig, None, ["prompt=null"], {"prompt": "a dog"}).prompt == "a dog"
 
 
 def test_bad_recipe(tmp_path):

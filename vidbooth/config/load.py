@@ -170,16 +170,16 @@ def _name_flag(message: str, flags: dict[str, str]) -> str:
 
 def _read_set(item: str, schema: Any) -> Any:
     """One `--set key=value` as a config. A text setting (a name, a prompt, a path) takes the value as typed, so
-    that `name=007` stays '007' and `prompt=off` stays 'off' (`null` still means none, and a quoted text is
-    unquoted); any other value is read as YAML (`true`, `1e-4`, `[a, b]`)."""
+    that `name=007` stays '007' and `prompt=off` stays 'off' (`null` still means none where a setting may be none,
+    and a quoted text is unquoted); any other value is read as YAML (`true`, `1e-4`, `[a, b]`)."""
     key, equals, text = item.partition("=")
     key = key.strip()
     if not equals or not key:
         raise UserError(f"--set expects key=value, got '{item}'")
     kind = _text_kind(schema, key)
-    if kind == "str" or (kind == "list" and not text.lstrip().startswith("[")):
+    if kind in ("str", "optional str") or (kind == "list" and not text.lstrip().startswith("[")):
         config = OmegaConf.create()
-        value = None if text in ("null", "~") else literal(_unquoted(text))
+        value = None if text in ("null", "~") and kind != "str" else literal(_unquoted(text))
         OmegaConf.update(config, key, value, force_add=True)
         return config
     try:
@@ -204,7 +204,8 @@ def _unquoted(text: str) -> str:
 
 
 def _text_kind(schema: Any, key: str) -> str | None:
-    """'str' when `key` is a text setting of `schema`, 'list' when it is a list of texts, else None."""
+    """'str' when `key` is a text setting of `schema` ('optional str' when it may be none), 'list' when it is a
+    list of texts, else None."""
     from omegaconf.nodes import StringNode
 
     parent_key, _, leaf = key.rpartition(".")
@@ -213,7 +214,7 @@ def _text_kind(schema: Any, key: str) -> str | None:
         return None
     node = parent._get_node(leaf)
     if isinstance(node, StringNode):
-        return "str"
+        return "optional str" if node._is_optional() else "str"
     if OmegaConf.is_list(node) and node._metadata.element_type is str:
         return "list"
     return None
