@@ -252,3 +252,13 @@ def test_damaged_renamed_and_foreign_folders_are_named_by_list_and_never_crash_a
         library.artifact_dir("subject", "nosuch")
     with pytest.raises(UserError, match="rename the folder back"):
         library.read_manifest(library.artifact_dir("subject", "dog2"))
+    shutil.copytree(root / "S%2A", isolated_home / "motions" / "S%2A")  # a subject put among the motions
+    assert library.list_artifacts("motion", problems) == []  # had been listed as a motion
+    assert problems[-1] == (f"{isolated_home / 'motions' / 'S%2A'} holds subject 'S*', not a motion: move it to "
+                            f"{root}")
+    with pytest.raises(UserError, match="not a motion"):
+        library.read_manifest(library.artifact_dir("motion", "S*"))
+    shutil.rmtree(isolated_home / "motions")
+    (isolated_home / "motions").write_text("")
+    assert library.list_artifacts("motion", problems) == [] and problems[-1].endswith(
+        "motions is a file, not the folder of the motions: move it out of the library")

@@ -137,6 +137,12 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
         raise UserError(f"manifest {where} lacks name/kind/schema_version/files: retrain with --overwrite")
     if not all(isinstance(manifest[key], str) and manifest[key] for key in ("name", "kind")):
         raise UserError(f"manifest {where} has no text name or kind (damaged): retrain with --overwrite")
+    expected = next((kind for kind, folder in KINDS.items() if path.parent.name == folder), manifest["kind"])
+    if manifest["kind"] != expected:  # a subject copied among the motions was listed, and loaded, as one
+        raise UserError(
+            f"{path} holds {manifest['kind']} '{manifest['name']}', not a {expected}: move it to "
+            f"{path.parent.parent / KINDS.get(manifest['kind'], manifest['kind'] + 's')}"
+        )
     if dir_name(manifest["name"]) != path.name:
         raise UserError(
             f"{path} holds {manifest['kind']} '{manifest['name']}', whose folder is named {dir_name(manifest['name'])}: "
@@ -189,6 +195,8 @@ def list_artifacts(kind: str, problems: list[str] | None = None) -> list[dict]:
     `problems` when it is given."""
     root = _kind_root(kind)
     if not root.is_dir():
+        if root.exists() and problems is not None:
+            problems.append(f"{root} is a file, not the folder of the {KINDS[kind]}: move it out of the library")
         return []
     out = []
     for path in sorted(root.iterdir()):
