@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from vidbooth.adapters.base import conditional_half_only, load_tensors
@@ -280,6 +281,29 @@ def test_a_transparent_photo_prompts_as_its_subject_cut_out_onto_white(trained, 
                      "--out", str(out), "--frames", "2", "--steps", "2", "--device", "cpu"]) == 0
         videos.append(read_video(out))
     assert np.array_equal(videos[0], videos[1]) and not np.array_equal(videos[0], videos[2])
+
+
+def test_the_config_written_beside_the_video_reruns_it_from_another_folder(trained, tiny_base_dirs, tmp_path,
+                                                                         monkeypatch):
+    """Given relative paths (the base, the photo, the model), the `.yaml` kept them relative: rerun elsewhere it
+    could not find the photo."""
+    import shutil
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    shutil.copytree(tiny_base_dirs["unet3d"], work / "base")
+    shutil.copy(trained, work / "ip.safetensors")
+    Image.fromarray(render_photos(Sprite("square", "blue", "striped"), 1, 64)[0]).save(work / "subject.png")
+    monkeypatch.chdir(work)
+    assert main(["generate", "--base", "base", "--image-prompt", "subject.png", "--image-prompt-model",
+                 "ip.safetensors", "--prompt", "a sprite", "--out", "v.mp4", "--frames", "2", "--steps", "2",
+                 "--device", "cpu"]) == 0
+    config = OmegaConf.load(work / "v.yaml")
+    assert (config.backbone.base, config.image_prompt, config.image_prompt_model) == (
+        str(work / "base"), str(work / "subject.png"), str(work / "ip.safetensors"))
+    monkeypatch.chdir(elsewhere)
+    assert main(["generate", "--recipe", str(work / "v.yaml"), "--out", "again.mp4"]) == 0
+    assert np.array_equal(read_video(elsewhere / "again.mp4"), read_video(work / "v.mp4"))
 
 
 def test_a_base_without_its_own_image_prompt_model_says_how_to_get_one(tiny_base_dirs, tmp_path, capsys):

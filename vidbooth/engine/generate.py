@@ -109,10 +109,22 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     write_together([  # all or none: never a new video beside an old contact sheet or config
         (video_path, lambda tmp: write_video(frames, tmp, fps=cfg.sampling.fps)),
         (sheet_path, lambda tmp: save_contact_sheet(frames, tmp)),
-        (config_path, lambda tmp: save_config(cfg, tmp)),
+        (config_path, lambda tmp: save_config(_rerun_config(cfg), tmp)),
     ])
     info(f"wrote {video_path}, {sheet_path.name} and {config_path.name}")
     return GenerateResult(video_path, sheet_path, config_path, prompt)
+
+
+def _rerun_config(cfg: GenerateConfig) -> GenerateConfig:
+    """`cfg` as written beside the video: its local files (the base, a motion adapter, the image prompt and its
+    model) as absolute paths, so that `--recipe video.yaml` reruns it from any folder."""
+    from dataclasses import replace
+
+    from vidbooth.engine.backbone import with_absolute_paths
+    from vidbooth.fileio import absolute_path
+
+    return replace(cfg, backbone=with_absolute_paths(cfg.backbone), image_prompt=absolute_path(cfg.image_prompt),
+                   image_prompt_model=absolute_path(cfg.image_prompt_model))
 
 
 def _check_image_prompt(cfg: GenerateConfig):
