@@ -65,6 +65,20 @@ def test_set_keeps_text_settings_as_typed_and_reads_other_values_as_yaml():
     assert load_config(GenerateConfig, None, ["prompt=null"], {"prompt": "a dog"}).prompt == "a dog"
 
 
+@pytest.mark.parametrize("recipe, sets, message", [
+    ("sampling: 5\n", [], r"recipe .*r.yaml: config key 'sampling' is a section of settings, given a value: give the "
+                          r"settings under it \(such as sampling\.\w+\)"),
+    ("sampling:\n", [], "config key 'sampling' is a section of settings, given nothing"),
+    (None, ["sampling.zero_shot=3"], r"--set sampling.zero_shot=3: config key 'sampling.zero_shot' is a section"),
+])
+def test_a_value_where_a_section_belongs_is_named(recipe, sets, message, tmp_path):
+    """OmegaConf said 'Merge error: int is not a subclass of SamplingConfig', naming neither key nor file."""
+    if recipe:
+        (tmp_path / "r.yaml").write_text(recipe)
+    with pytest.raises(UserError, match=message):
+        load_config(GenerateConfig, str(tmp_path / "r.yaml") if recipe else None, sets)
+
+
 def test_bad_recipe(tmp_path):
     with pytest.raises(UserError, match="recipe 'nope' not found.*zeroscope/generate"):
         load_config(GenerateConfig, "nope")

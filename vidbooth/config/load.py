@@ -121,13 +121,16 @@ def load_config(
             if not OmegaConf.is_dict(loaded):
                 raise UserError(f"recipe {path} must be a mapping of settings (key: value), got a YAML list or value")
             try:
+                _check_sections(merged, loaded, f"recipe {path}: ")
                 merged = OmegaConf.merge(merged, _strings_as_lists(merged, loaded))
             except ConfigKeyError as exc:
                 other_command = "." not in str(getattr(exc, "full_key", "") or "")  # a whole section is unknown
                 hint = ": is it a recipe for another command?" if other_command else ""
                 raise UserError(f"recipe {path}: {_describe(exc)}{hint}") from exc
         for item in sets or []:
-            merged = OmegaConf.merge(merged, _strings_as_lists(merged, _read_set(item, merged)))
+            given = _read_set(item, merged)
+            _check_sections(merged, given, f"--set {item}: ")
+            merged = OmegaConf.merge(merged, _strings_as_lists(merged, given))
         for key, value in (overrides or {}).items():
             if value is not None:
                 if isinstance(value, str) and OmegaConf.is_list(OmegaConf.select(merged, key)):
@@ -218,6 +221,24 @@ def _text_kind(schema: Any, key: str) -> str | None:
     if OmegaConf.is_list(node) and node._metadata.element_type is str:
         return "list"
     return None
+
+
+def _check_sections(schema: Any, given: Any, where: str, prefix: str = "") -> None:
+    """A UserError naming the key where `given` puts a value or nothing in place of a section of settings
+    (`sampling: 5`, or `sampling:` with nothing under it), which OmegaConf refuses without naming it ("int is not a
+    subclass of SamplingConfig") or unclearly ("field 'sampling' is not Optional")."""
+    if not (OmegaConf.is_dict(given) and OmegaConf.is_dict(schema)):
+        return
+    for key in given:
+        if key not in schema or OmegaConf.is_interpolation(given, key):
+            continue  # the merge names an unknown key; an interpolation is resolved later
+        value, wanted = given._get_node(key), schema._get_node(key)
+        if OmegaConf.is_dict(wanted) and not OmegaConf.is_dict(value) and not OmegaConf.is_missing(given, key) \
+                and not (value._value() is None and wanted._is_optional()):
+            what = "nothing" if value._value() is None else "a value"
+            raise UserError(f"{where}config key '{prefix}{key}' is a section of settings, given {what}: give the "
+                            f"settings under it (such as {prefix}{key}.{next(iter(wanted), 'key')}), or leave it out")
+        _check_sections(wanted, value, where, f"{prefix}{key}.")
 
 
 def _strings_as_lists(schema: Any, given: Any) -> Any:
