@@ -269,7 +269,7 @@ def test_metric_names_are_read_leniently_and_checked():
 
 
 def test_a_generated_video_is_scored_against_the_prompt_it_was_generated_from(
-    media, tiny_clip_dir, tiny_vit_dir, tmp_path
+    media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys
 ):
     """`vidbooth generate` writes out.yaml beside out.mp4: without --prompt, CLIP-T uses its prompt with the
     subject's pseudo-word taken out, as the README's `evaluate out.mp4 --subject S* --motion M` expects."""
@@ -285,8 +285,12 @@ def test_a_generated_video_is_scored_against_the_prompt_it_was_generated_from(
     # an explicit --prompt wins; a video without a readable config beside it still needs one
     assert run(video, "-p", "a ball", "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json) == 0
     assert json.loads(out_json.read_text())["videos"][0]["prompt"] == "a ball"
+    capsys.readouterr()
     video.with_suffix(".yaml").write_text("prompt: [unclosed\n")
     assert run(video, "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir)) == 2
+    warning, error = capsys.readouterr().err.strip().splitlines()  # the error alone did not say why
+    assert warning.startswith(f"warning: {video.with_suffix('.yaml')} beside the video is not valid YAML")
+    assert error.startswith(f"error: no prompt for {video}")
 
 
 def test_a_given_prompt_is_scored_without_the_subjects_pseudo_word(media, tiny_clip_dir, tiny_vit_dir, tmp_path,

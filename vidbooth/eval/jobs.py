@@ -11,11 +11,13 @@ beach" -> "dog on the beach"), as prompt fidelity is measured for personalised m
 
 from __future__ import annotations
 
+import functools
 import glob
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vidbooth import reporting
 from vidbooth.data.video import VIDEO_EXTENSIONS, video_file_problem
 from vidbooth.errors import UserError
 
@@ -95,17 +97,29 @@ def _beside(manifest: Path, path: str) -> str:
 
 
 def _generated_config(video: str | Path) -> dict | None:
-    """The config that `vidbooth generate` wrote beside `video` ('<stem>.yaml'); None when there is none."""
-    from omegaconf import OmegaConf
-
+    """The config that `vidbooth generate` wrote beside `video` ('<stem>.yaml'); None when there is none. One that
+    cannot be read is warned of (once): the video's prompt and base are then unknown."""
     path = Path(video).with_suffix(".yaml")
     if not path.is_file():
         return None
+    return _read_generated_config(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_generated_config(path: str, mtime_ns: int) -> dict | None:
+    from omegaconf import OmegaConf
+
     try:
         config = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception:  # not a config generate wrote: the video simply has no known settings
-        return None
-    return config if isinstance(config, dict) else None
+    except Exception as exc:  # yaml errors have many types
+        config, why = None, f"not valid YAML ({str(exc).splitlines()[0]})"
+    else:
+        why = "not a mapping of settings"
+    if isinstance(config, dict):
+        return config
+    reporting.warn(f"{path} beside the video is {why}, so the prompt and base it was generated with are unknown: "
+                   "fix or remove it, or pass the prompt (--prompt) and scoring models (--clip-model)")
+    return None
 
 
 def generated_base(video: str | Path) -> str | None:
