@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vidbooth.cli.app import main
-from vidbooth.data.video import write_video
+from vidbooth.data.video import read_video, write_video
 from vidbooth.eval.features import load_nano_image
 from vidbooth.eval.metrics import reference_similarity
 from vidbooth.nano.world import Motion, Sprite, caption, render_clip, render_photos
@@ -129,6 +129,29 @@ def test_the_csv_holds_the_reference_colour_and_the_notes_as_the_json_does(world
     assert rows[0]["probe_colour"] == "1.0" and rows[0]["notes"] == ""
     assert rows[1]["probe_colour"] == "" and rows[1]["notes"] == videos[1]["notes"]["probe"]
     assert "not a world caption" in rows[1]["notes"]
+
+
+def test_a_video_of_one_frame_has_no_value_for_what_changes_between_frames_and_says_why(world, tmp_path, capsys):
+    """The probe read one frame as still and scored probe motion 0, counted in the mean; T.Cons was n/a unexplained."""
+    one = write_video(read_video(world["video"])[:1], tmp_path / "one.mp4")
+    out = tmp_path / "scores.json"
+    assert run(one, "-p", caption(RED_SQUARE, RIGHT), "--clip-model", "nano", "--metrics", "nano_i,t_cons", "--probe",
+               "--ref-images", world["own"], "--json", out) == 0
+    video = json.loads(out.read_text())["videos"][0]
+    assert video["metrics"]["nano_t_cons"] is None and video["metrics"]["probe_motion"] is None
+    assert video["metrics"]["probe_colour"] == 1.0 and video["metrics"]["nano_i"] > 0.5
+    assert video["notes"]["frames"] == "one frame: nano T.Cons, probe motion need two or more"
+    assert f"{one}: one frame: nano T.Cons, probe motion need two or more" in capsys.readouterr().err
+
+
+def test_a_manifest_line_without_references_shows_n_a_not_a_blank(world, tmp_path, capsys):
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{world['video']}|||{world['own']}|||a square moving right\n"
+                        f"{world['video']}||||||a square moving right\n")
+    assert run("--manifest", manifest, "--clip-model", "nano") == 0  # nano-I only where there are references
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in capsys.readouterr().out.splitlines()
+            if "clip.mp4" in line]
+    assert [row[1] for row in rows] == [rows[0][1], "n/a"] and float(rows[0][1]) > 0.5, rows  # nano-I
 
 
 def test_the_probe_flag_adds_the_probe_to_other_metrics_without_a_model(world, tmp_path):

@@ -53,6 +53,8 @@ IMAGE_TOWER_METRICS = CLIP_METRICS + NANO_METRICS
 DINO_METRICS = ("dino_i",)
 REFERENCE_IMAGE_METRICS = ("clip_i", "nano_i", "dino_i")
 PROBE_METRICS = ("probe_colour", "probe_shape", "probe_motion")
+BETWEEN_FRAMES_METRICS = ("t_cons", "nano_t_cons", "motion_fidelity", "probe_motion")
+"""What changes between frames: none for a video of one frame."""
 _ALIASES = {"motion": ("motion_fidelity",), "probe": PROBE_METRICS} | {
     nano: (clip,) for clip, nano in NANO_NAMES.items()
 }
@@ -241,7 +243,7 @@ def _evaluate_job(job: EvalJob, metrics: list[str] | None, scorer: _Scorer, sing
     probing = bool(set(metrics) & set(PROBE_METRICS))
     try:
         colour = scorer.reference_colour(job) if probing else None
-        result.metrics = scorer.score(job, metrics, colour)
+        result.metrics = scorer.score(job, metrics, colour, result.notes)
     except UserError as exc:
         if single:
             raise
@@ -304,8 +306,10 @@ class _Scorer:
         self.models[role] = embedder.description | {"status": "loaded"}
         return embedder
 
-    def score(self, job: EvalJob, metrics: list[str], colour: str | None = None) -> dict[str, float | None]:
-        """The job's `metrics`; `colour` is the probe's truth where the prompt names none (`reference_colour`)."""
+    def score(self, job: EvalJob, metrics: list[str], colour: str | None = None,
+              notes: dict[str, str] | None = None) -> dict[str, float | None]:
+        """The job's `metrics`; `colour` is the probe's truth where the prompt names none (`reference_colour`).
+        Why some have no value is put in `notes` (a video of one frame has no change between frames)."""
         frames = read_video(job.video, max_short_side=VIDEO_SHORT_SIDE)
         values: dict[str, float | None] = dict.fromkeys(metrics)
         if self.clip is not None and set(metrics) & set(IMAGE_TOWER_METRICS) - {"nano_t"}:
@@ -326,6 +330,12 @@ class _Scorer:
         if set(metrics) & set(PROBE_METRICS):
             scores = probe_scores(frames, job.prompt, colour)
             values.update({name: value for name, value in scores.items() if name in metrics})
+        between_frames = [name for name in BETWEEN_FRAMES_METRICS if name in metrics]
+        if len(frames) < 2 and between_frames:
+            values.update(dict.fromkeys(between_frames))  # the probe read a still video as 'still'
+            if notes is not None:
+                labels = ", ".join(METRIC_LABELS[name] for name in between_frames)
+                notes["frames"] = f"one frame: {labels} need two or more"
         return values
 
     def reference_colour(self, job: EvalJob) -> str | None:

@@ -115,7 +115,7 @@ def show(report: EvaluationReport) -> None:
 def _cells(result: VideoResult, names: list[str]) -> list[object]:
     if result.error:
         return ["failed", *[""] * (len(names) - 1)] if names else []
-    return [_cell(result.metrics.get(name)) if name in result.metrics else "" for name in names]
+    return [_cell(result.metrics.get(name)) for name in names]  # n/a also where this video's job had none
 
 
 def _cell(value: float | None) -> object:
