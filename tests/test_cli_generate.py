@@ -46,6 +46,8 @@ def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
         (["--width", "100000"], "--width 100000 is more than 8 times this model's native size (64): use at most 512"),
         (["--scheduler", "euler"], "unknown scheduler"),
         (["--out", "x.avi"], "must end in .mp4 or .gif"),
+        (["--out", ""], "--out '' must end in .mp4 or .gif"),  # named '.' (Path's reading of '')
+        (["--out", "videos/"], "--out videos/ must end in .mp4 or .gif"),
         (["--set", "sampling.nope=1"], "config key 'sampling.nope'"),
         (["--attention", "xformers"], "cannot run on cpu"),
         (["--base", "org/model"], "cannot fetch 'org/model' from the hub"),

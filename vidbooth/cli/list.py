@@ -34,7 +34,7 @@ def list_library(
     from vidbooth.reporting import info, stdout_console, table, warn
 
     if kind not in (*KINDS, "all"):
-        raise UserError(f"--kind {kind} is unknown: use subject, motion or all")
+        raise UserError(f"--kind {kind or repr(kind)} is unknown: use subject, motion or all")
     problems: list[str] = []
     manifests = [m for k in KINDS if kind in (k, "all") for m in list_artifacts(k, problems)]
     for problem in problems:

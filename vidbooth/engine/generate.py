@@ -35,9 +35,9 @@ def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     """The video path and, beside it, '<stem>.png' (contact sheet) and '<stem>.yaml' (resolved config). Refused
     before any work: a path that a folder takes, and a video of the other type beside it (it owns the same
     contact sheet and config, which this one would replace)."""
-    out = Path(out).expanduser()
-    if out.suffix.lower() not in WRITE_EXTENSIONS:
-        raise UserError(f"--out {out} must end in .mp4 or .gif")
+    given, out = str(out), Path(out).expanduser()
+    if out.suffix.lower() not in WRITE_EXTENSIONS:  # named as given: Path("") is ".", and a trailing / goes
+        raise UserError(f"--out {given or repr(given)} must end in .mp4 or .gif")
     paths = out, out.with_suffix(".png"), out.with_suffix(".yaml")
     for path in paths:
         if path.is_dir():

@@ -229,7 +229,8 @@ def _job_metrics(job: EvalJob, choice: _MetricChoice) -> list[str]:
     missing_references = [METRIC_LABELS[n] for n in REFERENCE_IMAGE_METRICS if n in requested]
     if missing_references and not job.reference_images:
         raise UserError(
-            f"no reference images for {job.video}: {'/'.join(missing_references)} need --subject, --ref-images "
+            f"no reference images for {job.video}: {'/'.join(missing_references)} "
+            f"{'needs' if len(missing_references) == 1 else 'need'} --subject, --ref-images "
             "or the manifest's second field"
         )
     return requested
