@@ -114,19 +114,21 @@ def test_a_manifest_batch_reports_bad_lines_keeps_going_and_exits_1(
         f"\n"
         f"left.gif|||empty|||a square\n"
         f"{media['left']}|||{media['photos']}|||a square moving left\n"
+        f"right.mp4|||photos|||a square|||moving right\n"  # had been scored against 'a square|||moving right'
     )
     out_json = tmp_path / "scores.json"
     code = run("--manifest", manifest, *models(tiny_clip_dir, tiny_vit_dir), "--json", out_json)
     assert code == 1
     videos = json.loads(out_json.read_text())["videos"]
-    assert [video["error"] is None for video in videos] == [True, False, False, False, True]
+    assert [video["error"] is None for video in videos] == [True, False, False, False, True, False]
     assert videos[0]["prompt"] == "a square moving right" and videos[0]["metrics"]["clip_i"] is not None
     assert videos[4]["metrics"]["dino_i"] is not None
     errors = error_lines(capsys.readouterr())
     assert any("list.txt line 3" in line and "missing.mp4" in line for line in errors)
     assert any("list.txt line 4" in line and "expected 'video|||" in line for line in errors)
     assert any("list.txt line 6" in line and "no readable image" in line for line in errors)
-    assert errors[-1] == "error: 3 of 5 videos could not be evaluated: see above"
+    assert any("list.txt line 8" in line and "(4 fields)" in line for line in errors)
+    assert errors[-1] == "error: 4 of 6 videos could not be evaluated: see above"
 
 
 @pytest.mark.parametrize(

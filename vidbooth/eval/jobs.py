@@ -76,9 +76,10 @@ def _manifest_job(
     if not text or text.startswith("#"):
         return None
     source = f"{manifest} line {number}"
-    fields = [field.strip() for field in text.split(MANIFEST_SEPARATOR, 2)]
-    if len(fields) != 3 or not fields[0]:
-        problem = f"expected 'video|||reference_image_folder|||prompt' but got '{text[:80]}'"
+    fields = [field.strip() for field in text.split(MANIFEST_SEPARATOR)]
+    if len(fields) != 3 or not fields[0]:  # more than 3: the extra fields had become part of the prompt
+        count = f" ({len(fields)} fields)" if len(fields) != 3 else ""
+        problem = f"expected 'video|||reference_image_folder|||prompt' but got '{text[:80]}'{count}"
         return EvalJob("", source=source, problem=problem)
     video, references, line_prompt = fields
     video = _beside(manifest, video)
