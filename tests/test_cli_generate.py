@@ -257,3 +257,20 @@ def test_a_video_of_the_other_type_in_other_letters_is_not_replaced(tiny_base_di
     assert main([*args, "--prompt", "a blue cat", "--out", str(tmp_path / "A.mp4")]) == 2
     assert "A.GIF is beside it" in capsys.readouterr().err
     assert yaml.safe_load((tmp_path / "A.yaml").read_text())["prompt"] == "a red dog"
+
+
+def test_a_folder_the_file_system_will_not_write_is_refused_before_sampling(tmp_path, capsys, monkeypatch):
+    """Permissions can say yes where the file system says no (/sys for root): the video was refused after sampling,
+    naming its temporary file."""
+    import tempfile
+
+    import vidbooth.engine.backbone
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    assert main(["generate", "--prompt", "x", "--out", str(tmp_path / "v.mp4")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: output folder is not writable: {tmp_path}; choose another place for the output")

@@ -453,17 +453,30 @@ def save_contact_sheet(frames: np.ndarray, path: str | Path, columns: int | None
 
 
 def check_writable_dir(folder: str | Path) -> Path:
-    """Raise a UserError if `folder` could not be created or written, without creating anything: its nearest
-    existing ancestor must be a writable folder. `ensure_writable_dir` creates it when there is something to write."""
+    """Raise a UserError if `folder` could not be created or written, leaving nothing behind: its nearest
+    existing ancestor must be a writable folder (tried with a nameless file). `ensure_writable_dir` creates it when
+    there is something to write."""
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
     if not existing.is_dir():
         raise UserError(f"cannot create output folder {folder}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
         if existing == folder:
             raise UserError(f"output folder is not writable: {folder}; choose another place for the output")
         raise UserError(f"cannot create output folder {folder}: {existing} is not writable; choose another place")
     return folder
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in `folder`, by making a nameless one (O_TMPFILE where there is one, else a
+    temporary name removed at once). Permissions alone can say yes where the file system says no (/sys for root)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def ensure_writable_dir(folder: str | Path) -> Path:
