@@ -193,3 +193,20 @@ def test_each_train_config_knows_its_key_and_the_commands_flags_for_the_engines_
     motion = load_config(MotionConfig, None, None, None, flags={"train.lr": "--lr"})
     assert motion.train.setting_name("lr") == "train.lr (--lr)"
     assert "_key" not in to_yaml(motion) and "_flags" not in to_yaml(motion)  # not settings
+
+
+@pytest.mark.parametrize("caption, accepted", [
+    ("a photo of {}", True), ("{} in {{braces}}", True),
+    ("a {} and {}", False), ("a {x} {}", False), ("a { {}", False), ("a {0}", False), ("a {!r}", False),
+    ("a {{}}", False),  # literal braces: no place for the subject
+])
+def test_captions_must_give_the_subject_one_plain_place(caption, accepted):
+    """`{} and {}`, `{x}` and a lone `{` passed the check (each held '{}') and failed in str.format, a traceback."""
+    from vidbooth.config.subject import SubjectConfig
+
+    sets = ["name=S*", "class_noun=dog", "photos=dog/", f"data.captions=[{caption!r}]"]
+    if accepted:
+        assert load_config(SubjectConfig, None, sets).data.captions == [caption]
+    else:
+        with pytest.raises(UserError, match=r"data.captions must each contain '\{\}' once"):
+            load_config(SubjectConfig, None, sets)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import string
 from dataclasses import dataclass, field
 
 from vidbooth.config import checks
@@ -28,6 +29,17 @@ DEFAULT_CAPTIONS = [
     "a photo of my {}",
     "a rendering of a {}",
 ]
+
+
+def _one_subject_place(caption: str) -> bool:
+    """Whether `caption` has exactly one replacement field, a plain `{}`, as `str.format` reads it (`{x}`,
+    `{} {}` or a lone `{` failed there with a traceback)."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(caption)
+                  if name is not None]
+    except ValueError:
+        return False
+    return fields == [("", "", None)]
 
 
 @dataclass
@@ -166,9 +178,10 @@ class SubjectConfig:
             raise UserError(f"data.scale_jitter must be in [0, 1), got {self.data.scale_jitter}")
         if self.data.views < 1:
             raise UserError(f"data.views must be at least 1, got {self.data.views}")
-        bad = [c for c in self.data.captions if "{}" not in c]
+        bad = [c for c in self.data.captions if not _one_subject_place(c)]
         if bad or not self.data.captions:
-            raise UserError(f"data.captions must each contain '{{}}' (the subject's place), got {bad or 'none'}")
+            raise UserError(f"data.captions must each contain '{{}}' once (the subject's place) and no other braces "
+                            f"(write a brace as {{{{ or }}}}), got {bad or 'none'}")
         if self.textual_inversion.num_vectors < 1:
             vectors = self.textual_inversion.num_vectors
             raise UserError(f"textual_inversion.num_vectors must be at least 1, got {vectors}")
