@@ -168,6 +168,9 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
          "prior.guidance_scale must be a finite number of 0 or more"),
         ("train-subject", [*PRIOR, "--prior-weight", "nan"],
          "prior.weight (--prior-weight) must be a finite number of 0 or more, got nan"),
+        ("train-subject", ["--set", "identity.train.high_noise_fraction=1", "--set",  # had trained stage 1 first,
+         "identity.train.high_noise_from=1000"],  # leaving a checkpoint that refused the corrected run
+         "identity.train.high_noise_from must be below the 1000 noise levels (training timesteps) of"),
     ],
 )
 def test_subject_training_refuses_bad_numbers(command, args, message, tmp_path, tiny_base_dirs, capsys):
@@ -193,6 +196,8 @@ def test_subject_training_refuses_bad_numbers(command, args, message, tmp_path, 
         (["--preview", "--set", "preview.num_inference_steps=0"], "preview.num_inference_steps must be at least 1"),
         (["--preview", "--set", "preview.num_inference_steps=1", "--set", "preview.guidance_scale=nan"],
          "preview.guidance_scale must be a finite number of 0 or more"),
+        (["--set", "train.high_noise_fraction=0.5", "--set", "train.high_noise_from=5000"],
+         "train.high_noise_from must be below the 1000 noise levels (training timesteps) of"),
     ],
 )
 def test_train_motion_refuses_bad_numbers(args, message, tmp_path, tiny_base_dirs, capsys):

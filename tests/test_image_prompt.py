@@ -152,6 +152,16 @@ def test_training_writes_one_safetensors_file_that_loads_back(trained, tiny_back
         model.remove()
 
 
+def test_a_stages_high_noise_share_is_trained_with(trained, tiny_base_dirs, tmp_path):
+    """The fine stage's high_noise_* settings were accepted and never used."""
+    cfg = _config(tmp_path / "high.safetensors", tiny_base_dirs["unet3d"])
+    cfg.fine.high_noise_fraction, cfg.fine.high_noise_from = 1.0, 900
+    ours, theirs = load_tensors(train_image_prompt(cfg))[0], load_tensors(trained)[0]
+    assert ours.keys() == theirs.keys()
+    differ = {key for key in ours if not torch.equal(ours[key], theirs[key])}
+    assert differ and all(not key.startswith("mapper") for key in differ), differ  # the coarse stage's are equal
+
+
 def test_an_image_prompt_model_of_another_base_is_refused(trained, tiny_backbones):
     bb = tiny_backbones["animatediff"]
     with pytest.raises(UserError, match="trained on another base"):
@@ -323,6 +333,9 @@ def test_a_base_without_its_own_image_prompt_model_says_how_to_get_one(tiny_base
     (["--data", "missing"], "--data missing: not found"),
     (["--data", "missing", "--clips", "3"], "drop --clips"),
     (["--set", "num_tokens=0"], "num_tokens"),
+    (["--out", ""], "--out '' must end in .safetensors"),  # had said '--out .'
+    (["--set", "fine.high_noise_fraction=1", "--set", "fine.high_noise_from=1000"],
+     "fine.high_noise_from must be below the 1000 noise levels"),
 ])
 def test_bad_training_inputs_are_one_error_line(args, message, tiny_base_dirs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

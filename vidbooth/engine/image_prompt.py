@@ -47,7 +47,7 @@ from vidbooth.adapters.image_prompt import (
 from vidbooth.config.image_prompt import ImagePromptConfig
 from vidbooth.data.subject_clips import SubjectClip, find_subject_clips, folder_digest, load_subject_clip
 from vidbooth.engine.backbone import Backbone
-from vidbooth.engine.objective import sample_timesteps, training_scheduler
+from vidbooth.engine.objective import HighNoise, sample_timesteps, training_scheduler
 from vidbooth.errors import UserError
 from vidbooth.fileio import exclusive_lock
 from vidbooth.reporting import info, progress, warn
@@ -240,8 +240,8 @@ def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePrompt
 class _Method:
     """One stage: 'coarse' trains the mapper (no injections yet), 'fine' the injections (the mapper frozen)."""
 
-    def __init__(self, model: ImagePromptModel, stage: str):
-        self.model, self.stage = model, stage
+    def __init__(self, model: ImagePromptModel, stage: str, high_noise: HighNoise = HighNoise()):
+        self.model, self.stage, self.high_noise = model, stage, high_noise
         self.scheduler = training_scheduler(model.backbone.scheduler_config)
         if stage == "coarse":
             self.params = list(model.mapper.parameters())
@@ -269,7 +269,8 @@ class _Method:
         spans = [tuple(span) for span in batch["span"].tolist()]
         text = splice_tokens(batch["text"].to(bb.device, bb.dtype), spans, tokens)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
-        timesteps = sample_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, generator)
+        timesteps = sample_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, generator,
+                                     self.high_noise.fraction, self.high_noise.start)
         timesteps = timesteps.to(bb.device)
         if self.stage == "fine":
             images = batch["image_latents"].to(bb.device, bb.dtype)
@@ -357,17 +358,19 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     """Train the image-prompt model of `cfg.backbone` coarse to fine, on the clips of `cfg.data.folder` or else on
     nano's world, and save it to `cfg.out` (a second run writing the same file meanwhile is refused)."""
     from vidbooth.data.video import check_writable_dir
-    from vidbooth.engine.train import make_accelerator
+    from vidbooth.engine.train import check_high_noise, make_accelerator
 
-    out = Path(cfg.out).expanduser()
+    given, out = cfg.out, Path(cfg.out).expanduser()
     if out.suffix != ".safetensors":
-        raise UserError(f"--out {out} must end in .safetensors (the image-prompt model is one safetensors file)")
+        raise UserError(f"--out {given or repr(given)} must end in .safetensors (the image-prompt model is one "
+                        "safetensors file)")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give a file path ending in .safetensors")
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(out.parent)
     examples = find_subject_clips(cfg.data.folder, cfg.word) if cfg.data.folder else None
+    check_high_noise([cfg.coarse, cfg.fine], cfg.backbone.base, cfg.backbone.revision)
     accelerator = make_accelerator(cfg.coarse.mixed_precision, device=cfg.runtime.device)
     if not accelerator.is_main_process:  # the main process holds the lock for them all
         return _train(cfg, out, examples, accelerator)
@@ -422,7 +425,7 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     for stage, train_cfg, run_dir in zip(STAGES, (cfg.coarse, cfg.fine), run_dirs):
         if stage == "fine":
             model.add_injections()
-        method = _Method(model, stage)
+        method = _Method(model, stage, HighNoise.of(train_cfg))
         result = train(method, items, train_cfg, run_dir, accelerator, resume=cfg.resume,
                        signature=signature | {"stage": stage}, description=f"image prompt: {stage}")
         losses[stage] = result.loss

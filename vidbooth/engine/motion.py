@@ -185,7 +185,13 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
     from vidbooth.engine.backbone import is_image_model
-    from vidbooth.engine.train import make_accelerator, refuse_other_settings, refuse_to_discard, run_folder
+    from vidbooth.engine.train import (
+        check_high_noise,
+        make_accelerator,
+        refuse_other_settings,
+        refuse_to_discard,
+        run_folder,
+    )
     from vidbooth.library import artifact_lock, check_free, validate_name
 
     cfg.check()
@@ -199,6 +205,7 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
             f"{cfg.backbone.base} is an image model: it has no temporal layers for a motion adapter to learn in; give "
             "--motion-adapter (an AnimateDiff motion module) to learn a motion on it"
         )
+    check_high_noise([cfg.train], cfg.backbone.base, cfg.backbone.revision)
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
     # a --resume with other settings is refused before the model loads
     refuse_other_settings(run_folder("motion", cfg.name, STAGE), cfg.resume, cfg.train, _settings_signature(cfg, clips),

@@ -60,6 +60,7 @@ from vidbooth.engine.sampling import training_resolution
 from vidbooth.engine.train import (
     TrainResult,
     backbone_device,
+    check_high_noise,
     derived_seed,
     dtype_signature,
     make_accelerator,
@@ -240,6 +241,7 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     class_noun = cfg.class_noun.strip() or existing["class_noun"]
     photos = _load_photos(cfg.photos)
     base_folder = base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
+    check_high_noise([getattr(cfg, stage).train for stage in stages], cfg.backbone.base, cfg.backbone.revision)
     if "textual_inversion" in stages:
         _check_tokens(cfg, class_noun, base_folder)
     class_images = digest = None

@@ -193,6 +193,21 @@ def run_folder(kind: str, name: str, stage: str) -> Path:
     return library_home() / ".runs" / KINDS[kind] / dir_name(name) / stage
 
 
+def check_high_noise(train_configs: Sequence[TrainConfig], base: str, revision: str | None = None) -> None:
+    """Refuse, before the model loads, a high-noise range that starts at or past `base`'s noise levels (else found
+    at the first step of its stage, after the model loaded and earlier stages trained)."""
+    used = [config for config in train_configs if config.high_noise_fraction]
+    if not used:
+        return
+    from vidbooth.engine.backbone import noise_levels
+
+    levels = noise_levels(base, revision)
+    for config in used:
+        if config.high_noise_from >= levels:
+            raise UserError(f"{config.setting_name('high_noise_from')} must be below the {levels} noise levels "
+                            f"(training timesteps) of {base}, got {config.high_noise_from}")
+
+
 def refuse_to_discard(run_dirs: Sequence[Path], resume: bool, overwrite: bool) -> None:
     """Before a model loads: a stopped run's checkpoint in one of `run_dirs` is neither continued nor thrown away
     unasked; --resume continues it, --overwrite starts over (as `pretrain` refuses a run folder in use)."""
