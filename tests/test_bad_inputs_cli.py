@@ -218,9 +218,16 @@ def test_train_motion_refuses_bad_numbers(args, message, tmp_path, tiny_base_dir
         (["--set", "clip.lr=0"], "clip.lr must be a finite positive number, got 0.0"),
         (["--set", "unet.high_noise_from=1000"], "unet.high_noise_from must be in [0, 1000), got 1000"),
         (["--set", "unet.eval_prompts=0"], "unet.eval_prompts must be at least 1, got 0"),
+        (["--export", "{tmp}/run"], "--export {tmp}/run and --out {tmp}/run overlap"),  # found after the training
+        (["--export", "{tmp}"], "overlap: export to a folder outside the run folder"),  # replaced whole: the run too
+        (["--export", "{tmp}/run/model"], "overlap"),
+        (["--export", "{tmp}/a.txt"], "{tmp}/a.txt is a file: give a folder to export the nano model to"),
     ],
 )
 def test_pretrain_refuses_bad_numbers(args, message, tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("")
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    message = message.replace("{tmp}", str(tmp_path))
     _refused_in_one_line(["pretrain", "--out", str(tmp_path / "run"), *args], message, tmp_path, capsys)
 
 

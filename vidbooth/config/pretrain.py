@@ -115,6 +115,12 @@ class PretrainConfig:
             raise UserError("--out is empty: give the run folder (default: runs/nano)")
         if Path(self.out).expanduser().exists() and not Path(self.out).expanduser().is_dir():
             raise UserError(f"--out {self.out} is a file: give the run folder (default: runs/nano)")
+        if self.export.strip():
+            run, export = (Path(p).expanduser().resolve() for p in (self.out, self.export))
+            if run == export or run in export.parents or export in run.parents:  # found after training, or the
+                raise UserError(  # export, which replaces its folder whole, would take the run with it
+                    f"--export {self.export} and --out {self.out} overlap: export to a folder outside the run folder "
+                    "(the run keeps its own copy of the model in <out>/model)")
         checks.non_negative("max_minutes", self.max_minutes, "--max-minutes", hint=" (0: no limit)")
         checks.at_least("threads", self.threads, 1, "--threads")
         checks.seed("seed", self.seed)

@@ -182,7 +182,9 @@ def _save_tokenizer(tokenizer, folder: Path) -> None:
 def check_export_folder(folder: str | Path) -> None:
     """Refuse to export over a folder that holds anything but an earlier nano export: it is replaced whole."""
     folder = Path(folder)
-    if folder.is_file() or (folder.is_dir() and any(folder.iterdir()) and not (folder / "nano.json").is_file()):
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file: give a folder to export the nano model to")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "nano.json").is_file():
         raise UserError(
             f"{folder} holds other files than a nano model, and an export replaces the whole folder: "
             "give a new or empty folder, or an earlier export"
