@@ -116,7 +116,8 @@ def test_a_short_clip_among_several_is_named_in_its_warning(tmp_path, monkeypatc
 
 
 def test_a_too_slow_clip_among_several_is_named_in_its_refusal(tmp_path):
-    good, slow = write_clip(tmp_path / "good.mp4", num_frames=12), write_clip(tmp_path / "slow.gif", num_frames=4, fps=1)
+    good = write_clip(tmp_path / "good.mp4", num_frames=12)
+    slow = write_clip(tmp_path / "slow.gif", num_frames=4, fps=1)
     cfg = MotionConfig(name="m", clips=[str(good), str(slow)], data=MotionDataConfig(num_frames=8))
     with pytest.raises(UserError, match=rf"^clip {re.escape(str(slow))}: sampling 8 frames at 8 fps takes only"):
         read_training_clips(cfg)

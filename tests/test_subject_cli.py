@@ -27,10 +27,10 @@ FAST = [
     "--set", "preview.num_frames=2",
     "--set", "preview.num_inference_steps=1",
     "--set", "preview.guidance_scale=1.0",
-    "--set", "prior.num_inference_steps=1",
-    "--set", "prior.guidance_scale=1.0",
     "--batch-size", "1",
 ]  # fmt: skip
+PRIOR_FAST = ["--set", "prior.num_inference_steps=1", "--set", "prior.guidance_scale=1.0"]
+"""With --prior-preservation only: without it they have no effect, and are warned of."""
 BASES = {"unet3d": "tiny", "animatediff": "tiny-animatediff"}
 
 
@@ -50,7 +50,8 @@ def library_is_empty(home: Path) -> bool:
 
 def train_subject(photos: Path, *extra: str, name: str = "S*", steps: int = 2) -> int:
     args = ["train-subject", str(photos), "--name", name, "--class-noun", "dog", *FAST]
-    return main([*args, "--ti-steps", str(steps), "--identity-steps", str(steps), *extra])
+    prior = PRIOR_FAST if "--prior-preservation" in extra else []
+    return main([*args, *prior, "--ti-steps", str(steps), "--identity-steps", str(steps), *extra])
 
 
 @pytest.mark.parametrize("family", list(BASES))
@@ -290,7 +291,7 @@ def test_a_stop_between_the_stages_says_to_resume_and_the_resume_keeps_stage_one
         os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(prior, "generate_class_images", stopped_generate)
-    args = [*FAST, "--no-preview", "--prior-preservation", "--num-class-images", "2"]
+    args = [*FAST, *PRIOR_FAST, "--no-preview", "--prior-preservation", "--num-class-images", "2"]
     assert train_subject(photos, *args) == code
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"error: stopped by {signal.Signals(signum).name} before the identity adapter's training")
@@ -549,7 +550,8 @@ def test_resume_is_refused_when_a_class_image_changed(photos, tmp_path, isolated
     from vidbooth.engine.subject_methods import IdentityAdapterMethod
 
     class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)
-    args = [*FAST, "--no-preview", "--prior-preservation", "--class-images", str(class_dir), "--num-class-images", "2"]
+    args = [*FAST, *PRIOR_FAST, "--no-preview", "--prior-preservation", "--class-images", str(class_dir),
+            "--num-class-images", "2"]
     original_loss = interrupt_identity_stage(monkeypatch)
     assert train_subject(photos, *args, steps=3) == 130
     monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
@@ -569,7 +571,7 @@ def test_resume_finds_the_same_class_images_named_another_way(photos, tmp_path, 
 
     class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)
     monkeypatch.chdir(tmp_path)
-    args = [*FAST, "--no-preview", "--prior-preservation", "--num-class-images", "2", "--class-images"]
+    args = [*FAST, *PRIOR_FAST, "--no-preview", "--prior-preservation", "--num-class-images", "2", "--class-images"]
     original_loss = interrupt_identity_stage(monkeypatch)
     assert train_subject(photos, *args, "dogs", steps=3) == 130
     monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
@@ -590,6 +592,30 @@ def test_prior_flags_without_prior_preservation_are_refused(command, flags, phot
     named = " and ".join(flag for flag in flags if flag.startswith("--"))
     assert f"error: {named} need" in err and "add --prior-preservation" in err and "\n" not in err
     assert library_is_empty(isolated_home)
+
+
+@pytest.mark.parametrize("command, sets, warned", [
+    ("train-subject", ["prior.weight=2"], ["--set prior.weight=2 has no effect without --prior-preservation"]),
+    ("textual-inversion", ["identity.hidden_ratio=0.25", "prior.enabled=true"], [
+        "--set identity.hidden_ratio=0.25 has no effect: it acts on the identity stage, which this run leaves out",
+        "--set prior.enabled=true has no effect: it acts on the identity stage, which this run leaves out"]),
+    ("identity-adapter", ["textual_inversion.num_vectors=3"], [
+        "--set textual_inversion.num_vectors=3 has no effect: it acts on the textual_inversion stage, which this run "
+        "leaves out"]),
+])
+def test_settings_that_would_do_nothing_are_warned_of(command, sets, warned, photos, monkeypatch):
+    """They had been accepted silently (the flags that set them are refused)."""
+    import vidbooth.cli.subject as cli
+    import vidbooth.engine.subject as engine
+
+    messages = []
+    monkeypatch.setattr(cli, "warn", messages.append)
+    for function in ("train_subject", "train_textual_inversion", "train_identity_adapter"):
+        monkeypatch.setattr(engine, function, lambda cfg: None)
+    monkeypatch.setattr("vidbooth.cli.options.learned_backbone", lambda *args: {})
+    args = [command, str(photos), "--name", "S*", *FAST, *[arg for item in sets for arg in ("--set", item)]]
+    assert main(args + (["--class-noun", "dog"] if command != "identity-adapter" else [])) == 0
+    assert messages == warned
 
 
 def test_prior_flags_apply_when_a_recipe_or_set_enables_the_prior(photos, monkeypatch):

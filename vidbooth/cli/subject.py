@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from vidbooth.cli import options
+from vidbooth.reporting import warn
 
 Photos = typer.Argument(
     None,
@@ -77,9 +78,21 @@ def _prior_flags(prior_preservation, class_images, num_class_images, prior_weigh
     }
 
 
-def _check_prior_flags(cfg, class_images, num_class_images, prior_weight) -> None:
+PRIOR_SETTINGS = ("class_images", "num_class_images", "weight", "prompt", "num_inference_steps", "guidance_scale",
+                  "sample_batch_size")
+"""The prior's settings besides `enabled`, which act only with prior preservation."""
+
+
+def _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets: list[str] | None = None) -> None:
     """The prior's flags do nothing without prior preservation (the flag, or `prior.enabled` in the recipe or a
-    --set): refuse them rather than ignore them."""
+    --set): refuse them rather than ignore them. Its settings given with --set are warned of (a script may pass
+    them to every run, as a recipe may hold them)."""
+    from vidbooth.config.load import given_by
+
+    if not cfg.prior.enabled:
+        for where in dict.fromkeys(where[1] for key in PRIOR_SETTINGS if (where := given_by(f"prior.{key}", None,
+                                                                                            sets, {}))):
+            warn(f"{where} has no effect without --prior-preservation")
     given = {"--class-images": class_images, "--num-class-images": num_class_images, "--prior-weight": prior_weight}
     named = [flag for flag, value in given.items() if value is not None]
     if named and not cfg.prior.enabled:
@@ -106,6 +119,20 @@ def _check_stage_flags(cfg, given: dict[str, dict[str, object]]) -> None:
                 f"(stages: {list(cfg.stages)}): drop {listed}, or run both with "
                 "--set 'stages=[textual_inversion,identity]'"
             )
+
+
+STAGE_OF_SECTION = {"textual_inversion": "textual_inversion", "identity": "identity", "prior": "identity"}
+"""The stage each stage-only section of the config acts on."""
+
+
+def _check_stage_sets(stages, sets: list[str] | None) -> None:
+    """A --set of a section whose stage this run leaves out does nothing: warned of (the stages' flags are
+    refused; a script may pass such settings to every run, as a recipe may hold them)."""
+    for item in sets or []:
+        section = item.partition("=")[0].strip().split(".")[0]
+        stage = STAGE_OF_SECTION.get(section)
+        if stage is not None and stage not in stages:
+            warn(f"--set {item.strip()} has no effect: it acts on the {stage} stage, which this run leaves out")
 
 
 def _load(recipe, sets, overrides, flags: dict[str, str]):
@@ -154,6 +181,7 @@ def textual_inversion(
     overrides["textual_inversion.num_vectors"] = num_vectors
     flags = COMMON_FLAGS | _train_flag_names("textual_inversion", "--steps", "--lr")
     flags["textual_inversion.num_vectors"] = "--num-vectors"
+    _check_stage_sets(["textual_inversion"], sets)
     train_textual_inversion(_load(recipe, sets, overrides, flags))
 
 
@@ -199,8 +227,9 @@ def identity_adapter(
     overrides |= options.learned_backbone(recipe, sets, overrides, [("subject", name)] if name else [])
     flags = COMMON_FLAGS | PRIOR_FLAGS | _train_flag_names("identity", "--steps", "--lr")
     flags["identity.hidden_ratio"] = "--hidden-ratio"
+    _check_stage_sets(["identity"], sets)
     cfg = _load(recipe, sets, overrides, flags)
-    _check_prior_flags(cfg, class_images, num_class_images, prior_weight)
+    _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets)
     train_identity_adapter(cfg)
 
 
@@ -262,5 +291,6 @@ def train_subject(
             "--num-class-images": num_class_images, "--prior-weight": prior_weight,
         },
     })  # fmt: skip
-    _check_prior_flags(cfg, class_images, num_class_images, prior_weight)
+    _check_stage_sets(cfg.stages, sets)
+    _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets)
     run_train_subject(cfg)
