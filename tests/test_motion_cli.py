@@ -321,3 +321,24 @@ def test_a_motion_without_caption_or_class_noun_says_so_and_lists_as_such(
     assert "(no caption)" in capsys.readouterr().out
     assert main(["train-motion", str(clip), "--name", "named", "--class-noun", "square", *QUICK, "--no-preview"]) == 0
     assert "empty caption" not in capsys.readouterr().err
+
+
+def test_appearance_settings_without_appearance_guidance_are_refused_or_warned_of(tmp_path, isolated_home, capsys,
+                                                                                    monkeypatch):
+    """nano's recipe has guidance off: --p-image-zero and --image-encoder were accepted and did nothing."""
+    import vidbooth.engine.motion as engine
+
+    monkeypatch.setattr(engine, "train_motion", lambda cfg: pytest.fail("it trained"))
+    clip = square_clip(tmp_path / "slide.mp4")
+    args = ["train-motion", str(clip), "--name", "m", "--no-appearance-guidance"]
+    assert main([*args, "--p-image-zero", "0.3", "--image-encoder", "vae"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --image-encoder and --p-image-zero act only with appearance "
+                                               "guidance, which this run has off: add --appearance-guidance, or drop "
+                                               "--image-encoder and --p-image-zero")
+    warned = []
+    monkeypatch.setattr("vidbooth.reporting.warn", warned.append)
+    monkeypatch.setattr(engine, "train_motion", lambda cfg: (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        main([*args, "--set", "appearance.p_image_zero=0.3"])
+    assert warned == ["--set appearance.p_image_zero=0.3 has no effect without appearance guidance "
+                      "(--appearance-guidance)"]

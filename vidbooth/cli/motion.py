@@ -88,6 +88,7 @@ def train_motion(
     recipe = recipe_or_default(recipe, "motion", sets, overrides)
     cfg = load_config(MotionConfig, recipe, sets, overrides, flags=FLAGS)
     _check_fps_or_stride(cfg, recipe, sets, overrides)
+    _check_appearance_settings(cfg, sets, {"--image-encoder": image_encoder, "--p-image-zero": p_image_zero})
     result = run_train_motion(cfg)
     # a run resumed at its last step (stopped while saving) runs no step to time
     timed = f"{result.step_seconds:.2f} s/step" if math.isfinite(result.step_seconds) else "no step run now"
@@ -95,6 +96,25 @@ def train_motion(
         f"motion '{result.name}': {result.steps} steps, loss {result.loss:.4f}, {timed}, "
         f"{result.trainable_parameters:,} trainable parameters"
     )
+
+
+def _check_appearance_settings(cfg, sets: list[str] | None, flags: dict[str, object]) -> None:
+    """The appearance encoder and its dropout act only with appearance guidance (off in nano's recipe): their flags
+    are refused without it, their --set warned of, rather than ignored."""
+    from vidbooth.config.load import given_by
+    from vidbooth.errors import UserError
+    from vidbooth.reporting import warn
+
+    if cfg.appearance.guidance:
+        return
+    named = [flag for flag, value in flags.items() if value is not None]
+    if named:
+        listed = " and ".join(named)
+        raise UserError(f"{listed} {'acts' if len(named) == 1 else 'act'} only with appearance guidance, which this "
+                        f"run has off: add --appearance-guidance, or drop {listed}")
+    for key in ("appearance.encoder", "appearance.p_image_zero"):
+        if where := given_by(key, None, sets, {}):
+            warn(f"{where[1]} has no effect without appearance guidance (--appearance-guidance)")
 
 
 def _check_fps_or_stride(cfg, recipe: str | None, sets: list[str] | None, overrides: dict) -> None:
