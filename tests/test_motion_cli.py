@@ -321,6 +321,9 @@ def test_a_motion_without_caption_or_class_noun_says_so_and_lists_as_such(
     assert "(no caption)" in capsys.readouterr().out
     assert main(["train-motion", str(clip), "--name", "named", "--class-noun", "square", *QUICK, "--no-preview"]) == 0
     assert "empty caption" not in capsys.readouterr().err
+    args = ["--name", "blank", "--class-noun", "square", "--caption", "", *QUICK, "--no-preview"]
+    assert main(["train-motion", str(clip), *args]) == 0  # it said no --class-noun or --caption was given
+    assert "an empty --caption: the clips are learned with the empty caption" in capsys.readouterr().err
 
 
 def test_appearance_settings_without_appearance_guidance_are_refused_or_warned_of(tmp_path, isolated_home, capsys,

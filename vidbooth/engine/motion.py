@@ -228,7 +228,8 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
     if accelerator.is_main_process:  # once every input is checked (a bad one stays a single error line)
         warn_of_still_clips(clips)
         if not any(clip.caption for clip in clips):
-            info("no --class-noun or --caption: the clips are learned with the empty caption (the preview too)")
+            why = "an empty --caption" if cfg.captions else "no --class-noun or --caption"  # a caption wins
+            info(f"{why}: the clips are learned with the empty caption (the preview too)")
     info(
         f"learning motion '{cfg.name}' from {len(clips)} clip(s), {cfg.data.num_frames} frames at {size}px on "
         f"{cfg.backbone.base} ({backbone.family}); appearance guidance: {encoder.name if encoder else 'off'}"
