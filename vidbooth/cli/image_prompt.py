@@ -47,5 +47,9 @@ def train_image_prompt(
         "fine.seed": seed,
         "data.seed": seed,
     }
-    cfg = load_config(ImagePromptConfig, recipe_or_default(recipe, "image-prompt", sets, overrides), sets, overrides)
+    flags = {"coarse.steps": "--coarse-steps", "fine.steps": "--fine-steps", "data.folder": "--data",
+             "word": "--word", "data.clips": "--clips", "coarse.seed": "--seed", "fine.seed": "--seed",
+             "data.seed": "--seed"}  # named in the error of a bad value
+    recipe = recipe_or_default(recipe, "image-prompt", sets, overrides)
+    cfg = load_config(ImagePromptConfig, recipe, sets, overrides, flags=flags)
     run(cfg)

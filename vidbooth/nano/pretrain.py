@@ -89,7 +89,8 @@ class _Run:
                                    "linear_paths": cfg.linear_paths})
         if state is not None and _identity(state) != self.identity:
             raise UserError(
-                f"{self.dir} was trained with another arch, seed, split_seed or linear_paths: use a new --out"
+                f"{self.dir} was trained with other settings ({_identity_difference(_identity(state), self.identity)})"
+                ": use the same ones, or a new --out"
             )
         self.state = state or {
             "arch": arch,
@@ -145,6 +146,26 @@ def _identity(record: dict) -> tuple:
     arch = copy.deepcopy(record.get("arch", record.get("architecture")))
     arch["unet"].setdefault("position_channels", 0)
     return (arch, record["seed"], record["split_seed"], record.get("linear_paths", "random"))
+
+
+def _identity_difference(then: tuple, now: tuple) -> str:
+    """What differs between two `_identity`s, as 'seed 0 there, 5 here' ('arch.unet.channels ...' for the arch)."""
+    names = ("arch", "seed", "split_seed", "linear_paths")
+    parts = []
+    for name, old, new in zip(names, then, now):
+        if name == "arch":
+            parts += [f"arch.{key} {value} there, {_flat(new).get(key)} here" for key, value in _flat(old).items()
+                      if _flat(new).get(key) != value]
+        elif old != new:
+            parts.append(f"{name} {old} there, {new} here")
+    return "; ".join(parts)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
 
 
 def step_seed(seed: int, stage: str, step: int) -> int:
@@ -279,7 +300,8 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder} is not an exported nano model (no readable nano.json): check --init-from") from exc
     if _identity(provenance) != run.identity:
-        raise UserError(f"{folder} was trained with another arch, seed, split_seed or linear_paths than this recipe")
+        raise UserError(f"{folder} was trained with other settings than this run's "
+                        f"({_identity_difference(_identity(provenance), run.identity)}): continue it with those")
     clip = build_clip(run.cfg.arch, tokenizer)  # the text projection stays fresh: the CLIP stage is done
     clip.text_model.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
     image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
