@@ -214,6 +214,20 @@ def test_rotation_and_zoom_are_told_apart_from_their_opposites():
     assert motion_fidelity(turning_left, zooming_in) < 0.5
 
 
+def test_a_moving_clip_with_each_frame_shown_twice_is_not_taken_for_still():
+    """31 steps interpolated onto 16 time points fall on the 0 -> 0, 1 -> 1, ... repeats alone: a clip sampled at
+    twice its rate (train-motion --num-frames 32 from 16 frames) was warned to show no motion."""
+    from vidbooth.eval.motion import moving_signature
+
+    frames = np.zeros((16, 64, 64, 3), np.uint8)
+    for i in range(16):
+        frames[i, 20:44, 4 + 2 * i : 28 + 2 * i] = (230, 30, 30)
+    twice = np.repeat(frames, 2, axis=0)
+    assert not motion_signature(twice).any()  # the aliasing itself
+    assert np.array_equal(moving_signature(twice), motion_signature(frames))
+    assert moving_signature(np.repeat(frames[:1], 6, axis=0)) is None  # a still clip stays still
+
+
 def test_a_still_video_has_an_all_zero_signature_and_zero_fidelity():
     still = np.stack([smooth_image(0)] * 5)
     assert not motion_signature(still).any()
