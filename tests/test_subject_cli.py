@@ -632,6 +632,7 @@ CLASS_IMAGE_ERRORS = {
     "missing folder": (lambda d: d / "nope", "class image folder not found"),
     "a file": (lambda d: write_photos(d, count=1) / "photo0.png", "--class-images must be a folder of class images"),
     "no images": (lambda d: (d / "notes.txt").write_text("hi") and d, "no class images found in"),
+    "a corrupt image": (lambda d: (d / "dog.png").write_bytes(b"not a png") and d, "dog.png"),  # and no warning
 }
 
 

@@ -142,7 +142,7 @@ def class_image_files(path: str | Path, count: int) -> list[Path]:
         )
     files = sorted((p for p in folder.iterdir() if is_image_file(p)), key=natural_sort_key)
     if not files:
-        kinds = ", ".join(IMAGE_EXTENSIONS[:4])
+        kinds = ", ".join(IMAGE_EXTENSIONS)
         raise UserError(
             f"no class images found in {folder}: add {kinds} images of the class, or drop --class-images to "
             "generate them"

@@ -247,12 +247,12 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     class_images = digest = None
     if "identity" in stages and cfg.prior.enabled and cfg.prior.class_images:
         files = class_image_files(cfg.prior.class_images, cfg.prior.num_class_images)
-        if len(files) < cfg.prior.num_class_images:
+        class_images, digest = [load_image(file) for file in files], class_images_sha256(files)
+        if len(files) < cfg.prior.num_class_images:  # once they are read: a bad one is the one line said
             reporting.warn(
                 f"only {len(files)} class images in {cfg.prior.class_images}, fewer than prior.num_class_images "
                 f"(--num-class-images) {cfg.prior.num_class_images}: training uses these {len(files)}"
             )
-        class_images, digest = [load_image(file) for file in files], class_images_sha256(files)
     run = _Run(cfg, stages, class_noun, photos, existing, earlier, class_images, digest)
     if earlier is not None:  # said before training, not after
         _warn_if_not_one_run(run, earlier)
