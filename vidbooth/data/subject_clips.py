@@ -158,13 +158,13 @@ def folder_digest(examples: list[SubjectClip]) -> str:
 
 
 def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """The mask at `path` as a boolean (H, W) at the frame's `shape`; a UserError when its shape differs or it is
-    empty."""
+    """The mask at `path` as a boolean (H, W) at the frame's `shape` (frames are read shrunk, so a mask at the
+    video's size or any scale of it fits); a UserError when its proportions differ or it is empty."""
     image = load_image(path, max_short_side=None, min_side=1)
     height, width = shape
     if abs(image.width / image.height - width / height) > 0.02:
         raise UserError(f"mask {path} is {image.width}x{image.height} but its clip's frames are {width}x{height}: "
-                        "make the mask from the clip's first frame, at its size")
+                        "make the mask from the clip's first frame, at its size (or scaled with it)")
     grey = np.asarray(to_rgb(image).convert("L").resize((width, height), Image.Resampling.NEAREST))
     mask = grey > 127
     if not mask.any():
