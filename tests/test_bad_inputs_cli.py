@@ -139,6 +139,8 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
          "data.resolution (--resolution) 30 must be a positive multiple of 4 for this model: use e.g. 32"),
         ("textual-inversion", ["--num-vectors", "40"],  # cut at 32 tokens: it had learned without the class noun
          "with textual_inversion.num_vectors (--num-vectors) 40 takes 54 tokens, more than the text encoder's 32"),
+        ("textual-inversion", ["--class-noun", " ".join(["dog"] * 30)],  # after a transformers log line
+         "more than the text encoder's 32: use a shorter --class-noun (90 tokens), fewer vectors"),
         ("train-subject", ["--resolution", "100000"],  # it had trained on, for hours
          "data.resolution (--resolution) 100000 is more than 8 times this model's native size (32): use at most 256"),
         ("train-subject", ["--ti-steps", "0"], "textual_inversion.train.steps (--ti-steps) must be at least 1, got 0"),

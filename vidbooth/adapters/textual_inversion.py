@@ -46,7 +46,8 @@ def expand_placeholder(prompt: str, token: str, num_vectors: int) -> str:
 
 def class_noun_ids(tokenizer, class_noun: str) -> list[int]:
     """Token ids of the class noun, without start/end/unknown tokens; a UserError when there are none."""
-    ids = [i for i in tokenizer(class_noun, add_special_tokens=False).input_ids if i != tokenizer.unk_token_id]
+    ids = tokenizer(class_noun, add_special_tokens=False, verbose=False).input_ids  # a long one is refused later
+    ids = [i for i in ids if i != tokenizer.unk_token_id]
     if not ids:
         raise UserError(f"class noun '{class_noun}' tokenises to nothing: give a plain word such as dog or person")
     return ids

@@ -313,12 +313,14 @@ def _check_caption_lengths(tokenizer, cfg: SubjectConfig, class_noun: str) -> No
     num_vectors, limit = cfg.textual_inversion.num_vectors, tokenizer.model_max_length
     for caption in cfg.data.captions:
         # the pseudo-word is not in the vocabulary yet: "a", one token, stands in for each of its vectors
-        length = len(tokenizer(caption.format(f"a {class_noun}")).input_ids) - 1 + num_vectors
+        length = len(tokenizer(caption.format(f"a {class_noun}"), verbose=False).input_ids) - 1 + num_vectors
         if length > limit:
+            noun = len(class_noun_ids(tokenizer, class_noun))
+            shorter = f"a shorter --class-noun ({noun} tokens), " if noun > limit // 4 else ""
             raise UserError(
                 f"caption '{caption.format(f'{cfg.name} {class_noun}')}' with textual_inversion.num_vectors "
                 f"(--num-vectors) {num_vectors} takes {length} tokens, more than the text encoder's {limit}: use "
-                "fewer vectors or shorter data.captions"
+                f"{shorter}fewer vectors or shorter data.captions"
             )
 
 
