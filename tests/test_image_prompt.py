@@ -416,8 +416,13 @@ def test_resuming_on_changed_clips_is_refused(tiny_base_dirs, tmp_path, monkeypa
 
     _stop_in_fine(config(), monkeypatch)
     (clips / "clip2.txt").write_text("a subject moving left")
+    import vidbooth.engine.backbone
+
+    real_load = vidbooth.engine.backbone.load_backbone_for
+    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone_for", lambda *a, **k: pytest.fail("loaded"))
     with pytest.raises(UserError, match=r"cannot resume .*data.folder was contents \w+, now contents \w+"):
-        train_image_prompt(config(resume=True))
+        train_image_prompt(config(resume=True))  # before the model loads and the clips are read
+    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone_for", real_load)
     (clips / "clip2.txt").write_text("a subject moving right")
     assert train_image_prompt(config(resume=True)) == out and out.is_file()
 

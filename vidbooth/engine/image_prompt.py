@@ -394,11 +394,27 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone_for
     from vidbooth.engine.sampling import training_resolution
-    from vidbooth.engine.train import backbone_device, refuse_to_discard, remove_runs, seed_everything, train
+    from vidbooth.engine.train import (
+        backbone_device,
+        refuse_other_settings,
+        refuse_to_discard,
+        remove_runs,
+        seed_everything,
+        train,
+    )
 
     run_root = out.with_name(out.name + ".run")
     run_dirs = [run_root / stage for stage in STAGES]
     refuse_to_discard(run_dirs, cfg.resume, cfg.overwrite)
+    data = asdict(cfg.data)
+    if examples is None:
+        source, count = f"{cfg.data.clips} world clips", cfg.data.clips
+    else:
+        source, count = f"{len(examples)} clips of {cfg.data.folder}", len(examples)
+        data |= {"folder": f"contents {folder_digest(examples)}", "clips": count, "split_seed": None}
+    for stage, train_cfg, run_dir in zip(STAGES, (cfg.coarse, cfg.fine), run_dirs):  # before the model and clips
+        refuse_other_settings(run_dir, cfg.resume, train_cfg, {"method": KIND, "data": data, "stage": stage},
+                              accelerator)
     bb = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     if examples is None and cfg.backbone.base != "nano":
         warn(f"the training clips come from nano's procedural world: on {cfg.backbone.base} this checks that training "
@@ -410,12 +426,6 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
                            cfg.encoder or "")
     seed_everything(cfg.coarse.seed)
     model = ImagePromptModel(bb, spec, encoder, with_injections=False)
-    data = asdict(cfg.data)
-    if examples is None:
-        source, count = f"{cfg.data.clips} world clips", cfg.data.clips
-    else:
-        source, count = f"{len(examples)} clips of {cfg.data.folder}", len(examples)
-        data |= {"folder": f"contents {folder_digest(examples)}", "clips": count, "split_seed": None}
     info(f"image-prompt model for {cfg.backbone.base}: {source}, {cfg.data.num_frames} frames at {size}px; the word "
          f"'{cfg.word}' becomes {cfg.num_tokens} image token(s) ({encoder.name})")
     read = world_examples(cfg, size) if examples is None else folder_examples(examples, cfg, size)
