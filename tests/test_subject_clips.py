@@ -32,6 +32,17 @@ def test_each_clip_is_found_with_its_caption_and_its_photo_or_mask(tmp_path):
     assert found[2].photo is None and found[2].mask.name == "clip3.mask.png"
 
 
+def test_a_clip_with_both_a_photo_and_a_mask_is_said_to_use_the_photo(tmp_path, monkeypatch):
+    warned = []
+    monkeypatch.setattr("vidbooth.reporting.warn", warned.append)
+    folder = make_subject_clips(tmp_path / "clips", count=3, masks=())
+    for name in ("clip1", "clip3"):
+        (folder / f"{name}.mask.png").write_bytes((folder / f"{name}.png").read_bytes())
+    examples = find_subject_clips(folder, "subject")
+    assert all(example.photo is not None and example.mask is None for example in examples)
+    assert warned == [f"clip1.mp4 and 1 more in {folder} have both a photo and a mask: the photo is used, the mask not"]
+
+
 def test_a_folder_of_frames_is_a_clip_too(tmp_path):
     folder = tmp_path / "clips"
     frames = render_clip(Sprite("circle", "blue", "solid"), Motion("left"), 8, 64)[0]

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vidbooth import reporting
 from vidbooth.data.clips import clip_fps, frames_needed, load_clip, prepare_clip, sample_frames
 from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, natural_sort_key, prepare_photo, to_rgb
 from vidbooth.data.video import VIDEO_EXTENSIONS
@@ -62,7 +63,7 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
         if other != clip:
             raise UserError(f"{other.name} and {clip.name} in {folder} are both clips named '{_stem(clip)}': rename "
                             "one (its caption, photo and mask go by that name; a subject photo cannot be a .gif)")
-    found, problems = [], []
+    found, problems, both = [], [], []
     pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
     for clip in clips:
         caption_file = clip.with_name(_stem(clip) + CAPTION_SUFFIX)
@@ -85,9 +86,14 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
                             f"{_stem(clip)}{MASK_SUFFIX}.png (its mask in the first frame)")
             continue
         found.append(SubjectClip(clip, caption, photo, None if photo else mask))
+        if photo and mask:
+            both.append(clip.name)
     if problems:
         more = f" ({len(problems) - 1} more clip(s) have a problem)" if len(problems) > 1 else ""
         raise UserError(problems[0] + more)
+    if both:
+        more = f" and {len(both) - 1} more" if len(both) > 1 else ""
+        reporting.warn(f"{both[0]}{more} in {folder} have both a photo and a mask: the photo is used, the mask not")
     return found
 
 
