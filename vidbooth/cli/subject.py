@@ -90,9 +90,9 @@ def _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets: 
     from vidbooth.config.load import given_by
 
     if not cfg.prior.enabled:
-        for where in dict.fromkeys(where[1] for key in PRIOR_SETTINGS if (where := given_by(f"prior.{key}", None,
-                                                                                            sets, {}))):
-            warn(f"{where} has no effect without --prior-preservation")
+        givers = [given_by(f"prior.{key}", None, sets, {}) for key in PRIOR_SETTINGS]
+        for shown in dict.fromkeys(giver[1] for giver in givers if giver):  # `--set prior={...}` gives several
+            warn(f"{shown} has no effect without --prior-preservation")
     given = {"--class-images": class_images, "--num-class-images": num_class_images, "--prior-weight": prior_weight}
     named = [flag for flag, value in given.items() if value is not None]
     if named and not cfg.prior.enabled:
