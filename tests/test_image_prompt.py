@@ -427,6 +427,24 @@ def test_resuming_on_changed_clips_is_refused(tiny_base_dirs, tmp_path, monkeypa
     assert train_image_prompt(config(resume=True)) == out and out.is_file()
 
 
+def test_resuming_with_another_word_is_refused_before_the_model_loads_naming_the_flag(tiny_base_dirs, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """It was refused once the model had loaded and the clips were read, naming `spec.word`."""
+    import vidbooth.engine.backbone
+
+    out = tmp_path / "stopped.safetensors"
+    _stop_in_fine(_config(out, tiny_base_dirs["unet3d"]), monkeypatch)
+    capsys.readouterr()
+    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone_for", lambda *a, **k: pytest.fail("loaded"))
+    assert main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--out", str(out), "--device", "cpu",
+                 "--resume", "--word", "subject", "--clips", "4", "--coarse-steps", "2", "--fine-steps", "2",
+                 "--set", "data.num_frames=2", "--set", "coarse.batch_size=2", "--set", "fine.batch_size=2",
+                 "--set", "coarse.lr=1e-3", "--set", "fine.lr=1e-3", "--set", "coarse.checkpoint_every=1",
+                 "--set", "fine.checkpoint_every=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "(word (--word) was sprite, now subject)" in err and "\n" not in err, err
+
+
 def test_a_second_run_writing_the_same_model_is_refused(tiny_base_dirs, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     with exclusive_lock(out.with_name(out.name + ".lock"), lambda owner: "busy"):

@@ -412,9 +412,12 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     else:
         source, count = f"{len(examples)} clips of {cfg.data.folder}", len(examples)
         data |= {"folder": f"contents {folder_digest(examples)}", "clips": count, "split_seed": None}
+    known_spec = {"word": cfg.word, "num_tokens": cfg.num_tokens, "encoder": cfg.encoder or ""}  # the rest: model's
+    if cfg.hidden_dim:
+        known_spec["hidden_dim"] = cfg.hidden_dim
     for stage, train_cfg, run_dir in zip(STAGES, (cfg.coarse, cfg.fine), run_dirs):  # before the model and clips
         refuse_other_settings(run_dir, cfg.resume, train_cfg, {"method": KIND, "data": data, "stage": stage},
-                              accelerator)
+                              accelerator, within=("spec", known_spec))
     bb = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     if examples is None and cfg.backbone.base != "nano":
         warn(f"the training clips come from nano's procedural world: on {cfg.backbone.base} this checks that training "

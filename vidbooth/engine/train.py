@@ -398,10 +398,13 @@ def _other_settings(folder: Path, now: dict, then: dict, cfg: TrainConfig) -> Us
     )
 
 
-def refuse_other_settings(run_dir: Path, resume: bool, cfg: TrainConfig, known: dict, accelerator) -> None:
+def refuse_other_settings(run_dir: Path, resume: bool, cfg: TrainConfig, known: dict, accelerator,
+                          within: tuple[str, dict] | None = None) -> None:
     """Before the model loads: with `resume`, refuse the newest checkpoint in `run_dir` when the settings known
     without the model (`cfg`, and the top-level signature keys in `known`) differ from those it recorded, with the
-    message resuming would give once the model is loaded. The whole signature is compared again on resuming."""
+    message resuming would give once the model is loaded. The whole signature is compared again on resuming.
+    `within` = (signature key, {setting: value}): settings recorded inside a key whose other parts are known only
+    with the model (a spec, as a dict or its JSON), compared and named as the config keys they are."""
     if not resume or not (checkpoints := list_checkpoints(run_dir)):
         return
     try:
@@ -411,6 +414,12 @@ def refuse_other_settings(run_dir: Path, resume: bool, cfg: TrainConfig, known: 
     now = _full_signature(cfg, known, accelerator)
     if any(then.get(key) != value for key, value in now.items()):  # only the keys known here are compared
         raise _other_settings(checkpoints[-1], now, {key: then[key] for key in now if key in then}, cfg)
+    if within is not None:
+        recorded = then.get(within[0])
+        with contextlib.suppress(TypeError, ValueError):
+            recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+        if isinstance(recorded, dict) and (changed := {k: v for k, v in within[1].items() if recorded.get(k) != v}):
+            raise _other_settings(checkpoints[-1], changed, {key: recorded.get(key) for key in changed}, cfg)
 
 
 def _restore(
