@@ -718,3 +718,22 @@ def test_the_saved_line_names_the_subjects_folder_and_an_added_identity_adapter(
     assert f"saved subject 'S*' (token S*) in {folder}" in capsys.readouterr().err
     assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *FAST, "--no-preview"]) == 0
     assert f"saved subject 'S*' (token S*, identity adapter added) in {folder}" in capsys.readouterr().err
+
+
+def test_a_photo_copied_under_another_name_is_warned_of(photos, monkeypatch):
+    """'IMG_1.jpg' and 'IMG_1 copy.jpg': the same photo had counted twice without a word."""
+    import shutil
+
+    import vidbooth.engine.subject as engine
+
+    warned = []
+    monkeypatch.setattr("vidbooth.reporting.warn", warned.append)
+    shutil.copy(photos / "photo1.png", photos / "photo1 copy.png")
+    shutil.copy(photos / "photo1.png", photos / "photo9.png")
+    loaded = engine._load_photos([str(photos)])
+    assert len(loaded.files) == 5
+    assert len(warned) == 1 and warned[0].endswith(" (and 1 more): it counts once for each name; remove the copy")
+    assert str(photos / "photo1 copy.png") in warned[0] and str(photos / "photo1.png") in warned[0]
+    warned.clear()
+    engine._load_photos([str(photos / "photo0.png"), str(photos / "photo2.png"), str(photos / "photo1.png")])
+    assert warned == []

@@ -291,7 +291,19 @@ def _load_photos(paths: list[str]) -> _Photos:
     if len(loaded) < 3:
         reporting.warn(f"only {len(loaded)} photo(s) of the subject: 3-5 varied photos learn it better")
     files = [path for path, _ in loaded]
-    return _Photos(files, [image for _, image in loaded], [hash_file(path) for path in files])
+    hashes = [hash_file(path) for path in files]
+    _warn_of_copies("photo", files, hashes)
+    return _Photos(files, [image for _, image in loaded], hashes)
+
+
+def _warn_of_copies(kind: str, files: list, hashes: list[str]) -> None:
+    """One warning naming files with the same bytes under other names (a photo copied twice counts twice)."""
+    first: dict[str, object] = {}
+    copies = [(first[digest], file) for file, digest in zip(files, hashes) if first.setdefault(digest, file) != file]
+    if copies:
+        more = f" (and {len(copies) - 1} more)" if len(copies) > 1 else ""
+        reporting.warn(f"{kind} {copies[0][1]} is the same file as {copies[0][0]}{more}: it counts once for each "
+                       f"name; remove the copy")
 
 
 def _check_tokens(cfg: SubjectConfig, class_noun: str, base_folder: Path) -> None:
