@@ -292,18 +292,22 @@ def _load_photos(paths: list[str]) -> _Photos:
         reporting.warn(f"only {len(loaded)} photo(s) of the subject: 3-5 varied photos learn it better")
     files = [path for path, _ in loaded]
     hashes = [hash_file(path) for path in files]
-    _warn_of_copies("photo", files, hashes)
+    _warn_of_copied_photos(files, hashes)
     return _Photos(files, [image for _, image in loaded], hashes)
 
 
-def _warn_of_copies(kind: str, files: list, hashes: list[str]) -> None:
-    """One warning naming files with the same bytes under other names (a photo copied twice counts twice)."""
-    first: dict[str, object] = {}
-    copies = [(first[digest], file) for file, digest in zip(files, hashes) if first.setdefault(digest, file) != file]
+def _warn_of_copied_photos(files: list[Path], hashes: list[str]) -> None:
+    """One warning naming a photo whose bytes another name holds too (a photo copied twice counts twice)."""
+    first: dict[str, Path] = {}
+    copies = []
+    for file, digest in zip(files, hashes):
+        if digest in first:
+            copies.append((first[digest], file))
+        first.setdefault(digest, file)
     if copies:
         more = f" (and {len(copies) - 1} more)" if len(copies) > 1 else ""
-        reporting.warn(f"{kind} {copies[0][1]} is the same file as {copies[0][0]}{more}: it counts once for each "
-                       f"name; remove the copy")
+        reporting.warn(f"photo {copies[0][1]} is the same file as {copies[0][0]}{more}: it counts once for each "
+                       "name; remove the copy")
 
 
 def _check_tokens(cfg: SubjectConfig, class_noun: str, base_folder: Path) -> None:
