@@ -221,8 +221,29 @@ def test_only_a_clip_in_which_nothing_moves_is_warned_about(tmp_path, monkeypatc
     for i in range(len(moving)):
         moving[i, 20:44, 4 + 3 * i : 28 + 3 * i] = 200
     paths = [write_video(still, tmp_path / "still.mp4"), write_video(moving, tmp_path / "moving.mp4")]
+    paths.append(paths[0])  # given twice: warned of once
     clips = read_training_clips(MotionConfig(name="m", clips=[str(p) for p in paths]))
     warnings = capture_warnings(monkeypatch)
     warn_of_still_clips(clips)
     assert len(warnings) == 1 and "still.mp4 shows no motion" in warnings[0], warnings
     assert "learn stillness" in warnings[0] and "moving.mp4" not in warnings[0]
+
+
+def test_a_clip_given_twice_or_copied_is_warned_of_once(tmp_path, monkeypatch):
+    """The same clip twice (or 'take.mp4' and 'take copy.mp4') had counted twice without a word."""
+    import shutil
+
+    from tests.badinputs import capture_warnings
+    from vidbooth.engine.motion import warn_of_repeated_clips
+
+    first, second = write_clip(tmp_path / "take.mp4"), write_clip(tmp_path / "other.mp4", num_frames=14)
+    shutil.copy(first, tmp_path / "take copy.mp4")
+    for given, expected in (([first, second], None),
+                            ([first, second, first], f"clip {first} is given twice: it counts once for each time"),
+                            ([first, tmp_path / "take copy.mp4", first],
+                             f"clip {tmp_path / 'take copy.mp4'} is the same clip as {first} (and 1 more): ")):
+        clips = read_training_clips(MotionConfig(name="m", clips=[str(p) for p in given]))
+        warnings = capture_warnings(monkeypatch)
+        warn_of_repeated_clips(clips)
+        assert len(warnings) == (expected is not None), warnings
+        assert expected is None or warnings[0].startswith(expected), warnings

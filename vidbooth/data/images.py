@@ -156,6 +156,18 @@ def hash_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def copies(files: Sequence[Path], digests: Sequence[str]) -> list[tuple[Path, Path]]:
+    """(first, copy) for each of `files` whose digest (`hash_file`) an earlier one has: a photo or clip given
+    twice, or copied under another name, which would count once for each time it is given."""
+    first: dict[str, Path] = {}
+    found = []
+    for file, digest in zip(files, digests):
+        if digest in first:
+            found.append((first[digest], file))
+        first.setdefault(digest, file)
+    return found
+
+
 def target_size(size: int | tuple[int, int]) -> tuple[int, int]:
     """`size` as (height, width); an int means a square."""
     height, width = (size, size) if isinstance(size, int) else size

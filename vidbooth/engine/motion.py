@@ -136,6 +136,18 @@ def read_training_clips(cfg: MotionConfig) -> list[TrainingClip]:
     return clips
 
 
+def warn_of_repeated_clips(clips: list[TrainingClip]) -> None:
+    """One warning naming a clip given twice, or copied under another name: it counts once for each time."""
+    from vidbooth.data.images import copies
+
+    found = copies([Path(clip.source) for clip in clips], [clip.sha256 for clip in clips])
+    if found:
+        first, copy = found[0]
+        what = f"clip {copy} is given twice" if first == copy else f"clip {copy} is the same clip as {first}"
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        reporting.warn(f"{what}{more}: it counts once for each time it is given; give each clip once")
+
+
 @contextlib.contextmanager
 def _naming_clip(path: Path) -> Iterator[None]:
     """A UserError raised inside that does not name `path` is raised again naming it: with several clips, the
@@ -151,7 +163,11 @@ def _naming_clip(path: Path) -> Iterator[None]:
 def warn_of_still_clips(clips: list[TrainingClip]) -> None:
     """One warning for each clip in which nothing moves, by the test with which `evaluate --motion` refuses such a
     clip as its reference: a motion learned from it learns stillness, and could never be evaluated."""
+    seen = set()  # a clip given twice is warned of once
     for clip in clips:
+        if clip.sha256 in seen:
+            continue
+        seen.add(clip.sha256)
         if len(clip.frames) > 1 and moving_signature(clip.frames) is None:
             reporting.warn(f"clip {clip.source} {NO_MOTION}: the motion adapter will learn stillness; choose a clip "
                            "with visible motion")
@@ -226,6 +242,7 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
     size = training_size(backbone, cfg)
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
     if accelerator.is_main_process:  # once every input is checked (a bad one stays a single error line)
+        warn_of_repeated_clips(clips)
         warn_of_still_clips(clips)
         if not any(clip.caption for clip in clips):
             why = "an empty --caption" if cfg.captions else "no --class-noun or --caption"  # a caption wins

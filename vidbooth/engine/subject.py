@@ -298,15 +298,12 @@ def _load_photos(paths: list[str]) -> _Photos:
 
 def _warn_of_copied_photos(files: list[Path], hashes: list[str]) -> None:
     """One warning naming a photo whose bytes another name holds too (a photo copied twice counts twice)."""
-    first: dict[str, Path] = {}
-    copies = []
-    for file, digest in zip(files, hashes):
-        if digest in first:
-            copies.append((first[digest], file))
-        first.setdefault(digest, file)
-    if copies:
-        more = f" (and {len(copies) - 1} more)" if len(copies) > 1 else ""
-        reporting.warn(f"photo {copies[0][1]} is the same file as {copies[0][0]}{more}: it counts once for each "
+    from vidbooth.data.images import copies
+
+    found = copies(files, hashes)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        reporting.warn(f"photo {found[0][1]} is the same file as {found[0][0]}{more}: it counts once for each "
                        "name; remove the copy")
 
 
