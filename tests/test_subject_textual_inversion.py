@@ -103,6 +103,7 @@ def test_load_rejects_embeddings_of_another_width(bb, tmp_path):
     [
         ("S*", "\u200b", "tokenises to nothing"),  # only unknown characters for the tiny vocabulary
         ("dog", "dog", "equals the class noun"),
+        ("S*", "s* dog", r"the class noun 's\* dog' holds the subject name 'S\*': .* e.g. --class-noun dog$"),
         ("a</w>", "dog", "already a token"),
     ],
 )

@@ -54,9 +54,14 @@ def class_noun_ids(tokenizer, class_noun: str) -> list[int]:
 
 
 def check_placeholder_is_new(tokenizer, token: str, num_vectors: int, class_noun: str) -> None:
-    """Refuse a placeholder that already is a token (it would change an existing word) or equals the class noun."""
+    """Refuse a placeholder that already is a token (it would change an existing word), equals the class noun or is a
+    word of it."""
     if token.lower() == class_noun.strip().lower():
         raise UserError(f"the subject name '{token}' equals the class noun: pick a rare word such as sks or S*")
+    if token_pattern(token).search(class_noun):  # every caption would hold the pseudo-word twice
+        rest = " ".join(token_pattern(token).sub("", class_noun).split()) or "dog"
+        raise UserError(f"the class noun '{class_noun.strip()}' holds the subject name '{token}': give what the "
+                        f"subject is without it, e.g. --class-noun {rest}")
     vocab = {key.lower() for key in tokenizer.get_vocab()}
     taken = [t for t in placeholder_tokens(token, num_vectors) if t.lower() in vocab]
     if taken:
