@@ -22,9 +22,15 @@ console = Console(stderr=True, highlight=False)
 stdout_console = Console(highlight=False)
 
 
+def _other_process() -> bool:
+    """Any process but the first under a multi-process launcher (`accelerate launch`, torchrun): each reads the
+    same inputs, so it would repeat every line the first one shows."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def _quiet() -> bool:
-    """Quiet when asked, and on every process but the first under a multi-process launcher."""
-    return os.environ.get("VIDBOOTH_QUIET", "") not in ("", "0") or os.environ.get("RANK", "0") != "0"
+    """Quiet when asked, and on every process but the first."""
+    return os.environ.get("VIDBOOTH_QUIET", "") not in ("", "0") or _other_process()
 
 
 def info(message: str) -> None:
@@ -33,7 +39,10 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+    """A warning, shown even when quiet, but once under a multi-process launcher (errors show on every process: one
+    may fail alone)."""
+    if not _other_process():
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def error(message: str) -> None:
