@@ -34,7 +34,7 @@ def test_table_and_progress_show_names_as_they_are_not_as_markup(capsys, monkeyp
 def test_under_a_launcher_only_the_first_process_speaks_but_every_one_shows_its_error(capsys, monkeypatch):
     """`accelerate launch --num_processes 2`: each process reads the same clips, and each had shown their warnings."""
     monkeypatch.setenv("VIDBOOTH_QUIET", "1")  # quiet silences info lines, never warnings
-    for rank, shown in (("0", ["warning: short clip", "error: no disk"]), ("1", ["error: no disk"])):
+    for rank, shown in (("0", ["warning: short clip", "error: no disk"]), ("1", ["error (process 1): no disk"])):
         monkeypatch.setenv("RANK", rank)
         reporting.info("loading")
         reporting.warn("short clip")

@@ -39,14 +39,16 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    """A warning, shown even when quiet, but once under a multi-process launcher (errors show on every process: one
-    may fail alone)."""
+    """A warning, shown even when quiet, but once under a multi-process launcher."""
     if not _other_process():
         console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def error(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    """An error, on every process under a launcher (one may fail alone: a file missing on one machine), each but the
+    first's naming its process."""
+    where = f" (process {os.environ['RANK']})" if _other_process() else ""
+    console.print(f"[red]error{where}:[/red] {escape(message)}", soft_wrap=True)
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], to_stdout: bool = False) -> None:
