@@ -11,8 +11,8 @@ Each video is reduced to a *motion signature* built from dense optical flow (Ope
    - expansion, contraction, counter-clockwise and clockwise rotation: the positive and negative parts of
      the radial and tangential components of the flow relative to its mean, about the centroid of the
      moving pixels, which separate zooms and turns from translations and do not depend on position.
-3. The per-step rows are resampled (linear interpolation) to `TIME_STEPS` points of normalised time, so that
-   clips with different frame counts are aligned start to start and end to end.
+3. The per-step rows are resampled to `TIME_STEPS` rows of normalised time (up by linear interpolation, down
+   by averaging), so that clips with different frame counts are aligned start to start and end to end.
 4. The whole (TIME_STEPS, 12) array is divided by its L2 norm. This removes the overall amount of motion,
    which grows with the moving object's area and speed and so with its scale.
 
@@ -31,7 +31,7 @@ DIRECTION_BINS = 8
 TIME_STEPS = 16
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 METHOD = (
-    f"farneback-signature-v1 (work side {WORK_SIDE}px, min flow {MIN_FLOW}px, "
+    f"farneback-signature-v2 (work side {WORK_SIDE}px, min flow {MIN_FLOW}px, "
     f"{DIRECTION_BINS} direction bins + 4 rotation/zoom terms, {TIME_STEPS} time steps)"
 )
 
@@ -44,13 +44,7 @@ def moving_signature(frames: np.ndarray) -> np.ndarray | None:
     """The motion signature of (F >= 2, H, W, 3) uint8 `frames`, or None when nothing in them moves: such a clip
     cannot be a reference motion (evaluate refuses it), and a motion learned from it learns stillness."""
     signature = motion_signature(frames)
-    if signature.any():
-        return signature
-    # every frame shown twice (a clip sampled at twice its rate): the time steps can fall on the repeats alone
-    distinct = frames[np.r_[True, np.any(frames[1:] != frames[:-1], axis=(1, 2, 3))]]
-    if 2 <= len(distinct) < len(frames) and (signature := motion_signature(distinct)).any():
-        return signature
-    return None
+    return signature if signature.any() else None
 
 
 def motion_fidelity(generated: np.ndarray, reference: np.ndarray) -> float:
@@ -127,9 +121,18 @@ def _rotation_and_zoom(vectors: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> n
 
 
 def _resample_in_time(steps: np.ndarray, count: int) -> np.ndarray:
-    """Linear interpolation of (S, D) rows onto `count` evenly spaced points of [0, 1]."""
+    """(S, D) rows onto `count` rows of normalised time: up by linear interpolation onto `count` evenly spaced
+    points of [0, 1]; down (S > count) by averaging, each row standing for an equal share of the time and each
+    output row the mean over its share (points would skip the steps between them: a motion on every other frame
+    could read as still)."""
     if len(steps) == 1:
         return np.repeat(steps, count, axis=0)
+    if len(steps) > count:
+        edges = np.linspace(0.0, 1.0, len(steps) + 1)
+        bins = np.linspace(0.0, 1.0, count + 1)
+        overlap = np.clip(np.minimum(bins[1:, None], edges[None, 1:]) - np.maximum(bins[:-1, None], edges[None, :-1]),
+                          0.0, None)  # (count, S): how much of each step falls in each output row's share
+        return overlap @ steps * count
     source = np.linspace(0.0, 1.0, len(steps))
     target = np.linspace(0.0, 1.0, count)
     return np.stack([np.interp(target, source, column) for column in steps.T], axis=-1)
