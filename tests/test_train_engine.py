@@ -337,3 +337,11 @@ def test_a_cuda_index_picks_the_gpu_of_a_single_process(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     engine.make_accelerator("no", "cuda:0")
     assert current == [1]
+
+
+def test_a_resumed_run_gives_each_gpu_its_own_random_state_back_with_more_than_ten_gpus():
+    """Sorted as text, rng.cuda.10 came before rng.cuda.2: on 11 or more GPUs the states went to other devices."""
+    from vidbooth.engine.train import _cuda_rng_states
+
+    saved = {f"rng.cuda.{index}": torch.tensor([index]) for index in range(12)} | {"rng.torch": torch.tensor([99])}
+    assert [int(state) for state in _cuda_rng_states(dict(sorted(saved.items())))] == list(range(12))

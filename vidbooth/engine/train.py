@@ -441,10 +441,15 @@ def _restore(
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(extra["rng.torch"])
     if torch.cuda.is_available():
-        cuda_states = [extra[k] for k in sorted(extra) if k.startswith("rng.cuda.")]
+        cuda_states = _cuda_rng_states(extra)
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
     return int(state["step"]), float(state["loss"])
+
+
+def _cuda_rng_states(extra: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The saved CUDA generator states in device order: rng.cuda.2 before rng.cuda.10 (not sorted as text)."""
+    return [extra[f"rng.cuda.{index}"] for index in range(sum(key.startswith("rng.cuda.") for key in extra))]
 
 
 # ---- signals --------------------------------------------------------------------------------------
