@@ -345,3 +345,16 @@ def test_a_resumed_run_gives_each_gpu_its_own_random_state_back_with_more_than_t
 
     saved = {f"rng.cuda.{index}": torch.tensor([index]) for index in range(12)} | {"rng.torch": torch.tensor([99])}
     assert [int(state) for state in _cuda_rng_states(dict(sorted(saved.items())))] == list(range(12))
+
+
+def test_a_parameter_no_process_gave_a_gradient_keeps_none_across_processes(monkeypatch):
+    """As on one process, where AdamW skips it: a zero gradient moved it by its momentum and weight decay."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine.train import _average_gradients
+
+    monkeypatch.setattr("accelerate.utils.reduce", lambda tensor, reduction: tensor)  # every process the same
+    used, unused = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+    used.grad = torch.tensor([1.0, 2.0, 3.0])
+    _average_gradients([used, unused], SimpleNamespace(num_processes=2))
+    assert torch.equal(used.grad, torch.tensor([1.0, 2.0, 3.0])) and unused.grad is None

@@ -527,10 +527,14 @@ def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
         return
     from accelerate.utils import reduce
 
+    """Every process's gradients become their mean; a parameter that no process gave a gradient keeps none, as on
+    one process (AdamW skips it: a zero gradient would move it by its momentum and weight decay)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = reduce(torch.cat([g.flatten() for g in grads]), "mean")
-    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
-        p.grad = chunk.view_as(p).clone()
+    had = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device, dtype=grads[0].dtype)
+    flat = reduce(torch.cat([g.flatten() for g in grads] + [had]), "mean")
+    *chunks, anyone_had = flat.split([g.numel() for g in grads] + [len(params)])
+    for p, chunk, given in zip(params, chunks, anyone_had.tolist()):
+        p.grad = chunk.view_as(p).clone() if given > 0 else None
 
 
 def _broadcast_parameters(params: list[nn.Parameter], accelerator) -> None:
