@@ -523,12 +523,12 @@ def _agree(accelerator, values: list[float]) -> list[float]:
 
 
 def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
+    """Every process's gradients become their mean; a parameter that no process gave a gradient keeps none, as on
+    one process (AdamW skips it: a zero gradient would move it by its momentum and weight decay)."""
     if accelerator.num_processes == 1:
         return
     from accelerate.utils import reduce
 
-    """Every process's gradients become their mean; a parameter that no process gave a gradient keeps none, as on
-    one process (AdamW skips it: a zero gradient would move it by its momentum and weight decay)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     had = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device, dtype=grads[0].dtype)
     flat = reduce(torch.cat([g.flatten() for g in grads] + [had]), "mean")
