@@ -214,11 +214,13 @@ def test_a_prompt_naming_part_of_the_truth_is_probed_for_that_part(world, tmp_pa
     assert run(world["video"], "-p", "a square moving right", "--metrics", "probe", "--json", out) == 0
     video = json.loads(out.read_text())["videos"][0]
     assert video["metrics"]["probe_colour"] is None and video["metrics"]["probe_motion"] == 1.0
-    assert video["metrics"]["probe_shape"] in (0.0, 1.0)
+    assert video["metrics"]["probe_shape"] == 1.0  # the clip's sprite is a square
     assert "probe colour n/a: prompt 'a square moving right' names no colour" in video["notes"]["probe"]
     assert main(["evaluate", str(world["video"]), "-p", "a square moving left", "--metrics", "probe_motion",
                  "--json", str(out)]) == 0
     assert json.loads(out.read_text())["videos"][0]["metrics"]["probe_motion"] == 0.0
+    assert run(world["video"], "-p", "a circle moving right", "--metrics", "probe_shape", "--json", out) == 0
+    assert json.loads(out.read_text())["videos"][0]["metrics"]["probe_shape"] == 0.0
 
 
 def test_a_prompt_naming_no_colour_is_probed_against_the_reference_images_colour(world, tmp_path, isolated_home,

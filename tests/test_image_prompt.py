@@ -3,6 +3,7 @@ the unconditional half of guidance without them), the coarse-to-fine training, i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -527,6 +528,24 @@ def test_the_photos_pass_runs_conditional_only_adapters_whole_and_serves_every_v
                               latents=torch.randn(1, 4, 2, 16, 16).repeat(3, 1, 1, 1, 1), output_type="latent",
                               prompt_embeds=cond.prompt_embeds, before_unet=cond.before_unet)
         assert torch.allclose(videos[0], videos[2], atol=1e-5)  # the same noise and photo: the same video
+
+        # the photo's pass inside a guidance step (adapters set to the conditional half) runs them whole
+        from vidbooth.adapters.base import adapters_of, adapters_off
+
+        with torch.no_grad():
+            for adapter in adapters_of(bb.unet, "identity:test").values():  # trained: no longer a no-op
+                adapter.up.weight.copy_(torch.randn(adapter.up.weight.shape, generator=torch.Generator().manual_seed(0)))
+
+        def references(*blocks):
+            with contextlib.ExitStack() as stack:
+                for block in blocks:
+                    stack.enter_context(block)
+                cond.before_unet(torch.tensor([500]), torch.cat([cond.prompt_embeds] * 2))
+            return torch.cat([layer.reference.flatten() for layer in injections(bb.unet).values()])
+
+        in_guidance = references(conditional_half_only(bb.unet, 3))
+        assert torch.allclose(in_guidance, references(), atol=1e-5)  # as with the adapters on every sample
+        assert not torch.allclose(in_guidance, references(adapters_off(bb.unet, "identity:test")), atol=1e-3)
     finally:
         model.remove()
         remove_kind(bb.unet, "identity:test")
