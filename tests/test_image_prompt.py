@@ -534,7 +534,8 @@ def test_the_photos_pass_runs_conditional_only_adapters_whole_and_serves_every_v
 
         with torch.no_grad():
             for adapter in adapters_of(bb.unet, "identity:test").values():  # trained: no longer a no-op
-                adapter.up.weight.copy_(torch.randn(adapter.up.weight.shape, generator=torch.Generator().manual_seed(0)))
+                weight = adapter.up.weight
+                weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
 
         def references(*blocks):
             with contextlib.ExitStack() as stack:
