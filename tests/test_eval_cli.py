@@ -313,6 +313,14 @@ def test_a_given_prompt_is_scored_without_the_subjects_pseudo_word(media, tiny_c
     assert code == 0, capsys.readouterr().err
     assert json.loads(out_json.read_text())["videos"][0]["prompt"] == "a square moving right"
     assert 'scoring against "a square moving right": the prompt without S*' in capsys.readouterr().err
+    # a manifest line's own prompt too (it had been scored with S*), beside a line without one
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{media['right']}||||||a S* square moving right\n{media['right']}||||||a square\n")
+    code = run("--manifest", manifest, "--subject", "S*", "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir),
+               "--json", out_json)
+    assert code == 0, capsys.readouterr().err
+    assert [v["prompt"] for v in json.loads(out_json.read_text())["videos"]] == ["a square moving right", "a square"]
+    assert "scoring 1 manifest prompt(s) without S*, which CLIP never saw" in capsys.readouterr().err
 
 
 def test_in_a_batch_a_video_without_its_own_prompt_fails_alone(media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):

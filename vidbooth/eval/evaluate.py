@@ -155,6 +155,16 @@ def _check_outputs(config: EvaluateConfig) -> None:
         check_writable_dir(Path(path).parent)
 
 
+def _strip_line_prompts(jobs: list[EvalJob], subject: str) -> None:
+    """Manifest lines' own prompts without the `--subject`'s pseudo-word, as `--prompt` is scored."""
+    stripped = 0
+    for job in jobs:
+        if job.prompt and (without := without_pseudo_words(job.prompt, [subject])) != " ".join(job.prompt.split()):
+            job.prompt, stripped = without, stripped + 1
+    if stripped:
+        reporting.info(f"scoring {stripped} manifest prompt(s) without {subject}, which CLIP never saw")
+
+
 def _gather_jobs(config: EvaluateConfig) -> tuple[list[EvalJob], dict[str, list[np.ndarray]]]:
     """The videos to score, and the reference images every job shares, read once (keyed by their folder)."""
     if config.subject and config.ref_images:
@@ -168,6 +178,8 @@ def _gather_jobs(config: EvaluateConfig) -> tuple[list[EvalJob], dict[str, list[
             prompt = stripped
             reporting.info(f"scoring against \"{prompt}\": the prompt without {config.subject}, which CLIP never saw")
     jobs = jobs_from_manifest(config.manifest, prompt, references) if config.manifest else []
+    if config.subject:
+        _strip_line_prompts(jobs, config.subject)
     jobs += jobs_from_videos(list(config.videos), prompt, references)
     if not jobs:
         raise UserError("no video to evaluate: give one or more VIDEO files or globs, or --manifest FILE")
