@@ -34,8 +34,13 @@ def test_table_and_progress_show_names_as_they_are_not_as_markup(capsys, monkeyp
 def test_under_a_launcher_only_the_first_process_speaks_but_every_one_shows_its_error(capsys, monkeypatch):
     """`accelerate launch --num_processes 2`: each process reads the same clips, and each had shown their warnings."""
     monkeypatch.setenv("VIDBOOTH_QUIET", "1")  # quiet silences info lines, never warnings
-    for rank, shown in (("0", ["warning: short clip", "error: no disk"]), ("1", ["error (process 1): no disk"])):
-        monkeypatch.setenv("RANK", rank)
+    for variable, rank, shown in (("RANK", "0", ["warning: short clip", "error: no disk"]),
+                                  ("RANK", "1", ["error (process 1): no disk"]),
+                                  ("PMI_RANK", "3", ["error (process 3): no disk"]),  # MPI's (accelerate --cpu)
+                                  ("OMPI_COMM_WORLD_RANK", "2", ["error (process 2): no disk"])):
+        for name in reporting.RANK_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(variable, rank)
         reporting.info("loading")
         reporting.warn("short clip")
         reporting.error("no disk")

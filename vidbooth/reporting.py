@@ -22,10 +22,18 @@ console = Console(stderr=True, highlight=False)
 stdout_console = Console(highlight=False)
 
 
+RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+"""Where a launcher puts the process's rank (torchrun, MPI implementations), read in accelerate's order."""
+
+
+def _rank() -> str:
+    return next((os.environ[name] for name in RANK_VARIABLES if name in os.environ), "0")
+
+
 def _other_process() -> bool:
-    """Any process but the first under a multi-process launcher (`accelerate launch`, torchrun): each reads the
-    same inputs, so it would repeat every line the first one shows."""
-    return os.environ.get("RANK", "0") != "0"
+    """Any process but the first under a multi-process launcher (`accelerate launch`, torchrun, mpirun): each reads
+    the same inputs, so it would repeat every line the first one shows."""
+    return _rank() != "0"
 
 
 def _quiet() -> bool:
@@ -47,7 +55,7 @@ def warn(message: str) -> None:
 def error(message: str) -> None:
     """An error, on every process under a launcher (one may fail alone: a file missing on one machine), each but the
     first's naming its process."""
-    where = f" (process {os.environ['RANK']})" if _other_process() else ""
+    where = f" (process {_rank()})" if _other_process() else ""
     console.print(f"[red]error{where}:[/red] {escape(message)}", soft_wrap=True)
 
 
