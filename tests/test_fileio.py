@@ -92,3 +92,26 @@ def test_a_folder_that_takes_no_new_files_is_one_user_error_naming_the_output(tm
     with pytest.raises(PermissionError):
         fileio.write_together([(tmp_path / "a.json", lambda tmp: tmp.write_text("{}"))])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_same_tensors_and_metadata_write_the_same_bytes_and_read_back(tmp_path):
+    """safetensors' writer orders metadata keys at random: two identical trainings wrote files (and manifest
+    fingerprints) that differed. The header's metadata is written in key order; the file reads back whole."""
+    import torch
+    from safetensors import safe_open
+
+    from vidbooth.fileio import write_safetensors
+
+    tensors = {"up.weight": torch.arange(6.0).view(2, 3), "scale": torch.ones(3, dtype=torch.float16)}
+    metadata = {f"key{i}": f"värde {i}" for i in range(12)}  # non-ASCII text kept as it is
+    written = set()
+    for index in range(4):
+        path = tmp_path / f"{index}.safetensors"
+        write_safetensors(path, tensors, dict(reversed(metadata.items())) if index % 2 else metadata)
+        written.add(path.read_bytes())
+        with safe_open(str(path), "pt") as file:
+            assert file.metadata() == metadata
+            assert all(torch.equal(file.get_tensor(name), tensor) for name, tensor in tensors.items())
+    assert len(written) == 1
+    data = written.pop()
+    assert (8 + int.from_bytes(data[:8], "little")) % 8 == 0  # the tensors' data stays aligned

@@ -24,9 +24,23 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] 
     (ENOSPC) like every other write: safetensors' own writer reports it as a `SafetensorError` with no errno."""
     from safetensors.torch import save
 
-    data = save(tensors, metadata=metadata)
+    data = _sorted_metadata(save(tensors, metadata=metadata))
     with open(path, "wb") as file:
         file.write(data)
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """A safetensors file's bytes with its header's metadata in key order: the writer orders them at random, so two
+    identical trainings wrote different bytes (and fingerprints). Tensor entries and data stay as written."""
+    import json
+
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as the writer keeps it
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def current_umask() -> int:
