@@ -304,7 +304,9 @@ def test_a_stop_between_the_stages_says_to_resume_and_the_resume_keeps_stage_one
 
     monkeypatch.setattr(prior, "generate_class_images", original_generate)
     monkeypatch.setattr(TextualInversionMethod, "loss", no_stage_one)
+    capsys.readouterr()
     assert train_subject(photos, *args, "--resume") == 0
+    assert "nothing to resume" not in capsys.readouterr().err  # stage 1 resumed; stage 2 simply begins
 
 
 def fake_subject(home: Path, name: str) -> None:
