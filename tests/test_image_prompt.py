@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tests.badinputs import capture_warnings
 from vidbooth.adapters.base import conditional_half_only, load_tensors
 from vidbooth.adapters.image_prompt import (
     TokenMapper,
@@ -227,7 +228,9 @@ def test_a_stopped_training_resumes_to_the_same_model(tiny_base_dirs, tmp_path, 
     assert not out.exists() and (tmp_path / "stopped.safetensors.run" / "coarse").is_dir()
     with pytest.raises(UserError, match="--resume"):
         train_image_prompt(_config(out, base))
+    warnings = capture_warnings(monkeypatch)
     train_image_prompt(_config(out, base, resume=True))
+    assert not any("nothing to resume" in w for w in warnings), warnings  # the fine stage had not begun
     ours, theirs = load_tensors(out)[0], load_tensors(reference)[0]
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
