@@ -1,6 +1,8 @@
 import pytest
 
 from vidbooth.config import GenerateConfig, load_config, to_yaml
+from vidbooth.config.motion import MotionConfig
+from vidbooth.config.pretrain import PretrainConfig
 from vidbooth.errors import UserError
 
 
@@ -77,6 +79,28 @@ def test_a_value_where_a_section_belongs_is_named(recipe, sets, message, tmp_pat
         (tmp_path / "r.yaml").write_text(recipe)
     with pytest.raises(UserError, match=message):
         load_config(GenerateConfig, str(tmp_path / "r.yaml") if recipe else None, sets)
+
+
+@pytest.mark.parametrize("schema, recipe, sets, message", [
+    (GenerateConfig, None, ["subjects.0=x"], r"--set subjects.0=x: config key 'subjects' is a list, given a mapping "
+                                             r"\(or one item set by its number\): give the whole list, such as "
+                                             r"--set 'subjects=\[a, b\]'$"),
+    (GenerateConfig, None, ["subjects[0]=x"], "config key 'subjects' is a list, given a mapping"),
+    (GenerateConfig, None, ["subjects=[[a]]"], "config key 'subjects' is a list, given a list inside it"),
+    (MotionConfig, None, ["captions=[a, {b: 1}]"], "config key 'captions' is a list, given a list inside it"),
+    (GenerateConfig, "subjects: {a: 1}\n", [], r"recipe .*r.yaml: config key 'subjects' is a list, given a mapping .*"
+                                                r"such as subjects: \[a, b\]$"),
+    (PretrainConfig, None, ["unet.path_phases.0.steps=10"], "config key 'unet.path_phases' is a list, given a mapping"),
+])
+def test_a_list_setting_given_a_mapping_or_nested_lists_is_named(schema, recipe, sets, message, tmp_path):
+    """`--set subjects.0=x` failed with a TypeError traceback from OmegaConf's merge, `subjects=[[a]]` later in
+    the command (a list where a name belongs): both are one line naming the key and how to give a list."""
+    if recipe:
+        (tmp_path / "r.yaml").write_text(recipe)
+    with pytest.raises(UserError, match=message):
+        load_config(schema, str(tmp_path / "r.yaml") if recipe else None, sets)
+    key = message.split("'")[1]
+    assert load_config(schema, None, [f"{key}=[]"]) is not None  # the whole list is taken
 
 
 def test_bad_recipe(tmp_path):

@@ -238,7 +238,20 @@ def _check_sections(schema: Any, given: Any, where: str, prefix: str = "") -> No
             what = "nothing" if value._value() is None else "a value"
             raise UserError(f"{where}config key '{prefix}{key}' is a section of settings, given {what}: give the "
                             f"settings under it (such as {prefix}{key}.{next(iter(wanted), 'key')}), or leave it out")
+        if OmegaConf.is_list(wanted) and (OmegaConf.is_dict(value) or _texts_given_lists(wanted, value)):
+            # OmegaConf fails with a TypeError (a mapping), or later code does (a list inside a list of texts)
+            given_what = "a mapping (or one item set by its number)" if OmegaConf.is_dict(value) else "a list inside it"
+            example = f"{key}: [a, b]" if where.startswith("recipe") else f"--set '{prefix}{key}=[a, b]'"
+            raise UserError(f"{where}config key '{prefix}{key}' is a list, given {given_what}: give the whole list, "
+                            f"such as {example}")
         _check_sections(wanted, value, where, f"{prefix}{key}.")
+
+
+def _texts_given_lists(wanted: Any, value: Any) -> bool:
+    """Whether `value`, given for the list of texts `wanted`, holds a list or mapping among its items."""
+    if not (OmegaConf.is_list(value) and wanted._metadata.element_type is str):
+        return False
+    return any(OmegaConf.is_list(item) or OmegaConf.is_dict(item) for item in value._iter_ex(resolve=False))
 
 
 def _strings_as_lists(schema: Any, given: Any) -> Any:
