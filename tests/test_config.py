@@ -103,6 +103,18 @@ def test_a_list_setting_given_a_mapping_or_nested_lists_is_named(schema, recipe,
     assert load_config(schema, None, [f"{key}=[]"]) is not None  # the whole list is taken
 
 
+@pytest.mark.parametrize("text, message", [
+    ("sampling:\n  num_frames: 8\n  num_frames: 9\n", "found duplicate key num_frames at line 3, column 3$"),
+    ("sampling: [unclosed\nprompt: a\n", "did not find expected ',' or ']' at line 2, column 7$"),
+    ("sampling:\n\tnum_frames: 8\n", r"cannot start any token \(a tab: indent with spaces\) at line 2, column 1$"),
+])
+def test_a_recipe_that_is_not_yaml_says_what_is_wrong_and_where(text, message, tmp_path):
+    """Only the YAML error's first line was shown: 'while constructing a mapping', without the key or the line."""
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"recipe .*r.yaml is not valid YAML: .*" + message):
+        load_config(GenerateConfig, str(tmp_path / "r.yaml"))
+
+
 def test_bad_recipe(tmp_path):
     with pytest.raises(UserError, match="recipe 'nope' not found.*zeroscope/generate"):
         load_config(GenerateConfig, "nope")
