@@ -126,7 +126,8 @@ def load_config(
                 merged = OmegaConf.merge(merged, _strings_as_lists(merged, loaded))
             except ConfigKeyError as exc:
                 other_command = "." not in str(getattr(exc, "full_key", "") or "")  # a whole section is unknown
-                hint = ": is it a recipe for another command?" if other_command else ""
+                typo = "Did you mean" in str(exc)  # OmegaConf found a near key: a typo, not another command's recipe
+                hint = ": is it a recipe for another command?" if other_command and not typo else ""
                 raise UserError(f"recipe {path}: {_describe(exc)}{hint}") from exc
         for item in sets or []:
             given = _read_set(item, merged)
