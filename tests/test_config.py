@@ -209,6 +209,9 @@ def test_a_recipe_for_another_command_or_not_a_mapping_is_one_clear_error(tmp_pa
     with pytest.raises(UserError, match=r"config key 'data.flipp'") as caught:
         load_config(SubjectConfig, str(typo))
     assert "another command" not in str(caught.value)  # a known section with a wrong key is a typo
+    typo.write_text("textual_inversion:\n  train:\n    lr: abc\n")  # the file that holds a bad value is named
+    with pytest.raises(UserError, match=r"recipe .*typo.yaml: config key 'textual_inversion.train.lr': Value 'abc'"):
+        load_config(SubjectConfig, str(typo))
     typo.write_text("dataa:\n  flip: true\n")
     with pytest.raises(UserError, match=r"config key 'dataa'.*Did you mean: 'data'\?$"):  # not also "another command"
         load_config(SubjectConfig, str(typo))

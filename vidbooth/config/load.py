@@ -129,6 +129,8 @@ def load_config(
                 typo = "Did you mean" in str(exc)  # OmegaConf found a near key: a typo, not another command's recipe
                 hint = ": is it a recipe for another command?" if other_command and not typo else ""
                 raise UserError(f"recipe {path}: {_describe(exc)}{hint}") from exc
+            except OmegaConfBaseException as exc:  # a value of the wrong type: say which file holds it
+                raise UserError(f"recipe {path}: {_describe(exc)}") from exc
         for item in sets or []:
             given = _read_set(item, merged)
             _check_sections(merged, given, f"--set {item}: ")
