@@ -224,6 +224,18 @@ def test_train_motion_refuses_bad_numbers(args, message, tmp_path, tiny_base_dir
         (["--export", "{tmp}"], "overlap: export to a folder outside the run folder"),  # replaced whole: the run too
         (["--export", "{tmp}/run/model"], "overlap"),
         (["--export", "{tmp}/a.txt"], "{tmp}/a.txt is a file: give a folder to export the nano model to"),
+        # model shapes and weights, before any model is built (tracebacks from diffusers or transformers, a size the
+        # UNet cannot halve found after the autoencoder and CLIP stages, 4096 px or a NaN found in training)
+        (["--set", "arch.size=40"], "arch.size must be from 32 to 1024 pixels and a multiple of 32 (the VAE's and the "
+                                    "UNet's downsampling) and of arch.clip.patch_size 8, got 40"),
+        (["--set", "arch.size=4096"], "arch.size must be from 32 to 1024 pixels"),
+        (["--set", "arch.num_frames=100000"], "arch.num_frames must be at most 1024, got 100000"),
+        (["--set", "arch.vae.block_out_channels=[]"], "arch.vae.block_out_channels must list one or more"),
+        (["--set", "arch.vae.norm_num_groups=5"], "arch.vae.norm_num_groups 5 must divide every"),
+        (["--set", "arch.clip.heads=3"], "arch.clip.heads 3 must divide arch.clip.hidden_size 64"),
+        (["--set", "arch.unet.attention_heads=0"], "arch.unet.attention_heads must be at least 1, got 0"),
+        (["--set", "unet.temporal_lr_scale=nan"], "unet.temporal_lr_scale must be a finite number of 0 or more"),
+        (["--set", "unet.text_encoder_lr=nan"], "unet.text_encoder_lr must be a finite number of 0 or more (0 freezes"),
     ],
 )
 def test_pretrain_refuses_bad_numbers(args, message, tmp_path, capsys):

@@ -136,10 +136,7 @@ class PretrainConfig:
         checks.at_least("unet.eval_prompts", self.unet.eval_prompts, 1)
         checks.at_least("unet.eval_inference_steps", self.unet.eval_inference_steps, 1)
         checks.non_negative("unet.eval_guidance_scale", self.unet.eval_guidance_scale)
-        if self.arch.size < 32 or self.arch.size % 2 ** (len(self.arch.vae.block_out_channels) - 1):
-            raise UserError(f"arch.size {self.arch.size} must be >= 32 and divisible by the VAE factor")
-        if self.arch.num_frames < 2:
-            raise UserError(f"arch.num_frames must be at least 2, got {self.arch.num_frames}")
+        _check_arch(self.arch)
         if not 0 <= self.unet.high_noise_fraction <= 1:
             raise UserError(f"unet.high_noise_fraction must be in [0, 1], got {self.unet.high_noise_fraction}")
         if not 0 <= self.unet.high_noise_from < 1000:
@@ -165,12 +162,13 @@ class PretrainConfig:
                 f"unet.path_replay {unet.path_replay} must be below unet.batch ({unet.batch}) and needs a path phase "
                 "(unet.path_phases); set it to 0 to turn replay off"
             )
-        if self.unet.text_encoder_lr < 0:
-            lr = self.unet.text_encoder_lr
-            raise UserError(f"unet.text_encoder_lr must be >= 0 (0 freezes the text tower), got {lr}")
-        if self.clip.caption_word_weight < 0:
-            weight = self.clip.caption_word_weight
-            raise UserError(f"clip.caption_word_weight must be >= 0 (0 turns it off), got {weight}")
+        # NaN passed a `< 0` test: a NaN text-tower rate froze the tower, a NaN weight failed at the first step
+        checks.non_negative("unet.text_encoder_lr", self.unet.text_encoder_lr, hint=" (0 freezes the text tower)")
+        checks.non_negative("clip.caption_word_weight", self.clip.caption_word_weight, hint=" (0 turns it off)")
+        for key in ("unet.temporal_lr_scale", "unet.motion_loss_weight", "autoencoder.kl_weight",
+                    "autoencoder.sprite_weight"):
+            section, name = key.split(".")
+            checks.non_negative(key, getattr(getattr(self, section), name))
         if not 0 <= self.unet.caption_dropout < 1:
             raise UserError(f"unet.caption_dropout must be in [0, 1), got {self.unet.caption_dropout}")
         if self.arch.unet.position_channels not in (0, POSITION_CHANNELS):
@@ -180,3 +178,38 @@ class PretrainConfig:
             raise UserError(f"linear_paths must be one of {', '.join(LINEAR_PATHS)}, got '{self.linear_paths}'")
         if self.init_from and self.resume:
             raise UserError("give --init-from to start a run from a model, or --resume to continue a run, not both")
+
+
+MAX_SIDE = 1024
+"""The largest frame side and frame count pretraining takes: a typo (4096) would fail in memory after setup."""
+
+
+def _check_arch(arch) -> None:
+    """The model shapes, before any model is built: a bad one failed inside diffusers or transformers with their
+    traceback, or (a size the UNet cannot halve) at the first evaluation, after every stage before it had run."""
+    vae, clip, unet = arch.vae, arch.clip, arch.unet
+    for key, channels, groups in (("vae", vae.block_out_channels, vae.norm_num_groups),
+                                  ("unet", unet.block_out_channels, unet.norm_num_groups)):
+        if not channels or min(channels) < 1:
+            raise UserError(f"arch.{key}.block_out_channels must list one or more channel counts, got {list(channels)}")
+        checks.at_least(f"arch.{key}.norm_num_groups", groups, 1)
+        if any(count % groups for count in channels):
+            raise UserError(f"arch.{key}.norm_num_groups {groups} must divide every arch.{key}.block_out_channels "
+                            f"entry, got {list(channels)}")
+    for key in ("vae.latent_channels", "vae.layers_per_block", "clip.hidden_size", "clip.intermediate_size",
+                "clip.text_layers", "clip.vision_layers", "clip.heads", "clip.patch_size", "clip.projection_dim",
+                "unet.layers_per_block", "unet.attention_heads"):
+        section, name = key.split(".")
+        checks.at_least(f"arch.{key}", getattr(getattr(arch, section), name), 1)
+    checks.at_least("arch.clip.max_length", clip.max_length, 2)
+    if clip.hidden_size % clip.heads:
+        raise UserError(f"arch.clip.heads {clip.heads} must divide arch.clip.hidden_size {clip.hidden_size}")
+    if any(count % unet.attention_heads for count in unet.block_out_channels):
+        raise UserError(f"arch.unet.attention_heads {unet.attention_heads} must divide every "
+                        f"arch.unet.block_out_channels entry, got {list(unet.block_out_channels)}")
+    factor = 2 ** (len(vae.block_out_channels) - 1) * 2 ** (len(unet.block_out_channels) - 1)
+    if not 32 <= arch.size <= MAX_SIDE or arch.size % factor or arch.size % clip.patch_size:
+        raise UserError(f"arch.size must be from 32 to {MAX_SIDE} pixels and a multiple of {factor} (the VAE's and "
+                        f"the UNet's downsampling) and of arch.clip.patch_size {clip.patch_size}, got {arch.size}")
+    checks.at_least("arch.num_frames", arch.num_frames, 2)
+    checks.at_most("arch.num_frames", arch.num_frames, MAX_SIDE)
