@@ -166,6 +166,8 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
         ("textual-inversion", [*PREVIEW, "--set", "preview.guidance_scale=-1"],
          "preview.guidance_scale must be a finite number of 0 or more"),
         ("train-subject", [*PRIOR, "--set", "prior.sample_batch_size=0"], "prior.sample_batch_size must be at least 1"),
+        ("train-subject", [*PRIOR, "--set", "prior.sample_batch_size=100000"],  # one batch: had run out of memory
+         "prior.sample_batch_size must be at most 1024, got 100000"),
         ("train-subject", [*PRIOR, "--set", "prior.guidance_scale=-1"],
          "prior.guidance_scale must be a finite number of 0 or more"),
         ("train-subject", [*PRIOR, "--prior-weight", "nan"],

@@ -63,6 +63,7 @@ class ImagePromptConfig:
         checks.at_least("data.clips", self.data.clips, 1)
         checks.at_most("data.clips", self.data.clips, MAX_CLIPS)
         checks.at_least("data.num_frames", self.data.num_frames, 2)
+        checks.at_most("data.num_frames", self.data.num_frames, checks.MAX_FRAMES)
         checks.at_least("num_tokens", self.num_tokens, 1)
         checks.at_most("num_tokens", self.num_tokens, 16)
         if self.hidden_dim is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from vidbooth.config import checks
 from vidbooth.config.schema import BackboneConfig, RuntimeConfig
-from vidbooth.config.train import TrainConfig
+from vidbooth.config.train import MAX_BATCH_SIZE, TrainConfig
 from vidbooth.errors import UserError
 
 STAGES = ("textual_inversion", "identity")
@@ -109,6 +109,7 @@ class PriorConfig:
     def __post_init__(self) -> None:
         checks.sampling("prior", None, self.num_inference_steps, self.guidance_scale)
         checks.at_least("prior.sample_batch_size", self.sample_batch_size, 1)
+        checks.at_most("prior.sample_batch_size", self.sample_batch_size, MAX_BATCH_SIZE)  # one sampling batch
 
 
 @dataclass

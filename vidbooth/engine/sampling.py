@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vidbooth.adapters.base import conditional_half_only
+from vidbooth.config.checks import MAX_FRAMES
 from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.engine.backbone import ZERO_SHOT
 from vidbooth.engine.zero_shot import check_strengths, chunked_unet_forward, other_frames, warp_steps
@@ -26,8 +27,6 @@ SCHEDULERS = ("ddim", "dpm++")
 MAX_SIZE_FACTOR = 8
 """Heights and widths up to this many times the model's native size are taken. Beyond it no model is of use, and a
 typo (`--width 100000`) would run for hours inside one layer, where Ctrl-C cannot stop it."""
-MAX_FRAMES = 1024
-"""Frames per video taken at most, for the same reason (text-to-video models are trained on 16-32)."""
 _ALIASES = {"dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++"}
 
 
