@@ -175,6 +175,16 @@ def test_an_adapter_scale_without_its_adapter_is_warned(tiny_base_dirs, tmp_path
     assert "--motion-scale" not in err  # 1, the default, says nothing
 
 
+def test_eta_with_a_scheduler_that_does_not_take_it_is_warned(tiny_base_dirs, tmp_path, capsys):
+    """DPM-Solver++ has no eta: `--set sampling.eta=0.5` was ignored without a word."""
+    args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--frames", "2", "--steps", "1",
+            "--device", "cpu", "--set", "sampling.eta=0.5"]
+    for scheduler, warned in (("dpm++", True), ("ddim", False)):
+        assert main([*args, "--scheduler", scheduler, "--out", str(tmp_path / f"{scheduler}.mp4")]) == 0
+        err = capsys.readouterr().err
+        assert ("warning: sampling.eta 0.5 has no effect with --scheduler dpm++: only ddim takes it" in err) == warned
+
+
 def test_a_negative_prompt_without_guidance_is_warned(tiny_base_dirs, tmp_path, capsys):
     args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out", str(tmp_path / "a.mp4"),
             "--frames", "2", "--steps", "1", "--device", "cpu", "--negative-prompt", "blurry"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,10 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise UserError('no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)')
     video_path, sheet_path, config_path = output_paths(cfg.out)
     check_writable_dir(video_path.parent)  # made only when the video is written: a later error leaves nothing
-    make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model
+    scheduler = make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model
+    if cfg.sampling.eta != 0 and "eta" not in inspect.signature(scheduler.step).parameters:
+        warn(f"sampling.eta {cfg.sampling.eta:g} has no effect with --scheduler {cfg.sampling.scheduler}: only ddim "
+             "takes it")
     for name in cfg.subjects:
         artifact_dir("subject", name)  # unknown names fail before the model loads
     if cfg.motion:
