@@ -252,3 +252,18 @@ def test_captions_must_give_the_subject_one_plain_place(caption, accepted):
     else:
         with pytest.raises(UserError, match=r"data.captions must each contain '\{\}' once"):
             load_config(SubjectConfig, None, sets)
+
+
+def test_empty_values_a_folder_for_a_recipe_and_a_tilde_are_read_as_meant(tmp_path, monkeypatch):
+    """`--set key=` read as null ("Incompatible value 'None'"), an empty base as the current folder, a folder as
+    recipe as a recipe name not found, and `--recipe=~/r.yaml` (no shell expansion there) as a name."""
+    with pytest.raises(UserError, match=r"^--set sampling.num_inference_steps= gives no value: write one after '='"):
+        load_config(GenerateConfig, None, ["sampling.num_inference_steps="])
+    with pytest.raises(UserError, match=r"^backbone.base \(--base\) is empty: give a model folder, a hub id, or nano"):
+        load_config(GenerateConfig, None, ["backbone.base="])
+    assert load_config(GenerateConfig, None, ["prompt="]).prompt == ""  # a text may be empty (generate says so)
+    with pytest.raises(UserError, match=f"^recipe {tmp_path} is a folder: give a YAML file in it"):
+        load_config(GenerateConfig, str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "r.yaml").write_text("sampling:\n  num_frames: 3\n")
+    assert load_config(GenerateConfig, "~/r.yaml").sampling.num_frames == 3

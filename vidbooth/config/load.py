@@ -20,9 +20,11 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # a link to the t
 
 def find_recipe(recipe: str) -> Path:
     """A recipe is a YAML path, or a name under `recipes/` such as 'zeroscope/generate'."""
-    path = Path(recipe)
+    path = Path(recipe).expanduser()  # --recipe=~/r.yaml reaches us with its ~
     if path.is_file():
         return path
+    if path.is_dir():
+        raise UserError(f"recipe {recipe} is a folder: give a YAML file in it (or a recipe name)")
     candidate = RECIPES_DIR / (recipe if recipe.endswith(".yaml") else recipe + ".yaml")
     if candidate.is_file():
         return candidate
@@ -184,6 +186,8 @@ def _read_set(item: str, schema: Any) -> Any:
     if not equals or not key:
         raise UserError(f"--set expects key=value, got '{item}'")
     kind = _text_kind(schema, key)
+    if not text.strip() and kind not in ("str", "optional str"):  # read as YAML it is null: "Incompatible value"
+        raise UserError(f"--set {item} gives no value: write one after '=' (null where a setting may be none)")
     if kind in ("str", "optional str") or (kind == "list" and not text.lstrip().startswith("[")):
         config = OmegaConf.create()
         value = None if text in ("null", "~") and kind != "str" else literal(_unquoted(text))

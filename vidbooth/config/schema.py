@@ -21,6 +21,10 @@ class BackboneConfig:
     variant: str | None = None
     """Weights variant to load (e.g. 'fp16') when the model provides one."""
 
+    def __post_init__(self) -> None:
+        if not self.base.strip():  # had been read as the current folder: ". is not a diffusers ... model"
+            raise UserError("backbone.base (--base) is empty: give a model folder, a hub id, or nano (the default)")
+
 
 @dataclass
 class RuntimeConfig:
