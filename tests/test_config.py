@@ -267,3 +267,16 @@ def test_empty_values_a_folder_for_a_recipe_and_a_tilde_are_read_as_meant(tmp_pa
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "r.yaml").write_text("sampling:\n  num_frames: 3\n")
     assert load_config(GenerateConfig, "~/r.yaml").sampling.num_frames == 3
+
+
+def test_a_recipes_texts_are_taken_as_written_as_set_takes_them(tmp_path):
+    """YAML reads an unquoted 007 as 7 and no as false: a recipe made a motion named '7' with the class noun
+    'False'. Numbers and true/false where numbers and switches belong, and null, keep their meaning."""
+    from vidbooth.config.motion import MotionConfig
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: 007\nclass_noun: no\ncaptions: [yes, 1.50, a]\ndata: {num_frames: 12, fps: 4.0}\n"
+                      "backbone: {revision: null}\ntrain: {steps: 12}\n")
+    cfg = load_config(MotionConfig, str(recipe))
+    assert (cfg.name, cfg.class_noun, cfg.captions) == ("007", "no", ["yes", "1.50", "a"])
+    assert (cfg.data.num_frames, cfg.data.fps, cfg.backbone.revision, cfg.train.steps) == (12, 4.0, None, 12)

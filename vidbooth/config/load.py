@@ -123,6 +123,7 @@ def load_config(
                 raise UserError(f"recipe {path} is not valid YAML: {_yaml_problem(exc, path)}") from exc
             if not OmegaConf.is_dict(loaded):
                 raise UserError(f"recipe {path} must be a mapping of settings (key: value), got a YAML list or value")
+            _texts_as_written(merged, loaded, path)
             try:
                 _check_sections(merged, loaded, f"recipe {path}: ")
                 merged = OmegaConf.merge(merged, _strings_as_lists(merged, loaded))
@@ -199,6 +200,48 @@ def _read_set(item: str, schema: Any) -> Any:
         reason = _yaml_problem(exc)
         hint = "write the value as in YAML, e.g. 1e-4, true or [a, b]"
         raise UserError(f"--set {key}={text} cannot be read ({reason}): {hint}") from exc
+
+
+def _texts_as_written(schema: Any, loaded: Any, path: Path) -> None:
+    """Text settings of recipe `path` as written, as `--set` takes them: YAML reads an unquoted `007` as the number
+    7 and `no` as false, which became a motion named '7' and the class noun 'False'."""
+    import yaml
+
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # OmegaConf read it: nothing to add
+        return
+    _restore_texts(schema, loaded, root)
+
+
+def _restore_texts(schema: Any, loaded: Any, node: Any) -> None:
+    import yaml
+    from omegaconf.nodes import StringNode
+
+    if not (isinstance(node, yaml.MappingNode) and OmegaConf.is_dict(schema) and OmegaConf.is_dict(loaded)):
+        return
+    for key_node, value_node in node.value:
+        key = key_node.value
+        if key not in schema or key not in loaded or OmegaConf.is_interpolation(loaded, key):
+            continue
+        wanted = schema._get_node(key)
+        if isinstance(wanted, StringNode) and _plain_non_text(value_node):
+            loaded[key] = value_node.value
+        elif OmegaConf.is_list(wanted) and wanted._metadata.element_type is str and \
+                isinstance(value_node, yaml.SequenceNode) and OmegaConf.is_list(loaded[key]):
+            for index, item in enumerate(value_node.value):
+                if _plain_non_text(item):
+                    loaded[key][index] = item.value
+        else:
+            _restore_texts(wanted, loaded[key], value_node)
+
+
+def _plain_non_text(node: Any) -> bool:
+    """An unquoted YAML scalar read as a number or true/false (not null: a text setting may be none)."""
+    import yaml
+
+    return isinstance(node, yaml.ScalarNode) and node.style is None and node.tag in (
+        "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
 
 
 def _yaml_problem(exc: Exception, path: Path | None = None) -> str:
