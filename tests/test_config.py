@@ -280,3 +280,13 @@ def test_a_recipes_texts_are_taken_as_written_as_set_takes_them(tmp_path):
     cfg = load_config(MotionConfig, str(recipe))
     assert (cfg.name, cfg.class_noun, cfg.captions) == ("007", "no", ["yes", "1.50", "a"])
     assert (cfg.data.num_frames, cfg.data.fps, cfg.backbone.revision, cfg.train.steps) == (12, 4.0, None, 12)
+
+
+def test_a_recipe_interpolation_that_finds_nothing_says_how_to_write_the_text(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prompt: a sign reading ${price}\n")
+    with pytest.raises(UserError, match=r"Interpolation key 'price' not found \(a recipe's \$\{\.\.\.\} refers to "
+                                        r"another setting: write \\\$\{ for the text \$\{\)"):
+        load_config(GenerateConfig, str(recipe))
+    recipe.write_text("prompt: a sign reading \\${price}\n")
+    assert load_config(GenerateConfig, str(recipe)).prompt == "a sign reading ${price}"

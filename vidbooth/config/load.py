@@ -96,8 +96,12 @@ def _sets(set_key: str, text: str, key: str) -> bool:
 
 
 def _describe(exc: OmegaConfBaseException) -> str:
+    from omegaconf.errors import InterpolationResolutionError
+
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
+    if isinstance(exc, InterpolationResolutionError):  # only a recipe's texts are read as OmegaConf's
+        msg += " (a recipe's ${...} refers to another setting: write \\${ for the text ${)"
     return f"config key '{key}': {msg}" if key else msg
 
 
