@@ -301,6 +301,17 @@ def test_config_validation(bad):
         IdentityConfig(train=TrainConfig(**bad))
 
 
+def test_a_warm_up_longer_than_the_training_is_warned_of(tmp_path, accelerator, monkeypatch):
+    """lr_warmup_steps 1000 with 3 steps trained at a thousandth of the learning rate without a word."""
+    from tests.badinputs import capture_warnings
+
+    warnings = capture_warnings(monkeypatch)
+    for warmup, run in ((3, "fits"), (4, "longer")):  # 3 of 3: the last step trains at the full rate
+        engine.train(make_method(), toy_data(), config(steps=3, lr_warmup_steps=warmup), tmp_path / run, accelerator)
+    assert warnings == ["train.lr_warmup_steps 4 is more than train.steps 3: the learning rate never reaches "
+                        "train.lr; shorten the warm-up"]
+
+
 def test_the_largest_accepted_lr_trains_without_overflowing_float32(tmp_path, accelerator):
     """1e39 used to reach AdamW and end in a traceback ('value cannot be converted to type float without
     overflow'); now the check refuses it, and the largest rate it accepts runs (to a NaN loss, caught as usual)."""

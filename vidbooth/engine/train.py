@@ -678,6 +678,10 @@ def train(
         )
     )
     run_dir = Path(run_dir)
+    if cfg.lr_warmup_steps > cfg.steps and accelerator.is_main_process:
+        reporting.warn(f"{cfg.setting_name('lr_warmup_steps')} {cfg.lr_warmup_steps} is more than "
+                       f"{cfg.setting_name('steps')} {cfg.steps}: the learning rate never reaches "
+                       f"{cfg.setting_name('lr')}; shorten the warm-up")
     result = _start(run_dir, method, optimizer, params, accelerator, resume, signature, cfg)
     step = result.step
 
