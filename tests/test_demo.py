@@ -175,6 +175,7 @@ def test_paired_steps_compare_each_video_with_the_same_noise_in_the_variant_befo
     (["--set", "num_inference_steps=1000"], "num_inference_steps must be from 1 to 999 (nano was trained on 1000"),
     (["--seed", "-1"], "seed (--seed) must be a whole number from 0"),
     (["--set", "seed=-1"], "seed (--seed) must be a whole number from 0"),
+    (["--set", "runtime.seed=5"], "runtime.seed 5 is not the demo's seed: give seed (--seed) instead"),  # ignored
     (["--base", "no/such/base/here"], "base model not found: no/such/base/here"),
     (["--base", str(Path(__file__).parent)], "is not a diffusers text-to-video model"),
 ])

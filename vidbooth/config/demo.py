@@ -38,5 +38,7 @@ class DemoConfig:
         checks.at_least("num_videos", self.num_videos, 1, "--num-videos")
         checks.at_most("num_videos", self.num_videos, MAX_VIDEOS, "--num-videos")
         checks.seed("seed", self.seed)
+        if self.runtime.seed != 0:  # every step is seeded from `seed`: this one was ignored without a word
+            raise UserError(f"runtime.seed {self.runtime.seed} is not the demo's seed: give seed (--seed) instead")
         for key in ("subject_steps", "motion_steps", "num_inference_steps"):
             checks.at_least(key, getattr(self, key), 0)  # 0: the recipe's
