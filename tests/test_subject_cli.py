@@ -606,6 +606,9 @@ def test_prior_flags_without_prior_preservation_are_refused(command, flags, phot
     ("identity-adapter", ["textual_inversion.num_vectors=3"], [
         "--set textual_inversion.num_vectors=3 has no effect: it acts on the textual_inversion stage, which this run "
         "leaves out"]),
+    ("textual-inversion", ["stages=[identity]"], [
+        "--set stages=[identity] has no effect: textual-inversion runs the textual_inversion stage alone "
+        "(train-subject runs the stages it names)"]),
 ])
 def test_settings_that_would_do_nothing_are_warned_of(command, sets, warned, photos, monkeypatch):
     """They had been accepted silently (the flags that set them are refused)."""

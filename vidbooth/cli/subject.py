@@ -125,11 +125,15 @@ STAGE_OF_SECTION = {"textual_inversion": "textual_inversion", "identity": "ident
 """The stage each stage-only section of the config acts on."""
 
 
-def _check_stage_sets(stages, sets: list[str] | None) -> None:
+def _check_stage_sets(stages, sets: list[str] | None, command: str | None = None) -> None:
     """A --set of a section whose stage this run leaves out does nothing: warned of (the stages' flags are
-    refused; a script may pass such settings to every run, as a recipe may hold them)."""
+    refused; a script may pass such settings to every run, as a recipe may hold them). So is --set stages=... to
+    `command`, which runs its one stage whatever the setting says."""
     for item in sets or []:
         section = item.partition("=")[0].strip().split(".")[0]
+        if command and section == "stages":
+            warn(f"--set {item.strip()} has no effect: {command} runs the {stages[0]} stage alone (train-subject "
+                 "runs the stages it names)")
         stage = STAGE_OF_SECTION.get(section)
         if stage is not None and stage not in stages:
             warn(f"--set {item.strip()} has no effect: it acts on the {stage} stage, which this run leaves out")
@@ -181,7 +185,7 @@ def textual_inversion(
     overrides["textual_inversion.num_vectors"] = num_vectors
     flags = COMMON_FLAGS | _train_flag_names("textual_inversion", "--steps", "--lr")
     flags["textual_inversion.num_vectors"] = "--num-vectors"
-    _check_stage_sets(["textual_inversion"], sets)
+    _check_stage_sets(["textual_inversion"], sets, "textual-inversion")
     train_textual_inversion(_load(recipe, sets, overrides, flags))
 
 
@@ -227,7 +231,7 @@ def identity_adapter(
     overrides |= options.learned_backbone(recipe, sets, overrides, [("subject", name)] if name else [])
     flags = COMMON_FLAGS | PRIOR_FLAGS | _train_flag_names("identity", "--steps", "--lr")
     flags["identity.hidden_ratio"] = "--hidden-ratio"
-    _check_stage_sets(["identity"], sets)
+    _check_stage_sets(["identity"], sets, "identity-adapter")
     cfg = _load(recipe, sets, overrides, flags)
     _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets)
     train_identity_adapter(cfg)
