@@ -148,6 +148,7 @@ def test_running_out_of_memory_is_one_line_with_the_size_and_what_to_lower(photo
     code = _train(photos, tiny_base_dirs["unet3d"], "--overwrite", "--seed", "3", "--set", "preview.enabled=false")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: out of memory (it asked for 2.00 GiB more): ask for less at once")
+    assert "(a smaller --batch-size or --resolution" in err[-1]  # what this command can ask for less of
     assert "Traceback" not in "".join(err) and _files() == old  # the stored subject is untouched
 
     monkeypatch.setattr(generate_engine, "sample_frames", lambda *args: torch.empty(10**14))  # the CPU allocator fails
@@ -156,9 +157,30 @@ def test_running_out_of_memory_is_one_line_with_the_size_and_what_to_lower(photo
                  "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: out of memory (it asked for 372529.0 GiB at once)")
-    assert "--num-frames" in err[-1] and not out.exists()
+    assert "--num-frames" in err[-1] and "--batch-size" not in err[-1] and not out.exists()  # generate has none
 
     monkeypatch.setattr(generate_engine, "sample_frames", lambda *args: torch.zeros(2) @ torch.zeros(3))
     with pytest.raises(RuntimeError, match="size mismatch|shapes|size"):  # any other error keeps its traceback
         main(["generate", "--prompt", "a dog", "--out", str(out), "--base", str(tiny_base_dirs["unet3d"]),
               "--device", "cpu"])
+
+
+def test_the_out_of_memory_line_names_what_the_command_can_ask_less_of():
+    """It named --num-frames, --height/--width and --batch-size to every command, pretrain (none of them) too."""
+    from vidbooth.cli.app import LESS_AT_ONCE, _command_of, out_of_memory_message
+
+    full = MemoryError()
+    assert _command_of(["--home", "lib", "pretrain", "--out", "x"]) == "pretrain"
+    assert "(smaller autoencoder.batch, clip.batch or unet.batch" in out_of_memory_message(full, "pretrain")
+    assert "(a smaller batch)" in out_of_memory_message(full, None)
+    assert out_of_memory_message(ValueError("shapes differ"), "pretrain") is None
+    commands = set(main_commands())
+    assert set(LESS_AT_ONCE) <= commands and commands - set(LESS_AT_ONCE) == {"list"}  # list allocates nothing
+
+
+def main_commands() -> list[str]:
+    import typer
+
+    from vidbooth.cli.app import app
+
+    return list(typer.main.get_command(app).commands)

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         error(message)
         return 2
     except (MemoryError, RuntimeError) as exc:
-        message = out_of_memory_message(exc)
+        message = out_of_memory_message(exc, _command_of(sys.argv[1:] if argv is None else argv))
         if message is None or _state["debug"]:
             raise
         error(message)
@@ -180,9 +180,34 @@ def os_error_message(exc: OSError) -> str | None:
     return None
 
 
-def out_of_memory_message(exc: BaseException) -> str | None:
+LESS_AT_ONCE = {
+    "generate": "fewer --num-frames, a smaller --height/--width",
+    "demo": "fewer --num-videos, or --fast",
+    "evaluate": "a smaller --batch-size",
+    "pretrain": "smaller autoencoder.batch, clip.batch or unet.batch, or a smaller arch.size",
+    "train-subject": "a smaller --batch-size or --resolution, or a smaller prior.sample_batch_size",
+    "train-motion": "fewer --num-frames, a smaller --resolution or train.batch_size",
+    "train-image-prompt": "smaller coarse.batch_size and fine.batch_size, or fewer data.num_frames",
+}
+"""What each command can ask for less of when memory runs out (the rest: a smaller batch)."""
+LESS_AT_ONCE |= {"textual-inversion": LESS_AT_ONCE["train-subject"], "identity-adapter": LESS_AT_ONCE["train-subject"],
+                 "motion-adapter": LESS_AT_ONCE["train-motion"]}
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command named in `argv` (its first word that is not an option or an option's value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--home":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
     """One line for an allocation that failed (torch's CUDA or CPU allocator, or Python's MemoryError) with the
-    size asked for when the error says it; None for any other error."""
+    size asked for when the error says it, and what `command` can ask for less of; None for any other error."""
     text = str(exc)
     failed = (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
               or "out of memory" in text.lower() or "can't allocate memory" in text)
@@ -193,8 +218,8 @@ def out_of_memory_message(exc: BaseException) -> str | None:
         asked = f" (it asked for {int(found.group(1)) / 2**30:.1f} GiB at once)"
     elif found := re.search(r"tried to allocate ([\d.]+ [KMGT]i?B)", text, flags=re.IGNORECASE):
         asked = f" (it asked for {found.group(1)} more)"
-    return (f"out of memory{asked}: ask for less at once (fewer --num-frames, a smaller --height/--width or "
-            "--batch-size), or use --precision fp16 on a GPU, and run the command again")
+    less = LESS_AT_ONCE.get(command or "", "a smaller batch")
+    return f"out of memory{asked}: ask for less at once ({less}), or use --precision fp16 on a GPU, and run it again"
 
 
 @contextlib.contextmanager
