@@ -8,10 +8,10 @@ import math
 from vidbooth.errors import UserError
 
 MAX_SEED = 2**32 - 1
+"""Largest seed every seeded library takes (NumPy's legacy seeding, which accelerate's `set_seed` uses)."""
 MAX_FRAMES = 1024
 """Frames per video or clip taken at most: text-to-video models are trained on 16-32, and a typo (100000) would
 run out of memory, or run for hours inside one layer where Ctrl-C cannot stop it."""
-"""Largest seed every seeded library takes (NumPy's legacy seeding, which accelerate's `set_seed` uses)."""
 
 
 def _name(key: str, flag: str | None) -> str:

@@ -181,7 +181,7 @@ class PretrainConfig:
 
 
 MAX_SIDE = 1024
-"""The largest frame side and frame count pretraining takes: a typo (4096) would fail in memory after setup."""
+"""The largest frame side pretraining takes: a typo (4096) would fail in memory after setup."""
 
 
 def _check_arch(arch) -> None:
@@ -212,4 +212,4 @@ def _check_arch(arch) -> None:
         raise UserError(f"arch.size must be from 32 to {MAX_SIDE} pixels and a multiple of {factor} (the VAE's and "
                         f"the UNet's downsampling) and of arch.clip.patch_size {clip.patch_size}, got {arch.size}")
     checks.at_least("arch.num_frames", arch.num_frames, 2)
-    checks.at_most("arch.num_frames", arch.num_frames, MAX_SIDE)
+    checks.at_most("arch.num_frames", arch.num_frames, checks.MAX_FRAMES)
