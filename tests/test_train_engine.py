@@ -369,3 +369,20 @@ def test_a_parameter_no_process_gave_a_gradient_keeps_none_across_processes(monk
     used.grad = torch.tensor([1.0, 2.0, 3.0])
     _average_gradients([used, unused], SimpleNamespace(num_processes=2))
     assert torch.equal(used.grad, torch.tensor([1.0, 2.0, 3.0])) and unused.grad is None
+
+
+def test_a_resume_that_finds_no_stopped_run_is_warned_of_once_for_the_command(tmp_path, accelerator, monkeypatch):
+    """Said once, before the model loads, for all the command's stages: a second stage that had not begun (the
+    first resumed) had been warned of as 'nothing to resume' too."""
+    from tests.badinputs import capture_warnings
+
+    warnings = capture_warnings(monkeypatch)
+    first, second = tmp_path / "runs" / "first", tmp_path / "runs" / "second"
+    engine.refuse_to_discard([first, second], resume=True, overwrite=False)
+    assert warnings == [f"nothing to resume in {tmp_path / 'runs'}: starting from step 0"]
+    warnings.clear()
+    engine.train(make_method(), toy_data(), config(steps=2, checkpoint_every=1), first, accelerator)  # stage 1 left
+    assert engine.list_checkpoints(first)  # the engine's train() leaves them; the commands remove them when saved
+    engine.refuse_to_discard([first, second], resume=True, overwrite=False)
+    engine.train(make_method(), toy_data(), config(steps=2), second, accelerator, resume=True)  # not begun: starts
+    assert warnings == []

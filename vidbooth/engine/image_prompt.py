@@ -396,7 +396,6 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     from vidbooth.engine.sampling import training_resolution
     from vidbooth.engine.train import (
         backbone_device,
-        list_checkpoints,
         refuse_other_settings,
         refuse_to_discard,
         remove_runs,
@@ -440,8 +439,7 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
         if stage == "fine":
             model.add_injections()
         method = _Method(model, stage, HighNoise.of(train_cfg))
-        begun = stage == STAGES[0] or bool(list_checkpoints(run_dir))  # no "nothing to resume" for a fine not begun
-        result = train(method, items, train_cfg, run_dir, accelerator, resume=cfg.resume and begun,
+        result = train(method, items, train_cfg, run_dir, accelerator, resume=cfg.resume,
                        signature=signature | {"stage": stage}, description=f"image prompt: {stage}")
         losses[stage] = result.loss
     if accelerator.is_main_process:

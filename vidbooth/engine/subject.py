@@ -63,7 +63,6 @@ from vidbooth.engine.train import (
     check_high_noise,
     derived_seed,
     dtype_signature,
-    list_checkpoints,
     make_accelerator,
     refuse_other_settings,
     refuse_to_discard,
@@ -242,7 +241,7 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     class_noun = cfg.class_noun.strip() or existing["class_noun"]
     photos = _load_photos(cfg.photos)
     base_folder = base_model_folder(cfg.backbone.base, cfg.backbone.revision)  # a wrong --base fails here, early
-    check_high_noise([getattr(cfg, stage).train for stage in stages], cfg.backbone.base, cfg.backbone.revision)
+    check_high_noise([getattr(cfg, stage).train for stage in stages], cfg.backbone.base, folder=base_folder)
     if "textual_inversion" in stages:
         _check_tokens(cfg, class_noun, base_folder)
     class_images = digest = None
@@ -440,16 +439,13 @@ def _textual_inversion(run: _Run) -> torch.Tensor:
 def _train_stage(run: _Run, stage: str, method, signature: dict, description: str) -> None:
     """Train one stage on the photo latents and record its result."""
     run_dir = run_folder(KIND, run.cfg.name, STAGE_FOLDERS[stage])
-    # the identity stage of a run resumed in (or after) its first stage has often not begun: it starts without
-    # the "nothing to resume" warning, which is for a --resume that finds no stopped run at all
-    begun = stage == "textual_inversion" or "textual_inversion" not in run.results or bool(list_checkpoints(run_dir))
     run.results[stage] = train(
         method,
         [{"latents": latents} for latents in run.latents],
         getattr(run.cfg, stage).train,
         run_dir,
         run.accelerator,
-        resume=run.cfg.resume and begun,
+        resume=run.cfg.resume,
         signature=signature,
         description=description,
     )

@@ -193,15 +193,17 @@ def run_folder(kind: str, name: str, stage: str) -> Path:
     return library_home() / ".runs" / KINDS[kind] / dir_name(name) / stage
 
 
-def check_high_noise(train_configs: Sequence[TrainConfig], base: str, revision: str | None = None) -> None:
+def check_high_noise(train_configs: Sequence[TrainConfig], base: str, revision: str | None = None,
+                     folder: Path | None = None) -> None:
     """Refuse, before the model loads, a high-noise range that starts at or past `base`'s noise levels (else found
-    at the first step of its stage, after the model loaded and earlier stages trained)."""
+    at the first step of its stage, after the model loaded and earlier stages trained). `folder`: `base`'s, where
+    the caller has it from `base_model_folder` already; else it is looked up only when a range is used."""
     used = [config for config in train_configs if config.high_noise_fraction]
     if not used:
         return
-    from vidbooth.engine.backbone import noise_levels
+    from vidbooth.engine.backbone import base_model_folder, noise_levels
 
-    levels = noise_levels(base, revision)
+    levels = noise_levels(folder or base_model_folder(base, revision))
     for config in used:
         if config.high_noise_from >= levels:
             raise UserError(f"{config.setting_name('high_noise_from')} must be below the {levels} noise levels "
@@ -209,8 +211,12 @@ def check_high_noise(train_configs: Sequence[TrainConfig], base: str, revision: 
 
 
 def refuse_to_discard(run_dirs: Sequence[Path], resume: bool, overwrite: bool) -> None:
-    """Before a model loads: a stopped run's checkpoint in one of `run_dirs` is neither continued nor thrown away
-    unasked; --resume continues it, --overwrite starts over (as `pretrain` refuses a run folder in use)."""
+    """Before a model loads: a stopped run's checkpoint in one of `run_dirs` (the command's stages) is neither
+    continued nor thrown away unasked; --resume continues it, --overwrite starts over (as `pretrain` refuses a run
+    folder in use). A --resume that finds no checkpoint in any of them is warned of, once for the command: a later
+    stage that has not begun simply starts."""
+    if resume and not any(list_checkpoints(run_dir) for run_dir in run_dirs):
+        reporting.warn(f"nothing to resume in {run_dirs[0].parent}: starting from step 0")
     if resume or overwrite:
         return
     for run_dir in run_dirs:
@@ -619,8 +625,6 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
         if accelerator.is_main_process:
             reporting.info(f"resuming from step {step} ({checkpoints[-1]})")
         return TrainResult(step=step, start_step=step, resumed_loss=loss)
-    if resume and accelerator.is_main_process:
-        reporting.warn(f"nothing to resume in {run_dir}: starting from step 0")
     if checkpoints and not resume and accelerator.is_main_process:
         reporting.warn(
             f"starting over: the checkpoint of an earlier, stopped run ({checkpoints[-1].name}) is discarded; "
