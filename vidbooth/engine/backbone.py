@@ -253,10 +253,10 @@ def base_model_folder(base: str, revision: str | None = None) -> Path:
     return folder
 
 
-def noise_levels(base: str, revision: str | None = None) -> int:
-    """How many noise levels `base` was trained on (its scheduler's `num_train_timesteps`), without loading it:
-    sampling takes fewer steps than that."""
-    config = base_model_folder(base, revision) / "scheduler" / "scheduler_config.json"
+def noise_levels(folder: Path) -> int:
+    """How many noise levels the model in `folder` (`base_model_folder`'s) was trained on (its scheduler's
+    `num_train_timesteps`), without loading it: sampling takes fewer steps than that."""
+    config = folder / "scheduler" / "scheduler_config.json"
     try:
         return int(json.loads(config.read_text()).get("num_train_timesteps", 1000))
     except (OSError, ValueError, AttributeError):

@@ -182,7 +182,7 @@ def _restart_when_interrupted() -> Iterator[None]:
 
 
 def run_demo(cfg: DemoConfig) -> DemoReport:
-    from vidbooth.engine.backbone import is_image_model, noise_levels
+    from vidbooth.engine.backbone import base_model_folder, is_image_model, noise_levels
 
     base = cfg.base
     check_writable_dir(cfg.out)
@@ -193,7 +193,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
             f"--base {base} is an image model: the demo also learns a motion, which needs a video model's temporal "
             "layers; use nano (the default) or a ModelScope/zeroscope folder"
         )
-    levels = noise_levels(base)
+    levels = noise_levels(base_model_folder(base))
     if cfg.num_inference_steps >= levels:  # else found only at sampling, after all the training
         raise UserError(f"num_inference_steps must be from 1 to {levels - 1} ({base} was trained on {levels} noise "
                         f"levels; 0 takes the recipe's), got {cfg.num_inference_steps}")
