@@ -154,8 +154,9 @@ def _identity_difference(then: tuple, now: tuple) -> str:
     parts = []
     for name, old, new in zip(names, then, now):
         if name == "arch":
-            parts += [f"arch.{key} {value} there, {_flat(new).get(key)} here" for key, value in _flat(old).items()
-                      if _flat(new).get(key) != value]
+            old_arch, new_arch = _flat(old), _flat(new)
+            parts += [f"arch.{key} {old_arch.get(key)} there, {new_arch.get(key)} here"
+                      for key in dict.fromkeys([*old_arch, *new_arch]) if old_arch.get(key) != new_arch.get(key)]
         elif old != new:
             parts.append(f"{name} {old} there, {new} here")
     return "; ".join(parts)
