@@ -19,6 +19,8 @@ from vidbooth.data.video import read_video
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 QUICK = ["--recipe", "tiny/motion", "--steps", "2", "--num-frames", "4", "--set", "preview.num_inference_steps=1"]
+NO_PREVIEW = ["--recipe", "tiny/motion", "--steps", "2", "--num-frames", "4", "--no-preview"]
+"""QUICK without a preview: the preview's settings would be warned of as having no effect."""
 
 
 def square_clip(path, num_frames=12, size=64):
@@ -97,12 +99,12 @@ def test_stage_alias_list_generate_and_unknown_motion(tmp_path, isolated_home, c
 
 def test_existing_name_needs_overwrite(tmp_path, isolated_home, capsys):
     clip = str(write_clip(tmp_path / "c.mp4"))
-    assert main(["train-motion", clip, "--name", "m", *QUICK, "--no-preview"]) == 0
+    assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW]) == 0
     first = (isolated_home / "motions" / "m" / "manifest.json").read_text()
-    assert main(["train-motion", clip, "--name", "m", *QUICK, "--no-preview"]) == 2
+    assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (isolated_home / "motions" / "m" / "manifest.json").read_text() == first
-    assert main(["train-motion", clip, "--name", "m", *QUICK, "--no-preview", "--overwrite", "--steps", "3"]) == 0
+    assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--overwrite", "--steps", "3"]) == 0
     assert json.loads((isolated_home / "motions" / "m" / "manifest.json").read_text())["training"]["steps"] == 3
 
 
@@ -155,7 +157,7 @@ def test_interrupted_run_leaves_nothing_and_resumes_to_the_same_weights(tmp_path
 
 def test_guidance_off_trains_an_unconditioned_adapter(tmp_path, isolated_home):
     clip = str(square_clip(tmp_path / "slide.mp4"))
-    assert main(["train-motion", clip, "--name", "m", *QUICK, "--no-preview", "--no-appearance-guidance"]) == 0
+    assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--no-appearance-guidance"]) == 0
     manifest = json.loads((isolated_home / "motions" / "m" / "manifest.json").read_text())
     assert manifest["adapter"]["cond_dim"] is None and manifest["adapter"]["appearance_encoder"] is None
     tensors, _ = load_tensors(isolated_home / "motions" / "m" / "motion_adapter.safetensors")
@@ -204,7 +206,7 @@ def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_h
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     write_clip(tmp_path / "work" / "c.mp4")
-    assert main(["train-motion", "c.mp4", "--name", "m", *QUICK, "--no-preview", "--seed", "3"]) == 0
+    assert main(["train-motion", "c.mp4", "--name", "m", *NO_PREVIEW, "--seed", "3"]) == 0
     folder = isolated_home / "motions" / "m"
     saved = yaml.safe_load((folder / "config.yaml").read_text())
     assert saved["clips"] == [str(tmp_path / "work" / "c.mp4")] and saved["name"] == "m"
@@ -250,7 +252,7 @@ def test_two_processes_stop_together_when_the_main_one_meets_a_full_disk(
     env["VIDBOOTH_CACHE"] = str(tmp_path / "cache")  # both processes build the tiny base: the copy that wins must work
     clip = square_clip(tmp_path / "slide.mp4")
     command = [*two_process_launch, "-m", "vidbooth", "train-motion", str(clip), "--name", "slide", "--base", "tiny"]
-    command += [*QUICK, "--device", "cpu", "--no-preview"]
+    command += [*NO_PREVIEW, "--device", "cpu"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode != 0
     message = "error: the disk is full: the checkpoint of step 2 was not saved and no checkpoint was saved yet"
@@ -315,13 +317,13 @@ def test_a_motion_without_caption_or_class_noun_says_so_and_lists_as_such(
     """The empty caption had been used without a word, and `list` showed an empty cell."""
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")
     clip = square_clip(tmp_path / "slide.mp4")
-    assert main(["train-motion", str(clip), "--name", "bare", *QUICK, "--no-preview"]) == 0
+    assert main(["train-motion", str(clip), "--name", "bare", *NO_PREVIEW]) == 0
     assert "no --class-noun or --caption: the clips are learned with the empty caption" in capsys.readouterr().err
     assert main(["list"]) == 0
     assert "(no caption)" in capsys.readouterr().out
-    assert main(["train-motion", str(clip), "--name", "named", "--class-noun", "square", *QUICK, "--no-preview"]) == 0
+    assert main(["train-motion", str(clip), "--name", "named", "--class-noun", "square", *NO_PREVIEW]) == 0
     assert "empty caption" not in capsys.readouterr().err
-    args = ["--name", "blank", "--class-noun", "square", "--caption", "", *QUICK, "--no-preview"]
+    args = ["--name", "blank", "--class-noun", "square", "--caption", "", *NO_PREVIEW]
     assert main(["train-motion", str(clip), *args]) == 0  # it said no --class-noun or --caption was given
     assert "an empty --caption: the clips are learned with the empty caption" in capsys.readouterr().err
 
@@ -345,3 +347,17 @@ def test_appearance_settings_without_appearance_guidance_are_refused_or_warned_o
         main([*args, "--set", "appearance.p_image_zero=0.3"])
     assert warned == ["--set appearance.p_image_zero=0.3 has no effect without appearance guidance "
                       "(--appearance-guidance)"]
+
+
+def test_preview_settings_with_the_preview_off_are_warned_of(tmp_path, isolated_home, monkeypatch):
+    """`--no-preview --set preview.num_inference_steps=1` had been accepted without a word."""
+    import vidbooth.engine.motion as engine
+
+    warned = []
+    monkeypatch.setattr("vidbooth.reporting.warn", warned.append)
+    monkeypatch.setattr(engine, "train_motion", lambda cfg: (_ for _ in ()).throw(SystemExit(0)))
+    clip = square_clip(tmp_path / "slide.mp4")
+    for preview in ("--preview", "--no-preview"):
+        with pytest.raises(SystemExit):
+            main(["train-motion", str(clip), "--name", "m", *QUICK, preview])
+    assert warned == ["--set preview.num_inference_steps=1 has no effect: the preview is off (--preview turns it on)"]

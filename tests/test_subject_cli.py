@@ -29,6 +29,8 @@ FAST = [
     "--set", "preview.guidance_scale=1.0",
     "--batch-size", "1",
 ]  # fmt: skip
+NO_PREVIEW = ["--recipe", "tiny/subject", "--set", "data.resolution=16", "--batch-size", "1", "--no-preview"]
+"""FAST without a preview: the preview's settings would be warned of as having no effect."""
 PRIOR_FAST = ["--set", "prior.num_inference_steps=1", "--set", "prior.guidance_scale=1.0"]
 """With --prior-preservation only: without it they have no effect, and are warned of."""
 BASES = {"unet3d": "tiny", "animatediff": "tiny-animatediff"}
@@ -49,7 +51,8 @@ def library_is_empty(home: Path) -> bool:
 
 
 def train_subject(photos: Path, *extra: str, name: str = "S*", steps: int = 2) -> int:
-    args = ["train-subject", str(photos), "--name", name, "--class-noun", "dog", *FAST]
+    fast = NO_PREVIEW if "--no-preview" in extra else FAST
+    args = ["train-subject", str(photos), "--name", name, "--class-noun", "dog", *fast]
     prior = PRIOR_FAST if "--prior-preservation" in extra else []
     return main([*args, *prior, "--ti-steps", str(steps), "--identity-steps", str(steps), *extra])
 
@@ -291,7 +294,7 @@ def test_a_stop_between_the_stages_says_to_resume_and_the_resume_keeps_stage_one
         os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(prior, "generate_class_images", stopped_generate)
-    args = [*FAST, *PRIOR_FAST, "--no-preview", "--prior-preservation", "--num-class-images", "2"]
+    args = [*NO_PREVIEW, *PRIOR_FAST, "--prior-preservation", "--num-class-images", "2"]
     assert train_subject(photos, *args) == code
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"error: stopped by {signal.Signals(signum).name} before the identity adapter's training")
@@ -554,7 +557,7 @@ def test_resume_is_refused_when_a_class_image_changed(photos, tmp_path, isolated
     from vidbooth.engine.subject_methods import IdentityAdapterMethod
 
     class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)
-    args = [*FAST, *PRIOR_FAST, "--no-preview", "--prior-preservation", "--class-images", str(class_dir),
+    args = [*NO_PREVIEW, *PRIOR_FAST, "--prior-preservation", "--class-images", str(class_dir),
             "--num-class-images", "2"]
     original_loss = interrupt_identity_stage(monkeypatch)
     assert train_subject(photos, *args, steps=3) == 130
@@ -575,7 +578,7 @@ def test_resume_finds_the_same_class_images_named_another_way(photos, tmp_path, 
 
     class_dir = write_photos(tmp_path / "dogs", count=2, seed=1)
     monkeypatch.chdir(tmp_path)
-    args = [*FAST, *PRIOR_FAST, "--no-preview", "--prior-preservation", "--num-class-images", "2", "--class-images"]
+    args = [*NO_PREVIEW, *PRIOR_FAST, "--prior-preservation", "--num-class-images", "2", "--class-images"]
     original_loss = interrupt_identity_stage(monkeypatch)
     assert train_subject(photos, *args, "dogs", steps=3) == 130
     monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
@@ -609,6 +612,14 @@ def test_prior_flags_without_prior_preservation_are_refused(command, flags, phot
     ("textual-inversion", ["stages=[identity]"], [
         "--set stages=[identity] has no effect: textual-inversion runs the textual_inversion stage alone "
         "(train-subject runs the stages it names)"]),
+    ("textual-inversion", ["preview.enabled=false", "preview.prompt=x"], [
+        "--set preview.prompt=x has no effect: the preview is off (--preview turns it on)",
+        "--set preview.num_frames=2 has no effect: the preview is off (--preview turns it on)",
+        "--set preview.num_inference_steps=1 has no effect: the preview is off (--preview turns it on)",
+        "--set preview.guidance_scale=1.0 has no effect: the preview is off (--preview turns it on)"]),
+    ("train-subject", ["data.views=8"], [
+        "--set data.views=8 has no effect: the photos are not augmented (--flip or --scale-jitter makes the views)"]),
+    ("identity-adapter", ["data.views=8", "data.flip=true"], []),
 ])
 def test_settings_that_would_do_nothing_are_warned_of(command, sets, warned, photos, monkeypatch):
     """They had been accepted silently (the flags that set them are refused)."""
@@ -617,6 +628,7 @@ def test_settings_that_would_do_nothing_are_warned_of(command, sets, warned, pho
 
     messages = []
     monkeypatch.setattr(cli, "warn", messages.append)
+    monkeypatch.setattr("vidbooth.reporting.warn", messages.append)
     for function in ("train_subject", "train_textual_inversion", "train_identity_adapter"):
         monkeypatch.setattr(engine, function, lambda cfg: None)
     monkeypatch.setattr("vidbooth.cli.options.learned_backbone", lambda *args: {})
@@ -666,7 +678,7 @@ def test_a_subject_saved_by_another_run_while_this_one_waited_for_the_lock_is_re
 
     if command == "identity-adapter":
         assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1",
-                     *FAST, "--no-preview"]) == 0
+                     *NO_PREVIEW]) == 0
     real_lock = library.artifact_lock
 
     def first_run_saves_then_releases(kind, name):
@@ -720,10 +732,10 @@ def test_the_saved_line_names_the_subjects_folder_and_an_added_identity_adapter(
 ):
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")
     folder = subject_dir(isolated_home)
-    assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1", *FAST,
-                 "--no-preview"]) == 0
+    assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--steps", "1",
+                 *NO_PREVIEW]) == 0
     assert f"saved subject 'S*' (token S*) in {folder}" in capsys.readouterr().err
-    assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *FAST, "--no-preview"]) == 0
+    assert main(["identity-adapter", str(photos), "--name", "S*", "--steps", "1", *NO_PREVIEW]) == 0
     assert f"saved subject 'S*' (token S*, identity adapter added) in {folder}" in capsys.readouterr().err
 
 

@@ -89,6 +89,7 @@ def train_motion(
     cfg = load_config(MotionConfig, recipe, sets, overrides, flags=FLAGS)
     _check_fps_or_stride(cfg, recipe, sets, overrides)
     _check_appearance_settings(cfg, sets, {"--image-encoder": image_encoder, "--p-image-zero": p_image_zero})
+    options.warn_of_idle_sets(cfg, sets)
     result = run_train_motion(cfg)
     # a run resumed at its last step (stopped while saving) runs no step to time
     timed = f"{result.step_seconds:.2f} s/step" if math.isfinite(result.step_seconds) else "no step run now"

@@ -70,3 +70,20 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
     info(f"using base {learned.get('backbone.base')}, on which {names} {were} learned (--base chooses another)")
     set_keys = {item.split("=", 1)[0].strip() for item in sets or [] if "=" in item}
     return {key: value for key, value in learned.items() if overrides.get(key) is None and key not in set_keys}
+
+
+def warn_of_idle_sets(cfg, sets: list[str] | None) -> None:
+    """Settings given with --set that this run cannot use are warned of rather than ignored: the preview's, with
+    the preview off; the number of augmented views, with no augmentation (train-subject's flip or scale jitter)."""
+    from vidbooth.config.load import given_by
+    from vidbooth.reporting import warn
+
+    idle = {}
+    if not cfg.preview.enabled:
+        idle |= {f"preview.{key}": "the preview is off (--preview turns it on)" for key in vars(cfg.preview) if key != "enabled"}
+    data = getattr(cfg, "data", None)
+    if hasattr(data, "views") and not (data.flip or data.scale_jitter > 0):
+        idle["data.views"] = "the photos are not augmented (--flip or --scale-jitter makes the views)"
+    for key, reason in idle.items():
+        if where := given_by(key, None, sets, {}):
+            warn(f"{where[1]} has no effect: {reason}")

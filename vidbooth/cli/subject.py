@@ -186,7 +186,9 @@ def textual_inversion(
     flags = COMMON_FLAGS | _train_flag_names("textual_inversion", "--steps", "--lr")
     flags["textual_inversion.num_vectors"] = "--num-vectors"
     _check_stage_sets(["textual_inversion"], sets, "textual-inversion")
-    train_textual_inversion(_load(recipe, sets, overrides, flags))
+    cfg = _load(recipe, sets, overrides, flags)
+    options.warn_of_idle_sets(cfg, sets)
+    train_textual_inversion(cfg)
 
 
 def identity_adapter(
@@ -234,6 +236,7 @@ def identity_adapter(
     _check_stage_sets(["identity"], sets, "identity-adapter")
     cfg = _load(recipe, sets, overrides, flags)
     _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets)
+    options.warn_of_idle_sets(cfg, sets)
     train_identity_adapter(cfg)
 
 
@@ -297,4 +300,5 @@ def train_subject(
     })  # fmt: skip
     _check_stage_sets(cfg.stages, sets)
     _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets)
+    options.warn_of_idle_sets(cfg, sets)
     run_train_subject(cfg)
