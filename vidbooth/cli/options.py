@@ -80,7 +80,8 @@ def warn_of_idle_sets(cfg, sets: list[str] | None) -> None:
 
     idle = {}
     if not cfg.preview.enabled:
-        idle |= {f"preview.{key}": "the preview is off (--preview turns it on)" for key in vars(cfg.preview) if key != "enabled"}
+        off = "the preview is off (--preview turns it on)"
+        idle |= {f"preview.{key}": off for key in vars(cfg.preview) if key != "enabled"}
     data = getattr(cfg, "data", None)
     if hasattr(data, "views") and not (data.flip or data.scale_jitter > 0):
         idle["data.views"] = "the photos are not augmented (--flip or --scale-jitter makes the views)"
