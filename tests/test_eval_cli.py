@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badinputs import capture_warnings
 from media import moving_square, smooth_image
 from PIL import Image
 
@@ -434,3 +435,17 @@ def test_an_unreadable_reference_image_is_warned_about_once(media, tmp_path, cap
     (media["photos"] / "bad.png").write_text("junk")
     assert run(media["right"], "--ref-images", media["photos"], "--clip-model", "nano", "--metrics", "nano_i") == 0
     assert capsys.readouterr().err.count("skipping reference image") == 1
+
+
+def test_a_dino_model_that_goes_unused_is_warned_of(media, tiny_clip_dir, tiny_vit_dir, monkeypatch):
+    """--dino-model without reference images, or with --metrics leaving DINO-I out, had been taken without a word."""
+    warned = capture_warnings(monkeypatch)
+    video, named = media["right"], models(tiny_clip_dir, tiny_vit_dir)
+    assert run(video, "--prompt", "a square", *named) == 0
+    assert run(video, "--ref-images", media["photos"], *named, "--metrics", "clip_i") == 0
+    assert run(video, "--ref-images", media["photos"], *named, "--prompt", "a square") == 0  # used: no warning
+    assert warned == [
+        f"--dino-model {tiny_vit_dir} has no effect: DINO-I is not computed (it needs reference images: --subject or "
+        "--ref-images)",
+        f"--dino-model {tiny_vit_dir} has no effect: DINO-I is not computed (--metrics leaves dino_i out)",
+    ]

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from vidbooth.config import checks
+from vidbooth.eval.features import DEFAULT_DINO_MODEL
 
 
 @dataclass
@@ -35,7 +36,7 @@ class EvaluateConfig:
     else openai/clip-vit-base-patch32."""
     probe: bool = False
     """Add the world-probe metrics (probe colour/shape/motion) for videos whose prompt is a world caption."""
-    dino_model: str = "facebook/dino-vits16"
+    dino_model: str = DEFAULT_DINO_MODEL
     """DINO model (transformers ViTModel or Dinov2Model): local folder or hub id."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N"""

@@ -19,6 +19,7 @@ from vidbooth import __version__, reporting
 from vidbooth.data.video import check_writable_dir, ensure_writable_dir, read_video
 from vidbooth.errors import UserError
 from vidbooth.eval.features import (
+    DEFAULT_DINO_MODEL,
     NANO_NAME,
     NANO_NO_TEXT_REASON,
     ImageEmbedder,
@@ -90,6 +91,7 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     if not dino and any(job.reference_images for job in jobs):
         reporting.info(f"DINO-I left out: {config.dino_model} is not on this machine (--metrics with dino_i, or "
                        "--dino-model <folder>, asks for it)")
+    _warn_of_an_unused_dino_model(config, requested, jobs)
     scorer.load_models(needed, clip_model, config.dino_model)
     if needed and needed <= set(scorer.unavailable):
         raise UserError("no metric can be computed: " + "; ".join(sorted(set(scorer.unavailable.values()))))
@@ -105,6 +107,19 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     write_reports(report, config.json, config.csv)  # both or neither: never a new JSON beside an old CSV
     show(report)  # after the files: the scores are kept whatever happens while showing them
     return report
+
+
+def _warn_of_an_unused_dino_model(config: EvaluateConfig, requested: list[str] | None, jobs: list[EvalJob]) -> None:
+    """A DINO model named where no DINO-I is computed had been taken without a word."""
+    if config.dino_model == DEFAULT_DINO_MODEL:
+        return
+    if requested is not None and not set(requested) & set(DINO_METRICS):
+        why = "--metrics leaves dino_i out"
+    elif not any(job.reference_images for job in jobs):
+        why = "it needs reference images: --subject or --ref-images"
+    else:
+        return
+    reporting.warn(f"--dino-model {config.dino_model} has no effect: DINO-I is not computed ({why})")
 
 
 def _clip_model(config: EvaluateConfig, jobs: list[EvalJob]) -> tuple[str, bool]:

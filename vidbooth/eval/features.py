@@ -254,6 +254,10 @@ def load_clip(name_or_path: str, device: str = "auto", batch_size: int = 16) -> 
     return ClipEmbedder(model.eval().to(device), tokenizer, _describe(model, name_or_path), device, batch_size)
 
 
+DEFAULT_DINO_MODEL = "facebook/dino-vits16"
+"""The DINO of DreamVideo's metric script (DINO-I)."""
+
+
 def load_dino(name_or_path: str, device: str = "auto", batch_size: int = 16) -> DinoEmbedder:
     from transformers import AutoConfig, Dinov2Model, ViTModel
 
