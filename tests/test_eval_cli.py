@@ -292,7 +292,8 @@ def test_a_generated_video_is_scored_against_the_prompt_it_was_generated_from(
     video.with_suffix(".yaml").write_text("prompt: [unclosed\n")
     assert run(video, "--metrics", "clip_t", *models(tiny_clip_dir, tiny_vit_dir)) == 2
     warning, error = capsys.readouterr().err.strip().splitlines()  # the error alone did not say why
-    assert warning.startswith(f"warning: {video.with_suffix('.yaml')} beside the video is not valid YAML")
+    assert warning.startswith(f"warning: {video.with_suffix('.yaml')} beside the video is not valid YAML (did not "
+                              "find expected ',' or ']' at line 2, column 1)")  # had said 'while parsing a flow ...'
     assert error.startswith(f"error: no prompt for {video}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -96,3 +97,17 @@ def _raise_for(signum: int) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Interrupted(f"stopped by {signal.Signals(signum).name}", 128 + signum)
+
+
+def yaml_problem(exc: Exception, path: Path | None = None) -> str:
+    """What a YAML error found, and where in the file at `path`: 'found duplicate key num_frames at line 3, column
+    3'; its first line alone says only what was being read ('while constructing a mapping')."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem:
+        return str(exc).splitlines()[0]
+    if path is None or mark is None:
+        return problem
+    with contextlib.suppress(OSError, UnicodeDecodeError, IndexError):
+        if path.read_text(encoding="utf-8")[mark.index] == "\t":
+            problem += " (a tab: indent with spaces)"
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from vidbooth.errors import UserError
+from vidbooth.errors import UserError, yaml_problem
 
 T = TypeVar("T")
 
@@ -124,7 +123,7 @@ def load_config(
             try:
                 loaded = OmegaConf.load(path)
             except Exception as exc:  # yaml errors have many types
-                raise UserError(f"recipe {path} is not valid YAML: {_yaml_problem(exc, path)}") from exc
+                raise UserError(f"recipe {path} is not valid YAML: {yaml_problem(exc, path)}") from exc
             if not OmegaConf.is_dict(loaded):
                 raise UserError(f"recipe {path} must be a mapping of settings (key: value), got a YAML list or value")
             _texts_as_written(merged, loaded, path)
@@ -201,7 +200,7 @@ def _read_set(item: str, schema: Any) -> Any:
     try:
         return OmegaConf.from_dotlist([f"{key}={text}"])
     except Exception as exc:  # yaml errors have many types
-        reason = _yaml_problem(exc)
+        reason = yaml_problem(exc)
         hint = "write the value as in YAML, e.g. 1e-4, true or [a, b]"
         raise UserError(f"--set {key}={text} cannot be read ({reason}): {hint}") from exc
 
@@ -246,20 +245,6 @@ def _plain_non_text(node: Any) -> bool:
 
     return isinstance(node, yaml.ScalarNode) and node.style is None and node.tag in (
         "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
-
-
-def _yaml_problem(exc: Exception, path: Path | None = None) -> str:
-    """What a YAML error found, and where in the file at `path`: 'found duplicate key num_frames at line 3, column
-    3'; its first line alone says only what was being read ('while constructing a mapping')."""
-    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
-    if not problem:
-        return str(exc).splitlines()[0]
-    if path is None or mark is None:
-        return problem
-    with contextlib.suppress(OSError, UnicodeDecodeError, IndexError):
-        if path.read_text(encoding="utf-8")[mark.index] == "\t":
-            problem += " (a tab: indent with spaces)"
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _is_quoted(text: str) -> bool:

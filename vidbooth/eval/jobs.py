@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vidbooth import reporting
 from vidbooth.data.video import VIDEO_EXTENSIONS, video_file_problem
-from vidbooth.errors import UserError
+from vidbooth.errors import UserError, yaml_problem
 
 MANIFEST_SEPARATOR = "|||"
 GLOB_CHARACTERS = "*?["
@@ -113,7 +113,7 @@ def _read_generated_config(path: str, mtime_ns: int) -> dict | None:
     try:
         config = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as exc:  # yaml errors have many types
-        config, why = None, f"not valid YAML ({str(exc).splitlines()[0]})"
+        config, why = None, f"not valid YAML ({yaml_problem(exc, Path(path))})"
     else:
         why = "not a mapping of settings"
     if isinstance(config, dict):
