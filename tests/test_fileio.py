@@ -5,6 +5,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +116,52 @@ def test_the_same_tensors_and_metadata_write_the_same_bytes_and_read_back(tmp_pa
     assert len(written) == 1
     data = written.pop()
     assert (8 + int.from_bytes(data[:8], "little")) % 8 == 0  # the tensors' data stays aligned
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {path.name: path.read_text() for path in sorted(folder.iterdir())}
+
+
+def test_a_rename_that_fails_while_publishing_puts_back_the_files_already_replaced(tmp_path, monkeypatch):
+    """A refused rename of the third file had left the first two new beside the old third (generate's mp4 and png
+    beside the yaml of the video before)."""
+    from vidbooth import fileio
+
+    (tmp_path / "a.mp4").write_text("old video")
+    (tmp_path / "a.yaml").write_text("old config")
+    renames = []
+
+    def publish(temporary, path):
+        if Path(path).name == "a.yaml":
+            raise PermissionError(1, "Operation not permitted")
+        renames.append(Path(path).name)
+        os.replace(temporary, path)
+
+    monkeypatch.setattr(fileio, "publish", publish)
+    writes = [(tmp_path / name, lambda tmp, name=name: tmp.write_text(f"new {name}")) for name in
+              ("a.mp4", "a.png", "a.yaml")]
+    with pytest.raises(PermissionError):
+        fileio.write_together(writes)
+    assert renames == ["a.mp4", "a.png"]
+    assert _files(tmp_path) == {"a.mp4": "old video", "a.yaml": "old config"}  # the new a.png went again
+
+
+def test_a_stop_while_publishing_is_held_until_every_file_is_in_place(tmp_path, monkeypatch):
+    """Ctrl-C between two renames had left a new video beside the old config."""
+    import signal
+
+    from vidbooth import fileio
+    from vidbooth.errors import KeyboardInterrupted
+
+    (tmp_path / "a.yaml").write_text("old config")
+    publish = fileio.publish
+
+    def publish_then_stop(temporary, path):
+        publish(temporary, path)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(fileio, "publish", publish_then_stop)
+    writes = [(tmp_path / name, lambda tmp, name=name: tmp.write_text(f"new {name}")) for name in ("a.mp4", "a.yaml")]
+    with pytest.raises(KeyboardInterrupted, match=rf"stopped by SIGINT; {tmp_path / 'a.mp4'}, .*a.yaml written"):
+        fileio.write_together(writes)
+    assert _files(tmp_path) == {"a.mp4": "new a.mp4", "a.yaml": "new a.yaml"}

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from vidbooth.errors import UserError
+from vidbooth.errors import UserError, held_stops
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -58,8 +58,9 @@ def publish(temporary: str | Path, path: str | Path) -> None:
 
 def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> None:
     """For each (path, write): `write(temporary)` fills a temporary file beside `path`; once all are written they
-    are published. A failure or Ctrl-C while writing leaves every path as it was (never a new file beside an old
-    companion, never a truncated one) and no temporary file behind."""
+    are published. A failure or Ctrl-C while writing or publishing leaves every path as it was (never a new file
+    beside an old companion, never a truncated one) and no temporary file behind: a Ctrl-C or SIGTERM during the
+    renames is held until they are done, and a rename that fails puts back the files already replaced."""
     temporaries: list[Path] = []
     try:
         for path, write in writes:
@@ -68,11 +69,53 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> N
             os.close(fd)
             temporaries.append(Path(temporary))
             write(Path(temporary))
-        for temporary, (path, _) in zip(temporaries, writes):
-            publish(temporary, path)
+        with held_stops(f"{', '.join(str(path) for path, _ in writes)} written"):
+            _publish_all(temporaries, [Path(path) for path, _ in writes])
     finally:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)
+
+
+def _publish_all(temporaries: list[Path], paths: list[Path]) -> None:
+    """Rename each temporary over its path; if one rename fails, the paths replaced before it get their old files
+    back (kept as hard links until all are in) and new ones are removed, then the error is raised."""
+    olds: list[Path | None] = []
+    try:
+        for path in paths:
+            olds.append(_keep_old(path))
+        done: list[Path] = []
+        try:
+            for temporary, path in zip(temporaries, paths):
+                publish(temporary, path)
+                done.append(path)
+        except BaseException:
+            for path, old in zip(done, olds):
+                with suppress(OSError):
+                    if old:
+                        os.replace(old, path)
+                    else:
+                        path.unlink()
+            raise
+    finally:
+        for old in olds:
+            if old:
+                old.unlink(missing_ok=True)
+
+
+def _keep_old(path: Path) -> Path | None:
+    """A second name (a hard link, or where the file system has none, a copy) for the file at `path`, so that it
+    can be put back; None when there is no file (or a folder, which the rename will refuse) there."""
+    if not os.path.lexists(path) or path.is_dir():
+        return None
+    fd, name = _temporary_file(path)
+    os.close(fd)
+    old = Path(name)
+    old.unlink()
+    try:
+        os.link(path, old, follow_symlinks=False)  # a link at `path` is kept as the link
+    except OSError:
+        shutil.copy2(path, old, follow_symlinks=False)
+    return old
 
 
 def _temporary_file(path: Path) -> tuple[int, str]:
