@@ -204,6 +204,59 @@ def test_a_checkpoint_torn_by_a_stop_while_saving_is_refused_not_mixed(tmp_path,
         nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=4, resume=True))
 
 
+KILLED_WHILE_SAVING = """
+import os, sys
+from omegaconf import OmegaConf
+from vidbooth import fileio
+from vidbooth.config.pretrain import PretrainConfig
+from vidbooth.nano import pretrain as nano
+
+cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PretrainConfig), OmegaConf.load(sys.argv[1])))
+publish, saves = fileio.publish, []
+
+def publish_then_die(temporary, path):
+    publish(temporary, path)
+    saves.append(os.path.basename(path))
+    if saves.count("unet.safetensors") == 2:  # the second UNet checkpoint: its weights in, its state not yet
+        os._exit(137)
+
+fileio.publish = publish_then_die
+nano.pretrain(cfg)
+"""
+
+
+def test_a_run_killed_while_renaming_its_checkpoint_is_finished_by_resume(tmp_path, char_tokenizer, capsys,
+                                                                          monkeypatch):
+    """SIGKILL between a checkpoint's renames had left weights of step 2 beside the state of step 1, a run that
+    only starting over could mend (after its autoencoder and CLIP stages too)."""
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    from vidbooth.nano import checkpoint as ckpt
+
+    straight = nano.pretrain(tiny_config(tmp_path / "a", char_tokenizer, unet_steps=3, checkpoint_minutes=1e-9))
+    killed = tiny_config(tmp_path / "b", char_tokenizer, unet_steps=3, checkpoint_minutes=1e-9)
+    OmegaConf.save(OmegaConf.structured(killed), tmp_path / "killed.yaml")
+    child = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(tmp_path / "killed.yaml")],
+                           capture_output=True, text=True, timeout=300)
+    run = tmp_path / "b" / "run"
+    assert child.returncode == 137, child.stderr
+    assert ckpt.read_state(run)["steps"]["unet"] == 1 and (run / ckpt.JOURNAL_FILE).is_file()
+    # 3 new files not yet renamed (moments, state, curve) and the 4 old ones kept to be put back
+    assert sorted(path.suffix for path in run.glob(".tmp-*")) == [".csv"] * 2 + [".json"] * 2 + [".safetensors"] * 3
+    capsys.readouterr()
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    resumed = nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, unet_steps=3, checkpoint_minutes=1e-9,
+                                        resume=True))
+    assert f"finished saving the checkpoint that a stopped run was writing in {run}" in capsys.readouterr().err
+    a, b = (load_file(str(result.run_dir / "unet.safetensors")) for result in (straight, resumed))
+    assert resumed.steps == straight.steps and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(run.glob(".tmp-*")) and not (run / ckpt.JOURNAL_FILE).exists()
+
+
 def test_an_export_replaces_the_folder_whole_or_not_at_all(tmp_path, char_tokenizer, monkeypatch, capsys):
     """A stop while exporting (as into vidbooth/assets/nano) leaves the earlier model as it was, not a mix of
     two; a folder holding anything but a nano model is refused before training, as an export replaces it whole."""
@@ -522,3 +575,17 @@ def test_a_run_stopped_by_max_minutes_says_once_how_to_continue(tmp_path, char_t
     printed = " ".join("".join(capsys.readouterr()).split())
     assert "at autoencoder step 1: rerun the same command with --resume to continue" in printed
     assert printed.count("--resume") == 1 and "pretraining stopped: autoencoder 1," in printed
+
+
+def test_a_second_pretrain_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, char_tokenizer):
+    """Two runs into one --out had both 'succeeded', the later one's model replacing the earlier one's."""
+    import os
+
+    from vidbooth.fileio import exclusive_lock
+
+    cfg = tiny_config(tmp_path, char_tokenizer)
+    with exclusive_lock(tmp_path / "run.lock", lambda owner: "held"):
+        with pytest.raises(UserError, match=rf"another pretrain \(pid {os.getpid()}\) is writing {tmp_path / 'run'}: "
+                                            "wait for it to end, or give another --out"):
+            nano.pretrain(cfg)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # nor a run folder, nor the lock file

@@ -56,11 +56,13 @@ def publish(temporary: str | Path, path: str | Path) -> None:
     os.replace(temporary, path)
 
 
-def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> None:
+def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], journal: Path | None = None) -> None:
     """For each (path, write): `write(temporary)` fills a temporary file beside `path`; once all are written they
     are published. A failure or Ctrl-C while writing or publishing leaves every path as it was (never a new file
     beside an old companion, never a truncated one) and no temporary file behind: a Ctrl-C or SIGTERM during the
-    renames is held until they are done, and a rename that fails puts back the files already replaced."""
+    renames is held until they are done, and a rename that fails puts back the files already replaced.
+    With `journal`, a kill (SIGKILL, power loss) during the renames can be made good too: the renames still to do
+    are recorded there first, and `finish_writing(journal)` does them."""
     temporaries: list[Path] = []
     try:
         for path, write in writes:
@@ -70,19 +72,45 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]]) -> N
             temporaries.append(Path(temporary))
             write(Path(temporary))
         with held_stops(f"{', '.join(str(path) for path, _ in writes)} written"):
-            _publish_all(temporaries, [Path(path) for path, _ in writes])
+            _publish_all(temporaries, [Path(path) for path, _ in writes], journal)
     finally:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)
 
 
-def _publish_all(temporaries: list[Path], paths: list[Path]) -> None:
+def finish_writing(journal: Path) -> bool:
+    """Do the renames that the `write_together` recorded in `journal` was killed before finishing (its files were
+    all written), and remove what it had kept; False when there is no such journal."""
+    import json
+
+    try:
+        record = json.loads(Path(journal).read_text())
+    except FileNotFoundError:
+        return False
+    except ValueError:  # killed while writing the journal itself: no rename had begun, so the old files stand
+        record = {"renames": [], "olds": []}
+    for temporary, path in record["renames"]:
+        if os.path.lexists(temporary):
+            publish(temporary, path)
+    for old in record["olds"]:
+        Path(old).unlink(missing_ok=True)
+    Path(journal).unlink()
+    return True
+
+
+def _publish_all(temporaries: list[Path], paths: list[Path], journal: Path | None) -> None:
     """Rename each temporary over its path; if one rename fails, the paths replaced before it get their old files
     back (kept as hard links until all are in) and new ones are removed, then the error is raised."""
+    import json
+
     olds: list[Path | None] = []
     try:
         for path in paths:
             olds.append(_keep_old(path))
+        if journal is not None:
+            renames = [[str(temporary), str(path)] for temporary, path in zip(temporaries, paths)]
+            record = json.dumps({"renames": renames, "olds": [str(old) for old in olds if old]})
+            Path(journal).write_text(record)
         done: list[Path] = []
         try:
             for temporary, path in zip(temporaries, paths):
@@ -100,6 +128,8 @@ def _publish_all(temporaries: list[Path], paths: list[Path]) -> None:
         for old in olds:
             if old:
                 old.unlink(missing_ok=True)
+        if journal is not None:
+            Path(journal).unlink(missing_ok=True)
 
 
 def _keep_old(path: Path) -> Path | None:

@@ -5,7 +5,8 @@ Layout of `out/`:
 - <stage>.safetensors: the stage's model weights; <stage>.optim.safetensors: its AdamW moments;
 - curve.csv: the probe curve, one row per evaluation.
 A checkpoint's files are written to temporary names and renamed together, and each weights file records its
-step, so an interrupted save never leaves weights of one step beside the state of another unnoticed.
+step, so an interrupted save never leaves weights of one step beside the state of another unnoticed. The renames
+are recorded in saving.json first: a run killed while renaming is finished by the next `--resume`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 import torch
 
 from vidbooth.errors import UserError
-from vidbooth.fileio import write_safetensors, write_together
+from vidbooth.fileio import finish_writing, write_safetensors, write_together
 
 STATE_FILE = "state.json"
+JOURNAL_FILE = "saving.json"
+"""The renames of a checkpoint being saved (`fileio.write_together`), which a run killed while saving finishes."""
 CURVE_FILE = "curve.csv"
 CURVE_COLUMNS = ("unet_step", "unet_minutes", "loss", "colour", "shape", "motion", "direction", "prompts")
 
@@ -99,4 +102,18 @@ def state_writes(run_dir: Path, state: dict) -> list[tuple[Path, Callable[[Path]
 
 def write_state(run_dir: Path, state: dict) -> None:
     """The run's state and its probe curve, replaced together."""
-    write_together(state_writes(run_dir, state))
+    write_together(state_writes(run_dir, state), run_dir / JOURNAL_FILE)
+
+
+def finish_stopped_save(run_dir: Path) -> bool:
+    """Finish the checkpoint that a run killed while saving it had written but not put in place, and remove the
+    temporary files a killed run left; True when there was a save to finish. Call it with the run's lock held."""
+    import shutil
+
+    finished = finish_writing(run_dir / JOURNAL_FILE)
+    for stale in run_dir.glob(".tmp-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    return finished

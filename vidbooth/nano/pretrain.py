@@ -12,6 +12,7 @@ import json
 import signal
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
 from vidbooth.errors import UserError, stopped
-from vidbooth.fileio import write_together
+from vidbooth.fileio import exclusive_lock, write_together
 from vidbooth.nano import checkpoint as ckpt
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
 from vidbooth.nano.model import (
@@ -135,7 +136,7 @@ class _Run:
             ckpt.tensors_write(self.dir / f"{stage}.safetensors", model.state_dict(), step),
             ckpt.tensors_write(self.dir / f"{stage}.optim.safetensors", ckpt.optimizer_tensors(optimizer), step),
             *ckpt.state_writes(self.dir, state),
-        ])
+        ], self.dir / ckpt.JOURNAL_FILE)
         self.state = state
         self.last_save = time.monotonic()
 
@@ -523,6 +524,25 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         check_export_folder(cfg.export)  # before hours of training, not after
     quiet_libraries()
     torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.out)
+    made = [folder for folder in (run_dir.parent, *run_dir.parent.parents) if not folder.exists()]
+
+    def busy(owner: str) -> str:
+        return f"another pretrain (pid {owner}) is writing {run_dir}: wait for it to end, or give another --out"
+
+    try:
+        with exclusive_lock(run_dir.with_name(run_dir.name + ".lock"), busy):
+            if run_dir.is_dir() and ckpt.finish_stopped_save(run_dir):
+                info(f"finished saving the checkpoint that a stopped run was writing in {run_dir}")
+            return _pretrain(cfg)
+    except BaseException:
+        for folder in made:  # folders made for the lock alone go again
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     run = _Run(cfg)
     models = _build(cfg, run)
     stage_fns = {"autoencoder": _autoencoder_stage, "clip": _clip_stage, "unet": _unet_stage}
