@@ -550,3 +550,49 @@ def test_an_artifact_is_saved_when_the_library_folder_it_goes_into_is_removed_me
     with library.staged_artifact("subject", "S*") as stage:
         _write(stage)
     assert [m["name"] for m in library.list_artifacts("subject")] == ["S*"]
+
+
+@pytest.mark.parametrize("error, expected", [
+    (OSError(27, "File too large", "/mnt/fat32/out.mp4"),
+     "error: a file grew past what this file system or your file-size limit (ulimit -f) allows, writing "
+     "/mnt/fat32/out.mp4: write to another file system, or raise the limit, and run the command again"),
+    (OSError(36, "File name too long", "/x/" + "a" * 300 + ".mp4"),
+     "error: a file name is too long for this file system: /x/" + "a" * 300 + ".mp4: choose a shorter name or path"),
+    (OSError(18, "Invalid cross-device link", "/home/v/.staging/m", None, "/mnt/other/motions/m"),
+     "error: cannot move /home/v/.staging/m -> /mnt/other/motions/m across file systems: keep the folders vidbooth "
+     "moves between (the library and its subfolders, --out and its folder) on one file system"),
+])
+def test_a_file_too_large_a_name_too_long_and_a_move_across_file_systems_are_one_line(error, expected, monkeypatch,
+                                                                                       capsys):
+    """Each had been a traceback with exit 1."""
+    import vidbooth.library
+    from vidbooth.cli.app import main
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vidbooth.library, "list_artifacts", fail)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == expected + "\n"
+
+
+def test_a_library_folder_on_another_disk_is_refused_before_training(isolated_home, monkeypatch):
+    """motions/ linked to another file system: the rename from .staging/ failed after training (EXDEV traceback)."""
+    _save("kept", "motion")
+    motions = library.artifact_dir("motion", "kept").parent
+    real_stat = os.stat
+
+    def on_another_disk(path, *args, **kwargs):
+        result = real_stat(path, *args, **kwargs)
+        if Path(path) == motions:
+            fields = list(result[:10])
+            fields[2] += 1  # st_dev
+            return os.stat_result(fields)
+        return result
+
+    library.check_free("motion", "new", overwrite=False)  # one disk: free
+    monkeypatch.setattr(os, "stat", on_another_disk)
+    with pytest.raises(UserError, match=rf"^{motions} is on another file system than the library {isolated_home}, so "
+                                        "a trained motion could not be moved into it: keep the library's folders on "
+                                        r"one disk \(link the whole library instead, or use --home\)$"):
+        library.check_free("motion", "new", overwrite=False)

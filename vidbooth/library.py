@@ -409,6 +409,7 @@ def check_free(kind: str, name: str, overwrite: bool) -> Path:
     stages = [folder for folder in runs.iterdir() if folder.is_dir()] if runs.is_dir() else []  # of a stopped run
     _check_writable(home, [path.parent, home / ".locks", home / ".staging", home / ".trash", *runs.parents[:2], runs,
                            *stages])
+    _check_one_file_system(home, [path.parent, home / ".staging", home / ".trash"], kind)
     if other := _other_name_at(path):
         raise UserError(
             f"{kind} '{name}' would be saved in {path.parent / other}, another name's folder: this file system does "
@@ -424,6 +425,18 @@ def check_free(kind: str, name: str, overwrite: bool) -> Path:
     if _is_artifact(path):
         _check_writable(home, [path])  # --overwrite moves it to .trash/, which rewrites its '..'
     return path
+
+
+def _check_one_file_system(home: Path, folders: list[Path], kind: str) -> None:
+    """A trained artifact is renamed from .staging/ into its kind's folder (and an old one to .trash/): a link that
+    puts one of them on another disk made the rename fail after training. Refused before it."""
+    devices = {folder: os.stat(folder).st_dev for folder in (home, *folders) if folder.is_dir()}
+    apart = [folder for folder, device in devices.items() if device != devices.get(home)]
+    if apart:
+        raise UserError(
+            f"{apart[0]} is on another file system than the library {home}, so a trained {kind} could not be moved "
+            "into it: keep the library's folders on one disk (link the whole library instead, or use --home)"
+        )
 
 
 @contextlib.contextmanager

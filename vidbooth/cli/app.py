@@ -173,10 +173,18 @@ def os_error_message(exc: OSError) -> str | None:
     if disk_full(exc):
         where = f" writing {exc.filename}" if exc.filename else ""
         return f"the disk is full{where}: free space and run the command again"
+    where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name) or "a file or folder"
     if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-        where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name) or "a file or folder"
         return (f"{(exc.strerror or 'permission denied').lower()}: {where}: give yourself access to it, or use another "
                 "folder (for the library: --home), and run the command again")
+    if exc.errno == errno.EFBIG:
+        return (f"a file grew past what this file system or your file-size limit (ulimit -f) allows, writing {where}: "
+                "write to another file system, or raise the limit, and run the command again")
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"a file name is too long for this file system: {where}: choose a shorter name or path"
+    if exc.errno == errno.EXDEV:
+        return (f"cannot move {where} across file systems: keep the folders vidbooth moves between (the library "
+                "and its subfolders, --out and its folder) on one file system")
     return None
 
 
