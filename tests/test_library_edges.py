@@ -3,6 +3,7 @@ leaves behind, and Ctrl-C while an artifact is saved."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -596,3 +597,18 @@ def test_a_library_folder_on_another_disk_is_refused_before_training(isolated_ho
                                         "a trained motion could not be moved into it: keep the library's folders on "
                                         r"one disk \(link the whole library instead, or use --home\)$"):
         library.check_free("motion", "new", overwrite=False)
+
+
+def test_list_shows_an_artifact_whose_overwrite_a_kill_left_half_done(isolated_home, capsys):
+    """Killed between moving the old version to .trash/ and the new one in: `list` had left it out without a word
+    until another command recovered the library."""
+    from vidbooth.cli.app import main
+
+    _save("kept", "motion")
+    live = library.artifact_dir("motion", "kept")
+    aside = isolated_home / ".trash" / f"motions__kept.{library._host_tag()}-999999999.abcdef01"  # a dead writer's
+    aside.parent.mkdir()
+    os.replace(live, aside)
+    assert main(["list", "--json"]) == 0
+    assert [entry["name"] for entry in json.loads(capsys.readouterr().out)] == ["kept"]
+    assert live.is_dir() and not aside.exists()

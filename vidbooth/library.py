@@ -192,7 +192,9 @@ def _seal(stage: Path) -> None:
 
 def list_artifacts(kind: str, problems: list[str] | None = None) -> list[dict]:
     """The manifests of the artifacts of `kind`; one that cannot be read is left out, and why is appended to
-    `problems` when it is given."""
+    `problems` when it is given. A swap that a killed run left half done is rolled back first, so that its
+    artifact is listed."""
+    recover()
     root = _kind_root(kind)
     if not root.is_dir():
         if root.exists() and problems is not None:
