@@ -102,6 +102,7 @@ def _refused_in_one_line(argv, message, root, capsys) -> None:
         (["--guidance-scale", "-1"], f"sampling.guidance_scale (--guidance-scale) {NOT_NEGATIVE}"),
         (["--guidance-scale", "nan"], f"sampling.guidance_scale (--guidance-scale) {NOT_NEGATIVE}"),
         (["--fps", "0"], "sampling.fps (--fps) must be at least 1, got 0"),
+        (["--fps", "1001"], "sampling.fps (--fps) must be at most 1000, got 1001"),  # an empty mp4 at 2**32
         (["--seed", "-1"], f"runtime.seed (--seed) {SEED_RANGE}, got -1"),
         (["--seed", str(2**64)], f"runtime.seed (--seed) {SEED_RANGE}"),
         (["--subject-scale", "-1"], "subject_scale (--subject-scale) must be a finite number of 0 or more"),

@@ -164,3 +164,18 @@ def test_a_webm_without_a_frame_rate_is_read_at_its_average_rate(tmp_path):
             "-c:v", "libvpx", str(path))  # 30 frames over 1.33 s, 83 or 97 ms apart
     assert video_fps(path) == pytest.approx(29 / 1.328, rel=0.01)
     assert abs(len(read_video(path)) - 30) <= 1
+
+
+@pytest.mark.parametrize("fps", [7, 8, 12, 24, 40, 45, 50])
+def test_a_gif_plays_at_the_frame_rate_it_was_written_at(fps, tmp_path):
+    """Every frame had been given int(1000 / fps) ms, which a GIF stores in hundredths: 8 fps played at 8.33, 40 at
+    50. Its frames now end at whole hundredths as near as can be to where they should."""
+    frames = np.random.default_rng(fps).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    path = write_video(frames, tmp_path / "clip.gif", fps=fps)
+    with Image.open(path) as gif:
+        times = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            times.append(gif.info["duration"])
+    assert len(times) == 16 and abs(sum(times) - 16000 / fps) <= 5  # the clip's length to the nearest hundredth
+    assert video_fps(path) == pytest.approx(fps, rel=0.02) and len(read_video(path)) == 16

@@ -103,14 +103,21 @@ def _gif_durations_cached(path: str, size: int, mtime_ns: int) -> tuple[int, ...
 
 
 def _gif_repeats(durations: tuple[int, ...]) -> list[int]:
-    """How many times to show each frame at the GIF's base rate (its shortest frame time).
+    """How many times to show each frame at the GIF's base rate (one frame's time, `_gif_frame_time`).
 
     GIF encoders, Pillow's included, store a frame that does not change as one frame held longer: a clip that
     pauses would otherwise read back short and with its timing lost. (A GIF still throughout is one frame and
     stays one.)
     """
-    base = min(durations)
-    return [max(1, round(d / base)) for d in durations]
+    frame_time = _gif_frame_time(durations)
+    return [max(1, round(d / frame_time)) for d in durations]
+
+
+def _gif_frame_time(durations: tuple[int, ...]) -> float:
+    """The time of one frame of the GIF's clip: the mean of its shortest frame times, those within the 10 ms a GIF
+    can store them by (a clip at 8 fps alternates 120 and 130 ms; at 40 fps, 20 and 30)."""
+    shortest = [d for d in durations if d <= min(durations) + 10]
+    return sum(shortest) / len(shortest)
 
 
 def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
@@ -282,7 +289,7 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
     path = Path(path)
     try:
         if _is_gif(path):
-            return 1000.0 / min(_gif_durations(path))
+            return 1000.0 / _gif_frame_time(_gif_durations(path))
         return _stream_fps(path) or default
     except Exception:
         return default
@@ -410,9 +417,20 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
 def _encode(frames: np.ndarray, path: Path, fps: int) -> None:
     if path.suffix.lower() == ".gif":
         images = [Image.fromarray(f) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        images[0].save(path, save_all=True, append_images=images[1:], duration=_gif_frame_times(len(frames), fps),
+                       loop=0)
     else:
         _write_mp4(frames, str(path), fps)
+        if not os.path.getsize(path):
+            raise UserError(f"ffmpeg wrote an empty video at {fps} fps: try a lower frame rate")
+
+
+def _gif_frame_times(count: int, fps: int) -> list[int]:
+    """Each frame's time in ms for a GIF at `fps`. A GIF stores hundredths of a second: one time for every frame
+    (125 ms cut to 120) played 8 fps at 8.33; frame i instead ends at i+1 frames' time rounded, so the clip
+    lasts count / fps seconds (12 and 13 hundredths alternate at 8 fps)."""
+    ends = [math.floor(100 * i / fps + 0.5) for i in range(count + 1)]
+    return [10 * (end - start) for start, end in zip(ends, ends[1:])]
 
 
 def _write_mp4(frames: np.ndarray, path: str, fps: int) -> None:
