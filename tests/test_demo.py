@@ -244,6 +244,25 @@ def test_a_demo_stopped_over_an_earlier_one_puts_the_earlier_one_back(tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "videos"]  # nothing set aside is left
 
 
+def test_a_full_disk_while_the_demo_trains_says_to_run_the_demo_again(tmp_path, isolated_home, monkeypatch,
+                                                                      capsys):
+    """Training's message had said to rerun 'with --resume', which the demo does not have."""
+    import vidbooth.engine.demo as demo
+    from vidbooth.engine.train import CheckpointDiskFull
+
+    out = tmp_path / "demo"
+    earlier = _earlier_demo(out)
+
+    def disk_full(*args):
+        raise CheckpointDiskFull("the disk is full: ... (with --resume to continue from the checkpoint)", out / "x")
+
+    monkeypatch.setattr(demo, "_train_motion", disk_full)
+    assert _run(out, "tiny") == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: the disk is full: free space on the disk of {out / 'x'}, then run the demo again (it starts over)")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
+
+
 def test_a_finished_demo_replaces_an_earlier_one_whole(tmp_path, isolated_home):
     out = tmp_path / "demo"
     _earlier_demo(out)
@@ -288,3 +307,23 @@ def test_the_demos_recipe_help_describes_the_demos_yaml_not_a_training_recipe():
     demo = typer.main.get_command(app).commands["demo"]
     (recipe,) = [param for param in demo.params if "--recipe" in param.opts]
     assert "recipes/" not in recipe.help and "demo" in recipe.help
+
+
+def test_a_demo_killed_over_an_earlier_one_gets_the_earlier_one_put_back_by_the_next_run(tmp_path):
+    """kill -9 left the earlier demo in .previous-*, beside the killed run's unfinished inputs/ and library/: the
+    next run removed the earlier demo, and a failure of that run then left nothing of either."""
+    from vidbooth.engine.demo import _replacing_earlier_demo
+
+    out = tmp_path / "demo"
+    earlier = _earlier_demo(out)
+    aside = out / ".previous-killed"
+    aside.mkdir()
+    for name in ("metrics.json", "videos"):
+        os.replace(out / name, aside / name)
+    (out / "inputs").mkdir()
+    (out / "inputs" / "photo.png").write_bytes(b"half written")
+    with pytest.raises(RuntimeError):
+        with _replacing_earlier_demo(out):
+            raise RuntimeError("the next run fails too")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "videos"]

@@ -256,7 +256,7 @@ def test_two_processes_stop_together_when_the_main_one_meets_a_full_disk(
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode != 0
     message = "error: the disk is full: the checkpoint of step 2 was not saved and no checkpoint was saved yet"
-    assert message in done.stderr
+    assert message in done.stderr and "then rerun the same command (it starts over)" in done.stderr  # not --resume
     assert not (isolated_home / "motions" / "slide").exists()
     assert not list((isolated_home / ".runs").rglob("*step-*"))
 

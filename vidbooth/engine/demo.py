@@ -133,7 +133,7 @@ def _replacing_earlier_demo(out: Path) -> Iterator[None]:
     """The block writes a new demo into `out`, which it holds locked (a second demo into the same folder is refused).
     An earlier demo there is first set aside (in `out/.previous-*`) and removed only when the block succeeds; when
     it fails or is stopped, what it wrote is removed and the earlier demo put back, so `out` never mixes two demos'
-    files. (After a kill -9 the next run removes what is set aside.)"""
+    files. (After a kill -9 the next run puts back what was set aside, if what the killed run wrote is unfinished.)"""
     created = not out.exists()
     ensure_writable_dir(out)
     def busy(owner: str) -> str:
@@ -141,8 +141,7 @@ def _replacing_earlier_demo(out: Path) -> Iterator[None]:
 
     try:
         with exclusive_lock(out / _LOCK, busy):
-            for leftover in out.glob(f"{_ASIDE_PREFIX}*"):
-                _remove(leftover)
+            _put_back_a_killed_runs_earlier_demo(out)
             aside = Path(tempfile.mkdtemp(prefix=_ASIDE_PREFIX, dir=out))
             for name in DEMO_ENTRIES:
                 if os.path.lexists(out / name):
@@ -164,6 +163,19 @@ def _replacing_earlier_demo(out: Path) -> Iterator[None]:
         raise
 
 
+def _put_back_a_killed_runs_earlier_demo(out: Path) -> None:
+    """A demo killed (kill -9) while it wrote left the demo before it set aside: that one is put back when the killed
+    run had not finished (its metrics.json, written last, is missing), and removed otherwise."""
+    for leftover in sorted(out.glob(f"{_ASIDE_PREFIX}*")):
+        if (leftover / "metrics.json").is_file() and not (out / "metrics.json").is_file():
+            for name in DEMO_ENTRIES:
+                _remove(out / name)
+            for entry in leftover.iterdir():
+                os.replace(entry, out / entry.name)
+            info(f"put back the demo in {out} that a killed demo had set aside")
+        _remove(leftover)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -173,12 +185,18 @@ def _remove(path: Path) -> None:
 
 @contextlib.contextmanager
 def _restart_when_interrupted() -> Iterator[None]:
-    """Training's 'rerun with --resume' does not apply to the demo, which has no --resume: it starts over."""
+    """Training's 'rerun with --resume' does not apply to the demo, which has no --resume: it starts over (after a
+    stop, or a full disk)."""
+    from vidbooth.engine.train import CheckpointDiskFull
+
     try:
         yield
     except Interrupted as exc:  # its exit code is 128 + the signal's number
         name = stopping_signal(exc).name
         raise Interrupted(f"the demo was stopped by {name}: run it again to start over", exc.exit_code) from exc
+    except CheckpointDiskFull as exc:
+        raise UserError(f"the disk is full: free space on the disk of {exc.folder}, then run the demo again (it "
+                        "starts over)") from exc
 
 
 def run_demo(cfg: DemoConfig) -> DemoReport:

@@ -68,6 +68,14 @@ STATE_FILE = "state.json"
 CHECKPOINT_FORMAT = 1
 
 
+class CheckpointDiskFull(UserError):
+    """The disk filled up while a checkpoint was saved; `folder` is where space is needed."""
+
+    def __init__(self, message: str, folder: Path):
+        super().__init__(message)
+        self.folder = folder
+
+
 @runtime_checkable
 class Method(Protocol):
     """What a training method provides. Everything not returned by `trainable_parameters` stays frozen."""
@@ -698,9 +706,10 @@ def train(
                     raise
                 last = list_checkpoints(run_dir)
                 kept = f"the last checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
-                raise UserError(
+                rerun = "with --resume to continue from the checkpoint" if last else "it starts over"
+                raise CheckpointDiskFull(
                     f"the disk is full: the checkpoint of step {at} was not saved and {kept}; free space in "
-                    f"{run_dir.parent}, then rerun the same command (with --resume to continue from the checkpoint)"
+                    f"{run_dir.parent}, then rerun the same command ({rerun})", run_dir.parent
                 ) from exc
             _prune_checkpoints(run_dir, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
