@@ -70,6 +70,21 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_cut_with_one_warning(tin
     assert "warning" not in capsys.readouterr().err
 
 
+def test_a_long_negative_prompt_is_called_the_negative_prompt(tiny_backbones, monkeypatch):
+    """generate's warning of a long --negative-prompt had called it 'the prompt', beside a three-word --prompt."""
+    from badinputs import capture_warnings
+
+    from vidbooth.engine.sampling import sample_video
+
+    warned = capture_warnings(monkeypatch)
+    bb = tiny_backbones["unet3d"]
+    long_text = " ".join(["dog"] * (bb.tokenizer.model_max_length + 5))
+    sample_video(bb, "a cat", negative_prompt=long_text, num_frames=1, num_inference_steps=1, guidance_scale=2.0,
+                 height=32, width=32)
+    assert len(warned) == 1 and warned[0].startswith("the negative prompt is ")
+    assert f"tokens but the text encoder reads {bb.tokenizer.model_max_length}:" in warned[0]
+
+
 def test_not_a_model_folder(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(UserError, match="is not a diffusers text-to-video model: missing tokenizer"):

@@ -48,6 +48,11 @@ def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
         (["--out", "x.avi"], "must end in .mp4 or .gif"),
         (["--out", ""], "--out '' must end in .mp4 or .gif"),  # named '.' (Path's reading of '')
         (["--out", "videos/"], "--out videos/ must end in .mp4 or .gif"),
+        (["--out", ".mp4"], "--out .mp4 has no name before .mp4: give one, such as video.mp4"),  # 'must end in .mp4'
+        (["--out", "{tmp}"], "--out {tmp} is a folder: give a video file path, such as {tmp}/video.mp4"),
+        (["--out", "{tmp}/" + "a" * 252 + ".mp4"], "a" * 252 + ".mp4 is 256 bytes, more than the 255"),  # a traceback
+        (["--out", "{tmp}/" + "a" * 251 + ".gif"], "a" * 251 + ".yaml is 256 bytes, more than the 255 that file "
+         "systems take (generate writes .gif, .png and .yaml files of that name): choose a shorter name"),
         (["--set", "sampling.nope=1"], "config key 'sampling.nope'"),
         (["--attention", "xformers"], "cannot run on cpu"),
         (["--base", "org/model"], "cannot fetch 'org/model' from the hub"),
@@ -56,6 +61,7 @@ def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    message = message.replace("{tmp}", str(tmp_path))
     code = main(["generate", "--prompt", "x", "--steps", "1", "--out", str(tmp_path / "o.mp4"), *args])
     err = capsys.readouterr().err
     assert code == 2, err

@@ -131,24 +131,26 @@ class Backbone:
         return {_unwrapped(name): m for name, m in self.unet.named_modules() if isinstance(m, kinds)}
 
     # ---- the three frozen pieces ----------------------------------------------------------------
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        """Token ids padded to the text encoder's length; a prompt longer than that is cut, with a warning."""
+    def tokenize(self, prompts: list[str], names: list[str] | None = None) -> torch.Tensor:
+        """Token ids padded to the text encoder's length; a prompt longer than that is cut, with a warning that calls
+        it by its name in `names` (one per prompt; default 'prompt')."""
         limit = self.tokenizer.model_max_length
-        for prompt in dict.fromkeys(prompts):
+        for prompt, name in dict.fromkeys(zip(prompts, names or ["prompt"] * len(prompts))):
             ids = self.tokenizer(prompt, truncation=False).input_ids
             if len(ids) > limit:
                 from vidbooth.reporting import warn
 
                 dropped = self.tokenizer.decode(ids[limit - 1 : -1]).strip()  # the last kept place holds the end token
                 shown = dropped if len(dropped) <= 40 else f"{dropped[:40]}..."
-                warn(f"the prompt is {len(ids)} tokens but the text encoder reads {limit}: its end is ignored, from "
+                warn(f"the {name} is {len(ids)} tokens but the text encoder reads {limit}: its end is ignored, from "
                      f"'{shown}'; shorten it")
         ids = self.tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         return ids.input_ids.to(self.device)
 
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings (B, L, D) from the last hidden state, as diffusers' T2V pipelines use."""
-        return self.encode_ids(self.tokenize(prompts))
+    def encode_prompt(self, prompts: list[str], names: list[str] | None = None) -> torch.Tensor:
+        """Text embeddings (B, L, D) from the last hidden state, as diffusers' T2V pipelines use (`names`: as
+        `tokenize` takes them)."""
+        return self.encode_ids(self.tokenize(prompts, names))
 
     def encode_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(input_ids)[0].to(self.dtype)

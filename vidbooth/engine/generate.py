@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import inspect
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,25 @@ class GenerateResult:
     prompt: str
 
 
+NAME_MAX = 255
+"""Bytes in a file name that common file systems take (ext4, XFS, APFS)."""
+
+
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     """The video path and, beside it, '<stem>.png' (contact sheet) and '<stem>.yaml' (resolved config). Refused
     before any work: a path that a folder takes, and a video of the other type beside it (it owns the same
     contact sheet and config, which this one would replace)."""
     given, out = str(out), Path(out).expanduser()
+    for name in (out.name, f"{out.stem}.yaml"):  # before asking the file system of a name it refuses to look up
+        size = len(os.fsencode(name))
+        if size > NAME_MAX:
+            raise UserError(f"--out {given}: the file name {name} is {size} bytes, more than the {NAME_MAX} that "
+                            f"file systems take (generate writes {out.suffix}, .png and .yaml files of that name): "
+                            "choose a shorter name")
+    if given and out.is_dir() and out.suffix.lower() not in WRITE_EXTENSIONS:  # a folder named o.mp4: below
+        raise UserError(f"--out {given} is a folder: give a video file path, such as {out / 'video.mp4'}")
+    if out.name.lower() in WRITE_EXTENSIONS:  # Path(".mp4").suffix is empty
+        raise UserError(f"--out {given} has no name before {out.name}: give one, such as video{out.name}")
     if out.suffix.lower() not in WRITE_EXTENSIONS:  # named as given: Path("") is ".", and a trailing / goes
         raise UserError(f"--out {given or repr(given)} must end in .mp4 or .gif")
     paths = out, out.with_suffix(".png"), out.with_suffix(".yaml")

@@ -128,12 +128,14 @@ def sample_video(
 
     guided = guidance_scale > 1.0
     if prompt_embeds is None:
-        text = backbone.encode_prompt(negatives + prompts if guided else prompts)  # (2B or B, L, D)
+        names = ["negative prompt"] * len(negatives) + ["prompt"] * len(prompts)
+        text = backbone.encode_prompt(*((negatives + prompts, names) if guided else (prompts,)))  # (2B or B, L, D)
     else:
         if prompt_embeds.shape[0] != len(prompts):
             raise ValueError(f"prompt_embeds holds {prompt_embeds.shape[0]} prompts, not {len(prompts)}")
         positive = prompt_embeds.to(backbone.device, backbone.dtype)
-        text = torch.cat([backbone.encode_prompt(negatives), positive]) if guided else positive
+        negative = backbone.encode_prompt(negatives, ["negative prompt"] * len(negatives)) if guided else None
+        text = torch.cat([negative, positive]) if guided else positive
 
     sched = make_scheduler(scheduler, backbone.scheduler_config)
     sched.set_timesteps(num_inference_steps, device=backbone.device)
