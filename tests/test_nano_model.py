@@ -531,6 +531,10 @@ def test_refuses_bad_runs(tmp_path, char_tokenizer):
         bad.unet.path_phases, bad.unet.path_replay = phases, replay
         with pytest.raises(UserError, match=f"unet.path_replay {replay} must be below unet.batch"):
             nano.pretrain(bad)
+    unwritable = tiny_config(tmp_path, char_tokenizer, export="/proc/nano-export")  # refused only once trained
+    with pytest.raises(UserError, match="output folder is not writable: /proc"):
+        nano.pretrain(unwritable)
+    assert not (tmp_path / "run").exists()
 
 
 def test_packaged_nano_loads_offline():
@@ -589,3 +593,28 @@ def test_a_second_pretrain_into_the_same_folder_is_refused_while_the_first_runs(
                                             "wait for it to end, or give another --out"):
             nano.pretrain(cfg)
     assert sorted(path.name for path in tmp_path.iterdir()) == []  # nor a run folder, nor the lock file
+
+
+def test_a_full_disk_at_a_checkpoint_says_how_to_go_on(tmp_path, char_tokenizer, monkeypatch):
+    """It had said 'free space and run the command again', which a run folder refuses without --resume."""
+    import errno
+
+    from vidbooth.nano import checkpoint as ckpt
+
+    write = ckpt.write_safetensors
+
+    def full_disk(path, tensors, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ckpt, "write_safetensors", full_disk)
+        with pytest.raises(UserError, match=r"^the disk is full: the autoencoder checkpoint of step 2 was not saved; "
+                                            rf"free space in {tmp_path / 'run'}, then run the same command \(it starts "
+                                            r"over\)$"):
+            nano.pretrain(tiny_config(tmp_path, char_tokenizer))
+    nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=2))
+    monkeypatch.setattr(ckpt, "write_safetensors", lambda path, *args: (write if "unet" not in str(path) else
+                                                                         full_disk)(path, *args))
+    with pytest.raises(UserError, match=r"the unet checkpoint of step 3 was not saved and the one before is kept; "
+                                        r"free space in .*, then run the same command with --resume to continue"):
+        nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=3, resume=True))

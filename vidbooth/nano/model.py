@@ -189,6 +189,9 @@ def check_export_folder(folder: str | Path) -> None:
             f"{folder} holds other files than a nano model, and an export replaces the whole folder: "
             "give a new or empty folder, or an earlier export"
         )
+    from vidbooth.data.video import check_writable_dir
+
+    check_writable_dir(folder.parent)  # the export is built beside the folder, then renamed over it
 
 
 def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> Path:

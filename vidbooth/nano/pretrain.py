@@ -25,7 +25,7 @@ from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
 from vidbooth.errors import UserError, stopped
-from vidbooth.fileio import exclusive_lock, write_together
+from vidbooth.fileio import disk_full, exclusive_lock, write_together
 from vidbooth.nano import checkpoint as ckpt
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
 from vidbooth.nano.model import (
@@ -132,11 +132,22 @@ class _Run:
         state["steps"][stage] = step
         if stage in state.get("fresh_moments", []):
             state["fresh_moments"].remove(stage)  # its moments are saved from now on
-        write_together([
-            ckpt.tensors_write(self.dir / f"{stage}.safetensors", model.state_dict(), step),
-            ckpt.tensors_write(self.dir / f"{stage}.optim.safetensors", ckpt.optimizer_tensors(optimizer), step),
-            *ckpt.state_writes(self.dir, state),
-        ], self.dir / ckpt.JOURNAL_FILE)
+        try:
+            write_together([
+                ckpt.tensors_write(self.dir / f"{stage}.safetensors", model.state_dict(), step),
+                ckpt.tensors_write(self.dir / f"{stage}.optim.safetensors", ckpt.optimizer_tensors(optimizer), step),
+                *ckpt.state_writes(self.dir, state),
+            ], self.dir / ckpt.JOURNAL_FILE)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            kept = (self.dir / ckpt.STATE_FILE).is_file()
+            rerun = "with --resume to continue from it" if kept else "(it starts over)"
+            raise UserError(
+                f"the disk is full: the {stage} checkpoint of step {step} was not saved"
+                f"{' and the one before is kept' if kept else ''}; free space in {self.dir}, then run the same command "
+                f"{rerun}"
+            ) from exc
         self.state = state
         self.last_save = time.monotonic()
 
