@@ -45,3 +45,19 @@ def test_under_a_launcher_only_the_first_process_speaks_but_every_one_shows_its_
         reporting.warn("short clip")
         reporting.error("no disk")
         assert capsys.readouterr().err.splitlines() == shown
+
+
+def test_into_a_log_a_progress_bar_is_written_every_so_often_not_only_at_its_end(capsys, monkeypatch):
+    """`vidbooth demo > log` had shown nothing of a 15-minute training until it ended."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setattr(reporting, "LOG_EVERY_SECONDS", 0.0)
+    with reporting.progress("textual inversion", total=3) as task:
+        for _ in range(3):
+            task.advance(loss=0.25)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[3] for line in lines] == ["1/3", "2/3", "3/3"] and all("loss=0.25" in line for line in lines)
+    monkeypatch.setattr(reporting, "LOG_EVERY_SECONDS", 30.0)
+    with reporting.progress("textual inversion", total=3) as task:
+        for _ in range(3):
+            task.advance()
+    assert len(capsys.readouterr().err.splitlines()) == 1  # its end only, within 30 s

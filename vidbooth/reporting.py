@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator, Sequence
 
 from rich.console import Console
@@ -74,11 +75,16 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], 
     target.print(t)
 
 
+LOG_EVERY_SECONDS = 30.0
+"""Into a file or pipe (a log, CI) a bar cannot redraw: its line is written this often, and once at its end."""
+
+
 class _Task:
     """Handle returned by `progress`: advance it and attach live figures (loss, it/s)."""
 
     def __init__(self, progress: Progress | None, task_id: int | None):
         self._progress, self._task_id = progress, task_id
+        self._logged = time.monotonic()
 
     def advance(self, n: int = 1, **fields: object) -> None:
         if self._progress is not None:
@@ -86,6 +92,10 @@ class _Task:
             shown = dict(fields, **({"it/s": speed} if speed else {}))
             text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             self._progress.update(self._task_id, advance=n, fields=text)
+            task = self._progress.tasks[0]
+            if not console.is_terminal and not task.finished and time.monotonic() - self._logged >= LOG_EVERY_SECONDS:
+                self._logged = time.monotonic()
+                console.print(self._progress.get_renderable())
 
 
 @contextlib.contextmanager
