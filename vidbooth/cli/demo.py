@@ -9,10 +9,12 @@ from vidbooth.cli import options
 
 def demo(
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default: demo)."),
-    seed: int = options.Seed,
+    seed: int = typer.Option(
+        None, "--seed", help="Picks the held-out subject and motion, and seeds training and sampling (default 0)."
+    ),
     fast: bool = typer.Option(None, "--fast", help="Fewer steps and videos: about half the time, noisier scores."),
     base: str = typer.Option(None, "--base", help="Base model (default: nano)."),
-    num_videos: int = typer.Option(None, "--num-videos", help="Videos per variant."),
+    num_videos: int = typer.Option(None, "--num-videos", help="Videos per variant (default 8; --fast: 4)."),
     device: str = options.Device,
     precision: str = options.Precision,
     attention: str = options.Attention,

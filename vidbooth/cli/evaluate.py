@@ -22,7 +22,9 @@ def evaluate(
     subject: str = typer.Option(
         None, "--subject", "-s", help="Library subject: its training photos are the references."
     ),
-    ref_images: str = typer.Option(None, "--ref-images", help="Folder of reference images (CLIP-I, DINO-I)."),
+    ref_images: str = typer.Option(
+        None, "--ref-images", help="Reference images (CLIP-I, DINO-I): a folder of them, or one image."
+    ),
     motion: str = typer.Option(
         None, "--motion", "-m", help="Library motion: its training clip(s) are the reference motion."
     ),

@@ -13,13 +13,20 @@ def generate(
     ),
     out: str = typer.Option(None, "--out", "-o", help="Output .mp4 or .gif (default out.mp4)."),
     negative_prompt: str = typer.Option(None, "--negative-prompt", help="What to steer away from."),
-    num_frames: int = typer.Option(None, "--num-frames", "--frames", help="Frames to generate."),
+    num_frames: int = typer.Option(
+        None, "--num-frames", "--frames", help="Frames to generate (default: the recipe's; 8)."
+    ),
     height: int = typer.Option(None, "--height", help="Height in pixels (default: the model's)."),
     width: int = typer.Option(None, "--width", help="Width in pixels (default: the model's)."),
-    num_inference_steps: int = typer.Option(None, "--num-inference-steps", "--steps", help="Denoising steps."),
-    guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance strength."),
+    num_inference_steps: int = typer.Option(
+        None, "--num-inference-steps", "--steps", help="Denoising steps (default: the recipe's; nano 10, else 25)."
+    ),
+    guidance_scale: float = typer.Option(
+        None, "--guidance-scale",
+        help="Classifier-free guidance strength (default: the recipe's; nano 2.0, else 9.0).",
+    ),
     scheduler: str = typer.Option(None, "--scheduler", help="ddim | dpm++"),
-    fps: int = typer.Option(None, "--fps", help="Frames per second of the written video."),
+    fps: int = typer.Option(None, "--fps", help="Frames per second of the written video (default 8)."),
     subject: list[str] = typer.Option(
         None, "--subject", "-s", metavar="NAME", help="Learned subject to include (repeatable)."
     ),

@@ -34,8 +34,10 @@ def train_motion(
         None, "--caption", metavar="TEXT", help="Caption of each clip, in order (repeat), or one."
     ),
     class_noun: str = typer.Option(None, "--class-noun", help="What moves (person, dog): default caption and preview."),
-    steps: int = typer.Option(None, "--steps", help="Training steps (DreamVideo: 500-3000)."),
-    lr: float = typer.Option(None, "--lr", help="Learning rate (DreamVideo: 1e-5)."),
+    steps: int = typer.Option(
+        None, "--steps", help="Training steps (default: the recipe's; nano 800, DreamVideo 500-3000)."
+    ),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default: the recipe's; nano 3e-3, DreamVideo 1e-5)."),
     num_frames: int = typer.Option(None, "--num-frames", "--frames", help="Frames per training clip."),
     fps: float = typer.Option(
         None, "--fps", help="Sample the clips at this frame rate (refused with a stride: --stride or data.stride)."
@@ -43,7 +45,8 @@ def train_motion(
     stride: int = typer.Option(None, "--stride", help="Take every N-th source frame instead of --fps."),
     resolution: int = typer.Option(None, "--resolution", help="Square training size in pixels (default: the model's)."),
     appearance_guidance: bool = typer.Option(
-        None, "--appearance-guidance/--no-appearance-guidance", help="Condition on a frame's image embedding."
+        None, "--appearance-guidance/--no-appearance-guidance",
+        help="Condition on a frame's image embedding (DreamVideo: on; nano's recipe: off).",
     ),
     image_encoder: str = typer.Option(None, "--image-encoder", help="CLIP vision folder or hub id for guidance."),
     p_image_zero: float = typer.Option(None, "--p-image-zero", help="Chance of dropping the appearance embedding."),
@@ -59,7 +62,7 @@ def train_motion(
     recipe: str = options.Recipe,
     sets: list[str] = options.Sets,
 ) -> None:
-    """Learn the motion in CLIPS as a motion adapter (DreamVideo), guided by appearance so it learns no looks."""
+    """Learn the motion in CLIPS as a motion adapter (DreamVideo); appearance guidance keeps the looks out of it."""
     from vidbooth.config import load_config
     from vidbooth.config.load import recipe_or_default
     from vidbooth.config.motion import MotionConfig

@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 Recipe = typer.Option(
-    None, "--recipe", "-r", help="Recipe YAML file, or a name under recipes/ such as zeroscope/subject."
+    None, "--recipe", "-r",
+    help="Recipe YAML file, or the name of one shipped under recipes/ (nano/generate, zeroscope/subject: see the "
+    "command's docs page).",
 )
 Sets = typer.Option(
     None,
@@ -20,7 +22,10 @@ MotionAdapterPath = typer.Option(
     "(Text2Video-Zero).",
 )
 Device = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
-Precision = typer.Option(None, "--precision", help="auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU).")
+Precision = typer.Option(
+    None, "--precision",
+    help="auto | fp32 | fp16 | bf16 (default: the recipe's, fp32 in nano's; auto: fp16 on CUDA, fp32 on CPU).",
+)
 Attention = typer.Option(None, "--attention", help="Attention backend: auto | sdpa | xformers | math.")
 Seed = typer.Option(None, "--seed", help="Random seed.")
 

@@ -8,12 +8,14 @@ from vidbooth.cli import options
 
 
 def pretrain(
-    out: str = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, state.json, curve.csv, model/)."),
+    out: str = typer.Option(
+        None, "--out", "-o", help="Run folder (checkpoints, state.json, curve.csv, model/; default runs/nano)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     init_from: str = typer.Option(None, "--init-from", help="Start from an exported model ('nano': the packaged one)."),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Checkpoint and stop after this many minutes."),
     export: str = typer.Option(None, "--export", help="Also write the finished model here (diffusers layout)."),
-    threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default 1)."),
     seed: int = options.Seed,
     recipe: str = typer.Option("nano/pretrain", "--recipe", "-r", help="Recipe YAML file or name under recipes/."),
     sets: list[str] = options.Sets,

@@ -14,15 +14,17 @@ from vidbooth.reporting import warn
 Photos = typer.Argument(
     None,
     metavar="PHOTOS",
-    help="3-5 photos of the subject (jpg, png, webp, bmp): a folder of them, or the files (photos/*.jpg); required "
-    "unless the --recipe gives photos.",
+    help="3-5 photos of the subject (jpg, png, webp, bmp, gif, tiff, avif): a folder of them, or the files "
+    "(photos/*.jpg); required unless the --recipe gives photos.",
 )
 Name = typer.Option(None, "--name", "-n", help="Subject name, also its pseudo-word in prompts (e.g. S* or sks).")
 ClassNoun = typer.Option(None, "--class-noun", help="What the subject is (dog, person, mug).")
 NumVectors = typer.Option(None, "--num-vectors", help="Embedding vectors for the pseudo-word (default 1).")
 HiddenRatio = typer.Option(None, "--hidden-ratio", help="Identity adapter width / layer width (default 0.5).")
 Resolution = typer.Option(None, "--resolution", help="Square training size in pixels (default: the model's).")
-Flip = typer.Option(None, "--flip/--no-flip", help="Augment with mirrored copies of the photos.")
+Flip = typer.Option(
+    None, "--flip/--no-flip", help="Augment with mirrored copies of the photos (default: the recipe's; nano's: on)."
+)
 ScaleJitter = typer.Option(None, "--scale-jitter", help="Augment with random zoom-ins up to this fraction (e.g. 0.1).")
 BatchSize = typer.Option(None, "--batch-size", help="Photos per training step on each process.")
 CheckpointEvery = typer.Option(None, "--checkpoint-every", help="Save a resumable checkpoint every N steps.")
