@@ -20,7 +20,7 @@ METRIC_LABELS = {
     "dino_i": "DINO-I",
     "t_cons": "T.Cons",
     "nano_t_cons": "nano T.Cons",
-    "motion_fidelity": "Motion",
+    "motion_fidelity": "motion fid.",  # beside "probe motion", which is another score
     "probe_colour": "probe colour",
     "probe_shape": "probe shape",
     "probe_motion": "probe motion",
