@@ -274,6 +274,7 @@ def test_pretraining_batch_lays_out_linear_motions_as_asked():
     ("a red striped square moving left", ("red", "striped", "square", "left")),
     ("a square moving in a circle", (None, None, "square", "circle")),  # 'a S* square ...' less its pseudo-word
     ("a shape moving in a circle", (None, None, None, "circle")),  # 'shape': any sprite
+    ("a sprite moving left", (None, None, None, "left")),  # nano's image-prompt word: the probe had said n/a
     ("A red square moving up and left.", ("red", None, "square", "up-left")),
     ("a moving left", (None, None, None, "left")),
     ("a red striped square, moving left!", ("red", "striped", "square", "left")),  # punctuation says nothing

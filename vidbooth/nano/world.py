@@ -155,6 +155,9 @@ class PromptTruth:
 
 GENERIC_SHAPE = "shape"
 """The word for a sprite of any shape ('a shape moving in a circle')."""
+GENERIC_WORDS = (GENERIC_SHAPE, "sprite")
+"""Words that name a sprite without its shape: 'shape', and 'sprite', the word nano's image-prompt model puts the
+photo in place of ('a sprite moving left')."""
 
 
 def read_prompt(text: str | None) -> PromptTruth | None:
@@ -168,14 +171,14 @@ def read_prompt(text: str | None) -> PromptTruth | None:
         return None
     middle = words[1 : len(words) - len(MOTION_PHRASES[motion].split())]
     said: dict[str, str | None] = {"colour": None, "pattern": None, "shape": None}
-    slots = [("colour", COLOURS), ("pattern", PATTERNS), ("shape", (*SHAPES, GENERIC_SHAPE))]
+    slots = [("colour", COLOURS), ("pattern", PATTERNS), ("shape", (*SHAPES, *GENERIC_WORDS))]
     for word in middle:  # in caption order, each slot at most once
         while slots and word not in slots[0][1]:
             slots.pop(0)
         if not slots:
             return None
         key, _ = slots.pop(0)
-        said[key] = None if word == GENERIC_SHAPE else word
+        said[key] = None if word in GENERIC_WORDS else word
     return PromptTruth(said["colour"], said["pattern"], said["shape"], motion)
 
 
