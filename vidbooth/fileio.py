@@ -70,7 +70,12 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], jour
             fd, temporary = _temporary_file(path)
             os.close(fd)
             temporaries.append(Path(temporary))
-            write(Path(temporary))
+            try:
+                write(Path(temporary))
+            except OSError as exc:
+                if exc.filename is None or str(exc.filename) == temporary:  # name the file, not its temporary
+                    exc.filename = str(path)
+                raise
         with held_stops(f"{', '.join(str(path) for path, _ in writes)} written"):
             _publish_all(temporaries, [Path(path) for path, _ in writes], journal)
     finally:
