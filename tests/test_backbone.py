@@ -195,3 +195,34 @@ def test_the_cache_variable_empty_is_the_default_and_a_tilde_is_home(value, expe
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("VIDBOOTH_CACHE", value)
     assert cache_dir() == tmp_path / expected  # had been the current folder, or a folder named '~'
+
+
+def test_a_damaged_built_in_model_in_the_cache_says_to_delete_it(tmp_path, tiny_base_dirs, monkeypatch):
+    """A truncated vocab.json had been a tokenizers traceback; a truncated weights file had been told to convert
+    pickled weights. Either way the cure is to delete vidbooth's own build."""
+    import shutil
+
+    monkeypatch.setenv("VIDBOOTH_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "builtin" / "tiny"
+    shutil.copytree(tiny_base_dirs["unet3d"], folder)
+    vocab = folder / "tokenizer" / "vocab.json"
+    vocab.write_text(vocab.read_text()[:20])
+    with pytest.raises(UserError, match=rf"cannot load the model in {folder}: its tokenizer cannot be read \(.*\); "
+                                        rf"it is vidbooth's own build: delete {folder} and it is built again$"):
+        load_backbone("tiny", device="cpu")
+    shutil.copy(tiny_base_dirs["unet3d"] / "tokenizer" / "vocab.json", vocab)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError, match=rf"cannot load the model in {folder}: .*it is vidbooth's own build") as caught:
+        load_backbone("tiny", device="cpu")
+    assert "pickled" not in str(caught.value)
+    shutil.rmtree(folder)
+    assert load_backbone("tiny", device="cpu").family == "unet3d"  # built again
+
+
+def test_a_cache_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("VIDBOOTH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match=rf"^the cache {tmp_path / 'cache'} is a file: point \$VIDBOOTH_CACHE at a "
+                                        "folder$"):
+        load_backbone("tiny", device="cpu")

@@ -222,6 +222,8 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
             raise UserError(f"the packaged nano model is missing from {NANO}: reinstall vidbooth")
         return NANO
     if base in BUILTIN:
+        if cache_dir().exists() and not cache_dir().is_dir():
+            raise UserError(f"the cache {cache_dir()} is a file: point $VIDBOOTH_CACHE at a folder")
         folder = cache_dir() / "builtin" / base
         if not (folder / "model_index.json").is_file():
             from vidbooth.engine.tiny import motion_adapter_folder, save_tiny_backbone
@@ -242,6 +244,24 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
             f"base model not found: {base} (give a diffusers folder, a hub id like org/name, 'nano' or 'tiny')"
         )
     return _from_hub(base, revision)
+
+
+def _rebuild_hint(folder: Path) -> str:
+    """For a built-in model, which vidbooth builds into its cache: how to have it built again."""
+    if folder.parent != cache_dir() / "builtin":
+        return ""
+    return f"; it is vidbooth's own build: delete {folder} and it is built again"
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError):
+        raise
+    except Exception as exc:  # the tokenizers library's own errors are plain Exceptions (a damaged vocab.json)
+        raise ValueError(f"its tokenizer cannot be read ({str(exc).splitlines()[0]})") from exc
 
 
 _PICKLE_HINT = " (vidbooth loads only .safetensors weights, never pickled .bin/.pt files: convert them)"
@@ -300,7 +320,7 @@ def _unet_class(folder: Path) -> str:
         settings = json.loads(config.read_text())
         unet_class = settings["_class_name"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{config} is not a valid diffusers config") from exc
+        raise UserError(f"{config} is not a valid diffusers config{_rebuild_hint(folder)}") from exc
     if settings.get("addition_embed_type"):  # SDXL: a second text encoder and size conditions the loop does not give
         raise UserError(
             f"{folder} is an SDXL-style model (its UNet takes added '{settings['addition_embed_type']}' conditions "
@@ -321,7 +341,7 @@ def load_backbone(
 ) -> Backbone:
     """Load a text-to-video backbone from a folder, hub id or built-in name; frozen and in eval mode."""
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     from vidbooth.attention import resolve_backend, set_attention_backend
     from vidbooth.engine.device import resolve_device, resolve_dtype
@@ -337,7 +357,7 @@ def load_backbone(
         motion_adapter = str(folder.with_name(folder.name + "-motion-adapter"))
     kw = {"use_safetensors": True} | ({"variant": variant} if variant else {})  # never unpickle a user's file
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        tokenizer = _load_tokenizer(folder / "tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
         vae = AutoencoderKL.from_pretrained(folder / "vae", **kw)
         adapter_source = None
@@ -363,8 +383,8 @@ def load_backbone(
         raise
     except (OSError, ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0]
-        hint = _PICKLE_HINT if "safetensors" in str(exc) else ""
-        raise UserError(f"cannot load the model in {folder}: {reason}{hint}") from exc
+        hint = _PICKLE_HINT if "no file named" in str(exc).lower() and ".safetensors" in str(exc) else ""
+        raise UserError(f"cannot load the model in {folder}: {reason}{hint}{_rebuild_hint(folder)}") from exc
 
     fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet})
     for module in (text_encoder, vae, unet):
