@@ -26,6 +26,7 @@ def test_generate_with_subject_and_motion(tiny_base_dirs, world_inputs, tmp_path
     assert main([*args, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "warning: the prompt lacks the subject token 'S*'" in err and "a S* ball rolling" in err
+    assert "with subject S* (pseudo-word, identity adapter at 1) and motion M (at 1)\n" in err  # what was applied
     assert read_video(out).shape == (4, 32, 32, 3)
     # the adapters change the video; at scale 0 both adapters are off and only the pseudo-word remains
     assert main([*args, "--out", str(tmp_path / "off.mp4"), "--subject-scale", "0", "--motion-scale", "0"]) == 0

@@ -33,6 +33,18 @@ class GenerateResult:
     prompt: str
 
 
+def _personalised_with(cfg: GenerateConfig, applied) -> str:
+    """'with subject S* (pseudo-word, identity adapter at 1) and motion M (at 1)': what generate applied."""
+    parts = []
+    for subject in applied.subjects:
+        has_adapter = subject.manifest["paths"].get("identity_adapter")
+        adapter = f", identity adapter at {cfg.subject_scale:g}" if has_adapter else " only"
+        parts.append(f"subject {subject.name} (pseudo-word{adapter})")
+    if cfg.motion:
+        parts.append(f"motion {cfg.motion} (at {cfg.motion_scale:g})")
+    return "with " + " and ".join(parts)
+
+
 NAME_MAX = 255
 """Bytes in a file name that common file systems take (ext4, XFS, APFS)."""
 
@@ -122,6 +134,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         for note in applied.notes:
             warn(note)
         prompt, negative_prompt = applied.prompt, applied.negative_prompt
+        info(_personalised_with(cfg, applied))
     condition = _image_prompt(bb, cfg, *image_prompt, prompt) if image_prompt else None
     frames = sample_frames(bb, cfg, prompt, negative_prompt, condition)
     ensure_writable_dir(video_path.parent)
