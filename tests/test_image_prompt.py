@@ -351,6 +351,18 @@ def test_bad_training_inputs_are_one_error_line(args, message, tiny_base_dirs, t
     assert not list(tmp_path.iterdir())
 
 
+def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(tiny_base_dirs, tmp_path, capsys,
+                                                                              monkeypatch):
+    """It had been a NotADirectoryError traceback at the first checkpoint, after the model had loaded."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.safetensors.run").write_text("a file")
+    code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--device", "cpu", "--out",
+                 "m.safetensors"])
+    assert code == 2 and capsys.readouterr().err.strip() == (
+        "error: m.safetensors.run, where the run keeps its checkpoints, is a file: move it away, or choose another "
+        "--out")
+
+
 def test_cli_trains_on_a_folder_of_clips_then_generates(tiny_base_dirs, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")
     base = str(tiny_base_dirs["unet3d"])

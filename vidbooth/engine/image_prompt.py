@@ -368,6 +368,10 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
         raise UserError(f"--out {out} is a folder: give a file path ending in .safetensors")
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+    run_folder = out.with_name(out.name + ".run")  # its checkpoints (see _train)
+    if run_folder.exists() and not run_folder.is_dir():
+        raise UserError(f"{run_folder}, where the run keeps its checkpoints, is a file: move it away, or choose "
+                        "another --out")
     check_writable_dir(out.parent)
     examples = find_subject_clips(cfg.data.folder, cfg.word) if cfg.data.folder else None
     check_high_noise([cfg.coarse, cfg.fine], cfg.backbone.base, cfg.backbone.revision)
