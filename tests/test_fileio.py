@@ -151,7 +151,6 @@ def test_a_stop_while_publishing_is_held_until_every_file_is_in_place(tmp_path, 
     import signal
 
     from vidbooth import fileio
-    from vidbooth.errors import KeyboardInterrupted
 
     (tmp_path / "a.yaml").write_text("old config")
     publish = fileio.publish
@@ -162,6 +161,6 @@ def test_a_stop_while_publishing_is_held_until_every_file_is_in_place(tmp_path, 
 
     monkeypatch.setattr(fileio, "publish", publish_then_stop)
     writes = [(tmp_path / name, lambda tmp, name=name: tmp.write_text(f"new {name}")) for name in ("a.mp4", "a.yaml")]
-    with pytest.raises(KeyboardInterrupted, match=rf"stopped by SIGINT; {tmp_path / 'a.mp4'}, .*a.yaml written"):
+    with pytest.raises(KeyboardInterrupt):  # delivered to the handler there (here Python's own) once all are in
         fileio.write_together(writes)
     assert _files(tmp_path) == {"a.mp4": "new a.mp4", "a.yaml": "new a.yaml"}

@@ -63,6 +63,29 @@ def held_stops(done: str) -> Iterator[None]:
         raise stopped(held[0], f"stopped by {signal.Signals(held[0]).name}; {done}")
 
 
+@contextlib.contextmanager
+def deferred_stops() -> Iterator[None]:
+    """Run the block to its end even when SIGINT or SIGTERM arrives, then deliver the signal as if it came now, to
+    the handler that was there (the command line's, which stops the command, or a training loop's, which stops after
+    its step). For a few renames that must all happen or none. Only the main thread gets signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda got, frame: held.append(got))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+    for signum in dict.fromkeys(held):
+        signal.raise_signal(signum)
+
+
 def stopping_signal(exc: BaseException):
     """The signal (a `signal.Signals`) that `exc`, a KeyboardInterrupt or an `Interrupted`, stands for."""
     import signal

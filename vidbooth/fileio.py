@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from vidbooth.errors import UserError, held_stops
+from vidbooth.errors import UserError, deferred_stops
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -60,7 +60,7 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], jour
     """For each (path, write): `write(temporary)` fills a temporary file beside `path`; once all are written they
     are published. A failure or Ctrl-C while writing or publishing leaves every path as it was (never a new file
     beside an old companion, never a truncated one) and no temporary file behind: a Ctrl-C or SIGTERM during the
-    renames is held until they are done, and a rename that fails puts back the files already replaced.
+    renames is delivered once they are done, and a rename that fails puts back the files already replaced.
     With `journal`, a kill (SIGKILL, power loss) during the renames can be made good too: the renames still to do
     are recorded there first, and `finish_writing(journal)` does them."""
     temporaries: list[Path] = []
@@ -76,7 +76,7 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], jour
                 if exc.filename is None or str(exc.filename) == temporary:  # name the file, not its temporary
                     exc.filename = str(path)
                 raise
-        with held_stops(f"{', '.join(str(path) for path, _ in writes)} written"):
+        with deferred_stops():
             _publish_all(temporaries, [Path(path) for path, _ in writes], journal)
     finally:
         for temporary in temporaries:
