@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -536,13 +537,14 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     quiet_libraries()
     torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
-    made = [folder for folder in (run_dir.parent, *run_dir.parent.parents) if not folder.exists()]
+    where = Path(os.path.abspath(run_dir))  # '--out .' has no name to put '.lock' after
+    made = [folder for folder in (where.parent, *where.parent.parents) if not folder.exists()]
 
     def busy(owner: str) -> str:
         return f"another pretrain (pid {owner}) is writing {run_dir}: wait for it to end, or give another --out"
 
     try:
-        with exclusive_lock(run_dir.with_name(run_dir.name + ".lock"), busy):
+        with exclusive_lock(where.with_name(where.name + ".lock"), busy):
             if run_dir.is_dir() and ckpt.finish_stopped_save(run_dir):
                 info(f"finished saving the checkpoint that a stopped run was writing in {run_dir}")
             return _pretrain(cfg)
