@@ -42,23 +42,33 @@ def stopped(signum: int, message: str) -> Interrupted:
 
 
 @contextlib.contextmanager
-def held_stops(done: str) -> Iterator[None]:
-    """Run the block to its end even when SIGINT or SIGTERM arrives (tidying up after an artifact is saved, which a
-    stop would only leave half done), then stop: "stopped by SIGINT; <done>". Only the main thread gets signals."""
+def _stops_recorded() -> Iterator[list[int]]:
+    """While the block runs, SIGINT and SIGTERM are recorded in the yielded list instead of acted on; the handlers
+    before are put back when it ends. Only the main thread gets signals: elsewhere nothing changes."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
     previous = {signum: signal.signal(signum, lambda got, frame: held.append(got))
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield held
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def held_stops(done: str) -> Iterator[None]:
+    """Run the block to its end even when SIGINT or SIGTERM arrives (tidying up after an artifact is saved, which a
+    stop would only leave half done), then stop: "stopped by SIGINT; <done>"."""
+    import signal
+
+    with _stops_recorded() as held:
+        yield
     if held:
         raise stopped(held[0], f"stopped by {signal.Signals(held[0]).name}; {done}")
 
@@ -67,21 +77,11 @@ def held_stops(done: str) -> Iterator[None]:
 def deferred_stops() -> Iterator[None]:
     """Run the block to its end even when SIGINT or SIGTERM arrives, then deliver the signal as if it came now, to
     the handler that was there (the command line's, which stops the command, or a training loop's, which stops after
-    its step). For a few renames that must all happen or none. Only the main thread gets signals."""
+    its step). For a few renames that must all happen or none."""
     import signal
-    import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    with _stops_recorded() as held:
         yield
-        return
-    held: list[int] = []
-    previous = {signum: signal.signal(signum, lambda got, frame: held.append(got))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     for signum in dict.fromkeys(held):
         signal.raise_signal(signum)
 
