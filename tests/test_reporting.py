@@ -61,3 +61,19 @@ def test_into_a_log_a_progress_bar_is_written_every_so_often_not_only_at_its_end
         for _ in range(3):
             task.advance()
     assert len(capsys.readouterr().err.splitlines()) == 1  # its end only, within 30 s
+
+
+def test_under_a_launcher_commands_that_do_not_share_work_are_refused_and_tables_come_once(capsys, monkeypatch):
+    """generate and evaluate had run in full on every process, writing the same files twice and printing the results
+    table twice on stdout."""
+    from vidbooth.cli.app import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for command in (["generate", "--prompt", "a dog"], ["evaluate", "out.mp4"], ["demo"], ["list"]):
+        assert main(command) == 2
+        assert capsys.readouterr().err == (f"error: {command[0]} runs in one process, and this launcher started 2: run "
+                                           "it without accelerate launch (the training commands share their work "
+                                           "across processes)\n")
+    monkeypatch.setenv("RANK", "1")
+    reporting.table("scores", ["video"], [("a.mp4",)], to_stdout=True)
+    assert capsys.readouterr().out == ""

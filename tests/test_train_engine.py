@@ -386,3 +386,16 @@ def test_a_resume_that_finds_no_stopped_run_is_warned_of_once_for_the_command(tm
     engine.refuse_to_discard([first, second], resume=True, overwrite=False)
     engine.train(make_method(), toy_data(), config(steps=2), second, accelerator, resume=True)  # not begun: starts
     assert warnings == []
+
+
+def test_a_steps_loss_is_the_mean_over_every_processs_batches(monkeypatch):
+    """The loss shown and saved had been the first process's alone: a 2-process run read as its half of the batch."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine.train import _step_outcome
+
+    other = torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64)  # the other process: no stop, a finite loss of 3
+    monkeypatch.setattr("accelerate.utils.reduce", lambda tensor, reduction: tensor + other)
+    assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), None, 1.0) == (False, False, 2.0)
+    assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), 2, float("nan"))[:2] == (True, True)
+    assert _step_outcome(SimpleNamespace(num_processes=1), None, 0.25) == (False, False, 0.25)  # one process: as is

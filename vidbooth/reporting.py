@@ -27,8 +27,18 @@ RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RA
 """Where a launcher puts the process's rank (torchrun, MPI implementations), read in accelerate's order."""
 
 
+SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+"""Where the same launchers put the number of processes."""
+
+
 def _rank() -> str:
     return next((os.environ[name] for name in RANK_VARIABLES if name in os.environ), "0")
+
+
+def process_count() -> int:
+    """How many processes a launcher started for this command (1 without one)."""
+    value = next((os.environ[name] for name in SIZE_VARIABLES if name in os.environ), "1")
+    return int(value) if value.strip().isdigit() else 1
 
 
 def _other_process() -> bool:
@@ -62,7 +72,10 @@ def error(message: str) -> None:
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], to_stdout: bool = False) -> None:
     """A titled table; in a terminal it fits the window, into a file or pipe each row stays on one line. Every text
-    is shown as it is (a file name such as 'take[bold].mp4' is not read as markup)."""
+    is shown as it is (a file name such as 'take[bold].mp4' is not read as markup). Shown by the first process
+    only, as `info` is."""
+    if _other_process():
+        return
     t = Table(title=Text(title))
     for c in columns:
         t.add_column(Text(c))

@@ -110,6 +110,21 @@ INTERRUPTED = 130
 """Exit code of a command stopped by Ctrl-C (128 + SIGINT)."""
 
 
+ONE_PROCESS_COMMANDS = ("generate", "evaluate", "demo", "pretrain", "list")
+"""Commands that do not share their work across processes: under a launcher each process would do it all again
+and write the same files."""
+
+
+def _refuse_a_launcher(argv: list[str]) -> None:
+    from vidbooth.errors import UserError
+    from vidbooth.reporting import process_count
+
+    command = _command_of(argv)
+    if command in ONE_PROCESS_COMMANDS and process_count() > 1:
+        raise UserError(f"{command} runs in one process, and this launcher started {process_count()}: run it "
+                        "without accelerate launch (the training commands share their work across processes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     from vidbooth.errors import Interrupted, UserError, clear_stops
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _stop_signals():
             try:
+                _refuse_a_launcher(sys.argv[1:] if argv is None else argv)
                 code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
             finally:
                 clear_stops()  # the command has ended: a signal it got is answered below, or was acted on

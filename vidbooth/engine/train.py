@@ -104,7 +104,7 @@ class TrainResult:
     start_step: int
     """The step this run started from (> 0 when resumed)."""
     losses: list[float] = field(default_factory=list)
-    """Mean loss of every step run in this process (main process's batches)."""
+    """Mean loss of every step run now, over every process's batches."""
     seconds: float = 0.0
     """Wall time of the steps run (checkpoint writes included)."""
     total_seconds: float = 0.0
@@ -536,6 +536,14 @@ def _agree(accelerator, values: list[float]) -> list[float]:
     return reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum").tolist()
 
 
+def _step_outcome(accelerator, signum: int | None, loss: float) -> tuple[bool, bool, float]:
+    """What every process agrees on after a step: whether a stop was asked for, whether any loss was not finite,
+    and the step's loss over every process's batches (it had been the first process's alone)."""
+    finite = math.isfinite(loss)
+    signalled, bad, total = _agree(accelerator, [float(signum or 0), float(not finite), loss if finite else 0.0])
+    return bool(signalled), bool(bad), total / accelerator.num_processes
+
+
 def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
     """Every process's gradients become their mean; a parameter that no process gave a gradient keeps none, as on
     one process (AdamW skips it: a zero gradient would move it by its momentum and weight decay)."""
@@ -723,7 +731,7 @@ def train(
         while step < cfg.steps:
             step_started = time.perf_counter()
             loss = _accumulate(method, data, cfg, step, accelerator)
-            signalled, bad_loss = _agree(accelerator, [float(stop.signum or 0), float(not math.isfinite(loss))])
+            signalled, bad_loss, mean_loss = _step_outcome(accelerator, stop.signum, loss)
             if bad_loss:
                 last = list_checkpoints(run_dir)
                 kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
@@ -735,6 +743,7 @@ def train(
                 )
             _optimizer_step(optimizer, params, cfg, step, accelerator)
             step += 1
+            loss = mean_loss
             result.losses.append(loss)
             result.step_times.append(time.perf_counter() - step_started)
             bar.advance(loss=loss)
