@@ -25,7 +25,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--scheduler", default="ddim")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from vidbooth.engine.backbone import load_backbone, quiet_libraries
     from vidbooth.engine.sampling import sample_video
@@ -62,7 +64,8 @@ def main() -> None:
             else:
                 diff = max(diff, float(np.abs(mine - out).max()))
     ratio = statistics.median(ours_t) / statistics.median(ref_t)
-    print(f"model: tiny UNet3D, {args.frames} frames 32x32, {args.steps} {args.scheduler} steps, CFG, {args.runs} runs")
+    print(f"model: tiny UNet3D, {args.frames} frames 32x32, {args.steps} {args.scheduler} steps, CFG, "
+          f"{args.runs} runs, {args.threads} threads")
     print(f"vidbooth median {statistics.median(ours_t):.3f} s, diffusers median {statistics.median(ref_t):.3f} s")
     print(f"time ratio vidbooth/diffusers: {ratio:.3f} (target <= 1.0)")
     print(f"max abs difference: {diff:.2e} (target < 1e-4)")

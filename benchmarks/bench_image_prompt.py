@@ -23,7 +23,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from vidbooth.adapters.image_prompt import clear_references, set_injection_scale
     from vidbooth.engine.backbone import NANO, load_backbone

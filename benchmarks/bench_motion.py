@@ -171,7 +171,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per method; medians are shown")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     os.environ["VIDBOOTH_QUIET"] = "1"
 
     if args.worker:

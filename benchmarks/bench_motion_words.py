@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--base", default="nano")
     parser.add_argument("--noises", type=int, default=16)
     args = parser.parse_args()
+    if args.noises < 2:
+        parser.error("--noises must be at least 2: the change between noise draws needs two of them")
     backbone = load_backbone(args.base, device="cpu", precision="fp32")
     prompts = [f"a red striped square moving {word}" for word in WORDS]
     ids = backbone.tokenize(prompts)

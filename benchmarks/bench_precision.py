@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--diagnose", action="store_true", help="add rows that each change one thing (above)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     import os
 
@@ -101,9 +103,10 @@ def main() -> None:
         ]
     elif args.diagnose:
         rows.append(("fp16 (cast)", {"precision": "fp32", "cast": torch.float16}, contextlib.nullcontext))
-    print(f"{args.base}, {args.steps} steps, guidance {args.guidance}; against fp32 on the CPU "
-          f"({reference['seconds']:.3f} s/video)")
-    print("device precision | text enc. | UNet pred. | VAE decode | videos /255 | s/video | probe agrees")
+    print(f"{args.base}, {args.steps} steps, guidance {args.guidance}, {args.threads} CPU threads; against fp32 on "
+          f"the CPU ({reference['seconds']:.3f} s/video)")
+    print("device precision | text enc. | UNet pred. | VAE decode | videos /255 | s/video | time / CPU fp32 | "
+          "probe agrees")
     runs = [("cpu", "fp32", reference)]
     for label, settings, context in rows:
         with context():
@@ -119,7 +122,8 @@ def main() -> None:
             agrees = f"colour {scores['colour']:.0%}, motion {scores['motion']:.0%}"
         print(f"{device} {precision} | {relative(run['text'], reference['text']):.4f} | "
               f"{relative(run['prediction'], reference['prediction']):.4f} | "
-              f"{relative(run['decoded'], reference['decoded']):.4f} | {pixels:.2f} | {run['seconds']:.3f} | {agrees}")
+              f"{relative(run['decoded'], reference['decoded']):.4f} | {pixels:.2f} | {run['seconds']:.3f} | "
+              f"{run['seconds'] / reference['seconds']:.2f} | {agrees}")
 
 
 @contextlib.contextmanager

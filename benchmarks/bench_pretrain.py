@@ -1,6 +1,7 @@
 """nano pretraining speed (clips/s of each stage's training step) and the shipped base's probe scores.
 
-Usage: python benchmarks/bench_pretrain.py [--prompts 50] [--inference-steps 25] [--guidance 4] [--threads 1]
+Usage: python benchmarks/bench_pretrain.py [--prompts 50] [--inference-steps 25] [--guidance 4] [--repeats 3]
+                                           [--threads 1]
 The probe part generates the held-out prompts (the split's validation pairs) with `--base nano` and reads
 colour, shape and motion back with the world probe.
 """

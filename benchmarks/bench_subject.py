@@ -12,8 +12,8 @@ allocation, or on CPU (Linux) the peak growth of the resident set over its level
 (loop, stage) runs in a fresh process, `--repeats` times, interleaved; medians are reported.
 Prints both and the vidbooth / straightforward ratios (below 1 means vidbooth is better).
 
-    python benchmarks/bench_subject.py [--resolution 64] [--batch-size 4] [--steps 10] [--warmup 2] [--repeats 3]
-                                       [--device cpu] [--threads N]
+    python benchmarks/bench_subject.py [--resolution 64] [--batch-size 4] [--photos 4] [--steps 10] [--warmup 2]
+                                       [--repeats 3] [--device cpu] [--threads N]
     --threads: torch CPU threads, default 1: with more, the CPU time includes OpenMP workers spinning idle.
 """
 

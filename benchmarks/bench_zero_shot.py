@@ -27,7 +27,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from vidbooth.config.schema import ZeroShotConfig
     from vidbooth.engine.backbone import load_backbone, quiet_libraries
@@ -77,7 +79,8 @@ def main() -> None:
     finally:
         pipe.restore()
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"model: tiny UNet2D, {args.frames} frames {size}x{size}, {args.steps} DDIM steps, CFG, {args.runs} runs")
+    print(f"model: tiny UNet2D, {args.frames} frames {size}x{size}, {args.steps} DDIM steps, CFG, {args.runs} runs, "
+          f"{args.threads} threads")
     print(f"vidbooth median {median['ours']:.3f} s, diffusers median {median['diffusers']:.3f} s, "
           f"{args.frames} independent pictures {median['pictures']:.3f} s")
     print(f"time ratio vidbooth/diffusers: {median['ours'] / median['diffusers']:.3f} (target <= 1.0)")
