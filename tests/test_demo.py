@@ -100,6 +100,9 @@ def test_demo_at_reduced_steps(tmp_path, isolated_home, capsys):
     assert "does each step help?" in printed and "+ identity adapter over pseudo-word" in printed
     assert " of 2 " in printed  # 'better in' counts the 2 paired videos
     metrics = _check(out)
+    row = next(line for line in printed.splitlines() if "subject: class noun only" in line)
+    counts = [f"{round(2 * metrics['variants']['class_noun'][key])}/2" for key in ("colour_correct", "shape_correct")]
+    assert [cell.strip() for cell in row.split("│")][4:6] == counts  # the probe's reads as counts, not 0.5000
     assert metrics["base"] == "nano"
     assert set(metrics["seconds"]) == {"inputs", "train-subject", "train-motion", "generate+evaluate"}
     assert not (isolated_home / "subjects").exists()  # the user's library is untouched

@@ -466,9 +466,13 @@ def _write_metrics(report: DemoReport) -> None:
 
 
 def _show(report: DemoReport) -> None:
+    def read(variant, key: str) -> str:  # in how many videos the probe read the truth, as the docs count them
+        hits = variant.per_video[key]
+        return f"{round(sum(hits))}/{len(hits)}"
+
     rows = [
-        (v.label, v.prompt, v.scores["image_similarity"], v.scores["colour_correct"], v.scores["shape_correct"],
-         v.scores["motion_correct"], v.scores["motion_fidelity"])
+        (v.label, v.prompt, v.scores["image_similarity"], read(v, "colour_correct"), read(v, "shape_correct"),
+         read(v, "motion_correct"), v.scores["motion_fidelity"])
         for v in report.variants
     ]
     table(f"vidbooth demo on '{report.base}': subject {report.subject}, motion {report.motion}",
