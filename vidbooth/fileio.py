@@ -246,6 +246,22 @@ def exclusive_lock(lock: Path, busy: Callable[[str], str]) -> Iterator[Path]:
                 lock.unlink(missing_ok=True)
 
 
+@contextmanager
+def lock_beside(path: Path, busy: Callable[[str], str]) -> Iterator[Path]:
+    """`exclusive_lock` on '<path>.lock' beside `path` (a file or folder the block writes), making the folders above
+    it as needed; those it made are removed again (if still empty) when the block fails."""
+    where = Path(os.path.abspath(path))  # 'runs/.' or '.' have no name to put '.lock' after
+    made = [folder for folder in (where.parent, *where.parent.parents) if not folder.exists()]
+    try:
+        with exclusive_lock(where.with_name(where.name + ".lock"), busy) as lock:
+            yield lock
+    except BaseException:
+        for folder in made:
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def _refuse_if_held(lock: Path, busy: Callable[[str], str]) -> None:
     """A UserError `busy(pid)` when another process holds the lock on the file `lock`, which this process may read
     but not write."""

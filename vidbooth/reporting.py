@@ -31,13 +31,17 @@ SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WO
 """Where the same launchers put the number of processes."""
 
 
+def _launcher_value(names: tuple[str, ...], default: str) -> str:
+    return next((os.environ[name] for name in names if name in os.environ), default)
+
+
 def _rank() -> str:
-    return next((os.environ[name] for name in RANK_VARIABLES if name in os.environ), "0")
+    return _launcher_value(RANK_VARIABLES, "0")
 
 
 def process_count() -> int:
     """How many processes a launcher started for this command (1 without one)."""
-    value = next((os.environ[name] for name in SIZE_VARIABLES if name in os.environ), "1")
+    value = _launcher_value(SIZE_VARIABLES, "1")
     return int(value) if value.strip().isdigit() else 1
 
 

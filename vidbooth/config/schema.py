@@ -42,9 +42,9 @@ class RuntimeConfig:
 
 
 GIF_MAX_FPS = 50
+"""A GIF frame lasts a whole number of hundredths of a second, and browsers show 1 or 0 as 10."""
 MAX_FPS = 1000
 """A frame rate ffmpeg still writes (at 2**32 it wrote an empty file, and at 1e9 a stream that reads as 0 fps)."""
-"""A GIF frame lasts a whole number of hundredths of a second, and browsers show 1 or 0 as 10."""
 
 
 @dataclass
@@ -115,8 +115,7 @@ class SamplingConfig:
                     f"leave it out for the model's own size"
                 )
         checks.at_least("sampling.fps", self.fps, 1, "--fps")
-        if self.fps > MAX_FPS:
-            raise UserError(f"sampling.fps (--fps) must be at most {MAX_FPS}, got {self.fps}")
+        checks.at_most("sampling.fps", self.fps, MAX_FPS, "--fps")
         checks.at_least("sampling.decode_chunk_size", self.decode_chunk_size, 1)
         if not 0 <= self.eta <= 1:
             raise UserError(f"sampling.eta must be in [0, 1] (0: deterministic DDIM), got {self.eta}")

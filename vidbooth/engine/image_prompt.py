@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from vidbooth.data.subject_clips import SubjectClip, find_subject_clips, folder_
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, sample_timesteps, training_scheduler
 from vidbooth.errors import UserError
-from vidbooth.fileio import exclusive_lock
+from vidbooth.fileio import lock_beside
 from vidbooth.reporting import info, progress, warn
 
 STAGES = ("coarse", "fine")
@@ -378,19 +377,12 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     accelerator = make_accelerator(cfg.coarse.mixed_precision, device=cfg.runtime.device)
     if not accelerator.is_main_process:  # the main process holds the lock for them all
         return _train(cfg, out, examples, accelerator)
-    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
 
     def busy(owner: str) -> str:
         return f"another train-image-prompt (pid {owner}) is writing {out}: wait for it to end, or give another --out"
 
-    try:
-        with exclusive_lock(out.with_name(out.name + ".lock"), busy):  # makes the folder
-            return _train(cfg, out, examples, accelerator)
-    except BaseException:
-        for folder in made:  # folders made for the lock alone (no checkpoint was written) go again
-            with suppress(OSError):
-                folder.rmdir()
-        raise
+    with lock_beside(out, busy):  # makes the folder; a run that fails before its first checkpoint leaves none
+        return _train(cfg, out, examples, accelerator)
 
 
 def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None, accelerator) -> Path:

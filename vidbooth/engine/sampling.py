@@ -127,15 +127,17 @@ def sample_video(
         )
 
     guided = guidance_scale > 1.0
-    if prompt_embeds is None:
-        names = ["negative prompt"] * len(negatives) + ["prompt"] * len(prompts)
-        text = backbone.encode_prompt(*((negatives + prompts, names) if guided else (prompts,)))  # (2B or B, L, D)
+    negative_names = ["negative prompt"] * len(negatives)  # what a warning of a too-long one calls it
+    if prompt_embeds is None and guided:
+        text = backbone.encode_prompt(negatives + prompts, negative_names + ["prompt"] * len(prompts))  # (2B, L, D)
+    elif prompt_embeds is None:
+        text = backbone.encode_prompt(prompts)  # (B, L, D)
     else:
         if prompt_embeds.shape[0] != len(prompts):
             raise ValueError(f"prompt_embeds holds {prompt_embeds.shape[0]} prompts, not {len(prompts)}")
-        positive = prompt_embeds.to(backbone.device, backbone.dtype)
-        negative = backbone.encode_prompt(negatives, ["negative prompt"] * len(negatives)) if guided else None
-        text = torch.cat([negative, positive]) if guided else positive
+        text = prompt_embeds.to(backbone.device, backbone.dtype)
+        if guided:
+            text = torch.cat([backbone.encode_prompt(negatives, negative_names), text])
 
     sched = make_scheduler(scheduler, backbone.scheduler_config)
     sched.set_timesteps(num_inference_steps, device=backbone.device)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
 from vidbooth.errors import UserError, stopped
-from vidbooth.fileio import disk_full, exclusive_lock, write_together
+from vidbooth.fileio import disk_full, lock_beside, write_together
 from vidbooth.nano import checkpoint as ckpt
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
 from vidbooth.nano.model import (
@@ -537,22 +535,14 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     quiet_libraries()
     torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
-    where = Path(os.path.abspath(run_dir))  # '--out .' has no name to put '.lock' after
-    made = [folder for folder in (where.parent, *where.parent.parents) if not folder.exists()]
 
     def busy(owner: str) -> str:
         return f"another pretrain (pid {owner}) is writing {run_dir}: wait for it to end, or give another --out"
 
-    try:
-        with exclusive_lock(where.with_name(where.name + ".lock"), busy):
-            if run_dir.is_dir() and ckpt.finish_stopped_save(run_dir):
-                info(f"finished saving the checkpoint that a stopped run was writing in {run_dir}")
-            return _pretrain(cfg)
-    except BaseException:
-        for folder in made:  # folders made for the lock alone go again
-            with suppress(OSError):
-                folder.rmdir()
-        raise
+    with lock_beside(run_dir, busy):
+        if run_dir.is_dir() and ckpt.finish_stopped_save(run_dir):
+            info(f"finished saving the checkpoint that a stopped run was writing in {run_dir}")
+        return _pretrain(cfg)
 
 
 def _pretrain(cfg: PretrainConfig) -> PretrainResult:
