@@ -47,6 +47,22 @@ def test_under_a_launcher_only_the_first_process_speaks_but_every_one_shows_its_
         assert capsys.readouterr().err.splitlines() == shown
 
 
+def test_under_a_launcher_a_stop_is_told_once_not_by_every_process(capsys, monkeypatch):
+    """A Ctrl-C reaches every process of `accelerate launch`; each had printed "stopped by SIGINT ..."."""
+    from vidbooth.cli import app
+    from vidbooth.errors import Interrupted
+
+    def stopped_command(argv):
+        raise Interrupted("stopped by SIGINT at step 3/10; checkpoint saved", 130)
+
+    monkeypatch.setattr(app, "_refuse_a_launcher", stopped_command)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, shown in (("0", "error: stopped by SIGINT at step 3/10; checkpoint saved\n"), ("1", "")):
+        monkeypatch.setenv("RANK", rank)
+        assert app.main(["train-motion", "clip.mp4"]) == 130
+        assert capsys.readouterr().err == shown
+
+
 def test_into_a_log_a_progress_bar_is_written_every_so_often_not_only_at_its_end(capsys, monkeypatch):
     """`vidbooth demo > log` had shown nothing of a 15-minute training until it ended."""
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")

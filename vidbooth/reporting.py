@@ -74,6 +74,13 @@ def error(message: str) -> None:
     console.print(f"[red]error{where}:[/red] {escape(message)}", soft_wrap=True)
 
 
+def stopped(message: str) -> None:
+    """A command stopped by a signal: shown by the first process only, as a launcher passes a Ctrl-C to every
+    process and a training run stops them all together (a process stopped alone is named by the launcher)."""
+    if not _other_process():
+        console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+
+
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], to_stdout: bool = False) -> None:
     """A titled table; in a terminal it fits the window, into a file or pipe each row stays on one line. Every text
     is shown as it is (a file name such as 'take[bold].mp4' is not read as markup). Shown by the first process

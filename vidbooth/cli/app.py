@@ -128,7 +128,7 @@ def _refuse_a_launcher(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     from vidbooth.errors import Interrupted, UserError, clear_stops
-    from vidbooth.reporting import error
+    from vidbooth.reporting import error, stopped
 
     try:
         with _stop_signals():
@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         error(str(exc))
         return exc.exit_code
     except Interrupted as exc:
-        error(str(exc))
+        stopped(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        error("interrupted")
+        stopped("interrupted")
         return INTERRUPTED
     except typer.Exit as exc:
         return exc.exit_code
