@@ -450,3 +450,17 @@ def test_a_dino_model_that_goes_unused_is_warned_of(media, tiny_clip_dir, tiny_v
         "--ref-images)",
         f"--dino-model {tiny_vit_dir} has no effect: DINO-I is not computed (--metrics leaves dino_i out)",
     ]
+
+
+@pytest.mark.parametrize("device, expected", [("cuda:7", "--device cuda:7: this machine has 1 GPU, cuda:0"),
+                                              ("cuda:x", "unknown device 'cuda:x'")])
+def test_a_gpu_that_is_not_there_is_one_error_line(device, expected, media, tiny_clip_dir, tiny_vit_dir, capsys,
+                                                  monkeypatch):
+    """evaluate had its own device check, which let any 'cuda...' through where CUDA exists: a traceback."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert run(media["right"], "-p", "x", "--device", device, *models(tiny_clip_dir, tiny_vit_dir)) == 2
+    errors = error_lines(capsys.readouterr())
+    assert len(errors) == 1 and expected in errors[0]

@@ -344,7 +344,7 @@ def load_backbone(
     from transformers import CLIPTextModel
 
     from vidbooth.attention import resolve_backend, set_attention_backend
-    from vidbooth.engine.device import resolve_device, resolve_dtype
+    from vidbooth.device import resolve_device, resolve_dtype
 
     quiet_libraries()
     torch_device = resolve_device(device)

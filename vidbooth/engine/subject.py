@@ -54,7 +54,7 @@ from vidbooth.adapters.textual_inversion import (
 )
 from vidbooth.config.subject import STAGES, SubjectConfig
 from vidbooth.engine.backbone import base_model_folder, load_backbone_for
-from vidbooth.engine.device import resolve_device, resolve_dtype
+from vidbooth.device import resolve_device, resolve_dtype
 from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.sampling import training_resolution
 from vidbooth.engine.train import (

@@ -152,7 +152,7 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
     """
     from accelerate import Accelerator
 
-    from vidbooth.engine.device import resolve_device
+    from vidbooth.device import resolve_device
 
     resolved = resolve_device(device)
     on_cpu = resolved.type == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")

@@ -277,16 +277,10 @@ def load_dino(name_or_path: str, device: str = "auto", batch_size: int = 16) -> 
 
 
 def _resolve_device(name: str) -> str:
-    import torch
+    """`--device` as the embedders take it: 'cpu', 'cuda' or 'cuda:N', checked as training and generate check it."""
+    from vidbooth.device import resolve_device
 
-    name = (name or "auto").lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu" or (name.startswith("cuda") and torch.cuda.is_available()):
-        return name
-    if name.startswith("cuda"):
-        raise UserError(f"--device {name} was asked for but CUDA is not available here: use --device cpu")
-    raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
+    return str(resolve_device(name))
 
 
 def _pretrained_loader(name_or_path: str, flag: str) -> Callable[..., Any]:

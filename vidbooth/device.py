@@ -1,4 +1,5 @@
-"""Device and precision: `auto` means CUDA in fp16 when there is a GPU, else CPU in fp32."""
+"""Device and precision: `auto` means CUDA in fp16 when there is a GPU, else CPU in fp32. Used by the engine and by
+evaluate's feature models alike."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from exc
         if device.index is not None and device.index >= torch.cuda.device_count():
             count = torch.cuda.device_count()
-            raise UserError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+            have = "1 GPU, cuda:0" if count == 1 else f"{count} GPUs, cuda:0 to cuda:{count - 1}"
+            raise UserError(f"--device {name}: this machine has {have}")
         return device
     if name == "cpu":
         return torch.device("cpu")
