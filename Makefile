@@ -26,4 +26,5 @@ test-all: $(STAMP)
 	RUN_SLOW=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+	for f in $(filter-out benchmarks/bench_demo.py,$(sort $(wildcard benchmarks/bench_*.py))) benchmarks/bench_demo.py; do \
+		echo "== $$f"; $(BIN)/python $$f || exit 1; done

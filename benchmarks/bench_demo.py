@@ -6,8 +6,9 @@ Each seed runs the whole demo (held-out subject and motion, train-subject, train
 variants scored with the world probe) on the shipped nano model, as `vidbooth demo --seed N` does.
 The "each step better" columns compare class noun -> pseudo-word -> + identity (image similarity) and
 base -> + motion adapter (motion fidelity); below each seed, each step video by video (mean difference, its
-standard error, and in how many of the paired videos the step scored higher). The demo's own progress and info
-lines are quiet; its table still shows for each seed, and this summary comes at the end.
+standard error, and in how many of the paired videos the step scored higher). Each stage's time is also given as
+a share of the seed's total, and the total as a share of the 10 minutes the demo may take on 2 cores. The demo's
+own progress and info lines are quiet; its table still shows for each seed, and this summary comes at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+
+BUDGET_SECONDS = 600  # issue #7: the demo finishes in at most 10 minutes on 2 CPU cores
+STAGES = ("train-subject", "train-motion", "generate+evaluate")
 
 
 def main() -> None:
@@ -38,7 +43,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="vidbooth-bench-demo-"))
     os.environ.setdefault("VIDBOOTH_QUIET", "1")
 
-    lines = [f"{'seed':>4} {'total s':>8} {'inputs':>7} {'subject':>8} {'motion':>7} {'gen+eval':>9}   "
+    lines = [f"{'seed':>4} {'total s':>12} {'inputs':>7} {'subject':>10} {'motion':>10} {'gen+eval':>10}   "
              f"image sim. noun -> S* -> +id (photos through the autoencoder)    motion fid. base -> +adapter"]
     for seed in args.seeds:
         started = time.perf_counter()
@@ -51,8 +56,9 @@ def main() -> None:
         fids = [v[k]["motion_fidelity"] for k in ("base_motion", "motion_adapter")]
         subject_ok = sims[0] < sims[1] < sims[2]
         motion_ok = fids[0] < fids[1]
-        lines.append(f"{seed:>4} {total:>8.0f} {s['inputs']:>7.1f} {s['train-subject']:>8.0f} "
-                     f"{s['train-motion']:>7.0f} {s['generate+evaluate']:>9.0f}   {sims[0]:.3f} -> {sims[1]:.3f} -> "
+        stages = " ".join(f"{s[key]:>4.0f} ({s[key] / total:3.0%})" for key in STAGES)
+        lines.append(f"{seed:>4} {total:>5.0f} ({total / BUDGET_SECONDS:4.0%}) {s['inputs']:>7.1f} {stages}   "
+                     f"{sims[0]:.3f} -> {sims[1]:.3f} -> "
                      f"{sims[2]:.3f} ({report.photos_through_autoencoder:.3f}) "
                      f"({'better each step' if subject_ok else 'NOT better each step'})    "
                      f"{fids[0]:.3f} -> {fids[1]:.3f} ({'better' if motion_ok else 'NOT better'})")

@@ -2,22 +2,26 @@
 
 Usage: python benchmarks/bench_pretrain.py [--prompts 50] [--inference-steps 25] [--guidance 4] [--repeats 3]
                                            [--threads 1]
-The probe part generates the held-out prompts (the split's validation pairs) with `--base nano` and reads
-colour, shape and motion back with the world probe.
+Each stage's speed comes with the share of its step spent making the batch in the procedural world (the rest is
+the model's forward, backward and AdamW). The probe part generates the held-out prompts (the split's validation
+pairs) with `--base nano`, reads colour, shape and motion back with the world probe, and gives each score as a
+multiple of chance (one guess among the world's colours, shapes, motions or linear directions).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
 import torch
 
 
-def stage_speeds(repeats: int) -> dict[str, float]:
-    """Clips per second of one training step (forward, backward, AdamW) per stage, at the recipe's batch sizes."""
+def stage_speeds(repeats: int) -> dict[str, tuple[float, float]]:
+    """Per stage, at the recipe's batch sizes: clips per second of one training step (batch, forward, backward,
+    AdamW), and the fraction of the step's time spent sampling the batch from the world."""
     from diffusers import DDPMScheduler
 
     from vidbooth.config import load_config
@@ -32,17 +36,24 @@ def stage_speeds(repeats: int) -> dict[str, float]:
     vae, clip, unet = build_vae(arch), build_clip(arch, tokenizer), build_unet(arch)
     schedule = DDPMScheduler.from_config(scheduler_config())
     rng = np.random.default_rng(0)
+    data_seconds = [0.0]
+
+    def sample(batch):
+        start = time.perf_counter()
+        batch = sample_pretraining_batch(rng, batch, arch.num_frames, arch.size, split)
+        data_seconds[0] += time.perf_counter() - start
+        return batch
 
     def autoencoder(generator):
-        videos, _ = sample_pretraining_batch(rng, cfg.autoencoder.batch, arch.num_frames, arch.size, split)
+        videos, _ = sample(cfg.autoencoder.batch)
         return nano.autoencoder_loss(vae, nano.pixels(videos[:, :2]).flatten(0, 1), generator, 1e-6, 8.0)
 
     def clip_step(generator):
-        videos, captions = sample_pretraining_batch(rng, cfg.clip.batch, arch.num_frames, arch.size, split)
+        videos, captions = sample(cfg.clip.batch)
         return nano.clip_loss(clip, tokenizer, nano.pixels(videos[:, 0]), captions, cfg.clip.caption_word_weight)
 
     def unet_step(generator):
-        videos, captions = sample_pretraining_batch(rng, cfg.unet.batch, arch.num_frames, arch.size, split)
+        videos, captions = sample(cfg.unet.batch)
         latents, text = nano.encode_clips(vae, clip.text_model, tokenizer, videos, captions)
         return nano.unet_loss(unet, schedule, latents, text, generator, cfg.unet.motion_loss_weight)
 
@@ -55,12 +66,13 @@ def stage_speeds(repeats: int) -> dict[str, float]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for index in range(repeats + 1):
             if index == 1:
-                start = time.perf_counter()
+                start, data_seconds[0] = time.perf_counter(), 0.0
             loss = step(torch.Generator().manual_seed(index))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        speeds[name] = batch * repeats / (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        speeds[name] = (batch * repeats / seconds, data_seconds[0] / seconds)
     return speeds
 
 
@@ -88,20 +100,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("VIDBOOTH_QUIET", "1")  # no sampling progress bar between the tables
     from vidbooth.engine.backbone import quiet_libraries
+    from vidbooth.nano.world import COLOURS, LINEAR_MOTIONS, MOTIONS, SHAPES
 
     quiet_libraries()
 
     print(f"training step speed ({args.threads} thread(s), recipe nano/pretrain)")
-    for stage, speed in stage_speeds(args.repeats).items():
-        print(f"  {stage:<12} {speed:8.2f} clips/s")
+    for stage, (speed, data_share) in stage_speeds(args.repeats).items():
+        print(f"  {stage:<12} {speed:8.2f} clips/s, {data_share:4.0%} of it making the batch")
 
     provenance, scores = shipped_scores(args.prompts, args.inference_steps, args.guidance)
     steps = ", ".join(f"{k} {v}" for k, v in provenance["steps"].items())
     print(f"\nshipped nano ({steps} steps; DDIM {args.inference_steps}, guidance {args.guidance})")
-    print(f"  {scores['prompts']} held-out prompts: colour {scores['colour']:.0%}, shape {scores['shape']:.0%}, "
-          f"motion {scores['motion']:.0%}, direction (linear motions) {scores['direction']:.0%}; "
-          f"{scores['videos/s']:.2f} videos/s")
+    read = ", ".join(f"{name} {scores[key]:.0%} ({scores[key] * choices:.1f}x chance)" for name, key, choices in (
+        ("colour", "colour", len(COLOURS)), ("shape", "shape", len(SHAPES)), ("motion", "motion", len(MOTIONS)),
+        ("direction (linear motions)", "direction", len(LINEAR_MOTIONS))))
+    print(f"  {scores['prompts']} held-out prompts: {read}; {scores['videos/s']:.2f} videos/s")
     print("\ntraining curve (probe during pretraining, DDIM 10 steps)")
     print(f"  {'step':>6} {'min':>6} {'colour':>6} {'shape':>6} {'motion':>6} {'dir':>6}")
     for row in provenance["curve"]:

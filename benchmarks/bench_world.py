@@ -1,6 +1,7 @@
 """Nano world speed and probe accuracy: clips/s of `sample_pretraining_batch` and the probe on ground truth.
 
 Usage: python benchmarks/bench_world.py [--clips 130]
+Speeds are also given as a ratio to the first row's (8 frames at 64 px; clean 64 px clips for the probe).
 """
 
 from __future__ import annotations
@@ -51,12 +52,17 @@ def main() -> None:
     args = parser.parse_args()
 
     print("sample_pretraining_batch")
+    reference = None
     for num_frames, size in [(8, 64), (8, 32), (16, 64)]:
-        print(f"  {num_frames} frames x {size} px: {clips_per_second(num_frames, size):7.0f} clips/s")
+        speed = clips_per_second(num_frames, size)
+        reference = reference or speed
+        print(f"  {num_frames:>2} frames x {size} px: {speed:7.0f} clips/s ({speed / reference:4.2f}x)")
 
     pairs = cycling_pairs(args.clips)
     print(f"\nprobe on {args.clips} ground-truth clips (every shape x motion, colours and patterns cycling)")
-    print(f"  {'size':>4} {'blur':>4} {'noise':>5} | {'colour':>6} {'shape':>6} {'motion':>6} | {'videos/s':>8}")
+    print(f"  {'size':>4} {'blur':>4} {'noise':>5} | {'colour':>6} {'shape':>6} {'motion':>6} | {'videos/s':>8} "
+          f"{'ratio':>6}")
+    reference = None
     first = CONDITIONS[0]
     probe_accuracy(degraded_clips(pairs[:4], *first), pairs[:4])  # warm-up: the first condition had read slowest
     for size, blur, noise in CONDITIONS:
@@ -64,9 +70,10 @@ def main() -> None:
         start = time.perf_counter()
         accuracy = probe_accuracy(clips, pairs)
         speed = len(clips) / (time.perf_counter() - start)
+        reference = reference or speed
         print(
             f"  {size:>4} {blur:>4.1f} {noise:>5.1f} | {accuracy['colour']:>6.1%} {accuracy['shape']:>6.1%} "
-            f"{accuracy['motion']:>6.1%} | {speed:>8.0f}"
+            f"{accuracy['motion']:>6.1%} | {speed:>8.0f} {speed / reference:>5.2f}x"
         )
 
 

@@ -5,7 +5,7 @@ as in tests/test_zero_shot.py); several runs of each in one process, interleaved
 (target <= 1.0) and the max absolute difference of the outputs (target < 1e-4); and, as a reference for what the
 zero-shot motion costs, the time of the same frames sampled as independent pictures.
 
-    python benchmarks/bench_zero_shot.py [--runs 5] [--steps 20] [--frames 8]
+    python benchmarks/bench_zero_shot.py [--runs 5] [--steps 20] [--frames 8] [--threads 1]
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
     args = parser.parse_args()
+    if args.steps < 2:  # vidbooth's one step denoises the first frame whole (i0 = 1, `warp_steps`)
+        parser.error("--steps must be at least 2: diffusers' t0 must lie in [0, steps - 1] and t1 above it, so one "
+                     "step has no diffusers counterpart to compare with")
     torch.set_num_threads(args.threads)
 
     from vidbooth.config.schema import ZeroShotConfig
