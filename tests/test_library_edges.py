@@ -511,7 +511,7 @@ def test_a_name_that_reaches_another_names_folder_by_letter_case_is_refused(isol
     refused = r"subject 's\*' would be saved in .*S%2A, another name's folder: .*letter case"
     with pytest.raises(UserError, match=refused):
         library.check_free("subject", "s*", overwrite)
-    assert library.read_manifest(subjects / "S%2A")["name"] == "S*"
+    assert library.read_manifest(subjects / "S%2A", verify=False)["name"] == "S*"
 
 
 def test_recover_takes_a_staging_or_trash_folder_that_goes_while_it_is_listed(isolated_home, monkeypatch):

@@ -390,6 +390,16 @@ def test_identity_adapter_needs_an_existing_subject(photos, capsys):
     assert "unknown subject 'ghost'" in capsys.readouterr().err
 
 
+def test_a_subject_whose_manifest_lacks_what_training_reads_is_one_error_line(photos, isolated_home, capsys):
+    """A manifest edited by hand (or damaged) without "paths" had been a KeyError traceback."""
+    fake_subject(isolated_home, "S*")
+    assert main(["identity-adapter", str(photos), "--name", "S*", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: manifest ") and err.count("\n") == 1 and err.endswith(
+        "lacks base, base_fingerprint, class_noun, num_vectors, paths.embeddings, paths.identity_adapter, "
+        "paths.config (damaged, or edited by hand): retrain subject 'S*' with --overwrite\n")
+
+
 def test_two_processes_train_one_subject(photos, isolated_home, two_process_launch):
     """Two CPU processes with gloo: completes and writes one artifact (about 13 s).
 

@@ -126,8 +126,16 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
     return path
 
 
+REQUIRED_KEYS = {
+    "subject": (("base", "base_fingerprint", "class_noun", "num_vectors"), ("embeddings", "identity_adapter", "config")),
+    "motion": (("base", "base_fingerprint", "class_noun"), ("motion_adapter", "config")),
+}
+"""What the engine reads of each kind's manifest: (its keys, the keys of its "paths")."""
+
+
 def read_manifest(path: Path, verify: bool = True) -> dict:
-    """The artifact's manifest, validated; with `verify`, every tensor file must match its recorded sha256."""
+    """The artifact's manifest, validated; with `verify` (for an artifact about to be used), it must hold every key
+    the engine reads (`REQUIRED_KEYS`), and every tensor file must match its recorded sha256."""
     where = path / MANIFEST
     try:
         manifest = json.loads(where.read_text())
@@ -153,7 +161,19 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
         raise UserError(f"{where} has schema version {version}, newer than this vidbooth understands: upgrade vidbooth")
     if verify:
         _verify_files(path, manifest["files"])
+        _check_keys(where, manifest)
     return manifest
+
+
+def _check_keys(where: Path, manifest: dict) -> None:
+    """A UserError for a manifest without a key that the engine reads (else a KeyError where it is used)."""
+    keys, paths = REQUIRED_KEYS.get(manifest["kind"], ((), ()))
+    missing = [key for key in keys if key not in manifest]
+    recorded = manifest.get("paths")
+    missing += [f"paths.{key}" for key in paths if not (isinstance(recorded, dict) and key in recorded)]
+    if missing:
+        raise UserError(f"manifest {where} lacks {', '.join(missing)} (damaged, or edited by hand): retrain "
+                        f"{manifest['kind']} '{manifest['name']}' with --overwrite")
 
 
 def _verify_files(path: Path, recorded: dict) -> None:
