@@ -102,3 +102,15 @@ def test_weights_that_do_not_fit_their_config_are_a_one_line_error(tiny_backbone
     (folder / "config.json").write_text(json.dumps(config | {"projection_dim": config["projection_dim"] * 2}))
     with pytest.raises(UserError, match="cannot load the image encoder .* as a CLIP vision model"):
         load_appearance_encoder(str(folder), tiny_backbones["unet3d"])
+
+
+@pytest.mark.parametrize("text, reason", [("{not json", "Expecting property name"),
+                                          ('{"image_mean": [0.5], "image_std": [0.5, 0.5, 0.5]}', "three numbers"),
+                                          ("[1, 2]", "no JSON object")])
+def test_a_damaged_preprocessor_config_is_one_error(text, reason, tiny_backbones, tmp_path):
+    """The encoder folder's preprocessor_config.json was read after the load's checks: bad JSON was a traceback."""
+    folder = tmp_path / "encoder"
+    build_tiny_clip_vision(seed=3).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(text)
+    with pytest.raises(UserError, match=f"cannot load the image encoder '{folder}' as a CLIP vision model: .*{reason}"):
+        load_appearance_encoder(str(folder), tiny_backbones["unet3d"])

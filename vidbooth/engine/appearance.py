@@ -109,13 +109,13 @@ def _clip_encoder(name: str, folder: Path, backbone: Backbone) -> ClipImageEncod
     try:
         config = _vision_config(Path(folder))
         model = CLIPVisionModelWithProjection.from_pretrained(folder, config=config, use_safetensors=True)
+        mean, std = _normalisation(Path(folder))
     except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: weights of other shapes than the config's
         reason = str(exc).splitlines()[0]
         reason += " (only .safetensors weights are loaded)" if "safetensors" in str(exc) else ""
         raise UserError(f"cannot load the image encoder '{name}' as a CLIP vision model: {reason}") from exc
     dtype = backbone.dtype if backbone.device.type == "cuda" else torch.float32
     model.requires_grad_(False).eval().to(backbone.device, dtype)
-    mean, std = _normalisation(Path(folder))
     return ClipImageEncoder(name, model, mean, std)
 
 
@@ -144,12 +144,20 @@ def _resolve_encoder(encoder: str) -> Path:
 
 
 def _normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The image mean and std of the folder's preprocessor_config.json (OpenAI CLIP's without one); a ValueError
+    for a file that is no JSON object or whose mean or std are not three numbers."""
     config = folder / "preprocessor_config.json"
-    if config.is_file():
-        data = json.loads(config.read_text())
-        if "image_mean" in data and "image_std" in data:
-            return tuple(data["image_mean"]), tuple(data["image_std"])
-    return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    if not config.is_file():
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    data = json.loads(config.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{config.name} holds no JSON object")
+    if "image_mean" not in data or "image_std" not in data:
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    values = data["image_mean"], data["image_std"]
+    if not all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in values):
+        raise ValueError(f"{config.name}: image_mean and image_std must be three numbers each")
+    return tuple(map(float, values[0])), tuple(map(float, values[1]))
 
 
 def build_tiny_clip_vision(seed: int = 0):
