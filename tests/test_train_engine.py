@@ -399,3 +399,10 @@ def test_a_steps_loss_is_the_mean_over_every_processs_batches(monkeypatch):
     assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), None, 1.0) == (False, False, 2.0)
     assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), 2, float("nan"))[:2] == (True, True)
     assert _step_outcome(SimpleNamespace(num_processes=1), None, 0.25) == (False, False, 0.25)  # one process: as is
+
+
+def test_seconds_per_step_leave_the_checkpoint_writes_out():
+    """train-motion's 's/step' had divided the run's wall time, checkpoint writes included, by its steps."""
+    result = engine.TrainResult(step=2, start_step=0, losses=[0.5, 0.4], seconds=10.0, step_times=[1.0, 3.0])
+    assert result.step_seconds == 2.0
+    assert engine.TrainResult(step=4, start_step=4, seconds=0.5).step_seconds != 0.5  # no step ran now: nan

@@ -125,13 +125,8 @@ class TrainResult:
 
     @property
     def step_seconds(self) -> float:
-        return self.seconds / len(self.losses) if self.losses else float("nan")
-
-    @property
-    def median_step_seconds(self) -> float:
-        """Median step time: steadier than the mean on a shared machine."""
-        ordered = sorted(self.step_times)
-        return ordered[len(ordered) // 2] if ordered else float("nan")
+        """Mean wall time of the steps run now, checkpoint writes excluded; nan when none ran."""
+        return sum(self.step_times) / len(self.step_times) if self.step_times else float("nan")
 
 
 # ---- setup ----------------------------------------------------------------------------------------

@@ -239,10 +239,4 @@ def _write_nano(folder: Path, arch: NanoArch, tokenizer, vae, clip, unet, proven
 
 
 def _half_copy(model):
-    import copy
-
     return copy.deepcopy(model).to(torch.float16)
-
-
-def parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
