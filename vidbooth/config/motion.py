@@ -85,6 +85,7 @@ class MotionConfig:
         self.train.check("train")
         if self.data.num_frames < 2:
             raise UserError(f"data.num_frames must be at least 2 to learn a motion, got {self.data.num_frames}")
+        checks.at_most("data.num_frames", self.data.num_frames, checks.MAX_FRAMES, "--num-frames")
         if self.data.stride is not None and self.data.stride < 1:
             raise UserError(f"data.stride must be at least 1, got {self.data.stride}")
         checks.positive("data.fps", self.data.fps, "--fps")
