@@ -274,6 +274,22 @@ def test_bad_image_prompt_inputs_are_one_error_line(args, message, trained, tiny
     assert not out.parent.exists()
 
 
+def test_a_prompt_without_the_whole_word_is_refused_before_the_model_loads(trained, tmp_path, capsys, monkeypatch):
+    """'two sprites' had passed the early check (a substring) and failed only once the model was loaded."""
+    from vidbooth.engine import backbone
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(backbone, "load_backbone_for", no_loading)
+    photo = tmp_path / "subject.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
+    args = ["generate", "--prompt", "two sprites", "--image-prompt", str(photo), "--image-prompt-model", str(trained),
+            "--out", str(tmp_path / "v.mp4")]
+    assert main(args) == 2
+    assert "the prompt does not contain 'sprite'" in capsys.readouterr().err
+
+
 def test_a_transparent_photo_prompts_as_its_subject_cut_out_onto_white(trained, tiny_base_dirs, tmp_path):
     """A background remover's PNG: the sprite at the left of a wide canvas, transparent elsewhere. Centre-cropped,
     as before, the photo kept none of the sprite."""

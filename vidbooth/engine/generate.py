@@ -169,6 +169,7 @@ def _check_image_prompt(cfg: GenerateConfig):
             if getattr(cfg, key) != default:
                 warn(f"--{key.replace('_', '-')} has no effect without --image-prompt")
         return None
+    from vidbooth.adapters.textual_inversion import token_pattern
     from vidbooth.engine.image_prompt import own_image_prompt_model, trained_word
 
     if cfg.image_prompt_model is None:
@@ -182,7 +183,7 @@ def _check_image_prompt(cfg: GenerateConfig):
         path = Path(cfg.image_prompt_model).expanduser()
     trained = trained_word(path)  # missing, pickled or corrupt: fail now
     word = cfg.image_prompt_word or trained
-    if word and word.lower() not in cfg.prompt.lower():  # the tokens are checked once the model is loaded
+    if word and not token_pattern(word).search(cfg.prompt):  # whole words: the tokens are checked once loaded
         raise UserError(
             f"the prompt does not contain '{word}', the word the image prompt replaces: write it where the subject "
             f"goes, e.g. \"a {word} moving left\" (or pass --image-prompt-word)"
