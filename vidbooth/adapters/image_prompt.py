@@ -89,6 +89,7 @@ class ImageInjection(nn.Module):
         q, k, v = (
             x.unflatten(-1, (self.heads, -1)).transpose(1, 2) for x in (self.to_q(h), self.to_k(ref), self.to_v(ref))
         )  # (batch, heads, tokens, head width)
+        # PyTorch's SDPA whatever --attention says: adapters use nothing of the attention layer (docs/attention.md)
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
         delta = self.up(attended) * self.scale
         if self.sample_weights is not None:
