@@ -171,6 +171,19 @@ def test_an_image_prompt_model_of_another_base_is_refused(trained, tiny_backbone
     assert not injections(bb.unet)
 
 
+def test_an_image_prompt_model_with_a_damaged_spec_is_one_error(trained, tiny_backbones, tmp_path):
+    """Its spec of another version (an unknown key) had been a TypeError traceback."""
+    from safetensors.torch import save_file
+
+    tensors, metadata = load_tensors(trained)
+    spec = json.loads(metadata["spec"]) | {"gate": 0.5}
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(tensors, str(damaged), metadata | {"spec": json.dumps(spec)})
+    with pytest.raises(UserError, match="its 'spec' metadata is damaged or from another vidbooth version"):
+        load_image_prompt_model(tiny_backbones["unet3d"], damaged)
+    assert not injections(tiny_backbones["unet3d"].unet)
+
+
 def test_the_prompt_must_name_the_word(trained, tiny_backbones):
     bb = tiny_backbones["unet3d"]
     model = load_image_prompt_model(bb, trained)

@@ -220,7 +220,11 @@ def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePrompt
             f"image-prompt model {path} was trained on another base ({metadata.get('base', '?')}, fingerprint "
             f"{trained_on}) than {backbone.source} (fingerprint {backbone.fingerprint}): use it with its own base"
         )
-    spec = ImagePromptSpec(**json.loads(metadata["spec"]))
+    try:
+        spec = ImagePromptSpec(**json.loads(metadata["spec"]))
+    except (TypeError, ValueError) as exc:  # not JSON, not an object, or keys of another version
+        raise UserError(f"{path}: its 'spec' metadata is damaged or from another vidbooth version ({exc}): train it "
+                        "again with `vidbooth train-image-prompt`") from exc
     encoder = load_appearance_encoder(spec.encoder or None, backbone)
     if encoder.dim != spec.image_dim:
         raise UserError(f"image-prompt model {path} reads {spec.image_dim}-wide image embeddings; {encoder.name} "
