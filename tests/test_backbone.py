@@ -1,6 +1,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,6 +111,9 @@ def test_an_image_model_without_a_motion_adapter_is_text2video_zero(tiny_base_di
     assert len(wrapped) == sum(".attn1." in name for name in zero.unet.attn_processors)
     ok = load_backbone(str(tiny_base_dirs["animatediff"]), motion_adapter=str(motion_adapter_folder(tiny_base_dirs["animatediff"])), device="cpu")
     assert ok.family == "animatediff"
+    # AnimateDiff's motion modules were trained on linear betas; the image model alone keeps its own schedule
+    assert (ok.scheduler_config["beta_schedule"], zero.scheduler_config["beta_schedule"]) == ("linear", "scaled_linear")
+    assert ok.image_fingerprint == zero.image_fingerprint == zero.fingerprint != ok.fingerprint
 
 
 def test_an_sdxl_style_image_model_is_refused_before_its_weights_load(tiny_base_dirs, tmp_path, monkeypatch):
@@ -226,3 +230,63 @@ def test_a_cache_that_is_a_file_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=rf"^the cache {tmp_path / 'cache'} is a file: point \$VIDBOOTH_CACHE at a "
                                         "folder$"):
         load_backbone("tiny", device="cpu")
+
+
+def _wider_motion_adapter(folder: Path) -> Path:
+    from diffusers import MotionAdapter
+
+    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                  motion_norm_num_groups=8, motion_max_seq_length=32, use_motion_mid_block=False).save_pretrained(folder)
+    return folder
+
+
+def _without_tensors(weights_folder: Path, prefix: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    (weights,) = list(weights_folder.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    save_file({key: value for key, value in tensors.items() if not key.startswith(prefix)}, str(weights))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("not there", "motion adapter not found: {tmp}/nope (give an AnimateDiff MotionAdapter folder or a hub id"),
+    ("empty folder", "--motion-adapter {tmp}/empty is no AnimateDiff MotionAdapter folder (it has no config.json)"),
+    ("hub id offline", "cannot fetch 'someone/adapter' from the hub (offline, or no such model): download it where "
+                       "the network allows and pass its local folder with --motion-adapter"),
+    ("other widths", "motion adapter {tmp}/wide does not fit the image model in {base}: Error(s) in loading"),
+    ("tensors missing", "motion adapter {tmp}/partial does not fit the image model in {base}: its weights lack 2 "
+                        "tensor(s), such as down_blocks.0.motion_modules.0."),
+])
+def test_a_motion_adapter_that_cannot_animate_the_image_model_is_one_error_naming_it(case, expected, tiny_base_dirs,
+                                                                                   tmp_path):
+    """They had been tracebacks (other widths, missing tensors) or errors about --base."""
+    base = tiny_base_dirs["animatediff"]
+    (tmp_path / "empty").mkdir()
+    adapter = {"not there": str(tmp_path / "nope"), "empty folder": str(tmp_path / "empty"),
+               "hub id offline": "someone/adapter", "other widths": str(_wider_motion_adapter(tmp_path / "wide")),
+               "tensors missing": str(shutil.copytree(motion_adapter_folder(base), tmp_path / "partial"))}[case]
+    if case == "tensors missing":
+        _without_tensors(tmp_path / "partial", "down_blocks.0.motion_modules.0.proj_in")
+    with pytest.raises(UserError) as error:
+        load_backbone(str(base), motion_adapter=adapter, device="cpu")
+    assert str(error.value).startswith(expected.format(tmp=tmp_path, base=base)) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("family", ["unet3d", "animatediff"])
+def test_a_base_whose_weights_lack_tensors_is_one_error(family, tiny_base_dirs, tmp_path):
+    """diffusers leaves missing weights empty ('meta') and only logs it: the fingerprint then failed with 'Cannot copy
+    out of meta tensor', a traceback."""
+    folder = shutil.copytree(tiny_base_dirs[family], tmp_path / "base")
+    _without_tensors(folder / "unet", "down_blocks.0.")
+    with pytest.raises(UserError, match=rf"cannot load the model in {folder}: its UNet's weights lack \d+ tensor"):
+        load_backbone(str(folder), device="cpu")
+
+
+def test_a_motion_adapter_on_a_video_model_is_warned_of(tiny_base_dirs, monkeypatch):
+    from badinputs import capture_warnings
+
+    warnings = capture_warnings(monkeypatch)
+    backbone = load_backbone(str(tiny_base_dirs["unet3d"]), motion_adapter="/no/such/adapter", device="cpu")
+    assert backbone.family == "unet3d" and backbone.extras["motion_adapter"] is None
+    assert warnings == [f"--motion-adapter /no/such/adapter has no effect on {tiny_base_dirs['unet3d']}: its UNet "
+                        "(UNet3DConditionModel) has temporal layers of its own; a motion adapter animates an image model"]

@@ -62,6 +62,39 @@ def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_pa
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_a_subject_learned_on_an_image_model_goes_with_any_motion_module_on_it(tiny_base_dirs, world_inputs, tmp_path,
+                                                                              capsys):
+    """AnimateDiff: personalise the image model, then animate it with a motion module and no further tuning. The
+    fingerprint of the image model with its motion module had refused such a subject."""
+    from vidbooth.engine.tiny import motion_adapter_folder, save_tiny_backbone
+
+    photos, clip = world_inputs
+    base = str(tiny_base_dirs["animatediff"])
+    adapter = base + "-motion-adapter"
+    other_adapter = str(motion_adapter_folder(save_tiny_backbone(tmp_path / "other", "animatediff", seed=1)))
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", "--base", base,
+                 "--ti-steps", "1", "--identity-steps", "1", *FAST]) == 0  # the image model alone
+    assert main(["train-motion", str(clip), "--name", "M", "--base", base, "--motion-adapter", adapter, "--steps", "1",
+                 "--no-preview", "--device", "cpu"]) == 0
+    generate = ["generate", "--base", base, "--prompt", "a S* ball", "--subject", "S*", "--frames", "2", "--steps", "1",
+                "--device", "cpu"]
+    assert main([*generate, "--motion", "M", "--motion-adapter", adapter, "--out", str(tmp_path / "both.mp4")]) == 0
+    assert main([*generate, "--motion-adapter", other_adapter, "--out", str(tmp_path / "other.mp4")]) == 0
+    assert main([*generate, "--out", str(tmp_path / "zero-shot.mp4")]) == 0
+    without_base = ["generate", *generate[3:], "--motion", "M", "--out", str(tmp_path / "learned.mp4")]
+    assert main(without_base) == 0  # the image model both were learned on, with the motion's adapter
+    written = yaml.safe_load((tmp_path / "learned.yaml").read_text())["backbone"]
+    assert (written["base"], written["motion_adapter"]) == (base, adapter)
+    capsys.readouterr()
+    assert main([*generate, "--motion", "M", "--motion-adapter", other_adapter, "--out", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err  # a motion goes only with the motion module it was learned in
+    assert f"motion 'M' was learned on {base} (fingerprint " in err and f"not on {base} as loaded now" in err
+    assert "give the --motion-adapter (and --revision) it was learned with, or retrain it on this base" in err
+    assert main([*generate[:2], str(tiny_base_dirs["unet3d"]), *generate[3:], "--out", str(tmp_path / "x.mp4")]) == 2
+    assert f"use --base {base}, or retrain it on this base" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_without_base_the_base_they_were_learned_on_is_used(
     tiny_base_dirs, world_inputs, tmp_path, capsys, monkeypatch
 ):

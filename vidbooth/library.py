@@ -185,13 +185,27 @@ def _verify_files(path: Path, recorded: dict) -> None:
             raise UserError(f"artifact {path}: {rel} does not match its manifest hash (modified or damaged): retrain with --overwrite")
 
 
-def check_base(kind: str, name: str, manifest: dict, base: str, fingerprint: str) -> None:
-    """A UserError when artifact `name` was learned on another base model than the one loaded."""
-    if manifest.get("base_fingerprint") != fingerprint:
-        raise UserError(
-            f"{kind} '{name}' was learned on {manifest.get('base')} (fingerprint {manifest.get('base_fingerprint')}), "
-            f"not on {base} (fingerprint {fingerprint}): use --base {manifest.get('base')}, or retrain it on this base"
-        )
+def learned_on(manifest: dict, fingerprint: str, image_fingerprint: str | None) -> bool:
+    """Whether an artifact (its manifest) fits the loaded base: the same model, or for a subject the same image model
+    with or without a motion module (AnimateDiff: personalise the image model, then animate it with any)."""
+    if manifest.get("base_fingerprint") == fingerprint:
+        return True
+    return manifest.get("kind") == "subject" and image_fingerprint is not None and (
+        manifest.get("image_fingerprint") == image_fingerprint)
+
+
+def check_base(kind: str, name: str, manifest: dict, base: str, fingerprint: str,
+               image_fingerprint: str | None = None) -> None:
+    """A UserError when artifact `name` was learned on another base model than the one loaded (`learned_on`)."""
+    if learned_on(manifest, fingerprint, image_fingerprint):
+        return
+    learned = manifest.get("base")
+    fix = ("give the --motion-adapter (and --revision) it was learned with" if str(learned) == str(base)
+           else f"use --base {learned}")
+    raise UserError(
+        f"{kind} '{name}' was learned on {learned} (fingerprint {manifest.get('base_fingerprint')}), not on {base} "
+        f"as loaded now (fingerprint {fingerprint}): {fix}, or retrain it on this base"
+    )
 
 
 def sha256_file(path: Path) -> str:

@@ -42,6 +42,17 @@ def runtime_overrides(base, motion_adapter, device, precision, attention, seed) 
     }
 
 
+def _one_motion_adapter(found: set[tuple]) -> set[tuple]:
+    """Backbone settings that differ only in that some have a motion adapter and the others none (a subject learned
+    on an image model, a motion learned with an adapter on it) as one, with the adapter; else as they are."""
+    settings = [dict(items) for items in found]
+    image_models = {tuple(sorted((k, v) for k, v in s.items() if k != "motion_adapter")) for s in settings}
+    adapters = {s.get("motion_adapter") for s in settings} - {None}
+    if len(found) < 2 or len(image_models) != 1 or len(adapters) != 1:
+        return found
+    return {tuple(sorted((dict(image_models.pop()) | {"motion_adapter": adapters.pop()}).items()))}
+
+
 def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict, named: list[tuple[str, str]]) -> dict:
     """Without --base, `--set backbone.base=` or --recipe: the backbone settings (base, motion adapter, revision,
     variant) that the named library artifacts (kind, name) were learned with, as dotted config keys, when they
@@ -65,6 +76,7 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
         except (UserError, OSError, KeyError, TypeError, ValueError):
             return {}
         found.add(tuple(sorted((key, value) for key, value in backbone.items() if value is not None)))
+    found = _one_motion_adapter(found)
     if len(found) != 1:
         return {}
     learned = {f"backbone.{key}": value for key, value in found.pop()}

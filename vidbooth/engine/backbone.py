@@ -75,6 +75,9 @@ class Backbone:
     dtype: torch.dtype
     attention_backend: str = "sdpa"
     extras: dict = field(default_factory=dict)
+    image_fingerprint: str | None = None
+    """An image model's own fingerprint (text encoder, VAE, 2D UNet), with or without a motion adapter: a subject
+    learned on it works with any motion module (AnimateDiff). None for a video model."""
 
     # ---- geometry -------------------------------------------------------------------------------
     @property
@@ -264,6 +267,11 @@ def _load_tokenizer(folder: Path):
         raise ValueError(f"its tokenizer cannot be read ({str(exc).splitlines()[0]})") from exc
 
 
+ANIMATEDIFF_SCHEDULE = {"beta_schedule": "linear", "clip_sample": False}
+"""The noise schedule AnimateDiff's motion modules were trained with, and sample with in its inference configs and
+diffusers' AnimateDiff examples: it replaces the image model's own for the animatediff family (sampling and
+training alike)."""
+
 _PICKLE_HINT = " (vidbooth loads only .safetensors weights, never pickled .bin/.pt files: convert them)"
 
 
@@ -292,7 +300,7 @@ def is_image_model(base: str, revision: str | None = None) -> bool:
     return _unet_class(resolve_base(base, revision)) == "UNet2DConditionModel" and base not in BUILTIN
 
 
-def _from_hub(repo_id: str, revision: str | None) -> Path:
+def _from_hub(repo_id: str, revision: str | None, flag: str = "--base") -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
@@ -305,8 +313,46 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
     except Exception as exc:
         raise UserError(
             f"cannot fetch '{repo_id}' from the hub (offline, or no such model): download it where the network "
-            "allows and pass its local folder with --base"
+            f"allows and pass its local folder with {flag}"
         ) from exc
+
+
+def _motion_adapter_folder(motion_adapter: str, revision: str | None = None) -> Path:
+    """The local folder of an AnimateDiff MotionAdapter given by --motion-adapter (a folder or a hub id), checked
+    before any model loads; its messages name --motion-adapter, not --base."""
+    path = Path(motion_adapter).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"--motion-adapter {motion_adapter} is no AnimateDiff MotionAdapter folder (it has no "
+                            "config.json): give the folder of one, such as guoyww/animatediff-motion-adapter-v1-5-2's")
+        return path
+    if not _HUB_ID.match(motion_adapter):
+        raise UserError(f"motion adapter not found: {motion_adapter} (give an AnimateDiff MotionAdapter folder or a "
+                        "hub id like guoyww/animatediff-motion-adapter-v1-5-2)")
+    return _from_hub(motion_adapter, revision, "--motion-adapter")
+
+
+def _with_motion_modules(unet2d, source: Path, folder: Path):
+    """The image model's UNet with the motion modules of the MotionAdapter in `source` (UNetMotionModel); one
+    UserError naming the adapter when they do not fit (other block widths or counts, missing weights)."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    try:
+        adapter = MotionAdapter.from_pretrained(source, use_safetensors=True)
+        _check_complete(adapter, "its")
+        return UNetMotionModel.from_unet2d(unet2d, adapter)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights of other shapes
+        reason = str(exc).strip().splitlines()[0]
+        hint = _PICKLE_HINT if "no file named" in str(exc).lower() and ".safetensors" in str(exc) else ""
+        raise UserError(f"motion adapter {source} does not fit the image model in {folder}: {reason}{hint}") from exc
+
+
+def _check_complete(module, whose: str) -> None:
+    """A ValueError when weights were missing from the files `module` was loaded from: diffusers only logs that and
+    leaves those parameters empty ('meta'), which fail later with no word of why."""
+    missing = [name for name, tensor in (*module.named_parameters(), *module.named_buffers()) if tensor.is_meta]
+    if missing:
+        raise ValueError(f"{whose} weights lack {len(missing)} tensor(s), such as {missing[0]}")
 
 
 def _unet_class(folder: Path) -> str:
@@ -340,7 +386,7 @@ def load_backbone(
     variant: str | None = None,
 ) -> Backbone:
     """Load a text-to-video backbone from a folder, hub id or built-in name; frozen and in eval mode."""
-    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel
     from transformers import CLIPTextModel
 
     from vidbooth.attention import resolve_backend, set_attention_backend
@@ -355,30 +401,41 @@ def load_backbone(
     unet_class = _unet_class(folder)
     if base in BUILTIN and BUILTIN[base] == "animatediff" and motion_adapter is None:
         motion_adapter = str(folder.with_name(folder.name + "-motion-adapter"))
+    adapter_source = None
+    if motion_adapter and unet_class == "UNet2DConditionModel":
+        adapter_source = _motion_adapter_folder(motion_adapter)  # a wrong one fails before anything loads
+    elif motion_adapter:
+        from vidbooth.reporting import warn
+
+        warn(f"--motion-adapter {motion_adapter} has no effect on {base}: its UNet ({unet_class}) has "
+                       "temporal layers of its own; a motion adapter animates an image model")
     kw = {"use_safetensors": True} | ({"variant": variant} if variant else {})  # never unpickle a user's file
     try:
         tokenizer = _load_tokenizer(folder / "tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
         vae = AutoencoderKL.from_pretrained(folder / "vae", **kw)
-        adapter_source = None
         if unet_class == "UNet3DConditionModel":
             family, unet = "unet3d", UNet3DConditionModel.from_pretrained(folder / "unet", **kw)
             extra_input_channels(unet, int(unet.config.out_channels))  # refuse unknown extra inputs now
         elif unet_class == "UNetMotionModel":
             family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw)
-        elif unet_class == "UNet2DConditionModel" and not motion_adapter:
+        elif unet_class == "UNet2DConditionModel" and not adapter_source:
             family, unet = ZERO_SHOT, UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
         elif unet_class == "UNet2DConditionModel":
-            adapter_source = resolve_base(motion_adapter) if not Path(motion_adapter).exists() else Path(motion_adapter)
-            adapter = MotionAdapter.from_pretrained(adapter_source, use_safetensors=True)
             unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
-            family, unet = "animatediff", UNetMotionModel.from_unet2d(unet2d, adapter)
+            _check_complete(unet2d, "its UNet's")
+            image_fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet2d})
+            family, unet = "animatediff", _with_motion_modules(unet2d, adapter_source, folder)
         else:
             raise UserError(
                 f"unsupported UNet class '{unet_class}' in {folder}: vidbooth supports UNet3D, AnimateDiff and image "
                 "models (UNet2DConditionModel)"
             )
+        for whose, module in (("its text encoder's", text_encoder), ("its VAE's", vae), ("its UNet's", unet)):
+            _check_complete(module, whose)
         scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        if family == "animatediff":  # SD1.5's own schedule is scaled_linear
+            scheduler_config = scheduler_config | ANIMATEDIFF_SCHEDULE
     except UserError:
         raise
     except (OSError, ValueError, KeyError) as exc:
@@ -387,6 +444,10 @@ def load_backbone(
         raise UserError(f"cannot load the model in {folder}: {reason}{hint}{_rebuild_hint(folder)}") from exc
 
     fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet})
+    if family == ZERO_SHOT:
+        image_fingerprint = fingerprint
+    elif not adapter_source:
+        image_fingerprint = None
     for module in (text_encoder, vae, unet):
         module.requires_grad_(False).eval()
     keep_vae_fp32 = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
@@ -412,6 +473,7 @@ def load_backbone(
         dtype=dtype,
         attention_backend=backend,
         extras={"folder": str(folder), "motion_adapter": str(adapter_source) if adapter_source else None},
+        image_fingerprint=image_fingerprint,
     )
 
 

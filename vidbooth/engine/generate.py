@@ -122,7 +122,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
              f"(Text2Video-Zero, the scene moving by {z.motion_field_strength_x:g}, {z.motion_field_strength_y:g} "
              "pixels per frame); --motion-adapter animates it with an AnimateDiff motion module instead")
     elif bb.family != ZERO_SHOT and z != ZeroShotConfig():
-        warn(f"sampling.zero_shot (--motion-field-strength-x/-y) has no effect on {cfg.backbone.base}, a "
+        article = "an" if bb.family.startswith("a") else "a"  # an animatediff, a unet3d
+        warn(f"sampling.zero_shot (--motion-field-strength-x/-y) has no effect on {cfg.backbone.base}, {article} "
              f"{bb.family} model: it moves the videos of image models without a motion adapter (Text2Video-Zero)")
     prompt, negative_prompt = cfg.prompt, cfg.sampling.negative_prompt
     if cfg.subjects or cfg.motion:

@@ -366,6 +366,7 @@ def _manifest(
         "class_noun": cfg.class_noun,
         "base": cfg.backbone.base,
         "base_fingerprint": backbone.fingerprint,
+        "image_fingerprint": backbone.image_fingerprint,
         "family": backbone.family,
         "vidbooth_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -129,7 +129,7 @@ def load_subject(backbone, name: str, scale: float = 1.0) -> LoadedSubject:
     Prompts must go through `LoadedSubject.expand_prompt`."""
     folder = artifact_dir(KIND, name)
     manifest = read_manifest(folder)
-    check_base(KIND, name, manifest, backbone.source, backbone.fingerprint)
+    check_base(KIND, name, manifest, backbone.source, backbone.fingerprint, backbone.image_fingerprint)
     adapter_file = manifest["paths"]["identity_adapter"]
     kind = subject_kind(name)
     if adapter_file:  # first: a failed load takes its adapters out again
@@ -455,11 +455,7 @@ def _load_existing_embedding(run: _Run) -> torch.Tensor:
     from vidbooth.adapters.textual_inversion import read_learned_embeddings
 
     bb = run.backbone
-    if run.existing["base_fingerprint"] != bb.fingerprint:
-        raise UserError(
-            f"subject '{run.cfg.name}' was learned on base {run.existing['base']} "
-            f"({run.existing['base_fingerprint']}), not this one ({bb.fingerprint}): pass --base {run.existing['base']}"
-        )
+    check_base(KIND, run.cfg.name, run.existing, bb.source, bb.fingerprint, bb.image_fingerprint)
     path = artifact_dir(KIND, run.cfg.name) / run.existing["paths"]["embeddings"]
     load_learned_embeddings(bb.tokenizer, bb.text_encoder, path)
     return read_learned_embeddings(path)[1]
@@ -679,6 +675,7 @@ def _manifest(run: _Run, photos: list[dict], preview: str | None, settings: dict
         "class_noun": run.class_noun,
         "base": settings["backbone"]["base"],  # absolute when a local folder
         "base_fingerprint": bb.fingerprint,
+        "image_fingerprint": bb.image_fingerprint,
         "family": bb.family,
         "vidbooth_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
