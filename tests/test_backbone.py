@@ -86,10 +86,16 @@ def test_a_long_negative_prompt_is_called_the_negative_prompt(tiny_backbones, mo
     assert f"tokens but the text encoder reads {bb.tokenizer.model_max_length}:" in warned[0]
 
 
-def test_not_a_model_folder(tmp_path):
+def test_not_a_model_folder(tmp_path, tiny_base_dirs):
     (tmp_path / "unet").mkdir()
     with pytest.raises(UserError, match="is not a diffusers text-to-video model: missing tokenizer"):
         load_backbone(str(tmp_path), device="cpu")
+    no_vae = shutil.copytree(tiny_base_dirs["animatediff"], tmp_path / "no-vae")
+    shutil.rmtree(no_vae / "vae")  # had reached diffusers, which looked for it on the hub
+    with pytest.raises(UserError, match=r"no-vae is not a diffusers text-to-video model: missing vae$"):
+        load_backbone(str(no_vae), device="cpu")
+    with pytest.raises(UserError, match="is an AnimateDiff motion adapter, not a base model: pass it with --motion-"):
+        load_backbone(str(motion_adapter_folder(tiny_base_dirs["animatediff"])), device="cpu")
 
 
 def test_missing_base_and_offline_hub(tmp_path):

@@ -317,6 +317,14 @@ def _from_hub(repo_id: str, revision: str | None, flag: str = "--base") -> Path:
         ) from exc
 
 
+def _class_name(config: Path) -> str | None:
+    """The `_class_name` a diffusers config file names, or None."""
+    try:
+        return json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _motion_adapter_folder(motion_adapter: str, revision: str | None = None) -> Path:
     """The local folder of an AnimateDiff MotionAdapter given by --motion-adapter (a folder or a hub id), checked
     before any model loads; its messages name --motion-adapter, not --base."""
@@ -357,11 +365,12 @@ def _check_complete(module, whose: str) -> None:
 
 def _unet_class(folder: Path) -> str:
     config = folder / "unet" / "config.json"
-    if not config.is_file():
-        missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
-        raise UserError(
-            f"{folder} is not a diffusers text-to-video model: missing {', '.join(missing) or 'unet/config.json'}"
-        )
+    missing = [c for c in COMPONENTS if not (folder / c).is_dir()] or ([] if config.is_file() else ["unet/config.json"])
+    if missing:  # a missing vae/ had reached diffusers, which then looked for it on the hub
+        if _class_name(folder / "config.json") == "MotionAdapter":
+            raise UserError(f"{folder} is an AnimateDiff motion adapter, not a base model: pass it with "
+                            "--motion-adapter, and the image model it animates with --base")
+        raise UserError(f"{folder} is not a diffusers text-to-video model: missing {', '.join(missing)}")
     try:
         settings = json.loads(config.read_text())
         unet_class = settings["_class_name"]
