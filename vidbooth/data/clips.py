@@ -10,7 +10,7 @@ Policies (each one tested in tests/test_data_clips.py):
 - Fixed up with a warning: gaps in a folder's numbering (the frames present are used back to back; the warning
   lists what is missing), and frames whose size differs from the first frame's (resized and centre-cropped to it).
 - Memory: frames are shrunk while decoding so their shorter side is at most `WORKING_SHORT_SIDE`, and
-  `load_and_sample_clip` decodes only the leading frames that sampling will use, so long clips are cheap.
+  `load_clip_for_sampling` decodes only the leading frames that sampling will use, so long clips are cheap.
 """
 
 from __future__ import annotations
@@ -133,6 +133,19 @@ def clip_to_tensor(frames: np.ndarray) -> torch.Tensor:
     return pixels_to_tensor(frames).unsqueeze(0)
 
 
+def load_clip_for_sampling(
+    path: str | Path,
+    num_frames: int,
+    target_fps: float | None = None,
+    stride: int | None = None,
+    folder_fps: float = DEFAULT_FOLDER_FPS,
+) -> tuple[np.ndarray, float]:
+    """`load_clip` of only the leading frames that `sample_frames` with the same settings uses (at least 2), and the
+    clip's fps: a long clip costs no more than a short one."""
+    fps = clip_fps(path, folder_fps)
+    return load_clip(path, max_frames=max(2, frames_needed(fps, num_frames, target_fps, stride)), folder_fps=folder_fps)
+
+
 def load_and_sample_clip(
     path: str | Path,
     num_frames: int,
@@ -142,9 +155,7 @@ def load_and_sample_clip(
     folder_fps: float = DEFAULT_FOLDER_FPS,
 ) -> np.ndarray:
     """Load, sample and size a motion clip in one go, decoding only the frames that sampling uses."""
-    fps = clip_fps(path, folder_fps)
-    needed = max(2, frames_needed(fps, num_frames, target_fps, stride))
-    frames, fps = load_clip(path, max_frames=needed, folder_fps=folder_fps)
+    frames, fps = load_clip_for_sampling(path, num_frames, target_fps, stride, folder_fps)
     return prepare_clip(sample_frames(frames, fps, num_frames, target_fps, stride), size)
 
 

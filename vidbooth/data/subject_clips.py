@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from vidbooth import reporting
-from vidbooth.data.clips import clip_fps, frames_needed, load_clip, prepare_clip, sample_frames
+from vidbooth.data.clips import load_clip_for_sampling, prepare_clip, sample_frames
 from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, natural_sort_key, prepare_photo, to_rgb
 from vidbooth.data.video import VIDEO_EXTENSIONS
 from vidbooth.errors import UserError
@@ -103,8 +103,7 @@ def load_subject_clip(example: SubjectClip, num_frames: int, size: int, rng: np.
     both resized and centre-cropped to `size`: (F, size, size, 3) and (size, size, 3) uint8. With `rng`, a subject
     cut out by a mask is put at a random size and place on white (`place_at_random`). Sampling's warnings (a clip
     too short) go to `warn`."""
-    fps = clip_fps(example.clip)
-    frames, fps = load_clip(example.clip, max_frames=max(2, frames_needed(fps, num_frames)))  # one decode
+    frames, fps = load_clip_for_sampling(example.clip, num_frames)  # one decode, of the frames used
     clip = prepare_clip(sample_frames(frames, fps, num_frames, warn=warn), size)
     if example.photo is not None:
         return clip, prepare_photo(load_subject_photo(example.photo), size)

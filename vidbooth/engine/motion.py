@@ -34,7 +34,7 @@ from vidbooth.adapters.motion import (
     set_appearance,
 )
 from vidbooth.config.motion import MotionConfig
-from vidbooth.data.clips import clip_fps, clip_to_tensor, frames_needed, load_clip, prepare_clip, sample_frames
+from vidbooth.data.clips import clip_to_tensor, load_clip_for_sampling, prepare_clip, sample_frames
 from vidbooth.data.images import hash_file, is_image_file, natural_sort_key
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, denoising_loss, training_scheduler
@@ -125,9 +125,7 @@ def read_training_clips(cfg: MotionConfig) -> list[TrainingClip]:
             raise UserError(f"clip not found: {path}")
         named = len(cfg.clips) > 1  # which clip a warning or refusal is about
         with _naming_clip(path) if named else contextlib.nullcontext():
-            fps = clip_fps(path)
-            needed = frames_needed(fps, data.num_frames, target_fps, data.stride)
-            frames, fps = load_clip(path, max_frames=max(2, needed))
+            frames, fps = load_clip_for_sampling(path, data.num_frames, target_fps, data.stride)
             sampled = sample_frames(frames, fps, data.num_frames, target_fps, data.stride,
                                     warn=(lambda message: reporting.warn(f"clip {path}: {message}")) if named else None)
         sampled_fps = fps / data.stride if data.stride else data.fps
