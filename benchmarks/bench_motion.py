@@ -2,7 +2,7 @@
 
 For each method: seconds per optimizer step through the shared training loop (`vidbooth.engine.train`, after a
 2-step warm-up), peak memory of training, warm-up included (CUDA: peak allocated; CPU: peak resident-set
-growth over the level before training, sampled every 2 ms), and trainable parameters as a fraction of the
+growth over the level before training, Linux's VmHWM), and trainable parameters as a fraction of the
 UNet's. Each method runs in its own fresh process so that neither inherits the other's allocator state; both
 use the same saved model, the same latents, caption and appearance embeddings, and the same seed.
 
@@ -18,10 +18,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import torch
+from _common import PeakMemory
 
 METHODS = ("motion-adapter", "full-temporal")
 COND_DIM = 16
@@ -83,35 +83,6 @@ class TemporalFineTune:
                 p.copy_(state[str(i)])
 
 
-class PeakResidentMemory:
-    """Peak growth of this process's resident set over its size at entry, polled from /proc every 2 ms."""
-
-    def __enter__(self):
-        self.start = self.peak = self._rss()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._done.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.start) / 2**20
-
-    def _poll(self):
-        while not self._done.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def run_method(method_name: str, folder: Path, args) -> dict:
     """Train `method_name` for args.steps steps in this process and return its figures."""
     from vidbooth.adapters.motion import MotionAdapterSpec
@@ -137,13 +108,10 @@ def run_method(method_name: str, folder: Path, args) -> dict:
         method = TemporalFineTune(bb)
     unet_params = sum(p.numel() for n, p in bb.unet.named_parameters() if ".adapters." not in n)
     trainable = sum(p.numel() for p in method.trainable_parameters())
-    if bb.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(bb.device)
-        base = torch.cuda.memory_allocated(bb.device)
-    with tempfile.TemporaryDirectory() as run_dir, PeakResidentMemory() as rss:
+    with tempfile.TemporaryDirectory() as run_dir, PeakMemory(bb.device) as memory:
         train(method, [item], TrainConfig(steps=2, lr=1e-5, checkpoint_every=0), run_dir, accelerator)  # warm-up
         result = train(method, [item], TrainConfig(steps=args.steps, lr=1e-5, checkpoint_every=0), run_dir, accelerator)
-    peak_mb = (torch.cuda.max_memory_allocated(bb.device) - base) / 2**20 if bb.device.type == "cuda" else rss.growth_mb
+    peak_mb = memory.peak / 2**20
     return {
         "method": method_name,
         "unet_parameters": unet_params,
