@@ -33,7 +33,6 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from vidbooth.errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
