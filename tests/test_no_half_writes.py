@@ -21,7 +21,9 @@ from vidbooth.cli.app import main
 
 def _stage(stage, value: float) -> None:
     save_file({"w": torch.full((3,), value)}, str(stage / "adapter.safetensors"))
-    library.write_json(stage / library.MANIFEST, {"name": "S*", "kind": "subject"})
+    manifest = {"name": "S*", "kind": "subject", "base": "tiny", "base_fingerprint": "0", "class_noun": "dog",
+                "num_vectors": 1, "paths": {"embeddings": None, "identity_adapter": None, "config": None}}
+    library.write_json(stage / library.MANIFEST, manifest)
 
 
 def test_ctrl_c_during_an_overwrite_swap_puts_the_old_artifact_back(isolated_home, monkeypatch):

@@ -343,7 +343,7 @@ def test_a_cuda_index_picks_the_gpu_of_a_single_process(monkeypatch):
     monkeypatch.setattr(accelerate, "Accelerator", OneGpuAccelerator)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert engine.backbone_device(engine.make_accelerator("no", "cuda:1")) == "cuda:1" and current == [1]
-    with pytest.raises(UserError, match=r"--device cuda:2: this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+    with pytest.raises(UserError, match=r"--device cuda:2: this machine has 2 GPUs, cuda:0 to cuda:1"):
         engine.make_accelerator("no", "cuda:2")
     monkeypatch.setenv("LOCAL_RANK", "0")
     engine.make_accelerator("no", "cuda:0")
