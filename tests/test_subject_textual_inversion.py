@@ -113,6 +113,23 @@ def test_bad_names(bb, name, class_noun, message):
         ti.check_placeholder_is_new(bb.tokenizer, name, 1, class_noun)
 
 
+def test_a_name_that_is_a_common_word_is_warned_of_and_a_rare_one_is_not(monkeypatch):
+    """'backpack' and 'sprite' (nano's image-prompt word) had been taken silently: in a prompt with the subject, the
+    word then means the subject. DreamBooth's 'sks' is a word of CLIP's vocabulary too, but among its rarest."""
+    from badinputs import capture_warnings
+    from transformers import CLIPTokenizer
+
+    from vidbooth.engine.backbone import NANO
+
+    tokenizer = CLIPTokenizer.from_pretrained(NANO / "tokenizer")  # OpenAI CLIP's vocabulary
+    warnings = capture_warnings(monkeypatch)
+    for name in ("backpack", "sprite", "Sprite", "sks", "S*", "ohwx"):
+        ti.check_placeholder_is_new(tokenizer, name, 1, "dog")
+    assert [w.split("'")[1] for w in warnings] == ["backpack", "sprite", "Sprite"]
+    assert warnings[0].endswith("'backpack' will mean the subject, not the word; a rare name such as sks or S* keeps "
+                                "the word")
+
+
 def test_denoising_loss_follows_the_prediction_type(bb):
     latents = torch.randn(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     text = bb.encode_prompt(["a dog", "a cat"])
