@@ -290,6 +290,12 @@ def test_a_subject_and_a_motion_of_different_bases_are_refused_before_the_model_
     assert code == 2 and len(lines) == 1, lines
     assert "subject 'T1' was learned on tiny" in lines[0] and "motion 'wave' on nano" in lines[0], lines
     assert "cannot be combined" in lines[0] and not (tmp_path / "x.mp4").exists()
+    _fake_artifact(isolated_home, "subject", "T2", "nano", "bbbb")  # two subjects: had loaded nano, then failed
+    code = main(["generate", "--prompt", "T1 and T2", "--subject", "T1", "--subject", "T2", "--device", "cpu",
+                 "--out", str(tmp_path / "x.mp4")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "subject 'T1' was learned on tiny" in lines[0] and "subject 'T2' on nano" in lines[0], lines
 
 
 def test_a_clip_in_which_nothing_moves_is_warned_about_before_training(tmp_path, isolated_home, capsys, monkeypatch):

@@ -99,19 +99,18 @@ def generate(
 
 
 def check_learned_together(subjects: list[str], motion: str | None) -> None:
-    """A subject and a motion learned on different bases fail here, from their manifests, before the model loads
+    """Subjects and a motion learned on different bases fail here, from their manifests, before the model loads
     (loading it takes seconds, and applying them, where the same check is made again, comes after). A name that
     cannot be read is left to `generate`, which reports it as it always has."""
-    from vidbooth.engine.compose import check_same_base
+    from vidbooth.engine.compose import check_learned_together as check
     from vidbooth.errors import UserError
     from vidbooth.library import artifact_dir, read_manifest
 
-    if not subjects or not motion:
+    named = [("subject", name) for name in dict.fromkeys(subjects)] + ([("motion", motion)] if motion else [])
+    if len(named) < 2:
         return
     try:
-        motion_manifest = read_manifest(artifact_dir("motion", motion), verify=False)
-        subject_manifests = {name: read_manifest(artifact_dir("subject", name), verify=False) for name in subjects}
+        learned = [(kind, name, read_manifest(artifact_dir(kind, name), verify=False)) for kind, name in named]
     except UserError:
         return
-    for name, manifest in subject_manifests.items():
-        check_same_base(("subject", name, manifest), ("motion", motion, motion_manifest))
+    check(learned)

@@ -52,11 +52,10 @@ def apply_personalisation(
     from vidbooth.library import artifact_dir, read_manifest
 
     subjects = list(dict.fromkeys(subjects or []))
-    subject_manifests = {name: read_manifest(artifact_dir("subject", name)) for name in subjects}
-    motion_manifest = read_motion_manifest(motion) if motion else None
-    if motion_manifest is not None:
-        for name, manifest in subject_manifests.items():
-            check_same_base(("subject", name, manifest), ("motion", motion, motion_manifest))
+    learned = [("subject", name, read_manifest(artifact_dir("subject", name))) for name in subjects]
+    if motion:
+        learned.append(("motion", motion, read_motion_manifest(motion)))
+    check_learned_together(learned)
 
     loaded = [load_subject(backbone, name, subject_scale) for name in subjects]
     result = Personalisation(prompt=prompt, negative_prompt=negative_prompt, subjects=loaded)
@@ -69,6 +68,13 @@ def apply_personalisation(
     if motion:
         result.motion = load_motion(backbone, motion, motion_scale)
     return result
+
+
+def check_learned_together(learned: list[tuple[str, str, dict]]) -> None:
+    """(kind, name, manifest) of the subjects and motion applied together: each must go with the first
+    (`check_same_base`)."""
+    for other in learned[1:]:
+        check_same_base(learned[0], other)
 
 
 def check_same_base(first: tuple[str, str, dict], second: tuple[str, str, dict]) -> None:
