@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -173,7 +174,6 @@ def test_an_image_prompt_model_of_another_base_is_refused(trained, tiny_backbone
 
 def test_an_image_prompt_model_with_a_damaged_spec_is_one_error(trained, tiny_backbones, tmp_path):
     """Its spec of another version (an unknown key) had been a TypeError traceback."""
-    from safetensors.torch import save_file
 
     tensors, metadata = load_tensors(trained)
     spec = json.loads(metadata["spec"]) | {"gate": 0.5}
@@ -272,11 +272,16 @@ def test_cli_trains_then_generates_from_an_image_prompt(tiny_base_dirs, tmp_path
     (["--prompt", "a sprite", "--image-prompt-model", "none.safetensors"], "not found"),
     (["--prompt", "a sprite", "--image-prompt-model", "model.bin"], "pickle"),
     (["--prompt", "a sprite", "--image-prompt-scale", "-1"], "image_prompt_scale"),
+    (["--prompt", "a sprite", "--image-prompt-word", ""], "--image-prompt-word) must be one word"),  # had been ignored
+    (["--prompt", "a sprite", "--image-prompt-word", "a sprite"], "must be one word, the prompt's word"),
+    (["--prompt", "a sprite", "--image-prompt-model", "."], "is a folder: give the .safetensors file in it"),
+    (["--prompt", "a sprite", "--image-prompt-model", "adapter.safetensors"], "is not a vidbooth image-prompt model"),
 ])
 def test_bad_image_prompt_inputs_are_one_error_line(args, message, trained, tiny_base_dirs, tmp_path, capsys):
     photo = tmp_path / "subject.png"
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
     (tmp_path / "model.bin").write_bytes(b"x")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "adapter.safetensors"), {"method": "identity"})
     out = tmp_path / "out" / "v.mp4"
     given = ["--image-prompt", str(photo), "--image-prompt-model", str(trained)]
     code = main(["generate", "--base", str(tiny_base_dirs["unet3d"]), *given, *[

@@ -246,8 +246,10 @@ def _safetensors(path: Path):
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise UserError(f"refusing to load {path}: pickle files ({path.suffix}) can run code; convert it to .safetensors")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give the .safetensors file in it")
     if not path.is_file():
-        raise UserError(f"adapter file not found: {path}")
+        raise UserError(f"file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             yield f

@@ -155,6 +155,10 @@ class GenerateConfig:
         checks.non_negative("motion_scale", self.motion_scale, "--motion-scale", hint)
         checks.non_negative("image_prompt_scale", self.image_prompt_scale, "--image-prompt-scale",
                             " (0: the image prompt's tokens only, 1: as trained)")
+        word = self.image_prompt_word
+        if word is not None and (not word.strip() or len(word.split()) != 1):
+            raise UserError(f"image_prompt_word (--image-prompt-word) must be one word, the prompt's word that the "
+                            f"image prompt replaces, got '{word}' (leave it out for the model's own)")
         if self.out.lower().endswith(".gif") and self.sampling.fps > GIF_MAX_FPS:
             raise UserError(
                 f"sampling.fps (--fps) {self.sampling.fps} is more than a GIF can show ({GIF_MAX_FPS}: its frame "

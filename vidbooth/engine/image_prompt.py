@@ -197,13 +197,17 @@ def own_image_prompt_model(base: str, revision: str | None = None) -> Path:
     return resolve_base(base, revision) / OWN_IMAGE_PROMPT_MODEL
 
 
-def trained_word(path: str | Path) -> str | None:
-    """The word an image-prompt model file replaces, read from its metadata alone (a UserError when the file is
-    missing, pickled or no safetensors; None when it is no image-prompt model, which loading it reports)."""
+def trained_word(path: str | Path) -> str:
+    """The word an image-prompt model file replaces, read from its metadata alone, before any model loads: a
+    UserError when the file is missing, pickled, no safetensors, or no image-prompt model."""
+    path = Path(path).expanduser()
+    metadata = load_metadata(path)
+    if metadata.get("method") != KIND:  # an identity or motion adapter, say
+        raise UserError(f"{path} is not a vidbooth image-prompt model (made by `vidbooth train-image-prompt`)")
     try:
-        return json.loads(load_metadata(Path(path).expanduser())["spec"])["word"]
+        return str(json.loads(metadata["spec"])["word"])
     except (KeyError, ValueError, TypeError):
-        return None
+        return ""  # a damaged spec: loading the model says so
 
 
 def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePromptModel:
@@ -218,7 +222,8 @@ def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePrompt
     if trained_on != backbone.fingerprint:
         raise UserError(
             f"image-prompt model {path} was trained on another base ({metadata.get('base', '?')}, fingerprint "
-            f"{trained_on}) than {backbone.source} (fingerprint {backbone.fingerprint}): use it with its own base"
+            f"{trained_on}) than {backbone.source} (fingerprint {backbone.fingerprint}): use it with --base "
+            f"{metadata.get('base', 'the base it was trained on')}"
         )
     try:
         spec = ImagePromptSpec(**json.loads(metadata["spec"]))
