@@ -288,6 +288,8 @@ def test_a_missing_input_that_a_recipe_could_give_is_one_line(argv, message, tmp
         (["generate", "--prompt", "x", "--num-frames", "abc"], "Invalid value for '--num-frames'"),
         (["train-motion", "clip.mp4", "--name"], "Option '--name' requires an argument"),
         (["nosuch"], "No such command 'nosuch'"),
+        (["list", "--home", "/tmp/lib"], "(--home goes before the command: vidbooth --home DIR list ...)"),
+        (["generate", "--debug"], "(--debug goes before the command: vidbooth --debug generate ...)"),
     ],
 )
 def test_usage_errors_are_a_usage_message_and_exit_2_not_a_traceback(argv, message, capsys):

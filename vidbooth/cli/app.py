@@ -125,6 +125,10 @@ def _refuse_a_launcher(argv: list[str]) -> None:
                         "without accelerate launch (the training commands share their work across processes)")
 
 
+GLOBAL_OPTIONS = ("--home", "--debug")
+"""Options of `vidbooth` itself, given before the command."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     from vidbooth.errors import Interrupted, UserError, clear_stops
@@ -171,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
                 exc.show()
             else:  # one line, as every other error
                 ctx = getattr(exc, "ctx", None)
-                error(exc.format_message() + (f" (see '{ctx.command_path} --help')" if ctx else ""))
+                global_option = getattr(exc, "option_name", None) in GLOBAL_OPTIONS and ctx and ctx.parent
+                if global_option:  # `vidbooth list --home DIR`
+                    given = exc.option_name + (" DIR" if exc.option_name == "--home" else "")
+                    hint = f" ({exc.option_name} goes before the command: vidbooth {given} {ctx.info_name} ...)"
+                else:
+                    hint = f" (see '{ctx.command_path} --help')" if ctx else ""
+                error(exc.format_message() + hint)
             return exc.exit_code
         raise
     if code == INTERRUPTED:  # typer returns Ctrl-C as this exit code, silently
