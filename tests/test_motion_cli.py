@@ -261,13 +261,13 @@ def test_two_processes_stop_together_when_the_main_one_meets_a_full_disk(
     assert not list((isolated_home / ".runs").rglob("*step-*"))
 
 
-def _fake_artifact(home, kind: str, name: str, base: str, fingerprint: str) -> None:
+def _fake_artifact(home, kind: str, name: str, base: str, fingerprint: str, **more) -> None:
     from vidbooth.library import dir_name
 
     folder = home / f"{kind}s" / dir_name(name)
     folder.mkdir(parents=True)
     manifest = {"kind": kind, "name": name, "schema_version": 1, "base": base, "base_fingerprint": fingerprint,
-                "paths": {}, "files": {}}
+                "paths": {}, "files": {}} | more
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -296,6 +296,13 @@ def test_a_subject_and_a_motion_of_different_bases_are_refused_before_the_model_
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
     assert "subject 'T1' was learned on tiny" in lines[0] and "subject 'T2' on nano" in lines[0], lines
+    _fake_artifact(isolated_home, "subject", "S*", "tiny", "aaaa", tokens=["S*", "S*_1"])
+    _fake_artifact(isolated_home, "subject", "S*_1", "tiny", "aaaa", tokens=["S*_1"])
+    code = main(["generate", "--prompt", "S* and S*_1", "--subject", "S*", "--subject", "S*_1", "--base", "tiny",
+                 "--out", str(tmp_path / "x.mp4")])  # had said 'a subject loaded twice?', after loading the model
+    assert code == 2 and capsys.readouterr().err == (
+        "error: subjects 'S*' and 'S*_1' cannot be used together: both write the token 'S*_1' ('S*' is S* S*_1, "
+        "'S*_1' is S*_1): retrain one under another name\n")
 
 
 def test_a_clip_in_which_nothing_moves_is_warned_about_before_training(tmp_path, isolated_home, capsys, monkeypatch):

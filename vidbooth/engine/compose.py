@@ -72,9 +72,20 @@ def apply_personalisation(
 
 def check_learned_together(learned: list[tuple[str, str, dict]]) -> None:
     """(kind, name, manifest) of the subjects and motion applied together: each must go with the first
-    (`check_same_base`)."""
+    (`check_same_base`), and no two subjects may write a token alike ('S*' of 2 vectors is 'S* S*_1')."""
     for other in learned[1:]:
         check_same_base(learned[0], other)
+    owner: dict[str, tuple[str, list[str]]] = {}
+    for kind, name, manifest in learned:
+        tokens = [str(t) for t in manifest.get("tokens") or [name]] if kind == "subject" else []
+        for token in tokens:
+            other, other_tokens = owner.setdefault(token.lower(), (name, tokens))
+            if other != name:
+                raise UserError(
+                    f"subjects '{other}' and '{name}' cannot be used together: both write the token '{token}' "
+                    f"('{other}' is {' '.join(other_tokens)}, '{name}' is {' '.join(tokens)}): retrain one under "
+                    "another name"
+                )
 
 
 def check_same_base(first: tuple[str, str, dict], second: tuple[str, str, dict]) -> None:
