@@ -262,3 +262,17 @@ def test_damaged_renamed_and_foreign_folders_are_named_by_list_and_never_crash_a
     (isolated_home / "motions").write_text("")
     assert library.list_artifacts("motion", problems) == [] and problems[-1].endswith(
         "motions is a file, not the folder of the motions: move it out of the library")
+
+
+def test_an_unknown_name_says_when_it_is_of_the_other_kind_or_a_stopped_training(isolated_home):
+    """`identity-adapter --name M` of a motion M, or of a subject whose textual inversion was stopped, had said only
+    'unknown subject'."""
+    with library.staged_artifact("motion", "M") as stage:
+        library.write_json(stage / library.MANIFEST, {"name": "M", "kind": "motion"})
+    with pytest.raises(UserError, match=r"unknown subject 'M' in .* \(no subjects yet: train one first; 'M' is a "
+                                        r"motion\)$"):
+        library.artifact_dir("subject", "M")
+    (isolated_home / ".runs" / "subjects" / "Q%2A" / "textual-inversion" / "checkpoints" / "step-000002").mkdir(
+        parents=True)
+    with pytest.raises(UserError, match=r"a stopped training of subject 'Q\*' can be finished: rerun it with --resume"):
+        library.artifact_dir("subject", "Q*")

@@ -122,6 +122,11 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
             )
         known = known_names(kind)
         hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else f"no {KINDS[kind]} yet: train one first"
+        others = [other for other in KINDS if other != kind and (_kind_root(other) / dir_name(name) / MANIFEST).is_file()]
+        if others:
+            hint += f"; '{name}' is a {others[0]}"
+        if any((_folder_home() / ".runs" / KINDS[kind] / dir_name(name)).glob("*/checkpoints/step-*")):
+            hint += f"; a stopped training of {kind} '{name}' can be finished: rerun it with --resume"
         raise UserError(f"unknown {kind} '{name}' in {library_home()} ({hint})")
     return path
 
