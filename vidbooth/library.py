@@ -122,7 +122,8 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
             )
         known = known_names(kind)
         hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else f"no {KINDS[kind]} yet: train one first"
-        others = [other for other in KINDS if other != kind and (_kind_root(other) / dir_name(name) / MANIFEST).is_file()]
+        others = [other for other in KINDS
+                  if other != kind and (_kind_root(other) / dir_name(name) / MANIFEST).is_file()]
         if others:
             hint += f"; '{name}' is a {others[0]}"
         if any((_folder_home() / ".runs" / KINDS[kind] / dir_name(name)).glob("*/checkpoints/step-*")):
@@ -132,7 +133,8 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
 
 
 REQUIRED_KEYS = {
-    "subject": (("base", "base_fingerprint", "class_noun", "num_vectors"), ("embeddings", "identity_adapter", "config")),
+    "subject": (("base", "base_fingerprint", "class_noun", "num_vectors"),
+                ("embeddings", "identity_adapter", "config")),
     "motion": (("base", "base_fingerprint", "class_noun"), ("motion_adapter", "config")),
 }
 """What the engine reads of each kind's manifest: (its keys, the keys of its "paths")."""
