@@ -241,8 +241,9 @@ def test_a_cache_that_is_a_file_is_one_line(tmp_path, monkeypatch):
 def _wider_motion_adapter(folder: Path) -> Path:
     from diffusers import MotionAdapter
 
-    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
-                  motion_norm_num_groups=8, motion_max_seq_length=32, use_motion_mid_block=False).save_pretrained(folder)
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                            motion_norm_num_groups=8, motion_max_seq_length=32, use_motion_mid_block=False)
+    adapter.save_pretrained(folder)
     return folder
 
 
@@ -295,4 +296,5 @@ def test_a_motion_adapter_on_a_video_model_is_warned_of(tiny_base_dirs, monkeypa
     backbone = load_backbone(str(tiny_base_dirs["unet3d"]), motion_adapter="/no/such/adapter", device="cpu")
     assert backbone.family == "unet3d" and backbone.extras["motion_adapter"] is None
     assert warnings == [f"--motion-adapter /no/such/adapter has no effect on {tiny_base_dirs['unet3d']}: its UNet "
-                        "(UNet3DConditionModel) has temporal layers of its own; a motion adapter animates an image model"]
+                        "(UNet3DConditionModel) has temporal layers of its own; a motion adapter animates an image "
+                        "model"]
