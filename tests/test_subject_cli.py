@@ -167,6 +167,19 @@ def test_stages_one_by_one(photos, isolated_home, capsys):
     assert "already has an identity adapter" in capsys.readouterr().err
 
 
+def test_identity_adapter_takes_the_subjects_own_photos_when_given_none(photos, isolated_home, capsys, monkeypatch):
+    """They are kept in the subject's folder; identity-adapter had asked for them again ('no photos given')."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["identity-adapter", "--name", "S*", *FAST, "--steps", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"photos: the ones subject 'S*' was learned from ({subject_dir(isolated_home) / 'photos'})" in err
+    assert "learned with other data" not in err  # the same photos as the pseudo-word's
+    stages = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["stages"]
+    assert stages["identity"]["photos"] == stages["textual_inversion"]["photos"]
+
+
 def record_calls(monkeypatch, *names: str) -> dict[str, list]:
     """The first argument of every call to each `Backbone.<name>` from now on, in call order."""
     from vidbooth.engine.backbone import Backbone

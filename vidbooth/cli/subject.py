@@ -17,6 +17,11 @@ Photos = typer.Argument(
     help="3-5 photos of the subject (jpg, png, webp, bmp, gif, tiff, avif): a folder of them, or the files "
     "(photos/*.jpg); required unless the --recipe gives photos.",
 )
+LearnedPhotos = typer.Argument(
+    None,
+    metavar="PHOTOS",
+    help="Photos of the subject, as train-subject takes them (default: the ones the subject was learned from).",
+)
 Name = typer.Option(None, "--name", "-n", help="Subject name, also its pseudo-word in prompts (e.g. S* or sks).")
 ClassNoun = typer.Option(None, "--class-noun", help="What the subject is (dog, person, mug).")
 NumVectors = typer.Option(None, "--num-vectors", help="Embedding vectors for the pseudo-word (default 1).")
@@ -194,7 +199,7 @@ def textual_inversion(
 
 
 def identity_adapter(
-    photos: list[str] = Photos,
+    photos: list[str] = LearnedPhotos,
     name: str = typer.Option(None, "--name", "-n", help="An existing subject (from textual-inversion)."),
     hidden_ratio: float = HiddenRatio,
     steps: int = typer.Option(

@@ -85,6 +85,9 @@ from vidbooth.library import (
     write_json,
 )
 
+PHOTOS_DIR = "photos"
+"""In a subject's folder: copies of the photos it was learned from (identity-adapter's default, evaluate's
+references)."""
 KIND = "subject"
 STAGE_FOLDERS = {"textual_inversion": "textual-inversion", "identity": "identity"}
 PREVIEW_FILE = "preview.png"
@@ -98,7 +101,13 @@ def train_textual_inversion(cfg: SubjectConfig) -> Path:
 
 
 def train_identity_adapter(cfg: SubjectConfig) -> Path:
-    """Stage 2 alone, on an existing subject (its embedding frozen): adds the identity adapter."""
+    """Stage 2 alone, on an existing subject (its embedding frozen): adds the identity adapter. Without photos, the
+    ones the subject was learned from (kept in its folder) are used."""
+    if not cfg.photos and cfg.name:
+        folder = artifact_dir(KIND, cfg.name) / PHOTOS_DIR
+        if folder.is_dir() and any(folder.iterdir()):
+            reporting.info(f"photos: the ones subject '{cfg.name}' was learned from ({folder})")
+            cfg.photos = [str(folder)]
     return _train(cfg, ("identity",))
 
 
@@ -532,7 +541,7 @@ def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
         save_learned_embeddings(stage / EMBEDDINGS_FILE, run.token, rows, provenance)
         if "identity" in run.stages:
             save_identity_adapter(stage / ADAPTER_FILE, bb.unet, cfg.identity.hidden_ratio, provenance)
-        photos = _copy_photos(run.photos, stage / "photos")
+        photos = _copy_photos(run.photos, stage / PHOTOS_DIR)
         (stage / CONFIG_FILE).write_text(_recipe_yaml(rerun))
         preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
         write_json(stage / MANIFEST, _manifest(run, photos, preview, _held_settings(asdict(rerun))))
