@@ -779,3 +779,14 @@ def test_a_photo_copied_under_another_name_is_warned_of(photos, monkeypatch):
     warned.clear()
     engine._load_photos([str(photos / "photo0.png"), str(photos / "photo2.png"), str(photos / "photo1.png")])
     assert warned == []
+
+
+def test_identity_adapter_on_another_base_says_so_alone(photos, isolated_home, capsys):
+    """It had first warned that the pseudo-word was 'learned with other data' (the other base's recipe), then been
+    refused for the base."""
+    assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["identity-adapter", "--name", "S*", *FAST, "--steps", "1", "--base", "tiny-animatediff",
+                 "--set", "data.resolution=32"]) == 2  # as another base's recipe may have it
+    err = capsys.readouterr().err
+    assert "subject 'S*' was learned on tiny (fingerprint" in err and "learned with other" not in err, err

@@ -262,10 +262,7 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
                 f"only {len(files)} class images in {cfg.prior.class_images}, fewer than prior.num_class_images "
                 f"(--num-class-images) {cfg.prior.num_class_images}: training uses these {len(files)}"
             )
-    run = _Run(cfg, stages, class_noun, photos, existing, earlier, class_images, digest)
-    if earlier is not None:  # said before training, not after
-        _warn_if_not_one_run(run, earlier)
-    return run
+    return _Run(cfg, stages, class_noun, photos, existing, earlier, class_images, digest)
 
 
 def _earlier_config(name: str, existing: dict) -> SubjectConfig | None:
@@ -465,6 +462,8 @@ def _load_existing_embedding(run: _Run) -> torch.Tensor:
 
     bb = run.backbone
     check_base(KIND, run.cfg.name, run.existing, bb.source, bb.fingerprint, bb.image_fingerprint)
+    if run.earlier is not None:  # once the base is known to fit (another base's recipe has other data), before training
+        _warn_if_not_one_run(run, run.earlier)
     path = artifact_dir(KIND, run.cfg.name) / run.existing["paths"]["embeddings"]
     load_learned_embeddings(bb.tokenizer, bb.text_encoder, path)
     return read_learned_embeddings(path)[1]
