@@ -410,14 +410,14 @@ def load_backbone(
     unet_class = _unet_class(folder)
     if base in BUILTIN and BUILTIN[base] == "animatediff" and motion_adapter is None:
         motion_adapter = str(folder.with_name(folder.name + "-motion-adapter"))
-    adapter_source = None
+    adapter_source = image_fingerprint = None  # the latter: an image model's own, with a motion adapter on it
     if motion_adapter and unet_class == "UNet2DConditionModel":
         adapter_source = _motion_adapter_folder(motion_adapter)  # a wrong one fails before anything loads
     elif motion_adapter:
         from vidbooth.reporting import warn
 
-        warn(f"--motion-adapter {motion_adapter} has no effect on {base}: its UNet ({unet_class}) has "
-                       "temporal layers of its own; a motion adapter animates an image model")
+        warn(f"--motion-adapter {motion_adapter} has no effect on {base}: its UNet ({unet_class}) has temporal "
+             "layers of its own; a motion adapter animates an image model")
     kw = {"use_safetensors": True} | ({"variant": variant} if variant else {})  # never unpickle a user's file
     try:
         tokenizer = _load_tokenizer(folder / "tokenizer")
@@ -455,8 +455,6 @@ def load_backbone(
     fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet})
     if family == ZERO_SHOT:
         image_fingerprint = fingerprint
-    elif not adapter_source:
-        image_fingerprint = None
     for module in (text_encoder, vae, unet):
         module.requires_grad_(False).eval()
     keep_vae_fp32 = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)

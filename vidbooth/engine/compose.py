@@ -91,10 +91,11 @@ def check_learned_together(learned: list[tuple[str, str, dict]]) -> None:
 def check_same_base(first: tuple[str, str, dict], second: tuple[str, str, dict]) -> None:
     """(kind, name, manifest) pairs learned on different base models (fingerprints) raise a UserError naming both;
     a subject learned on the image model that a motion's motion module animates goes with it (AnimateDiff)."""
+    from vidbooth.library import learned_on
+
     (kind_a, name_a, a), (kind_b, name_b, b) = first, second
-    image_model = a.get("image_fingerprint") if "subject" in (kind_a, kind_b) else None
-    if a.get("base_fingerprint") != b.get("base_fingerprint") and not (
-            image_model and image_model == b.get("image_fingerprint")):
+    subject, other = (a, b) if kind_a == "subject" else (b, a)  # learned_on's leeway is a subject's
+    if not learned_on(subject, other.get("base_fingerprint"), other.get("image_fingerprint")):
         raise UserError(
             f"{kind_a} '{name_a}' was learned on {a.get('base')} (fingerprint {a.get('base_fingerprint')}) but "
             f"{kind_b} '{name_b}' on {b.get('base')} (fingerprint {b.get('base_fingerprint')}): they cannot be "
