@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vidbooth import reporting
 from vidbooth.adapters.base import load_tensors, save_tensors
 from vidbooth.errors import UserError
-from vidbooth import reporting
 
 EMBEDDINGS_FILE = "learned_embeds.safetensors"
 

@@ -53,8 +53,8 @@ from vidbooth.adapters.textual_inversion import (
     wrap_placeholder_embedding,
 )
 from vidbooth.config.subject import STAGES, SubjectConfig
-from vidbooth.engine.backbone import base_model_folder, load_backbone_for
 from vidbooth.device import resolve_device, resolve_dtype
+from vidbooth.engine.backbone import base_model_folder, load_backbone_for
 from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.sampling import training_resolution
 from vidbooth.engine.train import (
