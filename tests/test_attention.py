@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -69,6 +71,23 @@ def test_math_with_additive_mask_matches_explicit_formula():
     got = attention(q, k, v, additive, backend="math")
     assert torch.allclose(got, expected, atol=1e-6)
     assert not torch.allclose(got, attention(q, k, v, backend="math"), atol=1e-3)  # the mask matters
+
+
+def test_over_one_key_attention_is_its_value_with_no_kernel_run(monkeypatch):
+    """A 1-frame video's temporal attention: the softmax over one key is 1. Subject training spent about a fifth
+    of its step in SDPA kernels there."""
+    from vidbooth.attention import backends
+
+    q, k, v = (x.requires_grad_() for x in _qkv(lk=1))
+    expected = backends._math(q, k, v, None)
+    calls = []
+    sdpa = backends._REGISTRY["sdpa"]
+    monkeypatch.setitem(backends._REGISTRY, "sdpa", dataclasses.replace(sdpa, fn=lambda *args: calls.append(args)))
+    got = attention(q, k, v, backend="sdpa")
+    assert calls == [] and got.shape == (2, 3, 7, 8) and torch.allclose(got, expected, atol=1e-6)
+    (grad_v,) = torch.autograd.grad(got.sum(), v)
+    assert torch.allclose(grad_v, torch.autograd.grad(expected.sum(), v)[0], atol=1e-6)  # 7 queries each: 7
+    assert attention(q, k, v, torch.zeros(2, 1, 1, 1), backend="math").shape == (2, 3, 7, 8)  # with a mask: a kernel
 
 
 def test_context_manager_selects_backend(monkeypatch):
