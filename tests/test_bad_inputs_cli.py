@@ -213,6 +213,19 @@ def test_train_motion_refuses_bad_numbers(args, message, tmp_path, tiny_base_dir
     _refused_in_one_line(argv, message, tmp_path, capsys)
 
 
+def test_pretrain_takes_a_tilde_as_the_home_folder(tmp_path, monkeypatch):
+    """`--out ~/runs` had made a folder named '~' in the current one."""
+    from vidbooth.config.pretrain import PretrainConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = PretrainConfig(out="~/runs", export="~/nano")
+    cfg.check()
+    assert (cfg.out, cfg.export) == (str(tmp_path / "runs"), str(tmp_path / "nano"))
+    blank = PretrainConfig(export="  ")  # had exported into a folder named with two spaces
+    blank.check()
+    assert blank.export == ""
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -228,6 +241,9 @@ def test_train_motion_refuses_bad_numbers(args, message, tmp_path, tiny_base_dir
         (["--export", "{tmp}"], "overlap: export to a folder outside the run folder"),  # replaced whole: the run too
         (["--export", "{tmp}/run/model"], "overlap"),
         (["--export", "{tmp}/a.txt"], "{tmp}/a.txt is a file: give a folder to export the nano model to"),
+        (["--out", "{tmp}/a.txt/run"], "cannot create output folder {tmp}/a.txt/run: {tmp}/a.txt is not a folder"),
+        (["--out", "{tmp}/held"], "the run's model folder {tmp}/held/model holds other files than a nano model, and "
+                                  "an export replaces the whole folder: move them out of it"),  # found after training
         # model shapes and weights, before any model is built (tracebacks from diffusers or transformers, a size the
         # UNet cannot halve found after the autoencoder and CLIP stages, 4096 px or a NaN found in training)
         (["--set", "arch.size=40"], "arch.size must be from 32 to 1024 pixels and a multiple of 32 (the VAE's and the "
@@ -244,6 +260,8 @@ def test_train_motion_refuses_bad_numbers(args, message, tmp_path, tiny_base_dir
 )
 def test_pretrain_refuses_bad_numbers(args, message, tmp_path, capsys):
     (tmp_path / "a.txt").write_text("")
+    (tmp_path / "held" / "model").mkdir(parents=True)
+    (tmp_path / "held" / "model" / "mine.txt").write_text("")
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     message = message.replace("{tmp}", str(tmp_path))
     _refused_in_one_line(["pretrain", "--out", str(tmp_path / "run"), *args], message, tmp_path, capsys)

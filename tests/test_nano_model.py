@@ -173,7 +173,7 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(call, where, tmp_path,
     monkeypatch.setattr(reporting._Task, "advance", signalled_at_unet_step_2)
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
-        with pytest.raises(Interrupted, match=f"stopped by SIGTERM at {where}; .*continue with --resume") as caught:
+        with pytest.raises(Interrupted, match=f"stopped by SIGTERM at {where}; .*rerun the same command with --resume to continue") as caught:
             nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, unet_steps=4))
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -301,6 +301,12 @@ def test_a_run_and_its_model_keep_the_world_they_were_trained_on(tmp_path, char_
     with pytest.raises(UserError, match="is not an exported nano model"):
         nano.pretrain(tiny_config(tmp_path / "new", char_tokenizer, init_from=str(tmp_path / "nowhere")))
     assert not (tmp_path / "new").exists()  # a refused --init-from leaves no run folder to --resume or clean up
+    raised = tiny_config(tmp_path / "new", char_tokenizer, init_from=str(edge.model_dir), linear_paths="edge")
+    raised.clip.steps = 3  # had said 'use a new --out', true of no --out, and left a run folder refusing the rerun
+    with pytest.raises(UserError, match=r"with --init-from .*, clip.steps must be at most 2, where it stopped before "
+                                        r"its later stages began, got 3"):
+        nano.pretrain(raised)
+    assert not (tmp_path / "new").exists()
     resumed = nano.pretrain(tiny_config(tmp_path / "edge", char_tokenizer, 3, resume=True, linear_paths="edge"))
     assert resumed.finished and resumed.steps["unet"] == 3
 

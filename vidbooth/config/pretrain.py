@@ -113,6 +113,8 @@ class PretrainConfig:
         """Raise a UserError naming the first bad value by its key (and flag, where it has one)."""
         if not self.out.strip():
             raise UserError("--out is empty: give the run folder (default: runs/nano)")
+        self.out = str(Path(self.out).expanduser())  # '~/runs' is the home folder's, as elsewhere
+        self.export = str(Path(self.export).expanduser()) if self.export.strip() else ""
         if Path(self.out).expanduser().exists() and not Path(self.out).expanduser().is_dir():
             raise UserError(f"--out {self.out} is a file: give the run folder (default: runs/nano)")
         if self.export.strip():

@@ -179,15 +179,16 @@ def _save_tokenizer(tokenizer, folder: Path) -> None:
     clean.save_pretrained(folder)
 
 
-def check_export_folder(folder: str | Path) -> None:
-    """Refuse to export over a folder that holds anything but an earlier nano export: it is replaced whole."""
+def check_export_folder(folder: str | Path, flag: str = "--export") -> None:
+    """Refuse to export over a folder that holds anything but an earlier nano export: it is replaced whole. `flag`:
+    how the folder was given ('--export'), or what it is ('the run's model folder')."""
     folder = Path(folder)
+    fix = "give a new or empty folder, or an earlier export" if flag.startswith("--") else "move them out of it"
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder} is a file: give a folder to export the nano model to")
+        raise UserError(f"{flag} {folder} is a file: give a folder to export the nano model to")
     if folder.is_dir() and any(folder.iterdir()) and not (folder / "nano.json").is_file():
         raise UserError(
-            f"{folder} holds other files than a nano model, and an export replaces the whole folder: "
-            "give a new or empty folder, or an earlier export"
+            f"{flag} {folder} holds other files than a nano model, and an export replaces the whole folder: {fix}"
         )
     from vidbooth.data.video import check_writable_dir
 

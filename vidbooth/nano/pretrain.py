@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from vidbooth.config.pretrain import PretrainConfig
+from vidbooth.data.video import check_writable_dir
 from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
@@ -314,6 +315,11 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     if _identity(provenance) != run.identity:
         raise UserError(f"{folder} was trained with other settings than this run's "
                         f"({_identity_difference(_identity(provenance), run.identity)}): continue it with those")
+    for stage in STAGES[:-1]:  # before anything is written (the run folder would then refuse a corrected rerun)
+        done, asked = provenance["steps"][stage], getattr(run.cfg, stage).steps
+        if asked > done and any(provenance["steps"][later] for later in STAGES[STAGES.index(stage) + 1:]):
+            raise UserError(f"with --init-from {source}, {stage}.steps must be at most {done}, where it stopped "
+                            f"before its later stages began, got {asked}")
     clip = build_clip(run.cfg.arch, tokenizer)  # the text projection stays fresh: the CLIP stage is done
     clip.text_model.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
     image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
@@ -396,7 +402,7 @@ def _loop(
                 raise stopped(
                     stop.signum,
                     f"pretraining stopped by {name} at {stage} step {step + 1}; checkpoint saved in {run.dir}: "
-                    "continue with --resume",
+                    f"{_to_continue(run.cfg)}",
                 )
             if run.out_of_time() and step + 1 < total:
                 return False
@@ -525,16 +531,25 @@ def _unet_stage(run: _Run, models: _Models) -> bool:
     return _loop(run, "unet", models.denoiser(), optimizer, cfg.steps, cfg.warmup_steps, loss_at, after_step)
 
 
+def _to_continue(cfg: PretrainConfig) -> str:
+    """How to continue a stopped run: --resume, in place of the --init-from that started it."""
+    if cfg.init_from:
+        return "rerun the same command with --resume in place of --init-from to continue"
+    return "rerun the same command with --resume to continue"
+
+
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run (or resume) the stages in order and export the model when all are done."""
     from vidbooth.engine.backbone import quiet_libraries
 
     cfg.check()
+    run_dir = Path(cfg.out)
+    check_writable_dir(run_dir)  # before hours of training, not after
+    check_export_folder(run_dir / "model", "the run's model folder")
     if cfg.export:
-        check_export_folder(cfg.export)  # before hours of training, not after
+        check_export_folder(cfg.export)
     quiet_libraries()
     torch.set_num_threads(cfg.threads)
-    run_dir = Path(cfg.out)
 
     def busy(owner: str) -> str:
         return f"another pretrain (pid {owner}) is writing {run_dir}: wait for it to end, or give another --out"
@@ -558,7 +573,7 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
             if not stage_fns[stage](run, models):
                 info(
                     f"stopped after {cfg.max_minutes:g} minutes at {stage} step {run.state['steps'][stage]}: "
-                    "rerun the same command with --resume to continue"
+                    f"{_to_continue(cfg)}"
                 )
                 model_dir = export(run, models) if run.state["steps"]["unet"] else None  # the weights so far
                 return PretrainResult(run.dir, False, dict(run.state["steps"]), run.state["curve"], model_dir)
