@@ -624,3 +624,31 @@ def test_a_full_disk_at_a_checkpoint_says_how_to_go_on(tmp_path, char_tokenizer,
     with pytest.raises(UserError, match=r"the unet checkpoint of step 3 was not saved and the one before is kept; "
                                         r"free space in .*, then run the same command with --resume to continue"):
         nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=3, resume=True))
+
+
+def test_an_export_keeps_the_image_prompt_model_of_an_unchanged_model_and_says_when_it_drops_it(
+        tmp_path, char_tokenizer, monkeypatch):
+    """An export replaces its folder whole: over vidbooth/assets/nano it had dropped image_prompt.safetensors
+    without a word, even when the weights were the same."""
+    from badinputs import capture_warnings
+
+    from vidbooth.nano import model as nano_model
+
+    arch = tiny_arch()
+    tokenizer = nano.load_tokenizer(str(char_tokenizer), arch.clip.max_length)
+
+    def models(seed):
+        torch.manual_seed(seed)
+        return build_vae(arch), build_clip(arch, tokenizer), build_unet(arch)
+
+    export = tmp_path / "nano"
+    nano_model.save_nano(export, arch, tokenizer, *models(0), {})
+    (export / "image_prompt.safetensors").write_bytes(b"trained on seed 0's model")
+    warnings = capture_warnings(monkeypatch)
+    nano_model.save_nano(export, arch, tokenizer, *models(0), {"steps": "again"})  # the same weights
+    assert (export / "image_prompt.safetensors").read_bytes() == b"trained on seed 0's model" and warnings == []
+    nano_model.save_nano(export, arch, tokenizer, *models(1), {})  # other weights
+    assert not (export / "image_prompt.safetensors").exists()
+    assert warnings == [f"{export / 'image_prompt.safetensors'} was trained on the model this export replaces, so it "
+                        "is left out: train one for the new model with `vidbooth train-image-prompt --recipe "
+                        f"nano/image-prompt --base {export} --out {export / 'image_prompt.safetensors'}`"]

@@ -13,13 +13,15 @@ nano is a text-to-video model in miniature, laid out like ModelScope T2V so that
 from __future__ import annotations
 
 import copy
+import filecmp
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from vidbooth import __version__
+from vidbooth import __version__, reporting
 from vidbooth.errors import UserError
 from vidbooth.fileio import folder_beside, replace_folder
 
@@ -202,8 +204,30 @@ def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, pr
     check_export_folder(final)
     with folder_beside(final) as folder:
         _write_nano(folder, arch, tokenizer, vae, clip, unet, provenance)
+        _keep_image_prompt_model(final, folder)
         replace_folder(folder, final)
     return final
+
+
+IMAGE_PROMPT_MODEL = "image_prompt.safetensors"
+"""A base's own image-prompt model (`engine.image_prompt.OWN_IMAGE_PROMPT_MODEL`), trained on that very model."""
+
+
+def _keep_image_prompt_model(old: Path, new: Path) -> None:
+    """Carry the old folder's image-prompt model into the new export when the model it was trained on is unchanged
+    (an export of the packaged nano continued by no steps); else say that it is left out, and how to train one."""
+    model = old / IMAGE_PROMPT_MODEL
+    if not model.is_file():
+        return
+    parts = ("text_encoder", "vae", "unet")  # what the image-prompt model's base fingerprint covers
+    files = sorted({p.relative_to(root) for root in (old, new) for part in parts for p in (root / part).rglob("*")
+                    if p.is_file()})
+    if all((old / f).is_file() and (new / f).is_file() and filecmp.cmp(old / f, new / f, shallow=False)
+           for f in files):
+        shutil.copy2(model, new / IMAGE_PROMPT_MODEL)
+        return
+    reporting.warn(f"{model} was trained on the model this export replaces, so it is left out: train one for the new model "
+                   f"with `vidbooth train-image-prompt --recipe nano/image-prompt --base {old} --out {model}`")
 
 
 def _write_nano(folder: Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> None:
