@@ -23,9 +23,11 @@ def _run(out, base, *extra):
                  "--set", "subject_steps=2", "--set", "motion_steps=2", "--set", "num_inference_steps=2", *extra])
 
 
-def _check(out, seed=0, count=2):
+def _check(out, seed=0, count=2, fast=False):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["variants"]) == VARIANTS
+    settings = metrics["settings"]  # a --fast run's file had been indistinguishable from a full one's
+    assert (settings["seed"], settings["num_videos"], settings["fast"]) == (seed, count, fast)
     for scores in metrics["variants"].values():
         assert SCORES <= set(scores) and math.isfinite(scores["image_similarity"])
     for key in VARIANTS:
@@ -99,7 +101,7 @@ def test_demo_at_reduced_steps(tmp_path, isolated_home, capsys):
     printed = capsys.readouterr().out
     assert "does each step help?" in printed and "+ identity adapter over pseudo-word" in printed
     assert " of 2 " in printed  # 'better in' counts the 2 paired videos
-    metrics = _check(out)
+    metrics = _check(out, fast=True)
     row = next(line for line in printed.splitlines() if "subject: class noun only" in line)
     counts = [f"{round(2 * metrics['variants']['class_noun'][key])}/2" for key in ("colour_correct", "shape_correct")]
     assert [cell.strip() for cell in row.split("│")][4:6] == counts  # the probe's reads as counts, not 0.5000
@@ -181,13 +183,16 @@ def test_paired_steps_compare_each_video_with_the_same_noise_in_the_variant_befo
     (["--set", "runtime.seed=5"], "runtime.seed 5 is not the demo's seed: give seed (--seed) instead"),  # ignored
     (["--base", "no/such/base/here"], "base model not found: no/such/base/here"),
     (["--base", str(Path(__file__).parent)], "is not a diffusers text-to-video model"),
+    (["--device", "tpu"], "unknown device 'tpu'"),  # these three had been found after the inputs were made
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--attention", "bogus"], "unknown attention backend 'bogus'"),
 ])
 def test_bad_demo_settings_are_one_error_line_before_anything_is_written(args, expected, tmp_path, capsys):
-    out = tmp_path / "demo"
+    out = tmp_path / "deep" / "demo"
     assert main(["demo", "--out", str(out), *args]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(errors) == 1 and expected in errors[0], errors
-    assert not out.exists()
+    assert not (tmp_path / "deep").exists()
 
 
 def test_an_image_model_base_is_refused_before_anything_is_written(tiny_base_dirs, tmp_path, capsys):
@@ -198,6 +203,14 @@ def test_an_image_model_base_is_refused_before_anything_is_written(tiny_base_dir
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(errors) == 1 and "is an image model: the demo also learns a motion" in errors[0], errors
     assert not out.exists()
+
+
+def test_a_tilde_in_out_is_the_home_folder(tmp_path, monkeypatch):
+    """'--out ~/demo' had made a folder named '~' in the current one."""
+    from vidbooth.config.demo import DemoConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert DemoConfig(out="~/demo").out == str(tmp_path / "demo")
 
 
 def test_an_empty_out_is_refused_rather_than_writing_into_the_current_folder(tmp_path, monkeypatch, capsys):
@@ -219,6 +232,14 @@ def test_an_interrupted_demo_says_to_run_it_again_not_to_resume(tmp_path, isolat
     err = capsys.readouterr().err
     assert "the demo was stopped by SIGTERM: run it again to start over" in err and "--resume" not in err
     assert not (tmp_path / "demo").exists()  # what it had written (its inputs) is gone with the folder it made
+
+    def ctrl_c(*args, **kwargs):  # outside training: it had said only 'interrupted', and left the new folder's parents
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("vidbooth.nano.world.render_motion_clips", ctrl_c)
+    assert main(["demo", "--out", str(tmp_path / "a" / "b" / "demo"), "--base", "tiny"]) == 130
+    assert capsys.readouterr().err.strip().endswith("the demo was stopped by SIGINT: run it again to start over")
+    assert list(tmp_path.iterdir()) == []
 
 
 def _earlier_demo(out):

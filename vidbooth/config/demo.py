@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from vidbooth.config import checks
 from vidbooth.config.schema import RuntimeConfig
@@ -35,6 +36,7 @@ class DemoConfig:
     def __post_init__(self) -> None:  # checked before anything is trained or written
         if not self.out.strip():
             raise UserError("--out is empty: give the folder the demo writes into (default: demo)")
+        self.out = str(Path(self.out).expanduser())  # '~/demo' is the home folder's, as elsewhere
         checks.at_least("num_videos", self.num_videos, 1, "--num-videos")
         checks.at_most("num_videos", self.num_videos, MAX_VIDEOS, "--num-videos")
         checks.seed("seed", self.seed)

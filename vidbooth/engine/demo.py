@@ -94,6 +94,8 @@ class DemoReport:
     """Image similarity of the subject photos passed through the base's autoencoder, against the photos: every
     video is decoded by that autoencoder, so videos can be expected to score near or below it."""
     steps: list[Step] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    """The demo's settings as given (seed, fast, num_videos, step counts: 0 for the recipe's, runtime)."""
 
 
 @contextlib.contextmanager
@@ -134,8 +136,9 @@ def _replacing_earlier_demo(out: Path) -> Iterator[None]:
     An earlier demo there is first set aside (in `out/.previous-*`) and removed only when the block succeeds; when
     it fails or is stopped, what it wrote is removed and the earlier demo put back, so `out` never mixes two demos'
     files. (After a kill -9 the next run puts back what was set aside, if what the killed run wrote is unfinished.)"""
-    created = not out.exists()
+    made = [folder for folder in (out, *out.absolute().parents) if not folder.exists()]  # innermost first
     ensure_writable_dir(out)
+
     def busy(owner: str) -> str:
         return f"another demo (pid {owner}) is writing into {out}: wait for it to finish, or give another --out"
 
@@ -157,9 +160,9 @@ def _replacing_earlier_demo(out: Path) -> Iterator[None]:
             finally:
                 _remove(aside)
     except BaseException:
-        if created:
+        for folder in made:  # the folders made for `out`, its parents too
             with contextlib.suppress(OSError):
-                out.rmdir()  # only if nothing else appeared in it meanwhile
+                folder.rmdir()  # only if nothing else appeared in it meanwhile
         raise
 
 
@@ -194,6 +197,8 @@ def _restart_when_interrupted() -> Iterator[None]:
     except Interrupted as exc:  # its exit code is 128 + the signal's number
         name = stopping_signal(exc).name
         raise Interrupted(f"the demo was stopped by {name}: run it again to start over", exc.exit_code) from exc
+    except KeyboardInterrupt as exc:  # a Ctrl-C outside training (making the inputs, sampling)
+        raise Interrupted("the demo was stopped by SIGINT: run it again to start over", 130) from exc
     except CheckpointDiskFull as exc:
         raise UserError(f"the disk is full: free space on the disk of {exc.folder}, then run the demo again (it "
                         "starts over)") from exc
@@ -202,7 +207,13 @@ def _restart_when_interrupted() -> Iterator[None]:
 def run_demo(cfg: DemoConfig) -> DemoReport:
     from vidbooth.engine.backbone import base_model_folder, is_image_model, noise_levels
 
+    from vidbooth.attention import resolve_backend
+    from vidbooth.device import resolve_device, resolve_dtype
+
     base = cfg.base
+    device = resolve_device(cfg.runtime.device)  # before the demo folder is taken: a bad one had been found after
+    resolve_dtype(cfg.runtime.precision, device)
+    resolve_backend(cfg.runtime.attention, device)
     check_writable_dir(cfg.out)
     out = Path(cfg.out)
     check_demo_folder(out)
@@ -215,7 +226,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     if cfg.num_inference_steps >= levels:  # else found only at sampling, after all the training
         raise UserError(f"num_inference_steps must be from 1 to {levels - 1} ({base} was trained on {levels} noise "
                         f"levels; 0 takes the recipe's), got {cfg.num_inference_steps}")
-    with _replacing_earlier_demo(out):
+    with _replacing_earlier_demo(out), _restart_when_interrupted():
         return _run_demo(cfg, out)
 
 
@@ -239,7 +250,7 @@ def _run_demo(cfg: DemoConfig, out: Path) -> DemoReport:
     clip_path = write_video(reference, out / "inputs" / "motion.mp4")
     seconds["inputs"] = time.perf_counter() - started
 
-    with _library_at(out / "library"), _restart_when_interrupted():
+    with _library_at(out / "library"):
         started = time.perf_counter()
         _train_subject(cfg, base, family, photos_dir, sprite.shape)
         seconds["train-subject"] = time.perf_counter() - started
@@ -256,7 +267,9 @@ def _run_demo(cfg: DemoConfig, out: Path) -> DemoReport:
                                            image_prompt[0] if image_prompt else None)
         seconds["generate+evaluate"] = time.perf_counter() - started
 
-    report = DemoReport(base, described, motion.name, variants, seconds, out, photos_score, paired_steps(variants))
+    settings = {key: value for key, value in asdict(cfg).items() if key != "out"}
+    report = DemoReport(base, described, motion.name, variants, seconds, out, photos_score, paired_steps(variants),
+                        settings)
     _write_metrics(report)
     _show(report)
     return report
@@ -452,6 +465,7 @@ def paired_steps(variants: list[Variant]) -> list[Step]:
 def _write_metrics(report: DemoReport) -> None:
     data = {
         "base": report.base,
+        "settings": report.settings,
         "subject": report.subject,
         "motion": report.motion,
         "seconds": report.seconds,
@@ -488,4 +502,4 @@ def _show(report: DemoReport) -> None:
     info(f"image sim. of the photos themselves through {report.base}'s autoencoder: "
          f"{report.photos_through_autoencoder:.3f} (videos, decoded by it, can be expected to score near or below it)")
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in report.seconds.items())
-    info(f"wrote {report.folder}/ (videos/, inputs/, metrics.json); time: {timing}")
+    info(f"wrote {report.folder}/ (videos/, inputs/, library/, metrics.json); time: {timing}")

@@ -480,7 +480,7 @@ def _evaluate(run: _Run, models: _Models, step: int, loss: float) -> None:
     info(
         f"probe at unet step {step} ({row['unet_minutes']:.1f} min): colour {scores['colour']:.0%}, "
         f"shape {scores['shape']:.0%}, motion {scores['motion']:.0%}, direction {scores['direction']:.0%} "
-        f"over {scores['prompts']} held-out prompts"
+        f"over {scores['prompts']} held-out prompt{'' if scores['prompts'] == 1 else 's'}"
     )
 
 
