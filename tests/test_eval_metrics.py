@@ -7,10 +7,9 @@ import pytest
 from media import moving_square, smooth_image
 from PIL import Image
 
+from vidbooth.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from vidbooth.eval import metrics
 from vidbooth.eval.features import (
-    CLIP_MEAN,
-    CLIP_STD,
     ModelUnavailable,
     floor_half,
     load_clip,
@@ -49,7 +48,7 @@ def test_clip_preprocessing_matches_transformers_clip_image_processor():
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     images = [smooth_image(1, 51, 95), smooth_image(2, 90, 50)]
     expected = processor(images=images, return_tensors="np")["pixel_values"]
-    ours = preprocess(images, 32, 32, CLIP_MEAN, CLIP_STD, floor_half)
+    ours = preprocess(images, 32, 32, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, floor_half)
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 

@@ -41,6 +41,9 @@ UNSUPPORTED_PHOTO_EXTENSIONS = (".heic", ".heif", ".dng", ".cr2", ".nef", ".arw"
 MIN_SIDE = 64
 MAX_PHOTO_PIXELS = 250_000_000
 WORKING_SHORT_SIDE = 1024
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""The pixel normalisation OpenAI's CLIP image towers were trained with (the default of a folder that names none)."""
 
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")

@@ -24,13 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vidbooth.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from vidbooth.engine.backbone import Backbone, cache_dir, resolve_base
 from vidbooth.engine.tiny import save_transformers_model
 from vidbooth.errors import UserError
 from vidbooth.fileio import folder_beside, publish_folder
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TINY_CLIP = "tiny-clip"
 VAE = "vae"
 VAE_GRID = 4

@@ -33,9 +33,8 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from vidbooth.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_RESIZE_RATIO = 256 / 224
@@ -135,7 +134,7 @@ class ClipEmbedder:
         import torch
 
         size = self.model.config.vision_config.image_size
-        pixels = preprocess(images, size, size, CLIP_MEAN, CLIP_STD, floor_half)
+        pixels = preprocess(images, size, size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, floor_half)
         with torch.inference_mode():
             output = self.model.get_image_features(pixel_values=torch.from_numpy(pixels).to(self.device))
         return _projected(output)
@@ -217,8 +216,8 @@ def load_nano_image(device: str = "auto", batch_size: int = 16) -> NanoImageEmbe
         resize_to = int(size["shortest_edge"] if isinstance(size, dict) else size)
         crop = settings.get("crop_size", resize_to)
         crop_to = int(crop["height"] if isinstance(crop, dict) else crop)
-        mean = tuple(float(v) for v in settings.get("image_mean", CLIP_MEAN))
-        std = tuple(float(v) for v in settings.get("image_std", CLIP_STD))
+        mean = tuple(float(v) for v in settings.get("image_mean", OPENAI_CLIP_MEAN))
+        std = tuple(float(v) for v in settings.get("image_std", OPENAI_CLIP_STD))
         with _quiet_transformers():
             model = CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=torch.float32)
     except Exception as exc:  # a damaged package: bad JSON, missing keys, unreadable weights
