@@ -28,12 +28,13 @@ from torch import nn
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.errors import UserError
 from vidbooth.fileio import folder_beside, publish_folder
+from vidbooth.nano import PACKAGED
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN = {"tiny": "unet3d", "tiny-animatediff": "animatediff"}
 ZERO_SHOT = "text2video-zero"
 """The family of an image model without a motion adapter."""
-NANO = Path(__file__).resolve().parents[1] / "assets" / "nano"
+NANO = PACKAGED
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
 

@@ -193,21 +193,15 @@ def is_nano(name: str | None) -> bool:
     return str(name or "").strip().lower() == NANO_NAME
 
 
-def nano_folder() -> Path:
-    """The shipped nano model folder (the same folder as `vidbooth.engine.backbone.NANO`; eval does not import
-    engine)."""
-    import vidbooth
-
-    return Path(vidbooth.__file__).resolve().parent / "assets" / "nano"
-
-
 def load_nano_image(device: str = "auto", batch_size: int = 16) -> NanoImageEmbedder:
     import json
 
     import torch
     from transformers import CLIPVisionModelWithProjection
 
-    folder = nano_folder() / "image_encoder"
+    from vidbooth.nano import PACKAGED
+
+    folder = PACKAGED / "image_encoder"
     if not (folder / "config.json").is_file():
         raise ModelUnavailable(f"the packaged nano model's image_encoder is missing from {folder}: reinstall vidbooth")
     try:

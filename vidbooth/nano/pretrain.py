@@ -26,6 +26,7 @@ from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
 from vidbooth.errors import UserError, stopped
 from vidbooth.fileio import disk_full, lock_beside, write_together
+from vidbooth.nano import PACKAGED
 from vidbooth.nano import checkpoint as ckpt
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
 from vidbooth.nano.model import (
@@ -41,7 +42,6 @@ from vidbooth.reporting import info, progress
 
 STAGES = ("autoencoder", "clip", "unet")
 TEMPORAL = ("temp_convs", "temp_attentions", "transformer_in")
-PACKAGED = Path(__file__).resolve().parents[1] / "assets" / "nano"
 WARMUP_FRACTION = 0.05
 
 
