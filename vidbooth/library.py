@@ -132,6 +132,12 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
     return path
 
 
+PHOTOS_DIR = "photos"
+"""In a subject's folder: copies of the photos it was learned from (identity-adapter's default, evaluate's
+references)."""
+CLIPS_DIR = "clips"
+"""In a motion's folder: copies of the clips it was learned from (evaluate's references)."""
+
 REQUIRED_KEYS = {
     "subject": (("base", "base_fingerprint", "class_noun", "num_vectors"),
                 ("embeddings", "identity_adapter", "config")),

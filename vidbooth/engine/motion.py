@@ -44,7 +44,6 @@ from vidbooth.eval.motion import NO_MOTION, moving_signature
 from vidbooth.reporting import info
 
 ADAPTER_FILE = "motion_adapter.safetensors"
-CLIPS_DIR = "clips"
 PREVIEW_FILE = "preview.png"
 CONFIG_FILE = "config.yaml"
 STAGE = "motion"
@@ -314,7 +313,7 @@ def save_motion(
     """Write the artifact atomically: adapter tensors, the training clips, a preview, the config and the manifest."""
     from vidbooth.config import save_config
     from vidbooth.data.video import write_video
-    from vidbooth.library import MANIFEST, artifact_dir, staged_artifact, write_json
+    from vidbooth.library import CLIPS_DIR, MANIFEST, artifact_dir, staged_artifact, write_json
 
     provenance = {"method": KIND, "base_fingerprint": backbone.fingerprint, "spec": spec.to_json()}
     with staged_artifact("motion", cfg.name, cfg.overwrite) as stage:

@@ -76,6 +76,7 @@ from vidbooth.errors import Interrupted, UserError, stopped, stopping_signal
 from vidbooth.fileio import absolute_path
 from vidbooth.library import (
     MANIFEST,
+    PHOTOS_DIR,
     artifact_dir,
     artifact_lock,
     check_base,
@@ -85,9 +86,6 @@ from vidbooth.library import (
     write_json,
 )
 
-PHOTOS_DIR = "photos"
-"""In a subject's folder: copies of the photos it was learned from (identity-adapter's default, evaluate's
-references)."""
 KIND = "subject"
 STAGE_FOLDERS = {"textual_inversion": "textual-inversion", "identity": "identity"}
 PREVIEW_FILE = "preview.png"

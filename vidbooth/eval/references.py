@@ -47,16 +47,16 @@ def read_image_folder(folder: str | Path) -> list[np.ndarray]:
 
 def subject_photos(name: str) -> Path:
     """The training photos of library subject `name`."""
-    from vidbooth.library import artifact_dir
+    from vidbooth.library import PHOTOS_DIR, artifact_dir
 
-    return artifact_dir("subject", name) / "photos"
+    return artifact_dir("subject", name) / PHOTOS_DIR
 
 
 def motion_clip_paths(name: str) -> list[Path]:
     """The training clip(s) of library motion `name`."""
-    from vidbooth.library import artifact_dir
+    from vidbooth.library import CLIPS_DIR, artifact_dir
 
-    folder = artifact_dir("motion", name) / "clips"
+    folder = artifact_dir("motion", name) / CLIPS_DIR
     clips = sorted(p for p in folder.glob("*") if p.suffix.lower() in VIDEO_EXTENSIONS) if folder.is_dir() else []
     if not clips:
         raise UserError(f"motion '{name}' has no training clip in {folder}: pass the clip with --ref-video instead")
