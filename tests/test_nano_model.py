@@ -173,7 +173,8 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(call, where, tmp_path,
     monkeypatch.setattr(reporting._Task, "advance", signalled_at_unet_step_2)
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
-        with pytest.raises(Interrupted, match=f"stopped by SIGTERM at {where}; .*rerun the same command with --resume to continue") as caught:
+        said = f"stopped by SIGTERM at {where}; .*rerun the same command with --resume to continue"
+        with pytest.raises(Interrupted, match=said) as caught:
             nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, unet_steps=4))
     finally:
         signal.signal(signal.SIGTERM, previous)

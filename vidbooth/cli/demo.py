@@ -14,7 +14,9 @@ def demo(
     ),
     fast: bool = typer.Option(None, "--fast", help="Fewer steps and videos: about half the time, noisier scores."),
     base: str = typer.Option(None, "--base", help="Base model (default: nano)."),
-    num_videos: int = typer.Option(None, "--num-videos", help="Videos per variant (default 8); --fast halves it (at least 2)."),
+    num_videos: int = typer.Option(
+        None, "--num-videos", help="Videos per variant (default 8); --fast halves it (at least 2)."
+    ),
     device: str = options.Device,
     precision: str = options.Precision,
     attention: str = options.Attention,

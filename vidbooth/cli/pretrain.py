@@ -13,7 +13,9 @@ def pretrain(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     init_from: str = typer.Option(None, "--init-from", help="Start from an exported model ('nano': the packaged one)."),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="Checkpoint and stop after this many minutes (default 0: no limit)."),
+    max_minutes: float = typer.Option(
+        None, "--max-minutes", help="Checkpoint and stop after this many minutes (default 0: no limit)."
+    ),
     export: str = typer.Option(None, "--export", help="Also write the finished model here (diffusers layout)."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default 1)."),
     seed: int = options.Seed,

@@ -226,8 +226,8 @@ def _keep_image_prompt_model(old: Path, new: Path) -> None:
            for f in files):
         shutil.copy2(model, new / IMAGE_PROMPT_MODEL)
         return
-    reporting.warn(f"{model} was trained on the model this export replaces, so it is left out: train one for the new model "
-                   f"with `vidbooth train-image-prompt --recipe nano/image-prompt --base {old} --out {model}`")
+    reporting.warn(f"{model} was trained on the model this export replaces, so it is left out: train one for the new "
+                   f"model with `vidbooth train-image-prompt --recipe nano/image-prompt --base {old} --out {model}`")
 
 
 def _write_nano(folder: Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> None:
