@@ -131,8 +131,8 @@ def test_a_multi_vector_subject_is_spelled_out_in_the_negative_prompt_too(
     assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", "--base", str(base),
                  "--num-vectors", "2", "--ti-steps", "1", "--identity-steps", "1", *FAST]) == 0
     sampled = []
-    monkeypatch.setattr(generate_engine, "sample_frames", lambda bb, cfg, prompt, negative, image_prompt=None: sampled.append(
-        (prompt, negative)) or np.zeros((2, 16, 16, 3), dtype=np.uint8))
+    monkeypatch.setattr(generate_engine, "sample_videos", lambda bb, cfg, prompt, negative, image_prompt=None:
+                        sampled.append((prompt, negative)) or np.zeros((1, 2, 16, 16, 3), dtype=np.uint8))
     assert main(["generate", "--base", str(base), "--subject", "S*", "--prompt", "a S* ball", "--negative-prompt",
                  "S* blurred", "--out", str(tmp_path / "v.gif"), "--device", "cpu"]) == 0
     assert sampled == [("a S* S*_1 ball", "S* S*_1 blurred")]  # the encoder sees both rows in both prompts

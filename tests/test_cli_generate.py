@@ -24,6 +24,28 @@ def test_generate_writes_video_sheet_and_config(tiny_base_dirs, tmp_path):
     assert resolved["prompt"] == "a dog"
 
 
+def test_several_videos_of_a_prompt_come_from_one_run_and_are_scored_against_its_config(tiny_base_dirs, tmp_path):
+    """For several takes a user had looped over seeds, loading the model each time."""
+    import numpy as np
+    from PIL import Image
+
+    args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--frames", "3", "--steps", "2",
+            "--seed", "7", "--device", "cpu"]
+    assert main([*args, "--num-videos", "3", "--out", str(tmp_path / "take.mp4")]) == 0
+    videos = [read_video(tmp_path / f"take-{k}.mp4") for k in (1, 2, 3)]
+    assert not (tmp_path / "take.mp4").exists() and all(v.shape == (3, 32, 32, 3) for v in videos)
+    assert np.abs(videos[0].astype(int) - videos[1].astype(int)).mean() > 1  # each its own noise
+    assert np.asarray(Image.open(tmp_path / "take.png")).shape[:2] == (3 * 32, 3 * 32)  # a row per video
+    assert yaml.safe_load((tmp_path / "take.yaml").read_text())["num_videos"] == 3
+    assert main([*args, "--out", str(tmp_path / "one.mp4")]) == 0  # the first is the one video of that seed
+    assert np.abs(read_video(tmp_path / "one.mp4").astype(int) - videos[0].astype(int)).max() <= 1
+    from vidbooth.eval.jobs import generated_prompt
+
+    assert generated_prompt(tmp_path / "take-2.mp4") == "a dog"  # evaluate's prompt, from take.yaml
+    assert generated_prompt(tmp_path / "take-4.mp4") is None  # no fourth video in that run
+    assert main([*args, "--num-videos", "0", "--out", str(tmp_path / "none.mp4")]) == 2
+
+
 def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
     out = tmp_path / "clip.gif"
     code = main(["generate", "--recipe", "tiny/generate", "--base", str(tiny_base_dirs["animatediff"]),
@@ -155,8 +177,8 @@ def test_a_prompt_is_used_as_typed_and_its_yaml_reruns_it(tiny_base_dirs, tmp_pa
     import vidbooth.engine.generate as generate_engine
 
     seen = []
-    original = generate_engine.sample_frames
-    monkeypatch.setattr(generate_engine, "sample_frames", lambda *a: seen.append(a[2]) or original(*a))
+    original = generate_engine.sample_videos
+    monkeypatch.setattr(generate_engine, "sample_videos", lambda *a: seen.append(a[2]) or original(*a))
     first = tmp_path / "first.mp4"
     args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--frames", "2", "--steps", "1", "--device", "cpu"]
     assert main([*args, "--prompt", prompt, "--out", str(first)]) == 0

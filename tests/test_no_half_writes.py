@@ -79,7 +79,7 @@ def test_generate_interrupted_while_writing_keeps_the_previous_outputs(tmp_path,
     for path, data in old.items():
         path.write_bytes(data)
     monkeypatch.setattr(backbone, "load_backbone_for", lambda *args, **kwargs: types.SimpleNamespace(family="unet3d"))
-    monkeypatch.setattr(generate_engine, "sample_frames", lambda *args: np.zeros((2, 16, 16, 3), dtype=np.uint8))
+    monkeypatch.setattr(generate_engine, "sample_videos", lambda *args: np.zeros((1, 2, 16, 16, 3), dtype=np.uint8))
 
     def half_a_config_then_ctrl_c(cfg, path):
         with open(path, "w") as handle:

@@ -12,6 +12,10 @@ def generate(
         None, "--prompt", "-p", help="What the video shows (required unless the --recipe gives one)."
     ),
     out: str = typer.Option(None, "--out", "-o", help="Output .mp4 or .gif (default out.mp4)."),
+    num_videos: int = typer.Option(
+        None, "--num-videos", help="Videos of the prompt, each with its own noise (default 1): <out>-1.mp4 ... "
+        "<out>-N.mp4, one contact sheet and one config."
+    ),
     negative_prompt: str = typer.Option(None, "--negative-prompt", help="What to steer away from."),
     num_frames: int = typer.Option(
         None, "--num-frames", "--frames", help="Frames to generate (default: the recipe's; 8)."
@@ -72,6 +76,7 @@ def generate(
     overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {
         "prompt": prompt,
         "out": out,
+        "num_videos": num_videos,
         "sampling.negative_prompt": negative_prompt,
         "sampling.num_frames": num_frames,
         "sampling.height": height,

@@ -9,7 +9,7 @@ from vidbooth.config import checks
 from vidbooth.config.schema import RuntimeConfig
 from vidbooth.errors import UserError
 
-MAX_VIDEOS = 256
+MAX_VIDEOS = checks.MAX_VIDEOS
 
 
 @dataclass

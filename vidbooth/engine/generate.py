@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import inspect
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,12 @@ from vidbooth.reporting import info, warn
 @dataclass
 class GenerateResult:
     video: Path
+    """The (first) video."""
     contact_sheet: Path
     config: Path
     prompt: str
+    videos: list[Path]
+    """Every video written (`num_videos` of them)."""
 
 
 def _personalised_with(cfg: GenerateConfig, applied) -> str:
@@ -49,12 +53,29 @@ NAME_MAX = 255
 """Bytes in a file name that common file systems take (ext4, XFS, APFS)."""
 
 
-def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
-    """The video path and, beside it, '<stem>.png' (contact sheet) and '<stem>.yaml' (resolved config). Refused
-    before any work: a path that a folder takes, and a video of the other type beside it (it owns the same
-    contact sheet and config, which this one would replace)."""
+def video_paths(out: Path, num_videos: int) -> list[Path]:
+    """`out` itself for one video; '<stem>-1<ext>' to '<stem>-N<ext>' beside it for more."""
+    if num_videos == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{index}{out.suffix}") for index in range(1, num_videos + 1)]
+
+
+def _own_videos(out: Path) -> list[Path]:
+    """Videos beside `out` that own its contact sheet and config: '<stem>.<video type>' or '<stem>-<N>.<type>'."""
+    if not out.parent.is_dir():
+        return []
+    named = re.compile(rf"{re.escape(out.stem)}(-[0-9]+)?")
+    return [p for p in out.parent.glob(f"{glob.escape(out.stem)}*")
+            if p.suffix.lower() in WRITE_EXTENSIONS and named.fullmatch(p.stem)]
+
+
+def output_paths(out: str | Path, num_videos: int = 1) -> tuple[list[Path], Path, Path]:
+    """The video paths (`video_paths`) and, beside them, '<stem>.png' (contact sheet) and '<stem>.yaml' (resolved
+    config). Refused before any work: a path that a folder takes, and a video of the other type beside it (it owns
+    the same contact sheet and config, which this one would replace)."""
     given, out = str(out), Path(out).expanduser()
-    for name in (out.name, f"{out.stem}.yaml"):  # before asking the file system of a name it refuses to look up
+    longest = video_paths(out, num_videos)[-1].name
+    for name in (longest, f"{out.stem}.yaml"):  # before asking the file system of a name it refuses to look up
         size = len(os.fsencode(name))
         if size > NAME_MAX:
             raise UserError(f"--out {given}: the file name {name} is {size} bytes, more than the {NAME_MAX} that "
@@ -66,28 +87,27 @@ def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
         raise UserError(f"--out {given} has no name before {out.name}: give one, such as video{out.name}")
     if out.suffix.lower() not in WRITE_EXTENSIONS:  # named as given: Path("") is ".", and a trailing / goes
         raise UserError(f"--out {given or repr(given)} must end in .mp4 or .gif")
-    paths = out, out.with_suffix(".png"), out.with_suffix(".yaml")
-    for path in paths:
+    videos, sheet, config = video_paths(out, num_videos), out.with_suffix(".png"), out.with_suffix(".yaml")
+    for path in (*videos, sheet, config):
         if path.is_dir():
             raise UserError(f"--out {out}: {path} is a folder, and generate writes a file there: choose another --out")
-    videos = [p for p in out.parent.glob(f"{glob.escape(out.stem)}.*")
-              if p.stem == out.stem and p.suffix.lower() in WRITE_EXTENSIONS] if out.parent.is_dir() else []
-    for sibling in videos:
-        same = sibling.name == out.name or (out.exists() and sibling.samefile(out))  # letter case may not count
-        if not same:  # another type, or the same in other letters (a.GIF beside a.gif)
+    owners = _own_videos(out)
+    for sibling in owners:  # letter case may not count: samefile
+        same = any(sibling.name == video.name or (video.exists() and sibling.samefile(video)) for video in videos)
+        if not same and sibling.suffix != out.suffix:  # another type, or the same in other letters (a.GIF, a.gif)
             raise UserError(
-                f"--out {out}: {sibling} is beside it and its contact sheet and config ({paths[1].name}, "
-                f"{paths[2].name}) would be replaced: choose another name, or delete {sibling.name}"
+                f"--out {out}: {sibling} is beside it and its contact sheet and config ({sheet.name}, "
+                f"{config.name}) would be replaced: choose another name, or delete {sibling.name}"
             )
-    if not videos:  # no earlier video owns them: they are someone's files (a --recipe, a photo)
-        for path in paths[1:]:
+    if not owners:  # no earlier video owns them: they are someone's files (a --recipe, a photo)
+        for path in (sheet, config):
             if path.exists():
                 raise UserError(
                     f"--out {out}: {path} exists and no video beside it was written with it, so generate would "
                     "replace a file that is not its own (a recipe, a picture): choose another --out, or delete it if "
                     "it is left from an earlier video"
                 )
-    return paths
+    return videos, sheet, config
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
@@ -96,8 +116,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 
     if not cfg.prompt.strip():
         raise UserError('no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)')
-    video_path, sheet_path, config_path = output_paths(cfg.out)
-    check_writable_dir(video_path.parent)  # made only when the video is written: a later error leaves nothing
+    written_videos, sheet_path, config_path = output_paths(cfg.out, cfg.num_videos)
+    check_writable_dir(sheet_path.parent)  # made only when the video is written: a later error leaves nothing
     scheduler = make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model
     if cfg.sampling.eta != 0 and "eta" not in inspect.signature(scheduler.step).parameters:
         warn(f"sampling.eta {cfg.sampling.eta:g} has no effect with --scheduler {cfg.sampling.scheduler}: only ddim "
@@ -137,15 +157,18 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         prompt, negative_prompt = applied.prompt, applied.negative_prompt
         info(_personalised_with(cfg, applied))
     condition = _image_prompt(bb, cfg, *image_prompt, prompt) if image_prompt else None
-    frames = sample_frames(bb, cfg, prompt, negative_prompt, condition)
-    ensure_writable_dir(video_path.parent)
+    videos = sample_videos(bb, cfg, prompt, negative_prompt, condition)  # (N, F, H, W, 3)
+    ensure_writable_dir(sheet_path.parent)
+    columns = videos.shape[1] if len(videos) > 1 else None  # a row per video
     write_together([  # all or none: never a new video beside an old contact sheet or config
-        (video_path, lambda tmp: write_video(frames, tmp, fps=cfg.sampling.fps)),
-        (sheet_path, lambda tmp: save_contact_sheet(frames, tmp)),
+        *[(path, lambda tmp, frames=frames: write_video(frames, tmp, fps=cfg.sampling.fps))
+          for path, frames in zip(written_videos, videos)],
+        (sheet_path, lambda tmp: save_contact_sheet(videos.reshape(-1, *videos.shape[2:]), tmp, columns)),
         (config_path, lambda tmp: save_config(_rerun_config(cfg), tmp)),
     ])
-    info(f"wrote {video_path}, {sheet_path.name} and {config_path.name}")
-    return GenerateResult(video_path, sheet_path, config_path, prompt)
+    written = str(written_videos[0]) if len(videos) == 1 else f"{len(videos)} videos ({written_videos[0]} ...)"
+    info(f"wrote {written}, {sheet_path.name} and {config_path.name}")
+    return GenerateResult(written_videos[0], sheet_path, config_path, prompt, written_videos)
 
 
 def _rerun_config(cfg: GenerateConfig) -> GenerateConfig:
@@ -206,19 +229,20 @@ def _image_prompt(backbone, cfg: GenerateConfig, photo, path: Path, prompt: str)
     generator = torch.Generator("cpu").manual_seed(cfg.runtime.seed + 1)
     info(f"image prompt {cfg.image_prompt} in place of '{cfg.image_prompt_word or model.spec.word}' ({path})")
     pixels = prepare_photo(photo, (height, width))
-    return prepare_image_prompt(model, pixels, prompt, generator, cfg.image_prompt_word)
+    return prepare_image_prompt(model, pixels, prompt, generator, cfg.image_prompt_word, cfg.num_videos)
 
 
-def sample_frames(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: str, image_prompt=None):
-    """One video (F, H, W, 3) uint8 for `prompt` and `negative_prompt` with the other sampling settings of `cfg`;
-    `image_prompt`: an `ImagePromptCondition` to show its subject."""
+def sample_videos(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: str, image_prompt=None):
+    """`cfg.num_videos` videos (N, F, H, W, 3) uint8 for `prompt` and `negative_prompt` with the other sampling
+    settings of `cfg`, in one batch whose noise is drawn at once (the first video is the one of a single-video run
+    with the same seed); `image_prompt`: an `ImagePromptCondition` to show its subject."""
     from vidbooth.engine.sampling import sample_video
 
     s = cfg.sampling
     generator = torch.Generator("cpu").manual_seed(cfg.runtime.seed)
     return sample_video(
         backbone,
-        prompt,
+        [prompt] * cfg.num_videos,
         negative_prompt=negative_prompt,
         num_frames=s.num_frames,
         height=s.height,
@@ -232,4 +256,4 @@ def sample_frames(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: s
         zero_shot=s.zero_shot,
         prompt_embeds=image_prompt.prompt_embeds if image_prompt else None,
         before_unet=image_prompt.before_unet if image_prompt else None,
-    )[0]
+    )

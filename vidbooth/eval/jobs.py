@@ -98,12 +98,25 @@ def _beside(manifest: Path, path: str) -> str:
 
 
 def _generated_config(video: str | Path) -> dict | None:
-    """The config that `vidbooth generate` wrote beside `video` ('<stem>.yaml'); None when there is none. One that
-    cannot be read is warned of (once): the video's prompt and base are then unknown."""
-    path = Path(video).with_suffix(".yaml")
+    """The config that `vidbooth generate` wrote beside `video` ('<stem>.yaml', or for video k of a run of several,
+    '<out>-<k>.mp4', the run's '<out>.yaml'); None when there is none. One that cannot be read is warned of (once):
+    the video's prompt and base are then unknown."""
+    video = Path(video)
+    path = video.with_suffix(".yaml")
+    taken = re.fullmatch(r"(.+)-([0-9]+)", video.stem)
+    if not path.is_file() and taken:
+        path = video.with_name(f"{taken[1]}.yaml")
     if not path.is_file():
         return None
-    return _read_generated_config(str(path), path.stat().st_mtime_ns)
+    config = _read_generated_config(str(path), path.stat().st_mtime_ns)
+    if path.stem != video.stem and not (isinstance(config, dict) and 1 <= int(taken[2]) <= _num_videos(config)):
+        return None  # a '-2' that is part of the name, not the run's second video
+    return config
+
+
+def _num_videos(config: dict) -> int:
+    value = config.get("num_videos", 1)
+    return value if isinstance(value, int) else 1
 
 
 @functools.lru_cache(maxsize=64)
