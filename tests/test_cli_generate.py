@@ -71,6 +71,7 @@ def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
         (["--scheduler", "euler"], "unknown scheduler"),
         (["--out", "x.avi"], "must end in .mp4 or .gif"),
         (["--out", ""], "--out '' must end in .mp4 or .gif"),  # named '.' (Path's reading of '')
+        (["--out", "", "--num-videos", "2"], "--out '' must end in .mp4 or .gif"),  # had been a ValueError
         (["--out", "videos/"], "--out videos/ must end in .mp4 or .gif"),
         (["--out", ".mp4"], "--out .mp4 has no name before .mp4: give one, such as video.mp4"),  # 'must end in .mp4'
         (["--out", "{tmp}"], "--out {tmp} is a folder: give a video file path, such as {tmp}/video.mp4"),

@@ -100,6 +100,12 @@ def dir_name(name: str) -> str:
     return "".join(c if _SAFE.match(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
 
 
+def runs_folder(kind: str, name: str, home: Path | None = None) -> Path:
+    """Where the trainings of artifact `name` keep their checkpoints while a stopped one may --resume, a folder per
+    stage (`engine.train.run_folder`)."""
+    return (home or _folder_home()) / ".runs" / KINDS[kind] / dir_name(name)
+
+
 def _kind_root(kind: str) -> Path:
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
@@ -126,7 +132,7 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
                   if other != kind and (_kind_root(other) / dir_name(name) / MANIFEST).is_file()]
         if others:
             hint += f"; '{name}' is a {others[0]}"
-        if any((_folder_home() / ".runs" / KINDS[kind] / dir_name(name)).glob("*/checkpoints/step-*")):
+        if any(runs_folder(kind, name).glob("*/checkpoints/step-*")):
             hint += f"; a stopped training of {kind} '{name}' can be finished: rerun it with --resume"
         raise UserError(f"unknown {kind} '{name}' in {library_home()} ({hint})")
     return path
@@ -363,9 +369,8 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
     finally:
         made = [locks] if new_locks else []
         if new_home:  # and whatever empty folder the run left in it (a run that saved a checkpoint is not empty)
-            runs = home / ".runs" / KINDS[kind]
-            made += [home / ".staging", home / ".trash", home / KINDS[kind], runs / dir_name(name), runs, runs.parent,
-                     home]
+            runs = runs_folder(kind, name, home)
+            made += [home / ".staging", home / ".trash", home / KINDS[kind], runs, *runs.parents[:2], home]
         for folder in made:
             with contextlib.suppress(OSError):  # not empty (or gone): kept
                 folder.rmdir()
@@ -454,7 +459,7 @@ def check_free(kind: str, name: str, overwrite: bool) -> Path:
     --overwrite; creates nothing (an existing library gets a probe file, removed at once)."""
     home = writable_home(create=False)
     path = artifact_dir(kind, name, must_exist=False)
-    runs = home / ".runs" / KINDS[kind] / dir_name(name)
+    runs = runs_folder(kind, name, home)
     stages = [folder for folder in runs.iterdir() if folder.is_dir()] if runs.is_dir() else []  # of a stopped run
     _check_writable(home, [path.parent, home / ".locks", home / ".staging", home / ".trash", *runs.parents[:2], runs,
                            *stages])

@@ -78,7 +78,7 @@ def stopped(message: str) -> None:
     """A command stopped by a signal: shown by the first process only, as a launcher passes a Ctrl-C to every
     process and a training run stops them all together (a process stopped alone is named by the launcher)."""
     if not _other_process():
-        console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+        error(message)
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], to_stdout: bool = False) -> None:

@@ -28,13 +28,16 @@ from vidbooth.reporting import info, warn
 
 @dataclass
 class GenerateResult:
-    video: Path
-    """The (first) video."""
+    videos: list[Path]
+    """Every video written (`num_videos` of them)."""
     contact_sheet: Path
     config: Path
     prompt: str
-    videos: list[Path]
-    """Every video written (`num_videos` of them)."""
+
+    @property
+    def video(self) -> Path:
+        """The (first) video."""
+        return self.videos[0]
 
 
 def _personalised_with(cfg: GenerateConfig, applied) -> str:
@@ -57,7 +60,7 @@ def video_paths(out: Path, num_videos: int) -> list[Path]:
     """`out` itself for one video; '<stem>-1<ext>' to '<stem>-N<ext>' beside it for more."""
     if num_videos == 1:
         return [out]
-    return [out.with_name(f"{out.stem}-{index}{out.suffix}") for index in range(1, num_videos + 1)]
+    return [out.parent / f"{out.stem}-{index}{out.suffix}" for index in range(1, num_videos + 1)]
 
 
 def _own_videos(out: Path) -> list[Path]:
@@ -74,8 +77,8 @@ def output_paths(out: str | Path, num_videos: int = 1) -> tuple[list[Path], Path
     config). Refused before any work: a path that a folder takes, and a video of the other type beside it (it owns
     the same contact sheet and config, which this one would replace)."""
     given, out = str(out), Path(out).expanduser()
-    longest = video_paths(out, num_videos)[-1].name
-    for name in (longest, f"{out.stem}.yaml"):  # before asking the file system of a name it refuses to look up
+    videos = video_paths(out, num_videos)
+    for name in (videos[-1].name, f"{out.stem}.yaml"):  # before asking the file system of a name it refuses to look up
         size = len(os.fsencode(name))
         if size > NAME_MAX:
             raise UserError(f"--out {given}: the file name {name} is {size} bytes, more than the {NAME_MAX} that "
@@ -87,7 +90,7 @@ def output_paths(out: str | Path, num_videos: int = 1) -> tuple[list[Path], Path
         raise UserError(f"--out {given} has no name before {out.name}: give one, such as video{out.name}")
     if out.suffix.lower() not in WRITE_EXTENSIONS:  # named as given: Path("") is ".", and a trailing / goes
         raise UserError(f"--out {given or repr(given)} must end in .mp4 or .gif")
-    videos, sheet, config = video_paths(out, num_videos), out.with_suffix(".png"), out.with_suffix(".yaml")
+    sheet, config = out.with_suffix(".png"), out.with_suffix(".yaml")
     for path in (*videos, sheet, config):
         if path.is_dir():
             raise UserError(f"--out {out}: {path} is a folder, and generate writes a file there: choose another --out")
@@ -168,7 +171,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     ])
     written = str(written_videos[0]) if len(videos) == 1 else f"{len(videos)} videos ({written_videos[0]} ...)"
     info(f"wrote {written}, {sheet_path.name} and {config_path.name}")
-    return GenerateResult(written_videos[0], sheet_path, config_path, prompt, written_videos)
+    return GenerateResult(written_videos, sheet_path, config_path, prompt)
 
 
 def _rerun_config(cfg: GenerateConfig) -> GenerateConfig:

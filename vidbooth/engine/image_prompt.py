@@ -49,10 +49,11 @@ from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, sample_timesteps, training_scheduler
 from vidbooth.errors import UserError
 from vidbooth.fileio import lock_beside
+from vidbooth.nano.model import IMAGE_PROMPT_MODEL
 from vidbooth.reporting import info, progress, warn
 
 STAGES = ("coarse", "fine")
-OWN_IMAGE_PROMPT_MODEL = "image_prompt.safetensors"
+OWN_IMAGE_PROMPT_MODEL = IMAGE_PROMPT_MODEL
 """A base folder's own image-prompt model, used when `--image-prompt` comes without `--image-prompt-model`."""
 FORMAT = 1
 WARNINGS_SHOWN = 3

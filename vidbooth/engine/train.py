@@ -190,10 +190,10 @@ def seed_everything(seed: int) -> None:
 
 def run_folder(kind: str, name: str, stage: str) -> Path:
     """Where the checkpoints of training artifact `name` (stage `stage`) live: `$VIDBOOTH_HOME/.runs/...`."""
-    from vidbooth.library import KINDS, dir_name, library_home, validate_name
+    from vidbooth.library import library_home, runs_folder, validate_name
 
     validate_name(name, kind)
-    return library_home() / ".runs" / KINDS[kind] / dir_name(name) / stage
+    return runs_folder(kind, name, library_home()) / stage
 
 
 def check_high_noise(train_configs: Sequence[TrainConfig], base: str, revision: str | None = None,

@@ -210,7 +210,8 @@ def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, pr
 
 
 IMAGE_PROMPT_MODEL = "image_prompt.safetensors"
-"""A base's own image-prompt model (`engine.image_prompt.OWN_IMAGE_PROMPT_MODEL`), trained on that very model."""
+"""In a base's folder: its own image-prompt model, trained on that very model (generate's default, nano ships
+one)."""
 
 
 def _keep_image_prompt_model(old: Path, new: Path) -> None:
