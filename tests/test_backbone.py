@@ -101,7 +101,8 @@ def test_not_a_model_folder(tmp_path, tiny_base_dirs):
 def test_missing_base_and_offline_hub(tmp_path):
     with pytest.raises(UserError, match="base model not found"):
         load_backbone(str(tmp_path / "nope"), device="cpu")
-    with pytest.raises(UserError, match="cannot fetch 'someone/model' from the hub"):
+    with pytest.raises(UserError, match=r"cannot fetch 'someone/model' from the hub \(offline, or no such model\): "
+                       "download it where the network allows and pass its local folder with --base$"):
         load_backbone("someone/model", device="cpu")
 
 
@@ -193,9 +194,47 @@ def test_pickled_weights_in_a_model_folder_are_refused_not_loaded(family, compon
     (weights,) = list(weights_folder.glob("*.safetensors"))
     torch.save(load_file(str(weights)), weights.with_suffix(".bin"))
     weights.unlink()
-    with pytest.raises(UserError, match=r"only \.safetensors weights.*never pickled") as error:
+    with pytest.raises(UserError, match=r"holds only pickled weights, which vidbooth never loads: convert them once "
+                       r"with python -c .*(DiffusionPipeline|MotionAdapter)\.from_pretrained") as error:
         load_backbone(str(folder), motion_adapter=str(adapter) if adapter else None, device="cpu")
     assert "\n" not in str(error.value) and capsys.readouterr().err == ""
+    where = "it" if component == "motion" else f"{component}/"
+    assert f"({where} holds only pickled" in str(error.value)  # the component named, not the first diffusers met
+
+
+def test_weights_that_do_not_load_are_explained_for_every_part(tiny_base_dirs, tmp_path):
+    """Only a variant's files (a download of the fp16 variant) had been called pickled weights to convert; a folder
+    with no weights at all (an unfinished download) too; and only the first part diffusers met was named."""
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "base")
+    for part in ("text_encoder", "vae", "unet"):
+        (weights,) = list((folder / part).glob("*.safetensors"))
+        weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    with pytest.raises(UserError, match=r"\(text_encoder/ holds only fp16 weights; vae/ holds only fp16 weights; unet/ "
+                       r"holds only fp16 weights: add --set backbone.variant=fp16\)"):
+        load_backbone(str(folder), device="cpu")
+    assert load_backbone(str(folder), device="cpu", variant="fp16").fingerprint  # the fix works
+    with pytest.raises(UserError, match=r"\(text_encoder/ has no fp17 weights; vae/ has no fp17 weights;"):
+        load_backbone(str(folder), device="cpu", variant="fp17")
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(UserError, match=r"unet/ holds no weights \(an unfinished download\? download it again\)"):
+        load_backbone(str(folder), device="cpu", variant="fp16")
+
+
+def test_a_folder_beside_the_model_is_named_in_the_error(tiny_base_dirs, tmp_path, monkeypatch):
+    """The hub cache entry of a model, a part of a model, and a mistyped relative folder (which reads as a hub id)
+    each say which folder to pass."""
+    entry = tmp_path / "models--org--name"
+    snapshot = shutil.copytree(tiny_base_dirs["unet3d"], entry / "snapshots" / "0123abc")
+    with pytest.raises(UserError, match=rf"it is a hub cache entry: pass its snapshot folder, {snapshot}\)$"):
+        load_backbone(str(entry), device="cpu")
+    with pytest.raises(UserError, match=rf"it is a part of one: pass the folder holding model_index.json, {snapshot}"):
+        load_backbone(str(snapshot / "unet"), device="cpu")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(UserError, match=r"from the hub \(offline, or no such model\), and there is no folder "
+                       rf"{tmp_path}/models/nmae: download it"):
+        load_backbone("models/nmae", device="cpu")
 
 
 @pytest.mark.parametrize("value, expected", [("", ".cache/vidbooth"), ("~/vbc", "vbc")])

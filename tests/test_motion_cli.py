@@ -374,3 +374,18 @@ def test_preview_settings_with_the_preview_off_are_warned_of(tmp_path, isolated_
         with pytest.raises(SystemExit):
             main(["train-motion", str(clip), "--name", "m", *QUICK, preview])
     assert warned == ["--set preview.num_inference_steps=1 has no effect: the preview is off (--preview turns it on)"]
+
+
+def test_an_image_encoder_that_is_not_here_is_refused_before_the_model_loads(tmp_path, isolated_home, capsys,
+                                                                            monkeypatch):
+    """It had been found missing only after the base loaded (minutes for a real one), and the error had said to pass
+    its folder with --base."""
+    import vidbooth.engine.backbone as backbone
+
+    monkeypatch.setattr(backbone, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--image-encoder", "someone/clip"]) == 2
+    err = capsys.readouterr().err
+    assert "image encoder 'someone/clip' not found (cannot fetch 'someone/clip' from the hub" in err
+    assert "pass its local folder with --image-encoder)" in err and "--base" not in err
+    assert not (isolated_home / "motions" / "m").exists()

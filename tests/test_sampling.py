@@ -126,3 +126,15 @@ def test_conditional_only_adapters_act_on_the_conditional_half(tiny_backbones, f
     half = out.shape[0] // 2  # [negatives, prompts], each sample's frames together
     assert torch.allclose(out[:half], base[:half]) and not torch.allclose(out[half:], base[half:], atol=1e-4)
     assert all(a.sample_weights is None for a in adapters_of(bb.unet, "identity").values())
+
+
+def test_a_scheduler_config_of_another_kind_never_clips_the_latents(tiny_base_dirs):
+    """A PNDM or DPM-Solver config has no clip_sample: DDIM's default (True) would clip the latents to [-1, 1]."""
+    import json
+
+    from vidbooth.engine.sampling import make_scheduler
+
+    config = json.loads((tiny_base_dirs["unet3d"] / "scheduler" / "scheduler_config.json").read_text())
+    other = {key: value for key, value in config.items() if key != "clip_sample"} | {"_class_name": "PNDMScheduler"}
+    assert make_scheduler("ddim", other).config.clip_sample is False
+    assert make_scheduler("ddim", config | {"clip_sample": True}).config.clip_sample is True  # a model's own word

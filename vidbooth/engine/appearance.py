@@ -89,8 +89,10 @@ class VaeLatentEncoder:
         return torch.cat(chunks)  # (N, dim)
 
 
-def load_appearance_encoder(encoder: str | None, backbone: Backbone) -> AppearanceEncoder:
-    """The encoder named in the recipe, or the default for this backbone (see the module docstring)."""
+def load_appearance_encoder(encoder: str | None, backbone: Backbone, setting: str | None = "--image-encoder"
+                            ) -> AppearanceEncoder:
+    """The encoder named in the recipe, or the default for this backbone (see the module docstring); `setting`:
+    the option that named it, for the errors (None: a file's record, which no option replaces)."""
     if encoder == VAE:
         return VaeLatentEncoder(backbone)
     if not encoder:
@@ -98,7 +100,7 @@ def load_appearance_encoder(encoder: str | None, backbone: Backbone) -> Appearan
         if not (own / "config.json").is_file():
             return VaeLatentEncoder(backbone)
         return _clip_encoder(f"{backbone.source}/image_encoder", own, backbone)
-    folder = _tiny_clip_folder() if encoder == TINY_CLIP else _resolve_encoder(encoder)
+    folder = _tiny_clip_folder() if encoder == TINY_CLIP else _resolve_encoder(encoder, setting)
     return _clip_encoder(encoder, folder, backbone)
 
 
@@ -132,13 +134,22 @@ def _vision_config(folder: Path):
     return config
 
 
-def _resolve_encoder(encoder: str) -> Path:
+def check_encoder(encoder: str | None, setting: str = "--image-encoder") -> None:
+    """Before the base model loads: a UserError when a named image encoder (not the base's own, the VAE's or the
+    built-in tiny CLIP) is neither a folder nor a downloaded hub id."""
+    if encoder and encoder not in (VAE, TINY_CLIP):
+        _resolve_encoder(encoder, setting)
+
+
+def _resolve_encoder(encoder: str, setting: str | None) -> Path:
     try:
-        return resolve_base(encoder)
+        return resolve_base(encoder, flag=setting)
     except UserError as exc:
+        if setting is None:
+            raise UserError(f"image encoder '{encoder}' not found ({exc})") from exc
         raise UserError(
-            f"image encoder '{encoder}' not found ({exc}): set appearance.encoder to a CLIP vision folder, a hub id "
-            f"already downloaded, '{TINY_CLIP}' or '{VAE}', or leave it empty for the base model's default"
+            f"image encoder '{encoder}' not found ({exc}): give {setting} a CLIP vision folder, a hub id already "
+            f"downloaded, '{TINY_CLIP}' or '{VAE}', or leave it empty for the base model's default"
         ) from exc
 
 

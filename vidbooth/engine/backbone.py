@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -219,8 +221,9 @@ def _unwrapped(name: str) -> str:
 
 
 # ---- loading --------------------------------------------------------------------------------------
-def resolve_base(base: str, revision: str | None = None) -> Path:
-    """Return the local folder for `base`, building a built-in model or fetching a hub id when needed."""
+def resolve_base(base: str, revision: str | None = None, flag: str | None = "--base") -> Path:
+    """Return the local folder for `base`, building a built-in model or fetching a hub id when needed; errors name
+    `flag`, the option that gave it (None: a name recorded in a file, which no option replaces)."""
     if base == "nano":
         if not (NANO / "unet").is_dir():
             raise UserError(f"the packaged nano model is missing from {NANO}: reinstall vidbooth")
@@ -247,7 +250,7 @@ def resolve_base(base: str, revision: str | None = None) -> Path:
         raise UserError(
             f"base model not found: {base} (give a diffusers folder, a hub id like org/name, 'nano' or 'tiny')"
         )
-    return _from_hub(base, revision)
+    return _from_hub(base, revision, flag, not_here=path)
 
 
 def _rebuild_hint(folder: Path) -> str:
@@ -273,7 +276,45 @@ ANIMATEDIFF_SCHEDULE = {"beta_schedule": "linear", "clip_sample": False}
 diffusers' AnimateDiff examples: it replaces the image model's own for the animatediff family (sampling and
 training alike)."""
 
-_PICKLE_HINT = " (vidbooth loads only .safetensors weights, never pickled .bin/.pt files: convert them)"
+_PICKLES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _weights_hint(folder: Path, components: Sequence[str], variant: str | None, converter: str) -> str:
+    """Why the weights of `components` (subfolders of `folder`; "" for `folder` itself) did not load, read off the
+    files there, and how to fix it: weights only in a variant (`*.fp16.safetensors`) not asked for, only in
+    pickled files (which vidbooth never loads; `converter` is the diffusers class that rewrites them), or none."""
+    problems, variants, pickled = [], set(), False
+    for name in components:
+        files = [f.name for f in (folder / name).iterdir() if f.is_file()] if (folder / name).is_dir() else []
+        tensors = [f for f in files if f.endswith(".safetensors")]
+        kinds = {f.split(".")[-2].split("-")[0] if f.count(".") >= 2 else None for f in tensors}
+        where = f"{name}/" if name else "it"
+        if not tensors and any(f.endswith(_PICKLES) for f in files):
+            pickled = True
+            problems.append(f"{where} holds only pickled weights, which vidbooth never loads")
+        elif not tensors and "models--" in str(folder):  # fetched from the hub: vidbooth takes only .safetensors
+            problems.append(f"{where} holds no .safetensors weights (if the model ships only pickled .bin weights, "
+                            "download it whole, convert them and pass its folder)")
+        elif not tensors:
+            problems.append(f"{where} holds no weights (an unfinished download? download it again)")
+        elif variant and variant not in kinds:
+            problems.append(f"{where} has no {variant} weights" + (" (drop backbone.variant)" if None in kinds else ""))
+        elif not variant and None not in kinds:
+            variants |= kinds
+            problems.append(f"{where} holds only {'/'.join(sorted(kinds))} weights")
+    if not problems:
+        return ""
+    fixes = []
+    if len(variants) == 1:
+        fixes.append(f"add --set backbone.variant={variants.pop()}")
+    if pickled:
+        fixes.append(f"convert them once with python -c \"import diffusers; diffusers.{converter}.from_pretrained("
+                     f"'{folder}', use_safetensors=False).save_pretrained('{folder}')\"")
+    return f" ({'; '.join(problems)}{': ' if fixes else ''}{' and '.join(fixes)})"
+
+
+def _is_missing_weights(exc: Exception) -> bool:
+    return "no file named" in str(exc).lower() and ".safetensors" in str(exc)
 
 
 def base_model_folder(base: str, revision: str | None = None) -> Path:
@@ -301,7 +342,11 @@ def is_image_model(base: str, revision: str | None = None) -> bool:
     return _unet_class(resolve_base(base, revision)) == "UNet2DConditionModel" and base not in BUILTIN
 
 
-def _from_hub(repo_id: str, revision: str | None, flag: str = "--base") -> Path:
+def _from_hub(repo_id: str, revision: str | None, flag: str | None = "--base", not_here: Path | None = None
+              ) -> Path:
+    """The local snapshot of a hub id (from the hub cache, else downloaded); `not_here`: the local path the same
+    text names, which does not exist: the error names it when its parent folder does (a mistyped folder reads as
+    a hub id)."""
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
@@ -312,9 +357,12 @@ def _from_hub(repo_id: str, revision: str | None, flag: str = "--base") -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:
+        typo = not_here is not None and not_here.parent.is_dir()  # 'models/name' beside a models/ folder
+        nor_folder = f", and there is no folder {not_here.absolute()}" if typo else ""
+        then = f"pass its local folder with {flag}" if flag else "copy it into the hub cache here"
         raise UserError(
-            f"cannot fetch '{repo_id}' from the hub (offline, or no such model): download it where the network "
-            f"allows and pass its local folder with {flag}"
+            f"cannot fetch '{repo_id}' from the hub (offline, or no such model){nor_folder}: download it where the "
+            f"network allows and {then}"
         ) from exc
 
 
@@ -338,7 +386,7 @@ def _motion_adapter_folder(motion_adapter: str, revision: str | None = None) -> 
     if not _HUB_ID.match(motion_adapter):
         raise UserError(f"motion adapter not found: {motion_adapter} (give an AnimateDiff MotionAdapter folder or a "
                         "hub id like guoyww/animatediff-motion-adapter-v1-5-2)")
-    return _from_hub(motion_adapter, revision, "--motion-adapter")
+    return _from_hub(motion_adapter, revision, "--motion-adapter", not_here=path)
 
 
 def _with_motion_modules(unet2d, source: Path, folder: Path):
@@ -352,7 +400,7 @@ def _with_motion_modules(unet2d, source: Path, folder: Path):
         return UNetMotionModel.from_unet2d(unet2d, adapter)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights of other shapes
         reason = str(exc).strip().splitlines()[0]
-        hint = _PICKLE_HINT if "no file named" in str(exc).lower() and ".safetensors" in str(exc) else ""
+        hint = _weights_hint(source, [""], None, "MotionAdapter") if _is_missing_weights(exc) else ""
         raise UserError(f"motion adapter {source} does not fit the image model in {folder}: {reason}{hint}") from exc
 
 
@@ -364,6 +412,16 @@ def _check_complete(module, whose: str) -> None:
         raise ValueError(f"{whose} weights lack {len(missing)} tensor(s), such as {missing[0]}")
 
 
+def _folder_hint(folder: Path) -> str:
+    """For a folder given in place of a model's: the hub cache entry of one, or a part of one."""
+    snapshots = sorted(p for p in (folder / "snapshots").glob("*") if (p / "model_index.json").is_file())
+    if snapshots:
+        return f" (it is a hub cache entry: pass its snapshot folder, {snapshots[-1]})"
+    if (folder.parent / "model_index.json").is_file():
+        return f" (it is a part of one: pass the folder holding model_index.json, {folder.parent})"
+    return ""
+
+
 def _unet_class(folder: Path) -> str:
     config = folder / "unet" / "config.json"
     missing = [c for c in COMPONENTS if not (folder / c).is_dir()] or ([] if config.is_file() else ["unet/config.json"])
@@ -371,7 +429,8 @@ def _unet_class(folder: Path) -> str:
         if _class_name(folder / "config.json") == "MotionAdapter":
             raise UserError(f"{folder} is an AnimateDiff motion adapter, not a base model: pass it with "
                             "--motion-adapter, and the image model it animates with --base")
-        raise UserError(f"{folder} is not a diffusers text-to-video model: missing {', '.join(missing)}")
+        raise UserError(f"{folder} is not a diffusers text-to-video model: missing {', '.join(missing)}"
+                        f"{_folder_hint(folder)}")
     try:
         settings = json.loads(config.read_text())
         unet_class = settings["_class_name"]
@@ -450,7 +509,8 @@ def load_backbone(
         raise
     except (OSError, ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0]
-        hint = _PICKLE_HINT if "no file named" in str(exc).lower() and ".safetensors" in str(exc) else ""
+        weighted = ("text_encoder", "vae", "unet")
+        hint = _weights_hint(folder, weighted, variant, "DiffusionPipeline") if _is_missing_weights(exc) else ""
         raise UserError(f"cannot load the model in {folder}: {reason}{hint}{_rebuild_hint(folder)}") from exc
 
     fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet})

@@ -425,12 +425,13 @@ def through_autoencoder(backbone, images: np.ndarray) -> np.ndarray:
 
 def score_each_video(videos: np.ndarray, sprite, motion, reference: np.ndarray) -> dict[str, list[float]]:
     """Per video: the probe's colour/shape/motion correctness (0 or 1) against the truth, and motion fidelity."""
-    from vidbooth.eval.motion import motion_fidelity
+    from vidbooth.eval.motion import motion_signature, signature_similarity
     from vidbooth.nano.probe import probe_video, score_against_caption
 
     probed = [score_against_caption(probe_video(v), (sprite, motion)) for v in videos]
     scores = {key: [float(p[key]) for p in probed] for key in ("colour_correct", "shape_correct", "motion_correct")}
-    scores["motion_fidelity"] = [float(motion_fidelity(v, reference)) for v in videos]
+    wanted = motion_signature(reference)  # once, not per video
+    scores["motion_fidelity"] = [float(signature_similarity(motion_signature(v), wanted)) for v in videos]
     return scores
 
 

@@ -53,6 +53,8 @@ from vidbooth.nano.model import IMAGE_PROMPT_MODEL
 from vidbooth.reporting import info, progress, warn
 
 STAGES = ("coarse", "fine")
+ENCODER_SETTING = "--set encoder="
+"""How train-image-prompt is given an image encoder (no flag of its own), for errors."""
 OWN_IMAGE_PROMPT_MODEL = IMAGE_PROMPT_MODEL
 """A base folder's own image-prompt model, used when `--image-prompt` comes without `--image-prompt-model`."""
 FORMAT = 1
@@ -231,7 +233,7 @@ def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePrompt
     except (TypeError, ValueError) as exc:  # not JSON, not an object, or keys of another version
         raise UserError(f"{path}: its 'spec' metadata is damaged or from another vidbooth version ({exc}): train it "
                         "again with `vidbooth train-image-prompt`") from exc
-    encoder = load_appearance_encoder(spec.encoder or None, backbone)
+    encoder = load_appearance_encoder(spec.encoder or None, backbone, setting=None)  # the model's own
     if encoder.dim != spec.image_dim:
         raise UserError(f"image-prompt model {path} reads {spec.image_dim}-wide image embeddings; {encoder.name} "
                         f"gives {encoder.dim}")
@@ -397,7 +399,7 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
 
 def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None, accelerator) -> Path:
     from vidbooth.data.video import ensure_writable_dir
-    from vidbooth.engine.appearance import load_appearance_encoder
+    from vidbooth.engine.appearance import check_encoder, load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone_for
     from vidbooth.engine.sampling import training_resolution
     from vidbooth.engine.train import (
@@ -424,12 +426,13 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     for stage, train_cfg, run_dir in zip(STAGES, (cfg.coarse, cfg.fine), run_dirs):  # before the model and clips
         refuse_other_settings(run_dir, cfg.resume, train_cfg, {"method": KIND, "data": data, "stage": stage},
                               accelerator, within=("spec", known_spec))
+    check_encoder(cfg.encoder or None, ENCODER_SETTING)  # before the model loads
     bb = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     if examples is None and cfg.backbone.base != "nano":
         warn(f"the training clips come from nano's procedural world: on {cfg.backbone.base} this checks that training "
              "runs, and the model it makes knows only the world's sprites; train on your own clips with --data")
     size = training_resolution(bb, cfg.data.resolution)
-    encoder = load_appearance_encoder(cfg.encoder or None, bb)
+    encoder = load_appearance_encoder(cfg.encoder or None, bb, setting=ENCODER_SETTING)
     text_dim = int(bb.text_encoder.config.hidden_size)
     spec = ImagePromptSpec(cfg.word, cfg.num_tokens, encoder.dim, text_dim, cfg.hidden_dim or 4 * text_dim,
                            cfg.encoder or "")

@@ -197,6 +197,7 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 # ---- training -------------------------------------------------------------------------------------
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
+    from vidbooth.engine.appearance import check_encoder
     from vidbooth.engine.backbone import is_image_model
     from vidbooth.engine.train import (
         check_high_noise,
@@ -219,6 +220,8 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
             "--motion-adapter (an AnimateDiff motion module) to learn a motion on it"
         )
     check_high_noise([cfg.train], cfg.backbone.base, cfg.backbone.revision)
+    if cfg.appearance.guidance:
+        check_encoder(cfg.appearance.encoder)  # minutes before the model would have loaded
     accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
     # a --resume with other settings is refused before the model loads
     refuse_other_settings(run_folder("motion", cfg.name, STAGE), cfg.resume, cfg.train, _settings_signature(cfg, clips),

@@ -35,6 +35,9 @@ def make_scheduler(name: str, scheduler_config: dict):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     key = _ALIASES.get(name.lower(), name.lower())
+    # a latent model's schedule never clips: DDIM's default clip_sample=True would clip its latents to [-1, 1] when
+    # the model's config is another scheduler's (PNDM, DPM-Solver), which has no such key
+    scheduler_config = {"clip_sample": False} | dict(scheduler_config)
     if key == "ddim":
         return DDIMScheduler.from_config(scheduler_config)
     if key == "dpm++":
