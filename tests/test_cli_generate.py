@@ -282,6 +282,53 @@ def test_a_ctrl_c_that_python_drops_in_a_finaliser_still_stops_the_command(tmp_p
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt
+def test_a_ctrl_c_dropped_while_the_videos_are_written_still_stops_the_command(tmp_path, monkeypatch, capsys):
+    """Writing is the last phase: no later phase would see the recorded stop, and the command had exited 0."""
+    import gc
+    import os
+    import signal
+
+    import vidbooth.data.video as video
+
+    class Finalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10_000))  # the handler runs here, inside __del__, where Python drops what it raises
+
+    encode = video._encode
+
+    def encode_and_signal(*args, **kwargs):
+        Finalised()
+        gc.collect()
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(video, "_encode", encode_and_signal)
+    code = main(["generate", "--prompt", "a dog", "--base", "tiny", "--steps", "1", "--out", str(tmp_path / "a.mp4")])
+    assert code == 130 and capsys.readouterr().err.strip().endswith("error: interrupted")
+
+
+def test_a_sigterm_that_a_library_turns_into_its_own_error_still_stops_the_command(tmp_path, monkeypatch, capsys):
+    """imageio and diffusers catch Exception around their lazy imports and raise another error: the stop had come
+    out as a traceback, exit 1, naming the output file."""
+    import os
+    import signal
+
+    import vidbooth.engine.backbone as backbone
+
+    def a_lazy_import(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(10_000))
+        except Exception as exc:
+            raise RuntimeError("Failed to import diffusers.models.autoencoders") from exc
+
+    monkeypatch.setattr(backbone, "load_backbone_for", a_lazy_import)
+    code = main(["generate", "--prompt", "a dog", "--base", "tiny", "--steps", "1", "--out", str(tmp_path / "a.mp4")])
+    assert code == 143 and capsys.readouterr().err.strip().endswith("error: stopped by SIGTERM")
+    assert not list(tmp_path.iterdir())
+
+
 def test_files_beside_the_output_that_no_video_owns_are_not_replaced(tiny_base_dirs, tmp_path, capsys):
     """`generate --recipe r/corgi.yaml --out r/corgi.mp4` had overwritten the recipe (and a corgi.png beside it)."""
     recipe = tmp_path / "corgi.yaml"

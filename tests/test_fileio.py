@@ -164,3 +164,37 @@ def test_a_stop_while_publishing_is_held_until_every_file_is_in_place(tmp_path, 
     with pytest.raises(KeyboardInterrupt):  # delivered to the handler there (here Python's own) once all are in
         fileio.write_together(writes)
     assert _files(tmp_path) == {"a.mp4": "new a.mp4", "a.yaml": "new a.yaml"}
+
+
+def test_what_a_killed_write_left_beside_a_file_is_removed_by_the_next_write_once_stale(tmp_path):
+    """SIGKILL leaves a `write_together` temporary (hidden, 0600) that nothing had ever removed; one still fresh may
+    be another run's, being written now."""
+    import time
+
+    from vidbooth.fileio import STALE_TEMPORARY_S, write_together
+
+    target = tmp_path / "take-1.mp4"
+    stale, fresh = tmp_path / ".tmp-take-1-abc123.mp4", tmp_path / ".tmp-take-1-def456.mp4"
+    other = tmp_path / ".tmp-take-10-abc123.mp4"  # another file's, also stale, is not this write's to remove
+    for leftover in (stale, fresh, other):
+        leftover.write_bytes(b"")
+    old = time.time() - STALE_TEMPORARY_S - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    write_together([(target, lambda tmp: tmp.write_bytes(b"video"))])
+    assert target.read_bytes() == b"video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, fresh.name, other.name])
+
+
+def test_a_video_written_together_with_others_makes_one_temporary_each(tmp_path, monkeypatch):
+    """generate had called write_video inside write_together: a temporary of the temporary (.tmp-.tmp-...)."""
+    import vidbooth.fileio as fileio
+    from vidbooth.data.video import contact_sheet_writer, video_writer
+
+    made = []
+    mkstemp = fileio.tempfile.mkstemp
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", lambda **kw: made.append(kw["prefix"]) or mkstemp(**kw))
+    frames = np.zeros((2, 16, 16, 3), np.uint8)
+    fileio.write_together([(tmp_path / "a.mp4", video_writer(frames, tmp_path / "a.mp4")),
+                           (tmp_path / "a.png", contact_sheet_writer(frames))])
+    assert made == [".tmp-a-", ".tmp-a-"] and sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "a.png"]

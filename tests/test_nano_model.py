@@ -622,9 +622,14 @@ def test_a_full_disk_at_a_checkpoint_says_how_to_go_on(tmp_path, char_tokenizer,
     nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=2))
     monkeypatch.setattr(ckpt, "write_safetensors", lambda path, *args: (write if "unet" not in str(path) else
                                                                          full_disk)(path, *args))
-    with pytest.raises(UserError, match=r"the unet checkpoint of step 3 was not saved and the one before is kept; "
+    with pytest.raises(UserError, match=r"the unet checkpoint of step 3 was not saved and the one of step 2 is kept; "
                                         r"free space in .*, then run the same command with --resume to continue"):
         nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=3, resume=True))
+    fresh = tmp_path / "fresh"  # the unet's first checkpoint: it had said 'the one before is kept' of no unet one
+    fresh.mkdir()
+    with pytest.raises(UserError, match=r"the unet checkpoint of step \d+ was not saved; free space in .*, then run "
+                                        r"the same command with --resume \(the unet stage starts over\)$"):
+        nano.pretrain(tiny_config(fresh, char_tokenizer, unet_steps=3))
 
 
 def test_an_export_keeps_the_image_prompt_model_of_an_unchanged_model_and_says_when_it_drops_it(

@@ -246,12 +246,16 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, accelerator):
     assert info.value.exit_code == 143 and "--resume" in str(info.value)
     assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000004"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    killed_save = tmp_path / engine.CHECKPOINTS / ".tmp-step-0000006-x1y2z3"  # SIGKILL while saving leaves this
+    (killed_save / "trainable.safetensors").parent.mkdir()
+    (killed_save / "trainable.safetensors").write_bytes(b"half")
 
     whole = make_method()
     engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
     resumed = scrambled_method()
     engine.train(resumed, toy_data(), config(checkpoint_every=0), tmp_path, accelerator, resume=True)
     assert all(torch.equal(whole.state_dict()[k], v) for k, v in resumed.state_dict().items())
+    assert not killed_save.exists()  # the resume removed it: it had stayed until the run was saved
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -407,3 +411,19 @@ def test_seconds_per_step_leave_the_checkpoint_writes_out():
     result = engine.TrainResult(step=2, start_step=0, losses=[0.5, 0.4], seconds=10.0, step_times=[1.0, 3.0])
     assert result.step_seconds == 2.0
     assert math.isnan(engine.TrainResult(step=4, start_step=4, seconds=0.5).step_seconds)  # no step ran now
+
+
+def test_a_stop_while_a_checkpoint_is_read_is_a_stop_not_a_damaged_checkpoint(tmp_path, monkeypatch):
+    """The reader turns any Exception into 'unreadable: delete it and rerun': a SIGTERM there had told the user to
+    delete a good checkpoint, and lose the run it resumes."""
+    import safetensors.torch
+
+    from vidbooth.engine import train as train_module
+
+    def stopped_while_reading(*args, **kwargs):
+        raise Interrupted("stopped by SIGTERM", 143)
+
+    (tmp_path / train_module.STATE_FILE).write_text("{}")
+    monkeypatch.setattr(safetensors.torch, "load_file", stopped_while_reading)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM"):
+        train_module._read_checkpoint(tmp_path)

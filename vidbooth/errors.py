@@ -21,8 +21,10 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
-class Interrupted(Exception):
-    """A command was stopped by a signal (training: after saving a resumable checkpoint); exit 128 + signal."""
+class Interrupted(BaseException):
+    """A command was stopped by a signal (training: after saving a resumable checkpoint); exit 128 + signal. Not an
+    `Exception`, as KeyboardInterrupt is not: code that turns any Exception into its own error (a library's lazy
+    import, a reader that calls what it cannot read damaged) must let a stop through, not report it as that error."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)

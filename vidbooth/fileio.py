@@ -56,6 +56,26 @@ def publish(temporary: str | Path, path: str | Path) -> None:
     os.replace(temporary, path)
 
 
+STALE_TEMPORARY_S = 3600
+"""A temporary file or folder older than this was left by a killed run (a running one publishes each well within
+it): the next write beside it removes it."""
+
+
+def remove_stale_temporaries(folder: Path, pattern: str = ".tmp-*", older_than_s: float = STALE_TEMPORARY_S) -> None:
+    """Remove what a killed run (SIGKILL, power loss) left of its temporary files and folders in `folder`: the
+    names matching `pattern` not touched for `older_than_s` seconds (0: all of them, for a folder no other run
+    writes in)."""
+    import time
+
+    for temporary in Path(folder).glob(pattern):
+        with suppress(OSError):  # another run published or removed it meanwhile
+            if time.time() - temporary.lstat().st_mtime >= older_than_s:
+                if temporary.is_dir() and not temporary.is_symlink():
+                    shutil.rmtree(temporary)
+                else:
+                    temporary.unlink()
+
+
 def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], journal: Path | None = None) -> None:
     """For each (path, write): `write(temporary)` fills a temporary file beside `path`; once all are written they
     are published. A failure or Ctrl-C while writing or publishing leaves every path as it was (never a new file
@@ -66,7 +86,7 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], jour
     temporaries: list[Path] = []
     try:
         for path, write in writes:
-            # a short prefix: a name near the file system's 255-byte limit must still leave room for it
+            remove_stale_temporaries(Path(path).parent, _temporary_pattern(Path(path)))
             fd, temporary = _temporary_file(path)
             os.close(fd)
             temporaries.append(Path(temporary))
@@ -153,11 +173,23 @@ def _keep_old(path: Path) -> Path | None:
     return old
 
 
+def _temporary_prefix(path: Path) -> str:
+    """The start of the temporary files' names for `path`: short, so that a name near the file system's 255-byte
+    limit still leaves room for it."""
+    return f".tmp-{path.stem[:24]}-"
+
+
+def _temporary_pattern(path: Path) -> str:
+    import glob
+
+    return f"{glob.escape(_temporary_prefix(path))}*{glob.escape(path.suffix)}"
+
+
 def _temporary_file(path: Path) -> tuple[int, str]:
     """mkstemp beside `path`. A folder that refuses new files for a reason other than a full disk or permissions
     (which the command line says in its own words), such as /proc, is a UserError naming `path`."""
     try:
-        return tempfile.mkstemp(prefix=f".tmp-{path.stem[:24]}-", suffix=path.suffix, dir=path.parent)
+        return tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=path.suffix, dir=path.parent)
     except OSError as exc:
         if disk_full(exc) or isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
             raise

@@ -131,7 +131,7 @@ GLOBAL_OPTIONS = ("--home", "--debug")
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
-    from vidbooth.errors import Interrupted, UserError, clear_stops
+    from vidbooth.errors import Interrupted, UserError, clear_stops, raise_pending_stop
     from vidbooth.reporting import error, stopped
 
     try:
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 _refuse_a_launcher(sys.argv[1:] if argv is None else argv)
                 code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
+                raise_pending_stop()  # a stop Python dropped in the last phase (a finaliser's) is answered, not lost
             finally:
                 clear_stops()  # the command has ended: a signal it got is answered below, or was acted on
     except UserError as exc:

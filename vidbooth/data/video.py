@@ -14,7 +14,7 @@ import re
 import shlex
 import subprocess
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import cv2
@@ -403,15 +403,22 @@ def _stored_seconds(path: Path) -> tuple[float | None, bool]:
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
     """Write (F, H, W, 3) uint8 frames as .mp4 (h264) or .gif, atomically (temp file, then rename)."""
     path = Path(path)
-    suffix = path.suffix.lower()
+    ensure_writable_dir(path.parent)
+    write_together([(path, video_writer(frames, path, fps))])
+    return path
+
+
+def video_writer(frames: np.ndarray, path: str | Path, fps: int = 8) -> Callable[[Path], None]:
+    """What writes (F, H, W, 3) uint8 frames as the video `path` names (.mp4 or .gif), into the file it is given:
+    for `write_together`, which gives it a temporary file beside `path` (a `write_video` there would make a
+    temporary of the temporary)."""
+    suffix = Path(path).suffix.lower()
     if suffix not in WRITE_EXTENSIONS:
         raise UserError(f"cannot write '{suffix}' video {path}: use .mp4 or .gif")
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-    ensure_writable_dir(path.parent)
-    write_together([(path, lambda tmp: _encode(frames, tmp, fps))])
-    return path
+    return lambda temporary: _encode(frames, Path(temporary), fps)
 
 
 def _encode(frames: np.ndarray, path: Path, fps: int) -> None:
@@ -465,9 +472,14 @@ def save_contact_sheet(frames: np.ndarray, path: str | Path, columns: int | None
     """Write the contact sheet as PNG, atomically (temp file, then rename; no temp file is left on failure)."""
     path = Path(path)
     ensure_writable_dir(path.parent)
-    sheet = Image.fromarray(contact_sheet(frames, columns))
-    write_together([(path, lambda tmp: sheet.save(tmp, format="PNG"))])
+    write_together([(path, contact_sheet_writer(frames, columns))])
     return path
+
+
+def contact_sheet_writer(frames: np.ndarray, columns: int | None = None) -> Callable[[Path], None]:
+    """What writes the contact sheet as PNG into the file it is given (for `write_together`, as `video_writer`)."""
+    sheet = Image.fromarray(contact_sheet(frames, columns))
+    return lambda temporary: sheet.save(temporary, format="PNG")
 
 
 def check_writable_dir(folder: str | Path) -> Path:

@@ -16,9 +16,9 @@ from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.data.video import (
     WRITE_EXTENSIONS,
     check_writable_dir,
+    contact_sheet_writer,
     ensure_writable_dir,
-    save_contact_sheet,
-    write_video,
+    video_writer,
 )
 from vidbooth.errors import UserError
 from vidbooth.fileio import write_together
@@ -164,9 +164,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     ensure_writable_dir(sheet_path.parent)
     columns = videos.shape[1] if len(videos) > 1 else None  # a row per video
     write_together([  # all or none: never a new video beside an old contact sheet or config
-        *[(path, lambda tmp, frames=frames: write_video(frames, tmp, fps=cfg.sampling.fps))
-          for path, frames in zip(written_videos, videos)],
-        (sheet_path, lambda tmp: save_contact_sheet(videos.reshape(-1, *videos.shape[2:]), tmp, columns)),
+        *[(path, video_writer(frames, path, fps=cfg.sampling.fps)) for path, frames in zip(written_videos, videos)],
+        (sheet_path, contact_sheet_writer(videos.reshape(-1, *videos.shape[2:]), columns)),
         (config_path, lambda tmp: save_config(_rerun_config(cfg), tmp)),
     ])
     written = str(written_videos[0]) if len(videos) == 1 else f"{len(videos)} videos ({written_videos[0]} ...)"

@@ -22,7 +22,7 @@ from vidbooth import reporting
 from vidbooth.config.subject import PriorConfig
 from vidbooth.engine.backbone import cache_dir
 from vidbooth.errors import UserError
-from vidbooth.fileio import write_together
+from vidbooth.fileio import remove_stale_temporaries, write_together
 
 
 def class_prompt(prior: PriorConfig, class_noun: str) -> str:
@@ -63,7 +63,7 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
     if not missing:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(folder)
+    remove_stale_temporaries(folder)  # of any image a killed run was writing, not only the ones made now
     # for whoever looks into the cache: every setting of the folder's key, and the base
     settings = json.dumps({"base": backbone.source} | _cache_settings(prompt, size, prior, seed), indent=1)
     write_together([(folder / "settings.json", lambda tmp: tmp.write_text(settings))])
@@ -87,20 +87,6 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
             for index, video in zip(indices, frames, strict=True)
         ])
     return folder
-
-
-STALE_TEMPORARY_S = 3600
-"""A temporary image older than this was left by a killed run (a running one publishes each within seconds)."""
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Remove the half-written images (`.tmp-*`) that a run killed while it wrote them left in the cache folder."""
-    import time
-
-    for temporary in folder.glob(".tmp-*"):
-        with contextlib.suppress(OSError):  # another run published or removed it meanwhile
-            if time.time() - temporary.stat().st_mtime > STALE_TEMPORARY_S:
-                temporary.unlink()
 
 
 def _class_image_file(folder: Path, index: int) -> Path:

@@ -59,7 +59,7 @@ from torch import nn
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
 from vidbooth.errors import Interrupted, UserError, held_stops, stopped
-from vidbooth.fileio import disk_full, folder_beside, write_safetensors
+from vidbooth.fileio import disk_full, folder_beside, remove_stale_temporaries, write_safetensors
 
 CHECKPOINTS = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -632,6 +632,8 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
     to run."""
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
+        if accelerator.is_main_process:  # the run's lock is held: what a killed save left is no one's
+            remove_stale_temporaries(Path(run_dir) / CHECKPOINTS, older_than_s=0)
         step, loss = _restore(checkpoints[-1], method, optimizer, accelerator, signature, cfg)
         if accelerator.is_main_process:
             reporting.info(f"resuming from step {step} ({checkpoints[-1]})")

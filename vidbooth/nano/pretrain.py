@@ -141,12 +141,17 @@ class _Run:
         except OSError as exc:
             if not disk_full(exc):
                 raise
-            kept = (self.dir / ckpt.STATE_FILE).is_file()
-            rerun = "with --resume to continue from it" if kept else "(it starts over)"
+            saved = (self.dir / ckpt.STATE_FILE).is_file()
+            before = self.state.get("steps", {}).get(stage, 0) if saved else 0
+            if before:
+                kept, rerun = f" and the one of step {before} is kept", "with --resume to continue from it"
+            elif saved:  # the stage's first: an earlier stage's checkpoint is what is kept
+                kept, rerun = "", f"with --resume (the {stage} stage starts over)"
+            else:
+                kept, rerun = "", "(it starts over)"
             raise UserError(
-                f"the disk is full: the {stage} checkpoint of step {step} was not saved"
-                f"{' and the one before is kept' if kept else ''}; free space in {self.dir}, then run the same command "
-                f"{rerun}"
+                f"the disk is full: the {stage} checkpoint of step {step} was not saved{kept}; free space in "
+                f"{self.dir}, then run the same command {rerun}"
             ) from exc
         self.state = state
         self.last_save = time.monotonic()
