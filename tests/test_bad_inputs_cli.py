@@ -173,6 +173,10 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
          "prior.guidance_scale must be a finite number of 0 or more"),
         ("train-subject", [*PRIOR, "--prior-weight", "nan"],
          "prior.weight (--prior-weight) must be a finite number of 0 or more, got nan"),
+        ("train-subject", [*PRIOR, "--class-images", ""],  # an unset $DIR: it had generated them without a word
+         "--class-images is empty: give the folder of class images, or drop it to generate them"),
+        ("train-subject", [*PRIOR, "--set", "prior.prompt=a {noun} at rest"],  # had been a KeyError at sampling
+         "prior.prompt may contain '{}' once (the class noun's place) and no other braces, got 'a {noun} at rest'"),
         ("train-subject", ["--set", "identity.train.high_noise_fraction=1", "--set",  # had trained stage 1 first,
          "identity.train.high_noise_from=1000"],  # leaving a checkpoint that refused the corrected run
          "identity.train.high_noise_from must be below the 1000 noise levels (training timesteps) of"),

@@ -241,6 +241,39 @@ def test_prior_preservation_with_given_class_images(photos, tmp_path, isolated_h
     assert prior_config["enabled"] is True and prior_config["class_images"] == str(class_dir)
 
 
+def test_the_class_prompt_holds_the_class_noun_where_its_template_says(photos, isolated_home, monkeypatch):
+    """nano's captions are 'a S* circle standing still': its class images had come from 'a photo of a circle',
+    words nano never saw, and drawn no circle; the class prompt, like DreamBooth's, is now the caption without S*."""
+    import vidbooth.engine.prior as prior
+
+    asked = []
+    real = prior.generate_class_images
+    monkeypatch.setattr(prior, "generate_class_images",
+                        lambda bb, prompt, *rest: asked.append(prompt) or real(bb, prompt, *rest))
+    args = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.prompt=a {} at rest"]
+    assert train_subject(photos, *args) == 0
+    assert train_subject(photos, "--prior-preservation", "--num-class-images", "1", name="T*") == 0
+    assert asked == ["a dog at rest", "a photo of a dog"]
+    from vidbooth.config import load_config
+    from vidbooth.config.subject import SubjectConfig
+
+    nano = load_config(SubjectConfig, "nano/subject", None, {"photos": ["x"], "name": "S*", "class_noun": "circle"})
+    assert prior.class_prompt(nano.prior, "circle") == "a circle standing still" == nano.data.captions[0].format("circle")
+
+
+def test_class_images_in_a_subfolder_or_only_videos_are_said_to_be_so(photos, tmp_path, capsys):
+    nested = tmp_path / "dogs"
+    write_photos(nested / "inner", count=2, seed=1)
+    assert train_subject(photos, "--prior-preservation", "--class-images", str(nested)) == 2
+    assert f"no class images found in {nested} (they are in its subfolder inner/): give --class-images " in (
+        capsys.readouterr().err)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "dog.mp4").write_bytes(b"")
+    assert train_subject(photos, "--prior-preservation", "--class-images", str(clips)) == 2
+    assert "(only videos: class images are still images)" in capsys.readouterr().err
+
+
 def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypatch):
     """SIGINT in stage 2: exit 130 and nothing in the library; --resume skips the finished stage 1 and ends
     with the weights of an uninterrupted run, and the manifest keeps the time stage 1 took before."""

@@ -100,6 +100,10 @@ def _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets: 
         givers = [given_by(f"prior.{key}", None, sets, {}) for key in PRIOR_SETTINGS]
         for shown in dict.fromkeys(giver[1] for giver in givers if giver):  # `--set prior={...}` gives several
             warn(f"{shown} has no effect without --prior-preservation")
+    if class_images is not None and not class_images.strip():  # an unset $DIR: it had generated them silently
+        from vidbooth.errors import UserError
+
+        raise UserError("--class-images is empty: give the folder of class images, or drop it to generate them")
     given = {"--class-images": class_images, "--num-class-images": num_class_images, "--prior-weight": prior_weight}
     named = [flag for flag, value in given.items() if value is not None]
     if named and not cfg.prior.enabled:

@@ -100,7 +100,8 @@ class PriorConfig:
     weight: float = 1.0
     """lambda: weight of the class-image loss."""
     prompt: str = ""
-    """Prompt of the generated class images; default 'a photo of a <class noun>'."""
+    """Prompt of the generated class images, '{}' in it the class noun ('a {} standing still'): the captions
+    without the subject's pseudo-word, as in DreamBooth; default 'a photo of a <class noun>'."""
     num_inference_steps: int = 25
     guidance_scale: float = 9.0
     sample_batch_size: int = 4
@@ -179,6 +180,9 @@ class SubjectConfig:
             raise UserError(f"data.scale_jitter must be in [0, 1), got {self.data.scale_jitter}")
         if self.data.views < 1:
             raise UserError(f"data.views must be at least 1, got {self.data.views}")
+        if ("{" in self.prior.prompt or "}" in self.prior.prompt) and not _one_subject_place(self.prior.prompt):
+            raise UserError(f"prior.prompt may contain '{{}}' once (the class noun's place) and no other braces, got "
+                            f"{self.prior.prompt!r}")
         bad = [c for c in self.data.captions if not _one_subject_place(c)]
         if bad or not self.data.captions:
             raise UserError(f"data.captions must each contain '{{}}' once (the subject's place) and no other braces "

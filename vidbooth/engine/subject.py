@@ -169,7 +169,7 @@ class _Run:
     photos: _Photos
     existing: dict | None  # manifest of the subject being extended (identity stage alone)
     earlier: SubjectConfig | None  # the config that built the subject being extended, when readable
-    class_images: list[Image.Image] | None  # the user's class images, when given
+    class_images: list[Path] | None  # the user's class images, when given (read, a few at a time, when encoded)
     class_images_sha256: str | None  # their names and bytes, for --resume
     backbone: object = None
     accelerator: object = None
@@ -254,7 +254,9 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     class_images = digest = None
     if "identity" in stages and cfg.prior.enabled and cfg.prior.class_images:
         files = class_image_files(cfg.prior.class_images, cfg.prior.num_class_images)
-        class_images, digest = [load_image(file) for file in files], class_images_sha256(files)
+        for file in files:  # each read once now, so that a bad one fails before the model loads; kept: none
+            load_image(file)
+        class_images, digest = files, class_images_sha256(files)
         if len(files) < cfg.prior.num_class_images:  # once they are read: a bad one is the one line said
             reporting.warn(
                 f"only {len(files)} class images in {cfg.prior.class_images}, fewer than prior.num_class_images "
@@ -469,19 +471,22 @@ def _load_existing_embedding(run: _Run) -> torch.Tensor:
 
 def _class_prior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     """Class latents (Nc, C, 1, h, w) and the class prompt's embedding (1, L, D), computed once."""
-    from vidbooth.data.images import photos_to_tensor
+    from vidbooth.data.images import load_image, photos_to_tensor
     from vidbooth.engine.prior import class_image_folder, class_prompt, generate_class_images, read_class_images
 
     prior, bb = run.cfg.prior, run.backbone
     prompt = class_prompt(prior, run.class_noun)
-    images = run.class_images
-    if images is None:
+    if run.class_images is None:
         if run.accelerator.is_main_process:  # the others wait, then read the same cached images
             generate_class_images(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed)
         run.accelerator.wait_for_everyone()
         folder = class_image_folder(bb.fingerprint, prompt, run.size, prior, run.cfg.runtime.seed)
         images = read_class_images(folder, prior.num_class_images)
-    latents = _encode_latents(bb, photos_to_tensor(images, run.size))
+        latents = _encode_latents(bb, photos_to_tensor(images, run.size))
+    else:  # a chunk at a time: 200 large photos, and their pixels at once, had all been held for the whole run
+        chunks = [run.class_images[i : i + ENCODE_CHUNK] for i in range(0, len(run.class_images), ENCODE_CHUNK)]
+        latents = torch.cat([_encode_latents(bb, photos_to_tensor([load_image(f) for f in chunk], run.size))
+                             for chunk in chunks])
     with torch.no_grad():
         embeds = bb.encode_prompt([prompt])
     return latents, embeds
