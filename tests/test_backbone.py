@@ -337,3 +337,26 @@ def test_a_motion_adapter_on_a_video_model_is_warned_of(tiny_base_dirs, monkeypa
     assert warnings == [f"--motion-adapter /no/such/adapter has no effect on {tiny_base_dirs['unet3d']}: its UNet "
                         "(UNet3DConditionModel) has temporal layers of its own; a motion adapter animates an image "
                         "model"]
+
+
+def test_the_tokenizer_files_of_real_models_leave_stdout_clean(tiny_base_dirs, tmp_path, capfd):
+    """SD1.5's and ModelScope's tokenizer files mark special tokens '"__type": "AddedToken"': the tokenizers library
+    printed 'Ignored unknown kwarg option __type' on stdout for each, where `--json` keeps its results."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    from vidbooth.engine.backbone import load_tokenizer
+
+    folder = shutil.copytree(tiny_base_dirs["unet3d"] / "tokenizer", tmp_path / "tokenizer")
+    token = {"content": "<|endoftext|>", "lstrip": False, "normalized": True, "rstrip": False, "single_word": False,
+             "__type": "AddedToken"}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        config = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps(config | {"unk_token": token, "eos_token": token}))
+    CLIPTokenizer.from_pretrained(folder)
+    assert "Ignored unknown kwarg option __type" in capfd.readouterr().out  # why the filter is there
+    print("a line of our own")
+    tokenizer = load_tokenizer(folder)
+    out, err = capfd.readouterr()
+    assert out == "a line of our own\n" and err == "" and tokenizer.unk_token == "<|endoftext|>"

@@ -56,6 +56,46 @@ def _quiet() -> bool:
     return os.environ.get("VIDBOOTH_QUIET", "") not in ("", "0") or _other_process()
 
 
+@contextlib.contextmanager
+def native_lines_dropped(noise: str) -> Iterator[None]:
+    """Inside the block, lines that native code writes straight to the stdout or stderr file descriptor (where no
+    Python logging setting reaches) and that contain `noise` are dropped; every other line is written to its stream
+    once the block ends. For the tokenizers library, which prints 'Ignored unknown kwarg option __type' on stdout
+    (which `--json` keeps for results) for each special token of the tokenizer files real models ship."""
+    import sys
+    import tempfile
+
+    with contextlib.ExitStack() as stack:
+        caught = []
+        for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+            try:
+                stream.flush()
+                saved = os.dup(fd)
+            except (OSError, ValueError, AttributeError):  # no such descriptor (a service): nothing to filter there
+                continue
+            file = stack.enter_context(tempfile.TemporaryFile())
+            os.dup2(file.fileno(), fd)
+            caught.append((fd, stream, saved, file))
+        try:
+            yield
+        finally:
+            for fd, stream, saved, file in caught:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+                os.dup2(saved, fd)
+                os.close(saved)
+                file.seek(0)
+                kept = [line for line in file.read().decode(errors="replace").splitlines(True) if noise not in line]
+                if kept:
+                    stream.write("".join(kept))
+                    stream.flush()
+
+
+TOKENIZER_NOISE = "Ignored unknown kwarg option"
+"""What the tokenizers library prints on stdout, once per special token, reading the tokenizer files of SD1.5 and
+ModelScope."""
+
+
 def info(message: str) -> None:
     if not _quiet():
         console.print(escape(message), soft_wrap=True)  # one line each: a terminal wraps it, a log keeps it whole

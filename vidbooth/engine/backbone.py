@@ -260,11 +260,19 @@ def _rebuild_hint(folder: Path) -> str:
     return f"; it is vidbooth's own build: delete {folder} and it is built again"
 
 
-def _load_tokenizer(folder: Path):
+def load_tokenizer(folder: Path):
+    """The CLIP tokenizer in `folder`, without the tokenizers library's stray lines on stderr."""
     from transformers import CLIPTokenizer
 
-    try:
+    from vidbooth.reporting import TOKENIZER_NOISE, native_lines_dropped
+
+    with native_lines_dropped(TOKENIZER_NOISE):
         return CLIPTokenizer.from_pretrained(folder)
+
+
+def _load_tokenizer(folder: Path):
+    try:
+        return load_tokenizer(folder)
     except (OSError, ValueError, KeyError):
         raise
     except Exception as exc:  # the tokenizers library's own errors are plain Exceptions (a damaged vocab.json)

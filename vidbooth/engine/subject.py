@@ -315,12 +315,12 @@ def _warn_of_copied_photos(files: list[Path], hashes: list[str]) -> None:
 
 def _check_tokens(cfg: SubjectConfig, class_noun: str, base_folder: Path) -> None:
     """With the tokenizer alone: the class noun must tokenise to something and the pseudo-word must be new."""
-    from transformers import CLIPTokenizer
+    from vidbooth.engine.backbone import load_tokenizer
 
     folder = base_folder / "tokenizer"
     if not folder.is_dir():
         return  # load_backbone says what is missing
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     class_noun_ids(tokenizer, class_noun)
     check_placeholder_is_new(tokenizer, cfg.name, cfg.textual_inversion.num_vectors, class_noun)
     _check_caption_lengths(tokenizer, cfg, class_noun)

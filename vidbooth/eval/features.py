@@ -240,8 +240,12 @@ def _projected(output: Any) -> np.ndarray:
 def load_clip(name_or_path: str, device: str = "auto", batch_size: int = 16) -> ClipEmbedder:
     from transformers import AutoTokenizer, CLIPModel
 
+    from vidbooth.reporting import TOKENIZER_NOISE, native_lines_dropped
+
     load = _pretrained_loader(name_or_path, "--clip-model")
-    model, tokenizer = load(CLIPModel, "a CLIP model"), load(AutoTokenizer, "a CLIP tokenizer")
+    model = load(CLIPModel, "a CLIP model")
+    with native_lines_dropped(TOKENIZER_NOISE):
+        tokenizer = load(AutoTokenizer, "a CLIP tokenizer")
     device = _resolve_device(device)
     return ClipEmbedder(model.eval().to(device), tokenizer, _describe(model, name_or_path), device, batch_size)
 
