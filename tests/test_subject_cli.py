@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.badinputs import write_photos
+from tests.badinputs import capture_warnings, write_photos
 from vidbooth.adapters.base import load_tensors
 from vidbooth.cli.app import main
 from vidbooth.library import list_artifacts, write_json
@@ -259,6 +259,12 @@ def test_the_class_prompt_holds_the_class_noun_where_its_template_says(photos, i
 
     nano = load_config(SubjectConfig, "nano/subject", None, {"photos": ["x"], "name": "S*", "class_noun": "circle"})
     assert prior.class_prompt(nano.prior, "circle") == "a circle standing still" == nano.data.captions[0].format("circle")
+
+
+def test_a_prior_weight_of_0_is_warned_of(photos, isolated_home, monkeypatch):
+    warned = capture_warnings(monkeypatch)
+    assert train_subject(photos, "--prior-preservation", "--num-class-images", "1", "--prior-weight", "0") == 0
+    assert [w for w in warned if w.startswith("prior.weight (--prior-weight) is 0: the class images are made")]
 
 
 def test_class_images_in_a_subfolder_or_only_videos_are_said_to_be_so(photos, tmp_path, capsys):

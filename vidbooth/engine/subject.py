@@ -252,6 +252,9 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     if "textual_inversion" in stages:
         _check_tokens(cfg, class_noun, base_folder)
     class_images = digest = None
+    if "identity" in stages and cfg.prior.enabled and cfg.prior.weight == 0:
+        reporting.warn("prior.weight (--prior-weight) is 0: the class images are made and denoised at every step but "
+                       "count for nothing; drop --prior-preservation, or give a weight above 0")
     if "identity" in stages and cfg.prior.enabled and cfg.prior.class_images:
         files = class_image_files(cfg.prior.class_images, cfg.prior.num_class_images)
         for file in files:  # each read once now, so that a bad one fails before the model loads; kept: none
