@@ -385,23 +385,35 @@ def test_reference_images_are_read_as_subject_training_reads_photos(tmp_path, ca
 
 
 def test_large_videos_are_scored_from_frames_shrunk_while_decoding(tmp_path, monkeypatch):
-    """A long phone clip at full size would fill the memory; what evaluate decodes has a shorter side of 512."""
+    """A long phone clip at full size would fill the memory; what evaluate decodes has a shorter side of 512, and
+    the reference clip is read a frame at a time (a minute of 720p had taken 3.7 GB when it was held whole)."""
     import vidbooth.eval.evaluate as evaluate_module
     import vidbooth.eval.references as references_module
+    from vidbooth.data.video import video_frames
 
-    decoded = []
+    decoded, streamed = [], []
 
     def recording(path, **kwargs):
         frames = read_video(path, **kwargs)
         decoded.append(frames.shape)
         return frames
 
+    def one_at_a_time(path, **kwargs):
+        for frame in video_frames(path, **kwargs):
+            streamed.append(frame.shape)
+            yield frame
+
     monkeypatch.setattr(evaluate_module, "read_video", recording)
-    monkeypatch.setattr(references_module, "read_video", recording)
+    monkeypatch.setattr(references_module, "video_frames", one_at_a_time)
     big = np.kron(moving_square(frames=6), np.ones((1, 9, 12, 1), np.uint8))  # 6 frames of 768x576 (w x h)
     video, clip = write_video(big, tmp_path / "big.mp4"), write_video(big[::-1].copy(), tmp_path / "clip.mp4")
-    assert run(video, "--ref-video", clip, "--metrics", "motion", "--device", "cpu") == 0
-    assert decoded == [(6, 512, 683, 3)] * 2  # the video, then the reference clip
+    assert run(video, "--ref-video", clip, "--metrics", "motion", "--device", "cpu", "--json", tmp_path / "s.json") == 0
+    assert decoded == [(6, 512, 683, 3)] and streamed == [(512, 683, 3)] * 6  # the video; the reference clip
+    from vidbooth.eval.motion import motion_fidelity
+
+    score = json.loads((tmp_path / "s.json").read_text())["videos"][0]["metrics"]["motion_fidelity"]
+    assert score == pytest.approx(motion_fidelity(read_video(video, max_short_side=512),
+                                                  read_video(clip, max_short_side=512)))  # as when held whole
 
 
 def test_file_names_with_brackets_are_scored_shown_and_written(media, tmp_path, capsys):

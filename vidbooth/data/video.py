@@ -37,24 +37,33 @@ def read_video(path: str | Path, max_frames: int | None = None, max_short_side: 
     shorter side is at most that many pixels: long 4K clips then fit in memory. A file that decodes to clearly fewer
     frames than it holds (truncated or damaged) is refused.
     """
+    with contextlib.closing(video_frames(path, max_short_side)) as frames:  # stopped early: ffmpeg ends now
+        return np.stack(list(itertools.islice(frames, max_frames)))
+
+
+def video_frames(path: str | Path, max_short_side: int | None = None) -> Generator[np.ndarray, None, None]:
+    """The frames of a video file one at a time, as `read_video` reads them, so that what the caller keeps of them
+    (a motion signature keeps 12 numbers a frame) is all that grows with the clip's length. The checks that need
+    every frame (an empty or truncated file) run when the last one has been taken."""
     path = Path(path)
     problem = video_file_problem(path)
     if problem:
         raise UserError(problem)
     as_gif = _is_gif(path)
+    count = 0
     try:
         decoder = _read_gif(path) if as_gif else _read_ffmpeg(path)
         with contextlib.closing(decoder) as decoded:
-            frames = [_shrink_frame(frame, max_short_side) for frame in itertools.islice(decoded, max_frames)]
+            for frame in decoded:
+                count += 1
+                yield _shrink_frame(frame, max_short_side)
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"cannot read video {path}: it is corrupt, truncated or in an unsupported codec") from exc
-    if len(frames) == 0:
+    if count == 0:
         raise UserError(f"video has no readable frames: {path}")
-    if max_frames is None or len(frames) < max_frames:
-        _check_complete(path, len(frames), as_gif)
-    return np.stack(frames)
+    _check_complete(path, count, as_gif)
 
 
 def video_file_problem(path: str | Path) -> str | None:

@@ -19,10 +19,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -261,7 +260,7 @@ def _rebuild_hint(folder: Path) -> str:
 
 
 def load_tokenizer(folder: Path):
-    """The CLIP tokenizer in `folder`, without the tokenizers library's stray lines on stderr."""
+    """The CLIP tokenizer in `folder`, without the tokenizers library's stray lines on stdout."""
     from transformers import CLIPTokenizer
 
     from vidbooth.reporting import TOKENIZER_NOISE, native_lines_dropped

@@ -33,12 +33,12 @@ from vidbooth.eval.features import (
 )
 from vidbooth.eval.jobs import EvalJob, generated_base, jobs_from_manifest, jobs_from_videos, without_pseudo_words
 from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
-from vidbooth.eval.motion import METHOD, NO_MOTION, motion_signature, moving_signature, signature_similarity
+from vidbooth.eval.motion import METHOD, NO_MOTION, motion_signature, signature_similarity
 from vidbooth.eval.references import (
     VIDEO_SHORT_SIDE,
     motion_clip_paths,
+    motion_clip_signature,
     read_image_folder,
-    read_motion_clip,
     subject_photos,
 )
 from vidbooth.eval.report import METRIC_LABELS, METRICS, EvaluationReport, VideoResult, show, write_reports
@@ -308,8 +308,8 @@ class _Scorer:
 
     @staticmethod
     def _reference_signature(path: Path) -> np.ndarray:
-        signature = moving_signature(read_motion_clip(path))
-        if signature is None:
+        signature = motion_clip_signature(path)
+        if not signature.any():
             raise UserError(f"reference motion clip {path} {NO_MOTION}: choose a clip with visible motion")
         return signature
 

@@ -23,6 +23,8 @@ opposite or perpendicular motions.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 WORK_SIDE = 128
@@ -58,12 +60,18 @@ def signature_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum(a * b) / norm) if norm > 0 else 0.0
 
 
-def motion_signature(frames: np.ndarray) -> np.ndarray:
-    """(TIME_STEPS, DIRECTION_BINS + 4) non-negative array with unit L2 norm (all zeros for a still video)."""
-    if len(frames) < 2:
+def motion_signature(frames: Iterable[np.ndarray]) -> np.ndarray:
+    """(TIME_STEPS, DIRECTION_BINS + 4) non-negative array with unit L2 norm (all zeros for a still video), from
+    (F, H, W, 3) uint8 frames, or frames one at a time (`data.video.video_frames`: only the previous one is kept)."""
+    rows, previous = [], None
+    for frame in frames:
+        gray = _to_work_gray(frame)
+        if previous is not None:
+            rows.append(_step_features(_flow(previous, gray)))
+        previous = gray
+    if not rows:
         raise ValueError("a motion signature needs at least 2 frames")
-    gray = [_to_work_gray(frame) for frame in frames]
-    steps = np.stack([_step_features(_flow(a, b)) for a, b in zip(gray[:-1], gray[1:])])  # (F-1, 12)
+    steps = np.stack(rows)  # (F-1, 12)
     signature = _resample_in_time(steps, TIME_STEPS)
     norm = np.linalg.norm(signature)
     return signature / norm if norm > 0 else signature

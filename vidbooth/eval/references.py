@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image
-from vidbooth.data.video import VIDEO_EXTENSIONS, read_video
+from vidbooth.data.video import VIDEO_EXTENSIONS, video_frames
 from vidbooth.errors import UserError
 from vidbooth.reporting import warn
 
@@ -63,9 +63,13 @@ def motion_clip_paths(name: str) -> list[Path]:
     return clips
 
 
-def read_motion_clip(path: str | Path) -> np.ndarray:
-    """A reference motion clip as (F, H, W, 3) uint8; it must have at least 2 frames."""
-    frames = read_video(path, max_short_side=VIDEO_SHORT_SIDE)
-    if len(frames) < 2:
-        raise UserError(f"reference motion clip {path} has a single frame: motion needs a clip with 2 or more frames")
-    return frames
+def motion_clip_signature(path: str | Path) -> np.ndarray:
+    """The motion signature of a reference clip (all zeros where nothing moves), read a frame at a time: a long
+    phone clip had been held whole, gigabytes for a minute of 720p. It must have at least 2 frames."""
+    from vidbooth.eval.motion import motion_signature
+
+    try:
+        return motion_signature(video_frames(path, max_short_side=VIDEO_SHORT_SIDE))
+    except ValueError as exc:
+        raise UserError(f"reference motion clip {path} has a single frame: motion needs a clip with 2 or more "
+                        "frames") from exc
