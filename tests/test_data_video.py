@@ -179,3 +179,25 @@ def test_a_gif_plays_at_the_frame_rate_it_was_written_at(fps, tmp_path):
             times.append(gif.info["duration"])
     assert len(times) == 16 and abs(sum(times) - 16000 / fps) <= 5  # the clip's length to the nearest hundredth
     assert video_fps(path) == pytest.approx(fps, rel=0.02) and len(read_video(path)) == 16
+
+
+def test_a_video_damaged_inside_its_frames_is_read_with_a_warning(tmp_path, monkeypatch):
+    """ffmpeg conceals what it cannot decode (smears, repeats of the frame before), so the frame count held and
+    a damaged clip had been trained on without a word; whole clips warn of nothing."""
+    import random
+
+    from badinputs import capture_warnings
+
+    clean = tmp_path / "clean.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x96:rate=24:duration=1,noise=alls=60:allf=t", "-c:v", "libx264",
+            "-g", "6", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(clean))
+    data = bytearray(clean.read_bytes())
+    middle = slice(int(len(data) * 0.4), int(len(data) * 0.6))
+    data[middle] = random.Random(0).randbytes(middle.stop - middle.start)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    warned = capture_warnings(monkeypatch)
+    assert len(read_video(clean)) == 24 and warned == []
+    assert len(read_video(damaged)) == 24
+    assert len(warned) == 1 and warned[0].startswith(f"{damaged} is damaged (ffmpeg: '")
+    assert len(read_video(damaged, max_frames=20)) == 20 and len(warned) == 2  # also when reading stops early

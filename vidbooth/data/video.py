@@ -50,13 +50,16 @@ def video_frames(path: str | Path, max_short_side: int | None = None) -> Generat
     if problem:
         raise UserError(problem)
     as_gif = _is_gif(path)
-    count = 0
+    count, damage = 0, []
     try:
-        decoder = _read_gif(path) if as_gif else _read_ffmpeg(path)
+        decoder = _read_gif(path) if as_gif else _read_ffmpeg(path, damage)
         with contextlib.closing(decoder) as decoded:
             for frame in decoded:
                 count += 1
                 yield _shrink_frame(frame, max_short_side)
+    except GeneratorExit:  # the caller has the frames it wants (and ffmpeg's log of them, read to its end)
+        _warn_of_damage(path, damage)
+        raise
     except UserError:
         raise
     except Exception as exc:
@@ -64,6 +67,16 @@ def video_frames(path: str | Path, max_short_side: int | None = None) -> Generat
     if count == 0:
         raise UserError(f"video has no readable frames: {path}")
     _check_complete(path, count, as_gif)
+    _warn_of_damage(path, damage)
+
+
+def _warn_of_damage(path: Path, damage: list[str]) -> None:
+    """ffmpeg conceals what it cannot decode (a smear, a repeated frame) and goes on: say so, once per file read."""
+    if damage:
+        from vidbooth import reporting
+
+        reporting.warn(f"{path} is damaged (ffmpeg: '{damage[0]}'): some of its frames may be broken or repeated; "
+                       "re-export or re-download it if the result looks wrong")
 
 
 def video_file_problem(path: str | Path) -> str | None:
@@ -152,14 +165,15 @@ _FIRST_VIDEO = ["-map", "0:v:0"]
 to itself ffmpeg decodes the largest, so a file holding two would be read at the other's rate."""
 
 
-def _read_ffmpeg(path: Path) -> Generator[np.ndarray, None, None]:
+def _read_ffmpeg(path: Path, damage: list[str] | None = None) -> Generator[np.ndarray, None, None]:
     """Frames at the file's average frame rate, the one `video_fps` reports. Left to itself ffmpeg emits a
     variable-frame-rate file at its base rate instead (often 25 or 30 fps for an 8 fps phone clip, pauses copied
     as runs of equal frames), so the frames and the reported rate would disagree and motion would be learned and
-    measured at the wrong speed. ffmpeg applies rotation metadata itself."""
+    measured at the wrong speed. ffmpeg applies rotation metadata itself. What ffmpeg says of damaged data is added
+    to `damage`."""
     fps = _stream_fps(path)
     rate = ["-r", f"{fps:.6g}"] if fps else []
-    yield from _decode_ffmpeg(path, _FIRST_VIDEO + rate + _DISPLAY_SHAPE)
+    yield from _decode_ffmpeg(path, _FIRST_VIDEO + rate + _DISPLAY_SHAPE, damage)
 
 
 _SIZE_CHANGED = re.compile(r"video parameters changed to .*?, (\d+)x(\d+)")
@@ -167,8 +181,14 @@ _SIZE_CHANGED = re.compile(r"video parameters changed to .*?, (\d+)x(\d+)")
 
 _STREAM_SIZE = re.compile(r" (\d+)x(\d+)[, ]")
 
+_DAMAGE = re.compile(r"\] (.*(?:error while decoding|invalid nal unit size|concealing \d+|error splitting the input|"
+                     r"corrupt (?:decoded )?frame|invalid data found when processing input|missing picture in access "
+                     r"unit|error decoding).*)", re.IGNORECASE)
+"""What ffmpeg's decoders log of damaged data ('[h264 @ 0x...] error while decoding MB 0 8'), which they conceal."""
 
-def _decode_ffmpeg(path: Path, output_params: list[str]) -> Generator[np.ndarray, None, None]:
+
+def _decode_ffmpeg(path: Path, output_params: list[str], damage: list[str] | None = None
+                   ) -> Generator[np.ndarray, None, None]:
     """Each frame ffmpeg decodes, as RGB, in one ffmpeg run whose log is read alongside (the command
     imageio-ffmpeg's reader runs, which hides that log).
 
@@ -183,10 +203,11 @@ def _decode_ffmpeg(path: Path, output_params: list[str]) -> Generator[np.ndarray
                "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", *output_params, "-"]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     changes: list[tuple[int, int]] = []
+    damage = [] if damage is None else damage
     log_reader = None
     try:
-        (width, height), stored = _read_log_head(process)
-        log_reader = threading.Thread(target=_collect_size_changes, args=(process.stderr, changes), daemon=True)
+        (width, height), stored = _read_log_head(process, damage)
+        log_reader = threading.Thread(target=_read_log_rest, args=(process.stderr, changes, damage), daemon=True)
         log_reader.start()
         frame_bytes = width * height * 3
         while raw := process.stdout.read(frame_bytes):
@@ -202,13 +223,15 @@ def _decode_ffmpeg(path: Path, output_params: list[str]) -> Generator[np.ndarray
     _refuse_size_change(path, stored, changes)
 
 
-def _read_log_head(process: subprocess.Popen) -> tuple[tuple[int, int], tuple[int, int] | None]:
+def _read_log_head(process: subprocess.Popen, damage: list[str]) -> tuple[tuple[int, int], tuple[int, int] | None]:
     """From ffmpeg's log up to its description of the output (written before the first frame): the (width, height)
     of the frames it outputs, and the stored size of the video stream it decodes (None if not found)."""
     lines, stored_sizes, decoded, in_output = [], {}, None, False
     for raw in process.stderr:
         line = raw.decode(errors="replace")
         lines.append(line)
+        if found := _DAMAGE.search(line):
+            damage.append(found[1].strip())
         in_output = in_output or line.startswith("Output")
         stream = re.match(r"\s*Stream #0:(\d+)\S*: Video: .*", line)
         size = _STREAM_SIZE.search(line) if stream else None
@@ -222,12 +245,15 @@ def _read_log_head(process: subprocess.Popen) -> tuple[tuple[int, int], tuple[in
     raise RuntimeError("ffmpeg gave no video output:\n" + "".join(lines[-20:]))
 
 
-def _collect_size_changes(stderr, changes: list[tuple[int, int]]) -> None:
-    """Read the rest of ffmpeg's log (so that it never blocks on it), keeping the frame sizes it changes to."""
+def _read_log_rest(stderr, changes: list[tuple[int, int]], damage: list[str]) -> None:
+    """Read the rest of ffmpeg's log (so that it never blocks on it), keeping the frame sizes it changes to and what
+    it says of damaged data."""
     for raw in stderr:
-        match = _SIZE_CHANGED.search(raw.decode(errors="replace"))
-        if match:
+        line = raw.decode(errors="replace")
+        if match := _SIZE_CHANGED.search(line):
             changes.append((int(match[1]), int(match[2])))
+        if found := _DAMAGE.search(line):
+            damage.append(found[1].strip())
 
 
 def _end_ffmpeg(process: subprocess.Popen) -> None:
