@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -205,6 +206,30 @@ def test_heic_photos_are_skipped_with_advice(tmp_path, warned):
     badinputs.write_photo(folder / "IMG_0002.jpg")
     assert [p.name for p, _ in load_photo_folder(folder)] == ["IMG_0002.jpg"]
     assert "IMG_0001.HEIC" in warned[0] and "convert" in warned[0]
+
+
+def test_a_single_heic_photo_is_refused_with_advice_also_when_named_jpg(tmp_path):
+    """One HEIC given alone (a photo path, an image prompt) had been 'not a supported photo type' or 'corrupt or
+    misnamed', with no word of converting it; so had an iPhone photo renamed .jpg."""
+    folder = badinputs.make_bad_photo_folder("folder_of_heic", tmp_path)
+    heic = folder / "IMG_0001.HEIC"
+    renamed = tmp_path / "IMG_0001.jpg"
+    renamed.write_bytes(heic.read_bytes())
+    for path in (heic, renamed):
+        for read in (load_image, load_photo_folder):
+            with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is a HEIC/RAW camera photo, which vidbooth "
+                               "cannot read: convert it to JPEG or PNG"):
+                read(path)
+
+
+def test_reference_images_say_which_heic_files_they_skip(tmp_path, warned):
+    """evaluate --ref-images had skipped them without a word, and a folder of them 'held no readable image'."""
+    from vidbooth.eval.references import read_image_folder
+
+    folder = badinputs.make_bad_photo_folder("folder_of_heic", tmp_path)
+    with pytest.raises(UserError, match="holds no readable image"):
+        read_image_folder(folder)
+    assert "IMG_0001.HEIC" in warned[0] and "convert them to JPEG or PNG" in warned[0]
 
 
 def test_photo_folder_minimum_count(tmp_path):

@@ -62,6 +62,7 @@ def load_image(
     """
     path = Path(path)
     _check_is_nonempty_file(path)
+    _refuse_camera_file(path)
     with _open_image(path) as im:
         _check_dimensions(path, im, min_side)
         _warn_if_animated(path, im)
@@ -217,19 +218,39 @@ def _photo_files(path: Path) -> list[Path]:
     if not path.exists():
         raise UserError(f"photo path not found: {path}: check the spelling, or quote paths that contain spaces")
     if path.is_file():
+        _refuse_camera_file(path)
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise UserError(f"{path} is not a supported photo type: use one of {', '.join(IMAGE_EXTENSIONS)}")
         return [path]
     entries = sorted(path.iterdir(), key=natural_sort_key)
-    unreadable = [p.name for p in entries if p.suffix.lower() in UNSUPPORTED_PHOTO_EXTENSIONS]
-    if unreadable:
-        names = ", ".join(unreadable[:3])
-        reporting.warn(f"skipped {len(unreadable)} HEIC/RAW photo(s) in {path} ({names}): convert them to JPEG or PNG")
+    warn_of_camera_files(path, entries)
     photos = [p for p in entries if is_image_file(p)]
     if not photos:
         kinds = f"{', '.join(IMAGE_EXTENSIONS[:-1])} or {IMAGE_EXTENSIONS[-1]}"  # every accepted type
         raise UserError(f"no photos found in {path}: add 3-5 photos of the subject as {kinds} files")
     return photos
+
+
+def warn_of_camera_files(folder: Path, entries: Sequence[Path]) -> None:
+    """Say which of a folder's `entries` are HEIC/RAW camera files, which are skipped (Pillow reads none)."""
+    unreadable = [p.name for p in entries if p.suffix.lower() in UNSUPPORTED_PHOTO_EXTENSIONS]
+    if unreadable:
+        names = ", ".join(unreadable[:3])
+        reporting.warn(f"skipped {len(unreadable)} HEIC/RAW photo(s) in {folder} ({names}): convert them to JPEG or "
+                       "PNG")
+
+
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1")
+
+
+def _refuse_camera_file(path: Path) -> None:
+    """A UserError for a HEIC/RAW camera file, by its name or (a HEIC renamed .jpg) its first bytes."""
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as file:
+            head = file.read(12)
+        if path.suffix.lower() in UNSUPPORTED_PHOTO_EXTENSIONS or (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS):
+            raise UserError(f"{path} is a HEIC/RAW camera photo, which vidbooth cannot read: convert it to JPEG or "
+                            "PNG (on a Mac: sips -s format jpeg IN --out OUT.jpg)")
 
 
 def _check_is_nonempty_file(path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image
+from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, warn_of_camera_files
 from vidbooth.data.video import VIDEO_EXTENSIONS, video_frames
 from vidbooth.errors import UserError
 from vidbooth.reporting import warn
@@ -33,7 +33,9 @@ def read_image_folder(folder: str | Path) -> list[np.ndarray]:
     if not folder.is_dir():
         raise UserError(f"reference image folder not found: {folder}; pass a folder of {IMAGE_KINDS} images")
     images = []
-    for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
+    entries = sorted(folder.iterdir())
+    warn_of_camera_files(folder, entries)
+    for path in (p for p in entries if is_image_file(p)):
         try:
             images.append(np.asarray(load_image(path, min_side=1)))
         except UserError as exc:
