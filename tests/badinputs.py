@@ -335,6 +335,13 @@ def _one_frame_mp4(folder: Path) -> Path:
     return write_clip(folder / "one_frame.mp4", num_frames=1)
 
 
+def _png_named_mp4(folder: Path) -> Path:
+    """A photo saved under a video's name: ffmpeg reads it as a video of one frame."""
+    path = folder / "clip.mp4"
+    write_photo(path.with_suffix(".png"), 96, 96).rename(path)
+    return path
+
+
 def _xyz_file(folder: Path) -> Path:
     path = folder / "clip.xyz"
     path.write_bytes(b"\x00\x01 not a video")
@@ -401,6 +408,7 @@ _CLIP_WRITERS: dict[str, Callable[[Path], Path]] = {
     "truncated_mp4": _truncated_mp4,
     "truncated_faststart_mp4": _truncated_faststart_mp4,
     "one_frame_mp4": _one_frame_mp4,
+    "png_named_mp4": _png_named_mp4,
     "xyz_file": _xyz_file,
     "one_frame_folder": _one_frame_folder,
     "empty_frame_folder": _empty_frame_folder,

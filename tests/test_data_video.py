@@ -201,3 +201,12 @@ def test_a_video_damaged_inside_its_frames_is_read_with_a_warning(tmp_path, monk
     assert len(read_video(damaged)) == 24
     assert len(warned) == 1 and warned[0].startswith(f"{damaged} is damaged (ffmpeg: '")
     assert len(read_video(damaged, max_frames=20)) == 20 and len(warned) == 2  # also when reading stops early
+
+
+def test_a_photo_named_as_a_video_is_said_to_be_one(tmp_path):
+    """It had been 'has only 1 frame: use a longer clip'."""
+    from badinputs import make_bad_clip
+
+    path = make_bad_clip("png_named_mp4", tmp_path)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is a PNG image named \.mp4, not a video: give a "):
+        read_video(path)

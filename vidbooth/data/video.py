@@ -90,6 +90,25 @@ def video_file_problem(path: str | Path) -> str | None:
         return f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}"
     if path.stat().st_size == 0:
         return f"video file is empty (0 bytes): {path}; copy or export it again (a download or copy may have failed)"
+    image = _image_kind(path)
+    if image:
+        return f"{path} is a {image} image named {path.suffix}, not a video: give a video file"
+    return None
+
+
+def _image_kind(path: Path) -> str | None:
+    """The still-image format a file's first bytes show (a photo saved under a video's name), or None."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return None  # reading it says why
+    if head.startswith(b"\x89PNG"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
     return None
 
 
