@@ -360,3 +360,37 @@ def test_the_tokenizer_files_of_real_models_leave_stdout_clean(tiny_base_dirs, t
     tokenizer = load_tokenizer(folder)
     out, err = capfd.readouterr()
     assert out == "a line of our own\n" and err == "" and tokenizer.unk_token == "<|endoftext|>"
+    import tempfile
+
+    from vidbooth.reporting import native_lines_dropped
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patched:  # no room for the filter's file: nothing filtered, nothing lost
+        patched.setattr(tempfile, "TemporaryFile", no_room)
+        with native_lines_dropped("noise"):
+            print("kept", flush=True)
+    print("after", flush=True)
+    assert capfd.readouterr().out == "kept\nafter\n"
+
+
+def test_the_conversion_command_survives_quotes_in_the_path_and_keeps_a_variant(tmp_path):
+    """The folder was pasted inside '...': a path with a quote (or a Windows backslash) broke the command; and
+    fp16-only pickles were converted without their variant, which found nothing."""
+    import shlex
+
+    from vidbooth.engine.backbone import _variant_of, _weights_hint
+
+    folder = tmp_path / "it's a model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "diffusion_pytorch_model.fp16.bin").write_bytes(b"")
+    hint = _weights_hint(folder, ["unet"], None, "DiffusionPipeline")
+    command = shlex.split(hint.split("convert them once with ", 1)[1].rstrip(")"))
+    assert command[:2] == ["python", "-c"]
+    code = command[2]
+    compile(code, "<hint>", "exec")  # valid Python
+    assert repr(str(folder)) in code and "variant='fp16'" in code
+    assert [_variant_of(name) for name in ("model.fp16.safetensors", "x.fp16-00001-of-00002.safetensors",
+                                           "model-00001-of-00002.safetensors", "unet_v1.5.safetensors")] == [
+        "fp16", "fp16", None, None]

@@ -357,3 +357,16 @@ def test_a_folder_without_photos_names_every_accepted_type(tmp_path):
     with pytest.raises(UserError, match="no photos found") as caught:
         images._photo_files(tmp_path)
     assert all(extension in str(caught.value) for extension in images.IMAGE_EXTENSIONS)
+
+
+def test_an_avif_photo_whose_first_brand_is_mif1_is_no_heic():
+    """HEIF files name their kinds in their first box; 'mif1' alone is neither HEIC nor AVIF."""
+    from vidbooth.data.images import _is_heic
+
+    def ftyp(major: bytes, *compatible: bytes) -> bytes:
+        body = major + b"\0\0\0\0" + b"".join(compatible)
+        return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body
+
+    assert _is_heic(ftyp(b"heic", b"mif1", b"heic")) and _is_heic(ftyp(b"mif1", b"heic"))
+    assert not _is_heic(ftyp(b"mif1", b"avif", b"miaf")) and not _is_heic(ftyp(b"avif", b"mif1"))
+    assert not _is_heic(b"\x89PNG\r\n\x1a\n")

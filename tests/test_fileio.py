@@ -174,16 +174,19 @@ def test_what_a_killed_write_left_beside_a_file_is_removed_by_the_next_write_onc
     from vidbooth.fileio import STALE_TEMPORARY_S, write_together
 
     target = tmp_path / "take-1.mp4"
-    stale, fresh = tmp_path / ".tmp-take-1-abc123.mp4", tmp_path / ".tmp-take-1-def456.mp4"
-    other = tmp_path / ".tmp-take-10-abc123.mp4"  # another file's, also stale, is not this write's to remove
-    for leftover in (stale, fresh, other):
+    stale, fresh = tmp_path / ".tmp-take-1-abc12345.mp4", tmp_path / ".tmp-take-1-def45678.mp4"
+    others = [tmp_path / ".tmp-take-10-abc12345.mp4",  # another file's, also stale, is not this write's to remove
+              tmp_path / ".tmp-take-abc12345.mp4"]  # nor take.mp4's, whose name take-1.mp4's starts with
+    for leftover in (stale, fresh, *others):
         leftover.write_bytes(b"")
     old = time.time() - STALE_TEMPORARY_S - 60
-    os.utime(stale, (old, old))
-    os.utime(other, (old, old))
+    for leftover in (stale, *others):
+        os.utime(leftover, (old, old))
     write_together([(target, lambda tmp: tmp.write_bytes(b"video"))])
     assert target.read_bytes() == b"video"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, fresh.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, fresh.name, *(p.name for p in others)])
+    write_together([(target, lambda tmp: tmp.write_bytes(b"again"))])  # over an old file: its kept copy is no
+    assert target.read_bytes() == b"again" and not list(tmp_path.glob(".old-*"))  # temporary, and is removed
 
 
 def test_a_video_written_together_with_others_makes_one_temporary_each(tmp_path, monkeypatch):

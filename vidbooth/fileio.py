@@ -159,10 +159,11 @@ def _publish_all(temporaries: list[Path], paths: list[Path], journal: Path | Non
 
 def _keep_old(path: Path) -> Path | None:
     """A second name (a hard link, or where the file system has none, a copy) for the file at `path`, so that it
-    can be put back; None when there is no file (or a folder, which the rename will refuse) there."""
+    can be put back; None when there is no file (or a folder, which the rename will refuse) there. Its name is not a
+    temporary's: a link has the old file's age, which `remove_stale_temporaries` would take for a killed write's."""
     if not os.path.lexists(path) or path.is_dir():
         return None
-    fd, name = _temporary_file(path)
+    fd, name = _temporary_file(path, kind="old")
     os.close(fd)
     old = Path(name)
     old.unlink()
@@ -173,23 +174,25 @@ def _keep_old(path: Path) -> Path | None:
     return old
 
 
-def _temporary_prefix(path: Path) -> str:
+def _temporary_prefix(path: Path, kind: str = "tmp") -> str:
     """The start of the temporary files' names for `path`: short, so that a name near the file system's 255-byte
     limit still leaves room for it."""
-    return f".tmp-{path.stem[:24]}-"
+    return f".{kind}-{path.stem[:24]}-"
 
 
 def _temporary_pattern(path: Path) -> str:
+    """The names `_temporary_file` gives `path`'s temporaries (mkstemp adds 8 characters): not those of another
+    file whose name starts the same ('take-1.mp4' of 'take.mp4')."""
     import glob
 
-    return f"{glob.escape(_temporary_prefix(path))}*{glob.escape(path.suffix)}"
+    return f"{glob.escape(_temporary_prefix(path))}{'?' * 8}{glob.escape(path.suffix)}"
 
 
-def _temporary_file(path: Path) -> tuple[int, str]:
+def _temporary_file(path: Path, kind: str = "tmp") -> tuple[int, str]:
     """mkstemp beside `path`. A folder that refuses new files for a reason other than a full disk or permissions
     (which the command line says in its own words), such as /proc, is a UserError naming `path`."""
     try:
-        return tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=path.suffix, dir=path.parent)
+        return tempfile.mkstemp(prefix=_temporary_prefix(path, kind), suffix=path.suffix, dir=path.parent)
     except OSError as exc:
         if disk_full(exc) or isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
             raise

@@ -58,37 +58,41 @@ def _quiet() -> bool:
 
 @contextlib.contextmanager
 def native_lines_dropped(noise: str) -> Iterator[None]:
-    """Inside the block, lines that native code writes straight to the stdout or stderr file descriptor (where no
-    Python logging setting reaches) and that contain `noise` are dropped; every other line is written to its stream
-    once the block ends. For the tokenizers library, which prints 'Ignored unknown kwarg option __type' on stdout
-    (which `--json` keeps for results) for each special token of the tokenizer files real models ship."""
+    """Inside the block, lines that native code writes straight to the stdout file descriptor (where no Python
+    setting reaches) and that contain `noise` are dropped; every other line is written once the block ends. For the
+    tokenizers library, which prints 'Ignored unknown kwarg option __type' on stdout (where `--json` puts results)
+    for each special token of the tokenizer files real models ship."""
     import sys
     import tempfile
 
-    with contextlib.ExitStack() as stack:
-        caught = []
-        for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
-            try:
-                stream.flush()
-                saved = os.dup(fd)
-            except (OSError, ValueError, AttributeError):  # no such descriptor (a service): nothing to filter there
-                continue
-            file = stack.enter_context(tempfile.TemporaryFile())
-            os.dup2(file.fileno(), fd)
-            caught.append((fd, stream, saved, file))
+    from vidbooth.errors import deferred_stops
+
+    try:
+        sys.stdout.flush()
+        caught = tempfile.TemporaryFile()
+    except (OSError, ValueError, AttributeError):  # no room for the file, no stdout: nothing to filter
+        yield
+        return
+    with caught:
         try:
+            saved = os.dup(1)
+        except OSError:  # no stdout descriptor (a service)
+            yield
+            return
+        try:
+            os.dup2(caught.fileno(), 1)
             yield
         finally:
-            for fd, stream, saved, file in caught:
+            with deferred_stops():  # stdout is put back whole, whatever signal comes meanwhile
                 with contextlib.suppress(OSError, ValueError):
-                    stream.flush()
-                os.dup2(saved, fd)
+                    sys.stdout.flush()
+                os.dup2(saved, 1)
                 os.close(saved)
-                file.seek(0)
-                kept = [line for line in file.read().decode(errors="replace").splitlines(True) if noise not in line]
-                if kept:
-                    stream.write("".join(kept))
-                    stream.flush()
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(True) if noise not in line]
+            if kept:
+                sys.stdout.write("".join(kept))
+                sys.stdout.flush()
 
 
 TOKENIZER_NOISE = "Ignored unknown kwarg option"

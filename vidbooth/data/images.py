@@ -240,15 +240,27 @@ def warn_of_camera_files(folder: Path, entries: Sequence[Path]) -> None:
                        "PNG")
 
 
-_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1")
+_HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+"""HEIF files name their kinds in their first box: HEIC (HEVC pictures, which Pillow cannot read) or AVIF (which it
+reads); 'mif1' alone says neither."""
+
+
+def _is_heic(head: bytes) -> bool:
+    """Whether a file starting with `head` (its first 64 bytes or so) is a HEIC picture, by its ftyp box's brands."""
+    if head[4:8] != b"ftyp":
+        return False
+    size = int.from_bytes(head[:4], "big")
+    brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    return bool(brands & _HEIC_BRANDS) and not brands & _AVIF_BRANDS
 
 
 def _refuse_camera_file(path: Path) -> None:
     """A UserError for a HEIC/RAW camera file, by its name or (a HEIC renamed .jpg) its first bytes."""
     with contextlib.suppress(OSError):
         with open(path, "rb") as file:
-            head = file.read(12)
-        if path.suffix.lower() in UNSUPPORTED_PHOTO_EXTENSIONS or (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS):
+            head = file.read(64)
+        if path.suffix.lower() in UNSUPPORTED_PHOTO_EXTENSIONS or _is_heic(head):
             raise UserError(f"{path} is a HEIC/RAW camera photo, which vidbooth cannot read: convert it to JPEG or "
                             "PNG (on a Mac: sips -s format jpeg IN --out OUT.jpg)")
 

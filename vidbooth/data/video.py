@@ -200,10 +200,11 @@ _SIZE_CHANGED = re.compile(r"video parameters changed to .*?, (\d+)x(\d+)")
 
 _STREAM_SIZE = re.compile(r" (\d+)x(\d+)[, ]")
 
-_DAMAGE = re.compile(r"\] (.*(?:error while decoding|invalid nal unit size|concealing \d+|error splitting the input|"
-                     r"corrupt (?:decoded )?frame|invalid data found when processing input|missing picture in access "
-                     r"unit|error decoding).*)", re.IGNORECASE)
-"""What ffmpeg's decoders log of damaged data ('[h264 @ 0x...] error while decoding MB 0 8'), which they conceal."""
+_DAMAGE = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\] (.*(?:error while decoding|invalid nal unit size|concealing \d+|"
+                     r"error splitting the input|corrupt (?:decoded )?frame|missing picture in access unit|"
+                     r"error decoding).*)", re.IGNORECASE)
+"""What ffmpeg's decoders log of damaged data ('[h264 @ 0x...] error while decoding MB 0 8'), which they conceal.
+Not 'Invalid data found when processing input', which webcams' MJPEG gives for their private APP fields."""
 
 
 def _decode_ffmpeg(path: Path, output_params: list[str], damage: list[str] | None = None

@@ -290,14 +290,14 @@ def _weights_hint(folder: Path, components: Sequence[str], variant: str | None, 
     """Why the weights of `components` (subfolders of `folder`; "" for `folder` itself) did not load, read off the
     files there, and how to fix it: weights only in a variant (`*.fp16.safetensors`) not asked for, only in
     pickled files (which vidbooth never loads; `converter` is the diffusers class that rewrites them), or none."""
-    problems, variants, pickled = [], set(), False
+    problems, variants, pickled = [], set(), set()
     for name in components:
         files = [f.name for f in (folder / name).iterdir() if f.is_file()] if (folder / name).is_dir() else []
         tensors = [f for f in files if f.endswith(".safetensors")]
-        kinds = {f.split(".")[-2].split("-")[0] if f.count(".") >= 2 else None for f in tensors}
+        kinds = {_variant_of(f) for f in tensors}
         where = f"{name}/" if name else "it"
         if not tensors and any(f.endswith(_PICKLES) for f in files):
-            pickled = True
+            pickled |= {_variant_of(f) for f in files if f.endswith(_PICKLES)}
             problems.append(f"{where} holds only pickled weights, which vidbooth never loads")
         elif not tensors and "models--" in str(folder):  # fetched from the hub: vidbooth takes only .safetensors
             problems.append(f"{where} holds no .safetensors weights (if the model ships only pickled .bin weights, "
@@ -315,9 +315,21 @@ def _weights_hint(folder: Path, components: Sequence[str], variant: str | None, 
     if len(variants) == 1:
         fixes.append(f"add --set backbone.variant={variants.pop()}")
     if pickled:
-        fixes.append(f"convert them once with python -c \"import diffusers; diffusers.{converter}.from_pretrained("
-                     f"'{folder}', use_safetensors=False).save_pretrained('{folder}')\"")
+        import shlex
+
+        variant_of_pickles = f", variant={pickled.pop()!r}" if len(pickled) == 1 and None not in pickled else ""
+        code = (f"import diffusers; diffusers.{converter}.from_pretrained({str(folder)!r}, use_safetensors=False"
+                f"{variant_of_pickles}).save_pretrained({str(folder)!r})")
+        fixes.append(f"convert them once with python -c {shlex.quote(code)}")
     return f" ({'; '.join(problems)}{': ' if fixes else ''}{' and '.join(fixes)})"
+
+
+def _variant_of(file_name: str) -> str | None:
+    """The variant a weights file is of ('fp16' of 'model.fp16.safetensors' or 'x.fp16-00001-of-00002.bin'), or
+    None ('model.safetensors', 'unet_v1.5.safetensors': a variant starts with a letter)."""
+    parts = file_name.split(".")
+    variant = parts[-2].split("-")[0] if len(parts) >= 3 else ""
+    return variant if re.fullmatch(r"[A-Za-z]\w*", variant) else None
 
 
 def _is_missing_weights(exc: Exception) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,8 @@ def motion_clip_signature(path: str | Path) -> np.ndarray:
     from vidbooth.eval.motion import motion_signature
 
     try:
-        return motion_signature(video_frames(path, max_short_side=VIDEO_SHORT_SIDE))
+        with contextlib.closing(video_frames(path, max_short_side=VIDEO_SHORT_SIDE)) as frames:  # ffmpeg ends on a stop
+            return motion_signature(frames)
     except ValueError as exc:
         raise UserError(f"reference motion clip {path} has a single frame: motion needs a clip with 2 or more "
                         "frames") from exc
