@@ -310,7 +310,8 @@ def test_a_missing_input_that_a_recipe_could_give_is_one_line(argv, message, tmp
         (["generate", "--prompt", "x", "--num-frames", "abc"], "Invalid value for '--num-frames'"),
         (["train-motion", "clip.mp4", "--name"], "Option '--name' requires an argument"),
         (["nosuch"], "No such command 'nosuch'"),
-        (["list", "--home", "/tmp/lib"], "(--home goes before the command: vidbooth --home DIR list ...)"),
+        (["list", "--home", "/tmp/lib"],  # click had offered 'Possible options: --help', which holds no --home
+         "error: No such option: --home (--home goes before the command: vidbooth --home DIR list ...)"),
         (["generate", "--debug"], "(--debug goes before the command: vidbooth --debug generate ...)"),
     ],
 )
@@ -321,3 +322,17 @@ def test_usage_errors_are_a_usage_message_and_exit_2_not_a_traceback(argv, messa
     assert message in err and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err  # it had been four lines: usage, hint, blank, error
+
+
+def test_the_version_is_the_packages_and_help_has_a_short_flag(capsys):
+    """The version had been written twice (pyproject.toml and __init__.py); -h had been an unknown option."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"vidbooth {project['version']}"
+    assert main(["-h"]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"motion-adapter +Same as train-motion", listing)  # not a second command's copy of its help
+    assert main(["generate", "-h"]) == 0 and "--num-videos" in capsys.readouterr().out

@@ -389,3 +389,15 @@ def test_an_image_encoder_that_is_not_here_is_refused_before_the_model_loads(tmp
     assert "image encoder 'someone/clip' not found (cannot fetch 'someone/clip' from the hub" in err
     assert "pass its local folder with --image-encoder)" in err and "--base" not in err
     assert not (isolated_home / "motions" / "m").exists()
+
+
+def test_batch_size_and_checkpoint_interval_have_flags_as_for_subjects(tmp_path, isolated_home, capsys):
+    """They had been --set only, though the out-of-memory hint tells the user to lower the batch size."""
+    import yaml
+
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--batch-size", "3", "--checkpoint-every", "1"]) == 0
+    saved = yaml.safe_load((isolated_home / "motions" / "m" / "config.yaml").read_text())
+    assert saved["train"]["batch_size"] == 3 and saved["train"]["checkpoint_every"] == 1
+    assert main(["train-motion", clip, "--name", "n", *NO_PREVIEW, "--batch-size", "0"]) == 2
+    assert "train.batch_size (--batch-size) must be at least 1, got 0" in capsys.readouterr().err

@@ -21,6 +21,7 @@ app = typer.Typer(
     name="vidbooth",
     help="Personalise text-to-video diffusion models: learn a subject from photos and a motion from a clip.",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rich's shows a value (<bool>) after every flag
@@ -77,17 +78,26 @@ def _register() -> None:
     from vidbooth.cli import demo, evaluate, generate, image_prompt, motion, pretrain, subject
     from vidbooth.cli import list as list_command
 
-    app.command("generate", no_args_is_help=True)(_said(generate.generate))
-    app.command("evaluate", no_args_is_help=True)(_said(evaluate.evaluate))
-    app.command("train-motion", no_args_is_help=True)(_said(motion.train_motion))
-    app.command("motion-adapter", no_args_is_help=True)(_said(motion.train_motion))
-    app.command("textual-inversion", no_args_is_help=True)(_said(subject.textual_inversion))
-    app.command("identity-adapter", no_args_is_help=True)(_said(subject.identity_adapter))
-    app.command("train-subject", no_args_is_help=True)(_said(subject.train_subject))
-    app.command("train-image-prompt")(_said(image_prompt.train_image_prompt))
-    app.command("list")(_said(list_command.list_library))
-    app.command("pretrain")(_said(pretrain.pretrain))
-    app.command("demo")(_said(demo.demo))
+    commands = [  # name, function, the line `vidbooth --help` shows, whether a bare command shows its help
+        ("generate", generate.generate, "Generate videos from a prompt, with learned subjects, motions or a photo.",
+         True),
+        ("evaluate", evaluate.evaluate, "Score videos: text, subject and motion fidelity, temporal consistency.", True),
+        ("train-motion", motion.train_motion, "Learn a motion from a clip (or clips) as a motion adapter.", True),
+        ("motion-adapter", motion.train_motion, "Same as train-motion (DreamVideo's name for the stage).", True),
+        ("textual-inversion", subject.textual_inversion, "Learn a subject's pseudo-word only (subject stage 1).",
+         True),
+        ("identity-adapter", subject.identity_adapter, "Add the identity adapter to a subject (subject stage 2).",
+         True),
+        ("train-subject", subject.train_subject, "Learn a subject from 3-5 photos: pseudo-word, identity adapter.",
+         True),
+        ("train-image-prompt", image_prompt.train_image_prompt,
+         "Train a base's image-prompt model (VideoBooth); starts at once.", False),
+        ("list", list_command.list_library, "Show the learned subjects and motions.", False),
+        ("pretrain", pretrain.pretrain, "Pretrain nano from its procedural world; starts at once.", False),
+        ("demo", demo.demo, "Learn a subject and a motion on nano and score each step; starts at once.", False),
+    ]
+    for name, function, summary, help_when_bare in commands:
+        app.command(name, short_help=summary, no_args_is_help=help_when_bare)(_said(function))
 
 
 _register()
@@ -177,12 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             else:  # one line, as every other error
                 ctx = getattr(exc, "ctx", None)
                 global_option = getattr(exc, "option_name", None) in GLOBAL_OPTIONS and ctx and ctx.parent
-                if global_option:  # `vidbooth list --home DIR`
+                message = exc.format_message()
+                if global_option:  # `vidbooth list --home DIR`: click's 'Possible options' would not hold it
                     given = exc.option_name + (" DIR" if exc.option_name == "--home" else "")
+                    message = f"No such option: {exc.option_name}"
                     hint = f" ({exc.option_name} goes before the command: vidbooth {given} {ctx.info_name} ...)"
                 else:
                     hint = f" (see '{ctx.command_path} --help')" if ctx else ""
-                error(exc.format_message() + hint)
+                error(message + hint)
             return exc.exit_code
         raise
     if code == INTERRUPTED:  # typer returns Ctrl-C as this exit code, silently

@@ -12,7 +12,8 @@ def demo(
     seed: int = typer.Option(
         None, "--seed", help="Picks the held-out subject and motion, and seeds training and sampling (default 0)."
     ),
-    fast: bool = typer.Option(None, "--fast", help="Fewer steps and videos: about half the time, noisier scores."),
+    fast: bool = typer.Option(None, "--fast/--no-fast",
+                              help="Fewer steps and videos: about half the time, noisier scores (default: off)."),
     base: str = typer.Option(None, "--base", help="Base model (default: nano)."),
     num_videos: int = typer.Option(
         None, "--num-videos", help="Videos per variant (default 8); --fast halves it (at least 2)."

@@ -11,6 +11,8 @@ from vidbooth.cli import options
 FLAGS = {
     "train.steps": "--steps",
     "train.lr": "--lr",
+    "train.batch_size": "--batch-size",
+    "train.checkpoint_every": "--checkpoint-every",
     "train.seed": "--seed",
     "captions": "--caption",
     "data.num_frames": "--num-frames",
@@ -38,7 +40,13 @@ def train_motion(
         None, "--steps", help="Training steps (default: the recipe's; nano 800, DreamVideo 500-3000)."
     ),
     lr: float = typer.Option(None, "--lr", help="Learning rate (default: the recipe's; nano 3e-3, DreamVideo 1e-5)."),
-    num_frames: int = typer.Option(None, "--num-frames", "--frames", help="Frames per training clip."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Clips per training step on each process (default: the recipe's; nano 2, else 1)."
+    ),
+    checkpoint_every: int = typer.Option(
+        None, "--checkpoint-every", help="Save a resumable checkpoint every N steps (default: the recipe's; nano 100)."
+    ),
+    num_frames: int = typer.Option(None, "--num-frames", "--frames", help="Frames per training clip (default 8)."),
     fps: float = typer.Option(
         None, "--fps", help="Sample the clips at this frame rate (refused with a stride: --stride or data.stride)."
     ),
@@ -78,6 +86,8 @@ def train_motion(
         "resume": resume or None,
         "train.steps": steps,
         "train.lr": lr,
+        "train.batch_size": batch_size,
+        "train.checkpoint_every": checkpoint_every,
         "train.seed": seed,
         "data.num_frames": num_frames,
         "data.fps": fps,

@@ -7,7 +7,7 @@ import typer
 Recipe = typer.Option(
     None, "--recipe", "-r",
     help="Recipe YAML file, or the name of one shipped under recipes/ (nano/generate, zeroscope/subject: see the "
-    "command's docs page).",
+    "command's docs page; default: nano's for this command when the base is nano).",
 )
 Sets = typer.Option(
     None,
@@ -21,13 +21,16 @@ MotionAdapterPath = typer.Option(
     help="AnimateDiff MotionAdapter (folder or hub id) for an SD1.5 base; without one, its videos are zero-shot "
     "(Text2Video-Zero).",
 )
-Device = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
+Device = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto, CUDA when there is one).")
 Precision = typer.Option(
     None, "--precision",
     help="auto | fp32 | fp16 | bf16 (default: the recipe's, fp32 in nano's; auto: fp16 on CUDA, fp32 on CPU).",
 )
-Attention = typer.Option(None, "--attention", help="Attention backend: auto | sdpa | xformers | math.")
-Seed = typer.Option(None, "--seed", help="Random seed.")
+Attention = typer.Option(
+    None, "--attention", help="Attention backend: auto | sdpa | xformers | math (default: auto, xformers on CUDA when "
+    "installed, else sdpa).",
+)
+Seed = typer.Option(None, "--seed", help="Random seed (default: 0): the same seed and settings, the same result.")
 
 
 def runtime_overrides(base, motion_adapter, device, precision, attention, seed) -> dict:

@@ -33,7 +33,10 @@ Flip = typer.Option(
 ScaleJitter = typer.Option(None, "--scale-jitter", help="Augment with random zoom-ins up to this fraction (e.g. 0.1).")
 BatchSize = typer.Option(None, "--batch-size", help="Photos per training step on each process.")
 CheckpointEvery = typer.Option(None, "--checkpoint-every", help="Save a resumable checkpoint every N steps.")
-PriorPreservation = typer.Option(None, "--prior-preservation", help="Also train on class images (DreamBooth).")
+PriorPreservation = typer.Option(
+    None, "--prior-preservation/--no-prior-preservation",
+    help="Also train on class images (DreamBooth; default: the recipe's, off in the shipped ones).",
+)
 ClassImages = typer.Option(None, "--class-images", help="Folder of class images (default: generate them).")
 NumClassImages = typer.Option(
     None, "--num-class-images", help="Class images to use (default: the recipe's; nano 8, DreamBooth 200)."
