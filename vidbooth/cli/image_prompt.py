@@ -8,7 +8,10 @@ from vidbooth.cli import options
 
 
 def train_image_prompt(
-    out: str = typer.Option(None, "--out", "-o", help="The model file to write (.safetensors)."),
+    out: str = typer.Option(
+        None, "--out", "-o",
+        help="The model file to write (default: image_prompt.safetensors, the name of a base folder's own).",
+    ),
     coarse_steps: int = typer.Option(None, "--coarse-steps", help="Steps of stage 1 (the image-to-token mapper)."),
     fine_steps: int = typer.Option(None, "--fine-steps", help="Steps of stage 2 (the attention injections)."),
     data: str = typer.Option(None, "--data", help="A folder of clips, each with a caption and a subject photo or "

@@ -50,7 +50,7 @@ class ImagePromptConfig:
     """The mapper's hidden width; default: 4 x the text width."""
     encoder: str | None = None
     """Image encoder: a CLIP vision folder or hub id, 'tiny-clip', 'vae'; empty: the base's image_encoder/ or 'vae'."""
-    out: str = "image-prompt.safetensors"
+    out: str = "image_prompt.safetensors"
     """Where the model is saved (one safetensors file); checkpoints go to '<out>.run/' until it is."""
     overwrite: bool = False
     """Replace --out, and start over from a stopped run's checkpoints."""
