@@ -11,7 +11,7 @@ def generate(
     prompt: str = typer.Option(
         None, "--prompt", "-p", help="What the video shows (required unless the --recipe gives one)."
     ),
-    out: str = typer.Option(None, "--out", "-o", help="Output .mp4 or .gif (default out.mp4)."),
+    out: str = typer.Option(None, "--out", "-o", metavar="PATH", help="Output .mp4 or .gif (default out.mp4)."),
     num_videos: int = typer.Option(
         None, "--num-videos", help="Videos of the prompt, each with its own noise (default 1): <out>-1.mp4 ... "
         "<out>-N.mp4, one contact sheet and one config."
@@ -23,20 +23,20 @@ def generate(
     height: int = typer.Option(None, "--height", help="Height in pixels (default: the model's)."),
     width: int = typer.Option(None, "--width", help="Width in pixels (default: the model's)."),
     num_inference_steps: int = typer.Option(
-        None, "--num-inference-steps", "--steps", help="Denoising steps (default: the recipe's; nano 10, else 25)."
+        None, "--num-inference-steps", "--steps", help="Denoising steps (default: the recipe's; nano 10; no recipe 25)."
     ),
     guidance_scale: float = typer.Option(
         None, "--guidance-scale",
-        help="Classifier-free guidance strength (default: the recipe's; nano 2.0, else 9.0).",
+        help="Classifier-free guidance strength (default: the recipe's; nano 2.0; no recipe 9.0).",
     ),
-    scheduler: str = typer.Option(None, "--scheduler", help="ddim | dpm++"),
+    scheduler: str = typer.Option(None, "--scheduler", help="ddim | dpm++ (default: the recipe's, else ddim)."),
     fps: int = typer.Option(None, "--fps", help="Frames per second of the written video (default 8)."),
     subject: list[str] = typer.Option(
         None, "--subject", "-s", metavar="NAME", help="Learned subject to include (repeatable)."
     ),
-    motion: str = typer.Option(None, "--motion", "-m", help="Learned motion to apply."),
-    subject_scale: float = typer.Option(None, "--subject-scale", help="Identity adapter strength (0 = token only)."),
-    motion_scale: float = typer.Option(None, "--motion-scale", help="Motion adapter strength (0 = base motion)."),
+    motion: str = typer.Option(None, "--motion", "-m", metavar="NAME", help="Learned motion to apply."),
+    subject_scale: float = typer.Option(None, "--subject-scale", help="Identity adapter strength (default 1; 0 = token only)."),
+    motion_scale: float = typer.Option(None, "--motion-scale", help="Motion adapter strength (default 1; 0 = base motion)."),
     motion_field_strength_x: float = typer.Option(
         None, "--motion-field-strength-x", help="Image models (Text2Video-Zero): pixels per frame the scene moves "
         "left (negative: right). Default 12."
@@ -57,7 +57,7 @@ def generate(
         None, "--image-prompt-word", help="The prompt's word the image prompt replaces (default: the model's)."
     ),
     image_prompt_scale: float = typer.Option(
-        None, "--image-prompt-scale", help="Strength of the image prompt's fine features (0: its tokens only)."
+        None, "--image-prompt-scale", help="Strength of the image prompt's fine features (default 1; 0: its tokens only)."
     ),
     base: str = options.Base,
     motion_adapter: str = options.MotionAdapterPath,
