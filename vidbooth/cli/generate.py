@@ -35,8 +35,12 @@ def generate(
         None, "--subject", "-s", metavar="NAME", help="Learned subject to include (repeatable)."
     ),
     motion: str = typer.Option(None, "--motion", "-m", metavar="NAME", help="Learned motion to apply."),
-    subject_scale: float = typer.Option(None, "--subject-scale", help="Identity adapter strength (default 1; 0 = token only)."),
-    motion_scale: float = typer.Option(None, "--motion-scale", help="Motion adapter strength (default 1; 0 = base motion)."),
+    subject_scale: float = typer.Option(
+        None, "--subject-scale", help="Identity adapter strength (default 1; 0 = token only)."
+    ),
+    motion_scale: float = typer.Option(
+        None, "--motion-scale", help="Motion adapter strength (default 1; 0 = base motion)."
+    ),
     motion_field_strength_x: float = typer.Option(
         None, "--motion-field-strength-x", help="Image models (Text2Video-Zero): pixels per frame the scene moves "
         "left (negative: right). Default 12."
@@ -57,7 +61,8 @@ def generate(
         None, "--image-prompt-word", help="The prompt's word the image prompt replaces (default: the model's)."
     ),
     image_prompt_scale: float = typer.Option(
-        None, "--image-prompt-scale", help="Strength of the image prompt's fine features (default 1; 0: its tokens only)."
+        None, "--image-prompt-scale",
+        help="Strength of the image prompt's fine features (default 1; 0: its tokens only).",
     ),
     base: str = options.Base,
     motion_adapter: str = options.MotionAdapterPath,
