@@ -247,7 +247,8 @@ def test_a_run_killed_while_renaming_its_checkpoint_is_finished_by_resume(tmp_pa
     assert child.returncode == 137, child.stderr
     assert ckpt.read_state(run)["steps"]["unet"] == 1 and (run / ckpt.JOURNAL_FILE).is_file()
     # 3 new files not yet renamed (moments, state, curve) and the 4 old ones kept to be put back
-    assert sorted(path.suffix for path in run.glob(".tmp-*")) == [".csv"] * 2 + [".json"] * 2 + [".safetensors"] * 3
+    assert sorted(path.suffix for path in run.glob(".tmp-*")) == [".csv", ".json", ".safetensors"]
+    assert sorted(path.suffix for path in run.glob(".old-*")) == [".csv", ".json", ".safetensors", ".safetensors"]
     capsys.readouterr()
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")
     resumed = nano.pretrain(tiny_config(tmp_path / "b", char_tokenizer, unet_steps=3, checkpoint_minutes=1e-9,
@@ -255,7 +256,7 @@ def test_a_run_killed_while_renaming_its_checkpoint_is_finished_by_resume(tmp_pa
     assert f"finished saving the checkpoint that a stopped run was writing in {run}" in capsys.readouterr().err
     a, b = (load_file(str(result.run_dir / "unet.safetensors")) for result in (straight, resumed))
     assert resumed.steps == straight.steps and all(torch.equal(a[k], b[k]) for k in a)
-    assert not list(run.glob(".tmp-*")) and not (run / ckpt.JOURNAL_FILE).exists()
+    assert not list(run.glob(".tmp-*")) and not list(run.glob(".old-*")) and not (run / ckpt.JOURNAL_FILE).exists()
 
 
 def test_an_export_replaces_the_folder_whole_or_not_at_all(tmp_path, char_tokenizer, monkeypatch, capsys):

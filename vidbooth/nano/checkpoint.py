@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from vidbooth.errors import UserError
-from vidbooth.fileio import finish_writing, write_safetensors, write_together
+from vidbooth.fileio import finish_writing, remove_stale_temporaries, write_safetensors, write_together
 
 STATE_FILE = "state.json"
 JOURNAL_FILE = "saving.json"
@@ -108,12 +108,7 @@ def write_state(run_dir: Path, state: dict) -> None:
 def finish_stopped_save(run_dir: Path) -> bool:
     """Finish the checkpoint that a run killed while saving it had written but not put in place, and remove the
     temporary files a killed run left; True when there was a save to finish. Call it with the run's lock held."""
-    import shutil
-
     finished = finish_writing(run_dir / JOURNAL_FILE)
-    for stale in run_dir.glob(".tmp-*"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
+    for pattern in (".tmp-*", ".old-*"):  # new files not put in place; old ones kept to be put back
+        remove_stale_temporaries(run_dir, pattern, older_than_s=0)
     return finished
