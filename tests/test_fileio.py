@@ -201,3 +201,24 @@ def test_a_video_written_together_with_others_makes_one_temporary_each(tmp_path,
     fileio.write_together([(tmp_path / "a.mp4", video_writer(frames, tmp_path / "a.mp4")),
                            (tmp_path / "a.png", contact_sheet_writer(frames))])
     assert made == [".tmp-a-", ".tmp-a-"] and sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "a.png"]
+
+
+def test_an_old_file_kept_by_a_killed_write_is_removed_an_hour_after_it_was_kept(tmp_path, monkeypatch):
+    """A SIGKILL while publishing leaves the hard link kept to put the old file back; it has the old file's
+    modification time, so its age is its link's (the change time)."""
+    import time
+
+    import vidbooth.fileio as fileio
+
+    target = tmp_path / "a.mp4"
+    kept = tmp_path / ".old-a-abc12345.mp4"
+    target.write_bytes(b"old")
+    os.link(target, kept)
+    long_ago = time.time() - 10 * fileio.STALE_TEMPORARY_S
+    os.utime(kept, (long_ago, long_ago))  # as an old video's: still kept, just linked
+    fileio.write_together([(target, lambda tmp: tmp.write_bytes(b"new"))])
+    assert kept.exists()  # linked a moment ago: it may be another run's, publishing now
+    later = time.time() + fileio.STALE_TEMPORARY_S + 60
+    monkeypatch.setattr(time, "time", lambda: later)
+    fileio.write_together([(target, lambda tmp: tmp.write_bytes(b"newer"))])
+    assert not kept.exists() and target.read_bytes() == b"newer"

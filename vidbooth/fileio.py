@@ -61,15 +61,18 @@ STALE_TEMPORARY_S = 3600
 it): the next write beside it removes it."""
 
 
-def remove_stale_temporaries(folder: Path, pattern: str = ".tmp-*", older_than_s: float = STALE_TEMPORARY_S) -> None:
+def remove_stale_temporaries(folder: Path, pattern: str = ".tmp-*", older_than_s: float = STALE_TEMPORARY_S,
+                             by_ctime: bool = False) -> None:
     """Remove what a killed run (SIGKILL, power loss) left of its temporary files and folders in `folder`: the
     names matching `pattern` not touched for `older_than_s` seconds (0: all of them, for a folder no other run
-    writes in)."""
+    writes in). `by_ctime`: age by the inode's change time, which making a hard link sets (its modification time
+    is the old file's)."""
     import time
 
     for temporary in Path(folder).glob(pattern):
         with suppress(OSError):  # another run published or removed it meanwhile
-            if time.time() - temporary.lstat().st_mtime >= older_than_s:
+            status = temporary.lstat()
+            if time.time() - (status.st_ctime if by_ctime else status.st_mtime) >= older_than_s:
                 if temporary.is_dir() and not temporary.is_symlink():
                     shutil.rmtree(temporary)
                 else:
@@ -87,6 +90,7 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], jour
     try:
         for path, write in writes:
             remove_stale_temporaries(Path(path).parent, _temporary_pattern(Path(path)))
+            remove_stale_temporaries(Path(path).parent, _temporary_pattern(Path(path), "old"), by_ctime=True)
             fd, temporary = _temporary_file(path)
             os.close(fd)
             temporaries.append(Path(temporary))
@@ -180,12 +184,12 @@ def _temporary_prefix(path: Path, kind: str = "tmp") -> str:
     return f".{kind}-{path.stem[:24]}-"
 
 
-def _temporary_pattern(path: Path) -> str:
+def _temporary_pattern(path: Path, kind: str = "tmp") -> str:
     """The names `_temporary_file` gives `path`'s temporaries (mkstemp adds 8 characters): not those of another
     file whose name starts the same ('take-1.mp4' of 'take.mp4')."""
     import glob
 
-    return f"{glob.escape(_temporary_prefix(path))}{'?' * 8}{glob.escape(path.suffix)}"
+    return f"{glob.escape(_temporary_prefix(path, kind))}{'?' * 8}{glob.escape(path.suffix)}"
 
 
 def _temporary_file(path: Path, kind: str = "tmp") -> tuple[int, str]:
