@@ -366,10 +366,10 @@ def test_a_base_without_its_own_image_prompt_model_says_how_to_get_one(tiny_base
 
 @pytest.mark.parametrize("args, message", [
     (["--out", "m.pt"], "must end in .safetensors"),
-    (["--clips", "0"], "data.clips"),
+    (["--clips", "0"], "data.clips (--num-clips) must be at least 1"),  # --clips: the old name, still taken
     (["--set", "word=two words"], "one word"),
     (["--data", "missing"], "--data missing: not found"),
-    (["--data", "missing", "--clips", "3"], "drop --clips"),
+    (["--data", "missing", "--num-clips", "3"], "drop --num-clips"),
     (["--set", "num_tokens=0"], "num_tokens"),
     (["--set", "data.num_frames=100000"], "data.num_frames must be at most 1024, got 100000"),  # had run out of memory
     (["--out", ""], "--out '' must end in .safetensors"),  # had said '--out .'

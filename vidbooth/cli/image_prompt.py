@@ -17,7 +17,9 @@ def train_image_prompt(
     data: str = typer.Option(None, "--data", help="A folder of clips, each with a caption and a subject photo or "
                              "mask (default: nano's world)."),
     word: str = typer.Option(None, "--word", help="The captions' word that the photo replaces (default: sprite)."),
-    clips: int = typer.Option(None, "--clips", help="World clips to train on (without --data)."),
+    clips: int = typer.Option(
+        None, "--num-clips", "--clips", help="World clips to train on, without --data (default 512; nano 2048)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out; start a stopped run over."),
     resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last checkpoint."),
     base: str = options.Base,
@@ -36,7 +38,8 @@ def train_image_prompt(
     from vidbooth.errors import UserError
 
     if data is not None and clips is not None:
-        raise UserError("--clips counts world clips; with --data every clip of the folder is used: drop --clips")
+        raise UserError("--num-clips counts world clips; with --data every clip of the folder is used: drop "
+                        "--num-clips")
     overrides = options.runtime_overrides(base, None, device, precision, attention, None) | {
         "out": out,
         "coarse.steps": coarse_steps,
@@ -51,7 +54,7 @@ def train_image_prompt(
         "data.seed": seed,
     }
     flags = {"coarse.steps": "--coarse-steps", "fine.steps": "--fine-steps", "data.folder": "--data",
-             "word": "--word", "data.clips": "--clips", "coarse.seed": "--seed", "fine.seed": "--seed",
+             "word": "--word", "data.clips": "--num-clips", "coarse.seed": "--seed", "fine.seed": "--seed",
              "data.seed": "--seed"}  # named in the error of a bad value
     recipe = recipe_or_default(recipe, "image-prompt", sets, overrides)
     cfg = load_config(ImagePromptConfig, recipe, sets, overrides, flags=flags)
