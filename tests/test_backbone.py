@@ -1,6 +1,7 @@
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,11 +196,17 @@ def test_pickled_weights_in_a_model_folder_are_refused_not_loaded(family, compon
     torch.save(load_file(str(weights)), weights.with_suffix(".bin"))
     weights.unlink()
     with pytest.raises(UserError, match=r"holds only pickled weights, which vidbooth never loads: convert them once "
-                       r"with python -c .*(DiffusionPipeline|MotionAdapter)\.from_pretrained") as error:
+                       r"with \S*python\S* -c .*(DiffusionPipeline|MotionAdapter)\.from_pretrained") as error:
         load_backbone(str(folder), motion_adapter=str(adapter) if adapter else None, device="cpu")
     assert "\n" not in str(error.value) and capsys.readouterr().err == ""
     where = "it" if component == "motion" else f"{component}/"
     assert f"({where} holds only pickled" in str(error.value)  # the component named, not the first diffusers met
+    if component == "unet":  # the command as printed converts them (the text encoder's safetensors beside them)
+        import subprocess
+
+        command = str(error.value).split("convert them once with ", 1)[1].rsplit(")", 1)[0]
+        subprocess.run(["bash", "-c", command], check=True, capture_output=True, timeout=300)
+        assert load_backbone(str(folder), device="cpu").fingerprint
 
 
 def test_weights_that_do_not_load_are_explained_for_every_part(tiny_base_dirs, tmp_path):
@@ -387,10 +394,10 @@ def test_the_conversion_command_survives_quotes_in_the_path_and_keeps_a_variant(
     (folder / "unet" / "diffusion_pytorch_model.fp16.bin").write_bytes(b"")
     hint = _weights_hint(folder, ["unet"], None, "DiffusionPipeline")
     command = shlex.split(hint.split("convert them once with ", 1)[1].rstrip(")"))
-    assert command[:2] == ["python", "-c"]
+    assert command[0] == sys.executable and command[1] == "-c"  # the Python that has diffusers
     code = command[2]
     compile(code, "<hint>", "exec")  # valid Python
-    assert repr(str(folder)) in code and "variant='fp16'" in code
+    assert json.dumps(str(folder)) in code and 'variant="fp16"' in code
     assert [_variant_of(name) for name in ("model.fp16.safetensors", "x.fp16-00001-of-00002.safetensors",
                                            "model-00001-of-00002.safetensors", "unet_v1.5.safetensors")] == [
         "fp16", "fp16", None, None]

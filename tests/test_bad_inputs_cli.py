@@ -313,6 +313,8 @@ def test_a_missing_input_that_a_recipe_could_give_is_one_line(argv, message, tmp
         (["list", "--home", "/tmp/lib"],  # click had offered 'Possible options: --help', which holds no --home
          "error: No such option: --home (--home goes before the command: vidbooth --home DIR list ...)"),
         (["generate", "--debug"], "(--debug goes before the command: vidbooth --debug generate ...)"),
+        (["list", "--version"], "error: No such option: --version (--version goes before the command: vidbooth "
+         "--version)"),
     ],
 )
 def test_usage_errors_are_a_usage_message_and_exit_2_not_a_traceback(argv, message, capsys):

@@ -830,3 +830,12 @@ def test_identity_adapter_on_another_base_says_so_alone(photos, isolated_home, c
                  "--set", "data.resolution=32"]) == 2  # as another base's recipe may have it
     err = capsys.readouterr().err
     assert "subject 'S*' was learned on tiny (fingerprint" in err and "learned with other" not in err, err
+
+
+def test_no_prior_preservation_with_a_class_flag_says_they_contradict(photos, tmp_path, capsys):
+    """It had said '--class-images needs --prior-preservation: add --prior-preservation', against what was typed;
+    and a 'no' for a stage the run leaves out had been refused as if it asked for something."""
+    assert train_subject(photos, "--no-prior-preservation", "--class-images", str(tmp_path)) == 2
+    assert "--class-images and --no-prior-preservation contradict each other: drop one" in capsys.readouterr().err
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *NO_PREVIEW, "--ti-steps", "2",
+                 "--no-prior-preservation", "--set", "stages=[textual_inversion]"]) == 0

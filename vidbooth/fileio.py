@@ -62,16 +62,18 @@ it): the next write beside it removes it."""
 
 
 def remove_stale_temporaries(folder: Path, pattern: str = ".tmp-*", older_than_s: float = STALE_TEMPORARY_S,
-                             by_ctime: bool = False) -> None:
+                             by_ctime: bool = False, files_only: bool = False) -> None:
     """Remove what a killed run (SIGKILL, power loss) left of its temporary files and folders in `folder`: the
     names matching `pattern` not touched for `older_than_s` seconds (0: all of them, for a folder no other run
     writes in). `by_ctime`: age by the inode's change time, which making a hard link sets (its modification time
-    is the old file's)."""
+    is the old file's). `files_only`: leave folders (a folder being built beside its final name may match)."""
     import time
 
     for temporary in Path(folder).glob(pattern):
         with suppress(OSError):  # another run published or removed it meanwhile
             status = temporary.lstat()
+            if files_only and temporary.is_dir():
+                continue
             if time.time() - (status.st_ctime if by_ctime else status.st_mtime) >= older_than_s:
                 if temporary.is_dir() and not temporary.is_symlink():
                     shutil.rmtree(temporary)
@@ -89,8 +91,10 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], jour
     temporaries: list[Path] = []
     try:
         for path, write in writes:
-            remove_stale_temporaries(Path(path).parent, _temporary_pattern(Path(path)))
-            remove_stale_temporaries(Path(path).parent, _temporary_pattern(Path(path), "old"), by_ctime=True)
+            remove_stale_temporaries(Path(path).parent, _temporary_pattern(Path(path)), files_only=True)
+            if os.name != "nt":  # Windows' st_ctime is the creation time, which a hard link shares with the old file
+                remove_stale_temporaries(Path(path).parent, _temporary_pattern(Path(path), "old"), by_ctime=True,
+                                         files_only=True)
             fd, temporary = _temporary_file(path)
             os.close(fd)
             temporaries.append(Path(temporary))

@@ -83,16 +83,17 @@ def native_lines_dropped(noise: str) -> Iterator[None]:
             os.dup2(caught.fileno(), 1)
             yield
         finally:
-            with deferred_stops():  # stdout is put back whole, whatever signal comes meanwhile
+            with deferred_stops():  # stdout put back, and its kept lines written, whatever signal comes meanwhile
                 with contextlib.suppress(OSError, ValueError):
                     sys.stdout.flush()
                 os.dup2(saved, 1)
                 os.close(saved)
-            caught.seek(0)
-            kept = [line for line in caught.read().decode(errors="replace").splitlines(True) if noise not in line]
-            if kept:
-                sys.stdout.write("".join(kept))
-                sys.stdout.flush()
+                caught.seek(0)
+                lines = caught.read().decode(errors="replace").splitlines(True)
+                kept = [line for line in lines if noise not in line]
+                if kept:
+                    sys.stdout.write("".join(kept))
+                    sys.stdout.flush()
 
 
 TOKENIZER_NOISE = "Ignored unknown kwarg option"

@@ -135,7 +135,7 @@ def _refuse_a_launcher(argv: list[str]) -> None:
                         "without accelerate launch (the training commands share their work across processes)")
 
 
-GLOBAL_OPTIONS = ("--home", "--debug")
+GLOBAL_OPTIONS = ("--home", "--debug", "--version")
 """Options of `vidbooth` itself, given before the command."""
 
 
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 if global_option:  # `vidbooth list --home DIR`: click's 'Possible options' would not hold it
                     given = exc.option_name + (" DIR" if exc.option_name == "--home" else "")
                     message = f"No such option: {exc.option_name}"
-                    hint = f" ({exc.option_name} goes before the command: vidbooth {given} {ctx.info_name} ...)"
+                    command = "" if exc.option_name == "--version" else f" {ctx.info_name} ..."
+                    hint = f" ({exc.option_name} goes before the command: vidbooth {given}{command})"
                 else:
                     hint = f" (see '{ctx.command_path} --help')" if ctx else ""
                 error(message + hint)

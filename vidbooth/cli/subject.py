@@ -93,7 +93,8 @@ PRIOR_SETTINGS = ("class_images", "num_class_images", "weight", "prompt", "num_i
 """The prior's settings besides `enabled`, which act only with prior preservation."""
 
 
-def _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets: list[str] | None = None) -> None:
+def _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight,
+                       sets: list[str] | None = None) -> None:
     """The prior's flags do nothing without prior preservation (the flag, or `prior.enabled` in the recipe or a
     --set): refuse them rather than ignore them. Its settings given with --set are warned of (a script may pass
     them to every run, as a recipe may hold them)."""
@@ -113,6 +114,8 @@ def _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets: 
         from vidbooth.errors import UserError
 
         flags = " and ".join(named)
+        if prior_preservation is False:
+            raise UserError(f"{flags} and --no-prior-preservation contradict each other: drop one")
         raise UserError(
             f"{flags} {'needs' if len(named) == 1 else 'need'} --prior-preservation (without it no class images "
             f"are used): add --prior-preservation, or drop {flags}"
@@ -249,7 +252,7 @@ def identity_adapter(
     flags["identity.hidden_ratio"] = "--hidden-ratio"
     _check_stage_sets(["identity"], sets, "identity-adapter")
     cfg = _load(recipe, sets, overrides, flags)
-    _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets)
+    _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
     train_identity_adapter(cfg)
 
@@ -308,11 +311,11 @@ def train_subject(
         "textual_inversion": {"--num-vectors": num_vectors, "--ti-steps": ti_steps},
         "identity": {
             "--identity-steps": identity_steps, "--hidden-ratio": hidden_ratio,
-            "--prior-preservation": prior_preservation, "--class-images": class_images,
+            "--prior-preservation": prior_preservation or None, "--class-images": class_images,  # a "no" does nothing
             "--num-class-images": num_class_images, "--prior-weight": prior_weight,
         },
     })  # fmt: skip
     _check_stage_sets(cfg.stages, sets)
-    _check_prior_flags(cfg, class_images, num_class_images, prior_weight, sets)
+    _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
     run_train_subject(cfg)

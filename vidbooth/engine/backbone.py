@@ -317,10 +317,15 @@ def _weights_hint(folder: Path, components: Sequence[str], variant: str | None, 
     if pickled:
         import shlex
 
-        variant_of_pickles = f", variant={pickled.pop()!r}" if len(pickled) == 1 and None not in pickled else ""
-        code = (f"import diffusers; diffusers.{converter}.from_pretrained({str(folder)!r}, use_safetensors=False"
-                f"{variant_of_pickles}).save_pretrained({str(folder)!r})")
-        fixes.append(f"convert them once with python -c {shlex.quote(code)}")
+        import sys
+
+        variant = pickled.pop() if len(pickled) == 1 and None not in pickled else None
+        variant_of_pickles = f", variant={json.dumps(variant)}" if variant else ""
+        path = json.dumps(str(folder))  # a Python literal in double quotes: the shell's single quotes hold it whole
+        # no use_safetensors=False: a part saved as safetensors beside pickled ones must still load
+        code = (f"import diffusers; diffusers.{converter}.from_pretrained({path}{variant_of_pickles})"
+                f".save_pretrained({path})")
+        fixes.append(f"convert them once with {shlex.quote(sys.executable)} -c {shlex.quote(code)}")
     return f" ({'; '.join(problems)}{': ' if fixes else ''}{' and '.join(fixes)})"
 
 

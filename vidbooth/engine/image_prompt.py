@@ -460,6 +460,7 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
         save_tensors(out, model.state_dict(), metadata)
         remove_runs(run_dirs, f"image-prompt model {out}")
         info(f"saved the image-prompt model in {out} (losses: coarse {losses['coarse']:.4f}, fine "
-             f"{losses['fine']:.4f})")
+             f"{losses['fine']:.4f}); use it with generate --image-prompt PHOTO --image-prompt-model {out}, or put it "
+             f"in the base's folder as {OWN_IMAGE_PROMPT_MODEL}")
     accelerator.wait_for_everyone()
     return out
