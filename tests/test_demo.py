@@ -63,6 +63,7 @@ def _check_scores_match_the_videos(out, metrics, seed, count):
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone
     from vidbooth.engine.demo import image_similarity, image_similarity_per_video, score_each_video, through_autoencoder
+    from vidbooth.eval.motion import motion_signature
 
     sprite, motion, reference = _demo_truth(seed)
     backbone = load_backbone(metrics["base"], device="cpu")
@@ -74,7 +75,7 @@ def _check_scores_match_the_videos(out, metrics, seed, count):
     for key, recorded in metrics["variants"].items():
         videos = _videos_from_sheet(out, key)
         assert len(videos) == count, key
-        per_video = score_each_video(videos, sprite, motion, reference)
+        per_video = score_each_video(videos, sprite, motion, motion_signature(reference))
         per_video["image_similarity"] = list(image_similarity_per_video(encoder, videos, photo_embeds))
         assert set(per_video) == set(recorded["per_video"]) == SCORES
         for score, values in per_video.items():

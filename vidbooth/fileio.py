@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -71,11 +72,12 @@ def remove_stale_temporaries(folder: Path, pattern: str = ".tmp-*", older_than_s
 
     for temporary in Path(folder).glob(pattern):
         with suppress(OSError):  # another run published or removed it meanwhile
-            status = temporary.lstat()
-            if files_only and temporary.is_dir():
+            status = temporary.lstat()  # a link is removed as a file, never followed
+            is_folder = stat.S_ISDIR(status.st_mode)
+            if files_only and is_folder:
                 continue
             if time.time() - (status.st_ctime if by_ctime else status.st_mtime) >= older_than_s:
-                if temporary.is_dir() and not temporary.is_symlink():
+                if is_folder:
                     shutil.rmtree(temporary)
                 else:
                     temporary.unlink()

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vidbooth import reporting
 from vidbooth.data.images import to_rgb
 from vidbooth.errors import UserError
 from vidbooth.fileio import write_together
@@ -73,8 +74,6 @@ def video_frames(path: str | Path, max_short_side: int | None = None) -> Generat
 def _warn_of_damage(path: Path, damage: list[str]) -> None:
     """ffmpeg conceals what it cannot decode (a smear, a repeated frame) and goes on: say so, once per file read."""
     if damage:
-        from vidbooth import reporting
-
         reporting.warn(f"{path} is damaged (ffmpeg: '{damage[0]}'): some of its frames may be broken or repeated; "
                        "re-export or re-download it if the result looks wrong")
 

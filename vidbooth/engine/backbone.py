@@ -316,7 +316,6 @@ def _weights_hint(folder: Path, components: Sequence[str], variant: str | None, 
         fixes.append(f"add --set backbone.variant={variants.pop()}")
     if pickled:
         import shlex
-
         import sys
 
         variant = pickled.pop() if len(pickled) == 1 and None not in pickled else None

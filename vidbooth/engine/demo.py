@@ -360,6 +360,7 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     from vidbooth.engine.backbone import load_backbone_for
     from vidbooth.engine.compose import apply_personalisation
     from vidbooth.engine.sampling import sample_video
+    from vidbooth.eval.motion import motion_signature
 
     recipe = load_config(GenerateConfig, f"{family}/generate", None, _runtime(cfg))
     sampling = recipe.sampling
@@ -374,6 +375,7 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
     photo_pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())])
     photo_embeds = encoder.embed(photo_pixels)
     photos_score = image_similarity(encoder, through_autoencoder(backbone, photo_pixels)[:, None], photo_embeds)
+    reference_signature = motion_signature(reference)  # once for every variant's videos
     loaded = apply_personalisation(backbone, f"a {SUBJECT}", [SUBJECT], MOTION)
     subject = loaded.subjects[0]
     videos_dir = ensure_writable_dir(out / "videos")
@@ -395,7 +397,7 @@ def _generate_and_score(cfg, base, family, variants, sprite, motion, reference, 
         write_video(videos[0], videos_dir / f"{variant.key}.gif", fps=sampling.fps)
         save_contact_sheet(videos.reshape(-1, *videos.shape[2:]), videos_dir / f"{variant.key}.png",
                            columns=videos.shape[1])
-        variant.per_video = score_each_video(videos, sprite, motion, reference)
+        variant.per_video = score_each_video(videos, sprite, motion, reference_signature)
         variant.per_video["image_similarity"] = image_similarity_per_video(encoder, videos, photo_embeds).tolist()
     return photos_score
 
@@ -423,15 +425,16 @@ def through_autoencoder(backbone, images: np.ndarray) -> np.ndarray:
     return to_uint8(to_numpy_frames(backbone.decode_latents(latents)))[:, 0]
 
 
-def score_each_video(videos: np.ndarray, sprite, motion, reference: np.ndarray) -> dict[str, list[float]]:
-    """Per video: the probe's colour/shape/motion correctness (0 or 1) against the truth, and motion fidelity."""
+def score_each_video(videos: np.ndarray, sprite, motion, reference_signature: np.ndarray) -> dict[str, list[float]]:
+    """Per video: the probe's colour/shape/motion correctness (0 or 1) against the truth, and motion fidelity to
+    the reference clip's motion signature (`eval.motion.motion_signature`, computed once by the caller)."""
     from vidbooth.eval.motion import motion_signature, signature_similarity
     from vidbooth.nano.probe import probe_video, score_against_caption
 
     probed = [score_against_caption(probe_video(v), (sprite, motion)) for v in videos]
     scores = {key: [float(p[key]) for p in probed] for key in ("colour_correct", "shape_correct", "motion_correct")}
-    wanted = motion_signature(reference)  # once, not per video
-    scores["motion_fidelity"] = [float(signature_similarity(motion_signature(v), wanted)) for v in videos]
+    scores["motion_fidelity"] = [float(signature_similarity(motion_signature(v), reference_signature))
+                                 for v in videos]
     return scores
 
 
