@@ -222,3 +222,74 @@ def test_an_old_file_kept_by_a_killed_write_is_removed_an_hour_after_it_was_kept
     monkeypatch.setattr(time, "time", lambda: later)
     fileio.write_together([(target, lambda tmp: tmp.write_bytes(b"newer"))])
     assert not kept.exists() and target.read_bytes() == b"newer"
+
+
+def _record_syncs(monkeypatch, fileio) -> list[tuple[str, str]]:
+    """(event, name) for each fsync (of the file or folder an fd was opened on) and each rename, in order."""
+    events, opened = [], {}
+    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+
+    def open_(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        opened[fd] = Path(path)
+        return fd
+
+    def fsync(fd):
+        events.append(("sync", opened[fd].name))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("rename", Path(target).name))
+        real_replace(source, target)
+
+    monkeypatch.setattr(fileio.os, "open", open_)
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    return events
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows cannot flush a folder")
+def test_files_are_on_the_disk_before_their_renames_and_the_renames_after(tmp_path, monkeypatch):
+    """Without a flush, a power loss after the rename could leave an empty or partly written file under the final
+    name: each temporary is flushed before any rename, and the folder (which holds the renames) after them."""
+    from vidbooth import fileio
+
+    events = _record_syncs(monkeypatch, fileio)
+    fileio.write_together([(tmp_path / name, lambda tmp, name=name: tmp.write_text(name)) for name in ("a.mp4",
+                                                                                                     "a.yaml")])
+    temporaries = [name for event, name in events[:2]]
+    assert [event for event, _ in events[:2]] == ["sync", "sync"] and all(n.startswith(".tmp-a-") for n in temporaries)
+    assert events[2:] == [("rename", "a.mp4"), ("rename", "a.yaml"), ("sync", tmp_path.name)]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows cannot flush a folder")
+def test_a_built_folder_is_on_the_disk_before_it_is_renamed_in(tmp_path, monkeypatch):
+    from vidbooth import fileio
+
+    (tmp_path / "model").mkdir()
+    with fileio.folder_beside(tmp_path / "model") as built:
+        (built / "sub").mkdir()
+        (built / "sub" / "weights.safetensors").write_text("w")
+        events = _record_syncs(monkeypatch, fileio)
+        fileio.replace_folder(built, tmp_path / "model")
+    assert events[:3] == [("sync", built.name), ("sync", "weights.safetensors"), ("sync", "sub")]
+    assert events[3:] == [("rename", "model"), ("rename", "model"), ("sync", tmp_path.name)]
+    assert (tmp_path / "model" / "sub" / "weights.safetensors").read_text() == "w"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows cannot flush a folder")
+def test_a_training_checkpoint_is_on_the_disk_before_it_is_renamed_in(tmp_path, monkeypatch):
+    import types
+
+    import torch
+
+    from vidbooth import fileio
+    from vidbooth.engine.train import save_checkpoint
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    method = types.SimpleNamespace(state_dict=lambda: {"w": weight.detach()})
+    events = _record_syncs(monkeypatch, fileio)
+    final = save_checkpoint(tmp_path, 10, method, torch.optim.AdamW([weight]), None, {"run": "a"}, 0.5)
+    assert sorted(events[:3]) == [("sync", name) for name in sorted(path.name for path in final.iterdir())]
+    assert events[3][0] == "sync" and events[3][1].startswith(".tmp-step-0000010-")  # the folder, after its files
+    assert events[4:] == [("rename", final.name), ("sync", final.parent.name)]

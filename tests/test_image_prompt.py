@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from vidbooth.config.image_prompt import ImagePromptConfig
 from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.config.train import TrainConfig
 from vidbooth.data.video import read_video
+from vidbooth.engine import image_prompt as image_prompt_engine
 from vidbooth.engine.appearance import load_appearance_encoder
 from vidbooth.engine.image_prompt import (
     WARNINGS_SHOWN,
@@ -153,6 +155,25 @@ def test_training_writes_one_safetensors_file_that_loads_back(trained, tiny_back
         assert any(layer.up.weight.abs().sum() > 0 for layer in injections(bb.unet).values())  # the fine stage ran
     finally:
         model.remove()
+
+
+def test_a_stop_while_the_model_is_written_leaves_the_old_file_whole(tiny_base_dirs, tmp_path, monkeypatch):
+    """The model file is written beside its name and renamed in: Ctrl-C part-way through leaves the file that was
+    there untouched (it had been truncated and half-written in place) and no temporary file."""
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"the previous model")
+    real_save = image_prompt_engine.save_tensors
+
+    def half_then_ctrl_c(path, tensors, metadata):
+        real_save(path, tensors, metadata)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image_prompt_engine, "save_tensors", half_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train_image_prompt(_config(out, tiny_base_dirs["unet3d"], overwrite=True))
+    assert out.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "model.safetensors.run"]
 
 
 def test_a_stages_high_noise_share_is_trained_with(trained, tiny_base_dirs, tmp_path):

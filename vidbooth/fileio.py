@@ -1,5 +1,5 @@
-"""Writing files and folders atomically: each is written to a temporary file or folder beside it, then renamed
-over its final name with the permissions a new one would get."""
+"""Writing files and folders atomically: each is written to a temporary file or folder beside it, flushed to the
+disk, then renamed over its final name with the permissions a new one would get."""
 
 from __future__ import annotations
 
@@ -57,6 +57,44 @@ def publish(temporary: str | Path, path: str | Path) -> None:
     os.replace(temporary, path)
 
 
+def sync_file(path: str | Path) -> None:
+    """Flush the file's data to the disk, so that a rename published after it never names an empty or partly
+    written file after a power loss (file systems may write a rename before the data it names). Windows flushes
+    only a file opened for writing (a read-only one is left to the system there)."""
+    try:
+        fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+    except PermissionError:
+        if os.name == "nt":
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(folder: str | Path) -> None:
+    """Flush a folder's entries (renames, new names) to the disk. Windows cannot open a folder, and some file
+    systems refuse to flush one: there it is left to the system."""
+    if os.name == "nt":
+        return
+    with suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sync_tree(folder: Path) -> None:
+    """Flush every file and folder under `folder`, and `folder` itself: a built folder before it is renamed in."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                sync_file(os.path.join(root, name))
+        sync_folder(root)
+
+
 STALE_TEMPORARY_S = 3600
 """A temporary file or folder older than this was left by a killed run (a running one publishes each well within
 it): the next write beside it removes it."""
@@ -106,8 +144,11 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], jour
                 if exc.filename is None or str(exc.filename) == temporary:  # name the file, not its temporary
                     exc.filename = str(path)
                 raise
+            sync_file(temporary)
         with deferred_stops():
             _publish_all(temporaries, [Path(path) for path, _ in writes], journal)
+        for folder in dict.fromkeys(Path(path).parent for path, _ in writes):
+            sync_folder(folder)
     finally:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)
@@ -146,6 +187,8 @@ def _publish_all(temporaries: list[Path], paths: list[Path], journal: Path | Non
             renames = [[str(temporary), str(path)] for temporary, path in zip(temporaries, paths)]
             record = json.dumps({"renames": renames, "olds": [str(old) for old in olds if old]})
             Path(journal).write_text(record)
+            sync_file(journal)
+            sync_folder(Path(journal).parent)
         done: list[Path] = []
         try:
             for temporary, path in zip(temporaries, paths):
@@ -227,11 +270,13 @@ def folder_beside(path: Path) -> Iterator[Path]:
 def publish_folder(built: Path, path: Path) -> None:
     """Rename the finished folder `built` to `path`, unless another process published one there first (then
     theirs is kept and `built` stays for its `folder_beside` to remove)."""
+    sync_tree(built)
     try:
         os.replace(built, path)
     except OSError:
         if not Path(path).is_dir():
             raise
+    sync_folder(Path(path).parent)
 
 
 def replace_folder(built: Path, path: Path) -> None:
@@ -239,8 +284,10 @@ def replace_folder(built: Path, path: Path) -> None:
     new one renamed in, and the old one removed, so `path` is never a mix of the two. (A kill between the two
     renames leaves the old folder beside `path`, named `.old-<name>-*`.)"""
     path = Path(path)
+    sync_tree(built)
     if not path.exists():
         os.replace(built, path)
+        sync_folder(path.parent)
         return
     aside = Path(tempfile.mkdtemp(prefix=f".old-{path.name}-", dir=path.parent))
     os.replace(path, aside / path.name)
@@ -251,6 +298,7 @@ def replace_folder(built: Path, path: Path) -> None:
         raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
+    sync_folder(path.parent)
 
 
 @contextmanager

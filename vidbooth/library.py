@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vidbooth.errors import Interrupted, UserError, held_stops, stopped, stopping_signal
-from vidbooth.fileio import disk_full, exclusive_lock
+from vidbooth.fileio import disk_full, exclusive_lock, sync_folder, sync_tree
 
 KINDS = {"subject": "subjects", "motion": "motions"}
 MANIFEST = "manifest.json"
@@ -530,7 +530,7 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
         if not (stage / MANIFEST).is_file():
             raise RuntimeError("an artifact must be written with its manifest")
         _seal(stage)
-        _fsync_tree(stage)
+        sync_tree(stage)
         target.parent.mkdir(parents=True, exist_ok=True)
         refuse_what_appeared()  # only an artifact is ever replaced
         if target.is_dir() and not _is_artifact(target):
@@ -552,6 +552,7 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
             # a folder that appeared since is never replaced: rename refuses a full one
             _into_folder(lambda: os.replace(stage, target), target.parent)
             saved = True
+        sync_folder(target.parent)
     except OSError as exc:
         if disk_full(exc):
             raise UserError(
@@ -584,13 +585,6 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
                     os.replace(aside, target)  # put it back (what appeared there meanwhile, `recover` judges later)
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
 
 
 def write_json(path: Path, data: dict) -> None:

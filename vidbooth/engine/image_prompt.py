@@ -48,7 +48,7 @@ from vidbooth.data.subject_clips import SubjectClip, find_subject_clips, folder_
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, sample_timesteps, training_scheduler
 from vidbooth.errors import UserError
-from vidbooth.fileio import lock_beside
+from vidbooth.fileio import lock_beside, write_together
 from vidbooth.nano.model import IMAGE_PROMPT_MODEL
 from vidbooth.reporting import info, progress, warn
 
@@ -457,7 +457,8 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
                     "steps": {"coarse": cfg.coarse.steps, "fine": cfg.fine.steps},
                     "processes": accelerator.num_processes}
         ensure_writable_dir(out.parent)
-        save_tensors(out, model.state_dict(), metadata)
+        state = model.state_dict()
+        write_together([(out, lambda tmp: save_tensors(tmp, state, metadata))])  # never a half-written file
         remove_runs(run_dirs, f"image-prompt model {out}")
         info(f"saved the image-prompt model in {out} (losses: coarse {losses['coarse']:.4f}, fine "
              f"{losses['fine']:.4f}); use it with generate --image-prompt PHOTO --image-prompt-model {out}, or put it "

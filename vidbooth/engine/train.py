@@ -59,7 +59,8 @@ from torch import nn
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
 from vidbooth.errors import Interrupted, UserError, held_stops, stopped
-from vidbooth.fileio import disk_full, folder_beside, remove_stale_temporaries, write_safetensors
+from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
+                             write_safetensors)
 
 CHECKPOINTS = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -324,8 +325,10 @@ def save_checkpoint(run_dir: Path, step: int, method: Method, optimizer, acceler
             "scaler": scaler.state_dict() if scaler is not None else None,
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+        sync_tree(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+    sync_folder(root)
     return final
 
 
