@@ -72,7 +72,7 @@ def test_full_disk_during_save_keeps_the_library(photos, tiny_base_dirs, isolate
     def disk_full(folder):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(library, "_fsync_tree", disk_full)
+    monkeypatch.setattr(library, "sync_tree", disk_full)
     code = _train(photos, tiny_base_dirs["unet3d"], "--overwrite", "--seed", "3", "--set", "preview.enabled=false")
     err = capsys.readouterr().err
     assert code == 2 and "the disk is full" in err and "library is unchanged" in err
