@@ -1,6 +1,7 @@
 """The layering docs/architecture.md states, read from the source: who imports whom, and who prints."""
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -158,3 +159,34 @@ def test_doc_commands_quote_the_subject_name():
             if re.search(r"(?<![\w'\"])\S*\*", bare.split("#")[0]):
                 unquoted.append(f"{page.relative_to(ROOT)}: {line.strip()}")
     assert unquoted == []
+
+
+_BAD_SETTINGS = [
+    ["generate", "--prompt", "x", "--num-frames", "0"],
+    ["generate", "--prompt", "x", "--scheduler", "euler"],
+    ["generate", "--prompt", "x", "--subject", "nosuch"],
+    ["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--set", "bogus=1"],
+    ["textual-inversion", "photos", "--name", "S*", "--class-noun", "dog", "--set", "bogus=1"],
+    ["identity-adapter", "photos", "--name", "S*", "--set", "bogus=1"],
+    ["train-motion", "clip.mp4", "--name", "M", "--set", "bogus=1"],
+    ["train-image-prompt", "--set", "bogus=1"],
+    ["evaluate", "out.mp4", "--set", "bogus=1"],
+    ["demo", "--set", "bogus=1"],
+]
+
+
+def test_a_bad_setting_is_told_before_torch_is_imported(tmp_path):
+    """A typo in a flag, a --set or a name is one line in a fraction of a second: the engine (torch, diffusers: 2-3
+    s of imports) is imported only once the settings are read and checked."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\nfrom vidbooth.cli.app import main\nfor case in json.loads(sys.argv[1]):\n"
+        "    code = main(case)\n    print(case[0], code, 'torch' in sys.modules, flush=True)\n"
+    )
+    env = dict(os.environ, VIDBOOTH_HOME=str(tmp_path / "home"), VIDBOOTH_CACHE=str(tmp_path / "cache"))
+    run = subprocess.run([sys.executable, "-c", script, json.dumps(_BAD_SETTINGS)], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=300)
+    assert run.stdout.splitlines() == [f"{case[0]} 2 False" for case in _BAD_SETTINGS], run.stderr

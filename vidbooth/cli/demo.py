@@ -29,7 +29,6 @@ def demo(
     """Make photos of a subject and a clip of a motion the base never saw, learn both, generate, and score."""
     from vidbooth.config import load_config
     from vidbooth.config.demo import DemoConfig
-    from vidbooth.engine.demo import run_demo
 
     overrides = {
         "out": out,
@@ -41,4 +40,7 @@ def demo(
         "runtime.precision": precision,
         "runtime.attention": attention,
     }  # the demo seeds every step from `seed` (checked as the demo's own key)
-    run_demo(load_config(DemoConfig, recipe, sets, overrides))
+    cfg = load_config(DemoConfig, recipe, sets, overrides)
+    from vidbooth.engine.demo import run_demo  # after the cheap checks: it loads torch
+
+    run_demo(cfg)

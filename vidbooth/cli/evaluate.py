@@ -59,7 +59,6 @@ def evaluate(
     """
     from vidbooth.config import load_config
     from vidbooth.config.evaluate import EvaluateConfig
-    from vidbooth.eval.evaluate import evaluate_videos
 
     overrides = {
         "videos": list(videos) if videos else None,
@@ -78,6 +77,9 @@ def evaluate(
         "csv": csv_path,
         "device": device,
     }
-    report = evaluate_videos(load_config(EvaluateConfig, recipe, sets, overrides))
+    cfg = load_config(EvaluateConfig, recipe, sets, overrides)
+    from vidbooth.eval.evaluate import evaluate_videos  # after the cheap checks: it loads torch
+
+    report = evaluate_videos(cfg)
     if report.failed:
         raise VideosFailed(f"{len(report.failed)} of {len(report.results)} videos could not be evaluated: see above")

@@ -76,7 +76,6 @@ def generate(
     """Generate a video from a prompt, optionally with learned subjects and a learned motion."""
     from vidbooth.config import GenerateConfig, load_config
     from vidbooth.config.load import recipe_or_default
-    from vidbooth.engine.generate import generate as run_generate
 
     overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {
         "prompt": prompt,
@@ -105,6 +104,8 @@ def generate(
     overrides |= options.learned_backbone(recipe, sets, overrides, named)
     cfg = load_config(GenerateConfig, recipe_or_default(recipe, "generate", sets, overrides), sets, overrides)
     check_learned_together(cfg.subjects, cfg.motion)
+    from vidbooth.engine.generate import generate as run_generate  # after the cheap checks: it loads torch
+
     run_generate(cfg)
 
 
@@ -112,13 +113,14 @@ def check_learned_together(subjects: list[str], motion: str | None) -> None:
     """Subjects and a motion learned on different bases fail here, from their manifests, before the model loads
     (loading it takes seconds, and applying them, where the same check is made again, comes after). A name that
     cannot be read is left to `generate`, which reports it as it always has."""
-    from vidbooth.engine.compose import check_learned_together as check
     from vidbooth.errors import UserError
     from vidbooth.library import artifact_dir, read_manifest
 
     named = [("subject", name) for name in dict.fromkeys(subjects)] + ([("motion", motion)] if motion else [])
     if len(named) < 2:
         return
+    from vidbooth.engine.compose import check_learned_together as check
+
     try:
         learned = [(kind, name, read_manifest(artifact_dir(kind, name), verify=False)) for kind, name in named]
     except UserError:

@@ -34,7 +34,6 @@ def train_image_prompt(
     from vidbooth.config import load_config
     from vidbooth.config.image_prompt import ImagePromptConfig
     from vidbooth.config.load import recipe_or_default
-    from vidbooth.engine.image_prompt import train_image_prompt as run
     from vidbooth.errors import UserError
 
     if data is not None and clips is not None:
@@ -58,4 +57,6 @@ def train_image_prompt(
              "data.seed": "--seed"}  # named in the error of a bad value
     recipe = recipe_or_default(recipe, "image-prompt", sets, overrides)
     cfg = load_config(ImagePromptConfig, recipe, sets, overrides, flags=flags)
+    from vidbooth.engine.image_prompt import train_image_prompt as run  # after the cheap checks: it loads torch
+
     run(cfg)

@@ -74,7 +74,6 @@ def train_motion(
     from vidbooth.config import load_config
     from vidbooth.config.load import recipe_or_default
     from vidbooth.config.motion import MotionConfig
-    from vidbooth.engine.motion import train_motion as run_train_motion
     from vidbooth.reporting import info
 
     overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed) | {
@@ -103,6 +102,8 @@ def train_motion(
     _check_fps_or_stride(cfg, recipe, sets, overrides)
     _check_appearance_settings(cfg, sets, {"--image-encoder": image_encoder, "--p-image-zero": p_image_zero})
     options.warn_of_idle_sets(cfg, sets)
+    from vidbooth.engine.motion import train_motion as run_train_motion  # after the cheap checks: it loads torch
+
     result = run_train_motion(cfg)
     # a run resumed at its last step (stopped while saving) runs no step to time
     timed = f"{result.step_seconds:.2f} s/step" if math.isfinite(result.step_seconds) else "no step run now"

@@ -25,7 +25,6 @@ def pretrain(
     """Pretrain nano (autoencoder, tiny CLIP, UNet3D) with a probe curve; resumable and deterministic by seed."""
     from vidbooth.config import load_config
     from vidbooth.config.pretrain import PretrainConfig
-    from vidbooth.nano.pretrain import pretrain as run_pretrain
     from vidbooth.reporting import info
 
     overrides = {
@@ -38,6 +37,8 @@ def pretrain(
         "seed": seed,
     }
     cfg = load_config(PretrainConfig, recipe, sets, overrides)
+    from vidbooth.nano.pretrain import pretrain as run_pretrain  # after the cheap checks: it loads torch
+
     result = run_pretrain(cfg)
     steps = ", ".join(f"{stage} {count}" for stage, count in result.steps.items())
     state = "finished" if result.finished else "stopped"  # the stop's own line said how to continue

@@ -194,8 +194,6 @@ def textual_inversion(
     sets: list[str] = options.Sets,
 ) -> None:
     """Learn a pseudo-word for the subject (stage 1): only its embedding trains."""
-    from vidbooth.engine.subject import train_textual_inversion
-
     runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
     overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
     overrides |= _train_flags("textual_inversion", steps, lr, batch_size, checkpoint_every)
@@ -205,6 +203,8 @@ def textual_inversion(
     _check_stage_sets(["textual_inversion"], sets, "textual-inversion")
     cfg = _load(recipe, sets, overrides, flags)
     options.warn_of_idle_sets(cfg, sets)
+    from vidbooth.engine.subject import train_textual_inversion  # after the cheap checks: it loads torch
+
     train_textual_inversion(cfg)
 
 
@@ -240,8 +240,6 @@ def identity_adapter(
     sets: list[str] = options.Sets,
 ) -> None:
     """Train the identity adapter of an existing subject (stage 2), its pseudo-word frozen."""
-    from vidbooth.engine.subject import train_identity_adapter
-
     runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
     overrides = _common(photos, name, None, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
     overrides |= _train_flags("identity", steps, lr, batch_size, checkpoint_every)
@@ -254,6 +252,8 @@ def identity_adapter(
     cfg = _load(recipe, sets, overrides, flags)
     _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
+    from vidbooth.engine.subject import train_identity_adapter  # after the cheap checks: it loads torch
+
     train_identity_adapter(cfg)
 
 
@@ -291,8 +291,6 @@ def train_subject(
     sets: list[str] = options.Sets,
 ) -> None:
     """Learn a subject from photos: pseudo-word, then identity adapter (DreamVideo's subject learning)."""
-    from vidbooth.engine.subject import train_subject as run_train_subject
-
     runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
     overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
     overrides |= _train_flags("textual_inversion", ti_steps, None, batch_size, checkpoint_every)
@@ -318,4 +316,6 @@ def train_subject(
     _check_stage_sets(cfg.stages, sets)
     _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
+    from vidbooth.engine.subject import train_subject as run_train_subject  # after the cheap checks: torch
+
     run_train_subject(cfg)

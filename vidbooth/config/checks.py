@@ -56,3 +56,16 @@ def sampling(prefix: str, num_frames: int | None, num_inference_steps: int, guid
         at_least(f"{prefix}.num_frames", num_frames, 1)
     at_least(f"{prefix}.num_inference_steps", num_inference_steps, 1)
     non_negative(f"{prefix}.guidance_scale", guidance_scale, hint=" (1 or less: no guidance)")
+
+
+SCHEDULERS = ("ddim", "dpm++")
+_SCHEDULER_ALIASES = {"dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++"}
+
+
+def scheduler_key(name: str) -> str:
+    """'ddim' or 'dpm++' for a scheduler name as given (any case, DPM-Solver++'s other spellings); a UserError for
+    any other, before anything loads."""
+    key = _SCHEDULER_ALIASES.get(name.lower(), name.lower())
+    if key not in SCHEDULERS:
+        raise UserError(f"unknown scheduler '{name}': choose one of {', '.join(SCHEDULERS)}")
+    return key

@@ -106,6 +106,7 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         # checked before the model loads or the output folder is made
+        checks.scheduler_key(self.scheduler)
         checks.at_least("sampling.num_frames", self.num_frames, 1, "--num-frames")
         checks.at_most("sampling.num_frames", self.num_frames, checks.MAX_FRAMES, "--num-frames")
         checks.at_least("sampling.num_inference_steps", self.num_inference_steps, 1, "--num-inference-steps")

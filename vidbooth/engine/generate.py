@@ -9,8 +9,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from vidbooth.config import GenerateConfig, save_config
 from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.data.video import (
@@ -114,21 +112,22 @@ def output_paths(out: str | Path, num_videos: int = 1) -> tuple[list[Path], Path
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
-    from vidbooth.engine.backbone import ZERO_SHOT, load_backbone_for
-    from vidbooth.engine.sampling import make_scheduler
-
     if not cfg.prompt.strip():
         raise UserError('no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)')
     written_videos, sheet_path, config_path = output_paths(cfg.out, cfg.num_videos)
     check_writable_dir(sheet_path.parent)  # made only when the video is written: a later error leaves nothing
-    scheduler = make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model
-    if cfg.sampling.eta != 0 and "eta" not in inspect.signature(scheduler.step).parameters:
-        warn(f"sampling.eta {cfg.sampling.eta:g} has no effect with --scheduler {cfg.sampling.scheduler}: only ddim "
-             "takes it")
     for name in cfg.subjects:
         artifact_dir("subject", name)  # unknown names fail before the model loads
     if cfg.motion:
         artifact_dir("motion", cfg.motion)
+
+    from vidbooth.engine.backbone import ZERO_SHOT, load_backbone_for
+    from vidbooth.engine.sampling import make_scheduler
+
+    scheduler = make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model
+    if cfg.sampling.eta != 0 and "eta" not in inspect.signature(scheduler.step).parameters:
+        warn(f"sampling.eta {cfg.sampling.eta:g} has no effect with --scheduler {cfg.sampling.scheduler}: only ddim "
+             "takes it")
     if cfg.subject_scale != 1 and not cfg.subjects:
         warn(f"--subject-scale {cfg.subject_scale:g} has no effect without --subject")
     if cfg.motion_scale != 1 and not cfg.motion:
@@ -228,6 +227,8 @@ def _image_prompt(backbone, cfg: GenerateConfig, photo, path: Path, prompt: str)
     set_injection_scale(backbone.unet, cfg.image_prompt_scale)
     height = cfg.sampling.height or backbone.default_size
     width = cfg.sampling.width or backbone.default_size
+    import torch
+
     generator = torch.Generator("cpu").manual_seed(cfg.runtime.seed + 1)
     info(f"image prompt {cfg.image_prompt} in place of '{cfg.image_prompt_word or model.spec.word}' ({path})")
     pixels = prepare_photo(photo, (height, width))
@@ -238,6 +239,8 @@ def sample_videos(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: s
     """`cfg.num_videos` videos (N, F, H, W, 3) uint8 for `prompt` and `negative_prompt` with the other sampling
     settings of `cfg`, in one batch whose noise is drawn at once (the first video is the one of a single-video run
     with the same seed); `image_prompt`: an `ImagePromptCondition` to show its subject."""
+    import torch
+
     from vidbooth.engine.sampling import sample_video
 
     s = cfg.sampling

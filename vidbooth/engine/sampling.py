@@ -16,33 +16,29 @@ import numpy as np
 import torch
 
 from vidbooth.adapters.base import conditional_half_only
-from vidbooth.config.checks import MAX_FRAMES
+from vidbooth.config.checks import MAX_FRAMES, scheduler_key
 from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.engine.backbone import ZERO_SHOT
 from vidbooth.engine.zero_shot import check_strengths, chunked_unet_forward, other_frames, warp_steps
 from vidbooth.errors import UserError
 from vidbooth.reporting import progress
 
-SCHEDULERS = ("ddim", "dpm++")
 MAX_SIZE_FACTOR = 8
 """Heights and widths up to this many times the model's native size are taken. Beyond it no model is of use, and a
 typo (`--width 100000`) would run for hours inside one layer, where Ctrl-C cannot stop it."""
-_ALIASES = {"dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++"}
 
 
 def make_scheduler(name: str, scheduler_config: dict):
     """A fresh scheduler of kind `name` ('ddim' or 'dpm++') from the model's scheduler config."""
+    key = scheduler_key(name)
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    key = _ALIASES.get(name.lower(), name.lower())
     # a latent model's schedule never clips: DDIM's default clip_sample=True would clip its latents to [-1, 1] when
     # the model's config is another scheduler's (PNDM, DPM-Solver), which has no such key
     scheduler_config = {"clip_sample": False} | dict(scheduler_config)
     if key == "ddim":
         return DDIMScheduler.from_config(scheduler_config)
-    if key == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
-    raise UserError(f"unknown scheduler '{name}': choose one of {', '.join(SCHEDULERS)}")
+    return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
 
 
 def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
