@@ -71,3 +71,33 @@ def test_conditional_half_only_zeroes_the_unconditional_half_and_resets():
     with adapters_off(model, "id"):
         assert torch.equal(model(h), base)
     assert adapter.enabled
+
+
+def test_scale_multiplies_the_adapters_output():
+    model = _model()
+    x = torch.randn(2, 8)
+    before = model[0](x)
+    inject(model, ["0"], "a", lambda name, m: BottleneckAdapter(layer_width(m), 4))
+    adapter = adapters_of(model, "a")["0"]
+    nn.init.normal_(adapter.up.weight)
+    full = model[0](x) - before
+    adapter.scale = 0.5
+    assert torch.allclose(model[0](x) - before, 0.5 * full, atol=1e-6) and full.abs().max() > 0.01
+
+
+def test_a_file_with_a_tensor_beyond_the_adapters_is_refused_whole():
+    """A file whose tensors name more than this model's adapters (another model's, or a base weight's name) is
+    refused, not loaded in part."""
+    import pytest
+
+    from vidbooth.adapters.base import adapter_state_dict, load_adapter_state_dict
+    from vidbooth.errors import UserError
+
+    model = _model()
+    inject(model, ["0"], "a", lambda name, m: BottleneckAdapter(layer_width(m), 4))
+    state = {key: torch.ones_like(value) for key, value in adapter_state_dict(model, "a").items()}
+    with pytest.raises(UserError, match=r"0 missing, 1 unexpected tensors, e.g. 2.weight"):
+        load_adapter_state_dict(model, "a", state | {"2.weight": torch.zeros(8, 8)}, "f.safetensors")
+    assert all(value.abs().sum() == 0 for key, value in adapter_state_dict(model, "a").items() if "up" in key)
+    load_adapter_state_dict(model, "a", state, "f.safetensors")
+    assert all(torch.equal(value, torch.ones_like(value)) for value in adapter_state_dict(model, "a").values())

@@ -180,3 +180,30 @@ def test_xformers_matches_math_on_cuda():
     pytest.importorskip("xformers")
     q, k, v = (t.cuda().half() for t in _qkv())
     assert torch.allclose(attention(q, k, v, backend="xformers").float(), attention(q, k, v, backend="math").float(), atol=2e-3)
+
+
+@pytest.mark.parametrize("options", [
+    dict(rescale_output_factor=2.0, residual_connection=True),  # the VAE's mid-block attention's settings
+    dict(norm_num_groups=2, rescale_output_factor=2.0, residual_connection=True, image=True),
+    dict(cross_attention_dim=6, masked=True),
+    dict(qk_norm="layer_norm", cross_attention_dim=6, cross_attention_norm="layer_norm"),
+])
+def test_the_processor_computes_what_diffusers_own_does(options):
+    """Every option of a diffusers `Attention` the processor reads (residual, output rescale, group norm on an
+    image-shaped input, a cross-attention mask, query/key norms), against diffusers' default processor."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from vidbooth.attention.processor import VidboothAttnProcessor
+
+    options = dict(options)
+    image, masked = options.pop("image", False), options.pop("masked", False)
+    torch.manual_seed(0)
+    layer = Attention(query_dim=8, heads=2, dim_head=4, **options).eval()
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 8, 3, 4, generator=g) if image else torch.randn(2, 5, 8, generator=g)
+    context = torch.randn(2, 4, 6, generator=g) if "cross_attention_dim" in options else None
+    mask = torch.tensor([[0.0, 0.0, -1e4, 0.0], [0.0, -1e4, 0.0, 0.0]])[:, None] if masked else None
+    with torch.no_grad():
+        theirs = AttnProcessor2_0()(layer, hidden, context, mask)
+        ours = VidboothAttnProcessor("math")(layer, hidden, context, mask)
+    assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-6)

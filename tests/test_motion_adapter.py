@@ -154,3 +154,22 @@ def test_save_then_load_is_exact(backbone, tmp_path):
     load_motion_state_dict(backbone.unet, tensors, "m.safetensors")
     set_scale(backbone.unet, KIND, 0.7)
     assert torch.equal(forward(backbone, *x), expected)
+
+
+@pytest.mark.parametrize("p_image_zero", [0.0, 0.25, 1.0])
+def test_training_takes_one_random_frames_appearance_dropped_at_the_given_rate(tiny_backbones, p_image_zero):
+    """Appearance guidance conditions each sample on the embedding of one frame picked at random from its clip,
+    replaced by zeros with probability p_image_zero (DreamVideo)."""
+    from vidbooth.engine.motion import MotionAdapterMethod
+
+    bb = tiny_backbones["unet3d"]
+    try:
+        method = MotionAdapterMethod(bb, MotionAdapterSpec(ALL_SUBLAYERS, 0.5, 2), p_image_zero)
+        per_frame = (torch.arange(4.0) + 1)[None, :, None].expand(2000, 4, 2)  # frame k's embedding is k+1
+        chosen = method._appearance({"appearance": per_frame}, torch.Generator().manual_seed(0))[:, 0]
+    finally:
+        remove(bb.unet, KIND)
+    assert (chosen == 0).float().mean().item() == pytest.approx(p_image_zero, abs=0.03)
+    if p_image_zero < 1:
+        counts = torch.bincount(chosen[chosen > 0].long(), minlength=5)[1:].float()
+        assert (counts / counts.sum() - 0.25).abs().max() < 0.04  # each frame about as often

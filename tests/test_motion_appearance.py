@@ -114,3 +114,15 @@ def test_a_damaged_preprocessor_config_is_one_error(text, reason, tiny_backbones
     (folder / "preprocessor_config.json").write_text(text)
     with pytest.raises(UserError, match=f"cannot load the image encoder '{folder}' as a CLIP vision model: .*{reason}"):
         load_appearance_encoder(str(folder), tiny_backbones["unet3d"])
+
+
+@pytest.mark.parametrize("config", [None, {"crop_size": 32}])
+def test_a_folder_that_gives_no_mean_and_std_is_normalised_as_openai_clip_is(tmp_path, config):
+    """Real CLIP vision folders without image_mean/image_std were trained on OpenAI CLIP's normalisation."""
+    from vidbooth.engine.appearance import _normalisation
+
+    if config is not None:
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    mean, std = _normalisation(tmp_path)
+    np.testing.assert_allclose(mean, (0.48145466, 0.4578275, 0.40821073))
+    np.testing.assert_allclose(std, (0.26862954, 0.26130258, 0.27577711))

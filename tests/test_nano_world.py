@@ -11,6 +11,7 @@ import pytest
 from vidbooth.errors import UserError
 from vidbooth.nano.world import (
     COLOURS,
+    LINEAR_MOTIONS,
     MOTIONS,
     PATTERNS,
     SHAPES,
@@ -125,6 +126,33 @@ def test_special_motions_follow_their_definitions():
     assert np.argmax(bounce.centres[:, 1]) == 4 and np.ptp(bounce.centres[:, 0]) == 0
     distances = np.hypot(*(circle.centres - circle.centres.mean(axis=0)).T)
     assert np.ptp(distances) < 1e-6 and distances[0] > 10
+    offsets = circle.centres - circle.centres.mean(axis=0)
+    turns = np.diff(np.unwrap(np.arctan2(-offsets[:, 1], offsets[:, 0])))  # y points down on screen
+    np.testing.assert_allclose(turns, 2 * np.pi / 8)  # counter-clockwise, one turn spread evenly over 8 frames
+
+
+@pytest.mark.parametrize("linear_paths", ["random", "edge"])
+def test_linear_motions_go_their_whole_way_evenly_in_their_direction(linear_paths):
+    """Straight motions travel 45-60% of the frame and diagonals 80% of that on each axis ("random"), or across it
+    from near one edge to near the other ("edge"), in equal steps from the first frame to the last."""
+    steps = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "up-left": (-1, -1),
+             "up-right": (1, -1), "down-left": (-1, 1), "down-right": (1, 1)}
+    assert set(steps) == set(LINEAR_MOTIONS)
+    for (name, step), seed in itertools.product(steps.items(), range(12)):
+        _, truth = render_clip(RED_SQUARE, Motion(name), seed=seed, linear_paths=linear_paths)
+        moves = np.diff(truth.centres, axis=0)
+        np.testing.assert_allclose(moves, np.broadcast_to(moves[0], moves.shape), atol=1e-9)
+        travel = truth.centres[-1] - truth.centres[0]
+        low, high = (0.45, 0.6) if 0 in step else (0.36, 0.48)
+        near, far = truth.radii[0] + 1, 64 - 2 - truth.radii[0]  # the centres nearest the edges, sprite in frame
+        for axis in range(2):
+            if step[axis] == 0:
+                assert travel[axis] == 0
+            elif linear_paths == "random":
+                assert np.sign(travel[axis]) == step[axis] and low * 64 - 1e-9 <= abs(travel[axis]) <= high * 64
+            else:  # from within 6% of the frame of one edge to within 6% of the other
+                start, end = (near, far) if step[axis] > 0 else (far, near)
+                assert abs(truth.centres[0, axis] - start) <= 0.06 * 64 and abs(truth.centres[-1, axis] - end) <= 0.06 * 64
 
 
 def test_backgrounds_are_nearly_grey_and_sprites_are_strongly_coloured():

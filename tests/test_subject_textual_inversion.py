@@ -223,3 +223,26 @@ def test_guided_loss_is_on_the_guided_prediction_with_a_frozen_unconditional_pas
     guided.sum().backward()
     assert negative.grad is None and cond.grad.abs().sum() > 0
     assert torch.allclose(loss(Guidance(1.0, negative)), plain)
+
+
+def test_prior_preservation_weighs_the_class_images_term_and_keeps_the_halves_apart(bb, monkeypatch):
+    """The identity loss with class images is mean(photos' losses) + prior_weight * mean(class images' losses), the
+    photos first with their captions and the class images with the class prompt, in one UNet call."""
+    from vidbooth.engine import subject_methods
+    from vidbooth.engine.subject_methods import IdentityAdapterMethod
+
+    seen = {}
+
+    def per_sample_losses(backbone, scheduler, latents, text, *args):
+        seen.update(latents=latents, text=text)
+        return torch.tensor([1.0, 2.0, 5.0, 7.0])
+
+    monkeypatch.setattr(subject_methods, "denoising_loss", per_sample_losses)
+    length, width = bb.text_encoder.config.max_position_embeddings, bb.text_encoder.config.hidden_size
+    captions, class_prompt = torch.full((3, length, width), 1.0), torch.full((1, length, width), -1.0)
+    class_latents = torch.full((5, 4, 1, 8, 8), -3.0)
+    method = IdentityAdapterMethod(bb, captions, class_latents, class_prompt, prior_weight=0.5)
+    loss = method.loss({"latents": torch.full((2, 4, 1, 8, 8), 7.0)}, torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx((1 + 2) / 2 + 0.5 * (5 + 7) / 2)
+    assert (seen["latents"][:2] == 7).all() and (seen["latents"][2:] == -3).all()
+    assert (seen["text"][:2] == 1).all() and (seen["text"][2:] == -1).all()
