@@ -613,3 +613,30 @@ def test_list_shows_an_artifact_whose_overwrite_a_kill_left_half_done(isolated_h
     assert main(["list", "--json"]) == 0
     assert [entry["name"] for entry in json.loads(capsys.readouterr().out)] == ["kept"]
     assert live.is_dir() and not aside.exists()
+
+
+@pytest.mark.parametrize("named, ok", [
+    ("adapter.safetensors", True), ("config.yaml", True), (None, True),
+    ("/tmp/elsewhere/adapter.safetensors", False), ("../M2/adapter.safetensors", False),
+    ("sub/../../adapter.safetensors", False), ("unhashed.safetensors", False), ("", False), (3, False),
+    (["config.yaml", "clips/clip-00.mp4"], True), (["config.yaml", "/etc/passwd"], False),
+])
+def test_a_manifest_may_name_only_the_artifacts_own_files(isolated_home, tmp_path, named, ok):
+    """A shared artifact whose manifest names a file outside its folder (or a tensor file its hashes leave out)
+    would have the engine load a file no hash covers: it is refused, with or without verification."""
+    from safetensors.torch import save_file
+    import torch
+
+    with library.staged_artifact("motion", "M") as stage:
+        save_file({"w": torch.zeros(1)}, str(stage / "adapter.safetensors"))
+        library.write_json(stage / library.MANIFEST, {
+            "name": "M", "kind": "motion", "base": "nano", "base_fingerprint": "0", "class_noun": "sprite",
+            "paths": {"motion_adapter": named, "config": "config.yaml"}})
+    folder = isolated_home / "motions" / "M"
+    for verify in (True, False):
+        if ok:
+            assert library.read_manifest(folder, verify=verify)["paths"]["motion_adapter"] == named
+        else:
+            with pytest.raises(UserError, match=r"paths.motion_adapter names .*, not a file of the artifact .* "
+                                                r"retrain motion 'M' with --overwrite"):
+                library.read_manifest(folder, verify=verify)

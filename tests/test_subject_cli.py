@@ -750,8 +750,10 @@ def test_a_subject_saved_by_another_run_while_this_one_waited_for_the_lock_is_re
             with library.staged_artifact(kind, name) as stage:
                 write_json(stage / library.MANIFEST, {"name": name, "kind": kind})
         else:  # the other run's identity adapter, added to the subject
-            data = json.loads(manifest.read_text())
-            write_json(manifest, data | {"paths": data["paths"] | {"identity_adapter": "identity_adapter.safetensors"}})
+            data, adapter = json.loads(manifest.read_text()), manifest.parent / "identity_adapter.safetensors"
+            adapter.write_bytes(b"its tensors")
+            write_json(manifest, data | {"paths": data["paths"] | {"identity_adapter": adapter.name},
+                                         "files": data["files"] | {adapter.name: library.sha256_file(adapter)}})
         return real_lock(kind, name)
 
     def refuse(*args, **kwargs):
