@@ -11,7 +11,6 @@ import pytest
 from vidbooth.errors import UserError
 from vidbooth.nano.world import (
     COLOURS,
-    LINEAR_MOTIONS,
     MOTIONS,
     PATTERNS,
     SHAPES,
@@ -137,7 +136,9 @@ def test_linear_motions_go_their_whole_way_evenly_in_their_direction(linear_path
     from near one edge to near the other ("edge"), in equal steps from the first frame to the last."""
     steps = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "up-left": (-1, -1),
              "up-right": (1, -1), "down-left": (-1, 1), "down-right": (1, 1)}
-    assert set(steps) == set(LINEAR_MOTIONS)
+    from vidbooth.nano import world
+
+    assert set(steps) == set(world.LINEAR_MOTIONS)
     for (name, step), seed in itertools.product(steps.items(), range(12)):
         _, truth = render_clip(RED_SQUARE, Motion(name), seed=seed, linear_paths=linear_paths)
         moves = np.diff(truth.centres, axis=0)
