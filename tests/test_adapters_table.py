@@ -178,3 +178,19 @@ def test_save_then_load_reproduces_outputs(case, fresh, tmp_path):
         case.load(loaded, tmp_path)
         assert torch.equal(_output(loaded, case, case.prompt), expected)
     assert not torch.equal(expected, untouched)
+
+
+@pytest.mark.parametrize("ratio", ["1000000.0", "-0.5", '"half"', "true", "not json"])
+def test_an_identity_adapter_file_whose_ratio_training_would_not_write_is_one_error(ratio, tiny_backbones, tmp_path):
+    """The file's hidden_ratio sizes the adapters before its tensors are checked: 1e6 asked for gigabytes."""
+    from vidbooth.adapters.base import adapters_of
+    from vidbooth.errors import UserError
+
+    bb = tiny_backbones["unet3d"]
+    _attach_identity(bb)
+    tensors = identity.identity_state_dict(bb.unet)
+    identity.remove(bb.unet, identity.KIND)
+    save_tensors(tmp_path / "id.safetensors", tensors, {"method": "identity", "hidden_ratio": ratio})
+    with pytest.raises(UserError, match=r"id.safetensors: its metadata is damaged .*train the identity adapter again"):
+        identity.load_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), tmp_path / "id.safetensors")
+    assert not adapters_of(bb.unet, identity.KIND)

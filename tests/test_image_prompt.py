@@ -205,6 +205,31 @@ def test_an_image_prompt_model_with_a_damaged_spec_is_one_error(trained, tiny_ba
     assert not injections(tiny_backbones["unet3d"].unet)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_dim": 8_000_000}, r"does not fit its tensors \(mapper.net.0.weight\)"),
+    ({"num_tokens": 4}, r"does not fit its tensors \(mapper.net.2.weight\)"),
+    ({"hidden_dim": -5}, "damaged"), ({"hidden_dim": 2.5}, "damaged"), ({"hidden_dim": "256"}, "damaged"),
+    ({"hidden_dim": True}, "damaged"), ({"word": ""}, "damaged"), ({"encoder": None}, "damaged"),
+])
+def test_a_spec_is_checked_against_the_files_tensors_before_anything_is_built(change, message, trained,
+                                                                              tiny_backbones, tmp_path, monkeypatch):
+    """A crafted spec sized the mapper before its tensors were checked: hidden_dim 8e6 took 6.5 GB and 26 s to be
+    refused, 3e7 more memory than the machine has; a negative, fractional or text size was a traceback."""
+    from vidbooth.engine import image_prompt as engine
+
+    tensors, metadata = load_tensors(trained)
+    crafted = tmp_path / "crafted.safetensors"
+    save_file(tensors, str(crafted), metadata | {"spec": json.dumps(json.loads(metadata["spec"]) | change)})
+
+    def never(*args, **kwargs):
+        raise AssertionError("the mapper was built to the crafted spec's sizes")
+
+    monkeypatch.setattr(engine, "TokenMapper", never)
+    with pytest.raises(UserError, match=message):
+        load_image_prompt_model(tiny_backbones["unet3d"], crafted)
+    assert not injections(tiny_backbones["unet3d"].unet)
+
+
 def test_the_prompt_must_name_the_word(trained, tiny_backbones):
     bb = tiny_backbones["unet3d"]
     model = load_image_prompt_model(bb, trained)

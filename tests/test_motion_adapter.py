@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from vidbooth.adapters.motion import (
     motion_state_dict,
     set_appearance,
 )
+from vidbooth.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -173,3 +176,31 @@ def test_training_takes_one_random_frames_appearance_dropped_at_the_given_rate(t
     if p_image_zero < 1:
         counts = torch.bincount(chosen[chosen > 0].long(), minlength=5)[1:].float()
         assert (counts / counts.sum() - 0.25).abs().max() < 0.04  # each frame about as often
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"targets": "attn1"}, "targets 'attn1' is not a list of attn1, attn2, ff"),
+    ({"targets": ["norm1"]}, "is not a list of attn1, attn2, ff"),
+    ({"targets": []}, "is not a list"),
+    ({"hidden_ratio": "abc"}, r"hidden_ratio 'abc' is not a number in \(0, 4\]"),
+    ({"hidden_ratio": 1e6}, "is not a number in"), ({"hidden_ratio": -1}, "is not a number in"),
+    ({"cond_dim": -3}, "cond_dim '-3' is not a whole number from 1 to 16384"), ({"cond_dim": 10**9}, "from 1 to"),
+    ({"cond_dim": 7}, r"its adapter config \(cond_dim 7\) does not fit its tensors"),
+    ({"cond_dim": None}, r"\(cond_dim None\) does not fit its tensors"),
+])
+def test_a_damaged_or_crafted_spec_is_one_error_before_anything_is_built(change, message, tiny_backbones, tmp_path):
+    """A spec in a motion's file sized its adapters before the tensors were checked; a bad one was a traceback."""
+    from pathlib import Path
+
+    from vidbooth.engine.motion import motion_spec_of
+
+    bb = tiny_backbones["unet3d"]
+    spec = MotionAdapterSpec(ALL_SUBLAYERS, 0.5, COND_DIM)
+    inject_motion_adapter(bb.unet, bb.temporal_layers(), spec)
+    tensors = motion_state_dict(bb.unet)
+    remove(bb.unet, KIND)
+    assert motion_spec_of(Path("m.safetensors"), spec.to_json(), tensors) == spec
+    crafted = json.dumps(json.loads(spec.to_json()) | change)
+    with pytest.raises(UserError, match=message) as refused:
+        motion_spec_of(Path("m.safetensors"), crafted, tensors)
+    assert "m.safetensors" in str(refused.value) and "retrain the motion with --overwrite" in str(refused.value)

@@ -21,6 +21,25 @@ from vidbooth.errors import UserError
 from vidbooth.fileio import write_safetensors
 
 
+MAX_HIDDEN_RATIO = 4.0
+"""The widest bottleneck, as a fraction of its layer's width, that training makes (the recipes' checks) and a file's
+metadata may ask for: the modules are built from it before the file's tensors are checked against them."""
+
+
+def hidden_ratio_of(value: object) -> float:
+    """A bottleneck width ratio read from a file's metadata; a ValueError unless it is a number in (0, 4]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_HIDDEN_RATIO:
+        raise ValueError(f"hidden_ratio {str(value)[:40]!r} is not a number in (0, {MAX_HIDDEN_RATIO:g}]")
+    return float(value)
+
+
+def whole_number_of(key: str, value: object, maximum: int) -> int:
+    """A size read from a file's metadata; a ValueError unless it is a whole number from 1 to `maximum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ValueError(f"{key} {str(value)[:40]!r} is not a whole number from 1 to {maximum}")
+    return value
+
+
 class BottleneckAdapter(nn.Module):
     """delta(h) = GELU((h + broadcast(e W_cond)) W_down) W_up, scaled by `scale` at inference."""
 

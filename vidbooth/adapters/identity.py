@@ -22,6 +22,7 @@ from vidbooth.adapters.base import (
     BottleneckAdapter,
     adapter_state_dict,
     adapters_of,
+    hidden_ratio_of,
     inject,
     layer_width,
     load_adapter_state_dict,
@@ -108,7 +109,11 @@ def load_identity_adapter(
     held = {
         name: layer for name, layer in cross_attention_layers.items() if any(k.startswith(f"{name}.") for k in tensors)
     }  # none: a file for another model, which loading below reports
-    inject_identity_adapter(unet, held or cross_attention_layers, float(json.loads(metadata["hidden_ratio"])), kind)
+    try:
+        hidden_ratio = hidden_ratio_of(json.loads(metadata["hidden_ratio"]))
+    except ValueError as exc:  # not JSON, or not a ratio training makes: checked before the adapters are built
+        raise UserError(f"{path}: its metadata is damaged ({exc}): train the identity adapter again") from exc
+    inject_identity_adapter(unet, held or cross_attention_layers, hidden_ratio, kind)
     try:
         load_adapter_state_dict(unet, kind, tensors, str(path))
     except UserError:

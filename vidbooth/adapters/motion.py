@@ -24,14 +24,20 @@ from vidbooth.adapters.base import (
     BottleneckAdapter,
     adapter_state_dict,
     adapters_of,
+    hidden_ratio_of,
     inject,
     layer_width,
     load_adapter_state_dict,
     set_condition,
+    whole_number_of,
 )
 from vidbooth.errors import UserError
 
 KIND = "motion"
+SUBLAYERS = ("attn1", "attn2", "ff")
+"""The sublayers of a temporal transformer block a motion adapter may sit beside."""
+MAX_COND_DIM = 16384
+"""The widest appearance embedding a file may declare (CLIP image towers give 512-1280)."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,15 @@ class MotionAdapterSpec:
 
     @classmethod
     def from_json(cls, text: str) -> MotionAdapterSpec:
+        """The spec a file's metadata holds; a ValueError (or KeyError, TypeError) for one that training would not
+        have written, before any module is built from it."""
         data = json.loads(text)
-        return cls(targets=tuple(data["targets"]), hidden_ratio=float(data["hidden_ratio"]), cond_dim=data["cond_dim"])
+        targets, cond_dim = data["targets"], data["cond_dim"]
+        if not isinstance(targets, list) or not targets or not set(targets) <= set(SUBLAYERS):
+            raise ValueError(f"targets {str(targets)[:60]!r} is not a list of {', '.join(SUBLAYERS)}")
+        if cond_dim is not None:
+            whole_number_of("cond_dim", cond_dim, MAX_COND_DIM)
+        return cls(targets=tuple(targets), hidden_ratio=hidden_ratio_of(data["hidden_ratio"]), cond_dim=cond_dim)
 
 
 def motion_target_names(temporal_layers: dict[str, nn.Module], targets: tuple[str, ...]) -> list[str]:

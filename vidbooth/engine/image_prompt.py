@@ -73,8 +73,22 @@ class ImagePromptSpec:
     hidden_dim: int
     encoder: str
 
+    def __post_init__(self) -> None:
+        """A TypeError for a field training would not have written (from a damaged or crafted file's metadata)."""
+        sizes = {key: getattr(self, key) for key in ("num_tokens", "image_dim", "text_dim", "hidden_dim")}
+        if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in sizes.values()):
+            raise TypeError(f"sizes {sizes} are not all positive whole numbers")
+        if not (isinstance(self.word, str) and self.word and isinstance(self.encoder, str)):
+            raise TypeError(f"word {str(self.word)[:40]!r} or encoder {str(self.encoder)[:80]!r} is no text")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def mapper_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of the mapper's weights this spec builds (`TokenMapper`), by their names in the file."""
+        return {"mapper.net.0.weight": (self.hidden_dim, self.image_dim),
+                "mapper.net.2.weight": (self.num_tokens * self.text_dim, self.hidden_dim),
+                "mapper.norm.weight": (self.text_dim,)}
 
 
 class ImagePromptModel:
@@ -233,6 +247,10 @@ def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePrompt
     except (TypeError, ValueError) as exc:  # not JSON, not an object, or keys of another version
         raise UserError(f"{path}: its 'spec' metadata is damaged or from another vidbooth version ({exc}): train it "
                         "again with `vidbooth train-image-prompt`") from exc
+    for key, shape in spec.mapper_shapes().items():  # before anything is built to the spec's sizes
+        if key not in tensors or tuple(tensors[key].shape) != shape:
+            raise UserError(f"{path}: its 'spec' metadata does not fit its tensors ({key}): train it again with "
+                            "`vidbooth train-image-prompt`")
     encoder = load_appearance_encoder(spec.encoder or None, backbone, setting=None)  # the model's own
     if encoder.dim != spec.image_dim:
         raise UserError(f"image-prompt model {path} reads {spec.image_dim}-wide image embeddings; {encoder.name} "

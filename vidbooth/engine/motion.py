@@ -426,6 +426,21 @@ def read_motion_manifest(name: str) -> dict:
     return read_manifest(artifact_dir("motion", name)) | {"path": str(artifact_dir("motion", name))}
 
 
+def motion_spec_of(file: Path, text: str, tensors: dict[str, torch.Tensor]) -> MotionAdapterSpec:
+    """The motion adapter's spec in `file`'s metadata, checked (and its appearance width against the file's own
+    tensors) before any module is built from it: a UserError for one training would not have written."""
+    try:
+        spec = MotionAdapterSpec.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{file}: its adapter config in the metadata is damaged ({exc}): retrain the motion with "
+                        "--overwrite") from exc
+    held = {tuple(t.shape[1:]) for key, t in tensors.items() if key.endswith(".cond.weight")}
+    if held != ({(spec.cond_dim,)} if spec.cond_dim else set()):
+        raise UserError(f"{file}: its adapter config (cond_dim {spec.cond_dim}) does not fit its tensors: retrain "
+                        "the motion with --overwrite")
+    return spec
+
+
 def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
     """Put motion adapter `name` on `backbone` at strength `scale`, in the backbone's dtype, appearance condition
     dropped (see `vidbooth.engine.compose`). Returns its manifest.
@@ -442,7 +457,8 @@ def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
     tensors, metadata = load_tensors(file)
     if "spec" not in metadata:
         raise UserError(f"{file} lacks its adapter config in the metadata: retrain the motion with --overwrite")
-    inject_motion_adapter(backbone.unet, backbone.temporal_layers(), MotionAdapterSpec.from_json(metadata["spec"]))
+    spec = motion_spec_of(file, metadata["spec"], tensors)
+    inject_motion_adapter(backbone.unet, backbone.temporal_layers(), spec)
     try:
         load_motion_state_dict(backbone.unet, tensors, str(file))
     except UserError:
