@@ -31,6 +31,22 @@ def test_table_and_progress_show_names_as_they_are_not_as_markup(capsys, monkeyp
     assert "motion [/]M" in captured.err
 
 
+def test_what_files_hold_is_shown_without_its_control_characters(capsys, monkeypatch):
+    """A shared adapter's metadata or a manifest holding a terminal's escape sequences (retitle it, clear it) was
+    printed as it was, in errors and in `vidbooth list`: each control character shows as \\xNN instead."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    crafted = "nano\x1b]0;pwned\x07\x1b[2J\x9b31m\x00"
+    shown = "nano\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x00"
+    reporting.error(f"trained on another base ({crafted})")
+    reporting.warn(crafted)
+    reporting.info(crafted)
+    reporting.table(crafted, ["class noun"], [(crafted,)], to_stdout=True)
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: trained on another base ({shown})", f"warning: {shown}", shown]
+    assert captured.out.count(shown) == 2
+    assert not any(ch in captured.out + captured.err for ch in "\x1b\x07\x9b\x00")
+
+
 def test_under_a_launcher_only_the_first_process_speaks_but_every_one_shows_its_error(capsys, monkeypatch):
     """`accelerate launch --num_processes 2`: each process reads the same clips, and each had shown their warnings."""
     monkeypatch.setenv("VIDBOOTH_QUIET", "1")  # quiet silences info lines, never warnings

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 
@@ -101,22 +102,32 @@ TOKENIZER_NOISE = "Ignored unknown kwarg option"
 ModelScope."""
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters (a terminal's escape sequences among them; tab and line break stay) shown
+    as \\xNN: what is printed of file names and of what files hold (a shared adapter's metadata, a manifest) cannot
+    retitle, clear or recolour the user's terminal."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 def info(message: str) -> None:
     if not _quiet():
-        console.print(escape(message), soft_wrap=True)  # one line each: a terminal wraps it, a log keeps it whole
+        console.print(escape(printable(message)), soft_wrap=True)  # one line: a terminal wraps it, a log keeps it
 
 
 def warn(message: str) -> None:
     """A warning, shown even when quiet, but once under a multi-process launcher."""
     if not _other_process():
-        console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/yellow] {escape(printable(message))}", soft_wrap=True)
 
 
 def error(message: str) -> None:
     """An error, on every process under a launcher (one may fail alone: a file missing on one machine), each but the
     first's naming its process."""
     where = f" (process {_rank()})" if _other_process() else ""
-    console.print(f"[red]error{where}:[/red] {escape(message)}", soft_wrap=True)
+    console.print(f"[red]error{where}:[/red] {escape(printable(message))}", soft_wrap=True)
 
 
 def stopped(message: str) -> None:
@@ -132,11 +143,11 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], 
     only, as `info` is."""
     if _other_process():
         return
-    t = Table(title=Text(title))
+    t = Table(title=Text(printable(title)))
     for c in columns:
         t.add_column(Text(c))
     for r in rows:
-        t.add_row(*[Text(f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r])
+        t.add_row(*[Text(f"{v:.4f}" if isinstance(v, float) else printable(str(v))) for v in r])
     target = stdout_console if to_stdout else console
     if not target.is_terminal:  # rich would wrap at 80 columns; a console as wide as the table does not
         natural = target.measure(t, options=target.options.update_width(10_000)).maximum
