@@ -416,6 +416,18 @@ def test_large_videos_are_scored_from_frames_shrunk_while_decoding(tmp_path, mon
                                                   read_video(clip, max_short_side=512)))  # as when held whole
 
 
+def test_a_video_longer_than_generate_makes_is_refused_without_being_held_whole(tmp_path, capsys):
+    """A 1 KB GIF holding its second frame for 30 s reads as 1,501 frames at its 50 fps (an hour's hold, as 180,000:
+    240 GiB at 512x512); evaluate holds and embeds every frame, so it stops reading past 1,024 and says so."""
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ("red", "blue")]
+    gif = tmp_path / "held.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=[20, 30_000], loop=0)
+    assert run(gif, "--metrics", "nano_t_cons", "--clip-model", "nano") == 2
+    errors = error_lines(capsys.readouterr())
+    assert errors == [f"error: {gif} is longer than 1024 frames, the most vidbooth generates: evaluate a part of it "
+                      "(ffmpeg -i IN -frames:v 1024 OUT.mp4)"]
+
+
 def test_file_names_with_brackets_are_scored_shown_and_written(media, tmp_path, capsys):
     """Rich had read 'x[/].mp4' as markup: a traceback after scoring, and no JSON."""
     import shutil

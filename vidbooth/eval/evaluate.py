@@ -35,6 +35,7 @@ from vidbooth.eval.jobs import EvalJob, generated_base, jobs_from_manifest, jobs
 from vidbooth.eval.metrics import clip_t, reference_similarity, temporal_consistency
 from vidbooth.eval.motion import METHOD, NO_MOTION, motion_signature, signature_similarity
 from vidbooth.eval.references import (
+    MAX_VIDEO_FRAMES,
     VIDEO_SHORT_SIDE,
     motion_clip_paths,
     motion_clip_signature,
@@ -338,7 +339,10 @@ class _Scorer:
               notes: dict[str, str] | None = None) -> dict[str, float | None]:
         """The job's `metrics`; `colour` is the probe's truth where the prompt names none (`reference_colour`).
         Why some have no value is put in `notes` (a video of one frame has no change between frames)."""
-        frames = read_video(job.video, max_short_side=VIDEO_SHORT_SIDE)
+        frames = read_video(job.video, max_frames=MAX_VIDEO_FRAMES + 1, max_short_side=VIDEO_SHORT_SIDE)
+        if len(frames) > MAX_VIDEO_FRAMES:
+            raise UserError(f"{job.video} is longer than {MAX_VIDEO_FRAMES} frames, the most vidbooth generates: "
+                            f"evaluate a part of it (ffmpeg -i IN -frames:v {MAX_VIDEO_FRAMES} OUT.mp4)")
         values: dict[str, float | None] = dict.fromkeys(metrics)
         if self.clip is not None and set(metrics) & set(IMAGE_TOWER_METRICS) - {"nano_t"}:
             frame_embeds = self.clip.image_embeds(frames)

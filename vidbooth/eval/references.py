@@ -12,6 +12,9 @@ from vidbooth.data.video import VIDEO_EXTENSIONS, video_frames
 from vidbooth.errors import UserError
 from vidbooth.reporting import warn
 
+MAX_VIDEO_FRAMES = 1024
+"""The longest video scored: as many frames as `generate` makes at most. Every frame is held and embedded, so a
+longer one (a film, or a small GIF holding one frame for hours) would fill the memory."""
 VIDEO_SHORT_SIDE = 512
 """Videos are scored with their frames shrunk while decoding to at most this shorter side: the image towers see
 224-448 px and motion fidelity 128 px, and a long phone clip at full size would fill the memory. Generated videos
