@@ -101,3 +101,23 @@ def test_a_file_with_a_tensor_beyond_the_adapters_is_refused_whole():
     assert all(value.abs().sum() == 0 for key, value in adapter_state_dict(model, "a").items() if "up" in key)
     load_adapter_state_dict(model, "a", state, "f.safetensors")
     assert all(torch.equal(value, torch.ones_like(value)) for value in adapter_state_dict(model, "a").values())
+
+
+def test_tensors_no_training_writes_are_refused_before_any_is_loaded():
+    """int8 or bool tensors had been cast silently, and NaN ones blamed later on the guidance scale."""
+    import pytest
+
+    from vidbooth.adapters.base import adapter_state_dict, load_adapter_state_dict
+    from vidbooth.errors import UserError
+
+    model = _model()
+    inject(model, ["0"], "a", lambda name, m: BottleneckAdapter(layer_width(m), 4))
+    good = {key: torch.ones_like(value) for key, value in adapter_state_dict(model, "a").items()}
+    last = sorted(good)[-1]
+    for bad, message in ((good[last].to(torch.int8), "holds int8 values, not floating-point ones"),
+                         (good[last].bool(), "holds bool values"),
+                         (good[last] * float("nan"), "holds NaN or infinite values"),
+                         (good[last] * float("inf"), "holds NaN or infinite values")):
+        with pytest.raises(UserError, match=f"f.safetensors: tensor {last} {message}"):
+            load_adapter_state_dict(model, "a", good | {last: bad}, "f.safetensors")
+        assert all(value.abs().sum() == 0 for key, value in adapter_state_dict(model, "a").items() if "up" in key)

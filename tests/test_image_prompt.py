@@ -230,6 +230,16 @@ def test_a_spec_is_checked_against_the_files_tensors_before_anything_is_built(ch
     assert not injections(tiny_backbones["unet3d"].unet)
 
 
+def test_a_mapper_of_whole_numbers_or_nan_is_refused(trained, tiny_backbones, tmp_path):
+    tensors, metadata = load_tensors(trained)
+    for cast, message in ((lambda t: t.to(torch.int8), "holds int8 values"), (lambda t: t * float("nan"), "holds NaN")):
+        crafted = tmp_path / "crafted.safetensors"
+        save_file(tensors | {"mapper.norm.weight": cast(tensors["mapper.norm.weight"])}, str(crafted), metadata)
+        with pytest.raises(UserError, match=f"tensor mapper.norm.weight {message}"):
+            load_image_prompt_model(tiny_backbones["unet3d"], crafted)
+        assert not injections(tiny_backbones["unet3d"].unet)
+
+
 def test_the_prompt_must_name_the_word(trained, tiny_backbones):
     bb = tiny_backbones["unet3d"]
     model = load_image_prompt_model(bb, trained)

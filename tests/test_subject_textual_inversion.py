@@ -246,3 +246,13 @@ def test_prior_preservation_weighs_the_class_images_term_and_keeps_the_halves_ap
     assert loss.item() == pytest.approx((1 + 2) / 2 + 0.5 * (5 + 7) / 2)
     assert (seen["latents"][:2] == 7).all() and (seen["latents"][2:] == -3).all()
     assert (seen["text"][:2] == 1).all() and (seen["text"][2:] == -1).all()
+
+
+def test_learned_embeddings_that_no_training_writes_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    for rows, message in ((torch.full((1, 32), float("nan")), "holds NaN or infinite values"),
+                          (torch.ones(1, 32, dtype=torch.int64), "holds int64 values, not floating-point ones")):
+        save_file({"S*": rows}, str(tmp_path / "learned.safetensors"))
+        with pytest.raises(UserError, match=f"learned.safetensors: tensor S\\* {message}"):
+            ti.read_learned_embeddings(tmp_path / "learned.safetensors")

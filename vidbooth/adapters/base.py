@@ -228,12 +228,26 @@ def load_adapter_state_dict(model: nn.Module, kind: str, state: dict[str, torch.
             f"adapter file {source} does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected "
             f"tensors, e.g. {(missing or unexpected)[0]}): it was trained on a different base model"
         )
+    for key, (adapter, param_key) in expected.items():  # all checked before any is loaded
+        target = adapter.get_parameter(param_key)
+        if target.shape != state[key].shape:
+            raise UserError(f"adapter file {source}: tensor {key} has shape {tuple(state[key].shape)}, expected "
+                            f"{tuple(target.shape)}")
+        check_values(source, key, state[key])
     with torch.no_grad():
         for key, (adapter, param_key) in expected.items():
-            target = adapter.get_parameter(param_key)
-            if target.shape != state[key].shape:
-                raise UserError(f"adapter file {source}: tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}")
-            target.copy_(state[key])
+            adapter.get_parameter(param_key).copy_(state[key])
+
+
+def check_values(source: object, key: str, tensor: torch.Tensor) -> None:
+    """A UserError for a tensor no training writes: whole numbers or booleans (which loading would cast silently),
+    or NaN or infinite values (which would turn every video into noise, blamed on the sampling settings)."""
+    if not tensor.is_floating_point():
+        raise UserError(f"{source}: tensor {key} holds {str(tensor.dtype).removeprefix('torch.')} values, not "
+                        "floating-point ones: it was not made by vidbooth")
+    if not torch.isfinite(tensor).all():
+        raise UserError(f"{source}: tensor {key} holds NaN or infinite values (damaged, or saved from a training "
+                        "that diverged): train it again")
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vidbooth import reporting
-from vidbooth.adapters.base import load_tensors, save_tensors
+from vidbooth.adapters.base import check_values, load_tensors, save_tensors
 from vidbooth.errors import UserError
 
 EMBEDDINGS_FILE = "learned_embeds.safetensors"
@@ -157,6 +157,7 @@ def read_learned_embeddings(path: Path) -> tuple[str, torch.Tensor]:
     if len(tensors) != 1:
         raise UserError(f"{path} holds {len(tensors)} tensors, expected one {{token: embedding}}: retrain the subject")
     token, rows = next(iter(tensors.items()))
+    check_values(path, token, rows)
     return token, rows if rows.ndim == 2 else rows.unsqueeze(0)
 
 

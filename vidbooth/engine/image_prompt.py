@@ -27,6 +27,7 @@ import torch
 
 from vidbooth.adapters.base import (
     adapter_state_dict,
+    check_values,
     load_adapter_state_dict,
     load_metadata,
     load_tensors,
@@ -121,6 +122,8 @@ class ImagePromptModel:
         if wrong:
             raise UserError(f"image-prompt model {source} does not fit this base (mapper tensor {wrong[0]}): it was "
                             "trained on another base model")
+        for key, tensor in mapper.items():
+            check_values(source, f"mapper.{key}", tensor)
         injected = {k.removeprefix("inject."): v for k, v in tensors.items() if not k.startswith("mapper.")}
         load_adapter_state_dict(self.backbone.unet, KIND, injected, source)  # checks names and shapes too
         self.mapper.load_state_dict(mapper)
