@@ -9,7 +9,8 @@ Policies (each one tested in tests/test_data_images.py):
   model blur). Photos larger than `MAX_PHOTO_PIXELS` are refused as likely decompression bombs. In between, photos
   are shrunk on load so that their shorter side is at most `WORKING_SHORT_SIDE`; JPEGs are decoded at 1/2, 1/4 or
   1/8 scale directly (`Image.draft`), so a 96-megapixel JPEG costs tens of megabytes, not gigabytes. Other formats
-  are decoded in full first (up to about 4 bytes per pixel).
+  are decoded in full first: about 4 bytes per pixel for 8-bit RGBA, and at the peak of a 16-bit RGBA PNG's
+  conversion about 13 (3.3 GB for one of 249 megapixels, just under the limit).
 - Broken files: a file with a photo extension that is empty, truncated, corrupt or not an image raises a
   `UserError` naming the file. Files with other extensions and hidden files are skipped when reading a folder.
 
