@@ -169,6 +169,8 @@ _BAD_SETTINGS = [
     ["textual-inversion", "photos", "--name", "S*", "--class-noun", "dog", "--set", "bogus=1"],
     ["identity-adapter", "photos", "--name", "S*", "--set", "bogus=1"],
     ["train-motion", "clip.mp4", "--name", "M", "--set", "bogus=1"],
+    ["train-subject", "no-such-photos", "--name", "S*", "--class-noun", "dog"],
+    ["train-motion", "no-such-clip.mp4", "--name", "M"],
     ["train-image-prompt", "--set", "bogus=1"],
     ["evaluate", "out.mp4", "--set", "bogus=1"],
     ["demo", "--set", "bogus=1"],

@@ -102,6 +102,11 @@ def train_motion(
     _check_fps_or_stride(cfg, recipe, sets, overrides)
     _check_appearance_settings(cfg, sets, {"--image-encoder": image_encoder, "--p-image-zero": p_image_zero})
     options.warn_of_idle_sets(cfg, sets)
+    from vidbooth.data.clips import check_clip_exists
+
+    cfg.check()  # what training needs, then a clip that is not there: told before torch is imported (seconds)
+    for clip in cfg.clips:
+        check_clip_exists(clip)
     from vidbooth.engine.motion import train_motion as run_train_motion  # after the cheap checks: it loads torch
 
     result = run_train_motion(cfg)

@@ -156,6 +156,16 @@ def _check_stage_sets(stages, sets: list[str] | None, command: str | None = None
             warn(f"--set {item.strip()} has no effect: it acts on the {stage} stage, which this run leaves out")
 
 
+def _check_photos(cfg, stages: tuple[str, ...]) -> None:
+    """Given photos: what the stages need (cfg.check) and a photo path that is not there are told now, before the
+    engine and torch are imported (seconds). (None given: identity-adapter takes the subject's own, found there.)"""
+    from vidbooth.data.images import check_photos_exist
+
+    if cfg.photos:
+        cfg.check(stages)
+        check_photos_exist(cfg.photos)
+
+
 def _load(recipe, sets, overrides, flags: dict[str, str]):
     from vidbooth.config import load_config
     from vidbooth.config.load import recipe_or_default
@@ -203,6 +213,7 @@ def textual_inversion(
     _check_stage_sets(["textual_inversion"], sets, "textual-inversion")
     cfg = _load(recipe, sets, overrides, flags)
     options.warn_of_idle_sets(cfg, sets)
+    _check_photos(cfg, ("textual_inversion",))
     from vidbooth.engine.subject import train_textual_inversion  # after the cheap checks: it loads torch
 
     train_textual_inversion(cfg)
@@ -252,6 +263,7 @@ def identity_adapter(
     cfg = _load(recipe, sets, overrides, flags)
     _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
+    _check_photos(cfg, ("identity",))
     from vidbooth.engine.subject import train_identity_adapter  # after the cheap checks: it loads torch
 
     train_identity_adapter(cfg)
@@ -316,6 +328,7 @@ def train_subject(
     _check_stage_sets(cfg.stages, sets)
     _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
+    _check_photos(cfg, tuple(cfg.stages))
     from vidbooth.engine.subject import train_subject as run_train_subject  # after the cheap checks: torch
 
     run_train_subject(cfg)

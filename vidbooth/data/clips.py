@@ -43,6 +43,14 @@ DEFAULT_FOLDER_FPS = 8.0
 DEFAULT_SAMPLE_FPS = 8.0
 
 
+def check_clip_exists(source: str | Path) -> Path:
+    """The clip's path (~ expanded); a UserError when nothing is there, told before a model (and torch) loads."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError(f"clip not found: {path}")
+    return path
+
+
 def load_clip(
     path: str | Path,
     max_frames: int | None = None,

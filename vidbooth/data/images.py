@@ -215,9 +215,20 @@ def _resize_box(img: Image.Image, width: int, height: int, box: tuple[float, ...
     return np.asarray(resized)
 
 
-def _photo_files(path: Path) -> list[Path]:
+def check_photos_exist(paths: Sequence[str | Path]) -> None:
+    """The error `load_photos` would give for the first of `paths` that is not there, told before a model (and
+    torch, seconds of imports) loads."""
+    for path in paths:
+        _check_exists(Path(path))
+
+
+def _check_exists(path: Path) -> None:
     if not path.exists():
         raise UserError(f"photo path not found: {path}: check the spelling, or quote paths that contain spaces")
+
+
+def _photo_files(path: Path) -> list[Path]:
+    _check_exists(path)
     if path.is_file():
         _refuse_camera_file(path)
         if path.suffix.lower() not in IMAGE_EXTENSIONS:

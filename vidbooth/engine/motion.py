@@ -34,7 +34,8 @@ from vidbooth.adapters.motion import (
     set_appearance,
 )
 from vidbooth.config.motion import MotionConfig
-from vidbooth.data.clips import clip_to_tensor, load_clip_for_sampling, prepare_clip, sample_frames
+from vidbooth.data.clips import (check_clip_exists, clip_to_tensor, load_clip_for_sampling, prepare_clip,
+                                 sample_frames)
 from vidbooth.data.images import hash_file, is_image_file, natural_sort_key
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, denoising_loss, training_scheduler
@@ -119,9 +120,7 @@ def read_training_clips(cfg: MotionConfig) -> list[TrainingClip]:
     target_fps = None if data.stride else data.fps
     clips = []
     for index, source in enumerate(cfg.clips):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise UserError(f"clip not found: {path}")
+        path = check_clip_exists(source)
         named = len(cfg.clips) > 1  # which clip a warning or refusal is about
         with _naming_clip(path) if named else contextlib.nullcontext():
             frames, fps = load_clip_for_sampling(path, data.num_frames, target_fps, data.stride)
