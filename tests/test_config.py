@@ -21,6 +21,13 @@ def test_precedence_defaults_recipe_set_flags(recipe):
     assert (cfg.sampling.guidance_scale, cfg.sampling.num_frames, cfg.sampling.scheduler) == (6.0, 16, "dpm++")
     cfg = load_config(GenerateConfig, recipe, ["sampling.num_frames=16"], {"sampling.num_frames": 4, "sampling.height": None})
     assert cfg.sampling.num_frames == 4 and cfg.sampling.height is None
+    assert load_config(GenerateConfig, sets=["sampling.num_frames=4", "sampling.num_frames=6"]).sampling.num_frames == 6
+
+
+def test_the_last_set_of_a_key_is_the_one_named():
+    from vidbooth.config.load import given_by
+
+    assert given_by("data.fps", None, ["data.fps=4", "data.fps=6"], {}) == ("set", "--set data.fps=6")
 
 
 def test_named_recipes_resolve():

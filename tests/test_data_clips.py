@@ -292,3 +292,18 @@ def test_a_numbered_frame_folder_with_an_unnumbered_image_is_refused(tmp_path):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "cover.jpg")
     with pytest.raises(UserError, match=r"without a number \(cover\.jpg\).*remove them or number them"):
         load_clip(folder)
+
+
+def test_a_clip_one_frame_short_of_its_stride_is_spread_evenly_with_a_warning():
+    """21 frames at 24 fps aim at a stride of 3 for 8 frames, which needs 22: the 8 are spread evenly instead."""
+    warnings = []
+    picked = clips.sample_frames(np.arange(21), 24.0, 8, warn=warnings.append)
+    assert picked.tolist() == [0, 3, 6, 9, 11, 14, 17, 20] and len(warnings) == 1
+
+
+def test_a_frame_folder_is_numbered_by_the_last_number_in_each_name(tmp_path):
+    """'take2_f10.png' is frame 10 of take 2, as the docstring's 'shot2_frame_0007' is frame 7 of shot 2."""
+    for number, grey in ((1, 0), (2, 100), (10, 200)):
+        Image.fromarray(np.full((64, 64, 3), grey, np.uint8)).save(tmp_path / f"take2_f{number}.png")
+    frames, fps = clips.load_clip(tmp_path)
+    assert frames[:, 0, 0, 0].tolist() == [0, 100, 200] and fps == 8.0

@@ -370,3 +370,31 @@ def test_an_avif_photo_whose_first_brand_is_mif1_is_no_heic():
     assert _is_heic(ftyp(b"heic", b"mif1", b"heic")) and _is_heic(ftyp(b"mif1", b"heic"))
     assert not _is_heic(ftyp(b"mif1", b"avif", b"miaf")) and not _is_heic(ftyp(b"avif", b"mif1"))
     assert not _is_heic(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_portrait_photo_is_cropped_to_its_middle_rows():
+    """Red, green and blue bands of 64 rows each: the square kept is the green middle one."""
+    pixels = np.zeros((192, 64, 3), np.uint8)
+    pixels[:64], pixels[64:128], pixels[128:] = [255, 0, 0], [0, 255, 0], [0, 0, 255]
+    out = prepare_photo(Image.fromarray(pixels), 64)
+    assert (out.reshape(-1, 3) == [0, 255, 0]).all()
+
+
+def test_16_bit_grey_is_scaled_to_8_bits_whatever_its_brightest_value():
+    """65535 is white and 51400 is 200: each value is divided by 257; a dark 16-bit photo stays dark."""
+    from vidbooth.data.images import to_rgb
+
+    row = Image.fromarray(np.array([[0, 200, 51400, 65535] * 16] * 64, dtype=np.uint16))
+    assert np.asarray(to_rgb(row))[0, :4, 0].tolist() == [0, 1, 200, 255]
+    dark = Image.fromarray(np.full((64, 64), 200, np.uint16))
+    assert dark.mode.startswith("I;16") and np.asarray(to_rgb(dark))[0, 0].tolist() == [1, 1, 1]
+
+
+def test_scale_jitter_places_its_window_by_its_own_draws(monkeypatch):
+    """Draws (no flip, zoom 0.5, x 0, y 1) take the bottom-left quarter: the blue quadrant."""
+    pixels = np.zeros((128, 128, 3), np.uint8)
+    pixels[:64, :64], pixels[:64, 64:], pixels[64:, :64], pixels[64:, 64:] = [255, 0, 0], [0, 255, 0], [0, 0, 255], [
+        255, 255, 0]
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.tensor([0.9, 1.0, 0.0, 1.0]))
+    out = augment_photo(Image.fromarray(pixels), 32, flip=True, scale_jitter=0.5)
+    assert np.abs(out.astype(int) - [0, 0, 255]).max() <= 30  # blue throughout, but for Lanczos ringing at an edge

@@ -210,3 +210,24 @@ def test_a_photo_named_as_a_video_is_said_to_be_one(tmp_path):
     path = make_bad_clip("png_named_mp4", tmp_path)
     with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is a PNG image named \.mp4, not a video: give a "):
         read_video(path)
+
+
+def test_an_odd_height_is_padded_to_even_for_mp4(tmp_path):
+    """H.264 takes even sizes only: 65 rows are padded to 66 (the width, already even, stays)."""
+    path = write_video(np.full((2, 65, 64, 3), 100, np.uint8), tmp_path / "odd.mp4")
+    assert read_video(path).shape == (2, 66, 64, 3)
+
+
+def test_a_short_clip_may_decode_two_frames_fewer_than_its_header_says(tmp_path, monkeypatch):
+    """Headers round their frame counts: two frames short is accepted, three is a file that ends early."""
+    import vidbooth.data.video as video
+
+    frames = np.zeros((8, 64, 64, 3), np.uint8)
+    for i in range(8):
+        frames[i, :, i * 4 : i * 4 + 8] = [255, 0, 0]
+    path = write_video(frames, tmp_path / "clip.gif")
+    monkeypatch.setattr(video, "video_frame_count", lambda path: 10)
+    assert read_video(path).shape == (8, 64, 64, 3)
+    monkeypatch.setattr(video, "video_frame_count", lambda path: 11)
+    with pytest.raises(UserError, match="ends early"):
+        read_video(path)

@@ -251,3 +251,36 @@ def test_a_still_video_has_an_all_zero_signature_and_zero_fidelity():
     assert motion_fidelity(still, moving_square(size=48)) == 0.0
     with pytest.raises(ValueError, match="at least 2 frames"):
         motion_signature(still[:1])
+
+
+def test_the_motion_signatures_flow_is_read_at_128_px_on_the_shorter_side():
+    from vidbooth.eval.motion import _to_work_gray
+
+    assert _to_work_gray(np.zeros((240, 320, 3), np.uint8)).shape == (128, 171)
+    assert _to_work_gray(np.zeros((64, 32, 3), np.uint8)).shape == (256, 128)
+
+
+def test_a_direction_between_two_bins_is_shared_between_them_by_closeness():
+    from vidbooth.eval.motion import _direction_histogram
+
+    halfway, quarter = np.pi / 8, np.pi / 16  # bins are 45 degrees apart, bin 0 at 0 (right)
+    np.testing.assert_allclose(_direction_histogram(np.array([[np.cos(halfway), np.sin(halfway)]])),
+                               [0.5, 0.5, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(_direction_histogram(np.array([[2 * np.cos(quarter), 2 * np.sin(quarter)]])),
+                               [1.5, 0.5, 0, 0, 0, 0, 0, 0])
+
+
+def test_flow_counts_from_half_a_pixel_and_its_turn_is_told_by_its_column():
+    """Flow of 0.4 px is still (MIN_FLOW 0.5); 0.75 px to the right fills the right bin by its total. A turn that is
+    counter-clockwise on screen (y points down) is the third of [expansion, contraction, ccw, cw]."""
+    from vidbooth.eval.motion import _rotation_and_zoom, _step_features
+
+    for dx, right_bin in ((0.4, 0.0), (0.75, 0.75 * 32 * 32)):
+        flow = np.zeros((32, 32, 2), np.float32)
+        flow[..., 0] = dx
+        features = _step_features(flow)
+        assert features[0] == pytest.approx(right_bin) and features[1:8].sum() == 0
+    ys, xs = np.mgrid[0:9, 0:9].reshape(2, -1)
+    counter_clockwise = np.stack([ys - 4, -(xs - 4)], axis=-1).astype(float)  # at the right (x>4) it moves up
+    parts = _rotation_and_zoom(counter_clockwise, xs, ys)
+    assert parts[2] > 270 and parts[[0, 1, 3]].max() < 1e-9

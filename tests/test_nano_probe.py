@@ -105,3 +105,14 @@ def test_bad_inputs_are_user_errors():
         probe_video(np.zeros((2, 64, 64, 3), np.float32))
     with pytest.raises(UserError, match="one truth per video.*got 1 videos, 0 truths"):
         probe_accuracy([np.zeros((2, 32, 32, 3), np.uint8)], [])
+
+
+def test_the_probe_follows_the_largest_coloured_blob_not_a_speck():
+    """A red 12x12 square moving right, and a fixed red 2x2 speck in a corner: the square is the sprite."""
+    frames = np.full((4, 64, 64, 3), 128, np.uint8)
+    for i in range(4):
+        frames[i, 20:32, 10 + 4 * i : 22 + 4 * i] = [220, 40, 40]
+    frames[:, 2:4, 60:62] = [220, 40, 40]
+    result = probe_video(frames)
+    assert result.motion == "right"
+    np.testing.assert_allclose(result.centroids, [[15.5, 25.5], [19.5, 25.5], [23.5, 25.5], [27.5, 25.5]])

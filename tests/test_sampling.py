@@ -36,6 +36,15 @@ def test_matches_diffusers_text_to_video_pipeline(tiny_base_dirs, tiny_backbones
     assert np.abs(ours - expected).max() < 1e-4
 
 
+def test_ddim_eta_adds_noise_drawn_from_the_generator(tiny_backbones):
+    """sampling.eta reaches DDIM: eta 1 adds noise at each step (drawn from the seeded generator, so it repeats),
+    eta 0 adds none. (Not compared with diffusers' pipeline, which draws that noise for frames laid out as images.)"""
+    run = lambda eta: sample_video(tiny_backbones["unet3d"], "a cat", num_frames=3, num_inference_steps=3,
+                                   guidance_scale=5.0, eta=eta, generator=torch.Generator().manual_seed(0),
+                                   output_type="np")
+    assert np.array_equal(run(1.0), run(1.0)) and np.abs(run(1.0) - run(0.0)).max() > 0.05
+
+
 def test_seed_determinism_and_guidance_effect(tiny_backbones):
     bb = tiny_backbones["unet3d"]
     run = lambda seed, gs: sample_video(bb, "a cat", num_frames=3, num_inference_steps=3, guidance_scale=gs,

@@ -560,6 +560,26 @@ def test_photos_can_be_given_as_files_and_folders_each_photo_once(tmp_path, isol
     assert saved["photos"] == [str(path) for path in given]
 
 
+def test_class_images_of_another_prompt_size_seed_or_sampling_are_cached_apart(tmp_path, monkeypatch):
+    """Each setting class images depend on is in their cache folder's key: one left out would reuse images of
+    another class or size."""
+    from dataclasses import replace
+
+    from vidbooth.config.subject import PriorConfig
+    from vidbooth.engine.prior import class_image_folder
+
+    monkeypatch.setenv("VIDBOOTH_CACHE", str(tmp_path))
+    prior = PriorConfig()
+    folder = class_image_folder("fp", "a photo of a dog", 64, prior, 0)
+    others = [class_image_folder("fp", "a photo of a cat", 64, prior, 0), class_image_folder("fp", "a photo of a dog",
+              128, prior, 0), class_image_folder("fp", "a photo of a dog", 64, prior, 1),
+              class_image_folder("fp", "a photo of a dog", 64, replace(prior, num_inference_steps=7), 0),
+              class_image_folder("fp", "a photo of a dog", 64, replace(prior, guidance_scale=3.5), 0),
+              class_image_folder("other", "a photo of a dog", 64, prior, 0)]
+    assert folder == class_image_folder("fp", "a photo of a dog", 64, PriorConfig(), 0)
+    assert len({folder, *others}) == 7
+
+
 def test_a_class_image_depends_on_its_index_and_seed_not_on_its_batch(tiny_backbones, tmp_path, monkeypatch):
     """Three class images made in one batch equal those made one, then two at a time (the cache held one), and an
     image lost from the cache is made again the same; another seed is another cache folder with other images."""

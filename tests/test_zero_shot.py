@@ -19,6 +19,7 @@ from vidbooth.engine.backbone import load_backbone
 from vidbooth.engine.sampling import sample_video
 from vidbooth.engine.tiny import diffusers_zero_shot_module
 from vidbooth.engine.zero_shot import renoise, translate_frames, warp_steps
+from vidbooth.errors import UserError
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -57,6 +58,7 @@ def test_positive_strengths_move_the_scene_left_and_up_by_that_many_pixels_per_f
 def test_warp_steps_follow_diffusers_t0_and_t1_and_stay_in_order():
     assert warp_steps(50, 0.88, 0.94) == (2, 5)  # diffusers: timesteps[-47 - 1] and [-44 - 1]
     assert warp_steps(10, 0.88, 0.94) == (0, 1)
+    assert warp_steps(20, 0.88, 0.94) == (0, 1)  # 20 x 0.88 = 17.6 rounds to 18 (cut to 17, i0 would be 2)
     assert warp_steps(2, 0.88, 0.94) == (0, 1)
     assert warp_steps(1, 0.88, 0.94) == (0, 1)  # the one step: the first frame denoised whole
     for steps in range(2, 120):
@@ -266,3 +268,11 @@ def test_a_subject_learned_on_an_image_model_is_animated_zero_shot(tiny_base_dir
     assert main(["generate", "--base", base, "--subject", "S*", "--prompt", "a S* dog running", "--out", str(out),
                  "--frames", "3", "--steps", "3", "--device", "cpu"]) == 0
     assert read_video(out).shape == (3, 32, 32, 3)
+
+
+def test_a_motion_field_of_a_whole_frame_is_refused_and_one_pixel_less_is_not():
+    from vidbooth.engine.zero_shot import check_strengths
+
+    check_strengths(ZeroShotConfig(motion_field_strength_x=63), 64, 64)
+    with pytest.raises(UserError, match="whole frame"):
+        check_strengths(ZeroShotConfig(motion_field_strength_x=64), 64, 64)
