@@ -16,25 +16,28 @@ import sys
 import tempfile
 import time
 
-CASES = {
-    "vidbooth --help": ["--help"],
-    "generate --help": ["generate", "--help"],
-    "list": ["list"],
-    "generate --num-frames 0": ["generate", "--prompt", "x", "--num-frames", "0"],
-    "generate --scheduler euler": ["generate", "--prompt", "x", "--scheduler", "euler"],
-    "generate --subject unknown": ["generate", "--prompt", "x", "--subject", "nosuch"],
-    "train-subject missing photos": ["train-subject", "no-such-photos", "--name", "S*", "--class-noun", "dog"],
-    "train-motion missing clip": ["train-motion", "no-such-clip.mp4", "--name", "M"],
-    "evaluate --set typo": ["evaluate", "out.mp4", "--set", "bogus=1"],
+CASES = {  # name: (arguments, the exit code it must end with)
+    "vidbooth --help": (["--help"], 0),
+    "generate --help": (["generate", "--help"], 0),
+    "list": (["list"], 0),
+    "generate --num-frames 0": (["generate", "--prompt", "x", "--num-frames", "0"], 2),
+    "generate --scheduler euler": (["generate", "--prompt", "x", "--scheduler", "euler"], 2),
+    "generate --subject unknown": (["generate", "--prompt", "x", "--subject", "nosuch"], 2),
+    "generate --image-prompt missing": (["generate", "--prompt", "a sprite", "--image-prompt", "no-such.png"], 2),
+    "train-subject missing photos": (["train-subject", "no-such-photos", "--name", "S*", "--class-noun", "dog"], 2),
+    "train-motion missing clip": (["train-motion", "no-such-clip.mp4", "--name", "M"], 2),
+    "evaluate --set typo": (["evaluate", "out.mp4", "--set", "bogus=1"], 2),
 }
 
 
-def median_seconds(argv: list[str], repeats: int, env: dict[str, str]) -> float:
+def median_seconds(argv: list[str], repeats: int, env: dict[str, str], code: int = 0) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run(argv, env=env, capture_output=True, check=False)
+        run = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
         times.append(time.perf_counter() - start)
+        if run.returncode != code:  # timing another path than the one named
+            raise SystemExit(f"{' '.join(argv)} ended with {run.returncode}, not {code}: {run.stderr.strip()}")
     return statistics.median(times)
 
 
@@ -48,8 +51,8 @@ def main() -> None:
         torch_import = median_seconds([sys.executable, "-c", "import torch"], args.repeats, env)
         print(f"python start: {bare:.2f} s; import torch: {torch_import:.2f} s (median of {args.repeats})")
         print(f"{'case':32} {'seconds':>8} {'/ import torch':>15}")
-        for name, argv in CASES.items():
-            seconds = median_seconds([sys.executable, "-m", "vidbooth", *argv], args.repeats, env)
+        for name, (argv, code) in CASES.items():
+            seconds = median_seconds([sys.executable, "-m", "vidbooth", *argv], args.repeats, env, code)
             print(f"{name:32} {seconds:8.2f} {seconds / torch_import:15.2f}")
 
 

@@ -161,19 +161,23 @@ def test_doc_commands_quote_the_subject_name():
     assert unquoted == []
 
 
-_BAD_SETTINGS = [
-    ["generate", "--prompt", "x", "--num-frames", "0"],
-    ["generate", "--prompt", "x", "--scheduler", "euler"],
-    ["generate", "--prompt", "x", "--subject", "nosuch"],
-    ["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--set", "bogus=1"],
-    ["textual-inversion", "photos", "--name", "S*", "--class-noun", "dog", "--set", "bogus=1"],
-    ["identity-adapter", "photos", "--name", "S*", "--set", "bogus=1"],
-    ["train-motion", "clip.mp4", "--name", "M", "--set", "bogus=1"],
-    ["train-subject", "no-such-photos", "--name", "S*", "--class-noun", "dog"],
-    ["train-motion", "no-such-clip.mp4", "--name", "M"],
-    ["train-image-prompt", "--set", "bogus=1"],
-    ["evaluate", "out.mp4", "--set", "bogus=1"],
-    ["demo", "--set", "bogus=1"],
+_BAD_SETTINGS = [  # (command line, what its one error line says)
+    (["generate", "--prompt", "x", "--num-frames", "0"], "sampling.num_frames (--num-frames) must be at least 1"),
+    (["generate", "--prompt", "x", "--scheduler", "euler"], "unknown scheduler 'euler'"),
+    (["generate", "--prompt", "x", "--subject", "nosuch"], "unknown subject 'nosuch'"),
+    (["generate", "--prompt", "a sprite", "--image-prompt", "missing.png"], "image not found: missing.png"),
+    (["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--set", "bogus=1"], "config key 'bogus'"),
+    (["textual-inversion", "photos", "--name", "S*", "--class-noun", "dog", "--set", "bogus=1"], "config key 'bogus'"),
+    (["identity-adapter", "photos", "--name", "S*", "--set", "bogus=1"], "config key 'bogus'"),
+    (["train-subject", "no-such-photos", "--name", "S*", "--class-noun", "dog"], "photo path not found: no-such"),
+    (["textual-inversion", "no-such-photos", "--name", "S*", "--class-noun", "dog"], "photo path not found"),
+    (["identity-adapter", "no-such-photos", "--name", "S*"], "photo path not found"),
+    (["train-motion", "clip.mp4", "--name", "M", "--set", "bogus=1"], "config key 'bogus'"),
+    (["train-motion", "no-such-clip.mp4", "--name", "M"], "clip not found: no-such-clip.mp4"),
+    (["train-image-prompt", "--set", "bogus=1"], "config key 'bogus'"),
+    (["train-image-prompt", "--data", "no-such-folder"], "--data no-such-folder: not found"),
+    (["evaluate", "out.mp4", "--set", "bogus=1"], "config key 'bogus'"),
+    (["demo", "--set", "bogus=1"], "config key 'bogus'"),
 ]
 
 
@@ -187,8 +191,13 @@ def test_a_bad_setting_is_told_before_torch_is_imported(tmp_path):
     script = (
         "import json, sys\nfrom vidbooth.cli.app import main\nfor case in json.loads(sys.argv[1]):\n"
         "    code = main(case)\n    print(case[0], code, 'torch' in sys.modules, flush=True)\n"
+        "    print('end of case', file=sys.stderr, flush=True)\n"
     )
     env = dict(os.environ, VIDBOOTH_HOME=str(tmp_path / "home"), VIDBOOTH_CACHE=str(tmp_path / "cache"))
-    run = subprocess.run([sys.executable, "-c", script, json.dumps(_BAD_SETTINGS)], capture_output=True, text=True,
+    cases = [argv for argv, _ in _BAD_SETTINGS]
+    run = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], capture_output=True, text=True,
                          env=env, cwd=tmp_path, timeout=300)
-    assert run.stdout.splitlines() == [f"{case[0]} 2 False" for case in _BAD_SETTINGS], run.stderr
+    assert run.stdout.splitlines() == [f"{argv[0]} 2 False" for argv in cases], run.stderr
+    errors = run.stderr.split("end of case\n")[:-1]
+    for (argv, message), error in zip(_BAD_SETTINGS, errors, strict=True):
+        assert error.startswith("error: ") and error.count("\n") == 1 and message in error, (argv, error)

@@ -297,3 +297,22 @@ def test_a_recipe_interpolation_that_finds_nothing_says_how_to_write_the_text(tm
         load_config(GenerateConfig, str(recipe))
     recipe.write_text("prompt: a sign reading \\${price}\n")
     assert load_config(GenerateConfig, str(recipe)).prompt == "a sign reading ${price}"
+
+
+def test_what_training_may_make_an_adapter_file_may_hold_and_no_more():
+    """The adapters' own limits on a file's metadata (they cannot import config) match the recipes' checks: every
+    adapter training makes loads, and nothing wider."""
+    from vidbooth.adapters import base, motion
+    from vidbooth.config import motion as motion_config
+    from vidbooth.config.subject import SubjectConfig
+
+    assert motion.SUBLAYERS == motion_config.SUBLAYERS
+    for ratio in (base.MAX_HIDDEN_RATIO, base.MAX_HIDDEN_RATIO + 0.01):
+        accepted = ratio <= base.MAX_HIDDEN_RATIO
+        for schema, key in ((MotionConfig, "adapter.hidden_ratio"), (SubjectConfig, "identity.hidden_ratio")):
+            try:
+                load_config(schema, None, [f"{key}={ratio}"])
+                made = True
+            except UserError:
+                made = False
+            assert made == accepted, (schema, ratio)

@@ -293,3 +293,36 @@ def test_a_training_checkpoint_is_on_the_disk_before_it_is_renamed_in(tmp_path, 
     assert sorted(events[:3]) == [("sync", name) for name in sorted(path.name for path in final.iterdir())]
     assert events[3][0] == "sync" and events[3][1].startswith(".tmp-step-0000010-")  # the folder, after its files
     assert events[4:] == [("rename", final.name), ("sync", final.parent.name)]
+
+
+def test_a_file_system_that_cannot_flush_still_gets_the_file(tmp_path, monkeypatch):
+    """fsync raises EINVAL on some network and shared-folder file systems: the write is left to the system there,
+    as before vidbooth flushed, not a traceback."""
+    import errno
+
+    from vidbooth import fileio
+
+    def cannot(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(fileio.os, "fsync", cannot)
+    fileio.write_together([(tmp_path / "a.mp4", lambda tmp: tmp.write_text("video"))])
+    assert _files(tmp_path) == {"a.mp4": "video"}
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fileio.os, "fsync", failing)
+    with pytest.raises(OSError, match="Input/output error") as failed:
+        fileio.write_together([(tmp_path / "a.mp4", lambda tmp: tmp.write_text("new video"))])
+    assert failed.value.filename == str(tmp_path / "a.mp4")  # the file, not its temporary
+    assert _files(tmp_path) == {"a.mp4": "video"}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_in_a_built_folder_is_not_opened_to_be_flushed(tmp_path):
+    from vidbooth import fileio
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "weights").write_text("w")
+    fileio.sync_tree(tmp_path)  # opening the FIFO would wait for a writer for ever

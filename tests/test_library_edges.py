@@ -615,28 +615,35 @@ def test_list_shows_an_artifact_whose_overwrite_a_kill_left_half_done(isolated_h
     assert live.is_dir() and not aside.exists()
 
 
-@pytest.mark.parametrize("named, ok", [
-    ("adapter.safetensors", True), ("config.yaml", True), (None, True),
-    ("/tmp/elsewhere/adapter.safetensors", False), ("../M2/adapter.safetensors", False),
-    ("sub/../../adapter.safetensors", False), ("unhashed.safetensors", False), ("", False), (3, False),
-    (["config.yaml", "clips/clip-00.mp4"], True), (["config.yaml", "/etc/passwd"], False),
+@pytest.mark.parametrize("key, named, ok", [
+    ("motion_adapter", "adapter.safetensors", True), ("config", "config.yaml", True), ("preview", None, True),
+    ("clips", ["clips/clip-00.mp4", "clips/clip-01.mp4"], True),
+    ("motion_adapter", "/tmp/elsewhere/adapter.safetensors", False), ("config", "../M2/config.yaml", False),
+    ("config", "sub/../../config.yaml", False), ("config", "", False), ("config", 3, False),
+    ("clips", ["clips/clip-00.mp4", "/etc/passwd"], False), ("config", "outside.yaml", False),
+    ("motion_adapter", "unhashed.safetensors", False), ("motion_adapter", "adapter.SAFETENSORS", False),
+    ("motion_adapter", "adapter.st", False), ("motion_adapter", "config.yaml", False),
 ])
-def test_a_manifest_may_name_only_the_artifacts_own_files(isolated_home, tmp_path, named, ok):
-    """A shared artifact whose manifest names a file outside its folder (or a tensor file its hashes leave out)
-    would have the engine load a file no hash covers: it is refused, with or without verification."""
+def test_a_manifest_may_name_only_the_artifacts_own_files(isolated_home, tmp_path, key, named, ok):
+    """A shared artifact whose manifest names a file outside its folder (by path or through a link), or a tensor
+    file its hashes leave out, would have the engine load a file no hash covers: it is refused, with or without
+    verification."""
     from safetensors.torch import save_file
     import torch
 
+    (tmp_path / "secret.yaml").write_text("theirs")
     with library.staged_artifact("motion", "M") as stage:
         save_file({"w": torch.zeros(1)}, str(stage / "adapter.safetensors"))
+        (stage / "adapter.st").write_bytes(b"tensors no hash covers")
+        (stage / "outside.yaml").symlink_to(tmp_path / "secret.yaml")  # a link out of the folder, as tar keeps
         library.write_json(stage / library.MANIFEST, {
             "name": "M", "kind": "motion", "base": "nano", "base_fingerprint": "0", "class_noun": "sprite",
-            "paths": {"motion_adapter": named, "config": "config.yaml"}})
+            "paths": {"motion_adapter": "adapter.safetensors", "config": "config.yaml"} | {key: named}})
     folder = isolated_home / "motions" / "M"
     for verify in (True, False):
         if ok:
-            assert library.read_manifest(folder, verify=verify)["paths"]["motion_adapter"] == named
+            assert library.read_manifest(folder, verify=verify)["paths"][key] == named
         else:
-            with pytest.raises(UserError, match=r"paths.motion_adapter names .*, not a file of the artifact .* "
+            with pytest.raises(UserError, match=rf"paths.{key} names .*, not a file of the artifact .* "
                                                 r"retrain motion 'M' with --overwrite"):
                 library.read_manifest(folder, verify=verify)

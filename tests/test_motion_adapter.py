@@ -184,7 +184,7 @@ def test_training_takes_one_random_frames_appearance_dropped_at_the_given_rate(t
     ({"targets": []}, "is not a list"),
     ({"hidden_ratio": "abc"}, r"hidden_ratio 'abc' is not a number in \(0, 4\]"),
     ({"hidden_ratio": 1e6}, "is not a number in"), ({"hidden_ratio": -1}, "is not a number in"),
-    ({"cond_dim": -3}, "cond_dim '-3' is not a whole number from 1 to 16384"), ({"cond_dim": 10**9}, "from 1 to"),
+    ({"cond_dim": -3}, "cond_dim -3 is not a whole number from 1 to 16384"), ({"cond_dim": 10**9}, "from 1 to"),
     ({"cond_dim": 7}, r"its adapter config \(cond_dim 7\) does not fit its tensors"),
     ({"cond_dim": None}, r"\(cond_dim None\) does not fit its tensors"),
 ])

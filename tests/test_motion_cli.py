@@ -401,3 +401,38 @@ def test_batch_size_and_checkpoint_interval_have_flags_as_for_subjects(tmp_path,
     assert saved["train"]["batch_size"] == 3 and saved["train"]["checkpoint_every"] == 1
     assert main(["train-motion", clip, "--name", "n", *NO_PREVIEW, "--batch-size", "0"]) == 2
     assert "train.batch_size (--batch-size) must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_shared_motion_whose_adapter_spec_was_crafted_is_refused_before_its_adapters_are_built(
+    tmp_path, isolated_home, monkeypatch
+):
+    """A motion from elsewhere, its hashes remade to match: a hidden_ratio of 1e6 in its adapter file's metadata had
+    sized the adapters (gigabytes) before the tensors were checked."""
+    from safetensors.torch import save_file
+
+    from vidbooth import library
+    from vidbooth.adapters import motion as motion_adapters
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.motion import load_motion
+    from vidbooth.errors import UserError
+
+    assert main(["train-motion", str(square_clip(tmp_path / "slide.mp4")), "--name", "slide", *QUICK]) == 0
+    folder = isolated_home / "motions" / "slide"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    adapter = folder / manifest["paths"]["motion_adapter"]
+    tensors, metadata = load_tensors(adapter)
+    adapter.chmod(0o644)
+    crafted = json.loads(metadata["spec"]) | {"hidden_ratio": 1e6}
+    save_file(tensors, str(adapter), metadata | {"spec": json.dumps(crafted)})
+    manifest["files"][adapter.name] = library.sha256_file(adapter)
+    (folder / "manifest.json").chmod(0o644)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    def never(*args, **kwargs):
+        raise AssertionError("adapters were built to the crafted spec")
+
+    monkeypatch.setattr("vidbooth.engine.motion.inject_motion_adapter", never)
+    backbone = load_backbone("tiny", device="cpu")
+    with pytest.raises(UserError, match=r"its adapter config in the metadata is damaged \(hidden_ratio 1e\+06 is not"):
+        load_motion(backbone, "slide")
+    assert not adapters_of(backbone.unet, motion_adapters.KIND)

@@ -153,7 +153,8 @@ def test_linear_motions_go_their_whole_way_evenly_in_their_direction(linear_path
                 assert np.sign(travel[axis]) == step[axis] and low * 64 - 1e-9 <= abs(travel[axis]) <= high * 64
             else:  # from within 6% of the frame of one edge to within 6% of the other
                 start, end = (near, far) if step[axis] > 0 else (far, near)
-                assert abs(truth.centres[0, axis] - start) <= 0.06 * 64 and abs(truth.centres[-1, axis] - end) <= 0.06 * 64
+                assert abs(truth.centres[0, axis] - start) <= 0.06 * 64
+                assert abs(truth.centres[-1, axis] - end) <= 0.06 * 64
 
 
 def test_backgrounds_are_nearly_grey_and_sprites_are_strongly_coloured():

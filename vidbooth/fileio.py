@@ -57,10 +57,15 @@ def publish(temporary: str | Path, path: str | Path) -> None:
     os.replace(temporary, path)
 
 
+_CANNOT_FLUSH = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+"""What fsync raises on file systems that do not flush (some network, FUSE and virtual-machine shared folders):
+there a write is left to the system, as it was before vidbooth flushed."""
+
+
 def sync_file(path: str | Path) -> None:
-    """Flush the file's data to the disk, so that a rename published after it never names an empty or partly
-    written file after a power loss (file systems may write a rename before the data it names). Windows flushes
-    only a file opened for writing (a read-only one is left to the system there)."""
+    """Ask the system to put the file's data on the disk (fsync), so that a rename published after it does not
+    name an empty or partly written file after a power loss (file systems may write a rename before the data it
+    names). Windows flushes only a file opened for writing (a read-only one is left to the system there)."""
     try:
         fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     except PermissionError:
@@ -69,6 +74,9 @@ def sync_file(path: str | Path) -> None:
         raise
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_FLUSH:
+            raise
     finally:
         os.close(fd)
 
@@ -87,10 +95,11 @@ def sync_folder(folder: str | Path) -> None:
 
 
 def sync_tree(folder: Path) -> None:
-    """Flush every file and folder under `folder`, and `folder` itself: a built folder before it is renamed in."""
+    """Flush every regular file and folder under `folder`, and `folder` itself: a built folder before it is renamed
+    in. Links and special files (a FIFO, whose opening would wait for a writer) are left alone."""
     for root, _, files in os.walk(folder):
         for name in files:
-            if not os.path.islink(os.path.join(root, name)):
+            if stat.S_ISREG(os.lstat(os.path.join(root, name)).st_mode):
                 sync_file(os.path.join(root, name))
         sync_folder(root)
 
@@ -140,11 +149,11 @@ def write_together(writes: Sequence[tuple[Path, Callable[[Path], object]]], jour
             temporaries.append(Path(temporary))
             try:
                 write(Path(temporary))
+                sync_file(temporary)
             except OSError as exc:
                 if exc.filename is None or str(exc.filename) == temporary:  # name the file, not its temporary
                     exc.filename = str(path)
                 raise
-            sync_file(temporary)
         with deferred_stops():
             _publish_all(temporaries, [Path(path) for path, _ in writes], journal)
         for folder in dict.fromkeys(Path(path).parent for path, _ in writes):

@@ -178,7 +178,7 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
     version = manifest["schema_version"]
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise UserError(f"{where} has schema version {version}, newer than this vidbooth understands: upgrade vidbooth")
-    _check_paths(where, manifest)
+    _check_paths(path, where, manifest)
     if verify:
         _verify_files(path, manifest["files"])
         _check_keys(where, manifest)
@@ -196,26 +196,30 @@ def _check_keys(where: Path, manifest: dict) -> None:
                         f"{manifest['kind']} '{manifest['name']}' with --overwrite")
 
 
-def _check_paths(where: Path, manifest: dict) -> None:
-    """A UserError for a file the manifest names (`paths`) that is not one of the artifact's own: an absolute path or
-    one leading out of its folder (a shared artifact could make it load a file no hash covers), or a tensor file its
-    hashes (`files`) leave out."""
-    recorded = manifest.get("paths")
+TENSOR_PATHS = ("embeddings", "identity_adapter", "motion_adapter")
+"""The keys of a manifest's `paths` whose files are loaded as tensors: each must be a hashed file (`files`)."""
+
+
+def _check_paths(folder: Path, where: Path, manifest: dict) -> None:
+    """A UserError for a file the manifest names (`paths`) that is not one of the artifact's own: an absolute path,
+    one through `..` or a link out of its folder (a shared artifact could make it load a file no hash covers), or a
+    tensor file its hashes (`files`) leave out."""
+    recorded, hashed = manifest.get("paths"), manifest["files"]
     for key, named in (recorded.items() if isinstance(recorded, dict) else ()):
         for rel in named if isinstance(named, list) else [] if named is None else [named]:  # a list: clips
-            if not _own_file(rel, manifest["files"]):
+            if not _own_file(folder, rel) or (key in TENSOR_PATHS and not (isinstance(hashed, dict) and rel in hashed)):
                 raise UserError(f"manifest {where}: paths.{key} names {str(rel)[:80]!r}, not a file of the artifact "
                                 f"(edited by hand, or not made by vidbooth): retrain {manifest['kind']} "
                                 f"'{manifest['name']}' with --overwrite")
 
 
-def _own_file(rel: object, hashed: object) -> bool:
-    """Whether `rel` names a file inside the artifact's folder, and a tensor file only if it is hashed."""
+def _own_file(folder: Path, rel: object) -> bool:
+    """Whether `rel` names a file inside `folder`, by its name and, where it is there, by where links lead."""
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or Path(rel).drive:
         return False
     if any(part in ("..", "") for part in rel.replace("\\", "/").split("/")):
         return False
-    return not rel.endswith(".safetensors") or (isinstance(hashed, dict) and rel in hashed)
+    return not os.path.lexists(folder / rel) or (folder / rel).resolve().is_relative_to(folder.resolve())
 
 
 def _verify_files(path: Path, recorded: dict) -> None:

@@ -29,15 +29,22 @@ metadata may ask for: the modules are built from it before the file's tensors ar
 def hidden_ratio_of(value: object) -> float:
     """A bottleneck width ratio read from a file's metadata; a ValueError unless it is a number in (0, 4]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_HIDDEN_RATIO:
-        raise ValueError(f"hidden_ratio {str(value)[:40]!r} is not a number in (0, {MAX_HIDDEN_RATIO:g}]")
+        raise ValueError(f"hidden_ratio {_shown(value)} is not a number in (0, {MAX_HIDDEN_RATIO:g}]")
     return float(value)
 
 
 def whole_number_of(key: str, value: object, maximum: int) -> int:
     """A size read from a file's metadata; a ValueError unless it is a whole number from 1 to `maximum`."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise ValueError(f"{key} {str(value)[:40]!r} is not a whole number from 1 to {maximum}")
+        raise ValueError(f"{key} {_shown(value)} is not a whole number from 1 to {maximum}")
     return value
+
+
+def _shown(value: object) -> str:
+    """A metadata value in a message: a number as it is, anything else quoted and cut short."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return repr(str(value)[:40])
 
 
 class BottleneckAdapter(nn.Module):

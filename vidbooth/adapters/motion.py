@@ -37,7 +37,8 @@ KIND = "motion"
 SUBLAYERS = ("attn1", "attn2", "ff")
 """The sublayers of a temporal transformer block a motion adapter may sit beside."""
 MAX_COND_DIM = 16384
-"""The widest appearance embedding a file may declare (CLIP image towers give 512-1280)."""
+"""The widest appearance embedding a file may declare (CLIP image towers give 512-1280, the VAE fallback 16 per
+latent channel: 64 on nano)."""
 
 
 @dataclass(frozen=True)

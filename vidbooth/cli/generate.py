@@ -104,6 +104,12 @@ def generate(
     overrides |= options.learned_backbone(recipe, sets, overrides, named)
     cfg = load_config(GenerateConfig, recipe_or_default(recipe, "generate", sets, overrides), sets, overrides)
     check_learned_together(cfg.subjects, cfg.motion)
+    if cfg.image_prompt:
+        from pathlib import Path
+
+        from vidbooth.data.images import check_image_file
+
+        check_image_file(Path(cfg.image_prompt).expanduser())
     from vidbooth.engine.generate import generate as run_generate  # after the cheap checks: it loads torch
 
     run_generate(cfg)

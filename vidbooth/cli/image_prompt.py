@@ -57,6 +57,10 @@ def train_image_prompt(
              "data.seed": "--seed"}  # named in the error of a bad value
     recipe = recipe_or_default(recipe, "image-prompt", sets, overrides)
     cfg = load_config(ImagePromptConfig, recipe, sets, overrides, flags=flags)
+    if cfg.data.folder:
+        from vidbooth.data.subject_clips import check_data_folder
+
+        check_data_folder(cfg.data.folder)
     from vidbooth.engine.image_prompt import train_image_prompt as run  # after the cheap checks: it loads torch
 
     run(cfg)

@@ -62,7 +62,7 @@ def load_image(
     truncated, smaller than `min_side` or larger than `MAX_PHOTO_PIXELS`.
     """
     path = Path(path)
-    _check_is_nonempty_file(path)
+    check_image_file(path)
     _refuse_camera_file(path)
     with _open_image(path) as im:
         _check_dimensions(path, im, min_side)
@@ -277,7 +277,8 @@ def _refuse_camera_file(path: Path) -> None:
                             "PNG (on a Mac: sips -s format jpeg IN --out OUT.jpg)")
 
 
-def _check_is_nonempty_file(path: Path) -> None:
+def check_image_file(path: Path) -> None:
+    """A UserError unless `path` is a file with something in it: what `load_image` checks before reading."""
     if path.is_symlink() and not path.exists():
         raise UserError(f"{path} is a link to a missing file ({os.readlink(path)}): fix the link or remove it")
     if not path.exists():

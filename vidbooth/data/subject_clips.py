@@ -45,14 +45,20 @@ class SubjectClip:
     mask: Path | None
 
 
-def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
-    """Every clip of `folder` with its caption and its photo or mask, in natural name order. A UserError names the
-    first clip that lacks one, or whose caption does not contain `word`, and says how many more do."""
+def check_data_folder(folder: str | Path) -> Path:
+    """The --data folder (~ expanded); a UserError when it is not there or not a folder."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         problem = "not found" if not folder.exists() else "not a folder"
         raise UserError(f"--data {folder}: {problem}; give a folder of clips, each with a caption and a subject photo "
                         "(docs/image-prompt.md#training-on-your-own-clips)")
+    return folder
+
+
+def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
+    """Every clip of `folder` with its caption and its photo or mask, in natural name order. A UserError names the
+    first clip that lacks one, or whose caption does not contain `word`, and says how many more do."""
+    folder = check_data_folder(folder)
     clips = [entry for entry in sorted(folder.iterdir(), key=natural_sort_key) if _is_clip(entry)]
     if not clips:
         raise UserError(f"no clips in {folder}: add videos ({', '.join(VIDEO_EXTENSIONS)}) or folders of frames, each "

@@ -124,7 +124,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     from vidbooth.engine.backbone import ZERO_SHOT, load_backbone_for
     from vidbooth.engine.sampling import make_scheduler
 
-    scheduler = make_scheduler(cfg.sampling.scheduler, {})  # reject bad settings before loading the model
+    scheduler = make_scheduler(cfg.sampling.scheduler, {})  # its step's arguments, for the eta warning below
     if cfg.sampling.eta != 0 and "eta" not in inspect.signature(scheduler.step).parameters:
         warn(f"sampling.eta {cfg.sampling.eta:g} has no effect with --scheduler {cfg.sampling.scheduler}: only ddim "
              "takes it")

@@ -75,12 +75,12 @@ class ImagePromptSpec:
     encoder: str
 
     def __post_init__(self) -> None:
-        """A TypeError for a field training would not have written (from a damaged or crafted file's metadata)."""
+        """A ValueError for a field training would not have written (from a damaged or crafted file's metadata)."""
         sizes = {key: getattr(self, key) for key in ("num_tokens", "image_dim", "text_dim", "hidden_dim")}
         if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in sizes.values()):
-            raise TypeError(f"sizes {sizes} are not all positive whole numbers")
+            raise ValueError(f"sizes {sizes} are not all positive whole numbers")
         if not (isinstance(self.word, str) and self.word and isinstance(self.encoder, str)):
-            raise TypeError(f"word {str(self.word)[:40]!r} or encoder {str(self.encoder)[:80]!r} is no text")
+            raise ValueError(f"word {str(self.word)[:40]!r} or encoder {str(self.encoder)[:80]!r} is no text")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vidbooth.config.checks import MAX_FRAMES
 from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, warn_of_camera_files
 from vidbooth.data.video import VIDEO_EXTENSIONS, video_frames
 from vidbooth.errors import UserError
 from vidbooth.reporting import warn
 
-MAX_VIDEO_FRAMES = 1024
+MAX_VIDEO_FRAMES = MAX_FRAMES
 """The longest video scored: as many frames as `generate` makes at most. Every frame is held and embedded, so a
 longer one (a film, or a small GIF holding one frame for hours) would fill the memory."""
 VIDEO_SHORT_SIDE = 512
