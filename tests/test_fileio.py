@@ -326,3 +326,4 @@ def test_a_fifo_in_a_built_folder_is_not_opened_to_be_flushed(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "weights").write_text("w")
     fileio.sync_tree(tmp_path)  # opening the FIFO would wait for a writer for ever
+

@@ -41,8 +41,11 @@ def test_what_files_hold_is_shown_without_its_control_characters(capsys, monkeyp
     reporting.warn(crafted)
     reporting.info(crafted)
     reporting.table(crafted, ["class noun"], [(crafted,)], to_stdout=True)
+    with reporting.progress(f"sampling {crafted}", total=1) as task:
+        task.advance()
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [f"error: trained on another base ({shown})", f"warning: {shown}", shown]
+    assert captured.err.splitlines()[:3] == [f"error: trained on another base ({shown})", f"warning: {shown}", shown]
+    assert f"sampling {shown}" in captured.err.splitlines()[-1]
     assert captured.out.count(shown) == 2
     assert not any(ch in captured.out + captured.err for ch in "\x1b\x07\x9b\x00")
 

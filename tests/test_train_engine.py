@@ -427,3 +427,13 @@ def test_a_stop_while_a_checkpoint_is_read_is_a_stop_not_a_damaged_checkpoint(tm
     monkeypatch.setattr(safetensors.torch, "load_file", stopped_while_reading)
     with pytest.raises(Interrupted, match="stopped by SIGTERM"):
         train_module._read_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_holding_nan_is_named_when_resumed(tmp_path):
+    import types
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, float("nan")]))
+    method = types.SimpleNamespace(state_dict=lambda: {"rows": weight.detach()})
+    folder = engine.save_checkpoint(tmp_path, 10, method, torch.optim.AdamW([weight]), None, {"run": "a"}, 0.5)
+    with pytest.raises(UserError, match=f"checkpoint {folder} holds NaN or infinite values \\(rows; damaged"):
+        engine._read_checkpoint(folder)

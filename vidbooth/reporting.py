@@ -196,5 +196,5 @@ def progress(description: str, total: int, completed: int = 0) -> Iterator[_Task
         TextColumn("{task.fields[fields]}", markup=False),
     ]
     with Progress(*columns, console=console, transient=False) as p:
-        task_id = p.add_task(description, total=total, completed=completed, fields="")
+        task_id = p.add_task(printable(description), total=total, completed=completed, fields="")
         yield _Task(p, task_id)

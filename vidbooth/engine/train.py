@@ -348,6 +348,9 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
         raise UserError(f"checkpoint {folder} is unreadable ({type(exc).__name__}): delete it and rerun") from exc
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"checkpoint {folder} has format {state.get('format')}: rerun with --overwrite to start over")
+    if bad := next((key for key, t in trainable.items() if t.is_floating_point() and not t.isfinite().all()), None):
+        raise UserError(f"checkpoint {folder} holds NaN or infinite values ({bad}; damaged, or saved as the training "
+                        "diverged): delete it and rerun")
     return state, trainable, extra
 
 
