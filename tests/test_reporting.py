@@ -50,6 +50,16 @@ def test_what_files_hold_is_shown_without_its_control_characters(capsys, monkeyp
     assert not any(ch in captured.out + captured.err for ch in "\x1b\x07\x9b\x00")
 
 
+def test_a_message_stays_one_line_and_shows_text_in_its_own_order(capsys, monkeypatch):
+    """A photo named with a line break, or a name holding a right-to-left mark (which shows 'gpj.exe' as 'exe.jpg'),
+    had printed a second line or reordered text: both are shown escaped, other letters as they are."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    reporting.warn("skipped photo a\nerror: b.jpg")
+    reporting.info("naïve \u202egpj.exe 日本")
+    assert capsys.readouterr().err.splitlines() == ["warning: skipped photo a\\x0aerror: b.jpg",
+                                                    "naïve \\u202egpj.exe 日本"]
+
+
 def test_under_a_launcher_only_the_first_process_speaks_but_every_one_shows_its_error(capsys, monkeypatch):
     """`accelerate launch --num_processes 2`: each process reads the same clips, and each had shown their warnings."""
     monkeypatch.setenv("VIDBOOTH_QUIET", "1")  # quiet silences info lines, never warnings

@@ -102,32 +102,40 @@ TOKENIZER_NOISE = "Ignored unknown kwarg option"
 ModelScope."""
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_OR_LINE_BREAK = re.compile(f"[\n{_CONTROL.pattern[1:-1]}]")
 
 
-def printable(text: str) -> str:
-    """`text` with its control characters (a terminal's escape sequences among them; tab and line break stay) shown
-    as \\xNN: what is printed of file names and of what files hold (a shared adapter's metadata, a manifest) cannot
-    retitle, clear or recolour the user's terminal."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+def printable(text: str, one_line: bool = False) -> str:
+    """`text` with its control characters (a terminal's escape sequences among them, and the marks that reverse
+    the direction of text; tab and line break stay) shown as \\xNN or \\uNNNN: what is printed of file names and
+    of what files hold (a shared adapter's metadata, a manifest) cannot retitle, clear or recolour the user's
+    terminal, or show text other than it is. `one_line`: a line break too (a message is one line)."""
+    pattern = _CONTROL_OR_LINE_BREAK if one_line else _CONTROL
+    return pattern.sub(lambda match: _escaped(match.group()), text)
+
+
+def _escaped(character: str) -> str:
+    return f"\\x{ord(character):02x}" if ord(character) < 0x100 else f"\\u{ord(character):04x}"
 
 
 def info(message: str) -> None:
     if not _quiet():
-        console.print(escape(printable(message)), soft_wrap=True)  # one line: a terminal wraps it, a log keeps it
+        # one line each: a terminal wraps it, a log keeps it whole
+        console.print(escape(printable(message, one_line=True)), soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """A warning, shown even when quiet, but once under a multi-process launcher."""
     if not _other_process():
-        console.print(f"[yellow]warning:[/yellow] {escape(printable(message))}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/yellow] {escape(printable(message, one_line=True))}", soft_wrap=True)
 
 
 def error(message: str) -> None:
     """An error, on every process under a launcher (one may fail alone: a file missing on one machine), each but the
     first's naming its process."""
     where = f" (process {_rank()})" if _other_process() else ""
-    console.print(f"[red]error{where}:[/red] {escape(printable(message))}", soft_wrap=True)
+    console.print(f"[red]error{where}:[/red] {escape(printable(message, one_line=True))}", soft_wrap=True)
 
 
 def stopped(message: str) -> None:
@@ -196,5 +204,5 @@ def progress(description: str, total: int, completed: int = 0) -> Iterator[_Task
         TextColumn("{task.fields[fields]}", markup=False),
     ]
     with Progress(*columns, console=console, transient=False) as p:
-        task_id = p.add_task(printable(description), total=total, completed=completed, fields="")
+        task_id = p.add_task(printable(description, one_line=True), total=total, completed=completed, fields="")
         yield _Task(p, task_id)
