@@ -323,7 +323,12 @@ def test_a_file_system_that_cannot_flush_still_gets_the_file(tmp_path, monkeypat
 def test_a_fifo_in_a_built_folder_is_not_opened_to_be_flushed(tmp_path):
     from vidbooth import fileio
 
+    import threading
+
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "weights").write_text("w")
-    fileio.sync_tree(tmp_path)  # opening the FIFO would wait for a writer for ever
+    flushing = threading.Thread(target=fileio.sync_tree, args=(tmp_path,), daemon=True)
+    flushing.start()
+    flushing.join(timeout=20)
+    assert not flushing.is_alive()  # opening the FIFO would have waited for a writer for ever
 

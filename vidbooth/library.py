@@ -204,10 +204,13 @@ def _check_paths(folder: Path, where: Path, manifest: dict) -> None:
     """A UserError for a file the manifest names (`paths`) that is not one of the artifact's own: an absolute path,
     one through `..` or a link out of its folder (a shared artifact could make it load a file no hash covers), or a
     tensor file its hashes (`files`) leave out."""
-    recorded, hashed = manifest.get("paths"), manifest["files"]
-    for key, named in (recorded.items() if isinstance(recorded, dict) else ()):
-        for rel in named if isinstance(named, list) else [] if named is None else [named]:  # a list: clips
-            if not _own_file(folder, rel) or (key in TENSOR_PATHS and not (isinstance(hashed, dict) and rel in hashed)):
+    recorded = manifest.get("paths") if isinstance(manifest.get("paths"), dict) else {}
+    hashed = manifest["files"] if isinstance(manifest["files"], dict) else {}
+    for key, named in recorded.items():
+        if named is None:
+            continue
+        for rel in named if isinstance(named, list) else [named]:  # a list: the clips
+            if not _own_file(folder, rel) or (key in TENSOR_PATHS and rel not in hashed):
                 raise UserError(f"manifest {where}: paths.{key} names {str(rel)[:80]!r}, not a file of the artifact "
                                 f"(edited by hand, or not made by vidbooth): retrain {manifest['kind']} "
                                 f"'{manifest['name']}' with --overwrite")

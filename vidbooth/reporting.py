@@ -102,8 +102,9 @@ TOKENIZER_NOISE = "Ignored unknown kwarg option"
 ModelScope."""
 
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_OR_LINE_BREAK = re.compile(f"[\n{_CONTROL.pattern[1:-1]}]")
+_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"  # all but tab and line break; bidi marks
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+_CONTROL_OR_LINE_BREAK = re.compile(f"[\n{_CONTROLS}]")
 
 
 def printable(text: str, one_line: bool = False) -> str:
