@@ -27,6 +27,7 @@ CASES = {  # name: (arguments, the exit code it must end with)
     "train-subject missing photos": (["train-subject", "no-such-photos", "--name", "S*", "--class-noun", "dog"], 2),
     "train-motion missing clip": (["train-motion", "no-such-clip.mp4", "--name", "M"], 2),
     "evaluate --set typo": (["evaluate", "out.mp4", "--set", "bogus=1"], 2),
+    "pretrain --set typo": (["pretrain", "--set", "bogus=1"], 2),
 }
 
 

@@ -178,6 +178,8 @@ _BAD_SETTINGS = [  # (command line, what its one error line says)
     (["train-image-prompt", "--data", "no-such-folder"], "--data no-such-folder: not found"),
     (["evaluate", "out.mp4", "--set", "bogus=1"], "config key 'bogus'"),
     (["demo", "--set", "bogus=1"], "config key 'bogus'"),
+    (["pretrain", "--set", "bogus=1"], "config key 'bogus'"),
+    (["pretrain", "--set", "arch.unet.position_channels=2"], "arch.unet.position_channels must be 0 or 3, got 2"),
 ]
 
 

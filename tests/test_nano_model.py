@@ -14,7 +14,8 @@ from vidbooth import reporting
 from vidbooth.config.pretrain import PathPhase, PretrainConfig
 from vidbooth.errors import UserError
 from vidbooth.nano import pretrain as nano
-from vidbooth.nano.model import ClipArch, NanoArch, UNetArch, VaeArch, build_clip, build_unet, build_vae
+from vidbooth.nano.arch import ClipArch, NanoArch, UNetArch, VaeArch
+from vidbooth.nano.model import build_clip, build_unet, build_vae
 from vidbooth.nano.world import make_split, sample_pretraining_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

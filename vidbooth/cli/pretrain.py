@@ -37,6 +37,7 @@ def pretrain(
         "seed": seed,
     }
     cfg = load_config(PretrainConfig, recipe, sets, overrides)
+    cfg.check()  # the stages and sizes, told before torch is imported
     from vidbooth.nano.pretrain import pretrain as run_pretrain  # after the cheap checks: it loads torch
 
     result = run_pretrain(cfg)

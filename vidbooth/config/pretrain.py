@@ -11,10 +11,8 @@ from pathlib import Path
 
 from vidbooth.config import checks
 from vidbooth.config.train import MAX_BATCH_SIZE
-from vidbooth.engine.positions import POSITION_CHANNELS
 from vidbooth.errors import UserError
-from vidbooth.nano.model import NanoArch
-from vidbooth.nano.world import LINEAR_PATHS
+from vidbooth.nano.arch import LINEAR_PATHS, POSITION_CHANNELS, NanoArch
 
 
 @dataclass

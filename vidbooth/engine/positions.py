@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from vidbooth.errors import UserError
-
-POSITION_CHANNELS = 3
+from vidbooth.nano.arch import POSITION_CHANNELS
 
 
 def position_maps(like: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""nano's architecture: sizes as dataclasses, builders for each part, and the diffusers-layout folder they make.
+"""nano's architecture: builders for each part from its sizes (`vidbooth.nano.arch`), and the diffusers-layout folder
+they make.
 
 nano is a text-to-video model in miniature, laid out like ModelScope T2V so that `load_backbone` loads it:
 - vae/: an `AutoencoderKL`, 64x64 RGB frames -> 8x8x16 latents (factor 8, as Stable Diffusion's);
@@ -16,7 +17,7 @@ import copy
 import filecmp
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,57 +25,11 @@ import torch
 from vidbooth import __version__, reporting
 from vidbooth.errors import UserError
 from vidbooth.fileio import folder_beside, replace_folder
+from vidbooth.nano.arch import NanoArch
 
 CLIP_MEAN = (0.5, 0.5, 0.5)
 CLIP_STD = (0.5, 0.5, 0.5)
 """nano's CLIP sees pixels in [-1, 1], like the VAE; written to image_encoder/preprocessor_config.json."""
-
-
-@dataclass
-class VaeArch:
-    block_out_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
-    """One entry per level; the spatial factor is 2 ** (levels - 1)."""
-    latent_channels: int = 16
-    layers_per_block: int = 1
-    norm_num_groups: int = 8
-
-
-@dataclass
-class ClipArch:
-    hidden_size: int = 64
-    """Width of both towers; the text width is also the UNet's cross-attention width."""
-    intermediate_size: int = 256
-    text_layers: int = 3
-    vision_layers: int = 3
-    heads: int = 4
-    patch_size: int = 8
-    projection_dim: int = 64
-    max_length: int = 77
-
-
-@dataclass
-class UNetArch:
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
-    attention_heads: int = 4
-    """diffusers' `attention_head_dim`, which in UNet3DConditionModel is the number of heads."""
-    norm_num_groups: int = 8
-    position_channels: int = 0
-    """3: the UNet also takes x, y and frame-position maps after the latents (`vidbooth.engine.positions`); 0: not."""
-
-
-@dataclass
-class NanoArch:
-    size: int = 64
-    """Frame side in pixels."""
-    num_frames: int = 8
-    vae: VaeArch = field(default_factory=VaeArch)
-    clip: ClipArch = field(default_factory=ClipArch)
-    unet: UNetArch = field(default_factory=UNetArch)
-
-    @property
-    def latent_size(self) -> int:
-        return self.size // 2 ** (len(self.vae.block_out_channels) - 1)
 
 
 def build_vae(arch: NanoArch):

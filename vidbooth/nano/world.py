@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from vidbooth.errors import UserError
+from vidbooth.nano.arch import LINEAR_PATHS
 
 SHAPES = ("square", "circle", "triangle", "diamond", "cross")
 COLOUR_HUES = {"red": 0.0, "yellow": 60.0, "green": 120.0, "cyan": 180.0, "blue": 240.0, "magenta": 300.0}
@@ -39,8 +40,6 @@ MOTION_PHRASES = {
 }
 MOTIONS = tuple(MOTION_PHRASES)
 BACKGROUNDS = ("plain", "gradient", "noise", "stripes", "checker")
-LINEAR_PATHS = ("random", "edge")
-"""How linear motions are laid out: from a random start, or across the frame from edge to edge (`_edge_path`)."""
 MIN_SIZE = 32
 VALIDATION_PAIRS_PER_MOTION = 6
 
