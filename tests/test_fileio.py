@@ -1,6 +1,7 @@
 """Files vidbooth writes through a temporary file get the permissions of any new file, not mkstemp's 0600; a
 refused write reaches the caller as the operating system's error."""
 
+import errno
 import os
 import stat
 import subprocess
@@ -317,6 +318,32 @@ def test_a_file_system_that_cannot_flush_still_gets_the_file(tmp_path, monkeypat
         fileio.write_together([(tmp_path / "a.mp4", lambda tmp: tmp.write_text("new video"))])
     assert failed.value.filename == str(tmp_path / "a.mp4")  # the file, not its temporary
     assert _files(tmp_path) == {"a.mp4": "video"}
+
+
+def test_macos_flushes_through_the_drive_cache_and_falls_back_to_fsync(tmp_path, monkeypatch):
+    """On macOS fsync leaves the data in the drive's cache: F_FULLFSYNC is asked for instead, and where a file system
+    refuses it, fsync is used."""
+    import types
+
+    from vidbooth import fileio
+
+    calls = []
+    refuse = []
+
+    def fcntl_(fd, command):
+        calls.append(("full", command))
+        if refuse:
+            raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
+
+    monkeypatch.setattr(fileio, "fcntl", types.SimpleNamespace(fcntl=fcntl_))
+    monkeypatch.setattr(fileio, "_FULL_FSYNC", 51)
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: calls.append(("fsync", None)))
+    (tmp_path / "a").write_text("a")
+    fileio.sync_file(tmp_path / "a")
+    assert calls == [("full", 51)]
+    refuse.append(True)
+    fileio.sync_file(tmp_path / "a")
+    assert calls == [("full", 51), ("full", 51), ("fsync", None)]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")

@@ -14,6 +14,11 @@ from pathlib import Path
 
 from vidbooth.errors import UserError, deferred_stops
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 
 def disk_full(exc: BaseException) -> bool:
     """Whether `exc` says the disk (or the user's quota) is full."""
@@ -62,6 +67,21 @@ _CANNOT_FLUSH = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 there a write is left to the system, as it was before vidbooth flushed."""
 
 
+_FULL_FSYNC = getattr(fcntl, "F_FULLFSYNC", None)
+"""macOS's full flush: its fsync leaves the data in the drive's own cache, which a power loss empties."""
+
+
+def _flush(fd: int) -> None:
+    """fsync, or on macOS F_FULLFSYNC (where a file system lacks it, such as some network ones, fsync)."""
+    if _FULL_FSYNC is not None:
+        try:
+            fcntl.fcntl(fd, _FULL_FSYNC)
+            return
+        except OSError:
+            pass
+    os.fsync(fd)
+
+
 def sync_file(path: str | Path) -> None:
     """Ask the system to put the file's data on the disk (fsync), so that a rename published after it does not
     name an empty or partly written file after a power loss (file systems may write a rename before the data it
@@ -73,7 +93,7 @@ def sync_file(path: str | Path) -> None:
             return
         raise
     try:
-        os.fsync(fd)
+        _flush(fd)
     except OSError as exc:
         if exc.errno not in _CANNOT_FLUSH:
             raise
@@ -89,7 +109,7 @@ def sync_folder(folder: str | Path) -> None:
     with suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            _flush(fd)
         finally:
             os.close(fd)
 
