@@ -49,7 +49,9 @@ def evaluate(
     json_path: str = typer.Option(None, "--json", help="Write per-video and mean results as JSON here."),
     csv_path: str = typer.Option(None, "--csv", help="Write one CSV row per video here."),
     device: str = options.Device,
-    recipe: str = options.Recipe,
+    recipe: str = typer.Option(  # not options.Recipe: evaluate has no --base, and no recipes under recipes/
+        None, "--recipe", "-r", help="YAML file of evaluate's settings (the flag names with _ for -, docs/evaluate.md)."
+    ),
     sets: list[str] = options.Sets,
 ) -> None:
     """Score videos against their prompt, reference images and reference motion.
