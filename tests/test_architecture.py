@@ -172,6 +172,7 @@ _BAD_SETTINGS = [  # (command line, what its one error line says)
     (["train-subject", "no-such-photos", "--name", "S*", "--class-noun", "dog"], "photo path not found: no-such"),
     (["textual-inversion", "no-such-photos", "--name", "S*", "--class-noun", "dog"], "photo path not found"),
     (["identity-adapter", "no-such-photos", "--name", "S*"], "photo path not found"),
+    (["identity-adapter", "--name", "nosuch"], "unknown subject 'nosuch'"),
     (["train-motion", "clip.mp4", "--name", "M", "--set", "bogus=1"], "config key 'bogus'"),
     (["train-motion", "no-such-clip.mp4", "--name", "M"], "clip not found: no-such-clip.mp4"),
     (["train-image-prompt", "--set", "bogus=1"], "config key 'bogus'"),

@@ -715,6 +715,7 @@ def test_settings_that_would_do_nothing_are_warned_of(command, sets, warned, pho
     for function in ("train_subject", "train_textual_inversion", "train_identity_adapter"):
         monkeypatch.setattr(engine, function, lambda cfg: None)
     monkeypatch.setattr("vidbooth.cli.options.learned_backbone", lambda *args: {})
+    monkeypatch.setattr("vidbooth.library.artifact_dir", lambda kind, name: None)  # identity-adapter's subject
     args = [command, str(photos), "--name", "S*", *FAST, *[arg for item in sets for arg in ("--set", item)]]
     assert main(args + (["--class-noun", "dog"] if command != "identity-adapter" else [])) == 0
     assert messages == warned

@@ -264,6 +264,10 @@ def identity_adapter(
     _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
     _check_photos(cfg, ("identity",))
+    if cfg.name:  # the subject that stage 2 extends: a misspelt name is told before torch is imported
+        from vidbooth.library import artifact_dir
+
+        artifact_dir("subject", cfg.name)
     from vidbooth.engine.subject import train_identity_adapter  # after the cheap checks: it loads torch
 
     train_identity_adapter(cfg)
