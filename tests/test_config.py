@@ -41,8 +41,13 @@ def test_named_recipes_resolve():
 @pytest.mark.parametrize(
     "sets, message",
     [
-        (["sampling.bogus=1"], "config key 'sampling.bogus'"),
-        (["sampling.num_frames=many"], "config key 'sampling.num_frames'"),
+        (["sampling.bogus=1"], r"^--set sampling.bogus=1: config key 'sampling.bogus' is not a setting: docs/generate.md "
+                               "lists the settings$"),
+        (["sampling.num_frame=3"], r"^--set sampling.num_frame=3: config key 'sampling.num_frame' is not a setting "
+                                   r"\(did you mean 'sampling.num_frames'\?\)"),
+        (["sampling.num_frames=many"], "^--set sampling.num_frames=many: config key 'sampling.num_frames' takes a whole "
+                                       "number, got 'many'$"),
+        (["sampling.guidance_scale=high"], "config key 'sampling.guidance_scale' takes a number, got 'high'$"),
         (["nokey"], "--set expects key=value"),
         (["=3"], "--set expects key=value"),
         (["sampling.guidance_scale=[1"], r"--set sampling.guidance_scale=\[1 cannot be read .*as in YAML"),
@@ -51,6 +56,14 @@ def test_named_recipes_resolve():
 def test_bad_keys_and_types_name_the_key(sets, message):
     with pytest.raises(UserError, match=message):
         load_config(GenerateConfig, None, sets)
+
+
+def test_a_switch_given_another_word_says_it_takes_true_or_false():
+    from vidbooth.config.motion import MotionConfig
+
+    with pytest.raises(UserError, match=r"^--set preview.enabled=maybe: config key 'preview.enabled' takes true or "
+                                        r"false, got 'maybe'$"):
+        load_config(MotionConfig, None, ["preview.enabled=maybe"])
 
 
 def test_set_keeps_text_settings_as_typed_and_reads_other_values_as_yaml():
@@ -217,10 +230,12 @@ def test_a_recipe_for_another_command_or_not_a_mapping_is_one_clear_error(tmp_pa
         load_config(SubjectConfig, str(typo))
     assert "another command" not in str(caught.value)  # a known section with a wrong key is a typo
     typo.write_text("textual_inversion:\n  train:\n    lr: abc\n")  # the file that holds a bad value is named
-    with pytest.raises(UserError, match=r"recipe .*typo.yaml: config key 'textual_inversion.train.lr': Value 'abc'"):
+    with pytest.raises(UserError, match=r"recipe .*typo.yaml: config key 'textual_inversion.train.lr' takes a number, "
+                       r"got 'abc'$"):
         load_config(SubjectConfig, str(typo))
     typo.write_text("dataa:\n  flip: true\n")
-    with pytest.raises(UserError, match=r"config key 'dataa'.*Did you mean: 'data'\?$"):  # not also "another command"
+    with pytest.raises(UserError, match=r"config key 'dataa' is not a setting \(did you mean 'data'\?\): docs/subject.md "
+                       r"lists the settings$"):  # not also "another command"
         load_config(SubjectConfig, str(typo))
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n")

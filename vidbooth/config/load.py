@@ -94,11 +94,33 @@ def _sets(set_key: str, text: str, key: str) -> bool:
         return False
 
 
-def _describe(exc: OmegaConfBaseException) -> str:
+SETTINGS_PAGES = {"GenerateConfig": "generate", "SubjectConfig": "subject", "MotionConfig": "motion",
+                  "EvaluateConfig": "evaluate", "DemoConfig": "demo", "PretrainConfig": "pretrain",
+                  "ImagePromptConfig": "image-prompt"}
+"""The docs page (docs/<page>.md) that lists each command config's settings, for the message of an unknown key."""
+_VALUE_KINDS = {"Integer": "a whole number", "Float": "a number"}
+
+
+def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
+    """OmegaConf's error in the user's terms: the key, what it takes or what is near it, where the settings are
+    listed; not OmegaConf's class names ("Key 'x' not in 'SamplingConfig'")."""
     from omegaconf.errors import InterpolationResolutionError
 
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
+    if key and isinstance(exc, ConfigKeyError) and " not in '" in msg:
+        near = re.search(r"Did you mean: '([^']+)'", str(exc))
+        parent = key.rpartition(".")[0]
+        guess = f" (did you mean '{parent + '.' if parent else ''}{near.group(1)}'?)" if near else ""
+        page = SETTINGS_PAGES.get(getattr(schema, "__name__", ""))
+        listed = f": docs/{page}.md lists the settings" if page else ""
+        return f"config key '{key}' is not a setting{guess}{listed}"
+    converted = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)$", msg)
+    invalid_bool = re.match(r"Value '(.*)' is not a valid bool", msg)
+    if key and (converted or invalid_bool):
+        value, kind = (converted.group(1), _VALUE_KINDS.get(converted.group(2), converted.group(2).lower())) \
+            if converted else (invalid_bool.group(1), "true or false")
+        return f"config key '{key}' takes {kind}, got '{value}'"
     if isinstance(exc, InterpolationResolutionError):  # only a recipe's texts are read as OmegaConf's
         msg += " (a recipe's ${...} refers to another setting: write \\${ for the text ${)"
     return f"config key '{key}': {msg}" if key else msg
@@ -133,14 +155,19 @@ def load_config(
             except ConfigKeyError as exc:
                 other_command = "." not in str(getattr(exc, "full_key", "") or "")  # a whole section is unknown
                 typo = "Did you mean" in str(exc)  # OmegaConf found a near key: a typo, not another command's recipe
-                hint = ": is it a recipe for another command?" if other_command and not typo else ""
-                raise UserError(f"recipe {path}: {_describe(exc)}{hint}") from exc
+                if other_command and not typo:
+                    raise UserError(f"recipe {path}: config key '{exc.full_key}' is not a setting of this command: "
+                                    "is it a recipe for another command?") from exc
+                raise UserError(f"recipe {path}: {_describe(exc, schema)}") from exc
             except OmegaConfBaseException as exc:  # a value of the wrong type: say which file holds it
-                raise UserError(f"recipe {path}: {_describe(exc)}") from exc
+                raise UserError(f"recipe {path}: {_describe(exc, schema)}") from exc
         for item in sets or []:
             given = _read_set(item, merged)
             _check_sections(merged, given, f"--set {item}: ")
-            merged = OmegaConf.merge(merged, _strings_as_lists(merged, given))
+            try:
+                merged = OmegaConf.merge(merged, _strings_as_lists(merged, given))
+            except OmegaConfBaseException as exc:
+                raise UserError(f"--set {item.strip()}: {_describe(exc, schema)}") from exc
         for key, value in (overrides or {}).items():
             if value is not None:
                 if isinstance(value, str) and OmegaConf.is_list(OmegaConf.select(merged, key)):
@@ -148,7 +175,7 @@ def load_config(
                 OmegaConf.update(merged, key, literal(value), merge=True)
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise UserError(_describe(exc)) from exc
+        raise UserError(_describe(exc, schema)) from exc
     except UserError as exc:  # a value check in a config's __post_init__
         raise UserError(_name_flag(str(exc), flags or {})) from exc
     _apply_env(obj)
