@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import time
 import uuid
@@ -127,7 +128,9 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
                 f"{path} is {what}, not a vidbooth {kind}: move it out of {path.parent}, then train '{name}'"
             )
         known = known_names(kind)
-        hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else f"no {KINDS[kind]} yet: train one first"
+        learn = "train-subject PHOTOS" if kind == "subject" else "train-motion CLIP"
+        hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else \
+            f"no {KINDS[kind]} yet: learn one with vidbooth {learn} --name {shlex.quote(name)}"
         others = [other for other in KINDS
                   if other != kind and (_kind_root(other) / dir_name(name) / MANIFEST).is_file()]
         if others:
