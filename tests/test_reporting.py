@@ -122,3 +122,16 @@ def test_under_a_launcher_commands_that_do_not_share_work_are_refused_and_tables
     monkeypatch.setenv("RANK", "1")
     reporting.table("scores", ["video"], [("a.mp4",)], to_stdout=True)
     assert capsys.readouterr().out == ""
+
+
+def test_an_error_shows_a_path_with_its_spaces_as_they_are(tmp_path, capsys, isolated_home):
+    """An error's message had every run of spaces squeezed to one: a folder 'My  Clips' was named 'My Clips', which
+    a user could not find or paste. Only line breaks become spaces."""
+    from vidbooth.cli.app import main
+    from vidbooth.errors import UserError
+
+    missing = tmp_path / "My  Clips" / "dance.mp4"
+    assert main(["train-motion", str(missing), "--name", "M"]) == 2
+    assert capsys.readouterr().err == (f"error: clip not found: {missing}: check the spelling, or quote paths that "
+                                       "contain spaces (a clip is a video file or a folder of frames)\n")
+    assert str(UserError("a\n    b  c\r\n")) == "a b  c"

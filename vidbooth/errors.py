@@ -8,8 +8,13 @@ traceback.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
+
+
+CHECK_THE_PATH = "check the spelling, or quote paths that contain spaces"
+"""How to fix a path that is not there, for every "... not found: PATH" message."""
 
 
 class UserError(Exception):
@@ -18,7 +23,9 @@ class UserError(Exception):
     exit_code = 2
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+        # one line: line breaks (and the indentation around them) become a space; other spaces stay as they are, as
+        # in a folder named 'My  Photos', which a message must show as it is to be found or pasted
+        super().__init__(re.sub(r"[ \t]*[\r\n]+[ \t]*", " ", str(message)).strip())
 
 
 class Interrupted(BaseException):

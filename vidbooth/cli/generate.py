@@ -108,8 +108,12 @@ def generate(
         from pathlib import Path
 
         from vidbooth.data.images import check_image_file
+        from vidbooth.errors import UserError
 
-        check_image_file(Path(cfg.image_prompt).expanduser())
+        try:
+            check_image_file(Path(cfg.image_prompt).expanduser())
+        except UserError as exc:
+            raise UserError(f"--image-prompt: {exc}") from exc
     from vidbooth.engine.generate import generate as run_generate  # after the cheap checks: it loads torch
 
     run_generate(cfg)

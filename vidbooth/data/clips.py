@@ -34,7 +34,7 @@ from vidbooth.data.images import (
     prepare_photo,
 )
 from vidbooth.data.video import read_video, video_fps
-from vidbooth.errors import UserError
+from vidbooth.errors import CHECK_THE_PATH, UserError
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ def check_clip_exists(source: str | Path) -> Path:
     """The clip's path (~ expanded); a UserError when nothing is there, told before a model (and torch) loads."""
     path = Path(source).expanduser()
     if not path.exists():
-        raise UserError(f"clip not found: {path}")
+        raise UserError(f"clip not found: {path}: {CHECK_THE_PATH} (a clip is a video file or a folder of frames)")
     return path
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vidbooth import reporting
-from vidbooth.errors import UserError
+from vidbooth.errors import CHECK_THE_PATH, UserError
 
 if TYPE_CHECKING:
     import torch
@@ -224,7 +224,7 @@ def check_photos_exist(paths: Sequence[str | Path]) -> None:
 
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        raise UserError(f"photo path not found: {path}: check the spelling, or quote paths that contain spaces")
+        raise UserError(f"photo path not found: {path}: {CHECK_THE_PATH}")
 
 
 def _photo_files(path: Path) -> list[Path]:
@@ -282,7 +282,7 @@ def check_image_file(path: Path) -> None:
     if path.is_symlink() and not path.exists():
         raise UserError(f"{path} is a link to a missing file ({os.readlink(path)}): fix the link or remove it")
     if not path.exists():
-        raise UserError(f"image not found: {path}: check the spelling")
+        raise UserError(f"image not found: {path}: {CHECK_THE_PATH}")
     if not path.is_file():
         raise UserError(f"{path} is not a file: give an image file")
     if path.stat().st_size == 0:

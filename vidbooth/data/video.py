@@ -23,7 +23,7 @@ from PIL import Image
 
 from vidbooth import reporting
 from vidbooth.data.images import to_rgb
-from vidbooth.errors import UserError
+from vidbooth.errors import CHECK_THE_PATH, UserError
 from vidbooth.fileio import write_together
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
@@ -82,7 +82,7 @@ def video_file_problem(path: str | Path) -> str | None:
     """Why `path` cannot be a video file, judged without decoding it (missing, a folder, another type, empty)."""
     path = Path(path)
     if not path.exists():
-        return f"video not found: {path}"
+        return f"video not found: {path}: {CHECK_THE_PATH}"
     if path.is_dir():
         return f"{path} is a folder, not a video file"
     if path.suffix.lower() not in VIDEO_EXTENSIONS:

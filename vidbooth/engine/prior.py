@@ -22,7 +22,7 @@ from PIL import Image
 from vidbooth import reporting
 from vidbooth.config.subject import PriorConfig
 from vidbooth.engine.backbone import cache_dir
-from vidbooth.errors import UserError
+from vidbooth.errors import CHECK_THE_PATH, UserError
 from vidbooth.fileio import remove_stale_temporaries, write_together
 
 
@@ -124,7 +124,7 @@ def class_image_files(path: str | Path, count: int) -> list[Path]:
 
     folder = Path(path).expanduser()
     if not folder.exists():
-        raise UserError(f"class image folder not found: {folder}: check the --class-images path")
+        raise UserError(f"class image folder not found: {folder} (--class-images): {CHECK_THE_PATH}")
     if not folder.is_dir():
         raise UserError(
             f"--class-images must be a folder of class images, got a file: {folder}; give the folder it is in"

@@ -10,7 +10,7 @@ import numpy as np
 from vidbooth.config.checks import MAX_FRAMES
 from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, warn_of_camera_files
 from vidbooth.data.video import VIDEO_EXTENSIONS, video_frames
-from vidbooth.errors import UserError
+from vidbooth.errors import CHECK_THE_PATH, UserError
 from vidbooth.reporting import warn
 
 MAX_VIDEO_FRAMES = MAX_FRAMES
@@ -36,7 +36,8 @@ def read_image_folder(folder: str | Path) -> list[np.ndarray]:
                             "folder that holds them, or one photo")
         return [np.asarray(load_image(folder, min_side=1))]
     if not folder.is_dir():
-        raise UserError(f"reference image folder not found: {folder}; pass a folder of {IMAGE_KINDS} images")
+        raise UserError(f"reference image folder not found: {folder}: {CHECK_THE_PATH} (a folder of {IMAGE_KINDS} "
+                        "images)")
     images = []
     entries = sorted(folder.iterdir())
     warn_of_camera_files(folder, entries)
