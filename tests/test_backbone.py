@@ -401,3 +401,14 @@ def test_the_conversion_command_survives_quotes_in_the_path_and_keeps_a_variant(
     assert [_variant_of(name) for name in ("model.fp16.safetensors", "x.fp16-00001-of-00002.safetensors",
                                            "model-00001-of-00002.safetensors", "unet_v1.5.safetensors")] == [
         "fp16", "fp16", None, None]
+
+
+def test_encode_video_scales_the_vae_latents(tiny_backbones):
+    """(mutation testing: latents left unscaled had passed 114 tests)"""
+    bb = tiny_backbones["unet3d"]
+    assert bb.vae.config.scaling_factor != 1
+    pixels = torch.rand(1, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        mean = bb.vae.encode(pixels[0]).latent_dist.mean  # (F, C, h, w)
+    expected = (mean * bb.vae.config.scaling_factor).transpose(0, 1)[None]
+    assert torch.allclose(bb.encode_video(pixels), expected, atol=1e-6)

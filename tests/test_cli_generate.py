@@ -362,3 +362,18 @@ def test_a_folder_the_file_system_will_not_write_is_refused_before_sampling(tmp_
     assert main(["generate", "--prompt", "x", "--out", str(tmp_path / "v.mp4")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: output folder is not writable: {tmp_path}; choose another place for the output")
+
+
+def test_the_videos_are_sampled_with_the_seed_negative_prompt_and_eta_given(monkeypatch):
+    """(mutation testing: a fixed seed, a dropped negative prompt or eta had passed every test)"""
+    from vidbooth.config.schema import GenerateConfig
+    from vidbooth.engine import generate as generate_engine
+    from vidbooth.engine import sampling
+
+    seen = {}
+    monkeypatch.setattr(sampling, "sample_video", lambda bb, prompts, **kw: seen.update(kw, prompts=prompts))
+    cfg = GenerateConfig(prompt="a dog")
+    cfg.runtime.seed, cfg.sampling.eta, cfg.num_videos = 1234, 0.3, 2
+    generate_engine.sample_videos(object(), cfg, "a dog", "blurry")
+    assert seen["prompts"] == ["a dog", "a dog"] and seen["negative_prompt"] == "blurry" and seen["eta"] == 0.3
+    assert seen["generator"].initial_seed() == 1234

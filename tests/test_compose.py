@@ -261,3 +261,9 @@ def test_unknown_names_list_the_known_ones(library, subjects, motion, listed):
     with pytest.raises(UserError, match="unknown") as caught:
         apply_personalisation(fresh(), "a dog", subjects, motion)
     assert listed in str(caught.value)
+
+
+def test_a_subject_named_twice_is_loaded_once(library):
+    """`--subject S* --subject S*` applies S* once (a second load had failed: the layer already has its adapter)."""
+    result = apply_personalisation(fresh(), "a S* dog", ["S*", "S*"])
+    assert [subject.name for subject in result.subjects] == ["S*"] and result.prompt == "a S* dog"

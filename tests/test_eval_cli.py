@@ -488,3 +488,22 @@ def test_a_gpu_that_is_not_there_is_one_error_line(device, expected, media, tiny
     assert run(media["right"], "-p", "x", "--device", device, *models(tiny_clip_dir, tiny_vit_dir)) == 2
     errors = error_lines(capsys.readouterr())
     assert len(errors) == 1 and expected in errors[0]
+
+
+def test_the_mean_leaves_out_videos_without_the_metric():
+    """(mutation testing: a mean over every video, failed ones included, had passed)"""
+    from vidbooth.eval.report import EvaluationReport, VideoResult
+
+    results = [VideoResult("a.mp4", metrics={"clip_t": 0.2}), VideoResult("b.mp4", metrics={"clip_t": 0.4}),
+               VideoResult("c.mp4", metrics={"clip_t": None}), VideoResult("d.mp4", error="unreadable")]
+    report = EvaluationReport(results, {}, {}, [], {})
+    assert report.aggregate()["clip_t"] == {"mean": pytest.approx(0.3), "count": 2}
+
+
+def test_the_last_video_of_a_run_of_several_has_the_runs_prompt(tmp_path):
+    """(mutation testing: take-3 of three left without its prompt had passed)"""
+    from vidbooth.eval.jobs import generated_prompt
+
+    (tmp_path / "take.yaml").write_text("prompt: a dog\nnum_videos: 3\n")
+    assert generated_prompt(tmp_path / "take-3.mp4") == "a dog"
+    assert generated_prompt(tmp_path / "take-4.mp4") is None

@@ -280,3 +280,14 @@ def test_an_unknown_name_says_when_it_is_of_the_other_kind_or_a_stopped_training
         parents=True)
     with pytest.raises(UserError, match=r"a stopped training of subject 'Q\*' can be finished: rerun it with --resume"):
         library.artifact_dir("subject", "Q*")
+
+
+def test_a_motion_is_not_learned_on_an_image_model_with_another_motion_module():
+    """Only a subject (image layers alone) may go by the image model's fingerprint; a motion adapter belongs to its
+    motion module (mutation testing)."""
+    from vidbooth.library import learned_on
+
+    subject = {"kind": "subject", "base_fingerprint": "aaa", "image_fingerprint": "img"}
+    motion = {"kind": "motion", "base_fingerprint": "aaa", "image_fingerprint": "img"}
+    assert learned_on(subject, "bbb", "img")
+    assert not learned_on(motion, "bbb", "img")

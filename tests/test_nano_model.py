@@ -660,3 +660,66 @@ def test_an_export_keeps_the_image_prompt_model_of_an_unchanged_model_and_says_w
     assert warnings == [f"{export / 'image_prompt.safetensors'} was trained on the model this export replaces, so it "
                         "is left out: train one for the new model with `vidbooth train-image-prompt --recipe "
                         f"nano/image-prompt --base {export} --out {export / 'image_prompt.safetensors'}`"]
+
+
+def test_nano_warmup_starts_above_zero():
+    """(mutation testing: a first step at learning rate 0 had passed)"""
+    assert [nano._lr_factor(s, 4) for s in (0, 1, 3, 10)] == [0.25, 0.5, 1.0, 1.0]
+
+
+def test_nano_unet_loss_adds_the_weighted_motion_term():
+    """(mutation testing: dropping the frame-difference term had passed)"""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+    from torch import nn
+
+    from vidbooth.nano.model import scheduler_config
+
+    class Constant(nn.Module):  # predicts zeros whatever the input
+        config = SimpleNamespace(in_channels=4, out_channels=4)
+
+        def forward(self, x, t, encoder_hidden_states=None):
+            return SimpleNamespace(sample=torch.zeros(x.shape[0], 4, *x.shape[2:]))
+
+    latents = torch.randn(2, 4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    schedule = DDPMScheduler.from_config(scheduler_config())
+    loss = nano.unet_loss(Constant(), schedule, latents, None, torch.Generator().manual_seed(0), 2.0)
+    expected = latents.pow(2).mean() + 2.0 * latents.diff(dim=2).pow(2).mean()
+    assert torch.allclose(loss, expected)
+
+
+def test_nano_vae_scaling_factor_gives_unit_variance_latents():
+    """(mutation testing: the standard deviation in place of its inverse had passed)"""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    class Vae(nn.Module):
+        def encode(self, x):
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=x * 4.0))
+
+    videos = np.random.default_rng(0).integers(0, 256, (16, 2, 8, 8, 3), dtype=np.uint8)
+    run = SimpleNamespace(cfg=SimpleNamespace(seed=0), world_batch=lambda rng, n: (videos, None))
+    factor = nano._scaling_factor(run, Vae())
+    latents = Vae().encode(nano.pixels(videos).flatten(0, 1)).latent_dist.mean
+    assert float((latents * factor).std()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_unet_stage_gives_the_temporal_layers_their_scaled_lr(tmp_path, char_tokenizer, monkeypatch):
+    """(mutation testing: the temporal group at the plain learning rate had passed)"""
+    groups_seen = []
+    original = torch.optim.AdamW
+
+    def recording(params, *args, **kwargs):
+        params = list(params)
+        groups_seen.append([dict(group) for group in params if isinstance(group, dict)])
+        return original(params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording)
+    cfg = tiny_config(tmp_path, char_tokenizer, unet_steps=1)
+    cfg.unet.lr, cfg.unet.temporal_lr_scale = 1e-4, 3.0
+    nano.pretrain(cfg)
+    unet_groups = groups_seen[-1]
+    assert [group["lr"] for group in unet_groups[:2]] == pytest.approx([1e-4, 3e-4])
+    assert len(unet_groups[1]["params"]) > 0

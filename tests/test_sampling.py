@@ -147,3 +147,15 @@ def test_a_scheduler_config_of_another_kind_never_clips_the_latents(tiny_base_di
     other = {key: value for key, value in config.items() if key != "clip_sample"} | {"_class_name": "PNDMScheduler"}
     assert make_scheduler("ddim", other).config.clip_sample is False
     assert make_scheduler("ddim", config | {"clip_sample": True}).config.clip_sample is True  # a model's own word
+
+
+def test_prompt_embeds_under_guidance_sample_what_the_prompt_does(tiny_backbones):
+    """Given prompt embeddings (as image prompts give them), guidance still pairs them with the negative prompt in
+    the order the prompt's own are (an inverted order steers away from the prompt; mutation testing)."""
+    bb = tiny_backbones["unet3d"]
+    settings = dict(num_frames=2, num_inference_steps=2, guidance_scale=7.5, output_type="latent",
+                    negative_prompt="blurry")
+    plain = sample_video(bb, "a dog", generator=torch.Generator().manual_seed(3), **settings)
+    given = sample_video(bb, "a dog", generator=torch.Generator().manual_seed(3),
+                         prompt_embeds=bb.encode_prompt(["a dog"]), **settings)
+    assert torch.allclose(plain, given, atol=1e-5)

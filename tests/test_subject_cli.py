@@ -862,3 +862,37 @@ def test_no_prior_preservation_with_a_class_flag_says_they_contradict(photos, tm
     assert "--class-images and --no-prior-preservation contradict each other: drop one" in capsys.readouterr().err
     assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *NO_PREVIEW, "--ti-steps", "2",
                  "--no-prior-preservation", "--set", "stages=[textual_inversion]"]) == 0
+
+
+def test_identity_stage_trains_with_the_prior_weight_and_high_noise_it_was_given(photos, isolated_home, monkeypatch,
+                                                                               one_torch_thread):
+    """(mutation testing: a prior weight of 1 or default high-noise settings in stage 2 had passed)"""
+    from vidbooth.engine.objective import HighNoise
+    from vidbooth.engine.subject_methods import IdentityAdapterMethod
+
+    seen = []
+    original = IdentityAdapterMethod.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append((self.prior_weight, self.high_noise))
+
+    monkeypatch.setattr(IdentityAdapterMethod, "__init__", recording)
+    assert train_subject(photos, "--prior-preservation", "--num-class-images", "1", "--prior-weight", "0.3",
+                         "--set", "identity.train.high_noise_fraction=0.5",
+                         "--set", "identity.train.high_noise_from=900", "--no-preview") == 0
+    assert seen == [(0.3, HighNoise(0.5, 900))]
+
+
+def test_the_prior_weight_is_part_of_the_resume_signature():
+    """(mutation testing)"""
+    from types import SimpleNamespace
+
+    from vidbooth.config.subject import PriorConfig
+    from vidbooth.engine.subject import _prior_signature
+
+    def signature(weight):
+        return _prior_signature(SimpleNamespace(cfg=SimpleNamespace(prior=PriorConfig(enabled=True, weight=weight)),
+                                                class_images_sha256=None))
+
+    assert signature(0.3) != signature(1.0)

@@ -256,3 +256,20 @@ def test_learned_embeddings_that_no_training_writes_are_refused(tmp_path):
         save_file({"S*": rows}, str(tmp_path / "learned.safetensors"))
         with pytest.raises(UserError, match=f"learned.safetensors: tensor S\\* {message}"):
             ti.read_learned_embeddings(tmp_path / "learned.safetensors")
+
+
+def test_denoising_loss_feeds_the_unet_the_noised_latents():
+    """The UNet is given add_noise(latents, noise, t), not the noise noised by the latents (mutation testing)."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine.tiny import _scheduler_config
+
+    scheduler = training_scheduler(_scheduler_config())
+    seen = []
+    model = SimpleNamespace(unet_forward=lambda noisy, t, text: seen.append(noisy) or torch.zeros_like(noisy))
+    latents = torch.randn(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    denoising_loss(model, scheduler, latents, None, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)  # the draws denoising_loss makes, in its order
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, 1000, (2,), generator=generator)
+    assert torch.allclose(seen[0], scheduler.add_noise(latents, noise, timesteps))

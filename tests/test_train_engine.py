@@ -437,3 +437,90 @@ def test_a_checkpoint_holding_nan_is_named_when_resumed(tmp_path):
     folder = engine.save_checkpoint(tmp_path, 10, method, torch.optim.AdamW([weight]), None, {"run": "a"}, 0.5)
     with pytest.raises(UserError, match=f"checkpoint {folder} holds NaN or infinite values \\(rows; damaged"):
         engine._read_checkpoint(folder)
+
+
+def test_cosine_lr_schedule_after_its_warmup():
+    """(mutation testing: 1 - cos in place of 1 + cos had passed)"""
+    cfg = TrainConfig(steps=10, lr=1.0, lr_warmup_steps=2, lr_schedule="cosine")
+    assert engine.lr_at(2, cfg) == pytest.approx(1.0)
+    assert engine.lr_at(6, cfg) == pytest.approx(0.5)
+    assert engine.lr_at(9, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+class _Recorder:
+    """loss = w.sum(): each micro-batch gives w a gradient of exactly 1; records items and noise."""
+
+    def __init__(self):
+        self.w = nn.Parameter(torch.zeros(3))
+        self.items, self.noise = [], []
+
+    def trainable_parameters(self):
+        return [self.w]
+
+    def loss(self, batch, generator):
+        self.items += batch["i"].tolist()
+        self.noise.append(torch.rand(1, generator=generator).item())
+        return self.w.sum()
+
+    def state_dict(self):
+        return {"w": self.w.detach()}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            self.w.copy_(state["w"])
+
+
+def test_grad_accumulation_averages_the_micro_batches_gradients():
+    """Each micro-batch of a step is its own item with its own noise, and the step's gradient is their mean
+    (mutation testing: the sum, one item four times, or one noise draw had passed)."""
+    accelerator = engine.make_accelerator("auto", device="cpu")
+    method = _Recorder()
+    cfg = TrainConfig(steps=2, batch_size=1, grad_accumulation=4)
+    data = [{"i": i} for i in range(4)]
+    engine._accumulate(method, data, cfg, 0, accelerator)
+    assert torch.equal(method.w.grad, torch.ones(3))  # mean over the 4 micro-batches, not their sum
+    assert sorted(method.items) == [0, 1, 2, 3]  # the 4 micro-batches of a step are 4 different items
+    assert len(set(method.noise)) == 4  # and each draws its own noise
+
+
+def test_resume_refuses_another_seed(tmp_path):
+    """(mutation testing: a seed left out of the resume signature had passed)"""
+    from vidbooth.errors import UserError
+
+    accelerator = engine.make_accelerator("auto", device="cpu")
+    data = [{"i": i} for i in range(4)]
+    engine.train(_Recorder(), data, TrainConfig(steps=2, seed=0), tmp_path / "run", accelerator)
+    with pytest.raises(UserError):
+        engine.train(_Recorder(), data, TrainConfig(steps=2, seed=1), tmp_path / "run", accelerator, resume=True)
+
+
+def test_an_optimizer_step_clips_the_gradient_norm():
+    """(mutation testing: skipping the clip had passed)"""
+    accelerator = engine.make_accelerator("auto", device="cpu")
+    p = nn.Parameter(torch.zeros(4))
+    p.grad = torch.full((4,), 100.0)
+    optimizer = torch.optim.SGD([p], lr=1.0)
+    engine._optimizer_step(optimizer, [p], TrainConfig(steps=1, lr=1.0, max_grad_norm=1.0), 0, accelerator)
+    assert torch.allclose(p.detach(), torch.full((4,), -0.5))  # the gradient clipped to norm 1
+
+
+def test_resume_restores_the_global_torch_rng(tmp_path):
+    """A method drawing from torch's global generator (dropout would) resumes exactly too (mutation testing)."""
+    class GlobalRandom(_Recorder):
+        def loss(self, batch, generator):
+            return (self.w * torch.rand(3)).sum()  # global RNG, as dropout would use
+
+    accelerator = engine.make_accelerator("auto", device="cpu")
+    data = [{"i": i} for i in range(4)]
+    cfg = dict(steps=4, lr=0.1, checkpoint_every=2)
+    torch.manual_seed(0)
+    whole = GlobalRandom()
+    engine.train(whole, data, TrainConfig(**cfg), tmp_path / "a", accelerator)
+    torch.manual_seed(0)
+    engine.train(GlobalRandom(), data, TrainConfig(**cfg | {"steps": 4}), tmp_path / "b", accelerator)
+    # stop after step 2: drop the last checkpoint, resume from step 2 with another global RNG state
+    shutil.rmtree(engine.list_checkpoints(tmp_path / "b")[-1])
+    torch.manual_seed(99)
+    resumed = GlobalRandom()
+    engine.train(resumed, data, TrainConfig(**cfg), tmp_path / "b", accelerator, resume=True)
+    assert torch.equal(resumed.w, whole.w)
