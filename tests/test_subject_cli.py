@@ -896,3 +896,23 @@ def test_the_prior_weight_is_part_of_the_resume_signature():
                                                 class_images_sha256=None))
 
     assert signature(0.3) != signature(1.0)
+
+
+def test_resume_is_refused_when_the_subjects_pseudo_word_was_learned_again(photos, isolated_home, monkeypatch,
+                                                                            capsys):
+    """A stopped identity-adapter run trained its adapter against the subject's pseudo-word; once that was learned
+    again (textual-inversion --overwrite), a resume would go on against another embedding: it is refused."""
+    from vidbooth.engine.subject_methods import IdentityAdapterMethod
+
+    stage_one = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *NO_PREVIEW, "--steps", "2"]
+    stage_two = ["identity-adapter", "--name", "S*", *NO_PREVIEW, "--steps", "3"]
+    assert main(stage_one) == 0
+    original_loss = interrupt_identity_stage(monkeypatch)
+    assert main(stage_two) == 130
+    monkeypatch.setattr(IdentityAdapterMethod, "loss", original_loss)
+    assert main([*stage_one, "--overwrite", "--seed", "7"]) == 0
+    capsys.readouterr()
+    assert main([*stage_two, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot resume" in err and "(the subject's pseudo-word, learned again since this run stopped)" in err
+    assert "\n" not in err

@@ -375,6 +375,7 @@ _UNNAMED_SETTINGS = {
     "train.processes": ("the number of processes", 1),
     "train.resolved_mixed_precision": ("the mixed precision", "no"),
     "base_dtype": ("the base model's precision (--precision)", "torch.float32"),
+    "embedding": ("the subject's pseudo-word, learned again since this run stopped", None),
 }
 """Signature keys that are no config key: how a message names each, and its value when the signature lacks it."""
 
