@@ -916,3 +916,28 @@ def test_resume_is_refused_when_the_subjects_pseudo_word_was_learned_again(photo
     err = capsys.readouterr().err.strip()
     assert "cannot resume" in err and "(the subject's pseudo-word, learned again since this run stopped)" in err
     assert "\n" not in err
+
+
+def test_the_photos_augmented_views_follow_the_seed():
+    """--seed picks the flips and zooms of the photos' views: the same seed gives the same views, another seed
+    others (mutation testing: views drawn from a fixed seed had passed)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from vidbooth.config.subject import SubjectConfig
+    from vidbooth.engine.subject import _encode_photos
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(2)]
+
+    def views(seed: int) -> torch.Tensor:
+        cfg = SubjectConfig()
+        cfg.data.flip, cfg.data.scale_jitter, cfg.data.views, cfg.runtime.seed = True, 0.3, 4, seed
+        backbone = SimpleNamespace(device="cpu", encode_video=lambda pixels: pixels)  # the views themselves
+        return _encode_photos(SimpleNamespace(cfg=cfg, photos=SimpleNamespace(images=images), size=32,
+                                              backbone=backbone))
+
+    first = views(0)
+    assert first.shape == (8, 1, 3, 32, 32)
+    assert torch.equal(first, views(0)) and not torch.equal(first, views(1))
