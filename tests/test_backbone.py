@@ -100,8 +100,13 @@ def test_not_a_model_folder(tmp_path, tiny_base_dirs):
 
 
 def test_missing_base_and_offline_hub(tmp_path):
-    with pytest.raises(UserError, match="base model not found"):
+    with pytest.raises(UserError, match=r"base model not found: .*nope \(--base\): give a diffusers model folder, a "
+                                        r"hub id like org/name, or a built-in model \(nano, tiny, tiny-animatediff\)$"):
         load_backbone(str(tmp_path / "nope"), device="cpu")
+    (tmp_path / "model.safetensors").write_bytes(b"")  # a single-file checkpoint: how to convert it
+    with pytest.raises(UserError, match=r"base model .*model.safetensors \(--base\) is a file: give a diffusers model "
+                                        r"folder .* converts once with python -c 'import diffusers; .*from_single_file"):
+        load_backbone(str(tmp_path / "model.safetensors"), device="cpu")
     with pytest.raises(UserError, match=r"cannot fetch 'someone/model' from the hub \(offline, or no such model\): "
                        "download it where the network allows and pass its local folder with --base$"):
         load_backbone("someone/model", device="cpu")

@@ -386,9 +386,14 @@ def test_an_image_encoder_that_is_not_here_is_refused_before_the_model_loads(tmp
     clip = str(write_clip(tmp_path / "c.mp4"))
     assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--image-encoder", "someone/clip"]) == 2
     err = capsys.readouterr().err
-    assert "image encoder 'someone/clip' not found (cannot fetch 'someone/clip' from the hub" in err
+    assert "image encoder 'someone/clip' (--image-encoder) not found (cannot fetch 'someone/clip' from the hub" in err
     assert "pass its local folder with --image-encoder)" in err and "--base" not in err
     assert not (isolated_home / "motions" / "m").exists()
+    for given, problem in (("no/such/clip/folder", "not found"), (clip, "is a file, not a folder")):
+        assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--image-encoder", given]) == 2
+        assert capsys.readouterr().err == (
+            f"error: image encoder '{given}' (--image-encoder) {problem}: give a CLIP vision folder, a hub id already "
+            "downloaded, 'tiny-clip' or 'vae', or leave it empty for the base model's default\n")
 
 
 def test_batch_size_and_checkpoint_interval_have_flags_as_for_subjects(tmp_path, isolated_home, capsys):

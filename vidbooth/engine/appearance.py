@@ -145,10 +145,12 @@ def _resolve_encoder(encoder: str, setting: str | None) -> Path:
     try:
         return resolve_base(encoder, flag=setting)
     except UserError as exc:
+        problem = ("not found" if str(exc).startswith("base model not found")
+                   else "is a file, not a folder" if Path(encoder).expanduser().is_file() else f"not found ({exc})")
         if setting is None:
-            raise UserError(f"image encoder '{encoder}' not found ({exc})") from exc
+            raise UserError(f"image encoder '{encoder}' {problem}") from exc
         raise UserError(
-            f"image encoder '{encoder}' not found ({exc}): give {setting} a CLIP vision folder, a hub id already "
+            f"image encoder '{encoder}' ({setting}) {problem}: give a CLIP vision folder, a hub id already "
             f"downloaded, '{TINY_CLIP}' or '{VAE}', or leave it empty for the base model's default"
         ) from exc
 

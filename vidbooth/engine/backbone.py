@@ -241,13 +241,19 @@ def resolve_base(base: str, revision: str | None = None, flag: str | None = "--b
                     publish_folder(motion_adapter_folder(built), motion_adapter_folder(folder))
         return folder
     path = Path(base).expanduser()
+    given = f" ({flag})" if flag else ""
     if path.exists():
         if not path.is_dir():
-            raise UserError(f"base model must be a diffusers folder, got a file: {path}")
+            raise UserError(
+                f"base model {path}{given} is a file: give a diffusers model folder (with model_index.json); a "
+                "single-file checkpoint (.safetensors, .ckpt) converts once with python -c 'import diffusers; "
+                f"diffusers.StableDiffusionPipeline.from_single_file(\"{path}\").save_pretrained(\"DIR\")'"
+            )
         return path
     if not _HUB_ID.match(base):
         raise UserError(
-            f"base model not found: {base} (give a diffusers folder, a hub id like org/name, 'nano' or 'tiny')"
+            f"base model not found: {base}{given}: give a diffusers model folder, a hub id like org/name, or a "
+            f"built-in model ({', '.join(sorted(BUILTIN_NAMES))})"
         )
     return _from_hub(base, revision, flag, not_here=path)
 
