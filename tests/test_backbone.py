@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vidbooth.attention import VidboothAttnProcessor
-from vidbooth.engine.backbone import load_backbone
+from vidbooth.engine.backbone import load_backbone, resolve_base
 from vidbooth.engine.tiny import motion_adapter_folder, save_tiny_backbone
 from vidbooth.errors import UserError
 
@@ -110,6 +110,38 @@ def test_missing_base_and_offline_hub(tmp_path):
     with pytest.raises(UserError, match=r"cannot fetch 'someone/model' from the hub \(offline, or no such model\): "
                        "download it where the network allows and pass its local folder with --base$"):
         load_backbone("someone/model", device="cpu")
+
+
+def test_a_gated_model_a_missing_revision_and_a_full_disk_are_told_as_such(monkeypatch):
+    """A download failing for a gated model, a revision the model lacks or a full disk had been told as 'offline, or
+    no such model'."""
+    import errno
+
+    import huggingface_hub
+    from huggingface_hub.utils import GatedRepoError, RevisionNotFoundError
+
+    def failing(error):
+        def snapshot_download(*args, **kwargs):
+            raise error
+        return snapshot_download
+
+    def hub_error(kind):  # their constructors want an HTTP response
+        error = kind.__new__(kind)
+        Exception.__init__(error, "refused")
+        return error
+
+    for error, message in (
+        (hub_error(GatedRepoError), r"^cannot fetch 'org/model' from the hub: it is gated; accept its terms .*hf auth "
+                                    r"login\), and run again$"),
+        (hub_error(RevisionNotFoundError), r"^cannot fetch 'org/model' at revision 'v9': the model has no such branch, "
+                                           r"tag or commit; fix backbone.revision"),
+    ):
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", failing(error))
+        with pytest.raises(UserError, match=message):
+            resolve_base("org/model", "v9")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", failing(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(OSError, match="No space left"):  # the command line's full-disk line, not 'offline'
+        resolve_base("org/model")
 
 
 def test_an_image_model_without_a_motion_adapter_is_text2video_zero(tiny_base_dirs, tmp_path):
