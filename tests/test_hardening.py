@@ -171,11 +171,23 @@ def test_the_out_of_memory_line_names_what_the_command_can_ask_less_of():
 
     full = MemoryError()
     assert _command_of(["--home", "lib", "pretrain", "--out", "x"]) == "pretrain"
-    assert "(smaller autoencoder.batch, clip.batch or unet.batch" in out_of_memory_message(full, "pretrain")
+    assert out_of_memory_message(full, "pretrain") == (
+        "out of memory: ask for less at once (a smaller --set unet.batch=N (or autoencoder.batch, clip.batch), or a "
+        "smaller --set arch.size=N), and run it again")
     assert "(a smaller batch)" in out_of_memory_message(full, None)
     assert out_of_memory_message(ValueError("shapes differ"), "pretrain") is None
     commands = set(main_commands())
     assert set(LESS_AT_ONCE) <= commands and commands - set(LESS_AT_ONCE) == {"list"}  # list allocates nothing
+    import re
+
+    import typer
+
+    from vidbooth.cli.app import app
+
+    for name, command in typer.main.get_command(app).commands.items():  # every flag named is one the command has
+        flags = {flag for param in command.params for flag in param.opts}
+        message = out_of_memory_message(full, name) if name in LESS_AT_ONCE else ""
+        assert set(re.findall(r"--[a-z][a-z-]*", message)) <= flags, name  # --precision only where it is a flag
 
 
 def main_commands() -> list[str]:

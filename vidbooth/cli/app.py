@@ -232,14 +232,18 @@ LESS_AT_ONCE = {
     "generate": "fewer --num-frames, a smaller --height/--width",
     "demo": "fewer --num-videos, or --fast",
     "evaluate": "a smaller --batch-size",
-    "pretrain": "smaller autoencoder.batch, clip.batch or unet.batch, or a smaller arch.size",
-    "train-subject": "a smaller --batch-size or --resolution, or a smaller prior.sample_batch_size",
-    "train-motion": "fewer --num-frames, a smaller --resolution or train.batch_size",
-    "train-image-prompt": "smaller coarse.batch_size and fine.batch_size, or fewer data.num_frames",
+    "pretrain": "a smaller --set unet.batch=N (or autoencoder.batch, clip.batch), or a smaller --set arch.size=N",
+    "train-subject": "a smaller --batch-size or --resolution, or a smaller --set prior.sample_batch_size=N",
+    "train-motion": "fewer --num-frames, a smaller --resolution or --batch-size",
+    "train-image-prompt": "a smaller --set coarse.batch_size=N and fine.batch_size=N, or fewer data.num_frames",
 }
 """What each command can ask for less of when memory runs out (the rest: a smaller batch)."""
 LESS_AT_ONCE |= {"textual-inversion": LESS_AT_ONCE["train-subject"], "identity-adapter": LESS_AT_ONCE["train-subject"],
                  "motion-adapter": LESS_AT_ONCE["train-motion"]}
+
+
+NO_PRECISION_FLAG = {"evaluate", "pretrain"}
+"""Commands without --precision (evaluate scores in float32; pretrain trains nano in float32)."""
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -267,7 +271,8 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
     elif found := re.search(r"tried to allocate ([\d.]+ [KMGT]i?B)", text, flags=re.IGNORECASE):
         asked = f" (it asked for {found.group(1)} more)"
     less = LESS_AT_ONCE.get(command or "", "a smaller batch")
-    return f"out of memory{asked}: ask for less at once ({less}), or use --precision fp16 on a GPU, and run it again"
+    half = "" if command in NO_PRECISION_FLAG else ", or use --precision fp16 on a GPU"
+    return f"out of memory{asked}: ask for less at once ({less}){half}, and run it again"
 
 
 @contextlib.contextmanager
