@@ -441,3 +441,18 @@ def test_a_shared_motion_whose_adapter_spec_was_crafted_is_refused_before_its_ad
     with pytest.raises(UserError, match=r"its adapter config in the metadata is damaged \(hidden_ratio 1e\+06 is not"):
         load_motion(backbone, "slide")
     assert not adapters_of(backbone.unet, motion_adapters.KIND)
+
+
+def test_a_preview_setting_the_model_cannot_take_is_told_before_training(tmp_path, isolated_home, monkeypatch,
+                                                                         capsys):
+    """The preview comes after training: preview.num_inference_steps 1000 (the model has 1000 noise levels) had
+    failed the run once it had trained."""
+    import vidbooth.engine.train as train_engine
+
+    monkeypatch.setattr(train_engine, "train", lambda *args, **kwargs: pytest.fail("it trained"))
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    fast = [arg for arg in NO_PREVIEW if arg != "--no-preview"]
+    assert main(["train-motion", clip, "--name", "m", *fast, "--set", "preview.num_inference_steps=1000"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: preview.num_inference_steps must be from 1 to 999 (the model was trained on 1000 noise levels), got 1000")
+    assert not (isolated_home / "motions" / "m").exists()

@@ -941,3 +941,17 @@ def test_the_photos_augmented_views_follow_the_seed():
     first = views(0)
     assert first.shape == (8, 1, 3, 32, 32)
     assert torch.equal(first, views(0)) and not torch.equal(first, views(1))
+
+
+def test_a_preview_setting_the_model_cannot_take_is_told_before_training(photos, isolated_home, monkeypatch, capsys):
+    """The preview comes after training: a preview.num_inference_steps of 1000 (the model has 1000 noise levels)
+    had failed the run once it had trained, losing the training."""
+    import vidbooth.engine.subject as engine
+
+    monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("it trained"))
+    assert train_subject(photos, "--set", "preview.num_inference_steps=1000") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: preview.num_inference_steps must be from 1 to 999 (the model was trained on 1000 noise levels), got 1000")
+    assert library_is_empty(isolated_home)
+    monkeypatch.undo()
+    assert train_subject(photos, "--set", "preview.num_inference_steps=1000", "--no-preview") == 0  # not made: fine

@@ -235,10 +235,13 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> MotionResult:
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone_for
+    from vidbooth.engine.sampling import check_steps
     from vidbooth.engine.train import backbone_device, remove_runs, run_folder, seed_everything, train
 
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     size = training_size(backbone, cfg)
+    if cfg.preview.enabled:  # made after training: a setting it cannot take is told now, not then
+        check_steps(backbone, cfg.preview.num_inference_steps, "preview.num_inference_steps")
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
     if accelerator.is_main_process:  # once every input is checked (a bad one stays a single error line)
         warn_of_repeated_clips(clips)
@@ -277,13 +280,14 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
 
 def training_size(backbone: Backbone, cfg: MotionConfig) -> int:
     """data.resolution, or the model's native size; a UserError when the model cannot take it."""
-    from vidbooth.engine.sampling import check_geometry, training_resolution
+    from vidbooth.engine.sampling import check_frames, check_geometry, training_resolution
 
     size = training_resolution(backbone, cfg.data.resolution)
+    check_frames(backbone, cfg.data.num_frames)
     try:
         check_geometry(backbone, cfg.data.num_frames, size, size)
     except UserError as exc:
-        raise UserError(f"cannot train at data.resolution {size} with {cfg.data.num_frames} frames: {exc}") from exc
+        raise UserError(f"cannot train at data.resolution {size}: {exc}") from exc
     return size
 
 

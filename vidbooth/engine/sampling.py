@@ -41,15 +41,37 @@ def make_scheduler(name: str, scheduler_config: dict):
     return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
 
 
-def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
-    """Raise a UserError for sizes and frame counts the model cannot take."""
+def check_frames(backbone, num_frames: int, name: str = "--num-frames") -> None:
+    """A UserError for a frame count the model cannot take; `name`: how the message names the setting."""
     if num_frames < 1:
-        raise UserError(f"--num-frames must be at least 1, got {num_frames}")
+        raise UserError(f"{name} must be at least 1, got {num_frames}")
     max_frames = getattr(backbone.unet.config, "motion_max_seq_length", None)
     if max_frames and num_frames > max_frames:
-        raise UserError(f"--num-frames {num_frames} exceeds this motion module's maximum of {max_frames}")
+        raise UserError(f"{name} {num_frames} is more than this motion module takes ({max_frames}): use "
+                        f"{max_frames} or fewer")
     if num_frames > MAX_FRAMES:
-        raise UserError(f"--num-frames {num_frames} is more than vidbooth takes ({MAX_FRAMES}): ask for fewer")
+        raise UserError(f"{name} {num_frames} is more than vidbooth takes ({MAX_FRAMES}): ask for fewer")
+
+
+def check_steps(backbone, num_inference_steps: int, name: str = "--num-inference-steps") -> None:
+    """A UserError for a number of sampling steps the model's schedule cannot give."""
+    noise_levels = int(backbone.scheduler_config.get("num_train_timesteps", 1000))
+    if not 1 <= num_inference_steps < noise_levels:
+        raise UserError(
+            f"{name} must be from 1 to {noise_levels - 1} (the model was trained on {noise_levels} noise levels), "
+            f"got {num_inference_steps}"
+        )
+
+
+def check_preview(backbone, num_frames: int, num_inference_steps: int, section: str = "preview") -> None:
+    """The preview's settings, checked before training so that a bad one does not fail the run at its end."""
+    check_frames(backbone, num_frames, f"{section}.num_frames")
+    check_steps(backbone, num_inference_steps, f"{section}.num_inference_steps")
+
+
+def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
+    """Raise a UserError for sizes and frame counts the model cannot take."""
+    check_frames(backbone, num_frames)
     for flag, value in (("--height", height), ("--width", width)):
         if value <= 0 or value % backbone.size_multiple:
             raise UserError(f"{flag} {value} must be a positive multiple of {backbone.size_multiple} for this model")
@@ -118,12 +140,7 @@ def sample_video(
     height = height or backbone.default_size
     width = width or backbone.default_size
     check_geometry(backbone, num_frames, height, width)
-    noise_levels = int(backbone.scheduler_config.get("num_train_timesteps", 1000))
-    if not 1 <= num_inference_steps < noise_levels:
-        raise UserError(
-            f"--num-inference-steps must be from 1 to {noise_levels - 1} (the model was trained on {noise_levels} "
-            f"noise levels), got {num_inference_steps}"
-        )
+    check_steps(backbone, num_inference_steps)
 
     guided = guidance_scale > 1.0
     negative_names = ["negative prompt"] * len(negatives)  # what a warning of a too-long one calls it

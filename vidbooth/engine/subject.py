@@ -56,7 +56,7 @@ from vidbooth.config.subject import STAGES, SubjectConfig
 from vidbooth.device import resolve_device, resolve_dtype
 from vidbooth.engine.backbone import base_model_folder, load_backbone_for
 from vidbooth.engine.objective import Guidance, HighNoise
-from vidbooth.engine.sampling import training_resolution
+from vidbooth.engine.sampling import check_preview, training_resolution
 from vidbooth.engine.train import (
     TrainResult,
     backbone_device,
@@ -212,6 +212,8 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
             # checked before any training, used by the identity stage
             run.identity_layers = select_layers(run.backbone.spatial_cross_attention_layers(), cfg.identity.layers)
         run.size = training_resolution(run.backbone, cfg.data.resolution)
+        if cfg.preview.enabled:  # made after training: a setting it cannot take is told now, not then
+            check_preview(run.backbone, cfg.preview.num_frames, cfg.preview.num_inference_steps)
         run.latents = _encode_photos(run)
         rows = _textual_inversion(run) if "textual_inversion" in stages else _load_existing_embedding(run)
         if "identity" in stages:
