@@ -456,3 +456,24 @@ def test_a_preview_setting_the_model_cannot_take_is_told_before_training(tmp_pat
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: preview.num_inference_steps must be from 1 to 999 (the model was trained on 1000 noise levels), got 1000")
     assert not (isolated_home / "motions" / "m").exists()
+
+
+def test_a_failed_preview_keeps_the_training_and_says_how_to_save_it(tmp_path, isolated_home, monkeypatch, capsys):
+    import vidbooth.engine.sampling as sampling
+    from vidbooth.errors import UserError
+
+    real_sample = sampling.sample_video
+
+    def diverging(*args, **kwargs):
+        raise UserError("the sample became NaN")
+
+    monkeypatch.setattr(sampling, "sample_video", diverging)
+    clip = str(write_clip(tmp_path / "c.mp4"))
+    fast = [arg for arg in NO_PREVIEW if arg != "--no-preview"]
+    assert main(["train-motion", clip, "--name", "m", *fast]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: the preview failed: the sample became NaN; the training is kept: rerun the same command with --resume")
+    assert not (isolated_home / "motions" / "m").exists()
+    monkeypatch.setattr(sampling, "sample_video", real_sample)
+    assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--resume"]) == 0
+    assert (isolated_home / "motions" / "m" / "manifest.json").is_file()

@@ -955,3 +955,25 @@ def test_a_preview_setting_the_model_cannot_take_is_told_before_training(photos,
     assert library_is_empty(isolated_home)
     monkeypatch.undo()
     assert train_subject(photos, "--set", "preview.num_inference_steps=1000", "--no-preview") == 0  # not made: fine
+
+
+def test_a_failed_preview_keeps_the_training_and_says_how_to_save_it(photos, isolated_home, monkeypatch, capsys):
+    """A preview that fails once training has ended (a sample that diverged) had ended the run with the sampler's
+    message alone: the training is in its last checkpoint, and --resume saves it without training again."""
+    import vidbooth.engine.sampling as sampling
+    from vidbooth.errors import UserError
+
+    real_sample = sampling.sample_video
+
+    def diverging(*args, **kwargs):
+        raise UserError("the sample became NaN")
+
+    monkeypatch.setattr(sampling, "sample_video", diverging)
+    assert train_subject(photos) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: the preview failed: the sample became NaN; the training is kept: rerun the same command with --resume "
+        "(and --no-preview to skip the preview) to save it without training again")
+    assert library_is_empty(isolated_home)
+    monkeypatch.setattr(sampling, "sample_video", real_sample)
+    assert train_subject(photos, "--resume", "--no-preview") == 0
+    assert (subject_dir(isolated_home) / "manifest.json").is_file()

@@ -330,7 +330,10 @@ def save_motion(
             write_video(clip.frames, stage / file, fps=max(1, round(clip.fps)))
         preview_prompt = clips[0].caption
         if cfg.preview.enabled:
-            _write_preview(backbone, cfg, preview_prompt, stage / PREVIEW_FILE)
+            from vidbooth.engine.train import kept_if_preview_fails
+
+            with kept_if_preview_fails():
+                _write_preview(backbone, cfg, preview_prompt, stage / PREVIEW_FILE)
         rerun = rerun_config(cfg)
         save_config(rerun, stage / CONFIG_FILE)
         # the manifest's base and config as config.yaml holds them

@@ -63,6 +63,7 @@ from vidbooth.engine.train import (
     check_high_noise,
     derived_seed,
     dtype_signature,
+    kept_if_preview_fails,
     make_accelerator,
     refuse_other_settings,
     refuse_to_discard,
@@ -550,7 +551,8 @@ def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
             save_identity_adapter(stage / ADAPTER_FILE, bb.unet, cfg.identity.hidden_ratio, provenance)
         photos = _copy_photos(run.photos, stage / PHOTOS_DIR)
         (stage / CONFIG_FILE).write_text(_recipe_yaml(rerun))
-        preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
+        with kept_if_preview_fails():
+            preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
         write_json(stage / MANIFEST, _manifest(run, photos, preview, _held_settings(asdict(rerun))))
     added = ", identity adapter added" if run.existing is not None else ""
     reporting.info(f"saved subject '{cfg.name}' (token {run.token}{added}) in {artifact_dir(KIND, cfg.name)}")

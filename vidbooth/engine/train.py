@@ -414,6 +414,17 @@ def _other_settings(folder: Path, now: dict, then: dict, cfg: TrainConfig) -> Us
     )
 
 
+@contextlib.contextmanager
+def kept_if_preview_fails() -> Iterator[None]:
+    """Around the preview, made once training has ended: a UserError in it (a sample that diverged, say) says that
+    the training is kept in its last checkpoint and how to save it without training again."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"the preview failed: {exc}; the training is kept: rerun the same command with --resume (and "
+                        "--no-preview to skip the preview) to save it without training again") from exc
+
+
 def refuse_other_settings(run_dir: Path, resume: bool, cfg: TrainConfig, known: dict, accelerator,
                           within: tuple[str, dict] | None = None) -> None:
     """Before the model loads: with `resume`, refuse the newest checkpoint in `run_dir` when the settings known
