@@ -974,6 +974,10 @@ def test_a_failed_preview_keeps_the_training_and_says_how_to_save_it(photos, iso
         "error: the preview failed: the sample became NaN; the training is kept: rerun the same command with --resume "
         "(and --no-preview to skip the preview) to save it without training again")
     assert library_is_empty(isolated_home)
+    monkeypatch.setattr(sampling, "sample_video", lambda *args, **kwargs: torch.empty(10**14))  # CPU memory runs out
+    assert train_subject(photos, "--resume") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: the preview failed: it ran out of memory; the training is kept: rerun the same command with --resume")
     monkeypatch.setattr(sampling, "sample_video", real_sample)
     assert train_subject(photos, "--resume", "--no-preview") == 0
     assert (subject_dir(isolated_home) / "manifest.json").is_file()

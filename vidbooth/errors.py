@@ -28,6 +28,13 @@ class UserError(Exception):
         super().__init__(re.sub(r"[ \t]*[\r\n]+[ \t]*", " ", str(message)).strip())
 
 
+def ran_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an allocation that failed: torch's CUDA or CPU allocator, or Python's MemoryError."""
+    text = str(exc)
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or "out of memory" in text.lower() or "can't allocate memory" in text)
+
+
 class Interrupted(BaseException):
     """A command was stopped by a signal (training: after saving a resumable checkpoint); exit 128 + signal. Not an
     `Exception`, as KeyboardInterrupt is not: code that turns any Exception into its own error (a library's lazy

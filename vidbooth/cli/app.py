@@ -260,11 +260,11 @@ def _command_of(argv: list[str]) -> str | None:
 def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
     """One line for an allocation that failed (torch's CUDA or CPU allocator, or Python's MemoryError) with the
     size asked for when the error says it, and what `command` can ask for less of; None for any other error."""
-    text = str(exc)
-    failed = (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-              or "out of memory" in text.lower() or "can't allocate memory" in text)
-    if not failed:
+    from vidbooth.errors import ran_out_of_memory
+
+    if not ran_out_of_memory(exc):
         return None
+    text = str(exc)
     asked = ""
     if found := re.search(r"tried to allocate (\d+) bytes", text, flags=re.IGNORECASE):
         asked = f" (it asked for {int(found.group(1)) / 2**30:.1f} GiB at once)"

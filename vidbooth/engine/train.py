@@ -58,7 +58,7 @@ from torch import nn
 
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
-from vidbooth.errors import Interrupted, UserError, held_stops, stopped
+from vidbooth.errors import Interrupted, UserError, held_stops, ran_out_of_memory, stopped
 from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
                              write_safetensors)
 
@@ -420,9 +420,12 @@ def kept_if_preview_fails() -> Iterator[None]:
     the training is kept in its last checkpoint and how to save it without training again."""
     try:
         yield
-    except UserError as exc:
-        raise UserError(f"the preview failed: {exc}; the training is kept: rerun the same command with --resume (and "
-                        "--no-preview to skip the preview) to save it without training again") from exc
+    except Exception as exc:
+        if not isinstance(exc, UserError) and not ran_out_of_memory(exc):
+            raise
+        problem = exc if isinstance(exc, UserError) else "it ran out of memory"
+        raise UserError(f"the preview failed: {problem}; the training is kept: rerun the same command with --resume "
+                        "(and --no-preview to skip the preview) to save it without training again") from exc
 
 
 def refuse_other_settings(run_dir: Path, resume: bool, cfg: TrainConfig, known: dict, accelerator,
