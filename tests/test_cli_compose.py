@@ -89,7 +89,7 @@ def test_a_subject_learned_on_an_image_model_goes_with_any_motion_module_on_it(t
     assert main([*generate, "--motion", "M", "--motion-adapter", other_adapter, "--out", str(tmp_path / "x.mp4")]) == 2
     err = capsys.readouterr().err  # a motion goes only with the motion module it was learned in
     assert f"motion 'M' was learned on {base} (fingerprint " in err and f"not on {base} as loaded now" in err
-    assert "give the --motion-adapter (and --revision) it was learned with, or retrain it on this base" in err
+    assert f"load it as it was learned with (--motion-adapter {adapter}), or retrain it on this base" in err
     assert main([*generate[:2], str(tiny_base_dirs["unet3d"]), *generate[3:], "--out", str(tmp_path / "x.mp4")]) == 2
     assert f"use --base {base}, or retrain it on this base" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()

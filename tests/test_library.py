@@ -291,3 +291,18 @@ def test_a_motion_is_not_learned_on_an_image_model_with_another_motion_module():
     motion = {"kind": "motion", "base_fingerprint": "aaa", "image_fingerprint": "img"}
     assert learned_on(subject, "bbb", "img")
     assert not learned_on(motion, "bbb", "img")
+
+
+def test_an_artifact_of_the_same_base_name_with_other_weights_says_how_it_was_loaded():
+    """The message had named a --revision flag, which no command has."""
+    manifest = {"kind": "motion", "base": "org/model", "base_fingerprint": "aaa",
+                "config": {"backbone": {"base": "org/model", "revision": "v2", "variant": "fp16"}}}
+    with pytest.raises(UserError, match=r"motion 'M' was learned on org/model \(fingerprint aaa\), not on org/model as "
+                                        r"loaded now \(fingerprint bbb\): load it as it was learned with \(--set "
+                                        r"backbone.revision=v2 --set backbone.variant=fp16\), or retrain it on this "
+                                        r"base$"):
+        library.check_base("motion", "M", manifest, "org/model", "bbb")
+    del manifest["config"]
+    with pytest.raises(UserError, match=r": the model's weights have changed since it was learned \(another "
+                                        r"download or revision\), or retrain it on this base$"):
+        library.check_base("motion", "M", manifest, "org/model", "bbb")

@@ -252,8 +252,16 @@ def check_base(kind: str, name: str, manifest: dict, base: str, fingerprint: str
     if learned_on(manifest, fingerprint, image_fingerprint):
         return
     learned = manifest.get("base")
-    fix = ("give the --motion-adapter (and --revision) it was learned with" if str(learned) == str(base)
-           else f"use --base {learned}")
+    fix = f"use --base {learned}"
+    if str(learned) == str(base):  # the same name, other weights: say how it was loaded when it was learned
+        config = manifest.get("config")
+        backbone = (config.get("backbone") if isinstance(config, dict) else None) or {}
+        given = [f"{flag}{backbone[key]}" for key, flag in (("motion_adapter", "--motion-adapter "),
+                                                             ("revision", "--set backbone.revision="),
+                                                             ("variant", "--set backbone.variant="))
+                 if isinstance(backbone, dict) and backbone.get(key)]
+        fix = (f"load it as it was learned with ({' '.join(given)})" if given
+               else "the model's weights have changed since it was learned (another download or revision)")
     raise UserError(
         f"{kind} '{name}' was learned on {learned} (fingerprint {manifest.get('base_fingerprint')}), not on {base} "
         f"as loaded now (fingerprint {fingerprint}): {fix}, or retrain it on this base"
