@@ -81,7 +81,7 @@ def test_chunked_decode_matches_single_pass(tiny_backbones):
     "kwargs, message",
     [
         (dict(num_frames=0), "at least 1"),
-        (dict(height=30), "--height 30 must be a positive multiple of 4"),
+        (dict(height=30), r"^--height 30 must be a positive multiple of 4 for this model: use e.g. 28 or 32$"),
         (dict(width=-8), "--width -8"),
         (dict(width=100000), r"--width 100000 is more than 8 times this model's native size \(32\): use at most 256"),
         (dict(height=264, width=32), "--height 264 is more than 8 times"),
