@@ -66,7 +66,8 @@ def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
         (["--motion-adapter", ""], "backbone.motion_adapter (--motion-adapter) is empty: give a MotionAdapter"),
         (["--frames", "0"], "at least 1"),
         (["--frames", "100000"], "sampling.num_frames (--num-frames) must be at most 1024, got 100000"),  # had loaded
-        (["--height", "30"], "--height 30 must be a positive multiple of 32 for this model: use e.g. 32"),  # nano: VAE 8 x UNet 4
+        # nano: VAE 8 x UNet 4
+        (["--height", "30"], "--height 30 must be a positive multiple of 32 for this model: use e.g. 32"),
         (["--width", "100000"], "--width 100000 is more than 8 times this model's native size (64): use at most 512"),
         (["--scheduler", "euler"], "unknown scheduler"),
         (["--out", "x.avi"], "must end in .mp4 or .gif"),
