@@ -279,8 +279,11 @@ def test_a_signal_in_the_last_step_after_the_check_still_stops(tmp_path, acceler
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, accelerator):
     method = make_method(poison_at_call=11)  # step 6
-    with pytest.raises(UserError, match="loss became nan at step 6.*step-0000004"):
-        engine.train(method, toy_data(), config(), tmp_path, accelerator)
+    cfg = config()
+    cfg.locate("identity.train", {"identity.train.lr": "--lr"})  # as load_config does: the message names them so
+    with pytest.raises(UserError, match=r"loss became nan at step 6.*step-0000004; lower the learning rate "
+                                        r"identity.train.lr \(--lr\) and run again with --overwrite"):
+        engine.train(method, toy_data(), cfg, tmp_path, accelerator)
     assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000004"]
     assert all(torch.isfinite(v).all() for v in method.state_dict().values())
 
@@ -524,3 +527,23 @@ def test_resume_restores_the_global_torch_rng(tmp_path):
     resumed = GlobalRandom()
     engine.train(resumed, data, TrainConfig(**cfg), tmp_path / "b", accelerator, resume=True)
     assert torch.equal(resumed.w, whole.w)
+
+
+def test_fp16_without_cuda_names_the_setting_of_the_command(tmp_path, isolated_home, capsys):
+    """It had said 'train.mixed_precision' to every command, a key subjects and image-prompt models do not have."""
+    from badinputs import write_clip, write_photos
+
+    from vidbooth.cli.app import main
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is refused only without CUDA")
+    photos = str(write_photos(tmp_path / "photos"))
+    keys = ("textual_inversion.train.mixed_precision", "identity.train.mixed_precision")
+    subject = ["train-subject", photos, "--name", "S*", "--class-noun", "dog", "--recipe", "tiny/subject",
+               *[arg for key in keys for arg in ("--set", f"{key}=fp16")]]
+    motion = ["train-motion", str(write_clip(tmp_path / "c.mp4")), "--name", "M", "--recipe", "tiny/motion", "--set",
+              "train.mixed_precision=fp16"]
+    for argv, setting in ((subject, " and ".join(keys)), (motion, "train.mixed_precision")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (f"error: mixed precision fp16 ({setting}) needs CUDA: train on a GPU, or "
+                                           f"set {setting} to no or bf16 on this machine\n")

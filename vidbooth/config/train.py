@@ -60,10 +60,14 @@ class TrainConfig:
         flag)."""
         self._key, self._flags = key, dict(flags or {})
 
+    def full_key(self, key: str) -> str:
+        """The command config's key of `key`: 'lr' -> 'identity.train.lr'; a key not of this config as it is."""
+        return f"{self._key}.{key}" if key in {f.name for f in fields(self)} else key
+
     def setting_name(self, key: str) -> str:
         """How a message names the setting `key`: one of this config's ('lr'), or a key of the command's config
         ('data.num_frames'), as its full key followed by the flag that sets it, if any: 'identity.train.lr (--lr)'."""
-        full = f"{self._key}.{key}" if key in {f.name for f in fields(self)} else key
+        full = self.full_key(key)
         flag = (self._flags or {}).get(full)
         return f"{full} ({flag})" if flag else full
 

@@ -407,7 +407,8 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     check_writable_dir(out.parent)
     examples = find_subject_clips(cfg.data.folder, cfg.word) if cfg.data.folder else None
     check_high_noise([cfg.coarse, cfg.fine], cfg.backbone.base, cfg.backbone.revision)
-    accelerator = make_accelerator(cfg.coarse.mixed_precision, device=cfg.runtime.device)
+    accelerator = make_accelerator(cfg.coarse.mixed_precision, device=cfg.runtime.device,
+                                   setting="coarse.mixed_precision and fine.mixed_precision")
     if not accelerator.is_main_process:  # the main process holds the lock for them all
         return _train(cfg, out, examples, accelerator)
 

@@ -131,16 +131,17 @@ class TrainResult:
 
 
 # ---- setup ----------------------------------------------------------------------------------------
-def resolve_mixed_precision(mixed_precision: str, device_type: str) -> str:
-    """'auto' -> fp16 autocast on CUDA, none elsewhere; fp16 needs CUDA."""
+def resolve_mixed_precision(mixed_precision: str, device_type: str, setting: str = "train.mixed_precision") -> str:
+    """'auto' -> fp16 autocast on CUDA, none elsewhere; fp16 needs CUDA (`setting`: the key a message names)."""
     if mixed_precision == "auto":
         return "fp16" if device_type == "cuda" else "no"
     if mixed_precision == "fp16" and device_type != "cuda":
-        raise UserError("train.mixed_precision fp16 needs CUDA: use 'no' or 'bf16' on this machine")
+        raise UserError(f"mixed precision fp16 ({setting}) needs CUDA: train on a GPU, or set {setting} to no or "
+                        "bf16 on this machine")
     return mixed_precision
 
 
-def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
+def make_accelerator(mixed_precision: str = "auto", device: str = "auto", setting: str = "train.mixed_precision"):
     """The process's `accelerate.Accelerator`; load the backbone on `backbone_device(accelerator)`.
 
     `device` is vidbooth's runtime device (auto | cpu | cuda | cuda:N). Under `accelerate launch` each
@@ -152,13 +153,14 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
 
     resolved = resolve_device(device)
     on_cpu = resolved.type == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    precision = resolve_mixed_precision(mixed_precision, "cpu" if on_cpu else "cuda")
+    precision = resolve_mixed_precision(mixed_precision, "cpu" if on_cpu else "cuda", setting)
     if not on_cpu and resolved.index is not None and "LOCAL_RANK" not in os.environ:
         torch.cuda.set_device(resolved.index)  # one process: accelerate takes the current GPU, so make it this one
     try:
         accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision)
     except ValueError as exc:
-        raise UserError(f"cannot set up training: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"cannot set up training: {str(exc).splitlines()[0]}: check --device and {setting} (no; fp16 "
+                        "on CUDA; bf16 where the device has it)") from exc
     if accelerator.num_processes == 1 and _asked_for_several_cpu_processes():
         reporting.warn(
             "accelerate launch --cpu started a single process (it runs several only through mpirun): for N CPU "
@@ -754,10 +756,11 @@ def train(
                 last = list_checkpoints(run_dir)
                 kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
                 half = str(accelerator.mixed_precision) != "no"  # on CUDA the frozen base is fp16 too
-                fp32 = " (or train in fp32: --precision fp32, mixed_precision no)" if half else ""
+                mixed = cfg.full_key("mixed_precision")
+                fp32 = f" (or train in fp32: --precision fp32 --set {mixed}=no)" if half else ""
                 raise UserError(  # a resume would repeat the same steps: other settings mean starting over
-                    f"loss became {loss} at step {step + 1}: training stopped and {kept}; lower the learning rate"
-                    f"{fp32} and run again with --overwrite instead of --resume"
+                    f"loss became {loss} at step {step + 1}: training stopped and {kept}; lower the learning rate "
+                    f"{cfg.setting_name('lr')}{fp32} and run again with --overwrite instead of --resume"
                 )
             _optimizer_step(optimizer, params, cfg, step, accelerator)
             step += 1
