@@ -121,3 +121,19 @@ def test_tensors_no_training_writes_are_refused_before_any_is_loaded():
         with pytest.raises(UserError, match=f"f.safetensors: tensor {last} {message}"):
             load_adapter_state_dict(model, "a", good | {last: bad}, "f.safetensors")
         assert all(value.abs().sum() == 0 for key, value in adapter_state_dict(model, "a").items() if "up" in key)
+
+
+def test_a_file_for_another_width_of_model_says_it_was_trained_on_another_base():
+    import pytest
+
+    from vidbooth.adapters.base import adapter_state_dict, load_adapter_state_dict
+    from vidbooth.errors import UserError
+
+    model = _model()
+    inject(model, ["0"], "a", lambda name, m: BottleneckAdapter(layer_width(m), 4))
+    state = {key: torch.ones(*value.shape[:-1], value.shape[-1] + 1) if value.ndim == 2 else value
+             for key, value in adapter_state_dict(model, "a").items()}
+    with pytest.raises(UserError, match=r"^adapter file f.safetensors does not fit this model \(tensor .* is \(.*\) in "
+                                        r"the file, \(.*\) here\): it was trained on another base; use that --base, "
+                                        r"or retrain it$"):
+        load_adapter_state_dict(model, "a", state, "f.safetensors")

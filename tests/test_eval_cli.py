@@ -135,7 +135,8 @@ def test_a_manifest_batch_reports_bad_lines_keeps_going_and_exits_1(
 @pytest.mark.parametrize(
     "case, expected",
     [
-        ("unreadable video", "cannot read video"),
+        ("unreadable video", "broken.mp4: it is corrupt, truncated or in an unsupported codec; re-encode it, e.g. "
+                             "ffmpeg -i "),
         ("empty reference folder", "holds no readable image"),
         ("reference file that is no image", "is neither a folder nor a"),
         ("no prompt", "no prompt for"),
@@ -191,7 +192,7 @@ def test_when_no_metric_can_be_computed_the_run_fails_saying_how_to_fix_it(media
 @pytest.mark.parametrize(
     "video, expected",
     [("missing.mp4", "video not found"), ("empty.mp4", "(0 bytes)"), ("empty.mp4", "copy or export it again"),
-     ("photos", "is a folder, not a video file"), ("notes.txt", "unsupported video type '.txt'")],
+     ("photos", "is a folder, not a video file: give a video in it"), ("notes.txt", "unsupported video type '.txt'")],
 )
 def test_a_video_that_is_not_there_is_the_error_before_any_model_loads(video, expected, media, tmp_path, capsys,
                                                                        monkeypatch):

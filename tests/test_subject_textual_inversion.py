@@ -93,7 +93,9 @@ def test_load_rejects_embeddings_of_another_width(bb, tmp_path):
     path = tmp_path / ti.EMBEDDINGS_FILE
     ti.save_learned_embeddings(path, "S*", torch.randn(1, 7), {})
     vocab = len(bb.tokenizer)
-    with pytest.raises(UserError, match="another base model"):
+    with pytest.raises(UserError, match=r"the pseudo-word '.*' was learned on another base model \(its embedding is "
+                                        r"\(1, \d+\), this text encoder takes \(1, \d+\)\): use the --base it was "
+                                        r"learned on \(vidbooth list shows it\), or retrain it$"):
         ti.load_learned_embeddings(bb.tokenizer, bb.text_encoder, path)
     assert len(bb.tokenizer) == vocab  # nothing was added
 
@@ -102,7 +104,7 @@ def test_load_rejects_embeddings_of_another_width(bb, tmp_path):
     ("name", "class_noun", "message"),
     [
         ("S*", "\u200b", "tokenises to nothing"),  # only unknown characters for the tiny vocabulary
-        ("dog", "dog", "equals the class noun"),
+        ("dog", "dog", "^the subject name 'dog' equals the class noun: give a rare --name such as sks or S\\*$"),
         ("S*", "s* dog", r"the class noun 's\* dog' holds the subject name 'S\*': .* e.g. --class-noun dog$"),
         ("a</w>", "dog", "already a token"),
     ],

@@ -238,8 +238,9 @@ def load_adapter_state_dict(model: nn.Module, kind: str, state: dict[str, torch.
     for key, (adapter, param_key) in expected.items():  # all checked before any is loaded
         target = adapter.get_parameter(param_key)
         if target.shape != state[key].shape:
-            raise UserError(f"adapter file {source}: tensor {key} has shape {tuple(state[key].shape)}, expected "
-                            f"{tuple(target.shape)}")
+            raise UserError(f"adapter file {source} does not fit this model (tensor {key} is "
+                            f"{tuple(state[key].shape)} in the file, {tuple(target.shape)} here): it was trained on "
+                            "another base; use that --base, or retrain it")
         check_values(source, key, state[key])
     with torch.no_grad():
         for key, (adapter, param_key) in expected.items():

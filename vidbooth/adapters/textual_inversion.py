@@ -63,7 +63,7 @@ def check_placeholder_is_new(tokenizer, token: str, num_vectors: int, class_noun
     """Refuse a placeholder that already is a token (it would change an existing word), equals the class noun or is a
     word of it; warn of one that is a common whole word (prompts that use the subject lose that word)."""
     if token.lower() == class_noun.strip().lower():
-        raise UserError(f"the subject name '{token}' equals the class noun: pick a rare word such as sks or S*")
+        raise UserError(f"the subject name '{token}' equals the class noun: give a rare --name such as sks or S*")
     if token_pattern(token).search(class_noun):  # every caption would hold the pseudo-word twice
         rest = " ".join(token_pattern(token).sub("", class_noun).split()) or "dog"
         raise UserError(f"the class noun '{class_noun.strip()}' holds the subject name '{token}': give what the "
@@ -72,7 +72,7 @@ def check_placeholder_is_new(tokenizer, token: str, num_vectors: int, class_noun
     taken = [t for t in placeholder_tokens(token, num_vectors) if t.lower() in vocab]
     if taken:
         raise UserError(
-            f"'{taken[0]}' is already a token of this model's tokenizer: pick a rare subject name such as sks or S*"
+            f"'{taken[0]}' is already a token of this model's tokenizer: give a rare --name such as sks or S*"
         )
     index = vocab.get(f"{token.lower()}</w>")  # a whole word of a BPE vocabulary, which orders them common first
     if index is not None and index < RARE_WORDS_FROM * len(vocab):
@@ -86,8 +86,9 @@ def add_placeholder_tokens(tokenizer, text_encoder: nn.Module, tokens: list[str]
     dim = text_encoder.get_input_embeddings().embedding_dim
     if rows.shape != (len(tokens), dim):
         raise UserError(
-            f"embedding for '{tokens[0]}' has shape {tuple(rows.shape)} but this text encoder needs "
-            f"({len(tokens)}, {dim}): it was learned on another base model"
+            f"the pseudo-word '{tokens[0]}' was learned on another base model (its embedding is "
+            f"{tuple(rows.shape)}, this text encoder takes ({len(tokens)}, {dim})): use the --base it was learned on "
+            "(vidbooth list shows it), or retrain it"
         )
     from tokenizers import AddedToken
 

@@ -64,7 +64,8 @@ def video_frames(path: str | Path, max_short_side: int | None = None) -> Generat
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"cannot read video {path}: it is corrupt, truncated or in an unsupported codec") from exc
+        raise UserError(f"cannot read video {path}: it is corrupt, truncated or in an unsupported codec; re-encode it, "
+                        f"e.g. ffmpeg -i {shlex.quote(str(path))} -c:v libx264 -pix_fmt yuv420p fixed.mp4") from exc
     if count == 0:
         raise UserError(f"video has no readable frames: {path}")
     _check_complete(path, count, as_gif)
@@ -84,7 +85,7 @@ def video_file_problem(path: str | Path) -> str | None:
     if not path.exists():
         return f"video not found: {path}: {CHECK_THE_PATH}"
     if path.is_dir():
-        return f"{path} is a folder, not a video file"
+        return f"{path} is a folder, not a video file: give a video in it (evaluate also takes a quoted '{path}/*.mp4')"
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         return f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}"
     if path.stat().st_size == 0:
