@@ -325,13 +325,15 @@ def test_cli_trains_then_generates_from_an_image_prompt(tiny_base_dirs, tmp_path
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "a dog"], "does not contain 'sprite'"),
     (["--prompt", "a sprite", "--image-prompt", "missing.png"], "missing.png"),
-    (["--prompt", "a sprite", "--image-prompt-model", "none.safetensors"], "not found"),
+    (["--prompt", "a sprite", "--image-prompt-model", "none.safetensors"],
+     "image-prompt model (--image-prompt-model): file not found: "),
     (["--prompt", "a sprite", "--image-prompt-model", "model.bin"], "pickle"),
     (["--prompt", "a sprite", "--image-prompt-scale", "-1"], "image_prompt_scale"),
     (["--prompt", "a sprite", "--image-prompt-word", ""], "--image-prompt-word) must be one word"),  # had been ignored
     (["--prompt", "a sprite", "--image-prompt-word", "a sprite"], "must be one word, the prompt's word"),
     (["--prompt", "a sprite", "--image-prompt-model", "."], "is a folder: give the .safetensors file in it"),
-    (["--prompt", "a sprite", "--image-prompt-model", "adapter.safetensors"], "is not a vidbooth image-prompt model"),
+    (["--prompt", "a sprite", "--image-prompt-model", "adapter.safetensors"], "is not a vidbooth image-prompt model: "
+                                                                              "give a .safetensors file made by"),
 ])
 def test_bad_image_prompt_inputs_are_one_error_line(args, message, trained, tiny_base_dirs, tmp_path, capsys):
     photo = tmp_path / "subject.png"

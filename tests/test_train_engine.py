@@ -547,3 +547,23 @@ def test_fp16_without_cuda_names_the_setting_of_the_command(tmp_path, isolated_h
         assert main(argv) == 2
         assert capsys.readouterr().err == (f"error: mixed precision fp16 ({setting}) needs CUDA: train on a GPU, or "
                                            f"set {setting} to no or bf16 on this machine\n")
+
+
+def test_a_damaged_checkpoint_says_to_delete_it_and_resume_from_the_one_before(tmp_path, accelerator):
+    """What the message says to do works: with the damaged checkpoint deleted, --resume continues from the one
+    before it, to the weights of an uninterrupted run."""
+    whole = make_method()
+    engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
+    run = tmp_path / "run"
+    engine.train(make_method(), toy_data(), config(), run, accelerator)  # checkpoints at steps 8 and 12 kept
+    last = engine.list_checkpoints(run)[-1]
+    (last / engine.TRAINABLE_FILE).write_bytes(b"cut short")
+    with pytest.raises(UserError, match=rf"^checkpoint {last} cannot be read \(damaged or cut short: .*\): delete it "
+                                        r"and rerun with --resume, which continues from the checkpoint before it"):
+        engine.train(scrambled_method(), toy_data(), config(), run, accelerator, resume=True)
+    shutil.rmtree(last)
+    resumed = scrambled_method()
+    result = engine.train(resumed, toy_data(), config(), run, accelerator, resume=True)
+    assert result.start_step == 8
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key

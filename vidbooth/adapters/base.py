@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidbooth import __version__
-from vidbooth.errors import UserError
+from vidbooth.errors import CHECK_THE_PATH, UserError
 from vidbooth.fileio import write_safetensors
 
 
@@ -290,7 +290,7 @@ def _safetensors(path: Path):
     if path.is_dir():
         raise UserError(f"{path} is a folder: give the .safetensors file in it")
     if not path.is_file():
-        raise UserError(f"file not found: {path}")
+        raise UserError(f"file not found: {path}: {CHECK_THE_PATH}")
     try:
         with safe_open(str(path), framework="pt") as f:
             yield f

@@ -206,7 +206,11 @@ def _check_image_prompt(cfg: GenerateConfig):
             )
     else:
         path = Path(cfg.image_prompt_model).expanduser()
-    trained = trained_word(path)  # missing, pickled or corrupt: fail now
+    try:
+        trained = trained_word(path)  # missing, pickled or corrupt: fail now
+    except UserError as exc:
+        given = "--image-prompt-model" if cfg.image_prompt_model is not None else f"{cfg.backbone.base}'s own"
+        raise UserError(f"image-prompt model ({given}): {exc}") from exc
     word = cfg.image_prompt_word or trained
     if word and not token_pattern(word).search(cfg.prompt):  # whole words: the tokens are checked once loaded
         raise UserError(

@@ -347,7 +347,9 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
         trainable = load_file(str(folder / TRAINABLE_FILE))
         extra = load_file(str(folder / OPTIMIZER_FILE))
     except Exception as exc:
-        raise UserError(f"checkpoint {folder} is unreadable ({type(exc).__name__}): delete it and rerun") from exc
+        raise UserError(f"checkpoint {folder} cannot be read (damaged or cut short: {type(exc).__name__}): delete it "
+                        "and rerun with --resume, which continues from the checkpoint before it if there is one "
+                        "(--overwrite starts over)") from exc
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"checkpoint {folder} has format {state.get('format')}: rerun with --overwrite to start over")
     if bad := next((key for key, t in trainable.items() if t.is_floating_point() and not t.isfinite().all()), None):
