@@ -51,8 +51,8 @@ def load_tensors(path: Path, step: int | None = None) -> dict[str, torch.Tensor]
             saved_step = (file.metadata() or {}).get("step")
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as exc:
-        raise UserError(f"checkpoint {path} cannot be read (damaged or cut short: {type(exc).__name__}): delete the run "
-                        "folder and start over") from exc
+        raise UserError(f"checkpoint {path} cannot be read (damaged or cut short: {type(exc).__name__}): delete the "
+                        "run folder and start over") from exc
     if step is not None and saved_step is not None and int(saved_step) != step:
         raise UserError(
             f"checkpoint {path} holds step {saved_step} but {STATE_FILE} says {step} (the run was stopped while "
