@@ -29,8 +29,17 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("vidbooth-cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_real_library(tmp_path_factory) -> None:
+    """A net under `isolated_home`: a test that undoes its monkeypatches (`monkeypatch.undo()`) falls back to these
+    session folders, not to the user's real library and cache, which one such test had written in."""
+    stray = tmp_path_factory.mktemp("outside-a-test")
+    for name, folder in (("VIDBOOTH_HOME", "home"), ("VIDBOOTH_CACHE", "cache"), ("XDG_DATA_HOME", "data")):
+        os.environ[name] = str(stray / folder)
+
+
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path, shared_cache, monkeypatch, request) -> Path:
+def isolated_home(no_real_library, tmp_path, shared_cache, monkeypatch, request) -> Path:
     """Every test gets an empty library; nothing touches the user's real one. Tests not marked gpu run on the CPU
     also where a GPU is visible (in this process and in the ones they start): the numbers they check, bit-identical
     reruns and resumes among them, are the CPU's."""

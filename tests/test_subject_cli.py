@@ -948,12 +948,13 @@ def test_a_preview_setting_the_model_cannot_take_is_told_before_training(photos,
     had failed the run once it had trained, losing the training."""
     import vidbooth.engine.subject as engine
 
+    real_train = engine.train
     monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("it trained"))
     assert train_subject(photos, "--set", "preview.num_inference_steps=1000") == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: preview.num_inference_steps must be from 1 to 999 (the model was trained on 1000 noise levels), got 1000")
     assert library_is_empty(isolated_home)
-    monkeypatch.undo()
+    monkeypatch.setattr(engine, "train", real_train)
     assert train_subject(photos, "--set", "preview.num_inference_steps=1000", "--no-preview") == 0  # not made: fine
 
 
