@@ -204,11 +204,11 @@ def test_a_builtin_model_built_on_a_process_other_than_rank_0_is_complete(tmp_pa
     from vidbooth.engine.appearance import build_tiny_clip_vision
     from vidbooth.engine.tiny import save_transformers_model
 
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_rank", lambda *args, **kwargs: 1)
-    folder = save_tiny_backbone(tmp_path / "tiny", "unet3d")
-    save_transformers_model(build_tiny_clip_vision(), tmp_path / "clip")
-    monkeypatch.undo()
+    with monkeypatch.context() as rank_one:  # not monkeypatch.undo(), which would undo the isolated library too
+        rank_one.setattr(torch.distributed, "is_initialized", lambda: True)
+        rank_one.setattr(torch.distributed, "get_rank", lambda *args, **kwargs: 1)
+        folder = save_tiny_backbone(tmp_path / "tiny", "unet3d")
+        save_transformers_model(build_tiny_clip_vision(), tmp_path / "clip")
     assert (folder / "text_encoder" / "model.safetensors").is_file()
     assert load_backbone(str(folder), device="cpu").text_encoder is not None
     from transformers import CLIPVisionModelWithProjection
