@@ -106,7 +106,9 @@ def test_tampered_or_damaged_artifacts_are_refused():
         _write(stage)
     path = library.artifact_dir("subject", "S*")
     save_file({"w": torch.zeros(3)}, str(path / "adapter.safetensors"))
-    with pytest.raises(UserError, match="does not match its manifest hash"):
+    with pytest.raises(UserError, match=r"does not match its manifest hash \(modified or damaged\): retrain it "
+                                        r"\(vidbooth train-subject \.\.\. --name 'S\*' --overwrite\), or delete "
+                                        r".*S%2A$"):
         library.read_manifest(path)
     (path / "adapter.safetensors").unlink()
     with pytest.raises(UserError, match="does not match its manifest"):
@@ -117,7 +119,10 @@ def test_tampered_or_damaged_artifacts_are_refused():
     with pytest.raises(UserError, match="newer than this vidbooth"):
         library.read_manifest(path)
     (path / library.MANIFEST).write_text("{broken")
-    with pytest.raises(UserError, match="not valid JSON"):
+    with pytest.raises(UserError, match=r"is not valid JSON \(damaged\): retrain it \(vidbooth train-subject"):
+        library.read_manifest(path)
+    (path / library.MANIFEST).unlink()  # no manifest: --overwrite would not replace the folder, so it is not told to
+    with pytest.raises(UserError, match=r"has no manifest.json, so it is no complete vidbooth artifact: move it out"):
         library.read_manifest(path)
 
 

@@ -27,6 +27,7 @@ import re
 import shlex
 import shutil
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,14 +160,17 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
     """The artifact's manifest, validated; with `verify` (for an artifact about to be used), it must hold every key
     the engine reads (`REQUIRED_KEYS`), and every tensor file must match its recorded sha256."""
     where = path / MANIFEST
+    if not where.exists():
+        raise UserError(f"{path} has no {MANIFEST}, so it is no complete vidbooth artifact: move it out of "
+                        f"{path.parent} (or delete it), then train it again")
     try:
         manifest = json.loads(where.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"manifest {where} is missing or not valid JSON: retrain with --overwrite") from exc
+        raise UserError(f"manifest {where} cannot be read or is not valid JSON (damaged): {_redo(path)}") from exc
     if not isinstance(manifest, dict) or not {"name", "kind", "schema_version", "files"} <= manifest.keys():
-        raise UserError(f"manifest {where} lacks name/kind/schema_version/files: retrain with --overwrite")
+        raise UserError(f"manifest {where} lacks name/kind/schema_version/files (damaged): {_redo(path)}")
     if not all(isinstance(manifest[key], str) and manifest[key] for key in ("name", "kind")):
-        raise UserError(f"manifest {where} has no text name or kind (damaged): retrain with --overwrite")
+        raise UserError(f"manifest {where} has no text name or kind (damaged): {_redo(path)}")
     expected = next((kind for kind, folder in KINDS.items() if path.parent.name == folder), manifest["kind"])
     if manifest["kind"] != expected:  # a subject copied among the motions was listed, and loaded, as one
         raise UserError(
@@ -186,6 +190,17 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
         _verify_files(path, manifest["files"])
         _check_keys(where, manifest)
     return manifest
+
+
+def _redo(path: Path) -> str:
+    """What to do about the damaged artifact in folder `path`: retrain it (its kind and name read from where it is),
+    or delete it."""
+    kind = next((kind for kind, folder in KINDS.items() if path.parent.name == folder), None)
+    command = {"subject": "train-subject", "motion": "train-motion"}.get(kind or "")
+    if command is None:
+        return f"retrain it with --overwrite, or delete {path}"
+    name = shlex.quote(urllib.parse.unquote(path.name))
+    return f"retrain it (vidbooth {command} ... --name {name} --overwrite), or delete {path}"
 
 
 def _check_keys(where: Path, manifest: dict) -> None:
@@ -231,10 +246,11 @@ def _own_file(folder: Path, rel: object) -> bool:
 def _verify_files(path: Path, recorded: dict) -> None:
     present = {str(p.relative_to(path)) for p in path.rglob("*.safetensors")}
     if not isinstance(recorded, dict) or present != set(recorded):
-        raise UserError(f"artifact {path} does not match its manifest (tensor files added or removed): retrain with --overwrite")
+        raise UserError(f"artifact {path} does not match its manifest (tensor files added or removed): {_redo(path)}")
     for rel, digest in recorded.items():
         if sha256_file(path / rel) != digest:
-            raise UserError(f"artifact {path}: {rel} does not match its manifest hash (modified or damaged): retrain with --overwrite")
+            raise UserError(f"artifact {path}: {rel} does not match its manifest hash (modified or damaged): "
+                            f"{_redo(path)}")
 
 
 def learned_on(manifest: dict, fingerprint: str, image_fingerprint: str | None) -> bool:
