@@ -228,10 +228,10 @@ def test_sample_frames_returns_the_indexed_frames():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"stride": 2, "target_fps": 8.0}, "not both"),
-        ({"stride": 0}, "stride"),
-        ({"target_fps": 0.0}, "target_fps"),
-        ({"num_frames": 0}, "num_frames"),
+        ({"stride": 2, "target_fps": 8.0}, "^give --fps or --stride for sampling the clip, not both$"),
+        ({"stride": 0}, "^--stride must be at least 1, got 0$"),  # the flags, not the function's argument names
+        ({"target_fps": 0.0}, "^--fps must be positive"),
+        ({"num_frames": 0}, "^--num-frames must be at least 1"),
         ({"fps": 0.0}, "frame rate"),
     ],
 )

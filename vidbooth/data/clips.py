@@ -173,18 +173,18 @@ def _stepped_indices(step: float, num_frames: int) -> np.ndarray:
 
 def _sampling_step(fps: float, num_frames: int, target_fps: float | None, stride: int | None) -> float:
     if num_frames < 1:
-        raise UserError(f"num_frames must be at least 1, got {num_frames}")
+        raise UserError(f"--num-frames must be at least 1, got {num_frames}")
     if fps <= 0:
         raise UserError(f"the clip's frame rate must be positive, got {fps}: set a positive fps for frame folders")
     if target_fps is not None and stride is not None:
-        raise UserError("set either target_fps or stride for sampling the clip, not both")
+        raise UserError("give --fps or --stride for sampling the clip, not both")
     if stride is not None:
         if stride < 1:
-            raise UserError(f"stride must be at least 1, got {stride}")
+            raise UserError(f"--stride must be at least 1, got {stride}")
         return float(stride)
     if target_fps is not None:
         if target_fps <= 0:
-            raise UserError(f"target_fps must be positive, got {target_fps}")
+            raise UserError(f"--fps must be positive, got {target_fps}")
         return fps / target_fps
     return float(max(1, round(fps / DEFAULT_SAMPLE_FPS)))
 

@@ -224,8 +224,8 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
         )
     levels = noise_levels(base_model_folder(base))
     if cfg.num_inference_steps >= levels:  # else found only at sampling, after all the training
-        raise UserError(f"num_inference_steps must be from 1 to {levels - 1} ({base} was trained on {levels} noise "
-                        f"levels; 0 takes the recipe's), got {cfg.num_inference_steps}")
+        raise UserError(f"num_inference_steps (--set num_inference_steps=N) must be from 1 to {levels - 1} ({base} "
+                        f"was trained on {levels} noise levels; 0 takes the recipe's), got {cfg.num_inference_steps}")
     with _replacing_earlier_demo(out), _restart_when_interrupted():
         return _run_demo(cfg, out)
 

@@ -393,7 +393,8 @@ def _loop(
                 group["lr"] = lr * _lr_factor(step, warmup)
             loss = loss_at(step, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
             if not torch.isfinite(loss):
-                raise UserError(f"{stage} loss became {loss.item()} at step {step}: lower {stage}.lr and --resume")
+                raise UserError(f"{stage} loss became {loss.item()} at step {step}: lower the learning rate (--set "
+                                f"{stage}.lr=...) and rerun with --resume")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
