@@ -245,7 +245,9 @@ def test_pretrain_takes_a_tilde_as_the_home_folder(tmp_path, monkeypatch):
         (["--export", "{tmp}"], "overlap: export to a folder outside the run folder"),  # replaced whole: the run too
         (["--export", "{tmp}/run/model"], "overlap"),
         (["--export", "{tmp}/a.txt"], "{tmp}/a.txt is a file: give a folder to export the nano model to"),
-        (["--out", "{tmp}/a.txt/run"], "cannot create output folder {tmp}/a.txt/run: {tmp}/a.txt is not a folder"),
+        (["--out", "{tmp}/a.txt/run"], "cannot create output folder {tmp}/a.txt/run: {tmp}/a.txt is not a folder; "
+                                       "choose another --out"),
+        (["--export", "{tmp}/a.txt/model"], "{tmp}/a.txt is not a folder; choose another --export"),
         (["--out", "{tmp}/held"], "the run's model folder {tmp}/held/model holds other files than a nano model, and "
                                   "an export replaces the whole folder: move them out of it"),  # found after training
         # model shapes and weights, before any model is built (tracebacks from diffusers or transformers, a size the

@@ -362,7 +362,7 @@ def test_a_folder_the_file_system_will_not_write_is_refused_before_sampling(tmp_
     monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
     assert main(["generate", "--prompt", "x", "--out", str(tmp_path / "v.mp4")]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: output folder is not writable: {tmp_path}; choose another place for the output")
+        f"error: output folder is not writable: {tmp_path}; choose another --out")
 
 
 def test_the_videos_are_sampled_with_the_seed_negative_prompt_and_eta_given(monkeypatch):

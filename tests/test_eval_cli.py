@@ -211,6 +211,7 @@ def test_a_video_that_is_not_there_is_the_error_before_any_model_loads(video, ex
     ("--json", "right.mp4", "--json {} must end in .json"),  # was: the video replaced by the scores
     ("--csv", "right.mp4", "--csv {} must end in .csv"),
     ("--json", "photos", "--json {} is a folder: give a file in it"),  # was: a traceback
+    ("--csv", "right.mp4/scores.csv", "is not a folder; choose another --csv"),  # was: 'choose another place'
 ])
 def test_an_output_that_is_not_a_file_of_its_type_is_refused_and_nothing_is_replaced(flag, target, expected, media,
                                                                                      tmp_path, capsys):

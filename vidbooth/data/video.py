@@ -458,7 +458,7 @@ def _stored_seconds(path: Path) -> tuple[float | None, bool]:
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
     """Write (F, H, W, 3) uint8 frames as .mp4 (h264) or .gif, atomically (temp file, then rename)."""
     path = Path(path)
-    ensure_writable_dir(path.parent)
+    ensure_writable_dir(path.parent, flag=None)
     write_together([(path, video_writer(frames, path, fps))])
     return path
 
@@ -526,7 +526,7 @@ def contact_sheet(frames: np.ndarray, columns: int | None = None) -> np.ndarray:
 def save_contact_sheet(frames: np.ndarray, path: str | Path, columns: int | None = None) -> Path:
     """Write the contact sheet as PNG, atomically (temp file, then rename; no temp file is left on failure)."""
     path = Path(path)
-    ensure_writable_dir(path.parent)
+    ensure_writable_dir(path.parent, flag=None)
     write_together([(path, contact_sheet_writer(frames, columns))])
     return path
 
@@ -537,18 +537,22 @@ def contact_sheet_writer(frames: np.ndarray, columns: int | None = None) -> Call
     return lambda temporary: sheet.save(temporary, format="PNG")
 
 
-def check_writable_dir(folder: str | Path) -> Path:
+def _another(flag: str | None) -> str:
+    return f"choose another {flag}" if flag else "choose another place for the output"
+
+
+def check_writable_dir(folder: str | Path, flag: str | None = "--out") -> Path:
     """Raise a UserError if `folder` could not be created or written, leaving nothing behind: its nearest
     existing ancestor must be a writable folder (tried with a nameless file). `ensure_writable_dir` creates it when
-    there is something to write."""
+    there is something to write. `flag`: the option that gave it, which the message says to change."""
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
     if not existing.is_dir():
-        raise UserError(f"cannot create output folder {folder}: {existing} is not a folder")
+        raise UserError(f"cannot create output folder {folder}: {existing} is not a folder; {_another(flag)}")
     if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
         if existing == folder:
-            raise UserError(f"output folder is not writable: {folder}; choose another place for the output")
-        raise UserError(f"cannot create output folder {folder}: {existing} is not writable; choose another place")
+            raise UserError(f"output folder is not writable: {folder}; {_another(flag)}")
+        raise UserError(f"cannot create output folder {folder}: {existing} is not writable; {_another(flag)}")
     return folder
 
 
@@ -564,13 +568,14 @@ def _can_create_in(folder: Path) -> bool:
         return False
 
 
-def ensure_writable_dir(folder: str | Path) -> Path:
-    """Create `folder` if needed; raise a UserError if it cannot be written."""
+def ensure_writable_dir(folder: str | Path, flag: str | None = "--out") -> Path:
+    """Create `folder` if needed; raise a UserError if it cannot be written (`flag`: as `check_writable_dir`)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create output folder {folder}: {exc.strerror}") from exc
+        raise UserError(f"cannot create output folder {folder}: {(exc.strerror or str(exc)).lower()}; "
+                        f"{_another(flag)}") from exc
     if not os.access(folder, os.W_OK):
-        raise UserError(f"output folder is not writable: {folder}; choose another with --out")
+        raise UserError(f"output folder is not writable: {folder}; {_another(flag)}")
     return folder

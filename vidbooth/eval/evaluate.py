@@ -102,9 +102,9 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
             results.append(_evaluate_job(job, metrics, scorer, single))
             task.advance()
     report = EvaluationReport(results, scorer.unavailable, scorer.models, [str(p) for p in motion_paths], _versions())
-    for path in (config.json, config.csv):
+    for path, flag in ((config.json, "--json"), (config.csv, "--csv")):
         if path:
-            ensure_writable_dir(Path(path).parent)
+            ensure_writable_dir(Path(path).parent, flag)
     write_reports(report, config.json, config.csv)  # both or neither: never a new JSON beside an old CSV
     show(report)  # after the files: the scores are kept whatever happens while showing them
     return report
@@ -168,7 +168,7 @@ def _check_outputs(config: EvaluateConfig) -> None:
             raise UserError(f"{flag} {path} is a folder: give a file in it, e.g. {Path(path) / ('scores' + suffix)}")
         if Path(path).suffix.lower() != suffix:
             raise UserError(f"{flag} {path} must end in {suffix}")
-        check_writable_dir(Path(path).parent)
+        check_writable_dir(Path(path).parent, flag)
 
 
 def _strip_line_prompts(jobs: list[EvalJob], subject: str) -> None:
