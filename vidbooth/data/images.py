@@ -157,7 +157,8 @@ def hash_file(path: str | Path) -> str:
             for chunk in iter(lambda: file.read(1 << 20), b""):
                 digest.update(chunk)
     except OSError as exc:
-        raise UserError(f"cannot read {path} to fingerprint it: {exc.strerror}") from exc
+        raise UserError(f"cannot read {path} ({(exc.strerror or str(exc)).lower()}): check that it is readable, or "
+                        "leave it out") from exc
     return digest.hexdigest()
 
 
