@@ -398,3 +398,14 @@ def test_scale_jitter_places_its_window_by_its_own_draws(monkeypatch):
     monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.tensor([0.9, 1.0, 0.0, 1.0]))
     out = augment_photo(Image.fromarray(pixels), 32, flip=True, scale_jitter=0.5)
     assert np.abs(out.astype(int) - [0, 0, 255]).max() <= 30  # blue throughout, but for Lanczos ringing at an edge
+
+
+def test_a_file_that_cannot_be_read_for_its_hash_says_what_to_do(tmp_path):
+    import pytest
+
+    from vidbooth.data.images import hash_file
+    from vidbooth.errors import UserError
+
+    with pytest.raises(UserError, match=rf"^cannot read {tmp_path} \(is a directory\): check that it is readable, or "
+                                        "leave it out$"):
+        hash_file(tmp_path)
