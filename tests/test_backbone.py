@@ -103,10 +103,16 @@ def test_missing_base_and_offline_hub(tmp_path):
     with pytest.raises(UserError, match=r"base model not found: .*nope \(--base\): give a diffusers model folder, a "
                                         r"hub id like org/name, or a built-in model \(nano, tiny, tiny-animatediff\)$"):
         load_backbone(str(tmp_path / "nope"), device="cpu")
-    (tmp_path / "model.safetensors").write_bytes(b"")  # a single-file checkpoint: how to convert it
+    single = tmp_path / "it's a model.safetensors"  # a single-file checkpoint: how to convert it, quotes and all
+    single.write_bytes(b"")
     with pytest.raises(UserError, match=r"base model .*model.safetensors \(--base\) is a file: give a diffusers model "
-                                        r"folder .* converts once with python -c 'import diffusers; .*from_single_file"):
-        load_backbone(str(tmp_path / "model.safetensors"), device="cpu")
+                                        r"folder .* converts once into that folder .* with ") as refused:
+        load_backbone(str(single), device="cpu")
+    import shlex
+
+    python, dash_c, code = shlex.split(str(refused.value).split("the file) with ", 1)[1])
+    assert (python, dash_c) == (sys.executable, "-c") and compile(code, "hint", "exec")
+    assert f"from_single_file({json.dumps(str(single))})" in code
     with pytest.raises(UserError, match=r"cannot fetch 'someone/model' from the hub \(offline, or no such model\): "
                        "download it where the network allows and pass its local folder with --base$"):
         load_backbone("someone/model", device="cpu")

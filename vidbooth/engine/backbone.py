@@ -244,11 +244,8 @@ def resolve_base(base: str, revision: str | None = None, flag: str | None = "--b
     given = f" ({flag})" if flag else ""
     if path.exists():
         if not path.is_dir():
-            raise UserError(
-                f"base model {path}{given} is a file: give a diffusers model folder (with model_index.json); a "
-                "single-file checkpoint (.safetensors, .ckpt) converts once with python -c 'import diffusers; "
-                f"diffusers.StableDiffusionPipeline.from_single_file(\"{path}\").save_pretrained(\"DIR\")'"
-            )
+            raise UserError(f"base model {path}{given} is a file: give a diffusers model folder (with "
+                            f"model_index.json); {_single_file_hint(path)}")
         return path
     if not _HUB_ID.match(base):
         raise UserError(
@@ -256,6 +253,19 @@ def resolve_base(base: str, revision: str | None = None, flag: str | None = "--b
             f"built-in model ({', '.join(sorted(BUILTIN_NAMES))})"
         )
     return _from_hub(base, revision, flag, not_here=path)
+
+
+def _single_file_hint(path: Path) -> str:
+    """How to turn a single-file Stable Diffusion checkpoint into a folder once (a .ckpt is a pickle: run it only
+    on a file you trust), as a command that survives quotes and spaces in the path."""
+    import shlex
+    import sys
+
+    folder = json.dumps(str(path.with_suffix("")))  # Python literals: the shell's single quotes hold them whole
+    code = (f"import diffusers; diffusers.StableDiffusionPipeline.from_single_file({json.dumps(str(path))})"
+            f".save_pretrained({folder})")
+    return (f"a single-file checkpoint converts once into that folder (in a Python you trust with the file) with "
+            f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}")
 
 
 def _rebuild_hint(folder: Path) -> str:
