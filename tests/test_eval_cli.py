@@ -192,7 +192,8 @@ def test_when_no_metric_can_be_computed_the_run_fails_saying_how_to_fix_it(media
 @pytest.mark.parametrize(
     "video, expected",
     [("missing.mp4", "video not found"), ("empty.mp4", "(0 bytes)"), ("empty.mp4", "copy or export it again"),
-     ("photos", "is a folder, not a video file: give a video in it"), ("notes.txt", "unsupported video type '.txt'")],
+     ("photos", "is a folder, not a video file: give a video file in it, or all of them as a quoted pattern: "),
+     ("notes.txt", "unsupported video type '.txt'")],
 )
 def test_a_video_that_is_not_there_is_the_error_before_any_model_loads(video, expected, media, tmp_path, capsys,
                                                                        monkeypatch):

@@ -85,7 +85,7 @@ def video_file_problem(path: str | Path) -> str | None:
     if not path.exists():
         return f"video not found: {path}: {CHECK_THE_PATH}"
     if path.is_dir():
-        return f"{path} is a folder, not a video file: give a video in it (evaluate also takes a quoted '{path}/*.mp4')"
+        return f"{path} is a folder, not a video file: give a video file in it"
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         return f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}"
     if path.stat().st_size == 0:

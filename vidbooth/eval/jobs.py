@@ -43,6 +43,8 @@ def jobs_from_videos(patterns: list[str], prompt: str | None, reference_images: 
     for pattern in patterns:
         if not any(c in pattern for c in GLOB_CHARACTERS) or Path(pattern).exists():
             problem = video_file_problem(pattern)  # before any model loads: a mistyped path is the first error
+            if problem and Path(pattern).is_dir():  # the videos in it, as a pattern, are what evaluate takes
+                problem += f", or all of them as a quoted pattern: '{Path(pattern) / '*.mp4'}'"
             jobs.append(EvalJob(pattern, prompt or generated_prompt(pattern), reference_images, problem=problem))
             continue
         found = glob.glob(str(Path(pattern).expanduser()), recursive=True)
