@@ -325,15 +325,15 @@ def test_cli_trains_then_generates_from_an_image_prompt(tiny_base_dirs, tmp_path
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "a dog"], "does not contain 'sprite'"),
     (["--prompt", "a sprite", "--image-prompt", "missing.png"], "missing.png"),
-    (["--prompt", "a sprite", "--image-prompt-model", "none.safetensors"],
-     "image-prompt model (--image-prompt-model): file not found: "),
+    (["--prompt", "a sprite", "--image-prompt-model", "none.safetensors"], "--image-prompt-model: file not found: "),
     (["--prompt", "a sprite", "--image-prompt-model", "model.bin"], "pickle"),
     (["--prompt", "a sprite", "--image-prompt-scale", "-1"], "image_prompt_scale"),
     (["--prompt", "a sprite", "--image-prompt-word", ""], "--image-prompt-word) must be one word"),  # had been ignored
     (["--prompt", "a sprite", "--image-prompt-word", "a sprite"], "must be one word, the prompt's word"),
     (["--prompt", "a sprite", "--image-prompt-model", "."], "is a folder: give the .safetensors file in it"),
-    (["--prompt", "a sprite", "--image-prompt-model", "adapter.safetensors"], "is not a vidbooth image-prompt model: "
-                                                                              "give a .safetensors file made by"),
+    (["--prompt", "a sprite", "--image-prompt-model", "adapter.safetensors"], "is not a vidbooth image-prompt model "
+                                                                              "(a .safetensors file made by `vidbooth "
+                                                                              "train-image-prompt`); give one made by"),
 ])
 def test_bad_image_prompt_inputs_are_one_error_line(args, message, trained, tiny_base_dirs, tmp_path, capsys):
     photo = tmp_path / "subject.png"
@@ -703,3 +703,21 @@ def test_an_image_prompt_composes_with_a_learned_subject_and_motion(trained, tin
                  "--image-prompt-model", str(trained), "--prompt", "a S* dog and a sprite", "--out", str(out),
                  "--frames", "3", "--steps", "2", "--guidance-scale", "3", "--device", "cpu"]) == 0
     assert read_video(out).shape == (3, 32, 32, 3)
+
+
+def test_a_damaged_own_model_of_the_base_says_to_train_it_again(tiny_base_dirs, tmp_path, capsys):
+    """Without --image-prompt-model the file is the base's own: the message had told to leave that flag out."""
+    import shutil
+
+    from vidbooth.engine.image_prompt import OWN_IMAGE_PROMPT_MODEL
+
+    base = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "base")
+    save_file({"w": torch.zeros(2)}, str(base / OWN_IMAGE_PROMPT_MODEL), {"method": "identity"})
+    photo = tmp_path / "subject.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
+    assert main(["generate", "--base", str(base), "--prompt", "a sprite", "--image-prompt", str(photo),
+                 "--out", str(tmp_path / "v.mp4")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: the image-prompt model of {base}: {base / OWN_IMAGE_PROMPT_MODEL} is not a vidbooth image-prompt "
+        "model (a .safetensors file made by `vidbooth train-image-prompt`); train it again with `vidbooth "
+        f"train-image-prompt --base {base}`, or give another with --image-prompt-model")

@@ -209,8 +209,12 @@ def _check_image_prompt(cfg: GenerateConfig):
     try:
         trained = trained_word(path)  # missing, pickled or corrupt: fail now
     except UserError as exc:
-        given = "--image-prompt-model" if cfg.image_prompt_model is not None else f"{cfg.backbone.base}'s own"
-        raise UserError(f"image-prompt model ({given}): {exc}") from exc
+        if cfg.image_prompt_model is not None:
+            raise UserError(f"--image-prompt-model: {exc}; give one made by `vidbooth train-image-prompt`, or leave "
+                            "the flag out for the base's own") from exc
+        raise UserError(f"the image-prompt model of {cfg.backbone.base}: {exc}; train it again with `vidbooth "
+                        f"train-image-prompt --base {cfg.backbone.base}`, or give another with --image-prompt-model"
+                        ) from exc
     word = cfg.image_prompt_word or trained
     if word and not token_pattern(word).search(cfg.prompt):  # whole words: the tokens are checked once loaded
         raise UserError(

@@ -223,8 +223,8 @@ def trained_word(path: str | Path) -> str:
     path = Path(path).expanduser()
     metadata = load_metadata(path)
     if metadata.get("method") != KIND:  # an identity or motion adapter, say
-        raise UserError(f"{path} is not a vidbooth image-prompt model: give a .safetensors file made by `vidbooth "
-                        "train-image-prompt`, or leave --image-prompt-model out for the base's own")
+        raise UserError(f"{path} is not a vidbooth image-prompt model (a .safetensors file made by `vidbooth "
+                        "train-image-prompt`)")
     try:
         return str(json.loads(metadata["spec"])["word"])
     except (KeyError, ValueError, TypeError):
