@@ -394,7 +394,7 @@ def _loop(
             loss = loss_at(step, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
             if not torch.isfinite(loss):
                 raise UserError(f"{stage} loss became {loss.item()} at step {step}: lower the learning rate (--set "
-                                f"{stage}.lr=...) and rerun with --resume")
+                                f"{stage}.lr=N) and rerun with --resume")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
