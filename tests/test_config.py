@@ -41,12 +41,13 @@ def test_named_recipes_resolve():
 @pytest.mark.parametrize(
     "sets, message",
     [
-        (["sampling.bogus=1"], r"^--set sampling.bogus=1: config key 'sampling.bogus' is not a setting: docs/generate.md "
-                               "lists the settings$"),
+        (["sampling.bogus=1"],
+         r"^--set sampling.bogus=1: config key 'sampling.bogus' is not a setting: docs/generate.md lists the "
+         "settings$"),
         (["sampling.num_frame=3"], r"^--set sampling.num_frame=3: config key 'sampling.num_frame' is not a setting "
                                    r"\(did you mean 'sampling.num_frames'\?\)"),
-        (["sampling.num_frames=many"], "^--set sampling.num_frames=many: config key 'sampling.num_frames' takes a whole "
-                                       "number, got 'many'$"),
+        (["sampling.num_frames=many"],
+         "^--set sampling.num_frames=many: config key 'sampling.num_frames' takes a whole number, got 'many'$"),
         (["sampling.guidance_scale=high"], "config key 'sampling.guidance_scale' takes a number, got 'high'$"),
         (["nokey"], "--set expects key=value"),
         (["=3"], "--set expects key=value"),
@@ -234,8 +235,8 @@ def test_a_recipe_for_another_command_or_not_a_mapping_is_one_clear_error(tmp_pa
                        r"got 'abc'$"):
         load_config(SubjectConfig, str(typo))
     typo.write_text("dataa:\n  flip: true\n")
-    with pytest.raises(UserError, match=r"config key 'dataa' is not a setting \(did you mean 'data'\?\): docs/subject.md "
-                       r"lists the settings$"):  # not also "another command"
+    with pytest.raises(UserError, match=r"config key 'dataa' is not a setting \(did you mean 'data'\?\): "
+                       r"docs/subject.md lists the settings$"):  # not also "another command"
         load_config(SubjectConfig, str(typo))
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n")

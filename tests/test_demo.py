@@ -178,7 +178,8 @@ def test_paired_steps_compare_each_video_with_the_same_noise_in_the_variant_befo
     (["--num-videos", "100000"], "num_videos (--num-videos) must be at most 256, got 100000"),  # one batch: no memory
     (["--set", "subject_steps=-1"], "subject_steps must be at least 0, got -1"),
     (["--set", "num_inference_steps=-2"], "num_inference_steps must be at least 0, got -2"),
-    (["--set", "num_inference_steps=1000"], "num_inference_steps (--set num_inference_steps=N) must be from 1 to 999 (nano"),
+    (["--set", "num_inference_steps=1000"],
+     "num_inference_steps (--set num_inference_steps=N) must be from 1 to 999 (nano"),
     (["--seed", "-1"], "seed (--seed) must be a whole number from 0"),
     (["--set", "seed=-1"], "seed (--seed) must be a whole number from 0"),
     (["--set", "runtime.seed=5"], "runtime.seed 5 is not the demo's seed: give seed (--seed) instead"),  # ignored

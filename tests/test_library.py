@@ -275,11 +275,12 @@ def test_an_unknown_name_says_when_it_is_of_the_other_kind_or_a_stopped_training
     with library.staged_artifact("motion", "M") as stage:
         library.write_json(stage / library.MANIFEST, {"name": "M", "kind": "motion"})
     with pytest.raises(UserError, match=r"unknown subject 'M' in .* \(no subjects yet: learn one with vidbooth "
-                                        r"train-subject PHOTOS --name M; 'M' is a motion\)$"):
+                                        r"train-subject PHOTOS --class-noun NOUN --name M; 'M' is a motion\)$"):
         library.artifact_dir("subject", "M")
     with pytest.raises(UserError, match=r"\(known motions: M\)$"):
         library.artifact_dir("motion", "W*")
-    with pytest.raises(UserError, match=r"no subjects yet: learn one with vidbooth train-subject PHOTOS --name 'W\*'\)$"):
+    with pytest.raises(UserError, match=r"no subjects yet: learn one with vidbooth train-subject PHOTOS --class-noun "
+                                        r"NOUN --name 'W\*'\)$"):
         library.artifact_dir("subject", "W*")  # quoted, to paste into a shell
     (isolated_home / ".runs" / "subjects" / "Q%2A" / "textual-inversion" / "checkpoints" / "step-000002").mkdir(
         parents=True)

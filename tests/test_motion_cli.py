@@ -454,7 +454,8 @@ def test_a_preview_setting_the_model_cannot_take_is_told_before_training(tmp_pat
     fast = [arg for arg in NO_PREVIEW if arg != "--no-preview"]
     assert main(["train-motion", clip, "--name", "m", *fast, "--set", "preview.num_inference_steps=1000"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: preview.num_inference_steps must be from 1 to 999 (the model was trained on 1000 noise levels), got 1000")
+        "error: preview.num_inference_steps (--set preview.num_inference_steps=N) must be from 1 to 999 (the model "
+        "was trained on 1000 noise levels), got 1000")
     assert not (isolated_home / "motions" / "m").exists()
 
 

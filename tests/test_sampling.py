@@ -82,7 +82,7 @@ def test_chunked_decode_matches_single_pass(tiny_backbones):
     [
         (dict(num_frames=0), "at least 1"),
         (dict(height=30), r"^--height 30 must be a positive multiple of 4 for this model: use e.g. 28 or 32$"),
-        (dict(width=-8), "--width -8"),
+        (dict(width=-8), r"^--width -8 must be a positive multiple of 4 for this model: use e.g. 4$"),
         (dict(width=100000), r"--width 100000 is more than 8 times this model's native size \(32\): use at most 256"),
         (dict(height=264, width=32), "--height 264 is more than 8 times"),
         (dict(num_frames=1025), r"--num-frames 1025 is more than vidbooth takes \(1024\)"),
@@ -107,7 +107,8 @@ def test_a_sample_that_diverges_is_an_error_not_a_video(tiny_backbones, monkeypa
 
 
 def test_too_many_frames_for_motion_module(tiny_backbones):
-    with pytest.raises(UserError, match=r"^--num-frames 33 is more than this motion module takes \(32\): use 32 or fewer$"):
+    with pytest.raises(UserError, match=r"^--num-frames 33 is more than this motion module takes \(32\): use 32 or "
+                                        r"fewer$"):
         sample_video(tiny_backbones["animatediff"], "x", num_frames=33)
 
 

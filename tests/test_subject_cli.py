@@ -914,7 +914,8 @@ def test_resume_is_refused_when_the_subjects_pseudo_word_was_learned_again(photo
     capsys.readouterr()
     assert main([*stage_two, "--resume"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "cannot resume" in err and "(the subject's pseudo-word, learned again since this run stopped)" in err
+    assert "cannot resume" in err and err.endswith("(the subject's pseudo-word, learned again since this run "
+                                                   "stopped); rerun with --overwrite instead of --resume to start over")
     assert "\n" not in err
 
 
@@ -952,7 +953,8 @@ def test_a_preview_setting_the_model_cannot_take_is_told_before_training(photos,
     monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("it trained"))
     assert train_subject(photos, "--set", "preview.num_inference_steps=1000") == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: preview.num_inference_steps must be from 1 to 999 (the model was trained on 1000 noise levels), got 1000")
+        "error: preview.num_inference_steps (--set preview.num_inference_steps=N) must be from 1 to 999 (the model "
+        "was trained on 1000 noise levels), got 1000")
     assert library_is_empty(isolated_home)
     monkeypatch.setattr(engine, "train", real_train)
     assert train_subject(photos, "--set", "preview.num_inference_steps=1000", "--no-preview") == 0  # not made: fine
@@ -975,7 +977,10 @@ def test_a_failed_preview_keeps_the_training_and_says_how_to_save_it(photos, iso
         "error: the preview failed: the sample became NaN; the training is kept: rerun the same command with --resume "
         "(and --no-preview to skip the preview) to save it without training again")
     assert library_is_empty(isolated_home)
-    monkeypatch.setattr(sampling, "sample_video", lambda *args, **kwargs: torch.empty(10**14))  # CPU memory runs out
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    monkeypatch.setattr(sampling, "sample_video", out_of_memory)
     assert train_subject(photos, "--resume") == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         "error: the preview failed: it ran out of memory; the training is kept: rerun the same command with --resume")

@@ -286,6 +286,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, accelerator):
         engine.train(method, toy_data(), cfg, tmp_path, accelerator)
     assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000004"]
     assert all(torch.isfinite(v).all() for v in method.state_dict().values())
+    cfg.locate("identity.train", {})  # train-subject: no --lr flag of its own
+    with pytest.raises(UserError, match=r"lower the learning rate identity.train.lr \(--set identity.train.lr=N\)"):
+        engine.train(make_method(poison_at_call=11), toy_data(), cfg, tmp_path / "again", accelerator)
 
 
 def test_lr_schedule():
@@ -493,7 +496,7 @@ def test_resume_refuses_another_seed(tmp_path):
     accelerator = engine.make_accelerator("auto", device="cpu")
     data = [{"i": i} for i in range(4)]
     engine.train(_Recorder(), data, TrainConfig(steps=2, seed=0), tmp_path / "run", accelerator)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"cannot resume from .*: it was trained with other settings \(.*seed"):
         engine.train(_Recorder(), data, TrainConfig(steps=2, seed=1), tmp_path / "run", accelerator, resume=True)
 
 
@@ -520,7 +523,7 @@ def test_resume_restores_the_global_torch_rng(tmp_path):
     whole = GlobalRandom()
     engine.train(whole, data, TrainConfig(**cfg), tmp_path / "a", accelerator)
     torch.manual_seed(0)
-    engine.train(GlobalRandom(), data, TrainConfig(**cfg | {"steps": 4}), tmp_path / "b", accelerator)
+    engine.train(GlobalRandom(), data, TrainConfig(**cfg), tmp_path / "b", accelerator)
     # stop after step 2: drop the last checkpoint, resume from step 2 with another global RNG state
     shutil.rmtree(engine.list_checkpoints(tmp_path / "b")[-1])
     torch.manual_seed(99)

@@ -129,7 +129,7 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
                 f"{path} is {what}, not a vidbooth {kind}: move it out of {path.parent}, then train '{name}'"
             )
         known = known_names(kind)
-        learn = "train-subject PHOTOS" if kind == "subject" else "train-motion CLIP"
+        learn = "train-subject PHOTOS --class-noun NOUN" if kind == "subject" else "train-motion CLIP"
         hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else \
             f"no {KINDS[kind]} yet: learn one with vidbooth {learn} --name {shlex.quote(name)}"
         others = [other for other in KINDS

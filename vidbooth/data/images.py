@@ -157,8 +157,8 @@ def hash_file(path: str | Path) -> str:
             for chunk in iter(lambda: file.read(1 << 20), b""):
                 digest.update(chunk)
     except OSError as exc:
-        raise UserError(f"cannot read {path} ({(exc.strerror or str(exc)).lower()}): check that it is readable, or "
-                        "leave it out") from exc
+        reason = exc.strerror.lower() if exc.strerror else exc
+        raise UserError(f"cannot read {path} ({reason}): check that it is readable, or leave it out") from exc
     return digest.hexdigest()
 
 

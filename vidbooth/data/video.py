@@ -574,7 +574,7 @@ def ensure_writable_dir(folder: str | Path, flag: str | None = "--out") -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create output folder {folder}: {(exc.strerror or str(exc)).lower()}; "
+        raise UserError(f"cannot create output folder {folder}: {exc.strerror.lower() if exc.strerror else exc}; "
                         f"{_another(flag)}") from exc
     if not os.access(folder, os.W_OK):
         raise UserError(f"output folder is not writable: {folder}; {_another(flag)}")

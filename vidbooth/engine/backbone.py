@@ -396,7 +396,7 @@ def _from_hub(repo_id: str, revision: str | None, flag: str | None = "--base", n
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:
-        _refuse_hub_error(exc, repo_id, revision)
+        _refuse_hub_error(exc, repo_id, revision, flag)
         typo = not_here is not None and not_here.parent.is_dir()  # 'models/name' beside a models/ folder
         nor_folder = f", and there is no folder {not_here.absolute()}" if typo else ""
         then = f"pass its local folder with {flag}" if flag else "copy it into the hub cache here"
@@ -406,7 +406,7 @@ def _from_hub(repo_id: str, revision: str | None, flag: str | None = "--base", n
         ) from exc
 
 
-def _refuse_hub_error(exc: Exception, repo_id: str, revision: str | None) -> None:
+def _refuse_hub_error(exc: Exception, repo_id: str, revision: str | None, flag: str | None) -> None:
     """The causes of a failed download that "offline, or no such model" would misname: a full disk (left to the
     command line's own message), a gated model, a revision the model does not have."""
     from huggingface_hub.utils import GatedRepoError, RevisionNotFoundError
@@ -417,8 +417,9 @@ def _refuse_hub_error(exc: Exception, repo_id: str, revision: str | None) -> Non
         raise UserError(f"cannot fetch '{repo_id}' from the hub: it is gated; accept its terms on its page at "
                         "huggingface.co, log in here (hf auth login), and run again") from exc
     if isinstance(exc, RevisionNotFoundError):
-        raise UserError(f"cannot fetch '{repo_id}' at revision '{revision}': the model has no such branch, tag or "
-                        "commit; fix backbone.revision (--set backbone.revision=...) or leave it out") from exc
+        fix = "; fix backbone.revision (--set backbone.revision=...) or leave it out" if flag == "--base" else ""
+        raise UserError(f"cannot fetch '{repo_id}' at revision '{revision or 'main'}': the model has no such branch, "
+                        f"tag or commit{fix}") from exc
 
 
 def _class_name(config: Path) -> str | None:

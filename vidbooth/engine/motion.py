@@ -241,7 +241,8 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     size = training_size(backbone, cfg)
     if cfg.preview.enabled:  # made after training: a setting it cannot take is told now, not then
-        check_steps(backbone, cfg.preview.num_inference_steps, "preview.num_inference_steps")
+        check_steps(backbone, cfg.preview.num_inference_steps,
+                    "preview.num_inference_steps (--set preview.num_inference_steps=N)")
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
     if accelerator.is_main_process:  # once every input is checked (a bad one stays a single error line)
         warn_of_repeated_clips(clips)

@@ -65,8 +65,8 @@ def check_steps(backbone, num_inference_steps: int, name: str = "--num-inference
 
 def check_preview(backbone, num_frames: int, num_inference_steps: int, section: str = "preview") -> None:
     """The preview's settings, checked before training so that a bad one does not fail the run at its end."""
-    check_frames(backbone, num_frames, f"{section}.num_frames")
-    check_steps(backbone, num_inference_steps, f"{section}.num_inference_steps")
+    check_frames(backbone, num_frames, f"{section}.num_frames (--set {section}.num_frames=N)")
+    check_steps(backbone, num_inference_steps, f"{section}.num_inference_steps (--set {section}.num_inference_steps=N)")
 
 
 def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
@@ -75,7 +75,8 @@ def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
     for flag, value in (("--height", height), ("--width", width)):
         multiple = backbone.size_multiple
         if value <= 0 or value % multiple:
-            near = [size for size in (value // multiple * multiple, (value // multiple + 1) * multiple) if size > 0]
+            near = [size for size in (value // multiple * multiple, (value // multiple + 1) * multiple) if size > 0] \
+                or [multiple]
             raise UserError(f"{flag} {value} must be a positive multiple of {multiple} for this model: use e.g. "
                             f"{' or '.join(map(str, near))}")
         check_not_too_large(backbone, flag, value)

@@ -382,6 +382,9 @@ _UNNAMED_SETTINGS = {
     "embedding": ("the subject's pseudo-word, learned again since this run stopped", None),
 }
 """Signature keys that are no config key: how a message names each, and its value when the signature lacks it."""
+NOT_SETTINGS = {"embedding"}
+"""Signature keys that no setting can make equal again (a pseudo-word learned anew): a resume refused for them alone
+says only to start over."""
 
 
 def _shown(value: object) -> str | None:
@@ -412,9 +415,12 @@ def _changed_settings(now: dict, then: dict, cfg: TrainConfig) -> str:
 
 
 def _other_settings(folder: Path, now: dict, then: dict, cfg: TrainConfig) -> UserError:
+    flat_now, flat_then = _flatten(now), _flatten(then)
+    changed = {key for key in set(flat_now) | set(flat_then) if flat_now.get(key) != flat_then.get(key)}
+    same = "" if changed <= NOT_SETTINGS else "use the same settings, or "  # what no setting gives back
     return UserError(
         f"cannot resume from {folder}: it was trained with other settings ({_changed_settings(now, then, cfg)}); "
-        "use the same settings, or rerun with --overwrite instead of --resume to start over"
+        f"{same}rerun with --overwrite instead of --resume to start over"
     )
 
 
@@ -760,9 +766,11 @@ def train(
                 half = str(accelerator.mixed_precision) != "no"  # on CUDA the frozen base is fp16 too
                 mixed = cfg.full_key("mixed_precision")
                 fp32 = f" (or train in fp32: --precision fp32 --set {mixed}=no)" if half else ""
+                rate = cfg.setting_name("lr")
+                rate = rate if rate.endswith(")") else f"{rate} (--set {rate}=N)"  # one without a flag of its own
                 raise UserError(  # a resume would repeat the same steps: other settings mean starting over
                     f"loss became {loss} at step {step + 1}: training stopped and {kept}; lower the learning rate "
-                    f"{cfg.setting_name('lr')}{fp32} and run again with --overwrite instead of --resume"
+                    f"{rate}{fp32} and run again with --overwrite instead of --resume"
                 )
             _optimizer_step(optimizer, params, cfg, step, accelerator)
             step += 1

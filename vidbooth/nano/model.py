@@ -149,7 +149,8 @@ def check_export_folder(folder: str | Path, flag: str = "--export") -> None:
         )
     from vidbooth.data.video import check_writable_dir
 
-    check_writable_dir(folder.parent, flag)  # the export is built beside the folder, then renamed over it
+    # the export is built beside the folder, then renamed over it
+    check_writable_dir(folder.parent, flag if flag.startswith("--") else None)
 
 
 def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> Path:
