@@ -325,6 +325,7 @@ def test_cli_trains_then_generates_from_an_image_prompt(tiny_base_dirs, tmp_path
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "a dog"], "does not contain 'sprite'"),
     (["--prompt", "a sprite", "--image-prompt", "missing.png"], "missing.png"),
+    (["--prompt", "a sprite", "--image-prompt", "broken.png"], "--image-prompt: "),  # found once it is decoded
     (["--prompt", "a sprite", "--image-prompt-model", "none.safetensors"], "--image-prompt-model: file not found: "),
     (["--prompt", "a sprite", "--image-prompt-model", "model.bin"], "pickle"),
     (["--prompt", "a sprite", "--image-prompt-scale", "-1"], "image_prompt_scale"),
@@ -339,6 +340,7 @@ def test_bad_image_prompt_inputs_are_one_error_line(args, message, trained, tiny
     photo = tmp_path / "subject.png"
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
     (tmp_path / "model.bin").write_bytes(b"x")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "adapter.safetensors"), {"method": "identity"})
     out = tmp_path / "out" / "v.mp4"
     given = ["--image-prompt", str(photo), "--image-prompt-model", str(trained)]

@@ -221,7 +221,10 @@ def _check_image_prompt(cfg: GenerateConfig):
             f"the prompt does not contain '{word}', the word the image prompt replaces: write it where the subject "
             f"goes, e.g. \"a {word} moving left\" (or pass --image-prompt-word)"
         )
-    return load_subject_photo(cfg.image_prompt), path
+    try:
+        return load_subject_photo(cfg.image_prompt), path
+    except UserError as exc:  # a photo that cannot be decoded, found once it is read
+        raise UserError(f"--image-prompt: {exc}") from exc
 
 
 def _image_prompt(backbone, cfg: GenerateConfig, photo, path: Path, prompt: str):
