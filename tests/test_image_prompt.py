@@ -633,7 +633,7 @@ def test_the_photos_pass_runs_conditional_only_adapters_whole_and_serves_every_v
     try:
         photo = render_photos(Sprite("circle", "red", "solid"), 1, 32)[0]
         cond = prepare_image_prompt(model, photo, "a sprite", torch.Generator().manual_seed(1), num_videos=3)
-        assert cond.prompt_embeds.shape[0] == cond.latents.shape[0] == 3
+        assert cond.prompt_embeds.shape[0] == 3 and cond.latents.shape[0] == 1  # one photo's pass for every video
         videos = sample_video(bb, ["a sprite"] * 3, num_frames=2, num_inference_steps=2, guidance_scale=3.0,
                               latents=torch.randn(1, 4, 2, 16, 16).repeat(3, 1, 1, 1, 1), output_type="latent",
                               prompt_embeds=cond.prompt_embeds, before_unet=cond.before_unet)

@@ -184,13 +184,12 @@ class ImagePromptCondition:
         layers = injections(self.model.backbone.unet).values()
         if all(layer.scale == 0 for layer in layers):
             return  # tokens only: the photo's features would be multiplied by 0
-        videos = self.latents.shape[0]  # as many as prompt_embeds: the positive half of text_embeds
-        copies = text_embeds.shape[0] // videos  # 2 under guidance: [negative, positive]
-        timesteps = timestep.reshape(-1)[:1].expand(videos).to(self.latents.device)
-        # the positive half only: the injections act on it alone (the negative half's references are never used)
-        capture(self.model.backbone, self.scheduler, self.latents, self.noise, timesteps, text_embeds[-videos:])
+        timesteps = timestep.reshape(-1)[:1].to(self.latents.device)
+        # one pass for every video: they share the photo, its noise and the prompt; with the prompt's positive
+        # embedding (the last row), as the injections act on the positive half alone
+        capture(self.model.backbone, self.scheduler, self.latents, self.noise, timesteps, text_embeds[-1:])
         for layer in layers:
-            layer.reference = layer.reference.repeat(copies, 1, 1)
+            layer.reference = layer.reference.repeat(text_embeds.shape[0], 1, 1)
 
     def close(self) -> None:
         clear_references(self.model.backbone.unet)
@@ -205,8 +204,7 @@ def prepare_image_prompt(model: ImagePromptModel, photo: np.ndarray, prompt: str
     embeds = model.prompt_embeds(ids, model.image_embeds(photo[None]), word)
     latents = image_latents(bb, photo[None])
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    per_video = [x.repeat(num_videos, *[1] * (x.ndim - 1)) for x in (embeds, latents, noise)]
-    return ImagePromptCondition(model, *per_video)
+    return ImagePromptCondition(model, embeds.repeat(num_videos, 1, 1), latents, noise)
 
 
 def own_image_prompt_model(base: str, revision: str | None = None) -> Path:
