@@ -5,6 +5,8 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 import vidbooth
 
 PACKAGE = Path(vidbooth.__file__).parent
@@ -205,3 +207,30 @@ def test_a_bad_setting_is_told_before_torch_is_imported(tmp_path):
     errors = run.stderr.split("end of case\n")[:-1]
     for (argv, message), error in zip(_BAD_SETTINGS, errors, strict=True):
         assert error.startswith("error: ") and error.count("\n") == 1 and message in error, (argv, error)
+
+
+def test_shell_completion_offers_commands_flags_and_library_names(tmp_path, isolated_home):
+    """`vidbooth --install-completion` installs what these answer: the shell asks the command itself."""
+    import subprocess
+    import sys
+
+    from vidbooth import library
+
+    with library.staged_artifact("subject", "S*") as stage:
+        library.write_json(stage / library.MANIFEST, {"name": "S*", "kind": "subject", "schema_version": 1,
+                                                      "files": {}})
+
+    def complete(words: str) -> list[str]:
+        env = dict(os.environ, _VIDBOOTH_COMPLETE="complete_bash", COMP_WORDS=words,
+                   COMP_CWORD=str(len(words.split()) - (0 if words.endswith(" ") else 1)))
+        done = subprocess.run([command], env=env, capture_output=True, text=True, timeout=60)
+        return done.stdout.split()
+
+    command = Path(sys.executable).parent / ("vidbooth.exe" if os.name == "nt" else "vidbooth")  # the name completed
+    if not command.exists():
+        pytest.skip("no vidbooth command beside this Python (installed with pip install -e .)")
+
+    assert complete("vidbooth gen") == ["generate"]
+    assert set(complete("vidbooth generate --num")) == {"--num-videos", "--num-frames", "--num-inference-steps"}
+    assert complete("vidbooth generate --subject ") == ["S*"]
+    assert complete("vidbooth evaluate out.mp4 --motion ") == []  # no motions yet

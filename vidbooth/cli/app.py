@@ -22,7 +22,7 @@ app = typer.Typer(
     help="Personalise text-to-video diffusion models: learn a subject from photos and a motion from a clip.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
-    add_completion=False,
+    add_completion=True,  # --install-completion: commands, flags and library names (docs/installation.md)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rich's shows a value (<bool>) after every flag
 )

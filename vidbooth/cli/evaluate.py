@@ -20,13 +20,15 @@ def evaluate(
     ),
     prompt: str = typer.Option(None, "--prompt", "-p", help="The prompt the videos were made from (CLIP-T)."),
     subject: str = typer.Option(
-        None, "--subject", "-s", help="Library subject: its training photos are the references."
+        None, "--subject", "-s", help="Library subject: its training photos are the references.",
+        autocompletion=options.learned_names("subject"),
     ),
     ref_images: str = typer.Option(
         None, "--ref-images", help="Reference images (CLIP-I, DINO-I): a folder of them, or one image."
     ),
     motion: str = typer.Option(
-        None, "--motion", "-m", help="Library motion: its training clip(s) are the reference motion."
+        None, "--motion", "-m", help="Library motion: its training clip(s) are the reference motion.",
+        autocompletion=options.learned_names("motion"),
     ),
     ref_video: str = typer.Option(None, "--ref-video", help="Reference motion clip (motion fidelity)."),
     manifest: str = typer.Option(None, "--manifest", help="File of video|||ref_dir|||prompt lines (DreamVideo's)."),

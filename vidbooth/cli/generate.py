@@ -32,9 +32,11 @@ def generate(
     scheduler: str = typer.Option(None, "--scheduler", help="ddim | dpm++ (default: the recipe's, else ddim)."),
     fps: int = typer.Option(None, "--fps", help="Frames per second of the written video (default 8)."),
     subject: list[str] = typer.Option(
-        None, "--subject", "-s", metavar="NAME", help="Learned subject to include (repeatable)."
+        None, "--subject", "-s", metavar="NAME", help="Learned subject to include (repeatable).",
+        autocompletion=options.learned_names("subject"),
     ),
-    motion: str = typer.Option(None, "--motion", "-m", metavar="NAME", help="Learned motion to apply."),
+    motion: str = typer.Option(None, "--motion", "-m", metavar="NAME", help="Learned motion to apply.",
+                               autocompletion=options.learned_names("motion")),
     subject_scale: float = typer.Option(
         None, "--subject-scale", help="Identity adapter strength (default 1; 0 = token only)."
     ),

@@ -15,6 +15,21 @@ Sets = typer.Option(
     metavar="KEY=VALUE",
     help="Override any config key of this command (see its docs page): --set key=value (repeatable).",
 )
+def learned_names(kind: str):
+    """Shell completion of a library name of `kind` (`vidbooth --install-completion`): the names that start with what
+    was typed; none when the library cannot be read (completion never fails aloud)."""
+
+    def complete(incomplete: str) -> list[str]:
+        from vidbooth.library import known_names
+
+        try:
+            return [name for name in known_names(kind) if name.startswith(incomplete)]
+        except Exception:  # a library that is a file, unreadable, ...: nothing to offer
+            return []
+
+    return complete
+
+
 Base = typer.Option(None, "--base", help="Base model: diffusers folder, hub id, or built-in name (default: nano).")
 MotionAdapterPath = typer.Option(
     None, "--motion-adapter",
