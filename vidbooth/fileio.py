@@ -107,11 +107,7 @@ def sync_folder(folder: str | Path) -> None:
     if os.name == "nt":
         return
     with suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            _flush(fd)
-        finally:
-            os.close(fd)
+        sync_file(folder)
 
 
 def sync_tree(folder: Path) -> None:

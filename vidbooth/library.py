@@ -36,6 +36,8 @@ from vidbooth.errors import Interrupted, UserError, held_stops, stopped, stoppin
 from vidbooth.fileio import disk_full, exclusive_lock, sync_folder, sync_tree
 
 KINDS = {"subject": "subjects", "motion": "motions"}
+TRAINED_BY = {"subject": ("train-subject", "PHOTOS --class-noun NOUN"), "motion": ("train-motion", "CLIP")}
+"""The command that learns an artifact of each kind, and what else it needs besides --name, as messages show it."""
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 _NAME = re.compile(r"[\w*+@.\-]{1,64}")
@@ -129,9 +131,8 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
                 f"{path} is {what}, not a vidbooth {kind}: move it out of {path.parent}, then train '{name}'"
             )
         known = known_names(kind)
-        learn = "train-subject PHOTOS --class-noun NOUN" if kind == "subject" else "train-motion CLIP"
         hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else \
-            f"no {KINDS[kind]} yet: learn one with vidbooth {learn} --name {shlex.quote(name)}"
+            f"no {KINDS[kind]} yet: learn one with vidbooth {' '.join(TRAINED_BY[kind])} --name {shlex.quote(name)}"
         others = [other for other in KINDS
                   if other != kind and (_kind_root(other) / dir_name(name) / MANIFEST).is_file()]
         if others:
@@ -196,11 +197,10 @@ def _redo(path: Path) -> str:
     """What to do about the damaged artifact in folder `path`: retrain it (its kind and name read from where it is),
     or delete it."""
     kind = next((kind for kind, folder in KINDS.items() if path.parent.name == folder), None)
-    command = {"subject": "train-subject", "motion": "train-motion"}.get(kind or "")
-    if command is None:
+    if kind is None:
         return f"retrain it with --overwrite, or delete {path}"
     name = shlex.quote(urllib.parse.unquote(path.name))
-    return f"retrain it (vidbooth {command} ... --name {name} --overwrite), or delete {path}"
+    return f"retrain it (vidbooth {TRAINED_BY[kind][0]} ... --name {name} --overwrite), or delete {path}"
 
 
 def _check_keys(where: Path, manifest: dict) -> None:
@@ -271,11 +271,11 @@ def check_base(kind: str, name: str, manifest: dict, base: str, fingerprint: str
     fix = f"use --base {learned}"
     if str(learned) == str(base):  # the same name, other weights: say how it was loaded when it was learned
         config = manifest.get("config")
-        backbone = (config.get("backbone") if isinstance(config, dict) else None) or {}
-        given = [f"{flag}{backbone[key]}" for key, flag in (("motion_adapter", "--motion-adapter "),
-                                                             ("revision", "--set backbone.revision="),
-                                                             ("variant", "--set backbone.variant="))
-                 if isinstance(backbone, dict) and backbone.get(key)]
+        backbone = config.get("backbone") if isinstance(config, dict) else None
+        backbone = backbone if isinstance(backbone, dict) else {}
+        flags = {"motion_adapter": "--motion-adapter ", "revision": "--set backbone.revision=",
+                 "variant": "--set backbone.variant="}
+        given = [f"{flag}{backbone[key]}" for key, flag in flags.items() if backbone.get(key)]
         fix = (f"load it as it was learned with ({' '.join(given)})" if given
                else "the model's weights have changed since it was learned (another download or revision)")
     raise UserError(

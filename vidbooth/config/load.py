@@ -115,12 +115,11 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
         page = SETTINGS_PAGES.get(getattr(schema, "__name__", ""))
         listed = f": docs/{page}.md lists the settings" if page else ""
         return f"config key '{key}' is not a setting{guess}{listed}"
-    converted = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)$", msg)
-    invalid_bool = re.match(r"Value '(.*)' is not a valid bool", msg)
-    if key and (converted or invalid_bool):
-        value, kind = (converted.group(1), _VALUE_KINDS.get(converted.group(2), converted.group(2).lower())) \
-            if converted else (invalid_bool.group(1), "true or false")
-        return f"config key '{key}' takes {kind}, got '{value}'"
+    if key and (converted := re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)$", msg)):
+        kind = _VALUE_KINDS.get(converted.group(2), converted.group(2).lower())
+        return f"config key '{key}' takes {kind}, got '{converted.group(1)}'"
+    if key and (invalid_bool := re.match(r"Value '(.*)' is not a valid bool", msg)):
+        return f"config key '{key}' takes true or false, got '{invalid_bool.group(1)}'"
     if isinstance(exc, InterpolationResolutionError):  # only a recipe's texts are read as OmegaConf's
         msg += " (a recipe's ${...} refers to another setting: write \\${ for the text ${)"
     return f"config key '{key}': {msg}" if key else msg

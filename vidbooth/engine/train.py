@@ -399,27 +399,27 @@ def _shown(value: object) -> str | None:
     return text if text is not None and len(text) <= 40 else None
 
 
-def _changed_settings(now: dict, then: dict, cfg: TrainConfig) -> str:
-    """The settings that differ between two signatures, named as the user sets them ('identity.train.lr (--lr)
-    was 0.001, now 0.002'); a value is shown when it is short."""
+def _changed_settings(now: dict, then: dict, cfg: TrainConfig) -> tuple[set[str], str]:
+    """The signature keys that differ between two signatures, and those settings named as the user sets them
+    ('identity.train.lr (--lr) was 0.001, now 0.002'); a value is shown when it is short."""
     now, then = _flatten(now), _flatten(then)
+    changed = {key for key in set(now) | set(then) if now.get(key) != then.get(key)}
     described = []
-    for key in sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k)):
+    for key in sorted(changed):
         name, default = _UNNAMED_SETTINGS.get(key, (None, None))
         if name is None:
             head, _, rest = key.partition(".")
             name = cfg.setting_name(rest if head == "train" else key)
         old, new = _shown(then.get(key, default)), _shown(now.get(key, default))
         described.append(f"{name} was {old}, now {new}" if old is not None and new is not None else name)
-    return "; ".join(described)
+    return changed, "; ".join(described)
 
 
 def _other_settings(folder: Path, now: dict, then: dict, cfg: TrainConfig) -> UserError:
-    flat_now, flat_then = _flatten(now), _flatten(then)
-    changed = {key for key in set(flat_now) | set(flat_then) if flat_now.get(key) != flat_then.get(key)}
+    changed, described = _changed_settings(now, then, cfg)
     same = "" if changed <= NOT_SETTINGS else "use the same settings, or "  # what no setting gives back
     return UserError(
-        f"cannot resume from {folder}: it was trained with other settings ({_changed_settings(now, then, cfg)}); "
+        f"cannot resume from {folder}: it was trained with other settings ({described}); "
         f"{same}rerun with --overwrite instead of --resume to start over"
     )
 
