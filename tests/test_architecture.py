@@ -184,6 +184,7 @@ _BAD_SETTINGS = [  # (command line, what its one error line says)
     (["demo", "--set", "bogus=1"], "config key 'bogus'"),
     (["pretrain", "--set", "bogus=1"], "config key 'bogus'"),
     (["pretrain", "--set", "arch.unet.position_channels=2"], "arch.unet.position_channels must be 0 or 3, got 2"),
+    (["pretrain", "--resume", "--out", "no-run"], "nothing to resume in no-run: run without --resume to start"),
 ]
 
 

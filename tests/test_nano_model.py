@@ -485,6 +485,18 @@ def test_path_replay_keeps_part_of_each_later_batch_on_the_path_phase(tmp_path, 
     assert min(t for _, timesteps in after for t in timesteps[:-1]) < 980  # ... and uniform timesteps
 
 
+def test_a_checkpoint_save_killed_midway_counts_as_a_run(tmp_path):
+    """The first checkpoint's save killed before its renames leaves only the journal: --resume finishes it, and a
+    new run there would be mixed with it."""
+    (tmp_path / "saving.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds a pretraining run: pass --resume"):
+        PretrainConfig(out=str(tmp_path)).check()
+    PretrainConfig(out=str(tmp_path), resume=True).check()
+    (tmp_path / "saving.json").unlink()
+    with pytest.raises(UserError, match="nothing to resume"):
+        PretrainConfig(out=str(tmp_path), resume=True).check()
+
+
 def test_refuses_bad_runs(tmp_path, char_tokenizer):
     with pytest.raises(UserError, match="nothing to resume"):
         nano.pretrain(tiny_config(tmp_path, char_tokenizer, resume=True))

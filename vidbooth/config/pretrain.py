@@ -12,7 +12,7 @@ from pathlib import Path
 from vidbooth.config import checks
 from vidbooth.config.train import MAX_BATCH_SIZE
 from vidbooth.errors import UserError
-from vidbooth.nano.arch import LINEAR_PATHS, POSITION_CHANNELS, NanoArch
+from vidbooth.nano.arch import JOURNAL_FILE, LINEAR_PATHS, POSITION_CHANNELS, STATE_FILE, NanoArch
 
 
 @dataclass
@@ -115,6 +115,12 @@ class PretrainConfig:
         self.export = str(Path(self.export).expanduser()) if self.export.strip() else ""
         if Path(self.out).expanduser().exists() and not Path(self.out).expanduser().is_dir():
             raise UserError(f"--out {self.out} is a file: give the run folder (default: runs/nano)")
+        run = Path(self.out)
+        holds_a_run = (run / STATE_FILE).is_file() or (run / JOURNAL_FILE).is_file()  # a save killed midway: a run
+        if holds_a_run and not self.resume:
+            raise UserError(f"{self.out} already holds a pretraining run: pass --resume to continue, or another --out")
+        if self.resume and not holds_a_run:
+            raise UserError(f"nothing to resume in {self.out}: run without --resume to start")
         if self.export.strip():
             run, export = (Path(p).expanduser().resolve() for p in (self.out, self.export))
             if run == export or run in export.parents or export in run.parents:  # found after training, or the

@@ -1,4 +1,5 @@
-"""nano's sizes and world choices, which the pretraining config reads and checks without loading torch or OpenCV.
+"""nano's sizes, world choices and run-folder files, which the pretraining config reads and checks without loading
+torch or OpenCV.
 
 `vidbooth.nano.model` builds the parts from them; a recipe's `arch:` section overrides them.
 """
@@ -11,6 +12,10 @@ POSITION_CHANNELS = 3
 """Extra UNet input channels for x, y and frame position (`vidbooth.engine.positions`), when a UNet takes them."""
 LINEAR_PATHS = ("random", "edge")
 """How the world lays out linear motions: from a random start, or across the frame from edge to edge."""
+STATE_FILE = "state.json"
+"""A pretraining run folder's steps, seeds and curve (`vidbooth.nano.checkpoint`)."""
+JOURNAL_FILE = "saving.json"
+"""The renames of a checkpoint being saved (`fileio.write_together`), which a run killed while saving finishes."""
 
 
 @dataclass

@@ -21,10 +21,8 @@ import torch
 
 from vidbooth.errors import UserError
 from vidbooth.fileio import finish_writing, remove_stale_temporaries, write_safetensors, write_together
+from vidbooth.nano.arch import JOURNAL_FILE, STATE_FILE
 
-STATE_FILE = "state.json"
-JOURNAL_FILE = "saving.json"
-"""The renames of a checkpoint being saved (`fileio.write_together`), which a run killed while saving finishes."""
 CURVE_FILE = "curve.csv"
 CURVE_COLUMNS = ("unet_step", "unet_minutes", "loss", "colour", "shape", "motion", "direction", "prompts")
 
