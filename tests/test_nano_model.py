@@ -486,8 +486,8 @@ def test_path_replay_keeps_part_of_each_later_batch_on_the_path_phase(tmp_path, 
 
 
 def test_a_checkpoint_save_killed_midway_counts_as_a_run(tmp_path):
-    """The first checkpoint's save killed before its renames leaves only the journal: --resume finishes it, and a
-    new run there would be mixed with it."""
+    """The first checkpoint's save killed before its renames leaves only the journal, which --resume finishes into
+    a run: the settings check (before torch) counts it as one."""
     (tmp_path / "saving.json").write_text("{}")
     with pytest.raises(UserError, match="already holds a pretraining run: pass --resume"):
         PretrainConfig(out=str(tmp_path)).check()
