@@ -645,5 +645,5 @@ def test_a_manifest_may_name_only_the_artifacts_own_files(isolated_home, tmp_pat
             assert library.read_manifest(folder, verify=verify)["paths"][key] == named
         else:
             with pytest.raises(UserError, match=rf"paths.{key} names .*, not a file of the artifact .* "
-                                                r"retrain motion 'M' with --overwrite"):
+                                                r"retrain it \(vidbooth train-motion ... --name M --overwrite\)"):
                 library.read_manifest(folder, verify=verify)

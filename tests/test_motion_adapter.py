@@ -199,8 +199,10 @@ def test_a_damaged_or_crafted_spec_is_one_error_before_anything_is_built(change,
     inject_motion_adapter(bb.unet, bb.temporal_layers(), spec)
     tensors = motion_state_dict(bb.unet)
     remove(bb.unet, KIND)
-    assert motion_spec_of(Path("m.safetensors"), spec.to_json(), tensors) == spec
+    file = tmp_path / "motions" / "M" / "m.safetensors"  # where the library keeps motion 'M'
+    assert motion_spec_of(file, spec.to_json(), tensors) == spec
     crafted = json.dumps(json.loads(spec.to_json()) | change)
     with pytest.raises(UserError, match=message) as refused:
-        motion_spec_of(Path("m.safetensors"), crafted, tensors)
-    assert "m.safetensors" in str(refused.value) and "retrain the motion with --overwrite" in str(refused.value)
+        motion_spec_of(file, crafted, tensors)
+    assert str(file) in str(refused.value)
+    assert f"retrain it (vidbooth train-motion ... --name M --overwrite), or delete {file.parent}" in str(refused.value)

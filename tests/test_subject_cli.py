@@ -17,7 +17,7 @@ import yaml
 from tests.badinputs import capture_warnings, write_photos
 from vidbooth.adapters.base import load_tensors
 from vidbooth.cli.app import main
-from vidbooth.library import list_artifacts, write_json
+from vidbooth.library import dir_name, list_artifacts, write_json
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -450,7 +450,8 @@ def test_a_subject_whose_manifest_lacks_what_training_reads_is_one_error_line(ph
     err = capsys.readouterr().err
     assert err.startswith("error: manifest ") and err.count("\n") == 1 and err.endswith(
         "lacks base, base_fingerprint, class_noun, num_vectors, paths.embeddings, paths.identity_adapter, "
-        "paths.config (damaged, or edited by hand): retrain subject 'S*' with --overwrite\n")
+        "paths.config (damaged, or edited by hand): retrain it (vidbooth train-subject ... --name 'S*' --overwrite), "
+        f"or delete {isolated_home / 'subjects' / dir_name('S*')}\n")
 
 
 def test_two_processes_train_one_subject(photos, isolated_home, two_process_launch):

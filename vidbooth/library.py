@@ -167,11 +167,11 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
     try:
         manifest = json.loads(where.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"manifest {where} cannot be read or is not valid JSON (damaged): {_redo(path)}") from exc
+        raise UserError(f"manifest {where} cannot be read or is not valid JSON (damaged): {redo(path)}") from exc
     if not isinstance(manifest, dict) or not {"name", "kind", "schema_version", "files"} <= manifest.keys():
-        raise UserError(f"manifest {where} lacks name/kind/schema_version/files (damaged): {_redo(path)}")
+        raise UserError(f"manifest {where} lacks name/kind/schema_version/files (damaged): {redo(path)}")
     if not all(isinstance(manifest[key], str) and manifest[key] for key in ("name", "kind")):
-        raise UserError(f"manifest {where} has no text name or kind (damaged): {_redo(path)}")
+        raise UserError(f"manifest {where} has no text name or kind (damaged): {redo(path)}")
     expected = next((kind for kind, folder in KINDS.items() if path.parent.name == folder), manifest["kind"])
     if manifest["kind"] != expected:  # a subject copied among the motions was listed, and loaded, as one
         raise UserError(
@@ -193,7 +193,7 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
     return manifest
 
 
-def _redo(path: Path) -> str:
+def redo(path: Path) -> str:
     """What to do about the damaged artifact in folder `path`: retrain it (its kind and name read from where it is),
     or delete it."""
     kind = next((kind for kind, folder in KINDS.items() if path.parent.name == folder), None)
@@ -210,8 +210,8 @@ def _check_keys(where: Path, manifest: dict) -> None:
     recorded = manifest.get("paths")
     missing += [f"paths.{key}" for key in paths if not (isinstance(recorded, dict) and key in recorded)]
     if missing:
-        raise UserError(f"manifest {where} lacks {', '.join(missing)} (damaged, or edited by hand): retrain "
-                        f"{manifest['kind']} '{manifest['name']}' with --overwrite")
+        raise UserError(f"manifest {where} lacks {', '.join(missing)} (damaged, or edited by hand): "
+                        f"{redo(where.parent)}")
 
 
 TENSOR_PATHS = ("embeddings", "identity_adapter", "motion_adapter")
@@ -230,8 +230,7 @@ def _check_paths(folder: Path, where: Path, manifest: dict) -> None:
         for rel in named if isinstance(named, list) else [named]:  # a list: the clips
             if not _own_file(folder, rel) or (key in TENSOR_PATHS and rel not in hashed):
                 raise UserError(f"manifest {where}: paths.{key} names {str(rel)[:80]!r}, not a file of the artifact "
-                                f"(edited by hand, or not made by vidbooth): retrain {manifest['kind']} "
-                                f"'{manifest['name']}' with --overwrite")
+                                f"(edited by hand, or not made by vidbooth): {redo(folder)}")
 
 
 def _own_file(folder: Path, rel: object) -> bool:
@@ -246,11 +245,11 @@ def _own_file(folder: Path, rel: object) -> bool:
 def _verify_files(path: Path, recorded: dict) -> None:
     present = {str(p.relative_to(path)) for p in path.rglob("*.safetensors")}
     if not isinstance(recorded, dict) or present != set(recorded):
-        raise UserError(f"artifact {path} does not match its manifest (tensor files added or removed): {_redo(path)}")
+        raise UserError(f"artifact {path} does not match its manifest (tensor files added or removed): {redo(path)}")
     for rel, digest in recorded.items():
         if sha256_file(path / rel) != digest:
             raise UserError(f"artifact {path}: {rel} does not match its manifest hash (modified or damaged): "
-                            f"{_redo(path)}")
+                            f"{redo(path)}")
 
 
 def learned_on(manifest: dict, fingerprint: str, image_fingerprint: str | None) -> bool:

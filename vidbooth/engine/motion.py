@@ -436,15 +436,17 @@ def read_motion_manifest(name: str) -> dict:
 def motion_spec_of(file: Path, text: str, tensors: dict[str, torch.Tensor]) -> MotionAdapterSpec:
     """The motion adapter's spec in `file`'s metadata, checked (and its appearance width against the file's own
     tensors) before any module is built from it: a UserError for one training would not have written."""
+    from vidbooth.library import redo
+
     try:
         spec = MotionAdapterSpec.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{file}: its adapter config in the metadata is damaged ({exc}): retrain the motion with "
-                        "--overwrite") from exc
+        raise UserError(f"{file}: its adapter config in the metadata is damaged ({exc}): "
+                        f"{redo(file.parent)}") from exc
     held = {tuple(t.shape[1:]) for key, t in tensors.items() if key.endswith(".cond.weight")}
     if held != ({(spec.cond_dim,)} if spec.cond_dim else set()):
-        raise UserError(f"{file}: its adapter config (cond_dim {spec.cond_dim}) does not fit its tensors: retrain "
-                        "the motion with --overwrite")
+        raise UserError(f"{file}: its adapter config (cond_dim {spec.cond_dim}) does not fit its tensors: "
+                        f"{redo(file.parent)}")
     return spec
 
 
@@ -454,7 +456,7 @@ def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
 
     A motion learned on another base (fingerprint) is refused with a UserError naming both.
     """
-    from vidbooth.library import check_base
+    from vidbooth.library import check_base, redo
 
     manifest = read_motion_manifest(name)
     check_base(KIND, name, manifest, backbone.source, backbone.fingerprint)
@@ -463,7 +465,7 @@ def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
     file = Path(manifest["path"]) / manifest["paths"]["motion_adapter"]
     tensors, metadata = load_tensors(file)
     if "spec" not in metadata:
-        raise UserError(f"{file} lacks its adapter config in the metadata: retrain the motion with --overwrite")
+        raise UserError(f"{file} lacks its adapter config in the metadata: {redo(file.parent)}")
     spec = motion_spec_of(file, metadata["spec"], tensors)
     inject_motion_adapter(backbone.unet, backbone.temporal_layers(), spec)
     try:
