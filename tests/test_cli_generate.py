@@ -1,13 +1,17 @@
 """End to end: `vidbooth generate` through the real entry point, on a tiny model saved in diffusers layout."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from vidbooth.cli.app import main
 from vidbooth.data.video import read_video
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_generate_writes_video_sheet_and_config(tiny_base_dirs, tmp_path):
@@ -142,13 +146,29 @@ def test_help_lists_commands():
     assert result.returncode == 0 and "generate" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["demo", "generate", "train-subject", "train-motion", "evaluate"])
-def test_help_shows_no_value_after_a_flag_and_names_repeated_values(command, capsys):
-    """`--fast` takes no value, so the help must not show one (`--fast <bool>` made `--fast true` look right)."""
+ALL_COMMANDS = ["demo", "generate", "train-subject", "textual-inversion", "identity-adapter", "train-motion",
+                "motion-adapter", "evaluate", "train-image-prompt", "pretrain", "list"]
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS)
+def test_help_shows_no_value_after_a_flag_and_names_what_each_takes(command, capsys):
+    """`--fast` takes no value, so the help must not show one (`--fast <bool>` made `--fast true` look right); a
+    flag that takes one names it (--steps N, --base MODEL), not typer's <str> or <int>."""
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
-    assert "<bool>" not in out and "--set KEY=VALUE" in out and "--help " in out
-    assert "<list[str]>" not in out.split("Options:")[1]
+    assert "<bool>" not in out and "--help " in out and ("--set KEY=VALUE" in out or command == "list")
+    flags = out.split("Options:")[1]
+    assert re.findall(r"<(?:str|int|float|path|list\[\w+\])>", flags) == []
+
+
+@pytest.mark.parametrize("command, recipes", [("generate", "generate"), ("train-subject", "subject"),
+                                              ("train-motion", "motion"), ("train-image-prompt", "image-prompt")])
+def test_recipe_help_names_the_recipes_of_its_command(command, recipes, capsys):
+    """The help had offered 'nano/generate, zeroscope/subject' to every command; train-motion refuses both."""
+    assert main([command, "--help"]) == 0
+    out = "".join(capsys.readouterr().out.split())  # wrapped anywhere, even at a hyphen
+    shipped = sorted(path.parent.name for path in (ROOT / "recipes").glob(f"*/{recipes}.yaml"))
+    assert "nano" in shipped and f"({','.join(f'{family}/{recipes}' for family in shipped)})" in out
 
 
 def test_generate_on_nano_without_a_recipe_uses_nanos_own(tmp_path):

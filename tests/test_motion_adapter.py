@@ -190,8 +190,6 @@ def test_training_takes_one_random_frames_appearance_dropped_at_the_given_rate(t
 ])
 def test_a_damaged_or_crafted_spec_is_one_error_before_anything_is_built(change, message, tiny_backbones, tmp_path):
     """A spec in a motion's file sized its adapters before the tensors were checked; a bad one was a traceback."""
-    from pathlib import Path
-
     from vidbooth.engine.motion import motion_spec_of
 
     bb = tiny_backbones["unet3d"]

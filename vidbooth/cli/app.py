@@ -20,6 +20,8 @@ from vidbooth import __version__
 app = typer.Typer(
     name="vidbooth",
     help="Personalise text-to-video diffusion models: learn a subject from photos and a motion from a clip.",
+    epilog="Start with: vidbooth demo. Each command has its page under docs/ in the vidbooth repository "
+    "(subject.md for the subject commands, motion.md, generate.md, ...).",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=True,  # --install-completion: commands, flags and library names (docs/installation.md)
@@ -40,9 +42,9 @@ def _version(value: bool) -> None:
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
     home: str | None = typer.Option(
-        None, "--home",
-        help="vidbooth library folder (default: $VIDBOOTH_HOME, else $XDG_DATA_HOME/vidbooth or "
-        "~/.local/share/vidbooth).",
+        None, "--home", metavar="DIR",
+        help="Library folder, where subjects and motions are saved (default: $VIDBOOTH_HOME, else "
+        "$XDG_DATA_HOME/vidbooth or ~/.local/share/vidbooth).",
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
@@ -79,22 +81,23 @@ def _register() -> None:
     from vidbooth.cli import list as list_command
 
     commands = [  # name, function, the line `vidbooth --help` shows, whether a bare command shows its help
+        ("train-subject", subject.train_subject, "Learn a subject from 3-5 photos: pseudo-word, identity adapter.",
+         True),
+        ("train-motion", motion.train_motion, "Learn a motion from a clip (or clips) as a motion adapter.", True),
         ("generate", generate.generate, "Generate videos from a prompt, with learned subjects, motions or a photo.",
          True),
         ("evaluate", evaluate.evaluate, "Score videos: text, subject and motion fidelity, temporal consistency.", True),
-        ("train-motion", motion.train_motion, "Learn a motion from a clip (or clips) as a motion adapter.", True),
-        ("motion-adapter", motion.train_motion, "Same as train-motion (DreamVideo's name for the stage).", True),
+        ("list", list_command.list_library, "Show the learned subjects and motions.", False),
+        ("demo", demo.demo, "Learn a subject and a motion on nano and score each step (runs with no arguments).",
+         False),
         ("textual-inversion", subject.textual_inversion, "Learn a subject's pseudo-word only (subject stage 1).",
          True),
         ("identity-adapter", subject.identity_adapter, "Add the identity adapter to a subject (subject stage 2).",
          True),
-        ("train-subject", subject.train_subject, "Learn a subject from 3-5 photos: pseudo-word, identity adapter.",
-         True),
+        ("motion-adapter", motion.train_motion, "Same as train-motion (DreamVideo's name for the stage).", True),
         ("train-image-prompt", image_prompt.train_image_prompt,
-         "Train a base's image-prompt model (VideoBooth); starts at once.", False),
-        ("list", list_command.list_library, "Show the learned subjects and motions.", False),
-        ("pretrain", pretrain.pretrain, "Pretrain nano from its procedural world; starts at once.", False),
-        ("demo", demo.demo, "Learn a subject and a motion on nano and score each step; starts at once.", False),
+         "Train a base's image-prompt model (VideoBooth) (runs with no arguments).", False),
+        ("pretrain", pretrain.pretrain, "Pretrain nano from its procedural world (runs with no arguments).", False),
     ]
     for name, function, summary, help_when_bare in commands:
         app.command(name, short_help=summary, no_args_is_help=help_when_bare)(_said(function))

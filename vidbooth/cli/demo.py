@@ -8,21 +8,28 @@ from vidbooth.cli import options
 
 
 def demo(
-    out: str = typer.Option(None, "--out", "-o", help="Output folder (default: demo)."),
+    out: str = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Folder for the videos, photos, clip and report (default: demo)."
+    ),
     seed: int = typer.Option(
-        None, "--seed", help="Picks the held-out subject and motion, and seeds training and sampling (default 0)."
+        None, "--seed", metavar="N",
+        help="Picks the held-out subject and motion, and seeds training and sampling (default 0).",
     ),
     fast: bool = typer.Option(None, "--fast/--no-fast",
                               help="Fewer steps and videos: about half the time, noisier scores (default: off)."),
-    base: str = typer.Option(None, "--base", help="Base model (default: nano)."),
+    base: str = typer.Option(None, "--base", metavar="MODEL", help="Base model (default: nano)."),
     num_videos: int = typer.Option(
-        None, "--num-videos", help="Videos per variant (default 8); --fast halves it (at least 2)."
+        None, "--num-videos", metavar="N", help="Videos per variant (default 8); --fast halves it (at least 2)."
     ),
     device: str = options.Device,
-    precision: str = options.Precision,
+    precision: str = typer.Option(
+        None, "--precision", metavar="PRECISION", help="Precision: auto | fp32 | fp16 | bf16 (default auto: each "
+        "recipe's own, fp32 in nano's on every device)."
+    ),
     attention: str = options.Attention,
     recipe: str = typer.Option(  # not options.Recipe: the demo has no recipes under recipes/
-        None, "--recipe", "-r", help="YAML file of the demo's settings (the keys of docs/demo.md, e.g. fast: true)."
+        None, "--recipe", "-r", metavar="FILE",
+        help="YAML file of the demo's settings (the keys of docs/demo.md, e.g. fast: true).",
     ),
     sets: list[str] = options.Sets,
 ) -> None:

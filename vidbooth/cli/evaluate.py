@@ -18,20 +18,24 @@ def evaluate(
     videos: list[str] = typer.Argument(
         None, metavar="VIDEOS", help="Videos to score; quoted glob patterns ('out/*.mp4') are expanded."
     ),
-    prompt: str = typer.Option(None, "--prompt", "-p", help="The prompt the videos were made from (CLIP-T)."),
+    prompt: str = typer.Option(
+        None, "--prompt", "-p", metavar="TEXT", help="The prompt the videos were made from (CLIP-T)."
+    ),
     subject: str = typer.Option(
-        None, "--subject", "-s", help="Library subject: its training photos are the references.",
+        None, "--subject", "-s", metavar="NAME", help="Library subject: its training photos are the references.",
         autocompletion=options.learned_names("subject"),
     ),
     ref_images: str = typer.Option(
-        None, "--ref-images", help="Reference images (CLIP-I, DINO-I): a folder of them, or one image."
+        None, "--ref-images", metavar="PATH", help="Reference images (CLIP-I, DINO-I): a folder of them, or one image."
     ),
     motion: str = typer.Option(
-        None, "--motion", "-m", help="Library motion: its training clip(s) are the reference motion.",
+        None, "--motion", "-m", metavar="NAME", help="Library motion: its training clip(s) are the reference motion.",
         autocompletion=options.learned_names("motion"),
     ),
-    ref_video: str = typer.Option(None, "--ref-video", help="Reference motion clip (motion fidelity)."),
-    manifest: str = typer.Option(None, "--manifest", help="File of video|||ref_dir|||prompt lines (DreamVideo's)."),
+    ref_video: str = typer.Option(None, "--ref-video", metavar="PATH", help="Reference motion clip (motion fidelity)."),
+    manifest: str = typer.Option(
+        None, "--manifest", metavar="FILE", help="File of video|||ref_dir|||prompt lines (DreamVideo's)."
+    ),
     metrics: list[str] = typer.Option(
         None,
         "--metrics",
@@ -40,19 +44,24 @@ def evaluate(
         "probe_motion); with --clip-model nano also nano_t, nano_i, nano_t_cons (default: auto).",
     ),
     clip_model: str = typer.Option(
-        None, "--clip-model", help="CLIP folder or hub id, or nano (labelled nano-*); default auto: nano for videos "
-        "of nano, else openai/clip-vit-base-patch32."
+        None, "--clip-model", metavar="MODEL", help="CLIP folder or hub id, or nano (labelled nano-*); default auto: "
+        "nano for videos of nano, else openai/clip-vit-base-patch32."
     ),
-    dino_model: str = typer.Option(None, "--dino-model", help="DINO folder or hub id (facebook/dino-vits16)."),
+    dino_model: str = typer.Option(
+        None, "--dino-model", metavar="MODEL", help="DINO folder or hub id (default facebook/dino-vits16)."
+    ),
     probe: bool = typer.Option(
         None, "--probe", help="World-probe metrics (colour, shape, motion) for world-caption prompts (on with nano)."
     ),
-    batch_size: int = typer.Option(None, "--batch-size", help="Frames embedded at once (default 16)."),
-    json_path: str = typer.Option(None, "--json", help="Write per-video and mean results as JSON here."),
-    csv_path: str = typer.Option(None, "--csv", help="Write one CSV row per video here."),
+    batch_size: int = typer.Option(None, "--batch-size", metavar="N", help="Frames embedded at once (default 16)."),
+    json_path: str = typer.Option(
+        None, "--json", metavar="FILE", help="Also write the per-video and mean results to FILE as JSON."
+    ),
+    csv_path: str = typer.Option(None, "--csv", metavar="FILE", help="Also write one CSV row per video to FILE."),
     device: str = options.Device,
     recipe: str = typer.Option(  # not options.Recipe: evaluate has no --base, and no recipes under recipes/
-        None, "--recipe", "-r", help="YAML file of evaluate's settings (the flag names with _ for -, docs/evaluate.md)."
+        None, "--recipe", "-r", metavar="FILE",
+        help="YAML file of evaluate's settings (the flag names with _ for -, docs/evaluate.md).",
     ),
     sets: list[str] = options.Sets,
 ) -> None:

@@ -9,28 +9,38 @@ from vidbooth.cli import options
 
 def generate(
     prompt: str = typer.Option(
-        None, "--prompt", "-p", help="What the video shows (required unless the --recipe gives one)."
+        None, "--prompt", "-p", metavar="TEXT", help="What the video shows (required unless the --recipe gives one)."
     ),
-    out: str = typer.Option(None, "--out", "-o", metavar="PATH", help="Output .mp4 or .gif (default out.mp4)."),
+    out: str = typer.Option(
+        None, "--out", "-o", metavar="PATH", help="Video to write, .mp4 or .gif (default out.mp4); its contact sheet "
+        "(.png) and config (.yaml) are written beside it. Existing files are replaced."
+    ),
     num_videos: int = typer.Option(
-        None, "--num-videos", help="Videos of the prompt, each with its own noise (default 1): <out>-1.mp4 ... "
-        "<out>-N.mp4, one contact sheet and one config."
+        None, "--num-videos", metavar="N", help="Videos of the prompt, each with its own noise (default 1): "
+        "<out>-1.mp4 ... <out>-N.mp4, one contact sheet and one config."
     ),
-    negative_prompt: str = typer.Option(None, "--negative-prompt", help="What to steer away from."),
+    negative_prompt: str = typer.Option(
+        None, "--negative-prompt", metavar="TEXT", help="What to steer away from (with guidance)."
+    ),
     num_frames: int = typer.Option(
-        None, "--num-frames", "--frames", help="Frames to generate (default: the recipe's; 8)."
+        None, "--num-frames", "--frames", metavar="N", help="Frames to generate (default 8)."
     ),
-    height: int = typer.Option(None, "--height", help="Height in pixels (default: the model's)."),
-    width: int = typer.Option(None, "--width", help="Width in pixels (default: the model's)."),
+    height: int = typer.Option(None, "--height", metavar="PX", help="Height in pixels (default: the model's)."),
+    width: int = typer.Option(None, "--width", metavar="PX", help="Width in pixels (default: the model's)."),
     num_inference_steps: int = typer.Option(
-        None, "--num-inference-steps", "--steps", help="Denoising steps (default: the recipe's; nano 10; no recipe 25)."
+        None, "--num-inference-steps", "--steps", metavar="N", help="Denoising steps (default: 10 on nano, else 25)."
     ),
     guidance_scale: float = typer.Option(
-        None, "--guidance-scale",
-        help="Classifier-free guidance strength (default: the recipe's; nano 2.0; no recipe 9.0).",
+        None, "--guidance-scale", metavar="SCALE",
+        help="Classifier-free guidance strength (default: 2 on nano, else 9; 1 or less: off).",
     ),
-    scheduler: str = typer.Option(None, "--scheduler", help="ddim | dpm++ (default: the recipe's, else ddim)."),
-    fps: int = typer.Option(None, "--fps", help="Frames per second of the written video (default 8)."),
+    scheduler: str = typer.Option(
+        None, "--scheduler", metavar="SCHEDULER",
+        help="Sampler: ddim | dpm++ (DPM-Solver++ 2M) (default: the recipe's, else ddim).",
+    ),
+    fps: int = typer.Option(
+        None, "--fps", metavar="FPS", help="Frames per second of the written video (default 8; at most 50 for .gif)."
+    ),
     subject: list[str] = typer.Option(
         None, "--subject", "-s", metavar="NAME", help="Learned subject to include (repeatable).",
         autocompletion=options.learned_names("subject"),
@@ -38,32 +48,33 @@ def generate(
     motion: str = typer.Option(None, "--motion", "-m", metavar="NAME", help="Learned motion to apply.",
                                autocompletion=options.learned_names("motion")),
     subject_scale: float = typer.Option(
-        None, "--subject-scale", help="Identity adapter strength (default 1; 0 = token only)."
+        None, "--subject-scale", metavar="SCALE", help="Identity adapter strength (default 1; 0: the pseudo-word only)."
     ),
     motion_scale: float = typer.Option(
-        None, "--motion-scale", help="Motion adapter strength (default 1; 0 = base motion)."
+        None, "--motion-scale", metavar="SCALE", help="Motion adapter strength (default 1; 0: the base's motion)."
     ),
     motion_field_strength_x: float = typer.Option(
-        None, "--motion-field-strength-x", help="Image models (Text2Video-Zero): pixels per frame the scene moves "
-        "left (negative: right). Default 12."
+        None, "--motion-field-strength-x", metavar="PX", help="Image models (Text2Video-Zero): pixels per frame the "
+        "scene moves left, negative: right (default 12)."
     ),
     motion_field_strength_y: float = typer.Option(
-        None, "--motion-field-strength-y", help="Image models (Text2Video-Zero): pixels per frame the scene moves "
-        "up (negative: down). Default 12."
+        None, "--motion-field-strength-y", metavar="PX", help="Image models (Text2Video-Zero): pixels per frame the "
+        "scene moves up, negative: down (default 12)."
     ),
     image_prompt: str = typer.Option(
         None, "--image-prompt", metavar="PHOTO", help="A photo of the subject to show, with no training (VideoBooth); "
         "the prompt names it by the image-prompt model's word, e.g. 'a sprite moving left' on nano."
     ),
     image_prompt_model: str = typer.Option(
-        None, "--image-prompt-model", help="Image-prompt model (.safetensors from train-image-prompt); default: the "
-        "base's own (nano ships one)."
+        None, "--image-prompt-model", metavar="FILE", help="Image-prompt model (.safetensors from train-image-prompt); "
+        "default: the base's own (nano ships one)."
     ),
     image_prompt_word: str = typer.Option(
-        None, "--image-prompt-word", help="The prompt's word the image prompt replaces (default: the model's)."
+        None, "--image-prompt-word", metavar="WORD",
+        help="The prompt's word the image prompt replaces (default: the model's).",
     ),
     image_prompt_scale: float = typer.Option(
-        None, "--image-prompt-scale",
+        None, "--image-prompt-scale", metavar="SCALE",
         help="Strength of the image prompt's fine features (default 1; 0: its tokens only).",
     ),
     base: str = options.Base,
@@ -72,10 +83,10 @@ def generate(
     precision: str = options.Precision,
     attention: str = options.Attention,
     seed: int = options.Seed,
-    recipe: str = options.Recipe,
+    recipe: str = options.recipe("generate"),
     sets: list[str] = options.Sets,
 ) -> None:
-    """Generate a video from a prompt, optionally with learned subjects and a learned motion."""
+    """Generate a video from a prompt, optionally with learned subjects, a learned motion or a photo."""
     from vidbooth.config import GenerateConfig, load_config
     from vidbooth.config.load import recipe_or_default
 

@@ -9,25 +9,37 @@ from vidbooth.cli import options
 
 def train_image_prompt(
     out: str = typer.Option(
-        None, "--out", "-o",
-        help="The model file to write (default: image_prompt.safetensors, the name of a base folder's own).",
+        None, "--out", "-o", metavar="FILE",
+        help="The model file to write (default: image_prompt.safetensors, the name of a base folder's own); its "
+        "checkpoints go to FILE.run/ beside it.",
     ),
-    coarse_steps: int = typer.Option(None, "--coarse-steps", help="Steps of stage 1 (the image-to-token mapper)."),
-    fine_steps: int = typer.Option(None, "--fine-steps", help="Steps of stage 2 (the attention injections)."),
-    data: str = typer.Option(None, "--data", help="A folder of clips, each with a caption and a subject photo or "
-                             "mask (default: nano's world)."),
-    word: str = typer.Option(None, "--word", help="The captions' word that the photo replaces (default: sprite)."),
+    coarse_steps: int = typer.Option(
+        None, "--coarse-steps", metavar="N", help="Steps of stage 1, the image-to-token mapper (default: 1500 on nano, "
+        "else 400)."
+    ),
+    fine_steps: int = typer.Option(
+        None, "--fine-steps", metavar="N", help="Steps of stage 2, the attention injections (default: 1500 on nano, "
+        "else 400)."
+    ),
+    data: str = typer.Option(
+        None, "--data", metavar="DIR", help="A folder of clips, each with a caption and a subject photo or mask "
+        "(default: nano's world)."
+    ),
+    word: str = typer.Option(
+        None, "--word", metavar="WORD", help="The captions' word that the photo replaces (default: sprite)."
+    ),
     clips: int = typer.Option(
-        None, "--num-clips", "--clips", help="World clips to train on, without --data (default 512; nano 2048)."
+        None, "--num-clips", "--clips", metavar="N",
+        help="World clips to train on, without --data (default: 2048 on nano, else 512).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out; start a stopped run over."),
     resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last checkpoint."),
     base: str = options.Base,
     device: str = options.Device,
-    precision: str = options.Precision,
+    precision: str = options.TrainingPrecision,
     attention: str = options.Attention,
     seed: int = options.Seed,
-    recipe: str = options.Recipe,
+    recipe: str = options.recipe("image-prompt"),
     sets: list[str] = options.Sets,
 ) -> None:
     """Train the image-prompt model of a base, coarse (mapper) then fine (injections), on your clips or nano's world."""

@@ -23,7 +23,9 @@ def _summary(manifest: dict) -> list[str]:
 
 
 def list_library(
-    kind: str = typer.Option("all", "--kind", help="subject | motion | all"),
+    kind: str = typer.Option(
+        "all", "--kind", metavar="KIND", help="What to show: subject | motion | all (default all).", show_default=False
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the manifests as JSON on stdout."),
 ) -> None:
     """Show the learned subjects and motions."""

@@ -31,43 +31,63 @@ def train_motion(
         help="Video files (mp4, mov, webm, mkv, avi, m4v, gif) or folders of frames (required unless the --recipe "
         "gives clips).",
     ),
-    name: str = typer.Option(None, "--name", "-n", help="Name of the motion in the library (for generate --motion)."),
+    name: str = typer.Option(
+        None, "--name", "-n", metavar="NAME",
+        help="The motion's name in the library, for generate --motion (required unless the --recipe gives one).",
+    ),
     caption: list[str] = typer.Option(
         None, "--caption", metavar="TEXT", help="Caption of each clip, in order (repeat), or one."
     ),
-    class_noun: str = typer.Option(None, "--class-noun", help="What moves (person, dog): default caption and preview."),
-    steps: int = typer.Option(
-        None, "--steps", help="Training steps (default: the recipe's; nano 800, DreamVideo 500-3000)."
+    class_noun: str = typer.Option(
+        None, "--class-noun", metavar="NOUN", help="What moves (person, dog): default caption and preview."
     ),
-    lr: float = typer.Option(None, "--lr", help="Learning rate (default: the recipe's; nano 3e-3, DreamVideo 1e-5)."),
+    steps: int = typer.Option(
+        None, "--steps", metavar="N", help="Training steps (default: 800 on nano, else 1000; DreamVideo 500-3000)."
+    ),
+    lr: float = typer.Option(
+        None, "--lr", metavar="LR", help="Learning rate (default: 3e-3 on nano, else 1e-5 as DreamVideo)."
+    ),
     batch_size: int = typer.Option(
-        None, "--batch-size", help="Clips per training step on each process (default: the recipe's; nano 2, else 1)."
+        None, "--batch-size", metavar="N", help="Clips per training step on each process (default: 2 on nano, else 1)."
     ),
     checkpoint_every: int = typer.Option(
-        None, "--checkpoint-every", help="Save a resumable checkpoint every N steps (default: the recipe's; nano 100)."
+        None, "--checkpoint-every", metavar="N",
+        help="Save a resumable checkpoint every N steps (default: 100 on nano, else 500).",
     ),
-    num_frames: int = typer.Option(None, "--num-frames", "--frames", help="Frames per training clip (default 8)."),
+    num_frames: int = typer.Option(
+        None, "--num-frames", "--frames", metavar="N", help="Frames per training clip (default 8)."
+    ),
     fps: float = typer.Option(
-        None, "--fps", help="Sample the clips at this frame rate (refused with a stride: --stride or data.stride)."
+        None, "--fps", metavar="FPS",
+        help="Sample the clips at this frame rate (default 8; refused with a stride: --stride or data.stride).",
     ),
-    stride: int = typer.Option(None, "--stride", help="Take every N-th source frame instead of --fps."),
-    resolution: int = typer.Option(None, "--resolution", help="Square training size in pixels (default: the model's)."),
+    stride: int = typer.Option(None, "--stride", metavar="N", help="Take every N-th source frame instead of --fps."),
+    resolution: int = typer.Option(
+        None, "--resolution", metavar="PX", help="Square training size in pixels (default: the model's; nano 64)."
+    ),
     appearance_guidance: bool = typer.Option(
         None, "--appearance-guidance/--no-appearance-guidance",
         help="Condition on a frame's image embedding (DreamVideo: on; nano's recipe: off).",
     ),
-    image_encoder: str = typer.Option(None, "--image-encoder", help="CLIP vision folder or hub id for guidance."),
-    p_image_zero: float = typer.Option(None, "--p-image-zero", help="Chance of dropping the appearance embedding."),
-    preview: bool = typer.Option(None, "--preview/--no-preview", help="Render preview.png into the artifact."),
+    image_encoder: str = typer.Option(
+        None, "--image-encoder", metavar="MODEL", help="Appearance encoder for guidance: CLIP vision folder or hub id, "
+        "tiny-clip or vae (default: the base's image_encoder/, else vae)."
+    ),
+    p_image_zero: float = typer.Option(
+        None, "--p-image-zero", metavar="P", help="Chance of dropping the appearance embedding, 0-1 (default 0.5)."
+    ),
+    preview: bool = typer.Option(
+        None, "--preview/--no-preview", help="Render preview.png into the motion (default: on)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a motion of the same name."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
     base: str = options.Base,
     motion_adapter: str = options.MotionAdapterPath,
     device: str = options.Device,
-    precision: str = options.Precision,
+    precision: str = options.TrainingPrecision,
     attention: str = options.Attention,
     seed: int = options.Seed,
-    recipe: str = options.Recipe,
+    recipe: str = options.recipe("motion"),
     sets: list[str] = options.Sets,
 ) -> None:
     """Learn the motion in CLIPS as a motion adapter (DreamVideo); appearance guidance keeps the looks out of it."""

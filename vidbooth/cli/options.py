@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-Recipe = typer.Option(
-    None, "--recipe", "-r",
-    help="Recipe YAML file, or the name of one shipped under recipes/ (nano/generate, zeroscope/subject: see the "
-    "command's docs page; default: nano's for this command when the base is nano).",
-)
+
+def shipped_recipes(command: str) -> list[str]:
+    """The recipes shipped for `command` ('motion' -> ['animatediff/motion', ...]); read from the folder that
+    `vidbooth.config.load.RECIPES_DIR` names, without loading OmegaConf (help stays fast)."""
+    folder = Path(__file__).resolve().parents[1] / "recipes"
+    return sorted(f"{path.parent.name}/{command}" for path in folder.glob(f"*/{command}.yaml"))
+
+
+def recipe(command: str):
+    """--recipe of a command whose recipes are shipped as recipes/<model>/<command>.yaml."""
+    return typer.Option(
+        None, "--recipe", "-r", metavar="RECIPE",
+        help=f"Recipe: a YAML file, or a shipped one ({', '.join(shipped_recipes(command))}); default: "
+        f"nano/{command} when the base is nano.",
+    )
+
+
 Sets = typer.Option(
     None,
     "--set",
     metavar="KEY=VALUE",
-    help="Override any config key of this command (see its docs page): --set key=value (repeatable).",
+    help="Override any config key of this command (its docs page lists them): --set key=value (repeatable).",
 )
+
+
 def learned_names(kind: str):
     """Shell completion of a library name of `kind` (`vidbooth --install-completion`): the names that start with what
     was typed; none when the library cannot be read (completion never fails aloud)."""
@@ -30,22 +46,35 @@ def learned_names(kind: str):
     return complete
 
 
-Base = typer.Option(None, "--base", help="Base model: diffusers folder, hub id, or built-in name (default: nano).")
+Base = typer.Option(
+    None, "--base", metavar="MODEL", help="Base model: diffusers folder, hub id, or built-in name (default: nano)."
+)
 MotionAdapterPath = typer.Option(
-    None, "--motion-adapter",
+    None, "--motion-adapter", metavar="MODEL",
     help="AnimateDiff MotionAdapter (folder or hub id) for an SD1.5 base; without one, its videos are zero-shot "
     "(Text2Video-Zero).",
 )
-Device = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto, CUDA when there is one).")
+Device = typer.Option(
+    None, "--device", metavar="DEVICE", help="Device: auto | cpu | cuda | cuda:N (default auto: CUDA when there is "
+    "one)."
+)
 Precision = typer.Option(
-    None, "--precision",
-    help="auto | fp32 | fp16 | bf16 (default: the recipe's, fp32 in nano's; auto: fp16 on CUDA, fp32 on CPU).",
+    None, "--precision", metavar="PRECISION",
+    help="Precision: auto | fp32 | fp16 | bf16 (default: the recipe's, fp32 in nano's; auto: fp16 on CUDA, fp32 on "
+    "CPU).",
+)
+TrainingPrecision = typer.Option(
+    None, "--precision", metavar="PRECISION",
+    help="Precision of the frozen base: auto | fp32 | fp16 | bf16 (default: the recipe's, fp32 in nano's; auto: "
+    "fp16 on CUDA, fp32 on CPU). The trained weights stay fp32 (docs/precision.md).",
 )
 Attention = typer.Option(
-    None, "--attention", help="Attention backend: auto | sdpa | xformers | math (default: auto, xformers on CUDA when "
-    "installed, else sdpa).",
+    None, "--attention", metavar="BACKEND", help="Attention backend: auto | sdpa | xformers | math (default auto: "
+    "xformers on CUDA when installed, else sdpa).",
 )
-Seed = typer.Option(None, "--seed", help="Random seed (default: 0): the same seed and settings, the same result.")
+Seed = typer.Option(
+    None, "--seed", metavar="N", help="Random seed (default 0): the same seed and settings, the same result."
+)
 
 
 def runtime_overrides(base, motion_adapter, device, precision, attention, seed) -> dict:

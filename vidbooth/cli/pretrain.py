@@ -9,17 +9,26 @@ from vidbooth.cli import options
 
 def pretrain(
     out: str = typer.Option(
-        None, "--out", "-o", help="Run folder (checkpoints, state.json, curve.csv, model/; default runs/nano)."
+        None, "--out", "-o", metavar="DIR", help="Run folder: checkpoints, state.json, curve.csv, model/ (default "
+        "runs/nano); one that holds a run needs --resume."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    init_from: str = typer.Option(None, "--init-from", help="Start from an exported model ('nano': the packaged one)."),
-    max_minutes: float = typer.Option(
-        None, "--max-minutes", help="Checkpoint and stop after this many minutes (default 0: no limit)."
+    init_from: str = typer.Option(
+        None, "--init-from", metavar="MODEL", help="Start from an exported model ('nano': the packaged one)."
     ),
-    export: str = typer.Option(None, "--export", help="Also write the finished model here (diffusers layout)."),
-    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default 1)."),
+    max_minutes: float = typer.Option(
+        None, "--max-minutes", metavar="MINUTES",
+        help="Checkpoint and stop after this many minutes (default 0: no limit).",
+    ),
+    export: str = typer.Option(
+        None, "--export", metavar="DIR", help="Also write the finished model here (diffusers layout)."
+    ),
+    threads: int = typer.Option(None, "--threads", metavar="N", help="CPU threads for torch (default 1)."),
     seed: int = options.Seed,
-    recipe: str = typer.Option("nano/pretrain", "--recipe", "-r", help="Recipe YAML file or name under recipes/."),
+    recipe: str = typer.Option(
+        "nano/pretrain", "--recipe", "-r", metavar="RECIPE", show_default=False,
+        help="Recipe: a YAML file, or a shipped one (default nano/pretrain).",
+    ),
     sets: list[str] = options.Sets,
 ) -> None:
     """Pretrain nano (autoencoder, tiny CLIP, UNet3D) with a probe curve; resumable and deterministic by seed."""

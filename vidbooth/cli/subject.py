@@ -22,26 +22,47 @@ LearnedPhotos = typer.Argument(
     metavar="PHOTOS",
     help="Photos of the subject, as train-subject takes them (default: the ones the subject was learned from).",
 )
-Name = typer.Option(None, "--name", "-n", help="Subject name, also its pseudo-word in prompts (e.g. S* or sks).")
-ClassNoun = typer.Option(None, "--class-noun", help="What the subject is (dog, person, mug).")
-NumVectors = typer.Option(None, "--num-vectors", help="Embedding vectors for the pseudo-word (default 1).")
-HiddenRatio = typer.Option(None, "--hidden-ratio", help="Identity adapter width / layer width (default 0.5).")
-Resolution = typer.Option(None, "--resolution", help="Square training size in pixels (default: the model's).")
-Flip = typer.Option(
-    None, "--flip/--no-flip", help="Augment with mirrored copies of the photos (default: the recipe's; nano's: on)."
+Name = typer.Option(
+    None, "--name", "-n", metavar="NAME",
+    help="The subject's name in the library and its pseudo-word in prompts, e.g. 'S*' (quoted) or sks (required "
+    "unless the --recipe gives one).",
 )
-ScaleJitter = typer.Option(None, "--scale-jitter", help="Augment with random zoom-ins up to this fraction (e.g. 0.1).")
-BatchSize = typer.Option(None, "--batch-size", help="Photos per training step on each process.")
-CheckpointEvery = typer.Option(None, "--checkpoint-every", help="Save a resumable checkpoint every N steps.")
+ClassNoun = typer.Option(
+    None, "--class-noun", metavar="NOUN", help="What the subject is: dog, person, mug (required unless the --recipe "
+    "gives one)."
+)
+NumVectors = typer.Option(None, "--num-vectors", metavar="N", help="Embedding vectors for the pseudo-word (default 1).")
+HiddenRatio = typer.Option(
+    None, "--hidden-ratio", metavar="FRACTION", help="Identity adapter width / layer width (default 0.5)."
+)
+Resolution = typer.Option(
+    None, "--resolution", metavar="PX", help="Square training size in pixels (default: the model's; nano 64)."
+)
+Flip = typer.Option(
+    None, "--flip/--no-flip", help="Augment with mirrored copies of the photos (default: on with nano, else off)."
+)
+ScaleJitter = typer.Option(
+    None, "--scale-jitter", metavar="FRACTION", help="Augment with random zoom-ins up to this fraction, e.g. 0.1 "
+    "(default 0: off)."
+)
+BatchSize = typer.Option(
+    None, "--batch-size", metavar="N", help="Photos per training step on each process (default 4, both stages)."
+)
+CheckpointEvery = typer.Option(
+    None, "--checkpoint-every", metavar="N",
+    help="Save a resumable checkpoint every N steps (default: 100 on nano, else 500).",
+)
 PriorPreservation = typer.Option(
     None, "--prior-preservation/--no-prior-preservation",
     help="Also train on class images (DreamBooth; default: the recipe's, off in the shipped ones).",
 )
-ClassImages = typer.Option(None, "--class-images", help="Folder of class images (default: generate them).")
-NumClassImages = typer.Option(
-    None, "--num-class-images", help="Class images to use (default: the recipe's; nano 8, DreamBooth 200)."
+ClassImages = typer.Option(
+    None, "--class-images", metavar="DIR", help="Folder of class images (default: generate them with the base)."
 )
-PriorWeight = typer.Option(None, "--prior-weight", help="Weight of the class-image loss (default 1.0).")
+NumClassImages = typer.Option(
+    None, "--num-class-images", metavar="N", help="Class images to use (default: 8 on nano, else 200 as DreamBooth)."
+)
+PriorWeight = typer.Option(None, "--prior-weight", metavar="WEIGHT", help="Weight of the class-image loss (default 1).")
 Preview = typer.Option(None, "--preview/--no-preview", help="Render preview.png into the subject (default: on).")
 Overwrite = typer.Option(False, "--overwrite", help="Replace an existing subject of this name.")
 Resume = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint.")
@@ -181,10 +202,10 @@ def textual_inversion(
     class_noun: str = ClassNoun,
     num_vectors: int = NumVectors,
     steps: int = typer.Option(
-        None, "--steps", help="Training steps (default: the recipe's; nano 600, DreamVideo 3000)."
+        None, "--steps", metavar="N", help="Training steps (default: 600 on nano, else 3000 as DreamVideo)."
     ),
     lr: float = typer.Option(
-        None, "--lr", help="Learning rate (default: the recipe's; nano 5e-3, DreamVideo 1e-4)."
+        None, "--lr", metavar="LR", help="Learning rate (default: 5e-3 on nano, else 1e-4 as DreamVideo)."
     ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,
@@ -197,10 +218,10 @@ def textual_inversion(
     base: str = options.Base,
     motion_adapter: str = options.MotionAdapterPath,
     device: str = options.Device,
-    precision: str = options.Precision,
+    precision: str = options.TrainingPrecision,
     attention: str = options.Attention,
     seed: int = options.Seed,
-    recipe: str = options.Recipe,
+    recipe: str = options.recipe("subject"),
     sets: list[str] = options.Sets,
 ) -> None:
     """Learn a pseudo-word for the subject (stage 1): only its embedding trains."""
@@ -221,13 +242,17 @@ def textual_inversion(
 
 def identity_adapter(
     photos: list[str] = LearnedPhotos,
-    name: str = typer.Option(None, "--name", "-n", help="An existing subject (from textual-inversion)."),
+    name: str = typer.Option(
+        None, "--name", "-n", metavar="NAME",
+        help="The subject to extend, learned by textual-inversion (required unless the --recipe gives one).",
+        autocompletion=options.learned_names("subject"),
+    ),
     hidden_ratio: float = HiddenRatio,
     steps: int = typer.Option(
-        None, "--steps", help="Training steps (default: the recipe's; nano 300, DreamVideo 1000)."
+        None, "--steps", metavar="N", help="Training steps (default: 300 on nano, else 1000 as DreamVideo)."
     ),
     lr: float = typer.Option(
-        None, "--lr", help="Learning rate (default: the recipe's; nano 3e-3, DreamVideo 1e-5)."
+        None, "--lr", metavar="LR", help="Learning rate (default: 3e-3 on nano, else 1e-5 as DreamVideo)."
     ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,
@@ -244,10 +269,10 @@ def identity_adapter(
     base: str = options.Base,
     motion_adapter: str = options.MotionAdapterPath,
     device: str = options.Device,
-    precision: str = options.Precision,
+    precision: str = options.TrainingPrecision,
     attention: str = options.Attention,
     seed: int = options.Seed,
-    recipe: str = options.Recipe,
+    recipe: str = options.recipe("subject"),
     sets: list[str] = options.Sets,
 ) -> None:
     """Train the identity adapter of an existing subject (stage 2), its pseudo-word frozen."""
@@ -280,10 +305,11 @@ def train_subject(
     num_vectors: int = NumVectors,
     hidden_ratio: float = HiddenRatio,
     ti_steps: int = typer.Option(
-        None, "--ti-steps", help="Textual-inversion steps (default: the recipe's; nano 600, DreamVideo 3000)."
+        None, "--ti-steps", metavar="N", help="Textual-inversion steps (default: 600 on nano, else 3000 as DreamVideo)."
     ),
     identity_steps: int = typer.Option(
-        None, "--identity-steps", help="Identity-adapter steps (default: the recipe's; nano 300, DreamVideo 1000)."
+        None, "--identity-steps", metavar="N",
+        help="Identity-adapter steps (default: 300 on nano, else 1000 as DreamVideo).",
     ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,
@@ -300,10 +326,10 @@ def train_subject(
     base: str = options.Base,
     motion_adapter: str = options.MotionAdapterPath,
     device: str = options.Device,
-    precision: str = options.Precision,
+    precision: str = options.TrainingPrecision,
     attention: str = options.Attention,
     seed: int = options.Seed,
-    recipe: str = options.Recipe,
+    recipe: str = options.recipe("subject"),
     sets: list[str] = options.Sets,
 ) -> None:
     """Learn a subject from photos: pseudo-word, then identity adapter (DreamVideo's subject learning)."""
