@@ -210,8 +210,9 @@ def test_a_bad_setting_is_told_before_torch_is_imported(tmp_path):
         assert error.startswith("error: ") and error.count("\n") == 1 and message in error, (argv, error)
 
 
-def test_shell_completion_offers_commands_flags_and_library_names(tmp_path, isolated_home):
+def test_shell_completion_offers_commands_flags_and_library_names(tmp_path, isolated_home, monkeypatch):
     """`vidbooth --install-completion` installs what these answer: the shell asks the command itself."""
+    import shlex
     import subprocess
     import sys
 
@@ -235,3 +236,11 @@ def test_shell_completion_offers_commands_flags_and_library_names(tmp_path, isol
     assert set(complete("vidbooth generate --num")) == {"--num-videos", "--num-frames", "--num-inference-steps"}
     assert complete("vidbooth generate --subject ") == ["S*"]
     assert complete("vidbooth evaluate out.mp4 --motion ") == []  # no motions yet
+    assert complete("vidbooth identity-adapter --name ") == ["S*"]
+    other = tmp_path / "other library"
+    with monkeypatch.context() as env:
+        env.setenv("VIDBOOTH_HOME", str(other))
+        with library.staged_artifact("subject", "dog") as stage:
+            library.write_json(stage / library.MANIFEST, {"name": "dog", "kind": "subject", "schema_version": 1,
+                                                          "files": {}})
+    assert complete(f"vidbooth --home {shlex.quote(str(other))} generate --subject ") == ["dog"]  # not S*'s

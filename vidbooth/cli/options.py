@@ -35,9 +35,14 @@ def learned_names(kind: str):
     """Shell completion of a library name of `kind` (`vidbooth --install-completion`): the names that start with what
     was typed; none when the library cannot be read (completion never fails aloud)."""
 
-    def complete(incomplete: str) -> list[str]:
+    def complete(ctx: typer.Context, incomplete: str) -> list[str]:
+        import os
+
         from vidbooth.library import known_names
 
+        home = ctx.find_root().params.get("home")  # a --home earlier on the line (its callback does not run here)
+        if home:
+            os.environ["VIDBOOTH_HOME"] = home  # this process only answers the shell, then ends
         try:
             return [name for name in known_names(kind) if name.startswith(incomplete)]
         except Exception:  # a library that is a file, unreadable, ...: nothing to offer
