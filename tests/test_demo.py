@@ -289,6 +289,24 @@ def test_a_full_disk_while_the_demo_trains_says_to_run_the_demo_again(tmp_path, 
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
 
 
+@pytest.mark.parametrize("half, fix", [(True, "run the demo again with --precision fp32"),
+                                       (False, "the demo's learning rates are fixed: learn the subject and motion "
+                                               "with train-subject and train-motion and a lower --lr")])
+def test_a_diverging_loss_in_the_demo_names_what_the_demo_takes(half, fix, tmp_path, isolated_home, monkeypatch,
+                                                                 capsys):
+    """Training's message names its keys (--set identity.train.lr=N) and --overwrite, which the demo refuses."""
+    import vidbooth.engine.demo as demo
+    from vidbooth.engine.train import LossNotFinite
+
+    def diverged(*args):
+        raise LossNotFinite("loss became nan at step 7: ... --set identity.train.lr=N ... --overwrite", 7, half)
+
+    monkeypatch.setattr(demo, "_train_subject", diverged)
+    assert _run(tmp_path / "demo", "tiny") == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: the demo's training diverged (its loss became NaN or infinite at step 7): {fix}")
+
+
 def test_a_finished_demo_replaces_an_earlier_one_whole(tmp_path, isolated_home):
     out = tmp_path / "demo"
     _earlier_demo(out)

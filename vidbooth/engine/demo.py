@@ -189,8 +189,8 @@ def _remove(path: Path) -> None:
 @contextlib.contextmanager
 def _restart_when_interrupted() -> Iterator[None]:
     """Training's 'rerun with --resume' does not apply to the demo, which has no --resume: it starts over (after a
-    stop, or a full disk)."""
-    from vidbooth.engine.train import CheckpointDiskFull
+    stop, or a full disk). Nor do training's keys and --overwrite, which a diverging loss names."""
+    from vidbooth.engine.train import CheckpointDiskFull, LossNotFinite
 
     try:
         yield
@@ -199,6 +199,12 @@ def _restart_when_interrupted() -> Iterator[None]:
         raise Interrupted(f"the demo was stopped by {name}: run it again to start over", exc.exit_code) from exc
     except KeyboardInterrupt as exc:  # a Ctrl-C outside training (making the inputs, sampling)
         raise Interrupted("the demo was stopped by SIGINT: run it again to start over", 130) from exc
+    except LossNotFinite as exc:
+        fix = ("run the demo again with --precision fp32" if exc.half else
+               "the demo's learning rates are fixed: learn the subject and motion with train-subject and train-motion "
+               "and a lower --lr")
+        raise UserError(f"the demo's training diverged (its loss became NaN or infinite at step {exc.step}): "
+                        f"{fix}") from exc
     except CheckpointDiskFull as exc:
         raise UserError(f"the disk is full: free space on the disk of {exc.folder}, then run the demo again (it "
                         "starts over)") from exc

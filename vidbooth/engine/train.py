@@ -77,6 +77,14 @@ class CheckpointDiskFull(UserError):
         self.folder = folder
 
 
+class LossNotFinite(UserError):
+    """The loss became NaN or infinite at `step`; `half`: the run was in half precision (fp16/bf16 autocast)."""
+
+    def __init__(self, message: str, step: int, half: bool):
+        super().__init__(message)
+        self.step, self.half = step, half
+
+
 @runtime_checkable
 class Method(Protocol):
     """What a training method provides. Everything not returned by `trainable_parameters` stays frozen."""
@@ -768,9 +776,9 @@ def train(
                 fp32 = f" (or train in fp32: --precision fp32 --set {mixed}=no)" if half else ""
                 rate = cfg.setting_name("lr")
                 rate = rate if rate.endswith(")") else f"{rate} (--set {rate}=N)"  # one without a flag of its own
-                raise UserError(  # a resume would repeat the same steps: other settings mean starting over
+                raise LossNotFinite(  # a resume would repeat the same steps: other settings mean starting over
                     f"loss became {loss} at step {step + 1}: training stopped and {kept}; lower the learning rate "
-                    f"{rate}{fp32} and run again with --overwrite instead of --resume"
+                    f"{rate}{fp32} and run again with --overwrite instead of --resume", step + 1, half
                 )
             _optimizer_step(optimizer, params, cfg, step, accelerator)
             step += 1
