@@ -150,6 +150,33 @@ def test_a_gated_model_a_missing_revision_and_a_full_disk_are_told_as_such(monke
         resolve_base("org/model")
 
 
+def test_a_download_from_the_hub_is_said_and_shows_the_hubs_progress(tmp_path, monkeypatch):
+    """The libraries' progress bars are off (vidbooth shows its own): a multi-gigabyte base downloaded without a
+    word. A hub id already in the hub's cache says nothing."""
+    import huggingface_hub
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+
+    from vidbooth.engine.backbone import _from_hub
+
+    bars = []
+
+    def snapshot_download(repo_id, local_files_only=False, **kwargs):
+        if local_files_only and not cached:
+            raise FileNotFoundError("not in the cache")
+        bars.append(not are_progress_bars_disabled())
+        return str(tmp_path)
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    infos = []
+    monkeypatch.setattr("vidbooth.reporting.info", infos.append)
+    disable_progress_bars()  # as the libraries' quieting leaves them
+    for cached in (False, True):
+        assert _from_hub("org/model", None) == tmp_path
+    assert infos == ["downloading org/model from the Hugging Face hub (once: later runs read its cache)"]
+    assert bars == [True, False] and are_progress_bars_disabled()
+
+
 def test_an_image_model_without_a_motion_adapter_is_text2video_zero(tiny_base_dirs, tmp_path):
     from vidbooth.attention.cross_frame import CrossFrameAttnProcessor
 

@@ -77,6 +77,48 @@ def test_tiny_clip_loads_from_a_folder_and_embeds_images_and_text(tiny_clip_dir)
     assert clip.description["class"] == "CLIPModel" and clip.description["name"] == str(tiny_clip_dir)
 
 
+def test_a_dino_with_weights_it_does_not_use_loads_without_transformers_load_report(tmp_path, capfd):
+    """A ViT saved with its pooler, loaded without it, had printed transformers' 'LOAD REPORT' table (with colour
+    codes) into the log of `vidbooth evaluate`; the level transformers logs at is left as it was."""
+    import torch
+    from media import TINY_VIT
+    from transformers import ViTConfig, ViTModel
+    from transformers.utils import logging
+
+    from vidbooth.eval.features import load_dino
+
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(**TINY_VIT), add_pooling_layer=True).save_pretrained(tmp_path / "vit-with-pooler")
+    capfd.readouterr()
+    before = logging.get_verbosity()
+    assert load_dino(str(tmp_path / "vit-with-pooler"), device="cpu") is not None
+    assert capfd.readouterr().err == "" and logging.get_verbosity() == before
+
+
+def test_a_scoring_model_downloaded_from_the_hub_is_said(monkeypatch, tiny_vit_dir):
+    """evaluate's CLIP and DINO come from the hub where they are not on this machine: said, with the hub's bars."""
+    import vidbooth.eval.features as features
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    infos, bars = [], []
+    monkeypatch.setattr("vidbooth.reporting.info", infos.append)
+    monkeypatch.setattr("vidbooth.reporting._quiet", lambda: False)
+    monkeypatch.setattr(features, "_in_hub_cache", lambda repo_id: False)
+    monkeypatch.setattr(features, "_offline", lambda: False)
+    monkeypatch.setattr(features, "_hub_reachable", lambda endpoint: True)
+
+    class Model:
+        @staticmethod
+        def from_pretrained(source, **kwargs):
+            bars.append(not are_progress_bars_disabled())
+            return source
+
+    assert features._pretrained_loader("org/dino", "--dino-model")(Model, "a DINO ViT") == "org/dino"
+    assert features._pretrained_loader(str(tiny_vit_dir), "--dino-model")(Model, "a DINO ViT") == str(tiny_vit_dir)
+    assert infos == ["downloading org/dino from the Hugging Face hub (once: later runs read its cache)"]
+    assert bars == [True, False]
+
+
 def test_embeddings_match_transformers_own_preprocessing(tiny_clip_dir, tiny_vit_dir):
     """CLIP: CLIPImageProcessor at the model's size. DINO: shorter side to 256/224 of it (37 for 32), centre
     crop, ImageNet statistics, which transformers' BitImageProcessor also computes; the embedding is the CLS token."""

@@ -52,6 +52,11 @@ def _other_process() -> bool:
     return _rank() != "0"
 
 
+def first_process() -> bool:
+    """Whether this is the only process, or the first under a multi-process launcher."""
+    return not _other_process()
+
+
 def _quiet() -> bool:
     """Quiet when asked, and on every process but the first."""
     return os.environ.get("VIDBOOTH_QUIET", "") not in ("", "0") or _other_process()
@@ -95,6 +100,24 @@ def native_lines_dropped(noise: str) -> Iterator[None]:
                 if kept:
                     sys.stdout.write("".join(kept))
                     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def downloading(repo_id: str) -> Iterator[None]:
+    """Say that `repo_id` is being downloaded from the Hugging Face hub and show the hub's own progress bars for
+    it (the libraries' bars are otherwise off: a multi-gigabyte base had downloaded without a word). The bars are
+    not shown where info lines are not (VIDBOOTH_QUIET, processes but the first)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    info(f"downloading {repo_id} from the Hugging Face hub (once: later runs read its cache)")
+    were_off = are_progress_bars_disabled()
+    if were_off and not _quiet():
+        enable_progress_bars()
+    try:
+        yield
+    finally:
+        if were_off:
+            disable_progress_bars()
 
 
 TOKENIZER_NOISE = "Ignored unknown kwarg option"

@@ -388,13 +388,16 @@ def _from_hub(repo_id: str, revision: str | None, flag: str | None = "--base", n
     a hub id)."""
     from huggingface_hub import snapshot_download
 
+    from vidbooth import reporting
+
     patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
     except Exception:
         pass
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        with reporting.downloading(repo_id):
+            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:
         _refuse_hub_error(exc, repo_id, revision, flag)
         typo = not_here is not None and not_here.parent.is_dir()  # 'models/name' beside a models/ folder

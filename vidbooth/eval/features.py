@@ -284,8 +284,12 @@ def _pretrained_loader(name_or_path: str, flag: str) -> Callable[..., Any]:
     source, options = _locate(name_or_path, flag)
 
     def load(cls: Any, what: str, **kwargs: Any) -> Any:
+        from vidbooth import reporting
+
+        in_cache_or_folder = bool(options) or Path(source).is_dir()  # else a hub id to download
+        download = contextlib.nullcontext() if in_cache_or_folder else reporting.downloading(source)
         try:
-            with _quiet_transformers():
+            with _quiet_transformers(), download:
                 return cls.from_pretrained(source, **options, **kwargs)
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad or partial folder
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -358,14 +362,17 @@ def _hub_reachable(endpoint: str) -> bool:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' per-load progress bars; vidbooth shows its own progress."""
+    """Hide transformers' per-load progress bars and its load reports (a DINO with a pooler it does not use had
+    printed a 'LOAD REPORT' table, with colour codes, into a log); vidbooth shows its own progress and errors."""
     from transformers.utils import logging
 
-    was_enabled = logging.is_progress_bar_enabled()
+    was_enabled, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
     logging.disable_progress_bar()
+    logging.set_verbosity_error()
     try:
         yield
     finally:
+        logging.set_verbosity(verbosity)
         if was_enabled:
             logging.enable_progress_bar()
 
