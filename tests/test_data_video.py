@@ -105,6 +105,25 @@ def test_frames_are_those_imageio_ffmpeg_decodes(tmp_path):
     assert np.array_equal(read_video(path), expected)
 
 
+def test_reading_a_video_closes_ffmpegs_pipes(tmp_path, monkeypatch):
+    """Its log pipe had been left open: a ResourceWarning for each video read (shown with -W default)."""
+    import subprocess
+
+    started = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr("vidbooth.data.video.subprocess.Popen", Recorded)
+    path = _test_pattern(tmp_path / "clip.mp4", "96x64", 8, 1)
+    assert len(read_video(path)) == 8
+    assert len(load_clip(path, max_frames=2)) == 2  # stopped early: ffmpeg ended before its output did
+    piped = [p for p in started if p.stderr is not None]  # the decoding runs (a probe may pipe nothing)
+    assert piped and all(p.stdout.closed and p.stderr.closed and p.returncode is not None for p in piped)
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])
 def test_a_video_whose_frame_size_changes_part_way_is_refused_not_stretched(tmp_path, suffix):
     """Clips joined without re-encoding: ffmpeg stretched the 96x64 half to 64x48 without a word. The message's

@@ -240,6 +240,8 @@ def _decode_ffmpeg(path: Path, output_params: list[str], damage: list[str] | Non
         _end_ffmpeg(process)
         if log_reader is not None:
             log_reader.join(timeout=5)
+        if log_reader is None or not log_reader.is_alive():  # else it still reads it: left to the collector
+            process.stderr.close()  # unclosed, it was a ResourceWarning for each video read
     _refuse_size_change(path, stored, changes)
 
 
