@@ -120,6 +120,7 @@ def test_under_a_launcher_commands_that_do_not_share_work_are_refused_and_tables
                                            "it without accelerate launch (the training commands share their work "
                                            "across processes)\n")
     monkeypatch.setenv("RANK", "1")
+    assert main(["generate", "--prompt", "a dog"]) == 2 and capsys.readouterr().err == ""  # said once, by process 0
     reporting.table("scores", ["video"], [("a.mp4",)], to_stdout=True)
     assert capsys.readouterr().out == ""
 

@@ -130,10 +130,12 @@ and write the same files."""
 
 def _refuse_a_launcher(argv: list[str]) -> None:
     from vidbooth.errors import UserError
-    from vidbooth.reporting import process_count
+    from vidbooth.reporting import first_process, process_count
 
     command = _command_of(argv)
     if command in ONE_PROCESS_COMMANDS and process_count() > 1:
+        if not first_process():  # the first says why; the others would repeat the same line, once each
+            raise typer.Exit(UserError.exit_code)
         raise UserError(f"{command} runs in one process, and this launcher started {process_count()}: run it "
                         "without accelerate launch (the training commands share their work across processes)")
 
