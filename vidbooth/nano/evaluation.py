@@ -39,6 +39,7 @@ def generate_for(backbone, pairs, num_frames: int, steps: int, guidance_scale: f
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, len(pairs), CHUNK):
         prompts = [caption(sprite, motion) for sprite, motion in pairs[start : start + CHUNK]]
+        end = min(start + CHUNK, len(pairs))
         videos.append(
             sample_video(
                 backbone,
@@ -47,6 +48,7 @@ def generate_for(backbone, pairs, num_frames: int, steps: int, guidance_scale: f
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 generator=generator,
+                description=f"probe: sampling prompts {start + 1}-{end} of {len(pairs)}",
             )
         )
     return np.concatenate(videos)
