@@ -1,0 +1,185 @@
+"""Every flag of a command reaches the config key it names, with its own value: the engine is replaced by one that
+keeps the config it is given (no model loads). A flag dropped, or given another flag's value, had gone unseen
+where a test passed the same number to both or the default to one."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import typer
+
+from tests.badinputs import write_photos
+from vidbooth.cli.app import main
+from vidbooth.library import MANIFEST, staged_artifact, write_json
+
+RUNTIME = {"--base": ("backbone.base", "tiny"), "--device": ("runtime.device", "cpu"),
+           "--precision": ("runtime.precision", "bf16"), "--attention": ("runtime.attention", "math")}
+
+
+def _config_given_to(engine: str, argv: list[str], monkeypatch):
+    given = []
+
+    def keep(cfg, *args, **kwargs):
+        given.append(cfg)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(engine, keep)
+    assert main(argv) == 0
+    return given[0]
+
+
+def _value(cfg, key: str):
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+def _check(cfg, expected: dict[str, tuple[str, object]]) -> None:
+    got = {flag: _value(cfg, key) for flag, (key, _) in expected.items()}
+    assert got == {flag: value for flag, (_, value) in expected.items()}
+
+
+def _argv(flags: dict[str, tuple[str, object]]) -> list[str]:
+    argv = []
+    for flag, (_, value) in flags.items():
+        if value is True or value is False:
+            argv.append(flag)
+        elif isinstance(value, list):  # one item here: a caption, a metric
+            argv += [flag, ",".join(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"read by the engine, not by the command line")
+    return path
+
+
+def test_train_motion_flags_reach_their_keys(clip, monkeypatch, isolated_home):
+    flags = RUNTIME | {
+        "--name": ("name", "wave"), "--caption": ("captions", ["a person waving"]),
+        "--class-noun": ("class_noun", "person"), "--steps": ("train.steps", 7), "--lr": ("train.lr", 0.002),
+        "--batch-size": ("train.batch_size", 3), "--checkpoint-every": ("train.checkpoint_every", 5),
+        "--num-frames": ("data.num_frames", 6), "--fps": ("data.fps", 12.5), "--resolution": ("data.resolution", 96),
+        "--appearance-guidance": ("appearance.guidance", True), "--image-encoder": ("appearance.encoder", "vae"),
+        "--p-image-zero": ("appearance.p_image_zero", 0.3), "--no-preview": ("preview.enabled", False),
+        "--overwrite": ("overwrite", True), "--seed": ("train.seed", 9),
+    }
+    cfg = _config_given_to("vidbooth.engine.motion.train_motion", ["train-motion", str(clip), *_argv(flags)],
+                           monkeypatch)
+    _check(cfg, flags)
+    assert cfg.runtime.seed == 9 and cfg.clips == [str(clip)]
+    stride = _config_given_to("vidbooth.engine.motion.train_motion",
+                              ["train-motion", str(clip), "--name", "m", "--stride", "3", "--resume"], monkeypatch)
+    assert stride.data.stride == 3 and stride.resume is True
+
+
+def test_train_subject_flags_reach_their_keys(tmp_path, monkeypatch, isolated_home):
+    photos = write_photos(tmp_path / "photos")
+    flags = RUNTIME | {
+        "--name": ("name", "S*"), "--class-noun": ("class_noun", "dog"),
+        "--num-vectors": ("textual_inversion.num_vectors", 2), "--hidden-ratio": ("identity.hidden_ratio", 0.25),
+        "--ti-steps": ("textual_inversion.train.steps", 11), "--identity-steps": ("identity.train.steps", 13),
+        "--resolution": ("data.resolution", 96), "--flip": ("data.flip", True),
+        "--scale-jitter": ("data.scale_jitter", 0.15), "--prior-preservation": ("prior.enabled", True),
+        "--class-images": ("prior.class_images", str(tmp_path / "dogs")),
+        "--num-class-images": ("prior.num_class_images", 5),
+        "--prior-weight": ("prior.weight", 0.5), "--no-preview": ("preview.enabled", False),
+        "--overwrite": ("overwrite", True), "--seed": ("runtime.seed", 4),
+    }
+    flags["--base"] = ("backbone.base", "nano")  # nano's recipe: its values must give way to the flags'
+    cfg = _config_given_to("vidbooth.engine.subject.train_subject", ["train-subject", str(photos), *_argv(flags)],
+                           monkeypatch)
+    _check(cfg, flags)
+    both = [cfg.textual_inversion.train, cfg.identity.train]
+    assert [stage.seed for stage in both] == [4, 4] and cfg.photos == [str(photos)]
+    shared = _config_given_to("vidbooth.engine.subject.train_subject", [
+        "train-subject", str(photos), "--name", "S*", "--class-noun", "dog", "--batch-size", "3",
+        "--checkpoint-every", "6", "--no-flip"], monkeypatch)
+    assert [(s.batch_size, s.checkpoint_every) for s in (shared.textual_inversion.train, shared.identity.train)] == [
+        (3, 6), (3, 6)] and shared.data.flip is False
+
+
+def test_the_subject_stage_commands_flags_reach_their_stages_keys(tmp_path, monkeypatch, isolated_home):
+    photos = write_photos(tmp_path / "photos")
+    stage_one = {"--steps": ("textual_inversion.train.steps", 17), "--lr": ("textual_inversion.train.lr", 0.004),
+                 "--batch-size": ("textual_inversion.train.batch_size", 2),
+                 "--checkpoint-every": ("textual_inversion.train.checkpoint_every", 8),
+                 "--num-vectors": ("textual_inversion.num_vectors", 3)}
+    cfg = _config_given_to("vidbooth.engine.subject.train_textual_inversion", [
+        "textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *_argv(stage_one)], monkeypatch)
+    _check(cfg, stage_one)
+    with staged_artifact("subject", "S*") as stage:
+        write_json(stage / MANIFEST, {"name": "S*", "kind": "subject", "schema_version": 1, "files": {}})
+    stage_two = {"--steps": ("identity.train.steps", 19), "--lr": ("identity.train.lr", 0.0005),
+                 "--batch-size": ("identity.train.batch_size", 1),
+                 "--checkpoint-every": ("identity.train.checkpoint_every", 9),
+                 "--hidden-ratio": ("identity.hidden_ratio", 0.75), "--resume": ("resume", True)}
+    cfg = _config_given_to("vidbooth.engine.subject.train_identity_adapter", [
+        "identity-adapter", "--name", "S*", *_argv(stage_two)], monkeypatch)
+    _check(cfg, stage_two)
+
+
+def test_generate_flags_reach_their_keys(tmp_path, monkeypatch, isolated_home):
+    photo = write_photos(tmp_path / "photos", count=1)
+    flags = RUNTIME | {
+        "--prompt": ("prompt", "a dog"), "--out": ("out", str(tmp_path / "dog.gif")), "--num-videos": ("num_videos", 2),
+        "--negative-prompt": ("sampling.negative_prompt", "blurry"), "--num-frames": ("sampling.num_frames", 5),
+        "--height": ("sampling.height", 48), "--width": ("sampling.width", 80),
+        "--num-inference-steps": ("sampling.num_inference_steps", 3),
+        "--guidance-scale": ("sampling.guidance_scale", 4.5),
+        "--scheduler": ("sampling.scheduler", "dpm++"), "--fps": ("sampling.fps", 12),
+        "--subject-scale": ("subject_scale", 0.5), "--motion-scale": ("motion_scale", 0.25),
+        "--motion-field-strength-x": ("sampling.zero_shot.motion_field_strength_x", 3.0),
+        "--motion-field-strength-y": ("sampling.zero_shot.motion_field_strength_y", -2.0),
+        "--image-prompt": ("image_prompt", str(next(photo.iterdir()))),
+        "--image-prompt-model": ("image_prompt_model", str(tmp_path / "ip.safetensors")),
+        "--image-prompt-word": ("image_prompt_word", "dog"), "--image-prompt-scale": ("image_prompt_scale", 0.75),
+        "--seed": ("runtime.seed", 8),
+    }
+    cfg = _config_given_to("vidbooth.engine.generate.generate", ["generate", *_argv(flags)], monkeypatch)
+    _check(cfg, flags)
+
+
+def test_train_image_prompt_flags_reach_their_keys(tmp_path, monkeypatch, isolated_home):
+    flags = {"--out": ("out", str(tmp_path / "ip.safetensors")), "--coarse-steps": ("coarse.steps", 3),
+             "--fine-steps": ("fine.steps", 4), "--word": ("word", "dog"), "--num-clips": ("data.clips", 16),
+             "--overwrite": ("overwrite", True), "--device": ("runtime.device", "cpu")}
+    cfg = _config_given_to("vidbooth.engine.image_prompt.train_image_prompt",
+                           ["train-image-prompt", *_argv(flags), "--seed", "5"], monkeypatch)
+    _check(cfg, flags)
+    assert (cfg.coarse.seed, cfg.fine.seed, cfg.data.seed) == (5, 5, 5)
+
+
+def test_pretrain_flags_reach_their_keys(tmp_path, monkeypatch):
+    flags = {"--out": ("out", str(tmp_path / "run")), "--max-minutes": ("max_minutes", 2.5),
+             "--export": ("export", str(tmp_path / "model")), "--threads": ("threads", 2), "--seed": ("seed", 3),
+             "--init-from": ("init_from", "nano")}
+    cfg = _config_given_to("vidbooth.nano.pretrain.pretrain", ["pretrain", *_argv(flags)], monkeypatch)
+    _check(cfg, flags)
+
+
+def test_demo_flags_reach_their_keys(tmp_path, monkeypatch):
+    flags = {"--out": ("out", str(tmp_path / "d")), "--seed": ("seed", 6), "--fast": ("fast", True),
+             "--base": ("base", "tiny"), "--num-videos": ("num_videos", 3), "--device": ("runtime.device", "cpu"),
+             "--precision": ("runtime.precision", "bf16"), "--attention": ("runtime.attention", "math")}
+    cfg = _config_given_to("vidbooth.engine.demo.run_demo", ["demo", *_argv(flags)], monkeypatch)
+    _check(cfg, flags)
+
+
+def test_evaluate_flags_reach_their_keys(tmp_path, monkeypatch):
+    video = tmp_path / "out.mp4"
+    video.write_bytes(b"read by the engine")
+    flags = {"--prompt": ("prompt", "a dog"), "--ref-images": ("ref_images", str(tmp_path)),
+             "--ref-video": ("ref_video", str(video)), "--metrics": ("metrics", ["clip_t"]),
+             "--clip-model": ("clip_model", "nano"), "--dino-model": ("dino_model", str(tmp_path / "dino")),
+             "--probe": ("probe", True), "--batch-size": ("batch_size", 4),
+             "--json": ("json", str(tmp_path / "s.json")),
+             "--csv": ("csv", str(tmp_path / "s.csv")), "--device": ("device", "cpu")}
+    cfg = _config_given_to("vidbooth.eval.evaluate.evaluate_videos", ["evaluate", str(video), *_argv(flags)],
+                           monkeypatch)
+    _check(cfg, flags)
+    assert cfg.videos == [str(video)]
