@@ -73,6 +73,36 @@ def test_conditional_half_only_zeroes_the_unconditional_half_and_resets():
     assert adapter.enabled
 
 
+def test_adapters_off_puts_back_each_adapters_own_state():
+    """An adapter already off stays off after the block (it had been switched on)."""
+    from vidbooth.adapters.base import adapters_off
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    inject(model, ["0", "1"], "id", lambda name, base: BottleneckAdapter(4, 2))
+    first, second = adapters_of(model, "id").values()
+    second.enabled = False
+    with adapters_off(model, "id"):
+        assert not first.enabled and not second.enabled
+    assert first.enabled and not second.enabled
+
+
+def test_an_image_prompts_photo_pass_leaves_guidance_weights_as_they_were():
+    """Each sampling step's photo pass (a conditional one) lifts the conditional-half weights for its forward: had
+    they not come back, a guidance-only adapter would act on the unconditional half too from the second step on."""
+    from vidbooth.adapters.base import conditional_half_only
+    from vidbooth.adapters.image_prompt import capturing
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    inject(model, ["0"], "id", lambda name, base: BottleneckAdapter(4, 2))
+    adapter = adapters_of(model, "id")["0"]
+    adapter.conditional_only = True
+    with conditional_half_only(model, batch_size=1):
+        weights = adapter.sample_weights
+        with capturing(model):
+            assert adapter.sample_weights is None
+        assert adapter.sample_weights is weights and weights.tolist() == [0.0, 1.0]
+
+
 def test_scale_multiplies_the_adapters_output():
     model = _model()
     x = torch.randn(2, 8)

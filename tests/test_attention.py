@@ -105,10 +105,21 @@ def test_context_manager_selects_backend(monkeypatch):
     with attention_backend("math"):
         attention(q, k, v)
     assert calls == [1]
+    attention(q, k, v)  # the block's backend ends with it
+    assert calls == [1] and backends._current.get() == "sdpa"
 
 
-def test_resolution_and_errors():
+def test_resolution_and_errors(monkeypatch):
+    """auto is xformers on CUDA when it is installed, else sdpa; names in any case (from $VIDBOOTH_ATTENTION)."""
+    from vidbooth.attention import backends
+
     assert resolve_backend("auto", "cpu") == "sdpa"
+    assert resolve_backend("MATH", "cpu") == "math" and resolve_backend("", "cpu") == "sdpa"  # $VIDBOOTH_ATTENTION=
+    xformers = dataclasses.replace(backends._REGISTRY["xformers"], is_available=lambda device: True)
+    with monkeypatch.context() as installed:  # xformers installed: auto takes it on CUDA only
+        installed.setitem(backends._REGISTRY, "xformers", xformers)
+        assert resolve_backend("auto", "cpu") == "sdpa" and resolve_backend("auto") == "sdpa"
+        assert resolve_backend("auto", "cuda") == "xformers"
     with pytest.raises(UserError, match="unknown attention backend 'flash'.*math, sdpa, xformers"):
         resolve_backend("flash", "cpu")
     with pytest.raises(UserError, match="cannot run on cpu.*choose math, sdpa"):

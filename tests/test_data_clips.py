@@ -307,3 +307,12 @@ def test_a_frame_folder_is_numbered_by_the_last_number_in_each_name(tmp_path):
         Image.fromarray(np.full((64, 64, 3), grey, np.uint8)).save(tmp_path / f"take2_f{number}.png")
     frames, fps = clips.load_clip(tmp_path)
     assert frames[:, 0, 0, 0].tolist() == [0, 100, 200] and fps == 8.0
+
+
+def test_a_video_file_smaller_than_the_smallest_side_is_refused(tmp_path):
+    """Checked on a folder of frames (where each image is refused first) but never on a video file."""
+    path = write_video(np.zeros((4, 48, 80, 3), np.uint8), tmp_path / "tiny.mp4")
+    with pytest.raises(UserError, match=r"tiny.mp4 is too small \(80x48 pixels\): use one at least 64 pixels"):
+        load_clip(path)
+    wide = write_video(np.zeros((4, 64, 112, 3), np.uint8), tmp_path / "wide.mp4")
+    assert load_clip(wide)[0].shape[1:3] == (64, 112)  # 64 on its shorter side is enough

@@ -250,3 +250,18 @@ def test_a_short_clip_may_decode_two_frames_fewer_than_its_header_says(tmp_path,
     monkeypatch.setattr(video, "video_frame_count", lambda path: 11)
     with pytest.raises(UserError, match="ends early"):
         read_video(path)
+
+
+def test_frames_are_shrunk_while_decoding_but_never_enlarged(tmp_path):
+    path = write_video(np.zeros((3, 96, 160, 3), np.uint8), tmp_path / "clip.mp4")
+    assert read_video(path, max_short_side=128).shape == (3, 96, 160, 3)
+    assert read_video(path, max_short_side=48).shape == (3, 48, 80, 3)
+
+
+def test_a_contact_sheet_is_read_left_to_right_then_top_to_bottom():
+    from vidbooth.data.video import contact_sheet
+
+    frames = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((10, 2, 3, 3), np.uint8)  # frame i is i
+    sheet = contact_sheet(frames)
+    assert sheet.shape == (4, 24, 3)  # 8 columns, then a second row for frames 8 and 9
+    assert sheet[::2, ::3, 0].tolist() == [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 0, 0, 0, 0, 0, 0]]

@@ -42,6 +42,19 @@ def test_probe_recovers_truth(size, blur, noise, least_shape):
     assert accuracy["colour"] >= 0.98 and accuracy["motion"] >= 0.95 and accuracy["shape"] >= least_shape, accuracy
 
 
+def test_accuracy_counts_each_part_against_its_own_truth():
+    """A red circle moving left, against truths that each get one part wrong: every score falls on its own part."""
+    frames = render_clip(Sprite("circle", "red", "solid"), Motion("left"), seed=3)[0]
+    truths = [(Sprite("circle", "red", "solid"), Motion("right")), (Sprite("square", "red", "solid"), Motion("left")),
+              (Sprite("circle", "blue", "solid"), Motion("left")), (Sprite("circle", "red", "solid"), Motion("left"))]
+    accuracy = probe_accuracy([frames] * 4, truths)
+    assert accuracy == {"colour": 0.75, "shape": 0.75, "motion": 0.75, "count": 4.0}
+    parts = ("colour", "shape", "motion")
+    for wrong, truth in zip(("motion", "shape", "colour"), truths):
+        scores = probe_accuracy([frames], [truth])
+        assert {part: scores[part] for part in parts} == {part: float(part != wrong) for part in parts}, wrong
+
+
 def test_probe_tracks_follow_the_true_trajectory():
     for name in ("down-left", "circle", "bounce"):
         frames, truth = render_clip(Sprite("diamond", "blue", "checkered"), Motion(name), seed=9)

@@ -184,3 +184,17 @@ def test_the_digest_changes_with_a_caption_and_not_with_the_folder(tmp_path):
     assert folder_digest(find_subject_clips(moved, "subject")) == digest
     (moved / "clip2.txt").write_text("a subject moving left")
     assert folder_digest(find_subject_clips(moved, "subject")) != digest
+
+
+def test_the_digest_changes_with_a_clip_or_photo_replaced_under_the_same_name(tmp_path):
+    """A --resume on a folder whose clip was replaced by another (a longer take of the same name) is refused."""
+    from vidbooth.data.video import write_video
+
+    folder = make_subject_clips(tmp_path / "clips", count=2, masks=())
+    digest = folder_digest(find_subject_clips(folder, "subject"))
+    longer = render_clip(Sprite("circle", "red", "solid"), Motion("left"), 16, 64, seed=5)[0]
+    write_video(longer, folder / "clip1.mp4")
+    replaced = folder_digest(find_subject_clips(folder, "subject"))
+    assert replaced != digest
+    Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(folder / "clip2.png")  # another photo of the subject
+    assert folder_digest(find_subject_clips(folder, "subject")) not in (digest, replaced)
