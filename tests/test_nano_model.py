@@ -4,6 +4,7 @@ resume continues exactly, bad input is refused. Models are miniature (32 px, 4 f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import asdict
 
 import numpy as np
@@ -495,6 +496,17 @@ def test_a_checkpoint_save_killed_midway_counts_as_a_run(tmp_path):
     (tmp_path / "saving.json").unlink()
     with pytest.raises(UserError, match="nothing to resume"):
         PretrainConfig(out=str(tmp_path), resume=True).check()
+
+
+def test_a_resume_of_a_journal_killed_while_written_is_refused_not_started_over(tmp_path, char_tokenizer):
+    """A journal cut short names no rename: cleared under the run's lock, it leaves nothing, and the --resume that
+    the early check let through had trained from step 0 without a word."""
+    cfg = tiny_config(tmp_path, char_tokenizer, resume=True)
+    Path(cfg.out).mkdir()
+    (Path(cfg.out) / "saving.json").write_text('{"renames": [["/tmp/re')
+    with pytest.raises(UserError, match="nothing to resume in .*run: run without --resume to start"):
+        nano.pretrain(cfg)
+    assert sorted(p.name for p in Path(cfg.out).iterdir() if not p.name.startswith(".")) == []
 
 
 def test_refuses_bad_runs(tmp_path, char_tokenizer):

@@ -82,6 +82,12 @@ class _Run:
         self.last_save = self.started
         state = ckpt.read_state(self.dir)
         arch = asdict(cfg.arch)
+        # checked before torch loads (PretrainConfig.check), and again here under the run's lock: a save killed while
+        # writing its journal leaves nothing to resume once the journal is cleared, and another run may have begun
+        if state is not None and not cfg.resume:
+            raise UserError(f"{self.dir} already holds a pretraining run: pass --resume to continue, or another --out")
+        if state is None and cfg.resume:
+            raise UserError(f"nothing to resume in {self.dir}: run without --resume to start")
         self.identity = _identity({"arch": arch, "seed": cfg.seed, "split_seed": cfg.split_seed,
                                    "linear_paths": cfg.linear_paths})
         if state is not None and _identity(state) != self.identity:
