@@ -289,6 +289,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, accelerator):
     cfg.locate("identity.train", {})  # train-subject: no --lr flag of its own
     with pytest.raises(UserError, match=r"lower the learning rate identity.train.lr \(--set identity.train.lr=N\)"):
         engine.train(make_method(poison_at_call=11), toy_data(), cfg, tmp_path / "again", accelerator)
+    # a frozen base in half precision without autocast (nano's recipes with --precision bf16): fp32 is offered too
+    with pytest.raises(engine.LossNotFinite, match=r"\(or train in fp32: --precision fp32 --set "
+                                                   r"identity.train.mixed_precision=no\)") as diverged:
+        engine.train(make_method(poison_at_call=11), toy_data(), cfg, tmp_path / "half", accelerator,
+                     signature={"base_dtype": "torch.bfloat16"})
+    assert diverged.value.half and diverged.value.step == 6
 
 
 def test_lr_schedule():

@@ -771,7 +771,8 @@ def train(
             if bad_loss:
                 last = list_checkpoints(run_dir)
                 kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
-                half = str(accelerator.mixed_precision) != "no"  # on CUDA the frozen base is fp16 too
+                # half precision: autocast, or a frozen base cast to fp16/bf16 (its signature says, `dtype_signature`)
+                half = str(accelerator.mixed_precision) != "no" or "base_dtype" in signature
                 mixed = cfg.full_key("mixed_precision")
                 fp32 = f" (or train in fp32: --precision fp32 --set {mixed}=no)" if half else ""
                 rate = cfg.setting_name("lr")
