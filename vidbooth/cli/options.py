@@ -18,8 +18,8 @@ def recipe(command: str):
     """--recipe of a command whose recipes are shipped as recipes/<model>/<command>.yaml."""
     return typer.Option(
         None, "--recipe", "-r", metavar="RECIPE",
-        help=f"Recipe: a YAML file, or a shipped one ({', '.join(shipped_recipes(command))}); default: "
-        f"nano/{command} when the base is nano.",
+        help=f"Recipe: a YAML file, or a shipped one ({', '.join(shipped_recipes(command))}), whose settings replace "
+        f"the defaults the other flags name (default: nano/{command} when the base is nano).",
     )
 
 
