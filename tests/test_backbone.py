@@ -2,6 +2,7 @@ import json
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,14 @@ def test_a_download_from_the_hub_is_said_and_shows_the_hubs_progress(tmp_path, m
         assert _from_hub("org/model", None) == tmp_path
     assert infos == ["downloading org/model from the Hugging Face hub (once: later runs read its cache)"]
     assert bars == [True, False] and are_progress_bars_disabled()
+    cached = False
+    monkeypatch.setenv("VIDBOOTH_QUIET", "1")  # no bars where no progress is shown
+    assert _from_hub("org/model", None) == tmp_path and bars[-1] is False
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS", True)  # the user's choice stands
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enabling them had warned 'Cannot enable progress bars'
+        assert _from_hub("org/model", None) == tmp_path and bars[-1] is False
 
 
 def test_an_image_model_without_a_motion_adapter_is_text2video_zero(tiny_base_dirs, tmp_path):
