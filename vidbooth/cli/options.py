@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 
 def shipped_recipes(command: str) -> list[str]:
-    """The recipes shipped for `command` ('motion' -> ['animatediff/motion', ...]); read from the folder that
-    `vidbooth.config.load.RECIPES_DIR` names, without loading OmegaConf (help stays fast)."""
-    folder = Path(__file__).resolve().parents[1] / "recipes"
-    return sorted(f"{path.parent.name}/{command}" for path in folder.glob(f"*/{command}.yaml"))
+    """The recipes shipped for `command` ('motion' -> ['animatediff/motion', ...])."""
+    from vidbooth import RECIPES_DIR
+
+    return sorted(f"{path.parent.name}/{command}" for path in RECIPES_DIR.glob(f"*/{command}.yaml"))
 
 
 def recipe(command: str):

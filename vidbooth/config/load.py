@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from vidbooth import RECIPES_DIR
 from vidbooth.errors import UserError, yaml_problem
 
 T = TypeVar("T")
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # a link to the top-level recipes/, packaged
 
 
 def find_recipe(recipe: str) -> Path:
