@@ -576,3 +576,12 @@ def test_a_damaged_checkpoint_says_to_delete_it_and_resume_from_the_one_before(t
     assert result.start_step == 8
     for key, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_vidbooths_precision_is_not_the_launchers(monkeypatch, fresh_accelerate_state):
+    """`accelerate launch --mixed_precision bf16` (or a saved accelerate config) sets ACCELERATE_MIXED_PRECISION;
+    vidbooth's own setting (train.mixed_precision, nano's 'no') is what trains."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert str(engine.make_accelerator("no", "cpu").mixed_precision) == "no"
+    fresh_accelerate_state()
+    assert str(engine.make_accelerator("bf16", "cpu").mixed_precision) == "bf16"
