@@ -36,7 +36,7 @@ def generate(
     ),
     scheduler: str = typer.Option(
         None, "--scheduler", metavar="SCHEDULER",
-        help="Sampler: ddim | dpm++ (DPM-Solver++ 2M) (default: the recipe's, else ddim).",
+        help="Sampler: ddim | dpm++ (DPM-Solver++ 2M) (default ddim).",
     ),
     fps: int = typer.Option(
         None, "--fps", metavar="FPS", help="Frames per second of the written video (default 8; at most 50 for .gif)."

@@ -16,7 +16,6 @@ from vidbooth.errors import UserError, yaml_problem
 T = TypeVar("T")
 
 
-
 def find_recipe(recipe: str) -> Path:
     """A recipe is a YAML path, or a name under `recipes/` such as 'zeroscope/generate'."""
     path = Path(recipe).expanduser()  # --recipe=~/r.yaml reaches us with its ~

@@ -78,7 +78,8 @@ class CheckpointDiskFull(UserError):
 
 
 class LossNotFinite(UserError):
-    """The loss became NaN or infinite at `step`; `half`: the run was in half precision (fp16/bf16 autocast)."""
+    """The loss became NaN or infinite at `step`; `half`: the run was in half precision (fp16/bf16 autocast, or a
+    frozen base cast to fp16/bf16)."""
 
     def __init__(self, message: str, step: int, half: bool):
         super().__init__(message)
