@@ -510,3 +510,28 @@ def test_the_last_video_of_a_run_of_several_has_the_runs_prompt(tmp_path):
     (tmp_path / "take.yaml").write_text("prompt: a dog\nnum_videos: 3\n")
     assert generated_prompt(tmp_path / "take-3.mp4") == "a dog"
     assert generated_prompt(tmp_path / "take-4.mp4") is None
+
+
+def test_motion_fidelity_is_the_mean_over_the_reference_clips(monkeypatch):
+    """(mutation testing) A motion learned from several clips scored against its best clip alone went unseen."""
+    import vidbooth.eval.evaluate as evaluate
+
+    similarities = iter([0.2, 0.8])
+    monkeypatch.setattr(evaluate, "motion_signature", lambda frames: "generated")
+    monkeypatch.setattr(evaluate, "signature_similarity", lambda signature, reference: next(similarities))
+    scorer = object.__new__(evaluate._Scorer)
+    scorer._reference_signatures = ["clip 1", "clip 2"]
+    assert scorer._motion_fidelity(np.zeros((2, 8, 8, 3), np.uint8)) == pytest.approx(0.5)
+
+
+def test_auto_scores_with_nanos_towers_only_when_every_video_is_nanos(tmp_path, monkeypatch):
+    """(mutation testing) Videos of nano and of another base together: CLIP scores them all."""
+    import vidbooth.eval.evaluate as evaluate
+    from vidbooth.config.evaluate import EvaluateConfig
+    from vidbooth.eval.jobs import EvalJob
+
+    bases = {"a.mp4": "nano", "b.mp4": "cerspense/zeroscope_v2_576w"}
+    monkeypatch.setattr(evaluate, "generated_base", lambda video: bases[video])
+    both = [EvalJob("a.mp4"), EvalJob("b.mp4")]
+    assert evaluate._clip_model(EvaluateConfig(), both) == (evaluate.DEFAULT_CLIP_MODEL, False)
+    assert evaluate._clip_model(EvaluateConfig(), both[:1]) == (evaluate.NANO_NAME, True)

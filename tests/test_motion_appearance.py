@@ -126,3 +126,33 @@ def test_a_folder_that_gives_no_mean_and_std_is_normalised_as_openai_clip_is(tmp
     mean, std = _normalisation(tmp_path)
     np.testing.assert_allclose(mean, (0.48145466, 0.4578275, 0.40821073))
     np.testing.assert_allclose(std, (0.26862954, 0.26130258, 0.27577711))
+
+
+def test_the_vae_fallback_encodes_pixels_in_the_vaes_range(tiny_backbones, monkeypatch):
+    """(mutation testing) Frames scaled to [0, 1] instead of the VAE's [-1, 1] embedded without a complaint."""
+    bb = tiny_backbones["unet3d"]
+    seen = []
+    encode = bb.encode_video
+    monkeypatch.setattr(bb, "encode_video", lambda pixels: seen.append(pixels) or encode(pixels))
+    black_and_white = np.zeros((2, 40, 56, 3), np.uint8)
+    black_and_white[1] = 255
+    load_appearance_encoder("vae", bb).embed(black_and_white)
+    pixels = torch.cat(seen, dim=1)  # (1, F, 3, H, W)
+    assert pixels[:, 0].unique().tolist() == [-1.0] and pixels[:, 1].unique().tolist() == [1.0]
+
+
+def test_training_items_embed_the_appearance_of_every_frame(tiny_backbones):
+    """(mutation testing) Embedding the first frame alone (method: a random frame each step) went unseen."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine.motion import training_items
+
+    class Recording:
+        def embed(self, frames):
+            return torch.from_numpy(np.array(frames, dtype=np.float32)).mean(dim=(1, 2))  # (F, 3): each frame's own
+
+    clip_frames = frames(n=4, height=32, width=32)
+    clip = SimpleNamespace(frames=clip_frames, caption="a dog")
+    item = training_items(tiny_backbones["unet3d"], [clip], 32, Recording())[0]
+    assert item["appearance"].shape == (4, 3)
+    assert len({tuple(row.tolist()) for row in item["appearance"]}) == 4  # four different frames

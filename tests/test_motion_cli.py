@@ -478,3 +478,27 @@ def test_a_failed_preview_keeps_the_training_and_says_how_to_save_it(tmp_path, i
     monkeypatch.setattr(sampling, "sample_video", real_sample)
     assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--resume"]) == 0
     assert (isolated_home / "motions" / "m" / "manifest.json").is_file()
+
+
+def test_the_resume_signature_holds_the_clips_their_captions_and_the_appearance_dropout():
+    """(mutation testing) A --resume after a clip was replaced, a caption edited or p_image_zero changed would have
+    continued the old run on other data."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from vidbooth.config.motion import MotionConfig
+    from vidbooth.engine.motion import _signature
+
+    def signature(clips, p_image_zero=0.5):
+        cfg = MotionConfig()
+        cfg.appearance.p_image_zero = p_image_zero
+        clips = [SimpleNamespace(sha256=sha, caption=caption) for sha, caption in clips]
+        backbone = SimpleNamespace(fingerprint="base", dtype=torch.float32)
+        return _signature(cfg, clips, SimpleNamespace(to_json=lambda: "{}"), backbone, None)
+
+    first = signature([("aaa", "a person waving")])
+    assert signature([("aaa", "a person waving")]) == first
+    assert signature([("bbb", "a person waving")]) != first
+    assert signature([("aaa", "a person jumping")]) != first
+    assert signature([("aaa", "a person waving")], p_image_zero=0.2) != first

@@ -247,3 +247,12 @@ def test_a_clip_given_twice_or_copied_is_warned_of_once(tmp_path, monkeypatch):
         warn_of_repeated_clips(clips)
         assert len(warnings) == (expected is not None), warnings
         assert expected is None or warnings[0].startswith(expected), warnings
+
+
+def test_each_clip_keeps_its_own_caption(tmp_path):
+    """(mutation testing) Every clip trained under the first clip's caption went unseen."""
+    first, second = write_clip(tmp_path / "a.mp4"), write_clip(tmp_path / "b.mp4", width=112)
+    captions = ["a dog running", "a cat jumping"]
+    clips = read_training_clips(MotionConfig(name="m", clips=[str(first), str(second)], captions=captions))
+    assert [clip.caption for clip in clips] == captions
+    assert [clip.frames.shape[2] for clip in clips] == [96, 112]  # in the order given

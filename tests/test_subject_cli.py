@@ -988,3 +988,27 @@ def test_a_failed_preview_keeps_the_training_and_says_how_to_save_it(photos, iso
     monkeypatch.setattr(sampling, "sample_video", real_sample)
     assert train_subject(photos, "--resume", "--no-preview") == 0
     assert (subject_dir(isolated_home) / "manifest.json").is_file()
+
+
+def test_the_resume_signature_holds_the_photos():
+    """(mutation testing) A --resume after a photo was replaced would have continued on other photos."""
+    from types import SimpleNamespace
+
+    from vidbooth.config.subject import SubjectConfig
+    from vidbooth.engine.subject import _settings_signature
+
+    def signature(hashes, stage):
+        run = SimpleNamespace(cfg=SubjectConfig(), photos=SimpleNamespace(hashes=hashes), token="S*", class_noun="dog",
+                              class_images_sha256=None)
+        return _settings_signature(run, stage)
+
+    for stage in ("textual_inversion", "identity"):
+        assert signature(["a", "b"], stage) == signature(["a", "b"], stage) != signature(["a", "c"], stage)
+
+
+def test_given_class_images_are_cut_to_num_class_images(tmp_path):
+    """(mutation testing) --num-class-images 3 with a folder of 5 had trained on all 5."""
+    from vidbooth.engine.prior import class_image_files
+
+    folder = write_photos(tmp_path / "dogs", count=5)
+    assert [p.name for p in class_image_files(folder, 3)] == ["photo0.png", "photo1.png", "photo2.png"]
