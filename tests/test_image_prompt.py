@@ -723,3 +723,53 @@ def test_a_damaged_own_model_of_the_base_says_to_train_it_again(tiny_base_dirs, 
         f"error: the image-prompt model of {base}: {base / OWN_IMAGE_PROMPT_MODEL} is not a vidbooth image-prompt "
         "model (a .safetensors file made by `vidbooth train-image-prompt`); train it again with `vidbooth "
         f"train-image-prompt --base {base}`, or give another with --image-prompt-model")
+
+
+def test_the_photo_is_captured_at_each_steps_timestep_with_the_prompts_positive_row(monkeypatch):
+    """(mutation testing) A reference captured with the negative prompt's row, or at another timestep than the
+    video's, would weaken VideoBooth's fine features without an error."""
+    from types import SimpleNamespace
+
+    captured = []
+    layer = SimpleNamespace(scale=1.0, reference=None)
+
+    def capture(backbone, scheduler, latents, noise, timesteps, text_embeds):
+        captured.append((timesteps.tolist(), text_embeds))
+        layer.reference = torch.ones(1, 3, 2)
+
+    monkeypatch.setattr(image_prompt_engine, "capture", capture)
+    monkeypatch.setattr(image_prompt_engine, "injections", lambda unet: {"layer": layer})
+    condition = object.__new__(image_prompt_engine.ImagePromptCondition)
+    condition.model, condition.latents = SimpleNamespace(backbone=SimpleNamespace(unet=None)), torch.zeros(1, 4)
+    condition.scheduler, condition.noise = None, torch.zeros(1, 4)
+    negative, positive = torch.zeros(5, 8), torch.ones(5, 8)
+    condition.before_unet(torch.tensor([640, 640]), torch.stack([negative, positive]))
+    assert captured[0][0] == [640] and torch.equal(captured[0][1], positive[None])
+    assert layer.reference.shape == (2, 3, 2)  # one reference for each row of the guidance batch
+
+
+def test_the_fine_stage_captures_the_photo_at_the_videos_timesteps(tiny_backbones, monkeypatch):
+    """(mutation testing) The photo noised to another timestep than the clip it conditions went unseen."""
+    bb = tiny_backbones["unet3d"]
+    model = _model(bb)
+    try:
+        method = image_prompt_engine._Method(model, "fine")
+        seen = {}
+
+        def capture(backbone, scheduler, latents, noise, timesteps, text):
+            seen["photo"] = timesteps
+
+        def unet_forward(noisy, timesteps, text):
+            seen["video"] = timesteps
+            return torch.zeros_like(noisy)
+
+        monkeypatch.setattr(image_prompt_engine, "capture", capture)
+        monkeypatch.setattr(bb, "unet_forward", unet_forward)
+        dim = int(bb.text_encoder.config.hidden_size)
+        batch = {"latents": torch.randn(3, 4, 2, 8, 8), "image_latents": torch.randn(3, 4, 1, 8, 8),
+                 "image_embeds": torch.randn(3, model.encoder.dim), "text": torch.randn(3, 6, dim),
+                 "span": torch.tensor([[2, 3]] * 3)}
+        method.loss(batch, torch.Generator().manual_seed(0))
+        assert len(set(seen["video"].tolist())) > 1 and torch.equal(seen["photo"], seen["video"])
+    finally:
+        model.remove()
