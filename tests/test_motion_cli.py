@@ -502,3 +502,27 @@ def test_the_resume_signature_holds_the_clips_their_captions_and_the_appearance_
     assert signature([("bbb", "a person waving")]) != first
     assert signature([("aaa", "a person jumping")]) != first
     assert signature([("aaa", "a person waving")], p_image_zero=0.2) != first
+
+
+def test_the_preview_is_sampled_from_the_training_seed(tmp_path, monkeypatch):
+    """(mutation testing) A preview from unseeded noise differed from run to run of the same command."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import vidbooth.engine.motion as motion
+    import vidbooth.engine.sampling as sampling
+    from vidbooth.config.motion import MotionConfig
+
+    seeds = []
+
+    def sample_video(backbone, prompt, generator=None, num_frames=8, **kwargs):
+        seeds.append(generator.initial_seed())
+        return np.zeros((1, num_frames, 8, 8, 3), np.uint8)
+
+    monkeypatch.setattr(sampling, "sample_video", sample_video)
+    monkeypatch.setattr(motion, "training_size", lambda backbone, cfg: 8)
+    cfg = MotionConfig()
+    cfg.train.seed = 17
+    motion._write_preview(SimpleNamespace(), cfg, "a person waving", tmp_path / "preview.png")
+    assert seeds == [17] and (tmp_path / "preview.png").is_file()
