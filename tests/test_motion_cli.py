@@ -37,12 +37,22 @@ def square_clip(path, num_frames=12, size=64):
 def test_train_motion_writes_a_complete_artifact_that_loads_exactly(base, tmp_path, isolated_home, monkeypatch):
     import vidbooth.engine.sampling as sampling
 
+    import vidbooth.engine.motion as motion_engine
+
     bars, real_progress = [], sampling.progress
     monkeypatch.setattr(sampling, "progress", lambda name, **kwargs: bars.append(name) or real_progress(name, **kwargs))
+    conditions, real_preview = [], motion_engine._write_preview
+
+    def preview(backbone, *args):  # sampled as generate samples the motion: no training frame's appearance held
+        conditions.extend(adapter.condition for adapter in adapters_of(backbone.unet, KIND).values())
+        return real_preview(backbone, *args)
+
+    monkeypatch.setattr(motion_engine, "_write_preview", preview)
     clip = square_clip(tmp_path / "slide.mp4")
     args = ["--name", "slide", "--class-noun", "square", "--base", base, "--lr", "0.05"]
     assert main(["train-motion", str(clip), *args, *QUICK]) == 0
     assert bars == ["preview (--no-preview skips it)"]  # a bar that says what it samples (it had said 'sampling')
+    assert conditions and all(condition is None for condition in conditions)
     from vidbooth.engine.backbone import load_backbone
     from vidbooth.engine.motion import load_motion
 
