@@ -78,6 +78,16 @@ class UNetStage:
     eval_guidance_scale: float = 4.0
 
 
+def check_run_folder(run: Path, resume: bool, holds_a_run: bool) -> None:
+    """A UserError for a run folder that holds a run without --resume, or none with it. Checked before torch loads
+    (a checkpoint's journal alone counts: a save killed midway) and again under the run's lock, once that journal
+    is finished (one cut short leaves nothing; another run may have begun)."""
+    if holds_a_run and not resume:
+        raise UserError(f"{run} already holds a pretraining run: pass --resume to continue, or another --out")
+    if resume and not holds_a_run:
+        raise UserError(f"nothing to resume in {run}: run without --resume to start")
+
+
 @dataclass
 class PretrainConfig:
     arch: NanoArch = field(default_factory=NanoArch)
@@ -116,11 +126,7 @@ class PretrainConfig:
         if Path(self.out).expanduser().exists() and not Path(self.out).expanduser().is_dir():
             raise UserError(f"--out {self.out} is a file: give the run folder (default: runs/nano)")
         run = Path(self.out)
-        holds_a_run = (run / STATE_FILE).is_file() or (run / JOURNAL_FILE).is_file()  # a save killed midway: a run
-        if holds_a_run and not self.resume:
-            raise UserError(f"{self.out} already holds a pretraining run: pass --resume to continue, or another --out")
-        if self.resume and not holds_a_run:
-            raise UserError(f"nothing to resume in {self.out}: run without --resume to start")
+        check_run_folder(run, self.resume, (run / STATE_FILE).is_file() or (run / JOURNAL_FILE).is_file())
         if self.export.strip():
             run, export = (Path(p).expanduser().resolve() for p in (self.out, self.export))
             if run == export or run in export.parents or export in run.parents:  # found after training, or the

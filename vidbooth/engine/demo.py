@@ -187,9 +187,10 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _restart_when_interrupted() -> Iterator[None]:
-    """Training's 'rerun with --resume' does not apply to the demo, which has no --resume: it starts over (after a
-    stop, or a full disk). Nor do training's keys and --overwrite, which a diverging loss names."""
+def _in_the_demos_terms() -> Iterator[None]:
+    """Training's messages in what the demo takes: its 'rerun with --resume' does not apply to the demo, which has no
+    --resume and starts over (after a stop, or a full disk); nor do the keys and --overwrite that a diverging loss
+    names."""
     from vidbooth.engine.train import CheckpointDiskFull, LossNotFinite
 
     try:
@@ -232,7 +233,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     if cfg.num_inference_steps >= levels:  # else found only at sampling, after all the training
         raise UserError(f"num_inference_steps (--set num_inference_steps=N) must be from 1 to {levels - 1} ({base} "
                         f"was trained on {levels} noise levels; 0 takes the recipe's), got {cfg.num_inference_steps}")
-    with _replacing_earlier_demo(out), _restart_when_interrupted():
+    with _replacing_earlier_demo(out), _in_the_demos_terms():
         return _run_demo(cfg, out)
 
 

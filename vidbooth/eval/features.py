@@ -281,15 +281,16 @@ def _resolve_device(name: str) -> str:
 
 def _pretrained_loader(name_or_path: str, flag: str) -> Callable[..., Any]:
     """`load(cls, what, **kwargs)`: `cls.from_pretrained` from where `name_or_path` can be had, or ModelUnavailable."""
+    from vidbooth import reporting
+
     source, options = _locate(name_or_path, flag)
-    said = []  # a model's parts (config, weights, tokenizer) are loaded one by one: its download is said once
+    to_download = not options and not Path(source).is_dir()  # a hub id in no cache
+    said = False  # a model's parts (config, weights, tokenizer) are loaded one by one: its download is said once
 
     def load(cls: Any, what: str, **kwargs: Any) -> Any:
-        from vidbooth import reporting
-
-        in_cache_or_folder = bool(options) or Path(source).is_dir()  # else a hub id to download
-        download = contextlib.nullcontext() if in_cache_or_folder else reporting.downloading(source, say=not said)
-        said.append(True)
+        nonlocal said
+        download = reporting.downloading(source, say=not said) if to_download else contextlib.nullcontext()
+        said = True
         try:
             with _quiet_transformers(), download:
                 return cls.from_pretrained(source, **options, **kwargs)

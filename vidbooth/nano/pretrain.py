@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidbooth.config.pretrain import PretrainConfig
+from vidbooth.config.pretrain import PretrainConfig, check_run_folder
 from vidbooth.data.video import check_writable_dir
 from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
@@ -82,12 +82,7 @@ class _Run:
         self.last_save = self.started
         state = ckpt.read_state(self.dir)
         arch = asdict(cfg.arch)
-        # checked before torch loads (PretrainConfig.check), and again here under the run's lock: a save killed while
-        # writing its journal leaves nothing to resume once the journal is cleared, and another run may have begun
-        if state is not None and not cfg.resume:
-            raise UserError(f"{self.dir} already holds a pretraining run: pass --resume to continue, or another --out")
-        if state is None and cfg.resume:
-            raise UserError(f"nothing to resume in {self.dir}: run without --resume to start")
+        check_run_folder(self.dir, cfg.resume, state is not None)  # again, under the run's lock
         self.identity = _identity({"arch": arch, "seed": cfg.seed, "split_seed": cfg.split_seed,
                                    "linear_paths": cfg.linear_paths})
         if state is not None and _identity(state) != self.identity:
