@@ -183,3 +183,6 @@ def test_evaluate_flags_reach_their_keys(tmp_path, monkeypatch):
                            monkeypatch)
     _check(cfg, flags)
     assert cfg.videos == [str(video)]
+    for argv, probe in (([], None), (["--no-probe"], False)):  # None: auto, the probe with nano's auto metrics
+        cfg = _config_given_to("vidbooth.eval.evaluate.evaluate_videos", ["evaluate", str(video), *argv], monkeypatch)
+        assert cfg.probe is probe

@@ -164,6 +164,20 @@ def test_the_probe_flag_adds_the_probe_to_other_metrics_without_a_model(world, t
     assert "clip" not in report["models"] and "nano" not in report["models"]
 
 
+def test_no_probe_leaves_the_probe_out_of_nanos_auto_metrics_and_contradicting_metrics_are_refused(
+        world, tmp_path, capsys):
+    prompt = caption(RED_SQUARE, RIGHT)
+    for flags, probed in (([], True), (["--no-probe"], False)):
+        out = tmp_path / f"scores{len(flags)}.json"
+        assert run(world["video"], "-p", prompt, "--clip-model", "nano", *flags, "--json", out) == 0
+        metrics = set(json.loads(out.read_text())["videos"][0]["metrics"])
+        assert ({"probe_colour", "probe_shape", "probe_motion"} <= metrics) is probed, metrics
+        assert "nano_t_cons" in metrics
+    capsys.readouterr()
+    assert run(world["video"], "-p", prompt, "--no-probe", "--metrics", "t_cons,probe_motion") == 2
+    assert "--no-probe and --metrics with probe metrics contradict" in capsys.readouterr().err
+
+
 def test_nano_i_ranks_the_videos_own_sprite_first_through_the_cli(world, tmp_path):
     scores = []
     for folder in ("own", "other"):

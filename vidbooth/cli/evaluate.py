@@ -51,7 +51,8 @@ def evaluate(
         None, "--dino-model", metavar="MODEL", help="DINO folder or hub id (default facebook/dino-vits16)."
     ),
     probe: bool = typer.Option(
-        None, "--probe", help="World-probe metrics (colour, shape, motion) for world-caption prompts (on with nano)."
+        None, "--probe/--no-probe",
+        help="World-probe metrics (colour, shape, motion) for world-caption prompts (default: on with nano).",
     ),
     batch_size: int = typer.Option(None, "--batch-size", metavar="N", help="Frames embedded at once (default 16)."),
     json_path: str = typer.Option(

@@ -34,8 +34,9 @@ class EvaluateConfig:
     tower, whose metrics are reported as nano-T (unavailable), nano-I and nano T.Cons. 'auto': nano when what is
     evaluated comes from nano (the config `generate` wrote beside each video, the library subject and motion),
     else openai/clip-vit-base-patch32."""
-    probe: bool = False
-    """Add the world-probe metrics (probe colour/shape/motion) for videos whose prompt is a world caption."""
+    probe: bool | None = None
+    """The world-probe metrics (probe colour/shape/motion) for videos whose prompt is a world caption: true adds
+    them, false leaves them out, null (auto): with clip_model nano under metrics auto."""
     dino_model: str = DEFAULT_DINO_MODEL
     """DINO model (transformers ViTModel or Dinov2Model): local folder or hub id."""
     device: str = "auto"

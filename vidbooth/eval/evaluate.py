@@ -68,6 +68,8 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     requested = requested_metrics(config.metrics)
+    if config.probe is False and requested and set(requested) & set(PROBE_METRICS):
+        raise UserError("--no-probe and --metrics with probe metrics contradict: pass only one")
     _check_outputs(config)
     jobs, shared_images = _gather_jobs(config)
     motion_paths = _reference_motion_paths(config)
@@ -78,7 +80,7 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     nano = is_nano(clip_model)
     # DINO-I under auto for nano's videos only when its model is here: nano is for machines with no network
     dino = not nano or requested is not None or on_this_machine(config.dino_model)
-    choice = _MetricChoice(requested, bool(motion_paths), nano=nano, probe=bool(config.probe), dino=dino)
+    choice = _MetricChoice(requested, bool(motion_paths), nano=nano, probe=config.probe, dino=dino)
     # Without a manifest every job shares the references, and the prompt when --prompt gives it (or when no video
     # has one): a gap in them concerns the whole run. A prompt read from the config beside a video is its own.
     no_prompts = not any(job.prompt for job in jobs)
@@ -215,9 +217,9 @@ class _MetricChoice:
     image-tower model is nano, whether the world probe runs (asked for with --probe, or nano under auto), and
     whether auto includes DINO-I."""
 
-    def __init__(self, requested: list[str] | None, has_motion: bool, nano: bool, probe: bool, dino: bool):
+    def __init__(self, requested: list[str] | None, has_motion: bool, nano: bool, probe: bool | None, dino: bool):
         self.requested, self.has_motion, self.nano, self.dino = requested, has_motion, nano, dino
-        self.probe = probe or (nano and requested is None)
+        self.probe = (nano and requested is None) if probe is None else probe
 
 
 def _plan(job: EvalJob, choice: _MetricChoice, single: bool, shared_inputs: bool) -> list[str] | None:
