@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,16 @@ def test_matches_diffusers_text_to_video_pipeline(tiny_base_dirs, tiny_backbones
     )[0]
     assert ours.shape == expected.shape == (4, 32, 32, 3)
     assert np.abs(ours - expected).max() < 1e-4
+
+
+def test_dpm_solver_sampling_raises_no_warning(tiny_backbones):
+    """diffusers' DPM-Solver++ makes arrays of tensors, which NumPy 2 warns of on every generate; vidbooth hides
+    that one warning, and only it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sample_video(tiny_backbones["unet3d"], "a cat", num_frames=2, num_inference_steps=2, scheduler="dpm++",
+                     generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_ddim_eta_adds_noise_drawn_from_the_generator(tiny_backbones):

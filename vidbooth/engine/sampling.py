@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -39,6 +40,14 @@ def make_scheduler(name: str, scheduler_config: dict):
     if key == "ddim":
         return DDIMScheduler.from_config(scheduler_config)
     return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
+
+
+def set_timesteps(sched, num_inference_steps: int, device) -> None:
+    """`sched.set_timesteps`, without the DeprecationWarning numpy 2 raises when DPM-Solver++ makes an array of a
+    tensor (diffusers' own code; nothing a user can act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy keyword", DeprecationWarning)
+        sched.set_timesteps(num_inference_steps, device=device)
 
 
 def check_frames(backbone, num_frames: int, name: str = "--num-frames") -> None:
@@ -160,7 +169,7 @@ def sample_video(
             text = torch.cat([backbone.encode_prompt(negatives, negative_names), text])
 
     sched = make_scheduler(scheduler, backbone.scheduler_config)
-    sched.set_timesteps(num_inference_steps, device=backbone.device)
+    set_timesteps(sched, num_inference_steps, backbone.device)
     shape = (
         len(prompts),
         backbone.latent_channels,
@@ -211,7 +220,7 @@ def sample_video(
             others = other_frames(first_at_t0, num_frames, zero_shot, height, width, alphas[i0], alphas[i1], generator)
             latents = torch.cat([first_at_t1, others], dim=2)
             sched = make_scheduler(scheduler, backbone.scheduler_config)  # a multistep solver starts afresh at t1
-            sched.set_timesteps(num_inference_steps, device=backbone.device)
+            set_timesteps(sched, num_inference_steps, backbone.device)
             steps = steps[i1:]
         latents = denoise(latents, steps, sched, bar, on_step)
 
