@@ -76,6 +76,21 @@ def _said(command: Callable) -> Callable:
     return run
 
 
+class _Argument(typer.core.TyperArgument):
+    """A positional argument whose help shows its name alone: typer adds its Python type (`CLIPS <list[str]>`)."""
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+
+class _Command(typer.core.TyperCommand):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param) is typer.core.TyperArgument:
+                param.__class__ = _Argument
+
+
 def _register() -> None:
     from vidbooth.cli import demo, evaluate, generate, image_prompt, motion, pretrain, subject
     from vidbooth.cli import list as list_command
@@ -100,7 +115,7 @@ def _register() -> None:
         ("pretrain", pretrain.pretrain, "Pretrain nano from its procedural world (runs with no arguments).", False),
     ]
     for name, function, summary, help_when_bare in commands:
-        app.command(name, short_help=summary, no_args_is_help=help_when_bare)(_said(function))
+        app.command(name, cls=_Command, short_help=summary, no_args_is_help=help_when_bare)(_said(function))
 
 
 _register()
