@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,45 @@ def test_tampered_or_damaged_artifacts_are_refused():
     (path / library.MANIFEST).unlink()  # no manifest: --overwrite would not replace the folder, so it is not told to
     with pytest.raises(UserError, match=r"has no manifest.json, so it is no complete vidbooth artifact: move it out"):
         library.read_manifest(path)
+
+
+def test_manifest_values_of_another_type_are_one_error_naming_the_key():
+    """A hand-edited manifest ('class_noun': 5, 'stages': "x") had been a TypeError or AttributeError traceback where
+    the engine used the value, and a schema_version "1" was called newer than this vidbooth."""
+    with library.staged_artifact("subject", "S*") as stage:
+        _write(stage)
+    path = library.artifact_dir("subject", "S*")
+    sealed = json.loads((path / library.MANIFEST).read_text())
+    good = {"base": "nano", "base_fingerprint": "f1", "image_fingerprint": None, "class_noun": "dog", "num_vectors": 2,
+            "token": "S*", "tokens": ["S*", "S*_1"], "stages": {"identity": {"steps": 3}},
+            "paths": {"embeddings": None, "identity_adapter": None, "config": None}}
+
+    def with_value(**changed):
+        (path / library.MANIFEST).write_text(json.dumps(sealed | good | changed))
+        return path
+
+    assert library.read_manifest(with_value())["num_vectors"] == 2
+    for key, value, what in [("class_noun", 5, "text"), ("class_noun", None, "text"), ("base", "", "text"),
+                             ("num_vectors", "1", "a whole number of at least 1"), ("num_vectors", True, "a whole"),
+                             ("num_vectors", 0, "a whole"), ("tokens", ["S*", 3], "a list of texts"),
+                             ("stages", "x", "a mapping of stage to mapping"), ("image_fingerprint", 7, "text or null"),
+                             ("schema_version", "1", "a whole number of at least 1"), ("schema_version", 0, "a whole")]:
+        with pytest.raises(UserError, match=rf"manifest .*: {key} is {re.escape(repr(str(value)))}, not {what}.* "
+                                            r"\(damaged, or edited by hand\): retrain it \(vidbooth train-subject"):
+            library.read_manifest(with_value(**{key: value}))
+    assert library.read_manifest(with_value(), verify=False)["class_noun"] == "dog"
+    with library.staged_artifact("motion", "M") as stage:  # a motion learned without a class noun records null
+        library.write_json(stage / library.MANIFEST, {"name": "M", "kind": "motion"})
+    motion = library.artifact_dir("motion", "M")
+    sealed = json.loads((motion / library.MANIFEST).read_text()) | {
+        "base": "nano", "base_fingerprint": "f1", "paths": {"motion_adapter": None, "config": None}}
+    for class_noun in (None, "", "dog", 5):
+        (motion / library.MANIFEST).write_text(json.dumps(sealed | {"class_noun": class_noun}))
+        if class_noun == 5:
+            with pytest.raises(UserError, match=r"class_noun is '5', not text or null \(damaged.*train-motion"):
+                library.read_manifest(motion)
+        else:
+            assert library.read_manifest(motion)["class_noun"] == class_noun
 
 
 def test_lock_refuses_a_holder_and_is_free_again_when_it_is_released(isolated_home):

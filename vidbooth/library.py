@@ -184,7 +184,10 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
             f"rename the folder back, or retrain it under the new name"
         )
     version = manifest["schema_version"]
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if not _count(version):
+        raise UserError(f"manifest {where}: schema_version is {str(version)[:40]!r}, not a whole number of at least 1 "
+                        f"(damaged, or edited by hand): {redo(path)}")
+    if version > SCHEMA_VERSION:
         raise UserError(f"{where} has schema version {version}, newer than this vidbooth understands: upgrade vidbooth")
     _check_paths(path, where, manifest)
     if verify:
@@ -203,8 +206,32 @@ def redo(path: Path) -> str:
     return f"retrain it (vidbooth {TRAINED_BY[kind][0]} ... --name {name} --overwrite), or delete {path}"
 
 
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+VALUE_TYPES = (  # (key, kinds it applies to, test, what it must be); optional keys are tested where present
+    ("base", KINDS, _text, "text"),
+    ("base_fingerprint", KINDS, _text, "text"),
+    ("image_fingerprint", KINDS, lambda value: value is None or _text(value), "text or null"),
+    ("class_noun", ("subject",), _text, "text"),
+    ("class_noun", ("motion",), lambda value: value is None or isinstance(value, str), "text or null"),
+    ("num_vectors", ("subject",), _count, "a whole number of at least 1"),
+    ("token", ("subject",), _text, "text"),
+    ("tokens", ("subject",), lambda value: isinstance(value, list) and all(map(_text, value)), "a list of texts"),
+    ("stages", KINDS, lambda value: isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
+     "a mapping of stage to mapping"),
+)
+"""What the engine takes each manifest value it reads to be (a motion's class_noun may be null: it learns without)."""
+
+
 def _check_keys(where: Path, manifest: dict) -> None:
-    """A UserError for a manifest without a key that the engine reads (else a KeyError where it is used)."""
+    """A UserError for a manifest without a key that the engine reads, or with one of another type (else a KeyError
+    or TypeError where it is used)."""
     keys, paths = REQUIRED_KEYS.get(manifest["kind"], ((), ()))
     missing = [key for key in keys if key not in manifest]
     recorded = manifest.get("paths")
@@ -212,6 +239,10 @@ def _check_keys(where: Path, manifest: dict) -> None:
     if missing:
         raise UserError(f"manifest {where} lacks {', '.join(missing)} (damaged, or edited by hand): "
                         f"{redo(where.parent)}")
+    for key, kinds, test, what in VALUE_TYPES:
+        if manifest["kind"] in kinds and key in manifest and not test(manifest[key]):
+            raise UserError(f"manifest {where}: {key} is {str(manifest[key])[:40]!r}, not {what} (damaged, or edited "
+                            f"by hand): {redo(where.parent)}")
 
 
 TENSOR_PATHS = ("embeddings", "identity_adapter", "motion_adapter")
