@@ -136,3 +136,26 @@ def test_a_multi_vector_subject_is_spelled_out_in_the_negative_prompt_too(
     assert main(["generate", "--base", str(base), "--subject", "S*", "--prompt", "a S* ball", "--negative-prompt",
                  "S* blurred", "--out", str(tmp_path / "v.gif"), "--device", "cpu"]) == 0
     assert sampled == [("a S* S*_1 ball", "S* S*_1 blurred")]  # the encoder sees both rows in both prompts
+
+
+def test_an_artifact_altered_after_training_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A tensor file that no longer matches its manifest's hash (or a renamed folder, a damaged manifest) had been
+    found only once the base had loaded: a minute on a large model."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vidbooth import library
+
+    with library.staged_artifact("motion", "M") as stage:
+        save_file({"w": torch.zeros(3)}, str(stage / "adapter.safetensors"))
+        library.write_json(stage / library.MANIFEST, {"name": "M", "kind": "motion", "base": "nano"})
+    save_file({"w": torch.ones(3)}, str(library.artifact_dir("motion", "M") / "adapter.safetensors"))
+
+    def loading(*args, **kwargs):
+        raise AssertionError("the base model was loaded")
+
+    monkeypatch.setattr("vidbooth.engine.backbone.load_backbone_for", loading)
+    assert main(["generate", "-p", "a dog", "--motion", "M", "--out", str(tmp_path / "out.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "adapter.safetensors does not match its manifest hash (modified or damaged)" in err and err.count("\n") == 1
+    assert not (tmp_path / "out.mp4").exists()

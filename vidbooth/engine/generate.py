@@ -20,7 +20,7 @@ from vidbooth.data.video import (
 )
 from vidbooth.errors import UserError
 from vidbooth.fileio import write_together
-from vidbooth.library import artifact_dir
+from vidbooth.library import artifact_dir, read_manifest
 from vidbooth.reporting import info, warn
 
 
@@ -116,10 +116,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise UserError('no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)')
     written_videos, sheet_path, config_path = output_paths(cfg.out, cfg.num_videos)
     check_writable_dir(sheet_path.parent)  # made only when the video is written: a later error leaves nothing
-    for name in cfg.subjects:
-        artifact_dir("subject", name)  # unknown names fail before the model loads
-    if cfg.motion:
-        artifact_dir("motion", cfg.motion)
+    for kind, name in [("subject", name) for name in cfg.subjects] + ([("motion", cfg.motion)] if cfg.motion else []):
+        read_manifest(artifact_dir(kind, name))  # unknown, damaged or altered artifacts fail before the model loads
 
     from vidbooth.engine.backbone import ZERO_SHOT, load_backbone_for
     from vidbooth.engine.sampling import make_scheduler
