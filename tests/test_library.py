@@ -166,6 +166,21 @@ def test_manifest_values_of_another_type_are_one_error_naming_the_key():
             assert library.read_manifest(motion)["class_noun"] == class_noun
 
 
+def test_the_library_folder_is_absolute_with_a_relative_or_tilde_home(tmp_path, monkeypatch, capsys):
+    """A relative VIDBOOTH_HOME had stayed relative: `list` said 'nothing in the library libr' and `list --json`
+    gave paths that break from another folder; a '~' no shell expanded had named a folder called '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    for given, expected in (("~/lib", tmp_path / "lib"), ("libr", tmp_path / "libr")):
+        monkeypatch.setenv("VIDBOOTH_HOME", given)
+        assert library.library_home() == expected
+    from vidbooth.cli.app import main
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    assert main(["--home", "rel", "list"]) == 0
+    assert f"nothing in the library {tmp_path / 'rel'}: learn one" in capsys.readouterr().err
+
+
 def test_lock_refuses_a_holder_and_is_free_again_when_it_is_released(isolated_home):
     with library.artifact_lock("subject", "S*") as lock:
         assert lock.read_text() == str(os.getpid())

@@ -49,11 +49,13 @@ MAX_DIR_NAME = 180
 
 
 def library_home() -> Path:
+    """The library folder, absolute: a relative $VIDBOOTH_HOME or --home is taken from the working folder, and said
+    (and listed) as the folder it is."""
     env = os.environ.get("VIDBOOTH_HOME")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().absolute()
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "vidbooth"
+    return (Path(data) / "vidbooth").absolute()
 
 
 def _folder_home() -> Path:
