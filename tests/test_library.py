@@ -322,6 +322,11 @@ def test_damaged_renamed_and_foreign_folders_are_named_by_list_and_never_crash_a
     (isolated_home / "motions").write_text("")
     assert library.list_artifacts("motion", problems) == [] and problems[-1].endswith(
         "motions is a file, not the folder of the motions: move it out of the library")
+    shutil.rmtree(root / "dog2")
+    (root / "S%2A").rename(root / "dog")  # its name, looked up, had been 'unknown subject' as if never learned
+    with pytest.raises(UserError, match=rf"^subject 'S\*' is in {re.escape(str(root / 'dog'))}, a folder renamed by "
+                                        r"hand: rename it back to S%2A$"):
+        library.artifact_dir("subject", "S*")
 
 
 def test_an_unknown_name_says_when_it_is_of_the_other_kind_or_a_stopped_training(isolated_home):

@@ -132,6 +132,9 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
             raise UserError(
                 f"{path} is {what}, not a vidbooth {kind}: move it out of {path.parent}, then train '{name}'"
             )
+        if renamed := _folder_holding(kind, name):
+            raise UserError(f"{kind} '{name}' is in {renamed}, a folder renamed by hand: rename it back to "
+                            f"{path.name}")
         known = known_names(kind)
         hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else \
             f"no {KINDS[kind]} yet: learn one with vidbooth {' '.join(TRAINED_BY[kind])} --name {shlex.quote(name)}"
@@ -143,6 +146,16 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
             hint += f"; a stopped training of {kind} '{name}' can be finished: rerun it with --resume"
         raise UserError(f"unknown {kind} '{name}' in {library_home()} ({hint})")
     return path
+
+
+def _folder_holding(kind: str, name: str) -> Path | None:
+    """The folder of `kind` whose manifest names `name`, though the folder has another name."""
+    root = _kind_root(kind)
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if not folder.name.startswith(".") and json.loads((folder / MANIFEST).read_text()).get("name") == name:
+                return folder
+    return None
 
 
 PHOTOS_DIR = "photos"
