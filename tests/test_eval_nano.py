@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -346,3 +347,21 @@ def test_nano_t_asked_for_is_reported_unavailable_with_its_reason(world, tmp_pat
     assert run(*args, "--json", out) == 0
     report = json.loads(out.read_text())
     assert report["videos"][0]["metrics"]["nano_t"] is None and "no projection" in report["unavailable"]["nano_t"]
+
+
+def test_a_library_subject_or_motion_without_its_training_inputs_names_the_flag_to_give_them(
+        world, isolated_home, capsys):
+    """A subject without photos/ had been 'reference image folder not found: ...: check the spelling', a message for
+    a mistyped path the user never typed."""
+    _nano_subject(world, isolated_home)
+    shutil.rmtree(isolated_home / "subjects" / "S%2A" / "photos")
+    motion = isolated_home / "motions" / "M"
+    motion.mkdir(parents=True)
+    (motion / "manifest.json").write_text(json.dumps({"kind": "motion", "name": "M", "schema_version": 1,
+                                                      "paths": {}, "files": {}}))
+    for flag, name, expected in (("--subject", "S*", f"subject 'S*' has no training photos in "
+                                  f"{isolated_home / 'subjects' / 'S%2A' / 'photos'}: pass them with --ref-images"),
+                                 ("--motion", "M", f"motion 'M' has no training clip in {motion / 'clips'}: pass the "
+                                  "clip with --ref-video")):
+        assert run(world["video"], flag, name) == 2
+        assert capsys.readouterr().err == f"error: {expected} instead\n"

@@ -57,7 +57,10 @@ def subject_photos(name: str) -> Path:
     """The training photos of library subject `name`."""
     from vidbooth.library import PHOTOS_DIR, artifact_dir
 
-    return artifact_dir("subject", name) / PHOTOS_DIR
+    folder = artifact_dir("subject", name) / PHOTOS_DIR
+    if not folder.is_dir():
+        raise UserError(f"subject '{name}' has no training photos in {folder}: pass them with --ref-images instead")
+    return folder
 
 
 def motion_clip_paths(name: str) -> list[Path]:
