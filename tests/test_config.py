@@ -332,3 +332,101 @@ def test_what_training_may_make_an_adapter_file_may_hold_and_no_more():
             except UserError:
                 made = False
             assert made == accepted, (schema, ratio)
+
+
+def test_a_recipe_name_may_end_in_yaml(tmp_path, monkeypatch):
+    """`--recipe nano/generate.yaml` names the shipped recipe as `nano/generate` does (not nano/generate.yaml.yaml)."""
+    from vidbooth import RECIPES_DIR
+    from vidbooth.config.load import find_recipe
+
+    monkeypatch.chdir(tmp_path)  # no nano/ folder here: the name is looked up among the shipped recipes
+    assert find_recipe("nano/generate.yaml") == RECIPES_DIR / "nano" / "generate.yaml"
+    assert find_recipe("nano/generate") == RECIPES_DIR / "nano" / "generate.yaml"
+
+
+def test_a_section_given_whole_by_set_names_only_the_keys_it_gives():
+    from vidbooth.config.load import given_by
+
+    assert given_by("data.fps", None, ["data={stride: 2}"], {}) is None
+    assert given_by("data.stride", None, ["data={stride: 2}"], {}) == ("set", "--set data={stride: 2}")
+
+
+def test_a_quoted_text_given_with_set_is_taken_without_its_quotes():
+    from vidbooth.config.subject import SubjectConfig
+
+    cfg = load_config(SubjectConfig, None, ["name='007'", 'class_noun="no"'])
+    assert (cfg.name, cfg.class_noun) == ("007", "no")
+
+
+def test_scheduler_names_are_taken_in_any_case():
+    from vidbooth.config.checks import scheduler_key
+
+    assert scheduler_key("DDIM") == "ddim"
+    assert scheduler_key("DPM++") == "dpm++"
+    assert scheduler_key("DPMSolver++") == "dpm++"
+    load_config(GenerateConfig, None, ["sampling.scheduler=DPMSolver++"])  # the config accepts them too
+
+
+def test_limits_are_inclusive():
+    """Each value exactly at its limit is accepted: the largest batch of videos, frame rate, frame count and seed,
+    and an appearance embedding dropped in every step."""
+    from vidbooth.config.checks import MAX_FRAMES, MAX_SEED, MAX_VIDEOS
+    from vidbooth.config.schema import MAX_FPS
+
+    assert (MAX_VIDEOS, MAX_FPS, MAX_FRAMES, MAX_SEED) == (256, 1000, 1024, 4294967295)
+    sets = ["num_videos=256", "sampling.fps=1000", "sampling.num_frames=1024", "runtime.seed=4294967295"]
+    cfg = load_config(GenerateConfig, None, sets)
+    assert (cfg.num_videos, cfg.sampling.fps, cfg.sampling.num_frames, cfg.runtime.seed) == (256, 1000, 1024, MAX_SEED)
+    assert load_config(MotionConfig, None, ["appearance.p_image_zero=1"]).appearance.p_image_zero == 1.0
+
+
+@pytest.mark.parametrize("schema, sets, message", [
+    (GenerateConfig, ["backbone.base=   "], r"^backbone.base \(--base\) is empty: give a model folder"),
+    (GenerateConfig, ["sampling.zero_shot.t0=0.9", "sampling.zero_shot.t1=0.9"],
+     r"^sampling.zero_shot.t0 and t1 must be in \(0, 1\) with t0 below t1 \(1 is pure noise\), got t0 0.9 and t1 0.9$"),
+    (GenerateConfig, ["num_videos=257"], r"^num_videos \(--num-videos\) must be at most 256, got 257$"),
+    ("subject", ["data.captions=[]"], r"^data.captions must each contain '\{\}' once .*, got none$"),
+    ("subject", ["textual_inversion.guidance_scale=inf"],
+     r"^textual_inversion.guidance_scale must be 0 \(off\) or positive, got inf$"),
+    ("subject", ["identity.guidance_scale=inf"], r"^identity.guidance_scale must be 0 \(off\) or positive, got inf$"),
+    ("subject", ["stages=[identity, textual_inversion]"],
+     r"^stages must be \[textual_inversion, identity\], .*\(each once, in that order\), got \[identity, "
+     r"textual_inversion\]$"),
+    ("subject", ["stages=[identity, identity]"], r"^stages must be .*, got \[identity, identity\]$"),
+    ("subject", ["identity.layers=[]"], r"^identity.layers is empty: give patterns of the cross-attention layers"),
+    (MotionConfig, ["data.num_frames=1"], r"^data.num_frames must be at least 2 to learn a motion, got 1$"),
+    (MotionConfig, ["adapter.targets=[]"], r"^adapter.targets \[\] are invalid: choose from attn1, attn2, ff$"),
+], ids=["blank-base", "t0-equals-t1", "videos-past-limit", "no-captions", "ti-guidance-inf", "identity-guidance-inf",
+        "stages-out-of-order", "stage-repeated", "no-identity-layers", "one-motion-frame", "no-motion-targets"])
+def test_values_that_leave_nothing_to_run_or_pass_their_limit_are_refused(schema, sets, message):
+    from vidbooth.config.subject import SubjectConfig
+
+    with pytest.raises(UserError, match=message):
+        load_config(SubjectConfig if schema == "subject" else schema, None, sets)
+
+
+def test_a_class_noun_of_only_spaces_is_refused_where_textual_inversion_runs():
+    from vidbooth.config.subject import SubjectConfig
+
+    cfg = load_config(SubjectConfig, None, ["name=S*", "photos=dog/", "class_noun=   "])
+    with pytest.raises(UserError, match=r"^--class-noun is required: what the subject is, e.g. --class-noun dog$"):
+        cfg.check(("textual_inversion", "identity"))
+    with pytest.raises(UserError, match="^--class-noun is required"):
+        cfg.check(("textual_inversion",))
+    cfg.check(("identity",))  # the identity stage alone adds to a subject that has its pseudo-word
+
+
+def test_one_caption_may_serve_every_clip_but_not_some_of_them():
+    cfg = MotionConfig(name="m", clips=["a.mp4", "b.mp4"], captions=["a dog waving"])
+    cfg.check()
+    assert (cfg.caption_for(0), cfg.caption_for(1)) == ("a dog waving", "a dog waving")
+    with pytest.raises(UserError, match=r"^2 captions for 3 clips: give one --caption per clip or one for all$"):
+        MotionConfig(name="m", clips=["a.mp4", "b.mp4", "c.mp4"], captions=["a", "b"]).check()
+
+
+def test_init_from_and_resume_together_are_refused(tmp_path):
+    (tmp_path / "state.json").write_text("{}")  # a run to resume, so that only the two flags together are wrong
+    PretrainConfig(out=str(tmp_path), resume=True).check()
+    with pytest.raises(UserError, match=r"^give --init-from to start a run from a model, or --resume to continue a "
+                                        r"run, not both$"):
+        PretrainConfig(out=str(tmp_path), resume=True, init_from="nano").check()
