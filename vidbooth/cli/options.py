@@ -155,3 +155,20 @@ def warn_of_idle_sets(cfg, sets: list[str] | None) -> None:
     for key, reason in idle.items():
         if where := given_by(key, None, sets, {}):
             warn(f"{where[1]} has no effect: {reason}")
+
+
+def inputs_exist(check, key: str, recipe: str | None, sets: list[str] | None, overrides: dict, argument: str) -> None:
+    """`check()`, the check that the input paths of config key `key` are there; a missing one that the recipe named
+    (the config.yaml of a subject or motion whose photos or clips have moved since) says so, and that `argument` on
+    the command line replaces them."""
+    from vidbooth.config.load import find_recipe, given_by
+    from vidbooth.errors import UserError
+
+    try:
+        check()
+    except UserError as exc:
+        where = given_by(key, recipe, sets, overrides)
+        if where and where[0] == "recipe":
+            raise UserError(f"{exc}; the recipe {find_recipe(recipe)} names it: give {argument} on the command line "
+                            "to use others") from exc
+        raise

@@ -177,14 +177,14 @@ def _check_stage_sets(stages, sets: list[str] | None, command: str | None = None
             warn(f"--set {item.strip()} has no effect: it acts on the {stage} stage, which this run leaves out")
 
 
-def _check_photos(cfg, stages: tuple[str, ...]) -> None:
+def _check_photos(cfg, stages: tuple[str, ...], recipe: str | None, sets: list[str] | None, overrides: dict) -> None:
     """Given photos: what the stages need (cfg.check) and a photo path that is not there are told now, before the
     engine and torch are imported (seconds). (None given: identity-adapter takes the subject's own, found there.)"""
     from vidbooth.data.images import check_photos_exist
 
     if cfg.photos:
         cfg.check(stages)
-        check_photos_exist(cfg.photos)
+        options.inputs_exist(lambda: check_photos_exist(cfg.photos), "photos", recipe, sets, overrides, "PHOTOS")
 
 
 def _load(recipe, sets, overrides, flags: dict[str, str]):
@@ -234,7 +234,7 @@ def textual_inversion(
     _check_stage_sets(["textual_inversion"], sets, "textual-inversion")
     cfg = _load(recipe, sets, overrides, flags)
     options.warn_of_idle_sets(cfg, sets)
-    _check_photos(cfg, ("textual_inversion",))
+    _check_photos(cfg, ("textual_inversion",), recipe, sets, overrides)
     from vidbooth.engine.subject import train_textual_inversion  # after the cheap checks: it loads torch
 
     train_textual_inversion(cfg)
@@ -288,7 +288,7 @@ def identity_adapter(
     cfg = _load(recipe, sets, overrides, flags)
     _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
-    _check_photos(cfg, ("identity",))
+    _check_photos(cfg, ("identity",), recipe, sets, overrides)
     if cfg.name:  # the subject that stage 2 extends: a misspelt name is told before torch is imported
         from vidbooth.library import artifact_dir
 
@@ -358,7 +358,7 @@ def train_subject(
     _check_stage_sets(cfg.stages, sets)
     _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
-    _check_photos(cfg, tuple(cfg.stages))
+    _check_photos(cfg, tuple(cfg.stages), recipe, sets, overrides)
     from vidbooth.engine.subject import train_subject as run_train_subject  # after the cheap checks: torch
 
     run_train_subject(cfg)
