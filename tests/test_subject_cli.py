@@ -171,13 +171,18 @@ def test_identity_adapter_takes_the_subjects_own_photos_when_given_none(photos, 
     """They are kept in the subject's folder; identity-adapter had asked for them again ('no photos given')."""
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")
     assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--steps", "1"]) == 0
+    learned = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["photos"]
     capsys.readouterr()
     assert main(["identity-adapter", "--name", "S*", *FAST, "--steps", "1"]) == 0
     err = capsys.readouterr().err
     assert f"photos: the ones subject 'S*' was learned from ({subject_dir(isolated_home) / 'photos'})" in err
     assert "learned with other data" not in err  # the same photos as the pseudo-word's
-    stages = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["stages"]
-    assert stages["identity"]["photos"] == stages["textual_inversion"]["photos"]
+    manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
+    assert manifest["stages"]["identity"]["photos"] == manifest["stages"]["textual_inversion"]["photos"]
+    # the copies keep their names and where they came from (had been renamed 00-00-<name>, sourced from themselves)
+    assert manifest["photos"] == learned and learned[0]["source"] == str(sorted(photos.iterdir())[0])
+    assert sorted(p.name for p in (subject_dir(isolated_home) / "photos").iterdir()) == [
+        Path(entry["file"]).name for entry in learned]
 
 
 def record_calls(monkeypatch, *names: str) -> dict[str, list]:

@@ -550,7 +550,7 @@ def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
         save_learned_embeddings(stage / EMBEDDINGS_FILE, run.token, rows, provenance)
         if "identity" in run.stages:
             save_identity_adapter(stage / ADAPTER_FILE, bb.unet, cfg.identity.hidden_ratio, provenance)
-        photos = _copy_photos(run.photos, stage / PHOTOS_DIR)
+        photos = _copy_photos(run.photos, stage / PHOTOS_DIR, run)
         (stage / CONFIG_FILE).write_text(_recipe_yaml(rerun))
         with kept_if_preview_fails():
             preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
@@ -642,13 +642,21 @@ def _recipe_yaml(cfg: SubjectConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(_held_settings(OmegaConf.to_container(merged))))
 
 
-def _copy_photos(photos: _Photos, folder: Path) -> list[dict]:
+def _copy_photos(photos: _Photos, folder: Path, run: _Run) -> list[dict]:
+    """Copies of the photos in `folder` (numbered, as 00-<name>), and their manifest entries. The subject's own copies
+    (identity-adapter run without photos) keep their names and the sources the manifest recorded for them."""
     folder.mkdir()
+    own = (artifact_dir(KIND, run.cfg.name) / PHOTOS_DIR).resolve() if run.existing else None
+    earlier = run.existing.get("photos") if run.existing else None
+    sources = {entry.get("file"): entry.get("source") for entry in earlier or [] if isinstance(entry, dict)}
     entries = []
     for index, (path, digest) in enumerate(zip(photos.files, photos.hashes)):
-        target = folder / f"{index:02d}-{path.name}"
+        kept = path.resolve().parent == own
+        target = folder / (path.name if kept else f"{index:02d}-{path.name}")
         shutil.copyfile(path, target)
-        entries.append({"file": f"photos/{target.name}", "source": absolute_path(str(path)), "sha256": digest})
+        source = sources.get(f"photos/{path.name}") if kept else None
+        entries.append({"file": f"photos/{target.name}", "source": source or absolute_path(str(path)),
+                        "sha256": digest})
     return entries
 
 
