@@ -491,3 +491,41 @@ def test_encode_video_scales_the_vae_latents(tiny_backbones):
         mean = bb.vae.encode(pixels[0]).latent_dist.mean  # (F, C, h, w)
     expected = (mean * bb.vae.config.scaling_factor).transpose(0, 1)[None]
     assert torch.allclose(bb.encode_video(pixels), expected, atol=1e-6)
+
+
+def test_fp16_keeps_a_vae_that_asks_for_upcasting_in_fp32(tiny_base_dirs, monkeypatch):
+    """A VAE with force_upcast (SD's, the tiny one) decodes to NaN in fp16: it stays fp32 while the rest is fp16
+    (mutation testing). fp16 needs CUDA, so the resolved precision is patched here."""
+    import vidbooth.device
+
+    monkeypatch.setattr(vidbooth.device, "resolve_dtype", lambda precision, device: torch.float16)
+    bb = load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu")
+    assert bb.vae.config.force_upcast is True
+    assert (bb.vae.dtype, bb.unet.dtype, bb.text_encoder.dtype) == (torch.float32, torch.float16, torch.float16)
+
+
+def _batch_independence(bb, timestep, frames: int = 3) -> None:
+    """Sample 1's noise prediction is the same in a batch of two as alone: each video meets its own prompt (and
+    noise level) on every one of its frames."""
+    size = bb.default_size // bb.vae_scale_factor
+    latents = torch.randn(2, bb.latent_channels, frames, size, size, generator=torch.Generator().manual_seed(0))
+    text = bb.encode_prompt(["a cat", "a red dog on a beach"])
+    alone = timestep[1:] if torch.is_tensor(timestep) else timestep
+    with torch.no_grad():
+        both = bb.unet_forward(latents, timestep, text)
+        one = bb.unet_forward(latents[1:], alone, text[1:])
+    assert both.shape == latents.shape
+    assert torch.allclose(both[1:], one, atol=1e-5)
+
+
+def test_an_animatediff_batch_gives_each_videos_frames_its_own_prompt(tiny_backbones):
+    """(mutation testing: the prompts repeated batch-wise, frame f of video 1 meeting video f % 2's prompt, had
+    passed)"""
+    _batch_independence(tiny_backbones["animatediff"], 10)
+
+
+def test_a_zero_shot_batch_gives_each_videos_frames_its_own_prompt_and_noise_level(tiny_base_dirs):
+    """(mutation testing: the per-video timesteps repeated batch-wise had passed)"""
+    zero = load_backbone(str(tiny_base_dirs["animatediff"]), device="cpu")
+    assert zero.family == "text2video-zero"
+    _batch_independence(zero, torch.tensor([10, 500]))

@@ -747,3 +747,35 @@ def test_unet_stage_gives_the_temporal_layers_their_scaled_lr(tmp_path, char_tok
     unet_groups = groups_seen[-1]
     assert [group["lr"] for group in unet_groups[:2]] == pytest.approx([1e-4, 3e-4])
     assert len(unet_groups[1]["params"]) > 0
+
+
+@pytest.fixture(scope="module")
+def probed_every_step(tmp_path_factory, char_tokenizer, one_torch_thread):
+    """A tiny pretraining run probed after each of its 2 UNet steps, and its exported model."""
+    cfg = tiny_config(tmp_path_factory.mktemp("probed"), char_tokenizer)
+    cfg.unet.eval_every = 1
+    return nano.pretrain(cfg)
+
+
+def test_curve_csv_has_a_row_per_probe_as_state_json_has(probed_every_step):
+    """(mutation testing: curve.csv's rows had no test beyond its header)"""
+    import csv
+
+    run = probed_every_step.run_dir
+    curve = json.loads((run / "state.json").read_text())["curve"]
+    with open(run / "curve.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["unet_step"] for row in rows] == ["1", "2"] and [row["unet_step"] for row in curve] == [1, 2]
+    assert rows == [{key: str(value) for key, value in row.items()} for row in curve]
+
+
+def test_an_exported_model_stores_its_weights_in_half_precision(probed_every_step):
+    """(mutation testing: an export in fp32, twice the size in the package, had passed)"""
+    from safetensors import safe_open
+
+    for part in ("text_encoder", "image_encoder", "vae", "unet"):
+        files = list((probed_every_step.model_dir / part).glob("*.safetensors"))
+        assert len(files) == 1, part
+        with safe_open(str(files[0]), framework="pt") as weights:
+            dtypes = {weights.get_slice(key).get_dtype() for key in weights.keys()}
+        assert dtypes == {"F16"}, part

@@ -172,3 +172,23 @@ def test_prompt_embeds_under_guidance_sample_what_the_prompt_does(tiny_backbones
     given = sample_video(bb, "a dog", generator=torch.Generator().manual_seed(3),
                          prompt_embeds=bb.encode_prompt(["a dog"]), **settings)
     assert torch.allclose(plain, given, atol=1e-5)
+
+
+def test_to_uint8_rounds_to_the_nearest_level_rather_than_truncating():
+    """Frames in [0, 1] become the nearest of the 256 levels: truncation darkens every pixel by up to one level and
+    never reaches 255 short of exactly 1.0 (mutation testing)."""
+    from vidbooth.engine.sampling import to_uint8
+
+    levels = to_uint8(np.array([0.999, 0.5, 0.0015, 0.9985, 1.0, 0.0]))
+    assert levels.dtype == np.uint8 and levels.tolist() == [255, 128, 0, 255, 255, 0]
+
+
+def test_generate_writes_the_video_at_the_fps_asked_for(tiny_base_dirs, tmp_path):
+    """(mutation testing: the video written at the default rate whatever --fps said had passed)"""
+    from vidbooth.cli.app import main
+    from vidbooth.data.video import video_fps
+
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out", str(out),
+                 "--num-frames", "2", "--num-inference-steps", "1", "--fps", "12", "--device", "cpu"]) == 0
+    assert video_fps(out) == 12.0

@@ -585,3 +585,81 @@ def test_vidbooths_precision_is_not_the_launchers(monkeypatch, fresh_accelerate_
     assert str(engine.make_accelerator("no", "cpu").mixed_precision) == "no"
     fresh_accelerate_state()
     assert str(engine.make_accelerator("bf16", "cpu").mixed_precision) == "bf16"
+
+
+def test_the_micro_batches_of_consecutive_steps_walk_on_through_the_epoch():
+    """Step 1's micro-batches take the items after step 0's, not step 0's again shifted by one: two steps of 4
+    micro-batches of 1 see each of 8 items once (mutation testing: `step + micro` had passed)."""
+    accelerator = engine.make_accelerator("auto", device="cpu")
+    method = _Recorder()
+    cfg = TrainConfig(steps=2, batch_size=1, grad_accumulation=4)
+    data = [{"i": i} for i in range(8)]
+    engine._accumulate(method, data, cfg, 0, accelerator)
+    engine._accumulate(method, data, cfg, 1, accelerator)
+    assert sorted(method.items) == list(range(8))
+
+
+def test_each_epoch_is_a_fresh_permutation():
+    """(mutation testing: every epoch in the first epoch's order had passed)"""
+    epochs = [engine.batch_indices(5, 5, seed=3, first_position=5 * epoch) for epoch in range(3)]
+    assert all(sorted(order) == list(range(5)) for order in epochs)
+    assert epochs[0] != epochs[1] and len({tuple(order) for order in epochs}) == 3
+
+
+def test_a_checkpoint_saves_the_loss_scaler_and_resuming_restores_it(tmp_path):
+    """fp16 on CUDA trains with a loss scaler: its scale and growth tracker go in state.json and come back on
+    resuming (mutation testing: a checkpoint without it had passed; here a stand-in scaler on the CPU)."""
+    from types import SimpleNamespace
+
+    class Scaler:
+        def __init__(self, state):
+            self.state, self.loaded = state, []
+
+        def state_dict(self):
+            return dict(self.state)
+
+        def load_state_dict(self, state):
+            self.loaded.append(state)
+
+    scaled = {"scale": 1024.0, "_growth_tracker": 3}
+    method = _Recorder()
+    optimizer = torch.optim.AdamW(method.trainable_parameters())
+    saver = SimpleNamespace(scaler=Scaler(scaled), device=torch.device("cpu"))
+    folder = engine.save_checkpoint(tmp_path, 3, method, optimizer, saver, {"run": "a"}, 0.5)
+    assert json.loads((folder / engine.STATE_FILE).read_text())["scaler"] == scaled
+    restorer = SimpleNamespace(scaler=Scaler({}), device=torch.device("cpu"))
+    assert engine._restore(folder, _Recorder(), optimizer, restorer, {"run": "a"}, TrainConfig(steps=4)) == (3, 0.5)
+    assert restorer.scaler.loaded == [scaled]
+
+
+def test_a_results_loss_is_the_mean_of_its_last_ten_steps():
+    """(mutation testing)"""
+    assert engine.TrainResult(step=20, start_step=0, losses=[float(i) for i in range(20)]).loss == 14.5
+    assert engine.TrainResult(step=4, start_step=0, losses=[1.0, 2.0, 3.0, 6.0]).loss == 3.0  # fewer than ten: all
+
+
+def test_auto_mixed_precision_is_fp16_on_cuda_and_none_elsewhere():
+    """(mutation testing)"""
+    assert engine.resolve_mixed_precision("auto", "cuda") == "fp16"
+    assert engine.resolve_mixed_precision("auto", "cpu") == "no"
+    assert engine.resolve_mixed_precision("bf16", "cpu") == "bf16"
+
+
+def test_a_steps_loss_is_the_mean_of_its_micro_batches_losses():
+    """Not the last micro-batch's loss (mutation testing): item i's loss is i, items 0..3 make one step."""
+    class ItemLoss(_Recorder):
+        def loss(self, batch, generator):
+            super().loss(batch, generator)
+            return self.w.sum() + batch["i"].double().sum()
+
+    accelerator = engine.make_accelerator("auto", device="cpu")
+    cfg = TrainConfig(steps=1, batch_size=1, grad_accumulation=4)
+    assert engine._accumulate(ItemLoss(), [{"i": i} for i in range(4)], cfg, 0, accelerator) == 1.5
+
+
+def test_training_uses_adamw_without_weight_decay(tmp_path, accelerator):
+    """Weight decay would pull a learned embedding or adapter towards zero (mutation testing: AdamW's default 0.01
+    had passed)."""
+    engine.train(make_method(), toy_data(), config(steps=2), tmp_path, accelerator)
+    state = json.loads((engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE).read_text())
+    assert [group["weight_decay"] for group in state["param_groups"]] == [0.0]

@@ -1,0 +1,60 @@
+"""nano's tokenizer rebuilt from an open-clip-torch wheel: the same vocabulary and ids as the packaged one. The wheel
+here is a stand-in holding only the merges file, laid out as open_clip's: a header line, the merges in rank order,
+then merges CLIP does not use."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from vidbooth.errors import UserError
+from vidbooth.nano import pretrain as nano
+from vidbooth.nano.tokenizer import VOCAB_SIZE, build_clip_tokenizer, read_merges
+
+PACKAGED_TOKENIZER = Path(nano.PACKAGED) / "tokenizer"
+
+
+def packaged_merges() -> list[str]:
+    merges = json.loads((PACKAGED_TOKENIZER / "tokenizer.json").read_text())["model"]["merges"]
+    return [" ".join(pair) if isinstance(pair, list) else pair for pair in merges]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A stand-in open-clip-torch wheel: header, CLIP's 48,894 merges, then unused ones that must be cut off."""
+    unused = ["r ed</w>", "stri ped</w>", "cir cle</w>"]
+    text = "\n".join(["bpe_simple_vocab_16e6.txt#version: 0.2", *packaged_merges(), *unused]) + "\n"
+    path = tmp_path_factory.mktemp("wheel") / "open_clip_torch-0.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("open_clip/bpe_simple_vocab_16e6.txt.gz", gzip.compress(text.encode("utf-8")))
+    return path
+
+
+def test_the_merges_are_those_after_the_header_and_no_more(wheel):
+    """(mutation testing: one merge too few had no test)"""
+    merges = read_merges(wheel)
+    assert len(merges) == VOCAB_SIZE - 2 * 256 - 2 == 48894
+    assert merges == packaged_merges()
+
+
+def test_a_tokenizer_built_from_the_wheel_is_the_packaged_one(wheel):
+    built = build_clip_tokenizer(wheel, max_length=77)
+    packaged = nano.load_tokenizer("nano", 77)
+    assert len(built) == len(packaged) == VOCAB_SIZE
+    assert built.get_vocab() == packaged.get_vocab()
+    prompt = "a red striped circle moves right across a photographed, unusual background!"
+    ids = built(prompt).input_ids
+    assert ids == packaged(prompt).input_ids and ids[0] == VOCAB_SIZE - 2 and ids[-1] == VOCAB_SIZE - 1
+
+
+def test_a_wheel_without_the_merges_file_says_where_to_get_one(tmp_path):
+    empty = tmp_path / "other-0.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("other/__init__.py", "")
+    with pytest.raises(UserError, match=r"cannot read open_clip/bpe_simple_vocab_16e6.txt.gz from .*: get the wheel "
+                                        r"with `pip download open-clip-torch --no-deps`"):
+        build_clip_tokenizer(empty)
