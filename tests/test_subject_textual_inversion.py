@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -98,6 +99,27 @@ def test_load_rejects_embeddings_of_another_width(bb, tmp_path):
                                         r"learned on \(vidbooth list shows it\), or retrain it$"):
         ti.load_learned_embeddings(bb.tokenizer, bb.text_encoder, path)
     assert len(bb.tokenizer) == vocab  # nothing was added
+
+
+def test_a_subject_whose_embedding_file_holds_another_pseudo_word_than_its_manifest_is_refused(bb):
+    """A re-sealed learned_embeds holding another token had been used under that token (the prompt then lacking
+    it), and one of 4000 vectors accepted."""
+    from vidbooth import library
+    from vidbooth.engine.subject import load_subject
+
+    recorded = {"base": "tiny", "base_fingerprint": bb.fingerprint, "class_noun": "dog", "num_vectors": 1,
+                "token": "S*", "tokens": ["S*"],
+                "paths": {"embeddings": ti.EMBEDDINGS_FILE, "identity_adapter": None, "config": None}}
+    width = bb.text_encoder.get_input_embeddings().embedding_dim
+    vocab = len(bb.tokenizer)
+    for token, vectors in (("other", 1), ("S*", 3)):
+        with library.staged_artifact("subject", "S*", overwrite=True) as stage:
+            ti.save_learned_embeddings(stage / ti.EMBEDDINGS_FILE, token, torch.randn(vectors, width), {})
+            library.write_json(stage / library.MANIFEST, {"name": "S*", "kind": "subject"} | recorded)
+        with pytest.raises(UserError, match=rf"holds the pseudo-word '{re.escape(token)}' of {vectors} vector\(s\), but its "
+                                            r"subject records 'S\*' of 1 \(altered since\): retrain the subject$"):
+            load_subject(bb, "S*")
+        assert len(bb.tokenizer) == vocab  # nothing was added
 
 
 @pytest.mark.parametrize(

@@ -233,14 +233,14 @@ def load_adapter_state_dict(model: nn.Module, kind: str, state: dict[str, torch.
     if missing or unexpected:
         raise UserError(
             f"adapter file {source} does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected "
-            f"tensors, e.g. {(missing or unexpected)[0]}): it was trained on a different base model"
+            f"tensors, e.g. {(missing or unexpected)[0]}): it was trained on another base model, or altered since"
         )
     for key, (adapter, param_key) in expected.items():  # all checked before any is loaded
         target = adapter.get_parameter(param_key)
         if target.shape != state[key].shape:
             raise UserError(f"adapter file {source} does not fit this model (tensor {key} is "
                             f"{tuple(state[key].shape)} in the file, {tuple(target.shape)} here): it was trained on "
-                            "another base; use that --base, or retrain it")
+                            "another base, or altered since; use that --base, or retrain it")
         check_values(source, key, state[key])
     with torch.no_grad():
         for key, (adapter, param_key) in expected.items():

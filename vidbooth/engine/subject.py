@@ -147,7 +147,8 @@ def load_subject(backbone, name: str, scale: float = 1.0) -> LoadedSubject:
         set_scale(backbone.unet, kind, scale)
     try:
         embeddings = folder / manifest["paths"]["embeddings"]
-        token, num_vectors = load_learned_embeddings(backbone.tokenizer, backbone.text_encoder, embeddings)
+        recorded = (manifest["token"], manifest["num_vectors"]) if "token" in manifest else None
+        token, num_vectors = load_learned_embeddings(backbone.tokenizer, backbone.text_encoder, embeddings, recorded)
     except UserError:
         remove(backbone.unet, kind)
         raise
