@@ -1017,3 +1017,14 @@ def test_given_class_images_are_cut_to_num_class_images(tmp_path):
 
     folder = write_photos(tmp_path / "dogs", count=5)
     assert [p.name for p in class_image_files(folder, 3)] == ["photo0.png", "photo1.png", "photo2.png"]
+
+
+def test_a_name_differing_from_another_subjects_only_in_letter_case_is_warned_of(photos, isolated_home, capsys):
+    """generate refuses 's*' and 'S*' in one prompt (their pseudo-words read alike); training 's*' beside 'S*' had
+    said nothing."""
+    fake_subject(isolated_home, "S*")
+    assert main(["textual-inversion", str(photos), "--name", "s*", "--class-noun", "dog", *FAST, "--steps", "1"]) == 0
+    assert ("warning: subject 'S*' differs from 's*' only in letter case: the two cannot be used in one prompt "
+            "(their pseudo-words read alike); a name that differs in more than case can") in capsys.readouterr().err
+    assert main(["textual-inversion", str(photos), "--name", "S2", "--class-noun", "dog", *FAST, "--steps", "1"]) == 0
+    assert "letter case" not in capsys.readouterr().err

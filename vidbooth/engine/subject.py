@@ -82,6 +82,7 @@ from vidbooth.library import (
     artifact_lock,
     check_base,
     check_free,
+    known_names,
     read_manifest,
     staged_artifact,
     write_json,
@@ -256,6 +257,7 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     check_high_noise([getattr(cfg, stage).train for stage in stages], cfg.backbone.base, folder=base_folder)
     if "textual_inversion" in stages:
         _check_tokens(cfg, class_noun, base_folder)
+        _warn_of_names_alike(cfg.name)
     class_images = digest = None
     if "identity" in stages and cfg.prior.enabled and cfg.prior.weight == 0:
         reporting.warn("prior.weight (--prior-weight) is 0: the class images are made and denoised at every step but "
@@ -319,6 +321,15 @@ def _warn_of_copied_photos(files: list[Path], hashes: list[str]) -> None:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         reporting.warn(f"photo {found[0][1]} is the same file as {found[0][0]}{more}: it counts once for each "
                        "name; remove the copy")
+
+
+def _warn_of_names_alike(name: str) -> None:
+    """A warning when another subject's name differs from `name` only in letter case: their pseudo-words read alike
+    (generate refuses the two in one prompt)."""
+    alike = [other for other in known_names(KIND) if other != name and other.lower() == name.lower()]
+    if alike:
+        reporting.warn(f"subject '{alike[0]}' differs from '{name}' only in letter case: the two cannot be used in "
+                       "one prompt (their pseudo-words read alike); a name that differs in more than case can")
 
 
 def _check_tokens(cfg: SubjectConfig, class_noun: str, base_folder: Path) -> None:
