@@ -183,6 +183,17 @@ def test_identity_adapter_takes_the_subjects_own_photos_when_given_none(photos, 
     assert manifest["photos"] == learned and learned[0]["source"] == str(sorted(photos.iterdir())[0])
     assert sorted(p.name for p in (subject_dir(isolated_home) / "photos").iterdir()) == [
         Path(entry["file"]).name for entry in learned]
+    recipe = subject_dir(isolated_home).parent.parent / "config.yaml"  # a rerun replaces the subject's own copy
+    recipe.write_text((subject_dir(isolated_home) / "config.yaml").read_text())
+    assert yaml.safe_load(recipe.read_text())["photos"] == [entry["source"] for entry in learned]  # the originals
+    for original in photos.iterdir():  # gone: config.yaml names the subject's copies, which a rerun still reads
+        original.unlink()
+    assert main(["identity-adapter", "--name", "S*", *FAST, "--steps", "1", "--overwrite"]) == 0
+    recipe.write_text((subject_dir(isolated_home) / "config.yaml").read_text())
+    assert yaml.safe_load(recipe.read_text())["photos"] == [str(subject_dir(isolated_home) / "photos")]
+    assert main(["train-subject", "--recipe", str(recipe), "--overwrite", "--ti-steps", "1", "--identity-steps",
+                 "1"]) == 0
+    assert json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["photos"] == learned
 
 
 def record_calls(monkeypatch, *names: str) -> dict[str, list]:
@@ -1028,3 +1039,25 @@ def test_a_name_differing_from_another_subjects_only_in_letter_case_is_warned_of
             "(their pseudo-words read alike); a name that differs in more than case can") in capsys.readouterr().err
     assert main(["textual-inversion", str(photos), "--name", "S2", "--class-noun", "dog", *FAST, "--steps", "1"]) == 0
     assert "letter case" not in capsys.readouterr().err
+
+
+def test_identity_adapter_refuses_a_pseudo_word_file_that_its_manifest_does_not_record(photos, isolated_home, capsys):
+    """A learned_embeds re-sealed with 3 vectors under a manifest of 1 had been trained on (captions spelled for 1)
+    and sealed as a subject that generate then refuses."""
+    from safetensors.torch import save_file
+
+    from vidbooth.library import sha256_file
+
+    assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *FAST, "--steps", "1"]) == 0
+    folder = subject_dir(isolated_home)
+    tensors = load_tensors(folder / "learned_embeds.safetensors")[0]
+    save_file({"S*": tensors["S*"].repeat(3, 1)}, str(folder / "learned_embeds.safetensors"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["learned_embeds.safetensors"] = sha256_file(folder / "learned_embeds.safetensors")
+    write_json(folder / "manifest.json", manifest)
+    capsys.readouterr()
+    assert main(["identity-adapter", "--name", "S*", *FAST, "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the pseudo-word 'S*' of 3 vector(s), but the subject's manifest records " \
+        "'S*' of 1 (altered since): retrain the subject" in err
+    assert json.loads((folder / "manifest.json").read_text()) == manifest  # nothing sealed

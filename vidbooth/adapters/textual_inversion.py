@@ -163,13 +163,15 @@ def read_learned_embeddings(path: Path) -> tuple[str, torch.Tensor]:
 
 
 def load_learned_embeddings(
-    tokenizer, text_encoder: nn.Module, path: Path, expected: tuple[str, int] | None = None
+    tokenizer, text_encoder: nn.Module, path: Path, expected: tuple[str | None, int] | None = None
 ) -> tuple[str, int]:
     """Add the learned token(s) of `path` to a tokenizer and text encoder; returns (token, num_vectors). With
-    `expected` (the token and number of vectors a subject's manifest records), a file holding others is refused."""
+    `expected` (the token, where recorded, and number of vectors of a subject's manifest), a file holding others is
+    refused."""
     token, rows = read_learned_embeddings(path)
-    if expected is not None and (token, rows.shape[0]) != tuple(expected):
-        raise UserError(f"{path} holds the pseudo-word '{token}' of {rows.shape[0]} vector(s), but its subject "
-                        f"records '{expected[0]}' of {expected[1]} (altered since): retrain the subject")
+    if expected is not None and (expected[0] not in (None, token) or rows.shape[0] != expected[1]):
+        raise UserError(f"{path} holds the pseudo-word '{token}' of {rows.shape[0]} vector(s), but the subject's "
+                        f"manifest records '{expected[0] or token}' of {expected[1]} (altered since): retrain the "
+                        "subject")
     add_placeholder_tokens(tokenizer, text_encoder, placeholder_tokens(token, rows.shape[0]), rows)
     return token, rows.shape[0]

@@ -132,6 +132,12 @@ class LoadedSubject:
         return expand_placeholder(prompt, self.token, self.num_vectors)
 
 
+def recorded_embedding(manifest: dict) -> tuple[str | None, int]:
+    """The pseudo-word (None where an older manifest has no "token") and number of vectors that a subject's manifest
+    records: its learned_embeds must hold them."""
+    return manifest.get("token"), manifest["num_vectors"]
+
+
 def load_subject(backbone, name: str, scale: float = 1.0) -> LoadedSubject:
     """Add subject `name`'s token(s) to the backbone's tokenizer/text encoder and its identity adapter (if any,
     as adapter kind `subject_kind(name)`, at `scale`, in the backbone's dtype). Several subjects can be loaded.
@@ -148,8 +154,8 @@ def load_subject(backbone, name: str, scale: float = 1.0) -> LoadedSubject:
         set_scale(backbone.unet, kind, scale)
     try:
         embeddings = folder / manifest["paths"]["embeddings"]
-        recorded = (manifest["token"], manifest["num_vectors"]) if "token" in manifest else None
-        token, num_vectors = load_learned_embeddings(backbone.tokenizer, backbone.text_encoder, embeddings, recorded)
+        token, num_vectors = load_learned_embeddings(backbone.tokenizer, backbone.text_encoder, embeddings,
+                                                     recorded_embedding(manifest))
     except UserError:
         remove(backbone.unet, kind)
         raise
@@ -484,7 +490,7 @@ def _load_existing_embedding(run: _Run) -> torch.Tensor:
     if run.earlier is not None:  # once the base is known to fit (another base's recipe has other data), before training
         _warn_if_not_one_run(run, run.earlier)
     path = artifact_dir(KIND, run.cfg.name) / run.existing["paths"]["embeddings"]
-    load_learned_embeddings(bb.tokenizer, bb.text_encoder, path)
+    load_learned_embeddings(bb.tokenizer, bb.text_encoder, path, recorded_embedding(run.existing))
     return read_learned_embeddings(path)[1]
 
 
@@ -562,7 +568,7 @@ def _save_artifact(run: _Run, rows: torch.Tensor) -> None:
         save_learned_embeddings(stage / EMBEDDINGS_FILE, run.token, rows, provenance)
         if "identity" in run.stages:
             save_identity_adapter(stage / ADAPTER_FILE, bb.unet, cfg.identity.hidden_ratio, provenance)
-        photos = _copy_photos(run.photos, stage / PHOTOS_DIR, run)
+        photos = _copy_photos(run.photos, stage / PHOTOS_DIR, cfg.name)
         (stage / CONFIG_FILE).write_text(_recipe_yaml(rerun))
         with kept_if_preview_fails():
             preview = _render_preview(run, stage / PREVIEW_FILE) if cfg.preview.enabled else None
@@ -590,7 +596,7 @@ def rerun_config(run: _Run) -> SubjectConfig:
         stages=held,
         class_noun=run.class_noun,
         textual_inversion=replace(ti, num_vectors=run.num_vectors),
-        photos=[absolute_path(path) for path in cfg.photos],
+        photos=_rerun_photos(cfg.name, cfg.photos),
         backbone=with_absolute_paths(cfg.backbone),
         prior=replace(cfg.prior, class_images=absolute_path(cfg.prior.class_images)),
         overwrite=False,
@@ -654,22 +660,51 @@ def _recipe_yaml(cfg: SubjectConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(_held_settings(OmegaConf.to_container(merged))))
 
 
-def _copy_photos(photos: _Photos, folder: Path, run: _Run) -> list[dict]:
+def _own_photos(name: str) -> tuple[Path, dict[str, str]]:
+    """Subject `name`'s folder of photo copies, and the source its manifest records for each copy (by file name):
+    a run that takes the photos from there (identity-adapter without photos, or its config.yaml rerun) records
+    where they came from, not the copies it is about to replace."""
+    folder = artifact_dir(KIND, name, must_exist=False) / PHOTOS_DIR
+    try:
+        recorded = read_manifest(folder.parent, verify=False).get("photos") if folder.is_dir() else None
+    except UserError:
+        recorded = None
+    sources = {Path(str(entry.get("file"))).name: entry.get("source") for entry in recorded or []
+               if isinstance(entry, dict) and isinstance(entry.get("source"), str)}
+    return folder.resolve(), sources
+
+
+def _copy_photos(photos: _Photos, folder: Path, name: str) -> list[dict]:
     """Copies of the photos in `folder` (numbered, as 00-<name>), and their manifest entries. The subject's own copies
-    (identity-adapter run without photos) keep their names and the sources the manifest recorded for them."""
+    keep their names and the sources the manifest recorded for them."""
     folder.mkdir()
-    own = (artifact_dir(KIND, run.cfg.name) / PHOTOS_DIR).resolve() if run.existing else None
-    earlier = run.existing.get("photos") if run.existing else None
-    sources = {entry.get("file"): entry.get("source") for entry in earlier or [] if isinstance(entry, dict)}
-    entries = []
+    own, sources = _own_photos(name)
+    entries, used = [], set()
     for index, (path, digest) in enumerate(zip(photos.files, photos.hashes)):
         kept = path.resolve().parent == own
-        target = folder / (path.name if kept else f"{index:02d}-{path.name}")
-        shutil.copyfile(path, target)
-        source = sources.get(f"photos/{path.name}") if kept else None
-        entries.append({"file": f"photos/{target.name}", "source": source or absolute_path(str(path)),
-                        "sha256": digest})
+        target = path.name if kept and path.name not in used else f"{index:02d}-{path.name}"
+        while target in used:  # a numbered name that a kept one already took
+            target = f"{index:02d}-{target}"
+        used.add(target)
+        shutil.copyfile(path, folder / target)
+        source = sources.get(path.name) if kept else None
+        entries.append({"file": f"photos/{target}", "source": source or absolute_path(str(path)), "sha256": digest})
     return entries
+
+
+def _rerun_photos(name: str, photos: list[str]) -> list[str]:
+    """`photos` as config.yaml records them: absolute, and the subject's own folder of copies as the original photos
+    its manifest records, where every one of them is still there (else the folder, which a rerun replacing the
+    subject still reads)."""
+    own, sources = _own_photos(name)
+    rerun = []
+    for given in photos:
+        copies = sorted(Path(given).iterdir()) if Path(given).resolve() == own else []
+        if copies and all(copy.name in sources and Path(sources[copy.name]).is_file() for copy in copies):
+            rerun += [sources[copy.name] for copy in copies]
+        else:
+            rerun.append(absolute_path(given))
+    return rerun
 
 
 def _render_preview(run: _Run, path: Path) -> str:
