@@ -200,8 +200,8 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
         )
     version = manifest["schema_version"]
     if not _count(version):
-        raise UserError(f"manifest {where}: schema_version is {str(version)[:40]!r}, not a whole number of at least 1 "
-                        f"(damaged, or edited by hand): {redo(path)}")
+        raise UserError(f"manifest {where}: schema_version is {_as_written(version)}, not a whole number of at least "
+                        f"1 (damaged, or edited by hand): {redo(path)}")
     if version > SCHEMA_VERSION:
         raise UserError(f"{where} has schema version {version}, newer than this vidbooth understands: upgrade vidbooth")
     _check_paths(path, where, manifest)
@@ -221,6 +221,12 @@ def redo(path: Path) -> str:
     return f"retrain it (vidbooth {TRAINED_BY[kind][0]} ... --name {name} --overwrite), or delete {path}"
 
 
+def _as_written(value: object) -> str:
+    """A manifest value as its JSON spells it (5, "1", null, true), cut to 40 characters."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
 def _text(value: object) -> bool:
     return isinstance(value, str) and bool(value)
 
@@ -238,7 +244,7 @@ VALUE_TYPES = (  # (key, kinds it applies to, test, what it must be); optional k
     ("num_vectors", ("subject",), _count, "a whole number of at least 1"),
     ("token", ("subject",), _text, "text"),
     ("tokens", ("subject",), lambda value: isinstance(value, list) and all(map(_text, value)), "a list of texts"),
-    ("stages", KINDS, lambda value: isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
+    ("stages", ("subject",), lambda value: isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
      "a mapping of stage to mapping"),
 )
 """What the engine takes each manifest value it reads to be (a motion's class_noun may be null: it learns without)."""
@@ -256,8 +262,8 @@ def _check_keys(where: Path, manifest: dict) -> None:
                         f"{redo(where.parent)}")
     for key, kinds, test, what in VALUE_TYPES:
         if manifest["kind"] in kinds and key in manifest and not test(manifest[key]):
-            raise UserError(f"manifest {where}: {key} is {str(manifest[key])[:40]!r}, not {what} (damaged, or edited "
-                            f"by hand): {redo(where.parent)}")
+            raise UserError(f"manifest {where}: {key} is {_as_written(manifest[key])}, not {what} (damaged, or "
+                            f"edited by hand): {redo(where.parent)}")
 
 
 TENSOR_PATHS = ("embeddings", "identity_adapter", "motion_adapter")
