@@ -69,7 +69,7 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
     requested = requested_metrics(config.metrics)
     if config.probe is False and requested and set(requested) & set(PROBE_METRICS):
-        raise UserError("--no-probe and --metrics with probe metrics contradict: pass only one")
+        raise UserError("probe is off (--no-probe) but --metrics names probe metrics: pass only one of them")
     _check_outputs(config)
     jobs, shared_images = _gather_jobs(config)
     motion_paths = _reference_motion_paths(config)
