@@ -342,17 +342,18 @@ def test_the_version_is_the_packages_and_help_has_a_short_flag(capsys):
     assert main(["generate", "-h"]) == 0 and "--num-videos" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command, key, argument", [("train-subject", "photos", "PHOTOS"),
-                                                    ("train-motion", "clips", "CLIP")])
-def test_an_input_the_recipe_names_that_is_gone_says_so_and_how_to_give_another(command, key, argument, tmp_path,
-                                                                                capsys):
+@pytest.mark.parametrize("command, key, what, argument", [("train-subject", "photos", "photo path", "PHOTOS"),
+                                                          ("train-motion", "clips", "clip", "CLIPS")])
+def test_an_input_the_recipe_names_that_is_gone_says_so_and_how_to_give_another(command, key, what, argument,
+                                                                                tmp_path, capsys):
     """A subject's or motion's config.yaml rerun after its photos or clip moved had said only 'check the spelling'
     of a path the user never typed."""
     recipe = tmp_path / "config.yaml"
     recipe.write_text(f"name: S\nclass_noun: ball\n{key}: [{tmp_path / 'moved.mp4'}]\n")
     assert main([command, "--recipe", str(recipe)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{tmp_path / 'moved.mp4'}" in err and err.endswith(
-        f"; the recipe {recipe} names it: give {argument} on the command line to use others\n"), err
+    assert err == (f"error: {what} not found: {tmp_path / 'moved.mp4'}, named by the recipe {recipe} (moved since?): "
+                   f"give {argument} on the command line to use others\n")
     assert main([command, "--recipe", str(recipe), "--set", f"{key}=[{tmp_path / 'typo.mp4'}]"]) == 2
-    assert "the recipe" not in capsys.readouterr().err  # given on the command line: the message stays the path's own
+    err = capsys.readouterr().err  # given on the command line: the message is the path's own
+    assert "named by the recipe" not in err and "typo.mp4: check the spelling" in err

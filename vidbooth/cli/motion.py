@@ -125,8 +125,11 @@ def train_motion(
     from vidbooth.data.clips import check_clip_exists
 
     cfg.check()  # what training needs, then a clip that is not there: told before torch is imported (seconds)
-    options.inputs_exist(lambda: [check_clip_exists(clip) for clip in cfg.clips], "clips", recipe, sets, overrides,
-                         "CLIP")
+    def check_clips() -> None:
+        for clip in cfg.clips:
+            check_clip_exists(clip)
+
+    options.inputs_exist(check_clips, cfg.clips, "clip", "clips", recipe, sets, overrides, "CLIPS")
     from vidbooth.engine.motion import train_motion as run_train_motion  # after the cheap checks: it loads torch
 
     result = run_train_motion(cfg)

@@ -157,18 +157,21 @@ def warn_of_idle_sets(cfg, sets: list[str] | None) -> None:
             warn(f"{where[1]} has no effect: {reason}")
 
 
-def inputs_exist(check, key: str, recipe: str | None, sets: list[str] | None, overrides: dict, argument: str) -> None:
-    """`check()`, the check that the input paths of config key `key` are there; a missing one that the recipe named
-    (the config.yaml of a subject or motion whose photos or clips have moved since) says so, and that `argument` on
-    the command line replaces them."""
-    from vidbooth.config.load import find_recipe, given_by
-    from vidbooth.errors import UserError
+def inputs_exist(check, paths: list[str], what: str, key: str, recipe: str | None, sets: list[str] | None,
+                 overrides: dict, argument: str) -> None:
+    """`check()`, the check of the input `paths` of config key `key`; first, a path that is not there and that the
+    recipe named (the config.yaml of a subject or motion whose photos or clips have moved since) is told as the
+    recipe's, with `argument` on the command line to replace it."""
+    import glob
+    import os
 
-    try:
-        check()
-    except UserError as exc:
+    missing = [path for path in paths if not glob.has_magic(path) and not os.path.lexists(os.path.expanduser(path))]
+    if missing:
+        from vidbooth.config.load import find_recipe, given_by
+        from vidbooth.errors import UserError
+
         where = given_by(key, recipe, sets, overrides)
         if where and where[0] == "recipe":
-            raise UserError(f"{exc}; the recipe {find_recipe(recipe)} names it: give {argument} on the command line "
-                            "to use others") from exc
-        raise
+            raise UserError(f"{what} not found: {missing[0]}, named by the recipe {find_recipe(recipe)} (moved "
+                            f"since?): give {argument} on the command line to use others")
+    check()

@@ -184,7 +184,8 @@ def _check_photos(cfg, stages: tuple[str, ...], recipe: str | None, sets: list[s
 
     if cfg.photos:
         cfg.check(stages)
-        options.inputs_exist(lambda: check_photos_exist(cfg.photos), "photos", recipe, sets, overrides, "PHOTOS")
+        options.inputs_exist(lambda: check_photos_exist(cfg.photos), cfg.photos, "photo path", "photos", recipe, sets,
+                             overrides, "PHOTOS")
 
 
 def _load(recipe, sets, overrides, flags: dict[str, str]):
