@@ -272,12 +272,13 @@ def test_two_processes_stop_together_when_the_main_one_meets_a_full_disk(
 
 
 def _fake_artifact(home, kind: str, name: str, base: str, fingerprint: str, **more) -> None:
-    from vidbooth.library import dir_name
+    from vidbooth.library import REQUIRED_KEYS, dir_name
 
     folder = home / f"{kind}s" / dir_name(name)
     folder.mkdir(parents=True)
     manifest = {"kind": kind, "name": name, "schema_version": 1, "base": base, "base_fingerprint": fingerprint,
-                "paths": {}, "files": {}} | more
+                "class_noun": "dog", "num_vectors": 1, "files": {},
+                "paths": dict.fromkeys(REQUIRED_KEYS[kind][1])} | more  # whole, as generate checks them
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -116,7 +116,6 @@ def generate(
     named = [("subject", name) for name in subject or []] + ([("motion", motion)] if motion else [])
     overrides |= options.learned_backbone(recipe, sets, overrides, named)
     cfg = load_config(GenerateConfig, recipe_or_default(recipe, "generate", sets, overrides), sets, overrides)
-    check_learned_together(cfg.subjects, cfg.motion)
     if cfg.image_prompt:
         from pathlib import Path
 
@@ -130,22 +129,3 @@ def generate(
     from vidbooth.engine.generate import generate as run_generate  # after the cheap checks: it loads torch
 
     run_generate(cfg)
-
-
-def check_learned_together(subjects: list[str], motion: str | None) -> None:
-    """Subjects and a motion learned on different bases fail here, from their manifests, before the model loads
-    (loading it takes seconds, and applying them, where the same check is made again, comes after). A name that
-    cannot be read is left to `generate`, which reports it as it always has."""
-    from vidbooth.errors import UserError
-    from vidbooth.library import artifact_dir, read_manifest
-
-    named = [("subject", name) for name in dict.fromkeys(subjects)] + ([("motion", motion)] if motion else [])
-    if len(named) < 2:
-        return
-    from vidbooth.engine.compose import check_learned_together as check
-
-    try:
-        learned = [(kind, name, read_manifest(artifact_dir(kind, name), verify=False)) for kind, name in named]
-    except UserError:
-        return
-    check(learned)

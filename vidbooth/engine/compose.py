@@ -47,14 +47,14 @@ def apply_personalisation(
     Every name is checked before anything is loaded: unknown names raise a UserError listing the known
     ones, and a subject and a motion learned on different base models raise one naming both.
     """
-    from vidbooth.engine.motion import load_motion, read_motion_manifest
+    from vidbooth.engine.motion import load_motion
     from vidbooth.engine.subject import load_subject
     from vidbooth.library import artifact_dir, read_manifest
 
     subjects = list(dict.fromkeys(subjects or []))
-    learned = [("subject", name, read_manifest(artifact_dir("subject", name))) for name in subjects]
-    if motion:
-        learned.append(("motion", motion, read_motion_manifest(motion)))
+    # their tensor files are hashed as each is loaded, below
+    learned = [(kind, name, read_manifest(artifact_dir(kind, name), verify=False))
+               for kind, name in [("subject", name) for name in subjects] + ([("motion", motion)] if motion else [])]
     check_learned_together(learned)
 
     loaded = [load_subject(backbone, name, subject_scale) for name in subjects]

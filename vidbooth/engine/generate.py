@@ -116,11 +116,16 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise UserError('no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)')
     written_videos, sheet_path, config_path = output_paths(cfg.out, cfg.num_videos)
     check_writable_dir(sheet_path.parent)  # made only when the video is written: a later error leaves nothing
-    for kind, name in [("subject", name) for name in cfg.subjects] + ([("motion", cfg.motion)] if cfg.motion else []):
-        read_manifest(artifact_dir(kind, name))  # unknown, damaged or altered artifacts fail before the model loads
+    named = [("subject", name) for name in dict.fromkeys(cfg.subjects)]
+    named += [("motion", cfg.motion)] if cfg.motion else []
+    # unknown, damaged or altered artifacts, and ones that cannot be used together, fail before the model loads
+    learned = [(kind, name, read_manifest(artifact_dir(kind, name))) for kind, name in named]
 
     from vidbooth.engine.backbone import ZERO_SHOT, load_backbone_for
+    from vidbooth.engine.compose import check_learned_together
     from vidbooth.engine.sampling import make_scheduler
+
+    check_learned_together(learned)
 
     scheduler = make_scheduler(cfg.sampling.scheduler, {})  # its step's arguments, for the eta warning below
     if cfg.sampling.eta != 0 and "eta" not in inspect.signature(scheduler.step).parameters:
