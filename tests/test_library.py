@@ -174,6 +174,15 @@ def test_the_library_folder_is_absolute_with_a_relative_or_tilde_home(tmp_path, 
     for given, expected in (("~/lib", tmp_path / "lib"), ("libr", tmp_path / "libr")):
         monkeypatch.setenv("VIDBOOTH_HOME", given)
         assert library.library_home() == expected
+    from vidbooth.engine.backbone import cache_dir
+
+    monkeypatch.setenv("VIDBOOTH_CACHE", "cache")
+    assert cache_dir() == tmp_path / "cache"
+    with monkeypatch.context() as env:  # the XDG spec: a relative XDG_DATA_HOME is ignored
+        env.delenv("VIDBOOTH_HOME")
+        for data, expected in (("data", tmp_path / ".local" / "share"), (str(tmp_path / "xdg"), tmp_path / "xdg")):
+            env.setenv("XDG_DATA_HOME", data)
+            assert library.library_home() == expected / "vidbooth"
     from vidbooth.cli.app import main
 
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")

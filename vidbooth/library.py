@@ -54,8 +54,10 @@ def library_home() -> Path:
     env = os.environ.get("VIDBOOTH_HOME")
     if env:
         return Path(env).expanduser().absolute()
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return (Path(data) / "vidbooth").absolute()
+    data = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(data):  # the XDG spec: a relative (or empty) value is ignored
+        data = str(Path.home() / ".local" / "share")
+    return Path(data) / "vidbooth"
 
 
 def _folder_home() -> Path:

@@ -58,9 +58,10 @@ def with_absolute_paths(backbone_config):
 
 
 def cache_dir() -> Path:
-    """$VIDBOOTH_CACHE ('~' expanded; empty means unset, as for $VIDBOOTH_HOME), else ~/.cache/vidbooth."""
+    """$VIDBOOTH_CACHE ('~' expanded, relative taken from the working folder; empty means unset, as for
+    $VIDBOOTH_HOME), else ~/.cache/vidbooth."""
     env = os.environ.get("VIDBOOTH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vidbooth"
+    return Path(env).expanduser().absolute() if env else Path.home() / ".cache" / "vidbooth"
 
 
 @dataclass
