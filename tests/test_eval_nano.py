@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -355,14 +354,19 @@ def test_a_library_subject_or_motion_without_its_training_inputs_names_the_flag_
     """A subject without photos/ had been 'reference image folder not found: ...: check the spelling', a message for
     a mistyped path the user never typed."""
     _nano_subject(world, isolated_home)
-    shutil.rmtree(isolated_home / "subjects" / "S%2A" / "photos")
+    for photo in (isolated_home / "subjects" / "S%2A" / "photos").iterdir():  # an empty folder, then none
+        photo.unlink()
     motion = isolated_home / "motions" / "M"
     motion.mkdir(parents=True)
     (motion / "manifest.json").write_text(json.dumps({"kind": "motion", "name": "M", "schema_version": 1,
                                                       "paths": {}, "files": {}}))
-    for flag, name, expected in (("--subject", "S*", f"subject 'S*' has no training photos in "
-                                  f"{isolated_home / 'subjects' / 'S%2A' / 'photos'}: pass them with --ref-images"),
+    photos = isolated_home / "subjects" / "S%2A" / "photos"
+    for flag, name, expected in (("--subject", "S*", f"subject 'S*' has no training photos in {photos}: pass "
+                                  "reference images with --ref-images"),
                                  ("--motion", "M", f"motion 'M' has no training clip in {motion / 'clips'}: pass the "
                                   "clip with --ref-video")):
         assert run(world["video"], flag, name) == 2
         assert capsys.readouterr().err == f"error: {expected} instead\n"
+    photos.rmdir()
+    assert run(world["video"], "--subject", "S*") == 2
+    assert "has no training photos in" in capsys.readouterr().err

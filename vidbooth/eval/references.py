@@ -58,8 +58,9 @@ def subject_photos(name: str) -> Path:
     from vidbooth.library import PHOTOS_DIR, artifact_dir
 
     folder = artifact_dir("subject", name) / PHOTOS_DIR
-    if not folder.is_dir():
-        raise UserError(f"subject '{name}' has no training photos in {folder}: pass them with --ref-images instead")
+    if not (folder.is_dir() and any(is_image_file(path) for path in folder.iterdir())):
+        raise UserError(f"subject '{name}' has no training photos in {folder}: pass reference images with "
+                        "--ref-images instead")
     return folder
 
 
