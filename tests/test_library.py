@@ -336,6 +336,10 @@ def test_damaged_renamed_and_foreign_folders_are_named_by_list_and_never_crash_a
     with pytest.raises(UserError, match=rf"^subject 'S\*' is in {re.escape(str(root / 'dog'))}, a folder renamed by "
                                         r"hand: rename it back to S%2A$"):
         library.artifact_dir("subject", "S*")
+    (root / "S%2A").mkdir()  # `mv dog S%2A` would move it into this one
+    with pytest.raises(UserError, match=rf"hand: remove the empty folder {re.escape(str(root / 'S%2A'))}, then rename "
+                                        r"it back to S%2A$"):
+        library.artifact_dir("subject", "S*")
 
 
 def test_an_unknown_name_says_when_it_is_of_the_other_kind_or_a_stopped_training(isolated_home):

@@ -135,7 +135,8 @@ def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
                 f"{path} is {what}, not a vidbooth {kind}: move it out of {path.parent}, then train '{name}'"
             )
         if renamed := _folder_holding(kind, name):
-            raise UserError(f"{kind} '{name}' is in {renamed}, a folder renamed by hand: rename it back to "
+            first = f"remove the empty folder {path}, then " if path.is_dir() else ""
+            raise UserError(f"{kind} '{name}' is in {renamed}, a folder renamed by hand: {first}rename it back to "
                             f"{path.name}")
         known = known_names(kind)
         hint = f"known {KINDS[kind]}: {', '.join(known)}" if known else \
