@@ -1036,7 +1036,7 @@ def test_a_name_differing_from_another_subjects_only_in_letter_case_is_warned_of
     fake_subject(isolated_home, "S*")
     assert main(["textual-inversion", str(photos), "--name", "s*", "--class-noun", "dog", *FAST, "--steps", "1"]) == 0
     assert ("warning: subject 'S*' differs from 's*' only in letter case: the two cannot be used in one prompt "
-            "(their pseudo-words read alike); a name that differs in more than case can") in capsys.readouterr().err
+            "(their pseudo-words read alike); rename one to use them together") in capsys.readouterr().err
     assert main(["textual-inversion", str(photos), "--name", "S2", "--class-noun", "dog", *FAST, "--steps", "1"]) == 0
     assert "letter case" not in capsys.readouterr().err
 

@@ -335,7 +335,7 @@ def _warn_of_names_alike(name: str) -> None:
     alike = [other for other in known_names(KIND) if other != name and other.lower() == name.lower()]
     if alike:
         reporting.warn(f"subject '{alike[0]}' differs from '{name}' only in letter case: the two cannot be used in "
-                       "one prompt (their pseudo-words read alike); a name that differs in more than case can")
+                       "one prompt (their pseudo-words read alike); rename one to use them together")
 
 
 def _check_tokens(cfg: SubjectConfig, class_noun: str, base_folder: Path) -> None:
