@@ -164,6 +164,6 @@ def test_a_file_for_another_width_of_model_says_it_was_trained_on_another_base()
     state = {key: torch.ones(*value.shape[:-1], value.shape[-1] + 1) if value.ndim == 2 else value
              for key, value in adapter_state_dict(model, "a").items()}
     with pytest.raises(UserError, match=r"^adapter file f.safetensors does not fit this model \(tensor .* is \(.*\) in "
-                                        r"the file, \(.*\) here\): it was trained on another base, or altered since; use that --base, "
-                                        r"or retrain it$"):
+                                        r"the file, \(.*\) here\): it was trained on another base, or altered "
+                                        r"since; use that --base, or retrain it$"):
         load_adapter_state_dict(model, "a", state, "f.safetensors")

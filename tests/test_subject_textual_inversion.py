@@ -116,9 +116,9 @@ def test_a_subject_whose_embedding_file_holds_another_pseudo_word_than_its_manif
         with library.staged_artifact("subject", "S*", overwrite=True) as stage:
             ti.save_learned_embeddings(stage / ti.EMBEDDINGS_FILE, token, torch.randn(vectors, width), {})
             library.write_json(stage / library.MANIFEST, {"name": "S*", "kind": "subject"} | recorded)
-        with pytest.raises(UserError, match=rf"holds the pseudo-word '{re.escape(token)}' of {vectors} vector\(s\), but the "
-                                            r"subject's manifest records 'S\*' of 1 \(altered since\): retrain the "
-                                            r"subject$"):
+        expected = (rf"holds the pseudo-word '{re.escape(token)}' of {vectors} vector\(s\), but the subject's "
+                    r"manifest records 'S\*' of 1 \(altered since\): retrain the subject$")
+        with pytest.raises(UserError, match=expected):
             load_subject(bb, "S*")
         assert len(bb.tokenizer) == vocab  # nothing was added
 
