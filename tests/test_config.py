@@ -430,3 +430,52 @@ def test_init_from_and_resume_together_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"^give --init-from to start a run from a model, or --resume to continue a "
                                         r"run, not both$"):
         PretrainConfig(out=str(tmp_path), resume=True, init_from="nano").check()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"data": {"num_frames": 1}}, r"^data.num_frames must be at least 2, got 1$"),
+    ({"num_tokens": 17}, r"^num_tokens must be at most 16, got 17$"),
+    ({"data": {"resolution": 4}}, r"^data.resolution must be at least 8 pixels, got 4$"),
+    ({"hidden_dim": 0}, r"^hidden_dim must be at least 1, got 0$"),
+    ({"data": {"clips": 100_001}}, r"^data.clips must be at most 100000, got 100001$"),
+    ({"fine": {"lr": -1.0}}, r"^fine.lr must be a finite positive number, got -1.0$"),
+    ({"coarse": {"mixed_precision": "no"}, "fine": {"mixed_precision": "fp16"}},
+     r"^coarse.mixed_precision \(no\) and fine.mixed_precision \(fp16\) must be the same: one run holds one "),
+], ids=["one-frame", "17-tokens", "4-pixels", "no-hidden-width", "clips-past-limit", "negative-fine-lr",
+        "mixed-precisions-differ"])
+def test_image_prompt_settings_out_of_range_are_refused_naming_the_key(changes, message):
+    """(mutation testing: each of these refusals could be dropped with no test failing)"""
+    from dataclasses import replace
+
+    from vidbooth.config.image_prompt import MAX_CLIPS, ImagePromptConfig
+
+    assert MAX_CLIPS == 100_000
+    default = ImagePromptConfig()
+    built = {key: replace(getattr(default, key), **value) if isinstance(value, dict) else value
+             for key, value in changes.items()}
+    with pytest.raises(UserError, match=message):
+        ImagePromptConfig(**built)
+
+
+def test_image_prompt_stages_default_to_a_faster_coarse_rate_than_fine():
+    from vidbooth.config.image_prompt import ImagePromptConfig
+
+    cfg = ImagePromptConfig()
+    assert (cfg.coarse.lr, cfg.fine.lr) == (1e-3, 1e-4)
+    assert cfg.coarse.mixed_precision == cfg.fine.mixed_precision == "auto"
+
+
+def test_evaluate_reads_a_tilde_in_a_video_path_as_the_home_folder(tmp_path, monkeypatch):
+    """(mutation testing: videos given as '~/a.mp4' were not expanded)"""
+    from vidbooth.config.evaluate import EvaluateConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert EvaluateConfig(videos=["~/a.mp4", "b.mp4"]).videos == [str(tmp_path / "a.mp4"), "b.mp4"]
+
+
+def test_a_demo_with_a_blank_out_is_refused_and_makes_8_videos_by_default():
+    from vidbooth.config.demo import DemoConfig
+
+    with pytest.raises(UserError, match=r"^--out is empty: give the folder the demo writes into \(default: demo\)$"):
+        DemoConfig(out="  ")
+    assert DemoConfig().num_videos == 8

@@ -265,3 +265,22 @@ def test_a_contact_sheet_is_read_left_to_right_then_top_to_bottom():
     sheet = contact_sheet(frames)
     assert sheet.shape == (4, 24, 3)  # 8 columns, then a second row for frames 8 and 9
     assert sheet[::2, ::3, 0].tolist() == [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 0, 0, 0, 0, 0, 0]]
+
+
+def test_a_frame_is_shrunk_by_averaging_its_pixels_not_by_picking_some():
+    """A one-pixel checkerboard shrunk to half is an even grey. (mutation testing: nearest-pixel shrinking had
+    passed)"""
+    from vidbooth.data.video import _shrink_frame
+
+    board = (np.indices((4, 4)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    shrunk = _shrink_frame(np.repeat(board[..., None], 3, axis=-1), 2)
+    assert shrunk.shape == (2, 2, 3)
+    assert shrunk.tolist() == [[[128] * 3] * 2] * 2
+
+
+def test_a_header_frame_count_is_the_duration_times_the_rate_rounded(tmp_path, monkeypatch):
+    """1.99 s at 8 fps is 15.92 frames: 16, not 15. (mutation testing: truncating to int had passed)"""
+    import vidbooth.data.video as video
+
+    monkeypatch.setattr(video, "_ffmpeg_header", lambda path: {"duration": 1.99, "fps": 8.0})
+    assert video_frame_count(tmp_path / "a.mp4") == 16

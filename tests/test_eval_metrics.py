@@ -331,3 +331,32 @@ def test_flow_counts_from_half_a_pixel_and_its_turn_is_told_by_its_column():
     counter_clockwise = np.stack([ys - 4, -(xs - 4)], axis=-1).astype(float)  # at the right (x>4) it moves up
     parts = _rotation_and_zoom(counter_clockwise, xs, ys)
     assert parts[2] > 270 and parts[[0, 1, 3]].max() < 1e-9
+
+
+def test_normalise_scales_small_rows_to_unit_length_and_leaves_zero_rows_zero():
+    """(mutation testing: a norm floor of 1 in place of 1e-12, which leaves short rows short, had passed)"""
+    np.testing.assert_allclose(metrics.normalise([[0.03, 0.04]]), [[0.6, 0.8]])
+    assert metrics.normalise([[0.0, 0.0]]).tolist() == [[0.0, 0.0]]
+
+
+def _white_square(step: tuple[int, int]) -> np.ndarray:
+    """8 frames of 64x64 RGB: a 16 px white square on black, from (8, 8), moving `step` px (x, y) per frame."""
+    video = np.zeros((8, 64, 64, 3), np.uint8)
+    for i, frame in enumerate(video):
+        x, y = 8 + step[0] * i, 8 + step[1] * i
+        frame[y : y + 16, x : x + 16] = 255
+    return video
+
+
+def test_motion_fidelity_of_a_white_square_in_three_directions_and_at_four_times_the_size():
+    """Pinned values (opencv versions differ a little: +-0.01, and their order). (mutation testing: 8 time steps,
+    a Farneback window of 5, and swapped shrink/enlarge interpolations had passed)"""
+    right, diagonal, down = _white_square((3, 0)), _white_square((2, 2)), _white_square((0, 3))
+    diagonal_big = np.repeat(np.repeat(diagonal, 4, axis=1), 4, axis=2)  # 256 px: shrunk to 128, not enlarged
+    assert motion_signature(right).shape == (16, 12)
+    right_diagonal, right_down = motion_fidelity(right, diagonal), motion_fidelity(right, down)
+    diagonal_sizes = motion_fidelity(diagonal, diagonal_big)
+    assert right_diagonal == pytest.approx(0.0587, abs=0.01)
+    assert right_down == pytest.approx(0.1039, abs=0.01)
+    assert diagonal_sizes == pytest.approx(0.9972, abs=0.01)
+    assert right_diagonal < right_down < diagonal_sizes < 1.0

@@ -779,3 +779,102 @@ def test_an_exported_model_stores_its_weights_in_half_precision(probed_every_ste
         with safe_open(str(files[0]), framework="pt") as weights:
             dtypes = {weights.get_slice(key).get_dtype() for key in weights.keys()}
         assert dtypes == {"F16"}, part
+
+
+class _FakePosterior:
+    def __init__(self, latent: torch.Tensor):
+        self.latent = latent
+
+    def sample(self, generator=None) -> torch.Tensor:
+        return self.latent
+
+    def mode(self) -> torch.Tensor:
+        return self.latent
+
+    def kl(self) -> torch.Tensor:
+        return torch.tensor([2.0])
+
+
+class _FakeVae:
+    """encode: a posterior whose KL is 2; decode: zeros of shape (1, 3, 1, 2), whatever the latent."""
+
+    def encode(self, frames):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(latent_dist=_FakePosterior(torch.zeros(1, 4, 1, 1)))
+
+    def decode(self, latent):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=torch.zeros(1, 3, 1, 2))
+
+
+@pytest.mark.parametrize("kl_weight, sprite_weight, expected", [
+    (0.1, 1.0, 0.95),  # (0.75 + 3 * 2) / 6 / 1.5 + 0.1 * 2
+    (0.0, 0.0, 0.625),  # plain MSE: (3 * 0.25 + 3 * 1) / 6
+    (0.0, 1.0, 0.75),
+    (0.0, 3.0, 0.85),  # the red pixel weighs 1 + 3 * chroma 1, normalised by the mean weight 2.5
+])
+def test_autoencoder_loss_weighs_colourful_pixels_by_chroma_and_adds_the_kl_term(kl_weight, sprite_weight, expected):
+    """(mutation testing: the weight normalisation, the chroma weight and its halving, and the KL term were free)"""
+    frames = torch.tensor([[[[0.5, 1.0]], [[0.5, -1.0]], [[0.5, -1.0]]]])  # a grey pixel, then a pure red one
+    loss = nano.autoencoder_loss(_FakeVae(), frames, None, kl_weight, sprite_weight)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_autoencoder_loss_decodes_a_latent_sampled_with_the_generator():
+    """(mutation testing: decoding the posterior's mode, not a sample, had passed)"""
+    torch.manual_seed(0)
+    vae = build_vae(tiny_arch())
+    frames = torch.rand(2, 3, 32, 32) * 2 - 1
+
+    def loss(seed: int) -> float:
+        return nano.autoencoder_loss(vae, frames, torch.Generator().manual_seed(seed), 0.0, 8.0).item()
+
+    assert loss(0) == loss(0)
+    assert loss(0) != loss(1)
+
+
+def test_step_seeds_differ_between_stages():
+    """(mutation testing: a stage-blind step seed had passed)"""
+    assert [nano.step_seed(0, stage, 3) for stage in nano.STAGES] == [198478470, 1680122868, 3842683572]
+
+
+def test_a_stage_continued_from_an_export_saves_its_moments_from_then_on(tmp_path, char_tokenizer, probed_every_step):
+    """After one more UNet step, the UNet's optimizer moments are in the checkpoint: a resume loads them.
+    (mutation testing: leaving 'unet' in fresh_moments had passed)"""
+    cfg = tiny_config(tmp_path, char_tokenizer, unet_steps=3, init_from=str(probed_every_step.model_dir))
+    continued = nano.pretrain(cfg)
+    assert continued.finished and continued.steps == {"autoencoder": 2, "clip": 2, "unet": 3}
+    assert json.loads((continued.run_dir / "state.json").read_text())["fresh_moments"] == ["autoencoder", "clip"]
+
+
+def test_a_time_limit_reached_at_each_stages_last_step_still_finishes_and_exports(tmp_path, char_tokenizer):
+    """(mutation testing: stopping when out of time also after a stage's last step had passed)"""
+    cfg = tiny_config(tmp_path, char_tokenizer, unet_steps=1, max_minutes=1e-9)
+    cfg.autoencoder.steps = cfg.clip.steps = 1
+    result = nano.pretrain(cfg)
+    assert result.finished and result.steps == {"autoencoder": 1, "clip": 1, "unet": 1}
+    assert result.model_dir is not None and (result.model_dir / "unet").is_dir()
+
+
+def test_a_text_tower_with_lr_zero_gives_the_unet_stage_text_without_gradients(tmp_path, char_tokenizer, monkeypatch):
+    """(mutation testing: a frozen text tower that still carried gradients, at their cost, had passed)"""
+    seen = []
+    encode = nano.encode_clips
+
+    def recording(*args):
+        latents, text = encode(*args)
+        seen.append(text.requires_grad)
+        return latents, text
+
+    monkeypatch.setattr(nano, "encode_clips", recording)
+    cfg = tiny_config(tmp_path / "frozen", char_tokenizer)
+    cfg.unet.text_encoder_lr = 0.0
+    nano.pretrain(cfg)
+    assert seen == [False, False]
+    seen.clear()
+    cfg = tiny_config(tmp_path / "trained", char_tokenizer)
+    cfg.unet.text_encoder_lr = 1e-3
+    nano.pretrain(cfg)
+    assert seen == [True, True]

@@ -317,3 +317,28 @@ def test_pretraining_batch_lays_out_linear_motions_as_asked():
 def test_read_prompt_takes_what_a_prompt_in_the_worlds_words_says(prompt, expected):
     truth = read_prompt(prompt)
     assert (truth and (truth.colour, truth.pattern, truth.shape, truth.motion)) == expected
+
+
+def test_split_zero_holds_out_these_sprites_motions_and_pairs():
+    """Split 0, pinned: held-out singles come from outside the unseen combination (cross/cyan), and the validation
+    pairs are distinct. (mutation testing: singles drawn from all sprites, and pairs drawn with replacement, had
+    passed)"""
+    split = make_split(0)
+    assert [motion.name for motion in split.heldout_motions] == ["circle", "down-right"]
+    assert split.heldout_sprites == (
+        Sprite("circle", "green", "checkered"),
+        Sprite("circle", "yellow", "dotted"),
+        *(Sprite("cross", "cyan", pattern) for pattern in ("checkered", "dotted", "solid", "striped")),
+        Sprite("square", "yellow", "solid"),
+        Sprite("triangle", "green", "striped"),
+    )
+    assert len(split.validation_pairs) == len(set(split.validation_pairs)) == 66
+    assert len(split.pretraining_pairs) == 1166
+
+
+def test_demo_choice_takes_each_heldout_motion_for_two_seeds_in_turn():
+    """(mutation testing: motions alternating every seed had passed)"""
+    split = make_split(0)
+    assert [split.demo_choice(seed)[1].name for seed in range(6)] == [
+        "circle", "circle", "down-right", "down-right", "circle", "circle"
+    ]

@@ -136,3 +136,42 @@ def test_an_error_shows_a_path_with_its_spaces_as_they_are(tmp_path, capsys, iso
     assert capsys.readouterr().err == (f"error: clip not found: {missing}: check the spelling, or quote paths that "
                                        "contain spaces (a clip is a video file or a folder of frames)\n")
     assert str(UserError("a\n    b  c\r\n")) == "a b  c"
+
+
+def test_native_lines_with_the_tokenizer_noise_are_dropped_and_the_others_kept(capfd):
+    """(mutation testing: keeping every line had passed)"""
+    import os
+
+    with reporting.native_lines_dropped(reporting.TOKENIZER_NOISE):
+        os.write(1, b"Ignored unknown kwarg option __type\nkeep\n")
+    assert capfd.readouterr().out == "keep\n"
+
+
+def test_a_quiet_progress_bar_writes_nothing(capsys, monkeypatch):
+    """(mutation testing: a bar drawn under VIDBOOTH_QUIET had passed)"""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "1")
+    with reporting.progress("x", total=3) as task:
+        task.advance()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_quiet_download_keeps_the_hubs_progress_bars_off(monkeypatch):
+    """(mutation testing: turning the hub's bars on under VIDBOOTH_QUIET had passed)"""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "1")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", False)
+    were_off = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        with reporting.downloading("someone/model", say=False):
+            assert are_progress_bars_disabled()
+        assert are_progress_bars_disabled()
+        monkeypatch.setenv("VIDBOOTH_QUIET", "0")  # the same download, not quiet: the bars are on inside only
+        with reporting.downloading("someone/model", say=False):
+            assert not are_progress_bars_disabled()
+        assert are_progress_bars_disabled()
+    finally:
+        if not were_off:
+            enable_progress_bars()
