@@ -34,6 +34,17 @@ def test_generate_with_subject_and_motion(tiny_base_dirs, world_inputs, tmp_path
     assert main(["generate", "--base", str(base), "--prompt", "a S* ball rolling", "--subject", "S*", "--frames", "4",
                  "--steps", "2", "--device", "cpu", "--subject-scale", "0", "--out", str(tmp_path / "ti.mp4")]) == 0
     assert np.array_equal(read_video(tmp_path / "off.mp4"), read_video(tmp_path / "ti.mp4"))
+    # the config beside a video records what it was made with; a rerun whose subject changed since says so
+    written = yaml.safe_load((tmp_path / "both.yaml").read_text())
+    assert sorted(written["learned_files"]) == ["motion M", "subject S*"]
+    written["learned_files"]["subject S*"] = "0" * 16
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(written))
+    capsys.readouterr()
+    assert main(["generate", "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "rerun.mp4")]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: subject 'S*' was retrained or replaced since this config was written: the video will differ "
+            "from the one made with it") in err and "motion 'M' was" not in err
+    assert np.array_equal(read_video(out), read_video(tmp_path / "rerun.mp4"))  # the same files in fact: the same
 
 
 def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_path, capsys):

@@ -156,6 +156,9 @@ class GenerateConfig:
     """The prompt's word that the image prompt replaces; default: the one the image-prompt model was trained with."""
     image_prompt_scale: float = 1.0
     """Strength of the image prompt's fine features (0: its tokens in the prompt only)."""
+    learned_files: dict[str, str] = field(default_factory=dict)
+    """Written by generate beside the video: a digest of each subject's and motion's tensor files
+    ('subject S*': sha256), so that a rerun of that config whose subject or motion was retrained since says so."""
 
     def __post_init__(self) -> None:
         hint = " (0: the adapter off, 1: as trained)"

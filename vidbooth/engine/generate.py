@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import inspect
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -126,6 +128,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     from vidbooth.engine.sampling import make_scheduler
 
     check_learned_together(learned)
+    cfg.learned_files = _learned_files(learned, cfg.learned_files)
 
     scheduler = make_scheduler(cfg.sampling.scheduler, {})  # its step's arguments, for the eta warning below
     if cfg.sampling.eta != 0 and "eta" not in inspect.signature(scheduler.step).parameters:
@@ -173,6 +176,19 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     written = str(written_videos[0]) if len(videos) == 1 else f"{len(videos)} videos ({written_videos[0]} ...)"
     info(f"wrote {written}, {sheet_path.name} and {config_path.name}")
     return GenerateResult(written_videos, sheet_path, config_path, prompt)
+
+
+def _learned_files(learned: list[tuple[str, str, dict]], recorded: dict[str, str]) -> dict[str, str]:
+    """A digest of each learned artifact's tensor files (its manifest's sha256s), keyed 'subject S*'; a warning for
+    one that `recorded` (a rerun config's) holds another digest for: it was retrained or replaced since."""
+    digests = {}
+    for kind, name, manifest in learned:
+        key = f"{kind} {name}"
+        digests[key] = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
+        if recorded.get(key) not in (None, digests[key]):
+            warn(f"{kind} '{name}' was retrained or replaced since this config was written: the video will differ "
+                 "from the one made with it")
+    return digests
 
 
 def _rerun_config(cfg: GenerateConfig) -> GenerateConfig:
