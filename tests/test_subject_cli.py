@@ -1061,3 +1061,29 @@ def test_identity_adapter_refuses_a_pseudo_word_file_that_its_manifest_does_not_
     assert err.count("\n") == 1 and "holds the pseudo-word 'S*' of 3 vector(s), but the subject's manifest records " \
         "'S*' of 1 (altered since): retrain the subject" in err
     assert json.loads((folder / "manifest.json").read_text()) == manifest  # nothing sealed
+
+
+def test_photo_copies_keep_the_subjects_own_names_without_colliding_with_numbered_ones(tmp_path, isolated_home):
+    """A photo given first is numbered 00-a.png; the subject's own copy of that name, given after it, is numbered
+    anew rather than overwriting it (both are listed, each with its source), and a numbered name that a kept copy
+    took first is numbered again."""
+    from vidbooth.engine.subject import _copy_photos, _Photos
+
+    own = subject_dir(isolated_home) / "photos"
+    own.mkdir(parents=True)
+    (own / "00-a.png").write_bytes(b"own")
+    write_json(own.parent / "manifest.json", {"kind": "subject", "name": "S*", "schema_version": 1, "files": {},
+                                              "photos": [{"file": "photos/00-a.png", "source": "/was/a.png"}]})
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "a.png").write_bytes(b"new")
+    photos = _Photos(files=[tmp_path / "new" / "a.png", own / "00-a.png"], images=[], hashes=["h-new", "h-own"])
+    entries = _copy_photos(photos, tmp_path / "copies", "S*")
+    assert [(entry["file"], entry["source"]) for entry in entries] == [
+        ("photos/00-a.png", str(tmp_path / "new" / "a.png")), ("photos/01-00-a.png", "/was/a.png")]
+    assert (tmp_path / "copies" / "00-a.png").read_bytes() == b"new"
+    assert (tmp_path / "copies" / "01-00-a.png").read_bytes() == b"own"
+    (own / "00-a.png").rename(own / "01-a.png")  # kept first, it takes the name the second photo is numbered to
+    photos = _Photos(files=[own / "01-a.png", tmp_path / "new" / "a.png"], images=[], hashes=["h-own", "h-new"])
+    entries = _copy_photos(photos, tmp_path / "again", "S*")
+    assert [entry["file"] for entry in entries] == ["photos/01-a.png", "photos/01-01-a.png"]
+    assert (tmp_path / "again" / "01-a.png").read_bytes() == b"own"
