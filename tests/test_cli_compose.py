@@ -170,3 +170,29 @@ def test_an_artifact_altered_after_training_is_refused_before_the_model_loads(tm
     err = capsys.readouterr().err
     assert "adapter.safetensors does not match its manifest hash (modified or damaged)" in err and err.count("\n") == 1
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_without_base_a_learned_on_base_moved_away_is_named_as_such(
+    tiny_base_dirs, world_inputs, tmp_path, capsys
+):
+    """The base the subject was learned on, taken when no --base is given, had been refused as 'base model not
+    found: X (--base)', though no --base was given."""
+    import shutil
+
+    photos, _ = world_inputs
+    base = tmp_path / "my-base"
+    shutil.copytree(tiny_base_dirs["unet3d"], base)
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", "--base", str(base),
+                 "--ti-steps", "1", "--identity-steps", "1", *FAST]) == 0
+    base.rename(tmp_path / "moved-base")
+    capsys.readouterr()
+    out = tmp_path / "x.mp4"
+    generate = ["generate", "--prompt", "a S* ball", "--subject", "S*", "--frames", "2", "--steps", "1",
+                "--device", "cpu", "--out", str(out)]
+    assert main(generate) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: the base {base}, on which subject S* was learned, is no longer there: move it back, "
+                   f"or give its new place with --base\n")
+    assert not out.exists()
+    assert main([*generate, "--base", str(tmp_path / "moved-base")]) == 0  # the same weights, at their new place
+    assert out.exists()

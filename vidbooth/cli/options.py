@@ -108,6 +108,8 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
     variant) that the named library artifacts (kind, name) were learned with, as dotted config keys, when they
     all agree and name another base than the default; using them on any other base is an error. What a flag or
     --set gives stays. Empty when nothing applies (an unknown name is reported by the command itself)."""
+    from pathlib import Path
+
     from omegaconf import OmegaConf
 
     from vidbooth.config.load import SHIPPED_BASE, given_base
@@ -134,9 +136,16 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
         return {}
     names = " and ".join(f"{kind} {name}" for kind, name in named)
     were = "was" if len(named) == 1 else "were"
-    info(f"using base {learned.get('backbone.base')}, on which {names} {were} learned (--base chooses another)")
     set_keys = {item.split("=", 1)[0].strip() for item in sets or [] if "=" in item}
-    return {key: value for key, value in learned.items() if overrides.get(key) is None and key not in set_keys}
+    kept = {key: value for key, value in learned.items() if overrides.get(key) is None and key not in set_keys}
+    for key, flag in (("backbone.base", "--base"), ("backbone.motion_adapter", "--motion-adapter")):
+        folder = kept.get(key)  # a local folder is recorded absolute
+        if isinstance(folder, str) and Path(folder).is_absolute() and not Path(folder).exists():
+            what = "base" if flag == "--base" else "motion adapter"
+            raise UserError(f"the {what} {folder}, on which {names} {were} learned, is no longer there: move it back, "
+                            f"or give its new place with {flag}")
+    info(f"using base {learned.get('backbone.base')}, on which {names} {were} learned (--base chooses another)")
+    return kept
 
 
 def warn_of_idle_sets(cfg, sets: list[str] | None) -> None:
