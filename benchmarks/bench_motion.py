@@ -12,6 +12,7 @@ use the same saved model, the same latents, caption and appearance embeddings, a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -83,7 +84,7 @@ class TemporalFineTune:
                 p.copy_(state[str(i)])
 
 
-def run_method(method_name: str, folder: Path, args) -> dict:
+def run_method(method_name: str, folder: Path, args, gradient_checkpointing: bool = False) -> dict:
     """Train `method_name` for args.steps steps in this process and return its figures."""
     from vidbooth.adapters.motion import MotionAdapterSpec
     from vidbooth.config.train import TrainConfig
@@ -109,9 +110,14 @@ def run_method(method_name: str, folder: Path, args) -> dict:
     unet_params = sum(p.numel() for n, p in bb.unet.named_parameters() if ".adapters." not in n)
     trainable = sum(p.numel() for p in method.trainable_parameters())
     with tempfile.TemporaryDirectory() as run_dir, PeakMemory(bb.device) as memory:
-        train(method, [item], TrainConfig(steps=2, lr=1e-5, checkpoint_every=0), run_dir, accelerator)  # warm-up
-        result = train(method, [item], TrainConfig(steps=args.steps, lr=1e-5, checkpoint_every=0), run_dir, accelerator)
+        for steps in (2, args.steps):  # a warm-up, then the steps measured
+            settings = TrainConfig(steps=steps, lr=1e-5, checkpoint_every=0,
+                                   gradient_checkpointing=gradient_checkpointing)
+            result = train(method, [item], settings, run_dir, accelerator, unet=bb.unet)
     peak_mb = memory.peak / 2**20
+    digest = hashlib.sha256()
+    for key, tensor in sorted(method.state_dict().items()):
+        digest.update(key.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
     return {
         "method": method_name,
         "unet_parameters": unet_params,
@@ -119,6 +125,7 @@ def run_method(method_name: str, folder: Path, args) -> dict:
         "seconds_per_step": result.step_seconds,  # checkpoint writes excluded
         "peak_training_mb": peak_mb,
         "memory": "CUDA peak allocated" if bb.device.type == "cuda" else "CPU peak RSS growth",
+        "weights": digest.hexdigest()[:16],  # of the trained weights
     }
 
 

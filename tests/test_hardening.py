@@ -149,6 +149,7 @@ def test_running_out_of_memory_is_one_line_with_the_size_and_what_to_lower(photo
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: out of memory (it asked for 2.00 GiB more): ask for less at once")
     assert "(a smaller --batch-size or --resolution" in err[-1]  # what this command can ask for less of
+    assert err[-1].endswith("or use --precision fp16 on a GPU or --gradient-checkpointing, and run it again")
     assert "Traceback" not in "".join(err) and _files() == old  # the stored subject is untouched
 
     monkeypatch.setattr(generate_engine, "sample_videos", lambda *args: torch.empty(10**14))  # the CPU allocator fails
@@ -158,6 +159,7 @@ def test_running_out_of_memory_is_one_line_with_the_size_and_what_to_lower(photo
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: out of memory (it asked for 372529.0 GiB at once)")
     assert "--num-frames" in err[-1] and "--batch-size" not in err[-1] and not out.exists()  # generate has none
+    assert "--gradient-checkpointing" not in err[-1]
 
     monkeypatch.setattr(generate_engine, "sample_videos", lambda *args: torch.zeros(2) @ torch.zeros(3))
     with pytest.raises(RuntimeError, match="size mismatch|shapes|size"):  # any other error keeps its traceback

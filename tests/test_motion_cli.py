@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from tests.badinputs import write_clip
@@ -537,3 +538,17 @@ def test_the_preview_is_sampled_from_the_training_seed(tmp_path, monkeypatch):
     cfg.train.seed = 17
     motion._write_preview(SimpleNamespace(), cfg, "a person waving", tmp_path / "preview.png")
     assert seeds == [17] and (tmp_path / "preview.png").is_file()
+
+
+def test_gradient_checkpointing_learns_the_same_motion(tmp_path, isolated_home):
+    """With appearance guidance: the embedding is set on the adapters before the UNet call, and the recomputation
+    in the backward pass must see it."""
+    clip = str(square_clip(tmp_path / "slide.mp4"))
+    args = ["train-motion", clip, *NO_PREVIEW, "--appearance-guidance", "--p-image-zero", "0"]
+    assert main([*args, "--name", "plain"]) == 0
+    assert main([*args, "--name", "recomputed", "--gradient-checkpointing"]) == 0
+    plain, _ = load_tensors(isolated_home / "motions" / "plain" / "motion_adapter.safetensors")
+    recomputed, _ = load_tensors(isolated_home / "motions" / "recomputed" / "motion_adapter.safetensors")
+    assert plain.keys() == recomputed.keys() and all(torch.equal(plain[k], recomputed[k]) for k in plain)
+    config = yaml.safe_load((isolated_home / "motions" / "recomputed" / "config.yaml").read_text())
+    assert config["train"]["gradient_checkpointing"] is True

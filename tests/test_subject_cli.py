@@ -1087,3 +1087,21 @@ def test_photo_copies_keep_the_subjects_own_names_without_colliding_with_numbere
     entries = _copy_photos(photos, tmp_path / "again", "S*")
     assert [entry["file"] for entry in entries] == ["photos/01-a.png", "photos/01-01-a.png"]
     assert (tmp_path / "again" / "01-a.png").read_bytes() == b"own"
+
+
+def test_gradient_checkpointing_learns_the_same_subject(photos, isolated_home):
+    """Both stages, with prior preservation and the guided losses (their unconditional passes run without
+    gradients, the adapters switched off around them): the same tensors, bit for bit, as without."""
+    args = ["train-subject", str(photos), "--class-noun", "dog", *NO_PREVIEW, "--ti-steps", "2", "--identity-steps",
+            "2", "--prior-preservation", *PRIOR_FAST, "--set", "prior.num_class_images=2",
+            "--set", "textual_inversion.guidance_scale=3", "--set", "identity.guidance_scale=3"]
+    assert main([*args, "--name", "plain"]) == 0
+    assert main([*args, "--name", "recomputed", "--gradient-checkpointing"]) == 0
+    for file in ("learned_embeds.safetensors", "identity_adapter.safetensors"):
+        plain, _ = load_tensors(isolated_home / "subjects" / "plain" / file)
+        recomputed, _ = load_tensors(isolated_home / "subjects" / "recomputed" / file)
+        plain, recomputed = list(plain.values()), list(recomputed.values())  # the embedding's key is the name
+        assert len(plain) == len(recomputed) and all(map(torch.equal, plain, recomputed))
+    config = yaml.safe_load((isolated_home / "subjects" / "recomputed" / "config.yaml").read_text())
+    assert config["textual_inversion"]["train"]["gradient_checkpointing"] is True
+    assert config["identity"]["train"]["gradient_checkpointing"] is True

@@ -262,6 +262,9 @@ LESS_AT_ONCE |= {"textual-inversion": LESS_AT_ONCE["train-subject"], "identity-a
                  "motion-adapter": LESS_AT_ONCE["train-motion"]}
 
 
+RECOMPUTING = {"train-subject", "textual-inversion", "identity-adapter", "train-motion", "motion-adapter",
+               "train-image-prompt"}
+"""Commands with --gradient-checkpointing, which trades memory for time."""
 NO_PRECISION_FLAG = {"evaluate", "pretrain"}
 """Commands without --precision (evaluate scores in float32; pretrain trains nano in float32)."""
 
@@ -292,7 +295,8 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
         asked = f" (it asked for {found.group(1)} more)"
     less = LESS_AT_ONCE.get(command or "", "a smaller batch")
     half = "" if command in NO_PRECISION_FLAG else ", or use --precision fp16 on a GPU"
-    return f"out of memory{asked}: ask for less at once ({less}){half}, and run it again"
+    recompute = " or --gradient-checkpointing" if command in RECOMPUTING else ""
+    return f"out of memory{asked}: ask for less at once ({less}){half}{recompute}, and run it again"
 
 
 @contextlib.contextmanager

@@ -54,6 +54,7 @@ def train_motion(
         None, "--checkpoint-every", metavar="N",
         help="Save a resumable checkpoint every N steps (default: 100 on nano, else 500).",
     ),
+    gradient_checkpointing: bool = options.GradientCheckpointing,
     num_frames: int = typer.Option(
         None, "--num-frames", "--frames", metavar="N", help="Frames per training clip (default 8)."
     ),
@@ -107,6 +108,7 @@ def train_motion(
         "train.lr": lr,
         "train.batch_size": batch_size,
         "train.checkpoint_every": checkpoint_every,
+        "train.gradient_checkpointing": gradient_checkpointing,
         "train.seed": seed,
         "data.num_frames": num_frames,
         "data.fps": fps,

@@ -71,6 +71,11 @@ TrainingPrecision = typer.Option(
     help="Precision of the frozen base: auto | fp32 | fp16 | bf16 (default: the recipe's, fp32 in nano's; auto: "
     "fp16 on CUDA, fp32 on CPU). The trained weights stay fp32 (docs/precision.md).",
 )
+GradientCheckpointing = typer.Option(
+    None, "--gradient-checkpointing/--no-gradient-checkpointing",
+    help="Recompute the UNet's activations in the backward pass instead of keeping them: much less memory for "
+    "about 1.3x the step time, the same trained weights (default: off; docs/precision.md).",
+)
 Attention = typer.Option(
     None, "--attention", metavar="BACKEND", help="Attention backend: auto | sdpa | xformers | math (default auto: "
     "xformers on CUDA when installed, else sdpa).",

@@ -85,8 +85,9 @@ def _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, o
     }
 
 
-def _train_flags(stage: str, steps, lr, batch_size, checkpoint_every) -> dict:
-    values = {"steps": steps, "lr": lr, "batch_size": batch_size, "checkpoint_every": checkpoint_every}
+def _train_flags(stage: str, steps, lr, batch_size, checkpoint_every, gradient_checkpointing) -> dict:
+    values = {"steps": steps, "lr": lr, "batch_size": batch_size, "checkpoint_every": checkpoint_every,
+              "gradient_checkpointing": gradient_checkpointing}
     return {f"{STAGE_KEYS[stage]}.{field}": value for field, value in values.items()}
 
 
@@ -210,6 +211,7 @@ def textual_inversion(
     ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,
+    gradient_checkpointing: bool = options.GradientCheckpointing,
     resolution: int = Resolution,
     flip: bool = Flip,
     scale_jitter: float = ScaleJitter,
@@ -228,7 +230,7 @@ def textual_inversion(
     """Learn a pseudo-word for the subject (stage 1): only its embedding trains."""
     runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
     overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
-    overrides |= _train_flags("textual_inversion", steps, lr, batch_size, checkpoint_every)
+    overrides |= _train_flags("textual_inversion", steps, lr, batch_size, checkpoint_every, gradient_checkpointing)
     overrides["textual_inversion.num_vectors"] = num_vectors
     flags = COMMON_FLAGS | _train_flag_names("textual_inversion", "--steps", "--lr")
     flags["textual_inversion.num_vectors"] = "--num-vectors"
@@ -257,6 +259,7 @@ def identity_adapter(
     ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,
+    gradient_checkpointing: bool = options.GradientCheckpointing,
     resolution: int = Resolution,
     flip: bool = Flip,
     scale_jitter: float = ScaleJitter,
@@ -279,7 +282,7 @@ def identity_adapter(
     """Train the identity adapter of an existing subject (stage 2), its pseudo-word frozen."""
     runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
     overrides = _common(photos, name, None, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
-    overrides |= _train_flags("identity", steps, lr, batch_size, checkpoint_every)
+    overrides |= _train_flags("identity", steps, lr, batch_size, checkpoint_every, gradient_checkpointing)
     overrides |= _prior_flags(prior_preservation, class_images, num_class_images, prior_weight)
     overrides["identity.hidden_ratio"] = hidden_ratio
     overrides |= options.learned_backbone(recipe, sets, overrides, [("subject", name)] if name else [])
@@ -314,6 +317,7 @@ def train_subject(
     ),
     batch_size: int = BatchSize,
     checkpoint_every: int = CheckpointEvery,
+    gradient_checkpointing: bool = options.GradientCheckpointing,
     resolution: int = Resolution,
     flip: bool = Flip,
     scale_jitter: float = ScaleJitter,
@@ -336,8 +340,8 @@ def train_subject(
     """Learn a subject from photos: pseudo-word, then identity adapter (DreamVideo's subject learning)."""
     runtime = options.runtime_overrides(base, motion_adapter, device, precision, attention, seed)
     overrides = _common(photos, name, class_noun, resolution, flip, scale_jitter, preview, overwrite, resume, runtime)
-    overrides |= _train_flags("textual_inversion", ti_steps, None, batch_size, checkpoint_every)
-    overrides |= _train_flags("identity", identity_steps, None, batch_size, checkpoint_every)
+    overrides |= _train_flags("textual_inversion", ti_steps, None, batch_size, checkpoint_every, gradient_checkpointing)
+    overrides |= _train_flags("identity", identity_steps, None, batch_size, checkpoint_every, gradient_checkpointing)
     overrides |= _prior_flags(prior_preservation, class_images, num_class_images, prior_weight)
     overrides |= {"textual_inversion.num_vectors": num_vectors, "identity.hidden_ratio": hidden_ratio}
     flags = COMMON_FLAGS | PRIOR_FLAGS | _train_flag_names("textual_inversion", "--ti-steps", None)

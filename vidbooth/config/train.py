@@ -37,6 +37,9 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     mixed_precision: str = "auto"
     """auto | no | fp16 | bf16. auto: fp16 autocast on CUDA, none on CPU. Trainable weights stay fp32."""
+    gradient_checkpointing: bool = False
+    """Recompute the UNet's activations in the backward pass instead of keeping them: much less memory for about one
+    more forward pass a step; the trained weights are the same (engine/recompute.py)."""
     checkpoint_every: int = 500
     """Save a resumable checkpoint every N steps (0: only on interruption); one is also saved at the last step."""
     keep_checkpoints: int = 2

@@ -313,9 +313,9 @@ class _Method:
         target = {"epsilon": noise, "sample": latents}.get(kind)
         if target is None:
             target = self.scheduler.get_velocity(latents, noise, timesteps)
-        loss = (prediction.float() - target.float()).pow(2).mean()
-        clear_references(bb.unet)
-        return loss
+        # the references stay until the next step's capture replaces them: the backward pass may run the layers
+        # again (gradient checkpointing), and must see them as the forward pass did
+        return (prediction.float() - target.float()).pow(2).mean()
 
 
 def world_examples(cfg: ImagePromptConfig, size: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -470,8 +470,9 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
             model.add_injections()
         method = _Method(model, stage, HighNoise.of(train_cfg))
         result = train(method, items, train_cfg, run_dir, accelerator, resume=cfg.resume,
-                       signature=signature | {"stage": stage}, description=f"image prompt: {stage}")
+                       signature=signature | {"stage": stage}, description=f"image prompt: {stage}", unet=bb.unet)
         losses[stage] = result.loss
+    clear_references(bb.unet)
     if accelerator.is_main_process:
         metadata = {"method": KIND, "format": str(FORMAT), "spec": spec.to_json(), "base": cfg.backbone.base,
                     "base_fingerprint": bb.fingerprint, "losses": losses, "data": source,

@@ -268,6 +268,7 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
         resume=cfg.resume,
         signature=_signature(cfg, clips, spec, backbone, encoder),
         description=f"motion {cfg.name}",
+        unet=backbone.unet,
     )
     trainable = sum(p.numel() for p in method.params)
     path = Path()

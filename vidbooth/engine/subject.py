@@ -479,6 +479,7 @@ def _train_stage(run: _Run, stage: str, method, signature: dict, description: st
         resume=run.cfg.resume,
         signature=signature,
         description=description,
+        unet=run.backbone.unet,
     )
 
 

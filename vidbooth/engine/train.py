@@ -612,7 +612,8 @@ def _full_signature(cfg: TrainConfig, signature: dict, accelerator) -> dict:
     where they are not the single-process, full-precision defaults (so older single-process runs stay resumable)."""
     from dataclasses import asdict
 
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints")}
+    same_result = ("checkpoint_every", "keep_checkpoints", "gradient_checkpointing")  # a resume may change them
+    settings = {k: v for k, v in asdict(cfg).items() if k not in same_result}
     if accelerator.num_processes != 1:
         settings["processes"] = accelerator.num_processes
     if str(accelerator.mixed_precision) != "no":
@@ -690,6 +691,17 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
     return TrainResult(step=0, start_step=0)
 
 
+def _recomputed(unet: nn.Module | None, cfg: TrainConfig):
+    """`cfg.gradient_checkpointing` on `unet` for the block it is entered for; nothing when it is off."""
+    if not cfg.gradient_checkpointing:
+        return contextlib.nullcontext()
+    if unet is None:
+        raise ValueError("gradient checkpointing needs the UNet: pass train(..., unet=)")
+    from vidbooth.engine.recompute import gradient_checkpointing
+
+    return gradient_checkpointing(unet)
+
+
 class _NoProgress:
     def advance(self, n: int = 1, **fields: object) -> None:
         pass
@@ -715,6 +727,7 @@ def train(
     resume: bool = False,
     signature: dict | None = None,
     description: str = "training",
+    unet: nn.Module | None = None,
 ) -> TrainResult:
     """Optimise `method` for `cfg.steps` steps on batches drawn from `data` and return how it went.
 
@@ -722,7 +735,7 @@ def train(
     `cfg` is added to it (except the checkpoint knobs). A checkpoint with another signature is refused. Without
     `resume` old checkpoints in `run_dir` are deleted. Raises `Interrupted` after saving a checkpoint on
     SIGINT/SIGTERM and `UserError` on a non-finite loss. The run folder is left in place: `remove_runs` it once
-    the result is saved.
+    the result is saved. `unet`: the model whose activations `cfg.gradient_checkpointing` recomputes.
     """
     if len(data) == 0:
         raise ValueError("no training data")
@@ -761,6 +774,7 @@ def train(
 
     started = time.perf_counter()
     with (
+        _recomputed(unet, cfg),
         _stage_clock(run_dir, resume, accelerator.is_main_process) as clock,
         StopRequests() as stop,
         _progress_bar(description, cfg.steps, step, accelerator) as bar,
