@@ -298,3 +298,23 @@ def test_denoising_loss_feeds_the_unet_the_noised_latents():
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, 1000, (2,), generator=generator)
     assert torch.allclose(seen[0], scheduler.add_noise(latents, noise, timesteps))
+
+
+def test_a_half_precision_base_is_noised_in_fp32_and_fed_in_its_own_precision(monkeypatch):
+    """In bf16, 1 - alpha_bar of nano's schedule rounds to 0 at its first 10 timesteps: noised there, the latents
+    had come out clean (and the target noise rounded to bf16)."""
+    import json
+    from types import SimpleNamespace
+
+    from vidbooth.engine import objective
+    from vidbooth.engine.backbone import NANO
+
+    scheduler = training_scheduler(json.loads((NANO / "scheduler" / "scheduler_config.json").read_text()))
+    monkeypatch.setattr(objective, "sample_timesteps", lambda count, *args: torch.arange(count))  # t = 0, 1, ...
+    seen = []
+    model = SimpleNamespace(unet_forward=lambda noisy, t, text: seen.append(noisy) or torch.zeros_like(noisy))
+    latents = torch.zeros(10, 4, 1, 2, 2, dtype=torch.bfloat16)
+    denoising_loss(model, scheduler, latents, None, torch.Generator().manual_seed(0))
+    (noisy,) = seen
+    assert noisy.dtype == torch.bfloat16
+    assert (noisy.flatten(1).abs().amax(1) > 0).all()  # every timestep adds noise, the first too

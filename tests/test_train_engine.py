@@ -297,6 +297,26 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, accelerator):
     assert diverged.value.half and diverged.value.step == 6
 
 
+def test_weights_made_non_finite_by_the_last_step_are_not_kept(tmp_path, accelerator, monkeypatch):
+    """The loss is checked before each update; an update that overflows a weight (fp16 without a loss scaler) is
+    found by the next step's loss, but the last step's had been saved, checkpoint and artifact."""
+    real_step = engine._optimizer_step
+
+    def overflowing_last_step(optimizer, params, cfg, step, accelerator):
+        real_step(optimizer, params, cfg, step, accelerator)
+        if step + 1 == cfg.steps:
+            with torch.no_grad():
+                params[0][0, 0] = float("inf")
+
+    monkeypatch.setattr(engine, "_optimizer_step", overflowing_last_step)
+    cfg = config(steps=6)
+    cfg.locate("train", {"train.lr": "--lr"})
+    with pytest.raises(engine.LossNotFinite, match=r"^the trained weights became NaN or infinite at step 6: training "
+                                                   r"stopped and the last good checkpoint is .*step-0000004; lower"):
+        engine.train(make_method(), toy_data(), cfg, tmp_path, accelerator)
+    assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000004"]
+
+
 def test_lr_schedule():
     cfg = TrainConfig(steps=10, lr=1.0, lr_warmup_steps=2, lr_schedule="linear")
     assert [engine.lr_at(s, cfg) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
@@ -643,6 +663,32 @@ def test_auto_mixed_precision_is_fp16_on_cuda_and_none_elsewhere():
     assert engine.resolve_mixed_precision("auto", "cuda") == "fp16"
     assert engine.resolve_mixed_precision("auto", "cpu") == "no"
     assert engine.resolve_mixed_precision("bf16", "cpu") == "bf16"
+
+
+@pytest.mark.parametrize("base, expected", [("auto", "fp16"), ("fp16", "fp16"), ("fp32", "fp16"), ("bf16", "bf16")])
+def test_auto_mixed_precision_on_cuda_follows_a_half_precision_base(base, expected):
+    """A bf16 base (--precision bf16) had trained under fp16 autocast, with a loss scaler, on a GPU."""
+    assert engine.resolve_mixed_precision("auto", "cuda", base_precision=base) == expected
+    assert engine.resolve_mixed_precision("auto", "cpu", base_precision=base) == "no"
+
+
+@pytest.mark.parametrize("mixed, base", [("fp16", "bf16"), ("bf16", "fp16"), ("bf16", "auto")])
+def test_autocast_in_the_other_half_type_than_the_base_is_refused_on_cuda(mixed, base):
+    """On a GPU it would run in the half type the user did not choose (on a CPU the pair failed in the text
+    encoder's layer norm, 'mixed dtype (CPU)'; there fp16 is refused either way)."""
+    device = "cuda"
+    named = "fp16" if base == "auto" else base
+    message = (rf"^train.mixed_precision is {mixed} but the base is in {named} \(--precision\): .*set "
+               rf"train.mixed_precision to auto \(it follows --precision\) or {named}$")
+    with pytest.raises(UserError, match=message):
+        engine.resolve_mixed_precision(mixed, device, base_precision=base)
+    assert engine.resolve_mixed_precision(mixed, device, base_precision=mixed) == mixed
+    assert engine.resolve_mixed_precision(mixed, device, base_precision="fp32") == mixed  # AMP over fp32 weights
+    if mixed == "fp16":  # on a CPU fp16 autocast is refused as such
+        with pytest.raises(UserError, match="needs CUDA"):
+            engine.resolve_mixed_precision(mixed, "cpu", base_precision=base)
+    else:  # and an fp16 base when it loads: the message to heed there, not this pair's
+        assert engine.resolve_mixed_precision(mixed, "cpu", base_precision=base) == mixed
 
 
 def test_a_steps_loss_is_the_mean_of_its_micro_batches_losses():

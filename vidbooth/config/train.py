@@ -36,7 +36,8 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     mixed_precision: str = "auto"
-    """auto | no | fp16 | bf16. auto: fp16 autocast on CUDA, none on CPU. Trainable weights stay fp32."""
+    """auto | no | fp16 | bf16. auto: on CUDA autocast in the base's half type (bf16 with runtime.precision bf16,
+    else fp16), none on CPU; the other half type than the base's is refused. Trainable weights stay fp32."""
     gradient_checkpointing: bool = False
     """Recompute the UNet's activations in the backward pass instead of keeping them: much less memory for about one
     more forward pass a step; the trained weights are the same (engine/recompute.py)."""

@@ -166,7 +166,7 @@ def capture(backbone: Backbone, scheduler, latents: torch.Tensor, noise: torch.T
             text_embeds: torch.Tensor) -> None:
     """One UNet pass over the image prompts' latents (B, C, 1, h, w) noised to `timesteps`, which leaves each
     injection its layer's input as the reference; `text_embeds` (B, L, D) are the videos' prompts."""
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noisy = scheduler.add_noise(latents.float(), noise.float(), timesteps)  # fp32: see objective.denoising_loss
     with torch.no_grad(), capturing(backbone.unet):
         backbone.unet_forward(noisy.to(backbone.dtype), timesteps, text_embeds)
 
@@ -203,7 +203,7 @@ def prepare_image_prompt(model: ImagePromptModel, photo: np.ndarray, prompt: str
     ids = bb.tokenize([prompt])
     embeds = model.prompt_embeds(ids, model.image_embeds(photo[None]), word)
     latents = image_latents(bb, photo[None])
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     return ImagePromptCondition(model, embeds.repeat(num_videos, 1, 1), latents, noise)
 
 
@@ -295,27 +295,27 @@ class _Method:
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         bb = self.model.backbone
-        latents = batch["latents"].to(bb.device, bb.dtype)
+        latents = batch["latents"].to(bb.device, torch.float32)  # noised in fp32: see objective.denoising_loss
         tokens = self.model.mapper(batch["image_embeds"].to(bb.device).float())
         spans = [tuple(span) for span in batch["span"].tolist()]
         text = splice_tokens(batch["text"].to(bb.device, bb.dtype), spans, tokens)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        noise = torch.randn(latents.shape, generator=generator).to(bb.device)
         timesteps = sample_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, generator,
                                      self.high_noise.fraction, self.high_noise.start)
         timesteps = timesteps.to(bb.device)
         if self.stage == "fine":
-            images = batch["image_latents"].to(bb.device, bb.dtype)
-            image_noise = torch.randn(images.shape, generator=generator).to(images)
+            images = batch["image_latents"].to(bb.device)
+            image_noise = torch.randn(images.shape, generator=generator).to(bb.device)
             capture(bb, self.scheduler, images, image_noise, timesteps, text)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        prediction = bb.unet_forward(noisy, timesteps, text)
+        prediction = bb.unet_forward(noisy.to(bb.dtype), timesteps, text)
         kind = self.scheduler.config.prediction_type
         target = {"epsilon": noise, "sample": latents}.get(kind)
         if target is None:
             target = self.scheduler.get_velocity(latents, noise, timesteps)
         # the references stay until the next step's capture replaces them: the backward pass may run the layers
         # again (gradient checkpointing), and must see them as the forward pass did
-        return (prediction.float() - target.float()).pow(2).mean()
+        return (prediction.float() - target).pow(2).mean()
 
 
 def world_examples(cfg: ImagePromptConfig, size: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -407,7 +407,8 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     examples = find_subject_clips(cfg.data.folder, cfg.word) if cfg.data.folder else None
     check_high_noise([cfg.coarse, cfg.fine], cfg.backbone.base, cfg.backbone.revision)
     accelerator = make_accelerator(cfg.coarse.mixed_precision, device=cfg.runtime.device,
-                                   setting="coarse.mixed_precision and fine.mixed_precision")
+                                   setting="coarse.mixed_precision and fine.mixed_precision",
+                                   base_precision=cfg.runtime.precision)
     if not accelerator.is_main_process:  # the main process holds the lock for them all
         return _train(cfg, out, examples, accelerator)
 

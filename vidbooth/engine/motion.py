@@ -221,7 +221,8 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
     check_high_noise([cfg.train], cfg.backbone.base, cfg.backbone.revision)
     if cfg.appearance.guidance:
         check_encoder(cfg.appearance.encoder)  # minutes before the model would have loaded
-    accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
+    accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device,
+                                   base_precision=cfg.runtime.precision)
     # a --resume with other settings is refused before the model loads
     refuse_other_settings(run_folder("motion", cfg.name, STAGE), cfg.resume, cfg.train, _settings_signature(cfg, clips),
                           accelerator)

@@ -77,8 +77,11 @@ def denoising_loss(
     ('v_prediction') or the clean latents ('sample'). With `guidance`, the prediction is the guided one that
     sampling at that scale would use.
     """
-    batch = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)  # (B, C, F, h, w)
+    batch, dtype = latents.shape[0], latents.dtype
+    # noised and targeted in fp32: in half precision 1 - alpha_bar rounds away near t = 0 (no noise in bf16 at
+    # nano's first 10 timesteps); the UNet gets its input in its own precision
+    latents = latents.float()
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)  # (B, C, F, h, w)
     total = scheduler.config.num_train_timesteps
     if high_noise.fraction and not 0 <= high_noise.start < total:
         raise UserError(
@@ -94,10 +97,11 @@ def denoising_loss(
         target = latents
     else:
         target = scheduler.get_velocity(latents, noise, timesteps)
+    noisy = noisy.to(dtype)
     prediction = backbone.unet_forward(noisy, timesteps, text_embeds)
     if guidance is not None:
         with torch.no_grad(), guidance.unconditional_context():
             negative = guidance.negative_embeds.expand(batch, -1, -1)
             unconditional = backbone.unet_forward(noisy, timesteps, negative)
         prediction = unconditional + guidance.scale * (prediction - unconditional)
-    return (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
+    return (prediction.float() - target).pow(2).flatten(1).mean(1)

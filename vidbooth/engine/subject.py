@@ -205,7 +205,8 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
     stages and, on the main process, save the subject and drop the run's checkpoints."""
     run = _prepare(cfg, stages)
     run.accelerator = make_accelerator(getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device,
-                                       " and ".join(f"{stage}.train.mixed_precision" for stage in stages))
+                                       " and ".join(f"{stage}.train.mixed_precision" for stage in stages),
+                                       cfg.runtime.precision)
     for stage in stages:  # a --resume with other settings is refused before the model loads
         run_dir = run_folder(KIND, cfg.name, STAGE_FOLDERS[stage])
         refuse_other_settings(run_dir, cfg.resume, getattr(cfg, stage).train, _settings_signature(run, stage),

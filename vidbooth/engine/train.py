@@ -7,13 +7,14 @@ processes), seeding, checkpoints, `--resume`, SIGINT/SIGTERM, the NaN guard and 
 
 Usage (the order matters)::
 
-    accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device)
+    accelerator = make_accelerator(cfg.train.mixed_precision, device=cfg.runtime.device,
+                                   base_precision=cfg.runtime.precision)
     backbone = load_backbone(cfg.backbone.base, device=backbone_device(accelerator), ...)
     seed_everything(cfg.train.seed)           # so that the method's initialisation is seeded
     method = MyMethod(backbone, ...)          # frozen work (VAE latents, text embeddings) done here, once
     data = [{"latents": ..., "caption": 0}, ...]   # items: dicts of tensors / numbers, collated per batch
     result = train(method, data, cfg.train, run_folder("subject", name, "identity"), accelerator,
-                   resume=cfg.resume, signature={...settings that must match to resume...})
+                   resume=cfg.resume, signature={...settings that must match to resume...}, unet=backbone.unet)
 
 Determinism: every micro-batch gets its own CPU `torch.Generator` derived from (seed, step, micro-batch,
 process), and batches are drawn from a per-epoch permutation derived from (seed, epoch). Nothing depends on
@@ -78,8 +79,8 @@ class CheckpointDiskFull(UserError):
 
 
 class LossNotFinite(UserError):
-    """The loss became NaN or infinite at `step`; `half`: the run was in half precision (fp16/bf16 autocast, or a
-    frozen base cast to fp16/bf16)."""
+    """The loss, or the trained weights, became NaN or infinite at `step`; `half`: the run was in half precision
+    (fp16/bf16 autocast, or a frozen base cast to fp16/bf16)."""
 
     def __init__(self, message: str, step: int, half: bool):
         super().__init__(message)
@@ -140,18 +141,29 @@ class TrainResult:
 
 
 # ---- setup ----------------------------------------------------------------------------------------
-def resolve_mixed_precision(mixed_precision: str, device_type: str, setting: str = "train.mixed_precision") -> str:
-    """'auto' -> fp16 autocast on CUDA, none elsewhere; fp16 needs CUDA (`setting`: the key a message names)."""
+def resolve_mixed_precision(mixed_precision: str, device_type: str, setting: str = "train.mixed_precision",
+                            base_precision: str = "auto") -> str:
+    """'auto' -> autocast on CUDA in the frozen base's half type (bf16 for a bf16 base, else fp16), none elsewhere;
+    fp16 needs CUDA, and autocast in the other half type than the base's is refused (`setting`: the key a message
+    names; `base_precision`: runtime.precision, --precision)."""
+    base = str(base_precision or "auto").lower()
+    base = ("fp16" if device_type == "cuda" else "fp32") if base == "auto" else base
     if mixed_precision == "auto":
-        return "fp16" if device_type == "cuda" else "no"
+        return ("bf16" if base == "bf16" else "fp16") if device_type == "cuda" else "no"
     if mixed_precision == "fp16" and device_type != "cuda":
         raise UserError(f"mixed precision fp16 ({setting}) needs CUDA: train on a GPU, or set {setting} to no or "
                         "bf16 on this machine")
+    if device_type == "cuda" and {mixed_precision, base} == {"fp16", "bf16"}:  # a CPU refuses fp16 either way
+        raise UserError(f"{setting} is {mixed_precision} but the base is in {base} (--precision): autocast in the "
+                        f"other half type fails on a CPU and defeats the choice on a GPU; set {setting} to auto (it "
+                        f"follows --precision) or {base}")
     return mixed_precision
 
 
-def make_accelerator(mixed_precision: str = "auto", device: str = "auto", setting: str = "train.mixed_precision"):
-    """The process's `accelerate.Accelerator`; load the backbone on `backbone_device(accelerator)`.
+def make_accelerator(mixed_precision: str = "auto", device: str = "auto", setting: str = "train.mixed_precision",
+                     base_precision: str = "auto"):
+    """The process's `accelerate.Accelerator`; load the backbone on `backbone_device(accelerator)`, in
+    `base_precision` (runtime.precision), which 'auto' mixed precision follows.
 
     `device` is vidbooth's runtime device (auto | cpu | cuda | cuda:N). Under `accelerate launch` each
     process gets its own device from the launcher. One process holds one mixed-precision setting.
@@ -162,7 +174,7 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
 
     resolved = resolve_device(device)
     on_cpu = resolved.type == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    precision = resolve_mixed_precision(mixed_precision, "cpu" if on_cpu else "cuda", setting)
+    precision = resolve_mixed_precision(mixed_precision, "cpu" if on_cpu else "cuda", setting, base_precision)
     if not on_cpu and resolved.index is not None and "LOCAL_RANK" not in os.environ:
         torch.cuda.set_device(resolved.index)  # one process: accelerate takes the current GPU, so make it this one
     try:
@@ -755,7 +767,25 @@ def train(
     result = _start(run_dir, method, optimizer, params, accelerator, resume, signature, cfg)
     step = result.step
 
+    def diverged(what: str, at: int) -> LossNotFinite:
+        last = list_checkpoints(run_dir)
+        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
+        # half precision: autocast, or a frozen base cast to fp16/bf16 (its signature says, `dtype_signature`)
+        half = str(accelerator.mixed_precision) != "no" or "base_dtype" in signature
+        mixed = cfg.full_key("mixed_precision")
+        fp32 = f" (or train in fp32: --precision fp32 --set {mixed}=no)" if half else ""
+        rate = cfg.setting_name("lr")
+        rate = rate if rate.endswith(")") else f"{rate} (--set {rate}=N)"  # one without a flag of its own
+        return LossNotFinite(  # a resume would repeat the same steps: other settings mean starting over
+            f"{what} at step {at}: training stopped and {kept}; lower the learning rate {rate}{fp32} and run again "
+            "with --overwrite instead of --resume", at, half
+        )
+
     def checkpoint(at: int, loss: float) -> None:
+        # the loss of each step is checked; the weights its update made, before they are kept: the last step's
+        # (fp16 without a loss scaler can overflow a gradient) would have been saved
+        if not torch.stack([torch.isfinite(p).all() for p in params]).all():
+            raise diverged("the trained weights became NaN or infinite", at)
         if accelerator.is_main_process:
             try:
                 save_checkpoint(run_dir, at, method, optimizer, accelerator, signature, loss)
@@ -784,18 +814,7 @@ def train(
             loss = _accumulate(method, data, cfg, step, accelerator)
             signalled, bad_loss, mean_loss = _step_outcome(accelerator, stop.signum, loss)
             if bad_loss:
-                last = list_checkpoints(run_dir)
-                kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
-                # half precision: autocast, or a frozen base cast to fp16/bf16 (its signature says, `dtype_signature`)
-                half = str(accelerator.mixed_precision) != "no" or "base_dtype" in signature
-                mixed = cfg.full_key("mixed_precision")
-                fp32 = f" (or train in fp32: --precision fp32 --set {mixed}=no)" if half else ""
-                rate = cfg.setting_name("lr")
-                rate = rate if rate.endswith(")") else f"{rate} (--set {rate}=N)"  # one without a flag of its own
-                raise LossNotFinite(  # a resume would repeat the same steps: other settings mean starting over
-                    f"loss became {loss} at step {step + 1}: training stopped and {kept}; lower the learning rate "
-                    f"{rate}{fp32} and run again with --overwrite instead of --resume", step + 1, half
-                )
+                raise diverged(f"loss became {loss}", step + 1)
             _optimizer_step(optimizer, params, cfg, step, accelerator)
             step += 1
             loss = mean_loss
