@@ -161,3 +161,21 @@ def two_process_launch(tmp_path, monkeypatch) -> list[str]:
             "--mixed_precision", "no", "--num_machines", "1", "--dynamo_backend", "no",
             "--main_process_port", str(port)]
 
+
+
+@pytest.fixture
+def recomputations(monkeypatch) -> list[str]:
+    """The layers (class names) gradient checkpointing ran through `torch.utils.checkpoint` in this test, as
+    `vidbooth.engine.recompute` calls it: a run that trains the same weights with the setting ignored is told
+    from one that recomputed."""
+    from vidbooth.engine import recompute
+
+    calls = []
+    real = recompute.checkpoint
+
+    def counted(run, forward, *args, **kwargs):
+        calls.append(type(forward.__self__).__name__)
+        return real(run, forward, *args, **kwargs)
+
+    monkeypatch.setattr(recompute, "checkpoint", counted)
+    return calls

@@ -148,16 +148,20 @@ def test_nano_image_prompts_on_cuda_give_the_subjects_colour_and_the_cpus_video_
     assert difference < 2 and colour == "red"
 
 
-def test_gradient_checkpointing_trains_under_fp16_on_cuda(world_inputs, tiny_base_dirs, isolated_home):
+def test_gradient_checkpointing_trains_under_fp16_on_cuda(world_inputs, tiny_base_dirs, isolated_home,
+                                                          recomputations):
     """The recomputation in the backward pass runs on CUDA under fp16 autocast and gives the weights a run without
-    it gives (on the CPU bit for bit, tests/test_motion_cli.py; here within fp16's reach)."""
+    it gives (on the CPU bit for bit, tests/test_motion_cli.py; here within fp16's reach): the up-projections,
+    which start at 0, differ by far less than they moved."""
     _, clip = world_inputs
-    args = ["train-motion", str(clip), "--base", str(tiny_base_dirs["unet3d"]), "--steps", "4", "--no-preview",
-            *ON_GPU]
+    args = ["train-motion", str(clip), "--base", str(tiny_base_dirs["unet3d"]), "--steps", "4", "--lr", "1e-3",
+            "--no-preview", *ON_GPU]
     assert main([*args, "--name", "plain"]) == 0
-    assert main([*args, "--name", "recomputed", "--gradient-checkpointing"]) == 0
+    assert main([*args, "--name", "recomputed", "--gradient-checkpointing"]) == 0 and recomputations
     plain, _ = load_tensors(isolated_home / "motions" / "plain" / "motion_adapter.safetensors")
     recomputed, _ = load_tensors(isolated_home / "motions" / "recomputed" / "motion_adapter.safetensors")
-    largest = max((plain[k] - recomputed[k]).abs().max().item() for k in plain)
-    print(f"largest difference of a weight with and without gradient checkpointing: {largest:.2e}")
-    assert all(torch.isfinite(t).all() for t in recomputed.values()) and largest < 1e-3
+    ups = [k for k in plain if k.endswith("up.weight")]
+    moved = max(plain[k].abs().max().item() for k in ups)
+    largest = max((plain[k] - recomputed[k]).abs().max().item() for k in ups)
+    print(f"up-projections: moved up to {moved:.2e}, differ with gradient checkpointing by up to {largest:.2e}")
+    assert all(torch.isfinite(t).all() for t in recomputed.values()) and ups and largest < 0.05 * moved

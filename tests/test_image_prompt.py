@@ -775,10 +775,11 @@ def test_the_fine_stage_captures_the_photo_at_the_videos_timesteps(tiny_backbone
         model.remove()
 
 
-def test_gradient_checkpointing_trains_the_same_model(trained, tiny_base_dirs, tmp_path):
+def test_gradient_checkpointing_trains_the_same_model(trained, tiny_base_dirs, tmp_path, recomputations):
     """The fine stage's injections attend to the photo's features captured before the UNet call: they must still
     be there when the backward pass runs the layers again."""
     cfg = _config(tmp_path / "recomputed.safetensors", tiny_base_dirs["unet3d"])
     cfg.coarse.gradient_checkpointing = cfg.fine.gradient_checkpointing = True
     ours, theirs = load_tensors(train_image_prompt(cfg))[0], load_tensors(trained)[0]
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert recomputations  # and it did recompute

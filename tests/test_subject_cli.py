@@ -1089,14 +1089,14 @@ def test_photo_copies_keep_the_subjects_own_names_without_colliding_with_numbere
     assert (tmp_path / "again" / "01-a.png").read_bytes() == b"own"
 
 
-def test_gradient_checkpointing_learns_the_same_subject(photos, isolated_home):
+def test_gradient_checkpointing_learns_the_same_subject(photos, isolated_home, recomputations):
     """Both stages, with prior preservation and the guided losses (their unconditional passes run without
     gradients, the adapters switched off around them): the same tensors, bit for bit, as without."""
     args = ["train-subject", str(photos), "--class-noun", "dog", *NO_PREVIEW, "--ti-steps", "2", "--identity-steps",
             "2", "--prior-preservation", *PRIOR_FAST, "--set", "prior.num_class_images=2",
             "--set", "textual_inversion.guidance_scale=3", "--set", "identity.guidance_scale=3"]
-    assert main([*args, "--name", "plain"]) == 0
-    assert main([*args, "--name", "recomputed", "--gradient-checkpointing"]) == 0
+    assert main([*args, "--name", "plain"]) == 0 and recomputations == []
+    assert main([*args, "--name", "recomputed", "--gradient-checkpointing"]) == 0 and recomputations
     for file in ("learned_embeds.safetensors", "identity_adapter.safetensors"):
         plain, _ = load_tensors(isolated_home / "subjects" / "plain" / file)
         recomputed, _ = load_tensors(isolated_home / "subjects" / "recomputed" / file)

@@ -179,7 +179,7 @@ def test_denoising_loss_target(prediction_type):
     from vidbooth.engine.tiny import _scheduler_config
 
     scheduler = training_scheduler(_scheduler_config() | {"prediction_type": prediction_type})
-    zero_model = SimpleNamespace(unet_forward=lambda noisy, t, text: torch.zeros_like(noisy))
+    zero_model = SimpleNamespace(dtype=torch.float32, unet_forward=lambda noisy, t, text: torch.zeros_like(noisy))
     latents = torch.randn(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     loss = denoising_loss(zero_model, scheduler, latents, None, torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)
@@ -197,7 +197,8 @@ def test_denoising_loss_draws_the_high_noise_share_from_the_top_of_the_schedule(
 
     scheduler = training_scheduler(_scheduler_config())
     seen = []
-    model = SimpleNamespace(unet_forward=lambda noisy, t, text: seen.append(t) or torch.zeros_like(noisy))
+    model = SimpleNamespace(dtype=torch.float32,
+                            unet_forward=lambda noisy, t, text: seen.append(t) or torch.zeros_like(noisy))
     latents = torch.randn(64, 4, 1, 2, 2)
     denoising_loss(model, scheduler, latents, None, torch.Generator().manual_seed(0))
     denoising_loss(model, scheduler, latents, None, torch.Generator().manual_seed(0), HighNoise(1.0, 990))
@@ -234,7 +235,7 @@ def test_guided_loss_is_on_the_guided_prediction_with_a_frozen_unconditional_pas
     def text_mean(noisy, t, text):  # the prediction is the text embedding's mean: cond and uncond are known numbers
         return text.mean((1, 2)).view(-1, 1, 1, 1, 1).expand_as(noisy)
 
-    model = SimpleNamespace(unet_forward=text_mean)
+    model = SimpleNamespace(dtype=torch.float32, unet_forward=text_mean)
     latents = torch.zeros(2, 4, 1, 2, 2)
     cond = torch.full((2, 3, 5), 0.5, requires_grad=True)
     negative = torch.full((1, 3, 5), 0.2, requires_grad=True)
@@ -291,7 +292,8 @@ def test_denoising_loss_feeds_the_unet_the_noised_latents():
 
     scheduler = training_scheduler(_scheduler_config())
     seen = []
-    model = SimpleNamespace(unet_forward=lambda noisy, t, text: seen.append(noisy) or torch.zeros_like(noisy))
+    model = SimpleNamespace(dtype=torch.float32,
+                            unet_forward=lambda noisy, t, text: seen.append(noisy) or torch.zeros_like(noisy))
     latents = torch.randn(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     denoising_loss(model, scheduler, latents, None, torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(0)  # the draws denoising_loss makes, in its order
@@ -312,8 +314,9 @@ def test_a_half_precision_base_is_noised_in_fp32_and_fed_in_its_own_precision(mo
     scheduler = training_scheduler(json.loads((NANO / "scheduler" / "scheduler_config.json").read_text()))
     monkeypatch.setattr(objective, "sample_timesteps", lambda count, *args: torch.arange(count))  # t = 0, 1, ...
     seen = []
-    model = SimpleNamespace(unet_forward=lambda noisy, t, text: seen.append(noisy) or torch.zeros_like(noisy))
-    latents = torch.zeros(10, 4, 1, 2, 2, dtype=torch.bfloat16)
+    model = SimpleNamespace(dtype=torch.bfloat16,
+                            unet_forward=lambda noisy, t, text: seen.append(noisy) or torch.zeros_like(noisy))
+    latents = torch.zeros(10, 4, 1, 2, 2, dtype=torch.bfloat16)  # encoded by the bf16 base
     denoising_loss(model, scheduler, latents, None, torch.Generator().manual_seed(0))
     (noisy,) = seen
     assert noisy.dtype == torch.bfloat16

@@ -317,6 +317,13 @@ def test_weights_made_non_finite_by_the_last_step_are_not_kept(tmp_path, acceler
     assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000004"]
 
 
+def test_a_run_resumes_with_gradient_checkpointing_switched_on_or_off(accelerator):
+    """It changes memory and time, not the weights (tests/test_recompute.py): not part of what a resume checks."""
+    on, off = config(gradient_checkpointing=True), config(gradient_checkpointing=False)
+    assert engine._full_signature(on, {}, accelerator) == engine._full_signature(off, {}, accelerator)
+    assert engine._full_signature(config(lr=0.1), {}, accelerator) != engine._full_signature(off, {}, accelerator)
+
+
 def test_lr_schedule():
     cfg = TrainConfig(steps=10, lr=1.0, lr_warmup_steps=2, lr_schedule="linear")
     assert [engine.lr_at(s, cfg) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
@@ -678,10 +685,13 @@ def test_autocast_in_the_other_half_type_than_the_base_is_refused_on_cuda(mixed,
     encoder's layer norm, 'mixed dtype (CPU)'; there fp16 is refused either way)."""
     device = "cuda"
     named = "fp16" if base == "auto" else base
-    message = (rf"^train.mixed_precision is {mixed} but the base is in {named} \(--precision\): .*set "
-               rf"train.mixed_precision to auto \(it follows --precision\) or {named}$")
+    message = (rf"^train.mixed_precision is {mixed} but the base is in {named} \(--precision\): autocast in the "
+               rf"other half type defeats the choice; give --set train.mixed_precision=auto \(auto follows "
+               rf"--precision\), or --precision {mixed}$")
     with pytest.raises(UserError, match=message):
         engine.resolve_mixed_precision(mixed, device, base_precision=base)
+    with pytest.raises(UserError, match=r"give --set a.mixed_precision=auto --set b.mixed_precision=auto \(auto"):
+        engine.resolve_mixed_precision(mixed, device, "a.mixed_precision and b.mixed_precision", base)
     assert engine.resolve_mixed_precision(mixed, device, base_precision=mixed) == mixed
     assert engine.resolve_mixed_precision(mixed, device, base_precision="fp32") == mixed  # AMP over fp32 weights
     if mixed == "fp16":  # on a CPU fp16 autocast is refused as such

@@ -77,7 +77,7 @@ def denoising_loss(
     ('v_prediction') or the clean latents ('sample'). With `guidance`, the prediction is the guided one that
     sampling at that scale would use.
     """
-    batch, dtype = latents.shape[0], latents.dtype
+    batch = latents.shape[0]
     # noised and targeted in fp32: in half precision 1 - alpha_bar rounds away near t = 0 (no noise in bf16 at
     # nano's first 10 timesteps); the UNet gets its input in its own precision
     latents = latents.float()
@@ -97,7 +97,7 @@ def denoising_loss(
         target = latents
     else:
         target = scheduler.get_velocity(latents, noise, timesteps)
-    noisy = noisy.to(dtype)
+    noisy = noisy.to(backbone.dtype)
     prediction = backbone.unet_forward(noisy, timesteps, text_embeds)
     if guidance is not None:
         with torch.no_grad(), guidance.unconditional_context():

@@ -30,7 +30,7 @@ def recomputed_layers(unet: nn.Module) -> list[nn.Module]:
     for block in blocks:
         if block is not None:
             layers += [layer for child in block.children() if isinstance(child, nn.ModuleList) for layer in child]
-    return [layer for layer in layers if layer is not None]
+    return [layer for layer in dict.fromkeys(layers) if layer is not None]  # a layer shared by two: wrapped once
 
 
 def _recomputing(forward):

@@ -619,10 +619,10 @@ def _warn_if_not_one_run(run: _Run, earlier: SubjectConfig) -> None:
         "data": earlier.data != cfg.data,
         "runtime.seed": (cfg.data.flip or cfg.data.scale_jitter > 0) and earlier.runtime.seed != cfg.runtime.seed,
         "runtime.precision": _differ_here(earlier.runtime.precision, cfg.runtime.precision, resolve_dtype, device),
-        "mixed_precision": _differ_here(
-            earlier.textual_inversion.train.mixed_precision,
-            cfg.identity.train.mixed_precision,
-            lambda setting, on: resolve_mixed_precision(setting, on.type),
+        "mixed_precision": _differ_here(  # each with its base's precision, which auto follows
+            (earlier.textual_inversion.train.mixed_precision, earlier.runtime.precision),
+            (cfg.identity.train.mixed_precision, cfg.runtime.precision),
+            lambda setting, on: resolve_mixed_precision(setting[0], on.type, base_precision=setting[1]),
             device,
         ),
     }
@@ -635,7 +635,7 @@ def _warn_if_not_one_run(run: _Run, earlier: SubjectConfig) -> None:
         )
 
 
-def _differ_here(earlier: str, this: str, resolve, device: torch.device) -> bool:
+def _differ_here(earlier, this, resolve, device: torch.device) -> bool:
     """Whether two precision settings mean different things on `device` (`auto` is fp32 and no mixed precision
     on a CPU, so `auto` and `fp32` or `no` do not differ there); a setting `device` cannot take (fp16 on a CPU,
     from a run on a GPU) differs by name. `resolve(setting, device)`."""

@@ -154,9 +154,10 @@ def resolve_mixed_precision(mixed_precision: str, device_type: str, setting: str
         raise UserError(f"mixed precision fp16 ({setting}) needs CUDA: train on a GPU, or set {setting} to no or "
                         "bf16 on this machine")
     if device_type == "cuda" and {mixed_precision, base} == {"fp16", "bf16"}:  # a CPU refuses fp16 either way
+        fix = " ".join(f"--set {key}=auto" for key in setting.split(" and "))
         raise UserError(f"{setting} is {mixed_precision} but the base is in {base} (--precision): autocast in the "
-                        f"other half type fails on a CPU and defeats the choice on a GPU; set {setting} to auto (it "
-                        f"follows --precision) or {base}")
+                        f"other half type defeats the choice; give {fix} (auto follows --precision), or --precision "
+                        f"{mixed_precision}")
     return mixed_precision
 
 
@@ -783,8 +784,11 @@ def train(
 
     def checkpoint(at: int, loss: float) -> None:
         # the loss of each step is checked; the weights its update made, before they are kept: the last step's
-        # (fp16 without a loss scaler can overflow a gradient) would have been saved
-        if not torch.stack([torch.isfinite(p).all() for p in params]).all():
+        # (fp16 without a loss scaler can overflow a gradient) would have been saved. All processes decide
+        # together (their weights are the same), and before a stop's checkpoint too: weights not worth keeping
+        # end the run as a NaN loss does
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+        if _agree(accelerator, [float(not finite)])[0]:
             raise diverged("the trained weights became NaN or infinite", at)
         if accelerator.is_main_process:
             try:
