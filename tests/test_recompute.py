@@ -101,3 +101,18 @@ def test_under_bf16_autocast_the_recomputation_is_autocast_too(backbones):
             recomputed, recomputed_grads, _ = _step(bb, params, torch.autocast("cpu", dtype=torch.bfloat16))
     assert prediction.dtype == torch.bfloat16 and torch.equal(prediction, recomputed)
     assert all(torch.equal(a, b) for a, b in zip(grads, recomputed_grads, strict=True))
+
+
+def test_a_layer_shared_by_two_blocks_is_wrapped_once_and_restored():
+    """Wrapped twice, its restoring had failed on the second `del layer.forward`."""
+    shared = torch.nn.Linear(2, 2)
+    block = torch.nn.Module()
+    block.resnets = torch.nn.ModuleList([shared])
+    unet = torch.nn.Module()
+    unet.down_blocks = torch.nn.ModuleList([block])
+    unet.up_blocks = torch.nn.ModuleList([block])
+    assert recomputed_layers(unet) == [shared]
+    with gradient_checkpointing(unet) as count:
+        x = torch.ones(1, 2, requires_grad=True)
+        shared(x).sum().backward()
+    assert count == 1 and "forward" not in shared.__dict__ and x.grad is not None
