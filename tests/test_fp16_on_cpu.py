@@ -1,0 +1,53 @@
+"""The fp16 paths that otherwise run only on a GPU, here on the CPU: a base cast to fp16 (vidbooth refuses fp16 on a
+CPU, where it is slow, so the test lets it through). fp16 has its own branches that bf16, tested on the CPU
+elsewhere, never takes: the VAE kept in fp32 beside an fp16 UNet (`force_upcast`), the latents and embeddings
+handed between the two, the adapters cast to the base's dtype. A tensor of the wrong dtype in any of them fails
+here as it would on CUDA (mixed precision's autocast and loss scaler still need CUDA: tests/test_cuda.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidbooth.adapters.base import load_tensors
+from vidbooth.cli.app import main
+from vidbooth.data.video import read_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def fp16_allowed(monkeypatch):
+    import vidbooth.device
+
+    real = vidbooth.device.resolve_dtype
+
+    def resolve_dtype(precision, device):
+        return torch.float16 if precision == "fp16" else real(precision, device)
+
+    monkeypatch.setattr(vidbooth.device, "resolve_dtype", resolve_dtype)
+
+
+@pytest.mark.parametrize("family", ["unet3d", "animatediff"])
+def test_train_and_generate_on_an_fp16_base(family, fp16_allowed, tiny_base_dirs, world_inputs, isolated_home,
+                                            tmp_path):
+    from vidbooth.engine.tiny import motion_adapter_folder
+
+    photos, clip = world_inputs
+    base = ["--base", str(tiny_base_dirs[family]), "--precision", "fp16", "--device", "cpu"]
+    if family == "animatediff":
+        base += ["--motion-adapter", str(motion_adapter_folder(tiny_base_dirs[family]))]
+    preview = ["--set", "preview.num_frames=2", "--set", "preview.num_inference_steps=2"]
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", *base, "--ti-steps", "1",
+                 "--identity-steps", "1", "--prior-preservation", "--set", "prior.num_class_images=1",
+                 "--set", "prior.num_inference_steps=1", "--set", "identity.guidance_scale=3", *preview]) == 0
+    assert main(["train-motion", str(clip), "--name", "M", *base, "--steps", "1", "--num-frames", "4",
+                 "--appearance-guidance", "--image-encoder", "vae", "--set", "preview.num_inference_steps=2"]) == 0
+    for file in [isolated_home / "subjects" / "S%2A" / "identity_adapter.safetensors",
+                 isolated_home / "motions" / "M" / "motion_adapter.safetensors"]:
+        tensors, _ = load_tensors(file)
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors.values())
+    out = tmp_path / "video.mp4"
+    assert main(["generate", *base, "--subject", "S*", "--motion", "M", "--prompt", "a S* ball rolling",
+                 "--frames", "4", "--steps", "2", "--scheduler", "dpm++", "--out", str(out)]) == 0
+    assert read_video(out).shape == (4, 32, 32, 3)
