@@ -51,3 +51,24 @@ def test_train_and_generate_on_an_fp16_base(family, fp16_allowed, tiny_base_dirs
     assert main(["generate", *base, "--subject", "S*", "--motion", "M", "--prompt", "a S* ball rolling",
                  "--frames", "4", "--steps", "2", "--scheduler", "dpm++", "--out", str(out)]) == 0
     assert read_video(out).shape == (4, 32, 32, 3)
+
+
+def test_an_fp16_image_model_animates_a_subject_zero_shot(fp16_allowed, tiny_base_dirs, world_inputs, tmp_path):
+    """Text2Video-Zero: the first frame's latents translated (in fp32) and noised back, cross-frame attention."""
+    photos, _ = world_inputs
+    base = ["--base", str(tiny_base_dirs["animatediff"]), "--precision", "fp16", "--device", "cpu"]
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", *base, "--ti-steps", "1",
+                 "--identity-steps", "1", "--no-preview"]) == 0
+    out = tmp_path / "video.mp4"
+    assert main(["generate", *base, "--subject", "S*", "--prompt", "a S* ball", "--frames", "3", "--steps", "4",
+                 "--out", str(out)]) == 0
+    assert read_video(out).shape == (3, 32, 32, 3)
+
+
+def test_nano_in_fp16_takes_an_image_prompt(fp16_allowed, world_inputs, tmp_path):
+    """nano's own image-prompt model: the photo's latents noised at each step's timestep, its features injected."""
+    photos, _ = world_inputs
+    out = tmp_path / "video.mp4"
+    assert main(["generate", "--precision", "fp16", "--device", "cpu", "--image-prompt", str(photos / "0.png"),
+                 "--prompt", "a sprite moving right", "--frames", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert read_video(out).shape == (2, 64, 64, 3)
