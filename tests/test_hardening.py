@@ -151,6 +151,10 @@ def test_running_out_of_memory_is_one_line_with_the_size_and_what_to_lower(photo
     assert "(a smaller --batch-size or --resolution" in err[-1]  # what this command can ask for less of
     assert err[-1].endswith("or use --precision fp16 on a GPU or --gradient-checkpointing, and run it again")
     assert "Traceback" not in "".join(err) and _files() == old  # the stored subject is untouched
+    code = _train(photos, tiny_base_dirs["unet3d"], "--overwrite", "--gradient-checkpointing", "--set",
+                  "preview.enabled=false")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith("or use --precision fp16 on a GPU, and run it again")  # it was on
 
     monkeypatch.setattr(generate_engine, "sample_videos", lambda *args: torch.empty(10**14))  # the CPU allocator fails
     out = tmp_path / "v.mp4"

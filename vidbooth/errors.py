@@ -15,6 +15,9 @@ from pathlib import Path
 
 CHECK_THE_PATH = "check the spelling, or quote paths that contain spaces"
 """How to fix a path that is not there, for every "... not found: PATH" message."""
+RECOMPUTING = "vidbooth: raised while gradient checkpointing recomputed the UNet's activations"
+"""The note (`add_note`) on an error raised under gradient checkpointing: running out of memory there, the command
+line does not suggest turning it on."""
 
 
 class UserError(Exception):

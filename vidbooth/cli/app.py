@@ -262,7 +262,7 @@ LESS_AT_ONCE |= {"textual-inversion": LESS_AT_ONCE["train-subject"], "identity-a
                  "motion-adapter": LESS_AT_ONCE["train-motion"]}
 
 
-RECOMPUTING = {"train-subject", "textual-inversion", "identity-adapter", "train-motion", "motion-adapter",
+RECOMPUTING_COMMANDS = {"train-subject", "textual-inversion", "identity-adapter", "train-motion", "motion-adapter",
                "train-image-prompt"}
 """Commands with --gradient-checkpointing, which trades memory for time."""
 NO_PRECISION_FLAG = {"evaluate", "pretrain"}
@@ -283,7 +283,7 @@ def _command_of(argv: list[str]) -> str | None:
 def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
     """One line for an allocation that failed (torch's CUDA or CPU allocator, or Python's MemoryError) with the
     size asked for when the error says it, and what `command` can ask for less of; None for any other error."""
-    from vidbooth.errors import ran_out_of_memory
+    from vidbooth.errors import RECOMPUTING, ran_out_of_memory
 
     if not ran_out_of_memory(exc):
         return None
@@ -295,7 +295,9 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
         asked = f" (it asked for {found.group(1)} more)"
     less = LESS_AT_ONCE.get(command or "", "a smaller batch")
     half = "" if command in NO_PRECISION_FLAG else ", or use --precision fp16 on a GPU"
-    recompute = " or --gradient-checkpointing" if command in RECOMPUTING else ""
+    recompute = " or --gradient-checkpointing" if command in RECOMPUTING_COMMANDS else ""
+    if RECOMPUTING in getattr(exc, "__notes__", ()):  # it was on
+        recompute = ""
     return f"out of memory{asked}: ask for less at once ({less}){half}{recompute}, and run it again"
 
 

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vidbooth.errors import RECOMPUTING
+
 
 def recomputed_layers(unet: nn.Module) -> list[nn.Module]:
     """The layers whose activations are recomputed: every member of a block's module lists (the blocks of
@@ -55,6 +57,9 @@ def gradient_checkpointing(unet: nn.Module) -> Iterator[int]:
         layer.forward = _recomputing(layer.forward)
     try:
         yield len(layers)
+    except BaseException as exc:
+        exc.add_note(RECOMPUTING)
+        raise
     finally:
         for layer, forward in zip(layers, before):
             if forward is None:
