@@ -11,7 +11,6 @@ Memory: CUDA peak allocated, or on CPU the peak growth of the resident set over 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -21,23 +20,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_motion import run_method, save_model
+from bench_motion import parse_arguments, run_method, save_model
 
 SETTINGS = ("off", "on")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=64, help="UNet channels of the first block")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--latent", type=int, default=32, help="latent side (pixels = 2x with the tiny VAE)")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per setting; medians are shown")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
-    parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
-    parser.add_argument("--folder", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__.splitlines()[0], SETTINGS, frames=16, latent=32, steps=5)
     torch.set_num_threads(args.threads)
     os.environ["VIDBOOTH_QUIET"] = "1"
     if args.worker:

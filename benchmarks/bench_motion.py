@@ -136,18 +136,23 @@ def median_row(runs: list[dict]) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_arguments(description: str, workers: tuple[str, ...], frames: int, latent: int, steps: int):
+    """The command line of a benchmark that trains on `save_model`'s UNet in fresh processes, one per worker."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--width", type=int, default=64, help="UNet channels of the first block")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--latent", type=int, default=16, help="latent side (pixels = 2x with the tiny VAE)")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--frames", type=int, default=frames)
+    parser.add_argument("--latent", type=int, default=latent, help="latent side (pixels = 2x with the tiny VAE)")
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per method; medians are shown")
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes for each; medians are shown")
+    parser.add_argument("--worker", choices=workers, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments(__doc__.splitlines()[0], METHODS, frames=8, latent=16, steps=10)
     torch.set_num_threads(args.threads)
     os.environ["VIDBOOTH_QUIET"] = "1"
 
