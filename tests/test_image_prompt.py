@@ -310,7 +310,9 @@ def test_cli_trains_then_generates_from_an_image_prompt(tiny_base_dirs, tmp_path
     model = tmp_path / "ip.safetensors"
     assert main(["train-image-prompt", "--base", base, "--out", str(model), "--coarse-steps", "2", "--fine-steps",
                  "1", "--clips", "2", "--set", "data.num_frames=2", "--device", "cpu"]) == 0
-    assert "saved the image-prompt model in" in capsys.readouterr().err and model.is_file()
+    err = capsys.readouterr().err
+    assert f"use it with generate --image-prompt PHOTO --image-prompt-model {model}, or put it in the base's" in err
+    assert model.is_file()
     photo = tmp_path / "subject.png"
     Image.fromarray(render_photos(Sprite("square", "blue", "striped"), 1, 64)[0]).save(photo)
     out = tmp_path / "v.mp4"
@@ -783,3 +785,17 @@ def test_gradient_checkpointing_trains_the_same_model(trained, tiny_base_dirs, t
     ours, theirs = load_tensors(train_image_prompt(cfg))[0], load_tensors(trained)[0]
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
     assert recomputations  # and it did recompute
+
+
+def test_a_model_trained_into_the_bases_folder_is_said_to_be_its_own(tiny_base_dirs, tmp_path, capsys, monkeypatch):
+    """It had been told to put it where it already was."""
+    import shutil
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    base = tmp_path / "my-base"
+    shutil.copytree(tiny_base_dirs["unet3d"], base)
+    assert main(["train-image-prompt", "--base", str(base), "--out", str(base / "image_prompt.safetensors"),
+                 "--coarse-steps", "1", "--fine-steps", "1", "--clips", "2", "--set", "data.num_frames=2",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"the base's own: generate --base {base} --image-prompt PHOTO uses it" in err and "put it" not in err

@@ -483,8 +483,11 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
         state = model.state_dict()
         write_together([(out, lambda tmp: save_tensors(tmp, state, metadata))])  # never a half-written file
         remove_runs(run_dirs, f"image-prompt model {out}")
+        own = own_image_prompt_model(cfg.backbone.base, cfg.backbone.revision)
+        use = (f"the base's own: generate --base {cfg.backbone.base} --image-prompt PHOTO uses it"
+               if own.resolve() == Path(out).resolve() else f"use it with generate --image-prompt PHOTO "
+               f"--image-prompt-model {out}, or put it in the base's folder as {OWN_IMAGE_PROMPT_MODEL}")
         info(f"saved the image-prompt model in {out} (losses: coarse {losses['coarse']:.4f}, fine "
-             f"{losses['fine']:.4f}); use it with generate --image-prompt PHOTO --image-prompt-model {out}, or put it "
-             f"in the base's folder as {OWN_IMAGE_PROMPT_MODEL}")
+             f"{losses['fine']:.4f}); {use}")
     accelerator.wait_for_everyone()
     return out
