@@ -263,7 +263,7 @@ LESS_AT_ONCE |= {"textual-inversion": LESS_AT_ONCE["train-subject"], "identity-a
 
 
 RECOMPUTING_COMMANDS = {"train-subject", "textual-inversion", "identity-adapter", "train-motion", "motion-adapter",
-               "train-image-prompt"}
+                        "train-image-prompt"}
 """Commands with --gradient-checkpointing, which trades memory for time."""
 NO_PRECISION_FLAG = {"evaluate", "pretrain"}
 """Commands without --precision (evaluate scores in float32; pretrain trains nano in float32)."""
