@@ -224,18 +224,22 @@ def test_frozen_work_is_computed_once(photos, monkeypatch, isolated_home):
     assert not (subject_dir(isolated_home) / "preview.png").exists()
 
 
-def test_prior_preservation_generates_class_images_once(photos, isolated_home):
+def test_prior_preservation_generates_class_images_once(photos, isolated_home, tmp_path, monkeypatch):
     from vidbooth.engine.backbone import cache_dir
 
+    monkeypatch.setenv("VIDBOOTH_CACHE", str(tmp_path / "cache"))  # not the session's, where other tests' are
+
+    def cached() -> dict:
+        return {p: p.stat().st_mtime_ns for p in (cache_dir() / "class-images").rglob("*.png")}
+
     assert train_subject(photos, "--prior-preservation", "--num-class-images", "2") == 0
-    images = sorted((cache_dir() / "class-images").rglob("*.png"))
-    assert len(images) == 2
-    stamps = [p.stat().st_mtime_ns for p in images]
+    made = cached()
+    assert len(made) == 2
     manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
     assert manifest["config"]["prior"]["enabled"] is True
 
     assert train_subject(photos, "--prior-preservation", "--num-class-images", "2", name="T*") == 0
-    assert [p.stat().st_mtime_ns for p in sorted((cache_dir() / "class-images").rglob("*.png"))] == stamps
+    assert cached() == made  # none made again, none rewritten
 
 
 def test_prior_preservation_with_given_class_images(photos, tmp_path, isolated_home, monkeypatch, capsys):
