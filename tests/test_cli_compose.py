@@ -196,3 +196,25 @@ def test_without_base_a_learned_on_base_moved_away_is_named_as_such(
     assert not out.exists()
     assert main([*generate, "--base", str(tmp_path / "moved-base")]) == 0  # the same weights, at their new place
     assert out.exists()
+
+
+def test_without_base_a_learned_on_motion_adapter_moved_away_is_named_as_such(
+    tiny_base_dirs, world_inputs, tmp_path, capsys
+):
+    """And a --motion-adapter given for it is taken: the check is of what the artifacts' record still supplies."""
+    import shutil
+
+    photos, _ = world_inputs
+    base = str(tiny_base_dirs["animatediff"])
+    adapter = tmp_path / "my-adapter"
+    shutil.copytree(base + "-motion-adapter", adapter)
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", "--base", base,
+                 "--motion-adapter", str(adapter), "--ti-steps", "1", "--identity-steps", "1", *FAST]) == 0
+    adapter.rename(tmp_path / "moved-adapter")
+    capsys.readouterr()
+    generate = ["generate", "--prompt", "a S* ball", "--subject", "S*", "--frames", "2", "--steps", "1",
+                "--device", "cpu", "--out", str(tmp_path / "x.mp4")]
+    assert main(generate) == 2
+    assert capsys.readouterr().err == (f"error: the motion adapter {adapter}, on which subject S* was learned, is no "
+                                       "longer there: move it back, or give its new place with --motion-adapter\n")
+    assert main([*generate, "--motion-adapter", str(tmp_path / "moved-adapter")]) == 0

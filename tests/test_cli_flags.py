@@ -67,6 +67,7 @@ def test_train_motion_flags_reach_their_keys(clip, monkeypatch, isolated_home):
         "--appearance-guidance": ("appearance.guidance", True), "--image-encoder": ("appearance.encoder", "vae"),
         "--p-image-zero": ("appearance.p_image_zero", 0.3), "--no-preview": ("preview.enabled", False),
         "--overwrite": ("overwrite", True), "--seed": ("train.seed", 9),
+        "--gradient-checkpointing": ("train.gradient_checkpointing", True),
     }
     cfg = _config_given_to("vidbooth.engine.motion.train_motion", ["train-motion", str(clip), *_argv(flags)],
                            monkeypatch)
@@ -98,9 +99,10 @@ def test_train_subject_flags_reach_their_keys(tmp_path, monkeypatch, isolated_ho
     assert [stage.seed for stage in both] == [4, 4] and cfg.photos == [str(photos)]
     shared = _config_given_to("vidbooth.engine.subject.train_subject", [
         "train-subject", str(photos), "--name", "S*", "--class-noun", "dog", "--batch-size", "3",
-        "--checkpoint-every", "6", "--no-flip"], monkeypatch)
-    assert [(s.batch_size, s.checkpoint_every) for s in (shared.textual_inversion.train, shared.identity.train)] == [
-        (3, 6), (3, 6)] and shared.data.flip is False
+        "--checkpoint-every", "6", "--no-flip", "--gradient-checkpointing"], monkeypatch)
+    stages = (shared.textual_inversion.train, shared.identity.train)
+    assert [(s.batch_size, s.checkpoint_every, s.gradient_checkpointing) for s in stages] == [
+        (3, 6, True), (3, 6, True)] and shared.data.flip is False
 
 
 def test_the_subject_stage_commands_flags_reach_their_stages_keys(tmp_path, monkeypatch, isolated_home):
@@ -108,7 +110,8 @@ def test_the_subject_stage_commands_flags_reach_their_stages_keys(tmp_path, monk
     stage_one = {"--steps": ("textual_inversion.train.steps", 17), "--lr": ("textual_inversion.train.lr", 0.004),
                  "--batch-size": ("textual_inversion.train.batch_size", 2),
                  "--checkpoint-every": ("textual_inversion.train.checkpoint_every", 8),
-                 "--num-vectors": ("textual_inversion.num_vectors", 3)}
+                 "--num-vectors": ("textual_inversion.num_vectors", 3),
+                 "--gradient-checkpointing": ("textual_inversion.train.gradient_checkpointing", True)}
     cfg = _config_given_to("vidbooth.engine.subject.train_textual_inversion", [
         "textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *_argv(stage_one)], monkeypatch)
     _check(cfg, stage_one)
@@ -117,7 +120,8 @@ def test_the_subject_stage_commands_flags_reach_their_stages_keys(tmp_path, monk
     stage_two = {"--steps": ("identity.train.steps", 19), "--lr": ("identity.train.lr", 0.0005),
                  "--batch-size": ("identity.train.batch_size", 1),
                  "--checkpoint-every": ("identity.train.checkpoint_every", 9),
-                 "--hidden-ratio": ("identity.hidden_ratio", 0.75), "--resume": ("resume", True)}
+                 "--hidden-ratio": ("identity.hidden_ratio", 0.75), "--resume": ("resume", True),
+                 "--gradient-checkpointing": ("identity.train.gradient_checkpointing", True)}
     cfg = _config_given_to("vidbooth.engine.subject.train_identity_adapter", [
         "identity-adapter", "--name", "S*", *_argv(stage_two)], monkeypatch)
     _check(cfg, stage_two)
@@ -152,6 +156,10 @@ def test_train_image_prompt_flags_reach_their_keys(tmp_path, monkeypatch, isolat
                            ["train-image-prompt", *_argv(flags), "--seed", "5"], monkeypatch)
     _check(cfg, flags)
     assert (cfg.coarse.seed, cfg.fine.seed, cfg.data.seed) == (5, 5, 5)
+    assert (cfg.coarse.gradient_checkpointing, cfg.fine.gradient_checkpointing) == (False, False)
+    recomputed = _config_given_to("vidbooth.engine.image_prompt.train_image_prompt",
+                                  ["train-image-prompt", "--device", "cpu", "--gradient-checkpointing"], monkeypatch)
+    assert (recomputed.coarse.gradient_checkpointing, recomputed.fine.gradient_checkpointing) == (True, True)
 
 
 def test_pretrain_flags_reach_their_keys(tmp_path, monkeypatch):
@@ -186,3 +194,18 @@ def test_evaluate_flags_reach_their_keys(tmp_path, monkeypatch):
     for argv, probe in (([], None), (["--no-probe"], False)):  # None: auto, the probe with nano's auto metrics
         cfg = _config_given_to("vidbooth.eval.evaluate.evaluate_videos", ["evaluate", str(video), *argv], monkeypatch)
         assert cfg.probe is probe
+
+
+def test_the_commands_with_gradient_checkpointing_are_those_the_memory_message_suggests_it_for():
+    """A training command given the flag, or a command without it named in the out-of-memory hint, had drifted."""
+    import typer.main
+
+    from vidbooth.cli.app import RECOMPUTING_COMMANDS, app, out_of_memory_message
+
+    group = typer.main.get_command(app)
+    with_flag = {name for name, command in group.commands.items()
+                 if any("--gradient-checkpointing" in param.opts for param in command.params)}
+    assert with_flag == RECOMPUTING_COMMANDS
+    for name in group.commands:
+        message = out_of_memory_message(MemoryError(), name)
+        assert ("or --gradient-checkpointing, and run it again" in message) == (name in with_flag), name

@@ -72,3 +72,14 @@ def test_nano_in_fp16_takes_an_image_prompt(fp16_allowed, world_inputs, tmp_path
     assert main(["generate", "--precision", "fp16", "--device", "cpu", "--image-prompt", str(photos / "0.png"),
                  "--prompt", "a sprite moving right", "--frames", "2", "--steps", "2", "--out", str(out)]) == 0
     assert read_video(out).shape == (2, 64, 64, 3)
+
+
+def test_an_image_prompt_model_trains_on_an_fp16_base(fp16_allowed, tiny_base_dirs, tmp_path):
+    """Both stages: the mapper's tokens spliced into fp16 text embeddings, the photo captured, the clips noised in
+    fp32 and handed to the UNet in fp16."""
+    out = tmp_path / "ip.safetensors"
+    assert main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--out", str(out), "--precision",
+                 "fp16", "--device", "cpu", "--coarse-steps", "1", "--fine-steps", "1", "--clips", "2",
+                 "--set", "data.num_frames=2"]) == 0
+    tensors, _ = load_tensors(out)
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors.values())

@@ -799,3 +799,23 @@ def test_a_model_trained_into_the_bases_folder_is_said_to_be_its_own(tiny_base_d
                  "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert f"the base's own: generate --base {base} --image-prompt PHOTO uses it" in err and "put it" not in err
+
+
+def test_the_photo_is_noised_in_fp32_and_given_to_the_unet_in_its_precision():
+    """The photo's latents come from a half-precision base in its dtype: noised there, nano's lowest noise levels
+    had rounded to none (as training's had, objective.denoising_loss)."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine.backbone import NANO
+    from vidbooth.engine.objective import training_scheduler
+
+    seen = []
+    unet = torch.nn.Module()
+    backbone = SimpleNamespace(unet=unet, dtype=torch.bfloat16,
+                               unet_forward=lambda noisy, t, text: seen.append(noisy) or torch.zeros_like(noisy))
+    scheduler = training_scheduler(json.loads((NANO / "scheduler" / "scheduler_config.json").read_text()))
+    latents = torch.zeros(4, 4, 1, 2, 2, dtype=torch.bfloat16)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    image_prompt_engine.capture(backbone, scheduler, latents, noise, torch.arange(4), None)  # t = 0, 1, 2, 3
+    (noisy,) = seen
+    assert noisy.dtype == torch.bfloat16 and (noisy.flatten(1).abs().amax(1) > 0).all()

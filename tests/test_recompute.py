@@ -116,3 +116,37 @@ def test_a_layer_shared_by_two_blocks_is_wrapped_once_and_restored():
         x = torch.ones(1, 2, requires_grad=True)
         shared(x).sum().backward()
     assert count == 1 and "forward" not in shared.__dict__ and x.grad is not None
+
+
+def test_unet3ds_first_temporal_transformer_is_recomputed_too(backbones):
+    unet = backbones["unet3d"].unet
+    assert unet.transformer_in in recomputed_layers(unet)
+
+
+def test_a_forward_already_set_on_a_layer_is_put_back():
+    """A layer whose instance forward was replaced before (a hook, an outer wrapper) gets that one back."""
+    layer = torch.nn.Linear(2, 2)
+    own = layer.forward
+    layer.forward = lambda x: own(x) * 2
+    block = torch.nn.Module()
+    block.resnets = torch.nn.ModuleList([layer])
+    unet = torch.nn.Module()
+    unet.down_blocks = torch.nn.ModuleList([block])
+    set_before = layer.forward
+    with gradient_checkpointing(unet):
+        assert layer.forward is not set_before
+    assert layer.forward is set_before
+
+
+def test_training_with_gradient_checkpointing_needs_the_unet(tmp_path):
+    """A caller that forgot train(..., unet=) is told, rather than trained without it."""
+    from vidbooth.config.train import TrainConfig
+    from vidbooth.engine.train import make_accelerator, train
+
+    class Nothing:
+        def trainable_parameters(self):
+            return [torch.nn.Parameter(torch.zeros(1))]
+
+    with pytest.raises(ValueError, match=r"gradient checkpointing needs the UNet: pass train\(..., unet=\)"):
+        train(Nothing(), [{"x": torch.zeros(1)}], TrainConfig(steps=1, gradient_checkpointing=True), tmp_path,
+              make_accelerator("no", device="cpu"))

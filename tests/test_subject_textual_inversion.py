@@ -321,3 +321,18 @@ def test_a_half_precision_base_is_noised_in_fp32_and_fed_in_its_own_precision(mo
     (noisy,) = seen
     assert noisy.dtype == torch.bfloat16
     assert (noisy.flatten(1).abs().amax(1) > 0).all()  # every timestep adds noise, the first too
+
+
+def test_a_half_precision_bases_loss_is_against_the_fp32_noise(monkeypatch):
+    """The target is the noise as drawn (fp32), not rounded to the base's bf16; the prediction is compared in fp32."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine.tiny import _scheduler_config
+
+    scheduler = training_scheduler(_scheduler_config())  # epsilon: the target is the noise
+    model = SimpleNamespace(dtype=torch.bfloat16, unet_forward=lambda noisy, t, text: torch.zeros_like(noisy))
+    latents = torch.zeros(3, 4, 1, 2, 2, dtype=torch.bfloat16)
+    losses = denoising_loss(model, scheduler, latents, None, torch.Generator().manual_seed(0))
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))  # its first draw
+    assert losses.dtype == torch.float32
+    assert torch.equal(losses, noise.pow(2).flatten(1).mean(1))

@@ -719,3 +719,24 @@ def test_training_uses_adamw_without_weight_decay(tmp_path, accelerator):
     engine.train(make_method(), toy_data(), config(steps=2), tmp_path, accelerator)
     state = json.loads((engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE).read_text())
     assert [group["weight_decay"] for group in state["param_groups"]] == [0.0]
+
+
+def test_each_training_command_resolves_mixed_precision_with_its_bases_precision(tmp_path, monkeypatch,
+                                                                                 isolated_home):
+    """auto follows --precision on CUDA: each command must hand its runtime.precision on (on a CPU nothing tells)."""
+    from tests.badinputs import write_clip, write_photos
+    from vidbooth.cli.app import main
+
+    seen = []
+
+    def resolve(mixed_precision, device_type, setting="train.mixed_precision", base_precision="auto"):
+        seen.append(base_precision)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(engine, "resolve_mixed_precision", resolve)
+    photos, clip = write_photos(tmp_path / "photos"), write_clip(tmp_path / "clip.mp4")
+    runtime = ["--base", "tiny", "--device", "cpu", "--precision", "bf16"]
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *runtime]) == 2
+    assert main(["train-motion", str(clip), "--name", "M", *runtime]) == 2
+    assert main(["train-image-prompt", "--out", str(tmp_path / "ip.safetensors"), *runtime]) == 2
+    assert seen == ["bf16", "bf16", "bf16"]
