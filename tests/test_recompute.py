@@ -94,9 +94,8 @@ def test_under_bf16_autocast_the_recomputation_is_autocast_too(backbones):
     """Mixed-precision training (`train.mixed_precision`): the backward pass runs the layers again in the forward
     pass's autocast state; in fp32 they would keep tensors of another type and be refused."""
     bb = backbones["unet3d"]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
     with _identity_adapter(bb) as params:
-        prediction, grads, _ = _step(bb, params, autocast)
+        prediction, grads, _ = _step(bb, params, torch.autocast("cpu", dtype=torch.bfloat16))
         with gradient_checkpointing(bb.unet):
             recomputed, recomputed_grads, _ = _step(bb, params, torch.autocast("cpu", dtype=torch.bfloat16))
     assert prediction.dtype == torch.bfloat16 and torch.equal(prediction, recomputed)
