@@ -124,6 +124,11 @@ def known_names(kind: str) -> list[str]:
     return sorted(m["name"] for m in list_artifacts(kind))
 
 
+def named_artifacts(subjects: list[str] | None, motion: str | None) -> list[tuple[str, str]]:
+    """(kind, name) of each subject, once each and in order, then of the motion: what generate names."""
+    return [("subject", name) for name in dict.fromkeys(subjects or [])] + ([("motion", motion)] if motion else [])
+
+
 def artifact_dir(kind: str, name: str, must_exist: bool = True) -> Path:
     """The folder of artifact `name`; with must_exist, a UserError listing the known names if it is absent."""
     validate_name(name, kind)

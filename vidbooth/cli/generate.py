@@ -113,8 +113,9 @@ def generate(
         "image_prompt_word": image_prompt_word,
         "image_prompt_scale": image_prompt_scale,
     }
-    named = [("subject", name) for name in subject or []] + ([("motion", motion)] if motion else [])
-    overrides |= options.learned_backbone(recipe, sets, overrides, named)
+    from vidbooth.library import named_artifacts
+
+    overrides |= options.learned_backbone(recipe, sets, overrides, named_artifacts(subject, motion))
     cfg = load_config(GenerateConfig, recipe_or_default(recipe, "generate", sets, overrides), sets, overrides)
     if cfg.image_prompt:
         from pathlib import Path

@@ -49,12 +49,12 @@ def apply_personalisation(
     """
     from vidbooth.engine.motion import load_motion
     from vidbooth.engine.subject import load_subject
-    from vidbooth.library import artifact_dir, read_manifest
+    from vidbooth.library import artifact_dir, named_artifacts, read_manifest
 
     subjects = list(dict.fromkeys(subjects or []))
     # their tensor files are hashed as each is loaded, below
     learned = [(kind, name, read_manifest(artifact_dir(kind, name), verify=False))
-               for kind, name in [("subject", name) for name in subjects] + ([("motion", motion)] if motion else [])]
+               for kind, name in named_artifacts(subjects, motion)]
     check_learned_together(learned)
 
     loaded = [load_subject(backbone, name, subject_scale) for name in subjects]

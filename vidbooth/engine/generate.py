@@ -22,7 +22,7 @@ from vidbooth.data.video import (
 )
 from vidbooth.errors import UserError
 from vidbooth.fileio import write_together
-from vidbooth.library import artifact_dir, read_manifest
+from vidbooth.library import artifact_dir, named_artifacts, read_manifest
 from vidbooth.reporting import info, warn
 
 
@@ -118,10 +118,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise UserError('no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)')
     written_videos, sheet_path, config_path = output_paths(cfg.out, cfg.num_videos)
     check_writable_dir(sheet_path.parent)  # made only when the video is written: a later error leaves nothing
-    named = [("subject", name) for name in dict.fromkeys(cfg.subjects)]
-    named += [("motion", cfg.motion)] if cfg.motion else []
     # unknown, damaged or altered artifacts, and ones that cannot be used together, fail before the model loads
-    learned = [(kind, name, read_manifest(artifact_dir(kind, name))) for kind, name in named]
+    learned = [(kind, name, read_manifest(artifact_dir(kind, name)))
+               for kind, name in named_artifacts(cfg.subjects, cfg.motion)]
 
     from vidbooth.engine.backbone import ZERO_SHOT, load_backbone_for
     from vidbooth.engine.compose import check_learned_together

@@ -146,14 +146,17 @@ def resolve_mixed_precision(mixed_precision: str, device_type: str, setting: str
     """'auto' -> autocast on CUDA in the frozen base's half type (bf16 for a bf16 base, else fp16), none elsewhere;
     fp16 needs CUDA, and autocast in the other half type than the base's is refused (`setting`: the key a message
     names; `base_precision`: runtime.precision, --precision)."""
-    base = str(base_precision or "auto").lower()
-    base = ("fp16" if device_type == "cuda" else "fp32") if base == "auto" else base
+    if device_type != "cuda":
+        if mixed_precision == "fp16":
+            raise UserError(f"mixed precision fp16 ({setting}) needs CUDA: train on a GPU, or set {setting} to no "
+                            "or bf16 on this machine")
+        return "no" if mixed_precision == "auto" else mixed_precision  # an fp16 base is refused as it loads
+    from vidbooth.device import resolve_dtype
+
+    base = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(resolve_dtype(base_precision, torch.device("cuda")))
     if mixed_precision == "auto":
-        return ("bf16" if base == "bf16" else "fp16") if device_type == "cuda" else "no"
-    if mixed_precision == "fp16" and device_type != "cuda":
-        raise UserError(f"mixed precision fp16 ({setting}) needs CUDA: train on a GPU, or set {setting} to no or "
-                        "bf16 on this machine")
-    if device_type == "cuda" and {mixed_precision, base} == {"fp16", "bf16"}:  # a CPU refuses fp16 either way
+        return "bf16" if base == "bf16" else "fp16"
+    if {mixed_precision, base} == {"fp16", "bf16"}:
         fix = " ".join(f"--set {key}=auto" for key in setting.split(" and "))
         raise UserError(f"{setting} is {mixed_precision} but the base is in {base} (--precision): autocast in the "
                         f"other half type defeats the choice; give {fix} (auto follows --precision), or --precision "
