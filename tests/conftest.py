@@ -30,6 +30,20 @@ def shared_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """pytest started with SIGINT ignored (a script's background job, as some CI runners start it) runs the tests as
+    from a terminal: Python's Ctrl-C handler here, the default one in the commands the tests start. vidbooth keeps a
+    signal its process was started ignoring ignored, which the tests that send SIGINT would otherwise meet."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def no_real_library(tmp_path_factory) -> None:
     """A net under `isolated_home`: a test that undoes its monkeypatches (`monkeypatch.undo()`) falls back to these
     session folders, not to the user's real library and cache, which one such test had written in."""

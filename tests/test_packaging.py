@@ -24,8 +24,10 @@ def wheel(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
     tree = work / "source"  # a copy: the build writes build/ and *.egg-info/ where it runs
     shutil.copytree(SOURCE, tree, symlinks=True, ignore=LEFT_OUT)
+    home = {"HOME": str(work), "XDG_CACHE_HOME": str(work / "cache")}  # what the build's tools write stays here
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(work / "dist"), str(tree)], check=True, capture_output=True, timeout=300)
+                    "--wheel-dir", str(work / "dist"), str(tree)], check=True, capture_output=True, timeout=300,
+                   env=os.environ | home)
     (built,) = (work / "dist").glob("vidbooth-*.whl")
     return built
 

@@ -108,6 +108,22 @@ def test_into_a_log_a_progress_bar_is_written_every_so_often_not_only_at_its_end
     assert len(capsys.readouterr().err.splitlines()) == 1  # its end only, within 30 s
 
 
+def test_into_a_log_a_bars_line_is_whole_whatever_columns_says(capsys, monkeypatch):
+    """With COLUMNS=40 (a CI runner's), rich had cut a logged bar's line to its description and the start of its
+    fields, dropping the step count, times and loss."""
+    from rich.console import Console
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setattr(reporting, "console", Console(stderr=True, width=40, highlight=False))  # as COLUMNS=40 makes it
+    monkeypatch.setattr(reporting, "LOG_EVERY_SECONDS", 0.0)
+    with reporting.progress("identity adapter", total=2) as task:
+        for _ in range(2):
+            task.advance(loss=0.125)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[3] for line in lines] == ["1/2", "2/2"]
+    assert all("eta" in line and "loss=0.125" in line for line in lines)
+
+
 def test_under_a_launcher_commands_that_do_not_share_work_are_refused_and_tables_come_once(capsys, monkeypatch):
     """generate and evaluate had run in full on every process, writing the same files twice and printing the results
     table twice on stdout."""

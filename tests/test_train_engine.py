@@ -79,8 +79,10 @@ def config(**kw) -> TrainConfig:
     return TrainConfig(**(base | kw))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def accelerator():
+    """One per test: a test that resets accelerate's shared state (fresh_accelerate_state) leaves an earlier
+    Accelerator unusable, whatever order the tests run in."""
     return engine.make_accelerator("auto", device="cpu")
 
 
@@ -256,6 +258,33 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, accelerator):
     engine.train(resumed, toy_data(), config(checkpoint_every=0), tmp_path, accelerator, resume=True)
     assert all(torch.equal(whole.state_dict()[k], v) for k, v in resumed.state_dict().items())
     assert not killed_save.exists()  # the resume removed it: it had stayed until the run was saved
+
+
+def test_a_signal_the_process_was_started_ignoring_stays_ignored(tmp_path, accelerator):
+    """A script's background job (`vidbooth train-motion ... &`) starts with SIGINT ignored, so that Ctrl-C in the
+    script's terminal leaves it running; vidbooth's handlers (the command line's, training's, a save's) had taken
+    SIGINT back and stopped the job. SIGTERM still stops it after its step."""
+    from vidbooth.cli.app import _stop_signals
+    from vidbooth.errors import held_stops
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        def signals(call):
+            if call == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # ignored: training goes on
+            if call == 7:
+                assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        with _stop_signals(), pytest.raises(Interrupted, match="stopped by SIGTERM at step 4/12") as info:
+            engine.train(make_method(on_call=signals), toy_data(), config(checkpoint_every=0), tmp_path, accelerator)
+        assert info.value.exit_code == 143
+        with _stop_signals(), held_stops("saved"):
+            os.kill(os.getpid(), signal.SIGINT)  # neither held nor raised afterwards
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

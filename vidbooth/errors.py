@@ -60,6 +60,15 @@ def stopped(signum: int, message: str) -> Interrupted:
     return (KeyboardInterrupted if signum == signal.SIGINT else Interrupted)(message, 128 + signum)
 
 
+def stop_signals() -> tuple[int, ...]:
+    """SIGINT and SIGTERM, less any this process ignores. A command started with one ignored (a script's background
+    job ignores SIGINT, so that Ctrl-C in the script's terminal does not reach it) keeps ignoring it, as POSIX tools
+    do: vidbooth's own handlers go only where a signal would have been acted on."""
+    import signal
+
+    return tuple(signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) != signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def _stops_recorded() -> Iterator[list[int]]:
     """While the block runs, SIGINT and SIGTERM are recorded in the yielded list instead of acted on; the handlers
@@ -71,8 +80,7 @@ def _stops_recorded() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
-    previous = {signum: signal.signal(signum, lambda got, frame: held.append(got))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, lambda got, frame: held.append(got)) for signum in stop_signals()}
     try:
         yield held
     finally:

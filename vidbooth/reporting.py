@@ -192,6 +192,9 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], 
 
 LOG_EVERY_SECONDS = 30.0
 """Into a file or pipe (a log, CI) a bar cannot redraw: its line is written this often, and once at its end."""
+LOG_WIDTH = 10_000
+"""Into a file or pipe, a bar's line is as long as it needs (not padded): rich would cut it at $COLUMNS, or 80, and
+drop the step count and loss first."""
 
 
 class _Task:
@@ -207,10 +210,10 @@ class _Task:
             shown = dict(fields, **({"it/s": speed} if speed else {}))
             text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             self._progress.update(self._task_id, advance=n, fields=text)
-            task = self._progress.tasks[0]
-            if not console.is_terminal and not task.finished and time.monotonic() - self._logged >= LOG_EVERY_SECONDS:
+            task, shown_on = self._progress.tasks[0], self._progress.console
+            if not shown_on.is_terminal and not task.finished and time.monotonic() - self._logged >= LOG_EVERY_SECONDS:
                 self._logged = time.monotonic()
-                console.print(self._progress.get_renderable())
+                shown_on.print(self._progress.get_renderable())
 
 
 @contextlib.contextmanager
@@ -230,6 +233,7 @@ def progress(description: str, total: int, completed: int = 0) -> Iterator[_Task
         TimeRemainingColumn(),
         TextColumn("{task.fields[fields]}", markup=False),
     ]
-    with Progress(*columns, console=console, transient=False) as p:
+    shown_on = console if console.is_terminal else Console(file=console.file, width=LOG_WIDTH, highlight=False)
+    with Progress(*columns, console=shown_on, transient=False) as p:
         task_id = p.add_task(printable(description, one_line=True), total=total, completed=completed, fields="")
         yield _Task(p, task_id)

@@ -309,12 +309,12 @@ def _stop_signals() -> Iterator[None]:
     import signal
     import threading
 
-    from vidbooth.errors import stop
+    from vidbooth.errors import stop, stop_signals
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, stop) for signum in stop_signals()}
     try:
         yield
     finally:

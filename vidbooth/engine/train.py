@@ -59,7 +59,7 @@ from torch import nn
 
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
-from vidbooth.errors import Interrupted, UserError, held_stops, ran_out_of_memory, stopped
+from vidbooth.errors import Interrupted, UserError, held_stops, ran_out_of_memory, stop_signals, stopped
 from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
                              write_safetensors)
 
@@ -519,9 +519,8 @@ def _cuda_rng_states(extra: dict[str, torch.Tensor]) -> list[torch.Tensor]:
 
 # ---- signals --------------------------------------------------------------------------------------
 class StopRequests:
-    """Turns SIGINT/SIGTERM into a request to stop after the current step; a second signal stops at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    """Turns SIGINT/SIGTERM (those not ignored) into a request to stop after the current step; a second signal
+    stops at once."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -534,7 +533,7 @@ class StopRequests:
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self._previous = {s: signal.signal(s, self._handle) for s in stop_signals()}
         return self
 
     def __exit__(self, *exc) -> None:
