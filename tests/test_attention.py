@@ -1,4 +1,5 @@
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -126,6 +127,22 @@ def test_resolution_and_errors(monkeypatch):
         resolve_backend("xformers", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("kernels", [True, False])
+def test_xformers_built_for_another_torch_is_not_taken_on_cuda(tmp_path, monkeypatch, kernels):
+    """`pip install 'vidbooth[cuda]'` can bring an xformers built for another torch: it imports (printing that its
+    kernels could not load), so auto had chosen it on CUDA, where its first attention would fail."""
+    package = tmp_path / "xformers"
+    package.mkdir()
+    (package / "__init__.py").write_text(f"_has_cpp_library = {kernels}\n")  # as xformers sets it at import
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "xformers", raising=False)
+    assert resolve_backend("auto", "cpu") == "sdpa"
+    assert resolve_backend("auto", "cuda") == ("xformers" if kernels else "sdpa")
+    if not kernels:
+        with pytest.raises(UserError, match="cannot run on cuda: .*kernels built for this torch.*choose math, sdpa"):
+            resolve_backend("xformers", "cuda")
+
+
 @pytest.mark.parametrize("family", ["unet3d", "animatediff"])
 def test_whole_unet_forward_matches_math(tiny_backbones, family):
     bb = tiny_backbones[family]
@@ -151,7 +168,6 @@ def stand_in_xformers(monkeypatch):
     inputs, and a bias whose rows are aligned to 8 elements in memory (xformers refuses others). It checks the
     layout and the mask handling of vidbooth's xformers backend where xformers cannot run; the gpu test below runs
     the real one."""
-    import sys
     import types
 
     calls = []

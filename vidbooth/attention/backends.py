@@ -43,8 +43,14 @@ def register_backend(name: str, is_available: Callable[[torch.device | None], bo
     return decorator
 
 
-def _xformers_importable() -> bool:
-    return importlib.util.find_spec("xformers") is not None
+def _xformers_usable(device: torch.device | None) -> bool:
+    """On CUDA (or, with no device, anywhere), whether xformers is installed with its compiled kernels: a wheel built
+    for another torch still imports, printing that it has none, and would fail at the first attention."""
+    if (device is not None and device.type != "cuda") or importlib.util.find_spec("xformers") is None:
+        return False
+    import xformers
+
+    return bool(getattr(xformers, "_has_cpp_library", True))
 
 
 @register_backend("math")
@@ -62,8 +68,9 @@ def _sdpa(q, k, v, mask=None):
 
 @register_backend(
     "xformers",
-    is_available=lambda device: _xformers_importable() and (device is None or device.type == "cuda"),
-    why="xformers runs only on CUDA and must be installed (pip install 'vidbooth[cuda]')",
+    is_available=_xformers_usable,
+    why="xformers runs only on CUDA, installed with kernels built for this torch (pip install 'vidbooth[cuda]', or "
+        "the xformers release made for your torch version)",
 )
 def _xformers(q, k, v, mask=None):
     import xformers.ops as xops
