@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: install demo test test-all bench
+FLOORS := .venv-floors
+
+.PHONY: install demo test test-all test-floors bench
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -24,6 +26,14 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	RUN_SLOW=1 $(BIN)/python -m pytest -q
+
+# The suite on the oldest versions pyproject.toml allows (tests/floors.txt), in a venv of its own. Not part of CI:
+# on x86_64 PyPI's torch 2.12 is a CUDA build of several GB.
+test-floors:
+	test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install -q -c tests/floors.txt torch
+	$(FLOORS)/bin/python -m pip install -q -c tests/floors.txt -e ".[test]"
+	$(FLOORS)/bin/python -m pytest -q
 
 bench: $(STAMP)
 	for f in $(filter-out benchmarks/bench_demo.py,$(sort $(wildcard benchmarks/bench_*.py))) benchmarks/bench_demo.py; do \

@@ -1,7 +1,9 @@
 """The wheel a user installs holds the whole package: every module, the shipped recipes and nano's weights, and
-works from there, outside the source tree."""
+works from there, outside the source tree; it declares every package vidbooth imports, with floors that
+tests/floors.txt pins for `make test-floors`."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 import vidbooth
 
 SOURCE = Path(vidbooth.__file__).parent.parent
-LEFT_OUT = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+LEFT_OUT = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
                                   "demo", "out", "tests", "benchmarks")
 
 
@@ -66,3 +68,70 @@ def test_the_installed_wheel_generates_with_a_shipped_recipe(wheel, tmp_path):
                            "--out", "video.gif"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (elsewhere / "video.gif").stat().st_size > 0 and (elsewhere / "video.yaml").is_file()
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared() -> dict[str, list[str]]:
+    """pyproject's dependencies and extras: name -> version specifiers."""
+    import tomllib
+
+    project = tomllib.loads((SOURCE / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    found = {}
+    for requirement in requirements:
+        name, specifiers = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(.*)", requirement).groups()
+        found[_normal(name)] = [part.strip() for part in specifiers.split(",") if part.strip()]
+    return found
+
+
+def test_every_package_vidbooth_imports_is_declared():
+    """huggingface_hub, tokenizers and yaml had been imported without being declared (each came only because
+    transformers, diffusers or omegaconf needed it)."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    if not (SOURCE / "pyproject.toml").is_file():
+        pytest.skip("vidbooth is installed from a wheel here, not from its source tree")
+    imported = set()
+    for file in (SOURCE / "vidbooth").rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    distributions = packages_distributions()
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "vidbooth"}
+    assert {"torch", "yaml", "cv2", "PIL"} <= third_party
+    undeclared = {name for name in third_party
+                  if not any(_normal(d) in _declared() for d in distributions.get(name, [name]))}
+    assert undeclared == set()
+
+
+def test_each_floor_is_pinned_for_make_test_floors():
+    """`make test-floors` runs the suite on tests/floors.txt: it must pin exactly pyproject's floors (the floors
+    had been older than any version tested: typer 0.12, transformers 4.45, torch 2.4 ... failed or crashed)."""
+    if not (SOURCE / "pyproject.toml").is_file():
+        pytest.skip("vidbooth is installed from a wheel here, not from its source tree")
+    import tomllib
+
+    floors = {}
+    for line in (SOURCE / "tests" / "floors.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            floors[_normal(name)] = version.strip()
+    dependencies = tomllib.loads((SOURCE / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {name: specifiers for name, specifiers in _declared().items()
+                if any(_normal(re.match(r"[A-Za-z0-9_.-]+", r).group()) == name for r in dependencies)}
+    assert all(len(specifiers) == 1 and specifiers[0].startswith(">=") for specifiers in declared.values())
+    assert set(floors) == set(declared)
+    for name, (specifier,) in declared.items():
+        floor, pinned = specifier.removeprefix(">="), floors[name]
+        assert _padded(floor) == _padded(pinned), f"{name}: pyproject says >={floor}, tests/floors.txt pins {pinned}"
+
+
+def _padded(version: str) -> tuple[int, ...]:
+    numbers = [int(part) for part in version.split(".")]
+    return tuple(numbers + [0] * (6 - len(numbers)))
