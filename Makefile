@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 FLOORS := .venv-floors
+FLOORS_PYTHON ?= python3.11
 
 .PHONY: install demo test test-all test-floors bench
 install: $(STAMP)
@@ -27,10 +28,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	RUN_SLOW=1 $(BIN)/python -m pytest -q
 
-# The suite on the oldest versions pyproject.toml allows (tests/floors.txt), in a venv of its own. Not part of CI:
-# on x86_64 PyPI's torch 2.12 is a CUDA build of several GB.
+# The suite on the oldest versions pyproject.toml allows (tests/floors.txt), in a venv of its own, on Python 3.11
+# (some floors have no wheels for 3.13). Not part of CI: on x86_64 PyPI's torch 2.12 is a CUDA build of several GB.
 test-floors:
-	test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
+	test -x $(FLOORS)/bin/python || $(FLOORS_PYTHON) -m venv $(FLOORS)
 	$(FLOORS)/bin/python -m pip install -q -c tests/floors.txt torch
 	$(FLOORS)/bin/python -m pip install -q -c tests/floors.txt -e ".[test]"
 	$(FLOORS)/bin/python -m pytest -q

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 RUN_SLOW = os.environ.get("RUN_SLOW", "") not in ("", "0")
+for _name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):  # before vidbooth's consoles are made: the tests
+    os.environ.pop(_name, None)  # read its output as a pipe or log gets it, whatever the caller's terminal settings
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,16 +33,18 @@ def shared_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def ctrl_c_as_in_a_terminal():
-    """pytest started with SIGINT ignored (a script's background job, as some CI runners start it) runs the tests as
-    from a terminal: Python's Ctrl-C handler here, the default one in the commands the tests start. vidbooth keeps a
-    signal its process was started ignoring ignored, which the tests that send SIGINT would otherwise meet."""
+    """pytest started with SIGINT (or SIGTERM) ignored (a script's background job, as some CI runners start it) runs
+    the tests as from a terminal: Python's Ctrl-C handler here, the default ones in the commands the tests start.
+    vidbooth keeps a signal its process was started ignoring ignored, which the tests that send one would meet."""
     import signal
 
-    previous = signal.getsignal(signal.SIGINT)
-    if previous == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if previous[signum] == signal.SIG_IGN:
+            signal.signal(signum, handler)
     yield
-    signal.signal(signal.SIGINT, previous)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -135,7 +135,8 @@ def test_xformers_built_for_another_torch_is_not_taken_on_cuda(tmp_path, monkeyp
     package.mkdir()
     (package / "__init__.py").write_text(f"_has_cpp_library = {kernels}\n")  # as xformers sets it at import
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "xformers", raising=False)
+    monkeypatch.setitem(sys.modules, "xformers", None)  # so that teardown removes the stand-in imported below
+    monkeypatch.delitem(sys.modules, "xformers")
     assert resolve_backend("auto", "cpu") == "sdpa"
     assert resolve_backend("auto", "cuda") == ("xformers" if kernels else "sdpa")
     if not kernels:

@@ -74,12 +74,12 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _declared() -> dict[str, list[str]]:
-    """pyproject's dependencies and extras: name -> version specifiers."""
+def _declared(extras: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """pyproject's dependencies and those of `extras`: name -> version specifiers."""
     import tomllib
 
     project = tomllib.loads((SOURCE / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    requirements = project["dependencies"] + [r for extra in extras for r in project["optional-dependencies"][extra]]
     found = {}
     for requirement in requirements:
         name, specifiers = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(.*)", requirement).groups()
@@ -87,11 +87,14 @@ def _declared() -> dict[str, list[str]]:
     return found
 
 
+DISTRIBUTIONS = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}
+"""The modules whose distribution is not named as they are (any other: its own name)."""
+
+
 def test_every_package_vidbooth_imports_is_declared():
     """huggingface_hub, tokenizers and yaml had been imported without being declared (each came only because
-    transformers, diffusers or omegaconf needed it)."""
+    transformers, diffusers or omegaconf needed it). The test extra's packages do not count."""
     import ast
-    from importlib.metadata import packages_distributions
 
     if not (SOURCE / "pyproject.toml").is_file():
         pytest.skip("vidbooth is installed from a wheel here, not from its source tree")
@@ -102,12 +105,10 @@ def test_every_package_vidbooth_imports_is_declared():
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 imported.add(node.module.split(".")[0])
-    distributions = packages_distributions()
     third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "vidbooth"}
-    assert {"torch", "yaml", "cv2", "PIL"} <= third_party
-    undeclared = {name for name in third_party
-                  if not any(_normal(d) in _declared() for d in distributions.get(name, [name]))}
-    assert undeclared == set()
+    assert {"torch", "yaml", "cv2", "PIL", "xformers"} <= third_party
+    declared = _declared(extras=("cuda",))
+    assert {name for name in third_party if _normal(DISTRIBUTIONS.get(name, name)) not in declared} == set()
 
 
 def test_each_floor_is_pinned_for_make_test_floors():
@@ -115,16 +116,12 @@ def test_each_floor_is_pinned_for_make_test_floors():
     had been older than any version tested: typer 0.12, transformers 4.45, torch 2.4 ... failed or crashed)."""
     if not (SOURCE / "pyproject.toml").is_file():
         pytest.skip("vidbooth is installed from a wheel here, not from its source tree")
-    import tomllib
-
     floors = {}
     for line in (SOURCE / "tests" / "floors.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, version = line.split("==")
             floors[_normal(name)] = version.strip()
-    dependencies = tomllib.loads((SOURCE / "pyproject.toml").read_text())["project"]["dependencies"]
-    declared = {name: specifiers for name, specifiers in _declared().items()
-                if any(_normal(re.match(r"[A-Za-z0-9_.-]+", r).group()) == name for r in dependencies)}
+    declared = _declared()
     assert all(len(specifiers) == 1 and specifiers[0].startswith(">=") for specifiers in declared.values())
     assert set(floors) == set(declared)
     for name, (specifier,) in declared.items():

@@ -48,8 +48,10 @@ def _xformers_usable(device: torch.device | None) -> bool:
     for another torch still imports, printing that it has none, and would fail at the first attention."""
     if (device is not None and device.type != "cuda") or importlib.util.find_spec("xformers") is None:
         return False
-    import xformers
-
+    try:
+        import xformers
+    except Exception:  # an install broken otherwise: not usable either
+        return False
     return bool(getattr(xformers, "_has_cpp_library", True))
 
 
