@@ -295,9 +295,8 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
         asked = f" (it asked for {found.group(1)} more)"
     less = LESS_AT_ONCE.get(command or "", "a smaller batch")
     half = "" if command in NO_PRECISION_FLAG else ", or use --precision fp16 on a GPU"
-    recompute = " or --gradient-checkpointing" if command in RECOMPUTING_COMMANDS else ""
-    if RECOMPUTING in getattr(exc, "__notes__", ()):  # it was on
-        recompute = ""
+    was_on = RECOMPUTING in getattr(exc, "__notes__", ())
+    recompute = " or --gradient-checkpointing" if command in RECOMPUTING_COMMANDS and not was_on else ""
     return f"out of memory{asked}: ask for less at once ({less}){half}{recompute}, and run it again"
 
 
