@@ -258,6 +258,23 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_ctrl_c_under_a_launcher_is_told_by_the_first_process_only(tmp_path, monkeypatch, capsys):
+    """A launcher passes Ctrl-C to every process: each had printed 'error (process N): interrupted'."""
+    import vidbooth.engine.motion as engine
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train_motion", interrupted)
+    clip = tmp_path / "c.mp4"
+    clip.write_bytes(b"")
+    for rank, told in (("1", ""), ("0", "error: interrupted\n")):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(["train-motion", str(clip), "--name", "m"]) == 130
+        assert capsys.readouterr().err == told
+
+
 def _signalled_while_loading(monkeypatch, signum: int, in_a_finaliser: bool = False) -> None:
     """The signal arrives while the model loads; with `in_a_finaliser`, while an object is being finalised, where
     Python drops the KeyboardInterrupt it raises ('Exception ignored in ...') and the command would go on."""

@@ -171,6 +171,36 @@ def test_running_out_of_memory_is_one_line_with_the_size_and_what_to_lower(photo
               "--device", "cpu"])
 
 
+def test_another_process_lost_outside_training_is_one_line(tiny_base_dirs, monkeypatch, tmp_path, capsys):
+    """gloo's error when a peer died (a 60-line traceback under the launcher's) becomes one line, in a run of
+    several processes only: in one, the same words are a bug and keep their traceback."""
+    import torch.distributed as dist
+
+    import vidbooth.engine.generate as generate_engine
+    from vidbooth.errors import lost_another_process
+
+    gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:38024. This is "
+                        "typically caused by a remote worker crashing.")
+
+    def failed_exchange(*args):
+        raise gloo
+
+    monkeypatch.setattr(generate_engine, "sample_videos", failed_exchange)
+    command = ["generate", "--prompt", "a dog", "--out", str(tmp_path / "v.mp4"), "--base",
+               str(tiny_base_dirs["unet3d"]), "--device", "cpu"]
+    assert not lost_another_process(gloo)
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        main(command)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *args: 2)
+    assert lost_another_process(gloo) and not lost_another_process(RuntimeError("size mismatch"))
+    assert not lost_another_process(OSError("Broken pipe"))
+    capsys.readouterr()
+    assert main(command) == 2
+    assert capsys.readouterr().err == ("error: another process of this run stopped (the launcher's report below says "
+                                       "which and why): rerun the same command\n")
+
+
 def test_the_out_of_memory_line_names_what_the_command_can_ask_less_of():
     """It named --num-frames, --height/--width and --batch-size to every command, pretrain (none of them) too."""
     from vidbooth.cli.app import LESS_AT_ONCE, _command_of, out_of_memory_message

@@ -272,6 +272,54 @@ def test_two_processes_stop_together_when_the_main_one_meets_a_full_disk(
     assert not list((isolated_home / ".runs").rglob("*step-*"))
 
 
+_SECOND_PROCESS_KILLED_AT_STEP_3 = """
+import os
+import signal
+
+if os.environ.get("RANK") == "1":
+    import vidbooth.engine.train as train
+
+    _accumulate = train._accumulate
+
+    def _killed_at_step_3(method, data, cfg, step, accelerator):
+        if step == 2:  # steps 1 and 2 done, step 2's checkpoint saved (checkpoint_every=2)
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer does
+        return _accumulate(method, data, cfg, step, accelerator)
+
+    train._accumulate = _killed_at_step_3
+"""
+
+
+def test_the_first_process_says_in_one_line_that_another_one_died(tmp_path, isolated_home, two_process_launch):
+    """A process killed outright (out of memory, a lost machine): the other meets a closed connection in the next
+    step's exchange; it says so in one line naming the checkpoint to resume from, not a traceback of gloo's
+    error; --resume then finishes the run."""
+    import os
+    import subprocess
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_SECOND_PROCESS_KILLED_AT_STEP_3)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    clip = square_clip(tmp_path / "slide.mp4")
+    command = [*two_process_launch, "-m", "vidbooth", "train-motion", str(clip), "--name", "slide", "--base", "tiny",
+               "--recipe", "tiny/motion", "--steps", "4", "--num-frames", "4", "--no-preview", "--device", "cpu",
+               "--set", "train.checkpoint_every=2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert len(ours) == 1, done.stderr
+    assert ours[0].startswith("error: another process of this run stopped at step 2/4 (the launcher's report below "
+                              "says which and why); the last checkpoint is "), ours
+    assert ours[0].endswith("step-0000002: rerun the same command with --resume to continue"), ours
+    assert "[rank0]" not in done.stderr and "Connection closed by peer" not in done.stderr  # no traceback of ours
+    assert not (isolated_home / "motions" / "slide").exists()
+    (hooks / "sitecustomize.py").unlink()
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((isolated_home / "motions" / "slide" / "manifest.json").read_text())["training"]["steps"] == 4
+
+
 def _fake_artifact(home, kind: str, name: str, base: str, fingerprint: str, **more) -> None:
     from vidbooth.library import REQUIRED_KEYS, dir_name
 

@@ -260,6 +260,28 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, accelerator):
     assert not killed_save.exists()  # the resume removed it: it had stayed until the run was saved
 
 
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_stops_at_once_and_names_the_checkpoint_to_resume_from(tmp_path, accelerator, second):
+    """A second Ctrl-C (or the SIGTERM a launcher sends on one) stops within the step, with no checkpoint of it: the
+    line says so and which checkpoint --resume continues from (it had said 'interrupted' alone)."""
+    def signals(call):
+        if call == 7:  # during step 4 (2 micro-batches per step)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), second)
+
+    with pytest.raises(Interrupted) as info:
+        engine.train(make_method(on_call=signals), toy_data(), config(checkpoint_every=2), tmp_path, accelerator)
+    assert info.value.exit_code == 128 + second
+    assert str(info.value) == (
+        f"stopped at once by a second {signal.Signals(second).name} at step 3/12; the last checkpoint is "
+        f"{tmp_path / engine.CHECKPOINTS / 'step-0000002'}: rerun the same command with --resume to continue")
+    with pytest.raises(Interrupted, match="at step 0/12; no checkpoint was saved yet: rerun the same command "
+                                                r"\(it starts over\)$"):
+        engine.train(make_method(on_call=lambda call: call == 1 and signals(7)), toy_data(), config(),
+                     tmp_path / "none", accelerator)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
 def test_a_signal_the_process_was_started_ignoring_stays_ignored(tmp_path, accelerator):
     """A script's background job (`vidbooth train-motion ... &`) starts with SIGINT ignored, so that Ctrl-C in the
     script's terminal leaves it running; vidbooth's handlers (the command line's, training's, a save's) had taken
@@ -462,16 +484,21 @@ def test_a_resume_that_finds_no_stopped_run_is_warned_of_once_for_the_command(tm
 
 
 def test_a_steps_loss_is_the_mean_over_every_processs_batches(monkeypatch):
-    """The loss shown and saved had been the first process's alone: a 2-process run read as its half of the batch."""
+    """The loss shown and saved had been the first process's alone: a 2-process run read as its half of the batch.
+    A SIGTERM to one process (a scheduler's stop) stops every process on SIGTERM: the others had named SIGINT, the
+    signal they had not got, and exited 130."""
     from types import SimpleNamespace
 
     from vidbooth.engine.train import _step_outcome
 
-    other = torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64)  # the other process: no stop, a finite loss of 3
+    other = torch.tensor([0.0, 0.0, 0.0, 3.0], dtype=torch.float64)  # the other process: no stop, a loss of 3
     monkeypatch.setattr("accelerate.utils.reduce", lambda tensor, reduction: tensor + other)
-    assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), None, 1.0) == (False, False, 2.0)
-    assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), 2, float("nan"))[:2] == (True, True)
-    assert _step_outcome(SimpleNamespace(num_processes=1), None, 0.25) == (False, False, 0.25)  # one process: as is
+    assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), None, 1.0) == (None, False, 2.0)
+    assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), 2, float("nan"))[:2] == (signal.SIGINT, True)
+    assert _step_outcome(SimpleNamespace(num_processes=1), None, 0.25) == (None, False, 0.25)  # one process: as is
+    other[0] = 1.0  # the other process got SIGTERM (a scheduler's stop): both stop on it, whatever this one got
+    assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), 2, 1.0)[0] == signal.SIGTERM
+    assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), None, 1.0)[0] == signal.SIGTERM
 
 
 def test_seconds_per_step_leave_the_checkpoint_writes_out():

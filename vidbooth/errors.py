@@ -38,6 +38,23 @@ def ran_out_of_memory(exc: BaseException) -> bool:
             or "out of memory" in text.lower() or "can't allocate memory" in text)
 
 
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited", "Broken pipe",
+              "NCCL communicator was aborted")
+"""What gloo's and NCCL's errors say when another process of the run has died (gloo: 'Connection closed by peer
+[127.0.0.1]:38024. This is typically caused by a remote worker crashing')."""
+
+
+def lost_another_process(exc: BaseException) -> bool:
+    """Whether `exc` is a collective operation that failed because another process of a multi-process run died."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never imported: not a multi-process run
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return False
+    return isinstance(exc, getattr(dist, "DistNetworkError", ())) or (
+        isinstance(exc, RuntimeError) and any(words in str(exc) for words in _PEER_LOST))
+
+
 class Interrupted(BaseException):
     """A command was stopped by a signal (training: after saving a resumable checkpoint); exit 128 + signal. Not an
     `Exception`, as KeyboardInterrupt is not: code that turns any Exception into its own error (a library's lazy

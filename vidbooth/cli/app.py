@@ -161,7 +161,7 @@ GLOBAL_OPTIONS = ("--home", "--debug", "--version")
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
-    from vidbooth.errors import Interrupted, UserError, clear_stops, raise_pending_stop
+    from vidbooth.errors import Interrupted, UserError, clear_stops, lost_another_process, raise_pending_stop
     from vidbooth.reporting import error, stopped
 
     try:
@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (MemoryError, RuntimeError) as exc:
         message = out_of_memory_message(exc, _command_of(sys.argv[1:] if argv is None else argv))
+        if message is None and lost_another_process(exc):  # a training's own says which step it kept
+            message = ("another process of this run stopped (the launcher's report below says which and why): rerun "
+                       "the same command")
         if message is None or _state["debug"]:
             raise
         error(message)
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         raise
     if code == INTERRUPTED:  # typer returns Ctrl-C as this exit code, silently
-        error("interrupted")
+        stopped("interrupted")  # told by the first process, as every stop
     return code if isinstance(code, int) else 0
 
 

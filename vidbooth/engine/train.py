@@ -59,7 +59,8 @@ from torch import nn
 
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
-from vidbooth.errors import Interrupted, UserError, held_stops, ran_out_of_memory, stop_signals, stopped
+from vidbooth.errors import (Interrupted, UserError, held_stops, lost_another_process, ran_out_of_memory,
+                             stop_signals, stopped)
 from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
                              write_safetensors)
 
@@ -524,10 +525,12 @@ class StopRequests:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.again: int | None = None  # the second signal, which stopped the run at once
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
+            self.again = signum
             raise KeyboardInterrupt
         self.signum = signum
 
@@ -541,10 +544,8 @@ class StopRequests:
             signal.signal(s, handler)
 
 
-def _stopped(signum: int | None, step: int, cfg: TrainConfig, run_dir: Path) -> Interrupted:
-    """The error of a run stopped by `signum` (SIGINT when only another process got one) once checkpoint `step` is
-    saved."""
-    signum = int(signum or signal.SIGINT)
+def _stopped(signum: int, step: int, cfg: TrainConfig, run_dir: Path) -> Interrupted:
+    """The error of a run stopped by `signum` (as the processes agreed on it) once checkpoint `step` is saved."""
     return stopped(
         signum,
         f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; checkpoint saved in {run_dir}: rerun "
@@ -586,12 +587,36 @@ def _agree(accelerator, values: list[float]) -> list[float]:
     return reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum").tolist()
 
 
-def _step_outcome(accelerator, signum: int | None, loss: float) -> tuple[bool, bool, float]:
-    """What every process agrees on after a step: whether a stop was asked for, whether any loss was not finite,
-    and the step's loss over every process's batches (it had been the first process's alone)."""
+def _step_outcome(accelerator, signum: int | None, loss: float) -> tuple[int | None, bool, float]:
+    """What every process agrees on after a step: the signal that stops the run (`_signal_agreed`), whether any loss
+    was not finite, and the step's loss over every process's batches (it had been the first process's alone)."""
     finite = math.isfinite(loss)
-    signalled, bad, total = _agree(accelerator, [float(signum or 0), float(not finite), loss if finite else 0.0])
-    return bool(signalled), bool(bad), total / accelerator.num_processes
+    *signals, bad, total = _agree(accelerator, [*_signal_votes(signum), float(not finite), loss if finite else 0.0])
+    return _signal_agreed(signals), bool(bad), total / accelerator.num_processes
+
+
+def _agreed_signal(accelerator, signum: int | None) -> int | None:
+    return _signal_agreed(_agree(accelerator, _signal_votes(signum)))
+
+
+def _signal_votes(signum: int | None) -> list[float]:
+    return [float(signum == signal.SIGTERM), float(signum == signal.SIGINT)]
+
+
+def _signal_agreed(votes: list[float]) -> int | None:
+    """The signal every process stops on, from the sums of their `_signal_votes`: SIGTERM when any process got it (a
+    scheduler's or launcher's stop), else SIGINT when any did, else None. A process that got none stops on it too,
+    so that all say and exit alike."""
+    sigterm, sigint = votes
+    return signal.SIGTERM if sigterm else signal.SIGINT if sigint else None
+
+
+def _resume_from(run_dir: Path) -> str:
+    """What a run stopped without a checkpoint of its last step keeps, and how to go on."""
+    last = list_checkpoints(run_dir)
+    if not last:
+        return "no checkpoint was saved yet: rerun the same command (it starts over)"
+    return f"the last checkpoint is {last[-1]}: rerun the same command with --resume to continue"
 
 
 def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
@@ -815,27 +840,38 @@ def train(
         StopRequests() as stop,
         _progress_bar(description, cfg.steps, step, accelerator) as bar,
     ):
-        while step < cfg.steps:
-            step_started = time.perf_counter()
-            loss = _accumulate(method, data, cfg, step, accelerator)
-            signalled, bad_loss, mean_loss = _step_outcome(accelerator, stop.signum, loss)
-            if bad_loss:
-                raise diverged(f"loss became {loss}", step + 1)
-            _optimizer_step(optimizer, params, cfg, step, accelerator)
-            step += 1
-            loss = mean_loss
-            result.losses.append(loss)
-            result.step_times.append(time.perf_counter() - step_started)
-            bar.advance(loss=loss)
-            if signalled:
-                checkpoint(step, loss)
-                raise _stopped(stop.signum, step, cfg, run_dir)
-            if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                checkpoint(step, loss)  # the last one lets a finished stage "resume" at once
-        # a signal after the last step's check (in its optimizer step or checkpoint): that checkpoint is saved, so the
-        # run stops as any stop does, rather than go on to save the artifact and render its preview
-        if _agree(accelerator, [float(stop.signum or 0)])[0]:
-            raise _stopped(stop.signum, step, cfg, run_dir)
+        try:
+            while step < cfg.steps:
+                step_started = time.perf_counter()
+                loss = _accumulate(method, data, cfg, step, accelerator)
+                signum, bad_loss, mean_loss = _step_outcome(accelerator, stop.signum, loss)
+                if bad_loss:
+                    raise diverged(f"loss became {loss}", step + 1)
+                _optimizer_step(optimizer, params, cfg, step, accelerator)
+                step += 1
+                loss = mean_loss
+                result.losses.append(loss)
+                result.step_times.append(time.perf_counter() - step_started)
+                bar.advance(loss=loss)
+                if signum:
+                    checkpoint(step, loss)
+                    raise _stopped(signum, step, cfg, run_dir)
+                if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    checkpoint(step, loss)  # the last one lets a finished stage "resume" at once
+            # a signal after the last step's check (in its optimizer step or checkpoint): that checkpoint is saved, so
+            # the run stops as any stop does, rather than go on to save the artifact and render its preview
+            if signum := _agreed_signal(accelerator, stop.signum):
+                raise _stopped(signum, step, cfg, run_dir)
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Interrupted) or stop.again is None:  # a stop of ours, or Ctrl-C before the handler
+                raise
+            raise stopped(stop.again, f"stopped at once by a second {signal.Signals(stop.again).name} at step "
+                          f"{step}/{cfg.steps}; {_resume_from(run_dir)}") from None
+        except RuntimeError as exc:
+            if not lost_another_process(exc):
+                raise
+            raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's report "
+                            f"below says which and why); {_resume_from(run_dir)}") from exc
     result.step = step
     result.seconds, result.total_seconds = time.perf_counter() - started, clock["seconds"]
     return result
