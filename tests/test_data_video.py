@@ -67,6 +67,37 @@ def test_rotated_phone_video_is_upright_and_quiet(tmp_path, caplog):
     assert not [r for r in caplog.records if "frame size" in r.getMessage()]  # imageio-ffmpeg's note is not shown
 
 
+def test_a_rotation_other_than_a_quarter_turn_is_read(tmp_path):
+    """ffmpeg logs 'Odd rotation angle ... (ffmpeg-devel@ffmpeg.org)' with no line break, in front of its 'Output #0'
+    line: its header was waited for 10 s and the clip refused as corrupt, and a damaged clip with such a rotation
+    hung forever (the log read to its end while ffmpeg waited for its frames to be read). ffmpeg rotates it in its
+    frame, as players show it."""
+    path = tmp_path / "tilted.mp4"
+    flat = _test_pattern(tmp_path / "flat.mp4", "160x96", 24, 2)  # 48 frames, well past what a pipe buffers
+    _ffmpeg("-display_rotation", "45", "-i", str(flat), "-c", "copy", str(path))
+    assert read_video(path).shape == (48, 96, 160, 3) and video_fps(path) == 24
+
+
+def test_a_pixel_shape_no_player_would_show_is_taken_as_square(tmp_path):
+    """A damaged header's 4000:1 pixels made a 4.6 KB clip 96x384000 frames and GBs of memory."""
+    from vidbooth.data.video import MAX_PIXEL_STRETCH
+
+    for sar, shape in (("50/1", (96, 160)), ("1/50", (96, 160)), (f"{MAX_PIXEL_STRETCH}/1", (96, 640))):
+        path = tmp_path / f"sar{sar.replace('/', '-')}.mp4"
+        _test_pattern(path, "160x96", 24, 1, "-vf", f"setsar={sar}")
+        assert read_video(path).shape == (24, *shape, 3), sar
+
+
+def test_a_picture_that_does_not_decode_is_not_taken_for_one_that_ends_before_its_sound(tmp_path):
+    """Frames that fail to decode (1 of 16) had passed as a picture ending early, since every packet of the file is
+    there to its end: the picture's own packets are counted now."""
+    clip = _test_pattern(tmp_path / "clip.mp4", "96x96", 8, 2)
+    broken = tmp_path / "broken.mp4"
+    _ffmpeg("-i", str(clip), "-c", "copy", "-bsf:v", "h264_metadata=sample_aspect_ratio=1/1000", str(broken))
+    with pytest.raises(UserError, match=r"ends early \(decoded 1 of the 16 frames"):
+        read_video(broken)
+
+
 def test_an_mp4_named_gif_is_read_as_the_mp4_it_is(tmp_path):
     mp4 = _test_pattern(tmp_path / "clip.mp4")
     named_gif = tmp_path / "from_a_site.gif"

@@ -10,6 +10,7 @@ import functools
 import itertools
 import math
 import os
+import queue
 import re
 import shlex
 import subprocess
@@ -175,7 +176,12 @@ def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
                 yield frame
 
 
-_DISPLAY_SHAPE = ["-vf", r"scale=iw*max(1\,sar):ih*max(1\,1/sar),setsar=1"]
+MAX_PIXEL_STRETCH = 4
+"""Pixels up to this many times wider than tall (or taller than wide) are stretched to the shape players show;
+beyond it (a damaged header's 4000:1, which made a 4.6 KB clip 96x384000 frames and GBs of memory) the stored
+pixels are taken as square."""
+_PLAUSIBLE = rf"between(sar\,{1 / MAX_PIXEL_STRETCH}\,{MAX_PIXEL_STRETCH})"
+_DISPLAY_SHAPE = ["-vf", rf"scale=iw*max(1\,if({_PLAUSIBLE}\,sar\,1)):ih*max(1\,if({_PLAUSIBLE}\,1/sar\,1)),setsar=1"]
 """ffmpeg's filter that stretches non-square pixels (a stored 120x96 shown as 160x96) to the shape players show."""
 
 
@@ -224,11 +230,19 @@ def _decode_ffmpeg(path: Path, output_params: list[str], damage: list[str] | Non
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     changes: list[tuple[int, int]] = []
     damage = [] if damage is None else damage
-    log_reader = None
+    head: queue.Queue = queue.Queue()
+    # the log is read in a thread from the start: read here, a log whose output description is not recognised would
+    # be waited on to its end while ffmpeg waits for its frames to be read
+    log_reader = threading.Thread(target=_read_log, args=(process.stderr, head, changes, damage), daemon=True)
+    log_reader.start()
     try:
-        (width, height), stored = _read_log_head(process, damage)
-        log_reader = threading.Thread(target=_read_log_rest, args=(process.stderr, changes, damage), daemon=True)
-        log_reader.start()
+        try:
+            found = head.get(timeout=LOG_HEAD_SECONDS)
+        except queue.Empty:
+            raise RuntimeError(f"ffmpeg described no video output in {LOG_HEAD_SECONDS} s") from None
+        if isinstance(found, str):
+            raise RuntimeError("ffmpeg gave no video output:\n" + found)
+        (width, height), stored = found
         frame_bytes = width * height * 3
         while raw := process.stdout.read(frame_bytes):
             if len(raw) < frame_bytes:
@@ -238,23 +252,36 @@ def _decode_ffmpeg(path: Path, output_params: list[str], damage: list[str] | Non
         pass  # the caller wants no more frames; those it has are still checked
     finally:
         _end_ffmpeg(process)
-        if log_reader is not None:
-            log_reader.join(timeout=5)
-        if log_reader is None or not log_reader.is_alive():  # else it still reads it: left to the collector
+        log_reader.join(timeout=5)
+        if not log_reader.is_alive():  # else it still reads it: left to the collector
             process.stderr.close()  # unclosed, it was a ResourceWarning for each video read
     _refuse_size_change(path, stored, changes)
 
 
-def _read_log_head(process: subprocess.Popen, damage: list[str]) -> tuple[tuple[int, int], tuple[int, int] | None]:
-    """From ffmpeg's log up to its description of the output (written before the first frame): the (width, height)
-    of the frames it outputs, and the stored size of the video stream it decodes (None if not found)."""
-    lines, stored_sizes, decoded, in_output = [], {}, None, False
-    for raw in process.stderr:
+LOG_HEAD_SECONDS = 60
+"""How long ffmpeg may take to describe its output (it does so before decoding a frame) before a read gives up."""
+
+_OUTPUT_HEADER = re.compile(r"Output #\d+, ")
+"""Where ffmpeg's log starts describing its output; anywhere in a line, after a message that ended without a line
+break ('Odd rotation angle. ... (ffmpeg-devel@ffmpeg.org)Output #0, image2pipe, ...')."""
+
+
+def _read_log(stderr, head: queue.Queue, changes: list[tuple[int, int]], damage: list[str]) -> None:
+    """Read ffmpeg's whole log (so that it never blocks on it). Up to its description of the output (written before
+    the first frame) it puts on `head` the (width, height) of the frames ffmpeg outputs and the stored size of the
+    video stream it decodes (None if not found), or the log's last lines when it ends without one; then it keeps
+    the frame sizes ffmpeg changes to. What it says of damaged data goes to `damage` throughout."""
+    lines, stored_sizes, decoded, in_output, described = [], {}, None, False, False
+    for raw in stderr:
         line = raw.decode(errors="replace")
-        lines.append(line)
         if found := _DAMAGE.search(line):
             damage.append(found[1].strip())
-        in_output = in_output or line.startswith("Output")
+        if described:
+            if match := _SIZE_CHANGED.search(line):
+                changes.append((int(match[1]), int(match[2])))
+            continue
+        lines.append(line)
+        in_output = in_output or bool(_OUTPUT_HEADER.search(line))
         stream = re.match(r"\s*Stream #0:(\d+)\S*: Video: .*", line)
         size = _STREAM_SIZE.search(line) if stream else None
         if stream and size and not in_output:
@@ -263,19 +290,10 @@ def _read_log_head(process: subprocess.Popen, damage: list[str]) -> tuple[tuple[
         if mapping and decoded is None:
             decoded = stored_sizes.get(mapping[1])
         if stream and size and in_output:
-            return (int(size[1]), int(size[2])), decoded
-    raise RuntimeError("ffmpeg gave no video output:\n" + "".join(lines[-20:]))
-
-
-def _read_log_rest(stderr, changes: list[tuple[int, int]], damage: list[str]) -> None:
-    """Read the rest of ffmpeg's log (so that it never blocks on it), keeping the frame sizes it changes to and what
-    it says of damaged data."""
-    for raw in stderr:
-        line = raw.decode(errors="replace")
-        if match := _SIZE_CHANGED.search(line):
-            changes.append((int(match[1]), int(match[2])))
-        if found := _DAMAGE.search(line):
-            damage.append(found[1].strip())
+            head.put(((int(size[1]), int(size[2])), decoded))
+            described = True
+    if not described:
+        head.put("".join(lines[-20:]))
 
 
 def _end_ffmpeg(process: subprocess.Popen) -> None:
@@ -306,13 +324,14 @@ def _refuse_size_change(path: Path, first: tuple[int, int] | None, changes: list
 
 
 def _ffmpeg_frames(path: Path, output_params: list[str] | None = None) -> Generator:
-    """imageio-ffmpeg's reader: its header dict, then each frame's RGB bytes. A file with no video stream is a
-    UserError saying so; imageio-ffmpeg's note that rotation changes the frame size is not shown."""
+    """imageio-ffmpeg's reader: its header dict, then each frame's RGB bytes, unrotated. A file with no video
+    stream is a UserError saying so. Unrotated, ffmpeg does not log 'Odd rotation angle' for a rotation other than
+    a quarter turn without a line break, in front of the line that imageio-ffmpeg waits for (10 s, then an error)."""
     import logging
 
     import imageio_ffmpeg
 
-    frames = imageio_ffmpeg.read_frames(str(path), output_params=output_params)
+    frames = imageio_ffmpeg.read_frames(str(path), input_params=["-noautorotate"], output_params=output_params)
     logger = logging.getLogger("imageio_ffmpeg")
     level = logger.level
     logger.setLevel(logging.ERROR)  # the header is parsed while the first item is taken
@@ -430,22 +449,25 @@ def _check_complete(path: Path, decoded: int, as_gif: bool) -> None:
     if not promised or promised - decoded <= tolerance:
         return
     if not as_gif:  # the header's duration is the longest stream's: the sound may run on past the picture
-        meta = _ffmpeg_header(path)
-        stored, damaged = _stored_seconds(path)
-        if not damaged and stored is not None and (meta["duration"] - stored) * _stream_fps(path) <= tolerance:
-            return  # every stream's packets are there to the end: the picture just ends first
+        fps, duration = _stream_fps(path), _ffmpeg_header(path)["duration"]
+        stored, damaged = _stored_seconds(path, ["-map", "0"])
+        if not damaged and stored is not None and (duration - stored) * fps <= tolerance:
+            picture, damaged = _stored_seconds(path, _FIRST_VIDEO)  # its packets end where its frames do
+            if not damaged and picture is not None and picture * fps - decoded <= tolerance:
+                return  # every stream's packets are there to the end: the picture just ends first
     raise UserError(
         f"video {path} ends early (decoded {decoded} of the {promised} frames its header lists): "
         "it is truncated or corrupt; re-export or re-download it"
     )
 
 
-def _stored_seconds(path: Path) -> tuple[float | None, bool]:
-    """How far into the file its packets reach, in seconds, counted by copying every stream's packets (nothing
-    decoded), and whether ffmpeg found the file damaged on the way (such as 'partial file' for a cut MP4)."""
+def _stored_seconds(path: Path, streams: list[str]) -> tuple[float | None, bool]:
+    """How far into the file the packets of `streams` (ffmpeg's -map options) reach, in seconds, counted by copying
+    them (nothing decoded), and whether ffmpeg found the file damaged on the way (such as 'partial file' for a cut
+    MP4)."""
     import imageio_ffmpeg
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0", "-c", "copy",
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), *streams, "-c", "copy",
                "-f", "null", "-"]
     result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=600)
     times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", result.stderr)
