@@ -140,6 +140,10 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
          "data.resolution (--resolution) 30 must be a positive multiple of 4 for this model: use e.g. 32"),
         ("textual-inversion", ["--num-vectors", "40"],  # cut at 32 tokens: it had learned without the class noun
          "with textual_inversion.num_vectors (--num-vectors) 40 takes 54 tokens, more than the text encoder's 32"),
+        ("textual-inversion", ["--num-vectors", "2147483648"],  # had filled 24 GB making its tokens' names
+         "textual_inversion.num_vectors (--num-vectors) must be at most 256, got 2147483648: a pseudo-word's vectors"),
+        ("textual-inversion", ["--set", "textual_inversion.train.grad_accumulation=2147483648"],  # never ended step 1
+         "textual_inversion.train.grad_accumulation must be at most 1024, got 2147483648"),
         ("textual-inversion", ["--class-noun", " ".join(["dog"] * 30)],  # after a transformers log line
          "more than the text encoder's 32: use a shorter --class-noun (90 tokens), fewer vectors"),
         ("train-subject", ["--resolution", "100000"],  # it had trained on, for hours

@@ -230,7 +230,9 @@ def test_sample_frames_returns_the_indexed_frames():
     [
         ({"stride": 2, "target_fps": 8.0}, "^give --fps or --stride for sampling the clip, not both$"),
         ({"stride": 0}, "^--stride must be at least 1, got 0$"),  # the flags, not the function's argument names
-        ({"target_fps": 0.0}, "^--fps must be positive"),
+        ({"target_fps": 0.0}, "^--fps must be a positive number, got 0.0$"),
+        ({"target_fps": float("nan")}, "^--fps must be a positive number, got nan$"),
+        ({"target_fps": float("inf")}, "^--fps must be a positive number, got inf$"),
         ({"num_frames": 0}, "^--num-frames must be at least 1"),
         ({"fps": 0.0}, "frame rate"),
     ],
@@ -239,6 +241,15 @@ def test_invalid_sampling_settings_are_user_errors(kwargs, match):
     arguments = {"frame_count": 50, "fps": 24.0, "num_frames": 4, **kwargs}
     with pytest.raises(UserError, match=match):
         sample_indices(**arguments)
+
+
+@pytest.mark.parametrize("kwargs", [{"target_fps": 1e-30}, {"stride": 2**62}])
+def test_a_step_past_any_clip_spreads_the_frames_with_a_warning(kwargs):
+    """Steps beyond what int64 holds had wrapped to a negative index (an IndexError traceback in train-motion)."""
+    warned = []
+    assert sample_indices(50, 24.0, 4, warn=warned.append, **kwargs).tolist() == [0, 16, 33, 49]
+    assert len(warned) == 1 and "spreading them evenly over the clip" in warned[0]
+    assert frames_needed(24.0, 4, **kwargs) >= 50
 
 
 def test_frames_needed_matches_sampling():

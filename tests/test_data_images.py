@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -128,6 +129,38 @@ def test_animated_photo_uses_first_frame_with_a_warning(kind, tmp_path, warned):
     img = load_image(path)
     assert_close(rgb_at(img, 48, 48), badinputs.RED)
     assert len(warned) == 1 and str(path) in warned[0] and "first frame" in warned[0]
+
+
+def test_a_cut_animated_gif_or_a_bit_flipped_png_is_refused_as_damaged(tmp_path):
+    """Pillow reads through a GIF's frames to count them: a download cut in its second frame (a third of all cut
+    points) had been an IndexError traceback. A PNG's pixel data is decoded without its checksum: one flipped bit had
+    changed most of the photo without a word."""
+    whole = badinputs.make_bad_image("animated_gif", tmp_path)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.gif"
+    for end in range(len(data) - 1, len(data) * 2 // 3, -7):  # cuts in the second frame (its 1st is intact)
+        cut.write_bytes(data[:end])
+        try:
+            load_image(cut)
+        except UserError as exc:
+            assert str(exc) == f"cannot read image {cut}: it is truncated or corrupt; remove or replace it"
+    png = tmp_path / "photo.png"
+    ramp = np.linspace(0, 255, 96).astype(np.uint8)
+    Image.fromarray(np.stack([np.tile(ramp, (96, 1)), np.tile(ramp[:, None], (1, 96)), np.full((96, 96), 128)], -1)
+                    .astype(np.uint8)).save(png)
+    pixels = np.asarray(load_image(png))
+    data = png.read_bytes()
+    for at in range(data.index(b"IDAT") + 8, len(data)):  # the first flip in the pixel data that Pillow decodes
+        damaged = bytearray(data)
+        damaged[at] ^= 0x10
+        png.write_bytes(bytes(damaged))
+        with contextlib.suppress(Exception), Image.open(png) as im:
+            if not np.array_equal(np.asarray(im.convert("RGB")), pixels):
+                break
+    else:
+        pytest.fail("no flipped bit decodes")
+    with pytest.raises(UserError, match="photo.png: it is truncated or corrupt"):  # its checksum no longer matches
+        load_image(png)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="measures resident memory through /proc")

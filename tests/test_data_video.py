@@ -231,6 +231,23 @@ def test_a_gif_plays_at_the_frame_rate_it_was_written_at(fps, tmp_path):
     assert video_fps(path) == pytest.approx(fps, rel=0.02) and len(read_video(path)) == 16
 
 
+def test_a_gif_cut_short_is_read_with_a_warning(tmp_path, monkeypatch):
+    """Pillow reads the frames before the cut without a word (9 of 16), and the frame count comes from the same cut
+    file: only its missing end marker tells."""
+    from badinputs import capture_warnings
+
+    rng = np.random.default_rng(0)
+    whole = write_video(rng.integers(0, 255, (16, 48, 48, 3), dtype=np.uint8), tmp_path / "whole.gif")
+    cut = tmp_path / "cut.gif"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: [m.start() for m in re.finditer(re.escape(b"\x21\xf9\x04"), data)][9]])  # before frame 10
+    warned = capture_warnings(monkeypatch)
+    assert len(read_video(whole)) == 16 and warned == []
+    assert len(read_video(cut)) == 9 and warned == [f"{cut} is cut off (it lacks the end marker of a whole GIF): its 9 "
+                                                    "frames may be only the start of the clip; re-export or "
+                                                    "re-download it"]
+
+
 def test_a_video_damaged_inside_its_frames_is_read_with_a_warning(tmp_path, monkeypatch):
     """ffmpeg conceals what it cannot decode (smears, repeats of the frame before), so the frame count held and
     a damaged clip had been trained on without a word; whole clips warn of nothing."""

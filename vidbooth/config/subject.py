@@ -18,6 +18,9 @@ from vidbooth.errors import UserError
 
 STAGES = ("textual_inversion", "identity")
 """The subject stages, in the order they run: the pseudo-word's embedding, then the identity adapter."""
+MAX_VECTORS = 256
+"""Vectors of a pseudo-word at most, before the model says how many its prompts hold (a typo of 2**31 had filled
+the memory making their tokens' names)."""
 
 DEFAULT_CAPTIONS = [
     "a photo of {}",
@@ -187,9 +190,9 @@ class SubjectConfig:
         if bad or not self.data.captions:
             raise UserError(f"data.captions must each contain '{{}}' once (the subject's place) and no other braces "
                             f"(write a brace as {{{{ or }}}}), got {bad or 'none'}")
-        if self.textual_inversion.num_vectors < 1:
-            vectors = self.textual_inversion.num_vectors
-            raise UserError(f"textual_inversion.num_vectors must be at least 1, got {vectors}")
+        checks.at_least("textual_inversion.num_vectors", self.textual_inversion.num_vectors, 1)
+        checks.at_most("textual_inversion.num_vectors", self.textual_inversion.num_vectors, MAX_VECTORS,
+                       hint=": a pseudo-word's vectors fit in a prompt with the rest of it (CLIP's: 77 tokens)")
         for stage, stage_cfg in (("textual_inversion", self.textual_inversion), ("identity", self.identity)):
             if not (stage_cfg.guidance_scale >= 0 and math.isfinite(stage_cfg.guidance_scale)):
                 raise UserError(f"{stage}.guidance_scale must be 0 (off) or positive, got {stage_cfg.guidance_scale}")

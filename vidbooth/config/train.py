@@ -11,6 +11,9 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 MAX_BATCH_SIZE = 1024
 """Samples per process and micro-batch at most: one micro-batch is one UNet call, which Ctrl-C cannot stop midway
 (a typo of 100000 ran for minutes in it on nano without finishing a step)."""
+MAX_GRAD_ACCUMULATION = 1024
+"""Micro-batches per step at most: a step is where a stop is looked for and progress shown (a typo of 2**31 never
+finished its first)."""
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest float32: the trainable weights and the optimizer's state are float32."""
@@ -82,6 +85,7 @@ class TrainConfig:
             checks.at_least(f"{prefix}.{key}", getattr(self, key), 1)
         checks.at_most(f"{prefix}.batch_size", self.batch_size, MAX_BATCH_SIZE,
                        hint=" (for a larger batch per step, raise grad_accumulation)")
+        checks.at_most(f"{prefix}.grad_accumulation", self.grad_accumulation, MAX_GRAD_ACCUMULATION)
         checks.positive(f"{prefix}.lr", self.lr)
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"{prefix}.lr_schedule '{self.lr_schedule}' is unknown: use {', '.join(LR_SCHEDULES)}")

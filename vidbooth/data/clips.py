@@ -15,6 +15,7 @@ Policies (each one tested in tests/test_data_clips.py):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -168,7 +169,8 @@ def load_and_sample_clip(
 
 
 def _stepped_indices(step: float, num_frames: int) -> np.ndarray:
-    return np.floor(np.arange(num_frames) * step + 1e-6).astype(np.int64)
+    # capped where int64 still holds it (--fps 1e-30 had wrapped to a negative index): past any clip's end all the same
+    return np.floor(np.minimum(np.arange(num_frames) * step + 1e-6, 2.0**62)).astype(np.int64)
 
 
 def _sampling_step(fps: float, num_frames: int, target_fps: float | None, stride: int | None) -> float:
@@ -183,8 +185,8 @@ def _sampling_step(fps: float, num_frames: int, target_fps: float | None, stride
             raise UserError(f"--stride must be at least 1, got {stride}")
         return float(stride)
     if target_fps is not None:
-        if target_fps <= 0:
-            raise UserError(f"--fps must be positive, got {target_fps}")
+        if not 0 < target_fps < math.inf:  # nan too
+            raise UserError(f"--fps must be a positive number, got {target_fps}")
         return fps / target_fps
     return float(max(1, round(fps / DEFAULT_SAMPLE_FPS)))
 

@@ -327,16 +327,25 @@ def _check_dimensions(path: Path, im: Image.Image, min_side: int) -> None:
 
 
 def _warn_if_animated(path: Path, im: Image.Image) -> None:
-    if getattr(im, "is_animated", False) and im.format != "MPO":  # MPO: a phone photo with its depth or gain map
-        reporting.warn(f"{path} is animated ({im.n_frames} frames): using its first frame only")
+    try:  # Pillow finds the frames of a GIF or TIFF by reading through them: a cut or damaged one fails here
+        frames = im.n_frames if getattr(im, "is_animated", False) and im.format != "MPO" else 1  # MPO: a phone
+    except Exception as exc:  # photo with its depth or gain map
+        raise UserError(f"cannot read image {path}: it is truncated or corrupt; remove or replace it") from exc
+    if frames > 1:
+        reporting.warn(f"{path} is animated ({frames} frames): using its first frame only")
 
 
 def _decode(path: Path, im: Image.Image, max_short_side: int | None) -> None:
-    """Load pixels (JPEG at a reduced scale when that still covers `max_short_side`) and apply EXIF orientation."""
+    """Load pixels (JPEG at a reduced scale when that still covers `max_short_side`) and apply EXIF orientation. A
+    PNG's checksums are checked too: Pillow decodes its pixel data without them, so one flipped bit had changed most
+    of a photo without a word."""
     try:
         if max_short_side is not None:
             im.draft(im.mode, _short_side_size(im.size, max_short_side))
         im.load()
+        if im.format == "PNG":
+            with Image.open(path) as whole:
+                whole.verify()
         ImageOps.exif_transpose(im, in_place=True)
     except Exception as exc:
         raise UserError(f"cannot read image {path}: it is truncated or corrupt; remove or replace it") from exc

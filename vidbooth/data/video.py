@@ -71,6 +71,17 @@ def video_frames(path: str | Path, max_short_side: int | None = None) -> Generat
         raise UserError(f"video has no readable frames: {path}")
     _check_complete(path, count, as_gif)
     _warn_of_damage(path, damage)
+    if as_gif and not _ends_whole(path):
+        reporting.warn(f"{path} is cut off (it lacks the end marker of a whole GIF): its {count} frames may be only "
+                       "the start of the clip; re-export or re-download it")
+
+
+def _ends_whole(gif: Path) -> bool:
+    """Whether a GIF ends with its trailer byte (';'): a download or copy cut short does not, and Pillow reads the
+    frames before the cut without a word (9 of 16)."""
+    with open(gif, "rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b";"
 
 
 def _warn_of_damage(path: Path, damage: list[str]) -> None:
