@@ -49,6 +49,8 @@ def test_named_recipes_resolve():
         (["sampling.num_frames=many"],
          "^--set sampling.num_frames=many: config key 'sampling.num_frames' takes a whole number, got 'many'$"),
         (["sampling.guidance_scale=high"], "config key 'sampling.guidance_scale' takes a number, got 'high'$"),
+        (["runtime.seed=null"],  # OmegaConf's own words: "Incompatible value 'None' for field of type 'int'"
+         "^--set runtime.seed=null: config key 'runtime.seed' takes a whole number, got null \\(none\\): give a value$"),
         (["nokey"], "--set expects key=value"),
         (["=3"], "--set expects key=value"),
         (["sampling.guidance_scale=[1"], r"--set sampling.guidance_scale=\[1 cannot be read .*as in YAML"),
@@ -133,6 +135,14 @@ def test_a_recipe_that_is_not_yaml_says_what_is_wrong_and_where(text, message, t
     """Only the YAML error's first line was shown: 'while constructing a mapping', without the key or the line."""
     (tmp_path / "r.yaml").write_text(text)
     with pytest.raises(UserError, match=r"recipe .*r.yaml is not valid YAML: .*" + message):
+        load_config(GenerateConfig, str(tmp_path / "r.yaml"))
+
+
+def test_a_recipe_that_is_not_utf8_says_so(tmp_path):
+    """Saved in Latin-1 ('café'): it had been 'not valid YAML: 'utf-8' codec can't decode byte 0xe9 ...'."""
+    (tmp_path / "r.yaml").write_bytes("prompt: café\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"^recipe .*r.yaml is not UTF-8 text \(byte 0xe9 at offset 11\): save it as "
+                                        "UTF-8$"):
         load_config(GenerateConfig, str(tmp_path / "r.yaml"))
 
 

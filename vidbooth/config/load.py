@@ -119,6 +119,9 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
         return f"config key '{key}' takes {kind}, got '{converted.group(1)}'"
     if key and (invalid_bool := re.match(r"Value '(.*)' is not a valid bool", msg)):
         return f"config key '{key}' takes true or false, got '{invalid_bool.group(1)}'"
+    if key and (none := re.match(r"Incompatible value 'None' for field of type '(\w+)'$", msg)):
+        kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(none[1], f"a {none[1]}")
+        return f"config key '{key}' takes {kind}, got null (none): give a value"
     if isinstance(exc, InterpolationResolutionError):  # only a recipe's texts are read as OmegaConf's
         msg += " (a recipe's ${...} refers to another setting: write \\${ for the text ${)"
     return f"config key '{key}': {msg}" if key else msg
@@ -142,6 +145,9 @@ def load_config(
             path = find_recipe(recipe)
             try:
                 loaded = OmegaConf.load(path)
+            except UnicodeDecodeError as exc:
+                raise UserError(f"recipe {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                f"{exc.start}): save it as UTF-8") from exc
             except Exception as exc:  # yaml errors have many types
                 raise UserError(f"recipe {path} is not valid YAML: {yaml_problem(exc, path)}") from exc
             if not OmegaConf.is_dict(loaded):
