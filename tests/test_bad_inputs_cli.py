@@ -99,6 +99,8 @@ def _refused_in_one_line(argv, message, root, capsys) -> None:
         (["--height", "0"], "sampling.height (--height) must be a positive number of pixels, got 0"),
         (["--width", "-8"], "sampling.width (--width) must be a positive number of pixels, got -8"),
         (["--height", "30"], "--height 30 must be a positive multiple of 4"),  # the model's own check
+        (["--width", "99999999999999999999"],  # had suggested 'use e.g. 99999999999999999996'
+         "--width 99999999999999999999 is more than 8 times this model's native size (32): use at most 256"),
         (["--guidance-scale", "-1"], f"sampling.guidance_scale (--guidance-scale) {NOT_NEGATIVE}"),
         (["--guidance-scale", "nan"], f"sampling.guidance_scale (--guidance-scale) {NOT_NEGATIVE}"),
         (["--fps", "0"], "sampling.fps (--fps) must be at least 1, got 0"),

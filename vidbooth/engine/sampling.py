@@ -82,13 +82,13 @@ def check_geometry(backbone, num_frames: int, height: int, width: int) -> None:
     """Raise a UserError for sizes and frame counts the model cannot take."""
     check_frames(backbone, num_frames)
     for flag, value in (("--height", height), ("--width", width)):
+        check_not_too_large(backbone, flag, value)  # first: a typo's 'use e.g. 99999999999999999996' helps no one
         multiple = backbone.size_multiple
         if value <= 0 or value % multiple:
             near = [size for size in (value // multiple * multiple, (value // multiple + 1) * multiple) if size > 0] \
                 or [multiple]
             raise UserError(f"{flag} {value} must be a positive multiple of {multiple} for this model: use e.g. "
                             f"{' or '.join(map(str, near))}")
-        check_not_too_large(backbone, flag, value)
 
 
 def check_not_too_large(backbone, flag: str, size: int) -> None:
