@@ -327,9 +327,11 @@ def _check_dimensions(path: Path, im: Image.Image, min_side: int) -> None:
 
 
 def _warn_if_animated(path: Path, im: Image.Image) -> None:
-    try:  # Pillow finds the frames of a GIF or TIFF by reading through them: a cut or damaged one fails here
-        frames = im.n_frames if getattr(im, "is_animated", False) and im.format != "MPO" else 1  # MPO: a phone
-    except Exception as exc:  # photo with its depth or gain map
+    if im.format == "MPO":  # a phone photo with its depth or gain map, not an animation
+        return
+    try:  # Pillow counts a GIF's or TIFF's frames by reading through them: a cut or damaged one fails here
+        frames = im.n_frames if getattr(im, "is_animated", False) else 1
+    except Exception as exc:
         raise UserError(f"cannot read image {path}: it is truncated or corrupt; remove or replace it") from exc
     if frames > 1:
         reporting.warn(f"{path} is animated ({frames} frames): using its first frame only")
