@@ -203,6 +203,20 @@ def test_the_xformers_backend_passes_layout_and_masks_as_xformers_takes_them(sta
     assert stand_in_xformers == [False, True, True, True]
 
 
+def test_the_xformers_backend_passes_a_batch_over_its_limit_in_parts(stand_in_xformers, monkeypatch):
+    """xformers fails from a batch of 65536 (8 AnimateDiff videos at 512x512 in temporal attention): such a batch
+    goes through in parts of at most XFORMERS_MAX_BATCH, here lowered to 2, masks with them."""
+    from vidbooth.attention import backends
+
+    monkeypatch.setattr(backends, "XFORMERS_MAX_BATCH", 2)
+    q, k, v = (torch.randn(5, 3, 7, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    keep = torch.rand(5, 1, 1, 7, generator=torch.Generator().manual_seed(3)) > 0.3
+    keep[..., 0] = True
+    assert torch.allclose(backends._xformers(q, k, v), attention(q, k, v, backend="math"), atol=1e-5)
+    assert torch.allclose(backends._xformers(q, k, v, keep), attention(q, k, v, keep, backend="math"), atol=1e-5)
+    assert stand_in_xformers == [False] * 3 + [True] * 3  # 5 videos in parts of 2, 2 and 1, each time
+
+
 @pytest.mark.gpu
 def test_xformers_matches_math_on_cuda():
     pytest.importorskip("xformers")

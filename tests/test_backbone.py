@@ -493,6 +493,25 @@ def test_encode_video_scales_the_vae_latents(tiny_backbones):
     assert torch.allclose(bb.encode_video(pixels), expected, atol=1e-6)
 
 
+def test_encode_video_takes_a_few_frames_at_a_time(tiny_backbones, monkeypatch):
+    """An image-prompt model's batch (16 clips of 8 frames) had gone through the VAE at once: tens of GB at 512x512.
+    In parts, the same latents, and sampled ones drawn as in one batch."""
+    bb = tiny_backbones["unet3d"]
+    pixels = torch.rand(3, 7, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1  # 21 frames
+    with torch.no_grad():
+        whole = bb.vae.encode(pixels.flatten(0, 1)).latent_dist
+        sampled_whole = whole.sample(torch.Generator().manual_seed(5))
+    sizes, encode = [], bb.vae.encode
+    monkeypatch.setattr(bb.vae, "encode", lambda x: sizes.append(len(x)) or encode(x))
+    scale = bb.vae.config.scaling_factor
+    with torch.no_grad():
+        assert torch.allclose(bb.encode_video(pixels, chunk_size=8), (whole.mean * scale).unflatten(0, (3, 7))
+                              .transpose(1, 2), atol=1e-5)
+        sampled = bb.encode_video(pixels, sample=True, generator=torch.Generator().manual_seed(5))
+    assert sizes == [8, 8, 5] * 2
+    assert torch.allclose(sampled, (sampled_whole * scale).unflatten(0, (3, 7)).transpose(1, 2), atol=1e-5)
+
+
 def test_fp16_keeps_a_vae_that_asks_for_upcasting_in_fp32(tiny_base_dirs, monkeypatch):
     """A VAE with force_upcast (SD's, the tiny one) decodes to NaN in fp16: it stays fp32 while the rest is fp16
     (mutation testing). fp16 needs CUDA, so the resolved precision is patched here."""

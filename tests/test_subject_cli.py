@@ -57,6 +57,20 @@ def train_subject(photos: Path, *extra: str, name: str = "S*", steps: int = 2) -
     return main([*args, *prior, "--ti-steps", str(steps), "--identity-steps", str(steps), *extra])
 
 
+def test_the_preview_is_sampled_as_generate_samples_it(photos, isolated_home, monkeypatch, fresh_accelerate_state):
+    """Not under training's autocast, which on a GPU ran it in fp16, the VAE kept in fp32 for overflowing in fp16
+    too (the motion preview and generate never were): a bf16 autocast on the CPU stands in for it."""
+    import vidbooth.engine.sampling as sampling
+
+    real, autocast = sampling.sample_video, []
+    monkeypatch.setattr(sampling, "sample_video", lambda *args, **kwargs: autocast.append(
+        torch.is_autocast_enabled("cpu")) or real(*args, **kwargs))
+    mixed = ["--precision", "bf16", "--set", "textual_inversion.train.mixed_precision=bf16", "--set",
+             "identity.train.mixed_precision=bf16"]
+    assert train_subject(photos, *mixed, steps=1) == 0
+    assert autocast == [False] and (subject_dir(isolated_home) / "preview.png").is_file()
+
+
 @pytest.mark.parametrize("family", list(BASES))
 def test_train_subject_writes_a_complete_subject(family, photos, isolated_home, capsys, tiny_backbones):
     assert train_subject(photos, "--base", BASES[family]) == 0
@@ -482,8 +496,12 @@ def test_two_processes_train_one_subject(photos, isolated_home, two_process_laun
     """
     command = [*two_process_launch, "-m", "vidbooth", "train-subject", str(photos), "--name", "S*"]
     command += ["--class-noun", "dog", *FAST, "--ti-steps", "3", "--identity-steps", "3", "--device", "cpu"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    command += ["--prior-preservation", "--num-class-images", "3", *PRIOR_FAST]  # the two make them together
+    command += ["--set", "prior.prompt=a {} seen by two processes"]  # class images no other test has cached
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"VIDBOOTH_QUIET": "0"})
     assert done.returncode == 0, done.stderr
+    assert ", 2 processes sharing them)" in done.stderr and done.stderr.count("generating 3 class images") == 1
     assert [m["name"] for m in list_artifacts("subject")] == ["S*"]
     manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
     assert manifest["stages"]["identity"]["processes"] == 2
@@ -637,6 +655,11 @@ def test_a_class_image_depends_on_its_index_and_seed_not_on_its_batch(tiny_backb
     settings_file = class_image_folder(bb.fingerprint, "a photo of a dog", 16, prior, 1) / "settings.json"
     settings = json.loads(settings_file.read_text())  # what the folder's key holds, for a person looking in
     assert settings["seed"] == 1 and settings["num_inference_steps"] == 2 and settings["guidance_scale"] == 1.0
+    monkeypatch.setenv("VIDBOOTH_CACHE", str(tmp_path / "shared"))  # 2 processes, each its share: the same images
+    second = generate_class_images(bb, "a photo of a dog", 5, 16, prior, 0, share=(1, 2))
+    assert sorted(path.name for path in second.glob("*.png")) == ["00001.png", "00003.png"]
+    generate_class_images(bb, "a photo of a dog", 5, 16, prior, 0, share=(0, 2))
+    assert all(np.array_equal(a, b) for a, b in zip(read_class_images(second, 3), together))
 
 
 def interrupt_identity_stage(monkeypatch, at_call: int = 2):

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -432,7 +433,7 @@ def test_a_cuda_index_picks_the_gpu_of_a_single_process(monkeypatch):
     class OneGpuAccelerator:  # what accelerate sets up for one process on a GPU
         num_processes, device = 1, torch.device("cuda")
 
-        def __init__(self, cpu, mixed_precision):
+        def __init__(self, cpu, mixed_precision, kwargs_handlers):
             assert not cpu
 
     monkeypatch.setattr(accelerate, "Accelerator", OneGpuAccelerator)
@@ -796,3 +797,16 @@ def test_each_training_command_resolves_mixed_precision_with_its_bases_precision
     assert main(["train-motion", str(clip), "--name", "M", *runtime]) == 2
     assert main(["train-image-prompt", "--out", str(tmp_path / "ip.safetensors"), *runtime]) == 2
     assert seen == ["bf16", "bf16", "bf16"]
+
+
+def test_the_processes_of_a_run_wait_for_one_another_longer_than_nccls_ten_minutes(monkeypatch):
+    """Some processes make class images or a preview while the others wait at a barrier: NCCL's default timeout
+    (10 minutes) had ended such a run of a large model."""
+    import accelerate
+
+    created = []
+    monkeypatch.setattr(accelerate, "Accelerator", lambda **kwargs: created.append(kwargs) or SimpleNamespace(
+        num_processes=1))
+    engine.make_accelerator("auto", device="cpu")
+    (handler,) = created[0]["kwargs_handlers"]
+    assert type(handler).__name__ == "InitProcessGroupKwargs" and handler.timeout.total_seconds() == 2 * 3600

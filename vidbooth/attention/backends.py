@@ -85,8 +85,20 @@ def _xformers(q, k, v, mask=None):
         padded = (lk + 7) // 8 * 8
         bias = torch.zeros(q.shape[0], q.shape[1], q.shape[2], padded, dtype=q.dtype, device=q.device)
         mask = bias[..., :lk].copy_(mask.expand(q.shape[0], q.shape[1], q.shape[2], lk))
-    out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=mask)
-    return out.transpose(1, 2)  # xformers works in (B, L, h, D)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # xformers works in (B, L, h, D)
+    out = torch.cat([
+        xops.memory_efficient_attention(q[i : i + XFORMERS_MAX_BATCH], k[i : i + XFORMERS_MAX_BATCH],
+                                        v[i : i + XFORMERS_MAX_BATCH],
+                                        attn_bias=None if mask is None else mask[i : i + XFORMERS_MAX_BATCH])
+        for i in range(0, q.shape[0], XFORMERS_MAX_BATCH)
+    ])
+    return out.transpose(1, 2)
+
+
+XFORMERS_MAX_BATCH = 65535
+"""xformers' kernels fail from a batch of 65536 ('CUDA error: invalid configuration argument', xformers issue 845):
+a temporal attention's batch is 2 x videos x latent height x width, 65536 for 8 AnimateDiff videos at 512x512.
+Larger batches go through in parts."""
 
 
 def registered_backends() -> list[str]:

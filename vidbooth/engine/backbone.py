@@ -181,13 +181,17 @@ class Backbone:
         return self.unet(latents, timestep, encoder_hidden_states=text_embeds, return_dict=False, **kwargs)[0]
 
     @torch.no_grad()
-    def encode_video(self, pixels: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
-        """Pixels (B, F, 3, H, W) in [-1, 1] -> scaled latents (B, C, F, h, w)."""
+    def encode_video(self, pixels: torch.Tensor, sample: bool = False, generator=None,
+                     chunk_size: int = 8) -> torch.Tensor:
+        """Pixels (B, F, 3, H, W) in [-1, 1] -> scaled latents (B, C, F, h, w), encoded `chunk_size` frames at a time:
+        an image-prompt model's training batch (128 frames) encoded at once needed tens of GB at 512x512."""
         b, f = pixels.shape[:2]
-        flat = pixels.flatten(0, 1).to(self.vae.device, self.vae.dtype)
-        dist = self.vae.encode(flat).latent_dist
-        latents = dist.sample(generator) if sample else dist.mean
-        latents = latents * self.vae.config.scaling_factor
+        flat = pixels.flatten(0, 1)
+        chunks = []
+        for i in range(0, flat.shape[0], chunk_size):
+            dist = self.vae.encode(flat[i : i + chunk_size].to(self.vae.device, self.vae.dtype)).latent_dist
+            chunks.append(dist.sample(generator) if sample else dist.mean)  # one generator: the noise of one batch
+        latents = torch.cat(chunks) * self.vae.config.scaling_factor
         return latents.unflatten(0, (b, f)).transpose(1, 2).to(self.dtype)
 
     @torch.no_grad()

@@ -51,17 +51,20 @@ def class_image_folder(fingerprint: str, prompt: str, size: int, prior: PriorCon
     return cache_dir() / "class-images" / fingerprint / key
 
 
-def generate_class_images(backbone, prompt: str, count: int, size: int, prior: PriorConfig, seed: int) -> Path:
+def generate_class_images(backbone, prompt: str, count: int, size: int, prior: PriorConfig, seed: int,
+                          share: tuple[int, int] = (0, 1)) -> Path:
     """Make sure the cache holds class images 0 to `count` - 1 for `prompt`; returns the folder.
 
     Image i starts from its own noise, drawn on the CPU from a generator seeded by (seed, i), and is sampled
     with DDIM (no noise after the first), so it does not depend on the batch it is made in or on which images
     the cache held already; the missing ones are made `prior.sample_batch_size` at a time. Files are written to
-    a temporary name and renamed, so an interrupted run leaves only complete images.
+    a temporary name and renamed, so an interrupted run leaves only complete images. `share` (k, n): this process
+    makes the missing images whose index is k modulo n, the other n - 1 processes of a machine the rest.
     """
     from vidbooth.engine.sampling import sample_video
 
     folder = class_image_folder(backbone.fingerprint, prompt, size, prior, seed)
+    process, processes = share
     missing = [index for index in range(count) if not _class_image_file(folder, index).is_file()]
     if not missing:
         return folder
@@ -70,9 +73,11 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
     # for whoever looks into the cache: every setting of the folder's key, and the base
     settings = json.dumps({"base": backbone.source} | _cache_settings(prompt, size, prior, seed), indent=1)
     write_together([(folder / "settings.json", lambda tmp: tmp.write_text(settings))])
-    reporting.info(f"generating {len(missing)} class images for '{prompt}' (cached in {folder})")
-    for first in range(0, len(missing), prior.sample_batch_size):
-        indices = missing[first : first + prior.sample_batch_size]
+    sharing = f", {processes} processes sharing them" if processes > 1 else ""
+    reporting.info(f"generating {len(missing)} class images for '{prompt}' (cached in {folder}{sharing})")
+    mine = [index for index in missing if index % processes == process]  # by index: each process sees its own missing
+    for first in range(0, len(mine), prior.sample_batch_size):
+        indices = mine[first : first + prior.sample_batch_size]
         frames = sample_video(
             backbone,
             [prompt] * len(indices),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -504,9 +505,12 @@ def _class_prior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     prior, bb = run.cfg.prior, run.backbone
     prompt = class_prompt(prior, run.class_noun)
     if run.class_images is None:
-        if run.accelerator.is_main_process:  # the others wait, then read the same cached images
-            generate_class_images(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed)
-        run.accelerator.wait_for_everyone()
+        # the processes of each machine make a share each (one alone had kept the others waiting at the barrier past
+        # NCCL's 10 minutes), into that machine's cache, then all read them there
+        accelerator = run.accelerator
+        share = accelerator.local_process_index, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        generate_class_images(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed, share)
+        accelerator.wait_for_everyone()
         folder = class_image_folder(bb.fingerprint, prompt, run.size, prior, run.cfg.runtime.seed)
         images = read_class_images(folder, prior.num_class_images)
         latents = _encode_latents(bb, photos_to_tensor(images, run.size))
@@ -717,16 +721,15 @@ def _render_preview(run: _Run, path: Path) -> str:
     preview, bb = run.cfg.preview, run.backbone
     prompt = preview.prompt or f"a photo of {run.token} {run.class_noun}"
     generator = torch.Generator().manual_seed(run.cfg.runtime.seed)
-    with run.accelerator.autocast():
-        frames = sample_video(
-            bb,
-            expand_placeholder(prompt, run.token, run.num_vectors),
-            description="preview (--no-preview skips it)",
-            num_frames=preview.num_frames,
-            num_inference_steps=preview.num_inference_steps,
-            guidance_scale=preview.guidance_scale,
-            generator=generator,
-        )[0]  # (F, H, W, 3)
+    frames = sample_video(  # as generate samples it: not under training's autocast (fp16 even for the fp32 VAE)
+        bb,
+        expand_placeholder(prompt, run.token, run.num_vectors),
+        description="preview (--no-preview skips it)",
+        num_frames=preview.num_frames,
+        num_inference_steps=preview.num_inference_steps,
+        guidance_scale=preview.guidance_scale,
+        generator=generator,
+    )[0]  # (F, H, W, 3)
     save_contact_sheet(frames, path)
     return path.name
 

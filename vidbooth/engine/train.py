@@ -165,6 +165,12 @@ def resolve_mixed_precision(mixed_precision: str, device_type: str, setting: str
     return mixed_precision
 
 
+BARRIER_SECONDS = 2 * 3600
+"""How long the processes of a run wait for one another (NCCL's default, 10 minutes, is shorter than a large
+model's class images or preview made by some processes while the others wait; a process that died is noticed at
+once all the same)."""
+
+
 def make_accelerator(mixed_precision: str = "auto", device: str = "auto", setting: str = "train.mixed_precision",
                      base_precision: str = "auto"):
     """The process's `accelerate.Accelerator`; load the backbone on `backbone_device(accelerator)`, in
@@ -173,7 +179,10 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     `device` is vidbooth's runtime device (auto | cpu | cuda | cuda:N). Under `accelerate launch` each
     process gets its own device from the launcher. One process holds one mixed-precision setting.
     """
+    from datetime import timedelta
+
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     from vidbooth.device import resolve_device
 
@@ -183,7 +192,8 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     if not on_cpu and resolved.index is not None and "LOCAL_RANK" not in os.environ:
         torch.cuda.set_device(resolved.index)  # one process: accelerate takes the current GPU, so make it this one
     try:
-        accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision)
+        accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision, kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=timedelta(seconds=BARRIER_SECONDS))])
     except ValueError as exc:
         raise UserError(f"cannot set up training: {str(exc).splitlines()[0]}: check --device and {setting} (no; fp16 "
                         "on CUDA; bf16 where the device has it)") from exc
