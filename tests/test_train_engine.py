@@ -662,6 +662,66 @@ def test_a_damaged_checkpoint_says_to_delete_it_and_resume_from_the_one_before(t
         assert torch.equal(value, resumed.state_dict()[key]), key
 
 
+def _state_without(key):
+    return lambda state: {k: v for k, v in state.items() if k != key}
+
+
+@pytest.mark.parametrize("damage, what", [
+    (_state_without("step"), "its step in state.json is missing"),  # each had been a traceback (KeyError, ...)
+    (_state_without("param_groups"), "its param_groups in state.json is missing"),
+    (lambda state: state | {"loss": "low"}, "its loss in state.json is missing or of another kind"),
+    (lambda state: [state], "state.json holds no settings"),
+    (lambda state: state | {"step": 999}, "state.json says step 999"),  # had saved 12 steps' weights as 999
+    (lambda state: state | {"param_groups": []}, "ValueError restoring it"),
+    ("optimizer", "KeyError restoring it"),  # its RNG state and moments lost
+    ("trainable", "RuntimeError restoring it"),  # a tensor of another shape
+    ("nested", "RecursionError"),  # JSON nested past Python's stack
+])
+def test_a_checkpoint_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path, accelerator, damage, what):
+    from vidbooth.fileio import write_safetensors
+
+    engine.train(make_method(), toy_data(), config(steps=4), tmp_path, accelerator)
+    last = engine.list_checkpoints(tmp_path)[-1]
+    state_file = last / engine.STATE_FILE
+    if damage == "optimizer":
+        write_safetensors(last / engine.OPTIMIZER_FILE, {"optimizer.0.exp_avg": torch.zeros(1)}, {"format": "pt"})
+    elif damage == "trainable":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(last / engine.TRAINABLE_FILE))
+        write_safetensors(last / engine.TRAINABLE_FILE, {k: torch.zeros(2, *v.shape) for k, v in tensors.items()},
+                          {"format": "pt"})
+    elif damage == "nested":
+        state_file.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        state_file.write_text(json.dumps(damage(json.loads(state_file.read_text()))))
+    with pytest.raises(UserError, match=rf"^checkpoint {last} cannot be read \(damaged or cut short: .*{what}.*\): "
+                                        "delete it and rerun with --resume"):
+        engine.train(scrambled_method(), toy_data(), config(steps=4), tmp_path, accelerator, resume=True)
+
+
+def test_json_nested_past_pythons_stack_is_left_to_the_resume_to_refuse(tmp_path, accelerator):
+    """The settings check before the model loads, and the stage's clock, had let a RecursionError out (a
+    traceback): the first leaves the checkpoint to the resume, which refuses it; the clock starts from 0."""
+    engine.train(make_method(), toy_data(), config(steps=4), tmp_path, accelerator)
+    nested = "[" * 100_000 + "]" * 100_000
+    (engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE).write_text(nested)
+    (tmp_path / engine.SECONDS_FILE).write_text(nested)
+    assert engine.refuse_other_settings(tmp_path, True, config(steps=4), {}, accelerator) is None
+    with engine._stage_clock(tmp_path, True, True) as clock:
+        assert clock["seconds"] == 0.0
+
+
+def test_a_file_where_the_run_keeps_its_checkpoints_is_replaced_on_starting_over(tmp_path, accelerator):
+    """A run folder or its checkpoints folder damaged into a file: even --overwrite had failed (FileExistsError)."""
+    (tmp_path / "run").write_text("not a folder")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / engine.CHECKPOINTS).write_text("not a folder")
+    for run in (tmp_path / "run", tmp_path / "other"):
+        assert engine.train(make_method(), toy_data(), config(steps=4), run, accelerator).step == 4
+        assert [p.name for p in engine.list_checkpoints(run)] == ["step-0000004"]
+
+
 def test_vidbooths_precision_is_not_the_launchers(monkeypatch, fresh_accelerate_state):
     """`accelerate launch --mixed_precision bf16` (or a saved accelerate config) sets ACCELERATE_MIXED_PRECISION;
     vidbooth's own setting (train.mixed_precision, nano's 'no') is what trains."""

@@ -383,15 +383,27 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
         trainable = load_file(str(folder / TRAINABLE_FILE))
         extra = load_file(str(folder / OPTIMIZER_FILE))
     except Exception as exc:
-        raise UserError(f"checkpoint {folder} cannot be read (damaged or cut short: {type(exc).__name__}): delete it "
-                        "and rerun with --resume, which continues from the checkpoint before it if there is one "
-                        "(--overwrite starts over)") from exc
+        raise _unreadable(folder, type(exc).__name__) from exc
+    if not isinstance(state, dict):
+        raise _unreadable(folder, f"{STATE_FILE} holds no settings")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"checkpoint {folder} has format {state.get('format')}: rerun with --overwrite to start over")
+    # each of its parts as a save writes it: an edited or damaged state.json had resumed at another step, or failed
+    kinds = {"step": int, "loss": int | float, "signature": dict, "param_groups": list, "scaler": dict | None}
+    if bad := next((key for key, kind in kinds.items() if not isinstance(state.get(key, ...), kind)), None):
+        raise _unreadable(folder, f"its {bad} in {STATE_FILE} is missing or of another kind")
+    if f"step-{state['step']:07d}" != folder.name:
+        raise _unreadable(folder, f"{STATE_FILE} says step {state['step']}")
     if bad := next((key for key, t in trainable.items() if t.is_floating_point() and not t.isfinite().all()), None):
         raise UserError(f"checkpoint {folder} holds NaN or infinite values ({bad}; damaged, or saved as the training "
                         "diverged): delete it and rerun")
     return state, trainable, extra
+
+
+def _unreadable(folder: Path, what: str) -> UserError:
+    return UserError(f"checkpoint {folder} cannot be read (damaged or cut short: {what}): delete it and rerun with "
+                     "--resume, which continues from the checkpoint before it if there is one (--overwrite starts "
+                     "over)")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -485,7 +497,7 @@ def refuse_other_settings(run_dir: Path, resume: bool, cfg: TrainConfig, known: 
         return
     try:
         then = dict(json.loads((checkpoints[-1] / STATE_FILE).read_text())["signature"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # JSON nested past Python's stack, too
         return  # resuming says the checkpoint is unreadable
     now = _full_signature(cfg, known, accelerator)
     if any(then.get(key) != value for key, value in now.items()):  # only the keys known here are compared
@@ -505,22 +517,27 @@ def _restore(
     state, trainable, extra = _read_checkpoint(folder)
     if state["signature"] != signature:
         raise _other_settings(folder, signature, state["signature"], cfg)
-    method.load_state_dict({k: v.to(accelerator.device) for k, v in trainable.items()})
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in extra.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            per_param.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-    scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(extra["rng.torch"])
-    if torch.cuda.is_available():
-        cuda_states = _cuda_rng_states(extra)
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-    return int(state["step"]), float(state["loss"])
+    try:  # tensors missing or of other shapes, or parameter groups not these: a damaged or edited checkpoint
+        method.load_state_dict({k: v.to(accelerator.device) for k, v in trainable.items()})
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in extra.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                per_param.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+        if any(not {"exp_avg", "exp_avg_sq"} <= set(moments) for moments in per_param.values()):
+            raise KeyError("AdamW's moments")
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(extra["rng.torch"])
+        if torch.cuda.is_available():
+            cuda_states = _cuda_rng_states(extra)
+            if len(cuda_states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda_states)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise _unreadable(folder, f"{type(exc).__name__} restoring it") from exc
+    return state["step"], float(state["loss"])
 
 
 def _cuda_rng_states(extra: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -575,7 +592,7 @@ def _stage_clock(run_dir: Path, resume: bool, main_process: bool):
     record = Path(run_dir) / SECONDS_FILE
     earlier = 0.0
     if resume and list_checkpoints(run_dir):
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, RecursionError):
             earlier = float(json.loads(record.read_text())["seconds"])
     clock, started = {"seconds": earlier}, time.perf_counter()
     try:
@@ -736,6 +753,9 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for path in (Path(run_dir), Path(run_dir) / CHECKPOINTS):  # a file where a folder of the run belongs: damage
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                path.unlink()
         shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
     _broadcast_parameters(params, accelerator)
     return TrainResult(step=0, start_step=0)
