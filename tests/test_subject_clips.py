@@ -198,3 +198,59 @@ def test_the_digest_changes_with_a_clip_or_photo_replaced_under_the_same_name(tm
     assert replaced != digest
     Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(folder / "clip2.png")  # another photo of the subject
     assert folder_digest(find_subject_clips(folder, "subject")) not in (digest, replaced)
+
+
+def test_companions_are_found_whatever_the_case_of_their_extension(tmp_path):
+    """A camera's or Windows' 'clip1.TXT', 'clip2.PNG' and 'clip3.mask.PNG' had been 'has no caption: write it in
+    clip1.txt' on a case-sensitive file system."""
+    folder = make_subject_clips(tmp_path / "clips", count=3, masks=(2,))
+    for old, new in (("clip1.txt", "clip1.TXT"), ("clip2.png", "clip2.PNG"), ("clip3.mask.png", "clip3.mask.PNG")):
+        (folder / old).rename(folder / new)
+    found = find_subject_clips(folder, "subject")
+    assert [(c.photo and c.photo.name, c.mask and c.mask.name) for c in found] == [
+        ("clip1.png", None), ("clip2.PNG", None), (None, "clip3.mask.PNG")]
+    assert found[0].caption == "a subject moving right"
+
+
+def test_a_clip_that_is_a_link_to_a_missing_file_is_not_left_out_unsaid(tmp_path):
+    """It had been skipped without a word, its caption and photo with it: reading it now says it is missing."""
+    folder = make_subject_clips(tmp_path / "clips", count=2)
+    (folder / "clip2.mp4").unlink()
+    (folder / "clip2.mp4").symlink_to(tmp_path / "gone.mp4")
+    found = find_subject_clips(folder, "subject")
+    assert [c.clip.name for c in found] == ["clip1.mp4", "clip2.mp4"]
+    with pytest.raises(UserError, match="video not found"):
+        load_subject_clip(found[1], 8, 64)
+
+
+def test_the_digest_takes_a_frames_folders_images_and_any_name(tmp_path):
+    """A link to a missing frame and a name that is not UTF-8 had been tracebacks (FileNotFoundError,
+    UnicodeEncodeError) while the digest was taken, after the model had loaded."""
+    import os
+
+    folder = tmp_path / "clips"
+    frames = render_clip(Sprite("circle", "blue", "solid"), Motion("left"), 4, 64)[0]
+    name = os.fsdecode(b"walk\xff")
+    (folder / name).mkdir(parents=True)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / name / f"{index:03}.png")
+    (folder / f"{name}.txt").write_text("a dog walking")
+    Image.fromarray(frames[0]).save(folder / f"{name}.jpg")
+    digest = folder_digest(find_subject_clips(folder, "dog"))
+    (folder / name / "notes.md").write_text("not a frame")  # not a frame: not data
+    assert folder_digest(find_subject_clips(folder, "dog")) == digest
+    (folder / name / "004.png").symlink_to(tmp_path / "gone.png")
+    assert folder_digest(find_subject_clips(folder, "dog")) != digest
+
+
+def test_a_mask_saved_as_a_cut_out_marks_its_opaque_part(tmp_path):
+    """Segmenters save the subject opaque on a transparent background: put on white, the whole frame had been the
+    subject."""
+    folder = make_subject_clips(tmp_path / "clips", count=1, masks=(0,))
+    (example,) = find_subject_clips(folder, "subject")
+    _, white_on_black = load_subject_clip(example, 8, 64)
+    mask = np.asarray(Image.open(example.mask).convert("L")) > 127
+    cut = np.zeros((*mask.shape, 4), np.uint8)
+    cut[mask] = (255, 0, 255, 255)  # any colour, opaque; the rest transparent (and black)
+    Image.fromarray(cut, "RGBA").save(example.mask)
+    assert np.array_equal(load_subject_clip(example, 8, 64)[1], white_on_black)

@@ -16,6 +16,7 @@ is refused before any model loads; `load_subject_clip` reads one example at the 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,8 +72,9 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
                             "one (its caption, photo and mask go by that name; a subject photo cannot be a .gif)")
     found, problems, both = [], [], []
     pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
+    names = {entry.name.lower(): entry for entry in folder.iterdir()}  # 'walk.TXT' and 'walk.mask.PNG' are found too
     for clip in clips:
-        caption_file = clip.with_name(_stem(clip) + CAPTION_SUFFIX)
+        caption_file = names.get((_stem(clip) + CAPTION_SUFFIX).lower(), clip.with_name(_stem(clip) + CAPTION_SUFFIX))
         if not caption_file.is_file():
             problems.append(f"{clip} has no caption: write it in {caption_file}")
             continue
@@ -86,7 +88,7 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
                             "subject's photo replaces: write it where the subject is named, or give the captions' "
                             "word with --word")
             continue
-        photo, mask = _companion(clip, ""), _companion(clip, MASK_SUFFIX)
+        photo, mask = _companion(clip, "", names), _companion(clip, MASK_SUFFIX, names)
         if photo is None and mask is None:
             problems.append(f"{clip} has no subject photo: add {_stem(clip)}.png (a photo of its subject) or "
                             f"{_stem(clip)}{MASK_SUFFIX}.png (its mask in the first frame)")
@@ -161,9 +163,10 @@ def folder_digest(examples: list[SubjectClip]) -> str:
     digest = hashlib.sha256()
     for example in examples:
         for path in (example.clip, example.photo, example.mask):
-            if path is not None:
-                size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
-                digest.update(f"{path.name}:{size};".encode())
+            if path is not None:  # a frame that is a link to a missing file is told of when it is read
+                size = sum(f.lstat().st_size for f in path.iterdir() if is_image_file(f)) if path.is_dir() else \
+                    path.stat().st_size
+                digest.update(os.fsencode(path.name) + f":{size};".encode())  # names undecodable as UTF-8 too
         digest.update(example.caption.encode() + b"\n")
     return digest.hexdigest()[:16]
 
@@ -171,12 +174,16 @@ def folder_digest(examples: list[SubjectClip]) -> str:
 def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """The mask at `path` as a boolean (H, W) at the frame's `shape` (frames are read shrunk, so a mask at the
     video's size or any scale of it fits); a UserError when its proportions differ or it is empty."""
-    image = load_image(path, max_short_side=None, min_side=1)
+    image = load_image(path, max_short_side=None, min_side=1, keep_alpha=True)
     height, width = shape
     if abs(image.width / image.height - width / height) > 0.02:
         raise UserError(f"mask {path} is {image.width}x{image.height} but its clip's frames are {width}x{height}: "
                         "make the mask from the clip's first frame, at its size (or scaled with it)")
-    grey = np.asarray(to_rgb(image).convert("L").resize((width, height), Image.Resampling.NEAREST))
+    alpha = np.asarray(image.getchannel("A")) if image.mode == "RGBA" else None
+    if alpha is not None and (alpha < 128).any():  # a cut-out, as segmenters save it: its opaque part is the subject
+        grey = np.asarray(Image.fromarray(alpha).resize((width, height), Image.Resampling.NEAREST))
+    else:  # white on black; transparency on white had made a cut-out's whole frame the subject
+        grey = np.asarray(to_rgb(image).convert("L").resize((width, height), Image.Resampling.NEAREST))
     mask = grey > 127
     if not mask.any():
         raise UserError(f"mask {path} marks nothing: paint the subject white on black")
@@ -188,17 +195,18 @@ def _is_clip(entry: Path) -> bool:
         return False
     if entry.is_dir():
         return any(is_image_file(f) for f in entry.iterdir())
-    return entry.suffix.lower() in VIDEO_EXTENSIONS and entry.is_file()
+    return entry.suffix.lower() in VIDEO_EXTENSIONS  # a link to a missing file too: reading it says so
 
 
 def _stem(clip: Path) -> str:
     return clip.name if clip.is_dir() else clip.stem
 
 
-def _companion(clip: Path, suffix: str) -> Path | None:
-    """`<stem><suffix>.<photo extension>` beside the clip (not .gif, which is a clip)."""
+def _companion(clip: Path, suffix: str, names: dict[str, Path]) -> Path | None:
+    """`<stem><suffix>.<photo extension>` beside the clip (not .gif, which is a clip), its extension in any case;
+    `names`: the folder's entries by their lower-case names."""
     for extension in IMAGE_EXTENSIONS:
-        candidate = clip.with_name(_stem(clip) + suffix + extension)
-        if extension not in VIDEO_EXTENSIONS and is_image_file(candidate):
+        candidate = names.get((_stem(clip) + suffix + extension).lower())
+        if extension not in VIDEO_EXTENSIONS and candidate is not None and is_image_file(candidate):
             return candidate
     return None
