@@ -359,3 +359,16 @@ def test_a_fifo_in_a_built_folder_is_not_opened_to_be_flushed(tmp_path):
     flushing.join(timeout=20)
     assert not flushing.is_alive()  # opening the FIFO would have waited for a writer for ever
 
+
+
+@pytest.mark.parametrize("journal", ["[1, 2]", '{"renames": [["a"]], "olds": []}', '{"renames": []}', "[" * 100_000])
+def test_a_journal_damaged_otherwise_than_cut_short_is_taken_as_no_rename_begun(tmp_path, journal):
+    """pretrain --resume with a damaged saving.json had been a TypeError traceback: like one cut short while it was
+    written, it leaves the files as they are and is removed."""
+    from vidbooth.fileio import finish_writing
+
+    kept = tmp_path / "state.json"
+    kept.write_text("old")
+    (tmp_path / "saving.json").write_text(journal)
+    assert finish_writing(tmp_path / "saving.json") is True
+    assert kept.read_text() == "old" and not (tmp_path / "saving.json").exists()

@@ -207,6 +207,33 @@ def test_a_checkpoint_torn_by_a_stop_while_saving_is_refused_not_mixed(tmp_path,
         nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=4, resume=True))
 
 
+def test_a_run_folder_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path, char_tokenizer):
+    """A state.json, weights or moments that parse but hold other things (edited, or damaged in place) had been
+    tracebacks (KeyError, AttributeError, size mismatch, a ValueError unpacking a key)."""
+    import json
+
+    from vidbooth.errors import UserError
+    from vidbooth.nano import checkpoint as ckpt
+
+    run = nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=2)).run_dir
+    state_file, good = run / ckpt.STATE_FILE, (run / ckpt.STATE_FILE).read_text()
+    state = json.loads(good)
+    for damaged in ([], {k: v for k, v in state.items() if k != "steps"}, state | {"curve": "none"},
+                    state | {"steps": {"autoencoder": 2, "clip": 2}}, state | {"vae_scaling_factor": "1"}):
+        state_file.write_text(json.dumps(damaged))
+        with pytest.raises(UserError, match=r"state.json is damaged .*: delete the run folder and rerun$"):
+            nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=4, resume=True))
+    state_file.write_text(good)
+    weights = ckpt.load_tensors(run / "unet.safetensors", 2)
+    ckpt.save_tensors(run / "unet.safetensors", {k: v[:1] for k, v in weights.items()}, step=2)
+    with pytest.raises(UserError, match=r"unet.safetensors does not fit this run \(damaged or edited: RuntimeError\)"):
+        nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=4, resume=True))
+    ckpt.save_tensors(run / "unet.safetensors", weights, step=2)
+    ckpt.save_tensors(run / "unet.optim.safetensors", {"nodot": torch.zeros(1)}, step=2)
+    with pytest.raises(UserError, match=r"unet.optim.safetensors does not fit this run \(damaged or edited: "):
+        nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=4, resume=True))
+
+
 KILLED_WHILE_SAVING = """
 import os, sys
 from omegaconf import OmegaConf

@@ -188,7 +188,9 @@ def finish_writing(journal: Path) -> bool:
         record = json.loads(Path(journal).read_text())
     except FileNotFoundError:
         return False
-    except ValueError:  # killed while writing the journal itself: no rename had begun, so the old files stand
+    except (ValueError, RecursionError):  # killed while writing the journal itself: no rename had begun
+        record = None
+    if not _journal_shape(record):  # as cut short (or damaged otherwise: renames of its own would be guesses)
         record = {"renames": [], "olds": []}
     for temporary, path in record["renames"]:
         if os.path.lexists(temporary):
@@ -197,6 +199,13 @@ def finish_writing(journal: Path) -> bool:
         Path(old).unlink(missing_ok=True)
     Path(journal).unlink()
     return True
+
+
+def _journal_shape(record: object) -> bool:
+    """Whether a journal holds what `_publish_all` writes: renames as [temporary, path] pairs, and old files."""
+    return (isinstance(record, dict) and isinstance(record.get("renames"), list) and isinstance(record.get("olds"), list)
+            and all(isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+                    for pair in record["renames"]) and all(isinstance(old, str) for old in record["olds"]))
 
 
 def _publish_all(temporaries: list[Path], paths: list[Path], journal: Path | None) -> None:

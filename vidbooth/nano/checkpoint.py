@@ -51,12 +51,23 @@ def load_tensors(path: Path, step: int | None = None) -> dict[str, torch.Tensor]
     except Exception as exc:
         raise UserError(f"checkpoint {path} cannot be read (damaged or cut short: {type(exc).__name__}): delete the "
                         "run folder and start over") from exc
-    if step is not None and saved_step is not None and int(saved_step) != step:
+    if step is not None and saved_step is not None and saved_step != str(step):
         raise UserError(
             f"checkpoint {path} holds step {saved_step} but {STATE_FILE} says {step} (the run was stopped while "
             "saving): delete the run folder, or pass another --out, and start over"
         )
     return tensors
+
+
+def restore(path: Path, step: int, load: Callable[[dict[str, torch.Tensor]], object]) -> None:
+    """`load` the tensors of `path`, saved at `step`, into a model or optimizer; tensors that do not fit it (of
+    other shapes or names: a damaged or edited file) are refused in one line."""
+    tensors = load_tensors(path, step)
+    try:
+        load(tensors)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"checkpoint {path} does not fit this run (damaged or edited: {type(exc).__name__}): delete "
+                        "the run folder and start over") from exc
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -76,14 +87,30 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
-def read_state(run_dir: Path) -> dict | None:
+def read_state(run_dir: Path, stages: tuple[str, ...] = ()) -> dict | None:
     path = run_dir / STATE_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
+        state = json.loads(path.read_text())
+    except (ValueError, RecursionError) as exc:
         raise UserError(f"{path} is not valid JSON: delete the run folder and rerun") from exc
+    if not _state_shape(state) or not all(stage in state["steps"] and stage in state["seconds"] for stage in stages):
+        raise UserError(f"{path} is damaged (its settings, step counts or curve are missing or of another kind): "
+                        "delete the run folder and rerun")
+    return state
+
+
+def _state_shape(state: object) -> bool:
+    """Whether a run's state holds what a save writes (an edited or damaged one had been a traceback)."""
+    def numbers(value: object, kind: type | tuple) -> bool:
+        return isinstance(value, dict) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value.values())
+
+    return (isinstance(state, dict) and isinstance(state.get("arch", state.get("architecture")), dict)
+            and numbers(state.get("steps"), int) and numbers(state.get("seconds"), (int, float))
+            and isinstance(state.get("curve"), list) and all(isinstance(row, dict) for row in state["curve"])
+            and isinstance(state.get("vae_scaling_factor", 1.0), int | float)
+            and isinstance(state.get("fresh_moments", []), list))
 
 
 def state_writes(run_dir: Path, state: dict) -> list[tuple[Path, Callable[[Path], object]]]:

@@ -80,7 +80,7 @@ class _Run:
         self.started = time.monotonic()
         self.mark = self.started
         self.last_save = self.started
-        state = ckpt.read_state(self.dir)
+        state = ckpt.read_state(self.dir, STAGES)
         arch = asdict(cfg.arch)
         check_run_folder(self.dir, cfg.resume, state is not None)  # again, under the run's lock
         self.identity = _identity({"arch": arch, "seed": cfg.seed, "split_seed": cfg.split_seed,
@@ -354,8 +354,7 @@ def _build(cfg: PretrainConfig, run: _Run) -> _Models:
     models = _Models(tokenizer, build_vae(cfg.arch), build_clip(cfg.arch, tokenizer), build_unet(cfg.arch))
     for stage in STAGES:
         if run.state["steps"][stage]:
-            step = run.state["steps"][stage]
-            models.of(stage).load_state_dict(ckpt.load_tensors(run.dir / f"{stage}.safetensors", step))
+            ckpt.restore(run.dir / f"{stage}.safetensors", run.state["steps"][stage], models.of(stage).load_state_dict)
     if "vae_scaling_factor" in run.state:
         models.vae.register_to_config(scaling_factor=run.state["vae_scaling_factor"])
     run.dir.mkdir(parents=True, exist_ok=True)
@@ -378,7 +377,8 @@ def _loop(
     """
     start = run.state["steps"][stage]
     if start and stage not in run.state.get("fresh_moments", []):
-        ckpt.load_optimizer_tensors(optimizer, ckpt.load_tensors(run.dir / f"{stage}.optim.safetensors", start))
+        ckpt.restore(run.dir / f"{stage}.optim.safetensors", start,
+                     lambda tensors: ckpt.load_optimizer_tensors(optimizer, tensors))
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     model.train()
     loss_value = float("nan")
