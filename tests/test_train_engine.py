@@ -870,3 +870,23 @@ def test_the_processes_of_a_run_wait_for_one_another_longer_than_nccls_ten_minut
     engine.make_accelerator("auto", device="cpu")
     (handler,) = created[0]["kwargs_handlers"]
     assert type(handler).__name__ == "InitProcessGroupKwargs" and handler.timeout.total_seconds() == 2 * 3600
+
+
+def test_steps_the_fp16_loss_scaler_skipped_are_counted_and_many_are_warned_of(tmp_path, accelerator, monkeypatch):
+    """A run whose half-precision gradients kept overflowing trained on with finite losses and weights, its steps
+    counted as made: a share of skipped steps over 10% is warned of (a few, as the scaler finds its scale, not)."""
+    import badinputs
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    warned = badinputs.capture_warnings(monkeypatch)
+    skipped = iter([True] * 3 + [False] * 20)  # as a scaler finding its scale
+    monkeypatch.setattr(AcceleratedOptimizer, "step_was_skipped", property(lambda self: next(skipped)))
+    assert engine.train(make_method(), toy_data(), config(), tmp_path / "a", accelerator).skipped_steps == 3
+    assert warned == []
+    skipped = iter([False, True] * 6)
+    cfg = config(checkpoint_every=0)
+    cfg.locate("identity.train", {})
+    assert engine.train(make_method(), toy_data(), cfg, tmp_path / "b", accelerator).skipped_steps == 6
+    assert warned == ["fp16's loss scaler skipped 6 of the 12 steps (their gradients overflowed in half precision): "
+                      "fewer updates than asked were made; train in bf16 or fp32 (--precision bf16 or fp32, --set "
+                      "identity.train.mixed_precision=bf16 or no) or with a lower learning rate"]

@@ -125,6 +125,8 @@ class TrainResult:
     """Wall time of each step run (checkpoint writes excluded)."""
     resumed_loss: float | None = None
     """The loss saved with the checkpoint this run resumed from."""
+    skipped_steps: int = 0
+    """Steps run now whose update fp16's loss scaler skipped (their gradients overflowed)."""
 
     @property
     def loss(self) -> float:
@@ -878,6 +880,7 @@ def train(
                 if bad_loss:
                     raise diverged(f"loss became {loss}", step + 1)
                 _optimizer_step(optimizer, params, cfg, step, accelerator)
+                result.skipped_steps += bool(getattr(optimizer, "step_was_skipped", False))
                 step += 1
                 loss = mean_loss
                 result.losses.append(loss)
@@ -904,5 +907,20 @@ def train(
                             f"below says which and why); {_resume_from(run_dir)}") from exc
     result.step = step
     result.seconds, result.total_seconds = time.perf_counter() - started, clock["seconds"]
+    _warn_of_skipped_steps(result, cfg, accelerator)
     return result
+
+
+SKIPPED_STEPS_WARNED = 0.1
+"""The share of a run's steps that fp16's loss scaler may skip before a warning says so: a few at the start, while
+it finds its scale, are how it works."""
+
+
+def _warn_of_skipped_steps(result: TrainResult, cfg: TrainConfig, accelerator) -> None:
+    ran = result.step - result.start_step
+    if ran and result.skipped_steps > max(3, SKIPPED_STEPS_WARNED * ran) and accelerator.is_main_process:
+        mixed = cfg.full_key("mixed_precision")
+        reporting.warn(f"fp16's loss scaler skipped {result.skipped_steps} of the {ran} steps (their gradients "
+                       f"overflowed in half precision): fewer updates than asked were made; train in bf16 or fp32 "
+                       f"(--precision bf16 or fp32, --set {mixed}=bf16 or no) or with a lower learning rate")
 
