@@ -674,6 +674,7 @@ def _state_without(key):
     (lambda state: state | {"step": 999}, "state.json says step 999"),  # had saved 12 steps' weights as 999
     (lambda state: state | {"param_groups": []}, "ValueError restoring it"),
     ("optimizer", "KeyError restoring it"),  # its RNG state and moments lost
+    ("no moments", "KeyError restoring it"),  # had restarted AdamW's moments without a word
     ("trainable", "RuntimeError restoring it"),  # a tensor of another shape
     ("nested", "RecursionError"),  # JSON nested past Python's stack
 ])
@@ -685,6 +686,8 @@ def test_a_checkpoint_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
     state_file = last / engine.STATE_FILE
     if damage == "optimizer":
         write_safetensors(last / engine.OPTIMIZER_FILE, {"optimizer.0.exp_avg": torch.zeros(1)}, {"format": "pt"})
+    elif damage == "no moments":
+        write_safetensors(last / engine.OPTIMIZER_FILE, {"rng.torch": torch.get_rng_state()}, {"format": "pt"})
     elif damage == "trainable":
         from safetensors.torch import load_file
 
@@ -768,6 +771,9 @@ def test_a_checkpoint_saves_the_loss_scaler_and_resuming_restores_it(tmp_path):
     scaled = {"scale": 1024.0, "_growth_tracker": 3}
     method = _Recorder()
     optimizer = torch.optim.AdamW(method.trainable_parameters())
+    for p in method.trainable_parameters():  # a checkpoint is of steps taken, which made AdamW's moments
+        p.grad = torch.ones_like(p)
+    optimizer.step()
     saver = SimpleNamespace(scaler=Scaler(scaled), device=torch.device("cpu"))
     folder = engine.save_checkpoint(tmp_path, 3, method, optimizer, saver, {"run": "a"}, 0.5)
     assert json.loads((folder / engine.STATE_FILE).read_text())["scaler"] == scaled

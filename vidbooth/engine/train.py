@@ -527,8 +527,8 @@ def _restore(
                 _, index, name = key.split(".", 2)
                 per_param.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-        if any(not {"exp_avg", "exp_avg_sq"} <= set(moments) for moments in per_param.values()):
-            raise KeyError("AdamW's moments")
+        if not per_param or any(not {"exp_avg", "exp_avg_sq"} <= set(moments) for moments in per_param.values()):
+            raise KeyError("AdamW's moments")  # a checkpoint is of steps taken: they made them
         scaler = getattr(accelerator, "scaler", None)
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
