@@ -415,3 +415,34 @@ def test_the_videos_are_sampled_with_the_seed_negative_prompt_and_eta_given(monk
     generate_engine.sample_videos(object(), cfg, "a dog", "blurry")
     assert seen["prompts"] == ["a dog", "a dog"] and seen["negative_prompt"] == "blurry" and seen["eta"] == 0.3
     assert seen["generator"].initial_seed() == 1234
+
+
+_SIGTERM_WHILE_TELLING = """
+import os, signal, sys
+import vidbooth.engine.generate as engine
+import vidbooth.reporting as reporting
+from vidbooth.cli.app import main
+from vidbooth.errors import UserError
+
+def failing(cfg):
+    raise UserError("it failed")
+
+told = reporting.error
+def error(message):
+    os.kill(os.getpid(), signal.SIGTERM)  # as a launcher sends it on seeing another process die
+    told(message)
+
+engine.generate, reporting.error = failing, error
+sys.exit(main(["generate", "--prompt", "a dog", "--out", sys.argv[1]]))
+"""
+
+
+def test_a_signal_while_the_outcome_is_told_waits_for_it(tmp_path):
+    """Under accelerate launch another process's death brings SIGTERM: arriving after the command's handlers were
+    put back, it had ended the process before its error line (exit -15, nothing said)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_TELLING, str(tmp_path / "a.mp4")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().endswith("error: it failed"), (done.returncode, done.stderr)

@@ -87,7 +87,7 @@ def stop_signals() -> tuple[int, ...]:
 
 
 @contextlib.contextmanager
-def _stops_recorded() -> Iterator[list[int]]:
+def stops_recorded() -> Iterator[list[int]]:
     """While the block runs, SIGINT and SIGTERM are recorded in the yielded list instead of acted on; the handlers
     before are put back when it ends. Only the main thread gets signals: elsewhere nothing changes."""
     import signal
@@ -111,7 +111,7 @@ def held_stops(done: str) -> Iterator[None]:
     stop would only leave half done), then stop: "stopped by SIGINT; <done>"."""
     import signal
 
-    with _stops_recorded() as held:
+    with stops_recorded() as held:
         yield
     if held:
         raise stopped(held[0], f"stopped by {signal.Signals(held[0]).name}; {done}")
@@ -124,7 +124,7 @@ def deferred_stops() -> Iterator[None]:
     its step). For a few renames that must all happen or none."""
     import signal
 
-    with _stops_recorded() as held:
+    with stops_recorded() as held:
         yield
     for signum in dict.fromkeys(held):
         signal.raise_signal(signum)

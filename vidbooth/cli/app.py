@@ -161,6 +161,16 @@ GLOBAL_OPTIONS = ("--home", "--debug", "--version")
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    from vidbooth.errors import stops_recorded
+
+    # once the command has ended, a signal waits until its outcome is told: a launcher that saw another process die
+    # sends this one SIGTERM, which had ended it between its handlers being put back and its error line
+    with stops_recorded():
+        return _told(argv)
+
+
+def _told(argv: list[str] | None) -> int:
+    """The command's exit code, its error or stop told in one line."""
     from vidbooth.errors import Interrupted, UserError, clear_stops, lost_another_process, raise_pending_stop
     from vidbooth.reporting import error, stopped
 
