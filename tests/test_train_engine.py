@@ -896,3 +896,24 @@ def test_steps_the_fp16_loss_scaler_skipped_are_counted_and_many_are_warned_of(t
     assert warned == ["fp16's loss scaler skipped 6 of the 12 steps (their gradients overflowed in half precision): "
                       "fewer updates than asked were made; train in bf16 or fp32 (--precision bf16 or fp32, --set "
                       "identity.train.mixed_precision=bf16 or no) or with a lower learning rate"]
+
+
+def test_once_a_command_is_failing_a_signal_is_only_noted(tmp_path, accelerator):
+    """A run that lost another process is about to say so: the launcher's SIGTERM to it, arriving as the error
+    propagates, had been raised in its place ('stopped by SIGTERM', the step and checkpoint untold) by the command
+    line's handler or, as a second signal, by training's."""
+    from vidbooth import errors
+
+    try:
+        errors.failing()
+        errors.stop(signal.SIGTERM)  # the command line's handler: noted, not raised
+        with engine.StopRequests() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal: noted too
+        assert stop.signum == signal.SIGINT and stop.again is None
+    finally:
+        errors.clear_stops()
+    assert not errors.is_failing()
+    with pytest.raises(Interrupted):
+        errors.stop(signal.SIGTERM)
+    errors.clear_stops()

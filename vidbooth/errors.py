@@ -142,14 +142,30 @@ _stops: list[int] = []
 ('Exception ignored in ... KeyboardInterrupt'), so a Ctrl-C can be lost; the record lets the next phase see it."""
 
 
+_failing: list[bool] = []
+"""Set once a command has met the error it ends with (`failing`): a signal then is only noted."""
+
+
+def failing() -> None:
+    """The command is ending with the error being raised: a signal from now on is only noted, not raised in its
+    place (a launcher that saw another process die sends SIGTERM to this one as it reports why)."""
+    _failing.append(True)
+
+
+def is_failing() -> bool:
+    return bool(_failing)
+
+
 def stop(signum: int, frame: object = None) -> None:
     """Signal handler for a command: note `signum`, then raise KeyboardInterrupt (SIGINT) or `Interrupted`."""
     _stops.append(signum)
-    _raise_for(signum)
+    if not _failing:
+        _raise_for(signum)
 
 
 def clear_stops() -> None:
     _stops.clear()
+    _failing.clear()
 
 
 def raise_pending_stop() -> None:

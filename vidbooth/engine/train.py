@@ -59,8 +59,8 @@ from torch import nn
 
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
-from vidbooth.errors import (Interrupted, UserError, held_stops, lost_another_process, ran_out_of_memory,
-                             stop_signals, stopped)
+from vidbooth.errors import (Interrupted, UserError, failing, held_stops, is_failing, lost_another_process,
+                             ran_out_of_memory, stop_signals, stopped)
 from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
                              write_safetensors)
 
@@ -558,10 +558,10 @@ class StopRequests:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
+        if self.signum is not None and not is_failing():
             self.again = signum
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = self.signum or signum
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
@@ -903,6 +903,7 @@ def train(
         except RuntimeError as exc:
             if not lost_another_process(exc):
                 raise
+            failing()  # the launcher's SIGTERM to this process, on seeing the other die, is not told in its place
             raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's report "
                             f"below says which and why); {_resume_from(run_dir)}") from exc
     result.step = step
