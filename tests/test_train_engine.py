@@ -676,6 +676,7 @@ def _state_without(key):
     ("optimizer", "KeyError restoring it"),  # its RNG state and moments lost
     ("no moments", "KeyError restoring it"),  # had restarted AdamW's moments without a word
     ("trainable", "RuntimeError restoring it"),  # a tensor of another shape
+    ("flipped", "trainable.safetensors is not the file saved"),  # bits flipped in a weight: had resumed from it
     ("nested", "RecursionError"),  # JSON nested past Python's stack
 ])
 def test_a_checkpoint_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path, accelerator, damage, what):
@@ -684,7 +685,13 @@ def test_a_checkpoint_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
     engine.train(make_method(), toy_data(), config(steps=4), tmp_path, accelerator)
     last = engine.list_checkpoints(tmp_path)[-1]
     state_file = last / engine.STATE_FILE
-    if damage == "optimizer":
+    if damage in ("optimizer", "no moments", "trainable"):  # as a checkpoint from before files' digests were kept
+        state_file.write_text(json.dumps(_state_without("sha256")(json.loads(state_file.read_text()))))
+    if damage == "flipped":
+        data = bytearray((last / engine.TRAINABLE_FILE).read_bytes())
+        data[-1] ^= 0x01  # the last bit of the last weight: a file that reads, a weight that differs
+        (last / engine.TRAINABLE_FILE).write_bytes(bytes(data))
+    elif damage == "optimizer":
         write_safetensors(last / engine.OPTIMIZER_FILE, {"optimizer.0.exp_avg": torch.zeros(1)}, {"format": "pt"})
     elif damage == "no moments":
         write_safetensors(last / engine.OPTIMIZER_FILE, {"rng.torch": torch.get_rng_state()}, {"format": "pt"})

@@ -63,6 +63,7 @@ from vidbooth.errors import (Interrupted, UserError, failing, held_stops, is_fai
                              ran_out_of_memory, stop_signals, stopped)
 from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
                              write_safetensors)
+from vidbooth.library import sha256_file
 
 CHECKPOINTS = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -363,6 +364,7 @@ def save_checkpoint(run_dir: Path, step: int, method: Method, optimizer, acceler
             "signature": signature,
             "param_groups": param_groups,
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "sha256": {name: sha256_file(tmp / name) for name in (TRAINABLE_FILE, OPTIMIZER_FILE)},
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
         sync_tree(tmp)
@@ -396,6 +398,9 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
         raise _unreadable(folder, f"its {bad} in {STATE_FILE} is missing or of another kind")
     if f"step-{state['step']:07d}" != folder.name:
         raise _unreadable(folder, f"{STATE_FILE} says step {state['step']}")
+    recorded = state.get("sha256") if isinstance(state.get("sha256"), dict) else {}  # none before the 36th session
+    if changed := [name for name, digest in recorded.items() if sha256_file(folder / name) != digest]:
+        raise _unreadable(folder, f"{changed[0]} is not the file saved")  # bits flipped in its weights: no error else
     if bad := next((key for key, t in trainable.items() if t.is_floating_point() and not t.isfinite().all()), None):
         raise UserError(f"checkpoint {folder} holds NaN or infinite values ({bad}; damaged, or saved as the training "
                         "diverged): delete it and rerun")
