@@ -645,12 +645,17 @@ def _signal_agreed(votes: list[float]) -> int | None:
     return signal.SIGTERM if sigterm else signal.SIGINT if sigint else None
 
 
-def _resume_from(run_dir: Path) -> str:
-    """What a run stopped without a checkpoint of its last step keeps, and how to go on."""
+def _kept(run_dir: Path) -> tuple[str, str]:
+    """What a run stopped without a checkpoint of its last step keeps, and how the same command goes on from it."""
     last = list_checkpoints(run_dir)
     if not last:
-        return "no checkpoint was saved yet: rerun the same command (it starts over)"
-    return f"the last checkpoint is {last[-1]}: rerun the same command with --resume to continue"
+        return "no checkpoint was saved yet", "(it starts over)"
+    return f"the last checkpoint is {last[-1]}", "with --resume to continue"
+
+
+def _resume_from(run_dir: Path) -> str:
+    kept, rerun = _kept(run_dir)
+    return f"{kept}: rerun the same command {rerun}"
 
 
 def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
@@ -860,12 +865,10 @@ def train(
             except OSError as exc:
                 if not disk_full(exc):
                     raise
-                last = list_checkpoints(run_dir)
-                kept = f"the last checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
-                rerun = "with --resume to continue from the checkpoint" if last else "it starts over"
+                kept, rerun = _kept(run_dir)
                 raise CheckpointDiskFull(
                     f"the disk is full: the checkpoint of step {at} was not saved and {kept}; free space in "
-                    f"{run_dir.parent}, then rerun the same command ({rerun})", run_dir.parent
+                    f"{run_dir.parent}, then rerun the same command {rerun}", run_dir.parent
                 ) from exc
             _prune_checkpoints(run_dir, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
