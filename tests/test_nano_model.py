@@ -105,7 +105,10 @@ def test_pretrain_writes_a_model_load_backbone_loads(tmp_path, char_tokenizer):
     from vidbooth.engine.backbone import load_backbone
     from vidbooth.engine.sampling import sample_video
 
+    torch.set_num_threads(2)  # the caller's; pretrain runs on cfg.threads (1), then gives the caller's back
     result = nano.pretrain(tiny_config(tmp_path, char_tokenizer))
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
     assert result.finished and result.steps == {"autoencoder": 2, "clip": 2, "unet": 2}
     folder = result.model_dir
     for part in ("tokenizer", "text_encoder", "vae", "unet", "scheduler", "image_encoder", "model_index.json"):

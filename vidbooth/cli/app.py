@@ -161,11 +161,12 @@ GLOBAL_OPTIONS = ("--home", "--debug", "--version")
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    from vidbooth.cli.process_state import process_state_kept
     from vidbooth.errors import stops_recorded
 
     # once the command has ended, a signal waits until its outcome is told: a launcher that saw another process die
     # sends this one SIGTERM, which had ended it between its handlers being put back and its error line
-    with stops_recorded():
+    with stops_recorded(), process_state_kept():  # a script calling main keeps its random streams, --home, ...
         return _told(argv)
 
 

@@ -148,6 +148,9 @@ def load_subject(backbone, name: str, scale: float = 1.0) -> LoadedSubject:
     check_base(KIND, name, manifest, backbone.source, backbone.fingerprint, backbone.image_fingerprint)
     adapter_file = manifest["paths"]["identity_adapter"]
     kind = subject_kind(name)
+    if adapters_of(backbone.unet, kind):  # a notebook cell run again: the adapter cannot sit twice in a layer
+        raise UserError(f"subject '{name}' is already loaded on this model: load each subject once (load the model "
+                        "again to start afresh)")
     if adapter_file:  # first: a failed load takes its adapters out again
         load_identity_adapter(backbone.unet, backbone.spatial_cross_attention_layers(), folder / adapter_file, kind)
         for adapter in adapters_of(backbone.unet, kind).values():

@@ -194,9 +194,19 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     precision = resolve_mixed_precision(mixed_precision, "cpu" if on_cpu else "cuda", setting, base_precision)
     if not on_cpu and resolved.index is not None and "LOCAL_RANK" not in os.environ:
         torch.cuda.set_device(resolved.index)  # one process: accelerate takes the current GPU, so make it this one
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=BARRIER_SECONDS))]
     try:
-        accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision, kwargs_handlers=[
-            InitProcessGroupKwargs(timeout=timedelta(seconds=BARRIER_SECONDS))])
+        try:
+            accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision, kwargs_handlers=handlers)
+        except ValueError as exc:
+            if not _set_up_before_in_this_process(exc):
+                raise
+            # an earlier command in this process (a script's, a notebook's) trained in another precision: with no
+            # launcher that state is this process's alone, so it starts afresh
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision, kwargs_handlers=handlers)
     except ValueError as exc:
         raise UserError(f"cannot set up training: {str(exc).splitlines()[0]}: check --device and {setting} (no; fp16 "
                         "on CUDA; bf16 where the device has it)") from exc
@@ -206,6 +216,13 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
             "processes with gloo use `accelerate launch --multi_gpu --num_processes N ... --device cpu` or torchrun"
         )
     return accelerator
+
+
+def _set_up_before_in_this_process(exc: ValueError) -> bool:
+    """Whether `exc` is accelerate refusing another setting than an earlier Accelerator's, in a process that no
+    launcher started (whose state, under one, the other processes share)."""
+    return "already been initialized" in str(exc) and reporting.process_count() == 1 \
+        and "LOCAL_RANK" not in os.environ and "WORLD_SIZE" not in os.environ
 
 
 def backbone_device(accelerator) -> str:

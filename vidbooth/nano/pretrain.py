@@ -552,15 +552,19 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     if cfg.export:
         check_export_folder(cfg.export)
     quiet_libraries()
-    torch.set_num_threads(cfg.threads)
 
     def busy(owner: str) -> str:
         return f"another pretrain (pid {owner}) is writing {run_dir}: wait for it to end, or give another --out"
 
-    with lock_beside(run_dir, busy):
-        if run_dir.is_dir() and ckpt.finish_stopped_save(run_dir):
-            info(f"finished saving the checkpoint that a stopped run was writing in {run_dir}")
-        return _pretrain(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        with lock_beside(run_dir, busy):
+            if run_dir.is_dir() and ckpt.finish_stopped_save(run_dir):
+                info(f"finished saving the checkpoint that a stopped run was writing in {run_dir}")
+            return _pretrain(cfg)
+    finally:
+        torch.set_num_threads(threads)  # the caller's (a script's, a notebook's) again
 
 
 def _pretrain(cfg: PretrainConfig) -> PretrainResult:
