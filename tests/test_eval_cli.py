@@ -535,3 +535,23 @@ def test_auto_scores_with_nanos_towers_only_when_every_video_is_nanos(tmp_path, 
     both = [EvalJob("a.mp4"), EvalJob("b.mp4")]
     assert evaluate._clip_model(EvaluateConfig(), both) == (evaluate.DEFAULT_CLIP_MODEL, False)
     assert evaluate._clip_model(EvaluateConfig(), both[:1]) == (evaluate.NANO_NAME, True)
+
+
+def test_json_or_csv_given_as_a_dash_go_to_stdout_for_a_script_and_the_table_to_stderr(media, tmp_path, capsys):
+    """A script had to write a temporary file to read the scores: `--json -` had been refused as not ending in
+    .json, and stdout held a table drawn with box characters."""
+    args = [media["right"], media["still"], "-p", "a square", "--clip-model", "nano", "--metrics", "t_cons"]
+    assert run(*args, "--json", "-", "--csv", tmp_path / "scores.csv") == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert [video["video"] for video in report["videos"]] == [str(media["right"]), str(media["still"])]
+    assert "nano_t_cons" in report["aggregate"] and "vidbooth evaluate" in captured.err  # the table, on stderr
+    assert [row["video"] for row in csv.DictReader((tmp_path / "scores.csv").open())] == [
+        str(media["right"]), str(media["still"])]  # the other output still a file
+    assert run(*args, "--csv", "-") == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert float(rows[0]["nano_t_cons"]) == pytest.approx(report["videos"][0]["metrics"]["nano_t_cons"])
+    assert run(*args, "--json", "-", "--csv", "-") == 2
+    assert error_lines(capsys.readouterr()) == ["error: --json - and --csv - both ask for stdout: give one of them a "
+                                                "file"]
+    assert not (tmp_path / "-").exists()

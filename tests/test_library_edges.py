@@ -27,6 +27,8 @@ def test_a_name_with_a_line_break_is_refused_and_shown_escaped(name):
     ("my dog", "' ' (space) is not allowed"),
     ("dog\U0001F600", "(grinning face) is not allowed"),
     ("a\tb", "a control character (U+0009) is not allowed"),
+    # 'Ś*' typed under LANG=C: Python keeps the bytes it cannot read as lone surrogates
+    ("\udcc5\udc9a*", "it holds bytes that are not text in this terminal's encoding (type it under LANG=C.UTF-8)"),
     (".x", "it starts with '.'"),
     ("x" * 65, "it has 65 characters"),
 ])

@@ -191,3 +191,64 @@ def test_a_quiet_download_keeps_the_hubs_progress_bars_off(monkeypatch):
     finally:
         if not were_off:
             enable_progress_bars()
+
+
+class _Terminal:
+    """A stream that says it is a terminal, as a user's is."""
+
+    def __init__(self):
+        import io
+
+        self.written = io.StringIO()
+
+    def write(self, text):
+        return self.written.write(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_in_a_narrow_terminal_a_table_folds_names_and_paths_and_never_cuts_them(monkeypatch):
+    """At 80 columns `vidbooth list` had shown 'my-favourite-gold…', the name to give --subject, and evaluate its
+    videos' paths as '/tmp/aud…'."""
+    terminal = _Terminal()
+    console = reporting._Console(file=terminal, width=40, force_terminal=True, color_system=None)
+    monkeypatch.setattr(reporting, "stdout_console", console)
+    name, path = "my-favourite-golden-retriever-sks", "/runs/experiment-2026-12-06/take-12.mp4"
+    reporting.table("library", ["name", "kind", "path"], [(name, "subject", path)], to_stdout=True)
+    lines = terminal.written.getvalue().splitlines()
+    assert max(len(line) for line in lines) == 40  # the terminal's width, not the table's
+    rows = [line.split("│") for line in lines if line.count("│") == 4]
+    assert "".join(row[1].strip() for row in rows) == name and "".join(row[3].strip() for row in rows) == path
+
+
+def test_forced_colour_into_a_log_writes_lines_not_redraws(monkeypatch):
+    """FORCE_COLOR=1 (CI's, for coloured logs) makes rich take any stream for a terminal: a bar had redrawn into the
+    log 9 times a second, carriage returns and escape codes, past the 30-second throttle."""
+    import io
+
+    log = io.StringIO()
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setattr(reporting, "console", reporting._Console(file=log, stderr=True, force_terminal=True))
+    assert reporting.console.is_terminal  # what FORCE_COLOR makes of a file
+    with reporting.progress("motion M", total=50) as task:
+        for _ in range(50):
+            task.advance(loss=0.5)
+    written = log.getvalue()
+    assert "\r" not in written and "\x1b" not in written
+    assert len(written.splitlines()) == 1 and "50/50" in written  # its end only, within 30 s
+
+
+def test_quiet_is_off_for_the_words_that_say_off(monkeypatch):
+    for value, quiet in (("1", True), ("yes", True), ("0", False), ("false", False), ("No", False), ("off", False)):
+        monkeypatch.setenv("VIDBOOTH_QUIET", value)
+        assert reporting._quiet() is quiet, value
+
+
+def test_a_result_goes_to_stdout_plain_even_when_quiet(capsys, monkeypatch):
+    monkeypatch.setenv("VIDBOOTH_QUIET", "1")
+    reporting.result("/videos/take [bold]1.mp4")
+    assert capsys.readouterr().out == "/videos/take [bold]1.mp4\n"

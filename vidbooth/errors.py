@@ -65,6 +65,13 @@ class Interrupted(BaseException):
         self.exit_code = exit_code
 
 
+class OutputClosed(BaseException):
+    """The reader of the command's results went away (`vidbooth list | head -1`): the command stops without a word,
+    exit 141, a shell's code for a process ended by SIGPIPE (Python raises an error in its place)."""
+
+    exit_code = 141
+
+
 class KeyboardInterrupted(Interrupted, KeyboardInterrupt):
     """Ctrl-C with a message: an `Interrupted`, whose message the command line prints (and the demo rewords), and
     still a KeyboardInterrupt for code that stops on one."""

@@ -93,6 +93,8 @@ def _why_refused(name: str) -> str:
         code = f"U+{ord(refused):04X}"
         if refused in "\r\n":
             return "a line break is not allowed"
+        if 0xDC80 <= ord(refused) <= 0xDCFF:  # how Python keeps a byte of the command line its locale cannot read
+            return "it holds bytes that are not text in this terminal's encoding (type it under LANG=C.UTF-8)"
         if not refused.isprintable():
             return f"a control character ({code}) is not allowed"
         what = unicodedata.name(refused, code).lower()

@@ -1,7 +1,7 @@
 """The one place where vidbooth talks to the user.
 
-Engine code never prints: it calls `info`, `warn`, `table` and `progress` here. Output goes to stderr
-so that stdout stays clean for machine-readable results (`--json`).
+Engine code never prints: it calls `info`, `warn`, `table`, `progress` and `result` here. Messages go to stderr so
+that stdout holds only results: the written videos' paths, `list --json`, and the tables a command is run to see.
 """
 
 from __future__ import annotations
@@ -18,10 +18,38 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from vidbooth.errors import raise_pending_stop
+from vidbooth.errors import OutputClosed, raise_pending_stop
 
-console = Console(stderr=True, highlight=False)
-stdout_console = Console(highlight=False)
+
+class _Console(Console):
+    """rich's Console, with a closed stream handled as a command needs (rich exits with 1, as if it had failed)."""
+
+    def on_broken_pipe(self) -> None:
+        stream_closed(self.file)
+
+
+def stream_closed(stream: object) -> None:
+    """The reader of `stream` went away: its descriptor now writes nowhere (so that Python's last flush does not fail
+    too). On stdout the command stops (`OutputClosed`); on stderr it goes on without its messages, so that a training
+    run whose log reader died (`... 2>&1 | tee`, a closed terminal tab) still finishes and saves."""
+    import sys
+
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        descriptor = None
+    if descriptor is not None:
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(nowhere, descriptor)
+        finally:
+            os.close(nowhere)
+    if stream is not sys.stderr and descriptor != 2:
+        raise OutputClosed()
+
+
+console = _Console(stderr=True, highlight=False)
+stdout_console = _Console(highlight=False)
 
 
 RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
@@ -59,7 +87,21 @@ def first_process() -> bool:
 
 def _quiet() -> bool:
     """Quiet when asked, and on every process but the first."""
-    return os.environ.get("VIDBOOTH_QUIET", "") not in ("", "0") or _other_process()
+    return os.environ.get("VIDBOOTH_QUIET", "").strip().lower() not in OFF or _other_process()
+
+
+OFF = ("", "0", "false", "no", "off")
+"""Values of an on/off environment variable (VIDBOOTH_QUIET) that leave it off."""
+
+
+def _redraws(target: Console) -> bool:
+    """Whether `target` is a terminal that a progress bar redraws on and a table fits: what rich takes for one, and
+    a terminal in fact. FORCE_COLOR (set in CI for coloured logs) makes rich take any stream for a terminal, and a
+    log had filled with a bar's redraws; TTY_INTERACTIVE=0 and TERM=dumb say that a terminal cannot redraw."""
+    try:
+        return target.is_interactive and target.file.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 @contextlib.contextmanager
@@ -180,14 +222,28 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], 
         return
     t = Table(title=Text(printable(title)))
     for c in columns:
-        t.add_column(Text(c))
+        t.add_column(Text(c), overflow="fold")  # a narrow terminal folds a name or path onto more lines, never cuts it
     for r in rows:
         t.add_row(*[Text(f"{v:.4f}" if isinstance(v, float) else printable(str(v))) for v in r])
     target = stdout_console if to_stdout else console
-    if not target.is_terminal:  # rich would wrap at 80 columns; a console as wide as the table does not
+    if not _redraws(target):  # rich would wrap at 80 columns; a console as wide as the table does not
         natural = target.measure(t, options=target.options.update_width(10_000)).maximum
-        target = Console(file=target.file, width=max(target.width, natural), highlight=False)
+        target = _Console(file=target.file, width=max(target.width, natural), highlight=False)
     target.print(t)
+
+
+def result(text: str) -> None:
+    """A result for scripts on stdout, as it is (no colour, no wrapping): a JSON document, a written file's path.
+    Shown even when quiet, by the first process only."""
+    import sys
+
+    if _other_process():
+        return
+    try:
+        sys.stdout.write(printable(text) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stream_closed(sys.stdout)
 
 
 LOG_EVERY_SECONDS = 30.0
@@ -233,7 +289,8 @@ def progress(description: str, total: int, completed: int = 0) -> Iterator[_Task
         TimeRemainingColumn(),
         TextColumn("{task.fields[fields]}", markup=False),
     ]
-    shown_on = console if console.is_terminal else Console(file=console.file, width=LOG_WIDTH, highlight=False)
+    shown_on = console if _redraws(console) else _Console(file=console.file, width=LOG_WIDTH, highlight=False,
+                                                          force_terminal=False)
     with Progress(*columns, console=shown_on, transient=False) as p:
         task_id = p.add_task(printable(description, one_line=True), total=total, completed=completed, fields="")
         yield _Task(p, task_id)

@@ -172,9 +172,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _told(argv: list[str] | None) -> int:
     """The command's exit code, its error or stop told in one line."""
-    from vidbooth.errors import Interrupted, UserError, clear_stops, lost_another_process, raise_pending_stop
+    from vidbooth.errors import (
+        Interrupted,
+        OutputClosed,
+        UserError,
+        clear_stops,
+        lost_another_process,
+        raise_pending_stop,
+    )
     from vidbooth.reporting import error, stopped
 
+    _escaping_stdout()
     try:
         with _stop_signals():
             try:
@@ -190,6 +198,8 @@ def _told(argv: list[str] | None) -> int:
         return exc.exit_code
     except Interrupted as exc:
         stopped(str(exc))
+        return exc.exit_code
+    except OutputClosed as exc:  # `| head -1`: nothing to say, and nowhere to say it
         return exc.exit_code
     except KeyboardInterrupt:
         stopped("interrupted")
@@ -235,6 +245,13 @@ def _told(argv: list[str] | None) -> int:
     if code == INTERRUPTED:  # typer returns Ctrl-C as this exit code, silently
         stopped("interrupted")  # told by the first process, as every stop
     return code if isinstance(code, int) else 0
+
+
+def _escaping_stdout() -> None:
+    """stdout writes what its encoding cannot hold as escapes (a subject named 'Ś*' listed under LANG=C, or into a
+    Windows pipe, had ended in a UnicodeEncodeError traceback), as stderr does already."""
+    with contextlib.suppress(AttributeError, ValueError):  # a stream that is not a TextIOWrapper, or a closed one
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 def os_error_message(exc: OSError) -> str | None:

@@ -56,9 +56,12 @@ def evaluate(
     ),
     batch_size: int = typer.Option(None, "--batch-size", metavar="N", help="Frames embedded at once (default 16)."),
     json_path: str = typer.Option(
-        None, "--json", metavar="FILE", help="Also write the per-video and mean results to FILE as JSON."
+        None, "--json", metavar="FILE",
+        help="Also write the per-video and mean results to FILE as JSON (-: on stdout, the table on stderr).",
     ),
-    csv_path: str = typer.Option(None, "--csv", metavar="FILE", help="Also write one CSV row per video to FILE."),
+    csv_path: str = typer.Option(
+        None, "--csv", metavar="FILE", help="Also write one CSV row per video to FILE (-: on stdout, as --json -)."
+    ),
     device: str = options.Device,
     recipe: str = typer.Option(  # not options.Recipe: evaluate has no --base, and no recipes under recipes/
         None, "--recipe", "-r", metavar="FILE",

@@ -33,7 +33,7 @@ def list_library(
 
     from vidbooth.errors import UserError
     from vidbooth.library import library_home, list_artifacts
-    from vidbooth.reporting import info, stdout_console, table, warn
+    from vidbooth.reporting import info, result, table, warn
 
     if kind not in (*KINDS, "all"):
         raise UserError(f"--kind {kind or repr(kind)} is unknown: use subject, motion or all")
@@ -42,7 +42,7 @@ def list_library(
     for problem in problems:
         warn(f"not listed: {problem}")
     if as_json:
-        stdout_console.print_json(json.dumps(manifests, default=str))
+        result(json.dumps(manifests, default=str, indent=2))  # plain: no colour, whatever the terminal
         return
     if not manifests:
         wanted = {"subject": "no subjects", "motion": "no motions", "all": "nothing"}[kind]

@@ -44,9 +44,9 @@ class EvaluateConfig:
     batch_size: int = 16
     """Frames embedded at once."""
     json: str | None = None
-    """Write per-video and aggregate results as JSON to this path."""
+    """Write per-video and aggregate results as JSON to this path ('-': on stdout, the table then on stderr)."""
     csv: str | None = None
-    """Write one CSV row per video to this path."""
+    """Write one CSV row per video to this path ('-': on stdout, as json)."""
 
     def __post_init__(self) -> None:
         # '~' as the shell would have expanded it, also where it could not (`--json=~/scores.json`, a recipe)

@@ -23,7 +23,7 @@ from vidbooth.data.video import (
 from vidbooth.errors import UserError
 from vidbooth.fileio import write_together
 from vidbooth.library import artifact_dir, named_artifacts, read_manifest
-from vidbooth.reporting import info, warn
+from vidbooth.reporting import info, result, warn
 
 
 @dataclass
@@ -174,6 +174,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     ])
     written = str(written_videos[0]) if len(videos) == 1 else f"{len(videos)} videos ({written_videos[0]} ...)"
     info(f"wrote {written}, {sheet_path.name} and {config_path.name}")
+    for path in written_videos:  # on stdout, for a script: `video=$(vidbooth generate ...)`
+        result(str(path))
     return GenerateResult(written_videos, sheet_path, config_path, prompt)
 
 

@@ -42,7 +42,16 @@ from vidbooth.eval.references import (
     read_image_folder,
     subject_photos,
 )
-from vidbooth.eval.report import METRIC_LABELS, METRICS, EvaluationReport, VideoResult, show, write_reports
+from vidbooth.eval.report import (
+    METRIC_LABELS,
+    METRICS,
+    TO_STDOUT,
+    EvaluationReport,
+    VideoResult,
+    print_report,
+    show,
+    write_reports,
+)
 
 if TYPE_CHECKING:
     from vidbooth.config.evaluate import EvaluateConfig
@@ -105,10 +114,11 @@ def evaluate_videos(config: EvaluateConfig) -> EvaluationReport:
             task.advance()
     report = EvaluationReport(results, scorer.unavailable, scorer.models, [str(p) for p in motion_paths], _versions())
     for path, flag in ((config.json, "--json"), (config.csv, "--csv")):
-        if path:
+        if path and path != TO_STDOUT:
             ensure_writable_dir(Path(path).parent, flag)
     write_reports(report, config.json, config.csv)  # both or neither: never a new JSON beside an old CSV
-    show(report)  # after the files: the scores are kept whatever happens while showing them
+    show(report, table_to_stdout=TO_STDOUT not in (config.json, config.csv))  # after the files: the scores are kept
+    print_report(report, config.json, config.csv)  # whatever happens while showing them
     return report
 
 
@@ -163,8 +173,10 @@ def _canonical(name: str) -> tuple[str, ...]:
 def _check_outputs(config: EvaluateConfig) -> None:
     """That the outputs are files of their type whose folders can be made, without making them: a later error
     must leave nothing behind, and a mistyped --json must not replace a video."""
+    if config.json == config.csv == TO_STDOUT:
+        raise UserError("--json - and --csv - both ask for stdout: give one of them a file")
     for flag, path, suffix in (("--json", config.json, ".json"), ("--csv", config.csv, ".csv")):
-        if not path:
+        if not path or path == TO_STDOUT:
             continue
         if Path(path).is_dir():
             raise UserError(f"{flag} {path} is a folder: give a file in it, e.g. {Path(path) / ('scores' + suffix)}")

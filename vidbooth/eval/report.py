@@ -85,14 +85,16 @@ class EvaluationReport:
         }
 
 
-def show(report: EvaluationReport) -> None:
-    """The results table on stdout; unavailable metrics as warnings and failures as errors on stderr."""
+def show(report: EvaluationReport, table_to_stdout: bool = True) -> None:
+    """The results table on stdout (on stderr where stdout holds the JSON or CSV: `--json -`); unavailable metrics
+    as warnings and failures as errors on stderr."""
     names = report.metric_names
     rows = [[result.video or result.source, *_cells(result, names)] for result in report.results]
     means = report.aggregate()
     rows.append(["mean", *[_cell(means[name]["mean"]) for name in names]])
     if names:  # none when every video failed before scoring: the errors below say it all
-        reporting.table("vidbooth evaluate", ["video", *[METRIC_LABELS[name] for name in names]], rows, to_stdout=True)
+        reporting.table("vidbooth evaluate", ["video", *[METRIC_LABELS[name] for name in names]], rows,
+                        to_stdout=table_to_stdout)
     for reason in dict.fromkeys(report.unavailable.values()):
         labels = ", ".join(METRIC_LABELS[name] for name, why in report.unavailable.items() if why == reason)
         reporting.warn(f"{labels} unavailable: {reason}")
@@ -122,19 +124,36 @@ def _cell(value: float | None) -> object:
     return "n/a" if value is None else value
 
 
+TO_STDOUT = "-"
+"""`--json -` / `--csv -`: the report on stdout, for a script to read, instead of a file."""
+
+
 def write_reports(report: EvaluationReport, json_path: str | Path | None = None,
                   csv_path: str | Path | None = None) -> list[Path]:
     """Write the JSON and/or CSV report together: both are written to temporary files first, then renamed into
-    place, so a failure or Ctrl-C leaves the previous pair as it was (never a new JSON beside an old CSV)."""
+    place, so a failure or Ctrl-C leaves the previous pair as it was (never a new JSON beside an old CSV). One given
+    as TO_STDOUT is not written here: `print_report` prints it."""
     texts = []
-    if json_path:
-        texts.append((Path(json_path), json.dumps(report.to_dict(), indent=2) + "\n"))
-    if csv_path:
+    if json_path and str(json_path) != TO_STDOUT:
+        texts.append((Path(json_path), _json_text(report)))
+    if csv_path and str(csv_path) != TO_STDOUT:
         texts.append((Path(csv_path), _csv_text(report)))
     write_together(
         [(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8", newline="")) for path, text in texts]
     )
     return [path for path, _ in texts]
+
+
+def print_report(report: EvaluationReport, json_path: str | Path | None, csv_path: str | Path | None) -> None:
+    """The JSON or CSV report on stdout where its flag is TO_STDOUT."""
+    if str(json_path) == TO_STDOUT:
+        reporting.result(_json_text(report).rstrip("\n"))
+    elif str(csv_path) == TO_STDOUT:
+        reporting.result(_csv_text(report).rstrip("\r\n"))
+
+
+def _json_text(report: EvaluationReport) -> str:
+    return json.dumps(report.to_dict(), indent=2) + "\n"
 
 
 _CSV_FIELDS = ("video", "source", "prompt", "reference_images", "reference_colour")

@@ -1,0 +1,56 @@
+"""What the command line writes where, through the real entry point: results on stdout for scripts, plain whatever
+the terminal says; a reader that goes away; a stdout whose encoding lacks a name's letters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+from vidbooth import library
+
+
+def _vidbooth(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vidbooth", *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def _subject(name: str) -> None:
+    with library.staged_artifact("subject", name) as stage:
+        save_file({"w": torch.ones(3)}, str(stage / "adapter.safetensors"))
+        library.write_json(stage / library.MANIFEST, {"name": name, "kind": "subject", "class_noun": "dog"})
+
+
+def test_list_is_read_whole_with_forced_colour_and_a_stdout_that_cannot_hold_the_names_letters(isolated_home):
+    """`list --json` under FORCE_COLOR=1 had held colour codes (not JSON), and under LANG=C without UTF-8 mode a
+    subject named 'Ś*' had ended `list` in a UnicodeEncodeError traceback."""
+    _subject("Ś*")
+    ascii_stdout = {"FORCE_COLOR": "1", "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    out, err = _vidbooth("list", "--json", env=ascii_stdout).communicate(timeout=120)
+    assert err == b"" and [manifest["name"] for manifest in json.loads(out)] == ["Ś*"]
+    listed = _vidbooth("list", env=ascii_stdout)
+    out, err = listed.communicate(timeout=120)
+    assert listed.returncode == 0 and b"Traceback" not in err and b"\\u015a*" in out
+
+
+def test_a_reader_of_stdout_that_goes_away_stops_the_command_quietly(isolated_home):
+    """`vidbooth list | head -1`: exit 141, as a shell has it for a process ended by SIGPIPE (rich had exited 1,
+    which for evaluate means that some videos failed)."""
+    listing = _vidbooth("list", "--json")
+    listing.stdout.close()  # before the command writes: its reader is gone
+    assert listing.wait(timeout=120) == 141 and listing.stderr.read() == b""
+
+
+def test_a_reader_of_stderr_that_goes_away_does_not_stop_the_work(tiny_base_dirs, tmp_path):
+    """A closed log (`... 2>&1 | tee log`, tee killed) had ended generate (or an hours-long training) at its next
+    message, with nothing written; the messages go nowhere and the video is written, its path on stdout."""
+    out = tmp_path / "clip.mp4"
+    generate = _vidbooth("generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out", str(out),
+                         "--frames", "2", "--steps", "2", "--device", "cpu", env={"VIDBOOTH_QUIET": "0"})
+    generate.stderr.close()
+    assert generate.wait(timeout=300) == 0 and out.is_file()
+    assert generate.stdout.read().decode().splitlines() == [str(out)]
