@@ -924,3 +924,23 @@ def test_once_a_command_is_failing_a_signal_is_only_noted(tmp_path, accelerator)
     with pytest.raises(Interrupted):
         errors.stop(signal.SIGTERM)
     errors.clear_stops()
+
+
+def test_a_launchers_mixed_precision_that_vidbooth_does_not_take_is_warned_of_once(monkeypatch, capsys,
+                                                                                     fresh_accelerate_state):
+    """`accelerate launch --mixed_precision bf16` (or a saved `accelerate config`) had been overridden by
+    vidbooth's own setting without a word."""
+    monkeypatch.setattr(engine, "_LAUNCHER_PRECISION_WARNED", set())
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    engine.make_accelerator("no", "cpu", setting="identity.train.mixed_precision")
+    engine.make_accelerator("no", "cpu", setting="identity.train.mixed_precision")
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: accelerate launch's mixed precision (bf16) is not used: vidbooth trains in no as "
+        "identity.train.mixed_precision says (auto: the base's half type on CUDA, none elsewhere); for bf16 give "
+        "--set identity.train.mixed_precision=bf16"]
+    fresh_accelerate_state()
+    engine.make_accelerator("bf16", "cpu", setting="coarse.mixed_precision and fine.mixed_precision")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what the launcher sets by default
+    fresh_accelerate_state()
+    engine.make_accelerator("no", "cpu", setting="textual_inversion.train.mixed_precision")
+    assert capsys.readouterr().err == ""

@@ -215,7 +215,24 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
             "accelerate launch --cpu started a single process (it runs several only through mpirun): for N CPU "
             "processes with gloo use `accelerate launch --multi_gpu --num_processes N ... --device cpu` or torchrun"
         )
+    _warn_of_the_launchers_precision(precision, setting)
     return accelerator
+
+
+_LAUNCHER_PRECISION_WARNED: set[str] = set()
+"""The settings already warned of by `_warn_of_the_launchers_precision` (train-subject sets up two stages)."""
+
+
+def _warn_of_the_launchers_precision(precision: str, setting: str) -> None:
+    """`accelerate launch --mixed_precision fp16` (or an `accelerate config` saying so) sets a precision that vidbooth
+    does not take: its own setting decides, and a user who asked the launcher for half precision is told so."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if launcher in ("", "no") or launcher == precision or setting in _LAUNCHER_PRECISION_WARNED:
+        return
+    _LAUNCHER_PRECISION_WARNED.add(setting)
+    fix = " ".join(f"--set {key}={launcher}" for key in setting.split(" and "))
+    reporting.warn(f"accelerate launch's mixed precision ({launcher}) is not used: vidbooth trains in {precision} "
+                   f"as {setting} says (auto: the base's half type on CUDA, none elsewhere); for {launcher} give {fix}")
 
 
 def _set_up_before_in_this_process(exc: ValueError) -> bool:
