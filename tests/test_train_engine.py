@@ -944,3 +944,16 @@ def test_a_launchers_mixed_precision_that_vidbooth_does_not_take_is_warned_of_on
     fresh_accelerate_state()
     engine.make_accelerator("no", "cpu", setting="textual_inversion.train.mixed_precision")
     assert capsys.readouterr().err == ""
+
+
+def test_no_mixed_precision_over_an_fp16_base_is_warned_of(capsys):
+    """Without autocast there is no loss scaler: gradients through the fp16 base underflow unseen (the CUDA path;
+    the pair is resolved, not run, here)."""
+    assert engine.resolve_mixed_precision("no", "cuda", base_precision="fp16") == "no"
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: train.mixed_precision is no but the base is in fp16 (--precision): the gradients pass through its "
+        "fp16 layers with no loss scaling, and small ones vanish; give --set train.mixed_precision=auto (fp16 with a "
+        "loss scaler), or --precision fp32"]
+    for mixed, base in (("no", "fp32"), ("no", "bf16"), ("auto", "fp16"), ("fp16", "fp16")):
+        engine.resolve_mixed_precision(mixed, "cuda", base_precision=base)
+    assert capsys.readouterr().err == ""

@@ -160,8 +160,12 @@ def resolve_mixed_precision(mixed_precision: str, device_type: str, setting: str
     base = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(resolve_dtype(base_precision, torch.device("cuda")))
     if mixed_precision == "auto":
         return "bf16" if base == "bf16" else "fp16"
+    fix = " ".join(f"--set {key}=auto" for key in setting.split(" and "))
+    if mixed_precision == "no" and base == "fp16":
+        reporting.warn(f"{setting} is no but the base is in fp16 (--precision): the gradients pass through its fp16 "
+                       f"layers with no loss scaling, and small ones vanish; give {fix} (fp16 with a loss scaler), or "
+                       "--precision fp32")
     if {mixed_precision, base} == {"fp16", "bf16"}:
-        fix = " ".join(f"--set {key}=auto" for key in setting.split(" and "))
         raise UserError(f"{setting} is {mixed_precision} but the base is in {base} (--precision): autocast in the "
                         f"other half type defeats the choice; give {fix} (auto follows --precision), or --precision "
                         f"{mixed_precision}")
