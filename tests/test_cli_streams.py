@@ -54,3 +54,29 @@ def test_a_reader_of_stderr_that_goes_away_does_not_stop_the_work(tiny_base_dirs
     generate.stderr.close()
     assert generate.wait(timeout=300) == 0 and out.is_file()
     assert generate.stdout.read().decode().splitlines() == [str(out)]
+
+
+
+def test_an_argument_the_locale_cannot_read_is_one_line_before_any_work(tiny_base_dirs, tmp_path):
+    """Under LANG=C with PYTHONUTF8=0 a name's UTF-8 bytes reach Python as lone surrogates, which no config or
+    manifest (UTF-8 text) can hold: generate had sampled, then ended in a UnicodeEncodeError traceback."""
+    out = os.fsencode(tmp_path) + "/Ś.mp4".encode()
+    generate = _vidbooth("generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out",
+                         os.fsdecode(out), "--frames", "2", "--device", "cpu",
+                         env={"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""})
+    printed, err = generate.communicate(timeout=300)
+    assert generate.returncode == 2 and printed == b"" and os.listdir(tmp_path) == []
+    assert err.decode().splitlines() == [
+        f"error: '{os.fsdecode(tmp_path)}/\\udcc5\\udc9a.mp4' holds bytes that are not text in this terminal's "
+        "encoding: run vidbooth under a UTF-8 locale (LANG=C.UTF-8), or rename the file"]
+
+
+def test_stdout_writes_a_file_names_unread_bytes_back_and_escapes_other_letters():
+    """What an ASCII stdout (LANG=C, PYTHONUTF8=0) cannot hold: a name's bytes that the locale could not read come
+    out as those bytes (as Python's surrogateescape has it), any other letter as an escape (it had raised)."""
+    import codecs
+
+    from vidbooth.cli.app import STDOUT_ERRORS, _escape
+
+    codecs.register_error(STDOUT_ERRORS, _escape)
+    assert "take-\udcc5\udc9a Ś.mp4".encode("ascii", STDOUT_ERRORS) == b"take-\xc5\x9a \\u015a.mp4"

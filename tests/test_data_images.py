@@ -450,3 +450,56 @@ def test_a_photo_is_shrunk_to_the_working_size_but_never_enlarged(tmp_path):
     Image.fromarray(np.zeros((600, 300, 3), np.uint8)).save(tmp_path / "large.png")
     assert load_image(tmp_path / "small.png", max_short_side=128).size == (90, 200)
     assert load_image(tmp_path / "large.png", max_short_side=128).size == (128, 256)
+
+
+def _damaged_exif_photo(path: Path) -> Path:
+    """A JPEG whose EXIF image description claims 5000 bytes that the file does not hold; its pixels are whole."""
+    import io
+    import struct
+
+    exif = Image.Exif()
+    exif[0x010E] = "a description long enough to be stored at an offset"
+    raw = bytearray(exif.tobytes())
+    entry = raw.find(b"\x01\x0e\x00\x02")  # tag 0x010E, type ASCII, big-endian as Pillow writes it
+    raw[entry + 4 : entry + 8] = struct.pack(">I", 5000)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((96, 128, 3), 180, np.uint8)).save(buffer, "JPEG", exif=bytes(raw))
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_a_librarys_warning_is_one_line_naming_the_photo_being_read(tmp_path, capsys):
+    """Pillow's warning of a damaged EXIF block had reached stderr as Python shows it, two lines of Pillow's own
+    source that named no photo; the command line shows it as a warning line naming the photo (in any thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vidbooth.reporting import library_warnings_as_lines
+
+    photo = _damaged_exif_photo(tmp_path / "dog.jpg")
+    shown = warnings.showwarning
+    with warnings.catch_warnings(), library_warnings_as_lines():
+        warnings.simplefilter("always")
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(load_image, photo).result().size == (128, 96)
+        warnings.warn("not while reading a file")
+    assert warnings.showwarning is shown
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: reading {photo}: Tag data larger than file. Skipping tag 270",
+        "warning: not while reading a file",
+    ]
+
+
+def test_the_command_line_shows_a_librarys_warning_as_one_line(tmp_path, capsys, isolated_home):
+    from vidbooth.cli.app import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        _damaged_exif_photo(photos / name)
+    (photos / "c.png").write_bytes(b"")  # an empty photo: refused once the others are read
+    assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", "--recipe", "tiny/subject",
+                 "--no-preview"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert f"warning: reading {photos / 'a.jpg'}: Tag data larger than file. Skipping tag 270" in err, err
+    assert f"warning: reading {photos / 'b.jpg'}: Tag data larger than file. Skipping tag 270" in err, err
+    assert err[-1].startswith("error: ") and not any("UserWarning" in line for line in err)

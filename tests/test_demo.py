@@ -316,6 +316,23 @@ def test_a_finished_demo_replaces_an_earlier_one_whole(tmp_path, isolated_home):
     assert (out / "videos" / "identity.png").read_bytes() != b"earlier" and json.loads((out / "metrics.json").read_text())
 
 
+def test_a_reader_of_the_table_that_goes_away_keeps_the_finished_demo(tmp_path, isolated_home, monkeypatch):
+    """`vidbooth demo | head`: the table is shown once the demo is in place; it had been shown inside the swap, whose
+    roll-back then put the earlier demo back over the finished one."""
+    import vidbooth.engine.demo as demo
+    from vidbooth.errors import OutputClosed
+
+    out = tmp_path / "demo"
+    _earlier_demo(out)
+
+    def closed(report):
+        raise OutputClosed()
+
+    monkeypatch.setattr(demo, "_show", closed)
+    assert _run(out, "tiny") == 141
+    assert (out / "videos" / "identity.png").read_bytes() != b"earlier" and json.loads((out / "metrics.json").read_text())
+
+
 def test_a_folder_holding_other_files_is_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "project"
     (out / "videos").mkdir(parents=True)

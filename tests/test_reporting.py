@@ -252,3 +252,27 @@ def test_a_result_goes_to_stdout_plain_even_when_quiet(capsys, monkeypatch):
     monkeypatch.setenv("VIDBOOTH_QUIET", "1")
     reporting.result("/videos/take [bold]1.mp4")
     assert capsys.readouterr().out == "/videos/take [bold]1.mp4\n"
+
+
+def test_a_result_is_written_as_it_is_into_a_pipe_escaped_in_a_terminal_and_dropped_without_a_stdout(monkeypatch):
+    """`video=$(vidbooth generate ...)` must get the path that exists (a DEL in a name had come out as '\\x7f'); a
+    terminal is not to be driven by a name's control characters; no stdout (`>&-`) had been a traceback after the
+    video was written."""
+    import io
+    import sys
+
+    name = "/videos/take\x7f 1.mp4"
+    pipe = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    reporting.result(name)
+    assert pipe.getvalue() == name + "\n"
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    reporting.result(name)
+    assert terminal.written.getvalue() == "/videos/take\\x7f 1.mp4\n"
+    monkeypatch.setattr(sys, "stdout", None)
+    reporting.result(name)
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stdout", closed)
+    reporting.result(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -31,7 +32,8 @@ class _Console(Console):
 def stream_closed(stream: object) -> None:
     """The reader of `stream` went away: its descriptor now writes nowhere (so that Python's last flush does not fail
     too). On stdout the command stops (`OutputClosed`); on stderr it goes on without its messages, so that a training
-    run whose log reader died (`... 2>&1 | tee`, a closed terminal tab) still finishes and saves."""
+    run whose log reader died (`... 2>&1 | tee log`, tee stopped) still finishes and saves. (A closed terminal is
+    SIGHUP, which ends the process: run long trainings under nohup or tmux.)"""
     import sys
 
     try:
@@ -200,6 +202,43 @@ def warn(message: str) -> None:
         console.print(f"[yellow]warning:[/yellow] {escape(printable(message, one_line=True))}", soft_wrap=True)
 
 
+_reading = threading.local()
+
+
+@contextlib.contextmanager
+def reading(path: object) -> Iterator[None]:
+    """A library's warning inside the block (Pillow's of a photo's damaged EXIF data) names `path`, the file this
+    thread is reading (photos are read in threads)."""
+    previous = getattr(_reading, "path", None)
+    _reading.path = path
+    try:
+        yield
+    finally:
+        _reading.path = previous
+
+
+@contextlib.contextmanager
+def library_warnings_as_lines() -> Iterator[None]:
+    """Inside the block a library's Python warning is one warning line, naming the file being read where there is
+    one (`reading`), instead of Python's two lines of the library's own source, which said nothing of which photo.
+    Pillow's are shown for each photo (Python shows a warning once for its text), every other line once."""
+    import warnings
+
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        where = getattr(_reading, "path", None)
+        text = (f"reading {where}: " if where is not None else "") + str(message).strip()
+        if text not in shown:
+            shown.add(text)
+            warn(text)
+
+    with warnings.catch_warnings():  # puts Python's filters and way of showing back; the whole command is inside
+        warnings.filterwarnings("always", category=UserWarning, module=r"PIL\.")
+        warnings.showwarning = show
+        yield
+
+
 def error(message: str) -> None:
     """An error, on every process under a launcher (one may fail alone: a file missing on one machine), each but the
     first's naming its process."""
@@ -233,17 +272,25 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], 
 
 
 def result(text: str) -> None:
-    """A result for scripts on stdout, as it is (no colour, no wrapping): a JSON document, a written file's path.
-    Shown even when quiet, by the first process only."""
+    """A result for scripts on stdout, as it is (no colour, no wrapping): a JSON document, a written file's path; in
+    a terminal with its control characters shown as escapes (`printable`), into a pipe as they are. Shown even when
+    quiet, by the first process only; nothing without a stdout (`>&-`, a service)."""
     import sys
 
-    if _other_process():
+    stdout = sys.stdout
+    if _other_process() or stdout is None:
         return
     try:
-        sys.stdout.write(printable(text) + "\n")
-        sys.stdout.flush()
+        terminal = stdout.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    try:
+        stdout.write((printable(text) if terminal else text) + "\n")
+        stdout.flush()
     except BrokenPipeError:
-        stream_closed(sys.stdout)
+        stream_closed(stdout)
+    except (OSError, ValueError):  # closed by the caller, or no room: the result is in its file all the same
+        pass
 
 
 LOG_EVERY_SECONDS = 30.0

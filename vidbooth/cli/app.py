@@ -143,6 +143,19 @@ ONE_PROCESS_COMMANDS = ("generate", "evaluate", "demo", "pretrain", "list")
 and write the same files."""
 
 
+def _refuse_undecodable(argv: list[str]) -> None:
+    """A UserError for an argument holding bytes that the locale could not read as text (Python keeps them as lone
+    surrogates): written into a config or manifest, which are UTF-8 text, they had ended generate in a traceback
+    after sampling. Python reads the command line as UTF-8 in every locale but a C one with PYTHONUTF8=0."""
+    from vidbooth.errors import UserError
+
+    for word in argv:
+        if any(0xDC80 <= ord(c) <= 0xDCFF for c in word):
+            shown = word.encode("utf-8", "backslashreplace").decode()
+            raise UserError(f"'{shown}' holds bytes that are not text in this terminal's encoding: run vidbooth "
+                            "under a UTF-8 locale (LANG=C.UTF-8), or rename the file")
+
+
 def _refuse_a_launcher(argv: list[str]) -> None:
     from vidbooth.errors import UserError
     from vidbooth.reporting import first_process, process_count
@@ -163,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     from vidbooth.cli.process_state import process_state_kept
     from vidbooth.errors import stops_recorded
+    from vidbooth.reporting import library_warnings_as_lines
 
     # once the command has ended, a signal waits until its outcome is told: a launcher that saw another process die
     # sends this one SIGTERM, which had ended it between its handlers being put back and its error line
-    with stops_recorded(), process_state_kept():  # a script calling main keeps its random streams, --home, ...
-        return _told(argv)
+    with stops_recorded(), process_state_kept(), library_warnings_as_lines():  # a script calling main keeps its
+        return _told(argv)  # random streams, --home, ... and Python's way of showing warnings
 
 
 def _told(argv: list[str] | None) -> int:
@@ -187,6 +201,7 @@ def _told(argv: list[str] | None) -> int:
         with _stop_signals():
             try:
                 _refuse_a_launcher(sys.argv[1:] if argv is None else argv)
+                _refuse_undecodable(sys.argv[1:] if argv is None else argv)
                 code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
                 raise_pending_stop()  # a stop Python dropped in the last phase (a finaliser's) is answered, not lost
             finally:
@@ -247,11 +262,27 @@ def _told(argv: list[str] | None) -> int:
     return code if isinstance(code, int) else 0
 
 
+STDOUT_ERRORS = "vidbooth-escape"
+"""How stdout writes what its encoding cannot hold: a file name's bytes that the locale could not read (kept as
+lone surrogates) as those bytes, as Python's surrogateescape writes them, and any other letter as an escape."""
+
+
+def _escape(problem: UnicodeEncodeError) -> tuple[bytes, int]:
+    text = problem.object[problem.start : problem.end]
+    return b"".join(bytes([ord(c) - 0xDC00]) if 0xDC80 <= ord(c) <= 0xDCFF else
+                    c.encode("ascii", "backslashreplace") for c in text), problem.end
+
+
 def _escaping_stdout() -> None:
-    """stdout writes what its encoding cannot hold as escapes (a subject named 'Ś*' listed under LANG=C, or into a
-    Windows pipe, had ended in a UnicodeEncodeError traceback), as stderr does already."""
+    """stdout writes what its encoding cannot hold as STDOUT_ERRORS says (a subject named 'Ś*' listed under LANG=C,
+    or into a Windows pipe, had ended in a UnicodeEncodeError traceback); stderr escapes it already."""
+    import codecs
+
+    if getattr(sys.stdout, "errors", None) not in ("strict", "surrogateescape"):
+        return
+    codecs.register_error(STDOUT_ERRORS, _escape)
     with contextlib.suppress(AttributeError, ValueError):  # a stream that is not a TextIOWrapper, or a closed one
-        sys.stdout.reconfigure(errors="backslashreplace")
+        sys.stdout.reconfigure(errors=STDOUT_ERRORS)
 
 
 def os_error_message(exc: OSError) -> str | None:

@@ -71,7 +71,8 @@ def _torch_state() -> dict | None:
     if torch is None:
         return None
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    return {"cpu": torch.get_rng_state(), "cuda": cuda, "threads": torch.get_num_threads()}
+    return {"cpu": torch.get_rng_state(), "seed": torch.initial_seed(), "cuda": cuda,
+            "threads": torch.get_num_threads()}
 
 
 def _restore_torch(state: dict | None) -> None:
@@ -84,8 +85,8 @@ def _restore_torch(state: dict | None) -> None:
     torch.set_rng_state(state["cpu"])
     if state["cuda"] is not None:
         torch.cuda.set_rng_state_all(state["cuda"])
-    elif torch.cuda.is_initialized():  # first used by the command
-        torch.cuda.seed_all()
+    elif torch.cuda.is_initialized():  # first used by the command: as `torch.manual_seed` left it for CUDA to take
+        torch.cuda.manual_seed_all(state["seed"])
     if torch.get_num_threads() != state["threads"]:
         torch.set_num_threads(state["threads"])
 

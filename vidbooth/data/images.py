@@ -64,7 +64,7 @@ def load_image(
     path = Path(path)
     check_image_file(path)
     _refuse_camera_file(path)
-    with _open_image(path) as im:
+    with reporting.reading(path), _open_image(path) as im:  # Pillow warns of damaged EXIF data, naming no photo
         _check_dimensions(path, im, min_side)
         _warn_if_animated(path, im)
         _decode(path, im, max_short_side)

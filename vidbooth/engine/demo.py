@@ -234,7 +234,9 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
         raise UserError(f"num_inference_steps (--set num_inference_steps=N) must be from 1 to {levels - 1} ({base} "
                         f"was trained on {levels} noise levels; 0 takes the recipe's), got {cfg.num_inference_steps}")
     with _replacing_earlier_demo(out), _in_the_demos_terms():
-        return _run_demo(cfg, out)
+        report = _run_demo(cfg, out)
+    _show(report)  # once the folder is in place: a reader of stdout that goes away (`| head`) must not undo it
+    return report
 
 
 def _run_demo(cfg: DemoConfig, out: Path) -> DemoReport:
@@ -278,7 +280,6 @@ def _run_demo(cfg: DemoConfig, out: Path) -> DemoReport:
     report = DemoReport(base, described, motion.name, variants, seconds, out, photos_score, paired_steps(variants),
                         settings)
     _write_metrics(report)
-    _show(report)
     return report
 
 
