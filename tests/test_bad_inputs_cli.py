@@ -298,7 +298,7 @@ def test_evaluate_refuses_bad_numbers(video, args, message, tmp_path, capsys):
     "argv, message",
     [
         (["train-subject", "--name", "S*", "--class-noun", "ball"], "no photos given"),
-        (["train-subject", "photos"], "--name is required"),
+        (["train-subject", "photos"], "--name is required: the subject's name and pseudo-word, e.g. --name 'S*'"),
         (["identity-adapter", "photos"], "--name is required"),
         (["train-motion", "--name", "m"], "no training clips given"),
         (["generate", "--seed", "1"], "no prompt: pass --prompt"),

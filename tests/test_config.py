@@ -3,6 +3,7 @@ import pytest
 from vidbooth.config import GenerateConfig, load_config, to_yaml
 from vidbooth.config.motion import MotionConfig
 from vidbooth.config.pretrain import PretrainConfig
+from vidbooth.config.subject import SubjectConfig
 from vidbooth.errors import UserError
 
 
@@ -489,3 +490,20 @@ def test_a_demo_with_a_blank_out_is_refused_and_makes_8_videos_by_default():
     with pytest.raises(UserError, match=r"^--out is empty: give the folder the demo writes into \(default: demo\)$"):
         DemoConfig(out="  ")
     assert DemoConfig().num_videos == 8
+
+
+@pytest.mark.parametrize("schema, key, meant", [
+    (GenerateConfig, "guidance_scale", "'sampling.guidance_scale'"),  # had been 'motion_scale', which set another
+    (GenerateConfig, "num_inference_steps", "'sampling.num_inference_steps'"),  # had been no guess
+    (GenerateConfig, "sampling.guidanse_scale", "'sampling.guidance_scale'"),
+    (SubjectConfig, "steps", "'textual_inversion.train.steps' or 'identity.train.steps'"),  # had been 'stages'
+    (SubjectConfig, "textual_inversion.steps", "'textual_inversion.train.steps'"),
+    (SubjectConfig, "resolution", "'data.resolution'"),
+])
+def test_an_unknown_key_is_told_the_setting_of_that_name_in_its_section(schema, key, meant):
+    with pytest.raises(UserError, match=rf"config key '{key}' is not a setting \(did you mean {meant}\?\)"):
+        load_config(schema, None, [f"{key}=5"])
+    for far_off in ("zzzzzz", "runtime.zzzzzz"):  # nothing like it; not the section it was typed in either
+        with pytest.raises(UserError) as told:
+            load_config(schema, None, [f"{far_off}=5"])
+        assert "did you mean" not in str(told.value)

@@ -114,8 +114,17 @@ def test_a_sample_that_diverges_is_an_error_not_a_video(tiny_backbones, monkeypa
     bb = tiny_backbones["unet3d"]
     forward = bb.unet_forward
     monkeypatch.setattr(bb, "unet_forward", lambda *args, **kwargs: forward(*args, **kwargs) * float("nan"))
-    with pytest.raises(UserError, match=r"NaN or infinite values \(ddim, 2 steps\): lower --guidance-scale"):
+    with pytest.raises(UserError, match=r"NaN or infinite values \(ddim, 2 steps\): lower --guidance-scale$"):
         sample_video(bb, "x", num_frames=2, num_inference_steps=2, height=16, width=16)
+    # a training's preview names its own setting: train-subject has no --guidance-scale
+    with pytest.raises(UserError, match=r"lower preview.guidance_scale \(--set preview.guidance_scale=N\)$"):
+        sample_video(bb, "x", num_frames=2, num_inference_steps=2, height=16, width=16, settings="preview")
+
+
+def test_steps_a_trainings_images_cannot_take_name_its_setting(tiny_backbones):
+    with pytest.raises(UserError, match=r"^prior.num_inference_steps \(--set prior.num_inference_steps=N\) must be "
+                                        r"from 1 to 999"):
+        sample_video(tiny_backbones["unet3d"], "x", num_frames=1, num_inference_steps=1000, settings="prior")
 
 
 def test_too_many_frames_for_motion_module(tiny_backbones):

@@ -1132,3 +1132,15 @@ def test_gradient_checkpointing_learns_the_same_subject(photos, isolated_home, r
     config = yaml.safe_load((isolated_home / "subjects" / "recomputed" / "config.yaml").read_text())
     assert config["textual_inversion"]["train"]["gradient_checkpointing"] is True
     assert config["identity"]["train"]["gradient_checkpointing"] is True
+
+
+def test_prior_steps_the_model_cannot_take_are_refused_before_textual_inversion_trains(photos, isolated_home, capsys):
+    """The class images are made after textual inversion: a bad prior.num_inference_steps had been told then, as a
+    '--num-inference-steps' that train-subject does not have, with a stopped run left behind."""
+    code = main(["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", *NO_PREVIEW, "--ti-steps", "2",
+                 "--identity-steps", "2", "--prior-preservation", "--set", "prior.num_inference_steps=1000"])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: prior.num_inference_steps (--set prior.num_inference_steps=N) must be from 1 to 999 (the model was "
+        "trained on 1000 noise levels), got 1000")
+    assert not (isolated_home / ".runs").exists() or not any((isolated_home / ".runs").rglob("step-*"))

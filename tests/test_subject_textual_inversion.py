@@ -127,8 +127,10 @@ def test_a_subject_whose_embedding_file_holds_another_pseudo_word_than_its_manif
     ("name", "class_noun", "message"),
     [
         ("S*", "\u200b", "tokenises to nothing"),  # only unknown characters for the tiny vocabulary
-        ("dog", "dog", "^the subject name 'dog' equals the class noun: give a rare --name such as sks or S\\*$"),
+        ("dog", "dog", "^the subject name 'dog' equals the class noun: give a rare --name such as sks or 'S\\*'$"),
         ("S*", "s* dog", r"the class noun 's\* dog' holds the subject name 'S\*': .* e.g. --class-noun dog$"),
+        # a shell must read the example as one word (it had made 'retriever' a photo path)
+        ("sks", "sks golden retriever", r"e.g. --class-noun 'golden retriever'$"),
         ("a</w>", "dog", "already a token"),
     ],
 )

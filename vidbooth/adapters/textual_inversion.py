@@ -14,6 +14,7 @@ With `num_vectors > 1` the tokens are `S*`, `S*_1`, ... and prompts must spell t
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -63,16 +64,16 @@ def check_placeholder_is_new(tokenizer, token: str, num_vectors: int, class_noun
     """Refuse a placeholder that already is a token (it would change an existing word), equals the class noun or is a
     word of it; warn of one that is a common whole word (prompts that use the subject lose that word)."""
     if token.lower() == class_noun.strip().lower():
-        raise UserError(f"the subject name '{token}' equals the class noun: give a rare --name such as sks or S*")
+        raise UserError(f"the subject name '{token}' equals the class noun: give a rare --name such as sks or 'S*'")
     if token_pattern(token).search(class_noun):  # every caption would hold the pseudo-word twice
         rest = " ".join(token_pattern(token).sub("", class_noun).split()) or "dog"
         raise UserError(f"the class noun '{class_noun.strip()}' holds the subject name '{token}': give what the "
-                        f"subject is without it, e.g. --class-noun {rest}")
+                        f"subject is without it, e.g. --class-noun {shlex.quote(rest)}")
     vocab = {key.lower(): index for key, index in tokenizer.get_vocab().items()}
     taken = [t for t in placeholder_tokens(token, num_vectors) if t.lower() in vocab]
     if taken:
         raise UserError(
-            f"'{taken[0]}' is already a token of this model's tokenizer: give a rare --name such as sks or S*"
+            f"'{taken[0]}' is already a token of this model's tokenizer: give a rare --name such as sks or 'S*'"
         )
     index = vocab.get(f"{token.lower()}</w>")  # a whole word of a BPE vocabulary, which orders them common first
     if index is not None and index < RARE_WORDS_FROM * len(vocab):

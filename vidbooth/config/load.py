@@ -108,9 +108,8 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
     if key and isinstance(exc, ConfigKeyError) and " not in '" in msg:
-        near = re.search(r"Did you mean: '([^']+)'", str(exc))
-        parent = key.rpartition(".")[0]
-        guess = f" (did you mean '{parent + '.' if parent else ''}{near.group(1)}'?)" if near else ""
+        meant = _meant(key, schema) if schema is not None else []
+        guess = f" (did you mean {' or '.join(repr(m) for m in meant)}?)" if meant else ""
         page = SETTINGS_PAGES.get(getattr(schema, "__name__", ""))
         listed = f": docs/{page}.md lists the settings" if page else ""
         return f"config key '{key}' is not a setting{guess}{listed}"
@@ -125,6 +124,34 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
     if isinstance(exc, InterpolationResolutionError):  # only a recipe's texts are read as OmegaConf's
         msg += " (a recipe's ${...} refers to another setting: write \\${ for the text ${)"
     return f"config key '{key}': {msg}" if key else msg
+
+
+def _meant(key: str, schema: type) -> list[str]:
+    """The settings of `schema` that an unknown `key` most likely meant: those of the same last name (a key typed
+    without its section: `guidance_scale` is `sampling.guidance_scale`), within the section typed where it holds
+    some; else one spelled much like it. OmegaConf's own guess looks at the same level only: `--set guidance_scale=5`
+    had been told 'did you mean motion_scale', which then set another setting."""
+    import difflib
+
+    paths = _setting_paths(OmegaConf.structured(schema))
+    typed = key.split(".")
+    same_name = [path for path in paths if path.split(".")[-1] == typed[-1] and path != key]
+    within = [path for path in same_name if len(typed) > 1 and path.startswith(typed[0] + ".")]
+    if within or same_name:
+        return (within or same_name)[:3]
+    others = [path for path in paths if not key.startswith(path + ".")]  # not the section the key was typed in
+    return difflib.get_close_matches(key, others, n=1, cutoff=0.8)
+
+
+def _setting_paths(node: Any, prefix: str = "") -> list[str]:
+    """Every setting's and section's dotted name under `node`."""
+    paths = []
+    for name in node:
+        child = node._get_node(name)
+        paths.append(f"{prefix}{name}")
+        if OmegaConf.is_dict(child) and not OmegaConf.is_missing(node, name) and child._value() is not None:
+            paths += _setting_paths(child, f"{prefix}{name}.")
+    return paths
 
 
 def load_config(

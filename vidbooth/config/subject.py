@@ -164,7 +164,7 @@ class SubjectConfig:
     def check(self, stages: tuple[str, ...]) -> None:
         """Check that what the stages that will run need is given; raises UserError naming what is missing."""
         if not self.name:
-            raise UserError("--name is required: the subject's name and pseudo-word, e.g. --name S*")
+            raise UserError("--name is required: the subject's name and pseudo-word, e.g. --name 'S*'")
         if not self.photos:
             raise UserError("no photos given: pass a folder with 3-5 photos of the subject, or the photo files")
         if "textual_inversion" in stages and not self.class_noun.strip():

@@ -423,6 +423,7 @@ def _write_preview(backbone: Backbone, cfg: MotionConfig, prompt: str, path: Pat
         num_inference_steps=cfg.preview.num_inference_steps,
         guidance_scale=cfg.preview.guidance_scale,
         generator=torch.Generator("cpu").manual_seed(cfg.train.seed),
+        settings="preview",
     )[0]
     save_contact_sheet(frames, path)
 

@@ -89,6 +89,7 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
             guidance_scale=prior.guidance_scale,
             scheduler="ddim",
             latents=torch.stack([class_image_noise(backbone, size, seed, index) for index in indices]),
+            settings="prior",
         )  # (B, 1, H, W, 3) uint8
         write_together([
             (_class_image_file(folder, index), lambda tmp, image=Image.fromarray(video[0]): image.save(tmp, "PNG"))

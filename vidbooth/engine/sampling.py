@@ -136,6 +136,7 @@ def sample_video(
     zero_shot: ZeroShotConfig | None = None,
     prompt_embeds: torch.Tensor | None = None,
     before_unet: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    settings: str | None = None,
 ):
     """Generate videos for `prompt`.
 
@@ -147,13 +148,15 @@ def sample_video(
     the first frame alone is denoised for a few more steps, and `on_step` sees only the steps of all frames.
     `prompt_embeds` (B, L, D), when given, replace the encoded `prompt` (an image prompt's tokens in them);
     `before_unet(t, text_embeds)` runs before every UNet call (an image prompt's pass at that timestep).
+    `settings`: the config section whose keys set these (a training's `preview` or `prior`), which messages name in
+    place of generate's flags.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     height = height or backbone.default_size
     width = width or backbone.default_size
     check_geometry(backbone, num_frames, height, width)
-    check_steps(backbone, num_inference_steps)
+    check_steps(backbone, num_inference_steps, *([_named(settings, "num_inference_steps")] if settings else []))
 
     guided = guidance_scale > 1.0
     negative_names = ["negative prompt"] * len(negatives)  # what a warning of a too-long one calls it
@@ -225,7 +228,8 @@ def sample_video(
         latents = denoise(latents, steps, sched, bar, on_step)
 
     if not torch.isfinite(latents).all():  # never write a video of garbage frames as if it were a result
-        advice = "run with --precision fp32 (or bf16)" if backbone.dtype == torch.float16 else "lower --guidance-scale"
+        guidance = _named(settings, "guidance_scale") if settings else "--guidance-scale"
+        advice = "run with --precision fp32 (or bf16)" if backbone.dtype == torch.float16 else f"lower {guidance}"
         settings = f"{scheduler}, {num_inference_steps} steps"
         raise UserError(f"sampling produced NaN or infinite values ({settings}): {advice}")
     if output_type == "latent":
@@ -237,6 +241,11 @@ def sample_video(
     if output_type == "np":
         return video
     return to_uint8(video)
+
+
+def _named(section: str, key: str) -> str:
+    """How a message names `section.key`, a setting without a flag."""
+    return f"{section}.{key} (--set {section}.{key}=N)"
 
 
 def to_numpy_frames(video: torch.Tensor) -> np.ndarray:

@@ -229,6 +229,8 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
         run.size = training_resolution(run.backbone, cfg.data.resolution)
         if cfg.preview.enabled:  # made after training: a setting it cannot take is told now, not then
             check_preview(run.backbone, cfg.preview.num_frames, cfg.preview.num_inference_steps)
+        if "identity" in stages and cfg.prior.enabled and not cfg.prior.class_images:  # made after textual inversion
+            check_preview(run.backbone, 1, cfg.prior.num_inference_steps, section="prior")
         run.latents = _encode_photos(run)
         rows = _textual_inversion(run) if "textual_inversion" in stages else _load_existing_embedding(run)
         if "identity" in stages:
@@ -732,6 +734,7 @@ def _render_preview(run: _Run, path: Path) -> str:
         num_inference_steps=preview.num_inference_steps,
         guidance_scale=preview.guidance_scale,
         generator=generator,
+        settings="preview",
     )[0]  # (F, H, W, 3)
     save_contact_sheet(frames, path)
     return path.name
