@@ -353,6 +353,9 @@ def test_a_damaged_built_in_model_in_the_cache_says_to_delete_it(tmp_path, tiny_
     assert "pickled" not in str(caught.value)
     shutil.rmtree(folder)
     assert load_backbone("tiny", device="cpu").family == "unet3d"  # built again
+    with pytest.raises(UserError, match=r"backbone.variant") as caught:  # no variant's files: building it again
+        load_backbone("tiny", device="cpu", variant="fp16")  # would give none either
+    assert "built again" not in str(caught.value)
 
 
 def test_a_cache_that_is_a_file_is_one_line(tmp_path, monkeypatch):

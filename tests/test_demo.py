@@ -291,7 +291,9 @@ def test_a_full_disk_while_the_demo_trains_says_to_run_the_demo_again(tmp_path, 
 
 @pytest.mark.parametrize("half, fix", [(True, "run the demo again with --precision fp32"),
                                        (False, "the demo's learning rates are fixed: learn the subject and motion "
-                                               "with train-subject and train-motion and a lower --lr")])
+                                               "with train-subject and train-motion and a lower learning rate "
+                                               "(train-motion --lr N; train-subject --set textual_inversion.train.lr=N "
+                                               "--set identity.train.lr=N)")])
 def test_a_diverging_loss_in_the_demo_names_what_the_demo_takes(half, fix, tmp_path, isolated_home, monkeypatch,
                                                                  capsys):
     """Training's message names its keys (--set identity.train.lr=N) and --overwrite, which the demo refuses."""

@@ -385,3 +385,14 @@ def test_an_artifact_of_the_same_base_name_with_other_weights_says_how_it_was_lo
     with pytest.raises(UserError, match=r": the model's weights have changed since it was learned \(another "
                                         r"download or revision\), or retrain it on this base$"):
         library.check_base("motion", "M", manifest, "org/model", "bbb")
+
+
+def test_a_base_to_load_is_quoted_for_the_shell():
+    """'use --base /models/my base' pasted into a shell had given 'unexpected extra argument (base)'."""
+    manifest = {"kind": "subject", "base": "/models/my base", "base_fingerprint": "aaa"}
+    with pytest.raises(UserError, match=r": use --base '/models/my base', or retrain it on this base$"):
+        library.check_base("subject", "S*", manifest, "nano", "bbb")
+    manifest = {"kind": "motion", "base": "org/model", "base_fingerprint": "aaa",
+                "config": {"backbone": {"base": "org/model", "motion_adapter": "/adapters/v 3"}}}
+    with pytest.raises(UserError, match=r"load it as it was learned with \(--motion-adapter '/adapters/v 3'\)"):
+        library.check_base("motion", "M", manifest, "org/model", "bbb")

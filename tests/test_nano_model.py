@@ -909,3 +909,15 @@ def test_a_text_tower_with_lr_zero_gives_the_unet_stage_text_without_gradients(t
     cfg.unet.text_encoder_lr = 1e-3
     nano.pretrain(cfg)
     assert seen == [True, True]
+
+
+def test_a_stage_that_diverges_before_its_first_checkpoint_says_to_run_it_again(tmp_path, char_tokenizer):
+    """'rerun with --resume' had answered 'nothing to resume' when no checkpoint was saved yet (the usual case of a
+    learning rate far too high)."""
+    from vidbooth.errors import UserError
+
+    cfg = tiny_config(tmp_path, char_tokenizer)
+    cfg.autoencoder.lr, cfg.autoencoder.steps = 1e30, 4
+    with pytest.raises(UserError, match=r"^autoencoder loss became nan at step \d: lower the learning rate \(--set "
+                                        r"autoencoder.lr=N\) and run it again$"):
+        nano.pretrain(cfg)

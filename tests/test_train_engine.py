@@ -943,6 +943,8 @@ def test_a_launchers_mixed_precision_that_vidbooth_does_not_take_is_warned_of_on
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what the launcher sets by default
     fresh_accelerate_state()
     engine.make_accelerator("no", "cpu", setting="textual_inversion.train.mixed_precision")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # which a CPU cannot take: no advice to give
+    engine.make_accelerator("no", "cpu", setting="motion.train.mixed_precision")
     assert capsys.readouterr().err == ""
 
 

@@ -329,14 +329,14 @@ def check_base(kind: str, name: str, manifest: dict, base: str, fingerprint: str
     if learned_on(manifest, fingerprint, image_fingerprint):
         return
     learned = manifest.get("base")
-    fix = f"use --base {learned}"
+    fix = f"use --base {shlex.quote(str(learned))}"
     if str(learned) == str(base):  # the same name, other weights: say how it was loaded when it was learned
         config = manifest.get("config")
         backbone = config.get("backbone") if isinstance(config, dict) else None
         backbone = backbone if isinstance(backbone, dict) else {}
         flags = {"motion_adapter": "--motion-adapter ", "revision": "--set backbone.revision=",
                  "variant": "--set backbone.variant="}
-        given = [f"{flag}{backbone[key]}" for key, flag in flags.items() if backbone.get(key)]
+        given = [f"{flag}{shlex.quote(str(backbone[key]))}" for key, flag in flags.items() if backbone.get(key)]
         fix = (f"load it as it was learned with ({' '.join(given)})" if given
                else "the model's weights have changed since it was learned (another download or revision)")
     raise UserError(

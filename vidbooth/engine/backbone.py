@@ -575,7 +575,8 @@ def load_backbone(
         reason = str(exc).splitlines()[0]
         weighted = ("text_encoder", "vae", "unet")
         hint = _weights_hint(folder, weighted, variant, "DiffusionPipeline") if _is_missing_weights(exc) else ""
-        raise UserError(f"cannot load the model in {folder}: {reason}{hint}{_rebuild_hint(folder)}") from exc
+        rebuild = "" if variant else _rebuild_hint(folder)  # a built-in model has no variants: building it again
+        raise UserError(f"cannot load the model in {folder}: {reason}{hint}{rebuild}") from exc  # gives none
 
     fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet})
     if family == ZERO_SHOT:

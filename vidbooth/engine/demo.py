@@ -203,7 +203,8 @@ def _in_the_demos_terms() -> Iterator[None]:
     except LossNotFinite as exc:
         fix = ("run the demo again with --precision fp32" if exc.half else
                "the demo's learning rates are fixed: learn the subject and motion with train-subject and train-motion "
-               "and a lower --lr")
+               "and a lower learning rate (train-motion --lr N; train-subject --set textual_inversion.train.lr=N "
+               "--set identity.train.lr=N)")
         raise UserError(f"the demo's training diverged (its loss became NaN or infinite at step {exc.step}): "
                         f"{fix}") from exc
     except CheckpointDiskFull as exc:

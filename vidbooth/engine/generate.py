@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,8 +222,9 @@ def _check_image_prompt(cfg: GenerateConfig):
         path = own_image_prompt_model(cfg.backbone.base, cfg.backbone.revision)
         if not path.is_file():
             raise UserError(
-                f"{cfg.backbone.base} has no image-prompt model of its own: train one with `vidbooth "
-                "train-image-prompt` and pass it with --image-prompt-model"
+                f"{cfg.backbone.base} has no image-prompt model of its own: train one with `vidbooth train-image-prompt "
+                f"--base {shlex.quote(cfg.backbone.base)} --out FILE.safetensors ...` and pass it with "
+                "--image-prompt-model FILE.safetensors"
             )
     else:
         path = Path(cfg.image_prompt_model).expanduser()

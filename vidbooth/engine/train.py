@@ -219,7 +219,7 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
             "accelerate launch --cpu started a single process (it runs several only through mpirun): for N CPU "
             "processes with gloo use `accelerate launch --multi_gpu --num_processes N ... --device cpu` or torchrun"
         )
-    _warn_of_the_launchers_precision(precision, setting)
+    _warn_of_the_launchers_precision(precision, setting, on_cpu)
     return accelerator
 
 
@@ -227,11 +227,14 @@ _LAUNCHER_PRECISION_WARNED: set[str] = set()
 """The settings already warned of by `_warn_of_the_launchers_precision` (train-subject sets up two stages)."""
 
 
-def _warn_of_the_launchers_precision(precision: str, setting: str) -> None:
+def _warn_of_the_launchers_precision(precision: str, setting: str, on_cpu: bool) -> None:
     """`accelerate launch --mixed_precision fp16` (or an `accelerate config` saying so) sets a precision that vidbooth
-    does not take: its own setting decides, and a user who asked the launcher for half precision is told so."""
+    does not take: its own setting decides, and a user who asked the launcher for half precision is told so (not for
+    fp16 on a CPU, which cannot take it)."""
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
     if launcher in ("", "no") or launcher == precision or setting in _LAUNCHER_PRECISION_WARNED:
+        return
+    if on_cpu and launcher == "fp16":
         return
     _LAUNCHER_PRECISION_WARNED.add(setting)
     fix = " ".join(f"--set {key}={launcher}" for key in setting.split(" and "))

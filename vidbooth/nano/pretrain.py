@@ -390,8 +390,9 @@ def _loop(
                 group["lr"] = lr * _lr_factor(step, warmup)
             loss = loss_at(step, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
             if not torch.isfinite(loss):
+                again = "rerun with --resume" if (run.dir / ckpt.STATE_FILE).is_file() else "run it again"
                 raise UserError(f"{stage} loss became {loss.item()} at step {step}: lower the learning rate (--set "
-                                f"{stage}.lr=N) and rerun with --resume")
+                                f"{stage}.lr=N) and {again}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
