@@ -142,6 +142,8 @@ PRIOR = ["--prior-preservation", "--num-class-images", "1", "--set", "prior.num_
          "data.resolution (--resolution) 30 must be a positive multiple of 4 for this model: use e.g. 32"),
         ("textual-inversion", ["--num-vectors", "40"],  # cut at 32 tokens: it had learned without the class noun
          "with textual_inversion.num_vectors (--num-vectors) 40 takes 54 tokens, more than the text encoder's 32"),
+        ("textual-inversion", ["--num-vectors", "0"], "textual_inversion.num_vectors (--num-vectors) must be at least 1, "
+         "got 0"),
         ("textual-inversion", ["--num-vectors", "2147483648"],  # had filled 24 GB making its tokens' names
          "textual_inversion.num_vectors (--num-vectors) must be at most 256, got 2147483648: a pseudo-word's vectors"),
         ("textual-inversion", ["--set", "textual_inversion.train.grad_accumulation=2147483648"],  # never ended step 1

@@ -131,6 +131,13 @@ def test_animated_photo_uses_first_frame_with_a_warning(kind, tmp_path, warned):
     assert len(warned) == 1 and str(path) in warned[0] and "first frame" in warned[0]
 
 
+def test_a_photo_of_two_frames_is_animated_too(tmp_path, warned):
+    first, second = Image.new("RGB", (96, 96), badinputs.RED), Image.new("RGB", (96, 96), badinputs.BLUE)
+    first.save(tmp_path / "two.gif", save_all=True, append_images=[second], duration=100)
+    load_image(tmp_path / "two.gif")
+    assert len(warned) == 1 and "is animated (2 frames): using its first frame only" in warned[0]
+
+
 def test_a_cut_animated_gif_or_a_bit_flipped_png_is_refused_as_damaged(tmp_path):
     """Pillow reads through a GIF's frames to count them: a download cut in its second frame (a third of all cut
     points) had been an IndexError traceback. A PNG's pixel data is decoded without its checksum: one flipped bit had

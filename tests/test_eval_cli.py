@@ -537,9 +537,11 @@ def test_auto_scores_with_nanos_towers_only_when_every_video_is_nanos(tmp_path, 
     assert evaluate._clip_model(EvaluateConfig(), both[:1]) == (evaluate.NANO_NAME, True)
 
 
-def test_json_or_csv_given_as_a_dash_go_to_stdout_for_a_script_and_the_table_to_stderr(media, tmp_path, capsys):
+def test_json_or_csv_given_as_a_dash_go_to_stdout_for_a_script_and_the_table_to_stderr(media, tmp_path, capsys,
+                                                                                       monkeypatch):
     """A script had to write a temporary file to read the scores: `--json -` had been refused as not ending in
     .json, and stdout held a table drawn with box characters."""
+    monkeypatch.chdir(tmp_path)  # where a file named '-' would be written
     args = [media["right"], media["still"], "-p", "a square", "--clip-model", "nano", "--metrics", "t_cons"]
     assert run(*args, "--json", "-", "--csv", tmp_path / "scores.csv") == 0
     captured = capsys.readouterr()
@@ -549,7 +551,9 @@ def test_json_or_csv_given_as_a_dash_go_to_stdout_for_a_script_and_the_table_to_
     assert [row["video"] for row in csv.DictReader((tmp_path / "scores.csv").open())] == [
         str(media["right"]), str(media["still"])]  # the other output still a file
     assert run(*args, "--csv", "-") == 0
-    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and not out.endswith("\n\n")
+    rows = list(csv.DictReader(out.splitlines()))
     assert float(rows[0]["nano_t_cons"]) == pytest.approx(report["videos"][0]["metrics"]["nano_t_cons"])
     assert run(*args, "--json", "-", "--csv", "-") == 2
     assert error_lines(capsys.readouterr()) == ["error: --json - and --csv - both ask for stdout: give one of them a "

@@ -221,10 +221,16 @@ def test_a_run_folder_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
     run = nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=2)).run_dir
     state_file, good = run / ckpt.STATE_FILE, (run / ckpt.STATE_FILE).read_text()
     state = json.loads(good)
+    arch = "arch" if "arch" in state else "architecture"
     for damaged in ([], {k: v for k, v in state.items() if k != "steps"}, state | {"curve": "none"},
-                    state | {"steps": {"autoencoder": 2, "clip": 2}}, state | {"vae_scaling_factor": "1"}):
-        state_file.write_text(json.dumps(damaged))
-        with pytest.raises(UserError, match=r"state.json is damaged .*: delete the run folder and rerun$"):
+                    state | {"steps": {"autoencoder": 2, "clip": 2}}, state | {"vae_scaling_factor": "1"},
+                    # (mutation testing: each of these checks could go unnoticed)
+                    {k: v for k, v in state.items() if k != arch}, state | {"steps": state["steps"] | {"unet": True}},
+                    state | {"curve": [1]}, state | {"fresh_moments": "clip"},
+                    state | {"seconds": {k: v for k, v in state["seconds"].items() if k != "unet"}}, None):
+        state_file.write_text("[" * 100_000 + "]" * 100_000 if damaged is None else json.dumps(damaged))
+        with pytest.raises(UserError, match=r"state.json is (damaged .*|not valid JSON): delete the run folder and "
+                                            r"rerun$"):
             nano.pretrain(tiny_config(tmp_path / "r", char_tokenizer, unet_steps=4, resume=True))
     state_file.write_text(good)
     weights = ckpt.load_tensors(run / "unet.safetensors", 2)

@@ -126,3 +126,9 @@ def test_loading_a_subject_twice_on_one_model_is_one_clear_error(photos, isolate
     with pytest.raises(UserError, match=r"subject 'S\*' is already loaded on this model: load each subject once"):
         load_subject(bb, "S*", scale=0.5)
     assert adapters_of(bb.unet, subject_kind("S*")) == adapters  # as it was: the same adapters, nothing beside
+
+
+def test_home_unset_before_a_command_with_home_is_unset_after_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("VIDBOOTH_HOME", raising=False)
+    assert main(["--home", str(tmp_path / "library"), "list"]) == 0
+    assert "VIDBOOTH_HOME" not in os.environ

@@ -254,3 +254,14 @@ def test_a_mask_saved_as_a_cut_out_marks_its_opaque_part(tmp_path):
     cut[mask] = (255, 0, 255, 255)  # any colour, opaque; the rest transparent (and black)
     Image.fromarray(cut, "RGBA").save(example.mask)
     assert np.array_equal(load_subject_clip(example, 8, 64)[1], white_on_black)
+
+
+def test_a_mask_with_alpha_that_is_opaque_everywhere_marks_its_white_part(tmp_path):
+    """An RGBA mask whose alpha hides nothing is read by its grey, not as a cut-out of the whole frame (mutation
+    testing)."""
+    from vidbooth.data.subject_clips import _read_mask
+
+    grey = np.zeros((32, 32), np.uint8)
+    grey[8:16, 8:16] = 255
+    Image.fromarray(np.dstack([grey, grey, grey, np.full((32, 32), 255, np.uint8)]), "RGBA").save(tmp_path / "m.png")
+    assert _read_mask(tmp_path / "m.png", (32, 32)).sum() == 64

@@ -673,10 +673,13 @@ def _state_without(key):
     (lambda state: [state], "state.json holds no settings"),
     (lambda state: state | {"step": 999}, "state.json says step 999"),  # had saved 12 steps' weights as 999
     (lambda state: state | {"param_groups": []}, "ValueError restoring it"),
+    (lambda state: state | {"param_groups": [1]}, "TypeError restoring it"),
+    (lambda state: state | {"step": 4.0}, "its step in state.json is missing or of another kind"),
     ("optimizer", "KeyError restoring it"),  # its RNG state and moments lost
     ("no moments", "KeyError restoring it"),  # had restarted AdamW's moments without a word
     ("trainable", "RuntimeError restoring it"),  # a tensor of another shape
     ("flipped", "trainable.safetensors is not the file saved"),  # bits flipped in a weight: had resumed from it
+    ("flipped moments", "optimizer.safetensors is not the file saved"),
     ("nested", "RecursionError"),  # JSON nested past Python's stack
 ])
 def test_a_checkpoint_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path, accelerator, damage, what):
@@ -687,10 +690,11 @@ def test_a_checkpoint_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
     state_file = last / engine.STATE_FILE
     if damage in ("optimizer", "no moments", "trainable"):  # as a checkpoint from before files' digests were kept
         state_file.write_text(json.dumps(_state_without("sha256")(json.loads(state_file.read_text()))))
-    if damage == "flipped":
-        data = bytearray((last / engine.TRAINABLE_FILE).read_bytes())
-        data[-1] ^= 0x01  # the last bit of the last weight: a file that reads, a weight that differs
-        (last / engine.TRAINABLE_FILE).write_bytes(bytes(data))
+    if damage in ("flipped", "flipped moments"):
+        flipped = last / (engine.TRAINABLE_FILE if damage == "flipped" else engine.OPTIMIZER_FILE)
+        data = bytearray(flipped.read_bytes())
+        data[-1] ^= 0x01  # the last bit of the last tensor: a file that reads, a value that differs
+        flipped.write_bytes(bytes(data))
     elif damage == "optimizer":
         write_safetensors(last / engine.OPTIMIZER_FILE, {"optimizer.0.exp_avg": torch.zeros(1)}, {"format": "pt"})
     elif damage == "no moments":
@@ -959,3 +963,38 @@ def test_no_mixed_precision_over_an_fp16_base_is_warned_of(capsys):
     for mixed, base in (("no", "fp32"), ("no", "bf16"), ("auto", "fp16"), ("fp16", "fp16")):
         engine.resolve_mixed_precision(mixed, "cuda", base_precision=base)
     assert capsys.readouterr().err == ""
+
+
+def test_training_over_dangling_links_where_a_run_keeps_its_checkpoints_starts_afresh(tmp_path, accelerator):
+    (tmp_path / "run").symlink_to(tmp_path / "gone")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / engine.CHECKPOINTS).symlink_to(tmp_path / "gone too")
+    for run in (tmp_path / "run", tmp_path / "other"):
+        assert engine.train(make_method(), toy_data(), config(steps=4), run, accelerator).step == 4
+
+
+def test_a_lost_process_marks_the_command_failing_so_that_signals_are_only_noted(tmp_path, accelerator, monkeypatch):
+    """(mutation testing: the two-process test passes without `failing()`, its SIGTERM arriving too late)"""
+    from vidbooth import errors
+
+    def peer_gone(*args, **kwargs):
+        raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.setattr(engine, "lost_another_process", lambda exc: True)
+    monkeypatch.setattr(engine, "_accumulate", peer_gone)
+    try:
+        with pytest.raises(UserError, match=r"^another process of this run stopped at step 0/4"):
+            engine.train(make_method(), toy_data(), config(steps=4), tmp_path, accelerator)
+        assert errors.is_failing()
+    finally:
+        errors.clear_stops()
+
+
+def test_a_keyboard_interrupt_that_no_signal_handler_raised_goes_on_up(tmp_path, accelerator, monkeypatch):
+    """Not a second signal's: it had become 'ValueError: None is not a valid Signals' (mutation testing)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_accumulate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(make_method(), toy_data(), config(steps=4), tmp_path, accelerator)
