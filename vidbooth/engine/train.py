@@ -184,7 +184,8 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     `base_precision` (runtime.precision), which 'auto' mixed precision follows.
 
     `device` is vidbooth's runtime device (auto | cpu | cuda | cuda:N). Under `accelerate launch` each
-    process gets its own device from the launcher. One process holds one mixed-precision setting.
+    process gets its own device from the launcher, and the processes hold one mixed-precision setting; a process
+    that no launcher started sets accelerate up afresh for another (a script's second training).
     """
     from datetime import timedelta
 
