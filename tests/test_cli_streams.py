@@ -80,3 +80,16 @@ def test_stdout_writes_a_file_names_unread_bytes_back_and_escapes_other_letters(
 
     codecs.register_error(STDOUT_ERRORS, _escape)
     assert "take-\udcc5\udc9a Ś.mp4".encode("ascii", STDOUT_ERRORS) == b"take-\xc5\x9a \\u015a.mp4"
+    assert "\udc80\udcff".encode("ascii", STDOUT_ERRORS) == b"\x80\xff"  # the first and last such byte
+
+
+def test_every_byte_the_locale_could_not_read_is_refused_in_an_argument():
+    import pytest
+
+    from vidbooth.cli.app import _refuse_undecodable
+    from vidbooth.errors import UserError
+
+    for word in ("a\udc80", "a\udcff"):
+        with pytest.raises(UserError, match="holds bytes that are not text in this terminal's encoding"):
+            _refuse_undecodable(["generate", "--out", word])
+    _refuse_undecodable(["generate", "--out", "Ś.mp4", "\udc7f"])  # letters, and no byte kept as a surrogate

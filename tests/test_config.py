@@ -52,6 +52,7 @@ def test_named_recipes_resolve():
         (["sampling.guidance_scale=high"], "config key 'sampling.guidance_scale' takes a number, got 'high'$"),
         (["runtime.seed=null"],  # OmegaConf's own words: "Incompatible value 'None' for field of type 'int'"
          "^--set runtime.seed=null: config key 'runtime.seed' takes a whole number, got null \\(none\\): give a value$"),
+        (["sampling.guidance_scale=null"], "config key 'sampling.guidance_scale' takes a number, got null"),
         (["nokey"], "--set expects key=value"),
         (["=3"], "--set expects key=value"),
         (["sampling.guidance_scale=[1"], r"--set sampling.guidance_scale=\[1 cannot be read .*as in YAML"),
@@ -507,3 +508,8 @@ def test_an_unknown_key_is_told_the_setting_of_that_name_in_its_section(schema, 
         with pytest.raises(UserError) as told:
             load_config(schema, None, [f"{far_off}=5"])
         assert "did you mean" not in str(told.value)
+
+
+def test_a_switch_set_to_null_is_told_it_takes_true_or_false():
+    with pytest.raises(UserError, match=r"config key 'appearance.guidance' takes true or false, got null \(none\)"):
+        load_config(MotionConfig, None, ["appearance.guidance=null"])

@@ -232,3 +232,19 @@ def main_commands() -> list[str]:
     from vidbooth.cli.app import app
 
     return list(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("words", ["Connection closed by peer", "Connection reset by peer", "remote process exited",
+                                   "Broken pipe", "NCCL communicator was aborted"])
+def test_each_way_gloo_and_nccl_say_another_process_died_is_read_so(words, monkeypatch):
+    """Only in a run of several processes (mutation testing: one pattern of five had been tested)."""
+    import torch.distributed as dist
+
+    from vidbooth.errors import lost_another_process
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *args: 2)
+    assert lost_another_process(RuntimeError(f"[pair.cc:553] {words} [127.0.0.1]:38024"))
+    assert lost_another_process(dist.DistNetworkError("the store went away"))
+    monkeypatch.setattr(dist, "get_world_size", lambda *args: 1)
+    assert not lost_another_process(RuntimeError(words))
