@@ -332,3 +332,15 @@ def test_a_header_frame_count_is_the_duration_times_the_rate_rounded(tmp_path, m
 
     monkeypatch.setattr(video, "_ffmpeg_header", lambda path: {"duration": 1.99, "fps": 8.0})
     assert video_frame_count(tmp_path / "a.mp4") == 16
+
+
+def test_a_log_that_ends_without_describing_the_output_hands_back_its_last_lines():
+    """(mutation testing: without them a read waited 60 s, then said less)"""
+    import queue
+
+    from vidbooth.data.video import _read_log
+
+    head: queue.Queue = queue.Queue()
+    log = [b"ffmpeg version 6\n", b"[mov,mp4] moov atom not found\n", b"input.mp4: Invalid data found\n"]
+    _read_log(iter(log), head, [], [])
+    assert head.get_nowait().splitlines()[-1] == "input.mp4: Invalid data found"

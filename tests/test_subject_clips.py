@@ -63,6 +63,9 @@ def test_a_folder_of_frames_is_a_clip_too(tmp_path):
     (lambda f: (f / "clip1.txt").write_text("two subjects"), "does not contain 'subject'"),
     (lambda f: (f / "clip1.txt").write_bytes(b"\xff\xfe\x00a"), "UTF-8"),
     (lambda f: (f / "clip1.gif").write_bytes(b"GIF89a"), "are both clips named 'clip1'"),
+    # a .gif is a clip, never a photo: as its own photo it had been a clip of itself (mutation testing)
+    (lambda f: [(f / "clip1.png").unlink(), (f / "clip1.mp4").rename(f / "clip1.gif")],
+     "clip1.gif has no subject photo: add clip1.png"),
 ])
 def test_a_clip_without_what_it_needs_is_named_before_anything_loads(change, message, tmp_path):
     folder = make_subject_clips(tmp_path / "clips", count=3)
