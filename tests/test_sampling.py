@@ -201,3 +201,14 @@ def test_generate_writes_the_video_at_the_fps_asked_for(tiny_base_dirs, tmp_path
     assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out", str(out),
                  "--num-frames", "2", "--num-inference-steps", "1", "--fps", "12", "--device", "cpu"]) == 0
     assert video_fps(out) == 12.0
+
+
+def test_latents_the_decoder_turns_into_nan_are_an_error_not_a_video(tiny_backbones, monkeypatch):
+    """Finite latents can still decode to NaN or infinite pixels (nano at guidance 1e38): a preview of noise had been
+    saved with only numpy's 'invalid value encountered in cast' as a warning."""
+    bb = tiny_backbones["unet3d"]
+    decode = bb.decode_latents
+    monkeypatch.setattr(bb, "decode_latents", lambda *args, **kwargs: decode(*args, **kwargs) * float("inf"))
+    with pytest.raises(UserError, match=r"latents the decoder turns into NaN or infinite pixels \(ddim, 2 steps\): "
+                                        r"lower preview.guidance_scale \(--set preview.guidance_scale=N\)$"):
+        sample_video(bb, "x", num_frames=2, num_inference_steps=2, height=16, width=16, settings="preview")

@@ -227,14 +227,16 @@ def sample_video(
             steps = steps[i1:]
         latents = denoise(latents, steps, sched, bar, on_step)
 
+    guidance = _named(settings, "guidance_scale") if settings else "--guidance-scale"
+    advice = "run with --precision fp32 (or bf16)" if backbone.dtype == torch.float16 else f"lower {guidance}"
+    made = f"{scheduler}, {num_inference_steps} steps"
     if not torch.isfinite(latents).all():  # never write a video of garbage frames as if it were a result
-        guidance = _named(settings, "guidance_scale") if settings else "--guidance-scale"
-        advice = "run with --precision fp32 (or bf16)" if backbone.dtype == torch.float16 else f"lower {guidance}"
-        settings = f"{scheduler}, {num_inference_steps} steps"
-        raise UserError(f"sampling produced NaN or infinite values ({settings}): {advice}")
+        raise UserError(f"sampling produced NaN or infinite values ({made}): {advice}")
     if output_type == "latent":
         return latents
     video = backbone.decode_latents(latents, chunk_size=decode_chunk_size)  # (B, F, 3, H, W) in [-1, 1]
+    if not torch.isfinite(video).all():  # latents too large for the decoder (guidance 1e38 had saved noise)
+        raise UserError(f"sampling produced latents the decoder turns into NaN or infinite pixels ({made}): {advice}")
     if output_type == "pt":
         return video
     video = to_numpy_frames(video)
