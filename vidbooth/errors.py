@@ -65,6 +65,12 @@ class Interrupted(BaseException):
         self.exit_code = exit_code
 
 
+def unread_byte(character: str) -> bool:
+    """Whether `character` stands for a byte that the locale could not read as text (of a command line or a file
+    name): Python keeps such a byte as a lone surrogate, U+DC80 to U+DCFF, which no UTF-8 file can hold."""
+    return 0xDC80 <= ord(character) <= 0xDCFF
+
+
 class OutputClosed(BaseException):
     """The reader of the command's results went away (`vidbooth list | head -1`): the command stops without a word,
     exit 141, a shell's code for a process ended by SIGPIPE (Python raises an error in its place)."""

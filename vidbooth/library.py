@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from vidbooth.errors import Interrupted, UserError, held_stops, stopped, stopping_signal
+from vidbooth.errors import Interrupted, UserError, held_stops, stopped, stopping_signal, unread_byte
 from vidbooth.fileio import disk_full, exclusive_lock, sync_folder, sync_tree
 
 KINDS = {"subject": "subjects", "motion": "motions"}
@@ -93,7 +93,7 @@ def _why_refused(name: str) -> str:
         code = f"U+{ord(refused):04X}"
         if refused in "\r\n":
             return "a line break is not allowed"
-        if 0xDC80 <= ord(refused) <= 0xDCFF:  # how Python keeps a byte of the command line its locale cannot read
+        if unread_byte(refused):
             return "it holds bytes that are not text in this terminal's encoding (type it under LANG=C.UTF-8)"
         if not refused.isprintable():
             return f"a control character ({code}) is not allowed"

@@ -147,10 +147,10 @@ def _refuse_undecodable(argv: list[str]) -> None:
     """A UserError for an argument holding bytes that the locale could not read as text (Python keeps them as lone
     surrogates): written into a config or manifest, which are UTF-8 text, they had ended generate in a traceback
     after sampling. Python reads the command line as UTF-8 in every locale but a C one with PYTHONUTF8=0."""
-    from vidbooth.errors import UserError
+    from vidbooth.errors import UserError, unread_byte
 
     for word in argv:
-        if any(0xDC80 <= ord(c) <= 0xDCFF for c in word):
+        if any(map(unread_byte, word)):
             shown = word.encode("utf-8", "backslashreplace").decode()
             raise UserError(f"'{shown}' holds bytes that are not text in this terminal's encoding: run vidbooth "
                             "under a UTF-8 locale (LANG=C.UTF-8), or rename the file")
@@ -268,8 +268,10 @@ lone surrogates) as those bytes, as Python's surrogateescape writes them, and an
 
 
 def _escape(problem: UnicodeEncodeError) -> tuple[bytes, int]:
+    from vidbooth.errors import unread_byte
+
     text = problem.object[problem.start : problem.end]
-    return b"".join(bytes([ord(c) - 0xDC00]) if 0xDC80 <= ord(c) <= 0xDCFF else
+    return b"".join(bytes([ord(c) - 0xDC00]) if unread_byte(c) else
                     c.encode("ascii", "backslashreplace") for c in text), problem.end
 
 

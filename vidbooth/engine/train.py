@@ -246,8 +246,7 @@ def _warn_of_the_launchers_precision(precision: str, setting: str, on_cpu: bool)
 def _set_up_before_in_this_process(exc: ValueError) -> bool:
     """Whether `exc` is accelerate refusing another setting than an earlier Accelerator's, in a process that no
     launcher started (whose state, under one, the other processes share)."""
-    return "already been initialized" in str(exc) and reporting.process_count() == 1 \
-        and "LOCAL_RANK" not in os.environ and "WORLD_SIZE" not in os.environ
+    return "already been initialized" in str(exc) and reporting.process_count() == 1 and "LOCAL_RANK" not in os.environ
 
 
 def backbone_device(accelerator) -> str:
