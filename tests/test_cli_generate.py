@@ -43,6 +43,12 @@ def test_several_videos_of_a_prompt_come_from_one_run_and_are_scored_against_its
     assert yaml.safe_load((tmp_path / "take.yaml").read_text())["num_videos"] == 3
     assert main([*args, "--out", str(tmp_path / "one.mp4")]) == 0  # the first is the one video of that seed
     assert np.abs(read_video(tmp_path / "one.mp4").astype(int) - videos[0].astype(int)).max() <= 1
+    assert main([*args, "--num-videos", "3", "--batch-size", "2", "--out", str(tmp_path / "less.mp4")]) == 0
+    for k, video in enumerate(videos, start=1):  # fewer at once (less memory): the same videos (up to rounding)
+        difference = np.abs(read_video(tmp_path / f"less-{k}.mp4").astype(int) - video.astype(int))
+        assert difference.max() <= 3 and difference.mean() < 0.05, (k, difference.max(), difference.mean())
+    assert yaml.safe_load((tmp_path / "less.yaml").read_text())["batch_size"] == 2
+    assert main([*args, "--num-videos", "3", "--batch-size", "0", "--out", str(tmp_path / "no.mp4")]) == 2
     from vidbooth.eval.jobs import generated_prompt
 
     assert generated_prompt(tmp_path / "take-2.mp4") == "a dog"  # evaluate's prompt, from take.yaml

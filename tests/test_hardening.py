@@ -162,7 +162,7 @@ def test_running_out_of_memory_is_one_line_with_the_size_and_what_to_lower(photo
                  "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: out of memory (it asked for 372529.0 GiB at once)")
-    assert "(fewer --num-videos or --num-frames" in err[-1] and "--batch-size" not in err[-1] and not out.exists()
+    assert "(--batch-size 1 (the same videos, one at a time), fewer --num-frames" in err[-1] and not out.exists()
     assert "--gradient-checkpointing" not in err[-1]
 
     monkeypatch.setattr(generate_engine, "sample_videos", lambda *args: torch.zeros(2) @ torch.zeros(3))

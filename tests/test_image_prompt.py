@@ -272,6 +272,20 @@ def test_the_image_prompt_changes_the_video_and_its_tokens_alone_do_too(trained,
         model.remove()
 
 
+def test_an_image_prompt_gives_the_same_videos_whatever_the_batch_size(trained, tiny_backbones):
+    bb = tiny_backbones["unet3d"]
+    model = load_image_prompt_model(bb, trained)
+    try:
+        photo = render_photos(Sprite("circle", "red", "solid"), 1, 32)[0]
+        cond = prepare_image_prompt(model, photo, "a sprite", torch.Generator().manual_seed(1), num_videos=3)
+        videos = [sample_video(bb, ["a sprite"] * 3, num_frames=2, num_inference_steps=3, guidance_scale=3.0,
+                               generator=torch.Generator().manual_seed(0), output_type="latent", batch_size=size,
+                               prompt_embeds=cond.prompt_embeds, before_unet=cond.before_unet) for size in (None, 2)]
+        assert torch.allclose(videos[1], videos[0], atol=1e-5) and (videos[0][0] - videos[0][2]).abs().mean() > 0.1
+    finally:
+        model.remove()
+
+
 def _stop_in_fine(cfg: ImagePromptConfig, monkeypatch) -> None:
     """Train `cfg` until its fine stage starts, where it stops as a killed run would."""
     import vidbooth.engine.train as engine

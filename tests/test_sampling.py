@@ -57,6 +57,37 @@ def test_ddim_eta_adds_noise_drawn_from_the_generator(tiny_backbones):
     assert np.array_equal(run(1.0), run(1.0)) and np.abs(run(1.0) - run(0.0)).max() > 0.05
 
 
+@pytest.mark.parametrize("case", ["ddim eta 1", "dpm++", "conditional-only adapter"])
+def test_each_video_is_the_same_whatever_the_batch_size(tiny_backbones, case):
+    """--batch-size denoises fewer videos at once for less memory: each video keeps its own prompt and noise, DDIM's
+    eta noise included, and the generator is left where one batch leaves it."""
+    import copy
+
+    from vidbooth.adapters.base import adapters_of
+    from vidbooth.adapters.identity import inject_identity_adapter, mark_conditional_only
+
+    bb = tiny_backbones["unet3d"]
+    if case == "conditional-only adapter":
+        bb = copy.deepcopy(bb)
+        inject_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), 0.5)
+        for adapter in adapters_of(bb.unet, "identity").values():
+            torch.nn.init.normal_(adapter.up.weight, std=0.1)
+        mark_conditional_only(bb.unet)
+
+    def run(batch_size):
+        generator = torch.Generator().manual_seed(5)
+        latents = sample_video(bb, ["a cat", "a dog", "a red dog"], num_frames=2, num_inference_steps=3,
+                               guidance_scale=4.0, generator=generator, output_type="latent",
+                               scheduler="dpm++" if case == "dpm++" else "ddim", eta=1.0 if "eta" in case else 0.0,
+                               batch_size=batch_size)
+        return latents, torch.rand(1, generator=generator)
+
+    (whole, after), *others = [run(size) for size in (None, 1, 2)]
+    for latents, then in others:
+        assert (latents - whole).abs().max() < 1e-5 * whole.abs().max() and torch.equal(then, after)
+    assert (whole[0] - whole[1]).abs().mean() > 0.1
+
+
 def test_seed_determinism_and_guidance_effect(tiny_backbones):
     bb = tiny_backbones["unet3d"]
     run = lambda seed, gs: sample_video(bb, "a cat", num_frames=3, num_inference_steps=3, guidance_scale=gs,

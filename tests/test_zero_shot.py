@@ -164,6 +164,16 @@ def test_the_video_is_the_same_for_any_chunk_size(image_model):
     assert (videos[0][:, :, 1:] - videos[0][:, :, :1]).abs().mean() > 0.1
 
 
+def test_the_videos_are_the_same_whatever_the_batch_size(image_model):
+    """The frames' noise (drawn when they are made from the first) and DDIM's eta noise are each video's own: a
+    video is the same denoised alone or with others."""
+    videos = [sample_video(image_model, ["a cat", "a dog", "a red dog"], num_frames=3, num_inference_steps=3,
+                           guidance_scale=3.0, eta=1.0, generator=torch.Generator().manual_seed(1),
+                           output_type="latent", batch_size=size) for size in (None, 2)]
+    assert torch.allclose(videos[1], videos[0], atol=1e-5)
+    assert (videos[0][0] - videos[0][2]).abs().mean() > 0.1
+
+
 def test_one_sampling_step_makes_a_video_too(image_model):
     """A one-step preview: the first frame denoised whole, translated, noised back to the start, then every frame
     denoised in one step (two UNet calls)."""

@@ -313,7 +313,7 @@ def os_error_message(exc: OSError) -> str | None:
 
 
 LESS_AT_ONCE = {
-    "generate": "fewer --num-videos or --num-frames, a smaller --height/--width",
+    "generate": "--batch-size 1 (the same videos, one at a time), fewer --num-frames, a smaller --height/--width",
     "demo": "fewer --num-videos, or --fast",
     "evaluate": "a smaller --batch-size",
     "pretrain": "a smaller --set unet.batch=N (or autoencoder.batch, clip.batch), or a smaller --set arch.size=N",

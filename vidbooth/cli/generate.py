@@ -19,6 +19,10 @@ def generate(
         None, "--num-videos", metavar="N", help="Videos of the prompt, each with its own noise (default 1): "
         "<out>-1.mp4 ... <out>-N.mp4, one contact sheet and one config."
     ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", metavar="N", help="Videos denoised at once (default: all of --num-videos); fewer take "
+        "less memory and give the same videos."
+    ),
     negative_prompt: str = typer.Option(
         None, "--negative-prompt", metavar="TEXT", help="What to steer away from (with guidance)."
     ),
@@ -94,6 +98,7 @@ def generate(
         "prompt": prompt,
         "out": out,
         "num_videos": num_videos,
+        "batch_size": batch_size,
         "sampling.negative_prompt": negative_prompt,
         "sampling.num_frames": num_frames,
         "sampling.height": height,

@@ -135,9 +135,10 @@ class GenerateConfig:
     out: str = "out.mp4"
     """Output video (.mp4 or .gif); a contact sheet PNG and the resolved config are written beside it."""
     num_videos: int = 1
-    """Videos of the prompt, each with its own noise, sampled in one batch: more than one are written as
-    <out>-1.mp4 ... <out>-N.mp4 (the first is the one video of the same seed), with one contact sheet (a row per
-    video) and one config."""
+    """Videos of the prompt, each with its own noise: more than one are written as <out>-1.mp4 ... <out>-N.mp4 (the
+    first is the one video of the same seed), with one contact sheet (a row per video) and one config."""
+    batch_size: int | None = None
+    """Videos the UNet denoises at once (None: all num_videos); each video is the same whatever it is."""
     subjects: list[str] = field(default_factory=list)
     """Learned subjects to use (library names); their tokens go into the prompt."""
     motion: str | None = None
@@ -164,6 +165,8 @@ class GenerateConfig:
         hint = " (0: the adapter off, 1: as trained)"
         checks.at_least("num_videos", self.num_videos, 1, "--num-videos")
         checks.at_most("num_videos", self.num_videos, checks.MAX_VIDEOS, "--num-videos")
+        if self.batch_size is not None:
+            checks.at_least("batch_size", self.batch_size, 1, "--batch-size")
         checks.non_negative("subject_scale", self.subject_scale, "--subject-scale", hint)
         checks.non_negative("motion_scale", self.motion_scale, "--motion-scale", hint)
         checks.non_negative("image_prompt_scale", self.image_prompt_scale, "--image-prompt-scale",

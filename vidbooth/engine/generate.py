@@ -270,8 +270,8 @@ def _image_prompt(backbone, cfg: GenerateConfig, photo, path: Path, prompt: str)
 
 def sample_videos(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: str, image_prompt=None):
     """`cfg.num_videos` videos (N, F, H, W, 3) uint8 for `prompt` and `negative_prompt` with the other sampling
-    settings of `cfg`, in one batch whose noise is drawn at once (the first video is the one of a single-video run
-    with the same seed); `image_prompt`: an `ImagePromptCondition` to show its subject."""
+    settings of `cfg`, `cfg.batch_size` at a time, their noise drawn at once (the first video is the one of a
+    single-video run with the same seed); `image_prompt`: an `ImagePromptCondition` to show its subject."""
     import torch
 
     from vidbooth.engine.sampling import sample_video
@@ -294,4 +294,5 @@ def sample_videos(backbone, cfg: GenerateConfig, prompt: str, negative_prompt: s
         zero_shot=s.zero_shot,
         prompt_embeds=image_prompt.prompt_embeds if image_prompt else None,
         before_unet=image_prompt.before_unet if image_prompt else None,
+        batch_size=cfg.batch_size,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -131,25 +131,25 @@ def sample_video(
     eta: float = 0.0,
     decode_chunk_size: int = 8,
     output_type: str = "uint8",
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
     description: str = "sampling",
     zero_shot: ZeroShotConfig | None = None,
     prompt_embeds: torch.Tensor | None = None,
     before_unet: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     settings: str | None = None,
+    batch_size: int | None = None,
 ):
     """Generate videos for `prompt`.
 
     output_type: 'uint8' -> (B, F, H, W, 3) uint8; 'np' -> the same in float32 [0, 1] (as diffusers);
     'pt' -> (B, F, 3, H, W) float in [-1, 1]; 'latent' -> (B, C, F, h, w).
-    `on_step(i, latents)` is called after every step (e.g. to change adapter conditions). `description` names the
-    progress bar: what is being sampled ('preview', 'class images', a demo variant). An image model without a motion
-    adapter makes videos of several frames with Text2Video-Zero (`zero_shot`'s settings, default ones if None):
-    the first frame alone is denoised for a few more steps, and `on_step` sees only the steps of all frames.
+    `description` names the progress bar: what is being sampled ('preview', 'class images', a demo variant). An
+    image model without a motion adapter makes videos of several frames with Text2Video-Zero (`zero_shot`'s
+    settings, default ones if None): the first frame alone is denoised for a few more steps.
     `prompt_embeds` (B, L, D), when given, replace the encoded `prompt` (an image prompt's tokens in them);
     `before_unet(t, text_embeds)` runs before every UNet call (an image prompt's pass at that timestep).
     `settings`: the config section whose keys set these (a training's `preview` or `prior`), which messages name in
-    place of generate's flags.
+    place of generate's flags. `batch_size`: videos the UNet denoises at once (None: all); each video is the same
+    whatever it is (up to the rounding of kernels at another batch size), its noise cut from the whole batch's.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -185,15 +185,17 @@ def sample_video(
 
         latents = randn_tensor(shape, generator=generator, device=backbone.device, dtype=backbone.dtype)
     latents = latents.to(backbone.device, backbone.dtype) * sched.init_noise_sigma
-    step_kwargs = _step_kwargs(sched, generator, eta)
     zero_shot_steps = None
     if backbone.family == ZERO_SHOT and num_frames > 1:
         zero_shot = zero_shot or ZeroShotConfig()
         check_strengths(zero_shot, height, width)
         zero_shot_steps = warp_steps(num_inference_steps, zero_shot.t0, zero_shot.t1)
+    accepted = inspect.signature(sched.step).parameters
+    eta_noise = eta > 0 and "variance_noise" in accepted  # DDIM's noise, drawn here (BatchDraws)
+    step_kwargs = {"eta": eta} if "eta" in accepted else {}  # dpm++ (2M) draws none
 
-    def denoise(latents, steps, sched, bar, on_step=None):
-        for i, t in steps:
+    def denoise(latents, text, steps, sched, draws, bar):
+        for t in steps:
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = sched.scale_model_input(model_in, t)
             if before_unet is not None:
@@ -205,27 +207,43 @@ def sample_video(
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)
-            latents = sched.step(noise, t, latents, **step_kwargs).prev_sample
-            if on_step is not None:
-                on_step(i, latents)
+            drawn = {"variance_noise": draws.randn(noise.shape, noise.device, noise.dtype)} if eta_noise else {}
+            latents = sched.step(noise, t, latents, **step_kwargs, **drawn).prev_sample
             bar.advance()
         return latents
 
-    steps = list(enumerate(sched.timesteps))
-    halves = conditional_half_only(backbone.unet, len(prompts)) if guided else contextlib.nullcontext()
-    extra_steps = zero_shot_steps[1] if zero_shot_steps else 0
-    with progress(description, total=len(steps) + extra_steps) as bar, halves:
+    def sample(latents, text, draws, bar):  # one batch of videos
+        sched = make_scheduler(scheduler, backbone.scheduler_config)
+        set_timesteps(sched, num_inference_steps, backbone.device)
+        steps = list(sched.timesteps)
         if zero_shot_steps:  # Text2Video-Zero: the first frame alone to t1, then t0; the others made from it
             i1, i0 = zero_shot_steps
-            first_at_t1 = denoise(latents[:, :, :1], steps[:i1], sched, bar)
-            first_at_t0 = denoise(first_at_t1, steps[i1:i0], sched, bar)
-            alphas = [float(sched.alphas_cumprod[int(t)]) for _, t in steps] + [1.0]  # after the last step: clean
-            others = other_frames(first_at_t0, num_frames, zero_shot, height, width, alphas[i0], alphas[i1], generator)
+            first_at_t1 = denoise(latents[:, :, :1], text, steps[:i1], sched, draws, bar)
+            first_at_t0 = denoise(first_at_t1, text, steps[i1:i0], sched, draws, bar)
+            alphas = [float(sched.alphas_cumprod[int(t)]) for t in steps] + [1.0]  # after the last step: clean
+            others = other_frames(first_at_t0, num_frames, zero_shot, height, width, alphas[i0], alphas[i1], draws)
             latents = torch.cat([first_at_t1, others], dim=2)
             sched = make_scheduler(scheduler, backbone.scheduler_config)  # a multistep solver starts afresh at t1
             set_timesteps(sched, num_inference_steps, backbone.device)
             steps = steps[i1:]
-        latents = denoise(latents, steps, sched, bar, on_step)
+        return denoise(latents, text, steps, sched, draws, bar)
+
+    count = len(prompts)
+    batch_size = min(batch_size or count, count)
+    batches = [range(first, min(first + batch_size, count)) for first in range(0, count, batch_size)]
+    state = generator.get_state() if generator is not None else None  # each batch draws from it afresh
+    extra_steps = zero_shot_steps[1] if zero_shot_steps else 0
+    with progress(description, total=(len(sched.timesteps) + extra_steps) * len(batches)) as bar:
+        done = []
+        for videos in batches:
+            draws = BatchDraws(generator, state, count, videos)
+            rows = [*videos, *(count + v for v in videos)] if guided else list(videos)
+            halves = conditional_half_only(backbone.unet, len(videos)) if guided else contextlib.nullcontext()
+            with halves:
+                done.append(sample(latents[videos.start:videos.stop], text[rows], draws, bar))
+            if generator is not None:  # left where the whole batch's draws leave it
+                generator.set_state(draws.generator.get_state())
+        latents = torch.cat(done)
 
     guidance = _named(settings, "guidance_scale") if settings else "--guidance-scale"
     advice = "run with --precision fp32 (or bf16)" if backbone.dtype == torch.float16 else f"lower {guidance}"
@@ -259,11 +277,24 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
     return (video * 255).round().astype(np.uint8)
 
 
-def _step_kwargs(scheduler, generator, eta: float) -> dict:
-    accepted = set(inspect.signature(scheduler.step).parameters)
-    kwargs = {}
-    if "eta" in accepted:
-        kwargs["eta"] = eta
-    if "generator" in accepted:
-        kwargs["generator"] = generator
-    return kwargs
+class BatchDraws:
+    """The random draws of a sampling run for `videos` (indices) of a batch of `total`, each cut from the draw that
+    the whole batch makes from `generator` at `state` (its state when sampling began): a video's noise is the same
+    whatever batch it is denoised in. Without a generator, fresh noise."""
+
+    def __init__(self, generator: torch.Generator | None, state: torch.Tensor | None, total: int,
+                 videos: Sequence[int]):
+        self.generator, self.total, self.videos = generator, total, videos
+        if generator is not None:
+            self.generator = torch.Generator(generator.device)
+            self.generator.set_state(state)
+
+    def randn(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+        """Normal noise of `shape`, whose first dimension holds the same number of rows for each video."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        rows = shape[0] // len(self.videos)
+        if self.generator is None or len(self.videos) == self.total:
+            return randn_tensor(tuple(shape), generator=self.generator, device=device, dtype=dtype)
+        whole = randn_tensor((rows * self.total, *shape[1:]), generator=self.generator, device=device, dtype=dtype)
+        return whole.unflatten(0, (self.total, rows))[list(self.videos)].flatten(0, 1)

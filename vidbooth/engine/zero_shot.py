@@ -75,18 +75,17 @@ def renoise(latents: torch.Tensor, alpha_t0: float, alpha_t1: float, noise: torc
 
 def other_frames(
     first_at_t0: torch.Tensor, num_frames: int, settings: ZeroShotConfig, height: int, width: int,
-    alpha_t0: float, alpha_t1: float, generator: torch.Generator | None,
+    alpha_t0: float, alpha_t1: float, draws,
 ) -> torch.Tensor:
     """Frames 1 to num_frames - 1 at t1, (B, C, F - 1, h, w), from the first frame's latents at t0 (B, C, 1, h, w):
     translated by `settings`' motion field, then noised back from cumulative alpha `alpha_t0` to `alpha_t1`. The
-    noise is drawn frame by frame, as diffusers' pipeline draws it for its one video."""
-    from diffusers.utils.torch_utils import randn_tensor
-
+    noise is drawn frame by frame, as diffusers' pipeline draws it for its one video, from `draws` (a
+    `sampling.BatchDraws`)."""
     moved = translate_frames(
         first_at_t0, num_frames, settings.motion_field_strength_x, settings.motion_field_strength_y, height, width
     )
     b, c, f, h, w = moved.shape
-    noise = randn_tensor((b * f, c, h, w), generator=generator, device=moved.device, dtype=moved.dtype)
+    noise = draws.randn((b * f, c, h, w), moved.device, moved.dtype)
     return renoise(moved, alpha_t0, alpha_t1, noise.unflatten(0, (b, f)).transpose(1, 2))
 
 
