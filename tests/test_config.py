@@ -149,8 +149,17 @@ def test_a_recipe_that_is_not_utf8_says_so(tmp_path):
 
 
 def test_bad_recipe(tmp_path):
-    with pytest.raises(UserError, match="recipe 'nope' not found.*zeroscope/generate"):
+    from vidbooth.config.evaluate import EvaluateConfig
+    from vidbooth.config.motion import MotionConfig
+
+    with pytest.raises(UserError, match="^recipe 'nope' not found: give a YAML file or one of: animatediff/generate, "
+                                        "modelscope/generate, nano/generate, .*zeroscope/generate$") as caught:
         load_config(GenerateConfig, "nope")
+    assert "motion" not in str(caught.value)  # the command's recipes only (it had listed all 18)
+    with pytest.raises(UserError, match="or one of: animatediff/motion, .*zeroscope/motion$"):
+        load_config(MotionConfig, "zeroscope")  # a model's name alone
+    with pytest.raises(UserError, match=r"^recipe 'nope' not found: give a YAML file \(this command ships none\)$"):
+        load_config(EvaluateConfig, "nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text("sampling: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):

@@ -10,3 +10,8 @@ except PackageNotFoundError:  # run from a checkout that was never installed
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 """The shipped recipes (a link to the top-level recipes/, packaged): recipes/<model>/<command>.yaml."""
+
+
+def shipped_recipes(kind: str) -> list[str]:
+    """The recipes shipped for a command's recipe name `kind` ('motion' -> ['animatediff/motion', ...])."""
+    return sorted(f"{path.parent.name}/{kind}" for path in RECIPES_DIR.glob(f"*/{kind}.yaml"))

@@ -5,15 +5,10 @@ from __future__ import annotations
 import typer
 
 
-def shipped_recipes(command: str) -> list[str]:
-    """The recipes shipped for `command` ('motion' -> ['animatediff/motion', ...])."""
-    from vidbooth import RECIPES_DIR
-
-    return sorted(f"{path.parent.name}/{command}" for path in RECIPES_DIR.glob(f"*/{command}.yaml"))
-
-
 def recipe(command: str):
     """--recipe of a command whose recipes are shipped as recipes/<model>/<command>.yaml."""
+    from vidbooth import shipped_recipes
+
     return typer.Option(
         None, "--recipe", "-r", metavar="RECIPE",
         help=f"Recipe: a YAML file, or a shipped one ({', '.join(shipped_recipes(command))}), whose settings replace "

@@ -6,6 +6,7 @@ YAML key = dataclass field = flag name; the recipe lives in `recipes/nano/image-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from vidbooth.config import checks
 from vidbooth.config.schema import BackboneConfig, RuntimeConfig
@@ -34,6 +35,8 @@ class ImagePromptDataConfig:
 
 @dataclass
 class ImagePromptConfig:
+    RECIPES: ClassVar[str] = "image-prompt"
+    """The name of this command's shipped recipes, recipes/<model>/image-prompt.yaml."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: ImagePromptDataConfig = field(default_factory=ImagePromptDataConfig)

@@ -10,14 +10,15 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from vidbooth import RECIPES_DIR
+from vidbooth import RECIPES_DIR, shipped_recipes
 from vidbooth.errors import UserError, yaml_problem
 
 T = TypeVar("T")
 
 
-def find_recipe(recipe: str) -> Path:
-    """A recipe is a YAML path, or a name under `recipes/` such as 'zeroscope/generate'."""
+def find_recipe(recipe: str, kind: str | None = None) -> Path:
+    """A recipe is a YAML path, or a name under `recipes/` such as 'zeroscope/generate'; `kind`: the command's
+    recipe name ('generate'), whose shipped recipes alone an unknown one is told."""
     path = Path(recipe).expanduser()  # --recipe=~/r.yaml reaches us with its ~
     if path.is_file():
         return path
@@ -26,8 +27,9 @@ def find_recipe(recipe: str) -> Path:
     candidate = RECIPES_DIR / (recipe if recipe.endswith(".yaml") else recipe + ".yaml")
     if candidate.is_file():
         return candidate
-    known = sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml"))
-    raise UserError(f"recipe '{recipe}' not found: give a YAML file or one of: {', '.join(known) or 'none'}")
+    known = shipped_recipes(kind) if kind else []
+    shipped = f" or one of: {', '.join(known)}" if known else " (this command ships none)"
+    raise UserError(f"recipe '{recipe}' not found: give a YAML file{shipped}")
 
 
 SHIPPED_BASE = "nano"
@@ -169,7 +171,7 @@ def load_config(
     try:
         merged = OmegaConf.structured(schema)
         if recipe:
-            path = find_recipe(recipe)
+            path = find_recipe(recipe, getattr(schema, "RECIPES", None))
             try:
                 loaded = OmegaConf.load(path)
             except UnicodeDecodeError as exc:

@@ -6,6 +6,7 @@ YAML key = dataclass field = flag name; recipes live in `recipes/<base>/motion.y
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from vidbooth.config import checks
 from vidbooth.config.schema import BackboneConfig, RuntimeConfig
@@ -60,6 +61,8 @@ class PreviewConfig:
 
 @dataclass
 class MotionConfig:
+    RECIPES: ClassVar[str] = "motion"
+    """The name of this command's shipped recipes, recipes/<model>/motion.yaml."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, steps=1000))

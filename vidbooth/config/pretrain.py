@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from vidbooth.config import checks
 from vidbooth.config.train import MAX_BATCH_SIZE
@@ -90,6 +91,8 @@ def check_run_folder(run: Path, resume: bool, holds_a_run: bool) -> None:
 
 @dataclass
 class PretrainConfig:
+    RECIPES: ClassVar[str] = "pretrain"
+    """The name of this command's shipped recipes, recipes/<model>/pretrain.yaml."""
     arch: NanoArch = field(default_factory=NanoArch)
     autoencoder: AutoencoderStage = field(default_factory=AutoencoderStage)
     clip: ClipStage = field(default_factory=ClipStage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from vidbooth.config import checks
 from vidbooth.errors import UserError
@@ -128,6 +129,8 @@ class SamplingConfig:
 
 @dataclass
 class GenerateConfig:
+    RECIPES: ClassVar[str] = "generate"
+    """The name of this command's shipped recipes, recipes/<model>/generate.yaml."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -10,6 +10,7 @@ import math
 import os
 import string
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from vidbooth.config import checks
 from vidbooth.config.schema import BackboneConfig, RuntimeConfig
@@ -133,6 +134,8 @@ class SubjectPreviewConfig:
 
 @dataclass
 class SubjectConfig:
+    RECIPES: ClassVar[str] = "subject"
+    """The name of this command's shipped recipes, recipes/<model>/subject.yaml."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: SubjectDataConfig = field(default_factory=SubjectDataConfig)
