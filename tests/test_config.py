@@ -43,8 +43,8 @@ def test_named_recipes_resolve():
     "sets, message",
     [
         (["sampling.bogus=1"],
-         r"^--set sampling.bogus=1: config key 'sampling.bogus' is not a setting: docs/generate.md lists the "
-         "settings$"),
+         r"^--set sampling.bogus=1: config key 'sampling.bogus' is not a setting: docs/generate.md in the vidbooth "
+         "repository lists the settings$"),
         (["sampling.num_frame=3"], r"^--set sampling.num_frame=3: config key 'sampling.num_frame' is not a setting "
                                    r"\(did you mean 'sampling.num_frames'\?\)"),
         (["sampling.num_frames=many"],
@@ -257,7 +257,7 @@ def test_a_recipe_for_another_command_or_not_a_mapping_is_one_clear_error(tmp_pa
         load_config(SubjectConfig, str(typo))
     typo.write_text("dataa:\n  flip: true\n")
     with pytest.raises(UserError, match=r"config key 'dataa' is not a setting \(did you mean 'data'\?\): "
-                       r"docs/subject.md lists the settings$"):  # not also "another command"
+                       r"docs/subject.md in the vidbooth repository lists the settings$"):  # not "another command"
         load_config(SubjectConfig, str(typo))
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n")

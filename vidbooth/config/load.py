@@ -113,7 +113,7 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
         meant = _meant(key, schema) if schema is not None else []
         guess = f" (did you mean {' or '.join(repr(m) for m in meant)}?)" if meant else ""
         page = SETTINGS_PAGES.get(getattr(schema, "__name__", ""))
-        listed = f": docs/{page}.md lists the settings" if page else ""
+        listed = f": docs/{page}.md in the vidbooth repository lists the settings" if page else ""
         return f"config key '{key}' is not a setting{guess}{listed}"
     if key and (converted := re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)$", msg)):
         kind = _VALUE_KINDS.get(converted.group(2), converted.group(2).lower())
