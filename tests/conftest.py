@@ -129,6 +129,33 @@ def tiny_vit_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def fails_rather_than_hangs():
+    """The test fails after `HANG_SECONDS` instead of running on: a bad input let through (an uncapped
+    grad_accumulation, 2**31 micro-batches a step) would loop for days, and pytest-timeout is not a dependency.
+    Where there is no SIGALRM (Windows) the test runs without the limit."""
+    import signal
+
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def hung(signum, frame):
+        raise TimeoutError(f"still running after {HANG_SECONDS} s: an input that should be refused was let through")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(HANG_SECONDS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+HANG_SECONDS = 300
+"""How long a test under `fails_rather_than_hangs` may run: its refusal takes seconds on 2 slow cores."""
+
+
+@pytest.fixture
 def fresh_accelerate_state():
     """One process holds one mixed-precision setting; reset it around a test that needs another (as accelerate's
     own test cases do). The fixture's value resets it again, for a test that changes it part-way."""

@@ -13,6 +13,8 @@ import pytest
 import badinputs
 from vidbooth.cli.app import main
 
+pytestmark = pytest.mark.usefixtures("fails_rather_than_hangs")  # a bad number let through may loop for days
+
 FAST = ["--class-noun", "ball", "--steps", "1", "--device", "cpu", "--batch-size", "1", "--set", "data.resolution=16",
         "--set", "preview.enabled=false"]
 

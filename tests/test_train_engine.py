@@ -909,6 +909,20 @@ def test_steps_the_fp16_loss_scaler_skipped_are_counted_and_many_are_warned_of(t
                       "identity.train.mixed_precision=bf16 or no) or with a lower learning rate"]
 
 
+@pytest.mark.parametrize("ran, skipped, warned_of", [(100, 10, False), (100, 11, True), (20, 3, False), (20, 4, True),
+                                                     (110, 10, False), (50, 6, True)])
+def test_skipped_steps_are_warned_of_above_a_tenth_of_the_run_and_above_three(ran, skipped, warned_of, monkeypatch):
+    """(mutation testing: the 10% boundary and the floor of 3 had no test)"""
+    import badinputs
+
+    warned = badinputs.capture_warnings(monkeypatch)
+    result = engine.TrainResult(step=ran + 5, start_step=5, skipped_steps=skipped)
+    engine._warn_of_skipped_steps(result, config(), SimpleNamespace(is_main_process=True))
+    assert bool(warned) == warned_of
+    engine._warn_of_skipped_steps(result, config(), SimpleNamespace(is_main_process=False))  # the others: silent
+    assert bool(warned) == warned_of and len(warned) <= 1
+
+
 def test_once_a_command_is_failing_a_signal_is_only_noted(tmp_path, accelerator):
     """A run that lost another process is about to say so: the launcher's SIGTERM to it, arriving as the error
     propagates, had been raised in its place ('stopped by SIGTERM', the step and checkpoint untold) by the command
