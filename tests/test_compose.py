@@ -227,6 +227,15 @@ def test_subject_and_motion_load_on_one_backbone(library):
     assert "S*" in bb.tokenizer.get_vocab()
 
 
+def test_loading_a_subject_and_a_motion_leaves_the_callers_random_stream_as_it_was(library):
+    """Their adapters' initial weights, replaced by the stored ones, had been drawn from torch's global stream: a
+    notebook's own draws after a load came out otherwise."""
+    bb = fresh()
+    before = torch.random.get_rng_state()
+    apply_personalisation(bb, "a S* dog running", ["S*"], "wave")
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_either_may_be_omitted(library):
     bb = fresh()
     only_motion = apply_personalisation(bb, "a cat", [], "wave")

@@ -272,6 +272,12 @@ def test_the_image_prompt_changes_the_video_and_its_tokens_alone_do_too(trained,
         model.remove()
 
 
+def test_loading_an_image_prompt_model_leaves_the_callers_random_stream_as_it_was(trained, tiny_backbones):
+    before = torch.random.get_rng_state()
+    load_image_prompt_model(tiny_backbones["unet3d"], trained).remove()
+    assert torch.equal(torch.random.get_rng_state(), before)  # its initial weights, replaced, had been drawn
+
+
 def test_an_image_prompt_gives_the_same_videos_whatever_the_batch_size(trained, tiny_backbones):
     bb = tiny_backbones["unet3d"]
     model = load_image_prompt_model(bb, trained)

@@ -113,7 +113,8 @@ def load_identity_adapter(
         hidden_ratio = hidden_ratio_of(json.loads(metadata["hidden_ratio"]))
     except ValueError as exc:  # not JSON, or not a ratio training makes: checked before the adapters are built
         raise UserError(f"{path}: its metadata is damaged ({exc}): train the identity adapter again") from exc
-    inject_identity_adapter(unet, held or cross_attention_layers, hidden_ratio, kind)
+    with torch.random.fork_rng(devices=[]):  # initial weights, replaced below: the caller's stream stays as it was
+        inject_identity_adapter(unet, held or cross_attention_layers, hidden_ratio, kind)
     try:
         load_adapter_state_dict(unet, kind, tensors, str(path))
     except UserError:

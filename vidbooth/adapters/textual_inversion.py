@@ -174,5 +174,6 @@ def load_learned_embeddings(
         raise UserError(f"{path} holds the pseudo-word '{token}' of {rows.shape[0]} vector(s), but the subject's "
                         f"manifest records '{expected[0] or token}' of {expected[1]} (altered since): retrain the "
                         "subject")
-    add_placeholder_tokens(tokenizer, text_encoder, placeholder_tokens(token, rows.shape[0]), rows)
+    with torch.random.fork_rng(devices=[]):  # the grown matrix's initial rows, replaced: the caller's stream is kept
+        add_placeholder_tokens(tokenizer, text_encoder, placeholder_tokens(token, rows.shape[0]), rows)
     return token, rows.shape[0]

@@ -257,7 +257,8 @@ def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePrompt
     if encoder.dim != spec.image_dim:
         raise UserError(f"image-prompt model {path} reads {spec.image_dim}-wide image embeddings; {encoder.name} "
                         f"gives {encoder.dim}")
-    model = ImagePromptModel(backbone, spec, encoder)
+    with torch.random.fork_rng(devices=[]):  # initial weights, replaced below: the caller's stream stays as it was
+        model = ImagePromptModel(backbone, spec, encoder)
     try:
         model.load_state_dict(tensors, str(path))
     except UserError:

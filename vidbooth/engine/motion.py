@@ -470,7 +470,8 @@ def load_motion(backbone: Backbone, name: str, scale: float = 1.0) -> dict:
     if "spec" not in metadata:
         raise UserError(f"{file} lacks its adapter config in the metadata: {redo(file.parent)}")
     spec = motion_spec_of(file, metadata["spec"], tensors)
-    inject_motion_adapter(backbone.unet, backbone.temporal_layers(), spec)
+    with torch.random.fork_rng(devices=[]):  # initial weights, replaced below: the caller's stream stays as it was
+        inject_motion_adapter(backbone.unet, backbone.temporal_layers(), spec)
     try:
         load_motion_state_dict(backbone.unet, tensors, str(file))
     except UserError:
