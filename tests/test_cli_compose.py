@@ -46,6 +46,25 @@ def test_generate_with_subject_and_motion(tiny_base_dirs, world_inputs, tmp_path
             "from the one made with it") in err and "motion 'M' was" not in err
     assert np.array_equal(read_video(out), read_video(tmp_path / "rerun.mp4"))  # the same files in fact: the same
 
+    # retrained by another run while the model loaded: what was loaded may mix the two, and the config name the first
+    import json
+
+    from vidbooth import library
+    from vidbooth.engine import backbone as backbone_module
+
+    load = backbone_module.load_backbone_for
+
+    def load_while_retrained(*args, **kwargs):
+        manifest = library.artifact_dir("subject", "S*") / library.MANIFEST
+        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"trained": "again"}))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(backbone_module, "load_backbone_for", load_while_retrained)
+    assert main([*args, "--out", str(tmp_path / "mixed.mp4")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("error: subject 'S*' was replaced while generate "
+                                                               "loaded it (retrained by another run?): run generate again")
+    assert not list(tmp_path.glob("mixed*")) and not list(tmp_path.glob(".mixed*"))
+
 
 def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_path, capsys):
     photos, clip = world_inputs

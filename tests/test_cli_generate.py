@@ -373,6 +373,25 @@ def test_a_sigterm_that_a_library_turns_into_its_own_error_still_stops_the_comma
     assert not list(tmp_path.iterdir())
 
 
+def test_a_second_generate_of_the_same_output_is_refused_while_the_first_runs(tiny_base_dirs, tmp_path, capsys):
+    """Two runs of one --out had each renamed its files in: a video of one beside the other's sheet and config."""
+    import os
+
+    from vidbooth.fileio import lock_beside
+
+    args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--frames", "2", "--steps", "1"]
+    with lock_beside(tmp_path / ".take", lambda owner: owner):  # another generate of take.mp4, of take.gif, ...
+        for out in ("take.mp4", "take.gif"):
+            assert main([*args, "--num-videos", "2", "--out", str(tmp_path / out)]) == 2
+            assert capsys.readouterr().err.strip().splitlines()[-1] == (
+                f"error: another generate (pid {os.getpid()}) is writing {tmp_path / 'take'}.* (--out "
+                f"{tmp_path / out}): wait for it to finish, or give another --out")
+        assert main([*args, "--out", str(tmp_path / "other.mp4")]) == 0  # another output: free
+    assert main([*args, "--out", str(tmp_path / "take.mp4")]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other.mp4", "other.png", "other.yaml", "take.mp4",
+                                                                "take.png", "take.yaml"]  # the lock files are gone
+
+
 def test_files_beside_the_output_that_no_video_owns_are_not_replaced(tiny_base_dirs, tmp_path, capsys):
     """`generate --recipe r/corgi.yaml --out r/corgi.mp4` had overwritten the recipe (and a corgi.png beside it)."""
     recipe = tmp_path / "corgi.yaml"

@@ -649,3 +649,73 @@ def test_a_manifest_may_name_only_the_artifacts_own_files(isolated_home, tmp_pat
             with pytest.raises(UserError, match=rf"paths.{key} names .*, not a file of the artifact .* "
                                                 r"retrain it \(vidbooth train-motion ... --name M --overwrite\)"):
                 library.read_manifest(folder, verify=verify)
+
+
+@pytest.mark.parametrize("kind", ["subject", "motion"])
+def test_a_name_being_trained_now_is_told_so_and_not_taken_for_a_stopped_run(kind, world_inputs, capsys):
+    """Another process training the name has checkpoints in its run folder: the second run had been told 'a
+    stopped run left a checkpoint: rerun with --resume' (and, with --resume, 'other settings'), not to wait."""
+    from vidbooth.cli.app import main
+    from vidbooth.engine.train import CHECKPOINTS, STATE_FILE, run_folder
+
+    photos, clip = world_inputs
+    name, stage = ("S*", "textual-inversion") if kind == "subject" else ("M", "motion")
+    checkpoint = run_folder(kind, name, stage) / CHECKPOINTS / "step-0000130"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / STATE_FILE).write_text("{}")
+    command = (["train-subject", str(photos), "--class-noun", "circle"] if kind == "subject"
+               else ["train-motion", str(clip)])
+    with library.artifact_lock(kind, name):  # flock: another open file of this process is another holder
+        for extra in ([], ["--resume"]):
+            assert main([*command, "--name", name, "--base", "tiny", *extra]) == 2
+            assert capsys.readouterr().err.strip().splitlines()[-1] == (
+                f"error: {kind} '{name}' is being trained by another process (pid {os.getpid()}); wait for it to finish")
+    assert main([*command, "--name", name, "--base", "tiny"]) == 2  # free again: a stopped run's checkpoint
+    assert "a stopped run left a checkpoint" in capsys.readouterr().err
+
+
+def test_a_pretrain_run_in_progress_is_not_told_there_is_nothing_to_resume(tmp_path, capsys):
+    """A run before its first checkpoint holds the folder's lock: `--resume` beside it had said 'nothing to resume
+    in ...: run without --resume to start'."""
+    from vidbooth.cli.app import main
+    from vidbooth.fileio import lock_beside
+
+    run = tmp_path / "runs" / "nano"
+    with lock_beside(run, lambda owner: owner):
+        assert main(["pretrain", "--out", str(run), "--resume"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: another pretrain (pid {os.getpid()}) is writing {run}: wait for it to end, or give another --out")
+
+
+def test_a_run_folder_given_through_a_link_takes_the_same_lock(tmp_path):
+    """`--out alias` for `runs/nano` had taken 'alias.lock' and read the live run's checkpoints as it saved them."""
+    from vidbooth.fileio import lock_beside
+
+    (tmp_path / "runs" / "nano").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "runs" / "nano")
+    with lock_beside(tmp_path / "runs" / "nano", lambda owner: f"busy {owner}"):
+        with pytest.raises(UserError, match=f"^busy {os.getpid()}$"):
+            with lock_beside(tmp_path / "alias", lambda owner: f"busy {owner}"):
+                pass
+        with pytest.raises(UserError, match=f"^busy {os.getpid()}$"):
+            with lock_beside(tmp_path / "runs" / "nano" / ".", lambda owner: f"busy {owner}"):
+                pass
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP"])
+def test_a_file_system_without_locks_is_said_so_once_and_leaves_no_lock_file(code, isolated_home, monkeypatch):
+    """Some network and FUSE mounts refuse flock: every run had been told 'being trained by another process (pid
+    unknown)', for ever, and each left a lock file in a library it had created."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(UserError, match=r"^cannot lock .*motions__M.lock \(.+\): this file system does not take file "
+                                        r"locks \(some network and FUSE mounts do not\); put it on a local disk"):
+        with library.artifact_lock("motion", "M"):
+            pass
+    assert not isolated_home.exists()  # the library it created, lock file and all, is gone again
+    library.refuse_if_being_trained("motion", "M")  # a probe says nothing: the lock itself says it

@@ -339,9 +339,11 @@ def replace_folder(built: Path, path: Path) -> None:
 def exclusive_lock(lock: Path, busy: Callable[[str], str]) -> Iterator[Path]:
     """Hold an operating-system lock on the file `lock` for the block; the system releases it when its holder exits
     however it ends, so there is no stale lock to take over (and no race between two processes taking one over).
-    The file holds the holder's pid; a second process gets a UserError with the message `busy(pid)`."""
+    The file holds the holder's pid; a second process gets a UserError with the message `busy(pid)`, and so does one
+    on a file system that cannot lock (some network and FUSE mounts), with what to do."""
     folder_gone = 0
     while True:
+        created = not lock.exists()  # removed again where the file system cannot lock it
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except FileNotFoundError:  # its folder was removed (empty, by its last user) since it was made: make it again
@@ -351,9 +353,18 @@ def exclusive_lock(lock: Path, busy: Callable[[str], str]) -> Iterator[Path]:
             lock.parent.mkdir(parents=True, exist_ok=True)
             continue
         except PermissionError:  # another user's lock file (mode 0644): busy when it is held, else the error stands
-            _refuse_if_held(lock, busy)
+            refuse_if_held(lock, busy)
             raise
-        if not _try_lock(fd):
+        try:
+            locked = _try_lock(fd)
+        except OSError as exc:
+            os.close(fd)
+            if created:
+                with suppress(OSError):
+                    lock.unlink()
+            raise UserError(f"cannot lock {lock} ({exc.strerror or exc}): this file system does not take file locks "
+                            "(some network and FUSE mounts do not); put it on a local disk (--home, --out)") from exc
+        if not locked:
             owner = _holder(fd)
             os.close(fd)
             raise UserError(busy(owner))
@@ -373,14 +384,21 @@ def exclusive_lock(lock: Path, busy: Callable[[str], str]) -> Iterator[Path]:
                 lock.unlink(missing_ok=True)
 
 
+def lock_file_beside(path: Path) -> Path:
+    """'<path>.lock' beside `path`, its links resolved: a run given the folder through a link or by another name
+    takes the same lock."""
+    where = Path(os.path.realpath(path))  # and 'runs/.' or '.' have no name to put '.lock' after
+    return where.with_name(where.name + ".lock")
+
+
 @contextmanager
 def lock_beside(path: Path, busy: Callable[[str], str]) -> Iterator[Path]:
-    """`exclusive_lock` on '<path>.lock' beside `path` (a file or folder the block writes), making the folders above
+    """`exclusive_lock` on `lock_file_beside(path)` (a file or folder the block writes), making the folders above
     it as needed; those it made are removed again (if still empty) when the block fails."""
-    where = Path(os.path.abspath(path))  # 'runs/.' or '.' have no name to put '.lock' after
-    made = [folder for folder in (where.parent, *where.parent.parents) if not folder.exists()]
+    lock_file = lock_file_beside(path)
+    made = [folder for folder in lock_file.parents if not folder.exists()]
     try:
-        with exclusive_lock(where.with_name(where.name + ".lock"), busy) as lock:
+        with exclusive_lock(lock_file, busy) as lock:
             yield lock
     except BaseException:
         for folder in made:
@@ -389,9 +407,10 @@ def lock_beside(path: Path, busy: Callable[[str], str]) -> Iterator[Path]:
         raise
 
 
-def _refuse_if_held(lock: Path, busy: Callable[[str], str]) -> None:
-    """A UserError `busy(pid)` when another process holds the lock on the file `lock`, which this process may read
-    but not write."""
+def refuse_if_held(lock: Path, busy: Callable[[str], str]) -> None:
+    """A UserError `busy(pid)` when another process holds the lock on the file `lock` (which this process need not
+    be able to write); nothing when it is free or absent. For a check that, made before the lock is taken, would
+    otherwise mistake another process's live run for a stopped one."""
     try:
         fd = os.open(lock, os.O_RDONLY)
     except OSError:
@@ -399,6 +418,8 @@ def _refuse_if_held(lock: Path, busy: Callable[[str], str]) -> None:
     try:
         if not _try_lock(fd):  # flock takes a file open for reading too
             raise UserError(busy(_holder(fd)))
+    except OSError:  # a file system that cannot lock: exclusive_lock says so
+        pass
     finally:
         os.close(fd)  # a lock taken here is released with it
 
@@ -412,7 +433,8 @@ def _holder(fd: int) -> str:
 
 
 def _try_lock(fd: int) -> bool:
-    """Take an exclusive, non-blocking lock on the open file `fd`; False if another open file holds it."""
+    """Take an exclusive, non-blocking lock on the open file `fd`; False if another open file holds it. An OSError
+    when the file system takes no locks (ENOLCK, EOPNOTSUPP, ...)."""
     try:
         if os.name == "nt":
             import msvcrt
@@ -422,8 +444,10 @@ def _try_lock(fd: int) -> bool:
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
+    except OSError as exc:
+        if os.name == "nt" or exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
     return True
 
 

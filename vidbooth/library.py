@@ -29,11 +29,11 @@ import shutil
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vidbooth.errors import Interrupted, UserError, held_stops, stopped, stopping_signal, unread_byte
-from vidbooth.fileio import disk_full, exclusive_lock, sync_folder, sync_tree
+from vidbooth.fileio import disk_full, exclusive_lock, refuse_if_held, sync_folder, sync_tree
 
 KINDS = {"subject": "subjects", "motion": "motions"}
 TRAINED_BY = {"subject": ("train-subject", "PHOTOS --class-noun NOUN"), "motion": ("train-motion", "CLIP")}
@@ -478,11 +478,8 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
     locks = writable_home() / ".locks"
     new_locks = not locks.exists()
 
-    def busy(owner: str) -> str:
-        return f"{kind} '{name}' is being trained by another process (pid {owner}); wait for it to finish"
-
     try:
-        with exclusive_lock(locks / f"{KINDS[kind]}__{dir_name(name)}.lock", busy) as lock:
+        with exclusive_lock(locks / _lock_name(kind, name), _training_elsewhere(kind, name)) as lock:
             yield lock
     finally:
         made = [locks] if new_locks else []
@@ -492,6 +489,20 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
         for folder in made:
             with contextlib.suppress(OSError):  # not empty (or gone): kept
                 folder.rmdir()
+
+
+def refuse_if_being_trained(kind: str, name: str) -> None:
+    """`artifact_lock`'s refusal, told before the checks of a stopped run's checkpoints: another process training
+    `name` now had been taken for a stopped run ('rerun with --resume')."""
+    refuse_if_held(_folder_home() / ".locks" / _lock_name(kind, name), _training_elsewhere(kind, name))
+
+
+def _lock_name(kind: str, name: str) -> str:
+    return f"{KINDS[kind]}__{dir_name(name)}.lock"
+
+
+def _training_elsewhere(kind: str, name: str) -> Callable[[str], str]:
+    return lambda owner: f"{kind} '{name}' is being trained by another process (pid {owner}); wait for it to finish"
 
 
 def writable_home(create: bool = True) -> Path:

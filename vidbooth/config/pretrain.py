@@ -6,6 +6,7 @@ Three stages run in order, each resumable: the autoencoder (the VAE), the tiny C
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -13,6 +14,7 @@ from typing import ClassVar
 from vidbooth.config import checks
 from vidbooth.config.train import MAX_BATCH_SIZE
 from vidbooth.errors import UserError
+from vidbooth.fileio import lock_file_beside, refuse_if_held
 from vidbooth.nano.arch import JOURNAL_FILE, LINEAR_PATHS, POSITION_CHANNELS, STATE_FILE, NanoArch
 
 
@@ -79,6 +81,11 @@ class UNetStage:
     eval_guidance_scale: float = 4.0
 
 
+def run_in_progress(run: Path) -> Callable[[str], str]:
+    """What a pretrain is told of `run` while another process holds its lock (pid `owner`)."""
+    return lambda owner: f"another pretrain (pid {owner}) is writing {run}: wait for it to end, or give another --out"
+
+
 def check_run_folder(run: Path, resume: bool, holds_a_run: bool) -> None:
     """A UserError for a run folder that holds a run without --resume, or none with it. Checked before torch loads
     (a checkpoint's journal alone counts: a save killed midway) and again under the run's lock, once that journal
@@ -129,6 +136,7 @@ class PretrainConfig:
         if Path(self.out).expanduser().exists() and not Path(self.out).expanduser().is_dir():
             raise UserError(f"--out {self.out} is a file: give the run folder (default: runs/nano)")
         run = Path(self.out)
+        refuse_if_held(lock_file_beside(run), run_in_progress(run))  # not 'nothing to resume' (no checkpoint yet)
         check_run_folder(run, self.resume, (run / STATE_FILE).is_file() or (run / JOURNAL_FILE).is_file())
         if self.export.strip():
             run, export = (Path(p).expanduser().resolve() for p in (self.out, self.export))

@@ -22,7 +22,7 @@ from vidbooth.data.video import (
     video_writer,
 )
 from vidbooth.errors import UserError
-from vidbooth.fileio import write_together
+from vidbooth.fileio import lock_beside, write_together
 from vidbooth.library import artifact_dir, named_artifacts, read_manifest
 from vidbooth.reporting import info, result, warn
 
@@ -119,6 +119,17 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise UserError('no prompt: pass --prompt "..." describing the video (or a --recipe that sets prompt)')
     written_videos, sheet_path, config_path = output_paths(cfg.out, cfg.num_videos)
     check_writable_dir(sheet_path.parent)  # made only when the video is written: a later error leaves nothing
+
+    def busy(owner: str) -> str:
+        return (f"another generate (pid {owner}) is writing {sheet_path.with_suffix('')}.* (--out {cfg.out}): wait "
+                "for it to finish, or give another --out")
+
+    # two runs of one --out had each renamed its files in: a video of one beside the other's contact sheet and config
+    with lock_beside(sheet_path.with_name(f".{sheet_path.stem[:48]}"), busy):  # '.<stem>.lock', hidden
+        return _generate(cfg, written_videos, sheet_path, config_path)
+
+
+def _generate(cfg: GenerateConfig, written_videos: list[Path], sheet_path: Path, config_path: Path) -> GenerateResult:
     # unknown, damaged or altered artifacts, and ones that cannot be used together, fail before the model loads
     learned = [(kind, name, read_manifest(artifact_dir(kind, name)))
                for kind, name in named_artifacts(cfg.subjects, cfg.motion)]
@@ -160,6 +171,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         applied = apply_personalisation(
             bb, prompt, cfg.subjects, cfg.motion, cfg.subject_scale, cfg.motion_scale, negative_prompt
         )
+        _check_unchanged(learned)
         for note in applied.notes:
             warn(note)
         prompt, negative_prompt = applied.prompt, applied.negative_prompt
@@ -178,6 +190,20 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     for path in written_videos:  # on stdout, for a script: `video=$(vidbooth generate ...)`
         result(str(path))
     return GenerateResult(written_videos, sheet_path, config_path, prompt)
+
+
+def _check_unchanged(learned: list[tuple[str, str, dict]]) -> None:
+    """A UserError when a subject or motion checked before the model loaded was replaced since (another run
+    retrained it with --overwrite): what was loaded may mix its two versions, and its digest in the written config
+    would name the first."""
+    for kind, name, manifest in learned:
+        try:
+            unchanged = read_manifest(artifact_dir(kind, name), verify=False) == manifest
+        except UserError:  # removed, or caught between its two versions
+            unchanged = False
+        if not unchanged:
+            raise UserError(f"{kind} '{name}' was replaced while generate loaded it (retrained by another run?): run "
+                            "generate again")
 
 
 def _learned_files(learned: list[tuple[str, str, dict]], recorded: dict[str, str]) -> dict[str, str]:

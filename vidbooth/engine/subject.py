@@ -85,6 +85,7 @@ from vidbooth.library import (
     check_free,
     known_names,
     read_manifest,
+    refuse_if_being_trained,
     staged_artifact,
     write_json,
 )
@@ -261,6 +262,8 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     from vidbooth.engine.prior import class_image_files, class_images_sha256
 
     cfg.check(stages)
+    if reporting.first_process():  # another run of this name now is no 'stopped run' (the others wait for its lock)
+        refuse_if_being_trained(KIND, cfg.name)
     existing = _check_library(cfg, stages)
     refuse_to_discard([run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]) for stage in stages], cfg.resume, cfg.overwrite)
     earlier = None if existing is None else _earlier_config(cfg.name, existing)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidbooth.config.pretrain import PretrainConfig, check_run_folder
+from vidbooth.config.pretrain import PretrainConfig, check_run_folder, run_in_progress
 from vidbooth.data.video import check_writable_dir
 from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
@@ -554,13 +554,10 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         check_export_folder(cfg.export)
     quiet_libraries()
 
-    def busy(owner: str) -> str:
-        return f"another pretrain (pid {owner}) is writing {run_dir}: wait for it to end, or give another --out"
-
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        with lock_beside(run_dir, busy):
+        with lock_beside(run_dir, run_in_progress(run_dir)):
             if run_dir.is_dir() and ckpt.finish_stopped_save(run_dir):
                 info(f"finished saving the checkpoint that a stopped run was writing in {run_dir}")
             return _pretrain(cfg)
