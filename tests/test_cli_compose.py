@@ -61,8 +61,8 @@ def test_generate_with_subject_and_motion(tiny_base_dirs, world_inputs, tmp_path
 
     monkeypatch.setattr(backbone_module, "load_backbone_for", load_while_retrained)
     assert main([*args, "--out", str(tmp_path / "mixed.mp4")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == ("error: subject 'S*' was replaced while generate "
-                                                               "loaded it (retrained by another run?): run generate again")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: subject 'S*' was replaced while generate loaded it (retrained by another run?): run generate again")
     assert not list(tmp_path.glob("mixed*")) and not list(tmp_path.glob(".mixed*"))
 
 

@@ -668,8 +668,9 @@ def test_a_name_being_trained_now_is_told_so_and_not_taken_for_a_stopped_run(kin
     with library.artifact_lock(kind, name):  # flock: another open file of this process is another holder
         for extra in ([], ["--resume"]):
             assert main([*command, "--name", name, "--base", "tiny", *extra]) == 2
-            assert capsys.readouterr().err.strip().splitlines()[-1] == (
-                f"error: {kind} '{name}' is being trained by another process (pid {os.getpid()}); wait for it to finish")
+            told = capsys.readouterr().err.strip().splitlines()[-1]
+            assert told == f"error: {kind} '{name}' is being trained by another process (pid {os.getpid()}); " \
+                           "wait for it to finish"
     assert main([*command, "--name", name, "--base", "tiny"]) == 2  # free again: a stopped run's checkpoint
     assert "a stopped run left a checkpoint" in capsys.readouterr().err
 
