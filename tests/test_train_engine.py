@@ -723,7 +723,22 @@ def test_json_nested_past_pythons_stack_is_left_to_the_resume_to_refuse(tmp_path
     (tmp_path / engine.SECONDS_FILE).write_text(nested)
     assert engine.refuse_other_settings(tmp_path, True, config(steps=4), {}, accelerator) is None
     with engine._stage_clock(tmp_path, True, True) as clock:
-        assert clock["seconds"] == 0.0
+        assert clock.earlier == 0.0
+
+
+def test_the_stages_time_is_recorded_with_each_checkpoint(tmp_path, accelerator, monkeypatch):
+    """It had been written only as the run ended: a run killed outright (SIGKILL skips every clean-up) lost its
+    time from the artifact's training seconds."""
+    accumulate, seen = engine._accumulate, []
+
+    def accumulate_and_look(method, data, cfg, step, accelerator):
+        record = tmp_path / engine.SECONDS_FILE
+        seen.append(json.loads(record.read_text())["seconds"] if record.is_file() else None)
+        return accumulate(method, data, cfg, step, accelerator)
+
+    monkeypatch.setattr(engine, "_accumulate", accumulate_and_look)
+    result = engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path, accelerator)
+    assert seen[:2] == [None, None] and 0 < seen[2] <= seen[3] < seen[4] <= seen[5] < result.total_seconds
 
 
 def test_a_file_where_the_run_keeps_its_checkpoints_is_replaced_on_starting_over(tmp_path, accelerator):

@@ -372,21 +372,39 @@ def _stop_signals() -> Iterator[None]:
     import signal
     import threading
 
-    from vidbooth.errors import stop, stop_signals
+    from vidbooth.errors import Interrupted, stop, stop_signals
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.signal(signum, stop) for signum in stop_signals()}
+    shown = sys.unraisablehook
+
+    def unshown_stops(unraisable) -> None:  # a stop that Python drops in a finaliser is noted (errors._stops) and
+        if not isinstance(unraisable.exc_value, (KeyboardInterrupt, Interrupted)):  # acted on: not a traceback too
+            shown(unraisable)
+
+    sys.unraisablehook = unshown_stops
     try:
         yield
     finally:
+        sys.unraisablehook = shown
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
 def run() -> None:
-    sys.exit(main())
+    """The `vidbooth` command: `main`, then exit with its code. A Ctrl-C or SIGTERM after main returned, while the
+    interpreter shuts down, had ended the process by that signal without a word (130 for a run whose work was saved
+    and told): the outcome is told, so they are ignored then."""
+    code = main()
+    import signal
+
+    from vidbooth.errors import stop_signals
+
+    for signum in stop_signals():
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

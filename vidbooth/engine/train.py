@@ -632,24 +632,40 @@ SECONDS_FILE = "seconds.json"
 """Beside a stage's checkpoints: the wall time spent on the stage so far, for a resumed run's manifest."""
 
 
+class _StageClock:
+    """The wall time of a stage over all its runs: this run's so far plus, when it resumes, what its earlier runs
+    spent, as recorded beside their checkpoints (`SECONDS_FILE`)."""
+
+    def __init__(self, run_dir: Path, resume: bool):
+        self.record = Path(run_dir) / SECONDS_FILE
+        self.earlier = 0.0
+        if resume and list_checkpoints(run_dir):
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError, RecursionError):
+                self.earlier = float(json.loads(self.record.read_text())["seconds"])
+        self.started, self.ended = time.perf_counter(), None
+
+    @property
+    def seconds(self) -> float:
+        return self.earlier + (self.ended or time.perf_counter()) - self.started
+
+    def save(self) -> None:
+        """Record the time so far for the next resume (the main process, with each checkpoint: a run killed
+        outright had lost what it spent since it started)."""
+        with contextlib.suppress(OSError):
+            self.record.write_text(json.dumps({"seconds": self.seconds}))
+
+
 @contextlib.contextmanager
 def _stage_clock(run_dir: Path, resume: bool, main_process: bool):
-    """Time the training of a stage whose checkpoints are in `run_dir`: yields a dict whose "seconds", once the
-    block ends, is its wall time plus, when it resumes, the time its earlier runs spent. That total is kept beside
-    the checkpoints (`SECONDS_FILE`, by the main process, also when the run stops), for the next resume."""
-    record = Path(run_dir) / SECONDS_FILE
-    earlier = 0.0
-    if resume and list_checkpoints(run_dir):
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, RecursionError):
-            earlier = float(json.loads(record.read_text())["seconds"])
-    clock, started = {"seconds": earlier}, time.perf_counter()
+    """Time the training of a stage whose checkpoints are in `run_dir` (a `_StageClock`, stopped when the block
+    ends); its total is recorded beside the checkpoints by the main process when the run ends, stopped or not."""
+    clock = _StageClock(run_dir, resume)
     try:
         yield clock
     finally:
-        clock["seconds"] = earlier + time.perf_counter() - started
+        clock.ended = time.perf_counter()
         if main_process and list_checkpoints(run_dir):  # none: nothing to resume, nothing to add to
-            with contextlib.suppress(OSError):
-                record.write_text(json.dumps({"seconds": clock["seconds"]}))
+            clock.save()
 
 
 # ---- the loop -------------------------------------------------------------------------------------
@@ -912,6 +928,7 @@ def train(
                     f"{run_dir.parent}, then rerun the same command {rerun}", run_dir.parent
                 ) from exc
             _prune_checkpoints(run_dir, cfg.keep_checkpoints)
+            clock.save()
         accelerator.wait_for_everyone()
 
     started = time.perf_counter()
@@ -956,7 +973,7 @@ def train(
             raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's report "
                             f"below says which and why); {_resume_from(run_dir)}") from exc
     result.step = step
-    result.seconds, result.total_seconds = time.perf_counter() - started, clock["seconds"]
+    result.seconds, result.total_seconds = time.perf_counter() - started, clock.seconds
     _warn_of_skipped_steps(result, cfg, accelerator)
     return result
 
