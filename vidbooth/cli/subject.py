@@ -46,7 +46,8 @@ ScaleJitter = typer.Option(
     "(default 0: off)."
 )
 BatchSize = typer.Option(
-    None, "--batch-size", metavar="N", help="Photos per training step on each process (default 4, both stages)."
+    None, "--batch-size", metavar="N",
+    help="Photos per training step on each process (default 4; train-subject: in each stage).",
 )
 CheckpointEvery = typer.Option(
     None, "--checkpoint-every", metavar="N",
