@@ -106,6 +106,22 @@ def test_nano_on_cuda_draws_what_it_draws_on_the_cpu():
     assert difference < 1 and half == colours
 
 
+def test_fewer_videos_at_once_give_the_same_videos_on_cuda():
+    """generate --batch-size on CUDA: the noise (DDIM's eta noise too) is drawn on the CPU generator and cut per
+    video, so nano's videos denoised one at a time are those of one batch (fp32), and finite in half precision."""
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.sampling import sample_video
+
+    for precision in ("fp32", PRECISION):
+        bb = load_backbone("nano", device=DEVICE, precision=precision)
+        videos = [sample_video(bb, ["a red solid square moving right"] * 3, num_inference_steps=6, guidance_scale=2.0,
+                               eta=1.0, generator=torch.Generator().manual_seed(0), output_type="np", batch_size=size)
+                  for size in (None, 1)]
+        difference = np.abs(videos[0] - videos[1]).max() * 255
+        print(f"nano on cuda, {precision}: largest |one batch - one at a time| = {difference:.2f} of 255")
+        assert np.isfinite(videos[1]).all() and (difference < 1 if precision == "fp32" else True)
+
+
 def test_text2video_zero_samples_in_fp16_on_cuda_and_gives_the_cpus_video_in_fp32(tiny_base_dirs):
     """An image model alone on CUDA: fp16 samples a finite video (compared by value it would differ, as every half
     precision video of the random tiny models does, above), and fp32 gives the CPU's video."""
