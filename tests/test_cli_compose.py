@@ -64,6 +64,24 @@ def test_generate_with_subject_and_motion(tiny_base_dirs, world_inputs, tmp_path
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: subject 'S*' was replaced while generate loaded it (retrained by another run?): run generate again")
     assert not list(tmp_path.glob("mixed*")) and not list(tmp_path.glob(".mixed*"))
+    monkeypatch.setattr(backbone_module, "load_backbone_for", load)
+    from vidbooth.engine import compose
+
+    personalise = compose.apply_personalisation
+    for kind, name, damage in (("motion", "M", lambda text: text.replace("{", '{"trained": "again", ', 1)),
+                               ("subject", "S*", lambda text: "{damaged")):  # the motion; one caught mid-rewrite
+
+        def loaded_then_changed(*args, kind=kind, name=name, damage=damage, **kwargs):
+            applied = personalise(*args, **kwargs)
+            manifest = library.artifact_dir(kind, name) / library.MANIFEST
+            manifest.write_text(damage(manifest.read_text()))
+            return applied
+
+        monkeypatch.setattr(compose, "apply_personalisation", loaded_then_changed)
+        assert main([*args, "--out", str(tmp_path / "mixed.mp4")]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"error: {kind} '{name}' was replaced while generate loaded it (retrained by another run?): run generate "
+            "again")
 
 
 def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_path, capsys):

@@ -329,6 +329,31 @@ def test_a_ctrl_c_that_python_drops_in_a_finaliser_still_stops_the_command(tmp_p
     assert shown == [] and sys.unraisablehook == shown.append  # noted and acted on: no traceback as well
 
 
+def test_only_stops_dropped_in_a_finaliser_are_kept_from_pythons_unraisable_hook(monkeypatch):
+    """(mutation testing) A SIGTERM's `Interrupted` dropped in a finaliser is noted and acted on as Ctrl-C's is;
+    any other error there still reaches the hook that was in place."""
+    import gc
+
+    from vidbooth.cli import app
+    from vidbooth.errors import Interrupted
+
+    shown = []
+    monkeypatch.setattr(sys, "unraisablehook", shown.append)
+
+    class Raising:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    with app._stop_signals():
+        for exc in (Interrupted("stopped by SIGTERM", 143), KeyboardInterrupt(), ValueError("a bug")):
+            Raising(exc)
+            gc.collect()
+    assert [type(unraisable.exc_value) for unraisable in shown] == [ValueError]
+
+
 _SIGINT_AS_IT_EXITS = """
 import atexit, os, signal, sys
 from vidbooth.cli import app
@@ -407,6 +432,9 @@ def test_a_second_generate_of_the_same_output_is_refused_while_the_first_runs(ti
                 f"error: another generate (pid {os.getpid()}) is writing {tmp_path / 'take'}.* (--out "
                 f"{tmp_path / out}): wait for it to finish, or give another --out")
         assert main([*args, "--out", str(tmp_path / "other.mp4")]) == 0  # another output: free
+    assert main([*args, "--out", str(tmp_path / ("x" * 250 + ".mp4"))]) == 0  # a long name: the lock's is cut
+    for path in tmp_path.glob("x*"):
+        path.unlink()
     assert main([*args, "--out", str(tmp_path / "take.mp4")]) == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == ["other.mp4", "other.png", "other.yaml", "take.mp4",
                                                                 "take.png", "take.yaml"]  # the lock files are gone
@@ -456,9 +484,10 @@ def test_the_videos_are_sampled_with_the_seed_negative_prompt_and_eta_given(monk
     seen = {}
     monkeypatch.setattr(sampling, "sample_video", lambda bb, prompts, **kw: seen.update(kw, prompts=prompts))
     cfg = GenerateConfig(prompt="a dog")
-    cfg.runtime.seed, cfg.sampling.eta, cfg.num_videos = 1234, 0.3, 2
+    cfg.runtime.seed, cfg.sampling.eta, cfg.num_videos, cfg.batch_size = 1234, 0.3, 2, 1
     generate_engine.sample_videos(object(), cfg, "a dog", "blurry")
     assert seen["prompts"] == ["a dog", "a dog"] and seen["negative_prompt"] == "blurry" and seen["eta"] == 0.3
+    assert seen["batch_size"] == 1  # the same videos either way: only this says --batch-size is not ignored
     assert seen["generator"].initial_seed() == 1234
 
 

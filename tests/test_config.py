@@ -148,6 +148,19 @@ def test_a_recipe_that_is_not_utf8_says_so(tmp_path):
         load_config(GenerateConfig, str(tmp_path / "r.yaml"))
 
 
+@pytest.mark.parametrize("schema, command", [("vidbooth.config.subject:SubjectConfig", "subject"),
+                                             ("vidbooth.config.motion:MotionConfig", "motion"),
+                                             ("vidbooth.config.pretrain:PretrainConfig", "pretrain"),
+                                             ("vidbooth.config.image_prompt:ImagePromptConfig", "image-prompt"),
+                                             ("vidbooth.config.schema:GenerateConfig", "generate")])
+def test_an_unknown_recipe_lists_its_commands_own(schema, command):
+    import importlib
+
+    module, name = schema.split(":")
+    with pytest.raises(UserError, match=rf"or one of: (\S+/{command}(, |$))+$"):
+        load_config(getattr(importlib.import_module(module), name), "nope")
+
+
 def test_bad_recipe(tmp_path):
     from vidbooth.config.evaluate import EvaluateConfig
     from vidbooth.config.motion import MotionConfig

@@ -720,3 +720,46 @@ def test_a_file_system_without_locks_is_said_so_once_and_leaves_no_lock_file(cod
             pass
     assert not isolated_home.exists()  # the library it created, lock file and all, is gone again
     library.refuse_if_being_trained("motion", "M")  # a probe says nothing: the lock itself says it
+
+
+def test_without_locks_another_runs_lock_file_is_left_and_no_descriptor_leaks(isolated_home, monkeypatch):
+    """(mutation testing) Where flock fails, a lock file this run did not make is not removed, the probe before
+    the checkpoint checks says nothing (the lock itself says what is wrong), and the file is closed."""
+    import errno
+    import fcntl
+
+    lock = isolated_home / ".locks" / "motions__M.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("123")
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    open_files = len(os.listdir("/proc/self/fd"))
+    library.refuse_if_being_trained("motion", "M")
+    with pytest.raises(UserError, match="this file system does not take file locks"):
+        with library.artifact_lock("motion", "M"):
+            pass
+    assert lock.read_text() == "123" and len(os.listdir("/proc/self/fd")) == open_files
+
+
+@pytest.mark.usefixtures("fails_rather_than_hangs")  # without its lock the engine would pretrain for an hour
+def test_pretrain_through_a_link_beside_a_live_run_is_told_so(tmp_path, capsys, monkeypatch):
+    """(mutation testing) The probe before the run folder's checks follows links too; the lock itself names the
+    other run where the probe found the folder free a moment before."""
+    from vidbooth.cli.app import main
+    from vidbooth.config import pretrain as pretrain_config
+    from vidbooth.config.pretrain import PretrainConfig
+    from vidbooth.fileio import lock_beside
+    from vidbooth.nano import pretrain
+
+    run = tmp_path / "runs" / "nano"
+    run.mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(run)
+    with lock_beside(run, lambda owner: owner):
+        assert main(["pretrain", "--out", str(tmp_path / "alias"), "--resume"]) == 2
+        assert f"another pretrain (pid {os.getpid()}) is writing" in capsys.readouterr().err
+        monkeypatch.setattr(pretrain_config, "refuse_if_held", lambda *args: None)  # free when it looked
+        with pytest.raises(UserError, match=rf"^another pretrain \(pid {os.getpid()}\) is writing {run}: wait"):
+            pretrain.pretrain(PretrainConfig(out=str(run)))

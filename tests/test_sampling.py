@@ -1,4 +1,6 @@
+import contextlib
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -86,6 +88,33 @@ def test_each_video_is_the_same_whatever_the_batch_size(tiny_backbones, case):
     for latents, then in others:
         assert (latents - whole).abs().max() < 1e-5 * whole.abs().max() and torch.equal(then, after)
     assert (whole[0] - whole[1]).abs().mean() > 0.1
+
+
+def test_the_generator_is_left_past_the_noise_sampling_drew_and_the_bar_counts_every_batch(tiny_backbones,
+                                                                                           monkeypatch):
+    """(mutation testing) DDIM's eta noise is drawn from copies of the generator, batch by batch: the caller's
+    generator must still move past it, as one batch's draws move it; and the progress bar counts every batch's
+    steps."""
+    from vidbooth.engine import sampling
+
+    def after(eta):
+        generator = torch.Generator().manual_seed(5)
+        sample_video(tiny_backbones["unet3d"], ["a cat"] * 3, num_frames=2, num_inference_steps=2, guidance_scale=3.0,
+                     eta=eta, generator=generator, output_type="latent", batch_size=2)
+        return torch.rand(1, generator=generator)
+
+    assert not torch.equal(after(1.0), after(0.0))
+    bars = []
+
+    @contextlib.contextmanager
+    def counted(description, total):
+        bars.append([total, 0])
+        yield SimpleNamespace(advance=lambda *args, **kwargs: bars[-1].__setitem__(1, bars[-1][1] + 1))
+
+    monkeypatch.setattr(sampling, "progress", counted)
+    sample_video(tiny_backbones["unet3d"], ["a cat"] * 3, num_frames=2, num_inference_steps=2, output_type="latent",
+                 generator=torch.Generator().manual_seed(5), batch_size=1)
+    assert bars == [[6, 6]]
 
 
 def test_seed_determinism_and_guidance_effect(tiny_backbones):

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import signal
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -739,6 +740,21 @@ def test_the_stages_time_is_recorded_with_each_checkpoint(tmp_path, accelerator,
     monkeypatch.setattr(engine, "_accumulate", accumulate_and_look)
     result = engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path, accelerator)
     assert seen[:2] == [None, None] and 0 < seen[2] <= seen[3] < seen[4] <= seen[5] < result.total_seconds
+    # a run that fails after its last checkpoint: the time it spent since is recorded as it ends
+    record = tmp_path / "again" / engine.SECONDS_FILE
+    at_checkpoint = []
+
+    def fails_at_step_3(method, data, cfg, step, accelerator):
+        if step == 2:
+            at_checkpoint.append(json.loads(record.read_text())["seconds"])
+            time.sleep(0.3)
+            raise RuntimeError("a bug")
+        return accumulate(method, data, cfg, step, accelerator)
+
+    monkeypatch.setattr(engine, "_accumulate", fails_at_step_3)
+    with pytest.raises(RuntimeError, match="a bug"):
+        engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "again", accelerator)
+    assert json.loads(record.read_text())["seconds"] >= at_checkpoint[0] + 0.3
 
 
 def test_a_file_where_the_run_keeps_its_checkpoints_is_replaced_on_starting_over(tmp_path, accelerator):
