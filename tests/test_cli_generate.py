@@ -316,7 +316,6 @@ def test_sigterm_is_one_line_and_exit_143_and_writes_nothing(tmp_path, monkeypat
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt
 def test_a_ctrl_c_that_python_drops_in_a_finaliser_still_stops_the_command(tmp_path, monkeypatch, capsys):
     import signal
 
@@ -371,7 +370,6 @@ def test_a_ctrl_c_after_the_outcome_is_told_changes_neither_the_exit_code_nor_th
     assert (done.returncode, done.stderr) == (0, "")
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt
 def test_a_ctrl_c_dropped_while_the_videos_are_written_still_stops_the_command(tmp_path, monkeypatch, capsys):
     """Writing is the last phase: no later phase would see the recorded stop, and the command had exited 0."""
     import gc

@@ -119,7 +119,9 @@ def test_fewer_videos_at_once_give_the_same_videos_on_cuda():
                   for size in (None, 1)]
         difference = np.abs(videos[0] - videos[1]).max() * 255
         print(f"nano on cuda, {precision}: largest |one batch - one at a time| = {difference:.2f} of 255")
-        assert np.isfinite(videos[1]).all() and (difference < 1 if precision == "fp32" else True)
+        assert np.isfinite(videos[1]).all()
+        if precision == "fp32":  # half precision rounds differently at each batch size
+            assert difference < 1
 
 
 def test_text2video_zero_samples_in_fp16_on_cuda_and_gives_the_cpus_video_in_fp32(tiny_base_dirs):

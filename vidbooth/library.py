@@ -493,8 +493,12 @@ def artifact_lock(kind: str, name: str) -> Iterator[Path]:
 
 def refuse_if_being_trained(kind: str, name: str) -> None:
     """`artifact_lock`'s refusal, told before the checks of a stopped run's checkpoints: another process training
-    `name` now had been taken for a stopped run ('rerun with --resume')."""
-    refuse_if_held(_folder_home() / ".locks" / _lock_name(kind, name), _training_elsewhere(kind, name))
+    `name` now had been taken for a stopped run ('rerun with --resume'). On the first process only: under a launcher
+    the others run this while the first may already hold the lock."""
+    from vidbooth.reporting import first_process
+
+    if first_process():
+        refuse_if_held(_folder_home() / ".locks" / _lock_name(kind, name), _training_elsewhere(kind, name))
 
 
 def _lock_name(kind: str, name: str) -> str:

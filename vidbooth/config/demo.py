@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from vidbooth.config import checks
 from vidbooth.config.schema import RuntimeConfig
@@ -14,6 +15,8 @@ MAX_VIDEOS = checks.MAX_VIDEOS
 
 @dataclass
 class DemoConfig:
+    SETTINGS_NAME: ClassVar[str] = "demo"
+    """The command's name for its settings: docs/<name>.md lists them (it ships no recipes)."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     base: str = "nano"
     """Base model: 'nano' (trained with recipes/nano/*) or any other base (trained with recipes/tiny/*)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from vidbooth.config import checks
 from vidbooth.eval.features import DEFAULT_DINO_MODEL
@@ -11,6 +12,8 @@ from vidbooth.eval.features import DEFAULT_DINO_MODEL
 
 @dataclass
 class EvaluateConfig:
+    SETTINGS_NAME: ClassVar[str] = "evaluate"
+    """The command's name for its settings: docs/<name>.md lists them (it ships no recipes)."""
     videos: list[str] = field(default_factory=list)
     """Videos to score; glob patterns ('out/*.mp4') are expanded."""
     manifest: str | None = None

@@ -35,8 +35,8 @@ class ImagePromptDataConfig:
 
 @dataclass
 class ImagePromptConfig:
-    RECIPES: ClassVar[str] = "image-prompt"
-    """The name of this command's shipped recipes, recipes/<model>/image-prompt.yaml."""
+    SETTINGS_NAME: ClassVar[str] = "image-prompt"
+    """The command's name for its settings: docs/<name>.md lists them, recipes/<model>/<name>.yaml are shipped."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: ImagePromptDataConfig = field(default_factory=ImagePromptDataConfig)

@@ -27,7 +27,7 @@ def find_recipe(recipe: str, kind: str | None = None) -> Path:
     candidate = RECIPES_DIR / (recipe if recipe.endswith(".yaml") else recipe + ".yaml")
     if candidate.is_file():
         return candidate
-    known = shipped_recipes(kind) if kind else []
+    known = shipped_recipes(kind) if kind else []  # evaluate's and demo's: none
     shipped = f" or one of: {', '.join(known)}" if known else " (this command ships none)"
     raise UserError(f"recipe '{recipe}' not found: give a YAML file{shipped}")
 
@@ -95,10 +95,6 @@ def _sets(set_key: str, text: str, key: str) -> bool:
         return False
 
 
-SETTINGS_PAGES = {"GenerateConfig": "generate", "SubjectConfig": "subject", "MotionConfig": "motion",
-                  "EvaluateConfig": "evaluate", "DemoConfig": "demo", "PretrainConfig": "pretrain",
-                  "ImagePromptConfig": "image-prompt"}
-"""The docs page (docs/<page>.md) that lists each command config's settings, for the message of an unknown key."""
 _VALUE_KINDS = {"Integer": "a whole number", "Float": "a number"}
 
 
@@ -112,7 +108,7 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
     if key and isinstance(exc, ConfigKeyError) and " not in '" in msg:
         meant = _meant(key, schema) if schema is not None else []
         guess = f" (did you mean {' or '.join(repr(m) for m in meant)}?)" if meant else ""
-        page = SETTINGS_PAGES.get(getattr(schema, "__name__", ""))
+        page = getattr(schema, "SETTINGS_NAME", None)
         listed = f": docs/{page}.md in the vidbooth repository lists the settings" if page else ""
         return f"config key '{key}' is not a setting{guess}{listed}"
     if key and (converted := re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)$", msg)):
@@ -171,7 +167,7 @@ def load_config(
     try:
         merged = OmegaConf.structured(schema)
         if recipe:
-            path = find_recipe(recipe, getattr(schema, "RECIPES", None))
+            path = find_recipe(recipe, getattr(schema, "SETTINGS_NAME", None))
             try:
                 loaded = OmegaConf.load(path)
             except UnicodeDecodeError as exc:

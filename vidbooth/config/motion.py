@@ -61,8 +61,8 @@ class PreviewConfig:
 
 @dataclass
 class MotionConfig:
-    RECIPES: ClassVar[str] = "motion"
-    """The name of this command's shipped recipes, recipes/<model>/motion.yaml."""
+    SETTINGS_NAME: ClassVar[str] = "motion"
+    """The command's name for its settings: docs/<name>.md lists them, recipes/<model>/<name>.yaml are shipped."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, steps=1000))

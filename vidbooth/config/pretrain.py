@@ -98,8 +98,8 @@ def check_run_folder(run: Path, resume: bool, holds_a_run: bool) -> None:
 
 @dataclass
 class PretrainConfig:
-    RECIPES: ClassVar[str] = "pretrain"
-    """The name of this command's shipped recipes, recipes/<model>/pretrain.yaml."""
+    SETTINGS_NAME: ClassVar[str] = "pretrain"
+    """The command's name for its settings: docs/<name>.md lists them, recipes/<model>/<name>.yaml are shipped."""
     arch: NanoArch = field(default_factory=NanoArch)
     autoencoder: AutoencoderStage = field(default_factory=AutoencoderStage)
     clip: ClipStage = field(default_factory=ClipStage)

@@ -129,8 +129,8 @@ class SamplingConfig:
 
 @dataclass
 class GenerateConfig:
-    RECIPES: ClassVar[str] = "generate"
-    """The name of this command's shipped recipes, recipes/<model>/generate.yaml."""
+    SETTINGS_NAME: ClassVar[str] = "generate"
+    """The command's name for its settings: docs/<name>.md lists them, recipes/<model>/<name>.yaml are shipped."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

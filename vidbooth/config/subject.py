@@ -134,8 +134,8 @@ class SubjectPreviewConfig:
 
 @dataclass
 class SubjectConfig:
-    RECIPES: ClassVar[str] = "subject"
-    """The name of this command's shipped recipes, recipes/<model>/subject.yaml."""
+    SETTINGS_NAME: ClassVar[str] = "subject"
+    """The command's name for its settings: docs/<name>.md lists them, recipes/<model>/<name>.yaml are shipped."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: SubjectDataConfig = field(default_factory=SubjectDataConfig)

@@ -206,12 +206,10 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
         run_folder,
     )
     from vidbooth.library import artifact_lock, check_free, refuse_if_being_trained, validate_name
-    from vidbooth.reporting import first_process
 
     cfg.check()
     validate_name(cfg.name, "motion")
-    if first_process():  # another run of this name now is not 'a stopped run' (the others wait for this one's lock)
-        refuse_if_being_trained("motion", cfg.name)
+    refuse_if_being_trained("motion", cfg.name)  # another run of this name now is no stopped run
     check_free("motion", cfg.name, cfg.overwrite)
     refuse_to_discard([run_folder("motion", cfg.name, STAGE)], cfg.resume, cfg.overwrite)
     clips = read_training_clips(cfg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -278,12 +278,11 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
 
 
 class BatchDraws:
-    """The random draws of a sampling run for `videos` (indices) of a batch of `total`, each cut from the draw that
-    the whole batch makes from `generator` at `state` (its state when sampling began): a video's noise is the same
-    whatever batch it is denoised in. Without a generator, fresh noise."""
+    """The random draws of a sampling run for `videos` (a range of indices) of a batch of `total`, each cut from the
+    draw that the whole batch makes from `generator` at `state` (its state when sampling began): a video's noise is
+    the same whatever batch it is denoised in. Without a generator, fresh noise."""
 
-    def __init__(self, generator: torch.Generator | None, state: torch.Tensor | None, total: int,
-                 videos: Sequence[int]):
+    def __init__(self, generator: torch.Generator | None, state: torch.Tensor | None, total: int, videos: range):
         self.generator, self.total, self.videos = generator, total, videos
         if generator is not None:
             self.generator = torch.Generator(generator.device)
@@ -293,8 +292,8 @@ class BatchDraws:
         """Normal noise of `shape`, whose first dimension holds the same number of rows for each video."""
         from diffusers.utils.torch_utils import randn_tensor
 
+        if self.generator is None:
+            return randn_tensor(tuple(shape), device=device, dtype=dtype)
         rows = shape[0] // len(self.videos)
-        if self.generator is None or len(self.videos) == self.total:
-            return randn_tensor(tuple(shape), generator=self.generator, device=device, dtype=dtype)
         whole = randn_tensor((rows * self.total, *shape[1:]), generator=self.generator, device=device, dtype=dtype)
-        return whole.unflatten(0, (self.total, rows))[list(self.videos)].flatten(0, 1)
+        return whole[rows * self.videos.start : rows * self.videos.stop]

@@ -262,8 +262,7 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     from vidbooth.engine.prior import class_image_files, class_images_sha256
 
     cfg.check(stages)
-    if reporting.first_process():  # another run of this name now is no 'stopped run' (the others wait for its lock)
-        refuse_if_being_trained(KIND, cfg.name)
+    refuse_if_being_trained(KIND, cfg.name)  # another run of this name now is no stopped run
     existing = _check_library(cfg, stages)
     refuse_to_discard([run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]) for stage in stages], cfg.resume, cfg.overwrite)
     earlier = None if existing is None else _earlier_config(cfg.name, existing)
