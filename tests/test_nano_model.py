@@ -4,6 +4,8 @@ resume continues exactly, bad input is refused. Models are miniature (32 px, 4 f
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from dataclasses import asdict
 
@@ -927,3 +929,24 @@ def test_a_stage_that_diverges_before_its_first_checkpoint_says_to_run_it_again(
     with pytest.raises(UserError, match=r"^autoencoder loss became nan at step \d: lower the learning rate \(--set "
                                         r"autoencoder.lr=N\) and run it again$"):
         nano.pretrain(cfg)
+
+
+def test_nano_export_refused_while_another_exports_there(tmp_path, char_tokenizer):
+    """Two exports to one folder at once had crossed their renames (ENOTEMPTY midway); the second is now told, and
+    the folder is left as it was."""
+    from vidbooth.fileio import exclusive_lock, lock_file_beside
+    from vidbooth.nano import model as nano_model
+
+    arch = tiny_arch()
+    tokenizer = nano.load_tokenizer(str(char_tokenizer), arch.clip.max_length)
+    export = tmp_path / "nano"
+    nano_model.save_nano(export, arch, tokenizer, build_vae(arch), build_clip(arch, tokenizer), build_unet(arch), {})
+    before = sorted(p.relative_to(export) for p in export.rglob("*"))
+    with exclusive_lock(lock_file_beside(export), lambda pid: "unused"):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(export))} is being exported to by another process "
+                                            rf"\(pid {os.getpid()}\): wait for it to end, or export elsewhere$"):
+            nano_model.save_nano(export, arch, tokenizer, build_vae(arch), build_clip(arch, tokenizer),
+                                 build_unet(arch), {"other": 1})
+    assert sorted(p.relative_to(export) for p in export.rglob("*")) == before
+    assert json.loads((export / "nano.json").read_text()).get("other") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nano"]  # no lock file or temporary folder left

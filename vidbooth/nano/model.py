@@ -24,7 +24,7 @@ import torch
 
 from vidbooth import __version__, reporting
 from vidbooth.errors import UserError
-from vidbooth.fileio import folder_beside, replace_folder
+from vidbooth.fileio import folder_beside, lock_beside, replace_folder
 from vidbooth.nano.arch import NanoArch
 
 CLIP_MEAN = (0.5, 0.5, 0.5)
@@ -155,13 +155,19 @@ def check_export_folder(folder: str | Path, flag: str = "--export") -> None:
 
 def save_nano(folder: str | Path, arch: NanoArch, tokenizer, vae, clip, unet, provenance: dict) -> Path:
     """Write the diffusers-layout folder (fp16 weights) that `load_backbone` and the appearance encoder read. It is
-    built beside `folder` and then replaces it whole: a stop while exporting leaves the old model as it was."""
+    built beside `folder` and then replaces it whole: a stop while exporting leaves the old model as it was. Of two
+    exports to one folder at once the second is refused (their renames had crossed, failing with ENOTEMPTY)."""
     final = Path(folder)
-    check_export_folder(final)
-    with folder_beside(final) as folder:
-        _write_nano(folder, arch, tokenizer, vae, clip, unet, provenance)
-        _keep_image_prompt_model(final, folder)
-        replace_folder(folder, final)
+
+    def busy(pid: str) -> str:
+        return f"{final} is being exported to by another process (pid {pid}): wait for it to end, or export elsewhere"
+
+    with lock_beside(final, busy):
+        check_export_folder(final)
+        with folder_beside(final) as folder:
+            _write_nano(folder, arch, tokenizer, vae, clip, unet, provenance)
+            _keep_image_prompt_model(final, folder)
+            replace_folder(folder, final)
     return final
 
 
