@@ -757,6 +757,19 @@ def test_the_stages_time_is_recorded_with_each_checkpoint(tmp_path, accelerator,
     assert json.loads(record.read_text())["seconds"] >= at_checkpoint[0] + 0.3
 
 
+def test_only_the_main_process_records_the_stages_time(tmp_path, accelerator):
+    """Every process runs the stage's clock; only the main one writes seconds.json beside its checkpoints, which
+    the others would race (mutation testing: the guard had been untested)."""
+    engine.train(make_method(), toy_data(), config(steps=2), tmp_path, accelerator)
+    (tmp_path / engine.SECONDS_FILE).unlink()
+    with engine._stage_clock(tmp_path, True, False):
+        pass
+    assert not (tmp_path / engine.SECONDS_FILE).exists()
+    with engine._stage_clock(tmp_path, True, True):
+        pass
+    assert json.loads((tmp_path / engine.SECONDS_FILE).read_text())["seconds"] >= 0
+
+
 def test_a_file_where_the_run_keeps_its_checkpoints_is_replaced_on_starting_over(tmp_path, accelerator):
     """A run folder or its checkpoints folder damaged into a file: even --overwrite had failed (FileExistsError)."""
     (tmp_path / "run").write_text("not a folder")
