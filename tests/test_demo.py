@@ -186,6 +186,7 @@ def test_paired_steps_compare_each_video_with_the_same_noise_in_the_variant_befo
     (["--base", "no/such/base/here"], "base model not found: no/such/base/here"),
     (["--base", str(Path(__file__).parent)], "is not a diffusers text-to-video model"),
     (["--device", "tpu"], "unknown device 'tpu'"),  # these three had been found after the inputs were made
+    (["--device", "mps"], "--device mps: Apple GPUs (MPS) are not supported; use --device cpu or auto (the CPU)"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
     (["--attention", "bogus"], "unknown attention backend 'bogus'"),
 ])

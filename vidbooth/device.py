@@ -28,6 +28,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return device
     if name == "cpu":
         return torch.device("cpu")
+    if name.startswith("mps"):  # a Mac's GPU: auto takes its CPU
+        raise UserError(f"--device {name}: Apple GPUs (MPS) are not supported; use --device cpu or auto (the CPU)")
     raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
 
 
