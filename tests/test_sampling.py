@@ -12,32 +12,67 @@ from vidbooth.engine.tiny import diffusers_reference_pipeline
 from vidbooth.errors import UserError
 
 
-def _diffusers_scheduler(name, folder):
+def _diffusers_scheduler(name, folder, **overrides):
     """The scheduler docs/generate.md promises, built by diffusers alone (not by vidbooth's make_scheduler)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     if name == "ddim":
-        return DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+        return DDIMScheduler.from_pretrained(folder, subfolder="scheduler", **overrides)
     return DPMSolverMultistepScheduler.from_pretrained(
-        folder, subfolder="scheduler", algorithm_type="dpmsolver++", solver_order=2
+        folder, subfolder="scheduler", algorithm_type="dpmsolver++", solver_order=2, **overrides
     )  # DPM-Solver++ 2M
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
-def test_matches_diffusers_text_to_video_pipeline(tiny_base_dirs, tiny_backbones, scheduler):
+@pytest.mark.parametrize("scheduler, eta", [("ddim", 0.0), ("dpm++", 0.0), ("ddim", 1.0)])
+def test_matches_diffusers_text_to_video_pipeline(tiny_base_dirs, tiny_backbones, scheduler, eta):
+    """Two prompts; with DDIM's eta its noise too, which diffusers draws for the frames laid out as images (it had
+    been drawn for the video's layout: the same seed gave another video, 0.4 of its largest latent apart)."""
     folder = tiny_base_dirs["unet3d"]
     pipe = diffusers_reference_pipeline(folder, scheduler)
     pipe.scheduler = _diffusers_scheduler(scheduler, folder)  # independent of vidbooth's scheduler building
-    kwargs = dict(num_frames=4, height=32, width=32, num_inference_steps=5, guidance_scale=7.5)
+    kwargs = dict(num_frames=4, height=32, width=32, num_inference_steps=5, guidance_scale=7.5, eta=eta)
+    prompts, negatives = ["a red dog", "a cat"], ["blurry", ""]
     expected = pipe(
-        "a red dog", negative_prompt="blurry", generator=torch.Generator().manual_seed(3), output_type="np", **kwargs
-    ).frames[0]
+        prompts, negative_prompt=negatives, generator=torch.Generator().manual_seed(3), output_type="np", **kwargs
+    ).frames
     ours = sample_video(
-        tiny_backbones["unet3d"], "a red dog", negative_prompt="blurry", scheduler=scheduler,
+        tiny_backbones["unet3d"], prompts, negative_prompt=negatives, scheduler=scheduler,
         generator=torch.Generator().manual_seed(3), output_type="np", **kwargs,
-    )[0]
-    assert ours.shape == expected.shape == (4, 32, 32, 3)
+    )
+    assert ours.shape == expected.shape == (2, 4, 32, 32, 3)
     assert np.abs(ours - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("scheduler, eta", [("ddim", 1.0), ("dpm++", 0.0)])
+def test_matches_diffusers_animatediff_pipeline(tiny_base_dirs, tiny_backbones, scheduler, eta):
+    """An image model with a motion module, against diffusers' AnimateDiffPipeline given the schedule vidbooth
+    documents for AnimateDiff (linear betas, no clipping); it draws DDIM's eta noise for the video as it is."""
+    import warnings
+
+    from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from vidbooth.engine.tiny import motion_adapter_folder
+
+    folder = tiny_base_dirs["animatediff"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = AnimateDiffPipeline(
+            vae=AutoencoderKL.from_pretrained(folder / "vae"),
+            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"), unet=UNet2DConditionModel.from_pretrained(
+                folder / "unet"), motion_adapter=MotionAdapter.from_pretrained(motion_adapter_folder(folder)),
+            scheduler=_diffusers_scheduler(scheduler, folder, beta_schedule="linear", clip_sample=False),
+        )
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_frames=4, height=32, width=32, num_inference_steps=5, guidance_scale=7.5, eta=eta)
+    prompts, negatives = ["a red dog", "a cat"], ["blurry", ""]
+    expected = pipe(prompts, negative_prompt=negatives, generator=torch.Generator().manual_seed(7),
+                    output_type="latent", **kwargs).frames
+    ours = sample_video(tiny_backbones["animatediff"], prompts, negative_prompt=negatives, scheduler=scheduler,
+                        generator=torch.Generator().manual_seed(7), output_type="latent", **kwargs)
+    assert ours.shape == expected.shape == (2, 4, 4, 16, 16)
+    assert (ours - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
 def test_dpm_solver_sampling_raises_no_warning(tiny_backbones):
@@ -52,7 +87,7 @@ def test_dpm_solver_sampling_raises_no_warning(tiny_backbones):
 
 def test_ddim_eta_adds_noise_drawn_from_the_generator(tiny_backbones):
     """sampling.eta reaches DDIM: eta 1 adds noise at each step (drawn from the seeded generator, so it repeats),
-    eta 0 adds none. (Not compared with diffusers' pipeline, which draws that noise for frames laid out as images.)"""
+    eta 0 adds none (diffusers' pipeline is matched above)."""
     run = lambda eta: sample_video(tiny_backbones["unet3d"], "a cat", num_frames=3, num_inference_steps=3,
                                    guidance_scale=5.0, eta=eta, generator=torch.Generator().manual_seed(0),
                                    output_type="np")

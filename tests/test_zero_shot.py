@@ -124,21 +124,24 @@ def test_cross_frame_attention_matches_diffusers_processor():
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
-def test_matches_diffusers_text_to_video_zero_pipeline(tiny_base_dirs, image_model):
+@pytest.mark.parametrize("steps, eta", [(10, 0.0), (10, 1.0), (50, 0.0)])
+def test_matches_diffusers_text_to_video_zero_pipeline(tiny_base_dirs, image_model, steps, eta):
     """The whole sampler, against diffusers' pipeline with its flow grid at the video's size (512 x 512 there) and
-    its noising back from t0 to t1 exact (one noise level short there): `diffusers_zero_shot_reference`."""
+    its noising back from t0 to t1 exact (one noise level short there): `diffusers_zero_shot_reference`. With DDIM's
+    eta its noise too (drawn as for images, as diffusers does); at 50 steps the first frame is denoised alone
+    before t1 (at 10, t1 is the first step)."""
     from vidbooth.engine.tiny import diffusers_zero_shot_reference
 
     height = width = 32
     pipe = diffusers_zero_shot_reference(tiny_base_dirs["animatediff"], height, width)
-    steps, frames = 10, 4
+    frames = 4
     i1, i0 = warp_steps(steps, 0.88, 0.94)
     first = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
     try:
         expected = pipe(
             "a red dog", video_length=frames, height=height, width=width, num_inference_steps=steps, guidance_scale=6.0,
             negative_prompt="blurry", latents=first, generator=torch.Generator().manual_seed(9), t0=steps - 1 - i0,
-            t1=steps - 1 - i1, motion_field_strength_x=6, motion_field_strength_y=-4, output_type="np",
+            t1=steps - 1 - i1, motion_field_strength_x=6, motion_field_strength_y=-4, output_type="np", eta=eta,
         ).images
     finally:
         pipe.restore()
@@ -146,8 +149,9 @@ def test_matches_diffusers_text_to_video_zero_pipeline(tiny_base_dirs, image_mod
     ours = sample_video(
         image_model, "a red dog", negative_prompt="blurry", num_frames=frames, height=height, width=width,
         num_inference_steps=steps, guidance_scale=6.0, latents=latents, generator=torch.Generator().manual_seed(9),
-        zero_shot=ZeroShotConfig(motion_field_strength_x=6, motion_field_strength_y=-4), output_type="np",
+        zero_shot=ZeroShotConfig(motion_field_strength_x=6, motion_field_strength_y=-4), output_type="np", eta=eta,
     )[0]
+    assert (i1 > 0) == (steps == 50)
     assert ours.shape == np.asarray(expected).shape == (frames, height, width, 3)
     assert np.abs(ours - np.asarray(expected)).max() < 1e-4
     assert np.abs(ours[1:] - ours[:1]).max() > 1e-2  # the frames are not one picture
@@ -286,3 +290,28 @@ def test_a_motion_field_of_a_whole_frame_is_refused_and_one_pixel_less_is_not():
     check_strengths(ZeroShotConfig(motion_field_strength_x=63), 64, 64)
     with pytest.raises(UserError, match="whole frame"):
         check_strengths(ZeroShotConfig(motion_field_strength_x=64), 64, 64)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
+def test_with_one_step_the_frames_are_noised_back_from_where_the_step_left_the_first(image_model, monkeypatch,
+                                                                                    scheduler):
+    """With one step the first frame is translated after it is denoised whole: DDIM leaves it at its final noise
+    level (alphas_cumprod[0] without set_alpha_to_one, as the tiny and SD1.5 schedules are), not at none; dpm++
+    leaves it clean."""
+    from vidbooth.engine import sampling
+
+    seen, other_frames = [], sampling.other_frames
+
+    def recorded(first, num_frames, settings, height, width, alpha_t0, alpha_t1, draws):
+        seen.append((alpha_t0, alpha_t1))
+        return other_frames(first, num_frames, settings, height, width, alpha_t0, alpha_t1, draws)
+
+    monkeypatch.setattr(sampling, "other_frames", recorded)
+    sample_video(image_model, "a cat", num_frames=2, num_inference_steps=1, guidance_scale=1.0, scheduler=scheduler,
+                 generator=torch.Generator().manual_seed(0), output_type="latent")
+    sched = sampling.make_scheduler(scheduler, image_model.scheduler_config)
+    sampling.set_timesteps(sched, 1, "cpu")
+    after = float(sched.alphas_cumprod[0]) if scheduler == "ddim" else 1.0
+    assert after < 1.0 or scheduler == "dpm++"
+    at_the_step = float(sched.alphas_cumprod[int(sched.timesteps[0])])
+    assert seen == [(pytest.approx(after, abs=1e-7), pytest.approx(at_the_step))]

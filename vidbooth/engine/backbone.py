@@ -300,9 +300,9 @@ def _load_tokenizer(folder: Path):
 
 
 ANIMATEDIFF_SCHEDULE = {"beta_schedule": "linear", "clip_sample": False}
-"""The noise schedule AnimateDiff's motion modules were trained with, and sample with in its inference configs and
-diffusers' AnimateDiff examples: it replaces the image model's own for the animatediff family (sampling and
-training alike)."""
+"""The noise schedule AnimateDiff's motion modules were trained with, and sample with in AnimateDiff's own inference
+configs (the image model's betas and "leading" timesteps; diffusers' examples also set timestep_spacing="linspace",
+other timesteps): it replaces the image model's own for the animatediff family (sampling and training alike)."""
 
 _PICKLES = (".bin", ".pt", ".pth", ".ckpt")
 

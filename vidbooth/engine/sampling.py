@@ -3,7 +3,8 @@
 Classifier-free guidance as in the ModelScope/diffusers text-to-video pipelines: one UNet call on the
 batch [negative, positive], then `uncond + guidance_scale * (cond - uncond)`; adapters learned for the
 conditional half only (`conditional_only`) act on the positive half. With the same model,
-scheduler, steps and seed the result matches diffusers' `TextToVideoSDPipeline` (tested).
+scheduler, steps and seed the result matches diffusers' `TextToVideoSDPipeline`, `AnimateDiffPipeline` and
+(DDIM) `TextToVideoZeroPipeline` (tested), DDIM's eta noise included.
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ def sample_video(
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)
-            drawn = {"variance_noise": draws.randn(noise.shape, noise.device, noise.dtype)} if eta_noise else {}
+            drawn = {"variance_noise": _eta_noise(draws, noise, backbone.family)} if eta_noise else {}
             latents = sched.step(noise, t, latents, **step_kwargs, **drawn).prev_sample
             bar.advance()
         return latents
@@ -220,7 +221,8 @@ def sample_video(
             i1, i0 = zero_shot_steps
             first_at_t1 = denoise(latents[:, :, :1], text, steps[:i1], sched, draws, bar)
             first_at_t0 = denoise(first_at_t1, text, steps[i1:i0], sched, draws, bar)
-            alphas = [float(sched.alphas_cumprod[int(t)]) for t in steps] + [1.0]  # after the last step: clean
+            after_last = float(getattr(sched, "final_alpha_cumprod", 1.0))  # DDIM's; dpm++ ends clean
+            alphas = [float(sched.alphas_cumprod[int(t)]) for t in steps] + [after_last]
             others = other_frames(first_at_t0, num_frames, zero_shot, height, width, alphas[i0], alphas[i1], draws)
             latents = torch.cat([first_at_t1, others], dim=2)
             sched = make_scheduler(scheduler, backbone.scheduler_config)  # a multistep solver starts afresh at t1
@@ -263,6 +265,15 @@ def sample_video(
     return to_uint8(video)
 
 
+def _eta_noise(draws: BatchDraws, like: torch.Tensor, family: str) -> torch.Tensor:
+    """DDIM's eta noise for latents `like` (B, C, F, h, w), drawn in the layout of diffusers' pipeline for the
+    model's family, so that the same seed gives the same video: the UNet3D and Text2Video-Zero pipelines step on
+    the frames as images (B*F, C, h, w), AnimateDiff's on the video as it is."""
+    if family == "animatediff":
+        return draws.randn(like.shape, like.device, like.dtype)
+    return draws.randn_frames(like.shape, like.device, like.dtype)
+
+
 def _named(section: str, key: str) -> str:
     """How a message names `section.key`, a setting without a flag."""
     return f"{section}.{key} (--set {section}.{key}=N)"
@@ -297,3 +308,9 @@ class BatchDraws:
         rows = shape[0] // len(self.videos)
         whole = randn_tensor((rows * self.total, *shape[1:]), generator=self.generator, device=device, dtype=dtype)
         return whole[rows * self.videos.start : rows * self.videos.stop]
+
+    def randn_frames(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+        """Normal noise for videos of `shape` (B, C, F, h, w), drawn for their frames laid out as images (B*F, C, h,
+        w), as diffusers' image-wise pipelines draw it."""
+        b, c, f, h, w = shape
+        return self.randn((b * f, c, h, w), device, dtype).unflatten(0, (b, f)).transpose(1, 2)

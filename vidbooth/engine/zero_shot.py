@@ -84,9 +84,7 @@ def other_frames(
     moved = translate_frames(
         first_at_t0, num_frames, settings.motion_field_strength_x, settings.motion_field_strength_y, height, width
     )
-    b, c, f, h, w = moved.shape
-    noise = draws.randn((b * f, c, h, w), moved.device, moved.dtype)
-    return renoise(moved, alpha_t0, alpha_t1, noise.unflatten(0, (b, f)).transpose(1, 2))
+    return renoise(moved, alpha_t0, alpha_t1, draws.randn_frames(moved.shape, moved.device, moved.dtype))
 
 
 def chunked_unet_forward(backbone, latents: torch.Tensor, timestep, text: torch.Tensor, chunk_size: int):
