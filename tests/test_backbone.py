@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import shutil
 import sys
@@ -551,3 +552,31 @@ def test_a_zero_shot_batch_gives_each_videos_frames_its_own_prompt_and_noise_lev
     zero = load_backbone(str(tiny_base_dirs["animatediff"]), device="cpu")
     assert zero.family == "text2video-zero"
     _batch_independence(zero, torch.tensor([10, 500]))
+
+
+def test_a_model_folder_replaced_while_it_loads_is_refused(tiny_base_dirs, tmp_path, monkeypatch):
+    """`pretrain --export` replaces its folder whole; a generate loading that folder meanwhile had taken some parts
+    from each version without a word. An export under way is refused at once; one that happens during the
+    loading, after it."""
+    from vidbooth.engine import backbone
+    from vidbooth.fileio import exclusive_lock, lock_file_beside, replace_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_base_dirs["unet3d"], folder)
+    with exclusive_lock(lock_file_beside(folder), lambda pid: "unused"):
+        with pytest.raises(UserError, match=rf"^the model in {re.escape(str(folder))} is being replaced by another "
+                                            rf"process \(pid {os.getpid()}\): run again once it ends$"):
+            load_backbone(str(folder), device="cpu")
+    load_tokenizer = backbone._load_tokenizer
+
+    def exported_meanwhile(path):
+        shutil.copytree(folder, tmp_path / "new")
+        replace_folder(tmp_path / "new", folder)
+        return load_tokenizer(path)
+
+    monkeypatch.setattr(backbone, "_load_tokenizer", exported_meanwhile)
+    with pytest.raises(UserError, match=rf"^the model in {re.escape(str(folder))} was replaced while it loaded "
+                                        r"\(exported again\?\): run again$"):
+        load_backbone(str(folder), device="cpu")
+    monkeypatch.setattr(backbone, "_load_tokenizer", load_tokenizer)
+    assert load_backbone(str(folder), device="cpu").family == "unet3d"

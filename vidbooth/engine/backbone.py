@@ -28,7 +28,7 @@ from torch import nn
 
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.errors import UserError
-from vidbooth.fileio import disk_full, folder_beside, publish_folder
+from vidbooth.fileio import disk_full, folder_beside, lock_file_beside, publish_folder, refuse_if_held
 from vidbooth.nano import PACKAGED
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -531,6 +531,7 @@ def load_backbone(
     backend = resolve_backend(attention, torch_device)  # fail before loading gigabytes
 
     folder = resolve_base(base, revision)
+    loading = _being_replaced_check(folder)
     unet_class = _unet_class(folder)
     if base in BUILTIN and BUILTIN[base] == "animatediff" and motion_adapter is None:
         motion_adapter = str(folder.with_name(folder.name + "-motion-adapter"))
@@ -578,6 +579,7 @@ def load_backbone(
         rebuild = "" if variant else _rebuild_hint(folder)  # a built-in model has no variants: building it again
         raise UserError(f"cannot load the model in {folder}: {reason}{hint}{rebuild}") from exc  # gives none
 
+    loading()
     fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet})
     if family == ZERO_SHOT:
         image_fingerprint = fingerprint
@@ -608,6 +610,31 @@ def load_backbone(
         extras={"folder": str(folder), "motion_adapter": str(adapter_source) if adapter_source else None},
         image_fingerprint=image_fingerprint,
     )
+
+
+def _being_replaced_check(folder: Path):
+    """Refuse a model folder that an export is writing (`pretrain --export` holds '<folder>.lock' while it replaces
+    the folder whole), and return a check, for when the model has loaded, that the folder was not replaced
+    meanwhile: its parts might come from the two versions."""
+    def busy(pid: str) -> str:
+        return f"the model in {folder} is being replaced by another process (pid {pid}): run again once it ends"
+
+    refuse_if_held(lock_file_beside(folder), busy)
+    identity = _folder_identity(folder)
+
+    def check() -> None:
+        if _folder_identity(folder) != identity:
+            raise UserError(f"the model in {folder} was replaced while it loaded (exported again?): run again")
+
+    return check
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def load_backbone_for(backbone_config, runtime_config, device: str | None = None) -> Backbone:
