@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -55,6 +56,29 @@ def test_a_reader_of_stderr_that_goes_away_does_not_stop_the_work(tiny_base_dirs
     assert generate.wait(timeout=300) == 0 and out.is_file()
     assert generate.stdout.read().decode().splitlines() == [str(out)]
 
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
+def test_a_full_disk_under_the_messages_does_not_stop_the_work_and_under_a_result_is_an_error(tiny_base_dirs,
+                                                                                             tmp_path, isolated_home):
+    """stderr on a full disk (or /dev/full) had ended generate with 1 at its first info line, nothing written; a
+    result sent to a full disk (`list --json > file`, `evaluate --json -`) had ended with 0 and a cut or empty
+    file."""
+    out = tmp_path / "clip.mp4"
+    with open("/dev/full", "w") as full:
+        generate = subprocess.Popen(
+            [sys.executable, "-m", "vidbooth", "generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt",
+             "a dog", "--out", str(out), "--frames", "2", "--steps", "2", "--device", "cpu"],
+            env={**os.environ, "VIDBOOTH_QUIET": "0"}, stdout=subprocess.PIPE, stderr=full)
+        assert generate.wait(timeout=300) == 0 and out.is_file()
+        assert generate.stdout.read().decode().splitlines() == [str(out)]
+        _subject("S*")
+        listing = subprocess.Popen([sys.executable, "-m", "vidbooth", "list", "--json"], stdout=full,
+                                   stderr=subprocess.PIPE)
+        assert listing.wait(timeout=120) == 2
+    assert listing.stderr.read().decode().splitlines() == [
+        "error: cannot write the result to stdout (the disk is full): make room where it goes, or send it elsewhere, "
+        "and run the command again"]
 
 
 def test_an_argument_the_locale_cannot_read_is_one_line_before_any_work(tiny_base_dirs, tmp_path):

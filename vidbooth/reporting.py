@@ -28,26 +28,47 @@ class _Console(Console):
     def on_broken_pipe(self) -> None:
         stream_closed(self.file)
 
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except OSError:  # a full disk or failing device under the messages: the command goes on without them (it
+            if not _is_stderr(self.file):  # had ended with 1 at its first info line); a result's is an error
+                raise
+            _write_nowhere(self.file)
+
 
 def stream_closed(stream: object) -> None:
     """The reader of `stream` went away: its descriptor now writes nowhere (so that Python's last flush does not fail
     too). On stdout the command stops (`OutputClosed`); on stderr it goes on without its messages, so that a training
     run whose log reader died (`... 2>&1 | tee log`, tee stopped) still finishes and saves. (A closed terminal is
     SIGHUP, which ends the process: run long trainings under nohup or tmux.)"""
+    _write_nowhere(stream)
+    if not _is_stderr(stream):
+        raise OutputClosed()
+
+
+def _descriptor(stream: object) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _is_stderr(stream: object) -> bool:
     import sys
 
-    try:
-        descriptor = stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        descriptor = None
+    return stream is sys.stderr or _descriptor(stream) == 2
+
+
+def _write_nowhere(stream: object) -> None:
+    """Point `stream`'s descriptor at the null device, so that what it still holds is flushed there."""
+    descriptor = _descriptor(stream)
     if descriptor is not None:
         nowhere = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(nowhere, descriptor)
         finally:
             os.close(nowhere)
-    if stream is not sys.stderr and descriptor != 2:
-        raise OutputClosed()
 
 
 console = _Console(stderr=True, highlight=False)
@@ -289,8 +310,16 @@ def result(text: str) -> None:
         stdout.flush()
     except BrokenPipeError:
         stream_closed(stdout)
-    except (OSError, ValueError):  # closed by the caller, or no room: the result is in its file all the same
+    except ValueError:  # closed by a caller in this process: nowhere to put it
         pass
+    except OSError as exc:  # `--json - > file` on a full disk had ended with 0 and a cut or empty file
+        from vidbooth.errors import UserError
+        from vidbooth.fileio import disk_full
+
+        _write_nowhere(stdout)  # Python's last flush would fail on the same bytes
+        reason = "the disk is full" if disk_full(exc) else (exc.strerror or str(exc)).lower()
+        raise UserError(f"cannot write the result to stdout ({reason}): make room where it goes, or send it "
+                        "elsewhere, and run the command again") from exc
 
 
 LOG_EVERY_SECONDS = 30.0
