@@ -277,6 +277,7 @@ def test_ctrl_c_under_a_launcher_is_told_by_the_first_process_only(tmp_path, mon
     for rank, told in (("1", ""), ("0", "error: interrupted\n")):
         monkeypatch.setenv("RANK", rank)
         monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
         assert main(["train-motion", str(clip), "--name", "m"]) == 130
         assert capsys.readouterr().err == told
 

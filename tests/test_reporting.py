@@ -63,13 +63,16 @@ def test_a_message_stays_one_line_and_shows_text_in_its_own_order(capsys, monkey
 def test_under_a_launcher_only_the_first_process_speaks_but_every_one_shows_its_error(capsys, monkeypatch):
     """`accelerate launch --num_processes 2`: each process reads the same clips, and each had shown their warnings."""
     monkeypatch.setenv("VIDBOOTH_QUIET", "1")  # quiet silences info lines, never warnings
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # torchrun's, beside its RANK and WORLD_SIZE
     for variable, rank, shown in (("RANK", "0", ["warning: short clip", "error: no disk"]),
                                   ("RANK", "1", ["error (process 1): no disk"]),
                                   ("PMI_RANK", "3", ["error (process 3): no disk"]),  # MPI's (accelerate --cpu)
                                   ("OMPI_COMM_WORLD_RANK", "2", ["error (process 2): no disk"])):
-        for name in reporting.RANK_VARIABLES:
+        for name in (*reporting.RANK_VARIABLES, *reporting.SIZE_VARIABLES):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv(variable, rank)
+        size = reporting.SIZE_VARIABLES[reporting.RANK_VARIABLES.index(variable)]
+        monkeypatch.setenv(size, "4")
         reporting.info("loading")
         reporting.warn("short clip")
         reporting.error("no disk")
@@ -86,6 +89,7 @@ def test_under_a_launcher_a_stop_is_told_once_not_by_every_process(capsys, monke
 
     monkeypatch.setattr(app, "_refuse_a_launcher", stopped_command)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     for rank, shown in (("0", "error: stopped by SIGINT at step 3/10; checkpoint saved\n"), ("1", "")):
         monkeypatch.setenv("RANK", rank)
         assert app.main(["train-motion", "clip.mp4"]) == 130
@@ -130,6 +134,7 @@ def test_under_a_launcher_commands_that_do_not_share_work_are_refused_and_tables
     from vidbooth.cli.app import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     for command in (["generate", "--prompt", "a dog"], ["evaluate", "out.mp4"], ["demo"], ["list"]):
         assert main(command) == 2
         assert capsys.readouterr().err == (f"error: {command[0]} runs in one process, and this launcher started 2: run "
@@ -276,3 +281,29 @@ def test_a_result_is_written_as_it_is_into_a_pipe_escaped_in_a_terminal_and_drop
     closed.close()
     monkeypatch.setattr(sys, "stdout", closed)
     reporting.result(name)
+
+
+def test_a_launchers_variables_left_in_the_shell_are_one_error_line_not_silence(capsys, monkeypatch, isolated_home):
+    """RANK=1 left in a shell (a sourced torchrun environment, a worker pod's) had silenced every line and result,
+    exit 0; with WORLD_SIZE=2 too, `list` had ended with 2 and no word."""
+    from vidbooth.cli.app import main
+
+    for name in (*reporting.RANK_VARIABLES, *reporting.SIZE_VARIABLES, "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert reporting.first_process()
+    reporting.warn("short clip")
+    assert capsys.readouterr().err == "warning: short clip\n"
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: RANK=1 is set, as torchrun and accelerate launch set it for their processes, but MASTER_ADDR is not: no "
+        "launcher started this command; unset RANK (left from another run?) and run it again"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["list", "--json"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: RANK=1 and WORLD_SIZE=2 are set, as torchrun and accelerate launch set them for their processes, but "
+        "MASTER_ADDR is not: no launcher started this command; unset RANK WORLD_SIZE (left from another run?) and run "
+        "it again"]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process, as a launcher of one sets them
+    assert main(["list", "--json"]) == 0 and capsys.readouterr().out == "[]\n"

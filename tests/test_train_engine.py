@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -997,9 +998,16 @@ def test_a_launchers_mixed_precision_that_vidbooth_does_not_take_is_warned_of_on
     engine.make_accelerator("no", "cpu", setting="identity.train.mixed_precision")
     engine.make_accelerator("no", "cpu", setting="identity.train.mixed_precision")
     assert capsys.readouterr().err.splitlines() == [
-        "warning: accelerate launch's mixed precision (bf16) is not used: vidbooth trains in no as "
+        "warning: accelerate launch's mixed precision (bf16) is not used: vidbooth trains without mixed precision as "
         "identity.train.mixed_precision says (auto: the base's half type on CUDA, none elsewhere); for bf16 give "
         "--set identity.train.mixed_precision=bf16"]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "garbage")  # no value to give back (it had been suggested)
+    engine.make_accelerator("no", "cpu", setting="motion.train.mixed_precision")
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: accelerate launch's mixed precision (garbage) is not used: vidbooth trains without mixed precision "
+        "as motion.train.mixed_precision says (auto: the base's half type on CUDA, none elsewhere); "
+        "vidbooth takes no, fp16 or bf16"]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     fresh_accelerate_state()
     engine.make_accelerator("bf16", "cpu", setting="coarse.mixed_precision and fine.mixed_precision")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what the launcher sets by default
@@ -1056,3 +1064,23 @@ def test_a_keyboard_interrupt_that_no_signal_handler_raised_goes_on_up(tmp_path,
     monkeypatch.setattr(engine, "_accumulate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         engine.train(make_method(), toy_data(), config(steps=4), tmp_path, accelerator)
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    ("ACCELERATE_USE_DEEPSPEED", "true", r"^cannot set up training: .*DeepSpeed.* \(asked for by "
+                                         r"ACCELERATE_USE_DEEPSPEED=true, left by another tool\?\): unset that, or "
+                                         r"install what it names$"),
+    ("ACCELERATE_TORCH_DEVICE", "cuda", r"^accelerate put training on cuda, not cpu as --device says \(asked for by "
+                                        r"ACCELERATE_TORCH_DEVICE=cuda, left by another tool\?\): unset that$"),
+])
+def test_accelerate_variables_left_by_another_tool_are_one_error_line(variable, value, expected, monkeypatch,
+                                                                      fresh_accelerate_state):
+    """Each had ended training in a traceback: DeepSpeed not installed (ImportError), or an AssertionError from a
+    CPU-only torch asked for the current CUDA device."""
+    for name in [name for name in os.environ if name.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(variable, value)
+    if variable == "ACCELERATE_USE_DEEPSPEED" and importlib.util.find_spec("deepspeed"):
+        pytest.skip("DeepSpeed is installed here")
+    with pytest.raises(UserError, match=expected):
+        engine.make_accelerator("no", "cpu", setting="motion.train.mixed_precision")

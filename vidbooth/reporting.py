@@ -99,8 +99,24 @@ def process_count() -> int:
 
 def _other_process() -> bool:
     """Any process but the first under a multi-process launcher (`accelerate launch`, torchrun, mpirun): each reads
-    the same inputs, so it would repeat every line the first one shows."""
-    return _rank() != "0"
+    the same inputs, so it would repeat every line the first one shows. (A RANK without a number of processes, left
+    in the environment, had silenced every line and result.)"""
+    return process_count() > 1 and _rank() != "0" and not leftover_launcher_variables()
+
+
+_ONE_PROCESS_VALUES = {"RANK": ("", "0"), "LOCAL_RANK": ("", "0"), "WORLD_SIZE": ("", "0", "1")}
+"""torchrun's variables, and their values that say one process."""
+
+
+def leftover_launcher_variables() -> list[str]:
+    """torchrun's variables set here ('RANK=1', ...) when they say another process or several, but no launcher
+    started this one: torchrun (and accelerate launch through it) also sets MASTER_ADDR, where its processes meet.
+    [] when they say one process, with MASTER_ADDR, or under mpirun (whose own variables count)."""
+    env = os.environ
+    here = [name for name in _ONE_PROCESS_VALUES if name in env]
+    if "MASTER_ADDR" in env or all(env[name].strip() in _ONE_PROCESS_VALUES[name] for name in here):
+        return []
+    return [f"{name}={env[name]}" for name in here]
 
 
 def first_process() -> bool:

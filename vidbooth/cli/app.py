@@ -158,7 +158,15 @@ def _refuse_undecodable(argv: list[str]) -> None:
 
 def _refuse_a_launcher(argv: list[str]) -> None:
     from vidbooth.errors import UserError
-    from vidbooth.reporting import first_process, process_count
+    from vidbooth.reporting import first_process, leftover_launcher_variables, process_count
+
+    leftover = leftover_launcher_variables()
+    if leftover:  # a shell that kept a launcher's variables: every process but the first had ended without a word
+        names = " ".join(setting.split("=")[0] for setting in leftover)
+        are, them = ("is", "it") if len(leftover) == 1 else ("are", "them")
+        raise UserError(f"{' and '.join(leftover)} {are} set, as torchrun and accelerate launch set {them} for their "
+                        f"processes, but MASTER_ADDR is not: no launcher started this command; unset {names} (left "
+                        "from another run?) and run it again")
 
     command = _command_of(argv)
     if command in ONE_PROCESS_COMMANDS and process_count() > 1:

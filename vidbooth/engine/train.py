@@ -215,6 +215,13 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     except ValueError as exc:
         raise UserError(f"cannot set up training: {str(exc).splitlines()[0]}: check --device and {setting} (no; fp16 "
                         "on CUDA; bf16 where the device has it)") from exc
+    except ImportError as exc:  # ACCELERATE_USE_DEEPSPEED=true left by another tool: a traceback had ended the run
+        raise UserError(f"cannot set up training: {str(exc).splitlines()[0]} (asked for by {_accelerate_variables()}, "
+                        "left by another tool?): unset that, or install what it names") from exc
+    wanted = "cpu" if on_cpu else "cuda"
+    if accelerator.device.type != wanted:  # ACCELERATE_TORCH_DEVICE overrides accelerate's own cpu=True
+        raise UserError(f"accelerate put training on {accelerator.device.type}, not {wanted} as --device says (asked "
+                        f"for by {_accelerate_variables()}, left by another tool?): unset that")
     if accelerator.num_processes == 1 and _asked_for_several_cpu_processes():
         reporting.warn(
             "accelerate launch --cpu started a single process (it runs several only through mpirun): for N CPU "
@@ -222,6 +229,12 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
         )
     _warn_of_the_launchers_precision(precision, setting, on_cpu)
     return accelerator
+
+
+def _accelerate_variables() -> str:
+    """The ACCELERATE_* variables set here ('ACCELERATE_USE_DEEPSPEED=true, ...'), for a message; or what sets them."""
+    names = sorted(name for name in os.environ if name.startswith("ACCELERATE_"))
+    return ", ".join(f"{name}={os.environ[name]}" for name in names) or "accelerate's config (accelerate config)"
 
 
 _LAUNCHER_PRECISION_WARNED: set[str] = set()
@@ -238,9 +251,11 @@ def _warn_of_the_launchers_precision(precision: str, setting: str, on_cpu: bool)
     if on_cpu and launcher == "fp16":
         return
     _LAUNCHER_PRECISION_WARNED.add(setting)
+    trains = "without mixed precision" if precision == "no" else f"in {precision}"
     fix = " ".join(f"--set {key}={launcher}" for key in setting.split(" and "))
-    reporting.warn(f"accelerate launch's mixed precision ({launcher}) is not used: vidbooth trains in {precision} "
-                   f"as {setting} says (auto: the base's half type on CUDA, none elsewhere); for {launcher} give {fix}")
+    fix = f"for {launcher} give {fix}" if launcher in ("fp16", "bf16") else "vidbooth takes no, fp16 or bf16"
+    reporting.warn(f"accelerate launch's mixed precision ({launcher}) is not used: vidbooth trains {trains} as "
+                   f"{setting} says (auto: the base's half type on CUDA, none elsewhere); {fix}")
 
 
 def _set_up_before_in_this_process(exc: ValueError) -> bool:
