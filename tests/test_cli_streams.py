@@ -117,3 +117,23 @@ def test_every_byte_the_locale_could_not_read_is_refused_in_an_argument():
         with pytest.raises(UserError, match="holds bytes that are not text in this terminal's encoding"):
             _refuse_undecodable(["generate", "--out", word])
     _refuse_undecodable(["generate", "--out", "Ś.mp4", "\udc7f"])  # letters, and no byte kept as a surrogate
+
+
+def test_a_removed_current_folder_and_python_OO_are_one_line_each(monkeypatch, capsys, tmp_path, isolated_home):
+    """A removed current folder had ended generate in torch's 'oneMKL FATAL ERROR: Cannot load libtorch_cpu.so' (or
+    a FileNotFoundError traceback); python -OO in a traceback from diffusers' docstring handling."""
+    from vidbooth.cli.app import main
+
+    def removed():
+        raise FileNotFoundError(2, "No such file or directory")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "getcwd", removed)
+        assert main(["generate", "--prompt", "a dog"]) == 2
+    assert capsys.readouterr().err == ("error: the current folder no longer exists (removed after the shell went into "
+                                       "it): cd to an existing folder and run the command again\n")
+    optimised = subprocess.run([sys.executable, "-OO", "-m", "vidbooth", "generate", "--prompt", "a dog"],
+                               capture_output=True, timeout=300, cwd=tmp_path)
+    assert optimised.returncode == 2 and optimised.stdout == b""
+    assert optimised.stderr.decode() == ("error: python -OO (or PYTHONOPTIMIZE=2) strips the docstrings that diffusers "
+                                         "and transformers read: run vidbooth without it (-O is fine)\n")

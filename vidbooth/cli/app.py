@@ -156,6 +156,22 @@ def _refuse_undecodable(argv: list[str]) -> None:
                             "under a UTF-8 locale (LANG=C.UTF-8), or rename the file")
 
 
+def _refuse_a_process_that_cannot_work() -> None:
+    """One line, before anything is imported, for a process that would fail in a confusing way: one whose current
+    folder was removed (torch then failed to load with a oneMKL FATAL ERROR, as if broken), or one run with
+    `python -OO`, whose stripped docstrings diffusers and transformers fail on (a traceback)."""
+    from vidbooth.errors import UserError
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UserError("the current folder no longer exists (removed after the shell went into it): cd to an "
+                        "existing folder and run the command again") from None
+    if sys.flags.optimize >= 2:
+        raise UserError("python -OO (or PYTHONOPTIMIZE=2) strips the docstrings that diffusers and transformers read: "
+                        "run vidbooth without it (-O is fine)")
+
+
 def _refuse_a_launcher(argv: list[str]) -> None:
     from vidbooth.errors import UserError
     from vidbooth.reporting import first_process, leftover_launcher_variables, process_count
@@ -208,6 +224,7 @@ def _told(argv: list[str] | None) -> int:
     try:
         with _stop_signals():
             try:
+                _refuse_a_process_that_cannot_work()
                 _refuse_a_launcher(sys.argv[1:] if argv is None else argv)
                 _refuse_undecodable(sys.argv[1:] if argv is None else argv)
                 code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
