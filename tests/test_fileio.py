@@ -45,6 +45,18 @@ def test_evaluation_reports_are_readable_by_others(tmp_path, umask_022):
     assert _mode(write_reports(EvaluationReport([], {}, {}, [], {}), tmp_path / "report.json")[0]) == 0o644
 
 
+def test_models_written_through_save_pretrained_follow_the_umask(tmp_path, umask_022):
+    """safetensors' writer makes its files 0600: the tiny models in a shared cache (and a nano export) had been
+    unreadable by the other users of it."""
+    from vidbooth.engine.tiny import motion_adapter_folder, save_tiny_backbone
+
+    folder = save_tiny_backbone(tmp_path / "tiny", "animatediff")
+    written = [p for root in (folder, motion_adapter_folder(folder)) for p in (root, *root.rglob("*"))]
+    assert any(p.suffix == ".safetensors" for p in written)
+    assert {p.name: _mode(p) for p in written if p.is_file()} == {p.name: 0o644 for p in written if p.is_file()}
+    assert {_mode(p) for p in written if p.is_dir()} == {0o755}
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
 def test_write_safetensors_reports_a_failed_write_as_the_os_error(tmp_path):
     """A write the operating system refuses (here a file-size limit, EFBIG; a full disk is ENOSPC) reaches the

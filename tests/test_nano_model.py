@@ -950,3 +950,21 @@ def test_nano_export_refused_while_another_exports_there(tmp_path, char_tokenize
     assert sorted(p.relative_to(export) for p in export.rglob("*")) == before
     assert json.loads((export / "nano.json").read_text()).get("other") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nano"]  # no lock file or temporary folder left
+
+
+def test_a_nano_export_follows_the_umask(tmp_path, char_tokenizer):
+    """safetensors' writer makes its files 0600: an export to a shared folder had been unreadable by other users."""
+    import stat
+
+    from vidbooth.nano import model as nano_model
+
+    arch = tiny_arch()
+    tokenizer = nano.load_tokenizer(str(char_tokenizer), arch.clip.max_length)
+    previous = os.umask(0o022)
+    try:
+        export = nano_model.save_nano(tmp_path / "nano", arch, tokenizer, build_vae(arch),
+                                      build_clip(arch, tokenizer), build_unet(arch), {})
+    finally:
+        os.umask(previous)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in export.rglob("*") if p.is_file()}
+    assert any(p.suffix == ".safetensors" for p in export.rglob("*")) and modes == {0o644}

@@ -55,6 +55,16 @@ def current_umask() -> int:
     return mask
 
 
+def with_usual_modes(folder: Path) -> None:
+    """Give the files under `folder` 0666 and its folders 0777, minus the umask, as for any file the user creates:
+    safetensors' writer (inside diffusers' and transformers' `save_pretrained`) makes its files 0600, which the other
+    users of a shared cache or model folder cannot read."""
+    mask = current_umask()
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def publish(temporary: str | Path, path: str | Path) -> None:
     """Rename `temporary` over `path` atomically. `tempfile.mkstemp` creates files readable by their owner only
     (0600); the published file gets the usual 0666 minus the umask, like any file the user creates."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from vidbooth import __version__
-from vidbooth.fileio import write_safetensors
+from vidbooth.fileio import with_usual_modes, write_safetensors
 
 SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 
@@ -183,6 +183,9 @@ def save_tiny_backbone(folder: str | Path, family: str = "unet3d", seed: int = 0
         "scheduler": ["diffusers", "DDIMScheduler"],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    for written in (folder, motion_adapter_folder(folder)):
+        if written.is_dir():
+            with_usual_modes(written)
     return folder
 
 

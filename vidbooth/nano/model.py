@@ -24,7 +24,7 @@ import torch
 
 from vidbooth import __version__, reporting
 from vidbooth.errors import UserError
-from vidbooth.fileio import folder_beside, lock_beside, replace_folder
+from vidbooth.fileio import folder_beside, lock_beside, replace_folder, with_usual_modes
 from vidbooth.nano.arch import NanoArch
 
 CLIP_MEAN = (0.5, 0.5, 0.5)
@@ -224,6 +224,7 @@ def _write_nano(folder: Path, arch: NanoArch, tokenizer, vae, clip, unet, proven
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     (folder / "nano.json").write_text(json.dumps(dict(provenance, architecture=asdict(arch)), indent=2))
+    with_usual_modes(folder)
 
 
 def _half_copy(model):
