@@ -928,7 +928,7 @@ def test_the_processes_of_a_run_wait_for_one_another_longer_than_nccls_ten_minut
 
     created = []
     monkeypatch.setattr(accelerate, "Accelerator", lambda **kwargs: created.append(kwargs) or SimpleNamespace(
-        num_processes=1))
+        num_processes=1, device=torch.device("cpu")))
     engine.make_accelerator("auto", device="cpu")
     (handler,) = created[0]["kwargs_handlers"]
     assert type(handler).__name__ == "InitProcessGroupKwargs" and handler.timeout.total_seconds() == 2 * 3600
