@@ -87,7 +87,14 @@ def main() -> None:
 
     import os
 
+    from vidbooth.device import resolve_device
     from vidbooth.engine.backbone import quiet_libraries
+    from vidbooth.errors import UserError
+
+    try:
+        resolve_device(args.device)  # before the CPU reference's minutes, not after
+    except UserError as exc:
+        parser.exit(2, f"error: {exc}\n")
 
     os.environ.setdefault("VIDBOOTH_QUIET", "1")
     quiet_libraries()

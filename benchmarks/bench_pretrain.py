@@ -1,6 +1,6 @@
 """nano pretraining speed (clips/s of each stage's training step) and the shipped base's probe scores.
 
-Usage: python benchmarks/bench_pretrain.py [--prompts 50] [--inference-steps 25] [--guidance 4] [--repeats 3]
+Usage: python benchmarks/bench_pretrain.py [--prompts 50] [--inference-steps 10] [--guidance 4] [--repeats 3]
                                            [--threads 1]
 Each stage's speed comes with the share of its step spent making the batch in the procedural world (the rest is
 the model's forward, backward and AdamW). The probe part generates the held-out prompts (the split's validation
@@ -94,7 +94,8 @@ def shipped_scores(prompts: int, inference_steps: int, guidance: float) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=50, help="held-out prompts to generate and probe")
-    parser.add_argument("--inference-steps", type=int, default=25)
+    parser.add_argument("--inference-steps", type=int, default=10, help="DDIM steps (10: as the docs' figures and "
+                        "pretraining's probe, unet.eval_inference_steps)")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=3, help="timed training steps per stage")
     parser.add_argument("--threads", type=int, default=1)
