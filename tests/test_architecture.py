@@ -185,6 +185,10 @@ _BAD_SETTINGS = [  # (command line, what its one error line says)
     (["pretrain", "--set", "bogus=1"], "config key 'bogus'"),
     (["pretrain", "--set", "arch.unet.position_channels=2"], "arch.unet.position_channels must be 0 or 3, got 2"),
     (["pretrain", "--resume", "--out", "no-run"], "nothing to resume in no-run: run without --resume to start"),
+    (["generate", "--prompt", "x", "--base", "./no/such"], "base model not found: ./no/such (--base)"),
+    (["generate", "--prompt", "x", "--recipe", "tiny/generate", "--set", "backbone.base=a/b/c"],
+     "base model not found: a/b/c (--base)"),
+    (["demo", "--base", "no/such/base"], "base model not found: no/such/base (--base)"),
 ]
 
 

@@ -4,6 +4,8 @@ that sets it, where there is one), so that bad numbers stop a command before it 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 from vidbooth.errors import UserError
 
@@ -14,6 +16,24 @@ MAX_FRAMES = 1024
 run out of memory, or run for hours inside one layer where Ctrl-C cannot stop it."""
 MAX_VIDEOS = 256
 """Videos sampled in one batch (nano: 128 in 56 s and 1.2 GB on 2 CPU cores)."""
+
+
+BUILTIN_BASES = ("nano", "tiny", "tiny-animatediff")
+"""The base names that are no path, even where a folder of that name exists: the packaged nano and two random tiny
+models for smoke tests."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+"""A hub id (org/name): a base or motion adapter so named that is no folder here is fetched."""
+
+
+def base_found(base: str, flag: str | None = "--base") -> None:
+    """A UserError for a base that is no built-in name, no folder or file here and no hub id: checked with the
+    settings, so that a mistyped folder is told at once (it had waited for torch and diffusers to load, 4 s).
+    `flag`: the option that gave it (None: a name recorded in a file, which no option replaces)."""
+    if base in BUILTIN_BASES or HUB_ID.match(base) or Path(base).expanduser().exists():
+        return
+    given = f" ({flag})" if flag else ""
+    raise UserError(f"base model not found: {base}{given}: give a diffusers model folder, a hub id like org/name, or "
+                    f"a built-in model ({', '.join(sorted(BUILTIN_BASES))})")
 
 
 def _name(key: str, flag: str | None) -> str:

@@ -40,6 +40,7 @@ class DemoConfig:
         if not self.out.strip():
             raise UserError("--out is empty: give the folder the demo writes into (default: demo)")
         self.out = str(Path(self.out).expanduser())  # '~/demo' is the home folder's, as elsewhere
+        checks.base_found(self.base)
         checks.at_least("num_videos", self.num_videos, 1, "--num-videos")
         checks.at_most("num_videos", self.num_videos, MAX_VIDEOS, "--num-videos")
         checks.seed("seed", self.seed)

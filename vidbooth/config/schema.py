@@ -25,6 +25,7 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         if not self.base.strip():  # had been read as the current folder: ". is not a diffusers ... model"
             raise UserError("backbone.base (--base) is empty: give a model folder, a hub id, or nano (the default)")
+        checks.base_found(self.base)
         if self.motion_adapter is not None and not self.motion_adapter.strip():  # had made zero-shot videos
             raise UserError("backbone.motion_adapter (--motion-adapter) is empty: give a MotionAdapter folder or hub "
                             "id, or leave it out")

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vidbooth.config.checks import BUILTIN_BASES, HUB_ID, base_found
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.errors import UserError
 from vidbooth.fileio import disk_full, folder_beside, lock_file_beside, publish_folder, refuse_if_held
 from vidbooth.nano import PACKAGED
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN = {"tiny": "unet3d", "tiny-animatediff": "animatediff"}
 ZERO_SHOT = "text2video-zero"
 """The family of an image model without a motion adapter."""
@@ -39,7 +39,7 @@ NANO = PACKAGED
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
 
-BUILTIN_NAMES = frozenset({"nano", *BUILTIN})
+BUILTIN_NAMES = frozenset(BUILTIN_BASES)
 """The base names that are no path, even where a folder of that name exists."""
 
 
@@ -246,17 +246,13 @@ def resolve_base(base: str, revision: str | None = None, flag: str | None = "--b
                     publish_folder(motion_adapter_folder(built), motion_adapter_folder(folder))
         return folder
     path = Path(base).expanduser()
-    given = f" ({flag})" if flag else ""
     if path.exists():
         if not path.is_dir():
+            given = f" ({flag})" if flag else ""
             raise UserError(f"base model {path}{given} is a file: give a diffusers model folder (with "
                             f"model_index.json); {_single_file_hint(path)}")
         return path
-    if not _HUB_ID.match(base):
-        raise UserError(
-            f"base model not found: {base}{given}: give a diffusers model folder, a hub id like org/name, or a "
-            f"built-in model ({', '.join(sorted(BUILTIN_NAMES))})"
-        )
+    base_found(base, flag)  # else a hub id
     return _from_hub(base, revision, flag, not_here=path)
 
 
@@ -447,7 +443,7 @@ def _motion_adapter_folder(motion_adapter: str, revision: str | None = None) -> 
             raise UserError(f"--motion-adapter {motion_adapter} is no AnimateDiff MotionAdapter folder (it has no "
                             "config.json): give the folder of one, such as guoyww/animatediff-motion-adapter-v1-5-2's")
         return path
-    if not _HUB_ID.match(motion_adapter):
+    if not HUB_ID.match(motion_adapter):
         raise UserError(f"motion adapter not found: {motion_adapter} (give an AnimateDiff MotionAdapter folder or a "
                         "hub id like guoyww/animatediff-motion-adapter-v1-5-2)")
     return _from_hub(motion_adapter, revision, "--motion-adapter", not_here=path)
