@@ -230,6 +230,17 @@ def test_in_a_narrow_terminal_a_table_folds_names_and_paths_and_never_cuts_them(
     assert "".join(row[1].strip() for row in rows) == name and "".join(row[3].strip() for row in rows) == path
 
 
+def test_in_a_terminal_too_narrow_for_its_columns_a_table_keeps_its_text(monkeypatch):
+    """At COLUMNS=10 every cell of `vidbooth list` had come out empty: the table is then written at its own width,
+    for the terminal to wrap."""
+    terminal = _Terminal()
+    console = reporting._Console(file=terminal, width=10, force_terminal=True, color_system=None)
+    monkeypatch.setattr(reporting, "stdout_console", console)
+    reporting.table("subjects", ["name", "class noun", "kind"], [("S*", "dog", "subject")], to_stdout=True)
+    rows = [line for line in terminal.written.getvalue().splitlines() if line.count("│") == 4]
+    assert [cell.strip() for cell in rows[0].split("│")[1:4]] == ["S*", "dog", "subject"]
+
+
 def test_forced_colour_into_a_log_writes_lines_not_redraws(monkeypatch):
     """FORCE_COLOR=1 (CI's, for coloured logs) makes rich take any stream for a terminal: a bar had redrawn into the
     log 9 times a second, carriage returns and escape codes, past the 30-second throttle."""

@@ -302,7 +302,8 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], 
     for r in rows:
         t.add_row(*[Text(f"{v:.4f}" if isinstance(v, float) else printable(str(v))) for v in r])
     target = stdout_console if to_stdout else console
-    if not _redraws(target):  # rich would wrap at 80 columns; a console as wide as the table does not
+    too_narrow = target.width < 4 * len(columns) + 1  # COLUMNS=10: every cell had come out empty
+    if too_narrow or not _redraws(target):  # rich would wrap at 80 columns; a console as wide as the table does not
         natural = target.measure(t, options=target.options.update_width(10_000)).maximum
         target = _Console(file=target.file, width=max(target.width, natural), highlight=False)
     target.print(t)
