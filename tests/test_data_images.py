@@ -511,3 +511,24 @@ def test_the_command_line_shows_a_librarys_warning_as_one_line(tmp_path, capsys,
     assert f"warning: reading {photos / 'a.jpg'}: Tag data larger than file. Skipping tag 270" in err, err
     assert f"warning: reading {photos / 'b.jpg'}: Tag data larger than file. Skipping tag 270" in err, err
     assert err[-1].startswith("error: ") and not any("UserWarning" in line for line in err)
+
+
+def test_a_photo_whose_name_is_not_text_is_refused_in_one_line(tmp_path):
+    """A name whose bytes are not text in the locale (Latin-1 bytes under UTF-8; any non-ASCII under LANG=C with
+    PYTHONUTF8=0) reaches Python as lone surrogates: copied into the library, it had made a manifest that the next
+    command failed on (a UnicodeEncodeError traceback)."""
+    import os
+
+    from PIL import Image
+
+    from vidbooth.data.images import load_photos
+    from vidbooth.errors import UserError
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in (b"a.png", b"caf\xe9.png"):  # 'café' in Latin-1
+        Image.new("RGB", (8, 8)).save(os.fsdecode(os.fsencode(folder) + b"/" + name))
+    with pytest.raises(UserError, match=r"^photo '.*/caf\\udce9\.png' has a name that is not text in this terminal's "
+                                        r"encoding: run vidbooth under a UTF-8 locale \(LANG=C\.UTF-8\), or rename "
+                                        r"the file$"):
+        load_photos([folder])

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vidbooth import reporting
-from vidbooth.errors import CHECK_THE_PATH, UserError
+from vidbooth.errors import CHECK_THE_PATH, UserError, unread_byte
 
 if TYPE_CHECKING:
     import torch
@@ -241,6 +241,11 @@ def _photo_files(path: Path) -> list[Path]:
     if not photos:
         kinds = f"{', '.join(IMAGE_EXTENSIONS[:-1])} or {IMAGE_EXTENSIONS[-1]}"  # every accepted type
         raise UserError(f"no photos found in {path}: add 3-5 photos of the subject as {kinds} files")
+    for photo in photos:  # its name goes into the library's manifest (UTF-8), which had then failed to be read back
+        if any(map(unread_byte, photo.name)):
+            shown = str(photo).encode("utf-8", "backslashreplace").decode()
+            raise UserError(f"photo '{shown}' has a name that is not text in this terminal's encoding: run vidbooth "
+                            "under a UTF-8 locale (LANG=C.UTF-8), or rename the file")
     return photos
 
 
