@@ -137,3 +137,20 @@ def test_a_removed_current_folder_and_python_OO_are_one_line_each(monkeypatch, c
     assert optimised.returncode == 2 and optimised.stdout == b""
     assert optimised.stderr.decode() == ("error: python -OO (or PYTHONOPTIMIZE=2) strips the docstrings that diffusers "
                                          "and transformers read: run vidbooth without it (-O is fine)\n")
+
+
+def test_an_io_error_is_one_line_naming_the_file(monkeypatch, capsys, tmp_path, isolated_home):
+    """EIO (a failing device, or ffmpeg stopping midway through a video) had been a traceback."""
+    import errno
+
+    import vidbooth.engine.generate as engine
+    from vidbooth.cli.app import main
+
+    def failed(cfg):
+        raise OSError(errno.EIO, "ffmpeg stopped before the end of the video (its own lines above say why)",
+                      str(tmp_path / "out.mp4"))
+
+    monkeypatch.setattr(engine, "generate", failed)
+    assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "out.mp4")]) == 2
+    assert capsys.readouterr().err == ("error: ffmpeg stopped before the end of the video (its own lines above say "
+                                       f"why): {tmp_path / 'out.mp4'}: run the command again\n")

@@ -83,6 +83,39 @@ except SafetensorError:
     assert out.stdout.split("\n")[:2] == ["vidbooth EFBIG", "safetensors SafetensorError"], out.stderr
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
+def test_a_video_that_ffmpeg_stops_writing_midway_is_an_error_not_a_kept_file(tmp_path):
+    """ffmpeg's writer does not say when ffmpeg stops early: under a file-size limit (or on a full disk) the video
+    cut short had been kept as if whole, and train-motion had saved a motion with a broken clip, exit 0. Run in
+    a child process so that the limit binds nothing else."""
+    script = f"""
+import errno, resource, numpy as np
+from vidbooth.data.video import write_video
+frames = np.random.default_rng(0).integers(0, 256, (16, 128, 128, 3), dtype=np.uint8)
+resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    write_video(frames, {str(tmp_path / "v.mp4")!r})
+except OSError as exc:
+    print(errno.errorcode[exc.errno], exc.filename)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines() == [f"EFBIG {tmp_path / 'v.mp4'}"], out.stderr
+    assert os.listdir(tmp_path) == []  # no temporary left, nothing published
+
+
+def test_an_mp4_is_whole_only_when_its_boxes_fill_it_and_it_has_its_index(tmp_path):
+    from vidbooth.data.video import _whole_mp4
+
+    path = write_video(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), tmp_path / "v.mp4")
+    data = path.read_bytes()
+    assert _whole_mp4(path)
+    for cut in (len(data) - 1, len(data) // 2, 7):
+        (tmp_path / "cut.mp4").write_bytes(data[:cut])
+        assert not _whole_mp4(tmp_path / "cut.mp4"), cut
+    (tmp_path / "no-index.mp4").write_bytes((16).to_bytes(4, "big") + b"free" + bytes(8))  # whole boxes, no moov
+    assert not _whole_mp4(tmp_path / "no-index.mp4")
+
+
 def test_a_folder_that_takes_no_new_files_is_one_user_error_naming_the_output(tmp_path, monkeypatch):
     """/proc as root: writable by its mode, yet creating a file there fails with ENOENT, which had reached the user
     as a FileNotFoundError about a temporary name. A permission error stays itself (the command line words it)."""

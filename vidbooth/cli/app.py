@@ -331,6 +331,8 @@ def os_error_message(exc: OSError) -> str | None:
                 "write to another file system, or raise the limit, and run the command again")
     if exc.errno == errno.ENAMETOOLONG:
         return f"a file name is too long for this file system: {where}: choose a shorter name or path"
+    if exc.errno == errno.EIO:  # a device's error, or ffmpeg stopping midway (data.video)
+        return f"{exc.strerror or 'input/output error'}: {where}: run the command again"
     if exc.errno == errno.EXDEV:
         return (f"cannot move {where} across file systems: keep the folders vidbooth moves between (the library "
                 "and its subfolders, --out and its folder) on one file system")

@@ -520,6 +520,50 @@ def _encode(frames: np.ndarray, path: Path, fps: int) -> None:
         _write_mp4(frames, str(path), fps)
         if not os.path.getsize(path):
             raise UserError(f"ffmpeg wrote an empty video at {fps} fps: try a lower frame rate")
+        if not _whole_mp4(path):  # ffmpeg stopped midway, and its writer does not say so: kept, it had passed as whole
+            raise _cut_short(path)
+
+
+def _whole_mp4(path: Path) -> bool:
+    """Whether the MP4 file `path` is whole: its top-level boxes fill it exactly and one is the index (`moov`, which
+    ffmpeg writes last). A file cut short by a full disk or a file-size limit ends inside a box, or lacks the index."""
+    size, at, kinds = os.path.getsize(path), 0, set()
+    with open(path, "rb") as file:
+        while at < size:
+            file.seek(at)
+            header = file.read(16)
+            if len(header) < 8:
+                return False
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1 and len(header) == 16:  # a 64-bit size follows
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:  # to the end of the file: only an unfinished mdat is written so
+                length = size - at
+            if length < 8:
+                return False
+            kinds.add(kind)
+            at += length
+    return at == size and b"moov" in kinds
+
+
+def _cut_short(path: Path) -> OSError:
+    """The error behind a video that ffmpeg stopped writing midway (it does not tell its caller): the file-size
+    limit (ulimit -f) when the file reached it, a full disk when no room is left, else an I/O error saying so."""
+    import errno
+    import shutil
+
+    size = os.path.getsize(path)
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and size >= limit:
+            return OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
+    except ImportError:  # Windows has no such limit
+        pass
+    if shutil.disk_usage(path.parent).free < 1024 * 1024:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, "ffmpeg stopped before the end of the video (its own lines above say why)", str(path))
 
 
 def _gif_frame_times(count: int, fps: int) -> list[int]:
