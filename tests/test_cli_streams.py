@@ -154,3 +154,34 @@ def test_an_io_error_is_one_line_naming_the_file(monkeypatch, capsys, tmp_path, 
     assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "out.mp4")]) == 2
     assert capsys.readouterr().err == ("error: ffmpeg stopped before the end of the video (its own lines above say "
                                        f"why): {tmp_path / 'out.mp4'}: run the command again\n")
+
+
+def test_an_error_that_stopped_a_training_after_a_checkpoint_says_to_resume(monkeypatch, capsys, tmp_path,
+                                                                            isolated_home):
+    """'free space and run the command again' (or out of memory's 'run it again') had been refused on the rerun: a
+    stopped run's checkpoint needs --resume. The allocation's size is in MiB where GiB would read 0.0."""
+    import errno
+
+    import vidbooth.engine.motion as engine
+    from vidbooth.cli.app import main
+
+    clip = tmp_path / "c.mp4"
+    clip.write_bytes(b"")
+    for error, told in (
+        (OSError(errno.ENOSPC, "No space left on device", "/lib/m.safetensors"),
+         "the disk is full writing /lib/m.safetensors: free space and rerun the same command with --resume to go on "
+         "from its last checkpoint (/runs/step-0000050)"),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: you tried "
+                      "to allocate 524288 bytes. Error code 12 (Cannot allocate memory)"),
+         "out of memory (it asked for 0.5 MiB at once): ask for less at once (fewer --num-frames, a smaller "
+         "--resolution or --batch-size), or use --precision fp16 on a GPU or --gradient-checkpointing, and rerun the "
+         "same command with --resume to go on from its last checkpoint (/runs/step-0000050)"),
+    ):
+        error.kept_checkpoint = "/runs/step-0000050"
+
+        def failed(cfg, error=error):
+            raise error
+
+        monkeypatch.setattr(engine, "train_motion", failed)
+        assert main(["train-motion", str(clip), "--name", "m"]) == 2
+        assert capsys.readouterr().err == f"error: {told}\n"

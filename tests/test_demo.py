@@ -271,22 +271,34 @@ def test_a_demo_stopped_over_an_earlier_one_puts_the_earlier_one_back(tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "videos"]  # nothing set aside is left
 
 
-def test_a_full_disk_while_the_demo_trains_says_to_run_the_demo_again(tmp_path, isolated_home, monkeypatch,
+@pytest.mark.parametrize("where", ["checkpoint", "library", "out of memory"])
+def test_a_full_disk_while_the_demo_trains_says_to_run_the_demo_again(where, tmp_path, isolated_home, monkeypatch,
                                                                       capsys):
-    """Training's message had said to rerun 'with --resume', which the demo does not have."""
+    """Training's messages had said to rerun 'with --resume', which the demo does not have: a full disk at a
+    checkpoint, or as the library saved what was learned, and an error after a checkpoint (out of memory)."""
     import vidbooth.engine.demo as demo
     from vidbooth.engine.train import CheckpointDiskFull
+    from vidbooth.errors import DiskFull
 
     out = tmp_path / "demo"
     earlier = _earlier_demo(out)
 
-    def disk_full(*args):
-        raise CheckpointDiskFull("the disk is full: ... (with --resume to continue from the checkpoint)", out / "x")
+    def failed(*args):
+        if where == "out of memory":
+            exc = MemoryError()
+            exc.kept_checkpoint = str(out / "x")
+            raise exc
+        full = CheckpointDiskFull if where == "checkpoint" else DiskFull
+        raise full("the disk is full: ... (with --resume to continue from the checkpoint)", out / "x")
 
-    monkeypatch.setattr(demo, "_train_motion", disk_full)
+    monkeypatch.setattr(demo, "_train_motion", failed)
     assert _run(out, "tiny") == 2
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        f"error: the disk is full: free space on the disk of {out / 'x'}, then run the demo again (it starts over)")
+    told = capsys.readouterr().err.splitlines()[-1]
+    if where == "out of memory":
+        assert told.startswith("error: out of memory: ") and told.endswith(", and run it again")
+    else:
+        assert told == (f"error: the disk is full: free space on the disk of {out / 'x'}, then run the demo again (it "
+                        "starts over)")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
 
 

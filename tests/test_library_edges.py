@@ -3,6 +3,7 @@ leaves behind, and Ctrl-C while an artifact is saved."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -763,3 +764,16 @@ def test_pretrain_through_a_link_beside_a_live_run_is_told_so(tmp_path, capsys, 
         monkeypatch.setattr(pretrain_config, "refuse_if_held", lambda *args: None)  # free when it looked
         with pytest.raises(UserError, match=rf"^another pretrain \(pid {os.getpid()}\) is writing {run}: wait"):
             pretrain.pretrain(PretrainConfig(out=str(run)))
+
+
+def test_a_full_disk_as_the_library_saves_is_a_disk_full_error_naming_the_library(isolated_home, monkeypatch):
+    """A DiskFull (with where space is needed), which the demo words as 'run the demo again': it has no --resume."""
+    from vidbooth.errors import DiskFull
+
+    def no_room(action, folder):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(library, "_into_folder", no_room)
+    with pytest.raises(DiskFull, match=r"^the disk is full: subject 'S\*' was not saved .*--resume$") as refused:
+        _save()
+    assert refused.value.folder == isolated_home

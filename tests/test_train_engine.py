@@ -1084,3 +1084,26 @@ def test_accelerate_variables_left_by_another_tool_are_one_error_line(variable, 
         pytest.skip("DeepSpeed is installed here")
     with pytest.raises(UserError, match=expected):
         engine.make_accelerator("no", "cpu", setting="motion.train.mixed_precision")
+
+
+def test_an_error_after_a_checkpoint_carries_where_the_run_can_go_on_from(tmp_path, accelerator, monkeypatch):
+    """Out of memory or a file-size limit midway had been told 'run it again', which a stopped run's checkpoint
+    then refused; the error carries that checkpoint for the command line to say so (and nothing before one)."""
+    accumulate = engine._accumulate
+
+    def out_of_memory_at(failing_step):
+        def accumulate_or_fail(method, data, cfg, step, accelerator):
+            if step == failing_step:
+                raise MemoryError()
+            return accumulate(method, data, cfg, step, accelerator)
+        return accumulate_or_fail
+
+    monkeypatch.setattr(engine, "_accumulate", out_of_memory_at(3))
+    with pytest.raises(MemoryError) as caught:
+        engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "a", accelerator)
+    assert caught.value.kept_checkpoint == str(engine.list_checkpoints(tmp_path / "a")[-1])
+    assert caught.value.kept_checkpoint.endswith("step-0000002")
+    monkeypatch.setattr(engine, "_accumulate", out_of_memory_at(1))
+    with pytest.raises(MemoryError) as caught:
+        engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "b", accelerator)
+    assert not hasattr(caught.value, "kept_checkpoint")

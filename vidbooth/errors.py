@@ -55,6 +55,15 @@ def lost_another_process(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(words in str(exc) for words in _PEER_LOST))
 
 
+class DiskFull(UserError):
+    """The disk filled up while a run's work was saved; `folder` is where space is needed. Its message says how the
+    same command goes on (with --resume), which a command with no --resume (the demo) words its own way."""
+
+    def __init__(self, message: str, folder):
+        super().__init__(message)
+        self.folder = folder
+
+
 class Interrupted(BaseException):
     """A command was stopped by a signal (training: after saving a resumable checkpoint); exit 128 + signal. Not an
     `Exception`, as KeyboardInterrupt is not: code that turns any Exception into its own error (a library's lazy

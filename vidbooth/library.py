@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from vidbooth.errors import Interrupted, UserError, held_stops, stopped, stopping_signal, unread_byte
+from vidbooth.errors import DiskFull, Interrupted, UserError, held_stops, stopped, stopping_signal, unread_byte
 from vidbooth.fileio import disk_full, exclusive_lock, refuse_if_held, sync_folder, sync_tree
 
 KINDS = {"subject": "subjects", "motion": "motions"}
@@ -688,8 +688,8 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
         sync_folder(target.parent)
     except OSError as exc:
         if disk_full(exc):
-            raise UserError(
-                f"the disk is full: {unsaved}; free space in {home} and run the same command with --resume"
+            raise DiskFull(
+                f"the disk is full: {unsaved}; free space in {home} and run the same command with --resume", home
             ) from exc
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR) and not saved:
             raise UserError(

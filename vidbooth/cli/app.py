@@ -253,7 +253,7 @@ def _told(argv: list[str] | None) -> int:
         message = os_error_message(exc)
         if message is None or _state["debug"]:
             raise
-        error(message)
+        error(_going_on_from_its_checkpoint(message, exc))
         return 2
     except (MemoryError, RuntimeError) as exc:
         message = out_of_memory_message(exc, _command_of(sys.argv[1:] if argv is None else argv))
@@ -262,7 +262,7 @@ def _told(argv: list[str] | None) -> int:
                        "the same command")
         if message is None or _state["debug"]:
             raise
-        error(message)
+        error(_going_on_from_its_checkpoint(message, exc))
         return 2
     except Exception as exc:  # click usage errors (a missing or unknown option) have their own exit codes
         if isinstance(exc, _click_exceptions()):
@@ -371,6 +371,22 @@ def _command_of(argv: list[str]) -> str | None:
     return None
 
 
+def _going_on_from_its_checkpoint(message: str, exc: BaseException) -> str:
+    """`message` for an error that stopped a training run which had saved a checkpoint (`kept_checkpoint`, set by
+    the training loop): its 'run the command again', which a stopped run's checkpoint refuses, becomes how to go
+    on from that checkpoint."""
+    kept = getattr(exc, "kept_checkpoint", None)
+    if kept is None:
+        return message
+    ending = next((end for end in ("run the command again", "run it again") if message.endswith(end)), None)
+    go_on = f"rerun the same command with --resume to go on from its last checkpoint ({kept})"
+    return f"{message[: -len(ending)]}{go_on}" if ending else f"{message}; {go_on}"
+
+
+def _amount(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 / 10 else f"{max(size / 2**20, 0.1):.1f} MiB"
+
+
 def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
     """One line for an allocation that failed (torch's CUDA or CPU allocator, or Python's MemoryError) with the
     size asked for when the error says it, and what `command` can ask for less of; None for any other error."""
@@ -381,7 +397,7 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
     text = str(exc)
     asked = ""
     if found := re.search(r"tried to allocate (\d+) bytes", text, flags=re.IGNORECASE):
-        asked = f" (it asked for {int(found.group(1)) / 2**30:.1f} GiB at once)"
+        asked = f" (it asked for {_amount(int(found.group(1)))} at once)"  # 0.5 MiB had been '0.0 GiB'
     elif found := re.search(r"tried to allocate ([\d.]+ [KMGT]i?B)", text, flags=re.IGNORECASE):
         asked = f" (it asked for {found.group(1)} more)"
     less = LESS_AT_ONCE.get(command or "", "a smaller batch")

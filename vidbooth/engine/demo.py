@@ -30,7 +30,7 @@ from PIL import Image
 
 from vidbooth.config.demo import DemoConfig
 from vidbooth.data.video import check_writable_dir, ensure_writable_dir, save_contact_sheet, write_video
-from vidbooth.errors import Interrupted, UserError, stopping_signal
+from vidbooth.errors import DiskFull, Interrupted, UserError, stopping_signal
 from vidbooth.fileio import exclusive_lock, write_together
 from vidbooth.reporting import info, table
 
@@ -191,7 +191,7 @@ def _in_the_demos_terms() -> Iterator[None]:
     """Training's messages in what the demo takes: its 'rerun with --resume' does not apply to the demo, which has no
     --resume and starts over (after a stop, or a full disk); nor do the keys and --overwrite that a diverging loss
     names."""
-    from vidbooth.engine.train import CheckpointDiskFull, LossNotFinite
+    from vidbooth.engine.train import LossNotFinite
 
     try:
         yield
@@ -207,9 +207,13 @@ def _in_the_demos_terms() -> Iterator[None]:
                "--set identity.train.lr=N)")
         raise UserError(f"the demo's training diverged (its loss became NaN or infinite at step {exc.step}): "
                         f"{fix}") from exc
-    except CheckpointDiskFull as exc:
+    except DiskFull as exc:  # a checkpoint's, or the library's when it saved what was learned
         raise UserError(f"the disk is full: free space on the disk of {exc.folder}, then run the demo again (it "
                         "starts over)") from exc
+    except (OSError, MemoryError, RuntimeError) as exc:
+        with contextlib.suppress(AttributeError):  # the command line's 'rerun with --resume to go on from it'
+            del exc.kept_checkpoint
+        raise
 
 
 def run_demo(cfg: DemoConfig) -> DemoReport:

@@ -59,7 +59,7 @@ from torch import nn
 
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
-from vidbooth.errors import (Interrupted, UserError, failing, held_stops, is_failing, lost_another_process,
+from vidbooth.errors import (DiskFull, Interrupted, UserError, failing, held_stops, is_failing, lost_another_process,
                              ran_out_of_memory, stop_signals, stopped)
 from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
                              write_safetensors)
@@ -72,12 +72,8 @@ STATE_FILE = "state.json"
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointDiskFull(UserError):
+class CheckpointDiskFull(DiskFull):
     """The disk filled up while a checkpoint was saved; `folder` is where space is needed."""
-
-    def __init__(self, message: str, folder: Path):
-        super().__init__(message)
-        self.folder = folder
 
 
 class LossNotFinite(UserError):
@@ -981,12 +977,14 @@ def train(
                 raise
             raise stopped(stop.again, f"stopped at once by a second {signal.Signals(stop.again).name} at step "
                           f"{step}/{cfg.steps}; {_resume_from(run_dir)}") from None
-        except RuntimeError as exc:
-            if not lost_another_process(exc):
-                raise
-            failing()  # the launcher's SIGTERM to this process, on seeing the other die, is not told in its place
-            raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's report "
-                            f"below says which and why); {_resume_from(run_dir)}") from exc
+        except (OSError, MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and lost_another_process(exc):
+                failing()  # the launcher's SIGTERM to this process, on seeing the other die, is not told in its place
+                raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's "
+                                f"report below says which and why); {_resume_from(run_dir)}") from exc
+            if checkpoints := list_checkpoints(run_dir):  # out of memory, a file-size limit...: the command line's
+                exc.kept_checkpoint = str(checkpoints[-1])  # 'run it again' would be refused without --resume
+            raise
     result.step = step
     result.seconds, result.total_seconds = time.perf_counter() - started, clock.seconds
     _warn_of_skipped_steps(result, cfg, accelerator)
