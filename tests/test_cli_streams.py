@@ -185,3 +185,23 @@ def test_an_error_that_stopped_a_training_after_a_checkpoint_says_to_resume(monk
         monkeypatch.setattr(engine, "train_motion", failed)
         assert main(["train-motion", str(clip), "--name", "m"]) == 2
         assert capsys.readouterr().err == f"error: {told}\n"
+
+
+def test_memory_the_system_would_not_map_is_out_of_memory_not_a_damaged_model(monkeypatch, capsys, tmp_path,
+                                                                               isolated_home):
+    """Under an address-space limit (ulimit -v) safetensors' mmap fails with 'Cannot allocate memory (12)': it had
+    been told as 'cannot load the model in ...', as if the model were damaged."""
+    import errno
+
+    import vidbooth.engine.backbone as backbone
+    from vidbooth.cli.app import main
+
+    def no_memory(folder):
+        raise OSError(errno.ENOMEM, "Unable to load weights from checkpoint file: unable to mmap 4096 bytes from file "
+                      "<model.safetensors>: Cannot allocate memory (12)")
+
+    monkeypatch.setattr(backbone, "_load_tokenizer", no_memory)
+    assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "v.mp4"), "--base", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory: ask for less at once (--batch-size 1") and err.count("\n") == 1
+    assert not (tmp_path / "v.mp4").exists()

@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +34,10 @@ class UserError(Exception):
 
 def ran_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is an allocation that failed: torch's CUDA or CPU allocator, or Python's MemoryError."""
-    text = str(exc)
+    text = str(exc).lower()
     return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-            or "out of memory" in text.lower() or "can't allocate memory" in text)
+            or getattr(exc, "errno", None) == errno.ENOMEM
+            or any(words in text for words in ("out of memory", "can't allocate memory", "cannot allocate memory")))
 
 
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited", "Broken pipe",

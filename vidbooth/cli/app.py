@@ -250,7 +250,8 @@ def _told(argv: list[str] | None) -> int:
         error("aborted")
         return 1
     except OSError as exc:
-        message = os_error_message(exc)
+        command = _command_of(sys.argv[1:] if argv is None else argv)
+        message = out_of_memory_message(exc, command) or os_error_message(exc)  # ENOMEM: out of memory
         if message is None or _state["debug"]:
             raise
         error(_going_on_from_its_checkpoint(message, exc))
