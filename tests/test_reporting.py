@@ -307,8 +307,8 @@ def test_a_launchers_variables_left_in_the_shell_are_one_error_line_not_silence(
     assert capsys.readouterr().err == "warning: short clip\n"
     assert main(["list"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "error: RANK=1 is set, as torchrun and accelerate launch set it for their processes, but MASTER_ADDR is not: no "
-        "launcher started this command; unset RANK (left from another run?) and run it again"]
+        "error: RANK=1 is set, as torchrun and accelerate launch set it for their processes, but MASTER_ADDR is not: "
+        "no launcher started this command; unset RANK (left from another run?) and run it again"]
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["list", "--json"]) == 2
     assert capsys.readouterr().err.splitlines() == [
