@@ -39,10 +39,6 @@ NANO = PACKAGED
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
 
-BUILTIN_NAMES = frozenset(BUILTIN_BASES)
-"""The base names that are no path, even where a folder of that name exists."""
-
-
 def with_absolute_paths(backbone_config):
     """A `BackboneConfig` whose base and motion adapter, where they name a local folder, are absolute paths (for a
     saved config.yaml that reruns from anywhere); hub ids and built-in names stay as given."""
@@ -52,7 +48,7 @@ def with_absolute_paths(backbone_config):
 
     return replace(
         backbone_config,
-        base=absolute_path(backbone_config.base, BUILTIN_NAMES),
+        base=absolute_path(backbone_config.base, BUILTIN_BASES),
         motion_adapter=absolute_path(backbone_config.motion_adapter),
     )
 

@@ -352,10 +352,11 @@ def rerun_config(cfg: MotionConfig) -> MotionConfig:
     """The recipe that retrains the motion from anywhere, `train-motion --recipe config.yaml --overwrite`: `cfg`
     with every local path (clips, base, motion adapter, appearance encoder) absolute and the run's own mode flags
     (--overwrite, --resume) dropped. Hub ids and built-in names stay as they are."""
+    from vidbooth.config.checks import BUILTIN_BASES
     from vidbooth.engine.appearance import TINY_CLIP, VAE
-    from vidbooth.engine.backbone import BUILTIN_NAMES, with_absolute_paths
+    from vidbooth.engine.backbone import with_absolute_paths
 
-    encoders = {VAE, TINY_CLIP, *BUILTIN_NAMES}
+    encoders = {VAE, TINY_CLIP, *BUILTIN_BASES}
     return replace(
         cfg,
         clips=[absolute_path(clip) for clip in cfg.clips],
