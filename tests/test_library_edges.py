@@ -200,7 +200,7 @@ def test_ctrl_c_at_the_rename_or_while_checkpoints_are_removed_says_the_artifact
     err = " ".join(capsys.readouterr().err.split())
     assert f"stopped by SIGINT; motion 'm' is saved in {home / 'motions' / 'm'}" in err and "not saved" not in err
     monkeypatch.setattr(library.os, "replace", real_replace)
-    assert not list((home / ".trash").iterdir()) and not list((home / ".staging").iterdir())
+    assert not (home / ".trash").exists() and not (home / ".staging").exists()  # emptied, and gone as they came
     load_motion(load_backbone("tiny", device="cpu"), "m")
 
 
@@ -304,7 +304,10 @@ def test_train_motion_refused_after_the_lock_leaves_no_library_and_a_finished_on
     assert main([*argv, "--resolution", "16"]) == 0
     assert sorted(p.name for p in isolated_home.iterdir()) == ["motions"]
     assert main([*argv, "--resolution", "16", "--overwrite"]) == 0  # in a library that exists
-    assert not (isolated_home / ".runs" / "motions" / "m").exists()
+    assert sorted(p.name for p in isolated_home.iterdir()) == ["motions"]  # had kept an empty .runs/motions/
+    (isolated_home / ".runs" / "motions").mkdir(parents=True)  # there before the run: the library's to keep
+    assert main([*argv, "--resolution", "16", "--overwrite"]) == 0
+    assert (isolated_home / ".runs" / "motions").is_dir() and not (isolated_home / ".runs" / "motions" / "m").exists()
 
 
 def test_a_lock_whose_folder_was_just_removed_makes_it_again(tmp_path):

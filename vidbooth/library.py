@@ -471,22 +471,20 @@ def _entries(folder: Path) -> list[Path]:
 @contextlib.contextmanager
 def artifact_lock(kind: str, name: str) -> Iterator[Path]:
     """Exclusive lock on training `name` (`fileio.exclusive_lock` on a file under `.locks/`). The library's own
-    folders that this creates are removed again at the end when they are empty, so that a run refused (or
-    stopped) before it saved anything leaves a library it created as it found it: absent."""
+    folders that were not there when it began are removed again at the end when they are empty, so that a run
+    refused (or stopped) before it saved anything leaves a library as it found it (absent, if it was), and a
+    finished one no empty `.runs/<kind>/` or `.staging/` beside its artifact."""
     home = _folder_home()
-    new_home = not home.exists()
+    runs = runs_folder(kind, name, home)
+    own = [home / ".locks", home / ".staging", home / ".trash", home / KINDS[kind], runs, *runs.parents[:2], home]
+    absent = [folder for folder in own if not folder.exists()]  # whichever of these the run makes, it may remove
     locks = writable_home() / ".locks"
-    new_locks = not locks.exists()
 
     try:
         with exclusive_lock(locks / _lock_name(kind, name), _training_elsewhere(kind, name)) as lock:
             yield lock
     finally:
-        made = [locks] if new_locks else []
-        if new_home:  # and whatever empty folder the run left in it (a run that saved a checkpoint is not empty)
-            runs = runs_folder(kind, name, home)
-            made += [home / ".staging", home / ".trash", home / KINDS[kind], runs, *runs.parents[:2], home]
-        for folder in made:
+        for folder in absent:  # those left empty (one with a checkpoint or an artifact in it is kept)
             with contextlib.suppress(OSError):  # not empty (or gone): kept
                 folder.rmdir()
 
