@@ -364,7 +364,8 @@ def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize(
-    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGXCPU, 152)],
+    ids=["SIGINT", "SIGTERM", "SIGXCPU"],  # SIGXCPU: past a soft CPU-time limit; its default dumps core
 )
 def test_a_stop_between_the_stages_says_to_resume_and_the_resume_keeps_stage_one(
     signum, code, photos, isolated_home, monkeypatch, capsys

@@ -285,6 +285,46 @@ def test_a_second_signal_stops_at_once_and_names_the_checkpoint_to_resume_from(t
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
+def test_a_cpu_time_limit_stops_after_the_step_and_its_reminders_do_not_stop_at_once(tmp_path, accelerator):
+    """Past a soft CPU-time limit (`ulimit -St`, a batch scheduler's) the kernel sends SIGXCPU, then again each second:
+    its default had dumped core with no checkpoint. The first stops the run after its step, as SIGTERM does; the
+    reminders are not a second signal (which stops at once)."""
+    from vidbooth.cli.app import _stop_signals
+    from vidbooth.errors import clear_stops
+
+    def limits(call):
+        if call == 7:  # during step 4 (2 micro-batches per step)
+            for _ in range(3):
+                os.kill(os.getpid(), signal.SIGXCPU)
+
+    clear_stops()
+    try:
+        with _stop_signals(), pytest.raises(Interrupted) as info:
+            engine.train(make_method(on_call=limits), toy_data(), config(checkpoint_every=0), tmp_path, accelerator)
+        assert info.value.exit_code == 128 + signal.SIGXCPU
+        assert str(info.value).startswith("stopped by SIGXCPU at step 4/12; checkpoint saved")
+        assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000004"]
+        with _stop_signals():
+            os.kill(os.getpid(), signal.SIGXCPU)  # a reminder while the command tells how it stopped: not raised
+        assert signal.getsignal(signal.SIGXCPU) == signal.SIG_DFL
+        clear_stops()  # as each command begins: its first SIGXCPU stops it
+        with _stop_signals(), pytest.raises(Interrupted, match="^stopped by SIGXCPU$"):
+            os.kill(os.getpid(), signal.SIGXCPU)
+    finally:
+        clear_stops()
+
+
+def test_every_process_stops_on_the_same_signal():
+    from vidbooth.engine.train import _signal_agreed, _signal_votes
+
+    def agreed(*got):
+        return _signal_agreed([sum(votes) for votes in zip(*(_signal_votes(signum) for signum in got))])
+
+    assert agreed(None, None) is None and agreed(signal.SIGINT, None) == signal.SIGINT
+    assert agreed(signal.SIGINT, signal.SIGXCPU) == signal.SIGXCPU
+    assert agreed(signal.SIGXCPU, signal.SIGTERM, signal.SIGINT) == signal.SIGTERM
+
+
 def test_a_signal_the_process_was_started_ignoring_stays_ignored(tmp_path, accelerator):
     """A script's background job (`vidbooth train-motion ... &`) starts with SIGINT ignored, so that Ctrl-C in the
     script's terminal leaves it running; vidbooth's handlers (the command line's, training's, a save's) had taken
@@ -492,9 +532,10 @@ def test_a_steps_loss_is_the_mean_over_every_processs_batches(monkeypatch):
     signal they had not got, and exited 130."""
     from types import SimpleNamespace
 
-    from vidbooth.engine.train import _step_outcome
+    from vidbooth.engine.train import _STOPS_FIRST_TO_LAST, _step_outcome
 
-    other = torch.tensor([0.0, 0.0, 0.0, 3.0], dtype=torch.float64)  # the other process: no stop, a loss of 3
+    other = torch.zeros(len(_STOPS_FIRST_TO_LAST) + 2, dtype=torch.float64)  # votes, a bad loss, the loss:
+    other[-1] = 3.0  # the other process got no stop, and a loss of 3
     monkeypatch.setattr("accelerate.utils.reduce", lambda tensor, reduction: tensor + other)
     assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), None, 1.0) == (None, False, 2.0)
     assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), 2, float("nan"))[:2] == (signal.SIGINT, True)

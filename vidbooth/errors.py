@@ -102,12 +102,32 @@ def stopped(signum: int, message: str) -> Interrupted:
 
 
 def stop_signals() -> tuple[int, ...]:
-    """SIGINT and SIGTERM, less any this process ignores. A command started with one ignored (a script's background
-    job ignores SIGINT, so that Ctrl-C in the script's terminal does not reach it) keeps ignoring it, as POSIX tools
-    do: vidbooth's own handlers go only where a signal would have been acted on."""
+    """SIGINT, SIGTERM and SIGXCPU (past a soft CPU-time limit, such as a batch scheduler sets), less any this process
+    ignores. A command started with one ignored (a script's background job ignores SIGINT, so that Ctrl-C in the
+    script's terminal does not reach it) keeps ignoring it, as POSIX tools do: vidbooth's own handlers go only where a
+    signal would have been acted on."""
     import signal
 
-    return tuple(signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) != signal.SIG_IGN)
+    named = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGXCPU", None))
+    return tuple(signum for signum in named if signum is not None and signal.getsignal(signum) != signal.SIG_IGN)
+
+
+_cpu_limits: set[int] = set()
+"""SIGXCPU, once acted on. Past a soft CPU-time limit the kernel sends it again each second until the hard limit's
+SIGKILL: only the first is a request to stop (the later ones had stopped a run at once, as a second Ctrl-C does,
+in the checkpoint that the first had asked for)."""
+
+
+def cpu_limit_again(signum: int, note: bool = True) -> bool:
+    """Whether `signum` is a SIGXCPU after one already acted on; with `note`, this one counts as acted on."""
+    import signal
+
+    if signum != getattr(signal, "SIGXCPU", None):
+        return False
+    again = signum in _cpu_limits
+    if note:
+        _cpu_limits.add(signum)
+    return again
 
 
 @contextlib.contextmanager
@@ -121,7 +141,11 @@ def stops_recorded() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
-    previous = {signum: signal.signal(signum, lambda got, frame: held.append(got)) for signum in stop_signals()}
+    def record(got, frame) -> None:
+        if not cpu_limit_again(got, note=False):
+            held.append(got)
+
+    previous = {signum: signal.signal(signum, record) for signum in stop_signals()}
     try:
         yield held
     finally:
@@ -138,6 +162,7 @@ def held_stops(done: str) -> Iterator[None]:
     with stops_recorded() as held:
         yield
     if held:
+        cpu_limit_again(held[0])
         raise stopped(held[0], f"stopped by {signal.Signals(held[0]).name}; {done}")
 
 
@@ -182,6 +207,8 @@ def is_failing() -> bool:
 
 def stop(signum: int, frame: object = None) -> None:
     """Signal handler for a command: note `signum`, then raise KeyboardInterrupt (SIGINT) or `Interrupted`."""
+    if cpu_limit_again(signum):
+        return
     _stops.append(signum)
     if not _failing:
         _raise_for(signum)
@@ -190,6 +217,7 @@ def stop(signum: int, frame: object = None) -> None:
 def clear_stops() -> None:
     _stops.clear()
     _failing.clear()
+    _cpu_limits.clear()
 
 
 def raise_pending_stop() -> None:

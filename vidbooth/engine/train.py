@@ -59,8 +59,8 @@ from torch import nn
 
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
-from vidbooth.errors import (DiskFull, Interrupted, UserError, failing, held_stops, is_failing, lost_another_process,
-                             ran_out_of_memory, stop_signals, stopped)
+from vidbooth.errors import (DiskFull, Interrupted, UserError, cpu_limit_again, failing, held_stops, is_failing,
+                             lost_another_process, ran_out_of_memory, stop_signals, stopped)
 from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
                              write_safetensors)
 from vidbooth.library import sha256_file
@@ -615,6 +615,8 @@ class StopRequests:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
+        if cpu_limit_again(signum):
+            return
         if self.signum is not None and not is_failing():
             self.again = signum
             raise KeyboardInterrupt
@@ -701,16 +703,19 @@ def _agreed_signal(accelerator, signum: int | None) -> int | None:
     return _signal_agreed(_agree(accelerator, _signal_votes(signum)))
 
 
+_STOPS_FIRST_TO_LAST = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGXCPU", None), signal.SIGINT) if s)
+"""The signals that stop a run, the one that all processes tell first: a scheduler's or launcher's stop, a CPU-time
+limit, then Ctrl-C."""
+
+
 def _signal_votes(signum: int | None) -> list[float]:
-    return [float(signum == signal.SIGTERM), float(signum == signal.SIGINT)]
+    return [float(signum == stop) for stop in _STOPS_FIRST_TO_LAST]
 
 
 def _signal_agreed(votes: list[float]) -> int | None:
-    """The signal every process stops on, from the sums of their `_signal_votes`: SIGTERM when any process got it (a
-    scheduler's or launcher's stop), else SIGINT when any did, else None. A process that got none stops on it too,
-    so that all say and exit alike."""
-    sigterm, sigint = votes
-    return signal.SIGTERM if sigterm else signal.SIGINT if sigint else None
+    """The signal every process stops on, from the sums of their `_signal_votes`: the first of `_STOPS_FIRST_TO_LAST`
+    that any process got, else None. A process that got none stops on it too, so that all say and exit alike."""
+    return next((stop for stop, count in zip(_STOPS_FIRST_TO_LAST, votes) if count), None)
 
 
 def _kept(run_dir: Path) -> tuple[str, str]:
