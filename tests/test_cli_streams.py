@@ -205,3 +205,86 @@ def test_memory_the_system_would_not_map_is_out_of_memory_not_a_damaged_model(mo
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory: ask for less at once (--batch-size 1") and err.count("\n") == 1
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_too_few_open_files_is_told_as_the_limit_not_as_a_corrupt_clip(tmp_path, isolated_home):
+    """Under `ulimit -n` too low for ffmpeg's pipes, train-motion had called a good clip 'corrupt, truncated or in an
+    unsupported codec' (and generate failed with a traceback, the tokenizer 'delete the cache')."""
+    import resource
+
+    from tests.badinputs import write_clip
+
+    clip = write_clip(tmp_path / "c.mp4")
+    argv = [sys.executable, "-m", "vidbooth", "train-motion", str(clip), "--name", "m", "--recipe", "tiny/motion",
+            "--steps", "1", "--num-frames", "2", "--resolution", "16", "--no-preview"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=os.environ,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (9, 9)))
+    assert done.returncode == 2 and done.stderr.splitlines()[-1] == (
+        "error: too many open files (this process may have 9 open at once, ulimit -n): raise the limit, e.g. "
+        "ulimit -n 4096, and run the command again")
+    assert not (isolated_home / "motions").exists()
+
+
+@pytest.mark.parametrize(("raised", "said"), [
+    (OSError(24, "Too many open files"), "error: too many open files (this process may have"),
+    (BlockingIOError(11, "Resource temporarily unavailable"), "error: cannot start another process or thread: a "
+     "limit on them is reached (ulimit -u, or a container's pids limit)"),
+    (RuntimeError("can't start new thread"), "error: cannot start another process or thread"),
+], ids=["EMFILE", "EAGAIN", "thread"])
+def test_a_limit_on_processes_or_files_met_reading_a_clip_or_a_checkpoint_is_not_called_damage(
+    raised, said, monkeypatch, capsys, tmp_path, isolated_home
+):
+    """ffmpeg not started (`ulimit -u`, a pids limit) had been 'corrupt video'; a checkpoint not opened, 'delete the
+    run folder and start over', which would have lost it."""
+    import vidbooth.data.video as video
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+    from vidbooth.errors import UserError
+    from vidbooth.nano import checkpoint
+
+    clip = write_clip(tmp_path / "c.mp4")
+
+    def cannot(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(video.subprocess, "Popen", cannot)
+    argv = ["train-motion", str(clip), "--name", "m", "--recipe", "tiny/motion", "--steps", "1", "--num-frames", "2",
+            "--resolution", "16", "--no-preview"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(said)
+    monkeypatch.setattr("safetensors.safe_open", cannot)
+    (tmp_path / "state.safetensors").write_bytes(b"")
+    with pytest.raises(UserError) as told:
+        checkpoint.load_tensors(tmp_path / "state.safetensors")
+    assert f"error: {told.value}".startswith(said)
+
+
+def test_each_reader_that_would_call_a_file_damaged_tells_a_machine_limit_as_it_is(tmp_path, monkeypatch,
+                                                                                   tiny_base_dirs):
+    """Out of open files (or memory) while reading a good file: each of these had told it to delete or replace it."""
+    import vidbooth.data.images as images
+    import vidbooth.engine.backbone as backbone
+    from vidbooth.adapters.base import load_metadata
+    from vidbooth.engine.train import _read_checkpoint
+    from vidbooth.errors import UserError
+
+    def cannot(error):
+        def call(*args, **kwargs):
+            raise error
+        return call
+
+    (tmp_path / "a.safetensors").write_bytes(b"")
+    (tmp_path / "state.json").write_text("{}")
+    readers = [(lambda: load_metadata(tmp_path / "a.safetensors"), "safetensors.safe_open"),
+               (lambda: _read_checkpoint(tmp_path), "safetensors.torch.load_file"),
+               (lambda: images._open_image(tmp_path / "a.png"), (images.Image, "open")),
+               (lambda: backbone.load_backbone(tiny_base_dirs["unet3d"]), (backbone, "load_tokenizer"))]
+    for read, where in readers:
+        for error, told in [(OSError(24, "Too many open files"), UserError),
+                            (Exception("Error while initializing BPE: Too many open files (os error 24)"), UserError),
+                            (MemoryError(), MemoryError)]:
+            with monkeypatch.context() as patched:
+                patched.setattr(*((where,) if isinstance(where, str) else where), cannot(error))
+                with pytest.raises(told) as raised:
+                    read()
+            assert raised.value is error or str(raised.value).startswith("too many open files (this process may")

@@ -40,6 +40,38 @@ def ran_out_of_memory(exc: BaseException) -> bool:
             or any(words in text for words in ("out of memory", "can't allocate memory", "cannot allocate memory")))
 
 
+def out_of_system_resources(exc: BaseException) -> str | None:
+    """One line for an error that says this process reached a limit of the machine on open files, processes or
+    threads (`ulimit -n`, `ulimit -u`, a container's pids limit), not that a file it read or wrote is at fault; None
+    for any other."""
+    code, text = getattr(exc, "errno", None), str(exc)
+    if code == errno.EMFILE or "Too many open files" in text or "os error 24" in text:
+        try:
+            import resource
+
+            at_once = f"this process may have {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} open at once"
+        except (ImportError, OSError, ValueError):
+            at_once = "this process's limit is reached"
+        return (f"too many open files ({at_once}, ulimit -n): raise the limit, e.g. ulimit -n 4096, and run the "
+                "command again")
+    if code == errno.ENFILE or "Too many open files in system" in text:
+        return "the system's table of open files is full: close other programs and run the command again"
+    if code == errno.EAGAIN or "can't start new thread" in text:
+        return ("cannot start another process or thread: a limit on them is reached (ulimit -u, or a container's "
+                "pids limit); raise it or end other programs, and run the command again")
+    return None
+
+
+def not_the_inputs_fault(exc: BaseException) -> None:
+    """Raise `exc` as the command line tells it when it says the machine ran out of memory, open files, processes
+    or threads: a caller that would call any error in reading a file damage ('delete it and start over') calls this
+    first, since that advice would lose a good checkpoint, photo or model."""
+    if ran_out_of_memory(exc):
+        raise exc
+    if message := out_of_system_resources(exc):
+        raise UserError(message) from exc
+
+
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited", "Broken pipe",
               "NCCL communicator was aborted")
 """What gloo's and NCCL's errors say when another process of the run has died (gloo: 'Connection closed by peer

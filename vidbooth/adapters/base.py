@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidbooth import __version__
-from vidbooth.errors import CHECK_THE_PATH, UserError
+from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault
 from vidbooth.fileio import write_safetensors
 
 
@@ -297,4 +297,5 @@ def _safetensors(path: Path):
     except UserError:
         raise
     except Exception as exc:
+        not_the_inputs_fault(exc)
         raise UserError(f"{path} is not a valid safetensors file (corrupt or truncated): retrain or replace it") from exc

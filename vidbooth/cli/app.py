@@ -216,6 +216,7 @@ def _told(argv: list[str] | None) -> int:
         UserError,
         clear_stops,
         lost_another_process,
+        out_of_system_resources,
         raise_pending_stop,
     )
     from vidbooth.reporting import error, stopped
@@ -251,13 +252,15 @@ def _told(argv: list[str] | None) -> int:
         return 1
     except OSError as exc:
         command = _command_of(sys.argv[1:] if argv is None else argv)
-        message = out_of_memory_message(exc, command) or os_error_message(exc)  # ENOMEM: out of memory
+        message = (out_of_memory_message(exc, command) or out_of_system_resources(exc)  # ENOMEM: out of memory
+                   or os_error_message(exc))
         if message is None or _state["debug"]:
             raise
         error(_going_on_from_its_checkpoint(message, exc))
         return 2
     except (MemoryError, RuntimeError) as exc:
-        message = out_of_memory_message(exc, _command_of(sys.argv[1:] if argv is None else argv))
+        message = (out_of_memory_message(exc, _command_of(sys.argv[1:] if argv is None else argv))
+                   or out_of_system_resources(exc))  # "can't start new thread"
         if message is None and lost_another_process(exc):  # a training's own says which step it kept
             message = ("another process of this run stopped (the launcher's report below says which and why): rerun "
                        "the same command")

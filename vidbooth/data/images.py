@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vidbooth import reporting
-from vidbooth.errors import CHECK_THE_PATH, UserError, unread_byte
+from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault, unread_byte
 
 if TYPE_CHECKING:
     import torch
@@ -314,6 +314,7 @@ def _open_image(path: Path) -> Image.Image:
     except PermissionError as exc:
         raise UserError(f"cannot read image {path}: permission denied; fix its permissions or copy it") from exc
     except Exception as exc:
+        not_the_inputs_fault(exc)
         raise UserError(f"{path} is not an image Pillow can read (corrupt or misnamed): remove or replace it") from exc
 
 
@@ -337,6 +338,7 @@ def _warn_if_animated(path: Path, im: Image.Image) -> None:
     try:  # Pillow counts a GIF's or TIFF's frames by reading through them: a cut or damaged one fails here
         frames = im.n_frames if getattr(im, "is_animated", False) else 1
     except Exception as exc:
+        not_the_inputs_fault(exc)
         raise UserError(f"cannot read image {path}: it is truncated or corrupt; remove or replace it") from exc
     if frames > 1:
         reporting.warn(f"{path} is animated ({frames} frames): using its first frame only")
@@ -355,6 +357,7 @@ def _decode(path: Path, im: Image.Image, max_short_side: int | None) -> None:
                 whole.verify()
         ImageOps.exif_transpose(im, in_place=True)
     except Exception as exc:
+        not_the_inputs_fault(exc)
         raise UserError(f"cannot read image {path}: it is truncated or corrupt; remove or replace it") from exc
 
 

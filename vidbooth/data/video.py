@@ -24,7 +24,7 @@ from PIL import Image
 
 from vidbooth import reporting
 from vidbooth.data.images import to_rgb
-from vidbooth.errors import CHECK_THE_PATH, UserError
+from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault
 from vidbooth.fileio import write_together
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
@@ -65,6 +65,7 @@ def video_frames(path: str | Path, max_short_side: int | None = None) -> Generat
     except UserError:
         raise
     except Exception as exc:
+        not_the_inputs_fault(exc)
         raise UserError(f"cannot read video {path}: it is corrupt, truncated or in an unsupported codec; re-encode it, "
                         f"e.g. ffmpeg -i {shlex.quote(str(path))} -c:v libx264 -pix_fmt yuv420p fixed.mp4") from exc
     if count == 0:

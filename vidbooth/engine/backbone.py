@@ -28,7 +28,7 @@ from torch import nn
 
 from vidbooth.config.checks import BUILTIN_BASES, HUB_ID, base_found
 from vidbooth.engine.positions import extra_input_channels, with_positions
-from vidbooth.errors import UserError, ran_out_of_memory
+from vidbooth.errors import UserError, not_the_inputs_fault
 from vidbooth.fileio import disk_full, folder_beside, lock_file_beside, publish_folder, refuse_if_held
 from vidbooth.nano import PACKAGED
 
@@ -288,6 +288,7 @@ def _load_tokenizer(folder: Path):
     except (OSError, ValueError, KeyError):
         raise
     except Exception as exc:  # the tokenizers library's own errors are plain Exceptions (a damaged vocab.json)
+        not_the_inputs_fault(exc)
         raise ValueError(f"its tokenizer cannot be read ({str(exc).splitlines()[0]})") from exc
 
 
@@ -565,8 +566,7 @@ def load_backbone(
     except UserError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        if ran_out_of_memory(exc):  # 'Unable to load weights ... Cannot allocate memory (12)': no damaged model
-            raise
+        not_the_inputs_fault(exc)  # 'Unable to load weights ... Cannot allocate memory (12)': no damaged model
         reason = str(exc).splitlines()[0]
         weighted = ("text_encoder", "vae", "unet")
         hint = _weights_hint(folder, weighted, variant, "DiffusionPipeline") if _is_missing_weights(exc) else ""

@@ -60,7 +60,7 @@ from torch import nn
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
 from vidbooth.errors import (DiskFull, Interrupted, UserError, cpu_limit_again, failing, held_stops, is_failing,
-                             lost_another_process, ran_out_of_memory, stop_signals, stopped)
+                             lost_another_process, not_the_inputs_fault, ran_out_of_memory, stop_signals, stopped)
 from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
                              write_safetensors)
 from vidbooth.library import sha256_file
@@ -439,6 +439,7 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
         trainable = load_file(str(folder / TRAINABLE_FILE))
         extra = load_file(str(folder / OPTIMIZER_FILE))
     except Exception as exc:
+        not_the_inputs_fault(exc)
         raise _unreadable(folder, type(exc).__name__) from exc
     if not isinstance(state, dict):
         raise _unreadable(folder, f"{STATE_FILE} holds no settings")

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from vidbooth.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from vidbooth.errors import not_the_inputs_fault
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -215,6 +216,7 @@ def load_nano_image(device: str = "auto", batch_size: int = 16) -> NanoImageEmbe
         with _quiet_transformers():
             model = CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=torch.float32)
     except Exception as exc:  # a damaged package: bad JSON, missing keys, unreadable weights
+        not_the_inputs_fault(exc)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailable(f"cannot load nano's image tower from {folder} ({reason}): reinstall vidbooth") from exc
     device = _resolve_device(device)
@@ -295,6 +297,7 @@ def _pretrained_loader(name_or_path: str, flag: str) -> Callable[..., Any]:
             with _quiet_transformers(), download:
                 return cls.from_pretrained(source, **options, **kwargs)
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad or partial folder
+            not_the_inputs_fault(exc)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             message = f"cannot load {what} from '{name_or_path}' ({reason}): pass {flag} <local folder>"
             raise ModelUnavailable(message) from exc

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from vidbooth.errors import UserError
+from vidbooth.errors import UserError, not_the_inputs_fault
 from vidbooth.fileio import finish_writing, remove_stale_temporaries, write_safetensors, write_together
 from vidbooth.nano.arch import JOURNAL_FILE, STATE_FILE
 
@@ -49,6 +49,7 @@ def load_tensors(path: Path, step: int | None = None) -> dict[str, torch.Tensor]
             saved_step = (file.metadata() or {}).get("step")
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as exc:
+        not_the_inputs_fault(exc)
         raise UserError(f"checkpoint {path} cannot be read (damaged or cut short: {type(exc).__name__}): delete the "
                         "run folder and start over") from exc
     if step is not None and saved_step is not None and saved_step != str(step):
