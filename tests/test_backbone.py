@@ -120,6 +120,18 @@ def test_missing_base_and_offline_hub(tmp_path):
         load_backbone("someone/model", device="cpu")
 
 
+def test_a_base_is_found_in_the_home_folder_and_a_recorded_one_names_no_flag(tmp_path, monkeypatch):
+    """(mutation testing) `--base '~/models/m'` (quoted, so no shell expanded it) is a folder the loader finds; a
+    name recorded in a file, which no option gives, is told without one."""
+    from vidbooth.config.checks import base_found
+
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base_found("~/models/m")
+    with pytest.raises(UserError, match=r"^base model not found: gone: give a diffusers"):
+        base_found("gone", None)
+
+
 def test_a_gated_model_a_missing_revision_and_a_full_disk_are_told_as_such(monkeypatch):
     """A download failing for a gated model, a revision the model lacks or a full disk had been told as 'offline, or
     no such model'."""

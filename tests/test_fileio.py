@@ -57,6 +57,24 @@ def test_models_written_through_save_pretrained_follow_the_umask(tmp_path, umask
     assert {_mode(p) for p in written if p.is_dir()} == {0o755}
 
 
+def test_usual_modes_are_those_the_umask_gives_a_new_file_and_folder(tmp_path):
+    """(mutation testing) The umask in force, not 022, and the top folder and the folders under it too."""
+    from vidbooth.fileio import with_usual_modes
+
+    (tmp_path / "top" / "sub").mkdir(parents=True)
+    (tmp_path / "top" / "sub" / "w.safetensors").write_bytes(b"")
+    for path, mode in ((tmp_path / "top", 0o700), (tmp_path / "top" / "sub", 0o700),
+                       (tmp_path / "top" / "sub" / "w.safetensors", 0o600)):
+        os.chmod(path, mode)
+    previous = os.umask(0o027)
+    try:
+        with_usual_modes(tmp_path / "top")
+    finally:
+        os.umask(previous)
+    assert [_mode(p) for p in (tmp_path / "top", tmp_path / "top" / "sub", tmp_path / "top" / "sub" / "w.safetensors")
+            ] == [0o750, 0o750, 0o640]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
 def test_write_safetensors_reports_a_failed_write_as_the_os_error(tmp_path):
     """A write the operating system refuses (here a file-size limit, EFBIG; a full disk is ENOSPC) reaches the
@@ -114,6 +132,37 @@ def test_an_mp4_is_whole_only_when_its_boxes_fill_it_and_it_has_its_index(tmp_pa
         assert not _whole_mp4(tmp_path / "cut.mp4"), cut
     (tmp_path / "no-index.mp4").write_bytes((16).to_bytes(4, "big") + b"free" + bytes(8))  # whole boxes, no moov
     assert not _whole_mp4(tmp_path / "no-index.mp4")
+
+
+def test_an_mp4s_box_sizes_are_read_as_the_format_writes_them(tmp_path):
+    """(mutation testing) A 64-bit size, a size of 0 (to the end of the file) and a size under a header's 8 bytes."""
+    from vidbooth.data.video import _whole_mp4
+
+    def box(kind: bytes, body: bytes = bytes(8), size: int | None = None) -> bytes:
+        return (8 + len(body) if size is None else size).to_bytes(4, "big") + kind + body
+
+    cases = {
+        "64-bit": (box(b"mdat", (1).to_bytes(4, "big") + b"xxxx", size=1)[:8] + (24).to_bytes(8, "big") + bytes(8)
+                   + box(b"moov"), True),
+        "to the end": (box(b"moov") + box(b"mdat", bytes(20), size=0), True),
+        "only to the end": (box(b"mdat", bytes(20), size=0), False),  # no index
+        "under 8 bytes": ((4).to_bytes(4, "big") + box(b"moov"), False),  # read on, it would end on a moov
+    }
+    for name, (data, whole) in cases.items():
+        (tmp_path / "v.mp4").write_bytes(data)
+        assert _whole_mp4(tmp_path / "v.mp4") is whole, name
+
+
+def test_a_video_cut_short_is_a_full_disk_only_when_the_disk_is_full(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from vidbooth.data.video import _cut_short
+
+    (tmp_path / "v.mp4").write_bytes(bytes(100))
+    assert _cut_short(tmp_path / "v.mp4").errno == errno.EIO  # room left, no file-size limit reached
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    assert _cut_short(tmp_path / "v.mp4").errno == errno.ENOSPC
 
 
 def test_a_folder_that_takes_no_new_files_is_one_user_error_naming_the_output(tmp_path, monkeypatch):

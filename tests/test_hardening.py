@@ -226,6 +226,23 @@ def test_the_out_of_memory_line_names_what_the_command_can_ask_less_of():
         assert set(re.findall(r"--[a-z][a-z-]*", message)) <= flags, name  # --precision only where it is a flag
 
 
+def test_each_way_an_allocation_fails_is_out_of_memory_and_says_how_much_was_asked():
+    """(mutation testing) Each of ran_out_of_memory's conditions on its own, and a size under 0.05 MiB."""
+    import errno
+
+    from vidbooth.cli.app import out_of_memory_message
+    from vidbooth.errors import ran_out_of_memory
+
+    for failed in (OSError(errno.ENOMEM, "mmap failed"), RuntimeError("Cannot allocate memory"),
+                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+                   RuntimeError("CUDA out of memory."), MemoryError()):
+        assert ran_out_of_memory(failed), failed
+    assert not ran_out_of_memory(OSError(errno.ENOENT, "No such file or directory"))
+    told = out_of_memory_message(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000 "
+                                              "bytes"), "generate")
+    assert told.startswith("out of memory (it asked for 0.1 MiB at once)")  # not 0.0
+
+
 def main_commands() -> list[str]:
     import typer
 

@@ -318,3 +318,9 @@ def test_a_launchers_variables_left_in_the_shell_are_one_error_line_not_silence(
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process, as a launcher of one sets them
     assert main(["list", "--json"]) == 0 and capsys.readouterr().out == "[]\n"
+    monkeypatch.setenv("WORLD_SIZE", "4")  # a rank that says one process does not make four one (mutation testing)
+    assert main(["list", "--json"]) == 2 and "RANK=0 and WORLD_SIZE=4 are set" in capsys.readouterr().err
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PMI_RANK", "1")  # an MPI rank with no number of processes: one process, which speaks
+    assert reporting.first_process()

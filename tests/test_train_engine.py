@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import math
@@ -1139,11 +1140,22 @@ def test_an_error_after_a_checkpoint_carries_where_the_run_can_go_on_from(tmp_pa
             return accumulate(method, data, cfg, step, accelerator)
         return accumulate_or_fail
 
-    monkeypatch.setattr(engine, "_accumulate", out_of_memory_at(3))
+    monkeypatch.setattr(engine, "_accumulate", out_of_memory_at(5))
     with pytest.raises(MemoryError) as caught:
         engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "a", accelerator)
     assert caught.value.kept_checkpoint == str(engine.list_checkpoints(tmp_path / "a")[-1])
-    assert caught.value.kept_checkpoint.endswith("step-0000002")
+    assert caught.value.kept_checkpoint.endswith("step-0000004")  # the last of steps 2 and 4
+    too_large = OSError(errno.EFBIG, "File too large")
+
+    def file_size_limit(method, data, cfg, step, accelerator):
+        if step == 3:
+            raise too_large
+        return accumulate(method, data, cfg, step, accelerator)
+
+    monkeypatch.setattr(engine, "_accumulate", file_size_limit)
+    with pytest.raises(OSError) as caught:
+        engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "c", accelerator)
+    assert caught.value is too_large and caught.value.kept_checkpoint.endswith("step-0000002")
     monkeypatch.setattr(engine, "_accumulate", out_of_memory_at(1))
     with pytest.raises(MemoryError) as caught:
         engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "b", accelerator)
