@@ -271,21 +271,21 @@ def test_a_demo_stopped_over_an_earlier_one_puts_the_earlier_one_back(tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "videos"]  # nothing set aside is left
 
 
-@pytest.mark.parametrize("where", ["checkpoint", "library", "out of memory"])
+@pytest.mark.parametrize("where", ["checkpoint", "library", "out of memory", "open files"])
 def test_a_full_disk_while_the_demo_trains_says_to_run_the_demo_again(where, tmp_path, isolated_home, monkeypatch,
                                                                       capsys):
     """Training's messages had said to rerun 'with --resume', which the demo does not have: a full disk at a
     checkpoint, or as the library saved what was learned, and an error after a checkpoint (out of memory)."""
     import vidbooth.engine.demo as demo
     from vidbooth.engine.train import CheckpointDiskFull
-    from vidbooth.errors import DiskFull
+    from vidbooth.errors import DiskFull, MachineLimit
 
     out = tmp_path / "demo"
     earlier = _earlier_demo(out)
 
     def failed(*args):
-        if where == "out of memory":
-            exc = MemoryError()
+        if where in ("out of memory", "open files"):
+            exc = MemoryError() if where == "out of memory" else MachineLimit("too many open files: ..., and run it again")
             exc.kept_checkpoint = str(out / "x")
             raise exc
         full = CheckpointDiskFull if where == "checkpoint" else DiskFull
@@ -294,8 +294,9 @@ def test_a_full_disk_while_the_demo_trains_says_to_run_the_demo_again(where, tmp
     monkeypatch.setattr(demo, "_train_motion", failed)
     assert _run(out, "tiny") == 2
     told = capsys.readouterr().err.splitlines()[-1]
-    if where == "out of memory":
-        assert told.startswith("error: out of memory: ") and told.endswith(", and run it again")
+    if where in ("out of memory", "open files"):
+        said = "error: out of memory: " if where == "out of memory" else "error: too many open files: "
+        assert told.startswith(said) and told.endswith("and run it again")  # no --resume
     else:
         assert told == (f"error: the disk is full: free space on the disk of {out / 'x'}, then run the demo again (it "
                         "starts over)")

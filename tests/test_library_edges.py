@@ -314,6 +314,29 @@ def test_train_motion_refused_after_the_lock_leaves_no_library_and_a_finished_on
     assert (isolated_home / ".runs" / "motions").is_dir() and not (isolated_home / ".runs" / "motions" / "m").exists()
 
 
+def test_an_io_error_as_the_library_saves_says_to_resume_and_the_resume_saves(tmp_path, isolated_home, monkeypatch,
+                                                                             capsys):
+    """It had said 'run the command again', which the finished run's checkpoint then refused without --resume."""
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+
+    argv = ["train-motion", str(write_clip(tmp_path / "c.mp4")), "--name", "m", "--recipe", "tiny/motion", "--steps",
+            "1", "--num-frames", "2", "--resolution", "16", "--no-preview"]
+    real_sync_tree = library.sync_tree
+
+    def failing_device(folder):
+        raise OSError(errno.EIO, "Input/output error", str(folder))
+
+    monkeypatch.setattr(library, "sync_tree", failing_device)
+    assert main(argv) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    runs = isolated_home / ".runs" / "motions" / "m"
+    assert line.startswith("error: Input/output error: ") and line.endswith(
+        f": rerun the same command with --resume to go on from its last checkpoint ({runs})")
+    monkeypatch.setattr(library, "sync_tree", real_sync_tree)
+    assert main([*argv, "--resume"]) == 0 and (isolated_home / "motions" / "m").is_dir()
+
+
 def test_a_lock_whose_folder_was_just_removed_makes_it_again(tmp_path):
     """The last user of a new library's `.locks/` removes it when it is empty; a process about to lock a file in
     it must make it again rather than fail."""

@@ -363,6 +363,33 @@ def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypat
     assert stage_one["seconds"] >= 0.15  # the first run's time, not the resumed run's 0 s
 
 
+@pytest.mark.parametrize("limit", ["disk", "open files"])
+def test_a_full_disk_under_the_class_images_after_stage_one_says_to_resume(limit, photos, isolated_home, monkeypatch,
+                                                                          capsys):
+    """The class images' cache filling the disk (or too few open files) after stage 1 had said 'run the command
+    again', which stage 1's checkpoint then refused without --resume."""
+    import errno
+
+    import vidbooth.engine.prior as prior
+    from vidbooth.engine.train import list_checkpoints
+    from vidbooth.errors import not_the_inputs_fault
+
+    def disk_full(*args, **kwargs):
+        if limit == "open files":
+            not_the_inputs_fault(OSError(errno.EMFILE, "Too many open files"))
+        raise OSError(errno.ENOSPC, "No space left on device", "class-images/0003.png")
+
+    monkeypatch.setattr(prior, "generate_class_images", disk_full)
+    args = [*NO_PREVIEW, *PRIOR_FAST, "--prior-preservation", "--num-class-images", "2"]
+    assert train_subject(photos, *args) == 2
+    (kept,) = list_checkpoints(isolated_home / ".runs" / "subjects" / "S%2A" / "textual-inversion")
+    problem = ("the disk is full writing class-images/0003.png: free space" if limit == "disk" else
+               "too many open files (this process may have")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {problem}") and line.endswith(
+        f"and rerun the same command with --resume to go on from its last checkpoint ({kept})")
+
+
 @pytest.mark.parametrize(
     ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGXCPU, 152)],
     ids=["SIGINT", "SIGTERM", "SIGXCPU"],  # SIGXCPU: past a soft CPU-time limit; its default dumps core

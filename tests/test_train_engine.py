@@ -1145,18 +1145,20 @@ def test_an_error_after_a_checkpoint_carries_where_the_run_can_go_on_from(tmp_pa
         engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "a", accelerator)
     assert caught.value.kept_checkpoint == str(engine.list_checkpoints(tmp_path / "a")[-1])
     assert caught.value.kept_checkpoint.endswith("step-0000004")  # the last of steps 2 and 4
-    too_large = OSError(errno.EFBIG, "File too large")
-
-    def file_size_limit(method, data, cfg, step, accelerator):
-        if step == 3:
-            raise too_large
-        return accumulate(method, data, cfg, step, accelerator)
-
-    monkeypatch.setattr(engine, "_accumulate", file_size_limit)
-    with pytest.raises(OSError) as caught:
-        engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "c", accelerator)
-    assert caught.value is too_large and caught.value.kept_checkpoint.endswith("step-0000002")
     monkeypatch.setattr(engine, "_accumulate", out_of_memory_at(1))
     with pytest.raises(MemoryError) as caught:
         engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "b", accelerator)
     assert not hasattr(caught.value, "kept_checkpoint")
+    from vidbooth.errors import MachineLimit
+
+    for limit in (OSError(errno.EFBIG, "File too large"), MachineLimit("too many open files: ... run it again")):
+        def at_step_3(method, data, cfg, step, accelerator, limit=limit):
+            if step == 3:
+                raise limit
+            return accumulate(method, data, cfg, step, accelerator)
+
+        monkeypatch.setattr(engine, "_accumulate", at_step_3)
+        with pytest.raises(type(limit)) as caught:
+            engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / str(limit),
+                         accelerator)
+        assert caught.value is limit and caught.value.kept_checkpoint.endswith("step-0000002")

@@ -62,6 +62,11 @@ def out_of_system_resources(exc: BaseException) -> str | None:
     return None
 
 
+class MachineLimit(UserError):
+    """This process reached a limit of the machine on open files, processes or threads (`out_of_system_resources`);
+    its message says to run the command again, which a training that saved a checkpoint does with --resume."""
+
+
 def not_the_inputs_fault(exc: BaseException) -> None:
     """Raise `exc` as the command line tells it when it says the machine ran out of memory, open files, processes
     or threads: a caller that would call any error in reading a file damage ('delete it and start over') calls this
@@ -69,7 +74,7 @@ def not_the_inputs_fault(exc: BaseException) -> None:
     if ran_out_of_memory(exc):
         raise exc
     if message := out_of_system_resources(exc):
-        raise UserError(message) from exc
+        raise MachineLimit(message) from exc
 
 
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited", "Broken pipe",

@@ -697,6 +697,8 @@ def staged_artifact(kind: str, name: str, overwrite: bool = False) -> Iterator[P
             raise UserError(
                 f"{unsaved}: {exc.strerror} ({exc.filename or home}); make the library writable for you, {resume}"
             ) from exc
+        if not saved and (runs := runs_folder(kind, name, home)).is_dir():  # an I/O error, too many open files...:
+            exc.kept_checkpoint = str(runs)  # the command line says to go on from it, not 'run it again' (refused)
         raise
     except (KeyboardInterrupt, Interrupted) as exc:
         if saved:  # held by the rename: its message says the artifact is saved

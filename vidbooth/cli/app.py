@@ -235,7 +235,7 @@ def _told(argv: list[str] | None) -> int:
     except UserError as exc:
         if _state["debug"]:
             raise
-        error(str(exc))
+        error(_going_on_from_its_checkpoint(str(exc), exc))  # a machine's limit met after a checkpoint
         return exc.exit_code
     except Interrupted as exc:
         stopped(str(exc))

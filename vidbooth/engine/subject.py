@@ -65,6 +65,7 @@ from vidbooth.engine.train import (
     derived_seed,
     dtype_signature,
     kept_if_preview_fails,
+    list_checkpoints,
     make_accelerator,
     refuse_other_settings,
     refuse_to_discard,
@@ -74,7 +75,7 @@ from vidbooth.engine.train import (
     seed_everything,
     train,
 )
-from vidbooth.errors import Interrupted, UserError, stopped, stopping_signal
+from vidbooth.errors import Interrupted, MachineLimit, UserError, stopped, stopping_signal
 from vidbooth.fileio import absolute_path
 from vidbooth.library import (
     MANIFEST,
@@ -556,15 +557,21 @@ def _identity(run: _Run, rows: torch.Tensor) -> None:
 @contextlib.contextmanager
 def _stage_one_kept(run: _Run):
     """Around what runs between the two stages of one run (class images, encodings): a Ctrl-C or SIGTERM there
-    leaves stage 1's final checkpoint, so the message says to resume, as a stop during training does."""
+    leaves stage 1's final checkpoint, so the message says to resume, as a stop during training does; so does an
+    error that says to run the command again (a full disk under the class images' cache, out of memory), which
+    the checkpoint would refuse without --resume."""
     if "textual_inversion" not in run.results:  # stage 1 did not run here: nothing of this run is kept
         yield
         return
+    kept = run_folder(KIND, run.cfg.name, STAGE_FOLDERS["textual_inversion"])
     try:
         yield
+    except (OSError, MemoryError, RuntimeError, MachineLimit) as exc:
+        if checkpoints := list_checkpoints(kept):
+            exc.kept_checkpoint = str(checkpoints[-1])  # told by the command line (`kept_checkpoint`)
+        raise
     except (KeyboardInterrupt, Interrupted) as exc:  # the command line's handler raises these for SIGINT, SIGTERM
         stopped_by = stopping_signal(exc)
-        kept = run_folder(KIND, run.cfg.name, STAGE_FOLDERS["textual_inversion"])
         raise stopped(
             stopped_by,
             f"stopped by {stopped_by.name} before the identity adapter's training; the textual "
