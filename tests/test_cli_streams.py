@@ -137,6 +137,9 @@ def test_a_removed_current_folder_and_python_OO_are_one_line_each(monkeypatch, c
     assert optimised.returncode == 2 and optimised.stdout == b""
     assert optimised.stderr.decode() == ("error: python -OO (or PYTHONOPTIMIZE=2) strips the docstrings that diffusers "
                                          "and transformers read: run vidbooth without it (-O is fine)\n")
+    version = subprocess.run([sys.executable, "-OO", "-m", "vidbooth", "--version"], capture_output=True, timeout=300,
+                             cwd=tmp_path, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("vidbooth ") and version.stderr == ""
 
 
 def test_an_io_error_is_one_line_naming_the_file(monkeypatch, capsys, tmp_path, isolated_home):

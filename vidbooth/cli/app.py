@@ -156,10 +156,11 @@ def _refuse_undecodable(argv: list[str]) -> None:
                             "under a UTF-8 locale (LANG=C.UTF-8), or rename the file")
 
 
-def _refuse_a_process_that_cannot_work() -> None:
+def _refuse_a_process_that_cannot_work(argv: list[str]) -> None:
     """One line, before anything is imported, for a process that would fail in a confusing way: one whose current
-    folder was removed (torch then failed to load with a oneMKL FATAL ERROR, as if broken), or one run with
-    `python -OO`, whose stripped docstrings diffusers and transformers fail on (a traceback)."""
+    folder was removed (torch then failed to load with a oneMKL FATAL ERROR, as if broken), or a command run with
+    `python -OO`, whose stripped docstrings diffusers and transformers fail on (a traceback); `--version` needs
+    neither."""
     from vidbooth.errors import UserError
 
     try:
@@ -167,7 +168,7 @@ def _refuse_a_process_that_cannot_work() -> None:
     except FileNotFoundError:
         raise UserError("the current folder no longer exists (removed after the shell went into it): cd to an "
                         "existing folder and run the command again") from None
-    if sys.flags.optimize >= 2:
+    if sys.flags.optimize >= 2 and argv != ["--version"]:
         raise UserError("python -OO (or PYTHONOPTIMIZE=2) strips the docstrings that diffusers and transformers read: "
                         "run vidbooth without it (-O is fine)")
 
@@ -225,7 +226,7 @@ def _told(argv: list[str] | None) -> int:
     try:
         with _stop_signals():
             try:
-                _refuse_a_process_that_cannot_work()
+                _refuse_a_process_that_cannot_work(sys.argv[1:] if argv is None else argv)
                 _refuse_a_launcher(sys.argv[1:] if argv is None else argv)
                 _refuse_undecodable(sys.argv[1:] if argv is None else argv)
                 code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
