@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -361,6 +362,18 @@ def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypat
     stage_one = json.loads(text)["stages"]["textual_inversion"]
     assert "NaN" not in text and stage_one["steps"] == 3 and 0 < stage_one["final_loss"] < 10
     assert stage_one["seconds"] >= 0.15  # the first run's time, not the resumed run's 0 s
+
+
+def test_a_photo_whose_name_is_at_the_file_systems_limit_is_saved_under_a_name_cut_to_fit(photos, isolated_home):
+    """Its numbered copy ('00-' + the name) had been too long: the save failed with ENAMETOOLONG after training."""
+    first = sorted(photos.iterdir())[0]
+    longest = first.with_name("x" * 3 + "é" * 124 + first.suffix)  # 251 bytes + '.png': the file system's 255
+    first.rename(longest)
+    assert train_subject(photos, "--no-preview") == 0
+    copies = sorted((subject_dir(isolated_home) / "photos").iterdir())
+    assert len(copies) == len(list(photos.iterdir())) and all(len(os.fsencode(c.name)) <= 255 for c in copies)
+    cut = r"\d\d-xxxé{122}" + re.escape(first.suffix)  # 254 bytes: no half of an 'é' where the name was cut
+    assert sum(bool(re.fullmatch(cut, c.name)) for c in copies) == 1
 
 
 @pytest.mark.parametrize("limit", ["disk", "open files"])

@@ -700,16 +700,35 @@ def _copy_photos(photos: _Photos, folder: Path, name: str) -> list[dict]:
     folder.mkdir()
     own, sources = _own_photos(name)
     entries, used = [], set()
+    longest = _longest_name(folder)
     for index, (path, digest) in enumerate(zip(photos.files, photos.hashes)):
         kept = path.resolve().parent == own
-        target = path.name if kept and path.name not in used else f"{index:02d}-{path.name}"
+        target = path.name if kept and path.name not in used else _cut(f"{index:02d}-{path.name}", longest)
         while target in used:  # a numbered name that a kept one already took
-            target = f"{index:02d}-{target}"
+            target = _cut(f"{index:02d}-{target}", longest)
         used.add(target)
         shutil.copyfile(path, folder / target)
         source = sources.get(path.name) if kept else None
         entries.append({"file": f"photos/{target}", "source": source or absolute_path(str(path)), "sha256": digest})
     return entries
+
+
+def _longest_name(folder: Path) -> int:
+    """The longest file name, in bytes, that the file system of `folder` takes (255 on most)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or no answer
+        return 255
+
+
+def _cut(file_name: str, longest: int) -> str:
+    """`file_name` cut before its suffix to at most `longest` bytes: a photo whose name is near the limit, once
+    numbered, had failed the save after the whole training (ENAMETOOLONG)."""
+    if len(os.fsencode(file_name)) <= longest:
+        return file_name
+    suffix = Path(file_name).suffix if len(os.fsencode(Path(file_name).suffix)) < longest // 2 else ""
+    room = longest - len(os.fsencode(suffix))
+    return os.fsencode(file_name[: len(file_name) - len(suffix)])[:room].decode(errors="ignore") + suffix
 
 
 def _rerun_photos(name: str, photos: list[str]) -> list[str]:
