@@ -208,6 +208,15 @@ def test_memory_the_system_would_not_map_is_out_of_memory_not_a_damaged_model(mo
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory: ask for less at once (--batch-size 1") and err.count("\n") == 1
     assert not (tmp_path / "v.mp4").exists()
+    for raised, said in ((ImportError("libtorch_cpu.so: failed to map segment from shared object"), "out of memory"),
+                         (RuntimeError("can't start new thread"), "cannot start another process or thread")):
+        def failing(folder, raised=raised):  # a library loaded on first use (OpenCV) under ulimit -v; a thread
+            raise raised
+
+        monkeypatch.setattr(backbone, "_load_tokenizer", failing)
+        assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "v.mp4"), "--base", "tiny"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {said}: ") and err.count("\n") == 1  # it had been a traceback
 
 
 def test_too_few_open_files_is_told_as_the_limit_not_as_a_corrupt_clip(tmp_path, isolated_home):

@@ -33,11 +33,13 @@ class UserError(Exception):
 
 
 def ran_out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` is an allocation that failed: torch's CUDA or CPU allocator, or Python's MemoryError."""
+    """Whether `exc` is an allocation that failed: torch's CUDA or CPU allocator, Python's MemoryError, or a shared
+    library that could not be mapped (under an address-space limit, `ulimit -v`, OpenCV imported on first use)."""
     text = str(exc).lower()
     return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
             or getattr(exc, "errno", None) == errno.ENOMEM
-            or any(words in text for words in ("out of memory", "can't allocate memory", "cannot allocate memory")))
+            or any(words in text for words in ("out of memory", "can't allocate memory", "cannot allocate memory",
+                                               "failed to map segment from shared object")))  # a library not loaded
 
 
 def out_of_system_resources(exc: BaseException) -> str | None:

@@ -259,7 +259,7 @@ def _told(argv: list[str] | None) -> int:
             raise
         error(_going_on_from_its_checkpoint(message, exc))
         return 2
-    except (MemoryError, RuntimeError) as exc:
+    except (MemoryError, RuntimeError, ImportError) as exc:
         message = (out_of_memory_message(exc, _command_of(sys.argv[1:] if argv is None else argv))
                    or out_of_system_resources(exc))  # "can't start new thread"
         if message is None and lost_another_process(exc):  # a training's own says which step it kept
