@@ -119,6 +119,33 @@ def test_every_byte_the_locale_could_not_read_is_refused_in_an_argument():
     _refuse_undecodable(["generate", "--out", "Ś.mp4", "\udc7f"])  # letters, and no byte kept as a surrogate
 
 
+def test_a_library_or_cache_folder_the_locale_could_not_read_is_refused(monkeypatch, tmp_path):
+    """Under LC_ALL=C with PYTHONUTF8=0 a $VIDBOOTH_CACHE with an 'è' had ended in 'its tokenizer cannot be read ...
+    delete the cache and it is built again', which could not help."""
+    from vidbooth.cli.app import _refuse_undecodable
+    from vidbooth.errors import UserError
+
+    unread = str(tmp_path / "cach\udce8")  # a byte no encoding here reads (Latin-1 è)
+    for name in ("VIDBOOTH_HOME", "VIDBOOTH_CACHE", "HOME", "XDG_DATA_HOME"):
+        monkeypatch.setenv(name, str(tmp_path))
+    for name in ("VIDBOOTH_HOME", "VIDBOOTH_CACHE"):
+        with monkeypatch.context() as patched:
+            patched.setenv(name, unread)
+            with pytest.raises(UserError, match=rf"^\${name} \(.*\) holds bytes that are not text in this terminal's "
+                                                rf"encoding: .* or set \${name} to another folder$"):
+                _refuse_undecodable(["list"])
+    for name, unused_while_set in (("HOME", ("VIDBOOTH_HOME", "VIDBOOTH_CACHE")), ("XDG_DATA_HOME", ("VIDBOOTH_HOME",))):
+        monkeypatch.setenv(name, unread)
+        _refuse_undecodable(["list"])  # both (or the library) elsewhere: not read
+        with monkeypatch.context() as patched:
+            patched.delenv(unused_while_set[-1])
+            if name == "XDG_DATA_HOME":
+                patched.setenv("HOME", str(tmp_path))
+            with pytest.raises(UserError, match=rf"^\${name} "):
+                _refuse_undecodable(["list"])
+        monkeypatch.setenv(name, str(tmp_path))
+
+
 def test_a_removed_current_folder_and_python_OO_are_one_line_each(monkeypatch, capsys, tmp_path, isolated_home):
     """A removed current folder had ended generate in torch's 'oneMKL FATAL ERROR: Cannot load libtorch_cpu.so' (or
     a FileNotFoundError traceback); python -OO in a traceback from diffusers' docstring handling."""

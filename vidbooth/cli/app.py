@@ -154,6 +154,15 @@ def _refuse_undecodable(argv: list[str]) -> None:
             shown = word.encode("utf-8", "backslashreplace").decode()
             raise UserError(f"'{shown}' holds bytes that are not text in this terminal's encoding: run vidbooth "
                             "under a UTF-8 locale (LANG=C.UTF-8), or rename the file")
+    env = os.environ
+    folders = ["VIDBOOTH_HOME", "VIDBOOTH_CACHE"]  # and where they are when unset: a cache built there had been
+    folders += ["HOME"] if not (env.get("VIDBOOTH_HOME") and env.get("VIDBOOTH_CACHE")) else []  # called damaged
+    folders += ["XDG_DATA_HOME"] if not env.get("VIDBOOTH_HOME") else []
+    for name in folders:
+        if any(map(unread_byte, env.get(name, ""))):
+            shown = env[name].encode("utf-8", "backslashreplace").decode()
+            raise UserError(f"${name} ({shown}) holds bytes that are not text in this terminal's encoding: run "
+                            f"vidbooth under a UTF-8 locale (LANG=C.UTF-8), or set ${name} to another folder")
 
 
 def _refuse_a_process_that_cannot_work(argv: list[str]) -> None:
