@@ -269,7 +269,8 @@ def test_too_few_open_files_is_told_as_the_limit_not_as_a_corrupt_clip(tmp_path,
     (BlockingIOError(11, "Resource temporarily unavailable"), "error: cannot start another process or thread: a "
      "limit on them is reached (ulimit -u, or a container's pids limit)"),
     (RuntimeError("can't start new thread"), "error: cannot start another process or thread"),
-], ids=["EMFILE", "EAGAIN", "thread"])
+    (OSError(23, "Too many open files in system"), "error: the system's table of open files is full: close other"),
+], ids=["EMFILE", "EAGAIN", "thread", "ENFILE"])
 def test_a_limit_on_processes_or_files_met_reading_a_clip_or_a_checkpoint_is_not_called_damage(
     raised, said, monkeypatch, capsys, tmp_path, isolated_home
 ):

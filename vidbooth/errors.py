@@ -47,6 +47,8 @@ def out_of_system_resources(exc: BaseException) -> str | None:
     threads (`ulimit -n`, `ulimit -u`, a container's pids limit), not that a file it read or wrote is at fault; None
     for any other."""
     code, text = getattr(exc, "errno", None), str(exc)
+    if code == errno.ENFILE or "Too many open files in system" in text:
+        return "the system's table of open files is full: close other programs and run the command again"
     if code == errno.EMFILE or "Too many open files" in text or "os error 24" in text:
         try:
             import resource
@@ -56,8 +58,6 @@ def out_of_system_resources(exc: BaseException) -> str | None:
             at_once = "this process's limit is reached"
         return (f"too many open files ({at_once}, ulimit -n): raise the limit, e.g. ulimit -n 4096, and run the "
                 "command again")
-    if code == errno.ENFILE or "Too many open files in system" in text:
-        return "the system's table of open files is full: close other programs and run the command again"
     if code == errno.EAGAIN or "can't start new thread" in text:
         return ("cannot start another process or thread: a limit on them is reached (ulimit -u, or a container's "
                 "pids limit); raise it or end other programs, and run the command again")
@@ -180,6 +180,7 @@ def stops_recorded() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
+
     def record(got, frame) -> None:
         if not cpu_limit_again(got, note=False):
             held.append(got)
