@@ -53,6 +53,9 @@ def test_the_wheel_holds_every_module_recipe_and_asset(wheel):
     assert sorted(expected - names) == []
     (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     assert "vidbooth = vidbooth.cli.app:run" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert {name.rsplit("/", 1)[-1] for name in names if ".dist-info/licenses/" in name} == {"LICENSE", "NOTICE"}
+    (metadata,) = [name for name in names if name.endswith(".dist-info/METADATA")]
+    assert "License-Expression: Apache-2.0" in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
 
 
 def test_the_installed_wheel_generates_with_a_shipped_recipe(wheel, tmp_path):
