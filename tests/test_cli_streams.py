@@ -299,11 +299,45 @@ def test_a_limit_on_processes_or_files_met_reading_a_clip_or_a_checkpoint_is_not
     assert f"error: {told.value}".startswith(said)
 
 
+def test_the_open_files_line_gives_the_limit_this_process_may_raise_and_the_systems_table_its_own(monkeypatch):
+    """(mutation testing) The soft limit, which `ulimit -n` raises up to the hard one; ENFILE, whose text holds
+    EMFILE's, is the whole system's table."""
+    import errno
+    import resource
+
+    from vidbooth.errors import out_of_system_resources
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (9, 4096))
+    assert "this process may have 9 open at once" in out_of_system_resources(OSError(errno.EMFILE, "Too many open"))
+    assert out_of_system_resources(OSError(errno.ENFILE, os.strerror(errno.ENFILE))).startswith(
+        "the system's table of open files is full")
+
+
+def test_too_many_open_files_in_a_command_is_one_line(monkeypatch, capsys, tmp_path, isolated_home):
+    """(mutation testing) Met outside any reader (here in training), it reaches the command line as an OSError."""
+    import errno
+
+    import vidbooth.engine.motion as motion
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+
+    def too_many(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(motion, "train_motion", too_many)
+    assert main(["train-motion", str(write_clip(tmp_path / "c.mp4")), "--name", "m", "--base", "tiny"]) == 2
+    assert capsys.readouterr().err.startswith("error: too many open files (this process may have")
+
+
 def test_each_reader_that_would_call_a_file_damaged_tells_a_machine_limit_as_it_is(tmp_path, monkeypatch,
                                                                                    tiny_base_dirs):
     """Out of open files (or memory) while reading a good file: each of these had told it to delete or replace it."""
+    from transformers import CLIPVisionModelWithProjection
+
     import vidbooth.data.images as images
     import vidbooth.engine.backbone as backbone
+    import vidbooth.eval.features as features
+    from tests.badinputs import write_photos
     from vidbooth.adapters.base import load_metadata
     from vidbooth.engine.train import _read_checkpoint
     from vidbooth.errors import UserError
@@ -315,16 +349,37 @@ def test_each_reader_that_would_call_a_file_damaged_tells_a_machine_limit_as_it_
 
     (tmp_path / "a.safetensors").write_bytes(b"")
     (tmp_path / "state.json").write_text("{}")
+    photo = sorted(write_photos(tmp_path / "photos").iterdir())[0]
+
+    class Loaded:  # a model class of transformers'
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            raise raising
+
     readers = [(lambda: load_metadata(tmp_path / "a.safetensors"), "safetensors.safe_open"),
                (lambda: _read_checkpoint(tmp_path), "safetensors.torch.load_file"),
                (lambda: images._open_image(tmp_path / "a.png"), (images.Image, "open")),
                (lambda: backbone.load_backbone(tiny_base_dirs["unet3d"]), (backbone, "load_tokenizer"))]
+    class Animated:  # a GIF whose frames are counted by reading through them
+        format, is_animated = "GIF", True
+
+        @property
+        def n_frames(self):
+            raise raising
+
+    raising = None
+    readers += [(lambda: images._warn_if_animated(tmp_path / "a.gif", Animated()), None),
+                (lambda: images.load_image(photo), (images.ImageOps, "exif_transpose")),
+                (lambda: features.load_nano_image("cpu"), (CLIPVisionModelWithProjection, "from_pretrained")),
+                (lambda: features._pretrained_loader(str(tmp_path), "--dino-model")(Loaded, "x"), None)]
     for read, where in readers:
         for error, told in [(OSError(24, "Too many open files"), UserError),
                             (Exception("Error while initializing BPE: Too many open files (os error 24)"), UserError),
                             (MemoryError(), MemoryError)]:
+            raising = error
             with monkeypatch.context() as patched:
-                patched.setattr(*((where,) if isinstance(where, str) else where), cannot(error))
+                if where is not None:  # else the reader's own object raises `raising`
+                    patched.setattr(*((where,) if isinstance(where, str) else where), cannot(error))
                 with pytest.raises(told) as raised:
                     read()
             assert raised.value is error or str(raised.value).startswith("too many open files (this process may")

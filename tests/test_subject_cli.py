@@ -376,6 +376,24 @@ def test_a_photo_whose_name_is_at_the_file_systems_limit_is_saved_under_a_name_c
     assert sum(bool(re.fullmatch(cut, c.name)) for c in copies) == 1
 
 
+def test_a_numbered_copy_name_taken_already_is_numbered_again_within_the_limit(tmp_path, monkeypatch):
+    """(mutation testing) A subject's own copy '01-<name>' (255 bytes) beside another photo <name>, whose numbered
+    name is then taken: numbered again, it is cut to fit too (it had failed with ENAMETOOLONG)."""
+    import vidbooth.engine.subject as subject
+
+    name = "y" * 248 + ".png"
+    own, other = tmp_path / "own", tmp_path / "other"
+    for folder, file_name in ((own, "01-" + name), (other, name)):
+        folder.mkdir()
+        (folder / file_name).write_bytes(b"photo")
+    monkeypatch.setattr(subject, "_own_photos", lambda subject_name: (own.resolve(), {}))
+    photos = subject._Photos(files=[own / ("01-" + name), other / name], images=[None, None], hashes=["h0", "h1"])
+    entries = subject._copy_photos(photos, tmp_path / "copies", "S")
+    names = sorted(p.name for p in (tmp_path / "copies").iterdir())
+    assert names == sorted(["01-" + name, "01-01-" + "y" * 245 + ".png"])  # 255 bytes each
+    assert [entry["file"] for entry in entries] == ["photos/01-" + name, "photos/01-01-" + "y" * 245 + ".png"]
+
+
 @pytest.mark.parametrize("limit", ["disk", "open files"])
 def test_a_full_disk_under_the_class_images_after_stage_one_says_to_resume(limit, photos, isolated_home, monkeypatch,
                                                                           capsys):
@@ -393,9 +411,10 @@ def test_a_full_disk_under_the_class_images_after_stage_one_says_to_resume(limit
         raise OSError(errno.ENOSPC, "No space left on device", "class-images/0003.png")
 
     monkeypatch.setattr(prior, "generate_class_images", disk_full)
-    args = [*NO_PREVIEW, *PRIOR_FAST, "--prior-preservation", "--num-class-images", "2"]
+    args = [*NO_PREVIEW, *PRIOR_FAST, "--prior-preservation", "--num-class-images", "2",
+            "--set", "textual_inversion.train.checkpoint_every=1"]
     assert train_subject(photos, *args) == 2
-    (kept,) = list_checkpoints(isolated_home / ".runs" / "subjects" / "S%2A" / "textual-inversion")
+    first, kept = list_checkpoints(isolated_home / ".runs" / "subjects" / "S%2A" / "textual-inversion")  # the last
     problem = ("the disk is full writing class-images/0003.png: free space" if limit == "disk" else
                "too many open files (this process may have")
     line = capsys.readouterr().err.strip().splitlines()[-1]
