@@ -134,7 +134,8 @@ def test_a_library_or_cache_folder_the_locale_could_not_read_is_refused(monkeypa
             with pytest.raises(UserError, match=rf"^\${name} \(.*\) holds bytes that are not text in this terminal's "
                                                 rf"encoding: .* or set \${name} to another folder$"):
                 _refuse_undecodable(["list"])
-    for name, unused_while_set in (("HOME", ("VIDBOOTH_HOME", "VIDBOOTH_CACHE")), ("XDG_DATA_HOME", ("VIDBOOTH_HOME",))):
+    stands_in = (("HOME", ("VIDBOOTH_HOME", "VIDBOOTH_CACHE")), ("XDG_DATA_HOME", ("VIDBOOTH_HOME",)))
+    for name, unused_while_set in stands_in:
         monkeypatch.setenv(name, unread)
         _refuse_undecodable(["list"])  # both (or the library) elsewhere: not read
         with monkeypatch.context() as patched:

@@ -285,7 +285,8 @@ def test_a_full_disk_while_the_demo_trains_says_to_run_the_demo_again(where, tmp
 
     def failed(*args):
         if where in ("out of memory", "open files"):
-            exc = MemoryError() if where == "out of memory" else MachineLimit("too many open files: ..., and run it again")
+            limit = MachineLimit("too many open files: ..., and run it again")
+            exc = MemoryError() if where == "out of memory" else limit
             exc.kept_checkpoint = str(out / "x")
             raise exc
         full = CheckpointDiskFull if where == "checkpoint" else DiskFull
