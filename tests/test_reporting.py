@@ -324,3 +324,31 @@ def test_a_launchers_variables_left_in_the_shell_are_one_error_line_not_silence(
         monkeypatch.delenv(name)
     monkeypatch.setenv("PMI_RANK", "1")  # an MPI rank with no number of processes: one process, which speaks
     assert reporting.first_process()
+
+
+def test_a_stream_on_descriptor_2_is_stderr_and_a_failed_message_write_points_it_at_nothing(tmp_path):
+    """(mutation testing) A console whose file is another wrapper of descriptor 2 (as rich's may be) is stderr: its
+    closed reader does not stop the command. And once a message cannot be written (stderr on a full disk), the
+    descriptor writes to the null device, so that Python's last flush at exit does not fail on it too."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from vidbooth.errors import OutputClosed
+
+    script = """
+import io, os, sys
+from vidbooth import reporting
+console = reporting._Console(file=sys.stderr)
+console.print("a message that cannot be written")
+print(os.readlink("/proc/self/fd/2"), flush=True)
+other = io.TextIOWrapper(io.FileIO(2, "w", closefd=False))  # descriptor 2, not sys.stderr
+reporting.stream_closed(other)  # stderr's reader went away: the command goes on
+"""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=full, text=True,
+                              timeout=120)
+    assert done.returncode == 0 and done.stdout.splitlines() == ["/dev/null"]
+    with open(tmp_path / "out.txt", "w") as stdout, pytest.raises(OutputClosed):  # stdout's reader: it stops
+        reporting.stream_closed(stdout)
