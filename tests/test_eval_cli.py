@@ -240,7 +240,8 @@ def test_subject_photos_and_motion_clips_come_from_the_library(media, tiny_clip_
 
     subject = artifact_dir("subject", "S*", must_exist=False)
     (subject / "photos").mkdir(parents=True)
-    (subject / "manifest.json").write_text(json.dumps({"name": "S*", "kind": "subject"}))
+    trained_on = {"file": "photos/a.jpg", "sha256": "0" * 64}  # not this photo: it was changed since
+    (subject / "manifest.json").write_text(json.dumps({"name": "S*", "kind": "subject", "photos": [trained_on]}))
     Image.fromarray(smooth_image(7)).save(subject / "photos" / "a.jpg")
     motion = artifact_dir("motion", "slide", must_exist=False)
     (motion / "clips").mkdir(parents=True)
@@ -251,6 +252,8 @@ def test_subject_photos_and_motion_clips_come_from_the_library(media, tiny_clip_
     assert run(*args, "--json", out_json) == 0
     report = json.loads(out_json.read_text())
     assert report["videos"][0]["reference_images"] == str(subject / "photos")
+    assert f"warning: subject 'S*': {subject / 'photos' / 'a.jpg'} differs from the photo it was trained on" in (
+        capsys.readouterr().err)
     assert report["reference_motion"] == [str(motion / "clips" / "clip.gif")]
     assert report["videos"][0]["metrics"]["motion_fidelity"] > 0.9
     assert run(media["right"], "-p", "x", "--subject", "nobody", *models(tiny_clip_dir, tiny_vit_dir)) == 2

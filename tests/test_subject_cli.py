@@ -364,8 +364,11 @@ def test_interrupted_run_resumes_to_the_same_weights(photos, tmp_path, monkeypat
     assert stage_one["seconds"] >= 0.15  # the first run's time, not the resumed run's 0 s
 
 
-def test_a_photo_whose_name_is_at_the_file_systems_limit_is_saved_under_a_name_cut_to_fit(photos, isolated_home):
-    """Its numbered copy ('00-' + the name) had been too long: the save failed with ENAMETOOLONG after training."""
+def test_a_photo_at_the_name_limit_is_copied_under_a_name_cut_to_fit_and_evaluate_checks_the_copies(
+    photos, isolated_home, capsys
+):
+    """Its numbered copy ('00-' + the name) had been too long: the save failed with ENAMETOOLONG after training.
+    evaluate --subject warns of a copy changed since (its scores had compared with it without a word)."""
     first = sorted(photos.iterdir())[0]
     longest = first.with_name("x" * 3 + "é" * 124 + first.suffix)  # 251 bytes + '.png': the file system's 255
     first.rename(longest)
@@ -374,6 +377,16 @@ def test_a_photo_whose_name_is_at_the_file_systems_limit_is_saved_under_a_name_c
     assert len(copies) == len(list(photos.iterdir())) and all(len(os.fsencode(c.name)) <= 255 for c in copies)
     cut = r"\d\d-xxxé{122}" + re.escape(first.suffix)  # 254 bytes: no half of an 'é' where the name was cut
     assert sum(bool(re.fullmatch(cut, c.name)) for c in copies) == 1
+    from vidbooth.eval.references import subject_photos
+
+    capsys.readouterr()
+    assert subject_photos("S*") == subject_dir(isolated_home) / "photos"
+    assert capsys.readouterr().err == ""  # the copies are as trained
+    copies[0].write_bytes(copies[1].read_bytes())
+    subject_photos("S*")
+    assert capsys.readouterr().err.splitlines() == [f"warning: subject 'S*': {copies[0]} differs from the photo it was "
+                                                    "trained on (its sha256 is not the manifest's): the scores "
+                                                    "compare with it as it is now"]
 
 
 def test_a_numbered_copy_name_taken_already_is_numbered_again_within_the_limit(tmp_path, monkeypatch):

@@ -61,7 +61,23 @@ def subject_photos(name: str) -> Path:
     if not (folder.is_dir() and any(is_image_file(path) for path in folder.iterdir())):
         raise UserError(f"subject '{name}' has no training photos in {folder}: pass reference images with "
                         "--ref-images instead")
+    _warn_of_changed_photos(name, folder.parent)
     return folder
+
+
+def _warn_of_changed_photos(name: str, subject: Path) -> None:
+    """A warning for each of the subject's photo copies that differs from the photo it was trained on (the sha256
+    its manifest records): the scores compare with the photos as they are now."""
+    import json
+
+    from vidbooth.library import MANIFEST, sha256_file
+
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):  # read as loading the subject reads it
+        for entry in json.loads((subject / MANIFEST).read_text()).get("photos") or []:
+            copy = subject / str(entry["file"])
+            if copy.is_file() and sha256_file(copy) != entry["sha256"]:
+                warn(f"subject '{name}': {copy} differs from the photo it was trained on (its sha256 is not the "
+                     "manifest's): the scores compare with it as it is now")
 
 
 def motion_clip_paths(name: str) -> list[Path]:
