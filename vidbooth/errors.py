@@ -69,6 +69,11 @@ class MachineLimit(UserError):
     its message says to run the command again, which a training that saved a checkpoint does with --resume."""
 
 
+RERUN_ERRORS = (OSError, MemoryError, RuntimeError, MachineLimit)
+"""The errors whose line may end 'run the command again' (a full disk, out of memory, a machine's limit): one that
+stops a training after a checkpoint carries it (`kept_checkpoint`), so that the line says to rerun with --resume."""
+
+
 def not_the_inputs_fault(exc: BaseException) -> None:
     """Raise `exc` as the command line tells it when it says the machine ran out of memory, open files, processes
     or threads: a caller that would call any error in reading a file damage ('delete it and start over') calls this

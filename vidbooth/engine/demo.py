@@ -30,7 +30,7 @@ from PIL import Image
 
 from vidbooth.config.demo import DemoConfig
 from vidbooth.data.video import check_writable_dir, ensure_writable_dir, save_contact_sheet, write_video
-from vidbooth.errors import DiskFull, Interrupted, MachineLimit, UserError, stopping_signal
+from vidbooth.errors import RERUN_ERRORS, DiskFull, Interrupted, UserError, stopping_signal
 from vidbooth.fileio import exclusive_lock, write_together
 from vidbooth.reporting import info, table
 
@@ -210,7 +210,7 @@ def _in_the_demos_terms() -> Iterator[None]:
     except DiskFull as exc:  # a checkpoint's, or the library's when it saved what was learned
         raise UserError(f"the disk is full: free space on the disk of {exc.folder}, then run the demo again (it "
                         "starts over)") from exc
-    except (OSError, MemoryError, RuntimeError, MachineLimit) as exc:
+    except RERUN_ERRORS as exc:
         with contextlib.suppress(AttributeError):  # the command line's 'rerun with --resume to go on from it'
             del exc.kept_checkpoint
         raise

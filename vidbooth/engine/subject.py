@@ -75,7 +75,7 @@ from vidbooth.engine.train import (
     seed_everything,
     train,
 )
-from vidbooth.errors import Interrupted, MachineLimit, UserError, stopped, stopping_signal
+from vidbooth.errors import RERUN_ERRORS, Interrupted, UserError, stopped, stopping_signal
 from vidbooth.fileio import absolute_path
 from vidbooth.library import (
     MANIFEST,
@@ -566,7 +566,7 @@ def _stage_one_kept(run: _Run):
     kept = run_folder(KIND, run.cfg.name, STAGE_FOLDERS["textual_inversion"])
     try:
         yield
-    except (OSError, MemoryError, RuntimeError, MachineLimit) as exc:
+    except RERUN_ERRORS as exc:
         if checkpoints := list_checkpoints(kept):
             exc.kept_checkpoint = str(checkpoints[-1])  # told by the command line (`kept_checkpoint`)
         raise
@@ -726,7 +726,9 @@ def _cut(file_name: str, longest: int) -> str:
     numbered, had failed the save after the whole training (ENAMETOOLONG)."""
     if len(os.fsencode(file_name)) <= longest:
         return file_name
-    suffix = Path(file_name).suffix if len(os.fsencode(Path(file_name).suffix)) < longest // 2 else ""
+    suffix = Path(file_name).suffix
+    if len(os.fsencode(suffix)) >= longest // 2:  # no room for the name before it: cut it too
+        suffix = ""
     room = longest - len(os.fsencode(suffix))
     return os.fsencode(file_name[: len(file_name) - len(suffix)])[:room].decode(errors="ignore") + suffix
 

@@ -59,7 +59,7 @@ from torch import nn
 
 from vidbooth import __version__, reporting
 from vidbooth.config.train import TrainConfig
-from vidbooth.errors import (DiskFull, Interrupted, MachineLimit, UserError, cpu_limit_again, failing, held_stops,
+from vidbooth.errors import (RERUN_ERRORS, DiskFull, Interrupted, UserError, cpu_limit_again, failing, held_stops,
                              is_failing, lost_another_process, not_the_inputs_fault, ran_out_of_memory, stop_signals,
                              stopped)
 from vidbooth.fileio import (disk_full, folder_beside, remove_stale_temporaries, sync_folder, sync_tree,
@@ -984,7 +984,7 @@ def train(
                 raise
             raise stopped(stop.again, f"stopped at once by a second {signal.Signals(stop.again).name} at step "
                           f"{step}/{cfg.steps}; {_resume_from(run_dir)}") from None
-        except (OSError, MemoryError, RuntimeError, MachineLimit) as exc:
+        except RERUN_ERRORS as exc:
             if isinstance(exc, RuntimeError) and lost_another_process(exc):
                 failing()  # the launcher's SIGTERM to this process, on seeing the other die, is not told in its place
                 raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's "
