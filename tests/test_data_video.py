@@ -344,3 +344,44 @@ def test_a_log_that_ends_without_describing_the_output_hands_back_its_last_lines
     log = [b"ffmpeg version 6\n", b"[mov,mp4] moov atom not found\n", b"input.mp4: Invalid data found\n"]
     _read_log(iter(log), head, [], [])
     assert head.get_nowait().splitlines()[-1] == "input.mp4: Invalid data found"
+
+
+def test_reading_a_videos_header_leaves_no_pipe_open(tmp_path):
+    """The header was read through imageio-ffmpeg's reader, which left two pipes to the collector when ffmpeg had
+    ended before it was stopped: two ResourceWarnings for each clip whose header was read."""
+    import gc
+    import warnings
+
+    from vidbooth.data import video
+
+    path = _test_pattern(tmp_path / "clip.mp4", "32x32", 8, 1)  # its frames fit in a pipe: ffmpeg ends at once
+    video._ffmpeg_header_cached.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert video_fps(path) == 8 and video_frame_count(path) == 8
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_file_with_only_sound_is_said_to_have_no_video_stream(tmp_path):
+    path = tmp_path / "voice.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(path))
+    with pytest.raises(UserError, match=r"voice.mp4 has no video stream \(only sound\): give a video file"):
+        read_video(path)
+    assert video_fps(path, default=5.0) == 5.0 and video_frame_count(path) is None
+
+
+def test_a_file_ffmpeg_finds_no_stream_in_is_refused_as_unreadable(tmp_path):
+    path = tmp_path / "noise.mp4"
+    path.write_bytes(bytes(range(256)) * 64)
+    with pytest.raises(UserError, match=r"cannot read video .*noise.mp4: it is corrupt"):
+        read_video(path)
+
+
+@pytest.mark.parametrize("name", ["pipe:take1.mp4", "data:clip.mp4", "take 12:30.mp4"])
+def test_a_video_whose_name_starts_like_an_ffmpeg_protocol_is_read(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    frames = np.stack([np.full((32, 32, 3), 20 * i, dtype=np.uint8) for i in range(8)])
+    write_video(frames, name, fps=8)
+    assert video_fps(name) == 8 and video_frame_count(name) == 8
+    assert read_video(name).shape == (8, 32, 32, 3)

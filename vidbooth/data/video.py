@@ -197,6 +197,12 @@ _DISPLAY_SHAPE = ["-vf", rf"scale=iw*max(1\,if({_PLAUSIBLE}\,sar\,1)):ih*max(1\,
 """ffmpeg's filter that stretches non-square pixels (a stored 120x96 shown as 160x96) to the shape players show."""
 
 
+def _ffmpeg_input(path: str | Path) -> str:
+    """`path` as ffmpeg's input, through its file protocol: else a name like 'pipe:take1.mp4' or 'data:clip.mp4'
+    is taken for a protocol (standard input, inline data) and the clip refused as corrupt."""
+    return f"file:{path}"
+
+
 _FIRST_VIDEO = ["-map", "0:v:0"]
 """The file's first video stream, the one whose frame rate and duration the header gives (`_ffmpeg_header`); left
 to itself ffmpeg decodes the largest, so a file holding two would be read at the other's rate."""
@@ -237,7 +243,7 @@ def _decode_ffmpeg(path: Path, output_params: list[str], damage: list[str] | Non
     """
     import imageio_ffmpeg
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-nostats", "-i", str(path),
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-nostats", "-i", _ffmpeg_input(path),
                "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", *output_params, "-"]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     changes: list[tuple[int, int]] = []
@@ -335,34 +341,6 @@ def _refuse_size_change(path: Path, first: tuple[int, int] | None, changes: list
     )
 
 
-def _ffmpeg_frames(path: Path, output_params: list[str] | None = None) -> Generator:
-    """imageio-ffmpeg's reader: its header dict, then each frame's RGB bytes, unrotated. A file with no video
-    stream is a UserError saying so. Unrotated, ffmpeg does not log 'Odd rotation angle' for a rotation other than
-    a quarter turn without a line break, in front of the line that imageio-ffmpeg waits for (10 s, then an error)."""
-    import logging
-
-    import imageio_ffmpeg
-
-    frames = imageio_ffmpeg.read_frames(str(path), input_params=["-noautorotate"], output_params=output_params)
-    logger = logging.getLogger("imageio_ffmpeg")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the header is parsed while the first item is taken
-    try:
-        header = next(frames)
-    except OSError as exc:
-        frames.close()
-        if "Audio:" in str(exc) and "Video:" not in str(exc):
-            raise UserError(f"{path} has no video stream (only sound): give a video file") from exc
-        raise
-    finally:
-        logger.setLevel(level)
-    try:
-        yield header
-        yield from frames
-    finally:
-        frames.close()  # ends ffmpeg now, also when only the header was wanted
-
-
 def _shrink_frame(frame: np.ndarray, max_short_side: int | None) -> np.ndarray:
     height, width = frame.shape[:2]
     if max_short_side is None or min(height, width) <= max_short_side:
@@ -404,7 +382,7 @@ def _packet_rate_cached(path: str, size: int, mtime_ns: int) -> float | None:
     the frames after the first over the time from the first to the last. None for fewer than two timed frames."""
     import imageio_ffmpeg
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", path,
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", _ffmpeg_input(path),
                *_FIRST_VIDEO, "-c", "copy", "-f", "framecrc", "-"]
     listing = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=600).stdout
     time_base = re.search(r"^#tb 0: (\d+)/(\d+)$", listing, flags=re.MULTILINE)
@@ -425,12 +403,26 @@ def _ffmpeg_header(path: Path) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def _ffmpeg_header_cached(path: str, size: int, mtime_ns: int) -> dict:
-    """One ffmpeg start for the frame rate and the frame count of one read (keyed as `_gif_durations_cached`)."""
-    frames = _ffmpeg_frames(Path(path))
-    try:
-        return next(frames)
-    finally:
-        frames.close()
+    """One ffmpeg start for the frame rate and the duration of one read (keyed as `_gif_durations_cached`): its
+    description of the file, with nothing decoded, read as imageio-ffmpeg reads it ("fps" from the first video
+    stream's line, none from "1k fps"; "duration" of the longest stream, 0 if not given). A file with no video
+    stream is a UserError when it has sound, else an error that reading it calls the file unreadable.
+
+    Run here, not through imageio-ffmpeg's reader, whose pipes were left open when ffmpeg had already ended."""
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _ffmpeg_input(path)]
+    log = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=600).stderr
+    streams = [line for line in log.splitlines() if re.match(r"\s*Stream #", line)]
+    video = next((line for line in streams if " Video: " in line), None)
+    if video is None:
+        if any(" Audio: " in line for line in streams):
+            raise UserError(f"{path} has no video stream (only sound): give a video file")
+        raise RuntimeError(f"ffmpeg found no video stream in {path}:\n" + "\n".join(log.splitlines()[-5:]))
+    fps = re.search(r" (\d+(?:\.\d*)?) fps", video)
+    duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", log)
+    seconds = int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3]) if duration else 0.0
+    return {"fps": float(fps[1]) if fps else 0.0, "duration": seconds}
 
 
 TRUNCATION_TOLERANCE = 0.1
@@ -479,7 +471,7 @@ def _stored_seconds(path: Path, streams: list[str]) -> tuple[float | None, bool]
     MP4)."""
     import imageio_ffmpeg
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), *streams, "-c", "copy",
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _ffmpeg_input(path), *streams, "-c", "copy",
                "-f", "null", "-"]
     result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=600)
     times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", result.stderr)
