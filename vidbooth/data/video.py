@@ -471,8 +471,8 @@ def _stored_seconds(path: Path, streams: list[str]) -> tuple[float | None, bool]
     MP4)."""
     import imageio_ffmpeg
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _ffmpeg_input(path), *streams, "-c", "copy",
-               "-f", "null", "-"]
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _ffmpeg_input(path), *streams,
+               "-c", "copy", "-f", "null", "-"]
     result = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=600)
     times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", result.stderr)
     damaged = result.returncode != 0 or bool(re.search(r"partial file|invalid data|truncat|corrupt", result.stderr,
