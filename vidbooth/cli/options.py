@@ -170,9 +170,16 @@ def inputs_exist(check, paths: list[str], what: str, key: str, recipe: str | Non
                  overrides: dict, argument: str) -> None:
     """`check()`, the check of the input `paths` of config key `key`; first, a path that is not there and that the
     recipe named (the config.yaml of a subject or motion whose photos or clips have moved since) is told as the
-    recipe's, with `argument` on the command line to replace it."""
+    recipe's, with `argument` on the command line to replace it. Under a launcher of several processes, nothing: the
+    engine checks them once the processes have met, so that all stop together (on several machines one may lack a
+    file that the others have, and a process that stopped alone had left them waiting for it)."""
     import glob
     import os
+
+    from vidbooth.reporting import process_count
+
+    if process_count() > 1:
+        return
 
     missing = [path for path in paths if not glob.has_magic(path) and not os.path.lexists(os.path.expanduser(path))]
     if missing:

@@ -390,26 +390,21 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     """Train the image-prompt model of `cfg.backbone` coarse to fine, on the clips of `cfg.data.folder` or else on
     nano's world, and save it to `cfg.out` (a second run writing the same file meanwhile is refused)."""
     from vidbooth.data.video import check_writable_dir
-    from vidbooth.engine.train import check_high_noise, make_accelerator
+    from vidbooth.engine.train import accelerator_after, agree_on_refusals, check_high_noise, refusal_held
 
     given, out = cfg.out, Path(cfg.out).expanduser()
-    if out.suffix != ".safetensors":
-        raise UserError(f"--out {given or repr(given)} must end in .safetensors (the image-prompt model is one "
-                        "safetensors file)")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder: give a file path ending in .safetensors")
-    if out.exists() and not cfg.overwrite:
-        raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-    run_folder = out.with_name(out.name + ".run")  # its checkpoints (see _train)
-    if run_folder.exists() and not run_folder.is_dir():
-        raise UserError(f"{run_folder}, where the run keeps its checkpoints, is a file: move it away, or choose "
-                        "another --out")
-    check_writable_dir(out.parent)
-    examples = find_subject_clips(cfg.data.folder, cfg.word) if cfg.data.folder else None
-    check_high_noise([cfg.coarse, cfg.fine], cfg.backbone.base, cfg.backbone.revision)
-    accelerator = make_accelerator(cfg.coarse.mixed_precision, device=cfg.runtime.device,
-                                   setting="coarse.mixed_precision and fine.mixed_precision",
-                                   base_precision=cfg.runtime.precision)
+    refusal = examples = None
+    try:
+        _check_out(given, out, cfg.overwrite)
+        check_writable_dir(out.parent)
+        examples = find_subject_clips(cfg.data.folder, cfg.word) if cfg.data.folder else None
+        check_high_noise([cfg.coarse, cfg.fine], cfg.backbone.base, cfg.backbone.revision)
+    except UserError as exc:
+        refusal = refusal_held(exc)  # the processes of a launch first meet, then stop together
+    accelerator = accelerator_after(refusal, cfg.coarse.mixed_precision, device=cfg.runtime.device,
+                                    setting="coarse.mixed_precision and fine.mixed_precision",
+                                    base_precision=cfg.runtime.precision)
+    agree_on_refusals(accelerator, refusal)
     if not accelerator.is_main_process:  # the main process holds the lock for them all
         return _train(cfg, out, examples, accelerator)
 
@@ -418,6 +413,21 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
 
     with lock_beside(out, busy):  # makes the folder; a run that fails before its first checkpoint leaves none
         return _train(cfg, out, examples, accelerator)
+
+
+def _check_out(given: str, out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is not a safetensors file this run may write (or whose run folder is a file)."""
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {given or repr(given)} must end in .safetensors (the image-prompt model is one "
+                        "safetensors file)")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file path ending in .safetensors")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+    run_folder = out.with_name(out.name + ".run")  # its checkpoints (see _train)
+    if run_folder.exists() and not run_folder.is_dir():
+        raise UserError(f"{run_folder}, where the run keeps its checkpoints, is a file: move it away, or choose "
+                        "another --out")
 
 
 def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None, accelerator) -> Path:

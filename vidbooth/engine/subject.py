@@ -60,13 +60,15 @@ from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.sampling import check_preview, training_resolution
 from vidbooth.engine.train import (
     TrainResult,
+    accelerator_after,
+    agree_on_refusals,
     backbone_device,
     check_high_noise,
     derived_seed,
     dtype_signature,
     kept_if_preview_fails,
     list_checkpoints,
-    make_accelerator,
+    refusal_held,
     refuse_other_settings,
     refuse_to_discard,
     remove_runs,
@@ -209,14 +211,23 @@ class _Run:
 def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
     """Check the inputs, then (holding the subject's lock) load the model, encode the photos once, run the
     stages and, on the main process, save the subject and drop the run's checkpoints."""
-    run = _prepare(cfg, stages)
-    run.accelerator = make_accelerator(getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device,
-                                       " and ".join(f"{stage}.train.mixed_precision" for stage in stages),
-                                       cfg.runtime.precision)
-    for stage in stages:  # a --resume with other settings is refused before the model loads
-        run_dir = run_folder(KIND, cfg.name, STAGE_FOLDERS[stage])
-        refuse_other_settings(run_dir, cfg.resume, getattr(cfg, stage).train, _settings_signature(run, stage),
-                              run.accelerator)
+    run = refusal = None
+    try:
+        run = _prepare(cfg, stages)
+    except UserError as exc:
+        refusal = refusal_held(exc)  # the processes of a launch first meet, then stop together
+    accelerator = accelerator_after(refusal, getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device,
+                                    " and ".join(f"{stage}.train.mixed_precision" for stage in stages),
+                                    cfg.runtime.precision)
+    try:  # a --resume with other settings is refused before the model loads
+        for stage in stages if refusal is None else ():
+            run_dir = run_folder(KIND, cfg.name, STAGE_FOLDERS[stage])
+            refuse_other_settings(run_dir, cfg.resume, getattr(cfg, stage).train, _settings_signature(run, stage),
+                                  accelerator)
+    except UserError as exc:
+        refusal = exc
+    agree_on_refusals(accelerator, refusal)
+    run.accelerator = accelerator
     main = run.accelerator.is_main_process
     with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():
         # again: another run of this name that held the lock until now may have saved it

@@ -212,6 +212,10 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     except ValueError as exc:
         raise UserError(f"cannot set up training: {str(exc).splitlines()[0]}: check --device and {setting} (no; fp16 "
                         "on CUDA; bf16 where the device has it)") from exc
+    except RuntimeError as exc:
+        if not isinstance(exc, getattr(torch.distributed, "DistError", ())):
+            raise
+        raise UserError(_not_met(exc)) from exc
     except ImportError as exc:  # ACCELERATE_USE_DEEPSPEED=true left by another tool: a traceback had ended the run
         raise UserError(f"cannot set up training: {str(exc).splitlines()[0]} (asked for by {_accelerate_variables()}, "
                         "left by another tool?): unset that, or install what it names") from exc
@@ -226,6 +230,20 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
         )
     _warn_of_the_launchers_precision(precision, setting, on_cpu)
     return accelerator
+
+
+def _not_met(exc: RuntimeError) -> str:
+    """What to say when the processes of a launch could not meet (torch's DistError, a traceback of its C++ frames):
+    the first process, which the others meet at, stopped before it got there (told in its own output, on another
+    machine when there are several), or cannot be reached or listen there."""
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if reporting.first_process():
+        return (f"cannot set up the meeting point of this run's processes at {where} ({reason}): give the launcher "
+                "another --main_process_port, or check that this machine has that address")
+    return (f"cannot meet the first process of this run at {where} ({reason}): it stopped before training began (its "
+            "own error line, on its machine, says why) or cannot be reached from here; start every machine's launch "
+            "with the same inputs and --main_process_ip")
 
 
 def _accelerate_variables() -> str:
@@ -826,6 +844,7 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
     """Restore the newest checkpoint (with resume) or start afresh; returns a result starting at the first step
     to run."""
     checkpoints = list_checkpoints(run_dir)
+    _agree_on_the_run(accelerator, Path(run_dir), signature, checkpoints[-1] if resume and checkpoints else None)
     if resume and checkpoints:
         if accelerator.is_main_process:  # the run's lock is held: what a killed save left is no one's
             remove_stale_temporaries(Path(run_dir) / CHECKPOINTS, older_than_s=0)
@@ -846,6 +865,77 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
         shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
     _broadcast_parameters(params, accelerator)
     return TrainResult(step=0, start_step=0)
+
+
+SAME_FILES_EVERYWHERE = ("every machine of a run needs the same files at the same paths, and one library "
+                         "(VIDBOOTH_HOME on a file system they share)")
+
+
+def _agree_on_the_run(accelerator, run_dir: Path, signature: dict, resuming: Path | None) -> None:
+    """Refuse, on every process of a launch, a run whose processes were given different inputs or settings, or see
+    different checkpoints to resume from (`resuming`: this process's newest, with --resume). Each process reads its
+    own files, which on several machines may differ: a motion had been learned from two different clips while its
+    manifest named the first, and a library on each machine's own disk had the others wait for ever for the first
+    one's resumed run, or start afresh beside it."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather
+
+    digest = int.from_bytes(hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).digest()[:7], "big")
+    step = _checkpoint_step(resuming) if resuming is not None else -1
+    everyone = gather(torch.tensor([[digest, step]], dtype=torch.int64, device=accelerator.device)).tolist()
+    differing = [str(index) for index, (other, _) in enumerate(everyone) if other != everyone[0][0]]
+    if differing:
+        raise UserError(
+            f"the processes of this run were given different inputs or settings (process {', '.join(differing)}: "
+            f"other files, another base model or recipe than the first): {SAME_FILES_EVERYWHERE}"
+        )
+    steps = [step for _, step in everyone]
+    if len(set(steps)) > 1:
+        seen = ", ".join(f"process {index}: {f'step {step}' if step >= 0 else 'none'}"
+                         for index, step in enumerate(steps))
+        raise UserError(
+            f"--resume: the processes of this run do not see the same checkpoints in {run_dir} ({seen}): "
+            f"{SAME_FILES_EVERYWHERE}; or copy that folder from the first machine to the same place on the others, "
+            "then run the command again"
+        )
+
+
+def refusal_held(exc: UserError) -> UserError:
+    """`exc`, an input, setting or library state refused before the processes of a launch have met, returned to be
+    raised once they have (`agree_on_refusals`); raised at once when this process is the only one."""
+    if reporting.process_count() == 1:
+        raise exc
+    return exc
+
+
+def accelerator_after(refusal: UserError | None, *args, **kwargs):
+    """`make_accelerator(*args, **kwargs)` after a command's checks, which may have refused (`refusal_held`): an
+    error in setting it up, which a refused setting may cause, then gives way to that refusal."""
+    try:
+        return make_accelerator(*args, **kwargs)
+    except UserError:
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
+def agree_on_refusals(accelerator, refusal: UserError | None) -> None:
+    """Stop every process of a launch when any refused its inputs (`refusal_held`): that one says why, the others
+    that it did. Each checks its own files, which on several machines may differ: a process that stopped before
+    meeting the others had left them waiting two hours to meet it, or ended them with a traceback of torch's."""
+    refused = _agree(accelerator, [float(refusal is not None)])[0]
+    if refusal is not None:
+        raise refusal
+    if refused:
+        raise UserError("another process of this run refused its inputs or settings (its own error line, on its "
+                        f"machine, says why): {SAME_FILES_EVERYWHERE}")
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    """The step in a checkpoint's name (step-0000006); 0 for a name that holds none."""
+    digits = checkpoint.name.removeprefix("step-")
+    return int(digits) if digits.isdigit() else 0
 
 
 def _recomputed(unet: nn.Module | None, cfg: TrainConfig):

@@ -1,0 +1,192 @@
+"""A training over several machines whose disks are not shared, as two processes of one `accelerate launch` on this
+machine: the second process takes its own library and working folder (a hook run first in every process), so the
+two see different files under the same paths, as two machines do."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from badinputs import write_photos
+from test_motion_cli import square_clip
+
+_SECOND_MACHINE = """
+import os
+
+if os.environ.get("RANK") == "1":
+    os.environ["VIDBOOTH_HOME"] = os.environ["SECOND_MACHINE_HOME"]
+    os.chdir(os.environ["SECOND_MACHINE_DIR"])
+"""
+
+_STOPPED_AT_STEP_2 = """
+import os
+import signal
+
+if os.environ.get("RANK") == "0":
+    import vidbooth.engine.train as train
+
+    _accumulate = train._accumulate
+
+    def _stopped_at_step_2(method, data, cfg, step, accelerator):
+        if step == 1:  # the second step: both processes stop after it, with its checkpoint
+            os.kill(os.getpid(), signal.SIGTERM)
+        return _accumulate(method, data, cfg, step, accelerator)
+
+    train._accumulate = _stopped_at_step_2
+"""
+
+
+def _machines(tmp_path, isolated_home, hook: str = ""):
+    """The two machines' working folders (the first is the launch's) and the environment that makes them so."""
+    first, second = tmp_path / "machine-0", tmp_path / "machine-1"
+    for folder in (first, second):
+        folder.mkdir()
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_SECOND_MACHINE + hook)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                        "SECOND_MACHINE_HOME": str(tmp_path / "home-1"), "SECOND_MACHINE_DIR": str(second)}
+    return first, second, env
+
+
+def _train(launch, machine, env, *more, steps="2"):
+    command = ["train-motion", "slide.mp4", "--name", "slide", "--class-noun", "square", "--base", "tiny", "--recipe",
+               "tiny/motion", "--num-frames", "4", "--no-preview", "--steps", steps, *more]
+    return _run(launch, machine, env, command)
+
+
+def _run(launch, machine, env, command):
+    return subprocess.run([*launch, "-m", "vidbooth", *command, "--device", "cpu"], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=machine)
+
+
+def _errors(done) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.startswith("error")]
+
+
+def _said(done) -> list[str]:
+    """The error line of each process, first process first (with no 'error: ' or 'error (process 1): ')."""
+    errors = _errors(done)
+    first = [line.removeprefix("error: ") for line in errors if line.startswith("error: ")]
+    second = [line.removeprefix("error (process 1): ") for line in errors if line.startswith("error (process 1): ")]
+    assert len(errors) == 2 and len(first) == len(second) == 1, done.stderr
+    return first + second
+
+
+def test_inputs_refused_on_one_machine_stop_both_in_one_line_each(tmp_path, isolated_home, two_process_launch):
+    """A motion of the name already in one machine's library only. Refused by the second machine, the first had
+    waited two hours for it to meet; refused by the first, the second ended in a traceback of torch's."""
+    first, second, env = _machines(tmp_path, isolated_home)
+    for machine in (first, second):
+        square_clip(machine / "slide.mp4")
+    for refusing, home in ((1, tmp_path / "home-1"), (0, isolated_home)):
+        (home / "motions" / "slide").mkdir(parents=True)
+        (home / "motions" / "slide" / "manifest.json").write_text(json.dumps({"kind": "motion", "name": "slide"}))
+        done = _train(two_process_launch, first, env)
+        assert done.returncode != 0
+        said = _said(done)
+        assert said[refusing].startswith("motion 'slide' already exists in "), said
+        assert said[1 - refusing] == (
+            "another process of this run refused its inputs or settings (its own error line, on its machine, says "
+            "why): every machine of a run needs the same files at the same paths, and one library (VIDBOOTH_HOME on "
+            "a file system they share)"), said
+        shutil.rmtree(home / "motions")
+
+
+@pytest.mark.parametrize("command", ["train-subject", "train-image-prompt"])
+def test_an_input_refused_on_the_second_machine_only_stops_both(command, tmp_path, isolated_home, two_process_launch):
+    first, second, env = _machines(tmp_path, isolated_home)
+    if command == "train-subject":  # the photos on the first machine only
+        write_photos(first / "photos")
+        args = ["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--recipe",
+                "tiny/subject", "--ti-steps", "1", "--identity-steps", "1", "--no-preview"]
+        refused = "photo path not found: photos: "
+    else:  # a model already at --out on the second machine only
+        (second / "model.safetensors").write_bytes(b"")
+        args = ["train-image-prompt", "--base", "tiny", "--out", "model.safetensors", "--coarse-steps", "1",
+                "--fine-steps", "1", "--clips", "2"]
+        refused = "model.safetensors exists: pass --overwrite to replace it"
+    done = _run(two_process_launch, first, env, args)
+    assert done.returncode != 0
+    said = _said(done)
+    assert said[0].startswith("another process of this run refused its inputs or settings"), said
+    assert said[1].startswith(refused), said
+    assert not (isolated_home / "subjects").exists() and not (first / "model.safetensors").exists()
+
+
+def test_other_clips_under_the_same_path_on_another_machine_are_refused(tmp_path, isolated_home, two_process_launch):
+    """The motion had been learned from both clips, its manifest naming the first machine's alone."""
+    first, second, env = _machines(tmp_path, isolated_home)
+    square_clip(first / "slide.mp4")
+    square_clip(second / "slide.mp4", num_frames=16)
+    done = _train(two_process_launch, first, env)
+    assert done.returncode != 0
+    errors = _errors(done)
+    assert len(errors) == 2 and all(line.endswith(
+        "the processes of this run were given different inputs or settings (process 1: other files, another base "
+        "model or recipe than the first): every machine of a run needs the same files at the same paths, and one "
+        "library (VIDBOOTH_HOME on a file system they share)") for line in errors), done.stderr
+    assert not (isolated_home / "motions" / "slide").exists()
+
+
+def test_resume_where_only_the_first_machine_has_the_checkpoint_is_refused_then_done_once_copied(
+    tmp_path, isolated_home, two_process_launch
+):
+    """Both had waited for ever, and the second would have started afresh beside the first's resumed weights."""
+    first, second, env = _machines(tmp_path, isolated_home, _STOPPED_AT_STEP_2)
+    for machine in (first, second):
+        square_clip(machine / "slide.mp4")
+    done = _train(two_process_launch, first, env, steps="3")
+    assert done.returncode != 0 and "error: stopped by SIGTERM at step 2/3" in done.stderr, done.stderr
+    run = isolated_home / ".runs" / "motions" / "slide" / "motion"
+    assert [p.name for p in run.rglob("step-*")] == ["step-0000002"]
+    (tmp_path / "hooks" / "sitecustomize.py").write_text(_SECOND_MACHINE)
+    done = _train(two_process_launch, first, env, "--resume", steps="3")
+    assert done.returncode != 0
+    second_run = tmp_path / "home-1" / ".runs" / "motions" / "slide" / "motion"
+    for line, folder in zip(_said(done), (run, second_run)):  # each names the folder on its own machine
+        assert line == (
+            f"--resume: the processes of this run do not see the same checkpoints in {folder} (process 0: step 2, "
+            "process 1: none): every machine of a run needs the same files at the same paths, and one library "
+            "(VIDBOOTH_HOME on a file system they share); or copy that folder from the first machine to the same "
+            "place on the others, then run the command again"), done.stderr
+    shutil.copytree(run, second_run, dirs_exist_ok=True)  # the copy the message advises
+    done = _train(two_process_launch, first, env, "--resume", steps="3")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((isolated_home / "motions" / "slide" / "manifest.json").read_text())["training"]["steps"] == 3
+
+
+def test_a_first_process_that_stopped_before_the_others_met_it_is_one_line(monkeypatch):
+    """On another machine (its own launcher), the first process ended before they met, refused by a check that runs
+    before they do (a recipe file missing there): torch's error had ended this one in a traceback of C++ frames."""
+    import torch
+    from accelerate import Accelerator
+
+    from vidbooth.engine import train
+    from vidbooth.errors import UserError
+
+    def lost(*args, **kwargs):
+        raise torch.distributed.DistNetworkError("Failed to recv, got 0 bytes. Connection was likely closed.\n[C++ "
+                                                 "frames]")
+
+    monkeypatch.setattr(Accelerator, "__init__", lost)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29511")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(UserError) as refused:
+        train.make_accelerator("no", device="cpu")
+    assert str(refused.value) == (
+        "cannot meet the first process of this run at 10.0.0.1:29511 (Failed to recv, got 0 bytes. Connection was "
+        "likely closed.): it stopped before training began (its own error line, on its machine, says why) or cannot "
+        "be reached from here; start every machine's launch with the same inputs and --main_process_ip")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match=r"^cannot set up the meeting point of this run's processes at 10.0.0.1:29511 "
+                                        r"\(Failed to recv.*\): give the launcher another --main_process_port"):
+        train.make_accelerator("no", device="cpu")
+    monkeypatch.setattr(Accelerator, "__init__", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="^other$"):  # any other error is not taken for one
+        train.make_accelerator("no", device="cpu")
