@@ -39,6 +39,23 @@ if os.environ.get("RANK") == "0":
 """
 
 
+_FIRST_PROCESS_KILLED_AT_STEP_3 = """
+import os
+import signal
+
+if os.environ.get("RANK") == "0":
+    import vidbooth.engine.train as train
+
+    _accumulate = train._accumulate
+
+    def _killed_at_step_3(method, data, cfg, step, accelerator):
+        if step == 2:  # steps 1 and 2 done, step 2's checkpoint saved (checkpoint_every=2)
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer does
+        return _accumulate(method, data, cfg, step, accelerator)
+
+    train._accumulate = _killed_at_step_3
+"""
+
 def _machines(tmp_path, isolated_home, hook: str = ""):
     """The two machines' working folders (the first is the launch's) and the environment that makes them so."""
     first, second = tmp_path / "machine-0", tmp_path / "machine-1"
@@ -190,3 +207,20 @@ def test_a_first_process_that_stopped_before_the_others_met_it_is_one_line(monke
     monkeypatch.setattr(Accelerator, "__init__", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="^other$"):  # any other error is not taken for one
         train.make_accelerator("no", device="cpu")
+
+
+def test_the_first_machine_killed_outright_is_told_with_the_checkpoint_it_saved(tmp_path, isolated_home,
+                                                                                 two_process_launch):
+    """The second machine, whose library holds no checkpoint, had advised a plain rerun that starts over."""
+    first, second, env = _machines(tmp_path, isolated_home, _FIRST_PROCESS_KILLED_AT_STEP_3)
+    for machine in (first, second):
+        square_clip(machine / "slide.mp4")
+    done = _train(two_process_launch, first, env, "--set", "train.checkpoint_every=2", steps="4")
+    assert done.returncode != 0
+    second_run = tmp_path / "home-1" / ".runs" / "motions" / "slide" / "motion"
+    assert [line for line in _errors(done)] == [
+        "error (process 1): another process of this run stopped at step 2/4 (the launcher's report below says which "
+        "and why); the first process saved the checkpoint of step 2 in a library that this machine does not see: "
+        "rerun the same command with --resume once every machine sees it (one VIDBOOTH_HOME on a file system they "
+        f"share, or {second_run} copied from the first machine)"], done.stderr
+    assert [p.name for p in (isolated_home / ".runs").rglob("step-*")] == ["step-0000002"]

@@ -746,7 +746,13 @@ def _kept(run_dir: Path) -> tuple[str, str]:
     return f"the last checkpoint is {last[-1]}", "with --resume to continue"
 
 
-def _resume_from(run_dir: Path) -> str:
+def _resume_from(run_dir: Path, saved: int = 0) -> str:
+    """How the same command goes on from a stopped run; `saved`, the step of a checkpoint the first process is known
+    to have saved, which a process on another machine may not see (its library not shared)."""
+    if saved and not list_checkpoints(run_dir):
+        return (f"the first process saved the checkpoint of step {saved} in a library that this machine does not "
+                "see: rerun the same command with --resume once every machine sees it (one VIDBOOTH_HOME on a file "
+                f"system they share, or {run_dir} copied from the first machine)")
     kept, rerun = _kept(run_dir)
     return f"{kept}: rerun the same command {rerun}"
 
@@ -1000,7 +1006,7 @@ def train(
                        f"{cfg.setting_name('steps')} {cfg.steps}: the learning rate never reaches "
                        f"{cfg.setting_name('lr')}; shorten the warm-up")
     result = _start(run_dir, method, optimizer, params, accelerator, resume, signature, cfg)
-    step = result.step
+    step = saved = result.step  # `saved`: the step of the last checkpoint that every process saw the first one save
 
     def diverged(what: str, at: int) -> LossNotFinite:
         last = list_checkpoints(run_dir)
@@ -1017,6 +1023,7 @@ def train(
         )
 
     def checkpoint(at: int, loss: float) -> None:
+        nonlocal saved
         # the loss of each step is checked; the weights its update made, before they are kept: the last step's
         # (fp16 without a loss scaler can overflow a gradient) would have been saved. All processes decide
         # together (their weights are the same), and before a stop's checkpoint too: weights not worth keeping
@@ -1038,6 +1045,7 @@ def train(
             _prune_checkpoints(run_dir, cfg.keep_checkpoints)
             clock.save()
         accelerator.wait_for_everyone()
+        saved = at
 
     started = time.perf_counter()
     with (
@@ -1078,7 +1086,7 @@ def train(
             if isinstance(exc, RuntimeError) and lost_another_process(exc):
                 failing()  # the launcher's SIGTERM to this process, on seeing the other die, is not told in its place
                 raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's "
-                                f"report below says which and why); {_resume_from(run_dir)}") from exc
+                                f"report below says which and why); {_resume_from(run_dir, saved)}") from exc
             if checkpoints := list_checkpoints(run_dir):  # out of memory, a file-size limit...: the command line's
                 exc.kept_checkpoint = str(checkpoints[-1])  # 'run it again' would be refused without --resume
             raise
