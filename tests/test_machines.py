@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from badinputs import write_photos
@@ -224,3 +225,28 @@ def test_the_first_machine_killed_outright_is_told_with_the_checkpoint_it_saved(
         "rerun the same command with --resume once every machine sees it (one VIDBOOTH_HOME on a file system they "
         f"share, or {second_run} copied from the first machine)"], done.stderr
     assert [p.name for p in (isolated_home / ".runs").rglob("step-*")] == ["step-0000002"]
+
+
+_OWN_CACHE_AND_NO_LOCAL_WORLD_SIZE = """
+os.environ.pop("LOCAL_WORLD_SIZE", None)  # as a launcher that does not set it: the shares go over every process
+if os.environ.get("RANK") == "1":
+    os.environ["VIDBOOTH_CACHE"] = os.environ["SECOND_MACHINE_CACHE"]
+"""
+
+
+def test_class_images_are_whole_on_a_machine_that_made_only_its_share(tmp_path, isolated_home, two_process_launch):
+    """Each machine's cache its own, and the shares split over all processes: each machine's cache held only its
+    share, and the run stopped saying that a cached class image could not be read ('delete it and run again')."""
+    first, second, env = _machines(tmp_path, isolated_home, _OWN_CACHE_AND_NO_LOCAL_WORLD_SIZE)
+    env = env | {"SECOND_MACHINE_CACHE": str(tmp_path / "cache-1"), "VIDBOOTH_HOME": str(isolated_home)}
+    for machine in (first, second):
+        write_photos(machine / "photos")
+    args = ["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--recipe",
+            "tiny/subject", "--ti-steps", "1", "--identity-steps", "1", "--no-preview", "--prior-preservation",
+            "--num-class-images", "2", "--set", "prior.num_inference_steps=1", "--set", "prior.prompt=a {} on two"]
+    done = _run(two_process_launch, first, env, args)
+    assert done.returncode == 0, done.stderr
+    for cache in (tmp_path / "cache-1", Path(os.environ["VIDBOOTH_CACHE"])):  # the second machine's, the first's
+        folders = [settings.parent for settings in cache.rglob("settings.json") if "on two" in settings.read_text()]
+        assert len(folders) == 1, cache
+        assert sorted(p.name for p in folders[0].glob("*.png")) == ["00000.png", "00001.png"], cache

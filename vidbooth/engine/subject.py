@@ -530,6 +530,9 @@ def _class_prior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
         share = accelerator.local_process_index, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         generate_class_images(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed, share)
         accelerator.wait_for_everyone()
+        # any that another machine's processes made (a cache shared between machines, or a launcher that sets no
+        # LOCAL_WORLD_SIZE, where the shares are split over all the processes): made here too
+        generate_class_images(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed)
         folder = class_image_folder(bb.fingerprint, prompt, run.size, prior, run.cfg.runtime.seed)
         images = read_class_images(folder, prior.num_class_images)
         latents = _encode_latents(bb, photos_to_tensor(images, run.size))
