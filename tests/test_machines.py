@@ -250,3 +250,21 @@ def test_class_images_are_whole_on_a_machine_that_made_only_its_share(tmp_path, 
         folders = [settings.parent for settings in cache.rglob("settings.json") if "on two" in settings.read_text()]
         assert len(folders) == 1, cache
         assert sorted(p.name for p in folders[0].glob("*.png")) == ["00000.png", "00001.png"], cache
+
+
+def test_identity_adapter_for_a_subject_in_the_first_machines_library_only(tmp_path, isolated_home,
+                                                                           two_process_launch):
+    """The second machine, whose library lacks the subject, had stopped before the processes met: the first waited
+    two hours for it."""
+    from vidbooth.cli.app import main
+
+    first, _, env = _machines(tmp_path, isolated_home)
+    photos = write_photos(tmp_path / "photos")
+    assert main(["textual-inversion", str(photos), "--name", "V*", "--class-noun", "dog", "--base", "tiny",
+                 "--recipe", "tiny/subject", "--steps", "1", "--batch-size", "1", "--no-preview"]) == 0
+    done = _run(two_process_launch, first, env, ["identity-adapter", "--name", "V*", "--recipe", "tiny/subject",
+                                                 "--steps", "1", "--no-preview"])
+    assert done.returncode != 0
+    said = _said(done)
+    assert said[0].startswith("another process of this run refused its inputs or settings"), said
+    assert said[1].startswith(f"unknown subject 'V*' in {tmp_path / 'home-1'}"), said

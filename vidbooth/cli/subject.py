@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from vidbooth.cli import options
-from vidbooth.reporting import warn
+from vidbooth.reporting import process_count, warn
 
 Photos = typer.Argument(
     None,
@@ -294,7 +294,9 @@ def identity_adapter(
     _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
     _check_photos(cfg, ("identity",), recipe, sets, overrides)
-    if cfg.name:  # the subject that stage 2 extends: a misspelt name is told before torch is imported
+    # the subject that stage 2 extends: a misspelt name is told before torch is imported (under a launcher, by the
+    # engine once the processes have met: on several machines, one library may hold it and another not)
+    if cfg.name and process_count() == 1:
         from vidbooth.library import artifact_dir
 
         artifact_dir("subject", cfg.name)

@@ -109,7 +109,10 @@ def train_identity_adapter(cfg: SubjectConfig) -> Path:
     """Stage 2 alone, on an existing subject (its embedding frozen): adds the identity adapter. Without photos, the
     ones the subject was learned from (kept in its folder) are used."""
     if not cfg.photos and cfg.name:
-        folder = artifact_dir(KIND, cfg.name) / PHOTOS_DIR
+        try:
+            folder = artifact_dir(KIND, cfg.name) / PHOTOS_DIR
+        except UserError as exc:  # no such subject (in this machine's library)
+            return _train(cfg, ("identity",), refusal_held(exc))
         if folder.is_dir() and any(folder.iterdir()):
             reporting.info(f"photos: the ones subject '{cfg.name}' was learned from ({folder})")
             cfg.photos = [str(folder)]
@@ -208,12 +211,13 @@ class _Run:
         return [expand_placeholder(c.format(subject), self.token, self.num_vectors) for c in self.cfg.data.captions]
 
 
-def _train(cfg: SubjectConfig, stages: tuple[str, ...]) -> Path:
+def _train(cfg: SubjectConfig, stages: tuple[str, ...], refusal: UserError | None = None) -> Path:
     """Check the inputs, then (holding the subject's lock) load the model, encode the photos once, run the
-    stages and, on the main process, save the subject and drop the run's checkpoints."""
-    run = refusal = None
+    stages and, on the main process, save the subject and drop the run's checkpoints. `refusal`: an input already
+    refused (`refusal_held`), told once the processes of a launch have met."""
+    run = None
     try:
-        run = _prepare(cfg, stages)
+        run = _prepare(cfg, stages) if refusal is None else None
     except UserError as exc:
         refusal = refusal_held(exc)  # the processes of a launch first meet, then stop together
     accelerator = accelerator_after(refusal, getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device,
