@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from badinputs import write_photos
-from test_motion_cli import square_clip
+from test_motion_cli import _SECOND_PROCESS_KILLED_AT_STEP_3, square_clip
 
 _SECOND_MACHINE = """
 import os
@@ -39,25 +39,10 @@ if os.environ.get("RANK") == "0":
     train._accumulate = _stopped_at_step_2
 """
 
+_FIRST_PROCESS_KILLED_AT_STEP_3 = _SECOND_PROCESS_KILLED_AT_STEP_3.replace('"RANK") == "1"', '"RANK") == "0"')
 
-_FIRST_PROCESS_KILLED_AT_STEP_3 = """
-import os
-import signal
 
-if os.environ.get("RANK") == "0":
-    import vidbooth.engine.train as train
-
-    _accumulate = train._accumulate
-
-    def _killed_at_step_3(method, data, cfg, step, accelerator):
-        if step == 2:  # steps 1 and 2 done, step 2's checkpoint saved (checkpoint_every=2)
-            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer does
-        return _accumulate(method, data, cfg, step, accelerator)
-
-    train._accumulate = _killed_at_step_3
-"""
-
-def _machines(tmp_path, isolated_home, hook: str = ""):
+def _machines(tmp_path, hook: str = ""):
     """The two machines' working folders (the first is the launch's) and the environment that makes them so."""
     first, second = tmp_path / "machine-0", tmp_path / "machine-1"
     for folder in (first, second):
@@ -97,7 +82,7 @@ def _said(done) -> list[str]:
 def test_inputs_refused_on_one_machine_stop_both_in_one_line_each(tmp_path, isolated_home, two_process_launch):
     """A motion of the name already in one machine's library only. Refused by the second machine, the first had
     waited two hours for it to meet; refused by the first, the second ended in a traceback of torch's."""
-    first, second, env = _machines(tmp_path, isolated_home)
+    first, second, env = _machines(tmp_path)
     for machine in (first, second):
         square_clip(machine / "slide.mp4")
     for refusing, home in ((1, tmp_path / "home-1"), (0, isolated_home)):
@@ -116,7 +101,7 @@ def test_inputs_refused_on_one_machine_stop_both_in_one_line_each(tmp_path, isol
 
 @pytest.mark.parametrize("command", ["train-subject", "train-image-prompt"])
 def test_an_input_refused_on_the_second_machine_only_stops_both(command, tmp_path, isolated_home, two_process_launch):
-    first, second, env = _machines(tmp_path, isolated_home)
+    first, second, env = _machines(tmp_path)
     if command == "train-subject":  # the photos on the first machine only
         write_photos(first / "photos")
         args = ["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--recipe",
@@ -137,7 +122,7 @@ def test_an_input_refused_on_the_second_machine_only_stops_both(command, tmp_pat
 
 def test_other_clips_under_the_same_path_on_another_machine_are_refused(tmp_path, isolated_home, two_process_launch):
     """The motion had been learned from both clips, its manifest naming the first machine's alone."""
-    first, second, env = _machines(tmp_path, isolated_home)
+    first, second, env = _machines(tmp_path)
     square_clip(first / "slide.mp4")
     square_clip(second / "slide.mp4", num_frames=16)
     done = _train(two_process_launch, first, env)
@@ -154,7 +139,7 @@ def test_resume_where_only_the_first_machine_has_the_checkpoint_is_refused_then_
     tmp_path, isolated_home, two_process_launch
 ):
     """Both had waited for ever, and the second would have started afresh beside the first's resumed weights."""
-    first, second, env = _machines(tmp_path, isolated_home, _STOPPED_AT_STEP_2)
+    first, second, env = _machines(tmp_path, _STOPPED_AT_STEP_2)
     for machine in (first, second):
         square_clip(machine / "slide.mp4")
     done = _train(two_process_launch, first, env, steps="3")
@@ -213,7 +198,7 @@ def test_a_first_process_that_stopped_before_the_others_met_it_is_one_line(monke
 def test_the_first_machine_killed_outright_is_told_with_the_checkpoint_it_saved(tmp_path, isolated_home,
                                                                                  two_process_launch):
     """The second machine, whose library holds no checkpoint, had advised a plain rerun that starts over."""
-    first, second, env = _machines(tmp_path, isolated_home, _FIRST_PROCESS_KILLED_AT_STEP_3)
+    first, second, env = _machines(tmp_path, _FIRST_PROCESS_KILLED_AT_STEP_3)
     for machine in (first, second):
         square_clip(machine / "slide.mp4")
     done = _train(two_process_launch, first, env, "--set", "train.checkpoint_every=2", steps="4")
@@ -237,7 +222,7 @@ if os.environ.get("RANK") == "1":
 def test_class_images_are_whole_on_a_machine_that_made_only_its_share(tmp_path, isolated_home, two_process_launch):
     """Each machine's cache its own, and the shares split over all processes: each machine's cache held only its
     share, and the run stopped saying that a cached class image could not be read ('delete it and run again')."""
-    first, second, env = _machines(tmp_path, isolated_home, _OWN_CACHE_AND_NO_LOCAL_WORLD_SIZE)
+    first, second, env = _machines(tmp_path, _OWN_CACHE_AND_NO_LOCAL_WORLD_SIZE)
     env = env | {"SECOND_MACHINE_CACHE": str(tmp_path / "cache-1"), "VIDBOOTH_HOME": str(isolated_home)}
     for machine in (first, second):
         write_photos(machine / "photos")
@@ -258,7 +243,7 @@ def test_identity_adapter_for_a_subject_in_the_first_machines_library_only(tmp_p
     two hours for it."""
     from vidbooth.cli.app import main
 
-    first, _, env = _machines(tmp_path, isolated_home)
+    first, _, env = _machines(tmp_path)
     photos = write_photos(tmp_path / "photos")
     assert main(["textual-inversion", str(photos), "--name", "V*", "--class-noun", "dog", "--base", "tiny",
                  "--recipe", "tiny/subject", "--steps", "1", "--batch-size", "1", "--no-preview"]) == 0
