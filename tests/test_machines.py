@@ -253,3 +253,27 @@ def test_identity_adapter_for_a_subject_in_the_first_machines_library_only(tmp_p
     said = _said(done)
     assert said[0].startswith("another process of this run refused its inputs or settings"), said
     assert said[1].startswith(f"unknown subject 'V*' in {tmp_path / 'home-1'}"), said
+
+
+def test_a_refusal_is_told_at_once_alone_and_before_a_setup_error_it_caused_under_a_launcher(monkeypatch):
+    """A single process does not set up training to refuse its inputs; under a launcher, a refused setting that
+    also fails the set-up (the mixed precision, say) is told as the check said it, not as the set-up did."""
+    from vidbooth import reporting
+    from vidbooth.engine import train
+    from vidbooth.errors import UserError
+
+    def refused():
+        raise UserError("refused by its check")
+
+    def set_up(**settings):
+        raise UserError("cannot set up training")
+
+    monkeypatch.setattr(train, "make_accelerator", lambda **settings: pytest.fail("training was set up"))
+    with pytest.raises(UserError, match="^refused by its check$"):
+        train.checked_then_met(refused, {})
+    monkeypatch.setattr(reporting, "process_count", lambda: 2)
+    monkeypatch.setattr(train, "make_accelerator", set_up)
+    with pytest.raises(UserError, match="^refused by its check$"):
+        train.checked_then_met(refused, {})
+    with pytest.raises(UserError, match="^cannot set up training$"):  # with no refusal, the set-up's own error
+        train.checked_then_met(lambda: None, {})

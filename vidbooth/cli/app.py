@@ -232,12 +232,13 @@ def _told(argv: list[str] | None) -> int:
     from vidbooth.reporting import error, stopped
 
     _escaping_stdout()
+    args = sys.argv[1:] if argv is None else argv
     try:
         with _stop_signals():
             try:
-                _refuse_a_process_that_cannot_work(sys.argv[1:] if argv is None else argv)
-                _refuse_a_launcher(sys.argv[1:] if argv is None else argv)
-                _refuse_undecodable(sys.argv[1:] if argv is None else argv)
+                _refuse_a_process_that_cannot_work(args)
+                _refuse_a_launcher(args)
+                _refuse_undecodable(args)
                 code = app(args=argv, standalone_mode=False)  # typer.Exit(n) inside a command comes back as n
                 raise_pending_stop()  # a stop Python dropped in the last phase (a finaliser's) is answered, not lost
             finally:
@@ -261,7 +262,7 @@ def _told(argv: list[str] | None) -> int:
         error("aborted")
         return 1
     except OSError as exc:
-        command = _command_of(sys.argv[1:] if argv is None else argv)
+        command = _command_of(args)
         message = (out_of_memory_message(exc, command) or out_of_system_resources(exc)  # ENOMEM: out of memory
                    or os_error_message(exc))
         if message is None or _state["debug"]:
@@ -269,7 +270,7 @@ def _told(argv: list[str] | None) -> int:
         error(_going_on_from_its_checkpoint(message, exc))
         return 2
     except (MemoryError, RuntimeError, ImportError) as exc:
-        message = (out_of_memory_message(exc, _command_of(sys.argv[1:] if argv is None else argv))
+        message = (out_of_memory_message(exc, _command_of(args))
                    or out_of_system_resources(exc))  # "can't start new thread"
         if message is None and lost_another_process(exc):  # a training's own says which step it kept
             message = ("another process of this run stopped (the launcher's report below says which and why): rerun "

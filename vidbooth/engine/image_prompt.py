@@ -390,21 +390,20 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     """Train the image-prompt model of `cfg.backbone` coarse to fine, on the clips of `cfg.data.folder` or else on
     nano's world, and save it to `cfg.out` (a second run writing the same file meanwhile is refused)."""
     from vidbooth.data.video import check_writable_dir
-    from vidbooth.engine.train import accelerator_after, agree_on_refusals, check_high_noise, refusal_held
+    from vidbooth.engine.train import check_high_noise, checked_then_met
 
     given, out = cfg.out, Path(cfg.out).expanduser()
-    refusal = examples = None
-    try:
+
+    def checks() -> list[SubjectClip] | None:
         _check_out(given, out, cfg.overwrite)
         check_writable_dir(out.parent)
         examples = find_subject_clips(cfg.data.folder, cfg.word) if cfg.data.folder else None
         check_high_noise([cfg.coarse, cfg.fine], cfg.backbone.base, cfg.backbone.revision)
-    except UserError as exc:
-        refusal = refusal_held(exc)  # the processes of a launch first meet, then stop together
-    accelerator = accelerator_after(refusal, cfg.coarse.mixed_precision, device=cfg.runtime.device,
-                                    setting="coarse.mixed_precision and fine.mixed_precision",
-                                    base_precision=cfg.runtime.precision)
-    agree_on_refusals(accelerator, refusal)
+        return examples
+
+    settings = {"mixed_precision": cfg.coarse.mixed_precision, "device": cfg.runtime.device,
+                "setting": "coarse.mixed_precision and fine.mixed_precision", "base_precision": cfg.runtime.precision}
+    examples, accelerator = checked_then_met(checks, settings)
     if not accelerator.is_main_process:  # the main process holds the lock for them all
         return _train(cfg, out, examples, accelerator)
 

@@ -196,52 +196,46 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 # ---- training -------------------------------------------------------------------------------------
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
-    from vidbooth.engine.appearance import check_encoder
-    from vidbooth.engine.backbone import is_image_model
-    from vidbooth.engine.train import (
-        accelerator_after,
-        agree_on_refusals,
-        check_high_noise,
-        refusal_held,
-        refuse_other_settings,
-        refuse_to_discard,
-        run_folder,
-    )
-    from vidbooth.library import artifact_lock, check_free, refuse_if_being_trained, validate_name
+    from vidbooth.engine.train import checked_then_met, refuse_other_settings, run_folder
+    from vidbooth.library import artifact_lock, check_free
 
-    refusal = clips = None
-    try:
-        cfg.check()
-        validate_name(cfg.name, "motion")
-        refuse_if_being_trained("motion", cfg.name)  # another run of this name now is no stopped run
-        check_free("motion", cfg.name, cfg.overwrite)
-        refuse_to_discard([run_folder("motion", cfg.name, STAGE)], cfg.resume, cfg.overwrite)
-        clips = read_training_clips(cfg)
-        # a wrong --base fails here, early, and so does an image model without a motion adapter
-        if is_image_model(cfg.backbone.base, cfg.backbone.revision) and not cfg.backbone.motion_adapter:
-            raise UserError(
-                f"{cfg.backbone.base} is an image model: it has no temporal layers for a motion adapter to learn in; "
-                "give --motion-adapter (an AnimateDiff motion module) to learn a motion on it"
-            )
-        check_high_noise([cfg.train], cfg.backbone.base, cfg.backbone.revision)
-        if cfg.appearance.guidance:
-            check_encoder(cfg.appearance.encoder)  # minutes before the model would have loaded
-    except UserError as exc:
-        refusal = refusal_held(exc)  # the processes of a launch first meet, then stop together
-    accelerator = accelerator_after(refusal, cfg.train.mixed_precision, device=cfg.runtime.device,
-                                    base_precision=cfg.runtime.precision)
-    try:  # a --resume with other settings is refused before the model loads
-        if refusal is None:
-            refuse_other_settings(run_folder("motion", cfg.name, STAGE), cfg.resume, cfg.train,
-                                  _settings_signature(cfg, clips), accelerator)
-    except UserError as exc:
-        refusal = exc
-    agree_on_refusals(accelerator, refusal)
+    def resumable(clips: list[TrainingClip], accelerator) -> None:  # other settings: refused before the model loads
+        refuse_other_settings(run_folder("motion", cfg.name, STAGE), cfg.resume, cfg.train,
+                              _settings_signature(cfg, clips), accelerator)
+
+    settings = {"mixed_precision": cfg.train.mixed_precision, "device": cfg.runtime.device,
+                "base_precision": cfg.runtime.precision}
+    clips, accelerator = checked_then_met(lambda: _checked_clips(cfg), settings, resumable)
     # one lock for the run, held by the main process (the others of an `accelerate launch` run share it)
     with artifact_lock("motion", cfg.name) if accelerator.is_main_process else contextlib.nullcontext():
         if accelerator.is_main_process:  # again: a run of this name that held the lock until now may have saved it
             check_free("motion", cfg.name, cfg.overwrite)
         return _train_locked(cfg, clips, accelerator)
+
+
+def _checked_clips(cfg: MotionConfig) -> list[TrainingClip]:
+    """Every check that needs no model (settings, name, library, base, encoder); returns the clips, read."""
+    from vidbooth.engine.appearance import check_encoder
+    from vidbooth.engine.backbone import is_image_model
+    from vidbooth.engine.train import check_high_noise, refuse_to_discard, run_folder
+    from vidbooth.library import check_free, refuse_if_being_trained, validate_name
+
+    cfg.check()
+    validate_name(cfg.name, "motion")
+    refuse_if_being_trained("motion", cfg.name)  # another run of this name now is no stopped run
+    check_free("motion", cfg.name, cfg.overwrite)
+    refuse_to_discard([run_folder("motion", cfg.name, STAGE)], cfg.resume, cfg.overwrite)
+    clips = read_training_clips(cfg)
+    # a wrong --base fails here, early, and so does an image model without a motion adapter
+    if is_image_model(cfg.backbone.base, cfg.backbone.revision) and not cfg.backbone.motion_adapter:
+        raise UserError(
+            f"{cfg.backbone.base} is an image model: it has no temporal layers for a motion adapter to learn in; give "
+            "--motion-adapter (an AnimateDiff motion module) to learn a motion on it"
+        )
+    check_high_noise([cfg.train], cfg.backbone.base, cfg.backbone.revision)
+    if cfg.appearance.guidance:
+        check_encoder(cfg.appearance.encoder)  # minutes before the model would have loaded
+    return clips
 
 
 def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> MotionResult:

@@ -60,15 +60,13 @@ from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.sampling import check_preview, training_resolution
 from vidbooth.engine.train import (
     TrainResult,
-    accelerator_after,
-    agree_on_refusals,
     backbone_device,
     check_high_noise,
+    checked_then_met,
     derived_seed,
     dtype_signature,
     kept_if_preview_fails,
     list_checkpoints,
-    refusal_held,
     refuse_other_settings,
     refuse_to_discard,
     remove_runs,
@@ -108,15 +106,16 @@ def train_textual_inversion(cfg: SubjectConfig) -> Path:
 def train_identity_adapter(cfg: SubjectConfig) -> Path:
     """Stage 2 alone, on an existing subject (its embedding frozen): adds the identity adapter. Without photos, the
     ones the subject was learned from (kept in its folder) are used."""
+    return _train(cfg, ("identity",), own_photos=True)
+
+
+def _take_its_own_photos(cfg: SubjectConfig) -> None:
+    """Without photos given, those subject `cfg.name` was learned from (kept in its folder)."""
     if not cfg.photos and cfg.name:
-        try:
-            folder = artifact_dir(KIND, cfg.name) / PHOTOS_DIR
-        except UserError as exc:  # no such subject (in this machine's library)
-            return _train(cfg, ("identity",), refusal_held(exc))
+        folder = artifact_dir(KIND, cfg.name) / PHOTOS_DIR
         if folder.is_dir() and any(folder.iterdir()):
             reporting.info(f"photos: the ones subject '{cfg.name}' was learned from ({folder})")
             cfg.photos = [str(folder)]
-    return _train(cfg, ("identity",))
 
 
 def train_subject(cfg: SubjectConfig) -> Path:
@@ -211,26 +210,26 @@ class _Run:
         return [expand_placeholder(c.format(subject), self.token, self.num_vectors) for c in self.cfg.data.captions]
 
 
-def _train(cfg: SubjectConfig, stages: tuple[str, ...], refusal: UserError | None = None) -> Path:
+def _train(cfg: SubjectConfig, stages: tuple[str, ...], own_photos: bool = False) -> Path:
     """Check the inputs, then (holding the subject's lock) load the model, encode the photos once, run the
-    stages and, on the main process, save the subject and drop the run's checkpoints. `refusal`: an input already
-    refused (`refusal_held`), told once the processes of a launch have met."""
-    run = None
-    try:
-        run = _prepare(cfg, stages) if refusal is None else None
-    except UserError as exc:
-        refusal = refusal_held(exc)  # the processes of a launch first meet, then stop together
-    accelerator = accelerator_after(refusal, getattr(cfg, stages[0]).train.mixed_precision, cfg.runtime.device,
-                                    " and ".join(f"{stage}.train.mixed_precision" for stage in stages),
-                                    cfg.runtime.precision)
-    try:  # a --resume with other settings is refused before the model loads
-        for stage in stages if refusal is None else ():
+    stages and, on the main process, save the subject and drop the run's checkpoints. `own_photos`: without photos
+    given, take the subject's own."""
+
+    def checks() -> _Run:
+        if own_photos:
+            _take_its_own_photos(cfg)
+        return _prepare(cfg, stages)
+
+    def resumable(run: _Run, accelerator) -> None:  # a --resume with other settings is refused before the model loads
+        for stage in stages:
             run_dir = run_folder(KIND, cfg.name, STAGE_FOLDERS[stage])
             refuse_other_settings(run_dir, cfg.resume, getattr(cfg, stage).train, _settings_signature(run, stage),
                                   accelerator)
-    except UserError as exc:
-        refusal = exc
-    agree_on_refusals(accelerator, refusal)
+
+    settings = {"mixed_precision": getattr(cfg, stages[0]).train.mixed_precision, "device": cfg.runtime.device,
+                "setting": " and ".join(f"{stage}.train.mixed_precision" for stage in stages),
+                "base_precision": cfg.runtime.precision}
+    run, accelerator = checked_then_met(checks, settings, resumable)
     run.accelerator = accelerator
     main = run.accelerator.is_main_process
     with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():

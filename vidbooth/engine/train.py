@@ -49,10 +49,10 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -71,6 +71,8 @@ TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 CHECKPOINT_FORMAT = 1
+
+T = TypeVar("T")
 
 
 class CheckpointDiskFull(DiskFull):
@@ -907,35 +909,39 @@ def _agree_on_the_run(accelerator, run_dir: Path, signature: dict, resuming: Pat
         )
 
 
-def refusal_held(exc: UserError) -> UserError:
-    """`exc`, an input, setting or library state refused before the processes of a launch have met, returned to be
-    raised once they have (`agree_on_refusals`); raised at once when this process is the only one."""
-    if reporting.process_count() == 1:
-        raise exc
-    return exc
-
-
-def accelerator_after(refusal: UserError | None, *args, **kwargs):
-    """`make_accelerator(*args, **kwargs)` after a command's checks, which may have refused (`refusal_held`): an
-    error in setting it up, which a refused setting may cause, then gives way to that refusal."""
+def checked_then_met(checks: Callable[[], T], settings: dict, then: Callable[[T, Any], None] | None = None
+                     ) -> tuple[T, Any]:
+    """A training command's start: `checks()` of its inputs, settings and library (their result is returned with the
+    accelerator), `make_accelerator(**settings)`, then `then(result, accelerator)` for the checks that need it. The
+    processes of a launch stop together when any refused: that one says why, the others that it did (a single
+    process is refused at once, before torch's work). Each process checks its own files, which on several machines
+    may differ: one that stopped before meeting the others had left them waiting two hours to meet it, or ended
+    them with a traceback of torch's."""
+    refusal = result = None
     try:
-        return make_accelerator(*args, **kwargs)
+        result = checks()
+    except UserError as exc:
+        if reporting.process_count() == 1:
+            raise
+        refusal = exc
+    try:
+        accelerator = make_accelerator(**settings)
     except UserError:
         if refusal is None:
             raise
-        raise refusal from None
-
-
-def agree_on_refusals(accelerator, refusal: UserError | None) -> None:
-    """Stop every process of a launch when any refused its inputs (`refusal_held`): that one says why, the others
-    that it did. Each checks its own files, which on several machines may differ: a process that stopped before
-    meeting the others had left them waiting two hours to meet it, or ended them with a traceback of torch's."""
+        raise refusal from None  # what a refused setting may cause in setting up gives way to the refusal
+    if refusal is None and then is not None:
+        try:
+            then(result, accelerator)
+        except UserError as exc:
+            refusal = exc
     refused = _agree(accelerator, [float(refusal is not None)])[0]
     if refusal is not None:
         raise refusal
     if refused:
         raise UserError("another process of this run refused its inputs or settings (its own error line, on its "
                         f"machine, says why): {SAME_FILES_EVERYWHERE}")
+    return result, accelerator
 
 
 def _checkpoint_step(checkpoint: Path) -> int:
