@@ -209,3 +209,17 @@ def test_the_commands_with_gradient_checkpointing_are_those_the_memory_message_s
     for name in group.commands:
         message = out_of_memory_message(MemoryError(), name)
         assert ("or --gradient-checkpointing, and run it again" in message) == (name in with_flag), name
+
+
+def test_every_command_is_either_a_training_shared_by_processes_or_one_of_a_single_process():
+    """A command in neither list would be run again by each process of a launch, or refuse before meeting the others
+    without telling them."""
+    import typer.main
+
+    from vidbooth.cli.app import ONE_PROCESS_COMMANDS, TRAINING_COMMANDS, app
+
+    commands = typer.main.get_command(app).commands
+    assert sorted(commands) == sorted(ONE_PROCESS_COMMANDS + TRAINING_COMMANDS)
+    assert not set(ONE_PROCESS_COMMANDS) & set(TRAINING_COMMANDS)
+    assert all("--device" in {opt for param in commands[name].params for opt in param.opts}
+               for name in TRAINING_COMMANDS)  # the device the refusing process meets the others on

@@ -135,6 +135,28 @@ def test_other_clips_under_the_same_path_on_another_machine_are_refused(tmp_path
     assert not (isolated_home / "motions" / "slide").exists()
 
 
+def test_a_recipe_file_on_one_machine_only_stops_both_and_on_none_each_says_so(tmp_path, isolated_home,
+                                                                                  two_process_launch):
+    """Refused by the first machine before the processes met, the recipe had left the second waiting two hours for
+    it (here, where one launcher starts both, the launcher ended the second without a word)."""
+    first, second, env = _machines(tmp_path)
+    for machine in (first, second):
+        square_clip(machine / "slide.mp4")
+    recipe = Path(__file__).parents[1] / "vidbooth" / "recipes" / "tiny" / "motion.yaml"
+    for on_the_second in (True, False):
+        if on_the_second:
+            shutil.copy(recipe, second / "mine.yaml")
+        else:
+            (second / "mine.yaml").unlink()
+        done = _train(two_process_launch, first, env, "--recipe", "mine.yaml")
+        assert done.returncode != 0
+        said = _said(done)
+        assert said[0].startswith("recipe 'mine.yaml' not found: give a YAML file"), said
+        told = "another process of this run refused" if on_the_second else "recipe 'mine.yaml' not found"
+        assert said[1].startswith(told), said
+    assert not (isolated_home / "motions").exists()
+
+
 def test_resume_where_only_the_first_machine_has_the_checkpoint_is_refused_then_done_once_copied(
     tmp_path, isolated_home, two_process_launch
 ):
@@ -277,3 +299,39 @@ def test_a_refusal_is_told_at_once_alone_and_before_a_setup_error_it_caused_unde
         train.checked_then_met(refused, {})
     with pytest.raises(UserError, match="^cannot set up training$"):  # with no refusal, the set-up's own error
         train.checked_then_met(lambda: None, {})
+
+
+def test_a_process_refused_before_meeting_meets_the_others_on_its_device_only_if_it_had_not(monkeypatch):
+    """One that had met them (its refusal told to them already) would have joined whatever the others did next."""
+    import signal
+
+    import torch
+
+    from vidbooth import reporting
+    from vidbooth.cli.app import _tell_the_other_processes
+    from vidbooth.engine import train
+
+    met = []
+    def make_accelerator(device):  # a stop signal ends its wait for them at once
+        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+        met.append(device)
+
+    monkeypatch.setattr(train, "make_accelerator", make_accelerator)
+    monkeypatch.setattr(train, "_agree", lambda accelerator, values: met.append(values))
+    _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"])
+    assert met == []  # a single process
+    monkeypatch.setattr(reporting, "process_count", lambda: 2)
+    _tell_the_other_processes(["generate", "--device", "cpu"])
+    assert met == []  # a command that each process runs alone
+    previous = signal.signal(signal.SIGTERM, handler := lambda signum, frame: None)
+    try:
+        _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"])
+        _tell_the_other_processes(["--home", "h", "train-subject", "photos", "--device=cuda:1"])
+        _tell_the_other_processes(["identity-adapter", "S*"])
+        assert signal.getsignal(signal.SIGTERM) is handler  # the default only while it waits for the others
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert met == ["cpu", [1.0], "cuda:1", [1.0], "auto", [1.0]]
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    _tell_the_other_processes(["train-motion", "clip.mp4"])
+    assert met == ["cpu", [1.0], "cuda:1", [1.0], "auto", [1.0]]

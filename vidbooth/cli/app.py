@@ -142,6 +142,10 @@ ONE_PROCESS_COMMANDS = ("generate", "evaluate", "demo", "pretrain", "list")
 """Commands that do not share their work across processes: under a launcher each process would do it all again
 and write the same files."""
 
+TRAINING_COMMANDS = ("train-subject", "train-motion", "textual-inversion", "identity-adapter", "motion-adapter",
+                     "train-image-prompt")
+"""Commands that share their work across the processes of a launch."""
+
 
 def _refuse_undecodable(argv: list[str]) -> None:
     """A UserError for an argument holding bytes that the locale could not read as text (Python keeps them as lone
@@ -247,6 +251,7 @@ def _told(argv: list[str] | None) -> int:
         if _state["debug"]:
             raise
         error(_going_on_from_its_checkpoint(str(exc), exc))  # a machine's limit met after a checkpoint
+        _tell_the_other_processes(args)
         return exc.exit_code
     except Interrupted as exc:
         stopped(str(exc))
@@ -373,6 +378,20 @@ RECOMPUTING_COMMANDS = {"train-subject", "textual-inversion", "identity-adapter"
 """Commands with --gradient-checkpointing, which trades memory for time."""
 NO_PRECISION_FLAG = {"evaluate", "pretrain"}
 """Commands without --precision (evaluate scores in float32; pretrain trains nano in float32)."""
+
+
+def _tell_the_other_processes(argv: list[str]) -> None:
+    """A training command refused in one process of a launch before its processes met (a recipe file missing on one
+    machine): the others are told, so that they stop too (`engine.train.refused_before_meeting`)."""
+    from vidbooth.reporting import process_count
+
+    if process_count() == 1 or _command_of(argv) not in TRAINING_COMMANDS:
+        return
+    from vidbooth.engine.train import refused_before_meeting
+
+    device = next((word.split("=", 1)[1] for word in argv if word.startswith("--device=")), None)
+    after = argv.index("--device") + 1 if "--device" in argv else len(argv)
+    refused_before_meeting(device or (argv[after] if after < len(argv) else "auto"))
 
 
 def _command_of(argv: list[str]) -> str | None:

@@ -944,6 +944,23 @@ def checked_then_met(checks: Callable[[], T], settings: dict, then: Callable[[T,
     return result, accelerator
 
 
+def refused_before_meeting(device: str = "auto") -> None:
+    """For a process of a training launch whose command was refused before it met the others (a recipe file missing
+    on its machine), once its error is told: meet them and say so, as `checked_then_met` does, so that they stop
+    too. They had waited two hours for it to meet them, or ended in a traceback of torch's. Nothing for a single
+    process, one that has met the others, or one that cannot meet them. A stop signal ends the wait at once."""
+    if reporting.process_count() == 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    stops = {stop: signal.signal(stop, signal.SIG_DFL) for stop in _STOPS_FIRST_TO_LAST}  # its error is told already
+    try:
+        _agree(make_accelerator(device=device), [1.0])
+    except (UserError, RuntimeError, OSError):
+        return  # could not meet them: this command's own error is the one to tell
+    finally:
+        for stop, handler in stops.items():
+            signal.signal(stop, handler)
+
+
 def _checkpoint_step(checkpoint: Path) -> int:
     """The step in a checkpoint's name (step-0000006); 0 for a name that holds none."""
     digits = checkpoint.name.removeprefix("step-")
