@@ -251,7 +251,7 @@ def _told(argv: list[str] | None) -> int:
         if _state["debug"]:
             raise
         error(_going_on_from_its_checkpoint(str(exc), exc))  # a machine's limit met after a checkpoint
-        _tell_the_other_processes(args)
+        _tell_the_other_processes(args, exc)
         return exc.exit_code
     except Interrupted as exc:
         stopped(str(exc))
@@ -380,7 +380,7 @@ NO_PRECISION_FLAG = {"evaluate", "pretrain"}
 """Commands without --precision (evaluate scores in float32; pretrain trains nano in float32)."""
 
 
-def _tell_the_other_processes(argv: list[str]) -> None:
+def _tell_the_other_processes(argv: list[str], refusal: Exception) -> None:
     """A training command refused in one process of a launch before its processes met (a recipe file missing on one
     machine): the others are told, so that they stop too (`engine.train.refused_before_meeting`)."""
     from vidbooth.reporting import process_count
@@ -391,7 +391,7 @@ def _tell_the_other_processes(argv: list[str]) -> None:
 
     device = next((word.split("=", 1)[1] for word in argv if word.startswith("--device=")), None)
     after = argv.index("--device") + 1 if "--device" in argv else len(argv)
-    refused_before_meeting(device or (argv[after] if after < len(argv) else "auto"))
+    refused_before_meeting(refusal, device or (argv[after] if after < len(argv) else "auto"))
 
 
 def _command_of(argv: list[str]) -> str | None:

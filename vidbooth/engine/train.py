@@ -944,12 +944,15 @@ def checked_then_met(checks: Callable[[], T], settings: dict, then: Callable[[T,
     return result, accelerator
 
 
-def refused_before_meeting(device: str = "auto") -> None:
+def refused_before_meeting(refusal: UserError, device: str = "auto") -> None:
     """For a process of a training launch whose command was refused before it met the others (a recipe file missing
     on its machine), once its error is told: meet them and say so, as `checked_then_met` does, so that they stop
     too. They had waited two hours for it to meet them, or ended in a traceback of torch's. Nothing for a single
-    process, one that has met the others, or one that cannot meet them. A stop signal ends the wait at once."""
+    process, one that has met the others, or one whose `refusal` is that it could not meet them (`_not_met`). A stop
+    signal ends the wait at once."""
     if reporting.process_count() == 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if isinstance(refusal.__cause__, getattr(torch.distributed, "DistError", ())):
         return
     stops = {stop: signal.signal(stop, signal.SIG_DFL) for stop in _STOPS_FIRST_TO_LAST}  # its error is told already
     try:
