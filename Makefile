@@ -22,11 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vidbooth demo
 
+# the tests on every core (pytest-xdist), at most 4 processes
+PARALLEL := -n auto --maxprocesses 4
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PARALLEL)
 
 test-all: $(STAMP)
-	RUN_SLOW=1 $(BIN)/python -m pytest -q
+	RUN_SLOW=1 $(BIN)/python -m pytest -q $(PARALLEL)
 
 # The suite on the oldest versions pyproject.toml allows (tests/floors.txt), in a venv of its own, on Python 3.11
 # (some floors have no wheels for 3.13). Not part of CI: on x86_64 PyPI's torch 2.12 is a CUDA build of several GB.
@@ -34,7 +37,7 @@ test-floors:
 	test -x $(FLOORS)/bin/python || $(FLOORS_PYTHON) -m venv $(FLOORS)
 	$(FLOORS)/bin/python -m pip install -q -c tests/floors.txt torch
 	$(FLOORS)/bin/python -m pip install -q -c tests/floors.txt -e ".[test]"
-	$(FLOORS)/bin/python -m pytest -q
+	$(FLOORS)/bin/python -m pytest -q $(PARALLEL)
 
 bench: $(STAMP)
 	for f in $(filter-out benchmarks/bench_demo.py,$(sort $(wildcard benchmarks/bench_*.py))) benchmarks/bench_demo.py; do \
