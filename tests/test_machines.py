@@ -326,6 +326,10 @@ def test_a_process_refused_before_meeting_meets_the_others_on_its_device_only_if
     monkeypatch.setattr(reporting, "process_count", lambda: 2)
     _tell_the_other_processes(["generate", "--device", "cpu"], refused)
     assert met == []  # a command that each process runs alone
+    monkeypatch.setattr(reporting, "leftover_launcher_variables", lambda: ["WORLD_SIZE=2"])
+    _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"], refused)
+    assert met == []  # a launcher's variables left in a shell: no launcher, no other process
+    monkeypatch.setattr(reporting, "leftover_launcher_variables", lambda: [])
     previous = signal.signal(signal.SIGTERM, handler := lambda signum, frame: None)
     try:
         _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"], refused)

@@ -383,10 +383,10 @@ NO_PRECISION_FLAG = {"evaluate", "pretrain"}
 def _tell_the_other_processes(argv: list[str], refusal: Exception) -> None:
     """A training command refused in one process of a launch before its processes met (a recipe file missing on one
     machine): the others are told, so that they stop too (`engine.train.refused_before_meeting`)."""
-    from vidbooth.reporting import process_count
+    from vidbooth.reporting import leftover_launcher_variables, process_count
 
-    if process_count() == 1 or _command_of(argv) not in TRAINING_COMMANDS:
-        return
+    if process_count() == 1 or leftover_launcher_variables() or _command_of(argv) not in TRAINING_COMMANDS:
+        return  # (a shell that kept a launcher's variables: no launcher started it, nor any other process)
     from vidbooth.engine.train import refused_before_meeting
 
     device = next((word.split("=", 1)[1] for word in argv if word.startswith("--device=")), None)
