@@ -157,6 +157,21 @@ def test_a_recipe_file_on_one_machine_only_stops_both_and_on_none_each_says_so(t
     assert not (isolated_home / "motions").exists()
 
 
+def test_another_checkpoint_every_on_one_machine_is_refused(tmp_path, isolated_home, two_process_launch):
+    """It decides when the processes exchange values: the second process's check of its weights had met the
+    first's step outcome, and was told as weights become NaN."""
+    first, second, env = _machines(tmp_path)
+    recipe = (Path(__file__).parents[1] / "vidbooth" / "recipes" / "tiny" / "motion.yaml").read_text()
+    for machine, every in ((first, "10"), (second, "1")):
+        square_clip(machine / "slide.mp4")
+        (machine / "mine.yaml").write_text(recipe.replace("checkpoint_every: 10", f"checkpoint_every: {every}"))
+    done = _train(two_process_launch, first, env, "--recipe", "mine.yaml", steps="4")
+    assert done.returncode != 0
+    assert all(line.startswith("the processes of this run were given different inputs or settings (process 1: ")
+               for line in _said(done)), done.stderr
+    assert not (isolated_home / "motions").exists()
+
+
 def test_resume_where_only_the_first_machine_has_the_checkpoint_is_refused_then_done_once_copied(
     tmp_path, isolated_home, two_process_launch
 ):

@@ -852,7 +852,8 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
     """Restore the newest checkpoint (with resume) or start afresh; returns a result starting at the first step
     to run."""
     checkpoints = list_checkpoints(run_dir)
-    _agree_on_the_run(accelerator, Path(run_dir), signature, checkpoints[-1] if resume and checkpoints else None)
+    _agree_on_the_run(accelerator, Path(run_dir), signature | {"checkpoint_every": cfg.checkpoint_every},
+                      checkpoints[-1] if resume and checkpoints else None)
     if resume and checkpoints:
         if accelerator.is_main_process:  # the run's lock is held: what a killed save left is no one's
             remove_stale_temporaries(Path(run_dir) / CHECKPOINTS, older_than_s=0)
@@ -880,7 +881,9 @@ SAME_FILES_EVERYWHERE = ("every machine of a run needs the same files at the sam
 
 
 def _agree_on_the_run(accelerator, run_dir: Path, signature: dict, resuming: Path | None) -> None:
-    """Refuse, on every process of a launch, a run whose processes were given different inputs or settings, or see
+    """Refuse, on every process of a launch, a run whose processes were given different inputs or settings
+    (`signature`, with those that decide when the processes exchange values: another checkpoint_every on one machine
+    had one process's check of its weights meet the other's step outcome, told as a NaN), or see
     different checkpoints to resume from (`resuming`: this process's newest, with --resume). Each process reads its
     own files, which on several machines may differ: a motion had been learned from two different clips while its
     manifest named the first, and a library on each machine's own disk had the others wait for ever for the first
