@@ -328,39 +328,48 @@ def test_a_process_refused_before_meeting_meets_the_others_on_its_device_only_if
     from vidbooth.errors import UserError
 
     met = []
-    refused = UserError("recipe 'mine.yaml' not found")
 
-    def make_accelerator(device):  # a stop signal ends its wait for them at once
+    def refused() -> UserError:  # each command's own
+        return UserError("recipe 'mine.yaml' not found")
+
+    def make_accelerator(device, quiet):  # a stop signal ends its wait for them at once
         assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+        assert quiet  # no warning of the launcher's mixed precision after the error line
         met.append(device)
 
     monkeypatch.setattr(train, "make_accelerator", make_accelerator)
-    monkeypatch.setattr(train, "_agree", lambda accelerator, values: met.append(values))
-    _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"], refused)
+    monkeypatch.setattr(train, "_agree", lambda accelerator, values: met.append(values) or values)
+    _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"], refused())
     assert met == []  # a single process
     monkeypatch.setattr(reporting, "process_count", lambda: 2)
-    _tell_the_other_processes(["generate", "--device", "cpu"], refused)
+    _tell_the_other_processes(["generate", "--device", "cpu"], refused())
     assert met == []  # a command that each process runs alone
     monkeypatch.setattr(reporting, "leftover_launcher_variables", lambda: ["WORLD_SIZE=2"])
-    _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"], refused)
+    _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"], refused())
     assert met == []  # a launcher's variables left in a shell: no launcher, no other process
     monkeypatch.setattr(reporting, "leftover_launcher_variables", lambda: [])
     previous = signal.signal(signal.SIGTERM, handler := lambda signum, frame: None)
     try:
-        _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"], refused)
-        _tell_the_other_processes(["--home", "h", "train-subject", "photos", "--device=cuda:1"], refused)
-        _tell_the_other_processes(["identity-adapter", "S*"], refused)
+        _tell_the_other_processes(["train-motion", "clip.mp4", "--device", "cpu"], refused())
+        _tell_the_other_processes(["--home", "h", "train-subject", "photos", "--device=cuda:1"], refused())
+        _tell_the_other_processes(["identity-adapter", "S*"], refused())
         assert signal.getsignal(signal.SIGTERM) is handler  # the default only while it waits for the others
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert met == ["cpu", [1.0], "cuda:1", [1.0], "auto", [1.0]]
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    _tell_the_other_processes(["train-motion", "clip.mp4"], refused)
+    _tell_the_other_processes(["train-motion", "clip.mp4"], refused())
     assert met == ["cpu", [1.0], "cuda:1", [1.0], "auto", [1.0]]
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
-    try:
-        raise UserError("cannot meet the first process of this run") from torch.distributed.DistError("refused")
-    except UserError as not_met:  # meeting them again would wait as long again
-        _tell_the_other_processes(["train-motion", "clip.mp4"], not_met)
-    _tell_the_other_processes(["train-motion", "clip.mp4"], refused)
+
+    def not_met(**settings):
+        raise UserError("cannot meet the first process of this run")
+
+    monkeypatch.setattr(train, "make_accelerator", not_met)
+    with pytest.raises(UserError) as raised:  # a refusal or not, told or not met: trying again would wait as long
+        train.checked_then_met(lambda: None, {})
+    assert raised.value.others_told
+    monkeypatch.setattr(train, "make_accelerator", make_accelerator)
+    _tell_the_other_processes(["train-motion", "clip.mp4"], raised.value)
+    _tell_the_other_processes(["train-motion", "clip.mp4"], refused())
     assert met == ["cpu", [1.0], "cuda:1", [1.0], "auto", [1.0], "auto", [1.0]]

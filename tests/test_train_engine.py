@@ -1037,6 +1037,8 @@ def test_a_launchers_mixed_precision_that_vidbooth_does_not_take_is_warned_of_on
     vidbooth's own setting without a word."""
     monkeypatch.setattr(engine, "_LAUNCHER_PRECISION_WARNED", set())
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    engine.make_accelerator("no", "cpu", quiet=True)  # a process that meets the others only to stop them
+    assert capsys.readouterr().err == ""
     engine.make_accelerator("no", "cpu", setting="identity.train.mixed_precision")
     engine.make_accelerator("no", "cpu", setting="identity.train.mixed_precision")
     assert capsys.readouterr().err.splitlines() == [

@@ -178,9 +178,10 @@ once all the same)."""
 
 
 def make_accelerator(mixed_precision: str = "auto", device: str = "auto", setting: str = "train.mixed_precision",
-                     base_precision: str = "auto"):
+                     base_precision: str = "auto", quiet: bool = False):
     """The process's `accelerate.Accelerator`; load the backbone on `backbone_device(accelerator)`, in
-    `base_precision` (runtime.precision), which 'auto' mixed precision follows.
+    `base_precision` (runtime.precision), which 'auto' mixed precision follows. `quiet`: no warning of the
+    launcher's settings (for a process that meets the others only to stop them).
 
     `device` is vidbooth's runtime device (auto | cpu | cuda | cuda:N). Under `accelerate launch` each
     process gets its own device from the launcher, and the processes hold one mixed-precision setting; a process
@@ -225,6 +226,8 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     if accelerator.device.type != wanted:  # ACCELERATE_TORCH_DEVICE overrides accelerate's own cpu=True
         raise UserError(f"accelerate put training on {accelerator.device.type}, not {wanted} as --device says (asked "
                         f"for by {_accelerate_variables()}, left by another tool?): unset that")
+    if quiet:
+        return accelerator
     if accelerator.num_processes == 1 and _asked_for_several_cpu_processes():
         reporting.warn(
             "accelerate launch --cpu started a single process (it runs several only through mpirun): for N CPU "
@@ -919,49 +922,56 @@ def checked_then_met(checks: Callable[[], T], settings: dict, then: Callable[[T,
     processes of a launch stop together when any refused: that one says why, the others that it did (a single
     process is refused at once, before torch's work). Each process checks its own files, which on several machines
     may differ: one that stopped before meeting the others had left them waiting two hours to meet it, or ended
-    them with a traceback of torch's."""
+    them with a traceback of torch's. An error it raises is marked `others_told` (told, or they could not be met)."""
     refusal = result = None
     try:
-        result = checks()
-    except UserError as exc:
-        if reporting.process_count() == 1:
-            raise
-        refusal = exc
-    try:
-        accelerator = make_accelerator(**settings)
-    except UserError:
-        if refusal is None:
-            raise
-        raise refusal from None  # what a refused setting may cause in setting up gives way to the refusal
-    if refusal is None and then is not None:
         try:
-            then(result, accelerator)
+            result = checks()
         except UserError as exc:
+            if reporting.process_count() == 1:
+                raise
             refusal = exc
-    refused = _agree(accelerator, [float(refusal is not None)])[0]
-    if refusal is not None:
-        raise refusal
-    if refused:
-        raise UserError("another process of this run refused its inputs or settings (its own error line, on its "
-                        f"machine, says why): {SAME_FILES_EVERYWHERE}")
+        try:
+            accelerator = make_accelerator(**settings)
+        except UserError:
+            if refusal is None:
+                raise
+            raise refusal from None  # what a refused setting may cause in setting up gives way to the refusal
+        if refusal is None and then is not None:
+            try:
+                then(result, accelerator)
+            except UserError as exc:
+                refusal = exc
+        refused = _agree(accelerator, [float(refusal is not None)])[0]
+        if refusal is not None:
+            raise refusal
+        if refused:
+            raise UserError("another process of this run refused its inputs or settings (its own error line, on its "
+                            f"machine, says why): {SAME_FILES_EVERYWHERE}")
+    except UserError as exc:
+        exc.others_told = True
+        raise
     return result, accelerator
 
 
 def refused_before_meeting(refusal: UserError, device: str = "auto") -> None:
     """For a process of a training launch whose command was refused before it met the others (a recipe file missing
-    on its machine), once its error is told: meet them and say so, as `checked_then_met` does, so that they stop
+    on its machine), once its error is told: meet them and say so through `checked_then_met`, so that they stop
     too. They had waited two hours for it to meet them, or ended in a traceback of torch's. Nothing for a single
-    process, one that has met the others, or one whose `refusal` is that it could not meet them (`_not_met`). A stop
-    signal ends the wait at once."""
-    if reporting.process_count() == 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    process, or one that has met the others or tried to (its refusal `others_told`, or raised once they met). A
+    stop signal ends the wait at once."""
+    met = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if reporting.process_count() == 1 or met or getattr(refusal, "others_told", False):
         return
-    if isinstance(refusal.__cause__, getattr(torch.distributed, "DistError", ())):
-        return
+
+    def refused():
+        raise refusal
+
     stops = {stop: signal.signal(stop, signal.SIG_DFL) for stop in _STOPS_FIRST_TO_LAST}  # its error is told already
     try:
-        _agree(make_accelerator(device=device), [1.0])
-    except (UserError, RuntimeError, OSError):
-        return  # could not meet them: this command's own error is the one to tell
+        checked_then_met(refused, {"device": device, "quiet": True})
+    except Exception:  # its refusal, or that they could not be met: its own error is told already
+        pass
     finally:
         for stop, handler in stops.items():
             signal.signal(stop, handler)
