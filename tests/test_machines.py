@@ -120,6 +120,23 @@ def test_an_input_refused_on_the_second_machine_only_stops_both(command, tmp_pat
     assert not (isolated_home / "subjects").exists() and not (first / "model.safetensors").exists()
 
 
+def test_an_image_prompt_model_being_written_on_the_first_machine_stops_both(tmp_path, two_process_launch):
+    """The first process alone had refused, once the processes had met: the second went on, and was told only
+    that another process had stopped."""
+    from vidbooth.fileio import exclusive_lock
+
+    first, second, env = _machines(tmp_path)
+    with exclusive_lock(first / "model.safetensors.lock", lambda owner: "busy"):
+        done = _run(two_process_launch, first, env, ["train-image-prompt", "--base", "tiny", "--out",
+                                                     "model.safetensors", "--coarse-steps", "1", "--fine-steps", "1",
+                                                     "--clips", "2"])
+    assert done.returncode != 0
+    said = _said(done)
+    assert said[0] == (f"another train-image-prompt (pid {os.getpid()}) is writing model.safetensors: wait for it to "
+                       "end, or give another --out"), said
+    assert said[1].startswith("another process of this run refused its inputs or settings"), said
+
+
 def test_other_clips_under_the_same_path_on_another_machine_are_refused(tmp_path, isolated_home, two_process_launch):
     """The motion had been learned from both clips, its manifest naming the first machine's alone."""
     first, second, env = _machines(tmp_path)

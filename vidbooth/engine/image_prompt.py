@@ -49,7 +49,7 @@ from vidbooth.data.subject_clips import SubjectClip, find_subject_clips, folder_
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, sample_timesteps, training_scheduler
 from vidbooth.errors import UserError
-from vidbooth.fileio import lock_beside, write_together
+from vidbooth.fileio import lock_beside, lock_file_beside, refuse_if_held, write_together
 from vidbooth.nano.model import IMAGE_PROMPT_MODEL
 from vidbooth.reporting import info, progress, warn
 
@@ -394,8 +394,12 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
 
     given, out = cfg.out, Path(cfg.out).expanduser()
 
+    def busy(owner: str) -> str:
+        return f"another train-image-prompt (pid {owner}) is writing {out}: wait for it to end, or give another --out"
+
     def checks() -> list[SubjectClip] | None:
         _check_out(given, out, cfg.overwrite)
+        refuse_if_held(lock_file_beside(out), busy)  # here, where every process of a launch stops on it together
         check_writable_dir(out.parent)
         examples = find_subject_clips(cfg.data.folder, cfg.word) if cfg.data.folder else None
         check_high_noise([cfg.coarse, cfg.fine], cfg.backbone.base, cfg.backbone.revision)
@@ -406,10 +410,6 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     examples, accelerator = checked_then_met(checks, settings)
     if not accelerator.is_main_process:  # the main process holds the lock for them all
         return _train(cfg, out, examples, accelerator)
-
-    def busy(owner: str) -> str:
-        return f"another train-image-prompt (pid {owner}) is writing {out}: wait for it to end, or give another --out"
-
     with lock_beside(out, busy):  # makes the folder; a run that fails before its first checkpoint leaves none
         return _train(cfg, out, examples, accelerator)
 
