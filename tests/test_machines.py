@@ -390,3 +390,19 @@ def test_a_process_refused_before_meeting_meets_the_others_on_its_device_only_if
     _tell_the_other_processes(["train-motion", "clip.mp4"], raised.value)
     _tell_the_other_processes(["train-motion", "clip.mp4"], refused())
     assert met == ["cpu", [1.0], "cuda:1", [1.0], "auto", [1.0], "auto", [1.0]]
+
+
+def test_a_refusal_before_meeting_under_debug_is_also_told_to_the_others(tmp_path, monkeypatch):
+    """--debug raises the error for its traceback: the others had been left waiting two hours for it."""
+    from vidbooth import reporting
+    from vidbooth.cli.app import main
+    from vidbooth.engine import train
+    from vidbooth.errors import UserError
+
+    told = []
+    monkeypatch.setattr(reporting, "process_count", lambda: 2)
+    monkeypatch.setattr(train, "refused_before_meeting", lambda refusal, device: told.append((str(refusal), device)))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="^recipe 'mine.yaml' not found"):
+        main(["--debug", "train-motion", "clip.mp4", "--name", "slide", "--recipe", "mine.yaml", "--device", "cpu"])
+    assert len(told) == 1 and told[0][0].startswith("recipe 'mine.yaml' not found") and told[0][1] == "cpu", told

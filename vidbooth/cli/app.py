@@ -249,6 +249,7 @@ def _told(argv: list[str] | None) -> int:
                 clear_stops()  # the command has ended: a signal it got is answered below, or was acted on
     except UserError as exc:
         if _state["debug"]:
+            _tell_the_other_processes(args, exc)
             raise
         error(_going_on_from_its_checkpoint(str(exc), exc))  # a machine's limit met after a checkpoint
         _tell_the_other_processes(args, exc)
