@@ -208,6 +208,51 @@ def test_two_processes_train_one_motion(tmp_path, isolated_home, two_process_lau
     assert manifest["training"]["processes"] == 2 and manifest["training"]["steps"] == 2
 
 
+_SAVED_BY_ANOTHER_RUN_WHILE_THEY_MET = """
+import os
+
+if os.environ.get("RANK") == "0":
+    import contextlib
+    import json
+    from pathlib import Path
+
+    import vidbooth.library as library
+
+    _artifact_lock = library.artifact_lock
+
+    @contextlib.contextmanager
+    def _saved_meanwhile(kind, name):
+        folder = Path(os.environ["VIDBOOTH_HOME"]) / "motions" / name
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps({"kind": kind, "name": name}))
+        with _artifact_lock(kind, name) as lock:
+            yield lock
+
+    library.artifact_lock = _saved_meanwhile
+"""
+
+
+def test_a_motion_saved_by_another_run_once_the_processes_met_stops_both(tmp_path, isolated_home,
+                                                                         two_process_launch):
+    """Found under the run's lock, which the first process takes: it alone had refused, and the second went on to
+    be told that another process had stopped (or, on NCCL, to wait for it)."""
+    import os
+    import subprocess
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_SAVED_BY_ANOTHER_RUN_WHILE_THEY_MET)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    clip = square_clip(tmp_path / "slide.mp4")
+    command = [*two_process_launch, "-m", "vidbooth", "train-motion", str(clip), "--name", "slide", "--class-noun",
+               "square", "--base", "tiny", *QUICK, "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0
+    ours = sorted(line for line in done.stderr.splitlines() if line.startswith("error"))  # in either order
+    assert len(ours) == 2 and ours[1].startswith("error: motion 'slide' already exists in "), done.stderr
+    assert ours[0].startswith("error (process 1): another process of this run refused its inputs or settings"), ours
+
+
 def test_the_saved_config_reruns_the_training_from_anywhere(tmp_path, isolated_home, monkeypatch):
     """`config.yaml` in the artifact is a recipe: `--recipe config.yaml --overwrite` retrains the same motion to the
     same weights, with no clips or --name given again, from another folder (the clips' paths are absolute)."""

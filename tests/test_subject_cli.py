@@ -1217,3 +1217,26 @@ def test_prior_steps_the_model_cannot_take_are_refused_before_textual_inversion_
         "error: prior.num_inference_steps (--set prior.num_inference_steps=N) must be from 1 to 999 (the model was "
         "trained on 1000 noise levels), got 1000")
     assert not (isolated_home / ".runs").exists() or not any((isolated_home / ".runs").rglob("step-*"))
+
+
+def test_a_subject_saved_by_another_run_while_this_one_met_its_lock_is_refused(photos, isolated_home, monkeypatch,
+                                                                               capsys):
+    """The library is checked again under the run's lock: another run of the name may have saved it meanwhile."""
+    import contextlib
+
+    import vidbooth.engine.subject as subject
+
+    taken = subject.artifact_lock
+
+    @contextlib.contextmanager
+    def saved_meanwhile(kind, name):
+        subject_dir(isolated_home, name).mkdir(parents=True)
+        write_json(subject_dir(isolated_home, name) / "manifest.json", {"kind": kind, "name": name})
+        with taken(kind, name) as lock:
+            yield lock
+
+    monkeypatch.setattr(subject, "artifact_lock", saved_meanwhile)
+    assert train_subject(photos, "--no-preview") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: subject 'S*' already exists in "), err
+    assert json.loads((subject_dir(isolated_home) / "manifest.json").read_text()) == {"kind": "subject", "name": "S*"}

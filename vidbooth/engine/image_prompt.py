@@ -390,7 +390,7 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     """Train the image-prompt model of `cfg.backbone` coarse to fine, on the clips of `cfg.data.folder` or else on
     nano's world, and save it to `cfg.out` (a second run writing the same file meanwhile is refused)."""
     from vidbooth.data.video import check_writable_dir
-    from vidbooth.engine.train import check_high_noise, checked_then_met
+    from vidbooth.engine.train import check_high_noise, checked_then_met, held_by_the_first
 
     given, out = cfg.out, Path(cfg.out).expanduser()
 
@@ -408,9 +408,8 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     settings = {"mixed_precision": cfg.coarse.mixed_precision, "device": cfg.runtime.device,
                 "setting": "coarse.mixed_precision and fine.mixed_precision", "base_precision": cfg.runtime.precision}
     examples, accelerator = checked_then_met(checks, settings)
-    if not accelerator.is_main_process:  # the main process holds the lock for them all
-        return _train(cfg, out, examples, accelerator)
-    with lock_beside(out, busy):  # makes the folder; a run that fails before its first checkpoint leaves none
+    # the lock makes the folder; a run that fails before its first checkpoint leaves none
+    with held_by_the_first(accelerator, lambda: lock_beside(out, busy)):
         return _train(cfg, out, examples, accelerator)
 
 

@@ -196,7 +196,7 @@ def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, enc
 # ---- training -------------------------------------------------------------------------------------
 def train_motion(cfg: MotionConfig) -> MotionResult:
     """Learn the motion of `cfg.clips` as motion adapter `cfg.name` and store it in the library."""
-    from vidbooth.engine.train import checked_then_met, refuse_other_settings, run_folder
+    from vidbooth.engine.train import checked_then_met, held_by_the_first, refuse_other_settings, run_folder
     from vidbooth.library import artifact_lock, check_free
 
     def resumable(clips: list[TrainingClip], accelerator) -> None:  # other settings: refused before the model loads
@@ -206,10 +206,8 @@ def train_motion(cfg: MotionConfig) -> MotionResult:
     settings = {"mixed_precision": cfg.train.mixed_precision, "device": cfg.runtime.device,
                 "base_precision": cfg.runtime.precision}
     clips, accelerator = checked_then_met(lambda: _checked_clips(cfg), settings, resumable)
-    # one lock for the run, held by the main process (the others of an `accelerate launch` run share it)
-    with artifact_lock("motion", cfg.name) if accelerator.is_main_process else contextlib.nullcontext():
-        if accelerator.is_main_process:  # again: a run of this name that held the lock until now may have saved it
-            check_free("motion", cfg.name, cfg.overwrite)
+    with held_by_the_first(accelerator, lambda: artifact_lock("motion", cfg.name),
+                           lambda: check_free("motion", cfg.name, cfg.overwrite)):
         return _train_locked(cfg, clips, accelerator)
 
 

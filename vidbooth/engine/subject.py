@@ -63,6 +63,7 @@ from vidbooth.engine.train import (
     backbone_device,
     check_high_noise,
     checked_then_met,
+    held_by_the_first,
     derived_seed,
     dtype_signature,
     kept_if_preview_fails,
@@ -229,15 +230,16 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...], own_photos: bool = False
     settings = {"mixed_precision": getattr(cfg, stages[0]).train.mixed_precision, "device": cfg.runtime.device,
                 "setting": " and ".join(f"{stage}.train.mixed_precision" for stage in stages),
                 "base_precision": cfg.runtime.precision}
-    run, accelerator = checked_then_met(checks, settings, resumable)
-    run.accelerator = accelerator
-    main = run.accelerator.is_main_process
-    with artifact_lock(KIND, cfg.name) if main else contextlib.nullcontext():
-        # again: another run of this name that held the lock until now may have saved it
-        if main and _check_library(cfg, stages) != run.existing:
+    def unchanged() -> None:
+        if _check_library(cfg, stages) != run.existing:
             raise UserError(
                 f"subject '{cfg.name}' was changed by another run while this one waited for it: run the command again"
             )
+
+    run, accelerator = checked_then_met(checks, settings, resumable)
+    run.accelerator = accelerator
+    main = run.accelerator.is_main_process
+    with held_by_the_first(accelerator, lambda: artifact_lock(KIND, cfg.name), unchanged):
         run.backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(run.accelerator))
         if "identity" in stages:
             # checked before any training, used by the identity stage

@@ -942,16 +942,41 @@ def checked_then_met(checks: Callable[[], T], settings: dict, then: Callable[[T,
                 then(result, accelerator)
             except UserError as exc:
                 refusal = exc
-        refused = _agree(accelerator, [float(refusal is not None)])[0]
-        if refusal is not None:
-            raise refusal
-        if refused:
-            raise UserError("another process of this run refused its inputs or settings (its own error line, on its "
-                            f"machine, says why): {SAME_FILES_EVERYWHERE}")
+        _stop_together(accelerator, refusal)
     except UserError as exc:
         exc.others_told = True
         raise
     return result, accelerator
+
+
+def _stop_together(accelerator, refusal: UserError | None) -> None:
+    """Every process of a launch raises when any refused: that one its `refusal`, the others that one did."""
+    refused = _agree(accelerator, [float(refusal is not None)])[0]
+    if refusal is not None:
+        raise refusal
+    if refused:
+        raise UserError("another process of this run refused its inputs or settings (its own error line, on its "
+                        f"machine, says why): {SAME_FILES_EVERYWHERE}")
+
+
+@contextlib.contextmanager
+def held_by_the_first(accelerator, lock: Callable[[], contextlib.AbstractContextManager],
+                      check: Callable[[], None] | None = None) -> Iterator[None]:
+    """The run's `lock()`, taken by the first process of a launch for them all, and `check()` made under it (a run
+    that held the lock until now may have saved what this one would write); every process stops together when
+    either refuses. The first alone had refused, once the processes had met: the others went on, to be told that
+    another process had stopped, or to wait for it (NCCL)."""
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if accelerator.is_main_process:
+            try:
+                held.enter_context(lock())
+                if check is not None:
+                    check()
+            except UserError as exc:
+                refusal = exc
+        _stop_together(accelerator, refusal)
+        yield
 
 
 def refused_before_meeting(refusal: UserError, device: str = "auto") -> None:
