@@ -137,6 +137,32 @@ def test_an_image_prompt_model_being_written_on_the_first_machine_stops_both(tmp
     assert said[1].startswith("another process of this run refused its inputs or settings"), said
 
 
+_NO_BF16_ON_THE_SECOND = """
+import os
+
+if os.environ.get("RANK") == "1":
+    import accelerate
+    from accelerate.state import PartialState
+
+    def _no_bf16_here(self, *args, **kwargs):  # accelerate's own check comes once the processes have met
+        PartialState(cpu=kwargs.get("cpu", False))
+        raise ValueError("bf16 mixed precision requires a GPU (not found here)")
+
+    accelerate.Accelerator.__init__ = _no_bf16_here
+"""
+
+
+def test_a_set_up_refused_on_one_machine_once_the_processes_met_stops_both(tmp_path, isolated_home,
+                                                                           two_process_launch):
+    """A machine whose devices lack bf16: the others had waited two hours for it in their vote."""
+    first, second, env = _machines(tmp_path, _NO_BF16_ON_THE_SECOND)
+    for machine in (first, second):
+        square_clip(machine / "slide.mp4")
+    said = _said(_train(two_process_launch, first, env))
+    assert said[0].startswith("another process of this run refused its inputs or settings"), said
+    assert said[1].startswith("cannot set up training: bf16 mixed precision requires a GPU (not found here): "), said
+
+
 def test_other_clips_under_the_same_path_on_another_machine_are_refused(tmp_path, isolated_home, two_process_launch):
     """The motion had been learned from both clips, its manifest naming the first machine's alone."""
     first, second, env = _machines(tmp_path)

@@ -933,7 +933,9 @@ def checked_then_met(checks: Callable[[], T], settings: dict, then: Callable[[T,
             refusal = exc
         try:
             accelerator = make_accelerator(**settings)
-        except UserError:
+        except UserError as exc:
+            if (met := _met_before_the_set_up_failed()) is not None:  # a device without bf16, say: they are told
+                _stop_together(met, refusal or exc)
             if refusal is None:
                 raise
             raise refusal from None  # what a refused setting may cause in setting up gives way to the refusal
@@ -947,6 +949,17 @@ def checked_then_met(checks: Callable[[], T], settings: dict, then: Callable[[T,
         exc.others_told = True
         raise
     return result, accelerator
+
+
+def _met_before_the_set_up_failed():
+    """accelerate's state of a process whose set-up failed once it had met the others (accelerate refuses bf16 on a
+    device without it after the processes met), for `_stop_together`; None where they had not met."""
+    if not (reporting.process_count() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    from accelerate.state import PartialState
+
+    state = PartialState()
+    return state if state.device is not None else None
 
 
 def _stop_together(accelerator, refusal: UserError | None) -> None:
