@@ -400,6 +400,10 @@ def test_a_process_refused_before_meeting_meets_the_others_on_its_device_only_if
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert met == ["cpu", [1.0], "cuda:1", [1.0], "auto", [1.0]]
+    for given in (["--set", "runtime.device=cpu"], ["--set=runtime.device=cpu"], ["--device", "cuda", "--device=cpu"]):
+        _tell_the_other_processes(["train-motion", "clip.mp4", "--set", "train.lr=1", *given], refused())
+        assert met[-2:] == ["cpu", [1.0]], given
+    del met[6:]
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     _tell_the_other_processes(["train-motion", "clip.mp4"], refused())
     assert met == ["cpu", [1.0], "cuda:1", [1.0], "auto", [1.0]]

@@ -390,9 +390,18 @@ def _tell_the_other_processes(argv: list[str], refusal: Exception) -> None:
         return  # (a shell that kept a launcher's variables: no launcher started it, nor any other process)
     from vidbooth.engine.train import refused_before_meeting
 
-    device = next((word.split("=", 1)[1] for word in argv if word.startswith("--device=")), None)
-    after = argv.index("--device") + 1 if "--device" in argv else len(argv)
-    refused_before_meeting(refusal, device or (argv[after] if after < len(argv) else "auto"))
+    refused_before_meeting(refusal, _device_given(argv))
+
+
+def _device_given(argv: list[str]) -> str:
+    """The device `argv` gives (--device, or --set runtime.device=), which the others meet on; 'auto' without one."""
+    device = "auto"
+    for word, value in zip(argv, [*argv[1:], ""]):
+        if word == "--device" or (word == "--set" and value.startswith("runtime.device=")):
+            device = value.removeprefix("runtime.device=")
+        elif word.startswith(("--device=", "--set=runtime.device=")):
+            device = word.rsplit("=", 1)[1]
+    return device or "auto"
 
 
 def _command_of(argv: list[str]) -> str | None:
