@@ -63,9 +63,9 @@ from vidbooth.engine.train import (
     backbone_device,
     check_high_noise,
     checked_then_met,
-    held_by_the_first,
     derived_seed,
     dtype_signature,
+    held_by_the_first,
     kept_if_preview_fails,
     list_checkpoints,
     refuse_other_settings,
@@ -227,15 +227,15 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...], own_photos: bool = False
             refuse_other_settings(run_dir, cfg.resume, getattr(cfg, stage).train, _settings_signature(run, stage),
                                   accelerator)
 
-    settings = {"mixed_precision": getattr(cfg, stages[0]).train.mixed_precision, "device": cfg.runtime.device,
-                "setting": " and ".join(f"{stage}.train.mixed_precision" for stage in stages),
-                "base_precision": cfg.runtime.precision}
-    def unchanged() -> None:
+    def unchanged() -> None:  # under the lock: another run of this name that held it until now may have saved it
         if _check_library(cfg, stages) != run.existing:
             raise UserError(
                 f"subject '{cfg.name}' was changed by another run while this one waited for it: run the command again"
             )
 
+    settings = {"mixed_precision": getattr(cfg, stages[0]).train.mixed_precision, "device": cfg.runtime.device,
+                "setting": " and ".join(f"{stage}.train.mixed_precision" for stage in stages),
+                "base_precision": cfg.runtime.precision}
     run, accelerator = checked_then_met(checks, settings, resumable)
     run.accelerator = accelerator
     main = run.accelerator.is_main_process

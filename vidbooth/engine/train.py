@@ -951,10 +951,15 @@ def checked_then_met(checks: Callable[[], T], settings: dict, then: Callable[[T,
     return result, accelerator
 
 
+def _met() -> bool:
+    """Whether this process has met the others of its launch (torch's process group is set up)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _met_before_the_set_up_failed():
     """accelerate's state of a process whose set-up failed once it had met the others (accelerate refuses bf16 on a
     device without it after the processes met), for `_stop_together`; None where they had not met."""
-    if not (reporting.process_count() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if reporting.process_count() == 1 or not _met():
         return None
     from accelerate.state import PartialState
 
@@ -998,8 +1003,7 @@ def refused_before_meeting(refusal: UserError, device: str = "auto") -> None:
     too. They had waited two hours for it to meet them, or ended in a traceback of torch's. Nothing for a single
     process, or one that has met the others or tried to (its refusal `others_told`, or raised once they met). A
     stop signal ends the wait at once."""
-    met = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if reporting.process_count() == 1 or met or getattr(refusal, "others_told", False):
+    if reporting.process_count() == 1 or _met() or getattr(refusal, "others_told", False):
         return
 
     def refused():
