@@ -83,3 +83,47 @@ def test_an_image_prompt_model_trains_on_an_fp16_base(fp16_allowed, tiny_base_di
                  "--set", "data.num_frames=2"]) == 0
     tensors, _ = load_tensors(out)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors.values())
+
+
+@pytest.mark.parametrize(("family", "motion_adapter"),
+                         [("unet3d", False), ("animatediff", False), ("animatediff", True)],
+                         ids=["unet3d", "image-model", "animatediff"])
+def test_an_fp16_base_loads_as_fp16_with_the_weights_and_fingerprint_of_fp32_cast(
+        family, motion_adapter, fp16_allowed, tiny_base_dirs, monkeypatch):
+    """The text encoder and the UNet come out of `from_pretrained` in fp16 (a real base had been loaded in fp32 first,
+    twice its fp16 size in host memory at the peak, then cast), with the values and fingerprint of that cast."""
+    import diffusers
+    import transformers
+
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.tiny import motion_adapter_folder
+
+    folder = tiny_base_dirs[family]
+    options = {"device": "cpu"} | ({"motion_adapter": str(motion_adapter_folder(folder))} if motion_adapter else {})
+    loaded_as = {}
+
+    def recording(cls):
+        real = cls.from_pretrained.__func__
+
+        def from_pretrained(klass, *args, **kwargs):
+            model = real(klass, *args, **kwargs)
+            loaded_as[klass.__name__] = model.dtype
+            return model
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(from_pretrained))
+
+    for cls in (transformers.CLIPTextModel, diffusers.AutoencoderKL, diffusers.UNet3DConditionModel,
+                diffusers.UNet2DConditionModel):
+        recording(cls)
+    half = load_backbone(str(folder), precision="fp16", **options)
+    unet_class = "UNet3DConditionModel" if family == "unet3d" else "UNet2DConditionModel"
+    assert loaded_as == {"CLIPTextModel": torch.float16, "AutoencoderKL": torch.float32, unet_class: torch.float16}
+    full = load_backbone(str(folder), precision="fp32", **options)
+    assert (half.fingerprint, half.image_fingerprint) == (full.fingerprint, full.image_fingerprint)
+    for module in ("text_encoder", "unet", "vae"):
+        cast = {k: v.to(torch.float16) for k, v in getattr(full, module).state_dict().items()}
+        if module == "vae":  # the tiny VAE asks for upcasting: it stays fp32 beside an fp16 UNet
+            cast = getattr(full, module).state_dict()
+        loaded = getattr(half, module).state_dict()
+        assert loaded.keys() == cast.keys()
+        assert all(torch.equal(loaded[k], cast[k]) for k in cast), module

@@ -537,19 +537,23 @@ def load_backbone(
         warn(f"--motion-adapter {motion_adapter} has no effect on {base}: its UNet ({unet_class}) has temporal "
              "layers of its own; a motion adapter animates an image model")
     kw = {"use_safetensors": True} | ({"variant": variant} if variant else {})  # never unpickle a user's file
+    # fp16 weights are loaded as fp16, not as fp32 then cast: half the host memory at the peak. The same values,
+    # so the same fingerprint; bf16's would differ from the fp32 load's, and a bf16 run loads fp32 then casts
+    halved = {"torch_dtype": dtype} if dtype == torch.float16 else {}
     try:
         tokenizer = _load_tokenizer(folder / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
-        vae = AutoencoderKL.from_pretrained(folder / "vae", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(
+            folder / "text_encoder", **kw, **({"dtype": dtype} if halved else {}))
+        vae = AutoencoderKL.from_pretrained(folder / "vae", **kw)  # fp32, kept so when it asks for upcasting
         if unet_class == "UNet3DConditionModel":
-            family, unet = "unet3d", UNet3DConditionModel.from_pretrained(folder / "unet", **kw)
+            family, unet = "unet3d", UNet3DConditionModel.from_pretrained(folder / "unet", **kw, **halved)
             extra_input_channels(unet, int(unet.config.out_channels))  # refuse unknown extra inputs now
         elif unet_class == "UNetMotionModel":
-            family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw)
+            family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw, **halved)
         elif unet_class == "UNet2DConditionModel" and not adapter_source:
-            family, unet = ZERO_SHOT, UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
+            family, unet = ZERO_SHOT, UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **halved)
         elif unet_class == "UNet2DConditionModel":
-            unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
+            unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **halved)
             _check_complete(unet2d, "its UNet's")
             image_fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet2d})
             family, unet = "animatediff", _with_motion_modules(unet2d, adapter_source, folder)
