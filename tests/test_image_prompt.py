@@ -639,10 +639,19 @@ def test_two_processes_train_one_image_prompt_model(tmp_path, two_process_launch
     command = [*two_process_launch, "-m", "vidbooth", "train-image-prompt", "--base", "tiny", "--out", str(out),
                "--coarse-steps", "2", "--fine-steps", "2", "--clips", "4", "--set", "data.num_frames=2",
                "--set", "coarse.batch_size=1", "--set", "fine.batch_size=1", "--device", "cpu"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    hooks = tmp_path / "hooks"  # the second process as the first of another machine, which says where the file is
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text('import os\nif os.environ.get("RANK") == "1":\n    os.environ["LOCAL_RANK"]'
+                                            ' = "0"\n')
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                        "VIDBOOTH_QUIET": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "launch-tmp") == ["two.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("launch-tmp", "hooks")) == ["two.safetensors"]
     assert json.loads(load_tensors(out)[1]["processes"]) == 2
+    assert done.stderr.count(f"saved the image-prompt model in {out} ") == 1, done.stderr
+    assert done.stderr.count(f"the image-prompt model {out} is saved on the first machine of this run (127.0.0.1), "
+                             "by its first process\n") == 1, done.stderr
 
 
 def test_the_photos_pass_runs_conditional_only_adapters_whole_and_serves_every_video(trained, tiny_backbones):

@@ -242,6 +242,50 @@ def test_resume_where_only_the_first_machine_has_the_checkpoint_is_refused_then_
     assert json.loads((isolated_home / "motions" / "slide" / "manifest.json").read_text())["training"]["steps"] == 3
 
 
+_EACH_MACHINE_ONE_PROCESS = """
+os.environ["LOCAL_WORLD_SIZE"] = "1"
+os.environ["LOCAL_RANK"] = "0"  # the second process is the first of its machine
+"""
+
+
+def test_the_second_machine_shows_the_run_where_it_was_saved_and_a_stop(tmp_path, isolated_home, two_process_launch):
+    """Its terminal had shown nothing through a whole run; once shown, its stop had named a checkpoint in its own
+    library, where none was saved."""
+    first, second, env = _machines(tmp_path, _EACH_MACHINE_ONE_PROCESS + _STOPPED_AT_STEP_2)
+    for machine in (first, second):
+        square_clip(machine / "slide.mp4")
+    done = _train(two_process_launch, first, env, steps="3")
+    assert done.returncode != 0
+    second_run = tmp_path / "home-1" / ".runs" / "motions" / "slide" / "motion"
+    assert sorted(_errors(done)) == [
+        "error (process 1): stopped by SIGTERM at step 2/3; the first process saved the checkpoint of step 2 in a "
+        "library that this machine does not see: rerun the same command with --resume once every machine sees it "
+        f"(one VIDBOOTH_HOME on a file system they share, or {second_run} copied from the first machine)",
+        "error: stopped by SIGTERM at step 2/3; checkpoint saved in "
+        f"{isolated_home / '.runs' / 'motions' / 'slide' / 'motion'}: rerun the same command with --resume to "
+        "continue"], done.stderr
+    (tmp_path / "hooks" / "sitecustomize.py").write_text(_SECOND_MACHINE + _EACH_MACHINE_ONE_PROCESS)
+    done = _train(two_process_launch, first, env | {"VIDBOOTH_QUIET": "0"}, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    for shown_by_each in ("learning motion 'slide' from 1 clip(s)", "motion slide ", "motion 'slide': 2 steps, loss"):
+        assert sum(line.startswith(shown_by_each) for line in lines) == 2, (shown_by_each, done.stderr)
+    assert sum(line.startswith("saved motion 'slide' in ") for line in lines) == 1, done.stderr
+    assert lines.count("motion 'slide' is saved on the first machine of this run (127.0.0.1), by its first "
+                       "process") == 1, done.stderr
+    assert not (tmp_path / "home-1" / "motions").exists()
+    for machine in (first, second):
+        write_photos(machine / "photos")
+    done = _run(two_process_launch, first, env | {"VIDBOOTH_QUIET": "0"}, [
+        "textual-inversion", "photos", "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--recipe",
+        "tiny/subject", "--steps", "1", "--batch-size", "1", "--no-preview"])
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert sum(line.startswith("saved subject 'S*' (token ") for line in lines) == 1, done.stderr
+    assert lines.count("subject 'S*' is saved on the first machine of this run (127.0.0.1), by its first "
+                       "process") == 1, done.stderr
+
+
 def test_a_first_process_that_stopped_before_the_others_met_it_is_one_line(monkeypatch):
     """On another machine (its own launcher), the first process ended before they met, refused by a check that runs
     before they do (a recipe file missing there): torch's error had ended this one in a traceback of C++ frames."""

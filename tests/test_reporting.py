@@ -79,6 +79,40 @@ def test_under_a_launcher_only_the_first_process_speaks_but_every_one_shows_its_
         assert capsys.readouterr().err.splitlines() == shown
 
 
+def test_each_machines_first_process_shows_the_run_and_results_come_once(capsys, monkeypatch):
+    """Two machines of two processes each: the second machine's terminal had shown nothing through a whole run,
+    neither its lines nor its progress nor a stop. Results (stdout, tables) still come from the first process only."""
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    everything = ["loading", "warning: short clip", "error (process {rank}): stopped by SIGINT", "error (process "
+                  "{rank}): no disk"]
+    for ranks, local_ranks, rank, local_rank, shown in (
+            ("RANK", "LOCAL_RANK", "2", "0", everything),
+            ("RANK", "LOCAL_RANK", "3", "1", ["error (process 3): no disk"]),
+            ("RANK", None, "1", None, ["error (process 1): no disk"]),  # a launcher without local ranks: as before
+            ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "2", "0", everything),
+            ("PMI_RANK", "MPI_LOCALRANKID", "3", "1", ["error (process 3): no disk"])):
+        for name in (*reporting.RANK_VARIABLES, *reporting.SIZE_VARIABLES, *reporting.LOCAL_RANK_VARIABLES):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(ranks, rank)
+        monkeypatch.setenv(reporting.SIZE_VARIABLES[reporting.RANK_VARIABLES.index(ranks)], "4")
+        if local_ranks:
+            monkeypatch.setenv(local_ranks, local_rank)
+        reporting.info("loading")
+        reporting.warn("short clip")
+        with reporting.progress("motion M", total=1) as task:
+            task.advance(loss=0.5)
+        reporting.stopped("stopped by SIGINT")
+        reporting.error("no disk")
+        reporting.result("/library/motions/M")
+        reporting.table("scores", ["video"], [("a.mp4",)], to_stdout=True)
+        said = capsys.readouterr()
+        assert said.out == ""
+        lines = [line for line in said.err.splitlines() if not line.startswith("motion M")]
+        assert lines == [line.format(rank=rank) for line in shown], (ranks, rank)
+        assert said.err.count("motion M") == (shown == everything), (ranks, rank)
+
+
 def test_under_a_launcher_a_stop_is_told_once_not_by_every_process(capsys, monkeypatch):
     """A Ctrl-C reaches every process of `accelerate launch`; each had printed "stopped by SIGINT ..."."""
     from vidbooth.cli import app

@@ -83,6 +83,10 @@ SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WO
 """Where the same launchers put the number of processes."""
 
 
+LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+"""Where the same launchers put the process's rank among those of its machine."""
+
+
 def _launcher_value(names: tuple[str, ...], default: str) -> str:
     return next((os.environ[name] for name in names if name in os.environ), default)
 
@@ -124,9 +128,16 @@ def first_process() -> bool:
     return not _other_process()
 
 
+def _other_process_of_its_machine() -> bool:
+    """Any process but the first of its machine under a launcher. The first of each machine shows the run's lines
+    and progress in that machine's terminal: a second machine had shown nothing, through a whole run. (A launcher
+    that gives no local rank leaves them to the first process.)"""
+    return _other_process() and _launcher_value(LOCAL_RANK_VARIABLES, _rank()) != "0"
+
+
 def _quiet() -> bool:
-    """Quiet when asked, and on every process but the first."""
-    return os.environ.get("VIDBOOTH_QUIET", "").strip().lower() not in OFF or _other_process()
+    """Quiet when asked, and on every process but the first of its machine."""
+    return os.environ.get("VIDBOOTH_QUIET", "").strip().lower() not in OFF or _other_process_of_its_machine()
 
 
 OFF = ("", "0", "false", "no", "off")
@@ -188,7 +199,7 @@ def downloading(repo_id: str, say: bool = True) -> Iterator[None]:
     """Say that `repo_id` is being downloaded from the Hugging Face hub (unless `say` is False: said already) and
     show the hub's own progress bars for it (the libraries' bars are otherwise off: a multi-gigabyte base had
     downloaded without a word). The bars are not shown where info lines are not (VIDBOOTH_QUIET, processes but the
-    first), nor where the user turned them off (HF_HUB_DISABLE_PROGRESS_BARS)."""
+    first of each machine), nor where the user turned them off (HF_HUB_DISABLE_PROGRESS_BARS)."""
     from huggingface_hub import constants
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
@@ -234,8 +245,8 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    """A warning, shown even when quiet, but once under a multi-process launcher."""
-    if not _other_process():
+    """A warning, shown even when quiet, but once on each machine under a multi-process launcher."""
+    if not _other_process_of_its_machine():
         console.print(f"[yellow]warning:[/yellow] {escape(printable(message, one_line=True))}", soft_wrap=True)
 
 
@@ -284,9 +295,10 @@ def error(message: str) -> None:
 
 
 def stopped(message: str) -> None:
-    """A command stopped by a signal: shown by the first process only, as a launcher passes a Ctrl-C to every
-    process and a training run stops them all together (a process stopped alone is named by the launcher)."""
-    if not _other_process():
+    """A command stopped by a signal: shown by the first process of each machine only, as a launcher passes a Ctrl-C
+    to every process and a training run stops them all together (a process stopped alone is named by the
+    launcher)."""
+    if not _other_process_of_its_machine():
         error(message)
 
 

@@ -438,6 +438,7 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
         refuse_other_settings,
         refuse_to_discard,
         remove_runs,
+        saved_by_the_first,
         seed_everything,
         train,
     )
@@ -499,4 +500,5 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
         info(f"saved the image-prompt model in {out} (losses: coarse {losses['coarse']:.4f}, fine "
              f"{losses['fine']:.4f}); {use}")
     accelerator.wait_for_everyone()
+    saved_by_the_first(accelerator, f"the image-prompt model {out}")
     return out

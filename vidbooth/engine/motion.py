@@ -240,7 +240,8 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
     from vidbooth.engine.appearance import load_appearance_encoder
     from vidbooth.engine.backbone import load_backbone_for
     from vidbooth.engine.sampling import check_steps
-    from vidbooth.engine.train import backbone_device, remove_runs, run_folder, seed_everything, train
+    from vidbooth.engine.train import (backbone_device, remove_runs, run_folder, saved_by_the_first,
+                                       seed_everything, train)
 
     backbone = load_backbone_for(cfg.backbone, cfg.runtime, backbone_device(accelerator))
     size = training_size(backbone, cfg)
@@ -281,6 +282,7 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
         path = save_motion(cfg, backbone, clips, spec, encoder, result, result.total_seconds, accelerator.num_processes)
         remove_runs([run_dir], f"motion '{cfg.name}'")
     accelerator.wait_for_everyone()
+    saved_by_the_first(accelerator, f"motion '{cfg.name}'")
     return MotionResult(cfg.name, path, result.step, result.loss, result.step_seconds, trainable)
 
 

@@ -73,6 +73,7 @@ from vidbooth.engine.train import (
     remove_runs,
     resolve_mixed_precision,
     run_folder,
+    saved_by_the_first,
     seed_everything,
     train,
 )
@@ -258,6 +259,7 @@ def _train(cfg: SubjectConfig, stages: tuple[str, ...], own_photos: bool = False
             runs = [run_folder(KIND, cfg.name, STAGE_FOLDERS[stage]) for stage in stages]
             remove_runs(runs, f"subject '{cfg.name}'")
         run.accelerator.wait_for_everyone()
+    saved_by_the_first(accelerator, f"subject '{cfg.name}'")
     return artifact_dir(KIND, cfg.name, must_exist=False)
 
 

@@ -348,6 +348,14 @@ def refuse_to_discard(run_dirs: Sequence[Path], resume: bool, overwrite: bool) -
             )
 
 
+def saved_by_the_first(accelerator, saved: str) -> None:
+    """Where the first process saved what this launch trained (`saved`: "subject 'S*'"), shown on each other
+    machine: its run had ended without a word of it (the processes of the first machine are silent but the first)."""
+    if not accelerator.is_main_process:
+        reporting.info(f"{saved} is saved on the first machine of this run "
+                       f"({os.environ.get('MASTER_ADDR', 'its launch')}), by its first process")
+
+
 def remove_runs(run_dirs: Sequence[Path], saved: str) -> None:
     """Drop finished runs' checkpoints (call on the main process once the artifact is saved), and the artifact's
     run folder with them when no other stage's run is left in it. A Ctrl-C or SIGTERM meanwhile stops the command
@@ -657,13 +665,12 @@ class StopRequests:
             signal.signal(s, handler)
 
 
-def _stopped(signum: int, step: int, cfg: TrainConfig, run_dir: Path) -> Interrupted:
-    """The error of a run stopped by `signum` (as the processes agreed on it) once checkpoint `step` is saved."""
-    return stopped(
-        signum,
-        f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; checkpoint saved in {run_dir}: rerun "
-        "the same command with --resume to continue",
-    )
+def _stopped(signum: int, step: int, cfg: TrainConfig, run_dir: Path, accelerator) -> Interrupted:
+    """The error of a run stopped by `signum` (as the processes agreed on it) once checkpoint `step` is saved (by
+    the first process: another machine may not see it, and had named its own library's folder)."""
+    saved = (f"checkpoint saved in {run_dir}: rerun the same command with --resume to continue"
+             if accelerator.is_main_process or list_checkpoints(run_dir) else _resume_from(run_dir, step))
+    return stopped(signum, f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; {saved}")
 
 
 SECONDS_FILE = "seconds.json"
@@ -1043,8 +1050,9 @@ class _NoProgress:
 
 @contextlib.contextmanager
 def _progress_bar(description: str, total: int, completed: int, accelerator) -> Iterator:
-    """The rich bar (loss, it/s, ETA) on the main process; nothing on the others."""
-    if accelerator.is_main_process:
+    """The rich bar (loss over every process, it/s, ETA) on the first process of each machine; nothing on the
+    others."""
+    if accelerator.is_local_main_process:
         with reporting.progress(description, total=total, completed=completed) as task:
             yield task
     else:
@@ -1151,13 +1159,13 @@ def train(
                 bar.advance(loss=loss)
                 if signum:
                     checkpoint(step, loss)
-                    raise _stopped(signum, step, cfg, run_dir)
+                    raise _stopped(signum, step, cfg, run_dir, accelerator)
                 if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     checkpoint(step, loss)  # the last one lets a finished stage "resume" at once
             # a signal after the last step's check (in its optimizer step or checkpoint): that checkpoint is saved, so
             # the run stops as any stop does, rather than go on to save the artifact and render its preview
             if signum := _agreed_signal(accelerator, stop.signum):
-                raise _stopped(signum, step, cfg, run_dir)
+                raise _stopped(signum, step, cfg, run_dir, accelerator)
         except KeyboardInterrupt as exc:
             if isinstance(exc, Interrupted) or stop.again is None:  # a stop of ours, or Ctrl-C before the handler
                 raise
