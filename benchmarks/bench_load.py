@@ -1,17 +1,24 @@
 """Host memory and time to load a base, by precision: fp16 loads as fp16, bf16 loads in fp32 and is cast.
 
-Usage: python benchmarks/bench_load.py [--base FOLDER] [--width 512]
+Usage: python benchmarks/bench_load.py [--family unet3d|animatediff] [--base FOLDER] [--width N]
 
-Without `--base` it saves a UNet3D base with fp16 weights (as real bases ship them; `--width` is its first block's
-channels; 512 gives 0.57 B parameters) beside the tiny test text encoder and VAE, in a temporary folder. Each
-row loads the base in a fresh process on the CPU and touches every weight; it prints the growth of the resident set
-at its peak (Linux's VmHWM) and the seconds. The reference row is the way every half precision loaded before:
-fp32, then cast to fp16. A GPU run copies the same host-side weights to the device, so the host peak is the same.
+Without `--base` it saves a base with fp16 weights (as real bases ship them; `--width` is its UNet's first block's
+channels) beside the tiny test text encoder and VAE, in a temporary folder: a UNet3D (512 gives 0.57 B parameters),
+or an image model's UNet and an AnimateDiff motion adapter (384 gives 1.17 B parameters built together). Each row
+loads the base in a fresh process on the CPU and touches every weight; it prints the growth of the resident set at
+its peak (Linux's VmHWM) and the seconds. The reference row is the way every half precision loaded before: fp32,
+then cast to fp16. A GPU run copies the same host-side weights to the device, so the host peak is the same.
 vidbooth refuses fp16 on the CPU, where it is slow; here the rows let it through.
 
-Measured on 2 CPU cores (forty-third session), the default 0.57 B-parameter UNet (1.1 GB of fp16 weights): fp32
-then cast to fp16 +3.58 GB, 6.7 s; fp16 +1.46 GB (0.41 of the reference), 4.5 s; bf16 as the reference (it loads
-the same way: loading it as bf16 would change the base's fingerprint, taken from the weights rounded to fp16).
+Measured on 2 CPU cores (forty-third session; the seconds vary by a quarter from run to run):
+- UNet3D, 0.57 B parameters (1.1 GB of fp16 weights): fp32 then cast to fp16 +3.58 GB, 5.8 s; fp16 +1.40 GB (0.39
+  of the reference), 4.4 s.
+- AnimateDiff, 1.17 B parameters (2.3 GB of fp16 weights): fp32 then cast +9.60 GB, 19.9 s; fp16 +5.70 GB (0.59),
+  6.4 s; fp32 13.7 s. Before this session (run with the older vidbooth first on PYTHONPATH, from another folder
+  than the repository's), fp16 peaked as fp32 did, at 9.57 GB, in 19.6 s, and fp32 took 22.2 s: the UNet was built
+  in fp32 from the two, drawing random weights that it then replaced.
+bf16 peaks as fp32 does: loading it as bf16 would change the base's fingerprint, taken from the weights rounded to
+fp16.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from vidbooth.engine.backbone import load_backbone
 precision, cast = {precision!r}, {cast!r}
 with PeakMemory(torch.device("cpu")) as peak:
     start = time.perf_counter()
-    bb = load_backbone({base!r}, device="cpu", precision=precision)
+    bb = load_backbone({base!r}, device="cpu", precision=precision, motion_adapter={motion_adapter!r})
     if cast:
         bb.text_encoder.to(torch.float16), bb.unet.to(torch.float16)
     total = sum(float(p.float().sum()) for m in (bb.text_encoder, bb.unet, bb.vae) for p in m.parameters())
@@ -42,25 +49,33 @@ print(peak.peak, seconds, bb.unet.dtype, bb.fingerprint)
 """
 
 
-def save_base(folder: Path, width: int) -> Path:
+def save_base(folder: Path, family: str, width: int) -> Path:
     import torch
-    from diffusers import UNet3DConditionModel
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNet3DConditionModel
 
-    from vidbooth.engine.tiny import save_tiny_backbone
+    from vidbooth.engine.tiny import motion_adapter_folder, save_tiny_backbone
 
-    save_tiny_backbone(folder)
+    save_tiny_backbone(folder, family)
     torch.manual_seed(0)
-    unet = UNet3DConditionModel(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
-                                block_out_channels=(width // 2, width, width * 3 // 2, width * 3 // 2),
-                                norm_num_groups=32, cross_attention_dim=32, attention_head_dim=64)
+    blocks = {"block_out_channels": (width // 2, width, width * 3 // 2, width * 3 // 2)} if family == "unet3d" else {
+        "block_out_channels": (width, width * 2, width * 3, width * 3)}
+    unet_class = UNet3DConditionModel if family == "unet3d" else UNet2DConditionModel
+    unet = unet_class(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32,
+                      cross_attention_dim=32, attention_head_dim=64, **blocks)
     parameters = sum(p.numel() for p in unet.parameters())
     unet.half().save_pretrained(folder / "unet")
-    print(f"saved a UNet3D of {parameters / 1e9:.2f} B parameters in fp16 to {folder}")
+    if family == "animatediff":
+        adapter = MotionAdapter(motion_layers_per_block=2, motion_num_attention_heads=8, motion_max_seq_length=32,
+                                **blocks)
+        parameters += sum(p.numel() for p in adapter.parameters())
+        adapter.half().save_pretrained(motion_adapter_folder(folder))
+    print(f"saved a {family} base of {parameters / 1e9:.2f} B parameters in fp16 to {folder}")
     return folder
 
 
-def row(base: str, precision: str, cast: bool) -> tuple[float, float, str, str]:
-    code = ROW.format(benchmarks=str(Path(__file__).parent), base=base, precision=precision, cast=cast)
+def row(base: str, motion_adapter: str | None, precision: str, cast: bool) -> tuple[float, float, str, str]:
+    code = ROW.format(benchmarks=str(Path(__file__).parent), base=base, precision=precision, cast=cast,
+                      motion_adapter=motion_adapter)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     peak, seconds, dtype, fingerprint = done.stdout.split()[-4:]
     return float(peak), float(seconds), dtype, fingerprint
@@ -68,16 +83,24 @@ def row(base: str, precision: str, cast: bool) -> tuple[float, float, str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=["unet3d", "animatediff"], default="unet3d")
     parser.add_argument("--base", help="a base model folder (default: one saved here)")
-    parser.add_argument("--width", type=int, default=512, help="the saved UNet's first block's channels")
+    parser.add_argument("--motion-adapter", help="with --base: an AnimateDiff motion adapter folder")
+    parser.add_argument("--width", type=int, help="the saved UNet's first block's channels (default 512, or 384)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        base = args.base or str(save_base(Path(scratch) / "base", args.width))
-        reference = row(base, "fp32", cast=True)
+        width = args.width or (512 if args.family == "unet3d" else 384)
+        base = args.base or str(save_base(Path(scratch) / "base", args.family, width))
+        motion_adapter = args.motion_adapter
+        if not args.base and args.family == "animatediff":
+            from vidbooth.engine.tiny import motion_adapter_folder
+
+            motion_adapter = str(motion_adapter_folder(Path(base)))
+        reference = row(base, motion_adapter, "fp32", cast=True)
         print(f"{'load':<28}{'host peak':>12}{'ratio':>8}{'seconds':>10}  dtype, fingerprint")
         for label, precision, cast in (("fp32 then cast to fp16", "fp32", True), ("fp32", "fp32", False),
                                        ("fp16", "fp16", False), ("bf16", "bf16", False)):
-            peak, seconds, dtype, fingerprint = reference if cast else row(base, precision, cast)
+            peak, seconds, dtype, fingerprint = reference if cast else row(base, motion_adapter, precision, cast)
             ratio = peak / reference[0]
             print(f"{label:<28}{peak / 1e9:>10.2f}GB{ratio:>8.2f}{seconds:>10.1f}  {dtype}, {fingerprint}")
 

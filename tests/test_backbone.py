@@ -592,3 +592,35 @@ def test_a_model_folder_replaced_while_it_loads_is_refused(tiny_base_dirs, tmp_p
         load_backbone(str(folder), device="cpu")
     monkeypatch.setattr(backbone, "_load_tokenizer", load_tokenizer)
     assert load_backbone(str(folder), device="cpu").family == "unet3d"
+
+
+def test_an_animatediff_unet_is_built_without_random_weights_as_diffusers_builds_it(tiny_base_dirs, monkeypatch):
+    """Its random initialisation (no random number is drawn now), then overwritten, took most of the load; a weight
+    that was not copied after all (left NaN) has it built again as before. torch's fills and default dtype are left
+    as they were."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    folder = tiny_base_dirs["animatediff"]
+    fills, dtype = dict(vars(torch.nn.init)), torch.get_default_dtype()
+    built = []
+    real = UNetMotionModel.from_unet2d.__func__
+
+    def from_unet2d(cls, unet2d, adapter):
+        drawn = torch.get_rng_state()
+        unet = real(cls, unet2d, adapter)
+        built.append(torch.equal(drawn, torch.get_rng_state()))
+        return unet
+
+    monkeypatch.setattr(UNetMotionModel, "from_unet2d", classmethod(from_unet2d))
+    options = {"motion_adapter": str(motion_adapter_folder(folder)), "device": "cpu"}
+    unet = load_backbone(str(folder), **options).unet
+    assert built == [True] and dict(vars(torch.nn.init)) == fills and torch.get_default_dtype() == dtype
+    expected = real(UNetMotionModel, UNet2DConditionModel.from_pretrained(folder / "unet"),
+                    MotionAdapter.from_pretrained(motion_adapter_folder(folder)))
+    state, expected_state = unet.state_dict(), expected.state_dict()
+    assert state.keys() == expected_state.keys() and all(torch.equal(state[k], expected_state[k]) for k in state)
+
+    monkeypatch.setattr(UNetMotionModel, "load_motion_modules", lambda self, adapter: None)  # their weights unset
+    unet = load_backbone(str(folder), **options).unet
+    assert built == [True, True, False] and dict(vars(torch.nn.init)) == fills  # the second as diffusers does
+    assert not any(parameter.isnan().any() for parameter in unet.parameters())

@@ -14,12 +14,13 @@ vidbooth ships, pretrained on its procedural world, in `vidbooth/assets/nano/`, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -447,18 +448,56 @@ def _motion_adapter_folder(motion_adapter: str, revision: str | None = None) -> 
 
 
 def _with_motion_modules(unet2d, source: Path, folder: Path):
-    """The image model's UNet with the motion modules of the MotionAdapter in `source` (UNetMotionModel); one
-    UserError naming the adapter when they do not fit (other block widths or counts, missing weights)."""
+    """The image model's UNet with the motion modules of the MotionAdapter in `source` (UNetMotionModel), built in
+    the UNet's dtype; one UserError naming the adapter when they do not fit (other block widths or counts, missing
+    weights). The adapter loads in fp32: diffusers computes the frame-position tables that its files may lack
+    (some AnimateDiff ports' do) in the dtype it loads in."""
     from diffusers import MotionAdapter, UNetMotionModel
 
     try:
         adapter = MotionAdapter.from_pretrained(source, use_safetensors=True)
         _check_complete(adapter, "its")
-        return UNetMotionModel.from_unet2d(unet2d, adapter)
+        with _default_dtype(unet2d.dtype), _weights_left_unset():  # every weight is then copied from the two
+            unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+        if any(parameter.isnan().any() for parameter in unet.parameters()):  # one that was not copied after all
+            unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+        return unet
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights of other shapes
         reason = str(exc).strip().splitlines()[0]
         hint = _weights_hint(source, [""], None, "MotionAdapter") if _is_missing_weights(exc) else ""
         raise UserError(f"motion adapter {source} does not fit the image model in {folder}: {reason}{hint}") from exc
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """New tensors in `dtype`: an AnimateDiff UNet built in fp32 and then cast to fp16 had held it whole in fp32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
+def _weights_left_unset() -> Iterator[None]:
+    """`torch.nn.init`'s fills as NaN (which a copied weight never is), for a model whose weights are all copied in
+    once built: drawing random ones first took 9 of the 22 s of loading a 1.17 B-parameter AnimateDiff base in fp32
+    (benchmarks/bench_load.py)."""
+    fills = [name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")]
+    kept = {name: getattr(torch.nn.init, name) for name in fills}
+
+    def unset(tensor, *args, **kwargs):
+        with torch.no_grad():
+            return tensor.fill_(float("nan"))
+
+    try:
+        for name in fills:
+            setattr(torch.nn.init, name, unset)
+        yield
+    finally:
+        for name, fill in kept.items():
+            setattr(torch.nn.init, name, fill)
 
 
 def _check_complete(module, whose: str) -> None:
@@ -549,7 +588,8 @@ def load_backbone(
             family, unet = "unet3d", UNet3DConditionModel.from_pretrained(folder / "unet", **kw, **halved)
             extra_input_channels(unet, int(unet.config.out_channels))  # refuse unknown extra inputs now
         elif unet_class == "UNetMotionModel":
-            family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw, **halved)
+            # in fp32, as an adapter is: its files may lack frame-position tables, computed in the dtype it loads in
+            family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw)
         elif unet_class == "UNet2DConditionModel" and not adapter_source:
             family, unet = ZERO_SHOT, UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **halved)
         elif unet_class == "UNet2DConditionModel":
