@@ -86,18 +86,22 @@ def test_each_machines_first_process_shows_the_run_and_results_come_once(capsys,
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     everything = ["loading", "warning: short clip", "error (process {rank}): stopped by SIGINT", "error (process "
                   "{rank}): no disk"]
-    for ranks, local_ranks, rank, local_rank, shown in (
-            ("RANK", "LOCAL_RANK", "2", "0", everything),
-            ("RANK", "LOCAL_RANK", "3", "1", ["error (process 3): no disk"]),
-            ("RANK", None, "1", None, ["error (process 1): no disk"]),  # a launcher without local ranks: as before
-            ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "2", "0", everything),
-            ("PMI_RANK", "MPI_LOCALRANKID", "3", "1", ["error (process 3): no disk"])):
+    accelerates = {"RANK": "1", "LOCAL_RANK": "0"}  # written by accelerate for MPI's processes, 0 where MPI gave none
+    for ranks, local_ranks, rank, local_rank, shown, written in (
+            ("RANK", "LOCAL_RANK", "2", "0", everything, {}),
+            ("RANK", "LOCAL_RANK", "3", "1", ["error (process 3): no disk"], {}),
+            ("RANK", None, "1", None, ["error (process 1): no disk"], {}),  # a launcher without local ranks: as before
+            ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "2", "0", everything, {}),
+            ("PMI_RANK", "MPI_LOCALRANKID", "3", "1", ["error (process 3): no disk"], {}),
+            ("PMI_RANK", None, "1", None, ["error (process 1): no disk"], accelerates)):
         for name in (*reporting.RANK_VARIABLES, *reporting.SIZE_VARIABLES, *reporting.LOCAL_RANK_VARIABLES):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv(ranks, rank)
         monkeypatch.setenv(reporting.SIZE_VARIABLES[reporting.RANK_VARIABLES.index(ranks)], "4")
         if local_ranks:
             monkeypatch.setenv(local_ranks, local_rank)
+        for name, value in written.items():
+            monkeypatch.setenv(name, value)
         reporting.info("loading")
         reporting.warn("short clip")
         with reporting.progress("motion M", total=1) as task:
@@ -176,6 +180,10 @@ def test_under_a_launcher_commands_that_do_not_share_work_are_refused_and_tables
                                            "across processes)\n")
     monkeypatch.setenv("RANK", "1")
     assert main(["generate", "--prompt", "a dog"]) == 2 and capsys.readouterr().err == ""  # said once, by process 0
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the first process of a second machine: said there too
+    assert main(["generate", "--prompt", "a dog"]) == 2
+    assert capsys.readouterr().err.startswith("error (process 1): generate runs in one process")
+    monkeypatch.delenv("LOCAL_RANK")
     reporting.table("scores", ["video"], [("a.mp4",)], to_stdout=True)
     assert capsys.readouterr().out == ""
 

@@ -435,6 +435,28 @@ def test_a_full_disk_under_the_class_images_after_stage_one_says_to_resume(limit
         f"and rerun the same command with --resume to go on from its last checkpoint ({kept})")
 
 
+def test_a_stop_between_the_stages_on_another_machine_says_where_stage_ones_checkpoint_is(isolated_home):
+    """A second machine, whose library is not shared, had named its own library's folder, where no checkpoint is."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine.subject import _stage_one_kept
+    from vidbooth.engine.train import TrainResult
+    from vidbooth.errors import Interrupted
+
+    kept = isolated_home / ".runs" / "subjects" / "S%2A" / "textual-inversion"
+    for first, said in ((True, f"the textual inversion's checkpoint is kept in {kept}: rerun the same command with "
+                                "--resume to continue"),
+                        (False, "the first process saved the checkpoint of step 3 in a library that this machine does "
+                                "not see: rerun the same command with --resume once every machine sees it (one "
+                                f"VIDBOOTH_HOME on a file system they share, or {kept} copied from the first "
+                                "machine)")):
+        run = SimpleNamespace(cfg=SimpleNamespace(name="S*"), accelerator=SimpleNamespace(is_main_process=first),
+                              results={"textual_inversion": TrainResult(step=3, start_step=0)})
+        with pytest.raises(Interrupted) as stopped, _stage_one_kept(run):
+            raise KeyboardInterrupt
+        assert str(stopped.value) == f"stopped by SIGINT before the identity adapter's training; {said}"
+
+
 @pytest.mark.parametrize(
     ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGXCPU, 152)],
     ids=["SIGINT", "SIGTERM", "SIGXCPU"],  # SIGXCPU: past a soft CPU-time limit; its default dumps core

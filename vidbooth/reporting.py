@@ -84,7 +84,7 @@ SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WO
 
 
 LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
-"""Where the same launchers put the process's rank among those of its machine."""
+"""Where the same launchers put the process's rank among those of its machine, in the same order."""
 
 
 def _launcher_value(names: tuple[str, ...], default: str) -> str:
@@ -130,9 +130,20 @@ def first_process() -> bool:
 
 def _other_process_of_its_machine() -> bool:
     """Any process but the first of its machine under a launcher. The first of each machine shows the run's lines
-    and progress in that machine's terminal: a second machine had shown nothing, through a whole run. (A launcher
-    that gives no local rank leaves them to the first process.)"""
-    return _other_process() and _launcher_value(LOCAL_RANK_VARIABLES, _rank()) != "0"
+    and progress in that machine's terminal: a second machine had shown nothing, through a whole run. The local rank
+    is read from the launcher that gave the rank, MPI's before torchrun's: accelerate writes RANK and LOCAL_RANK
+    (0 where it found none) for processes that MPI started. A launcher that gives none leaves the lines to the
+    first process."""
+    if not _other_process():
+        return False
+    mpi = [index for index, name in enumerate(RANK_VARIABLES) if index and name in os.environ]
+    local_rank = os.environ.get(LOCAL_RANK_VARIABLES[mpi[0] if mpi else 0], _rank())
+    return local_rank != "0"
+
+
+def first_of_its_machine() -> bool:
+    """Whether this process shows the run's lines and progress: the only process, or the first of its machine."""
+    return not _other_process_of_its_machine()
 
 
 def _quiet() -> bool:

@@ -188,7 +188,7 @@ def _refuse_a_process_that_cannot_work(argv: list[str]) -> None:
 
 def _refuse_a_launcher(argv: list[str]) -> None:
     from vidbooth.errors import UserError
-    from vidbooth.reporting import first_process, leftover_launcher_variables, process_count
+    from vidbooth.reporting import first_of_its_machine, leftover_launcher_variables, process_count
 
     leftover = leftover_launcher_variables()
     if leftover:  # a shell that kept a launcher's variables: every process but the first had ended without a word
@@ -200,7 +200,7 @@ def _refuse_a_launcher(argv: list[str]) -> None:
 
     command = _command_of(argv)
     if command in ONE_PROCESS_COMMANDS and process_count() > 1:
-        if not first_process():  # the first says why; the others would repeat the same line, once each
+        if not first_of_its_machine():  # the first of each machine says why; the others would repeat it
             raise typer.Exit(UserError.exit_code)
         raise UserError(f"{command} runs in one process, and this launcher started {process_count()}: run it "
                         "without accelerate launch (the training commands share their work across processes)")

@@ -249,12 +249,11 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
         check_steps(backbone, cfg.preview.num_inference_steps,
                     "preview.num_inference_steps (--set preview.num_inference_steps=N)")
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
-    if accelerator.is_main_process:  # once every input is checked (a bad one stays a single error line)
-        warn_of_repeated_clips(clips)
-        warn_of_still_clips(clips)
-        if not any(clip.caption for clip in clips):
-            why = "an empty --caption" if cfg.captions else "no --class-noun or --caption"  # a caption wins
-            info(f"{why}: the clips are learned with the empty caption (the preview too)")
+    warn_of_repeated_clips(clips)  # once every input is checked (a bad one stays a single error line)
+    warn_of_still_clips(clips)
+    if not any(clip.caption for clip in clips):
+        why = "an empty --caption" if cfg.captions else "no --class-noun or --caption"  # a caption wins
+        info(f"{why}: the clips are learned with the empty caption (the preview too)")
     info(
         f"learning motion '{cfg.name}' from {len(clips)} clip(s), {cfg.data.num_frames} frames at {size}px on "
         f"{cfg.backbone.base} ({backbone.family}); appearance guidance: {encoder.name if encoder else 'off'}"

@@ -72,8 +72,10 @@ from vidbooth.engine.train import (
     refuse_to_discard,
     remove_runs,
     resolve_mixed_precision,
+    resume_advice,
     run_folder,
     saved_by_the_first,
+    sees_checkpoint,
     seed_everything,
     train,
 )
@@ -593,11 +595,12 @@ def _stage_one_kept(run: _Run):
         raise
     except (KeyboardInterrupt, Interrupted) as exc:  # the command line's handler raises these for SIGINT, SIGTERM
         stopped_by = stopping_signal(exc)
-        raise stopped(
-            stopped_by,
-            f"stopped by {stopped_by.name} before the identity adapter's training; the textual "
-            f"inversion's checkpoint is kept in {kept}: rerun the same command with --resume to continue",
-        ) from exc
+        step = run.results["textual_inversion"].step  # its last checkpoint, which the first process saved
+        seen = run.accelerator.is_main_process or sees_checkpoint(kept, step)
+        where = (f"the textual inversion's checkpoint is kept in {kept}: rerun the same command with --resume to "
+                 "continue") if seen else resume_advice(kept, step)
+        raise stopped(stopped_by, f"stopped by {stopped_by.name} before the identity adapter's training; {where}"
+                      ) from exc
 
 
 # ---- the artifact ----------------------------------------------------------------------------------

@@ -669,8 +669,14 @@ def _stopped(signum: int, step: int, cfg: TrainConfig, run_dir: Path, accelerato
     """The error of a run stopped by `signum` (as the processes agreed on it) once checkpoint `step` is saved (by
     the first process: another machine may not see it, and had named its own library's folder)."""
     saved = (f"checkpoint saved in {run_dir}: rerun the same command with --resume to continue"
-             if accelerator.is_main_process or list_checkpoints(run_dir) else _resume_from(run_dir, step))
+             if accelerator.is_main_process or sees_checkpoint(run_dir, step) else resume_advice(run_dir, step))
     return stopped(signum, f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; {saved}")
+
+
+def sees_checkpoint(run_dir: Path, step: int) -> bool:
+    """Whether this process sees the checkpoint of `step` in `run_dir`: one on another machine, whose library is
+    not shared, may see none, or an older run's (left by --overwrite, say)."""
+    return any(path.name == f"step-{step:07d}" for path in list_checkpoints(run_dir))
 
 
 SECONDS_FILE = "seconds.json"
@@ -758,10 +764,10 @@ def _kept(run_dir: Path) -> tuple[str, str]:
     return f"the last checkpoint is {last[-1]}", "with --resume to continue"
 
 
-def _resume_from(run_dir: Path, saved: int = 0) -> str:
+def resume_advice(run_dir: Path, saved: int = 0) -> str:
     """How the same command goes on from a stopped run; `saved`, the step of a checkpoint the first process is known
     to have saved, which a process on another machine may not see (its library not shared)."""
-    if saved and not list_checkpoints(run_dir):
+    if saved and not sees_checkpoint(run_dir, saved):
         return (f"the first process saved the checkpoint of step {saved} in a library that this machine does not "
                 "see: rerun the same command with --resume once every machine sees it (one VIDBOOTH_HOME on a file "
                 f"system they share, or {run_dir} copied from the first machine)")
@@ -868,8 +874,7 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
         if accelerator.is_main_process:  # the run's lock is held: what a killed save left is no one's
             remove_stale_temporaries(Path(run_dir) / CHECKPOINTS, older_than_s=0)
         step, loss = _restore(checkpoints[-1], method, optimizer, accelerator, signature, cfg)
-        if accelerator.is_main_process:
-            reporting.info(f"resuming from step {step} ({checkpoints[-1]})")
+        reporting.info(f"resuming from step {step} ({checkpoints[-1]})")  # each machine's: the processes agreed
         return TrainResult(step=step, start_step=step, resumed_loss=loss)
     if checkpoints and not resume and accelerator.is_main_process:
         reporting.warn(
@@ -1052,7 +1057,7 @@ class _NoProgress:
 def _progress_bar(description: str, total: int, completed: int, accelerator) -> Iterator:
     """The rich bar (loss over every process, it/s, ETA) on the first process of each machine; nothing on the
     others."""
-    if accelerator.is_local_main_process:
+    if reporting.first_of_its_machine():
         with reporting.progress(description, total=total, completed=completed) as task:
             yield task
     else:
@@ -1090,7 +1095,7 @@ def train(
         )
     )
     run_dir = Path(run_dir)
-    if cfg.lr_warmup_steps > cfg.steps and accelerator.is_main_process:
+    if cfg.lr_warmup_steps > cfg.steps:
         reporting.warn(f"{cfg.setting_name('lr_warmup_steps')} {cfg.lr_warmup_steps} is more than "
                        f"{cfg.setting_name('steps')} {cfg.steps}: the learning rate never reaches "
                        f"{cfg.setting_name('lr')}; shorten the warm-up")
@@ -1170,18 +1175,18 @@ def train(
             if isinstance(exc, Interrupted) or stop.again is None:  # a stop of ours, or Ctrl-C before the handler
                 raise
             raise stopped(stop.again, f"stopped at once by a second {signal.Signals(stop.again).name} at step "
-                          f"{step}/{cfg.steps}; {_resume_from(run_dir)}") from None
+                          f"{step}/{cfg.steps}; {resume_advice(run_dir, saved)}") from None
         except RERUN_ERRORS as exc:
             if isinstance(exc, RuntimeError) and lost_another_process(exc):
                 failing()  # the launcher's SIGTERM to this process, on seeing the other die, is not told in its place
                 raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's "
-                                f"report below says which and why); {_resume_from(run_dir, saved)}") from exc
+                                f"report below says which and why); {resume_advice(run_dir, saved)}") from exc
             if checkpoints := list_checkpoints(run_dir):  # out of memory, a file-size limit...: the command line's
                 exc.kept_checkpoint = str(checkpoints[-1])  # 'run it again' would be refused without --resume
             raise
     result.step = step
     result.seconds, result.total_seconds = time.perf_counter() - started, clock.seconds
-    _warn_of_skipped_steps(result, cfg, accelerator)
+    _warn_of_skipped_steps(result, cfg)
     return result
 
 
@@ -1190,9 +1195,9 @@ SKIPPED_STEPS_WARNED = 0.1
 it finds its scale, are how it works."""
 
 
-def _warn_of_skipped_steps(result: TrainResult, cfg: TrainConfig, accelerator) -> None:
+def _warn_of_skipped_steps(result: TrainResult, cfg: TrainConfig) -> None:
     ran = result.step - result.start_step
-    if ran and result.skipped_steps > max(3, SKIPPED_STEPS_WARNED * ran) and accelerator.is_main_process:
+    if ran and result.skipped_steps > max(3, SKIPPED_STEPS_WARNED * ran):  # the same on every process
         mixed = cfg.full_key("mixed_precision")
         reporting.warn(f"fp16's loss scaler skipped {result.skipped_steps} of the {ran} steps (their gradients "
                        f"overflowed in half precision): fewer updates than asked were made; train in bf16 or fp32 "
