@@ -237,6 +237,13 @@ def test_resume_where_only_the_first_machine_has_the_checkpoint_is_refused_then_
             "(VIDBOOTH_HOME on a file system they share); or copy that folder from the first machine to the same "
             "place on the others, then run the command again"), done.stderr
     shutil.copytree(run, second_run, dirs_exist_ok=True)  # the copy the message advises
+    state = second_run / "checkpoints" / "step-0000002" / "state.json"
+    state.write_text(state.read_text().replace('"step": 2', '"step": 2, "another run": true'))
+    done = _train(two_process_launch, first, env, "--resume", steps="3")  # an older run's step 2 there: refused
+    assert done.returncode != 0  # each process had resumed from its own weights, the replicas apart from then on
+    assert _said(done)[1].startswith(f"--resume: the processes of this run do not see the same checkpoints in "
+                                     f"{second_run} (process 1: another checkpoint of step 2 than the first's)")
+    shutil.copytree(run, second_run, dirs_exist_ok=True)
     done = _train(two_process_launch, first, env, "--resume", steps="3")
     assert done.returncode == 0, done.stderr
     assert json.loads((isolated_home / "motions" / "slide" / "manifest.json").read_text())["training"]["steps"] == 3

@@ -87,13 +87,16 @@ def test_each_machines_first_process_shows_the_run_and_results_come_once(capsys,
     everything = ["loading", "warning: short clip", "error (process {rank}): stopped by SIGINT", "error (process "
                   "{rank}): no disk"]
     accelerates = {"RANK": "1", "LOCAL_RANK": "0"}  # written by accelerate for MPI's processes, 0 where MPI gave none
+    mpiruns_torchrun = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}
     for ranks, local_ranks, rank, local_rank, shown, written in (
             ("RANK", "LOCAL_RANK", "2", "0", everything, {}),
             ("RANK", "LOCAL_RANK", "3", "1", ["error (process 3): no disk"], {}),
             ("RANK", None, "1", None, ["error (process 1): no disk"], {}),  # a launcher without local ranks: as before
             ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "2", "0", everything, {}),
             ("PMI_RANK", "MPI_LOCALRANKID", "3", "1", ["error (process 3): no disk"], {}),
-            ("PMI_RANK", None, "1", None, ["error (process 1): no disk"], accelerates)):
+            ("PMI_RANK", None, "1", None, ["error (process 1): no disk"], accelerates),
+            ("RANK", "LOCAL_RANK", "5", "1", ["error (process 5): no disk"], mpiruns_torchrun),
+            ("RANK", "LOCAL_RANK", "4", "0", everything, mpiruns_torchrun)):
         for name in (*reporting.RANK_VARIABLES, *reporting.SIZE_VARIABLES, *reporting.LOCAL_RANK_VARIABLES):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv(ranks, rank)

@@ -131,13 +131,14 @@ def first_process() -> bool:
 def _other_process_of_its_machine() -> bool:
     """Any process but the first of its machine under a launcher. The first of each machine shows the run's lines
     and progress in that machine's terminal: a second machine had shown nothing, through a whole run. The local rank
-    is read from the launcher that gave the rank, MPI's before torchrun's: accelerate writes RANK and LOCAL_RANK
-    (0 where it found none) for processes that MPI started. A launcher that gives none leaves the lines to the
-    first process."""
+    is read from MPI's variables when MPI started every process (accelerate then writes RANK and LOCAL_RANK, 0 where
+    MPI gave none), else from torchrun's (which mpirun may have started, one per machine). A launcher that gives
+    none leaves the lines to the first process."""
     if not _other_process():
         return False
     mpi = [index for index, name in enumerate(RANK_VARIABLES) if index and name in os.environ]
-    local_rank = os.environ.get(LOCAL_RANK_VARIABLES[mpi[0] if mpi else 0], _rank())
+    started_by_mpi = mpi and os.environ.get(SIZE_VARIABLES[mpi[0]], "").strip() == str(process_count())
+    local_rank = os.environ.get(LOCAL_RANK_VARIABLES[mpi[0] if started_by_mpi else 0], _rank())
     return local_rank != "0"
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,15 +458,21 @@ def _with_motion_modules(unet2d, source: Path, folder: Path):
     try:
         adapter = MotionAdapter.from_pretrained(source, use_safetensors=True)
         _check_complete(adapter, "its")
-        with _default_dtype(unet2d.dtype), _weights_left_unset():  # every weight is then copied from the two
+        with _TORCH_DEFAULTS_CHANGED, _default_dtype(unet2d.dtype), _weights_left_unset():  # all then copied in
             unet = UNetMotionModel.from_unet2d(unet2d, adapter)
-        if any(parameter.isnan().any() for parameter in unet.parameters()):  # one that was not copied after all
+        # one not copied after all, still NaN (a weight is copied whole: its first value tells; all took 2 s)
+        if any(parameter.numel() and parameter.view(-1)[0].isnan() for parameter in unet.parameters()):
             unet = UNetMotionModel.from_unet2d(unet2d, adapter)
         return unet
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights of other shapes
         reason = str(exc).strip().splitlines()[0]
         hint = _weights_hint(source, [""], None, "MotionAdapter") if _is_missing_weights(exc) else ""
         raise UserError(f"motion adapter {source} does not fit the image model in {folder}: {reason}{hint}") from exc
+
+
+_TORCH_DEFAULTS_CHANGED = threading.Lock()
+"""Held while torch's default dtype and `torch.nn.init` are changed for a build: they hold for every thread, so
+two loads in threads of one program (vidbooth used as a library) would undo each other's."""
 
 
 @contextlib.contextmanager

@@ -250,7 +250,8 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
                     "preview.num_inference_steps (--set preview.num_inference_steps=N)")
     encoder = load_appearance_encoder(cfg.appearance.encoder, backbone) if cfg.appearance.guidance else None
     warn_of_repeated_clips(clips)  # once every input is checked (a bad one stays a single error line)
-    warn_of_still_clips(clips)
+    if reporting.first_of_its_machine():  # it measures each clip's flow, for a warning the others do not show
+        warn_of_still_clips(clips)
     if not any(clip.caption for clip in clips):
         why = "an empty --caption" if cfg.captions else "no --class-noun or --caption"  # a caption wins
         info(f"{why}: the clips are learned with the empty caption (the preview too)")

@@ -907,19 +907,28 @@ def _agree_on_the_run(accelerator, run_dir: Path, signature: dict, resuming: Pat
         return
     from accelerate.utils import gather
 
-    digest = int.from_bytes(hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).digest()[:7], "big")
+    def digest(data: bytes) -> int:
+        return int.from_bytes(hashlib.sha256(data).digest()[:7], "big")
+
+    settings = digest(json.dumps(signature, sort_keys=True).encode())
     step = _checkpoint_step(resuming) if resuming is not None else -1
-    everyone = gather(torch.tensor([[digest, step]], dtype=torch.int64, device=accelerator.device)).tolist()
-    differing = [str(index) for index, (other, _) in enumerate(everyone) if other != everyone[0][0]]
+    held = -1  # the checkpoint's own: its state file holds its files' hashes
+    with contextlib.suppress(OSError):
+        held = digest((resuming / STATE_FILE).read_bytes()) if resuming is not None else -1
+    everyone = gather(torch.tensor([[settings, step, held]], dtype=torch.int64, device=accelerator.device)).tolist()
+    differing = [str(index) for index, (other, _, _) in enumerate(everyone) if other != everyone[0][0]]
     if differing:
         raise UserError(
             f"the processes of this run were given different inputs or settings (process {', '.join(differing)}: "
             f"other files, another base model or recipe than the first): {SAME_FILES_EVERYWHERE}"
         )
-    steps = [step for _, step in everyone]
-    if len(set(steps)) > 1:
+    steps = [step for _, step, _ in everyone]
+    others = [str(index) for index, (_, _, other) in enumerate(everyone) if other != everyone[0][2]]
+    if len(set(steps)) > 1 or others:
         seen = ", ".join(f"process {index}: {f'step {step}' if step >= 0 else 'none'}"
                          for index, step in enumerate(steps))
+        if len(set(steps)) == 1:  # a library on each machine's disk, one holding an older run's checkpoint there
+            seen = f"process {', '.join(others)}: another checkpoint of step {steps[0]} than the first's"
         raise UserError(
             f"--resume: the processes of this run do not see the same checkpoints in {run_dir} ({seen}): "
             f"{SAME_FILES_EVERYWHERE}; or copy that folder from the first machine to the same place on the others, "
