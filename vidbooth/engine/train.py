@@ -674,8 +674,9 @@ def _stopped(signum: int, step: int, cfg: TrainConfig, run_dir: Path, accelerato
 
 
 def sees_checkpoint(run_dir: Path, step: int) -> bool:
-    """Whether this process sees the checkpoint of `step` in `run_dir`: one on another machine, whose library is
-    not shared, may see none, or an older run's (left by --overwrite, say)."""
+    """Whether this process sees a checkpoint of `step` in `run_dir`: one on another machine, whose library is not
+    shared, may see none, or an older run's of other steps (an older run's of the same step passes here; --resume
+    compares their contents)."""
     return any(path.name == f"step-{step:07d}" for path in list_checkpoints(run_dir))
 
 
@@ -1063,7 +1064,7 @@ class _NoProgress:
 
 
 @contextlib.contextmanager
-def _progress_bar(description: str, total: int, completed: int, accelerator) -> Iterator:
+def _progress_bar(description: str, total: int, completed: int) -> Iterator:
     """The rich bar (loss over every process, it/s, ETA) on the first process of each machine; nothing on the
     others."""
     if reporting.first_of_its_machine():
@@ -1155,7 +1156,7 @@ def train(
         _recomputed(unet, cfg),
         _stage_clock(run_dir, resume, accelerator.is_main_process) as clock,
         StopRequests() as stop,
-        _progress_bar(description, cfg.steps, step, accelerator) as bar,
+        _progress_bar(description, cfg.steps, step) as bar,
     ):
         try:
             while step < cfg.steps:
