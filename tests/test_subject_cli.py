@@ -436,7 +436,8 @@ def test_a_full_disk_under_the_class_images_after_stage_one_says_to_resume(limit
 
 
 def test_a_stop_between_the_stages_on_another_machine_says_where_stage_ones_checkpoint_is(isolated_home):
-    """A second machine, whose library is not shared, had named its own library's folder, where no checkpoint is."""
+    """A second machine, whose library is not shared, had named its own library's folder, where no checkpoint is (or
+    said to run the command again, which the first machine's checkpoint refuses)."""
     from types import SimpleNamespace
 
     from vidbooth.engine.subject import _stage_one_kept
@@ -455,6 +456,10 @@ def test_a_stop_between_the_stages_on_another_machine_says_where_stage_ones_chec
         with pytest.raises(Interrupted) as stopped, _stage_one_kept(run):
             raise KeyboardInterrupt
         assert str(stopped.value) == f"stopped by SIGINT before the identity adapter's training; {said}"
+        with pytest.raises(MemoryError) as failed, _stage_one_kept(run):  # its checkpoint is kept: the line says so
+            raise MemoryError()
+        kept_there = f"step 3, in the first process's library: copy {kept} from its machine here first"
+        assert getattr(failed.value, "kept_checkpoint", None) == (None if first else kept_there)
 
 
 @pytest.mark.parametrize(

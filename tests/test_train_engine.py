@@ -1188,3 +1188,33 @@ def test_an_error_after_a_checkpoint_carries_where_the_run_can_go_on_from(tmp_pa
             engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / str(limit),
                          accelerator)
         assert caught.value is limit and caught.value.kept_checkpoint.endswith("step-0000002")
+
+
+def test_on_a_machine_without_the_first_process_checkpoints_an_error_says_where_they_are(tmp_path, accelerator,
+                                                                                        monkeypatch):
+    """A second machine whose library is not shared had named its own library's older checkpoint, or none ('run
+    it again', which the first machine's checkpoint then refuses), in an error after a checkpoint and a NaN loss."""
+    accumulate = engine._accumulate
+
+    def at_step_3(method, data, cfg, step, accelerator):
+        if step == 3:
+            raise MemoryError()
+        return accumulate(method, data, cfg, step, accelerator)
+
+    def nan_at_step_3(method, data, cfg, step, accelerator):
+        return float("nan") if step == 2 else accumulate(method, data, cfg, step, accelerator)
+
+    sees_the_firsts = engine._sees_the_firsts
+    monkeypatch.setattr(engine, "_sees_the_firsts", lambda accelerator, run_dir, saved: not saved)  # the second's
+    monkeypatch.setattr(engine, "_accumulate", at_step_3)
+    with pytest.raises(MemoryError) as caught:
+        engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "a", accelerator)
+    assert caught.value.kept_checkpoint == (f"step 2, in the first process's library: copy {tmp_path / 'a'} from its "
+                                            "machine here first")
+    monkeypatch.setattr(engine, "_accumulate", nan_at_step_3)
+    with pytest.raises(engine.LossNotFinite, match=r"^loss became nan at step 3: training stopped and the last good "
+                                                   r"checkpoint, of step 2, is in the first process's library; lower"):
+        engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "b", accelerator)
+    second, first = SimpleNamespace(is_main_process=False), SimpleNamespace(is_main_process=True)
+    assert [sees_the_firsts(second, tmp_path / "b", saved) for saved in (0, 2, 4)] == [True, True, False]
+    assert sees_the_firsts(first, tmp_path / "b", 4)  # the first saved it: it sees it

@@ -68,6 +68,7 @@ from vidbooth.engine.train import (
     held_by_the_first,
     kept_if_preview_fails,
     list_checkpoints,
+    not_seen_here,
     refuse_other_settings,
     refuse_to_discard,
     remove_runs,
@@ -590,12 +591,15 @@ def _stage_one_kept(run: _Run):
     try:
         yield
     except RERUN_ERRORS as exc:
-        if checkpoints := list_checkpoints(kept):
+        step = run.results["textual_inversion"].step  # its last checkpoint, which the first process saved
+        if not (run.accelerator.is_main_process or sees_checkpoint(kept, step)):
+            exc.kept_checkpoint = not_seen_here(kept, step)
+        elif checkpoints := list_checkpoints(kept):
             exc.kept_checkpoint = str(checkpoints[-1])  # told by the command line (`kept_checkpoint`)
         raise
     except (KeyboardInterrupt, Interrupted) as exc:  # the command line's handler raises these for SIGINT, SIGTERM
         stopped_by = stopping_signal(exc)
-        step = run.results["textual_inversion"].step  # its last checkpoint, which the first process saved
+        step = run.results["textual_inversion"].step
         seen = run.accelerator.is_main_process or sees_checkpoint(kept, step)
         where = (f"the textual inversion's checkpoint is kept in {kept}: rerun the same command with --resume to "
                  "continue") if seen else resume_advice(kept, step)

@@ -673,6 +673,16 @@ def _stopped(signum: int, step: int, cfg: TrainConfig, run_dir: Path, accelerato
     return stopped(signum, f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; {saved}")
 
 
+def _sees_the_firsts(accelerator, run_dir: Path, saved: int) -> bool:
+    """Whether this process sees checkpoint `saved`, which the first process saved (none saved: nothing to see)."""
+    return accelerator.is_main_process or not saved or sees_checkpoint(run_dir, saved)
+
+
+def not_seen_here(run_dir: Path, saved: int) -> str:
+    """A checkpoint the first process saved, which this machine does not see, as an error's `kept_checkpoint`."""
+    return f"step {saved}, in the first process's library: copy {run_dir} from its machine here first"
+
+
 def sees_checkpoint(run_dir: Path, step: int) -> bool:
     """Whether this process sees a checkpoint of `step` in `run_dir`: one on another machine, whose library is not
     shared, may see none, or an older run's of other steps (an older run's of the same step passes here; --resume
@@ -1115,6 +1125,8 @@ def train(
     def diverged(what: str, at: int) -> LossNotFinite:
         last = list_checkpoints(run_dir)
         kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
+        if not _sees_the_firsts(accelerator, run_dir, saved):
+            kept = f"the last good checkpoint, of step {saved}, is in the first process's library"
         # half precision: autocast, or a frozen base cast to fp16/bf16 (its signature says, `dtype_signature`)
         half = str(accelerator.mixed_precision) != "no" or "base_dtype" in signature
         mixed = cfg.full_key("mixed_precision")
@@ -1191,7 +1203,9 @@ def train(
                 failing()  # the launcher's SIGTERM to this process, on seeing the other die, is not told in its place
                 raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's "
                                 f"report below says which and why); {resume_advice(run_dir, saved)}") from exc
-            if checkpoints := list_checkpoints(run_dir):  # out of memory, a file-size limit...: the command line's
+            if not _sees_the_firsts(accelerator, run_dir, saved):
+                exc.kept_checkpoint = not_seen_here(run_dir, saved)
+            elif checkpoints := list_checkpoints(run_dir):  # out of memory, a file-size limit...: the command line's
                 exc.kept_checkpoint = str(checkpoints[-1])  # 'run it again' would be refused without --resume
             raise
     result.step = step
