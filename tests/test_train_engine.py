@@ -1204,8 +1204,8 @@ def test_on_a_machine_without_the_first_process_checkpoints_an_error_says_where_
     def nan_at_step_3(method, data, cfg, step, accelerator):
         return float("nan") if step == 2 else accumulate(method, data, cfg, step, accelerator)
 
-    sees_the_firsts = engine._sees_the_firsts
-    monkeypatch.setattr(engine, "_sees_the_firsts", lambda accelerator, run_dir, saved: not saved)  # the second's
+    sees_the_firsts = engine.sees_the_firsts
+    monkeypatch.setattr(engine, "sees_the_firsts", lambda accelerator, run_dir, saved: not saved)  # the second's
     monkeypatch.setattr(engine, "_accumulate", at_step_3)
     with pytest.raises(MemoryError) as caught:
         engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path / "a", accelerator)

@@ -128,28 +128,22 @@ def first_process() -> bool:
     return not _other_process()
 
 
-def _other_process_of_its_machine() -> bool:
-    """Any process but the first of its machine under a launcher. The first of each machine shows the run's lines
-    and progress in that machine's terminal: a second machine had shown nothing, through a whole run. The local rank
-    is read from MPI's variables when MPI started every process (accelerate then writes RANK and LOCAL_RANK, 0 where
-    MPI gave none), else from torchrun's (which mpirun may have started, one per machine). A launcher that gives
-    none leaves the lines to the first process."""
+def first_of_its_machine() -> bool:
+    """Whether this process shows the run's lines and progress: the only process, or the first of its machine under
+    a launcher (a second machine had shown nothing, through a whole run). The local rank is read from MPI's
+    variables when MPI started every process (accelerate then writes RANK and LOCAL_RANK, 0 where MPI gave none),
+    else from torchrun's (which mpirun may have started, one per machine). A launcher that gives none leaves the
+    lines to the first process."""
     if not _other_process():
-        return False
+        return True
     mpi = [index for index, name in enumerate(RANK_VARIABLES) if index and name in os.environ]
     started_by_mpi = mpi and os.environ.get(SIZE_VARIABLES[mpi[0]], "").strip() == str(process_count())
-    local_rank = os.environ.get(LOCAL_RANK_VARIABLES[mpi[0] if started_by_mpi else 0], _rank())
-    return local_rank != "0"
-
-
-def first_of_its_machine() -> bool:
-    """Whether this process shows the run's lines and progress: the only process, or the first of its machine."""
-    return not _other_process_of_its_machine()
+    return os.environ.get(LOCAL_RANK_VARIABLES[mpi[0] if started_by_mpi else 0], _rank()) == "0"
 
 
 def _quiet() -> bool:
     """Quiet when asked, and on every process but the first of its machine."""
-    return os.environ.get("VIDBOOTH_QUIET", "").strip().lower() not in OFF or _other_process_of_its_machine()
+    return os.environ.get("VIDBOOTH_QUIET", "").strip().lower() not in OFF or not first_of_its_machine()
 
 
 OFF = ("", "0", "false", "no", "off")
@@ -258,7 +252,7 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     """A warning, shown even when quiet, but once on each machine under a multi-process launcher."""
-    if not _other_process_of_its_machine():
+    if first_of_its_machine():
         console.print(f"[yellow]warning:[/yellow] {escape(printable(message, one_line=True))}", soft_wrap=True)
 
 
@@ -310,7 +304,7 @@ def stopped(message: str) -> None:
     """A command stopped by a signal: shown by the first process of each machine only, as a launcher passes a Ctrl-C
     to every process and a training run stops them all together (a process stopped alone is named by the
     launcher)."""
-    if not _other_process_of_its_machine():
+    if first_of_its_machine():
         error(message)
 
 

@@ -67,8 +67,7 @@ from vidbooth.engine.train import (
     dtype_signature,
     held_by_the_first,
     kept_if_preview_fails,
-    list_checkpoints,
-    not_seen_here,
+    mark_kept_checkpoint,
     refuse_other_settings,
     refuse_to_discard,
     remove_runs,
@@ -76,7 +75,7 @@ from vidbooth.engine.train import (
     resume_advice,
     run_folder,
     saved_by_the_first,
-    sees_checkpoint,
+    sees_the_firsts,
     seed_everything,
     train,
 )
@@ -588,21 +587,16 @@ def _stage_one_kept(run: _Run):
         yield
         return
     kept = run_folder(KIND, run.cfg.name, STAGE_FOLDERS["textual_inversion"])
+    step = run.results["textual_inversion"].step  # its last checkpoint, which the first process saved
     try:
         yield
     except RERUN_ERRORS as exc:
-        step = run.results["textual_inversion"].step  # its last checkpoint, which the first process saved
-        if not (run.accelerator.is_main_process or sees_checkpoint(kept, step)):
-            exc.kept_checkpoint = not_seen_here(kept, step)
-        elif checkpoints := list_checkpoints(kept):
-            exc.kept_checkpoint = str(checkpoints[-1])  # told by the command line (`kept_checkpoint`)
+        mark_kept_checkpoint(exc, run.accelerator, kept, step)
         raise
     except (KeyboardInterrupt, Interrupted) as exc:  # the command line's handler raises these for SIGINT, SIGTERM
         stopped_by = stopping_signal(exc)
-        step = run.results["textual_inversion"].step
-        seen = run.accelerator.is_main_process or sees_checkpoint(kept, step)
         where = (f"the textual inversion's checkpoint is kept in {kept}: rerun the same command with --resume to "
-                 "continue") if seen else resume_advice(kept, step)
+                 "continue") if sees_the_firsts(run.accelerator, kept, step) else resume_advice(kept, step)
         raise stopped(stopped_by, f"stopped by {stopped_by.name} before the identity adapter's training; {where}"
                       ) from exc
 

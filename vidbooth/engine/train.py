@@ -669,18 +669,24 @@ def _stopped(signum: int, step: int, cfg: TrainConfig, run_dir: Path, accelerato
     """The error of a run stopped by `signum` (as the processes agreed on it) once checkpoint `step` is saved (by
     the first process: another machine may not see it, and had named its own library's folder)."""
     saved = (f"checkpoint saved in {run_dir}: rerun the same command with --resume to continue"
-             if accelerator.is_main_process or sees_checkpoint(run_dir, step) else resume_advice(run_dir, step))
+             if sees_the_firsts(accelerator, run_dir, step) else resume_advice(run_dir, step))
     return stopped(signum, f"stopped by {signal.Signals(signum).name} at step {step}/{cfg.steps}; {saved}")
 
 
-def _sees_the_firsts(accelerator, run_dir: Path, saved: int) -> bool:
+def sees_the_firsts(accelerator, run_dir: Path, saved: int) -> bool:
     """Whether this process sees checkpoint `saved`, which the first process saved (none saved: nothing to see)."""
     return accelerator.is_main_process or not saved or sees_checkpoint(run_dir, saved)
 
 
-def not_seen_here(run_dir: Path, saved: int) -> str:
-    """A checkpoint the first process saved, which this machine does not see, as an error's `kept_checkpoint`."""
-    return f"step {saved}, in the first process's library: copy {run_dir} from its machine here first"
+def mark_kept_checkpoint(exc: BaseException, accelerator, run_dir: Path, saved: int) -> None:
+    """`exc`, an error that stopped a run once checkpoint `saved` was saved, carries where the run goes on from
+    (`kept_checkpoint`, which the command line tells instead of 'run it again', refused by that checkpoint): on a
+    machine that does not see the first process's library, the step and the folder to copy."""
+    if not sees_the_firsts(accelerator, run_dir, saved):
+        exc.kept_checkpoint = (f"step {saved}, in the first process's library: copy {run_dir} from its machine "
+                               "here first")
+    elif checkpoints := list_checkpoints(run_dir):
+        exc.kept_checkpoint = str(checkpoints[-1])
 
 
 def sees_checkpoint(run_dir: Path, step: int) -> bool:
@@ -924,8 +930,9 @@ def _agree_on_the_run(accelerator, run_dir: Path, signature: dict, resuming: Pat
     settings = digest(json.dumps(signature, sort_keys=True).encode())
     step = _checkpoint_step(resuming) if resuming is not None else -1
     held = -1  # the checkpoint's own: its state file holds its files' hashes
-    with contextlib.suppress(OSError):
-        held = digest((resuming / STATE_FILE).read_bytes()) if resuming is not None else -1
+    if resuming is not None:
+        with contextlib.suppress(OSError):
+            held = digest((resuming / STATE_FILE).read_bytes())
     everyone = gather(torch.tensor([[settings, step, held]], dtype=torch.int64, device=accelerator.device)).tolist()
     differing = [str(index) for index, (other, _, _) in enumerate(everyone) if other != everyone[0][0]]
     if differing:
@@ -1125,7 +1132,7 @@ def train(
     def diverged(what: str, at: int) -> LossNotFinite:
         last = list_checkpoints(run_dir)
         kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
-        if not _sees_the_firsts(accelerator, run_dir, saved):
+        if not sees_the_firsts(accelerator, run_dir, saved):
             kept = f"the last good checkpoint, of step {saved}, is in the first process's library"
         # half precision: autocast, or a frozen base cast to fp16/bf16 (its signature says, `dtype_signature`)
         half = str(accelerator.mixed_precision) != "no" or "base_dtype" in signature
@@ -1203,10 +1210,7 @@ def train(
                 failing()  # the launcher's SIGTERM to this process, on seeing the other die, is not told in its place
                 raise UserError(f"another process of this run stopped at step {step}/{cfg.steps} (the launcher's "
                                 f"report below says which and why); {resume_advice(run_dir, saved)}") from exc
-            if not _sees_the_firsts(accelerator, run_dir, saved):
-                exc.kept_checkpoint = not_seen_here(run_dir, saved)
-            elif checkpoints := list_checkpoints(run_dir):  # out of memory, a file-size limit...: the command line's
-                exc.kept_checkpoint = str(checkpoints[-1])  # 'run it again' would be refused without --resume
+            mark_kept_checkpoint(exc, accelerator, run_dir, saved)  # out of memory, a file-size limit...
             raise
     result.step = step
     result.seconds, result.total_seconds = time.perf_counter() - started, clock.seconds
