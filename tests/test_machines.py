@@ -261,9 +261,15 @@ def test_the_second_machine_shows_the_run_where_it_was_saved_and_a_stop(tmp_path
     first, second, env = _machines(tmp_path, _EACH_MACHINE_ONE_PROCESS + _STOPPED_AT_STEP_2)
     for machine in (first, second):
         square_clip(machine / "slide.mp4")
-    done = _train(two_process_launch, first, env, steps="3")
-    assert done.returncode != 0
     second_run = tmp_path / "home-1" / ".runs" / "motions" / "slide" / "motion"
+    older = second_run / "checkpoints" / "step-0000002"  # an older run's, of the step this one stops at
+    older.mkdir(parents=True)
+    (older / "state.json").write_text("{}")
+    done = _train(two_process_launch, first, env | {"VIDBOOTH_QUIET": "0"}, "--overwrite", steps="3")
+    assert done.returncode != 0
+    assert done.stderr.count("starting over: the checkpoint of an earlier, stopped run (step-0000002) is "
+                             "discarded") == 1, done.stderr  # the second machine's: the first had none
+    assert not (older / "state.json").exists()
     assert sorted(_errors(done)) == [
         "error (process 1): stopped by SIGTERM at step 2/3; the first process saved the checkpoint of step 2 in a "
         "library that this machine does not see: rerun the same command with --resume once every machine sees it "

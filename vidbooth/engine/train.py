@@ -691,8 +691,8 @@ def mark_kept_checkpoint(exc: BaseException, accelerator, run_dir: Path, saved: 
 
 def sees_checkpoint(run_dir: Path, step: int) -> bool:
     """Whether this process sees a checkpoint of `step` in `run_dir`: one on another machine, whose library is not
-    shared, may see none, or an older run's of other steps (an older run's of the same step passes here; --resume
-    compares their contents)."""
+    shared, may see none. It sees no older run's: a run started afresh removes them on each machine, and one
+    resumed from is the first's (--resume compares their contents)."""
     return any(path.name == f"step-{step:07d}" for path in list_checkpoints(run_dir))
 
 
@@ -893,16 +893,19 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
         step, loss = _restore(checkpoints[-1], method, optimizer, accelerator, signature, cfg)
         reporting.info(f"resuming from step {step} ({checkpoints[-1]})")  # each machine's: the processes agreed
         return TrainResult(step=step, start_step=step, resumed_loss=loss)
-    if checkpoints and not resume and accelerator.is_main_process:
+    # each machine's first process: an older run's checkpoints in a library of its own had been named by a stop
+    clears = accelerator.is_main_process or reporting.first_of_its_machine()
+    if checkpoints and not resume and clears:
         reporting.warn(
             f"starting over: the checkpoint of an earlier, stopped run ({checkpoints[-1].name}) is discarded; "
             "--resume continues a stopped run instead"
         )
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if clears:  # in a shared library, side by side: each is done before the broadcast below lets the first go on
         for path in (Path(run_dir), Path(run_dir) / CHECKPOINTS):  # a file where a folder of the run belongs: damage
             if path.is_symlink() or (path.exists() and not path.is_dir()):
-                path.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
     _broadcast_parameters(params, accelerator)
     return TrainResult(step=0, start_step=0)
