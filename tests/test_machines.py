@@ -374,6 +374,39 @@ def test_class_images_are_whole_on_a_machine_that_made_only_its_share(tmp_path, 
         assert sorted(p.name for p in folders[0].glob("*.png")) == ["00000.png", "00001.png"], cache
 
 
+_COUNTS_CLASS_IMAGES = """
+if os.environ.get("RANK") is not None:  # each process of the launch, not the launcher
+    import vidbooth.engine.sampling as sampling
+
+    _sample_video = sampling.sample_video
+
+    def _counted(backbone, prompts, *args, **kwargs):
+        if kwargs.get("settings") == "prior":
+            with open(os.environ["CLASS_IMAGES_MADE"], "a") as made:
+                made.write(f"{os.environ['RANK']} {len(prompts)}\\n")
+        return _sample_video(backbone, prompts, *args, **kwargs)
+
+    sampling.sample_video = _counted
+"""
+
+
+def test_class_images_in_a_cache_the_machines_share_are_made_once(tmp_path, isolated_home, two_process_launch):
+    """Each machine's processes had shared out every class image among themselves: with a cache the machines
+    share, each machine made them all."""
+    first, second, env = _machines(tmp_path, _EACH_MACHINE_ONE_PROCESS + _COUNTS_CLASS_IMAGES)
+    made = tmp_path / "made.txt"
+    env = env | {"VIDBOOTH_CACHE": str(tmp_path / "cache"), "CLASS_IMAGES_MADE": str(made)}
+    for machine in (first, second):
+        write_photos(machine / "photos")
+    args = ["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--recipe",
+            "tiny/subject", "--ti-steps", "1", "--identity-steps", "1", "--no-preview", "--prior-preservation",
+            "--num-class-images", "4", "--set", "prior.num_inference_steps=1", "--set", "prior.sample_batch_size=1"]
+    done = _run(two_process_launch, first, env, args)
+    assert done.returncode == 0, done.stderr
+    assert sorted(made.read_text().splitlines()) == ["0 1", "0 1", "1 1", "1 1"]  # two each, four in all
+    assert len(list((tmp_path / "cache").rglob("0000?.png"))) == 4
+
+
 def test_identity_adapter_for_a_subject_in_the_first_machines_library_only(tmp_path, isolated_home,
                                                                            two_process_launch):
     """The second machine, whose library lacks the subject, had stopped before the processes met: the first waited

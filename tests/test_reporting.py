@@ -1,6 +1,9 @@
 """The reporting layer: what users see on stdout/stderr."""
 
+import pytest
+
 from vidbooth import reporting
+from vidbooth.errors import UserError
 
 
 def test_table_into_a_pipe_keeps_each_row_on_one_line(capsys):
@@ -120,6 +123,28 @@ def test_each_machines_first_process_shows_the_run_and_results_come_once(capsys,
         assert said.err.count("motion M") == (shown == everything), (ranks, rank)
 
 
+def test_a_process_place_on_its_machine_is_the_launchers_that_started_it(monkeypatch):
+    """Where class images are shared out among a machine's processes: MPI's variables when MPI started every
+    process (accelerate writes LOCAL_RANK=0 there, with no LOCAL_WORLD_SIZE), torchrun's else; none when the
+    launcher does not say both."""
+    mpi = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    for variables, place in ((torchrun, (1, 2)), (mpi | {"RANK": "3", "LOCAL_RANK": "0"}, (1, 2)),
+                             (torchrun | {"LOCAL_WORLD_SIZE": "1"}, None), (torchrun | {"LOCAL_WORLD_SIZE": ""}, None),
+                             ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, None),
+                             (torchrun | {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2",  # torchrun, one
+                                          "OMPI_COMM_WORLD_LOCAL_RANK": "0", "OMPI_COMM_WORLD_LOCAL_SIZE": "1"},
+                              (1, 2)),  # per machine, started by mpirun
+                             ({}, None)):
+        for name in {*reporting.RANK_VARIABLES, *reporting.SIZE_VARIABLES, *reporting.LOCAL_RANK_VARIABLES,
+                     *reporting.LOCAL_SIZE_VARIABLES}:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        assert reporting.place_on_this_machine() == place, variables
+
+
 def test_under_a_launcher_a_stop_is_told_once_not_by_every_process(capsys, monkeypatch):
     """A Ctrl-C reaches every process of `accelerate launch`; each had printed "stopped by SIGINT ..."."""
     from vidbooth.cli import app
@@ -169,11 +194,14 @@ def test_into_a_log_a_bars_line_is_whole_whatever_columns_says(capsys, monkeypat
     assert all("eta" in line and "loss=0.125" in line for line in lines)
 
 
-def test_under_a_launcher_commands_that_do_not_share_work_are_refused_and_tables_come_once(capsys, monkeypatch):
+def test_under_a_launcher_commands_that_do_not_share_work_are_refused_and_tables_come_once(capsys, monkeypatch,
+                                                                                        isolated_home):
     """generate and evaluate had run in full on every process, writing the same files twice and printing the results
-    table twice on stdout."""
+    table twice on stdout. (An earlier call of main with --debug had had the refusal raised, with its traceback.)"""
     from vidbooth.cli.app import main
 
+    assert main(["--debug", "list"]) == 0
+    capsys.readouterr()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     for command in (["generate", "--prompt", "a dog"], ["evaluate", "out.mp4"], ["demo"], ["list"]):
@@ -181,6 +209,10 @@ def test_under_a_launcher_commands_that_do_not_share_work_are_refused_and_tables
         assert capsys.readouterr().err == (f"error: {command[0]} runs in one process, and this launcher started 2: run "
                                            "it without accelerate launch (the training commands share their work "
                                            "across processes)\n")
+    with pytest.raises(UserError, match="generate runs in one process"):  # with its traceback, as asked
+        main(["--debug", "generate", "--prompt", "a dog"])
+    assert main(["--home", "--debug", "generate", "--prompt", "a dog"]) == 2  # a library folder named --debug
+    assert capsys.readouterr().err.startswith("error: generate runs in one process")
     monkeypatch.setenv("RANK", "1")
     assert main(["generate", "--prompt", "a dog"]) == 2 and capsys.readouterr().err == ""  # said once, by process 0
     monkeypatch.setenv("LOCAL_RANK", "0")  # the first process of a second machine: said there too
@@ -195,7 +227,6 @@ def test_an_error_shows_a_path_with_its_spaces_as_they_are(tmp_path, capsys, iso
     """An error's message had every run of spaces squeezed to one: a folder 'My  Clips' was named 'My Clips', which
     a user could not find or paste. Only line breaks become spaces."""
     from vidbooth.cli.app import main
-    from vidbooth.errors import UserError
 
     missing = tmp_path / "My  Clips" / "dance.mp4"
     assert main(["train-motion", str(missing), "--name", "M"]) == 2

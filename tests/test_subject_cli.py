@@ -762,6 +762,48 @@ def test_a_class_image_depends_on_its_index_and_seed_not_on_its_batch(tiny_backb
     assert all(np.array_equal(a, b) for a, b in zip(read_class_images(second, 3), together))
 
 
+def test_each_machines_processes_make_each_class_image_once(tmp_path, monkeypatch):
+    """Two machines of two processes each, as four threads that meet at each barrier. With a cache of each
+    machine's own, its two processes each make half of the class images; with one the machines share, each process
+    a quarter. Each machine's processes had shared out every image among themselves: with a shared cache, each
+    machine made them all; a launcher that did not say how many processes a machine runs had had each process make
+    every one that the other machine's processes made."""
+    import threading
+    from types import SimpleNamespace
+
+    import vidbooth.engine.prior as prior_module
+    import vidbooth.engine.sampling as sampling
+    from vidbooth.config.subject import PriorConfig
+
+    made, process = [], threading.local()
+
+    def sample_video(backbone, prompts, *args, **kwargs):
+        made.append((process.rank, len(prompts)))
+        return np.zeros((len(prompts), 1, 16, 16, 3), np.uint8)
+
+    monkeypatch.setattr(sampling, "sample_video", sample_video)
+    monkeypatch.setattr(prior_module, "cache_dir", lambda: process.cache)
+    monkeypatch.setattr(prior_module.reporting, "place_on_this_machine", lambda: (process.rank % 2, 2))
+    bb = SimpleNamespace(fingerprint="f", source="tiny", vae_scale_factor=8, latent_channels=4)
+    prior, folders = PriorConfig(sample_batch_size=8), {}
+
+    def run(rank: int, cache: Path, barrier: threading.Barrier) -> None:
+        process.rank, process.cache = rank, cache
+        accelerator = SimpleNamespace(process_index=rank, num_processes=4, wait_for_everyone=barrier.wait)
+        folders[rank] = prior_module.make_class_images_together(bb, "a dog", 8, 16, prior, 0, accelerator)
+
+    for caches, each_made in (("machine-0", "machine-1"), 4), (("shared", "shared"), 2):
+        made.clear()
+        barrier = threading.Barrier(4, timeout=60)
+        threads = [threading.Thread(target=run, args=(rank, tmp_path / caches[rank // 2], barrier)) for rank in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [sum(n for who, n in made if who == rank) for rank in range(4)] == [each_made] * 4, (caches, made)
+        assert all(len(list(folder.glob("*.png"))) == 8 for folder in folders.values())
+
+
 def interrupt_identity_stage(monkeypatch, at_call: int = 2):
     """SIGINT from the identity stage's `at_call`-th loss: the run checkpoints and stops (exit 130). Returns the
     original loss."""

@@ -86,6 +86,10 @@ SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WO
 LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
 """Where the same launchers put the process's rank among those of its machine, in the same order."""
 
+LOCAL_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                        "MV2_COMM_WORLD_LOCAL_SIZE")
+"""Where they put the number of processes on the process's machine, in the same order."""
+
 
 def _launcher_value(names: tuple[str, ...], default: str) -> str:
     return next((os.environ[name] for name in names if name in os.environ), default)
@@ -136,9 +140,22 @@ def first_of_its_machine() -> bool:
     lines to the first process."""
     if not _other_process():
         return True
+    return _machine_value(LOCAL_RANK_VARIABLES, _rank()) == "0"
+
+
+def place_on_this_machine() -> tuple[int, int] | None:
+    """This process's rank among those of its machine and their number, as the launcher says (None where it does
+    not say both)."""
+    rank, size = (_machine_value(names, "").strip() for names in (LOCAL_RANK_VARIABLES, LOCAL_SIZE_VARIABLES))
+    return (int(rank), int(size)) if rank.isdigit() and size.isdigit() and int(rank) < int(size) else None
+
+
+def _machine_value(names: tuple[str, ...], default: str) -> str:
+    """The value of a launcher's variable of the process's machine (`names`, in `RANK_VARIABLES`' order): MPI's when
+    MPI started every process, else torchrun's."""
     mpi = [index for index, name in enumerate(RANK_VARIABLES) if index and name in os.environ]
     started_by_mpi = mpi and os.environ.get(SIZE_VARIABLES[mpi[0]], "").strip() == str(process_count())
-    return os.environ.get(LOCAL_RANK_VARIABLES[mpi[0] if started_by_mpi else 0], _rank()) == "0"
+    return os.environ.get(names[mpi[0] if started_by_mpi else 0], default)
 
 
 def _quiet() -> bool:

@@ -48,7 +48,7 @@ def _root(
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    _state["debug"] = debug or os.environ.get("VIDBOOTH_DEBUG", "") not in ("", "0")
+    _state["debug"] = debug or _debug_asked([])
     if home is not None and not home.strip():
         from vidbooth.errors import UserError
 
@@ -237,6 +237,7 @@ def _told(argv: list[str] | None) -> int:
 
     _escaping_stdout()
     args = sys.argv[1:] if argv is None else argv
+    _state["debug"] = _debug_asked(args)  # not an earlier call's: a refusal before typer's had come as a traceback
     try:
         with _stop_signals():
             try:
@@ -406,13 +407,25 @@ def _device_given(argv: list[str]) -> str:
 
 def _command_of(argv: list[str]) -> str | None:
     """The command named in `argv` (its first word that is not an option or an option's value)."""
-    words = iter(argv)
+    return _before_the_command(argv)[1]
+
+
+def _debug_asked(argv: list[str]) -> bool:
+    """--debug given to vidbooth itself, or VIDBOOTH_DEBUG set: known before typer reads `argv`, for the errors
+    raised before it does."""
+    return "--debug" in _before_the_command(argv)[0] or os.environ.get("VIDBOOTH_DEBUG", "") not in ("", "0")
+
+
+def _before_the_command(argv: list[str]) -> tuple[list[str], str | None]:
+    """The options given to vidbooth itself in `argv` (before its command; without their values) and the command."""
+    words, options = iter(argv), []
     for word in words:
+        if not word.startswith("-"):
+            return options, word
+        options.append(word)
         if word == "--home":
             next(words, None)
-        elif not word.startswith("-"):
-            return word
-    return None
+    return options, None
 
 
 def _going_on_from_its_checkpoint(message: str, exc: BaseException) -> str:

@@ -98,6 +98,23 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
     return folder
 
 
+def make_class_images_together(backbone, prompt: str, count: int, size: int, prior: PriorConfig, seed: int,
+                               accelerator) -> Path:
+    """`generate_class_images` by every process of a run, each image made once where the machines share a cache:
+    a share each over all the processes, then, into a cache of each machine's own, what the other machines made,
+    shared among the processes of this machine (all of them where the launcher does not say how many there are).
+    One process alone had kept the others waiting at the barrier past NCCL's 10 minutes; each machine's processes
+    alone had each made every image the machines' shared cache held."""
+    def make(share: tuple[int, int] = (0, 1)) -> Path:
+        return generate_class_images(backbone, prompt, count, size, prior, seed, share)
+
+    make((accelerator.process_index, accelerator.num_processes))
+    accelerator.wait_for_everyone()
+    make((reporting.place_on_this_machine() if accelerator.num_processes > 1 else None) or (0, 1))
+    accelerator.wait_for_everyone()
+    return make()  # any still missing (a launcher's variables that do not add up): made here
+
+
 def _class_image_file(folder: Path, index: int) -> Path:
     return folder / f"{index:05d}.png"
 

@@ -528,21 +528,13 @@ def _load_existing_embedding(run: _Run) -> torch.Tensor:
 def _class_prior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     """Class latents (Nc, C, 1, h, w) and the class prompt's embedding (1, L, D), computed once."""
     from vidbooth.data.images import load_image, photos_to_tensor
-    from vidbooth.engine.prior import class_image_folder, class_prompt, generate_class_images, read_class_images
+    from vidbooth.engine.prior import class_prompt, make_class_images_together, read_class_images
 
     prior, bb = run.cfg.prior, run.backbone
     prompt = class_prompt(prior, run.class_noun)
     if run.class_images is None:
-        # the processes of each machine make a share each (one alone had kept the others waiting at the barrier past
-        # NCCL's 10 minutes), into that machine's cache, then all read them there
-        accelerator = run.accelerator
-        share = accelerator.local_process_index, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        generate_class_images(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed, share)
-        accelerator.wait_for_everyone()
-        # any that another machine's processes made (a cache shared between machines, or a launcher that sets no
-        # LOCAL_WORLD_SIZE, where the shares are split over all the processes): made here too
-        generate_class_images(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed)
-        folder = class_image_folder(bb.fingerprint, prompt, run.size, prior, run.cfg.runtime.seed)
+        folder = make_class_images_together(bb, prompt, prior.num_class_images, run.size, prior, run.cfg.runtime.seed,
+                                            run.accelerator)
         images = read_class_images(folder, prior.num_class_images)
         latents = _encode_latents(bb, photos_to_tensor(images, run.size))
     else:  # a chunk at a time: 200 large photos, and their pixels at once, had all been held for the whole run
