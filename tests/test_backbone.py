@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import re
@@ -594,33 +595,49 @@ def test_a_model_folder_replaced_while_it_loads_is_refused(tiny_base_dirs, tmp_p
     assert load_backbone(str(folder), device="cpu").family == "unet3d"
 
 
-def test_an_animatediff_unet_is_built_without_random_weights_as_diffusers_builds_it(tiny_base_dirs, monkeypatch):
-    """Its random initialisation (no random number is drawn now), then overwritten, took most of the load; a weight
-    that was not copied after all (left NaN) has it built again as before. torch's fills and default dtype are left
-    as they were."""
+def test_an_animatediff_unet_is_made_of_its_sources_tensors_with_the_values_diffusers_gives_it(tiny_base_dirs,
+                                                                                              monkeypatch):
+    """Built as diffusers builds it, it drew random weights and then copied the image model's and the adapter's in:
+    the two and the copy held at once (an AnimateDiff base in fp32 peaked at twice its size), and random numbers
+    drawn for nothing. It now holds their tensors themselves, with the values and dtype diffusers gives it. A PIA
+    adapter, whose conv_in diffusers makes of the two, is left to diffusers."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
-    folder = tiny_base_dirs["animatediff"]
-    fills, dtype = dict(vars(torch.nn.init)), torch.get_default_dtype()
-    built = []
-    real = UNetMotionModel.from_unet2d.__func__
+    from vidbooth.engine import backbone
 
-    def from_unet2d(cls, unet2d, adapter):
-        drawn = torch.get_rng_state()
-        unet = real(cls, unet2d, adapter)
-        built.append(torch.equal(drawn, torch.get_rng_state()))
+    folder = tiny_base_dirs["animatediff"]
+    sources, drawn = [], []
+    for cls in (UNet2DConditionModel, MotionAdapter):
+        def kept(klass, *args, real=cls.from_pretrained.__func__, **kwargs):
+            sources.append(real(klass, *args, **kwargs))
+            return sources[-1]
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(kept))
+
+    def made_of(unet2d, adapter, real=backbone._made_of):
+        rng = torch.get_rng_state()
+        unet = real(unet2d, adapter)
+        drawn.append(not torch.equal(rng, torch.get_rng_state()))
         return unet
 
-    monkeypatch.setattr(UNetMotionModel, "from_unet2d", classmethod(from_unet2d))
-    options = {"motion_adapter": str(motion_adapter_folder(folder)), "device": "cpu"}
-    unet = load_backbone(str(folder), **options).unet
-    assert built == [True] and dict(vars(torch.nn.init)) == fills and torch.get_default_dtype() == dtype
-    expected = real(UNetMotionModel, UNet2DConditionModel.from_pretrained(folder / "unet"),
-                    MotionAdapter.from_pretrained(motion_adapter_folder(folder)))
+    monkeypatch.setattr(backbone, "_made_of", made_of)
+    unet = load_backbone(str(folder), motion_adapter=str(motion_adapter_folder(folder)), device="cpu").unet
+    assert drawn == [False]
+    expected = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(folder / "unet"),
+                                           MotionAdapter.from_pretrained(motion_adapter_folder(folder)))
     state, expected_state = unet.state_dict(), expected.state_dict()
-    assert state.keys() == expected_state.keys() and all(torch.equal(state[k], expected_state[k]) for k in state)
+    assert state.keys() == expected_state.keys()
+    assert all(torch.equal(state[k], expected_state[k]) and state[k].dtype == expected_state[k].dtype for k in state)
+    theirs = sources[0].state_dict() | sources[1].state_dict()
+    assert all(tensor.data_ptr() == theirs[key].data_ptr() for key, tensor in state.items())  # not copies
+    pia = MotionAdapter.from_config(dict(sources[1].config, conv_in_channels=9))
+    assert backbone._made_of(sources[0], pia) is None
+    built = UNetMotionModel.__init__
 
-    monkeypatch.setattr(UNetMotionModel, "load_motion_modules", lambda self, adapter: None)  # their weights unset
-    unet = load_backbone(str(folder), **options).unet
-    assert built == [True, True, False] and dict(vars(torch.nn.init)) == fills  # the second as diffusers does
-    assert not any(parameter.isnan().any() for parameter in unet.parameters())
+    @functools.wraps(built)  # its signature, which diffusers reads its settings by
+    def with_a_table_of_its_own(self, *args, **kwargs):  # computed as it is built, not saved: none to give it
+        built(self, *args, **kwargs)
+        self.register_buffer("table", torch.arange(4.0), persistent=False)
+
+    monkeypatch.setattr(UNetMotionModel, "__init__", with_a_table_of_its_own)
+    assert backbone._made_of(*sources[:2]) is None

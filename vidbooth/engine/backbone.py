@@ -14,14 +14,12 @@ vidbooth ships, pretrained on its procedural world, in `vidbooth/assets/nano/`, 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import os
 import re
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -449,62 +447,40 @@ def _motion_adapter_folder(motion_adapter: str, revision: str | None = None) -> 
 
 
 def _with_motion_modules(unet2d, source: Path, folder: Path):
-    """The image model's UNet with the motion modules of the MotionAdapter in `source` (UNetMotionModel), built in
-    the UNet's dtype; one UserError naming the adapter when they do not fit (other block widths or counts, missing
-    weights). The adapter loads in fp32: diffusers computes the frame-position tables that its files may lack
-    (some AnimateDiff ports' do) in the dtype it loads in."""
+    """The image model's UNet with the motion modules of the MotionAdapter in `source` (UNetMotionModel); one
+    UserError naming the adapter when they do not fit (other block widths or counts, missing weights). The adapter
+    loads in fp32: diffusers computes the frame-position tables that its files may lack (some AnimateDiff ports'
+    do) in the dtype it loads in."""
     from diffusers import MotionAdapter, UNetMotionModel
 
     try:
         adapter = MotionAdapter.from_pretrained(source, use_safetensors=True)
         _check_complete(adapter, "its")
-        with _TORCH_DEFAULTS_CHANGED, _default_dtype(unet2d.dtype), _weights_left_unset():  # all then copied in
-            unet = UNetMotionModel.from_unet2d(unet2d, adapter)
-        # one not copied after all, still NaN (a weight is copied whole: its first value tells; all took 2 s)
-        if any(parameter.numel() and parameter.view(-1)[0].isnan() for parameter in unet.parameters()):
-            unet = UNetMotionModel.from_unet2d(unet2d, adapter)
-        return unet
+        unet = _made_of(unet2d, adapter)
+        return unet if unet is not None else UNetMotionModel.from_unet2d(unet2d, adapter)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights of other shapes
         reason = str(exc).strip().splitlines()[0]
         hint = _weights_hint(source, [""], None, "MotionAdapter") if _is_missing_weights(exc) else ""
         raise UserError(f"motion adapter {source} does not fit the image model in {folder}: {reason}{hint}") from exc
 
 
-_TORCH_DEFAULTS_CHANGED = threading.Lock()
-"""Held while torch's default dtype and `torch.nn.init` are changed for a build: they hold for every thread, so
-two loads in threads of one program (vidbooth used as a library) would undo each other's."""
+def _made_of(unet2d, adapter):
+    """The UNetMotionModel that diffusers' `from_unet2d` builds, made of the image model's and the adapter's own
+    tensors (in their dtypes: the adapter's stay fp32 until the backbone is cast): built empty, then given them.
+    Built as diffusers builds it, it drew random weights and then copied theirs in (the two and the copy held at
+    once: an AnimateDiff base in fp32 peaked at twice its size, benchmarks/bench_load.py). None where its weights
+    are not theirs by name and shape (a PIA adapter's conv_in, which diffusers makes of both)."""
+    from diffusers import UNetMotionModel
 
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """New tensors in `dtype`: an AnimateDiff UNet built in fp32 and then cast to fp16 had held it whole in fp32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-@contextlib.contextmanager
-def _weights_left_unset() -> Iterator[None]:
-    """`torch.nn.init`'s fills as NaN (which a copied weight never is), for a model whose weights are all copied in
-    once built: drawing random ones first took 9 of the 22 s of loading a 1.17 B-parameter AnimateDiff base in fp32
-    (benchmarks/bench_load.py)."""
-    fills = [name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")]
-    kept = {name: getattr(torch.nn.init, name) for name in fills}
-
-    def unset(tensor, *args, **kwargs):
-        with torch.no_grad():
-            return tensor.fill_(float("nan"))
-
-    try:
-        for name in fills:
-            setattr(torch.nn.init, name, unset)
-        yield
-    finally:
-        for name, fill in kept.items():
-            setattr(torch.nn.init, name, fill)
+    if adapter.config.get("conv_in_channels"):
+        return None
+    with torch.device("meta"):  # this thread's only
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)
+    theirs, wanted = unet2d.state_dict() | adapter.state_dict(), unet.state_dict()
+    if any(key not in theirs or theirs[key].shape != tensor.shape for key, tensor in wanted.items()):
+        return None
+    unet.load_state_dict({key: theirs[key] for key in wanted}, assign=True)
+    return None if any(buffer.is_meta for buffer in unet.buffers()) else unet  # one its files do not hold
 
 
 def _check_complete(module, whose: str) -> None:
