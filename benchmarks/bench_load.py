@@ -17,6 +17,10 @@ Measured on 2 CPU cores (forty-third session; the seconds vary by a quarter from
   6.4 s; fp32 13.7 s. Before this session (run with the older vidbooth first on PYTHONPATH, from another folder
   than the repository's), fp16 peaked as fp32 did, at 9.57 GB, in 19.6 s, and fp32 took 22.2 s: the UNet was built
   in fp32 from the two, drawing random weights that it then replaced.
+- AnimateDiff again (forty-fourth session), its UNet now made of the image model's and the adapter's own tensors
+  rather than a copy of them: fp32 +5.68 GB, 6.2 s; fp16 +3.00 GB, 3.9 s; bf16 +5.78 GB. The previous commit
+  (12f3ceb), run just after on the same base: fp32 +9.57 GB, 10.0 s; fp16 +5.68 GB, 5.4 s; bf16 +9.57 GB. Same
+  fingerprint in every row of both.
 bf16 peaks as fp32 does: loading it as bf16 would change the base's fingerprint, taken from the weights rounded to
 fp16.
 """
