@@ -641,3 +641,68 @@ def test_an_animatediff_unet_is_made_of_its_sources_tensors_with_the_values_diff
 
     monkeypatch.setattr(UNetMotionModel, "__init__", with_a_table_of_its_own)
     assert backbone._made_of(*sources[:2]) is None
+
+
+@pytest.mark.parametrize("family", ["unet3d", "animatediff"])
+def test_bf16_loads_weights_stored_in_16_bits_as_stored_with_the_values_and_fingerprint_of_fp32_cast(
+        family, tiny_base_dirs, tmp_path, monkeypatch):
+    """A bf16 run loaded the text encoder and UNet in fp32 and then cast them: twice the host memory of weights stored
+    in fp16 (as real bases ship them), which become the same bf16 weights from fp16 as from fp32. Weights stored in
+    fp32 still load in fp32: the fingerprint rounds them to fp16, and bf16's would give another."""
+    import diffusers
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(tiny_base_dirs[family], tmp_path / "base")
+    options = {"device": "cpu"}
+    if family == "animatediff":
+        options["motion_adapter"] = str(shutil.copytree(motion_adapter_folder(tiny_base_dirs[family]),
+                                                        motion_adapter_folder(folder)))
+    loaded_as = {}
+    for cls in (transformers.CLIPTextModel, diffusers.UNet3DConditionModel, diffusers.UNet2DConditionModel):
+        def made(klass, *args, real=cls.from_pretrained.__func__, **kwargs):
+            model = real(klass, *args, **kwargs)
+            loaded_as["UNet" if "UNet" in klass.__name__ else "text encoder"] = model.dtype
+            return model
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(made))
+    load_backbone(str(folder), precision="bf16", **options)
+    assert loaded_as == {"text encoder": torch.float32, "UNet": torch.float32}  # stored in fp32
+    for part in ("text_encoder", "unet", "vae"):
+        (weights,) = (folder / part).glob("*.safetensors")
+        tensors = load_file(weights)
+        halved = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(halved, weights.with_suffix(".fp16.safetensors"), {"format": "pt"})  # a variant beside them
+    load_backbone(str(folder), precision="bf16", **options)
+    assert loaded_as == {"text encoder": torch.float32, "UNet": torch.float32}  # the fp32 files, as asked
+    stored_in_fp16 = load_backbone(str(folder), precision="bf16", variant="fp16", **options)
+    assert loaded_as == {"text encoder": torch.float16, "UNet": torch.float16}
+    full = load_backbone(str(folder), precision="fp32", variant="fp16", **options)
+    assert (stored_in_fp16.fingerprint, stored_in_fp16.image_fingerprint) == (full.fingerprint, full.image_fingerprint)
+    assert all(p.dtype == torch.bfloat16 for p in stored_in_fp16.unet.parameters())
+    for module in ("text_encoder", "unet", "vae"):
+        loaded, cast = getattr(stored_in_fp16, module).state_dict(), getattr(full, module).state_dict()
+        assert loaded.keys() == cast.keys()
+        assert all(torch.equal(loaded[k], cast[k].to(loaded[k].dtype)) for k in cast), module
+
+
+def test_the_dtype_weights_are_stored_in_is_read_from_their_files_of_the_variant_asked_for(tmp_path):
+    from safetensors.torch import save_file
+
+    from vidbooth.engine.backbone import _stored_dtype
+
+    def stored(*dtypes, name="model.safetensors"):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        save_file({f"w{i}": torch.zeros(2, dtype=dtype) for i, dtype in enumerate(dtypes)}, folder / name)
+        return folder
+
+    assert _stored_dtype(stored(torch.float16, torch.int64), None) == torch.float16  # an old CLIP's position ids
+    assert _stored_dtype(stored(torch.bfloat16), None) == torch.bfloat16
+    assert _stored_dtype(stored(torch.float16, torch.float32), None) is None  # some weights in fp32: loaded so
+    assert _stored_dtype(stored(torch.float16, torch.bfloat16), None) is None
+    assert _stored_dtype(stored(torch.float32), None) is None
+    assert _stored_dtype(tmp_path, None) is None  # no weights: the load says so
+    variant = stored(torch.float16, name="model.fp16.safetensors")
+    save_file({"w": torch.zeros(2)}, variant / "model.safetensors")
+    assert (_stored_dtype(variant, "fp16"), _stored_dtype(variant, None)) == (torch.float16, None)

@@ -559,24 +559,22 @@ def load_backbone(
         warn(f"--motion-adapter {motion_adapter} has no effect on {base}: its UNet ({unet_class}) has temporal "
              "layers of its own; a motion adapter animates an image model")
     kw = {"use_safetensors": True} | ({"variant": variant} if variant else {})  # never unpickle a user's file
-    # fp16 weights are loaded as fp16, not as fp32 then cast: half the host memory at the peak. The same values,
-    # so the same fingerprint; bf16's would differ from the fp32 load's, and a bf16 run loads fp32 then casts
-    halved = {"torch_dtype": dtype} if dtype == torch.float16 else {}
+    unet_dtype = {"torch_dtype": _load_dtype(dtype, folder / "unet", variant)}  # see _load_dtype
     try:
         tokenizer = _load_tokenizer(folder / "tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(
-            folder / "text_encoder", **kw, **({"dtype": dtype} if halved else {}))
+            folder / "text_encoder", **kw, dtype=_load_dtype(dtype, folder / "text_encoder", variant))
         vae = AutoencoderKL.from_pretrained(folder / "vae", **kw)  # fp32, kept so when it asks for upcasting
         if unet_class == "UNet3DConditionModel":
-            family, unet = "unet3d", UNet3DConditionModel.from_pretrained(folder / "unet", **kw, **halved)
+            family, unet = "unet3d", UNet3DConditionModel.from_pretrained(folder / "unet", **kw, **unet_dtype)
             extra_input_channels(unet, int(unet.config.out_channels))  # refuse unknown extra inputs now
         elif unet_class == "UNetMotionModel":
             # in fp32, as an adapter is: its files may lack frame-position tables, computed in the dtype it loads in
             family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw)
         elif unet_class == "UNet2DConditionModel" and not adapter_source:
-            family, unet = ZERO_SHOT, UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **halved)
+            family, unet = ZERO_SHOT, UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **unet_dtype)
         elif unet_class == "UNet2DConditionModel":
-            unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **halved)
+            unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **unet_dtype)
             _check_complete(unet2d, "its UNet's")
             image_fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet2d})
             family, unet = "animatediff", _with_motion_modules(unet2d, adapter_source, folder)
@@ -631,6 +629,33 @@ def load_backbone(
         extras={"folder": str(folder), "motion_adapter": str(adapter_source) if adapter_source else None},
         image_fingerprint=image_fingerprint,
     )
+
+
+def _load_dtype(dtype: torch.dtype, part: Path, variant: str | None) -> torch.dtype:
+    """The dtype to load a part's weights in, before they are cast to `dtype`: fp16 loads as fp16, not as fp32 then
+    cast (half the host memory at the peak; the same values). bf16 loads as the 16-bit floats its files hold, which
+    become bf16 as they would from fp32 (those hold them exactly), else in fp32: the base's fingerprint rounds fp32
+    weights to fp16, and bf16's coarser ones would give another."""
+    if dtype == torch.bfloat16:
+        return _stored_dtype(part, variant) or torch.float32
+    return dtype if dtype == torch.float16 else torch.float32
+
+
+def _stored_dtype(folder: Path, variant: str | None) -> torch.dtype | None:
+    """fp16 or bf16 when the .safetensors weights of `variant` in `folder` hold floats of that dtype only (read from
+    their headers); None else."""
+    from safetensors import safe_open
+
+    floats = set()
+    for file in folder.glob("*.safetensors"):
+        if _variant_of(file.name) == variant:
+            try:
+                with safe_open(file, "pt") as weights:
+                    floats |= {weights.get_slice(key).get_dtype() for key in weights.keys()}
+            except Exception:  # damaged: the load says so
+                return None
+    floats -= {"BOOL", "U8", "I8", "I16", "I32", "I64"}
+    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(floats.pop()) if len(floats) == 1 else None
 
 
 def _being_replaced_check(folder: Path):
