@@ -641,6 +641,9 @@ def test_an_animatediff_unet_is_made_of_its_sources_tensors_with_the_values_diff
 
     monkeypatch.setattr(UNetMotionModel, "__init__", with_a_table_of_its_own)
     assert backbone._made_of(*sources[:2]) is None
+    monkeypatch.setattr(UNetMotionModel, "__init__", built)
+    gated = UNet2DConditionModel.from_config(dict(sources[0].config, attention_type="gated"))  # GLIGEN's fusers
+    assert backbone._made_of(gated, sources[1]) is None  # diffusers has no place for them: refused, not dropped
 
 
 @pytest.mark.parametrize("family", ["unet3d", "animatediff"])
@@ -652,6 +655,8 @@ def test_bf16_loads_weights_stored_in_16_bits_as_stored_with_the_values_and_fing
     import diffusers
     import transformers
     from safetensors.torch import load_file, save_file
+
+    from vidbooth.engine import backbone
 
     folder = shutil.copytree(tiny_base_dirs[family], tmp_path / "base")
     options = {"device": "cpu"}
@@ -684,6 +689,11 @@ def test_bf16_loads_weights_stored_in_16_bits_as_stored_with_the_values_and_fing
         loaded, cast = getattr(stored_in_fp16, module).state_dict(), getattr(full, module).state_dict()
         assert loaded.keys() == cast.keys()
         assert all(torch.equal(loaded[k], cast[k].to(loaded[k].dtype)) for k in cast), module
+    if family == "animatediff":  # built by diffusers (a PIA adapter), which casts the adapter to the UNet's dtype:
+        monkeypatch.setattr(backbone, "_made_of", lambda unet2d, adapter: None)  # fp16 had rounded it twice
+        built = load_backbone(str(folder), precision="bf16", variant="fp16", **options).unet.state_dict()
+        cast = full.unet.state_dict()
+        assert all(torch.equal(built[k], cast[k].to(torch.bfloat16)) for k in cast)
 
 
 def test_the_dtype_weights_are_stored_in_is_read_from_their_files_of_the_variant_asked_for(tmp_path):

@@ -457,7 +457,8 @@ def _with_motion_modules(unet2d, source: Path, folder: Path):
         adapter = MotionAdapter.from_pretrained(source, use_safetensors=True)
         _check_complete(adapter, "its")
         unet = _made_of(unet2d, adapter)
-        return unet if unet is not None else UNetMotionModel.from_unet2d(unet2d, adapter)
+        # in fp32: diffusers casts the adapter to the UNet's dtype, and a bf16 run's fp16 UNet would round it twice
+        return unet if unet is not None else UNetMotionModel.from_unet2d(unet2d.float(), adapter)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights of other shapes
         reason = str(exc).strip().splitlines()[0]
         hint = _weights_hint(source, [""], None, "MotionAdapter") if _is_missing_weights(exc) else ""
@@ -469,7 +470,7 @@ def _made_of(unet2d, adapter):
     tensors (in their dtypes: the adapter's stay fp32 until the backbone is cast): built empty, then given them.
     Built as diffusers builds it, it drew random weights and then copied theirs in (the two and the copy held at
     once: an AnimateDiff base in fp32 peaked at twice its size, benchmarks/bench_load.py). None where its weights
-    are not theirs by name and shape (a PIA adapter's conv_in, which diffusers makes of both)."""
+    are not exactly theirs by name and shape (a PIA adapter's conv_in, which diffusers makes of both)."""
     from diffusers import UNetMotionModel
 
     if adapter.config.get("conv_in_channels"):
@@ -477,8 +478,8 @@ def _made_of(unet2d, adapter):
     with torch.device("meta"):  # this thread's only
         unet = UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)
     theirs, wanted = unet2d.state_dict() | adapter.state_dict(), unet.state_dict()
-    if any(key not in theirs or theirs[key].shape != tensor.shape for key, tensor in wanted.items()):
-        return None
+    if theirs.keys() != wanted.keys() or any(theirs[key].shape != tensor.shape for key, tensor in wanted.items()):
+        return None  # diffusers then refuses weights of other shapes, or ones it has no place for (GLIGEN's)
     unet.load_state_dict({key: theirs[key] for key in wanted}, assign=True)
     return None if any(buffer.is_meta for buffer in unet.buffers()) else unet  # one its files do not hold
 
