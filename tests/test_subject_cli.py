@@ -767,7 +767,8 @@ def test_each_machines_processes_make_each_class_image_once(tmp_path, monkeypatc
     machine's own, its two processes each make half of the class images; with one the machines share, each process
     a quarter. Each machine's processes had shared out every image among themselves: with a shared cache, each
     machine made them all; a launcher that did not say how many processes a machine runs had had each process make
-    every one that the other machine's processes made."""
+    every one that the other machine's processes made. Ranks dealt out to the machines in turn had had one process
+    of each machine make all that the other machine made, the other idle (a review's find)."""
     import threading
     from types import SimpleNamespace
 
@@ -783,25 +784,29 @@ def test_each_machines_processes_make_each_class_image_once(tmp_path, monkeypatc
 
     monkeypatch.setattr(sampling, "sample_video", sample_video)
     monkeypatch.setattr(prior_module, "cache_dir", lambda: process.cache)
-    monkeypatch.setattr(prior_module.reporting, "place_on_this_machine", lambda: (process.rank % 2, 2))
+    monkeypatch.setattr(prior_module.reporting, "place_on_this_machine", lambda: process.place)
     bb = SimpleNamespace(fingerprint="f", source="tiny", vae_scale_factor=8, latent_channels=4)
     prior, folders = PriorConfig(sample_batch_size=8), {}
 
-    def run(rank: int, cache: Path, barrier: threading.Barrier) -> None:
-        process.rank, process.cache = rank, cache
+    def run(rank: int, cache: Path, place: tuple[int, int], barrier: threading.Barrier) -> None:
+        process.rank, process.cache, process.place = rank, cache, place
         accelerator = SimpleNamespace(process_index=rank, num_processes=4, wait_for_everyone=barrier.wait)
-        folders[rank] = prior_module.make_class_images_together(bb, "a dog", 8, 16, prior, 0, accelerator)
+        folders[rank] = prior_module.make_class_images_together(bb, "a dog", 16, 16, prior, 0, accelerator)
 
-    for caches, each_made in (("machine-0", "machine-1"), 4), (("shared", "shared"), 2):
+    # ranks 0, 1 on the first machine, or dealt out in turn (mpirun --map-by node): 0, 2 there
+    for caches, each_made, dealt in ((("0-first", "0-second"), 8, False), (("1-first", "1-second"), 8, True),
+                                     (("2-shared", "2-shared"), 4, False)):
         made.clear()
         barrier = threading.Barrier(4, timeout=60)
-        threads = [threading.Thread(target=run, args=(rank, tmp_path / caches[rank // 2], barrier)) for rank in range(4)]
+        machine_of, local = (lambda r: r % 2, lambda r: r // 2) if dealt else (lambda r: r // 2, lambda r: r % 2)
+        threads = [threading.Thread(target=run, args=(rank, tmp_path / caches[machine_of(rank)], (local(rank), 2),
+                                                      barrier)) for rank in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert [sum(n for who, n in made if who == rank) for rank in range(4)] == [each_made] * 4, (caches, made)
-        assert all(len(list(folder.glob("*.png"))) == 8 for folder in folders.values())
+        assert [sum(n for who, n in made if who == rank) for rank in range(4)] == [each_made] * 4, (caches, dealt)
+        assert all(len(list(folder.glob("*.png"))) == 16 for folder in folders.values())
 
 
 def interrupt_identity_stage(monkeypatch, at_call: int = 2):

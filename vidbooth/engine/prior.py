@@ -52,14 +52,15 @@ def class_image_folder(fingerprint: str, prompt: str, size: int, prior: PriorCon
 
 
 def generate_class_images(backbone, prompt: str, count: int, size: int, prior: PriorConfig, seed: int,
-                          share: tuple[int, int] = (0, 1)) -> Path:
+                          share: tuple[int, int] = (0, 1), stride: int = 1) -> Path:
     """Make sure the cache holds class images 0 to `count` - 1 for `prompt`; returns the folder.
 
     Image i starts from its own noise, drawn on the CPU from a generator seeded by (seed, i), and is sampled
     with DDIM (no noise after the first), so it does not depend on the batch it is made in or on which images
     the cache held already; the missing ones are made `prior.sample_batch_size` at a time. Files are written to
     a temporary name and renamed, so an interrupted run leaves only complete images. `share` (k, n): this process
-    makes the missing images whose index is k modulo n, the other n - 1 processes of a machine the rest.
+    makes the missing images whose index i has i // `stride` equal to k modulo n, the other n - 1 processes the
+    rest.
     """
     from vidbooth.engine.sampling import sample_video
 
@@ -75,7 +76,7 @@ def generate_class_images(backbone, prompt: str, count: int, size: int, prior: P
     write_together([(folder / "settings.json", lambda tmp: tmp.write_text(settings))])
     sharing = f", {processes} processes sharing them" if processes > 1 else ""
     reporting.info(f"generating {len(missing)} class images for '{prompt}' (cached in {folder}{sharing})")
-    mine = [index for index in missing if index % processes == process]  # by index: each process sees its own missing
+    mine = [index for index in missing if index // stride % processes == process]  # by index: each sees its own missing
     for first in range(0, len(mine), prior.sample_batch_size):
         indices = mine[first : first + prior.sample_batch_size]
         frames = sample_video(
@@ -105,12 +106,15 @@ def make_class_images_together(backbone, prompt: str, count: int, size: int, pri
     shared among the processes of this machine (all of them where the launcher does not say how many there are).
     One process alone had kept the others waiting at the barrier past NCCL's 10 minutes; each machine's processes
     alone had each made every image the machines' shared cache held."""
-    def make(share: tuple[int, int] = (0, 1)) -> Path:
-        return generate_class_images(backbone, prompt, count, size, prior, seed, share)
+    def make(share: tuple[int, int] = (0, 1), stride: int = 1) -> Path:
+        return generate_class_images(backbone, prompt, count, size, prior, seed, share, stride)
 
-    make((accelerator.process_index, accelerator.num_processes))
+    processes = accelerator.num_processes
+    make((accelerator.process_index, processes))
     accelerator.wait_for_everyone()
-    make((reporting.place_on_this_machine() if accelerator.num_processes > 1 else None) or (0, 1))
+    # those of each other process (i modulo processes) split evenly: with ranks dealt out to the machines in turn
+    # (mpirun --map-by node), i modulo the machine's processes had given one of them all the others made
+    make((reporting.place_on_this_machine() if processes > 1 else None) or (0, 1), stride=processes)
     accelerator.wait_for_everyone()
     return make()  # any still missing (a launcher's variables that do not add up): made here
 
