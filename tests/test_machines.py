@@ -356,18 +356,24 @@ if os.environ.get("RANK") == "1":
 """
 
 
+def _subject_with_class_images(launch, machines, env, count: str, *settings: str) -> None:
+    """train-subject with `count` class images made by the launch's processes (each sampled in one step), on each
+    machine's photos; it must succeed."""
+    for machine in machines:
+        write_photos(machine / "photos")
+    done = _run(launch, machines[0], env, [
+        "train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--recipe", "tiny/subject",
+        "--ti-steps", "1", "--identity-steps", "1", "--no-preview", "--prior-preservation", "--num-class-images", count,
+        "--set", "prior.num_inference_steps=1", *settings])
+    assert done.returncode == 0, done.stderr
+
+
 def test_class_images_are_whole_on_a_machine_that_made_only_its_share(tmp_path, isolated_home, two_process_launch):
     """Each machine's cache its own, and the shares split over all processes: each machine's cache held only its
     share, and the run stopped saying that a cached class image could not be read ('delete it and run again')."""
     first, second, env = _machines(tmp_path, _OWN_CACHE_AND_NO_LOCAL_WORLD_SIZE)
     env = env | {"SECOND_MACHINE_CACHE": str(tmp_path / "cache-1"), "VIDBOOTH_HOME": str(isolated_home)}
-    for machine in (first, second):
-        write_photos(machine / "photos")
-    args = ["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--recipe",
-            "tiny/subject", "--ti-steps", "1", "--identity-steps", "1", "--no-preview", "--prior-preservation",
-            "--num-class-images", "2", "--set", "prior.num_inference_steps=1", "--set", "prior.prompt=a {} on two"]
-    done = _run(two_process_launch, first, env, args)
-    assert done.returncode == 0, done.stderr
+    _subject_with_class_images(two_process_launch, (first, second), env, "2", "--set", "prior.prompt=a {} on two")
     for cache in (tmp_path / "cache-1", Path(os.environ["VIDBOOTH_CACHE"])):  # the second machine's, the first's
         folders = [settings.parent for settings in cache.rglob("settings.json") if "on two" in settings.read_text()]
         assert len(folders) == 1, cache
@@ -396,13 +402,7 @@ def test_class_images_in_a_cache_the_machines_share_are_made_once(tmp_path, isol
     first, second, env = _machines(tmp_path, _EACH_MACHINE_ONE_PROCESS + _COUNTS_CLASS_IMAGES)
     made = tmp_path / "made.txt"
     env = env | {"VIDBOOTH_CACHE": str(tmp_path / "cache"), "CLASS_IMAGES_MADE": str(made)}
-    for machine in (first, second):
-        write_photos(machine / "photos")
-    args = ["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--base", "tiny", "--recipe",
-            "tiny/subject", "--ti-steps", "1", "--identity-steps", "1", "--no-preview", "--prior-preservation",
-            "--num-class-images", "4", "--set", "prior.num_inference_steps=1", "--set", "prior.sample_batch_size=1"]
-    done = _run(two_process_launch, first, env, args)
-    assert done.returncode == 0, done.stderr
+    _subject_with_class_images(two_process_launch, (first, second), env, "4", "--set", "prior.sample_batch_size=1")
     assert sorted(made.read_text().splitlines()) == ["0 1", "0 1", "1 1", "1 1"]  # two each, four in all
     assert len(list((tmp_path / "cache").rglob("0000?.png"))) == 4
 
