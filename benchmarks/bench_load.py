@@ -22,9 +22,10 @@ Measured on 2 CPU cores (forty-third session; the seconds vary by a quarter from
   (12f3ceb), run just after on the same base: fp32 +9.57 GB, 10.0 s; fp16 +5.68 GB, 5.4 s; bf16 +9.57 GB. Same
   fingerprint in every row of both.
 - bf16, which loaded in fp32 and was cast, now loads weights stored in fp16 as fp16 before the cast (forty-fourth
-  session): UNet3D +2.44 GB, 3.4 s, against +3.58 GB, 4.0 s at 12f3ceb run just after; AnimateDiff +4.28 GB
-  (+9.57 GB before the two changes of that session). Above fp16's peak: the cast's new tensors are not put where
-  the freed fp16 ones were. Same fingerprint in every row.
+  session): UNet3D +2.44 GB, 3.4 s, against +3.58 GB, 4.0 s at 12f3ceb run just after; AnimateDiff +4.26 GB
+  (+9.57 GB before that session's changes). Same fingerprint in every row.
+- AnimateDiff in fp16 with the motion adapter loaded as fp16 too (its files hold every tensor): +2.61 GB, 3.8 s
+  (+3.00 GB with it in fp32). Loading it as fp16 in bf16 runs too peaked at +4.87 GB: bf16 loads it in fp32.
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ def test_an_image_prompt_model_trains_on_an_fp16_base(fp16_allowed, tiny_base_di
 def test_an_fp16_base_loads_as_fp16_with_the_weights_and_fingerprint_of_fp32_cast(
         family, motion_adapter, fp16_allowed, tiny_base_dirs, monkeypatch):
     """The text encoder and the UNet come out of `from_pretrained` in fp16 (a real base had been loaded in fp32 first,
-    twice its fp16 size in host memory at the peak, then cast), an image model's too when a motion adapter (loaded
-    in fp32: its frame-position tables) animates it, with the values and fingerprint of that cast."""
+    twice its fp16 size in host memory at the peak, then cast), an image model's and its motion adapter's too, with
+    the values and fingerprint of that cast."""
     import diffusers
     import transformers
 
@@ -118,7 +118,7 @@ def test_an_fp16_base_loads_as_fp16_with_the_weights_and_fingerprint_of_fp32_cas
         recording(cls)
     half = load_backbone(str(folder), precision="fp16", **options)
     unet_class = "UNet3DConditionModel" if family == "unet3d" else "UNet2DConditionModel"
-    with_motion = {"MotionAdapter": torch.float32} if motion_adapter else {}  # the UNet then made of the two's
+    with_motion = {"MotionAdapter": torch.float16} if motion_adapter else {}  # the UNet then made of the two's
     assert loaded_as == {"CLIPTextModel": torch.float16, "AutoencoderKL": torch.float32, unet_class: torch.float16,
                          **with_motion}
     full = load_backbone(str(folder), precision="fp32", **options)
@@ -130,3 +130,34 @@ def test_an_fp16_base_loads_as_fp16_with_the_weights_and_fingerprint_of_fp32_cas
         loaded = getattr(half, module).state_dict()
         assert loaded.keys() == cast.keys()
         assert all(torch.equal(loaded[k], cast[k]) for k in cast), module
+
+
+def test_a_motion_adapter_whose_files_lack_its_frame_position_tables_loads_in_fp32(fp16_allowed, tiny_base_dirs,
+                                                                                   tmp_path, monkeypatch):
+    """diffusers computes the tables that some AnimateDiff ports' files lack in the dtype it loads in: in fp16 they
+    would not be fp32's, cast. An adapter whose files hold every tensor loads as fp16 (above)."""
+    import shutil
+
+    import diffusers
+    from safetensors.torch import load_file, save_file
+
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.tiny import motion_adapter_folder
+
+    folder = tiny_base_dirs["animatediff"]
+    adapter = shutil.copytree(motion_adapter_folder(folder), tmp_path / "adapter")
+    (weights,) = adapter.glob("*.safetensors")
+    save_file({k: v for k, v in load_file(weights).items() if not k.endswith(".pe")}, weights, {"format": "pt"})
+    loaded_as = []
+
+    def made(klass, *args, real=diffusers.MotionAdapter.from_pretrained.__func__, **kwargs):
+        adapter = real(klass, *args, **kwargs)
+        loaded_as.append(adapter.dtype)
+        return adapter
+
+    monkeypatch.setattr(diffusers.MotionAdapter, "from_pretrained", classmethod(made))
+    half = load_backbone(str(folder), precision="fp16", motion_adapter=str(adapter), device="cpu").unet.state_dict()
+    assert loaded_as == [torch.float32]
+    full = load_backbone(str(folder), precision="fp32", motion_adapter=str(adapter), device="cpu").unet.state_dict()
+    tables = [key for key in full if key.endswith(".pe")]
+    assert tables and all(torch.equal(half[key], full[key].half()) for key in tables)

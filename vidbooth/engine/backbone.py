@@ -446,15 +446,14 @@ def _motion_adapter_folder(motion_adapter: str, revision: str | None = None) -> 
     return _from_hub(motion_adapter, revision, "--motion-adapter", not_here=path)
 
 
-def _with_motion_modules(unet2d, source: Path, folder: Path):
-    """The image model's UNet with the motion modules of the MotionAdapter in `source` (UNetMotionModel); one
-    UserError naming the adapter when they do not fit (other block widths or counts, missing weights). The adapter
-    loads in fp32: diffusers computes the frame-position tables that its files may lack (some AnimateDiff ports'
-    do) in the dtype it loads in."""
+def _with_motion_modules(unet2d, source: Path, folder: Path, dtype: torch.dtype):
+    """The image model's UNet with the motion modules of the MotionAdapter in `source` (UNetMotionModel), for a run
+    in `dtype`; one UserError naming the adapter when they do not fit (other block widths or counts, missing
+    weights)."""
     from diffusers import MotionAdapter, UNetMotionModel
 
     try:
-        adapter = MotionAdapter.from_pretrained(source, use_safetensors=True)
+        adapter = MotionAdapter.from_pretrained(source, use_safetensors=True, torch_dtype=_adapter_dtype(dtype, source))
         _check_complete(adapter, "its")
         unet = _made_of(unet2d, adapter)
         # in fp32: diffusers casts the adapter to the UNet's dtype, and a bf16 run's fp16 UNet would round it twice
@@ -463,6 +462,29 @@ def _with_motion_modules(unet2d, source: Path, folder: Path):
         reason = str(exc).strip().splitlines()[0]
         hint = _weights_hint(source, [""], None, "MotionAdapter") if _is_missing_weights(exc) else ""
         raise UserError(f"motion adapter {source} does not fit the image model in {folder}: {reason}{hint}") from exc
+
+
+def _adapter_dtype(dtype: torch.dtype, source: Path) -> torch.dtype:
+    """fp16 for a motion adapter of an fp16 run whose files hold every tensor it has; else fp32. diffusers computes
+    the frame-position tables that some AnimateDiff ports' files lack in the dtype it loads in, and fp16's would not
+    be fp32's cast. (In bf16, loading its fp16 weights before the cast to bf16 peaked higher than loading them in
+    fp32: 4.87 GB against 4.26 GB for the AnimateDiff base of benchmarks/bench_load.py.)"""
+    from diffusers import MotionAdapter
+    from safetensors import safe_open
+
+    if dtype != torch.float16:
+        return torch.float32
+    held = set()
+    try:
+        with torch.device("meta"):
+            wanted = MotionAdapter.from_config(MotionAdapter.load_config(source)).state_dict().keys()
+        for file in source.glob("*.safetensors"):
+            if _variant_of(file.name) is None:
+                with safe_open(file, "pt") as weights:
+                    held |= set(weights.keys())
+    except Exception:  # a config or file that loading it then tells of
+        return torch.float32
+    return dtype if wanted <= held else torch.float32
 
 
 def _made_of(unet2d, adapter):
@@ -570,7 +592,7 @@ def load_backbone(
             family, unet = "unet3d", UNet3DConditionModel.from_pretrained(folder / "unet", **kw, **unet_dtype)
             extra_input_channels(unet, int(unet.config.out_channels))  # refuse unknown extra inputs now
         elif unet_class == "UNetMotionModel":
-            # in fp32, as an adapter is: its files may lack frame-position tables, computed in the dtype it loads in
+            # in fp32: its files may lack frame-position tables, computed in the dtype it loads in (_adapter_dtype)
             family, unet = "animatediff", UNetMotionModel.from_pretrained(folder / "unet", **kw)
         elif unet_class == "UNet2DConditionModel" and not adapter_source:
             family, unet = ZERO_SHOT, UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **unet_dtype)
@@ -578,7 +600,7 @@ def load_backbone(
             unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **unet_dtype)
             _check_complete(unet2d, "its UNet's")
             image_fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet2d})
-            family, unet = "animatediff", _with_motion_modules(unet2d, adapter_source, folder)
+            family, unet = "animatediff", _with_motion_modules(unet2d, adapter_source, folder, dtype)
         else:
             raise UserError(
                 f"unsupported UNet class '{unet_class}' in {folder}: vidbooth supports UNet3D, AnimateDiff and image "
