@@ -489,7 +489,7 @@ def _adapter_dtype(dtype: torch.dtype, source: Path) -> torch.dtype:
 
 def _made_of(unet2d, adapter):
     """The UNetMotionModel that diffusers' `from_unet2d` builds, made of the image model's and the adapter's own
-    tensors (in their dtypes: the adapter's stay fp32 until the backbone is cast): built empty, then given them.
+    tensors (in their dtypes, until the backbone is cast): built empty, then given them.
     Built as diffusers builds it, it drew random weights and then copied theirs in (the two and the copy held at
     once: an AnimateDiff base in fp32 peaked at twice its size, benchmarks/bench_load.py). None where its weights
     are not exactly theirs by name and shape (a PIA adapter's conv_in, which diffusers makes of both)."""
