@@ -470,21 +470,15 @@ def _adapter_dtype(dtype: torch.dtype, source: Path) -> torch.dtype:
     be fp32's cast. (In bf16, loading its fp16 weights before the cast to bf16 peaked higher than loading them in
     fp32: 4.87 GB against 4.26 GB for the AnimateDiff base of benchmarks/bench_load.py.)"""
     from diffusers import MotionAdapter
-    from safetensors import safe_open
 
     if dtype != torch.float16:
         return torch.float32
-    held = set()
     try:
         with torch.device("meta"):
             wanted = MotionAdapter.from_config(MotionAdapter.load_config(source)).state_dict().keys()
-        for file in source.glob("*.safetensors"):
-            if _variant_of(file.name) is None:
-                with safe_open(file, "pt") as weights:
-                    held |= set(weights.keys())
-    except Exception:  # a config or file that loading it then tells of
+    except Exception:  # a config that loading it then tells of
         return torch.float32
-    return dtype if wanted <= held else torch.float32
+    return dtype if wanted <= (_stored_tensors(source, None) or {}).keys() else torch.float32
 
 
 def _made_of(unet2d, adapter):
@@ -665,20 +659,26 @@ def _load_dtype(dtype: torch.dtype, part: Path, variant: str | None) -> torch.dt
 
 
 def _stored_dtype(folder: Path, variant: str | None) -> torch.dtype | None:
-    """fp16 or bf16 when the .safetensors weights of `variant` in `folder` hold floats of that dtype only (read from
-    their headers); None else."""
+    """fp16 or bf16 when the .safetensors weights of `variant` in `folder` hold floats of that dtype only; None
+    else."""
+    floats = set((_stored_tensors(folder, variant) or {}).values()) - {"BOOL", "U8", "I8", "I16", "I32", "I64"}
+    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(floats.pop()) if len(floats) == 1 else None
+
+
+def _stored_tensors(folder: Path, variant: str | None) -> dict[str, str] | None:
+    """The name and dtype ('F16', 'I64', ...) of each tensor in the .safetensors weights of `variant` in `folder`,
+    read from their headers; None where one cannot be read (the load then says why)."""
     from safetensors import safe_open
 
-    floats = set()
+    stored = {}
     for file in folder.glob("*.safetensors"):
         if _variant_of(file.name) == variant:
             try:
                 with safe_open(file, "pt") as weights:
-                    floats |= {weights.get_slice(key).get_dtype() for key in weights.keys()}
-            except Exception:  # damaged: the load says so
+                    stored |= {key: weights.get_slice(key).get_dtype() for key in weights.keys()}
+            except Exception:
                 return None
-    floats -= {"BOOL", "U8", "I8", "I16", "I32", "I64"}
-    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(floats.pop()) if len(floats) == 1 else None
+    return stored
 
 
 def _being_replaced_check(folder: Path):

@@ -114,7 +114,7 @@ def make_class_images_together(backbone, prompt: str, count: int, size: int, pri
     accelerator.wait_for_everyone()
     # those of each other process (i modulo processes) split evenly: with ranks dealt out to the machines in turn
     # (mpirun --map-by node), i modulo the machine's processes had given one of them all the others made
-    make((reporting.place_on_this_machine() if processes > 1 else None) or (0, 1), stride=processes)
+    make(reporting.place_on_this_machine() or (0, 1), stride=processes)  # (one process: none missing)
     accelerator.wait_for_everyone()
     return make()  # any still missing (a launcher's variables that do not add up): made here
 

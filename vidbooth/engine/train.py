@@ -893,15 +893,15 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
         step, loss = _restore(checkpoints[-1], method, optimizer, accelerator, signature, cfg)
         reporting.info(f"resuming from step {step} ({checkpoints[-1]})")  # each machine's: the processes agreed
         return TrainResult(step=step, start_step=step, resumed_loss=loss)
-    # each machine's first process: an older run's checkpoints in a library of its own had been named by a stop
-    clears = accelerator.is_main_process or reporting.first_of_its_machine()
-    if checkpoints and not resume and clears:
+    if checkpoints and not resume:  # said by each machine's first process, which removes them below
         reporting.warn(
             f"starting over: the checkpoint of an earlier, stopped run ({checkpoints[-1].name}) is discarded; "
             "--resume continues a stopped run instead"
         )
     accelerator.wait_for_everyone()
-    if clears:  # in a shared library, side by side: each is done before the broadcast below lets the first go on
+    # each machine's first process (an older run's checkpoints in a library of its own had been named by a stop); in
+    # a shared library, side by side: each is done before the broadcast below lets the first go on
+    if reporting.first_of_its_machine():
         for path in (Path(run_dir), Path(run_dir) / CHECKPOINTS):  # a file where a folder of the run belongs: damage
             if path.is_symlink() or (path.exists() and not path.is_dir()):
                 with contextlib.suppress(FileNotFoundError):
