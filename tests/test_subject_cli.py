@@ -768,7 +768,8 @@ def test_each_machines_processes_make_each_class_image_once(tmp_path, monkeypatc
     a quarter. Each machine's processes had shared out every image among themselves: with a shared cache, each
     machine made them all; a launcher that did not say how many processes a machine runs had had each process make
     every one that the other machine's processes made. Ranks dealt out to the machines in turn had had one process
-    of each machine make all that the other machine made, the other idle (a review's find)."""
+    of each machine make all that the other machine made, the other idle (a review's find). A launcher that says
+    neither (DeepSpeed's) had had each process of a machine make all the other machine made."""
     import threading
     from types import SimpleNamespace
 
@@ -776,31 +777,43 @@ def test_each_machines_processes_make_each_class_image_once(tmp_path, monkeypatc
     import vidbooth.engine.sampling as sampling
     from vidbooth.config.subject import PriorConfig
 
-    made, process = [], threading.local()
+    made, process, sent = [], threading.local(), {}
 
     def sample_video(backbone, prompts, *args, **kwargs):
         made.append((process.rank, len(prompts)))
         return np.zeros((len(prompts), 1, 16, 16, 3), np.uint8)
 
+    def gather_object(values: list) -> list:  # accelerate's, over the threads
+        sent[process.rank] = values
+        process.barrier.wait()
+        return [value for rank in sorted(sent) for value in sent[rank]]
+
     monkeypatch.setattr(sampling, "sample_video", sample_video)
     monkeypatch.setattr(prior_module, "cache_dir", lambda: process.cache)
     monkeypatch.setattr(prior_module.reporting, "place_on_this_machine", lambda: process.place)
+    monkeypatch.setattr("accelerate.utils.gather_object", gather_object)
+    monkeypatch.setattr(prior_module.socket, "gethostname", lambda: process.host)
     bb = SimpleNamespace(fingerprint="f", source="tiny", vae_scale_factor=8, latent_channels=4)
     prior, folders = PriorConfig(sample_batch_size=8), {}
 
-    def run(rank: int, cache: Path, place: tuple[int, int], barrier: threading.Barrier) -> None:
-        process.rank, process.cache, process.place = rank, cache, place
+    def run(rank: int, cache: Path, place: tuple[int, int] | None, host: str, barrier: threading.Barrier) -> None:
+        process.rank, process.cache, process.place, process.host, process.barrier = rank, cache, place, host, barrier
         accelerator = SimpleNamespace(process_index=rank, num_processes=4, wait_for_everyone=barrier.wait)
         folders[rank] = prior_module.make_class_images_together(bb, "a dog", 16, 16, prior, 0, accelerator)
 
-    # ranks 0, 1 on the first machine, or dealt out in turn (mpirun --map-by node): 0, 2 there
-    for caches, each_made, dealt in ((("0-first", "0-second"), 8, False), (("1-first", "1-second"), 8, True),
-                                     (("2-shared", "2-shared"), 4, False)):
+    # ranks 0, 1 on the first machine, or dealt out in turn (mpirun --map-by node): 0, 2 there; a launcher that
+    # says the ranks on each machine, or one that does not (the host names then tell; the launcher's, where it
+    # says, even on machines of one host name)
+    for caches, each_made, dealt, says in ((("0-first", "0-second"), 8, False, True),
+                                           (("1-first", "1-second"), 8, True, True),
+                                           (("2-shared", "2-shared"), 4, False, True),
+                                           (("3-first", "3-second"), 8, True, False)):
         made.clear()
         barrier = threading.Barrier(4, timeout=60)
         machine_of, local = (lambda r: r % 2, lambda r: r // 2) if dealt else (lambda r: r // 2, lambda r: r % 2)
-        threads = [threading.Thread(target=run, args=(rank, tmp_path / caches[machine_of(rank)], (local(rank), 2),
-                                                      barrier)) for rank in range(4)]
+        threads = [threading.Thread(target=run, args=(
+            rank, tmp_path / caches[machine_of(rank)], (local(rank), 2) if says else None,
+            f"node-{machine_of(rank)}" if not says else "localhost", barrier)) for rank in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:

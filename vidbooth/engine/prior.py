@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from pathlib import Path
 
 import torch
@@ -103,20 +104,33 @@ def make_class_images_together(backbone, prompt: str, count: int, size: int, pri
                                accelerator) -> Path:
     """`generate_class_images` by every process of a run, each image made once where the machines share a cache:
     a share each over all the processes, then, into a cache of each machine's own, what the other machines made,
-    shared among the processes of this machine (all of them where the launcher does not say how many there are).
+    shared among the processes of this machine.
     One process alone had kept the others waiting at the barrier past NCCL's 10 minutes; each machine's processes
     alone had each made every image the machines' shared cache held."""
     def make(share: tuple[int, int] = (0, 1), stride: int = 1) -> Path:
         return generate_class_images(backbone, prompt, count, size, prior, seed, share, stride)
 
     processes = accelerator.num_processes
+    place = _place_on_this_machine(accelerator)
     make((accelerator.process_index, processes))
     accelerator.wait_for_everyone()
     # those of each other process (i modulo processes) split evenly: with ranks dealt out to the machines in turn
     # (mpirun --map-by node), i modulo the machine's processes had given one of them all the others made
-    make(reporting.place_on_this_machine() or (0, 1), stride=processes)  # (one process: none missing)
+    make(place, stride=processes)  # (one process: none missing)
     accelerator.wait_for_everyone()
     return make()  # any still missing (a launcher's variables that do not add up): made here
+
+
+def _place_on_this_machine(accelerator) -> tuple[int, int]:
+    """This process's rank among the processes of its machine, and their number: as the launcher says (torchrun,
+    MPI), else as the host names of every process say. A launcher that did not say (DeepSpeed's names no
+    LOCAL_WORLD_SIZE) had had each process of a machine make every image the other machines made. Machines of one
+    host name are taken for one: the images they miss are then made in the last pass."""
+    from accelerate.utils import gather_object
+
+    hosts = gather_object([socket.gethostname()]) if accelerator.num_processes > 1 else []  # by every process
+    here = [rank for rank, host in enumerate(hosts) if host == socket.gethostname()] or [accelerator.process_index]
+    return reporting.place_on_this_machine() or (here.index(accelerator.process_index), len(here))
 
 
 def _class_image_file(folder: Path, index: int) -> Path:
