@@ -449,8 +449,10 @@ def test_a_refusal_is_told_at_once_alone_and_before_a_setup_error_it_caused_unde
         train.checked_then_met(lambda: None, {})
 
 
-def test_a_process_refused_before_meeting_meets_the_others_on_its_device_only_if_it_had_not(monkeypatch):
-    """One that had met them (its refusal told to them already) would have joined whatever the others did next."""
+def test_a_process_refused_before_meeting_meets_the_others_on_its_device_only_if_it_had_not(tmp_path, monkeypatch):
+    """One that had met them (its refusal told to them already) would have joined whatever the others did next. Its
+    device is the flag's, a --set's, else its recipe's (left out, it had met them on CUDA where they met on the
+    CPU)."""
     import signal
 
     import torch
@@ -493,6 +495,18 @@ def test_a_process_refused_before_meeting_meets_the_others_on_its_device_only_if
     for given in (["--set", "runtime.device=cpu"], ["--set=runtime.device=cpu"], ["--device", "cuda", "--device=cpu"]):
         _tell_the_other_processes(["train-motion", "clip.mp4", "--set", "train.lr=1", *given], refused())
         assert met[-2:] == ["cpu", [1.0]], given
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("runtime:\n  device: cpu\n")
+    for given, device in ((["-r", str(recipe)], "cpu"), ([f"--recipe={recipe}"], "cpu"),
+                          (["--recipe", str(recipe), "--device", "cuda:1"], "cuda:1"),
+                          (["--recipe", str(recipe), "--set", "runtime.device=auto"], "auto"),
+                          (["--recipe", str(tmp_path / "missing.yaml")], "auto"), (["--recipe", "tiny/motion"], "auto"),
+                          (["--device", "", "--recipe", str(recipe)], "auto")):
+        _tell_the_other_processes(["train-motion", "clip.mp4", "--set", "train.lr=x", *given], refused())
+        assert met[-2:] == [device, [1.0]], given
+    recipe.write_text("runtime: [")  # unreadable
+    _tell_the_other_processes(["train-motion", "clip.mp4", "--recipe", str(recipe)], refused())
+    assert met[-2:] == ["auto", [1.0]]
     del met[6:]
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     _tell_the_other_processes(["train-motion", "clip.mp4"], refused())

@@ -395,14 +395,33 @@ def _tell_the_other_processes(argv: list[str], refusal: Exception) -> None:
 
 
 def _device_given(argv: list[str]) -> str:
-    """The device `argv` gives (--device, or --set runtime.device=), which the others meet on; 'auto' without one."""
-    device = "auto"
+    """The device `argv` gives (--device, --set runtime.device=, else runtime.device in the --recipe file, where this
+    machine reads it), which the others meet on; 'auto' without one. (A recipe's device had been left out: on a
+    machine with GPUs, the refused process met the others on CUDA, they on the CPU.)"""
+    device = recipe = None
     for word, value in zip(argv, [*argv[1:], ""]):
         if word == "--device" or (word == "--set" and value.startswith("runtime.device=")):
             device = value.removeprefix("runtime.device=")
         elif word.startswith(("--device=", "--set=runtime.device=")):
             device = word.rsplit("=", 1)[1]
+        elif word in ("--recipe", "-r") or word.startswith("--recipe="):
+            recipe = word.split("=", 1)[1] if "=" in word else value
+    if device is None and recipe:
+        device = _recipe_device(recipe)
     return device or "auto"
+
+
+def _recipe_device(recipe: str) -> str | None:
+    """runtime.device in `recipe` (a file or a shipped recipe's name); None where it gives none or cannot be read
+    (the refusal itself, perhaps)."""
+    from omegaconf import OmegaConf
+
+    from vidbooth.config.load import find_recipe
+
+    try:
+        return OmegaConf.select(OmegaConf.load(find_recipe(recipe)), "runtime.device", default=None)
+    except Exception:  # not read here: the others' own device is the best guess left
+        return None
 
 
 def _command_of(argv: list[str]) -> str | None:
