@@ -211,6 +211,35 @@ def test_identity_adapter_takes_the_subjects_own_photos_when_given_none(photos, 
     assert json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["photos"] == learned
 
 
+def test_the_pseudo_words_settings_are_kept_from_config_yaml_when_the_manifest_lacks_them(photos, isolated_home,
+                                                                                        monkeypatch):
+    """A subject whose manifest does not record its settings (another vidbooth version's): identity-adapter reads
+    its pseudo-word's from config.yaml, and with that gone too says so and records its own run's."""
+    ti = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *NO_PREVIEW, "--steps", "1"]
+    assert main([*ti, "--set", "textual_inversion.train.lr=0.0123"]) == 0
+    manifest_path = subject_dir(isolated_home) / "manifest.json"
+
+    def without_settings() -> None:
+        manifest = json.loads(manifest_path.read_text())
+        del manifest["config"]
+        write_json(manifest_path, manifest)
+
+    def learned_at() -> float:
+        return json.loads(manifest_path.read_text())["config"]["textual_inversion"]["train"]["lr"]
+
+    without_settings()
+    warned = capture_warnings(monkeypatch)
+    assert main(["identity-adapter", "--name", "S*", *NO_PREVIEW, "--steps", "1"]) == 0
+    assert learned_at() == 0.0123 and not [line for line in warned if "cannot read the settings" in line], warned
+    without_settings()
+    (subject_dir(isolated_home) / "config.yaml").unlink()
+    assert main(["identity-adapter", "--name", "S*", *NO_PREVIEW, "--steps", "1", "--overwrite"]) == 0
+    assert learned_at() != 0.0123
+    assert [line for line in warned if "cannot read the settings" in line] == [
+        "cannot read the settings that learned the pseudo-word of subject 'S*' (config.yaml is missing): its new "
+        "config.yaml records this run's textual_inversion settings instead"]
+
+
 def record_calls(monkeypatch, *names: str) -> dict[str, list]:
     """The first argument of every call to each `Backbone.<name>` from now on, in call order."""
     from vidbooth.engine.backbone import Backbone
