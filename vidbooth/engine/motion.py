@@ -287,15 +287,11 @@ def _train_locked(cfg: MotionConfig, clips: list[TrainingClip], accelerator) -> 
 
 
 def training_size(backbone: Backbone, cfg: MotionConfig) -> int:
-    """data.resolution, or the model's native size; a UserError when the model cannot take it."""
-    from vidbooth.engine.sampling import check_frames, check_geometry, training_resolution
+    """data.resolution, or the model's native size; a UserError when the model cannot take it or data.num_frames."""
+    from vidbooth.engine.sampling import check_frames, training_resolution
 
     size = training_resolution(backbone, cfg.data.resolution)
     check_frames(backbone, cfg.data.num_frames)
-    try:
-        check_geometry(backbone, cfg.data.num_frames, size, size)
-    except UserError as exc:
-        raise UserError(f"cannot train at data.resolution {size}: {exc}") from exc
     return size
 
 
