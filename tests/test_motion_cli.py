@@ -208,6 +208,26 @@ def test_two_processes_train_one_motion(tmp_path, isolated_home, two_process_lau
     assert manifest["training"]["processes"] == 2 and manifest["training"]["steps"] == 2
 
 
+def test_accelerate_launch_cpu_asked_for_two_processes_is_warned_of_starting_one(tmp_path, isolated_home,
+                                                                                 two_process_launch):
+    """Without mpirun `accelerate launch --cpu --num_processes 2` starts one process, which trains alone: said
+    once, with the command that starts two."""
+    import os
+    import subprocess
+
+    clip = square_clip(tmp_path / "slide.mp4")
+    launch = [*two_process_launch[:3], "--cpu", *two_process_launch[3:]]
+    launch.remove("--multi_gpu")
+    done = subprocess.run([*launch, "-m", "vidbooth", "train-motion", str(clip), "--name", "slide", "--base", "tiny",
+                           *QUICK], capture_output=True, text=True, timeout=300, env=os.environ | {"VIDBOOTH_QUIET": "0"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("warning: accelerate launch --cpu started a single process (it runs several only "
+                             "through mpirun): for N CPU processes with gloo use `accelerate launch --multi_gpu "
+                             "--num_processes N ... --device cpu` or torchrun") == 1, done.stderr
+    manifest = json.loads((isolated_home / "motions" / "slide" / "manifest.json").read_text())
+    assert manifest["training"]["processes"] == 1
+
+
 _SAVED_BY_ANOTHER_RUN_WHILE_THEY_MET = """
 import os
 

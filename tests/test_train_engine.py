@@ -784,6 +784,16 @@ def test_a_checkpoint_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
         engine.train(scrambled_method(), toy_data(), config(steps=4), tmp_path, accelerator, resume=True)
 
 
+def test_a_checkpoint_of_another_format_is_refused_with_the_way_to_start_over(tmp_path, accelerator):
+    """One written by a vidbooth whose checkpoints hold other things: not read as this one's."""
+    engine.train(make_method(), toy_data(), config(steps=4), tmp_path, accelerator)
+    state_file = engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE
+    state_file.write_text(json.dumps(json.loads(state_file.read_text()) | {"format": engine.CHECKPOINT_FORMAT + 1}))
+    with pytest.raises(UserError, match=rf"^checkpoint {state_file.parent} has format {engine.CHECKPOINT_FORMAT + 1}: "
+                                        "rerun with --overwrite to start over$"):
+        engine.train(scrambled_method(), toy_data(), config(steps=4), tmp_path, accelerator, resume=True)
+
+
 def test_json_nested_past_pythons_stack_is_left_to_the_resume_to_refuse(tmp_path, accelerator):
     """The settings check before the model loads, and the stage's clock, had let a RecursionError out (a
     traceback): the first leaves the checkpoint to the resume, which refuses it; the clock starts from 0."""
