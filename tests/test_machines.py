@@ -502,7 +502,7 @@ def test_a_process_refused_before_meeting_meets_the_others_on_its_device_only_if
                           (["--recipe", str(recipe), "--set", "runtime.device=auto"], "auto"),
                           (["--recipe", str(tmp_path / "missing.yaml")], "auto"), (["--recipe", "tiny/motion"], "auto"),
                           (["--device", "", "--recipe", str(recipe)], "auto")):
-        _tell_the_other_processes(["train-motion", "clip.mp4", "--set", "train.lr=x", *given], refused())
+        _tell_the_other_processes(["train-motion", "clip.mp4", "--set", "train.lr=1", *given], refused())
         assert met[-2:] == [device, [1.0]], given
     recipe.write_text("runtime: [")  # unreadable
     _tell_the_other_processes(["train-motion", "clip.mp4", "--recipe", str(recipe)], refused())

@@ -795,10 +795,10 @@ def test_each_machines_processes_make_each_class_image_once(tmp_path, monkeypatc
     """Two machines of two processes each, as four threads that meet at each barrier. With a cache of each
     machine's own, its two processes each make half of the class images; with one the machines share, each process
     a quarter. Each machine's processes had shared out every image among themselves: with a shared cache, each
-    machine made them all; a launcher that did not say how many processes a machine runs had had each process make
-    every one that the other machine's processes made. Ranks dealt out to the machines in turn had had one process
-    of each machine make all that the other machine made, the other idle (a review's find). A launcher that says
-    neither (DeepSpeed's) had had each process of a machine make all the other machine made."""
+    machine made them all; a launcher that did not say how many processes a machine runs (DeepSpeed's) had had each
+    process make every one that the other machine's processes made (the host names now tell). Ranks dealt out to
+    the machines in turn had had one process of each machine make all that the other machine made, the other idle
+    (a review's find)."""
     import threading
     from types import SimpleNamespace
 
