@@ -272,11 +272,16 @@ def test_a_video_damaged_inside_its_frames_is_read_with_a_warning(tmp_path, monk
 
 def test_a_photo_named_as_a_video_is_said_to_be_one(tmp_path):
     """It had been 'has only 1 frame: use a longer clip'."""
-    from badinputs import make_bad_clip
+    from badinputs import make_bad_clip, quadrant_image
 
     path = make_bad_clip("png_named_mp4", tmp_path)
     with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is a PNG image named \.mp4, not a video: give a "):
         read_video(path)
+    for image_format, named, said in (("JPEG", "photo.mov", "JPEG"), ("WEBP", "photo.webm", "WebP")):
+        path = tmp_path / named
+        quadrant_image(64, 48).save(path, format=image_format)
+        with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is a {said} image named {path.suffix}, not a "):
+            read_video(path)
 
 
 def test_an_odd_height_is_padded_to_even_for_mp4(tmp_path):
