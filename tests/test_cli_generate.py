@@ -231,6 +231,12 @@ def test_an_adapter_scale_without_its_adapter_is_warned(tiny_base_dirs, tmp_path
     err = capsys.readouterr().err
     assert code == 0 and "warning: --subject-scale 0.5 has no effect without --subject" in err, err
     assert "--motion-scale" not in err  # 1, the default, says nothing
+    code = main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a dog", "--out",
+                 str(tmp_path / "b.mp4"), "--frames", "2", "--steps", "1", "--device", "cpu",
+                 "--motion-scale", "0.5", "--image-prompt-scale", "2"])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: --motion-scale 0.5 has no effect without --motion" in err, err
+    assert "warning: --image-prompt-scale has no effect without --image-prompt" in err, err
 
 
 def test_eta_with_a_scheduler_that_does_not_take_it_is_warned(tiny_base_dirs, tmp_path, capsys):

@@ -491,6 +491,33 @@ def test_image_prompt_settings_out_of_range_are_refused_naming_the_key(changes, 
         ImagePromptConfig(**built)
 
 
+@pytest.mark.parametrize("data, message", [
+    ({"scale_jitter": 1.0}, r"^data.scale_jitter must be in \[0, 1\), got 1.0$"),
+    ({"scale_jitter": -0.1}, r"^data.scale_jitter must be in \[0, 1\), got -0.1$"),
+    ({"views": 0}, r"^data.views must be at least 1, got 0$"),
+])
+def test_subject_data_settings_out_of_range_are_refused_naming_the_key(data, message):
+    from vidbooth.config.subject import SubjectConfig, SubjectDataConfig
+
+    with pytest.raises(UserError, match=message):
+        SubjectConfig(data=SubjectDataConfig(**data))
+
+
+def test_the_subject_stages_of_one_run_take_one_mixed_precision():
+    """Both stages run under one accelerator; a stage run alone may take its own."""
+    from dataclasses import replace
+
+    from vidbooth.config.subject import SubjectConfig
+
+    cfg = SubjectConfig(name="S*", photos=["photos"], class_noun="dog")
+    cfg.identity = replace(cfg.identity, train=replace(cfg.identity.train, mixed_precision="bf16"))
+    with pytest.raises(UserError, match=r"^textual_inversion.train.mixed_precision and identity.train.mixed_precision "
+                                        r"differ: one run uses one setting, so make them equal$"):
+        cfg.check(("textual_inversion", "identity"))
+    cfg.check(("identity",))
+    cfg.check(("textual_inversion",))
+
+
 def test_image_prompt_stages_default_to_a_faster_coarse_rate_than_fine():
     from vidbooth.config.image_prompt import ImagePromptConfig
 

@@ -145,6 +145,10 @@ def test_a_manifest_batch_reports_bad_lines_keeps_going_and_exits_1(
         ("no prompt for any video of a batch", "no prompt for"),
         ("motion without a reference", "needs a reference motion"),
         ("reference clip without motion", "shows no motion"),
+        ("a subject and reference images", "--subject and --ref-images both give reference images: pass only one"),
+        ("a motion and a reference clip", "--motion and --ref-video both give a reference motion: pass only one"),
+        ("an image metric without references", "no reference images for"),
+        ("no video", "no video to evaluate: give one or more VIDEO files or globs, or --manifest FILE"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(case, expected, media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
@@ -160,6 +164,10 @@ def test_bad_input_is_one_error_line_and_exit_2(case, expected, media, tiny_clip
         "no prompt for any video of a batch": [media["right"], media["left"]],
         "motion without a reference": [media["right"], "--prompt", "x", "--metrics", "motion"],
         "reference clip without motion": [media["right"], "--prompt", "x", "--ref-video", media["still"]],
+        "a subject and reference images": [media["right"], "-p", "x", "--subject", "S*", "--ref-images", media["photos"]],
+        "a motion and a reference clip": [media["right"], "-p", "x", "--motion", "M", "--ref-video", media["still"]],
+        "an image metric without references": [media["right"], "--prompt", "x", "--metrics", "clip_i"],
+        "no video": ["--prompt", "x"],
     }[case]
     assert run(*args, *models(tiny_clip_dir, tiny_vit_dir)) == 2
     errors = error_lines(capsys.readouterr())
