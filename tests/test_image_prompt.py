@@ -607,6 +607,13 @@ def test_an_existing_model_file_is_kept_without_overwrite(trained, tiny_base_dir
     code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--out", str(out), "--device", "cpu"])
     assert code == 2 and "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == trained.read_bytes()
+    folder = tmp_path / "a.safetensors"  # a folder of that name, left as it is even with --overwrite
+    (folder / "inside").mkdir(parents=True)
+    code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--out", str(folder), "--overwrite",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: --out {folder} is a folder: give a file path ending in .safetensors"], err
+    assert [p.name for p in folder.iterdir()] == ["inside"]
 
 
 def test_an_image_model_learns_image_prompts_and_animates_them_zero_shot(tiny_base_dirs, tmp_path):
