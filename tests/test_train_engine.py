@@ -859,6 +859,32 @@ def test_a_file_where_the_run_keeps_its_checkpoints_is_replaced_on_starting_over
         assert [p.name for p in engine.list_checkpoints(run)] == ["step-0000004"]
 
 
+def test_an_mpi_launchers_processes_with_nowhere_to_meet_are_told_what_to_set(monkeypatch, fresh_accelerate_state):
+    """srun or mpirun without MASTER_ADDR: accelerate's refusal had come with advice on --device and the precision."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "")  # accelerate sets some of them before it refuses: monkeypatch puts back each
+        monkeypatch.delenv(name)  # it set, not one it only deleted
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "0")
+    with pytest.raises(UserError, match=r"^cannot set up training: .*`MASTER_ADDR` env was not set.* \(PMI_SIZE=2 is "
+                                        r"set\): export MASTER_ADDR \(the first process's host\) and MASTER_PORT for "
+                                        r"every process, or start them with torchrun or accelerate launch$"):
+        engine.make_accelerator(device="cpu", quiet=True)
+
+
+def test_processes_a_launcher_started_that_do_not_meet_are_refused(monkeypatch, fresh_accelerate_state):
+    """mpirun or srun alone on GPUs: accelerate takes processes from torchrun only, so each trained alone, the same
+    run (its lines silenced but the first's), and all but one lost theirs saving it."""
+    monkeypatch.setattr(engine.reporting, "process_count", lambda: 2)  # (mpirun's variables: on the CPU accelerate
+    # meets the processes they name)
+    with pytest.raises(UserError, match=r"^cannot set up training: the launcher started 2 processes, but they did not "
+                                        r"meet \(this one would train alone\): start them with torchrun or accelerate "
+                                        r"launch \(under Slurm: srun torchrun \.\.\.\)$"):
+        engine.make_accelerator(device="cpu", quiet=True)
+    monkeypatch.setattr(engine.reporting, "process_count", lambda: 1)
+    assert engine.make_accelerator(device="cpu", quiet=True).num_processes == 1
+
+
 def test_vidbooths_precision_is_not_the_launchers(monkeypatch, fresh_accelerate_state):
     """`accelerate launch --mixed_precision bf16` (or a saved accelerate config) sets ACCELERATE_MIXED_PRECISION;
     vidbooth's own setting (train.mixed_precision, nano's 'no') is what trains."""

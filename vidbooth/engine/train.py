@@ -200,6 +200,7 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     if not on_cpu and resolved.index is not None and "LOCAL_RANK" not in os.environ:
         torch.cuda.set_device(resolved.index)  # one process: accelerate takes the current GPU, so make it this one
     handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=BARRIER_SECONDS))]
+    launched = ", ".join(f"{name}={os.environ[name]}" for name in reporting.SIZE_VARIABLES if name in os.environ)
     try:
         try:
             accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision, kwargs_handlers=handlers)
@@ -213,8 +214,14 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
             AcceleratorState._reset_state(reset_partial_state=True)
             accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision, kwargs_handlers=handlers)
     except ValueError as exc:
-        raise UserError(f"cannot set up training: {str(exc).splitlines()[0]}: check --device and {setting} (no; fp16 "
-                        "on CUDA; bf16 where the device has it)") from exc
+        reason = str(exc).splitlines()[0]
+        if "MASTER_ADDR" in reason and launched:  # an MPI launcher's or srun's variables (accelerate then sets
+            # torchrun's), with nowhere named for the processes to meet
+            raise UserError(f"cannot set up training: {reason} ({launched} is set): export MASTER_ADDR (the first "
+                            "process's host) and MASTER_PORT for every process, or start them with torchrun or "
+                            "accelerate launch") from exc
+        raise UserError(f"cannot set up training: {reason}: check --device and {setting} (no; fp16 on CUDA; bf16 "
+                        "where the device has it)") from exc
     except RuntimeError as exc:
         if not isinstance(exc, getattr(torch.distributed, "DistError", ())):
             raise
@@ -226,6 +233,11 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     if accelerator.device.type != wanted:  # ACCELERATE_TORCH_DEVICE overrides accelerate's own cpu=True
         raise UserError(f"accelerate put training on {accelerator.device.type}, not {wanted} as --device says (asked "
                         f"for by {_accelerate_variables()}, left by another tool?): unset that")
+    if accelerator.num_processes != reporting.process_count():  # on GPUs accelerate takes processes from torchrun
+        raise UserError(  # only: under mpirun or srun alone each would train alone, the same run, silently
+            f"cannot set up training: the launcher started {reporting.process_count()} processes"
+            f"{f' ({launched})' if launched else ''}, but they did not meet (this one would train alone): start them "
+            "with torchrun or accelerate launch (under Slurm: srun torchrun ...)")
     if quiet:
         return accelerator
     if accelerator.num_processes == 1 and _asked_for_several_cpu_processes():
