@@ -233,8 +233,8 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
     if accelerator.device.type != wanted:  # ACCELERATE_TORCH_DEVICE overrides accelerate's own cpu=True
         raise UserError(f"accelerate put training on {accelerator.device.type}, not {wanted} as --device says (asked "
                         f"for by {_accelerate_variables()}, left by another tool?): unset that")
-    if accelerator.num_processes != reporting.process_count():  # on GPUs accelerate takes processes from torchrun
-        raise UserError(  # only: under mpirun or srun alone each would train alone, the same run, silently
+    if accelerator.num_processes != reporting.process_count():  # on GPUs accelerate meets only processes given a
+        raise UserError(  # LOCAL_RANK: under mpirun or srun alone each would train the same run alone, silently
             f"cannot set up training: the launcher started {reporting.process_count()} processes"
             f"{f' ({launched})' if launched else ''}, but they did not meet (this one would train alone): start them "
             "with torchrun or accelerate launch (under Slurm: srun torchrun ...)")
