@@ -218,8 +218,8 @@ def test_accelerate_launch_cpu_asked_for_two_processes_is_warned_of_starting_one
     clip = square_clip(tmp_path / "slide.mp4")
     launch = [*two_process_launch[:3], "--cpu", *two_process_launch[3:]]
     launch.remove("--multi_gpu")
-    done = subprocess.run([*launch, "-m", "vidbooth", "train-motion", str(clip), "--name", "slide", "--base", "tiny",
-                           *QUICK], capture_output=True, text=True, timeout=300, env=os.environ | {"VIDBOOTH_QUIET": "0"})
+    command = [*launch, "-m", "vidbooth", "train-motion", str(clip), "--name", "slide", "--base", "tiny", *QUICK]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ | {"VIDBOOTH_QUIET": "0"})
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("warning: accelerate launch --cpu started a single process (it runs several only "
                              "through mpirun): for N CPU processes with gloo use `accelerate launch --multi_gpu "
