@@ -25,9 +25,10 @@ Measured on 2 CPU cores (forty-third session; the seconds vary by a quarter from
   session): UNet3D +2.44 GB, 3.4 s, against +3.58 GB, 4.0 s at 12f3ceb run just after; AnimateDiff +4.26 GB
   (+9.57 GB before that session's changes). Same fingerprint in every row.
 - The peaks count the weight files' pages mapped into the process (weights loaded as stored stay mapped; the kernel
-  can drop such pages and read them again). Sampled every 10 ms on the UNet3D (forty-fifth session): bf16 peaks at
-  2.36 GB, 1.32 GB of it the process's own memory and 1.12 GB the fp16 files' pages, which the cast lets go: at the
-  end it holds 1.30 GB, nearly all its own. fp16 holds 1.37 GB, 1.13 GB of it the files' pages.
+  can drop such pages and read them again). Sampled every 10 ms on the UNet3D (forty-fifth session): in bf16 the
+  process's own memory peaked at 1.32 GB and the fp16 files' pages at 1.12 GB, at different moments (the resident
+  set at 2.36 GB); the cast lets the pages go, and at the end it holds 1.30 GB, 1.27 GB of it its own. fp16 holds
+  1.37 GB, 1.13 GB of it the files' pages.
 - AnimateDiff in fp16 with the motion adapter loaded as fp16 too (its files hold every tensor): +2.61 GB, 3.8 s
   (+3.00 GB with it in fp32). Loading it as fp16 in bf16 runs too peaked at +4.87 GB: bf16 loads it in fp32.
 """

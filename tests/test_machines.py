@@ -350,7 +350,7 @@ def test_the_first_machine_killed_outright_is_told_with_the_checkpoint_it_saved(
 
 
 _OWN_CACHE_AND_NO_LOCAL_WORLD_SIZE = """
-os.environ.pop("LOCAL_WORLD_SIZE", None)  # as a launcher that does not set it: the shares go over every process
+os.environ.pop("LOCAL_WORLD_SIZE", None)  # as a launcher that does not set it (accelerate sets 1 on the CPU)
 if os.environ.get("RANK") == "1":
     os.environ["VIDBOOTH_CACHE"] = os.environ["SECOND_MACHINE_CACHE"]
 """

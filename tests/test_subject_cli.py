@@ -832,17 +832,21 @@ def test_each_machines_processes_make_each_class_image_once(tmp_path, monkeypatc
 
     # ranks 0, 1 on the first machine, or dealt out in turn (mpirun --map-by node): 0, 2 there; a launcher that
     # says the ranks on each machine, or one that does not (the host names then tell; the launcher's, where it
-    # says, even on machines of one host name)
-    for caches, each_made, dealt, says in ((("0-first", "0-second"), 8, False, True),
-                                           (("1-first", "1-second"), 8, True, True),
-                                           (("2-shared", "2-shared"), 4, False, True),
-                                           (("3-first", "3-second"), 8, True, False)):
+    # says, even on machines of one host name), or says it to the first of each machine only (accelerate's
+    # LOCAL_WORLD_SIZE=1 on the CPU, where the launcher set none)
+    for caches, each_made, dealt, says in ((("0-first", "0-second"), 8, False, "all"),
+                                           (("1-first", "1-second"), 8, True, "all"),
+                                           (("2-shared", "2-shared"), 4, False, "all"),
+                                           (("3-first", "3-second"), 8, True, "none"),
+                                           (("4-first", "4-second"), 8, False, "first")):
         made.clear()
         barrier = threading.Barrier(4, timeout=60)
         machine_of, local = (lambda r: r % 2, lambda r: r // 2) if dealt else (lambda r: r // 2, lambda r: r % 2)
+        said = {"all": lambda r: (local(r), 2), "none": lambda r: None,
+                "first": lambda r: None if local(r) else (0, 1)}[says]
         threads = [threading.Thread(target=run, args=(
-            rank, tmp_path / caches[machine_of(rank)], (local(rank), 2) if says else None,
-            f"node-{machine_of(rank)}" if not says else "localhost", barrier)) for rank in range(4)]
+            rank, tmp_path / caches[machine_of(rank)], said(rank),
+            "localhost" if says == "all" else f"node-{machine_of(rank)}", barrier)) for rank in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:

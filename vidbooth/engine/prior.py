@@ -123,14 +123,19 @@ def make_class_images_together(backbone, prompt: str, count: int, size: int, pri
 
 def _place_on_this_machine(accelerator) -> tuple[int, int]:
     """This process's rank among the processes of its machine, and their number: as the launcher says (torchrun,
-    MPI), else as the host names of every process say. A launcher that did not say (DeepSpeed's names no
-    LOCAL_WORLD_SIZE) had had each process of a machine make every image the other machines made. Machines of one
-    host name are taken for one: the images they miss are then made in the last pass."""
+    MPI) where it says so to every process, else as the host names of every process say. A launcher that did not
+    say (DeepSpeed's names no LOCAL_WORLD_SIZE) had had each process of a machine make every image the other
+    machines made; on the CPU accelerate then sets LOCAL_WORLD_SIZE=1, which only the first of each machine can
+    take for its place. Machines of one host name are taken for one: the images they miss are made in the last
+    pass."""
     from accelerate.utils import gather_object
 
-    hosts = gather_object([socket.gethostname()]) if accelerator.num_processes > 1 else []  # by every process
-    here = [rank for rank, host in enumerate(hosts) if host == socket.gethostname()] or [accelerator.process_index]
-    return reporting.place_on_this_machine() or (here.index(accelerator.process_index), len(here))
+    mine = (socket.gethostname(), reporting.place_on_this_machine())
+    everyone = gather_object([mine]) if accelerator.num_processes > 1 else [mine]  # by every process
+    if all(place is not None for _, place in everyone):
+        return mine[1]
+    here = [rank for rank, (host, _) in enumerate(everyone) if host == mine[0]] or [accelerator.process_index]
+    return here.index(accelerator.process_index), len(here)
 
 
 def _class_image_file(folder: Path, index: int) -> Path:
