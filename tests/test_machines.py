@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,7 +68,9 @@ def _run(launch, machine, env, command):
 
 
 def _errors(done) -> list[str]:
-    return [line for line in done.stderr.splitlines() if line.startswith("error")]
+    """The error lines, also one that ran into the other process's progress bar (the two share one pipe here)."""
+    found = (re.search(r"(?:^|loss=[\d.]+)(error(?: \(process \d+\))?: .*)", line) for line in done.stderr.splitlines())
+    return [match.group(1) for match in found if match]
 
 
 def _said(done) -> list[str]:
