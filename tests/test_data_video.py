@@ -125,6 +125,7 @@ def test_transparent_gif_pixels_are_white_as_in_photos(tmp_path):
     assert np.abs(video[0, 8, 6].astype(int) - (200, 30, 30)).max() < 8
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # imageio-ffmpeg's reader leaves its ffmpeg's pipes open
 def test_frames_are_those_imageio_ffmpeg_decodes(tmp_path):
     """vidbooth runs ffmpeg itself (to read its log); the frames are still byte for byte imageio-ffmpeg's."""
     import imageio_ffmpeg
