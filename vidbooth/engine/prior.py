@@ -134,7 +134,7 @@ def _place_on_this_machine(accelerator) -> tuple[int, int]:
     everyone = gather_object([mine]) if accelerator.num_processes > 1 else [mine]  # by every process
     if all(place is not None for _, place in everyone):
         return mine[1]
-    here = [rank for rank, (host, _) in enumerate(everyone) if host == mine[0]] or [accelerator.process_index]
+    here = [rank for rank, (host, _) in enumerate(everyone) if host == mine[0]]  # this process among them
     return here.index(accelerator.process_index), len(here)
 
 

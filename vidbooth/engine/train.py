@@ -1145,10 +1145,12 @@ def train(
     step = saved = result.step  # `saved`: the step of the last checkpoint that every process saw the first one save
 
     def diverged(what: str, at: int) -> LossNotFinite:
-        last = list_checkpoints(run_dir)
-        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
         if not sees_the_firsts(accelerator, run_dir, saved):
             kept = f"the last good checkpoint, of step {saved}, is in the first process's library"
+        elif last := list_checkpoints(run_dir):
+            kept = f"the last good checkpoint is {last[-1]}"
+        else:
+            kept = "no checkpoint was saved yet"
         # half precision: autocast, or a frozen base cast to fp16/bf16 (its signature says, `dtype_signature`)
         half = str(accelerator.mixed_precision) != "no" or "base_dtype" in signature
         mixed = cfg.full_key("mixed_precision")
