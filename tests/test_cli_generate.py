@@ -167,6 +167,13 @@ def test_help_shows_no_value_after_a_flag_and_names_what_each_takes(command, cap
     assert re.findall(r"<(?:str|int|float|path|list\[\w+\])>", out) == []  # flags and positional arguments
 
 
+@pytest.mark.parametrize("command", sorted(set(ALL_COMMANDS) - {"demo", "train-image-prompt", "pretrain", "list"}))
+def test_a_bare_command_that_needs_inputs_shows_its_help_and_exits_2(command, capsys):
+    assert main([command]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"{command} [OPTIONS]" in captured.err and "--set KEY=VALUE" in captured.err
+
+
 @pytest.mark.parametrize("command, recipes", [("generate", "generate"), ("train-subject", "subject"),
                                               ("train-motion", "motion"), ("train-image-prompt", "image-prompt")])
 def test_recipe_help_names_the_recipes_of_its_command(command, recipes, capsys):
