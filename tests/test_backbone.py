@@ -716,3 +716,40 @@ def test_the_dtype_weights_are_stored_in_is_read_from_their_files_of_the_variant
     variant = stored(torch.float16, name="model.fp16.safetensors")
     save_file({"w": torch.zeros(2)}, variant / "model.safetensors")
     assert (_stored_dtype(variant, "fp16"), _stored_dtype(variant, None)) == (torch.float16, None)
+
+
+def test_a_missing_packaged_nano_model_says_to_reinstall(tmp_path, monkeypatch):
+    from vidbooth.engine import backbone
+
+    monkeypatch.setattr(backbone, "NANO", tmp_path / "nano")
+    with pytest.raises(UserError, match=rf"^the packaged nano model is missing from {tmp_path / 'nano'}: reinstall "
+                                        "vidbooth$"):
+        load_backbone("nano", device="cpu")
+
+
+def test_a_hub_cache_snapshot_without_safetensors_weights_says_to_convert_a_whole_download(tiny_base_dirs, tmp_path):
+    snapshot = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "models--org--name" / "snapshots" / "0123abc")
+    for weights in (snapshot / "unet").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(UserError, match=r"\(unet/ holds no \.safetensors weights \(if the model ships only pickled "
+                                        r"\.bin weights, download it whole, convert them and pass its folder\)\)$"):
+        load_backbone(str(snapshot), device="cpu")
+
+
+def test_a_weights_file_under_another_name_is_told_by_the_library_alone(tiny_base_dirs, tmp_path):
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "base")
+    (folder / "text_encoder" / "model.safetensors").rename(folder / "text_encoder" / "weights.safetensors")
+    with pytest.raises(UserError, match=rf"^cannot load the model in {folder}: .*no file named model\.safetensors"
+                                        r"[^()]*$"):
+        load_backbone(str(folder), device="cpu")
+
+
+def test_a_unet_class_vidbooth_does_not_support_is_one_error(tiny_base_dirs, tmp_path):
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "base")
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    config["_class_name"] = "UNetSpatioTemporalConditionModel"
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=rf"^unsupported UNet class 'UNetSpatioTemporalConditionModel' in {folder}: "
+                                        "vidbooth supports UNet3D, AnimateDiff and image models "
+                                        r"\(UNet2DConditionModel\)$"):
+        load_backbone(str(folder), device="cpu")
