@@ -194,3 +194,84 @@ def test_an_identity_adapter_file_whose_ratio_training_would_not_write_is_one_er
     with pytest.raises(UserError, match=r"id.safetensors: its metadata is damaged .*train the identity adapter again"):
         identity.load_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), tmp_path / "id.safetensors")
     assert not adapters_of(bb.unet, identity.KIND)
+
+
+def _identity_tensors(bb) -> dict[str, torch.Tensor]:
+    """The tensors of an identity adapter of ratio 0.5 on `bb`, which is left without one."""
+    _attach_identity(bb)
+    tensors = identity.identity_state_dict(bb.unet)
+    identity.remove(bb.unet, identity.KIND)
+    return tensors
+
+
+def test_an_identity_adapter_file_without_its_hidden_ratio_is_refused(tiny_backbones, tmp_path):
+    from vidbooth.adapters.base import adapters_of
+    from vidbooth.errors import UserError
+
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    path = tmp_path / "id.safetensors"
+    save_tensors(path, _identity_tensors(bb), {"method": "identity"})
+    with pytest.raises(UserError, match=rf"^{path} has no 'hidden_ratio' in its metadata: it is not a vidbooth "
+                                        "identity adapter$"):
+        identity.load_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), path)
+    assert not adapters_of(bb.unet, identity.KIND)
+
+
+@pytest.mark.parametrize("ratio, message", [("0.25", r"does not fit this model \(tensor .* is \(\d+, \d+\) in the "
+                                                     r"file, \(\d+, \d+\) here\)"),
+                                            ("0.5", r"holds NaN or infinite values")])
+def test_an_identity_adapter_file_whose_tensors_do_not_load_leaves_no_adapter(ratio, message, tiny_backbones,
+                                                                             tmp_path):
+    from vidbooth.adapters.base import adapters_of
+    from vidbooth.errors import UserError
+
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    tensors = _identity_tensors(bb)
+    if ratio == "0.5":
+        first = next(iter(tensors))
+        tensors[first] = torch.full_like(tensors[first], float("nan"))
+    save_tensors(tmp_path / "id.safetensors", tensors, {"method": "identity", "hidden_ratio": ratio})
+    with pytest.raises(UserError, match=message):
+        identity.load_identity_adapter(bb.unet, bb.spatial_cross_attention_layers(), tmp_path / "id.safetensors")
+    assert not adapters_of(bb.unet, identity.KIND)
+
+
+def _embeddings_only_subject(bb, tensors: dict[str, torch.Tensor]) -> None:
+    """Subject 'S*' in the library, learned on `bb`, of a pseudo-word alone (no identity adapter)."""
+    from vidbooth import library
+
+    manifest = {"name": "S*", "kind": "subject", "base": "tiny", "base_fingerprint": bb.fingerprint,
+                "class_noun": "dog", "num_vectors": 1, "token": "S*", "tokens": ["S*"],
+                "paths": {"embeddings": textual_inversion.EMBEDDINGS_FILE, "identity_adapter": None, "config": None}}
+    with library.staged_artifact("subject", "S*") as stage:
+        save_tensors(stage / textual_inversion.EMBEDDINGS_FILE, tensors, {"method": "textual_inversion"})
+        library.write_json(stage / library.MANIFEST, manifest)
+
+
+def test_a_subject_of_a_pseudo_word_alone_loaded_twice_is_one_error_that_changes_nothing(tiny_backbones):
+    from vidbooth.engine.subject import load_subject
+    from vidbooth.errors import UserError
+
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    width = bb.text_encoder.get_input_embeddings().embedding_dim
+    _embeddings_only_subject(bb, {"S*": torch.randn(1, width)})
+    load_subject(bb, "S*")
+    vocab, rows = len(bb.tokenizer), bb.text_encoder.get_input_embeddings().weight.detach().clone()
+    with pytest.raises(UserError, match=r"^token 'S\*' is already in use \(a subject loaded twice\?\): load each "
+                                        "subject once$"):
+        load_subject(bb, "S*")
+    assert len(bb.tokenizer) == vocab and torch.equal(bb.text_encoder.get_input_embeddings().weight, rows)
+
+
+def test_a_subjects_embeddings_file_of_two_tensors_is_refused_before_any_token_is_added(tiny_backbones):
+    from vidbooth.engine.subject import load_subject
+    from vidbooth.errors import UserError
+
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    width = bb.text_encoder.get_input_embeddings().embedding_dim
+    _embeddings_only_subject(bb, {"S*": torch.randn(1, width), "T*": torch.randn(1, width)})
+    vocab = len(bb.tokenizer)
+    with pytest.raises(UserError, match=rf"{textual_inversion.EMBEDDINGS_FILE} holds 2 tensors, expected one "
+                                        r"\{token: embedding\}: retrain the subject$"):
+        load_subject(bb, "S*")
+    assert len(bb.tokenizer) == vocab
