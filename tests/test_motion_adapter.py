@@ -204,3 +204,67 @@ def test_a_damaged_or_crafted_spec_is_one_error_before_anything_is_built(change,
         motion_spec_of(file, crafted, tensors)
     assert str(file) in str(refused.value)
     assert f"retrain it (vidbooth train-motion ... --name M --overwrite), or delete {file.parent}" in str(refused.value)
+
+
+def _stored_motion(bb, metadata: dict | None = None, change=None) -> None:
+    """Motion 'm' in the library, learned on `bb` (left as found); `change` alters its tensors before they are saved,
+    `metadata` replaces the file's (the library's seal still matches: a file replaced with its manifest)."""
+    from vidbooth import library
+
+    spec = MotionAdapterSpec(ALL_SUBLAYERS, 0.5, None)
+    inject_motion_adapter(bb.unet, bb.temporal_layers(), spec)
+    tensors = motion_state_dict(bb.unet)
+    remove(bb.unet, KIND)
+    if change:
+        change(tensors)
+    manifest = {"name": "m", "kind": "motion", "base": "tiny", "base_fingerprint": bb.fingerprint,
+                "class_noun": "square", "paths": {"motion_adapter": "motion_adapter.safetensors", "config": None}}
+    with library.staged_artifact("motion", "m") as stage:
+        save_tensors(stage / "motion_adapter.safetensors", tensors, {"spec": spec.to_json()} if metadata is None
+                     else metadata)
+        library.write_json(stage / library.MANIFEST, manifest)
+
+
+def test_a_motion_loaded_on_a_model_that_has_one_is_one_error_that_keeps_the_first(tiny_backbones, isolated_home):
+    import copy
+
+    from vidbooth.engine.motion import load_motion
+
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    _stored_motion(bb)
+    load_motion(bb, "m")
+    loaded = dict(adapters_of(bb.unet, KIND))
+    with pytest.raises(UserError, match=r"^a motion adapter is already loaded: load one motion \('m'\) at a time$"):
+        load_motion(bb, "m", scale=0.5)
+    assert adapters_of(bb.unet, KIND) == loaded and all(a.scale == 1.0 for a in loaded.values())
+
+
+def test_a_motion_file_without_its_adapter_config_is_refused(tiny_backbones, isolated_home):
+    import copy
+
+    from vidbooth.engine.motion import load_motion
+
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    _stored_motion(bb, metadata={"method": "motion"})
+    folder = isolated_home / "motions" / "m"
+    with pytest.raises(UserError, match=rf"^{folder / 'motion_adapter.safetensors'} lacks its adapter config in the "
+                                        r"metadata: retrain it \(vidbooth train-motion \.\.\. --name m --overwrite\), "
+                                        rf"or delete {folder}$"):
+        load_motion(bb, "m")
+    assert not adapters_of(bb.unet, KIND)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda tensors: tensors.popitem(), r"does not fit this model \(1 missing, 0 unexpected tensors"),
+    (lambda tensors: tensors.update({key: t * float("nan") for key, t in tensors.items()}), "holds NaN or infinite"),
+])
+def test_a_motion_file_whose_tensors_do_not_load_leaves_no_adapter(change, message, tiny_backbones, isolated_home):
+    import copy
+
+    from vidbooth.engine.motion import load_motion
+
+    bb = copy.deepcopy(tiny_backbones["unet3d"])
+    _stored_motion(bb, change=change)
+    with pytest.raises(UserError, match=message):
+        load_motion(bb, "m")
+    assert not adapters_of(bb.unet, KIND)
