@@ -857,3 +857,56 @@ def test_the_photo_is_noised_in_fp32_and_given_to_the_unet_in_its_precision():
     image_prompt_engine.capture(backbone, scheduler, latents, noise, torch.arange(4), None)  # t = 0, 1, 2, 3
     (noisy,) = seen
     assert noisy.dtype == torch.bfloat16 and (noisy.flatten(1).abs().amax(1) > 0).all()
+
+
+@pytest.mark.parametrize("metadata, message", [
+    (lambda trained: {"method": "image_prompt"}, "is not a vidbooth image-prompt model (made by `vidbooth "
+                                                 "train-image-prompt`)"),
+    (lambda trained: trained | {"spec": "{not json"}, ": its 'spec' metadata is damaged or from another vidbooth "
+                                                      "version (Expecting property name enclosed in double quotes"),
+])
+def test_an_image_prompt_model_without_a_readable_spec_is_one_error_line(metadata, message, trained, tiny_base_dirs,
+                                                                          tmp_path, capsys):
+    """Its word cannot be read before the model loads: loading it tells what is wrong."""
+    tensors, trained_metadata = load_tensors(trained)
+    crafted = tmp_path / "crafted.safetensors"
+    save_file(tensors, str(crafted), metadata(trained_metadata))
+    photo = tmp_path / "subject.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
+    out = tmp_path / "out" / "v.mp4"
+    code = main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a sprite", "--image-prompt",
+                 str(photo), "--image-prompt-model", str(crafted), "--out", str(out), "--frames", "2", "--steps", "1",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"error: {crafted}") and message in err and len(err.splitlines()) == 1, err
+    assert not out.parent.exists()
+
+
+def test_a_mapper_tensor_its_spec_does_not_build_is_refused_as_a_damaged_file(trained, tiny_backbones, tmp_path):
+    """The base's fingerprint matches: the file was altered, not trained on another base as it had said."""
+    tensors, metadata = load_tensors(trained)
+    crafted = tmp_path / "crafted.safetensors"
+    save_file({k: v for k, v in tensors.items() if k != "mapper.net.0.bias"}, str(crafted), metadata)
+    with pytest.raises(UserError, match=rf"^{crafted}: its mapper tensors do not fit its 'spec' metadata "
+                                        r"\(mapper.net.0.bias\): train it again with `vidbooth train-image-prompt`$"):
+        load_image_prompt_model(tiny_backbones["unet3d"], crafted)
+    assert not injections(tiny_backbones["unet3d"].unet)
+
+
+@pytest.mark.parametrize("encoder, message", [
+    ("tiny-clip", r"^image-prompt model {file} reads (\d+)-wide image embeddings; tiny-clip gives (?!\1)\d+$"),
+    ("gone", r"^image encoder '{encoder}' not found$"),
+])
+def test_an_image_prompt_models_recorded_encoder_that_is_gone_or_of_another_width_is_refused(
+        encoder, message, trained, tiny_backbones, tmp_path):
+    """The spec's encoder: a folder moved since, or replaced by another model."""
+    import re
+
+    tensors, metadata = load_tensors(trained)
+    encoder = encoder if encoder == "tiny-clip" else str(tmp_path / encoder)
+    crafted = tmp_path / "crafted.safetensors"
+    spec = json.loads(metadata["spec"]) | {"encoder": encoder}
+    save_file(tensors, str(crafted), metadata | {"spec": json.dumps(spec)})
+    with pytest.raises(UserError, match=message.format(file=re.escape(str(crafted)), encoder=re.escape(encoder))):
+        load_image_prompt_model(tiny_backbones["unet3d"], crafted)
+    assert not injections(tiny_backbones["unet3d"].unet)

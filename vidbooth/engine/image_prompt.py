@@ -120,8 +120,8 @@ class ImagePromptModel:
         own = self.mapper.state_dict()
         wrong = sorted(set(own) ^ set(mapper)) or [k for k in own if own[k].shape != mapper[k].shape]
         if wrong:
-            raise UserError(f"image-prompt model {source} does not fit this base (mapper tensor {wrong[0]}): it was "
-                            "trained on another base model")
+            raise UserError(f"{source}: its mapper tensors do not fit its 'spec' metadata (mapper.{wrong[0]}): train "
+                            "it again with `vidbooth train-image-prompt`")  # the base's fingerprint was checked
         for key, tensor in mapper.items():
             check_values(source, f"mapper.{key}", tensor)
         injected = {k.removeprefix("inject."): v for k, v in tensors.items() if not k.startswith("mapper.")}
