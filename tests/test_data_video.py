@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,3 +392,57 @@ def test_a_video_whose_name_starts_like_an_ffmpeg_protocol_is_read(tmp_path, mon
     write_video(frames, name, fps=8)
     assert video_fps(name) == 8 and video_frame_count(name) == 8
     assert read_video(name).shape == (8, 32, 32, 3)
+
+
+def test_a_video_that_cannot_be_read_is_refused_as_permission_denied_not_as_corrupt(tmp_path, monkeypatch):
+    """ffmpeg, refused the file, said only that it found no video in it: 'corrupt, truncated or in an unsupported
+    codec'. As root, whom no mode stops, opening it is refused instead (ffmpeg is not asked)."""
+    import builtins
+    import os
+
+    from badinputs import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    clip.chmod(0)
+    if os.geteuid() == 0:
+        real_open = builtins.open
+
+        def refusing_open(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and Path(file) == clip:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+    message = rf"^cannot read video {re.escape(str(clip))}: permission denied; fix its permissions or copy it$"
+    with pytest.raises(UserError, match=message):
+        read_video(clip)
+    with pytest.raises(UserError, match=message):
+        load_clip(clip)
+
+
+def test_a_one_frame_clip_with_no_frame_rate_in_its_header_is_read_at_the_default_rate(tmp_path):
+    """A browser's recording of one frame: the header's rate is its time base's '1k', and one packet gives no
+    rate either."""
+    path = tmp_path / "one.webm"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=1000", "-frames:v", "1", "-c:v", "libvpx", str(path))
+    assert read_video(path).shape == (1, 48, 64, 3)
+    assert video_fps(path, default=5.0) == 5.0
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no new folder can be made")
+def test_an_output_folder_under_a_place_that_takes_no_new_folders_is_refused_naming_that_place():
+    from vidbooth.data.video import check_writable_dir
+
+    with pytest.raises(UserError, match=r"^cannot create output folder /proc/vidbooth-out/videos: /proc is not "
+                                        "writable; choose another --out$"):
+        check_writable_dir("/proc/vidbooth-out/videos")
+
+
+def test_a_video_whose_folder_is_a_broken_link_is_refused_and_nothing_is_written(tmp_path):
+    """The checks before a command's work take the link for a folder still to be made."""
+    link = tmp_path / "renders"
+    link.symlink_to(tmp_path / "unmounted drive")
+    with pytest.raises(UserError, match=rf"^cannot create output folder {re.escape(str(link))}: file exists; choose "
+                                        "another place for the output$"):
+        write_video(np.zeros((2, 16, 16, 3), np.uint8), link / "clip.mp4")
+    assert list(tmp_path.iterdir()) == [link]

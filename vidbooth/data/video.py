@@ -103,7 +103,10 @@ def video_file_problem(path: str | Path) -> str | None:
         return f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}"
     if path.stat().st_size == 0:
         return f"video file is empty (0 bytes): {path}; copy or export it again (a download or copy may have failed)"
-    image = _image_kind(path)
+    try:
+        image = _image_kind(path)
+    except PermissionError:  # ffmpeg would say only that it found no video in it: 'corrupt'
+        return f"cannot read video {path}: permission denied; fix its permissions or copy it"
     if image:
         return f"{path} is a {image} image named {path.suffix}, not a video: give a video file"
     return None
@@ -114,6 +117,8 @@ def _image_kind(path: Path) -> str | None:
     try:
         with open(path, "rb") as file:
             head = file.read(12)
+    except PermissionError:
+        raise
     except OSError:
         return None  # reading it says why
     if head.startswith(b"\x89PNG"):
