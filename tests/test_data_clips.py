@@ -327,3 +327,12 @@ def test_a_video_file_smaller_than_the_smallest_side_is_refused(tmp_path):
         load_clip(path)
     wide = write_video(np.zeros((4, 64, 112, 3), np.uint8), tmp_path / "wide.mp4")
     assert load_clip(wide)[0].shape[1:3] == (64, 112)  # 64 on its shorter side is enough
+
+
+def test_a_frame_folder_without_numbers_is_read_in_name_order_without_a_gap_warning(tmp_path, warned):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for level, name in ((1, "a.png"), (2, "b.png"), (3, "c.png")):
+        Image.new("RGB", (96, 64), (badinputs.frame_level(level),) * 3).save(folder / name)
+    frames, _ = load_clip(folder)
+    assert frame_levels(frames) == [1, 2, 3] and warned == []

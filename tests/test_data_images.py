@@ -532,3 +532,58 @@ def test_a_photo_whose_name_is_not_text_is_refused_in_one_line(tmp_path):
                                         r"encoding: run vidbooth under a UTF-8 locale \(LANG=C\.UTF-8\), or rename "
                                         r"the file$"):
         load_photos([folder])
+
+
+def _unreadable(path: Path, monkeypatch) -> Path:
+    """`path` made unreadable: by its mode, or as root (whom no mode stops) by refusing to open it."""
+    import builtins
+    import os
+
+    path.chmod(0)
+    if os.geteuid() == 0:
+        real_open = builtins.open
+
+        def refusing_open(file, *args, **kwargs):
+            if isinstance(file, (str, Path)) and Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+    return path
+
+
+def _train_subject(*photos: Path) -> int:
+    from vidbooth.cli.app import main
+
+    return main(["train-subject", *map(str, photos), "--name", "S*", "--class-noun", "dog", "--recipe",
+                 "tiny/subject", "--no-preview"])
+
+
+def test_a_photo_that_cannot_be_read_is_refused_as_permission_denied(tmp_path, capsys, isolated_home, monkeypatch):
+    photos = badinputs.write_photos(tmp_path / "photos")
+    locked = _unreadable(photos / "photo1.png", monkeypatch)
+    assert _train_subject(photos) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: cannot read image {locked}: permission denied; fix its permissions or copy it")
+    assert not (isolated_home / "subjects").exists()
+
+
+def test_a_photo_file_of_another_type_is_refused_naming_the_types_taken(tmp_path, capsys, isolated_home):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the dog's name is Rex\n")
+    assert _train_subject(badinputs.write_photos(tmp_path / "photos"), notes) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {notes} is not a supported photo type: use one of .jpg, .jpeg, .png, .webp, .bmp, .gif, .tif, "
+        ".tiff, .avif")
+    assert not (isolated_home / "subjects").exists()
+
+
+def test_an_image_prompt_that_is_a_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    from vidbooth.cli.app import main
+
+    out = tmp_path / "out" / "v.mp4"
+    photos = badinputs.write_photos(tmp_path / "photos")
+    assert main(["generate", "--prompt", "x", "--image-prompt", str(photos), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --image-prompt: {photos} is not a file: give an image file")
+    assert not out.parent.exists()

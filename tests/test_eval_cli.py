@@ -571,3 +571,38 @@ def test_json_or_csv_given_as_a_dash_go_to_stdout_for_a_script_and_the_table_to_
     assert error_lines(capsys.readouterr()) == ["error: --json - and --csv - both ask for stdout: give one of them a "
                                                 "file"]
     assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("manifest that is a folder", "cannot read manifest {folder}: give a UTF-8 text file of "
+                                      "video|||ref_dir|||prompt lines"),
+        ("manifest that is not UTF-8", "cannot read manifest {latin}: give a UTF-8 text file"),
+        ("manifest of comments only", "manifest {comments} has no video line: add lines of the form "
+                                      "video|||ref_dir|||prompt"),
+        ("missing reference folder", "reference image folder not found: {missing}: check the spelling"),
+        ("reference clip of one frame", "reference motion clip {one} has a single frame: motion needs a clip with 2 "
+                                        "or more frames"),
+    ],
+)
+def test_an_unusable_manifest_or_reference_is_one_error_line_and_nothing_is_written(
+        case, expected, media, tiny_clip_dir, tiny_vit_dir, tmp_path, capsys):
+    paths = {"folder": tmp_path / "list", "latin": tmp_path / "latin.txt", "comments": tmp_path / "comments.txt",
+             "missing": tmp_path / "no photos", "one": tmp_path / "one.mp4"}
+    paths["folder"].mkdir()
+    paths["latin"].write_bytes(f"{media['right']}||||||un caf\xe9 qui bouge\n".encode("latin-1"))
+    paths["comments"].write_text("# video|||ref_dir|||prompt\n\n")
+    write_video(read_video(media["right"])[:1], paths["one"])
+    args = {
+        "manifest that is a folder": ["--manifest", paths["folder"]],
+        "manifest that is not UTF-8": ["--manifest", paths["latin"]],
+        "manifest of comments only": ["--manifest", paths["comments"]],
+        "missing reference folder": [media["right"], "-p", "x", "--ref-images", paths["missing"]],
+        "reference clip of one frame": [media["right"], "-p", "x", "--metrics", "motion", "--ref-video", paths["one"]],
+    }[case]
+    out = tmp_path / "scores.json"
+    assert run(*args, *models(tiny_clip_dir, tiny_vit_dir), "--json", out) == 2
+    [error] = error_lines(capsys.readouterr())
+    assert error.startswith("error: " + expected.format(**paths)), error
+    assert not out.exists()

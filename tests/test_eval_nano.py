@@ -370,3 +370,13 @@ def test_a_library_subject_or_motion_without_its_training_inputs_names_the_flag_
     photos.rmdir()
     assert run(world["video"], "--subject", "S*") == 2
     assert "has no training photos in" in capsys.readouterr().err
+
+
+def test_a_video_without_a_prompt_is_probed_as_n_a_saying_the_probe_needs_a_world_caption(world, tmp_path):
+    out = tmp_path / "scores.json"
+    assert run(world["video"], "--metrics", "probe", "--json", out) == 0
+    video = json.loads(out.read_text())["videos"][0]
+    assert video["prompt"] is None
+    assert video["metrics"] == dict.fromkeys(("probe_colour", "probe_shape", "probe_motion"))
+    assert video["notes"]["probe"] == ("probe metrics n/a: no prompt (the probe needs a world caption, e.g. 'a red "
+                                       "striped square moving left')")

@@ -1,0 +1,23 @@
+"""The class-image cache of prior preservation, as training reads it back."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from vidbooth.engine.prior import read_class_images
+from vidbooth.errors import UserError
+
+
+@pytest.mark.parametrize("damage", ["emptied", "removed"])
+def test_a_cached_class_image_damaged_or_removed_since_it_was_made_says_to_delete_the_cache(damage, tmp_path):
+    folder = tmp_path / "class-images"
+    folder.mkdir()
+    for index in range(2):
+        Image.new("RGB", (32, 32), (200, 0, 0)).save(folder / f"{index:05d}.png")
+    damaged = folder / "00001.png"
+    damaged.write_bytes(b"") if damage == "emptied" else damaged.unlink()
+    assert [image.size for image in read_class_images(folder, 1)] == [(32, 32)]
+    with pytest.raises(UserError, match=rf"^cannot read the cached class image {damaged}: delete {folder} and run "
+                                        "again$"):
+        read_class_images(folder, 2)
