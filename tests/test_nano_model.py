@@ -968,3 +968,62 @@ def test_a_nano_export_follows_the_umask(tmp_path, char_tokenizer):
         os.umask(previous)
     modes = {stat.S_IMODE(p.stat().st_mode) for p in export.rglob("*") if p.is_file()}
     assert any(p.suffix == ".safetensors" for p in export.rglob("*")) and modes == {0o644}
+
+
+def test_a_checkpoint_cut_short_is_refused_in_one_line_and_left_in_place(tmp_path, char_tokenizer):
+    run = nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=2)).run_dir
+    weights = run / "unet.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    with pytest.raises(UserError, match=rf"^checkpoint {re.escape(str(weights))} cannot be read \(damaged or cut short: "
+                                        r"\w+\): delete the run folder and start over$"):
+        nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=4, resume=True))
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+
+
+def test_an_earlier_stage_raised_after_a_later_one_began_is_refused_and_the_run_kept(tmp_path, char_tokenizer):
+    from vidbooth.nano import checkpoint as ckpt
+
+    run = nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=2)).run_dir
+    state = (run / ckpt.STATE_FILE).read_text()
+    raised = tiny_config(tmp_path, char_tokenizer, unet_steps=2, resume=True)
+    raised.autoencoder.steps = 3
+    with pytest.raises(UserError, match=r"^autoencoder.steps was raised to 3 after a later stage began: use a new "
+                                        r"--out$"):
+        nano.pretrain(raised)
+    assert (run / ckpt.STATE_FILE).read_text() == state
+
+
+def test_a_run_started_from_a_model_and_stopped_by_max_minutes_says_to_resume_in_place_of_init_from(
+    tmp_path, char_tokenizer, capsys, monkeypatch
+):
+    model = nano.pretrain(tiny_config(tmp_path / "first", char_tokenizer, unet_steps=2)).model_dir
+    monkeypatch.delenv("VIDBOOTH_QUIET", raising=False)
+    capsys.readouterr()
+    cfg = tiny_config(tmp_path / "next", char_tokenizer, unet_steps=5, init_from=str(model), max_minutes=1e-9)
+    assert not nano.pretrain(cfg).finished
+    printed = " ".join("".join(capsys.readouterr()).split())
+    assert "at unet step 3: rerun the same command with --resume in place of --init-from to continue" in printed
+
+
+def test_a_checkpoint_it_may_not_write_is_one_line_naming_the_file_not_a_full_disk(
+    tmp_path, char_tokenizer, capsys, monkeypatch
+):
+    import errno
+
+    from omegaconf import OmegaConf
+
+    from vidbooth.cli.app import main
+    from vidbooth.nano import checkpoint as ckpt
+
+    def denied(path, tensors, metadata=None):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(ckpt, "write_safetensors", denied)
+    recipe = tmp_path / "tiny.yaml"
+    OmegaConf.save(OmegaConf.structured(tiny_config(tmp_path, char_tokenizer)), recipe)
+    assert main(["pretrain", "--recipe", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "permission denied: " in errors[0] and "autoencoder" in errors[0], errors
+    assert "disk is full" not in errors[0]
+    assert not (tmp_path / "run" / ckpt.STATE_FILE).exists()
