@@ -458,6 +458,12 @@ def test_one_caption_may_serve_every_clip_but_not_some_of_them():
         MotionConfig(name="m", clips=["a.mp4", "b.mp4", "c.mp4"], captions=["a", "b"]).check()
 
 
+def test_unet_attention_heads_that_do_not_divide_its_channels_are_refused_naming_both():
+    with pytest.raises(UserError, match=r"^arch.unet.attention_heads 3 must divide every arch.unet.block_out_channels "
+                                        r"entry, got \[32, 64, 64\]$"):
+        load_config(PretrainConfig, sets=["arch.unet.attention_heads=3"]).check()
+
+
 def test_init_from_and_resume_together_are_refused(tmp_path):
     (tmp_path / "state.json").write_text("{}")  # a run to resume, so that only the two flags together are wrong
     PretrainConfig(out=str(tmp_path), resume=True).check()

@@ -58,3 +58,13 @@ def test_a_wheel_without_the_merges_file_says_where_to_get_one(tmp_path):
     with pytest.raises(UserError, match=r"cannot read open_clip/bpe_simple_vocab_16e6.txt.gz from .*: get the wheel "
                                         r"with `pip download open-clip-torch --no-deps`"):
         build_clip_tokenizer(empty)
+
+
+def test_a_wheel_with_too_few_merges_is_refused_naming_the_token_count(tmp_path):
+    text = "\n".join(["bpe_simple_vocab_16e6.txt#version: 0.2", *packaged_merges()[:1000]])
+    short = tmp_path / "open_clip_torch-0.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(short, "w") as archive:
+        archive.writestr("open_clip/bpe_simple_vocab_16e6.txt.gz", gzip.compress(text.encode("utf-8")))
+    with pytest.raises(UserError, match=rf"^{short} holds 1514 CLIP tokens instead of {VOCAB_SIZE}: use an "
+                                        r"open-clip-torch wheel$"):
+        build_clip_tokenizer(short)
