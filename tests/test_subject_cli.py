@@ -1360,3 +1360,40 @@ def test_a_subject_saved_by_another_run_while_this_one_met_its_lock_is_refused(p
     err = capsys.readouterr().err
     assert err.startswith("error: subject 'S*' already exists in "), err
     assert json.loads((subject_dir(isolated_home) / "manifest.json").read_text()) == {"kind": "subject", "name": "S*"}
+
+
+def test_a_resolution_below_8_pixels_is_refused_before_anything_is_written(photos, isolated_home, capsys):
+    assert train_subject(photos, "--resolution", "4") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.resolution (--resolution) must be at least 8 pixels, got 4" in err
+    assert not isolated_home.exists() or library_is_empty(isolated_home)
+
+
+def test_a_pseudo_word_learned_in_fp16_on_a_gpu_is_warned_of_when_a_cpu_adds_the_identity_adapter(
+    photos, isolated_home, capsys
+):
+    ti = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *NO_PREVIEW, "--steps", "1"]
+    assert main(ti) == 0
+    manifest_file = subject_dir(isolated_home) / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["config"]["runtime"]["precision"] = "fp16"
+    manifest["config"]["textual_inversion"]["train"]["mixed_precision"] = "fp16"
+    write_json(manifest_file, manifest)
+    capsys.readouterr()
+    assert main(["identity-adapter", "--name", "S*", *NO_PREVIEW, "--steps", "1"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "learned with other runtime.precision, mixed_precision than this identity adapter" in err, err
+
+
+def test_a_subject_with_a_damaged_manifest_is_retrained_from_its_own_photos(photos, isolated_home, tmp_path):
+    assert train_subject(photos, "--no-preview", steps=1) == 0
+    own = subject_dir(isolated_home) / "photos"
+    kept = tmp_path / "kept-photos"
+    kept.mkdir()
+    for photo in own.iterdir():
+        (kept / photo.name).write_bytes(photo.read_bytes())
+    (subject_dir(isolated_home) / "manifest.json").write_text("{ damaged")
+    assert train_subject(own, "--no-preview", "--overwrite", steps=1) == 0
+    manifest = json.loads((subject_dir(isolated_home) / "manifest.json").read_text())
+    assert sorted(Path(entry["file"]).name for entry in manifest["photos"]) == sorted(p.name for p in kept.iterdir())
+    assert all((own / photo.name).read_bytes() == photo.read_bytes() for photo in kept.iterdir())
