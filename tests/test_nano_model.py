@@ -975,8 +975,8 @@ def test_a_checkpoint_cut_short_is_refused_in_one_line_and_left_in_place(tmp_pat
     weights = run / "unet.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
-    with pytest.raises(UserError, match=rf"^checkpoint {re.escape(str(weights))} cannot be read \(damaged or cut short: "
-                                        r"\w+\): delete the run folder and start over$"):
+    with pytest.raises(UserError, match=rf"^checkpoint {re.escape(str(weights))} cannot be read \(damaged or cut "
+                                        r"short: \w+\): delete the run folder and start over$"):
         nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=4, resume=True))
     assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
 
