@@ -807,3 +807,28 @@ def test_a_full_disk_as_the_library_saves_is_a_disk_full_error_naming_the_librar
     with pytest.raises(DiskFull, match=r"^the disk is full: subject 'S\*' was not saved .*--resume$") as refused:
         _save()
     assert refused.value.folder == isolated_home
+
+
+def test_a_library_folder_it_may_not_write_in_is_one_line_before_training(isolated_home, tmp_path, monkeypatch,
+                                                                           capsys):
+    """Made by a refused probe file, as root may write anywhere."""
+    from tests.badinputs import write_photos
+    from vidbooth.cli.app import main
+
+    photos = write_photos(tmp_path / "photos")
+    isolated_home.mkdir()
+    touch = Path.touch
+
+    def refused(path, *args, **kwargs):
+        if path.name.startswith(".write-test-"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return touch(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "touch", refused)
+    args = ["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", "--recipe", "tiny/subject",
+            "--set", "data.resolution=16", "--no-preview", "--steps", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: cannot write to the library {isolated_home} (Permission denied): choose another with "
+                   "--home"), err
+    assert sorted(path.name for path in isolated_home.iterdir()) == []
