@@ -438,11 +438,19 @@ def test_an_output_folder_under_a_place_that_takes_no_new_folders_is_refused_nam
         check_writable_dir("/proc/vidbooth-out/videos")
 
 
-def test_a_video_whose_folder_is_a_broken_link_is_refused_and_nothing_is_written(tmp_path):
-    """The checks before a command's work take the link for a folder still to be made."""
+@pytest.mark.parametrize("check_first", [True, False], ids=["checked before the work", "found when writing"])
+def test_an_output_folder_through_a_link_to_nothing_is_refused_naming_the_link(tmp_path, check_first):
+    """An unmounted drive's link: the check before a command's work had taken it for a folder still to be made, and
+    writing then said 'file exists'."""
+    from vidbooth.data.video import check_writable_dir
+
     link = tmp_path / "renders"
     link.symlink_to(tmp_path / "unmounted drive")
-    with pytest.raises(UserError, match=rf"^cannot create output folder {re.escape(str(link))}: file exists; choose "
-                                        "another place for the output$"):
-        write_video(np.zeros((2, 16, 16, 3), np.uint8), link / "clip.mp4")
+    message = (rf"^cannot create output folder {re.escape(str(link / 'day 1'))}: {re.escape(str(link))} is a link to "
+               rf"{re.escape(str(tmp_path / 'unmounted drive'))}, which does not exist \(mount or create it\); ")
+    with pytest.raises(UserError, match=message + ("choose another --out$" if check_first else "choose another place")):
+        if check_first:
+            check_writable_dir(link / "day 1")
+        else:
+            write_video(np.zeros((2, 16, 16, 3), np.uint8), link / "day 1" / "clip.mp4")
     assert list(tmp_path.iterdir()) == [link]

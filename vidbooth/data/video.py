@@ -623,7 +623,9 @@ def check_writable_dir(folder: str | Path, flag: str | None = "--out") -> Path:
     existing ancestor must be a writable folder (tried with a nameless file). `ensure_writable_dir` creates it when
     there is something to write. `flag`: the option that gave it, which the message says to change."""
     folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink() or p == p.parent)
+    if not existing.exists():  # a link to nothing (an unmounted drive): making the folder would fail on it
+        raise UserError(f"cannot create output folder {folder}: {_link_to_nothing(existing)}; {_another(flag)}")
     if not existing.is_dir():
         raise UserError(f"cannot create output folder {folder}: {existing} is not a folder; {_another(flag)}")
     if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
@@ -631,6 +633,10 @@ def check_writable_dir(folder: str | Path, flag: str | None = "--out") -> Path:
             raise UserError(f"output folder is not writable: {folder}; {_another(flag)}")
         raise UserError(f"cannot create output folder {folder}: {existing} is not writable; {_another(flag)}")
     return folder
+
+
+def _link_to_nothing(link: Path) -> str:
+    return f"{link} is a link to {os.readlink(link)}, which does not exist (mount or create it)"
 
 
 def _can_create_in(folder: Path) -> bool:
@@ -651,8 +657,9 @@ def ensure_writable_dir(folder: str | Path, flag: str | None = "--out") -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create output folder {folder}: {exc.strerror.lower() if exc.strerror else exc}; "
-                        f"{_another(flag)}") from exc
+        broken = next((p for p in (folder, *folder.parents) if p.is_symlink() and not p.exists()), None)
+        reason = _link_to_nothing(broken) if broken else exc.strerror.lower() if exc.strerror else exc
+        raise UserError(f"cannot create output folder {folder}: {reason}; {_another(flag)}") from exc
     if not os.access(folder, os.W_OK):
         raise UserError(f"output folder is not writable: {folder}; {_another(flag)}")
     return folder
