@@ -543,3 +543,98 @@ def test_a_refusal_before_meeting_under_debug_is_also_told_to_the_others(tmp_pat
     with pytest.raises(UserError, match="^recipe 'mine.yaml' not found"):
         main(["--debug", "train-motion", "clip.mp4", "--name", "slide", "--recipe", "mine.yaml", "--device", "cpu"])
     assert len(told) == 1 and told[0][0].startswith("recipe 'mine.yaml' not found") and told[0][1] == "cpu", told
+
+
+def _gathered_with(monkeypatch, other):
+    """accelerate's gather as the first of two processes sees it, the second's row being `other`'s."""
+    import torch
+
+    monkeypatch.setattr("accelerate.utils.gather", lambda rows: torch.cat([rows, other.to(rows.dtype)]))
+
+
+def _row(monkeypatch, run_dir, signature, resuming):
+    """What a process gives the gather of `_agree_on_the_run` for these inputs."""
+    from types import SimpleNamespace
+
+    from vidbooth.engine import train
+
+    given = []
+    monkeypatch.setattr("accelerate.utils.gather", lambda rows: given.append(rows) or rows)
+    train._agree_on_the_run(SimpleNamespace(num_processes=2, device="cpu"), run_dir, signature, resuming)
+    return given[0]
+
+
+def test_processes_given_other_settings_or_other_checkpoints_to_resume_are_refused_without_a_launch(
+    tmp_path, monkeypatch
+):
+    """The fast twin of the launched tests above: each line as the first process words it."""
+    from types import SimpleNamespace
+
+    from test_train_engine import config, make_method, toy_data
+
+    from vidbooth.engine import train
+    from vidbooth.errors import UserError
+
+    run, copied = tmp_path / "run", tmp_path / "copied"
+    train.train(make_method(), toy_data(), config(steps=2, checkpoint_every=2), run,
+                train.make_accelerator("no", device="cpu"))
+    shutil.copytree(run, copied)
+    checkpoint = train.list_checkpoints(run)[-1]
+    two = SimpleNamespace(num_processes=2, device="cpu")
+    same = ("every machine of a run needs the same files at the same paths, and one library (VIDBOOTH_HOME on a "
+            "file system they share)")
+    _gathered_with(monkeypatch, _row(monkeypatch, run, {"recipe": "mine"}, None))
+    with pytest.raises(UserError) as refused:
+        train._agree_on_the_run(two, run, {"recipe": "theirs"}, None)
+    assert str(refused.value) == ("the processes of this run were given different inputs or settings (process 1: "
+                                  f"other files, another base model or recipe than the first): {same}")
+    train._agree_on_the_run(two, run, {"recipe": "mine"}, None)
+    _gathered_with(monkeypatch, _row(monkeypatch, run, {}, None))  # the second machine's library has none
+    with pytest.raises(UserError) as refused:
+        train._agree_on_the_run(two, run, {}, checkpoint)
+    assert str(refused.value) == (
+        f"--resume: the processes of this run do not see the same checkpoints in {run} (process 0: step 2, process "
+        f"1: none): {same}; or copy that folder from the first machine to the same place on the others, then run "
+        "the command again")
+    state = copied / "checkpoints" / checkpoint.name / train.STATE_FILE
+    state.write_text(state.read_text().replace('"step": 2', '"step": 2, "another run": true'))
+    _gathered_with(monkeypatch, _row(monkeypatch, copied, {}, train.list_checkpoints(copied)[-1]))
+    with pytest.raises(UserError, match=r"^--resume: the processes of this run do not see the same checkpoints in "
+                                        r".*run \(process 1: another checkpoint of step 2 than the first's\): every"):
+        train._agree_on_the_run(two, run, {}, checkpoint)
+    shutil.copytree(run, copied, dirs_exist_ok=True)  # the copy the message advises
+    _gathered_with(monkeypatch, _row(monkeypatch, copied, {}, train.list_checkpoints(copied)[-1]))
+    train._agree_on_the_run(two, run, {}, checkpoint)
+
+
+def test_a_process_whose_set_up_or_checks_pass_stops_when_another_refused_without_a_launch(monkeypatch):
+    """Its set-up refused once the processes met (bf16 on a device without it), a process tells the others; one
+    whose own checks passed stops when another's vote says it refused."""
+    import torch
+
+    from vidbooth import reporting
+    from vidbooth.engine import train
+    from vidbooth.errors import UserError
+
+    votes = []
+
+    def set_up_refused(**settings):
+        raise UserError("cannot set up training: bf16 mixed precision requires a GPU (not found here)")
+
+    monkeypatch.setattr(reporting, "process_count", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(train, "_agree", lambda accelerator, values: votes.append(values) or [values[0] + 1.0])
+    monkeypatch.setattr(train, "make_accelerator", set_up_refused)
+    with pytest.raises(UserError, match=r"^cannot set up training: bf16 mixed precision requires a GPU") as refused:
+        train.checked_then_met(lambda: None, {})
+    assert votes == [[1.0]] and refused.value.others_told
+    monkeypatch.setattr(train, "make_accelerator", lambda **settings: "met")
+    with pytest.raises(UserError) as refused:
+        train.checked_then_met(lambda: "checked", {})
+    assert str(refused.value) == (
+        "another process of this run refused its inputs or settings (its own error line, on its machine, says why): "
+        "every machine of a run needs the same files at the same paths, and one library (VIDBOOTH_HOME on a file "
+        "system they share)")
+    assert votes == [[1.0], [0.0]] and refused.value.others_told
+    monkeypatch.setattr(train, "_agree", lambda accelerator, values: values)
+    assert train.checked_then_met(lambda: "checked", {}) == ("checked", "met")

@@ -438,6 +438,23 @@ def test_weights_made_non_finite_by_the_last_step_are_not_kept(tmp_path, acceler
     assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000004"]
 
 
+def test_an_io_error_saving_a_checkpoint_is_not_told_as_a_full_disk_and_keeps_the_one_before(tmp_path, accelerator,
+                                                                                               monkeypatch):
+    save = engine.save_checkpoint
+
+    def failing_at_step_4(run_dir, step, *args):
+        if step == 4:
+            raise OSError(errno.EIO, "Input/output error", str(run_dir))
+        return save(run_dir, step, *args)
+
+    monkeypatch.setattr(engine, "save_checkpoint", failing_at_step_4)
+    with pytest.raises(OSError) as caught:
+        engine.train(make_method(), toy_data(), config(steps=6, checkpoint_every=2), tmp_path, accelerator)
+    assert caught.value.errno == errno.EIO and not isinstance(caught.value, engine.CheckpointDiskFull)
+    assert caught.value.kept_checkpoint.endswith("step-0000002")
+    assert [p.name for p in engine.list_checkpoints(tmp_path)] == ["step-0000002"]
+
+
 def test_a_run_resumes_with_gradient_checkpointing_switched_on_or_off(accelerator):
     """It changes memory and time, not the weights (tests/test_recompute.py): not part of what a resume checks."""
     on, off = config(gradient_checkpointing=True), config(gradient_checkpointing=False)
@@ -1118,7 +1135,7 @@ def test_a_launchers_mixed_precision_that_vidbooth_does_not_take_is_warned_of_on
     fresh_accelerate_state()
     engine.make_accelerator("no", "cpu", setting="textual_inversion.train.mixed_precision")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # which a CPU cannot take: no advice to give
-    engine.make_accelerator("no", "cpu", setting="motion.train.mixed_precision")
+    engine.make_accelerator("no", "cpu", setting="textual_inversion.train.mixed_precision")
     assert capsys.readouterr().err == ""
 
 
