@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -263,6 +264,29 @@ def test_ctrl_c_during_the_preview_then_resume_saves_without_training_again(tmp_
     said = " ".join(capsys.readouterr().err.split())
     assert "motion 'm': 2 steps" in said and "no step run now" in said and "nan" not in said  # had said 'nan s/step'
     assert (isolated_home / "motions" / "m" / "preview.png").is_file()
+
+
+def test_a_full_disk_while_the_preview_is_written_is_told_as_a_full_disk_keeping_the_training(
+    tmp_path, isolated_home, monkeypatch, capsys
+):
+    import vidbooth.engine.motion
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    argv = ["train-motion", str(clip), "--name", "m", "--recipe", "tiny/motion", "--steps", "2", "--num-frames", "2",
+            "--resolution", "16", "--preview", "--set", "preview.num_inference_steps=1"]
+
+    def no_room(backbone, cfg, prompt, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(vidbooth.engine.motion, "_write_preview", no_room)
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: the disk is full: motion 'm' was not saved (the library is unchanged); free space in "
+                      f"{isolated_home} and run the same command with --resume"]
+    assert not (isolated_home / "motions" / "m").exists() and not list(isolated_home.glob(".staging/*"))
+    assert [p.name for p in (isolated_home / ".runs" / "motions" / "m").rglob("step-*")] == ["step-0000002"]
 
 
 # ---- what a refused or finished run leaves behind -------------------------------------------------------------
@@ -832,3 +856,86 @@ def test_a_library_folder_it_may_not_write_in_is_one_line_before_training(isolat
     assert err == (f"error: cannot write to the library {isolated_home} (Permission denied): choose another with "
                    "--home"), err
     assert sorted(path.name for path in isolated_home.iterdir()) == []
+
+
+def test_list_leaves_out_a_file_and_a_hidden_folder_beside_the_artifacts_without_a_word(isolated_home, capsys):
+    """A Finder's .DS_Store, a note or an editor's hidden folder in motions/ are not damaged motions."""
+    from vidbooth.cli.app import main
+
+    _save("kept", "motion")
+    (isolated_home / "motions" / ".DS_Store").write_bytes(b"\0")
+    (isolated_home / "motions" / "notes.txt").write_text("mine")
+    (isolated_home / "motions" / ".cache").mkdir()
+    assert main(["list", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [entry["name"] for entry in json.loads(out)] == ["kept"] and err == ""
+    assert (isolated_home / "motions" / "notes.txt").read_text() == "mine"
+
+
+def test_a_save_finished_but_for_removing_the_old_version_is_kept_and_the_old_version_removed(isolated_home):
+    """Killed after the new version was renamed in and before the old one, set aside in .trash/, was removed."""
+    _save("S*", value=b"old")
+    live = library.artifact_dir("subject", "S*")
+    aside = isolated_home / ".trash" / f"subjects__S%2A.{library._host_tag()}-999999999.abcdef01"  # a dead writer's
+    shutil.copytree(live, aside)
+    (live / "adapter.bin").write_bytes(b"new")
+    library.recover()
+    assert (live / "adapter.bin").read_bytes() == b"new" and not aside.exists()
+
+
+def test_a_save_in_flight_by_another_users_process_is_left_to_it(isolated_home, monkeypatch):
+    """A library shared by two users: signalling the other's live process is refused (EPERM), which means alive."""
+    writer = 4_000_000  # above any pid_max: nothing is signalled
+    staging = isolated_home / ".staging" / f"S%2A.{library._host_tag()}-{writer}.deadbeef"
+    staging.mkdir(parents=True)
+    kill = os.kill
+
+    def not_yours(pid, signum):
+        if pid == writer:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return kill(pid, signum)
+
+    monkeypatch.setattr(library.os, "kill", not_yours)
+    library.recover()
+    assert staging.is_dir()
+    monkeypatch.setattr(library.os, "kill", kill)  # the process is gone
+    library.recover()
+    assert not staging.exists()
+
+
+def test_entries_vidbooth_did_not_name_in_its_staging_and_trash_folders_do_not_stop_a_lookup(isolated_home):
+    """A Finder's .DS_Store or a folder copied in by hand carry no writer's pid."""
+    _save()
+    for folder in (".staging", ".trash"):
+        (isolated_home / folder).mkdir(exist_ok=True)
+        (isolated_home / folder / ".DS_Store").write_bytes(b"\0")
+    (isolated_home / ".staging" / "copy of S%2A").mkdir()
+    assert library.artifact_dir("subject", "S*") == isolated_home / "subjects" / "S%2A"
+    assert not (isolated_home / ".staging" / "copy of S%2A").exists()
+
+
+def test_a_folder_vidbooth_cannot_read_at_the_artifacts_place_is_refused_before_training_and_kept(
+    tmp_path, isolated_home, monkeypatch, capsys
+):
+    """A folder without read permission (made by another user, mode 0300); made by patching its listing here, as
+    root may read any folder."""
+    import vidbooth.engine.backbone
+    from tests.badinputs import write_clip
+    from vidbooth.cli.app import main
+
+    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone", lambda *args, **kwargs: pytest.fail("trained"))
+    folder = _hand_made(isolated_home, "motions", "m")
+    iterdir = Path.iterdir
+
+    def unreadable(path):
+        if path == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", unreadable)
+    clip = write_clip(tmp_path / "clip.mp4")
+    assert main(["train-motion", str(clip), "--name", "m", "--recipe", "tiny/motion", "--overwrite"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {folder} is in the way of motion 'm': it is a folder "
+                                                     "vidbooth cannot read, not a vidbooth motion"), errors
+    assert (folder / "notes.txt").read_text() == "mine"
