@@ -360,3 +360,70 @@ def test_motion_fidelity_of_a_white_square_in_three_directions_and_at_four_times
     assert right_down == pytest.approx(0.1039, abs=0.01)
     assert diagonal_sizes == pytest.approx(0.9972, abs=0.01)
     assert right_diagonal < right_down < diagonal_sizes < 1.0
+
+
+def test_a_scoring_model_folder_of_another_kind_is_refused_naming_its_kind(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(tmp_path)
+    with pytest.raises(ModelUnavailable, match=r"^'[^']+' is a 'bert' model, not a DINO ViT or DINOv2: "):
+        load_dino(str(tmp_path), device="cpu")
+
+
+def test_a_hub_model_not_cached_is_refused_in_one_line_when_the_hub_cannot_be_reached(monkeypatch):
+    import socket
+
+    import vidbooth.eval.features as features
+
+    monkeypatch.setattr(features, "_offline", lambda: False)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+    with pytest.raises(ModelUnavailable) as refused:
+        features._locate("org/not-cached-dino", "--dino-model")
+    assert str(refused.value) == (f"'org/not-cached-dino' is not in the Hugging Face cache and {endpoint} cannot be "
+                                  "reached: pass --dino-model <local folder>")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        assert features._locate("org/not-cached-dino", "--dino-model") == ("org/not-cached-dino", {})
+
+
+def test_a_name_the_hub_would_refuse_as_an_id_is_not_cached_and_offline_is_one_line(monkeypatch):
+    import vidbooth.eval.features as features
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not features.on_this_machine("org--x/dino")
+    with pytest.raises(ModelUnavailable, match=r"^'org--x/dino' is not in the Hugging Face cache and HF_HUB_OFFLINE"):
+        features._locate("org--x/dino", "--dino-model")
+
+
+def test_loading_a_scoring_model_leaves_transformers_progress_bars_as_they_were(tiny_vit_dir):
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.enable_progress_bar()
+    try:
+        load_dino(str(tiny_vit_dir), device="cpu")
+        assert logging.is_progress_bar_enabled()
+    finally:
+        if not was_enabled:
+            logging.disable_progress_bar()
+
+
+def test_a_nano_install_without_its_image_tower_or_with_a_damaged_one_says_to_reinstall(monkeypatch, tmp_path):
+    from vidbooth.eval.features import load_nano_image
+
+    monkeypatch.setattr("vidbooth.nano.PACKAGED", tmp_path)
+    folder = tmp_path / "image_encoder"
+    with pytest.raises(ModelUnavailable) as missing:
+        load_nano_image("cpu")
+    assert str(missing.value) == f"the packaged nano model's image_encoder is missing from {folder}: reinstall vidbooth"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(ModelUnavailable, match=r"^cannot load nano's image tower from .*image_encoder \(Expecting "
+                                               r"property name .*\): reinstall vidbooth$"):
+        load_nano_image("cpu")
