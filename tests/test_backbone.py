@@ -753,3 +753,22 @@ def test_a_unet_class_vidbooth_does_not_support_is_one_error(tiny_base_dirs, tmp
                                         "vidbooth supports UNet3D, AnimateDiff and image models "
                                         r"\(UNet2DConditionModel\)$"):
         load_backbone(str(folder), device="cpu")
+
+
+def test_a_model_whose_scheduler_config_is_missing_or_unreadable_has_the_schedulers_default_noise_levels(tmp_path):
+    from vidbooth.engine.backbone import noise_levels
+
+    assert noise_levels(tmp_path) == 1000
+    (tmp_path / "scheduler").mkdir()
+    for text in ("{not json", "[]"):
+        (tmp_path / "scheduler" / "scheduler_config.json").write_text(text)
+        assert noise_levels(tmp_path) == 1000
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text('{"num_train_timesteps": 500}')
+    assert noise_levels(tmp_path) == 500
+
+
+def test_a_damaged_weights_file_has_no_stored_dtype_so_its_load_in_fp32_tells_the_damage(tmp_path):
+    from vidbooth.engine.backbone import _stored_dtype
+
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    assert _stored_dtype(tmp_path, None) is None
