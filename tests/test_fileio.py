@@ -466,3 +466,60 @@ def test_a_journal_damaged_otherwise_than_cut_short_is_taken_as_no_rename_begun(
     (tmp_path / "saving.json").write_text(journal)
     assert finish_writing(tmp_path / "saving.json") is True
     assert kept.read_text() == "old" and not (tmp_path / "saving.json").exists()
+
+
+def test_what_a_killed_run_left_as_a_temporary_folder_is_removed_whole_unless_only_files_are_asked_for(tmp_path):
+    from vidbooth.fileio import remove_stale_temporaries
+
+    (tmp_path / ".tmp-checkpoint").mkdir()
+    (tmp_path / ".tmp-checkpoint" / "state.json").write_text("{}")
+    (tmp_path / ".tmp-file").write_text("cut")
+    (tmp_path / "kept").write_text("kept")
+    remove_stale_temporaries(tmp_path, older_than_s=0, files_only=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".tmp-checkpoint", "kept"]
+    assert (tmp_path / ".tmp-checkpoint" / "state.json").is_file()
+    remove_stale_temporaries(tmp_path, older_than_s=0)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept"]
+
+
+def test_on_a_file_system_without_hard_links_a_failed_publish_still_puts_back_the_old_files(tmp_path, monkeypatch):
+    from vidbooth import fileio
+
+    (tmp_path / "a.mp4").write_text("old video")
+    (tmp_path / "a.yaml").write_text("old config")
+
+    def no_link(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    def publish(temporary, path):
+        if Path(path).name == "a.yaml":
+            raise OSError(errno.EIO, "Input/output error")
+        os.replace(temporary, path)
+
+    monkeypatch.setattr(fileio.os, "link", no_link)
+    monkeypatch.setattr(fileio, "publish", publish)
+    writes = [(tmp_path / name, lambda tmp, name=name: tmp.write_text(f"new {name}")) for name in ("a.mp4", "a.yaml")]
+    with pytest.raises(OSError, match="Input/output error"):
+        fileio.write_together(writes)
+    assert _files(tmp_path) == {"a.mp4": "old video", "a.yaml": "old config"}
+
+
+def test_a_folder_replace_whose_second_rename_fails_keeps_the_old_folder_whole(tmp_path, monkeypatch):
+    from vidbooth import fileio
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights").write_text("old")
+    (tmp_path / "built").mkdir()
+    (tmp_path / "built" / "weights").write_text("new")
+    replace = os.replace
+
+    def failing_replace(source, target):
+        if Path(source).name == "built":
+            raise OSError(errno.EIO, "Input/output error")
+        replace(source, target)
+
+    monkeypatch.setattr(fileio.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="Input/output error"):
+        fileio.replace_folder(tmp_path / "built", tmp_path / "model")
+    assert (tmp_path / "model" / "weights").read_text() == "old"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["built", "model"]
