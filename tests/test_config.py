@@ -568,3 +568,12 @@ def test_an_unknown_key_is_told_the_setting_of_that_name_in_its_section(schema, 
 def test_a_switch_set_to_null_is_told_it_takes_true_or_false():
     with pytest.raises(UserError, match=r"config key 'appearance.guidance' takes true or false, got null \(none\)"):
         load_config(MotionConfig, None, ["appearance.guidance=null"])
+
+
+def test_a_recipe_with_a_control_character_is_one_line_naming_the_character(tmp_path):
+    recipe = tmp_path / "bell.yaml"
+    recipe.write_text("data:\n  fps: 4\x07\n")
+    with pytest.raises(UserError) as refused:
+        load_config(GenerateConfig, str(recipe))
+    assert str(refused.value) == (f"recipe {recipe} is not valid YAML: unacceptable character #x0007: control "
+                                  "characters are not allowed")
