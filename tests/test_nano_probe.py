@@ -129,3 +129,24 @@ def test_the_probe_follows_the_largest_coloured_blob_not_a_speck():
     result = probe_video(frames)
     assert result.motion == "right"
     np.testing.assert_allclose(result.centroids, [[15.5, 25.5], [19.5, 25.5], [23.5, 25.5], [27.5, 25.5]])
+
+
+def test_a_speck_too_small_to_be_a_sprite_reads_as_unknown():
+    frames = np.full((1, 8, 8, 3), 128, np.uint8)
+    frames[0, 3, 3:5] = [220, 40, 40]
+    result = probe_video(frames)
+    assert (result.colour, result.shape, result.motion) == (UNKNOWN, UNKNOWN, UNKNOWN)
+
+
+def test_a_grey_sprite_on_a_hinted_background_has_an_unknown_colour_but_a_shape_and_motion():
+    frames = np.zeros((6, 64, 64, 3), np.uint8)
+    for index, frame in enumerate(frames):
+        frame[24:36, 8 + 6 * index : 20 + 6 * index] = 200
+    result = probe_video(frames, background_hint=np.zeros(3, np.uint8))
+    assert (result.colour, result.shape, result.motion) == (UNKNOWN, "square", "right")
+
+
+def test_two_frames_of_a_moving_sprite_read_as_a_direction_not_a_circle():
+    frames = np.full((2, 64, 64, 3), 128, np.uint8)
+    frames[0, 24:36, 8:20] = frames[1, 24:36, 30:42] = [220, 40, 40]
+    assert probe_video(frames).motion == "right"
