@@ -405,3 +405,12 @@ def test_a_demo_killed_over_an_earlier_one_gets_the_earlier_one_put_back_by_the_
             raise RuntimeError("the next run fails too")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "videos"]
+
+
+def test_the_demos_library_does_not_outlive_it_where_no_library_was_set(tmp_path, monkeypatch):
+    from vidbooth.engine.demo import _library_at
+
+    monkeypatch.delenv("VIDBOOTH_HOME", raising=False)
+    with _library_at(tmp_path / "library"):
+        assert os.environ["VIDBOOTH_HOME"] == str(tmp_path / "library")
+    assert "VIDBOOTH_HOME" not in os.environ
