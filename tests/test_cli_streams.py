@@ -81,6 +81,16 @@ def test_a_full_disk_under_the_messages_does_not_stop_the_work_and_under_a_resul
         "and run the command again"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
+def test_a_listing_table_sent_to_a_full_disk_is_one_error_line(isolated_home):
+    _subject("S*")
+    with open("/dev/full", "w") as full:
+        listing = subprocess.Popen([sys.executable, "-m", "vidbooth", "list"], stdout=full, stderr=subprocess.PIPE)
+        assert listing.wait(timeout=120) == 2
+    told = listing.stderr.read().decode().splitlines()
+    assert told == ["error: the disk is full: free space and run the command again"]
+
+
 def test_an_argument_the_locale_cannot_read_is_one_line_before_any_work(tiny_base_dirs, tmp_path):
     """Under LANG=C with PYTHONUTF8=0 a name's UTF-8 bytes reach Python as lone surrogates, which no config or
     manifest (UTF-8 text) can hold: generate had sampled, then ended in a UnicodeEncodeError traceback."""
