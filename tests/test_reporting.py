@@ -428,3 +428,40 @@ reporting.stream_closed(other)  # stderr's reader went away: the command goes on
     assert done.returncode == 0 and done.stdout.splitlines() == ["/dev/null"]
     with open(tmp_path / "out.txt", "w") as stdout, pytest.raises(OutputClosed):  # stdout's reader: it stops
         reporting.stream_closed(stdout)
+
+
+class _Writer:
+    """A script's own stream (as contextlib.redirect_stdout takes): write and flush, no isatty or fileno."""
+
+    def __init__(self, reader_gone: bool = False):
+        self.parts, self.reader_gone = [], reader_gone
+
+    def write(self, text: str) -> int:
+        if self.reader_gone:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_forced_colour_into_a_stream_without_isatty_writes_lines_not_redraws(monkeypatch):
+    log = _Writer()
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setattr(reporting, "console", reporting._Console(file=log, stderr=True, force_terminal=True))
+    with reporting.progress("motion M", total=50) as task:
+        for _ in range(50):
+            task.advance(loss=0.5)
+    written = "".join(log.parts)
+    assert "\r" not in written and "\x1b" not in written and "50/50" in written
+
+
+def test_a_result_into_a_scripts_stream_whose_reader_went_away_stops_the_command(monkeypatch):
+    import sys
+
+    from vidbooth.errors import OutputClosed
+
+    monkeypatch.setattr(sys, "stdout", _Writer(reader_gone=True))
+    with pytest.raises(OutputClosed):
+        reporting.result("/videos/take.mp4")
