@@ -223,3 +223,15 @@ def test_every_command_is_either_a_training_shared_by_processes_or_one_of_a_sing
     assert not set(ONE_PROCESS_COMMANDS) & set(TRAINING_COMMANDS)
     assert all("--device" in {opt for param in commands[name].params for opt in param.opts}
                for name in TRAINING_COMMANDS)  # the device the refusing process meets the others on
+
+
+def test_completing_a_library_name_offers_nothing_where_the_library_is_a_file(tmp_path, isolated_home):
+    import click
+
+    from vidbooth.cli.app import app
+    from vidbooth.cli.options import learned_names
+
+    (tmp_path / "library").write_text("")
+    root = click.Context(typer.main.get_command(app), info_name="vidbooth")
+    root.params["home"] = str(tmp_path / "library")
+    assert learned_names("subject")(root, "") == []
