@@ -84,7 +84,7 @@ def test_generate_with_subject_and_motion(tiny_base_dirs, world_inputs, tmp_path
             "again")
 
 
-def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_path, capsys):
+def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_path, capsys, monkeypatch):
     photos, clip = world_inputs
     assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "ball", "--base",
                  str(tiny_base_dirs["unet3d"]), "--ti-steps", "1", "--identity-steps", "1", *FAST]) == 0
@@ -107,6 +107,10 @@ def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_pa
                  str(tiny_base_dirs["animatediff"]) + "-motion-adapter", "--prompt", "x", "--subject", "S*",
                  "--steps", "1", "--out", out]) == 2
     assert "subject 'S*' was learned on" in capsys.readouterr().err
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    assert main(["generate", "--prompt", "x", "--subject", "S*", "--motion", "M", "--steps", "1", "--out", out]) == 2
+    err = capsys.readouterr().err  # learned on two bases: no base is taken from either
+    assert "using base" not in err and "subject 'S*'" in err and "motion 'M'" in err and "cannot be combined" in err
     assert not (tmp_path / "x.mp4").exists()
 
 
