@@ -235,3 +235,16 @@ def test_completing_a_library_name_offers_nothing_where_the_library_is_a_file(tm
     root = click.Context(typer.main.get_command(app), info_name="vidbooth")
     root.params["home"] = str(tmp_path / "library")
     assert learned_names("subject")(root, "") == []
+
+
+def test_a_subject_learned_on_the_shipped_base_leaves_the_base_to_the_default_without_a_word(isolated_home, capsys,
+                                                                                            monkeypatch):
+    from vidbooth.cli.options import learned_backbone
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    with staged_artifact("subject", "S*") as stage:
+        (stage / "config.yaml").write_text("backbone:\n  base: nano\n  revision: null\n")
+        write_json(stage / MANIFEST, {"name": "S*", "kind": "subject", "schema_version": 1, "files": {},
+                                      "paths": {"config": "config.yaml"}})
+    assert learned_backbone(None, None, {}, [("subject", "S*")]) == {}
+    assert capsys.readouterr().err == ""
