@@ -197,6 +197,30 @@ def test_an_io_error_is_one_line_naming_the_file(monkeypatch, capsys, tmp_path, 
                                        f"why): {tmp_path / 'out.mp4'}: run the command again\n")
 
 
+def test_an_os_error_is_the_traceback_under_debug_or_where_vidbooth_has_no_words_for_it(monkeypatch, capsys, tmp_path,
+                                                                                         isolated_home):
+    import errno
+
+    import vidbooth.engine.generate as engine
+    from vidbooth.cli.app import main
+
+    raised = []
+
+    def failed(cfg):
+        raise raised[-1]
+
+    monkeypatch.setattr(engine, "generate", failed)
+    generate = ["generate", "--prompt", "a dog", "--out", str(tmp_path / "out.mp4")]
+    raised.append(OSError(errno.EIO, "Input/output error", str(tmp_path / "out.mp4")))
+    with pytest.raises(OSError) as shown:
+        main(["--debug", *generate])
+    assert shown.value is raised[-1]
+    raised.append(OSError(errno.EBADF, "Bad file descriptor"))  # a program's error: its traceback is the report
+    with pytest.raises(OSError) as shown:
+        main(generate)
+    assert shown.value is raised[-1] and not (tmp_path / "out.mp4").exists()
+
+
 def test_an_error_that_stopped_a_training_after_a_checkpoint_says_to_resume(monkeypatch, capsys, tmp_path,
                                                                             isolated_home):
     """'free space and run the command again' (or out of memory's 'run it again') had been refused on the rerun: a
