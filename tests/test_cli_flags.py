@@ -248,3 +248,13 @@ def test_a_subject_learned_on_the_shipped_base_leaves_the_base_to_the_default_wi
                                       "paths": {"config": "config.yaml"}})
     assert learned_backbone(None, None, {}, [("subject", "S*")]) == {}
     assert capsys.readouterr().err == ""
+
+
+def test_a_script_may_run_a_command_in_a_thread_of_its_own(isolated_home):
+    import threading
+
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(main(["list"])))
+    worker.start()
+    worker.join(timeout=60)
+    assert codes == [0]
