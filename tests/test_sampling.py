@@ -307,3 +307,21 @@ def test_latents_the_decoder_turns_into_nan_are_an_error_not_a_video(tiny_backbo
     with pytest.raises(UserError, match=r"latents the decoder turns into NaN or infinite pixels \(ddim, 2 steps\): "
                                         r"lower preview.guidance_scale \(--set preview.guidance_scale=N\)$"):
         sample_video(bb, "x", num_frames=2, num_inference_steps=2, height=16, width=16, settings="preview")
+
+
+def test_without_a_generator_pt_output_is_fresh_pixels_as_the_decoder_gives_them(tiny_backbones):
+    backbone = tiny_backbones["unet3d"]
+    start = sample_video(backbone, "a cat", num_frames=2, num_inference_steps=1,
+                         generator=torch.Generator().manual_seed(0), output_type="latent")
+    run = lambda: sample_video(backbone, "a cat", num_frames=2, num_inference_steps=2, latents=start, eta=1.0,
+                               output_type="pt")  # DDIM's noise of each step: the one draw left to chance
+    first, second = run(), run()
+    assert first.shape[:3] == (1, 2, 3) and first.dtype == torch.float32 and torch.isfinite(first).all()
+    assert not torch.equal(first, second)
+
+
+def test_prompt_embeds_for_another_number_of_prompts_are_refused_naming_both_counts(tiny_backbones):
+    backbone = tiny_backbones["unet3d"]
+    embeds = backbone.encode_prompt(["a cat", "a dog"])
+    with pytest.raises(ValueError, match=r"^prompt_embeds holds 2 prompts, not 1$"):
+        sample_video(backbone, "a cat", num_frames=2, num_inference_steps=2, guidance_scale=1.0, prompt_embeds=embeds)
