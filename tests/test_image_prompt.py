@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -910,3 +911,35 @@ def test_an_image_prompt_models_recorded_encoder_that_is_gone_or_of_another_widt
     with pytest.raises(UserError, match=message.format(file=re.escape(str(crafted)), encoder=re.escape(encoder))):
         load_image_prompt_model(tiny_backbones["unet3d"], crafted)
     assert not injections(tiny_backbones["unet3d"].unet)
+
+
+def test_resuming_with_another_hidden_width_is_refused_before_the_model_loads(tiny_base_dirs, tmp_path, monkeypatch,
+                                                                              capsys):
+    import vidbooth.engine.backbone
+
+    out = tmp_path / "stopped.safetensors"
+    _stop_in_fine(_config(out, tiny_base_dirs["unet3d"], hidden_dim=16), monkeypatch)
+    capsys.readouterr()
+    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone_for", lambda *a, **k: pytest.fail("loaded"))
+    assert main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--out", str(out), "--device", "cpu",
+                 "--resume", "--clips", "4", "--coarse-steps", "2", "--fine-steps", "2", "--set", "hidden_dim=32",
+                 "--set", "data.num_frames=2", "--set", "coarse.batch_size=2", "--set", "fine.batch_size=2",
+                 "--set", "coarse.lr=1e-3", "--set", "fine.lr=1e-3", "--set", "coarse.checkpoint_every=1",
+                 "--set", "fine.checkpoint_every=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "hidden_dim" in err and "was 16, now 32" in err and "\n" not in err, err
+    assert not out.exists() and (tmp_path / "stopped.safetensors.run" / "coarse").is_dir()
+
+
+def test_a_base_that_predicts_velocity_trains_the_image_prompt_against_velocity(tiny_base_dirs, tmp_path,
+                                                                                monkeypatch):
+    from diffusers import DDPMScheduler
+
+    base = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "v-base")
+    config = base / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"prediction_type": "v_prediction"}))
+    velocities = []
+    real = DDPMScheduler.get_velocity
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, *a: velocities.append(1) or real(self, *a))
+    out = train_image_prompt(_config(tmp_path / "v.safetensors", base))
+    assert out.is_file() and len(velocities) == 4
