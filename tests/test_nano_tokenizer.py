@@ -68,3 +68,18 @@ def test_a_wheel_with_too_few_merges_is_refused_naming_the_token_count(tmp_path)
     with pytest.raises(UserError, match=rf"^{short} holds 1514 CLIP tokens instead of {VOCAB_SIZE}: use an "
                                         r"open-clip-torch wheel$"):
         build_clip_tokenizer(short)
+
+
+@pytest.mark.parametrize("damage", ["cut short", "corrupt", "not text"])
+def test_a_wheel_whose_merges_file_is_damaged_says_where_to_get_one_not_aborted(damage, tmp_path):
+    """A merges file cut short had come out of pretrain as 'error: aborted' (EOFError, which click takes for Ctrl-D at
+    a prompt), exit 1."""
+    packed = gzip.compress("bpe_simple_vocab_16e6.txt#version: 0.2\na b\n".encode("utf-8"))
+    member = {"cut short": packed[:-12], "corrupt": packed[:10] + b"\xff" * 20 + packed[30:],
+              "not text": gzip.compress(b"\xff\xfe\xfa")}[damage]
+    damaged = tmp_path / "open_clip_torch-0.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(damaged, "w") as archive:
+        archive.writestr("open_clip/bpe_simple_vocab_16e6.txt.gz", member)
+    with pytest.raises(UserError, match=rf"^cannot read open_clip/bpe_simple_vocab_16e6.txt.gz from {damaged}: get "
+                                        r"the wheel with `pip download open-clip-torch --no-deps`$"):
+        nano.load_tokenizer(str(damaged), 77)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import zipfile
+import zlib
 from pathlib import Path
 
 from vidbooth.errors import UserError
@@ -34,7 +35,7 @@ def read_merges(wheel: str | Path) -> list[str]:
     try:
         with zipfile.ZipFile(wheel) as archive:
             text = gzip.decompress(archive.read(_MERGES_MEMBER)).decode("utf-8")
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error, UnicodeDecodeError) as exc:  # EOF: cut short
         raise UserError(
             f"cannot read {_MERGES_MEMBER} from {wheel}: get the wheel with `pip download open-clip-torch --no-deps`"
         ) from exc
