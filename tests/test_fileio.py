@@ -523,3 +523,22 @@ def test_a_folder_replace_whose_second_rename_fails_keeps_the_old_folder_whole(t
         fileio.replace_folder(tmp_path / "built", tmp_path / "model")
     assert (tmp_path / "model" / "weights").read_text() == "old"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["built", "model"]
+
+
+def test_a_written_file_its_owner_may_not_read_back_is_a_permission_error_naming_it_and_nothing_is_replaced(
+        tmp_path, monkeypatch):
+    """(umask 0400, as a user other than root: the temporary is write-only, and flushing opens it to read.)"""
+    from vidbooth import fileio
+
+    (tmp_path / "a.mp4").write_text("old video")
+    real_open = os.open
+
+    def write_only(path, flags, *args, **kwargs):
+        if Path(path).name.startswith(".tmp-") and flags == os.O_RDONLY:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(fileio.os, "open", write_only)
+    with pytest.raises(PermissionError) as refused:
+        fileio.write_together([(tmp_path / "a.mp4", lambda tmp: tmp.write_text("new video"))])
+    assert refused.value.filename == str(tmp_path / "a.mp4") and _files(tmp_path) == {"a.mp4": "old video"}
