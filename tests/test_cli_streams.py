@@ -197,6 +197,25 @@ def test_an_io_error_is_one_line_naming_the_file(monkeypatch, capsys, tmp_path, 
                                        f"why): {tmp_path / 'out.mp4'}: run the command again\n")
 
 
+@pytest.mark.parametrize("code, strerror", [("ESTALE", "Stale file handle"),
+                                             ("ENOTCONN", "Transport endpoint is not connected")])
+def test_a_file_on_a_mount_that_went_away_is_one_line_saying_to_mount_it_again(code, strerror, monkeypatch, capsys,
+                                                                              tmp_path, isolated_home):
+    """A dropped NFS or FUSE mount (ESTALE, ENOTCONN) had been a traceback."""
+    import errno
+
+    import vidbooth.engine.generate as engine
+    from vidbooth.cli.app import main
+
+    def failed(cfg):
+        raise OSError(getattr(errno, code), strerror, str(tmp_path / "mnt" / "out.mp4"))
+
+    monkeypatch.setattr(engine, "generate", failed)
+    assert main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "out.mp4")]) == 2
+    assert capsys.readouterr().err == (f"error: {strerror.lower()}: {tmp_path / 'mnt' / 'out.mp4'}: its file system (a "
+                                       "network or FUSE mount) went away; mount it again and run the command again\n")
+
+
 def test_an_os_error_is_the_traceback_under_debug_or_where_vidbooth_has_no_words_for_it(monkeypatch, capsys, tmp_path,
                                                                                          isolated_home):
     import errno
@@ -219,6 +238,22 @@ def test_an_os_error_is_the_traceback_under_debug_or_where_vidbooth_has_no_words
     with pytest.raises(OSError) as shown:
         main(generate)
     assert shown.value is raised[-1] and not (tmp_path / "out.mp4").exists()
+
+
+def test_an_eof_error_is_its_traceback_not_aborted(monkeypatch, capsys, tmp_path, isolated_home):
+    """click takes an EOFError for Ctrl-D at a prompt: 'error: aborted', exit 1, for a compressed file cut short."""
+    import vidbooth.engine.generate as engine
+    from vidbooth.cli.app import main
+
+    cut_short = EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+    def failed(cfg):
+        raise cut_short
+
+    monkeypatch.setattr(engine, "generate", failed)
+    with pytest.raises(EOFError) as shown:
+        main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "out.mp4")])
+    assert shown.value is cut_short and "aborted" not in capsys.readouterr().err
 
 
 def test_an_error_that_stopped_a_training_after_a_checkpoint_says_to_resume(monkeypatch, capsys, tmp_path,

@@ -265,7 +265,9 @@ def _told(argv: list[str] | None) -> int:
         return INTERRUPTED
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
+    except typer.Abort as exc:
+        if isinstance(exc.__cause__, EOFError):  # click's Ctrl-D at a prompt; no command reads stdin: a file cut short
+            raise exc.__cause__ from None  # its traceback, as any error vidbooth has no words for
         error("aborted")
         return 1
     except OSError as exc:
@@ -335,8 +337,8 @@ def _escaping_stdout() -> None:
 
 
 def os_error_message(exc: OSError) -> str | None:
-    """One line for a full disk, or for a file or folder this process may not use (a library or cache of another
-    user, a read-only file system); None for any other error."""
+    """One line for a full disk, a file or folder this process may not use (a library or cache of another user, a
+    read-only file system), and a few more a user can act on (a mount that went away); None for any other error."""
     import errno
 
     from vidbooth.fileio import disk_full
@@ -355,6 +357,9 @@ def os_error_message(exc: OSError) -> str | None:
         return f"a file name is too long for this file system: {where}: choose a shorter name or path"
     if exc.errno == errno.EIO:  # a device's error, or ffmpeg stopping midway (data.video)
         return f"{exc.strerror or 'input/output error'}: {where}: run the command again"
+    if exc.errno in (errno.ESTALE, errno.ENOTCONN):  # a network (NFS) or FUSE file system that went away
+        return (f"{(exc.strerror or 'the file system went away').lower()}: {where}: its file system (a network or "
+                "FUSE mount) went away; mount it again and run the command again")
     if exc.errno == errno.EXDEV:
         return (f"cannot move {where} across file systems: keep the folders vidbooth moves between (the library "
                 "and its subfolders, --out and its folder) on one file system")

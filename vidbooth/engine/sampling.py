@@ -142,7 +142,7 @@ def sample_video(
     """Generate videos for `prompt`.
 
     output_type: 'uint8' -> (B, F, H, W, 3) uint8; 'np' -> the same in float32 [0, 1] (as diffusers);
-    'pt' -> (B, F, 3, H, W) float in [-1, 1]; 'latent' -> (B, C, F, h, w).
+    'pt' -> (B, F, 3, H, W) float as the decoder gives it (about [-1, 1], not clamped); 'latent' -> (B, C, F, h, w).
     `description` names the progress bar: what is being sampled ('preview', 'class images', a demo variant). An
     image model without a motion adapter makes videos of several frames with Text2Video-Zero (`zero_shot`'s
     settings, default ones if None): the first frame alone is denoised for a few more steps.
