@@ -563,22 +563,28 @@ def test_resuming_on_changed_clips_is_refused(tiny_base_dirs, tmp_path, monkeypa
     assert train_image_prompt(config(resume=True)) == out and out.is_file()
 
 
-def test_resuming_with_another_word_is_refused_before_the_model_loads_naming_the_flag(tiny_base_dirs, tmp_path,
-                                                                                        monkeypatch, capsys):
+@pytest.mark.parametrize("stopped_with, changed, told", [
+    ({}, ["--word", "subject"], ["(word (--word) was sprite, now subject)"]),
+    ({"hidden_dim": 16}, ["--set", "hidden_dim=32"], ["hidden_dim", "was 16, now 32"]),
+], ids=["word", "hidden width"])
+def test_resuming_with_another_setting_is_refused_before_the_model_loads_naming_it(stopped_with, changed, told,
+                                                                                  tiny_base_dirs, tmp_path,
+                                                                                  monkeypatch, capsys):
     """It was refused once the model had loaded and the clips were read, naming `spec.word`."""
     import vidbooth.engine.backbone
 
     out = tmp_path / "stopped.safetensors"
-    _stop_in_fine(_config(out, tiny_base_dirs["unet3d"]), monkeypatch)
+    _stop_in_fine(_config(out, tiny_base_dirs["unet3d"], **stopped_with), monkeypatch)
     capsys.readouterr()
     monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone_for", lambda *a, **k: pytest.fail("loaded"))
     assert main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--out", str(out), "--device", "cpu",
-                 "--resume", "--word", "subject", "--clips", "4", "--coarse-steps", "2", "--fine-steps", "2",
+                 "--resume", *changed, "--clips", "4", "--coarse-steps", "2", "--fine-steps", "2",
                  "--set", "data.num_frames=2", "--set", "coarse.batch_size=2", "--set", "fine.batch_size=2",
                  "--set", "coarse.lr=1e-3", "--set", "fine.lr=1e-3", "--set", "coarse.checkpoint_every=1",
                  "--set", "fine.checkpoint_every=1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "(word (--word) was sprite, now subject)" in err and "\n" not in err, err
+    assert all(part in err for part in told) and "\n" not in err, err
+    assert not out.exists() and (tmp_path / "stopped.safetensors.run" / "coarse").is_dir()
 
 
 def test_a_second_run_writing_the_same_model_is_refused(tiny_base_dirs, tmp_path, capsys):
@@ -911,24 +917,6 @@ def test_an_image_prompt_models_recorded_encoder_that_is_gone_or_of_another_widt
     with pytest.raises(UserError, match=message.format(file=re.escape(str(crafted)), encoder=re.escape(encoder))):
         load_image_prompt_model(tiny_backbones["unet3d"], crafted)
     assert not injections(tiny_backbones["unet3d"].unet)
-
-
-def test_resuming_with_another_hidden_width_is_refused_before_the_model_loads(tiny_base_dirs, tmp_path, monkeypatch,
-                                                                              capsys):
-    import vidbooth.engine.backbone
-
-    out = tmp_path / "stopped.safetensors"
-    _stop_in_fine(_config(out, tiny_base_dirs["unet3d"], hidden_dim=16), monkeypatch)
-    capsys.readouterr()
-    monkeypatch.setattr(vidbooth.engine.backbone, "load_backbone_for", lambda *a, **k: pytest.fail("loaded"))
-    assert main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--out", str(out), "--device", "cpu",
-                 "--resume", "--clips", "4", "--coarse-steps", "2", "--fine-steps", "2", "--set", "hidden_dim=32",
-                 "--set", "data.num_frames=2", "--set", "coarse.batch_size=2", "--set", "fine.batch_size=2",
-                 "--set", "coarse.lr=1e-3", "--set", "fine.lr=1e-3", "--set", "coarse.checkpoint_every=1",
-                 "--set", "fine.checkpoint_every=1"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "hidden_dim" in err and "was 16, now 32" in err and "\n" not in err, err
-    assert not out.exists() and (tmp_path / "stopped.safetensors.run" / "coarse").is_dir()
 
 
 def test_a_base_that_predicts_velocity_trains_the_image_prompt_against_velocity(tiny_base_dirs, tmp_path,
