@@ -31,13 +31,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	RUN_SLOW=1 $(BIN)/python -m pytest -q $(PARALLEL)
 
-# Which lines of vidbooth no test runs, in the commands the tests launch too (tests/coverage/sitecustomize.py):
+# Which lines of vidbooth no test runs, in the commands the tests launch too (tests/coverage_hook/sitecustomize.py):
 # the fast suite with coverage.py in every process, then the lines missed per file. Not part of CI. Processes
 # that a test starts with its own sitecustomize.py (some multi-process tests) are not measured.
 coverage: $(STAMP)
 	$(BIN)/python -m pip install -q coverage
 	rm -rf .coverage-data
-	-VIDBOOTH_COVERAGE=$(CURDIR) PYTHONPATH=$(CURDIR)/tests/coverage $(BIN)/python -m pytest -q $(PARALLEL)
+	-VIDBOOTH_COVERAGE=$(CURDIR) PYTHONPATH=$(CURDIR)/tests/coverage_hook $(BIN)/python -m pytest -q $(PARALLEL)
 	$(BIN)/python -m coverage combine -q --data-file=.coverage-data/.coverage .coverage-data
 	$(BIN)/python -m coverage report --data-file=.coverage-data/.coverage -m --skip-covered
 

@@ -234,10 +234,12 @@ def test_an_os_error_is_the_traceback_under_debug_or_where_vidbooth_has_no_words
     with pytest.raises(OSError) as shown:
         main(["--debug", *generate])
     assert shown.value is raised[-1]
-    raised.append(OSError(errno.EBADF, "Bad file descriptor"))  # a program's error: its traceback is the report
-    with pytest.raises(OSError) as shown:
-        main(generate)
-    assert shown.value is raised[-1] and not (tmp_path / "out.mp4").exists()
+    for unworded in (OSError(errno.EBADF, "Bad file descriptor"),  # a program's error: its traceback is the report
+                     OSError(errno.ENOTCONN, "Transport endpoint is not connected")):  # a socket's, not a mount's
+        raised.append(unworded)
+        with pytest.raises(OSError) as shown:
+            main(generate)
+        assert shown.value is raised[-1] and not (tmp_path / "out.mp4").exists()
 
 
 def test_an_eof_error_is_its_traceback_not_aborted(monkeypatch, capsys, tmp_path, isolated_home):
@@ -245,15 +247,17 @@ def test_an_eof_error_is_its_traceback_not_aborted(monkeypatch, capsys, tmp_path
     import vidbooth.engine.generate as engine
     from vidbooth.cli.app import main
 
+    origin = ValueError("the stream's own error")
     cut_short = EOFError("Compressed file ended before the end-of-stream marker was reached")
 
     def failed(cfg):
-        raise cut_short
+        raise cut_short from origin
 
     monkeypatch.setattr(engine, "generate", failed)
-    with pytest.raises(EOFError) as shown:
+    with pytest.raises(RuntimeError, match=r"^a file ended early \(the EOFError above\)$") as shown:
         main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "out.mp4")])
-    assert shown.value is cut_short and "aborted" not in capsys.readouterr().err
+    assert shown.value.__cause__ is cut_short and cut_short.__cause__ is origin
+    assert "aborted" not in capsys.readouterr().err
 
 
 def test_an_error_that_stopped_a_training_after_a_checkpoint_says_to_resume(monkeypatch, capsys, tmp_path,

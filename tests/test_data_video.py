@@ -454,3 +454,15 @@ def test_an_output_folder_through_a_link_to_nothing_is_refused_naming_the_link(t
         else:
             write_video(np.zeros((2, 16, 16, 3), np.uint8), link / "day 1" / "clip.mp4")
     assert list(tmp_path.iterdir()) == [link]
+def test_a_relative_link_to_nothing_is_told_where_it_ends_and_a_loop_as_a_loop(tmp_path):
+    from vidbooth.data.video import check_writable_dir
+
+    (tmp_path / "renders").symlink_to("../nowhere")
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(UserError, match=rf"{re.escape(str(tmp_path / 'renders'))} is a link to \.\./nowhere, that is "
+                                        rf"{re.escape(str(tmp_path.parent / 'nowhere'))}, which does not exist "):
+        check_writable_dir(tmp_path / "renders" / "day 1")
+    with pytest.raises(UserError, match=rf"{re.escape(str(tmp_path / 'loop'))} is a link to loop that loops back on "
+                                        r"itself \(fix or remove it\); choose another --out$"):
+        check_writable_dir(tmp_path / "loop" / "day 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "renders"]

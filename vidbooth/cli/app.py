@@ -60,7 +60,7 @@ def _root(
 def _said(command: Callable) -> Callable:
     """`command`, with a Ctrl-C that says what it stopped (`errors.KeyboardInterrupted`: both a KeyboardInterrupt and
     an `Interrupted`) raised as a plain `Interrupted`, whose message `main` prints: typer turns every
-    KeyboardInterrupt into a bare exit code 130."""
+    KeyboardInterrupt into a bare exit code 130. An EOFError, which typer would call 'aborted', is a traceback."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
@@ -72,6 +72,8 @@ def _said(command: Callable) -> Callable:
             if isinstance(exc, Interrupted):
                 raise Interrupted(str(exc), exc.exit_code) from exc
             raise
+        except EOFError as exc:  # typer takes it for Ctrl-D at a prompt ('aborted'); no command reads stdin
+            raise RuntimeError("a file ended early (the EOFError above)") from exc  # a traceback, as any we cannot word
 
     return run
 
@@ -265,9 +267,7 @@ def _told(argv: list[str] | None) -> int:
         return INTERRUPTED
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort as exc:
-        if isinstance(exc.__cause__, EOFError):  # click's Ctrl-D at a prompt; no command reads stdin: a file cut short
-            raise exc.__cause__ from None  # its traceback, as any error vidbooth has no words for
+    except typer.Abort:
         error("aborted")
         return 1
     except OSError as exc:
@@ -357,9 +357,9 @@ def os_error_message(exc: OSError) -> str | None:
         return f"a file name is too long for this file system: {where}: choose a shorter name or path"
     if exc.errno == errno.EIO:  # a device's error, or ffmpeg stopping midway (data.video)
         return f"{exc.strerror or 'input/output error'}: {where}: run the command again"
-    if exc.errno in (errno.ESTALE, errno.ENOTCONN):  # a network (NFS) or FUSE file system that went away
-        return (f"{(exc.strerror or 'the file system went away').lower()}: {where}: its file system (a network or "
-                "FUSE mount) went away; mount it again and run the command again")
+    if exc.filename and exc.errno in (errno.ESTALE, errno.ENOTCONN):  # a network (NFS) or FUSE mount that went away
+        return (f"{(exc.strerror or os.strerror(exc.errno)).lower()}: {where}: its file system (a network or FUSE "
+                "mount) went away; mount it again and run the command again")  # (a socket's ENOTCONN names no file)
     if exc.errno == errno.EXDEV:
         return (f"cannot move {where} across file systems: keep the folders vidbooth moves between (the library "
                 "and its subfolders, --out and its folder) on one file system")

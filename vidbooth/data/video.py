@@ -6,6 +6,7 @@ Frames are numpy arrays of shape (F, H, W, 3), dtype uint8, RGB.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import itertools
 import math
@@ -623,8 +624,8 @@ def check_writable_dir(folder: str | Path, flag: str | None = "--out") -> Path:
     existing ancestor must be a writable folder (tried with a nameless file). `ensure_writable_dir` creates it when
     there is something to write. `flag`: the option that gave it, which the message says to change."""
     folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink() or p == p.parent)
-    if not existing.exists():  # a link to nothing (an unmounted drive): making the folder would fail on it
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or _broken_link(p) or p == p.parent)
+    if _broken_link(existing):  # a link to nothing (an unmounted drive): making the folder would fail on it
         raise UserError(f"cannot create output folder {folder}: {_link_to_nothing(existing)}; {_another(flag)}")
     if not existing.is_dir():
         raise UserError(f"cannot create output folder {folder}: {existing} is not a folder; {_another(flag)}")
@@ -636,7 +637,24 @@ def check_writable_dir(folder: str | Path, flag: str | None = "--out") -> Path:
 
 
 def _link_to_nothing(link: Path) -> str:
-    return f"{link} is a link to {os.readlink(link)}, which does not exist (mount or create it)"
+    """Why the link `link`, whose target cannot be reached, cannot hold a folder: a loop, or where it ends."""
+    target = os.readlink(link)
+    end = os.path.realpath(link)  # through relative targets and links to links
+    if os.path.islink(end):  # realpath stops where a loop starts
+        return f"{link} is a link to {target} that loops back on itself (fix or remove it)"
+    where = target if end == target else f"{target}, that is {end}"
+    return f"{link} is a link to {where}, which does not exist (mount or create it)"
+
+
+def _broken_link(path: Path) -> bool:
+    """Whether `path` is a link whose target is missing or a loop (not one this process may not look through)."""
+    if not os.path.islink(path):
+        return False
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno in (errno.ENOENT, errno.ELOOP)
+    return False
 
 
 def _can_create_in(folder: Path) -> bool:
@@ -657,7 +675,7 @@ def ensure_writable_dir(folder: str | Path, flag: str | None = "--out") -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        broken = next((p for p in (folder, *folder.parents) if p.is_symlink() and not p.exists()), None)
+        broken = next((p for p in (folder, *folder.parents) if _broken_link(p)), None)
         reason = _link_to_nothing(broken) if broken else exc.strerror.lower() if exc.strerror else exc
         raise UserError(f"cannot create output folder {folder}: {reason}; {_another(flag)}") from exc
     if not os.access(folder, os.W_OK):
