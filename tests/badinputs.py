@@ -449,3 +449,21 @@ def make_bad_corpus(folder: Path, include_huge: bool = False) -> dict[str, Path]
         for kind in kinds[group]
         if include_huge or kind != "huge_jpeg"
     }
+
+
+def unreadable(path: Path, monkeypatch) -> Path:
+    """`path` made unreadable: by its mode, or as root (whom no mode stops) by refusing to open it."""
+    import builtins
+    import os
+
+    path.chmod(0)
+    if os.geteuid() == 0:
+        real_open = builtins.open
+
+        def refusing_open(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+    return path

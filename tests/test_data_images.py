@@ -534,24 +534,6 @@ def test_a_photo_whose_name_is_not_text_is_refused_in_one_line(tmp_path):
         load_photos([folder])
 
 
-def _unreadable(path: Path, monkeypatch) -> Path:
-    """`path` made unreadable: by its mode, or as root (whom no mode stops) by refusing to open it."""
-    import builtins
-    import os
-
-    path.chmod(0)
-    if os.geteuid() == 0:
-        real_open = builtins.open
-
-        def refusing_open(file, *args, **kwargs):
-            if isinstance(file, (str, Path)) and Path(file) == path:
-                raise PermissionError(13, "Permission denied", str(file))
-            return real_open(file, *args, **kwargs)
-
-        monkeypatch.setattr(builtins, "open", refusing_open)
-    return path
-
-
 def _train_subject(*photos: Path) -> int:
     from vidbooth.cli.app import main
 
@@ -561,7 +543,7 @@ def _train_subject(*photos: Path) -> int:
 
 def test_a_photo_that_cannot_be_read_is_refused_as_permission_denied(tmp_path, capsys, isolated_home, monkeypatch):
     photos = badinputs.write_photos(tmp_path / "photos")
-    locked = _unreadable(photos / "photo1.png", monkeypatch)
+    locked = badinputs.unreadable(photos / "photo1.png", monkeypatch)
     assert _train_subject(photos) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: cannot read image {locked}: permission denied; fix its permissions or copy it")

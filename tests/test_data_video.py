@@ -397,22 +397,9 @@ def test_a_video_whose_name_starts_like_an_ffmpeg_protocol_is_read(tmp_path, mon
 def test_a_video_that_cannot_be_read_is_refused_as_permission_denied_not_as_corrupt(tmp_path, monkeypatch):
     """ffmpeg, refused the file, said only that it found no video in it: 'corrupt, truncated or in an unsupported
     codec'. As root, whom no mode stops, opening it is refused instead (ffmpeg is not asked)."""
-    import builtins
-    import os
+    from badinputs import unreadable, write_clip
 
-    from badinputs import write_clip
-
-    clip = write_clip(tmp_path / "clip.mp4")
-    clip.chmod(0)
-    if os.geteuid() == 0:
-        real_open = builtins.open
-
-        def refusing_open(file, *args, **kwargs):
-            if isinstance(file, (str, os.PathLike)) and Path(file) == clip:
-                raise PermissionError(13, "Permission denied", str(file))
-            return real_open(file, *args, **kwargs)
-
-        monkeypatch.setattr(builtins, "open", refusing_open)
+    clip = unreadable(write_clip(tmp_path / "clip.mp4"), monkeypatch)
     message = rf"^cannot read video {re.escape(str(clip))}: permission denied; fix its permissions or copy it$"
     with pytest.raises(UserError, match=message):
         read_video(clip)
