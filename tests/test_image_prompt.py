@@ -482,6 +482,21 @@ def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(t
         "--out")
 
 
+def test_a_base_without_spatial_self_attention_is_refused_before_training(tiny_base_dirs, tmp_path, capsys,
+                                                                         monkeypatch):
+    """It had been found only when the fine stage began, after the coarse stage had trained."""
+    from vidbooth.engine.backbone import Backbone
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Backbone, "spatial_self_attention_layers", lambda self: {})
+    monkeypatch.setattr(image_prompt_engine, "training_items", lambda *a, **k: pytest.fail("read the clips"))
+    code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--device", "cpu", "--out",
+                 "m.safetensors"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the warning that the clips are nano's world's
+    assert code == 2 and err.startswith("error: ") and "has no spatial self-attention layers" in err, err
+    assert not list(tmp_path.iterdir())
+
+
 def test_cli_trains_on_a_folder_of_clips_then_generates(tiny_base_dirs, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")
     base = str(tiny_base_dirs["unet3d"])

@@ -97,15 +97,16 @@ class ImagePromptModel:
 
     def __init__(self, backbone: Backbone, spec: ImagePromptSpec, encoder, with_injections: bool = True):
         self.backbone, self.spec, self.encoder = backbone, spec, encoder
+        self._layers = backbone.spatial_self_attention_layers()  # checked now: training meets it before the coarse stage
+        if not self._layers:
+            raise UserError(f"{backbone.source} has no spatial self-attention layers for the image prompt's features: "
+                            "image prompts need a UNet with spatial transformer blocks")
         self.mapper = TokenMapper(spec.image_dim, spec.text_dim, spec.num_tokens, spec.hidden_dim).to(backbone.device)
         if with_injections:
             self.add_injections()
 
     def add_injections(self) -> None:
-        layers = self.backbone.spatial_self_attention_layers()
-        if not layers:
-            raise UserError("this model has no spatial self-attention layers for the image prompt's features")
-        inject_image_injection(self.backbone.unet, layers)
+        inject_image_injection(self.backbone.unet, self._layers)
 
     def remove(self) -> None:
         remove_image_injection(self.backbone.unet)
