@@ -70,16 +70,38 @@ def test_a_wheel_with_too_few_merges_is_refused_naming_the_token_count(tmp_path)
         build_clip_tokenizer(short)
 
 
-@pytest.mark.parametrize("damage", ["cut short", "corrupt", "not text"])
+def _flagged(archive: bytes, flag_bits: int = 0, method: int | None = None) -> bytes:
+    """`archive` (one member) with its member marked in both headers as encrypted (flag bit 0) or compressed by
+    `method` (zipfile reads neither)."""
+    data = bytearray(archive)
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local header, central directory
+        at = data.index(signature) + flags
+        data[at:at + 2] = (int.from_bytes(data[at:at + 2], "little") | flag_bits).to_bytes(2, "little")
+        if method is not None:
+            data[at + 2:at + 4] = method.to_bytes(2, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["cut short", "corrupt", "not text", "encrypted", "unknown compression",
+                                    "corrupt lzma"])
 def test_a_wheel_whose_merges_file_is_damaged_says_where_to_get_one_not_aborted(damage, tmp_path):
     """A merges file cut short had come out of pretrain as 'error: aborted' (EOFError, which click takes for Ctrl-D at
-    a prompt), exit 1."""
+    a prompt), exit 1; an encrypted one (RuntimeError) or one compressed in a way zipfile cannot read
+    (NotImplementedError) had been tracebacks."""
     packed = gzip.compress("bpe_simple_vocab_16e6.txt#version: 0.2\na b\n".encode("utf-8"))
     member = {"cut short": packed[:-12], "corrupt": packed[:10] + b"\xff" * 20 + packed[30:],
-              "not text": gzip.compress(b"\xff\xfe\xfa")}[damage]
+              "not text": gzip.compress(b"\xff\xfe\xfa")}.get(damage, packed)
     damaged = tmp_path / "open_clip_torch-0.0.0-py3-none-any.whl"
-    with zipfile.ZipFile(damaged, "w") as archive:
+    with zipfile.ZipFile(damaged, "w", zipfile.ZIP_LZMA if damage == "corrupt lzma" else zipfile.ZIP_STORED) as archive:
         archive.writestr("open_clip/bpe_simple_vocab_16e6.txt.gz", member)
+    if damage == "corrupt lzma":  # the member's compressed bytes, after the local header and LZMA's 4-byte header
+        data = bytearray(damaged.read_bytes())
+        start = data.index(b".txt.gz") + len(".txt.gz") + 8
+        damaged.write_bytes(bytes(data[:start]) + b"\xff" * 16 + bytes(data[start + 16:]))
+    elif damage == "encrypted":
+        damaged.write_bytes(_flagged(damaged.read_bytes(), flag_bits=1))
+    elif damage == "unknown compression":
+        damaged.write_bytes(_flagged(damaged.read_bytes(), method=99))  # 99: AES, which zipfile does not read
     with pytest.raises(UserError, match=rf"^cannot read open_clip/bpe_simple_vocab_16e6.txt.gz from {damaged}: get "
                                         r"the wheel with `pip download open-clip-torch --no-deps`$"):
         nano.load_tokenizer(str(damaged), 77)

@@ -9,6 +9,7 @@ We read the file out of the wheel with zipfile; open_clip is never installed or 
 from __future__ import annotations
 
 import gzip
+import lzma
 import zipfile
 import zlib
 from pathlib import Path
@@ -35,7 +36,9 @@ def read_merges(wheel: str | Path) -> list[str]:
     try:
         with zipfile.ZipFile(wheel) as archive:
             text = gzip.decompress(archive.read(_MERGES_MEMBER)).decode("utf-8")
-    except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error, UnicodeDecodeError) as exc:  # EOF: cut short
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, UnicodeDecodeError,
+            RuntimeError) as exc:  # EOF: cut short; RuntimeError: encrypted, or an unknown compression (its subclass
+        # NotImplementedError)
         raise UserError(
             f"cannot read {_MERGES_MEMBER} from {wheel}: get the wheel with `pip download open-clip-torch --no-deps`"
         ) from exc
