@@ -517,8 +517,9 @@ def test_a_permission_error_is_one_line_on_the_command_line(monkeypatch, capsys)
     assert main(["list"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: permission denied: /shared/vidbooth/motions: give yourself "
-                                                   "access to it, or use another folder (for the library: --home; for "
-                                                   "vidbooth's cache: $VIDBOOTH_CACHE)")
+                                                   "access to it, or use another folder (for what the command writes: "
+                                                   "--out; for the library: --home; for vidbooth's cache: "
+                                                   "$VIDBOOTH_CACHE)")
 
 
 def test_train_motion_checks_the_name_again_once_it_holds_the_lock(tmp_path, isolated_home, monkeypatch, capsys):

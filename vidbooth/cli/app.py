@@ -349,7 +349,8 @@ def os_error_message(exc: OSError) -> str | None:
     where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name) or "a file or folder"
     if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
         return (f"{(exc.strerror or 'permission denied').lower()}: {where}: give yourself access to it, or use another "
-                "folder (for the library: --home; for vidbooth's cache: $VIDBOOTH_CACHE), and run the command again")
+                "folder (for what the command writes: --out; for the library: --home; for vidbooth's cache: "
+                "$VIDBOOTH_CACHE), and run the command again")
     if exc.errno == errno.EFBIG:
         return (f"a file grew past what this file system or your file-size limit (ulimit -f) allows, writing {where}: "
                 "write to another file system, or raise the limit, and run the command again")
