@@ -88,7 +88,8 @@ def test_a_listing_table_sent_to_a_full_disk_is_one_error_line(isolated_home):
         listing = subprocess.Popen([sys.executable, "-m", "vidbooth", "list"], stdout=full, stderr=subprocess.PIPE)
         assert listing.wait(timeout=120) == 2
     told = listing.stderr.read().decode().splitlines()
-    assert told == ["error: the disk is full: free space and run the command again"]
+    assert told == ["error: cannot write the result to stdout (the disk is full): make room where it goes, or send "
+                    "it elsewhere, and run the command again"]  # as --json's (it had been the generic full disk's)
 
 
 def test_an_argument_the_locale_cannot_read_is_one_line_before_any_work(tiny_base_dirs, tmp_path):

@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from vidbooth.errors import OutputClosed, raise_pending_stop
+from vidbooth.errors import OutputClosed, UserError, raise_pending_stop
 
 
 class _Console(Console):
@@ -31,9 +32,9 @@ class _Console(Console):
     def _check_buffer(self) -> None:
         try:
             super()._check_buffer()
-        except OSError:  # a full disk or failing device under the messages: the command goes on without them (it
-            if not _is_stderr(self.file):  # had ended with 1 at its first info line); a result's is an error
-                raise
+        except OSError as exc:  # a full disk or failing device under the messages: the command goes on without them
+            if not _is_stderr(self.file):  # (it had ended with 1 at its first info line); a result's is an error
+                result_not_written(self.file, exc)
             _write_nowhere(self.file)
 
 
@@ -365,13 +366,17 @@ def result(text: str) -> None:
     except ValueError:  # closed by a caller in this process: nowhere to put it
         pass
     except OSError as exc:  # `--json - > file` on a full disk had ended with 0 and a cut or empty file
-        from vidbooth.errors import UserError
-        from vidbooth.fileio import disk_full
+        result_not_written(stdout, exc)
 
-        _write_nowhere(stdout)  # Python's last flush would fail on the same bytes
-        reason = "the disk is full" if disk_full(exc) else (exc.strerror or str(exc)).lower()
-        raise UserError(f"cannot write the result to stdout ({reason}): make room where it goes, or send it "
-                        "elsewhere, and run the command again") from exc
+
+def result_not_written(stdout: object, exc: OSError) -> NoReturn:
+    """A result (a JSON document, a table) that stdout could not take, a full disk under it: one error line."""
+    from vidbooth.fileio import disk_full
+
+    _write_nowhere(stdout)  # Python's last flush would fail on the same bytes
+    reason = "the disk is full" if disk_full(exc) else (exc.strerror or str(exc)).lower()
+    raise UserError(f"cannot write the result to stdout ({reason}): make room where it goes, or send it "
+                    "elsewhere, and run the command again") from exc
 
 
 LOG_EVERY_SECONDS = 30.0
