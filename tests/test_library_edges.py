@@ -911,8 +911,14 @@ def test_entries_vidbooth_did_not_name_in_its_staging_and_trash_folders_do_not_s
         (isolated_home / folder).mkdir(exist_ok=True)
         (isolated_home / folder / ".DS_Store").write_bytes(b"\0")
     (isolated_home / ".staging" / "copy of S%2A").mkdir()
+    (isolated_home / ".trash" / "subjects__copy").mkdir()  # a kind's folder, but no writer
+    stray = isolated_home / ".trash" / f"photos__dog.{library._host_tag()}-999999999.ab"  # a dead writer's; no kind
+    stray.mkdir()
     assert library.artifact_dir("subject", "S*") == isolated_home / "subjects" / "S%2A"
     assert not (isolated_home / ".staging" / "copy of S%2A").exists()
+    assert (isolated_home / ".trash" / ".DS_Store").is_file() and not (isolated_home / ".DS_Store").exists()
+    assert (isolated_home / ".trash" / "subjects__copy").is_dir() and not (isolated_home / "subjects" / "copy").exists()
+    assert stray.is_dir() and not (isolated_home / "photos").exists()
 
 
 def test_a_folder_vidbooth_cannot_read_at_the_artifacts_place_is_refused_before_training_and_kept(

@@ -432,6 +432,8 @@ def recover() -> None:
     for entry in _entries(home / ".trash"):
         kind_dir, _, rest = entry.name.partition("__")
         target_name, writer, _ = (rest.rsplit(".", 2) + ["", ""])[:3]  # '<dir>.<host>-<pid>.<hex>'
+        if kind_dir not in KINDS.values() or not (target_name and writer):
+            continue  # not set aside by vidbooth (a Finder's .DS_Store): it had been moved to the library's top
         alive, is_self = _writer(writer, entry)
         if alive and not is_self:
             continue  # its swap is in flight: leave it to that process
