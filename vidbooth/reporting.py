@@ -34,7 +34,7 @@ class _Console(Console):
             super()._check_buffer()
         except OSError as exc:  # a full disk or failing device under the messages: the command goes on without them
             if not _is_stderr(self.file):  # (it had ended with 1 at its first info line); a result's is an error
-                result_not_written(self.file, exc)
+                _result_not_written(self.file, exc)
             _write_nowhere(self.file)
 
 
@@ -366,10 +366,10 @@ def result(text: str) -> None:
     except ValueError:  # closed by a caller in this process: nowhere to put it
         pass
     except OSError as exc:  # `--json - > file` on a full disk had ended with 0 and a cut or empty file
-        result_not_written(stdout, exc)
+        _result_not_written(stdout, exc)
 
 
-def result_not_written(stdout: object, exc: OSError) -> NoReturn:
+def _result_not_written(stdout: object, exc: OSError) -> NoReturn:
     """A result (a JSON document, a table) that stdout could not take, a full disk under it: one error line."""
     from vidbooth.fileio import disk_full
 
