@@ -226,13 +226,12 @@ def test_every_command_is_either_a_training_shared_by_processes_or_one_of_a_sing
 
 
 def test_completing_a_library_name_offers_nothing_where_the_library_is_a_file(tmp_path, isolated_home):
-    import click
-
     from vidbooth.cli.app import app
     from vidbooth.cli.options import learned_names
 
     (tmp_path / "library").write_text("")
-    root = click.Context(typer.main.get_command(app), info_name="vidbooth")
+    command = typer.main.get_command(app)  # typer's own copy of click (typer 0.20 on), which installs no click
+    root = command.context_class(command, info_name="vidbooth")
     root.params["home"] = str(tmp_path / "library")
     assert learned_names("subject")(root, "") == []
 

@@ -46,7 +46,8 @@ def test_several_videos_of_a_prompt_come_from_one_run_and_are_scored_against_its
     assert main([*args, "--num-videos", "3", "--batch-size", "2", "--out", str(tmp_path / "less.mp4")]) == 0
     for k, video in enumerate(videos, start=1):  # fewer at once (less memory): the same videos (up to rounding)
         difference = np.abs(read_video(tmp_path / f"less-{k}.mp4").astype(int) - video.astype(int))
-        assert difference.max() <= 3 and difference.mean() < 0.05, (k, difference.max(), difference.mean())
+        # (torch 2.13: at most 2 levels, 0.011 on average; 2.12, the floor: 4 and 0.12; other noise: above 1)
+        assert difference.max() <= 6 and difference.mean() < 0.25, (k, difference.max(), difference.mean())
     assert yaml.safe_load((tmp_path / "less.yaml").read_text())["batch_size"] == 2
     assert main([*args, "--num-videos", "3", "--batch-size", "0", "--out", str(tmp_path / "no.mp4")]) == 2
     from vidbooth.eval.jobs import generated_prompt

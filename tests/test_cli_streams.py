@@ -458,3 +458,16 @@ def test_each_reader_that_would_call_a_file_damaged_tells_a_machine_limit_as_it_
                 with pytest.raises(told) as raised:
                     read()
             assert raised.value is error or str(raised.value).startswith("too many open files (this process may")
+
+
+@pytest.mark.parametrize("given, kept", [(None, "false"), ("true", "true")])
+def test_the_command_turns_tokenizers_threads_off_unless_the_user_set_them(given, kept):
+    """tokenizers 0.22 (the floor) printed four lines into generate's output when ffmpeg started after a prompt had
+    been tokenised with threads."""
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    env |= {"TOKENIZERS_PARALLELISM": given} if given else {}
+    script = ("import os, vidbooth.cli.app as app\n"
+              "app.main = lambda: print(os.environ.get('TOKENIZERS_PARALLELISM')) or 0\n"
+              "app.run()\n")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == f"{kept}\n", done.stderr

@@ -475,6 +475,11 @@ def _damaged_exif_photo(path: Path) -> Path:
     return path
 
 
+PILLOWS_DAMAGED_EXIF_WARNINGS = ("Tag data larger than file. Skipping tag 270",  # newer Pillow (12)
+                                 "Truncated File Read")  # Pillow 10.0, the floor
+"""What Pillow says of `_damaged_exif_photo`'s EXIF block."""
+
+
 def test_a_librarys_warning_is_one_line_naming_the_photo_being_read(tmp_path, capsys):
     """Pillow's warning of a damaged EXIF block had reached stderr as Python shows it, two lines of Pillow's own
     source that named no photo; the command line shows it as a warning line naming the photo (in any thread)."""
@@ -491,10 +496,9 @@ def test_a_librarys_warning_is_one_line_naming_the_photo_being_read(tmp_path, ca
         warnings.warn("not while reading a file")
         warnings.warn("not while reading a file")  # a line once, whatever Python's filters say
     assert warnings.showwarning is shown
-    assert capsys.readouterr().err.splitlines() == [
-        f"warning: reading {photo}: Tag data larger than file. Skipping tag 270",
-        "warning: not while reading a file",
-    ]
+    err = capsys.readouterr().err.splitlines()
+    assert err[1:] == ["warning: not while reading a file"] and err[0] in [
+        f"warning: reading {photo}: {said}" for said in PILLOWS_DAMAGED_EXIF_WARNINGS], err
 
 
 def test_the_command_line_shows_a_librarys_warning_as_one_line(tmp_path, capsys, isolated_home):
@@ -508,8 +512,8 @@ def test_the_command_line_shows_a_librarys_warning_as_one_line(tmp_path, capsys,
     assert main(["train-subject", str(photos), "--name", "S*", "--class-noun", "dog", "--recipe", "tiny/subject",
                  "--no-preview"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert f"warning: reading {photos / 'a.jpg'}: Tag data larger than file. Skipping tag 270" in err, err
-    assert f"warning: reading {photos / 'b.jpg'}: Tag data larger than file. Skipping tag 270" in err, err
+    for name in ("a.jpg", "b.jpg"):
+        assert any(f"warning: reading {photos / name}: {said}" in err for said in PILLOWS_DAMAGED_EXIF_WARNINGS), err
     assert err[-1].startswith("error: ") and not any("UserWarning" in line for line in err)
 
 

@@ -518,10 +518,18 @@ def _stop_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def quiet_tokenizers_forks() -> None:
+    """Tokenizers' threads off unless the user set them (TOKENIZERS_PARALLELISM): tokenizers 0.22 (the floor) printed
+    four lines of warning into each command's output when ffmpeg was started after a prompt had been tokenised. A
+    prompt's few tokens gain nothing from threads."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def run() -> None:
     """The `vidbooth` command: `main`, then exit with its code. A Ctrl-C or SIGTERM after main returned, while the
     interpreter shuts down, had ended the process by that signal without a word (130 for a run whose work was saved
     and told): the outcome is told, so they are ignored then."""
+    quiet_tokenizers_forks()
     code = main()
     import signal
 
