@@ -94,23 +94,31 @@ DISTRIBUTIONS = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyya
 """The modules whose distribution is not named as they are (any other: its own name)."""
 
 
-def test_every_package_vidbooth_imports_is_declared():
-    """huggingface_hub, tokenizers and yaml had been imported without being declared (each came only because
-    transformers, diffusers or omegaconf needed it). The test extra's packages do not count."""
+@pytest.mark.parametrize("folder, extras, some", [
+    ("vidbooth", ("cuda",), {"torch", "yaml", "cv2", "PIL", "xformers"}),  # the test extra's packages do not count
+    ("tests", ("test", "cuda"), {"pytest", "torch", "safetensors"}),
+    ("benchmarks", ("cuda",), {"torch", "numpy"}),
+])
+def test_every_package_imported_is_declared(folder, extras, some):
+    """huggingface_hub, tokenizers and yaml had been imported by vidbooth without being declared (each came only
+    because transformers, diffusers or omegaconf needed it); a test imported click, which the floors' typer (with its
+    own copy of click) and huggingface_hub do not install."""
     import ast
 
     if not (SOURCE / "pyproject.toml").is_file():
         pytest.skip("vidbooth is installed from a wheel here, not from its source tree")
+    files = [f for f in (SOURCE / folder).rglob("*.py") if "coverage_hook" not in f.parts]  # make coverage's own
     imported = set()
-    for file in (SOURCE / "vidbooth").rglob("*.py"):
+    for file in files:
         for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 imported.add(node.module.split(".")[0])
-    third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "vidbooth"}
-    assert {"torch", "yaml", "cv2", "PIL", "xformers"} <= third_party
-    declared = _declared(extras=("cuda",))
+    ours = {"vidbooth", "tests"} | {file.stem for file in files}  # and the modules beside one another
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name not in ours}
+    assert some <= third_party
+    declared = _declared(extras=extras)
     assert {name for name in third_party if _normal(DISTRIBUTIONS.get(name, name)) not in declared} == set()
 
 
