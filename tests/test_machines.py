@@ -8,7 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -335,6 +338,39 @@ def test_a_first_process_that_stopped_before_the_others_met_it_is_one_line(monke
         train.make_accelerator("no", device="cpu")
 
 
+_GLOO_NOT_CONNECTED = ("Gloo connectFullMesh failed with [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/"
+                       "pair.cc:152] timed out connecting: SO_ERROR: Connection refused, remote=[127.0.0.1]:35030")
+"""torch's error where the processes met, but gloo listened on the loopback (seen across two network namespaces)."""
+
+
+def test_processes_that_met_but_gloo_could_not_connect_are_told_to_set_its_interface(monkeypatch):
+    """It had been a traceback (a RuntimeError, not torch's DistError)."""
+    import socket
+
+    from accelerate import Accelerator
+
+    from vidbooth.engine import train
+    from vidbooth.errors import UserError
+
+    def not_connected(*args, **kwargs):
+        raise RuntimeError(_GLOO_NOT_CONNECTED)
+
+    monkeypatch.setattr(Accelerator, "__init__", not_connected)
+    monkeypatch.setattr(socket, "gethostname", lambda: "machine-1")
+    monkeypatch.setattr(socket, "gethostbyname", lambda host: (_ for _ in ()).throw(socket.gaierror(-2, "unknown")))
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    with pytest.raises(UserError) as refused:
+        train.make_accelerator("no", device="cpu")
+    assert str(refused.value) == (
+        "the processes of this run met but could not connect to one another (timed out connecting: SO_ERROR: "
+        "Connection refused, remote=[127.0.0.1]:35030): gloo listens on the address of this machine's host name "
+        "'machine-1', which resolves to nothing; set GLOO_SOCKET_IFNAME on each machine to its network interface that "
+        "reaches the others (`ip route get MASTER_ADDR` names it), and run again")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth9")
+    with pytest.raises(UserError, match=r"gloo listens on the address of GLOO_SOCKET_IFNAME=eth9; set "):
+        train.make_accelerator("no", device="cpu")
+
+
 def test_the_first_machine_killed_outright_is_told_with_the_checkpoint_it_saved(tmp_path, isolated_home,
                                                                                  two_process_launch):
     """The second machine, whose library holds no checkpoint, had advised a plain rerun that starts over."""
@@ -638,3 +674,93 @@ def test_a_process_whose_set_up_or_checks_pass_stops_when_another_refused_withou
     assert votes == [[1.0], [0.0]] and refused.value.others_told
     monkeypatch.setattr(train, "_agree", lambda accelerator, values: values)
     assert train.checked_then_met(lambda: "checked", {}) == ("checked", "met")
+
+
+@pytest.fixture
+def two_hosts(tmp_path):
+    """Two network namespaces joined by a veth pair (10.77.0.1 and 10.77.0.2), each process started in one under a
+    host name of its own that no resolver knows (`unshare --uts`): two machines on one network, as far as gloo, the
+    launcher and vidbooth's host-name checks can tell. Needs root and iproute2; the namespaces go with the test."""
+    if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("unshare")):
+        pytest.skip("needs root, ip (iproute2) and unshare, for two network namespaces")
+    tag = f"vb{os.getpid() % 100_000}"
+    spaces, ends = [f"{tag}n0", f"{tag}n1"], [f"{tag}a", f"{tag}b"]
+    made = []
+    try:
+        for space in spaces:
+            subprocess.run(["ip", "netns", "add", space], check=True, capture_output=True)
+            made.append(space)
+        subprocess.run(["ip", "link", "add", ends[0], "type", "veth", "peer", "name", ends[1]], check=True,
+                       capture_output=True)
+        for space, end, address in zip(spaces, ends, ("10.77.0.1/24", "10.77.0.2/24")):
+            for command in (["link", "set", end, "netns", space], ["-n", space, "addr", "add", address, "dev", end],
+                            ["-n", space, "link", "set", end, "up"], ["-n", space, "link", "set", "lo", "up"]):
+                subprocess.run(["ip", *command], check=True, capture_output=True)
+    except subprocess.CalledProcessError as exc:
+        for space in made:
+            subprocess.run(["ip", "netns", "del", space], capture_output=True)
+        pytest.skip(f"cannot make network namespaces here: {exc.stderr.decode().strip()}")
+
+    def start(rank: int, command: list[str], interface: bool = True) -> subprocess.Popen:
+        folder = tmp_path / f"machine-{rank}"
+        env = os.environ | {"VIDBOOTH_HOME": str(tmp_path / f"home-{rank}"),
+                            "VIDBOOTH_CACHE": str(tmp_path / f"cache-{rank}"), "TMPDIR": str(folder),
+                            "VIDBOOTH_QUIET": "0"}
+        env.pop("GLOO_SOCKET_IFNAME", None)
+        env |= {"GLOO_SOCKET_IFNAME": ends[rank]} if interface else {}
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                  "--machine_rank", str(rank), "--main_process_ip", "10.77.0.1", "--main_process_port", "29511",
+                  "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vidbooth"]
+        script = f'hostname "machine-{rank}" && exec "$@"'
+        return subprocess.Popen(["ip", "netns", "exec", spaces[rank], "unshare", "--uts", "sh", "-c", script, "sh",
+                                 *launch, *command, "--device", "cpu"], cwd=folder, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+    for rank in (0, 1):
+        (tmp_path / f"machine-{rank}").mkdir()
+        square_clip(tmp_path / f"machine-{rank}" / "slide.mp4")
+    yield start
+    for space in spaces:
+        subprocess.run(["ip", "netns", "del", space], capture_output=True)
+
+
+_MOTION = ["train-motion", "slide.mp4", "--name", "slide", "--class-noun", "square", "--base", "tiny", "--recipe",
+           "tiny/motion", "--num-frames", "4", "--no-preview", "--steps", "2"]
+
+
+@pytest.mark.slow
+def test_two_launches_on_two_hosts_of_a_network_train_one_motion(two_hosts, tmp_path):
+    """Two `accelerate launch --num_machines 2`, each in its own network namespace under its own host name, meet over
+    the network (gloo, on the interface GLOO_SOCKET_IFNAME names) and train one motion, saved on the first."""
+    second = two_hosts(1, _MOTION)
+    first = two_hosts(0, _MOTION)
+    said = [process.communicate(timeout=300) for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], said
+    assert "saved motion 'slide' in " in said[0][1]
+    assert "motion 'slide' is saved on the first machine of this run (10.77.0.1), by its first process" in said[1][1]
+    assert (tmp_path / "home-0" / "motions" / "slide").is_dir() and not (tmp_path / "home-1" / "motions").exists()
+
+
+@pytest.mark.slow
+def test_hosts_whose_names_resolve_to_no_address_are_told_to_set_gloos_interface(two_hosts):
+    """Without GLOO_SOCKET_IFNAME gloo listens on the loopback (the host names resolve to nothing): the process that
+    notices says so in one line (the other may wait for it until the launch is stopped)."""
+    processes = [two_hosts(1, _MOTION, interface=False), two_hosts(0, _MOTION, interface=False)]
+    try:
+        deadline = time.monotonic() + 300
+        while all(process.poll() is None for process in processes) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        for process in processes:
+            if process.poll() is None:  # the launcher stops the process it started (in a session of its own)
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=90)  # the launcher gives a process waiting in gloo 30 s, then kills it
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+    errors = [line for process in processes for line in process.communicate(timeout=60)[1].splitlines()
+              if re.match(r"error( \(process \d\))?: ", line)]
+    assert errors and all("set GLOO_SOCKET_IFNAME on each machine to its network interface" in line
+                          for line in errors), errors
+    assert any("this machine's host name 'machine-" in line and "which resolves to nothing" in line for line in errors)

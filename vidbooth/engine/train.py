@@ -223,6 +223,8 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto", settin
         raise UserError(f"cannot set up training: {reason}: check --device and {setting} (no; fp16 on CUDA; bf16 "
                         "where the device has it)") from exc
     except RuntimeError as exc:
+        if "Gloo connectFullMesh failed" in str(exc):
+            raise UserError(_not_connected(exc)) from exc
         if not isinstance(exc, getattr(torch.distributed, "DistError", ())):
             raise
         raise UserError(_not_met(exc)) from exc
@@ -261,6 +263,27 @@ def _not_met(exc: RuntimeError) -> str:
     return (f"cannot meet the first process of this run at {where} ({reason}): it stopped before training began (its "
             "own error line, on its machine, says why) or cannot be reached from here; start every machine's launch "
             "with the same inputs and --main_process_ip")
+
+
+def _not_connected(exc: RuntimeError) -> str:
+    """What to say when the processes met but gloo could not connect them to one another: each listens on the
+    address its machine's host name resolves to, or on the loopback where it resolves to none of the machine's (seen
+    across two network namespaces: a host name unknown to the resolver, as in many containers)."""
+    import socket
+
+    host = socket.gethostname()
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        address = "nothing"
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    reason = reason.rsplit("] ", 1)[-1]  # after gloo's source file and line
+    interface = os.environ.get("GLOO_SOCKET_IFNAME")
+    where = (f"GLOO_SOCKET_IFNAME={interface}" if interface else
+             f"this machine's host name {host!r}, which resolves to {address}")
+    return (f"the processes of this run met but could not connect to one another ({reason}): gloo listens on the "
+            f"address of {where}; set GLOO_SOCKET_IFNAME on each machine to its network interface that reaches the "
+            "others (`ip route get MASTER_ADDR` names it), and run again")
 
 
 def _accelerate_variables() -> str:
