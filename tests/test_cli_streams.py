@@ -471,3 +471,23 @@ def test_the_command_turns_tokenizers_threads_off_unless_the_user_set_them(given
               "app.run()\n")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == f"{kept}\n", done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_result_past_the_file_size_limit_says_to_raise_it(as_json, isolated_home, tmp_path):
+    """A listing into a file past `ulimit -f` (EFBIG) had been told to make room where it goes (as for a full
+    disk), where there was room."""
+    import resource
+
+    _subject("S*")
+
+    def limited() -> None:  # in the child: Python ignores SIGXFSZ, so the write fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    with open(tmp_path / "listing.txt", "w") as listing:
+        done = subprocess.run([sys.executable, "-m", "vidbooth", "list", *(["--json"] if as_json else [])],
+                              stdout=listing, stderr=subprocess.PIPE, text=True, timeout=120, preexec_fn=limited)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "error: cannot write the result to stdout (past the file system's or your file-size limit): raise the limit "
+        "(ulimit -f) or send it elsewhere, and run the command again"], done.stderr

@@ -4,6 +4,7 @@ two see different files under the same paths, as two machines do."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -355,6 +356,7 @@ def test_processes_that_met_but_gloo_could_not_connect_are_told_to_set_its_inter
     def not_connected(*args, **kwargs):
         raise RuntimeError(_GLOO_NOT_CONNECTED)
 
+    resolve = socket.gethostbyname
     monkeypatch.setattr(Accelerator, "__init__", not_connected)
     monkeypatch.setattr(socket, "gethostname", lambda: "machine-1")
     monkeypatch.setattr(socket, "gethostbyname", lambda host: (_ for _ in ()).throw(socket.gaierror(-2, "unknown")))
@@ -366,6 +368,10 @@ def test_processes_that_met_but_gloo_could_not_connect_are_told_to_set_its_inter
         "Connection refused, remote=[127.0.0.1]:35030): gloo listens on the address of this machine's host name "
         "'machine-1', which resolves to nothing; set GLOO_SOCKET_IFNAME on each machine to its network interface that "
         "reaches the others (`ip route get MASTER_ADDR` names it), and run again")
+    monkeypatch.setattr(socket, "gethostbyname", resolve)
+    monkeypatch.setattr(socket, "gethostname", lambda: "n" * 64)  # Linux allows 64 letters; Python's idna codec 63
+    with pytest.raises(UserError, match=r"host name 'n{64}', which resolves to nothing; set GLOO_SOCKET_IFNAME"):
+        train.make_accelerator("no", device="cpu")
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth9")
     with pytest.raises(UserError, match=r"gloo listens on the address of GLOO_SOCKET_IFNAME=eth9; set "):
         train.make_accelerator("no", device="cpu")
@@ -680,26 +686,19 @@ def test_a_process_whose_set_up_or_checks_pass_stops_when_another_refused_withou
 def two_hosts(tmp_path):
     """Two network namespaces joined by a veth pair (10.77.0.1 and 10.77.0.2), each process started in one under a
     host name of its own that no resolver knows (`unshare --uts`): two machines on one network, as far as gloo, the
-    launcher and vidbooth's host-name checks can tell. Needs root and iproute2; the namespaces go with the test."""
+    launcher and vidbooth's host-name checks can tell. Needs root and iproute2; the namespaces, the link and every
+    process in them go with the test, however it ends."""
     if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("unshare")):
         pytest.skip("needs root, ip (iproute2) and unshare, for two network namespaces")
+    for rank in (0, 1):
+        (tmp_path / f"machine-{rank}").mkdir()
+        square_clip(tmp_path / f"machine-{rank}" / "slide.mp4")
     tag = f"vb{os.getpid() % 100_000}"
     spaces, ends = [f"{tag}n0", f"{tag}n1"], [f"{tag}a", f"{tag}b"]
-    made = []
-    try:
-        for space in spaces:
-            subprocess.run(["ip", "netns", "add", space], check=True, capture_output=True)
-            made.append(space)
-        subprocess.run(["ip", "link", "add", ends[0], "type", "veth", "peer", "name", ends[1]], check=True,
-                       capture_output=True)
-        for space, end, address in zip(spaces, ends, ("10.77.0.1/24", "10.77.0.2/24")):
-            for command in (["link", "set", end, "netns", space], ["-n", space, "addr", "add", address, "dev", end],
-                            ["-n", space, "link", "set", end, "up"], ["-n", space, "link", "set", "lo", "up"]):
-                subprocess.run(["ip", *command], check=True, capture_output=True)
-    except subprocess.CalledProcessError as exc:
-        for space in made:
-            subprocess.run(["ip", "netns", "del", space], capture_output=True)
-        pytest.skip(f"cannot make network namespaces here: {exc.stderr.decode().strip()}")
+    started: list[subprocess.Popen] = []
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
 
     def start(rank: int, command: list[str], interface: bool = True) -> subprocess.Popen:
         folder = tmp_path / f"machine-{rank}"
@@ -712,16 +711,47 @@ def two_hosts(tmp_path):
                   "--machine_rank", str(rank), "--main_process_ip", "10.77.0.1", "--main_process_port", "29511",
                   "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vidbooth"]
         script = f'hostname "machine-{rank}" && exec "$@"'
-        return subprocess.Popen(["ip", "netns", "exec", spaces[rank], "unshare", "--uts", "sh", "-c", script, "sh",
-                                 *launch, *command, "--device", "cpu"], cwd=folder, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        started.append(subprocess.Popen(
+            ["ip", "netns", "exec", spaces[rank], "unshare", "--uts", "sh", "-c", script, "sh", *launch, *command,
+             "--device", "cpu"], cwd=folder, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True))
+        return started[-1]
 
-    for rank in (0, 1):
-        (tmp_path / f"machine-{rank}").mkdir()
-        square_clip(tmp_path / f"machine-{rank}" / "slide.mp4")
-    yield start
-    for space in spaces:
-        subprocess.run(["ip", "netns", "del", space], capture_output=True)
+    try:
+        try:
+            for space in spaces:
+                ip("netns", "add", space)
+            ip("link", "add", ends[0], "type", "veth", "peer", "name", ends[1])
+            for space, end, address in zip(spaces, ends, ("10.77.0.1/24", "10.77.0.2/24")):
+                ip("link", "set", end, "netns", space)
+                ip("-n", space, "addr", "add", address, "dev", end)
+                ip("-n", space, "link", "set", end, "up")
+                ip("-n", space, "link", "set", "lo", "up")
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"cannot make network namespaces here: {exc.stderr.decode().strip()}")
+        yield start
+    finally:
+        _stop(started)
+        for space in spaces:  # a launcher's processes run in sessions of their own: whatever is left in the space
+            listed = subprocess.run(["ip", "netns", "pids", space], capture_output=True, text=True).stdout.split()
+            for pid in listed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", space], capture_output=True)
+        subprocess.run(["ip", "link", "del", ends[0]], capture_output=True)  # where it was made but not moved
+
+
+def _stop(launches: list[subprocess.Popen]) -> None:
+    """Stop the launches still running: SIGTERM, which a launcher passes on to the process it started (in a session
+    of its own) and gives 30 s before killing it, then SIGKILL."""
+    for launch in launches:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGTERM)
+    for launch in launches:
+        try:
+            launch.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(launch.pid, signal.SIGKILL)
 
 
 _MOTION = ["train-motion", "slide.mp4", "--name", "slide", "--class-noun", "square", "--base", "tiny", "--recipe",
@@ -746,19 +776,10 @@ def test_hosts_whose_names_resolve_to_no_address_are_told_to_set_gloos_interface
     """Without GLOO_SOCKET_IFNAME gloo listens on the loopback (the host names resolve to nothing): the process that
     notices says so in one line (the other may wait for it until the launch is stopped)."""
     processes = [two_hosts(1, _MOTION, interface=False), two_hosts(0, _MOTION, interface=False)]
-    try:
-        deadline = time.monotonic() + 300
-        while all(process.poll() is None for process in processes) and time.monotonic() < deadline:
-            time.sleep(0.5)
-    finally:
-        for process in processes:
-            if process.poll() is None:  # the launcher stops the process it started (in a session of its own)
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=90)  # the launcher gives a process waiting in gloo 30 s, then kills it
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while all(process.poll() is None for process in processes) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    _stop(processes)  # the other may wait in gloo for the one that stopped
     errors = [line for process in processes for line in process.communicate(timeout=60)[1].splitlines()
               if re.match(r"error( \(process \d\))?: ", line)]
     assert errors and all("set GLOO_SOCKET_IFNAME on each machine to its network interface" in line

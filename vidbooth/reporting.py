@@ -371,12 +371,19 @@ def result(text: str) -> None:
 
 def _result_not_written(stdout: object, exc: OSError) -> NoReturn:
     """A result (a JSON document, a table) that stdout could not take, a full disk under it: one error line."""
+    import errno
+
     from vidbooth.fileio import disk_full
 
     _write_nowhere(stdout)  # Python's last flush would fail on the same bytes
-    reason = "the disk is full" if disk_full(exc) else (exc.strerror or str(exc)).lower()
-    raise UserError(f"cannot write the result to stdout ({reason}): make room where it goes, or send it "
-                    "elsewhere, and run the command again") from exc
+    if disk_full(exc):
+        reason, fix = "the disk is full", "make room where it goes, or send it elsewhere"
+    elif exc.errno == errno.EFBIG:
+        reason = "past the file system's or your file-size limit"
+        fix = "raise the limit (ulimit -f) or send it elsewhere"
+    else:
+        reason, fix = (exc.strerror or str(exc)).lower(), "send it elsewhere"
+    raise UserError(f"cannot write the result to stdout ({reason}): {fix}, and run the command again") from exc
 
 
 LOG_EVERY_SECONDS = 30.0

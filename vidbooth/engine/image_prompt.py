@@ -97,7 +97,7 @@ class ImagePromptModel:
 
     def __init__(self, backbone: Backbone, spec: ImagePromptSpec, encoder, with_injections: bool = True):
         self.backbone, self.spec, self.encoder = backbone, spec, encoder
-        self._layers = backbone.spatial_self_attention_layers()  # checked now: training meets it before the coarse stage
+        self._layers = backbone.spatial_self_attention_layers()  # checked now, before training's coarse stage
         if not self._layers:
             raise UserError(f"{backbone.source} has no spatial self-attention layers for the image prompt's features: "
                             "image prompts need a UNet with spatial transformer blocks")

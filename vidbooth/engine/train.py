@@ -274,7 +274,7 @@ def _not_connected(exc: RuntimeError) -> str:
     host = socket.gethostname()
     try:
         address = socket.gethostbyname(host)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: a name Python's idna codec refuses (a part over 63 letters)
         address = "nothing"
     reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     reason = reason.rsplit("] ", 1)[-1]  # after gloo's source file and line
