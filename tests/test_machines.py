@@ -785,3 +785,23 @@ def test_hosts_whose_names_resolve_to_no_address_are_told_to_set_gloos_interface
     assert errors and all("set GLOO_SOCKET_IFNAME on each machine to its network interface" in line
                           for line in errors), errors
     assert any("this machine's host name 'machine-" in line and "which resolves to nothing" in line for line in errors)
+
+
+@pytest.mark.slow
+def test_a_host_killed_outright_is_told_on_the_other_with_the_checkpoint(two_hosts, tmp_path, monkeypatch):
+    """The second host's process killed at step 3 (as the out-of-memory killer does): the first host's process meets
+    the closed connection over the network and says so in one line, with its checkpoint."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_SECOND_PROCESS_KILLED_AT_STEP_3)  # RANK 1: the second host's process
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    command = [*_MOTION[:-1], "4", "--set", "train.checkpoint_every=2"]
+    second = two_hosts(1, command)
+    first = two_hosts(0, command)
+    said = [process.communicate(timeout=300)[1] for process in (first, second)]
+    assert first.returncode != 0 and second.returncode != 0, said
+    checkpoint = tmp_path / "home-0" / ".runs" / "motions" / "slide" / "motion" / "checkpoints" / "step-0000002"
+    assert [line for line in said[0].splitlines() if line.startswith("error")] == [
+        "error: another process of this run stopped at step 2/4 (the launcher's report below says which and why); "
+        f"the last checkpoint is {checkpoint}: rerun the same command with --resume to continue"], said[0]
+    assert "exitcode  : -9" in said[1] and "host      : machine-1" in said[1]
