@@ -256,13 +256,19 @@ def _not_met(exc: RuntimeError) -> str:
     the first process, which the others meet at, stopped before it got there (told in its own output, on another
     machine when there are several), or cannot be reached or listen there."""
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    reason = _first_line(exc)
     if reporting.first_process():
         return (f"cannot set up the meeting point of this run's processes at {where} ({reason}): give the launcher "
                 "another --main_process_port, or check that this machine has that address")
     return (f"cannot meet the first process of this run at {where} ({reason}): it stopped before training began (its "
             "own error line, on its machine, says why) or cannot be reached from here; start every machine's launch "
             "with the same inputs and --main_process_ip")
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of `exc`'s message that says something (torch's errors go on with C++ frames); its type's name
+    where none does."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _not_connected(exc: RuntimeError) -> str:
@@ -276,8 +282,7 @@ def _not_connected(exc: RuntimeError) -> str:
         address = socket.gethostbyname(host)
     except (OSError, UnicodeError):  # UnicodeError: a name Python's idna codec refuses (a part over 63 letters)
         address = "nothing"
-    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    reason = reason.rsplit("] ", 1)[-1]  # after gloo's source file and line
+    reason = _first_line(exc).rsplit("] ", 1)[-1]  # after gloo's source file and line
     interface = os.environ.get("GLOO_SOCKET_IFNAME")
     where = (f"GLOO_SOCKET_IFNAME={interface}" if interface else
              f"this machine's host name {host!r}, which resolves to {address}")
