@@ -190,7 +190,7 @@ def sample_video(
     if backbone.family == ZERO_SHOT and num_frames > 1:
         zero_shot = zero_shot or ZeroShotConfig()
         check_strengths(zero_shot, height, width)
-        zero_shot_steps = warp_steps(num_inference_steps, zero_shot.t0, zero_shot.t1)
+        zero_shot_steps = warp_steps(sched.timesteps, zero_shot.t0, zero_shot.t1, sched.config.num_train_timesteps)
     accepted = inspect.signature(sched.step).parameters
     eta_noise = eta > 0 and "variance_noise" in accepted  # DDIM's noise, drawn here (BatchDraws)
     step_kwargs = {"eta": eta} if "eta" in accepted else {}  # dpm++ (2M) draws none
