@@ -352,3 +352,27 @@ def test_t0_and_t1_are_the_same_noise_levels_whatever_the_timestep_spacing(image
     assert together[0] == t1_step and t1_step in alone  # the first frame passes t1 alone, then all start there
     assert alone[alone.index(t1_step):] + [t0_step] == together[: len(alone) - alone.index(t1_step) + 1]
 
+
+
+def test_the_progress_bar_counts_every_unet_step(image_model, monkeypatch):
+    """The first frame's steps alone to t0 are i0, the frames' together from t1 are steps - i1: the bar's total is
+    what it advances."""
+    import contextlib
+
+    import vidbooth.engine.sampling as sampling
+
+    seen = {}
+
+    class Bar:
+        def advance(self, n=1, **fields):
+            seen["done"] = seen.get("done", 0) + n
+
+    @contextlib.contextmanager
+    def progress(description, total, completed=0):
+        seen["total"] = total
+        yield Bar()
+
+    monkeypatch.setattr(sampling, "progress", progress)
+    sample_video(image_model, "a cat", num_frames=2, num_inference_steps=50, guidance_scale=1.0,
+                 generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert seen["done"] == seen["total"] == 50 + 5 - 2

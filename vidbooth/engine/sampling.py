@@ -234,7 +234,7 @@ def sample_video(
     batch_size = min(batch_size or count, count)
     batches = [range(first, min(first + batch_size, count)) for first in range(0, count, batch_size)]
     state = generator.get_state() if generator is not None else None  # each batch draws from it afresh
-    extra_steps = zero_shot_steps[1] if zero_shot_steps else 0
+    extra_steps = zero_shot_steps[1] - zero_shot_steps[0] if zero_shot_steps else 0  # t1 to t0: alone, then all
     with progress(description, total=(len(sched.timesteps) + extra_steps) * len(batches)) as bar:
         done = []
         for videos in batches:
