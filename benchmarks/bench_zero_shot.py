@@ -47,7 +47,8 @@ def main() -> None:
     folder = save_tiny_backbone(Path(scratch.name) / "image", "animatediff")  # its motion adapter is not given
     backbone = load_backbone(str(folder), device="cpu")
     pipe = diffusers_zero_shot_reference(folder, size, size)
-    i1, i0 = warp_steps(args.steps, settings.t0, settings.t1)
+    pipe.scheduler.set_timesteps(args.steps)  # DDIM's, as sample_video's
+    i1, i0 = warp_steps(pipe.scheduler.timesteps, settings.t0, settings.t1, pipe.scheduler.config.num_train_timesteps)
     first = torch.randn(1, 4, size // 2, size // 2, generator=torch.Generator().manual_seed(0))
     common = dict(height=size, width=size, num_inference_steps=args.steps, guidance_scale=7.5)
 

@@ -55,15 +55,22 @@ def test_positive_strengths_move_the_scene_left_and_up_by_that_many_pixels_per_f
     assert torch.equal(translate_frames(first, 3, 0, 0, 32, 32)[:, :, 1], first[:, :, 0])
 
 
+def _leading(steps: int) -> list[int]:
+    """SD1.5's DDIM timesteps ('leading', offset 1): 981, 961, 941, ... at 50 steps."""
+    return [(steps - 1 - i) * (1000 // steps) + 1 for i in range(steps)]
+
+
 def test_warp_steps_follow_diffusers_t0_and_t1_and_stay_in_order():
-    assert warp_steps(50, 0.88, 0.94) == (2, 5)  # diffusers: timesteps[-47 - 1] and [-44 - 1]
-    assert warp_steps(10, 0.88, 0.94) == (0, 1)
-    assert warp_steps(20, 0.88, 0.94) == (0, 1)  # 20 x 0.88 = 17.6 rounds to 18 (cut to 17, i0 would be 2)
-    assert warp_steps(2, 0.88, 0.94) == (0, 1)
-    assert warp_steps(1, 0.88, 0.94) == (0, 1)  # the one step: the first frame denoised whole
+    assert warp_steps(_leading(50), 0.88, 0.94) == (2, 5)  # diffusers: timesteps[-47 - 1] and [-44 - 1]
+    assert warp_steps(_leading(10), 0.88, 0.94) == (0, 1)
+    assert warp_steps(_leading(20), 0.88, 0.94) == (0, 1)  # 901 is nearer 880 than 851 is
+    assert warp_steps(_leading(2), 0.88, 0.94) == (0, 1)
+    assert warp_steps(_leading(1), 0.88, 0.94) == (0, 1)  # the one step: the first frame denoised whole
+    linspace = [999, 979, 959, 939, 919, 899, 879, 859]  # DPM-Solver++'s first of 50: the same places, a step on
+    assert warp_steps(linspace, 0.88, 0.94) == (3, 6)
     for steps in range(2, 120):
         for t0, t1 in ((0.01, 0.02), (0.5, 0.6), (0.88, 0.94), (0.98, 0.99)):
-            i1, i0 = warp_steps(steps, t0, t1)
+            i1, i0 = warp_steps(_leading(steps), t0, t1)
             assert 0 <= i1 < i0 <= steps - 1
 
 
@@ -135,7 +142,7 @@ def test_matches_diffusers_text_to_video_zero_pipeline(tiny_base_dirs, image_mod
     height = width = 32
     pipe = diffusers_zero_shot_reference(tiny_base_dirs["animatediff"], height, width)
     frames = 4
-    i1, i0 = warp_steps(steps, 0.88, 0.94)
+    i1, i0 = warp_steps(_leading(steps), 0.88, 0.94)
     first = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
     try:
         expected = pipe(
@@ -315,3 +322,57 @@ def test_with_one_step_the_frames_are_noised_back_from_where_the_step_left_the_f
     assert after < 1.0 or scheduler == "dpm++"
     at_the_step = float(sched.alphas_cumprod[int(sched.timesteps[0])])
     assert seen == [(pytest.approx(after, abs=1e-7), pytest.approx(at_the_step))]
+
+
+@pytest.mark.parametrize("scheduler, spacing, t1_step, t0_step", [
+    ("ddim", None, 941, 881),  # SD1.5's leading timesteps: diffusers' t1 = 47 and t0 = 44 of 50 steps
+    ("dpm++", None, 939, 879),  # DPM-Solver++'s linspace timesteps: 999, 979, 959, 939, ...
+    ("ddim", "trailing", 939, 879),  # 999, 979, 959, 939, ...
+])
+def test_t0_and_t1_are_the_same_noise_levels_whatever_the_timestep_spacing(image_model, monkeypatch, scheduler,
+                                                                            spacing, t1_step, t0_step):
+    """t0 and t1 are places in the schedule (timesteps of 1000): the first frame is translated at the step nearest
+    880 and all frames start at the one nearest 940, whichever timesteps the scheduler takes (they had been
+    counted in steps from the end, one step noisier than meant where the timesteps do not start one step below
+    the top)."""
+    if spacing:
+        spaced = image_model.scheduler_config | {"timestep_spacing": spacing}
+        monkeypatch.setattr(image_model, "scheduler_config", spaced)
+    calls, forward = [], image_model.unet_forward
+
+    def recorded(latents, t, text, **kwargs):
+        calls.append((latents.shape[2], int(t)))  # (frames, timestep) of each UNet call
+        return forward(latents, t, text, **kwargs)
+
+    monkeypatch.setattr(image_model, "unet_forward", recorded)
+    sample_video(image_model, "a cat", num_frames=2, num_inference_steps=50, guidance_scale=1.0, scheduler=scheduler,
+                 generator=torch.Generator().manual_seed(0), output_type="latent")
+    alone = [t for frames, t in calls if frames == 1]
+    together = [t for frames, t in calls if frames == 2]
+    assert together[0] == t1_step and t1_step in alone  # the first frame passes t1 alone, then all start there
+    assert alone[alone.index(t1_step):] + [t0_step] == together[: len(alone) - alone.index(t1_step) + 1]
+
+
+
+def test_the_progress_bar_counts_every_unet_step(image_model, monkeypatch):
+    """The first frame's steps alone to t0 are i0, the frames' together from t1 are steps - i1: the bar's total is
+    what it advances."""
+    import contextlib
+
+    import vidbooth.engine.sampling as sampling
+
+    seen = {}
+
+    class Bar:
+        def advance(self, n=1, **fields):
+            seen["done"] = seen.get("done", 0) + n
+
+    @contextlib.contextmanager
+    def progress(description, total, completed=0):
+        seen["total"] = total
+        yield Bar()
+
+    monkeypatch.setattr(sampling, "progress", progress)
+    sample_video(image_model, "a cat", num_frames=2, num_inference_steps=50, guidance_scale=1.0,
+                 generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert seen["done"] == seen["total"] == 50 + 5 - 2

@@ -190,7 +190,7 @@ def sample_video(
     if backbone.family == ZERO_SHOT and num_frames > 1:
         zero_shot = zero_shot or ZeroShotConfig()
         check_strengths(zero_shot, height, width)
-        zero_shot_steps = warp_steps(num_inference_steps, zero_shot.t0, zero_shot.t1)
+        zero_shot_steps = warp_steps(sched.timesteps, zero_shot.t0, zero_shot.t1, sched.config.num_train_timesteps)
     accepted = inspect.signature(sched.step).parameters
     eta_noise = eta > 0 and "variance_noise" in accepted  # DDIM's noise, drawn here (BatchDraws)
     step_kwargs = {"eta": eta} if "eta" in accepted else {}  # dpm++ (2M) draws none
@@ -234,7 +234,7 @@ def sample_video(
     batch_size = min(batch_size or count, count)
     batches = [range(first, min(first + batch_size, count)) for first in range(0, count, batch_size)]
     state = generator.get_state() if generator is not None else None  # each batch draws from it afresh
-    extra_steps = zero_shot_steps[1] if zero_shot_steps else 0
+    extra_steps = zero_shot_steps[1] - zero_shot_steps[0] if zero_shot_steps else 0  # t1 to t0: alone, then all
     with progress(description, total=(len(sched.timesteps) + extra_steps) * len(batches)) as bar:
         done = []
         for videos in batches:

@@ -18,14 +18,22 @@ from vidbooth.config.schema import ZeroShotConfig
 from vidbooth.errors import UserError
 
 
-def warp_steps(num_inference_steps: int, t0: float, t1: float) -> tuple[int, int]:
-    """The sampling-step indices (i1, i0) at which the first frame reaches t1 and t0 (step i starts at the i-th
-    timestep of the schedule), with 0 <= i1 < i0 < num_inference_steps; diffusers' t1 = 47 and t0 = 44 of 50 steps
-    are i1 = 2 and i0 = 5. The one exception is a single step: i0 = 1 is then the clean end, the first frame denoised
-    whole before its translations are noised back to the start."""
-    last = num_inference_steps - 1
-    i1 = min(max(0, last - round(t1 * num_inference_steps)), max(last - 1, 0))
-    i0 = min(max(i1 + 1, last - round(t0 * num_inference_steps)), max(last, 1))
+def warp_steps(timesteps, t0: float, t1: float, noise_levels: int = 1000) -> tuple[int, int]:
+    """The sampling-step indices (i1, i0) at which the first frame reaches t1 and t0 (step i starts at the i-th of
+    the schedule's `timesteps`, of `noise_levels`): the steps whose timesteps are nearest t1 and t0 times
+    `noise_levels`, with 0 <= i1 < i0 < len(timesteps); diffusers' t1 = 47 and t0 = 44 of 50 steps are i1 = 2 and
+    i0 = 5 (timesteps 941 and 881 of SD1.5's). Read off the timesteps, they are the same noise levels whatever the
+    scheduler's spacing (DPM-Solver++'s 999, 979, 959, 939, ... put 0.94 at i1 = 3). The one exception is a single
+    step: i0 = 1 is then the clean end, the first frame denoised whole before its translations are noised back to the
+    start."""
+    levels = [float(t) for t in timesteps]
+    last = len(levels) - 1
+
+    def nearest(place: float) -> int:
+        return min(range(len(levels)), key=lambda i: abs(levels[i] - place * noise_levels))
+
+    i1 = min(nearest(t1), max(last - 1, 0))
+    i0 = min(max(i1 + 1, nearest(t0)), max(last, 1))
     return i1, i0
 
 
