@@ -3,7 +3,8 @@
 Usage: python benchmarks/bench_demo.py [--seeds 0 1 2] [--fast] [--num-videos 8] [--threads N]
                                     [--out /tmp/vidbooth-bench-demo]
 Each seed runs the whole demo (held-out subject and motion, train-subject, train-motion, seven generated
-variants scored with the world probe) on the shipped nano model, as `vidbooth demo --seed N` does.
+variants, eight with nano's image-prompt model, scored with the world probe) on the shipped nano model, as
+`vidbooth demo --seed N` does.
 The "each step better" columns compare class noun -> pseudo-word -> + identity (image similarity) and
 base -> + motion adapter (motion fidelity); below each seed, each step video by video (mean difference, its
 standard error, and in how many of the paired videos the step scored higher). Each stage's time is also given as
@@ -31,7 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--fast", action="store_true")
-    parser.add_argument("--num-videos", type=int, default=8, help="videos per variant (--fast halves them)")
+    parser.add_argument("--num-videos", type=int, default=8,
+                        help="videos per variant (--fast halves them, to at least 2)")
     parser.add_argument("--out", help="folder for the demo runs (default: a new temporary folder)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default: torch's; 1 is faster beside other jobs on 2 cores)")

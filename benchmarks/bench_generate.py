@@ -3,7 +3,7 @@
 Same files, scheduler, steps and seed; several runs of each in one process, interleaved. Prints the
 median time ratio (target <= 1.0) and the max absolute difference of the outputs (target < 1e-4).
 
-    python benchmarks/bench_generate.py [--runs 5] [--steps 10] [--frames 8] [--scheduler ddim]
+    python benchmarks/bench_generate.py [--runs 5] [--steps 10] [--frames 8] [--scheduler ddim] [--threads 1]
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ would hide the next one's growth); prints, against all at once, the peak memory 
 allocation, or on CPU the resident set's peak growth once the model is loaded), the time, and the largest
 difference of the videos' pixels in [0, 1] (target < 1e-3: the same videos).
 
-    python benchmarks/bench_generate_batches.py [--num-videos 8] [--sizes 8,4,1] [--steps 10] [--device cpu]
+    python benchmarks/bench_generate_batches.py [--num-videos 8] [--sizes 8,4,1] [--steps 10] [--frames 8]
+                                                  [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ Memory: CUDA peak allocated, or on CPU the peak growth of the resident set over 
 (Linux's VmHWM), warm-up included.
 
     python benchmarks/bench_gradient_checkpointing.py [--width 64] [--frames 16] [--latent 32] [--steps 5]
+                                                       [--repeats 3] [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations

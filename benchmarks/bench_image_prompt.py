@@ -5,7 +5,7 @@ guidance) and, in every spatial self-attention, an attention from the frames to 
 each are interleaved in one process; prints the median time ratio (image prompt / plain, same steps and frames;
 expected about 1 + 1/frames plus the extra attention) and the ratio with the fine path off (tokens only).
 
-    python benchmarks/bench_image_prompt.py [--runs 5] [--steps 10] [--frames 8] [--num-videos 1]
+    python benchmarks/bench_image_prompt.py [--runs 5] [--steps 10] [--frames 8] [--num-videos 1] [--threads 1]
 
 With --num-videos N the videos are sampled in one batch, as `generate --num-videos N` does; the photo's pass runs
 once for all of them (its share of the time falls as N grows).

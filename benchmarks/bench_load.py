@@ -1,6 +1,7 @@
 """Host memory and time to load a base, by precision: fp16 loads as fp16, bf16 as the 16-bit floats the files hold.
 
-Usage: python benchmarks/bench_load.py [--family unet3d|animatediff] [--base FOLDER] [--width N]
+Usage: python benchmarks/bench_load.py [--family unet3d|animatediff] [--base FOLDER [--motion-adapter FOLDER]]
+                                       [--width N]
 
 Without `--base` it saves a base with fp16 weights (as real bases ship them; `--width` is its UNet's first block's
 channels) beside the tiny test text encoder and VAE, in a temporary folder: a UNet3D (512 gives 0.57 B parameters),

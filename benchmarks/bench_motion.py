@@ -7,6 +7,7 @@ UNet's. Each method runs in its own fresh process so that neither inherits the o
 use the same saved model, the same latents, caption and appearance embeddings, and the same seed.
 
     python benchmarks/bench_motion.py [--width 64] [--frames 8] [--latent 16] [--steps 10] [--repeats 3] [--device cpu]
+                                     [--threads 1]
 """
 
 from __future__ import annotations

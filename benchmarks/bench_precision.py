@@ -1,6 +1,7 @@
 """Half precision against fp32, component by component, on one device: where a base's videos start to differ.
 
 Usage: python benchmarks/bench_precision.py [--base nano] [--device cuda] [--steps 10] [--guidance 2] [--diagnose]
+                                              [--threads 1]
 
 For each precision (fp32 on the CPU as the reference; fp32, fp16 and bf16 on `--device`) it loads the base and
 prints, against the CPU's fp32: the text encoder's output, one UNet prediction from the same inputs, the VAE's
