@@ -573,3 +573,13 @@ def test_an_image_prompt_that_is_a_folder_is_refused_before_anything_is_written(
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: --image-prompt: {photos} is not a file: give an image file")
     assert not out.parent.exists()
+
+
+def test_png_above_pillows_pixel_limit_but_within_ours_loads(tmp_path, monkeypatch):
+    """The PNG's checksum check reopened it under Pillow's own limit (179 MP): a 196 MP PNG was called corrupt."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # stands for Pillow's limit, without a 196 MP file
+    path = badinputs.write_photo(tmp_path / "wide.png", 160, 120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(path).size == (160, 120)
+    assert Image.MAX_IMAGE_PIXELS == 5_000

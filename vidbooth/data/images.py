@@ -353,7 +353,9 @@ def _decode(path: Path, im: Image.Image, max_short_side: int | None) -> None:
             im.draft(im.mode, _short_side_size(im.size, max_short_side))
         im.load()
         if im.format == "PNG":
-            with Image.open(path) as whole:
+            with _pillow_pixel_limit_lifted():  # our limit, not Pillow's: a 200 MP PNG had been called corrupt
+                whole = Image.open(path)
+            with whole:
                 whole.verify()
         ImageOps.exif_transpose(im, in_place=True)
     except Exception as exc:
