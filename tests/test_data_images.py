@@ -583,3 +583,12 @@ def test_png_above_pillows_pixel_limit_but_within_ours_loads(tmp_path, monkeypat
         warnings.simplefilter("error")
         assert load_image(path).size == (160, 120)
     assert Image.MAX_IMAGE_PIXELS == 5_000
+
+
+def test_a_link_to_itself_among_the_photos_is_named_as_a_loop(tmp_path):
+    """A folder holding a link that loops (loop.jpg -> loop.jpg) had stopped train-subject with a RuntimeError
+    traceback from Path.resolve."""
+    badinputs.write_photos(tmp_path, count=2)
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    with pytest.raises(UserError, match=r"loop\.jpg is a link that loops back on itself \(loop\.jpg\): fix the link"):
+        images.load_photos([tmp_path])

@@ -94,7 +94,7 @@ def load_photos(paths: list[str | Path]) -> list[tuple[Path, Image.Image]]:
     files: dict[Path, Path] = {}
     for path in paths:
         for file in _photo_files(Path(path)):
-            files.setdefault(file.resolve(), file)
+            files.setdefault(os.path.realpath(file), file)  # not resolve(), which raises on a link to itself
     return [(file, load_image(file)) for file in files.values()]
 
 
@@ -286,6 +286,9 @@ def _refuse_camera_file(path: Path) -> None:
 def check_image_file(path: Path) -> None:
     """A UserError unless `path` is a file with something in it: what `load_image` checks before reading."""
     if path.is_symlink() and not path.exists():
+        if os.path.islink(os.path.realpath(path)):  # realpath stops where a loop starts
+            raise UserError(f"{path} is a link that loops back on itself ({os.readlink(path)}): fix the link or "
+                            "remove it")
         raise UserError(f"{path} is a link to a missing file ({os.readlink(path)}): fix the link or remove it")
     if not path.exists():
         raise UserError(f"image not found: {path}: {CHECK_THE_PATH}")
