@@ -79,7 +79,7 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
             problems.append(f"{clip} has no caption: write it in {caption_file}")
             continue
         try:
-            caption = " ".join(caption_file.read_text(encoding="utf-8").split())
+            caption = " ".join(caption_file.read_text(encoding="utf-8-sig").split())  # without a byte-order mark
         except (OSError, UnicodeDecodeError):
             problems.append(f"cannot read {caption_file} as UTF-8 text: save it again as plain text")
             continue
