@@ -592,3 +592,10 @@ def test_a_link_to_itself_among_the_photos_is_named_as_a_loop(tmp_path):
     (tmp_path / "loop.jpg").symlink_to("loop.jpg")
     with pytest.raises(UserError, match=r"loop\.jpg is a link that loops back on itself \(loop\.jpg\): fix the link"):
         images.load_photos([tmp_path])
+
+
+def test_a_float_tiff_of_values_0_to_1_is_scaled_to_8_bits_not_black(tmp_path):
+    """Float TIFFs hold 0..1 as a rule: taken as 8-bit values, a photo had loaded as black without a word."""
+    values = np.tile(np.array([0.0, 0.5, 1.0, 0.25], np.float32), (64, 16))
+    Image.fromarray(values, "F").save(tmp_path / "float.tif")
+    assert np.asarray(load_image(tmp_path / "float.tif"))[0, :4, 0].tolist() == [0, 128, 255, 64]

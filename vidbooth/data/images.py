@@ -2,7 +2,7 @@
 
 Policies (each one tested in tests/test_data_images.py):
 - Colour: every mode becomes RGB. Transparency (RGBA, LA, palette or single-colour transparency) is composited
-  on white; 16-bit grey (I;16, I) is scaled to 8 bits; CMYK is converted.
+  on white; 16-bit grey (I;16, I) is scaled to 8 bits, and a float TIFF's 0..1 to 0..255; CMYK is converted.
 - Orientation: the EXIF orientation tag is applied, so a portrait phone photo stays portrait.
 - Animation: an animated GIF/WebP/PNG given as a photo is accepted; its first frame is used and a warning says so.
 - Size: photos smaller than `MIN_SIDE` pixels on the shorter side are refused (upscaling them would only teach the
@@ -382,9 +382,13 @@ def _has_alpha(img: Image.Image) -> bool:
 
 
 def _to_8bit_grey(img: Image.Image) -> Image.Image:
-    """16-bit modes map 0..65535 to 0..255; 32-bit int/float images are taken as 8-bit unless they exceed 255."""
+    """16-bit modes map 0..65535 to 0..255; a float image no brighter than 1 (a float TIFF, as most tools write
+    one) maps 0..1 to 0..255, and had been black; other 32-bit int/float images are taken as 8-bit unless they
+    exceed 255."""
     values = np.asarray(img, dtype=np.float32)
-    if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+    if img.mode == "F" and values.max(initial=0) <= 1:
+        values = values * 255
+    elif img.mode.startswith("I;16") or values.max(initial=0) > 255:
         values = values / 257.0
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
