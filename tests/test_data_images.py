@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -599,3 +600,12 @@ def test_a_float_tiff_of_values_0_to_1_is_scaled_to_8_bits_not_black(tmp_path):
     values = np.tile(np.array([0.0, 0.5, 1.0, 0.25], np.float32), (64, 16))
     Image.fromarray(values, "F").save(tmp_path / "float.tif")
     assert np.asarray(load_image(tmp_path / "float.tif"))[0, :4, 0].tolist() == [0, 128, 255, 64]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_photo_that_is_a_pipe_or_a_device_is_refused_in_one_line(tmp_path):
+    """A pipe (as <(...) gives) or /dev/null had been listed as a folder: a NotADirectoryError traceback."""
+    os.mkfifo(tmp_path / "photo.jpg")
+    for path in (tmp_path / "photo.jpg", Path("/dev/null")):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is neither a photo file nor a folder: save"):
+            images.load_photos([path])

@@ -235,6 +235,8 @@ def _photo_files(path: Path) -> list[Path]:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise UserError(f"{path} is not a supported photo type: use one of {', '.join(IMAGE_EXTENSIONS)}")
         return [path]
+    if not path.is_dir():  # a pipe (<(...)) or a device: listing it had been a NotADirectoryError traceback
+        raise UserError(f"{path} is neither a photo file nor a folder: save the photo to a file and give that")
     entries = sorted(path.iterdir(), key=natural_sort_key)
     warn_of_camera_files(path, entries)
     photos = [p for p in entries if is_image_file(p)]
