@@ -256,3 +256,15 @@ def test_each_clip_keeps_its_own_caption(tmp_path):
     clips = read_training_clips(MotionConfig(name="m", clips=[str(first), str(second)], captions=captions))
     assert [clip.caption for clip in clips] == captions
     assert [clip.frames.shape[2] for clip in clips] == [96, 112]  # in the order given
+
+
+def test_a_frame_folder_holding_a_name_that_is_not_utf8_is_read(tmp_path):
+    """A frame named in another encoding had ended train-motion in a UnicodeEncodeError traceback (its digest)."""
+    import os
+
+    from tests.badinputs import write_frame_folder
+
+    folder = write_frame_folder(tmp_path / "frames", list(range(1, 10)))
+    os.rename(folder / "frame_1.png", folder / os.fsdecode(b"\xffframe_1.png"))
+    (clip,) = read_training_clips(MotionConfig(name="m", clips=[str(folder)]))
+    assert len(clip.sha256) == 64
