@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -200,5 +201,5 @@ def class_images_sha256(files: list[Path]) -> str:
 
     digest = hashlib.sha256()
     for file in files:
-        digest.update(f"{file.name}:{hash_file(file)}\n".encode())
+        digest.update(os.fsencode(file.name) + f":{hash_file(file)}\n".encode())  # a name not UTF-8 too
     return digest.hexdigest()
