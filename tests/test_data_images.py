@@ -609,3 +609,12 @@ def test_a_photo_that_is_a_pipe_or_a_device_is_refused_in_one_line(tmp_path):
     for path in (tmp_path / "photo.jpg", Path("/dev/null")):
         with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is neither a photo file nor a folder: save"):
             images.load_photos([path])
+
+
+def test_a_photo_folder_under_the_home_folder_may_be_given_with_a_tilde(tmp_path, monkeypatch):
+    """'~/dog' from a recipe or a --set had been 'photo path not found', where clips and class images expand it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    badinputs.write_photos(tmp_path / "dog", count=2)
+    images.check_photos_exist(["~/dog"])
+    assert [path for path, _ in images.load_photos(["~/dog"])] == sorted((tmp_path / "dog").iterdir())
+    assert len(load_photo_folder("~/dog")) == 2
