@@ -165,7 +165,7 @@ def folder_digest(examples: list[SubjectClip]) -> str:
         for path in (example.clip, example.photo, example.mask):
             if path is not None:  # a frame that is a link to a missing file is told of when it is read
                 size = sum(f.lstat().st_size for f in path.iterdir() if is_image_file(f)) if path.is_dir() else \
-                    path.stat().st_size
+                    (path.stat() if path.exists() else path.lstat()).st_size  # a clip that is a link to nothing too
                 digest.update(os.fsencode(path.name) + f":{size};".encode())  # names undecodable as UTF-8 too
         digest.update(example.caption.encode() + b"\n")
     return digest.hexdigest()[:16]
