@@ -560,8 +560,8 @@ def test_a_photo_file_of_another_type_is_refused_naming_the_types_taken(tmp_path
     notes.write_text("the dog's name is Rex\n")
     assert _train_subject(badinputs.write_photos(tmp_path / "photos"), notes) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"error: {notes} is not a supported photo type: use one of .jpg, .jpeg, .png, .webp, .bmp, .gif, .tif, "
-        ".tiff, .avif")
+        f"error: {notes} is not a supported photo type: use one of .jpg, .jpeg, .jfif, .png, .webp, .bmp, .gif, "
+        ".tif, .tiff, .avif")
     assert not (isolated_home / "subjects").exists()
 
 
@@ -618,3 +618,10 @@ def test_a_photo_folder_under_the_home_folder_may_be_given_with_a_tilde(tmp_path
     images.check_photos_exist(["~/dog"])
     assert [path for path, _ in images.load_photos(["~/dog"])] == sorted((tmp_path / "dog").iterdir())
     assert len(load_photo_folder("~/dog")) == 2
+
+
+def test_a_jpeg_saved_as_jfif_is_a_photo_of_the_folder(tmp_path):
+    """Windows browsers save web JPEGs as .jfif: such photos had been left out of a folder without a word."""
+    badinputs.write_photos(tmp_path, count=2)
+    badinputs.quadrant_image(160, 120).save(tmp_path / "from the web.jfif", format="JPEG")
+    assert "from the web.jfif" in [path.name for path, _ in load_photo_folder(tmp_path)]

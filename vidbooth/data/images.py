@@ -37,7 +37,7 @@ from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault, unr
 if TYPE_CHECKING:
     import torch
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")
 UNSUPPORTED_PHOTO_EXTENSIONS = (".heic", ".heif", ".dng", ".cr2", ".nef", ".arw", ".raw")
 MIN_SIDE = 64
 MAX_PHOTO_PIXELS = 250_000_000
