@@ -625,3 +625,16 @@ def test_a_jpeg_saved_as_jfif_is_a_photo_of_the_folder(tmp_path):
     badinputs.write_photos(tmp_path, count=2)
     badinputs.quadrant_image(160, 120).save(tmp_path / "from the web.jfif", format="JPEG")
     assert "from the web.jfif" in [path.name for path, _ in load_photo_folder(tmp_path)]
+
+
+def test_photos_in_a_folder_whose_name_is_not_text_are_refused_before_training(tmp_path, monkeypatch):
+    """Reached through a link or a relative path from inside it, such a folder had passed every check: the
+    manifest and config.yaml, which record it absolute, then failed to be written after the whole training."""
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    badinputs.write_photos(folder, count=2)
+    (tmp_path / "photos").symlink_to(folder)
+    monkeypatch.chdir(folder)
+    for given in (tmp_path / "photos", Path("."), Path("photo0.png")):
+        with pytest.raises(UserError, match=r"^photo path '.*/caf\\udce9(/photo0\.png)?' is not text in this "
+                                            r"terminal's encoding: run vidbooth under a UTF-8 locale"):
+            images.load_photos([given])

@@ -235,6 +235,7 @@ def _photo_files(path: Path) -> list[Path]:
         _refuse_camera_file(path)
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise UserError(f"{path} is not a supported photo type: use one of {', '.join(IMAGE_EXTENSIONS)}")
+        refuse_path_not_text("photo", path)
         return [path]
     if not path.is_dir():  # a pipe (<(...)) or a device: listing it had been a NotADirectoryError traceback
         raise UserError(f"{path} is neither a photo file nor a folder: save the photo to a file and give that")
@@ -249,7 +250,20 @@ def _photo_files(path: Path) -> list[Path]:
             shown = str(photo).encode("utf-8", "backslashreplace").decode()
             raise UserError(f"photo '{shown}' has a name that is not text in this terminal's encoding: run vidbooth "
                             "under a UTF-8 locale (LANG=C.UTF-8), or rename the file")
+    for where in (path, *photos):
+        refuse_path_not_text("photo", where)
     return photos
+
+
+def refuse_path_not_text(what: str, path: Path) -> None:
+    """A UserError when `path` made absolute, as config.yaml and the manifest (UTF-8 files) record it, holds bytes
+    that are not text in the locale: a folder so named, reached by a relative path or a link, had passed every
+    check and failed the save after the whole training (a UnicodeEncodeError traceback)."""
+    where = os.path.realpath(path)
+    if any(map(unread_byte, where)):
+        shown = where.encode("utf-8", "backslashreplace").decode()
+        raise UserError(f"{what} path '{shown}' is not text in this terminal's encoding: run vidbooth under a UTF-8 "
+                        "locale (LANG=C.UTF-8), or rename the folder or file whose name is not")
 
 
 def warn_of_camera_files(folder: Path, entries: Sequence[Path]) -> None:
