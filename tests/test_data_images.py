@@ -638,3 +638,19 @@ def test_photos_in_a_folder_whose_name_is_not_text_are_refused_before_training(t
         with pytest.raises(UserError, match=r"^photo path '.*/caf\\udce9(/photo0\.png)?' is not text in this "
                                             r"terminal's encoding: run vidbooth under a UTF-8 locale"):
             images.load_photos([given])
+
+
+def test_an_image_prompt_in_a_folder_whose_name_is_not_text_is_refused_before_sampling(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """Given from inside that folder, its absolute path, which the .yaml beside the video records, had failed that
+    write after sampling (a UnicodeEncodeError traceback)."""
+    from vidbooth.cli.app import main
+
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    badinputs.write_photo(folder / "dog.png")
+    monkeypatch.chdir(folder)
+    out = tmp_path / "out" / "v.mp4"
+    assert main(["generate", "--prompt", "x", "--image-prompt", "dog.png", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        r"error: --image-prompt: image prompt path '" + str(tmp_path) + r"/caf\udce9/dog.png' is not text in this ")
+    assert not out.parent.exists()
