@@ -654,3 +654,15 @@ def test_an_image_prompt_in_a_folder_whose_name_is_not_text_is_refused_before_sa
     assert capsys.readouterr().err.splitlines()[-1].startswith(
         r"error: --image-prompt: image prompt path '" + str(tmp_path) + r"/caf\udce9/dog.png' is not text in this ")
     assert not out.parent.exists()
+
+
+def test_a_png_with_compressed_metadata_over_1_mb_loads_and_keeps_pillows_limit(tmp_path):
+    """An editor's workflow or a colour profile, compressed, over Pillow's 1 MB a chunk: refused as corrupt."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("workflow", "x" * 3_000_000, zip=True)
+    badinputs.quadrant_image(160, 120).save(tmp_path / "made.png", pnginfo=info)
+    limit = PngImagePlugin.MAX_TEXT_CHUNK
+    assert load_image(tmp_path / "made.png").size == (160, 120)
+    assert PngImagePlugin.MAX_TEXT_CHUNK == limit

@@ -317,14 +317,19 @@ def check_image_file(path: Path) -> None:
 
 @contextlib.contextmanager
 def _pillow_pixel_limit_lifted() -> Iterator[None]:
-    """Open without Pillow's global decompression-bomb warning/error; `_check_dimensions` applies our limit."""
+    """Open without Pillow's global decompression-bomb warning/error; `_check_dimensions` applies our limit. A PNG's
+    compressed metadata before its pixels (a colour profile, an editor's workflow) may take up to Pillow's limit for
+    all of it (64 MB), not 1 MB a chunk: a photo with more had been refused as corrupt."""
+    from PIL import PngImagePlugin
+
     with _PIXEL_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
+        saved = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK
         Image.MAX_IMAGE_PIXELS = None
+        PngImagePlugin.MAX_TEXT_CHUNK = max(saved[1], PngImagePlugin.MAX_TEXT_MEMORY)
         try:
             yield
         finally:
-            Image.MAX_IMAGE_PIXELS = saved
+            Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK = saved
 
 
 def _open_image(path: Path) -> Image.Image:
