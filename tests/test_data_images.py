@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -559,8 +560,8 @@ def test_a_photo_file_of_another_type_is_refused_naming_the_types_taken(tmp_path
     notes.write_text("the dog's name is Rex\n")
     assert _train_subject(badinputs.write_photos(tmp_path / "photos"), notes) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"error: {notes} is not a supported photo type: use one of .jpg, .jpeg, .png, .webp, .bmp, .gif, .tif, "
-        ".tiff, .avif")
+        f"error: {notes} is not a supported photo type: use one of .jpg, .jpeg, .jfif, .png, .webp, .bmp, .gif, "
+        ".tif, .tiff, .avif")
     assert not (isolated_home / "subjects").exists()
 
 
@@ -573,3 +574,95 @@ def test_an_image_prompt_that_is_a_folder_is_refused_before_anything_is_written(
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: --image-prompt: {photos} is not a file: give an image file")
     assert not out.parent.exists()
+
+
+def test_png_above_pillows_pixel_limit_but_within_ours_loads(tmp_path, monkeypatch):
+    """The PNG's checksum check reopened it under Pillow's own limit (179 MP): a 196 MP PNG was called corrupt."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # stands for Pillow's limit, without a 196 MP file
+    path = badinputs.write_photo(tmp_path / "wide.png", 160, 120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(path).size == (160, 120)
+    assert Image.MAX_IMAGE_PIXELS == 5_000
+
+
+def test_a_link_to_itself_among_the_photos_is_named_as_a_loop(tmp_path):
+    """A folder holding a link that loops (loop.jpg -> loop.jpg) had stopped train-subject with a RuntimeError
+    traceback from Path.resolve."""
+    badinputs.write_photos(tmp_path, count=2)
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    with pytest.raises(UserError, match=r"loop\.jpg is a link that loops back on itself \(loop\.jpg\): fix the link"):
+        images.load_photos([tmp_path])
+
+
+def test_a_float_tiff_of_values_0_to_1_is_scaled_to_8_bits_not_black(tmp_path):
+    """Float TIFFs hold 0..1 as a rule: taken as 8-bit values, a photo had loaded as black without a word."""
+    values = np.tile(np.array([0.0, 0.5, 1.0, 0.25], np.float32), (64, 16))
+    Image.fromarray(values, "F").save(tmp_path / "float.tif")
+    assert np.asarray(load_image(tmp_path / "float.tif"))[0, :4, 0].tolist() == [0, 128, 255, 64]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_photo_that_is_a_pipe_or_a_device_is_refused_in_one_line(tmp_path):
+    """A pipe (as <(...) gives) or /dev/null had been listed as a folder: a NotADirectoryError traceback."""
+    os.mkfifo(tmp_path / "photo.jpg")
+    for path in (tmp_path / "photo.jpg", Path("/dev/null")):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is neither a photo file nor a folder: save"):
+            images.load_photos([path])
+
+
+def test_a_photo_folder_under_the_home_folder_may_be_given_with_a_tilde(tmp_path, monkeypatch):
+    """'~/dog' from a recipe or a --set had been 'photo path not found', where clips and class images expand it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    badinputs.write_photos(tmp_path / "dog", count=2)
+    images.check_photos_exist(["~/dog"])
+    assert [path for path, _ in images.load_photos(["~/dog"])] == sorted((tmp_path / "dog").iterdir())
+    assert len(load_photo_folder("~/dog")) == 2
+
+
+def test_a_jpeg_saved_as_jfif_is_a_photo_of_the_folder(tmp_path):
+    """Windows browsers save web JPEGs as .jfif: such photos had been left out of a folder without a word."""
+    badinputs.write_photos(tmp_path, count=2)
+    badinputs.quadrant_image(160, 120).save(tmp_path / "from the web.jfif", format="JPEG")
+    assert "from the web.jfif" in [path.name for path, _ in load_photo_folder(tmp_path)]
+
+
+def test_photos_in_a_folder_whose_name_is_not_text_are_refused_before_training(tmp_path, monkeypatch):
+    """Reached through a link or a relative path from inside it, such a folder had passed every check: the
+    manifest and config.yaml, which record it absolute, then failed to be written after the whole training."""
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    badinputs.write_photos(folder, count=2)
+    (tmp_path / "photos").symlink_to(folder)
+    monkeypatch.chdir(folder)
+    for given in (tmp_path / "photos", Path("."), Path("photo0.png")):
+        with pytest.raises(UserError, match=r"^photo path '.*/caf\\udce9(/photo0\.png)?' is not text in this "
+                                            r"terminal's encoding: run vidbooth under a UTF-8 locale"):
+            images.load_photos([given])
+
+
+def test_an_image_prompt_in_a_folder_whose_name_is_not_text_is_refused_before_sampling(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """Given from inside that folder, its absolute path, which the .yaml beside the video records, had failed that
+    write after sampling (a UnicodeEncodeError traceback)."""
+    from vidbooth.cli.app import main
+
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    badinputs.write_photo(folder / "dog.png")
+    monkeypatch.chdir(folder)
+    out = tmp_path / "out" / "v.mp4"
+    assert main(["generate", "--prompt", "x", "--image-prompt", "dog.png", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        r"error: --image-prompt: image prompt path '" + str(tmp_path) + r"/caf\udce9/dog.png' is not text in this ")
+    assert not out.parent.exists()
+
+
+def test_a_png_with_compressed_metadata_over_1_mb_loads_and_keeps_pillows_limit(tmp_path):
+    """An editor's workflow or a colour profile, compressed, over Pillow's 1 MB a chunk: refused as corrupt."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("workflow", "x" * 3_000_000, zip=True)
+    badinputs.quadrant_image(160, 120).save(tmp_path / "made.png", pnginfo=info)
+    limit = PngImagePlugin.MAX_TEXT_CHUNK
+    assert load_image(tmp_path / "made.png").size == (160, 120)
+    assert PngImagePlugin.MAX_TEXT_CHUNK == limit

@@ -606,3 +606,13 @@ def test_an_unusable_manifest_or_reference_is_one_error_line_and_nothing_is_writ
     [error] = error_lines(capsys.readouterr())
     assert error.startswith("error: " + expected.format(**paths)), error
     assert not out.exists()
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_reads_its_first_line(media, tmp_path):
+    """Notepad's UTF-8 starts with U+FEFF, which had become part of the first video's name: 'video not found'."""
+    from vidbooth.eval.jobs import jobs_from_manifest
+
+    manifest = tmp_path / "list.txt"
+    manifest.write_bytes("right.mp4|||photos|||a square\n# a comment\n".encode("utf-8-sig"))
+    (job,) = jobs_from_manifest(manifest, None, None)
+    assert (job.video, job.problem) == (str(media["right"]), None)

@@ -256,3 +256,34 @@ def test_each_clip_keeps_its_own_caption(tmp_path):
     clips = read_training_clips(MotionConfig(name="m", clips=[str(first), str(second)], captions=captions))
     assert [clip.caption for clip in clips] == captions
     assert [clip.frames.shape[2] for clip in clips] == [96, 112]  # in the order given
+
+
+def test_a_frame_folder_holding_a_name_that_is_not_utf8_is_read(tmp_path):
+    """A frame named in another encoding had ended train-motion in a UnicodeEncodeError traceback (its digest)."""
+    import os
+
+    from tests.badinputs import write_frame_folder
+
+    folder = write_frame_folder(tmp_path / "frames", list(range(1, 10)))
+    os.rename(folder / "frame_1.png", folder / os.fsdecode(b"\xffframe_1.png"))
+    (clip,) = read_training_clips(MotionConfig(name="m", clips=[str(folder)]))
+    assert len(clip.sha256) == 64
+
+
+def test_a_clip_in_a_folder_whose_name_is_not_text_is_refused_before_training(tmp_path, monkeypatch):
+    """Given from inside that folder (or through a link), its absolute path, which config.yaml records, had failed
+    the save after the whole training with a UnicodeEncodeError traceback."""
+    import os
+    from pathlib import Path
+
+    from vidbooth.data.clips import check_clip_exists
+
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    write_clip(folder / "walk.mp4")
+    (tmp_path / "walk.mp4").symlink_to(folder / "walk.mp4")
+    monkeypatch.chdir(folder)
+    for given in ("walk.mp4", str(tmp_path / "walk.mp4")):
+        with pytest.raises(UserError, match=r"^clip path '.*/caf\\udce9/walk\.mp4' is not text in this terminal's "):
+            check_clip_exists(given)
+    with pytest.raises(UserError, match="is not text in this terminal's"):
+        read_training_clips(MotionConfig(name="m", clips=["walk.mp4"]))

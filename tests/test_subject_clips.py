@@ -268,3 +268,18 @@ def test_a_mask_with_alpha_that_is_opaque_everywhere_marks_its_white_part(tmp_pa
     grey[8:16, 8:16] = 255
     Image.fromarray(np.dstack([grey, grey, grey, np.full((32, 32), 255, np.uint8)]), "RGBA").save(tmp_path / "m.png")
     assert _read_mask(tmp_path / "m.png", (32, 32)).sum() == 64
+
+
+def test_a_caption_saved_with_a_byte_order_mark_is_read_without_it(tmp_path):
+    """Notepad's UTF-8 starts with U+FEFF, which had stayed at the start of the caption the model was taught."""
+    folder = make_subject_clips(tmp_path / "clips", count=1)
+    (folder / "clip1.txt").write_bytes("a subject moving right".encode("utf-8-sig"))
+    assert find_subject_clips(folder, "subject")[0].caption == "a subject moving right"
+
+
+def test_the_digest_takes_a_clip_that_is_a_link_to_nothing(tmp_path):
+    """Such a clip had been a FileNotFoundError traceback in the digest, before reading it could say it is missing."""
+    folder = make_subject_clips(tmp_path / "clips", count=2)
+    (folder / "clip2.mp4").unlink()
+    (folder / "clip2.mp4").symlink_to(tmp_path / "gone.mp4")
+    assert len(folder_digest(find_subject_clips(folder, "subject"))) == 16

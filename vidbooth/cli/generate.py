@@ -125,11 +125,12 @@ def generate(
     if cfg.image_prompt:
         from pathlib import Path
 
-        from vidbooth.data.images import check_image_file
+        from vidbooth.data.images import check_image_file, refuse_path_not_text
         from vidbooth.errors import UserError
 
         try:
             check_image_file(Path(cfg.image_prompt).expanduser())
+            refuse_path_not_text("image prompt", Path(cfg.image_prompt).expanduser())  # the .yaml beside the video
         except UserError as exc:
             raise UserError(f"--image-prompt: {exc}") from exc
     from vidbooth.engine.generate import generate as run_generate  # after the cheap checks: it loads torch

@@ -33,6 +33,7 @@ from vidbooth.data.images import (
     natural_sort_key,
     pixels_to_tensor,
     prepare_photo,
+    refuse_path_not_text,
 )
 from vidbooth.data.video import read_video, video_fps
 from vidbooth.errors import CHECK_THE_PATH, UserError
@@ -49,6 +50,7 @@ def check_clip_exists(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if not path.exists():
         raise UserError(f"clip not found: {path}: {CHECK_THE_PATH} (a clip is a video file or a folder of frames)")
+    refuse_path_not_text("clip", path)
     return path
 
 

@@ -2,7 +2,7 @@
 
 Policies (each one tested in tests/test_data_images.py):
 - Colour: every mode becomes RGB. Transparency (RGBA, LA, palette or single-colour transparency) is composited
-  on white; 16-bit grey (I;16, I) is scaled to 8 bits; CMYK is converted.
+  on white; 16-bit grey (I;16, I) is scaled to 8 bits, and a float TIFF's 0..1 to 0..255; CMYK is converted.
 - Orientation: the EXIF orientation tag is applied, so a portrait phone photo stays portrait.
 - Animation: an animated GIF/WebP/PNG given as a photo is accepted; its first frame is used and a warning says so.
 - Size: photos smaller than `MIN_SIDE` pixels on the shorter side are refused (upscaling them would only teach the
@@ -37,7 +37,7 @@ from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault, unr
 if TYPE_CHECKING:
     import torch
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")
 UNSUPPORTED_PHOTO_EXTENSIONS = (".heic", ".heif", ".dng", ".cr2", ".nef", ".arw", ".raw")
 MIN_SIDE = 64
 MAX_PHOTO_PIXELS = 250_000_000
@@ -94,7 +94,7 @@ def load_photos(paths: list[str | Path]) -> list[tuple[Path, Image.Image]]:
     files: dict[Path, Path] = {}
     for path in paths:
         for file in _photo_files(Path(path)):
-            files.setdefault(file.resolve(), file)
+            files.setdefault(os.path.realpath(file), file)  # not resolve(), which raises on a link to itself
     return [(file, load_image(file)) for file in files.values()]
 
 
@@ -220,7 +220,7 @@ def check_photos_exist(paths: Sequence[str | Path]) -> None:
     """The error `load_photos` would give for the first of `paths` that is not there, told before a model (and
     torch, seconds of imports) loads."""
     for path in paths:
-        _check_exists(Path(path))
+        _check_exists(Path(path).expanduser())
 
 
 def _check_exists(path: Path) -> None:
@@ -229,12 +229,16 @@ def _check_exists(path: Path) -> None:
 
 
 def _photo_files(path: Path) -> list[Path]:
+    path = path.expanduser()  # '~/dog' from a recipe or a --set is the home folder's, as a clip's or --out's
     _check_exists(path)
     if path.is_file():
         _refuse_camera_file(path)
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise UserError(f"{path} is not a supported photo type: use one of {', '.join(IMAGE_EXTENSIONS)}")
+        refuse_path_not_text("photo", path)
         return [path]
+    if not path.is_dir():  # a pipe (<(...)) or a device: listing it had been a NotADirectoryError traceback
+        raise UserError(f"{path} is neither a photo file nor a folder: save the photo to a file and give that")
     entries = sorted(path.iterdir(), key=natural_sort_key)
     warn_of_camera_files(path, entries)
     photos = [p for p in entries if is_image_file(p)]
@@ -246,7 +250,20 @@ def _photo_files(path: Path) -> list[Path]:
             shown = str(photo).encode("utf-8", "backslashreplace").decode()
             raise UserError(f"photo '{shown}' has a name that is not text in this terminal's encoding: run vidbooth "
                             "under a UTF-8 locale (LANG=C.UTF-8), or rename the file")
+    for where in (path, *photos):
+        refuse_path_not_text("photo", where)
     return photos
+
+
+def refuse_path_not_text(what: str, path: Path) -> None:
+    """A UserError when `path` made absolute, as config.yaml and the manifest (UTF-8 files) record it, holds bytes
+    that are not text in the locale: a folder so named, reached by a relative path or a link, had passed every
+    check and failed the save after the whole training (a UnicodeEncodeError traceback)."""
+    where = os.path.realpath(path)
+    if any(map(unread_byte, where)):
+        shown = where.encode("utf-8", "backslashreplace").decode()
+        raise UserError(f"{what} path '{shown}' is not text in this terminal's encoding: run vidbooth under a UTF-8 "
+                        "locale (LANG=C.UTF-8), or rename the folder or file whose name is not")
 
 
 def warn_of_camera_files(folder: Path, entries: Sequence[Path]) -> None:
@@ -286,6 +303,9 @@ def _refuse_camera_file(path: Path) -> None:
 def check_image_file(path: Path) -> None:
     """A UserError unless `path` is a file with something in it: what `load_image` checks before reading."""
     if path.is_symlink() and not path.exists():
+        if os.path.islink(os.path.realpath(path)):  # realpath stops where a loop starts
+            raise UserError(f"{path} is a link that loops back on itself ({os.readlink(path)}): fix the link or "
+                            "remove it")
         raise UserError(f"{path} is a link to a missing file ({os.readlink(path)}): fix the link or remove it")
     if not path.exists():
         raise UserError(f"image not found: {path}: {CHECK_THE_PATH}")
@@ -297,14 +317,19 @@ def check_image_file(path: Path) -> None:
 
 @contextlib.contextmanager
 def _pillow_pixel_limit_lifted() -> Iterator[None]:
-    """Open without Pillow's global decompression-bomb warning/error; `_check_dimensions` applies our limit."""
+    """Open without Pillow's global decompression-bomb warning/error; `_check_dimensions` applies our limit. A PNG's
+    compressed metadata before its pixels (a colour profile, an editor's workflow) may take up to Pillow's limit for
+    all of it (64 MB), not 1 MB a chunk: a photo with more had been refused as corrupt."""
+    from PIL import PngImagePlugin
+
     with _PIXEL_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
+        saved = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK
         Image.MAX_IMAGE_PIXELS = None
+        PngImagePlugin.MAX_TEXT_CHUNK = max(saved[1], PngImagePlugin.MAX_TEXT_MEMORY)
         try:
             yield
         finally:
-            Image.MAX_IMAGE_PIXELS = saved
+            Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK = saved
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -353,7 +378,9 @@ def _decode(path: Path, im: Image.Image, max_short_side: int | None) -> None:
             im.draft(im.mode, _short_side_size(im.size, max_short_side))
         im.load()
         if im.format == "PNG":
-            with Image.open(path) as whole:
+            with _pillow_pixel_limit_lifted():  # our limit, not Pillow's: a 200 MP PNG had been called corrupt
+                whole = Image.open(path)
+            with whole:
                 whole.verify()
         ImageOps.exif_transpose(im, in_place=True)
     except Exception as exc:
@@ -377,9 +404,13 @@ def _has_alpha(img: Image.Image) -> bool:
 
 
 def _to_8bit_grey(img: Image.Image) -> Image.Image:
-    """16-bit modes map 0..65535 to 0..255; 32-bit int/float images are taken as 8-bit unless they exceed 255."""
+    """16-bit modes map 0..65535 to 0..255; a float image no brighter than 1 (a float TIFF, as most tools write
+    one) maps 0..1 to 0..255, and had been black; other 32-bit int/float images are taken as 8-bit unless they
+    exceed 255."""
     values = np.asarray(img, dtype=np.float32)
-    if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+    if img.mode == "F" and values.max(initial=0) <= 1:
+        values = values * 255
+    elif img.mode.startswith("I;16") or values.max(initial=0) > 255:
         values = values / 257.0
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 

@@ -79,7 +79,7 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
             problems.append(f"{clip} has no caption: write it in {caption_file}")
             continue
         try:
-            caption = " ".join(caption_file.read_text(encoding="utf-8").split())
+            caption = " ".join(caption_file.read_text(encoding="utf-8-sig").split())  # without a byte-order mark
         except (OSError, UnicodeDecodeError):
             problems.append(f"cannot read {caption_file} as UTF-8 text: save it again as plain text")
             continue
@@ -165,7 +165,7 @@ def folder_digest(examples: list[SubjectClip]) -> str:
         for path in (example.clip, example.photo, example.mask):
             if path is not None:  # a frame that is a link to a missing file is told of when it is read
                 size = sum(f.lstat().st_size for f in path.iterdir() if is_image_file(f)) if path.is_dir() else \
-                    path.stat().st_size
+                    (path.stat() if path.exists() else path.lstat()).st_size  # a clip that is a link to nothing too
                 digest.update(os.fsencode(path.name) + f":{size};".encode())  # names undecodable as UTF-8 too
         digest.update(example.caption.encode() + b"\n")
     return digest.hexdigest()[:16]

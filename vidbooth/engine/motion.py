@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -175,7 +176,7 @@ def source_sha256(path: Path) -> str:
         return hash_file(path)
     digest = hashlib.sha256()
     for frame in sorted((p for p in path.iterdir() if is_image_file(p)), key=natural_sort_key):
-        digest.update(f"{frame.name}:{hash_file(frame)}\n".encode())
+        digest.update(os.fsencode(frame.name) + f":{hash_file(frame)}\n".encode())  # a name not UTF-8 too
     return digest.hexdigest()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def read_class_images(folder: Path, count: int) -> list[Image.Image]:
 def class_image_files(path: str | Path, count: int) -> list[Path]:
     """The first `count` images (natural name order) of the user's class-image folder `path`; a UserError names
     the problem when it is missing, a file or holds no image."""
-    from vidbooth.data.images import is_image_file, natural_sort_key
+    from vidbooth.data.images import is_image_file, natural_sort_key, refuse_path_not_text
 
     folder = Path(path).expanduser()
     if not folder.exists():
@@ -175,6 +176,7 @@ def class_image_files(path: str | Path, count: int) -> list[Path]:
         raise UserError(
             f"--class-images must be a folder of class images, got a file: {folder}; give the folder it is in"
         )
+    refuse_path_not_text("--class-images", folder)  # config.yaml records it
     files = sorted((p for p in folder.iterdir() if is_image_file(p)), key=natural_sort_key)
     if not files:
         raise UserError(f"no class images found in {folder}{_why_none(folder)}")
@@ -200,5 +202,5 @@ def class_images_sha256(files: list[Path]) -> str:
 
     digest = hashlib.sha256()
     for file in files:
-        digest.update(f"{file.name}:{hash_file(file)}\n".encode())
+        digest.update(os.fsencode(file.name) + f":{hash_file(file)}\n".encode())  # a name not UTF-8 too
     return digest.hexdigest()

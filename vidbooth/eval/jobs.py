@@ -59,7 +59,7 @@ def jobs_from_videos(patterns: list[str], prompt: str | None, reference_images: 
 def jobs_from_manifest(manifest: str | Path, prompt: str | None, reference_images: str | None) -> list[EvalJob]:
     manifest = Path(manifest)
     try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
+        lines = manifest.read_text(encoding="utf-8-sig").splitlines()  # -sig: Notepad's byte-order mark, not a name
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(
             f"cannot read manifest {manifest}: give a UTF-8 text file of video|||ref_dir|||prompt lines"
