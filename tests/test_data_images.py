@@ -400,6 +400,15 @@ def test_a_folder_without_photos_names_every_accepted_type(tmp_path):
     assert all(extension in str(caught.value) for extension in images.IMAGE_EXTENSIONS)
 
 
+def test_a_folder_whose_photos_are_in_a_subfolder_names_it(tmp_path):
+    """An unpacked archive often puts the photos one folder down: the error gives the folder to pass instead."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "dog").mkdir()
+    Image.new("RGB", (80, 80), "red").save(tmp_path / "dog" / "a.jpg")
+    with pytest.raises(UserError, match=r"\(they are in its subfolder dog/\): give .*dog$"):
+        images._photo_files(tmp_path)
+
+
 def test_an_avif_photo_whose_first_brand_is_mif1_is_no_heic():
     """HEIF files name their kinds in their first box; 'mif1' alone is neither HEIC nor AVIF."""
     from vidbooth.data.images import _is_heic

@@ -243,6 +243,9 @@ def _photo_files(path: Path) -> list[Path]:
     warn_of_camera_files(path, entries)
     photos = [p for p in entries if is_image_file(p)]
     if not photos:
+        inner = [p for p in entries if p.is_dir() and _holds_images(p)]
+        if inner:  # as an unpacked archive often has them
+            raise UserError(f"no photos found in {path} (they are in its subfolder {inner[0].name}/): give {inner[0]}")
         kinds = f"{', '.join(IMAGE_EXTENSIONS[:-1])} or {IMAGE_EXTENSIONS[-1]}"  # every accepted type
         raise UserError(f"no photos found in {path}: add 3-5 photos of the subject as {kinds} files")
     for photo in photos:  # its name goes into the library's manifest (UTF-8), which had then failed to be read back
@@ -253,6 +256,13 @@ def _photo_files(path: Path) -> list[Path]:
     for where in (path, *photos):
         refuse_path_not_text("photo", where)
     return photos
+
+
+def _holds_images(folder: Path) -> bool:
+    try:
+        return any(is_image_file(f) for f in folder.iterdir())
+    except OSError:  # a subfolder it may not read says nothing
+        return False
 
 
 def refuse_path_not_text(what: str, path: Path) -> None:
