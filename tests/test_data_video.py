@@ -284,6 +284,13 @@ def test_a_photo_named_as_a_video_is_said_to_be_one(tmp_path):
         quadrant_image(64, 48).save(path, format=image_format)
         with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is a {said} image named {path.suffix}, not a "):
             read_video(path)
+    for image_format, named, said in (("PNG", "anim.gif", "PNG"), ("WEBP", "anim.mp4", "WebP")):  # APNG, WebP
+        path = tmp_path / named
+        frames = [quadrant_image(64, 48), quadrant_image(64, 48).rotate(180)]
+        frames[0].save(path, format=image_format, save_all=True, append_images=frames[1:], duration=100)
+        told = rf"is an animated {said} named {path.suffix}, which vidbooth does not read as a video: convert it to"
+        with pytest.raises(UserError, match=told):
+            read_video(path)
 
 
 def test_an_odd_height_is_padded_to_even_for_mp4(tmp_path):

@@ -108,9 +108,20 @@ def video_file_problem(path: str | Path) -> str | None:
         image = _image_kind(path)
     except PermissionError:  # ffmpeg would say only that it found no video in it: 'corrupt'
         return f"cannot read video {path}: permission denied; fix its permissions or copy it"
+    if image and _is_animated(path):  # web pages' animations: an APNG, an animated WebP
+        return (f"{path} is an animated {image} named {path.suffix}, which vidbooth does not read as a video: convert "
+                "it to mp4 or GIF")
     if image:
         return f"{path} is a {image} image named {path.suffix}, not a video: give a video file"
     return None
+
+
+def _is_animated(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            return bool(getattr(im, "is_animated", False))
+    except Exception:  # unreadable: then it is no animation either
+        return False
 
 
 def _image_kind(path: Path) -> str | None:
