@@ -589,6 +589,27 @@ def test_a_steps_loss_is_the_mean_over_every_processs_batches(monkeypatch):
     assert _step_outcome(SimpleNamespace(num_processes=2, device="cpu"), None, 1.0)[0] == signal.SIGTERM
 
 
+def test_a_loss_not_finite_on_another_process_is_named_as_such_on_every_process(tmp_path, accelerator, monkeypatch):
+    """Each process had named its own loss: under a 2-process launch whose second process's loss became NaN, the first
+    (whose error is read first) said 'loss became 0.635' (measured): the step's loss over every process's batches."""
+    agree = engine._agree
+
+    def with_a_nan_on_another_process(acc, values):
+        values = agree(acc, values)
+        if len(values) == len(engine._STOPS_FIRST_TO_LAST) + 2:  # a step's outcome: votes, a bad loss, the loss
+            values = [*values[:-2], values[-2] + 1.0, values[-1] + float("nan")]
+        return values
+
+    monkeypatch.setattr(engine, "_agree", with_a_nan_on_another_process)
+    with pytest.raises(engine.LossNotFinite, match=r"^loss became nan at step 1: "):
+        engine.train(make_method(), toy_data(), config(steps=2), tmp_path / "run", accelerator)
+    monkeypatch.setattr(engine, "_agree", agree)
+    other = torch.tensor([0.0] * len(engine._STOPS_FIRST_TO_LAST) + [0.0, 3.0])  # the other's loss: 3
+    monkeypatch.setattr("accelerate.utils.reduce", lambda tensor, reduction: tensor + other)
+    two = SimpleNamespace(num_processes=2, device="cpu")
+    assert engine._step_outcome(two, None, math.inf) == (None, True, math.inf)  # this one's: not taken as 0
+
+
 def test_seconds_per_step_leave_the_checkpoint_writes_out():
     """train-motion's 's/step' had divided the run's wall time, checkpoint writes included, by its steps."""
     result = engine.TrainResult(step=2, start_step=0, losses=[0.5, 0.4], seconds=10.0, step_times=[1.0, 3.0])

@@ -32,7 +32,8 @@ class TrainConfig:
     batch_size: int = 1
     """Samples per micro-batch on each process."""
     grad_accumulation: int = 1
-    """Micro-batches whose gradients are summed before each optimizer step."""
+    """Micro-batches per optimizer step, their gradients averaged: a step follows the mean loss of its batch_size x
+    grad_accumulation samples (x processes), as one micro-batch that large would."""
     max_grad_norm: float = 1.0
     """Clip the gradient norm to this value; 0 turns clipping off."""
     adam_beta1: float = 0.9

@@ -788,9 +788,9 @@ def _agree(accelerator, values: list[float]) -> list[float]:
 
 def _step_outcome(accelerator, signum: int | None, loss: float) -> tuple[int | None, bool, float]:
     """What every process agrees on after a step: the signal that stops the run (`_signal_agreed`), whether any loss
-    was not finite, and the step's loss over every process's batches (it had been the first process's alone)."""
-    finite = math.isfinite(loss)
-    *signals, bad, total = _agree(accelerator, [*_signal_votes(signum), float(not finite), loss if finite else 0.0])
+    was not finite, and the step's loss over every process's batches (it had been the first process's alone; NaN or
+    infinite where any was: a process whose own loss was finite had named it as the one that became NaN)."""
+    *signals, bad, total = _agree(accelerator, [*_signal_votes(signum), float(not math.isfinite(loss)), loss])
     return _signal_agreed(signals), bool(bad), total / accelerator.num_processes
 
 
@@ -1228,7 +1228,7 @@ def train(
                 loss = _accumulate(method, data, cfg, step, accelerator)
                 signum, bad_loss, mean_loss = _step_outcome(accelerator, stop.signum, loss)
                 if bad_loss:
-                    raise diverged(f"loss became {loss}", step + 1)
+                    raise diverged(f"loss became {mean_loss}", step + 1)
                 _optimizer_step(optimizer, params, cfg, step, accelerator)
                 result.skipped_steps += bool(getattr(optimizer, "step_was_skipped", False))
                 step += 1
