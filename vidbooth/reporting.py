@@ -7,6 +7,7 @@ that stdout holds only results: the written videos' paths, `list --json`, and th
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import threading
@@ -359,14 +360,34 @@ def result(text: str) -> None:
     except (AttributeError, ValueError):
         terminal = False
     try:
-        stdout.write((printable(text) if terminal else text) + "\n")
-        stdout.flush()
+        _write_whole(stdout, (printable(text) if terminal else text) + "\n")
     except BrokenPipeError:
         stream_closed(stdout)
     except ValueError:  # closed by a caller in this process: nowhere to put it
         pass
     except OSError as exc:  # `--json - > file` on a full disk had ended with 0 and a cut or empty file
         _result_not_written(stdout, exc)
+
+
+def _write_whole(stdout: object, text: str) -> None:
+    """`text` on stdout, all of it or an error: a pipe whose reader goes away while a write waits on it takes part of
+    the write, and Python's buffered writer returns the part it took with no error, the rest dropped (a JSON report
+    over 64 KB into `| head -1` had ended with 0, not 141); the next write of the rest fails as the first would."""
+    buffer = getattr(stdout, "buffer", None)
+    if buffer is None:  # a script's own text stream
+        stdout.write(text)
+        stdout.flush()
+        return
+    stdout.flush()
+    if os.linesep != "\n":  # as the text layer writes it
+        text = text.replace("\n", os.linesep)
+    data = memoryview(text.encode(stdout.encoding or "utf-8", stdout.errors or "strict"))
+    while data:
+        taken = buffer.write(data)
+        if not taken:  # no progress: nowhere to put the rest
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        data = data[taken:]
+    buffer.flush()
 
 
 def _result_not_written(stdout: object, exc: OSError) -> NoReturn:
