@@ -27,6 +27,16 @@ from vidbooth.errors import OutputClosed, UserError, raise_pending_stop
 class _Console(Console):
     """rich's Console, with a closed stream handled as a command needs (rich exits with 1, as if it had failed)."""
 
+    @property
+    def file(self):
+        """The stream written to; stdout's writes whole or an error (`_WholeWrites`), as a result's are."""
+        stream = Console.file.fget(self)
+        return stream if _is_stderr(stream) or getattr(stream, "buffer", None) is None else _WholeWrites(stream)
+
+    @file.setter
+    def file(self, new_file) -> None:
+        Console.file.fset(self, new_file)
+
     def on_broken_pipe(self) -> None:
         stream_closed(self.file)
 
@@ -37,6 +47,21 @@ class _Console(Console):
             if not _is_stderr(self.file):  # (it had ended with 1 at its first info line); a result's is an error
                 _result_not_written(self.file, exc)
             _write_nowhere(self.file)
+
+
+class _WholeWrites:
+    """A text stream whose writes are whole or an error (`_write_whole`): a table over 64 KB into `| head -1` had
+    ended with 0, rich's write taking part of it; the rest of the stream's attributes are the stream's own."""
+
+    def __init__(self, stream: object):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        _write_whole(self._stream, text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
 
 
 def stream_closed(stream: object) -> None:
