@@ -524,6 +524,17 @@ def test_the_last_video_of_a_run_of_several_has_the_runs_prompt(tmp_path):
     assert generated_prompt(tmp_path / "take-4.mp4") is None
 
 
+def test_a_one_video_run_does_not_claim_a_video_named_like_the_first_of_several(tmp_path):
+    """A one-video run at take.mp4 after a run of several at take.mp4 (or beside a clip named take-1.mp4) writes
+    take.yaml with num_videos 1, for take.mp4 only: take-1.mp4, from the earlier run, had been scored against its
+    prompt."""
+    from vidbooth.eval.jobs import generated_prompt
+
+    (tmp_path / "take.yaml").write_text("prompt: a cat\nout: take.mp4\nnum_videos: 1\n")
+    assert generated_prompt(tmp_path / "take.mp4") == "a cat"
+    assert generated_prompt(tmp_path / "take-1.mp4") is None
+
+
 def test_motion_fidelity_is_the_mean_over_the_reference_clips(monkeypatch):
     """(mutation testing) A motion learned from several clips scored against its best clip alone went unseen."""
     import vidbooth.eval.evaluate as evaluate

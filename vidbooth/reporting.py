@@ -7,6 +7,7 @@ that stdout holds only results: the written videos' paths, `list --json`, and th
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import threading
@@ -26,6 +27,16 @@ from vidbooth.errors import OutputClosed, UserError, raise_pending_stop
 class _Console(Console):
     """rich's Console, with a closed stream handled as a command needs (rich exits with 1, as if it had failed)."""
 
+    @property
+    def file(self):
+        """The stream written to; stdout's writes whole or an error (`_WholeWrites`), as a result's are."""
+        stream = Console.file.fget(self)
+        return stream if _is_stderr(stream) or getattr(stream, "buffer", None) is None else _WholeWrites(stream)
+
+    @file.setter
+    def file(self, new_file) -> None:
+        Console.file.fset(self, new_file)
+
     def on_broken_pipe(self) -> None:
         stream_closed(self.file)
 
@@ -36,6 +47,21 @@ class _Console(Console):
             if not _is_stderr(self.file):  # (it had ended with 1 at its first info line); a result's is an error
                 _result_not_written(self.file, exc)
             _write_nowhere(self.file)
+
+
+class _WholeWrites:
+    """A text stream whose writes are whole or an error (`_write_whole`): a table over 64 KB into `| head -1` had
+    ended with 0, rich's write taking part of it; the rest of the stream's attributes are the stream's own."""
+
+    def __init__(self, stream: object):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        _write_whole(self._stream, text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
 
 
 def stream_closed(stream: object) -> None:
@@ -359,14 +385,34 @@ def result(text: str) -> None:
     except (AttributeError, ValueError):
         terminal = False
     try:
-        stdout.write((printable(text) if terminal else text) + "\n")
-        stdout.flush()
+        _write_whole(stdout, (printable(text) if terminal else text) + "\n")
     except BrokenPipeError:
         stream_closed(stdout)
     except ValueError:  # closed by a caller in this process: nowhere to put it
         pass
     except OSError as exc:  # `--json - > file` on a full disk had ended with 0 and a cut or empty file
         _result_not_written(stdout, exc)
+
+
+def _write_whole(stdout: object, text: str) -> None:
+    """`text` on stdout, all of it or an error: a pipe whose reader goes away while a write waits on it takes part of
+    the write, and Python's buffered writer returns the part it took with no error, the rest dropped (a JSON report
+    over 64 KB into `| head -1` had ended with 0, not 141); the next write of the rest fails as the first would."""
+    buffer = getattr(stdout, "buffer", None)
+    if buffer is None:  # a script's own text stream
+        stdout.write(text)
+        stdout.flush()
+        return
+    stdout.flush()
+    if os.linesep != "\n":  # as the text layer writes it
+        text = text.replace("\n", os.linesep)
+    data = memoryview(text.encode(stdout.encoding or "utf-8", stdout.errors or "strict"))
+    while data:
+        taken = buffer.write(data)
+        if not taken:  # no progress: nowhere to put the rest
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        data = data[taken:]
+    buffer.flush()
 
 
 def _result_not_written(stdout: object, exc: OSError) -> NoReturn:

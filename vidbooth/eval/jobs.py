@@ -111,8 +111,10 @@ def _generated_config(video: str | Path) -> dict | None:
     if not path.is_file():
         return None
     config = _read_generated_config(str(path), path.stat().st_mtime_ns)
-    if path.stem != video.stem and not (isinstance(config, dict) and 1 <= int(taken[2]) <= _num_videos(config)):
-        return None  # a '-2' that is part of the name, not the run's second video
+    # a '-2' that is part of the name, not the run's second video; a one-video run names no '-1' (its video is '<out>')
+    if path.stem != video.stem and not (isinstance(config, dict) and 1 <= int(taken[2]) <= _num_videos(config)
+                                        and _num_videos(config) > 1):
+        return None
     return config
 
 
