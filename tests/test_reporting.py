@@ -525,3 +525,23 @@ def test_a_table_longer_than_a_pipe_holds_whose_reader_goes_away_mid_write_stops
     finally:
         thread.join()
         stdout.close()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_results_and_tables_on_a_stdout_whose_encoding_starts_with_a_byte_order_mark_have_one(monkeypatch, encoding):
+    """PYTHONIOENCODING=utf-8-sig (`evaluate --csv - > scores.csv` for Excel on Windows): the stream starts with one
+    byte-order mark, as its text layer writes it; whole writes that encoded each text afresh had put one before every
+    result and table."""
+    import codecs
+    import io
+    import sys
+
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding=encoding, newline="\n")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    reporting.result("take-1.mp4")
+    reporting.result("take-2.mp4")
+    reporting.table("scores", ["video"], [("take-1.mp4",)], to_stdout=True)
+    text = raw.getvalue().decode(encoding)
+    assert text.startswith("take-1.mp4\ntake-2.mp4\n") and "\ufeff" not in text, ascii(text[:40])
+    assert raw.getvalue().startswith({"utf-8-sig": codecs.BOM_UTF8, "utf-16": codecs.BOM_UTF16}[encoding])

@@ -6,6 +6,7 @@ that stdout holds only results: the written videos' paths, `list --json`, and th
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import os
@@ -403,10 +404,14 @@ def _write_whole(stdout: object, text: str) -> None:
         stdout.write(text)
         stdout.flush()
         return
+    first, rest = text[:1], text[1:]
+    stdout.write(first)  # by the text layer: a byte-order mark (utf-8-sig) where the stream starts, and only there
     stdout.flush()
     if os.linesep != "\n":  # as the text layer writes it
-        text = text.replace("\n", os.linesep)
-    data = memoryview(text.encode(stdout.encoding or "utf-8", stdout.errors or "strict"))
+        rest = rest.replace("\n", os.linesep)
+    encoder = codecs.getincrementalencoder(stdout.encoding or "utf-8")(stdout.errors or "strict")
+    encoder.encode("")  # the mark a fresh encoder starts with, dropped: text.encode() had put one before every write
+    data = memoryview(encoder.encode(rest, final=True))
     while data:
         taken = buffer.write(data)
         if not taken:  # no progress: nowhere to put the rest
