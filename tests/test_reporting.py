@@ -545,3 +545,20 @@ def test_results_and_tables_on_a_stdout_whose_encoding_starts_with_a_byte_order_
     text = raw.getvalue().decode(encoding)
     assert text.startswith("take-1.mp4\ntake-2.mp4\n") and "\ufeff" not in text, ascii(text[:40])
     assert raw.getvalue().startswith({"utf-8-sig": codecs.BOM_UTF8, "utf-16": codecs.BOM_UTF16}[encoding])
+
+
+def test_a_result_under_a_live_progress_bar_is_written_whole_on_stdout(monkeypatch):
+    """A progress bar in a terminal puts rich's proxy in place of sys.stdout, which holds what it is given until a
+    line ends and then prints it on the bar's console (stderr): a result's first character, written through the
+    text layer for its byte-order mark, had gone there."""
+    import io
+    import sys
+
+    from rich.console import Console
+    from rich.file_proxy import FileProxy
+
+    raw, bar = io.BytesIO(), io.StringIO()
+    stdout = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+    monkeypatch.setattr(sys, "stdout", FileProxy(Console(file=bar), stdout))
+    reporting.result("/videos/take.mp4")
+    assert (raw.getvalue(), bar.getvalue()) == (b"/videos/take.mp4\n", "")

@@ -399,6 +399,7 @@ def _write_whole(stdout: object, text: str) -> None:
     """`text` on stdout, all of it or an error: a pipe whose reader goes away while a write waits on it takes part of
     the write, and Python's buffered writer returns the part it took with no error, the rest dropped (a JSON report
     over 64 KB into `| head -1` had ended with 0, not 141); the next write of the rest fails as the first would."""
+    stdout = getattr(stdout, "rich_proxied_file", stdout)  # under a live progress bar, the stream it stands for
     buffer = getattr(stdout, "buffer", None)
     if buffer is None:  # a script's own text stream
         stdout.write(text)
