@@ -629,6 +629,18 @@ def test_a_photo_folder_under_the_home_folder_may_be_given_with_a_tilde(tmp_path
     assert len(load_photo_folder("~/dog")) == 2
 
 
+def test_a_photo_folder_named_with_a_tilde_that_names_no_user_is_the_folder_so_named(tmp_path, monkeypatch):
+    """'~old' (a folder here; no user 'old') is what the shell passes it as: Path.expanduser's RuntimeError 'Could not
+    determine home directory' had been a traceback, where the folder had been read before '~' was expanded."""
+    from vidbooth.fileio import absolute_path
+
+    monkeypatch.chdir(tmp_path)
+    badinputs.write_photos(tmp_path / "~no-such-user-here", count=2)
+    images.check_photos_exist(["~no-such-user-here"])
+    [(photo, _), _] = images.load_photos(["~no-such-user-here"])
+    assert absolute_path(str(photo)) == str(tmp_path / photo)  # as the subject's manifest records it
+
+
 def test_a_jpeg_saved_as_jfif_is_a_photo_of_the_folder(tmp_path):
     """Windows browsers save web JPEGs as .jfif: such photos had been left out of a folder without a word."""
     badinputs.write_photos(tmp_path, count=2)

@@ -476,5 +476,5 @@ def absolute_path(value: str | None, names: Collection[str] = ()) -> str | None:
     `names` (which win over a folder of the same name); anything else (None, a hub id, a built-in) as it is."""
     if not value or value in names:
         return value
-    path = Path(value).expanduser()
+    path = Path(os.path.expanduser(value))  # '~old' that names no user as it is (Path's raises RuntimeError)
     return str(path.resolve()) if path.exists() else value

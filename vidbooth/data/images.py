@@ -220,7 +220,7 @@ def check_photos_exist(paths: Sequence[str | Path]) -> None:
     """The error `load_photos` would give for the first of `paths` that is not there, told before a model (and
     torch, seconds of imports) loads."""
     for path in paths:
-        _check_exists(Path(path).expanduser())
+        _check_exists(Path(os.path.expanduser(path)))  # '~old', no user's, as it is (Path's had raised)
 
 
 def _check_exists(path: Path) -> None:
@@ -229,7 +229,7 @@ def _check_exists(path: Path) -> None:
 
 
 def _photo_files(path: Path) -> list[Path]:
-    path = path.expanduser()  # '~/dog' from a recipe or a --set is the home folder's, as a clip's or --out's
+    path = Path(os.path.expanduser(path))  # '~/dog' from a recipe or a --set is the home folder's, as a clip's
     _check_exists(path)
     if path.is_file():
         _refuse_camera_file(path)
