@@ -293,6 +293,25 @@ def test_a_photo_named_as_a_video_is_said_to_be_one(tmp_path):
             read_video(path)
 
 
+@pytest.mark.parametrize("pillows_limit", [2_000, 1_000])  # 64 x 48: over it (a warning), over twice it (an error)
+def test_a_large_animation_named_as_a_video_is_told_as_one_without_pillows_bomb_warning(tmp_path, monkeypatch,
+                                                                                        pillows_limit):
+    """The animation check opened the file under Pillow's pixel limit (89 MP): a larger one printed Pillow's
+    decompression-bomb warning, and one over twice it was told as a still image."""
+    import warnings
+
+    from badinputs import quadrant_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillows_limit)  # stands for Pillow's limit, without a 95 MP file
+    path = tmp_path / "anim.mp4"
+    frames = [quadrant_image(64, 48), quadrant_image(64, 48).rotate(180)]
+    frames[0].save(path, format="PNG", save_all=True, append_images=frames[1:], duration=100)
+    with warnings.catch_warnings(), pytest.raises(UserError, match=r"is an animated PNG named \.mp4, which vidbooth"):
+        warnings.simplefilter("error")
+        read_video(path)
+    assert Image.MAX_IMAGE_PIXELS == pillows_limit
+
+
 def test_an_odd_height_is_padded_to_even_for_mp4(tmp_path):
     """H.264 takes even sizes only: 65 rows are padded to 66 (the width, already even, stays)."""
     path = write_video(np.full((2, 65, 64, 3), 100, np.uint8), tmp_path / "odd.mp4")
