@@ -110,6 +110,31 @@ def test_a_refused_training_does_not_create_the_library(command, message, tmp_pa
     assert not home.exists()  # the checks before training write nothing, not even the library folder
 
 
+NO_USER = "~nouser-vidbooth"
+"""A relative name that starts with '~' but names no user: a folder or file so named, not a home folder."""
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["train-subject", NO_USER, "--name", "S*", "--class-noun", "dog"], f"photo path not found: {NO_USER}"),
+        (["train-motion", f"{NO_USER}.mp4", "--name", "m"], f"clip not found: {NO_USER}.mp4"),
+        (["generate", "--prompt", "a dog", "--base", NO_USER], f"base model not found: {NO_USER}"),
+        (["evaluate", f"{NO_USER}.mp4", "--prompt", "a dog"], f"{NO_USER}.mp4"),
+        (["train-subject", "photos", "--name", "S*", "--class-noun", "dog", "--prior-preservation",
+          "--class-images", NO_USER], NO_USER),
+    ],
+)
+def test_a_path_named_tilde_and_no_user_is_that_path(command, message, tmp_path, monkeypatch, capsys):
+    """Path.expanduser raises RuntimeError for '~nouser': it had been a traceback; such a name is a path here."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(3):
+        badinputs.write_photo(tmp_path / "photos" / f"{i}.png", 64, 64)
+    code = main(["--home", str(tmp_path / "library"), *command])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("suffix", [".bin", ".pt", ".ckpt", ".pth"])
 def test_pickle_files_are_refused(tmp_path, suffix):
     path = tmp_path / f"embedding{suffix}"

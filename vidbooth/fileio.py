@@ -471,10 +471,16 @@ def _is_file(fd: int, path: Path) -> bool:
     return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
+def expand_user(path: str | os.PathLike) -> Path:
+    """`path` with a leading '~' or '~user' made the home folder's, as the shell would; a '~old' that names no user
+    stays as it is (a folder so named), where Path.expanduser raises RuntimeError."""
+    return Path(os.path.expanduser(path))
+
+
 def absolute_path(value: str | None, names: Collection[str] = ()) -> str | None:
     """`value` as an absolute path when it names an existing local file or folder and is none of the built-in
     `names` (which win over a folder of the same name); anything else (None, a hub id, a built-in) as it is."""
     if not value or value in names:
         return value
-    path = Path(os.path.expanduser(value))  # '~old' that names no user as it is (Path's raises RuntimeError)
+    path = expand_user(value)
     return str(path.resolve()) if path.exists() else value

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vidbooth.errors import DiskFull, Interrupted, UserError, held_stops, stopped, stopping_signal, unread_byte
-from vidbooth.fileio import disk_full, exclusive_lock, refuse_if_held, sync_folder, sync_tree
+from vidbooth.fileio import disk_full, exclusive_lock, expand_user, refuse_if_held, sync_folder, sync_tree
 
 KINDS = {"subject": "subjects", "motion": "motions"}
 TRAINED_BY = {"subject": ("train-subject", "PHOTOS --class-noun NOUN"), "motion": ("train-motion", "CLIP")}
@@ -53,7 +53,7 @@ def library_home() -> Path:
     (and listed) as the folder it is."""
     env = os.environ.get("VIDBOOTH_HOME")
     if env:
-        return Path(env).expanduser().absolute()
+        return expand_user(env).absolute()
     data = os.environ.get("XDG_DATA_HOME", "")
     if not os.path.isabs(data):  # the XDG spec: a relative (or empty) value is ignored
         data = str(Path.home() / ".local" / "share")

@@ -123,14 +123,13 @@ def generate(
     overrides |= options.learned_backbone(recipe, sets, overrides, named_artifacts(subject, motion))
     cfg = load_config(GenerateConfig, recipe_or_default(recipe, "generate", sets, overrides), sets, overrides)
     if cfg.image_prompt:
-        from pathlib import Path
-
         from vidbooth.data.images import check_image_file, refuse_path_not_text
         from vidbooth.errors import UserError
+        from vidbooth.fileio import expand_user
 
         try:
-            check_image_file(Path(cfg.image_prompt).expanduser())
-            refuse_path_not_text("image prompt", Path(cfg.image_prompt).expanduser())  # the .yaml beside the video
+            check_image_file(expand_user(cfg.image_prompt))
+            refuse_path_not_text("image prompt", expand_user(cfg.image_prompt))  # the .yaml beside the video
         except UserError as exc:
             raise UserError(f"--image-prompt: {exc}") from exc
     from vidbooth.engine.generate import generate as run_generate  # after the cheap checks: it loads torch

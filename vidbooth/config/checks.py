@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 from vidbooth.errors import UserError
+from vidbooth.fileio import expand_user
 
 MAX_SEED = 2**32 - 1
 """Largest seed every seeded library takes (NumPy's legacy seeding, which accelerate's `set_seed` uses)."""
@@ -29,7 +29,7 @@ def base_found(base: str, flag: str | None = "--base") -> None:
     """A UserError for a base that is no built-in name, no folder or file here and no hub id: checked with the
     settings, so that a mistyped folder is told at once (it had waited for torch and diffusers to load, 4 s).
     `flag`: the option that gave it (None: a name recorded in a file, which no option replaces)."""
-    if base in BUILTIN_BASES or HUB_ID.match(base) or Path(base).expanduser().exists():
+    if base in BUILTIN_BASES or HUB_ID.match(base) or expand_user(base).exists():
         return
     given = f" ({flag})" if flag else ""
     raise UserError(f"base model not found: {base}{given}: give a diffusers model folder, a hub id like org/name, or "

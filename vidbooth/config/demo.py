@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 from vidbooth.config import checks
 from vidbooth.config.schema import RuntimeConfig
 from vidbooth.errors import UserError
+from vidbooth.fileio import expand_user
 
 MAX_VIDEOS = checks.MAX_VIDEOS
 
@@ -39,7 +39,7 @@ class DemoConfig:
     def __post_init__(self) -> None:  # checked before anything is trained or written
         if not self.out.strip():
             raise UserError("--out is empty: give the folder the demo writes into (default: demo)")
-        self.out = str(Path(self.out).expanduser())  # '~/demo' is the home folder's, as elsewhere
+        self.out = str(expand_user(self.out))  # '~/demo' is the home folder's, as elsewhere
         checks.base_found(self.base)
         checks.at_least("num_videos", self.num_videos, 1, "--num-videos")
         checks.at_most("num_videos", self.num_videos, MAX_VIDEOS, "--num-videos")

@@ -12,6 +12,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from vidbooth import RECIPES_DIR, shipped_recipes
 from vidbooth.errors import UserError, yaml_problem
+from vidbooth.fileio import expand_user
 
 T = TypeVar("T")
 
@@ -19,7 +20,7 @@ T = TypeVar("T")
 def find_recipe(recipe: str, kind: str | None = None) -> Path:
     """A recipe is a YAML path, or a name under `recipes/` such as 'zeroscope/generate'; `kind`: the command's
     recipe name ('generate'), whose shipped recipes alone an unknown one is told."""
-    path = Path(recipe).expanduser()  # --recipe=~/r.yaml reaches us with its ~
+    path = expand_user(recipe)  # --recipe=~/r.yaml reaches us with its ~
     if path.is_file():
         return path
     if path.is_dir():

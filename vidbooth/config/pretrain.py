@@ -14,7 +14,7 @@ from typing import ClassVar
 from vidbooth.config import checks
 from vidbooth.config.train import MAX_BATCH_SIZE
 from vidbooth.errors import UserError
-from vidbooth.fileio import lock_file_beside, refuse_if_held
+from vidbooth.fileio import expand_user, lock_file_beside, refuse_if_held
 from vidbooth.nano.arch import JOURNAL_FILE, LINEAR_PATHS, POSITION_CHANNELS, STATE_FILE, NanoArch
 
 
@@ -131,15 +131,15 @@ class PretrainConfig:
         """Raise a UserError naming the first bad value by its key (and flag, where it has one)."""
         if not self.out.strip():
             raise UserError("--out is empty: give the run folder (default: runs/nano)")
-        self.out = str(Path(self.out).expanduser())  # '~/runs' is the home folder's, as elsewhere
-        self.export = str(Path(self.export).expanduser()) if self.export.strip() else ""
-        if Path(self.out).expanduser().exists() and not Path(self.out).expanduser().is_dir():
+        self.out = str(expand_user(self.out))  # '~/runs' is the home folder's, as elsewhere
+        self.export = str(expand_user(self.export)) if self.export.strip() else ""
+        if expand_user(self.out).exists() and not expand_user(self.out).is_dir():
             raise UserError(f"--out {self.out} is a file: give the run folder (default: runs/nano)")
         run = Path(self.out)
         refuse_if_held(lock_file_beside(run), run_in_progress(run))  # not 'nothing to resume' (no checkpoint yet)
         check_run_folder(run, self.resume, (run / STATE_FILE).is_file() or (run / JOURNAL_FILE).is_file())
         if self.export.strip():
-            run, export = (Path(p).expanduser().resolve() for p in (self.out, self.export))
+            run, export = (expand_user(p).resolve() for p in (self.out, self.export))
             if run == export or run in export.parents or export in run.parents:  # found after training, or the
                 raise UserError(  # export, which replaces its folder whole, would take the run with it
                     f"--export {self.export} and --out {self.out} overlap: export to a folder outside the run folder "

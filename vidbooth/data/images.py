@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 
 from vidbooth import reporting
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault, unread_byte
+from vidbooth.fileio import expand_user
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +92,7 @@ def load_photo_folder(path: str | Path, min_count: int = 1) -> list[tuple[Path, 
 def load_photos(paths: list[str | Path]) -> list[tuple[Path, Image.Image]]:
     """The photos of every folder or photo file in `paths` (each as `load_photo_folder` reads it), in the order
     given; a photo named twice (a file and its folder, say) is loaded once."""
-    files: dict[Path, Path] = {}
+    files: dict[str, Path] = {}
     for path in paths:
         for file in _photo_files(Path(path)):
             files.setdefault(os.path.realpath(file), file)  # not resolve(), which raises on a link to itself
@@ -220,7 +221,7 @@ def check_photos_exist(paths: Sequence[str | Path]) -> None:
     """The error `load_photos` would give for the first of `paths` that is not there, told before a model (and
     torch, seconds of imports) loads."""
     for path in paths:
-        _check_exists(Path(os.path.expanduser(path)))  # '~old', no user's, as it is (Path's had raised)
+        _check_exists(expand_user(path))
 
 
 def _check_exists(path: Path) -> None:
@@ -229,7 +230,7 @@ def _check_exists(path: Path) -> None:
 
 
 def _photo_files(path: Path) -> list[Path]:
-    path = Path(os.path.expanduser(path))  # '~/dog' from a recipe or a --set is the home folder's, as a clip's
+    path = expand_user(path)  # '~/dog' from a recipe or a --set is the home folder's, as a clip's
     _check_exists(path)
     if path.is_file():
         _refuse_camera_file(path)

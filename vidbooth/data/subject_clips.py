@@ -30,6 +30,7 @@ from vidbooth.data.clips import load_clip_for_sampling, prepare_clip, sample_fra
 from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, natural_sort_key, prepare_photo, to_rgb
 from vidbooth.data.video import VIDEO_EXTENSIONS
 from vidbooth.errors import UserError
+from vidbooth.fileio import expand_user
 
 MASK_SUFFIX = ".mask"
 CAPTION_SUFFIX = ".txt"
@@ -48,7 +49,7 @@ class SubjectClip:
 
 def check_data_folder(folder: str | Path) -> Path:
     """The --data folder (~ expanded); a UserError when it is not there or not a folder."""
-    folder = Path(folder).expanduser()
+    folder = expand_user(folder)
     if not folder.is_dir():
         problem = "not found" if not folder.exists() else "not a folder"
         raise UserError(f"--data {folder}: {problem}; give a folder of clips, each with a caption and a subject photo "

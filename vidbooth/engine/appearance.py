@@ -28,7 +28,7 @@ from vidbooth.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from vidbooth.engine.backbone import Backbone, cache_dir, resolve_base
 from vidbooth.engine.tiny import save_transformers_model
 from vidbooth.errors import UserError
-from vidbooth.fileio import folder_beside, publish_folder
+from vidbooth.fileio import expand_user, folder_beside, publish_folder
 
 TINY_CLIP = "tiny-clip"
 VAE = "vae"
@@ -146,7 +146,7 @@ def _resolve_encoder(encoder: str, setting: str | None) -> Path:
         return resolve_base(encoder, flag=setting)
     except UserError as exc:
         problem = ("not found" if str(exc).startswith("base model not found")
-                   else "is a file, not a folder" if Path(encoder).expanduser().is_file() else f"not found ({exc})")
+                   else "is a file, not a folder" if expand_user(encoder).is_file() else f"not found ({exc})")
         if setting is None:
             raise UserError(f"image encoder '{encoder}' {problem}") from exc
         raise UserError(

@@ -29,7 +29,7 @@ from torch import nn
 from vidbooth.config.checks import BUILTIN_BASES, HUB_ID, base_found
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.errors import UserError, not_the_inputs_fault
-from vidbooth.fileio import disk_full, folder_beside, lock_file_beside, publish_folder, refuse_if_held
+from vidbooth.fileio import disk_full, expand_user, folder_beside, lock_file_beside, publish_folder, refuse_if_held
 from vidbooth.nano import PACKAGED
 
 BUILTIN = {"tiny": "unet3d", "tiny-animatediff": "animatediff"}
@@ -57,7 +57,7 @@ def cache_dir() -> Path:
     """$VIDBOOTH_CACHE ('~' expanded, relative taken from the working folder; empty means unset, as for
     $VIDBOOTH_HOME), else ~/.cache/vidbooth."""
     env = os.environ.get("VIDBOOTH_CACHE")
-    return Path(env).expanduser().absolute() if env else Path.home() / ".cache" / "vidbooth"
+    return expand_user(env).absolute() if env else Path.home() / ".cache" / "vidbooth"
 
 
 @dataclass
@@ -241,7 +241,7 @@ def resolve_base(base: str, revision: str | None = None, flag: str | None = "--b
                 if motion_adapter_folder(built).exists():
                     publish_folder(motion_adapter_folder(built), motion_adapter_folder(folder))
         return folder
-    path = Path(base).expanduser()
+    path = expand_user(base)
     if path.exists():
         if not path.is_dir():
             given = f" ({flag})" if flag else ""
@@ -434,7 +434,7 @@ def _class_name(config: Path) -> str | None:
 def _motion_adapter_folder(motion_adapter: str, revision: str | None = None) -> Path:
     """The local folder of an AnimateDiff MotionAdapter given by --motion-adapter (a folder or a hub id), checked
     before any model loads; its messages name --motion-adapter, not --base."""
-    path = Path(motion_adapter).expanduser()
+    path = expand_user(motion_adapter)
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"--motion-adapter {motion_adapter} is no AnimateDiff MotionAdapter folder (it has no "

@@ -22,7 +22,7 @@ from vidbooth.data.video import (
     video_writer,
 )
 from vidbooth.errors import UserError
-from vidbooth.fileio import lock_beside, write_together
+from vidbooth.fileio import expand_user, lock_beside, write_together
 from vidbooth.library import artifact_dir, named_artifacts, read_manifest
 from vidbooth.reporting import info, result, warn
 
@@ -77,7 +77,7 @@ def output_paths(out: str | Path, num_videos: int = 1) -> tuple[list[Path], Path
     """The video paths (`video_paths`) and, beside them, '<stem>.png' (contact sheet) and '<stem>.yaml' (resolved
     config). Refused before any work: a path that a folder takes, and a video of the other type beside it (it owns
     the same contact sheet and config, which this one would replace)."""
-    given, out = str(out), Path(out).expanduser()
+    given, out = str(out), expand_user(out)
     videos = video_paths(out, num_videos)
     for name in (videos[-1].name, f"{out.stem}.yaml"):  # before asking the file system of a name it refuses to look up
         size = len(os.fsencode(name))
@@ -253,7 +253,7 @@ def _check_image_prompt(cfg: GenerateConfig):
                 "--image-prompt-model FILE.safetensors"
             )
     else:
-        path = Path(cfg.image_prompt_model).expanduser()
+        path = expand_user(cfg.image_prompt_model)
     try:
         trained = trained_word(path)  # missing, pickled or corrupt: fail now
     except UserError as exc:

@@ -49,7 +49,7 @@ from vidbooth.data.subject_clips import SubjectClip, find_subject_clips, folder_
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, sample_timesteps, training_scheduler
 from vidbooth.errors import UserError
-from vidbooth.fileio import lock_beside, lock_file_beside, refuse_if_held, write_together
+from vidbooth.fileio import expand_user, lock_beside, lock_file_beside, refuse_if_held, write_together
 from vidbooth.nano.model import IMAGE_PROMPT_MODEL
 from vidbooth.reporting import info, progress, warn
 
@@ -219,7 +219,7 @@ def own_image_prompt_model(base: str, revision: str | None = None) -> Path:
 def trained_word(path: str | Path) -> str:
     """The word an image-prompt model file replaces, read from its metadata alone, before any model loads: a
     UserError when the file is missing, pickled, no safetensors, or no image-prompt model."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     metadata = load_metadata(path)
     if metadata.get("method") != KIND:  # an identity or motion adapter, say
         raise UserError(f"{path} is not a vidbooth image-prompt model (a .safetensors file made by `vidbooth "
@@ -234,7 +234,7 @@ def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePrompt
     """Put the image-prompt model saved in `path` on `backbone` (which must be the base it was trained on)."""
     from vidbooth.engine.appearance import load_appearance_encoder
 
-    path = Path(path).expanduser()
+    path = expand_user(path)
     tensors, metadata = load_tensors(path)
     if metadata.get("method") != KIND or "spec" not in metadata:
         raise UserError(f"{path} is not a vidbooth image-prompt model (made by `vidbooth train-image-prompt`)")
@@ -393,7 +393,7 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
     from vidbooth.data.video import check_writable_dir
     from vidbooth.engine.train import check_high_noise, checked_then_met, held_by_the_first
 
-    given, out = cfg.out, Path(cfg.out).expanduser()
+    given, out = cfg.out, expand_user(cfg.out)
 
     def busy(owner: str) -> str:
         return f"another train-image-prompt (pid {owner}) is writing {out}: wait for it to end, or give another --out"

@@ -25,7 +25,7 @@ from vidbooth import reporting
 from vidbooth.config.subject import PriorConfig
 from vidbooth.engine.backbone import cache_dir
 from vidbooth.errors import CHECK_THE_PATH, UserError
-from vidbooth.fileio import remove_stale_temporaries, write_together
+from vidbooth.fileio import expand_user, remove_stale_temporaries, write_together
 
 
 def class_prompt(prior: PriorConfig, class_noun: str) -> str:
@@ -169,7 +169,7 @@ def class_image_files(path: str | Path, count: int) -> list[Path]:
     the problem when it is missing, a file or holds no image."""
     from vidbooth.data.images import is_image_file, natural_sort_key, refuse_path_not_text
 
-    folder = Path(path).expanduser()
+    folder = expand_user(path)
     if not folder.exists():
         raise UserError(f"class image folder not found: {folder} (--class-images): {CHECK_THE_PATH}")
     if not folder.is_dir():

@@ -35,6 +35,7 @@ from PIL import Image
 
 from vidbooth.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from vidbooth.errors import not_the_inputs_fault
+from vidbooth.fileio import expand_user
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -307,7 +308,7 @@ def _pretrained_loader(name_or_path: str, flag: str) -> Callable[..., Any]:
 
 def _locate(name_or_path: str, flag: str) -> tuple[str, dict[str, Any]]:
     """Where to load from and with which `from_pretrained` options, without waiting on a dead network."""
-    path = Path(name_or_path).expanduser()
+    path = expand_user(name_or_path)
     fix = f"pass {flag} <local folder>" + (f" ({flag} nano for videos of nano)" if flag == "--clip-model" else "")
     if path.is_dir():
         return str(path), {}
@@ -328,7 +329,7 @@ def _locate(name_or_path: str, flag: str) -> tuple[str, dict[str, Any]]:
 
 def on_this_machine(name_or_path: str) -> bool:
     """Whether model `name_or_path` loads with no network: a local folder, or a hub id in the Hugging Face cache."""
-    if Path(name_or_path).expanduser().is_dir():
+    if expand_user(name_or_path).is_dir():
         return True
     return bool(HUB_ID.match(name_or_path)) and _in_hub_cache(name_or_path)
 
@@ -391,7 +392,7 @@ def _describe(model: Any, name_or_path: str) -> dict[str, Any]:
         "name": name_or_path,
         "class": type(model).__name__,
         "revision": None
-        if is_nano(name_or_path) or Path(name_or_path).expanduser().is_dir()
+        if is_nano(name_or_path) or expand_user(name_or_path).is_dir()
         else _cached_revision(name_or_path),
         "saved_with_transformers": getattr(config, "transformers_version", None),
         "loaded_with_transformers": transformers.__version__,

@@ -20,6 +20,7 @@ from pathlib import Path
 from vidbooth import reporting
 from vidbooth.data.video import VIDEO_EXTENSIONS, video_file_problem
 from vidbooth.errors import UserError, yaml_problem
+from vidbooth.fileio import expand_user
 
 MANIFEST_SEPARATOR = "|||"
 GLOB_CHARACTERS = "*?["
@@ -47,7 +48,7 @@ def jobs_from_videos(patterns: list[str], prompt: str | None, reference_images: 
                 problem += f", or all of them as a quoted pattern: '{Path(pattern) / '*.mp4'}'"
             jobs.append(EvalJob(pattern, prompt or generated_prompt(pattern), reference_images, problem=problem))
             continue
-        found = glob.glob(str(Path(pattern).expanduser()), recursive=True)
+        found = glob.glob(str(expand_user(pattern)), recursive=True)
         matches = sorted(match for match in found if match.lower().endswith(VIDEO_EXTENSIONS))
         if not matches:
             problem = f"pattern '{pattern}' matches no video ({', '.join(VIDEO_EXTENSIONS)}): check the path"
@@ -95,7 +96,7 @@ def _manifest_job(
 
 
 def _beside(manifest: Path, path: str) -> str:
-    candidate = Path(path).expanduser()
+    candidate = expand_user(path)
     return str(candidate if candidate.is_absolute() else manifest.parent / candidate)
 
 
