@@ -123,7 +123,7 @@ class SubjectPreviewConfig:
 
     enabled: bool = True
     prompt: str = ""
-    """Default 'a photo of <token> <class noun>'."""
+    """Default: the first of `data.captions` ('a photo of <token> <class noun>'; nano's 'a S* cross standing still')."""
     num_frames: int = 8
     num_inference_steps: int = 25
     guidance_scale: float = 9.0

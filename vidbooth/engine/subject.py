@@ -768,11 +768,12 @@ def _render_preview(run: _Run, path: Path) -> str:
     from vidbooth.engine.sampling import sample_video
 
     preview, bb = run.cfg.preview, run.backbone
-    prompt = preview.prompt or f"a photo of {run.token} {run.class_noun}"
+    # the first caption ('a photo of S* dog'; nano's 'a S* cross standing still'), in words the base knows
+    prompt = expand_placeholder(preview.prompt, run.token, run.num_vectors) if preview.prompt else run.captions()[0]
     generator = torch.Generator().manual_seed(run.cfg.runtime.seed)
     frames = sample_video(  # as generate samples it: not under training's autocast (fp16 even for the fp32 VAE)
         bb,
-        expand_placeholder(prompt, run.token, run.num_vectors),
+        prompt,
         description="preview (--no-preview skips it)",
         num_frames=preview.num_frames,
         num_inference_steps=preview.num_inference_steps,
