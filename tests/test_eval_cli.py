@@ -349,8 +349,7 @@ def test_in_a_batch_a_video_without_its_own_prompt_fails_alone(media, tiny_clip_
                "--json", out_json)
     assert code == 1
     assert error_lines(capsys.readouterr()) == [
-        f"error: no prompt for {media['still']}: CLIP-T needs one; pass --prompt, fill the manifest's third field, "
-        "or choose --metrics without clip_t",
+        f"error: no prompt for {media['still']}: CLIP-T needs one; pass --prompt, or choose --metrics without clip_t",
         "error: 1 of 2 videos could not be evaluated: see above",
     ]
     videos = json.loads(out_json.read_text())["videos"]
@@ -627,3 +626,18 @@ def test_a_manifest_saved_with_a_byte_order_mark_reads_its_first_line(media, tmp
     manifest.write_bytes("right.mp4|||photos|||a square\n# a comment\n".encode("utf-8-sig"))
     (job,) = jobs_from_manifest(manifest, None, None)
     assert (job.video, job.problem) == (str(media["right"]), None)
+
+
+def test_a_missing_prompt_or_reference_names_the_manifest_field_only_for_a_manifest_line():
+    """Without a manifest the line had said 'fill the manifest's third field'; with one it names the line."""
+    from vidbooth.eval.evaluate import _job_metrics, _MetricChoice
+    from vidbooth.eval.jobs import EvalJob
+
+    for metric, field in (("clip_t", "third"), ("clip_i", "second")):
+        choice = _MetricChoice([metric], has_motion=False, nano=False, probe=False, dino=False)
+        with pytest.raises(UserError) as alone:
+            _job_metrics(EvalJob("take.mp4"), choice)
+        with pytest.raises(UserError) as listed:
+            _job_metrics(EvalJob("take.mp4", source="list.txt line 3"), choice)
+        assert "manifest" not in str(alone.value) and "field" not in str(alone.value)
+        assert f"{field} field of list.txt line 3" in str(listed.value)

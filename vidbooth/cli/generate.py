@@ -13,7 +13,8 @@ def generate(
     ),
     out: str = typer.Option(
         None, "--out", "-o", metavar="PATH", help="Video to write, .mp4 or .gif (default out.mp4); its contact sheet "
-        "(.png) and config (.yaml) are written beside it. Existing files are replaced."
+        "(.png) and config (.yaml) are written beside it. An earlier video there is replaced with its own; a .png or "
+        ".yaml that no video there owns is not (the run is refused)."
     ),
     num_videos: int = typer.Option(
         None, "--num-videos", metavar="N", help="Videos of the prompt, each with its own noise (default 1): "

@@ -264,16 +264,16 @@ def _job_metrics(job: EvalJob, choice: _MetricChoice) -> list[str]:
         requested = [*requested, *PROBE_METRICS]
     requested = [name for name in METRICS if name in requested]
     if "clip_t" in requested and not job.prompt:
+        field = f", fill the third field of {job.source}" if job.source else ""  # a manifest's line, where it is one
         raise UserError(
-            f"no prompt for {job.video}: CLIP-T needs one; pass --prompt, fill the manifest's third field, "
-            "or choose --metrics without clip_t"
+            f"no prompt for {job.video}: CLIP-T needs one; pass --prompt{field}, or choose --metrics without clip_t"
         )
     missing_references = [METRIC_LABELS[n] for n in REFERENCE_IMAGE_METRICS if n in requested]
     if missing_references and not job.reference_images:
+        field = f" or the second field of {job.source}" if job.source else ""
         raise UserError(
             f"no reference images for {job.video}: {'/'.join(missing_references)} "
-            f"{'needs' if len(missing_references) == 1 else 'need'} --subject, --ref-images "
-            "or the manifest's second field"
+            f"{'needs' if len(missing_references) == 1 else 'need'} --subject or --ref-images{field}"
         )
     return requested
 
