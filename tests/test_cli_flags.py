@@ -249,6 +249,26 @@ def test_a_subject_learned_on_the_shipped_base_leaves_the_base_to_the_default_wi
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("config_yaml", [None, "garbage: [\n", "textual_inversion: {num_vectors: 1}\n"])
+def test_the_base_a_subject_was_learned_on_is_read_from_its_manifest_whatever_its_config_yaml(isolated_home,
+                                                                                           config_yaml):
+    """config.yaml is a copy for rerunning that its user may edit or delete: deleted or edited, generate and
+    identity-adapter had loaded nano and refused the subject; not YAML, they had ended in a traceback."""
+    from vidbooth.cli.options import learned_backbone
+
+    with staged_artifact("subject", "S*") as stage:
+        if config_yaml is not None:
+            (stage / "config.yaml").write_text(config_yaml)
+        write_json(stage / MANIFEST, {"name": "S*", "kind": "subject", "schema_version": 1, "files": {},
+                                      "paths": {"config": "config.yaml"},
+                                      "config": {"backbone": {"base": "tiny", "revision": None}}})
+    assert learned_backbone(None, None, {}, [("subject", "S*")]) == {"backbone.base": "tiny"}
+    manifest = isolated_home / "subjects" / "S%2A" / MANIFEST
+    write_json(manifest, {"name": "S*", "kind": "subject", "schema_version": 1, "files": {},
+                          "paths": {"config": "config.yaml"}})  # no record: config.yaml, as it is, or nothing
+    assert learned_backbone(None, None, {}, [("subject", "S*")]) == {}
+
+
 def test_a_script_may_run_a_command_in_a_thread_of_its_own(isolated_home):
     import threading
 

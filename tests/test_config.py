@@ -577,3 +577,16 @@ def test_a_recipe_with_a_control_character_is_one_line_naming_the_character(tmp_
         load_config(GenerateConfig, str(recipe))
     assert str(refused.value) == (f"recipe {recipe} is not valid YAML: unacceptable character #x0007: control "
                                   "characters are not allowed")
+
+
+def test_a_recipe_interpolation_that_fails_names_the_recipe_and_not_a_whole_section(tmp_path):
+    """The error came after the recipe was merged, so it named no file; one naming a section printed all of it."""
+    recipe = tmp_path / "r.yaml"
+    for text, problem in (("${nope}", "Interpolation key 'nope' not found"),
+                          ("${textual_inversion}", "Cannot convert 'DictConfig' to string")):
+        recipe.write_text(f"class_noun: {text}\n")
+        with pytest.raises(UserError) as caught:
+            load_config(SubjectConfig, str(recipe))
+        message = str(caught.value)
+        assert message.startswith(f"recipe {recipe}: config key 'class_noun': ") and problem in message
+        assert "num_vectors" not in message and len(message) - len(str(recipe)) < 250

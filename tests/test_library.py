@@ -396,3 +396,22 @@ def test_a_base_to_load_is_quoted_for_the_shell():
                 "config": {"backbone": {"base": "org/model", "motion_adapter": "/adapters/v 3"}}}
     with pytest.raises(UserError, match=r"load it as it was learned with \(--motion-adapter '/adapters/v 3'\)"):
         library.check_base("motion", "M", manifest, "org/model", "bbb")
+
+
+def test_a_manifest_holding_nan_or_infinity_is_not_json_and_list_json_stays_json(isolated_home, capsys):
+    """Python reads NaN and Infinity, which JSON does not have: a manifest edited to hold one had been listed, and
+    `list --json` printed `NaN`, which jq and other JSON readers refuse."""
+    from vidbooth.cli.app import main
+
+    with library.staged_artifact("subject", "S*") as stage:
+        _write(stage)
+    where = isolated_home / "subjects" / "S%2A" / library.MANIFEST
+    manifest = json.loads(where.read_text())
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        where.write_text(json.dumps(manifest | {"schema_version": 1, "files": {}})[:-1] + f', "loss": {constant}}}')
+        with pytest.raises(UserError, match=r"manifest .* is not valid JSON \(damaged\)"):
+            library.read_manifest(where.parent, verify=False)
+        assert main(["list", "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out, parse_constant=lambda text: pytest.fail(f"list --json printed {text}")) == []
+        assert "not listed: manifest" in err and "not valid JSON" in err

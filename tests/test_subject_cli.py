@@ -211,6 +211,25 @@ def test_identity_adapter_takes_the_subjects_own_photos_when_given_none(photos, 
     assert json.loads((subject_dir(isolated_home) / "manifest.json").read_text())["photos"] == learned
 
 
+def test_identity_adapter_without_photos_on_a_subject_whose_copies_were_deleted_says_so(photos, isolated_home,
+                                                                                        capsys):
+    """Its photos/ emptied or removed by hand: it had been told 'no photos given', as if it had none to look for."""
+    assert main(["textual-inversion", str(photos), "--name", "S*", "--class-noun", "dog", *NO_PREVIEW,
+                 "--steps", "1"]) == 0
+    kept = subject_dir(isolated_home) / "photos"
+    for photo in kept.iterdir():
+        photo.unlink()
+    for removed in (False, True):
+        if removed:
+            kept.rmdir()
+        capsys.readouterr()
+        assert main(["identity-adapter", "--name", "S*", *NO_PREVIEW, "--steps", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == (f"error: subject 'S*' keeps no copies of its photos in {kept}: give the photos to train its "
+                       "identity adapter on (vidbooth identity-adapter PHOTOS... --name 'S*')")
+    assert main(["identity-adapter", str(photos), "--name", "S*", *NO_PREVIEW, "--steps", "1"]) == 0
+
+
 def test_the_pseudo_words_settings_are_kept_from_config_yaml_when_the_manifest_lacks_them(photos, isolated_home,
                                                                                         monkeypatch):
     """A subject whose manifest does not record its settings (another vidbooth version's): identity-adapter reads

@@ -190,7 +190,7 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
         raise UserError(f"{path} has no {MANIFEST}, so it is no complete vidbooth artifact: move it out of "
                         f"{path.parent} (or delete it), then train it again")
     try:
-        manifest = json.loads(where.read_text())
+        manifest = json.loads(where.read_text(), parse_constant=_not_json)
     except (OSError, ValueError) as exc:
         raise UserError(f"manifest {where} cannot be read or is not valid JSON (damaged): {redo(path)}") from exc
     if not isinstance(manifest, dict) or not {"name", "kind", "schema_version", "files"} <= manifest.keys():
@@ -219,6 +219,11 @@ def read_manifest(path: Path, verify: bool = True) -> dict:
         _verify_files(path, manifest["files"])
         _check_keys(where, manifest)
     return manifest
+
+
+def _not_json(constant: str) -> object:
+    """NaN and Infinity, which Python's json reads but JSON has not: `list --json` printed them back as they were."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def redo(path: Path) -> str:

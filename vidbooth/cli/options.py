@@ -110,7 +110,9 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
     --set gives stays. Empty when nothing applies (an unknown name is reported by the command itself)."""
     from pathlib import Path
 
+    import yaml
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from vidbooth.config.load import SHIPPED_BASE, given_base
     from vidbooth.errors import UserError
@@ -123,9 +125,12 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
     for kind, name in named:
         try:
             folder = artifact_dir(kind, name)
-            config = OmegaConf.load(folder / read_manifest(folder, verify=False)["paths"]["config"])
+            manifest = read_manifest(folder, verify=False)
+            recorded = manifest.get("config")  # config.yaml is a copy for rerunning: its user may edit or delete it
+            config = (OmegaConf.create(recorded) if isinstance(recorded, dict)
+                      else OmegaConf.load(folder / manifest["paths"]["config"]))
             backbone = OmegaConf.to_container(config.get("backbone") or OmegaConf.create())
-        except (UserError, OSError, KeyError, TypeError, ValueError):
+        except (UserError, OSError, KeyError, TypeError, ValueError, yaml.YAMLError, OmegaConfBaseException):
             return {}
         found.add(tuple(sorted((key, value) for key, value in backbone.items() if value is not None)))
     found = _one_motion_adapter(found)

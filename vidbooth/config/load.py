@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
 from vidbooth import RECIPES_DIR, shipped_recipes
 from vidbooth.errors import UserError, yaml_problem
@@ -102,8 +102,6 @@ _VALUE_KINDS = {"Integer": "a whole number", "Float": "a number"}
 def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
     """OmegaConf's error in the user's terms: the key, what it takes or what is near it, where the settings are
     listed; not OmegaConf's class names ("Key 'x' not in 'SamplingConfig'")."""
-    from omegaconf.errors import InterpolationResolutionError
-
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
     if key and isinstance(exc, ConfigKeyError) and " not in '" in msg:
@@ -121,6 +119,7 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
         kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(none[1], f"a {none[1]}")
         return f"config key '{key}' takes {kind}, got null (none): give a value"
     if isinstance(exc, InterpolationResolutionError):  # only a recipe's texts are read as OmegaConf's
+        msg = re.sub(r"(Cannot convert '\w+' to string): '.*'$", r"\1 (it names a section, not a setting)", msg)
         msg += " (a recipe's ${...} refers to another setting: write \\${ for the text ${)"
     return f"config key '{key}': {msg}" if key else msg
 
@@ -165,10 +164,12 @@ def load_config(
     `overrides` holds explicit CLI flags as dotted keys; `None` values mean "not given" and are skipped.
     `flags` maps dotted keys to the command's flag for them, so that the error of a bad value names the flag too.
     """
+    source = ""  # where an interpolation, resolved once everything is merged, was written
     try:
         merged = OmegaConf.structured(schema)
         if recipe:
             path = find_recipe(recipe, getattr(schema, "SETTINGS_NAME", None))
+            source = f"recipe {path}: "
             try:
                 loaded = OmegaConf.load(path)
             except UnicodeDecodeError as exc:
@@ -204,6 +205,8 @@ def load_config(
                     value = [value]  # load_config(..., overrides={"photos": "dog/"}) from Python
                 OmegaConf.update(merged, key, literal(value), merge=True)
         obj = OmegaConf.to_object(merged)
+    except InterpolationResolutionError as exc:  # only a recipe's texts are read as OmegaConf's
+        raise UserError(f"{source}{_describe(exc, schema)}") from exc
     except OmegaConfBaseException as exc:
         raise UserError(_describe(exc, schema)) from exc
     except UserError as exc:  # a value check in a config's __post_init__

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shlex
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -117,9 +118,12 @@ def _take_its_own_photos(cfg: SubjectConfig) -> None:
     """Without photos given, those subject `cfg.name` was learned from (kept in its folder)."""
     if not cfg.photos and cfg.name:
         folder = artifact_dir(KIND, cfg.name) / PHOTOS_DIR
-        if folder.is_dir() and any(folder.iterdir()):
-            reporting.info(f"photos: the ones subject '{cfg.name}' was learned from ({folder})")
-            cfg.photos = [str(folder)]
+        if not (folder.is_dir() and any(folder.iterdir())):  # removed by hand: not 'no photos given'
+            raise UserError(f"subject '{cfg.name}' keeps no copies of its photos in {folder}: give the photos to train "
+                            "its identity adapter on (vidbooth identity-adapter PHOTOS... --name "
+                            f"{shlex.quote(cfg.name)})")
+        reporting.info(f"photos: the ones subject '{cfg.name}' was learned from ({folder})")
+        cfg.photos = [str(folder)]
 
 
 def train_subject(cfg: SubjectConfig) -> Path:
