@@ -467,9 +467,14 @@ def test_a_result_into_a_scripts_stream_whose_reader_went_away_stops_the_command
         reporting.result("/videos/take.mp4")
 
 
-def test_a_result_longer_than_a_pipe_holds_whose_reader_goes_away_mid_write_stops_the_command(monkeypatch):
-    """`evaluate --json - | head -1` with a report over 64 KB had ended with 0: the pipe took part of the write, and
-    Python's buffered writer returned the part it took, dropping the rest without an error."""
+@pytest.mark.parametrize("write", [
+    lambda: reporting.result("{\n" + "x" * 200_000),
+    lambda: reporting.table("scores", ["video", "score"], [(f"{i}.mp4", 0.5) for i in range(3000)], to_stdout=True),
+], ids=["result", "table"])
+def test_output_longer_than_a_pipe_holds_whose_reader_goes_away_mid_write_stops_the_command(write, monkeypatch):
+    """`evaluate --json - | head -1` with a report over 64 KB (or a table as long) had ended with 0: the pipe took
+    part of the write, and Python's buffered writer (or rich's write) returned the part it took, dropping the rest
+    without an error."""
     import io
     import os
     import sys
@@ -491,37 +496,7 @@ def test_a_result_longer_than_a_pipe_holds_whose_reader_goes_away_mid_write_stop
     thread.start()
     try:
         with pytest.raises(OutputClosed):
-            reporting.result("{\n" + "x" * 200_000)
-    finally:
-        thread.join()
-        stdout.close()
-
-
-def test_a_table_longer_than_a_pipe_holds_whose_reader_goes_away_mid_write_stops_the_command(monkeypatch):
-    """`evaluate` of many videos into `| head -1`: rich's write of a table over 64 KB had been taken in part and the
-    command had ended with 0."""
-    import io
-    import os
-    import sys
-    import threading
-    import time
-
-    from vidbooth.errors import OutputClosed
-
-    read_end, write_end = os.pipe()
-
-    def reader() -> None:
-        time.sleep(0.5)
-        os.read(read_end, 10)
-        os.close(read_end)
-
-    thread = threading.Thread(target=reader)
-    stdout = io.TextIOWrapper(io.FileIO(write_end, "w"), encoding="utf-8")
-    monkeypatch.setattr(sys, "stdout", stdout)
-    thread.start()
-    try:
-        with pytest.raises(OutputClosed):
-            reporting.table("scores", ["video", "score"], [(f"take-{i}.mp4", 0.5) for i in range(3000)], to_stdout=True)
+            write()
     finally:
         thread.join()
         stdout.close()
