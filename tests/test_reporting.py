@@ -469,7 +469,7 @@ def test_a_result_into_a_scripts_stream_whose_reader_went_away_stops_the_command
 
 @pytest.mark.parametrize("write", [
     lambda: reporting.result("{\n" + "x" * 200_000),
-    lambda: reporting.table("scores", ["video", "score"], [(f"{i}.mp4", 0.5) for i in range(3000)], to_stdout=True),
+    lambda: reporting.table("scores", ["video", "score"], [(f"{i}.mp4", 0.5) for i in range(6000)], to_stdout=True),
 ], ids=["result", "table"])
 def test_output_longer_than_a_pipe_holds_whose_reader_goes_away_mid_write_stops_the_command(write, monkeypatch):
     """`evaluate --json - | head -1` with a report over 64 KB (or a table as long) had ended with 0: the pipe took
