@@ -423,8 +423,6 @@ def _write_whole(stdout: object, text: str) -> None:
 
 def _result_not_written(stdout: object, exc: OSError) -> NoReturn:
     """A result (a JSON document, a table) that stdout could not take, a full disk under it: one error line."""
-    import errno
-
     from vidbooth.fileio import disk_full
 
     _write_nowhere(stdout)  # Python's last flush would fail on the same bytes
