@@ -400,6 +400,15 @@ def test_a_folder_without_photos_names_every_accepted_type(tmp_path):
     assert all(extension in str(caught.value) for extension in images.IMAGE_EXTENSIONS)
 
 
+def test_a_file_pillow_cannot_open_is_told_with_what_to_do(tmp_path):
+    """Not only corrupt or misnamed: also a valid file of a kind Pillow does not decode (a 16-bit TIFF with alpha)."""
+    path = tmp_path / "noise.png"
+    path.write_bytes(b"not a picture " * 10)
+    with pytest.raises(UserError, match=r"noise\.png is not an image Pillow can read \(corrupt, misnamed, or of a kind "
+                                        r"it does not decode.*\): replace it with a PNG or JPEG of it, or remove it$"):
+        load_image(path)
+
+
 def test_a_folder_whose_photos_are_in_a_subfolder_names_it(tmp_path):
     """An unpacked archive often puts the photos one folder down: the error gives the folder to pass instead."""
     (tmp_path / "empty").mkdir()

@@ -351,7 +351,9 @@ def _open_image(path: Path) -> Image.Image:
         raise UserError(f"cannot read image {path}: permission denied; fix its permissions or copy it") from exc
     except Exception as exc:
         not_the_inputs_fault(exc)
-        raise UserError(f"{path} is not an image Pillow can read (corrupt or misnamed): remove or replace it") from exc
+        raise UserError(f"{path} is not an image Pillow can read (corrupt, misnamed, or of a kind it does not decode, "
+                        "such as a 16-bit TIFF with transparency): replace it with a PNG or JPEG of it, or remove it"
+                        ) from exc
 
 
 def _check_dimensions(path: Path, im: Image.Image, min_side: int) -> None:
