@@ -437,7 +437,7 @@ def test_each_reader_that_would_call_a_file_damaged_tells_a_machine_limit_as_it_
 
     readers = [(lambda: load_metadata(tmp_path / "a.safetensors"), "safetensors.safe_open"),
                (lambda: _read_checkpoint(tmp_path), "safetensors.torch.load_file"),
-               (lambda: images._open_image(tmp_path / "a.png"), (images.Image, "open")),
+               (lambda: images.open_image(tmp_path / "a.png"), (images.Image, "open")),
                (lambda: backbone.load_backbone(tiny_base_dirs["unet3d"]), (backbone, "load_tokenizer"))]
     class Animated:  # a GIF whose frames are counted by reading through them
         format, is_animated = "GIF", True

@@ -27,11 +27,12 @@ def test_class_images_named_in_another_encoding_are_digested(tmp_path):
     """A --class-images file named in another encoding had ended train-subject in a UnicodeEncodeError traceback."""
     import os
 
-    from vidbooth.engine.prior import class_image_files, class_images_sha256
+    from vidbooth.data.images import hash_files
+    from vidbooth.engine.prior import class_image_files
 
     for name in ("a.png", os.fsdecode(b"\xffb.png")):
         Image.new("RGB", (64, 64), "red").save(tmp_path / name)
-    assert len(class_images_sha256(class_image_files(tmp_path, 2))) == 64
+    assert len(hash_files(class_image_files(tmp_path, 2))) == 64
 
 
 def test_a_class_image_folder_whose_name_is_not_text_is_refused(tmp_path, monkeypatch):

@@ -65,7 +65,7 @@ def load_image(
     path = Path(path)
     check_image_file(path)
     _refuse_camera_file(path)
-    with reporting.reading(path), _open_image(path) as im:  # Pillow warns of damaged EXIF data, naming no photo
+    with reporting.reading(path), open_image(path) as im:  # Pillow warns of damaged EXIF data, naming no photo
         _check_dimensions(path, im, min_side)
         _warn_if_animated(path, im)
         _decode(path, im, max_short_side)
@@ -163,6 +163,15 @@ def hash_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def hash_files(files: Sequence[Path]) -> str:
+    """One sha256 over the files' names and bytes, in order (a frame folder's, class images'): what a resumed run
+    must find unchanged. Names are taken as the bytes they are, so a name not UTF-8 hashes too."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(os.fsencode(file.name) + f":{hash_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def copies(files: Sequence[Path], digests: Sequence[str]) -> list[tuple[Path, Path]]:
     """(first, copy) for each of `files` whose digest (`hash_file`) an earlier one has: a photo or clip given
     twice, or copied under another name, which would count once for each time it is given."""
@@ -244,7 +253,7 @@ def _photo_files(path: Path) -> list[Path]:
     warn_of_camera_files(path, entries)
     photos = [p for p in entries if is_image_file(p)]
     if not photos:
-        inner = [p for p in entries if p.is_dir() and _holds_images(p)]
+        inner = [p for p in entries if p.is_dir() and holds_images(p)]
         if inner:  # as an unpacked archive often has them
             raise UserError(f"no photos found in {path} (they are in its subfolder {inner[0].name}/): give {inner[0]}")
         kinds = f"{', '.join(IMAGE_EXTENSIONS[:-1])} or {IMAGE_EXTENSIONS[-1]}"  # every accepted type
@@ -259,7 +268,8 @@ def _photo_files(path: Path) -> list[Path]:
     return photos
 
 
-def _holds_images(folder: Path) -> bool:
+def holds_images(folder: Path) -> bool:
+    """Whether `folder` holds an image of a type photos may be (one it may not read holds none it can use)."""
     try:
         return any(is_image_file(f) for f in folder.iterdir())
     except OSError:  # a subfolder it may not read says nothing
@@ -343,7 +353,7 @@ def _pillow_pixel_limit_lifted() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK = saved
 
 
-def _open_image(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     try:
         with _pillow_pixel_limit_lifted():
             return Image.open(path)
@@ -391,9 +401,7 @@ def _decode(path: Path, im: Image.Image, max_short_side: int | None) -> None:
             im.draft(im.mode, _short_side_size(im.size, max_short_side))
         im.load()
         if im.format == "PNG":
-            with _pillow_pixel_limit_lifted():  # our limit, not Pillow's: a 200 MP PNG had been called corrupt
-                whole = Image.open(path)
-            with whole:
+            with open_image(path) as whole:  # under our pixel limit, not Pillow's: a 200 MP PNG had been called corrupt
                 whole.verify()
         ImageOps.exif_transpose(im, in_place=True)
     except Exception as exc:

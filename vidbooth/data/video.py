@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from vidbooth import reporting
-from vidbooth.data.images import _pillow_pixel_limit_lifted, to_rgb
+from vidbooth.data.images import open_image, to_rgb
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault
 from vidbooth.fileio import write_together
 
@@ -118,9 +118,7 @@ def video_file_problem(path: str | Path) -> str | None:
 
 def _is_animated(path: Path) -> bool:
     try:
-        with _pillow_pixel_limit_lifted():  # its size is not the question here: no bomb warning, nor error
-            im = Image.open(path)
-        with im:
+        with open_image(path) as im:  # under our pixel limit, not Pillow's: no bomb warning, nor error
             return bool(getattr(im, "is_animated", False))
     except Exception:  # unreadable: then it is no animation either
         return False

@@ -12,8 +12,6 @@ with probability `appearance.p_image_zero` (a zero embedding: `W_cond` has no bi
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -37,7 +35,7 @@ from vidbooth.adapters.motion import (
 from vidbooth.config.motion import MotionConfig
 from vidbooth.data.clips import (check_clip_exists, clip_to_tensor, load_clip_for_sampling, prepare_clip,
                                  sample_frames)
-from vidbooth.data.images import hash_file, is_image_file, natural_sort_key
+from vidbooth.data.images import hash_file, hash_files, is_image_file, natural_sort_key
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, denoising_loss, training_scheduler
 from vidbooth.errors import UserError
@@ -174,10 +172,7 @@ def source_sha256(path: Path) -> str:
     """sha256 of a video file, or of a frame folder's (name, sha256) list in frame order."""
     if not path.is_dir():
         return hash_file(path)
-    digest = hashlib.sha256()
-    for frame in sorted((p for p in path.iterdir() if is_image_file(p)), key=natural_sort_key):
-        digest.update(os.fsencode(frame.name) + f":{hash_file(frame)}\n".encode())  # a name not UTF-8 too
-    return digest.hexdigest()
+    return hash_files(sorted((p for p in path.iterdir() if is_image_file(p)), key=natural_sort_key))
 
 
 def training_items(backbone: Backbone, clips: list[TrainingClip], size: int, encoder) -> list[dict]:

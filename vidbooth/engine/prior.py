@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 from pathlib import Path
 
@@ -185,10 +184,10 @@ def class_image_files(path: str | Path, count: int) -> list[Path]:
 
 def _why_none(folder: Path) -> str:
     """What a class-image folder without images holds instead, and what to do."""
-    from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file
+    from vidbooth.data.images import IMAGE_EXTENSIONS, holds_images
     from vidbooth.data.video import VIDEO_EXTENSIONS
 
-    inner = sorted(p for p in folder.iterdir() if p.is_dir() and any(is_image_file(f) for f in p.iterdir()))
+    inner = sorted(p for p in folder.iterdir() if p.is_dir() and holds_images(p))
     if inner:
         return f" (they are in its subfolder {inner[0].name}/): give --class-images {inner[0]}"
     if any(p.suffix.lower() in VIDEO_EXTENSIONS for p in folder.iterdir()):
@@ -196,11 +195,3 @@ def _why_none(folder: Path) -> str:
     return f": add {', '.join(IMAGE_EXTENSIONS)} images of the class, or drop --class-images to generate them"
 
 
-def class_images_sha256(files: list[Path]) -> str:
-    """One sha256 over the class images' names and bytes, in order: what a resumed run must find unchanged."""
-    from vidbooth.data.images import hash_file
-
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(os.fsencode(file.name) + f":{hash_file(file)}\n".encode())  # a name not UTF-8 too
-    return digest.hexdigest()

@@ -284,7 +284,8 @@ def _check_library(cfg: SubjectConfig, stages: tuple[str, ...]) -> dict | None:
 def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
     """Every check that needs no model: name, library state, photos, class noun, class images."""
     from vidbooth.data.images import load_image
-    from vidbooth.engine.prior import class_image_files, class_images_sha256
+    from vidbooth.data.images import hash_files
+    from vidbooth.engine.prior import class_image_files
 
     cfg.check(stages)
     refuse_if_being_trained(KIND, cfg.name)  # another run of this name now is no stopped run
@@ -306,7 +307,7 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
         files = class_image_files(cfg.prior.class_images, cfg.prior.num_class_images)
         for file in files:  # each read once now, so that a bad one fails before the model loads; kept: none
             load_image(file)
-        class_images, digest = files, class_images_sha256(files)
+        class_images, digest = files, hash_files(files)
         if len(files) < cfg.prior.num_class_images:  # once they are read: a bad one is the one line said
             reporting.warn(
                 f"only {len(files)} class images in {cfg.prior.class_images}, fewer than prior.num_class_images "
