@@ -166,7 +166,8 @@ def test_whole_unet_forward_matches_math(tiny_backbones, family):
 @pytest.fixture
 def stand_in_xformers(monkeypatch):
     """A CPU stand-in for `xformers.ops.memory_efficient_attention` with the real one's contract: (B, L, h, D)
-    inputs, and a bias whose rows are aligned to 8 elements in memory (xformers refuses others). It checks the
+    inputs whose head size is a multiple of 8 (in half precision on Ampere and later GPUs; 4 in fp32), and a bias
+    whose rows are aligned to 8 elements in memory (xformers refuses others: 'No operator found'). It checks the
     layout and the mask handling of vidbooth's xformers backend where xformers cannot run; the gpu test below runs
     the real one."""
     import types
@@ -175,6 +176,7 @@ def stand_in_xformers(monkeypatch):
 
     def memory_efficient_attention(q, k, v, attn_bias=None):
         assert q.dim() == k.dim() == v.dim() == 4 and q.shape[2] == k.shape[2] and k.shape[1] == v.shape[1]
+        assert q.shape[-1] % 8 == 0 and v.shape[-1] % 8 == 0, "xformers: query.shape[-1] % 8 != 0"
         if attn_bias is not None:
             assert attn_bias.shape == (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
             assert attn_bias.stride(-2) % 8 == 0, "xformers: the bias's last dimension must be aligned to 8"
@@ -209,12 +211,26 @@ def test_the_xformers_backend_passes_a_batch_over_its_limit_in_parts(stand_in_xf
     from vidbooth.attention import backends
 
     monkeypatch.setattr(backends, "XFORMERS_MAX_BATCH", 2)
-    q, k, v = (torch.randn(5, 3, 7, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    q, k, v = (torch.randn(5, 3, 7, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
     keep = torch.rand(5, 1, 1, 7, generator=torch.Generator().manual_seed(3)) > 0.3
     keep[..., 0] = True
     assert torch.allclose(backends._xformers(q, k, v), attention(q, k, v, backend="math"), atol=1e-5)
     assert torch.allclose(backends._xformers(q, k, v, keep), attention(q, k, v, keep, backend="math"), atol=1e-5)
     assert stand_in_xformers == [False] * 3 + [True] * 3  # 5 videos in parts of 2, 2 and 1, each time
+
+
+def test_the_xformers_backend_passes_heads_xformers_cannot_take_to_sdpa(stand_in_xformers):
+    """xformers' kernels take heads of a multiple of 8 values (in fp16 and bf16 on Ampere and later GPUs): nano's
+    heads of 4, the tiny models' of 2 and 4, had failed on CUDA with 'No operator found' wherever xformers ran."""
+    from vidbooth.attention.backends import _xformers
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 3, 7, 4, generator=g) for _ in range(3))
+    keep = torch.rand(2, 1, 1, 7, generator=g) > 0.3
+    keep[..., 0] = True
+    assert torch.allclose(_xformers(q, k, v), attention(q, k, v, backend="math"), atol=1e-5)
+    assert torch.allclose(_xformers(q, k, v, keep), attention(q, k, v, keep, backend="math"), atol=1e-5)
+    assert stand_in_xformers == []
 
 
 @pytest.mark.gpu

@@ -75,6 +75,8 @@ def _sdpa(q, k, v, mask=None):
         "the xformers release made for your torch version)",
 )
 def _xformers(q, k, v, mask=None):
+    if q.shape[-1] % XFORMERS_HEAD_ALIGNMENT or v.shape[-1] % XFORMERS_HEAD_ALIGNMENT:
+        return _sdpa(q, k, v, mask)
     import xformers.ops as xops
 
     if mask is not None and mask.dtype == torch.bool:
@@ -94,6 +96,11 @@ def _xformers(q, k, v, mask=None):
     ])
     return out.transpose(1, 2)
 
+
+XFORMERS_HEAD_ALIGNMENT = 8
+"""xformers' kernels take heads of a multiple of 8 values only (in fp16 and bf16 on Ampere and later GPUs, 4 in fp32;
+'No operator found for memory_efficient_attention_forward ... query.shape[-1] % 8 != 0'): nano's heads of 4, and
+the tiny models' of 2 and 4, go through SDPA, which takes any."""
 
 XFORMERS_MAX_BATCH = 65535
 """xformers' kernels fail from a batch of 65536 ('CUDA error: invalid configuration argument', xformers issue 845):
