@@ -233,6 +233,28 @@ def test_the_xformers_backend_passes_heads_xformers_cannot_take_to_sdpa(stand_in
     assert stand_in_xformers == []
 
 
+def test_a_whole_animatediff_unet_runs_through_the_xformers_backend(stand_in_xformers, tiny_backbones, monkeypatch):
+    """Its heads of 8 and 16 values through xformers' contract, its motion modules' heads of 2 and 4 through SDPA:
+    the forward pass gives what `math` gives."""
+    from vidbooth.attention import backends
+
+    bb = tiny_backbones["animatediff"]
+    g = torch.Generator().manual_seed(0)
+    latents, text = torch.randn(1, 4, 4, 8, 8, generator=g), torch.randn(1, 32, 32, generator=g)
+    monkeypatch.setitem(backends._REGISTRY, "xformers",
+                        dataclasses.replace(backends._REGISTRY["xformers"], is_available=lambda device: True))
+    outputs = {}
+    try:
+        for backend in ("math", "xformers"):
+            set_attention_backend(bb.unet, backend, bb.device)
+            with torch.no_grad():
+                outputs[backend] = bb.unet_forward(latents, 500, text)
+    finally:
+        set_attention_backend(bb.unet, bb.attention_backend, bb.device)
+    assert torch.allclose(outputs["xformers"], outputs["math"], atol=1e-5)
+    assert stand_in_xformers and not any(stand_in_xformers)  # xformers ran, without masks
+
+
 @pytest.mark.gpu
 def test_xformers_matches_math_on_cuda():
     pytest.importorskip("xformers")
