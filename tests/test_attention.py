@@ -256,10 +256,18 @@ def test_a_whole_animatediff_unet_runs_through_the_xformers_backend(stand_in_xfo
 
 
 @pytest.mark.gpu
-def test_xformers_matches_math_on_cuda():
+@pytest.mark.parametrize("masked", [False, True])
+def test_xformers_matches_math_on_cuda(masked):
+    """The real xformers, unmasked and with a boolean mask over 5 keys (a bias padded to 8 elements per row)."""
     pytest.importorskip("xformers")
     q, k, v = (t.cuda().half() for t in _qkv())
-    assert torch.allclose(attention(q, k, v, backend="xformers").float(), attention(q, k, v, backend="math").float(), atol=2e-3)
+    keep = None
+    if masked:
+        keep = torch.rand(2, 1, 1, 5, generator=torch.Generator().manual_seed(2)) > 0.3
+        keep[..., 0] = True
+        keep = keep.cuda()
+    ours = attention(q, k, v, keep, backend="xformers").float()
+    assert torch.allclose(ours, attention(q, k, v, keep, backend="math").float(), atol=2e-3)
 
 
 @pytest.mark.parametrize("options", [
