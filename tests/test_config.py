@@ -187,6 +187,8 @@ def test_env_attention_only_when_config_says_auto(monkeypatch, recipe):
     monkeypatch.setenv("VIDBOOTH_ATTENTION", "math")
     assert load_config(GenerateConfig).runtime.attention == "math"
     assert load_config(GenerateConfig, None, ["runtime.attention=sdpa"]).runtime.attention == "sdpa"
+    # names are taken in any case ('AUTO' had kept the variable out)
+    assert load_config(GenerateConfig, None, ["runtime.attention=AUTO"]).runtime.attention == "math"
 
 
 def test_resolved_config_round_trips(recipe, tmp_path):

@@ -127,7 +127,8 @@ def resolve_backend(name: str, device: torch.device | str | None = None) -> str:
         return "sdpa"
     if name not in _REGISTRY:
         raise UserError(
-            f"unknown attention backend '{name}' (from --attention, or $VIDBOOTH_ATTENTION when the flag is auto): "
+            f"unknown attention backend '{name}' (from --attention, runtime.attention, or $VIDBOOTH_ATTENTION when "
+            "they say auto): "
             f"choose one of auto, {', '.join(registered_backends())}"
         )
     backend = _REGISTRY[name]

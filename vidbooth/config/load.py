@@ -387,7 +387,7 @@ def _apply_env(obj: Any) -> None:
     """VIDBOOTH_ATTENTION sets the attention backend when the config leaves it on 'auto'."""
     runtime = getattr(obj, "runtime", None)
     env = os.environ.get("VIDBOOTH_ATTENTION")
-    if runtime is not None and env and getattr(runtime, "attention", None) == "auto":
+    if runtime is not None and env and str(getattr(runtime, "attention", "")).lower() == "auto":
         runtime.attention = env
 
 
