@@ -229,7 +229,11 @@ def test_a_run_folder_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
                     # (mutation testing: each of these checks could go unnoticed)
                     {k: v for k, v in state.items() if k != arch}, state | {"steps": state["steps"] | {"unet": True}},
                     state | {"curve": [1]}, state | {"fresh_moments": "clip"},
-                    state | {"seconds": {k: v for k, v in state["seconds"].items() if k != "unet"}}, None):
+                    state | {"seconds": {k: v for k, v in state["seconds"].items() if k != "unet"}},
+                    # the seeds, the UNet's shape or a probe's step missing had been a KeyError or AttributeError
+                    {k: v for k, v in state.items() if k != "seed"}, state | {"split_seed": "0"},
+                    state | {arch: {}}, state | {arch: state[arch] | {"unet": [16, 16]}},
+                    state | {"curve": [{"loss": 1.0}]}, None):
         state_file.write_text("[" * 100_000 + "]" * 100_000 if damaged is None else json.dumps(damaged))
         with pytest.raises(UserError, match=r"state.json is (damaged .*|not valid JSON): delete the run folder and "
                                             r"rerun$"):

@@ -109,9 +109,14 @@ def _state_shape(state: object) -> bool:
     def numbers(value: object, kind: type | tuple) -> bool:
         return isinstance(value, dict) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value.values())
 
-    return (isinstance(state, dict) and isinstance(state.get("arch", state.get("architecture")), dict)
+    def probe(row: object) -> bool:
+        return isinstance(row, dict) and isinstance(row.get("unet_step"), int)
+
+    arch = state.get("arch", state.get("architecture")) if isinstance(state, dict) else None
+    return (isinstance(arch, dict) and isinstance(arch.get("unet"), dict)
+            and all(isinstance(state.get(key), int) for key in ("seed", "split_seed"))
             and numbers(state.get("steps"), int) and numbers(state.get("seconds"), (int, float))
-            and isinstance(state.get("curve"), list) and all(isinstance(row, dict) for row in state["curve"])
+            and isinstance(state.get("curve"), list) and all(probe(row) for row in state["curve"])
             and isinstance(state.get("vae_scaling_factor", 1.0), int | float)
             and isinstance(state.get("fresh_moments", []), list))
 
