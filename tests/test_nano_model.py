@@ -1031,3 +1031,40 @@ def test_a_checkpoint_it_may_not_write_is_one_line_naming_the_file_not_a_full_di
     assert len(errors) == 1 and "permission denied: " in errors[0] and "autoencoder" in errors[0], errors
     assert "disk is full" not in errors[0]
     assert not (tmp_path / "run" / ckpt.STATE_FILE).exists()
+
+
+@pytest.mark.parametrize("damage", ["no seed", "no minutes", "steps of another kind", "no text_encoder",
+                                    "unet cut short", "unet lacks a tensor"])
+def test_a_damaged_model_to_start_from_is_refused_in_one_line_and_leaves_no_run(
+    damage, tmp_path, char_tokenizer, probed_every_step
+):
+    """A nano.json without a key had been a KeyError traceback after some stage weights were written (a folder the
+    next run took for none); a part missing had asked the hub for it, a part cut short been an OSError traceback."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(probed_every_step.model_dir, model)
+    provenance = json.loads((model / "nano.json").read_text())
+    if damage == "no seed":
+        del provenance["seed"]
+    elif damage == "no minutes":
+        del provenance["minutes"]
+    elif damage == "steps of another kind":
+        provenance["steps"]["clip"] = "2"
+    elif damage == "no text_encoder":
+        shutil.rmtree(model / "text_encoder")
+    elif damage == "unet cut short":
+        weights = next((model / "unet").glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:100])
+    else:  # diffusers leaves it empty ('meta'), which failed only once the stage weights before it were written
+        from safetensors.torch import load_file, save_file
+
+        weights = next((model / "unet").glob("*.safetensors"))
+        tensors = load_file(weights)
+        save_file({k: v for k, v in tensors.items() if k != sorted(tensors)[0]}, weights, {"format": "pt"})
+    (model / "nano.json").write_text(json.dumps(provenance))
+    cfg = tiny_config(tmp_path / "new", char_tokenizer, unet_steps=3, init_from=str(model))
+    refused = rf"^{re.escape(str(model))}(/nano.json is damaged| is not a complete| cannot be loaded)"
+    with pytest.raises(UserError, match=refused + r".*: check --init-from, or export the model again$"):
+        nano.pretrain(cfg)
+    assert not (tmp_path / "new" / "run").exists()

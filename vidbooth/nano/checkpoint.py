@@ -121,6 +121,13 @@ def _state_shape(state: object) -> bool:
             and isinstance(state.get("fresh_moments", []), list))
 
 
+def provenance_shape(provenance: object, stages: tuple[str, ...]) -> bool:
+    """Whether an exported model's nano.json holds what `--init-from` takes from it (a run's state, in minutes)."""
+    return (isinstance(provenance, dict) and _state_shape(provenance | {"seconds": provenance.get("minutes")})
+            and all(stage in provenance["steps"] and stage in provenance["minutes"] for stage in stages)
+            and isinstance(provenance.get("logit_scale", 1.0), int | float))
+
+
 def state_writes(run_dir: Path, state: dict) -> list[tuple[Path, Callable[[Path], object]]]:
     """The (path, write) pairs of a `write_together` that saves the run's state and its probe curve (as CSV)."""
     curve = io.StringIO()

@@ -24,7 +24,7 @@ from vidbooth.data.video import check_writable_dir
 from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
-from vidbooth.errors import UserError, stopped
+from vidbooth.errors import UserError, not_the_inputs_fault, stopped
 from vidbooth.fileio import disk_full, lock_beside, write_together
 from vidbooth.nano import PACKAGED
 from vidbooth.nano import checkpoint as ckpt
@@ -43,6 +43,8 @@ from vidbooth.reporting import info, progress
 STAGES = ("autoencoder", "clip", "unet")
 TEMPORAL = ("temp_convs", "temp_attentions", "transformer_in")
 WARMUP_FRACTION = 0.05
+EXPORTED_PARTS = ("text_encoder", "image_encoder", "vae", "unet")
+"""The folders of an exported model that --init-from loads weights from."""
 
 
 @dataclass
@@ -310,10 +312,7 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
     folder = PACKAGED if source == "nano" else Path(source)
-    try:
-        provenance = json.loads((folder / "nano.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder} is not an exported nano model (no readable nano.json): check --init-from") from exc
+    provenance = _read_provenance(folder)
     if _identity(provenance) != run.identity:
         raise UserError(f"{folder} was trained with other settings than this run's "
                         f"({_identity_difference(_identity(provenance), run.identity)}): continue it with those")
@@ -322,15 +321,25 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
         if asked > done and any(provenance["steps"][later] for later in STAGES[STAGES.index(stage) + 1:]):
             raise UserError(f"with --init-from {source}, {stage}.steps must be at most {done}, where it stopped "
                             f"before its later stages began, got {asked}")
+    for part in EXPORTED_PARTS:  # a path that is no folder is taken for a hub id: not asked of the hub
+        if not (folder / part).is_dir():
+            raise UserError(f"{folder} is not a complete nano export (no {part}/): check --init-from, or export the "
+                            "model again")
     clip = build_clip(run.cfg.arch, tokenizer)  # the text projection stays fresh: the CLIP stage is done
-    clip.text_model.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
-    image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
-    clip.vision_model.load_state_dict(image.vision_model.state_dict())
-    clip.visual_projection.load_state_dict(image.visual_projection.state_dict())
+    try:
+        clip.text_model.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
+        image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
+        clip.vision_model.load_state_dict(image.vision_model.state_dict())
+        clip.visual_projection.load_state_dict(image.visual_projection.state_dict())
+        vae = AutoencoderKL.from_pretrained(folder / "vae")
+        unet = UNet3DConditionModel.from_pretrained(folder / "unet")
+        _check_complete(vae, unet)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        not_the_inputs_fault(exc)
+        raise UserError(f"{folder} cannot be loaded (damaged or edited: {str(exc).splitlines()[0]}): check "
+                        "--init-from, or export the model again") from exc
     if "logit_scale" in provenance:  # the learned temperature, kept so that the new export reports it too
         clip.logit_scale.data.fill_(float(np.log(provenance["logit_scale"])))
-    vae = AutoencoderKL.from_pretrained(folder / "vae")
-    unet = UNet3DConditionModel.from_pretrained(folder / "unet")
     denoiser = _Models(tokenizer, vae, clip, unet).denoiser()
     run.dir.mkdir(parents=True, exist_ok=True)  # only now: a bad --init-from leaves no run folder behind
     for stage, model in (("autoencoder", vae), ("clip", clip), ("unet", denoiser)):
@@ -344,6 +353,26 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
         fresh_moments=list(STAGES),  # an exported model has no optimizer moments: a continued stage starts them anew
     )
     ckpt.write_state(run.dir, run.state)
+
+
+def _check_complete(*modules: torch.nn.Module) -> None:
+    """A ValueError naming a tensor that the files lacked: diffusers leaves it empty ('meta') with a log line."""
+    for module in modules:
+        missing = [name for name, tensor in module.state_dict().items() if tensor.is_meta]
+        if missing:
+            raise ValueError(f"its {type(module).__name__} weights lack {len(missing)} tensor(s), such as {missing[0]}")
+
+
+def _read_provenance(folder: Path) -> dict:
+    """The nano.json of the exported model in `folder`, refused in one line unless it holds what --init-from takes."""
+    try:
+        provenance = json.loads((folder / "nano.json").read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"{folder} is not an exported nano model (no readable nano.json): check --init-from") from exc
+    if not ckpt.provenance_shape(provenance, STAGES):
+        raise UserError(f"{folder}/nano.json is damaged (its settings, step counts, minutes or curve are missing or of "
+                        "another kind): check --init-from, or export the model again")
+    return provenance
 
 
 def _build(cfg: PretrainConfig, run: _Run) -> _Models:
