@@ -1068,3 +1068,21 @@ def test_a_damaged_model_to_start_from_is_refused_in_one_line_and_leaves_no_run(
     with pytest.raises(UserError, match=refused + r".*: check --init-from, or export the model again$"):
         nano.pretrain(cfg)
     assert not (tmp_path / "new" / "run").exists()
+
+
+def test_a_tokenizer_folder_without_a_readable_tokenizer_is_refused_before_training(tmp_path, char_tokenizer):
+    """An empty folder had loaded as a tokenizer of 2 tokens: the autoencoder trained, then the CLIP stage failed
+    with an IndexError traceback; a damaged tokenizer.json had been a JSONDecodeError traceback."""
+    import shutil
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(char_tokenizer, damaged)
+    tokenizer_json = damaged / "tokenizer.json"
+    (tokenizer_json if tokenizer_json.is_file() else damaged / "vocab.json").write_text('{"version": ')
+    for folder, said in ((empty, "not found"), (damaged, "cannot be read")):
+        with pytest.raises(UserError, match=rf"^tokenizer '{re.escape(str(folder))}' {said}.*: give 'nano', a "
+                                            r"CLIPTokenizer folder or an open-clip-torch wheel \(.whl\)$"):
+            nano.pretrain(tiny_config(tmp_path, folder))
+        assert not (tmp_path / "run").exists()

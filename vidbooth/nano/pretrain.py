@@ -43,6 +43,8 @@ from vidbooth.reporting import info, progress
 STAGES = ("autoencoder", "clip", "unet")
 TEMPORAL = ("temp_convs", "temp_attentions", "transformer_in")
 WARMUP_FRACTION = 0.05
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+"""A CLIPTokenizer folder holds one of these (vocab.json with merges.txt)."""
 EXPORTED_PARTS = ("text_encoder", "image_encoder", "vae", "unet")
 """The folders of an exported model that --init-from loads weights from."""
 
@@ -197,11 +199,14 @@ def load_tokenizer(source: str, max_length: int):
     if source.endswith(".whl"):
         return build_clip_tokenizer(source, max_length)
     folder = PACKAGED / "tokenizer" if source == "nano" else Path(source)
-    if not folder.is_dir():
-        raise UserError(
-            f"tokenizer '{source}' not found: give 'nano', a CLIPTokenizer folder or an open-clip-torch wheel (.whl)"
-        )
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    fix = "give 'nano', a CLIPTokenizer folder or an open-clip-torch wheel (.whl)"
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):  # an empty folder loads as 2 tokens
+        raise UserError(f"tokenizer '{source}' not found (no {' or '.join(TOKENIZER_FILES)} in it): {fix}")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    except Exception as exc:  # the tokenizers library's own errors are plain Exceptions
+        not_the_inputs_fault(exc)
+        raise UserError(f"tokenizer '{source}' cannot be read ({str(exc).splitlines()[0]}): {fix}") from exc
     tokenizer.model_max_length = max_length
     return tokenizer
 
