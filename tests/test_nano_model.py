@@ -1086,3 +1086,18 @@ def test_a_tokenizer_folder_without_a_readable_tokenizer_is_refused_before_train
                                             r"CLIPTokenizer folder or an open-clip-torch wheel \(.whl\)$"):
             nano.pretrain(tiny_config(tmp_path, folder))
         assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_that_lost_its_state_is_refused_not_started_over(tmp_path, char_tokenizer):
+    """Without state.json, --resume had said 'run without --resume to start', and that run overwrote every
+    checkpoint in the folder without a word."""
+    from vidbooth.nano import checkpoint as ckpt
+
+    run = nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=2)).run_dir
+    (run / ckpt.STATE_FILE).unlink()
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    for resume in (True, False):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(run))} holds checkpoints but no state.json: put it "
+                                            r"back and pass --resume, or delete the run folder .*to start over$"):
+            nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=4, resume=resume))
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
