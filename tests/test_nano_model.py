@@ -1101,3 +1101,24 @@ def test_a_run_folder_that_lost_its_state_is_refused_not_started_over(tmp_path, 
                                             r"back and pass --resume, or delete the run folder .*to start over$"):
             nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=4, resume=resume))
     assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+
+
+def test_a_run_or_model_continued_with_another_tokenizer_is_refused_naming_it(tmp_path, char_tokenizer,
+                                                                             probed_every_step):
+    """Its token table did not fit: --resume had said the checkpoint was damaged, to delete the run folder (a good
+    run lost to a wrong setting), and --init-from had been a traceback."""
+    import shutil
+
+    run = tmp_path / "copied"  # the module's run stays as it is, whatever this test finds
+    shutil.copytree(probed_every_step.run_dir, run)
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    said = r"was trained with a tokenizer of \d+ tokens, but tokenizer 'nano' has 49408: give the one it was trained"
+    resumed = tiny_config(tmp_path, char_tokenizer, unet_steps=3, resume=True)
+    resumed.out, resumed.tokenizer = str(run), "nano"
+    with pytest.raises(UserError, match=rf"^{re.escape(str(run / 'clip.safetensors'))} {said}"):
+        nano.pretrain(resumed)
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    started = tiny_config(tmp_path, "nano", unet_steps=3, init_from=str(probed_every_step.model_dir))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(probed_every_step.model_dir))} {said}"):
+        nano.pretrain(started)
+    assert not (tmp_path / "run").exists()

@@ -60,6 +60,17 @@ def load_tensors(path: Path, step: int | None = None) -> dict[str, torch.Tensor]
     return tensors
 
 
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """The shape of each tensor in `path`; empty when the file cannot be read (`restore` says why)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return {key: file.get_slice(key).get_shape() for key in file.keys()}
+    except Exception:
+        return {}
+
+
 def restore(path: Path, step: int, load: Callable[[dict[str, torch.Tensor]], object]) -> None:
     """`load` the tensors of `path`, saved at `step`, into a model or optimizer; tensors that do not fit it (of
     other shapes or names: a damaged or edited file) are refused in one line."""

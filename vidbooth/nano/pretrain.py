@@ -332,7 +332,9 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
                             "model again")
     clip = build_clip(run.cfg.arch, tokenizer)  # the text projection stays fresh: the CLIP stage is done
     try:
-        clip.text_model.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
+        text_model = CLIPTextModel.from_pretrained(folder / "text_encoder")
+        _check_vocabulary(text_model.config.vocab_size, run.cfg.tokenizer, tokenizer, folder)
+        clip.text_model.load_state_dict(text_model.state_dict())
         image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
         clip.vision_model.load_state_dict(image.vision_model.state_dict())
         clip.visual_projection.load_state_dict(image.visual_projection.state_dict())
@@ -358,6 +360,22 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
         fresh_moments=list(STAGES),  # an exported model has no optimizer moments: a continued stage starts them anew
     )
     ckpt.write_state(run.dir, run.state)
+
+
+def _check_vocabulary(tokens: int, source: str, tokenizer, trained: Path) -> None:
+    """Refuse weights whose token table (`tokens` rows) is not the tokenizer's: they would not load, and a
+    checkpoint that does not fit is otherwise told as damaged (to be deleted)."""
+    if tokens != len(tokenizer):
+        raise UserError(f"{trained} was trained with a tokenizer of {tokens} tokens, but tokenizer '{source}' has "
+                        f"{len(tokenizer)}: give the one it was trained with (--set tokenizer=...)")
+
+
+def _check_checkpoint_vocabulary(weights: Path, model: torch.nn.Module, table: str, source: str, tokenizer) -> None:
+    """`_check_vocabulary` of a checkpoint whose tensors all fit `model` but its token `table`."""
+    saved = ckpt.tensor_shapes(weights)
+    expected = {key: list(tensor.shape) for key, tensor in model.state_dict().items()}
+    if table in saved and saved | {table: expected.get(table)} == expected:
+        _check_vocabulary(saved[table][0], source, tokenizer, weights)
 
 
 def _check_complete(*modules: torch.nn.Module) -> None:
@@ -386,6 +404,10 @@ def _build(cfg: PretrainConfig, run: _Run) -> _Models:
     if cfg.init_from:
         _adopt_model(run, cfg.init_from, tokenizer)
     models = _Models(tokenizer, build_vae(cfg.arch), build_clip(cfg.arch, tokenizer), build_unet(cfg.arch))
+    for stage, text_model in (("clip", "text_model"), ("unet", "text_encoder")):
+        if run.state["steps"][stage]:
+            _check_checkpoint_vocabulary(run.dir / f"{stage}.safetensors", models.of(stage),
+                                         f"{text_model}.embeddings.token_embedding.weight", cfg.tokenizer, tokenizer)
     for stage in STAGES:
         if run.state["steps"][stage]:
             ckpt.restore(run.dir / f"{stage}.safetensors", run.state["steps"][stage], models.of(stage).load_state_dict)
