@@ -229,7 +229,11 @@ def test_a_run_folder_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
                     # (mutation testing: each of these checks could go unnoticed)
                     {k: v for k, v in state.items() if k != arch}, state | {"steps": state["steps"] | {"unet": True}},
                     state | {"curve": [1]}, state | {"fresh_moments": "clip"},
-                    state | {"seconds": {k: v for k, v in state["seconds"].items() if k != "unet"}}, None):
+                    state | {"seconds": {k: v for k, v in state["seconds"].items() if k != "unet"}},
+                    # the seeds, the UNet's shape or a probe's step missing had been a KeyError or AttributeError
+                    {k: v for k, v in state.items() if k != "seed"}, state | {"split_seed": "0"},
+                    state | {arch: {}}, state | {arch: state[arch] | {"unet": [16, 16]}},
+                    state | {"curve": [{"loss": 1.0}]}, None):
         state_file.write_text("[" * 100_000 + "]" * 100_000 if damaged is None else json.dumps(damaged))
         with pytest.raises(UserError, match=r"state.json is (damaged .*|not valid JSON): delete the run folder and "
                                             r"rerun$"):
@@ -1027,3 +1031,94 @@ def test_a_checkpoint_it_may_not_write_is_one_line_naming_the_file_not_a_full_di
     assert len(errors) == 1 and "permission denied: " in errors[0] and "autoencoder" in errors[0], errors
     assert "disk is full" not in errors[0]
     assert not (tmp_path / "run" / ckpt.STATE_FILE).exists()
+
+
+@pytest.mark.parametrize("damage", ["no seed", "no minutes", "steps of another kind", "no text_encoder",
+                                    "unet cut short", "unet lacks a tensor"])
+def test_a_damaged_model_to_start_from_is_refused_in_one_line_and_leaves_no_run(
+    damage, tmp_path, char_tokenizer, probed_every_step
+):
+    """A nano.json without a key had been a KeyError traceback after some stage weights were written (a folder the
+    next run took for none); a part missing had asked the hub for it, a part cut short been an OSError traceback."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(probed_every_step.model_dir, model)
+    provenance = json.loads((model / "nano.json").read_text())
+    if damage == "no seed":
+        del provenance["seed"]
+    elif damage == "no minutes":
+        del provenance["minutes"]
+    elif damage == "steps of another kind":
+        provenance["steps"]["clip"] = "2"
+    elif damage == "no text_encoder":
+        shutil.rmtree(model / "text_encoder")
+    elif damage == "unet cut short":
+        weights = next((model / "unet").glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:100])
+    else:  # diffusers leaves it empty ('meta'), which failed only once the stage weights before it were written
+        from safetensors.torch import load_file, save_file
+
+        weights = next((model / "unet").glob("*.safetensors"))
+        tensors = load_file(weights)
+        save_file({k: v for k, v in tensors.items() if k != sorted(tensors)[0]}, weights, {"format": "pt"})
+    (model / "nano.json").write_text(json.dumps(provenance))
+    cfg = tiny_config(tmp_path / "new", char_tokenizer, unet_steps=3, init_from=str(model))
+    refused = rf"^{re.escape(str(model))}(/nano.json is damaged| is not a complete| cannot be loaded)"
+    with pytest.raises(UserError, match=refused + r".*: check --init-from, or export the model again$"):
+        nano.pretrain(cfg)
+    assert not (tmp_path / "new" / "run").exists()
+
+
+def test_a_tokenizer_folder_without_a_readable_tokenizer_is_refused_before_training(tmp_path, char_tokenizer):
+    """An empty folder had loaded as a tokenizer of 2 tokens: the autoencoder trained, then the CLIP stage failed
+    with an IndexError traceback; a damaged tokenizer.json had been a JSONDecodeError traceback."""
+    import shutil
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(char_tokenizer, damaged)
+    tokenizer_json = damaged / "tokenizer.json"
+    (tokenizer_json if tokenizer_json.is_file() else damaged / "vocab.json").write_text('{"version": ')
+    for folder, said in ((empty, "not found"), (damaged, "cannot be read")):
+        with pytest.raises(UserError, match=rf"^tokenizer '{re.escape(str(folder))}' {said}.*: give 'nano', a "
+                                            r"CLIPTokenizer folder or an open-clip-torch wheel \(.whl\)$"):
+            nano.pretrain(tiny_config(tmp_path, folder))
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_that_lost_its_state_is_refused_not_started_over(tmp_path, char_tokenizer):
+    """Without state.json, --resume had said 'run without --resume to start', and that run overwrote every
+    checkpoint in the folder without a word."""
+    from vidbooth.nano import checkpoint as ckpt
+
+    run = nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=2)).run_dir
+    (run / ckpt.STATE_FILE).unlink()
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    for resume in (True, False):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(run))} holds checkpoints but no state.json: put it "
+                                            r"back and pass --resume, or delete the run folder .*to start over$"):
+            nano.pretrain(tiny_config(tmp_path, char_tokenizer, unet_steps=4, resume=resume))
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+
+
+def test_a_run_or_model_continued_with_another_tokenizer_is_refused_naming_it(tmp_path, char_tokenizer,
+                                                                             probed_every_step):
+    """Its token table did not fit: --resume had said the checkpoint was damaged, to delete the run folder (a good
+    run lost to a wrong setting), and --init-from had been a traceback."""
+    import shutil
+
+    run = tmp_path / "copied"  # the module's run stays as it is, whatever this test finds
+    shutil.copytree(probed_every_step.run_dir, run)
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    said = r"was trained with a tokenizer of \d+ tokens, but tokenizer 'nano' has 49408: give the one it was trained"
+    resumed = tiny_config(tmp_path, char_tokenizer, unet_steps=3, resume=True)
+    resumed.out, resumed.tokenizer = str(run), "nano"
+    with pytest.raises(UserError, match=rf"^{re.escape(str(run / 'clip.safetensors'))} {said}"):
+        nano.pretrain(resumed)
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    started = tiny_config(tmp_path, "nano", unet_steps=3, init_from=str(probed_every_step.model_dir))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(probed_every_step.model_dir))} {said}"):
+        nano.pretrain(started)
+    assert not (tmp_path / "run").exists()

@@ -89,7 +89,12 @@ def run_in_progress(run: Path) -> Callable[[str], str]:
 def check_run_folder(run: Path, resume: bool, holds_a_run: bool) -> None:
     """A UserError for a run folder that holds a run without --resume, or none with it. Checked before torch loads
     (a checkpoint's journal alone counts: a save killed midway) and again under the run's lock, once that journal
-    is finished (one cut short leaves nothing; another run may have begun)."""
+    is finished (one cut short leaves nothing; another run may have begun). Stage checkpoints without state.json
+    are refused either way: a new run would overwrite them."""
+    checkpoints = [path for path in run.glob("*.safetensors") if not path.name.startswith(".")]  # not a save's own
+    if checkpoints and not holds_a_run:
+        raise UserError(f"{run} holds checkpoints but no {STATE_FILE}: put it back and pass --resume, or delete the "
+                        "run folder (or give another --out) to start over")
     if holds_a_run and not resume:
         raise UserError(f"{run} already holds a pretraining run: pass --resume to continue, or another --out")
     if resume and not holds_a_run:

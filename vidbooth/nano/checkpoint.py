@@ -60,6 +60,17 @@ def load_tensors(path: Path, step: int | None = None) -> dict[str, torch.Tensor]
     return tensors
 
 
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """The shape of each tensor in `path`; empty when the file cannot be read (`restore` says why)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return {key: file.get_slice(key).get_shape() for key in file.keys()}
+    except Exception:
+        return {}
+
+
 def restore(path: Path, step: int, load: Callable[[dict[str, torch.Tensor]], object]) -> None:
     """`load` the tensors of `path`, saved at `step`, into a model or optimizer; tensors that do not fit it (of
     other shapes or names: a damaged or edited file) are refused in one line."""
@@ -109,11 +120,23 @@ def _state_shape(state: object) -> bool:
     def numbers(value: object, kind: type | tuple) -> bool:
         return isinstance(value, dict) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value.values())
 
-    return (isinstance(state, dict) and isinstance(state.get("arch", state.get("architecture")), dict)
+    def probe(row: object) -> bool:
+        return isinstance(row, dict) and isinstance(row.get("unet_step"), int)
+
+    arch = state.get("arch", state.get("architecture")) if isinstance(state, dict) else None
+    return (isinstance(arch, dict) and isinstance(arch.get("unet"), dict)
+            and all(isinstance(state.get(key), int) for key in ("seed", "split_seed"))
             and numbers(state.get("steps"), int) and numbers(state.get("seconds"), (int, float))
-            and isinstance(state.get("curve"), list) and all(isinstance(row, dict) for row in state["curve"])
+            and isinstance(state.get("curve"), list) and all(probe(row) for row in state["curve"])
             and isinstance(state.get("vae_scaling_factor", 1.0), int | float)
             and isinstance(state.get("fresh_moments", []), list))
+
+
+def provenance_shape(provenance: object, stages: tuple[str, ...]) -> bool:
+    """Whether an exported model's nano.json holds what `--init-from` takes from it (a run's state, in minutes)."""
+    return (isinstance(provenance, dict) and _state_shape(provenance | {"seconds": provenance.get("minutes")})
+            and all(stage in provenance["steps"] and stage in provenance["minutes"] for stage in stages)
+            and isinstance(provenance.get("logit_scale", 1.0), int | float))
 
 
 def state_writes(run_dir: Path, state: dict) -> list[tuple[Path, Callable[[Path], object]]]:

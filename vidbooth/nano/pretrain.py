@@ -24,7 +24,7 @@ from vidbooth.data.video import check_writable_dir
 from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
-from vidbooth.errors import UserError, stopped
+from vidbooth.errors import UserError, not_the_inputs_fault, stopped
 from vidbooth.fileio import disk_full, lock_beside, write_together
 from vidbooth.nano import PACKAGED
 from vidbooth.nano import checkpoint as ckpt
@@ -43,6 +43,10 @@ from vidbooth.reporting import info, progress
 STAGES = ("autoencoder", "clip", "unet")
 TEMPORAL = ("temp_convs", "temp_attentions", "transformer_in")
 WARMUP_FRACTION = 0.05
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+"""A CLIPTokenizer folder holds one of these (vocab.json with merges.txt)."""
+EXPORTED_PARTS = ("text_encoder", "image_encoder", "vae", "unet")
+"""The folders of an exported model that --init-from loads weights from."""
 
 
 @dataclass
@@ -195,11 +199,14 @@ def load_tokenizer(source: str, max_length: int):
     if source.endswith(".whl"):
         return build_clip_tokenizer(source, max_length)
     folder = PACKAGED / "tokenizer" if source == "nano" else Path(source)
-    if not folder.is_dir():
-        raise UserError(
-            f"tokenizer '{source}' not found: give 'nano', a CLIPTokenizer folder or an open-clip-torch wheel (.whl)"
-        )
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    fix = "give 'nano', a CLIPTokenizer folder or an open-clip-torch wheel (.whl)"
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):  # an empty folder loads as 2 tokens
+        raise UserError(f"tokenizer '{source}' not found (no {' or '.join(TOKENIZER_FILES)} in it): {fix}")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    except Exception as exc:  # the tokenizers library's own errors are plain Exceptions
+        not_the_inputs_fault(exc)
+        raise UserError(f"tokenizer '{source}' cannot be read ({str(exc).splitlines()[0]}): {fix}") from exc
     tokenizer.model_max_length = max_length
     return tokenizer
 
@@ -310,10 +317,7 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
     folder = PACKAGED if source == "nano" else Path(source)
-    try:
-        provenance = json.loads((folder / "nano.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder} is not an exported nano model (no readable nano.json): check --init-from") from exc
+    provenance = _read_provenance(folder)
     if _identity(provenance) != run.identity:
         raise UserError(f"{folder} was trained with other settings than this run's "
                         f"({_identity_difference(_identity(provenance), run.identity)}): continue it with those")
@@ -322,15 +326,27 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
         if asked > done and any(provenance["steps"][later] for later in STAGES[STAGES.index(stage) + 1:]):
             raise UserError(f"with --init-from {source}, {stage}.steps must be at most {done}, where it stopped "
                             f"before its later stages began, got {asked}")
+    for part in EXPORTED_PARTS:  # a path that is no folder is taken for a hub id: not asked of the hub
+        if not (folder / part).is_dir():
+            raise UserError(f"{folder} is not a complete nano export (no {part}/): check --init-from, or export the "
+                            "model again")
     clip = build_clip(run.cfg.arch, tokenizer)  # the text projection stays fresh: the CLIP stage is done
-    clip.text_model.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
-    image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
-    clip.vision_model.load_state_dict(image.vision_model.state_dict())
-    clip.visual_projection.load_state_dict(image.visual_projection.state_dict())
+    try:
+        text_model = CLIPTextModel.from_pretrained(folder / "text_encoder")
+        _check_vocabulary(text_model.config.vocab_size, run.cfg.tokenizer, tokenizer, folder)
+        clip.text_model.load_state_dict(text_model.state_dict())
+        image = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
+        clip.vision_model.load_state_dict(image.vision_model.state_dict())
+        clip.visual_projection.load_state_dict(image.visual_projection.state_dict())
+        vae = AutoencoderKL.from_pretrained(folder / "vae")
+        unet = UNet3DConditionModel.from_pretrained(folder / "unet")
+        _check_complete(vae, unet)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        not_the_inputs_fault(exc)
+        raise UserError(f"{folder} cannot be loaded (damaged or edited: {str(exc).splitlines()[0]}): check "
+                        "--init-from, or export the model again") from exc
     if "logit_scale" in provenance:  # the learned temperature, kept so that the new export reports it too
         clip.logit_scale.data.fill_(float(np.log(provenance["logit_scale"])))
-    vae = AutoencoderKL.from_pretrained(folder / "vae")
-    unet = UNet3DConditionModel.from_pretrained(folder / "unet")
     denoiser = _Models(tokenizer, vae, clip, unet).denoiser()
     run.dir.mkdir(parents=True, exist_ok=True)  # only now: a bad --init-from leaves no run folder behind
     for stage, model in (("autoencoder", vae), ("clip", clip), ("unet", denoiser)):
@@ -346,12 +362,52 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     ckpt.write_state(run.dir, run.state)
 
 
+def _check_vocabulary(tokens: int, source: str, tokenizer, trained: Path) -> None:
+    """Refuse weights whose token table (`tokens` rows) is not the tokenizer's: they would not load, and a
+    checkpoint that does not fit is otherwise told as damaged (to be deleted)."""
+    if tokens != len(tokenizer):
+        raise UserError(f"{trained} was trained with a tokenizer of {tokens} tokens, but tokenizer '{source}' has "
+                        f"{len(tokenizer)}: give the one it was trained with (--set tokenizer=...)")
+
+
+def _check_checkpoint_vocabulary(weights: Path, model: torch.nn.Module, table: str, source: str, tokenizer) -> None:
+    """`_check_vocabulary` of a checkpoint whose tensors all fit `model` but its token `table`."""
+    saved = ckpt.tensor_shapes(weights)
+    expected = {key: list(tensor.shape) for key, tensor in model.state_dict().items()}
+    if table in saved and saved | {table: expected.get(table)} == expected:
+        _check_vocabulary(saved[table][0], source, tokenizer, weights)
+
+
+def _check_complete(*modules: torch.nn.Module) -> None:
+    """A ValueError naming a tensor that the files lacked: diffusers leaves it empty ('meta') with a log line."""
+    for module in modules:
+        missing = [name for name, tensor in module.state_dict().items() if tensor.is_meta]
+        if missing:
+            raise ValueError(f"its {type(module).__name__} weights lack {len(missing)} tensor(s), such as {missing[0]}")
+
+
+def _read_provenance(folder: Path) -> dict:
+    """The nano.json of the exported model in `folder`, refused in one line unless it holds what --init-from takes."""
+    try:
+        provenance = json.loads((folder / "nano.json").read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"{folder} is not an exported nano model (no readable nano.json): check --init-from") from exc
+    if not ckpt.provenance_shape(provenance, STAGES):
+        raise UserError(f"{folder}/nano.json is damaged (its settings, step counts, minutes or curve are missing or of "
+                        "another kind): check --init-from, or export the model again")
+    return provenance
+
+
 def _build(cfg: PretrainConfig, run: _Run) -> _Models:
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.tokenizer, cfg.arch.clip.max_length)
     if cfg.init_from:
         _adopt_model(run, cfg.init_from, tokenizer)
     models = _Models(tokenizer, build_vae(cfg.arch), build_clip(cfg.arch, tokenizer), build_unet(cfg.arch))
+    for stage, text_model in (("clip", "text_model"), ("unet", "text_encoder")):
+        if run.state["steps"][stage]:
+            _check_checkpoint_vocabulary(run.dir / f"{stage}.safetensors", models.of(stage),
+                                         f"{text_model}.embeddings.token_embedding.weight", cfg.tokenizer, tokenizer)
     for stage in STAGES:
         if run.state["steps"][stage]:
             ckpt.restore(run.dir / f"{stage}.safetensors", run.state["steps"][stage], models.of(stage).load_state_dict)
