@@ -63,6 +63,22 @@ def test_bad_keys_and_types_name_the_key(sets, message):
         load_config(GenerateConfig, None, sets)
 
 
+@pytest.mark.parametrize("item, message", [
+    ("arch.vae.block_out_channels=5", "config key 'arch.vae.block_out_channels' takes a list, written [a, b] "
+                                      "(one item: [a]), got '5'"),
+    ("unet.path_phases=5", "config key 'unet.path_phases' takes a list, written [a, b] (one item: [a]), got '5'"),
+    ("unet.path_phases=[5]", "config key 'unet.path_phases[0]' takes settings, written {key: value, ...}, got '5'"),
+])
+def test_a_single_value_for_a_list_or_settings_says_how_to_write_them(item, message):
+    """OmegaConf's own words had been 'AnyNode is not a ListConfig, TupleConfig, list, or tuple' and 'int is not a
+    subclass of PathPhase'."""
+    from vidbooth.config.pretrain import PretrainConfig
+
+    with pytest.raises(UserError) as caught:
+        load_config(PretrainConfig, None, [item])
+    assert str(caught.value) == f"--set {item}: {message}"
+
+
 def test_a_switch_given_another_word_says_it_takes_true_or_false():
     from vidbooth.config.motion import MotionConfig
 

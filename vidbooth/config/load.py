@@ -118,6 +118,10 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
     if key and (none := re.match(r"Incompatible value 'None' for field of type '(\w+)'$", msg)):
         kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(none[1], f"a {none[1]}")
         return f"config key '{key}' takes {kind}, got null (none): give a value"
+    if key and "is not a ListConfig, TupleConfig, list, or tuple" in msg:
+        return f"config key '{key}' takes a list, written [a, b] (one item: [a]), got '{getattr(exc, 'value', '')}'"
+    if key and (not_settings := re.match(r"Invalid type assigned: \w+ is not a subclass of \w+\. value: (.*)$", msg)):
+        return f"config key '{key}' takes settings, written {{key: value, ...}}, got '{not_settings[1]}'"
     if isinstance(exc, InterpolationResolutionError):  # only a recipe's texts are read as OmegaConf's
         msg = re.sub(r"(Cannot convert '\w+' to string): '.*'$", r"\1 (it names a section, not a setting)", msg)
         msg += " (a recipe's ${...} refers to another setting: write \\${ for the text ${)"
