@@ -772,3 +772,25 @@ def test_a_damaged_weights_file_has_no_stored_dtype_so_its_load_in_fp32_tells_th
 
     (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     assert _stored_dtype(tmp_path, None) is None
+
+
+@pytest.mark.parametrize("removed", [("vocab.json",), ("merges.txt",), ("vocab.json", "merges.txt")])
+def test_a_tokenizer_lacking_its_vocabulary_is_one_error_naming_the_files(removed, tiny_base_dirs, tmp_path):
+    """Without both, the tokenizer had loaded empty, and every prompt became no tokens at all (videos of nothing,
+    with no word); without one, the error had been the tokenizers library's ('`vocab` and `merges` must be both')."""
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "model")
+    for name in removed:
+        (folder / "tokenizer" / name).unlink()
+    with pytest.raises(UserError, match=rf"^{re.escape(str(folder))}/tokenizer lacks {', '.join(removed)} \(or a "
+                                        r"tokenizer.json\): the model's tokenizer is incomplete; .* again$"):
+        load_backbone(str(folder), device="cpu")
+
+
+def test_a_tokenizer_of_unknown_length_reads_what_the_text_encoder_does(tiny_base_dirs, tmp_path):
+    """A tokenizer folder without tokenizer_config.json (or one with no model_max_length) is as long as transformers'
+    'very large integer': the first prompt had ended in OverflowError's traceback."""
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "model")
+    (folder / "tokenizer" / "tokenizer_config.json").unlink()
+    bb = load_backbone(str(folder), device="cpu")
+    assert bb.tokenizer.model_max_length == bb.text_encoder.config.max_position_embeddings == 32
+    assert bb.encode_prompt(["a dog"]).shape == (1, 32, 32)

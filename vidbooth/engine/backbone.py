@@ -273,19 +273,40 @@ def _rebuild_hint(folder: Path) -> str:
 
 
 def load_tokenizer(folder: Path):
-    """The CLIP tokenizer in `folder`, without the tokenizers library's stray lines on stdout."""
+    """The CLIP tokenizer in `folder`, without the tokenizers library's stray lines on stdout; no longer than the text
+    encoder beside it reads (with no model_max_length in its files, transformers makes it 1e30 tokens long)."""
     from transformers import CLIPTokenizer
 
     from vidbooth.reporting import TOKENIZER_NOISE, native_lines_dropped
 
+    missing = [] if (folder / "tokenizer.json").is_file() else [
+        name for name in ("vocab.json", "merges.txt") if not (folder / name).is_file()]
+    if missing:  # without both, it had loaded empty: every prompt no tokens at all
+        raise UserError(f"{folder} lacks {', '.join(missing)} (or a tokenizer.json): the model's tokenizer is "
+                        "incomplete; copy or download its tokenizer/ folder again")
     with native_lines_dropped(TOKENIZER_NOISE):
-        return CLIPTokenizer.from_pretrained(folder)
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    positions = _text_positions(folder.parent / "text_encoder")
+    if positions:
+        tokenizer.model_max_length = min(tokenizer.model_max_length, positions)
+    return tokenizer
+
+
+def _text_positions(text_encoder: Path) -> int | None:
+    """How many tokens the CLIP text encoder in `text_encoder` reads; None where its config cannot be read (loading
+    it then tells why)."""
+    from transformers import CLIPTextConfig
+
+    try:
+        return int(CLIPTextConfig.from_pretrained(text_encoder).max_position_embeddings)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _load_tokenizer(folder: Path):
     try:
         return load_tokenizer(folder)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, UserError):
         raise
     except Exception as exc:  # the tokenizers library's own errors are plain Exceptions (a damaged vocab.json)
         not_the_inputs_fault(exc)
