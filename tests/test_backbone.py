@@ -794,3 +794,14 @@ def test_a_tokenizer_of_unknown_length_reads_what_the_text_encoder_does(tiny_bas
     bb = load_backbone(str(folder), device="cpu")
     assert bb.tokenizer.model_max_length == bb.text_encoder.config.max_position_embeddings == 32
     assert bb.encode_prompt(["a dog"]).shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_damaged_scheduler_config_is_one_error_naming_it(text, tiny_base_dirs, tmp_path):
+    """Its JSON error had been told without the file ('Expecting property name ...: line 1 column 2'), and a config
+    that is no JSON object had ended in AttributeError's traceback when sampling began."""
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "model")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(text)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(config))} is not a valid diffusers config$"):
+        load_backbone(str(folder), device="cpu")

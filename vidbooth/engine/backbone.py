@@ -623,7 +623,7 @@ def load_backbone(
             )
         for whose, module in (("its text encoder's", text_encoder), ("its VAE's", vae), ("its UNet's", unet)):
             _check_complete(module, whose)
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        scheduler_config = _scheduler_config(folder)
         if family == "animatediff":  # SD1.5's own schedule is scaled_linear
             scheduler_config = scheduler_config | ANIMATEDIFF_SCHEDULE
     except UserError:
@@ -667,6 +667,19 @@ def load_backbone(
         extras={"folder": str(folder), "motion_adapter": str(adapter_source) if adapter_source else None},
         image_fingerprint=image_fingerprint,
     )
+
+
+def _scheduler_config(folder: Path) -> dict:
+    """The settings in the model's scheduler/scheduler_config.json; a UserError naming the file where they are no
+    JSON object."""
+    config = folder / "scheduler" / "scheduler_config.json"
+    try:
+        settings = json.loads(config.read_text())
+    except ValueError as exc:
+        raise UserError(f"{config} is not a valid diffusers config{_rebuild_hint(folder)}") from exc
+    if not isinstance(settings, dict):
+        raise UserError(f"{config} is not a valid diffusers config{_rebuild_hint(folder)}")
+    return settings
 
 
 def _load_dtype(dtype: torch.dtype, part: Path, variant: str | None) -> torch.dtype:
