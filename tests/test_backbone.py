@@ -805,3 +805,15 @@ def test_a_damaged_scheduler_config_is_one_error_naming_it(text, tiny_base_dirs,
     config.write_text(text)
     with pytest.raises(UserError, match=rf"^{re.escape(str(config))} is not a valid diffusers config$"):
         load_backbone(str(folder), device="cpu")
+
+
+def test_a_tiny_model_saved_again_by_its_libraries_keeps_its_fingerprint(tiny_base_dirs, tmp_path):
+    """The tiny text encoder's config had lacked the 'architectures' that transformers' save_pretrained writes: a
+    tiny base saved again (the conversion command the loader prints, an fp16 variant) was another base, and every
+    subject and motion learned on it was refused."""
+    from transformers import CLIPTextModel
+
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "model")
+    CLIPTextModel.from_pretrained(folder / "text_encoder").save_pretrained(folder / "text_encoder")
+    fingerprint = load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu").fingerprint
+    assert load_backbone(str(folder), device="cpu").fingerprint == fingerprint
