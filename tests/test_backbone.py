@@ -817,3 +817,14 @@ def test_a_tiny_model_saved_again_by_its_libraries_keeps_its_fingerprint(tiny_ba
     CLIPTextModel.from_pretrained(folder / "text_encoder").save_pretrained(folder / "text_encoder")
     fingerprint = load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu").fingerprint
     assert load_backbone(str(folder), device="cpu").fingerprint == fingerprint
+
+
+def test_a_revision_for_a_local_folder_is_warned_of(tiny_base_dirs, monkeypatch):
+    """backbone.revision picks a hub id's version: given with a folder, it had been dropped without a word (and
+    recorded in the run's config.yaml as if it had been used)."""
+    from badinputs import capture_warnings
+
+    warnings = capture_warnings(monkeypatch)
+    load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu", revision="v2")
+    assert warnings == [f"backbone.revision v2 has no effect on {tiny_base_dirs['unet3d']}: a revision picks a version "
+                        "of a hub id's model, and a local folder holds one; leave it out"]

@@ -584,6 +584,11 @@ def load_backbone(
     backend = resolve_backend(attention, torch_device)  # fail before loading gigabytes
 
     folder = resolve_base(base, revision)
+    if revision and (base in BUILTIN_BASES or expand_user(base).exists()):
+        from vidbooth.reporting import warn
+
+        warn(f"backbone.revision {revision} has no effect on {base}: a revision picks a version of a hub id's model, "
+             "and a local folder holds one; leave it out")
     loading = _being_replaced_check(folder)
     unet_class = _unet_class(folder)
     if base in BUILTIN and BUILTIN[base] == "animatediff" and motion_adapter is None:
