@@ -828,3 +828,14 @@ def test_a_revision_for_a_local_folder_is_warned_of(tiny_base_dirs, monkeypatch)
     load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu", revision="v2")
     assert warnings == [f"backbone.revision v2 has no effect on {tiny_base_dirs['unet3d']}: a revision picks a version "
                         "of a hub id's model, and a local folder holds one; leave it out"]
+
+
+def test_a_motion_adapter_downloaded_as_its_fp16_variant_alone_loads(tiny_base_dirs, tmp_path):
+    """Its error had said 'add --set backbone.variant=fp16', which the motion adapter's load never took (and the image
+    model's then failed for): its weights are in the one variant its folder holds."""
+    base = tiny_base_dirs["animatediff"]
+    adapter = shutil.copytree(motion_adapter_folder(base), tmp_path / "adapter")
+    (adapter / "diffusion_pytorch_model.safetensors").rename(adapter / "diffusion_pytorch_model.fp16.safetensors")
+    loaded = load_backbone(str(base), motion_adapter=str(adapter), device="cpu")
+    assert loaded.fingerprint == load_backbone(str(base), motion_adapter=str(motion_adapter_folder(base)),
+                                               device="cpu").fingerprint

@@ -473,8 +473,10 @@ def _with_motion_modules(unet2d, source: Path, folder: Path, dtype: torch.dtype)
     weights)."""
     from diffusers import MotionAdapter, UNetMotionModel
 
+    variant = _only_variant(source)  # no setting picks an adapter's: a download of its fp16 variant alone
     try:
-        adapter = MotionAdapter.from_pretrained(source, use_safetensors=True, torch_dtype=_adapter_dtype(dtype, source))
+        adapter = MotionAdapter.from_pretrained(source, use_safetensors=True, variant=variant,
+                                                torch_dtype=_adapter_dtype(dtype, source, variant))
         _check_complete(adapter, "its")
         unet = _made_of(unet2d, adapter)
         # in fp32: diffusers casts the adapter to the UNet's dtype, and a bf16 run's fp16 UNet would round it twice
@@ -485,7 +487,13 @@ def _with_motion_modules(unet2d, source: Path, folder: Path, dtype: torch.dtype)
         raise UserError(f"motion adapter {source} does not fit the image model in {folder}: {reason}{hint}") from exc
 
 
-def _adapter_dtype(dtype: torch.dtype, source: Path) -> torch.dtype:
+def _only_variant(folder: Path) -> str | None:
+    """The variant ('fp16') of the .safetensors weights in `folder` where all are of that one; else None."""
+    kinds = {_variant_of(file.name) for file in folder.glob("*.safetensors")}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _adapter_dtype(dtype: torch.dtype, source: Path, variant: str | None = None) -> torch.dtype:
     """fp16 for a motion adapter of an fp16 run whose files hold every tensor it has; else fp32. diffusers computes
     the frame-position tables that some AnimateDiff ports' files lack in the dtype it loads in, and fp16's would not
     be fp32's cast. (In bf16, loading its fp16 weights before the cast to bf16 peaked higher than loading them in
@@ -499,7 +507,7 @@ def _adapter_dtype(dtype: torch.dtype, source: Path) -> torch.dtype:
             wanted = MotionAdapter.from_config(MotionAdapter.load_config(source)).state_dict().keys()
     except Exception:  # a config that loading it then tells of
         return torch.float32
-    return dtype if wanted <= (_stored_tensors(source, None) or {}).keys() else torch.float32
+    return dtype if wanted <= (_stored_tensors(source, variant) or {}).keys() else torch.float32
 
 
 def _made_of(unet2d, adapter):
