@@ -772,3 +772,70 @@ def test_a_damaged_weights_file_has_no_stored_dtype_so_its_load_in_fp32_tells_th
 
     (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     assert _stored_dtype(tmp_path, None) is None
+
+
+@pytest.mark.parametrize("removed", [("vocab.json",), ("merges.txt",), ("vocab.json", "merges.txt")])
+def test_a_tokenizer_lacking_its_vocabulary_is_one_error_naming_the_files(removed, tiny_base_dirs, tmp_path):
+    """Without both, the tokenizer had loaded empty, and every prompt became no tokens at all (videos of nothing,
+    with no word); without one, the error had been the tokenizers library's ('`vocab` and `merges` must be both')."""
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "model")
+    for name in removed:
+        (folder / "tokenizer" / name).unlink()
+    with pytest.raises(UserError, match=rf"^{re.escape(str(folder))}/tokenizer lacks {', '.join(removed)} \(or a "
+                                        r"tokenizer.json\): the model's tokenizer is incomplete; .* again$"):
+        load_backbone(str(folder), device="cpu")
+
+
+def test_a_tokenizer_of_unknown_length_reads_what_the_text_encoder_does(tiny_base_dirs, tmp_path):
+    """A tokenizer folder without tokenizer_config.json (or one with no model_max_length) is as long as transformers'
+    'very large integer': the first prompt had ended in OverflowError's traceback."""
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "model")
+    (folder / "tokenizer" / "tokenizer_config.json").unlink()
+    bb = load_backbone(str(folder), device="cpu")
+    assert bb.tokenizer.model_max_length == bb.text_encoder.config.max_position_embeddings == 32
+    assert bb.encode_prompt(["a dog"]).shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_damaged_scheduler_config_is_one_error_naming_it(text, tiny_base_dirs, tmp_path):
+    """Its JSON error had been told without the file ('Expecting property name ...: line 1 column 2'), and a config
+    that is no JSON object had ended in AttributeError's traceback when sampling began."""
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "model")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(text)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(config))} is not a valid diffusers config$"):
+        load_backbone(str(folder), device="cpu")
+
+
+def test_a_tiny_model_saved_again_by_its_libraries_keeps_its_fingerprint(tiny_base_dirs, tmp_path):
+    """The tiny text encoder's config had lacked the 'architectures' that transformers' save_pretrained writes: a
+    tiny base saved again (the conversion command the loader prints, an fp16 variant) was another base, and every
+    subject and motion learned on it was refused."""
+    from transformers import CLIPTextModel
+
+    folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "model")
+    CLIPTextModel.from_pretrained(folder / "text_encoder").save_pretrained(folder / "text_encoder")
+    fingerprint = load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu").fingerprint
+    assert load_backbone(str(folder), device="cpu").fingerprint == fingerprint
+
+
+def test_a_revision_for_a_local_folder_is_warned_of(tiny_base_dirs, monkeypatch):
+    """backbone.revision picks a hub id's version: given with a folder, it had been dropped without a word (and
+    recorded in the run's config.yaml as if it had been used)."""
+    from badinputs import capture_warnings
+
+    warnings = capture_warnings(monkeypatch)
+    load_backbone(str(tiny_base_dirs["unet3d"]), device="cpu", revision="v2")
+    assert warnings == [f"backbone.revision v2 has no effect on {tiny_base_dirs['unet3d']}: a revision picks a version "
+                        "of a hub id's model, and a local folder holds one; leave it out"]
+
+
+def test_a_motion_adapter_downloaded_as_its_fp16_variant_alone_loads(tiny_base_dirs, tmp_path):
+    """Its error had said 'add --set backbone.variant=fp16', which the motion adapter's load never took (and the image
+    model's then failed for): its weights are in the one variant its folder holds."""
+    base = tiny_base_dirs["animatediff"]
+    adapter = shutil.copytree(motion_adapter_folder(base), tmp_path / "adapter")
+    (adapter / "diffusion_pytorch_model.safetensors").rename(adapter / "diffusion_pytorch_model.fp16.safetensors")
+    loaded = load_backbone(str(base), motion_adapter=str(adapter), device="cpu")
+    assert loaded.fingerprint == load_backbone(str(base), motion_adapter=str(motion_adapter_folder(base)),
+                                               device="cpu").fingerprint

@@ -387,6 +387,21 @@ def test_an_artifact_of_the_same_base_name_with_other_weights_says_how_it_was_lo
         library.check_base("motion", "M", manifest, "org/model", "bbb")
 
 
+
+@pytest.mark.parametrize("given", ["models/sd", "./models/sd/", "~/models/sd", "link"])
+def test_the_same_base_folder_given_another_way_says_how_it_was_loaded(given, tmp_path, monkeypatch):
+    """The manifest records the folder as an absolute path; `--base models/sd` (relative, '~', a trailing slash, a
+    link to it) with another motion adapter had been told 'use --base /abs/models/sd', the folder already given."""
+    folder = tmp_path / "models" / "sd"
+    folder.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    manifest = {"kind": "motion", "base": str(folder), "base_fingerprint": "aaa",
+                "config": {"backbone": {"base": str(folder), "motion_adapter": "/adapters/v3"}}}
+    with pytest.raises(UserError, match=r"load it as it was learned with \(--motion-adapter /adapters/v3\), or "):
+        library.check_base("motion", "M", manifest, given, "bbb")
+
 def test_a_base_to_load_is_quoted_for_the_shell():
     """'use --base /models/my base' pasted into a shell had given 'unexpected extra argument (base)'."""
     manifest = {"kind": "subject", "base": "/models/my base", "base_fingerprint": "aaa"}

@@ -32,8 +32,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from vidbooth.config.checks import BUILTIN_BASES
 from vidbooth.errors import DiskFull, Interrupted, UserError, held_stops, stopped, stopping_signal, unread_byte
-from vidbooth.fileio import disk_full, exclusive_lock, expand_user, refuse_if_held, sync_folder, sync_tree
+from vidbooth.fileio import (
+    absolute_path, disk_full, exclusive_lock, expand_user, refuse_if_held, sync_folder, sync_tree,
+)
 
 KINDS = {"subject": "subjects", "motion": "motions"}
 TRAINED_BY = {"subject": ("train-subject", "PHOTOS --class-noun NOUN"), "motion": ("train-motion", "CLIP")}
@@ -335,7 +338,8 @@ def check_base(kind: str, name: str, manifest: dict, base: str, fingerprint: str
         return
     learned = manifest.get("base")
     fix = f"use --base {shlex.quote(str(learned))}"
-    if str(learned) == str(base):  # the same name, other weights: say how it was loaded when it was learned
+    if str(learned) == absolute_path(str(base), BUILTIN_BASES):  # the same model (a folder as recorded: absolute),
+        # other weights: say how it was loaded when it was learned
         config = manifest.get("config")
         backbone = config.get("backbone") if isinstance(config, dict) else None
         backbone = backbone if isinstance(backbone, dict) else {}

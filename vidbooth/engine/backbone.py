@@ -273,19 +273,40 @@ def _rebuild_hint(folder: Path) -> str:
 
 
 def load_tokenizer(folder: Path):
-    """The CLIP tokenizer in `folder`, without the tokenizers library's stray lines on stdout."""
+    """The CLIP tokenizer in `folder`, without the tokenizers library's stray lines on stdout; no longer than the text
+    encoder beside it reads (with no model_max_length in its files, transformers makes it 1e30 tokens long)."""
     from transformers import CLIPTokenizer
 
     from vidbooth.reporting import TOKENIZER_NOISE, native_lines_dropped
 
+    missing = [] if (folder / "tokenizer.json").is_file() else [
+        name for name in ("vocab.json", "merges.txt") if not (folder / name).is_file()]
+    if missing:  # without both, it had loaded empty: every prompt no tokens at all
+        raise UserError(f"{folder} lacks {', '.join(missing)} (or a tokenizer.json): the model's tokenizer is "
+                        "incomplete; copy or download its tokenizer/ folder again")
     with native_lines_dropped(TOKENIZER_NOISE):
-        return CLIPTokenizer.from_pretrained(folder)
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    positions = _text_positions(folder.parent / "text_encoder")
+    if positions:
+        tokenizer.model_max_length = min(tokenizer.model_max_length, positions)
+    return tokenizer
+
+
+def _text_positions(text_encoder: Path) -> int | None:
+    """How many tokens the CLIP text encoder in `text_encoder` reads; None where its config cannot be read (loading
+    it then tells why)."""
+    from transformers import CLIPTextConfig
+
+    try:
+        return int(CLIPTextConfig.from_pretrained(text_encoder).max_position_embeddings)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _load_tokenizer(folder: Path):
     try:
         return load_tokenizer(folder)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, UserError):
         raise
     except Exception as exc:  # the tokenizers library's own errors are plain Exceptions (a damaged vocab.json)
         not_the_inputs_fault(exc)
@@ -452,8 +473,10 @@ def _with_motion_modules(unet2d, source: Path, folder: Path, dtype: torch.dtype)
     weights)."""
     from diffusers import MotionAdapter, UNetMotionModel
 
+    variant = _only_variant(source)  # no setting picks an adapter's: a download of its fp16 variant alone
     try:
-        adapter = MotionAdapter.from_pretrained(source, use_safetensors=True, torch_dtype=_adapter_dtype(dtype, source))
+        adapter = MotionAdapter.from_pretrained(source, use_safetensors=True, variant=variant,
+                                                torch_dtype=_adapter_dtype(dtype, source, variant))
         _check_complete(adapter, "its")
         unet = _made_of(unet2d, adapter)
         # in fp32: diffusers casts the adapter to the UNet's dtype, and a bf16 run's fp16 UNet would round it twice
@@ -464,7 +487,13 @@ def _with_motion_modules(unet2d, source: Path, folder: Path, dtype: torch.dtype)
         raise UserError(f"motion adapter {source} does not fit the image model in {folder}: {reason}{hint}") from exc
 
 
-def _adapter_dtype(dtype: torch.dtype, source: Path) -> torch.dtype:
+def _only_variant(folder: Path) -> str | None:
+    """The variant ('fp16') of the .safetensors weights in `folder` where all are of that one; else None."""
+    kinds = {_variant_of(file.name) for file in folder.glob("*.safetensors")}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _adapter_dtype(dtype: torch.dtype, source: Path, variant: str | None = None) -> torch.dtype:
     """fp16 for a motion adapter of an fp16 run whose files hold every tensor it has; else fp32. diffusers computes
     the frame-position tables that some AnimateDiff ports' files lack in the dtype it loads in, and fp16's would not
     be fp32's cast. (In bf16, loading its fp16 weights before the cast to bf16 peaked higher than loading them in
@@ -478,7 +507,7 @@ def _adapter_dtype(dtype: torch.dtype, source: Path) -> torch.dtype:
             wanted = MotionAdapter.from_config(MotionAdapter.load_config(source)).state_dict().keys()
     except Exception:  # a config that loading it then tells of
         return torch.float32
-    return dtype if wanted <= (_stored_tensors(source, None) or {}).keys() else torch.float32
+    return dtype if wanted <= (_stored_tensors(source, variant) or {}).keys() else torch.float32
 
 
 def _made_of(unet2d, adapter):
@@ -563,6 +592,11 @@ def load_backbone(
     backend = resolve_backend(attention, torch_device)  # fail before loading gigabytes
 
     folder = resolve_base(base, revision)
+    if revision and (base in BUILTIN_BASES or expand_user(base).exists()):
+        from vidbooth.reporting import warn
+
+        warn(f"backbone.revision {revision} has no effect on {base}: a revision picks a version of a hub id's model, "
+             "and a local folder holds one; leave it out")
     loading = _being_replaced_check(folder)
     unet_class = _unet_class(folder)
     if base in BUILTIN and BUILTIN[base] == "animatediff" and motion_adapter is None:
@@ -602,7 +636,7 @@ def load_backbone(
             )
         for whose, module in (("its text encoder's", text_encoder), ("its VAE's", vae), ("its UNet's", unet)):
             _check_complete(module, whose)
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        scheduler_config = _scheduler_config(folder)
         if family == "animatediff":  # SD1.5's own schedule is scaled_linear
             scheduler_config = scheduler_config | ANIMATEDIFF_SCHEDULE
     except UserError:
@@ -646,6 +680,19 @@ def load_backbone(
         extras={"folder": str(folder), "motion_adapter": str(adapter_source) if adapter_source else None},
         image_fingerprint=image_fingerprint,
     )
+
+
+def _scheduler_config(folder: Path) -> dict:
+    """The settings in the model's scheduler/scheduler_config.json; a UserError naming the file where they are no
+    JSON object."""
+    config = folder / "scheduler" / "scheduler_config.json"
+    try:
+        settings = json.loads(config.read_text())
+    except ValueError as exc:
+        raise UserError(f"{config} is not a valid diffusers config{_rebuild_hint(folder)}") from exc
+    if not isinstance(settings, dict):
+        raise UserError(f"{config} is not a valid diffusers config{_rebuild_hint(folder)}")
+    return settings
 
 
 def _load_dtype(dtype: torch.dtype, part: Path, variant: str | None) -> torch.dtype:

@@ -45,6 +45,7 @@ def save_transformers_model(model, folder: Path) -> None:
     `accelerate launch` had none, and when that rank's copy reached the cache first every later load failed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]  # as save_pretrained writes it: the base's fingerprint reads it
     model.config.save_pretrained(folder)
     tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     write_safetensors(folder / "model.safetensors", tensors, {"format": "pt"})
