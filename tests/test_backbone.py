@@ -796,14 +796,17 @@ def test_a_tokenizer_of_unknown_length_reads_what_the_text_encoder_does(tiny_bas
     assert bb.encode_prompt(["a dog"]).shape == (1, 32, 32)
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
-def test_a_damaged_scheduler_config_is_one_error_naming_it(text, tiny_base_dirs, tmp_path):
-    """Its JSON error had been told without the file ('Expecting property name ...: line 1 column 2'), and a config
-    that is no JSON object had ended in AttributeError's traceback when sampling began."""
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", None])
+def test_a_damaged_or_missing_scheduler_config_is_one_error_naming_it(text, tiny_base_dirs, tmp_path):
+    """Its JSON error had been told without the file ('Expecting property name ...: line 1 column 2'), a config
+    that is no JSON object had ended in AttributeError's traceback when sampling began, and a missing one had been
+    '[Errno 2] No such file or directory' with nothing to do."""
     folder = shutil.copytree(tiny_base_dirs["unet3d"], tmp_path / "model")
     config = folder / "scheduler" / "scheduler_config.json"
-    config.write_text(text)
-    with pytest.raises(UserError, match=rf"^{re.escape(str(config))} is not a valid diffusers config$"):
+    config.unlink() if text is None else config.write_text(text)
+    problem = "is missing" if text is None else "is not a valid diffusers config"
+    with pytest.raises(UserError, match=rf"^{re.escape(str(config))} {problem}: copy or download the model's "
+                                        r"scheduler/ folder again$"):
         load_backbone(str(folder), device="cpu")
 
 

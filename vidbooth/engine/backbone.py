@@ -686,12 +686,15 @@ def _scheduler_config(folder: Path) -> dict:
     """The settings in the model's scheduler/scheduler_config.json; a UserError naming the file where they are no
     JSON object."""
     config = folder / "scheduler" / "scheduler_config.json"
+    fix = _rebuild_hint(folder) or ": copy or download the model's scheduler/ folder again"
     try:
         settings = json.loads(config.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"{config} is missing{fix}") from exc
     except ValueError as exc:
-        raise UserError(f"{config} is not a valid diffusers config{_rebuild_hint(folder)}") from exc
+        raise UserError(f"{config} is not a valid diffusers config{fix}") from exc
     if not isinstance(settings, dict):
-        raise UserError(f"{config} is not a valid diffusers config{_rebuild_hint(folder)}")
+        raise UserError(f"{config} is not a valid diffusers config{fix}")
     return settings
 
 
