@@ -183,6 +183,7 @@ def test_a_download_from_the_hub_is_said_and_shows_the_hubs_progress(tmp_path, m
 
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # the tests' own setting: on
     infos = []
     monkeypatch.setattr("vidbooth.reporting.info", infos.append)
     disable_progress_bars()  # as the libraries' quieting leaves them
@@ -198,6 +199,9 @@ def test_a_download_from_the_hub_is_said_and_shows_the_hubs_progress(tmp_path, m
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # enabling them had warned 'Cannot enable progress bars'
         assert _from_hub("org/model", None) == tmp_path and bars[-1] is False
+    said = len(infos)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # no download said where none can be
+    assert _from_hub("org/model", None) == tmp_path and len(infos) == said
 
 
 def test_an_image_model_without_a_motion_adapter_is_text2video_zero(tiny_base_dirs, tmp_path):

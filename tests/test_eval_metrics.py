@@ -109,6 +109,7 @@ def test_a_scoring_model_downloaded_from_the_hub_is_said(monkeypatch, tiny_vit_d
     monkeypatch.setattr("vidbooth.reporting._quiet", lambda: False)
     monkeypatch.setattr(features, "_in_hub_cache", lambda repo_id: False)
     monkeypatch.setattr(features, "_offline", lambda: False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # as the hub's library reads it
     monkeypatch.setattr(features, "_hub_reachable", lambda endpoint: True)
 
     class Model:
