@@ -338,6 +338,28 @@ def test_an_export_replaces_the_folder_whole_or_not_at_all(tmp_path, char_tokeni
     assert not (tmp_path / "b").exists() and (other / "dog.jpg").read_bytes() == b"a user's file"
 
 
+def test_a_stop_while_the_model_is_written_says_that_resume_writes_it(tmp_path, char_tokenizer, monkeypatch):
+    """Ctrl-C after the last step, while the model was written, had said only 'interrupted'."""
+    from vidbooth.errors import KeyboardInterrupted
+    from vidbooth.nano import model as nano_model
+
+    half_copy = nano_model._half_copy
+
+    def stopped_while_writing(model):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nano_model, "_half_copy", stopped_while_writing)
+    cfg = tiny_config(tmp_path, char_tokenizer)
+    with pytest.raises(KeyboardInterrupted, match=rf"^pretraining stopped by SIGINT while writing its model; its "
+                                                  rf"training is saved in {re.escape(cfg.out)}: rerun the same command "
+                                                  "with --resume to continue$"):
+        nano.pretrain(cfg)
+    assert not (Path(cfg.out) / "model").exists()
+    monkeypatch.setattr(nano_model, "_half_copy", half_copy)
+    cfg.resume = True
+    assert nano.pretrain(cfg).model_dir == Path(cfg.out) / "model" and (Path(cfg.out) / "model" / "nano.json").is_file()
+
+
 def test_a_run_and_its_model_keep_the_world_they_were_trained_on(tmp_path, char_tokenizer):
     edge = nano.pretrain(tiny_config(tmp_path / "edge", char_tokenizer, linear_paths="edge"))
     assert json.loads((edge.model_dir / "nano.json").read_text())["linear_paths"] == "edge"

@@ -24,7 +24,7 @@ from vidbooth.data.video import check_writable_dir
 from vidbooth.engine.objective import sample_timesteps
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.engine.train import StopRequests
-from vidbooth.errors import UserError, not_the_inputs_fault, stopped
+from vidbooth.errors import Interrupted, UserError, not_the_inputs_fault, stopped
 from vidbooth.fileio import disk_full, lock_beside, write_together
 from vidbooth.nano import PACKAGED
 from vidbooth.nano import checkpoint as ckpt
@@ -636,7 +636,7 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
                     f"stopped after {cfg.max_minutes:g} minutes at {stage} step {run.state['steps'][stage]}: "
                     f"{_to_continue(cfg)}"
                 )
-                model_dir = export(run, models) if run.state["steps"]["unet"] else None  # the weights so far
+                model_dir = _export(run, models) if run.state["steps"]["unet"] else None  # the weights so far
                 return PretrainResult(run.dir, False, dict(run.state["steps"]), run.state["curve"], model_dir)
             ckpt.write_state(run.dir, run.state)
         if stage == "autoencoder" and "vae_scaling_factor" not in run.state:
@@ -644,8 +644,18 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
             run.state["vae_scaling_factor"] = _scaling_factor(run, models.vae)
             models.vae.register_to_config(scaling_factor=run.state["vae_scaling_factor"])
             ckpt.write_state(run.dir, run.state)
-    model_dir = export(run, models)
+    model_dir = _export(run, models)
     return PretrainResult(run.dir, True, dict(run.state["steps"]), run.state["curve"], model_dir)
+
+
+def _export(run: _Run, models: _Models) -> Path:
+    """`export`, where a stop while it writes says that the training is saved and how to have the model written."""
+    try:
+        return export(run, models)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.exit_code - 128 if isinstance(exc, Interrupted) else signal.SIGINT
+        raise stopped(signum, f"pretraining stopped by {signal.Signals(signum).name} while writing its model; its "
+                              f"training is saved in {run.dir}: {_to_continue(run.cfg)}") from exc
 
 
 def export(run: _Run, models: _Models) -> Path:
