@@ -497,6 +497,17 @@ def test_bad_training_inputs_are_one_error_line(args, message, tiny_base_dirs, t
     assert not list(tmp_path.iterdir())
 
 
+def test_a_resolution_the_model_cannot_take_names_the_setting_train_image_prompt_has(tiny_base_dirs, tmp_path,
+                                                                                       capsys):
+    """It had named a --resolution flag, which train-image-prompt does not have."""
+    code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--device", "cpu", "--out",
+                 str(tmp_path / "m" / "ip.safetensors"), "--set", "data.resolution=33", "--num-clips", "1",
+                 "--coarse-steps", "1", "--fine-steps", "1", "--set", "data.num_frames=2"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the warning that the clips are nano's world's
+    assert code == 2 and err.startswith("error: data.resolution 33 must be a positive multiple of"), err
+    assert "--resolution" not in err and not (tmp_path / "m").exists()
+
+
 def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(tiny_base_dirs, tmp_path, capsys,
                                                                               monkeypatch):
     """It had been a NotADirectoryError traceback at the first checkpoint, after the model had loaded."""

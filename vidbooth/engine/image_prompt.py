@@ -487,7 +487,7 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     if examples is None and cfg.backbone.base != "nano":
         warn(f"the training clips come from nano's procedural world: on {cfg.backbone.base} this checks that training "
              "runs, and the model it makes knows only the world's sprites; train on your own clips with --data")
-    size = training_resolution(bb, cfg.data.resolution)
+    size = training_resolution(bb, cfg.data.resolution, "data.resolution")  # no flag of its own
     encoder = load_appearance_encoder(cfg.encoder or None, bb, setting=ENCODER_SETTING)
     text_dim = int(bb.text_encoder.config.hidden_size)
     spec = ImagePromptSpec(cfg.word, cfg.num_tokens, encoder.dim, text_dim, cfg.hidden_dim or 4 * text_dim,
