@@ -391,6 +391,33 @@ def test_a_prompt_without_the_whole_word_is_refused_before_the_model_loads(train
     assert "the prompt does not contain 'sprite'" in capsys.readouterr().err
 
 
+def test_a_word_past_the_text_encoders_length_is_told_as_such(trained, tiny_base_dirs, tmp_path, capsys):
+    """A long prompt whose word the text encoder cuts away had been told it 'does not contain' the word."""
+    photo = tmp_path / "subject.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
+    args = ["generate", "--base", str(tiny_base_dirs["unet3d"]), "--image-prompt", str(photo), "--image-prompt-model",
+            str(trained), "--prompt", "a " + "very " * 40 + "nice sprite", "--out", str(tmp_path / "out" / "v.mp4"),
+            "--frames", "2", "--steps", "1", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "'sprite'" in err and "after the 32 tokens the text encoder reads" in err and "not contain" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_caption_whose_word_is_past_the_text_encoders_length_is_refused_naming_its_clip(tiny_base_dirs, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """It had been refused as a prompt that 'does not contain' the word, naming no clip and advising a generate flag."""
+    monkeypatch.setattr(image_prompt_engine, "training_items", lambda *a, **k: pytest.fail("the clips were read"))
+    clips = make_subject_clips(tmp_path / "clips", count=2, masks=())
+    (clips / "clip2.txt").write_text("a " + "very " * 40 + "nice subject")
+    out = tmp_path / "m" / "ip.safetensors"
+    code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--data", str(clips), "--word",
+                 "subject", "--out", str(out), "--set", "data.num_frames=2", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "clip2.mp4" in err and "after the 32 tokens the text encoder reads" in err, err
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_transparent_photo_prompts_as_its_subject_cut_out_onto_white(trained, tiny_base_dirs, tmp_path):
     """A background remover's PNG: the sprite at the left of a wide canvas, transparent elsewhere. Centre-cropped,
     as before, the photo kept none of the sprite."""
@@ -468,6 +495,17 @@ def test_bad_training_inputs_are_one_error_line(args, message, tiny_base_dirs, t
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_resolution_the_model_cannot_take_names_the_setting_train_image_prompt_has(tiny_base_dirs, tmp_path,
+                                                                                       capsys):
+    """It had named a --resolution flag, which train-image-prompt does not have."""
+    code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--device", "cpu", "--out",
+                 str(tmp_path / "m" / "ip.safetensors"), "--set", "data.resolution=33", "--num-clips", "1",
+                 "--coarse-steps", "1", "--fine-steps", "1", "--set", "data.num_frames=2"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the warning that the clips are nano's world's
+    assert code == 2 and err.startswith("error: data.resolution 33 must be a positive multiple of"), err
+    assert "--resolution" not in err and not (tmp_path / "m").exists()
 
 
 def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(tiny_base_dirs, tmp_path, capsys,

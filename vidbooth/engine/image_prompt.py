@@ -134,13 +134,19 @@ class ImagePromptModel:
         """(N, H, W, 3) uint8 photos -> (N, image_dim) embeddings."""
         return self.encoder.embed(images).to(self.backbone.device)
 
-    def word_span(self, input_ids: torch.Tensor, word: str | None = None) -> list[tuple[int, int]]:
-        """Where the word stands in each tokenized prompt; a UserError when a prompt lacks it."""
+    def word_span(self, input_ids: torch.Tensor, word: str | None = None,
+                  prompts: list[str] | None = None) -> list[tuple[int, int]]:
+        """Where the word stands in each tokenized prompt; a UserError when a prompt lacks it (or, given the
+        `prompts` tokenized, has it only past the tokens the text encoder reads)."""
         word = word or self.spec.word
         word_ids = self.backbone.tokenizer(word, add_special_tokens=False).input_ids
         spans = []
-        for ids in input_ids.tolist():
+        for row, ids in enumerate(input_ids.tolist()):
             span = find_span(ids, word_ids) if word_ids else None
+            if span is None and prompts is not None and self.word_cut_away(prompts[row], word):
+                raise UserError(f"'{word}', the word the image prompt replaces, comes after the "
+                                f"{self.backbone.tokenizer.model_max_length} tokens the text encoder reads of the "
+                                "prompt: put it nearer the start, or shorten the prompt")
             if span is None:
                 raise UserError(
                     f"the prompt does not contain '{word}', the word the image prompt replaces: write it where the "
@@ -149,11 +155,19 @@ class ImagePromptModel:
             spans.append(span)
         return spans
 
-    def prompt_embeds(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, word: str | None = None):
-        """The encoded prompts with the word replaced by the mapped image tokens."""
+    def word_cut_away(self, prompt: str, word: str) -> bool:
+        """Whether `prompt` names `word` only past the tokens the text encoder reads, which cut it away."""
+        tokenizer = self.backbone.tokenizer
+        word_ids = tokenizer(word, add_special_tokens=False).input_ids
+        span = find_span(tokenizer(prompt, truncation=False).input_ids, word_ids) if word_ids else None
+        return span is not None and span[1] > tokenizer.model_max_length - 1  # the last place read is the end token
+
+    def prompt_embeds(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, word: str | None = None,
+                      prompts: list[str] | None = None):
+        """The encoded prompts (`prompts` tokenized) with the word replaced by the mapped image tokens."""
         text = self.backbone.encode_ids(input_ids)
         tokens = self.mapper(image_embeds.float())
-        return splice_tokens(text, self.word_span(input_ids, word), tokens)
+        return splice_tokens(text, self.word_span(input_ids, word, prompts), tokens)
 
 
 def image_latents(backbone: Backbone, images: np.ndarray) -> torch.Tensor:
@@ -202,7 +216,7 @@ def prepare_image_prompt(model: ImagePromptModel, photo: np.ndarray, prompt: str
     video's size; `generator` draws the noise of the photo's latent (the same at every step, as in training)."""
     bb = model.backbone
     ids = bb.tokenize([prompt])
-    embeds = model.prompt_embeds(ids, model.image_embeds(photo[None]), word)
+    embeds = model.prompt_embeds(ids, model.image_embeds(photo[None]), word, [prompt])
     latents = image_latents(bb, photo[None])
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     return ImagePromptCondition(model, embeds.repeat(num_videos, 1, 1), latents, noise)
@@ -414,6 +428,15 @@ def train_image_prompt(cfg: ImagePromptConfig) -> Path:
         return _train(cfg, out, examples, accelerator)
 
 
+def _check_captions_fit(model: ImagePromptModel, examples: list[SubjectClip], word: str) -> None:
+    """Refuse, before the clips are read, a caption whose word the text encoder cuts away, naming its clip."""
+    cut = [example.clip for example in examples if model.word_cut_away(example.caption, word)]
+    if cut:
+        more = f" ({len(cut) - 1} more clip(s) have such a caption)" if len(cut) > 1 else ""
+        raise UserError(f"the caption of {cut[0]} names '{word}' after the {model.backbone.tokenizer.model_max_length} "
+                        f"tokens the text encoder reads: put it nearer the start, or shorten the caption{more}")
+
+
 def _check_out(given: str, out: Path, overwrite: bool) -> None:
     """Refuse an --out that is not a safetensors file this run may write (or whose run folder is a file)."""
     if out.suffix != ".safetensors":
@@ -464,7 +487,7 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     if examples is None and cfg.backbone.base != "nano":
         warn(f"the training clips come from nano's procedural world: on {cfg.backbone.base} this checks that training "
              "runs, and the model it makes knows only the world's sprites; train on your own clips with --data")
-    size = training_resolution(bb, cfg.data.resolution)
+    size = training_resolution(bb, cfg.data.resolution, "data.resolution")  # no flag of its own
     encoder = load_appearance_encoder(cfg.encoder or None, bb, setting=ENCODER_SETTING)
     text_dim = int(bb.text_encoder.config.hidden_size)
     spec = ImagePromptSpec(cfg.word, cfg.num_tokens, encoder.dim, text_dim, cfg.hidden_dim or 4 * text_dim,
@@ -473,6 +496,8 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     model = ImagePromptModel(bb, spec, encoder, with_injections=False)
     info(f"image-prompt model for {cfg.backbone.base}: {source}, {cfg.data.num_frames} frames at {size}px; the word "
          f"'{cfg.word}' becomes {cfg.num_tokens} image token(s) ({encoder.name})")
+    if examples is not None:
+        _check_captions_fit(model, examples, cfg.word)
     read = world_examples(cfg, size) if examples is None else folder_examples(examples, cfg, size)
     items = training_items(model, read, cfg.word, count)
     signature = {"method": KIND, "spec": spec.to_json(), "data": data, "base": bb.fingerprint}

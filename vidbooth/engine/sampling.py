@@ -102,17 +102,16 @@ def check_not_too_large(backbone, flag: str, size: int) -> None:
         )
 
 
-def training_resolution(backbone, resolution: int | None) -> int:
-    """data.resolution, or the model's native size; a UserError naming the flag when the model cannot take it."""
+def training_resolution(backbone, resolution: int | None, setting: str = "data.resolution (--resolution)") -> int:
+    """data.resolution, or the model's native size; a UserError naming `setting` (the key and the command's flag)
+    when the model cannot take it."""
     size = resolution or backbone.default_size
     multiple = backbone.size_multiple
     if size <= 0 or size % multiple:
         nearest = max(multiple, round(size / multiple) * multiple)
-        raise UserError(
-            f"data.resolution (--resolution) {size} must be a positive multiple of {multiple} for this model: "
-            f"use e.g. {nearest}"
-        )
-    check_not_too_large(backbone, "data.resolution (--resolution)", size)
+        raise UserError(f"{setting} {size} must be a positive multiple of {multiple} for this model: use e.g. "
+                        f"{nearest}")
+    check_not_too_large(backbone, setting, size)
     return size
 
 
