@@ -66,12 +66,30 @@ def test_a_folder_of_frames_is_a_clip_too(tmp_path):
     # a .gif is a clip, never a photo: as its own photo it had been a clip of itself (mutation testing)
     (lambda f: [(f / "clip1.png").unlink(), (f / "clip1.mp4").rename(f / "clip1.gif")],
      "clip1.gif has no subject photo: add clip1.png"),
+    # two of a kind: one had been taken without a word
+    (lambda f: (f / "clip1.jpg").write_bytes((f / "clip1.png").read_bytes()),
+     r"clip1.mp4 has 2 subject photos \(clip1.jpg, clip1.png\): keep one"),
+    (lambda f: (f / "clip1.TXT").write_text("a subject"), r"clip1.mp4 has 2 captions \(clip1.TXT, clip1.txt\): keep one"),
+    (lambda f: (f / "clip3.mask.jpg").write_bytes((f / "clip3.mask.png").read_bytes()),
+     r"clip3.mp4 has 2 masks \(clip3.mask.jpg, clip3.mask.png\): keep one"),
 ])
 def test_a_clip_without_what_it_needs_is_named_before_anything_loads(change, message, tmp_path):
     folder = make_subject_clips(tmp_path / "clips", count=3)
     change(folder)
     with pytest.raises(UserError, match=message):
         find_subject_clips(folder, "subject")
+
+
+def test_captions_and_photos_of_no_clip_are_said_to_be_left_out(tmp_path, monkeypatch):
+    """A clip of a kind vidbooth does not read (clip2.mpeg) had been left out, its caption and photo with it, unsaid."""
+    warned = []
+    monkeypatch.setattr("vidbooth.reporting.warn", warned.append)
+    folder = make_subject_clips(tmp_path / "clips", count=3)
+    (folder / "clip2.mp4").rename(folder / "clip2.mpeg")
+    (folder / "notes.md").write_text("not a clip's")
+    assert [c.clip.name for c in find_subject_clips(folder, "subject")] == ["clip1.mp4", "clip3.mp4"]
+    assert warned == [f"clip2.png and 1 more file in {folder} go with no clip (a video of their name: .mp4, .mov, "
+                      ".webm, .mkv, .avi, .m4v, .gif, or a folder of frames so named): they are left out"]
 
 
 def test_every_clip_with_a_problem_is_counted(tmp_path):

@@ -71,11 +71,22 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
         if other != clip:
             raise UserError(f"{other.name} and {clip.name} in {folder} are both clips named '{_stem(clip)}': rename "
                             "one (its caption, photo and mask go by that name; a subject photo cannot be a .gif)")
-    found, problems, both = [], [], []
+    found, problems, both, used = [], [], [], set()
     pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
-    names = {entry.name.lower(): entry for entry in folder.iterdir()}  # 'walk.TXT' and 'walk.mask.PNG' are found too
+    names: dict[str, list[Path]] = {}  # 'walk.TXT' and 'walk.mask.PNG' are found too
+    for entry in sorted(folder.iterdir()):
+        names.setdefault(entry.name.lower(), []).append(entry)
     for clip in clips:
-        caption_file = names.get((_stem(clip) + CAPTION_SUFFIX).lower(), clip.with_name(_stem(clip) + CAPTION_SUFFIX))
+        captions = names.get((_stem(clip) + CAPTION_SUFFIX).lower(), [])
+        photos, masks = _companions(clip, "", names), _companions(clip, MASK_SUFFIX, names)
+        used.update(captions + photos + masks)
+        twice = [(kind, files) for kind, files in (("captions", captions), ("subject photos", photos), ("masks", masks))
+                 if len(files) > 1]
+        if twice:
+            kind, files = twice[0]
+            problems.append(f"{clip} has {len(files)} {kind} ({', '.join(file.name for file in files)}): keep one")
+            continue
+        caption_file = captions[0] if captions else clip.with_name(_stem(clip) + CAPTION_SUFFIX)
         if not caption_file.is_file():
             problems.append(f"{clip} has no caption: write it in {caption_file}")
             continue
@@ -89,7 +100,7 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
                             "subject's photo replaces: write it where the subject is named, or give the captions' "
                             "word with --word")
             continue
-        photo, mask = _companion(clip, "", names), _companion(clip, MASK_SUFFIX, names)
+        photo, mask = (photos or [None])[0], (masks or [None])[0]
         if photo is None and mask is None:
             problems.append(f"{clip} has no subject photo: add {_stem(clip)}.png (a photo of its subject) or "
                             f"{_stem(clip)}{MASK_SUFFIX}.png (its mask in the first frame)")
@@ -103,7 +114,20 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
     if both:
         more = f" and {len(both) - 1} more" if len(both) > 1 else ""
         reporting.warn(f"{both[0]}{more} in {folder} have both a photo and a mask: the photo is used, the mask not")
+    _warn_of_files_of_no_clip(folder, used)
     return found
+
+
+def _warn_of_files_of_no_clip(folder: Path, used: set[Path]) -> None:
+    """Say which captions and photos in `folder` go with no clip: a clip of a kind not read (walk.mpeg) is left out
+    with them."""
+    left = [entry for entry in sorted(folder.iterdir(), key=natural_sort_key) if entry not in used and (
+        entry.suffix.lower() == CAPTION_SUFFIX or entry.suffix.lower() not in VIDEO_EXTENSIONS and is_image_file(entry))
+        and not entry.name.startswith(".")]
+    if left:
+        more = f" and {len(left) - 1} more file" if len(left) > 1 else ""
+        reporting.warn(f"{left[0].name}{more} in {folder} go with no clip (a video of their name: "
+                       f"{', '.join(VIDEO_EXTENSIONS)}, or a folder of frames so named): they are left out")
 
 
 def load_subject_clip(example: SubjectClip, num_frames: int, size: int, rng: np.random.Generator | None = None,
@@ -203,11 +227,8 @@ def _stem(clip: Path) -> str:
     return clip.name if clip.is_dir() else clip.stem
 
 
-def _companion(clip: Path, suffix: str, names: dict[str, Path]) -> Path | None:
-    """`<stem><suffix>.<photo extension>` beside the clip (not .gif, which is a clip), its extension in any case;
+def _companions(clip: Path, suffix: str, names: dict[str, list[Path]]) -> list[Path]:
+    """Each `<stem><suffix>.<photo extension>` beside the clip (not .gif, which is a clip), its name in any case;
     `names`: the folder's entries by their lower-case names."""
-    for extension in IMAGE_EXTENSIONS:
-        candidate = names.get((_stem(clip) + suffix + extension).lower())
-        if extension not in VIDEO_EXTENSIONS and candidate is not None and is_image_file(candidate):
-            return candidate
-    return None
+    return [candidate for extension in IMAGE_EXTENSIONS if extension not in VIDEO_EXTENSIONS
+            for candidate in names.get((_stem(clip) + suffix + extension).lower(), []) if is_image_file(candidate)]
