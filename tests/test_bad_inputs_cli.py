@@ -47,6 +47,24 @@ def test_refused_photo_folder_is_one_line_exit_2(kind, tmp_path, isolated_home, 
     assert not (isolated_home / "subjects").exists()
 
 
+@pytest.mark.parametrize("argv, what", [
+    (["train-subject", "", "--name", "S*", "--class-noun", "ball"], "photo"),
+    (["textual-inversion", "  ", "--name", "S*", *FAST], "photo"),
+    (["train-motion", "", "--name", "M", "--steps", "1"], "clip"),
+])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(argv, what, tmp_path, isolated_home, capsys,
+                                                                   monkeypatch):
+    """An unset shell variable ("$PHOTOS") had been the current folder: its photos (or its frames, as a clip) taken
+    unasked."""
+    for index in range(3):
+        badinputs.write_photo(tmp_path / f"{index:03}.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"error: an empty {what} path was given (an unset shell variable?): give the "
+                                       f"{what} file or folder\n")
+    assert _library_files(isolated_home) == []
+
+
 def test_every_accepted_photo_kind_trains_in_one_run(tmp_path, tiny_base_dirs, isolated_home):
     """CMYK, 16-bit, palette, RGBA, grayscale, EXIF-rotated, animated, webp/bmp, unicode paths and a
     12000x8000 JPEG, all in one folder: the subject trains and keeps every photo."""

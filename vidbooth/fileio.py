@@ -477,6 +477,14 @@ def expand_user(path: str | os.PathLike) -> Path:
     return Path(os.path.expanduser(path))
 
 
+def given_path(path: str | os.PathLike, what: str) -> Path:
+    """`expand_user(path)` of a path the user gave as `what` ("photo", "clip"); a UserError for an empty one (an unset
+    shell variable: "$PHOTOS"), which would otherwise be the current folder, its photos or frames taken unasked."""
+    if isinstance(path, str) and not path.strip():
+        raise UserError(f"an empty {what} path was given (an unset shell variable?): give the {what} file or folder")
+    return expand_user(path)
+
+
 def absolute_path(value: str | None, names: Collection[str] = ()) -> str | None:
     """`value` as an absolute path when it names an existing local file or folder and is none of the built-in
     `names` (which win over a folder of the same name); anything else (None, a hub id, a built-in) as it is."""

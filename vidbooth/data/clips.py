@@ -37,7 +37,7 @@ from vidbooth.data.images import (
 )
 from vidbooth.data.video import read_video, video_fps
 from vidbooth.errors import CHECK_THE_PATH, UserError
-from vidbooth.fileio import expand_user
+from vidbooth.fileio import given_path
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +48,7 @@ DEFAULT_SAMPLE_FPS = 8.0
 
 def check_clip_exists(source: str | Path) -> Path:
     """The clip's path (~ expanded); a UserError when nothing is there, told before a model (and torch) loads."""
-    path = expand_user(source)
+    path = given_path(source, "clip")
     if not path.exists():
         raise UserError(f"clip not found: {path}: {CHECK_THE_PATH} (a clip is a video file or a folder of frames)")
     refuse_path_not_text("clip", path)

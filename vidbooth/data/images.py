@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 
 from vidbooth import reporting
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault, unread_byte
-from vidbooth.fileio import expand_user
+from vidbooth.fileio import given_path
 
 if TYPE_CHECKING:
     import torch
@@ -230,7 +230,7 @@ def check_photos_exist(paths: Sequence[str | Path]) -> None:
     """The error `load_photos` would give for the first of `paths` that is not there, told before a model (and
     torch, seconds of imports) loads."""
     for path in paths:
-        _check_exists(expand_user(path))
+        _check_exists(given_path(path, "photo"))
 
 
 def _check_exists(path: Path) -> None:
@@ -239,7 +239,7 @@ def _check_exists(path: Path) -> None:
 
 
 def _photo_files(path: Path) -> list[Path]:
-    path = expand_user(path)  # '~/dog' from a recipe or a --set is the home folder's, as a clip's
+    path = given_path(path, "photo")  # '~/dog' from a recipe or a --set is the home folder's, as a clip's
     _check_exists(path)
     if path.is_file():
         _refuse_camera_file(path)
