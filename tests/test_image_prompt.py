@@ -520,6 +520,16 @@ def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(t
         "--out")
 
 
+def test_an_empty_data_folder_flag_is_refused_not_taken_for_the_world(tmp_path, capsys, monkeypatch):
+    """`--data "$CLIPS"` with the variable unset had trained on nano's world clips (minutes) in place of the user's."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(image_prompt_engine, "train_image_prompt", lambda cfg: pytest.fail("trained"))
+    assert main(["train-image-prompt", "--data", "", "--out", "m.safetensors"]) == 2
+    assert capsys.readouterr().err == ("error: --data is empty (an unset shell variable?): give a folder of clips, or "
+                                       "leave --data out to train on nano's world\n")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_base_without_spatial_self_attention_is_refused_before_training(tiny_base_dirs, tmp_path, capsys,
                                                                          monkeypatch):
     """It had been found only when the fine stage began, after the coarse stage had trained."""

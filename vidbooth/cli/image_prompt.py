@@ -49,6 +49,9 @@ def train_image_prompt(
     from vidbooth.config.load import recipe_or_default
     from vidbooth.errors import UserError
 
+    if data is not None and not data.strip():  # else the world's clips, for minutes, in place of the user's
+        raise UserError("--data is empty (an unset shell variable?): give a folder of clips, or leave --data out to "
+                        "train on nano's world")
     if data is not None and clips is not None:
         raise UserError("--num-clips counts world clips; with --data every clip of the folder is used: drop "
                         "--num-clips")
