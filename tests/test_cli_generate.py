@@ -94,6 +94,9 @@ def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
         (["--attention", "xformers"], "cannot run on cpu"),
         (["--base", "org/model"], "cannot fetch 'org/model' from the hub"),
         (["--out", "{tmp}/o.GIF", "--fps", "60"], "more than a GIF can show (50"),  # it had played at 10 fps
+        # an unset shell variable: the video had been made without the motion, or with the default recipe
+        (["--motion", ""], "motion (--motion) is empty (an unset shell variable?)"),
+        (["--recipe", ""], "--recipe is empty (an unset shell variable?)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):

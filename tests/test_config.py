@@ -608,3 +608,23 @@ def test_a_recipe_interpolation_that_fails_names_the_recipe_and_not_a_whole_sect
         message = str(caught.value)
         assert message.startswith(f"recipe {recipe}: config key 'class_noun': ") and problem in message
         assert "num_vectors" not in message and len(message) - len(str(recipe)) < 250
+
+
+@pytest.mark.parametrize("key, flag", [
+    ("motion", "--motion"), ("image_prompt", "--image-prompt"), ("image_prompt_model", "--image-prompt-model"),
+])
+def test_an_empty_name_or_path_for_generate_is_refused_not_left_out(key, flag):
+    """`--motion "$MOTION"` with the variable unset had made the video without the motion, and said nothing."""
+    with pytest.raises(UserError, match=rf"^{key} \({flag}\) is empty \(an unset shell variable\?\): give .*, or leave "
+                                        "it out$"):
+        load_config(GenerateConfig, None, None, {key: " "}, flags={key: flag})
+
+
+@pytest.mark.parametrize("key", ["manifest", "subject", "ref_images", "motion", "ref_video", "json", "csv"])
+def test_an_empty_name_or_path_for_evaluate_is_refused_not_left_out(key):
+    """`--ref-images "$REFS"` with the variable unset had scored without the references (no CLIP-I, no DINO-I)."""
+    from vidbooth.config.evaluate import EvaluateConfig
+
+    flag = "--" + key.replace("_", "-")
+    with pytest.raises(UserError, match=rf"^{key} \({flag}\) is empty \(an unset shell variable\?\)"):
+        load_config(EvaluateConfig, None, None, {"videos": ["a.mp4"], key: ""})

@@ -64,6 +64,13 @@ def positive(key: str, value: float, flag: str | None = None) -> None:
         raise UserError(f"{_name(key, flag)} must be a finite positive number, got {value}")
 
 
+def not_empty(key: str, value: str | None, flag: str | None, what: str) -> None:
+    """A setting that is either left out (None) or names something: an empty one (an unset shell variable, as in
+    `--motion "$MOTION"`) had been taken as left out, and the command done without it."""
+    if value is not None and not value.strip():
+        raise UserError(f"{_name(key, flag)} is empty (an unset shell variable?): give {what}, or leave it out")
+
+
 def seed(key: str, value: int, flag: str | None = "--seed") -> None:
     """A seed every library takes: 0 to 2**32 - 1."""
     if not 0 <= value <= MAX_SEED:

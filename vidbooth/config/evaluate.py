@@ -52,6 +52,11 @@ class EvaluateConfig:
     """Write one CSV row per video to this path ('-': on stdout, as json)."""
 
     def __post_init__(self) -> None:
+        for key, what in (("manifest", "a manifest file"), ("subject", "a learned subject's name"),
+                          ("ref_images", "a folder of reference images"), ("motion", "a learned motion's name"),
+                          ("ref_video", "a reference clip"), ("json", "a file, or - for stdout"),
+                          ("csv", "a file, or - for stdout")):
+            checks.not_empty(key, getattr(self, key), "--" + key.replace("_", "-"), what)
         # '~' as the shell would have expanded it, also where it could not (`--json=~/scores.json`, a recipe)
         self.videos = [os.path.expanduser(video) for video in self.videos]
         for key in ("manifest", "ref_images", "ref_video", "json", "csv"):

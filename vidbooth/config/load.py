@@ -43,7 +43,7 @@ def recipe_or_default(
     """`recipe`, or `nano/<command>` when none is given and the base (flag, `--set backbone.base=`, else the
     default) is the shipped nano model: its settings (10 sampling steps, the motion recipe's timesteps) are
     what make nano work, and the generic defaults are those of the large models."""
-    if recipe:
+    if recipe is not None:  # an empty one too: load_config refuses it
         return recipe
     base = given_base(sets, overrides) or SHIPPED_BASE
     if base != SHIPPED_BASE or not (RECIPES_DIR / SHIPPED_BASE / f"{command}.yaml").is_file():
@@ -168,6 +168,8 @@ def load_config(
     `overrides` holds explicit CLI flags as dotted keys; `None` values mean "not given" and are skipped.
     `flags` maps dotted keys to the command's flag for them, so that the error of a bad value names the flag too.
     """
+    if recipe is not None and not recipe.strip():  # else the default settings, in place of the recipe meant
+        raise UserError("--recipe is empty (an unset shell variable?): give a recipe file or name, or leave it out")
     source = ""  # where an interpolation, resolved once everything is merged, was written
     try:
         merged = OmegaConf.structured(schema)

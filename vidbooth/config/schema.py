@@ -175,6 +175,10 @@ class GenerateConfig:
         checks.non_negative("motion_scale", self.motion_scale, "--motion-scale", hint)
         checks.non_negative("image_prompt_scale", self.image_prompt_scale, "--image-prompt-scale",
                             " (0: the image prompt's tokens only, 1: as trained)")
+        checks.not_empty("motion", self.motion, "--motion", "a learned motion's name")
+        checks.not_empty("image_prompt", self.image_prompt, "--image-prompt", "a photo of the subject")
+        checks.not_empty("image_prompt_model", self.image_prompt_model, "--image-prompt-model",
+                         "an image-prompt model's .safetensors")
         word = self.image_prompt_word
         if word is not None and (not word.strip() or len(word.split()) != 1):
             raise UserError(f"image_prompt_word (--image-prompt-word) must be one word, the prompt's word that the "
