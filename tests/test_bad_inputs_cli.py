@@ -276,6 +276,9 @@ def test_pretrain_takes_a_tilde_as_the_home_folder(tmp_path, monkeypatch):
         (["--out", "{tmp}/a.txt/run"], "cannot create output folder {tmp}/a.txt/run: {tmp}/a.txt is not a folder; "
                                        "choose another --out"),
         (["--export", "{tmp}/a.txt/model"], "{tmp}/a.txt is not a folder; choose another --export"),
+        # an unset shell variable: a run from scratch, or none exported, in place of the one asked for
+        (["--init-from", ""], "init_from (--init-from) is empty (an unset shell variable?): give nano or an exported"),
+        (["--export", " "], "export (--export) is empty (an unset shell variable?): give a folder for the model"),
         (["--out", "{tmp}/held"], "the run's model folder {tmp}/held/model holds other files than a nano model, and "
                                   "an export replaces the whole folder: move them out of it"),  # found after training
         # model shapes and weights, before any model is built (tracebacks from diffusers or transformers, a size the

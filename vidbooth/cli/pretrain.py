@@ -32,10 +32,13 @@ def pretrain(
     sets: list[str] = options.Sets,
 ) -> None:
     """Pretrain nano (autoencoder, tiny CLIP, UNet3D) with a probe curve; resumable and deterministic by seed."""
-    from vidbooth.config import load_config
+    from vidbooth.config import checks, load_config
     from vidbooth.config.pretrain import PretrainConfig
     from vidbooth.reporting import info
 
+    # an unset shell variable: a run from scratch (hours), or no export, in place of the one asked for
+    checks.not_empty("init_from", init_from, "--init-from", "nano or an exported model's folder")
+    checks.not_empty("export", export, "--export", "a folder for the model")
     overrides = {
         "out": out,
         "resume": resume or None,
