@@ -276,3 +276,26 @@ def test_a_subject_named_twice_is_loaded_once(library):
     """`--subject S* --subject S*` applies S* once (a second load had failed: the layer already has its adapter)."""
     result = apply_personalisation(fresh(), "a S* dog", ["S*", "S*"])
     assert [subject.name for subject in result.subjects] == ["S*"] and result.prompt == "a S* dog"
+
+
+def test_a_subject_whose_name_begins_another_ones_is_told_apart(library, tmp_path):
+    """Subjects T* and T*-2: the tokenizer reads 'T*-2' as T*-2 alone (the longer token), so a prompt holding only
+    T*-2 lacks T*, which is inserted with a note; and spelling T*'s two vectors out leaves T*-2 whole (it had taken
+    'T*-2' for T*: nothing inserted, and the prompt became 'a T* T*_1-2 dog', neither subject's tokens)."""
+    from tests.badinputs import write_photo
+    from vidbooth.config import BackboneConfig
+    from vidbooth.config.subject import IdentityConfig, SubjectConfig, SubjectPreviewConfig, TextualInversionConfig
+    from vidbooth.config.train import TrainConfig
+    from vidbooth.engine.subject import train_subject
+
+    write_photo(tmp_path / "photos" / "p.png")
+    quick = TrainConfig(steps=1, batch_size=1)
+    train_subject(SubjectConfig(backbone=BackboneConfig(base="tiny"), name="T*-2", photos=str(tmp_path / "photos"),
+                                class_noun="dog", textual_inversion=TextualInversionConfig(train=quick),
+                                identity=IdentityConfig(train=quick), preview=SubjectPreviewConfig(enabled=False)))
+    bb = fresh()
+    result = apply_personalisation(bb, "a T*-2 dog runs", ["T*", "T*-2"], negative_prompt="T*-2 asleep")
+    assert result.prompt == "a T* T*_1 cat a T*-2 dog runs" and len(result.notes) == 1
+    assert result.negative_prompt == "T*-2 asleep"
+    pieces = bb.tokenizer.tokenize(result.prompt)  # every vector of both subjects
+    assert pieces[1:3] == ["t*", "t*_1"] and "t*-2" in pieces

@@ -13,6 +13,7 @@ and the looks of the generated video must come from the prompt and the subject i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from vidbooth.adapters.textual_inversion import token_pattern
@@ -59,12 +60,13 @@ def apply_personalisation(
 
     loaded = [load_subject(backbone, name, subject_scale) for name in subjects]
     result = Personalisation(prompt=prompt, negative_prompt=negative_prompt, subjects=loaded)
+    tokens = [token for subject in loaded for token in subject.tokens]  # 'S*' is not in 'S*-2', the longer one
     for subject in loaded:
-        result.prompt, note = with_subject_token(result.prompt, subject.token, subject.class_noun)
+        result.prompt, note = with_subject_token(result.prompt, subject.token, subject.class_noun, tokens)
         if note:
             result.notes.append(note)
-        result.prompt = subject.expand_prompt(result.prompt)
-        result.negative_prompt = subject.expand_prompt(result.negative_prompt)
+        result.prompt = subject.expand_prompt(result.prompt, tokens)
+        result.negative_prompt = subject.expand_prompt(result.negative_prompt, tokens)
     if motion:
         result.motion = load_motion(backbone, motion, motion_scale)
     return result
@@ -103,13 +105,14 @@ def check_same_base(first: tuple[str, str, dict], second: tuple[str, str, dict])
         )
 
 
-def with_subject_token(prompt: str, token: str, class_noun: str) -> tuple[str, str | None]:
+def with_subject_token(prompt: str, token: str, class_noun: str, others: Iterable[str] = ()) -> tuple[str, str | None]:
     """Return the prompt with '<token> <class noun>' in it, and a warning's text when it had to be inserted.
 
     The token goes before the first whole-word class noun ('a dog running' -> 'a S* dog running');
-    without one, 'a <token> <class noun>' is put in front of the prompt.
+    without one, 'a <token> <class noun>' is put in front of the prompt. `others`: the tokens of the other subjects
+    (`token_pattern`).
     """
-    if token_pattern(token).search(prompt):
+    if token_pattern(token, others).search(prompt):
         return prompt, None
     noun = re.search(rf"\b{re.escape(class_noun)}\b", prompt, flags=re.IGNORECASE) if class_noun else None
     if noun:

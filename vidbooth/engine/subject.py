@@ -21,6 +21,7 @@ import hashlib
 import os
 import shlex
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,9 +143,14 @@ class LoadedSubject:
     folder: Path
     manifest: dict = field(repr=False)
 
-    def expand_prompt(self, prompt: str) -> str:
-        """Spell out a multi-vector token ('a S* dog' -> 'a S* S*_1 dog'); a no-op for one vector."""
-        return expand_placeholder(prompt, self.token, self.num_vectors)
+    def expand_prompt(self, prompt: str, others: Iterable[str] = ()) -> str:
+        """Spell out a multi-vector token ('a S* dog' -> 'a S* S*_1 dog'); a no-op for one vector. `others`: the
+        tokens of the other subjects loaded with it (`token_pattern`)."""
+        return expand_placeholder(prompt, self.token, self.num_vectors, others)
+
+    @property
+    def tokens(self) -> list[str]:
+        return placeholder_tokens(self.token, self.num_vectors)
 
 
 def recorded_embedding(manifest: dict) -> tuple[str | None, int]:
