@@ -299,3 +299,14 @@ def test_a_subject_whose_name_begins_another_ones_is_told_apart(library, tmp_pat
     assert result.negative_prompt == "T*-2 asleep"
     pieces = bb.tokenizer.tokenize(result.prompt)  # every vector of both subjects
     assert pieces[1:3] == ["t*", "t*_1"] and "t*-2" in pieces
+
+
+@pytest.mark.parametrize("prompt", ["red " * 40 + "S* dog runs", "red " * 40 + "dog runs"])
+def test_a_prompt_cut_before_the_subjects_pseudo_word_is_refused(library, prompt):
+    """The text encoder reads its first tokens only (tiny's: 32): a pseudo-word past them, written or inserted before
+    the class noun, had been cut off with a warning that showed only the words before it, and the video made
+    without the subject."""
+    with pytest.raises(UserError, match=r"subject S\*'s pseudo-word .* cut off.*: shorten the prompt"):
+        apply_personalisation(fresh(), prompt, ["S*"])
+    long_but_kept = "a S* dog runs" + " fast" * 40  # only words after the pseudo-word are cut: a warning
+    assert apply_personalisation(fresh(), long_but_kept, ["S*"]).prompt == long_but_kept
