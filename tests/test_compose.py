@@ -310,3 +310,10 @@ def test_a_prompt_cut_before_the_subjects_pseudo_word_is_refused(library, prompt
         apply_personalisation(fresh(), prompt, ["S*"])
     long_but_kept = "a S* dog runs" + " fast" * 40  # only words after the pseudo-word are cut: a warning
     assert apply_personalisation(fresh(), long_but_kept, ["S*"]).prompt == long_but_kept
+
+
+def test_a_pseudo_word_already_spelled_out_is_kept(library):
+    """T* of two vectors written out in full, as diffusers' prompts write it ('T* T*_1'), stays so: it had become
+    'T* T*_1 T*_1', the second vector twice."""
+    result = apply_personalisation(fresh(), "a T* t*_1 cat and a T* cat", ["T*"], negative_prompt="T*  T*_1")
+    assert result.prompt == "a T* T*_1 cat and a T* T*_1 cat" and result.negative_prompt == "T* T*_1"

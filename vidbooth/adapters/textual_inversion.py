@@ -44,12 +44,14 @@ def token_pattern(token: str, others: Iterable[str] = ()) -> re.Pattern:
 
 
 def expand_placeholder(prompt: str, token: str, num_vectors: int, others: Iterable[str] = ()) -> str:
-    """Write a multi-vector token out in full: 'a S* dog' -> 'a S* S*_1 dog' (the tokenizer ignores case); `others`:
-    the other added tokens, as `token_pattern` takes them."""
+    """Write a multi-vector token out in full: 'a S* dog' -> 'a S* S*_1 dog' (the tokenizer ignores case), once: 'a S*
+    S*_1 dog' stays so; `others`: the other added tokens, as `token_pattern` takes them."""
     if num_vectors == 1:
         return prompt
-    spelled = " ".join(placeholder_tokens(token, num_vectors))
-    return token_pattern(token, others).sub(lambda _: spelled, prompt)
+    tokens = placeholder_tokens(token, num_vectors)
+    written_out = "".join(rf"\s+{re.escape(rest)}" for rest in tokens[1:])
+    pattern = re.compile(rf"{token_pattern(token, others).pattern}(?:{written_out}(?!\w))?", flags=re.IGNORECASE)
+    return pattern.sub(lambda _: " ".join(tokens), prompt)
 
 
 def class_noun_ids(tokenizer, class_noun: str) -> list[int]:
