@@ -123,12 +123,14 @@ def check_pseudo_words_read(tokenizer, prompt: str, subjects: list) -> None:
             )
 
 
-def with_subject_token(prompt: str, token: str, class_noun: str, others: Iterable[str] = ()) -> tuple[str, str | None]:
+def with_subject_token(
+    prompt: str, token: str, class_noun: str, others: Iterable[str] = (), what: str = "the prompt"
+) -> tuple[str, str | None]:
     """Return the prompt with '<token> <class noun>' in it, and a warning's text when it had to be inserted.
 
     The token goes before the first whole-word class noun ('a dog running' -> 'a S* dog running');
     without one, 'a <token> <class noun>' is put in front of the prompt. `others`: the tokens of the other subjects
-    (`token_pattern`).
+    (`token_pattern`); `what`: the prompt's name in the warning.
     """
     if token_pattern(token, others).search(prompt):
         return prompt, None
@@ -137,7 +139,7 @@ def with_subject_token(prompt: str, token: str, class_noun: str, others: Iterabl
         updated = f"{prompt[: noun.start()]}{token} {prompt[noun.start():]}"
     else:
         updated = " ".join(part for part in ("a", token, class_noun, prompt.strip()) if part)
-    note = f"the prompt lacks the subject token '{token}': using \"{updated}\""
+    note = f"{what} lacks the subject token '{token}': using \"{updated}\""
     bare = re.sub(r"\W", "", token)
     if bare and bare != token and bare in re.findall(r"\w+", prompt):
         note += f"; did you mean {token}?"  # 'a S dog': the shell or a typo dropped the '*'
