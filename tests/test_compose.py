@@ -276,3 +276,57 @@ def test_a_subject_named_twice_is_loaded_once(library):
     """`--subject S* --subject S*` applies S* once (a second load had failed: the layer already has its adapter)."""
     result = apply_personalisation(fresh(), "a S* dog", ["S*", "S*"])
     assert [subject.name for subject in result.subjects] == ["S*"] and result.prompt == "a S* dog"
+
+
+def train_one_step(folder, name, class_noun):
+    """Subject `name` on tiny, one step a stage, from one photo written in `folder`."""
+    from tests.badinputs import write_photo
+    from vidbooth.config import BackboneConfig
+    from vidbooth.config.subject import IdentityConfig, SubjectConfig, SubjectPreviewConfig, TextualInversionConfig
+    from vidbooth.config.train import TrainConfig
+    from vidbooth.engine.subject import train_subject
+
+    write_photo(folder / "photos" / "p.png")
+    quick = TrainConfig(steps=1, batch_size=1)
+    train_subject(SubjectConfig(backbone=BackboneConfig(base="tiny"), name=name, photos=str(folder / "photos"),
+                                class_noun=class_noun, textual_inversion=TextualInversionConfig(train=quick),
+                                identity=IdentityConfig(train=quick), preview=SubjectPreviewConfig(enabled=False)))
+
+
+def test_a_subject_whose_name_begins_another_ones_is_told_apart(library, tmp_path):
+    """Subjects T* and T*-2: the tokenizer reads 'T*-2' as T*-2 alone (the longer token), so a prompt holding only
+    T*-2 lacks T*, which is inserted with a note; and spelling T*'s two vectors out leaves T*-2 whole (it had taken
+    'T*-2' for T*: nothing inserted, and the prompt became 'a T* T*_1-2 dog', neither subject's tokens)."""
+    train_one_step(tmp_path, "T*-2", "dog")
+    bb = fresh()
+    result = apply_personalisation(bb, "a T*-2 dog runs", ["T*", "T*-2"], negative_prompt="T*-2 asleep")
+    assert result.prompt == "a T* T*_1 cat a T*-2 dog runs" and len(result.notes) == 1
+    assert result.negative_prompt == "T*-2 asleep"
+    pieces = bb.tokenizer.tokenize(result.prompt)  # every vector of both subjects
+    assert pieces[1:3] == ["t*", "t*_1"] and "t*-2" in pieces
+
+
+@pytest.mark.parametrize("prompt", ["red " * 40 + "S* dog runs", "red " * 40 + "dog runs"])
+def test_a_prompt_cut_before_the_subjects_pseudo_word_is_refused(library, prompt):
+    """The text encoder reads its first tokens only (tiny's: 32): a pseudo-word past them, written or inserted before
+    the class noun, had been cut off with a warning that showed only the words before it, and the video made
+    without the subject."""
+    with pytest.raises(UserError, match=r"subject S\*'s pseudo-word .* cut off.*: shorten the prompt"):
+        apply_personalisation(fresh(), prompt, ["S*"])
+    long_but_kept = "a S* dog runs" + " fast" * 40  # only words after the pseudo-word are cut: a warning
+    assert apply_personalisation(fresh(), long_but_kept, ["S*"]).prompt == long_but_kept
+
+
+def test_a_pseudo_word_already_spelled_out_is_kept(library):
+    """T* of two vectors written out in full, as diffusers' prompts write it ('T* T*_1'), stays so: it had become
+    'T* T*_1 T*_1', the second vector twice."""
+    result = apply_personalisation(fresh(), "a T* t*_1 cat and a T* cat", ["T*"], negative_prompt="T*  T*_1")
+    assert result.prompt == "a T* T*_1 cat and a T* T*_1 cat" and result.negative_prompt == "T* T*_1"
+
+
+def test_a_pseudo_word_typed_with_a_combining_accent_is_the_subject(library, tmp_path):
+    """'café' as macOS can paste it, 'cafe' + U+0301: the tokenizer reads it as the subject's 'café' (it composes
+    accents, NFC), which had been inserted a second time, with a warning that the prompt lacked it."""
+    train_one_step(tmp_path, "café", "dog")
+    result = apply_personalisation(fresh(), "a cafe\u0301 dog runs", ["café"], negative_prompt="cafe\u0301")
+    assert result.prompt == "a café dog runs" and result.notes == [] and result.negative_prompt == "café"

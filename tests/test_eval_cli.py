@@ -523,6 +523,23 @@ def test_the_last_video_of_a_run_of_several_has_the_runs_prompt(tmp_path):
     assert generated_prompt(tmp_path / "take-4.mp4") is None
 
 
+def test_a_pseudo_word_that_begins_another_is_taken_out_where_the_tokenizer_reads_it(tmp_path):
+    """Subjects T* and T*-2: 'T*-2' is the second's pseudo-word alone (it had lost its 'T*' to the first's, leaving
+    '-2' in the prompt scored)."""
+    from vidbooth.eval.jobs import generated_prompt
+
+    (tmp_path / "take.yaml").write_text("prompt: a T* dog and a T*-2 cat\nsubjects: [T*, T*-2]\n")
+    assert generated_prompt(tmp_path / "take.mp4") == "a dog and a cat"
+
+
+def test_a_pseudo_word_written_out_in_its_vectors_is_taken_out_whole(tmp_path):
+    """T* of two vectors written 'T* T*_1', as generate takes it: 'T*_1' had been left in the prompt scored."""
+    from vidbooth.eval.jobs import generated_prompt
+
+    (tmp_path / "take.yaml").write_text("prompt: a T* t*_1 cat\nsubjects: [T*]\n")
+    assert generated_prompt(tmp_path / "take.mp4") == "a cat"
+
+
 def test_a_one_video_run_does_not_claim_a_video_named_like_the_first_of_several(tmp_path):
     """A one-video run at take.mp4 after a run of several at take.mp4 (or beside a clip named take-1.mp4) writes
     take.yaml with num_videos 1, for take.mp4 only: take-1.mp4, from the earlier run, had been scored against its

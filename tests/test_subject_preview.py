@@ -40,3 +40,10 @@ def test_default_captions_keep_a_photo_of(monkeypatch, tmp_path):
 def test_preview_prompt_wins(monkeypatch, tmp_path):
     assert _preview_prompt(monkeypatch, tmp_path, ["a {} standing still"], "a S* cross moving left") == \
         "a S* cross moving left"
+
+
+def test_a_preview_prompt_without_the_pseudo_word_gets_it_with_a_warning(monkeypatch, tmp_path, capsys):
+    """As generate inserts it: the preview, of a plain cross, had not shown the subject, and nothing said so."""
+    assert _preview_prompt(monkeypatch, tmp_path, ["a {} standing still"], "a cross moving left") == \
+        "a S* cross moving left"
+    assert "preview.prompt lacks the subject token 'S*'" in capsys.readouterr().err

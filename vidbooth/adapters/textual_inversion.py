@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -32,18 +33,25 @@ def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
-def token_pattern(token: str) -> re.Pattern:
+def token_pattern(token: str, others: Iterable[str] = ()) -> re.Pattern:
     """`token` where the tokenizer reads it: in any case, and not inside a longer word ('sks' in 'a SKS dog' and
-    "sks's", not in 'tasks'), as `add_placeholder_tokens` registers it."""
-    return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)", flags=re.IGNORECASE)
+    "sks's", not in 'tasks'), as `add_placeholder_tokens` registers it; nor where one of the added tokens `others`
+    that begins with it starts, as the tokenizer reads the longest ('S*' is not in 'a S*-2 dog' with S*-2 added)."""
+    longer = [re.escape(other) for other in others
+              if len(other) > len(token) and other.lower().startswith(token.lower())]
+    not_longer = f"(?!{'|'.join(longer)})" if longer else ""
+    return re.compile(rf"(?<!\w){not_longer}{re.escape(token)}(?!\w)", flags=re.IGNORECASE)
 
 
-def expand_placeholder(prompt: str, token: str, num_vectors: int) -> str:
-    """Write a multi-vector token out in full: 'a S* dog' -> 'a S* S*_1 dog' (the tokenizer ignores case)."""
+def expand_placeholder(prompt: str, token: str, num_vectors: int, others: Iterable[str] = ()) -> str:
+    """Write a multi-vector token out in full: 'a S* dog' -> 'a S* S*_1 dog' (the tokenizer ignores case), once: 'a S*
+    S*_1 dog' stays so; `others`: the other added tokens, as `token_pattern` takes them."""
     if num_vectors == 1:
         return prompt
-    spelled = " ".join(placeholder_tokens(token, num_vectors))
-    return token_pattern(token).sub(lambda _: spelled, prompt)
+    tokens = placeholder_tokens(token, num_vectors)
+    written_out = "".join(rf"\s+{re.escape(rest)}" for rest in tokens[1:])
+    pattern = re.compile(rf"{token_pattern(token, others).pattern}(?:{written_out}(?!\w))?", flags=re.IGNORECASE)
+    return pattern.sub(lambda _: " ".join(tokens), prompt)
 
 
 def class_noun_ids(tokenizer, class_noun: str) -> list[int]:

@@ -13,6 +13,8 @@ and the looks of the generated video must come from the prompt and the subject i
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from vidbooth.adapters.textual_inversion import token_pattern
@@ -58,13 +60,17 @@ def apply_personalisation(
     check_learned_together(learned)
 
     loaded = [load_subject(backbone, name, subject_scale) for name in subjects]
+    # composed as CLIP's tokenizer composes accents (NFC): 'cafe' + U+0301, as macOS may paste it, is the subject 'café'
+    prompt, negative_prompt = (unicodedata.normalize("NFC", text) for text in (prompt, negative_prompt))
     result = Personalisation(prompt=prompt, negative_prompt=negative_prompt, subjects=loaded)
+    tokens = [token for subject in loaded for token in subject.tokens]  # 'S*' is not in 'S*-2', the longer one
     for subject in loaded:
-        result.prompt, note = with_subject_token(result.prompt, subject.token, subject.class_noun)
+        result.prompt, note = with_subject_token(result.prompt, subject.token, subject.class_noun, tokens)
         if note:
             result.notes.append(note)
-        result.prompt = subject.expand_prompt(result.prompt)
-        result.negative_prompt = subject.expand_prompt(result.negative_prompt)
+        result.prompt = subject.expand_prompt(result.prompt, tokens)
+        result.negative_prompt = subject.expand_prompt(result.negative_prompt, tokens)
+    check_pseudo_words_read(backbone.tokenizer, result.prompt, loaded)
     if motion:
         result.motion = load_motion(backbone, motion, motion_scale)
     return result
@@ -103,20 +109,40 @@ def check_same_base(first: tuple[str, str, dict], second: tuple[str, str, dict])
         )
 
 
-def with_subject_token(prompt: str, token: str, class_noun: str) -> tuple[str, str | None]:
+def check_pseudo_words_read(tokenizer, prompt: str, subjects: list) -> None:
+    """A UserError when a subject's pseudo-word lies past the tokens of `prompt` that the text encoder reads: cut
+    off, it would leave the subject out of the video."""
+    limit = tokenizer.model_max_length
+    ids = tokenizer(prompt, truncation=False, verbose=False).input_ids
+    if len(ids) <= limit:
+        return
+    read = set(ids[: limit - 1])  # the last place holds the end token
+    for subject in subjects:
+        if not read.issuperset(tokenizer.convert_tokens_to_ids(subject.tokens)):
+            raise UserError(
+                f"the prompt is {len(ids)} tokens but the text encoder reads {limit}, and subject {subject.name}'s "
+                f"pseudo-word {subject.token} comes after them: it would be cut off, leaving the subject out of the "
+                f"video: shorten the prompt, or write {subject.token} nearer its start"
+            )
+
+
+def with_subject_token(
+    prompt: str, token: str, class_noun: str, others: Iterable[str] = (), what: str = "the prompt"
+) -> tuple[str, str | None]:
     """Return the prompt with '<token> <class noun>' in it, and a warning's text when it had to be inserted.
 
     The token goes before the first whole-word class noun ('a dog running' -> 'a S* dog running');
-    without one, 'a <token> <class noun>' is put in front of the prompt.
+    without one, 'a <token> <class noun>' is put in front of the prompt. `others`: the tokens of the other subjects
+    (`token_pattern`); `what`: the prompt's name in the warning.
     """
-    if token_pattern(token).search(prompt):
+    if token_pattern(token, others).search(prompt):
         return prompt, None
     noun = re.search(rf"\b{re.escape(class_noun)}\b", prompt, flags=re.IGNORECASE) if class_noun else None
     if noun:
         updated = f"{prompt[: noun.start()]}{token} {prompt[noun.start():]}"
     else:
         updated = " ".join(part for part in ("a", token, class_noun, prompt.strip()) if part)
-    note = f"the prompt lacks the subject token '{token}': using \"{updated}\""
+    note = f"{what} lacks the subject token '{token}': using \"{updated}\""
     bare = re.sub(r"\W", "", token)
     if bare and bare != token and bare in re.findall(r"\w+", prompt):
         note += f"; did you mean {token}?"  # 'a S dog': the shell or a typo dropped the '*'

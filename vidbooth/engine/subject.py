@@ -21,6 +21,7 @@ import hashlib
 import os
 import shlex
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +58,7 @@ from vidbooth.adapters.textual_inversion import (
 from vidbooth.config.subject import STAGES, SubjectConfig
 from vidbooth.device import resolve_device, resolve_dtype
 from vidbooth.engine.backbone import base_model_folder, load_backbone_for
+from vidbooth.engine.compose import with_subject_token
 from vidbooth.engine.objective import Guidance, HighNoise
 from vidbooth.engine.sampling import check_preview, training_resolution
 from vidbooth.engine.train import (
@@ -142,9 +144,14 @@ class LoadedSubject:
     folder: Path
     manifest: dict = field(repr=False)
 
-    def expand_prompt(self, prompt: str) -> str:
-        """Spell out a multi-vector token ('a S* dog' -> 'a S* S*_1 dog'); a no-op for one vector."""
-        return expand_placeholder(prompt, self.token, self.num_vectors)
+    def expand_prompt(self, prompt: str, others: Iterable[str] = ()) -> str:
+        """Spell out a multi-vector token ('a S* dog' -> 'a S* S*_1 dog'); a no-op for one vector. `others`: the
+        tokens of the other subjects loaded with it (`token_pattern`)."""
+        return expand_placeholder(prompt, self.token, self.num_vectors, others)
+
+    @property
+    def tokens(self) -> list[str]:
+        return placeholder_tokens(self.token, self.num_vectors)
 
 
 def recorded_embedding(manifest: dict) -> tuple[str | None, int]:
@@ -774,7 +781,12 @@ def _render_preview(run: _Run, path: Path) -> str:
 
     preview, bb = run.cfg.preview, run.backbone
     # the first caption ('a photo of S* dog'; nano's 'a S* cross standing still'), in words the base knows
-    prompt = expand_placeholder(preview.prompt, run.token, run.num_vectors) if preview.prompt else run.captions()[0]
+    prompt = run.captions()[0]
+    if preview.prompt:  # with the pseudo-word, as generate puts it in
+        given, note = with_subject_token(preview.prompt, run.token, run.class_noun, what="preview.prompt")
+        if note:
+            reporting.warn(note)
+        prompt = expand_placeholder(given, run.token, run.num_vectors)
     generator = torch.Generator().manual_seed(run.cfg.runtime.seed)
     frames = sample_video(  # as generate samples it: not under training's autocast (fp16 even for the fp32 VAE)
         bb,
