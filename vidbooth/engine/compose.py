@@ -60,7 +60,7 @@ def apply_personalisation(
     check_learned_together(learned)
 
     loaded = [load_subject(backbone, name, subject_scale) for name in subjects]
-    # composed as CLIP's tokenizer composes accents (NFC): 'cafe' + U+0301, as macOS may paste it, is the subject 'café'
+    # composed as CLIP's tokenizer composes accents (NFC): 'cafe' + U+0301, as macOS may paste it, is subject 'café'
     prompt, negative_prompt = (unicodedata.normalize("NFC", text) for text in (prompt, negative_prompt))
     result = Personalisation(prompt=prompt, negative_prompt=negative_prompt, subjects=loaded)
     tokens = [token for subject in loaded for token in subject.tokens]  # 'S*' is not in 'S*-2', the longer one
