@@ -69,7 +69,8 @@ def test_a_folder_of_frames_is_a_clip_too(tmp_path):
     # two of a kind: one had been taken without a word
     (lambda f: (f / "clip1.jpg").write_bytes((f / "clip1.png").read_bytes()),
      r"clip1.mp4 has 2 subject photos \(clip1.jpg, clip1.png\): keep one"),
-    (lambda f: (f / "clip1.TXT").write_text("a subject"), r"clip1.mp4 has 2 captions \(clip1.TXT, clip1.txt\): keep one"),
+    (lambda f: (f / "clip1.TXT").write_text("a subject"),
+     r"clip1.mp4 has 2 captions \(clip1.TXT, clip1.txt\): keep one"),
     (lambda f: (f / "clip3.mask.jpg").write_bytes((f / "clip3.mask.png").read_bytes()),
      r"clip3.mp4 has 2 masks \(clip3.mask.jpg, clip3.mask.png\): keep one"),
 ])

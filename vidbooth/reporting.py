@@ -249,8 +249,9 @@ def native_lines_dropped(noise: str) -> Iterator[None]:
 def downloading(repo_id: str, say: bool = True) -> Iterator[None]:
     """Say that `repo_id` is being downloaded from the Hugging Face hub (unless `say` is False: said already, or
     HF_HUB_OFFLINE is set) and show the hub's own progress bars for it (the libraries' bars are otherwise off: a
-    multi-gigabyte base had downloaded without a word). The bars are not shown where info lines are not (VIDBOOTH_QUIET, processes but the
-    first of each machine), nor where the user turned them off (HF_HUB_DISABLE_PROGRESS_BARS)."""
+    multi-gigabyte base had downloaded without a word). The bars are not shown where info lines are not
+    (VIDBOOTH_QUIET, processes but the first of each machine), nor where the user turned them off
+    (HF_HUB_DISABLE_PROGRESS_BARS)."""
     from huggingface_hub import constants
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
