@@ -249,6 +249,21 @@ def test_a_subject_learned_on_the_shipped_base_leaves_the_base_to_the_default_wi
     assert capsys.readouterr().err == ""
 
 
+def test_a_revision_recorded_with_a_local_or_built_in_base_is_not_carried_to_generate(isolated_home, capsys,
+                                                                                     monkeypatch):
+    """A subject trained with --set backbone.revision= on nano records it, where it had no effect: carried over, each
+    generate with the subject had warned to 'leave it out', which no flag of generate's could."""
+    from vidbooth.cli.options import learned_backbone
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    with staged_artifact("subject", "S*") as stage:
+        (stage / "config.yaml").write_text("backbone:\n  base: nano\n  revision: main\n")
+        write_json(stage / MANIFEST, {"name": "S*", "kind": "subject", "schema_version": 1, "files": {},
+                                      "paths": {"config": "config.yaml"}})
+    assert learned_backbone(None, None, {}, [("subject", "S*")]) == {}
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("config_yaml", [None, "garbage: [\n", "textual_inversion: {num_vectors: 1}\n"])
 def test_the_base_a_subject_was_learned_on_is_read_from_its_manifest_whatever_its_config_yaml(isolated_home,
                                                                                            config_yaml):

@@ -628,3 +628,13 @@ def test_an_empty_name_or_path_for_evaluate_is_refused_not_left_out(key):
     flag = "--" + key.replace("_", "-")
     with pytest.raises(UserError, match=rf"^{key} \({flag}\) is empty \(an unset shell variable\?\)"):
         load_config(EvaluateConfig, None, None, {"videos": ["a.mp4"], key: ""})
+
+
+def test_an_empty_video_for_evaluate_is_refused_not_a_traceback():
+    """`vidbooth evaluate "$VIDEO"` with the variable unset had ended in "ValueError: PosixPath('.') has an empty
+    name"."""
+    from vidbooth.config.evaluate import EvaluateConfig
+
+    with pytest.raises(UserError, match=r"^an empty video path was given \(an unset shell variable\?\): give the "
+                                        r"video file, or a glob pattern of them$"):
+        load_config(EvaluateConfig, None, None, {"videos": ["a.mp4", " "]})

@@ -540,6 +540,15 @@ def test_a_pseudo_word_written_out_in_its_vectors_is_taken_out_whole(tmp_path):
     assert generated_prompt(tmp_path / "take.mp4") == "a cat"
 
 
+def test_a_pseudo_word_typed_with_a_combining_accent_is_taken_out(tmp_path):
+    """'cafe' + U+0301, as macOS may paste it, is subject 'café' to generate (it composes accents, NFC, as CLIP's
+    tokenizer does): its yaml keeps the prompt as typed, whose pseudo-word had been left in the prompt scored."""
+    from vidbooth.eval.jobs import generated_prompt
+
+    (tmp_path / "take.yaml").write_text("prompt: a cafe\u0301 dog\nsubjects: [caf\u00e9]\n", encoding="utf-8")
+    assert generated_prompt(tmp_path / "take.mp4") == "a dog"
+
+
 def test_a_one_video_run_does_not_claim_a_video_named_like_the_first_of_several(tmp_path):
     """A one-video run at take.mp4 after a run of several at take.mp4 (or beside a clip named take-1.mp4) writes
     take.yaml with num_videos 1, for take.mp4 only: take-1.mp4, from the earlier run, had been scored against its

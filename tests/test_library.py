@@ -387,7 +387,6 @@ def test_an_artifact_of_the_same_base_name_with_other_weights_says_how_it_was_lo
         library.check_base("motion", "M", manifest, "org/model", "bbb")
 
 
-
 @pytest.mark.parametrize("given", ["models/sd", "./models/sd/", "~/models/sd", "link"])
 def test_the_same_base_folder_given_another_way_says_how_it_was_loaded(given, tmp_path, monkeypatch):
     """The manifest records the folder as an absolute path; `--base models/sd` (relative, '~', a trailing slash, a
@@ -401,6 +400,7 @@ def test_the_same_base_folder_given_another_way_says_how_it_was_loaded(given, tm
                 "config": {"backbone": {"base": str(folder), "motion_adapter": "/adapters/v3"}}}
     with pytest.raises(UserError, match=r"load it as it was learned with \(--motion-adapter /adapters/v3\), or "):
         library.check_base("motion", "M", manifest, given, "bbb")
+
 
 def test_a_base_to_load_is_quoted_for_the_shell():
     """'use --base /models/my base' pasted into a shell had given 'unexpected extra argument (base)'."""

@@ -1125,6 +1125,18 @@ def test_a_run_folder_that_lost_its_state_is_refused_not_started_over(tmp_path, 
     assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
 
 
+def test_a_folder_with_other_safetensors_files_is_no_run_that_lost_its_state(tmp_path):
+    """Only the stages' checkpoints make a run folder: `--out` a folder that keeps an image-prompt model had been
+    refused as a run without its state.json ('put it back and pass --resume')."""
+    from vidbooth.config.pretrain import check_run_folder
+
+    (tmp_path / "image_prompt.safetensors").write_bytes(b"not a run's")
+    check_run_folder(tmp_path, False, False)
+    (tmp_path / "unet.optim.safetensors").write_bytes(b"a run's")
+    with pytest.raises(UserError, match="holds checkpoints but no state.json"):
+        check_run_folder(tmp_path, False, False)
+
+
 def test_a_run_or_model_continued_with_another_tokenizer_is_refused_naming_it(tmp_path, char_tokenizer,
                                                                              probed_every_step):
     """Its token table did not fit: --resume had said the checkpoint was damaged, to delete the run folder (a good

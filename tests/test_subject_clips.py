@@ -91,6 +91,15 @@ def test_captions_and_photos_of_no_clip_are_said_to_be_left_out(tmp_path, monkey
     assert [c.clip.name for c in find_subject_clips(folder, "subject")] == ["clip1.mp4", "clip3.mp4"]
     assert warned == [f"clip2.png and 1 more file in {folder} go with no clip (a video of their name: .mp4, .mov, "
                       ".webm, .mkv, .avi, .m4v, .gif, or a folder of frames so named): they are left out"]
+    (folder / "clip2.png").unlink()  # one file, and three: said in the number they are
+    warned.clear()
+    find_subject_clips(folder, "subject")
+    (folder / "clip4.txt").write_text("a subject")
+    (folder / "clip5.txt").write_text("a subject")
+    find_subject_clips(folder, "subject")
+    assert [line.split(" (")[0] for line in warned] == [f"clip2.txt in {folder} goes with no clip",
+                                                        f"clip2.txt and 2 more files in {folder} go with no clip"]
+    assert warned[0].endswith("it is left out") and warned[1].endswith("they are left out")
 
 
 def test_every_clip_with_a_problem_is_counted(tmp_path):

@@ -15,7 +15,7 @@ from vidbooth.config import checks
 from vidbooth.config.train import MAX_BATCH_SIZE
 from vidbooth.errors import UserError
 from vidbooth.fileio import expand_user, lock_file_beside, refuse_if_held
-from vidbooth.nano.arch import JOURNAL_FILE, LINEAR_PATHS, POSITION_CHANNELS, STATE_FILE, NanoArch
+from vidbooth.nano.arch import JOURNAL_FILE, LINEAR_PATHS, POSITION_CHANNELS, STAGES, STATE_FILE, NanoArch
 
 
 @dataclass
@@ -91,7 +91,9 @@ def check_run_folder(run: Path, resume: bool, holds_a_run: bool) -> None:
     (a checkpoint's journal alone counts: a save killed midway) and again under the run's lock, once that journal
     is finished (one cut short leaves nothing; another run may have begun). Stage checkpoints without state.json
     are refused either way: a new run would overwrite them."""
-    checkpoints = [path for path in run.glob("*.safetensors") if not path.name.startswith(".")]  # not a save's own
+    # the stages' own: not another model kept in the folder (an image prompt's)
+    checkpoints = [path for stage in STAGES for name in (stage, f"{stage}.optim")
+                   if (path := run / f"{name}.safetensors").is_file()]
     if checkpoints and not holds_a_run:
         raise UserError(f"{run} holds checkpoints but no {STATE_FILE}: put it back and pass --resume, or delete the "
                         "run folder (or give another --out) to start over")

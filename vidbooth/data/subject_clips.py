@@ -125,9 +125,10 @@ def _warn_of_files_of_no_clip(folder: Path, used: set[Path]) -> None:
         entry.suffix.lower() == CAPTION_SUFFIX or entry.suffix.lower() not in VIDEO_EXTENSIONS and is_image_file(entry))
         and not entry.name.startswith(".")]
     if left:
-        more = f" and {len(left) - 1} more file" if len(left) > 1 else ""
-        reporting.warn(f"{left[0].name}{more} in {folder} go with no clip (a video of their name: "
-                       f"{', '.join(VIDEO_EXTENSIONS)}, or a folder of frames so named): they are left out")
+        more = f" and {len(left) - 1} more file{'s' if len(left) > 2 else ''}" if len(left) > 1 else ""
+        go, they = ("go", "they are") if len(left) > 1 else ("goes", "it is")
+        reporting.warn(f"{left[0].name}{more} in {folder} {go} with no clip (a video of their name: "
+                       f"{', '.join(VIDEO_EXTENSIONS)}, or a folder of frames so named): {they} left out")
 
 
 def load_subject_clip(example: SubjectClip, num_frames: int, size: int, rng: np.random.Generator | None = None,

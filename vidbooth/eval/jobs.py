@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import glob
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +162,8 @@ def generated_prompt(video: str | Path) -> str | None:
 def without_pseudo_words(prompt: str, names: list[str]) -> str:
     """`prompt` without the subject pseudo-words `names`, found as the tokenizer finds them (any case, whole
     words, with the further vectors of one written out: 'S* S*_1'): CLIP has never seen them. The longest first, as
-    the tokenizer reads 'S*-2' as that, not as 'S*'."""
+    the tokenizer reads 'S*-2' as that, not as 'S*'. Its accents composed (NFC), as generate and CLIP read them."""
+    prompt = unicodedata.normalize("NFC", prompt)
     for name in sorted(names, key=len, reverse=True):
         prompt = re.sub(rf"(?<!\w){re.escape(name)}(?:_[0-9]+)?(?!\w)", " ", prompt, flags=re.IGNORECASE)
     return " ".join(prompt.split())

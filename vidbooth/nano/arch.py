@@ -14,6 +14,9 @@ LINEAR_PATHS = ("random", "edge")
 """How the world lays out linear motions: from a random start, or across the frame from edge to edge."""
 STATE_FILE = "state.json"
 """A pretraining run folder's steps, seeds and curve (`vidbooth.nano.checkpoint`)."""
+STAGES = ("autoencoder", "clip", "unet")
+"""The stages of pretraining, in order; each keeps `<stage>.safetensors` and `<stage>.optim.safetensors` in the run
+folder."""
 JOURNAL_FILE = "saving.json"
 """The renames of a checkpoint being saved (`fileio.write_together`), which a run killed while saving finishes."""
 

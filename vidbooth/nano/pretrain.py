@@ -28,6 +28,7 @@ from vidbooth.errors import Interrupted, UserError, not_the_inputs_fault, stoppe
 from vidbooth.fileio import disk_full, lock_beside, write_together
 from vidbooth.nano import PACKAGED
 from vidbooth.nano import checkpoint as ckpt
+from vidbooth.nano.arch import STAGES
 from vidbooth.nano.evaluation import eval_pairs, probe_backbone
 from vidbooth.nano.model import (
     build_clip,
@@ -40,7 +41,6 @@ from vidbooth.nano.model import (
 from vidbooth.nano.world import make_split, sample_pretraining_batch
 from vidbooth.reporting import info, progress
 
-STAGES = ("autoencoder", "clip", "unet")
 TEMPORAL = ("temp_convs", "temp_attentions", "transformer_in")
 WARMUP_FRACTION = 0.05
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
