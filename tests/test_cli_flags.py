@@ -236,28 +236,16 @@ def test_completing_a_library_name_offers_nothing_where_the_library_is_a_file(tm
     assert learned_names("subject")(root, "") == []
 
 
-def test_a_subject_learned_on_the_shipped_base_leaves_the_base_to_the_default_without_a_word(isolated_home, capsys,
-                                                                                            monkeypatch):
+@pytest.mark.parametrize("revision", ["null", "main"])
+def test_a_subject_learned_on_the_shipped_base_leaves_the_base_to_the_default_without_a_word(revision, isolated_home,
+                                                                                            capsys, monkeypatch):
+    """A revision recorded with it (trained with --set backbone.revision= on nano, where it had no effect) is not
+    carried over either: each generate with the subject had warned to 'leave it out', which no flag could."""
     from vidbooth.cli.options import learned_backbone
 
     monkeypatch.setenv("VIDBOOTH_QUIET", "0")
     with staged_artifact("subject", "S*") as stage:
-        (stage / "config.yaml").write_text("backbone:\n  base: nano\n  revision: null\n")
-        write_json(stage / MANIFEST, {"name": "S*", "kind": "subject", "schema_version": 1, "files": {},
-                                      "paths": {"config": "config.yaml"}})
-    assert learned_backbone(None, None, {}, [("subject", "S*")]) == {}
-    assert capsys.readouterr().err == ""
-
-
-def test_a_revision_recorded_with_a_local_or_built_in_base_is_not_carried_to_generate(isolated_home, capsys,
-                                                                                     monkeypatch):
-    """A subject trained with --set backbone.revision= on nano records it, where it had no effect: carried over, each
-    generate with the subject had warned to 'leave it out', which no flag of generate's could."""
-    from vidbooth.cli.options import learned_backbone
-
-    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
-    with staged_artifact("subject", "S*") as stage:
-        (stage / "config.yaml").write_text("backbone:\n  base: nano\n  revision: main\n")
+        (stage / "config.yaml").write_text(f"backbone:\n  base: nano\n  revision: {revision}\n")
         write_json(stage / MANIFEST, {"name": "S*", "kind": "subject", "schema_version": 1, "files": {},
                                       "paths": {"config": "config.yaml"}})
     assert learned_backbone(None, None, {}, [("subject", "S*")]) == {}
