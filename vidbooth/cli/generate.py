@@ -128,9 +128,10 @@ def generate(
         from vidbooth.errors import UserError
         from vidbooth.fileio import expand_user
 
+        photo = expand_user(cfg.image_prompt)
         try:
-            check_image_file(expand_user(cfg.image_prompt))
-            refuse_path_not_text("image prompt", expand_user(cfg.image_prompt))  # the .yaml beside the video
+            check_image_file(photo)
+            refuse_path_not_text("image prompt", photo)  # the .yaml beside the video records it
         except UserError as exc:
             raise UserError(f"--image-prompt: {exc}") from exc
     from vidbooth.engine.generate import generate as run_generate  # after the cheap checks: it loads torch

@@ -114,10 +114,9 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from vidbooth.config.checks import BUILTIN_BASES
+    from vidbooth.config.checks import local_base
     from vidbooth.config.load import SHIPPED_BASE, given_base
     from vidbooth.errors import UserError
-    from vidbooth.fileio import expand_user
     from vidbooth.library import artifact_dir, read_manifest
     from vidbooth.reporting import info
 
@@ -140,7 +139,7 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
         return {}
     learned = {f"backbone.{key}": value for key, value in found.pop()}
     base = learned.get("backbone.base", SHIPPED_BASE)
-    if isinstance(base, str) and (base in BUILTIN_BASES or expand_user(base).exists()):
+    if isinstance(base, str) and local_base(base):
         learned.pop("backbone.revision", None)  # recorded, but of no effect on a local or built-in model
     if learned.get("backbone.base", SHIPPED_BASE) == SHIPPED_BASE and len(learned) <= 1:
         return {}

@@ -25,11 +25,16 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 """A hub id (org/name): a base or motion adapter so named that is no folder here is fetched."""
 
 
+def local_base(base: str) -> bool:
+    """Whether `base` names a built-in model or a folder or file here: no hub id, of which a revision picks one."""
+    return base in BUILTIN_BASES or expand_user(base).exists()
+
+
 def base_found(base: str, flag: str | None = "--base") -> None:
     """A UserError for a base that is no built-in name, no folder or file here and no hub id: checked with the
     settings, so that a mistyped folder is told at once (it had waited for torch and diffusers to load, 4 s).
     `flag`: the option that gave it (None: a name recorded in a file, which no option replaces)."""
-    if base in BUILTIN_BASES or HUB_ID.match(base) or expand_user(base).exists():
+    if local_base(base) or HUB_ID.match(base):
         return
     given = f" ({flag})" if flag else ""
     raise UserError(f"base model not found: {base}{given}: give a diffusers model folder, a hub id like org/name, or "

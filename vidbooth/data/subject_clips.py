@@ -114,14 +114,14 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
     if both:
         more = f" and {len(both) - 1} more" if len(both) > 1 else ""
         reporting.warn(f"{both[0]}{more} in {folder} have both a photo and a mask: the photo is used, the mask not")
-    _warn_of_files_of_no_clip(folder, used)
+    _warn_of_files_of_no_clip(folder, [entry for entries in names.values() for entry in entries], used)
     return found
 
 
-def _warn_of_files_of_no_clip(folder: Path, used: set[Path]) -> None:
-    """Say which captions and photos in `folder` go with no clip: a clip of a kind not read (walk.mpeg) is left out
-    with them."""
-    left = [entry for entry in sorted(folder.iterdir(), key=natural_sort_key) if entry not in used and (
+def _warn_of_files_of_no_clip(folder: Path, entries: list[Path], used: set[Path]) -> None:
+    """Say which captions and photos among `folder`'s `entries` go with no clip: a clip of a kind not read
+    (walk.mpeg) is left out with them."""
+    left = [entry for entry in sorted(entries, key=natural_sort_key) if entry not in used and (
         entry.suffix.lower() == CAPTION_SUFFIX or entry.suffix.lower() not in VIDEO_EXTENSIONS and is_image_file(entry))
         and not entry.name.startswith(".")]
     if left:

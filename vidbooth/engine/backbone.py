@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vidbooth.config.checks import BUILTIN_BASES, HUB_ID, base_found
+from vidbooth.config.checks import BUILTIN_BASES, HUB_ID, base_found, local_base
 from vidbooth.engine.positions import extra_input_channels, with_positions
 from vidbooth.errors import UserError, not_the_inputs_fault
 from vidbooth.fileio import disk_full, expand_user, folder_beside, lock_file_beside, publish_folder, refuse_if_held
@@ -148,6 +148,14 @@ class Backbone:
                      f"'{shown}'; shorten it")
         ids = self.tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         return ids.input_ids.to(self.device)
+
+    def cut_away(self, prompt: str, word_ids: list[int]) -> bool:
+        """Whether the tokens `word_ids` stand in `prompt` only past the tokens the text encoder reads (the last place
+        read holds the end token), where `tokenize` cuts them away with the prompt's end."""
+        from vidbooth.adapters.image_prompt import find_span
+
+        span = find_span(self.tokenizer(prompt, truncation=False, verbose=False).input_ids, word_ids)
+        return span is not None and span[1] > self.tokenizer.model_max_length - 1
 
     def encode_prompt(self, prompts: list[str], names: list[str] | None = None) -> torch.Tensor:
         """Text embeddings (B, L, D) from the last hidden state, as diffusers' T2V pipelines use (`names`: as
@@ -477,7 +485,7 @@ def _with_motion_modules(unet2d, source: Path, folder: Path, dtype: torch.dtype)
     try:
         adapter = MotionAdapter.from_pretrained(source, use_safetensors=True, variant=variant,
                                                 torch_dtype=_adapter_dtype(dtype, source, variant))
-        _check_complete(adapter, "its")
+        check_complete(adapter, "its")
         unet = _made_of(unet2d, adapter)
         # in fp32: diffusers casts the adapter to the UNet's dtype, and a bf16 run's fp16 UNet would round it twice
         return unet if unet is not None else UNetMotionModel.from_unet2d(unet2d.float(), adapter)
@@ -529,7 +537,7 @@ def _made_of(unet2d, adapter):
     return None if any(buffer.is_meta for buffer in unet.buffers()) else unet  # one its files do not hold
 
 
-def _check_complete(module, whose: str) -> None:
+def check_complete(module, whose: str) -> None:
     """A ValueError when weights were missing from the files `module` was loaded from: diffusers only logs that and
     leaves those parameters empty ('meta'), which fail later with no word of why."""
     missing = [name for name, tensor in (*module.named_parameters(), *module.named_buffers()) if tensor.is_meta]
@@ -592,7 +600,7 @@ def load_backbone(
     backend = resolve_backend(attention, torch_device)  # fail before loading gigabytes
 
     folder = resolve_base(base, revision)
-    if revision and (base in BUILTIN_BASES or expand_user(base).exists()):
+    if revision and local_base(base):
         from vidbooth.reporting import warn
 
         warn(f"backbone.revision {revision} has no effect on {base}: a revision picks a version of a hub id's model, "
@@ -626,7 +634,7 @@ def load_backbone(
             family, unet = ZERO_SHOT, UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **unet_dtype)
         elif unet_class == "UNet2DConditionModel":
             unet2d = UNet2DConditionModel.from_pretrained(folder / "unet", **kw, **unet_dtype)
-            _check_complete(unet2d, "its UNet's")
+            check_complete(unet2d, "its UNet's")
             image_fingerprint = compute_fingerprint({"text_encoder": text_encoder, "vae": vae, "unet": unet2d})
             family, unet = "animatediff", _with_motion_modules(unet2d, adapter_source, folder, dtype)
         else:
@@ -635,7 +643,7 @@ def load_backbone(
                 "models (UNet2DConditionModel)"
             )
         for whose, module in (("its text encoder's", text_encoder), ("its VAE's", vae), ("its UNet's", unet)):
-            _check_complete(module, whose)
+            check_complete(module, whose)
         scheduler_config = _scheduler_config(folder)
         if family == "animatediff":  # SD1.5's own schedule is scaled_linear
             scheduler_config = scheduler_config | ANIMATEDIFF_SCHEDULE

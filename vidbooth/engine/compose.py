@@ -70,7 +70,7 @@ def apply_personalisation(
             result.notes.append(note)
         result.prompt = subject.expand_prompt(result.prompt, tokens)
         result.negative_prompt = subject.expand_prompt(result.negative_prompt, tokens)
-    check_pseudo_words_read(backbone.tokenizer, result.prompt, loaded)
+    check_pseudo_words_read(backbone, result.prompt, loaded)
     if motion:
         result.motion = load_motion(backbone, motion, motion_scale)
     return result
@@ -109,20 +109,16 @@ def check_same_base(first: tuple[str, str, dict], second: tuple[str, str, dict])
         )
 
 
-def check_pseudo_words_read(tokenizer, prompt: str, subjects: list) -> None:
+def check_pseudo_words_read(backbone, prompt: str, subjects: list) -> None:
     """A UserError when a subject's pseudo-word lies past the tokens of `prompt` that the text encoder reads: cut
     off, it would leave the subject out of the video."""
-    limit = tokenizer.model_max_length
-    ids = tokenizer(prompt, truncation=False, verbose=False).input_ids
-    if len(ids) <= limit:
-        return
-    read = set(ids[: limit - 1])  # the last place holds the end token
     for subject in subjects:
-        if not read.issuperset(tokenizer.convert_tokens_to_ids(subject.tokens)):
+        if backbone.cut_away(prompt, backbone.tokenizer.convert_tokens_to_ids(subject.tokens)):
             raise UserError(
-                f"the prompt is {len(ids)} tokens but the text encoder reads {limit}, and subject {subject.name}'s "
-                f"pseudo-word {subject.token} comes after them: it would be cut off, leaving the subject out of the "
-                f"video: shorten the prompt, or write {subject.token} nearer its start"
+                f"subject {subject.name}'s pseudo-word {subject.token} comes after the "
+                f"{backbone.tokenizer.model_max_length} tokens the text encoder reads of the prompt: it would be cut "
+                f"off, leaving the subject out of the video: shorten the prompt, or write {subject.token} nearer its "
+                "start"
             )
 
 

@@ -157,10 +157,8 @@ class ImagePromptModel:
 
     def word_cut_away(self, prompt: str, word: str) -> bool:
         """Whether `prompt` names `word` only past the tokens the text encoder reads, which cut it away."""
-        tokenizer = self.backbone.tokenizer
-        word_ids = tokenizer(word, add_special_tokens=False).input_ids
-        span = find_span(tokenizer(prompt, truncation=False).input_ids, word_ids) if word_ids else None
-        return span is not None and span[1] > tokenizer.model_max_length - 1  # the last place read is the end token
+        word_ids = self.backbone.tokenizer(word, add_special_tokens=False).input_ids
+        return bool(word_ids) and self.backbone.cut_away(prompt, word_ids)
 
     def prompt_embeds(self, input_ids: torch.Tensor, image_embeds: torch.Tensor, word: str | None = None,
                       prompts: list[str] | None = None):

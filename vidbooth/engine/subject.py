@@ -780,13 +780,13 @@ def _render_preview(run: _Run, path: Path) -> str:
     from vidbooth.engine.sampling import sample_video
 
     preview, bb = run.cfg.preview, run.backbone
-    # the first caption ('a photo of S* dog'; nano's 'a S* cross standing still'), in words the base knows
-    prompt = run.captions()[0]
     if preview.prompt:  # with the pseudo-word, as generate puts it in
         given, note = with_subject_token(preview.prompt, run.token, run.class_noun, what="preview.prompt")
         if note:
             reporting.warn(note)
         prompt = expand_placeholder(given, run.token, run.num_vectors)
+    else:  # the first caption ('a photo of S* dog'; nano's 'a S* cross standing still'), in words the base knows
+        prompt = run.captions()[0]
     generator = torch.Generator().manual_seed(run.cfg.runtime.seed)
     frames = sample_video(  # as generate samples it: not under training's autocast (fp16 even for the fp32 VAE)
         bb,

@@ -316,6 +316,8 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
+    from vidbooth.engine.backbone import check_complete
+
     folder = PACKAGED if source == "nano" else Path(source)
     provenance = _read_provenance(folder)
     if _identity(provenance) != run.identity:
@@ -340,7 +342,8 @@ def _adopt_model(run: _Run, source: str, tokenizer) -> None:
         clip.visual_projection.load_state_dict(image.visual_projection.state_dict())
         vae = AutoencoderKL.from_pretrained(folder / "vae")
         unet = UNet3DConditionModel.from_pretrained(folder / "unet")
-        _check_complete(vae, unet)
+        for module in (vae, unet):
+            check_complete(module, f"its {type(module).__name__}")
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         not_the_inputs_fault(exc)
         raise UserError(f"{folder} cannot be loaded (damaged or edited: {str(exc).splitlines()[0]}): check "
@@ -376,14 +379,6 @@ def _check_checkpoint_vocabulary(weights: Path, model: torch.nn.Module, table: s
     expected = {key: list(tensor.shape) for key, tensor in model.state_dict().items()}
     if table in saved and saved | {table: expected.get(table)} == expected:
         _check_vocabulary(saved[table][0], source, tokenizer, weights)
-
-
-def _check_complete(*modules: torch.nn.Module) -> None:
-    """A ValueError naming a tensor that the files lacked: diffusers leaves it empty ('meta') with a log line."""
-    for module in modules:
-        missing = [name for name, tensor in module.state_dict().items() if tensor.is_meta]
-        if missing:
-            raise ValueError(f"its {type(module).__name__} weights lack {len(missing)} tensor(s), such as {missing[0]}")
 
 
 def _read_provenance(folder: Path) -> dict:
