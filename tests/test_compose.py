@@ -152,6 +152,13 @@ def test_a_token_inside_a_longer_word_is_not_the_subject(tiny_backbones):
     assert tokenizer.tokenize("a SKS dog")[1] == tokenizer.tokenize("sks's")[0] == "sks"
 
 
+def test_a_token_ending_inside_another_subjects_is_not_that_subject():
+    """'sks' inside '*sks' (both subjects loaded) is '*sks' for the tokenizer: 'sks' is put in, not taken as there."""
+    updated, note = with_subject_token("a *sks cat", "sks", "dog", ["sks", "*sks"])
+    assert updated == "a sks dog a *sks cat" and note is not None
+    assert with_subject_token("a *sks cat", "*sks", "cat", ["sks", "*sks"]) == ("a *sks cat", None)
+
+
 # ---- stored artifacts ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory, shared_cache):
@@ -253,6 +260,12 @@ def test_several_subjects_in_one_prompt(library):
     assert result.prompt == "a S* dog and a T* T*_1 cat play" and len(result.notes) == 2  # T* has two vectors
     assert result.negative_prompt == "T* T*_1 asleep, S*"  # spelled out as in the prompt, nothing inserted
     assert adapters_of(bb.unet, subject_kind("S*")) and adapters_of(bb.unet, subject_kind("T*"))
+
+
+def test_a_part_of_a_pseudo_word_is_refused_in_one_line(library):
+    """T* has two vectors: 'T*_1' alone is refused, naming the whole and what to write."""
+    with pytest.raises(UserError, match=r"^'T\*_1' is a part of subject T\*'s pseudo-word of 2 vectors \(T\* T\*_1\)"):
+        apply_personalisation(fresh(), "a T*_1 cat", ["T*"], None)
 
 
 def test_subject_and_motion_from_different_bases_is_an_error_naming_both(library):

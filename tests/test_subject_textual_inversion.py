@@ -63,6 +63,34 @@ def test_expand_placeholder():
     assert ti.expand_placeholder("a S* dog", "S*", 1) == "a S* dog"
     assert ti.expand_placeholder("a S* dog and s*", "S*", 3) == "a S* S*_1 S*_2 dog and S* S*_1 S*_2"
     assert ti.expand_placeholder("a sks dog's tasks, sks.", "sks", 2) == "a sks sks_1 dog's tasks, sks sks_1."
+    assert ti.expand_placeholder("a s* S*_1  S*_2 dog", "S*", 3) == "a S* S*_1 S*_2 dog"  # written out already
+
+
+def test_a_pseudo_word_inside_a_longer_one_is_left_alone():
+    """'sks' ends inside '*sks' of another subject: only its own whole places are written out, '*sks' is kept."""
+    assert ti.expand_placeholder("*sks dog and sks cat", "sks", 2, ["*sks", "*sks_1"]) == "*sks dog and sks sks_1 cat"
+    assert ti.expand_placeholder("xS* and S*", "S*", 2, ["xS*"]) == "xS* and S* S*_1"
+
+
+@pytest.mark.parametrize("prompt", ["a S*_1 dog", "a S* S*_1 dog", "a S* S*_2 dog", "S*_2, S* S*_1 S*_2"])
+def test_a_part_of_a_pseudo_word_written_alone_is_refused(prompt):
+    """A subject of three vectors is 'S* S*_1 S*_2' or 'S*': 'S*_1' alone had been kept, the subject written out
+    again beside it, and 'S* S*_1' became 'S* S*_1 S*_2 S*_1'."""
+    with pytest.raises(UserError, match=r"^'S\*_[12]' is a part of subject S\*'s pseudo-word of 3 vectors .*: write "
+                                        r"S\* alone in the prompt"):
+        ti.expand_placeholder(prompt, "S*", 3)
+
+
+@pytest.mark.parametrize("prompt", ["*sks dog and sks cat", "a *sks", "x*sks sks", "**sks", "sks's (SKS) tasks",
+                                    "S*-2 and S*", "S*-2x S*", "a S* S*_1 dog", "xS* S*xS*"])
+def test_the_tokens_read_are_the_tokenizers(bb, prompt):
+    """`read_tokens` finds the added tokens where the tokenizer reads them, overlapping names included."""
+    tokens = ["sks", "*sks", "*sks_1", "S*", "S*_1", "S*-2", "xS*"]
+    rows = torch.zeros(len(tokens), bb.text_encoder.get_input_embeddings().embedding_dim)
+    ti.add_placeholder_tokens(bb.tokenizer, bb.text_encoder, tokens, rows)
+    added = {token.lower() for token in tokens}
+    read = [piece for piece in bb.tokenizer.tokenize(prompt) if piece in added]
+    assert [match.group().lower() for match in ti.read_tokens(prompt, tokens)] == read
 
 
 def test_diffusers_load_textual_inversion_reads_our_file(tiny_base_dirs, bb, tmp_path):

@@ -33,25 +33,62 @@ def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
-def token_pattern(token: str, others: Iterable[str] = ()) -> re.Pattern:
-    """`token` where the tokenizer reads it: in any case, and not inside a longer word ('sks' in 'a SKS dog' and
-    "sks's", not in 'tasks'), as `add_placeholder_tokens` registers it; nor where one of the added tokens `others`
-    that begins with it starts, as the tokenizer reads the longest ('S*' is not in 'a S*-2 dog' with S*-2 added)."""
-    longer = [re.escape(other) for other in others
-              if len(other) > len(token) and other.lower().startswith(token.lower())]
-    not_longer = f"(?!{'|'.join(longer)})" if longer else ""
-    return re.compile(rf"(?<!\w){not_longer}{re.escape(token)}(?!\w)", flags=re.IGNORECASE)
+def token_pattern(token: str) -> re.Pattern:
+    """`token` where the tokenizer reads it when it is the only token added: in any case, and not inside a longer word
+    ('sks' in 'a SKS dog' and "sks's", not in 'tasks'), as `add_placeholder_tokens` registers it. With other tokens
+    added, `read_tokens` tells where each is read."""
+    return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)", flags=re.IGNORECASE)
+
+
+def read_tokens(text: str, tokens: Iterable[str]) -> list[re.Match]:
+    """Where the tokenizer reads the added `tokens` in `text`: found left to right, in any case, the longest where
+    several begin; one with a word character beside it (`token_pattern`) is no token, and hides the shorter ones
+    inside it: with 'sks' and '*sks' added, 'x*sks' holds neither and 'a *sks' only '*sks'."""
+    longest_first = sorted({token.lower() for token in tokens}, key=len, reverse=True)
+    if not longest_first:
+        return []
+    found = re.compile("|".join(map(re.escape, longest_first)), flags=re.IGNORECASE).finditer(text)
+    return [match for match in found if token_pattern(match.group()).match(text, match.start())]
+
+
+def reads_token(text: str, token: str, others: Iterable[str] = ()) -> bool:
+    """Whether the tokenizer reads `token` in `text`, with the tokens `others` added too (`read_tokens`)."""
+    return any(match.group().lower() == token.lower() for match in read_tokens(text, [token, *others]))
 
 
 def expand_placeholder(prompt: str, token: str, num_vectors: int, others: Iterable[str] = ()) -> str:
     """Write a multi-vector token out in full: 'a S* dog' -> 'a S* S*_1 dog' (the tokenizer ignores case), once: 'a S*
-    S*_1 dog' stays so; `others`: the other added tokens, as `token_pattern` takes them."""
+    S*_1 dog' stays so; `others`: the other added tokens (`read_tokens`). A part of it written alone ('S*_1', or 'S*
+    S*_1' of three vectors) is a UserError: the subject is its vectors together."""
     if num_vectors == 1:
         return prompt
     tokens = placeholder_tokens(token, num_vectors)
-    written_out = "".join(rf"\s+{re.escape(rest)}" for rest in tokens[1:])
-    pattern = re.compile(rf"{token_pattern(token, others).pattern}(?:{written_out}(?!\w))?", flags=re.IGNORECASE)
-    return pattern.sub(lambda _: " ".join(tokens), prompt)
+    own = {t.lower() for t in tokens}
+    found = [match for match in read_tokens(prompt, [*tokens, *others]) if match.group().lower() in own]
+    pieces, done, index = [], 0, 0
+    while index < len(found):
+        run = found[index : index + num_vectors]
+        if not _written_out(prompt, run, tokens):
+            _check_not_a_part(run[0], tokens)
+            run = run[:1]
+        pieces += [prompt[done : run[0].start()], " ".join(tokens)]
+        done, index = run[-1].end(), index + len(run)
+    return "".join(pieces) + prompt[done:]
+
+
+def _written_out(prompt: str, run: list[re.Match], tokens: list[str]) -> bool:
+    """Whether the tokens read `run` are `tokens`, in order, with nothing but spaces between them."""
+    in_order = [match.group().lower() for match in run] == [token.lower() for token in tokens]
+    return in_order and all(not prompt[a.end() : b.start()].strip() for a, b in zip(run, run[1:]))
+
+
+def _check_not_a_part(match: re.Match, tokens: list[str]) -> None:
+    """A UserError for one of a pseudo-word's later vectors ('S*_1') read outside its whole write-out."""
+    if match.group().lower() != tokens[0].lower():
+        raise UserError(
+            f"'{match.group()}' is a part of subject {tokens[0]}'s pseudo-word of {len(tokens)} vectors "
+            f"({' '.join(tokens)}): write {tokens[0]} alone in the prompt, which stands for all of them"
+        )
 
 
 def class_noun_ids(tokenizer, class_noun: str) -> list[int]:

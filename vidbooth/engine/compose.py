@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from vidbooth.adapters.textual_inversion import token_pattern
+from vidbooth.adapters.textual_inversion import reads_token
 from vidbooth.errors import UserError
 
 
@@ -63,7 +63,7 @@ def apply_personalisation(
     # composed as CLIP's tokenizer composes accents (NFC): 'cafe' + U+0301, as macOS may paste it, is subject 'café'
     prompt, negative_prompt = (unicodedata.normalize("NFC", text) for text in (prompt, negative_prompt))
     result = Personalisation(prompt=prompt, negative_prompt=negative_prompt, subjects=loaded)
-    tokens = [token for subject in loaded for token in subject.tokens]  # 'S*' is not in 'S*-2', the longer one
+    tokens = [token for subject in loaded for token in subject.tokens]  # 'sks' is not in '*sks', the longer one
     for subject in loaded:
         result.prompt, note = with_subject_token(result.prompt, subject.token, subject.class_noun, tokens)
         if note:
@@ -129,9 +129,9 @@ def with_subject_token(
 
     The token goes before the first whole-word class noun ('a dog running' -> 'a S* dog running');
     without one, 'a <token> <class noun>' is put in front of the prompt. `others`: the tokens of the other subjects
-    (`token_pattern`); `what`: the prompt's name in the warning.
+    (`read_tokens`); `what`: the prompt's name in the warning.
     """
-    if token_pattern(token, others).search(prompt):
+    if reads_token(prompt, token, others):
         return prompt, None
     noun = re.search(rf"\b{re.escape(class_noun)}\b", prompt, flags=re.IGNORECASE) if class_noun else None
     if noun:

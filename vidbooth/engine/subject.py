@@ -146,7 +146,7 @@ class LoadedSubject:
 
     def expand_prompt(self, prompt: str, others: Iterable[str] = ()) -> str:
         """Spell out a multi-vector token ('a S* dog' -> 'a S* S*_1 dog'); a no-op for one vector. `others`: the
-        tokens of the other subjects loaded with it (`token_pattern`)."""
+        tokens of the other subjects loaded with it (`read_tokens`)."""
         return expand_placeholder(prompt, self.token, self.num_vectors, others)
 
     @property
