@@ -2,10 +2,12 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from vidbooth.config.subject import SubjectConfig
 from vidbooth.engine import subject
+from vidbooth.errors import UserError
 
 
 def _preview_prompt(monkeypatch, tmp_path, captions, prompt=""):
@@ -25,6 +27,7 @@ def _preview_prompt(monkeypatch, tmp_path, captions, prompt=""):
     cfg.preview.prompt = prompt
     run = SimpleNamespace(cfg=cfg, backbone=None, token="S*", class_noun="cross", num_vectors=1)
     run.captions = lambda: subject._Run.captions(run)
+    run.preview_prompt = subject._preview_prompt(run)
     subject._render_preview(run, tmp_path / "preview.png")
     return seen[0]
 
@@ -47,3 +50,32 @@ def test_a_preview_prompt_without_the_pseudo_word_gets_it_with_a_warning(monkeyp
     assert _preview_prompt(monkeypatch, tmp_path, ["a {} standing still"], "a cross moving left") == \
         "a S* cross moving left"
     assert "preview.prompt lacks the subject token 'S*'" in capsys.readouterr().err
+
+
+def _train_until_the_model_loads(monkeypatch, tmp_path, prompt: str, num_vectors: int = 1) -> None:
+    """train_subject with `preview.prompt` = `prompt`, stopped (UserError 'model loads') where the model would load."""
+    from tests.badinputs import write_photo
+    from vidbooth.config import BackboneConfig
+    from vidbooth.config.subject import TextualInversionConfig
+
+    def model_loads(*args, **kwargs):
+        raise UserError("model loads")
+
+    monkeypatch.setattr(subject, "load_backbone_for", model_loads)
+    write_photo(tmp_path / "photos" / "p0.png")
+    cfg = SubjectConfig(backbone=BackboneConfig(base="tiny"), name="S*", photos=str(tmp_path / "photos"),
+                        class_noun="cross", textual_inversion=TextualInversionConfig(num_vectors=num_vectors))
+    cfg.preview.prompt = prompt
+    subject.train_subject(cfg)
+
+
+def test_the_preview_prompts_warning_comes_before_training(monkeypatch, tmp_path, capsys):
+    """It had come after the minutes of training, when nothing could be done about it but train again."""
+    with pytest.raises(UserError, match="^model loads$"):
+        _train_until_the_model_loads(monkeypatch, tmp_path, "a cross moving left")
+    assert "preview.prompt lacks the subject token 'S*'" in capsys.readouterr().err
+
+
+def test_a_part_of_the_pseudo_word_in_the_preview_prompt_is_refused_before_training(monkeypatch, tmp_path):
+    with pytest.raises(UserError, match=r"^'S\*_1' is a part of subject S\*'s pseudo-word of 2 vectors"):
+        _train_until_the_model_loads(monkeypatch, tmp_path, "a S*_1 cross moving left", num_vectors=2)

@@ -211,6 +211,7 @@ class _Run:
     latents: torch.Tensor | None = None  # (N x views, C, 1, h, w)
     identity_layers: dict | None = None  # the cross-attention layers `identity.layers` names (identity stage)
     results: dict[str, TrainResult] = field(default_factory=dict)
+    preview_prompt: str | None = None  # preview.prompt as the preview samples it (`_preview_prompt`)
 
     @property
     def token(self) -> str:
@@ -320,7 +321,9 @@ def _prepare(cfg: SubjectConfig, stages: tuple[str, ...]) -> _Run:
                 f"only {len(files)} class images in {cfg.prior.class_images}, fewer than prior.num_class_images "
                 f"(--num-class-images) {cfg.prior.num_class_images}: training uses these {len(files)}"
             )
-    return _Run(cfg, stages, class_noun, photos, existing, earlier, class_images, digest)
+    run = _Run(cfg, stages, class_noun, photos, existing, earlier, class_images, digest)
+    run.preview_prompt = _preview_prompt(run)  # its warning before the minutes of training, not after them
+    return run
 
 
 def _earlier_config(name: str, existing: dict) -> SubjectConfig | None:
@@ -774,19 +777,26 @@ def _rerun_photos(name: str, photos: list[str]) -> list[str]:
     return rerun
 
 
+def _preview_prompt(run: _Run) -> str | None:
+    """preview.prompt with the pseudo-word, as generate puts it in (a warning where it had to be inserted); None
+    without one, or without a preview."""
+    preview = run.cfg.preview
+    if not (preview.enabled and preview.prompt):
+        return None
+    given, note = with_subject_token(preview.prompt, run.token, run.class_noun, what="preview.prompt")
+    if note:
+        reporting.warn(note)
+    return expand_placeholder(given, run.token, run.num_vectors)
+
+
 def _render_preview(run: _Run, path: Path) -> str:
     """A contact sheet of one video of the learned subject (identity adapter included when trained)."""
     from vidbooth.data.video import save_contact_sheet
     from vidbooth.engine.sampling import sample_video
 
     preview, bb = run.cfg.preview, run.backbone
-    if preview.prompt:  # with the pseudo-word, as generate puts it in
-        given, note = with_subject_token(preview.prompt, run.token, run.class_noun, what="preview.prompt")
-        if note:
-            reporting.warn(note)
-        prompt = expand_placeholder(given, run.token, run.num_vectors)
-    else:  # the first caption ('a photo of S* dog'; nano's 'a S* cross standing still'), in words the base knows
-        prompt = run.captions()[0]
+    # else the first caption ('a photo of S* dog'; nano's 'a S* cross standing still'), in words the base knows
+    prompt = run.preview_prompt or run.captions()[0]
     generator = torch.Generator().manual_seed(run.cfg.runtime.seed)
     frames = sample_video(  # as generate samples it: not under training's autocast (fp16 even for the fp32 VAE)
         bb,
