@@ -373,6 +373,40 @@ def test_the_version_is_the_packages_and_help_has_a_short_flag(capsys):
     assert main(["generate", "-h"]) == 0 and "--num-videos" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command, key, argument", [("train-subject", "photos", "PHOTOS"),
+                                                    ("train-motion", "clips", "CLIPS")])
+def test_an_empty_input_path_of_a_recipe_is_told_as_the_recipes(command, key, argument, tmp_path, capsys):
+    """It had been "photo path not found: , named by the recipe ... (moved since?)", a path of no name."""
+    recipe = tmp_path / "config.yaml"
+    recipe.write_text(f'name: S\nclass_noun: ball\n{key}: [""]\n')
+    assert main([command, "--recipe", str(recipe)]) == 2
+    assert capsys.readouterr().err == (f"error: recipe {recipe}: {key} holds an empty path: write the path there or "
+                                       f"remove it, or give {argument} on the command line\n")
+
+
+@pytest.mark.parametrize(
+    "command, given, message",
+    [
+        ("generate", "motion: ''", "recipe {recipe}: motion is empty: give a learned motion's name, or leave the "
+         "setting out"),
+        ("generate", "image_prompt: ' '", "recipe {recipe}: image_prompt is empty: give a photo of the subject"),
+        ("generate", "--set image_prompt_model=", "--set image_prompt_model= is empty: give an image-prompt model's"),
+        ("evaluate", "ref_images: ''", "recipe {recipe}: ref_images is empty: give a folder of reference images"),
+        ("evaluate", "--set json=", "--set json= is empty: give a file, or - for stdout, or leave the setting out"),
+    ],
+)
+def test_an_empty_setting_of_a_recipe_or_a_set_is_told_as_theirs(command, given, message, tmp_path, capsys):
+    """Not as a flag the user never typed ('motion (--motion) is empty (an unset shell variable?)')."""
+    recipe = tmp_path / "recipe.yaml"
+    sets = given.split(" ", 1) if given.startswith("--") else []
+    needed = "prompt: a dog" if command == "generate" else "videos: [x.mp4]"
+    recipe.write_text(f"{needed}\n{'' if sets else given}\n")
+    assert main([command, "--recipe", str(recipe), *sets]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message.format(recipe=recipe)) and err.count("\n") == 1, err
+    assert "shell variable" not in err and "(--" not in err
+
+
 @pytest.mark.parametrize("command, key, what, argument", [("train-subject", "photos", "photo path", "PHOTOS"),
                                                           ("train-motion", "clips", "clip", "CLIPS")])
 def test_an_input_the_recipe_names_that_is_gone_says_so_and_how_to_give_another(command, key, what, argument,

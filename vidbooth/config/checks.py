@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 from vidbooth.errors import UserError
 from vidbooth.fileio import expand_user
@@ -69,11 +70,29 @@ def positive(key: str, value: float, flag: str | None = None) -> None:
         raise UserError(f"{_name(key, flag)} must be a finite positive number, got {value}")
 
 
+class EmptySetting(UserError):
+    """Setting `key` given empty: told as its flag's (an unset shell variable); `load_config` tells one that a recipe
+    or a --set gave empty as theirs (`where_empty`)."""
+
+    def __init__(self, key: str, flag: str | None, what: str):
+        self.key, self.what = key, what
+        super().__init__(f"{_name(key, flag)} is empty (an unset shell variable?): give {what}, or leave it out")
+
+    def where_empty(self, where: tuple[str, str] | None, recipe: Path | None) -> str:
+        """The message for the empty value that `where` (`given_by`: a flag, a --set, a recipe) gave."""
+        kind = where[0] if where else "flag"
+        if kind == "set":
+            return f"{where[1]} is empty: give {self.what}, or leave the setting out"
+        if kind == "recipe":
+            return f"recipe {recipe}: {self.key} is empty: give {self.what}, or leave the setting out"
+        return str(self)
+
+
 def not_empty(key: str, value: str | None, flag: str | None, what: str) -> None:
     """A setting that is either left out (None) or names something: an empty one (an unset shell variable, as in
     `--motion "$MOTION"`) had been taken as left out, and the command done without it."""
     if value is not None and not value.strip():
-        raise UserError(f"{_name(key, flag)} is empty (an unset shell variable?): give {what}, or leave it out")
+        raise EmptySetting(key, flag, what)
 
 
 def seed(key: str, value: int, flag: str | None = "--seed") -> None:

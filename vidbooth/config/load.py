@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
 from vidbooth import RECIPES_DIR, shipped_recipes
+from vidbooth.config.checks import EmptySetting
 from vidbooth.errors import UserError, yaml_problem
 from vidbooth.fileio import expand_user
 
@@ -215,6 +216,10 @@ def load_config(
         raise UserError(f"{source}{_describe(exc, schema)}") from exc
     except OmegaConfBaseException as exc:
         raise UserError(_describe(exc, schema)) from exc
+    except EmptySetting as exc:  # told as the flag's, the --set's or the recipe's that gave it empty
+        where = given_by(exc.key, recipe, sets, overrides)
+        recipe_path = recipe and find_recipe(recipe, getattr(schema, "SETTINGS_NAME", None))
+        raise UserError(exc.where_empty(where, recipe_path)) from exc
     except UserError as exc:  # a value check in a config's __post_init__
         raise UserError(_name_flag(str(exc), flags or {})) from exc
     _apply_env(obj)
