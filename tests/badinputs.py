@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vidbooth.data.video import write_video
+from vidbooth.data.video import ANIMATION_EXTENSIONS, write_video
 
 RED, GREEN, BLUE, YELLOW, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 255, 255)
 QUADRANT_COLOURS = (RED, GREEN, BLUE, YELLOW)
@@ -65,9 +65,20 @@ def clip_frames(num_frames: int, width: int = 96, height: int = 64) -> np.ndarra
 
 
 def write_clip(path: Path, num_frames: int = 12, width: int = 96, height: int = 64, fps: int = 8) -> Path:
-    """A video of `clip_frames` (.mp4 or .gif), parent folders created."""
+    """A clip of `clip_frames` (.mp4 or .gif, or an animated .webp, .png or .apng), parent folders created."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_video(clip_frames(num_frames, width, height), path, fps=fps)
+    return write_clip_file(clip_frames(num_frames, width, height), path, fps=fps)
+
+
+def write_clip_file(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
+    """(F, H, W, 3) uint8 frames as the clip file `path` names: a video vidbooth writes (.mp4, .gif), or an animated
+    WebP or PNG (.webp; .png or .apng), lossless, each frame shown 1/fps s, as web pages' animations are written."""
+    if path.suffix.lower() not in ANIMATION_EXTENSIONS:
+        return write_video(frames, path, fps=fps)
+    images = [Image.fromarray(frame) for frame in frames]
+    kind = {"format": "WEBP", "lossless": True} if path.suffix.lower() == ".webp" else {"format": "PNG"}
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0, **kind)
+    return path
 
 
 def write_frame_folder(folder: Path, numbers: list[int], sizes: dict[int, tuple[int, int]] | None = None) -> Path:
@@ -393,6 +404,21 @@ def _gif_clip(folder: Path) -> Path:
     return write_clip(folder / "clip.gif", num_frames=6)
 
 
+def _animation_clip(name: str) -> Callable[[Path], Path]:
+    """An animated WebP or APNG clip of 6 frames, as web pages have them."""
+    return lambda folder: write_clip(folder / name, num_frames=6)
+
+
+def _truncated_animation(name: str) -> Callable[[Path], Path]:
+    """An animated WebP or APNG cut in half, as a download stopped midway leaves it."""
+    return lambda folder: _cut_in_half(write_clip(folder / name, num_frames=24, width=96, height=96))
+
+
+def _still_photo_clip(name: str) -> Callable[[Path], Path]:
+    """A still WebP or PNG given as a clip: a photo, not an animation of one frame."""
+    return lambda folder: write_photo(folder / name, 96, 96)
+
+
 def _portrait_odd_mp4(folder: Path) -> Path:
     """121 high, 67 wide: h264 needs even sizes, so write_video pads it to 122x68."""
     return write_clip(folder / "portrait.mp4", num_frames=6, width=67, height=121)
@@ -419,12 +445,18 @@ _CLIP_WRITERS: dict[str, Callable[[Path], Path]] = {
     "frames_mixed_sizes": _frames_mixed_sizes,
     "frames_unpadded_numbers": _frames_unpadded_numbers,
     "gif_clip": _gif_clip,
+    "webp_clip": _animation_clip("clip.webp"),
+    "apng_clip": _animation_clip("clip.png"),
+    "truncated_webp": _truncated_animation("truncated.webp"),
+    "truncated_apng": _truncated_animation("truncated.png"),
+    "still_webp": _still_photo_clip("still.webp"),
+    "still_png": _still_photo_clip("still.png"),
     "portrait_odd_mp4": _portrait_odd_mp4,
     "unicode_frames_folder": _unicode_frames_folder,
 }
 ACCEPTED_CLIP_KINDS = (
-    "frames_with_gap", "frames_mixed_sizes", "frames_unpadded_numbers", "gif_clip", "portrait_odd_mp4",
-    "unicode_frames_folder",
+    "frames_with_gap", "frames_mixed_sizes", "frames_unpadded_numbers", "gif_clip", "webp_clip", "apng_clip",
+    "portrait_odd_mp4", "unicode_frames_folder",
 )  # fmt: skip
 REFUSED_CLIP_KINDS = tuple(kind for kind in _CLIP_WRITERS if kind not in ACCEPTED_CLIP_KINDS)
 BAD_CLIP_KINDS = REFUSED_CLIP_KINDS + ACCEPTED_CLIP_KINDS

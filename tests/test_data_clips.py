@@ -89,20 +89,27 @@ def _grey_frames(levels: list[int]) -> np.ndarray:
     return np.stack([np.full((64, 64, 3), 16 + 8 * level, np.uint8) for level in levels])
 
 
-def test_gif_that_pauses_reads_back_every_frame_at_its_rate(tmp_path):
+ANIMATIONS = ["pause.gif", "pause.webp", "pause.png"]
+"""A GIF, an animated WebP and an APNG, each read by Pillow from its frames' times."""
+
+
+@pytest.mark.parametrize("name", ANIMATIONS)
+def test_gif_that_pauses_reads_back_every_frame_at_its_rate(tmp_path, name):
     levels = [0, 1, 1, 1, 2, 2, 2, 2]  # Pillow stores the repeats as 3 frames held 1x, 3x and 4x as long
-    path = write_video(_grey_frames(levels), tmp_path / "pause.gif", fps=8)
+    path = badinputs.write_clip_file(_grey_frames(levels), tmp_path / name, fps=8)
     assert frame_levels(read_video(path)) == levels
     assert video_frame_count(path) == len(levels) and video_fps(path) == pytest.approx(8.0, rel=0.05)
     frames, fps = load_clip(path)
     assert frame_levels(frames) == levels and fps == pytest.approx(8.0, rel=0.05)
 
 
-def test_gif_with_uneven_frame_times_is_resampled_to_its_shortest(tmp_path):
+@pytest.mark.parametrize("name", ANIMATIONS)
+def test_gif_with_uneven_frame_times_is_resampled_to_its_shortest(tmp_path, name):
     images = [Image.fromarray(frame) for frame in _grey_frames([0, 1, 2])]
-    path = tmp_path / "uneven.gif"
-    images[0].save(path, save_all=True, append_images=images[1:], duration=[100, 300, 100], loop=0)
+    path = tmp_path / name
+    images[0].save(path, save_all=True, append_images=images[1:], duration=[100, 300, 100], loop=0, lossless=True)
     assert frame_levels(read_video(path)) == [0, 1, 1, 1, 2] and video_fps(path) == pytest.approx(10.0)
+    assert video_frame_count(path) == 5
 
 
 def test_variable_frame_rate_mp4_reads_back_at_the_rate_it_reports(tmp_path):

@@ -696,3 +696,23 @@ def test_a_png_with_compressed_metadata_over_1_mb_loads_and_keeps_pillows_limit(
     limit = PngImagePlugin.MAX_TEXT_CHUNK
     assert load_image(tmp_path / "made.png").size == (160, 120)
     assert PngImagePlugin.MAX_TEXT_CHUNK == limit
+
+
+def test_a_png_with_compressed_metadata_over_1_mb_after_its_pixels_loads(tmp_path):
+    """Pillow reads the chunks after the pixels while it decodes them, where its 1 MB a chunk had not been lifted:
+    a whole photo with a large compressed text chunk at its end was refused as truncated or corrupt."""
+    import struct
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    path = tmp_path / "made.png"
+    badinputs.quadrant_image(160, 120).save(path)
+    data = path.read_bytes()
+    end = data.rindex(b"IEND") - 4  # Pillow writes text chunks before the pixels: put one after them, before IEND
+    body = b"zTXt" + b"workflow\0\0" + zlib.compress(b"x" * 3_000_000)
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    path.write_bytes(data[:end] + chunk + data[end:])
+    limit = PngImagePlugin.MAX_TEXT_CHUNK
+    assert np.asarray(load_image(path))[0, 0].tolist() == list(badinputs.RED)
+    assert PngImagePlugin.MAX_TEXT_CHUNK == limit

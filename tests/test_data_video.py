@@ -284,32 +284,72 @@ def test_a_photo_named_as_a_video_is_said_to_be_one(tmp_path):
         quadrant_image(64, 48).save(path, format=image_format)
         with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is a {said} image named {path.suffix}, not a "):
             read_video(path)
-    for image_format, named, said in (("PNG", "anim.gif", "PNG"), ("WEBP", "anim.mp4", "WebP")):  # APNG, WebP
+    for image_format, named, said in (("PNG", "photo.png", "PNG"), ("WEBP", "photo.webp", "WebP")):  # clips if animated
         path = tmp_path / named
-        frames = [quadrant_image(64, 48), quadrant_image(64, 48).rotate(180)]
-        frames[0].save(path, format=image_format, save_all=True, append_images=frames[1:], duration=100)
-        told = rf"is an animated {said} named {path.suffix}, which vidbooth does not read as a video: convert it to"
-        with pytest.raises(UserError, match=told):
+        quadrant_image(64, 48).save(path, format=image_format)
+        with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is a still {said} image \(one frame\), not a "
+                                            r"video: give a video file or an animation$"):
             read_video(path)
 
 
+@pytest.mark.parametrize("image_format, named", [("PNG", "anim.png"), ("PNG", "anim.apng"), ("WEBP", "anim.webp"),
+                                                 ("PNG", "anim.gif"), ("WEBP", "anim.mp4")])
+def test_an_animated_png_or_webp_is_read_as_a_gif_is_whatever_its_clip_name(tmp_path, image_format, named):
+    """Web pages' animations (Giphy's and Tenor's WebP, APNG) had been refused: 'convert it to mp4 or GIF'."""
+    from badinputs import quadrant_image
+
+    path = tmp_path / named
+    frames = [quadrant_image(64, 48), quadrant_image(64, 48).rotate(180)]
+    frames[0].save(path, format=image_format, save_all=True, append_images=frames[1:], duration=125, lossless=True)
+    video = read_video(path)
+    assert video.shape == (2, 48, 64, 3) and video_fps(path) == 8 and video_frame_count(path) == 2
+    assert video[0, 0, 0].tolist() == [255, 0, 0] and video[1, 0, 0].tolist() == [255, 255, 0]  # red, then rotated
+
+
+@pytest.mark.parametrize("written, named", [("whole.webp", "cut.webp"), ("whole.png", "cut.png"),
+                                            ("whole.webp", "cut.mp4")])
+def test_an_animated_webp_or_png_cut_short_is_refused_in_one_line(tmp_path, written, named):
+    """Pillow read an APNG cut short up to the frame it ends in, then failed, and called a WebP cut short no image at
+    all (a WebP named .mp4 was then told as a still WebP)."""
+    from badinputs import write_clip
+
+    data = write_clip(tmp_path / written, num_frames=16).read_bytes()
+    path = tmp_path / named
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(UserError) as refused:
+        read_video(path)
+    assert re.fullmatch(rf"{re.escape(str(path))} is cut short \(.+\): re-export or re-download it", str(refused.value))
+
+
+def test_an_animated_apng_with_a_still_image_for_other_viewers_is_read_without_it(tmp_path):
+    """An APNG's first image may be left out of its animation, for viewers that do not animate: Pillow counts it as
+    frame 0, browsers do not show it."""
+    from badinputs import clip_frames, frame_level
+
+    images = [Image.fromarray(frame) for frame in clip_frames(4)]
+    images[0].save(tmp_path / "anim.png", save_all=True, append_images=images[1:], duration=125, default_image=True)
+    assert [frame.mean() for frame in read_video(tmp_path / "anim.png")] == [frame_level(i) for i in (1, 2, 3)]
+
+
 @pytest.mark.parametrize("pillows_limit", [2_000, 1_000])  # 64 x 48: over it (a warning), over twice it (an error)
-def test_a_large_animation_named_as_a_video_is_told_as_one_without_pillows_bomb_warning(tmp_path, monkeypatch,
-                                                                                        pillows_limit):
+@pytest.mark.parametrize("named", ["anim.mp4", "anim.gif"])  # an APNG named as a video, a GIF
+def test_a_large_animation_is_read_without_pillows_bomb_warning(tmp_path, monkeypatch, pillows_limit, named):
     """The animation check opened the file under Pillow's pixel limit (89 MP): a larger one printed Pillow's
-    decompression-bomb warning, and one over twice it was told as a still image."""
+    decompression-bomb warning, and one over twice it was told as a still image. Reading an animation's frames is
+    under our limit too."""
     import warnings
 
     from badinputs import quadrant_image
 
-    path = tmp_path / "anim.mp4"
+    path = tmp_path / named
     frames = [quadrant_image(64, 48), quadrant_image(64, 48).rotate(180)]
-    frames[0].save(path, format="PNG", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(path, format="PNG" if named == "anim.mp4" else "GIF", save_all=True, append_images=frames[1:],
+                   duration=100)
     # stands for Pillow's limit, without a 95 MP file (set after saving: Pillow 10.0's save crops under it too)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillows_limit)
-    with warnings.catch_warnings(), pytest.raises(UserError, match=r"is an animated PNG named \.mp4, which vidbooth"):
+    with warnings.catch_warnings():
         warnings.simplefilter("error")
-        read_video(path)
+        assert read_video(path).shape == (2, 48, 64, 3)
     assert Image.MAX_IMAGE_PIXELS == pillows_limit
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from badinputs import capture_warnings
+from badinputs import capture_warnings, write_clip_file
 from media import moving_square, smooth_image
 from PIL import Image
 
@@ -428,6 +428,19 @@ def test_large_videos_are_scored_from_frames_shrunk_while_decoding(tmp_path, mon
     score = json.loads((tmp_path / "s.json").read_text())["videos"][0]["metrics"]["motion_fidelity"]
     assert score == pytest.approx(motion_fidelity(read_video(video, max_short_side=512),
                                                   read_video(clip, max_short_side=512)))  # as when held whole
+
+
+@pytest.mark.parametrize("name", ["reference.webp", "reference.png"])
+def test_an_animated_webp_or_png_is_a_reference_clip_and_a_video_as_a_gif_is(name, media, tmp_path):
+    """Web pages' animations (Giphy's and Tenor's WebP, APNG) had been refused as of an unsupported video type."""
+    gif = media["reference_clip"]
+    animation = write_clip_file(read_video(gif), tmp_path / name)  # lossless: the GIF's frames, at its 8 fps
+    scores = []
+    for video, reference in ((media["right"], gif), (media["right"], animation), (animation, gif)):
+        out = tmp_path / "s.json"
+        assert run(video, "--ref-video", reference, "--metrics", "motion", "--device", "cpu", "--json", out) == 0
+        scores.append(json.loads(out.read_text())["videos"][0]["metrics"]["motion_fidelity"])
+    assert scores[1] == pytest.approx(scores[0]) and scores[2] == pytest.approx(1.0)
 
 
 def test_a_video_longer_than_generate_makes_is_refused_without_being_held_whole(tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.badinputs import write_clip
+from tests.badinputs import write_clip, write_clip_file
 from vidbooth.adapters.base import adapters_of, load_tensors
 from vidbooth.adapters.motion import KIND
 from vidbooth.cli.app import main
@@ -25,13 +25,12 @@ NO_PREVIEW = ["--recipe", "tiny/motion", "--steps", "2", "--num-frames", "4", "-
 
 
 def square_clip(path, num_frames=12, size=64):
-    """A red square sliding right over black: a motion, at 8 fps."""
+    """A red square sliding right over black: a motion, at 8 fps, in the clip file `path` names (a video, or an
+    animated WebP or PNG)."""
     frames = np.zeros((num_frames, size, size, 3), dtype=np.uint8)
     for i in range(num_frames):
         frames[i, 20:44, 4 + 3 * i : 28 + 3 * i] = (230, 30, 30)
-    from vidbooth.data.video import write_video
-
-    return write_video(frames, path)
+    return write_clip_file(frames, path)
 
 
 @pytest.mark.parametrize("base", ["tiny", "tiny-animatediff"])
@@ -87,6 +86,18 @@ def test_train_motion_writes_a_complete_artifact_that_loads_exactly(base, tmp_pa
     loaded = {f"{n}.{k}": v for n, a in adapters_of(bb.unet, KIND).items() for k, v in a.state_dict().items()}
     assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
     assert (after - before).abs().max().item() > 1e-6
+
+
+@pytest.mark.parametrize("name", ["slide.webp", "slide.png"])
+def test_train_motion_learns_from_an_animated_webp_or_png_as_from_a_video(name, tmp_path, isolated_home):
+    """Web pages' animations (Giphy's and Tenor's WebP, APNG) had been refused as of an unsupported video type."""
+    clip = square_clip(tmp_path / name)
+    assert main(["train-motion", str(clip), "--name", "slide", "--class-noun", "square", *NO_PREVIEW]) == 0
+    folder = isolated_home / "motions" / "slide"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["clips"][0]["sha256"] == hash_file(clip)
+    sampled = read_video(folder / manifest["paths"]["clips"][0])  # the frames it learned from, as an mp4
+    assert sampled.shape[0] == 4 and sampled[..., 0].max() > 200  # the red square
 
 
 def test_stage_alias_list_generate_and_unknown_motion(tmp_path, isolated_home, capsys):

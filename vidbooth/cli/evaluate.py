@@ -16,7 +16,8 @@ class VideosFailed(UserError):
 
 def evaluate(
     videos: list[str] = typer.Argument(
-        None, metavar="VIDEOS", help="Videos to score; quoted glob patterns ('out/*.mp4') are expanded."
+        None, metavar="VIDEOS",
+        help="Videos (or animated GIF, WebP, PNG) to score; quoted glob patterns ('out/*.mp4') are expanded.",
     ),
     prompt: str = typer.Option(
         None, "--prompt", "-p", metavar="TEXT", help="The prompt the videos were made from (CLIP-T)."
@@ -32,7 +33,10 @@ def evaluate(
         None, "--motion", "-m", metavar="NAME", help="Library motion: its training clip(s) are the reference motion.",
         autocompletion=options.learned_names("motion"),
     ),
-    ref_video: str = typer.Option(None, "--ref-video", metavar="PATH", help="Reference motion clip (motion fidelity)."),
+    ref_video: str = typer.Option(
+        None, "--ref-video", metavar="PATH",
+        help="Reference motion clip (motion fidelity): a video, or an animated GIF, WebP or PNG.",
+    ),
     manifest: str = typer.Option(
         None, "--manifest", metavar="FILE", help="File of video|||ref_dir|||prompt lines (DreamVideo's)."
     ),

@@ -28,8 +28,8 @@ def train_motion(
     clips: list[str] = typer.Argument(
         None,
         metavar="CLIPS",
-        help="Video files (mp4, mov, webm, mkv, avi, m4v, gif) or folders of frames (required unless the --recipe "
-        "gives clips).",
+        help="Video files (mp4, mov, webm, mkv, avi, m4v, gif, animated webp or png) or folders of frames (required "
+        "unless the --recipe gives clips).",
     ),
     name: str = typer.Option(
         None, "--name", "-n", metavar="NAME",

@@ -1,9 +1,10 @@
 """Motion clips in: a video file or a folder of numbered frames, sampled and sized for the model.
 
 Policies (each one tested in tests/test_data_clips.py):
-- Sources: video files go through `vidbooth.data.video.read_video` (mp4, mov, webm, mkv, avi, m4v, gif). A folder
-  holds frames with photo extensions, ordered by the number in their names (`f2.png` before `f10.png`); hidden
-  and non-image files are skipped. A folder has no frame rate, so `folder_fps` (default 8) is used.
+- Sources: video files go through `vidbooth.data.video.read_video` (mp4, mov, webm, mkv, avi, m4v, gif, animated
+  webp or png). A folder holds frames with photo extensions, ordered by the number in their names (`f2.png`
+  before `f10.png`); hidden and non-image files are skipped. A folder has no frame rate, so `folder_fps` (default
+  8) is used.
 - Refused (`UserError` naming the file): fewer than 2 frames, frames smaller than `MIN_SIDE` pixels, empty,
   corrupt or unsupported files, a video that decodes to clearly fewer frames than its header promises (truncated),
   and two frames in a folder with the same number (e.g. `f1.png` and `f1.jpg`).

@@ -50,6 +50,10 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _PIXEL_LIMIT_LOCK = threading.Lock()
+_threads_lifting = 0
+"""How many `pillow_limits_lifted` blocks are running (a decode holds no lock: threads decode side by side)."""
+_pillow_limits: tuple = ()
+"""Pillow's own limits, saved by the first of them and put back by the last."""
 
 
 def load_image(
@@ -337,25 +341,32 @@ def check_image_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _pillow_pixel_limit_lifted() -> Iterator[None]:
-    """Open without Pillow's global decompression-bomb warning/error; `_check_dimensions` applies our limit. A PNG's
-    compressed metadata before its pixels (a colour profile, an editor's workflow) may take up to Pillow's limit for
-    all of it (64 MB), not 1 MB a chunk: a photo with more had been refused as corrupt."""
+def pillow_limits_lifted() -> Iterator[None]:
+    """Open or decode without Pillow's global decompression-bomb warning/error; `_check_dimensions` applies our
+    limit. A PNG's compressed metadata (a colour profile, an editor's workflow) may take up to Pillow's limit for all
+    of it (64 MB), not 1 MB a chunk: a photo with more had been refused as corrupt. Pillow reads the chunks after the
+    pixels while decoding them, so decoding is lifted too; the limits are Pillow's again once no thread is inside."""
+    global _threads_lifting, _pillow_limits
     from PIL import PngImagePlugin
 
     with _PIXEL_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK
-        Image.MAX_IMAGE_PIXELS = None
-        PngImagePlugin.MAX_TEXT_CHUNK = max(saved[1], PngImagePlugin.MAX_TEXT_MEMORY)
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK = saved
+        if _threads_lifting == 0:
+            _pillow_limits = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK
+            Image.MAX_IMAGE_PIXELS = None
+            PngImagePlugin.MAX_TEXT_CHUNK = max(_pillow_limits[1], PngImagePlugin.MAX_TEXT_MEMORY)
+        _threads_lifting += 1
+    try:
+        yield
+    finally:
+        with _PIXEL_LIMIT_LOCK:
+            _threads_lifting -= 1
+            if _threads_lifting == 0:
+                Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK = _pillow_limits
 
 
 def open_image(path: Path) -> Image.Image:
     try:
-        with _pillow_pixel_limit_lifted():
+        with pillow_limits_lifted():
             return Image.open(path)
     except PermissionError as exc:
         raise UserError(f"cannot read image {path}: permission denied; fix its permissions or copy it") from exc
@@ -399,7 +410,8 @@ def _decode(path: Path, im: Image.Image, max_short_side: int | None) -> None:
     try:
         if max_short_side is not None:
             im.draft(im.mode, _short_side_size(im.size, max_short_side))
-        im.load()
+        with pillow_limits_lifted():  # a PNG's text after its pixels is read here
+            im.load()
         if im.format == "PNG":
             with open_image(path) as whole:  # under our pixel limit, not Pillow's: a 200 MP PNG had been called corrupt
                 whole.verify()

@@ -1,4 +1,5 @@
-"""Video files in and out, with no system ffmpeg: imageio + imageio-ffmpeg for mp4/mov/webm/mkv, Pillow for gif.
+"""Video files in and out, with no system ffmpeg: imageio + imageio-ffmpeg for mp4/mov/webm/mkv, Pillow for GIF and
+animated PNG (APNG) or WebP.
 
 Frames are numpy arrays of shape (F, H, W, 3), dtype uint8, RGB.
 """
@@ -24,11 +25,16 @@ import numpy as np
 from PIL import Image
 
 from vidbooth import reporting
-from vidbooth.data.images import open_image, to_rgb
+from vidbooth.data.images import MAX_PHOTO_PIXELS, open_image, pillow_limits_lifted, to_rgb
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault
 from vidbooth.fileio import write_together
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
+ANIMATION_EXTENSIONS = (".webp", ".png", ".apng")
+"""Photo types that are a clip when animated (web pages' animated WebP and APNG), read as GIFs are. Not among the
+VIDEO_EXTENSIONS, which find the clips in a folder: there a .png or .webp file is a photo (a subject's, a contact
+sheet), and a still one given as a clip is refused as a still image."""
+CLIP_FILE_EXTENSIONS = VIDEO_EXTENSIONS + ANIMATION_EXTENSIONS
 WRITE_EXTENSIONS = (".mp4", ".gif")
 
 
@@ -52,10 +58,10 @@ def video_frames(path: str | Path, max_short_side: int | None = None) -> Generat
     problem = video_file_problem(path)
     if problem:
         raise UserError(problem)
-    as_gif = _is_gif(path)
+    by_pillow = _read_by_pillow(path)
     count, damage = 0, []
     try:
-        decoder = _read_gif(path) if as_gif else _read_ffmpeg(path, damage)
+        decoder = _read_animation(path) if by_pillow else _read_ffmpeg(path, damage)
         with contextlib.closing(decoder) as decoded:
             for frame in decoded:
                 count += 1
@@ -71,9 +77,9 @@ def video_frames(path: str | Path, max_short_side: int | None = None) -> Generat
                         f"e.g. ffmpeg -i {shlex.quote(str(path))} -c:v libx264 -pix_fmt yuv420p fixed.mp4") from exc
     if count == 0:
         raise UserError(f"video has no readable frames: {path}")
-    _check_complete(path, count, as_gif)
+    _check_complete(path, count, by_pillow)
     _warn_of_damage(path, damage)
-    if as_gif and not _ends_whole(path):
+    if _is_gif(path) and not _ends_whole(path):
         reporting.warn(f"{path} is cut off (it lacks the end marker of a whole GIF): its {count} frames may be only "
                        "the start of the clip; re-export or re-download it")
 
@@ -100,25 +106,72 @@ def video_file_problem(path: str | Path) -> str | None:
         return f"video not found: {path}: {CHECK_THE_PATH}"
     if path.is_dir():
         return f"{path} is a folder, not a video file: give a video file in it"
-    if path.suffix.lower() not in VIDEO_EXTENSIONS:
-        return f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}"
+    if path.suffix.lower() not in CLIP_FILE_EXTENSIONS:
+        return (f"unsupported video type '{path.suffix}' for {path}: use one of {', '.join(VIDEO_EXTENSIONS)}, or an "
+                f"animated {'/'.join(ANIMATION_EXTENSIONS)}")
     if path.stat().st_size == 0:
         return f"video file is empty (0 bytes): {path}; copy or export it again (a download or copy may have failed)"
     try:
         image = _image_kind(path)
     except PermissionError:  # ffmpeg would say only that it found no video in it: 'corrupt'
         return f"cannot read video {path}: permission denied; fix its permissions or copy it"
-    if image and _is_animated(path):  # web pages' animations: an APNG, an animated WebP
-        return (f"{path} is an animated {image} named {path.suffix}, which vidbooth does not read as a video: convert "
-                "it to mp4 or GIF")
+    cut_short = _cut_short_reason(path, image)
+    if cut_short:  # Pillow would fail part-way, or (a WebP) call it no image at all
+        return f"{path} is cut short ({cut_short}): re-export or re-download it"
+    if image in ANIMATION_KINDS and _is_animated(path):  # web pages' animations: an APNG, an animated WebP
+        return None
+    if image and path.suffix.lower() in ANIMATION_EXTENSIONS:
+        return f"{path} is a still {image} image (one frame), not a video: give a video file or an animation"
     if image:
         return f"{path} is a {image} image named {path.suffix}, not a video: give a video file"
     return None
 
 
+ANIMATION_KINDS = ("PNG", "WebP")
+"""The photo formats (as `_image_kind` names them) that Pillow reads as clips when they are animated."""
+
+
+def _cut_short_reason(path: Path, image: str | None) -> str | None:
+    """Why a PNG or WebP file is cut short (a download or copy stopped midway), or None when it is whole."""
+    if image == "WebP":
+        stored, size = _riff_size(path), path.stat().st_size
+        return f"{size:,} of the {stored:,} bytes its header gives" if stored > size else None
+    if image == "PNG" and not _png_reaches_its_end(path):
+        return "it lacks the end marker of a whole PNG"
+    return None
+
+
+def _riff_size(path: Path) -> int:
+    """The size a RIFF file (a WebP) says it has: its 8-byte header and the length that header stores."""
+    with open(path, "rb") as file:
+        return 8 + int.from_bytes(file.read(8)[4:8], "little")
+
+
+def _png_reaches_its_end(png: Path) -> bool:
+    """Whether a PNG's chunks, walked by their lengths from its signature, fit in the file up to its end chunk
+    (IEND). One cut short ends inside a chunk or before IEND: Pillow fails part-way through a frame."""
+    size, at = png.stat().st_size, 8
+    with open(png, "rb") as file:
+        while at + 8 <= size:
+            file.seek(at)
+            header = file.read(8)
+            at += 12 + int.from_bytes(header[:4], "big")  # length, kind, data, checksum
+            if header[4:8] == b"IEND":
+                return at <= size
+    return False
+
+
 def _is_animated(path: Path) -> bool:
+    stat = path.stat()
+    return _is_animated_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _is_animated_cached(path: str, size: int, mtime_ns: int) -> bool:
+    """Opening a WebP reads all of it (0.13 s for 22 MB), and reading one clip asks several times (keyed as
+    `_frame_durations_cached`)."""
     try:
-        with open_image(path) as im:  # under our pixel limit, not Pillow's: no bomb warning, nor error
+        with open_image(Path(path)) as im:  # under our pixel limit, not Pillow's: no bomb warning, nor error
             return bool(getattr(im, "is_animated", False))
     except Exception:  # unreadable: then it is no animation either
         return False
@@ -142,8 +195,9 @@ def _image_kind(path: Path) -> str | None:
     return None
 
 
-GIF_DEFAULT_DURATION_MS = 100
-"""What browsers show a GIF frame for when its stored time is missing or 10 ms or less (10 fps)."""
+DEFAULT_FRAME_MS = 100
+"""What browsers show a frame of a GIF, APNG or animated WebP for when its stored time is missing or 10 ms or less
+(10 fps)."""
 
 
 def _is_gif(path: Path) -> bool:
@@ -154,53 +208,79 @@ def _is_gif(path: Path) -> bool:
         return file.read(6) in (b"GIF87a", b"GIF89a")
 
 
-def _gif_durations(path: Path) -> tuple[int, ...]:
-    """Each frame's display time in ms, as browsers show it (GIF_DEFAULT_DURATION_MS for 10 ms or less)."""
+def _read_by_pillow(path: Path) -> bool:
+    """Whether Pillow reads the clip: a GIF named .gif, or an animated PNG or WebP, whatever its clip name."""
+    return _is_gif(path) or _image_kind(path) in ANIMATION_KINDS and _is_animated(path)
+
+
+def _open_animation(path: Path) -> Image.Image:
+    """The GIF, APNG or animated WebP at `path`, opened under our pixel limit, not Pillow's (as photos are)."""
+    with pillow_limits_lifted():
+        im = Image.open(path)
+    width, height = im.size
+    if width * height > MAX_PHOTO_PIXELS:
+        im.close()
+        raise UserError(f"video {path} is too large ({width}x{height} = {width * height / 1e6:.0f} megapixels a frame, "
+                        f"limit {MAX_PHOTO_PIXELS / 1e6:.0f}): downscale it")
+    return im
+
+
+def _animation_frames(im: Image.Image) -> range:
+    """The indices of the frames an animation shows: an APNG's first image may be a still for viewers that do not
+    animate, which Pillow counts as frame 0 and browsers do not show."""
+    return range(1 if im.info.get("default_image") else 0, getattr(im, "n_frames", 1))
+
+
+def _frame_durations(path: Path) -> tuple[int, ...]:
+    """Each frame's display time in ms, as browsers show it (DEFAULT_FRAME_MS for 10 ms or less)."""
     stat = path.stat()
-    return _gif_durations_cached(str(path), stat.st_size, stat.st_mtime_ns)
+    return _frame_durations_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=16)
-def _gif_durations_cached(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
-    """Seeking decodes every frame, so fps, frame count and reading one clip share one pass (keyed by the file's
-    size and mtime, so a rewritten file is read again)."""
-    with Image.open(path) as im:
+def _frame_durations_cached(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
+    """Seeking decodes every frame (a WebP gives a frame's time once it is decoded), so fps, frame count and reading
+    one clip share one pass (keyed by the file's size and mtime, so a rewritten file is read again)."""
+    with _open_animation(Path(path)) as im:
         durations = []
-        for i in range(getattr(im, "n_frames", 1)):
-            im.seek(i)
-            stored = int(im.info.get("duration") or 0)
-            durations.append(stored if stored > 10 else GIF_DEFAULT_DURATION_MS)
+        for i in _animation_frames(im):
+            with pillow_limits_lifted():
+                im.seek(i)
+                im.load()
+            stored = int(im.info.get("duration") or 0)  # an APNG's is a fraction of a second: in ms, a float
+            durations.append(stored if stored > 10 else DEFAULT_FRAME_MS)
     return tuple(durations)
 
 
-def _gif_repeats(durations: tuple[int, ...]) -> list[int]:
-    """How many times to show each frame at the GIF's base rate (one frame's time, `_gif_frame_time`).
+def _frame_repeats(durations: tuple[int, ...]) -> list[int]:
+    """How many times to show each frame at the animation's base rate (one frame's time, `_frame_time`).
 
-    GIF encoders, Pillow's included, store a frame that does not change as one frame held longer: a clip that
-    pauses would otherwise read back short and with its timing lost. (A GIF still throughout is one frame and
-    stays one.)
+    Encoders, Pillow's GIF, APNG and WebP writers included, store a frame that does not change as one frame held
+    longer: a clip that pauses would otherwise read back short and with its timing lost. (An animation still
+    throughout is one frame and stays one.)
     """
-    frame_time = _gif_frame_time(durations)
+    frame_time = _frame_time(durations)
     return [max(1, round(d / frame_time)) for d in durations]
 
 
-def _gif_frame_time(durations: tuple[int, ...]) -> float:
-    """The time of one frame of the GIF's clip: the mean of its shortest frame times, those within the 10 ms a GIF
-    can store them by (a clip at 8 fps alternates 120 and 130 ms; at 40 fps, 20 and 30)."""
+def _frame_time(durations: tuple[int, ...]) -> float:
+    """The time of one frame of the animation's clip: the mean of its shortest frame times, those within the 10 ms a
+    GIF can store them by (a clip at 8 fps alternates 120 and 130 ms; at 40 fps, 20 and 30)."""
     shortest = [d for d in durations if d <= min(durations) + 10]
     return sum(shortest) / len(shortest)
 
 
-def _read_gif(path: Path) -> Generator[np.ndarray, None, None]:
-    """Frames composited on the GIF's screen, cropped to its size as browsers do: Pillow, like them, enlarges the
-    screen to a first frame larger than it, but it also grows it for a later frame that is larger, which browsers
-    clip (and the frames would then differ in size)."""
-    repeats_of = _gif_repeats(_gif_durations(path))
-    with Image.open(path) as im:
+def _read_animation(path: Path) -> Generator[np.ndarray, None, None]:
+    """Frames composited on the animation's screen, cropped to its size as browsers do: Pillow, like them, enlarges
+    a GIF's screen to a first frame larger than it, but it also grows it for a later frame that is larger, which
+    browsers clip (and the frames would then differ in size)."""
+    repeats_of = _frame_repeats(_frame_durations(path))
+    with _open_animation(path) as im:
         width, height = im.size  # after the first frame
-        for i, repeats in enumerate(repeats_of):
-            im.seek(i)
-            frame = np.asarray(to_rgb(im))[:height, :width]  # transparency on white, as photos
+        for i, repeats in zip(_animation_frames(im), repeats_of, strict=True):
+            with pillow_limits_lifted():
+                im.seek(i)
+                frame = np.asarray(to_rgb(im))[:height, :width]  # transparency on white, as photos
             for _ in range(repeats):
                 yield frame
 
@@ -371,8 +451,8 @@ def video_fps(path: str | Path, default: float = 8.0) -> float:
     """Frames per second stored in the file, or `default` when it cannot be read."""
     path = Path(path)
     try:
-        if _is_gif(path):
-            return 1000.0 / _gif_frame_time(_gif_durations(path))
+        if _read_by_pillow(path):
+            return 1000.0 / _frame_time(_frame_durations(path))
         return _stream_fps(path) or default
     except Exception:
         return default
@@ -420,7 +500,7 @@ def _ffmpeg_header(path: Path) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def _ffmpeg_header_cached(path: str, size: int, mtime_ns: int) -> dict:
-    """One ffmpeg start for the frame rate and the duration of one read (keyed as `_gif_durations_cached`): its
+    """One ffmpeg start for the frame rate and the duration of one read (keyed as `_frame_durations_cached`): its
     description of the file, with nothing decoded, read as imageio-ffmpeg reads it ("fps" from the first video
     stream's line, none from "1k fps"; "duration" of the longest stream, 0 if not given). A file with no video
     stream is a UserError when it has sound, else an error that reading it calls the file unreadable.
@@ -447,15 +527,16 @@ TRUNCATION_TOLERANCE = 0.1
 
 
 def video_frame_count(path: str | Path) -> int | None:
-    """How many frames the file's header promises (GIF frame count, or duration x `_stream_fps`), without decoding.
+    """How many frames the file's header promises (an animation's frame count, or duration x `_stream_fps`), without
+    decoding.
 
     None when the header gives no duration. The duration is the longest stream's, so a file whose sound runs on past
     its picture promises more frames than its video has: `_check_complete` tells the two apart.
     """
     path = Path(path)
     try:
-        if _is_gif(path):
-            return sum(_gif_repeats(_gif_durations(path)))
+        if _read_by_pillow(path):
+            return sum(_frame_repeats(_frame_durations(path)))
         meta = _ffmpeg_header(path)
     except Exception:
         return None
@@ -463,13 +544,13 @@ def video_frame_count(path: str | Path) -> int | None:
     return round(duration * fps) if duration > 0 and fps > 0 else None
 
 
-def _check_complete(path: Path, decoded: int, as_gif: bool) -> None:
+def _check_complete(path: Path, decoded: int, by_pillow: bool) -> None:
     """Refuse a file that decoded to clearly fewer frames than it holds: truncated or damaged."""
     promised = video_frame_count(path)
     tolerance = max(2, TRUNCATION_TOLERANCE * promised) if promised else 0
     if not promised or promised - decoded <= tolerance:
         return
-    if not as_gif:  # the header's duration is the longest stream's: the sound may run on past the picture
+    if not by_pillow:  # the header's duration is the longest stream's: the sound may run on past the picture
         fps, duration = _stream_fps(path), _ffmpeg_header(path)["duration"]
         stored, damaged = _stored_seconds(path, ["-map", "0"])
         if not damaged and stored is not None and (duration - stored) * fps <= tolerance:
