@@ -545,6 +545,17 @@ def test_a_pseudo_word_that_begins_another_is_taken_out_where_the_tokenizer_read
     assert generated_prompt(tmp_path / "take.mp4") == "a dog and a cat"
 
 
+@pytest.mark.parametrize(("prompt", "scored"), [("a *sks dog and a x*sks cat", "a dog and a x*sks cat"),
+                                               ("a sks\u00b2 dog, a \u00bdsks cat", "a \u00b2 dog, a \u00bd cat")])
+def test_a_pseudo_word_is_taken_out_only_where_the_tokenizer_reads_it(tmp_path, prompt, scored):
+    """Subjects sks and *sks: 'x*sks' holds neither (it had lost its 'sks', leaving 'x*'); 'sks' before '²' is read
+    (Python's word characters hold '²', the tokenizer's do not)."""
+    from vidbooth.eval.jobs import generated_prompt
+
+    (tmp_path / "take.yaml").write_text(f"prompt: {prompt}\nsubjects: [sks, '*sks']\n", encoding="utf-8")
+    assert generated_prompt(tmp_path / "take.mp4") == scored
+
+
 def test_a_pseudo_word_written_out_in_its_vectors_is_taken_out_whole(tmp_path):
     """T* of two vectors written 'T* T*_1', as generate takes it: 'T*_1' had been left in the prompt scored."""
     from vidbooth.eval.jobs import generated_prompt

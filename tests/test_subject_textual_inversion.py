@@ -82,7 +82,10 @@ def test_a_part_of_a_pseudo_word_written_alone_is_refused(prompt):
 
 
 @pytest.mark.parametrize("prompt", ["*sks dog and sks cat", "a *sks", "x*sks sks", "**sks", "sks's (SKS) tasks",
-                                    "S*-2 and S*", "S*-2x S*", "a S* S*_1 dog", "xS* S*xS*"])
+                                    "S*-2 and S*", "S*-2x S*", "a S* S*_1 dog", "xS* S*xS*",
+                                    # beside characters Python's \w and the tokenizer's whole words count otherwise
+                                    "sks\u00b2 \u00bdsks sks", "s\u0301ks sks\u0301 sks", "\u24b6sks \u203fsks sks\u200d",
+                                    "\u0661sks \u2167sks sks\u00e9 \u65e5sks sks-"])
 def test_the_tokens_read_are_the_tokenizers(bb, prompt):
     """`read_tokens` finds the added tokens where the tokenizer reads them, overlapping names included."""
     tokens = ["sks", "*sks", "*sks_1", "S*", "S*_1", "S*-2", "xS*"]

@@ -241,7 +241,7 @@ def _check_image_prompt(cfg: GenerateConfig):
             if getattr(cfg, key) != default:
                 warn(f"--{key.replace('_', '-')} has no effect without --image-prompt")
         return None
-    from vidbooth.adapters.textual_inversion import token_pattern
+    from vidbooth.adapters.textual_inversion import read_tokens
     from vidbooth.engine.image_prompt import own_image_prompt_model, trained_word
 
     if cfg.image_prompt_model is None:
@@ -264,7 +264,7 @@ def _check_image_prompt(cfg: GenerateConfig):
                         f"train-image-prompt --base {cfg.backbone.base}`, or give another with --image-prompt-model"
                         ) from exc
     word = cfg.image_prompt_word or trained
-    if word and not token_pattern(word).search(cfg.prompt):  # whole words: the tokens are checked once loaded
+    if word and not read_tokens(cfg.prompt, [word]):  # whole words: the tokens are checked once loaded
         raise UserError(
             f"the prompt does not contain '{word}', the word the image prompt replaces: write it where the subject "
             f"goes, e.g. \"a {word} moving left\" (or pass --image-prompt-word)"

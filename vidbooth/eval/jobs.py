@@ -161,9 +161,10 @@ def generated_prompt(video: str | Path) -> str | None:
 
 def without_pseudo_words(prompt: str, names: list[str]) -> str:
     """`prompt` without the subject pseudo-words `names`, found as the tokenizer finds them (any case, whole
-    words, with the further vectors of one written out: 'S* S*_1'): CLIP has never seen them. The longest first, as
-    the tokenizer reads 'S*-2' as that, not as 'S*'. Its accents composed (NFC), as generate and CLIP read them."""
+    words, with the further vectors of one written out: 'S* S*_1'; `read_tokens`): CLIP has never seen them. Its
+    accents composed (NFC), as generate and CLIP read them."""
+    from vidbooth.adapters.textual_inversion import read_tokens, without_tokens
+
     prompt = unicodedata.normalize("NFC", prompt)
-    for name in sorted(names, key=len, reverse=True):
-        prompt = re.sub(rf"(?<!\w){re.escape(name)}(?:_[0-9]+)?(?!\w)", " ", prompt, flags=re.IGNORECASE)
-    return " ".join(prompt.split())
+    vectors = {part for name in names for part in re.findall(rf"{re.escape(name)}_[0-9]+", prompt, re.IGNORECASE)}
+    return without_tokens(prompt, read_tokens(prompt, [*names, *vectors]))
