@@ -98,6 +98,14 @@ def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_pa
     assert "unknown subject 'dog'" in err and "known subjects: S*" in err
     assert main(["generate", "--prompt", "x", "--motion", "dance", "--out", out]) == 2
     assert "known motions: M" in capsys.readouterr().err
+    # a learned subject's pseudo-word in the prompt without --subject: the video would lack the subject unsaid
+    assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a s* ball, S*", "--frames", "2",
+                 "--steps", "1", "--out", str(tmp_path / "y.mp4")]) == 0
+    assert capsys.readouterr().err.count("warning: the prompt names S*, a learned subject, without --subject 'S*': "
+                                         "the base reads it as an unknown word; add --subject 'S*'") == 1
+    assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a xS* ball", "--frames", "2",
+                 "--steps", "1", "--out", str(tmp_path / "y.mp4")]) == 0
+    assert "a learned subject" not in capsys.readouterr().err  # not the word the tokenizer reads there
     assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "x", "--subject", "S*",
                  "--motion", "M", "--steps", "1", "--out", out]) == 2
     err = capsys.readouterr().err

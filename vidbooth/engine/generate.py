@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def _generate(cfg: GenerateConfig, written_videos: list[Path], sheet_path: Path,
              "takes it")
     if cfg.subject_scale != 1 and not cfg.subjects:
         warn(f"--subject-scale {cfg.subject_scale:g} has no effect without --subject")
+    _warn_of_subjects_left_out(cfg.prompt, cfg.subjects)
     if cfg.motion_scale != 1 and not cfg.motion:
         warn(f"--motion-scale {cfg.motion_scale:g} has no effect without --motion")
     image_prompt = _check_image_prompt(cfg)
@@ -229,6 +231,24 @@ def _rerun_config(cfg: GenerateConfig) -> GenerateConfig:
 
     return replace(cfg, backbone=with_absolute_paths(cfg.backbone), image_prompt=absolute_path(cfg.image_prompt),
                    image_prompt_model=absolute_path(cfg.image_prompt_model))
+
+
+def _warn_of_subjects_left_out(prompt: str, subjects: list[str] | None) -> None:
+    """A learned subject's name in the prompt with no --subject for it: the base would read it as a word it never
+    learned, and the video would not show the subject. (A library that cannot be listed warns of nothing.)"""
+    from vidbooth.adapters.textual_inversion import read_tokens
+    from vidbooth.library import known_names
+
+    try:
+        learned = {name.lower(): name for name in known_names("subject")}
+    except OSError:
+        return
+    given = {name.lower() for name in subjects or []}
+    prompt = unicodedata.normalize("NFC", prompt)  # as the prompt is personalised
+    named = dict.fromkeys(learned[match.group().lower()] for match in read_tokens(prompt, learned.values()))
+    for name in (name for name in named if name.lower() not in given):
+        warn(f"the prompt names {name}, a learned subject, without --subject {shlex.quote(name)}: the base reads it "
+             f"as an unknown word; add --subject {shlex.quote(name)} to show the subject")
 
 
 def _check_image_prompt(cfg: GenerateConfig):
