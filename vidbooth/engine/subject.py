@@ -783,7 +783,8 @@ def _preview_prompt(run: _Run) -> str | None:
     preview = run.cfg.preview
     if not (preview.enabled and preview.prompt):
         return None
-    given, note = with_subject_token(preview.prompt, run.token, run.class_noun, what="preview.prompt")
+    written_out = expand_placeholder(preview.prompt, run.token, run.num_vectors)  # 'S*_1' alone: refused, unwarned
+    given, note = with_subject_token(written_out, run.token, run.class_noun, what="preview.prompt")
     if note:
         reporting.warn(note)
     return expand_placeholder(given, run.token, run.num_vectors)
