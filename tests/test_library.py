@@ -69,6 +69,23 @@ def test_unknown_name_lists_known_ones():
         library.artifact_dir("motion", "M")
 
 
+def test_names_at_rest_are_read_without_touching_or_telling(isolated_home, monkeypatch, capsys):
+    """For generate's hint: readable artifacts' names; a damaged one, a staging folder and a library that is a file
+    are passed over in silence, and nothing is rolled back or removed (list_artifacts recovers)."""
+    for name in ("S*", "dog"):
+        with library.staged_artifact("subject", name) as stage:
+            _write(stage, name=name)
+    (isolated_home / "subjects" / "cat").mkdir()  # no manifest
+    staged = isolated_home / ".staging" / f"subjects__x.{library._host_tag()}-999999999.ab"  # of a process gone
+    staged.mkdir(parents=True)
+    assert library.names_at_rest("subject") == ["S*", "dog"] and library.names_at_rest("motion") == []
+    assert staged.is_dir() and capsys.readouterr().err == ""
+    home = isolated_home.parent / "a-file"
+    home.write_text("")
+    monkeypatch.setenv("VIDBOOTH_HOME", str(home))
+    assert library.names_at_rest("subject") == []
+
+
 def test_interrupted_swap_rolls_back_to_old_version(isolated_home):
     with library.staged_artifact("subject", "S*") as stage:
         _write(stage, 1.0)

@@ -129,6 +129,18 @@ def known_names(kind: str) -> list[str]:
     return sorted(m["name"] for m in list_artifacts(kind))
 
 
+def names_at_rest(kind: str) -> list[str]:
+    """The names of the artifacts of `kind` as they lie in the library, read only: nothing rolled back or removed (as
+    `list_artifacts` does), nothing said of what cannot be read; none when the library cannot be read. For hints."""
+    names = []
+    with contextlib.suppress(OSError):
+        for path in sorted((library_home() / KINDS[kind]).iterdir()):
+            with contextlib.suppress(OSError, UserError):
+                if path.is_dir() and not path.name.startswith("."):
+                    names.append(read_manifest(path, verify=False)["name"])
+    return names
+
+
 def named_artifacts(subjects: list[str] | None, motion: str | None) -> list[tuple[str, str]]:
     """(kind, name) of each subject, once each and in order, then of the motion: what generate names."""
     return [("subject", name) for name in dict.fromkeys(subjects or [])] + ([("motion", motion)] if motion else [])

@@ -235,14 +235,11 @@ def _rerun_config(cfg: GenerateConfig) -> GenerateConfig:
 
 def _warn_of_subjects_left_out(prompt: str, subjects: list[str] | None) -> None:
     """A learned subject's name in the prompt with no --subject for it: the base would read it as a word it never
-    learned, and the video would not show the subject. (A library that cannot be listed warns of nothing.)"""
+    learned, and the video would not show the subject."""
     from vidbooth.adapters.textual_inversion import read_tokens
-    from vidbooth.library import known_names
+    from vidbooth.library import names_at_rest
 
-    try:
-        learned = {name.lower(): name for name in known_names("subject")}
-    except OSError:
-        return
+    learned = {name.lower(): name for name in names_at_rest("subject")}
     given = {name.lower() for name in subjects or []}
     prompt = unicodedata.normalize("NFC", prompt)  # as the prompt is personalised
     named = dict.fromkeys(learned[match.group().lower()] for match in read_tokens(prompt, learned.values()))
