@@ -536,3 +536,14 @@ def test_a_signal_while_the_outcome_is_told_waits_for_it(tmp_path):
     done = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_TELLING, str(tmp_path / "a.mp4")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().endswith("error: it failed"), (done.returncode, done.stderr)
+
+
+def test_a_library_that_is_a_file_does_not_stop_a_generate_without_subjects(tiny_base_dirs, tmp_path, monkeypatch,
+                                                                           capsys):
+    """The warning of a learned subject's name left out of --subject lists the library: it had refused the run."""
+    library = tmp_path / "library"
+    library.write_text("not a folder")
+    monkeypatch.setenv("VIDBOOTH_HOME", str(library))
+    assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a sks dog", "--frames", "2",
+                 "--steps", "1", "--out", str(tmp_path / "x.mp4")]) == 0
+    assert "learned subject" not in capsys.readouterr().err

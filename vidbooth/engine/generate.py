@@ -241,7 +241,7 @@ def _warn_of_subjects_left_out(prompt: str, subjects: list[str] | None) -> None:
 
     try:
         learned = {name.lower(): name for name in known_names("subject")}
-    except OSError:
+    except (OSError, UserError):  # the library a file: a generate without --subject had been refused for it
         return
     given = {name.lower() for name in subjects or []}
     prompt = unicodedata.normalize("NFC", prompt)  # as the prompt is personalised
