@@ -520,3 +520,16 @@ def test_a_relative_link_to_nothing_is_told_where_it_ends_and_a_loop_as_a_loop(t
                                         r"itself \(fix or remove it\); choose another --out$"):
         check_writable_dir(tmp_path / "loop" / "day 1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "renders"]
+
+
+def test_a_gif_frame_that_grows_its_screen_past_our_pixel_limit_is_refused_before_it_is_decoded(tmp_path,
+                                                                                                monkeypatch):
+    """Decoding under the lifted Pillow limit had let a frame far larger than the screen (a 20000x20000 one: 400 MB)
+    be given its memory, with Pillow's check off and ours only on the screen's size."""
+    from vidbooth.data import video
+
+    first, second = np.zeros((48, 64, 3), np.uint8), np.full((120, 160, 3), 200, np.uint8)
+    path = gif_with_oversized_frame(tmp_path / "grows.gif", first, second)
+    monkeypatch.setattr(video, "MAX_PHOTO_PIXELS", 64 * 48 * 2)  # stands for ours, without a 250 MP frame
+    with pytest.raises(UserError, match=r"^video .*grows\.gif is too large \(160x120 = 0 megapixels a frame"):
+        read_video(path)
