@@ -375,10 +375,11 @@ def test_the_version_is_the_packages_and_help_has_a_short_flag(capsys):
 
 @pytest.mark.parametrize("command, key, argument", [("train-subject", "photos", "PHOTOS"),
                                                     ("train-motion", "clips", "CLIPS")])
-def test_an_empty_input_path_of_a_recipe_is_told_as_the_recipes(command, key, argument, tmp_path, capsys):
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_input_path_of_a_recipe_is_told_as_the_recipes(command, key, argument, empty, tmp_path, capsys):
     """It had been "photo path not found: , named by the recipe ... (moved since?)", a path of no name."""
     recipe = tmp_path / "config.yaml"
-    recipe.write_text(f'name: S\nclass_noun: ball\n{key}: [""]\n')
+    recipe.write_text(f'name: S\nclass_noun: ball\n{key}: ["{empty}"]\n')
     assert main([command, "--recipe", str(recipe)]) == 2
     assert capsys.readouterr().err == (f"error: recipe {recipe}: {key} holds an empty path: write the path there or "
                                        f"remove it, or give {argument} on the command line\n")

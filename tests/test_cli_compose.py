@@ -102,7 +102,7 @@ def test_unknown_names_and_mismatched_bases(tiny_base_dirs, world_inputs, tmp_pa
     assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a s* ball, S*", "--frames", "2",
                  "--steps", "1", "--out", str(tmp_path / "y.mp4")]) == 0
     assert capsys.readouterr().err.count("warning: the prompt names S*, a learned subject, without --subject 'S*': "
-                                         "the base reads it as an unknown word; add --subject 'S*'") == 1
+                                         "the video will not show the subject; add --subject 'S*' to show it") == 1
     assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a xS* ball", "--frames", "2",
                  "--steps", "1", "--out", str(tmp_path / "y.mp4")]) == 0
     assert "a learned subject" not in capsys.readouterr().err  # not the word the tokenizer reads there

@@ -536,3 +536,26 @@ def test_a_signal_while_the_outcome_is_told_waits_for_it(tmp_path):
     done = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_TELLING, str(tmp_path / "a.mp4")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().endswith("error: it failed"), (done.returncode, done.stderr)
+
+
+def test_a_library_that_is_a_file_does_not_stop_a_generate_without_subjects(tiny_base_dirs, tmp_path, monkeypatch,
+                                                                           capsys):
+    """The warning of a learned subject's name left out of --subject lists the library: it had refused the run."""
+    library = tmp_path / "library"
+    library.write_text("not a folder")
+    monkeypatch.setenv("VIDBOOTH_HOME", str(library))
+    assert main(["generate", "--base", str(tiny_base_dirs["unet3d"]), "--prompt", "a sks dog", "--frames", "2",
+                 "--steps", "1", "--out", str(tmp_path / "x.mp4")]) == 0
+    assert "learned subject" not in capsys.readouterr().err
+
+
+def test_a_learned_subjects_name_is_warned_of_only_without_its_subject(monkeypatch, capsys):
+    """Given with --subject in another case, it is given; an accent typed as two characters is the same name."""
+    from vidbooth import library
+    from vidbooth.engine.generate import _warn_of_subjects_left_out
+
+    monkeypatch.setattr(library, "names_at_rest", lambda kind: ["S*", "caf\u00e9"])
+    _warn_of_subjects_left_out("a s* dog", ["S*"])
+    _warn_of_subjects_left_out("a cafe\u0301 cat and S*", ["s*"])
+    err = capsys.readouterr().err
+    assert err.count("a learned subject") == 1 and "the prompt names caf\u00e9, a learned subject" in err

@@ -716,3 +716,35 @@ def test_a_png_with_compressed_metadata_over_1_mb_after_its_pixels_loads(tmp_pat
     limit = PngImagePlugin.MAX_TEXT_CHUNK
     assert np.asarray(load_image(path))[0, 0].tolist() == list(badinputs.RED)
     assert PngImagePlugin.MAX_TEXT_CHUNK == limit
+
+
+def test_pillows_limits_stay_lifted_while_any_thread_is_inside_and_are_pillows_again_after(monkeypatch):
+    """Counted: a thread that leaves while another decodes keeps them lifted for it; one that leaves by an error
+    counts as left; the last one out puts back Pillow's own, not the lifted ones a later one would have seen."""
+    import threading
+
+    from PIL import PngImagePlugin
+
+    from vidbooth.data.images import pillow_limits_lifted
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
+    inside, leave, seen = threading.Event(), threading.Event(), []
+
+    def other_thread():
+        with pillow_limits_lifted():
+            inside.set()
+            leave.wait(10)
+            seen.append(Image.MAX_IMAGE_PIXELS)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    inside.wait(10)
+    with pytest.raises(ValueError), pillow_limits_lifted():
+        with pillow_limits_lifted():  # nested in one thread too
+            assert Image.MAX_IMAGE_PIXELS is None and PngImagePlugin.MAX_TEXT_CHUNK == PngImagePlugin.MAX_TEXT_MEMORY
+        assert Image.MAX_IMAGE_PIXELS is None
+        raise ValueError
+    leave.set()
+    thread.join()
+    assert seen == [None] and Image.MAX_IMAGE_PIXELS == 5_000
+    assert PngImagePlugin.MAX_TEXT_CHUNK < PngImagePlugin.MAX_TEXT_MEMORY

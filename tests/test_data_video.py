@@ -294,8 +294,9 @@ def test_a_photo_named_as_a_video_is_said_to_be_one(tmp_path):
 
 @pytest.mark.parametrize("image_format, named", [("PNG", "anim.png"), ("PNG", "anim.apng"), ("WEBP", "anim.webp"),
                                                  ("PNG", "anim.gif"), ("WEBP", "anim.mp4")])
-def test_an_animated_png_or_webp_is_read_as_a_gif_is_whatever_its_clip_name(tmp_path, image_format, named):
-    """Web pages' animations (Giphy's and Tenor's WebP, APNG) had been refused: 'convert it to mp4 or GIF'."""
+def test_an_animated_png_or_webp_is_read_as_a_gif_is_whatever_its_clip_name(tmp_path, image_format, named, capsys):
+    """Web pages' animations (Giphy's and Tenor's WebP, APNG) had been refused: 'convert it to mp4 or GIF'. A GIF's
+    end marker is not theirs: they are not warned of as cut off."""
     from badinputs import quadrant_image
 
     path = tmp_path / named
@@ -304,6 +305,7 @@ def test_an_animated_png_or_webp_is_read_as_a_gif_is_whatever_its_clip_name(tmp_
     video = read_video(path)
     assert video.shape == (2, 48, 64, 3) and video_fps(path) == 8 and video_frame_count(path) == 2
     assert video[0, 0, 0].tolist() == [255, 0, 0] and video[1, 0, 0].tolist() == [255, 255, 0]  # red, then rotated
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("written, named", [("whole.webp", "cut.webp"), ("whole.png", "cut.png"),
@@ -319,6 +321,17 @@ def test_an_animated_webp_or_png_cut_short_is_refused_in_one_line(tmp_path, writ
     with pytest.raises(UserError) as refused:
         read_video(path)
     assert re.fullmatch(rf"{re.escape(str(path))} is cut short \(.+\): re-export or re-download it", str(refused.value))
+
+
+def test_a_webp_missing_only_its_last_byte_is_cut_short_by_the_size_its_header_gives(tmp_path):
+    """The RIFF header's size leaves out its own 8 bytes: a file short by fewer than them is cut short too."""
+    from badinputs import write_clip
+
+    data = write_clip(tmp_path / "whole.webp", num_frames=4).read_bytes()
+    path = tmp_path / "cut.webp"
+    path.write_bytes(data[:-1])
+    with pytest.raises(UserError, match=rf"is cut short \({len(data) - 1:,} of the {len(data):,} bytes its header"):
+        read_video(path)
 
 
 def test_an_animated_apng_with_a_still_image_for_other_viewers_is_read_without_it(tmp_path):
@@ -520,3 +533,16 @@ def test_a_relative_link_to_nothing_is_told_where_it_ends_and_a_loop_as_a_loop(t
                                         r"itself \(fix or remove it\); choose another --out$"):
         check_writable_dir(tmp_path / "loop" / "day 1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "renders"]
+
+
+def test_a_gif_frame_that_grows_its_screen_past_our_pixel_limit_is_refused_before_it_is_decoded(tmp_path,
+                                                                                                monkeypatch):
+    """Decoding under the lifted Pillow limit had let a frame far larger than the screen (a 20000x20000 one: 400 MB)
+    be given its memory, with Pillow's check off and ours only on the screen's size."""
+    from vidbooth.data import video
+
+    first, second = np.zeros((48, 64, 3), np.uint8), np.full((120, 160, 3), 200, np.uint8)
+    path = gif_with_oversized_frame(tmp_path / "grows.gif", first, second)
+    monkeypatch.setattr(video, "MAX_PHOTO_PIXELS", 64 * 48 * 2)  # stands for ours, without a 250 MP frame
+    with pytest.raises(UserError, match=r"^video .*grows\.gif is too large \(160x120 = 0 megapixels a frame"):
+        read_video(path)

@@ -562,6 +562,9 @@ def test_a_pseudo_word_written_out_in_its_vectors_is_taken_out_whole(tmp_path):
 
     (tmp_path / "take.yaml").write_text("prompt: a T* t*_1 cat\nsubjects: [T*]\n")
     assert generated_prompt(tmp_path / "take.mp4") == "a cat"
+    vectors = " ".join(f"T*_{index}" for index in range(1, 12))  # the 12th vector: two digits
+    (tmp_path / "take.yaml").write_text(f"prompt: a T* {vectors} cat\nsubjects: [T*]\n")
+    assert generated_prompt(tmp_path / "take.mp4") == "a cat"
 
 
 def test_a_pseudo_word_typed_with_a_combining_accent_is_taken_out(tmp_path):

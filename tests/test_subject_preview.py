@@ -80,3 +80,19 @@ def test_a_part_of_the_pseudo_word_in_the_preview_prompt_is_refused_before_train
     with pytest.raises(UserError, match=r"^'S\*_1' is a part of subject S\*'s pseudo-word of 2 vectors"):
         _train_until_the_model_loads(monkeypatch, tmp_path, "a S*_1 cross moving left", num_vectors=2)
     assert "lacks the subject token" not in capsys.readouterr().err  # the error alone, not a warning to insert it
+
+
+def _prompt_to_preview(prompt: str, enabled: bool = True, num_vectors: int = 1) -> str | None:
+    cfg = SubjectConfig()
+    cfg.preview.prompt, cfg.preview.enabled = prompt, enabled
+    return subject._preview_prompt(SimpleNamespace(cfg=cfg, token="S*", class_noun="cross", num_vectors=num_vectors))
+
+
+def test_a_pseudo_word_put_in_the_preview_prompt_is_written_out_in_its_vectors():
+    assert _prompt_to_preview("a cross moving left", num_vectors=2) == "a S* S*_1 cross moving left"
+
+
+def test_a_preview_prompt_is_not_read_without_a_preview(capsys):
+    """Nothing is sampled from it: its warning would be of nothing."""
+    assert _prompt_to_preview("a cross moving left", enabled=False) is None
+    assert "lacks the subject token" not in capsys.readouterr().err

@@ -85,7 +85,9 @@ def test_a_part_of_a_pseudo_word_written_alone_is_refused(prompt):
                                     "S*-2 and S*", "S*-2x S*", "a S* S*_1 dog", "xS* S*xS*",
                                     # beside characters Python's \w and the tokenizer's whole words count otherwise
                                     "sks\u00b2 \u00bdsks sks", "s\u0301ks sks\u0301 sks", "\u24b6sks \u203fsks sks\u200d",
-                                    "\u0661sks \u2167sks sks\u00e9 \u65e5sks sks-"])
+                                    "\u0661sks \u2167sks sks\u00e9 \u65e5sks sks-",
+                                    # the last letter-like symbol of each range ('ⓩ'), and the one past it
+                                    "\u24e9sks \U0001f149sks \U0001f169sks \U0001f189sks \u24easks sks"])
 def test_the_tokens_read_are_the_tokenizers(bb, prompt):
     """`read_tokens` finds the added tokens where the tokenizer reads them, overlapping names included."""
     tokens = ["sks", "*sks", "*sks_1", "S*", "S*_1", "S*-2", "xS*"]
@@ -94,6 +96,11 @@ def test_the_tokens_read_are_the_tokenizers(bb, prompt):
     added = {token.lower() for token in tokens}
     read = [piece for piece in bb.tokenizer.tokenize(prompt) if piece in added]
     assert [match.group().lower() for match in ti.read_tokens(prompt, tokens)] == read
+
+
+def test_no_tokens_are_read_where_none_are_added():
+    """An empty pattern matches everywhere: generate with an empty library lists no subject to read."""
+    assert ti.read_tokens("a , dog.", []) == [] and ti.without_tokens("a  dog", []) == "a dog"
 
 
 def test_diffusers_load_textual_inversion_reads_our_file(tiny_base_dirs, bb, tmp_path):

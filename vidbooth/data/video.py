@@ -217,12 +217,29 @@ def _open_animation(path: Path) -> Image.Image:
     """The GIF, APNG or animated WebP at `path`, opened under our pixel limit, not Pillow's (as photos are)."""
     with pillow_limits_lifted():
         im = Image.open(path)
+    try:
+        _check_frame_pixels(path, im)
+    except UserError:
+        im.close()
+        raise
+    return im
+
+
+def _check_frame_pixels(path: Path, im: Image.Image) -> None:
+    """A UserError for an animation whose frames are over our pixel limit (Pillow's is lifted)."""
     width, height = im.size
     if width * height > MAX_PHOTO_PIXELS:
-        im.close()
         raise UserError(f"video {path} is too large ({width}x{height} = {width * height / 1e6:.0f} megapixels a frame, "
                         f"limit {MAX_PHOTO_PIXELS / 1e6:.0f}): downscale it")
-    return im
+
+
+def _decode_frame(path: Path, im: Image.Image, index: int) -> None:
+    """Seek to frame `index` and decode it, under our pixel limit: a GIF frame larger than the screen grows it
+    (cropped back once decoded), which Pillow's limit, lifted here, had bounded (a 20000x20000 frame took 400 MB)."""
+    with pillow_limits_lifted():
+        im.seek(index)
+        _check_frame_pixels(path, im)
+        im.load()
 
 
 def _animation_frames(im: Image.Image) -> range:
@@ -244,9 +261,7 @@ def _frame_durations_cached(path: str, size: int, mtime_ns: int) -> tuple[int, .
     with _open_animation(Path(path)) as im:
         durations = []
         for i in _animation_frames(im):
-            with pillow_limits_lifted():
-                im.seek(i)
-                im.load()
+            _decode_frame(Path(path), im, i)
             stored = int(im.info.get("duration") or 0)  # an APNG's is a fraction of a second: in ms, a float
             durations.append(stored if stored > 10 else DEFAULT_FRAME_MS)
     return tuple(durations)
@@ -278,9 +293,8 @@ def _read_animation(path: Path) -> Generator[np.ndarray, None, None]:
     with _open_animation(path) as im:
         width, height = im.size  # after the first frame
         for i, repeats in zip(_animation_frames(im), repeats_of, strict=True):
-            with pillow_limits_lifted():
-                im.seek(i)
-                frame = np.asarray(to_rgb(im))[:height, :width]  # transparency on white, as photos
+            _decode_frame(path, im, i)
+            frame = np.asarray(to_rgb(im))[:height, :width]  # transparency on white, as photos
             for _ in range(repeats):
                 yield frame
 

@@ -234,8 +234,8 @@ def _rerun_config(cfg: GenerateConfig) -> GenerateConfig:
 
 
 def _warn_of_subjects_left_out(prompt: str, subjects: list[str] | None) -> None:
-    """A learned subject's name in the prompt with no --subject for it: the base would read it as a word it never
-    learned, and the video would not show the subject."""
+    """A learned subject's name in the prompt with no --subject for it: the video would not show the subject (its
+    pseudo-word is not in the base's tokenizer, or, a common word, means only that word there)."""
     from vidbooth.adapters.textual_inversion import read_tokens
     from vidbooth.library import names_at_rest
 
@@ -244,8 +244,8 @@ def _warn_of_subjects_left_out(prompt: str, subjects: list[str] | None) -> None:
     prompt = unicodedata.normalize("NFC", prompt)  # as the prompt is personalised
     named = dict.fromkeys(learned[match.group().lower()] for match in read_tokens(prompt, learned.values()))
     for name in (name for name in named if name.lower() not in given):
-        warn(f"the prompt names {name}, a learned subject, without --subject {shlex.quote(name)}: the base reads it "
-             f"as an unknown word; add --subject {shlex.quote(name)} to show the subject")
+        warn(f"the prompt names {name}, a learned subject, without --subject {shlex.quote(name)}: the video will not "
+             f"show the subject; add --subject {shlex.quote(name)} to show it")
 
 
 def _check_image_prompt(cfg: GenerateConfig):
