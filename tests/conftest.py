@@ -71,6 +71,8 @@ def isolated_home(no_real_library, tmp_path, shared_cache, monkeypatch, request)
     monkeypatch.setenv("VIDBOOTH_CACHE", str(shared_cache))
     monkeypatch.setenv("VIDBOOTH_QUIET", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the commands the tests start: as `one_torch_thread`, several times
+    # faster on the shared 2-core machines than on two contended threads (accelerate's launcher sets it there already)
     monkeypatch.delenv("VIDBOOTH_ATTENTION", raising=False)
     return home
 

@@ -15,6 +15,8 @@ from vidbooth.engine.backbone import load_backbone, resolve_base
 from vidbooth.engine.tiny import motion_adapter_folder, save_tiny_backbone
 from vidbooth.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_unet3d_layers(tiny_backbones):
     bb = tiny_backbones["unet3d"]

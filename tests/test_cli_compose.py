@@ -1,10 +1,13 @@
 """End to end: train-subject and train-motion on a tiny base, then generate with both."""
 
 import numpy as np
+import pytest
 import yaml
 
 from vidbooth.cli.app import main
 from vidbooth.data.video import read_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = ["--device", "cpu", "--set", "preview.enabled=false"]
 

@@ -11,6 +11,8 @@ import yaml
 from vidbooth.cli.app import main
 from vidbooth.data.video import read_video
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -12,6 +12,8 @@ from PIL import Image
 from vidbooth.cli.app import main
 from vidbooth.data.video import read_video
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VARIANTS = {"class_noun", "textual_inversion", "identity", "image_prompt", "base_motion", "motion_adapter",
             "textual_inversion_motion", "both"}
 """On nano, which has its own image-prompt model."""

@@ -11,6 +11,8 @@ from vidbooth.engine.sampling import sample_video
 from vidbooth.engine.tiny import diffusers_reference_pipeline
 from vidbooth.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _diffusers_scheduler(name, folder, **overrides):
     """The scheduler docs/generate.md promises, built by diffusers alone (not by vidbooth's make_scheduler)."""
