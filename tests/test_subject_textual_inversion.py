@@ -84,7 +84,8 @@ def test_a_part_of_a_pseudo_word_written_alone_is_refused(prompt):
 @pytest.mark.parametrize("prompt", ["*sks dog and sks cat", "a *sks", "x*sks sks", "**sks", "sks's (SKS) tasks",
                                     "S*-2 and S*", "S*-2x S*", "a S* S*_1 dog", "xS* S*xS*",
                                     # beside characters Python's \w and the tokenizer's whole words count otherwise
-                                    "sks\u00b2 \u00bdsks sks", "s\u0301ks sks\u0301 sks", "\u24b6sks \u203fsks sks\u200d",
+                                    "sks\u00b2 \u00bdsks sks", "s\u0301ks sks\u0301 sks",
+                                    "\u24b6sks \u203fsks sks\u200d",
                                     "\u0661sks \u2167sks sks\u00e9 \u65e5sks sks-",
                                     # the last letter-like symbol of each range ('ⓩ'), and the one past it
                                     "\u24e9sks \U0001f149sks \U0001f169sks \U0001f189sks \u24easks sks"])
