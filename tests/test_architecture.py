@@ -11,8 +11,9 @@ import vidbooth
 
 PACKAGE = Path(vidbooth.__file__).parent
 LEAVES = ("adapters", "attention", "data")
-LEAF_MAY_USE = {"errors", "fileio", "reporting", "__version__"}
-"""All that the leaf layers use of vidbooth: errors, atomic writes, the reporting layer and the version."""
+LEAF_MAY_USE = {"errors", "fileio", "reporting", "words", "__version__"}
+"""All that the leaf layers use of vidbooth: errors, atomic writes, the reporting layer, prompts' words as the tokenizer
+reads them, and the version."""
 
 
 def _modules() -> dict[str, ast.Module]:

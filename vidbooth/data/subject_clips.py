@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from vidbooth.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, na
 from vidbooth.data.video import VIDEO_EXTENSIONS
 from vidbooth.errors import UserError
 from vidbooth.fileio import expand_user
+from vidbooth.words import read_tokens
 
 MASK_SUFFIX = ".mask"
 CAPTION_SUFFIX = ".txt"
@@ -72,7 +72,6 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
             raise UserError(f"{other.name} and {clip.name} in {folder} are both clips named '{_stem(clip)}': rename "
                             "one (its caption, photo and mask go by that name; a subject photo cannot be a .gif)")
     found, problems, both, used = [], [], [], set()
-    pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
     names: dict[str, list[Path]] = {}  # 'walk.TXT' and 'walk.mask.PNG' are found too
     for entry in sorted(folder.iterdir()):
         names.setdefault(entry.name.lower(), []).append(entry)
@@ -95,7 +94,7 @@ def find_subject_clips(folder: str | Path, word: str) -> list[SubjectClip]:
         except (OSError, UnicodeDecodeError):
             problems.append(f"cannot read {caption_file} as UTF-8 text: save it again as plain text")
             continue
-        if not pattern.search(caption):
+        if not read_tokens(caption, [word]):  # as the tokenizer with the word added reads it
             problems.append(f"the caption of {clip} ('{caption[:60]}') does not contain '{word}', the word the "
                             "subject's photo replaces: write it where the subject is named, or give the captions' "
                             "word with --word")

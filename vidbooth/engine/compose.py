@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from vidbooth.adapters.textual_inversion import reads_token
+from vidbooth.words import reads_token
 from vidbooth.errors import UserError
 
 

@@ -236,7 +236,7 @@ def _rerun_config(cfg: GenerateConfig) -> GenerateConfig:
 def _warn_of_subjects_left_out(prompt: str, subjects: list[str] | None) -> None:
     """A learned subject's name in the prompt with no --subject for it: the video would not show the subject (its
     pseudo-word is not in the base's tokenizer, or, a common word, means only that word there)."""
-    from vidbooth.adapters.textual_inversion import read_tokens
+    from vidbooth.words import read_tokens
     from vidbooth.library import names_at_rest
 
     learned = {name.lower(): name for name in names_at_rest("subject")}
@@ -258,7 +258,7 @@ def _check_image_prompt(cfg: GenerateConfig):
             if getattr(cfg, key) != default:
                 warn(f"--{key.replace('_', '-')} has no effect without --image-prompt")
         return None
-    from vidbooth.adapters.textual_inversion import read_tokens
+    from vidbooth.words import read_tokens
     from vidbooth.engine.image_prompt import own_image_prompt_model, trained_word
 
     if cfg.image_prompt_model is None:

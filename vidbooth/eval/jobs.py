@@ -163,7 +163,7 @@ def without_pseudo_words(prompt: str, names: list[str]) -> str:
     """`prompt` without the subject pseudo-words `names`, found as the tokenizer finds them (any case, whole
     words, with the further vectors of one written out: 'S* S*_1'; `read_tokens`): CLIP has never seen them. Its
     accents composed (NFC), as generate and CLIP read them."""
-    from vidbooth.adapters.textual_inversion import read_tokens, without_tokens
+    from vidbooth.words import read_tokens, without_tokens
 
     prompt = unicodedata.normalize("NFC", prompt)
     vectors = {part for name in names for part in re.findall(rf"{re.escape(name)}_[0-9]+", prompt, re.IGNORECASE)}
