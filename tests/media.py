@@ -127,6 +127,47 @@ def gif_with_oversized_frame(path: Path, first: np.ndarray, second: np.ndarray) 
     return path
 
 
+def crafted_gif(path: Path, screen: tuple[int, int], frames: list[tuple[int, int, int, int, int]],
+                trailer: bool = True) -> Path:
+    """A GIF written byte by byte: a `screen`, a black-and-white global colour table, a loop extension and, for each
+    of `frames` (left, top, width, height, disposal method), a graphic control extension and an image of white
+    pixels at that place. A frame of up to 65,536 pixels holds all of them; a larger one, one pixel only (a decoder
+    fails on it: it is for a frame that is refused before it is decoded)."""
+    width, height = screen
+    data = bytearray(b"GIF89a" + _u16s(width, height) + bytes([0x80, 0, 0]) + b"\0\0\0\xff\xff\xff")
+    data += b"!\xff\x0bNETSCAPE2.0\x03\x01\0\0\0"
+    for left, top, frame_width, frame_height, disposal in frames:
+        data += b"!\xf9\x04" + bytes([disposal << 2]) + _u16s(10) + b"\0\0"  # 100 ms, no transparency
+        data += b"," + _u16s(left, top, frame_width, frame_height) + b"\0\x02"  # no local table; 2-bit LZW codes
+        pixels = frame_width * frame_height if frame_width * frame_height <= 1 << 16 else 1
+        lzw = _lzw_of_ones(pixels)
+        for at in range(0, len(lzw), 255):
+            data += bytes([len(lzw[at : at + 255])]) + lzw[at : at + 255]
+        data += b"\0"
+    path.write_bytes(bytes(data) + (b";" if trailer else b""))
+    return path
+
+
+def _u16s(*values: int) -> bytes:
+    return b"".join(value.to_bytes(2, "little") for value in values)
+
+
+def _lzw_of_ones(pixels: int) -> bytes:
+    """`pixels` pixels of colour 1 as LZW data with 2-bit codes, written as pairs after a clear code so that the
+    code table never grows past 3-bit codes (no compression): clear (4), 1, 1, ..., end (5)."""
+    codes = []
+    for done in range(0, pixels, 2):
+        codes += [4, 1] + ([1] if done + 1 < pixels else [])
+    codes.append(5)
+    packed, buffer, filled = bytearray(), 0, 0
+    for code in codes:  # least significant bit first
+        buffer, filled = buffer | code << filled, filled + 3
+        while filled >= 8:
+            packed.append(buffer & 0xFF)
+            buffer, filled = buffer >> 8, filled - 8
+    return bytes(packed + (bytes([buffer]) if filled else b""))
+
+
 def make_subject_clips(folder: Path, count=3, word="subject", masks=(2,), size=64, num_frames=8):
     """`count` world clips of `num_frames` frames of red sprites moving right, captioned with `word`; a photo beside
     each, except the clips in `masks`, which get the mask of their first frame (a disc inside the sprite) instead."""

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shlex
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vidbooth import reporting
+from vidbooth.data.gif import grown_screen
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault, unread_byte
 from vidbooth.fileio import given_path
 
@@ -69,6 +71,7 @@ def load_image(
     path = Path(path)
     check_image_file(path)
     _refuse_camera_file(path)
+    _check_gif_first_frame(path)
     with reporting.reading(path), open_image(path) as im:  # Pillow warns of damaged EXIF data, naming no photo
         _check_dimensions(path, im, min_side)
         _warn_if_animated(path, im)
@@ -375,6 +378,23 @@ def open_image(path: Path) -> Image.Image:
         raise UserError(f"{path} is not an image Pillow can read (corrupt, misnamed, or of a kind it does not decode, "
                         "such as a 16-bit TIFF with transparency): replace it with a PNG or JPEG of it, or remove it"
                         ) from exc
+
+
+def _check_gif_first_frame(path: Path) -> None:
+    """A UserError for a GIF whose first frame, the one a photo uses, takes its screen over `MAX_PHOTO_PIXELS`, found
+    from its block structure: opening it gives a frame to be cleared after it (disposal method 2) its stated size
+    before `_check_dimensions` can look (a 20000x20000 one on a 16x16 screen: 400 MB). Its later frames are never
+    decoded."""
+    grown = grown_screen(path, MAX_PHOTO_PIXELS, frames=1)
+    if grown is None:
+        return
+    too_large = (f"image {path} is too large ({grown.width}x{grown.height} = {grown.width * grown.height / 1e6:.0f} "
+                 f"megapixels, limit {MAX_PHOTO_PIXELS / 1e6:.0f})")
+    if not grown.past_the_screen:
+        raise UserError(f"{too_large}: downscale it or replace it")
+    raise UserError(f"{too_large}: its first frame reaches past its {grown.screen[0]}x{grown.screen[1]} screen; "
+                    f"re-encode it clipped to the screen, e.g. ffmpeg -i {shlex.quote(str(path))} -frames:v 1 "
+                    f"{shlex.quote(str(path.with_name(f'{path.stem}_clipped.png')))}, or replace it")
 
 
 def _check_dimensions(path: Path, im: Image.Image, min_side: int) -> None:

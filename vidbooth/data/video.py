@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from vidbooth import reporting
+from vidbooth.data.gif import GrownScreen, grown_screen
 from vidbooth.data.images import MAX_PHOTO_PIXELS, open_image, pillow_limits_lifted, to_rgb
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault
 from vidbooth.fileio import write_together
@@ -215,6 +216,7 @@ def _read_by_pillow(path: Path) -> bool:
 
 def _open_animation(path: Path) -> Image.Image:
     """The GIF, APNG or animated WebP at `path`, opened under our pixel limit, not Pillow's (as photos are)."""
+    _check_gif_frames(path)
     with pillow_limits_lifted():
         im = Image.open(path)
     try:
@@ -225,17 +227,37 @@ def _open_animation(path: Path) -> Image.Image:
     return im
 
 
+def _check_gif_frames(path: Path) -> None:
+    """A UserError for a GIF with a frame that takes its screen over our pixel limit, found from the GIF's block
+    structure before Pillow opens it: Pillow gives a frame to be cleared after it (disposal method 2) its stated
+    size while seeking to it, before `_check_frame_pixels` can look (a 20000x20000 one on a 16x16 screen: 1.5 GB)."""
+    grown = grown_screen(path, MAX_PHOTO_PIXELS)
+    if grown:
+        raise _too_large(path, grown.width, grown.height, grown)
+
+
 def _check_frame_pixels(path: Path, im: Image.Image) -> None:
     """A UserError for an animation whose frames are over our pixel limit (Pillow's is lifted)."""
     width, height = im.size
     if width * height > MAX_PHOTO_PIXELS:
-        raise UserError(f"video {path} is too large ({width}x{height} = {width * height / 1e6:.0f} megapixels a frame, "
-                        f"limit {MAX_PHOTO_PIXELS / 1e6:.0f}): downscale it")
+        raise _too_large(path, width, height)
+
+
+def _too_large(path: Path, width: int, height: int, grown: GrownScreen | None = None) -> UserError:
+    too_large = (f"video {path} is too large ({width}x{height} = {width * height / 1e6:.0f} megapixels a frame, "
+                 f"limit {MAX_PHOTO_PIXELS / 1e6:.0f})")
+    if grown is None or not grown.past_the_screen:
+        return UserError(f"{too_large}: downscale it")
+    fixed = shlex.quote(str(path.with_name(f"{path.stem}_clipped.gif")))
+    return UserError(f"{too_large}: its frame {grown.index + 1} reaches past its {grown.screen[0]}x{grown.screen[1]} "
+                     f"screen; re-encode it clipped to the screen, as browsers show it, e.g. ffmpeg -i "
+                     f"{shlex.quote(str(path))} {fixed}")
 
 
 def _decode_frame(path: Path, im: Image.Image, index: int) -> None:
     """Seek to frame `index` and decode it, under our pixel limit: a GIF frame larger than the screen grows it
-    (cropped back once decoded), which Pillow's limit, lifted here, had bounded (a 20000x20000 frame took 400 MB)."""
+    (cropped back once decoded), which Pillow's limit, lifted here, had bounded (a 20000x20000 frame took 400 MB).
+    A GIF has had its frames judged before it was opened (`_check_gif_frames`): this check is for APNG and WebP."""
     with pillow_limits_lifted():
         im.seek(index)
         _check_frame_pixels(path, im)

@@ -1,0 +1,218 @@
+"""GIFs whose frames reach far past their screen: refused from their block structure before Pillow gives such a frame
+its memory, while the GIFs encoders write, and those cut short, read as before."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from media import crafted_gif
+from PIL import Image
+
+from vidbooth.data import images, video
+from vidbooth.data.gif import frame_edges, grown_screen
+from vidbooth.data.images import MAX_PHOTO_PIXELS, load_image
+from vidbooth.data.video import read_video, video_fps, video_frame_count
+from vidbooth.errors import UserError
+
+
+def _frames(count: int, mode: str = "RGB", size: tuple[int, int] = (48, 32)) -> list[Image.Image]:
+    """Frames that change in part only, so that Pillow writes later ones as smaller images placed on the screen."""
+    frames = []
+    for index in range(count):
+        pixels = np.zeros((size[1], size[0], 3), np.uint8)
+        pixels[4 : 12 + 2 * index, 3 * index : 8 + 3 * index] = (40 * index + 30, 200 - 20 * index, 90)
+        frames.append(Image.fromarray(pixels).convert(mode))
+    return frames
+
+
+def _saved(frames: list[Image.Image], **options) -> bytes:
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=len(frames) > 1, append_images=frames[1:], **options)
+    return buffer.getvalue()
+
+
+def _transparent_frames() -> list[Image.Image]:
+    frames = [Image.new("RGBA", (32, 24), (0, 0, 0, 0)) for _ in range(3)]
+    for index, frame in enumerate(frames):
+        frame.paste((200, 30, 30, 255), (4 * index, 4, 4 * index + 8, 12))
+    return frames
+
+
+def _local_palettes() -> list[Image.Image]:
+    """Frames of different colours, each quantised to its own palette: Pillow writes local colour tables."""
+    return [Image.new("RGB", (40, 30), colour).quantize(4) for colour in ((250, 0, 0), (0, 250, 0), (0, 0, 250))]
+
+
+WRITTEN_BY_PILLOW = {
+    "one frame (GIF87a)": lambda: _saved(_frames(1)),
+    "global palette, grey": lambda: _saved(_frames(4, "L"), duration=100),
+    "loop and frame times": lambda: _saved(_frames(5), duration=[40, 80, 120, 40, 60], loop=0),
+    "local palettes": lambda: _saved(_local_palettes(), duration=100, loop=0),
+    "transparency, disposal 2": lambda: _saved(_transparent_frames(), duration=100, loop=0, disposal=2),
+    "disposal per frame": lambda: _saved(_frames(4), duration=100, disposal=[0, 1, 2, 3]),
+    "comment": lambda: _saved(_frames(3), duration=100, comment=b"made by vidbooth's tests " * 30),
+    "interlaced, larger": lambda: _saved(_frames(3, size=(480, 270)), duration=100, interlace=True, loop=0),
+    "no optimising": lambda: _saved(_frames(3), duration=100, optimize=False),
+}
+
+
+def _pillows_frame_edges(data: bytes) -> list[tuple[int, int]]:
+    """Each frame's right and bottom edges as Pillow reads them (under its own limits: these GIFs are small)."""
+    with Image.open(io.BytesIO(data)) as im:
+        edges = []
+        for index in range(im.n_frames):
+            im.seek(index)
+            edges.append(im.dispose_extent[2:])
+    return edges
+
+
+@pytest.mark.parametrize("kind", WRITTEN_BY_PILLOW)
+def test_the_walk_finds_the_frames_pillow_finds_in_the_gifs_it_writes(kind, tmp_path):
+    data = WRITTEN_BY_PILLOW[kind]()
+    assert list(frame_edges(data)) == _pillows_frame_edges(data)
+    path = tmp_path / "clip.gif"
+    path.write_bytes(data)
+    assert grown_screen(path, MAX_PHOTO_PIXELS) is None
+    assert grown_screen(path, 1) == (0, *_screen(data), _screen(data))  # the screen alone is counted
+
+
+def _screen(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
+
+
+def test_the_gifs_pillow_writes_read_as_before(tmp_path):
+    for kind, write in WRITTEN_BY_PILLOW.items():
+        path = tmp_path / f"{kind}.gif"
+        path.write_bytes(write())
+        frames = video.read_video(path) if kind != "one frame (GIF87a)" else None
+        if frames is not None:
+            assert len(frames) == video_frame_count(path) and video_fps(path) > 0
+        assert load_image(path, min_side=1).size == _screen(path.read_bytes())
+
+
+def test_bytes_between_blocks_are_skipped_as_pillow_skips_them():
+    """Pillow passes over a byte that starts no block: the walk must too, or a frame after one would be missed."""
+    data = _saved(_frames(3), duration=100)
+    at = data.index(b"!\xf9", 20)  # the second frame's graphic control extension
+    padded = data[:at] + b"\0\x07 " + data[at:]
+    assert list(frame_edges(padded)) == _pillows_frame_edges(padded) == list(frame_edges(data))
+
+
+@pytest.mark.parametrize("keep", [0, 5, 40, None], ids=["header only", "cut in a descriptor", "cut in the first frame",
+                                                   "no trailer"])
+def test_a_gif_cut_short_is_walked_to_where_it_ends(keep, tmp_path):
+    data = _saved(_frames(3), duration=100)
+    blocks = data.index(b",", 13 + (3 << ((data[10] & 7) + 1)))  # after the screen and its colour table
+    path = tmp_path / "cut.gif"
+    path.write_bytes(data[: blocks + keep] if keep is not None else data[:-1])
+    assert grown_screen(path, 1) == (0, 48, 32, (48, 32))  # the screen's size is read, then the frames before the cut
+    assert grown_screen(path, 48 * 32) is None
+
+
+def test_a_gif_missing_only_its_trailer_is_read_with_the_warning_as_before(tmp_path, monkeypatch):
+    from badinputs import capture_warnings
+
+    path = tmp_path / "cut.gif"
+    path.write_bytes(_saved(_frames(4), duration=100)[:-1])
+    warned = capture_warnings(monkeypatch)
+    assert len(read_video(path)) == 4
+    assert warned == [f"{path} is cut off (it lacks the end marker of a whole GIF): its 4 frames may be only the start "
+                      "of the clip; re-export or re-download it"]
+
+
+def _watch_fills(monkeypatch) -> list[tuple[int, int]]:
+    """The sizes Pillow asks to fill while seeking in a GIF (a frame's disposal buffer), each given 1x1 instead: a
+    test that found the defect must not take the 1.5 GB it would have."""
+    asked = []
+    fill = Image.core.fill
+
+    def small_fill(mode, size, *colour):
+        asked.append(tuple(size))
+        return fill(mode, (1, 1), *colour)
+
+    monkeypatch.setattr(Image.core, "fill", small_fill)
+    return asked
+
+
+def test_a_gif_frame_far_past_its_screen_is_refused_before_pillow_gives_it_memory(tmp_path, monkeypatch):
+    """A 16x16 GIF whose second frame says 20000x20000, cleared after it (disposal method 2): seeking to it had
+    filled a 20000x20000 RGBA buffer (1.5 GB) before the frame's size was checked."""
+    path = crafted_gif(tmp_path / "bomb.gif", (16, 16), [(0, 0, 16, 16, 0), (0, 0, 20000, 20000, 2)])
+    asked = _watch_fills(monkeypatch)
+    message = (rf"^video {re.escape(str(path))} is too large \(20000x20000 = 400 megapixels a frame, limit 250\): its "
+               r"frame 2 reaches past its 16x16 screen; re-encode it clipped to the screen, as browsers show it, "
+               rf"e\.g\. ffmpeg -i {re.escape(str(path))} {re.escape(str(tmp_path / 'bomb_clipped.gif'))}$")
+    with pytest.raises(UserError) as refused:
+        read_video(path)
+    assert asked == []  # no buffer of the frame's size, nor any other
+    assert re.match(message, str(refused.value))
+    assert video_fps(path) == 8 and video_frame_count(path) is None  # what they say of a file they cannot read
+    assert asked == []
+
+
+@pytest.mark.parametrize("left, top, width, height, grown", [
+    (0, 0, 20000, 20000, "20000x20000"),
+    (65535, 0, 65535, 16, "131070x16"),  # far off the screen: its left edge counts
+    (0, 60000, 16, 4200, "16x64200"),
+])
+def test_a_frame_placed_or_sized_past_the_limit_is_refused_whatever_its_disposal(tmp_path, monkeypatch, left, top,
+                                                                                 width, height, grown):
+    monkeypatch.setattr(video, "MAX_PHOTO_PIXELS", 1_000_000)  # stands for ours: the grown screens are under 250 MP
+    asked = _watch_fills(monkeypatch)
+    for disposal in (0, 1, 2, 3):
+        path = crafted_gif(tmp_path / f"far{disposal}.gif", (16, 16), [(0, 0, 16, 16, 0),
+                                                                      (left, top, width, height, disposal)])
+        with pytest.raises(UserError, match=rf"is too large \({grown} = \d+ megapixels a frame, limit 1\): its frame 2 "
+                                            r"reaches past its 16x16 screen"):
+            read_video(path)
+    assert asked == []
+
+
+def test_a_frame_past_the_limit_is_refused_when_the_gif_is_cut_after_its_descriptor(tmp_path, monkeypatch):
+    path = crafted_gif(tmp_path / "bomb.gif", (16, 16), [(0, 0, 16, 16, 0), (0, 0, 20000, 20000, 2)], trailer=False)
+    path.write_bytes(path.read_bytes()[:-3])  # into its pixel data
+    asked = _watch_fills(monkeypatch)
+    with pytest.raises(UserError, match=r"is too large \(20000x20000 = 400 megapixels a frame"):
+        read_video(path)
+    assert asked == []
+
+
+def test_frames_that_grow_the_screen_together_are_judged_together(tmp_path, monkeypatch):
+    """Pillow's screen is the largest right and the largest bottom edge so far: a wide frame then a tall one."""
+    monkeypatch.setattr(video, "MAX_PHOTO_PIXELS", 1000 * 1000)
+    path = crafted_gif(tmp_path / "two.gif", (16, 16), [(0, 0, 16, 16, 0), (0, 0, 1001, 1, 0), (0, 0, 1, 1001, 0)])
+    with pytest.raises(UserError, match=r"\(1001x1001 = 1 megapixels a frame, limit 1\): its frame 3 reaches"):
+        read_video(path)
+
+
+def test_a_frame_past_the_screen_within_the_limit_is_read_clipped_to_the_screen(tmp_path):
+    path = crafted_gif(tmp_path / "wide.gif", (16, 16), [(0, 0, 16, 16, 0), (4, 4, 100, 30, 2), (0, 0, 8, 8, 1)])
+    assert grown_screen(path, MAX_PHOTO_PIXELS) is None
+    assert read_video(path).shape == (3, 16, 16, 3)
+
+
+def test_a_gif_photo_whose_first_frame_is_far_past_its_screen_is_refused_before_it_is_opened(tmp_path, monkeypatch):
+    """Opening it had filled the first frame's disposal buffer: 400 MB for 20000x20000, before its size was checked.
+    A later frame of a photo is never decoded, however large it says it is."""
+    asked = _watch_fills(monkeypatch)
+    path = crafted_gif(tmp_path / "photo.gif", (16, 16), [(0, 0, 20000, 20000, 2)])
+    with pytest.raises(UserError) as refused:
+        load_image(path, min_side=1)
+    assert asked == []
+    assert re.match(rf"^image {re.escape(str(path))} is too large \(20000x20000 = 400 megapixels, limit 250\): its "
+                    r"first frame reaches past its 16x16 screen; re-encode it clipped to the screen, e\.g\. ffmpeg "
+                    r"-i .* -frames:v 1 .*photo_clipped\.png, or replace it$", str(refused.value))
+    later = crafted_gif(tmp_path / "later.gif", (80, 80), [(0, 0, 80, 80, 0), (0, 0, 20000, 20000, 2)])
+    assert load_image(later).size == (80, 80) and asked == []
+
+
+def test_a_gif_photo_with_a_screen_over_the_limit_is_refused_as_other_photos_are(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_PHOTO_PIXELS", 100 * 100)
+    path = crafted_gif(tmp_path / "large.gif", (120, 120), [(0, 0, 120, 120, 0)])
+    with pytest.raises(UserError, match=r"is too large \(120x120 = 0 megapixels, limit 0\): downscale it or replace "
+                                        "it$"):
+        load_image(path)
