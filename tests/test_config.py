@@ -334,8 +334,8 @@ def test_empty_values_a_folder_for_a_recipe_and_a_tilde_are_read_as_meant(tmp_pa
     recipe as a recipe name not found, and `--recipe=~/r.yaml` (no shell expansion there) as a name."""
     with pytest.raises(UserError, match=r"^--set sampling.num_inference_steps= gives no value: write one after '='"):
         load_config(GenerateConfig, None, ["sampling.num_inference_steps="])
-    with pytest.raises(UserError, match=r"^backbone.base \(--base\) is empty: give a model folder, a hub id, or nano"):
-        load_config(GenerateConfig, None, ["backbone.base="])
+    with pytest.raises(UserError, match=r"^--set backbone.base= is empty: give a model folder, a hub id, or nano"):
+        load_config(GenerateConfig, None, ["backbone.base="])  # the --set's: no --base was typed
     assert load_config(GenerateConfig, None, ["prompt="]).prompt == ""  # a text may be empty (generate says so)
     with pytest.raises(UserError, match=f"^recipe {tmp_path} is a folder: give a YAML file in it"):
         load_config(GenerateConfig, str(tmp_path))
@@ -433,7 +433,7 @@ def test_limits_are_inclusive():
 
 
 @pytest.mark.parametrize("schema, sets, message", [
-    (GenerateConfig, ["backbone.base=   "], r"^backbone.base \(--base\) is empty: give a model folder"),
+    (GenerateConfig, ["backbone.base=   "], r"^--set backbone.base= is empty: give a model folder"),
     (GenerateConfig, ["sampling.zero_shot.t0=0.9", "sampling.zero_shot.t1=0.9"],
      r"^sampling.zero_shot.t0 and t1 must be in \(0, 1\) with t0 below t1 \(1 is pure noise\), got t0 0.9 and t1 0.9$"),
     (GenerateConfig, ["num_videos=257"], r"^num_videos \(--num-videos\) must be at most 256, got 257$"),

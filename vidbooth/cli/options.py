@@ -195,10 +195,7 @@ def inputs_exist(check, paths: list[str], what: str, key: str, recipe: str | Non
         from vidbooth.config.load import find_recipe, given_by
         from vidbooth.errors import UserError
 
-        where = given_by(key, recipe, sets, overrides)
-        if where and where[0] == "recipe" and not missing[0].strip():  # not an unset shell variable: the recipe's
-            raise UserError(f"recipe {find_recipe(recipe)}: {key} holds an empty path: write the path there or "
-                            f"remove it, or give {argument} on the command line")
+        where = given_by(key, recipe, sets, overrides)  # an empty path: refused, as theirs, by load_config
         if where and where[0] == "recipe":
             raise UserError(f"{what} not found: {missing[0]}, named by the recipe {find_recipe(recipe)} (moved "
                             f"since?): give {argument} on the command line to use others")

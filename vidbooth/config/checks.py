@@ -71,28 +71,42 @@ def positive(key: str, value: float, flag: str | None = None) -> None:
 
 
 class EmptySetting(UserError):
-    """Setting `key` given empty: told as its flag's (an unset shell variable); `load_config` tells one that a recipe
-    or a --set gave empty as theirs (`where_empty`)."""
+    """Setting `key` given empty, or with an empty item (`entry`: what an item is, 'path'): told as its flag's (an
+    unset shell variable; `told`, where the flag's message is worded otherwise); `load_config` tells one that a
+    recipe or a --set gave empty as theirs (`where_empty`). `argument`: what gives it on the command line."""
 
-    def __init__(self, key: str, flag: str | None, what: str):
-        self.key, self.what = key, what
-        super().__init__(f"{_name(key, flag)} is empty (an unset shell variable?): give {what}, or leave it out")
+    def __init__(self, key: str, flag: str | None, what: str, told: str | None = None, entry: str | None = None,
+                 argument: str | None = None):
+        self.key, self.what, self.entry, self.argument = key, what, entry, argument
+        super().__init__(told or f"{_name(key, flag)} is empty (an unset shell variable?): give {what}, or leave it "
+                         "out")
 
     def where_empty(self, where: tuple[str, str] | None, recipe: Path | None) -> str:
         """The message for the empty value that `where` (`given_by`: a flag, a --set, a recipe) gave."""
         kind = where[0] if where else "flag"
-        if kind == "set":
-            return f"{where[1]} is empty: give {self.what}, or leave the setting out"
-        if kind == "recipe":
-            return f"recipe {recipe}: {self.key} is empty: give {self.what}, or leave the setting out"
-        return str(self)
+        if kind not in ("set", "recipe"):
+            return str(self)
+        given = where[1] if kind == "set" else f"recipe {recipe}: {self.key}"
+        if self.entry:
+            instead = f", or give {self.argument} on the command line" if self.argument else ""
+            return f"{given} holds an empty {self.entry}: write {self.what} there or remove it{instead}"
+        return f"{given} is empty: give {self.what}, or leave the setting out"
 
 
-def not_empty(key: str, value: str | None, flag: str | None, what: str) -> None:
+def not_empty(key: str, value: str | None, flag: str | None, what: str, told: str | None = None) -> None:
     """A setting that is either left out (None) or names something: an empty one (an unset shell variable, as in
     `--motion "$MOTION"`) had been taken as left out, and the command done without it."""
     if value is not None and not value.strip():
-        raise EmptySetting(key, flag, what)
+        raise EmptySetting(key, flag, what, told)
+
+
+def no_empty_entries(key: str, values: list[str], entry: str, what: str, told: str,
+                     argument: str | None = None) -> None:
+    """Each item of the list setting `key` names something: an empty one (`"$VIDEO"` unset, `videos: [""]`) had
+    been the current folder, a traceback, or left out without a word. `told`: the message where a flag or
+    argument gave it."""
+    if any(isinstance(value, str) and not value.strip() for value in values):
+        raise EmptySetting(key, None, what, told, entry, argument)
 
 
 def seed(key: str, value: int, flag: str | None = "--seed") -> None:

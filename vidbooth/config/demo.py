@@ -37,8 +37,9 @@ class DemoConfig:
     """Sampling steps (0: the recipe's)."""
 
     def __post_init__(self) -> None:  # checked before anything is trained or written
-        if not self.out.strip():
-            raise UserError("--out is empty: give the folder the demo writes into (default: demo)")
+        checks.not_empty("out", self.out, "--out", "the folder the demo writes into (default: demo)",
+                         "--out is empty: give the folder the demo writes into (default: demo)")
+        checks.not_empty("base", self.base, "--base", "a model folder, a hub id, or nano (the default)")  # not '.'
         self.out = str(expand_user(self.out))  # '~/demo' is the home folder's, as elsewhere
         checks.base_found(self.base)
         checks.at_least("num_videos", self.num_videos, 1, "--num-videos")

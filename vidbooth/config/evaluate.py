@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from vidbooth.config import checks
-from vidbooth.errors import UserError
 from vidbooth.eval.features import DEFAULT_DINO_MODEL
 
 
@@ -58,9 +57,11 @@ class EvaluateConfig:
                           ("ref_video", "a reference clip"), ("json", "a file, or - for stdout"),
                           ("csv", "a file, or - for stdout")):
             checks.not_empty(key, getattr(self, key), "--" + key.replace("_", "-"), what)
-        if any(not video.strip() for video in self.videos):  # an unset shell variable: it had been a traceback
-            raise UserError("an empty video path was given (an unset shell variable?): give the video file, or a glob "
-                            "pattern of them")
+        # an unset shell variable (`"$VIDEO"`): it had been a traceback; a recipe's or a --set's is told as theirs
+        checks.no_empty_entries("videos", self.videos, "path", "the path", "an empty video path was given (an unset "
+                                "shell variable?): give the video file, or a glob pattern of them", "VIDEOS")
+        checks.no_empty_entries("metrics", self.metrics, "metric", "a metric's name",  # had been 'auto' unsaid
+                                "--metrics is empty (an unset shell variable?): give metric names, or leave it out")
         # '~' as the shell would have expanded it, also where it could not (`--json=~/scores.json`, a recipe)
         self.videos = [os.path.expanduser(video) for video in self.videos]
         for key in ("manifest", "ref_images", "ref_video", "json", "csv"):

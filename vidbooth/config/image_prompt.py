@@ -78,5 +78,9 @@ class ImagePromptConfig:
                 f"coarse.mixed_precision ({self.coarse.mixed_precision}) and fine.mixed_precision "
                 f"({self.fine.mixed_precision}) must be the same: one run holds one mixed-precision setting"
             )
-        if not self.word.strip() or len(self.word.split()) != 1:
+        # --data's own check (cli/image_prompt.py) comes first; an empty folder had trained on nano's world instead
+        checks.not_empty("data.folder", self.data.folder, "--data", "a folder of clips")
+        one_word = f"word must be one word (the one the image prompt replaces), got '{self.word}'"
+        checks.not_empty("word", self.word, "--word", "one word, the one the image prompt replaces", one_word)
+        if len(self.word.split()) != 1:
             raise UserError(f"word must be one word (the one the image prompt replaces), got '{self.word}'")

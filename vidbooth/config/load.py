@@ -217,7 +217,7 @@ def load_config(
     except OmegaConfBaseException as exc:
         raise UserError(_describe(exc, schema)) from exc
     except EmptySetting as exc:  # told as the flag's, the --set's or the recipe's that gave it empty
-        where = given_by(exc.key, recipe, sets, overrides)
+        where = given_by(exc.key, recipe, sets, overrides or {})
         recipe_path = recipe and find_recipe(recipe, getattr(schema, "SETTINGS_NAME", None))
         raise UserError(exc.where_empty(where, recipe_path)) from exc
     except UserError as exc:  # a value check in a config's __post_init__

@@ -85,6 +85,8 @@ class MotionConfig:
 
     def __post_init__(self) -> None:
         """Validate what the dataclass types cannot when the config is built; raises UserError naming the key."""
+        checks.no_empty_entries("clips", self.clips, "path", "the path", "an empty clip path was given (an unset "
+                                "shell variable?): give the clip file or folder", "CLIPS")
         self.train.check("train")
         if self.data.num_frames < 2:
             raise UserError(f"data.num_frames must be at least 2 to learn a motion, got {self.data.num_frames}")

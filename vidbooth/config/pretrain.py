@@ -134,10 +134,12 @@ class PretrainConfig:
     threads: int = 1
     """torch CPU threads."""
 
+    def __post_init__(self) -> None:  # as the config is loaded: a recipe's or a --set's empty out is told as theirs
+        checks.not_empty("out", self.out, "--out", "the run folder (default: runs/nano)",
+                         "--out is empty: give the run folder (default: runs/nano)")
+
     def check(self) -> None:
         """Raise a UserError naming the first bad value by its key (and flag, where it has one)."""
-        if not self.out.strip():
-            raise UserError("--out is empty: give the run folder (default: runs/nano)")
         self.out = str(expand_user(self.out))  # '~/runs' is the home folder's, as elsewhere
         self.export = str(expand_user(self.export)) if self.export.strip() else ""
         if expand_user(self.out).exists() and not expand_user(self.out).is_dir():

@@ -23,12 +23,13 @@ class BackboneConfig:
     """Weights variant to load (e.g. 'fp16') when the model provides one."""
 
     def __post_init__(self) -> None:
-        if not self.base.strip():  # had been read as the current folder: ". is not a diffusers ... model"
-            raise UserError("backbone.base (--base) is empty: give a model folder, a hub id, or nano (the default)")
+        # an empty base had been read as the current folder (". is not a diffusers ... model")
+        checks.not_empty("backbone.base", self.base, "--base", "a model folder, a hub id, or nano (the default)",
+                         "backbone.base (--base) is empty: give a model folder, a hub id, or nano (the default)")
         checks.base_found(self.base)
-        if self.motion_adapter is not None and not self.motion_adapter.strip():  # had made zero-shot videos
-            raise UserError("backbone.motion_adapter (--motion-adapter) is empty: give a MotionAdapter folder or hub "
-                            "id, or leave it out")
+        checks.not_empty("backbone.motion_adapter", self.motion_adapter, "--motion-adapter",  # had made zero-shot
+                         "a MotionAdapter folder or hub id", "backbone.motion_adapter (--motion-adapter) is empty: "
+                         "give a MotionAdapter folder or hub id, or leave it out")
 
 
 @dataclass
@@ -179,8 +180,14 @@ class GenerateConfig:
         checks.not_empty("image_prompt", self.image_prompt, "--image-prompt", "a photo of the subject")
         checks.not_empty("image_prompt_model", self.image_prompt_model, "--image-prompt-model",
                          "an image-prompt model's .safetensors")
+        checks.no_empty_entries("subjects", self.subjects, "name", "a learned subject's name", "subjects (--subject) "
+                                "holds an empty name (an unset shell variable?): give a learned subject's name")
         word = self.image_prompt_word
-        if word is not None and (not word.strip() or len(word.split()) != 1):
+        one_word = f"must be one word, the prompt's word that the image prompt replaces, got '{word}' (leave it out " \
+                   "for the model's own)"
+        checks.not_empty("image_prompt_word", word, "--image-prompt-word", "one word, the prompt's word that the "
+                         "image prompt replaces", f"image_prompt_word (--image-prompt-word) {one_word}")
+        if word is not None and len(word.split()) != 1:
             raise UserError(f"image_prompt_word (--image-prompt-word) must be one word, the prompt's word that the "
                             f"image prompt replaces, got '{word}' (leave it out for the model's own)")
         if self.out.lower().endswith(".gif") and self.sampling.fps > GIF_MAX_FPS:

@@ -162,6 +162,8 @@ class SubjectConfig:
     def __post_init__(self) -> None:
         if isinstance(self.photos, (str, os.PathLike)):  # SubjectConfig(photos="dog/") from Python
             self.photos = [os.fspath(self.photos)]
+        checks.no_empty_entries("photos", self.photos, "path", "the path", "an empty photo path was given (an unset "
+                                "shell variable?): give the photo file or folder", "PHOTOS")
         self._check_values()
 
     def check(self, stages: tuple[str, ...]) -> None:
@@ -206,6 +208,9 @@ class SubjectConfig:
             )
         if not self.identity.layers:
             raise UserError("identity.layers is empty: give patterns of the cross-attention layers, e.g. ['*']")
+        checks.no_empty_entries("identity.layers", self.identity.layers, "pattern", "a layer pattern",  # matched no
+                                "identity.layers holds an empty pattern: give patterns of the cross-attention layers, "
+                                "e.g. ['*']")  # layer, without a word
         if not 0 < self.identity.hidden_ratio <= 4:
             raise UserError(f"identity.hidden_ratio must be in (0, 4], got {self.identity.hidden_ratio}")
         if self.prior.enabled:
