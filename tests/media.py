@@ -168,6 +168,61 @@ def _lzw_of_ones(pixels: int) -> bytes:
     return bytes(packed + (bytes([buffer]) if filled else b""))
 
 
+def crafted_apng(path: Path, canvas: tuple[int, int], frames: list[tuple[int, int, int, int, int]],
+                 later_canvas: tuple[int, int] | None = None, still: bool = False) -> Path:
+    """An APNG written chunk by chunk: an 8-bit RGBA `canvas` and, for each of `frames` (left, top, width, height,
+    disposal op: 0 none, 1 clear, 2 previous), a frame control chunk and grey pixels, the first frame's in IDAT (the
+    image viewers that do not animate show) unless `still` puts an image of the canvas's size there, apart from the
+    animation. An image of up to 65,536 pixels holds all of them; a larger one, one pixel only (a decoder fails on
+    it). `later_canvas`: a second header chunk giving that size, just before the second frame's control chunk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def header(width: int, height: int) -> bytes:
+        return chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))  # 8-bit RGBA, not interlaced
+
+    def pixels(width: int, height: int) -> bytes:
+        width, height = (width, height) if width * height <= 1 << 16 else (1, 1)
+        return zlib.compress((b"\0" + b"\x80\x80\x80\xff" * width) * height)  # each row: filter 0, then RGBA
+
+    data = b"\x89PNG\r\n\x1a\n" + header(*canvas) + chunk(b"acTL", struct.pack(">II", len(frames), 0))
+    if still:
+        data += chunk(b"IDAT", pixels(*canvas))
+    sequence = 0
+    for index, (left, top, width, height, disposal) in enumerate(frames):
+        if index == 1 and later_canvas:
+            data += header(*later_canvas)
+        data += chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, left, top, 1, 10, disposal, 0))
+        sequence += 1
+        if index == 0 and not still:
+            data += chunk(b"IDAT", pixels(width, height))
+        else:
+            data += chunk(b"fdAT", struct.pack(">I", sequence) + pixels(width, height))
+            sequence += 1
+    path.write_bytes(data + chunk(b"IEND", b""))
+    return path
+
+
+def webp_canvas(path: Path, canvas: tuple[int, int], count: int = 2) -> Path:
+    """An animated WebP of `count` 16x16 frames at the top left, as Pillow writes it, whose extended header (VP8X)
+    is then made to give a `canvas` of another size (up to 16,777,216 a side)."""
+    import io
+
+    from PIL import Image
+
+    frames = [Image.new("RGBA", (16, 16), (60 * index, 200, 90, 255)) for index in range(count)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    data = bytearray(buffer.getvalue())
+    assert data[12:16] == b"VP8X", "Pillow wrote an animated WebP without an extended header"
+    data[24:30] = (canvas[0] - 1).to_bytes(3, "little") + (canvas[1] - 1).to_bytes(3, "little")  # each less one
+    path.write_bytes(bytes(data))
+    return path
+
+
 def make_subject_clips(folder: Path, count=3, word="subject", masks=(2,), size=64, num_frames=8):
     """`count` world clips of `num_frames` frames of red sprites moving right, captioned with `word`; a photo beside
     each, except the clips in `masks`, which get the mask of their first frame (a disc inside the sprite) instead."""

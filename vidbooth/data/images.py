@@ -34,6 +34,7 @@ from PIL import Image, ImageOps
 
 from vidbooth import reporting
 from vidbooth.data.gif import grown_screen
+from vidbooth.data.png import png_sizes
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault, unread_byte
 from vidbooth.fileio import given_path
 
@@ -72,6 +73,7 @@ def load_image(
     check_image_file(path)
     _refuse_camera_file(path)
     _check_gif_first_frame(path)
+    _check_png_size(path)
     with reporting.reading(path), open_image(path) as im:  # Pillow warns of damaged EXIF data, naming no photo
         _check_dimensions(path, im, min_side)
         _warn_if_animated(path, im)
@@ -397,6 +399,15 @@ def _check_gif_first_frame(path: Path) -> None:
                     f"{shlex.quote(str(path.with_name(f'{path.stem}_clipped.png')))}, or replace it")
 
 
+def _check_png_size(path: Path) -> None:
+    """A UserError for a PNG over `MAX_PHOTO_PIXELS`, found from its header chunk before Pillow opens it: Pillow 10,
+    opening an APNG whose first frame is cleared after it, fills a buffer of the whole image before `_check_dimensions`
+    can look (20000x20000: 1.5 GB). Headers between an APNG's frames are not read for a photo, its first frame."""
+    sizes = png_sizes(path)
+    if sizes is not None:
+        _check_pixels(path, *sizes.canvas)
+
+
 def _check_dimensions(path: Path, im: Image.Image, min_side: int) -> None:
     width, height = im.size
     if min(width, height) < min_side:
@@ -404,6 +415,10 @@ def _check_dimensions(path: Path, im: Image.Image, min_side: int) -> None:
             f"image {path} is too small ({width}x{height} pixels): "
             f"replace it with one at least {min_side} pixels on its shorter side"
         )
+    _check_pixels(path, width, height)
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
     if width * height > MAX_PHOTO_PIXELS:
         raise UserError(
             f"image {path} is too large ({width}x{height} = {width * height / 1e6:.0f} megapixels, limit "

@@ -27,6 +27,7 @@ from PIL import Image
 from vidbooth import reporting
 from vidbooth.data.gif import GrownScreen, grown_screen
 from vidbooth.data.images import MAX_PHOTO_PIXELS, open_image, pillow_limits_lifted, to_rgb
+from vidbooth.data.png import png_sizes
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault
 from vidbooth.fileio import write_together
 
@@ -171,6 +172,9 @@ def _is_animated(path: Path) -> bool:
 def _is_animated_cached(path: str, size: int, mtime_ns: int) -> bool:
     """Opening a WebP reads all of it (0.13 s for 22 MB), and reading one clip asks several times (keyed as
     `_frame_durations_cached`)."""
+    sizes = png_sizes(Path(path))
+    if sizes is not None and sizes.canvas[0] * sizes.canvas[1] > MAX_PHOTO_PIXELS:
+        return sizes.animated  # not opened: Pillow 10 fills a buffer of its size (`_check_png_sizes`)
     try:
         with open_image(Path(path)) as im:  # under our pixel limit, not Pillow's: no bomb warning, nor error
             return bool(getattr(im, "is_animated", False))
@@ -217,6 +221,7 @@ def _read_by_pillow(path: Path) -> bool:
 def _open_animation(path: Path) -> Image.Image:
     """The GIF, APNG or animated WebP at `path`, opened under our pixel limit, not Pillow's (as photos are)."""
     _check_gif_frames(path)
+    _check_png_sizes(path)
     with pillow_limits_lifted():
         im = Image.open(path)
     try:
@@ -234,6 +239,24 @@ def _check_gif_frames(path: Path) -> None:
     grown = grown_screen(path, MAX_PHOTO_PIXELS)
     if grown:
         raise _too_large(path, grown.width, grown.height, grown)
+
+
+def _check_png_sizes(path: Path) -> None:
+    """A UserError for an APNG that a header chunk (IHDR) gives over our pixel limit, found from its chunks before
+    Pillow opens it: Pillow 10 fills a buffer of the image's size when its first frame is to be cleared after it, and
+    one of a frame's size on seeking past a frame that a second header has let past the image (20000x20000: 1.5 GB),
+    before `_check_frame_pixels` can look. A second header makes it corrupt, as Pillow 13 finds decoding the frame."""
+    sizes = png_sizes(path)
+    if sizes is None:
+        return
+    width, height = sizes.largest
+    if width * height <= MAX_PHOTO_PIXELS:
+        return
+    if not sizes.header_repeated:
+        raise _too_large(path, width, height)
+    raise UserError(f"cannot read video {path}: it is corrupt (a second image header gives {width}x{height} = "
+                    f"{width * height / 1e6:.0f} megapixels, its first {sizes.canvas[0]}x{sizes.canvas[1]}); re-encode "
+                    f"it, e.g. ffmpeg -i {shlex.quote(str(path))} -c:v libx264 -pix_fmt yuv420p fixed.mp4")
 
 
 def _check_frame_pixels(path: Path, im: Image.Image) -> None:
