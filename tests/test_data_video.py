@@ -292,6 +292,25 @@ def test_a_photo_named_as_a_video_is_said_to_be_one(tmp_path):
             read_video(path)
 
 
+@pytest.mark.parametrize("named", ["anim.apng", "anim.webp", "anim.mp4"])
+def test_an_animation_pillow_cannot_open_is_told_as_corrupt_not_as_a_still_image(tmp_path, named):
+    """An APNG whose first frame reaches past its image, or a WebP whose frames reach past its canvas: Pillow cannot
+    open either, and they had been told as 'a still PNG image (one frame)', as if re-saving the animation would do."""
+    from media import crafted_apng, webp_canvas
+
+    path = tmp_path / named
+    if named.endswith(".apng"):
+        crafted_apng(path, (16, 16), [(0, 0, 20000, 20000, 0), (0, 0, 16, 16, 0)])
+        kind = "PNG"
+    else:
+        webp_canvas(path, (8, 8))
+        kind = "WebP"
+    with pytest.raises(UserError) as refused:
+        read_video(path)
+    assert str(refused.value) == (f"cannot read video {path}: it is a corrupt {kind} file (Pillow cannot open it); "
+                                  "re-export or re-download it")
+
+
 @pytest.mark.parametrize("image_format, named", [("PNG", "anim.png"), ("PNG", "anim.apng"), ("WEBP", "anim.webp"),
                                                  ("PNG", "anim.gif"), ("WEBP", "anim.mp4")])
 def test_an_animated_png_or_webp_is_read_as_a_gif_is_whatever_its_clip_name(tmp_path, image_format, named, capsys):

@@ -120,7 +120,11 @@ def video_file_problem(path: str | Path) -> str | None:
     cut_short = _cut_short_reason(path, image)
     if cut_short:  # Pillow would fail part-way, or (a WebP) call it no image at all
         return f"{path} is cut short ({cut_short}): re-export or re-download it"
-    if image in ANIMATION_KINDS and _is_animated(path):  # web pages' animations: an APNG, an animated WebP
+    animated = _is_animated(path) if image in ANIMATION_KINDS else False
+    if animated is None:  # had been told as a still image, one frame
+        return f"cannot read video {path}: it is a corrupt {image} file (Pillow cannot open it); re-export or " \
+               "re-download it"
+    if animated:  # web pages' animations: an APNG, an animated WebP
         return None
     if image and path.suffix.lower() in ANIMATION_EXTENSIONS:
         return f"{path} is a still {image} image (one frame), not a video: give a video file or an animation"
@@ -163,13 +167,14 @@ def _png_reaches_its_end(png: Path) -> bool:
     return False
 
 
-def _is_animated(path: Path) -> bool:
+def _is_animated(path: Path) -> bool | None:
+    """Whether Pillow reads the PNG or WebP at `path` as an animation; None where it cannot open it (corrupt)."""
     stat = path.stat()
     return _is_animated_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=16)
-def _is_animated_cached(path: str, size: int, mtime_ns: int) -> bool:
+def _is_animated_cached(path: str, size: int, mtime_ns: int) -> bool | None:
     """Opening a WebP reads all of it (0.13 s for 22 MB), and reading one clip asks several times (keyed as
     `_frame_durations_cached`)."""
     sizes = png_sizes(Path(path))
@@ -178,8 +183,9 @@ def _is_animated_cached(path: str, size: int, mtime_ns: int) -> bool:
     try:
         with open_image(Path(path)) as im:  # under our pixel limit, not Pillow's: no bomb warning, nor error
             return bool(getattr(im, "is_animated", False))
-    except Exception:  # unreadable: then it is no animation either
-        return False
+    except Exception as exc:  # an APNG whose first frame reaches past its image, a WebP frame past its canvas
+        not_the_inputs_fault(exc)
+        return None
 
 
 def _image_kind(path: Path) -> str | None:
@@ -215,7 +221,7 @@ def _is_gif(path: Path) -> bool:
 
 def _read_by_pillow(path: Path) -> bool:
     """Whether Pillow reads the clip: a GIF named .gif, or an animated PNG or WebP, whatever its clip name."""
-    return _is_gif(path) or _image_kind(path) in ANIMATION_KINDS and _is_animated(path)
+    return _is_gif(path) or _image_kind(path) in ANIMATION_KINDS and bool(_is_animated(path))
 
 
 def _open_animation(path: Path) -> Image.Image:
