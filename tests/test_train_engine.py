@@ -104,7 +104,7 @@ def test_loss_decreases_and_is_deterministic(tmp_path, accelerator):
 
 def test_resume_gives_bit_identical_weights(tmp_path, accelerator):
     whole = make_method()
-    engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
+    uninterrupted = engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
 
     run = tmp_path / "split"
     first = make_method()
@@ -121,6 +121,9 @@ def test_resume_gives_bit_identical_weights(tmp_path, accelerator):
     assert result.start_step == 5 and len(result.losses) == 7
     for key, value in whole.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
+    # the loss the manifest records: of the last ten steps, three of them before the resume (had been the last 7)
+    assert result.recent_losses == uninterrupted.losses[-10:] and result.loss == uninterrupted.loss
+    assert result.loss != sum(result.losses) / 7
 
 
 def test_checkpoints_are_safetensors_and_json(tmp_path, accelerator):
@@ -135,13 +138,29 @@ def test_checkpoints_are_safetensors_and_json(tmp_path, accelerator):
 
 def test_resuming_a_finished_run_runs_no_step(tmp_path, accelerator):
     done = make_method()
-    engine.train(done, toy_data(), config(), tmp_path, accelerator)
+    finished = engine.train(done, toy_data(), config(), tmp_path, accelerator)
     again = scrambled_method()
     result = engine.train(again, toy_data(), config(), tmp_path, accelerator, resume=True)
     assert result.start_step == result.step == 12 and result.losses == []
     assert all(torch.equal(done.state_dict()[k], v) for k, v in again.state_dict().items())
     last = json.loads((engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE).read_text())
-    assert result.loss == last["loss"] > 0  # the checkpoint's loss, not NaN (the manifests record it)
+    assert last["recent_losses"] == finished.losses[-10:]
+    assert result.loss == finished.loss > 0  # the finished run's, not NaN (the manifests record it)
+
+
+def test_a_checkpoint_without_recent_losses_resumes_with_its_own_loss_and_a_damaged_list_is_refused(tmp_path,
+                                                                                                    accelerator):
+    """Checkpoints saved before the 51st session hold no recent_losses: their resumed run goes on as it did."""
+    engine.train(make_method(), toy_data(), config(), tmp_path, accelerator)
+    state_file = engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE
+    state = json.loads(state_file.read_text())
+    del state["recent_losses"]
+    state_file.write_text(json.dumps(state))
+    result = engine.train(scrambled_method(), toy_data(), config(), tmp_path, accelerator, resume=True)
+    assert result.losses == [] and result.loss == state["loss"] > 0
+    state_file.write_text(json.dumps(state | {"recent_losses": ["0.5"]}))
+    with pytest.raises(UserError, match="its recent_losses in state.json is of another kind"):
+        engine.train(scrambled_method(), toy_data(), config(), tmp_path, accelerator, resume=True)
 
 
 def test_resume_refuses_other_settings(tmp_path, accelerator):
@@ -257,7 +276,7 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, accelerator):
     (killed_save / "trainable.safetensors").write_bytes(b"half")
 
     whole = make_method()
-    engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
+    uninterrupted = engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
     resumed = scrambled_method()
     engine.train(resumed, toy_data(), config(checkpoint_every=0), tmp_path, accelerator, resume=True)
     assert all(torch.equal(whole.state_dict()[k], v) for k, v in resumed.state_dict().items())
@@ -754,7 +773,7 @@ def test_a_damaged_checkpoint_says_to_delete_it_and_resume_from_the_one_before(t
     """What the message says to do works: with the damaged checkpoint deleted, --resume continues from the one
     before it, to the weights of an uninterrupted run."""
     whole = make_method()
-    engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
+    uninterrupted = engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
     run = tmp_path / "run"
     engine.train(make_method(), toy_data(), config(), run, accelerator)  # checkpoints at steps 8 and 12 kept
     last = engine.list_checkpoints(run)[-1]
@@ -976,7 +995,7 @@ def test_a_checkpoint_saves_the_loss_scaler_and_resuming_restores_it(tmp_path):
     folder = engine.save_checkpoint(tmp_path, 3, method, optimizer, saver, {"run": "a"}, 0.5)
     assert json.loads((folder / engine.STATE_FILE).read_text())["scaler"] == scaled
     restorer = SimpleNamespace(scaler=Scaler({}), device=torch.device("cpu"))
-    assert engine._restore(folder, _Recorder(), optimizer, restorer, {"run": "a"}, TrainConfig(steps=4)) == (3, 0.5)
+    assert engine._restore(folder, _Recorder(), optimizer, restorer, {"run": "a"}, TrainConfig(steps=4)) == (3, 0.5, [0.5])
     assert restorer.scaler.loaded == [scaled]
 
 

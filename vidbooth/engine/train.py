@@ -125,17 +125,25 @@ class TrainResult:
     """Wall time of each step run (checkpoint writes excluded)."""
     resumed_loss: float | None = None
     """The loss saved with the checkpoint this run resumed from."""
+    earlier_losses: list[float] = field(default_factory=list)
+    """The losses of the (up to 10) steps before this run's first, saved with the checkpoint it resumed from."""
     skipped_steps: int = 0
     """Steps run now whose update fp16's loss scaler skipped (their gradients overflowed)."""
 
     @property
     def loss(self) -> float:
-        """Mean of the last (up to) 10 step losses; when no step ran, the loss of the checkpoint resumed from (a
-        finished stage resumes at its end), else nan."""
-        tail = self.losses[-10:]
+        """Mean of the last (up to) 10 step losses, those before a resume included (a resumed run's had been only
+        the steps since); when none is known, the loss of the checkpoint resumed from (one saved before the 51st
+        session, of a finished stage that resumes at its end), else nan."""
+        tail = self.recent_losses
         if tail:
             return sum(tail) / len(tail)
         return float("nan") if self.resumed_loss is None else self.resumed_loss
+
+    @property
+    def recent_losses(self) -> list[float]:
+        """The last (up to) 10 step losses, those before a resume included: what a checkpoint saves."""
+        return (self.earlier_losses + self.losses)[-10:]
 
     @property
     def step_seconds(self) -> float:
@@ -469,8 +477,10 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_checkpoint(run_dir: Path, step: int, method: Method, optimizer, accelerator, signature: dict, loss: float):
-    """Write checkpoint `step` atomically (a temporary folder renamed into place); returns its folder."""
+def save_checkpoint(run_dir: Path, step: int, method: Method, optimizer, accelerator, signature: dict, loss: float,
+                    recent_losses: list[float] | None = None):
+    """Write checkpoint `step` atomically (a temporary folder renamed into place); returns its folder.
+    `recent_losses`: the last (up to) 10 step losses, which a resumed run's loss goes on from."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
@@ -485,6 +495,7 @@ def save_checkpoint(run_dir: Path, step: int, method: Method, optimizer, acceler
             "vidbooth_version": __version__,
             "step": step,
             "loss": loss,
+            "recent_losses": list(recent_losses or [loss]),
             "signature": signature,
             "param_groups": param_groups,
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -521,6 +532,9 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
     kinds = {"step": int, "loss": int | float, "signature": dict, "param_groups": list, "scaler": dict | None}
     if bad := next((key for key, kind in kinds.items() if not isinstance(state.get(key, ...), kind)), None):
         raise _unreadable(folder, f"its {bad} in {STATE_FILE} is missing or of another kind")
+    recent = state.setdefault("recent_losses", [])  # none before the 51st session
+    if not isinstance(recent, list) or not all(isinstance(x, int | float) for x in recent):
+        raise _unreadable(folder, f"its recent_losses in {STATE_FILE} is of another kind")
     if f"step-{state['step']:07d}" != folder.name:
         raise _unreadable(folder, f"{STATE_FILE} says step {state['step']}")
     recorded = state.get("sha256") if isinstance(state.get("sha256"), dict) else {}  # none before the 36th session
@@ -644,8 +658,9 @@ def refuse_other_settings(run_dir: Path, resume: bool, cfg: TrainConfig, known: 
 
 def _restore(
     folder: Path, method: Method, optimizer, accelerator, signature: dict, cfg: TrainConfig
-) -> tuple[int, float]:
-    """Load checkpoint `folder` into the method, optimizer, loss scaler and RNGs; returns its step and loss."""
+) -> tuple[int, float, list[float]]:
+    """Load checkpoint `folder` into the method, optimizer, loss scaler and RNGs; returns its step, its loss and
+    the losses of the (up to 10) steps up to it."""
     state, trainable, extra = _read_checkpoint(folder)
     if state["signature"] != signature:
         raise _other_settings(folder, signature, state["signature"], cfg)
@@ -669,7 +684,7 @@ def _restore(
                 torch.cuda.set_rng_state_all(cuda_states)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise _unreadable(folder, f"{type(exc).__name__} restoring it") from exc
-    return state["step"], float(state["loss"])
+    return state["step"], float(state["loss"]), [float(x) for x in state["recent_losses"]][-10:]
 
 
 def _cuda_rng_states(extra: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -930,9 +945,9 @@ def _start(run_dir, method, optimizer, params, accelerator, resume: bool, signat
     if resume and checkpoints:
         if accelerator.is_main_process:  # the run's lock is held: what a killed save left is no one's
             remove_stale_temporaries(Path(run_dir) / CHECKPOINTS, older_than_s=0)
-        step, loss = _restore(checkpoints[-1], method, optimizer, accelerator, signature, cfg)
+        step, loss, recent_losses = _restore(checkpoints[-1], method, optimizer, accelerator, signature, cfg)
         reporting.info(f"resuming from step {step} ({checkpoints[-1]})")  # each machine's: the processes agreed
-        return TrainResult(step=step, start_step=step, resumed_loss=loss)
+        return TrainResult(step=step, start_step=step, resumed_loss=loss, earlier_losses=recent_losses)
     if checkpoints and not resume:  # said by each machine's first process, which removes them below
         reporting.warn(
             f"starting over: the checkpoint of an earlier, stopped run ({checkpoints[-1].name}) is discarded; "
@@ -1201,7 +1216,7 @@ def train(
             raise diverged("the trained weights became NaN or infinite", at)
         if accelerator.is_main_process:
             try:
-                save_checkpoint(run_dir, at, method, optimizer, accelerator, signature, loss)
+                save_checkpoint(run_dir, at, method, optimizer, accelerator, signature, loss, result.recent_losses)
             except OSError as exc:
                 if not disk_full(exc):
                     raise
