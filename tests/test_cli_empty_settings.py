@@ -72,10 +72,52 @@ def _refused(argv, tmp_path, isolated_home, monkeypatch, capsys) -> str:
      "--set base= is empty: give a model folder, a hub id, or nano (the default), or leave the setting out"),
     ("demo", "out: ' '\n", [],
      "recipe {recipe}: out is empty: give the folder the demo writes into (default: demo), or leave the setting out"),
+    # a required name or class noun had been told as '--name is required', a flag never typed
+    ("train-subject", "name: ''\nclass_noun: ball\n", [],
+     "recipe {recipe}: name is empty: write the subject's name and pseudo-word (e.g. 'S*') there, or give --name on "
+     "the command line"),
+    ("identity-adapter", "overwrite: true\n", ["--set", "name="],  # no photos: the subject's own, but a name
+     "--set name= is empty: write the subject's name and pseudo-word (e.g. 'S*') there, or give --name on the "
+     "command line"),
+    ("train-subject", "name: S*\nphotos: [dog]\nclass_noun: ' '\n", [],
+     "recipe {recipe}: class_noun is empty: write what the subject is (dog, person, mug) there, or give --class-noun "
+     "on the command line"),
+    ("train-motion", "clips: [a.mp4]\n", ["--set", "name="],
+     "--set name= is empty: write the name the motion gets in the library there, or give --name on the command line"),
+    # had been 'got []' and "unknown scheduler ''"
+    ("train-subject", "name: S*\nclass_noun: ball\nstages: ['']\n", [],
+     "recipe {recipe}: stages holds an empty stage: write a stage's name (textual_inversion or identity) there or "
+     "remove it"),
+    ("generate", "prompt: a dog\nsampling: {scheduler: ''}\n", [],
+     "recipe {recipe}: sampling.scheduler is empty: give ddim or dpm++, or leave the setting out"),
+    # had been taken as auto, read as the current folder, or refused as --out's once torch had loaded
+    ("generate", "prompt: a dog\nruntime: {device: ''}\n", [],
+     "recipe {recipe}: runtime.device is empty: give auto, cpu, cuda or cuda:N, or leave the setting out"),
+    ("train-motion", "name: M\nclips: [a.mp4]\n", ["--set", "runtime.precision="],
+     "--set runtime.precision= is empty: give auto, fp32, fp16 or bf16, or leave the setting out"),
+    ("demo", "runtime: {attention: ''}\n", [],
+     "recipe {recipe}: runtime.attention is empty: give auto, sdpa, xformers or math, or leave the setting out"),
+    ("evaluate", "videos: [a.mp4]\nclip_model: ''\n", [],
+     "recipe {recipe}: clip_model is empty: give a CLIP folder or hub id, nano or auto, or leave the setting out"),
+    ("evaluate", "videos: [a.mp4]\n", ["--set", "dino_model="],
+     "--set dino_model= is empty: give a DINO folder or hub id, or leave the setting out"),
+    ("evaluate", "videos: [a.mp4]\ndevice: ''\n", [],
+     "recipe {recipe}: device is empty: give auto, cpu, cuda or cuda:N, or leave the setting out"),
+    ("pretrain", "tokenizer: ''\n", [],
+     "recipe {recipe}: tokenizer is empty: give nano, a CLIPTokenizer folder or an open-clip-torch wheel (.whl), or "
+     "leave the setting out"),
+    ("generate", "prompt: a dog\n", ["--set", "out="],
+     "--set out= is empty: give the video to write, .mp4 or .gif (default: out.mp4), or leave the setting out"),
+    ("train-image-prompt", "out: ''\n", [],
+     "recipe {recipe}: out is empty: give the .safetensors file the model is saved to (default: "
+     "image_prompt.safetensors), or leave the setting out"),
 ], ids=["evaluate-recipe-video", "evaluate-set-video", "evaluate-recipe-metric", "subject-set-photo",
         "subject-recipe-layer", "motion-set-clip", "generate-recipe-subject", "generate-set-base",
         "generate-recipe-word", "image-prompt-recipe-folder", "image-prompt-set-word", "pretrain-recipe-out",
-        "demo-set-base", "demo-recipe-out"])
+        "demo-set-base", "demo-recipe-out", "subject-recipe-name", "identity-set-name", "subject-recipe-class-noun",
+        "motion-set-name", "subject-recipe-stage", "generate-recipe-scheduler", "generate-recipe-device",
+        "motion-set-precision", "demo-recipe-attention", "evaluate-recipe-clip-model", "evaluate-set-dino-model",
+        "evaluate-recipe-device", "pretrain-recipe-tokenizer", "generate-set-out", "image-prompt-recipe-out"])
 def test_an_empty_value_of_a_recipe_or_a_set_is_told_as_theirs(command, recipe_text, sets, message, tmp_path,
                                                                isolated_home, monkeypatch, capsys):
     """Each had named a flag never typed with "(an unset shell variable?)", named no source at all, or been taken
@@ -100,7 +142,54 @@ def test_an_empty_value_of_a_recipe_or_a_set_is_told_as_theirs(command, recipe_t
      "subjects (--subject) holds an empty name (an unset shell variable?): give a learned subject's name"),
     (["demo", "--base", ""], "base (--base) is empty (an unset shell variable?): give a model folder, a hub id, or "
      "nano (the default), or leave it out"),
-], ids=["evaluate-video", "evaluate-metrics", "subject-photo", "motion-clip", "generate-subject", "demo-base"])
+    (["generate", "--prompt", "a dog", "--scheduler", ""], "sampling.scheduler (--scheduler) is empty (an unset "
+     "shell variable?): give ddim or dpm++, or leave it out"),
+    (["train-subject", "dog", "--name", "S*", "--class-noun", "ball", "--device", ""], "runtime.device (--device) "
+     "is empty (an unset shell variable?): give auto, cpu, cuda or cuda:N, or leave it out"),
+    (["demo", "--attention", " "], "runtime.attention (--attention) is empty (an unset shell variable?): give auto, "
+     "sdpa, xformers or math, or leave it out"),
+    (["evaluate", "a.mp4", "--clip-model", ""], "clip_model (--clip-model) is empty (an unset shell variable?): give "
+     "a CLIP folder or hub id, nano or auto, or leave it out"),
+    (["evaluate", "a.mp4", "--dino-model", ""], "dino_model (--dino-model) is empty (an unset shell variable?): give "
+     "a DINO folder or hub id, or leave it out"),
+    (["generate", "--prompt", "a dog", "--out", ""], "out (--out) is empty (an unset shell variable?): give the "
+     "video to write, .mp4 or .gif (default: out.mp4), or leave it out"),
+    (["train-image-prompt", "--out", ""], "out (--out) is empty (an unset shell variable?): give the .safetensors "
+     "file the model is saved to (default: image_prompt.safetensors), or leave it out"),
+], ids=["evaluate-video", "evaluate-metrics", "subject-photo", "motion-clip", "generate-subject", "demo-base",
+        "generate-scheduler", "subject-device", "demo-attention", "evaluate-clip-model", "evaluate-dino-model",
+        "generate-out", "image-prompt-out"])
 def test_an_empty_flag_or_argument_is_told_as_an_unset_shell_variable(argv, message, tmp_path, isolated_home,
                                                                       monkeypatch, capsys):
     assert _refused(argv, tmp_path, isolated_home, monkeypatch, capsys) == message
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-subject", "dog", "--class-noun", "ball"], "--name is required: the subject's name and pseudo-word, e.g. "
+     "--name 'S*'"),
+    (["identity-adapter", "--seed", "1"], "--name is required: the subject's name and pseudo-word, e.g. --name 'S*'"),
+    (["train-subject", "dog", "--name", "S*", "--class-noun", ""], "--class-noun is required: what the subject is, "
+     "e.g. --class-noun dog"),
+    (["train-motion", "a.mp4", "--name", ""], "--name is required: the name the motion gets in the library"),
+], ids=["subject-no-name", "identity-no-name", "subject-empty-class-noun", "motion-empty-name"])
+def test_a_required_name_left_out_or_given_by_its_flag_is_told_as_the_flag_s(argv, message, tmp_path,
+                                                                             isolated_home, monkeypatch, capsys):
+    """identity-adapter without photos had said so from the engine only, once torch had loaded."""
+    assert _refused(argv, tmp_path, isolated_home, monkeypatch, capsys) == message
+
+
+@pytest.mark.parametrize("given, message", [
+    (["--out", "{file}"], "--out {file} is a file: give the run folder (default: runs/nano)"),
+    (["--set", "out={file}"], "--set out={file} is a file: give the run folder (default: runs/nano)"),
+    (["--recipe", "{recipe}"], "out: {file} in recipe {recipe} is a file: give the run folder (default: runs/nano)"),
+], ids=["flag", "set", "recipe"])
+def test_pretrain_s_out_that_is_a_file_is_told_as_the_flag_s_the_set_s_or_the_recipe_s(given, message, tmp_path,
+                                                                                        isolated_home, monkeypatch,
+                                                                                        capsys):
+    """It had been told as --out's wherever it came from."""
+    taken, recipe = tmp_path / "taken", tmp_path / "recipe.yaml"
+    taken.write_text("a file")
+    recipe.write_text(f"out: {taken}\n")
+    argv = ["pretrain", *(arg.format(file=taken, recipe=recipe) for arg in given)]
+    said = _refused(argv, tmp_path, isolated_home, monkeypatch, capsys)
+    assert said == message.format(file=taken, recipe=recipe)

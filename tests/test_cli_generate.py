@@ -84,8 +84,9 @@ def test_generate_gif_with_recipe_and_set(tiny_base_dirs, tmp_path):
         (["--width", "100000"], "--width 100000 is more than 8 times this model's native size (64): use at most 512"),
         (["--scheduler", "euler"], "unknown scheduler"),
         (["--out", "x.avi"], "must end in .mp4 or .gif"),
-        (["--out", ""], "--out '' must end in .mp4 or .gif"),  # named '.' (Path's reading of '')
-        (["--out", "", "--num-videos", "2"], "--out '' must end in .mp4 or .gif"),  # had been a ValueError
+        # an unset shell variable: it had been named '.' (Path's reading of ''), with 2 videos a ValueError
+        (["--out", ""], "out (--out) is empty (an unset shell variable?): give the video to write, .mp4 or .gif"),
+        (["--out", "", "--num-videos", "2"], "out (--out) is empty (an unset shell variable?)"),
         (["--out", "videos/"], "--out videos/ must end in .mp4 or .gif"),
         (["--out", ".mp4"], "--out .mp4 has no name before .mp4: give one, such as video.mp4"),  # 'must end in .mp4'
         (["--out", "{tmp}"], "--out {tmp} is a folder: give a video file path, such as {tmp}/video.mp4"),

@@ -484,7 +484,7 @@ def test_a_base_without_its_own_image_prompt_model_says_how_to_get_one(tiny_base
     (["--data", "missing", "--num-clips", "3"], "drop --num-clips"),
     (["--set", "num_tokens=0"], "num_tokens"),
     (["--set", "data.num_frames=100000"], "data.num_frames must be at most 1024, got 100000"),  # had run out of memory
-    (["--out", ""], "--out '' must end in .safetensors"),  # had said '--out .'
+    (["--out", ""], "out (--out) is empty (an unset shell variable?): give the .safetensors file"),  # '--out .'
     (["--coarse-steps", "0"], "coarse.steps (--coarse-steps) must be at least 1, got 0"),  # had named no flag
     (["--set", "fine.high_noise_fraction=1", "--set", "fine.high_noise_from=1000"],
      "fine.high_noise_from must be below the 1000 noise levels"),

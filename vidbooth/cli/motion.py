@@ -93,7 +93,8 @@ def train_motion(
 ) -> None:
     """Learn the motion in CLIPS as a motion adapter (DreamVideo); appearance guidance keeps the looks out of it."""
     from vidbooth.config import load_config
-    from vidbooth.config.load import recipe_or_default
+    from vidbooth.config.checks import EmptySetting
+    from vidbooth.config.load import recipe_or_default, told_as_given
     from vidbooth.config.motion import MotionConfig
     from vidbooth.reporting import info
 
@@ -126,7 +127,11 @@ def train_motion(
     options.warn_of_idle_sets(cfg, sets)
     from vidbooth.data.clips import check_clip_exists
 
-    cfg.check()  # what training needs, then a clip that is not there: told before torch is imported (seconds)
+    try:  # what training needs, then a clip that is not there: told before torch is imported (seconds)
+        cfg.check()
+    except EmptySetting as exc:  # an empty name: the recipe's or the --set's that gave it
+        raise told_as_given(exc, recipe, sets, overrides, cfg.SETTINGS_NAME) from exc
+
     def check_clips() -> None:
         for clip in cfg.clips:
             check_clip_exists(clip)

@@ -33,6 +33,7 @@ def pretrain(
 ) -> None:
     """Pretrain nano (autoencoder, tiny CLIP, UNet3D) with a probe curve; resumable and deterministic by seed."""
     from vidbooth.config import checks, load_config
+    from vidbooth.config.load import given_by
     from vidbooth.config.pretrain import PretrainConfig
     from vidbooth.reporting import info
 
@@ -49,7 +50,8 @@ def pretrain(
         "seed": seed,
     }
     cfg = load_config(PretrainConfig, recipe, sets, overrides)
-    cfg.check()  # the stages and sizes, told before torch is imported
+    where = given_by("out", recipe, sets, overrides, "--out")  # an out that is a file: the recipe's, a --set's too
+    cfg.check(where[1] if where else None)  # the stages and sizes, told before torch is imported
     from vidbooth.nano.pretrain import pretrain as run_pretrain  # after the cheap checks: it loads torch
 
     result = run_pretrain(cfg)

@@ -180,12 +180,21 @@ def _check_stage_sets(stages, sets: list[str] | None, command: str | None = None
 
 
 def _check_photos(cfg, stages: tuple[str, ...], recipe: str | None, sets: list[str] | None, overrides: dict) -> None:
-    """Given photos: what the stages need (cfg.check) and a photo path that is not there are told now, before the
-    engine and torch are imported (seconds). (None given: identity-adapter takes the subject's own, found there.)"""
+    """The name, and given photos: what the stages need (cfg.check) and a photo path that is not there are told now,
+    before the engine and torch are imported (seconds). (None given: identity-adapter takes the subject's own, found
+    there.) An empty name or class noun is told as the recipe's or the --set's that gave it."""
+    from vidbooth.config.checks import EmptySetting
+    from vidbooth.config.load import told_as_given
     from vidbooth.data.images import check_photos_exist
 
+    try:
+        if cfg.photos:
+            cfg.check(stages)
+        else:
+            cfg.check_name()
+    except EmptySetting as exc:
+        raise told_as_given(exc, recipe, sets, overrides, cfg.SETTINGS_NAME) from exc
     if cfg.photos:
-        cfg.check(stages)
         options.inputs_exist(lambda: check_photos_exist(cfg.photos), cfg.photos, "photo path", "photos", recipe, sets,
                              overrides, "PHOTOS")
 

@@ -72,8 +72,10 @@ def positive(key: str, value: float, flag: str | None = None) -> None:
 
 class EmptySetting(UserError):
     """Setting `key` given empty, or with an empty item (`entry`: what an item is, 'path'): told as its flag's (an
-    unset shell variable; `told`, where the flag's message is worded otherwise); `load_config` tells one that a
-    recipe or a --set gave empty as theirs (`where_empty`). `argument`: what gives it on the command line."""
+    unset shell variable; `told`, where the flag's message is worded otherwise); `load_config` (or `told_as_given`,
+    for a check made after it) tells one that a recipe or a --set gave empty as theirs (`where_empty`). `argument`:
+    what gives it on the command line instead; given for a setting that is no list, it marks a required one (its
+    default is empty, and `told` is said where it is left out), for which leaving the setting out is no fix."""
 
     def __init__(self, key: str, flag: str | None, what: str, told: str | None = None, entry: str | None = None,
                  argument: str | None = None):
@@ -90,6 +92,8 @@ class EmptySetting(UserError):
         if self.entry:
             instead = f", or give {self.argument} on the command line" if self.argument else ""
             return f"{given} holds an empty {self.entry}: write {self.what} there or remove it{instead}"
+        if self.argument:  # a required setting: left out, it is refused too
+            return f"{given} is empty: write {self.what} there, or give {self.argument} on the command line"
         return f"{given} is empty: give {self.what}, or leave the setting out"
 
 

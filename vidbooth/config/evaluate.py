@@ -52,10 +52,12 @@ class EvaluateConfig:
     """Write one CSV row per video to this path ('-': on stdout, as json)."""
 
     def __post_init__(self) -> None:
+        # an empty clip_model or dino_model had been read as the current folder, an empty device as auto unsaid
         for key, what in (("manifest", "a manifest file"), ("subject", "a learned subject's name"),
                           ("ref_images", "a folder of reference images"), ("motion", "a learned motion's name"),
                           ("ref_video", "a reference clip"), ("json", "a file, or - for stdout"),
-                          ("csv", "a file, or - for stdout")):
+                          ("csv", "a file, or - for stdout"), ("clip_model", "a CLIP folder or hub id, nano or auto"),
+                          ("dino_model", "a DINO folder or hub id"), ("device", "auto, cpu, cuda or cuda:N")):
             checks.not_empty(key, getattr(self, key), "--" + key.replace("_", "-"), what)
         # an unset shell variable (`"$VIDEO"`): it had been a traceback; a recipe's or a --set's is told as theirs
         checks.no_empty_entries("videos", self.videos, "path", "the path", "an empty video path was given (an unset "

@@ -80,6 +80,8 @@ class ImagePromptConfig:
             )
         # --data's own check (cli/image_prompt.py) comes first; an empty folder had trained on nano's world instead
         checks.not_empty("data.folder", self.data.folder, "--data", "a folder of clips")
+        checks.not_empty("out", self.out, "--out",  # had been told as the flag's, once torch had loaded
+                         "the .safetensors file the model is saved to (default: image_prompt.safetensors)")
         one_word = f"word must be one word (the one the image prompt replaces), got '{self.word}'"
         checks.not_empty("word", self.word, "--word", "one word, the one the image prompt replaces", one_word)
         if len(self.word.split()) != 1:

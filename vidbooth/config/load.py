@@ -217,14 +217,21 @@ def load_config(
     except OmegaConfBaseException as exc:
         raise UserError(_describe(exc, schema)) from exc
     except EmptySetting as exc:  # told as the flag's, the --set's or the recipe's that gave it empty
-        where = given_by(exc.key, recipe, sets, overrides or {})
-        recipe_path = recipe and find_recipe(recipe, getattr(schema, "SETTINGS_NAME", None))
-        raise UserError(exc.where_empty(where, recipe_path)) from exc
+        raise told_as_given(exc, recipe, sets, overrides, getattr(schema, "SETTINGS_NAME", None)) from exc
     except UserError as exc:  # a value check in a config's __post_init__
         raise UserError(_name_flag(str(exc), flags or {})) from exc
     _apply_env(obj)
     _locate_train_configs(obj, flags)
     return obj  # type: ignore[return-value]
+
+
+def told_as_given(exc: EmptySetting, recipe: str | None, sets: list[str] | None, overrides: dict[str, Any] | None,
+                  kind: str | None = None) -> UserError:
+    """The UserError for the empty setting `exc` as the flag's, the --set's or the recipe's that gave it (`given_by`),
+    of `load_config` and of a check made once the config is loaded (a subject's name: `raise told_as_given(...)`)."""
+    where = given_by(exc.key, recipe, sets, overrides or {})
+    recipe_path = recipe and find_recipe(recipe, kind)
+    return UserError(exc.where_empty(where, recipe_path))
 
 
 def _locate_train_configs(config: Any, flags: dict[str, str] | None, prefix: str = "") -> None:

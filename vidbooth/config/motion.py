@@ -107,8 +107,9 @@ class MotionConfig:
 
     def check(self) -> None:
         """Check that what training needs is given; raises UserError naming what is missing."""
-        if not self.name:
-            raise UserError("--name is required: the name the motion gets in the library")
+        if not self.name:  # an empty one is told as the recipe's or the --set's by `load.told_as_given`
+            raise checks.EmptySetting("name", "--name", "the name the motion gets in the library",
+                                      "--name is required: the name the motion gets in the library", argument="--name")
         if not self.clips:
             raise UserError("no training clips given: pass one or more video files or frame folders")
         if self.captions and len(self.captions) not in (1, len(self.clips)):

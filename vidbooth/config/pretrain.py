@@ -137,13 +137,17 @@ class PretrainConfig:
     def __post_init__(self) -> None:  # as the config is loaded: a recipe's or a --set's empty out is told as theirs
         checks.not_empty("out", self.out, "--out", "the run folder (default: runs/nano)",
                          "--out is empty: give the run folder (default: runs/nano)")
+        # an empty one had been looked for in the current folder, once torch had loaded
+        checks.not_empty("tokenizer", self.tokenizer, None, "nano, a CLIPTokenizer folder or an open-clip-torch "
+                         "wheel (.whl)")
 
-    def check(self) -> None:
-        """Raise a UserError naming the first bad value by its key (and flag, where it has one)."""
+    def check(self, out_given: str | None = None) -> None:
+        """Raise a UserError naming the first bad value by its key (and flag, where it has one). `out_given`: how
+        the message names the out that gave the run folder (`given_by`'s 'out: X in recipe PATH'; else --out's)."""
         self.out = str(expand_user(self.out))  # '~/runs' is the home folder's, as elsewhere
         self.export = str(expand_user(self.export)) if self.export.strip() else ""
         if expand_user(self.out).exists() and not expand_user(self.out).is_dir():
-            raise UserError(f"--out {self.out} is a file: give the run folder (default: runs/nano)")
+            raise UserError(f"{out_given or f'--out {self.out}'} is a file: give the run folder (default: runs/nano)")
         run = Path(self.out)
         refuse_if_held(lock_file_beside(run), run_in_progress(run))  # not 'nothing to resume' (no checkpoint yet)
         check_run_folder(run, self.resume, (run / STATE_FILE).is_file() or (run / JOURNAL_FILE).is_file())

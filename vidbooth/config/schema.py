@@ -44,6 +44,10 @@ class RuntimeConfig:
     """0 to 2**32 - 1."""
 
     def __post_init__(self) -> None:
+        # an empty one (an unset shell variable, a recipe's '') had been taken as auto without a word
+        for key, what in (("device", "auto, cpu, cuda or cuda:N"), ("precision", "auto, fp32, fp16 or bf16"),
+                          ("attention", "auto, sdpa, xformers or math")):
+            checks.not_empty(f"runtime.{key}", getattr(self, key), f"--{key}", what)
         checks.seed("runtime.seed", self.seed)
 
 
@@ -108,7 +112,8 @@ class SamplingConfig:
     """Used by image models without a motion adapter only (Text2Video-Zero)."""
 
     def __post_init__(self) -> None:
-        # checked before the model loads or the output folder is made
+        # checked before the model loads or the output folder is made; an empty one had been 'unknown scheduler'
+        checks.not_empty("sampling.scheduler", self.scheduler, "--scheduler", " or ".join(checks.SCHEDULERS))
         checks.scheduler_key(self.scheduler)
         checks.at_least("sampling.num_frames", self.num_frames, 1, "--num-frames")
         checks.at_most("sampling.num_frames", self.num_frames, checks.MAX_FRAMES, "--num-frames")
@@ -176,6 +181,8 @@ class GenerateConfig:
         checks.non_negative("motion_scale", self.motion_scale, "--motion-scale", hint)
         checks.non_negative("image_prompt_scale", self.image_prompt_scale, "--image-prompt-scale",
                             " (0: the image prompt's tokens only, 1: as trained)")
+        # an empty out had been refused as "--out '' must end in .mp4 or .gif", the flag's, once torch had loaded
+        checks.not_empty("out", self.out, "--out", "the video to write, .mp4 or .gif (default: out.mp4)")
         checks.not_empty("motion", self.motion, "--motion", "a learned motion's name")
         checks.not_empty("image_prompt", self.image_prompt, "--image-prompt", "a photo of the subject")
         checks.not_empty("image_prompt_model", self.image_prompt_model, "--image-prompt-model",

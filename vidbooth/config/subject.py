@@ -166,14 +166,24 @@ class SubjectConfig:
                                 "shell variable?): give the photo file or folder", "PHOTOS")
         self._check_values()
 
+    def check_name(self) -> None:
+        """The name every stage needs: an empty one is an `EmptySetting`, which `load.told_as_given` tells as the
+        recipe's or the --set's that gave it empty (left out, or an empty --name: '--name is required')."""
+        if not self.name:  # one of spaces is told by the library's name rules
+            raise checks.EmptySetting("name", "--name", "the subject's name and pseudo-word (e.g. 'S*')",
+                                      "--name is required: the subject's name and pseudo-word, e.g. --name 'S*'",
+                                      argument="--name")
+
     def check(self, stages: tuple[str, ...]) -> None:
-        """Check that what the stages that will run need is given; raises UserError naming what is missing."""
-        if not self.name:
-            raise UserError("--name is required: the subject's name and pseudo-word, e.g. --name 'S*'")
+        """Check that what the stages that will run need is given; raises UserError naming what is missing (an
+        `EmptySetting` for an empty name or class noun: see `check_name`)."""
+        self.check_name()
         if not self.photos:
             raise UserError("no photos given: pass a folder with 3-5 photos of the subject, or the photo files")
         if "textual_inversion" in stages and not self.class_noun.strip():
-            raise UserError("--class-noun is required: what the subject is, e.g. --class-noun dog")
+            raise checks.EmptySetting("class_noun", "--class-noun", "what the subject is (dog, person, mug)",
+                                      "--class-noun is required: what the subject is, e.g. --class-noun dog",
+                                      argument="--class-noun")
         if len(stages) > 1 and self.textual_inversion.train.mixed_precision != self.identity.train.mixed_precision:
             raise UserError(
                 "textual_inversion.train.mixed_precision and identity.train.mixed_precision differ: one run "
@@ -201,6 +211,10 @@ class SubjectConfig:
         for stage, stage_cfg in (("textual_inversion", self.textual_inversion), ("identity", self.identity)):
             if not (stage_cfg.guidance_scale >= 0 and math.isfinite(stage_cfg.guidance_scale)):
                 raise UserError(f"{stage}.guidance_scale must be 0 (off) or positive, got {stage_cfg.guidance_scale}")
+        # an empty stage had been told as 'got []'
+        checks.no_empty_entries("stages", self.stages, "stage", f"a stage's name ({' or '.join(STAGES)})",
+                                "stages holds an empty stage: give [textual_inversion, identity], [textual_inversion] "
+                                "or [identity]")
         if not self.stages or [s for s in STAGES if s in self.stages] != list(self.stages):
             raise UserError(
                 f"stages must be [{', '.join(STAGES)}], [{STAGES[0]}] or [{STAGES[1]}] (each once, in that order), "
