@@ -104,3 +104,11 @@ def test_an_empty_value_of_a_recipe_or_a_set_is_told_as_theirs(command, recipe_t
 def test_an_empty_flag_or_argument_is_told_as_an_unset_shell_variable(argv, message, tmp_path, isolated_home,
                                                                       monkeypatch, capsys):
     assert _refused(argv, tmp_path, isolated_home, monkeypatch, capsys) == message
+
+
+def test_an_empty_flag_whose_check_is_worded_apart_names_its_flag_as_before(tmp_path, isolated_home, monkeypatch,
+                                                                              capsys):
+    """`--word " "` had lost its flag's name ('word must be one word ...') once an empty setting was told apart from
+    the other values a check refuses, whose messages are given their flags."""
+    said = _refused(["train-image-prompt", "--word", " "], tmp_path, isolated_home, monkeypatch, capsys)
+    assert said == "word (--word) must be one word (the one the image prompt replaces), got ' '"

@@ -219,7 +219,7 @@ def load_config(
     except EmptySetting as exc:  # told as the flag's, the --set's or the recipe's that gave it empty
         where = given_by(exc.key, recipe, sets, overrides or {})
         recipe_path = recipe and find_recipe(recipe, getattr(schema, "SETTINGS_NAME", None))
-        raise UserError(exc.where_empty(where, recipe_path)) from exc
+        raise UserError(_name_flag(exc.where_empty(where, recipe_path), flags or {})) from exc  # a flag's: named
     except UserError as exc:  # a value check in a config's __post_init__
         raise UserError(_name_flag(str(exc), flags or {})) from exc
     _apply_env(obj)
