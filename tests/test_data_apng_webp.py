@@ -7,6 +7,7 @@ frame (the reservation alone costs no memory)."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from media import crafted_apng, webp_canvas
 from PIL import Image
 
+from vidbooth.data import png
 from vidbooth.data.images import load_image, pillow_limits_lifted
 from vidbooth.data.video import read_video
 from vidbooth.errors import UserError
@@ -117,3 +119,21 @@ def test_an_animated_webp_whose_canvas_is_over_the_limit_is_refused_before_it_is
         f"image {path} is too large (4096x4096 = 17 megapixels, limit 10): downscale it or replace it",
     ]
     assert measured["peak_mib"] < 64
+
+
+def test_an_apng_cut_short_while_it_is_walked_is_walked_no_further_than_its_end(tmp_path):
+    """The walk went on to the size the file had had, 12 bytes a step, reading nothing: 6 s for one of 100 MB cut
+    to its first chunks while it was walked (an export writing it anew)."""
+    whole = crafted_apng(tmp_path / "clip.png", (16, 16), FRAMES).read_bytes()
+    head = whole[: whole.index(b"fcTL") - 4]  # signature, header, animation control: as far as the cut leaves
+
+    class Reads(io.BytesIO):
+        count = 0
+
+        def read(self, *size):
+            self.count += 1
+            return super().read(*size)
+
+    file = Reads(head)
+    assert png._walk(file, 100_000_000) == ((16, 16), (16, 16), True)
+    assert file.count < 10
