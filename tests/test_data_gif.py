@@ -283,3 +283,46 @@ def test_a_gif_cut_short_while_it_is_walked_is_left_to_pillow_to_report(tmp_path
     run = subprocess.run([sys.executable, "-c", CUT_WHILE_WALKED, str(path)], capture_output=True, text=True,
                          timeout=120)
     assert (run.returncode, run.stdout) == (0, "None\n"), run.stderr
+
+
+ENDED_AS_THE_SPECIFICATION_HAS_IT = {  # Pillow ends these at their empty sub-block too: what they hide is no frame
+    "comment, no sub-block": b"!\xfe\0",
+    "NETSCAPE2.0 with no loop, past the first frame": b"!\xff\x0bNETSCAPE2.0\0",
+}
+
+
+@pytest.mark.parametrize("extension", ENDED_AS_THE_SPECIFICATION_HAS_IT.values(),
+                         ids=ENDED_AS_THE_SPECIFICATION_HAS_IT)
+def test_an_extension_pillow_ends_at_an_empty_sub_block_is_ended_there(extension):
+    data = (gif_screen((16, 16)) + gif_frame(0, 0, 16, 16, 0) + _behind(extension, gif_frame(0, 0, 20, 12, 0))
+            + gif_frame(0, 0, 8, 8, 0) + b";")
+    assert list(frame_edges(data)) == _pillows_frame_edges(data) == [(16, 16), (8, 8)]
+
+
+def test_a_colour_table_is_skipped_by_its_size_whatever_its_colours():
+    """Colours that read as the start of a block (',' and '!') in a global table of four, and a GIF with no global
+    table whose frames bring their own: a table skipped by a wrong size is walked as blocks."""
+    screen = b"GIF89a" + bytes([16, 0, 16, 0, 0x81, 0, 0]) + b"\0\0\0\xff\xff\xff,,,!!!"
+    data = screen + gif_frame(0, 0, 16, 16, 0) + gif_frame(2, 2, 8, 8, 0) + b";"
+    assert list(frame_edges(data)) == _pillows_frame_edges(data) == [(16, 16), (10, 10)]
+    local = b"GIF89a" + bytes([16, 0, 16, 0, 0, 0, 0])
+    for left, size in ((0, 16), (4, 8)):
+        frame = gif_frame(left, 0, size, size, 0)
+        at = frame.index(b",") + 9  # its flags: a local table of two colours
+        local += frame[8 if left == 0 else 0 : at] + b"\x80,,,!!!" + frame[at + 1 :]  # the first: no control block
+    local += b";"
+    assert list(frame_edges(local)) == _pillows_frame_edges(local) == [(16, 16), (12, 8)]
+
+
+def test_a_gif_cut_anywhere_is_walked_without_an_error():
+    data = _saved(_local_palettes(), duration=100, loop=0, comment=b"cut")
+    for end in range(13, len(data)):
+        edges = list(frame_edges(data[:end]))
+        assert edges == list(frame_edges(data))[: len(edges)]
+
+
+def test_a_gif_clip_whose_screen_alone_is_over_the_limit_is_told_to_be_downscaled(tmp_path, monkeypatch):
+    monkeypatch.setattr(video, "MAX_PHOTO_PIXELS", 100 * 100)
+    path = crafted_gif(tmp_path / "large.gif", (120, 120), [(0, 0, 120, 120, 0), (0, 0, 8, 8, 0)])
+    with pytest.raises(UserError, match=r"is too large \(120x120 = 0 megapixels a frame, limit 0\): downscale it$"):
+        read_video(path)
