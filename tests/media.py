@@ -133,19 +133,25 @@ def crafted_gif(path: Path, screen: tuple[int, int], frames: list[tuple[int, int
     of `frames` (left, top, width, height, disposal method), a graphic control extension and an image of white
     pixels at that place. A frame of up to 65,536 pixels holds all of them; a larger one, one pixel only (a decoder
     fails on it: it is for a frame that is refused before it is decoded)."""
-    width, height = screen
-    data = bytearray(b"GIF89a" + _u16s(width, height) + bytes([0x80, 0, 0]) + b"\0\0\0\xff\xff\xff")
-    data += b"!\xff\x0bNETSCAPE2.0\x03\x01\0\0\0"
-    for left, top, frame_width, frame_height, disposal in frames:
-        data += b"!\xf9\x04" + bytes([disposal << 2]) + _u16s(10) + b"\0\0"  # 100 ms, no transparency
-        data += b"," + _u16s(left, top, frame_width, frame_height) + b"\0\x02"  # no local table; 2-bit LZW codes
-        pixels = frame_width * frame_height if frame_width * frame_height <= 1 << 16 else 1
-        lzw = _lzw_of_ones(pixels)
-        for at in range(0, len(lzw), 255):
-            data += bytes([len(lzw[at : at + 255])]) + lzw[at : at + 255]
-        data += b"\0"
-    path.write_bytes(bytes(data) + (b";" if trailer else b""))
+    data = gif_screen(screen) + b"!\xff\x0bNETSCAPE2.0\x03\x01\0\0\0"
+    data += b"".join(gif_frame(*frame) for frame in frames)
+    path.write_bytes(data + (b";" if trailer else b""))
     return path
+
+
+def gif_screen(screen: tuple[int, int]) -> bytes:
+    """A GIF's header and logical `screen`, with a black-and-white global colour table."""
+    return b"GIF89a" + _u16s(*screen) + bytes([0x80, 0, 0]) + b"\0\0\0\xff\xff\xff"
+
+
+def gif_frame(left: int, top: int, width: int, height: int, disposal: int) -> bytes:
+    """A graphic control extension and an image of white pixels at that place, as `crafted_gif` writes each frame."""
+    data = b"!\xf9\x04" + bytes([disposal << 2]) + _u16s(10) + b"\0\0"  # 100 ms, no transparency
+    data += b"," + _u16s(left, top, width, height) + b"\0\x02"  # no local table; 2-bit LZW codes
+    lzw = _lzw_of_ones(width * height if width * height <= 1 << 16 else 1)
+    for at in range(0, len(lzw), 255):
+        data += bytes([len(lzw[at : at + 255])]) + lzw[at : at + 255]
+    return data + b"\0"
 
 
 def _u16s(*values: int) -> bytes:

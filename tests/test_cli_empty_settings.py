@@ -193,3 +193,11 @@ def test_pretrain_s_out_that_is_a_file_is_told_as_the_flag_s_the_set_s_or_the_re
     argv = ["pretrain", *(arg.format(file=taken, recipe=recipe) for arg in given)]
     said = _refused(argv, tmp_path, isolated_home, monkeypatch, capsys)
     assert said == message.format(file=taken, recipe=recipe)
+
+
+def test_an_empty_flag_whose_check_is_worded_apart_names_its_flag_as_before(tmp_path, isolated_home, monkeypatch,
+                                                                              capsys):
+    """`--word " "` had lost its flag's name ('word must be one word ...') once an empty setting was told apart from
+    the other values a check refuses, whose messages are given their flags."""
+    said = _refused(["train-image-prompt", "--word", " "], tmp_path, isolated_home, monkeypatch, capsys)
+    assert said == "word (--word) must be one word (the one the image prompt replaces), got ' '"

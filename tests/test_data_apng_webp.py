@@ -7,6 +7,7 @@ frame (the reservation alone costs no memory)."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from media import crafted_apng, webp_canvas
 from PIL import Image
 
+from vidbooth.data import png
 from vidbooth.data.images import load_image, pillow_limits_lifted
 from vidbooth.data.video import read_video
 from vidbooth.errors import UserError
@@ -117,3 +119,86 @@ def test_an_animated_webp_whose_canvas_is_over_the_limit_is_refused_before_it_is
         f"image {path} is too large (4096x4096 = 17 megapixels, limit 10): downscale it or replace it",
     ]
     assert measured["peak_mib"] < 64
+
+
+class _Reads(io.BytesIO):
+    """A file that counts its reads."""
+
+    count = 0
+
+    def read(self, *size):
+        self.count += 1
+        return super().read(*size)
+
+
+def test_an_apng_cut_short_while_it_is_walked_is_walked_no_further_than_its_end(tmp_path):
+    """The walk went on to the size the file had had, 12 bytes a step, reading nothing: 6 s for one of 100 MB cut
+    to its first chunks while it was walked (an export writing it anew)."""
+    whole = crafted_apng(tmp_path / "clip.png", (16, 16), FRAMES).read_bytes()
+    head = whole[: whole.index(b"fcTL") - 4]  # signature, header, animation control: as far as the cut leaves
+
+    file = _Reads(head)
+    assert png._walk(file, 100_000_000) == ((16, 16), (16, 16), True)
+    assert file.count < 10
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _before_end(data: bytes, chunks: bytes) -> bytes:
+    """`data`, a PNG, with `chunks` put before its end chunk."""
+    return data[:-12] + chunks + data[-12:]
+
+
+@pytest.mark.parametrize("frames, still, count_after", [
+    (1, False, None), (2, False, None), (1, True, None), (2, True, None), (2, False, 1),
+], ids=["one frame", "two frames", "one frame and a still", "two frames and a still", "an acTL after the image"])
+def test_the_walk_counts_an_apngs_frames_as_pillow_counts_them(tmp_path, frames, still, count_after):
+    """Whether Pillow reads it as an animation, known from the walk alone for one too large to open."""
+    path = crafted_apng(tmp_path / "clip.png", (16, 16), FRAMES[:frames], still=still)
+    if count_after is not None:  # Pillow reads the chunks up to the image data when opening it
+        path.write_bytes(_before_end(path.read_bytes(), _chunk(b"acTL", count_after.to_bytes(4, "big") + bytes(4))))
+    with Image.open(path) as im:
+        animated = im.is_animated
+    assert png.png_sizes(path).animated == animated == (frames + still > 1)
+
+
+def test_a_still_png_is_walked_to_its_first_image_data_only(tmp_path):
+    data = crafted_apng(tmp_path / "still.png", (16, 16), FRAMES[:1]).read_bytes()
+    still = data.replace(data[data.index(b"acTL") - 4 : data.index(b"fcTL") + 34], b"")  # no animation chunks
+    still = _before_end(still, b"".join(_chunk(b"IDAT", b"") for _ in range(1000)))
+
+    file = _Reads(still)
+    assert png._walk(file, len(still)) == ((16, 16), (16, 16), False)
+    assert file.count < 10
+
+
+def test_chunks_after_the_end_chunk_are_not_read(tmp_path):
+    """As Pillow does not: a header of 20000x20000 after an APNG's end is no second header of it."""
+    path = crafted_apng(tmp_path / "clip.png", (16, 16), FRAMES)
+    path.write_bytes(path.read_bytes() + _chunk(b"IHDR", (20000).to_bytes(4, "big") * 2 + b"\x08\x06\0\0\0"))
+    assert png.png_sizes(path) == ((16, 16), (16, 16), True)
+    assert read_video(path).shape == (2, 16, 16, 3)
+
+
+def test_an_apng_at_the_limit_is_read_and_one_over_it_is_never_given_to_pillow(tmp_path, monkeypatch):
+    """The limit is inclusive. One over it is refused from its chunks alone: Pillow 10 fills a buffer of its size on
+    opening it, whatever asks (whether it is animated, the clip, the photo)."""
+    from vidbooth.data import images, video
+
+    for module in (images, video):
+        monkeypatch.setattr(module, "MAX_PHOTO_PIXELS", 16 * 16)
+    at_limit = crafted_apng(tmp_path / "at.png", (16, 16), FRAMES)
+    assert read_video(at_limit).shape == (2, 16, 16, 3) and load_image(at_limit, min_side=1).size == (16, 16)
+    over = crafted_apng(tmp_path / "over.png", (17, 16), [(0, 0, 16, 16, 1)] * 2)
+    opened, open_image = [], Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *rest: opened.append(str(path)) or open_image(path, *rest))
+    with pytest.raises(UserError, match=r"is too large \(17x16 = 0 megapixels a frame, limit 0\): downscale it$"):
+        read_video(over)
+    with pytest.raises(UserError, match=r"is too large \(17x16 = 0 megapixels, limit 0\): downscale it or replace it$"):
+        load_image(over, min_side=1)
+    assert str(over) not in opened

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from media import crafted_gif
+from media import crafted_gif, gif_frame, gif_screen
 from PIL import Image
 
 from vidbooth.data import images, video
@@ -216,3 +218,111 @@ def test_a_gif_photo_with_a_screen_over_the_limit_is_refused_as_other_photos_are
     with pytest.raises(UserError, match=r"is too large \(120x120 = 0 megapixels, limit 0\): downscale it or replace "
                                         "it$"):
         load_image(path)
+
+
+def _behind(extension: bytes, hidden: bytes) -> bytes:
+    """`extension`, then `hidden` (whole blocks, ending in an empty sub-block) where Pillow reads it but a walk by the
+    GIF specification does not: Pillow reads an extension's first sub-block (a NETSCAPE2.0 one's first two) before
+    looking for the empty one that ends it, so that one of those that is itself empty does not end it, and the bytes
+    after it are read as sub-blocks; a comment extension that only the walk by the specification sees holds `hidden`."""
+    assert len(hidden) <= 255 and hidden.endswith(b"\0")
+    return extension + b"\x03!\xfe" + bytes([len(hidden)]) + b"\0" + hidden
+
+
+EXTENSIONS_ENDED_EARLY = {  # each before the first frame: Pillow reads NETSCAPE2.0's loop there only
+    "plain text, no sub-block": b"!\x01\0",
+    "graphic control, no sub-block": b"!\xf9\0",
+    "NETSCAPE2.0 with no loop sub-block": b"!\xff\x0bNETSCAPE2.0\0",
+}
+
+
+@pytest.mark.parametrize("extension", EXTENSIONS_ENDED_EARLY.values(), ids=EXTENSIONS_ENDED_EARLY)
+def test_an_extension_pillow_reads_on_past_an_empty_sub_block_is_walked_as_pillow_walks_it(extension):
+    data = gif_screen((16, 16)) + _behind(extension, gif_frame(0, 0, 20, 12, 0)) + gif_frame(0, 0, 16, 16, 0) + b";"
+    assert _pillows_frame_edges(data) == [(20, 12), (16, 16)]
+    assert list(frame_edges(data)) == [(20, 12), (16, 16)]
+
+
+@pytest.mark.parametrize("extension", EXTENSIONS_ENDED_EARLY.values(), ids=EXTENSIONS_ENDED_EARLY)
+def test_a_frame_past_the_limit_that_only_pillow_would_find_is_refused_before_it_gets_memory(extension, tmp_path,
+                                                                                          monkeypatch):
+    """The walk had ended such an extension where the specification does: a frame of 20000x20000 held in a comment
+    that only the walk saw was let through, and Pillow, reading it as the first frame, filled a 20000x20000 buffer
+    for it."""
+    path = tmp_path / "hidden.gif"
+    path.write_bytes(gif_screen((16, 16)) + _behind(extension, gif_frame(0, 0, 20000, 20000, 2))
+                     + gif_frame(0, 0, 16, 16, 0) + b";")
+    asked = _watch_fills(monkeypatch)
+    with pytest.raises(UserError, match=r"is too large \(20000x20000 = 400 megapixels a frame, limit 250\): its frame "
+                                        r"1 reaches past its 16x16 screen"):
+        read_video(path)
+    with pytest.raises(UserError, match=r"is too large \(20000x20000 = 400 megapixels, limit 250\): its first frame "
+                                        r"reaches past its 16x16 screen"):
+        load_image(path, min_side=1)
+    assert asked == []
+
+
+CUT_WHILE_WALKED = r"""
+import sys
+from pathlib import Path
+from vidbooth.data import gif
+path, walk = Path(sys.argv[1]), gif._first_over
+def cut_first(*args):  # as an export or a copy writing the file anew would, once the walk has begun
+    with open(path, "r+b") as file:
+        file.truncate(100)
+    return walk(*args)
+gif._first_over = cut_first
+print(gif.grown_screen(path, 1 << 30))
+"""
+
+
+def test_a_gif_cut_short_while_it_is_walked_is_left_to_pillow_to_report(tmp_path):
+    """The walk had mapped the file: reading a mapped page past the end of a file cut since killed the process
+    (SIGBUS: 'Bus error', naming no file), a training run with it. Run apart, so that the defect cannot kill pytest."""
+    path = crafted_gif(tmp_path / "clip.gif", (16, 16), [(0, 0, 64, 64, 0)] * 100)
+    run = subprocess.run([sys.executable, "-c", CUT_WHILE_WALKED, str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert (run.returncode, run.stdout) == (0, "None\n"), run.stderr
+
+
+ENDED_AS_THE_SPECIFICATION_HAS_IT = {  # Pillow ends these at their empty sub-block too: what they hide is no frame
+    "comment, no sub-block": b"!\xfe\0",
+    "NETSCAPE2.0 with no loop, past the first frame": b"!\xff\x0bNETSCAPE2.0\0",
+}
+
+
+@pytest.mark.parametrize("extension", ENDED_AS_THE_SPECIFICATION_HAS_IT.values(),
+                         ids=ENDED_AS_THE_SPECIFICATION_HAS_IT)
+def test_an_extension_pillow_ends_at_an_empty_sub_block_is_ended_there(extension):
+    data = (gif_screen((16, 16)) + gif_frame(0, 0, 16, 16, 0) + _behind(extension, gif_frame(0, 0, 20, 12, 0))
+            + gif_frame(0, 0, 8, 8, 0) + b";")
+    assert list(frame_edges(data)) == _pillows_frame_edges(data) == [(16, 16), (8, 8)]
+
+
+def test_a_colour_table_is_skipped_by_its_size_whatever_its_colours():
+    """Colours that read as the start of a block (',' and '!') in a global table of four, and a GIF with no global
+    table whose frames bring their own: a table skipped by a wrong size is walked as blocks."""
+    screen = b"GIF89a" + bytes([16, 0, 16, 0, 0x81, 0, 0]) + b"\0\0\0\xff\xff\xff,,,!!!"
+    data = screen + gif_frame(0, 0, 16, 16, 0) + gif_frame(2, 2, 8, 8, 0) + b";"
+    assert list(frame_edges(data)) == _pillows_frame_edges(data) == [(16, 16), (10, 10)]
+    local = b"GIF89a" + bytes([16, 0, 16, 0, 0, 0, 0])
+    for left, size in ((0, 16), (4, 8)):
+        frame = gif_frame(left, 0, size, size, 0)
+        at = frame.index(b",") + 9  # its flags: a local table of two colours
+        local += frame[8 if left == 0 else 0 : at] + b"\x80,,,!!!" + frame[at + 1 :]  # the first: no control block
+    local += b";"
+    assert list(frame_edges(local)) == _pillows_frame_edges(local) == [(16, 16), (12, 8)]
+
+
+def test_a_gif_cut_anywhere_is_walked_without_an_error():
+    data = _saved(_local_palettes(), duration=100, loop=0, comment=b"cut")
+    for end in range(13, len(data)):
+        edges = list(frame_edges(data[:end]))
+        assert edges == list(frame_edges(data))[: len(edges)]
+
+
+def test_a_gif_clip_whose_screen_alone_is_over_the_limit_is_told_to_be_downscaled(tmp_path, monkeypatch):
+    monkeypatch.setattr(video, "MAX_PHOTO_PIXELS", 100 * 100)
+    path = crafted_gif(tmp_path / "large.gif", (120, 120), [(0, 0, 120, 120, 0), (0, 0, 8, 8, 0)])
+    with pytest.raises(UserError, match=r"is too large \(120x120 = 0 megapixels a frame, limit 0\): downscale it$"):
+        read_video(path)

@@ -217,7 +217,8 @@ def load_config(
     except OmegaConfBaseException as exc:
         raise UserError(_describe(exc, schema)) from exc
     except EmptySetting as exc:  # told as the flag's, the --set's or the recipe's that gave it empty
-        raise told_as_given(exc, recipe, sets, overrides, getattr(schema, "SETTINGS_NAME", None)) from exc
+        told = told_as_given(exc, recipe, sets, overrides, getattr(schema, "SETTINGS_NAME", None))
+        raise UserError(_name_flag(str(told), flags or {})) from exc  # a flag's: named
     except UserError as exc:  # a value check in a config's __post_init__
         raise UserError(_name_flag(str(exc), flags or {})) from exc
     _apply_env(obj)

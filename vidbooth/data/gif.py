@@ -9,15 +9,21 @@ give the structure (headers, descriptors and the length of each data sub-block),
 from __future__ import annotations
 
 import itertools
-import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
 _EXTENSION, _IMAGE, _TRAILER = 0x21, 0x2C, 0x3B  # '!', ',' and ';': what starts each block
-_Bytes = bytes | mmap.mmap
+_COMMENT, _APPLICATION = 0xFE, 0xFF  # extension labels that Pillow reads apart
+_LOOP_EXTENSION = b"NETSCAPE2.0"
+
+
+class _Bytes(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, at: int, /) -> int: ...
 
 
 class GrownScreen(NamedTuple):
@@ -43,12 +49,36 @@ def grown_screen(path: Path, max_pixels: int, frames: int | None = None) -> Grow
     """
     try:
         with open(path, "rb") as file:
-            if file.read(6) not in GIF_SIGNATURES or os.fstat(file.fileno()).st_size < 13:
+            size = os.fstat(file.fileno()).st_size
+            if file.read(6) not in GIF_SIGNATURES or size < 13:
                 return None
-            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:  # shares the page cache: no copy
-                return _first_over(view, max_pixels, frames)
-    except (OSError, ValueError):  # unreadable, or nothing to map (a pipe): Pillow's opening it reports it
+            return _first_over(_FileBytes(file, size), max_pixels, frames)
+    except (OSError, _CutSince):  # unreadable, or cut short while walked: Pillow's opening it reports it
         return None
+
+
+class _CutSince(Exception):
+    """The file ends before the size it had when the walk began (written anew meanwhile)."""
+
+
+class _FileBytes:
+    """A file's bytes, read 64 KB at a time as the walk comes to them. Not mapped: reading a mapped page past the
+    end of a file cut meanwhile (an export or a copy writing it anew) kills the process with SIGBUS."""
+
+    def __init__(self, file, size: int):
+        self._file, self._size, self._start, self._block = file, size, 0, b""
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, at: int) -> int:
+        offset = at - self._start
+        if not 0 <= offset < len(self._block):
+            self._file.seek(at)
+            self._start, self._block, offset = at, self._file.read(1 << 16), 0
+            if not self._block:
+                raise _CutSince
+        return self._block[offset]
 
 
 def _first_over(data: _Bytes, max_pixels: int, frames: int | None) -> GrownScreen | None:
@@ -64,18 +94,21 @@ def _first_over(data: _Bytes, max_pixels: int, frames: int | None) -> GrownScree
 
 def frame_edges(data: _Bytes) -> Iterator[tuple[int, int]]:
     """Each frame's right and bottom edges (left + width, top + height) as its image descriptor states them, in
-    order, walking a GIF's blocks as Pillow does: a byte that starts no block is skipped, the trailer (';') ends the
-    walk, and so does the end of the data (a GIF cut short), wherever it falls."""
+    order, walking a GIF's blocks as Pillow does: a byte that starts no block is skipped, an extension is read as
+    Pillow reads it (`_past_extension`), the trailer (';') ends the walk, and so does the end of the data (a GIF cut
+    short), wherever it falls."""
     size = len(data)
     flags = data[10]
     at = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # header, logical screen, global colour table
+    imaged = False  # an image descriptor seen: Pillow has read its first frame
     while at < size:
         kind = data[at]
         if kind == _TRAILER:
             return
         if kind == _EXTENSION:
-            at = _past_sub_blocks(data, at + 2)  # introducer, label, then data sub-blocks
+            at = _past_extension(data, at, loop_read=not imaged)
         elif kind == _IMAGE:
+            imaged = True
             if at + 10 > size:  # the descriptor is cut: Pillow cannot read this frame
                 return
             yield _u16(data, at + 1) + _u16(data, at + 5), _u16(data, at + 3) + _u16(data, at + 7)
@@ -84,6 +117,28 @@ def frame_edges(data: _Bytes) -> Iterator[tuple[int, int]]:
             at = _past_sub_blocks(data, at + 1)  # LZW minimum code size, then data sub-blocks
         else:
             at += 1
+
+
+def _past_extension(data: _Bytes, at: int, loop_read: bool) -> int:
+    """Where the extension at `at` ends as Pillow reads it: its introducer and label, then data sub-blocks up to an
+    empty one, as the specification has it, but for one other than a comment, Pillow reads its first sub-block (and,
+    while reading the first frame, `loop_read`, a NETSCAPE2.0 application extension's second, its loop count) before
+    looking for the empty one: an empty sub-block read there does not end it, and the next byte is read as the
+    length of a sub-block (a frame that only Pillow would find had been let through, whatever its size)."""
+    size = len(data)
+    if at + 2 >= size:
+        return size
+    label, at = data[at + 1], at + 2
+    if label == _COMMENT:
+        return _past_sub_blocks(data, at)
+    read_first = 1
+    if label == _APPLICATION and loop_read and data[at] >= len(_LOOP_EXTENSION) and at + 12 <= size and all(
+            data[at + 1 + index] == byte for index, byte in enumerate(_LOOP_EXTENSION)):
+        read_first = 2
+    for _ in range(read_first):
+        if at < size:
+            at += data[at] + 1
+    return _past_sub_blocks(data, at)
 
 
 def _past_sub_blocks(data: _Bytes, at: int) -> int:

@@ -52,6 +52,8 @@ def _walk(file, size: int) -> PngSizes | None:
     while at + 8 <= size:
         file.seek(at)
         head = file.read(8)
+        if len(head) < 8:  # cut short since its size was read: not walked on to that size, 12 bytes a step
+            break
         length, kind = int.from_bytes(head[:4], "big"), head[4:8]
         if kind == b"IHDR" and length >= 8:
             header = file.read(8)
