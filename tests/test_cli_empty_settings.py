@@ -193,3 +193,22 @@ def test_pretrain_s_out_that_is_a_file_is_told_as_the_flag_s_the_set_s_or_the_re
     argv = ["pretrain", *(arg.format(file=taken, recipe=recipe) for arg in given)]
     said = _refused(argv, tmp_path, isolated_home, monkeypatch, capsys)
     assert said == message.format(file=taken, recipe=recipe)
+
+
+def test_a_recipe_given_with_a_tilde_is_named_by_its_path(tmp_path, isolated_home, monkeypatch, capsys):
+    """`--recipe=~/r.yaml` (the shell expands no ~ there): its empty setting names the file read, as its other
+    errors do."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (home / "recipe.yaml").write_text("prompt: a dog\nruntime: {device: ''}\n")
+    said = _refused(["generate", "--recipe=~/recipe.yaml"], tmp_path, isolated_home, monkeypatch, capsys)
+    assert said == (f"recipe {home / 'recipe.yaml'}: runtime.device is empty: give auto, cpu, cuda or cuda:N, or "
+                    "leave the setting out")
+
+
+def test_a_name_of_spaces_is_told_by_the_library_s_name_rules_not_as_empty(tmp_path, isolated_home, monkeypatch,
+                                                                          capsys):
+    """Only a name that is empty is an EmptySetting: one of spaces is a name the library refuses for its space."""
+    said = _refused(["identity-adapter", "--set", "name= "], tmp_path, isolated_home, monkeypatch, capsys)
+    assert said.startswith("invalid subject name ' ': ' ' (space) is not allowed; use 1-64 letters"), said

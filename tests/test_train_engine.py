@@ -185,6 +185,7 @@ def test_a_checkpoint_s_recent_losses_past_ten_count_their_last_ten(tmp_path, ac
     state_file.write_text(json.dumps(state | {"recent_losses": [100.0, 100.0] + state["recent_losses"]}))
     result = engine.train(scrambled_method(), toy_data(), config(), tmp_path, accelerator, resume=True)
     assert result.losses == [] and result.recent_losses == finished.losses[-10:] and result.loss == finished.loss
+    assert result.earlier_losses == finished.losses[-10:]  # up to ten, as documented
 
 
 def test_resume_refuses_other_settings(tmp_path, accelerator):
