@@ -201,3 +201,22 @@ def test_an_empty_flag_whose_check_is_worded_apart_names_its_flag_as_before(tmp_
     the other values a check refuses, whose messages are given their flags."""
     said = _refused(["train-image-prompt", "--word", " "], tmp_path, isolated_home, monkeypatch, capsys)
     assert said == "word (--word) must be one word (the one the image prompt replaces), got ' '"
+
+
+def test_a_recipe_given_with_a_tilde_is_named_by_its_path(tmp_path, isolated_home, monkeypatch, capsys):
+    """`--recipe=~/r.yaml` (the shell expands no ~ there): its empty setting names the file read, as its other
+    errors do."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (home / "recipe.yaml").write_text("prompt: a dog\nruntime: {device: ''}\n")
+    said = _refused(["generate", "--recipe=~/recipe.yaml"], tmp_path, isolated_home, monkeypatch, capsys)
+    assert said == (f"recipe {home / 'recipe.yaml'}: runtime.device is empty: give auto, cpu, cuda or cuda:N, or "
+                    "leave the setting out")
+
+
+def test_a_name_of_spaces_is_told_by_the_library_s_name_rules_not_as_empty(tmp_path, isolated_home, monkeypatch,
+                                                                          capsys):
+    """Only a name that is empty is an EmptySetting: one of spaces is a name the library refuses for its space."""
+    said = _refused(["identity-adapter", "--set", "name= "], tmp_path, isolated_home, monkeypatch, capsys)
+    assert said.startswith("invalid subject name ' ': ' ' (space) is not allowed; use 1-64 letters"), said

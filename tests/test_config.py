@@ -638,3 +638,14 @@ def test_an_empty_video_for_evaluate_is_refused_not_a_traceback():
     with pytest.raises(UserError, match=r"^an empty video path was given \(an unset shell variable\?\): give the "
                                         r"video file, or a glob pattern of them$"):
         load_config(EvaluateConfig, None, None, {"videos": ["a.mp4", " "]})
+
+
+def test_path_items_of_a_list_setting_from_python_are_no_empty_entries():
+    """The empty-item check reads texts only: Path objects from Python are taken as given (no AttributeError)."""
+    from pathlib import Path
+
+    from vidbooth.config.evaluate import EvaluateConfig
+
+    assert SubjectConfig(photos=[Path("dog"), "cat"]).photos == [Path("dog"), "cat"]
+    assert MotionConfig(clips=[Path("a.mp4")]).clips == [Path("a.mp4")]
+    assert EvaluateConfig(videos=[Path("a.mp4")]).videos == ["a.mp4"]

@@ -311,6 +311,27 @@ def test_an_animation_pillow_cannot_open_is_told_as_corrupt_not_as_a_still_image
                                   "re-export or re-download it")
 
 
+def test_a_machine_limit_met_opening_an_animation_is_not_told_as_corrupt(tmp_path, monkeypatch):
+    """Too many open files is the machine's, not the file's: 'corrupt, re-download it' would send its user after a
+    good file."""
+    import errno
+
+    from vidbooth.data import video
+    from vidbooth.errors import MachineLimit
+
+    path = tmp_path / "anim.png"
+    Image.new("RGB", (8, 8)).save(path)
+
+    def no_file_left(path):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(video, "open_image", no_file_left)
+    video._is_animated_cached.cache_clear()
+    with pytest.raises(MachineLimit):
+        video.video_file_problem(path)
+    video._is_animated_cached.cache_clear()
+
+
 @pytest.mark.parametrize("image_format, named", [("PNG", "anim.png"), ("PNG", "anim.apng"), ("WEBP", "anim.webp"),
                                                  ("PNG", "anim.gif"), ("WEBP", "anim.mp4")])
 def test_an_animated_png_or_webp_is_read_as_a_gif_is_whatever_its_clip_name(tmp_path, image_format, named, capsys):

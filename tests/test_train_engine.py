@@ -158,9 +158,34 @@ def test_a_checkpoint_without_recent_losses_resumes_with_its_own_loss_and_a_dama
     state_file.write_text(json.dumps(state))
     result = engine.train(scrambled_method(), toy_data(), config(), tmp_path, accelerator, resume=True)
     assert result.losses == [] and result.loss == state["loss"] > 0
-    state_file.write_text(json.dumps(state | {"recent_losses": ["0.5"]}))
-    with pytest.raises(UserError, match="its recent_losses in state.json is of another kind"):
+    for damaged in (["0.5"], "0.5", {"0": 0.5}, [True], [0.5, None]):
+        state_file.write_text(json.dumps(state | {"recent_losses": damaged}))
+        with pytest.raises(UserError, match="its recent_losses in state.json is of another kind"):
+            engine.train(scrambled_method(), toy_data(), config(), tmp_path, accelerator, resume=True)
+
+
+@pytest.mark.parametrize("written", ["NaN", "Infinity", "-Infinity"])
+def test_a_recent_loss_that_is_not_finite_is_refused_as_unreadable(tmp_path, accelerator, written):
+    """A step whose loss is not finite stops the run before it is kept, so no save writes one: an edited
+    state.json's had been taken, and the manifest's final_loss written as NaN, which strict JSON readers refuse."""
+    engine.train(make_method(), toy_data(), config(), tmp_path, accelerator)
+    state_file = engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps(state | {"recent_losses": [0.5, "X"]}).replace('"X"', written))
+    with pytest.raises(UserError, match=r"cannot be read \(damaged or cut short: its recent_losses in state\.json "
+                                        r"is of another kind\)"):
         engine.train(scrambled_method(), toy_data(), config(), tmp_path, accelerator, resume=True)
+
+
+def test_a_checkpoint_s_recent_losses_past_ten_count_their_last_ten(tmp_path, accelerator):
+    """An edited list of more than ten losses: the loss is of the last ten, as the engine keeps them."""
+    finished = engine.train(make_method(), toy_data(), config(), tmp_path, accelerator)
+    state_file = engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps(state | {"recent_losses": [100.0, 100.0] + state["recent_losses"]}))
+    result = engine.train(scrambled_method(), toy_data(), config(), tmp_path, accelerator, resume=True)
+    assert result.losses == [] and result.recent_losses == finished.losses[-10:] and result.loss == finished.loss
+    assert result.earlier_losses == finished.losses[-10:]  # up to ten, as documented
 
 
 def test_resume_refuses_other_settings(tmp_path, accelerator):
@@ -278,9 +303,11 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, accelerator):
     whole = make_method()
     uninterrupted = engine.train(whole, toy_data(), config(), tmp_path / "whole", accelerator)
     resumed = scrambled_method()
-    engine.train(resumed, toy_data(), config(checkpoint_every=0), tmp_path, accelerator, resume=True)
+    result = engine.train(resumed, toy_data(), config(checkpoint_every=0), tmp_path, accelerator, resume=True)
     assert all(torch.equal(whole.state_dict()[k], v) for k, v in resumed.state_dict().items())
     assert not killed_save.exists()  # the resume removed it: it had stayed until the run was saved
+    # the stop's checkpoint kept steps 1-4: the loss is of steps 3-12, as the uninterrupted run's
+    assert result.recent_losses == uninterrupted.losses[-10:] and result.loss == uninterrupted.loss
 
 
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
@@ -787,6 +814,7 @@ def test_a_damaged_checkpoint_says_to_delete_it_and_resume_from_the_one_before(t
     assert result.start_step == 8
     for key, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+    assert result.losses == uninterrupted.losses[8:] and result.loss == uninterrupted.loss  # steps 3-8 kept at 8
 
 
 def _state_without(key):
@@ -995,7 +1023,8 @@ def test_a_checkpoint_saves_the_loss_scaler_and_resuming_restores_it(tmp_path):
     folder = engine.save_checkpoint(tmp_path, 3, method, optimizer, saver, {"run": "a"}, 0.5)
     assert json.loads((folder / engine.STATE_FILE).read_text())["scaler"] == scaled
     restorer = SimpleNamespace(scaler=Scaler({}), device=torch.device("cpu"))
-    assert engine._restore(folder, _Recorder(), optimizer, restorer, {"run": "a"}, TrainConfig(steps=4)) == (3, 0.5, [0.5])
+    restored = engine._restore(folder, _Recorder(), optimizer, restorer, {"run": "a"}, TrainConfig(steps=4))
+    assert restored == (3, 0.5, [0.5])
     assert restorer.scaler.loaded == [scaled]
 
 

@@ -533,7 +533,9 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
     if bad := next((key for key, kind in kinds.items() if not isinstance(state.get(key, ...), kind)), None):
         raise _unreadable(folder, f"its {bad} in {STATE_FILE} is missing or of another kind")
     recent = state.setdefault("recent_losses", [])  # none before the 51st session
-    if not isinstance(recent, list) or not all(isinstance(x, int | float) for x in recent):
+    # a save writes finite numbers only (a step whose loss is not finite stops the run): true, NaN or Infinity
+    # had been taken from an edited state.json, a NaN written on as the manifest's final_loss
+    if not isinstance(recent, list) or not all(_finite_number(x) for x in recent):
         raise _unreadable(folder, f"its recent_losses in {STATE_FILE} is of another kind")
     if f"step-{state['step']:07d}" != folder.name:
         raise _unreadable(folder, f"{STATE_FILE} says step {state['step']}")
@@ -544,6 +546,11 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
         raise UserError(f"checkpoint {folder} holds NaN or infinite values ({bad}; damaged, or saved as the training "
                         "diverged): delete it and rerun")
     return state, trainable, extra
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number that is no true/false (Python's bool is an int) and is finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _unreadable(folder: Path, what: str) -> UserError:
