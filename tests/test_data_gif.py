@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 from media import crafted_gif, gif_frame, gif_screen
-from PIL import Image
+import PIL
+from PIL import Image, UnidentifiedImageError
 
 from vidbooth.data import images, video
 from vidbooth.data.gif import frame_edges, grown_screen
@@ -239,8 +240,11 @@ EXTENSIONS_ENDED_EARLY = {  # each before the first frame: Pillow reads NETSCAPE
 @pytest.mark.parametrize("extension", EXTENSIONS_ENDED_EARLY.values(), ids=EXTENSIONS_ENDED_EARLY)
 def test_an_extension_pillow_reads_on_past_an_empty_sub_block_is_walked_as_pillow_walks_it(extension):
     data = gif_screen((16, 16)) + _behind(extension, gif_frame(0, 0, 20, 12, 0)) + gif_frame(0, 0, 16, 16, 0) + b";"
-    assert _pillows_frame_edges(data) == [(20, 12), (16, 16)]
     assert list(frame_edges(data)) == [(20, 12), (16, 16)]
+    try:
+        assert _pillows_frame_edges(data) == [(20, 12), (16, 16)]
+    except UnidentifiedImageError:  # Pillow 10.0 (our floor) cannot open such a GIF at all: nothing goes through
+        assert int(PIL.__version__.split(".")[0]) < 13, PIL.__version__
 
 
 @pytest.mark.parametrize("extension", EXTENSIONS_ENDED_EARLY.values(), ids=EXTENSIONS_ENDED_EARLY)
