@@ -122,8 +122,8 @@ def video_file_problem(path: str | Path) -> str | None:
         return f"{path} is cut short ({cut_short}): re-export or re-download it"
     animated = _is_animated(path) if image in ANIMATION_KINDS else False
     if animated is None:  # had been told as a still image, one frame
-        return f"cannot read video {path}: it is a corrupt {image} file (Pillow cannot open it); re-export or " \
-               "re-download it"
+        return (f"cannot read video {path}: it is a corrupt {image} file (Pillow cannot open it); re-export or "
+                "re-download it")
     if animated:  # web pages' animations: an APNG, an animated WebP
         return None
     if image and path.suffix.lower() in ANIMATION_EXTENSIONS:
