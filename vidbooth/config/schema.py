@@ -190,13 +190,12 @@ class GenerateConfig:
         checks.no_empty_entries("subjects", self.subjects, "name", "a learned subject's name", "subjects (--subject) "
                                 "holds an empty name (an unset shell variable?): give a learned subject's name")
         word = self.image_prompt_word
-        one_word = f"must be one word, the prompt's word that the image prompt replaces, got '{word}' (leave it out " \
-                   "for the model's own)"
+        one_word = (f"image_prompt_word (--image-prompt-word) must be one word, the prompt's word that the image "
+                    f"prompt replaces, got '{word}' (leave it out for the model's own)")
         checks.not_empty("image_prompt_word", word, "--image-prompt-word", "one word, the prompt's word that the "
-                         "image prompt replaces", f"image_prompt_word (--image-prompt-word) {one_word}")
+                         "image prompt replaces", one_word)
         if word is not None and len(word.split()) != 1:
-            raise UserError(f"image_prompt_word (--image-prompt-word) must be one word, the prompt's word that the "
-                            f"image prompt replaces, got '{word}' (leave it out for the model's own)")
+            raise UserError(one_word)
         if self.out.lower().endswith(".gif") and self.sampling.fps > GIF_MAX_FPS:
             raise UserError(
                 f"sampling.fps (--fps) {self.sampling.fps} is more than a GIF can show ({GIF_MAX_FPS}: its frame "
