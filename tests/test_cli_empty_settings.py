@@ -93,6 +93,12 @@ def _refused(argv, tmp_path, isolated_home, monkeypatch, capsys) -> str:
     # had been taken as auto, read as the current folder, or refused as --out's once torch had loaded
     ("generate", "prompt: a dog\nruntime: {device: ''}\n", [],
      "recipe {recipe}: runtime.device is empty: give auto, cpu, cuda or cuda:N, or leave the setting out"),
+    # a section given whole by a --set: the key in it that is empty named too
+    ("generate", "prompt: a dog\n", ["--set", "runtime={device: ''}"],
+     "--set runtime={{device: ''}}: runtime.device is empty: give auto, cpu, cuda or cuda:N, or leave the setting out"),
+    ("train-subject", "name: S\nphotos: [dog]\nclass_noun: ball\n", ["--set", 'identity={layers: ["*", ""]}'],
+     '--set identity={{layers: ["*", ""]}}: identity.layers holds an empty pattern: write a layer pattern there or '
+     "remove it"),
     ("train-motion", "name: M\nclips: [a.mp4]\n", ["--set", "runtime.precision="],
      "--set runtime.precision= is empty: give auto, fp32, fp16 or bf16, or leave the setting out"),
     ("demo", "runtime: {attention: ''}\n", [],
@@ -116,8 +122,9 @@ def _refused(argv, tmp_path, isolated_home, monkeypatch, capsys) -> str:
         "generate-recipe-word", "image-prompt-recipe-folder", "image-prompt-set-word", "pretrain-recipe-out",
         "demo-set-base", "demo-recipe-out", "subject-recipe-name", "identity-set-name", "subject-recipe-class-noun",
         "motion-set-name", "subject-recipe-stage", "generate-recipe-scheduler", "generate-recipe-device",
-        "motion-set-precision", "demo-recipe-attention", "evaluate-recipe-clip-model", "evaluate-set-dino-model",
-        "evaluate-recipe-device", "pretrain-recipe-tokenizer", "generate-set-out", "image-prompt-recipe-out"])
+        "generate-set-section-device", "subject-set-section-layer", "motion-set-precision", "demo-recipe-attention",
+        "evaluate-recipe-clip-model", "evaluate-set-dino-model", "evaluate-recipe-device", "pretrain-recipe-tokenizer",
+        "generate-set-out", "image-prompt-recipe-out"])
 def test_an_empty_value_of_a_recipe_or_a_set_is_told_as_theirs(command, recipe_text, sets, message, tmp_path,
                                                                isolated_home, monkeypatch, capsys):
     """Each had named a flag never typed with "(an unset shell variable?)", named no source at all, or been taken
