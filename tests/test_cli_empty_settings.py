@@ -227,3 +227,24 @@ def test_a_name_of_spaces_is_told_by_the_library_s_name_rules_not_as_empty(tmp_p
     """Only a name that is empty is an EmptySetting: one of spaces is a name the library refuses for its space."""
     said = _refused(["identity-adapter", "--set", "name= "], tmp_path, isolated_home, monkeypatch, capsys)
     assert said.startswith("invalid subject name ' ': ' ' (space) is not allowed; use 1-64 letters"), said
+
+
+@pytest.mark.parametrize("command, recipe_text, sets, message", [
+    ("train-subject", "name: S\nclass_noun: ball\nphotos: [~]\n", [],
+     "recipe {recipe}: photos holds a null item (photos[0]): write its value there or remove it"),
+    ("train-subject", "name: S\nclass_noun: ball\n", ["--set", "photos=[null]"],
+     "--set photos=[null]: photos holds a null item (photos[0]): write its value there or remove it"),
+    ("evaluate", "videos: [a.mp4]\nmetrics: [clip_t, null]\n", [],
+     "recipe {recipe}: metrics holds a null item (metrics[1]): write its value there or remove it"),
+    ("train-subject", "name: S\nphotos: [dog]\nclass_noun: ball\n", ["--set", "identity={layers: [~]}"],
+     "--set identity={{layers: [~]}}: identity.layers holds a null item (identity.layers[0]): write its value there "
+     "or remove it"),
+], ids=["subject-recipe-photo", "subject-set-photo", "evaluate-recipe-metric", "subject-set-section-layer"])
+def test_a_null_item_of_a_list_setting_is_told_as_one(command, recipe_text, sets, message, tmp_path, isolated_home,
+                                                      monkeypatch, capsys):
+    """A null item (`photos: [~]`) had been told as "config key 'photos[0]' takes settings, written {key: value,
+    ...}, got 'None'": a list of texts, not a section."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe_text)
+    said = _refused([command, "--recipe", str(recipe), *sets], tmp_path, isolated_home, monkeypatch, capsys)
+    assert said == message.format(recipe=recipe)
