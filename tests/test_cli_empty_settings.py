@@ -93,6 +93,12 @@ def _refused(argv, tmp_path, isolated_home, monkeypatch, capsys) -> str:
     # had been taken as auto, read as the current folder, or refused as --out's once torch had loaded
     ("generate", "prompt: a dog\nruntime: {device: ''}\n", [],
      "recipe {recipe}: runtime.device is empty: give auto, cpu, cuda or cuda:N, or leave the setting out"),
+    # a section given whole by a --set: the key in it that is empty named too
+    ("generate", "prompt: a dog\n", ["--set", "runtime={device: ''}"],
+     "--set runtime={{device: ''}}: runtime.device is empty: give auto, cpu, cuda or cuda:N, or leave the setting out"),
+    ("train-subject", "name: S\nphotos: [dog]\nclass_noun: ball\n", ["--set", 'identity={layers: ["*", ""]}'],
+     '--set identity={{layers: ["*", ""]}}: identity.layers holds an empty pattern: write a layer pattern there or '
+     "remove it"),
     ("train-motion", "name: M\nclips: [a.mp4]\n", ["--set", "runtime.precision="],
      "--set runtime.precision= is empty: give auto, fp32, fp16 or bf16, or leave the setting out"),
     ("demo", "runtime: {attention: ''}\n", [],
@@ -116,8 +122,9 @@ def _refused(argv, tmp_path, isolated_home, monkeypatch, capsys) -> str:
         "generate-recipe-word", "image-prompt-recipe-folder", "image-prompt-set-word", "pretrain-recipe-out",
         "demo-set-base", "demo-recipe-out", "subject-recipe-name", "identity-set-name", "subject-recipe-class-noun",
         "motion-set-name", "subject-recipe-stage", "generate-recipe-scheduler", "generate-recipe-device",
-        "motion-set-precision", "demo-recipe-attention", "evaluate-recipe-clip-model", "evaluate-set-dino-model",
-        "evaluate-recipe-device", "pretrain-recipe-tokenizer", "generate-set-out", "image-prompt-recipe-out"])
+        "generate-set-section-device", "subject-set-section-layer", "motion-set-precision", "demo-recipe-attention",
+        "evaluate-recipe-clip-model", "evaluate-set-dino-model", "evaluate-recipe-device", "pretrain-recipe-tokenizer",
+        "generate-set-out", "image-prompt-recipe-out"])
 def test_an_empty_value_of_a_recipe_or_a_set_is_told_as_theirs(command, recipe_text, sets, message, tmp_path,
                                                                isolated_home, monkeypatch, capsys):
     """Each had named a flag never typed with "(an unset shell variable?)", named no source at all, or been taken
@@ -220,3 +227,24 @@ def test_a_name_of_spaces_is_told_by_the_library_s_name_rules_not_as_empty(tmp_p
     """Only a name that is empty is an EmptySetting: one of spaces is a name the library refuses for its space."""
     said = _refused(["identity-adapter", "--set", "name= "], tmp_path, isolated_home, monkeypatch, capsys)
     assert said.startswith("invalid subject name ' ': ' ' (space) is not allowed; use 1-64 letters"), said
+
+
+@pytest.mark.parametrize("command, recipe_text, sets, message", [
+    ("train-subject", "name: S\nclass_noun: ball\nphotos: [~]\n", [],
+     "recipe {recipe}: photos holds a null item (photos[0]): write its value there or remove it"),
+    ("train-subject", "name: S\nclass_noun: ball\n", ["--set", "photos=[null]"],
+     "--set photos=[null]: photos holds a null item (photos[0]): write its value there or remove it"),
+    ("evaluate", "videos: [a.mp4]\nmetrics: [clip_t, null]\n", [],
+     "recipe {recipe}: metrics holds a null item (metrics[1]): write its value there or remove it"),
+    ("train-subject", "name: S\nphotos: [dog]\nclass_noun: ball\n", ["--set", "identity={layers: [~]}"],
+     "--set identity={{layers: [~]}}: identity.layers holds a null item (identity.layers[0]): write its value there "
+     "or remove it"),
+], ids=["subject-recipe-photo", "subject-set-photo", "evaluate-recipe-metric", "subject-set-section-layer"])
+def test_a_null_item_of_a_list_setting_is_told_as_one(command, recipe_text, sets, message, tmp_path, isolated_home,
+                                                      monkeypatch, capsys):
+    """A null item (`photos: [~]`) had been told as "config key 'photos[0]' takes settings, written {key: value,
+    ...}, got 'None'": a list of texts, not a section."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe_text)
+    said = _refused([command, "--recipe", str(recipe), *sets], tmp_path, isolated_home, monkeypatch, capsys)
+    assert said == message.format(recipe=recipe)

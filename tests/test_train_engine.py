@@ -177,6 +177,18 @@ def test_a_recent_loss_that_is_not_finite_is_refused_as_unreadable(tmp_path, acc
         engine.train(scrambled_method(), toy_data(), config(), tmp_path, accelerator, resume=True)
 
 
+@pytest.mark.parametrize("written", ["NaN", "Infinity", "-Infinity", "true"])
+def test_a_checkpoint_s_loss_that_is_not_a_finite_number_is_refused_as_unreadable(tmp_path, accelerator, written):
+    """As a recent loss: no save writes one (true is an int to Python), and an edited state.json's had been taken."""
+    engine.train(make_method(), toy_data(), config(), tmp_path, accelerator)
+    state_file = engine.list_checkpoints(tmp_path)[-1] / engine.STATE_FILE
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps(state | {"loss": "X"}).replace('"X"', written))
+    with pytest.raises(UserError, match=r"cannot be read \(damaged or cut short: its loss in state\.json is missing "
+                                        r"or of another kind\)"):
+        engine.train(scrambled_method(), toy_data(), config(), tmp_path, accelerator, resume=True)
+
+
 def test_a_checkpoint_s_recent_losses_past_ten_count_their_last_ten(tmp_path, accelerator):
     """An edited list of more than ten losses: the loss is of the last ten, as the engine keeps them."""
     finished = engine.train(make_method(), toy_data(), config(), tmp_path, accelerator)

@@ -89,6 +89,8 @@ class EmptySetting(UserError):
         if kind not in ("set", "recipe"):
             return str(self)
         given = where[1] if kind == "set" else f"recipe {recipe}: {self.key}"
+        if kind == "set" and where[1].removeprefix("--set ").partition("=")[0].strip() != self.key:
+            given += f": {self.key}"  # a section given whole (`--set runtime={device: ''}`): the key named too
         if self.entry:
             instead = f", or give {self.argument} on the command line" if self.argument else ""
             return f"{given} holds an empty {self.entry}: write {self.what} there or remove it{instead}"

@@ -121,6 +121,9 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
         return f"config key '{key}' takes {kind}, got null (none): give a value"
     if key and "is not a ListConfig, TupleConfig, list, or tuple" in msg:
         return f"config key '{key}' takes a list, written [a, b] (one item: [a]), got '{getattr(exc, 'value', '')}'"
+    null_item = r"Invalid type assigned: NoneType is not a subclass of \w+\. value: None$"
+    if key and key.endswith("]") and re.match(null_item, msg):  # `photos: [~]`: had been told as 'takes settings'
+        return f"{key.rpartition('[')[0]} holds a null item ({key}): write its value there or remove it"
     if key and (not_settings := re.match(r"Invalid type assigned: \w+ is not a subclass of \w+\. value: (.*)$", msg)):
         return f"config key '{key}' takes settings, written {{key: value, ...}}, got '{not_settings[1]}'"
     if isinstance(exc, InterpolationResolutionError):  # only a recipe's texts are read as OmegaConf's

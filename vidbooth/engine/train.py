@@ -532,6 +532,8 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
     kinds = {"step": int, "loss": int | float, "signature": dict, "param_groups": list, "scaler": dict | None}
     if bad := next((key for key, kind in kinds.items() if not isinstance(state.get(key, ...), kind)), None):
         raise _unreadable(folder, f"its {bad} in {STATE_FILE} is missing or of another kind")
+    if not _finite_number(state["loss"]):  # true, NaN or Infinity, as of recent_losses below: no save writes one
+        raise _unreadable(folder, f"its loss in {STATE_FILE} is missing or of another kind")
     recent = state.setdefault("recent_losses", [])  # none before the 51st session
     # a save writes finite numbers only (a step whose loss is not finite stops the run): true, NaN or Infinity
     # had been taken from an edited state.json, a NaN written on as the manifest's final_loss
