@@ -10,6 +10,7 @@ reads each chunk's length and kind, and the header, animation control and frame 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,16 +46,35 @@ def png_sizes(path: Path) -> PngSizes | None:
         return None
 
 
-def _walk(file, size: int) -> PngSizes | None:
-    at, canvas, largest = 8, None, (0, 0)
-    frames = None  # the count an animation control chunk gives before the image data: None in a still PNG
-    imaged = still = controlled = False  # image data seen; in IDAT before any frame control chunk; such a chunk seen
+def reaches_its_end(path: Path) -> bool:
+    """Whether the PNG's chunks, walked by their lengths from its signature, fit in the file up to its end chunk
+    (IEND). One cut short ends inside a chunk or before IEND: Pillow fails part-way through a frame."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        return any(at + 12 + length <= size for at, length, kind in _chunks(file, size) if kind == b"IEND")
+
+
+def _chunks(file, size: int) -> Iterator[tuple[int, int, bytes]]:
+    """Each chunk's place, data length and kind, from the signature on, with the file just past its length and kind
+    (to read its data from); up to IEND, or to where the file ends."""
+    at = len(PNG_SIGNATURE)
     while at + 8 <= size:
         file.seek(at)
         head = file.read(8)
         if len(head) < 8:  # cut short since its size was read: not walked on to that size, 12 bytes a step
-            break
+            return
         length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+        yield at, length, kind
+        if kind == b"IEND":
+            return
+        at += 12 + length  # length, kind, data, checksum
+
+
+def _walk(file, size: int) -> PngSizes | None:
+    canvas, largest = None, (0, 0)
+    frames = None  # the count an animation control chunk gives before the image data: None in a still PNG
+    imaged = still = controlled = False  # image data seen; in IDAT before any frame control chunk; such a chunk seen
+    for _, length, kind in _chunks(file, size):
         if kind == b"IHDR" and length >= 8:
             header = file.read(8)
             if len(header) < 8:
@@ -73,9 +93,6 @@ def _walk(file, size: int) -> PngSizes | None:
                 break
             still = still or not imaged and kind == b"IDAT" and not controlled
             imaged = True
-        elif kind == b"IEND":
-            break
-        at += 12 + length  # length, kind, data, checksum
     if canvas is None:
         return None
     return PngSizes(canvas, largest, frames is not None and frames + still > 1)

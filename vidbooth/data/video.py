@@ -27,7 +27,7 @@ from PIL import Image
 from vidbooth import reporting
 from vidbooth.data.gif import GrownScreen, grown_screen
 from vidbooth.data.images import MAX_PHOTO_PIXELS, open_image, pillow_limits_lifted, to_rgb
-from vidbooth.data.png import png_sizes
+from vidbooth.data.png import png_sizes, reaches_its_end
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault
 from vidbooth.fileio import write_together
 
@@ -142,7 +142,7 @@ def _cut_short_reason(path: Path, image: str | None) -> str | None:
     if image == "WebP":
         stored, size = _riff_size(path), path.stat().st_size
         return f"{size:,} of the {stored:,} bytes its header gives" if stored > size else None
-    if image == "PNG" and not _png_reaches_its_end(path):
+    if image == "PNG" and not reaches_its_end(path):
         return "it lacks the end marker of a whole PNG"
     return None
 
@@ -151,20 +151,6 @@ def _riff_size(path: Path) -> int:
     """The size a RIFF file (a WebP) says it has: its 8-byte header and the length that header stores."""
     with open(path, "rb") as file:
         return 8 + int.from_bytes(file.read(8)[4:8], "little")
-
-
-def _png_reaches_its_end(png: Path) -> bool:
-    """Whether a PNG's chunks, walked by their lengths from its signature, fit in the file up to its end chunk
-    (IEND). One cut short ends inside a chunk or before IEND: Pillow fails part-way through a frame."""
-    size, at = png.stat().st_size, 8
-    with open(png, "rb") as file:
-        while at + 8 <= size:
-            file.seek(at)
-            header = file.read(8)
-            at += 12 + int.from_bytes(header[:4], "big")  # length, kind, data, checksum
-            if header[4:8] == b"IEND":
-                return at <= size
-    return False
 
 
 def _is_animated(path: Path) -> bool | None:
