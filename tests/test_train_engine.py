@@ -881,6 +881,20 @@ def test_a_checkpoint_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
         engine.train(scrambled_method(), toy_data(), config(steps=4), tmp_path, accelerator, resume=True)
 
 
+def test_a_checkpoint_whose_step_is_true_is_refused_not_resumed_as_step_one(tmp_path, accelerator):
+    """JSON's true is Python's 1 (bool is an int): in a folder named step-0000001 it had passed both the step's kind
+    check and its folder's, as no save writes it (its loss of true is refused the same way)."""
+    engine.train(make_method(), toy_data(), config(steps=1, checkpoint_every=1), tmp_path, accelerator)
+    last = engine.list_checkpoints(tmp_path)[-1]
+    assert last.name == "step-0000001"
+    state_file = last / engine.STATE_FILE
+    state_file.write_text(json.dumps(json.loads(state_file.read_text()) | {"step": True}))
+    with pytest.raises(UserError, match=rf"^checkpoint {last} cannot be read \(damaged or cut short: its step in "
+                                        r"state\.json is missing or of another kind\)"):
+        engine.train(scrambled_method(), toy_data(), config(steps=1, checkpoint_every=1), tmp_path, accelerator,
+                     resume=True)
+
+
 def test_a_checkpoint_of_another_format_is_refused_with_the_way_to_start_over(tmp_path, accelerator):
     """One written by a vidbooth whose checkpoints hold other things: not read as this one's."""
     engine.train(make_method(), toy_data(), config(steps=4), tmp_path, accelerator)

@@ -530,7 +530,8 @@ def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[
         raise UserError(f"checkpoint {folder} has format {state.get('format')}: rerun with --overwrite to start over")
     # each of its parts as a save writes it: an edited or damaged state.json had resumed at another step, or failed
     kinds = {"step": int, "loss": int | float, "signature": dict, "param_groups": list, "scaler": dict | None}
-    if bad := next((key for key, kind in kinds.items() if not isinstance(state.get(key, ...), kind)), None):
+    if bad := next((key for key, kind in kinds.items()  # true is an int to Python: no save writes it as a step
+                    if not isinstance(state.get(key, ...), kind) or isinstance(state.get(key), bool)), None):
         raise _unreadable(folder, f"its {bad} in {STATE_FILE} is missing or of another kind")
     if not _finite_number(state["loss"]):  # true, NaN or Infinity, as of recent_losses below: no save writes one
         raise _unreadable(folder, f"its loss in {STATE_FILE} is missing or of another kind")
