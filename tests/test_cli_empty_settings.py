@@ -229,6 +229,25 @@ def test_a_name_of_spaces_is_told_by_the_library_s_name_rules_not_as_empty(tmp_p
     assert said.startswith("invalid subject name ' ': ' ' (space) is not allowed; use 1-64 letters"), said
 
 
+@pytest.mark.parametrize("command, recipe_text, sets, told", [
+    ("train-subject", "name: S\nclass_noun: ball\nphotos:\n", [], "recipe {recipe}: config key 'photos'"),
+    ("train-subject", "name: S\nclass_noun: ball\n", ["--set", "photos=null"],
+     "--set photos=null: config key 'photos'"),
+    ("evaluate", "videos: ~\n", [], "recipe {recipe}: config key 'videos'"),
+    ("train-subject", "name: S\nphotos: [dog]\nclass_noun: ball\n", ["--set", "identity={layers: null}"],
+     "--set identity={{layers: null}}: config key 'identity.layers'"),
+], ids=["subject-recipe-photos", "subject-set-photos", "evaluate-recipe-videos", "subject-set-section-layers"])
+def test_a_list_setting_given_null_is_told_it_takes_a_list(command, recipe_text, sets, told, tmp_path, isolated_home,
+                                                           monkeypatch, capsys):
+    """`photos:` left empty in a recipe, or `--set photos=null`, had been told in OmegaConf's words: "config key
+    'photos': field 'photos' is not Optional"."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe_text)
+    said = _refused([command, "--recipe", str(recipe), *sets], tmp_path, isolated_home, monkeypatch, capsys)
+    assert said == told.format(recipe=recipe) + (" takes a list, written [a, b] (one item: [a]), got null (none): give "
+                                                 "one, or leave the setting out")
+
+
 @pytest.mark.parametrize("command, recipe_text, sets, message", [
     ("train-subject", "name: S\nclass_noun: ball\nphotos: [~]\n", [],
      "recipe {recipe}: photos holds a null item (photos[0]): write its value there or remove it"),

@@ -121,6 +121,10 @@ def _describe(exc: OmegaConfBaseException, schema: type | None = None) -> str:
         return f"config key '{key}' takes {kind}, got null (none): give a value"
     if key and "is not a ListConfig, TupleConfig, list, or tuple" in msg:
         return f"config key '{key}' takes a list, written [a, b] (one item: [a]), got '{getattr(exc, 'value', '')}'"
+    if (key and re.fullmatch(r"field '.*' is not Optional", msg) and schema is not None  # `photos: ~`, `=null`
+            and OmegaConf.is_list(OmegaConf.select(OmegaConf.structured(schema), key))):  # had been OmegaConf's words
+        return (f"config key '{key}' takes a list, written [a, b] (one item: [a]), got null (none): give one, or "
+                "leave the setting out")
     null_item = r"Invalid type assigned: NoneType is not a subclass of \w+\. value: None$"
     if key and key.endswith("]") and re.match(null_item, msg):  # `photos: [~]`: had been told as 'takes settings'
         return f"{key.rpartition('[')[0]} holds a null item ({key}): write its value there or remove it"
