@@ -233,7 +233,8 @@ def test_a_run_folder_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
                     # the seeds, the UNet's shape or a probe's step missing had been a KeyError or AttributeError
                     {k: v for k, v in state.items() if k != "seed"}, state | {"split_seed": "0"},
                     state | {arch: {}}, state | {arch: state[arch] | {"unet": [16, 16]}},
-                    state | {"curve": [{"loss": 1.0}]}, None):
+                    state | {"curve": [{"loss": 1.0}]}, state | {"seed": True}, state | {"split_seed": False},
+                    state | {"curve": [{"unet_step": True}]}, None):
         state_file.write_text("[" * 100_000 + "]" * 100_000 if damaged is None else json.dumps(damaged))
         with pytest.raises(UserError, match=r"state.json is (damaged .*|not valid JSON): delete the run folder and "
                                             r"rerun$"):

@@ -117,15 +117,18 @@ def read_state(run_dir: Path, stages: tuple[str, ...] = ()) -> dict | None:
 
 def _state_shape(state: object) -> bool:
     """Whether a run's state holds what a save writes (an edited or damaged one had been a traceback)."""
+    def whole(value: object) -> bool:  # JSON's true is Python's 1: no save writes it
+        return isinstance(value, int) and not isinstance(value, bool)
+
     def numbers(value: object, kind: type | tuple) -> bool:
         return isinstance(value, dict) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value.values())
 
     def probe(row: object) -> bool:
-        return isinstance(row, dict) and isinstance(row.get("unet_step"), int)
+        return isinstance(row, dict) and whole(row.get("unet_step"))
 
     arch = state.get("arch", state.get("architecture")) if isinstance(state, dict) else None
     return (isinstance(arch, dict) and isinstance(arch.get("unet"), dict)
-            and all(isinstance(state.get(key), int) for key in ("seed", "split_seed"))
+            and all(whole(state.get(key)) for key in ("seed", "split_seed"))
             and numbers(state.get("steps"), int) and numbers(state.get("seconds"), (int, float))
             and isinstance(state.get("curve"), list) and all(probe(row) for row in state["curve"])
             and isinstance(state.get("vae_scaling_factor", 1.0), int | float)
