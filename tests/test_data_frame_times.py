@@ -10,10 +10,11 @@ import io
 import numpy as np
 import pytest
 from media import crafted_apng, crafted_gif, gif_frame, gif_screen
-from PIL import GifImagePlugin, Image, ImageFile, PngImagePlugin, WebPImagePlugin
+from PIL import Image, WebPImagePlugin
 
 from vidbooth.data import video
 from vidbooth.data.images import pillow_limits_lifted, to_rgb
+from vidbooth.errors import UserError
 
 
 def _pillows_frame_times(path) -> tuple[int, ...]:
@@ -140,11 +141,20 @@ def _with_anmf_times(data: bytes, times: list[int]) -> bytes:
     return bytes(data)
 
 
+def _with_odd_chunk(data: bytes) -> bytes:
+    """The WebP `data` with a chunk of a kind libwebp keeps unread and an odd length (padded to an even one) before
+    its first frame."""
+    at = data.index(b"ANMF")
+    data = data[:at] + b"ODDS" + (5).to_bytes(4, "little") + b"12345\0" + data[at:]
+    return data[:4] + (len(data) - 8).to_bytes(4, "little") + data[8:]
+
+
 WEBPS = {
     "lossless, held frames": lambda: _pillow_webp([40, 80, 120, 40, 60, 130, 20, 90]),
     "lossy with alpha": lambda: _pillow_webp([30, 30, 20, 50, 70, 40], lossless=False),
     "times of 0, 1, 10, 11 and 300 ms": lambda: _with_anmf_times(_pillow_webp([100] * 10, held=False),
                                                                  [0, 1, 10, 11, 300, 0, 5, 12, 13, 10]),
+    "a chunk of odd length": lambda: _with_odd_chunk(_pillow_webp([40, 80, 120, 40])),
 }
 
 
@@ -172,6 +182,42 @@ def test_a_webps_longest_frame_time_is_read_as_pillow_gives_it(tmp_path, monkeyp
     assert decoded == []
     monkeypatch.undo()
     assert _pillows_frame_times(path) == (2**24 - 1, 40, 2**23)
+
+
+def _damaged_last_frame(path):
+    """A GIF or WebP at `path` whose last frame cannot be decoded, though its structure and times can be read."""
+    if path.suffix == ".gif":
+        data = _pillow_gif(path, [40] * 6).read_bytes()
+        return path.write_bytes(data[:-4])  # cut in its last frame's pixel data
+    data = bytearray(_pillow_webp([40] * 6, held=False))
+    at = data.rindex(b"VP8L")
+    length = int.from_bytes(data[at + 4 : at + 8], "little")
+    data[at + 13 : at + 8 + length] = b"\xff" * (length - 5)  # its header kept, its pixels not
+    return path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+def test_a_frame_that_cannot_be_decoded_refuses_the_clip_however_few_frames_are_read(suffix, tmp_path):
+    """Every frame was decoded before the first was given, for its time: a damaged one refused the file even to a
+    caller that wanted only the first frames (`load_clip_for_sampling`). It still does, as it is stopped."""
+    path = tmp_path / f"clip{suffix}"
+    _damaged_last_frame(path)
+    assert len(video._frame_durations(path)) == 6
+    for max_frames in (None, 2):
+        with pytest.raises(UserError, match="it is corrupt, truncated or in an unsupported codec"):
+            video.read_video(path, max_frames=max_frames)
+
+
+@pytest.mark.parametrize("extra", [1, -1], ids=["one more", "one fewer"])
+def test_stored_times_that_do_not_match_pillows_frames_are_not_used(extra, tmp_path, monkeypatch):
+    """A GIF that Pillow reads otherwise than its walk (damaged): its frames' times are taken as Pillow gives them,
+    decoding each frame, so that they are the ones its frames are shown with."""
+    path = _pillow_gif(tmp_path / "clip.gif", [40, 80, 120, 60])
+    walked = video.gif_frame_delays(path)
+    monkeypatch.setattr(video, "gif_frame_delays", lambda path: [1000] * (len(walked) + extra))
+    decoded = _count_decodes(monkeypatch)
+    assert video._frame_durations(path) == _pillows_frame_times(path) == (40, 80, 120, 60)
+    assert decoded[:4] == ["gif"] * 4
 
 
 def _pillow_apng(durations: list[float], default_image: bool = False, disposal: int = 0) -> bytes:

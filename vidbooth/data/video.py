@@ -349,15 +349,25 @@ def _frame_time(durations: tuple[int, ...]) -> float:
 def _read_animation(path: Path) -> Generator[np.ndarray, None, None]:
     """Frames composited on the animation's screen, cropped to its size as browsers do: Pillow, like them, enlarges
     a GIF's screen to a first frame larger than it, but it also grows it for a later frame that is larger, which
-    browsers clip (and the frames would then differ in size)."""
+    browsers clip (and the frames would then differ in size).
+
+    Stopped early (a caller that wants the first frames only), it decodes the rest before it ends: a frame that
+    cannot be decoded refuses the file however few frames are taken, as when every frame's time was learnt by
+    decoding it (a GIF's and a WebP's now are not, `_stored_durations`)."""
     repeats_of = _frame_repeats(_frame_durations(path))
     with _open_animation(path) as im:
         width, height = im.size  # after the first frame
-        for i, repeats in zip(_animation_frames(im), repeats_of, strict=True):
-            _decode_frame(path, im, i)
-            frame = np.asarray(to_rgb(im))[:height, :width]  # transparency on white, as photos
-            for _ in range(repeats):
-                yield frame
+        frames = zip(_animation_frames(im), repeats_of, strict=True)
+        try:
+            for i, repeats in frames:
+                _decode_frame(path, im, i)
+                frame = np.asarray(to_rgb(im))[:height, :width]  # transparency on white, as photos
+                for _ in range(repeats):
+                    yield frame
+        except GeneratorExit:
+            for i, _ in frames:
+                _decode_frame(path, im, i)
+            raise
 
 
 MAX_PIXEL_STRETCH = 4
