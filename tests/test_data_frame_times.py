@@ -149,12 +149,19 @@ def _with_odd_chunk(data: bytes) -> bytes:
     return data[:4] + (len(data) - 8).to_bytes(4, "little") + data[8:]
 
 
+def _with_a_frame_past_its_end(data: bytes) -> bytes:
+    """The WebP `data` followed by a copy of its last frame, past the size its header gives (libwebp reads no
+    further)."""
+    return data + data[data.rindex(b"ANMF") :]
+
+
 WEBPS = {
     "lossless, held frames": lambda: _pillow_webp([40, 80, 120, 40, 60, 130, 20, 90]),
     "lossy with alpha": lambda: _pillow_webp([30, 30, 20, 50, 70, 40], lossless=False),
     "times of 0, 1, 10, 11 and 300 ms": lambda: _with_anmf_times(_pillow_webp([100] * 10, held=False),
                                                                  [0, 1, 10, 11, 300, 0, 5, 12, 13, 10]),
     "a chunk of odd length": lambda: _with_odd_chunk(_pillow_webp([40, 80, 120, 40])),
+    "a frame past its end": lambda: _with_a_frame_past_its_end(_pillow_webp([40, 80, 120, 40])),
 }
 
 
