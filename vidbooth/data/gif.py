@@ -3,7 +3,8 @@
 Pillow grows a GIF's screen to a frame that reaches past it and, for a frame to be cleared afterwards (disposal
 method 2 or 3), fills a buffer of the frame's stated size while seeking to it: a 16x16 GIF whose frame says
 20000x20000 took 1.5 GB before a check of the image's size could run. The walk below reads only the bytes that
-give the structure (headers, descriptors and the length of each data sub-block), not the pixel data.
+give the structure (headers, descriptors, graphic control extensions and the length of each data sub-block), not the
+pixel data: it gives the frames' times too, which Pillow gives only frame by frame, decoding each frame it passes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import NamedTuple, Protocol
 
 GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
 _EXTENSION, _IMAGE, _TRAILER = 0x21, 0x2C, 0x3B  # '!', ',' and ';': what starts each block
-_COMMENT, _APPLICATION = 0xFE, 0xFF  # extension labels that Pillow reads apart
+_GRAPHIC_CONTROL, _COMMENT, _APPLICATION = 0xF9, 0xFE, 0xFF  # extension labels that Pillow reads apart
 _LOOP_EXTENSION = b"NETSCAPE2.0"
 
 
@@ -57,6 +58,21 @@ def grown_screen(path: Path, max_pixels: int, frames: int | None = None) -> Grow
         return None
 
 
+def frame_delays(path: Path) -> list[int] | None:
+    """Each frame's time in ms as Pillow gives it on seeking to the frame (its info["duration"]: the delay of the
+    last graphic control extension before the frame's image, 0 where there is none), from the GIF's block structure:
+    Pillow decodes each frame it seeks past, and a clip's frame times are wanted before its first frame is read.
+    None when the file is no GIF or cannot be read, or is cut short while walked."""
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if file.read(6) not in GIF_SIGNATURES or size < 13:
+                return None
+            return [frame.delay for frame in _frames(_FileBytes(file, size))]
+    except (OSError, _CutSince):
+        return None
+
+
 class _CutSince(Exception):
     """The file ends before the size it had when the walk began (written anew meanwhile)."""
 
@@ -94,29 +110,53 @@ def _first_over(data: _Bytes, max_pixels: int, frames: int | None) -> GrownScree
 
 def frame_edges(data: _Bytes) -> Iterator[tuple[int, int]]:
     """Each frame's right and bottom edges (left + width, top + height) as its image descriptor states them, in
-    order, walking a GIF's blocks as Pillow does: a byte that starts no block is skipped, an extension is read as
-    Pillow reads it (`_past_extension`), the trailer (';') ends the walk, and so does the end of the data (a GIF cut
-    short), wherever it falls."""
+    order (`_frames`)."""
+    return ((frame.right, frame.bottom) for frame in _frames(data))
+
+
+class _Frame(NamedTuple):
+    right: int
+    bottom: int
+    delay: int
+    """In ms, as Pillow gives it (`frame_delays`)."""
+
+
+def _frames(data: _Bytes) -> Iterator[_Frame]:
+    """Each frame's edges and delay, in order, walking a GIF's blocks as Pillow does: a byte that starts no block is
+    skipped, an extension is read as Pillow reads it (`_past_extension`), the trailer (';') ends the walk, and so
+    does the end of the data (a GIF cut short), wherever it falls."""
     size = len(data)
     flags = data[10]
     at = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # header, logical screen, global colour table
     imaged = False  # an image descriptor seen: Pillow has read its first frame
+    delay = 0  # of the frame to come
     while at < size:
         kind = data[at]
         if kind == _TRAILER:
             return
         if kind == _EXTENSION:
+            delay = _control_delay(data, at, delay)
             at = _past_extension(data, at, loop_read=not imaged)
         elif kind == _IMAGE:
             imaged = True
             if at + 10 > size:  # the descriptor is cut: Pillow cannot read this frame
                 return
-            yield _u16(data, at + 1) + _u16(data, at + 5), _u16(data, at + 3) + _u16(data, at + 7)
+            yield _Frame(_u16(data, at + 1) + _u16(data, at + 5), _u16(data, at + 3) + _u16(data, at + 7), delay)
+            delay = 0
             image_flags = data[at + 9]
             at += 10 + (3 << ((image_flags & 7) + 1) if image_flags & 0x80 else 0)  # descriptor, local table
             at = _past_sub_blocks(data, at + 1)  # LZW minimum code size, then data sub-blocks
         else:
             at += 1
+
+
+def _control_delay(data: _Bytes, at: int, delay: int) -> int:
+    """The delay in ms that the extension at `at` gives the frame to come, if it is a graphic control extension,
+    else `delay`: its first sub-block holds flags, then the delay in hundredths of a second. Pillow passes over one
+    whose first sub-block is empty, and fails on one shorter than the delay (opening or counting the frames)."""
+    if at + 5 >= len(data) or data[at + 1] != _GRAPHIC_CONTROL or data[at + 2] < 3:
+        return delay
+    return _u16(data, at + 4) * 10
 
 
 def _past_extension(data: _Bytes, at: int, loop_read: bool) -> int:

@@ -26,8 +26,10 @@ from PIL import Image
 
 from vidbooth import reporting
 from vidbooth.data.gif import GrownScreen, grown_screen
+from vidbooth.data.gif import frame_delays as gif_frame_delays
 from vidbooth.data.images import MAX_PHOTO_PIXELS, open_image, pillow_limits_lifted, to_rgb
 from vidbooth.data.png import png_sizes, reaches_its_end
+from vidbooth.data.webp import frame_durations as webp_frame_durations
 from vidbooth.errors import CHECK_THE_PATH, UserError, not_the_inputs_fault
 from vidbooth.fileio import write_together
 
@@ -293,15 +295,37 @@ def _frame_durations(path: Path) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=16)
 def _frame_durations_cached(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
-    """Seeking decodes every frame (a WebP gives a frame's time once it is decoded), so fps, frame count and reading
-    one clip share one pass (keyed by the file's size and mtime, so a rewritten file is read again)."""
+    """fps, frame count and reading one clip need every frame's time before its first frame is read, so they share
+    one look at them (keyed by the file's size and mtime, so a rewritten file is read again): from the file's own
+    structure where it stores them as Pillow gives them (`_stored_durations`), else from Pillow, which gives a
+    frame's time on seeking to it and decodes each frame it seeks past (a WebP's, each frame it gives a time for).
+
+    Opened as for reading, so that the checks before a decode run as they do there, and Pillow's count of the frames
+    (which a GIF's is walked for, with no decoding) is the one the stored times must match."""
     with _open_animation(Path(path)) as im:
-        durations = []
-        for i in _animation_frames(im):
-            _decode_frame(Path(path), im, i)
-            stored = int(im.info.get("duration") or 0)  # an APNG's is a fraction of a second: in ms, a float
-            durations.append(stored if stored > 10 else DEFAULT_FRAME_MS)
-    return tuple(durations)
+        shown = _animation_frames(im)
+        stored = _stored_durations(Path(path))
+        if stored is not None and len(stored) == shown.stop:
+            durations = [stored[i] for i in shown]
+        else:  # an APNG, or a file whose structure Pillow reads otherwise (it says how, or fails on it, decoding)
+            durations = [_pillows_duration(Path(path), im, i) for i in shown]
+    return tuple(duration if duration > 10 else DEFAULT_FRAME_MS for duration in durations)
+
+
+def _stored_durations(path: Path) -> list[int] | None:
+    """Each frame's time in ms as Pillow would give it, read from a GIF's blocks or a WebP's chunks without decoding,
+    for every frame Pillow counts; None for an APNG, whose times Pillow gives as it walks its chunks on seeking,
+    a walk that passes over damage (a chunk it cannot read ends a frame's) and checks the frames' order and places
+    only then: its times are taken from Pillow, decoding, so that they and its errors stay as Pillow gives them."""
+    if _image_kind(path) == "WebP":
+        return webp_frame_durations(path)
+    return gif_frame_delays(path) if _is_gif(path) else None
+
+
+def _pillows_duration(path: Path, im: Image.Image, index: int) -> int:
+    """Frame `index`'s time in ms as Pillow gives it, decoding the frame."""
+    _decode_frame(path, im, index)
+    return int(im.info.get("duration") or 0)  # an APNG's is a fraction of a second: in ms, a float
 
 
 def _frame_repeats(durations: tuple[int, ...]) -> list[int]:
@@ -325,15 +349,25 @@ def _frame_time(durations: tuple[int, ...]) -> float:
 def _read_animation(path: Path) -> Generator[np.ndarray, None, None]:
     """Frames composited on the animation's screen, cropped to its size as browsers do: Pillow, like them, enlarges
     a GIF's screen to a first frame larger than it, but it also grows it for a later frame that is larger, which
-    browsers clip (and the frames would then differ in size)."""
+    browsers clip (and the frames would then differ in size).
+
+    Stopped early (a caller that wants the first frames only), it decodes the rest before it ends: a frame that
+    cannot be decoded refuses the file however few frames are taken, as when every frame's time was learnt by
+    decoding it (a GIF's and a WebP's now are not, `_stored_durations`)."""
     repeats_of = _frame_repeats(_frame_durations(path))
     with _open_animation(path) as im:
         width, height = im.size  # after the first frame
-        for i, repeats in zip(_animation_frames(im), repeats_of, strict=True):
-            _decode_frame(path, im, i)
-            frame = np.asarray(to_rgb(im))[:height, :width]  # transparency on white, as photos
-            for _ in range(repeats):
-                yield frame
+        frames = zip(_animation_frames(im), repeats_of, strict=True)
+        try:
+            for i, repeats in frames:
+                _decode_frame(path, im, i)
+                frame = np.asarray(to_rgb(im))[:height, :width]  # transparency on white, as photos
+                for _ in range(repeats):
+                    yield frame
+        except GeneratorExit:
+            for i, _ in frames:
+                _decode_frame(path, im, i)
+            raise
 
 
 MAX_PIXEL_STRETCH = 4
