@@ -649,3 +649,19 @@ def test_path_items_of_a_list_setting_from_python_are_no_empty_entries():
     assert SubjectConfig(photos=[Path("dog"), "cat"]).photos == [Path("dog"), "cat"]
     assert MotionConfig(clips=[Path("a.mp4")]).clips == [Path("a.mp4")]
     assert EvaluateConfig(videos=[Path("a.mp4")]).videos == ["a.mp4"]
+
+
+def test_only_a_list_setting_given_null_is_told_it_takes_a_list():
+    """OmegaConf words null for a list and for a section alike ("field 'x' is not Optional"): a section is not a
+    list (the command line tells a section given null apart before, so this is `_describe` alone)."""
+    from omegaconf import OmegaConf
+
+    from vidbooth.config.load import _describe
+
+    def told(key: str) -> str:
+        with pytest.raises(Exception) as caught:
+            OmegaConf.merge(OmegaConf.structured(SubjectConfig), OmegaConf.create({key: None}))
+        return _describe(caught.value, SubjectConfig)
+
+    assert "takes a list" in told("photos")
+    assert "takes a list" not in told("identity")

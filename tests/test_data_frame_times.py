@@ -12,7 +12,7 @@ import pytest
 from media import crafted_apng, crafted_gif, gif_frame, gif_screen
 from PIL import Image, WebPImagePlugin
 
-from vidbooth.data import video
+from vidbooth.data import gif, video
 from vidbooth.data.images import pillow_limits_lifted, to_rgb
 from vidbooth.errors import UserError
 
@@ -94,6 +94,11 @@ GIFS = {
         path, [_gif_frame_with_delay(5), _gif_frame_with_delay(None), _gif_frame_with_delay(7)]),
     "two control extensions and a comment before a frame": lambda path: _crafted_gif(path, [
         _gif_frame_with_delay(3), b"!\xf9\x04\0\x63\0\0\0" + b"!\xfe\x03abc\0" + _gif_frame_with_delay(9, 2)]),
+    "a comment, a plain text and an application extension after the control extension": lambda path: _crafted_gif(
+        path, [_gif_frame_with_delay(3), b"!\xf9\x04\0\x32\0\0\0" + b"!\xfe\x03abc\0" + b"!\x01\x0c" + bytes(12)
+               + b"\x02ab\0" + b"!\xff\x0bXMP DataXMP\x03abc\0" + _gif_frame_with_delay(None)]),
+    "a control extension of 3 bytes (no transparency index)": lambda path: _crafted_gif(
+        path, [_gif_frame_with_delay(3), b"!\xf9\x03\0\x32\0\0" + _gif_frame_with_delay(None)]),
     "disposal methods 0 to 3, frames in part": lambda path: crafted_gif(
         path, (16, 16), [(0, 0, 16, 16, 0), (2, 2, 8, 8, 1), (4, 4, 8, 8, 2), (0, 8, 16, 8, 3), (1, 1, 4, 4, 0)]),
 }
@@ -111,6 +116,36 @@ def test_a_gifs_frame_times_are_read_without_decoding_and_as_pillow_gives_them(k
     frames = video.read_video(path)
     assert decoded == ["gif"] * len(expected_times)  # each frame once, when read
     np.testing.assert_array_equal(frames, expected_frames)
+
+
+def test_a_control_extension_with_an_empty_first_sub_block_is_passed_over_as_pillow_does(tmp_path):
+    """Pillow 13 passes over it (the delay before it stands), Pillow 10 fails on it: either way, as Pillow reads it."""
+    path = _crafted_gif(tmp_path / "clip.gif", [
+        _gif_frame_with_delay(3), b"!\xf9\x04\0\x32\0\0\0" + b"!\xf9\0\0" + _gif_frame_with_delay(None)])
+    try:
+        expected_times = _pillows_frame_times(path)
+    except Exception:
+        with pytest.raises(UserError):
+            video.read_video(path)
+        return
+    assert expected_times == (30, 500)
+    assert video._frame_durations(path) == expected_times
+    np.testing.assert_array_equal(video.read_video(path), _pillows_frames(path))
+
+
+def test_a_gif_cut_while_its_times_are_walked_gives_none(tmp_path, monkeypatch):
+    """Rewritten meanwhile (an export writing it anew): Pillow's reading it then says what it holds."""
+    path = _pillow_gif(tmp_path / "clip.gif", [40, 80, 120, 60])
+    real_size = path.stat().st_size
+    assert video.gif_frame_delays(path) == [40, 80, 120, 60]
+    path.write_bytes(path.read_bytes()[:-1])  # no trailer: walked to the size fstat gives, past the end
+    stat = gif.os.fstat
+
+    def stat_of_before(fd):
+        return gif.os.stat_result((*stat(fd)[:6], real_size + 4096, *stat(fd)[7:]))
+
+    monkeypatch.setattr(gif.os, "fstat", stat_of_before)
+    assert video.gif_frame_delays(path) is None
 
 
 def _pillow_webp(durations: list[int], size=(32, 24), lossless=True, held=True) -> bytes:
@@ -235,7 +270,23 @@ def _pillow_apng(durations: list[float], default_image: bool = False, disposal: 
     return buffer.getvalue()
 
 
+def _with_fractional_delays(data: bytes) -> bytes:
+    """The APNG `data` with each frame's delay (its fcTL chunk's) set to 2/3 s: Pillow gives 666.66... ms."""
+    import struct
+    import zlib
+
+    data, at = bytearray(data), 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        if data[at + 4 : at + 8] == b"fcTL":
+            data[at + 28 : at + 32] = struct.pack(">HH", 2, 3)
+            data[at + 8 + length : at + 12 + length] = struct.pack(">I", zlib.crc32(data[at + 4 : at + 8 + length]))
+        at += 12 + length
+    return bytes(data)
+
+
 APNGS = {
+    "delays of 2/3 s (666.66... ms)": lambda path: path.write_bytes(_with_fractional_delays(_pillow_apng([40] * 3))),
     "held frames": lambda path: path.write_bytes(_pillow_apng([40, 80, 120, 40, 60, 130, 0, 5])),
     "a default image": lambda path: path.write_bytes(_pillow_apng([30, 50, 20, 40], default_image=True)),
     "disposal: previous": lambda path: path.write_bytes(_pillow_apng([30, 50, 20, 40], disposal=2)),
@@ -250,5 +301,6 @@ def test_an_apngs_frame_times_are_pillows(kind, tmp_path):
     APNGS[kind](path)
     expected_times = _pillows_frame_times(path)
     assert video._frame_durations(path) == expected_times
+    assert video.video_fps(path) == 1000 / video._frame_time(expected_times)
     assert video.video_frame_count(path) == sum(video._frame_repeats(expected_times))
     np.testing.assert_array_equal(video.read_video(path), _pillows_frames(path))

@@ -234,7 +234,7 @@ def test_a_run_folder_that_reads_but_is_damaged_is_refused_in_one_line(tmp_path,
                     {k: v for k, v in state.items() if k != "seed"}, state | {"split_seed": "0"},
                     state | {arch: {}}, state | {arch: state[arch] | {"unet": [16, 16]}},
                     state | {"curve": [{"loss": 1.0}]}, state | {"seed": True}, state | {"split_seed": False},
-                    state | {"curve": [{"unet_step": True}]}, None):
+                    state | {"curve": [{"unet_step": True}]}, state | {"vae_scaling_factor": True}, None):
         state_file.write_text("[" * 100_000 + "]" * 100_000 if damaged is None else json.dumps(damaged))
         with pytest.raises(UserError, match=r"state.json is (damaged .*|not valid JSON): delete the run folder and "
                                             r"rerun$"):

@@ -131,7 +131,8 @@ def _state_shape(state: object) -> bool:
             and all(whole(state.get(key)) for key in ("seed", "split_seed"))
             and numbers(state.get("steps"), int) and numbers(state.get("seconds"), (int, float))
             and isinstance(state.get("curve"), list) and all(probe(row) for row in state["curve"])
-            and isinstance(state.get("vae_scaling_factor", 1.0), int | float)
+            and isinstance(scale := state.get("vae_scaling_factor", 1.0), int | float)
+            and not isinstance(scale, bool)  # true had scaled the latents by 1, as a scale no save writes
             and isinstance(state.get("fresh_moments", []), list))
 
 
