@@ -1056,8 +1056,8 @@ def test_a_checkpoint_it_may_not_write_is_one_line_naming_the_file_not_a_full_di
     assert not (tmp_path / "run" / ckpt.STATE_FILE).exists()
 
 
-@pytest.mark.parametrize("damage", ["no seed", "no minutes", "steps of another kind", "no text_encoder",
-                                    "unet cut short", "unet lacks a tensor"])
+@pytest.mark.parametrize("damage", ["no seed", "no minutes", "steps of another kind", "logit scale of true",
+                                    "no text_encoder", "unet cut short", "unet lacks a tensor"])
 def test_a_damaged_model_to_start_from_is_refused_in_one_line_and_leaves_no_run(
     damage, tmp_path, char_tokenizer, probed_every_step
 ):
@@ -1074,6 +1074,8 @@ def test_a_damaged_model_to_start_from_is_refused_in_one_line_and_leaves_no_run(
         del provenance["minutes"]
     elif damage == "steps of another kind":
         provenance["steps"]["clip"] = "2"
+    elif damage == "logit scale of true":  # Python's 1: had been taken as the CLIP stage's scale
+        provenance["logit_scale"] = True
     elif damage == "no text_encoder":
         shutil.rmtree(model / "text_encoder")
     elif damage == "unet cut short":

@@ -117,30 +117,35 @@ def read_state(run_dir: Path, stages: tuple[str, ...] = ()) -> dict | None:
 
 def _state_shape(state: object) -> bool:
     """Whether a run's state holds what a save writes (an edited or damaged one had been a traceback)."""
-    def whole(value: object) -> bool:  # JSON's true is Python's 1: no save writes it
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    def numbers(value: object, kind: type | tuple) -> bool:
-        return isinstance(value, dict) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value.values())
+    def numbers(value: object, kind: Callable[[object], bool]) -> bool:
+        return isinstance(value, dict) and all(kind(v) for v in value.values())
 
     def probe(row: object) -> bool:
-        return isinstance(row, dict) and whole(row.get("unet_step"))
+        return isinstance(row, dict) and _whole(row.get("unet_step"))
 
     arch = state.get("arch", state.get("architecture")) if isinstance(state, dict) else None
     return (isinstance(arch, dict) and isinstance(arch.get("unet"), dict)
-            and all(whole(state.get(key)) for key in ("seed", "split_seed"))
-            and numbers(state.get("steps"), int) and numbers(state.get("seconds"), (int, float))
+            and all(_whole(state.get(key)) for key in ("seed", "split_seed"))
+            and numbers(state.get("steps"), _whole) and numbers(state.get("seconds"), _number)
             and isinstance(state.get("curve"), list) and all(probe(row) for row in state["curve"])
-            and isinstance(scale := state.get("vae_scaling_factor", 1.0), int | float)
-            and not isinstance(scale, bool)  # true had scaled the latents by 1, as a scale no save writes
+            and _number(state.get("vae_scaling_factor", 1.0))  # true had scaled the latents by 1
             and isinstance(state.get("fresh_moments", []), list))
+
+
+def _whole(value: object) -> bool:
+    """A JSON whole number: not true or false, which Python takes for 1 and 0 and no save writes."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def provenance_shape(provenance: object, stages: tuple[str, ...]) -> bool:
     """Whether an exported model's nano.json holds what `--init-from` takes from it (a run's state, in minutes)."""
     return (isinstance(provenance, dict) and _state_shape(provenance | {"seconds": provenance.get("minutes")})
             and all(stage in provenance["steps"] and stage in provenance["minutes"] for stage in stages)
-            and isinstance(provenance.get("logit_scale", 1.0), int | float))
+            and _number(provenance.get("logit_scale", 1.0)))
 
 
 def state_writes(run_dir: Path, state: dict) -> list[tuple[Path, Callable[[Path], object]]]:
