@@ -449,6 +449,18 @@ def test_16_bit_grey_is_scaled_to_8_bits_whatever_its_brightest_value():
     assert dark.mode.startswith("I;16") and np.asarray(to_rgb(dark))[0, 0].tolist() == [1, 1, 1]
 
 
+def test_an_rgba_image_is_put_on_white_without_a_copy_of_it_first(monkeypatch):
+    """`to_rgb` had converted an RGBA image to RGBA, a copy (1 GB at 250 megapixels), and held a white image through
+    the RGB conversion (120 megapixels: +1.9 GB, now +0.9). Half see-through red on white is pink, as before."""
+    from vidbooth.data.images import to_rgb
+
+    converted, convert = [], Image.Image.convert
+    monkeypatch.setattr(Image.Image, "convert", lambda im, mode=None, *a, **kw: converted.append(mode)
+                        or convert(im, mode, *a, **kw))
+    rgb = to_rgb(Image.new("RGBA", (4, 4), (255, 0, 0, 128)))
+    assert converted == ["RGB"] and np.asarray(rgb)[0, 0].tolist() == [255, 127, 127]
+
+
 def test_scale_jitter_places_its_window_by_its_own_draws(monkeypatch):
     """Draws (no flip, zoom 0.5, x 0, y 1) take the bottom-left quarter: the blue quadrant."""
     pixels = np.zeros((128, 128, 3), np.uint8)

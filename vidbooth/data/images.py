@@ -461,9 +461,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in _HIGH_BIT_DEPTH_MODES:
         img = _to_8bit_grey(img)
     if _has_alpha(img):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # not copied first: 1 GB at 250 megapixels
+        on_white = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        return on_white.convert("RGB")  # the white image let go before this copy, not held through it
     return img.convert("RGB")
 
 
