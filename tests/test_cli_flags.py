@@ -280,3 +280,52 @@ def test_a_script_may_run_a_command_in_a_thread_of_its_own(isolated_home):
     worker.start()
     worker.join(timeout=60)
     assert codes == [0]
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOC_TABLES = {  # command -> its docs page and which of the page's `| flag |` tables (0: all of them)
+    "train-subject": ("subject.md", 0), "textual-inversion": ("subject.md", 0), "identity-adapter": ("subject.md", 0),
+    "train-motion": ("motion.md", 0), "motion-adapter": ("motion.md", 0), "generate": ("generate.md", 0),
+    "evaluate": ("evaluate.md", 0), "list": ("list.md", 0), "demo": ("demo.md", 0),
+    "train-image-prompt": ("image-prompt.md", 2), "pretrain": ("pretrain.md", 0),
+}
+
+
+def documented_flags(text: str, table: int = 0) -> set[str]:
+    """The flags named in the first column of the `| flag | ...` tables of a docs page (`table`: the n-th only)."""
+    import re
+
+    tables, rows = [], None
+    for line in text.splitlines():
+        if line.startswith("| flag |"):
+            rows = []
+            tables.append(rows)
+        elif rows is not None and line.startswith("|"):
+            rows.append(line)
+        else:
+            rows = None
+    chosen = [tables[table - 1]] if table else tables
+    first_columns = [row.split("|")[1] for rows in chosen for row in rows]
+    return {flag for column in first_columns for quoted in re.findall(r"`([^`]*)`", column)
+            for flag in re.findall(r"(?<![\w-])--?[a-zA-Z][\w-]*", quoted)}
+
+
+def test_every_flag_of_a_command_is_in_its_docs_table_and_every_flag_there_is_a_commands():
+    """A flag added to a command but not to its page (`--no-gradient-checkpointing` had been left out of three), or
+    one renamed or removed that its page still lists, had been seen only by reading both."""
+    import typer.main
+
+    from vidbooth.cli.app import app
+
+    commands = typer.main.get_command(app).commands
+    assert sorted(commands) == sorted(DOC_TABLES)
+    helped = {name: {opt for param in command.params if param.param_type_name == "option"
+                     for opt in (*param.opts, *param.secondary_opts)} - {"-h", "--help"}
+              for name, command in commands.items()}
+    documented = {name: documented_flags((DOCS / page).read_text(encoding="utf-8"), table)
+                  for name, (page, table) in DOC_TABLES.items()}
+    assert {name: sorted(helped[name] - documented[name]) for name in commands} == {name: [] for name in commands}
+    for page in {page for page, _ in DOC_TABLES.values()}:
+        names = [name for name, (its_page, _) in DOC_TABLES.items() if its_page == page]
+        flags = set().union(*(documented[name] for name in names))
+        assert sorted(flags - set().union(*(helped[name] for name in names))) == [], page
