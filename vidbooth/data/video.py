@@ -382,9 +382,10 @@ def _frame_pixels(im: Image.Image, width: int, height: int) -> np.ndarray:
     rgb = im if im.mode == "RGB" and "transparency" not in im.info else to_rgb(im)
     width, height = min(width, rgb.width), min(height, rgb.height)
     pixels = np.empty((height, width, 3), np.uint8)
-    for top in range(0, height, _BAND_ROWS):
-        bottom = min(top + _BAND_ROWS, height)
-        pixels[top:bottom] = np.asarray(rgb.crop((0, top, width, bottom)))
+    with pillow_limits_lifted():  # Pillow 10 checks a crop as it checks an image it opens
+        for top in range(0, height, _BAND_ROWS):
+            bottom = min(top + _BAND_ROWS, height)
+            pixels[top:bottom] = np.asarray(rgb.crop((0, top, width, bottom)))
     return pixels
 
 
