@@ -347,3 +347,41 @@ def test_a_frame_is_copied_out_without_a_second_whole_copy(tmp_path):
         tracemalloc.stop()
     np.testing.assert_array_equal(pixels, np.asarray(frame))
     assert peak < 1.5 * pixels.nbytes, f"peak {peak / pixels.nbytes:.2f} times the frame"  # a band: 1.17; whole: 2
+
+
+def test_a_frame_is_let_go_before_the_next_is_decoded_and_its_repeats_cannot_be_changed(tmp_path, monkeypatch):
+    """Read shrunk, a frame at its size is held by no one while the next decodes (`_read_animation` lets it go, and
+    `video_frames` keeps the shrunk frame only). A frame shown twice is one array, yielded twice: read-only, as
+    ffmpeg's frames and `np.asarray` of a Pillow image are, so that a caller cannot change its repeat."""
+    import weakref
+
+    path = tmp_path / "clip.png"
+    frames = _tall_frames("RGB", size=(300, 300))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=[100, 200, 100])
+    made, alive_at_decode = [], []
+    frame_pixels, decode_frame = video._frame_pixels, video._decode_frame
+    monkeypatch.setattr(video, "_frame_pixels", lambda *a: made.append(weakref.ref(pixels := frame_pixels(*a)))
+                        or pixels)
+    monkeypatch.setattr(video, "_decode_frame", lambda *a: alive_at_decode.append([m() is not None for m in made])
+                        or decode_frame(*a))
+    shrunk = list(video.video_frames(path, max_short_side=64))
+    assert [frame.shape for frame in shrunk] == [(64, 64, 3)] * 4
+    assert alive_at_decode[-3:] == [[], [False], [False, False]]  # frames 1, 2 and 3 decoded
+    repeats = list(video.video_frames(path))
+    assert repeats[1] is repeats[2] and not any(frame.flags.writeable for frame in repeats)
+    with pytest.raises(ValueError, match="read-only"):
+        repeats[1][0, 0] = 0
+
+
+def test_a_frame_already_rgb_is_copied_out_as_it_is(monkeypatch):
+    """An RGB frame without a see-through colour is not converted first (`to_rgb` copies it: 1 GB at 250 MP)."""
+    monkeypatch.setattr(video, "to_rgb", lambda im: pytest.fail(f"{im.mode} frame converted"))
+    frame = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 20, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(video._frame_pixels(frame, 20, 300), np.asarray(frame))
+
+
+def test_a_frames_bands_are_cropped_under_our_pixel_limit_not_pillows(monkeypatch):
+    """Pillow 10 checks a crop's size against its own limit (a band of a wide 240-megapixel frame is over it)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    frame = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 1000, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(video._frame_pixels(frame, 1000, 300), np.asarray(frame))

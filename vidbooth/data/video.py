@@ -386,6 +386,7 @@ def _frame_pixels(im: Image.Image, width: int, height: int) -> np.ndarray:
         for top in range(0, height, _BAND_ROWS):
             bottom = min(top + _BAND_ROWS, height)
             pixels[top:bottom] = np.asarray(rgb.crop((0, top, width, bottom)))
+    pixels.flags.writeable = False  # yielded once for each repeat, read-only as `np.asarray` of the image had been
     return pixels
 
 
