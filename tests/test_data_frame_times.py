@@ -331,6 +331,17 @@ def test_frames_taller_than_a_band_are_read_as_pillow_gives_them(suffix, mode, o
     np.testing.assert_array_equal(read, _pillows_frames(path))
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 256), (7, 257), (3, 513)])
+def test_frames_one_row_past_a_band_are_read_whole(size, tmp_path):
+    """The last band of a frame 1, 257 or 513 rows tall is one row: it is copied too (and a band's edge, at 256)."""
+    path = tmp_path / "clip.png"
+    frames = _tall_frames("RGB", size=size)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    read = video.read_video(path)
+    assert read.shape == (3, size[1], size[0], 3)
+    np.testing.assert_array_equal(read, _pillows_frames(path))
+
+
 def test_a_frame_is_copied_out_without_a_second_whole_copy(tmp_path):
     """np.asarray of a whole decoded frame had held its pixels twice at once (Pillow's bytes, in pieces and
     joined), besides the RGB copy made of a frame already RGB: 1.4 GB more at 250 megapixels, on top of Pillow's

@@ -461,6 +461,14 @@ def test_an_rgba_image_is_put_on_white_without_a_copy_of_it_first(monkeypatch):
     assert converted == ["RGB"] and np.asarray(rgb)[0, 0].tolist() == [255, 127, 127]
 
 
+def test_premultiplied_alpha_is_put_on_white_as_its_rgba_is():
+    """RGBa (alpha multiplied in) is made RGBA before it is put on white; only RGBA itself is composited as it is."""
+    from vidbooth.data.images import to_rgb
+
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 128))
+    assert np.asarray(to_rgb(rgba.convert("RGBa")))[0, 0].tolist() == [255, 127, 127]
+
+
 def test_scale_jitter_places_its_window_by_its_own_draws(monkeypatch):
     """Draws (no flip, zoom 0.5, x 0, y 1) take the bottom-left quarter: the blue quadrant."""
     pixels = np.zeros((128, 128, 3), np.uint8)
