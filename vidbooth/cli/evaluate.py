@@ -45,7 +45,8 @@ def evaluate(
         "--metrics",
         metavar="LIST",
         help="Comma-separated: clip_t, clip_i, dino_i, t_cons, motion_fidelity, probe (probe_colour, probe_shape, "
-        "probe_motion); with --clip-model nano also nano_t, nano_i, nano_t_cons (default: auto).",
+        "probe_motion); nano_t, nano_i, nano_t_cons are other names of clip_t, clip_i, t_cons, labelled so with "
+        "--clip-model nano (default: auto).",
     ),
     clip_model: str = typer.Option(
         None, "--clip-model", metavar="MODEL", help="CLIP folder or hub id, or nano (labelled nano-*); default auto: "
