@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
 _EXTENSION, _IMAGE, _TRAILER = 0x21, 0x2C, 0x3B  # '!', ',' and ';': what starts each block
 _GRAPHIC_CONTROL, _COMMENT, _APPLICATION = 0xF9, 0xFE, 0xFF  # extension labels that Pillow reads apart
 _LOOP_EXTENSION = b"NETSCAPE2.0"
+_Found = TypeVar("_Found")
 
 
 class _Bytes(Protocol):
@@ -48,14 +49,7 @@ def grown_screen(path: Path, max_pixels: int, frames: int | None = None) -> Grow
     than `max_pixels` pixels, or None when none does, the file is no GIF or it cannot be read (opening it says why).
     A GIF cut short is walked up to where it ends: its frames before that are judged, and reading it says the rest.
     """
-    try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            if file.read(6) not in GIF_SIGNATURES or size < 13:
-                return None
-            return _first_over(_FileBytes(file, size), max_pixels, frames)
-    except (OSError, _CutSince):  # unreadable, or cut short while walked: Pillow's opening it reports it
-        return None
+    return _walked(path, lambda data: _first_over(data, max_pixels, frames))
 
 
 def frame_delays(path: Path) -> list[int] | None:
@@ -63,12 +57,18 @@ def frame_delays(path: Path) -> list[int] | None:
     last graphic control extension before the frame's image, 0 where there is none), from the GIF's block structure:
     Pillow decodes each frame it seeks past, and a clip's frame times are wanted before its first frame is read.
     None when the file is no GIF or cannot be read, or is cut short while walked."""
+    return _walked(path, lambda data: [frame.delay for frame in _frames(data)])
+
+
+def _walked(path: Path, walk: Callable[[_Bytes], _Found]) -> _Found | None:
+    """What `walk` finds in the bytes of the GIF at `path`; None when the file is no GIF, cannot be read or is cut
+    short while walked (Pillow's opening or reading it then says what is wrong)."""
     try:
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             if file.read(6) not in GIF_SIGNATURES or size < 13:
                 return None
-            return [frame.delay for frame in _frames(_FileBytes(file, size))]
+            return walk(_FileBytes(file, size))
     except (OSError, _CutSince):
         return None
 
