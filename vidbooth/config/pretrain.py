@@ -144,6 +144,8 @@ class PretrainConfig:
     def check(self, out_given: str | None = None) -> None:
         """Raise a UserError naming the first bad value by its key (and flag, where it has one). `out_given`: how
         the message names the out that gave the run folder (`given_by`'s 'out: X in recipe PATH'; else --out's)."""
+        if self.init_from and self.resume:  # first: the run folder's checks would tell of the folder instead
+            raise UserError("give --init-from to start a run from a model, or --resume to continue a run, not both")
         self.out = str(expand_user(self.out))  # '~/runs' is the home folder's, as elsewhere
         self.export = str(expand_user(self.export)) if self.export.strip() else ""
         if expand_user(self.out).exists() and not expand_user(self.out).is_dir():
@@ -212,8 +214,6 @@ class PretrainConfig:
             raise UserError(f"arch.unet.position_channels must be 0 or {POSITION_CHANNELS}, got {channels}")
         if self.linear_paths not in LINEAR_PATHS:
             raise UserError(f"linear_paths must be one of {', '.join(LINEAR_PATHS)}, got '{self.linear_paths}'")
-        if self.init_from and self.resume:
-            raise UserError("give --init-from to start a run from a model, or --resume to continue a run, not both")
 
 
 MAX_SIDE = 1024
