@@ -1013,3 +1013,18 @@ def test_a_model_of_the_same_image_model_with_another_motion_adapter_says_which_
         load_image_prompt_model(image_model, path)
     assert f"add --motion-adapter {adapter}" in str(told.value) and "use it with --base" not in str(told.value)
     assert not injections(image_model.unet)
+
+
+def test_train_image_prompt_takes_the_motion_adapter_flag_as_the_other_training_commands(tiny_base_dirs, tmp_path,
+                                                                                       monkeypatch):
+    """It had only `--set backbone.motion_adapter=`: `--motion-adapter`, which train-subject, train-motion and generate
+    take, was 'No such option' here."""
+    from vidbooth.engine.tiny import motion_adapter_folder
+
+    taken = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(image_prompt_engine, "train_image_prompt", taken.append)
+    adapter = str(motion_adapter_folder(tiny_base_dirs["animatediff"]))
+    assert main(["train-image-prompt", "--base", str(tiny_base_dirs["animatediff"]), "--motion-adapter", adapter,
+                 "--out", "m.safetensors"]) == 0
+    assert [cfg.backbone.motion_adapter for cfg in taken] == [adapter]
