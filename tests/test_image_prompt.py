@@ -1012,6 +1012,12 @@ def test_a_model_of_the_same_image_model_with_another_motion_adapter_says_which_
     with pytest.raises(UserError, match="trained on this image model") as told:
         load_image_prompt_model(image_model, path)
     assert f"add --motion-adapter {adapter}" in str(told.value) and "use it with --base" not in str(told.value)
+    tensors, metadata = load_tensors(path)  # a file written before the image model and adapter were recorded
+    older = tmp_path / "older.safetensors"
+    save_file(tensors, older, {k: v for k, v in metadata.items() if k not in ("image_fingerprint", "motion_adapter")})
+    with pytest.raises(UserError, match="give the --motion-adapter it was trained with") as told:
+        load_image_prompt_model(image_model, older)
+    assert "use it with --base" not in str(told.value)
     assert not injections(image_model.unet)
 
 

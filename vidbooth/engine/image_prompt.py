@@ -246,6 +246,10 @@ def _absolute(folder: str | None) -> str:
     return str(Path(folder).absolute()) if folder else ""
 
 
+def _same_folder(recorded: str, given: str) -> bool:
+    return recorded == given or expand_user(recorded).absolute() == expand_user(given).absolute()
+
+
 def _another_base(path: Path, metadata: dict, backbone: Backbone) -> str:
     """Why an image-prompt model does not fit `backbone`, and the fix. On the image model it was trained on, the
     difference is the motion adapter (its fine features were learned beside those motion modules or none): "use it
@@ -253,6 +257,9 @@ def _another_base(path: Path, metadata: dict, backbone: Backbone) -> str:
     base = metadata.get("base", "?")
     told = (f"image-prompt model {path} was trained on another base ({base}, fingerprint "
             f"{metadata.get('base_fingerprint')}) than {backbone.source} (fingerprint {backbone.fingerprint})")
+    if not metadata.get("image_fingerprint") and _same_folder(base, backbone.source):  # a file of before it was kept
+        return (f"{told}: the same base with another motion adapter (or none) than it was trained with, or with other "
+                "weights; give the --motion-adapter it was trained with")
     if not metadata.get("image_fingerprint") or metadata["image_fingerprint"] != backbone.image_fingerprint:
         return f"{told}: use it with --base {base}"
     adapter = metadata.get("motion_adapter") or ""
