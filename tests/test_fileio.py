@@ -542,3 +542,24 @@ def test_a_written_file_its_owner_may_not_read_back_is_a_permission_error_naming
     with pytest.raises(PermissionError) as refused:
         fileio.write_together([(tmp_path / "a.mp4", lambda tmp: tmp.write_text("new video"))])
     assert refused.value.filename == str(tmp_path / "a.mp4") and _files(tmp_path) == {"a.mp4": "old video"}
+
+
+def test_writing_safetensors_holds_one_copy_of_the_files_bytes(tmp_path):
+    """The header's metadata was sorted by slicing the tensors' bytes out of the writer's and joining them to the new
+    header: three copies at once, +2.2 GB while a real-size motion's checkpoint (0.73 GB of Adam moments) was saved."""
+    import tracemalloc
+
+    import torch
+
+    from vidbooth.fileio import write_safetensors
+
+    tensors = {"moments": torch.ones(4 * 2**20)}  # 16 MB; the tensor's own memory is torch's, not traced
+    size = tensors["moments"].numel() * 4
+    tracemalloc.start()
+    try:
+        write_safetensors(tmp_path / "big.safetensors", tensors, {"b": "1", "a": "2"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.25 * size, f"{peak / size:.2f} copies of the bytes at once"
+    assert (tmp_path / "big.safetensors").stat().st_size < size + 4096

@@ -994,3 +994,43 @@ def test_a_base_that_predicts_velocity_trains_the_image_prompt_against_velocity(
     monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, *a: velocities.append(1) or real(self, *a))
     out = train_image_prompt(_config(tmp_path / "v.safetensors", base))
     assert out.is_file() and len(velocities) == 4
+
+
+def test_a_model_of_the_same_image_model_with_another_motion_adapter_says_which_adapter(tiny_base_dirs, tmp_path):
+    """Trained with a motion adapter and used on the image model alone (or the reverse), the refusal had said "use it
+    with --base <the same folder>", the command that was refused (seen on a real-size SD1.5 base)."""
+    from vidbooth.engine.backbone import load_backbone
+    from vidbooth.engine.tiny import motion_adapter_folder
+
+    folder = tiny_base_dirs["animatediff"]
+    adapter = motion_adapter_folder(folder)
+    cfg = _config(tmp_path / "with-adapter.safetensors", folder, coarse=TrainConfig(steps=1, batch_size=1),
+                  fine=TrainConfig(steps=1, batch_size=1))
+    cfg.backbone.motion_adapter = str(adapter)
+    path = train_image_prompt(cfg)
+    image_model = load_backbone(str(folder), device="cpu")
+    with pytest.raises(UserError, match="trained on this image model") as told:
+        load_image_prompt_model(image_model, path)
+    assert f"add --motion-adapter {adapter}" in str(told.value) and "use it with --base" not in str(told.value)
+    tensors, metadata = load_tensors(path)  # a file written before the image model and adapter were recorded
+    older = tmp_path / "older.safetensors"
+    save_file(tensors, older, {k: v for k, v in metadata.items() if k not in ("image_fingerprint", "motion_adapter")})
+    with pytest.raises(UserError, match="give the --motion-adapter it was trained with") as told:
+        load_image_prompt_model(image_model, older)
+    assert "use it with --base" not in str(told.value)
+    assert not injections(image_model.unet)
+
+
+def test_train_image_prompt_takes_the_motion_adapter_flag_as_the_other_training_commands(tiny_base_dirs, tmp_path,
+                                                                                       monkeypatch):
+    """It had only `--set backbone.motion_adapter=`: `--motion-adapter`, which train-subject, train-motion and generate
+    take, was 'No such option' here."""
+    from vidbooth.engine.tiny import motion_adapter_folder
+
+    taken = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(image_prompt_engine, "train_image_prompt", taken.append)
+    adapter = str(motion_adapter_folder(tiny_base_dirs["animatediff"]))
+    assert main(["train-image-prompt", "--base", str(tiny_base_dirs["animatediff"]), "--motion-adapter", adapter,
+                 "--out", "m.safetensors"]) == 0
+    assert [cfg.backbone.motion_adapter for cfg in taken] == [adapter]

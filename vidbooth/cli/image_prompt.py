@@ -36,6 +36,7 @@ def train_image_prompt(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out; start a stopped run over."),
     resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last checkpoint."),
     base: str = options.Base,
+    motion_adapter: str = options.MotionAdapterPath,
     device: str = options.Device,
     precision: str = options.TrainingPrecision,
     attention: str = options.Attention,
@@ -55,7 +56,7 @@ def train_image_prompt(
     if data is not None and clips is not None:
         raise UserError("--num-clips counts world clips; with --data every clip of the folder is used: drop "
                         "--num-clips")
-    overrides = options.runtime_overrides(base, None, device, precision, attention, None) | {
+    overrides = options.runtime_overrides(base, motion_adapter, device, precision, attention, None) | {
         "out": out,
         "coarse.steps": coarse_steps,
         "fine.steps": fine_steps,

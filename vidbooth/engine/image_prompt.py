@@ -242,6 +242,36 @@ def trained_word(path: str | Path) -> str:
         return ""  # a damaged spec: loading the model says so
 
 
+def _absolute(folder: str | None) -> str:
+    return str(Path(folder).absolute()) if folder else ""
+
+
+def _same_folder(recorded: str, given: str) -> bool:
+    return recorded == given or expand_user(recorded).absolute() == expand_user(given).absolute()
+
+
+def _another_base(path: Path, metadata: dict, backbone: Backbone) -> str:
+    """Why an image-prompt model does not fit `backbone`, and the fix. On the image model it was trained on, the
+    difference is the motion adapter (its fine features were learned beside those motion modules or none): "use it
+    with --base <the same folder>" had sent the user back to the command that was refused."""
+    base = metadata.get("base", "?")
+    told = (f"image-prompt model {path} was trained on another base ({base}, fingerprint "
+            f"{metadata.get('base_fingerprint')}) than {backbone.source} (fingerprint {backbone.fingerprint})")
+    if not metadata.get("image_fingerprint") and _same_folder(base, backbone.source):  # a file of before it was kept
+        return (f"{told}: the same base with another motion adapter (or none) than it was trained with, or with other "
+                "weights; give the --motion-adapter it was trained with")
+    if not metadata.get("image_fingerprint") or metadata["image_fingerprint"] != backbone.image_fingerprint:
+        return f"{told}: use it with --base {base}"
+    adapter = metadata.get("motion_adapter") or ""
+    trained_with = f"with the motion adapter {adapter}" if adapter else "without a motion adapter"
+    loaded_with = backbone.extras.get("motion_adapter")
+    fix = f"add --motion-adapter {adapter}" if adapter else "leave out --motion-adapter"
+    if adapter and loaded_with:
+        fix = f"use --motion-adapter {adapter} in place of {loaded_with}"
+    return (f"image-prompt model {path} was trained on this image model ({base}) {trained_with}, and its fine "
+            f"features go with those motion modules: {fix}, or train one for this combination")
+
+
 def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePromptModel:
     """Put the image-prompt model saved in `path` on `backbone` (which must be the base it was trained on)."""
     from vidbooth.engine.appearance import load_appearance_encoder
@@ -250,13 +280,8 @@ def load_image_prompt_model(backbone: Backbone, path: str | Path) -> ImagePrompt
     tensors, metadata = load_tensors(path)
     if metadata.get("method") != KIND or "spec" not in metadata:
         raise UserError(f"{path} is not a vidbooth image-prompt model (made by `vidbooth train-image-prompt`)")
-    trained_on = metadata.get("base_fingerprint")
-    if trained_on != backbone.fingerprint:
-        raise UserError(
-            f"image-prompt model {path} was trained on another base ({metadata.get('base', '?')}, fingerprint "
-            f"{trained_on}) than {backbone.source} (fingerprint {backbone.fingerprint}): use it with --base "
-            f"{metadata.get('base', 'the base it was trained on')}"
-        )
+    if metadata.get("base_fingerprint") != backbone.fingerprint:
+        raise UserError(_another_base(path, metadata, backbone))
     try:
         spec = ImagePromptSpec(**json.loads(metadata["spec"]))
     except (TypeError, ValueError) as exc:  # not JSON, not an object, or keys of another version
@@ -510,7 +535,8 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     clear_references(bb.unet)
     if accelerator.is_main_process:
         metadata = {"method": KIND, "format": str(FORMAT), "spec": spec.to_json(), "base": cfg.backbone.base,
-                    "base_fingerprint": bb.fingerprint, "losses": losses, "data": source,
+                    "base_fingerprint": bb.fingerprint, "image_fingerprint": bb.image_fingerprint or "",
+                    "motion_adapter": _absolute(bb.extras.get("motion_adapter")), "losses": losses, "data": source,
                     "steps": {"coarse": cfg.coarse.steps, "fine": cfg.fine.steps},
                     "processes": accelerator.num_processes}
         ensure_writable_dir(out.parent)
