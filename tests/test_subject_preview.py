@@ -11,13 +11,15 @@ from vidbooth.errors import UserError
 
 
 def _preview_prompt(monkeypatch, tmp_path, captions, prompt=""):
+    """The prompt the preview samples; it checks that the preview is drawn at the training size."""
     import vidbooth.data.video
     import vidbooth.engine.sampling
 
-    seen = []
+    seen, sizes = [], []
 
     def fake_sample(backbone, text, **kwargs):
         seen.append(text)
+        sizes.append((kwargs["height"], kwargs["width"]))
         return torch.zeros(1, 8, 4, 4, 3)
 
     monkeypatch.setattr(vidbooth.engine.sampling, "sample_video", fake_sample)
@@ -25,10 +27,11 @@ def _preview_prompt(monkeypatch, tmp_path, captions, prompt=""):
     cfg = SubjectConfig()
     cfg.data.captions = captions
     cfg.preview.prompt = prompt
-    run = SimpleNamespace(cfg=cfg, backbone=None, token="S*", class_noun="cross", num_vectors=1)
+    run = SimpleNamespace(cfg=cfg, backbone=None, token="S*", class_noun="cross", num_vectors=1, size=48)
     run.captions = lambda: subject._Run.captions(run)
     run.preview_prompt = subject._preview_prompt(run)
     subject._render_preview(run, tmp_path / "preview.png")
+    assert sizes == [(48, 48)]  # the training size (data.resolution), not the model's own
     return seen[0]
 
 

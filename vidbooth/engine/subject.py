@@ -804,6 +804,8 @@ def _render_preview(run: _Run, path: Path) -> str:
         prompt,
         description="preview (--no-preview skips it)",
         num_frames=preview.num_frames,
+        height=run.size,  # the size the photos were learned at, as train-motion's preview: a --resolution lowered
+        width=run.size,  # to fit time or memory had been drawn at the model's own size (512 on SD1.5)
         num_inference_steps=preview.num_inference_steps,
         guidance_scale=preview.guidance_scale,
         generator=generator,
