@@ -183,6 +183,17 @@ def test_without_base_the_base_they_were_learned_on_is_used(
     assert "/no/such/adapter" in capsys.readouterr().err
     assert main([*generate, "--base", str(tiny_base_dirs["unet3d"])]) == 2  # a --base given is kept
     assert "was learned on" in capsys.readouterr().err
+    recipe = tmp_path / "other.yaml"  # a recipe's base is kept too, as a shipped one's hub id: said before it loads
+    recipe.write_text("backbone:\n  base: tiny\n")
+    assert main([*generate, "--recipe", str(recipe)]) == 2
+    assert (f"recipe {recipe} sets the base tiny, not {base}, on which subject S* and motion M were learned: add "
+            f"--base {base} to use that one") in capsys.readouterr().err
+    assert main(["identity-adapter", str(photos), "--name", "S*", "--overwrite", "--steps", "1", "--recipe",
+                 str(recipe), *FAST]) == 2
+    assert f"recipe {recipe} sets the base tiny, not {base}, on which subject S* was learned" in capsys.readouterr().err
+    recipe.write_text(f"backbone:\n  base: {base}\n  motion_adapter: {adapter}\n")
+    assert main([*generate, "--recipe", str(recipe)]) == 0
+    assert "sets the base" not in capsys.readouterr().err
 
 
 def test_a_multi_vector_subject_is_spelled_out_in_the_negative_prompt_too(

@@ -123,6 +123,7 @@ def generate(
 
     overrides |= options.learned_backbone(recipe, sets, overrides, named_artifacts(subject, motion))
     cfg = load_config(GenerateConfig, recipe_or_default(recipe, "generate", sets, overrides), sets, overrides)
+    options.warn_of_a_recipe_base(cfg.backbone.base, recipe, sets, overrides, named_artifacts(subject, motion))
     if cfg.image_prompt:
         from vidbooth.data.images import check_image_file, refuse_path_not_text
         from vidbooth.errors import UserError

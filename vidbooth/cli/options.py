@@ -110,18 +110,69 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
     --set gives stays. Empty when nothing applies (an unknown name is reported by the command itself)."""
     from pathlib import Path
 
+    from vidbooth.config.load import SHIPPED_BASE, given_base
+    from vidbooth.errors import UserError
+    from vidbooth.reporting import info
+
+    if recipe or given_base(sets, overrides) or not named:
+        return {}
+    learned = _recorded_backbone(named)
+    if learned.get("backbone.base", SHIPPED_BASE) == SHIPPED_BASE and len(learned) <= 1:
+        return {}
+    names, were = _learned_names(named)
+    set_keys = {item.split("=", 1)[0].strip() for item in sets or [] if "=" in item}
+    kept = {key: value for key, value in learned.items() if overrides.get(key) is None and key not in set_keys}
+    for key, flag in (("backbone.base", "--base"), ("backbone.motion_adapter", "--motion-adapter")):
+        folder = kept.get(key)  # a local folder is recorded absolute
+        if isinstance(folder, str) and Path(folder).is_absolute() and not Path(folder).exists():
+            what = "base" if flag == "--base" else "motion adapter"
+            raise UserError(f"the {what} {folder}, on which {names} {were} learned, is no longer there: move it back, "
+                            f"or give its new place with {flag}")
+    info(f"using base {learned.get('backbone.base')}, on which {names} {were} learned (--base chooses another)")
+    return kept
+
+
+def warn_of_a_recipe_base(base: str, recipe: str | None, sets: list[str] | None, overrides: dict,
+                          named: list[tuple[str, str]]) -> None:
+    """With --recipe and no --base: a warning, before the model loads, where the recipe's `base` is not the one the
+    named artifacts were learned on. A shipped recipe names a hub id, which then replaced the local copy they were
+    learned on: a download, or offline an error that named neither (and the artifacts are refused on another)."""
+    import shlex
+
+    from vidbooth.config.checks import local_base
+    from vidbooth.config.load import SHIPPED_BASE, given_base
+    from vidbooth.fileio import expand_user
+    from vidbooth.reporting import warn
+
+    if not recipe or given_base(sets, overrides) or not named:
+        return
+    recorded = _recorded_backbone(named)
+    learned = recorded.get("backbone.base", SHIPPED_BASE)
+    if not recorded or not isinstance(learned, str) or learned == base:
+        return
+    if local_base(learned) and local_base(base) and expand_user(learned).absolute() == expand_user(base).absolute():
+        return
+    names, were = _learned_names(named)
+    warn(f"recipe {recipe} sets the base {base}, not {learned}, on which {names} {were} learned: add --base "
+         f"{shlex.quote(learned)} to use that one")
+
+
+def _learned_names(named: list[tuple[str, str]]) -> tuple[str, str]:
+    return " and ".join(f"{kind} {name}" for kind, name in named), "was" if len(named) == 1 else "were"
+
+
+def _recorded_backbone(named: list[tuple[str, str]]) -> dict:
+    """The backbone settings the named artifacts were learned with, as dotted config keys (a local base's revision
+    left out: it has no effect there); empty where they differ or one cannot be read."""
     import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from vidbooth.config.checks import local_base
-    from vidbooth.config.load import SHIPPED_BASE, given_base
+    from vidbooth.config.load import SHIPPED_BASE
     from vidbooth.errors import UserError
     from vidbooth.library import artifact_dir, read_manifest
-    from vidbooth.reporting import info
 
-    if recipe or given_base(sets, overrides) or not named:
-        return {}
     found = set()
     for kind, name in named:
         try:
@@ -141,20 +192,7 @@ def learned_backbone(recipe: str | None, sets: list[str] | None, overrides: dict
     base = learned.get("backbone.base", SHIPPED_BASE)
     if isinstance(base, str) and local_base(base):
         learned.pop("backbone.revision", None)  # recorded, but of no effect on a local or built-in model
-    if learned.get("backbone.base", SHIPPED_BASE) == SHIPPED_BASE and len(learned) <= 1:
-        return {}
-    names = " and ".join(f"{kind} {name}" for kind, name in named)
-    were = "was" if len(named) == 1 else "were"
-    set_keys = {item.split("=", 1)[0].strip() for item in sets or [] if "=" in item}
-    kept = {key: value for key, value in learned.items() if overrides.get(key) is None and key not in set_keys}
-    for key, flag in (("backbone.base", "--base"), ("backbone.motion_adapter", "--motion-adapter")):
-        folder = kept.get(key)  # a local folder is recorded absolute
-        if isinstance(folder, str) and Path(folder).is_absolute() and not Path(folder).exists():
-            what = "base" if flag == "--base" else "motion adapter"
-            raise UserError(f"the {what} {folder}, on which {names} {were} learned, is no longer there: move it back, "
-                            f"or give its new place with {flag}")
-    info(f"using base {learned.get('backbone.base')}, on which {names} {were} learned (--base chooses another)")
-    return kept
+    return learned
 
 
 def warn_of_idle_sets(cfg, sets: list[str] | None) -> None:

@@ -300,6 +300,7 @@ def identity_adapter(
     flags["identity.hidden_ratio"] = "--hidden-ratio"
     _check_stage_sets(["identity"], sets, "identity-adapter")
     cfg = _load(recipe, sets, overrides, flags)
+    options.warn_of_a_recipe_base(cfg.backbone.base, recipe, sets, overrides, [("subject", name)] if name else [])
     _check_prior_flags(cfg, prior_preservation, class_images, num_class_images, prior_weight, sets)
     options.warn_of_idle_sets(cfg, sets)
     _check_photos(cfg, ("identity",), recipe, sets, overrides)
@@ -364,6 +365,7 @@ def train_subject(
         learned = options.learned_backbone(recipe, sets, overrides, [("subject", cfg.name)])
         if learned:
             cfg = _load(recipe, sets, overrides | learned, flags)
+        options.warn_of_a_recipe_base(cfg.backbone.base, recipe, sets, overrides, [("subject", cfg.name)])
     _check_stage_flags(cfg, {
         "textual_inversion": {"--num-vectors": num_vectors, "--ti-steps": ti_steps},
         "identity": {
