@@ -522,8 +522,9 @@ def test_an_image_encoder_that_is_not_here_is_refused_before_the_model_loads(tmp
     clip = str(write_clip(tmp_path / "c.mp4"))
     assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--image-encoder", "someone/clip"]) == 2
     err = capsys.readouterr().err
-    assert "image encoder 'someone/clip' (--image-encoder) not found (cannot fetch 'someone/clip' from the hub" in err
-    assert "pass its local folder with --image-encoder)" in err and "--base" not in err
+    assert err == ("error: image encoder (--image-encoder): cannot fetch 'someone/clip' from the hub (offline, or no "
+                   "such model): download it where the network allows and pass its local folder with --image-encoder; "
+                   "or give 'tiny-clip' or 'vae', or leave it empty for the base model's default\n")  # said once
     assert not (isolated_home / "motions" / "m").exists()
     for given, problem in (("no/such/clip/folder", "not found"), (clip, "is a file, not a folder")):
         assert main(["train-motion", clip, "--name", "m", *NO_PREVIEW, "--image-encoder", given]) == 2

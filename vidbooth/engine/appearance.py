@@ -145,14 +145,16 @@ def _resolve_encoder(encoder: str, setting: str | None) -> Path:
     try:
         return resolve_base(encoder, flag=setting)
     except UserError as exc:
-        problem = ("not found" if str(exc).startswith("base model not found")
-                   else "is a file, not a folder" if expand_user(encoder).is_file() else f"not found ({exc})")
+        fetched = not str(exc).startswith("base model not found") and not expand_user(encoder).is_file()
+        problem = ("is a file, not a folder" if expand_user(encoder).is_file()
+                   else f"not found ({exc})" if fetched else "not found")
         if setting is None:
             raise UserError(f"image encoder '{encoder}' {problem}") from exc
-        raise UserError(
-            f"image encoder '{encoder}' ({setting}) {problem}: give a CLIP vision folder, a hub id already "
-            f"downloaded, '{TINY_CLIP}' or '{VAE}', or leave it empty for the base model's default"
-        ) from exc
+        others = f"'{TINY_CLIP}' or '{VAE}', or leave it empty for the base model's default"
+        if fetched:  # the hub's error already says how to give a folder: not wrapped in "not found (...)" with more
+            raise UserError(f"image encoder ({setting}): {exc}; or give {others}") from exc
+        raise UserError(f"image encoder '{encoder}' ({setting}) {problem}: give a CLIP vision folder, a hub id "
+                        f"already downloaded, {others}") from exc
 
 
 def _normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
