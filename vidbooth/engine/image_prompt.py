@@ -258,8 +258,8 @@ def _another_base(path: Path, metadata: dict, backbone: Backbone) -> str:
     told = (f"image-prompt model {path} was trained on another base ({base}, fingerprint "
             f"{metadata.get('base_fingerprint')}) than {backbone.source} (fingerprint {backbone.fingerprint})")
     if not metadata.get("image_fingerprint") and _same_folder(base, backbone.source):  # a file of before it was kept
-        return (f"{told}: the same base with another motion adapter (or none) than it was trained with, or with other "
-                "weights; give the --motion-adapter it was trained with")
+        return (f"{told}: the same folder, with another motion adapter (or none) than the one it was trained with, or "
+                "with changed weights: give the --motion-adapter it was trained with")
     if not metadata.get("image_fingerprint") or metadata["image_fingerprint"] != backbone.image_fingerprint:
         return f"{told}: use it with --base {base}"
     adapter = metadata.get("motion_adapter") or ""
