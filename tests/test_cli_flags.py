@@ -151,15 +151,38 @@ def test_generate_flags_reach_their_keys(tmp_path, monkeypatch, isolated_home):
 def test_train_image_prompt_flags_reach_their_keys(tmp_path, monkeypatch, isolated_home):
     flags = {"--out": ("out", str(tmp_path / "ip.safetensors")), "--coarse-steps": ("coarse.steps", 3),
              "--fine-steps": ("fine.steps", 4), "--word": ("word", "dog"), "--num-clips": ("data.clips", 16),
-             "--overwrite": ("overwrite", True), "--device": ("runtime.device", "cpu")}
+             "--overwrite": ("overwrite", True), "--device": ("runtime.device", "cpu"),
+             "--num-frames": ("data.num_frames", 6), "--resolution": ("data.resolution", 96),
+             "--image-encoder": ("encoder", "tiny-clip")}
     cfg = _config_given_to("vidbooth.engine.image_prompt.train_image_prompt",
-                           ["train-image-prompt", *_argv(flags), "--seed", "5"], monkeypatch)
+                           ["train-image-prompt", *_argv(flags), "--seed", "5", "--batch-size", "3",
+                            "--checkpoint-every", "7"], monkeypatch)
     _check(cfg, flags)
     assert (cfg.coarse.seed, cfg.fine.seed, cfg.data.seed) == (5, 5, 5)
+    assert [(s.batch_size, s.checkpoint_every) for s in (cfg.coarse, cfg.fine)] == [(3, 7), (3, 7)]
     assert (cfg.coarse.gradient_checkpointing, cfg.fine.gradient_checkpointing) == (False, False)
     recomputed = _config_given_to("vidbooth.engine.image_prompt.train_image_prompt",
                                   ["train-image-prompt", "--device", "cpu", "--gradient-checkpointing"], monkeypatch)
     assert (recomputed.coarse.gradient_checkpointing, recomputed.fine.gradient_checkpointing) == (True, True)
+
+
+def test_every_training_command_has_the_training_flags_of_the_others():
+    """train-image-prompt had no --batch-size, --checkpoint-every, --num-frames, --resolution or --image-encoder, which
+    train-motion names the same settings by: its out-of-memory line had sent users to --set coarse.batch_size=N."""
+    import typer.main
+
+    from vidbooth.cli.app import RECOMPUTING_COMMANDS, app
+
+    commands = typer.main.get_command(app).commands
+    flags = {name: {opt for param in commands[name].params for opt in param.opts} for name in RECOMPUTING_COMMANDS}
+    shared = {"--batch-size", "--checkpoint-every", "--resolution", "--gradient-checkpointing", "--overwrite",
+              "--resume", "--base", "--motion-adapter", "--device", "--precision", "--attention", "--seed", "-r",
+              "--set"}
+    assert {name: sorted(shared - have) for name, have in flags.items()} == {name: [] for name in flags}
+    clips = {name: {opt for param in commands[name].params for opt in (*param.opts, *param.secondary_opts)}
+             for name in ("train-motion", "train-image-prompt")}
+    for flag in ("--num-frames", "--frames", "--image-encoder"):
+        assert all(flag in have for have in clips.values()), flag
 
 
 def test_pretrain_flags_reach_their_keys(tmp_path, monkeypatch):

@@ -374,7 +374,7 @@ LESS_AT_ONCE = {
     "pretrain": "a smaller --set unet.batch=N (or autoencoder.batch, clip.batch), or a smaller --set arch.size=N",
     "train-subject": "a smaller --batch-size or --resolution, or a smaller --set prior.sample_batch_size=N",
     "train-motion": "fewer --num-frames, a smaller --resolution or --batch-size",
-    "train-image-prompt": "a smaller --set coarse.batch_size=N and fine.batch_size=N, or fewer --set data.num_frames=N",
+    "train-image-prompt": "fewer --num-frames, a smaller --resolution or --batch-size",
 }
 """What each command can ask for less of when memory runs out (the rest: a smaller batch)."""
 LESS_AT_ONCE |= {"textual-inversion": LESS_AT_ONCE["train-subject"], "identity-adapter": LESS_AT_ONCE["train-subject"],
