@@ -295,6 +295,22 @@ def test_the_base_a_subject_was_learned_on_is_read_from_its_manifest_whatever_it
     assert learned_backbone(None, None, {}, [("subject", "S*")]) == {}
 
 
+def test_quiet_before_the_command_is_vidbooth_quiet_for_that_command_only(tmp_path, monkeypatch, capsys):
+    """VIDBOOTH_DEBUG had its flag (--debug) and VIDBOOTH_QUIET none."""
+    import os
+
+    from vidbooth.reporting import info
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setattr("vidbooth.engine.demo.run_demo", lambda cfg: info("an information line"))
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    assert "an information line" in capsys.readouterr().err
+    assert main(["--quiet", "demo", "--out", str(tmp_path / "d")]) == 0
+    assert capsys.readouterr().err == "" and os.environ["VIDBOOTH_QUIET"] == "0"  # put back for the next command
+    assert main(["demo", "--quiet"]) == 2
+    assert "(--quiet goes before the command: vidbooth --quiet demo ...)" in capsys.readouterr().err
+
+
 def test_a_script_may_run_a_command_in_a_thread_of_its_own(isolated_home):
     import threading
 

@@ -41,6 +41,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    quiet: bool = typer.Option(
+        False, "--quiet", help="No progress bars or information lines; results, warnings and errors stay (as "
+        "VIDBOOTH_QUIET=1)."
+    ),
     home: str | None = typer.Option(
         None, "--home", metavar="DIR",
         help="Library folder, where subjects and motions are saved (default: $VIDBOOTH_HOME, else "
@@ -55,6 +59,8 @@ def _root(
         raise UserError("--home is empty: give the library folder, or leave --home out for the default")
     if home:
         os.environ["VIDBOOTH_HOME"] = home
+    if quiet:
+        os.environ["VIDBOOTH_QUIET"] = "1"  # put back when the command ends (process_state_kept)
 
 
 def _said(command: Callable) -> Callable:
@@ -208,7 +214,7 @@ def _refuse_a_launcher(argv: list[str]) -> None:
                         "without accelerate launch (the training commands share their work across processes)")
 
 
-GLOBAL_OPTIONS = ("--home", "--debug", "--version")
+GLOBAL_OPTIONS = ("--home", "--debug", "--quiet", "--version")
 """Options of `vidbooth` itself, given before the command."""
 
 
