@@ -185,6 +185,24 @@ def test_every_training_command_has_the_training_flags_of_the_others():
         assert all(flag in have for have in clips.values()), flag
 
 
+def test_a_flag_that_several_commands_share_is_told_alike_by_each():
+    """demo's --base had said 'Base model (default: nano).', where the others say what a base may be."""
+    import typer.main
+
+    from vidbooth.cli.app import app
+
+    helps: dict[str, set[str]] = {}
+    for command in typer.main.get_command(app).commands.values():
+        for param in command.params:
+            for flag in set(param.opts) & {"--base", "--device", "--attention", "--motion-adapter", "--set",
+                                           "--gradient-checkpointing"}:
+                helps.setdefault(flag, set()).add(param.help)
+    assert {flag: len(told) for flag, told in helps.items() if flag != "--base"} == {
+        "--device": 1, "--attention": 1, "--motion-adapter": 1, "--set": 1, "--gradient-checkpointing": 1}
+    base = "Base model: diffusers folder, hub id, or built-in name (default: nano)"
+    assert [told for told in helps["--base"] if not told.startswith(base)] == []
+
+
 def test_pretrain_flags_reach_their_keys(tmp_path, monkeypatch):
     flags = {"--out": ("out", str(tmp_path / "run")), "--max-minutes": ("max_minutes", 2.5),
              "--export": ("export", str(tmp_path / "model")), "--threads": ("threads", 2), "--seed": ("seed", 3),
