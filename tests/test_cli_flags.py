@@ -203,6 +203,16 @@ def test_a_flag_that_several_commands_share_is_told_alike_by_each():
     assert [told for told in helps["--base"] if not told.startswith(base)] == []
 
 
+def test_a_second_subject_to_evaluate_is_refused_rather_than_taken_for_the_first(tmp_path, capsys):
+    """generate takes --subject again for each subject; evaluate, which scores against one, had kept the last."""
+    video = tmp_path / "out.mp4"
+    video.write_bytes(b"never read")
+    assert main(["evaluate", str(video), "-s", "A", "--subject", "B"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --subject is given 2 times (A, B): evaluate scores against one subject's photos; give one --subject, "
+        "or --ref-images with a folder of all their photos\n")
+
+
 def test_pretrain_flags_reach_their_keys(tmp_path, monkeypatch):
     flags = {"--out": ("out", str(tmp_path / "run")), "--max-minutes": ("max_minutes", 2.5),
              "--export": ("export", str(tmp_path / "model")), "--threads": ("threads", 2), "--seed": ("seed", 3),
@@ -232,6 +242,8 @@ def test_evaluate_flags_reach_their_keys(tmp_path, monkeypatch):
                            monkeypatch)
     _check(cfg, flags)
     assert cfg.videos == [str(video)]
+    cfg = _config_given_to("vidbooth.eval.evaluate.evaluate_videos", ["evaluate", str(video), "-s", "S*"], monkeypatch)
+    assert cfg.subject == "S*"
     for argv, probe in (([], None), (["--no-probe"], False)):  # None: auto, the probe with nano's auto metrics
         cfg = _config_given_to("vidbooth.eval.evaluate.evaluate_videos", ["evaluate", str(video), *argv], monkeypatch)
         assert cfg.probe is probe
