@@ -151,15 +151,66 @@ def test_generate_flags_reach_their_keys(tmp_path, monkeypatch, isolated_home):
 def test_train_image_prompt_flags_reach_their_keys(tmp_path, monkeypatch, isolated_home):
     flags = {"--out": ("out", str(tmp_path / "ip.safetensors")), "--coarse-steps": ("coarse.steps", 3),
              "--fine-steps": ("fine.steps", 4), "--word": ("word", "dog"), "--num-clips": ("data.clips", 16),
-             "--overwrite": ("overwrite", True), "--device": ("runtime.device", "cpu")}
+             "--overwrite": ("overwrite", True), "--device": ("runtime.device", "cpu"),
+             "--num-frames": ("data.num_frames", 6), "--resolution": ("data.resolution", 96),
+             "--image-encoder": ("encoder", "tiny-clip")}
     cfg = _config_given_to("vidbooth.engine.image_prompt.train_image_prompt",
-                           ["train-image-prompt", *_argv(flags), "--seed", "5"], monkeypatch)
+                           ["train-image-prompt", *_argv(flags), "--seed", "5", "--batch-size", "3",
+                            "--checkpoint-every", "7"], monkeypatch)
     _check(cfg, flags)
     assert (cfg.coarse.seed, cfg.fine.seed, cfg.data.seed) == (5, 5, 5)
+    assert [(s.batch_size, s.checkpoint_every) for s in (cfg.coarse, cfg.fine)] == [(3, 7), (3, 7)]
     assert (cfg.coarse.gradient_checkpointing, cfg.fine.gradient_checkpointing) == (False, False)
     recomputed = _config_given_to("vidbooth.engine.image_prompt.train_image_prompt",
                                   ["train-image-prompt", "--device", "cpu", "--gradient-checkpointing"], monkeypatch)
     assert (recomputed.coarse.gradient_checkpointing, recomputed.fine.gradient_checkpointing) == (True, True)
+
+
+def test_every_training_command_has_the_training_flags_of_the_others():
+    """train-image-prompt had no --batch-size, --checkpoint-every, --num-frames, --resolution or --image-encoder, which
+    train-motion names the same settings by: its out-of-memory line had sent users to --set coarse.batch_size=N."""
+    import typer.main
+
+    from vidbooth.cli.app import RECOMPUTING_COMMANDS, app
+
+    commands = typer.main.get_command(app).commands
+    flags = {name: {opt for param in commands[name].params for opt in param.opts} for name in RECOMPUTING_COMMANDS}
+    shared = {"--batch-size", "--checkpoint-every", "--resolution", "--gradient-checkpointing", "--overwrite",
+              "--resume", "--base", "--motion-adapter", "--device", "--precision", "--attention", "--seed", "-r",
+              "--set"}
+    assert {name: sorted(shared - have) for name, have in flags.items()} == {name: [] for name in flags}
+    clips = {name: {opt for param in commands[name].params for opt in (*param.opts, *param.secondary_opts)}
+             for name in ("train-motion", "train-image-prompt")}
+    for flag in ("--num-frames", "--frames", "--image-encoder"):
+        assert all(flag in have for have in clips.values()), flag
+
+
+def test_a_flag_that_several_commands_share_is_told_alike_by_each():
+    """demo's --base had said 'Base model (default: nano).', where the others say what a base may be."""
+    import typer.main
+
+    from vidbooth.cli.app import app
+
+    helps: dict[str, set[str]] = {}
+    for command in typer.main.get_command(app).commands.values():
+        for param in command.params:
+            for flag in set(param.opts) & {"--base", "--device", "--attention", "--motion-adapter", "--set",
+                                           "--gradient-checkpointing"}:
+                helps.setdefault(flag, set()).add(param.help)
+    assert {flag: len(told) for flag, told in helps.items() if flag != "--base"} == {
+        "--device": 1, "--attention": 1, "--motion-adapter": 1, "--set": 1, "--gradient-checkpointing": 1}
+    base = "Base model: diffusers folder, hub id, or built-in name (default: nano)"
+    assert [told for told in helps["--base"] if not told.startswith(base)] == []
+
+
+def test_a_second_subject_to_evaluate_is_refused_rather_than_taken_for_the_first(tmp_path, capsys):
+    """generate takes --subject again for each subject; evaluate, which scores against one, had kept the last."""
+    video = tmp_path / "out.mp4"
+    video.write_bytes(b"never read")
+    assert main(["evaluate", str(video), "-s", "A", "--subject", "B"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --subject is given 2 times (A, B): evaluate scores against one subject's photos; give one --subject, "
+        "or --ref-images with a folder of all their photos\n")
 
 
 def test_pretrain_flags_reach_their_keys(tmp_path, monkeypatch):
@@ -191,6 +242,8 @@ def test_evaluate_flags_reach_their_keys(tmp_path, monkeypatch):
                            monkeypatch)
     _check(cfg, flags)
     assert cfg.videos == [str(video)]
+    cfg = _config_given_to("vidbooth.eval.evaluate.evaluate_videos", ["evaluate", str(video), "-s", "S*"], monkeypatch)
+    assert cfg.subject == "S*"
     for argv, probe in (([], None), (["--no-probe"], False)):  # None: auto, the probe with nano's auto metrics
         cfg = _config_given_to("vidbooth.eval.evaluate.evaluate_videos", ["evaluate", str(video), *argv], monkeypatch)
         assert cfg.probe is probe
@@ -270,6 +323,22 @@ def test_the_base_a_subject_was_learned_on_is_read_from_its_manifest_whatever_it
     write_json(manifest, {"name": "S*", "kind": "subject", "schema_version": 1, "files": {},
                           "paths": {"config": "config.yaml"}})  # no record: config.yaml, as it is, or nothing
     assert learned_backbone(None, None, {}, [("subject", "S*")]) == {}
+
+
+def test_quiet_before_the_command_is_vidbooth_quiet_for_that_command_only(tmp_path, monkeypatch, capsys):
+    """VIDBOOTH_DEBUG had its flag (--debug) and VIDBOOTH_QUIET none."""
+    import os
+
+    from vidbooth.reporting import info
+
+    monkeypatch.setenv("VIDBOOTH_QUIET", "0")
+    monkeypatch.setattr("vidbooth.engine.demo.run_demo", lambda cfg: info("an information line"))
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    assert "an information line" in capsys.readouterr().err
+    assert main(["--quiet", "demo", "--out", str(tmp_path / "d")]) == 0
+    assert capsys.readouterr().err == "" and os.environ["VIDBOOTH_QUIET"] == "0"  # put back for the next command
+    assert main(["demo", "--quiet"]) == 2
+    assert "(--quiet goes before the command: vidbooth --quiet demo ...)" in capsys.readouterr().err
 
 
 def test_a_script_may_run_a_command_in_a_thread_of_its_own(isolated_home):

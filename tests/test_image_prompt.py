@@ -483,7 +483,8 @@ def test_a_base_without_its_own_image_prompt_model_says_how_to_get_one(tiny_base
     (["--data", "missing"], "--data missing: not found"),
     (["--data", "missing", "--num-clips", "3"], "drop --num-clips"),
     (["--set", "num_tokens=0"], "num_tokens"),
-    (["--set", "data.num_frames=100000"], "data.num_frames must be at most 1024, got 100000"),  # had run out of memory
+    (["--set", "data.num_frames=100000"], "data.num_frames (--num-frames) must be at most 1024, got 100000"),  # OOM
+    (["--batch-size", "0"], "coarse.batch_size (--batch-size) must be at least 1, got 0"),
     (["--out", ""], "out (--out) is empty (an unset shell variable?): give the .safetensors file"),  # '--out .'
     (["--coarse-steps", "0"], "coarse.steps (--coarse-steps) must be at least 1, got 0"),  # had named no flag
     (["--set", "fine.high_noise_fraction=1", "--set", "fine.high_noise_from=1000"],
@@ -497,15 +498,14 @@ def test_bad_training_inputs_are_one_error_line(args, message, tiny_base_dirs, t
     assert not list(tmp_path.iterdir())
 
 
-def test_a_resolution_the_model_cannot_take_names_the_setting_train_image_prompt_has(tiny_base_dirs, tmp_path,
-                                                                                       capsys):
-    """It had named a --resolution flag, which train-image-prompt does not have."""
+def test_a_resolution_the_model_cannot_take_names_the_setting_and_its_flag(tiny_base_dirs, tmp_path, capsys):
+    """It names data.resolution and --resolution, as train-motion's (train-image-prompt had no --resolution)."""
     code = main(["train-image-prompt", "--base", str(tiny_base_dirs["unet3d"]), "--device", "cpu", "--out",
                  str(tmp_path / "m" / "ip.safetensors"), "--set", "data.resolution=33", "--num-clips", "1",
                  "--coarse-steps", "1", "--fine-steps", "1", "--set", "data.num_frames=2"])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the warning that the clips are nano's world's
-    assert code == 2 and err.startswith("error: data.resolution 33 must be a positive multiple of"), err
-    assert "--resolution" not in err and not (tmp_path / "m").exists()
+    assert code == 2 and err.startswith("error: data.resolution (--resolution) 33 must be a positive multiple of"), err
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(tiny_base_dirs, tmp_path, capsys,

@@ -41,6 +41,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    quiet: bool = typer.Option(
+        False, "--quiet", help="No progress bars or information lines; results, warnings and errors stay (as "
+        "VIDBOOTH_QUIET=1)."
+    ),
     home: str | None = typer.Option(
         None, "--home", metavar="DIR",
         help="Library folder, where subjects and motions are saved (default: $VIDBOOTH_HOME, else "
@@ -55,6 +59,8 @@ def _root(
         raise UserError("--home is empty: give the library folder, or leave --home out for the default")
     if home:
         os.environ["VIDBOOTH_HOME"] = home
+    if quiet:
+        os.environ["VIDBOOTH_QUIET"] = "1"  # put back when the command ends (process_state_kept)
 
 
 def _said(command: Callable) -> Callable:
@@ -208,7 +214,7 @@ def _refuse_a_launcher(argv: list[str]) -> None:
                         "without accelerate launch (the training commands share their work across processes)")
 
 
-GLOBAL_OPTIONS = ("--home", "--debug", "--version")
+GLOBAL_OPTIONS = ("--home", "--debug", "--quiet", "--version")
 """Options of `vidbooth` itself, given before the command."""
 
 
@@ -374,7 +380,7 @@ LESS_AT_ONCE = {
     "pretrain": "a smaller --set unet.batch=N (or autoencoder.batch, clip.batch), or a smaller --set arch.size=N",
     "train-subject": "a smaller --batch-size or --resolution, or a smaller --set prior.sample_batch_size=N",
     "train-motion": "fewer --num-frames, a smaller --resolution or --batch-size",
-    "train-image-prompt": "a smaller --set coarse.batch_size=N and fine.batch_size=N, or fewer --set data.num_frames=N",
+    "train-image-prompt": "fewer --num-frames, a smaller --resolution or --batch-size",
 }
 """What each command can ask for less of when memory runs out (the rest: a smaller batch)."""
 LESS_AT_ONCE |= {"textual-inversion": LESS_AT_ONCE["train-subject"], "identity-adapter": LESS_AT_ONCE["train-subject"],

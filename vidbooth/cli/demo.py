@@ -17,7 +17,10 @@ def demo(
     ),
     fast: bool = typer.Option(None, "--fast/--no-fast",
                               help="Fewer steps and videos: about half the time, noisier scores (default: off)."),
-    base: str = typer.Option(None, "--base", metavar="MODEL", help="Base model (default: nano)."),
+    base: str = typer.Option(
+        None, "--base", metavar="MODEL", help="Base model: diffusers folder, hub id, or built-in name (default: nano); "
+        "one other than nano is trained with recipes/tiny/*."
+    ),
     num_videos: int = typer.Option(
         None, "--num-videos", metavar="N", help="Videos per variant (default 8); --fast halves it (at least 2)."
     ),

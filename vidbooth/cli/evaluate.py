@@ -22,8 +22,8 @@ def evaluate(
     prompt: str = typer.Option(
         None, "--prompt", "-p", metavar="TEXT", help="The prompt the videos were made from (CLIP-T)."
     ),
-    subject: str = typer.Option(
-        None, "--subject", "-s", metavar="NAME", help="Library subject: its training photos are the references.",
+    subject: list[str] = typer.Option(  # a list, so that a second one (generate takes several) is refused, not lost
+        None, "--subject", "-s", metavar="NAME", help="Library subject: its training photos are the references (one).",
         autocompletion=options.learned_names("subject"),
     ),
     ref_images: str = typer.Option(
@@ -82,10 +82,15 @@ def evaluate(
     from vidbooth.config import load_config
     from vidbooth.config.evaluate import EvaluateConfig
 
+    if subject and len(subject) > 1:  # click keeps the last of a single-valued option, silently
+        from vidbooth.errors import UserError
+
+        raise UserError(f"--subject is given {len(subject)} times ({', '.join(subject)}): evaluate scores against one "
+                        "subject's photos; give one --subject, or --ref-images with a folder of all their photos")
     overrides = {
         "videos": list(videos) if videos else None,
         "prompt": prompt,
-        "subject": subject,
+        "subject": subject[0] if subject else None,
         "ref_images": ref_images,
         "motion": motion,
         "ref_video": ref_video,

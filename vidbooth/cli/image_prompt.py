@@ -32,6 +32,23 @@ def train_image_prompt(
         None, "--num-clips", "--clips", metavar="N",
         help="World clips to train on, without --data (default: 2048 on nano, else 512).",
     ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", metavar="N", help="Clips per training step on each process, in each stage (default 4)."
+    ),
+    checkpoint_every: int = typer.Option(
+        None, "--checkpoint-every", metavar="N",
+        help="Save a resumable checkpoint every N steps, in each stage (default: 250 on nano, else 500).",
+    ),
+    num_frames: int = typer.Option(
+        None, "--num-frames", "--frames", metavar="N", help="Frames per training clip (default 8)."
+    ),
+    resolution: int = typer.Option(
+        None, "--resolution", metavar="PX", help="Square training size in pixels (default: the model's; nano 64)."
+    ),
+    image_encoder: str = typer.Option(
+        None, "--image-encoder", metavar="MODEL", help="Image encoder the photo is read with: CLIP vision folder or "
+        "hub id, tiny-clip or vae (default: the base's image_encoder/, else vae)."
+    ),
     gradient_checkpointing: bool = options.GradientCheckpointing,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out; start a stopped run over."),
     resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last checkpoint."),
@@ -60,8 +77,15 @@ def train_image_prompt(
         "out": out,
         "coarse.steps": coarse_steps,
         "fine.steps": fine_steps,
+        "coarse.batch_size": batch_size,
+        "fine.batch_size": batch_size,
+        "coarse.checkpoint_every": checkpoint_every,
+        "fine.checkpoint_every": checkpoint_every,
         "coarse.gradient_checkpointing": gradient_checkpointing,
         "fine.gradient_checkpointing": gradient_checkpointing,
+        "data.num_frames": num_frames,
+        "data.resolution": resolution,
+        "encoder": image_encoder,
         "data.folder": data,
         "word": word,
         "data.clips": clips,
@@ -73,7 +97,10 @@ def train_image_prompt(
     }
     flags = {"coarse.steps": "--coarse-steps", "fine.steps": "--fine-steps", "data.folder": "--data",
              "word": "--word", "data.clips": "--num-clips", "coarse.seed": "--seed", "fine.seed": "--seed",
-             "data.seed": "--seed"}  # named in the error of a bad value
+             "data.seed": "--seed", "coarse.batch_size": "--batch-size", "fine.batch_size": "--batch-size",
+             "coarse.checkpoint_every": "--checkpoint-every", "fine.checkpoint_every": "--checkpoint-every",
+             "data.num_frames": "--num-frames", "data.resolution": "--resolution",
+             "encoder": "--image-encoder"}  # named in the error of a bad value
     recipe = recipe_or_default(recipe, "image-prompt", sets, overrides)
     cfg = load_config(ImagePromptConfig, recipe, sets, overrides, flags=flags)
     if cfg.data.folder:

@@ -2,8 +2,8 @@
 
 A script or notebook that calls `vidbooth.cli.app.main` keeps its own state across commands: its random streams
 (training seeds Python's, NumPy's and torch's for a reproducible start), stdout's handling of characters its
-encoding lacks (escaped while a command runs), the library folder (`--home` sets
-VIDBOOTH_HOME for the command's code), torch's thread count (pretrain sets it) and the Hugging Face libraries'
+encoding lacks (escaped while a command runs), the library folder (`--home` sets VIDBOOTH_HOME for the command's
+code) and `--quiet` (VIDBOOTH_QUIET), torch's thread count (pretrain sets it) and the Hugging Face libraries'
 logging and progress bars (silenced while vidbooth loads and runs models, as it reports on its own). A library
 first imported by the command is left as a fresh import would be: unseeded, at its default verbosity.
 """
@@ -18,14 +18,16 @@ from collections.abc import Iterator
 from typing import Any
 
 HOME_VARIABLE = "VIDBOOTH_HOME"
+KEPT_VARIABLES = (HOME_VARIABLE, "VIDBOOTH_QUIET")
+"""The environment variables vidbooth's own options set for the command's code (--home, --quiet)."""
 LOGGING_LIBRARIES = ("transformers", "diffusers")
 
 
 @contextlib.contextmanager
 def process_state_kept() -> Iterator[None]:
-    """The block's changes to the process's random streams, VIDBOOTH_HOME, torch's thread count and the Hugging
-    Face libraries' logging undone when it ends, however it ends."""
-    home = os.environ.get(HOME_VARIABLE)
+    """The block's changes to the process's random streams, VIDBOOTH_HOME and VIDBOOTH_QUIET, torch's thread count
+    and the Hugging Face libraries' logging undone when it ends, however it ends."""
+    variables = {name: os.environ.get(name) for name in KEPT_VARIABLES}
     stdout, stdout_errors = sys.stdout, getattr(sys.stdout, "errors", None)
     python_random = random.getstate()
     numpy_random = _numpy_random_state()
@@ -35,10 +37,11 @@ def process_state_kept() -> Iterator[None]:
     try:
         yield
     finally:
-        if home is None:
-            os.environ.pop(HOME_VARIABLE, None)
-        else:
-            os.environ[HOME_VARIABLE] = home
+        for name, value in variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if sys.stdout is stdout and stdout_errors and getattr(stdout, "errors", None) != stdout_errors:
             with contextlib.suppress(AttributeError, ValueError):
                 stdout.reconfigure(errors=stdout_errors)

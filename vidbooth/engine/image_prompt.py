@@ -54,8 +54,8 @@ from vidbooth.nano.model import IMAGE_PROMPT_MODEL
 from vidbooth.reporting import info, progress, warn
 
 STAGES = ("coarse", "fine")
-ENCODER_SETTING = "--set encoder="
-"""How train-image-prompt is given an image encoder (no flag of its own), for errors."""
+ENCODER_SETTING = "--image-encoder"
+"""How train-image-prompt is given an image encoder (or `--set encoder=`), for errors: as train-motion's."""
 OWN_IMAGE_PROMPT_MODEL = IMAGE_PROMPT_MODEL
 """A base folder's own image-prompt model, used when `--image-prompt` comes without `--image-prompt-model`."""
 FORMAT = 1
@@ -510,7 +510,7 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     if examples is None and cfg.backbone.base != "nano":
         warn(f"the training clips come from nano's procedural world: on {cfg.backbone.base} this checks that training "
              "runs, and the model it makes knows only the world's sprites; train on your own clips with --data")
-    size = training_resolution(bb, cfg.data.resolution, "data.resolution")  # no flag of its own
+    size = training_resolution(bb, cfg.data.resolution)  # "data.resolution (--resolution)", as train-motion's
     encoder = load_appearance_encoder(cfg.encoder or None, bb, setting=ENCODER_SETTING)
     text_dim = int(bb.text_encoder.config.hidden_size)
     spec = ImagePromptSpec(cfg.word, cfg.num_tokens, encoder.dim, text_dim, cfg.hidden_dim or 4 * text_dim,
