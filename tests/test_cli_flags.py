@@ -372,3 +372,23 @@ def test_a_recipe_that_sets_no_base_is_not_said_to_set_one(isolated_home, tmp_pa
     recipe.write_text("backbone:\n  base: nano\n")
     warn_of_a_recipe_base("nano", str(recipe), None, {}, [("subject", "S*")])
     assert f"recipe {recipe} sets the base nano, not {tmp_path}" in capsys.readouterr().err
+
+
+def test_a_recipe_base_is_warned_of_only_with_a_recipe_no_base_given_and_one_base_recorded(isolated_home, tmp_path,
+                                                                                          capsys):
+    """No recipe (the learned base is taken), a --base or `--set backbone.base=` given, subjects that disagree or
+    one that cannot be read (the load refuses them on its own): nothing to warn of."""
+    from vidbooth.cli.options import warn_of_a_recipe_base
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("backbone:\n  base: tiny\n")
+    _subject_learned_on(str(tmp_path))
+    _subject_learned_on("nano", "T*")
+    one = [("subject", "S*")]
+    for args in ((None, None, {}, one), (str(recipe), None, {"backbone.base": "tiny"}, one),
+                 (str(recipe), ["backbone.base=tiny"], {}, one), (str(recipe), None, {}, [*one, ("subject", "T*")]),
+                 (str(recipe), None, {}, [("subject", "nobody")])):
+        warn_of_a_recipe_base("tiny", *args)
+        assert capsys.readouterr().err == "", args
+    warn_of_a_recipe_base("tiny", str(recipe), None, {}, one)
+    assert f"recipe {recipe} sets the base tiny, not {tmp_path}" in capsys.readouterr().err

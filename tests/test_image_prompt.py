@@ -1055,6 +1055,20 @@ def test_a_base_with_temporal_layers_of_its_own_is_not_told_to_take_a_motion_ada
         told = _another_base(tmp_path / "m.safetensors", metadata, _loaded(folder, "b", None))
         assert "--motion-adapter" not in told and "use it with --base" not in told
         assert "the same folder, with other weights than it was trained on" in told
+    told = _another_base(tmp_path / "m.safetensors", new, _loaded(folder, "b", "i"))  # an image model there now
+    assert "the same folder, with other weights than it was trained on" in told
+    for metadata in (new, older):  # another folder: the one it was trained on
+        told = _another_base(tmp_path / "m.safetensors", metadata, _loaded(str(tmp_path / "other"), "b", None))
+        assert told.endswith(f": use it with --base {folder}")
+    told = _another_base(tmp_path / "m.safetensors", older, _loaded(str(tmp_path / "other"), "b", "i"))
+    assert told.endswith(f": use it with --base {folder}")
+
+
+def test_the_motion_adapter_an_image_prompt_model_records_is_absolute(tmp_path, monkeypatch):
+    from vidbooth.engine.image_prompt import _absolute
+
+    monkeypatch.chdir(tmp_path)
+    assert _absolute("adapters/v1-5-2") == str(tmp_path / "adapters" / "v1-5-2") and _absolute(None) == ""
 
 
 def test_the_same_motion_adapter_with_other_weights_is_not_told_to_be_replaced_by_itself(tmp_path):
@@ -1067,7 +1081,11 @@ def test_the_same_motion_adapter_with_other_weights_is_not_told_to_be_replaced_b
     assert f"the motion adapter {adapter} it was trained with has other weights now" in told
     other = str(tmp_path / "other")
     told = _another_base(tmp_path / "m.safetensors", metadata, _loaded(str(tmp_path), "b", "i", other))
+    assert f"with the motion adapter {adapter}, and its fine features" in told
     assert f"use --motion-adapter {adapter} in place of {other}" in told
+    without = metadata | {"motion_adapter": ""}
+    told = _another_base(tmp_path / "m.safetensors", without, _loaded(str(tmp_path), "b", "i", other))
+    assert "without a motion adapter, and its fine features" in told and ": leave out --motion-adapter, or" in told
 
 
 def test_an_older_files_relative_base_is_the_same_folder_however_it_is_named(tmp_path, monkeypatch):
