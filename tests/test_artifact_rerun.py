@@ -274,3 +274,24 @@ def test_stages_must_be_known_each_once_in_order(stages):
     with pytest.raises(UserError, match=r"stages must be \[textual_inversion, identity\], \[textual_inversion\] or"):
         load_config(SubjectConfig, None, [f"stages={stages}"])
     assert load_config(SubjectConfig, None, ["stages=[identity]"]).stages == ["identity"]
+
+
+def test_train_subject_adding_the_identity_stage_warns_of_a_recipe_base_not_the_subjects(tmp_path, isolated_home,
+                                                                                       capsys, monkeypatch):
+    """As identity-adapter does: the recipe's base is kept, and said before it loads."""
+    import vidbooth.engine.subject as engine
+    from vidbooth.library import MANIFEST, staged_artifact, write_json
+
+    with staged_artifact("subject", "S*") as stage:
+        write_json(stage / MANIFEST, {"name": "S*", "kind": "subject", "schema_version": 1, "files": {},
+                                      "paths": {"config": "config.yaml"},
+                                      "config": {"backbone": {"base": str(tmp_path)}}})
+    ran = []
+    monkeypatch.setattr(engine, "train_subject", ran.append)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("backbone:\n  base: tiny\n")
+    photos = write_photos(tmp_path / "photos")
+    args = ["train-subject", str(photos), "--name", "S*", "--set", "stages=[identity]", "--no-preview"]
+    assert main([*args, "--recipe", str(recipe)]) == 0
+    assert f"recipe {recipe} sets the base tiny, not {tmp_path}, on which subject S* was" in capsys.readouterr().err
+    assert [cfg.backbone.base for cfg in ran] == ["tiny"]

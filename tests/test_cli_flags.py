@@ -398,3 +398,66 @@ def test_every_flag_of_a_command_is_in_its_docs_table_and_every_flag_there_is_a_
         names = [name for name, (its_page, _) in DOC_TABLES.items() if its_page == page]
         flags = set().union(*(documented[name] for name in names))
         assert sorted(flags - set().union(*(helped[name] for name in names))) == [], page
+
+
+def _subject_learned_on(base: str, name: str = "S*") -> None:
+    with staged_artifact("subject", name) as stage:
+        write_json(stage / MANIFEST, {"name": name, "kind": "subject", "schema_version": 1, "files": {},
+                                      "paths": {"config": "config.yaml"}, "config": {"backbone": {"base": base}}})
+
+
+def test_a_recipe_naming_the_learned_folder_another_way_is_not_warned_of(isolated_home, tmp_path, capsys,
+                                                                          monkeypatch):
+    """The subject's base is recorded resolved; a recipe's '../models/sd15' or a link to the folder is the same
+    one: only `Path.absolute()`, which keeps '..' and links, had warned that it was another base."""
+    from vidbooth.cli.options import warn_of_a_recipe_base
+
+    folder = tmp_path / "models" / "sd15"
+    folder.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(folder)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    _subject_learned_on(str(folder.resolve()))
+    for named_so in ("../models/sd15", "../models/../models/sd15", str(tmp_path / "link")):
+        Path("r.yaml").write_text(f"backbone:\n  base: {named_so}\n")
+        warn_of_a_recipe_base(named_so, "r.yaml", None, {}, [("subject", "S*")])
+        assert capsys.readouterr().err == "", named_so
+    Path("r.yaml").write_text("backbone:\n  base: ../models\n")
+    warn_of_a_recipe_base("../models", "r.yaml", None, {}, [("subject", "S*")])
+    assert f"sets the base ../models, not {folder.resolve()}" in capsys.readouterr().err
+
+
+def test_a_recipe_that_sets_no_base_is_not_said_to_set_one(isolated_home, tmp_path, capsys):
+    """Its base is the default (nano): "recipe r.yaml sets the base nano" had named a setting the recipe lacks."""
+    from vidbooth.cli.options import warn_of_a_recipe_base
+
+    _subject_learned_on(str(tmp_path))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sampling:\n  num_frames: 8\n")
+    warn_of_a_recipe_base("nano", str(recipe), None, {}, [("subject", "S*")])
+    err = capsys.readouterr().err
+    assert f"recipe {recipe} sets no base (so the default, nano), not {tmp_path}, on which subject S* was" in err
+    assert err.count("\n") == 1 and f"add --base {tmp_path} to use that one" in err
+    recipe.write_text("backbone:\n  base: nano\n")
+    warn_of_a_recipe_base("nano", str(recipe), None, {}, [("subject", "S*")])
+    assert f"recipe {recipe} sets the base nano, not {tmp_path}" in capsys.readouterr().err
+
+
+def test_a_recipe_base_is_warned_of_only_with_a_recipe_no_base_given_and_one_base_recorded(isolated_home, tmp_path,
+                                                                                          capsys):
+    """No recipe (the learned base is taken), a --base or `--set backbone.base=` given, subjects that disagree or
+    one that cannot be read (the load refuses them on its own): nothing to warn of."""
+    from vidbooth.cli.options import warn_of_a_recipe_base
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("backbone:\n  base: tiny\n")
+    _subject_learned_on(str(tmp_path))
+    _subject_learned_on("nano", "T*")
+    one = [("subject", "S*")]
+    for args in ((None, None, {}, one), (str(recipe), None, {"backbone.base": "tiny"}, one),
+                 (str(recipe), ["backbone.base=tiny"], {}, one), (str(recipe), None, {}, [*one, ("subject", "T*")]),
+                 (str(recipe), None, {}, [("subject", "nobody")])):
+        warn_of_a_recipe_base("tiny", *args)
+        assert capsys.readouterr().err == "", args
+    warn_of_a_recipe_base("tiny", str(recipe), None, {}, one)
+    assert f"recipe {recipe} sets the base tiny, not {tmp_path}" in capsys.readouterr().err

@@ -1034,3 +1034,69 @@ def test_train_image_prompt_takes_the_motion_adapter_flag_as_the_other_training_
     assert main(["train-image-prompt", "--base", str(tiny_base_dirs["animatediff"]), "--motion-adapter", adapter,
                  "--out", "m.safetensors"]) == 0
     assert [cfg.backbone.motion_adapter for cfg in taken] == [adapter]
+
+
+def _loaded(source: str, fingerprint: str, image_fingerprint: str | None, adapter: str | None = None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(source=source, fingerprint=fingerprint, image_fingerprint=image_fingerprint,
+                           extras={"motion_adapter": adapter})
+
+
+def test_a_base_with_temporal_layers_of_its_own_is_not_told_to_take_a_motion_adapter(tmp_path):
+    """A UNet3D (or UNetMotionModel) folder records no image model of its own (""): on the same folder with other
+    weights, "give the --motion-adapter it was trained with" named a flag that has no effect on it."""
+    from vidbooth.engine.image_prompt import _another_base
+
+    folder = str(tmp_path)
+    new = {"base": folder, "base_fingerprint": "a", "image_fingerprint": "", "motion_adapter": ""}
+    older = {"base": folder, "base_fingerprint": "a"}
+    for metadata in (new, older):
+        told = _another_base(tmp_path / "m.safetensors", metadata, _loaded(folder, "b", None))
+        assert "--motion-adapter" not in told and "use it with --base" not in told
+        assert "the same folder, with other weights than it was trained on" in told
+    told = _another_base(tmp_path / "m.safetensors", new, _loaded(folder, "b", "i"))  # an image model there now
+    assert "the same folder, with other weights than it was trained on" in told
+    for metadata in (new, older):  # another folder: the one it was trained on
+        told = _another_base(tmp_path / "m.safetensors", metadata, _loaded(str(tmp_path / "other"), "b", None))
+        assert told.endswith(f": use it with --base {folder}")
+    told = _another_base(tmp_path / "m.safetensors", older, _loaded(str(tmp_path / "other"), "b", "i"))
+    assert told.endswith(f": use it with --base {folder}")
+
+
+def test_the_motion_adapter_an_image_prompt_model_records_is_absolute(tmp_path, monkeypatch):
+    from vidbooth.engine.image_prompt import _absolute
+
+    monkeypatch.chdir(tmp_path)
+    assert _absolute("adapters/v1-5-2") == str(tmp_path / "adapters" / "v1-5-2") and _absolute(None) == ""
+
+
+def test_the_same_motion_adapter_with_other_weights_is_not_told_to_be_replaced_by_itself(tmp_path):
+    from vidbooth.engine.image_prompt import _another_base
+
+    adapter = str(tmp_path / "adapter")
+    metadata = {"base": str(tmp_path), "base_fingerprint": "a", "image_fingerprint": "i", "motion_adapter": adapter}
+    told = _another_base(tmp_path / "m.safetensors", metadata, _loaded(str(tmp_path), "b", "i", adapter))
+    assert f"in place of {adapter}" not in told
+    assert f"the motion adapter {adapter} it was trained with has other weights now" in told
+    other = str(tmp_path / "other")
+    told = _another_base(tmp_path / "m.safetensors", metadata, _loaded(str(tmp_path), "b", "i", other))
+    assert f"with the motion adapter {adapter}, and its fine features" in told
+    assert f"use --motion-adapter {adapter} in place of {other}" in told
+    without = metadata | {"motion_adapter": ""}
+    told = _another_base(tmp_path / "m.safetensors", without, _loaded(str(tmp_path), "b", "i", other))
+    assert "without a motion adapter, and its fine features" in told and ": leave out --motion-adapter, or" in told
+
+
+def test_an_older_files_relative_base_is_the_same_folder_however_it_is_named(tmp_path, monkeypatch):
+    """Recorded as given ('../models/sd15'): `Path.absolute()` keeps the '..', and the same folder named absolute
+    had been told "use it with --base ../models/sd15", the folder that was refused."""
+    from vidbooth.engine.image_prompt import _another_base
+
+    folder = tmp_path / "models" / "sd15"
+    folder.mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    older = {"base": "../models/sd15", "base_fingerprint": "a"}
+    told = _another_base(tmp_path / "m.safetensors", older, _loaded(str(folder), "b", "i"))
+    assert "give the --motion-adapter it was trained with" in told and "use it with --base" not in told

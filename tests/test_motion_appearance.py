@@ -156,3 +156,13 @@ def test_training_items_embed_the_appearance_of_every_frame(tiny_backbones):
     item = training_items(tiny_backbones["unet3d"], [clip], 32, Recording())[0]
     assert item["appearance"].shape == (4, 3)
     assert len({tuple(row.tolist()) for row in item["appearance"]}) == 4  # four different frames
+
+
+def test_a_recorded_image_encoder_that_cannot_be_fetched_says_the_hubs_error(monkeypatch):
+    """Named by a file (no flag to give): "not found" with the hub's reason, which tells to copy it into the cache."""
+    from vidbooth.engine.appearance import _resolve_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match=r"^image encoder 'someone/clip' not found \(cannot fetch 'someone/clip' from "
+                                        r"the hub .*copy it into the hub cache here\)$"):
+        _resolve_encoder("someone/clip", None)

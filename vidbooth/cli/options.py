@@ -139,9 +139,9 @@ def warn_of_a_recipe_base(base: str, recipe: str | None, sets: list[str] | None,
     learned on: a download, or offline an error that named neither (and the artifacts are refused on another)."""
     import shlex
 
-    from vidbooth.config.checks import local_base
-    from vidbooth.config.load import SHIPPED_BASE, given_base
-    from vidbooth.fileio import expand_user
+    from vidbooth.config.checks import BUILTIN_BASES
+    from vidbooth.config.load import SHIPPED_BASE, given_base, given_by
+    from vidbooth.fileio import absolute_path
     from vidbooth.reporting import warn
 
     if not recipe or given_base(sets, overrides) or not named:
@@ -150,10 +150,12 @@ def warn_of_a_recipe_base(base: str, recipe: str | None, sets: list[str] | None,
     learned = recorded.get("backbone.base", SHIPPED_BASE)
     if not recorded or not isinstance(learned, str) or learned == base:
         return
-    if local_base(learned) and local_base(base) and expand_user(learned).absolute() == expand_user(base).absolute():
+    if absolute_path(learned, BUILTIN_BASES) == absolute_path(base, BUILTIN_BASES):  # '..' and links resolved
         return
     names, were = _learned_names(named)
-    warn(f"recipe {recipe} sets the base {base}, not {learned}, on which {names} {were} learned: add --base "
+    sets_base = (f"sets the base {base}" if given_by("backbone.base", recipe, sets, overrides)
+                 else f"sets no base (so the default, {base})")
+    warn(f"recipe {recipe} {sets_base}, not {learned}, on which {names} {were} learned: add --base "
          f"{shlex.quote(learned)} to use that one")
 
 

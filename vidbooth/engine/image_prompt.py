@@ -247,7 +247,7 @@ def _absolute(folder: str | None) -> str:
 
 
 def _same_folder(recorded: str, given: str) -> bool:
-    return recorded == given or expand_user(recorded).absolute() == expand_user(given).absolute()
+    return recorded == given or expand_user(recorded).resolve() == expand_user(given).resolve()  # '..', links
 
 
 def _another_base(path: Path, metadata: dict, backbone: Backbone) -> str:
@@ -257,6 +257,9 @@ def _another_base(path: Path, metadata: dict, backbone: Backbone) -> str:
     base = metadata.get("base", "?")
     told = (f"image-prompt model {path} was trained on another base ({base}, fingerprint "
             f"{metadata.get('base_fingerprint')}) than {backbone.source} (fingerprint {backbone.fingerprint})")
+    own_temporal_layers = backbone.image_fingerprint is None or metadata.get("image_fingerprint") == ""
+    if own_temporal_layers and _same_folder(base, backbone.source):  # UNet3D, UNetMotionModel: no adapter applies
+        return f"{told}: the same folder, with other weights than it was trained on: train one for these"
     if not metadata.get("image_fingerprint") and _same_folder(base, backbone.source):  # a file of before it was kept
         return (f"{told}: the same folder, with another motion adapter (or none) than the one it was trained with, or "
                 "with changed weights: give the --motion-adapter it was trained with")
@@ -266,6 +269,9 @@ def _another_base(path: Path, metadata: dict, backbone: Backbone) -> str:
     trained_with = f"with the motion adapter {adapter}" if adapter else "without a motion adapter"
     loaded_with = backbone.extras.get("motion_adapter")
     fix = f"add --motion-adapter {adapter}" if adapter else "leave out --motion-adapter"
+    if adapter and loaded_with and _same_folder(adapter, loaded_with):
+        return (f"image-prompt model {path} was trained on this image model ({base}), and the motion adapter "
+                f"{adapter} it was trained with has other weights now: train one for these")
     if adapter and loaded_with:
         fix = f"use --motion-adapter {adapter} in place of {loaded_with}"
     return (f"image-prompt model {path} was trained on this image model ({base}) {trained_with}, and its fine "
