@@ -1064,11 +1064,19 @@ def test_a_base_with_temporal_layers_of_its_own_is_not_told_to_take_a_motion_ada
     assert told.endswith(f": use it with --base {folder}")
 
 
-def test_the_motion_adapter_an_image_prompt_model_records_is_absolute(tmp_path, monkeypatch):
-    from vidbooth.engine.image_prompt import _absolute
+def test_the_motion_adapter_an_image_prompt_model_records_is_absolute_or_the_hub_id_given(tmp_path, monkeypatch):
+    """A hub id had been recorded as its cache's snapshot folder, which the refusal then told the user to pass."""
+    from vidbooth.engine.image_prompt import _recorded_adapter
 
     monkeypatch.chdir(tmp_path)
-    assert _absolute("adapters/v1-5-2") == str(tmp_path / "adapters" / "v1-5-2") and _absolute(None) == ""
+    (tmp_path / "adapters" / "v1-5-2").mkdir(parents=True)
+    snapshot = "/cache/models--guoyww--adapter/snapshots/abc"
+    assert _recorded_adapter("adapters/v1-5-2", str(tmp_path / "adapters" / "v1-5-2")) == str(
+        tmp_path / "adapters" / "v1-5-2")
+    assert _recorded_adapter("guoyww/animatediff-motion-adapter-v1-5-2", snapshot) == (
+        "guoyww/animatediff-motion-adapter-v1-5-2")
+    assert _recorded_adapter(None, snapshot) == snapshot  # a built-in base's own
+    assert _recorded_adapter(None, None) == ""
 
 
 def test_the_same_motion_adapter_with_other_weights_is_not_told_to_be_replaced_by_itself(tmp_path):

@@ -49,7 +49,7 @@ from vidbooth.data.subject_clips import SubjectClip, find_subject_clips, folder_
 from vidbooth.engine.backbone import Backbone
 from vidbooth.engine.objective import HighNoise, sample_timesteps, training_scheduler
 from vidbooth.errors import UserError
-from vidbooth.fileio import expand_user, lock_beside, lock_file_beside, refuse_if_held, write_together
+from vidbooth.fileio import absolute_path, expand_user, lock_beside, lock_file_beside, refuse_if_held, write_together
 from vidbooth.nano.model import IMAGE_PROMPT_MODEL
 from vidbooth.reporting import info, progress, warn
 
@@ -242,8 +242,11 @@ def trained_word(path: str | Path) -> str:
         return ""  # a damaged spec: loading the model says so
 
 
-def _absolute(folder: str | None) -> str:
-    return str(Path(folder).absolute()) if folder else ""
+def _recorded_adapter(given: str | None, loaded: str | None) -> str:
+    """The motion adapter as a file records it: as given, a local folder made absolute (a hub id stays an id, not
+    its cache's snapshot folder, which a refusal would then tell the user to pass); else the one the base brought
+    (a built-in's), else ''."""
+    return absolute_path(given) or loaded or ""
 
 
 def _same_folder(recorded: str, given: str) -> bool:
@@ -542,7 +545,7 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     if accelerator.is_main_process:
         metadata = {"method": KIND, "format": str(FORMAT), "spec": spec.to_json(), "base": cfg.backbone.base,
                     "base_fingerprint": bb.fingerprint, "image_fingerprint": bb.image_fingerprint or "",
-                    "motion_adapter": _absolute(bb.extras.get("motion_adapter")), "losses": losses, "data": source,
+                    "motion_adapter": _recorded_adapter(cfg.backbone.motion_adapter, bb.extras.get("motion_adapter")), "losses": losses, "data": source,
                     "steps": {"coarse": cfg.coarse.steps, "fine": cfg.fine.steps},
                     "processes": accelerator.num_processes}
         ensure_writable_dir(out.parent)
