@@ -545,7 +545,8 @@ def _train(cfg: ImagePromptConfig, out: Path, examples: list[SubjectClip] | None
     if accelerator.is_main_process:
         metadata = {"method": KIND, "format": str(FORMAT), "spec": spec.to_json(), "base": cfg.backbone.base,
                     "base_fingerprint": bb.fingerprint, "image_fingerprint": bb.image_fingerprint or "",
-                    "motion_adapter": _recorded_adapter(cfg.backbone.motion_adapter, bb.extras.get("motion_adapter")), "losses": losses, "data": source,
+                    "motion_adapter": _recorded_adapter(cfg.backbone.motion_adapter, bb.extras.get("motion_adapter")),
+                    "losses": losses, "data": source,
                     "steps": {"coarse": cfg.coarse.steps, "fine": cfg.fine.steps},
                     "processes": accelerator.num_processes}
         ensure_writable_dir(out.parent)
