@@ -45,7 +45,7 @@ def _sorted_metadata(data: bytes) -> tuple[bytes, int]:
     import json
 
     size = int.from_bytes(data[:8], "little")
-    header = json.loads(bytes(memoryview(data)[8 : 8 + size]))
+    header = json.loads(data[8 : 8 + size])  # a copy of the header alone
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()

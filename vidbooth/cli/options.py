@@ -148,7 +148,7 @@ def warn_of_a_recipe_base(base: str, recipe: str | None, sets: list[str] | None,
         return
     recorded = _recorded_backbone(named)
     learned = recorded.get("backbone.base", SHIPPED_BASE)
-    if not recorded or not isinstance(learned, str) or learned == base:
+    if not recorded or not isinstance(learned, str):
         return
     if absolute_path(learned, BUILTIN_BASES) == absolute_path(base, BUILTIN_BASES):  # '..' and links resolved
         return

@@ -145,9 +145,9 @@ def _resolve_encoder(encoder: str, setting: str | None) -> Path:
     try:
         return resolve_base(encoder, flag=setting)
     except UserError as exc:
-        fetched = not str(exc).startswith("base model not found") and not expand_user(encoder).is_file()
-        problem = ("is a file, not a folder" if expand_user(encoder).is_file()
-                   else f"not found ({exc})" if fetched else "not found")
+        a_file = expand_user(encoder).is_file()
+        fetched = not a_file and not str(exc).startswith("base model not found")
+        problem = "is a file, not a folder" if a_file else f"not found ({exc})" if fetched else "not found"
         if setting is None:
             raise UserError(f"image encoder '{encoder}' {problem}") from exc
         others = f"'{TINY_CLIP}' or '{VAE}', or leave it empty for the base model's default"

@@ -44,6 +44,7 @@ from vidbooth.adapters.image_prompt import (
     remove_image_injection,
     splice_tokens,
 )
+from vidbooth.config.checks import BUILTIN_BASES
 from vidbooth.config.image_prompt import ImagePromptConfig
 from vidbooth.data.subject_clips import SubjectClip, find_subject_clips, folder_digest, load_subject_clip
 from vidbooth.engine.backbone import Backbone
@@ -250,7 +251,7 @@ def _recorded_adapter(given: str | None, loaded: str | None) -> str:
 
 
 def _same_folder(recorded: str, given: str) -> bool:
-    return recorded == given or expand_user(recorded).resolve() == expand_user(given).resolve()  # '..', links
+    return absolute_path(recorded, BUILTIN_BASES) == absolute_path(given, BUILTIN_BASES)  # '..', links resolved
 
 
 def _another_base(path: Path, metadata: dict, backbone: Backbone) -> str:
